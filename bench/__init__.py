@@ -1,0 +1,1 @@
+"""How it is measured: timing, roofline, runner, suites, results, report and the CLI."""

@@ -1,0 +1,10 @@
+"""What is measured: decode ops, their formats, references, byte counts and implementations.
+
+`OPS` maps op name → Op; `register_impl` adds an impl (a plugin file uses it). Importing this
+package registers every built-in op and impl.
+"""
+from .registry import OPS, Impl, Op, dtype_name, parse_dtype, register_impl, register_op, rel_err
+from . import probes, gemv_bf16  # noqa: F401  (registers ops)
+
+__all__ = ["OPS", "Impl", "Op", "dtype_name", "parse_dtype", "register_impl", "register_op",
+           "rel_err"]

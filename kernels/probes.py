@@ -1,0 +1,92 @@
+"""Bandwidth probes `copy` and `read`: the measured memory roof every other op is judged against.
+
+`copy` moves N elements in and N out (bytes = read + write; write-allocate traffic on CPUs is not
+counted, so a CPU copy may look slower than a read). `read` only reads, reducing to one scalar.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .registry import Op, nbytes, register_impl, register_op
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+@dataclass(frozen=True)
+class ProbeShape:
+    N: int  # elements
+
+    def __post_init__(self) -> None:
+        if self.N < 1:
+            raise ValueError(f"N must be positive, got {self.N}")
+        if self.N > 2**34:
+            raise ValueError(f"N={self.N} elements is larger than any device memory")
+
+
+def make_inputs(shape: ProbeShape, dtype: torch.dtype, device, seed: int) -> tuple:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    # Uniform [0.5, 1.5): a sum of these cannot cancel, so relative error stays meaningful.
+    src = (torch.rand(shape.N, generator=g, dtype=torch.float32) + 0.5).to(dtype)
+    return (src.to(device),)
+
+
+# --- copy -------------------------------------------------------------------------------------
+
+def copy_reference(src: torch.Tensor) -> torch.Tensor:
+    return src.detach().to("cpu", torch.float64).clone()
+
+
+copy = register_op(Op(
+    name="copy",
+    shape_type=ProbeShape,
+    make_inputs=make_inputs,
+    reference=copy_reference,
+    bytes_moved=lambda s, dt: 2 * s.N * torch.empty((), dtype=dt).element_size(),
+    flops=lambda s: 0,
+    out_spec=lambda s, dt: ((s.N,), dt),
+    tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},
+    dtypes=(F32, F16, BF16),
+    doc="dst = src: bandwidth probe, bytes = read + write",
+    smoke=((ProbeShape(N=1 << 16), F32),),
+))
+
+
+@register_impl("copy", "torch_copy", backends=("cpu", "cuda", "xla"), kind="torch", baseline=True)
+def torch_copy(src: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Tensor.copy_ into a preallocated buffer."""
+    if out is None:
+        return src.clone()
+    return out.copy_(src)
+
+
+# --- read -------------------------------------------------------------------------------------
+
+def read_reference(src: torch.Tensor) -> torch.Tensor:
+    return src.detach().to("cpu", torch.float64).sum()
+
+
+read = register_op(Op(
+    name="read",
+    shape_type=ProbeShape,
+    make_inputs=make_inputs,
+    reference=read_reference,
+    bytes_moved=lambda s, dt: s.N * torch.empty((), dtype=dt).element_size(),
+    flops=lambda s: s.N,
+    out_spec=lambda s, dt: ((), torch.float32),
+    # the sum accumulates in fp32 whatever the input dtype (a bf16 sum would not read any faster)
+    tolerance={F32: 1e-4, F16: 1e-4, BF16: 1e-4},
+    dtypes=(F32, F16, BF16),
+    doc="sum(src) in fp32: bandwidth probe, bytes = read",
+    smoke=((ProbeShape(N=1 << 16), F32),),
+))
+
+
+@register_impl("read", "torch_sum", backends=("cpu", "cuda", "xla"), kind="torch", baseline=True)
+def torch_sum(src: torch.Tensor) -> torch.Tensor:
+    """Tensor.sum with fp32 accumulation: one streaming pass over src."""
+    return src.sum(dtype=torch.float32)
+
+
+__all__ = ["ProbeShape", "copy", "read", "nbytes"]

@@ -1,0 +1,182 @@
+"""The op contract: what an op owns, what an impl is, and the registries `OPS` and `register_impl`.
+
+An op bundles everything needed to measure one decode operation honestly: its shape type, fresh
+random inputs, a float64 reference, the exact bytes it must move and its flops. Impls are plain
+functions over the op's tensors; bench/ checks them against the reference and times them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+KINDS = ("torch", "compiled", "triton", "builtin")
+BACKENDS = ("cpu", "cuda", "xla")
+
+DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "int8": torch.int8, "uint8": torch.uint8,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r} (known: bfloat16, float16, float32)") from None
+
+
+@dataclass
+class Impl:
+    """One named implementation of an op.
+
+    `fn` takes the op's arguments positionally (see DESIGN.md) and returns the output. When
+    `out_arg` is true it also accepts `out=` (a preallocated buffer it must fill), so the harness
+    can poison the buffer for the correctness gate and keep allocation out of timing. `prepare`
+    is untimed per-input-set work (repacking, compiling, device moves): the timed call is
+    `fn(*prepare(*args))`. Calling the Impl does both.
+    """
+
+    name: str
+    op: str
+    fn: Callable[..., Any]
+    backends: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    kind: str
+    baseline: bool = False
+    prepare: Callable[..., tuple] | None = None
+    out_arg: bool = False
+    doc: str = ""
+
+    def __call__(self, *args: Any, out: torch.Tensor | None = None) -> Any:
+        if self.prepare is not None:
+            args = tuple(self.prepare(*args))
+        if out is not None and self.out_arg:
+            return self.fn(*args, out=out)
+        return self.fn(*args)
+
+    def supports(self, backend: str, dtype: torch.dtype) -> tuple[bool, str]:
+        if backend not in self.backends:
+            return False, f"{self.name} runs on {', '.join(self.backends)}, not {backend}"
+        if dtype not in self.dtypes:
+            names = ", ".join(dtype_name(d) for d in self.dtypes)
+            return False, f"{self.name} takes {names}, not {dtype_name(dtype)}"
+        return True, ""
+
+
+@dataclass
+class Op:
+    """One decode operation with a shape space (see DESIGN.md, "The op contract")."""
+
+    name: str
+    shape_type: type
+    make_inputs: Callable[[Any, torch.dtype, str | torch.device, int], tuple]
+    reference: Callable[..., torch.Tensor]
+    bytes_moved: Callable[[Any, torch.dtype], int]
+    flops: Callable[[Any], int]
+    out_spec: Callable[[Any, torch.dtype], tuple[tuple[int, ...], torch.dtype]]
+    tolerance: dict[torch.dtype, float]
+    dtypes: tuple[torch.dtype, ...]
+    doc: str = ""
+    # Tiny (shape, dtype) cases for the smoke suite; the op knows its own shape space.
+    smoke: tuple[tuple[Any, torch.dtype], ...] = ()
+    impls: dict[str, Impl] = field(default_factory=dict)
+
+    def shape(self, **kw: int) -> Any:
+        """Build and validate a shape from keyword values; ValueError says what is wrong."""
+        names = [f.name for f in dataclasses.fields(self.shape_type)]
+        unknown = sorted(set(kw) - set(names))
+        if unknown:
+            raise ValueError(f"{self.name} has no shape field {', '.join(unknown)} "
+                             f"(fields: {', '.join(names)})")
+        try:
+            return self.shape_type(**kw)
+        except TypeError as e:  # missing required fields
+            missing = [n for n in names if n not in kw and _required(self.shape_type, n)]
+            raise ValueError(f"{self.name} shape needs {', '.join(missing)}") from e
+
+    def tol(self, dtype: torch.dtype) -> float:
+        return self.tolerance[dtype]
+
+
+def _required(cls: type, name: str) -> bool:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+OPS: dict[str, Op] = {}
+
+
+def register_op(op: Op) -> Op:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name!r} is registered twice")
+    OPS[op.name] = op
+    return op
+
+
+def register_impl(
+    op: str,
+    name: str | None = None,
+    *,
+    backends: Iterable[str] = ("cpu", "cuda"),
+    dtypes: Iterable[torch.dtype | str] | None = None,
+    kind: str = "torch",
+    baseline: bool = False,
+    prepare: Callable[..., tuple] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Decorator adding `fn` as an impl of `op`; a plugin file uses it to add its own kernels.
+
+        @register_impl("gemv_bf16", "my_gemv", backends=["cuda"], kind="triton")
+        def my_gemv(x, w): ...
+    """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r} (known: {', '.join(sorted(OPS))})")
+    if kind not in KINDS:
+        raise ValueError(f"unknown impl kind {kind!r} (known: {', '.join(KINDS)})")
+    backends = tuple(backends)
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise ValueError(f"unknown backend {bad[0]!r} (known: {', '.join(BACKENDS)})")
+    the_op = OPS[op]
+    dts = the_op.dtypes if dtypes is None else tuple(parse_dtype(d) for d in dtypes)
+
+    def deco(fn: Callable) -> Callable:
+        impl_name = name or fn.__name__
+        if impl_name in the_op.impls:
+            raise ValueError(f"{op} already has an impl named {impl_name!r}")
+        out_arg = "out" in inspect.signature(fn).parameters
+        the_op.impls[impl_name] = Impl(
+            name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
+            baseline=baseline, prepare=prepare, out_arg=out_arg,
+            doc=(inspect.getdoc(fn) or "").split("\n")[0])
+        return fn
+
+    return deco
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 on the CPU; NaN anywhere gives inf."""
+    o = out.detach().to("cpu", torch.float64)
+    r = ref.detach().to("cpu", torch.float64)
+    if o.shape != r.shape:
+        raise ValueError(f"output shape {tuple(o.shape)} != reference shape {tuple(r.shape)}")
+    if not torch.isfinite(o).all():
+        return float("inf")
+    denom = torch.linalg.vector_norm(r).item()
+    num = torch.linalg.vector_norm(o - r).item()
+    return num / denom if denom > 0 else num
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
