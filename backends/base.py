@@ -1,0 +1,70 @@
+"""The backend interface: where a kernel runs, how that device is timed, and what cache to defeat."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+
+class Backend:
+    """A device family. Subclasses fill in availability, device info, sync and the timer.
+
+    Timing contract: `time_calls(call, idxs)` runs `call(i)` for each i and returns one duration
+    in seconds per call, measured so that the work has finished (device events or a sync before
+    the clock is read). The runner rotates input sets so that together they exceed
+    `rotate_bytes()`; a backend that flushes its cache before each sample returns 0 there.
+    """
+
+    name: str = ""
+    kind_of_device: str = ""
+    # Below this median a slow case is blamed on launch/latency rather than on the kernel.
+    latency_floor_s: float = 20e-6
+
+    def available(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def device(self) -> str:
+        raise NotImplementedError
+
+    def device_info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        pass
+
+    def block(self, out: Any) -> None:
+        """Wait until `out` (a call's result) is computed."""
+        self.synchronize()
+
+    def cache_bytes(self) -> int:
+        """Size of the last-level cache that timing must defeat."""
+        raise NotImplementedError
+
+    def rotate_bytes(self) -> int:
+        """Total bytes the rotated input sets must exceed (0 when the cache is flushed instead)."""
+        return 4 * self.cache_bytes()
+
+    def flush(self) -> None:
+        """Evict the cache outside the timed region (CUDA); no-op where sets are rotated."""
+
+    def clocks(self) -> dict[str, Any]:
+        """Clocks, power and throttle state right now, where the device reports them."""
+        return {}
+
+    def time_calls(self, call: Callable[[int], Any], idxs: list[int]) -> list[float]:
+        out = []
+        for i in idxs:
+            self.flush()
+            self.synchronize()
+            t0 = time.perf_counter_ns()
+            r = call(i)
+            self.block(r)
+            out.append((time.perf_counter_ns() - t0) * 1e-9)
+        return out
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device())
+
+    def versions(self) -> dict[str, str | None]:
+        return {}

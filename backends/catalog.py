@@ -1,0 +1,99 @@
+"""The chip catalog (chips.json): datasheet peaks with sources, lookup by id, and device detection.
+
+Unknown figures are null and stay null. Detection maps a live device name to a catalog id and says
+why when it cannot: an H100 SXM (3.35 TB/s) and an H100 PCIe (2.0 TB/s) must never be confused.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CATALOG_PATH = Path(__file__).with_name("chips.json")
+
+
+@dataclass(frozen=True)
+class Chip:
+    id: str
+    name: str
+    vendor: str
+    mem_bw_gbps: float | None
+    mem_gb: float | None
+    mem_type: str
+    sram: str
+    bf16_tflops: float | None
+    fp8_tflops: float | None
+    int8_tops: float | None
+    int4_tops: float | None
+    tdp_w: float | None
+    sram_only: bool
+    source: str
+    notes: str
+
+    def peak_tflops(self, dtype_name: str) -> float | None:
+        """Dense datasheet rate for a compute dtype (fp16 taken as the bf16 rate)."""
+        return {"bfloat16": self.bf16_tflops, "float16": self.bf16_tflops,
+                "float8": self.fp8_tflops, "int8": self.int8_tops}.get(dtype_name)
+
+
+@lru_cache(maxsize=1)
+def load() -> dict[str, Chip]:
+    data = json.loads(CATALOG_PATH.read_text())
+    return {c["id"]: Chip(**c) for c in data["chips"]}
+
+
+def lookup(name: str) -> Chip:
+    """Case-insensitive id lookup; KeyError's message suggests the nearest id on a typo."""
+    chips = load()
+    key = name.strip().lower()
+    if key in chips:
+        return chips[key]
+    near = [c for c in chips if c.startswith(key)] or difflib.get_close_matches(
+        key, list(chips), n=1, cutoff=0.4)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise KeyError(f"unknown chip {name!r}{hint} (see `decodewall chips`)")
+
+
+# (pattern on the device name, chip id or None, note). First match wins.
+_RULES: list[tuple[str, str | None, str]] = [
+    (r"H100.*NVL", None, "H100 NVL (3.9 TB/s, 94 GB) is not in the catalog"),
+    (r"H100.*PCIe", "h100-pcie", ""),
+    (r"H100.*(HBM3|SXM)", "h100-sxm", ""),
+    (r"H200", "h200", ""),
+    (r"B200", "b200", ""),
+    (r"A100.*80GB.*PCIe|A100.*PCIE.*80GB", None,
+     "A100 80GB PCIe (1.935 TB/s) is not in the catalog"),
+    (r"A100.*80GB", "a100-80gb", ""),
+    (r"A100", "a100-40gb", ""),
+    (r"L40S", "l40s", ""),
+    (r"\bL4\b", "l4", ""),
+    (r"RTX 4090", "rtx-4090", ""),
+    (r"MI325X", "mi325x", ""),
+    (r"MI300X", "mi300x", ""),
+    (r"TPU v4", "tpu-v4", ""),
+    (r"TPU v5 ?lite|TPU v5e", "tpu-v5e", ""),
+    (r"TPU v5p|TPU v5$", "tpu-v5p", ""),
+    (r"TPU v6 ?lite|TPU v6e|Trillium", "tpu-v6e", ""),
+    (r"TPU ?7x|Ironwood", "tpu7x", ""),
+]
+
+
+def detect(device_name: str, memory_bytes: int | None = None) -> tuple[str | None, str]:
+    """Map a device name to a catalog id: (id, "") or (None, why not)."""
+    for pattern, chip_id, note in _RULES:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            if chip_id is None:
+                return None, note
+            return chip_id, ""
+    if re.search(r"H100", device_name) and memory_bytes:
+        # A bare "H100" name: the 80 GB SXM and PCIe parts differ 1.7x in bandwidth; refuse to guess.
+        return None, f"{device_name!r}: cannot tell H100 SXM from PCIe by name; pass --chip"
+    return None, f"{device_name!r} is not in the catalog"
+
+
+def as_dict(chip: Chip) -> dict[str, Any]:
+    return dict(chip.__dict__)

@@ -1,0 +1,112 @@
+"""The CPU backend: perf_counter_ns timing, input sets rotated past 4x the LLC read from sysfs.
+
+Cache sizes come from /sys/devices/system/cpu (py-cpuinfo reports them wrongly on some machines).
+Threads are whatever torch is configured with, and are recorded.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import Backend
+
+SYS_CPU = Path("/sys/devices/system/cpu")
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    if text and text[-1] in mult:
+        return int(float(text[:-1]) * mult[text[-1]])
+    return int(text)
+
+
+def read_caches(root: Path = SYS_CPU) -> dict[str, int]:
+    """Total bytes per cache level ("L1d", "L2", "L3"), summed over distinct shared instances."""
+    seen: dict[tuple[str, str], int] = {}
+    for cache in sorted(root.glob("cpu[0-9]*/cache/index[0-9]*")):
+        try:
+            level = (cache / "level").read_text().strip()
+            ctype = (cache / "type").read_text().strip()
+            size = _parse_size((cache / "size").read_text())
+            shared = (cache / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if ctype == "Instruction":
+            continue
+        name = f"L{level}" + ("d" if ctype == "Data" else "")
+        seen[(name, shared)] = size
+    totals: dict[str, int] = {}
+    for (name, _), size in seen.items():
+        totals[name] = totals.get(name, 0) + size
+    return totals
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    latency_floor_s = 20e-6
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def device(self) -> str:
+        return "cpu"
+
+    def cache_bytes(self) -> int:
+        caches = read_caches()
+        for level in ("L3", "L2", "L1d"):
+            if level in caches:
+                return caches[level]
+        return 32 * 1024**2  # no sysfs (macOS): assume a generous LLC so rotation still defeats it
+
+    def clocks(self) -> dict[str, Any]:
+        mhz = []
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("cpu MHz"):
+                    mhz.append(float(line.split(":")[1]))
+        except OSError:
+            pass
+        return {"cpu_mhz": round(sum(mhz) / len(mhz), 1)} if mhz else {}
+
+    def device_info(self) -> dict[str, Any]:
+        caches = read_caches()
+        return {
+            "backend": self.name,
+            "name": _cpu_name(),
+            "chip": None,
+            "chip_note": "CPUs are not in the catalog: judged against the measured roof only",
+            "memory_bytes": _mem_total(),
+            "cache_bytes": self.cache_bytes(),
+            "caches": caches,
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "clocks": self.clocks(),
+        }

@@ -1,0 +1,117 @@
+"""Rich terminal rendering: result tables, the roof, backends and the chip catalog."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from backends import Chip
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_num(x: float | None, nd: int = 1, suffix: str = "") -> str:
+    return "-" if x is None else f"{x:.{nd}f}{suffix}"
+
+
+def fmt_shape(shape: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _verdict_text(rec: dict[str, Any]) -> Text:
+    st = rec.get("status")
+    if st == "failed-check":
+        return Text(f"FAIL: {rec.get('error')}", style="bold red")
+    if st == "error":
+        return Text(f"ERROR: {rec.get('error')}", style="red")
+    if st == "skipped":
+        return Text(f"skipped: {rec.get('error')}", style="dim")
+    v = rec.get("verdict") or ""
+    style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
+    if v.startswith("above the roof"):
+        style = "bold magenta"
+    return Text(v, style=style)
+
+
+def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for col, just in (("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
+                      ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"),
+                      ("GB/s", "right"), ("% roof", "right"), ("% datasheet", "right"),
+                      ("FLOP/B", "right"), ("verdict", "left")):
+        t.add_column(col, justify=just, overflow="fold")
+    for r in records:
+        ts = r.get("time_s") or {}
+        spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
+        name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
+        t.add_row(r["op"], fmt_shape(r["shape"]), r["dtype"], name, fmt_time(ts.get("median")),
+                  fmt_time(spread), str(ts.get("n", "-")), fmt_num(r.get("achieved_gbps")),
+                  fmt_num(r.get("pct_roof"), 0, "%"), fmt_num(r.get("pct_datasheet"), 0, "%"),
+                  fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r))
+    return t
+
+
+def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) -> Table:
+    t = Table(title=f"roof — {info.get('name')} ({roof['backend']})", header_style="bold")
+    t.add_column("quantity")
+    t.add_column("measured", justify="right")
+    t.add_column("datasheet", justify="right")
+    t.add_column("measured / datasheet", justify="right")
+    peak = chip.mem_bw_gbps if chip else None
+
+    def ratio(x: float | None, p: float | None) -> str:
+        return f"{100 * x / p:.0f}%" if x and p else "-"
+
+    t.add_row("copy GB/s (read + write)", fmt_num(roof["copy_gbps"]), fmt_num(peak),
+              ratio(roof["copy_gbps"], peak))
+    t.add_row("read GB/s", fmt_num(roof["read_gbps"]), fmt_num(peak),
+              ratio(roof["read_gbps"], peak))
+    for dt, tf in roof["matmul_tflops"].items():
+        p = chip.peak_tflops(dt) if chip else None
+        t.add_row(f"matmul TFLOP/s ({dt})", fmt_num(tf, 3), fmt_num(p), ratio(tf, p))
+    t.caption = (f"working set {fmt_bytes(roof['working_set_bytes'])} per probe "
+                 f"(LLC {fmt_bytes(info.get('cache_bytes'))}); chip: "
+                 f"{chip.id + ' — ' + chip.source if chip else info.get('chip_note') or 'not in catalog'}")
+    return t
+
+
+def chips_table(chips: Iterable[Chip]) -> Table:
+    t = Table(title="chip catalog (datasheet peaks, dense; '-' = not published)",
+              header_style="bold", show_lines=False)
+    for col in ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",
+                "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "source"):
+        t.add_column(col, overflow="fold")
+    for c in chips:
+        t.add_row(c.id, c.name, fmt_num(c.mem_bw_gbps, 0), fmt_num(c.mem_gb, 0) +
+                  (f" {c.mem_type}" if c.mem_gb is not None else ""), c.sram,
+                  fmt_num(c.bf16_tflops, 1), fmt_num(c.fp8_tflops, 1), fmt_num(c.int8_tops, 1),
+                  fmt_num(c.tdp_w, 0), c.source + (f" — {c.notes}" if c.notes else ""))
+    return t
+
+
+def console(stderr: bool = False) -> Console:
+    """A terminal gets its own width; a pipe or file gets wide lines rather than folded cells."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", 0) or 180)
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)

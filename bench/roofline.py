@@ -1,0 +1,137 @@
+"""The roof and the verdict: measured bandwidth/compute roofs and where a case sits under them.
+
+The bandwidth roof is the best of the `copy` (read + write) and `read` probes on a working set of
+at least 4x the last-level cache; the compute roof is a large matmul per dtype. A case is
+compute-bound when its arithmetic intensity is past the ridge (compute roof / bandwidth roof);
+otherwise it is at the wall at >= 80% of the measured bandwidth roof, else below it, with the
+likely cause named.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from backends import Backend
+from kernels import OPS, dtype_name
+
+from .timing import BUDGETS, Budget, measure
+
+AT_WALL = 0.80
+
+
+@dataclass
+class Roof:
+    backend: str
+    copy_gbps: float
+    read_gbps: float
+    working_set_bytes: int
+    matmul_tflops: dict[str, float] = field(default_factory=dict)
+    compute_dtype: dict[str, str] = field(default_factory=dict)  # input dtype -> matmul dtype
+    noise: float = 0.0  # relative spread of the probe samples
+
+    @property
+    def gbps(self) -> float:
+        return max(self.copy_gbps, self.read_gbps)
+
+    def tflops(self, dtype: torch.dtype) -> float | None:
+        name = dtype_name(dtype)
+        return self.matmul_tflops.get(self.compute_dtype.get(name, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roof_gbps"] = self.gbps
+        return d
+
+
+def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
+    """Probe size: >= 4x the LLC, and at least 256 MiB (1 GiB on GPUs) for a stable figure."""
+    floor = 1024**3 if backend.name == "cuda" else 256 * 1024**2
+    nbytes = max(4 * backend.cache_bytes(), floor)
+    return nbytes // torch.empty((), dtype=dtype).element_size()
+
+
+def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[float, float]:
+    op = OPS[op_name]
+    shape = op.shape(N=n)
+    impl = op.impls["torch_copy" if op_name == "copy" else "torch_sum"]
+    (src,) = op.make_inputs(shape, torch.float32, backend.device(), 0)
+    out = torch.empty_like(src) if op_name == "copy" else None
+    call = (lambda i: impl.fn(src, out=out)) if out is not None else (lambda i: impl.fn(src))
+    st = measure(backend, call, 1, budget)
+    return op.bytes_moved(shape, torch.float32) / st.median / 1e9, st.rel_std
+
+
+def matmul_tflops(backend: Backend, dtype: torch.dtype, budget: Budget) -> float:
+    n = 8192 if backend.name == "cuda" else 1024
+    dev = backend.device()
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    c = torch.empty(n, n, device=dev, dtype=dtype)
+    st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
+    return 2 * n**3 / st.median / 1e12
+
+
+def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
+                 budget: Budget | None = None) -> Roof:
+    budget = budget or BUDGETS["normal"]
+    n = probe_elems(backend)
+    copy_gbps, copy_noise = _probe(backend, "copy", n, budget)
+    read_gbps, read_noise = _probe(backend, "read", n, budget)
+    roof = Roof(backend.name, round(copy_gbps, 2), round(read_gbps, 2), n * 4,
+                noise=max(copy_noise, read_noise))
+    for dt in dtypes or [torch.float32]:
+        add_matmul(roof, backend, dt, budget)
+    return roof
+
+
+def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:
+    """The dtype whose matmul rate is the compute roof for `dtype` inputs on this backend.
+
+    On CPUs a good kernel computes 16-bit inputs in fp32 (torch's own bf16 matmul on a CPU without
+    AVX512-BF16 runs ~50x slower than fp32: that is a kernel's weakness, not the chip's roof).
+    """
+    if backend.name == "cpu" or not dtype.is_floating_point:
+        return torch.float32
+    return dtype
+
+
+def add_matmul(roof: Roof, backend: Backend, dtype: torch.dtype, budget: Budget) -> None:
+    """Measure the compute roof for `dtype` once per run."""
+    cdt = compute_dtype(backend, dtype)
+    if dtype_name(cdt) not in roof.matmul_tflops:
+        roof.matmul_tflops[dtype_name(cdt)] = round(matmul_tflops(backend, cdt, budget), 3)
+    roof.compute_dtype[dtype_name(dtype)] = dtype_name(cdt)
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    arithmetic_intensity: float | None
+    ridge: float | None
+    pct_roof: float | None
+    pct_compute: float | None
+
+
+def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dtype,
+          latency_floor_s: float) -> Verdict:
+    """Roofline verdict for one timed case."""
+    gbps = bytes_ / median_s / 1e9
+    ai = flops / bytes_ if bytes_ else None
+    tf = roof.tflops(dtype)
+    ridge = (tf * 1e12) / (roof.gbps * 1e9) if tf else None
+    pct_roof = 100 * gbps / roof.gbps if roof.gbps else None
+    pct_compute = 100 * flops / median_s / 1e12 / tf if tf and flops else None
+    noise = max(0.05, 3 * roof.noise)
+    if pct_roof is not None and pct_roof > 100 * (1 + noise):
+        v = "above the roof: harness suspect (cache not defeated or missing sync)"
+    elif ai is not None and ridge is not None and ai >= ridge:
+        v = "compute-bound"
+    elif pct_roof is not None and pct_roof >= 100 * AT_WALL:
+        v = "at the wall"
+    elif median_s < latency_floor_s:
+        v = "below the wall: launch/latency bound"
+    else:
+        v = "below the wall: kernel"
+    return Verdict(v, ai, ridge, pct_roof, pct_compute)

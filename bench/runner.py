@@ -1,0 +1,219 @@
+"""Runs cases: correctness gate first, then timing of the impls that pass, then one record each.
+
+Per case: build inputs on the device, compute the float64 reference once, and for every selected
+impl (1) call it on those inputs with a NaN-poisoned output buffer and compare with the reference,
+(2) if it passes, time it on rotated input copies (untimed `prepare` done per copy, outputs
+preallocated) and judge the median against the roof. Failures are recorded, never timed, and the
+run goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from backends import Backend, Chip
+from kernels import OPS, Impl, dtype_name, rel_err
+
+from .results import ResultWriter
+from .roofline import Roof, add_matmul, judge
+from .suites import Case
+from .timing import Budget, measure
+
+MAX_SETS = 4096
+
+
+@dataclass
+class RunContext:
+    backend: Backend
+    roof: Roof
+    chip: Chip | None
+    device_info: dict[str, Any]
+    budget: Budget
+    seed: int
+    run_id: str
+    command: str
+    git_commit: str | None
+    versions: dict[str, Any]
+    impl_filter: tuple[str, ...] | None = None
+
+
+def select_impls(case: Case, backend: str, impl_filter: tuple[str, ...] | None) -> list[Impl]:
+    op = OPS[case.op]
+    names = list(op.impls)
+    if case.impls is not None:
+        names = [n for n in names if n in case.impls]
+    if impl_filter:
+        names = [n for n in names if n in impl_filter]
+    return [op.impls[n] for n in names]
+
+
+def _tensors(args: tuple) -> list[torch.Tensor]:
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def set_bytes(args: tuple, out: torch.Tensor | None) -> int:
+    seen, total = set(), 0
+    for t in _tensors(args) + ([out] if out is not None else []):
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += key[1]
+    return total
+
+
+def clone_args(args: tuple) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _err(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+class Runner:
+    def __init__(self, ctx: RunContext, writer: ResultWriter,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.ctx = ctx
+        self.writer = writer
+        self.on_record = on_record or (lambda r: None)
+
+    # -- records -------------------------------------------------------------------------------
+    def _base(self, case: Case, impl: Impl) -> dict[str, Any]:
+        c = self.ctx
+        op = OPS[case.op]
+        info = c.device_info
+        nbytes = op.bytes_moved(case.shape, case.dtype)
+        return {
+            "op": case.op, "impl": impl.name, "kind": impl.kind, "baseline": impl.baseline,
+            "backend": c.backend.name, "shape": dataclasses.asdict(case.shape),
+            "dtype": dtype_name(case.dtype), "status": None, "error": None, "correct": None,
+            "rel_err": None, "tolerance": op.tol(case.dtype), "time_s": None, "bytes": nbytes,
+            "flops": op.flops(case.shape), "achieved_gbps": None, "roof_gbps": c.roof.gbps,
+            "pct_roof": None,
+            "datasheet_gbps": c.chip.mem_bw_gbps if c.chip else None, "pct_datasheet": None,
+            "arithmetic_intensity": (op.flops(case.shape) / nbytes) if nbytes else None,
+            "verdict": None,
+            "device": {"name": info.get("name"), "chip": c.chip.id if c.chip else None,
+                       "memory_bytes": info.get("memory_bytes"),
+                       "cache_bytes": info.get("cache_bytes"),
+                       "clocks": c.backend.clocks(), "threads": info.get("threads")},
+            "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
+            "seed": c.seed, "run_id": c.run_id, "group": case.group,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
+        self.writer.write(rec)
+        self.on_record(rec)
+        return rec
+
+    # -- one case ------------------------------------------------------------------------------
+    def run_case(self, case: Case) -> list[dict[str, Any]]:
+        c = self.ctx
+        op = OPS[case.op]
+        impls = select_impls(case, c.backend.name, c.impl_filter)
+        records: list[dict[str, Any]] = []
+        runnable = []
+        for impl in impls:
+            ok, why = impl.supports(c.backend.name, case.dtype)
+            if ok:
+                runnable.append(impl)
+            elif c.backend.name not in impl.backends and not c.impl_filter:
+                continue  # not this backend's impl: nothing to report unless asked for by name
+            else:
+                rec = self._base(case, impl)
+                rec.update(status="skipped", error=why)
+                records.append(self._emit(rec))
+        if not runnable:
+            return records
+        dev = c.backend.device()
+        try:
+            inputs = op.make_inputs(case.shape, case.dtype, dev, c.seed)
+            ref = op.reference(*inputs)
+        except Exception as e:  # e.g. out of memory building a big case
+            for impl in runnable:
+                rec = self._base(case, impl)
+                rec.update(status="error", error=f"building inputs: {_err(e)}")
+                records.append(self._emit(rec))
+            return records
+        add_matmul(c.roof, c.backend, case.dtype, c.budget)
+        sets: list[tuple] | None = None
+        for impl in runnable:
+            rec = self._base(case, impl)
+            try:
+                sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
+            except NotImplementedError as e:
+                rec.update(status="skipped", error=str(e) or "not implemented for this case")
+            except Exception as e:
+                rec.update(status="error", error=_err(e), traceback=traceback.format_exc(limit=4))
+                if c.backend.name == "cuda":
+                    torch.cuda.empty_cache()
+            records.append(self._emit(rec))
+        return records
+
+    def _check_and_time(self, case: Case, impl: Impl, inputs: tuple, ref: torch.Tensor,
+                        rec: dict[str, Any], sets: list[tuple] | None) -> list[tuple] | None:
+        c = self.ctx
+        op = OPS[case.op]
+        out_shape, out_dtype = op.out_spec(case.shape, case.dtype)
+        dev = c.backend.device()
+
+        # (1) correctness gate on fresh inputs with a poisoned output buffer
+        args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
+        if impl.out_arg:
+            poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
+            impl.fn(*args, out=poisoned)
+            result = poisoned
+        else:
+            result = impl.fn(*args)
+        c.backend.synchronize()
+        err = rel_err(result, ref)
+        tol = op.tol(case.dtype)
+        rec.update(rel_err=err, correct=bool(err <= tol))
+        if not err <= tol:
+            rec.update(status="failed-check",
+                       error=f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
+                       else "output has NaN/inf (unwritten or overflowed elements)")
+            return sets
+        del result
+
+        # (2) timing on input copies rotated past the cache
+        out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if impl.out_arg else None
+        per_set = set_bytes(args, out0)
+        need = c.backend.rotate_bytes()
+        n_sets = 1 if per_set > need else min(MAX_SETS, math.ceil((need + 1) / per_set))
+        if sets is None or len(sets) != n_sets:
+            sets = [inputs] + [clone_args(inputs) for _ in range(n_sets - 1)]
+        prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
+        outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if impl.out_arg
+                         else None for _ in range(n_sets - 1)]
+        fn = impl.fn
+        if impl.out_arg:
+            call = lambda i: fn(*prepared[i], out=outs[i])  # noqa: E731
+        else:
+            call = lambda i: fn(*prepared[i])  # noqa: E731
+        st = measure(c.backend, call, n_sets, c.budget)
+        del prepared, outs
+
+        v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
+                  c.backend.latency_floor_s)
+        gbps = rec["bytes"] / st.median / 1e9
+        rec.update(
+            status="ok",
+            time_s={"median": st.median, "p25": st.p25, "p75": st.p75, "min": st.min,
+                    "n": st.n, "rel_std": st.rel_std, "stop": st.stop},
+            achieved_gbps=gbps, pct_roof=v.pct_roof, verdict=v.verdict,
+            pct_datasheet=(100 * gbps / c.chip.mem_bw_gbps) if c.chip and c.chip.mem_bw_gbps
+            else None,
+            achieved_tflops=rec["flops"] / st.median / 1e12, ridge=v.ridge,
+            pct_compute=v.pct_compute, n_sets=n_sets, set_bytes=per_set,
+            cold=bool(n_sets * per_set > need),
+        )
+        rec["device"]["clocks"] = c.backend.clocks()
+        return sets

@@ -1,0 +1,107 @@
+"""Adaptive sampling: warm up by time, then sample until the median is known or a cap is hit.
+
+Stopping follows nvbench's "stdrel" idea: stop once the samples' relative standard deviation is
+at most `target_rel` (0.5%). A noisy CPU rarely gets there, so we also stop once the median itself
+is pinned down to `target_rel` (its standard error), or at the sample/time cap. Every result says
+which rule stopped it, how many samples it took and how spread they were.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from backends import Backend
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup_s: float = 0.1
+    min_samples: int = 10
+    max_samples: int = 2000
+    min_time_s: float = 0.2
+    max_time_s: float = 2.0
+    target_rel: float = 0.005
+    batch: int = 10  # samples per timing batch (one device sync per batch on CUDA)
+
+
+BUDGETS = {
+    "quick": Budget(warmup_s=0.02, min_samples=5, max_samples=200, min_time_s=0.02, max_time_s=0.3),
+    "normal": Budget(),
+    "thorough": Budget(warmup_s=0.5, min_samples=30, max_samples=10000, min_time_s=1.0,
+                       max_time_s=10.0),
+}
+
+
+@dataclass
+class Stats:
+    median: float
+    p25: float
+    p75: float
+    min: float
+    max: float
+    mean: float
+    rel_std: float
+    n: int
+    stop: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(samples: list[float], stop: str) -> Stats:
+    a = np.asarray(samples, dtype=np.float64)
+    mean = float(a.mean())
+    return Stats(
+        median=float(np.median(a)), p25=float(np.percentile(a, 25)),
+        p75=float(np.percentile(a, 75)), min=float(a.min()), max=float(a.max()), mean=mean,
+        rel_std=float(a.std(ddof=1) / mean) if len(a) > 1 and mean > 0 else 0.0,
+        n=len(a), stop=stop)
+
+
+def stop_rule(samples: list[float], elapsed: float, b: Budget) -> str | None:
+    n = len(samples)
+    if n >= b.max_samples:
+        return "max_samples"
+    if elapsed >= b.max_time_s:
+        return "max_time"
+    if n < b.min_samples or elapsed < b.min_time_s:
+        return None
+    a = np.asarray(samples)
+    mean = a.mean()
+    rel_std = a.std(ddof=1) / mean if mean > 0 else 0.0
+    if rel_std <= b.target_rel:
+        return "stdrel"
+    # standard error of the median ~ 1.2533 sigma / sqrt(n)
+    if 1.2533 * rel_std / math.sqrt(n) <= b.target_rel:
+        return "median_precise"
+    return None
+
+
+def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: Budget) -> Stats:
+    """Time `call(i)` (i = input set, rotated round-robin) on `backend` under `budget`."""
+    nxt = 0
+
+    def idxs(k: int) -> list[int]:
+        nonlocal nxt
+        out = [(nxt + j) % n_sets for j in range(k)]
+        nxt = (nxt + k) % n_sets
+        return out
+
+    # Warm-up by time: compiles, autotunes, faults pages in, raises clocks. At least one full
+    # rotation so every set has been touched once.
+    t0 = time.perf_counter()
+    backend.time_calls(call, idxs(max(1, min(n_sets, 64))))
+    while time.perf_counter() - t0 < budget.warmup_s:
+        backend.time_calls(call, idxs(budget.batch))
+
+    samples: list[float] = []
+    t0 = time.perf_counter()
+    while True:
+        samples.extend(backend.time_calls(call, idxs(budget.batch)))
+        stop = stop_rule(samples, time.perf_counter() - t0, budget)
+        if stop:
+            return summarize(samples, stop)
