@@ -1,0 +1,169 @@
+"""The CLI through its real entry point: bad input is one stderr line + exit 2 and no file."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.cli import main
+from bench.compare import classify
+from tests.helpers import REPO, run_cli
+
+GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
+
+
+@pytest.fixture
+def out(tmp_path):
+    d = tmp_path / "runs"
+    return d
+
+
+def bad(capsys, out, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("decodewall: error:"), err
+    assert "Traceback" not in err
+    assert not out.exists() or not list(out.iterdir()), "a results file was left behind"
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "--op", "gemv_bf17"], "did you mean 'gemv_bf16'"),
+    (["run", *GEMV, "--impl", "nope"], "unknown impl 'nope'"),
+    (["run", "--backend", "tpu"], "unknown backend 'tpu'"),
+    (["run", "--suite", "smok"], "did you mean 'smoke'"),
+    (["run", *GEMV, "--chip", "h100-sx"], "did you mean 'h100-sxm'"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=abc,K=4"], "not an integer"),
+    (["run", "--op", "gemv_bf16", "--shape", "M1"], "malformed --shape"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,M=2,K=4,N=4"], "given twice"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=8,K=0"], "K must be a positive"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=5000,N=8,K=8"], "not a decode batch"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=8"], "needs K"),
+    (["run", *GEMV, "--dtype", "float7"], "unknown dtype"),
+    (["run", *GEMV, "--plugin", "/nonexistent/plugin.py"], "no such file"),
+    (["run", "--shape", "M=1,N=8,K=8"], "--shape needs --op"),
+    (["run", "--bogus-flag"], "unrecognized arguments"),
+    (["chips", "--chip", "h10"], "did you mean 'h100"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_input(capsys, out, argv, expect):
+    line = bad(capsys, out, *argv, *(["--out", str(out)] if argv[0] == "run" and "--bogus-flag" not in argv else []))
+    assert expect in line
+
+
+def test_unavailable_backend(capsys, out):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "backend cuda is not available" in bad(capsys, out, "run", "--backend", "cuda", "--out", str(out))
+
+
+def test_broken_plugin(capsys, out, tmp_path):
+    p = tmp_path / "broken.py"
+    p.write_text("import torch\nraise RuntimeError('plugin exploded')\n")
+    assert "plugin exploded" in bad(capsys, out, "run", *GEMV, "--plugin", str(p), "--out", str(out))
+    p.write_text("def (:\n")
+    assert "SyntaxError" in bad(capsys, out, "run", *GEMV, "--plugin", str(p), "--out", str(out))
+
+
+def test_unwritable_out(capsys, tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("not a directory")
+    rc = main(["run", *GEMV, "--out", str(f / "sub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot create results directory" in err and len(err.splitlines()) == 1
+
+
+def test_compare_corrupt_and_missing(capsys, out, tmp_path):
+    bad_file = tmp_path / "bad.jsonl"
+    bad_file.write_text('{"op": "copy", "impl": "x", "shape": {}, "status": "ok"}\n{not json\n')
+    assert "bad.jsonl:2: not valid JSON" in bad(capsys, out, "compare", str(bad_file), str(bad_file))
+    assert "no such file" in bad(capsys, out, "compare", str(tmp_path / "none.jsonl"), str(bad_file))
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"hello": 1}\n')
+    assert "not a decodewall result" in bad(capsys, out, "compare", str(other), str(other))
+
+
+def test_compare_classification():
+    a = {"median": 1.0, "p25": 0.99, "p75": 1.01}
+    assert classify(a, {"median": 0.9, "p25": 0.89, "p75": 0.91}) == "faster"
+    assert classify(a, {"median": 1.1, "p25": 1.09, "p75": 1.11}) == "slower"
+    assert classify(a, {"median": 1.005, "p25": 0.995, "p75": 1.015}) == "same"
+    # overlapping spreads but a shift larger than either run's noise: not decidable
+    noisy = {"median": 1.0, "p25": 0.98, "p75": 1.02}
+    assert classify(noisy, {"median": 1.03, "p25": 1.015, "p75": 1.045}) == "unsure"
+
+
+def test_run_json_and_results_file_through_real_entry_point(tmp_path):
+    out = tmp_path / "runs"
+    p = run_cli("run", *GEMV, "--dtype", "float32", "--json", "--budget", "quick", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    printed = [json.loads(x) for x in p.stdout.splitlines()]
+    (f,) = out.iterdir()
+    saved = [json.loads(x) for x in f.read_text().splitlines()]
+    assert printed == saved
+    rec = next(r for r in saved if r["impl"] == "torch_matmul")
+    assert rec["status"] == "ok" and rec["shape"] == {"M": 1, "N": 64, "K": 128}
+    assert rec["dtype"] == "float32" and rec["backend"] == "cpu"
+    assert rec["command"].startswith("decodewall run --op gemv_bf16")
+    assert rec["versions"]["torch"] and rec["run_id"] == f.stem
+
+
+def test_plugin_impl_is_checked_and_timed(tmp_path):
+    plugin = tmp_path / "my_kernels.py"
+    plugin.write_text(
+        "import torch\n"
+        "from kernels import register_impl\n\n"
+        "@register_impl('gemv_bf16', 'my_gemv', backends=['cpu'])\n"
+        "def my_gemv(x, w):\n"
+        "    return (x.float() @ w.float().T).to(x.dtype)\n\n"
+        "@register_impl('gemv_bf16', 'my_broken', backends=['cpu'])\n"
+        "def my_broken(x, w):\n"
+        "    return x @ w.T + 1\n")
+    p = run_cli("run", *GEMV, "--plugin", str(plugin), "--json", "--budget", "quick", "--no-save")
+    assert p.returncode == 0, p.stderr
+    recs = {r["impl"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert recs["my_gemv"]["status"] == "ok" and recs["my_gemv"]["time_s"]["n"] > 0
+    assert recs["my_broken"]["status"] == "failed-check"
+    assert recs["my_broken"]["time_s"] is None
+
+
+def test_table_output_shows_verdicts_and_fail(tmp_path):
+    plugin = tmp_path / "p.py"
+    plugin.write_text("from kernels import register_impl\n"
+                      "@register_impl('gemv_bf16', 'off_by_one', backends=['cpu'])\n"
+                      "def f(x, w):\n    return x @ w.T + 1\n")
+    p = run_cli("run", *GEMV, "--plugin", str(plugin), "--budget", "quick", "--no-save")
+    assert p.returncode == 0, p.stderr
+    assert "FAIL: rel err" in p.stdout and "torch_matmul" in p.stdout
+    assert any(v in p.stdout for v in ("at the wall", "below the wall", "compute-bound"))
+
+
+def test_ctrl_c_keeps_finished_cases(tmp_path):
+    out = tmp_path / "runs"
+    shapes = [a for n in range(8) for a in ("--shape", f"N={4_000_000 + n}")]
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--op", "copy", *shapes, "--budget",
+           "thorough", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            files = list(out.glob("*.jsonl")) if out.exists() else []
+            if files and files[0].read_text().count("\n") >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no case finished in time")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    lines = files[0].read_text().splitlines()
+    assert 1 <= len(lines) < 8
+    assert all(json.loads(x)["status"] == "ok" for x in lines)

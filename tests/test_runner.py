@@ -1,0 +1,89 @@
+"""The runner's correctness gate and record contract, in-process on the CPU backend."""
+import json
+
+import pytest
+import torch
+
+from backends import get_backend
+from bench.results import FIELDS, ResultWriter, read_results
+from bench.roofline import Roof
+from bench.runner import RunContext, Runner
+from bench.suites import Case
+from bench.timing import BUDGETS
+from kernels import OPS, register_impl
+from kernels.gemv_bf16 import GemvShape
+
+TEST_IMPLS = ["t_wrong", "t_lazy", "t_unsupported", "t_crash", "t_good"]
+
+
+@pytest.fixture
+def test_impls():
+    @register_impl("gemv_bf16", "t_wrong", backends=["cpu"])
+    def wrong(x, w):
+        return (x @ w.T) * 1.05  # a 5% error: must be caught
+
+    @register_impl("gemv_bf16", "t_lazy", backends=["cpu"])
+    def lazy(x, w, out=None):
+        out[:, :-1] = x @ w[:-1].T  # forgets the last column: poisoned NaN must show it
+        return out
+
+    @register_impl("gemv_bf16", "t_unsupported", backends=["cpu"])
+    def unsupported(x, w):
+        raise NotImplementedError("needs K % 1024 == 0")
+
+    @register_impl("gemv_bf16", "t_crash", backends=["cpu"])
+    def crash(x, w):
+        raise RuntimeError("boom")
+
+    @register_impl("gemv_bf16", "t_good", backends=["cpu"], dtypes=["float32"])
+    def good(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+
+    yield
+    for n in TEST_IMPLS:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def make_runner(tmp_path, impls):
+    b = get_backend("cpu")
+    roof = Roof("cpu", 20.0, 25.0, 1 << 28, matmul_tflops={"float32": 0.1})
+    ctx = RunContext(backend=b, roof=roof, chip=None, device_info=b.device_info(),
+                     budget=BUDGETS["quick"], seed=0, run_id="test-run", command="pytest",
+                     git_commit=None, versions={"torch": torch.__version__},
+                     impl_filter=tuple(impls))
+    return Runner(ctx, ResultWriter(tmp_path, "test-run"))
+
+
+def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_impls):
+    r = make_runner(tmp_path, TEST_IMPLS)
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))}
+    r.writer.close()
+    assert recs["t_wrong"]["status"] == "failed-check" and recs["t_wrong"]["time_s"] is None
+    assert recs["t_wrong"]["correct"] is False and recs["t_wrong"]["rel_err"] > 0.04
+    assert recs["t_lazy"]["status"] == "failed-check" and "NaN" in recs["t_lazy"]["error"]
+    assert recs["t_unsupported"]["status"] == "skipped"
+    assert "K % 1024" in recs["t_unsupported"]["error"]
+    assert recs["t_crash"]["status"] == "error" and "boom" in recs["t_crash"]["error"]
+    good = recs["t_good"]
+    assert good["status"] == "ok" and good["correct"] is True
+    assert good["time_s"]["n"] >= 5 and good["time_s"]["median"] > 0
+    assert good["achieved_gbps"] == pytest.approx(good["bytes"] / good["time_s"]["median"] / 1e9)
+    # the rotated working set defeats the cache
+    assert good["n_sets"] * good["set_bytes"] > 4 * get_backend("cpu").cache_bytes()
+    saved = read_results(tmp_path / "test-run.jsonl")
+    assert [x["impl"] for x in saved] == list(recs)
+    for rec in saved:
+        assert set(FIELDS) <= rec.keys()
+        json.dumps(rec)
+
+
+def test_dtype_mismatch_is_skipped_with_reason(tmp_path, test_impls):
+    r = make_runner(tmp_path, ["t_good"])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 8, 16), torch.bfloat16))
+    assert rec["status"] == "skipped" and "float32" in rec["error"]
+
+
+def test_writer_creates_nothing_without_records(tmp_path):
+    w = ResultWriter(tmp_path, "empty")
+    w.close()
+    assert not list(tmp_path.iterdir())
