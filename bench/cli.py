@@ -123,6 +123,10 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
 def resolve_cases(args, ctx) -> list:
     from kernels import OPS
     from .suites import SUITES, Case, cases_for
+    if hasattr(args, "model"):  # `run --model`: bench/project_cli.py
+        from .project_cli import model_cases
+        if (cases := model_cases(args, ctx)) is not None:
+            return cases
     if args.op and args.suite:
         raise UsageError("give either --suite or --op, not both")
     if args.shape and not args.op:
@@ -233,6 +237,9 @@ def cmd_run(args) -> int:
                                 f"({backend.name}), roof {roof.gbps:.1f} GB/s"))
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
             _print_precision(records, out)
+    if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
+        from .project_cli import print_step
+        print_step(args, records, roof, as_json=args.json)
     where = f"{writer.path}" if writer.path and writer.count else "nothing saved"
     if interrupted:
         print(f"decodewall: interrupted; {writer.count} finished case(s) kept in {where}",

@@ -1,0 +1,307 @@
+"""Model workloads: what one decode step of a real model reads and computes.
+
+A model is its Hugging Face config.json fields (bench/models/*.json, or a user's file in the same
+form). A decode step at batch B and context C is, per layer, the qkv, o, gate/up and down GEMVs
+and paged attention over each sequence's C cached tokens, then the lm_head GEMV. Its bytes are the
+exact formats of kernels/ (DESIGN.md): weights at the chosen precision with their scales (and
+zeros for INT4, group 128), the KV cache at its precision (+ per-token scales for INT8), and the
+small activation, block-table and norm traffic. Decimal units: 1 GB = 1e9 B.
+
+What is counted and why:
+- Every linear layer (lm_head included) is stored at `--weights`; the MoE router, the norms and
+  the embedding table stay bf16 (they are tiny or, for the embedding, barely read).
+- The embedding lookup reads only the B rows of this step's tokens, not the table.
+- MoE (Mixtral): each token runs top-k of E experts, so at batch 1 only k experts' weights are
+  read per layer. A batch touches more: with uniform routing a given expert is missed by one token
+  with probability 1 - k/E, so a batch of B tokens reads E * (1 - (1 - k/E)^B) distinct experts on
+  average (Mixtral 8x7B: 2 at B=1, 5.4 at B=4, 7.2 at B=8, ~8 from B=16). Weight bytes grow with
+  that count; FLOPs grow with B * k. Each touched expert runs a GEMV over its ~B*k/touched tokens.
+- Nothing is read twice: the counts are the floor any correct implementation must move.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).with_name("models")
+WEIGHT_PRECISIONS = ("bf16", "int8", "int4")
+KV_PRECISIONS = ("bf16", "int8")
+INT4_GROUP = 128
+HALF = 2         # bytes of a bf16 activation, scale, zero, bias, norm weight
+INDEX = 4        # bytes of an int32 block-table entry or sequence length
+KV_BLOCK = 16    # paged KV block size (tokens per block), as in kernels/paged_attention.py
+
+REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "vocab_size")
+INT_FIELDS = REQUIRED + ("num_key_value_heads", "head_dim", "num_local_experts",
+                         "num_experts_per_tok")
+
+
+class ConfigError(ValueError):
+    """A model name or config file that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The fields of a HF config.json that decide decode traffic."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    num_local_experts: int = 1      # 1: dense MLP
+    num_experts_per_tok: int = 1
+    attention_bias: bool = False    # q/k/v biases (Qwen2)
+    source: str = ""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_local_experts > 1
+
+    @property
+    def qkv_out(self) -> int:
+        return (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+
+    def param_count(self) -> int:
+        """Every parameter once (a tied lm_head shares the embedding's)."""
+        H, I, E = self.hidden_size, self.intermediate_size, self.num_local_experts
+        attn = self.qkv_out * H + H * self.num_attention_heads * self.head_dim
+        attn += self.qkv_out if self.attention_bias else 0
+        mlp = E * 3 * H * I + (E * H if self.is_moe else 0)
+        per_layer = attn + mlp + 2 * H  # + input and post-attention RMSNorm weights
+        embed = self.vocab_size * H
+        return (self.num_hidden_layers * per_layer + embed + H
+                + (0 if self.tie_word_embeddings else embed))
+
+
+def model_names() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.json"))
+
+
+def load_model(name_or_path: str) -> ModelConfig:
+    """A built-in model by name (case-insensitive) or a user's config.json by path."""
+    p = Path(name_or_path)
+    if name_or_path.endswith(".json") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"model config {name_or_path}: no such file")
+        return _load_file(p, p.stem)
+    key = name_or_path.strip().lower()
+    known = model_names()
+    if key not in known:
+        import difflib
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown model {name_or_path!r}{hint} (known: {', '.join(known)}; "
+                          "or give a config.json path)")
+    return _load_file(MODELS_DIR / f"{key}.json", key)
+
+
+def _load_file(path: Path, default_name: str) -> ModelConfig:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"model config {path}: cannot read ({e})") from None
+    return parse_config(data, default_name, where=str(path))
+
+
+def parse_config(data: Any, name: str, where: str = "model config") -> ModelConfig:
+    """Validate HF config.json fields; ConfigError names the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object of config.json fields")
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    for f in INT_FIELDS:
+        v = data.get(f)
+        if v is None and f not in REQUIRED:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{where}: {f} must be a positive integer, got {v!r}")
+    for f in ("tie_word_embeddings", "attention_bias"):
+        if f in data and not isinstance(data[f], bool):
+            raise ConfigError(f"{where}: {f} must be true or false, got {data[f]!r}")
+    H, Hq = data["hidden_size"], data["num_attention_heads"]
+    Hkv = data.get("num_key_value_heads") or Hq
+    if data.get("head_dim") is None and H % Hq:
+        raise ConfigError(f"{where}: hidden_size {H} is not a multiple of num_attention_heads "
+                          f"{Hq}; give head_dim")
+    D = data.get("head_dim") or H // Hq
+    if Hq % Hkv:
+        raise ConfigError(f"{where}: num_attention_heads {Hq} is not a multiple of "
+                          f"num_key_value_heads {Hkv}")
+    E = data.get("num_local_experts") or 1
+    k = data.get("num_experts_per_tok") or (2 if E > 1 else 1)
+    if k > E:
+        raise ConfigError(f"{where}: num_experts_per_tok {k} > num_local_experts {E}")
+    bias = data.get("attention_bias", data.get("model_type") == "qwen2")
+    return ModelConfig(
+        name=str(data.get("_name") or name), hidden_size=H,
+        intermediate_size=data["intermediate_size"], num_hidden_layers=data["num_hidden_layers"],
+        num_attention_heads=Hq, num_key_value_heads=Hkv, head_dim=D,
+        vocab_size=data["vocab_size"], tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+        num_local_experts=E, num_experts_per_tok=k if E > 1 else 1, attention_bias=bool(bias),
+        source=str(data.get("_source") or where))
+
+
+# --- byte formulas (the formats of kernels/, DESIGN.md) ----------------------------------------
+
+def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
+    """Bytes of one [N, K] weight: bf16; int8 + per-row scale; int4 packed + group scales/zeros."""
+    if precision == "bf16":
+        return N * K * HALF
+    if precision == "int8":
+        return N * K + N * HALF
+    if precision == "int4":
+        groups = -(-K // group)
+        return N * K // 2 + 2 * N * groups * HALF
+    raise ConfigError(f"unknown weight precision {precision!r} (known: {', '.join(WEIGHT_PRECISIONS)})")
+
+
+def kv_bytes_per_token(cfg: ModelConfig, kv: str) -> int:
+    """K and V of one token in one layer: all KV heads, + one scale per (token, head) for int8."""
+    elems = 2 * cfg.num_key_value_heads * cfg.head_dim
+    if kv == "bf16":
+        return elems * HALF
+    if kv == "int8":
+        return elems + 2 * cfg.num_key_value_heads * HALF
+    raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")
+
+
+def expected_experts(E: int, k: int, batch: int) -> float:
+    """Distinct experts a batch touches per layer under uniform routing: E * (1 - (1 - k/E)^B)."""
+    if E <= 1:
+        return 1.0
+    return E * (1.0 - (1.0 - k / E) ** batch)
+
+
+# --- the decode step ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kernel:
+    """One distinct kernel of the step: its shape, how often it runs, what each call moves."""
+
+    name: str              # qkv, o, gate_up, down, router, lm_head, attention
+    kind: str              # "gemv" or "attention"
+    dims: dict[str, int]   # gemv: M, N, K; attention: B, Hq, Hkv, D, context
+    calls: float           # per step (expected count for MoE experts)
+    precision: str         # weights (gemv) or KV (attention)
+    weight_bytes: int      # per call
+    kv_bytes: int          # per call
+    act_bytes: float       # per call: activations in/out, table entries
+    flops: float           # per call
+
+    @property
+    def bytes(self) -> float:
+        return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+
+@dataclass(frozen=True)
+class Step:
+    model: ModelConfig
+    batch: int
+    ctx: int
+    weights: str
+    kv: str
+    kernels: tuple[Kernel, ...]
+    other_bytes: dict[str, int] = field(default_factory=dict)  # not timed: embedding rows, norms
+
+    def total(self, attr: str) -> float:
+        return sum(k.calls * getattr(k, attr) for k in self.kernels)
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.total("weight_bytes") + self.other_bytes.get("norm weights", 0)
+
+    @property
+    def kv_bytes(self) -> float:
+        return self.total("kv_bytes")
+
+    @property
+    def bytes(self) -> float:
+        """Bytes per step: weights + KV read + activations, embedding rows and norms."""
+        return self.total("bytes") + sum(self.other_bytes.values())
+
+    @property
+    def flops(self) -> float:
+        return self.total("flops")
+
+    @property
+    def kernel_bytes(self) -> float:
+        """The bytes of the timed kernels only (what `run --model` measures)."""
+        return self.total("bytes")
+
+    def resident_bytes(self) -> int:
+        """Memory to hold: every weight (all experts, the whole embedding) + the KV cache
+        allocated for batch x ctx. Activations, workspace and runtime overhead are not counted."""
+        c = self.model
+        H, I, L, E = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts
+        w = self.weights
+        per_layer = (weight_bytes(c.qkv_out, H, w) + weight_bytes(H, c.num_attention_heads * c.head_dim, w)
+                     + E * (weight_bytes(2 * I, H, w) + weight_bytes(H, I, w))
+                     + (E * H * HALF if c.is_moe else 0)
+                     + (c.qkv_out * HALF if c.attention_bias else 0) + 2 * H * HALF)
+        embed = c.vocab_size * H * HALF
+        head = 0 if c.tie_word_embeddings and w == "bf16" else weight_bytes(c.vocab_size, H, w)
+        kv = L * self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
+        return L * per_layer + embed + head + H * HALF + kv
+
+
+def _gemv(name: str, M: float, N: int, K: int, calls: float, precision: str,
+          bias: bool = False) -> Kernel:
+    m = max(1, math.ceil(M - 1e-9))
+    return Kernel(name, "gemv", {"M": m, "N": N, "K": K}, calls, precision,
+                  weight_bytes(N, K, precision) + (N * HALF if bias else 0), 0,
+                  M * (K + N) * HALF, 2.0 * M * N * K)
+
+
+def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
+                kv: str = "bf16") -> Step:
+    """The kernels of one decode step of `cfg` for `batch` sequences at context `ctx`."""
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    if not isinstance(ctx, int) or ctx < 1:
+        raise ConfigError(f"ctx must be a positive integer (tokens in the KV cache), got {ctx!r}")
+    if weights not in WEIGHT_PRECISIONS:
+        raise ConfigError(f"unknown weight precision {weights!r} (known: {', '.join(WEIGHT_PRECISIONS)})")
+    if kv not in KV_PRECISIONS:
+        raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")
+    c, B = cfg, batch
+    H, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    Hq, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    ks: list[Kernel] = [
+        _gemv("qkv", B, c.qkv_out, H, L, weights, bias=c.attention_bias),
+        _gemv("o", B, H, Hq * D, L, weights),
+    ]
+    if c.is_moe:
+        E, k = c.num_local_experts, c.num_experts_per_tok
+        touched = expected_experts(E, k, B)
+        per_expert = B * k / touched  # tokens each touched expert serves, on average
+        ks.append(_gemv("router", B, E, H, L, "bf16"))
+        ks.append(_gemv("gate_up", per_expert, 2 * I, H, L * touched, weights))
+        ks.append(_gemv("down", per_expert, H, I, L * touched, weights))
+    else:
+        ks.append(_gemv("gate_up", B, 2 * I, H, L, weights))
+        ks.append(_gemv("down", B, H, I, L, weights))
+    blocks = -(-ctx // KV_BLOCK)
+    ks.append(Kernel("attention", "attention",
+                     {"B": B, "Hq": Hq, "Hkv": Hkv, "D": D, "context": ctx}, L, kv, 0,
+                     B * ctx * kv_bytes_per_token(c, kv),
+                     2 * B * Hq * D * HALF + B * (blocks + 1) * INDEX,
+                     4.0 * B * Hq * D * ctx))
+    ks.append(_gemv("lm_head", B, c.vocab_size, H, 1, weights))
+    other = {"embedding rows": B * H * HALF, "norm weights": (2 * L + 1) * H * HALF}
+    return Step(cfg, batch, ctx, weights, kv, tuple(ks), other)
+
+
+__all__ = ["ConfigError", "Kernel", "ModelConfig", "Step", "decode_step", "expected_experts",
+           "kv_bytes_per_token", "load_model", "model_names", "parse_config", "weight_bytes"]
