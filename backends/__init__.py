@@ -5,8 +5,9 @@ from .base import Backend
 from .catalog import Chip, detect, load as load_catalog, lookup as lookup_chip
 from .cpu import CPUBackend
 from .cuda import CUDABackend
+from .xla import XLABackend  # imports nothing of jax/torchax until first used
 
-BACKENDS: dict[str, type[Backend]] = {"cpu": CPUBackend, "cuda": CUDABackend}
+BACKENDS: dict[str, type[Backend]] = {"cpu": CPUBackend, "cuda": CUDABackend, "xla": XLABackend}
 _INSTANCES: dict[str, Backend] = {}
 
 

@@ -1,8 +1,9 @@
 """The backend interface: where a kernel runs, how that device is timed, and what cache to defeat."""
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -14,12 +15,19 @@ class Backend:
     in seconds per call, measured so that the work has finished (device events or a sync before
     the clock is read). The runner rotates input sets so that together they exceed
     `rotate_bytes()`; a backend that flushes its cache before each sample returns 0 there.
+
+    Hooks for backends whose tensors are not plain torch (XLA through torchax); the defaults keep
+    CPU and CUDA exactly as they were: the runner works inside `session()`, times `wrap(fn)`,
+    passes `out=` only when `out_buffers`, copies input sets with `clone` and gives the reference
+    `to_host` inputs.
     """
 
     name: str = ""
     kind_of_device: str = ""
     # Below this median a slow case is blamed on launch/latency rather than on the kernel.
     latency_floor_s: float = 20e-6
+    # False where arrays are immutable (XLA): impls get no `out=` and their result is checked.
+    out_buffers: bool = True
 
     def available(self) -> tuple[bool, str]:
         raise NotImplementedError
@@ -65,6 +73,22 @@ class Backend:
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device())
+
+    def session(self) -> ContextManager[Any]:
+        """Context in which this backend's tensors are built, computed on and read back."""
+        return contextlib.nullcontext()
+
+    def wrap(self, fn: Callable) -> Callable:
+        """The callable to check and time for an impl's `fn` (XLA: jitted once per shape)."""
+        return fn
+
+    def clone(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of `t` in its own memory (a rotated input set must not share buffers)."""
+        return t.clone()
+
+    def to_host(self, x: Any) -> Any:
+        """What the float64 reference receives for a device input (default: the input itself)."""
+        return x
 
     def versions(self) -> dict[str, str | None]:
         return {}

@@ -47,7 +47,8 @@ class Roof:
 
 def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
     """Probe size: >= 4x the LLC, and at least 256 MiB (1 GiB on GPUs) for a stable figure."""
-    floor = 1024**3 if backend.name == "cuda" else 256 * 1024**2
+    accel = backend.name == "cuda" or backend.kind_of_device in ("gpu", "tpu")
+    floor = 1024**3 if accel else 256 * 1024**2
     nbytes = max(4 * backend.cache_bytes(), floor)
     return nbytes // torch.empty((), dtype=dtype).element_size()
 
@@ -56,20 +57,26 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
     op = OPS[op_name]
     shape = op.shape(N=n)
     impl = op.impls["torch_copy" if op_name == "copy" else "torch_sum"]
+    fn = backend.wrap(impl.fn)
     (src,) = op.make_inputs(shape, torch.float32, backend.device(), 0)
-    out = torch.empty_like(src) if op_name == "copy" else None
-    call = (lambda i: impl.fn(src, out=out)) if out is not None else (lambda i: impl.fn(src))
+    out = torch.empty_like(src) if op_name == "copy" and backend.out_buffers else None
+    call = (lambda i: fn(src, out=out)) if out is not None else (lambda i: fn(src))
     st = measure(backend, call, 1, budget)
     return op.bytes_moved(shape, torch.float32) / st.median / 1e9, st.rel_std
 
 
 def matmul_tflops(backend: Backend, dtype: torch.dtype, budget: Budget) -> float:
-    n = 8192 if backend.name == "cuda" else 1024
+    n = 8192 if backend.name == "cuda" or backend.kind_of_device in ("gpu", "tpu") else 1024
     dev = backend.device()
-    a = torch.randn(n, n, device=dev).to(dtype)
-    b = torch.randn(n, n, device=dev).to(dtype)
-    c = torch.empty(n, n, device=dev, dtype=dtype)
-    st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
+    with backend.session():
+        a = torch.randn(n, n, device=dev).to(dtype)
+        b = torch.randn(n, n, device=dev).to(dtype)
+        if backend.out_buffers:
+            c = torch.empty(n, n, device=dev, dtype=dtype)
+            st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
+        else:
+            mm = backend.wrap(torch.matmul)
+            st = measure(backend, lambda i: mm(a, b), 1, budget)
     return 2 * n**3 / st.median / 1e12
 
 
@@ -77,8 +84,9 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
                  budget: Budget | None = None) -> Roof:
     budget = budget or BUDGETS["normal"]
     n = probe_elems(backend)
-    copy_gbps, copy_noise = _probe(backend, "copy", n, budget)
-    read_gbps, read_noise = _probe(backend, "read", n, budget)
+    with backend.session():
+        copy_gbps, copy_noise = _probe(backend, "copy", n, budget)
+        read_gbps, read_noise = _probe(backend, "read", n, budget)
     roof = Roof(backend.name, round(copy_gbps, 2), round(read_gbps, 2), n * 4,
                 noise=max(copy_noise, read_noise))
     for dt in dtypes or [torch.float32]:
@@ -92,7 +100,7 @@ def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:
     On CPUs a good kernel computes 16-bit inputs in fp32 (torch's own bf16 matmul on a CPU without
     AVX512-BF16 runs ~50x slower than fp32: that is a kernel's weakness, not the chip's roof).
     """
-    if backend.name == "cpu" or not dtype.is_floating_point:
+    if backend.name == "cpu" or backend.kind_of_device == "cpu" or not dtype.is_floating_point:
         return torch.float32
     return dtype
 

@@ -60,15 +60,17 @@ def _tensors(args: tuple) -> list[torch.Tensor]:
 def set_bytes(args: tuple, out: torch.Tensor | None) -> int:
     seen, total = set(), 0
     for t in _tensors(args) + ([out] if out is not None else []):
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        ptr, size = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+        key = (ptr or id(t), size)  # XLA tensors report no pointer: count each one
         if key not in seen:
             seen.add(key)
             total += key[1]
     return total
 
 
-def clone_args(args: tuple) -> tuple:
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+def clone_args(args: tuple, clone: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.clone
+               ) -> tuple:
+    return tuple(clone(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _err(e: BaseException) -> str:
@@ -115,6 +117,10 @@ class Runner:
 
     # -- one case ------------------------------------------------------------------------------
     def run_case(self, case: Case) -> list[dict[str, Any]]:
+        with self.ctx.backend.session():
+            return self._run_case(case)
+
+    def _run_case(self, case: Case) -> list[dict[str, Any]]:
         c = self.ctx
         op = OPS[case.op]
         impls = select_impls(case, c.backend.name, c.impl_filter)
@@ -135,7 +141,7 @@ class Runner:
         dev = c.backend.device()
         try:
             inputs = op.make_inputs(case.shape, case.dtype, dev, c.seed)
-            ref = op.reference(*inputs)
+            ref = op.reference(*(c.backend.to_host(a) for a in inputs))
         except Exception as e:  # e.g. out of memory building a big case
             for impl in runnable:
                 rec = self._base(case, impl)
@@ -165,13 +171,16 @@ class Runner:
         dev = c.backend.device()
 
         # (1) correctness gate on fresh inputs with a poisoned output buffer
+        # (no out buffer where arrays are immutable: the returned value is checked)
+        use_out = impl.out_arg and c.backend.out_buffers
+        fn = c.backend.wrap(impl.fn)
         args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
-        if impl.out_arg:
+        if use_out:
             poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
-            impl.fn(*args, out=poisoned)
+            fn(*args, out=poisoned)
             result = poisoned
         else:
-            result = impl.fn(*args)
+            result = fn(*args)
         c.backend.synchronize()
         err = rel_err(result, ref)
         tol = op.tol(case.dtype)
@@ -184,17 +193,16 @@ class Runner:
         del result
 
         # (2) timing on input copies rotated past the cache
-        out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if impl.out_arg else None
+        out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out else None
         per_set = set_bytes(args, out0)
         need = c.backend.rotate_bytes()
         n_sets = 1 if per_set > need else min(MAX_SETS, math.ceil((need + 1) / per_set))
         if sets is None or len(sets) != n_sets:
-            sets = [inputs] + [clone_args(inputs) for _ in range(n_sets - 1)]
+            sets = [inputs] + [clone_args(inputs, c.backend.clone) for _ in range(n_sets - 1)]
         prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
-        outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if impl.out_arg
+        outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out
                          else None for _ in range(n_sets - 1)]
-        fn = impl.fn
-        if impl.out_arg:
+        if use_out:
             call = lambda i: fn(*prepared[i], out=outs[i])  # noqa: E731
         else:
             call = lambda i: fn(*prepared[i])  # noqa: E731

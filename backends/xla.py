@@ -1,0 +1,241 @@
+"""The XLA backend: the same PyTorch impls on JAX devices (TPU, GPU, XLA:CPU) through torchax.
+
+torch_xla is tied to torch 2.9; torchax runs torch ops as JAX ops on tensors of the `jax` device.
+How an impl runs here (the hooks of backends/base.py):
+- `session()` turns torchax's torch modes on (so `.to("jax")`, ops on jax tensors and `.cpu()`
+  work) and sets JAX's default matmul precision to 'highest' for correctness and timing alike: a
+  TPU otherwise computes float32 matmuls in one bf16 pass, which an impl must never do behind
+  the caller's back. Outside a session nothing of torchax is active.
+- `wrap(fn)` is `jax.jit` of the whole impl, traced once per shape, dtype and non-tensor argument
+  (group_size, scale are static) and cached; the correctness gate's call compiles it, so no
+  compile is ever timed. An impl that does not lower (an op torchax lacks, a data-dependent
+  shape) raises NotImplementedError saying so, and the runner records it as skipped.
+- XLA arrays are immutable, so there are no output buffers (`out_buffers = False`): the runner
+  calls `fn(*args)` and checks the returned value. The output's allocation is part of what is
+  timed, as it is for any jitted JAX function that does not donate its inputs.
+- timing reads the clock after `block_until_ready` on the result (dispatch is asynchronous:
+  without it a TPU "moves" more bytes per second than its HBM can).
+- input sets are rotated past 4x `cache_bytes()`, copied with `jnp.copy` (torchax's `clone` of
+  an immutable array is the same buffer, which would defeat the rotation).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .base import Backend
+from .catalog import detect
+from .cpu import CPUBackend, _cpu_name, _mem_total, read_caches
+
+# Accelerators: the largest on-chip memory among catalog TPUs (v5e/v6e VMEM, v4 CMEM: 128 MiB).
+# VMEM is a scratchpad XLA fills per kernel, not a cache that keeps data between calls, and JAX
+# reports no L2 size for GPUs; rotating past 4x this (512 MiB) defeats any of them at little cost.
+ACCEL_CACHE_BYTES = 128 * 1024**2
+
+_NOT_LOWERING: tuple[type[BaseException], ...] = ()
+
+
+def _not_lowering() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "this impl does not lower to XLA" (not a bug in the harness)."""
+    global _NOT_LOWERING
+    if not _NOT_LOWERING:
+        import jax
+        from torchax.tensor import OperatorNotFound
+        _NOT_LOWERING = (OperatorNotFound, jax.errors.ConcretizationTypeError,
+                         jax.errors.NonConcreteBooleanIndexError,
+                         jax.errors.TracerArrayConversionError,
+                         jax.errors.TracerIntegerConversionError)
+    return _NOT_LOWERING
+
+
+class Jitted:
+    """`fn` jitted once per shape: tensors are traced, every other argument is static."""
+
+    def __init__(self, fn: Callable, env: Any) -> None:
+        import jax
+        from torchax.tensor import Tensor
+        self.fn, self.env, self._tensor_type = fn, env, Tensor
+
+        def run(static: tuple, *arrays: Any) -> Any:
+            args, it = [], iter(arrays)
+            for kind, value in static:
+                args.append(env.j2t_iso(next(it)) if kind == "t" else value)
+            with env:
+                res = fn(*args)
+            return env.t2j_iso(res)
+
+        self._jit = jax.jit(run, static_argnums=0)
+
+    def __call__(self, *args: Any) -> Any:
+        static, arrays = [], []
+        for a in args:
+            if isinstance(a, self._tensor_type):
+                static.append(("t", None))
+                arrays.append(a.jax())
+            elif isinstance(a, torch.Tensor):
+                raise TypeError(f"{getattr(self.fn, '__name__', self.fn)} got a {a.device} "
+                                "tensor on the xla backend; move inputs with .to('jax')")
+            else:
+                static.append(("v", a))
+        try:
+            res = self._jit(tuple(static), *arrays)
+        except _not_lowering() as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise NotImplementedError(f"does not lower to XLA: {type(e).__name__}: {first}") from e
+        return self.env.j2t_iso(res)
+
+
+class XLABackend(Backend):
+    name = "xla"
+    # Each call is a host-side dispatch through torchax and JAX (tens of microseconds on CPU).
+    latency_floor_s = 50e-6
+    out_buffers = False
+
+    def __init__(self) -> None:
+        self._loaded: tuple[Any, Any] | None = None
+        self._error: str | None = None
+        self._jits: dict[Callable, Jitted] = {}
+
+    # -- availability --------------------------------------------------------------------------
+    def _load(self) -> tuple[Any, Any] | None:
+        if self._loaded is None and self._error is None:
+            try:
+                from .xla_compat import load
+                self._loaded = load()
+            except ImportError as e:
+                self._error = (f"jax and torchax are not installed ({e.name or e}); "
+                               "pip install 'decodewall[xla]'")
+            except Exception as e:  # a torchax that does not fit this torch
+                msg = (str(e).strip().splitlines() or [""])[0]
+                self._error = f"torchax failed to import with torch {torch.__version__}: " \
+                              f"{type(e).__name__}: {msg}"
+        return self._loaded
+
+    @property
+    def env(self) -> Any:
+        loaded = self._load()
+        if loaded is None:
+            raise RuntimeError(f"xla backend is not available: {self._error}")
+        return loaded[1]
+
+    def available(self) -> tuple[bool, str]:
+        if self._load() is None:
+            return False, self._error or "torchax failed to load"
+        try:
+            import jax
+            jax.devices()
+        except RuntimeError as e:
+            return False, f"JAX found no device: {(str(e).splitlines() or [''])[0]}"
+        return True, ""
+
+    def _devices(self) -> list[Any]:
+        import jax
+        self._load()
+        return jax.devices()
+
+    @property
+    def kind_of_device(self) -> str:  # type: ignore[override]
+        """The JAX platform: "cpu", "tpu" or "gpu"."""
+        return self._devices()[0].platform
+
+    # -- running -------------------------------------------------------------------------------
+    def device(self) -> str:
+        return "jax"
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        import jax
+        with self.env, jax.default_matmul_precision("highest"):
+            yield
+
+    def wrap(self, fn: Callable) -> Callable:
+        j = self._jits.get(fn)
+        if j is None:
+            j = self._jits[fn] = Jitted(fn, self.env)
+        return j
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        with self.env:
+            return t.to("jax")
+
+    def to_host(self, x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.device.type == "jax":
+            with self.env:
+                return x.to("cpu")
+        return x
+
+    def clone(self, t: torch.Tensor) -> torch.Tensor:
+        import jax.numpy as jnp
+        from torchax.tensor import Tensor
+        if isinstance(t, Tensor):
+            return Tensor(jnp.copy(t.jax()), self.env)
+        return t.clone()
+
+    def block(self, out: Any) -> None:
+        from torchax.tensor import Tensor
+        leaves = out if isinstance(out, (tuple, list)) else (out,)
+        for leaf in leaves:
+            if isinstance(leaf, Tensor):
+                leaf.jax().block_until_ready()
+            elif hasattr(leaf, "block_until_ready"):
+                leaf.block_until_ready()
+
+    def synchronize(self) -> None:
+        import jax
+        jax.effects_barrier()
+
+    # -- identity ------------------------------------------------------------------------------
+    def cache_bytes(self) -> int:
+        if self.kind_of_device == "cpu":
+            return CPUBackend().cache_bytes()
+        return ACCEL_CACHE_BYTES
+
+    def device_info(self) -> dict[str, Any]:
+        devs = self._devices()
+        d0 = devs[0]
+        platform, kind = d0.platform, d0.device_kind
+        try:
+            stats = d0.memory_stats() or {}
+        except Exception:  # not every PJRT plugin implements it
+            stats = {}
+        info: dict[str, Any] = {
+            "backend": self.name, "platform": platform, "device_kind": kind,
+            "devices": [str(d) for d in devs], "device_count": len(devs),
+            "matmul_precision": "highest",
+        }
+        if platform == "cpu":
+            host = _cpu_name()
+            info.update(
+                name=f"XLA:CPU ({host})", chip=None,
+                chip_note=f"XLA:CPU on the host (devices: {', '.join(info['devices'][:4])}"
+                          f"{' ...' if len(devs) > 4 else ''}): judged against the measured roof "
+                          "only",
+                memory_bytes=_mem_total(), memory_source="host /proc/meminfo",
+                cache_bytes=self.cache_bytes(), caches=read_caches(),
+                cache_note="host LLC from sysfs")
+        else:
+            mem = stats.get("bytes_limit")
+            chip, note = detect(kind, mem)
+            info.update(
+                name=f"{kind} (XLA:{platform.upper()})", chip=chip,
+                chip_note=note or f"{len(devs)} {platform} device(s): {', '.join(info['devices'][:4])}"
+                          + (" ..." if len(devs) > 4 else ""),
+                memory_bytes=int(mem) if mem else None,
+                memory_source="jax memory_stats bytes_limit" if mem else "not reported by JAX",
+                cache_bytes=self.cache_bytes(),
+                cache_note="no DRAM cache reported by JAX: inputs rotated past 4x 128 MiB "
+                           "(the largest TPU VMEM/CMEM)")
+        info["clocks"] = self.clocks()
+        return info
+
+    def versions(self) -> dict[str, str | None]:
+        from importlib import metadata
+        out: dict[str, str | None] = {}
+        for pkg in ("jax", "jaxlib", "torchax", "libtpu"):
+            try:
+                out[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                out[pkg] = None
+        return out

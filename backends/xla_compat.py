@@ -1,0 +1,87 @@
+"""Import torchax on a torch that dropped the named-tensor (Dimname) op overloads.
+
+torchax 0.0.13 names overloads such as `aten.prod.dim_Dimname` and `aten.unbind.Dimname` in
+module-level tables (its autocast policy, its decomposition list). torch 2.13 removed the
+named-tensor overloads, so `torch.ops.aten.prod.dim_Dimname` raises AttributeError and
+`import torchax` fails before any of its real code runs.
+
+`load()` imports torchax and builds its default environment (whose first use imports the op
+tables lazily) with one narrow patch in place: while that runs, looking
+up a *missing* named-tensor overload (a name with "Dimname" or "names") yields an inert placeholder instead of
+raising. Nothing can dispatch to an overload torch no longer has, so an entry keyed by a
+placeholder is dead, exactly as if torchax had not listed it. Every other lookup, and every lookup
+after the import, behaves as before (the original `__getattr__` is restored in `finally`). No
+installed file is changed. On a torch that still has the overloads the patch is never consulted.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+import threading
+from types import ModuleType
+from typing import Any, Iterator
+
+_LOCK = threading.Lock()
+# Overload names of the named-tensor API: "dim_Dimname", "Dimname_Scalar", "names_dim",
+# "correction_names_out", ... (torchax 0.0.13 names 22 of them; torch 2.13 has none).
+_NAMED_TENSOR = re.compile(r"dimname|(^|_)names(_|$)", re.IGNORECASE)
+
+
+class MissingOverload:
+    """Stands in for an overload that this torch no longer has; hashable, never called."""
+
+    def __init__(self, packet: str, name: str) -> None:
+        self.qualname = f"{packet}.{name}"
+
+    def __repr__(self) -> str:
+        return f"<missing overload {self.qualname} (removed from this torch)>"
+
+    def name(self) -> str:
+        return self.qualname
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self.qualname} does not exist in this torch")
+
+
+# Placeholders handed out during the last import, for tests and for `decodewall backends`.
+PATCHED: list[str] = []
+
+
+@contextlib.contextmanager
+def _tolerate_missing_dimname_overloads() -> Iterator[None]:
+    import torch._ops as ops
+
+    cls = ops.OpOverloadPacket
+    original = cls.__getattr__
+
+    def __getattr__(self, key: str):
+        try:
+            return original(self, key)
+        except AttributeError:
+            if not _NAMED_TENSOR.search(key):
+                raise
+            stub = MissingOverload(str(self), key)
+            PATCHED.append(stub.qualname)
+            return stub
+
+    with _LOCK:
+        cls.__getattr__ = __getattr__
+        try:
+            yield
+        finally:
+            cls.__getattr__ = original
+
+
+def load() -> tuple[ModuleType, Any]:
+    """(torchax, its default Environment), tolerating Dimname overloads this torch lacks.
+
+    Raises ImportError when jax or torchax is not installed; any other failure propagates.
+    """
+    with _tolerate_missing_dimname_overloads():
+        torchax = importlib.import_module("torchax")
+        env = torchax.default_env()  # imports torchax.ops.* and torchax.decompositions
+    return torchax, env
+
+
+__all__ = ["MissingOverload", "PATCHED", "load"]
