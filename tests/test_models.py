@@ -1,0 +1,160 @@
+"""Model configs and the decode-step byte model, against hand-computed parameter and byte counts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.workload import (ConfigError, decode_step, expected_experts, kv_bytes_per_token,
+                            load_model, model_names, parse_config, weight_bytes)
+from kernels import OPS
+
+
+def dense_params(H, I, L, Hq, Hkv, D, V, tied=False, bias=False):
+    """Written out once more by hand: q, k, v, o, gate, up, down, two norms per layer."""
+    q, k, v, o = H * Hq * D, H * Hkv * D, H * Hkv * D, Hq * D * H
+    b = (Hq + 2 * Hkv) * D if bias else 0
+    mlp = 3 * H * I
+    return L * (q + k + v + o + b + mlp + 2 * H) + V * H * (1 if tied else 2) + H
+
+
+@pytest.mark.parametrize("name, expected, published", [
+    ("llama-3-8b", dense_params(4096, 14336, 32, 32, 8, 128, 128256), 8.03e9),
+    ("llama-3-70b", dense_params(8192, 28672, 80, 64, 8, 128, 128256), 70.55e9),
+    ("llama-3.1-405b", dense_params(16384, 53248, 126, 128, 8, 128, 128256), 405.85e9),
+    ("qwen2.5-7b", dense_params(3584, 18944, 28, 28, 4, 128, 152064, bias=True), 7.62e9),
+])
+def test_dense_param_counts(name, expected, published):
+    n = load_model(name).param_count()
+    assert n == expected
+    assert n == pytest.approx(published, rel=2e-3)
+
+
+def test_llama3_8b_is_8_03b():
+    assert load_model("llama-3-8b").param_count() == 8_030_261_248  # the HF model card's count
+
+
+def test_mixtral_params_and_active_bytes():
+    c = load_model("mixtral-8x7b")
+    H, I, L, E = 4096, 14336, 32, 8
+    attn = H * (32 + 16) * 128 + 32 * 128 * H
+    total = L * (attn + E * 3 * H * I + E * H + 2 * H) + 2 * 32000 * H + H
+    assert c.param_count() == total == 46_702_792_704
+    # batch 1: top-2 of 8 experts read per layer (~12.9B active params, bf16 = 2 bytes each)
+    s = decode_step(c, 1, 1, "bf16")
+    active = L * (attn + 2 * 3 * H * I + E * H + 2 * H) + 32000 * H + H  # lm_head, no table
+    assert s.weight_bytes == pytest.approx(2 * active, rel=1e-9)
+
+
+def test_moe_batch_touches_more_experts():
+    assert expected_experts(8, 2, 1) == pytest.approx(2.0)
+    assert expected_experts(8, 2, 8) == pytest.approx(8 * (1 - 0.75**8))
+    assert expected_experts(8, 2, 64) == pytest.approx(8.0, abs=1e-6)
+    c = load_model("mixtral-8x7b")
+    w = [decode_step(c, b, 1).weight_bytes for b in (1, 2, 8, 64)]
+    assert w == sorted(w) and w[-1] / w[0] > 3
+    # tokens per touched expert: B*k/touched
+    gate = {k.name: k for k in decode_step(c, 8, 1).kernels}["gate_up"]
+    assert gate.calls == pytest.approx(32 * expected_experts(8, 2, 8))
+    assert gate.flops * gate.calls == pytest.approx(32 * 8 * 2 * 2 * (2 * 14336) * 4096)
+
+
+def test_bf16_weight_bytes_are_two_per_param_minus_table():
+    c = load_model("llama-3-8b")
+    s = decode_step(c, 1, 1, "bf16")
+    # every parameter but the embedding table (only B rows of it are read) at 2 bytes
+    assert s.weight_bytes == 2 * (c.param_count() - c.vocab_size * c.hidden_size)
+    assert s.other_bytes["embedding rows"] == 1 * 4096 * 2
+
+
+def test_llama3_70b_bf16_batch1_is_about_141_gb():
+    s = decode_step(load_model("llama-3-70b"), 1, 4096, "bf16", "bf16")
+    assert s.bytes / 1e9 == pytest.approx(141, rel=0.01)
+    assert s.kv_bytes == 80 * 4096 * 2 * 8 * 128 * 2
+
+
+def test_quantized_formats_exact():
+    assert weight_bytes(4096, 4096, "bf16") == 4096 * 4096 * 2
+    assert weight_bytes(4096, 4096, "int8") == 4096 * 4096 + 4096 * 2
+    # packed nibbles + bf16 scale and zero per group of 128 along K
+    assert weight_bytes(4096, 4096, "int4") == 4096 * 2048 + 2 * 4096 * 32 * 2
+    c = load_model("llama-3-8b")
+    assert kv_bytes_per_token(c, "bf16") == 2 * 8 * 128 * 2
+    assert kv_bytes_per_token(c, "int8") == 2 * 8 * 128 + 2 * 8 * 2
+    b16, b8, b4 = (decode_step(c, 1, 1024, w).weight_bytes for w in ("bf16", "int8", "int4"))
+    assert b16 / b8 == pytest.approx(2, rel=0.01) and b16 / b4 == pytest.approx(3.76, rel=0.01)
+
+
+def test_kernel_bytes_match_the_ops():
+    """The step model and the ops' own bytes_moved/flops agree wherever the op is registered."""
+    c = load_model("llama-3-8b")
+    for kv, opname in (("bf16", "paged_attention"), ("int8", "paged_attention_kv8")):
+        for w, gemv in (("bf16", "gemv_bf16"), ("int8", "gemv_w8"), ("int4", "gemv_w4")):
+            s = decode_step(c, 4, 300, w, kv)
+            for k in s.kernels:
+                name = opname if k.kind == "attention" else gemv
+                if name not in OPS:
+                    continue
+                op = OPS[name]
+                from bench.project_cli import _shape_for
+                shape = _shape_for(op, k.dims, k.name)
+                assert op.bytes_moved(shape, torch.bfloat16) == k.bytes, (name, k.name)
+                assert op.flops(shape) == k.flops, (name, k.name)
+
+
+def test_user_config(tmp_path):
+    p = tmp_path / "tiny.json"
+    p.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "vocab_size": 1000,
+                             "tie_word_embeddings": True}))
+    c = load_model(str(p))
+    assert (c.num_key_value_heads, c.head_dim) == (4, 64)  # MHA and H / heads by default
+    assert c.param_count() == dense_params(256, 512, 2, 4, 4, 64, 1000, tied=True)
+    assert set(model_names()) >= {"llama-3-8b", "llama-3-70b", "llama-3.1-405b", "mixtral-8x7b",
+                                  "qwen2.5-7b"}
+
+
+@pytest.mark.parametrize("data, msg", [
+    ([1, 2], "JSON object"),
+    ({"hidden_size": 8}, "missing field"),
+    ({"hidden_size": 64, "intermediate_size": 0, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "vocab_size": 10}, "intermediate_size must be a positive"),
+    ({"hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 10}, "multiple"),
+    ({"hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
+      "vocab_size": 10, "num_local_experts": 2, "num_experts_per_tok": 3}, "num_experts_per_tok"),
+])
+def test_bad_config_fields(data, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_config(data, "x")
+
+
+def test_bad_step_args():
+    c = load_model("llama-3-8b")
+    with pytest.raises(ConfigError, match="ctx"):
+        decode_step(c, 1, 0)
+    with pytest.raises(ConfigError, match="batch"):
+        decode_step(c, 0, 1)
+    with pytest.raises(ConfigError, match="precision"):
+        decode_step(c, 1, 1, "fp8")
+
+
+def one_error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("decodewall: error:"), err
+    return err[0]
+
+
+def test_cli_malformed_and_unknown_configs(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hidden_size": 4096,')
+    assert "not valid JSON" in one_error_line(capsys, ["project", "--model", str(bad)])
+    missing = tmp_path / "missing.json"
+    missing.write_text('{"hidden_size": 4096}')
+    assert "missing field" in one_error_line(capsys, ["project", "--model", str(missing)])
+    assert "no such file" in one_error_line(capsys, ["project", "--model", "nope/none.json"])
+    assert "did you mean 'llama-3-8b'" in one_error_line(capsys, ["project", "--model", "llama3-8b"])
+    assert "--ctx" in one_error_line(capsys, ["project", "--model", "llama-3-8b", "--ctx", "0"])
