@@ -35,10 +35,17 @@ def pct_bar(pct: float | None, width: int = 20) -> Text:
         Text(f" {pct:.0f}%")
 
 
+SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def short_dtype(name: Any) -> str:
+    return SHORT_DTYPES.get(str(name), str(name))
+
+
 def label(r: dict[str, Any]) -> str:
     shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items()
-                     if k not in ("ragged", "pool"))
-    return f"{r['op']} {shape} {r['impl']}"
+                     if k not in ("ragged", "pool", "block_size"))
+    return f"{r['op']} {shape} {short_dtype(r.get('dtype'))} {r['impl']}"
 
 
 def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
@@ -196,20 +203,21 @@ def _roofline(ax, recs: list[dict[str, Any]]) -> None:
                 + (f", {rf['datasheet_tflops']:g} TFLOP/s (bf16)" if rf["datasheet_tflops"] else ""))
     else:
         ax.plot([], [], " ", label="datasheet roof: device not in the catalog")
-    impls = sorted({r["impl"] for r in recs})
+    series = sorted({(r["impl"], short_dtype(r.get("dtype"))) for r in recs})
     markers = "os^Dv<>pPX*h"
     ops = sorted({r["op"] for r in recs})
     for r in recs:
         ai = r.get("arithmetic_intensity") or lo
         tf = r["flops"] / r["time_s"]["median"] / 1e12 if r.get("flops") else \
             r["achieved_gbps"] * ai / 1e3
-        ax.scatter([ai], [tf], s=36, color=f"C{impls.index(r['impl']) % 10}",
+        color = f"C{series.index((r['impl'], short_dtype(r.get('dtype')))) % 10}"
+        ax.scatter([ai], [tf], s=36, color=color,
                    marker=markers[ops.index(r["op"]) % len(markers)], zorder=3, edgecolor="k",
                    linewidth=0.4)
         ax.annotate(label(r), (ai, tf), fontsize=6, xytext=(4, 2), textcoords="offset points",
                     alpha=0.85)
-    for i, impl in enumerate(impls):
-        ax.scatter([], [], color=f"C{i % 10}", label=f"impl {impl}")
+    for i, (impl, dt) in enumerate(series):
+        ax.scatter([], [], color=f"C{i % 10}", label=f"{impl} ({dt})")
     for j, op in enumerate(ops):
         ax.scatter([], [], color="w", edgecolor="k", marker=markers[j % len(markers)], label=op)
     ax.set_xscale("log")
@@ -235,7 +243,8 @@ def _batch_sweep(ax, recs: list[dict[str, Any]]) -> None:
     for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         op, rest, dtype, impl, bf = key
         ms = [r["shape"][bf] for r in g]
-        name = f"{op} {','.join(f'{k}={v}' for k, v in rest if k not in ('ragged', 'pool'))} {impl}"
+        dims = ','.join(f'{k}={v}' for k, v in rest if k not in ('ragged', 'pool', 'block_size'))
+        name = f"{op} {dims} {short_dtype(dtype)} {impl}"
         ax.plot(ms, [r["achieved_gbps"] for r in g], marker="o", color=f"C{i % 10}",
                 label=f"{name} GB/s")
         tx.plot(ms, [r["flops"] / r["time_s"]["median"] / 1e12 for r in g], marker="x",
