@@ -77,3 +77,10 @@ def decode(ctx: SuiteContext) -> list[Case]:
     from kernels.gemv_bf16 import GemvShape
     return [Case("gemv_bf16", GemvShape(M=1, N=n, K=k), torch.bfloat16, group=f"llama-3-8b {p}")
             for p, (n, k) in LLAMA3_8B_GEMV.items()]
+
+
+@suite("gpu-check", "the one-call device check's cases (bench/device_check.sh): GEMV at 8B/70B "
+       "shapes, M=1/16; attention 64x4096, 1x32768; precision; most important first")
+def gpu_check(ctx: SuiteContext) -> list[Case]:
+    from .device_check import gpu_check_cases
+    return gpu_check_cases(ctx)

@@ -1,0 +1,151 @@
+"""The one-call device check (bench/device_check.sh): its dry run end to end, and the ncu parser."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.device_check import gpu_check_cases, ncu_targets, run_proc, shape_for
+from bench.ncu_check import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv
+from bench.suites import SUITES, SuiteContext
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What `ncu --csv --print-units base` prints for a split-K GEMV (two launches), with the
+# program's own output and ncu's ==PROF== lines around it, thousands separators in the values.
+DETAILS = '''==PROF== Connected to process 4242 (/opt/torch/.venv/bin/python3.12)
+==PROF== Profiling "_gemv_w4_kernel": 0%....50%....100% - 1 pass
+==PROF== Profiling "_splitk_reduce": 0%....50%....100% - 1 pass
+DWCHECK {"op": "gemv_w4", "impl": "triton_w4", "bytes_moved": 62390272}
+==PROF== Disconnected from process 4242
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","4242","python3.12","127.0.0.1","_gemv_w4_kernel","1","7","(128, 1, 1)","(448, 4, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","62,371,584"
+"0","4242","python3.12","127.0.0.1","_gemv_w4_kernel","1","7","(128, 1, 1)","(448, 4, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","458,752"
+"0","4242","python3.12","127.0.0.1","_gemv_w4_kernel","1","7","(128, 1, 1)","(448, 4, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","22,336"
+"1","4242","python3.12","127.0.0.1","_splitk_reduce","1","7","(128, 1, 1)","(224, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","458,752"
+"1","4242","python3.12","127.0.0.1","_splitk_reduce","1","7","(128, 1, 1)","(224, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","57,344"
+"1","4242","python3.12","127.0.0.1","_splitk_reduce","1","7","(128, 1, 1)","(224, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","3,104"
+'''
+
+# The raw page: metrics as columns, a units row, ncu's auto-scaled units.
+RAW = '''"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","dram__bytes_read.sum","dram__bytes_write.sum","gpu__time_duration.sum"
+"","","","","","","","","","","","Mbyte","Kbyte","usecond"
+"0","77","python3","host","_paged_attn_onepass","1","7","(128, 1, 1)","(8, 16, 1)","0","9.0","268.52","131.07","91.20"
+'''
+
+
+def test_parse_details_page_sums_every_launch():
+    launches = parse_ncu_csv(DETAILS)
+    assert [ln["kernel"] for ln in launches] == ["_gemv_w4_kernel", "_splitk_reduce"]
+    assert launches[0]["metrics"]["dram__bytes_read.sum"] == 62_371_584
+    r = byte_ratio(launches, 62_390_272)
+    assert r["dram_read_bytes"] == 62_371_584 + 458_752
+    assert r["dram_write_bytes"] == 458_752 + 57_344
+    assert r["ratio"] == pytest.approx((62_830_336 + 516_096) / 62_390_272)
+    assert r["within_5pct"] is True
+    assert r["duration_ns"] == 25_440
+    assert r["ncu_gbps"] == pytest.approx((62_830_336 + 516_096) / 25_440)
+
+
+def test_parse_raw_page_with_scaled_units():
+    (launch,) = parse_ncu_csv("==PROF== Connected\n" + RAW)
+    assert launch["kernel"] == "_paged_attn_onepass"
+    assert launch["metrics"]["dram__bytes_read.sum"] == pytest.approx(268.52e6)
+    assert launch["metrics"]["dram__bytes_write.sum"] == pytest.approx(131.07e3)
+    assert launch["metrics"]["gpu__time_duration.sum"] == pytest.approx(91_200)
+    r = byte_ratio([launch], 200_000_000)
+    assert r["ratio"] == pytest.approx(1.3432, abs=1e-3) and r["within_5pct"] is False
+
+
+def test_parse_without_a_table_is_a_clear_error():
+    with pytest.raises(ValueError, match="no ncu CSV table"):
+        parse_ncu_csv("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission\n")
+
+
+def test_missing_metric_gives_no_ratio_rather_than_a_wrong_one():
+    text = DETAILS.replace('"dram__bytes_write.sum","byte","57,344"', '"dram__bytes_write.sum","byte","n/a"')
+    assert byte_ratio(parse_ncu_csv(text), 62_390_272)["ratio"] is None
+
+
+def test_fake_table_round_trips_through_the_parser():
+    r = byte_ratio(parse_ncu_csv(fake_ncu_csv("k", 1_000_000, 2_000, 5_000)), 1_002_000)
+    assert r["ratio"] == 1.0 and r["launches"] == 1
+
+
+def test_ncu_command_profiles_only_the_window_and_leaves_clocks_alone():
+    cmd = ncu_command("ncu", ["python3", "-m", "bench.ncu_check", "target"])
+    s = " ".join(cmd)
+    assert "--profile-from-start off" in s and "--clock-control none" in s
+    assert "--cache-control all" in s
+    assert "dram__bytes_read.sum,dram__bytes_write.sum" in s
+    assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
+
+
+def test_shape_for_maps_semantic_keys_and_explains_failures():
+    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, G=128)  # G: optional, no such field
+    assert why == "" and (shape.M, shape.N, shape.K) == (1, 64, 128)
+    shape, why = shape_for("no_such_op", M=1)
+    assert shape is None and "not registered" in why
+    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, ctx=5)
+    assert shape is None and "no field for ctx" in why
+
+
+def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
+    assert "gpu-check" in SUITES
+    notes = []
+    cases = gpu_check_cases(SuiteContext("cuda", 80 * 2**30, 50 * 2**20), notes)
+    assert cases, notes
+    assert all(c.impls is None or all(n for n in c.impls) for c in cases)
+    keys = [(c.op, str(c.shape)) for c in cases]
+    assert len(keys) == len(set(keys))  # no case twice
+    from kernels import OPS
+    if "paged_attention" in OPS:
+        first_attn = next(c for c in cases if c.op == "paged_attention")
+        assert (first_attn.shape.B, first_attn.shape.context) == (64, 4096)
+    for op in ("gemv_w4", "gemv_w8"):
+        if op in OPS:
+            first = next(c for c in cases if c.op == op)
+            assert first.shape.M == 1 and first.shape.N * first.shape.K == 57344 * 8192
+        else:
+            assert any(op in n for n in notes)
+    # every Triton kernel of the ops present gets an ncu target
+    targets = ncu_targets("cuda", [])
+    triton = {(o, i) for o, op in OPS.items() for i, impl in op.impls.items() if impl.kind == "triton"
+              and o in ("gemv_w4", "gemv_w8", "gemv_bf16", "paged_attention", "paged_attention_kv8")}
+    assert {(t["op"], t["impl"]) for t in targets} == triton
+
+
+def test_run_proc_kills_a_step_at_its_time_box(tmp_path):
+    with open(tmp_path / "log", "w") as log:
+        t0 = time.monotonic()
+        rc, dt = run_proc(["bash", "-c", "sleep 30 & sleep 30"], 1, log, {"PATH": "/usr/bin:/bin"})
+    assert rc is None and time.monotonic() - t0 < 15
+    assert "time box" in (tmp_path / "log").read_text()
+
+
+def test_dry_run_end_to_end(tmp_path):
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "bench" / "device_check.sh"), "--dry-run",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=400,
+                          env={**__import__("os").environ, "PYTHON": sys.executable})
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert all(p.is_file() for p in tmp_path.iterdir()) and len(files) <= 8, files
+    for name in ("summary.txt", "summary.json", "steps.log", "roof.json", "ncu-raw.txt"):
+        assert name in files
+    (jsonl,) = [f for f in files if f.endswith(".jsonl")]
+    recs = [json.loads(ln) for ln in (tmp_path / jsonl).read_text().splitlines()]
+    assert recs and all(r["backend"] == "cpu" for r in recs)
+    # the summary is printed last, and says the run was fine
+    out = proc.stdout.rstrip().splitlines()
+    assert out[-1] == "RESULT: ok"
+    assert any(ln.startswith("kernels (") for ln in out)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["dry_run"] and s["ok"]
+    assert {st["name"]: st["status"] for st in s["steps"]}.keys() == {"env", "pytest", "roof", "suite", "ncu"}
+    assert all(st["status"] in ("ok", "warn") for st in s["steps"])
+    assert s["ncu"] and all(n.get("fake") and n["ratio"] == 1.0 for n in s["ncu"])
+    print(f"dry run took {wall:.0f} s")
