@@ -240,6 +240,10 @@ def cmd_project(args) -> int:
     return 0
 
 
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _print_projection(step: Step, projs, source: str) -> None:
     from rich.table import Table
     from .report import console, fmt_bytes, fmt_time
@@ -269,11 +273,11 @@ def _print_projection(step: Step, projs, source: str) -> None:
                   fmt_time(p.mem_time_s) if p.mem_time_s else unk,
                   fmt_time(p.compute_time_s) if p.compute_time_s else unk,
                   {"memory": "memory", "memory?": "memory?", "compute": "[cyan]compute[/]"}.get(p.bound, unk),
-                  f"{p.tokens_per_s:,.4g}" if p.tokens_per_s else unk,
+                  _rate(p.tokens_per_s) if p.tokens_per_s else unk,
                   (f"{p.capacity_gb:g}" + (" SRAM" if p.sram_only else "")) if p.capacity_gb
                   else unk,
                   str(p.chips_needed) if p.chips_needed else unk,
-                  f"{p.tokens_per_s_on_needed:,.4g}" if p.tokens_per_s_on_needed else unk)
+                  _rate(p.tokens_per_s_on_needed) if p.tokens_per_s_on_needed else unk)
     t.caption = ("tok/s = batch / step time at one chip's datasheet bandwidth x efficiency (compute: "
                  "dense BF16 peak; memory? = compute rate unknown). Chips to hold: weights + KV over memory (SRAM-only chips: on-chip"
                  " SRAM); ignores activations and runtime overhead. Multi-chip tok/s assumes a "
