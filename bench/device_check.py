@@ -722,7 +722,7 @@ class Check:
         lines.append(f"files in {self.out}: {', '.join(files)}")
         if len(files) > 8:
             lines.append(f"  WARNING: {len(files)} files; the device tool brings back at most 8")
-        if not self.dry:
+        if not self.dry and not bad:
             lines.append(f"next: copy these files into results/{chip or '<device>'}/ and commit; "
                          "put the kernels' % of roof in the README table")
         lines.append("RESULT: " + ("ok" if not bad else
@@ -744,10 +744,8 @@ class Check:
     def run(self) -> int:
         self.say(f"decodewall device check{' --dry-run' if self.dry else ''}: writing to {self.out}")
         self.step_env()
-        if self.steps["env"].status == "failed" and not self.info.get("torch"):
-            return self.summary()
-        if self.steps["env"].status == "failed":
-            self.say("the backend is not available here: the other steps are skipped")
+        if self.steps["env"].status in ("failed", "timeout"):
+            self.say("no usable torch or backend here: the other steps are skipped")
             return self.summary()
         self.step_pytest()
         self.step_roof()

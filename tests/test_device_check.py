@@ -149,3 +149,44 @@ def test_dry_run_end_to_end(tmp_path):
     assert all(st["status"] in ("ok", "warn") for st in s["steps"])
     assert s["ncu"] and all(n.get("fake") and n["ratio"] == 1.0 for n in s["ncu"])
     print(f"dry run took {wall:.0f} s")
+
+
+FAKE_NCU = r'''#!/usr/bin/env bash
+# Stands in for ncu on a machine without a GPU: drops ncu's options, runs the target on the CPU
+# (Triton interpreted), then prints a details-page table as ncu would after the program exits.
+while [ $# -gt 0 ] && [ "$1" != "$FAKE_PY" ]; do shift; done
+args=(); for a in "$@"; do [ "$a" = cuda ] && a=cpu; args+=("$a"); done
+"${args[@]}" --interpret || exit $?
+cat "$FAKE_TABLE"
+'''
+
+
+def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
+    """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
+    program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
+    import argparse
+    from bench import device_check as dc
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU)
+    fake.chmod(0o755)
+    table = tmp_path / "table.csv"
+    table.write_text(DETAILS.split("==PROF== Disconnected from process 4242\n")[1])
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_TABLE", str(table))
+    shape = {"M": 1, "N": 96, "K": 256}
+    monkeypatch.setattr(dc, "ncu_targets", lambda backend, notes: [
+        {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": shape}])
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=120, suite="gpu-check", budget="quick", chip=None)
+    check = dc.Check(args)
+    check.ncu_path = str(fake)
+    check.step_ncu()
+    (res,) = check.ncu
+    assert "error" not in res, res
+    model = 4 * (96 * 256 + 256 + 96)  # fp32 x, w, y
+    assert res["model_bytes"] == model
+    assert res["ratio"] == pytest.approx((62_830_336 + 516_096) / model)
+    assert res["within_5pct"] is False and check.steps["ncu"].status == "ok"
+    assert "off the byte model" in check.steps["ncu"].detail
+    assert "_splitk_reduce" in (check.out / "ncu-raw.txt").read_text()
+    check.log.close()
