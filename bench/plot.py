@@ -86,7 +86,10 @@ def roofs(records: list[dict[str, Any]]) -> dict[str, float | None]:
             chip_tf = lookup_chip(chip_id).bf16_tflops
         except KeyError:
             pass
+    runs = {r.get("run_id") for r in records}
+    seen = sorted({r["roof_gbps"] for r in records if r.get("roof_gbps")})
     return {"roof_gbps": best(r.get("roof_gbps") for r in records), "roof_tflops": meas_tf,
+            "runs": len(runs), "roof_range": (seen[0], seen[-1]) if seen else None,
             "datasheet_gbps": best(r.get("datasheet_gbps") for r in records),
             "datasheet_tflops": chip_tf}
 
@@ -192,8 +195,12 @@ def _roofline(ax, recs: list[dict[str, Any]]) -> None:
         y = x * rf["roof_gbps"] / 1e3  # GB/s x FLOP/B = GFLOP/s; /1e3 = TFLOP/s
         if rf["roof_tflops"]:
             y = np.minimum(y, rf["roof_tflops"])
+        spread = ""
+        if rf["runs"] > 1 and rf["roof_range"][0] != rf["roof_range"][1]:
+            spread = (f" (best of {rf['runs']} runs: {rf['roof_range'][0]:.1f}-"
+                      f"{rf['roof_range'][1]:.1f} GB/s)")
         ax.plot(x, y, color="C3", lw=2, label=f"measured roof {rf['roof_gbps']:.1f} GB/s"
-                + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else ""))
+                + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "") + spread)
     if rf["datasheet_gbps"]:
         y = x * rf["datasheet_gbps"] / 1e3
         if rf["datasheet_tflops"]:
@@ -226,6 +233,8 @@ def _roofline(ax, recs: list[dict[str, Any]]) -> None:
     ax.set_ylabel("achieved TFLOP/s")
     ax.set_title("roofline")
     ax.grid(True, which="both", alpha=0.25)
+    _, top = ax.get_ylim()
+    ax.set_ylim(top=top * 30)  # headroom above the roof: the legend sits where no point can be
     ax.legend(fontsize=7, loc="upper left")
 
 
