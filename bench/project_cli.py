@@ -115,6 +115,9 @@ def model_cases(args, ctx) -> list | None:
     if args.dtype:
         from .cli import resolve_dtypes
         dtype = resolve_dtypes(args.dtype, None)[0]
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise UsageError("--model takes 16-bit activations (bfloat16 or float16): the step's "
+                             "byte model counts 2-byte activations, scales and zeros")
     cases, seen = [], set()
     for k in step.kernels:
         op = OPS[kernel_op(k, step)]
