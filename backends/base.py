@@ -17,9 +17,9 @@ class Backend:
     `rotate_bytes()`; a backend that flushes its cache before each sample returns 0 there.
 
     Hooks for backends whose tensors are not plain torch (XLA through torchax); the defaults keep
-    CPU and CUDA exactly as they were: the runner works inside `session()`, times `wrap(fn)`,
-    passes `out=` only when `out_buffers`, copies input sets with `clone` and gives the reference
-    `to_host` inputs.
+    CPU and CUDA exactly as they were: the runner builds inputs with `make_inputs`, does eager
+    device work (`prepare`) inside `session()`, checks and times `wrap(fn)`, passes `out=` only
+    when `out_buffers`, copies input sets with `clone` and compares `to_host` values.
     """
 
     name: str = ""
@@ -53,6 +53,10 @@ class Backend:
         """Total bytes the rotated input sets must exceed (0 when the cache is flushed instead)."""
         return 4 * self.cache_bytes()
 
+    def probe_sets(self, nbytes: int) -> int:
+        """Into how many rotated input sets the roof probes split their `nbytes` working set."""
+        return 1
+
     def flush(self) -> None:
         """Evict the cache outside the timed region (CUDA); no-op where sets are rotated."""
 
@@ -74,8 +78,12 @@ class Backend:
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device())
 
+    def make_inputs(self, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
+        """An op's fresh inputs on this backend's device."""
+        return op.make_inputs(shape, dtype, self.device(), seed)
+
     def session(self) -> ContextManager[Any]:
-        """Context in which this backend's tensors are built, computed on and read back."""
+        """Context for eager work on this backend's tensors (an impl's `prepare`)."""
         return contextlib.nullcontext()
 
     def wrap(self, fn: Callable) -> Callable:
@@ -87,7 +95,7 @@ class Backend:
         return t.clone()
 
     def to_host(self, x: Any) -> Any:
-        """What the float64 reference receives for a device input (default: the input itself)."""
+        """A device value as the reference and the check see it (default: the value itself)."""
         return x
 
     def versions(self) -> dict[str, str | None]:

@@ -2,14 +2,18 @@
 
 torch_xla is tied to torch 2.9; torchax runs torch ops as JAX ops on tensors of the `jax` device.
 How an impl runs here (the hooks of backends/base.py):
-- `session()` turns torchax's torch modes on (so `.to("jax")`, ops on jax tensors and `.cpu()`
-  work) and sets JAX's default matmul precision to 'highest' for correctness and timing alike: a
-  TPU otherwise computes float32 matmuls in one bf16 pass, which an impl must never do behind
-  the caller's back. Outside a session nothing of torchax is active.
+- `make_inputs` runs the op's own input builder on the CPU and moves the tensors to the `jax`
+  device: the same values as on the CPU backend, and plain torch code never runs under
+  torchax's modes (which mishandle some CPU ops, e.g. `cpu_tensor[i, :n] = ...`).
 - `wrap(fn)` is `jax.jit` of the whole impl, traced once per shape, dtype and non-tensor argument
   (group_size, scale are static) and cached; the correctness gate's call compiles it, so no
-  compile is ever timed. An impl that does not lower (an op torchax lacks, a data-dependent
-  shape) raises NotImplementedError saying so, and the runner records it as skipped.
+  compile is ever timed. It is traced at JAX matmul precision 'highest', so checks and timings
+  see the same program: a TPU otherwise computes float32 matmuls in one bf16 pass, which an impl
+  must never do behind the caller's back (bf16 inputs are unaffected). An impl that does not
+  lower (an op torchax lacks, a data-dependent shape) raises NotImplementedError saying so, and
+  the runner records it as skipped.
+- `session()` turns torchax's torch modes on for eager work on jax tensors (an impl's
+  `prepare`); outside it and the traces nothing of torchax is active.
 - XLA arrays are immutable, so there are no output buffers (`out_buffers = False`): the runner
   calls `fn(*args)` and checks the returned value. The output's allocation is part of what is
   timed, as it is for any jitted JAX function that does not donate its inputs.
@@ -33,6 +37,8 @@ from .cpu import CPUBackend, _cpu_name, _mem_total, read_caches
 # VMEM is a scratchpad XLA fills per kernel, not a cache that keeps data between calls, and JAX
 # reports no L2 size for GPUs; rotating past 4x this (512 MiB) defeats any of them at little cost.
 ACCEL_CACHE_BYTES = 128 * 1024**2
+
+MATMUL_PRECISION = "highest"
 
 _NOT_LOWERING: tuple[type[BaseException], ...] = ()
 
@@ -62,7 +68,7 @@ class Jitted:
             args, it = [], iter(arrays)
             for kind, value in static:
                 args.append(env.j2t_iso(next(it)) if kind == "t" else value)
-            with env:
+            with env, jax.default_matmul_precision(MATMUL_PRECISION):
                 res = fn(*args)
             return env.t2j_iso(res)
 
@@ -144,10 +150,14 @@ class XLABackend(Backend):
     def device(self) -> str:
         return "jax"
 
+    def make_inputs(self, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
+        host = op.make_inputs(shape, dtype, "cpu", seed)
+        return tuple(self.to_device(a) if isinstance(a, torch.Tensor) else a for a in host)
+
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         import jax
-        with self.env, jax.default_matmul_precision("highest"):
+        with self.env, jax.default_matmul_precision(MATMUL_PRECISION):
             yield
 
     def wrap(self, fn: Callable) -> Callable:
@@ -187,6 +197,14 @@ class XLABackend(Backend):
         jax.effects_barrier()
 
     # -- identity ------------------------------------------------------------------------------
+    def probe_sets(self, nbytes: int) -> int:
+        """XLA:CPU: 16 MiB sets. Each call allocates its output (no out= here), and a probe-sized
+        output is a fresh mmap whose page faults, not DRAM, would set the copy roof; 16 MiB
+        outputs are recycled by the allocator, as every case's are. Accelerators: one set."""
+        if self.kind_of_device == "cpu":
+            return max(1, nbytes // (16 * 1024**2))
+        return 1
+
     def cache_bytes(self) -> int:
         if self.kind_of_device == "cpu":
             return CPUBackend().cache_bytes()
@@ -203,7 +221,7 @@ class XLABackend(Backend):
         info: dict[str, Any] = {
             "backend": self.name, "platform": platform, "device_kind": kind,
             "devices": [str(d) for d in devs], "device_count": len(devs),
-            "matmul_precision": "highest",
+            "matmul_precision": MATMUL_PRECISION,
         }
         if platform == "cpu":
             host = _cpu_name()

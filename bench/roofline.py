@@ -55,13 +55,16 @@ def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
 
 def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[float, float]:
     op = OPS[op_name]
-    shape = op.shape(N=n)
+    k = backend.probe_sets(n * 4)  # the working set split into k rotated sets (1 on cpu/cuda)
+    shape = op.shape(N=n // k)
     impl = op.impls["torch_copy" if op_name == "copy" else "torch_sum"]
     fn = backend.wrap(impl.fn)
-    (src,) = op.make_inputs(shape, torch.float32, backend.device(), 0)
-    out = torch.empty_like(src) if op_name == "copy" and backend.out_buffers else None
-    call = (lambda i: fn(src, out=out)) if out is not None else (lambda i: fn(src))
-    st = measure(backend, call, 1, budget)
+    (src,) = backend.make_inputs(op, shape, torch.float32, 0)
+    srcs = [src] + [backend.clone(src) for _ in range(k - 1)]
+    outs = [torch.empty_like(s) for s in srcs] if op_name == "copy" and backend.out_buffers \
+        else None
+    call = (lambda i: fn(srcs[i], out=outs[i])) if outs is not None else (lambda i: fn(srcs[i]))
+    st = measure(backend, call, k, budget)
     return op.bytes_moved(shape, torch.float32) / st.median / 1e9, st.rel_std
 
 
@@ -71,12 +74,12 @@ def matmul_tflops(backend: Backend, dtype: torch.dtype, budget: Budget) -> float
     with backend.session():
         a = torch.randn(n, n, device=dev).to(dtype)
         b = torch.randn(n, n, device=dev).to(dtype)
-        if backend.out_buffers:
-            c = torch.empty(n, n, device=dev, dtype=dtype)
-            st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
-        else:
-            mm = backend.wrap(torch.matmul)
-            st = measure(backend, lambda i: mm(a, b), 1, budget)
+    if backend.out_buffers:
+        c = torch.empty(n, n, device=dev, dtype=dtype)
+        st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
+    else:
+        mm = backend.wrap(torch.matmul)
+        st = measure(backend, lambda i: mm(a, b), 1, budget)
     return 2 * n**3 / st.median / 1e12
 
 
@@ -84,9 +87,8 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
                  budget: Budget | None = None) -> Roof:
     budget = budget or BUDGETS["normal"]
     n = probe_elems(backend)
-    with backend.session():
-        copy_gbps, copy_noise = _probe(backend, "copy", n, budget)
-        read_gbps, read_noise = _probe(backend, "read", n, budget)
+    copy_gbps, copy_noise = _probe(backend, "copy", n, budget)
+    read_gbps, read_noise = _probe(backend, "read", n, budget)
     roof = Roof(backend.name, round(copy_gbps, 2), round(read_gbps, 2), n * 4,
                 noise=max(copy_noise, read_noise))
     for dt in dtypes or [torch.float32]:

@@ -117,10 +117,6 @@ class Runner:
 
     # -- one case ------------------------------------------------------------------------------
     def run_case(self, case: Case) -> list[dict[str, Any]]:
-        with self.ctx.backend.session():
-            return self._run_case(case)
-
-    def _run_case(self, case: Case) -> list[dict[str, Any]]:
         c = self.ctx
         op = OPS[case.op]
         impls = select_impls(case, c.backend.name, c.impl_filter)
@@ -138,9 +134,8 @@ class Runner:
                 records.append(self._emit(rec))
         if not runnable:
             return records
-        dev = c.backend.device()
         try:
-            inputs = op.make_inputs(case.shape, case.dtype, dev, c.seed)
+            inputs = c.backend.make_inputs(op, case.shape, case.dtype, c.seed)
             ref = op.reference(*(c.backend.to_host(a) for a in inputs))
         except Exception as e:  # e.g. out of memory building a big case
             for impl in runnable:
@@ -174,7 +169,8 @@ class Runner:
         # (no out buffer where arrays are immutable: the returned value is checked)
         use_out = impl.out_arg and c.backend.out_buffers
         fn = c.backend.wrap(impl.fn)
-        args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
+        with c.backend.session():
+            args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
         if use_out:
             poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
             fn(*args, out=poisoned)
@@ -182,7 +178,7 @@ class Runner:
         else:
             result = fn(*args)
         c.backend.synchronize()
-        err = rel_err(result, ref)
+        err = rel_err(c.backend.to_host(result), ref)
         tol = op.tol(case.dtype)
         rec.update(rel_err=err, correct=bool(err <= tol))
         if not err <= tol:
@@ -199,7 +195,8 @@ class Runner:
         n_sets = 1 if per_set > need else min(MAX_SETS, math.ceil((need + 1) / per_set))
         if sets is None or len(sets) != n_sets:
             sets = [inputs] + [clone_args(inputs, c.backend.clone) for _ in range(n_sets - 1)]
-        prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
+        with c.backend.session():
+            prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
         outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out
                          else None for _ in range(n_sets - 1)]
         if use_out:
