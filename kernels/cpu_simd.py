@@ -1,0 +1,324 @@
+"""Hand-written CPU dequant-GEMV kernels in C (AVX2 + OpenMP), built on first use, called via ctypes.
+
+Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
+weights with partial (count < width) vector loads or 2-D transposes and runs 10-40x under the
+memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
+
+The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
+as DESIGN.md says), so their bytes are exactly the op's byte model. Tricks, all in registers:
+- INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
+- INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
+  an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
+  shift, so unpacking costs one AND per 8 weights. Lane i of a vector holds k = 8i..8i+7, all in
+  one group, so scales apply per lane and G = 32 needs no special case.
+- The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
+  sum_k x per group computed once per call.
+The library is compiled with the host's compiler for the host's CPU (-march=native) and cached;
+without a compiler the impls raise NotImplementedError, so the runner skips them with the reason.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+C_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+#define INLINE static inline __attribute__((always_inline))
+
+static float half_to_float(uint16_t h) {
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+  float f;
+  if (e == 0) { f = (float)m * (1.0f / 16777216.0f); return sign ? -f : f; }
+  u = sign | ((e == 31 ? 255u : e + 112u) << 23) | (m << 13);
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+INLINE float ld(const void* p, int64_t i, int dt) {
+  if (dt == F32) return ((const float*)p)[i];
+  uint16_t h = ((const uint16_t*)p)[i];
+  if (dt == BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+  return half_to_float(h);
+}
+
+#ifdef __AVX2__
+INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+/* ---- INT8: y[m, n] = s[n] * sum_k x[m, k] * q[n, k] ------------------------------------- */
+
+/* One row n for MT rows of x (xf: fp32, stride K32, zero padded). */
+INLINE void w8_tile(const int8_t* q, const float* xf, int64_t K, int64_t K32,
+                    float s, float* y, int64_t N, const int MT) {
+  int64_t k = 0;
+  float out[4];
+#ifdef __AVX2__
+  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;   /* independent FMA chains per row of x */
+  __m256 acc[4][4];
+  for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) acc[m][a] = _mm256_setzero_ps();
+  for (; k + 32 <= K; k += 32) {
+    for (int t = 0; t < 4; t++) {
+      __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8 * t))));
+      for (int m = 0; m < MT; m++)
+        acc[m][t % A] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xf + m * K32 + k + 8 * t), acc[m][t % A]);
+    }
+  }
+  for (int m = 0; m < MT; m++) {
+    for (int a = 1; a < A; a++) acc[m][0] = _mm256_add_ps(acc[m][0], acc[m][a]);
+    out[m] = hsum(acc[m][0]);
+  }
+#else
+  for (int m = 0; m < MT; m++) out[m] = 0.0f;
+#endif
+  for (int m = 0; m < MT; m++) {
+    float r = out[m];
+    for (int64_t kk = k; kk < K; kk++) r += xf[m * K32 + kk] * (float)q[kk];
+    y[m * N] = r * s;
+  }
+}
+
+int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const void* scales,
+            int64_t N, float* y, float* scratch, int nthreads) {
+  const int64_t K32 = (K + 31) / 32 * 32;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t n = 0; n < N; n++) {
+    const int8_t* q = qw + n * K;
+    float s = ld(scales, n, dt);
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 4);
+    for (; m + 2 <= M; m += 2) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 2);
+    for (; m < M; m++) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 1);
+  }
+  return 0;
+}
+
+/* ---- INT4: y[m, n] = sum_g s[n,g] * (sum_{k in g} x[m,k] q[n,k] - z[n,g] * xsum[m,g]) ------ */
+
+/* xp[m][j][i] = x[m, 8i + j] * 16^-j (j < 7), x[m, 8i + 7] (j = 7); i padded to KW8 with zeros. */
+INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int64_t ng,
+                    const float* xp, const float* xs, const void* sc, const void* zr, int dt,
+                    int64_t n, float* y, int64_t N, const int MT) {
+  float corr[4] = {0, 0, 0, 0}, out[4];
+  const int64_t XS = 8 * KW8;                       /* stride of xp between rows of x */
+#ifdef __AVX2__
+  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;
+  __m256 tot[4];
+  for (int m = 0; m < MT; m++) tot[m] = _mm256_setzero_ps();
+  const int64_t span = WG >= 8 ? WG : 8;            /* words between scale flushes */
+  const int64_t gstep = WG >= 8 ? 1 : 2;            /* groups per flush (G = 32: two per vector) */
+  int64_t i = 0;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m256 dot[4][4];
+    for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) dot[m][a] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, i += 8) {
+      __m256i w;
+      if (i + 8 <= KW) w = _mm256_loadu_si256((const __m256i*)(wr + i));
+      else w = _mm256_maskload_epi32(wr + i, _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW),
+               -(i + 2 < KW), -(i + 3 < KW), -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW)));
+      for (int j = 0; j < 8; j++) {
+        __m256i nib = j < 7 ? _mm256_and_si256(w, _mm256_set1_epi32(0xF << (4 * j)))
+                            : _mm256_srli_epi32(w, 28);
+        __m256 wf = _mm256_cvtepi32_ps(nib);
+        for (int m = 0; m < MT; m++)
+          dot[m][j % A] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp + m * XS + j * KW8 + i), dot[m][j % A]);
+      }
+    }
+    float s0 = ld(sc, n * ng + g, dt), z0 = ld(zr, n * ng + g, dt);
+    float s1 = 0.0f, z1 = 0.0f;
+    if (gstep == 2 && g + 1 < ng) { s1 = ld(sc, n * ng + g + 1, dt); z1 = ld(zr, n * ng + g + 1, dt); }
+    __m256 sv = gstep == 1 ? _mm256_set1_ps(s0) : _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+    for (int m = 0; m < MT; m++) {
+      for (int a = 1; a < A; a++) dot[m][0] = _mm256_add_ps(dot[m][0], dot[m][a]);
+      tot[m] = _mm256_fmadd_ps(dot[m][0], sv, tot[m]);
+      corr[m] += s0 * z0 * xs[m * ng + g];
+      if (gstep == 2 && g + 1 < ng) corr[m] += s1 * z1 * xs[m * ng + g + 1];
+    }
+  }
+  for (int m = 0; m < MT; m++) out[m] = hsum(tot[m]);
+#else
+  const int64_t gw = WG;                           /* words per group */
+  for (int m = 0; m < MT; m++) out[m] = 0.0f;
+  for (int64_t g = 0; g < ng; g++) {
+    float s = ld(sc, n * ng + g, dt), z = ld(zr, n * ng + g, dt);
+    for (int m = 0; m < MT; m++) {
+      float d = 0.0f;
+      for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
+        uint32_t w = (uint32_t)wr[i];
+        for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xp[m * XS + j * KW8 + i];
+        d += (float)(w >> 28) * xp[m * XS + 7 * KW8 + i];
+      }
+      out[m] += s * d;
+      corr[m] += s * z * xs[m * ng + g];
+    }
+  }
+#endif
+  for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
+}
+
+int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
+            const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads) {
+  const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G;
+  float* xp = scratch;                              /* [M][8][KW8] */
+  float* xs = scratch + M * 8 * KW8;                /* [M][ng] */
+  for (int64_t m = 0; m < M; m++) {
+    for (int j = 0; j < 8; j++) {
+      const float f = j < 7 ? 1.0f / (float)(1 << (4 * j)) : 1.0f;
+      for (int64_t i = 0; i < KW8; i++)
+        xp[(m * 8 + j) * KW8 + i] = i < KW ? ld(x, m * K + 8 * i + j, dt) * f : 0.0f;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+      float s = 0.0f;
+      for (int64_t k = g * G; k < (g + 1) * G; k++) s += ld(x, m * K + k, dt);
+      xs[m * ng + g] = s;
+    }
+  }
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t n = 0; n < N; n++) {
+    const int32_t* wr = (const int32_t*)(qw + n * (K / 2));
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
+    for (; m + 2 <= M; m += 2)
+      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
+    for (; m < M; m++)
+      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
+  }
+  return 0;
+}
+"""
+
+_DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_lib: ctypes.CDLL | None = None
+_lib_error: str | None = None
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("DECODEWALL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodewall")
+    return os.path.join(base, "cext")
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise NotImplementedError("no C compiler found (set CC) to build the CPU SIMD kernels")
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+    with open("/proc/cpuinfo", "rb") if os.path.exists("/proc/cpuinfo") else open(os.devnull, "rb") as f:
+        cpu = f.read()
+    key = hashlib.sha256(C_SOURCE.encode() + " ".join([cc] + flags).encode() + cpu[:4096]
+                         + sys.platform.encode()).hexdigest()[:16]
+    path = os.path.join(_cache_dir(), f"dequant_gemv_{key}.so")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "k.c")
+            with open(src, "w") as f:
+                f.write(C_SOURCE)
+            out = os.path.join(tmp, "k.so")
+            r = subprocess.run([cc, *flags, src, "-o", out], capture_output=True, text=True)
+            if r.returncode != 0:  # e.g. no OpenMP: build single-threaded rather than not at all
+                r = subprocess.run([cc, *flags[:-1], src, "-o", out], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise NotImplementedError(f"building the CPU SIMD kernels failed: {r.stderr[-300:]}")
+            os.replace(out, path)  # atomic: concurrent builders never see half a file
+    lib = ctypes.CDLL(path)
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.gemv_w8.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int]
+    lib.gemv_w4.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int]
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The compiled kernels (built once per process, cached on disk); NotImplementedError if no compiler."""
+    global _lib, _lib_error
+    if _lib is None:
+        if _lib_error is not None:
+            raise NotImplementedError(_lib_error)
+        try:
+            _lib = _build()
+        except (NotImplementedError, OSError) as e:
+            _lib_error = str(e)
+            raise NotImplementedError(_lib_error) from None
+    return _lib
+
+
+_scratch: dict[str, torch.Tensor] = {}
+
+
+def _buffer(name: str, numel: int) -> torch.Tensor:
+    """A float32 buffer reused across calls: fresh pages fault slowly on the CPU."""
+    buf = _scratch.get(name)
+    if buf is None or buf.numel() < numel:
+        buf = _scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
+    return buf[:numel]
+
+
+def _check(x: torch.Tensor, *tensors: torch.Tensor) -> None:
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"the C SIMD kernels run on the CPU, not {x.device.type}")
+    if x.dtype not in _DT:
+        raise NotImplementedError(f"the C SIMD kernels take bf16/fp16/fp32 x, not {x.dtype}")
+    for t in tensors:
+        if not t.is_contiguous():
+            raise ValueError("the C SIMD kernels need contiguous tensors")
+
+
+def _finish(y32: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return y32.to(x.dtype)  # a new tensor: y32 is a reused buffer
+    return out.copy_(y32)
+
+
+def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.contiguous()
+    _check(x, qweight, scales)
+    M, K = x.shape
+    N = qweight.shape[0]
+    y32 = _buffer("y", M * N).view(M, N)
+    xs = _buffer("x", M * ((K + 31) // 32 * 32))
+    library().gemv_w8(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(), N,
+                      y32.data_ptr(), xs.data_ptr(), torch.get_num_threads())
+    return _finish(y32, x, out)
+
+
+def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+            group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.contiguous()
+    _check(x, qweight, scales, zeros)
+    M, K = x.shape
+    N = qweight.shape[0]
+    kw8 = (K // 8 + 7) // 8 * 8
+    y32 = _buffer("y", M * N).view(M, N)
+    xs = _buffer("x", M * 8 * kw8 + M * (K // group_size))
+    library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
+                      zeros.data_ptr(), N, group_size, y32.data_ptr(), xs.data_ptr(),
+                      torch.get_num_threads())
+    return _finish(y32, x, out)
+
+
+__all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4"]

@@ -1,0 +1,254 @@
+"""`gemv_w4`: y[M,N] = x[M,K] @ W.T with W in asymmetric group-wise INT4 (W4A16).
+
+W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G], q packed two per byte along K with the
+low nibble holding the even k (see DESIGN.md and kernels/quant.py). Weight bytes drop to ~1/4 of
+bf16, plus the scales and zeros: the ideal speedup over bf16 at G=128 is 2 / (0.5 + 4/128) = 3.76x.
+
+bytes = x + qweight (K/2 B per row) + scales + zeros (x's dtype, K/G per row each) + y.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import cpu_simd
+from .gemv_bf16 import check_gemv_dims, esize
+from .gemv_w8 import compile_for
+from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
+    to_torch_int4_scales_zeros, unpack_int4
+from .registry import Op, register_impl, register_op
+from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+@dataclass(frozen=True)
+class GemvW4Shape:
+    M: int
+    N: int
+    K: int
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_gemv_dims(self.M, self.N, self.K)
+        check_int4_dims(self.K, self.group_size)
+
+
+def make_inputs(shape: GemvW4Shape, dtype: torch.dtype, device, seed: int) -> tuple:
+    """Random x and weights, quantized by kernels.quant on the CPU, then moved to the device."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(shape.M, shape.K, generator=g)
+    w = torch.randn(shape.N, shape.K, generator=g) / math.sqrt(shape.K)
+    qweight, scales, zeros = quantize_int4(w, shape.group_size, dtype)
+    return (x.to(device=device, dtype=dtype), qweight.to(device), scales.to(device),
+            zeros.to(device), shape.group_size)
+
+
+def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              group_size: int) -> torch.Tensor:
+    w = dequant_int4(qweight.detach().cpu(), scales.detach().cpu(), zeros.detach().cpu(),
+                     group_size, torch.float64)
+    return x.detach().cpu().double() @ w.T
+
+
+def bytes_moved(s: GemvW4Shape, dtype: torch.dtype) -> int:
+    e = esize(dtype)
+    groups = s.N * (s.K // s.group_size)
+    return s.M * s.K * e + s.N * s.K // 2 + 2 * groups * e + s.M * s.N * e
+
+
+def check_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               group_size: int) -> tuple[int, int, int]:
+    M, K = x.shape
+    N = qweight.shape[0]
+    check_int4_dims(K, group_size)
+    if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (N, K // 2):
+        raise ValueError(f"qweight must be uint8[N, {K // 2}], got {qweight.dtype}{list(qweight.shape)}")
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if tuple(t.shape) != (N, K // group_size):
+            raise ValueError(f"{name} must be [N={N}, K/G={K // group_size}], got {list(t.shape)}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    return M, N, K
+
+
+gemv_w4 = register_op(Op(
+    name="gemv_w4",
+    shape_type=GemvW4Shape,
+    make_inputs=make_inputs,
+    reference=reference,
+    bytes_moved=bytes_moved,
+    flops=lambda s: 2 * s.M * s.N * s.K,
+    out_spec=lambda s, dt: ((s.M, s.N), dt),
+    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
+    dtypes=(BF16, F16, F32),
+    doc="y = x @ W.T, W in asymmetric group-wise INT4 (low nibble = even k)",
+    smoke=((GemvW4Shape(M=1, N=256, K=512, group_size=128), BF16),
+           (GemvW4Shape(M=3, N=96, K=320, group_size=32), F32)),
+))
+
+
+# --- PyTorch ----------------------------------------------------------------------------------
+
+@register_impl("gemv_w4", "torch_dequant", backends=("cpu", "cuda", "xla"), baseline=True)
+def torch_dequant(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                  group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Naive: unpack and dequantize the whole matrix to x's dtype, then matmul."""
+    w = dequant_int4(qweight, scales, zeros, group_size, x.dtype)
+    return torch.matmul(x, w.T, out=out)
+
+
+def _prepare_int4pack(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                      zeros: torch.Tensor, group_size: int) -> tuple:
+    """Our format → PyTorch's tiled int4 layout and scales_and_zeros (untimed)."""
+    M, N, K = check_args(x, qweight, scales, zeros, group_size)
+    sz = to_torch_int4_scales_zeros(scales, zeros, x.dtype)
+    q = unpack_int4(qweight).to(torch.int32)  # [N, K] codes, our order
+    try:
+        if x.device.type == "cpu":
+            packed = torch._convert_weight_to_int4pack_for_cpu(q, 2)
+        else:
+            if x.dtype != BF16:
+                raise NotImplementedError(f"_weight_int4pack_mm on CUDA takes bf16 only, not {x.dtype}")
+            inner = next((t for t in (8, 4, 2) if K % (16 * t) == 0), None)
+            if inner is None or N % 8:
+                raise NotImplementedError(f"_weight_int4pack_mm needs N % 8 == 0 and K % 32 == 0 (N={N}, K={K})")
+            # Since PyTorch 2.5 the CUDA converter takes uint8 with the *high* nibble = even k.
+            theirs = ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8)
+            packed = torch._convert_weight_to_int4pack(theirs, inner)
+    except RuntimeError as e:
+        raise NotImplementedError(f"PyTorch's int4 packing rejects this case: {str(e).splitlines()[0]}") from None
+    return x.contiguous(), packed, group_size, sz
+
+
+@register_impl("gemv_w4", "torch_int4pack_mm", kind="builtin", baseline=True, prepare=_prepare_int4pack)
+def torch_int4pack_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+                      scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """PyTorch's `_weight_int4pack_mm_for_cpu` / `_weight_int4pack_mm`, fed our weights repacked."""
+    if x.device.type == "cpu":
+        return torch._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
+    return torch._weight_int4pack_mm(x, packed, group_size, scales_and_zeros)
+
+
+def _fused(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+           group_size: int) -> torch.Tensor:
+    # One reduction over K with the unpack and (q - z) * s written per element: the compiler
+    # fuses it into the loads, so no dequantized matrix is ever written.
+    M, K = x.shape
+    N = qweight.shape[0]
+    q = torch.stack((qweight & 0x0F, qweight >> 4), dim=-1).view(N, K // group_size, group_size)
+    w = (q.float() - zeros.float()[..., None]) * scales.float()[..., None]
+    acc = (x.float()[:, None, :] * w.view(1, N, K)).sum(dim=-1)
+    return acc.to(x.dtype)
+
+
+def _prepare_compiled(x, qweight, scales, zeros, group_size) -> tuple:
+    return x, qweight, scales, zeros, group_size, compile_for(_fused, x, qweight, scales, zeros, group_size)
+
+
+@register_impl("gemv_w4", "torch_compiled", kind="compiled", prepare=_prepare_compiled)
+def torch_compiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   group_size: int, fn=None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.compile of the fused unpack-dequant-reduce (compiled once per shape in `prepare`)."""
+    fn = fn or compile_for(_fused, x, qweight, scales, zeros, group_size)
+    y = fn(x, qweight, scales, zeros, group_size)
+    return y if out is None else out.copy_(y)
+
+
+@register_impl("gemv_w4", "simd_c", backends=("cpu",), kind="compiled")
+def simd_c(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+           group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel (kernels/cpu_simd.py): one AND per 8 nibbles, zero point hoisted."""
+    check_args(x, qweight, scales, zeros, group_size)
+    return cpu_simd.gemv_w4(x, qweight, scales, zeros, group_size, out=out)
+
+
+# --- Triton -----------------------------------------------------------------------------------
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .gemv_w8 import split_k_for
+
+    _CONFIGS = [
+        triton.Config({"BLOCK_N": bn}, num_warps=nw, num_stages=ns)
+        for bn in (16, 32, 64, 128, 256) for nw in (2, 4, 8) for ns in (2, 3, 4)
+    ]
+
+    @autotune_or_fixed(_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
+                       fixed={"BLOCK_N": 16}, reset_to_zero=["ws_ptr"])
+    @triton.jit
+    def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn,
+                   stride_sn, stride_ym, G: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+        # Program (n, split, m) walks its groups; per group a row holds G/2 contiguous bytes
+        # (16 B at G=32), loaded whole, split into even/odd nibbles and dequantized in registers.
+        # x is read as its even and odd halves so the nibbles never need interleaving.
+        HALF: tl.constexpr = G // 2
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_j = tl.arange(0, HALF)
+        m_mask = offs_m < M
+        n_mask = offs_n < N
+        ng = K // G
+        per_split = tl.cdiv(ng, SPLIT_K)
+        g_lo = pid_k * per_split
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(g_lo, tl.minimum(g_lo + per_split, ng)):
+            b = tl.load(q_ptr + offs_n[:, None] * stride_qn + g * HALF + offs_j[None, :],
+                        mask=n_mask[:, None], other=0)
+            s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+            w_even = ((b & 0xF).to(tl.float32) - z[:, None]) * s[:, None]
+            w_odd = ((b >> 4).to(tl.float32) - z[:, None]) * s[:, None]
+            x_offs = x_ptr + offs_m[:, None] * stride_xm + g * G + 2 * offs_j[None, :]
+            x_even = tl.load(x_offs, mask=m_mask[:, None], other=0.0)
+            x_odd = tl.load(x_offs + 1, mask=m_mask[:, None], other=0.0)
+            if USE_DOT:
+                if IEEE:
+                    acc += tl.dot(x_even, tl.trans(w_even), input_precision="ieee")
+                    acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="ieee")
+                else:
+                    acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)))
+                    acc += tl.dot(x_odd, tl.trans(w_odd.to(x_odd.dtype)))
+            else:
+                acc += tl.sum(x_even.to(tl.float32)[:, None, :] * w_even[None, :, :], axis=2)
+                acc += tl.sum(x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :], axis=2)
+        y_mask = m_mask[:, None] & n_mask[None, :]
+        if SPLIT_K == 1:
+            tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
+                     acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+        else:
+            tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=y_mask)
+
+    @register_impl("gemv_w4", "triton_w4", backends=TRITON_BACKENDS, kind="triton")
+    def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                  group_size: int, out: torch.Tensor | None = None,
+                  split_k: int | None = None) -> torch.Tensor:
+        """Triton INT4 GEMV: one group per step, in-register unpack, tl.dot once M > 4, split-K."""
+        M, N, K = check_args(x, qweight, scales, zeros, group_size)
+        x = x.contiguous()
+        y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+        use_dot = M > 4
+        block_m = max(16, triton.next_power_of_2(min(M, 64))) if use_dot else triton.next_power_of_2(M)
+        split = split_k or split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device)
+        split = max(1, min(split, K // group_size))
+        ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
+        _w4_kernel[grid](x, qweight, scales, zeros, y, ws, M, N, K, x.stride(0), qweight.stride(0),
+                         scales.stride(0), y.stride(0), G=group_size, BLOCK_M=block_m,
+                         SPLIT_K=split, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
+                         **_w4_kernel.fixed_meta)
+        if split > 1:
+            y.copy_(ws)
+        return y
+
+
+__all__ = ["GemvW4Shape", "gemv_w4", "check_args", "INT4_GROUP_SIZES"]

@@ -1,0 +1,114 @@
+"""The one quantizer: float weights → the INT8 and INT4 formats of DESIGN.md, and back.
+
+INT8 is symmetric per output channel: `w[n, k] = qweight[n, k] * scales[n]`.
+INT4 is asymmetric per group of G along K: `w[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g]`
+with g = k // G, q in [0, 15] packed two per byte, low nibble = even k.
+
+Scales and zeros are stored in the activation dtype, so every impl (and the byte count) sees the
+same rounded values; quantization divides by the *rounded* scale so the codes match it. Every op,
+test and baseline conversion goes through this file: there is one definition of the formats.
+"""
+from __future__ import annotations
+
+import torch
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def check_int4_dims(K: int, group_size: int) -> None:
+    """ValueError unless K and G fit the INT4 format (G allowed, even K, K % G == 0)."""
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"group_size={group_size} is not allowed for INT4 "
+                         f"(allowed: {', '.join(map(str, INT4_GROUP_SIZES))})")
+    if K % 2:
+        raise ValueError(f"K={K} must be even for INT4 (two 4-bit values per byte)")
+    if K % group_size:
+        raise ValueError(f"K={K} is not a multiple of group_size={group_size}")
+
+
+# --- INT8 -------------------------------------------------------------------------------------
+
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """w[N, K] float → (qweight int8[N, K], scales[N] in `dtype`, default w's dtype).
+
+    Symmetric, absmax/127 per row; -128 is never used, so the range is symmetric.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"weights must be 2-D [N, K], got shape {tuple(w.shape)}")
+    dtype = dtype or w.dtype
+    wf = w.float()
+    amax = wf.abs().amax(dim=1)
+    scales = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(dtype)
+    q = torch.round(wf / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def dequant_int8(qweight: torch.Tensor, scales: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (qweight.to(dtype) * scales.to(dtype)[:, None])
+
+
+# --- INT4 -------------------------------------------------------------------------------------
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q[N, K] with values in [0, 15] → uint8[N, K//2]: byte j = q[2j] | q[2j+1] << 4."""
+    if q.shape[-1] % 2:
+        raise ValueError(f"K={q.shape[-1]} must be even to pack two 4-bit values per byte")
+    q = q.to(torch.uint8)
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8[N, K//2] → uint8[N, K] codes in [0, 15] (low nibble = even k)."""
+    lo = packed & 0x0F
+    hi = packed >> 4
+    return torch.stack((lo, hi), dim=-1).flatten(-2)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int = 128, dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w[N, K] float → (qweight uint8[N, K//2], scales[N, K//G], zeros[N, K//G]).
+
+    Asymmetric min/max per group: scale = (max - min) / 15, zero = -min / scale (a float, not
+    rounded to an integer), so both ends of each group's range are representable.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"weights must be 2-D [N, K], got shape {tuple(w.shape)}")
+    N, K = w.shape
+    check_int4_dims(K, group_size)
+    dtype = dtype or w.dtype
+    wg = w.float().reshape(N, K // group_size, group_size)
+    lo = wg.amin(dim=2)
+    hi = wg.amax(dim=2)
+    span = hi - lo
+    scales = torch.where(span > 0, span / 15.0, torch.ones_like(span)).to(dtype)
+    zeros = (-lo / scales.float()).to(dtype)
+    q = torch.round(wg / scales.float()[..., None] + zeros.float()[..., None]).clamp_(0, 15)
+    return pack_int4(q.reshape(N, K)), scales, zeros
+
+
+def dequant_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The INT4 format's meaning, written plainly: (q - zeros[g]) * scales[g]."""
+    q = unpack_int4(qweight).to(dtype)
+    N, K = q.shape
+    s = scales.to(dtype).repeat_interleave(group_size, dim=1)
+    z = zeros.to(dtype).repeat_interleave(group_size, dim=1)
+    return (q - z) * s
+
+
+def to_torch_int4_scales_zeros(scales: torch.Tensor, zeros: torch.Tensor,
+                               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Our (scales, zeros) → PyTorch's scales_and_zeros[K//G, N, 2] for `_weight_int4pack_mm*`.
+
+    PyTorch dequantizes `(q - 8) * scale + zero`; ours is `(q - z) * s = (q - 8) * s + (8 - z) * s`,
+    so their zero is (8 - z) * s, computed in fp32 and rounded once to `dtype`.
+    """
+    dtype = dtype or scales.dtype
+    s = scales.float()
+    their_zero = (8.0 - zeros.float()) * s
+    return torch.stack((s, their_zero), dim=-1).transpose(0, 1).contiguous().to(dtype)
+
+
+__all__ = ["INT4_GROUP_SIZES", "check_int4_dims", "quantize_int8", "dequant_int8", "pack_int4",
+           "unpack_int4", "quantize_int4", "dequant_int4", "to_torch_int4_scales_zeros"]
