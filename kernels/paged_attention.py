@@ -16,8 +16,9 @@ bytes = q + out + K and V of the actual seq_lens tokens (all KV heads, each bloc
 query heads share it) + the table entries and seq_lens read (+ scales for kv8). Impls:
 - `gather_sdpa` (baseline): gather the padded cache through the table, then SDPA; the gather's
   extra write and re-read is exactly the cost a paged kernel exists to avoid.
-- `torch_chunked`: per sequence, gather a cache-sized chunk of blocks at a time into a reused
-  buffer and do fp32 matmuls on it (exact softmax over the full score row, which is small).
+- `torch_chunked`: all sequences advance together a chunk of blocks at a time, gathered into a
+  reused buffer that stays in the last-level cache; PyTorch's fused CPU flash-attention kernel runs
+  on a strided view of each chunk, and chunks merge by log-sum-exp.
 - `triton_onepass` / `triton_splitkv` / `triton` (auto): one program per (sequence, KV head[,
   split]) serving all query heads of the group from one read of each block, online softmax in fp32;
   the split-KV variant adds a reduction kernel and is chosen for small batch x long context.
@@ -368,75 +369,117 @@ def gather_sdpa_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens
 
 # --- hand-written PyTorch: chunked gather into a cache-resident buffer ------------------------
 
-CHUNK_BYTES = 1 << 20  # fp32 bytes of K (or V) gathered per step: stays in L2/L3
+CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+CHUNK_TOKENS = 1024  # tokens per sequence per step: 8 sequences x 8 KV heads bf16 K+V = 32 MiB
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """Buffers reused across calls: fresh large CPU allocations page-fault on every call."""
+    key = (name, dtype, str(device))
+    n = math.prod(shape)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _WORKSPACE[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(shape)
+
+
+def _chunk_attention(q, k, v, mask, scale):
+    """Attention of q [n, Hkv, G, D] over one chunk k, v [n, Hkv, T, D] (strided views);
+    returns (out fp32 [n, Hkv, G, D], logsumexp fp32 [n, Hkv, G]) so chunks can be merged.
+
+    On the CPU this is PyTorch's fused flash-attention kernel, with the G query heads of a KV
+    head as its "query length": it reads the strided chunk in place, never materializing scores
+    or a repeated-head copy. Elsewhere, plain fp32 matmuls."""
+    if q.device.type == "cpu" and CPU_FLASH:
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+        return o.float(), lse
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.matmul(torch.exp(s - lse[..., None]), v.float()), lse
 
 
 def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, out=None):
-    """Per sequence: scores = q.K^T chunk by chunk into one fp32 row [Hq, T]; exact softmax in
-    place; out = P.V chunk by chunk. Chunks are gathered with index_select into a reused buffer
-    (converted to fp32 there when the cache is 16-bit or int8), so the gathered cache never
-    leaves the cache hierarchy and every matmul is fp32."""
+    """All sequences advance together, CT tokens (CB blocks) per step. Each step gathers the
+    step's blocks of every live sequence with one index_select into a reused buffer (the only
+    copy: it stays in the last-level cache), runs one fused attention call on a strided view of
+    it, and merges the result into the running output by log-sum-exp (split-KV style).
+
+    Sequences are sorted longest first so the live ones are always a prefix; table entries past
+    a sequence's last block are pointed at that last block (already in cache, so no extra DRAM
+    traffic) and positions >= seq_len are masked. INT8 chunks are dequantized into a q-dtype
+    buffer right after the gather."""
     B, Hq, D = q.shape
     NB, BS, Hkv, _ = k.shape
     G = Hq // Hkv
-    MB = block_table.shape[1]
+    dev = q.device
     row = BS * Hkv * D
-    kf, vf = k.view(NB, row), v.view(NB, row)
-    chunk = max(1, min(MB, CHUNK_BYTES // (row * 4)))
-    raw = torch.empty(chunk, row, dtype=k.dtype, device=q.device)
-    f32 = raw if k.dtype == F32 else torch.empty(chunk, row, dtype=F32, device=q.device)
+    lens = seq_lens.tolist()
+    order = sorted(range(B), key=lambda b: -lens[b])
+    lens_sorted = [lens[b] for b in order]
+    CB = max(1, min(-(-lens_sorted[0] // BS), CHUNK_TOKENS // BS))
+    CT = CB * BS
+    n_chunks = -(-lens_sorted[0] // CT)
+    live = [sum(1 for n in lens_sorted if n > c * CT) for c in range(n_chunks)]
+
+    perm = torch.tensor(order, device=dev)
+    sl = seq_lens.to(dev, torch.long)[perm]
+    last = (sl + BS - 1) // BS - 1  # each sequence's last block column
+    cols = torch.arange(n_chunks * CB, device=dev).clamp(max=block_table.shape[1] - 1)
+    cols = torch.minimum(cols[None, :], last[:, None])  # past the end: repeat the last block
+    table = torch.gather(block_table.to(dev, torch.long)[perm], 1, cols)  # [B, n_chunks*CB]
+    pos = torch.arange(n_chunks * CT, device=dev).view(n_chunks, 1, CT)
+    mask = torch.zeros((), dtype=q.dtype, device=dev).masked_fill(
+        pos >= sl.view(1, B, 1), float("-inf"))  # [n_chunks, B, CT]
+    qg = q[perm].view(B, Hkv, G, D)
+
+    kraw = _workspace("kraw", (B * CB, row), k.dtype, dev)
+    vraw = _workspace("vraw", (B * CB, row), k.dtype, dev)
     if k_scale is not None:
-        ksf, vsf = k_scale.view(NB, BS * Hkv), v_scale.view(NB, BS * Hkv)
-        sbuf = torch.empty(chunk, BS * Hkv, dtype=k_scale.dtype, device=q.device)
-    scores = torch.empty(Hkv, G, MB * BS, dtype=F32, device=q.device)
-    acc = torch.empty(Hkv, G, D, dtype=F32, device=q.device)
-    qs = (q.to(F32) * scale).view(B, Hkv, G, D)
+        kdq = _workspace("kdq", (B * CB, row), q.dtype, dev)
+        vdq = _workspace("vdq", (B * CB, row), q.dtype, dev)
+        sraw = _workspace("sraw", (B * CB, BS * Hkv), k_scale.dtype, dev)
+
+    def gather(src, src_scale, raw, dq, idx):  # -> [n, Hkv, CT, D] strided view
+        g = torch.index_select(src.view(NB, row), 0, idx, out=raw[:idx.numel()])
+        if src_scale is not None:
+            s = torch.index_select(src_scale.view(NB, BS * Hkv), 0, idx, out=sraw[:idx.numel()])
+            g = torch.mul(g.view(-1, BS * Hkv, D), s[..., None],
+                          out=dq[:idx.numel()].view(-1, BS * Hkv, D))
+        return g.view(-1, CT, Hkv, D).transpose(1, 2)
+
+    acc = lse = None
+    for c, n in enumerate(live):
+        idx = table[:n, c * CB:(c + 1) * CB].reshape(-1)
+        kc = gather(k, k_scale, kraw, kdq if k_scale is not None else None, idx)
+        vc = gather(v, v_scale, vraw, vdq if v_scale is not None else None, idx)
+        ends = lens_sorted[n - 1] < (c + 1) * CT  # some live sequence stops inside this chunk
+        m = mask[c, :n, None, None, :] if ends else None
+        o, l = _chunk_attention(qg[:n], kc, vc, m, scale)
+        if acc is None:
+            acc, lse = o, l
+            continue
+        new = torch.logaddexp(lse[:n], l)
+        acc[:n].mul_(torch.exp(lse[:n] - new)[..., None]).add_(o * torch.exp(l - new)[..., None])
+        lse[:n] = new
     out = torch.empty_like(q) if out is None else out
-    table = block_table.to(torch.long)
-
-    def gather(src, srcs, idx):  # -> fp32 [n*BS, Hkv, D] view of the chunk buffer
-        n = idx.numel()
-        g = torch.index_select(src, 0, idx, out=raw[:n])
-        if g.dtype != F32:
-            g = f32[:n].copy_(g)
-        if srcs is not None:
-            s = torch.index_select(srcs, 0, idx, out=sbuf[:n])
-            g.view(n * BS * Hkv, D).mul_(s.view(n * BS * Hkv, 1))
-        return g.view(n * BS, Hkv, D)
-
-    for b, L in enumerate(seq_lens.tolist()):
-        nb = -(-L // BS)
-        idx = table[b, :nb]
-        s = scores[:, :, :L]
-        for c0 in range(0, nb, chunk):
-            c1 = min(nb, c0 + chunk)
-            kc = gather(kf, ksf if k_scale is not None else None, idx[c0:c1])
-            T = min(L, c1 * BS) - c0 * BS
-            torch.matmul(qs[b], kc[:T].permute(1, 2, 0), out=s[:, :, c0 * BS:c0 * BS + T])
-        m = s.amax(dim=-1, keepdim=True)
-        s.sub_(m).exp_()
-        denom = s.sum(dim=-1, keepdim=True)
-        acc.zero_()
-        for c0 in range(0, nb, chunk):
-            c1 = min(nb, c0 + chunk)
-            vc = gather(vf, vsf if v_scale is not None else None, idx[c0:c1])
-            T = min(L, c1 * BS) - c0 * BS
-            acc.baddbmm_(s[:, :, c0 * BS:c0 * BS + T], vc[:T].transpose(0, 1))
-        out[b].copy_(acc.div_(denom).view(Hq, D))
-    return out
+    return out.index_copy_(0, perm, acc.view(B, Hq, D).to(out.dtype))
 
 
 @register_impl("paged_attention", "torch_chunked", backends=("cpu", "cuda"), prepare=_validate)
 def torch_chunked(q, k_cache, v_cache, block_table, seq_lens, scale: float,
                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """Hand-written PyTorch: cache-sized chunk gathers, fp32 matmuls, no materialized cache."""
+    """Hand-written PyTorch: LLC-sized chunk gathers, fused attention per chunk, LSE merge."""
     return _chunked(q, k_cache, v_cache, block_table, seq_lens, scale, out=out)
 
 
 @register_impl("paged_attention_kv8", "torch_chunked", backends=("cpu", "cuda"), prepare=_validate)
 def torch_chunked_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
                       out: torch.Tensor | None = None) -> torch.Tensor:
-    """Hand-written PyTorch: int8 chunks dequantized to fp32 in a cache-resident buffer."""
+    """Hand-written PyTorch: int8 chunks dequantized in a cache-resident buffer, then as above."""
     return _chunked(q, k_cache, v_cache, block_table, seq_lens, scale, k_scale, v_scale, out=out)
 
 
