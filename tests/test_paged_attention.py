@@ -1,0 +1,333 @@
+"""paged_attention / paged_attention_kv8: reference, every impl, inputs, bytes and bad inputs.
+
+Triton impls run under TRITON_INTERPRET=1 here (set by conftest.py), so they get fp16/fp32 and
+small shapes; bf16 Triton runs only in the `cuda` tests.
+"""
+import math
+
+import pytest
+import torch
+
+import kernels.paged_attention as pa
+from kernels import OPS, rel_err
+from kernels.paged_attention import PagedAttentionShape as Shape
+from kernels.paged_attention import build_inputs, bytes_moved, quantize_kv_int8
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+OP_NAMES = ("paged_attention", "paged_attention_kv8")
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def impls_here(op_name, dtype):
+    """Every impl this machine can run: CPU ones, and Triton ones (interpreted without a GPU)."""
+    out = []
+    for name, impl in OPS[op_name].impls.items():
+        if impl.kind == "triton":
+            if not CUDA and dtype == BF16:
+                continue  # the interpreter mishandles bf16
+            out.append((name, impl, DEV))
+        elif "cpu" in impl.backends:
+            out.append((name, impl, "cpu"))
+    return out
+
+
+def to(args, device):
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def run(impl, args, device):
+    """Call with a NaN-poisoned output buffer, as the harness's correctness gate does."""
+    q = args[0]
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=device)
+    res = impl(*to(args, device), out=out)
+    assert res.data_ptr() == out.data_ptr(), "impl must write into out="
+    return out.cpu()
+
+
+# --- reference --------------------------------------------------------------------------------
+
+def test_reference_matches_hand_computation():
+    # One sequence of 3 tokens in blocks [2, 0] (block size 2), one KV head, two query heads.
+    k = torch.zeros(3, 2, 1, 2)
+    v = torch.zeros(3, 2, 1, 2)
+    tok_k = [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+    tok_v = [(1.0, 2.0), (3.0, -1.0), (0.5, 0.5)]
+    where = [(2, 0), (2, 1), (0, 0)]
+    for (blk, slot), kk, vv in zip(where, tok_k, tok_v):
+        k[blk, slot, 0] = torch.tensor(kk)
+        v[blk, slot, 0] = torch.tensor(vv)
+    k[1] = v[1] = 1e6  # unused block: must not matter
+    k[0, 1] = v[0, 1] = -1e6  # slot past the sequence's end
+    q = torch.tensor([[[2.0, 0.0], [0.0, -1.0]]])
+    table = torch.tensor([[2, 0, 77]], dtype=torch.int32)  # 77: garbage past the sequence
+    scale = 0.5
+    expected = []
+    for h in range(2):
+        s = [scale * sum(a * b for a, b in zip(q[0, h].tolist(), kk)) for kk in tok_k]
+        w = [math.exp(x) for x in s]
+        expected.append([sum(wi * vv[d] for wi, vv in zip(w, tok_v)) / sum(w) for d in range(2)])
+    out = pa.reference(q, k, v, table, torch.tensor([3], dtype=torch.int32), scale)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.tensor([expected], dtype=torch.float64))
+
+
+def test_reference_kv8_is_reference_of_dequantized_cache():
+    shape = Shape(B=2, Hq=4, Hkv=2, D=32, context=40)
+    q, k, v, ks, vs, bt, sl, scale = build_inputs(shape, F32, "cpu", 3, kv8=True)
+    kd = k.double() * ks.double()[..., None]
+    vd = v.double() * vs.double()[..., None]
+    torch.testing.assert_close(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale),
+                               pa._reference(q.double(), kd, vd, bt, sl, scale))
+
+
+def test_quantize_kv_int8_round_trip():
+    x = torch.randn(5, 16, 2, 64)
+    q, s = quantize_kv_int8(x, F32)
+    assert q.dtype == torch.int8 and s.shape == (5, 16, 2) and q.abs().max() <= 127
+    err = (q.float() * s[..., None] - x).abs().max() / x.abs().max()
+    assert err < 1 / 127
+
+
+# --- every impl against the reference ---------------------------------------------------------
+
+CASES = [  # (Hq, Hkv, D, block_size, dtype, seq_lens): GQA 1/4/8 and MQA, ragged incl. 1
+    (4, 4, 64, 16, F32, [1, 17, 40]),
+    (8, 2, 128, 32, F16, [33, 64, 5]),
+    (16, 2, 64, 16, F32, [100, 1]),
+    (8, 1, 128, 16, F16, [70, 16, 3, 1]),
+    (8, 2, 64, 32, BF16, [45, 1, 96]),
+]
+
+
+def case_inputs(op_name, Hq, Hkv, D, BS, dtype, lens, seed=0):
+    shape = Shape(B=len(lens), Hq=Hq, Hkv=Hkv, D=D, context=max(lens) + 5, block_size=BS)
+    return build_inputs(shape, dtype, "cpu", seed, seq_lens=lens,
+                        kv8=op_name.endswith("kv8"))
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"Hq{c[0]}-Hkv{c[1]}-D{c[2]}-BS{c[3]}-"
+                         f"{str(c[4])[6:]}")
+def test_impls_match_reference(op_name, case):
+    op = OPS[op_name]
+    args = case_inputs(op_name, *case)
+    ref = op.reference(*args)
+    ran = []
+    for name, impl, dev in impls_here(op_name, case[4]):
+        out = run(impl, args, dev)
+        err = rel_err(out, ref)
+        assert err <= op.tol(case[4]), f"{name}: rel err {err:.3g}"
+        ran.append(name)
+    assert {"gather_sdpa", "torch_chunked"} <= set(ran)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("cpu_flash", [True, False])
+def test_torch_chunked_many_chunks(op_name, cpu_flash, monkeypatch):
+    """Small chunks: sequences drop out at different chunks, ends land mid-chunk, LSE merges."""
+    monkeypatch.setattr(pa, "CHUNK_TOKENS", 32)
+    monkeypatch.setattr(pa, "CPU_FLASH", cpu_flash and pa.CPU_FLASH)
+    op = OPS[op_name]
+    for dtype in (F32, BF16):
+        args = case_inputs(op_name, 8, 2, 64, 16, dtype, [200, 1, 32, 129, 64, 95])
+        err = rel_err(run(op.impls["torch_chunked"], args, "cpu"), op.reference(*args))
+        assert err <= op.tol(dtype), f"{dtype}: {err:.3g}"
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_triton_split_kv_many_splits(op_name):
+    """Split-KV with more splits than a short sequence fills: empty splits weigh zero."""
+    op = OPS[op_name]
+    if "triton_splitkv" not in op.impls:
+        pytest.skip("no triton")
+    args = case_inputs(op_name, 4, 2, 64, 16, F32, [1100, 3])
+    err = rel_err(run(op.impls["triton_splitkv"], args, DEV), op.reference(*args))
+    assert err <= op.tol(F32)
+
+
+def test_auto_split_policy():
+    if not hasattr(pa, "auto_splits"):
+        pytest.skip("no triton")
+    cpu = torch.device("cpu")
+    assert pa.auto_splits(64, 8, 4096, cpu) == 1  # enough (sequence, head) programs
+    assert pa.auto_splits(8, 8, 512, cpu) == 1  # short context: nothing to split
+    assert pa.auto_splits(1, 8, 32768, cpu) > 8  # one long sequence: split it
+
+
+# --- garbage that must not be read ------------------------------------------------------------
+
+def unused_masks(args, kv8):
+    """(table entries past each sequence, blocks no sequence uses, used blocks' slots past the end)."""
+    k, bt, sl = args[1], args[-3], args[-2]
+    NB, BS = k.shape[:2]
+    need = (sl.long() + BS - 1) // BS
+    dead_entries = torch.arange(bt.shape[1])[None, :] >= need[:, None]
+    live = torch.zeros(NB, BS, dtype=torch.bool)
+    for b in range(bt.shape[0]):
+        n = int(sl[b])
+        t = torch.arange(n)
+        live[bt[b, t // BS].long(), t % BS] = True
+    used_block = torch.zeros(NB, dtype=torch.bool)
+    used_block[bt[~dead_entries].long()] = True
+    tail = used_block[:, None] & ~live
+    return dead_entries, ~used_block, tail
+
+
+def perturb(args, kv8, value, entries=True, blocks=True, tail=True, seed=1):
+    dead_entries, free_blocks, tail_slots = unused_masks(args, kv8)
+    args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    g = torch.Generator().manual_seed(seed)
+    caches = (1, 2, 3, 4) if kv8 else (1, 2)  # k, v (and their scales)
+    for i in caches:
+        t = args[i]
+        fill = value if t.is_floating_point() else 99  # int8 caches: their scales carry the NaN
+        if blocks:
+            t[free_blocks] = fill
+        if tail:
+            t[tail_slots] = fill
+    if entries:
+        bt = args[-3]
+        NB = args[1].shape[0]
+        bt[dead_entries] = torch.randint(-5 * NB, 5 * NB, (int(dead_entries.sum()),), generator=g,
+                                         dtype=torch.int32)
+    return tuple(args)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_unused_entries_blocks_and_slots_do_not_change_result(op_name):
+    kv8 = op_name.endswith("kv8")
+    args = case_inputs(op_name, 8, 2, 64, 16, F32, [1, 37, 80], seed=5)
+    finite = perturb(args, kv8, -7.5)
+    nan_blocks = perturb(args, kv8, float("nan"), tail=False, seed=2)
+    nan_tail = perturb(args, kv8, float("nan"), entries=False, blocks=False)
+    for name, impl, dev in impls_here(op_name, F32):
+        base = run(impl, args, dev)
+        assert torch.isfinite(base).all()
+        # Finite garbage anywhere unused: bit-identical output.
+        assert torch.equal(run(impl, finite, dev), base), name
+        # NaN in unused blocks, out-of-range garbage in unused table entries: never touched.
+        assert torch.equal(run(impl, nan_blocks, dev), base), name
+        if impl.kind == "triton":  # the Triton kernels never even load slots past seq_len
+            assert torch.equal(run(impl, nan_tail, dev), base), name
+
+
+def test_inputs_are_scattered_and_deterministic():
+    shape = Shape(B=4, Hq=8, Hkv=2, D=64, context=300)
+    q, k, v, bt, sl, scale = build_inputs(shape, F32, "cpu", 0)
+    q2, k2, v2, bt2, sl2, _ = build_inputs(shape, F32, "cpu", 1)
+    assert sl.tolist() == sl2.tolist() == shape.seq_lens()  # lengths are the shape's, not the seed's
+    assert not torch.equal(bt, bt2) and not torch.equal(k, k2)
+    assert sl.tolist()[0] == 300 and len(set(sl.tolist())) > 1 and min(sl.tolist()) >= 150
+    dead, free, _ = unused_masks((q, k, v, bt, sl, scale), False)
+    used = bt[~dead]
+    assert used.unique().numel() == used.numel()  # no block is shared or read twice
+    assert k.shape[0] >= 2 * used.numel() and int(free.sum()) >= used.numel()
+    steps = torch.cat([(bt[b, 1:int(n)] - bt[b, :int(n) - 1]) for b, n in
+                       enumerate(((sl + 15) // 16).tolist())])
+    assert (steps == 1).float().mean() < 0.05  # a sequence's blocks are not contiguous
+    assert q.abs().sum() > 0 and scale == pytest.approx(1 / 8)
+    assert ((bt[dead] < 0) | (bt[dead] >= k.shape[0])).any()  # garbage includes out-of-range
+
+
+def test_make_inputs_matches_shape_policy():
+    shape = Shape(B=3, Hq=4, Hkv=1, D=32, context=50, block_size=32, ragged=0)
+    for op_name in OP_NAMES:
+        args = OPS[op_name].make_inputs(shape, F16, "cpu", 0)
+        assert args[-2].tolist() == [50, 50, 50]
+        assert args[0].shape == (3, 4, 32) and args[0].dtype == F16
+        assert args[-3].shape == (3, 2) and args[-3].dtype == torch.int32
+
+
+# --- bytes ------------------------------------------------------------------------------------
+
+def test_bytes_by_hand():
+    s = Shape(B=2, Hq=4, Hkv=2, D=64, context=40, block_size=16, ragged=0)
+    # q + out: 2*(2*4*64*2); K and V: 80 tokens * 2 * 2 heads * 64 * 2 B; 2*3 table entries; 2 lens
+    assert bytes_moved(s, F16) == 2048 + 40960 + 24 + 8
+    assert OPS["paged_attention"].bytes_moved(s, F32) == 4096 + 81920 + 24 + 8
+    # INT8 KV: 1 byte per element plus a 2-byte scale per (token, head) for K and for V
+    assert OPS["paged_attention_kv8"].bytes_moved(s, BF16) == 2048 + 20480 + 640 + 24 + 8
+
+
+def test_bytes_follow_ragged_lengths():
+    s = Shape(B=5, Hq=32, Hkv=8, D=128, context=4096)
+    lens = s.seq_lens()
+    assert lens[0] == 4096 and all(2048 <= n <= 4096 for n in lens)
+    blocks = sum(-(-n // 16) for n in lens)
+    expect = 2 * 5 * 32 * 128 * 2 + sum(lens) * 2 * 8 * 128 * 2 + 4 * blocks + 4 * 5
+    assert bytes_moved(s, BF16) == expect
+    # GQA: query heads sharing a KV head do not multiply the KV bytes
+    s70 = Shape(B=5, Hq=64, Hkv=8, D=128, context=4096)
+    assert bytes_moved(s70, BF16) - bytes_moved(s, BF16) == 2 * 5 * 32 * 128 * 2
+
+
+# --- bad shapes and inputs --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(Hq=6, Hkv=4), "multiple of Hkv"),
+    (dict(block_size=24), "block_size"),
+    (dict(D=96), "head dim"),
+    (dict(context=0), "context"),
+    (dict(ragged=2), "ragged"),
+    (dict(B=10**6, context=10**6), "B="),
+])
+def test_bad_shapes(kw, msg):
+    base = dict(B=2, Hq=8, Hkv=2, D=64, context=64)
+    with pytest.raises(ValueError, match=msg):
+        Shape(**{**base, **kw})
+
+
+def bad_inputs():
+    ok = case_inputs("paged_attention", 8, 2, 64, 16, F32, [20, 33])
+    q, k, v, bt, sl, scale = ok
+    yield "multiple of Hkv", (q[:, :5], k, v, bt, sl, scale)
+    yield ">= 1", (q, k, v, bt, torch.tensor([0, 3], dtype=torch.int32), scale)
+    yield "past the block table", (q, k, v, bt, sl + bt.shape[1] * 16, scale)
+    yield "does not match", (q, k.half(), v.half(), bt, sl, scale)
+    yield "int32", (q, k, v, bt.long(), sl, scale)
+    yield "out of range", (q, k, v, torch.where(bt == bt[0, 0], -1, bt), sl, scale)
+
+
+@pytest.mark.parametrize("msg, args", list(bad_inputs()), ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_inputs_raise_clear_errors(msg, args):
+    op = OPS["paged_attention"]
+    with pytest.raises(ValueError, match=msg):
+        op.reference(*args)
+    for name, impl, dev in impls_here("paged_attention", F32):
+        with pytest.raises(ValueError, match=msg):
+            impl(*to(args, dev))
+
+
+def test_bad_kv8_scales():
+    q, k, v, ks, vs, bt, sl, scale = case_inputs("paged_attention_kv8", 4, 2, 64, 16, F16, [9])
+    for name, impl, dev in impls_here("paged_attention_kv8", F16):
+        with pytest.raises(ValueError, match="k_scale dtype"):
+            impl(*to((q, k, v, ks.float(), vs, bt, sl, scale), dev))
+        with pytest.raises(ValueError, match="v_scale must be"):
+            impl(*to((q, k, v, ks, vs[:, :8], bt, sl, scale), dev))
+        with pytest.raises(ValueError, match="INT8 KV"):
+            impl(*to((q, k.half(), v.half(), ks, vs, bt, sl, scale), dev))
+
+
+# --- GPU --------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("shape", [
+    Shape(B=3, Hq=32, Hkv=8, D=128, context=1000),
+    Shape(B=1, Hq=64, Hkv=8, D=128, context=5000, block_size=32),
+    Shape(B=4, Hq=8, Hkv=1, D=64, context=300),
+], ids=str)
+def test_cuda_bf16_and_fp16(op_name, shape):
+    op = OPS[op_name]
+    for dtype in (BF16, F16):
+        args = op.make_inputs(shape, dtype, "cuda", 0)
+        ref = op.reference(*args)
+        for name, impl in op.impls.items():
+            if "cuda" not in impl.backends:
+                continue
+            out = torch.full(args[0].shape, float("nan"), dtype=dtype, device="cuda")
+            impl(*args, out=out)
+            err = rel_err(out, ref)
+            assert err <= op.tol(dtype), f"{name} {dtype}: {err:.3g}"
