@@ -84,3 +84,42 @@ def decode(ctx: SuiteContext) -> list[Case]:
 def gpu_check(ctx: SuiteContext) -> list[Case]:
     from .device_check import gpu_check_cases
     return gpu_check_cases(ctx)
+
+
+LLAMA3_ATTN_HEADS = {"llama-3-8b": (32, 8, 128), "llama-3-70b": (64, 8, 128)}  # Hq, Hkv, D
+
+
+@suite("attention", "paged decode attention: Llama-3-8B/70B heads, batch 1-64 x context 512/4096, "
+       "1 x 32768; ragged lengths, scattered blocks; sized for the backend")
+def attention(ctx: SuiteContext) -> list[Case]:
+    from kernels.paged_attention import PagedAttentionShape, esize
+
+    def kv_pool_bytes(s: PagedAttentionShape, dtype: torch.dtype) -> int:
+        return s.pool_blocks * s.block_size * s.Hkv * s.D * 2 * esize(dtype)
+
+    cases: list[Case] = []
+
+    def add(op: str, model: str, B: int, context: int, dtype: torch.dtype) -> None:
+        Hq, Hkv, D = LLAMA3_ATTN_HEADS[model]
+        s = PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=context)
+        kv_dtype = torch.int8 if op.endswith("kv8") else dtype
+        if ctx.fits(kv_pool_bytes(s, kv_dtype)):
+            cases.append(Case(op, s, dtype, group=f"{model} b{B}x{context}"))
+
+    if ctx.backend == "cuda":
+        grid = [(B, c) for B in (1, 8, 32, 64) for c in (512, 4096)] + [(1, 32768)]
+        for model in LLAMA3_ATTN_HEADS:
+            for B, c in grid:
+                add("paged_attention", model, B, c, torch.bfloat16)
+        for B, c in grid:
+            add("paged_attention_kv8", "llama-3-8b", B, c, torch.bfloat16)
+        return cases
+    # CPU (and anything else): the target case in bf16 and fp32, and a few around it;
+    # every impl here costs ~0.1-1 s a call at 8 x 4096, so the grid stays small.
+    for B, c in ((1, 512), (8, 512), (1, 4096), (8, 4096)):
+        for dtype in (torch.bfloat16, torch.float32):
+            add("paged_attention", "llama-3-8b", B, c, dtype)
+    add("paged_attention", "llama-3-8b", 1, 32768, torch.bfloat16)
+    add("paged_attention", "llama-3-70b", 8, 4096, torch.bfloat16)
+    add("paged_attention_kv8", "llama-3-8b", 8, 4096, torch.bfloat16)
+    return cases

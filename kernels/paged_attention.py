@@ -250,29 +250,34 @@ def _validate(*args):
 def reference(q, k, v, block_table, seq_lens, scale) -> torch.Tensor:
     """Float64 on the CPU: per sequence, gather its tokens through the table, plain softmax."""
     check_inputs(q, k, v, block_table, seq_lens)
-    return _reference(q.cpu().double(), k.cpu().double(), v.cpu().double(), block_table.cpu(),
-                      seq_lens.cpu(), scale)
+    return _reference(q, k, v, block_table, seq_lens, scale)
 
 
 def reference_kv8(q, k, v, k_scale, v_scale, block_table, seq_lens, scale) -> torch.Tensor:
     check_inputs(q, k, v, block_table, seq_lens, k_scale, v_scale)
-    kd = k.cpu().double() * k_scale.cpu().double()[..., None]
-    vd = v.cpu().double() * v_scale.cpu().double()[..., None]
-    return _reference(q.cpu().double(), kd, vd, block_table.cpu(), seq_lens.cpu(), scale)
+    return _reference(q, k, v, block_table, seq_lens, scale, k_scale, v_scale)
 
 
-def _reference(q, k, v, block_table, seq_lens, scale) -> torch.Tensor:
+def _reference(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None) -> torch.Tensor:
     B, Hq, D = q.shape
     BS, Hkv = k.shape[1], k.shape[2]
     out = torch.empty(B, Hq, D, dtype=torch.float64)
     heads = torch.arange(Hq) // (Hq // Hkv)
+    table, lens = block_table.cpu(), seq_lens.cpu()
+
+    def tokens(cache, cache_scale, blocks, slots):  # [n, Hq, D] float64, only what is read
+        x = cache[blocks.to(cache.device), slots.to(cache.device)].cpu().double()
+        if cache_scale is not None:
+            sc = cache_scale[blocks.to(cache.device), slots.to(cache.device)]
+            x = x * sc.cpu().double()[..., None]
+        return x[:, heads]
+
     for b in range(B):
-        n = int(seq_lens[b])
-        t = torch.arange(n)
-        blocks = block_table[b, t // BS].long()
-        kb = k[blocks, t % BS][:, heads]  # [n, Hq, D]
-        vb = v[blocks, t % BS][:, heads]
-        s = torch.einsum("hd,nhd->hn", q[b], kb) * scale
+        t = torch.arange(int(lens[b]))
+        blocks, slots = table[b, t // BS].long(), t % BS
+        kb = tokens(k, k_scale, blocks, slots)
+        vb = tokens(v, v_scale, blocks, slots)
+        s = torch.einsum("hd,nhd->hn", q[b].cpu().double(), kb) * scale
         out[b] = torch.einsum("hn,nhd->hd", torch.softmax(s, dim=-1), vb)
     return out
 

@@ -79,6 +79,8 @@ def test_reference_kv8_is_reference_of_dequantized_cache():
     vd = v.double() * vs.double()[..., None]
     torch.testing.assert_close(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale),
                                pa._reference(q.double(), kd, vd, bt, sl, scale))
+    assert not torch.equal(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale),
+                           pa.reference(q, k.float(), v.float(), bt, sl, scale))  # scales matter
 
 
 def test_quantize_kv_int8_round_trip():
