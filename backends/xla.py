@@ -25,6 +25,7 @@ How an impl runs here (the hooks of backends/base.py):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -54,6 +55,11 @@ def _not_lowering() -> tuple[type[BaseException], ...]:
                          jax.errors.TracerArrayConversionError,
                          jax.errors.TracerIntegerConversionError)
     return _NOT_LOWERING
+
+
+def _skip(e: BaseException) -> NotImplementedError:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return NotImplementedError(f"does not lower to XLA: {type(e).__name__}: {first}")
 
 
 class Jitted:
@@ -88,8 +94,7 @@ class Jitted:
         try:
             res = self._jit(tuple(static), *arrays)
         except _not_lowering() as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise NotImplementedError(f"does not lower to XLA: {type(e).__name__}: {first}") from e
+            raise _skip(e) from e
         return self.env.j2t_iso(res)
 
 
@@ -158,7 +163,10 @@ class XLABackend(Backend):
     def session(self) -> Iterator[None]:
         import jax
         with self.env, jax.default_matmul_precision(MATMUL_PRECISION):
-            yield
+            try:
+                yield
+            except _not_lowering() as e:  # e.g. a prepare() calling an op torchax lacks
+                raise _skip(e) from e
 
     def wrap(self, fn: Callable) -> Callable:
         j = self._jits.get(fn)
@@ -172,7 +180,9 @@ class XLABackend(Backend):
 
     def to_host(self, x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.device.type == "jax":
-            with self.env:
+            with self.env, warnings.catch_warnings():
+                # torchax wraps the read-only host copy with from_numpy; we never write to it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 return x.to("cpu")
         return x
 

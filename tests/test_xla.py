@@ -171,7 +171,7 @@ def test_missing_sync_would_be_caught_as_above_the_roof(xla, monkeypatch):
     from bench.roofline import Roof, judge
     from bench.timing import BUDGETS, measure
     op = OPS["read"]
-    shape = op.shape(N=1 << 23)
+    shape = op.shape(N=1 << 24)
     (src,) = xla.make_inputs(op, shape, torch.float32, 0)
     fn = xla.wrap(op.impls["torch_sum"].fn)
     nbytes = op.bytes_moved(shape, torch.float32)
@@ -228,3 +228,11 @@ def test_roof_command_measures_through_xla():
     d = json.loads(p.stdout.splitlines()[-1])
     assert d["backend"] == "xla" and d["device"]["platform"] == "cpu"
     assert d["copy_gbps"] > 0 and d["read_gbps"] > 0 and d["matmul_tflops"]["float32"] > 0
+
+
+@pytest.mark.xla
+def test_prepare_calling_an_op_torchax_lacks_is_a_skip(xla):
+    (x,) = xla.make_inputs(OPS["read"], OPS["read"].shape(N=64), torch.float32, 0)
+    with pytest.raises(NotImplementedError, match="does not lower to XLA"):
+        with xla.session():
+            torch._convert_weight_to_int4pack(x.to(torch.int32).view(8, 8), 8)
