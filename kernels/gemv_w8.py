@@ -114,6 +114,9 @@ def torch_dequant(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 @register_impl("gemv_w8", "torch_int8pack_mm", backends=("cpu", "cuda"), kind="builtin", baseline=True)
 def torch_int8pack_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """PyTorch's `_weight_int8pack_mm`: the same INT8 format, no conversion."""
+    if x.device.type == "cpu" and x.dtype == BF16 and x.shape[1] % 8:
+        # PyTorch 2.13's CPU bf16 path reads past the row end and crashes the process.
+        raise NotImplementedError(f"_weight_int8pack_mm on CPU crashes for bf16 with K % 8 != 0 (K={x.shape[1]})")
     try:
         return torch._weight_int8pack_mm(x.contiguous(), qweight, scales)
     except (RuntimeError, NotImplementedError) as e:

@@ -1,0 +1,137 @@
+"""gemv_w4: byte model, reference by hand, every impl against the float64 reference, bad shapes."""
+import pytest
+import torch
+
+from kernels import OPS, rel_err
+from kernels.gemv_w4 import GemvW4Shape
+from kernels.quant import INT4_GROUP_SIZES, pack_int4
+
+OP = OPS["gemv_w4"]
+F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
+
+
+def check_impl(name, shape, dtype, device="cpu", seed=0, **kw):
+    """Run one impl like the harness does (NaN-poisoned out where it takes one) and compare."""
+    impl = OP.impls[name]
+    args = OP.make_inputs(shape, dtype, device, seed)
+    ref = OP.reference(*args)
+    if impl.out_arg:
+        out = torch.full((shape.M, shape.N), float("nan"), dtype=dtype, device=device)
+        y = impl.fn(*(impl.prepare(*args) if impl.prepare else args), out=out, **kw)
+        assert y.data_ptr() == out.data_ptr()
+    else:
+        y = impl(*args)
+    assert y.shape == (shape.M, shape.N) and y.dtype == dtype
+    err = rel_err(y, ref)
+    assert err < OP.tol(dtype), f"{name} {shape} {dtype}: rel err {err:.2e}"
+    return err
+
+
+def test_byte_count_by_hand():
+    s = GemvW4Shape(M=2, N=3, K=64, group_size=32)
+    # x 2*64*2 + qweight 3*32 + scales and zeros 2 * 3*2 groups * 2 B + y 2*3*2
+    assert OP.bytes_moved(s, BF16) == 256 + 96 + 24 + 12
+    assert OP.bytes_moved(s, F32) == 512 + 96 + 48 + 24
+    big = GemvW4Shape(M=1, N=8192, K=8192, group_size=128)
+    assert OP.bytes_moved(big, BF16) == 8192 * 2 + 8192 * 4096 + 2 * 8192 * 64 * 2 + 8192 * 2
+
+
+def test_reference_by_hand():
+    # One row, K = 32, G = 32: q = k % 16, zero 8, scale 0.5 -> w = (k % 16 - 8) / 2.
+    q = (torch.arange(32) % 16)[None, :]
+    qw = pack_int4(q)
+    s = torch.tensor([[0.5]])
+    z = torch.tensor([[8.0]])
+    x = torch.zeros(1, 32)
+    x[0, 3] = 1.0   # w = (3 - 8) / 2
+    x[0, 30] = 2.0  # w = (14 - 8) / 2
+    assert OP.reference(x, qw, s, z, 32).tolist() == [[-2.5 + 6.0]]
+
+
+def test_inputs_are_realistic():
+    x, qw, s, z, G = OP.make_inputs(GemvW4Shape(M=2, N=64, K=256, group_size=64), BF16, "cpu", 0)
+    assert G == 64 and qw.dtype == torch.uint8 and qw.shape == (64, 128)
+    assert s.dtype == z.dtype == x.dtype == BF16 and s.shape == (64, 4)
+    assert (z != z.round()).any()  # zero points are floats, as the format allows
+
+
+SHAPES = [GemvW4Shape(1, 37, 256, 32), GemvW4Shape(3, 50, 192, 64), GemvW4Shape(7, 48, 1024, 128),
+          GemvW4Shape(17, 9, 512, 256), GemvW4Shape(64, 33, 160, 32), GemvW4Shape(2, 64, 96, 32)]
+_g = torch.Generator().manual_seed(4)
+for _ in range(3):
+    _G = INT4_GROUP_SIZES[int(torch.randint(0, 4, (), generator=_g))]
+    SHAPES.append(GemvW4Shape(int(torch.randint(1, 40, (), generator=_g)), int(torch.randint(1, 90, (), generator=_g)),
+                              _G * int(torch.randint(1, 5, (), generator=_g)), _G))
+
+
+@pytest.mark.parametrize("name", ["torch_dequant", "simd_c", "torch_int4pack_mm"])
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_cpu_impls_match_reference(name, dtype, shape):
+    if name == "torch_int4pack_mm" and shape.N % 16:
+        with pytest.raises(NotImplementedError, match="dividable by 16"):
+            check_impl(name, shape, dtype)
+        return
+    check_impl(name, shape, dtype)
+
+
+def test_simd_kernel_catches_a_wrong_nibble_order():
+    """The check can fail: swapping the nibbles of every byte (high = even k) is caught."""
+    s = GemvW4Shape(2, 40, 256, 64)
+    x, qw, sc, z, G = OP.make_inputs(s, F32, "cpu", 0)
+    ref = OP.reference(x, qw, sc, z, G)
+    swapped = (qw << 4) | (qw >> 4)
+    assert rel_err(OP.impls["simd_c"](x, swapped, sc, z, G), ref) > 1e-2
+
+
+@pytest.mark.parametrize("G", INT4_GROUP_SIZES)
+def test_builtin_agrees_with_simd_on_same_weights(G):
+    x, qw, s, z, _ = OP.make_inputs(GemvW4Shape(4, 64, 512, G), F32, "cpu", 1)
+    a = OP.impls["torch_int4pack_mm"](x, qw, s, z, G)
+    b = OP.impls["simd_c"](x, qw, s, z, G)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_compiled_matches_reference():
+    check_impl("torch_compiled", GemvW4Shape(3, 24, 128, 32), F32)
+
+
+@pytest.mark.parametrize("dtype", [F16, F32])
+@pytest.mark.parametrize("shape", [GemvW4Shape(1, 37, 128, 32), GemvW4Shape(5, 20, 128, 64),
+                                   GemvW4Shape(2, 9, 256, 128)], ids=str)
+@pytest.mark.parametrize("split_k", [None, 2])
+def test_triton_interpreted(dtype, shape, split_k):
+    pytest.importorskip("triton")
+    check_impl("triton_w4", shape, dtype, split_k=split_k)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(M=1, N=4, K=100, group_size=32), "K=100 is not a multiple of group_size=32"),
+    (dict(M=1, N=4, K=33, group_size=32), "K=33 must be even"),
+    (dict(M=1, N=4, K=256, group_size=48), "group_size=48 is not allowed"),
+    (dict(M=1, N=4, K=256, group_size=16), "allowed: 32, 64, 128, 256"),
+    (dict(M=0, N=4, K=256), "M must be a positive"),
+])
+def test_bad_shapes(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        OP.shape(**kw)
+
+
+def test_mismatched_arguments():
+    x, qw, s, z, G = OP.make_inputs(GemvW4Shape(1, 8, 64, 32), F32, "cpu", 0)
+    with pytest.raises(ValueError, match="zeros must have x's dtype"):
+        OP.impls["simd_c"](x, qw, s, z.half(), G)
+    with pytest.raises(ValueError, match="not a multiple of group_size"):
+        OP.impls["simd_c"](x, qw, s, z, 256)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["triton_w4", "torch_int4pack_mm", "torch_dequant", "torch_compiled"])
+@pytest.mark.parametrize("dtype", [BF16, F16])
+@pytest.mark.parametrize("shape", [GemvW4Shape(1, 4096, 4096, 128), GemvW4Shape(16, 1000, 2048, 32),
+                                   GemvW4Shape(3, 40, 256, 64), GemvW4Shape(64, 512, 512, 256)], ids=str)
+def test_cuda_impls(name, dtype, shape):
+    try:
+        check_impl(name, shape, dtype, device="cuda")
+    except NotImplementedError as e:
+        pytest.skip(str(e))

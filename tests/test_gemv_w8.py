@@ -1,0 +1,119 @@
+"""gemv_w8: byte model, reference by hand, every impl against the float64 reference."""
+import pytest
+import torch
+
+from kernels import OPS, rel_err
+from kernels.gemv_w8 import GemvW8Shape
+
+OP = OPS["gemv_w8"]
+F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
+
+
+def check_impl(name, shape, dtype, device="cpu", seed=0, **kw):
+    """Run one impl like the harness does (NaN-poisoned out where it takes one) and compare."""
+    impl = OP.impls[name]
+    args = OP.make_inputs(shape, dtype, device, seed)
+    ref = OP.reference(*args)
+    if impl.out_arg:
+        out = torch.full((shape.M, shape.N), float("nan"), dtype=dtype, device=device)
+        y = impl.fn(*(impl.prepare(*args) if impl.prepare else args), out=out, **kw)
+        assert y.data_ptr() == out.data_ptr()
+    else:
+        y = impl(*args)
+    assert y.shape == (shape.M, shape.N) and y.dtype == dtype
+    err = rel_err(y, ref)
+    assert err < OP.tol(dtype), f"{name} {shape} {dtype}: rel err {err:.2e}"
+    return err
+
+
+def test_byte_count_by_hand():
+    s = GemvW8Shape(M=2, N=3, K=8)
+    # x 2*8*2 + qweight 3*8*1 + scales 3*2 + y 2*3*2
+    assert OP.bytes_moved(s, BF16) == 32 + 24 + 6 + 12
+    assert OP.bytes_moved(s, F32) == 64 + 24 + 12 + 24
+    assert OP.flops(s) == 2 * 2 * 3 * 8
+
+
+def test_reference_by_hand():
+    x = torch.tensor([[1.0, 2.0]])
+    q = torch.tensor([[1, -2], [127, 0]], dtype=torch.int8)
+    s = torch.tensor([0.5, 0.25])
+    assert OP.reference(x, q, s).tolist() == [[(1 - 4) * 0.5, 127 * 0.25]]
+
+
+def test_inputs_are_realistic():
+    x, q, s = OP.make_inputs(GemvW8Shape(M=2, N=64, K=128), BF16, "cpu", 0)
+    assert x.dtype == s.dtype == BF16 and q.dtype == torch.int8
+    assert q.abs().max() == 127 and (q != 0).float().mean() > 0.9
+
+
+SHAPES = [GemvW8Shape(1, 37, 200), GemvW8Shape(3, 50, 96), GemvW8Shape(7, 16, 1000),
+          GemvW8Shape(17, 9, 64), GemvW8Shape(64, 33, 160)]
+_g = torch.Generator().manual_seed(8)
+SHAPES += [GemvW8Shape(int(torch.randint(1, 40, (), generator=_g)), int(torch.randint(1, 90, (), generator=_g)),
+                       int(torch.randint(1, 700, (), generator=_g))) for _ in range(3)]
+
+
+@pytest.mark.parametrize("name", ["torch_dequant", "torch_int8pack_mm", "simd_c"])
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_cpu_impls_match_reference(name, dtype, shape):
+    if name == "torch_int8pack_mm" and dtype == BF16 and shape.K % 8:
+        with pytest.raises(NotImplementedError, match="K % 8"):
+            check_impl(name, shape, dtype)
+        return
+    check_impl(name, shape, dtype)
+
+
+def test_simd_kernel_beats_a_wrong_answer():
+    """The check can fail: a corrupted weight byte is caught."""
+    s = GemvW8Shape(2, 40, 256)
+    x, q, sc = OP.make_inputs(s, F32, "cpu", 0)
+    ref = OP.reference(x, q, sc)
+    q[5] = -q[5]
+    assert rel_err(OP.impls["simd_c"](x, q, sc), ref) > 1e-2
+
+
+def test_builtin_agrees_with_simd_on_same_weights():
+    x, q, s = OP.make_inputs(GemvW8Shape(4, 64, 512), F32, "cpu", 1)
+    a = OP.impls["torch_int8pack_mm"](x, q, s)
+    b = OP.impls["simd_c"](x, q, s)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_matches_reference():
+    check_impl("torch_compiled", GemvW8Shape(3, 24, 96), F32)
+
+
+@pytest.mark.parametrize("dtype", [F16, F32])
+@pytest.mark.parametrize("shape", [GemvW8Shape(1, 37, 200), GemvW8Shape(5, 20, 96)], ids=str)
+@pytest.mark.parametrize("split_k", [None, 2])
+def test_triton_interpreted(dtype, shape, split_k):
+    pytest.importorskip("triton")
+    check_impl("triton_w8", shape, dtype, split_k=split_k)
+
+
+@pytest.mark.parametrize("K, msg", [(0, "K must be a positive"), (-3, "K must be a positive")])
+def test_bad_shapes(K, msg):
+    with pytest.raises(ValueError, match=msg):
+        OP.shape(M=1, N=4, K=K)
+
+
+def test_mismatched_arguments():
+    x, q, s = OP.make_inputs(GemvW8Shape(1, 8, 32), F32, "cpu", 0)
+    with pytest.raises(ValueError, match="scales must have x's dtype"):
+        OP.impls["simd_c"](x, q, s.half())
+    with pytest.raises(ValueError, match="qweight must be int8"):
+        OP.impls["simd_c"](x, q[:, :16].contiguous(), s)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["triton_w8", "torch_int8pack_mm", "torch_dequant", "torch_compiled"])
+@pytest.mark.parametrize("dtype", [BF16, F16])
+@pytest.mark.parametrize("shape", [GemvW8Shape(1, 4096, 4096), GemvW8Shape(16, 1000, 2048),
+                                   GemvW8Shape(3, 37, 200), GemvW8Shape(64, 512, 512)], ids=str)
+def test_cuda_impls(name, dtype, shape):
+    try:
+        check_impl(name, shape, dtype, device="cuda")
+    except NotImplementedError as e:
+        pytest.skip(str(e))

@@ -1,0 +1,96 @@
+"""The one quantizer: round-trip error bounds, the packed byte layout by hand, bad shapes."""
+import pytest
+import torch
+
+from kernels.quant import (INT4_GROUP_SIZES, check_int4_dims, dequant_int4, dequant_int8,
+                           pack_int4, quantize_int4, quantize_int8, to_torch_int4_scales_zeros,
+                           unpack_int4)
+
+
+def test_pack_int4_matches_hand_built_bytes():
+    q = torch.tensor([[1, 2, 3, 4], [15, 0, 7, 8]], dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8
+    assert packed.tolist() == [[0x21, 0x43], [0x0F, 0x87]]  # low nibble = even k
+    assert torch.equal(unpack_int4(packed), q)
+
+
+def test_quantize_int4_codes_by_hand():
+    # One group of 32: values -2.0, -1.5, ..., 5.5 twice -> scale 0.5, zero 4, codes k % 16.
+    w = ((torch.arange(32) % 16).float() * 0.5 - 2.0)[None, :]
+    qw, s, z = quantize_int4(w, group_size=32, dtype=torch.float32)
+    assert s.tolist() == [[0.5]] and z.tolist() == [[4.0]]
+    assert qw[0].tolist() == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE] * 2
+    assert torch.equal(dequant_int4(qw, s, z, 32), w)
+
+
+def test_quantize_int8_by_hand():
+    w = torch.tensor([[1.27, -0.635, 0.0], [0.0, 0.0, 0.0]])
+    q, s = quantize_int8(w, torch.float32)
+    assert q.dtype == torch.int8
+    assert q[0].tolist() == [127, -64, 0] or q[0].tolist() == [127, -63, 0]
+    assert q[1].tolist() == [0, 0, 0] and s[1].item() == 1.0  # an all-zero row stays finite
+    assert s[0].item() == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("dtype, slack", [(torch.float32, 1e-6), (torch.bfloat16, 0.02),
+                                          (torch.float16, 0.01)])
+def test_int8_round_trip_within_half_a_step(dtype, slack):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(37, 200, generator=g) * torch.rand(37, 1, generator=g)
+    q, s = quantize_int8(w, dtype)
+    assert s.dtype == dtype and q.abs().max() <= 127
+    err = (dequant_int8(q, s, torch.float64) - w.double()).abs()
+    bound = s.double()[:, None] * (0.5 + slack) + 1e-7
+    assert (err <= bound).all(), (err / bound).max()
+
+
+@pytest.mark.parametrize("G", INT4_GROUP_SIZES)
+@pytest.mark.parametrize("dtype, slack", [(torch.float32, 1e-5), (torch.bfloat16, 0.06),
+                                          (torch.float16, 0.01)])
+def test_int4_round_trip_within_half_a_step(G, dtype, slack):
+    g = torch.Generator().manual_seed(G)
+    w = torch.randn(19, 2 * 256, generator=g) + torch.randn(19, 1, generator=g)  # offset rows
+    qw, s, z = quantize_int4(w, G, dtype)
+    assert qw.shape == (19, 256) and s.shape == z.shape == (19, 512 // G)
+    assert s.dtype == z.dtype == dtype
+    codes = unpack_int4(qw)
+    assert codes.max() <= 15
+    err = (dequant_int4(qw, s, z, G, torch.float64) - w.double()).abs()
+    # Half a quantization step, plus the rounding of the stored zero point (bf16: 1/32 step).
+    bound = s.double().repeat_interleave(G, dim=1) * (0.5 + slack) + 1e-6
+    assert (err <= bound).all(), (err / bound).max()
+    # The grid is used: both ends of most groups' range are hit.
+    assert (codes == 0).any() and (codes == 15).any()
+
+
+def test_torch_int4_scales_and_zeros_dequantize_the_same():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 128, generator=g)
+    qw, s, z = quantize_int4(w, 64, torch.float32)
+    sz = to_torch_int4_scales_zeros(s, z)
+    assert sz.shape == (2, 16, 2)
+    q = unpack_int4(qw).double()
+    theirs = (q - 8) * sz[..., 0].T.double().repeat_interleave(64, 1) \
+        + sz[..., 1].T.double().repeat_interleave(64, 1)
+    assert torch.allclose(theirs, dequant_int4(qw, s, z, 64, torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize("K, G, msg", [
+    (100, 32, "not a multiple of group_size=32"),
+    (33, 32, "must be even"),
+    (256, 48, "group_size=48 is not allowed"),
+    (256, 512, "not allowed"),
+])
+def test_bad_int4_dims(K, G, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_int4_dims(K, G)
+    with pytest.raises(ValueError, match=msg):
+        quantize_int4(torch.randn(4, K), G)
+
+
+def test_bad_quantizer_inputs():
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_int8(torch.randn(4))
+    with pytest.raises(ValueError, match="even"):
+        pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
