@@ -123,3 +123,72 @@ def attention(ctx: SuiteContext) -> list[Case]:
     add("paged_attention", "llama-3-70b", 8, 4096, torch.bfloat16)
     add("paged_attention_kv8", "llama-3-8b", 8, 4096, torch.bfloat16)
     return cases
+
+
+# --- quantized GEMV (issue 3) -------------------------------------------------------------------
+
+GEMV_BATCHES = (1, 4, 16, 64)
+INT4_GROUP = 128
+
+
+def _gemv_case(op: str, M: int, N: int, K: int, dtype: torch.dtype, group: str,
+               impls: tuple[str, ...] | None = None) -> Case:
+    from kernels.gemv_bf16 import GemvShape
+    from kernels.gemv_w4 import GemvW4Shape
+    from kernels.gemv_w8 import GemvW8Shape
+    shape = {"gemv_bf16": lambda: GemvShape(M=M, N=N, K=K),
+             "gemv_w8": lambda: GemvW8Shape(M=M, N=N, K=K),
+             "gemv_w4": lambda: GemvW4Shape(M=M, N=N, K=K, group_size=INT4_GROUP)}[op]()
+    return Case(op, shape, dtype, impls=impls, group=group)
+
+
+def _gemv_impls(ctx: SuiteContext, op: str, M: int, big: bool = False) -> tuple[str, ...] | None:
+    """On the CPU: the fast impls only (torch.compile's CPU code runs ~10x under the roof and
+    compiles for seconds per shape; the naive dequant allocates the whole matrix per call), the
+    naive baseline kept at M = 1 on the smaller shapes. On a GPU: everything, compiled at M = 1."""
+    impls = OPS[op].impls
+    if ctx.backend == "cpu":
+        return tuple(n for n, i in impls.items() if ctx.backend in i.backends
+                     if i.kind != "compiled" or n == "simd_c"
+                     if not (n == "torch_dequant" and (M > 1 or big)))
+    if M == 1:
+        return None
+    return tuple(n for n, i in impls.items() if i.kind != "compiled")
+
+
+@suite("gemv", "INT4 (G=128) / INT8 / bf16 weight GEMV at the Llama-3-8B and -70B decode shapes, "
+       "batch 1/4/16/64 (70B where memory allows; on CPU 70B at batch 1 only)")
+def gemv(ctx: SuiteContext) -> list[Case]:
+    cases: list[Case] = []
+    cpu = ctx.backend == "cpu"
+    for model, shapes in (("llama-3-8b", LLAMA3_8B_GEMV), ("llama-3-70b", LLAMA3_70B_GEMV)):
+        big = model == "llama-3-70b"
+        for M in (1,) if cpu and big else GEMV_BATCHES:
+            for part, (n, k) in shapes.items():
+                if not ctx.fits(2 * n * k):  # the bf16 weights; the quantized ones are smaller
+                    continue
+                for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
+                    cases.append(_gemv_case(op, M, n, k, torch.bfloat16, f"{model} {part}",
+                                            _gemv_impls(ctx, op, M, big)))
+    return cases
+
+
+@suite("sweep-batch", "INT4 / INT8 / bf16 GEMV at batch M = 1..256 on one shape (4096x4096 on CPU, "
+       "8192x8192 on a GPU): where dequant GEMV stops being memory-bound")
+def sweep_batch(ctx: SuiteContext) -> list[Case]:
+    n, k = (4096, 4096) if ctx.backend == "cpu" else (8192, 8192)
+    cases = []
+    for M in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
+            impls = tuple(name for name, i in OPS[op].impls.items() if ctx.backend in i.backends
+                          if i.kind != "compiled" or name == "simd_c")
+            cases.append(_gemv_case(op, M, n, k, torch.bfloat16, f"sweep {n}x{k}", impls))
+    return cases
+
+
+@suite("precision", "bf16 vs INT8 vs INT4 (G=128) GEMV on 8192x8192 at batch 1: the speedup over "
+       "bf16 beside the ideal speedup from bytes alone")
+def precision(ctx: SuiteContext) -> list[Case]:
+    return [_gemv_case(op, 1, 8192, 8192, torch.bfloat16, "precision",
+                       _gemv_impls(ctx, op, 1, big=False))
+            for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]

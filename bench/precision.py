@@ -1,0 +1,65 @@
+"""The precision comparison: bf16 vs INT8 vs INT4 weights on one GEMV shape, measured speedup
+over bf16 beside the ideal speedup from bytes alone (what a kernel at the wall would get).
+
+Pure functions of result records (dicts with op, impl, shape, dtype, status, time_s{median},
+bytes), so reports and the CLI can share them.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+WEIGHT_OPS = ("gemv_bf16", "gemv_w8", "gemv_w4")
+LABEL = {"gemv_bf16": "bf16", "gemv_w8": "INT8", "gemv_w4": "INT4"}
+
+
+def _mnk(shape: dict[str, Any]) -> tuple:
+    return shape.get("M"), shape.get("N"), shape.get("K")
+
+
+def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (M, N, K, dtype) and weight precision: the fastest passing impl of each op,
+    its speedup over the fastest bf16 impl and the ideal speedup bytes(bf16) / bytes(op).
+
+    Rows of a shape without a bf16 result get speedup None; the ideal is always given.
+    """
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        if r.get("op") not in WEIGHT_OPS or r.get("status", "ok") != "ok":
+            continue
+        t = (r.get("time_s") or {}).get("median")
+        if not t or not r.get("bytes"):
+            continue
+        key = (_mnk(r["shape"]), r.get("dtype"), r["op"])
+        if key not in best or t < best[key]["t"]:
+            best[key] = {"t": t, "impl": r["impl"], "bytes": r["bytes"], "group": r["shape"].get("group_size")}
+    rows = []
+    for (mnk, dtype, op), b in sorted(best.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
+                                                                    WEIGHT_OPS.index(kv[0][2]))):
+        base = best.get((mnk, dtype, "gemv_bf16"))
+        rows.append({
+            "M": mnk[0], "N": mnk[1], "K": mnk[2], "dtype": dtype, "op": op,
+            "weights": LABEL[op] + (f" G={b['group']}" if b["group"] else ""),
+            "impl": b["impl"], "time_s": b["t"], "bytes": b["bytes"], "gbps": b["bytes"] / b["t"] / 1e9,
+            "speedup": base["t"] / b["t"] if base else None,
+            "ideal": base["bytes"] / b["bytes"] if base else None,
+        })
+    for row in rows:
+        row["of_ideal"] = row["speedup"] / row["ideal"] if row["speedup"] and row["ideal"] else None
+    return rows
+
+
+def precision_table(records: Iterable[dict[str, Any]]):
+    """A rich Table of `precision_rows`, or None when there is nothing to compare."""
+    rows = [r for r in precision_rows(records) if r["speedup"] is not None]
+    if not rows:
+        return None
+    from rich.table import Table
+    from .report import fmt_num, fmt_time
+    t = Table(title="precision: speedup over bf16 vs the ideal from bytes", header_style="bold")
+    for col in ("shape", "weights", "best impl", "time", "GB/s", "speedup", "ideal", "of ideal"):
+        t.add_column(col, justify="left" if col in ("shape", "weights", "best impl") else "right")
+    for r in rows:
+        t.add_row(f"M={r['M']} N={r['N']} K={r['K']} {r['dtype']}", r["weights"], r["impl"],
+                  fmt_time(r["time_s"]), fmt_num(r["gbps"]), f"{r['speedup']:.2f}x",
+                  f"{r['ideal']:.2f}x", fmt_num(100 * r["of_ideal"], 0, "%"))
+    return t
