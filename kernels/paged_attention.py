@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import torch
 
+from . import paged_attention_cpu
 from .registry import Op, register_impl, register_op
 from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed
 
@@ -354,7 +355,7 @@ def _gather_sdpa(q, k, v, block_table, seq_lens, scale, out=None):
     return out.copy_(o)
 
 
-@register_impl("paged_attention", "gather_sdpa", backends=("cpu", "cuda"), baseline=True,
+@register_impl("paged_attention", "gather_sdpa", backends=("cpu", "cuda", "xla"), baseline=True,
                prepare=_validate)
 def gather_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale: float,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,7 +363,7 @@ def gather_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale: float,
     return _gather_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale, out)
 
 
-@register_impl("paged_attention_kv8", "gather_sdpa", backends=("cpu", "cuda"), baseline=True,
+@register_impl("paged_attention_kv8", "gather_sdpa", backends=("cpu", "cuda", "xla"), baseline=True,
                prepare=_validate)
 def gather_sdpa_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -486,6 +487,25 @@ def torch_chunked_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_le
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written PyTorch: int8 chunks dequantized in a cache-resident buffer, then as above."""
     return _chunked(q, k_cache, v_cache, block_table, seq_lens, scale, k_scale, v_scale, out=out)
+
+
+# --- hand-written C (AVX2 + OpenMP), kernels/paged_attention_cpu.py ------------------------
+
+@register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=_validate)
+def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel: one fp32 online-softmax pass per (sequence, KV head[, split])."""
+    return paged_attention_cpu.paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
+                                               out=out)
+
+
+@register_impl("paged_attention_kv8", "simd_c", backends=("cpu",), kind="compiled",
+               prepare=_validate)
+def simd_c_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel: int8 rows widened in registers, scales folded into s and p."""
+    return paged_attention_cpu.paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
+                                               k_scale, v_scale, out=out)
 
 
 # --- Triton -----------------------------------------------------------------------------------
