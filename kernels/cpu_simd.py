@@ -118,7 +118,8 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
 
 /* ---- INT4: y[m, n] = sum_g s[n,g] * (sum_{k in g} x[m,k] q[n,k] - z[n,g] * xsum[m,g]) ------ */
 
-/* xp[m][j][i] = x[m, 8i + j] * 16^-j (j < 7), x[m, 8i + 7] (j = 7); i padded to KW8 with zeros. */
+/* xp[m][c][j][l] = x[m, 8i + j] * 16^-j (j < 7; x[m, 8i + 7] for j = 7) for word i = 8c + l, so one
+   chunk's eight x vectors are contiguous; words past KW are zero. */
 INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int64_t ng,
                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
                     int64_t n, float* y, int64_t N, const int MT) {
@@ -144,7 +145,7 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
                             : _mm256_srli_epi32(w, 28);
         __m256 wf = _mm256_cvtepi32_ps(nib);
         for (int m = 0; m < MT; m++)
-          dot[m][j % A] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp + m * XS + j * KW8 + i), dot[m][j % A]);
+          dot[m][j % A] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp + m * XS + 8 * i + 8 * j), dot[m][j % A]);
       }
     }
     float s0 = ld(sc, n * ng + g, dt), z0 = ld(zr, n * ng + g, dt);
@@ -168,8 +169,9 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
       float d = 0.0f;
       for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
         uint32_t w = (uint32_t)wr[i];
-        for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xp[m * XS + j * KW8 + i];
-        d += (float)(w >> 28) * xp[m * XS + 7 * KW8 + i];
+        const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
+        for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
+        d += (float)(w >> 28) * xc[56];
       }
       out[m] += s * d;
       corr[m] += s * z * xs[m * ng + g];
@@ -188,7 +190,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     for (int j = 0; j < 8; j++) {
       const float f = j < 7 ? 1.0f / (float)(1 << (4 * j)) : 1.0f;
       for (int64_t i = 0; i < KW8; i++)
-        xp[(m * 8 + j) * KW8 + i] = i < KW ? ld(x, m * K + 8 * i + j, dt) * f : 0.0f;
+        xp[m * 8 * KW8 + 64 * (i / 8) + 8 * j + i % 8] = i < KW ? ld(x, m * K + 8 * i + j, dt) * f : 0.0f;
     }
     for (int64_t g = 0; g < ng; g++) {
       float s = 0.0f;
