@@ -248,8 +248,8 @@ class XLABackend(Backend):
             chip, note = detect(kind, mem)
             info.update(
                 name=f"{kind} (XLA:{platform.upper()})", chip=chip,
-                chip_note=note or f"{len(devs)} {platform} device(s): {', '.join(info['devices'][:4])}"
-                          + (" ..." if len(devs) > 4 else ""),
+                chip_note=note or f"{len(devs)} {platform} device(s): "
+                          f"{', '.join(info['devices'][:4])}{' ...' if len(devs) > 4 else ''}",
                 memory_bytes=int(mem) if mem else None,
                 memory_source="jax memory_stats bytes_limit" if mem else "not reported by JAX",
                 cache_bytes=self.cache_bytes(),

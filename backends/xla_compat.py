@@ -6,8 +6,8 @@ named-tensor overloads, so `torch.ops.aten.prod.dim_Dimname` raises AttributeErr
 `import torchax` fails before any of its real code runs.
 
 `load()` imports torchax and builds its default environment (whose first use imports the op
-tables lazily) with one narrow patch in place: while that runs, looking
-up a *missing* named-tensor overload (a name with "Dimname" or "names") yields an inert placeholder instead of
+tables lazily) with one narrow patch in place: while that runs, looking up a *missing*
+named-tensor overload (a name with "Dimname" or "names") yields an inert placeholder instead of
 raising. Nothing can dispatch to an overload torch no longer has, so an entry keyed by a
 placeholder is dead, exactly as if torchax had not listed it. Every other lookup, and every lookup
 after the import, behaves as before (the original `__getattr__` is restored in `finally`). No

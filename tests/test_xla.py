@@ -57,6 +57,30 @@ def test_shim_stubs_only_missing_named_tensor_overloads():
             torch.ops.aten.prod.dim_Dimname  # and outside the import, torch is as it was
 
 
+class _FakeTPU:
+    platform, device_kind, id = "tpu", "TPU v5 lite", 0
+
+    def memory_stats(self):
+        return {"bytes_limit": 16 * 2**30}
+
+    def __str__(self):
+        return "TPU_0(process=0,(0,0,0,0))"
+
+
+@pytest.mark.parametrize("kind,chip", [("TPU v4", "tpu-v4"), ("TPU v5 lite", "tpu-v5e"),
+                                       ("TPU v5p", "tpu-v5p"), ("TPU v6 lite", "tpu-v6e"),
+                                       ("TPU7x", "tpu7x")])
+def test_tpu_device_kinds_map_to_catalog_chips(monkeypatch, kind, chip):
+    dev = _FakeTPU()
+    dev.device_kind = kind
+    monkeypatch.setattr(XLABackend, "_devices", lambda self: [dev, dev])
+    b = XLABackend()
+    info = b.device_info()
+    assert info["chip"] == chip and info["platform"] == "tpu" and info["device_count"] == 2
+    assert info["memory_bytes"] == 16 * 2**30
+    assert b.rotate_bytes() == 4 * 128 * 1024**2 and b.probe_sets(2**30) == 1
+
+
 # --- XLA:CPU ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
