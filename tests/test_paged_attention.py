@@ -333,3 +333,21 @@ def test_cuda_bf16_and_fp16(op_name, shape):
             impl(*args, out=out)
             err = rel_err(out, ref)
             assert err <= op.tol(dtype), f"{name} {dtype}: {err:.3g}"
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_simd_c_splits_and_odd_group(op_name, splits, monkeypatch):
+    """The C kernel: token splits (some empty for short sequences) merged exactly; G = 6 pads
+    the 4-head tiles; block size 64; odd block tails."""
+    import kernels.paged_attention_cpu as pac
+    op = OPS[op_name]
+    try:
+        pac.library()
+    except NotImplementedError as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(pac, "splits_for", lambda B, tokens, threads: splits)
+    for dtype in (F32, BF16, F16):
+        args = case_inputs(op_name, 12, 2, 64, 64, dtype, [300, 1, 65, 127])
+        err = rel_err(run(op.impls["simd_c"], args, "cpu"), op.reference(*args))
+        assert err <= op.tol(dtype), f"{dtype}: {err:.3g}"
