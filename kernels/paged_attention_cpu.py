@@ -39,7 +39,7 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
 #define INLINE static inline __attribute__((always_inline))
 #define MAXD 256
 #define MAXBS 64
-#define PF 2          /* blocks of prefetch distance */
+#define PF 4          /* blocks of prefetch distance */
 
 INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
   if (dt == F32) return _mm256_loadu_ps((const float*)p);
@@ -47,6 +47,21 @@ INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
       _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
   if (dt == F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+
+/* 16 bf16 -> two fp32 vectors by interleaving with zeros (no shifts): lo holds elements
+   0-3, 8-11 and hi 4-7, 12-15. bf16 rows are used in this permuted order throughout (q is
+   stored permuted, the accumulator comes out permuted and is put back in order at the end). */
+INLINE void load16_bf16(const void* p, __m256* lo, __m256* hi) {
+  __m256i x = _mm256_loadu_si256((const __m256i*)p), z = _mm256_setzero_si256();
+  *lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));
+  *hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+}
+
+/* Logical index of physical slot i of a bf16-permuted row (see load16_bf16). */
+INLINE int64_t bf16_logical(int64_t i) {
+  const int64_t s = i & 15, base = i - s;
+  return base + (s < 4 ? s : s < 8 ? s + 4 : s < 12 ? s - 4 : s);
 }
 
 INLINE float load1(const void* p, int64_t i, int dt) {
@@ -103,13 +118,26 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
     __m256 a[8];
     for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-      __m256 x0 = load8(k0 + d * es, dt);
-      __m256 x1 = load8(k1 + d * es, dt);
-      for (int g = 0; g < 4; g++) {
-        __m256 qv = _mm256_loadu_ps(qf + g * D + d);
-        a[2 * g] = _mm256_fmadd_ps(qv, x0, a[2 * g]);
-        a[2 * g + 1] = _mm256_fmadd_ps(qv, x1, a[2 * g + 1]);
+    if (dt == BF16) {
+      for (int64_t d = 0; d < D; d += 16) {
+        __m256 x0, y0, x1, y1;
+        load16_bf16(k0 + d * 2, &x0, &y0);
+        load16_bf16(k1 + d * 2, &x1, &y1);
+        for (int g = 0; g < 4; g++) {
+          __m256 qv = _mm256_loadu_ps(qf + g * D + d), qw = _mm256_loadu_ps(qf + g * D + d + 8);
+          a[2 * g] = _mm256_fmadd_ps(qw, y0, _mm256_fmadd_ps(qv, x0, a[2 * g]));
+          a[2 * g + 1] = _mm256_fmadd_ps(qw, y1, _mm256_fmadd_ps(qv, x1, a[2 * g + 1]));
+        }
+      }
+    } else {
+      for (int64_t d = 0; d < D; d += 8) {
+        __m256 x0 = load8(k0 + d * es, dt);
+        __m256 x1 = load8(k1 + d * es, dt);
+        for (int g = 0; g < 4; g++) {
+          __m256 qv = _mm256_loadu_ps(qf + g * D + d);
+          a[2 * g] = _mm256_fmadd_ps(qv, x0, a[2 * g]);
+          a[2 * g + 1] = _mm256_fmadd_ps(qv, x1, a[2 * g + 1]);
+        }
       }
     }
     _mm256_store_ps(r, hsum8(a));
@@ -130,7 +158,9 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
     }
     const char* vp = v + d * es;
     for (int j = 0; j < n; j++, vp += rs) {
-      __m256 x0 = load8(vp, dt), x1 = load8(vp + 8 * es, dt);
+      __m256 x0, x1;
+      if (dt == BF16) load16_bf16(vp, &x0, &x1);
+      else { x0 = load8(vp, dt); x1 = load8(vp + 8 * es, dt); }
       for (int g = 0; g < 4; g++) {
         __m256 pb = _mm256_broadcast_ss(p + g * MAXBS + j);
         a[2 * g] = _mm256_fmadd_ps(pb, x0, a[2 * g]);
@@ -160,7 +190,8 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   for (int64_t h = 0; h < Hkv; h++)
     for (int64_t g = 0; g < G4; g++)
       for (int64_t d = 0; d < D; d++)
-        qf[(h * G4 + g) * D + d] = g < G ? load1(q, (b * Hq + h * G + g) * D + d, qdt) * scale : 0.0f;
+        qf[(h * G4 + g) * D + d] = g < G ? load1(q, (b * Hq + h * G + g) * D +
+                                                  (kvdt == BF16 ? bf16_logical(d) : d), qdt) * scale : 0.0f;
   for (int64_t i = 0; i < Hkv * G; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
   memset(acc, 0, sizeof(float) * Hkv * G4 * D);
   for (int64_t t = t0; t < t1;) {
@@ -273,7 +304,9 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
       if (mm == -INFINITY) continue;
       const float w = expf(mm - mx);
       den += w * pp[A + Hq + hq];
-      for (int64_t d = 0; d < D; d++) o[d] += w * pp[(h * G4 + g) * D + d];
+      const float* a = pp + (h * G4 + g) * D;
+      if (kvdt == BF16) for (int64_t d = 0; d < D; d++) o[bf16_logical(d)] += w * a[d];
+      else for (int64_t d = 0; d < D; d++) o[d] += w * a[d];
     }
     const float inv = 1.0f / den;
     for (int64_t d = 0; d < D; d++) o[d] *= inv;
