@@ -19,6 +19,8 @@ query heads share it) + the table entries and seq_lens read (+ scales for kv8). 
 - `torch_chunked`: all sequences advance together a chunk of blocks at a time, gathered into a
   reused buffer that stays in the last-level cache; PyTorch's fused CPU flash-attention kernel runs
   on a strided view of each chunk, and chunks merge by log-sum-exp.
+- `simd_c` (CPU): hand-written AVX2/OpenMP C (kernels/paged_attention_cpu.py), one fp32
+  online-softmax pass per sequence reading each block once, in place: the fast CPU path.
 - `triton_onepass` / `triton_splitkv` / `triton` (auto): one program per (sequence, KV head[,
   split]) serving all query heads of the group from one read of each block, online softmax in fp32;
   the split-KV variant adds a reduction kernel and is chosen for small batch x long context.
