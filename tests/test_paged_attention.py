@@ -210,7 +210,7 @@ def test_unused_entries_blocks_and_slots_do_not_change_result(op_name):
         assert torch.equal(run(impl, finite, dev), base), name
         # NaN in unused blocks, out-of-range garbage in unused table entries: never touched.
         assert torch.equal(run(impl, nan_blocks, dev), base), name
-        if impl.kind == "triton":  # the Triton kernels never even load slots past seq_len
+        if impl.kind == "triton" or name == "simd_c":  # these never even load past seq_len
             assert torch.equal(run(impl, nan_tail, dev), base), name
 
 
