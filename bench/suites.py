@@ -72,11 +72,19 @@ LLAMA3_70B_GEMV = {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8
                    "down": (8192, 28672)}
 
 
-@suite("decode", "Llama-3-8B decode-layer GEMVs at batch 1 (bf16): the default suite")
+@suite("decode", "the default: one Llama-3-8B decode layer at batch 1 -- qkv/o/gate_up/down GEMVs "
+       "with bf16, INT8 and INT4 (G=128) weights -- and its paged attention (batch 8 x 4096 on "
+       "CPU, 64 x 4096 on a GPU)")
 def decode(ctx: SuiteContext) -> list[Case]:
-    from kernels.gemv_bf16 import GemvShape
-    return [Case("gemv_bf16", GemvShape(M=1, N=n, K=k), torch.bfloat16, group=f"llama-3-8b {p}")
-            for p, (n, k) in LLAMA3_8B_GEMV.items()]
+    cases = [_gemv_case(op, 1, n, k, torch.bfloat16, f"llama-3-8b {part}", _gemv_impls(ctx, op, 1))
+             for part, (n, k) in LLAMA3_8B_GEMV.items()
+             for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]
+    from kernels.paged_attention import PagedAttentionShape
+    B = 64 if ctx.backend == "cuda" else 8
+    Hq, Hkv, D = LLAMA3_ATTN_HEADS["llama-3-8b"]
+    cases.append(Case("paged_attention", PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=4096),
+                      torch.bfloat16, group=f"llama-3-8b b{B}x4096"))
+    return cases
 
 
 @suite("gpu-check", "the one-call device check's cases (bench/device_check.sh): GEMV at 8B/70B "

@@ -264,25 +264,26 @@ def reference_kv8(q, k, v, k_scale, v_scale, block_table, seq_lens, scale) -> to
 def _reference(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None) -> torch.Tensor:
     B, Hq, D = q.shape
     BS, Hkv = k.shape[1], k.shape[2]
-    out = torch.empty(B, Hq, D, dtype=torch.float64)
-    heads = torch.arange(Hq) // (Hq // Hkv)
+    G = Hq // Hkv  # query head h = kv * G + g reads KV head kv = h // G
+    out = torch.empty(B, Hkv, G, D, dtype=torch.float64)
     table, lens = block_table.cpu(), seq_lens.cpu()
 
-    def tokens(cache, cache_scale, blocks, slots):  # [n, Hq, D] float64, only what is read
+    def tokens(cache, cache_scale, blocks, slots):  # [n, Hkv, D] float64, only what is read
         x = cache[blocks.to(cache.device), slots.to(cache.device)].cpu().double()
         if cache_scale is not None:
             sc = cache_scale[blocks.to(cache.device), slots.to(cache.device)]
             x = x * sc.cpu().double()[..., None]
-        return x[:, heads]
+        return x
 
     for b in range(B):
         t = torch.arange(int(lens[b]))
         blocks, slots = table[b, t // BS].long(), t % BS
         kb = tokens(k, k_scale, blocks, slots)
         vb = tokens(v, v_scale, blocks, slots)
-        s = torch.einsum("hd,nhd->hn", q[b].cpu().double(), kb) * scale
-        out[b] = torch.einsum("hn,nhd->hd", torch.softmax(s, dim=-1), vb)
-    return out
+        qb = q[b].cpu().double().view(Hkv, G, D)
+        s = torch.einsum("kgd,nkd->kgn", qb, kb) * scale
+        out[b] = torch.einsum("kgn,nkd->kgd", torch.softmax(s, dim=-1), vb)
+    return out.view(B, Hq, D)
 
 
 def bytes_moved(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -> int:
