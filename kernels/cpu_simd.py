@@ -99,11 +99,49 @@ INLINE void w8_tile(const int8_t* q, const float* xf, int64_t K, int64_t K32,
   }
 }
 
+/* M = 1: R consecutive rows n share each load of x. With one row per pass, every 8 weights
+   (8 bytes) need a 32-byte fp32 x load and the 32 KiB x vector (K = 8192) fights the weight
+   stream for L1, so the loop runs at L2 speed on x; R = 4 cuts x traffic 4x. Two accumulators per
+   row give 8 independent FMA chains (Zen 3: 4-cycle latency, 2 per cycle). */
+INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc, int dt,
+                    int64_t n, float* y, const int R) {
+  int64_t k = 0;
+  float out[4] = {0, 0, 0, 0};
+#ifdef __AVX2__
+  __m256 acc[4][2];
+  for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    for (int t = 0; t < 2; t++) {
+      const __m256 xv = _mm256_loadu_ps(xf + k + 8 * t);
+      for (int r = 0; r < R; r++) {
+        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + r * K + k + 8 * t))));
+        acc[r][t] = _mm256_fmadd_ps(w, xv, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+#endif
+  for (int r = 0; r < R; r++) {
+    float v = out[r];
+    for (int64_t kk = k; kk < K; kk++) v += xf[kk] * (float)q[r * K + kk];
+    y[r] = v * ld(sc, n + r, dt);
+  }
+}
+
 int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const void* scales,
             int64_t N, float* y, float* scratch, int nthreads) {
   const int64_t K32 = (K + 31) / 32 * 32;
   for (int64_t m = 0; m < M; m++)
     for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
+  if (M == 1) {
+    const int64_t NT = N / 4;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t <= NT; t++) {
+      if (t < NT) w8_rows(qw + 4 * t * K, scratch, K, scales, dt, 4 * t, y + 4 * t, 4);
+      else for (int64_t n = 4 * NT; n < N; n++) w8_rows(qw + n * K, scratch, K, scales, dt, n, y + n, 1);
+    }
+    return 0;
+  }
   #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t n = 0; n < N; n++) {
     const int8_t* q = qw + n * K;
@@ -181,11 +219,103 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
   for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
 }
 
+#ifdef __AVX2__
+/* M = 1: R consecutive rows n (row stride RS words) of y = W x. Why this shape:
+   - R rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of
+     weights. Per row: the packed words, a per-group dot and the scaled total (12 of 16 ymm).
+   - A row is one 4 KiB page at K = 8192 and the hardware prefetchers stop at page edges, so
+     each chunk prefetches the same words W4_PF rows (two tiles) ahead: +15-25% on DRAM.
+   (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming.) */
+#define W4_PF 8
+INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64_t ng,
+                    const float* xp, const float* xs, const void* sc, const void* zr, int dt,
+                    int64_t n, float* y, const int R) {
+  float corr[4] = {0, 0, 0, 0};
+  __m256 tot[4];
+  for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  int64_t i = 0;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m256 dot[4];
+    for (int r = 0; r < R; r++) dot[r] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, i += 8) {
+      __m256i w[4];
+      for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T0);
+      if (i + 8 <= KW) {
+        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + i));
+      } else {
+        const __m256i mk = _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW), -(i + 2 < KW), -(i + 3 < KW),
+                                             -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW));
+        for (int r = 0; r < R; r++) w[r] = _mm256_maskload_epi32(wr + r * RS + i, mk);
+      }
+      for (int j = 0; j < 8; j++) {
+        const __m256 xv = _mm256_loadu_ps(xp + 8 * i + 8 * j);
+        for (int r = 0; r < R; r++) {
+          __m256i nib = j < 7 ? _mm256_and_si256(w[r], _mm256_set1_epi32(0xF << (4 * j)))
+                              : _mm256_srli_epi32(w[r], 28);
+          dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(nib), xv, dot[r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      const int64_t o = (n + r) * ng + g;
+      float s0 = ld(sc, o, dt), z0 = ld(zr, o, dt), s1 = 0.0f, z1 = 0.0f;
+      if (gstep == 2 && g + 1 < ng) { s1 = ld(sc, o + 1, dt); z1 = ld(zr, o + 1, dt); }
+      __m256 sv = gstep == 1 ? _mm256_set1_ps(s0) : _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+      tot[r] = _mm256_fmadd_ps(dot[r], sv, tot[r]);
+      corr[r] += s0 * z0 * xs[g] + s1 * z1 * (gstep == 2 && g + 1 < ng ? xs[g + 1] : 0.0f);
+    }
+  }
+  for (int r = 0; r < R; r++) y[r] = hsum(tot[r]) - corr[r];
+}
+
+#endif
+
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads) {
   const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G;
   float* xp = scratch;                              /* [M][8][KW8] */
   float* xs = scratch + M * 8 * KW8;                /* [M][ng] */
+#if defined(__AVX2__) && defined(__F16C__)
+  /* Vectorized: word i's eight x values, scaled by 16^-j, are one column of the 8x8 block of
+     chunk c; a register transpose writes the block's rows (the scalar loop cost ~20 us). */
+  const __m256 f = _mm256_setr_ps(1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536,
+                                  1.0f / 1048576, 1.0f / 16777216, 1.0f);
+  for (int64_t m = 0; m < M; m++) {
+    __m256 gs = _mm256_setzero_ps();
+    for (int64_t c = 0; c < KW8; c += 8) {
+      __m256 v[8];
+      for (int l = 0; l < 8; l++) {
+        const int64_t i = c + l, k = m * K + 8 * i;
+        if (i >= KW) { v[l] = _mm256_setzero_ps(); continue; }
+        v[l] = dt == F32 ? _mm256_loadu_ps((const float*)x + k)
+             : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                              _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
+             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+        gs = _mm256_add_ps(gs, v[l]);                   /* group sums of the unscaled x */
+        if ((i + 1) % WG == 0) { xs[m * ng + (i + 1) / WG - 1] = hsum(gs); gs = _mm256_setzero_ps(); }
+        v[l] = _mm256_mul_ps(v[l], f);
+      }
+      __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+      __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+      __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+      __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+      __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* o = xp + m * 8 * KW8 + 8 * c;
+      _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(o + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(o + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(o + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(o + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+  }
+#else
   for (int64_t m = 0; m < M; m++) {
     for (int j = 0; j < 8; j++) {
       const float f = j < 7 ? 1.0f / (float)(1 << (4 * j)) : 1.0f;
@@ -198,6 +328,20 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       xs[m * ng + g] = s;
     }
   }
+#endif
+#ifdef __AVX2__
+  if (M == 1) {
+    const int64_t NT = N / 4, RS = K / 8;
+    const int32_t* wr = (const int32_t*)qw;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t <= NT; t++) {
+      if (t < NT) w4_rows(wr + 4 * t * RS, RS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4);
+      else for (int64_t n = 4 * NT; n < N; n++)
+        w4_rows(wr + n * RS, RS, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1);
+    }
+    return 0;
+  }
+#endif
   #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t n = 0; n < N; n++) {
     const int32_t* wr = (const int32_t*)(qw + n * (K / 2));
