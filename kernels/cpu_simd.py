@@ -111,6 +111,8 @@ INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc,
   __m256 acc[4][2];
   for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (; k + 16 <= K; k += 16) {
+    /* two tiles ahead: a row is two 4 KiB pages and hardware prefetchers stop at page edges */
+    for (int r = 0; r < R; r++) _mm_prefetch((const char*)(q + (r + 8) * K + k), _MM_HINT_T0);
     for (int t = 0; t < 2; t++) {
       const __m256 xv = _mm256_loadu_ps(xf + k + 8 * t);
       for (int r = 0; r < R; r++) {
