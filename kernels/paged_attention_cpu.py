@@ -6,7 +6,8 @@ here), and any PyTorch formulation first copies the gathered blocks somewhere. T
 each K and V row once, straight from its block, converts it in registers, and keeps the softmax
 and the output accumulator in fp32 (online softmax, one pass):
 - one task per (sequence, token split) walks the sequence's blocks, each block whole (all KV
-  heads, K then V) while a block further on is prefetched: the table defeats hardware prefetch;
+  heads, K then V) while the next (block, head)'s rows are prefetched a few lines per step: the
+  table defeats hardware prefetch;
 - all G query heads of a KV head share each K/V row;
 - scores: two tokens x four query heads per step (8 accumulators, reduced together), so every q
   vector loaded from L1 feeds two FMAs and every K vector four;
@@ -39,7 +40,6 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
 #define INLINE static inline __attribute__((always_inline))
 #define MAXD 256
 #define MAXBS 64
-#define PF 4          /* blocks of prefetch distance */
 
 INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
   if (dt == F32) return _mm256_loadu_ps((const float*)p);
@@ -110,10 +110,16 @@ INLINE __m256 hsum8(const __m256* a) {
 /* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs):
    two tokens per step, so each q vector feeds two FMAs and each K vector four. */
 INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int dt, int n,
-                    float* s /* [4][MAXBS] */) {
+                    float* s /* [4][MAXBS] */, const char* pk, const char* pv, int pn) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   float r[8] __attribute__((aligned(32)));
   for (int j = 0; j < n; j += 2) {
+    /* rows j, j+1 of the next (block, head): a few prefetches per step, spread over the loop */
+    for (int jj = j; jj < j + 2 && jj < pn; jj++)
+      for (int64_t off = 0; off < D * es; off += 64) {
+        _mm_prefetch(pk + jj * rs + off, _MM_HINT_T0);
+        _mm_prefetch(pv + jj * rs + off, _MM_HINT_T0);
+      }
     const char* k0 = k + j * rs;
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
     __m256 a[8];
@@ -175,9 +181,8 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
 }
 
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
-   K then V) while the block PF ahead is prefetched, so DRAM sees whole 16-64 KiB blocks rather
-   than 256-byte rows. Per head h, query head group g: st[(h*G + g)] = (m, l) and acc rows
-   [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
+   K then V) while the next head's rows (or the next block's first head) are prefetched. Per
+   head h, query head group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
    switch is resolved at compile time and the inner loops keep their accumulators in registers. */
 INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G,
                    const char* k, const char* v, const void* ks, const void* vs, int64_t BS,
@@ -197,23 +202,21 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   for (int64_t t = t0; t < t1;) {
     const int64_t blk = table[t / BS], slot = t % BS;
     const int n = (int)((t1 - t) < (BS - slot) ? (t1 - t) : (BS - slot));
-    /* The block PF ahead is elsewhere in the pool: no hardware prefetcher can guess it. */
-    const int64_t tp = (t / BS + PF) * BS;
-    if (tp < t1) {
-      const int64_t np = (t1 - tp) < BS ? (t1 - tp) : BS;
-      const char* kp = k + (int64_t)table[tp / BS] * BS * rs;
-      const char* vp = v + (int64_t)table[tp / BS] * BS * rs;
-      for (int64_t off = 0; off < np * rs; off += 64) {
-        _mm_prefetch(kp + off, _MM_HINT_T0);
-        _mm_prefetch(vp + off, _MM_HINT_T0);
-      }
-    }
+    /* Next block (elsewhere in the pool: no hardware prefetcher can guess it) and its size. */
+    const int64_t tn = t + n, nn = tn < t1 ? ((t1 - tn) < BS ? (t1 - tn) : BS) : 0;
+    const int64_t nblk = nn ? table[tn / BS] : blk;
     for (int64_t h = 0; h < Hkv; h++) {
       const int64_t row = (blk * BS + slot) * Hkv + h;    /* (token, head) row index */
       const char* kr = k + row * D * es;
       const char* vr = v + row * D * es;
+      /* While head h of this block is computed, head h + 1's rows (or head 0 of the next
+         block) are prefetched into L1: ~2000 cycles ahead, far more than DRAM latency, and
+         only 8 KiB (bf16), so they are still in L1 when used. Prefetching whole blocks ahead
+         in one burst (64 KiB) stalled on full miss buffers and was evicted from L1 first. */
+      const int64_t prow = h + 1 < Hkv ? row + 1 : nblk * BS * Hkv;
+      const int pn = (int)(h + 1 < Hkv ? n : nn);
       for (int64_t g0 = 0; g0 < G4; g0 += 4) {
-        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s);
+        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, k + prow * D * es, v + prow * D * es, g0 ? 0 : pn);
         for (int gi = 0; gi < 4 && g0 + gi < G; gi++) {
           float* sg = s + gi * MAXBS;
           const int64_t g = h * G + g0 + gi;
