@@ -6,8 +6,8 @@ here), and any PyTorch formulation first copies the gathered blocks somewhere. T
 each K and V row once, straight from its block, converts it in registers, and keeps the softmax
 and the output accumulator in fp32 (online softmax, one pass):
 - one task per (sequence, token split) walks the sequence's blocks, each block whole (all KV
-  heads, K then V) while the next (block, head)'s rows are prefetched a few lines per step: the
-  table defeats hardware prefetch;
+  heads, K then V) while the V rows in use and the next (block, head)'s K rows are prefetched a
+  few lines per step: the table defeats hardware prefetch;
 - all G query heads of a KV head share each K/V row;
 - scores: two tokens x four query heads per step (8 accumulators, reduced together), so every q
   vector loaded from L1 feeds two FMAs and every K vector four;
@@ -110,15 +110,15 @@ INLINE __m256 hsum8(const __m256* a) {
 /* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs):
    two tokens per step, so each q vector feeds two FMAs and each K vector four. */
 INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int dt, int n,
-                    float* s /* [4][MAXBS] */, const char* pk, const char* pv, int pn) {
+                    float* s /* [4][MAXBS] */, const char* pk, int pkn, const char* pv, int pvn) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   float r[8] __attribute__((aligned(32)));
   for (int j = 0; j < n; j += 2) {
-    /* rows j, j+1 of the next (block, head): a few prefetches per step, spread over the loop */
-    for (int jj = j; jj < j + 2 && jj < pn; jj++)
+    /* rows j, j+1 of pk (next K rows) and pv (V rows): a few prefetches per step */
+    for (int jj = j; jj < j + 2; jj++)
       for (int64_t off = 0; off < D * es; off += 64) {
-        _mm_prefetch(pk + jj * rs + off, _MM_HINT_T0);
-        _mm_prefetch(pv + jj * rs + off, _MM_HINT_T0);
+        if (jj < pkn) _mm_prefetch(pk + jj * rs + off, _MM_HINT_T0);
+        if (jj < pvn) _mm_prefetch(pv + jj * rs + off, _MM_HINT_T0);
       }
     const char* k0 = k + j * rs;
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
@@ -181,7 +181,7 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
 }
 
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
-   K then V) while the next head's rows (or the next block's first head) are prefetched. Per
+   K then V) while the next head's K rows (or the next block's first head) are prefetched. Per
    head h, query head group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
    switch is resolved at compile time and the inner loops keep their accumulators in registers. */
 INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G,
@@ -209,14 +209,15 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
       const int64_t row = (blk * BS + slot) * Hkv + h;    /* (token, head) row index */
       const char* kr = k + row * D * es;
       const char* vr = v + row * D * es;
-      /* While head h of this block is computed, head h + 1's rows (or head 0 of the next
-         block) are prefetched into L1: ~2000 cycles ahead, far more than DRAM latency, and
-         only 8 KiB (bf16), so they are still in L1 when used. Prefetching whole blocks ahead
-         in one burst (64 KiB) stalled on full miss buffers and was evicted from L1 first. */
+      /* While head h's scores are computed, its V rows and head h + 1's K rows (or head 0 of
+         the next block) are prefetched into L1: ~1000 cycles ahead, far more than DRAM latency,
+         and at most 24 KiB in flight with the rows in use (fp32), so they are still in L1 when
+         used. Prefetching whole blocks ahead in one burst (64 KiB in bf16) stalled on full miss
+         buffers and was evicted from L1 first; next head's V too left fp32 over L1. */
       const int64_t prow = h + 1 < Hkv ? row + 1 : nblk * BS * Hkv;
       const int pn = (int)(h + 1 < Hkv ? n : nn);
       for (int64_t g0 = 0; g0 < G4; g0 += 4) {
-        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, k + prow * D * es, v + prow * D * es, g0 ? 0 : pn);
+        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, k + prow * D * es, g0 ? 0 : pn, vr, g0 ? 0 : n);
         for (int gi = 0; gi < 4 && g0 + gi < G; gi++) {
           float* sg = s + gi * MAXBS;
           const int64_t g = h * G + g0 + gi;
