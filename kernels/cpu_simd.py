@@ -221,7 +221,7 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
   for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
 }
 
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__F16C__)
 /* M = 1: R consecutive rows n (row stride RS words) of y = W x. Why this shape:
    - R rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of
      weights. Per row: the packed words, a per-group dot and the scaled total (12 of 16 ymm).
@@ -229,10 +229,33 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
      each chunk prefetches the same words W4_PF rows (two tiles) ahead: +15-25% on DRAM.
    (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming.) */
 #define W4_PF 8
+#define W4_MAXG 1024  /* groups per row on this path (K <= 32768 at G = 32) */
 INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64_t ng,
                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
                     int64_t n, float* y, const int R) {
-  float corr[4] = {0, 0, 0, 0};
+  /* Scales to fp32 and the zero-point terms sum_g s z xsum_g before the main loop: done per
+     group inside it (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
+  float sf[4][W4_MAXG], corr[4] = {0, 0, 0, 0};
+  for (int r = 0; r < R; r++) {
+    const int64_t o = (n + r) * ng;
+    int64_t g = 0;
+    __m256 cv = _mm256_setzero_ps();
+    for (; g + 8 <= ng; g += 8) {
+      __m256 s8, z8;
+      if (dt == F32) { s8 = _mm256_loadu_ps((const float*)sc + o + g); z8 = _mm256_loadu_ps((const float*)zr + o + g); }
+      else if (dt == BF16) {
+        s8 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)sc + o + g))), 16));
+        z8 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)zr + o + g))), 16));
+      } else {
+        s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)sc + o + g)));
+        z8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)zr + o + g)));
+      }
+      _mm256_storeu_ps(sf[r] + g, s8);
+      cv = _mm256_fmadd_ps(_mm256_mul_ps(s8, z8), _mm256_loadu_ps(xs + g), cv);
+    }
+    corr[r] = hsum(cv);
+    for (; g < ng; g++) { sf[r][g] = ld(sc, o + g, dt); corr[r] += sf[r][g] * ld(zr, o + g, dt) * xs[g]; }
+  }
   __m256 tot[4];
   for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
@@ -260,12 +283,9 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64
       }
     }
     for (int r = 0; r < R; r++) {
-      const int64_t o = (n + r) * ng + g;
-      float s0 = ld(sc, o, dt), z0 = ld(zr, o, dt), s1 = 0.0f, z1 = 0.0f;
-      if (gstep == 2 && g + 1 < ng) { s1 = ld(sc, o + 1, dt); z1 = ld(zr, o + 1, dt); }
-      __m256 sv = gstep == 1 ? _mm256_set1_ps(s0) : _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+      __m256 sv = gstep == 1 ? _mm256_broadcast_ss(sf[r] + g)
+                : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
       tot[r] = _mm256_fmadd_ps(dot[r], sv, tot[r]);
-      corr[r] += s0 * z0 * xs[g] + s1 * z1 * (gstep == 2 && g + 1 < ng ? xs[g + 1] : 0.0f);
     }
   }
   for (int r = 0; r < R; r++) y[r] = hsum(tot[r]) - corr[r];
@@ -331,8 +351,8 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     }
   }
 #endif
-#ifdef __AVX2__
-  if (M == 1) {
+#if defined(__AVX2__) && defined(__F16C__)
+  if (M == 1 && ng <= W4_MAXG) {
     const int64_t NT = N / 4, RS = K / 8;
     const int32_t* wr = (const int32_t*)qw;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
