@@ -19,14 +19,10 @@ without a compiler the impls raise NotImplementedError, so the runner skips them
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import torch
+
+from .cbuild import CLibrary
 
 C_SOURCE = r"""
 #include <stdint.h>
@@ -380,69 +376,13 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
 """
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_lib: ctypes.CDLL | None = None
-_lib_error: str | None = None
-
-
-def _cache_dir() -> str:
-    base = os.environ.get("DECODEWALL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodewall")
-    return os.path.join(base, "cext")
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise NotImplementedError("no C compiler found (set CC) to build the CPU SIMD kernels")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
-    with open("/proc/cpuinfo", "rb") if os.path.exists("/proc/cpuinfo") else open(os.devnull, "rb") as f:
-        cpu = f.read()
-    key = hashlib.sha256(C_SOURCE.encode() + " ".join([cc] + flags).encode() + cpu[:4096]
-                         + sys.platform.encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"dequant_gemv_{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "k.c")
-            with open(src, "w") as f:
-                f.write(C_SOURCE)
-            out = os.path.join(tmp, "k.so")
-            r = subprocess.run([cc, *flags, src, "-o", out], capture_output=True, text=True)
-            if r.returncode != 0:  # e.g. no OpenMP: build single-threaded rather than not at all
-                r = subprocess.run([cc, *flags[:-1], src, "-o", out], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise NotImplementedError(f"building the CPU SIMD kernels failed: {r.stderr[-300:]}")
-            os.replace(out, path)  # atomic: concurrent builders never see half a file
-    lib = ctypes.CDLL(path)
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.gemv_w8.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int]
-    lib.gemv_w4.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int]
-    return lib
-
-
-def library() -> ctypes.CDLL:
-    """The compiled kernels (built once per process, cached on disk); NotImplementedError if no compiler."""
-    global _lib, _lib_error
-    if _lib is None:
-        if _lib_error is not None:
-            raise NotImplementedError(_lib_error)
-        try:
-            _lib = _build()
-        except (NotImplementedError, OSError) as e:
-            _lib_error = str(e)
-            raise NotImplementedError(_lib_error) from None
-    return _lib
-
-
-_scratch: dict[str, torch.Tensor] = {}
-
-
-def _buffer(name: str, numel: int) -> torch.Tensor:
-    """A float32 buffer reused across calls: fresh pages fault slowly on the CPU."""
-    buf = _scratch.get(name)
-    if buf is None or buf.numel() < numel:
-        buf = _scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
-    return buf[:numel]
+i64, ptr = ctypes.c_int64, ctypes.c_void_p
+library = CLibrary("dequant_gemv", C_SOURCE, {
+    "gemv_w8": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int], ctypes.c_int),
+    "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int],
+                ctypes.c_int),
+})
+_buffer = library.buffer
 
 
 def _check(x: torch.Tensor, *tensors: torch.Tensor) -> None:

@@ -21,14 +21,10 @@ NotImplementedError and the runner skips it with that reason.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import torch
+
+from .cbuild import CLibrary
 
 C_SOURCE = r"""
 #include <stdint.h>
@@ -322,68 +318,12 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
 """
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
-_lib: ctypes.CDLL | None = None
-_lib_error: str | None = None
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise NotImplementedError("no C compiler found (set CC) to build the CPU attention kernel")
-    with open("/proc/cpuinfo", "rb") if os.path.exists("/proc/cpuinfo") else open(os.devnull, "rb") as f:
-        cpu = f.read()
-    if b"avx2" not in cpu or b"fma" not in cpu or b"f16c" not in cpu:
-        raise NotImplementedError("the C attention kernel needs AVX2, FMA and F16C")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
-    key = hashlib.sha256(C_SOURCE.encode() + " ".join([cc] + flags).encode() + cpu[:4096]
-                         + sys.platform.encode()).hexdigest()[:16]
-    base = os.environ.get("DECODEWALL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodewall")
-    path = os.path.join(base, "cext", f"paged_attention_{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src, out = os.path.join(tmp, "k.c"), os.path.join(tmp, "k.so")
-            with open(src, "w") as f:
-                f.write(C_SOURCE)
-            r = subprocess.run([cc, *flags, src, "-o", out, "-lm"], capture_output=True, text=True)
-            if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                r = subprocess.run([cc, *flags[:-1], src, "-o", out, "-lm"], capture_output=True,
-                                   text=True)
-            if r.returncode != 0:
-                raise NotImplementedError(f"building the CPU attention kernel failed: {r.stderr[-300:]}")
-            os.replace(out, path)  # atomic: concurrent builders never see half a file
-    lib = ctypes.CDLL(path)
-    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.paged_attention.argtypes = [ptr, i32, i32, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64,
-                                    ptr, i64, ptr, ctypes.c_float, i64, i64, ptr, ptr, i32]
-    lib.paged_attention.restype = i32
-    return lib
-
-
-def library() -> ctypes.CDLL:
-    """The compiled kernel (built once, cached on disk); NotImplementedError if it cannot be."""
-    global _lib, _lib_error
-    if _lib is None:
-        if _lib_error is not None:
-            raise NotImplementedError(_lib_error)
-        try:
-            _lib = _build()
-        except (NotImplementedError, OSError) as e:
-            _lib_error = str(e)
-            raise NotImplementedError(_lib_error) from None
-    return _lib
-
-
-_scratch: dict[str, torch.Tensor] = {}
-
-
-def _buffer(name: str, numel: int) -> torch.Tensor:
-    """fp32 buffers reused across calls: fresh pages fault slowly on the CPU."""
-    buf = _scratch.get(name)
-    if buf is None or buf.numel() < numel:
-        buf = _scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
-    return buf[:numel]
+i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+library = CLibrary("paged_attention", C_SOURCE, {
+    "paged_attention": ([ptr, i32, i32, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr,
+                         ctypes.c_float, i64, i64, ptr, ptr, i32], i32),
+}, needs=("avx2", "fma", "f16c"), libs=("-lm",))
+_buffer = library.buffer
 
 
 def splits_for(B: int, max_tokens: int, threads: int) -> int:

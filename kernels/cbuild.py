@@ -1,0 +1,104 @@
+"""Build, cache and load the hand-written C kernels (kernels/cpu_simd.py, paged_attention_cpu.py).
+
+They are compiled on first use with the machine's own compiler and `-march=native`, so they use
+whatever SIMD the CPU has; the shared object is cached under ~/.cache/decodewall/cext (or
+$DECODEWALL_CACHE) keyed by source, compiler, flags and CPU. Without a compiler, or on a CPU
+without the instructions a kernel needs, calls raise NotImplementedError and the runner records
+the impl as skipped with that reason.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import torch
+
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+
+
+def cache_dir() -> str:
+    base = os.environ.get("DECODEWALL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodewall")
+    return os.path.join(base, "cext")
+
+
+def _cpuinfo() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+class CLibrary:
+    """One C source built lazily into a shared library, with its functions' ctypes signatures.
+
+    `signatures` maps function name -> (argtypes, restype); `needs` lists /proc/cpuinfo flags the
+    code cannot run without. The build is attempted once per process; a failure is remembered.
+    """
+
+    def __init__(self, name: str, source: str, signatures: dict[str, tuple[list, Any]],
+                 needs: tuple[str, ...] = (), libs: tuple[str, ...] = ()) -> None:
+        self.name, self.source, self.signatures = name, source, signatures
+        self.needs, self.libs = needs, libs
+        self._lib: ctypes.CDLL | None = None
+        self._error: str | None = None
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def _build(self) -> ctypes.CDLL:
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if cc is None:
+            raise NotImplementedError(f"no C compiler found (set CC) to build the {self.name} kernels")
+        cpu = _cpuinfo()
+        missing = [n for n in self.needs if n.encode() not in cpu]
+        if missing:
+            raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
+                                      f"this CPU lacks {', '.join(missing)}")
+        key = hashlib.sha256(self.source.encode() + " ".join([cc, *FLAGS, *self.libs]).encode()
+                             + cpu[:4096] + sys.platform.encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                src, out = os.path.join(tmp, "k.c"), os.path.join(tmp, "k.so")
+                with open(src, "w") as f:
+                    f.write(self.source)
+                r = subprocess.run([cc, *FLAGS, src, "-o", out, *self.libs], capture_output=True,
+                                   text=True)
+                if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
+                    r = subprocess.run([cc, *FLAGS[:-1], src, "-o", out, *self.libs],
+                                       capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise NotImplementedError(
+                        f"building the {self.name} kernels failed: {r.stderr[-300:]}")
+                os.replace(out, path)  # atomic: concurrent builders never see half a file
+        lib = ctypes.CDLL(path)
+        for fn, (argtypes, restype) in self.signatures.items():
+            getattr(lib, fn).argtypes = argtypes
+            getattr(lib, fn).restype = restype
+        return lib
+
+    def __call__(self) -> ctypes.CDLL:
+        """The loaded library; NotImplementedError (with the reason) if it cannot be built."""
+        if self._lib is None:
+            if self._error is not None:
+                raise NotImplementedError(self._error)
+            try:
+                self._lib = self._build()
+            except (NotImplementedError, OSError) as e:
+                self._error = str(e)
+                raise NotImplementedError(self._error) from None
+        return self._lib
+
+    def buffer(self, name: str, numel: int) -> torch.Tensor:
+        """An fp32 scratch buffer reused across calls: fresh pages fault slowly on the CPU."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self._scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
+        return buf[:numel]
