@@ -231,7 +231,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64
                     int64_t n, float* y, const int R) {
   /* Scales to fp32 and the zero-point terms sum_g s z xsum_g before the main loop: done per
      group inside it (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
-  float sf[4][W4_MAXG], corr[4] = {0, 0, 0, 0};
+  float sf[4][W4_MAXG + 16], corr[4] = {0, 0, 0, 0};
   for (int r = 0; r < R; r++) {
     const int64_t o = (n + r) * ng;
     int64_t g = 0;
