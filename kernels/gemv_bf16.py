@@ -57,16 +57,22 @@ def bytes_moved(s: GemvShape, dtype: torch.dtype) -> int:
     return (s.M * s.K + s.N * s.K + s.M * s.N) * esize(dtype)
 
 
+# What every GEMV op (bf16, INT8, INT4) shares: y[M, N] in x's dtype, 2MNK flops, fp32-accumulation
+# tolerances (a bf16 output alone rounds at ~2e-3).
+GEMV_COMMON = dict(
+    flops=lambda s: 2 * s.M * s.N * s.K,
+    out_spec=lambda s, dt: ((s.M, s.N), dt),
+    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
+    dtypes=(BF16, F16, F32),
+)
+
 gemv_bf16 = register_op(Op(
     name="gemv_bf16",
     shape_type=GemvShape,
     make_inputs=make_inputs,
     reference=reference,
     bytes_moved=bytes_moved,
-    flops=lambda s: 2 * s.M * s.N * s.K,
-    out_spec=lambda s, dt: ((s.M, s.N), dt),
-    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
-    dtypes=(BF16, F16, F32),
+    **GEMV_COMMON,
     doc="y = x @ w.T, unquantized 16-bit weights",
     smoke=((GemvShape(M=1, N=256, K=512), BF16), (GemvShape(M=4, N=96, K=320), F32)),
 ))
@@ -141,4 +147,4 @@ if HAS_TRITON:
         return y
 
 
-__all__ = ["GemvShape", "check_gemv_dims", "esize", "gemv_bf16"]
+__all__ = ["GEMV_COMMON", "GemvShape", "check_gemv_dims", "esize", "gemv_bf16"]

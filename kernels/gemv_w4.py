@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cpu_simd
-from .gemv_bf16 import check_gemv_dims, esize
+from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize
 from .gemv_w8 import compile_for
 from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
@@ -80,10 +80,7 @@ gemv_w4 = register_op(Op(
     make_inputs=make_inputs,
     reference=reference,
     bytes_moved=bytes_moved,
-    flops=lambda s: 2 * s.M * s.N * s.K,
-    out_spec=lambda s, dt: ((s.M, s.N), dt),
-    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
-    dtypes=(BF16, F16, F32),
+    **GEMV_COMMON,
     doc="y = x @ W.T, W in asymmetric group-wise INT4 (low nibble = even k)",
     smoke=((GemvW4Shape(M=1, N=256, K=512, group_size=128), BF16),
            (GemvW4Shape(M=3, N=96, K=320, group_size=32), F32)),

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import cpu_simd
-from .gemv_bf16 import check_gemv_dims, esize
+from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize
 from .quant import dequant_int8, quantize_int8
 from .registry import Op, register_impl, register_op
 from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
@@ -71,10 +71,7 @@ gemv_w8 = register_op(Op(
     make_inputs=make_inputs,
     reference=reference,
     bytes_moved=bytes_moved,
-    flops=lambda s: 2 * s.M * s.N * s.K,
-    out_spec=lambda s, dt: ((s.M, s.N), dt),
-    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
-    dtypes=(BF16, F16, F32),
+    **GEMV_COMMON,
     doc="y = x @ (qweight * scales).T, INT8 per-channel weights",
     smoke=((GemvW8Shape(M=1, N=256, K=512), BF16), (GemvW8Shape(M=3, N=96, K=320), F32)),
 ))

@@ -18,3 +18,24 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
         e.update(env)
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=e)
+
+
+def check_impl(op, name: str, shape, dtype, device: str = "cpu", seed: int = 0, **kw) -> float:
+    """Run one impl like the harness does (NaN-poisoned out where it takes one) and compare."""
+    import torch
+
+    from kernels import rel_err
+    impl = op.impls[name]
+    args = op.make_inputs(shape, dtype, device, seed)
+    ref = op.reference(*args)
+    out_shape, out_dtype = op.out_spec(shape, dtype)
+    if impl.out_arg:
+        out = torch.full(out_shape, float("nan"), dtype=out_dtype, device=device)
+        y = impl.fn(*(impl.prepare(*args) if impl.prepare else args), out=out, **kw)
+        assert y.data_ptr() == out.data_ptr()
+    else:
+        y = impl(*args)
+    assert tuple(y.shape) == tuple(out_shape) and y.dtype == out_dtype
+    err = rel_err(y, ref)
+    assert err < op.tol(dtype), f"{name} {shape} {dtype}: rel err {err:.2e}"
+    return err

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kernels import OPS, rel_err
+from tests import helpers
 from kernels.gemv_w4 import GemvW4Shape
 from kernels.quant import INT4_GROUP_SIZES, pack_int4
 
@@ -11,20 +12,7 @@ F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
 
 
 def check_impl(name, shape, dtype, device="cpu", seed=0, **kw):
-    """Run one impl like the harness does (NaN-poisoned out where it takes one) and compare."""
-    impl = OP.impls[name]
-    args = OP.make_inputs(shape, dtype, device, seed)
-    ref = OP.reference(*args)
-    if impl.out_arg:
-        out = torch.full((shape.M, shape.N), float("nan"), dtype=dtype, device=device)
-        y = impl.fn(*(impl.prepare(*args) if impl.prepare else args), out=out, **kw)
-        assert y.data_ptr() == out.data_ptr()
-    else:
-        y = impl(*args)
-    assert y.shape == (shape.M, shape.N) and y.dtype == dtype
-    err = rel_err(y, ref)
-    assert err < OP.tol(dtype), f"{name} {shape} {dtype}: rel err {err:.2e}"
-    return err
+    return helpers.check_impl(OP, name, shape, dtype, device, seed, **kw)
 
 
 def test_byte_count_by_hand():
