@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 MODELS_DIR = Path(__file__).with_name("models")
 WEIGHT_PRECISIONS = ("bf16", "int8", "int4")
 KV_PRECISIONS = ("bf16", "int8")
@@ -156,25 +158,25 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
 # --- byte formulas (the formats of kernels/, DESIGN.md) ----------------------------------------
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
-    """Bytes of one [N, K] weight: bf16; int8 + per-row scale; int4 packed + group scales/zeros."""
+    """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv_*.py), bf16 activations."""
+    from kernels import gemv_bf16, gemv_w4, gemv_w8
     if precision == "bf16":
-        return N * K * HALF
+        return gemv_bf16.weight_bytes(N, K, torch.bfloat16)
     if precision == "int8":
-        return N * K + N * HALF
+        return gemv_w8.weight_bytes(N, K, torch.bfloat16)
     if precision == "int4":
-        groups = -(-K // group)
-        return N * K // 2 + 2 * N * groups * HALF
+        if K % group:
+            raise ConfigError(f"K={K} is not a multiple of the INT4 group size {group}")
+        return gemv_w4.weight_bytes(N, K, group, torch.bfloat16)
     raise ConfigError(f"unknown weight precision {precision!r} (known: {', '.join(WEIGHT_PRECISIONS)})")
 
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: str) -> int:
-    """K and V of one token in one layer: all KV heads, + one scale per (token, head) for int8."""
-    elems = 2 * cfg.num_key_value_heads * cfg.head_dim
-    if kv == "bf16":
-        return elems * HALF
-    if kv == "int8":
-        return elems + 2 * cfg.num_key_value_heads * HALF
-    raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")
+    """K and V of one token in one layer, by the op's own formula (kernels/paged_attention.py)."""
+    from kernels.paged_attention import kv_bytes_per_token as per_token
+    if kv not in KV_PRECISIONS:
+        raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")
+    return per_token(cfg.num_key_value_heads, cfg.head_dim, torch.bfloat16, kv8=kv == "int8")
 
 
 def expected_experts(E: int, k: int, batch: int) -> float:

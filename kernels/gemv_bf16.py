@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed
+from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 MAX_M = 4096
@@ -53,8 +53,13 @@ def reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.detach().cpu().double() @ w.detach().cpu().double().T
 
 
+def weight_bytes(N: int, K: int, dtype: torch.dtype) -> int:
+    """Bytes of one [N, K] weight in `dtype`."""
+    return N * K * esize(dtype)
+
+
 def bytes_moved(s: GemvShape, dtype: torch.dtype) -> int:
-    return (s.M * s.K + s.N * s.K + s.M * s.N) * esize(dtype)
+    return (s.M * s.K + s.M * s.N) * esize(dtype) + weight_bytes(s.N, s.K, dtype)
 
 
 # What every GEMV op (bf16, INT8, INT4) shares: y[M, N] in x's dtype, 2MNK flops, fp32-accumulation

@@ -53,10 +53,13 @@ def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     return x.detach().cpu().double() @ w.T
 
 
+def weight_bytes(N: int, K: int, group_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one [N, K] INT4 weight: half a byte per code + a scale and a zero per group."""
+    return N * K // 2 + 2 * N * (K // group_size) * esize(dtype)
+
+
 def bytes_moved(s: GemvW4Shape, dtype: torch.dtype) -> int:
-    e = esize(dtype)
-    groups = s.N * (s.K // s.group_size)
-    return s.M * s.K * e + s.N * s.K // 2 + 2 * groups * e + s.M * s.N * e
+    return (s.M * s.K + s.M * s.N) * esize(dtype) + weight_bytes(s.N, s.K, s.group_size, dtype)
 
 
 def check_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

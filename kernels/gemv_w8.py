@@ -48,9 +48,13 @@ def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     return x.detach().cpu().double() @ w.T
 
 
+def weight_bytes(N: int, K: int, dtype: torch.dtype) -> int:
+    """Bytes of one [N, K] INT8 weight: the int8 codes + one scale per row in x's dtype."""
+    return N * K + N * esize(dtype)
+
+
 def bytes_moved(s: GemvW8Shape, dtype: torch.dtype) -> int:
-    e = esize(dtype)
-    return s.M * s.K * e + s.N * s.K + s.N * e + s.M * s.N * e
+    return (s.M * s.K + s.M * s.N) * esize(dtype) + weight_bytes(s.N, s.K, dtype)
 
 
 def check_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> tuple[int, int, int]:

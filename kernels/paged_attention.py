@@ -35,7 +35,7 @@ import torch
 
 from . import paged_attention_cpu
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed
+from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
 
 F32, F16, BF16, I8, I32 = torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32
 BLOCK_SIZES = (8, 16, 32, 64)
@@ -286,13 +286,18 @@ def _reference(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None
     return out.view(B, Hq, D)
 
 
+def kv_bytes_per_token(Hkv: int, D: int, dtype: torch.dtype, kv8: bool = False) -> int:
+    """K and V of one cached token, every KV head once (+ their scales, in q's dtype, for INT8)."""
+    e = esize(dtype)
+    return 2 * Hkv * D * (1 if kv8 else e) + (2 * Hkv * e if kv8 else 0)
+
+
 def bytes_moved(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -> int:
     """q + out + each sequence's actual K and V (every KV head once) + the table entries and
     seq_lens read (+ the K and V scales of those tokens for INT8 KV)."""
-    e = esize(dtype)
     tokens = sum(s.seq_lens())
-    kv_per_token = 2 * s.Hkv * s.D * (1 if kv8 else e) + (2 * s.Hkv * e if kv8 else 0)
-    return 2 * s.B * s.Hq * s.D * e + tokens * kv_per_token + 4 * s.blocks_read + 4 * s.B
+    return (2 * s.B * s.Hq * s.D * esize(dtype) + tokens * kv_bytes_per_token(s.Hkv, s.D, dtype, kv8)
+            + 4 * s.blocks_read + 4 * s.B)
 
 
 def flops(s: PagedAttentionShape) -> int:
