@@ -97,6 +97,3 @@ class Backend:
     def to_host(self, x: Any) -> Any:
         """A device value as the reference and the check see it (default: the value itself)."""
         return x
-
-    def versions(self) -> dict[str, str | None]:
-        return {}

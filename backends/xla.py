@@ -257,13 +257,3 @@ class XLABackend(Backend):
                            "(the largest TPU VMEM/CMEM)")
         info["clocks"] = self.clocks()
         return info
-
-    def versions(self) -> dict[str, str | None]:
-        from importlib import metadata
-        out: dict[str, str | None] = {}
-        for pkg in ("jax", "jaxlib", "torchax", "libtpu"):
-            try:
-                out[pkg] = metadata.version(pkg)
-            except metadata.PackageNotFoundError:
-                out[pkg] = None
-        return out

@@ -169,7 +169,6 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from backends import Backend  # noqa: F401
     from .report import console, results_table
     from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
     from .roofline import measure_roof

@@ -50,7 +50,7 @@ def git_commit() -> str | None:
 def versions() -> dict[str, str | None]:
     """Versions of what shapes the numbers, read from package metadata (nothing heavy imported)."""
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "triton", "numpy", "jax", "jaxlib", "torchax", "decodewall"):
+    for pkg in ("torch", "triton", "numpy", "jax", "jaxlib", "torchax", "libtpu", "decodewall"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -43,7 +43,7 @@ class RunContext:
     impl_filter: tuple[str, ...] | None = None
 
 
-def select_impls(case: Case, backend: str, impl_filter: tuple[str, ...] | None) -> list[Impl]:
+def select_impls(case: Case, impl_filter: tuple[str, ...] | None) -> list[Impl]:
     op = OPS[case.op]
     names = list(op.impls)
     if case.impls is not None:
@@ -119,7 +119,7 @@ class Runner:
     def run_case(self, case: Case) -> list[dict[str, Any]]:
         c = self.ctx
         op = OPS[case.op]
-        impls = select_impls(case, c.backend.name, c.impl_filter)
+        impls = select_impls(case, c.impl_filter)
         records: list[dict[str, Any]] = []
         runnable = []
         for impl in impls:
@@ -204,7 +204,6 @@ class Runner:
         else:
             call = lambda i: fn(*prepared[i])  # noqa: E731
         st = measure(c.backend, call, n_sets, c.budget)
-        del prepared, outs
 
         v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
                   c.backend.latency_floor_s)

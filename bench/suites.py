@@ -54,10 +54,6 @@ def cases_for(name: str, ctx: SuiteContext) -> list[Case]:
     return SUITES[name][0](ctx)
 
 
-def _dtype_for(ctx: SuiteContext) -> torch.dtype:
-    return torch.bfloat16
-
-
 # --- suites -----------------------------------------------------------------------------------
 
 @suite("smoke", "tiny shapes of every op and every impl the backend has (CI; under a minute on CPU)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Op, nbytes, register_impl, register_op
+from .registry import Op, register_impl, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -89,4 +89,4 @@ def torch_sum(src: torch.Tensor) -> torch.Tensor:
     return src.sum(dtype=torch.float32)
 
 
-__all__ = ["ProbeShape", "copy", "read", "nbytes"]
+__all__ = ["ProbeShape", "copy", "read"]

@@ -177,6 +177,3 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     num = torch.linalg.vector_norm(o - r).item()
     return num / denom if denom > 0 else num
 
-
-def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()

@@ -38,8 +38,3 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
         return tuned
     return deco
 
-
-def tl_dtype_ok(dtype) -> bool:
-    """bf16 is wrong under the interpreter (casts give NaN): tests use fp16/fp32 there."""
-    import torch
-    return not (INTERPRET and dtype == torch.bfloat16)

@@ -1,5 +1,4 @@
 """The chip catalog: every chip of the reference table, sourced; lookup and detection."""
-import re
 from pathlib import Path
 
 import pytest
