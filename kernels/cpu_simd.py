@@ -24,9 +24,34 @@ import torch
 
 from .cbuild import CLibrary
 
+def _w4_chunk_asm(denormal: bool) -> str:
+    """The asm of W4_CHUNK4_DN / W4_CHUNK4_CVT (see the C below): one 8-word chunk of 4 rows.
+
+    Operands: %0-%3 the even-nibble accumulators d[r], %4-%7 the odd ones e[r], %8-%11 the rows'
+    word pointers, %12 the chunk's 8 x vectors, %13 the 8 masks. ymm9-12 hold the rows' words.
+    """
+    ins = [f"vmovdqu (%{8 + r}), %%ymm{9 + r}" for r in range(4)]
+    for j in range(8):
+        if denormal and j == 5:  # nibbles 5-7 to bits 8-19, clear of the exponent and sign
+            ins += [f"vpsrld $12, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
+        ins.append(f"vmovups {32 * j}(%12), %%ymm13")
+        if denormal or j < 7:
+            ins.append(f"vmovdqa {32 * j}(%13), %%ymm14")
+        for r in range(4):
+            if denormal or j < 7:
+                ins.append(f"vpand %%ymm14, %%ymm{9 + r}, %%ymm15")
+            else:
+                ins.append(f"vpsrld $28, %%ymm{9 + r}, %%ymm15")
+            if not denormal:
+                ins.append("vcvtdq2ps %%ymm15, %%ymm15")
+            ins.append(f"vfmadd231ps %%ymm13, %%ymm15, %{r + 4 * (j % 2)}")
+    return " \\\n    ".join(f'"{i}\\n\\t"' for i in ins)
+
+
 C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -154,9 +179,18 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
 
 /* ---- INT4: y[m, n] = sum_g s[n,g] * (sum_{k in g} x[m,k] q[n,k] - z[n,g] * xsum[m,g]) ------ */
 
-/* xp[m][c][j][l] = x[m, 8i + j] * 16^-j (j < 7; x[m, 8i + 7] for j = 7) for word i = 8c + l, so one
-   chunk's eight x vectors are contiguous; words past KW are zero. */
-INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int64_t ng,
+/* Weight layouts (tiled is 0 or 1): rows n = 4t..4t+3 start at word 4t * KW in both. Row layout
+   (DESIGN.md, read in place): row n's words are contiguous. Tiled (kernels/gemv_w4.py
+   tile_int4_rows, when K % 64 == 0): each 8-word chunk of the four rows is stored together, 128
+   contiguous bytes per chunk, rows beyond the last full tile stay in row layout. Why tile: at
+   K = 8192 rows are 4 KiB apart, so the four rows read together (and the prefetches ahead of them)
+   share L1 sets and alias at 4 KiB; one contiguous stream per tile avoids both and suits the
+   hardware prefetchers. The word at chunk-aligned i of row r of a tile is at base + r*RS + i*CS
+   with (RS, CS) = (KW, 1) in row layout and (8, 4) tiled. */
+
+/* xp[m][c][j][l] = x[m, 8i + j] * f[j] for word i = 8c + l, so one chunk's eight x vectors are
+   contiguous; words past KW are zero. f[j] undoes the position of nibble j as unpacked (below). */
+INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KW, int64_t KW8, int64_t WG, int64_t ng,
                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
                     int64_t n, float* y, int64_t N, const int MT) {
   float corr[4] = {0, 0, 0, 0}, out[4];
@@ -173,7 +207,7 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
     for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) dot[m][a] = _mm256_setzero_ps();
     for (int64_t c = 0; c < span; c += 8, i += 8) {
       __m256i w;
-      if (i + 8 <= KW) w = _mm256_loadu_si256((const __m256i*)(wr + i));
+      if (i + 8 <= KW) w = _mm256_loadu_si256((const __m256i*)(wr + CS * i));
       else w = _mm256_maskload_epi32(wr + i, _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW),
                -(i + 2 < KW), -(i + 3 < KW), -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW)));
       for (int j = 0; j < 8; j++) {
@@ -204,7 +238,7 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
     for (int m = 0; m < MT; m++) {
       float d = 0.0f;
       for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
-        uint32_t w = (uint32_t)wr[i];
+        uint32_t w = (uint32_t)wr[CS * (i & ~(int64_t)7) + (i & 7)];
         const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
         for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
         d += (float)(w >> 28) * xc[56];
@@ -218,22 +252,71 @@ INLINE void w4_tile(const int32_t* wr, int64_t KW, int64_t KW8, int64_t WG, int6
 }
 
 #if defined(__AVX2__) && defined(__F16C__)
-/* M = 1: R consecutive rows n (row stride RS words) of y = W x. Why this shape:
-   - R rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of
-     weights. Per row: the packed words, a per-group dot and the scaled total (12 of 16 ymm).
-   - A row is one 4 KiB page at K = 8192 and the hardware prefetchers stop at page edges, so
-     each chunk prefetches the same words W4_PF rows (two tiles) ahead: +15-25% on DRAM. Into L2
-     (T1), not L1: those lines map to the L1 set of the current rows (4 KiB stride); ~2% better.
+/* M = 1 unpacks nibble j one of two ways (DN is a compile-time switch of w4_rows):
+   - cvt: `word & (0xF << 4j)` is an exact integer, cvtdq2ps makes it a float, f[j] = 16^-j
+     (j = 7: shift right by 28, f = 1). Per 8 weights: AND, CVT and FMA, all on the FP pipes.
+   - denormal (DN): a word ANDed down to one nibble at bits p..p+3 (p <= 19) has its exponent bits
+     clear, so its bits ARE the float q * 2^(p - 149), a denormal, exactly: the AND alone unpacks.
+     Nibbles 0-4 sit at p = 4j; nibbles 5-7 overlap the exponent and sign, so the words are shifted
+     right by 12 once per chunk and those are taken at p = 8, 12, 16. f[j] = 2^(149 - p - c) with c
+     chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
+     floats; the total is scaled back by 2^c. Per 8 weights: AND and FMA (+1/8 shift), a third
+     fewer FP-pipe ops: what lets the loop keep up with DRAM on Zen 3. AMD cores take denormal
+     operands at full speed, Intel cores trap them to microcode, so DN runs on AMD only, with DAZ
+     (which would read the denormals as zero) switched off inside the kernel. */
+static const int W4_DPOS[8] = {0, 4, 8, 12, 16, 8, 12, 16};
+#define W4_M8(v) {v, v, v, v, v, v, v, v}
+static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
+  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF0000), W4_M8(0xF00000),
+   W4_M8(0xF000000), W4_M8(0)},                                               /* cvt */
+  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF0000), W4_M8(0xF00),
+   W4_M8(0xF000), W4_M8(0xF0000)}};                                           /* DN */
+
+/* One 8-word chunk of 4 rows (256 weights) into 8 accumulators: d[r] takes the even nibbles, e[r]
+   the odd ones, 8 chains to cover the FMA latency. In asm because GCC, given this loop in
+   intrinsics, spills accumulators inside it. Instructions are listed in cpu_simd._w4_chunk_asm. */
+#define W4_ASM_OPERANDS(p0, p1, p2, p3, xc, masks, d, e) \
+  : "+x"(d[0]), "+x"(d[1]), "+x"(d[2]), "+x"(d[3]), "+x"(e[0]), "+x"(e[1]), "+x"(e[2]), "+x"(e[3]) \
+  : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(xc), "r"(masks) \
+  : "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
+#define W4_CHUNK4_CVT(p0, p1, p2, p3, xc, d, e) \
+  __asm__(@W4_ASM_CVT@ W4_ASM_OPERANDS(p0, p1, p2, p3, xc, W4_MASK[0], d, e))
+#define W4_CHUNK4_DN(p0, p1, p2, p3, xc, d, e) \
+  __asm__(@W4_ASM_DN@ W4_ASM_OPERANDS(p0, p1, p2, p3, xc, W4_MASK[1], d, e))
+
+/* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 12 for DN. */
+INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
+  if (DN) return _mm256_castsi256_ps(_mm256_and_si256(j < 5 ? w : ws, _mm256_set1_epi32(0xF << W4_DPOS[j])));
+  return _mm256_cvtepi32_ps(j < 7 ? _mm256_and_si256(w, _mm256_set1_epi32(0xF << (4 * j)))
+                                  : _mm256_srli_epi32(w, 28));
+}
+
+/* M = 1: R consecutive rows n of y = W x, R = 4 (one tile) or 1. Why this shape:
+   - 4 rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of weights.
+   - Prefetch: in row layout a row is one 4 KiB page at K = 8192 and hardware prefetchers stop at
+     page edges, so each chunk prefetches the same words W4_PF rows (two tiles) ahead, into L2 (T1:
+     those lines share the L1 sets of the current rows). Tiled, the stream is contiguous and each
+     chunk prefetches W4_PFD bytes ahead into L1: without it the loop runs ~25% slower from DRAM.
    (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming.) */
 #define W4_PF 8
+#define W4_PFD 4096
 #define W4_MAXG 1024  /* groups per row on this path (K <= 32768 at G = 32) */
-INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64_t ng,
+INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64_t WG, int64_t ng,
                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
-                    int64_t n, float* y, const int R) {
-  /* Scales to fp32 (interleaved sf[g][r]: one cache line per flush for all R rows, none on the
-     4 KiB-strided sets of the weight rows) and the zero-point terms before the main loop: done per
-     group inside it (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
-  float sf[W4_MAXG][4], corr[4] = {0, 0, 0, 0};
+                    int64_t n, float* y, const int R, const int DN, int csh) {
+  /* Scales to fp32 and the zero-point terms before the main loop: done per group inside it
+     (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
+  float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4] = {0, 0, 0, 0};
+  float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};  /* rows ng apart, not 4 KiB */
+#ifndef W4_NOSPF
+  { /* the next tile's scales and zeros, so that its prologue does not wait on DRAM */
+    const int64_t es = dt == F32 ? 4 : 2, nb = R * ng * es, o = (n + R) * ng * es;
+    for (int64_t b = 0; b < nb; b += 64) {
+      _mm_prefetch((const char*)sc + o + b, _MM_HINT_T0);
+      _mm_prefetch((const char*)zr + o + b, _MM_HINT_T0);
+    }
+  }
+#endif
   for (int r = 0; r < R; r++) {
     const int64_t o = (n + r) * ng;
     int64_t g = 0;
@@ -248,72 +331,117 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t KW, int64_t WG, int64
         s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)sc + o + g)));
         z8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)zr + o + g)));
       }
-      float t8[8];
-      _mm256_storeu_ps(t8, s8);
-      for (int l = 0; l < 8; l++) sf[g + l][r] = t8[l];
+      _mm256_storeu_ps(sf[r] + g, s8);
       cv = _mm256_fmadd_ps(_mm256_mul_ps(s8, z8), _mm256_loadu_ps(xs + g), cv);
     }
     corr[r] = hsum(cv);
-    for (; g < ng; g++) { sf[g][r] = ld(sc, o + g, dt); corr[r] += sf[g][r] * ld(zr, o + g, dt) * xs[g]; }
+    for (; g < ng; g++) { sf[r][g] = ld(sc, o + g, dt); corr[r] += sf[r][g] * ld(zr, o + g, dt) * xs[g]; }
   }
-  __m256 tot[4];
-  for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
+  /* Group totals stay in memory (touched once per group) so the 8 accumulators keep registers. */
+  float tot[4][8] __attribute__((aligned(32)));
+  for (int r = 0; r < R; r++) _mm256_store_ps(tot[r], _mm256_setzero_ps());
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
   int64_t i = 0;
   for (int64_t g = 0; g < ng; g += gstep) {
-    __m256 dot[4];
-    for (int r = 0; r < R; r++) dot[r] = _mm256_setzero_ps();
+    __m256 d[4], e[4];
+    for (int r = 0; r < R; r++) d[r] = e[r] = _mm256_setzero_ps();
     for (int64_t c = 0; c < span; c += 8, i += 8) {
-      __m256i w[4];
-      for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T1);
+      if (CS == 1) for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T1);
+      else { _mm_prefetch((const char*)(wr + 4 * i) + W4_PFD, _MM_HINT_T0);
+             _mm_prefetch((const char*)(wr + 4 * i) + W4_PFD + 64, _MM_HINT_T0); }
+      if (R == 4 && i + 8 <= KW) {
+        const int32_t *p0 = wr + CS * i, *p1 = p0 + RS, *p2 = p1 + RS, *p3 = p2 + RS;
+        if (DN) W4_CHUNK4_DN(p0, p1, p2, p3, xp + 8 * i, d, e);
+        else W4_CHUNK4_CVT(p0, p1, p2, p3, xp + 8 * i, d, e);
+        continue;
+      }
+      __m256i w[4], ws[4];
       if (i + 8 <= KW) {
-        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + i));
-      } else {
+        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + CS * i));
+      } else {                                      /* last chunk of a row layout, KW % 8 != 0 */
         const __m256i mk = _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW), -(i + 2 < KW), -(i + 3 < KW),
                                              -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW));
         for (int r = 0; r < R; r++) w[r] = _mm256_maskload_epi32(wr + r * RS + i, mk);
       }
+      for (int r = 0; r < R; r++) ws[r] = _mm256_srli_epi32(w[r], 12);
       for (int j = 0; j < 8; j++) {
         const __m256 xv = _mm256_loadu_ps(xp + 8 * i + 8 * j);
         for (int r = 0; r < R; r++) {
-          __m256i nib = j < 7 ? _mm256_and_si256(w[r], _mm256_set1_epi32(0xF << (4 * j)))
-                              : _mm256_srli_epi32(w[r], 28);
-          dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(nib), xv, dot[r]);
+          if (j % 2) e[r] = _mm256_fmadd_ps(w4_nib(w[r], ws[r], j, DN), xv, e[r]);
+          else d[r] = _mm256_fmadd_ps(w4_nib(w[r], ws[r], j, DN), xv, d[r]);
         }
       }
     }
     for (int r = 0; r < R; r++) {
-      __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[g][r])
-                : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[g + 1][r] : 0.0f), _mm_set1_ps(sf[g][r]));
-      tot[r] = _mm256_fmadd_ps(dot[r], sv, tot[r]);
+      __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[r][g])
+                : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
+      _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), sv, _mm256_load_ps(tot[r])));
     }
   }
-  for (int r = 0; r < R; r++) y[r] = hsum(tot[r]) - corr[r];
+  for (int r = 0; r < R; r++) {
+    const float t = hsum(_mm256_load_ps(tot[r]));
+    y[r] = (DN ? ldexpf(t, csh) : t) - corr[r];
+  }
 }
 
+INLINE __m256 ld8(const void* x, int64_t k, int dt) {
+  return dt == F32 ? _mm256_loadu_ps((const float*)x + k)
+       : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
+       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+}
+
+/* The shift c of the DN path: max|x| < 2^e, c = max(e + 24, 22) keeps every x * 2^(149 - p - c)
+   below 2^125 and every factor 2^(149 - p - c) a finite float. */
+static int w4_dn_shift(const void* x, int64_t K, int dt) {
+  __m256 mx = _mm256_setzero_ps();
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(ld8(x, k, dt), absm));
+  float t8[8], amax = 0.0f;
+  _mm256_storeu_ps(t8, mx);
+  for (int l = 0; l < 8; l++) amax = t8[l] > amax ? t8[l] : amax;
+  for (; k < K; k++) { float a = fabsf(ld(x, k, dt)); amax = a > amax ? a : amax; }
+  int e = 0;
+  if (isfinite(amax)) frexpf(amax, &e);
+  return e + 24 > 22 ? e + 24 : 22;
+}
 #endif
 
+/* Whether M = 1 uses the denormal unpack on this CPU (see above). */
+int w4_denormal_unpack(void) {
+#if defined(__AVX2__) && defined(__F16C__)
+  return __builtin_cpu_is("amd");
+#else
+  return 0;
+#endif
+}
+
+/* tiled: the weights are in the tiled layout (see above). unpack: 0 = best for this CPU,
+   1 = always cvt (to test that path on AMD). */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
-            const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads) {
-  const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G;
+            const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
+            int tiled, int unpack) {
+  const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
   float* xp = scratch;                              /* [M][8][KW8] */
   float* xs = scratch + M * 8 * KW8;                /* [M][ng] */
+  if (tiled && KW % 8) return 1;
 #if defined(__AVX2__) && defined(__F16C__)
-  /* Vectorized: word i's eight x values, scaled by 16^-j, are one column of the 8x8 block of
-     chunk c; a register transpose writes the block's rows (the scalar loop cost ~20 us). */
-  const __m256 f = _mm256_setr_ps(1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536,
-                                  1.0f / 1048576, 1.0f / 16777216, 1.0f);
+  const int dn = M == 1 && ng <= W4_MAXG && unpack == 0 && w4_denormal_unpack();
+  const int csh = dn ? w4_dn_shift(x, K, dt) : 0;
+  float fv[8];
+  for (int j = 0; j < 8; j++) fv[j] = dn ? ldexpf(1.0f, 149 - W4_DPOS[j] - csh) : j < 7 ? ldexpf(1.0f, -4 * j) : 1.0f;
+  const __m256 f = _mm256_loadu_ps(fv);
+  /* Vectorized: word i's eight x values, scaled by f, are one column of the 8x8 block of chunk c;
+     a register transpose writes the block's rows (the scalar loop cost ~20 us). */
   for (int64_t m = 0; m < M; m++) {
     __m256 gs = _mm256_setzero_ps();
     for (int64_t c = 0; c < KW8; c += 8) {
       __m256 v[8];
       for (int l = 0; l < 8; l++) {
-        const int64_t i = c + l, k = m * K + 8 * i;
+        const int64_t i = c + l;
         if (i >= KW) { v[l] = _mm256_setzero_ps(); continue; }
-        v[l] = dt == F32 ? _mm256_loadu_ps((const float*)x + k)
-             : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                              _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
-             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+        v[l] = ld8(x, m * K + 8 * i, dt);
         gs = _mm256_add_ps(gs, v[l]);                   /* group sums of the unscaled x */
         if ((i + 1) % WG == 0) { xs[m * ng + (i + 1) / WG - 1] = hsum(gs); gs = _mm256_setzero_ps(); }
         v[l] = _mm256_mul_ps(v[l], f);
@@ -351,46 +479,60 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     }
   }
 #endif
+  const int32_t* wr = (const int32_t*)qw;
 #if defined(__AVX2__) && defined(__F16C__)
   if (M == 1 && ng <= W4_MAXG) {
-    const int64_t NT = N / 4, RS = K / 8;
-    const int32_t* wr = (const int32_t*)qw;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t t = 0; t <= NT; t++) {
-      /* G = 128 gets its own copy with a compile-time group span (the chunk loop unrolled):
-         ~5% at N = K = 8192. (Building half the nibbles as 1 + q/16 floats with integer ops
-         instead of cvtdq2ps was measured 5-10% slower here: the extra shift/or compete with it.) */
-      if (t < NT && WG == 16)
-        w4_rows(wr + 4 * t * RS, RS, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4);
-      else if (t < NT) w4_rows(wr + 4 * t * RS, RS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4);
-      else for (int64_t n = 4 * NT; n < N; n++)
-        w4_rows(wr + n * RS, RS, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1);
+    const int64_t RS = tiled ? 8 : KW, CS = tiled ? 4 : 1;
+    #pragma omp parallel num_threads(nthreads)
+    {
+      const unsigned csr = _mm_getcsr();
+      if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
+      /* Dynamic, 32 tiles (512 KiB at K = 8192) at a time: still long streams, and a core slowed
+         by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. */
+      #pragma omp for schedule(dynamic, 32)
+      for (int64_t t = 0; t <= NT; t++) {
+        /* G = 128 gets copies with a compile-time group span (the chunk loop unrolled): ~5%. */
+        const int32_t* tw = wr + 4 * t * KW;
+        if (t == NT) {
+          for (int64_t n = 4 * NT; n < N; n++) {
+            if (dn) w4_rows(wr + n * KW, KW, 1, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
+            else w4_rows(wr + n * KW, KW, 1, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+          }
+        } else if (dn && WG == 16) w4_rows(tw, RS, CS, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+        else if (dn) w4_rows(tw, RS, CS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+        else if (WG == 16) w4_rows(tw, RS, CS, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+        else w4_rows(tw, RS, CS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+      }
+      _mm_setcsr(csr);
     }
     return 0;
   }
 #endif
   #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t n = 0; n < N; n++) {
-    const int32_t* wr = (const int32_t*)(qw + n * (K / 2));
+    const int tile = tiled && n < 4 * NT;
+    const int32_t* rw = tile ? wr + (n / 4) * 4 * KW + 8 * (n % 4) : wr + n * KW;
+    const int64_t CS = tile ? 4 : 1;
     int64_t m = 0;
     for (; m + 4 <= M; m += 4)
-      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
+      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
     for (; m + 2 <= M; m += 2)
-      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
+      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
     for (; m < M; m++)
-      w4_tile(wr, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
+      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
   }
   return 0;
 }
-"""
+""".replace("@W4_ASM_DN@", _w4_chunk_asm(True)).replace("@W4_ASM_CVT@", _w4_chunk_asm(False))
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 i64, ptr = ctypes.c_int64, ctypes.c_void_p
 library = CLibrary("dequant_gemv", C_SOURCE, {
     "gemv_w8": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int], ctypes.c_int),
-    "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int],
-                ctypes.c_int),
-})
+    "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int,
+                 ctypes.c_int, ctypes.c_int], ctypes.c_int),
+    "w4_denormal_unpack": ([], ctypes.c_int),
+}, libs=("-lm",))
 _buffer = library.buffer
 
 
@@ -423,8 +565,30 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return _finish(y32, x, out)
 
 
+def tile_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
+    """qweight [N, K/2] in row layout -> the same bytes tiled (see the C): each 32-byte piece of 4
+    consecutive rows stored together, rows past the last full tile as they were. K % 64 == 0."""
+    N, half_k = qweight.shape
+    if half_k % 32:
+        raise ValueError(f"tiling needs K % 64 == 0, got K={2 * half_k}")
+    words = qweight.contiguous().view(torch.int32)  # [N, K/8]
+    nt = N // 4
+    tiles = words[:4 * nt].reshape(nt, 4, half_k // 32, 8).transpose(1, 2).reshape(-1)
+    return torch.cat((tiles, words[4 * nt:].reshape(-1))).view(torch.uint8).view(N, half_k)
+
+
+def denormal_unpack() -> bool:
+    """Whether gemv_w4 at M = 1 unpacks nibbles as denormal floats on this CPU (AMD), see the C."""
+    return bool(library().w4_denormal_unpack())
+
+
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-            group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+            group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
+            unpack: str = "auto") -> torch.Tensor:
+    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack`: "auto" picks the
+    denormal unpack on AMD CPUs at M = 1, "cvt" forces the integer-convert one (tests run both)."""
+    if unpack not in ("auto", "cvt"):
+        raise ValueError(f"unpack must be 'auto' or 'cvt', got {unpack!r}")
     x = x.contiguous()
     _check(x, qweight, scales, zeros)
     M, K = x.shape
@@ -432,10 +596,12 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     kw8 = (K // 8 + 7) // 8 * 8
     y32 = _buffer("y", M * N).view(M, N)
     xs = _buffer("x", M * 8 * kw8 + M * (K // group_size))
-    library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
+    rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                       zeros.data_ptr(), N, group_size, y32.data_ptr(), xs.data_ptr(),
-                      torch.get_num_threads())
+                      torch.get_num_threads(), int(tiled), int(unpack == "cvt"))
+    if rc:
+        raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y32, x, out)
 
 
-__all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4"]
+__all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4", "tile_int4_rows", "denormal_unpack"]

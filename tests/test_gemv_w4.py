@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import OPS, rel_err
+from kernels import OPS, cpu_simd, rel_err
 from tests import helpers
 from kernels.gemv_w4 import GemvW4Shape
 from kernels.quant import INT4_GROUP_SIZES, pack_int4
@@ -52,9 +52,16 @@ for _ in range(3):
                               _G * int(torch.randint(1, 5, (), generator=_g)), _G))
 
 
-@pytest.mark.parametrize("name", ["torch_dequant", "simd_c", "torch_int4pack_mm"])
+# M = 1 has its own C path (4-row tiles, denormal unpack on AMD): N % 4 != 0 leaves single rows,
+# K % 64 != 0 leaves a partial last chunk (and keeps simd_c_tiled on the row layout).
+SHAPES_M1 = [GemvW4Shape(1, 37, 256, 32), GemvW4Shape(1, 8, 512, 64), GemvW4Shape(1, 13, 1024, 128),
+             GemvW4Shape(1, 6, 768, 256), GemvW4Shape(1, 5, 96, 32), GemvW4Shape(1, 3, 128, 128),
+             GemvW4Shape(1, 10, 160, 32)]
+
+
+@pytest.mark.parametrize("name", ["torch_dequant", "simd_c", "simd_c_tiled", "torch_int4pack_mm"])
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + SHAPES_M1, ids=str)
 def test_cpu_impls_match_reference(name, dtype, shape):
     if name == "torch_int4pack_mm" and shape.N % 16:
         with pytest.raises(NotImplementedError, match="dividable by 16"):
@@ -70,6 +77,65 @@ def test_simd_kernel_catches_a_wrong_nibble_order():
     ref = OP.reference(x, qw, sc, z, G)
     swapped = (qw << 4) | (qw >> 4)
     assert rel_err(OP.impls["simd_c"](x, swapped, sc, z, G), ref) > 1e-2
+
+
+def test_tiled_layout_by_hand():
+    """4-row tiles of 32-byte pieces; rows past the last full tile stay as they were."""
+    N, K = 6, 128                                   # 16 words per row: two chunks
+    words = torch.arange(N * K // 8, dtype=torch.int32).view(N, K // 8)
+    tiled = cpu_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
+    expect = [words[r, c * 8:(c + 1) * 8] for c in range(2) for r in range(4)] + [words[4], words[5]]
+    assert torch.equal(tiled, torch.cat(expect))
+    with pytest.raises(ValueError, match="K % 64"):
+        cpu_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
+
+
+def test_tiled_kernel_reads_the_tiled_layout():
+    """The check can fail: row-layout weights passed as tiled give a wrong answer."""
+    x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 16, 256, 64), F32, "cpu", 0)
+    ref = OP.reference(x, qw, sc, z, G)
+    assert rel_err(cpu_simd.gemv_w4(x, qw, sc, z, G, tiled=True), ref) > 1e-2
+    assert rel_err(cpu_simd.gemv_w4(x, cpu_simd.tile_int4_rows(qw), sc, z, G, tiled=True), ref) < 1e-4
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("unpack", ["auto", "cvt"])
+@pytest.mark.parametrize("dtype", [BF16, F32])
+@pytest.mark.parametrize("x_scale", [1.0, 3e4, 1e-7])
+def test_m1_unpack_paths_and_x_range(tiled, unpack, dtype, x_scale):
+    """Both M = 1 unpacks (the denormal one runs on AMD only, so "cvt" keeps the other tested
+    here), with activations large and tiny: the denormal path scales x by a power of two chosen
+    from max|x|, which must neither overflow nor flush the products."""
+    shape = GemvW4Shape(1, 22, 512, 128)
+    x, qw, sc, z, G = OP.make_inputs(shape, dtype, "cpu", 5)
+    x = (x.float() * x_scale).to(dtype)
+    x[0, 7] = 0.0
+    ref = OP.reference(x, qw, sc, z, G)
+    q = cpu_simd.tile_int4_rows(qw) if tiled else qw
+    out = torch.full((1, shape.N), float("nan"), dtype=dtype)
+    cpu_simd.gemv_w4(x, q, sc, z, G, out=out, tiled=tiled, unpack=unpack)
+    assert rel_err(out, ref) < OP.tol(dtype)
+
+
+def test_m1_zero_x_and_flush_denormal_mode():
+    """x = 0 gives exactly -(zero-point terms) = 0; with FTZ/DAZ on (torch.set_flush_denormal) the
+    denormal unpack still sees its denormals, because the kernel turns DAZ off inside."""
+    x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 12, 256, 64), F32, "cpu", 2)
+    assert torch.count_nonzero(cpu_simd.gemv_w4(torch.zeros_like(x), qw, sc, z, G)) == 0
+    ref = OP.reference(x, qw, sc, z, G)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    try:
+        assert rel_err(cpu_simd.gemv_w4(x, qw, sc, z, G), ref) < 1e-4
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_denormal_unpack_is_used_on_amd():
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    amd = "AuthenticAMD" in info and " avx2" in info and " f16c" in info
+    assert cpu_simd.denormal_unpack() == amd
 
 
 @pytest.mark.parametrize("G", INT4_GROUP_SIZES)
