@@ -146,15 +146,18 @@ def _gemv_case(op: str, M: int, N: int, K: int, dtype: torch.dtype, group: str,
     return Case(op, shape, dtype, impls=impls, group=group)
 
 
+def _cpu_fast_impls(op: str) -> tuple[str, ...]:
+    """The op's CPU impls without torch.compile's (the hand-written C ones are kind "compiled" too)."""
+    return tuple(n for n, i in OPS[op].impls.items() if "cpu" in i.backends and n != "torch_compiled")
+
+
 def _gemv_impls(ctx: SuiteContext, op: str, M: int, big: bool = False) -> tuple[str, ...] | None:
     """On the CPU: the fast impls only (torch.compile's CPU code runs ~10x under the roof and
     compiles for seconds per shape; the naive dequant allocates the whole matrix per call), the
     naive baseline kept at M = 1 on the smaller shapes. On a GPU: everything, compiled at M = 1."""
     impls = OPS[op].impls
     if ctx.backend == "cpu":
-        return tuple(n for n, i in impls.items() if ctx.backend in i.backends
-                     if i.kind != "compiled" or n == "simd_c"
-                     if not (n == "torch_dequant" and (M > 1 or big)))
+        return tuple(n for n in _cpu_fast_impls(op) if not (n == "torch_dequant" and (M > 1 or big)))
     if M == 1:
         return None
     return tuple(n for n, i in impls.items() if i.kind != "compiled")
@@ -184,8 +187,8 @@ def sweep_batch(ctx: SuiteContext) -> list[Case]:
     cases = []
     for M in (1, 2, 4, 8, 16, 32, 64, 128, 256):
         for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
-            impls = tuple(name for name, i in OPS[op].impls.items() if ctx.backend in i.backends
-                          if i.kind != "compiled" or name == "simd_c")
+            impls = _cpu_fast_impls(op) if ctx.backend == "cpu" else tuple(
+                name for name, i in OPS[op].impls.items() if ctx.backend in i.backends and i.kind != "compiled")
             cases.append(_gemv_case(op, M, n, k, torch.bfloat16, f"sweep {n}x{k}", impls))
     return cases
 

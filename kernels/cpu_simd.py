@@ -5,12 +5,15 @@ weights with partial (count < width) vector loads or 2-D transposes and runs 10-
 memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
-as DESIGN.md says), so their bytes are exactly the op's byte model. Tricks, all in registers:
+as DESIGN.md says), so their bytes are exactly the op's byte model; gemv_w4 also takes the same
+bytes reordered into 4-row tiles (tile_int4_rows, done once outside timing). Tricks, in registers:
 - INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
   an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
-  shift, so unpacking costs one AND per 8 weights. Lane i of a vector holds k = 8i..8i+7, all in
-  one group, so scales apply per lane and G = 32 needs no special case.
+  shift, so unpacking costs one AND per 8 weights. On AMD at M = 1 even the conversion goes: the
+  ANDed word's bits are already the float q * 2^(p - 149), a denormal (see the C). Lane i of a
+  vector holds k = 8i..8i+7, all in one group, so scales apply per lane and G = 32 needs no
+  special case.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 The library is compiled with the host's compiler for the host's CPU (-march=native) and cached;
@@ -24,19 +27,23 @@ import torch
 
 from .cbuild import CLibrary
 
-def _w4_chunk_asm(denormal: bool) -> str:
-    """The asm of W4_CHUNK4_DN / W4_CHUNK4_CVT (see the C below): one 8-word chunk of 4 rows.
+def _w4_chunk_asm(denormal: bool, tiled: bool) -> str:
+    """The asm of W4_CHUNK4_* / W4_TILE_* (see the C below): one 8-word chunk of 4 rows.
 
-    Operands: %0-%3 the even-nibble accumulators d[r], %4-%7 the odd ones e[r], %8-%11 the rows'
-    word pointers, %12 the chunk's 8 x vectors, %13 the 8 masks. ymm9-12 hold the rows' words.
+    Operands: %0-%3 the even-nibble accumulators d[r], %4-%7 the odd ones e[r], then the rows'
+    word pointers (four; tiled: one, the rows 32 bytes apart), the chunk's 8 x vectors and the 8
+    masks. ymm9-12 hold the rows' words, ymm13 x, ymm14 the mask.
     """
-    ins = [f"vmovdqu (%{8 + r}), %%ymm{9 + r}" for r in range(4)]
+    nptr = 1 if tiled else 4
+    xo, mo = 8 + nptr, 9 + nptr
+    ins = [f"vmovdqu {32 * r}(%8), %%ymm{9 + r}" if tiled else f"vmovdqu (%{8 + r}), %%ymm{9 + r}"
+           for r in range(4)]
     for j in range(8):
         if denormal and j == 5:  # nibbles 5-7 to bits 8-19, clear of the exponent and sign
             ins += [f"vpsrld $12, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
-        ins.append(f"vmovups {32 * j}(%12), %%ymm13")
+        ins.append(f"vmovups {32 * j}(%{xo}), %%ymm13")
         if denormal or j < 7:
-            ins.append(f"vmovdqa {32 * j}(%13), %%ymm14")
+            ins.append(f"vmovdqa {32 * j}(%{mo}), %%ymm14")
         for r in range(4):
             if denormal or j < 7:
                 ins.append(f"vpand %%ymm14, %%ymm{9 + r}, %%ymm15")
@@ -275,14 +282,17 @@ static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
 /* One 8-word chunk of 4 rows (256 weights) into 8 accumulators: d[r] takes the even nibbles, e[r]
    the odd ones, 8 chains to cover the FMA latency. In asm because GCC, given this loop in
    intrinsics, spills accumulators inside it. Instructions are listed in cpu_simd._w4_chunk_asm. */
-#define W4_ASM_OPERANDS(p0, p1, p2, p3, xc, masks, d, e) \
-  : "+x"(d[0]), "+x"(d[1]), "+x"(d[2]), "+x"(d[3]), "+x"(e[0]), "+x"(e[1]), "+x"(e[2]), "+x"(e[3]) \
-  : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(xc), "r"(masks) \
-  : "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
-#define W4_CHUNK4_CVT(p0, p1, p2, p3, xc, d, e) \
-  __asm__(@W4_ASM_CVT@ W4_ASM_OPERANDS(p0, p1, p2, p3, xc, W4_MASK[0], d, e))
-#define W4_CHUNK4_DN(p0, p1, p2, p3, xc, d, e) \
-  __asm__(@W4_ASM_DN@ W4_ASM_OPERANDS(p0, p1, p2, p3, xc, W4_MASK[1], d, e))
+#define W4_ASM_ACC(d, e) \
+  : "+x"(d[0]), "+x"(d[1]), "+x"(d[2]), "+x"(d[3]), "+x"(e[0]), "+x"(e[1]), "+x"(e[2]), "+x"(e[3])
+#define W4_ASM_CLOBBERS : "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory"
+#define W4_CHUNK4_CVT(p0, p1, p2, p3, xc, d, e) __asm__(@W4_ASM_CVT@ W4_ASM_ACC(d, e) \
+  : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
+#define W4_CHUNK4_DN(p0, p1, p2, p3, xc, d, e) __asm__(@W4_ASM_DN@ W4_ASM_ACC(d, e) \
+  : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
+#define W4_TILE_CVT(p, xc, d, e) __asm__(@W4_ASM_CVT_TILE@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
+#define W4_TILE_DN(p, xc, d, e) __asm__(@W4_ASM_DN_TILE@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
 
 /* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 12 for DN. */
 INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
@@ -298,6 +308,21 @@ INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
      those lines share the L1 sets of the current rows). Tiled, the stream is contiguous and each
      chunk prefetches W4_PFD bytes ahead into L1: without it the loop runs ~25% slower from DRAM.
    (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming.) */
+/* End of a group: tot[r] += (d[r] + e[r]) * scale (G = 32: two groups per vector, by halves). */
+INLINE void w4_flush(float tot[4][8], const __m256* d, const __m256* e, float* const* sf, int64_t g,
+                     int64_t ng, int64_t gstep, const int R) {
+  for (int r = 0; r < R; r++) {
+    __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[r][g])
+              : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
+    _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), sv, _mm256_load_ps(tot[r])));
+  }
+}
+
+INLINE float w4_total(const float* tot, const int DN, int csh) {
+  const float t = hsum(_mm256_load_ps(tot));
+  return DN ? ldexpf(t, csh) : t;
+}
+
 #define W4_PF 8
 #define W4_PFD 4096
 #define W4_MAXG 1024  /* groups per row on this path (K <= 32768 at G = 32) */
@@ -341,16 +366,37 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
   float tot[4][8] __attribute__((aligned(32)));
   for (int r = 0; r < R; r++) _mm256_store_ps(tot[r], _mm256_setzero_ps());
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  if (R == 4 && KW % 8 == 0) {  /* the hot loop: 4 rows, whole chunks, no per-chunk branches */
+    const int32_t* p = wr;
+    const float* xc = xp;
+    for (int64_t g = 0; g < ng; g += gstep) {
+      __m256 d[4], e[4];
+      for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < span; c += 8, p += 8 * CS, xc += 64) {
+        if (CS == 4) {
+          _mm_prefetch((const char*)p + W4_PFD, _MM_HINT_T0);
+          _mm_prefetch((const char*)p + W4_PFD + 64, _MM_HINT_T0);
+          if (DN) W4_TILE_DN(p, xc, d, e);
+          else W4_TILE_CVT(p, xc, d, e);
+        } else {
+          for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
+          if (DN) W4_CHUNK4_DN(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
+          else W4_CHUNK4_CVT(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
+        }
+      }
+      w4_flush(tot, d, e, sf, g, ng, gstep, 4);
+    }
+    for (int r = 0; r < 4; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
+    return;
+  }
   int64_t i = 0;
   for (int64_t g = 0; g < ng; g += gstep) {
     __m256 d[4], e[4];
     for (int r = 0; r < R; r++) d[r] = e[r] = _mm256_setzero_ps();
     for (int64_t c = 0; c < span; c += 8, i += 8) {
-      if (CS == 1) for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T1);
-      else { _mm_prefetch((const char*)(wr + 4 * i) + W4_PFD, _MM_HINT_T0);
-             _mm_prefetch((const char*)(wr + 4 * i) + W4_PFD + 64, _MM_HINT_T0); }
+      for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T1);
       if (R == 4 && i + 8 <= KW) {
-        const int32_t *p0 = wr + CS * i, *p1 = p0 + RS, *p2 = p1 + RS, *p3 = p2 + RS;
+        const int32_t *p0 = wr + i, *p1 = p0 + RS, *p2 = p1 + RS, *p3 = p2 + RS;
         if (DN) W4_CHUNK4_DN(p0, p1, p2, p3, xp + 8 * i, d, e);
         else W4_CHUNK4_CVT(p0, p1, p2, p3, xp + 8 * i, d, e);
         continue;
@@ -372,16 +418,9 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
         }
       }
     }
-    for (int r = 0; r < R; r++) {
-      __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[r][g])
-                : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
-      _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), sv, _mm256_load_ps(tot[r])));
-    }
+    w4_flush(tot, d, e, sf, g, ng, gstep, R);
   }
-  for (int r = 0; r < R; r++) {
-    const float t = hsum(_mm256_load_ps(tot[r]));
-    y[r] = (DN ? ldexpf(t, csh) : t) - corr[r];
-  }
+  for (int r = 0; r < R; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
 }
 
 INLINE __m256 ld8(const void* x, int64_t k, int dt) {
@@ -523,7 +562,11 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   }
   return 0;
 }
-""".replace("@W4_ASM_DN@", _w4_chunk_asm(True)).replace("@W4_ASM_CVT@", _w4_chunk_asm(False))
+"""
+for _dn in (True, False):
+    for _tiled in (True, False):
+        C_SOURCE = C_SOURCE.replace(f"@W4_ASM_{'DN' if _dn else 'CVT'}{'_TILE' if _tiled else ''}@",
+                                    _w4_chunk_asm(_dn, _tiled))
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 i64, ptr = ctypes.c_int64, ctypes.c_void_p
