@@ -171,7 +171,7 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
 def cmd_run(args) -> int:
     from .report import console, results_table
     from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
-    from .roofline import measure_roof
+    from .roofline import drift_note, measure_bandwidth, measure_roof
     from .runner import RunContext, Runner
     from .suites import SuiteContext
     from .timing import BUDGETS
@@ -230,6 +230,13 @@ def cmd_run(args) -> int:
         interrupted = True
     finally:
         writer.close()
+    note = None
+    if not interrupted and any(r["status"] == "ok" for r in records):
+        try:  # the roof again: on a busy machine it can move a lot within one run
+            with err.status("measuring the roof again...", spinner="dots") if show else _null():
+                note = drift_note(roof.gbps, measure_bandwidth(backend, budget))
+        except KeyboardInterrupt:
+            pass
     if not args.json:
         out = console()
         out.print(results_table(records, title=f"decodewall run {run_id} — {info.get('name')} "
@@ -246,6 +253,8 @@ def cmd_run(args) -> int:
         return EXIT_INTERRUPTED
     if writer.path and writer.count:
         print(f"results: {where}", file=sys.stderr)
+    if note:
+        print(f"decodewall: note: {note}", file=sys.stderr)
     failed = [r for r in records if r["status"] in ("failed-check", "error")]
     if failed:
         print(f"decodewall: {len(failed)} impl(s) failed the check or errored", file=sys.stderr)

@@ -96,6 +96,26 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
     return roof
 
 
+DRIFT = 0.15  # relative change of the bandwidth roof over a run worth telling the user about
+
+
+def measure_bandwidth(backend: Backend, budget: Budget | None = None) -> float:
+    """The bandwidth roof alone (no matmul): re-measured at the end of a run to catch drift."""
+    n = probe_elems(backend)
+    budget = budget or BUDGETS["normal"]
+    return max(_probe(backend, "copy", n, budget)[0], _probe(backend, "read", n, budget)[0])
+
+
+def drift_note(start_gbps: float, end_gbps: float) -> str | None:
+    """A warning when the roof moved by more than DRIFT during a run: on a shared or busy machine
+    the % of roof of late cases is then against a figure that no longer held."""
+    if start_gbps <= 0 or abs(end_gbps / start_gbps - 1) <= DRIFT:
+        return None
+    return (f"the bandwidth roof moved from {start_gbps:.1f} to {end_gbps:.1f} GB/s during this run "
+            f"(a busy or shared machine?): % of roof uses the first figure; compare impls within a "
+            f"case, or rerun")
+
+
 def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:
     """The dtype whose matmul rate is the compute roof for `dtype` inputs on this backend.
 

@@ -167,3 +167,28 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     lines = files[0].read_text().splitlines()
     assert 1 <= len(lines) < 8
     assert all(json.loads(x)["status"] == "ok" for x in lines)
+
+
+def test_drift_note_thresholds():
+    from bench.roofline import DRIFT, drift_note
+    assert drift_note(20.0, 20.0 * (1 + DRIFT * 0.9)) is None
+    assert drift_note(20.0, 20.0 * (1 - DRIFT * 0.9)) is None
+    assert "from 20.0 to 12.0 GB/s" in drift_note(20.0, 12.0)
+    assert drift_note(0.0, 5.0) is None
+
+
+@pytest.mark.parametrize("factor, noted", [(1.0, False), (0.5, True)])
+def test_run_notes_a_roof_that_moved(capsys, monkeypatch, factor, noted):
+    """The roof is measured again after the cases; a big move is reported on stderr."""
+    import bench.roofline as rl
+    seen = {}
+    real = rl.measure_roof
+
+    def first(*a, **k):
+        seen["roof"] = real(*a, **k)
+        return seen["roof"]
+    monkeypatch.setattr(rl, "measure_roof", first)
+    monkeypatch.setattr(rl, "measure_bandwidth", lambda *a, **k: seen["roof"].gbps * factor)
+    assert main(["run", *GEMV, "--no-save", "--budget", "quick", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert ("roof moved from" in err) == noted, err
