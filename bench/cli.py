@@ -231,8 +231,10 @@ def cmd_run(args) -> int:
     finally:
         writer.close()
     note = None
-    if not interrupted and any(r["status"] == "ok" for r in records):
-        try:  # the roof again: on a busy machine it can move a lot within one run
+    # The roof again (not for the quick budget: two quick probes differ by more than the drift
+    # worth reporting): on a busy machine it can move a lot within one run.
+    if not interrupted and budget_name != "quick" and any(r["status"] == "ok" for r in records):
+        try:
             with err.status("measuring the roof again...", spinner="dots") if show else _null():
                 note = drift_note(roof.gbps, measure_bandwidth(backend, budget))
         except KeyboardInterrupt:
