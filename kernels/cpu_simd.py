@@ -27,31 +27,37 @@ import torch
 
 from .cbuild import CLibrary
 
-def _w4_chunk_asm(denormal: bool, tiled: bool) -> str:
-    """The asm of W4_CHUNK4_* / W4_TILE_* (see the C below): one 8-word chunk of 4 rows.
+W4_PREFETCH = 4096  # bytes ahead the tiled INT4 loop prefetches (into L1)
+
+
+def _w4_chunk_asm(denormal: bool, tiled: bool, chunks: int = 1) -> str:
+    """The asm of W4_CHUNK4_* / W4_TILE*_* (see the C below): `chunks` 8-word chunks of 4 rows.
 
     Operands: %0-%3 the even-nibble accumulators d[r], %4-%7 the odd ones e[r], then the rows'
-    word pointers (four; tiled: one, the rows 32 bytes apart), the chunk's 8 x vectors and the 8
-    masks. ymm9-12 hold the rows' words, ymm13 x, ymm14 the mask.
+    word pointers (four; tiled: one, the rows 32 bytes apart and chunks 128), the chunks' x
+    vectors (8 per chunk) and the 8 masks. ymm9-12 hold the rows' words, ymm13 x, ymm14 the mask.
+    Tiled blocks also prefetch their weights W4_PREFETCH bytes ahead.
     """
     nptr = 1 if tiled else 4
     xo, mo = 8 + nptr, 9 + nptr
-    ins = [f"vmovdqu {32 * r}(%8), %%ymm{9 + r}" if tiled else f"vmovdqu (%{8 + r}), %%ymm{9 + r}"
-           for r in range(4)]
-    for j in range(8):
-        if denormal and j == 5:  # nibbles 5-7 to bits 8-19, clear of the exponent and sign
-            ins += [f"vpsrld $12, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
-        ins.append(f"vmovups {32 * j}(%{xo}), %%ymm13")
-        if denormal or j < 7:
-            ins.append(f"vmovdqa {32 * j}(%{mo}), %%ymm14")
-        for r in range(4):
+    ins = [f"prefetcht0 {W4_PREFETCH + 64 * i}(%8)" for i in range(2 * chunks)] if tiled else []
+    for c in range(chunks):
+        ins += [f"vmovdqu {128 * c + 32 * r}(%8), %%ymm{9 + r}" if tiled
+                else f"vmovdqu (%{8 + r}), %%ymm{9 + r}" for r in range(4)]
+        for j in range(8):
+            if denormal and j == 5:  # nibbles 5-7 to bits 8-19, clear of the exponent and sign
+                ins += [f"vpsrld $12, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
+            ins.append(f"vmovups {256 * c + 32 * j}(%{xo}), %%ymm13")
             if denormal or j < 7:
-                ins.append(f"vpand %%ymm14, %%ymm{9 + r}, %%ymm15")
-            else:
-                ins.append(f"vpsrld $28, %%ymm{9 + r}, %%ymm15")
-            if not denormal:
-                ins.append("vcvtdq2ps %%ymm15, %%ymm15")
-            ins.append(f"vfmadd231ps %%ymm13, %%ymm15, %{r + 4 * (j % 2)}")
+                ins.append(f"vmovdqa {32 * j}(%{mo}), %%ymm14")
+            for r in range(4):
+                if denormal or j < 7:
+                    ins.append(f"vpand %%ymm14, %%ymm{9 + r}, %%ymm15")
+                else:
+                    ins.append(f"vpsrld $28, %%ymm{9 + r}, %%ymm15")
+                if not denormal:
+                    ins.append("vcvtdq2ps %%ymm15, %%ymm15")
+                ins.append(f"vfmadd231ps %%ymm13, %%ymm15, %{r + 4 * (j % 2)}")
     return " \\\n    ".join(f'"{i}\\n\\t"' for i in ins)
 
 
@@ -293,6 +299,10 @@ static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
   : "r"(p), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
 #define W4_TILE_DN(p, xc, d, e) __asm__(@W4_ASM_DN_TILE@ W4_ASM_ACC(d, e) \
   : "r"(p), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
+#define W4_TILE2_CVT(p, xc, d, e) __asm__(@W4_ASM_CVT_TILE2@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
+#define W4_TILE2_DN(p, xc, d, e) __asm__(@W4_ASM_DN_TILE2@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
 
 /* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 12 for DN. */
 INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
@@ -321,13 +331,14 @@ INLINE float w4_total(const float* tot, const int DN, int csh) {
    - Prefetch: in row layout a row is one 4 KiB page at K = 8192 and hardware prefetchers stop at
      page edges, so each chunk prefetches the same words W4_PF rows (two tiles) ahead, into L2 (T1:
      those lines share the L1 sets of the current rows). Tiled, the stream is contiguous and each
-     chunk prefetches W4_PFD bytes ahead into L1: without it the loop runs ~20% slower from DRAM.
-   - Whole chunks of 4 rows take a loop with nothing but the asm block, two prefetches and pointer
-     bumps: the general loop's per-chunk checks cost ~8% from DRAM and ~20% from L3.
+     chunk prefetches cpu_simd.W4_PREFETCH bytes ahead into L1 (in the asm): without it the loop
+     runs ~20% slower from DRAM.
+   - Whole chunks of 4 rows take a loop with nothing but asm blocks and pointer bumps: the
+     general loop's per-chunk checks cost ~8% from DRAM and ~20% from L3, and two chunks per
+     block (tiled, G >= 128) another ~5% / ~19%.
    (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming;
    so was folding x and the masks into the ANDs/FMAs as memory operands: 3x the load uops.) */
 #define W4_PF 8
-#define W4_PFD 4096
 #define W4_MAXG 1024  /* groups per row on this path (K <= 32768 at G = 32) */
 INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64_t WG, int64_t ng,
                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
@@ -375,13 +386,18 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
     for (int64_t g = 0; g < ng; g += gstep) {
       __m256 d[4], e[4];
       for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
-      for (int64_t c = 0; c < span; c += 8, p += 8 * CS, xc += 64) {
-        if (CS == 4) {
-          _mm_prefetch((const char*)p + W4_PFD, _MM_HINT_T0);
-          _mm_prefetch((const char*)p + W4_PFD + 64, _MM_HINT_T0);
+      if (CS == 4) {  /* tiled: two chunks per asm block where the group has them (G >= 128) */
+        int64_t c = 0;
+        for (; c + 16 <= span; c += 16, p += 64, xc += 128) {
+          if (DN) W4_TILE2_DN(p, xc, d, e);
+          else W4_TILE2_CVT(p, xc, d, e);
+        }
+        for (; c < span; c += 8, p += 32, xc += 64) {
           if (DN) W4_TILE_DN(p, xc, d, e);
           else W4_TILE_CVT(p, xc, d, e);
-        } else {
+        }
+      } else {
+        for (int64_t c = 0; c < span; c += 8, p += 8, xc += 64) {
           for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
           if (DN) W4_CHUNK4_DN(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
           else W4_CHUNK4_CVT(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
@@ -567,9 +583,10 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
 }
 """
 for _dn in (True, False):
-    for _tiled in (True, False):
-        C_SOURCE = C_SOURCE.replace(f"@W4_ASM_{'DN' if _dn else 'CVT'}{'_TILE' if _tiled else ''}@",
-                                    _w4_chunk_asm(_dn, _tiled))
+    _u = "DN" if _dn else "CVT"
+    C_SOURCE = (C_SOURCE.replace(f"@W4_ASM_{_u}@", _w4_chunk_asm(_dn, False))
+                .replace(f"@W4_ASM_{_u}_TILE@", _w4_chunk_asm(_dn, True))
+                .replace(f"@W4_ASM_{_u}_TILE2@", _w4_chunk_asm(_dn, True, 2)))
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 i64, ptr = ctypes.c_int64, ctypes.c_void_p
