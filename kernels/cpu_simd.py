@@ -347,7 +347,6 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
      (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
   float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4] = {0, 0, 0, 0};
   float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};  /* rows ng apart, not 4 KiB */
-#ifndef W4_NOSPF
   { /* the next tile's scales and zeros, so that its prologue does not wait on DRAM */
     const int64_t es = dt == F32 ? 4 : 2, nb = R * ng * es, o = (n + R) * ng * es;
     for (int64_t b = 0; b < nb; b += 64) {
@@ -355,7 +354,6 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
       _mm_prefetch((const char*)zr + o + b, _MM_HINT_T0);
     }
   }
-#endif
   for (int r = 0; r < R; r++) {
     const int64_t o = (n + r) * ng;
     int64_t g = 0;
@@ -408,6 +406,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
     for (int r = 0; r < 4; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
     return;
   }
+  /* The rest is in row layout (tiles always take the loop above): single rows, or K % 64 != 0. */
   int64_t i = 0;
   for (int64_t g = 0; g < ng; g += gstep) {
     __m256 d[4], e[4];
@@ -422,7 +421,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
       }
       __m256i w[4], ws[4];
       if (i + 8 <= KW) {
-        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + CS * i));
+        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + i));
       } else {                                      /* last chunk of a row layout, KW % 8 != 0 */
         const __m256i mk = _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW), -(i + 2 < KW), -(i + 3 < KW),
                                              -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW));
