@@ -102,3 +102,10 @@ class CLibrary:
         if buf is None or buf.numel() < numel:
             buf = self._scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
         return buf[:numel]
+
+    def scratch_ptr(self, name: str, numel: int) -> int:
+        """The address of buffer(name, numel), without making a view (~3 us a call saved)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffer(name, numel)
+        return buf.data_ptr()

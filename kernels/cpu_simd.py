@@ -16,6 +16,8 @@ bytes reordered into 4-row tiles (tile_int4_rows, done once outside timing). Tri
   special case.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
+- y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
+  cost ~10 us a call, a few % of a 4096 x 4096 INT4 GEMV.
 The library is compiled with the host's compiler for the host's CPU (-march=native) and cached;
 without a compiler the impls raise NotImplementedError, so the runner skips them with the reason.
 """
@@ -92,6 +94,57 @@ INLINE float ld(const void* p, int64_t i, int dt) {
   return half_to_float(h);
 }
 
+/* fp32 -> bf16 / fp16, round to nearest even, NaN kept: bit for bit what torch's .to() gives. */
+static uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+static uint16_t float_to_half(float f) {
+#ifdef __F16C__
+  return _cvtss_sh(f, 0);
+#else
+  uint32_t u, a, h, rem;
+  memcpy(&u, &f, 4);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return sign | 0x7E00;                  /* NaN */
+  if (a >= 0x477FF000u) return sign | 0x7C00;                 /* >= 65520 rounds to inf */
+  if (a < 0x38800000u) return sign | (uint16_t)rintf(fabsf(f) * 16777216.0f);  /* subnormal */
+  h = (a >> 13) - (112u << 10);                               /* rebias 127 -> 15 */
+  rem = a & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+  return sign | (uint16_t)h;
+#endif
+}
+
+/* The result in the caller's dtype, written from C: converting in Python cost a tensor op and
+   ~5-10 us a call, a few % of a 4096 x 4096 INT4 GEMV here. */
+void store_out(const float* y, void* out, int64_t n, int odt) {
+  int64_t i = 0;
+  if (odt == F32) { if ((const void*)y != out) memcpy(out, y, n * 4); return; }
+  uint16_t* o = (uint16_t*)out;
+#if defined(__AVX2__) && defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(y + i);
+    __m128i r;
+    if (odt == F16) r = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    else {
+      const __m256i u = _mm256_castps_si256(v);
+      __m256i b = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
+                       _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      b = _mm256_blendv_epi8(b, _mm256_set1_epi32(0x7FC0), nan);
+      r = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    }
+    _mm_storeu_si128((__m128i*)(o + i), r);
+  }
+#endif
+  for (; i < n; i++) o[i] = odt == F16 ? float_to_half(y[i]) : float_to_bf16(y[i]);
+}
+
 #ifdef __AVX2__
 INLINE float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -164,8 +217,9 @@ INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc,
   }
 }
 
+/* y: fp32 [M, N] (scratch unless odt is F32, then it may be out itself); out: [M, N] in odt. */
 int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const void* scales,
-            int64_t N, float* y, float* scratch, int nthreads) {
+            int64_t N, float* y, float* scratch, int nthreads, void* out, int odt) {
   const int64_t K32 = (K + 31) / 32 * 32;
   for (int64_t m = 0; m < M; m++)
     for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
@@ -176,6 +230,7 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
       if (t < NT) w8_rows(qw + 4 * t * K, scratch, K, scales, dt, 4 * t, y + 4 * t, 4);
       else for (int64_t n = 4 * NT; n < N; n++) w8_rows(qw + n * K, scratch, K, scales, dt, n, y + n, 1);
     }
+    store_out(y, out, N, odt);
     return 0;
   }
   #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -187,6 +242,7 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
     for (; m + 2 <= M; m += 2) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 2);
     for (; m < M; m++) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 1);
   }
+  store_out(y, out, M * N, odt);
   return 0;
 }
 
@@ -478,7 +534,7 @@ int w4_denormal_unpack(void) {
    1 = always cvt (to test that path on AMD). */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
-            int tiled, int unpack) {
+            int tiled, int unpack, void* out, int odt) {
   const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
   float* xp = scratch;                              /* [M][8][KW8] */
   float* xs = scratch + M * 8 * KW8;                /* [M][ng] */
@@ -562,6 +618,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       }
       _mm_setcsr(csr);
     }
+    store_out(y, out, N, odt);
     return 0;
   }
 #endif
@@ -578,6 +635,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     for (; m < M; m++)
       w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
   }
+  store_out(y, out, M * N, odt);
   return 0;
 }
 """
@@ -590,12 +648,14 @@ for _dn in (True, False):
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 i64, ptr = ctypes.c_int64, ctypes.c_void_p
 library = CLibrary("dequant_gemv", C_SOURCE, {
-    "gemv_w8": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int], ctypes.c_int),
+    "gemv_w8": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, i64, ptr, ptr, ctypes.c_int, ptr,
+                 ctypes.c_int], ctypes.c_int),
     "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int,
-                 ctypes.c_int, ctypes.c_int], ctypes.c_int),
+                 ctypes.c_int, ctypes.c_int, ptr, ctypes.c_int], ctypes.c_int),
     "w4_denormal_unpack": ([], ctypes.c_int),
+    "store_out": ([ptr, ptr, i64, ctypes.c_int], None),
 }, libs=("-lm",))
-_buffer = library.buffer
+_scratch = library.scratch_ptr
 
 
 def _check(x: torch.Tensor, *tensors: torch.Tensor) -> None:
@@ -608,10 +668,27 @@ def _check(x: torch.Tensor, *tensors: torch.Tensor) -> None:
             raise ValueError("the C SIMD kernels need contiguous tensors")
 
 
-def _finish(y32: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def _output(x: torch.Tensor, M: int, N: int, out: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(tensor the C writes, tensor to return, its fp32 row buffer pointer, its dtype code).
+
+    The C writes y in `out`'s dtype itself (no out: x's dtype); an `out` it cannot write (another
+    dtype, strided) gets the fp32 result copied into it."""
     if out is None:
-        return y32.to(x.dtype)  # a new tensor: y32 is a reused buffer
-    return out.copy_(y32)
+        y = torch.empty(M, N, dtype=x.dtype)
+    elif out.dtype in _DT and out.is_contiguous():
+        y = out
+    else:
+        y = torch.empty(M, N)
+    if y.shape != (M, N):
+        raise ValueError(f"out must be {M}x{N}, got {tuple(y.shape)}")
+    odt = _DT[y.dtype]
+    y32 = y.data_ptr() if odt == 0 else _scratch("y", M * N)
+    return y, out if out is not None else y, y32, odt
+
+
+def _finish(y: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    return result if result is y else result.copy_(y)
 
 
 def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -620,11 +697,11 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     _check(x, qweight, scales)
     M, K = x.shape
     N = qweight.shape[0]
-    y32 = _buffer("y", M * N).view(M, N)
-    xs = _buffer("x", M * ((K + 31) // 32 * 32))
+    y, result, y32, odt = _output(x, M, N, out)
     library().gemv_w8(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(), N,
-                      y32.data_ptr(), xs.data_ptr(), torch.get_num_threads())
-    return _finish(y32, x, out)
+                      y32, _scratch("x", M * ((K + 31) // 32 * 32)), torch.get_num_threads(),
+                      y.data_ptr(), odt)
+    return _finish(y, result)
 
 
 def tile_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
@@ -656,14 +733,14 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     M, K = x.shape
     N = qweight.shape[0]
     kw8 = (K // 8 + 7) // 8 * 8
-    y32 = _buffer("y", M * N).view(M, N)
-    xs = _buffer("x", M * 8 * kw8 + M * (K // group_size))
+    y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
-                      zeros.data_ptr(), N, group_size, y32.data_ptr(), xs.data_ptr(),
-                      torch.get_num_threads(), int(tiled), int(unpack == "cvt"))
+                           zeros.data_ptr(), N, group_size, y32,
+                           _scratch("x", M * 8 * kw8 + M * (K // group_size)),
+                           torch.get_num_threads(), int(tiled), int(unpack == "cvt"), y.data_ptr(), odt)
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
-    return _finish(y32, x, out)
+    return _finish(y, result)
 
 
 __all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4", "tile_int4_rows", "denormal_unpack"]

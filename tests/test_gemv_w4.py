@@ -194,20 +194,7 @@ def test_cuda_impls(name, dtype, shape):
 def test_scalar_fallback_without_avx2(tmp_path):
     """The C source built for a baseline x86-64 (no AVX2/F16C, as on CPUs without them) still
     computes both layouts correctly: its scalar path must know the tiled layout too."""
-    import ctypes
-    import platform
-    import shutil
-    import subprocess
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if platform.machine() not in ("x86_64", "AMD64") or cc is None:
-        pytest.skip("needs an x86-64 C compiler")
-    (tmp_path / "k.c").write_text(cpu_simd.C_SOURCE)
-    r = subprocess.run([cc, "-O1", "-march=x86-64", "-fPIC", "-shared", str(tmp_path / "k.c"),
-                        "-o", str(tmp_path / "k.so"), "-lm"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-500:]
-    lib = ctypes.CDLL(str(tmp_path / "k.so"))
-    for fn, (argtypes, restype) in cpu_simd.library.signatures.items():
-        getattr(lib, fn).argtypes, getattr(lib, fn).restype = argtypes, restype
+    lib = helpers.build_baseline_x86(cpu_simd.C_SOURCE, cpu_simd.library.signatures, tmp_path)
     assert lib.w4_denormal_unpack() == 0
     for shape, tiled in ((GemvW4Shape(1, 13, 512, 128), True), (GemvW4Shape(3, 10, 256, 32), True),
                          (GemvW4Shape(1, 5, 96, 32), False)):
@@ -217,5 +204,6 @@ def test_scalar_fallback_without_avx2(tmp_path):
         kw8 = (shape.K // 8 + 7) // 8 * 8
         scratch = torch.empty(shape.M * 8 * kw8 + shape.M * (shape.K // G))
         assert lib.gemv_w4(x.data_ptr(), 0, shape.M, shape.K, q.data_ptr(), s.data_ptr(), z.data_ptr(),
-                           shape.N, G, y.data_ptr(), scratch.data_ptr(), 1, int(tiled), 0) == 0
+                           shape.N, G, y.data_ptr(), scratch.data_ptr(), 1, int(tiled), 0,
+                           y.data_ptr(), 0) == 0
         assert rel_err(y, OP.reference(x, qw, s, z, G)) < 1e-4
