@@ -6,7 +6,7 @@ memory roof; a GEMV has to stream the packed weights once and unpack them in reg
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
 as DESIGN.md says), so their bytes are exactly the op's byte model; gemv_w4 also takes the same
-bytes reordered into 4-row tiles (tile_int4_rows, done once outside timing). Tricks, in registers:
+bytes reordered into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
   an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
@@ -254,14 +254,30 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
    contiguous bytes per chunk, rows beyond the last full tile stay in row layout. Why tile: at
    K = 8192 rows are 4 KiB apart, so the four rows read together (and the prefetches ahead of them)
    share L1 sets and alias at 4 KiB; one contiguous stream per tile avoids both and suits the
-   hardware prefetchers. The word at chunk-aligned i of row r of a tile is at base + r*RS + i*CS
-   with (RS, CS) = (KW, 1) in row layout and (8, 4) tiled. */
+   hardware prefetchers. Tiles are further grouped W4_TB at a time and K cut into K-blocks of
+   KBW = w4_kbw(KW) words per row (2048 k when K is a larger multiple of it, else all of K); a
+   block's stream holds K-block 0 of all its tiles, then K-block 1, ...: the M = 1 loop walks it in
+   that order so that the x slice of a K-block (8 KiB of fp32) stays in L1 while the weights stream
+   past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per tile.
+   Word i of a row (i % 8 == 0, the start of a chunk) is at wr + (i / KBW) * KBS + CS * (i % KBW):
+   row layout (CS, KBW) = (1, KW); tiled, wr, CS and KBS come from w4_tiled_row. */
+#define W4_TB 32
+static int64_t w4_kbw(int64_t KW) { return KW > 256 && KW % 256 == 0 ? 256 : KW; }
+
+/* Row n < 4 * NT of the tiled layout: its word pointer for K-block 0 and the K-block stride. */
+static const int32_t* w4_tiled_row(const int32_t* wr, int64_t n, int64_t KW, int64_t NT,
+                                   int64_t* KBS) {
+  const int64_t t = n / 4, b = t / W4_TB, KBW = w4_kbw(KW);
+  const int64_t nb = (b + 1) * W4_TB <= NT ? W4_TB : NT - b * W4_TB;   /* tiles in the block */
+  *KBS = nb * 4 * KBW;
+  return wr + b * W4_TB * 4 * KW + (t % W4_TB) * 4 * KBW + (n % 4) * 8;
+}
 
 /* xp[m][c][j][l] = x[m, 8i + j] * f[j] for word i = 8c + l, so one chunk's eight x vectors are
    contiguous; words past KW are zero. f[j] undoes the position of nibble j as unpacked (below). */
-INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KW, int64_t KW8, int64_t WG, int64_t ng,
-                    const float* xp, const float* xs, const void* sc, const void* zr, int dt,
-                    int64_t n, float* y, int64_t N, const int MT) {
+INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int64_t KW, int64_t KW8,
+                    int64_t WG, int64_t ng, const float* xp, const float* xs, const void* sc,
+                    const void* zr, int dt, int64_t n, float* y, int64_t N, const int MT) {
   float corr[4] = {0, 0, 0, 0}, out[4];
   const int64_t XS = 8 * KW8;                       /* stride of xp between rows of x */
 #ifdef __AVX2__
@@ -276,7 +292,7 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KW, int64_t KW8, int6
     for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) dot[m][a] = _mm256_setzero_ps();
     for (int64_t c = 0; c < span; c += 8, i += 8) {
       __m256i w;
-      if (i + 8 <= KW) w = _mm256_loadu_si256((const __m256i*)(wr + CS * i));
+      if (i + 8 <= KW) w = _mm256_loadu_si256((const __m256i*)(wr + (i / KBW) * KBS + CS * (i % KBW)));
       else w = _mm256_maskload_epi32(wr + i, _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW),
                -(i + 2 < KW), -(i + 3 < KW), -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW)));
       for (int j = 0; j < 8; j++) {
@@ -307,7 +323,8 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KW, int64_t KW8, int6
     for (int m = 0; m < MT; m++) {
       float d = 0.0f;
       for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
-        uint32_t w = (uint32_t)wr[CS * (i & ~(int64_t)7) + (i & 7)];
+        const int64_t c = i & ~(int64_t)7;
+        uint32_t w = (uint32_t)wr[(c / KBW) * KBS + CS * (c % KBW) + (i & 7)];
         const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
         for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
         d += (float)(w >> 28) * xc[56];
@@ -382,25 +399,44 @@ INLINE float w4_total(const float* tot, const int DN, int csh) {
   return DN ? ldexpf(t, csh) : t;
 }
 
-/* M = 1: R consecutive rows n of y = W x, R = 4 (one tile) or 1. Why this shape:
+INLINE __m256 ld8(const void* x, int64_t k, int dt) {
+  return dt == F32 ? _mm256_loadu_ps((const float*)x + k)
+       : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
+       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+}
+
+/* Scales of one row's groups o .. o + cnt - 1 to fp32 in sf; returns sum_g s z xs[g], the row's
+   zero-point term. Done once per row (per K-block when tiled) before the loop over its weights: per
+   group inside it (scalar loads, dtype branches) it took ~15% of the time. */
+INLINE float w4_scales(const void* sc, const void* zr, int dt, int64_t o, int64_t cnt,
+                       const float* xs, float* sf) {
+  int64_t g = 0;
+  __m256 cv = _mm256_setzero_ps();
+  for (; g + 8 <= cnt; g += 8) {
+    const __m256 s8 = ld8(sc, o + g, dt), z8 = ld8(zr, o + g, dt);
+    _mm256_storeu_ps(sf + g, s8);
+    cv = _mm256_fmadd_ps(_mm256_mul_ps(s8, z8), _mm256_loadu_ps(xs + g), cv);
+  }
+  float corr = hsum(cv);
+  for (; g < cnt; g++) { sf[g] = ld(sc, o + g, dt); corr += sf[g] * ld(zr, o + g, dt) * xs[g]; }
+  return corr;
+}
+
+/* M = 1 in row layout (DESIGN's, read in place): R consecutive rows n of y = W x, R = 4 or 1.
    - 4 rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of weights.
-   - Prefetch: in row layout a row is one 4 KiB page at K = 8192 and hardware prefetchers stop at
-     page edges, so each chunk prefetches the same words W4_PF rows (two tiles) ahead, into L2 (T1:
-     those lines share the L1 sets of the current rows). Tiled, the stream is contiguous and each
-     chunk prefetches cpu_simd.W4_PREFETCH bytes ahead into L1 (in the asm): without it the loop
-     runs ~20% slower from DRAM.
+   - Prefetch: a row is one 4 KiB page at K = 8192 and hardware prefetchers stop at page edges, so
+     each chunk prefetches the same words W4_PF rows (two tiles) ahead, into L2 (T1: those lines
+     share the L1 sets of the current rows).
    - Whole chunks of 4 rows take a loop with nothing but asm blocks and pointer bumps: the
-     general loop's per-chunk checks cost ~8% from DRAM and ~20% from L3, and two chunks per
-     block (tiled, G >= 128) another ~5% / ~19%.
-   (Blocking K so that the x slice stays in L1 was slower: short row pieces defeat DRAM streaming;
-   so was folding x and the masks into the ANDs/FMAs as memory operands: 3x the load uops.) */
+     general loop's per-chunk checks cost ~8% from DRAM and ~20% from L3.
+   (Folding x and the masks into the ANDs/FMAs as memory operands was slower: 3x the load uops.) */
 #define W4_PF 8
-#define W4_MAXG 1024  /* groups per row on this path (K <= 32768 at G = 32) */
-INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64_t WG, int64_t ng,
-                    const float* xp, const float* xs, const void* sc, const void* zr, int dt,
-                    int64_t n, float* y, const int R, const int DN, int csh) {
-  /* Scales to fp32 and the zero-point terms before the main loop: done per group inside it
-     (scalar loads, dtype branches, corr in memory) they took ~15% of the time. */
+#define W4_MAXG 1024  /* groups per row on the M = 1 paths (K <= 32768 at G = 32) */
+INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const float* xp,
+                    const float* xs, const void* sc, const void* zr, int dt, int64_t n, float* y,
+                    const int R, const int DN, int csh) {
+  const int64_t RS = KW;
   float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4] = {0, 0, 0, 0};
   float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};  /* rows ng apart, not 4 KiB */
   { /* the next tile's scales and zeros, so that its prologue does not wait on DRAM */
@@ -410,26 +446,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
       _mm_prefetch((const char*)zr + o + b, _MM_HINT_T0);
     }
   }
-  for (int r = 0; r < R; r++) {
-    const int64_t o = (n + r) * ng;
-    int64_t g = 0;
-    __m256 cv = _mm256_setzero_ps();
-    for (; g + 8 <= ng; g += 8) {
-      __m256 s8, z8;
-      if (dt == F32) { s8 = _mm256_loadu_ps((const float*)sc + o + g); z8 = _mm256_loadu_ps((const float*)zr + o + g); }
-      else if (dt == BF16) {
-        s8 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)sc + o + g))), 16));
-        z8 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)zr + o + g))), 16));
-      } else {
-        s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)sc + o + g)));
-        z8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)zr + o + g)));
-      }
-      _mm256_storeu_ps(sf[r] + g, s8);
-      cv = _mm256_fmadd_ps(_mm256_mul_ps(s8, z8), _mm256_loadu_ps(xs + g), cv);
-    }
-    corr[r] = hsum(cv);
-    for (; g < ng; g++) { sf[r][g] = ld(sc, o + g, dt); corr[r] += sf[r][g] * ld(zr, o + g, dt) * xs[g]; }
-  }
+  for (int r = 0; r < R; r++) corr[r] = w4_scales(sc, zr, dt, (n + r) * ng, ng, xs, sf[r]);
   /* Group totals stay in memory (touched once per group) so the 8 accumulators keep registers. */
   float tot[4][8] __attribute__((aligned(32)));
   for (int r = 0; r < R; r++) _mm256_store_ps(tot[r], _mm256_setzero_ps());
@@ -440,29 +457,17 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
     for (int64_t g = 0; g < ng; g += gstep) {
       __m256 d[4], e[4];
       for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
-      if (CS == 4) {  /* tiled: two chunks per asm block where the group has them (G >= 128) */
-        int64_t c = 0;
-        for (; c + 16 <= span; c += 16, p += 64, xc += 128) {
-          if (DN) W4_TILE2_DN(p, xc, d, e);
-          else W4_TILE2_CVT(p, xc, d, e);
-        }
-        for (; c < span; c += 8, p += 32, xc += 64) {
-          if (DN) W4_TILE_DN(p, xc, d, e);
-          else W4_TILE_CVT(p, xc, d, e);
-        }
-      } else {
-        for (int64_t c = 0; c < span; c += 8, p += 8, xc += 64) {
-          for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
-          if (DN) W4_CHUNK4_DN(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
-          else W4_CHUNK4_CVT(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
-        }
+      for (int64_t c = 0; c < span; c += 8, p += 8, xc += 64) {
+        for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
+        if (DN) W4_CHUNK4_DN(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
+        else W4_CHUNK4_CVT(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
       }
       w4_flush(tot, d, e, sf, g, ng, gstep, 4);
     }
     for (int r = 0; r < 4; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
     return;
   }
-  /* The rest is in row layout (tiles always take the loop above): single rows, or K % 64 != 0. */
+  /* Single rows, or K % 64 != 0. */
   int64_t i = 0;
   for (int64_t g = 0; g < ng; g += gstep) {
     __m256 d[4], e[4];
@@ -497,11 +502,55 @@ INLINE void w4_rows(const int32_t* wr, int64_t RS, int64_t CS, int64_t KW, int64
   for (int r = 0; r < R; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
 }
 
-INLINE __m256 ld8(const void* x, int64_t k, int dt) {
-  return dt == F32 ? _mm256_loadu_ps((const float*)x + k)
-       : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                        _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
-       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+/* M = 1 in the tiled layout: one block of nb tiles (4 nb rows from n0), K-block by K-block (see the
+   layout above). Per tile and K-block: its scales (w4_scales), then whole chunks in asm blocks of
+   two (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in the one contiguous
+   stream (without it, ~20% slower from DRAM). Tiles' group totals wait in tot between K-blocks.
+   Against the same loop over whole tiles (all of K, x refetched from L2), A/B in one process from
+   DRAM: +5% at 8192 x 8192, +3-4% at Llama-3-8B's shapes. */
+INLINE void w4_block(const int32_t* p, int64_t nb, int64_t KW, int64_t WG, int64_t ng,
+                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
+                     int64_t n0, float* y, const int DN, int csh) {
+  const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2, es = dt == F32 ? 4 : 2;
+  float tot[W4_TB][4][8] __attribute__((aligned(32))), corr[W4_TB][4];
+  float sfb[4 * W4_MAXG] __attribute__((aligned(32)));
+  float* sf[4] = {sfb, sfb + KBG, sfb + 2 * KBG, sfb + 3 * KBG};
+  for (int64_t t = 0; t < nb; t++)
+    for (int r = 0; r < 4; r++) { _mm256_store_ps(tot[t][r], _mm256_setzero_ps()); corr[t][r] = 0.0f; }
+  for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
+    const float* xk = xp + 8 * KW * g0 / ng;
+    for (int64_t t = 0; t < nb; t++) {
+      const int64_t n = n0 + 4 * t;
+      { /* the next tile's scales and zeros for this K-block: they sit in 4 short runs */
+        const int64_t nn = t + 1 < nb ? n + 4 : n0;
+        const int64_t gn = t + 1 < nb ? g0 : g0 + KBG;
+        for (int r = 0; r < 4; r++)
+          for (int64_t b = 0; b < KBG * es; b += 64) {
+            _mm_prefetch((const char*)sc + ((nn + r) * ng + gn) * es + b, _MM_HINT_T0);
+            _mm_prefetch((const char*)zr + ((nn + r) * ng + gn) * es + b, _MM_HINT_T0);
+          }
+      }
+      for (int r = 0; r < 4; r++) corr[t][r] += w4_scales(sc, zr, dt, (n + r) * ng + g0, KBG, xs + g0, sf[r]);
+      const float* xc = xk;
+      for (int64_t g = 0; g < KBG; g += gstep) {
+        __m256 d[4], e[4];
+        for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c + 16 <= span; c += 16, p += 64, xc += 128) {
+          if (DN) W4_TILE2_DN(p, xc, d, e);
+          else W4_TILE2_CVT(p, xc, d, e);
+        }
+        for (; c < span; c += 8, p += 32, xc += 64) {
+          if (DN) W4_TILE_DN(p, xc, d, e);
+          else W4_TILE_CVT(p, xc, d, e);
+        }
+        w4_flush(tot[t], d, e, sf, g, KBG, gstep, 4);
+      }
+    }
+  }
+  for (int64_t t = 0; t < nb; t++)
+    for (int r = 0; r < 4; r++) y[n0 + 4 * t + r] = w4_total(tot[t][r], DN, csh) - corr[t][r];
 }
 
 /* The shift c of the DN path: max|x| < 2^e, c = max(e + 24, 22) keeps every x * 2^(149 - p - c)
@@ -595,26 +644,44 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   const int32_t* wr = (const int32_t*)qw;
 #if defined(__AVX2__) && defined(__F16C__)
   if (M == 1 && ng <= W4_MAXG) {
-    const int64_t RS = tiled ? 8 : KW, CS = tiled ? 4 : 1;
+    const int64_t NB = tiled ? (NT + W4_TB - 1) / W4_TB : 0;   /* blocks of tiles */
     #pragma omp parallel num_threads(nthreads)
     {
       const unsigned csr = _mm_getcsr();
       if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
-      /* Dynamic, 32 tiles (512 KiB at K = 8192) at a time: still long streams, and a core slowed
-         by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. */
-      #pragma omp for schedule(dynamic, 32)
-      for (int64_t t = 0; t <= NT; t++) {
-        /* G = 128 gets copies with a compile-time group span (the chunk loop unrolled): ~5%. */
-        const int32_t* tw = wr + 4 * t * KW;
-        if (t == NT) {
-          for (int64_t n = 4 * NT; n < N; n++) {
-            if (dn) w4_rows(wr + n * KW, KW, 1, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
-            else w4_rows(wr + n * KW, KW, 1, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
-          }
-        } else if (dn && WG == 16) w4_rows(tw, RS, CS, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
-        else if (dn) w4_rows(tw, RS, CS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
-        else if (WG == 16) w4_rows(tw, RS, CS, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
-        else w4_rows(tw, RS, CS, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+      /* Dynamic: 32 tiles (512 KiB at K = 8192) at a time, still long streams, and a core slowed
+         by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. The last
+         piece is the rows past the last tile (row layout in both layouts). G = 128 gets copies
+         with a compile-time group span (the chunk loop unrolled): ~5%. */
+      if (tiled) {
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b <= NB; b++) {
+          const int64_t nb = b < NB ? (b + 1 < NB ? W4_TB : NT - b * W4_TB) : 0;
+          const int32_t* bw = wr + b * W4_TB * 4 * KW;
+          if (b == NB) {
+            for (int64_t n = 4 * NT; n < N; n++) {
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+            }
+          } else if (dn && WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 1, csh);
+          else if (dn) w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 1, csh);
+          else if (WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 0, 0);
+          else w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 0, 0);
+        }
+      } else {
+        #pragma omp for schedule(dynamic, 32)
+        for (int64_t t = 0; t <= NT; t++) {
+          const int32_t* tw = wr + 4 * t * KW;
+          if (t == NT) {
+            for (int64_t n = 4 * NT; n < N; n++) {
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+            }
+          } else if (dn && WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+          else if (dn) w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+          else if (WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+          else w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+        }
       }
       _mm_setcsr(csr);
     }
@@ -625,15 +692,16 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t n = 0; n < N; n++) {
     const int tile = tiled && n < 4 * NT;
-    const int32_t* rw = tile ? wr + (n / 4) * 4 * KW + 8 * (n % 4) : wr + n * KW;
-    const int64_t CS = tile ? 4 : 1;
+    int64_t KBS = 0;
+    const int32_t* rw = tile ? w4_tiled_row(wr, n, KW, NT, &KBS) : wr + n * KW;
+    const int64_t CS = tile ? 4 : 1, KBW = tile ? w4_kbw(KW) : KW;
     int64_t m = 0;
     for (; m + 4 <= M; m += 4)
-      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
     for (; m + 2 <= M; m += 2)
-      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
     for (; m < M; m++)
-      w4_tile(rw, CS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
   }
   store_out(y, out, M * N, odt);
   return 0;
@@ -704,16 +772,31 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return _finish(y, result)
 
 
+W4_TILE_BLOCK = 32  # tiles per block in the tiled layout (W4_TB in the C)
+
+
+def w4_kblock_words(K: int) -> int:
+    """Words per row of one K-block of the tiled layout (w4_kbw in the C): 2048 k where K is a
+    larger multiple of 2048, else all of K."""
+    kw = K // 8
+    return 256 if kw > 256 and kw % 256 == 0 else kw
+
+
 def tile_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
-    """qweight [N, K/2] in row layout -> the same bytes tiled (see the C): each 32-byte piece of 4
-    consecutive rows stored together, rows past the last full tile as they were. K % 64 == 0."""
+    """qweight [N, K/2] in row layout -> the same bytes tiled (see the C): 4-row tiles whose 32-byte
+    pieces are stored together, W4_TILE_BLOCK tiles to a block, each block ordered K-block by
+    K-block (all its tiles' first K-block, then the next ...); rows past the last full tile as
+    they were. K % 64 == 0."""
     N, half_k = qweight.shape
     if half_k % 32:
         raise ValueError(f"tiling needs K % 64 == 0, got K={2 * half_k}")
+    kw, nt = half_k // 4, N // 4
+    kbw = w4_kblock_words(2 * half_k)
     words = qweight.contiguous().view(torch.int32)  # [N, K/8]
-    nt = N // 4
-    tiles = words[:4 * nt].reshape(nt, 4, half_k // 32, 8).transpose(1, 2).reshape(-1)
-    return torch.cat((tiles, words[4 * nt:].reshape(-1))).view(torch.uint8).view(N, half_k)
+    tiles = words[:4 * nt].reshape(nt, 4, kw // kbw, kbw // 8, 8)  # [tile, row, K-block, chunk, word]
+    parts = [tiles[b:b + W4_TILE_BLOCK].permute(2, 0, 3, 1, 4).reshape(-1)
+             for b in range(0, nt, W4_TILE_BLOCK)]
+    return torch.cat(parts + [words[4 * nt:].reshape(-1)]).view(torch.uint8).view(N, half_k)
 
 
 def denormal_unpack() -> bool:
@@ -743,4 +826,5 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     return _finish(y, result)
 
 
-__all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4", "tile_int4_rows", "denormal_unpack"]
+__all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",
+           "denormal_unpack"]

@@ -168,7 +168,8 @@ def simd_c(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
 
 def _prepare_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    zeros: torch.Tensor, group_size: int) -> tuple:
-    """Reorder the packed bytes into 4-row tiles once, outside timing, as the builtins repack."""
+    """Reorder the packed bytes into blocks of 4-row tiles once, outside timing, as the builtins
+    repack (the same bytes: the byte count is unchanged)."""
     check_args(x, qweight, scales, zeros, group_size)
     if x.device.type != "cpu":
         raise NotImplementedError(f"simd_c_tiled runs on the CPU, not {x.device.type}")
@@ -179,8 +180,9 @@ def _prepare_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 @register_impl("gemv_w4", "simd_c_tiled", backends=("cpu",), kind="compiled", prepare=_prepare_tiled)
 def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-    """simd_c on the same bytes reordered into 4-row tiles (K % 64 == 0; else the row layout):
-    one contiguous stream per 4 rows instead of 4 streams 4 KiB apart that share L1 sets."""
+    """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one
+    contiguous stream instead of 4 streams 4 KiB apart that share L1 sets, walked in K-blocks of
+    2048 so that x's slice stays in L1 (cpu_simd.tile_int4_rows)."""
     return cpu_simd.gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 

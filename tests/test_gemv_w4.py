@@ -90,6 +90,54 @@ def test_tiled_layout_by_hand():
         cpu_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
 
 
+def test_tiled_layout_blocks_by_hand():
+    """Past 2048 k the tiled layout is cut into K-blocks of 2048 k (256 words), 32 tiles to a
+    block, each block K-block by K-block; a short last block and two leftover rows."""
+    assert [cpu_simd.w4_kblock_words(k) for k in (1024, 2048, 2112, 4096, 14336)] == [128, 256, 264, 256, 256]
+    N, K, KBW = 4 * 33 + 2, 4096, 256               # blocks of 32 and 1 tiles, 2 K-blocks
+    words = torch.arange(N * K // 8, dtype=torch.int32).view(N, K // 8)
+    tiled = cpu_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
+    expect = []
+    for tiles in (range(32), range(32, 33)):
+        for kb in range(2):
+            for t in tiles:
+                for c in range(KBW // 8):
+                    for r in range(4):
+                        i = kb * KBW + 8 * c
+                        expect.append(words[4 * t + r, i:i + 8])
+    assert torch.equal(tiled, torch.cat(expect + [words[N - 2], words[N - 1]]))
+
+
+def _tiles_without_kblocks(qw):
+    """The plain 4-row tile order, all of K per tile: what the K-blocked layout must not be read as."""
+    N, half_k = qw.shape
+    w = qw.view(torch.int32)
+    nt = N // 4
+    t = w[:4 * nt].reshape(nt, 4, half_k // 32, 8).transpose(1, 2).reshape(-1)
+    return torch.cat((t, w[4 * nt:].reshape(-1))).view(torch.uint8).view(N, half_k)
+
+
+# Shapes that take the K-blocked order: 2 and 3 K-blocks, 2-3 blocks of tiles (a short last one),
+# leftover rows, every group size, M = 1 (its own C path) and M > 1.
+SHAPES_KBLOCK = [GemvW4Shape(1, 134, 4096, 32), GemvW4Shape(1, 134, 4096, 64),
+                 GemvW4Shape(1, 134, 4096, 128), GemvW4Shape(1, 262, 6144, 256),
+                 GemvW4Shape(3, 134, 4096, 128), GemvW4Shape(2, 130, 6144, 32)]
+
+
+@pytest.mark.parametrize("unpack", ["auto", "cvt"])
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", SHAPES_KBLOCK, ids=str)
+def test_tiled_kblocks(shape, dtype, unpack):
+    x, qw, sc, z, G = OP.make_inputs(shape, dtype, "cpu", 6)
+    ref = OP.reference(x, qw, sc, z, G)
+    out = torch.full((shape.M, shape.N), float("nan"), dtype=dtype)
+    cpu_simd.gemv_w4(x, cpu_simd.tile_int4_rows(qw), sc, z, G, out=out, tiled=True, unpack=unpack)
+    assert rel_err(out, ref) < OP.tol(dtype)
+    if dtype == F32 and unpack == "auto":  # the check can fail: plain tiles read as K-blocked
+        bad = cpu_simd.gemv_w4(x, _tiles_without_kblocks(qw), sc, z, G, tiled=True)
+        assert rel_err(bad, ref) > 1e-2
+
+
 def test_tiled_kernel_reads_the_tiled_layout():
     """The check can fail: row-layout weights passed as tiled give a wrong answer."""
     x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 16, 256, 64), F32, "cpu", 0)
@@ -197,7 +245,8 @@ def test_scalar_fallback_without_avx2(tmp_path):
     lib = helpers.build_baseline_x86(cpu_simd.C_SOURCE, cpu_simd.library.signatures, tmp_path)
     assert lib.w4_denormal_unpack() == 0
     for shape, tiled in ((GemvW4Shape(1, 13, 512, 128), True), (GemvW4Shape(3, 10, 256, 32), True),
-                         (GemvW4Shape(1, 5, 96, 32), False)):
+                         (GemvW4Shape(1, 5, 96, 32), False), (GemvW4Shape(1, 134, 4096, 128), True),
+                         (GemvW4Shape(2, 130, 6144, 64), True)):
         x, qw, s, z, G = OP.make_inputs(shape, F32, "cpu", 1)
         q = cpu_simd.tile_int4_rows(qw) if tiled else qw
         y = torch.full((shape.M, shape.N), float("nan"))
