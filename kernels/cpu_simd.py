@@ -506,8 +506,9 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
    layout above). Per tile and K-block: its scales (w4_scales), then whole chunks in asm blocks of
    two (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in the one contiguous
    stream (without it, ~20% slower from DRAM). Tiles' group totals wait in tot between K-blocks.
-   Against the same loop over whole tiles (all of K, x refetched from L2), A/B in one process from
-   DRAM: +5% at 8192 x 8192, +3-4% at Llama-3-8B's shapes. */
+   Against the same loop over whole tiles (all of K, x refetched from L2), A/B in one process:
+   +5% at 8192 x 8192 and +3-4% at Llama-3-8B's shapes while DRAM is the limit; a tie when the
+   core is (this box's fast-memory minutes: both at ~15 GB/s). */
 INLINE void w4_block(const int32_t* p, int64_t nb, int64_t KW, int64_t WG, int64_t ng,
                      const float* xp, const float* xs, const void* sc, const void* zr, int dt,
                      int64_t n0, float* y, const int DN, int csh) {
