@@ -30,6 +30,8 @@ import torch
 from .cbuild import CLibrary
 
 W4_PREFETCH = 4096  # bytes ahead the tiled INT4 loop prefetches (into L1)
+W4_TILE_BLOCK = 32  # tiles per block in the tiled INT4 layout (W4_TB in the C)
+W4_KBLOCK_WORDS = 256  # words per row of a K-block of the tiled layout: 2048 k (w4_kblock_words)
 
 
 def _w4_chunk_asm(denormal: bool, tiled: bool, chunks: int = 1) -> str:
@@ -261,15 +263,16 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
    past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per tile.
    Word i of a row (i % 8 == 0, the start of a chunk) is at wr + (i / KBW) * KBS + CS * (i % KBW):
    row layout (CS, KBW) = (1, KW); tiled, wr, CS and KBS come from w4_tiled_row. */
-#define W4_TB 32
-static int64_t w4_kbw(int64_t KW) { return KW > 256 && KW % 256 == 0 ? 256 : KW; }
+#define W4_TB @W4_TB@
+#define W4_KBW @W4_KBW@
+static int64_t w4_kbw(int64_t KW) { return KW > W4_KBW && KW % W4_KBW == 0 ? W4_KBW : KW; }
+static int64_t w4_block_tiles(int64_t b, int64_t NT) { return (b + 1) * W4_TB <= NT ? W4_TB : NT - b * W4_TB; }
 
 /* Row n < 4 * NT of the tiled layout: its word pointer for K-block 0 and the K-block stride. */
 static const int32_t* w4_tiled_row(const int32_t* wr, int64_t n, int64_t KW, int64_t NT,
                                    int64_t* KBS) {
   const int64_t t = n / 4, b = t / W4_TB, KBW = w4_kbw(KW);
-  const int64_t nb = (b + 1) * W4_TB <= NT ? W4_TB : NT - b * W4_TB;   /* tiles in the block */
-  *KBS = nb * 4 * KBW;
+  *KBS = w4_block_tiles(b, NT) * 4 * KBW;
   return wr + b * W4_TB * 4 * KW + (t % W4_TB) * 4 * KBW + (n % 4) * 8;
 }
 
@@ -657,7 +660,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       if (tiled) {
         #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b <= NB; b++) {
-          const int64_t nb = b < NB ? (b + 1 < NB ? W4_TB : NT - b * W4_TB) : 0;
+          const int64_t nb = b < NB ? w4_block_tiles(b, NT) : 0;
           const int32_t* bw = wr + b * W4_TB * 4 * KW;
           if (b == NB) {
             for (int64_t n = 4 * NT; n < N; n++) {
@@ -713,6 +716,7 @@ for _dn in (True, False):
     C_SOURCE = (C_SOURCE.replace(f"@W4_ASM_{_u}@", _w4_chunk_asm(_dn, False))
                 .replace(f"@W4_ASM_{_u}_TILE@", _w4_chunk_asm(_dn, True))
                 .replace(f"@W4_ASM_{_u}_TILE2@", _w4_chunk_asm(_dn, True, 2)))
+C_SOURCE = C_SOURCE.replace("@W4_TB@", str(W4_TILE_BLOCK)).replace("@W4_KBW@", str(W4_KBLOCK_WORDS))
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -773,14 +777,11 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return _finish(y, result)
 
 
-W4_TILE_BLOCK = 32  # tiles per block in the tiled layout (W4_TB in the C)
-
-
 def w4_kblock_words(K: int) -> int:
     """Words per row of one K-block of the tiled layout (w4_kbw in the C): 2048 k where K is a
     larger multiple of 2048, else all of K."""
     kw = K // 8
-    return 256 if kw > 256 and kw % 256 == 0 else kw
+    return W4_KBLOCK_WORDS if kw > W4_KBLOCK_WORDS and kw % W4_KBLOCK_WORDS == 0 else kw
 
 
 def tile_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
