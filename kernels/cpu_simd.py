@@ -31,11 +31,11 @@ from .cbuild import CLibrary
 
 W4_PREFETCH = 4096  # bytes ahead the tiled INT4 loop prefetches (into L1)
 W4_TILE_BLOCK = 32  # tiles per block in the tiled INT4 layout (W4_TB in the C)
-W4_KBLOCK_WORDS = 256  # words per row of a K-block of the tiled layout: 2048 k (w4_kblock_words)
+W4_KBLOCK_WORDS = 512  # words per row of a K-block of the tiled layout: 4096 k (w4_kblock_words)
 
 
 def _w4_chunk_asm(denormal: bool, tiled: bool, chunks: int = 1) -> str:
-    """The asm of W4_CHUNK4_* / W4_TILE*_* (see the C below): `chunks` 8-word chunks of 4 rows.
+    """The asm of W4_CHUNK4_* and W4_TILE*_CVT (see the C below): `chunks` 8-word chunks of 4 rows.
 
     Operands: %0-%3 the even-nibble accumulators d[r], %4-%7 the odd ones e[r], then the rows'
     word pointers (four; tiled: one, the rows 32 bytes apart and chunks 128), the chunks' x
@@ -49,8 +49,8 @@ def _w4_chunk_asm(denormal: bool, tiled: bool, chunks: int = 1) -> str:
         ins += [f"vmovdqu {128 * c + 32 * r}(%8), %%ymm{9 + r}" if tiled
                 else f"vmovdqu (%{8 + r}), %%ymm{9 + r}" for r in range(4)]
         for j in range(8):
-            if denormal and j == 5:  # nibbles 5-7 to bits 8-19, clear of the exponent and sign
-                ins += [f"vpsrld $12, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
+            if denormal and j == 4:  # nibbles 4-7 to bits 0-15, clear of the exponent and sign
+                ins += [f"vpsrld $16, %%ymm{9 + r}, %%ymm{9 + r}" for r in range(4)]
             ins.append(f"vmovups {256 * c + 32 * j}(%{xo}), %%ymm13")
             if denormal or j < 7:
                 ins.append(f"vmovdqa {32 * j}(%{mo}), %%ymm14")
@@ -65,10 +65,36 @@ def _w4_chunk_asm(denormal: bool, tiled: bool, chunks: int = 1) -> str:
     return " \\\n    ".join(f'"{i}\\n\\t"' for i in ins)
 
 
+def _w4_tile_dn_asm(chunks: int) -> str:
+    """The asm of W4_TILE_DN / W4_TILE2_DN: `chunks` 128-byte chunks of a tile, denormal unpack.
+
+    Operands: %0-%3 d[r], %4-%7 e[r], %8 the tile's words, %9 the chunks' x vectors, %10-%13 the
+    masks 0xF << 4j (j = 0..3), held in registers for the whole loop. Rows go two at a time (their
+    words in ymm9/ymm10, each AND into ymm15) and x is the FMA's memory operand: no mask or x loads
+    of their own. In L1 this runs at ~1.15x the time of its bare FMAs against ~1.45x for the
+    four-row form above (mask and x loads), where the core is the limit (L1/L2-resident weights,
+    fast-memory minutes); from DRAM the two tie. Each row pair prefetches one line W4_PREFETCH ahead.
+    """
+    ins = []
+    for c in range(chunks):
+        for pair in (0, 1):
+            ra, rb = 2 * pair, 2 * pair + 1
+            ins += [f"vmovdqu {128 * c + 32 * ra}(%8), %%ymm9", f"vmovdqu {128 * c + 32 * rb}(%8), %%ymm10",
+                    f"prefetcht0 {W4_PREFETCH + 128 * c + 64 * pair}(%8)"]
+            for j in range(8):
+                if j == 4:  # nibbles 4-7 to bits 0-15: the same four masks take them
+                    ins += ["vpsrld $16, %%ymm9, %%ymm9", "vpsrld $16, %%ymm10, %%ymm10"]
+                for r, w in ((ra, 9), (rb, 10)):
+                    ins += [f"vpand %{10 + j % 4}, %%ymm{w}, %%ymm15",
+                            f"vfmadd231ps {256 * c + 32 * j}(%9), %%ymm15, %{r + 4 * (j % 2)}"]
+    return " \\\n    ".join(f'"{i}\\n\\t"' for i in ins)
+
+
 C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <omp.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -257,10 +283,12 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
    K = 8192 rows are 4 KiB apart, so the four rows read together (and the prefetches ahead of them)
    share L1 sets and alias at 4 KiB; one contiguous stream per tile avoids both and suits the
    hardware prefetchers. Tiles are further grouped W4_TB at a time and K cut into K-blocks of
-   KBW = w4_kbw(KW) words per row (2048 k when K is a larger multiple of it, else all of K); a
+   KBW = w4_kbw(KW) words per row (4096 k when K is a larger multiple of it, else all of K); a
    block's stream holds K-block 0 of all its tiles, then K-block 1, ...: the M = 1 loop walks it in
-   that order so that the x slice of a K-block (8 KiB of fp32) stays in L1 while the weights stream
-   past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per tile.
+   that order so that the x slice of a K-block (16 KiB of fp32) stays in L1 while the weights
+   stream past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per
+   tile. 4096 k, not 2048: with the scales out of the tile loop (w4_block), fewer, longer K-blocks
+   measured +2-5% at 8192 x 8192 and the 8B shapes (A/B, 150 paired rounds; +-3% noise).
    Word i of a row (i % 8 == 0, the start of a chunk) is at wr + (i / KBW) * KBS + CS * (i % KBW):
    row layout (CS, KBW) = (1, KW); tiled, wr, CS and KBS come from w4_tiled_row. */
 #define W4_TB @W4_TB@
@@ -346,20 +374,20 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
      (j = 7: shift right by 28, f = 1). Per 8 weights: AND, CVT and FMA, all on the FP pipes.
    - denormal (DN): a word ANDed down to one nibble at bits p..p+3 (p <= 19) has its exponent bits
      clear, so its bits ARE the float q * 2^(p - 149), a denormal, exactly: the AND alone unpacks.
-     Nibbles 0-4 sit at p = 4j; nibbles 5-7 overlap the exponent and sign, so the words are shifted
-     right by 12 once per chunk and those are taken at p = 8, 12, 16. f[j] = 2^(149 - p - c) with c
+     Nibbles 0-3 sit at p = 4j; nibbles 4-7 overlap the exponent and sign, so the words are shifted
+     right by 16 once per chunk and those are taken at p = 0, 4, 8, 12: four masks serve all eight. f[j] = 2^(149 - p - c) with c
      chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
      floats; the total is scaled back by 2^c. Per 8 weights: AND and FMA (+1/8 shift), a third
      fewer FP-pipe ops: what lets the loop keep up with DRAM on Zen 3. AMD cores take denormal
      operands at full speed, Intel cores trap them to microcode, so DN runs on AMD only, with DAZ
      (which would read the denormals as zero) switched off inside the kernel. */
-static const int W4_DPOS[8] = {0, 4, 8, 12, 16, 8, 12, 16};
+static const int W4_DPOS[8] = {0, 4, 8, 12, 0, 4, 8, 12};
 #define W4_M8(v) {v, v, v, v, v, v, v, v}
 static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
   {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF0000), W4_M8(0xF00000),
    W4_M8(0xF000000), W4_M8(0)},                                               /* cvt */
-  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF0000), W4_M8(0xF00),
-   W4_M8(0xF000), W4_M8(0xF0000)}};                                           /* DN */
+  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF), W4_M8(0xF0),
+   W4_M8(0xF00), W4_M8(0xF000)}};                                             /* DN */
 
 /* One 8-word chunk of 4 rows (256 weights) into 8 accumulators: d[r] takes the even nibbles, e[r]
    the odd ones, 8 chains to cover the FMA latency. In asm because GCC, given this loop in
@@ -373,16 +401,16 @@ static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
   : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
 #define W4_TILE_CVT(p, xc, d, e) __asm__(@W4_ASM_CVT_TILE@ W4_ASM_ACC(d, e) \
   : "r"(p), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
-#define W4_TILE_DN(p, xc, d, e) __asm__(@W4_ASM_DN_TILE@ W4_ASM_ACC(d, e) \
-  : "r"(p), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
+#define W4_TILE_DN(p, xc, d, e, mk) __asm__(@W4_ASM_DN_TILE@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "x"(mk[0]), "x"(mk[1]), "x"(mk[2]), "x"(mk[3]) : "xmm9", "xmm10", "xmm15", "memory")
 #define W4_TILE2_CVT(p, xc, d, e) __asm__(@W4_ASM_CVT_TILE2@ W4_ASM_ACC(d, e) \
   : "r"(p), "r"(xc), "r"(W4_MASK[0]) W4_ASM_CLOBBERS)
-#define W4_TILE2_DN(p, xc, d, e) __asm__(@W4_ASM_DN_TILE2@ W4_ASM_ACC(d, e) \
-  : "r"(p), "r"(xc), "r"(W4_MASK[1]) W4_ASM_CLOBBERS)
+#define W4_TILE2_DN(p, xc, d, e, mk) __asm__(@W4_ASM_DN_TILE2@ W4_ASM_ACC(d, e) \
+  : "r"(p), "r"(xc), "x"(mk[0]), "x"(mk[1]), "x"(mk[2]), "x"(mk[3]) : "xmm9", "xmm10", "xmm15", "memory")
 
-/* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 12 for DN. */
+/* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 16 for DN. */
 INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
-  if (DN) return _mm256_castsi256_ps(_mm256_and_si256(j < 5 ? w : ws, _mm256_set1_epi32(0xF << W4_DPOS[j])));
+  if (DN) return _mm256_castsi256_ps(_mm256_and_si256(j < 4 ? w : ws, _mm256_set1_epi32(0xF << W4_DPOS[j])));
   return _mm256_cvtepi32_ps(j < 7 ? _mm256_and_si256(w, _mm256_set1_epi32(0xF << (4 * j)))
                                   : _mm256_srli_epi32(w, 28));
 }
@@ -491,7 +519,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
                                              -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW));
         for (int r = 0; r < R; r++) w[r] = _mm256_maskload_epi32(wr + r * RS + i, mk);
       }
-      for (int r = 0; r < R; r++) ws[r] = _mm256_srli_epi32(w[r], 12);
+      for (int r = 0; r < R; r++) ws[r] = _mm256_srli_epi32(w[r], 16);
       for (int j = 0; j < 8; j++) {
         const __m256 xv = _mm256_loadu_ps(xp + 8 * i + 8 * j);
         for (int r = 0; r < R; r++) {
@@ -506,47 +534,39 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
 }
 
 /* M = 1 in the tiled layout: one block of nb tiles (4 nb rows from n0), K-block by K-block (see the
-   layout above). Per tile and K-block: its scales (w4_scales), then whole chunks in asm blocks of
-   two (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in the one contiguous
-   stream (without it, ~20% slower from DRAM). Tiles' group totals wait in tot between K-blocks.
-   Against the same loop over whole tiles (all of K, x refetched from L2), A/B in one process:
-   +5% at 8192 x 8192 and +3-4% at Llama-3-8B's shapes while DRAM is the limit; a tie when the
-   core is (this box's fast-memory minutes: both at ~15 GB/s). */
+   layout above). First all the block's scales to fp32 (sfb, this thread's scratch) and its rows'
+   zero-point terms, in one pass over their contiguous runs; then per tile and K-block whole chunks
+   in asm blocks of two (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in the
+   one contiguous stream (without it, ~20% slower from DRAM). Tiles' group totals wait in tot
+   between K-blocks. Per tile and K-block, the same scale work cost ~12% from DRAM: it broke the
+   stream of asm blocks, and half of it reread lines the rows share. */
 INLINE void w4_block(const int32_t* p, int64_t nb, int64_t KW, int64_t WG, int64_t ng,
                      const float* xp, const float* xs, const void* sc, const void* zr, int dt,
-                     int64_t n0, float* y, const int DN, int csh) {
+                     int64_t n0, float* y, float* sfb, const int DN, int csh) {
   const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
-  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2, es = dt == F32 ? 4 : 2;
-  float tot[W4_TB][4][8] __attribute__((aligned(32))), corr[W4_TB][4];
-  float sfb[4 * W4_MAXG] __attribute__((aligned(32)));
-  float* sf[4] = {sfb, sfb + KBG, sfb + 2 * KBG, sfb + 3 * KBG};
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  float tot[W4_TB][4][8] __attribute__((aligned(32))), corr[W4_TB * 4];
+  const __m256i mk[4] = {_mm256_set1_epi32(0xF), _mm256_set1_epi32(0xF0), _mm256_set1_epi32(0xF00),
+                         _mm256_set1_epi32(0xF000)};   /* DN's masks, in registers all along */
+  for (int64_t i = 0; i < 4 * nb; i++) corr[i] = w4_scales(sc, zr, dt, (n0 + i) * ng, ng, xs, sfb + i * ng);
   for (int64_t t = 0; t < nb; t++)
-    for (int r = 0; r < 4; r++) { _mm256_store_ps(tot[t][r], _mm256_setzero_ps()); corr[t][r] = 0.0f; }
+    for (int r = 0; r < 4; r++) _mm256_store_ps(tot[t][r], _mm256_setzero_ps());
   for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
     const float* xk = xp + 8 * KW * g0 / ng;
     for (int64_t t = 0; t < nb; t++) {
-      const int64_t n = n0 + 4 * t;
-      { /* the next tile's scales and zeros for this K-block: they sit in 4 short runs */
-        const int64_t nn = t + 1 < nb ? n + 4 : n0;
-        const int64_t gn = t + 1 < nb ? g0 : g0 + KBG;
-        for (int r = 0; r < 4; r++)
-          for (int64_t b = 0; b < KBG * es; b += 64) {
-            _mm_prefetch((const char*)sc + ((nn + r) * ng + gn) * es + b, _MM_HINT_T0);
-            _mm_prefetch((const char*)zr + ((nn + r) * ng + gn) * es + b, _MM_HINT_T0);
-          }
-      }
-      for (int r = 0; r < 4; r++) corr[t][r] += w4_scales(sc, zr, dt, (n + r) * ng + g0, KBG, xs + g0, sf[r]);
+      float* sf[4] = {sfb + 4 * t * ng + g0, sfb + (4 * t + 1) * ng + g0, sfb + (4 * t + 2) * ng + g0,
+                      sfb + (4 * t + 3) * ng + g0};
       const float* xc = xk;
       for (int64_t g = 0; g < KBG; g += gstep) {
         __m256 d[4], e[4];
         for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
         int64_t c = 0;
         for (; c + 16 <= span; c += 16, p += 64, xc += 128) {
-          if (DN) W4_TILE2_DN(p, xc, d, e);
+          if (DN) W4_TILE2_DN(p, xc, d, e, mk);
           else W4_TILE2_CVT(p, xc, d, e);
         }
         for (; c < span; c += 8, p += 32, xc += 64) {
-          if (DN) W4_TILE_DN(p, xc, d, e);
+          if (DN) W4_TILE_DN(p, xc, d, e, mk);
           else W4_TILE_CVT(p, xc, d, e);
         }
         w4_flush(tot[t], d, e, sf, g, KBG, gstep, 4);
@@ -554,7 +574,7 @@ INLINE void w4_block(const int32_t* p, int64_t nb, int64_t KW, int64_t WG, int64
     }
   }
   for (int64_t t = 0; t < nb; t++)
-    for (int r = 0; r < 4; r++) y[n0 + 4 * t + r] = w4_total(tot[t][r], DN, csh) - corr[t][r];
+    for (int r = 0; r < 4; r++) y[n0 + 4 * t + r] = w4_total(tot[t][r], DN, csh) - corr[4 * t + r];
 }
 
 /* The shift c of the DN path: max|x| < 2^e, c = max(e + 24, 22) keeps every x * 2^(149 - p - c)
@@ -590,7 +610,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
             int tiled, int unpack, void* out, int odt) {
   const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
   float* xp = scratch;                              /* [M][8][KW8] */
-  float* xs = scratch + M * 8 * KW8;                /* [M][ng] */
+  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_block's scales */
   if (tiled && KW % 8) return 1;
 #if defined(__AVX2__) && defined(__F16C__)
   const int dn = M == 1 && ng <= W4_MAXG && unpack == 0 && w4_denormal_unpack();
@@ -653,6 +673,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     {
       const unsigned csr = _mm_getcsr();
       if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
+      float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 4 * W4_TB * ng;   /* [4 W4_TB][ng] */
       /* Dynamic: 32 tiles (512 KiB at K = 8192) at a time, still long streams, and a core slowed
          by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. The last
          piece is the rows past the last tile (row layout in both layouts). G = 128 gets copies
@@ -667,10 +688,10 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
               if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
               else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
             }
-          } else if (dn && WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 1, csh);
-          else if (dn) w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 1, csh);
-          else if (WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 0, 0);
-          else w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, 0, 0);
+          } else if (dn && WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 1, csh);
+          else if (dn) w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 1, csh);
+          else if (WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 0, 0);
+          else w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 0, 0);
         }
       } else {
         #pragma omp for schedule(dynamic, 32)
@@ -714,8 +735,8 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
 for _dn in (True, False):
     _u = "DN" if _dn else "CVT"
     C_SOURCE = (C_SOURCE.replace(f"@W4_ASM_{_u}@", _w4_chunk_asm(_dn, False))
-                .replace(f"@W4_ASM_{_u}_TILE@", _w4_chunk_asm(_dn, True))
-                .replace(f"@W4_ASM_{_u}_TILE2@", _w4_chunk_asm(_dn, True, 2)))
+                .replace(f"@W4_ASM_{_u}_TILE@", _w4_tile_dn_asm(1) if _dn else _w4_chunk_asm(_dn, True))
+                .replace(f"@W4_ASM_{_u}_TILE2@", _w4_tile_dn_asm(2) if _dn else _w4_chunk_asm(_dn, True, 2)))
 C_SOURCE = C_SOURCE.replace("@W4_TB@", str(W4_TILE_BLOCK)).replace("@W4_KBW@", str(W4_KBLOCK_WORDS))
 
 _DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -778,8 +799,8 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 def w4_kblock_words(K: int) -> int:
-    """Words per row of one K-block of the tiled layout (w4_kbw in the C): 2048 k where K is a
-    larger multiple of 2048, else all of K."""
+    """Words per row of one K-block of the tiled layout (w4_kbw in the C): 8 * W4_KBLOCK_WORDS k
+    (4096) where K is a larger multiple of that, else all of K."""
     kw = K // 8
     return W4_KBLOCK_WORDS if kw > W4_KBLOCK_WORDS and kw % W4_KBLOCK_WORDS == 0 else kw
 
@@ -817,12 +838,12 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     _check(x, qweight, scales, zeros)
     M, K = x.shape
     N = qweight.shape[0]
-    kw8 = (K // 8 + 7) // 8 * 8
+    kw8, ng, nthreads = (K // 8 + 7) // 8 * 8, K // group_size, torch.get_num_threads()
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
-                           _scratch("x", M * 8 * kw8 + M * (K // group_size)),
-                           torch.get_num_threads(), int(tiled), int(unpack == "cvt"), y.data_ptr(), odt)
+                           _scratch("x", M * 8 * kw8 + M * ng + (tiled and M == 1) * nthreads * 4 * W4_TILE_BLOCK * ng),
+                           nthreads, int(tiled), int(unpack == "cvt"), y.data_ptr(), odt)
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)

@@ -90,11 +90,16 @@ def test_tiled_layout_by_hand():
         cpu_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
 
 
+KBW = cpu_simd.W4_KBLOCK_WORDS  # words per row of a K-block
+KBK = 8 * KBW                   # its k
+
+
 def test_tiled_layout_blocks_by_hand():
-    """Past 2048 k the tiled layout is cut into K-blocks of 2048 k (256 words), 32 tiles to a
-    block, each block K-block by K-block; a short last block and two leftover rows."""
-    assert [cpu_simd.w4_kblock_words(k) for k in (1024, 2048, 2112, 4096, 14336)] == [128, 256, 264, 256, 256]
-    N, K, KBW = 4 * 33 + 2, 4096, 256               # blocks of 32 and 1 tiles, 2 K-blocks
+    """Past KBK k the tiled layout is cut into K-blocks of KBK k, 32 tiles to a block, each block
+    K-block by K-block; a short last block and two leftover rows."""
+    kw = [cpu_simd.w4_kblock_words(k) for k in (KBK // 2, KBK, KBK + 64, 2 * KBK, 7 * KBK // 2)]
+    assert kw == [KBW // 2, KBW, KBW + 8, KBW, 7 * KBW // 2]  # whole K unless a larger multiple
+    N, K = 4 * 33 + 2, 2 * KBK                      # blocks of 32 and 1 tiles, 2 K-blocks
     words = torch.arange(N * K // 8, dtype=torch.int32).view(N, K // 8)
     tiled = cpu_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
     expect = []
@@ -119,9 +124,9 @@ def _tiles_without_kblocks(qw):
 
 # Shapes that take the K-blocked order: 2 and 3 K-blocks, 2-3 blocks of tiles (a short last one),
 # leftover rows, every group size, M = 1 (its own C path) and M > 1.
-SHAPES_KBLOCK = [GemvW4Shape(1, 134, 4096, 32), GemvW4Shape(1, 134, 4096, 64),
-                 GemvW4Shape(1, 134, 4096, 128), GemvW4Shape(1, 262, 6144, 256),
-                 GemvW4Shape(3, 134, 4096, 128), GemvW4Shape(2, 130, 6144, 32)]
+SHAPES_KBLOCK = [GemvW4Shape(1, 134, 2 * KBK, 32), GemvW4Shape(1, 134, 2 * KBK, 64),
+                 GemvW4Shape(1, 134, 2 * KBK, 128), GemvW4Shape(1, 262, 3 * KBK, 256),
+                 GemvW4Shape(3, 134, 2 * KBK, 128), GemvW4Shape(2, 130, 3 * KBK, 32)]
 
 
 @pytest.mark.parametrize("unpack", ["auto", "cvt"])
@@ -245,8 +250,8 @@ def test_scalar_fallback_without_avx2(tmp_path):
     lib = helpers.build_baseline_x86(cpu_simd.C_SOURCE, cpu_simd.library.signatures, tmp_path)
     assert lib.w4_denormal_unpack() == 0
     for shape, tiled in ((GemvW4Shape(1, 13, 512, 128), True), (GemvW4Shape(3, 10, 256, 32), True),
-                         (GemvW4Shape(1, 5, 96, 32), False), (GemvW4Shape(1, 134, 4096, 128), True),
-                         (GemvW4Shape(2, 130, 6144, 64), True)):
+                         (GemvW4Shape(1, 5, 96, 32), False), (GemvW4Shape(1, 134, 2 * KBK, 128), True),
+                         (GemvW4Shape(2, 130, 3 * KBK, 64), True)):
         x, qw, s, z, G = OP.make_inputs(shape, F32, "cpu", 1)
         q = cpu_simd.tile_int4_rows(qw) if tiled else qw
         y = torch.full((shape.M, shape.N), float("nan"))
