@@ -533,48 +533,60 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
   for (int r = 0; r < R; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
 }
 
-/* M = 1 in the tiled layout: one block of nb tiles (4 nb rows from n0), K-block by K-block (see the
-   layout above). First all the block's scales to fp32 (sfb, this thread's scratch) and its rows'
-   zero-point terms, in one pass over their contiguous runs; then per tile and K-block whole chunks
-   in asm blocks of two (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in the
-   one contiguous stream (without it, ~20% slower from DRAM). Tiles' group totals wait in tot
-   between K-blocks. Per tile and K-block, the same scale work cost ~12% from DRAM: it broke the
-   stream of asm blocks, and half of it reread lines the rows share. */
-INLINE void w4_block(const int32_t* p, int64_t nb, int64_t KW, int64_t WG, int64_t ng,
-                     const float* xp, const float* xs, const void* sc, const void* zr, int dt,
-                     int64_t n0, float* y, float* sfb, const int DN, int csh) {
+/* M = 1 in the tiled layout: S blocks of nb tiles each (4 nb rows from n0[s]), walked together
+   K-block by K-block (see the layout above). First all the blocks' scales to fp32 (sfb, this
+   thread's scratch) and their rows' zero-point terms, in one pass over their contiguous runs; then
+   per tile and K-block, group by group and block by block, whole chunks in asm blocks of two
+   (G >= 128) or one, each prefetching cpu_simd.W4_PREFETCH bytes ahead in its block's stream
+   (without it, ~20% slower from DRAM). Tiles' group totals wait in tot between K-blocks.
+   - S = 2 streams: one core reading one stream gets ~11 GB/s here, two streams interleaved at
+     fine grain ~14 (the hardware prefetchers run ahead in each), so each thread reads two blocks
+     at once; they share x's slice (same K-block, same groups).
+   - The scales out of the tile loop: per tile and K-block, the same work cost ~12% from DRAM. */
+INLINE void w4_blocks(const int32_t* const* bp, const int S, int64_t nb, int64_t KW, int64_t WG,
+                      int64_t ng, const float* xp, const float* xs, const void* sc, const void* zr,
+                      int dt, const int64_t* n0, float* y, float* sfb, const int DN, int csh) {
   const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
-  float tot[W4_TB][4][8] __attribute__((aligned(32))), corr[W4_TB * 4];
+  float tot[2][W4_TB][4][8] __attribute__((aligned(32))), corr[2][W4_TB * 4];
   const __m256i mk[4] = {_mm256_set1_epi32(0xF), _mm256_set1_epi32(0xF0), _mm256_set1_epi32(0xF00),
                          _mm256_set1_epi32(0xF000)};   /* DN's masks, in registers all along */
-  for (int64_t i = 0; i < 4 * nb; i++) corr[i] = w4_scales(sc, zr, dt, (n0 + i) * ng, ng, xs, sfb + i * ng);
-  for (int64_t t = 0; t < nb; t++)
-    for (int r = 0; r < 4; r++) _mm256_store_ps(tot[t][r], _mm256_setzero_ps());
+  const int32_t* p[2] = {bp[0], bp[S - 1]};
+  for (int s = 0; s < S; s++) {
+    for (int64_t i = 0; i < 4 * nb; i++)
+      corr[s][i] = w4_scales(sc, zr, dt, (n0[s] + i) * ng, ng, xs, sfb + (s * 4 * W4_TB + i) * ng);
+    for (int64_t t = 0; t < nb; t++)
+      for (int r = 0; r < 4; r++) _mm256_store_ps(tot[s][t][r], _mm256_setzero_ps());
+  }
   for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
     const float* xk = xp + 8 * KW * g0 / ng;
     for (int64_t t = 0; t < nb; t++) {
-      float* sf[4] = {sfb + 4 * t * ng + g0, sfb + (4 * t + 1) * ng + g0, sfb + (4 * t + 2) * ng + g0,
-                      sfb + (4 * t + 3) * ng + g0};
-      const float* xc = xk;
+      float* sf[2][4];
+      for (int s = 0; s < S; s++)
+        for (int r = 0; r < 4; r++) sf[s][r] = sfb + (s * 4 * W4_TB + 4 * t + r) * ng + g0;
       for (int64_t g = 0; g < KBG; g += gstep) {
-        __m256 d[4], e[4];
-        for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
-        int64_t c = 0;
-        for (; c + 16 <= span; c += 16, p += 64, xc += 128) {
-          if (DN) W4_TILE2_DN(p, xc, d, e, mk);
-          else W4_TILE2_CVT(p, xc, d, e);
+        const float* xg = xk + 64 * (g / gstep) * (span / 8);
+        for (int s = 0; s < S; s++) {
+          __m256 d[4], e[4];
+          for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
+          const float* xc = xg;
+          int64_t c = 0;
+          for (; c + 16 <= span; c += 16, p[s] += 64, xc += 128) {
+            if (DN) W4_TILE2_DN(p[s], xc, d, e, mk);
+            else W4_TILE2_CVT(p[s], xc, d, e);
+          }
+          for (; c < span; c += 8, p[s] += 32, xc += 64) {
+            if (DN) W4_TILE_DN(p[s], xc, d, e, mk);
+            else W4_TILE_CVT(p[s], xc, d, e);
+          }
+          w4_flush(tot[s][t], d, e, sf[s], g, KBG, gstep, 4);
         }
-        for (; c < span; c += 8, p += 32, xc += 64) {
-          if (DN) W4_TILE_DN(p, xc, d, e, mk);
-          else W4_TILE_CVT(p, xc, d, e);
-        }
-        w4_flush(tot[t], d, e, sf, g, KBG, gstep, 4);
       }
     }
   }
-  for (int64_t t = 0; t < nb; t++)
-    for (int r = 0; r < 4; r++) y[n0 + 4 * t + r] = w4_total(tot[t][r], DN, csh) - corr[4 * t + r];
+  for (int s = 0; s < S; s++)
+    for (int64_t t = 0; t < nb; t++)
+      for (int r = 0; r < 4; r++) y[n0[s] + 4 * t + r] = w4_total(tot[s][t][r], DN, csh) - corr[s][4 * t + r];
 }
 
 /* The shift c of the DN path: max|x| < 2^e, c = max(e + 24, 22) keeps every x * 2^(149 - p - c)
@@ -673,25 +685,36 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     {
       const unsigned csr = _mm_getcsr();
       if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
-      float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 4 * W4_TB * ng;   /* [4 W4_TB][ng] */
+      float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;   /* [2][4 W4_TB][ng] */
       /* Dynamic: 32 tiles (512 KiB at K = 8192) at a time, still long streams, and a core slowed
          by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. The last
          piece is the rows past the last tile (row layout in both layouts). G = 128 gets copies
          with a compile-time group span (the chunk loop unrolled): ~5%. */
       if (tiled) {
+        /* Work items: pairs of full blocks (two streams), then an odd full block, a short last
+           block and the rows past the last tile (row layout in both layouts), one stream each. */
+        const int64_t NF = NT / W4_TB, NP = NF / 2, NS = NB - 2 * NP;
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b <= NB; b++) {
-          const int64_t nb = b < NB ? w4_block_tiles(b, NT) : 0;
-          const int32_t* bw = wr + b * W4_TB * 4 * KW;
+        for (int64_t it = 0; it <= NP + NS; it++) {
+          const int S = it < NP ? 2 : 1;
+          const int64_t b = it < NP ? 2 * it : it + NP;
           if (b == NB) {
             for (int64_t n = 4 * NT; n < N; n++) {
               if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
               else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
             }
-          } else if (dn && WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 1, csh);
-          else if (dn) w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 1, csh);
-          else if (WG == 16) w4_block(bw, nb, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 0, 0);
-          else w4_block(bw, nb, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * b * W4_TB, y, sfb, 0, 0);
+            continue;
+          }
+          const int64_t nb = w4_block_tiles(b, NT), n0[2] = {4 * b * W4_TB, 4 * (b + 1) * W4_TB};
+          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + (b + 1) * W4_TB * 4 * KW};
+          if (S == 2) {
+            if (dn && WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else if (dn) w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
+          } else {
+            if (dn) w4_blocks(bp, 1, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else w4_blocks(bp, 1, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
+          }
         }
       } else {
         #pragma omp for schedule(dynamic, 32)
@@ -842,7 +865,7 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
-                           _scratch("x", M * 8 * kw8 + M * ng + (tiled and M == 1) * nthreads * 4 * W4_TILE_BLOCK * ng),
+                           _scratch("x", M * 8 * kw8 + M * ng + (tiled and M == 1) * nthreads * 8 * W4_TILE_BLOCK * ng),
                            nthreads, int(tiled), int(unpack == "cvt"), y.data_ptr(), odt)
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
