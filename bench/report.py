@@ -83,10 +83,10 @@ def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) ->
     def ratio(x: float | None, p: float | None) -> str:
         return f"{100 * x / p:.0f}%" if x and p else "-"
 
-    t.add_row("copy GB/s (read + write)", fmt_num(roof["copy_gbps"]), fmt_num(peak),
-              ratio(roof["copy_gbps"], peak))
-    t.add_row("read GB/s", fmt_num(roof["read_gbps"]), fmt_num(peak),
-              ratio(roof["read_gbps"], peak))
+    t.add_row(f"copy GB/s (read + write; {roof.get('copy_impl', 'torch_copy')})",
+              fmt_num(roof["copy_gbps"]), fmt_num(peak), ratio(roof["copy_gbps"], peak))
+    t.add_row(f"read GB/s ({roof.get('read_impl', 'torch_sum')})", fmt_num(roof["read_gbps"]),
+              fmt_num(peak), ratio(roof["read_gbps"], peak))
     for dt, tf in roof["matmul_tflops"].items():
         p = chip.peak_tflops(dt) if chip else None
         t.add_row(f"matmul TFLOP/s ({dt})", fmt_num(tf, 3), fmt_num(p), ratio(tf, p))

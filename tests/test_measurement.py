@@ -1,11 +1,18 @@
-"""Timing rules, rotation, sysfs cache reading and the roofline verdict (no real timings)."""
+"""Timing rules, rotation, sysfs cache reading, the probes and the roofline verdict (no real
+timings)."""
+import dataclasses
+
 import pytest
 import torch
 
+import bench.roofline as rl
+from backends import get_backend
 from backends.cpu import read_caches
 from bench.roofline import Roof, judge
+from kernels import OPS, probes_cpu, rel_err
 from bench.runner import set_bytes
 from bench.timing import Budget, stop_rule, summarize
+from tests import helpers
 
 
 def test_summary_statistics():
@@ -71,3 +78,60 @@ def test_roof_is_best_probe_and_maps_compute_dtype():
              compute_dtype={"bfloat16": "float32"})
     assert r.gbps == 25.0
     assert r.tflops(torch.bfloat16) == 0.2 and r.tflops(torch.float16) is None
+
+
+# --- the probes and the roof -------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 31, 128, 4 * 128 * 3 + 17, 1 << 16, (1 << 20) + 5])
+def test_c_read_probe_sums_every_element(n):
+    """Every element counted once, whatever n is against the 4 streams x 128-byte steps."""
+    x = torch.rand(n, dtype=torch.float32) + 0.5
+    got = probes_cpu.read_simd_c(x)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    assert rel_err(got, x.double().sum()) < 1e-6
+    x[n // 2] += 1000.0  # one element changed must show
+    assert abs(probes_cpu.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
+
+
+def test_c_read_probe_without_avx2_or_openmp(tmp_path):
+    lib = helpers.build_baseline_x86(probes_cpu.C_SOURCE, probes_cpu.library.signatures, tmp_path)
+    for n in (5, 4 * 128 * 3 + 17, 100_003):
+        x = torch.rand(n) + 0.5
+        assert abs(lib.read_sum(x.data_ptr(), n, 2) / x.double().sum().item() - 1) < 1e-6
+
+
+def test_c_read_probe_refuses_other_dtypes():
+    with pytest.raises(NotImplementedError, match="fp32"):
+        probes_cpu.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
+
+
+def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
+    """Each probe is the best of the impls that pass the check; a fast wrong impl is left out."""
+    backend = get_backend("cpu")
+    median = {"torch_sum": 2.0, "simd_c": 1.0, "wrong_fast": 0.1, "torch_copy": 4.0}
+    ran = []
+
+    def tagged(name, fn):
+        def f(*a, **k):
+            ran.append(name)
+            return fn(*a, **k)
+        return f
+    for op_name, names in (("read", ("torch_sum", "simd_c")), ("copy", ("torch_copy",))):
+        for n in names:
+            impl = OPS[op_name].impls[n]
+            monkeypatch.setitem(OPS[op_name].impls, n, dataclasses.replace(impl, fn=tagged(n, impl.fn)))
+    bad = dataclasses.replace(OPS["read"].impls["torch_sum"], name="wrong_fast",
+                              fn=tagged("wrong_fast", lambda src: src.sum() * 2))  # twice the sum
+    monkeypatch.setitem(OPS["read"].impls, "wrong_fast", bad)
+    assert [i.name for i in rl.probe_impls(backend, "read")] == ["torch_sum", "simd_c"]
+
+    def fake_measure(backend, call, n_sets, budget):
+        ran.clear()
+        call(0)
+        return summarize([median[ran[-1]]], "max_samples")
+    monkeypatch.setattr(rl, "measure", fake_measure)
+    monkeypatch.setattr(rl, "add_matmul", lambda *a: None)
+    roof = rl.measure_roof(backend)
+    n = rl.probe_elems(backend)
+    assert roof.read_impl == "simd_c" and roof.read_gbps == pytest.approx(n * 4 / 1e9, rel=1e-2)
+    assert roof.copy_impl == "torch_copy" and roof.gbps == roof.read_gbps
