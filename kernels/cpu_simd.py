@@ -287,7 +287,7 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
    block's stream holds K-block 0 of all its tiles, then K-block 1, ...: the M = 1 loop walks it in
    that order so that the x slice of a K-block (16 KiB of fp32) stays in L1 while the weights
    stream past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per
-   tile. 4096 k, not 2048: with the scales out of the tile loop (w4_block), fewer, longer K-blocks
+   tile. 4096 k, not 2048: with the scales out of the tile loop (w4_blocks), fewer, longer K-blocks
    measured +2-5% at 8192 x 8192 and the 8B shapes (A/B, 150 paired rounds; +-3% noise).
    Word i of a row (i % 8 == 0, the start of a chunk) is at wr + (i / KBW) * KBS + CS * (i % KBW):
    row layout (CS, KBW) = (1, KW); tiled, wr, CS and KBS come from w4_tiled_row. */
@@ -375,8 +375,8 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
    - denormal (DN): a word ANDed down to one nibble at bits p..p+3 (p <= 19) has its exponent bits
      clear, so its bits ARE the float q * 2^(p - 149), a denormal, exactly: the AND alone unpacks.
      Nibbles 0-3 sit at p = 4j; nibbles 4-7 overlap the exponent and sign, so the words are shifted
-     right by 16 once per chunk and those are taken at p = 0, 4, 8, 12: four masks serve all eight. f[j] = 2^(149 - p - c) with c
-     chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
+     right by 16 once per chunk and those are taken at p = 0, 4, 8, 12: four masks serve all
+     eight (they stay in registers in the tiled loop). f[j] = 2^(149 - p - c) with c chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
      floats; the total is scaled back by 2^c. Per 8 weights: AND and FMA (+1/8 shift), a third
      fewer FP-pipe ops: what lets the loop keep up with DRAM on Zen 3. AMD cores take denormal
      operands at full speed, Intel cores trap them to microcode, so DN runs on AMD only, with DAZ
@@ -438,8 +438,9 @@ INLINE __m256 ld8(const void* x, int64_t k, int dt) {
 }
 
 /* Scales of one row's groups o .. o + cnt - 1 to fp32 in sf; returns sum_g s z xs[g], the row's
-   zero-point term. Done once per row (per K-block when tiled) before the loop over its weights: per
-   group inside it (scalar loads, dtype branches) it took ~15% of the time. */
+   zero-point term. Done once per row before the loop over its weights (tiled: for all of a block's
+   rows before its loop): per group inside it (scalar loads, dtype branches) it took ~15% of the
+   time. */
 INLINE float w4_scales(const void* sc, const void* zr, int dt, int64_t o, int64_t cnt,
                        const float* xs, float* sf) {
   int64_t g = 0;
@@ -622,7 +623,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
             int tiled, int unpack, void* out, int odt) {
   const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
   float* xp = scratch;                              /* [M][8][KW8] */
-  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_block's scales */
+  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_blocks' scales */
   if (tiled && KW % 8) return 1;
 #if defined(__AVX2__) && defined(__F16C__)
   const int dn = M == 1 && ng <= W4_MAXG && unpack == 0 && w4_denormal_unpack();
@@ -686,10 +687,11 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       const unsigned csr = _mm_getcsr();
       if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
       float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;   /* [2][4 W4_TB][ng] */
-      /* Dynamic: 32 tiles (512 KiB at K = 8192) at a time, still long streams, and a core slowed
-         by a neighbour (VMs) takes fewer pieces instead of finishing last: ~5% here. The last
-         piece is the rows past the last tile (row layout in both layouts). G = 128 gets copies
-         with a compile-time group span (the chunk loop unrolled): ~5%. */
+      /* Dynamic: pieces of 32 tiles (512 KiB at K = 8192; tiled: two at once), still long
+         streams, and a core slowed by a neighbour (VMs) takes fewer pieces instead of finishing
+         last: ~5% here. The last piece is the rows past the last tile (row layout in both
+         layouts). G = 128 gets copies with a compile-time group span (the chunk loop unrolled):
+         ~5%. */
       if (tiled) {
         /* Work items: pairs of full blocks (two streams), then an odd full block, a short last
            block and the rows past the last tile (row layout in both layouts), one stream each. */
@@ -710,6 +712,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
           if (S == 2) {
             if (dn && WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
             else if (dn) w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else if (WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
             else w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
           } else {
             if (dn) w4_blocks(bp, 1, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);

@@ -122,10 +122,13 @@ def _tiles_without_kblocks(qw):
     return torch.cat((t, w[4 * nt:].reshape(-1))).view(torch.uint8).view(N, half_k)
 
 
-# Shapes that take the K-blocked order: 2 and 3 K-blocks, 2-3 blocks of tiles (a short last one),
-# leftover rows, every group size, M = 1 (its own C path) and M > 1.
+# Shapes that take the K-blocked order: 2 and 3 K-blocks, 2-4 blocks of tiles (a short last one),
+# leftover rows, every group size, M = 1 (its own C path) and M > 1. At M = 1 full blocks go in
+# pairs (two streams): 262 rows = one pair + a short block; 406 = a pair, an odd full block, a
+# short one and 2 leftover rows.
 SHAPES_KBLOCK = [GemvW4Shape(1, 134, 2 * KBK, 32), GemvW4Shape(1, 134, 2 * KBK, 64),
                  GemvW4Shape(1, 134, 2 * KBK, 128), GemvW4Shape(1, 262, 3 * KBK, 256),
+                 GemvW4Shape(1, 406, 2 * KBK, 128), GemvW4Shape(1, 406, 2 * KBK, 32),
                  GemvW4Shape(3, 134, 2 * KBK, 128), GemvW4Shape(2, 130, 3 * KBK, 32)]
 
 
