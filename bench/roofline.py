@@ -32,7 +32,7 @@ class Roof:
     working_set_bytes: int
     matmul_tflops: dict[str, float] = field(default_factory=dict)
     compute_dtype: dict[str, str] = field(default_factory=dict)  # input dtype -> matmul dtype
-    noise: float = 0.0  # relative spread of the probe samples
+    noise: float = 0.0  # relative spread of the probe samples (Stats.rel_iqr)
     copy_impl: str = "torch_copy"  # the probe impls that gave copy_gbps / read_gbps
     read_impl: str = "torch_sum"
 
@@ -94,7 +94,7 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
         st = measure(backend, call, k, budget)
         gbps = op.bytes_moved(shape, torch.float32) / st.median / 1e9
         if gbps > best[0]:
-            best = (gbps, st.rel_std, impl.name)
+            best = (gbps, st.rel_iqr, impl.name)
     if not best[2]:
         raise RuntimeError(f"no {op_name} probe impl runs on the {backend.name} backend")
     return best

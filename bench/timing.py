@@ -51,6 +51,12 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def rel_iqr(self) -> float:
+        """(p75 - p25) / median: the spread, robust to the odd stalled sample (a VM's steal, a GC
+        pause) that can blow rel_std up to several times the median."""
+        return (self.p75 - self.p25) / self.median if self.median > 0 else 0.0
+
 
 def summarize(samples: list[float], stop: str) -> Stats:
     a = np.asarray(samples, dtype=np.float64)

@@ -19,6 +19,9 @@ def test_summary_statistics():
     st = summarize([1.0, 2.0, 3.0, 4.0, 100.0], "max_samples")
     assert st.median == 3.0 and st.min == 1.0 and st.n == 5
     assert st.p25 == 2.0 and st.p75 == 4.0
+    # the roof's noise: one stalled sample must not read as a 100%+ spread (it would hide an
+    # above-the-roof result behind a 3x-noise margin)
+    assert st.rel_std > 1.5 and st.rel_iqr == pytest.approx(2 / 3)
 
 
 def test_stop_rule():

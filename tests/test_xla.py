@@ -200,7 +200,7 @@ def test_missing_sync_would_be_caught_as_above_the_roof(xla, monkeypatch):
     fn = xla.wrap(op.impls["torch_sum"].fn)
     nbytes = op.bytes_moved(shape, torch.float32)
     synced = measure(xla, lambda i: fn(src), 1, BUDGETS["quick"])
-    roof = Roof("xla", 0.0, nbytes / synced.median / 1e9, nbytes, noise=synced.rel_std)
+    roof = Roof("xla", 0.0, nbytes / synced.median / 1e9, nbytes, noise=synced.rel_iqr)
     # The bug: the clock is read as soon as the call returns. Work still queued is drained
     # before the next sample (outside the timed region) so each sample sees one dispatch.
     pending: list = []
