@@ -126,6 +126,11 @@ def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
     bad = dataclasses.replace(OPS["read"].impls["torch_sum"], name="wrong_fast",
                               fn=tagged("wrong_fast", lambda src: src.sum() * 2))  # twice the sum
     monkeypatch.setitem(OPS["read"].impls, "wrong_fast", bad)
+
+    def raises(src):
+        raise RuntimeError("a plugin's bug")
+    monkeypatch.setitem(OPS["read"].impls, "broken",
+                        dataclasses.replace(OPS["read"].impls["torch_sum"], name="broken", fn=raises))
     assert [i.name for i in rl.probe_impls(backend, "read")] == ["torch_sum", "simd_c"]
 
     def fake_measure(backend, call, n_sets, budget):
