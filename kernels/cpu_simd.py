@@ -707,8 +707,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
             }
             continue;
           }
-          const int64_t nb = w4_block_tiles(b, NT), n0[2] = {4 * b * W4_TB, 4 * (b + 1) * W4_TB};
-          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + (b + 1) * W4_TB * 4 * KW};
+          const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;   /* the second stream's block */
+          const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
+          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
           if (S == 2) {
             if (dn && WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
             else if (dn) w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
