@@ -11,10 +11,11 @@ import torch
 class Backend:
     """A device family. Subclasses fill in availability, device info, sync and the timer.
 
-    Timing contract: `time_calls(call, idxs)` runs `call(i)` for each i and returns one duration
-    in seconds per call, measured so that the work has finished (device events or a sync before
-    the clock is read). The runner rotates input sets so that together they exceed
+    Timing contract: `time_calls(call, idxs, flush)` runs `call(i)` for each i and returns one
+    duration in seconds per call, measured so that the work has finished (device events or a sync
+    before the clock is read). The runner rotates input sets so that together they exceed
     `rotate_bytes()`; a backend that flushes its cache before each sample returns 0 there.
+    flush=False (a warm-cache case of the size sweep) leaves the cache as the last call left it.
 
     Hooks for backends whose tensors are not plain torch (XLA through torchax); the defaults keep
     CPU and CUDA exactly as they were: the runner builds inputs with `make_inputs`, does eager
@@ -64,10 +65,12 @@ class Backend:
         """Clocks, power and throttle state right now, where the device reports them."""
         return {}
 
-    def time_calls(self, call: Callable[[int], Any], idxs: list[int]) -> list[float]:
+    def time_calls(self, call: Callable[[int], Any], idxs: list[int],
+                   flush: bool = True) -> list[float]:
         out = []
         for i in idxs:
-            self.flush()
+            if flush:
+                self.flush()
             self.synchronize()
             t0 = time.perf_counter_ns()
             r = call(i)

@@ -60,10 +60,12 @@ class CUDABackend(Backend):
                                           device="cuda")
         self._flush_buf.zero_()
 
-    def time_calls(self, call: Callable[[int], Any], idxs: list[int]) -> list[float]:
+    def time_calls(self, call: Callable[[int], Any], idxs: list[int],
+                   flush: bool = True) -> list[float]:
         events = []
         for i in idxs:
-            self.flush()  # outside the timed region: events bracket only the call
+            if flush:
+                self.flush()  # outside the timed region: events bracket only the call
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()

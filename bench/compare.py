@@ -14,7 +14,7 @@ from .results import iter_ok
 
 def case_key(r: dict[str, Any]) -> tuple:
     return (r["op"], r["impl"], json.dumps(r["shape"], sort_keys=True), r.get("dtype"),
-            r.get("backend"))
+            r.get("backend"), bool(r.get("warm")))
 
 
 def classify(a: dict[str, float], b: dict[str, float]) -> str:

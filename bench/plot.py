@@ -5,6 +5,9 @@ roof (each record's `roof_gbps`, and the compute roof `ridge x roof_gbps` when r
 datasheet roof (`datasheet_gbps` and the catalog's dense rate), one labeled point per ok result.
 Batch sweep: for each (op, shape without M, dtype, impl) timed at several M, achieved GB/s and
 TFLOP/s against M, with the ridge (the M where the case turns compute-bound) marked.
+Size sweep (warm cases, `--suite sweep-size`; a third panel when present): achieved GB/s against
+the working set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is
+limited by its own loop, not by memory. Warm cases the cache holds stay out of the other panels.
 matplotlib is imported only when a chart is drawn, with the Agg backend (no display needed).
 """
 from __future__ import annotations
@@ -66,9 +69,23 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> T
 
 # --- data for the charts ------------------------------------------------------------------------
 
-def ok_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def ok_records(records: Iterable[dict[str, Any]], probes: bool = False) -> list[dict[str, Any]]:
     return [r for r in records if r.get("status") == "ok" and r.get("time_s")
-            and r.get("achieved_gbps") and r.get("op") not in ("copy", "read")]
+            and r.get("achieved_gbps") and (probes or r.get("op") not in ("copy", "read"))]
+
+
+def in_cache(r: dict[str, Any]) -> bool:
+    """A warm record timed (partly) from the cache: not a point under the DRAM roof."""
+    return bool(r.get("warm")) and not r.get("cold")
+
+
+def size_sweeps(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Warm records timed at >= 2 working sets: (op, dtype, impl) -> records by bytes."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        if r.get("warm"):
+            groups[(r["op"], r.get("dtype"), r["impl"])][r["bytes"]] = r
+    return {k: [g[b] for b in sorted(g)] for k, g in groups.items() if len(g) >= 2}
 
 
 def roofs(records: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -162,16 +179,23 @@ def _pyplot():
 
 
 def draw(records: list[dict[str, Any]], out: str | Path, title: str | None = None) -> Path:
-    """Write one PNG: the roofline (left) and the batch sweep (right)."""
-    recs = ok_records(records)
-    if not recs:
+    """Write one PNG: the roofline, the batch sweep (or how to make one) and, when the records
+    hold one, the size sweep; a batch-sweep hint gives way to the size sweep."""
+    sized = size_sweeps(ok_records(records, probes=True))
+    recs = [r for r in ok_records(records) if not in_cache(r)]
+    if not recs and not sized:
         raise PlotError("no ok, timed (non-probe) results to plot")
+    panels = ([lambda a: _roofline(a, recs)] if recs else []) + \
+        ([lambda a: _batch_sweep(a, recs)] if recs and (sweeps(recs) or not sized) else []) + \
+        ([lambda a: _size_sweep(a, sized)] if sized else [])
     plt = _pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6.2))
-    _roofline(ax, recs)
-    _batch_sweep(bx, recs)
-    dev = (recs[0].get("device") or {}).get("name") or recs[0].get("backend")
-    fig.suptitle(title or f"decodewall — {dev} ({recs[0].get('backend')}), {len(recs)} results")
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6.2), squeeze=False)
+    for panel, a in zip(panels, axes[0]):
+        panel(a)
+    shown = {id(r): r for r in recs + [r for g in sized.values() for r in g]}
+    r0 = next(iter(shown.values()))
+    dev = (r0.get("device") or {}).get("name") or r0.get("backend")
+    fig.suptitle(title or f"decodewall — {dev} ({r0.get('backend')}), {len(shown)} results")
     fig.tight_layout()
     out = Path(out)
     try:
@@ -277,4 +301,30 @@ def _batch_sweep(ax, recs: list[dict[str, Any]]) -> None:
     ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="best")
 
 
-__all__ = ["PlotError", "bars_table", "draw", "pct_bar", "ridge_batch", "roofs", "sweeps"]
+def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]]) -> None:
+    allr = [r for g in groups.values() for r in g]
+    for i, ((op, dtype, impl), g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        ax.plot([r["bytes"] / 2**20 for r in g], [r["achieved_gbps"] for r in g], marker="o",
+                ls="--" if op in ("copy", "read") else "-", color=f"C{i % 10}",
+                label=f"{op} {short_dtype(dtype)} {impl}")
+    roof = roofs(allr)["roof_gbps"]
+    if roof:
+        ax.axhline(roof, color="C3", lw=1.5, alpha=0.6, label=f"measured roof {roof:.1f} GB/s")
+    llc = next(((r.get("device") or {}).get("cache_bytes") for r in allr
+                if (r.get("device") or {}).get("cache_bytes")), None)
+    if llc:
+        ax.axvline(llc / 2**20, color="0.3", ls=":", lw=1.2)
+        ax.annotate(f"LLC {llc / 2**20:.0f} MiB", (llc / 2**20, 0.98),
+                    xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top",
+                    ha="right")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("working set (MiB, one input set reused, no flush)")
+    ax.set_ylabel("achieved GB/s")
+    ax.set_title("size sweep: cache to DRAM (flat = the kernel's loop is the limit)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=6, loc="best")
+
+
+__all__ = ["PlotError", "bars_table", "draw", "in_cache", "pct_bar", "ridge_batch", "roofs",
+           "size_sweeps", "sweeps"]

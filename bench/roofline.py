@@ -176,9 +176,13 @@ class Verdict:
     pct_compute: float | None
 
 
+IN_CACHE = "in cache: not judged against the DRAM roof"
+
+
 def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dtype,
-          latency_floor_s: float) -> Verdict:
-    """Roofline verdict for one timed case."""
+          latency_floor_s: float, in_cache: bool = False) -> Verdict:
+    """Roofline verdict for one timed case. in_cache: a warm case whose working set the cache can
+    hold (the size sweep): its % of roof is shown but judges nothing, above 100% included."""
     gbps = bytes_ / median_s / 1e9
     ai = flops / bytes_ if bytes_ else None
     tf = roof.tflops(dtype)
@@ -186,7 +190,9 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
     pct_roof = 100 * gbps / roof.gbps if roof.gbps else None
     pct_compute = 100 * flops / median_s / 1e12 / tf if tf and flops else None
     noise = max(0.05, 3 * roof.noise)
-    if pct_roof is not None and pct_roof > 100 * (1 + noise):
+    if in_cache:
+        v = IN_CACHE
+    elif pct_roof is not None and pct_roof > 100 * (1 + noise):
         v = "above the roof: harness suspect (cache not defeated or missing sync)"
     elif ai is not None and ridge is not None and ai >= ridge:
         v = "compute-bound"

@@ -21,6 +21,9 @@ class Case:
     dtype: torch.dtype
     impls: tuple[str, ...] | None = None  # None: every impl that supports backend and dtype
     group: str = ""  # free label for reports, e.g. "llama-3-8b qkv" or "precision"
+    # True: one input set reused call after call, no cache flush (the size sweep): a working set
+    # the cache holds is timed from the cache, and not judged against the DRAM roof.
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,3 +202,43 @@ def precision(ctx: SuiteContext) -> list[Case]:
     return [_gemv_case(op, 1, 8192, 8192, torch.bfloat16, "precision",
                        _gemv_impls(ctx, op, 1, big=False))
             for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]
+
+
+# --- the cache-to-DRAM cliff ------------------------------------------------------------------
+
+SIZE_SWEEP_LLC = (1 / 32, 1 / 8, 1 / 2, 1, 2, 8)  # working sets, as multiples of the LLC
+SIZE_SWEEP_K = 4096
+
+
+def _size_label(nbytes: int, llc: int) -> str:
+    f = nbytes / llc
+    return f"size {nbytes / 2**20:.3g} MiB = {f:.2g}x LLC"
+
+
+@suite("sweep-size", "read and INT4 / INT8 / bf16 GEMV (M=1, K=4096) at working sets from 1/32 to 8x "
+       "the last-level cache, warm (one input set, no flush): the cache-to-DRAM cliff, and "
+       "whether a kernel is limited by memory or by its own loop (its in-cache speed)")
+def sweep_size(ctx: SuiteContext) -> list[Case]:
+    from kernels.probes import ProbeShape
+    llc = ctx.cache_bytes or 32 * 2**20
+    cases = []
+    for frac in SIZE_SWEEP_LLC:
+        target = int(frac * llc)
+        if not ctx.fits(3 * target):
+            continue
+        n = max(1024, target // 4 // 1024 * 1024)
+        cases.append(Case("read", ProbeShape(N=n), torch.float32,
+                          group=_size_label(OPS["read"].bytes_moved(ProbeShape(N=n), torch.float32), llc),
+                          warm=True))
+        for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
+            per_row = _gemv_bytes(op, 64, SIZE_SWEEP_K) / 64
+            n = max(64, round(target / per_row / 64) * 64)
+            c = _gemv_case(op, 1, n, SIZE_SWEEP_K, torch.bfloat16, "", _gemv_impls(ctx, op, 1, big=True))
+            nbytes = OPS[op].bytes_moved(c.shape, c.dtype)
+            cases.append(Case(c.op, c.shape, c.dtype, c.impls, _size_label(nbytes, llc), warm=True))
+    return cases
+
+
+def _gemv_bytes(op: str, N: int, K: int) -> int:
+    c = _gemv_case(op, 1, N, K, torch.bfloat16, "")
+    return OPS[op].bytes_moved(c.shape, c.dtype)

@@ -87,8 +87,11 @@ def stop_rule(samples: list[float], elapsed: float, b: Budget) -> str | None:
     return None
 
 
-def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: Budget) -> Stats:
-    """Time `call(i)` (i = input set, rotated round-robin) on `backend` under `budget`."""
+def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: Budget,
+            warm: bool = False) -> Stats:
+    """Time `call(i)` (i = input set, rotated round-robin) on `backend` under `budget`.
+
+    warm: no cache flush between calls (the size sweep's cache side); the caller passes one set."""
     nxt = 0
 
     def idxs(k: int) -> list[int]:
@@ -100,14 +103,15 @@ def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: B
     # Warm-up by time: compiles, autotunes, faults pages in, raises clocks. At least one full
     # rotation so every set has been touched once.
     t0 = time.perf_counter()
-    backend.time_calls(call, idxs(max(1, min(n_sets, 64))))
+    flush = not warm
+    backend.time_calls(call, idxs(max(1, min(n_sets, 64))), flush)
     while time.perf_counter() - t0 < budget.warmup_s:
-        backend.time_calls(call, idxs(budget.batch))
+        backend.time_calls(call, idxs(budget.batch), flush)
 
     samples: list[float] = []
     t0 = time.perf_counter()
     while True:
-        samples.extend(backend.time_calls(call, idxs(budget.batch)))
+        samples.extend(backend.time_calls(call, idxs(budget.batch), flush))
         stop = stop_rule(samples, time.perf_counter() - t0, budget)
         if stop:
             return summarize(samples, stop)

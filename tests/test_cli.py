@@ -98,6 +98,15 @@ def test_compare_classification():
     assert classify(noisy, {"median": 1.03, "p25": 1.015, "p75": 1.045}) == "unsure"
 
 
+def test_compare_never_pairs_a_warm_record_with_a_cold_one():
+    from bench.compare import compare
+    base = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "dtype": "bfloat16", "backend": "cpu",
+            "status": "ok", "time_s": {"median": 1.0, "p25": 1.0, "p75": 1.0}}
+    rows = compare([base], [{**base, "warm": True}])
+    assert sorted(r["verdict"] for r in rows) == ["only in A", "only in B"]
+    assert [r["verdict"] for r in compare([base], [{**base, "warm": False}])] == ["same"]
+
+
 def test_run_json_and_results_file_through_real_entry_point(tmp_path):
     out = tmp_path / "runs"
     p = run_cli("run", *GEMV, "--dtype", "float32", "--json", "--budget", "quick", "--out", str(out))

@@ -143,3 +143,68 @@ def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
     n = rl.probe_elems(backend)
     assert roof.read_impl == "simd_c" and roof.read_gbps == pytest.approx(n * 4 / 1e9, rel=1e-2)
     assert roof.copy_impl == "torch_copy" and roof.gbps == roof.read_gbps
+
+
+# --- warm timing (the size sweep) ----------------------------------------------------------------
+
+class _CountingBackend:
+    """A backend double: records whether each timed call was preceded by a flush."""
+    name = "fake"
+
+    def __init__(self):
+        self.flushed = []
+
+    def time_calls(self, call, idxs, flush=True):
+        self.flushed += [flush] * len(idxs)
+        for i in idxs:
+            call(i)
+        return [1e-3] * len(idxs)
+
+
+def test_warm_measure_never_flushes_and_cold_always_does():
+    from bench.timing import measure
+    budget = Budget(warmup_s=0.0, min_samples=5, max_samples=10, min_time_s=0.0, max_time_s=1.0, batch=5)
+    for warm in (False, True):
+        b = _CountingBackend()
+        measure(b, lambda i: None, 1, budget, warm=warm)
+        assert b.flushed and set(b.flushed) == {not warm}
+
+
+def test_base_time_calls_skips_the_flush_only_when_asked():
+    b = get_backend("cpu")
+    calls = []
+    orig = type(b).flush
+    try:
+        type(b).flush = lambda self: calls.append(1)
+        b.time_calls(lambda i: None, [0, 0, 0])
+        assert len(calls) == 3
+        b.time_calls(lambda i: None, [0, 0, 0], flush=False)
+        assert len(calls) == 3
+    finally:
+        type(b).flush = orig
+
+
+def test_in_cache_is_never_above_the_roof():
+    roof = Roof("cpu", 10.0, 10.0, 1 << 28)
+    hot = judge(10**9, 0, 0.02, roof, torch.float32, 20e-6, in_cache=True)   # 50 GB/s: 5x the roof
+    assert hot.verdict == rl.IN_CACHE and hot.pct_roof == pytest.approx(500)
+    cold = judge(10**9, 0, 0.02, roof, torch.float32, 20e-6)
+    assert cold.verdict.startswith("above the roof")
+
+
+def test_size_sweep_spans_cache_to_dram_for_each_op():
+    from bench.runner import WARM_CACHE_FACTOR
+    from bench.suites import SIZE_SWEEP_LLC, SuiteContext, cases_for
+    llc = 32 * 2**20
+    cases = cases_for("sweep-size", SuiteContext("cpu", 24 * 2**30, llc))
+    assert cases and all(c.warm for c in cases)
+    for op in ("read", "gemv_w4", "gemv_w8", "gemv_bf16"):
+        sizes = sorted(OPS[op].bytes_moved(c.shape, c.dtype) for c in cases if c.op == op)
+        assert len(sizes) == len(SIZE_SWEEP_LLC)
+        for got, want in zip(sizes, sorted(SIZE_SWEEP_LLC)):
+            assert abs(got / (want * llc) - 1) < 0.1, (op, got, want)
+        assert sizes[0] < llc and sizes[-1] > WARM_CACHE_FACTOR * llc  # both sides of the cliff
+    for c in cases:  # CPU: no impl that allocates the whole dequantized matrix per call
+        assert c.impls is None or "torch_dequant" not in c.impls
+    small = cases_for("sweep-size", SuiteContext("cpu", 1 * 2**30, llc))  # sizes that fit RAM
+    assert small and max(OPS[c.op].bytes_moved(c.shape, c.dtype) for c in small) < 2**30 / 3

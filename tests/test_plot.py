@@ -86,3 +86,25 @@ def test_plot_bad_inputs(tmp_path, capsys):
     only_probe.write_text(json.dumps(record("copy", {"N": 64}, "torch_copy", 1e-6)) + "\n")
     assert "no ok" in one_error_line(capsys, ["plot", str(only_probe), "-o",
                                               str(tmp_path / "p.png")])
+
+
+def test_size_sweep_gets_its_own_panel_and_stays_off_the_roofline(tmp_path, capsys):
+    """Warm records the cache held are drawn against the working set, not under the DRAM roof."""
+    from bench.plot import in_cache, size_sweeps
+    recs = []
+    for n, med, cold in ((256, 1e-5, False), (4096, 4e-4, False), (65536, 8e-3, True)):
+        for op, shape, impl in (("gemv_bf16", {"M": 1, "N": n, "K": 1024}, "torch_matmul"),
+                                ("read", {"N": 512 * n}, "torch_sum")):
+            r = record(op, shape, impl, med)
+            recs.append({**r, "warm": True, "cold": cold,
+                         "device": {**r["device"], "cache_bytes": 32 * 2**20}})
+    groups = size_sweeps(recs)
+    assert set(groups) == {("gemv_bf16", "bfloat16", "torch_matmul"), ("read", "bfloat16", "torch_sum")}
+    assert [r["shape"]["N"] for r in groups[("gemv_bf16", "bfloat16", "torch_matmul")]] == [256, 4096, 65536]
+    assert [in_cache(r) for r in recs[::2]] == [True, True, False]
+    p = tmp_path / "s.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "s.png"
+    assert main(["plot", str(p), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000

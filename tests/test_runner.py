@@ -6,8 +6,8 @@ import torch
 
 from backends import get_backend
 from bench.results import FIELDS, ResultWriter, read_results
-from bench.roofline import Roof
-from bench.runner import RunContext, Runner
+from bench.roofline import IN_CACHE, Roof
+from bench.runner import WARM_CACHE_FACTOR, RunContext, Runner
 from bench.suites import Case
 from bench.timing import BUDGETS
 from kernels import OPS, register_impl
@@ -87,3 +87,38 @@ def test_writer_creates_nothing_without_records(tmp_path):
     w = ResultWriter(tmp_path, "empty")
     w.close()
     assert not list(tmp_path.iterdir())
+
+
+# --- warm cases (the size sweep) ------------------------------------------------------------------
+
+def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_impls):
+    """A warm case the LLC holds: one input set, no rotation, and its % of roof judges nothing (a
+    cache-resident GEMV can pass the DRAM roof; 'above the roof: harness suspect' would be wrong)."""
+    r = make_runner(tmp_path, ["t_good"])
+    shape = GemvShape(1, 64, 256)
+    cold, = r.run_case(Case("gemv_bf16", shape, torch.float32))
+    warm, = r.run_case(Case("gemv_bf16", shape, torch.float32, warm=True))
+    r.writer.close()
+    assert cold["status"] == warm["status"] == "ok"
+    assert cold["n_sets"] > 1 and cold["cold"] and not cold["warm"]
+    assert warm["n_sets"] == 1 and not warm["cold"] and warm["warm"]
+    assert warm["verdict"] == IN_CACHE and warm["pct_roof"] is not None
+    assert cold["verdict"] != IN_CACHE
+
+
+def test_warm_case_past_the_cache_is_judged_like_a_cold_one(tmp_path, test_impls, monkeypatch):
+    """A warm set larger than WARM_CACHE_FACTOR x the LLC streams from DRAM: judged, marked cold."""
+    r = make_runner(tmp_path, ["t_good"])
+    monkeypatch.setattr(type(r.ctx.backend), "cache_bytes", lambda self: 1024)
+    rec, = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32, warm=True))
+    r.writer.close()
+    assert rec["set_bytes"] > WARM_CACHE_FACTOR * 1024
+    assert rec["n_sets"] == 1 and rec["cold"] and rec["warm"] and rec["verdict"] != IN_CACHE
+
+
+def test_every_record_says_whether_it_was_warm(tmp_path, test_impls):
+    r = make_runner(tmp_path, TEST_IMPLS)
+    recs = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32, warm=True))
+    r.writer.close()
+    assert {x["status"] for x in recs} >= {"ok", "failed-check", "skipped", "error"}
+    assert all(x["warm"] is True for x in recs)
