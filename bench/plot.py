@@ -317,8 +317,13 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]]) -> None:
         ax.annotate(f"LLC {llc / 2**20:.0f} MiB", (llc / 2**20, 0.98),
                     xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top",
                     ha="right")
+    from matplotlib.ticker import FuncFormatter
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("working set (MiB, one input set reused, no flush)")
     ax.set_ylabel("achieved GB/s")
     ax.set_title("size sweep: cache to DRAM (flat = the kernel's loop is the limit)")
