@@ -171,6 +171,7 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
 def cmd_run(args) -> int:
     from .report import console, results_table
     from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
+    from . import roofline as rl
     from .roofline import drift_note, measure_bandwidth, measure_roof
     from .runner import RunContext, Runner
     from .suites import SuiteContext
@@ -203,6 +204,8 @@ def cmd_run(args) -> int:
                      git_commit=git_commit(), versions=versions(), impl_filter=impl_filter)
     writer = ResultWriter(out_dir, run_id)
     records: list[dict[str, Any]] = []
+    tracker = rl.RoofTracker(backend, roof, budget,
+                             None if budget_name == "quick" else rl.ROOF_REFRESH_S)
 
     def on_record(rec: dict[str, Any]) -> None:
         records.append(rec)
@@ -221,10 +224,15 @@ def cmd_run(args) -> int:
                 task = prog.add_task("cases", total=len(cases))
                 for case in cases:
                     prog.update(task, description=f"{case.op} {_short(case.shape)}")
+                    if tracker.due():
+                        prog.update(task, description="measuring the roof again")
+                        ctx.roof = tracker.current()
+                        prog.update(task, description=f"{case.op} {_short(case.shape)}")
                     runner.run_case(case)
                     prog.advance(task)
         else:
             for case in cases:
+                ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
                 runner.run_case(case)
     except KeyboardInterrupt:
         interrupted = True
@@ -236,18 +244,21 @@ def cmd_run(args) -> int:
     if not interrupted and budget_name != "quick" and any(r["status"] == "ok" for r in records):
         try:
             with err.status("measuring the roof again...", spinner="dots") if show else _null():
-                note = drift_note(roof.gbps, measure_bandwidth(backend, budget))
+                note = drift_note(roof.gbps, measure_bandwidth(backend, budget),
+                                  tracker.readings[1:])
         except KeyboardInterrupt:
             pass
     if not args.json:
         out = console()
+        lo, hi = min(tracker.readings), max(tracker.readings)
+        roofs = f"{lo:.1f} GB/s" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} GB/s (re-measured)"
         out.print(results_table(records, title=f"decodewall run {run_id} — {info.get('name')} "
-                                f"({backend.name}), roof {roof.gbps:.1f} GB/s"))
+                                f"({backend.name}), roof {roofs}"))
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
             _print_precision(records, out)
     if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
         from .project_cli import print_step
-        print_step(args, records, roof, as_json=args.json)
+        print_step(args, records, ctx.roof, as_json=args.json)
     where = f"{writer.path}" if writer.path and writer.count else "nothing saved"
     if interrupted:
         print(f"decodewall: interrupted; {writer.count} finished case(s) kept in {where}",

@@ -11,8 +11,9 @@ likely cause named.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -131,6 +132,9 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
 DRIFT = 0.15  # relative change of the bandwidth roof over a run worth telling the user about
 
 
+ROOF_REFRESH_S = 60.0  # during a run, the bandwidth roof is re-measured when older than this
+
+
 def measure_bandwidth(backend: Backend, budget: Budget | None = None) -> float:
     """The bandwidth roof alone (no matmul): re-measured at the end of a run to catch drift."""
     n = probe_elems(backend)
@@ -138,14 +142,55 @@ def measure_bandwidth(backend: Backend, budget: Budget | None = None) -> float:
     return max(_probe(backend, "copy", n, budget)[0], _probe(backend, "read", n, budget)[0])
 
 
-def drift_note(start_gbps: float, end_gbps: float) -> str | None:
-    """A warning when the roof moved by more than DRIFT during a run: on a shared or busy machine
-    the % of roof of late cases is then against a figure that no longer held."""
-    if start_gbps <= 0 or abs(end_gbps / start_gbps - 1) <= DRIFT:
+def remeasure_bandwidth(backend: Backend, roof: Roof, budget: Budget | None = None) -> Roof:
+    """`roof` with its copy and read probes measured again (the matmul rates kept)."""
+    n = probe_elems(backend)
+    budget = budget or BUDGETS["normal"]
+    c, r = _probe(backend, "copy", n, budget), _probe(backend, "read", n, budget)
+    return replace(roof, copy_gbps=round(c[0], 2), read_gbps=round(r[0], 2), noise=max(c[1], r[1]),
+                   copy_impl=c[2], read_impl=r[2])
+
+
+class RoofTracker:
+    """The bandwidth roof through a run. A shared machine's bandwidth drifts by tens of percent
+    within minutes (this project's 2-core dev box: 22-31 GB/s in one quarter hour), so a run longer
+    than `every_s` re-measures it between cases (never inside a timing) and each case is judged
+    against the latest reading, which its record keeps as `roof_gbps`. every_s=None: never (the
+    quick budget, whose probes are too rough to compare)."""
+
+    def __init__(self, backend: Backend, roof: Roof, budget: Budget,
+                 every_s: float | None = ROOF_REFRESH_S, clock: Callable[[], float] = time.monotonic):
+        self.backend, self.roof, self.budget, self.every_s, self.clock = backend, roof, budget, every_s, clock
+        self.readings = [roof.gbps]
+        self._at = clock()
+
+    def due(self) -> bool:
+        return self.every_s is not None and self.clock() - self._at >= self.every_s
+
+    def current(self) -> Roof:
+        """The roof to judge the next case against, re-measured first when due."""
+        if self.due():
+            self.roof = remeasure_bandwidth(self.backend, self.roof, self.budget)
+            self.readings.append(self.roof.gbps)
+            self._at = self.clock()
+        return self.roof
+
+
+def drift_note(start_gbps: float, end_gbps: float, mid: Sequence[float] = ()) -> str | None:
+    """A warning when the roof moved by more than DRIFT from its first reading during a run: on a
+    shared or busy machine % of roof is then only as good as the reading it was taken against.
+    mid: the readings taken between cases (RoofTracker), each case judged against the latest."""
+    vals = [*mid, end_gbps]
+    if start_gbps <= 0 or max(abs(v / start_gbps - 1) for v in vals) <= DRIFT:
         return None
-    return (f"the bandwidth roof moved from {start_gbps:.1f} to {end_gbps:.1f} GB/s during this run "
-            f"(a busy or shared machine?): % of roof uses the first figure; compare impls within a "
-            f"case, or rerun")
+    if not mid:
+        return (f"the bandwidth roof moved from {start_gbps:.1f} to {end_gbps:.1f} GB/s during this "
+                f"run (a busy or shared machine?): % of roof uses the first figure; compare impls "
+                f"within a case, or rerun")
+    lo, hi = min(start_gbps, *vals), max(start_gbps, *vals)
+    return (f"the bandwidth roof ranged {lo:.1f}-{hi:.1f} GB/s during this run ({len(mid) + 2} "
+            f"readings; a busy or shared machine?): each case's % of roof is against the reading "
+            f"before it (its roof_gbps); compare impls within a case, or rerun")
 
 
 def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:

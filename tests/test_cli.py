@@ -200,3 +200,57 @@ def test_run_notes_a_roof_that_moved(capsys, monkeypatch, budget, factor, noted)
     err = capsys.readouterr().err
     assert ("roof moved from 10.0 to 5.0 GB/s" in err) == noted, err
     assert len(calls) == (budget != "quick")
+
+
+def test_roof_tracker_remeasures_only_when_due(monkeypatch):
+    import bench.roofline as rl
+    from bench.timing import BUDGETS
+    now = [0.0]
+    seen = []
+
+    def fake(backend, roof, budget=None):
+        seen.append(roof.gbps)
+        return rl.Roof("cpu", roof.copy_gbps, roof.read_gbps + 5.0, roof.working_set_bytes)
+
+    monkeypatch.setattr(rl, "remeasure_bandwidth", fake)
+    t = rl.RoofTracker(None, rl.Roof("cpu", 10.0, 20.0, 1 << 28), BUDGETS["normal"], every_s=60,
+                       clock=lambda: now[0])
+    assert t.current().gbps == 20.0 and not seen
+    now[0] = 59.0
+    assert t.current().gbps == 20.0 and not seen
+    now[0] = 61.0
+    assert t.current().gbps == 25.0 and seen == [20.0]
+    now[0] = 100.0  # 39 s after the last reading: not due
+    assert t.current().gbps == 25.0 and t.readings == [20.0, 25.0]
+    never = rl.RoofTracker(None, rl.Roof("cpu", 10.0, 20.0, 1 << 28), BUDGETS["quick"], every_s=None,
+                           clock=lambda: 1e9)
+    assert not never.due() and never.current().gbps == 20.0 and len(seen) == 1
+
+
+def test_drift_note_over_mid_run_readings():
+    from bench.roofline import drift_note
+    assert drift_note(20.0, 21.0, [19.0, 20.5]) is None
+    note = drift_note(20.0, 21.0, [29.0, 20.5])
+    assert "ranged 20.0-29.0 GB/s" in note and "4 readings" in note and "reading before it" in note
+
+
+def test_run_judges_each_case_against_the_latest_roof(capsys, monkeypatch, tmp_path):
+    """With a refresh due before every case, each record keeps the roof it was judged against and
+    the run notes the range."""
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof("cpu", 10.0, 10.0, 1 << 28))
+    monkeypatch.setattr(rl, "measure_bandwidth", lambda *a, **k: 10.0)
+    monkeypatch.setattr(rl, "ROOF_REFRESH_S", 0.0)
+    gbps = iter([20.0, 30.0, 40.0])
+    monkeypatch.setattr(rl, "remeasure_bandwidth",
+                        lambda backend, roof, budget=None: rl.Roof("cpu", 1.0, next(gbps), 1 << 28))
+    out = tmp_path / "runs"
+    argv = ["run", "--op", "gemv_bf16", "--shape", "M=1,N=64,K=128", "--shape", "M=2,N=64,K=128",
+            "--impl", "torch_matmul", "--out", str(out), "--budget", "normal", "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    recs = [json.loads(x) for f in out.iterdir() for x in f.read_text().splitlines()]
+    assert sorted(r["roof_gbps"] for r in recs) == [20.0, 30.0]
+    for r in recs:
+        assert r["pct_roof"] == pytest.approx(100 * r["achieved_gbps"] / r["roof_gbps"])
+    assert "ranged 10.0-30.0 GB/s" in err, err
