@@ -233,10 +233,19 @@ def sweep_size(ctx: SuiteContext) -> list[Case]:
         for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
             per_row = _gemv_bytes(op, 64, SIZE_SWEEP_K) / 64
             n = max(64, round(target / per_row / 64) * 64)
-            c = _gemv_case(op, 1, n, SIZE_SWEEP_K, torch.bfloat16, "", _gemv_impls(ctx, op, 1, big=True))
+            c = _gemv_case(op, 1, n, SIZE_SWEEP_K, torch.bfloat16, "", _sweep_impls(ctx, op))
             nbytes = OPS[op].bytes_moved(c.shape, c.dtype)
             cases.append(Case(c.op, c.shape, c.dtype, c.impls, _size_label(nbytes, llc), warm=True))
     return cases
+
+
+def _sweep_impls(ctx: SuiteContext, op: str) -> tuple[str, ...]:
+    """The impls that stream the weights once: not the naive dequantize-then-matmul (its time is
+    writing the whole dequantized matrix), not torch.compile's (a compile per size)."""
+    if ctx.backend == "cpu":
+        return _gemv_impls(ctx, op, 1, big=True)
+    return tuple(n for n, i in OPS[op].impls.items()
+                 if ctx.backend in i.backends and i.kind != "compiled" and n != "torch_dequant")
 
 
 def _gemv_bytes(op: str, N: int, K: int) -> int:
