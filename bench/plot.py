@@ -19,6 +19,8 @@ from typing import Any, Iterable
 from rich.table import Table
 from rich.text import Text
 
+from .results import in_cache
+
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
 
 
@@ -61,7 +63,8 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> T
             continue
         shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items())
         ai = r.get("arithmetic_intensity")
-        t.add_row(r["op"], shape, str(r.get("dtype")), r["impl"],
+        impl = r["impl"] + (" (in cache)" if in_cache(r) else "")
+        t.add_row(r["op"], shape, str(r.get("dtype")), impl,
                   f"{r['achieved_gbps']:.1f}" if r.get("achieved_gbps") else "-",
                   f"{ai:.3g}" if ai is not None else "-", pct_bar(r.get("pct_roof")))
     return t
@@ -72,11 +75,6 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> T
 def ok_records(records: Iterable[dict[str, Any]], probes: bool = False) -> list[dict[str, Any]]:
     return [r for r in records if r.get("status") == "ok" and r.get("time_s")
             and r.get("achieved_gbps") and (probes or r.get("op") not in ("copy", "read"))]
-
-
-def in_cache(r: dict[str, Any]) -> bool:
-    """A warm record timed (partly) from the cache: not a point under the DRAM roof."""
-    return bool(r.get("warm")) and not r.get("cold")
 
 
 def size_sweeps(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from backends import Chip
 
+from .results import in_cache
 from .workload import Step
 
 PROBES = ("copy", "read")
@@ -84,7 +85,8 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
     """
     best: dict[tuple, float] = {}
     for r in records:
-        if r.get("status") != "ok" or r.get("pct_roof") is None or r.get("op") in PROBES:
+        if r.get("status") != "ok" or r.get("pct_roof") is None or r.get("op") in PROBES \
+                or in_cache(r):  # a size sweep's in-cache % is not a DRAM efficiency
             continue
         key = (r["op"], tuple(sorted((r.get("shape") or {}).items())), r.get("dtype"))
         best[key] = max(best.get(key, 0.0), float(r["pct_roof"]))

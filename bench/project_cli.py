@@ -139,7 +139,7 @@ def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) ->
         opname = kernel_op(k, step)
         shape = dataclasses.asdict(_shape_for(OPS[opname], k.dims, k.name))
         ok = [r for r in records if r["op"] == opname and r["shape"] == shape
-              and r["status"] == "ok" and r.get("time_s")]
+              and r["status"] == "ok" and r.get("time_s") and not r.get("warm")]
         best = min(ok, key=lambda r: r["time_s"]["median"]) if ok else None
         t = best["time_s"]["median"] if best else None
         if t is None:

@@ -140,3 +140,9 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 def iter_ok(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     return (r for r in records if r.get("status") == "ok" and r.get("time_s"))
+
+
+def in_cache(r: dict[str, Any]) -> bool:
+    """A warm record (the size sweep) timed (partly) from the cache: its % of roof is not a DRAM
+    efficiency, so it is kept out of projections and rooflines."""
+    return bool(r.get("warm")) and not r.get("cold")

@@ -102,6 +102,12 @@ def test_size_sweep_gets_its_own_panel_and_stays_off_the_roofline(tmp_path, caps
     assert set(groups) == {("gemv_bf16", "bfloat16", "torch_matmul"), ("read", "bfloat16", "torch_sum")}
     assert [r["shape"]["N"] for r in groups[("gemv_bf16", "bfloat16", "torch_matmul")]] == [256, 4096, 65536]
     assert [in_cache(r) for r in recs[::2]] == [True, True, False]
+    from bench.plot import bars_table
+    from rich.console import Console
+    con = Console(width=200, record=True)
+    con.print(bars_table(recs))
+    text = con.export_text()
+    assert text.count("(in cache)") == 4  # the two smaller sizes of both series, not the DRAM one
     p = tmp_path / "s.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in recs))
     pytest.importorskip("matplotlib")

@@ -85,6 +85,14 @@ def test_efficiency_from_results_best_impl_median():
         efficiency_from_results([rec("copy", {"N": 8}, "x", 90)])
 
 
+def test_efficiency_leaves_out_in_cache_records():
+    """A size sweep's warm in-cache cases can read several times the DRAM roof: not an efficiency."""
+    hot = {**rec("gemv_bf16", {"M": 1, "N": 8, "K": 8}, "a", 400), "warm": True, "cold": False}
+    streamed = {**rec("gemv_bf16", {"M": 1, "N": 64, "K": 8}, "a", 60), "warm": True, "cold": True}
+    eff, why = efficiency_from_results([hot, streamed, rec("gemv_bf16", {"M": 2, "N": 8, "K": 8}, "a", 80)])
+    assert eff == pytest.approx(0.70) and "2 case(s)" in why
+
+
 def test_project_cli_json_and_from(tmp_path, capsys):
     assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--chip", "groq-lpu",
                  "--json", "--efficiency", "0.5"]) == 0
@@ -162,3 +170,6 @@ def test_model_cases_and_step_sum(tmp_path):
     assert all(r["impl"] == "fast" for r in s["kernels"])
     s2 = step_summary(args.model_step, records[2:], roof_gbps=10.0)  # qkv never ran ok
     assert s2["measured_step_s"] is None and s2["missing"] == ["qkv"]
+    hot = [{**r, "impl": "hot", "warm": True, "time_s": {"median": 1e-6}} for r in records]
+    s3 = step_summary(args.model_step, records + hot, roof_gbps=10.0)  # warm timings never count
+    assert s3["measured_step_s"] == pytest.approx(s["measured_step_s"])
