@@ -160,7 +160,8 @@ class RoofTracker:
 
     def __init__(self, backend: Backend, roof: Roof, budget: Budget,
                  every_s: float | None = ROOF_REFRESH_S, clock: Callable[[], float] = time.monotonic):
-        self.backend, self.roof, self.budget, self.every_s, self.clock = backend, roof, budget, every_s, clock
+        self.backend, self.roof, self.budget = backend, roof, budget
+        self.every_s, self.clock = every_s, clock
         self.readings = [roof.gbps]
         self._at = clock()
 
