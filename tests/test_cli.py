@@ -254,3 +254,17 @@ def test_run_judges_each_case_against_the_latest_roof(capsys, monkeypatch, tmp_p
     for r in recs:
         assert r["pct_roof"] == pytest.approx(100 * r["achieved_gbps"] / r["roof_gbps"])
     assert "ranged 10.0-30.0 GB/s" in err, err
+
+
+def test_run_warm_times_op_cases_from_the_cache(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", *GEMV, "--impl", "torch_matmul", "--warm", "--json", "--budget", "quick",
+                 "--out", str(out), "--no-progress"]) == 0
+    rec, = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rec["warm"] and not rec["cold"] and rec["n_sets"] == 1
+    assert rec["verdict"].startswith("in cache")
+
+
+def test_run_warm_refuses_a_model_step(capsys, tmp_path):
+    out = tmp_path / "runs"
+    assert "timed cold" in bad(capsys, out, "run", "--model", "llama-3-8b", "--warm", "--out", str(out))
