@@ -170,18 +170,14 @@ def test_warm_measure_never_flushes_and_cold_always_does():
         assert b.flushed and set(b.flushed) == {not warm}
 
 
-def test_base_time_calls_skips_the_flush_only_when_asked():
+def test_base_time_calls_skips_the_flush_only_when_asked(monkeypatch):
     b = get_backend("cpu")
     calls = []
-    orig = type(b).flush
-    try:
-        type(b).flush = lambda self: calls.append(1)
-        b.time_calls(lambda i: None, [0, 0, 0])
-        assert len(calls) == 3
-        b.time_calls(lambda i: None, [0, 0, 0], flush=False)
-        assert len(calls) == 3
-    finally:
-        type(b).flush = orig
+    monkeypatch.setattr(type(b), "flush", lambda self: calls.append(1))
+    b.time_calls(lambda i: None, [0, 0, 0])
+    assert len(calls) == 3
+    b.time_calls(lambda i: None, [0, 0, 0], flush=False)
+    assert len(calls) == 3
 
 
 def test_in_cache_is_never_above_the_roof():
