@@ -119,11 +119,7 @@ def matmul_tflops(backend: Backend, dtype: torch.dtype, budget: Budget) -> float
 def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
                  budget: Budget | None = None) -> Roof:
     budget = budget or BUDGETS["normal"]
-    n = probe_elems(backend)
-    copy_gbps, copy_noise, copy_impl = _probe(backend, "copy", n, budget)
-    read_gbps, read_noise, read_impl = _probe(backend, "read", n, budget)
-    roof = Roof(backend.name, round(copy_gbps, 2), round(read_gbps, 2), n * 4,
-                noise=max(copy_noise, read_noise), copy_impl=copy_impl, read_impl=read_impl)
+    roof = remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0), budget)
     for dt in dtypes or [torch.float32]:
         add_matmul(roof, backend, dt, budget)
     return roof
@@ -137,18 +133,16 @@ ROOF_REFRESH_S = 60.0  # during a run, the bandwidth roof is re-measured when ol
 
 def measure_bandwidth(backend: Backend, budget: Budget | None = None) -> float:
     """The bandwidth roof alone (no matmul): re-measured at the end of a run to catch drift."""
-    n = probe_elems(backend)
-    budget = budget or BUDGETS["normal"]
-    return max(_probe(backend, "copy", n, budget)[0], _probe(backend, "read", n, budget)[0])
+    return remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0), budget).gbps
 
 
 def remeasure_bandwidth(backend: Backend, roof: Roof, budget: Budget | None = None) -> Roof:
-    """`roof` with its copy and read probes measured again (the matmul rates kept)."""
+    """`roof` with its copy and read probes measured (again: the matmul rates are kept)."""
     n = probe_elems(backend)
     budget = budget or BUDGETS["normal"]
     c, r = _probe(backend, "copy", n, budget), _probe(backend, "read", n, budget)
-    return replace(roof, copy_gbps=round(c[0], 2), read_gbps=round(r[0], 2), noise=max(c[1], r[1]),
-                   copy_impl=c[2], read_impl=r[2])
+    return replace(roof, copy_gbps=round(c[0], 2), read_gbps=round(r[0], 2), working_set_bytes=n * 4,
+                   noise=max(c[1], r[1]), copy_impl=c[2], read_impl=r[2])
 
 
 class RoofTracker:
