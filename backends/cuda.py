@@ -1,10 +1,18 @@
 """The CUDA backend: CUDA-event timing with the L2 flushed (2x its size) before every sample.
 
+Each sample is queued behind a spin kernel (nvbench's blocking kernel, `torch.cuda._sleep`) that
+holds the GPU until the host has queued the start event, the call and the end event: a
+microsecond kernel whose Python launch takes longer than the flush would otherwise be timed with
+the host's launch gap inside its events. The hold is twice the longest host issue time of the
+previous batch (at least HOLD_MIN_S, at most HOLD_MAX_S: a batch that compiled or autotuned
+holds the next one long, which is safe, only slower).
+
 Clocks, power and throttle reasons come from NVML (nvidia-ml-py) when it is installed; without it
 they are recorded as unknown rather than guessed.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -27,12 +35,18 @@ def _nvml():
         return None
 
 
+HOLD_MIN_S = 50e-6
+HOLD_MAX_S = 20e-3
+SPIN_HZ = 2.0e9  # cycles per second assumed for the spin: a slower clock only holds longer
+
+
 class CUDABackend(Backend):
     name = "cuda"
     latency_floor_s = 8e-6
 
     def __init__(self) -> None:
         self._flush_buf: torch.Tensor | None = None
+        self.host_issue_s = 0.0  # longest host time to queue start + call + end, last batch
 
     def available(self) -> tuple[bool, str]:
         if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
@@ -63,16 +77,22 @@ class CUDABackend(Backend):
     def time_calls(self, call: Callable[[int], Any], idxs: list[int],
                    flush: bool = True) -> list[float]:
         events = []
+        hold = min(HOLD_MAX_S, max(HOLD_MIN_S, 2 * self.host_issue_s))
+        longest = 0.0
         for i in idxs:
             if flush:
                 self.flush()  # outside the timed region: events bracket only the call
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(int(hold * SPIN_HZ))  # the GPU waits while the host queues
+            t0 = time.perf_counter()
             start.record()
             call(i)
             end.record()
+            longest = max(longest, time.perf_counter() - t0)
             events.append((start, end))
         torch.cuda.synchronize()
+        self.host_issue_s = longest
         return [s.elapsed_time(e) * 1e-3 for s, e in events]
 
     def clocks(self) -> dict[str, Any]:

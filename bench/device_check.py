@@ -7,7 +7,8 @@ results/device-check-<timestamp>/) and a short summary printed last.
 
 Steps, each a child process in its own process group, killed at its time box:
   env     versions, the device, nvidia-smi, ncu, which optional packages are present
-  pytest  `pytest -m cuda` (dry run: the cuda tests are only collected)
+  pytest  `pytest -m "cuda and not slow"`, one config per Triton kernel (DECODEWALL_AUTOTUNE=0),
+          every config checked once by test_cuda_every_config (dry run: only collected)
   roof    `decodewall roof --json`
   suite   `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
           the time box loses only itself; the summary says how many planned cases finished
@@ -431,11 +432,15 @@ class Check:
         step = self.begin("pytest")
         if step is None:
             return
-        cmd = [self.py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "-rfE"]
+        cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-q", "-p", "no:cacheprovider",
+               "-rfE"]
         if self.dry:
             cmd.append("--collect-only")
         tmp = Path(tempfile.mkstemp(prefix="dwcheck-pytest-")[1])
-        rc, step.seconds = run_proc(cmd, self.box("pytest"), self.log, self.env, stdout_path=tmp)
+        # One config per Triton kernel (DECODEWALL_AUTOTUNE=0): tuning every test shape would
+        # compile every config again and again; test_cuda_every_config checks them all once.
+        env = {**self.env, "DECODEWALL_AUTOTUNE": "0"}
+        rc, step.seconds = run_proc(cmd, self.box("pytest"), self.log, env, stdout_path=tmp)
         text = tmp.read_text(encoding="utf-8", errors="replace")
         tmp.unlink(missing_ok=True)
         self.log.write(text)
@@ -711,6 +716,13 @@ class Check:
                 lines.append(f"  ncu {n['op']}/{n['impl']}: hardware moved {n['ratio']:.3f}x the "
                              f"byte model ({n['dram_read_bytes']:.3g} B read, {n['dram_write_bytes']:.3g} "
                              f"B written, kernels {', '.join(sorted(set(n['kernels'])))}): explain it")
+        picks = [(r["op"], r["impl"], r["shape"], name, t["config"]) for r in self.records
+                 for name, t in (r.get("tuned") or {}).items()]
+        if picks:
+            lines.append("autotune picks (the config each Triton kernel ran; all timings in the .jsonl):")
+            for op, impl, shape, name, cfg in picks:
+                key = ",".join(f"{k}={v}" for k, v in shape.items())
+                lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
         if goals:
             lines.append("goals (issue 7, on an H100):")
             for g in goals:

@@ -19,6 +19,7 @@ import torch
 
 from backends import Backend, Chip
 from kernels import OPS, Impl, dtype_name, rel_err
+from kernels.triton_util import forget_tuned, tuned
 
 from .results import ResultWriter
 from .roofline import Roof, add_matmul, judge
@@ -170,6 +171,7 @@ class Runner:
         # (no out buffer where arrays are immutable: the returned value is checked)
         use_out = impl.out_arg and c.backend.out_buffers
         fn = c.backend.wrap(impl.fn)
+        forget_tuned()  # the record names the configs that the autotuner picks for this case
         with c.backend.session():
             args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
         if use_out:
@@ -225,4 +227,6 @@ class Runner:
             cold=bool(n_sets * per_set > need) and not in_cache,
         )
         rec["device"]["clocks"] = c.backend.clocks()
+        if tuned():
+            rec["tuned"] = tuned()
         return sets

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cpu_simd
-from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize
+from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
 from .gemv_w8 import compile_for
 from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
@@ -48,9 +48,10 @@ def make_inputs(shape: GemvW4Shape, dtype: torch.dtype, device, seed: int) -> tu
 
 def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
               group_size: int) -> torch.Tensor:
-    w = dequant_int4(qweight.detach().cpu(), scales.detach().cpu(), zeros.detach().cpu(),
+    d = ref_device(x)
+    w = dequant_int4(qweight.detach().to(d), scales.detach().to(d), zeros.detach().to(d),
                      group_size, torch.float64)
-    return x.detach().cpu().double() @ w.T
+    return x.detach().to(d, torch.float64) @ w.T
 
 
 def weight_bytes(N: int, K: int, group_size: int, dtype: torch.dtype) -> int:
@@ -195,21 +196,41 @@ if HAS_TRITON:
 
     from .gemv_w8 import split_k_for
 
-    _CONFIGS = [
-        triton.Config({"BLOCK_N": bn}, num_warps=nw, num_stages=ns)
-        for bn in (16, 32, 64, 128, 256) for nw in (2, 4, 8) for ns in (2, 3, 4)
+    # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step (2-16 KB of weights), with the two ways
+    # to turn a nibble into a float (MAGIC, below) for the tuner to choose between.
+    _GEMV_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "MAGIC": magic}, num_warps=nw, num_stages=ns)
+        for bn, bk, nw, ns in ((16, 512, 4, 3), (8, 512, 4, 3), (8, 1024, 4, 3), (16, 256, 4, 3),
+                               (16, 1024, 4, 3), (16, 1024, 8, 3), (32, 256, 4, 3), (32, 512, 4, 3),
+                               (32, 1024, 8, 3), (64, 256, 4, 3), (64, 512, 8, 3), (16, 512, 4, 4))
+        for magic in (1, 0)
     ]
+    # M > 4: tl.dot over one group a step (BLOCK_K and MAGIC unused).
+    _DOT_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "MAGIC": 0}, num_warps=nw, num_stages=ns)
+        for bn in (16, 32, 64, 128) for nw, ns in ((4, 2), (4, 4))
+    ]
+    _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
 
-    @autotune_or_fixed(_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16}, reset_to_zero=["ws_ptr"])
+    def configs_for(use_dot: bool) -> list:
+        """The configs that can run on a path (tl.dot needs BLOCK_N >= 16; BLOCK_K is GEMV's)."""
+        return _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
+
+    def _prune(configs: list, nargs: dict, **kw) -> list:
+        return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
+
+    @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 256, "MAGIC": 1}, reset_to_zero=["ws_ptr"],
+                       prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn,
                    stride_sn, stride_ym, G: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
-        # Program (n, split, m) walks its groups; per group a row holds G/2 contiguous bytes
-        # (16 B at G=32), loaded whole, split into even/odd nibbles and dequantized in registers.
-        # x is read as its even and odd halves so the nibbles never need interleaving.
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   MAGIC: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
+                   IEEE: tl.constexpr):
+        # Program (n, split, m) walks its share of the K groups. A row holds G/2 contiguous bytes
+        # per group, loaded whole and split into even/odd nibbles in registers; x is read as its
+        # even and odd halves so the nibbles never need interleaving.
         HALF: tl.constexpr = G // 2
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -222,27 +243,59 @@ if HAS_TRITON:
         ng = K // G
         per_split = tl.cdiv(ng, SPLIT_K)
         g_lo = pid_k * per_split
+        g_hi = tl.minimum(g_lo + per_split, ng)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(g_lo, tl.minimum(g_lo + per_split, ng)):
-            b = tl.load(q_ptr + offs_n[:, None] * stride_qn + g * HALF + offs_j[None, :],
-                        mask=n_mask[:, None], other=0)
-            s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-            w_even = ((b & 0xF).to(tl.float32) - z[:, None]) * s[:, None]
-            w_odd = ((b >> 4).to(tl.float32) - z[:, None]) * s[:, None]
-            x_offs = x_ptr + offs_m[:, None] * stride_xm + g * G + 2 * offs_j[None, :]
-            x_even = tl.load(x_offs, mask=m_mask[:, None], other=0.0)
-            x_odd = tl.load(x_offs + 1, mask=m_mask[:, None], other=0.0)
-            if USE_DOT:
+        if USE_DOT:
+            for g in range(g_lo, g_hi):
+                b = tl.load(q_ptr + offs_n[:, None] * stride_qn + g * HALF + offs_j[None, :],
+                            mask=n_mask[:, None], other=0)
+                s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+                w_even = ((b & 0xF).to(tl.float32) - z[:, None]) * s[:, None]
+                w_odd = ((b >> 4).to(tl.float32) - z[:, None]) * s[:, None]
+                x_offs = x_ptr + offs_m[:, None] * stride_xm + g * G + 2 * offs_j[None, :]
+                x_even = tl.load(x_offs, mask=m_mask[:, None], other=0.0)
+                x_odd = tl.load(x_offs + 1, mask=m_mask[:, None], other=0.0)
                 if IEEE:
                     acc += tl.dot(x_even, tl.trans(w_even), input_precision="ieee")
                     acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="ieee")
                 else:
                     acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)))
                     acc += tl.dot(x_odd, tl.trans(w_odd.to(x_odd.dtype)))
-            else:
-                acc += tl.sum(x_even.to(tl.float32)[:, None, :] * w_even[None, :, :], axis=2)
-                acc += tl.sum(x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :], axis=2)
+        else:
+            # GEMV: GROUPS groups a step as a [BLOCK_N, GROUPS, HALF] tile. The scale and zero
+            # leave the inner sum: sum_j x_j (q_j - z) s = s (sum_j x_j q_j - z sum_j x_j), so a
+            # code costs one FMA after its conversion to float.
+            GROUPS: tl.constexpr = BLOCK_K // G
+            offs_g = tl.arange(0, GROUPS)
+            for g0 in range(g_lo, g_hi, GROUPS):
+                gi = g0 + offs_g
+                g_mask = gi < g_hi
+                b = tl.load(q_ptr + offs_n[:, None, None] * stride_qn + gi[None, :, None] * HALF
+                            + offs_j[None, None, :],
+                            mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
+                if MAGIC:
+                    # 0x4B000000 | q is the float 2^23 + q: an OR and a subtraction instead of an
+                    # int-to-float conversion, which Hopper issues at 1/8 of the FMA rate.
+                    bi = b.to(tl.uint32)
+                    q_even = ((bi & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    q_odd = ((bi >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                else:
+                    q_even = (b & 0xF).to(tl.float32)
+                    q_odd = (b >> 4).to(tl.float32)
+                sz_offs = offs_n[:, None] * stride_sn + gi[None, :]
+                sz_mask = n_mask[:, None] & g_mask[None, :]
+                s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+                x_offs = x_ptr + offs_m[:, None, None] * stride_xm + gi[None, :, None] * G \
+                    + 2 * offs_j[None, None, :]
+                x_mask = m_mask[:, None, None] & g_mask[None, :, None]
+                x_even = tl.load(x_offs, mask=x_mask, other=0.0).to(tl.float32)
+                x_odd = tl.load(x_offs + 1, mask=x_mask, other=0.0).to(tl.float32)
+                xq = tl.sum(x_even[:, None, :, :] * q_even[None, :, :, :]
+                            + x_odd[:, None, :, :] * q_odd[None, :, :, :], axis=3)
+                xs = tl.sum(x_even + x_odd, axis=2)
+                acc += tl.sum((xq - z[None, :, :] * xs[:, None, :]) * s[None, :, :], axis=2)
         y_mask = m_mask[:, None] & n_mask[None, :]
         if SPLIT_K == 1:
             tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
@@ -250,17 +303,20 @@ if HAS_TRITON:
         else:
             tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=y_mask)
 
+    _w4_kernel.configs_for = configs_for
+
     @register_impl("gemv_w4", "triton_w4", backends=TRITON_BACKENDS, kind="triton")
     def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                   group_size: int, out: torch.Tensor | None = None,
                   split_k: int | None = None) -> torch.Tensor:
-        """Triton INT4 GEMV: one group per step, in-register unpack, tl.dot once M > 4, split-K."""
+        """Triton INT4 GEMV: several groups a step, in-register unpack, scale and zero applied per
+        group after the sum; tl.dot once M > 4; split-K only where N leaves SMs idle."""
         M, N, K = check_args(x, qweight, scales, zeros, group_size)
         x = x.contiguous()
         y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
         use_dot = M > 4
         block_m = max(16, triton.next_power_of_2(min(M, 64))) if use_dot else triton.next_power_of_2(M)
-        split = split_k or split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device)
+        split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
         split = max(1, min(split, K // group_size))
         ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import cpu_simd
-from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize
+from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
 from .quant import dequant_int8, quantize_int8
 from .registry import Op, register_impl, register_op
 from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
@@ -44,8 +44,9 @@ def make_inputs(shape: GemvW8Shape, dtype: torch.dtype, device, seed: int) -> tu
 
 
 def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    w = dequant_int8(qweight.detach().cpu(), scales.detach().cpu(), torch.float64)
-    return x.detach().cpu().double() @ w.T
+    d = ref_device(x)
+    w = dequant_int8(qweight.detach().to(d), scales.detach().to(d), torch.float64)
+    return x.detach().to(d, torch.float64) @ w.T
 
 
 def weight_bytes(N: int, K: int, dtype: torch.dtype) -> int:
@@ -157,18 +158,29 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    # BLOCK_N rows x BLOCK_K int8 a step (2-16 KB); MAGIC picks how an int8 becomes a float.
     _CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw, num_stages=ns)
-        for bn in (16, 32, 64, 128) for bk in (128, 256, 512) for nw in (4, 8) for ns in (2, 4)
-        if 2048 <= bn * bk <= 32768
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "MAGIC": magic}, num_warps=nw, num_stages=ns)
+        for bn, bk, nw, ns in ((16, 256, 4, 3), (8, 512, 4, 3), (16, 512, 4, 3), (16, 1024, 8, 3),
+                               (32, 256, 4, 3), (32, 512, 8, 3), (64, 128, 4, 3), (64, 256, 8, 3),
+                               (16, 256, 4, 4), (128, 128, 8, 3))
+        for magic in (1, 0)
     ]
 
+    def _prune(configs: list, nargs: dict, **kw) -> list:
+        # tl.dot needs 16 rows; the magic conversion is the GEMV path's alone
+        if kw.get("USE_DOT"):
+            return [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["MAGIC"]]
+        return configs
+
     @autotune_or_fixed(_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16, "BLOCK_K": 64}, reset_to_zero=["ws_ptr"])
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 64, "MAGIC": 1}, reset_to_zero=["ws_ptr"],
+                       prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+                   MAGIC: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
+                   IEEE: tl.constexpr):
         # Program (n, split, m) owns BLOCK_N rows of qweight and the split-th slice of K. Each row's
         # BLOCK_K int8 are contiguous, so a thread loads 16 of them at once and widens in registers.
         pid_n = tl.program_id(0)
@@ -194,6 +206,12 @@ if HAS_TRITON:
                     acc += tl.dot(x, tl.trans(q.to(x.dtype)), input_precision="ieee")
                 else:
                     acc += tl.dot(x, tl.trans(q.to(x.dtype)))
+            elif MAGIC:
+                # q + 128 in the low byte of the float 2^23: an XOR, an OR and a subtraction
+                # instead of an int-to-float conversion (1/8 of the FMA rate on Hopper)
+                qu = (q.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint32)
+                qf = (qu | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+                acc += tl.sum(x.to(tl.float32)[:, None, :] * qf[None, :, :], axis=2)
             else:
                 acc += tl.sum(x.to(tl.float32)[:, None, :] * q.to(tl.float32)[None, :, :], axis=2)
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -206,14 +224,18 @@ if HAS_TRITON:
             tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=y_mask)
 
     def split_k_for(n_tiles: int, K: int, device: torch.device) -> int:
-        """Split K when there are too few row tiles to fill the GPU (small N, e.g. 4096 rows)."""
+        """Split K only when even the smallest row tiles (the caller counts them) leave SMs idle:
+        a split costs a zeroed fp32 workspace, atomics and a copy into y, two extra launches that
+        cost a short GEMV (8 us at 8192 x 8192 INT4 on an H100) a visible share of its time."""
         if device.type != "cuda":
             return 1
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         split = 1
-        while n_tiles * split < 2 * sms and K // (split * 2) >= 1024:
+        while n_tiles * split < sms and K // (split * 2) >= 1024:
             split *= 2
         return split
+
+    _w8_kernel.configs_for = lambda use_dot: _prune(_CONFIGS, {}, USE_DOT=use_dot)
 
     @register_impl("gemv_w8", "triton_w8", backends=TRITON_BACKENDS, kind="triton")
     def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -224,7 +246,7 @@ if HAS_TRITON:
         y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
         use_dot = M > 4
         block_m = max(16, triton.next_power_of_2(min(M, 64))) if use_dot else triton.next_power_of_2(M)
-        split = split_k or split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device)
+        split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
         ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
         _w8_kernel[grid](x, qweight, scales, y, ws, M, N, K, x.stride(0), qweight.stride(0),

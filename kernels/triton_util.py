@@ -2,10 +2,13 @@
 
 Under TRITON_INTERPRET=1 (CPU tests) there is no driver, so `triton.autotune` cannot run: kernels
 decorated with `autotune_or_fixed` then use one fixed config, passed by the launcher through
-`kernel.fixed_meta`.
+`kernel.fixed_meta`. On a GPU they autotune, unless DECODEWALL_AUTOTUNE=0 (the device check's
+correctness tests: one compile per kernel variant instead of one per config), which runs the
+first config of the list. `tuned()` says which config each kernel ran last, for result records.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable
 
@@ -19,22 +22,82 @@ except Exception:  # no triton on this platform (e.g. macOS): triton impls are s
     HAS_TRITON = False
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+AUTOTUNE = os.environ.get("DECODEWALL_AUTOTUNE", "1") != "0"
 
 # Backends a Triton impl is timed on. Under the interpreter the CPU tests call the impls directly.
 TRITON_BACKENDS = ("cuda",)
 
+# Autotune timing per config: short (configs differ by whole tens of percent; a GEMV runs
+# thousands of times in 25 ms), Triton's own do_bench, which zeroes a 256 MB buffer (the L2
+# flushed) before every run.
+TUNE_WARMUP_MS, TUNE_REP_MS = 5, 25
+
+TUNED: list[Any] = []  # every autotuned kernel, for tuned()
+
+
+def config_meta(cfg: Any) -> dict[str, Any]:
+    """A triton.Config as launch keyword arguments (its meta-parameters, warps and stages)."""
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _quick_bench(kernel_call: Callable, quantiles: Any = None) -> Any:
+    from triton.testing import do_bench
+    return do_bench(kernel_call, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS, quantiles=quantiles)
+
 
 def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw: Any) -> Callable:
-    """`triton.autotune(configs, key)` on a GPU; under the interpreter a fixed meta-parameter set.
+    """`triton.autotune(configs, key)` on a GPU; under the interpreter a fixed meta-parameter set
+    (`fixed`); on a GPU with DECODEWALL_AUTOTUNE=0 the first of `configs`.
 
-    Either way the decorated kernel has `.fixed_meta`, which the launcher splats into the call.
+    Either way the decorated kernel has `.fixed_meta`, which the launcher splats into the call,
+    and `.all_configs`, which the tests walk to check every config the tuner may pick.
     """
     def deco(jitfn: Any) -> Any:
-        if INTERPRET:
-            jitfn.fixed_meta = dict(fixed)
+        if INTERPRET or not AUTOTUNE:
+            jitfn.fixed_meta = dict(fixed) if INTERPRET else config_meta(configs[0])
+            jitfn.all_configs = list(configs)
+            jitfn.jit_fn = jitfn
             return jitfn
-        tuned = triton.autotune(configs=configs, key=key, **kw)(jitfn)
+        params = inspect.signature(triton.autotune).parameters
+        extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True))
+                 if k in params}  # both since Triton 3.3: older ones tune with their defaults
+        tuned = triton.autotune(configs=configs, key=key, **extra, **kw)(jitfn)
         tuned.fixed_meta = {}
+        tuned.all_configs = list(configs)
+        tuned.jit_fn = jitfn
+        TUNED.append(tuned)
         return tuned
     return deco
 
+
+def describe(cfg: Any) -> str:
+    meta = ", ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
+    return f"{meta}, warps={cfg.num_warps}, stages={cfg.num_stages}"
+
+
+def forget_tuned() -> None:
+    """Clear each tuned kernel's last-run config, so that tuned() names only what runs next."""
+    for k in TUNED:
+        k.best_config = None
+        k.configs_timings = None
+
+
+def tuned() -> dict[str, Any]:
+    """{kernel: {"config": the config it ran last, "timings_us": {config: us}}} for each autotuned
+    kernel that ran since forget_tuned(); timings only when it tuned since then (not a cache hit)."""
+    out: dict[str, Any] = {}
+    for k in TUNED:
+        cfg = getattr(k, "best_config", None)
+        if cfg is None:
+            continue
+        entry: dict[str, Any] = {"config": describe(cfg)}
+        timings = getattr(k, "configs_timings", None) or {}
+        if timings:
+            entry["timings_us"] = {describe(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 2)
+                                   for c, t in sorted(timings.items(), key=lambda ct: _first(ct[1]))}
+        out[k.base_fn.__name__ if hasattr(k, "base_fn") else k.fn.__name__] = entry
+    return out
+
+
+def _first(t: Any) -> float:
+    return float(t[0] if isinstance(t, (list, tuple)) else t)

@@ -60,3 +60,34 @@ def build_baseline_x86(source: str, signatures: dict, tmp_path: Path):
     for fn, (argtypes, restype) in signatures.items():
         getattr(lib, fn).argtypes, getattr(lib, fn).restype = argtypes, restype
     return lib
+
+
+class FixedConfig:
+    """Stands in for an autotuned Triton kernel in its module: launches the raw kernel with one
+    config, so a test can check every config the tuner may pick (it checks only the winner)."""
+
+    def __init__(self, kernel, cfg) -> None:
+        from kernels.triton_util import INTERPRET, config_meta
+        self.fn = kernel.jit_fn
+        meta = config_meta(cfg)
+        if INTERPRET:  # the interpreter has no warps or pipeline stages to choose
+            meta.pop("num_warps"), meta.pop("num_stages")
+        self.fixed_meta = meta
+
+    def __getitem__(self, grid):
+        return self.fn[grid]
+
+
+def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check) -> int:
+    """Run `check()` once per config of `module.attr` that can run on the (use_dot) path."""
+    kernel = getattr(module, attr)
+    configs = kernel.configs_for(use_dot)
+    assert configs
+    for cfg in configs:
+        monkeypatch.setattr(module, attr, FixedConfig(kernel, cfg))
+        try:
+            check()
+        except AssertionError as e:
+            raise AssertionError(f"config {cfg}: {e}") from None
+    monkeypatch.setattr(module, attr, kernel)
+    return len(configs)

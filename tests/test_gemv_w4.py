@@ -215,6 +215,17 @@ def test_triton_interpreted(dtype, shape, split_k):
     check_impl("triton_w4", shape, dtype, split_k=split_k)
 
 
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_triton_every_config_interpreted(use_dot, monkeypatch):
+    """Every config the GPU tuner may pick (GROUPS = BLOCK_K / G per step, both nibble
+    conversions), on a shape where the steps overrun K and the rows overrun N."""
+    pytest.importorskip("triton")
+    import kernels.gemv_w4 as mod
+    shape = GemvW4Shape(6 if use_dot else 3, 20, 640, 64)
+    helpers.check_every_config(monkeypatch, mod, "_w4_kernel", use_dot,
+                               lambda: check_impl("triton_w4", shape, F16, seed=3))
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(M=1, N=4, K=100, group_size=32), "K=100 is not a multiple of group_size=32"),
     (dict(M=1, N=4, K=33, group_size=32), "K=33 must be even"),
@@ -236,7 +247,7 @@ def test_mismatched_arguments():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["triton_w4", "torch_int4pack_mm", "torch_dequant", "torch_compiled"])
+@pytest.mark.parametrize("name", ["triton_w4", "torch_int4pack_mm", "torch_dequant"])
 @pytest.mark.parametrize("dtype", [BF16, F16])
 @pytest.mark.parametrize("shape", [GemvW4Shape(1, 4096, 4096, 128), GemvW4Shape(16, 1000, 2048, 32),
                                    GemvW4Shape(3, 40, 256, 64), GemvW4Shape(64, 512, 512, 256)], ids=str)
@@ -264,3 +275,20 @@ def test_scalar_fallback_without_avx2(tmp_path):
                            shape.N, G, y.data_ptr(), scratch.data_ptr(), 1, int(tiled), 0,
                            y.data_ptr(), 0) == 0
         assert rel_err(y, OP.reference(x, qw, s, z, G)) < 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_cuda_every_config(use_dot, monkeypatch):
+    """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
+    import kernels.gemv_w4 as mod
+    shape = GemvW4Shape(16, 1000, 2048, 32) if use_dot else GemvW4Shape(1, 4096, 4096, 128)
+    helpers.check_every_config(monkeypatch, mod, "_w4_kernel", use_dot,
+                               lambda: check_impl("triton_w4", shape, BF16, device="cuda", seed=4))
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_compiled():
+    """torch.compile on CUDA, one shape (tens of seconds of compiling: not in the device check)."""
+    check_impl("torch_compiled", GemvW4Shape(1, 4096, 4096, 128), BF16, device="cuda")

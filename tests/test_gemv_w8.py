@@ -81,6 +81,16 @@ def test_triton_interpreted(dtype, shape, split_k):
     check_impl("triton_w8", shape, dtype, split_k=split_k)
 
 
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_triton_every_config_interpreted(use_dot, monkeypatch):
+    """Every config the GPU tuner may pick, both int8-to-float conversions, ragged K and N."""
+    pytest.importorskip("triton")
+    import kernels.gemv_w8 as mod
+    shape = GemvW8Shape(6 if use_dot else 3, 20, 600)
+    helpers.check_every_config(monkeypatch, mod, "_w8_kernel", use_dot,
+                               lambda: check_impl("triton_w8", shape, F16, seed=3))
+
+
 @pytest.mark.parametrize("K, msg", [(0, "K must be a positive"), (-3, "K must be a positive")])
 def test_bad_shapes(K, msg):
     with pytest.raises(ValueError, match=msg):
@@ -96,7 +106,7 @@ def test_mismatched_arguments():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["triton_w8", "torch_int8pack_mm", "torch_dequant", "torch_compiled"])
+@pytest.mark.parametrize("name", ["triton_w8", "torch_int8pack_mm", "torch_dequant"])
 @pytest.mark.parametrize("dtype", [BF16, F16])
 @pytest.mark.parametrize("shape", [GemvW8Shape(1, 4096, 4096), GemvW8Shape(16, 1000, 2048),
                                    GemvW8Shape(3, 37, 200), GemvW8Shape(64, 512, 512)], ids=str)
@@ -105,3 +115,20 @@ def test_cuda_impls(name, dtype, shape):
         check_impl(name, shape, dtype, device="cuda")
     except NotImplementedError as e:
         pytest.skip(str(e))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_cuda_every_config(use_dot, monkeypatch):
+    """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
+    import kernels.gemv_w8 as mod
+    shape = GemvW8Shape(16, 1000, 2048) if use_dot else GemvW8Shape(1, 4096, 4096)
+    helpers.check_every_config(monkeypatch, mod, "_w8_kernel", use_dot,
+                               lambda: check_impl("triton_w8", shape, BF16, device="cuda", seed=4))
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_compiled():
+    """torch.compile on CUDA, one shape (tens of seconds of compiling: not in the device check)."""
+    check_impl("torch_compiled", GemvW8Shape(1, 4096, 4096), BF16, device="cuda")

@@ -1,0 +1,61 @@
+"""kernels/triton_util: the fixed config under the interpreter, and the record of autotune picks."""
+import types
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from kernels import triton_util  # noqa: E402
+
+
+def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
+    for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "MAGIC": 1}),
+                        (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "MAGIC": 1})):
+        assert kern.fixed_meta == fixed
+        assert kern.jit_fn is kern
+        gemv, dot = kern.configs_for(False), kern.configs_for(True)
+        assert {c.kwargs["MAGIC"] for c in gemv} == {0, 1}  # the tuner chooses the conversion
+        assert all(c.kwargs["BLOCK_N"] >= 16 for c in dot)  # tl.dot's minimum
+
+
+def test_w4_gemv_configs_step_whole_groups():
+    import kernels.gemv_w4 as w4
+    from kernels.quant import INT4_GROUP_SIZES
+    for c in w4._w4_kernel.configs_for(False):
+        assert all(c.kwargs["BLOCK_K"] % g == 0 for g in INT4_GROUP_SIZES), c
+
+
+def test_config_meta_and_describe():
+    cfg = triton.Config({"BLOCK_N": 32, "MAGIC": 1}, num_warps=8, num_stages=3)
+    assert triton_util.config_meta(cfg) == {"BLOCK_N": 32, "MAGIC": 1, "num_warps": 8,
+                                            "num_stages": 3}
+    assert triton_util.describe(cfg) == "BLOCK_N=32, MAGIC=1, warps=8, stages=3"
+
+
+class FakeTuned:
+    """What tuned() reads off a triton.autotune object: best_config, configs_timings, base_fn."""
+
+    def __init__(self, name):
+        self.base_fn = types.SimpleNamespace(__name__=name)
+        self.best_config = None
+        self.configs_timings = None
+
+
+def test_tuned_names_only_kernels_run_since_forget(monkeypatch):
+    a, b = FakeTuned("_a_kernel"), FakeTuned("_b_kernel")
+    monkeypatch.setattr(triton_util, "TUNED", [a, b])
+    fast = triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=3)
+    slow = triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=3)
+    a.best_config, a.configs_timings = fast, {slow: [0.0123, 0.012, 0.013], fast: [0.0081, 0.008, 0.009]}
+    b.best_config = slow  # a cache hit: no timings this time
+    got = triton_util.tuned()
+    assert got["_a_kernel"]["config"] == "BLOCK_N=16, warps=4, stages=3"
+    assert list(got["_a_kernel"]["timings_us"].items()) == [
+        ("BLOCK_N=16, warps=4, stages=3", 8.1), ("BLOCK_N=64, warps=8, stages=3", 12.3)]
+    assert got["_b_kernel"] == {"config": "BLOCK_N=64, warps=8, stages=3"}
+    triton_util.forget_tuned()
+    assert triton_util.tuned() == {}
+    b.best_config = fast
+    assert list(triton_util.tuned()) == ["_b_kernel"]
