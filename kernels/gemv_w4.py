@@ -19,7 +19,7 @@ from .gemv_w8 import compile_for
 from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
+from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -196,37 +196,76 @@ if HAS_TRITON:
 
     from .gemv_w8 import split_k_for
 
-    # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step (2-16 KB of weights), with the two ways
-    # to turn a nibble into a float (MAGIC, below) for the tuner to choose between.
+    # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
+    # PTX (ASM=1) or in Triton (ASM=0, 1.6x the integer instructions; the interpreter's path).
+    # Offline sm_90 SASS counts: ~0.12-0.15 warp instructions a code at these tiles, where
+    # wider steps amortize the loop's address arithmetic.
     _GEMV_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "MAGIC": magic}, num_warps=nw, num_stages=ns)
-        for bn, bk, nw, ns in ((16, 512, 4, 3), (8, 512, 4, 3), (8, 1024, 4, 3), (16, 256, 4, 3),
-                               (16, 1024, 4, 3), (16, 1024, 8, 3), (32, 256, 4, 3), (32, 512, 4, 3),
-                               (32, 1024, 8, 3), (64, 256, 4, 3), (64, 512, 8, 3), (16, 512, 4, 4))
-        for magic in (1, 0)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm}, num_warps=nw, num_stages=ns)
+        for asm in (1, 0)
+        for bn, bk, nw, ns in ((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3), (16, 1024, 2, 3),
+                               (8, 2048, 4, 3), (32, 2048, 8, 3), (64, 1024, 8, 3), (16, 2048, 4, 4))
     ]
-    # M > 4: tl.dot over one group a step (BLOCK_K and MAGIC unused).
+    # M > 4: tl.dot over one group a step (BLOCK_K and ASM unused).
     _DOT_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "MAGIC": 0}, num_warps=nw, num_stages=ns)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": 0}, num_warps=nw, num_stages=ns)
         for bn in (16, 32, 64, 128) for nw, ns in ((4, 2), (4, 4))
     ]
     _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
 
     def configs_for(use_dot: bool) -> list:
-        """The configs that can run on a path (tl.dot needs BLOCK_N >= 16; BLOCK_K is GEMV's)."""
-        return _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
+        """The configs that can run on a path (tl.dot needs BLOCK_N >= 16; BLOCK_K is GEMV's);
+        under the interpreter, none with PTX in it."""
+        configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
+        return [c for c in configs if not (INTERPRET and c.kwargs["ASM"])]
 
     def _prune(configs: list, nargs: dict, **kw) -> list:
         return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
 
+    @triton.jit
+    def _code(words, i: tl.constexpr):
+        """Code i (bits 4i..4i+3) of each word as the float 1 + q/128: moved to bits 16-19 of
+        1.0f's pattern, whose bit 23 (0x80 of byte 2) is the exponent's and stays set."""
+        if i <= 4:
+            m = (words << (16 - 4 * i)) & 0xF0000
+        else:
+            m = (words >> (4 * i - 16)) & 0xF0000
+        return (m | 0x3F800000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _codes_asm(words):
+        """All 8 codes of each word as floats 1 + q/128, in PTX: the even and the odd nibbles
+        masked, each OR-ed with 0x80 (3 ops a word), then one byte permute a code places it in
+        bits 16-23 under 0x3F (1.0f's top byte). GPU only: the interpreter runs no PTX."""
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 m, o, top, lo, hi;
+            mov.b32 m, 0x0F0F0F0F;
+            mov.b32 o, 0x80808080;
+            mov.b32 top, 0x3F000000;
+            lop3.b32 lo, $8, m, o, 0xEA;
+            shr.b32 hi, $8, 4;
+            lop3.b32 hi, hi, m, o, 0xEA;
+            prmt.b32 $0, lo, top, 0x7044;
+            prmt.b32 $1, hi, top, 0x7044;
+            prmt.b32 $2, lo, top, 0x7144;
+            prmt.b32 $3, hi, top, 0x7144;
+            prmt.b32 $4, lo, top, 0x7244;
+            prmt.b32 $5, hi, top, 0x7244;
+            prmt.b32 $6, lo, top, 0x7344;
+            prmt.b32 $7, hi, top, 0x7344;
+            }""",
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r",
+            args=[words], dtype=(tl.uint32,) * 8, is_pure=True, pack=1)
+
     @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16, "BLOCK_K": 256, "MAGIC": 1}, reset_to_zero=["ws_ptr"],
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0}, reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn,
                    stride_sn, stride_ym, G: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   MAGIC: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
+                   ASM: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
                    IEEE: tl.constexpr):
         # Program (n, split, m) walks its share of the K groups. A row holds G/2 contiguous bytes
         # per group, loaded whole and split into even/odd nibbles in registers; x is read as its
@@ -263,39 +302,77 @@ if HAS_TRITON:
                     acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)))
                     acc += tl.dot(x_odd, tl.trans(w_odd.to(x_odd.dtype)))
         else:
-            # GEMV: GROUPS groups a step as a [BLOCK_N, GROUPS, HALF] tile. The scale and zero
-            # leave the inner sum: sum_j x_j (q_j - z) s = s (sum_j x_j q_j - z sum_j x_j), so a
-            # code costs one FMA after its conversion to float.
+            # GEMV: GROUPS groups of BLOCK_N rows a step, read as 32-bit words (8 codes each) in
+            # [BLOCK_N, GROUPS, G/8] tiles. Code i of a word becomes the float f = 1 + q/128 by
+            # shifting it into the mantissa of 1.0 (no int-to-float conversion, which Hopper
+            # issues at 1/8 of the FMA rate). Per word, sum_i x_i (q_i - z) s
+            # = 128 s p - (128 + z) s xs with p = sum_i x_i f_i and xs = sum_i x_i: one FMA a
+            # code, two a word. Word sums pile up in an accumulator of plain FMAs, summed across
+            # threads once, after the loop.
             GROUPS: tl.constexpr = BLOCK_K // G
+            WPG: tl.constexpr = G // 8
             offs_g = tl.arange(0, GROUPS)
+            offs_w = tl.arange(0, WPG)
+            q32 = q_ptr.to(tl.pointer_type(tl.uint32))
+            acc4 = tl.zeros((BLOCK_M, BLOCK_N, GROUPS, WPG), dtype=tl.float32)
             for g0 in range(g_lo, g_hi, GROUPS):
                 gi = g0 + offs_g
                 g_mask = gi < g_hi
-                b = tl.load(q_ptr + offs_n[:, None, None] * stride_qn + gi[None, :, None] * HALF
-                            + offs_j[None, None, :],
-                            mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
-                if MAGIC:
-                    # 0x4B000000 | q is the float 2^23 + q: an OR and a subtraction instead of an
-                    # int-to-float conversion, which Hopper issues at 1/8 of the FMA rate.
-                    bi = b.to(tl.uint32)
-                    q_even = ((bi & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                    q_odd = ((bi >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                else:
-                    q_even = (b & 0xF).to(tl.float32)
-                    q_odd = (b >> 4).to(tl.float32)
+                words = tl.load(q32 + offs_n[:, None, None] * (stride_qn // 4)
+                                + gi[None, :, None] * WPG + offs_w[None, None, :],
+                                mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
                 sz_offs = offs_n[:, None] * stride_sn + gi[None, :]
                 sz_mask = n_mask[:, None] & g_mask[None, :]
                 s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
                 z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
-                x_offs = x_ptr + offs_m[:, None, None] * stride_xm + gi[None, :, None] * G \
-                    + 2 * offs_j[None, None, :]
-                x_mask = m_mask[:, None, None] & g_mask[None, :, None]
-                x_even = tl.load(x_offs, mask=x_mask, other=0.0).to(tl.float32)
-                x_odd = tl.load(x_offs + 1, mask=x_mask, other=0.0).to(tl.float32)
-                xq = tl.sum(x_even[:, None, :, :] * q_even[None, :, :, :]
-                            + x_odd[:, None, :, :] * q_odd[None, :, :, :], axis=3)
-                xs = tl.sum(x_even + x_odd, axis=2)
-                acc += tl.sum((xq - z[None, :, :] * xs[:, None, :]) * s[None, :, :], axis=2)
+                a = (128.0 * s)[None, :, :, None]
+                c = (-s * (128.0 + z))[None, :, :, None]
+                # x for the step as [BLOCK_M, GROUPS, G/8, 8]: 16 contiguous bytes per word
+                x_offs = x_ptr + offs_m[:, None, None, None] * stride_xm \
+                    + (gi[None, :, None, None] * WPG + offs_w[None, None, :, None]) * 8 \
+                    + tl.arange(0, 8)[None, None, None, :]
+                x8 = tl.load(x_offs, mask=m_mask[:, None, None, None] & g_mask[None, :, None, None],
+                             other=0.0).to(tl.float32)
+                # split the 8 in registers: evens/odds, then by 4 apart, then by 2 apart
+                ev, od = tl.split(tl.reshape(x8, (BLOCK_M, GROUPS, WPG, 4, 2)))
+                e04, e26 = tl.split(tl.reshape(ev, (BLOCK_M, GROUPS, WPG, 2, 2)))
+                o15, o37 = tl.split(tl.reshape(od, (BLOCK_M, GROUPS, WPG, 2, 2)))
+                x0, x4 = tl.split(e04)
+                x2, x6 = tl.split(e26)
+                x1, x5 = tl.split(o15)
+                x3, x7 = tl.split(o37)
+                # per word: p = sum_i x_i f_i (8 FMAs a row), xs = sum_i x_i (shared by the rows)
+                wd = words[None, :, :, :]
+                if ASM:
+                    c0, c1, c2, c3, c4, c5, c6, c7 = _codes_asm(wd)
+                    f0 = c0.to(tl.float32, bitcast=True)
+                    f1 = c1.to(tl.float32, bitcast=True)
+                    f2 = c2.to(tl.float32, bitcast=True)
+                    f3 = c3.to(tl.float32, bitcast=True)
+                    f4 = c4.to(tl.float32, bitcast=True)
+                    f5 = c5.to(tl.float32, bitcast=True)
+                    f6 = c6.to(tl.float32, bitcast=True)
+                    f7 = c7.to(tl.float32, bitcast=True)
+                else:
+                    f0 = _code(wd, 0)
+                    f1 = _code(wd, 1)
+                    f2 = _code(wd, 2)
+                    f3 = _code(wd, 3)
+                    f4 = _code(wd, 4)
+                    f5 = _code(wd, 5)
+                    f6 = _code(wd, 6)
+                    f7 = _code(wd, 7)
+                p = x0[:, None, :, :] * f0
+                p += x1[:, None, :, :] * f1
+                p += x2[:, None, :, :] * f2
+                p += x3[:, None, :, :] * f3
+                p += x4[:, None, :, :] * f4
+                p += x5[:, None, :, :] * f5
+                p += x6[:, None, :, :] * f6
+                p += x7[:, None, :, :] * f7
+                xs = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+                acc4 += a * p + c * xs[:, None, :, :]
+            acc = tl.sum(tl.sum(acc4, axis=3), axis=2)
         y_mask = m_mask[:, None] & n_mask[None, :]
         if SPLIT_K == 1:
             tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
@@ -323,7 +400,7 @@ if HAS_TRITON:
         _w4_kernel[grid](x, qweight, scales, zeros, y, ws, M, N, K, x.stride(0), qweight.stride(0),
                          scales.stride(0), y.stride(0), G=group_size, BLOCK_M=block_m,
                          SPLIT_K=split, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
-                         **_w4_kernel.fixed_meta)
+                         **launch_meta(_w4_kernel, use_dot))
         if split > 1:
             y.copy_(ws)
         return y

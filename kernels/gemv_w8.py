@@ -19,7 +19,7 @@ from . import cpu_simd
 from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
 from .quant import dequant_int8, quantize_int8
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
+from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -158,29 +158,62 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    # BLOCK_N rows x BLOCK_K int8 a step (2-16 KB); MAGIC picks how an int8 becomes a float.
-    _CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "MAGIC": magic}, num_warps=nw, num_stages=ns)
-        for bn, bk, nw, ns in ((16, 256, 4, 3), (8, 512, 4, 3), (16, 512, 4, 3), (16, 1024, 8, 3),
-                               (32, 256, 4, 3), (32, 512, 8, 3), (64, 128, 4, 3), (64, 256, 8, 3),
-                               (16, 256, 4, 4), (128, 128, 8, 3))
-        for magic in (1, 0)
+    # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
+    # PTX (the interpreter runs the Triton twin, ASM=0). tl.dot path (M > 4): BLOCK_N >= 16.
+    _GEMV_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm}, num_warps=nw, num_stages=ns)
+        for asm in (1, 0)
+        for bn, bk, nw, ns in ((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3), (8, 2048, 4, 3),
+                               (32, 2048, 8, 3), (16, 1024, 2, 3), (64, 512, 4, 3), (16, 1024, 4, 4))
     ]
+    _DOT_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 0}, num_warps=nw, num_stages=3)
+        for bn, bk, nw in ((16, 256, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4), (64, 256, 8),
+                           (128, 128, 8))
+    ]
+    _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
+
+    def _configs_for(use_dot: bool) -> list:
+        configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
+        return [c for c in configs if not (INTERPRET and c.kwargs["ASM"])]
 
     def _prune(configs: list, nargs: dict, **kw) -> list:
-        # tl.dot needs 16 rows; the magic conversion is the GEMV path's alone
-        if kw.get("USE_DOT"):
-            return [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["MAGIC"]]
-        return configs
+        return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
 
-    @autotune_or_fixed(_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16, "BLOCK_K": 64, "MAGIC": 1}, reset_to_zero=["ws_ptr"],
+    @triton.jit
+    def _codes_asm(words):
+        """The 4 int8 codes of each word as floats 1 + (q + 128) / 2^15, in PTX: one XOR a word
+        (q + 128 as a byte), then one byte permute a code into bits 8-15 under 0x3F80 (1.0f)."""
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t, top;
+            mov.b32 top, 0x3F800000;
+            xor.b32 t, $4, 0x80808080;
+            prmt.b32 $0, t, top, 0x7604;
+            prmt.b32 $1, t, top, 0x7614;
+            prmt.b32 $2, t, top, 0x7624;
+            prmt.b32 $3, t, top, 0x7634;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[words], dtype=(tl.uint32,) * 4, is_pure=True, pack=1)
+
+    @triton.jit
+    def _code8(words, i: tl.constexpr):
+        """Code i (byte i) of each word as the float 1 + (q + 128) / 2^15 (Triton's twin of the
+        PTX above): q + 128 in bits 8-15 of 1.0f's pattern."""
+        if i == 0:
+            u = (words << 8) & 0xFF00
+        else:
+            u = (words >> (8 * i - 8)) & 0xFF00
+        return ((u ^ 0x8000) | 0x3F800000).to(tl.float32, bitcast=True)
+
+    @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0}, reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   MAGIC: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
-                   IEEE: tl.constexpr):
+                   ASM: tl.constexpr, WORDS: tl.constexpr, SPLIT_K: tl.constexpr,
+                   USE_DOT: tl.constexpr, IEEE: tl.constexpr):
         # Program (n, split, m) owns BLOCK_N rows of qweight and the split-th slice of K. Each row's
         # BLOCK_K int8 are contiguous, so a thread loads 16 of them at once and widens in registers.
         pid_n = tl.program_id(0)
@@ -192,27 +225,74 @@ if HAS_TRITON:
         n_mask = offs_n < N
         k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
         k_lo = pid_k * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(k_lo, tl.minimum(k_lo + k_per_split, K), BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < K
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            q = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
-                        mask=n_mask[:, None] & k_mask[None, :], other=0)
-            if USE_DOT:
+        if USE_DOT:
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < K
+                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                            mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                q = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
+                            mask=n_mask[:, None] & k_mask[None, :], other=0)
                 # int8 → x's dtype is exact (|q| <= 127), so tensor cores see the true weights.
                 if IEEE:
                     acc += tl.dot(x, tl.trans(q.to(x.dtype)), input_precision="ieee")
                 else:
                     acc += tl.dot(x, tl.trans(q.to(x.dtype)))
-            elif MAGIC:
-                # q + 128 in the low byte of the float 2^23: an XOR, an OR and a subtraction
-                # instead of an int-to-float conversion (1/8 of the FMA rate on Hopper)
-                qu = (q.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint32)
-                qf = (qu | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
-                acc += tl.sum(x.to(tl.float32)[:, None, :] * qf[None, :, :], axis=2)
-            else:
+        elif WORDS:
+            # GEMV on 32-bit words (K % 16 == 0): code i of a word becomes the float
+            # f = 1 + u/2^15, u = q + 128, by placing u in the mantissa of 1.0 (no int-to-float
+            # conversion, which Hopper issues at 1/8 of the FMA rate). Per word,
+            # sum_i x_i q_i = 2^15 sum_i x_i (f_i - 1) - 128 sum_i x_i: the first sum is taken
+            # per word (p - xs, small and exact enough) and piles up in a per-thread accumulator
+            # of plain adds; sum x is the same for every row. No cross-thread sums in the loop.
+            KW: tl.constexpr = BLOCK_K // 4
+            offs_w = tl.arange(0, KW)
+            q32 = q_ptr.to(tl.pointer_type(tl.uint32))
+            acc3 = tl.zeros((BLOCK_M, BLOCK_N, KW), dtype=tl.float32)
+            xsum = tl.zeros((BLOCK_M, KW), dtype=tl.float32)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                wi = k0 // 4 + offs_w
+                w_mask = wi < k_hi // 4
+                words = tl.load(q32 + offs_n[:, None] * (stride_qn // 4) + wi[None, :],
+                                mask=n_mask[:, None] & w_mask[None, :], other=0)
+                x4 = tl.load(x_ptr + offs_m[:, None, None] * stride_xm + wi[None, :, None] * 4
+                             + tl.arange(0, 4)[None, None, :],
+                             mask=m_mask[:, None, None] & w_mask[None, :, None], other=0.0)
+                ev, od = tl.split(tl.reshape(x4.to(tl.float32), (BLOCK_M, KW, 2, 2)))
+                x0, x2 = tl.split(ev)
+                x1, x3 = tl.split(od)
+                wd = words[None, :, :]
+                if ASM:
+                    c0, c1, c2, c3 = _codes_asm(wd)
+                    f0 = c0.to(tl.float32, bitcast=True)
+                    f1 = c1.to(tl.float32, bitcast=True)
+                    f2 = c2.to(tl.float32, bitcast=True)
+                    f3 = c3.to(tl.float32, bitcast=True)
+                else:
+                    f0 = _code8(wd, 0)
+                    f1 = _code8(wd, 1)
+                    f2 = _code8(wd, 2)
+                    f3 = _code8(wd, 3)
+                xs = (x0 + x1) + (x2 + x3)
+                p = x0[:, None, :] * f0 - xs[:, None, :]
+                p += x1[:, None, :] * f1
+                p += x2[:, None, :] * f2
+                p += x3[:, None, :] * f3
+                acc3 += p
+                xsum += xs
+            acc = tl.sum(acc3, axis=2) * 32768.0 - 128.0 * tl.sum(xsum, axis=1)[:, None]
+        else:
+            # GEMV on bytes (K not a multiple of 16): the int-to-float conversion, and a
+            # cross-thread sum a step
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < K
+                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                            mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                q = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
+                            mask=n_mask[:, None] & k_mask[None, :], other=0)
                 acc += tl.sum(x.to(tl.float32)[:, None, :] * q.to(tl.float32)[None, :, :], axis=2)
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         acc = acc * s[None, :]
@@ -235,12 +315,13 @@ if HAS_TRITON:
             split *= 2
         return split
 
-    _w8_kernel.configs_for = lambda use_dot: _prune(_CONFIGS, {}, USE_DOT=use_dot)
+    _w8_kernel.configs_for = _configs_for
 
     @register_impl("gemv_w8", "triton_w8", backends=TRITON_BACKENDS, kind="triton")
     def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                   out: torch.Tensor | None = None, split_k: int | None = None) -> torch.Tensor:
-        """Triton INT8 GEMV: in-register widening, broadcast-reduce for M <= 4, tl.dot above, split-K."""
+        """Triton INT8 GEMV: codes to floats in registers without conversions, per-thread sums for
+        M <= 4, tl.dot above, split-K only where N leaves SMs idle."""
         M, N, K = check_args(x, qweight, scales)
         x = x.contiguous()
         y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
@@ -250,8 +331,9 @@ if HAS_TRITON:
         ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
         _w8_kernel[grid](x, qweight, scales, y, ws, M, N, K, x.stride(0), qweight.stride(0),
-                         y.stride(0), BLOCK_M=block_m, SPLIT_K=split, USE_DOT=use_dot,
-                         IEEE=x.dtype == torch.float32, **_w8_kernel.fixed_meta)
+                         y.stride(0), BLOCK_M=block_m, WORDS=K % 16 == 0, SPLIT_K=split,
+                         USE_DOT=use_dot,
+                         IEEE=x.dtype == torch.float32, **launch_meta(_w8_kernel, use_dot))
         if split > 1:
             y.copy_(ws)
         return y

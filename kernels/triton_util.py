@@ -70,6 +70,20 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     return deco
 
 
+def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
+    """The meta-parameters a launcher passes: a test's forced config (tests/helpers.FixedConfig),
+    else the interpreter's fixed set, else with DECODEWALL_AUTOTUNE=0 the first config that can
+    run on this path (`kernel.configs_for(use_dot)`), else none: the tuner picks."""
+    forced = getattr(kernel, "forced_meta", None)
+    if forced is not None:
+        return forced
+    if INTERPRET:
+        return kernel.fixed_meta
+    if not AUTOTUNE and hasattr(kernel, "configs_for"):
+        return config_meta(kernel.configs_for(use_dot)[0])
+    return kernel.fixed_meta
+
+
 def describe(cfg: Any) -> str:
     meta = ", ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
     return f"{meta}, warps={cfg.num_warps}, stages={cfg.num_stages}"

@@ -72,7 +72,7 @@ class FixedConfig:
         meta = config_meta(cfg)
         if INTERPRET:  # the interpreter has no warps or pipeline stages to choose
             meta.pop("num_warps"), meta.pop("num_stages")
-        self.fixed_meta = meta
+        self.forced_meta = meta
 
     def __getitem__(self, grid):
         return self.fn[grid]

@@ -74,7 +74,8 @@ def test_compiled_matches_reference():
 
 
 @pytest.mark.parametrize("dtype", [F16, F32])
-@pytest.mark.parametrize("shape", [GemvW8Shape(1, 37, 200), GemvW8Shape(5, 20, 96)], ids=str)
+@pytest.mark.parametrize("shape", [GemvW8Shape(1, 37, 200), GemvW8Shape(5, 20, 96),
+                                   GemvW8Shape(2, 37, 320)], ids=str)
 @pytest.mark.parametrize("split_k", [None, 2])
 def test_triton_interpreted(dtype, shape, split_k):
     pytest.importorskip("triton")
@@ -83,10 +84,11 @@ def test_triton_interpreted(dtype, shape, split_k):
 
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_triton_every_config_interpreted(use_dot, monkeypatch):
-    """Every config the GPU tuner may pick, both int8-to-float conversions, ragged K and N."""
+    """Every config the GPU tuner may pick (here: those without PTX), on 32-bit words (K % 16
+    == 0) with steps that overrun K and rows that overrun N."""
     pytest.importorskip("triton")
     import kernels.gemv_w8 as mod
-    shape = GemvW8Shape(6 if use_dot else 3, 20, 600)
+    shape = GemvW8Shape(6 if use_dot else 3, 20, 640)
     helpers.check_every_config(monkeypatch, mod, "_w8_kernel", use_dot,
                                lambda: check_impl("triton_w8", shape, F16, seed=3))
 

@@ -94,6 +94,23 @@ def test_triton_gemv_interpreted(M, N, K, dtype):
     assert rel_err(out, op.reference(x, w)) <= op.tol(dtype)
 
 
+def _gemv_check(shape, dtype, device):
+    from tests.helpers import check_impl
+    return lambda: check_impl(OPS["gemv_bf16"], "triton_gemv", shape, dtype, device, seed=3)
+
+
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_triton_gemv_every_config_interpreted(use_dot, monkeypatch):
+    """Every config the GPU tuner may pick, on steps that overrun K and rows that overrun N."""
+    from kernels.triton_util import HAS_TRITON, INTERPRET
+    if not (HAS_TRITON and INTERPRET):
+        pytest.skip("needs triton under TRITON_INTERPRET=1")
+    import kernels.gemv_bf16 as mod
+    from tests.helpers import check_every_config
+    check_every_config(monkeypatch, mod, "_gemv_kernel", use_dot,
+                       _gemv_check(GemvShape(6 if use_dot else 1, 20, 1100), torch.float16, "cpu"))
+
+
 def test_torch_impls_against_reference_all_dtypes():
     op = OPS["gemv_bf16"]
     for dtype in op.dtypes:
@@ -112,3 +129,14 @@ def test_triton_gemv_cuda(M, N, K, dtype):
     out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
     op.impls["triton_gemv"](x, w, out=out)
     assert rel_err(out, op.reference(x, w)) <= op.tol(dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_triton_gemv_every_config_cuda(use_dot, monkeypatch):
+    """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
+    import kernels.gemv_bf16 as mod
+    from tests.helpers import check_every_config
+    shape = GemvShape(16, 1000, 3000) if use_dot else GemvShape(1, 4096, 4100)
+    check_every_config(monkeypatch, mod, "_gemv_kernel", use_dot,
+                       _gemv_check(shape, torch.bfloat16, "cuda"))

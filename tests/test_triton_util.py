@@ -9,15 +9,29 @@ from kernels import triton_util  # noqa: E402
 
 
 def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
+    import kernels.gemv_bf16 as bf
     import kernels.gemv_w4 as w4
     import kernels.gemv_w8 as w8
-    for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "MAGIC": 1}),
-                        (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "MAGIC": 1})):
+    for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0}),
+                        (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0}),
+                        (bf._gemv_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1})):
         assert kern.fixed_meta == fixed
+        assert triton_util.launch_meta(kern, True) == triton_util.launch_meta(kern, False) == fixed
         assert kern.jit_fn is kern
         gemv, dot = kern.configs_for(False), kern.configs_for(True)
-        assert {c.kwargs["MAGIC"] for c in gemv} == {0, 1}  # the tuner chooses the conversion
+        assert gemv and dot
         assert all(c.kwargs["BLOCK_N"] >= 16 for c in dot)  # tl.dot's minimum
+        # the interpreter runs no PTX: its configs leave the inline-asm conversion out
+        assert not any(c.kwargs.get("ASM") for c in gemv + dot)
+    for mod, kern in ((w4, w4._w4_kernel), (w8, w8._w8_kernel)):  # the GPU tunes between both
+        assert {c.kwargs["ASM"] for c in mod._GEMV_CONFIGS} == {0, 1}
+
+
+def test_launch_meta_prefers_a_forced_config():
+    class K:
+        fixed_meta = {"BLOCK_N": 1}
+        forced_meta = {"BLOCK_N": 2}
+    assert triton_util.launch_meta(K()) == {"BLOCK_N": 2}
 
 
 def test_w4_gemv_configs_step_whole_groups():
