@@ -1,0 +1,36 @@
+"""bench/sass.py: the static issue ceiling, and a real sm_90 compile of one config (no GPU)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.sass import SM90_CLOCK_HZ, SM90_SMS, LoopCount
+from tests.helpers import REPO
+
+
+def test_ceiling_is_four_warp_instructions_a_clock():
+    # INT4 at 4800 GB/s: 9.6e12 codes/s over 132 SMs at 1.98 GHz = 36.7 codes a clock an SM,
+    # so 4 warp instructions a clock allow 0.109 a code
+    budget = 4 / (4800e9 / 0.5 / (SM90_SMS * SM90_CLOCK_HZ))
+    assert budget == pytest.approx(0.109, abs=1e-3)
+    row = LoopCount("gemv_w4", "", per_code=2 * budget, loop=0, regs=None, top=[])
+    assert row.ceiling_pct(4800, 0.5) == pytest.approx(50.0)
+    assert LoopCount("gemv_w4", "", budget / 2, 0, None, []).ceiling_pct(4800, 0.5) == 100.0
+
+
+def test_counts_one_config_of_each_quantized_kernel_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-m", "bench.sass", "--op", "gemv_w4", "--configs", "1"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    if r.returncode == 2 and "cannot compile for sm_90" in r.stderr:
+        pytest.skip(r.stderr.strip())
+    assert r.returncode == 0, r.stderr[-800:]
+    rows = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("gemv_w4")]
+    assert len(rows) == 1
+    per_code = float(re.search(r"stages=\d+\s+([\d.]+)\s+ceiling", rows[0]).group(1))
+    assert 0.02 < per_code < 1.0  # a loop was found and it has FMAs in it
+    assert "FFMA" in rows[0]
