@@ -19,7 +19,8 @@ from .gemv_w8 import compile_for
 from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
+from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta, \
+    without_ptx
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -197,27 +198,30 @@ if HAS_TRITON:
     from .gemv_w8 import split_k_for
 
     # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
-    # PTX (ASM=1) or in Triton (ASM=0, 1.6x the integer instructions; the interpreter's path).
-    # Offline sm_90 SASS counts: ~0.12-0.15 warp instructions a code at these tiles, where
-    # wider steps amortize the loop's address arithmetic.
+    # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
+    # PREFETCH=1 loading the next step's words during this one (more bytes in flight where few
+    # programs fit an SM). `python -m bench.sass` counts each config's loop for sm_90.
     _GEMV_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm}, num_warps=nw, num_stages=ns)
-        for asm in (1, 0)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf}, num_warps=nw,
+                      num_stages=ns)
+        for asm, pf in ((1, 0), (1, 1), (0, 0))
         for bn, bk, nw, ns in ((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3), (16, 1024, 2, 3),
-                               (8, 2048, 4, 3), (32, 2048, 8, 3), (64, 1024, 8, 3), (16, 2048, 4, 4))
+                               (8, 2048, 4, 3), (32, 2048, 8, 3), (64, 1024, 8, 3))
+        if not pf or bn * bk <= 16384
     ]
-    # M > 4: tl.dot over one group a step (BLOCK_K and ASM unused).
+    # M > 4: tl.dot over one group a step (BLOCK_K, ASM and PREFETCH unused).
     _DOT_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": 0}, num_warps=nw, num_stages=ns)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 0}, num_warps=nw,
+                      num_stages=ns)
         for bn in (16, 32, 64, 128) for nw, ns in ((4, 2), (4, 4))
     ]
     _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
 
     def configs_for(use_dot: bool) -> list:
         """The configs that can run on a path (tl.dot needs BLOCK_N >= 16; BLOCK_K is GEMV's);
-        under the interpreter, none with PTX in it."""
+        under the interpreter, each with its PTX replaced by the Triton twin (ASM=0)."""
         configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
-        return [c for c in configs if not (INTERPRET and c.kwargs["ASM"])]
+        return [without_ptx(c) for c in configs] if INTERPRET else configs
 
     def _prune(configs: list, nargs: dict, **kw) -> list:
         return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
@@ -259,17 +263,16 @@ if HAS_TRITON:
             args=[words], dtype=(tl.uint32,) * 8, is_pure=True, pack=1)
 
     @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0}, reset_to_zero=["ws_ptr"],
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1},
+                       reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn,
                    stride_sn, stride_ym, G: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   ASM: tl.constexpr, SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr,
-                   IEEE: tl.constexpr):
-        # Program (n, split, m) walks its share of the K groups. A row holds G/2 contiguous bytes
-        # per group, loaded whole and split into even/odd nibbles in registers; x is read as its
-        # even and odd halves so the nibbles never need interleaving.
+                   ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
+                   USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+        # Program (n, split, m) walks its share of the K groups.
         HALF: tl.constexpr = G // 2
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -285,6 +288,8 @@ if HAS_TRITON:
         g_hi = tl.minimum(g_lo + per_split, ng)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if USE_DOT:
+            # One group a step: a row's G/2 bytes loaded whole, split into even/odd nibbles and
+            # dequantized in registers; x read as its even and odd halves to match.
             for g in range(g_lo, g_hi):
                 b = tl.load(q_ptr + offs_n[:, None] * stride_qn + g * HALF + offs_j[None, :],
                             mask=n_mask[:, None], other=0)
@@ -315,12 +320,22 @@ if HAS_TRITON:
             offs_w = tl.arange(0, WPG)
             q32 = q_ptr.to(tl.pointer_type(tl.uint32))
             acc4 = tl.zeros((BLOCK_M, BLOCK_N, GROUPS, WPG), dtype=tl.float32)
+            w_ptrs = q32 + offs_n[:, None, None] * (stride_qn // 4) + offs_w[None, None, :]
+            if PREFETCH:  # the next step's words load while this step's are used
+                nxt = tl.load(w_ptrs + (g_lo + offs_g)[None, :, None] * WPG,
+                              mask=n_mask[:, None, None] & (g_lo + offs_g < g_hi)[None, :, None],
+                              other=0)
             for g0 in range(g_lo, g_hi, GROUPS):
                 gi = g0 + offs_g
                 g_mask = gi < g_hi
-                words = tl.load(q32 + offs_n[:, None, None] * (stride_qn // 4)
-                                + gi[None, :, None] * WPG + offs_w[None, None, :],
-                                mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
+                if PREFETCH:
+                    words = nxt
+                    nxt = tl.load(w_ptrs + (gi + GROUPS)[None, :, None] * WPG,
+                                  mask=n_mask[:, None, None] & (gi + GROUPS < g_hi)[None, :, None],
+                                  other=0)
+                else:
+                    words = tl.load(w_ptrs + gi[None, :, None] * WPG,
+                                    mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
                 sz_offs = offs_n[:, None] * stride_sn + gi[None, :]
                 sz_mask = n_mask[:, None] & g_mask[None, :]
                 s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
@@ -386,9 +401,13 @@ if HAS_TRITON:
     def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                   group_size: int, out: torch.Tensor | None = None,
                   split_k: int | None = None) -> torch.Tensor:
-        """Triton INT4 GEMV: several groups a step, in-register unpack, scale and zero applied per
-        group after the sum; tl.dot once M > 4; split-K only where N leaves SMs idle."""
+        """Triton INT4 GEMV: 32-bit words of codes turned into floats without conversions, scale
+        and zero applied per word, per-thread sums; tl.dot once M > 4; split-K only where N
+        leaves SMs idle."""
         M, N, K = check_args(x, qweight, scales, zeros, group_size)
+        if qweight.data_ptr() % 4 or qweight.stride(1) != 1:
+            raise ValueError("triton_w4 reads qweight as 32-bit words: it must be contiguous and "
+                             "start on a 4-byte boundary")
         x = x.contiguous()
         y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
         use_dot = M > 4

@@ -19,7 +19,8 @@ from . import cpu_simd
 from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
 from .quant import dequant_int8, quantize_int8
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
+from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta, \
+    without_ptx
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -159,15 +160,19 @@ if HAS_TRITON:
     import triton.language as tl
 
     # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
-    # PTX (the interpreter runs the Triton twin, ASM=0). tl.dot path (M > 4): BLOCK_N >= 16.
+    # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
+    # during this one. tl.dot path (M > 4): BLOCK_N >= 16.
     _GEMV_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm}, num_warps=nw, num_stages=ns)
-        for asm in (1, 0)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf}, num_warps=nw,
+                      num_stages=ns)
+        for asm, pf in ((1, 0), (1, 1), (0, 0))
         for bn, bk, nw, ns in ((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3), (8, 2048, 4, 3),
-                               (32, 2048, 8, 3), (16, 1024, 2, 3), (64, 512, 4, 3), (16, 1024, 4, 4))
+                               (32, 2048, 8, 3), (16, 1024, 2, 3), (64, 512, 4, 3))
+        if not pf or bn * bk <= 16384
     ]
     _DOT_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 0}, num_warps=nw, num_stages=3)
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 0, "PREFETCH": 0}, num_warps=nw,
+                      num_stages=3)
         for bn, bk, nw in ((16, 256, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4), (64, 256, 8),
                            (128, 128, 8))
     ]
@@ -175,7 +180,7 @@ if HAS_TRITON:
 
     def _configs_for(use_dot: bool) -> list:
         configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
-        return [c for c in configs if not (INTERPRET and c.kwargs["ASM"])]
+        return [without_ptx(c) for c in configs] if INTERPRET else configs
 
     def _prune(configs: list, nargs: dict, **kw) -> list:
         return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
@@ -207,12 +212,14 @@ if HAS_TRITON:
         return ((u ^ 0x8000) | 0x3F800000).to(tl.float32, bitcast=True)
 
     @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
-                       fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0}, reset_to_zero=["ws_ptr"],
+                       fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1},
+                       reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn, stride_ym,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   ASM: tl.constexpr, WORDS: tl.constexpr, SPLIT_K: tl.constexpr,
+                   ASM: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
+                   SPLIT_K: tl.constexpr,
                    USE_DOT: tl.constexpr, IEEE: tl.constexpr):
         # Program (n, split, m) owns BLOCK_N rows of qweight and the split-th slice of K. Each row's
         # BLOCK_K int8 are contiguous, so a thread loads 16 of them at once and widens in registers.
@@ -252,11 +259,21 @@ if HAS_TRITON:
             q32 = q_ptr.to(tl.pointer_type(tl.uint32))
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, KW), dtype=tl.float32)
             xsum = tl.zeros((BLOCK_M, KW), dtype=tl.float32)
+            w_ptrs = q32 + offs_n[:, None] * (stride_qn // 4)
+            if PREFETCH:  # the next step's words load while this step's are used
+                nxt = tl.load(w_ptrs + (k_lo // 4 + offs_w)[None, :],
+                              mask=n_mask[:, None] & (k_lo // 4 + offs_w < k_hi // 4)[None, :],
+                              other=0)
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 wi = k0 // 4 + offs_w
                 w_mask = wi < k_hi // 4
-                words = tl.load(q32 + offs_n[:, None] * (stride_qn // 4) + wi[None, :],
-                                mask=n_mask[:, None] & w_mask[None, :], other=0)
+                if PREFETCH:
+                    words = nxt
+                    nxt = tl.load(w_ptrs + (wi + KW)[None, :],
+                                  mask=n_mask[:, None] & (wi + KW < k_hi // 4)[None, :], other=0)
+                else:
+                    words = tl.load(w_ptrs + wi[None, :], mask=n_mask[:, None] & w_mask[None, :],
+                                    other=0)
                 x4 = tl.load(x_ptr + offs_m[:, None, None] * stride_xm + wi[None, :, None] * 4
                              + tl.arange(0, 4)[None, None, :],
                              mask=m_mask[:, None, None] & w_mask[None, :, None], other=0.0)
@@ -330,10 +347,12 @@ if HAS_TRITON:
         split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
         ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
+        # 32-bit words where rows and the start allow (else one byte at a time)
+        words = K % 16 == 0 and qweight.data_ptr() % 16 == 0 and qweight.stride(1) == 1
         _w8_kernel[grid](x, qweight, scales, y, ws, M, N, K, x.stride(0), qweight.stride(0),
-                         y.stride(0), BLOCK_M=block_m, WORDS=K % 16 == 0, SPLIT_K=split,
-                         USE_DOT=use_dot,
-                         IEEE=x.dtype == torch.float32, **launch_meta(_w8_kernel, use_dot))
+                         y.stride(0), BLOCK_M=block_m, WORDS=words, SPLIT_K=split,
+                         USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
+                         **launch_meta(_w8_kernel, use_dot))
         if split > 1:
             y.copy_(ws)
         return y

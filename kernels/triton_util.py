@@ -70,6 +70,15 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     return deco
 
 
+def without_ptx(cfg: Any) -> Any:
+    """A copy of `cfg` that converts codes in Triton rather than in inline PTX (ASM=0): the
+    interpreter runs no PTX, but everything else about the config can still be checked there."""
+    if not cfg.kwargs.get("ASM"):
+        return cfg
+    return triton.Config({**cfg.kwargs, "ASM": 0}, num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages)
+
+
 def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
     """The meta-parameters a launcher passes: a test's forced config (tests/helpers.FixedConfig),
     else the interpreter's fixed set, else with DECODEWALL_AUTOTUNE=0 the first config that can

@@ -215,6 +215,15 @@ def test_triton_interpreted(dtype, shape, split_k):
     check_impl("triton_w4", shape, dtype, split_k=split_k)
 
 
+def test_triton_refuses_unaligned_words():
+    pytest.importorskip("triton")
+    x, qw, s, z, G = OP.make_inputs(GemvW4Shape(1, 8, 64, 32), F16, "cpu", 0)
+    shifted = torch.empty(qw.numel() + 1, dtype=torch.uint8)[1:].view(qw.shape)
+    shifted.copy_(qw)
+    with pytest.raises(ValueError, match="4-byte boundary"):
+        OP.impls["triton_w4"](x, shifted, s, z, G)
+
+
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_triton_every_config_interpreted(use_dot, monkeypatch):
     """Every config the GPU tuner may pick (GROUPS = BLOCK_K / G per step, both nibble

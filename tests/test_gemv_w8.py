@@ -82,6 +82,17 @@ def test_triton_interpreted(dtype, shape, split_k):
     check_impl("triton_w8", shape, dtype, split_k=split_k)
 
 
+def test_triton_unaligned_weights_take_the_byte_path():
+    """A weight view that does not start on a 16-byte boundary is read a byte at a time."""
+    pytest.importorskip("triton")
+    x, q, s = OP.make_inputs(GemvW8Shape(2, 24, 64), F16, "cpu", 2)
+    shifted = torch.empty(q.numel() + 1, dtype=torch.int8)[1:].view(q.shape)
+    shifted.copy_(q)
+    out = torch.full((2, 24), float("nan"), dtype=F16)
+    OP.impls["triton_w8"](x, shifted, s, out=out)
+    assert rel_err(out, OP.reference(x, q, s)) < OP.tol(F16)
+
+
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_triton_every_config_interpreted(use_dot, monkeypatch):
     """Every config the GPU tuner may pick (here: those without PTX), on 32-bit words (K % 16

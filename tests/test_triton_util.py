@@ -12,8 +12,8 @@ def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
     import kernels.gemv_bf16 as bf
     import kernels.gemv_w4 as w4
     import kernels.gemv_w8 as w8
-    for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0}),
-                        (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0}),
+    for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1}),
+                        (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1}),
                         (bf._gemv_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1})):
         assert kern.fixed_meta == fixed
         assert triton_util.launch_meta(kern, True) == triton_util.launch_meta(kern, False) == fixed
@@ -21,10 +21,13 @@ def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
         gemv, dot = kern.configs_for(False), kern.configs_for(True)
         assert gemv and dot
         assert all(c.kwargs["BLOCK_N"] >= 16 for c in dot)  # tl.dot's minimum
-        # the interpreter runs no PTX: its configs leave the inline-asm conversion out
+        # the interpreter runs no PTX: its configs swap the inline-asm conversion for its twin
         assert not any(c.kwargs.get("ASM") for c in gemv + dot)
     for mod, kern in ((w4, w4._w4_kernel), (w8, w8._w8_kernel)):  # the GPU tunes between both
         assert {c.kwargs["ASM"] for c in mod._GEMV_CONFIGS} == {0, 1}
+        assert len(kern.configs_for(False)) == len(mod._GEMV_CONFIGS)  # each tile still checked
+    for kern in (w4._w4_kernel, w8._w8_kernel):
+        assert {c.kwargs["PREFETCH"] for c in kern.configs_for(False)} == {0, 1}
 
 
 def test_launch_meta_prefers_a_forced_config():
