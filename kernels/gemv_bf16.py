@@ -120,6 +120,18 @@ if HAS_TRITON:
                 [c for c in configs if c.kwargs["ACC3"] and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 4096]
         return configs
 
+    @triton.jit
+    def load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm, stride_wn,
+                BLOCK_K: tl.constexpr):
+        """x[BLOCK_M, BLOCK_K] and w[BLOCK_N, BLOCK_K] at k0, zero past K (the GEMVs' K step)."""
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
+                    mask=n_mask[:, None] & k_mask[None, :], other=0)
+        return x, w
+
     @autotune_or_fixed(_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1},
                        prune_configs_by={"early_config_prune": _prune})
     @triton.jit
@@ -138,12 +150,8 @@ if HAS_TRITON:
         KA: tl.constexpr = 1 + (BLOCK_K - 1) * ACC3 * (1 - USE_DOT)
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, KA), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < K
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
-                        mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            x, w = load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm,
+                           stride_wn, BLOCK_K)
             if USE_DOT:
                 if IEEE:
                     acc += tl.dot(x, tl.trans(w), input_precision="ieee")

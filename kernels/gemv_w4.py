@@ -19,8 +19,8 @@ from .gemv_w8 import compile_for
 from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta, \
-    without_ptx
+from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
+    word_gemv_configs
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -201,30 +201,16 @@ if HAS_TRITON:
     # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
     # PREFETCH=1 loading the next step's words during this one (more bytes in flight where few
     # programs fit an SM). `python -m bench.sass` counts each config's loop for sm_90.
-    _GEMV_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf}, num_warps=nw,
-                      num_stages=ns)
-        for asm, pf in ((1, 0), (1, 1), (0, 0))
-        for bn, bk, nw, ns in ((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3), (16, 1024, 2, 3),
-                               (8, 2048, 4, 3), (32, 2048, 8, 3), (64, 1024, 8, 3))
-        if not pf or bn * bk <= 16384
-    ]
+    _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3),
+                                       (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),
+                                       (64, 1024, 8, 3)))
     # M > 4: tl.dot over one group a step (BLOCK_K, ASM and PREFETCH unused).
     _DOT_CONFIGS = [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 0}, num_warps=nw,
                       num_stages=ns)
         for bn in (16, 32, 64, 128) for nw, ns in ((4, 2), (4, 4))
     ]
-    _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
-
-    def configs_for(use_dot: bool) -> list:
-        """The configs that can run on a path (tl.dot needs BLOCK_N >= 16; BLOCK_K is GEMV's);
-        under the interpreter, each with its PTX replaced by the Triton twin (ASM=0)."""
-        configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
-        return [without_ptx(c) for c in configs] if INTERPRET else configs
-
-    def _prune(configs: list, nargs: dict, **kw) -> list:
-        return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
+    _ALL_CONFIGS, configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
 
     @triton.jit
     def _code(words, i: tl.constexpr):
@@ -262,7 +248,20 @@ if HAS_TRITON:
             constraints="=r,=r,=r,=r,=r,=r,=r,=r,r",
             args=[words], dtype=(tl.uint32,) * 8, is_pure=True, pack=1)
 
-    @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
+    @triton.jit
+    def _codes(words, ASM: tl.constexpr):
+        """The 8 codes of each word as floats 1 + q/128, in PTX (ASM) or in Triton."""
+        if ASM:
+            c = _codes_asm(words)
+            return (c[0].to(tl.float32, bitcast=True), c[1].to(tl.float32, bitcast=True),
+                    c[2].to(tl.float32, bitcast=True), c[3].to(tl.float32, bitcast=True),
+                    c[4].to(tl.float32, bitcast=True), c[5].to(tl.float32, bitcast=True),
+                    c[6].to(tl.float32, bitcast=True), c[7].to(tl.float32, bitcast=True))
+        else:
+            return (_code(words, 0), _code(words, 1), _code(words, 2), _code(words, 3),
+                    _code(words, 4), _code(words, 5), _code(words, 6), _code(words, 7))
+
+    @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
                        fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1},
                        reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
@@ -357,26 +356,7 @@ if HAS_TRITON:
                 x1, x5 = tl.split(o15)
                 x3, x7 = tl.split(o37)
                 # per word: p = sum_i x_i f_i (8 FMAs a row), xs = sum_i x_i (shared by the rows)
-                wd = words[None, :, :, :]
-                if ASM:
-                    c0, c1, c2, c3, c4, c5, c6, c7 = _codes_asm(wd)
-                    f0 = c0.to(tl.float32, bitcast=True)
-                    f1 = c1.to(tl.float32, bitcast=True)
-                    f2 = c2.to(tl.float32, bitcast=True)
-                    f3 = c3.to(tl.float32, bitcast=True)
-                    f4 = c4.to(tl.float32, bitcast=True)
-                    f5 = c5.to(tl.float32, bitcast=True)
-                    f6 = c6.to(tl.float32, bitcast=True)
-                    f7 = c7.to(tl.float32, bitcast=True)
-                else:
-                    f0 = _code(wd, 0)
-                    f1 = _code(wd, 1)
-                    f2 = _code(wd, 2)
-                    f3 = _code(wd, 3)
-                    f4 = _code(wd, 4)
-                    f5 = _code(wd, 5)
-                    f6 = _code(wd, 6)
-                    f7 = _code(wd, 7)
+                f0, f1, f2, f3, f4, f5, f6, f7 = _codes(words[None, :, :, :], ASM)
                 p = x0[:, None, :, :] * f0
                 p += x1[:, None, :, :] * f1
                 p += x2[:, None, :, :] * f2

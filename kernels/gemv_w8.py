@@ -19,8 +19,8 @@ from . import cpu_simd
 from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
 from .quant import dequant_int8, quantize_int8
 from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta, \
-    without_ptx
+from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
+    word_gemv_configs
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -159,31 +159,21 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .gemv_bf16 import load_xw
+
     # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
     # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
     # during this one. tl.dot path (M > 4): BLOCK_N >= 16.
-    _GEMV_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf}, num_warps=nw,
-                      num_stages=ns)
-        for asm, pf in ((1, 0), (1, 1), (0, 0))
-        for bn, bk, nw, ns in ((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3), (8, 2048, 4, 3),
-                               (32, 2048, 8, 3), (16, 1024, 2, 3), (64, 512, 4, 3))
-        if not pf or bn * bk <= 16384
-    ]
+    _GEMV_CONFIGS = word_gemv_configs(((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3),
+                                       (8, 2048, 4, 3), (32, 2048, 8, 3), (16, 1024, 2, 3),
+                                       (64, 512, 4, 3)))
     _DOT_CONFIGS = [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 0, "PREFETCH": 0}, num_warps=nw,
                       num_stages=3)
         for bn, bk, nw in ((16, 256, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4), (64, 256, 8),
                            (128, 128, 8))
     ]
-    _DOT_IDS = {id(c) for c in _DOT_CONFIGS}
-
-    def _configs_for(use_dot: bool) -> list:
-        configs = _DOT_CONFIGS if use_dot else _GEMV_CONFIGS
-        return [without_ptx(c) for c in configs] if INTERPRET else configs
-
-    def _prune(configs: list, nargs: dict, **kw) -> list:
-        return [c for c in configs if (id(c) in _DOT_IDS) == bool(kw.get("USE_DOT"))]
+    _ALL_CONFIGS, _configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
 
     @triton.jit
     def _codes_asm(words):
@@ -211,7 +201,17 @@ if HAS_TRITON:
             u = (words >> (8 * i - 8)) & 0xFF00
         return ((u ^ 0x8000) | 0x3F800000).to(tl.float32, bitcast=True)
 
-    @autotune_or_fixed(_GEMV_CONFIGS + _DOT_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
+    @triton.jit
+    def _codes(words, ASM: tl.constexpr):
+        """The 4 codes of each word as floats 1 + (q + 128) / 2^15, in PTX (ASM) or in Triton."""
+        if ASM:
+            c = _codes_asm(words)
+            return (c[0].to(tl.float32, bitcast=True), c[1].to(tl.float32, bitcast=True),
+                    c[2].to(tl.float32, bitcast=True), c[3].to(tl.float32, bitcast=True))
+        else:
+            return _code8(words, 0), _code8(words, 1), _code8(words, 2), _code8(words, 3)
+
+    @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
                        fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1},
                        reset_to_zero=["ws_ptr"],
                        prune_configs_by={"early_config_prune": _prune})
@@ -236,12 +236,8 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if USE_DOT:
             for k0 in range(k_lo, k_hi, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_mask = offs_k < K
-                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                            mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-                q = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
-                            mask=n_mask[:, None] & k_mask[None, :], other=0)
+                x, q = load_xw(x_ptr, q_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm,
+                               stride_qn, BLOCK_K)
                 # int8 → x's dtype is exact (|q| <= 127), so tensor cores see the true weights.
                 if IEEE:
                     acc += tl.dot(x, tl.trans(q.to(x.dtype)), input_precision="ieee")
@@ -280,18 +276,7 @@ if HAS_TRITON:
                 ev, od = tl.split(tl.reshape(x4.to(tl.float32), (BLOCK_M, KW, 2, 2)))
                 x0, x2 = tl.split(ev)
                 x1, x3 = tl.split(od)
-                wd = words[None, :, :]
-                if ASM:
-                    c0, c1, c2, c3 = _codes_asm(wd)
-                    f0 = c0.to(tl.float32, bitcast=True)
-                    f1 = c1.to(tl.float32, bitcast=True)
-                    f2 = c2.to(tl.float32, bitcast=True)
-                    f3 = c3.to(tl.float32, bitcast=True)
-                else:
-                    f0 = _code8(wd, 0)
-                    f1 = _code8(wd, 1)
-                    f2 = _code8(wd, 2)
-                    f3 = _code8(wd, 3)
+                f0, f1, f2, f3 = _codes(words[None, :, :], ASM)
                 xs = (x0 + x1) + (x2 + x3)
                 p = x0[:, None, :] * f0 - xs[:, None, :]
                 p += x1[:, None, :] * f1
@@ -304,12 +289,8 @@ if HAS_TRITON:
             # GEMV on bytes (K not a multiple of 16): the int-to-float conversion, and a
             # cross-thread sum a step
             for k0 in range(k_lo, k_hi, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_mask = offs_k < K
-                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                            mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-                q = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
-                            mask=n_mask[:, None] & k_mask[None, :], other=0)
+                x, q = load_xw(x_ptr, q_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm,
+                               stride_qn, BLOCK_K)
                 acc += tl.sum(x.to(tl.float32)[:, None, :] * q.to(tl.float32)[None, :, :], axis=2)
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         acc = acc * s[None, :]

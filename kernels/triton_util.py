@@ -79,6 +79,32 @@ def without_ptx(cfg: Any) -> Any:
                          num_stages=cfg.num_stages)
 
 
+def word_gemv_configs(tiles: tuple) -> list:
+    """The quantized GEMVs' M <= 4 configs: each (BLOCK_N, BLOCK_K, warps, stages) tile with the
+    PTX code conversion (ASM=1) with and without PREFETCH (tiles of at most 16 K codes: it holds
+    two steps of words), and with the Triton conversion (ASM=0)."""
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf},
+                          num_warps=nw, num_stages=ns)
+            for asm, pf in ((1, 0), (1, 1), (0, 0))
+            for bn, bk, nw, ns in tiles if not pf or bn * bk <= 16384]
+
+
+def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
+    """A kernel with a GEMV path and a tl.dot path (USE_DOT): all its configs, `configs_for(
+    use_dot)` (under the interpreter with PTX swapped for the Triton twin) and the tuner's prune
+    (each launch tries only its own path's configs)."""
+    dot_ids = {id(c) for c in dot}
+
+    def configs_for(use_dot: bool) -> list:
+        configs = dot if use_dot else gemv
+        return [without_ptx(c) for c in configs] if INTERPRET else configs
+
+    def prune(configs: list, nargs: dict, **kw: Any) -> list:
+        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))]
+
+    return gemv + dot, configs_for, prune
+
+
 def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
     """The meta-parameters a launcher passes: a test's forced config (tests/helpers.FixedConfig),
     else the interpreter's fixed set, else with DECODEWALL_AUTOTUNE=0 the first config that can
