@@ -2,7 +2,7 @@
 the byte model, all time-boxed to fit one call on a lent GPU, everything written under $OUT (else
 results/device-check-<timestamp>/) and a short summary printed last.
 
-    bench/device_check.sh              # on the GPU machine: under 5 minutes on an H100
+    bench/device_check.sh              # on the GPU machine: about 5 1/2 minutes
     bench/device_check.sh --dry-run    # the same steps on the CPU with tiny shapes (tested in CI)
 
 Steps, each a child process in its own process group, killed at its time box:
@@ -39,8 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Nominal seconds per step (H100). The suite is elastic: it gets whatever the total leaves after
 # the steps before it and the nominal boxes of the steps after it.
-BOXES = {"env": 20, "pytest": 70, "roof": 25, "suite": 100, "ncu": 75}
-TOTAL_S = 280  # the issue asks for < 5 minutes; kills and start-up fit in the rest
+BOXES = {"env": 20, "pytest": 90, "roof": 25, "suite": 100, "ncu": 60}
+# Issue 7 asked for < 5 minutes; every GEMV config compiled and checked once (pytest) and a
+# suite that took 156 s on an H200 need 5 1/2. Kills and start-up fit in the rest of a 400 s call.
+TOTAL_S = 330
 NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the profiled launch
 STEPS = tuple(BOXES)
 

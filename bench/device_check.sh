@@ -2,7 +2,7 @@
 # One-call GPU device check (issue 7): CUDA tests, the gpu-check suite, Nsight Compute byte check.
 # Runs from a fresh checkout with the machine's own python3 (torch + triton), installs nothing,
 # uses the project through PYTHONPATH, writes under $OUT (else results/device-check-<time>/).
-#   bench/device_check.sh             on a GPU machine (under 5 minutes on an H100)
+#   bench/device_check.sh             on a GPU machine (about 5 1/2 minutes)
 #   bench/device_check.sh --dry-run   same steps on the CPU, tiny shapes (CI runs this)
 # Options: see `bench/device_check.sh --help`. Exit 0: every step passed; 1: see the summary.
 set -u

@@ -81,12 +81,15 @@ def without_ptx(cfg: Any) -> Any:
 
 def word_gemv_configs(tiles: tuple) -> list:
     """The quantized GEMVs' M <= 4 configs: each (BLOCK_N, BLOCK_K, warps, stages) tile with the
-    PTX code conversion (ASM=1) with and without PREFETCH (tiles of at most 16 K codes: it holds
-    two steps of words), and with the Triton conversion (ASM=0)."""
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf},
-                          num_warps=nw, num_stages=ns)
-            for asm, pf in ((1, 0), (1, 1), (0, 0))
-            for bn, bk, nw, ns in tiles if not pf or bn * bk <= 16384]
+    PTX code conversion (ASM=1), also with PREFETCH where the tile has at most 16 K codes (it
+    holds two steps of words); the first tile also with the Triton conversion (ASM=0, 1.3x the
+    loop's instructions on sm_90), so each tuning records what the PTX buys."""
+    def cfg(tile: tuple, asm: int, pf: int) -> Any:
+        bn, bk, nw, ns = tile
+        return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf},
+                             num_warps=nw, num_stages=ns)
+    return ([cfg(t, 1, 0) for t in tiles] + [cfg(t, 1, 1) for t in tiles if t[0] * t[1] <= 16384]
+            + [cfg(tiles[0], 0, 0)])
 
 
 def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
