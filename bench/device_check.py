@@ -726,7 +726,7 @@ class Check:
                 key = ",".join(f"{k}={v}" for k, v in shape.items())
                 lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
         if goals:
-            lines.append("goals (issue 7, on an H100):")
+            lines.append("goals (set by issue 7 for an H100; read here on this card):")
             for g in goals:
                 if "value" not in g:
                     lines.append(f"  [ -- ] {g['goal']}: not measured")
