@@ -4,6 +4,7 @@ and count the warp instructions of the hot loop per weight code.
 
     python -m bench.sass                      # every GEMV kernel, its M = 1 configs, bf16
     python -m bench.sass --op gemv_w4 --gbps 3350
+    python -m bench.sass --compile-all        # every config of every path compiles for sm_90
 
 Why: a memory-bound kernel must also issue its instructions in time. An SM issues at most 4 warp
 instructions a clock; at the roof it must consume R / (SMs x clock) bytes a clock, so a kernel
@@ -145,6 +146,36 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None) -> lis
 BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0}
 
 
+def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str]]:
+    """Compile every config of every path (GEMV at M = 1 and 4, tl.dot at M = 16; INT4 at
+    G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled, failures). What the
+    tuner may pick on a GPU must at least compile there, and CI has no GPU to find out."""
+    import kernels.gemv_bf16 as bf
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
+    from kernels.triton_util import describe
+    kernels = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}
+    ok, bad = 0, []
+    for dtype in dtypes:
+        for name, fn, types, const, aligned, _ in _plans("all", dtype):
+            configs_for = kernels[name].configs_for
+            for use_dot, bm in ((False, 1), (False, 4), (True, 16)):
+                variants = [{"G": g} for g in (32, 128, 256)] if name == "gemv_w4" else \
+                    [{"WORDS": w} for w in (True, False)] if name == "gemv_w8" and not use_dot else [{}]
+                configs = configs_for(use_dot, bm) if name == "gemv_bf16" else configs_for(use_dot)
+                for var in variants:
+                    for cfg in configs:
+                        c = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32",
+                             **var, **cfg.kwargs}
+                        try:
+                            compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
+                            ok += 1
+                        except Exception as e:
+                            bad.append(f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}: "
+                                       f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return ok, bad
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="all", choices=["all", "gemv_w4", "gemv_w8", "gemv_bf16"])
@@ -152,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,
                    help=f"bandwidth the ceiling is taken against (default {DEFAULT_GBPS:.0f}, H200 datasheet)")
     p.add_argument("--configs", type=int, metavar="N", help="only the first N configs of each kernel")
+    p.add_argument("--compile-all", action="store_true",
+                   help="compile every config of every path for sm_90 (bf16, fp32) and list failures "
+                        "(~15 minutes on 2 cores)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # before kernels/ is imported: compile, not interpret
     from kernels import triton_util
@@ -159,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.sass: needs Triton, with kernels/ imported without TRITON_INTERPRET=1",
               file=sys.stderr)
         return 2
+    if args.compile_all:
+        ok, bad = compile_all()
+        print(f"compiled {ok} kernel variants for sm_90, {len(bad)} failed")
+        for line in bad:
+            print("  FAIL", line)
+        return 1 if bad else 0
     try:
         rows = count(args.op, args.dtype, args.configs)
     except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback

@@ -34,3 +34,32 @@ def test_counts_one_config_of_each_quantized_kernel_for_sm90():
     per_code = float(re.search(r"stages=\d+\s+([\d.]+)\s+ceiling", rows[0]).group(1))
     assert 0.02 < per_code < 1.0  # a loop was found and it has FMAs in it
     assert "FFMA" in rows[0]
+
+
+def test_compile_all_walks_every_config_of_every_path(monkeypatch):
+    """The enumeration alone (compiling is stubbed): each kernel's configs on each path, INT4 at
+    three group sizes, INT8 GEMV on words and bytes, two dtypes; a failure is listed, not raised."""
+    pytest.importorskip("triton")
+    import bench.sass as sass
+    from kernels import OPS  # noqa: F401  (registers the kernels)
+    import kernels.gemv_bf16 as bf
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
+    seen = []
+
+    def fake_compile(fn, types, const, num_warps, num_stages, aligned):
+        seen.append((fn, dict(const)))
+        if const.get("G") == 256 and const.get("BLOCK_N") == 128:
+            raise RuntimeError("out of resources\nmore")
+
+    monkeypatch.setattr(sass, "compile_sm90", fake_compile)
+    ok, bad = sass.compile_all(("bf16", "fp32"))
+    k4, k8, kb = w4._w4_kernel, w8._w8_kernel, bf._gemv_kernel
+    per_dtype = (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
+                 + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
+                 + len(kb.configs_for(False, 1)) + len(kb.configs_for(False, 4))
+                 + len(kb.configs_for(True, 16)))
+    assert ok + len(bad) == len(seen) == 2 * per_dtype
+    assert bad and all("out of resources" in b and "more" not in b for b in bad)
+    assert {c["IEEE"] for _, c in seen} == {True, False}
+    assert {c["BLOCK_M"] for _, c in seen} == {1, 4, 16}
