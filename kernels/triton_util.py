@@ -49,13 +49,12 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     """`triton.autotune(configs, key)` on a GPU; under the interpreter a fixed meta-parameter set
     (`fixed`); on a GPU with DECODEWALL_AUTOTUNE=0 the first of `configs`.
 
-    Either way the decorated kernel has `.fixed_meta`, which the launcher splats into the call,
-    and `.all_configs`, which the tests walk to check every config the tuner may pick.
+    Either way the decorated kernel has `.fixed_meta` (see launch_meta) and `.jit_fn`, the plain
+    kernel that tests/helpers.FixedConfig launches with each config the tuner may pick.
     """
     def deco(jitfn: Any) -> Any:
         if INTERPRET or not AUTOTUNE:
             jitfn.fixed_meta = dict(fixed) if INTERPRET else config_meta(configs[0])
-            jitfn.all_configs = list(configs)
             jitfn.jit_fn = jitfn
             return jitfn
         params = inspect.signature(triton.autotune).parameters
@@ -63,7 +62,6 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
                  if k in params}  # both since Triton 3.3: older ones tune with their defaults
         tuned = triton.autotune(configs=configs, key=key, **extra, **kw)(jitfn)
         tuned.fixed_meta = {}
-        tuned.all_configs = list(configs)
         tuned.jit_fn = jitfn
         TUNED.append(tuned)
         return tuned
