@@ -4,6 +4,7 @@ and count the warp instructions of the hot loop per weight code.
 
     python -m bench.sass                      # every GEMV kernel, its M = 1 configs, bf16
     python -m bench.sass --op gemv_w4 --gbps 3350
+    python -m bench.sass --dot                # the tl.dot paths at M = 16
     python -m bench.sass --compile-all        # every config of every path compiles for sm_90
 
 Why: a memory-bound kernel must also issue its instructions in time. An SM issues at most 4 warp
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -60,6 +62,9 @@ def compile_sm90(fn: Any, types: dict[str, str], const: dict[str, Any], num_warp
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     names = fn.arg_names
+    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()
+                if p.default is not inspect.Parameter.empty}
+    const = {**{k: v for k, v in defaults.items() if k not in types}, **const}
     sig = {n: types.get(n, "constexpr") for n in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
     src = ASTSource(fn, sig, const, attrs)
@@ -126,17 +131,28 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
     return plans
 
 
-def count(op: str = "all", dtype: str = "bf16", first: int | None = None) -> list[LoopCount]:
+def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
+          dot: bool = False) -> list[LoopCount]:
     """Hot-loop warp instructions per code for each M = 1 config (the first `first` of each)
-    of the op's Triton kernel."""
+    of the op's Triton kernel; `dot`: its tl.dot path's configs at M = 16 instead."""
+    import kernels.gemv_bf16 as bf
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
     from kernels.triton_util import describe
+    kernels = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}
     out = []
     for name, fn, types, const, aligned, configs in _plans(op, dtype):
+        if dot:
+            const = {**const, "BLOCK_M": 16, "USE_DOT": True}
+            configs = kernels[name].configs_for(True, 16) if name == "gemv_bf16" \
+                else kernels[name].configs_for(True)
         for cfg in configs[:first]:
             k = compile_sm90(fn, types, {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
                              aligned)
             body, regs = hot_loop(k)
-            codes = cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"]
+            # codes a pass: the INT4 tl.dot path takes one group a step, the others BLOCK_K
+            step = const["G"] if dot and name == "gemv_w4" else cfg.kwargs["BLOCK_K"]
+            codes = cfg.kwargs["BLOCK_N"] * step
             c = collections.Counter(_opcode(i) for i in body)
             out.append(LoopCount(name, describe(cfg), len(body) * cfg.num_warps / codes,
                                  len(body), regs, c.most_common(8)))
@@ -183,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,
                    help=f"bandwidth the ceiling is taken against (default {DEFAULT_GBPS:.0f}, H200 datasheet)")
     p.add_argument("--configs", type=int, metavar="N", help="only the first N configs of each kernel")
+    p.add_argument("--dot", action="store_true",
+                   help="count the tl.dot path (M = 16) instead of the GEMV path (M = 1)")
     p.add_argument("--compile-all", action="store_true",
                    help="compile every config of every path for sm_90 (bf16, fp32) and list failures "
                         "(~15 minutes on 2 cores)")
@@ -200,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             print("  FAIL", line)
         return 1 if bad else 0
     try:
-        rows = count(args.op, args.dtype, args.configs)
+        rows = count(args.op, args.dtype, args.configs, args.dot)
     except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
         print(f"bench.sass: cannot compile for sm_90 here: {type(e).__name__}: {str(e).splitlines()[0]}",
               file=sys.stderr)
         return 2
-    print(f"hot-loop warp instructions per code, sm_90, M = 1, {args.dtype}; ceiling = % of "
+    print(f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if args.dot else 'M = 1'}, "
+          f"{args.dtype}; ceiling = % of "
           f"{args.gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_SMS} SMs at "
           f"{SM90_CLOCK_HZ / 1e9:.2f} GHz allow")
     for r in sorted(rows, key=lambda r: (r.op, r.per_code)):

@@ -204,11 +204,14 @@ if HAS_TRITON:
     _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3),
                                        (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),
                                        (64, 1024, 8, 3)))
-    # M > 4: tl.dot over one group a step (BLOCK_K, ASM and PREFETCH unused).
+    # M > 4: tl.dot over one group a step (BLOCK_K and PREFETCH unused), in both orientations
+    # (SWAP), the codes converted in PTX; the Triton conversion kept for one tile.
     _DOT_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 0}, num_warps=nw,
-                      num_stages=ns)
-        for bn in (16, 32, 64, 128) for nw, ns in ((4, 2), (4, 4))
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": asm, "PREFETCH": 0, "SWAP": sw},
+                      num_warps=nw, num_stages=ns)
+        for bn, sw, nw, ns, asm in ((64, 1, 4, 3, 1), (128, 1, 4, 3, 1), (128, 1, 8, 3, 1),
+                                    (64, 0, 4, 3, 1), (128, 0, 4, 3, 1), (32, 0, 4, 3, 1),
+                                    (64, 1, 4, 3, 0))
     ]
     _ALL_CONFIGS, configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
 
@@ -261,6 +264,71 @@ if HAS_TRITON:
             return (_code(words, 0), _code(words, 1), _code(words, 2), _code(words, 3),
                     _code(words, 4), _code(words, 5), _code(words, 6), _code(words, 7))
 
+    @triton.jit
+    def _dot(a, b, acc, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _dot_codes_asm(b, FP16: tl.constexpr):
+        """The even and odd codes of each byte as 1 + q/128 in bf16 (0x3F80 | q) or fp16
+        (0x3C00 | q << 3), four bytes at a time in PTX: the low and the high nibbles masked
+        into place (3 ops; fp16 4), then one byte permute per pair of codes puts each under its
+        high byte. GPU only: the interpreter runs no PTX."""
+        if FP16:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 m, top, lo, hi;
+                mov.b32 m, 0x78787878;
+                mov.b32 top, 0x3C3C3C3C;
+                shl.b32 lo, $4, 3;
+                and.b32 lo, lo, m;
+                shr.b32 hi, $4, 1;
+                and.b32 hi, hi, m;
+                prmt.b32 $0, lo, top, 0x5140;
+                prmt.b32 $1, lo, top, 0x7362;
+                prmt.b32 $2, hi, top, 0x5140;
+                prmt.b32 $3, hi, top, 0x7362;
+                }""",
+                constraints="=r,=r,=r,=r,r", args=[b], dtype=(tl.float16, tl.float16),
+                is_pure=True, pack=4)
+        else:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 m, o, top, lo, hi;
+                mov.b32 m, 0x0F0F0F0F;
+                mov.b32 o, 0x80808080;
+                mov.b32 top, 0x3F3F3F3F;
+                lop3.b32 lo, $4, m, o, 0xEA;
+                shr.b32 hi, $4, 4;
+                lop3.b32 hi, hi, m, o, 0xEA;
+                prmt.b32 $0, lo, top, 0x5140;
+                prmt.b32 $1, lo, top, 0x7362;
+                prmt.b32 $2, hi, top, 0x5140;
+                prmt.b32 $3, hi, top, 0x7362;
+                }""",
+                constraints="=r,=r,=r,=r,r", args=[b], dtype=(tl.bfloat16, tl.bfloat16),
+                is_pure=True, pack=4)
+
+    @triton.jit
+    def _dot_code(nib, dtype: tl.constexpr):
+        """A code (uint8 0..15) as 1 + q/128 in `dtype`, its bits set directly (Triton's twin
+        of the PTX above; fp32 for the IEEE path)."""
+        if dtype == tl.float32:
+            return ((nib.to(tl.uint32) << 16) | 0x3F800000).to(tl.float32, bitcast=True)
+        elif dtype == tl.float16:
+            return ((nib.to(tl.uint16) << 3) | 0x3C00).to(tl.float16, bitcast=True)
+        else:
+            return (nib.to(tl.uint16) | 0x3F80).to(tl.bfloat16, bitcast=True)
+
+    @triton.jit
+    def _dot_codes(b, dtype: tl.constexpr, ASM: tl.constexpr):
+        """Bytes of codes -> (even-k codes, odd-k codes) as 1 + q/128 in x's dtype."""
+        if ASM and dtype != tl.float32:
+            return _dot_codes_asm(b, dtype == tl.float16)
+        return _dot_code(b & 0xF, dtype), _dot_code(b >> 4, dtype)
+
     @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
                        fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1},
                        reset_to_zero=["ws_ptr"],
@@ -270,7 +338,7 @@ if HAS_TRITON:
                    stride_sn, stride_ym, G: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
-                   USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+                   USE_DOT: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0):
         # Program (n, split, m) walks its share of the K groups.
         HALF: tl.constexpr = G // 2
         pid_n = tl.program_id(0)
@@ -287,24 +355,37 @@ if HAS_TRITON:
         g_hi = tl.minimum(g_lo + per_split, ng)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if USE_DOT:
-            # One group a step: a row's G/2 bytes loaded whole, split into even/odd nibbles and
-            # dequantized in registers; x read as its even and odd halves to match.
+            # One group a step, its codes as f = 1 + q/128 in x's dtype (exact there), tl.dot over
+            # them, scale and zero applied to the [M, N] product: sum_k x (q - z) s
+            # = 128 s sum_k x f - (128 + z) s sum_k x. No int-to-float conversion and no
+            # dequantized matrix: a code costs its share of one PTX word conversion (ASM) and a
+            # tensor-core MAC. SWAP computes y.T = W x.T instead, the rows of W filling the MMA's
+            # M (64 a warpgroup on Hopper) and the batch its N.
+            offs_x = tl.arange(0, G)
+            if SWAP:
+                acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for g in range(g_lo, g_hi):
                 b = tl.load(q_ptr + offs_n[:, None] * stride_qn + g * HALF + offs_j[None, :],
                             mask=n_mask[:, None], other=0)
+                fe, fo = _dot_codes(b, x_ptr.dtype.element_ty, ASM)
+                xg = tl.load(x_ptr + offs_m[:, None] * stride_xm + g * G + offs_x[None, :],
+                             mask=m_mask[:, None], other=0.0)
+                xe, xo = tl.split(tl.reshape(xg, (BLOCK_M, HALF, 2)))  # even and odd k
+                xs = tl.sum(xg.to(tl.float32), axis=1)
                 s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
                 z = tl.load(z_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-                w_even = ((b & 0xF).to(tl.float32) - z[:, None]) * s[:, None]
-                w_odd = ((b >> 4).to(tl.float32) - z[:, None]) * s[:, None]
-                x_offs = x_ptr + offs_m[:, None] * stride_xm + g * G + 2 * offs_j[None, :]
-                x_even = tl.load(x_offs, mask=m_mask[:, None], other=0.0)
-                x_odd = tl.load(x_offs + 1, mask=m_mask[:, None], other=0.0)
-                if IEEE:
-                    acc += tl.dot(x_even, tl.trans(w_even), input_precision="ieee")
-                    acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="ieee")
+                a = 128.0 * s
+                c = -s * (128.0 + z)
+                if SWAP:
+                    d = _dot(fe, tl.trans(xe), None, IEEE)
+                    d = _dot(fo, tl.trans(xo), d, IEEE)
+                    acc_t += d * a[:, None] + c[:, None] * xs[None, :]
                 else:
-                    acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)))
-                    acc += tl.dot(x_odd, tl.trans(w_odd.to(x_odd.dtype)))
+                    d = _dot(xe, tl.trans(fe), None, IEEE)
+                    d = _dot(xo, tl.trans(fo), d, IEEE)
+                    acc += d * a[None, :] + xs[:, None] * c[None, :]
+            if SWAP:
+                acc = tl.trans(acc_t)
         else:
             # GEMV: GROUPS groups of BLOCK_N rows a step, read as 32-bit words (8 codes each) in
             # [BLOCK_N, GROUPS, G/8] tiles. Code i of a word becomes the float f = 1 + q/128 by

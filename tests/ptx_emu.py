@@ -1,5 +1,6 @@
-"""A tiny emulator for the PTX in the GEMV kernels' inline asm (mov, lop3, shr, xor, prmt on .b32),
-so the CPU tests can check that text: the interpreter runs no PTX, and CI has no GPU."""
+"""A tiny emulator for the PTX in the GEMV kernels' inline asm (mov, lop3, shl, shr, and, xor and
+prmt on .b32), so the CPU tests can check that text: the interpreter runs no PTX, and CI has no
+GPU."""
 from __future__ import annotations
 
 import re
@@ -55,6 +56,10 @@ def run(asm: str, inputs: list[int], n_out: int) -> list[int]:
             regs[args[0]] = _lop3(val(args[1]), val(args[2]), val(args[3]), val(args[4]))
         elif op == "shr.b32":
             regs[args[0]] = val(args[1]) >> val(args[2])
+        elif op == "shl.b32":
+            regs[args[0]] = (val(args[1]) << val(args[2])) & M32
+        elif op == "and.b32":
+            regs[args[0]] = val(args[1]) & val(args[2])
         elif op == "xor.b32":
             regs[args[0]] = val(args[1]) ^ val(args[2])
         elif op == "prmt.b32":

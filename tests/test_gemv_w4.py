@@ -224,15 +224,16 @@ def test_triton_refuses_unaligned_words():
         OP.impls["triton_w4"](x, shifted, s, z, G)
 
 
-@pytest.mark.parametrize("use_dot", [False, True])
-def test_triton_every_config_interpreted(use_dot, monkeypatch):
+@pytest.mark.parametrize("use_dot, dtype, G", [(False, F16, 64), (True, F16, 64), (True, F32, 32)])
+def test_triton_every_config_interpreted(use_dot, dtype, G, monkeypatch):
     """Every config the GPU tuner may pick (GROUPS = BLOCK_K / G per step, both nibble
-    conversions), on a shape where the steps overrun K and the rows overrun N."""
+    conversions; tl.dot in both orientations, down to G = 32, whose halves are the smallest
+    K a tl.dot takes), on a shape where the steps overrun K and the rows overrun N."""
     pytest.importorskip("triton")
     import kernels.gemv_w4 as mod
-    shape = GemvW4Shape(6 if use_dot else 3, 20, 640, 64)
+    shape = GemvW4Shape(6 if use_dot else 3, 20, 640, G)
     helpers.check_every_config(monkeypatch, mod, "_w4_kernel", use_dot,
-                               lambda: check_impl("triton_w4", shape, F16, seed=3))
+                               lambda: check_impl("triton_w4", shape, dtype, seed=3))
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -5,6 +5,7 @@ import inspect
 import random
 import re
 
+import numpy as np
 import pytest
 
 from tests import ptx_emu
@@ -12,12 +13,17 @@ from tests import ptx_emu
 pytest.importorskip("triton")
 
 
-def asm_of(jit_fn) -> str:
-    """The asm string of a @triton.jit function (interpreted: its Python source)."""
+def asms_of(jit_fn) -> list[str]:
+    """The asm strings of a @triton.jit function, in source order (interpreted: its source)."""
     src = getattr(jit_fn, "src", None) or inspect.getsource(jit_fn.fn)
-    m = re.search(r'asm="""(.*?)"""', src, re.S)
-    assert m, "no inline asm found"
-    return m.group(1)
+    found = re.findall(r'asm="""(.*?)"""', src, re.S)
+    assert found, "no inline asm found"
+    return found
+
+
+def asm_of(jit_fn) -> str:
+    (asm,) = asms_of(jit_fn)
+    return asm
 
 
 def words():
@@ -35,6 +41,26 @@ def test_int4_codes_ptx_matches_its_twin():
             q = (w >> (4 * i)) & 0xF
             assert bits == 0x3F800000 | (q << 16), (hex(w), i, hex(bits))  # the twin's bits
             assert ptx_emu.as_f32(bits) == 1 + q / 128
+
+
+@pytest.mark.parametrize("fp16", [True, False], ids=["fp16", "bf16"])
+def test_int4_dot_codes_ptx_matches_its_twin(fp16):
+    """tl.dot path: 4 bytes in, even codes of bytes 0-3 in $0-$1 and odd ones in $2-$3, two
+    16-bit codes a register, element i in the low half first (Triton's packing)."""
+    import kernels.gemv_w4 as w4
+    asm = asms_of(w4._dot_codes_asm)[0 if fp16 else 1]
+    assert ("0x3C3C3C3C" in asm) == fp16
+    for w in words():
+        out = ptx_emu.run(asm, [w], 4)
+        halves = [(r >> (16 * h)) & 0xFFFF for r in out for h in (0, 1)]
+        for i, bits in enumerate(halves):
+            byte = (w >> (8 * (i % 4))) & 0xFF
+            q = byte & 0xF if i < 4 else byte >> 4  # evens first, then odds
+            twin = 0x3C00 | (q << 3) if fp16 else 0x3F80 | q
+            assert bits == twin, (hex(w), i, hex(bits))
+            value = (np.array([bits], np.uint16).view(np.float16)[0] if fp16
+                     else ptx_emu.as_f32(bits << 16))
+            assert float(value) == 1 + q / 128
 
 
 def test_int8_codes_ptx_matches_its_twin():

@@ -20,20 +20,24 @@ def test_ceiling_is_four_warp_instructions_a_clock():
     assert LoopCount("gemv_w4", "", budget / 2, 0, None, []).ceiling_pct(4800, 0.5) == 100.0
 
 
-def test_counts_one_config_of_each_quantized_kernel_for_sm90():
+@pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
+def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
-    r = subprocess.run([sys.executable, "-m", "bench.sass", "--op", "gemv_w4", "--configs", "1"],
+    r = subprocess.run([sys.executable, "-m", "bench.sass", "--op", "gemv_w4", "--configs", "1",
+                        *(["--dot"] if dot else [])],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     if r.returncode == 2 and "cannot compile for sm_90" in r.stderr:
         pytest.skip(r.stderr.strip())
     assert r.returncode == 0, r.stderr[-800:]
+    assert ("M = 16, tl.dot" in r.stdout) == dot
     rows = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("gemv_w4")]
     assert len(rows) == 1
     per_code = float(re.search(r"stages=\d+\s+([\d.]+)\s+ceiling", rows[0]).group(1))
-    assert 0.02 < per_code < 1.0  # a loop was found and it has FMAs in it
-    assert "FFMA" in rows[0]
+    assert 0.02 < per_code < 1.0  # a loop was found
+    if not dot:
+        assert "FFMA" in rows[0]  # the GEMV's loop: its FMAs among the 8 commonest
 
 
 def test_compile_all_walks_every_config_of_every_path(monkeypatch):
