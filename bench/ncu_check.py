@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -40,6 +41,19 @@ def ncu_command(ncu: str, target: list[str]) -> list[str]:
     return [ncu, "--profile-from-start", "off", "--clock-control", "none",
             "--cache-control", "all", "--metrics", ",".join(METRICS),
             "--csv", "--print-units", "base", *target]
+
+
+# The sections that say why a launch runs below the roof: launch shape and registers, occupancy,
+# how often the schedulers issue, and what the warps wait on (ncu's own section identifiers,
+# printed as raw metrics, so no metric name here has to match this ncu's spelling).
+WHY_SECTIONS = ("LaunchStats", "Occupancy", "SchedulerStats", "WarpStateStats")
+
+
+def why_command(ncu: str, target: list[str]) -> list[str]:
+    sections = [a for sec in WHY_SECTIONS for a in ("--section", sec)]
+    return [ncu, "--profile-from-start", "off", "--clock-control", "none",
+            "--cache-control", "all", *sections, "--page", "raw", "--csv", "--print-units", "base",
+            *target]
 
 
 def _number(text: str) -> float | None:
@@ -124,6 +138,51 @@ def byte_ratio(launches: list[dict[str, Any]], model_bytes: int) -> dict[str, An
         if dur:
             out["ncu_gbps"] = (read + write) / dur  # bytes per ns == GB/s
     return out
+
+
+def why(launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the WHY_SECTIONS say of the largest launch (by grid): registers, waves, achieved and
+    theoretical occupancy, % of cycles a scheduler issued, warp cycles per issued instruction, and
+    the commonest stall reasons (warps stalled per issued instruction, ncu's Warp State chart)."""
+    if not launches:
+        raise ValueError("no launch in the ncu table")
+    main = max(launches, key=lambda ln: ln["metrics"].get("launch__grid_size") or 0)
+    m = main["metrics"]
+
+    def find(*parts: str) -> float | None:
+        return next((v for k, v in sorted(m.items()) if all(p in k for p in parts)), None)
+
+    stalls: dict[str, float] = {}
+    for name, v in m.items():
+        hit = re.search(r"issue_stalled_(\w+?)_per_issue_active\.ratio$", name)
+        if hit and not hit.group(1).endswith("_not_issued"):
+            stalls[hit.group(1)] = v
+    top = dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:6])
+    return {"kernel": main["kernel"], "registers": m.get("launch__registers_per_thread"),
+            "waves": m.get("launch__waves_per_multiprocessor"),
+            "occupancy_pct": find("sm__warps_active", "pct_of_peak_sustained_active"),
+            "theoretical_occupancy_pct": m.get("sm__maximum_warps_per_active_cycle_pct"),
+            "issue_active_pct": find("smsp__issue_active", "pct_of_peak_sustained_active"),
+            "cycles_per_issue": m.get("smsp__average_warp_latency_per_inst_issued.ratio"),
+            "stalls": top}
+
+
+def fake_why_csv(kernel: str) -> str:
+    """A raw page as the WHY_SECTIONS would print it (a units row under the header), for the dry
+    run's parser: made-up values, marked as such in the table and by the caller."""
+    cols = {"launch__grid_size": ("", 1792), "launch__registers_per_thread": ("register/thread", 128),
+            "launch__waves_per_multiprocessor": ("", 3.39),
+            "sm__warps_active.avg.pct_of_peak_sustained_active": ("%", 42.0),
+            "sm__maximum_warps_per_active_cycle_pct": ("%", 50.0),
+            "smsp__issue_active.avg.pct_of_peak_sustained_active": ("%", 21.5),
+            "smsp__average_warp_latency_per_inst_issued.ratio": ("", 9.3),
+            "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio": ("", 5.1),
+            "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio": ("", 1.7),
+            "smsp__average_warps_issue_stalled_selected_per_issue_active.ratio": ("", 1.0)}
+    head = '"ID","Process ID","Process Name","Host Name","Kernel Name",' + ",".join(f'"{c}"' for c in cols)
+    units = '"","","","","",' + ",".join(f'"{u}"' for u, _ in cols.values())
+    row = f'"0","1","python3","localhost","{kernel}",' + ",".join(f'"{v}"' for _, v in cols.values())
+    return "\n".join(["==PROF== (dry run: fabricated, not measured)", head, units, row]) + "\n"
 
 
 def fake_ncu_csv(kernel: str, read_bytes: int, write_bytes: int, duration_ns: float) -> str:

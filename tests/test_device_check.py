@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.device_check import gpu_check_cases, ncu_targets, run_proc, shape_for
-from bench.ncu_check import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv
+from bench.ncu_check import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
 from bench.suites import SUITES, SuiteContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +83,37 @@ def test_ncu_command_profiles_only_the_window_and_leaves_clocks_alone():
     assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
 
 
+# The raw page of the why sections for a split-K launch pair: metrics in ncu's order, units row,
+# the reduction kernel first and smaller.
+WHY_RAW = """==PROF== Connected to process 77
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","launch__grid_size","launch__registers_per_thread","launch__waves_per_multiprocessor","sm__maximum_warps_per_active_cycle_pct","sm__warps_active.avg.pct_of_peak_sustained_active","smsp__average_warp_latency_per_inst_issued.ratio","smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio","smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio","smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio","smsp__average_warps_issue_stalled_selected_per_issue_active.ratio","smsp__average_warps_issue_stalled_wait_per_issue_active.ratio","smsp__issue_active.avg.pct_of_peak_sustained_active"
+"","","","","","","","","register/thread","","%","%","","","","","","","%"
+"0","77","python3","h","zero_kernel","1","7","64","16","0.03","100","10.5","30.1","0","20.0","1","1","2","3.1"
+"1","77","python3","h","_w4_kernel","1","7","1,792","168","3.39","37.5","35.25","12.4","0.8","8.9","0.35","1","0.6","18.75"
+"""
+
+
+def test_why_reads_the_largest_launch_of_the_sections_raw_page():
+    w = why(parse_ncu_csv(WHY_RAW))
+    assert w["kernel"] == "_w4_kernel" and w["registers"] == 168 and w["waves"] == 3.39
+    assert (w["occupancy_pct"], w["theoretical_occupancy_pct"]) == (35.25, 37.5)
+    assert w["issue_active_pct"] == 18.75 and w["cycles_per_issue"] == 12.4
+    assert list(w["stalls"]) == ["long_scoreboard", "selected", "barrier", "wait", "no_instruction"]
+    assert w["stalls"]["long_scoreboard"] == 8.9
+    with pytest.raises(ValueError):
+        why([])
+
+
+def test_why_command_asks_for_sections_not_metric_names():
+    cmd = why_command("ncu", ["python3", "-m", "bench.ncu_check", "target"])
+    s = " ".join(cmd)
+    for sec in ("LaunchStats", "Occupancy", "SchedulerStats", "WarpStateStats"):
+        assert f"--section {sec}" in s
+    assert "--metrics" not in s and "--page raw" in s and "--cache-control all" in s
+    assert "--profile-from-start off" in s and "--clock-control none" in s
+    assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
+
+
 def test_shape_for_maps_semantic_keys_and_explains_failures():
     shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, G=128)  # G: optional, no such field
     assert why == "" and (shape.M, shape.N, shape.K) == (1, 64, 128)
@@ -148,6 +179,9 @@ def test_dry_run_end_to_end(tmp_path):
     assert {st["name"]: st["status"] for st in s["steps"]}.keys() == {"env", "pytest", "roof", "suite", "ncu"}
     assert all(st["status"] in ("ok", "warn") for st in s["steps"])
     assert s["ncu"] and all(n.get("fake") and n["ratio"] == 1.0 for n in s["ncu"])
+    (w,) = s["ncu_why"]  # the INT4 GEMV's sections pass: ran, parsed, marked as made up
+    assert w["op"] == "gemv_w4" and w["fake"] and w["stalls"] and "error" not in w
+    assert any("why gemv_w4/" in ln and "FABRICATED" in ln for ln in out)
     print(f"dry run took {wall:.0f} s")
 
 
@@ -190,3 +224,40 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     assert "off the byte model" in check.steps["ncu"].detail
     assert "_splitk_reduce" in (check.out / "ncu-raw.txt").read_text()
     check.log.close()
+
+
+def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
+    """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
+    program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
+    import argparse
+    from bench import device_check as dc
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU)
+    fake.chmod(0o755)
+    table = tmp_path / "table.csv"
+    table.write_text(WHY_RAW.split("\n", 1)[1])
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_TABLE", str(table))
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=120, suite="gpu-check", budget="quick", chip=None)
+    check = dc.Check(args)
+    check.ncu_path = str(fake)
+    targets = [{"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}},
+               {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
+                "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}]
+    with open(check.out / "ncu-raw.txt", "w") as raw:
+        check._why(targets, time.monotonic() + 60, raw)
+    (w,) = check.ncu_why
+    assert "error" not in w, w
+    assert w["op"] == "gemv_w4" and not w.get("fake") and w["registers"] == 168
+    assert "### why: gemv_w4/triton_w4" in (check.out / "ncu-raw.txt").read_text()
+    check.steps["ncu"].status = "ok"
+    check.summary()
+    text = (check.out / "summary.txt").read_text()
+    assert "why gemv_w4/triton_w4 (ncu sections): occupancy 35.2% of 37.5% possible" in text
+    assert "long_scoreboard 8.90" in text
+    # no time left: said, not run
+    check.ncu_why.clear()
+    with open(check.out / "ncu-raw.txt", "a") as raw:
+        check._why(targets, time.monotonic() + 5, raw)
+    assert "not reached" in check.ncu_why[0]["error"]
