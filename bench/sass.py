@@ -39,6 +39,8 @@ class LoopCount:
     loop: int  # warp instructions in one pass of the loop
     regs: int | None
     top: list[tuple[str, int]]
+    barriers: int = 0  # BAR in one pass: each stops the whole CTA (layout conversions, mostly)
+    smem: int = 0  # shared-memory loads and stores in one pass (STS, LDS, their matrix forms)
 
     def ceiling_pct(self, gbps: float, bytes_per_code: float) -> float:
         """The % of `gbps` the issue rate allows at this count (4 warp instructions a clock)."""
@@ -155,7 +157,8 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
             codes = cfg.kwargs["BLOCK_N"] * step
             c = collections.Counter(_opcode(i) for i in body)
             out.append(LoopCount(name, describe(cfg), len(body) * cfg.num_warps / codes,
-                                 len(body), regs, c.most_common(8)))
+                                 len(body), regs, c.most_common(8), c["BAR"],
+                                 sum(c[o] for o in ("STS", "LDS", "STSM", "LDSM"))))
     return out
 
 
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in sorted(rows, key=lambda r: (r.op, r.per_code)):
         top = " ".join(f"{o}:{n}" for o, n in r.top)
         print(f"  {r.op:9s} {r.config:50s} {r.per_code:6.3f}  ceiling {r.ceiling_pct(args.gbps, BYTES_PER_CODE[r.op]):5.1f}%"
-              f"  regs {r.regs}  {top}")
+              f"  regs {r.regs}  bar {r.barriers} smem {r.smem}  {top}")
     return 0
 
 

@@ -201,9 +201,13 @@ if HAS_TRITON:
     # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
     # PREFETCH=1 loading the next step's words during this one (more bytes in flight where few
     # programs fit an SM). `python -m bench.sass` counts each config's loop for sm_90.
+    # X3D=1 (M = 1 only) keeps the accumulator in the weights' layout: on the two 8-warp tiles,
+    # where it takes the word tile's trip through shared memory out of the loop (bench.sass).
     _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3),
                                        (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),
-                                       (64, 1024, 8, 3)))
+                                       (64, 1024, 8, 3))) + [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "X3D": 1},
+                      num_warps=8, num_stages=3) for bn, bk in ((64, 1024), (32, 2048))]
     # M > 4: tl.dot over one group a step (BLOCK_K and PREFETCH unused), in both orientations
     # (SWAP), the codes converted in PTX; the Triton conversion kept for one tile.
     _DOT_CONFIGS = [
@@ -263,6 +267,19 @@ if HAS_TRITON:
         else:
             return (_code(words, 0), _code(words, 1), _code(words, 2), _code(words, 3),
                     _code(words, 4), _code(words, 5), _code(words, 6), _code(words, 7))
+
+    @triton.jit
+    def _split8(x8):
+        """x[..., 8] (the x of each word's 8 codes) as 8 tensors x[..., i], by halving the last
+        dimension three times (evens/odds, then 4 apart, then 2 apart): registers only."""
+        ev, od = tl.split(tl.reshape(x8, x8.shape[:-1] + [4, 2]))
+        e04, e26 = tl.split(tl.reshape(ev, ev.shape[:-1] + [2, 2]))
+        o15, o37 = tl.split(tl.reshape(od, od.shape[:-1] + [2, 2]))
+        x0, x4 = tl.split(e04)
+        x2, x6 = tl.split(e26)
+        x1, x5 = tl.split(o15)
+        x3, x7 = tl.split(o37)
+        return x0, x1, x2, x3, x4, x5, x6, x7
 
     @triton.jit
     def _dot(a, b, acc, IEEE: tl.constexpr):
@@ -338,7 +355,8 @@ if HAS_TRITON:
                    stride_sn, stride_ym, G: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
-                   USE_DOT: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0):
+                   USE_DOT: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
+                   X3D: tl.constexpr = 0):
         # Program (n, split, m) walks its share of the K groups.
         HALF: tl.constexpr = G // 2
         pid_n = tl.program_id(0)
@@ -399,7 +417,14 @@ if HAS_TRITON:
             offs_g = tl.arange(0, GROUPS)
             offs_w = tl.arange(0, WPG)
             q32 = q_ptr.to(tl.pointer_type(tl.uint32))
-            acc4 = tl.zeros((BLOCK_M, BLOCK_N, GROUPS, WPG), dtype=tl.float32)
+            # X3D (M = 1): the accumulator has the words' own shape, so it takes their layout and
+            # only x's slices change layout each step; with a leading M dimension the whole word
+            # tile is moved through shared memory every step (the TTGIR shows it).
+            X3: tl.constexpr = X3D and BLOCK_M == 1
+            if X3:
+                acc_w = tl.zeros((BLOCK_N, GROUPS, WPG), dtype=tl.float32)
+            else:
+                acc_w = tl.zeros((BLOCK_M, BLOCK_N, GROUPS, WPG), dtype=tl.float32)
             w_ptrs = q32 + offs_n[:, None, None] * (stride_qn // 4) + offs_w[None, None, :]
             if PREFETCH:  # the next step's words load while this step's are used
                 nxt = tl.load(w_ptrs + (g_lo + offs_g)[None, :, None] * WPG,
@@ -420,35 +445,44 @@ if HAS_TRITON:
                 sz_mask = n_mask[:, None] & g_mask[None, :]
                 s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
                 z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
-                a = (128.0 * s)[None, :, :, None]
-                c = (-s * (128.0 + z))[None, :, :, None]
-                # x for the step as [BLOCK_M, GROUPS, G/8, 8]: 16 contiguous bytes per word
-                x_offs = x_ptr + offs_m[:, None, None, None] * stride_xm \
-                    + (gi[None, :, None, None] * WPG + offs_w[None, None, :, None]) * 8 \
-                    + tl.arange(0, 8)[None, None, None, :]
-                x8 = tl.load(x_offs, mask=m_mask[:, None, None, None] & g_mask[None, :, None, None],
-                             other=0.0).to(tl.float32)
-                # split the 8 in registers: evens/odds, then by 4 apart, then by 2 apart
-                ev, od = tl.split(tl.reshape(x8, (BLOCK_M, GROUPS, WPG, 4, 2)))
-                e04, e26 = tl.split(tl.reshape(ev, (BLOCK_M, GROUPS, WPG, 2, 2)))
-                o15, o37 = tl.split(tl.reshape(od, (BLOCK_M, GROUPS, WPG, 2, 2)))
-                x0, x4 = tl.split(e04)
-                x2, x6 = tl.split(e26)
-                x1, x5 = tl.split(o15)
-                x3, x7 = tl.split(o37)
-                # per word: p = sum_i x_i f_i (8 FMAs a row), xs = sum_i x_i (shared by the rows)
-                f0, f1, f2, f3, f4, f5, f6, f7 = _codes(words[None, :, :, :], ASM)
-                p = x0[:, None, :, :] * f0
-                p += x1[:, None, :, :] * f1
-                p += x2[:, None, :, :] * f2
-                p += x3[:, None, :, :] * f3
-                p += x4[:, None, :, :] * f4
-                p += x5[:, None, :, :] * f5
-                p += x6[:, None, :, :] * f6
-                p += x7[:, None, :, :] * f7
+                # x for the step as [BLOCK_M, GROUPS, G/8, 8] (X3: [GROUPS, G/8, 8]): 16
+                # contiguous bytes per word, split into its 8 codes' x in registers
+                x_words = (gi[:, None, None] * WPG + offs_w[None, :, None]) * 8 \
+                    + tl.arange(0, 8)[None, None, :]
+                x_mask = g_mask[:, None, None]
+                if X3:
+                    x8 = tl.load(x_ptr + x_words, mask=x_mask, other=0.0)
+                else:
+                    x8 = tl.load(x_ptr + offs_m[:, None, None, None] * stride_xm + x_words[None],
+                                 mask=m_mask[:, None, None, None] & x_mask[None], other=0.0)
+                x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x8.to(tl.float32))
                 xs = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
-                acc4 += a * p + c * xs[:, None, :, :]
-            acc = tl.sum(tl.sum(acc4, axis=3), axis=2)
+                a = 128.0 * s
+                c = -s * (128.0 + z)
+                # x broadcast over the rows, the codes (X3: as they are) over the rows of x
+                if X3:
+                    f0, f1, f2, f3, f4, f5, f6, f7 = _codes(words, ASM)
+                    x0, x1, x2, x3 = x0[None], x1[None], x2[None], x3[None]
+                    x4, x5, x6, x7 = x4[None], x5[None], x6[None], x7[None]
+                    xs, a, c = xs[None], a[:, :, None], c[:, :, None]
+                else:
+                    f0, f1, f2, f3, f4, f5, f6, f7 = _codes(words[None, :, :, :], ASM)
+                    x0, x1, x2, x3 = x0[:, None], x1[:, None], x2[:, None], x3[:, None]
+                    x4, x5, x6, x7 = x4[:, None], x5[:, None], x6[:, None], x7[:, None]
+                    xs, a, c = xs[:, None], a[None, :, :, None], c[None, :, :, None]
+                # per word: p = sum_i x_i f_i (8 FMAs a row), xs = sum_i x_i (shared by the rows)
+                p = x0 * f0
+                p += x1 * f1
+                p += x2 * f2
+                p += x3 * f3
+                p += x4 * f4
+                p += x5 * f5
+                p += x6 * f6
+                p += x7 * f7
+                acc_w += a * p + c * xs
+            if X3:
+                acc_w = acc_w[None, :, :, :]
+            acc = tl.sum(tl.sum(acc_w, axis=3), axis=2)
         y_mask = m_mask[:, None] & n_mask[None, :]
         if SPLIT_K == 1:
             tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],

@@ -93,7 +93,8 @@ def word_gemv_configs(tiles: tuple) -> list:
 def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
     """A kernel with a GEMV path and a tl.dot path (USE_DOT): all its configs, `configs_for(
     use_dot)` (under the interpreter with PTX swapped for the Triton twin) and the tuner's prune
-    (each launch tries only its own path's configs)."""
+    (each launch tries only its own path's configs, and X3D ones, an M = 1 layout, only at
+    BLOCK_M = 1: elsewhere they would run as their X3D=0 twin)."""
     dot_ids = {id(c) for c in dot}
 
     def configs_for(use_dot: bool) -> list:
@@ -101,7 +102,8 @@ def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
         return [without_ptx(c) for c in configs] if INTERPRET else configs
 
     def prune(configs: list, nargs: dict, **kw: Any) -> list:
-        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))]
+        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))
+                and (kw.get("BLOCK_M") == 1 or not c.kwargs.get("X3D"))]
 
     return gemv + dot, configs_for, prune
 

@@ -224,15 +224,16 @@ def test_triton_refuses_unaligned_words():
         OP.impls["triton_w4"](x, shifted, s, z, G)
 
 
-@pytest.mark.parametrize("use_dot, dtype, G", [(False, F16, 64), (True, F16, 64), (True, F32, 32)])
-def test_triton_every_config_interpreted(use_dot, dtype, G, monkeypatch):
+@pytest.mark.parametrize("M, dtype, G", [(1, F16, 64), (3, F16, 64), (6, F16, 64), (6, F32, 32)])
+def test_triton_every_config_interpreted(M, dtype, G, monkeypatch):
     """Every config the GPU tuner may pick (GROUPS = BLOCK_K / G per step, both nibble
-    conversions; tl.dot in both orientations, down to G = 32, whose halves are the smallest
-    K a tl.dot takes), on a shape where the steps overrun K and the rows overrun N."""
+    conversions, the M = 1 accumulator in the words' layout (X3D); tl.dot (M > 4) in both
+    orientations, down to G = 32, whose halves are the smallest K a tl.dot takes), on a shape
+    where the steps overrun K and the rows overrun N."""
     pytest.importorskip("triton")
     import kernels.gemv_w4 as mod
-    shape = GemvW4Shape(6 if use_dot else 3, 20, 640, G)
-    helpers.check_every_config(monkeypatch, mod, "_w4_kernel", use_dot,
+    shape = GemvW4Shape(M, 20, 640, G)
+    helpers.check_every_config(monkeypatch, mod, "_w4_kernel", M > 4,
                                lambda: check_impl("triton_w4", shape, dtype, seed=3))
 
 

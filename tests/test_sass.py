@@ -36,6 +36,8 @@ def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
     assert len(rows) == 1
     per_code = float(re.search(r"stages=\d+\s+([\d.]+)\s+ceiling", rows[0]).group(1))
     assert 0.02 < per_code < 1.0  # a loop was found
+    bar, smem = map(int, re.search(r"bar (\d+) smem (\d+)", rows[0]).groups())
+    assert 0 <= bar <= 64 and 0 <= smem <= 128  # per pass: a layout conversion costs ~2 and ~2
     if not dot:
         assert "FFMA" in rows[0]  # the GEMV's loop: its FMAs among the 8 commonest
 

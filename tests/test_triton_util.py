@@ -30,6 +30,21 @@ def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
         assert {c.kwargs["PREFETCH"] for c in kern.configs_for(False)} == {0, 1}
 
 
+def test_prune_keeps_each_path_and_x3d_only_at_m1():
+    """Each launch tunes over its own path's configs; X3D ones (an M = 1 layout) only at
+    BLOCK_M = 1, where they differ from their X3D=0 twin."""
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
+    for mod in (w4, w8):
+        at1 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=1)
+        at4 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=4)
+        x3 = [c for c in at1 if c.kwargs.get("X3D")]
+        assert x3 and not any(c.kwargs.get("X3D") for c in at4)
+        assert len(at4) == len(at1) - len(x3) and set(map(id, at1)) <= set(map(id, mod._GEMV_CONFIGS))
+        dot = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=True, BLOCK_M=16)
+        assert dot and set(map(id, dot)) == set(map(id, mod._DOT_CONFIGS))
+
+
 def test_launch_meta_prefers_a_forced_config():
     class K:
         fixed_meta = {"BLOCK_N": 1}
