@@ -224,17 +224,20 @@ def test_triton_refuses_unaligned_words():
         OP.impls["triton_w4"](x, shifted, s, z, G)
 
 
-@pytest.mark.parametrize("M, dtype, G", [(1, F16, 64), (3, F16, 64), (6, F16, 64), (6, F32, 32)])
-def test_triton_every_config_interpreted(M, dtype, G, monkeypatch):
+@pytest.mark.parametrize("M, dtype, G, split_k", [(1, F16, 64, None), (3, F16, 64, None),
+                                                  (6, F16, 64, None), (6, F32, 32, None),
+                                                  (1, F16, 64, 2), (6, F16, 64, 2)])
+def test_triton_every_config_interpreted(M, dtype, G, split_k, monkeypatch):
     """Every config the GPU tuner may pick (GROUPS = BLOCK_K / G per step, both nibble
     conversions, the M = 1 accumulator in the words' layout (X3D); tl.dot (M > 4) in both
     orientations, down to G = 32, whose halves are the smallest K a tl.dot takes), on a shape
-    where the steps overrun K and the rows overrun N."""
+    where the steps overrun K and the rows overrun N; with split-K too."""
     pytest.importorskip("triton")
     import kernels.gemv_w4 as mod
     shape = GemvW4Shape(M, 20, 640, G)
-    helpers.check_every_config(monkeypatch, mod, "_w4_kernel", M > 4,
-                               lambda: check_impl("triton_w4", shape, dtype, seed=3))
+    helpers.check_every_config(
+        monkeypatch, mod, "_w4_kernel", M > 4,
+        lambda: check_impl("triton_w4", shape, dtype, seed=3, split_k=split_k))
 
 
 @pytest.mark.parametrize("kw, msg", [

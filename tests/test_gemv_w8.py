@@ -93,16 +93,17 @@ def test_triton_unaligned_weights_take_the_byte_path():
     assert rel_err(out, OP.reference(x, q, s)) < OP.tol(F16)
 
 
-@pytest.mark.parametrize("M", [1, 3, 6])
-def test_triton_every_config_interpreted(M, monkeypatch):
+@pytest.mark.parametrize("M, split_k", [(1, None), (3, None), (6, None), (1, 2)])
+def test_triton_every_config_interpreted(M, split_k, monkeypatch):
     """Every config the GPU tuner may pick (here: those without PTX; at M = 1 the accumulator in
     the words' layout, X3D), on 32-bit words (K % 16 == 0) with steps that overrun K and rows
-    that overrun N; M = 6 takes tl.dot."""
+    that overrun N; M = 6 takes tl.dot; with split-K too."""
     pytest.importorskip("triton")
     import kernels.gemv_w8 as mod
     shape = GemvW8Shape(M, 20, 640)
-    helpers.check_every_config(monkeypatch, mod, "_w8_kernel", M > 4,
-                               lambda: check_impl("triton_w8", shape, F16, seed=3))
+    helpers.check_every_config(
+        monkeypatch, mod, "_w8_kernel", M > 4,
+        lambda: check_impl("triton_w8", shape, F16, seed=3, split_k=split_k))
 
 
 @pytest.mark.parametrize("K, msg", [(0, "K must be a positive"), (-3, "K must be a positive")])
