@@ -133,21 +133,26 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
     return plans
 
 
+def path_configs(name: str, use_dot: bool, block_m: int) -> list:
+    """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
+    GEMV's also depend on BLOCK_M)."""
+    import kernels.gemv_bf16 as bf
+    import kernels.gemv_w4 as w4
+    import kernels.gemv_w8 as w8
+    kern = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}[name]
+    return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
+
+
 def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
           dot: bool = False) -> list[LoopCount]:
     """Hot-loop warp instructions per code for each M = 1 config (the first `first` of each)
     of the op's Triton kernel; `dot`: its tl.dot path's configs at M = 16 instead."""
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
     from kernels.triton_util import describe
-    kernels = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}
     out = []
     for name, fn, types, const, aligned, configs in _plans(op, dtype):
         if dot:
             const = {**const, "BLOCK_M": 16, "USE_DOT": True}
-            configs = kernels[name].configs_for(True, 16) if name == "gemv_bf16" \
-                else kernels[name].configs_for(True)
+            configs = path_configs(name, True, 16)
         for cfg in configs[:first]:
             k = compile_sm90(fn, types, {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
                              aligned)
@@ -169,19 +174,14 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
     """Compile every config of every path (GEMV at M = 1 and 4, tl.dot at M = 16; INT4 at
     G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled, failures). What the
     tuner may pick on a GPU must at least compile there, and CI has no GPU to find out."""
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
     from kernels.triton_util import describe
-    kernels = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}
     ok, bad = 0, []
     for dtype in dtypes:
         for name, fn, types, const, aligned, _ in _plans("all", dtype):
-            configs_for = kernels[name].configs_for
             for use_dot, bm in ((False, 1), (False, 4), (True, 16)):
                 variants = [{"G": g} for g in (32, 128, 256)] if name == "gemv_w4" else \
                     [{"WORDS": w} for w in (True, False)] if name == "gemv_w8" and not use_dot else [{}]
-                configs = configs_for(use_dot, bm) if name == "gemv_bf16" else configs_for(use_dot)
+                configs = path_configs(name, use_dot, bm)
                 for var in variants:
                     for cfg in configs:
                         c = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32",
