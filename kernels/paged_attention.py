@@ -8,7 +8,9 @@
 
 Layout (DESIGN.md, "Paged KV-cache layout"): token t of sequence b lives in block
 `block_table[b, t // BS]`, slot `t % BS`; query head h reads KV head `h // (Hq // Hkv)`; positions
->= seq_lens[b] and table entries past the sequence are never read. INT8 KV is symmetric per
+>= seq_lens[b] and table entries past the sequence may hold anything (NaN, inf, out-of-range block
+ids) and must not change the output: the C and Triton kernels never read them, the PyTorch impls
+gather whole blocks and zero K and V past seq_len before attention. INT8 KV is symmetric per
 (token, head): `k = k_int8 * k_scale`, scales in q's dtype, produced by `quantize_kv_int8`.
 
 At decode each step reads every sequence's whole KV cache once, so that read is the traffic:
@@ -353,8 +355,10 @@ def _gather_sdpa(q, k, v, block_table, seq_lens, scale, out=None):
         kg, vg = kg.to(q.dtype), vg.to(q.dtype)
     G = Hq // Hkv
     qg = q.view(B, Hkv, G, D)  # GQA as a batch of G query rows per KV head
-    # Padded tail slots may hold garbage (even inf): zero V there so 0-weight * garbage stays 0.
-    vg = vg.masked_fill(~valid[:, None, :, None], 0)
+    # Slots past seq_len may hold NaN or inf, which a masked (-inf) score does not cancel
+    # (NaN + -inf, 0 * inf): zero K and V there.
+    dead = ~valid[:, None, :, None]
+    kg, vg = kg.masked_fill(dead, 0), vg.masked_fill(dead, 0)
     o = torch.nn.functional.scaled_dot_product_attention(
         qg, kg, vg, attn_mask=valid[:, None, None, :], scale=scale)
     o = o.reshape(B, Hq, D)
@@ -424,8 +428,9 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
 
     Sequences are sorted longest first so the live ones are always a prefix; table entries past
     a sequence's last block are pointed at that last block (already in cache, so no extra DRAM
-    traffic) and positions >= seq_len are masked. INT8 chunks are dequantized into a q-dtype
-    buffer right after the gather."""
+    traffic) and positions >= seq_len are masked, their K and V zeroed in the chunk buffer (they
+    may hold NaN or inf, which a -inf score does not cancel). INT8 chunks are dequantized into a
+    q-dtype buffer right after the gather."""
     B, Hq, D = q.shape
     NB, BS, Hkv, _ = k.shape
     G = Hq // Hkv
@@ -438,6 +443,7 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
     CT = CB * BS
     n_chunks = -(-lens_sorted[0] // CT)
     live = [sum(1 for n in lens_sorted if n > c * CT) for c in range(n_chunks)]
+    full = [sum(1 for n in lens_sorted if n >= (c + 1) * CT) for c in range(n_chunks)]
 
     perm = torch.tensor(order, device=dev)
     sl = seq_lens.to(dev, torch.long)[perm]
@@ -446,8 +452,8 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
     cols = torch.minimum(cols[None, :], last[:, None])  # past the end: repeat the last block
     table = torch.gather(block_table.to(dev, torch.long)[perm], 1, cols)  # [B, n_chunks*CB]
     pos = torch.arange(n_chunks * CT, device=dev).view(n_chunks, 1, CT)
-    mask = torch.zeros((), dtype=q.dtype, device=dev).masked_fill(
-        pos >= sl.view(1, B, 1), float("-inf"))  # [n_chunks, B, CT]
+    dead = pos >= sl.view(1, B, 1)  # [n_chunks, B, CT]
+    mask = torch.zeros((), dtype=q.dtype, device=dev).masked_fill(dead, float("-inf"))
     qg = q[perm].view(B, Hkv, G, D)
 
     kraw = _workspace("kraw", (B * CB, row), k.dtype, dev)
@@ -470,8 +476,12 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
         idx = table[:n, c * CB:(c + 1) * CB].reshape(-1)
         kc = gather(k, k_scale, kraw, kdq if k_scale is not None else None, idx)
         vc = gather(v, v_scale, vraw, vdq if v_scale is not None else None, idx)
-        ends = lens_sorted[n - 1] < (c + 1) * CT  # some live sequence stops inside this chunk
-        m = mask[c, :n, None, None, :] if ends else None
+        m = None
+        if full[c] < n:  # sequences full[c]:n stop inside this chunk
+            m = mask[c, :n, None, None, :]
+            d = dead[c, full[c]:n, None, :, None]
+            kc[full[c]:n].masked_fill_(d, 0)
+            vc[full[c]:n].masked_fill_(d, 0)
         o, l = _chunk_attention(qg[:n], kc, vc, m, scale)
         if acc is None:
             acc, lse = o, l

@@ -160,6 +160,31 @@ def test_lowering_impls_match_the_reference(xla, op_name, shape, dtype, impl_nam
     assert err <= op.tol(dtype), f"rel err {err:.3g} > {op.tol(dtype):.3g}"
 
 
+@pytest.mark.xla
+@pytest.mark.parametrize("op_name", ["paged_attention", "paged_attention_kv8"])
+def test_paged_attention_ignores_garbage_where_nothing_is_read(xla, op_name):
+    """NaN, +-inf and bad block ids in unused slots, blocks and table entries (as in
+    tests/test_paged_attention.py): every xla impl's output does not change by one bit."""
+    from tests.test_paged_attention import GARBAGE_VALUES, case_inputs, perturb
+    op, kv8 = OPS[op_name], op_name.endswith("kv8")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        args = case_inputs(op_name, 8, 2, 64, 16, dtype, [1, 37, 80], seed=5)
+        for name, impl in op.impls.items():
+            if "xla" not in impl.backends:
+                continue
+            fn = xla.wrap(impl.fn)
+
+            def run(a):
+                return xla.to_host(fn(*(xla.to_device(t) if isinstance(t, torch.Tensor) else t
+                                        for t in a)))
+            base = run(args)
+            assert torch.isfinite(base).all()
+            assert rel_err(base, op.reference(*args)) <= op.tol(dtype)
+            for i, value in enumerate(GARBAGE_VALUES):
+                bad = perturb(args, kv8, value, seed=i)
+                assert torch.equal(run(bad), base), (name, dtype, value)
+
+
 @pytest.fixture
 def non_lowering_impl():
     @register_impl("gemv_bf16", "t_xla_dynamic", backends=["xla"], dtypes=["float32"])
