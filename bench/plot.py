@@ -1,17 +1,27 @@
-"""Pictures of results: a roofline and a batch sweep (matplotlib, optional), % of roof bars (rich).
+"""Pictures of results (matplotlib, optional) and % of roof bars for the terminal (rich).
 
-Roofline: arithmetic intensity (FLOP/B) against achieved FLOP/s, log-log, under the measured
-roof (each record's `roof_gbps`, and the compute roof `ridge x roof_gbps` when recorded) and the
-datasheet roof (`datasheet_gbps` and the catalog's dense rate), one labeled point per ok result.
-Batch sweep: for each (op, shape without M, dtype, impl) timed at several M, achieved GB/s and
-TFLOP/s against M, with the ridge (the M where the case turns compute-bound) marked.
-Size sweep (warm cases, `--suite sweep-size`; a third panel when present): achieved GB/s against
-the working set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is
-limited by its own loop, not by memory. Warm cases the cache holds stay out of the other panels.
+Two PNGs, the first what a reader looks for:
+- % of the measured roof: per case (op, shape, dtype) one horizontal bar per impl, the median
+  `pct_roof` of its ok records (each record a tick when a case was run more than once), the 80%
+  "at the wall" line marked, baselines hatched. An impl whose records hold no number (any status
+  other than ok: failed-check, error, skipped, crashed, timeout, ...) gets an empty row saying
+  why. Probes (`copy`, `read`) and warm records the cache held stay out.
+- Roofline: arithmetic intensity (FLOP/B) against achieved FLOP/s, log-log, under the measured
+  roof (each record's `roof_gbps`, and the compute roof `ridge x roof_gbps` when recorded) and the
+  datasheet roof (`datasheet_gbps` and the catalog's dense rate); each ok result a numbered point,
+  the numbers placed where they collide with no other number, point or legend, and explained in a
+  key beside the axes. Next to it, only when the records hold one: a batch sweep (for each (op,
+  shape without M, dtype, impl) timed at several M, achieved GB/s and TFLOP/s against M, the
+  ridge marked) and a size sweep (warm cases, `--suite sweep-size`: achieved GB/s against the
+  working set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is
+  limited by its own loop, not by memory). Warm cases the cache holds stay off the roofline.
 matplotlib is imported only when a chart is drawn, with the Agg backend (no display needed).
 """
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +32,10 @@ from rich.text import Text
 from .results import in_cache
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
+PROBES = ("copy", "read")  # the ops that measure the roof itself
+AT_THE_WALL = 80.0  # % of the measured roof from which a memory-bound case is "at the wall"
+HIDDEN_SHAPE_FIELDS = ("ragged", "pool", "block_size")  # layout details, not the case's size
+SHORT_FIELDS = {"group_size": "G", "context": "ctx"}
 
 
 class PlotError(ValueError):
@@ -47,10 +61,12 @@ def short_dtype(name: Any) -> str:
     return SHORT_DTYPES.get(str(name), str(name))
 
 
-def label(r: dict[str, Any]) -> str:
-    shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items()
-                     if k not in ("ragged", "pool", "block_size"))
-    return f"{r['op']} {shape} {short_dtype(r.get('dtype'))} {r['impl']}"
+def short_shape(shape: dict[str, Any] | None, width: int = 44) -> str:
+    """`M=1 N=6144 K=4096 G=128`: layout-only fields dropped, long names shortened, and cut with
+    an ellipsis past `width` characters."""
+    s = " ".join(f"{SHORT_FIELDS.get(k, k)}={v}" for k, v in (shape or {}).items()
+                 if k not in HIDDEN_SHAPE_FIELDS)
+    return s if len(s) <= width else s[:width - 1] + "…"
 
 
 def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
@@ -74,7 +90,56 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> T
 
 def ok_records(records: Iterable[dict[str, Any]], probes: bool = False) -> list[dict[str, Any]]:
     return [r for r in records if r.get("status") == "ok" and r.get("time_s")
-            and r.get("achieved_gbps") and (probes or r.get("op") not in ("copy", "read"))]
+            and r.get("achieved_gbps") and (probes or r.get("op") not in PROBES)]
+
+
+def is_baseline(r: dict[str, Any]) -> bool:
+    """The record's `baseline` flag; for records without one, the registered impl's."""
+    if "baseline" in r:
+        return bool(r["baseline"])
+    try:
+        from kernels import OPS
+        return bool(OPS[r["op"]].impls[r["impl"]].baseline)
+    except Exception:
+        return False
+
+
+def pct_roof_cases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cases (op, shape, dtype) in order of first appearance, each with its impls in order of
+    first appearance: `pcts` (% of roof of each ok record), `no_roof` (ok records without a
+    measured roof), `failed` ((status, last line of the error) of every other record) and
+    `verdicts`. Probes and in-cache records are left out."""
+    cases: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        if r.get("op") in PROBES or in_cache(r):
+            continue
+        shape = r.get("shape") or {}
+        key = (r["op"], json.dumps(shape, sort_keys=True), short_dtype(r.get("dtype")))
+        c = cases.setdefault(key, {"op": r["op"], "shape": shape, "dtype": key[2],
+                                   "groups": [], "impls": {}})
+        if r.get("group") and r["group"] not in c["groups"]:
+            c["groups"].append(r["group"])
+        i = c["impls"].setdefault(r["impl"], {"impl": r["impl"], "baseline": is_baseline(r),
+                                              "pcts": [], "no_roof": 0, "failed": [],
+                                              "verdicts": []})
+        status = str(r.get("status"))
+        if status == "ok" and r.get("pct_roof") is not None:
+            i["pcts"].append(float(r["pct_roof"]))
+            i["verdicts"].append(r.get("verdict") or "")
+        elif status == "ok":
+            i["no_roof"] += 1
+        else:
+            err = str(r.get("error") or "").strip().splitlines()
+            i["failed"].append((status, err[-1] if err else ""))
+    return [{**c, "impls": list(c["impls"].values())} for c in cases.values()]
+
+
+def case_title(c: dict[str, Any]) -> str:
+    """`gemv_w4  M=1 N=6144 K=4096 G=128  bf16  (llama-3-8b qkv)`."""
+    s = f"{c['op']}   {short_shape(c['shape'], 56)}   {c['dtype']}"
+    if len(c["groups"]) == 1:
+        s += f"   ({c['groups'][0][:32]})"
+    return s
 
 
 def size_sweeps(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -165,6 +230,19 @@ def ridge_batch(group: list[dict[str, Any]], bf: str) -> float | None:
 
 # --- matplotlib -----------------------------------------------------------------------------------
 
+DPI = 110
+KEY_FONT = 7.5  # the roofline's key
+STATUS_COLOR = {"skipped": "0.45"}  # every other status without a number is drawn in red
+FAIL_COLOR = "#b2182b"
+_CLEAR = dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6)  # text over grid lines
+# impl colors: matplotlib's cycle without its red, which marks the measured roof and failures
+IMPL_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
+
+
+def impl_color(k: int) -> str:
+    return IMPL_COLORS[k % len(IMPL_COLORS)]
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -176,29 +254,21 @@ def _pyplot():
     return plt
 
 
-def draw(records: list[dict[str, Any]], out: str | Path, title: str | None = None) -> Path:
-    """Write one PNG: the roofline, the batch sweep (or how to make one) and, when the records
-    hold one, the size sweep; a batch-sweep hint gives way to the size sweep."""
-    sized = size_sweeps(ok_records(records, probes=True))
-    recs = [r for r in ok_records(records) if not in_cache(r)]
-    if not recs and not sized:
-        raise PlotError("no ok, timed (non-probe) results to plot")
-    panels = ([lambda a: _roofline(a, recs)] if recs else []) + \
-        ([lambda a: _batch_sweep(a, recs)] if recs and (sweeps(recs) or not sized) else []) + \
-        ([lambda a: _size_sweep(a, sized)] if sized else [])
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6.2), squeeze=False)
-    for panel, a in zip(panels, axes[0]):
-        panel(a)
-    shown = {id(r): r for r in recs + [r for g in sized.values() for r in g]}
-    r0 = next(iter(shown.values()))
+def _device(records: list[dict[str, Any]]) -> str:
+    r0 = records[0]
     dev = (r0.get("device") or {}).get("name") or r0.get("backend")
-    fig.suptitle(title or f"decodewall — {dev} ({r0.get('backend')}), {len(shown)} results")
-    fig.tight_layout()
+    return f"{dev} ({r0.get('backend')})"
+
+
+def save(fig, out: str | Path) -> Path:
+    """Write `fig` as a PNG at `out` (folders made as needed) and close it."""
+    plt = _pyplot()
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
+        # a tight box only crops or widens the canvas: where texts sit relative to each other,
+        # and so the label placement, does not change
+        fig.savefig(out, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     except OSError as e:
         raise PlotError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
@@ -206,12 +276,261 @@ def draw(records: list[dict[str, Any]], out: str | Path, title: str | None = Non
     return out
 
 
-def _roofline(ax, recs: list[dict[str, Any]]) -> None:
+def draw_pct_roof(records: list[dict[str, Any]], out: str | Path,
+                  title: str | None = None) -> Path:
+    return save(pct_roof_figure(records, title), out)
+
+
+def draw_roofline(records: list[dict[str, Any]], out: str | Path,
+                  title: str | None = None) -> Path:
+    return save(roofline_figure(records, title), out)
+
+
+# --- % of the measured roof ----------------------------------------------------------------------
+
+def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
+    """One horizontal bar per (case, impl), cases as headed blocks, top to bottom in the order the
+    records hold them. The figure grows with the number of rows, so the text keeps its size."""
+    cases = pct_roof_cases(records)
+    if not cases:
+        raise PlotError("no results for a % of roof chart (only probes or in-cache records)")
+    plt = _pyplot()
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.transforms import blended_transform_factory
+
+    impls = list(dict.fromkeys(i["impl"] for c in cases for i in c["impls"]))
+    color = {name: impl_color(k) for k, name in enumerate(impls)}
+    impl_rows = [i for c in cases for i in c["impls"]]
+    xmax = max([100.0] + [p for i in impl_rows for p in i["pcts"]]) * 1.1
+    # rows top to bottom: the 80% line's label, then per case a header and its impls
+    rows: list[tuple[str, float, Any]] = [("wall", 0.0, None)]
+    y = 0.8
+    for c in cases:
+        y += 0.6
+        rows.append(("case", y, c))
+        y += 1.0
+        for i in c["impls"]:
+            rows.append(("impl", y, i))
+            y += 1.0
+    handles = [Patch(facecolor="0.45", edgecolor="0.45", label="decodewall impl"),
+               Patch(facecolor=(0.55, 0.55, 0.55, 0.3), edgecolor="0.45", hatch="////",
+                     label="baseline (library / reference)"),
+               Line2D([], [], color="#2ca02c", ls="--", lw=1.8, label="80%: at the wall"),
+               Line2D([], [], color="C3", lw=1.2, alpha=0.7, label="100%: the measured roof")]
+    if any(len(i["pcts"]) > 1 for i in impl_rows):
+        handles.append(Line2D([], [], color="k", marker="|", ls="", ms=10, mew=1.2,
+                              label="one run (bar: their median)"))
+    if any(not i["pcts"] for i in impl_rows):
+        handles.append(Patch(facecolor="none", edgecolor=FAIL_COLOR, ls=(0, (2, 2)),
+                             label="no number: the status says why"))
+    legend_cols = min(len(handles), 4)
+    legend_h = 0.35 + 0.27 * math.ceil(len(handles) / legend_cols)
+    height = 1.7 + legend_h + 0.27 * y
+    fig, ax = plt.subplots(figsize=(11.5, height), dpi=DPI)
+    across = blended_transform_factory(ax.transAxes, ax.transData)  # x: axes, y: data
+    ax.axvspan(AT_THE_WALL, 1e6, color="#2ca02c", alpha=0.07, lw=0, zorder=0)
+    ax.axvline(AT_THE_WALL, color="#2ca02c", ls="--", lw=1.8, zorder=1, gid="at-the-wall")
+    ax.axvline(100, color="C3", lw=1.2, alpha=0.7, zorder=1, gid="measured-roof")
+    ticks, tick_labels, tick_colors, values = [], [], [], []
+    for kind, y0, item in rows:
+        if kind == "wall":
+            ax.text(AT_THE_WALL, y0, f"  ≥ {AT_THE_WALL:.0f}%: at the wall", color="#1a7a1a",
+                    fontsize=10, fontweight="bold", va="center", ha="left", gid="at-the-wall-label")
+            continue
+        if kind == "case":
+            ax.axhline(y0 - 0.8, color="0.75", lw=0.8, zorder=1)
+            ax.text(0.004, y0, case_title(item), transform=across, fontsize=10.5,
+                    fontweight="bold", va="center", ha="left", gid="case-title", zorder=4,
+                    bbox=_CLEAR)
+            continue
+        text, tcolor = _row_note(item)
+        ticks.append(y0)
+        name = item["impl"] if len(item["impl"]) <= 26 else item["impl"][:25] + "…"
+        tick_labels.append(name + (" (baseline)" if item["baseline"] else ""))
+        tick_colors.append("0.1" if item["pcts"] else "0.45")
+        if not item["pcts"]:
+            # the empty slot: an outline across the row where the bar would be, the reason in it
+            ax.add_patch(Rectangle((0.0, y0 - 0.36), 0.985, 0.72, transform=across,
+                                   facecolor="none", edgecolor=tcolor, ls=(0, (2, 2)), lw=0.8,
+                                   zorder=2, gid="empty-slot"))
+            ax.annotate(text, (0, y0), xytext=(5, 0), textcoords="offset points", fontsize=9,
+                        color=tcolor, va="center", ha="left", style="italic", gid="status-note",
+                        zorder=4, bbox=_CLEAR)
+            continue
+        c = color[item["impl"]]
+        kw = dict(facecolor=to_rgba(c, 0.28), edgecolor=c, hatch="////") if item["baseline"] \
+            else dict(facecolor=c, edgecolor=c)
+        ax.barh(y0, statistics.median(item["pcts"]), height=0.72, lw=0.9, zorder=2,
+                gid="pct-bar", **kw)
+        if len(item["pcts"]) > 1:
+            ax.plot(item["pcts"], [y0] * len(item["pcts"]), "|", color="k", ms=10, mew=1.2,
+                    zorder=3)
+        end = max(item["pcts"])
+        values.append((end, ax.annotate(text, (end, y0), xytext=(5, 0),
+                                        textcoords="offset points", fontsize=9, color=tcolor,
+                                        va="center", ha="left", gid="value", zorder=4,
+                                        bbox=_CLEAR)))
+    ax.set_yticks(ticks, tick_labels, fontsize=9.5)
+    for t, c in zip(ax.get_yticklabels(), tick_colors):
+        t.set_color(c)
+    ax.tick_params(axis="y", length=0)
+    ax.set_ylim(y - 0.4, -0.6)
+    ax.set_xlim(0, xmax)
+    ax.tick_params(axis="x", labelsize=9.5, top=True, labeltop=True)
+    ax.grid(True, axis="x", alpha=0.25)
+    ax.set_axisbelow(True)
+    roof_vals = sorted({r["roof_gbps"] for r in records if r.get("roof_gbps")})
+    roof_txt = "" if not roof_vals else f" ({roof_vals[0]:.1f} GB/s)" if len(roof_vals) == 1 \
+        else f" ({roof_vals[0]:.1f}-{roof_vals[-1]:.1f} GB/s over the runs)"
+    ax.set_xlabel(f"% of the measured roof{roof_txt}: achieved GB/s ÷ the run's measured roof",
+                  fontsize=10.5)
+    runs = list(dict.fromkeys(r.get("run_id") for r in records if r.get("run_id")))
+    shown = [r for r in records if r.get("op") not in PROBES and not in_cache(r)]
+    sub = f"{len(runs)} runs" if len(runs) > 1 else f"run {runs[0]}" if runs else ""
+    # title and legend get fixed room in inches: figure fractions shrink as the figure grows
+    fig.suptitle(title or f"% of the measured roof — {_device(shown)}"
+                 + (f", {sub}" if sub else ""), fontsize=13, fontweight="bold",
+                 y=1 - 0.12 / height, va="top")
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.5 / height))
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=9.5,
+               frameon=False, bbox_to_anchor=(0.5, 0.1 / height))
+    # widen the x axis until every value text ends inside it: texts keep their size in points,
+    # so the room they need is measured in pixels once the layout is final
+    renderer = fig.canvas.get_renderer()
+    width = ax.get_window_extent(renderer).width
+    need = [end * width / (0.99 * width - t.get_window_extent(renderer).width - 5 * fig.dpi / 72)
+            for end, t in values]
+    xmax = max([xmax] + [n for n in need if n > 0])
+    ax.set_xlim(0, xmax)
+    # ticks every 10% up to 160%, then steps that keep 16 or fewer labels on the axis
+    step = next((st for st in (10, 20, 25, 50, 100, 200, 250, 500) if xmax / st <= 16),
+                10 ** math.ceil(math.log10(xmax / 16)))
+    ax.xaxis.set_major_locator(plt.MultipleLocator(step))
+    return fig
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}%" if v < 9.95 else f"{v:.0f}%"
+
+
+def _row_note(i: dict[str, Any]) -> tuple[str, str]:
+    """The text beside one impl's bar and its colour: the median % of roof (and the range over
+    repeated runs), then what kept any record from a number."""
+    notes = []
+    if i["pcts"]:
+        value = _pct(statistics.median(i["pcts"]))
+        if len(i["pcts"]) > 1:
+            value += f" ({_pct(min(i['pcts']))}-{_pct(max(i['pcts']))}, {len(i['pcts'])} runs)"
+        if any(v.startswith("compute") for v in i["verdicts"]):
+            value += ", compute-bound"
+        notes.append(value)
+    if i["no_roof"]:
+        notes.append(f"ok ×{i['no_roof']}, no measured roof" if i["no_roof"] > 1
+                     else "ok, no measured roof")
+    by_status: dict[str, list[str]] = defaultdict(list)
+    for status, err in i["failed"]:
+        by_status[status].append(err)
+    for status, errs in by_status.items():
+        n = f" ×{len(errs)}" if len(errs) > 1 else ""
+        reason = next((e for e in errs if e), "")
+        if not i["pcts"] and reason:
+            notes.append(f"× {status}{n}: {reason if len(reason) <= 80 else reason[:79] + '…'}")
+        else:
+            notes.append(f"× {status}{n}")
+    if i["pcts"]:
+        return "   ".join(notes), "0.1"
+    first = next(iter(by_status), "")
+    return "   ".join(notes), STATUS_COLOR.get(first, FAIL_COLOR) if first else "0.1"
+
+
+# --- roofline and sweeps -------------------------------------------------------------------------
+
+def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
+    """The roofline with its numbered key, then the batch sweep and the size sweep when the
+    records hold them: no panel is drawn without data."""
+    sized = size_sweeps(ok_records(records, probes=True))
+    recs = [r for r in ok_records(records) if not in_cache(r)]
+    if not recs and not sized:
+        raise PlotError("no ok, timed (non-probe) results to plot")
+    batch = sweeps(recs)
+    others = (["batch"] if batch else []) + (["size"] if sized else [])
+    plt = _pyplot()
+    fig = plt.figure(dpi=DPI, layout="constrained")
+    ncol = max(1, math.ceil(len(recs) / 44))
+    key_w = _key_width(fig, recs, ncol) if recs else 0.0
+    height = max(6.4, 0.185 * math.ceil(len(recs) / ncol) + 1.8)
+    widths = ([7.0 + key_w] if recs else []) + [7.8] * len(others)
+    fig.set_size_inches(sum(widths), height)
+    # the roofline and its key get a subfigure of their own, so the key's width comes out of
+    # that subfigure alone and the sweeps keep theirs
+    subs = fig.subfigures(1, len(widths), width_ratios=widths, squeeze=False)[0] \
+        if len(widths) > 1 else [fig]
+    shown = {id(r): r for r in recs + [r for g in sized.values() for r in g]}
+    fig.suptitle(title or f"decodewall — {_device(list(shown.values()))}, {len(shown)} results",
+                 fontsize=13)
+    # one marker per op in every panel; colours: by impl on the roofline, by series in a sweep
+    style = Style(list(shown.values()))
+    points = None
+    if recs:
+        roof_ax = subs[0].subplots()
+        points = _roofline(roof_ax, recs, ncol, style)
+    for name, sub in zip(others, subs[1 if recs else 0:]):
+        ax = sub.subplots()
+        if name == "batch":
+            _batch_sweep(ax, recs, batch, style)
+        else:
+            _size_sweep(ax, sized, style)
+    if points is not None:
+        # numbers are placed once the layout is final (then frozen): room is measured in pixels
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
+        number_points(roof_ax, *points)
+    return fig
+
+
+class Style:
+    """Colour by impl, marker by op, in the order the records first name them."""
+    MARKERS = "os^Dv<>pPX*h"
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.impls = list(dict.fromkeys(r["impl"] for r in records))
+        self.ops = list(dict.fromkeys(r["op"] for r in records))
+
+    def color(self, impl: str) -> str:
+        """The impl's colour on the roofline."""
+        return impl_color(self.impls.index(impl)) if impl in self.impls else "0.3"
+
+    def marker(self, op: str) -> str:
+        return self.MARKERS[self.ops.index(op) % len(self.MARKERS)] if op in self.ops else "o"
+
+
+def _key_entry(n: int, r: dict[str, Any]) -> str:
+    pct = f"  {r['pct_roof']:.0f}%" if r.get("pct_roof") is not None else ""
+    return f"{n:>3}  {r['op']} {short_shape(r.get('shape'), 34)} " \
+        f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}"
+
+
+def _key_width(fig, recs: list[dict[str, Any]], ncol: int) -> float:
+    """Inches the roofline's key needs: its longest entry measured, a marker and gaps added."""
+    t = fig.text(0, 0, max((_key_entry(n, r) for n, r in enumerate(recs, 1)), key=len),
+                 fontsize=KEY_FONT)
+    w = t.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    t.remove()
+    return ncol * (w + 0.45) + 0.2
+
+
+def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
+    """Draw the roofline; return (xy, numbers, colors) for `place_labels`."""
     import numpy as np
+    from matplotlib.lines import Line2D
     rf = roofs(recs)
-    ais = [r["arithmetic_intensity"] for r in recs if r.get("arithmetic_intensity")]
-    lo = min(ais + [0.1]) / 3
-    hi = max(ais + [10.0]) * 3
+    ais = [r["arithmetic_intensity"] for r in recs if r.get("arithmetic_intensity")] or [1.0]
+    ridges = [r["ridge"] for r in recs if r.get("ridge")]
+    # from just left of the points to past the ridge, so the roof's bend shows
+    lo = min(ais) / 4
+    hi = max(ais + ridges) * 4
     x = np.logspace(np.log10(lo), np.log10(hi), 200)
     if rf["roof_gbps"]:
         y = x * rf["roof_gbps"] / 1e3  # GB/s x FLOP/B = GFLOP/s; /1e3 = TFLOP/s
@@ -219,7 +538,7 @@ def _roofline(ax, recs: list[dict[str, Any]]) -> None:
             y = np.minimum(y, rf["roof_tflops"])
         spread = ""
         if rf["runs"] > 1 and rf["roof_range"][0] != rf["roof_range"][1]:
-            spread = (f" (best of {rf['runs']} runs: {rf['roof_range'][0]:.1f}-"
+            spread = (f"\n(best of {rf['runs']} runs: {rf['roof_range'][0]:.1f}-"
                       f"{rf['roof_range'][1]:.1f} GB/s)")
         ax.plot(x, y, color="C3", lw=2, label=f"measured roof {rf['roof_gbps']:.1f} GB/s"
                 + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "") + spread)
@@ -232,78 +551,179 @@ def _roofline(ax, recs: list[dict[str, Any]]) -> None:
                 + (f", {rf['datasheet_tflops']:g} TFLOP/s (bf16)" if rf["datasheet_tflops"] else ""))
     else:
         ax.plot([], [], " ", label="datasheet roof: device not in the catalog")
-    series = sorted({(r["impl"], short_dtype(r.get("dtype"))) for r in recs})
-    markers = "os^Dv<>pPX*h"
-    ops = sorted({r["op"] for r in recs})
-    for r in recs:
+    xy, numbers, colors, key = [], [], [], []
+    for n, r in enumerate(recs, 1):
         ai = r.get("arithmetic_intensity") or lo
         tf = r["flops"] / r["time_s"]["median"] / 1e12 if r.get("flops") else \
             r["achieved_gbps"] * ai / 1e3
-        color = f"C{series.index((r['impl'], short_dtype(r.get('dtype')))) % 10}"
-        ax.scatter([ai], [tf], s=36, color=color,
-                   marker=markers[ops.index(r["op"]) % len(markers)], zorder=3, edgecolor="k",
+        color, marker = style.color(r["impl"]), style.marker(r["op"])
+        ax.scatter([ai], [tf], s=36, color=color, marker=marker, zorder=3, edgecolor="k",
                    linewidth=0.4)
-        ax.annotate(label(r), (ai, tf), fontsize=6, xytext=(4, 2), textcoords="offset points",
-                    alpha=0.85)
-    for i, (impl, dt) in enumerate(series):
-        ax.scatter([], [], color=f"C{i % 10}", label=f"{impl} ({dt})")
-    for j, op in enumerate(ops):
-        ax.scatter([], [], color="w", edgecolor="k", marker=markers[j % len(markers)], label=op)
+        xy.append((ai, tf))
+        numbers.append(str(n))
+        colors.append(color)
+        key.append(Line2D([], [], color=color, marker=marker, ls="", markeredgecolor="k",
+                          markeredgewidth=0.4, label=_key_entry(n, r)))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte moved)")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title("roofline")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte moved)", fontsize=10)
+    ax.set_ylabel("achieved TFLOP/s", fontsize=10)
+    ax.set_title("roofline (numbers: the key on the right; % = of the measured roof)",
+                 fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
-    _, top = ax.get_ylim()
-    ax.set_ylim(top=top * 30)  # headroom above the roof: the legend sits where no point can be
-    ax.legend(fontsize=7, loc="upper left")
+    tfs = [t for _, t in xy]
+    ax.set_ylim(min(tfs) / 3, max(tfs + [rf["roof_tflops"] or 0]) * 8)  # the legend's room
+    ax.set_xlim(lo, hi)
+    ax.add_artist(ax.legend(fontsize=8, loc="upper left"))
+    ax.legend(handles=key, fontsize=KEY_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                           ncol=ncol, frameon=False, handletextpad=0.3, borderaxespad=0.0,
+                           columnspacing=1.0, labelspacing=0.45, title="key",
+                           title_fontsize=8.5, alignment="left")
+    return xy, numbers, colors
 
 
-def _batch_sweep(ax, recs: list[dict[str, Any]]) -> None:
-    groups = sweeps(recs)
-    if not groups:
-        ax.text(0.5, 0.5, "no batch sweep in these results\n(time one shape at several M, e.g.\n"
-                "run --op gemv_bf16 --shape M=1,N=4096,K=4096 --shape M=8,...)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=10)
-        ax.set_axis_off()
-        return
+def number_points(ax, xy: list[tuple[float, float]], numbers: list[str], colors: list[str],
+                  overlap_pt: float = 5.0) -> list[int]:
+    """Label points whose markers overlap (centres closer than `overlap_pt` points, chained) with
+    one text, `7,15,23`, in their colour when they share one; then `place_labels`."""
+    import numpy as np
+    pts = ax.transData.transform(np.asarray(xy, dtype=float))
+    near = (overlap_pt * ax.figure.dpi / 72) ** 2
+    cluster = list(range(len(xy)))  # union-find over pairs of overlapping markers
+
+    def root(k):
+        while cluster[k] != k:
+            cluster[k] = cluster[cluster[k]]
+            k = cluster[k]
+        return k
+    for a in range(len(xy)):
+        for b in range(a + 1, len(xy)):
+            if ((pts[a] - pts[b]) ** 2).sum() < near:
+                cluster[root(b)] = root(a)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for k in range(len(xy)):
+        groups[root(k)].append(k)
+    members = sorted(groups.values())
+    centre = [tuple(np.exp(np.log(np.asarray([xy[k] for k in g])).mean(axis=0))) for g in members]
+    texts = [",".join(numbers[k] for k in g) for g in members]
+    tints = [colors[g[0]] if len({colors[k] for k in g}) == 1 else "0.2" for g in members]
+    return place_labels(ax, centre, texts, tints, points=xy)
+
+
+def place_labels(ax, xy: list[tuple[float, float]], texts: list[str], colors: list[str],
+                 fontsize: float = 8.0, points: list[tuple[float, float]] | None = None
+                 ) -> list[int]:
+    """Write each text next to its point where its box overlaps no other placed text, no point
+    and no legend inside the axes: candidates on rings of growing radius around the point, the
+    nearest free one wins, a thin leader line joins text and point past the first ring. The
+    markers to keep clear of are `points` (default: `xy`). A text with no free candidate is left
+    out; returns the indices of those."""
+    import numpy as np
+    from matplotlib.transforms import Bbox
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72  # pixels per point
+    area = ax.get_window_extent(renderer)
+    pts = ax.transData.transform(np.asarray(xy, dtype=float)) if xy else np.zeros((0, 2))
+    half = 4.0 * px  # the marker's half width (s=36 is 6 points across) and a little more
+    marks = ax.transData.transform(np.asarray(points, dtype=float)) if points else pts
+    taken = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in marks]
+    for leg in [c for c in ax.get_children() if type(c).__name__ == "Legend"]:
+        bb = leg.get_window_extent(renderer)
+        if bb.overlaps(area):
+            taken.append(bb)
+    probe = ax.text(0, 0, "", fontsize=fontsize, fontweight="bold")
+    from matplotlib.patheffects import withStroke
+    halo = [withStroke(linewidth=2.5, foreground="white")]  # legible over grid and roof lines
+    angles = [0, 45, -45, 90, -90, 135, -135, 180, 22, -22, 67, -67, 112, -112, 157, -157]
+    # the loneliest points first: each takes the spot next to it before crowds spread out
+    crowd = [int(((pts - p) ** 2).sum(axis=1).__lt__((24 * px) ** 2).sum()) for p in pts]
+    left_out = []
+    for k in sorted(range(len(xy)), key=lambda k: (crowd[k], k)):
+        (x, y), (dx0, dy0), text, color = xy[k], pts[k], texts[k], colors[k]
+        probe.set_text(text)
+        tb = probe.get_window_extent(renderer)
+        w, h = tb.width, tb.height
+        spot = None
+        for radius in (6, 11, 17, 24, 32, 42, 54):
+            for a in angles:
+                ox = radius * math.cos(math.radians(a))
+                oy = radius * math.sin(math.radians(a))
+                ha = "left" if ox > 1 else "right" if ox < -1 else "center"
+                va = "bottom" if oy > 1 else "top" if oy < -1 else "center"
+                cx, cy = dx0 + ox * px, dy0 + oy * px
+                x0 = cx if ha == "left" else cx - w if ha == "right" else cx - w / 2
+                y0 = cy if va == "bottom" else cy - h if va == "top" else cy - h / 2
+                bb = Bbox.from_bounds(x0, y0, w, h)
+                if not (area.contains(x0, y0) and area.contains(x0 + w, y0 + h)):
+                    continue
+                if any(bb.overlaps(t) for t in taken):
+                    continue
+                spot = (ox, oy, ha, va, radius, bb)
+                break
+            if spot:
+                break
+        if spot is None:
+            left_out.append(k)
+            continue
+        ox, oy, ha, va, radius, bb = spot
+        taken.append(bb.padded(2.5 * px))  # a gap, so neighbours do not read as one number
+        arrow = dict(arrowstyle="-", color="0.3", lw=0.7, shrinkA=1, shrinkB=2.5) \
+            if radius > 6 else None
+        ax.annotate(text, (x, y), xytext=(ox, oy), textcoords="offset points", ha=ha, va=va,
+                    fontsize=fontsize, color=color, fontweight="bold", arrowprops=arrow,
+                    gid="point-label", zorder=4, path_effects=halo)
+    probe.remove()
+    return sorted(left_out)
+
+
+def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[str, Any]]],
+                 style: Style) -> None:
+    from matplotlib.lines import Line2D
     tx = ax.twinx()
     roof = roofs(recs)["roof_gbps"]
-    marked = set()
+    ridges: dict[int, list[str]] = defaultdict(list)  # rounded ridge batch -> cases
+    handles = []
     for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         op, rest, dtype, impl, bf = key
         ms = [r["shape"][bf] for r in g]
-        dims = ','.join(f'{k}={v}' for k, v in rest if k not in ('ragged', 'pool', 'block_size'))
-        name = f"{op} {dims} {short_dtype(dtype)} {impl}"
-        ax.plot(ms, [r["achieved_gbps"] for r in g], marker="o", color=f"C{i % 10}",
-                label=f"{name} GB/s")
+        color, marker = impl_color(i), style.marker(op)
+        ax.plot(ms, [r["achieved_gbps"] for r in g], marker=marker, color=color,
+                markeredgecolor="k", markeredgewidth=0.4)
         tx.plot(ms, [r["flops"] / r["time_s"]["median"] / 1e12 for r in g], marker="x",
-                ls=":", color=f"C{i % 10}", label=f"{name} TFLOP/s")
+                ls=":", color=color)
+        handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="k",
+                              markeredgewidth=0.4,
+                              label=f"{op} {short_shape(dict(rest))} {short_dtype(dtype)} {impl}"))
         mr = ridge_batch(g, bf)
-        if mr is not None and (op, rest, dtype) not in marked:
-            marked.add((op, rest, dtype))
-            ax.axvline(mr, color=f"C{i % 10}", ls="--", lw=1, alpha=0.7)
-            ax.annotate(f"ridge {bf}≈{mr:.0f}", (mr, 0.98), xycoords=("data", "axes fraction"),
-                        rotation=90, fontsize=7, va="top", ha="right")
+        case = f"{op} {short_dtype(dtype)}"
+        if mr is not None and case not in ridges[round(mr)]:
+            ridges[round(mr)].append(case)
+    for m, cases in sorted(ridges.items()):
+        ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)
+        ax.annotate(f"ridge {bf}≈{m}: {', '.join(cases)}", (m, 0.98),
+                    xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5, va="top",
+                    ha="right")
     if roof:
-        ax.axhline(roof, color="C3", lw=1.5, alpha=0.6, label=f"measured roof {roof:.1f} GB/s")
+        ax.axhline(roof, color="C3", lw=1.5, alpha=0.6)
+        handles.append(Line2D([], [], color="C3", lw=1.5, alpha=0.6,
+                              label=f"measured roof {roof:.1f} GB/s"))
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch (rows M of the GEMV)")
-    ax.set_ylabel("achieved GB/s (solid)")
-    tx.set_ylabel("achieved TFLOP/s (dotted)")
-    ax.set_title("batch sweep: memory-bound until the ridge, then compute-bound")
+    ax.set_xlabel("batch (rows M of the GEMV)", fontsize=10)
+    ax.set_ylabel("achieved GB/s (solid)", fontsize=10)
+    tx.set_ylabel("achieved TFLOP/s (dotted, x)", fontsize=10)
+    ax.set_title("batch sweep: memory-bound until the ridge, then compute-bound", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = tx.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="best")
+    ax.legend(handles=handles, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              ncol=1, frameon=False)
 
 
-def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]]) -> None:
+def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> None:
     allr = [r for g in groups.values() for r in g]
     for i, ((op, dtype, impl), g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
-        ax.plot([r["bytes"] / 2**20 for r in g], [r["achieved_gbps"] for r in g], marker="o",
-                ls="--" if op in ("copy", "read") else "-", color=f"C{i % 10}",
+        ax.plot([r["bytes"] / 2**20 for r in g], [r["achieved_gbps"] for r in g],
+                marker=style.marker(op), markeredgecolor="k", markeredgewidth=0.4,
+                ls="--" if op in PROBES else "-", color=impl_color(i),
                 label=f"{op} {short_dtype(dtype)} {impl}")
     roof = roofs(allr)["roof_gbps"]
     if roof:
@@ -324,10 +744,12 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]]) -> None:
     ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("working set (MiB, one input set reused, no flush)")
     ax.set_ylabel("achieved GB/s")
-    ax.set_title("size sweep: cache to DRAM (flat = the kernel's loop is the limit)")
+    ax.set_title("size sweep: cache to DRAM (flat = the kernel's loop is the limit)", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2,
+              frameon=False)
 
 
-__all__ = ["PlotError", "bars_table", "draw", "in_cache", "pct_bar", "ridge_batch", "roofs",
-           "size_sweeps", "sweeps"]
+__all__ = ["AT_THE_WALL", "PlotError", "bars_table", "draw_pct_roof", "draw_roofline", "in_cache",
+           "pct_bar", "pct_roof_cases", "pct_roof_figure", "place_labels", "ridge_batch",
+           "roofline_figure", "roofs", "short_shape", "size_sweeps", "sweeps"]

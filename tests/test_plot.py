@@ -20,7 +20,8 @@ def record(op, shape_kw, impl, median, roof=10.0, ridge=5.0):
     b, f = o.bytes_moved(shape, torch.bfloat16), o.flops(shape)
     gbps = b / median / 1e9
     return {"op": op, "impl": impl, "shape": shape_kw, "dtype": "bfloat16", "status": "ok",
-            "backend": "cpu", "time_s": {"median": median}, "bytes": b, "flops": f,
+            "backend": "cpu", "time_s": {"median": median, "p25": median, "p75": median},
+            "bytes": b, "flops": f,
             "achieved_gbps": gbps, "roof_gbps": roof, "pct_roof": 100 * gbps / roof,
             "datasheet_gbps": None, "arithmetic_intensity": f / b, "ridge": ridge,
             "device": {"name": "test CPU", "chip": None}}
@@ -42,11 +43,36 @@ def results(tmp_path):
 
 def test_plot_png_written(results, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    out = tmp_path / "sub" / "roofline.png"
+    out = tmp_path / "sub" / "run.png"
     assert main(["plot", str(results), "-o", str(out)]) == 0
-    data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
-    assert "wrote" in capsys.readouterr().err
+    for png in (out, tmp_path / "sub" / "run-roofline.png"):  # % of roof first, roofline beside
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert capsys.readouterr().err.count("wrote") == 2
+
+
+def test_plot_output_names(results, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "charts"
+    assert main(["plot", str(results), "-o", f"{folder}/"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["pct-roof.png", "roofline.png"]
+    alone = tmp_path / "only" / "r.png"
+    assert main(["plot", str(results), "--roofline", str(alone)]) == 0
+    assert [p.name for p in alone.parent.iterdir()] == ["r.png"]
+    both = tmp_path / "both"
+    assert main(["plot", str(results), "-o", str(both / "p.png"), "--roofline",
+                 str(both / "roof.png")]) == 0
+    assert sorted(p.name for p in both.iterdir()) == ["p.png", "roof.png"]
+    # nothing ok: the % of roof chart still shows who failed; the roofline is skipped, said so
+    failed = tmp_path / "failed.jsonl"
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    failed.write_text("".join(json.dumps({**r, "status": "crashed", "error": "signal 11"}) + "\n"
+                              for r in recs))
+    capsys.readouterr()
+    assert main(["plot", str(failed), "-o", str(tmp_path / "f.png")]) == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "f.png").exists() and not (tmp_path / "f-roofline.png").exists()
+    assert "not written" in err and "f-roofline.png" in err
 
 
 def test_plot_terminal_bars(results, capsys):
@@ -114,3 +140,190 @@ def test_size_sweep_gets_its_own_panel_and_stays_off_the_roofline(tmp_path, caps
     out = tmp_path / "s.png"
     assert main(["plot", str(p), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+# --- the figures themselves: matplotlib objects, not pixels --------------------------------------
+
+def _figure_texts(fig, gid=None):
+    return [t for ax in fig.axes for t in ax.texts if gid is None or t.get_gid() == gid]
+
+
+def _bars(ax, gid):
+    return [p for p in ax.patches if p.get_gid() == gid]
+
+
+def test_pct_roof_chart_from_records():
+    """One bar per ok (case, impl), an empty slot naming the status of each impl that gave no
+    number (any status string), baselines hatched, the 80% line drawn and labelled, probes and
+    in-cache records left out, repeated runs drawn as their median."""
+    pytest.importorskip("matplotlib")
+    from bench.plot import AT_THE_WALL, pct_roof_figure
+    shape = {"M": 1, "N": 1024, "K": 1024}
+    base = record("gemv_bf16", shape, "torch_matmul", 2e-4)
+    recs = [{**base, "baseline": True},
+            {**record("gemv_bf16", shape, "mine", 1e-4), "baseline": False},
+            {**record("gemv_bf16", shape, "mine", 3e-4), "baseline": False},  # a second run
+            {**record("gemv_bf16", shape, "mine", 2e-4), "baseline": False},  # and a third
+            record("copy", {"N": 4096}, "torch_copy", 1e-5),  # a probe: not a case
+            {**record("gemv_bf16", {"M": 1, "N": 64, "K": 64}, "mine", 1e-6), "warm": True,
+             "cold": False, "impl": "cached_only"}]  # in cache: not a DRAM number
+    statuses = ["failed-check", "error", "skipped", "crashed", "timeout", "a-status-from-later"]
+    for st in statuses:
+        recs.append({**base, "impl": f"impl_{st}", "status": st, "time_s": None,
+                     "pct_roof": None, "achieved_gbps": None, "baseline": False,
+                     "error": f"why {st}"})
+    fig = pct_roof_figure(recs)
+    try:
+        assert len(fig.axes) == 1
+        ax = fig.axes[0]
+        bars = _bars(ax, "pct-bar")
+        assert len(bars) == 2  # torch_matmul and mine; the six without a number get no bar
+        widths = sorted(b.get_width() for b in bars)
+        mine = sorted(r["pct_roof"] for r in recs[1:4])
+        assert widths == pytest.approx(sorted([recs[0]["pct_roof"], mine[1]]))  # the median
+        hatched = [b for b in bars if b.get_hatch()]
+        assert len(hatched) == 1 and hatched[0].get_width() == pytest.approx(recs[0]["pct_roof"])
+        assert len(_bars(ax, "empty-slot")) == len(statuses)
+        notes = " | ".join(t.get_text() for t in _figure_texts(fig, "status-note"))
+        for st in statuses:
+            assert f"{st}: why {st}" in notes
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        assert "torch_matmul (baseline)" in ticks and "mine" in ticks
+        assert not any("torch_copy" in t or "cached_only" in t for t in ticks)
+        walls = [ln for ln in ax.lines if ln.get_gid() == "at-the-wall"]
+        assert len(walls) == 1 and list(walls[0].get_xdata()) == [AT_THE_WALL, AT_THE_WALL]
+        label = _figure_texts(fig, "at-the-wall-label")
+        assert len(label) == 1 and "80%" in label[0].get_text() and "wall" in label[0].get_text()
+        assert label[0].get_position()[0] == AT_THE_WALL
+        assert len(_figure_texts(fig, "case-title")) == 1  # one case: gemv_bf16 1x1024x1024
+        values = [t.get_text() for t in _figure_texts(fig, "value")]
+        assert any("3 runs" in v for v in values)
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+
+def test_pct_roof_chart_single_case_and_value_texts_inside():
+    """One ok record draws; a bar far past 100% keeps its value text inside the axes."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.plot import pct_roof_figure
+    one = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "mine", 2e-4)
+    fig = pct_roof_figure([one])
+    assert len(_bars(fig.axes[0], "pct-bar")) == 1 and not _bars(fig.axes[0], "empty-slot")
+    assert len(_figure_texts(fig, "case-title")) == 1
+    plt.close(fig)
+    fast = {**one, "impl": "fast", "pct_roof": 240.0}
+    fig = pct_roof_figure([one, fast])
+    fig.canvas.draw()  # annotations take their place when drawn
+    r = fig.canvas.get_renderer()
+    area = fig.axes[0].get_window_extent(r)
+    for t in _figure_texts(fig, "value"):
+        assert t.get_window_extent(r).x1 <= area.x1
+    plt.close(fig)
+
+
+def test_pct_roof_chart_needs_a_case():
+    from bench.plot import PlotError, pct_roof_figure
+    with pytest.raises(PlotError, match="no results"):
+        pct_roof_figure([record("copy", {"N": 64}, "torch_copy", 1e-6)])
+
+
+def test_roofline_draws_no_empty_panel(results, tmp_path):
+    """Only the roofline when there is no sweep; a batch-sweep panel only with a batch sweep; a
+    size-sweep panel only with a size sweep. Every panel drawn holds data."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.plot import roofline_figure
+    single = [record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, impl, m)
+              for impl, m in (("a", 2e-4), ("b", 3e-4))]
+    fig = roofline_figure(single)
+    assert len(fig.axes) == 1 and "roofline" in fig.axes[0].get_title()
+    plt.close(fig)
+    sweep = [json.loads(line) for line in results.read_text().splitlines()]
+    fig = roofline_figure(sweep)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 3  # roofline, batch sweep and the batch sweep's TFLOP/s axis
+    assert sum("roofline" in t for t in titles) == 1
+    assert sum("batch sweep" in t for t in titles) == 1
+    assert not any("size sweep" in t for t in titles)
+    for ax in fig.axes:
+        assert ax.lines or ax.collections
+    plt.close(fig)
+    warm = []
+    for n, med in ((256, 1e-5), (4096, 4e-4)):  # both in cache: no roofline point at all
+        r = record("gemv_bf16", {"M": 1, "N": n, "K": 1024}, "torch_matmul", med)
+        warm.append({**r, "warm": True, "cold": False})
+    fig = roofline_figure(warm)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["size sweep"]
+    plt.close(fig)
+    fig = roofline_figure(single + warm)
+    assert len(fig.axes) == 2
+    assert {ax.get_title().split(" ")[0] for ax in fig.axes} == {"roofline", "size"}
+    plt.close(fig)
+
+
+def _overlaps(boxes):
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j])]
+
+
+def test_roofline_point_labels_do_not_collide():
+    """Many crowded points: every drawn number label (measured by the Agg renderer) clears every
+    other one, and every point's number is drawn. Naive labels at a fixed offset would collide."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+    from bench.plot import roofline_figure
+    recs = []
+    for k in range(60):  # 4 columns (M) of 15 points 8% apart: closer than a label is tall
+        m = 1 + k % 4
+        recs.append(record("gemv_bf16", {"M": m, "N": 1024, "K": 1024}, f"impl{k % 7}",
+                           2e-4 * m * 1.08 ** (k // 4)))
+    recs += [{**recs[0], "impl": "twin"}]  # on top of point 1: they share one label, "1,61"
+    fig = roofline_figure(recs)
+    fig.canvas.draw()  # annotations take their place when drawn
+    r = fig.canvas.get_renderer()
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    labels = [t for t in ax.texts if t.get_gid() == "point-label"]
+    boxes = [Text.get_window_extent(t, r) for t in labels]  # the text, not its leader line
+    assert labels and _overlaps(boxes) == []
+    area = ax.get_window_extent(r)
+    assert all(area.x0 <= b.x0 and b.x1 <= area.x1 and area.y0 <= b.y0 and b.y1 <= area.y1
+               for b in boxes)
+    numbered = sorted(int(n) for t in labels for n in t.get_text().split(","))
+    assert numbered == list(range(1, len(recs) + 1))
+    assert len(labels) == len(recs) - 1 and "1,61" in [t.get_text() for t in labels]
+    # each distinct point's number at one fixed offset from it would collide: the data is
+    # crowded enough for the test to fail
+    points = [tuple(c.get_offsets()[0]) for c in ax.collections if len(c.get_offsets()) == 1]
+    assert len(points) == len(recs)
+    naive = [ax.annotate(str(n), xy, xytext=(6, 0), textcoords="offset points", va="center",
+                         fontsize=8, fontweight="bold") for n, xy in enumerate(points[:60], 1)]
+    fig.canvas.draw()
+    assert len(_overlaps([Text.get_window_extent(t, r) for t in naive])) > 20
+    plt.close(fig)
+
+
+def test_place_labels_keeps_clear_of_points_and_each_other():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+    from bench.plot import place_labels, _pyplot
+    _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    xy = [(1 + 0.01 * k, 1 + 0.015 * (k % 5)) for k in range(25)]
+    ax.scatter(*zip(*xy), s=36)
+    ax.set_xlim(0, 2)
+    ax.set_ylim(0, 2)
+    left_out = place_labels(ax, xy, [f"p{k}" for k in range(25)], ["k"] * 25)
+    fig.canvas.draw()  # annotations take their place when drawn
+    r = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_gid() == "point-label"]
+    assert len(labels) + len(left_out) == 25 and len(labels) >= 15
+    boxes = [Text.get_window_extent(t, r) for t in labels]
+    assert _overlaps(boxes) == []
+    pts = ax.transData.transform(xy)
+    for b in boxes:  # no text over a marker's centre
+        assert not any(b.contains(x, y) for x, y in pts)
+    plt.close(fig)
