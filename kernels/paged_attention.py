@@ -452,8 +452,8 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
     cols = torch.minimum(cols[None, :], last[:, None])  # past the end: repeat the last block
     table = torch.gather(block_table.to(dev, torch.long)[perm], 1, cols)  # [B, n_chunks*CB]
     pos = torch.arange(n_chunks * CT, device=dev).view(n_chunks, 1, CT)
-    dead = pos >= sl.view(1, B, 1)  # [n_chunks, B, CT]
-    mask = torch.zeros((), dtype=q.dtype, device=dev).masked_fill(dead, float("-inf"))
+    mask = torch.zeros((), dtype=q.dtype, device=dev).masked_fill(
+        pos >= sl.view(1, B, 1), float("-inf"))  # [n_chunks, B, CT]
     qg = q[perm].view(B, Hkv, G, D)
 
     kraw = _workspace("kraw", (B * CB, row), k.dtype, dev)
@@ -479,9 +479,9 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
         m = None
         if full[c] < n:  # sequences full[c]:n stop inside this chunk
             m = mask[c, :n, None, None, :]
-            d = dead[c, full[c]:n, None, :, None]
-            kc[full[c]:n].masked_fill_(d, 0)
-            vc[full[c]:n].masked_fill_(d, 0)
+            for b in range(full[c], n):  # zero only their slots past seq_len
+                kc[b, :, lens_sorted[b] - c * CT:].zero_()
+                vc[b, :, lens_sorted[b] - c * CT:].zero_()
         o, l = _chunk_attention(qg[:n], kc, vc, m, scale)
         if acc is None:
             acc, lse = o, l
