@@ -1,7 +1,8 @@
 """Build, cache and load the hand-written C kernels (kernels/cpu_simd.py, paged_attention_cpu.py).
 
 They are compiled on first use with the machine's own compiler and `-march=native`, so they use
-whatever SIMD the CPU has; the shared object is cached under ~/.cache/decodewall/cext (or
+whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
+tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3); the shared object is cached under ~/.cache/decodewall/cext (or
 $DECODEWALL_CACHE) keyed by source, compiler, flags and CPU. Without a compiler, or on a CPU
 without the instructions a kernel needs, calls raise NotImplementedError and the runner records
 the impl as skipped with that reason.
@@ -20,6 +21,11 @@ from typing import Any
 import torch
 
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+
+
+def flags(march: str | None = None) -> list[str]:
+    march = march or os.environ.get("DECODEWALL_MARCH") or "native"
+    return [f if f != "-march=native" else f"-march={march}" for f in FLAGS]
 
 
 def cache_dir() -> str:
@@ -44,9 +50,10 @@ class CLibrary:
     """
 
     def __init__(self, name: str, source: str, signatures: dict[str, tuple[list, Any]],
-                 needs: tuple[str, ...] = (), libs: tuple[str, ...] = ()) -> None:
+                 needs: tuple[str, ...] = (), libs: tuple[str, ...] = (),
+                 march: str | None = None) -> None:
         self.name, self.source, self.signatures = name, source, signatures
-        self.needs, self.libs = needs, libs
+        self.needs, self.libs, self.march = needs, libs, march
         self._lib: ctypes.CDLL | None = None
         self._error: str | None = None
         self._scratch: dict[str, torch.Tensor] = {}
@@ -60,7 +67,8 @@ class CLibrary:
         if missing:
             raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
                                       f"this CPU lacks {', '.join(missing)}")
-        key = hashlib.sha256(self.source.encode() + " ".join([cc, *FLAGS, *self.libs]).encode()
+        fl = flags(self.march)
+        key = hashlib.sha256(self.source.encode() + " ".join([cc, *fl, *self.libs]).encode()
                              + cpu[:4096] + sys.platform.encode()).hexdigest()[:16]
         path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
         if not os.path.exists(path):
@@ -69,10 +77,10 @@ class CLibrary:
                 src, out = os.path.join(tmp, "k.c"), os.path.join(tmp, "k.so")
                 with open(src, "w") as f:
                     f.write(self.source)
-                r = subprocess.run([cc, *FLAGS, src, "-o", out, *self.libs], capture_output=True,
+                r = subprocess.run([cc, *fl, src, "-o", out, *self.libs], capture_output=True,
                                    text=True)
                 if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                    r = subprocess.run([cc, *FLAGS[:-1], src, "-o", out, *self.libs],
+                    r = subprocess.run([cc, *fl[:-1], src, "-o", out, *self.libs],
                                        capture_output=True, text=True)
                 if r.returncode != 0:
                     raise NotImplementedError(

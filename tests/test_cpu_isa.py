@@ -1,0 +1,102 @@
+"""The C kernels built for each x86-64 level this CPU can run, checked against the reference.
+
+`-march=native` gives an AVX2 binary on one CPU and an AVX-512 one on another (the compiler
+vectorizes the same C differently): both must be correct wherever either is built. An AVX-512 CPU
+checks both builds here; an AVX2-only CPU checks the one it can run.
+"""
+import platform
+import shutil
+
+import pytest
+import torch
+
+from kernels import OPS, cpu_simd, paged_attention_cpu, probes_cpu
+from kernels.cbuild import CLibrary
+from kernels.gemv_w4 import GemvW4Shape
+from kernels.gemv_w8 import GemvW8Shape
+from kernels.paged_attention import PagedAttentionShape
+from tests import helpers
+
+# cpuinfo flags each level needs (gcc's -march=x86-64-v3 / -v4)
+LEVELS = {
+    "x86-64-v3": ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"),
+    "x86-64-v4": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+}
+
+CASES = [
+    ("gemv_w8", "simd_c", GemvW8Shape(1, 37, 200)),
+    ("gemv_w8", "simd_c", GemvW8Shape(7, 16, 1000)),
+    ("gemv_w8", "simd_c", GemvW8Shape(3, 50, 96)),
+    ("gemv_w4", "simd_c", GemvW4Shape(1, 37, 256, 32)),
+    ("gemv_w4", "simd_c", GemvW4Shape(5, 20, 512, 128)),
+    ("gemv_w4", "simd_c_tiled", GemvW4Shape(1, 13, 1024, 128)),
+    ("gemv_w4", "simd_c_tiled", GemvW4Shape(1, 10, 160, 32)),
+    ("paged_attention", "simd_c", PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100)),
+    ("paged_attention", "simd_c", PagedAttentionShape(B=2, Hq=4, Hkv=4, D=128, context=37)),
+    ("paged_attention_kv8", "simd_c", PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100)),
+]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.fixture(scope="module", params=list(LEVELS))
+def built(request, tmp_path_factory):
+    """Every C library of kernels/ built for one x86-64 level (skipped where this CPU or
+    compiler cannot run or build it): {module: library}."""
+    march = request.param
+    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc"):
+        pytest.skip("needs an x86-64 CPU and a C compiler")
+    need = LEVELS["x86-64-v3"] + (LEVELS[march] if march == "x86-64-v4" else ())
+    missing = [f for f in need if f not in cpu_flags()]
+    if missing:
+        pytest.skip(f"this CPU cannot run {march} code (lacks {', '.join(missing)})")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DECODEWALL_CACHE", str(tmp_path_factory.mktemp(march)))
+    libs = {}
+    try:
+        for mod in (cpu_simd, paged_attention_cpu, probes_cpu):
+            lib = mod.library
+            libs[mod] = CLibrary(lib.name, lib.source, lib.signatures, lib.needs, lib.libs,
+                                 march=march)
+            try:
+                libs[mod]()
+            except NotImplementedError as e:
+                pytest.skip(f"cannot build for {march}: {e}")
+    finally:
+        mp.undo()
+    return march, libs
+
+
+@pytest.fixture
+def level(built, monkeypatch):
+    march, libs = built
+    for mod, lib in libs.items():
+        monkeypatch.setattr(mod, "library", lib)
+    return march
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_c_kernels_at_each_level(level, dtype):
+    for op_name, impl, shape in CASES:
+        if dtype not in OPS[op_name].impls[impl].dtypes:
+            continue
+        helpers.check_impl(OPS[op_name], impl, shape, dtype, seed=3)
+
+
+def test_c_read_probe_at_each_level(level):
+    from kernels.probes import ProbeShape
+    helpers.check_impl(OPS["read"], "simd_c", ProbeShape(N=100_003), torch.float32)
+
+
+def test_the_impls_call_the_level_build(level):
+    """The rebuilt library is the one the impls call, not the cached native build."""
+    assert cpu_simd.library.march == level and f"{level}" in cpu_simd.library()._name
