@@ -42,6 +42,11 @@ class Backend:
     def synchronize(self) -> None:
         pass
 
+    def context_lost(self) -> str | None:
+        """After an impl raised: why the device can no longer run anything in this process
+        (a CUDA fault poisons the context), or None when it still can."""
+        return None
+
     def block(self, out: Any) -> None:
         """Wait until `out` (a call's result) is computed."""
         self.synchronize()

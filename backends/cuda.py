@@ -58,6 +58,14 @@ class CUDABackend(Backend):
     def device(self) -> str:
         return "cuda"
 
+    def context_lost(self) -> str | None:
+        try:  # a sticky fault (illegal address, ...) surfaces on the next sync or allocation
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except Exception as e:  # the fault itself: its message says which
+            return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None
+
     def synchronize(self) -> None:
         torch.cuda.synchronize()
 

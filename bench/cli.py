@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import json
 import os
 import shlex
@@ -17,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+from .errors import RunError, UsageError
+from .plugins import load_plugins
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
 DEFAULT_OUT = Path("results") / "runs"
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: one line on stderr, exit 2."""
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -39,23 +38,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # --- resolving what was asked for ---------------------------------------------------------------
-
-def load_plugins(paths: Sequence[str]) -> None:
-    """Import each plugin file; its @register_impl decorators add impls to existing ops."""
-    for i, p in enumerate(paths):
-        path = Path(p)
-        if not path.is_file():
-            raise UsageError(f"plugin {p}: no such file")
-        spec = importlib.util.spec_from_file_location(f"decodewall_plugin_{i}_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise UsageError(f"plugin {p}: not a Python file")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:  # a broken plugin is the user's input, not our crash
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise UsageError(f"plugin {p} failed to load: {type(e).__name__}: {msg}") from None
-
 
 def resolve_backend(name: str | None):
     from backends import BACKENDS, best_backend, get_backend
@@ -182,7 +164,8 @@ def cmd_run(args) -> int:
     from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
     from . import roofline as rl
     from .roofline import drift_note, measure_bandwidth, measure_roof
-    from .runner import RunContext, Runner
+    from .isolation import IsolatedRunner
+    from .runner import RunContext
     from .suites import SuiteContext
     from .timing import BUDGETS
 
@@ -222,7 +205,8 @@ def cmd_run(args) -> int:
             from .results import dumps
             print(dumps(rec), flush=True)
 
-    runner = Runner(ctx, writer, on_record)
+    runner = IsolatedRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
+                            plugins=args.plugin or [])
     interrupted = False
     try:
         if show:
@@ -246,6 +230,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        runner.close()  # the worker and anything it started: nothing is left running
         writer.close()
     note = None
     # The roof again (not for the quick budget: two quick probes differ by more than the drift
@@ -277,10 +262,12 @@ def cmd_run(args) -> int:
         print(f"results: {where}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
-    failed = [r for r in records if r["status"] in ("failed-check", "error")]
+    from .results import FAILED
+    failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
     if failed:
-        print(f"decodewall: {len(failed)} impl(s) failed the check or errored", file=sys.stderr)
-    return 1 if failed and args.strict else 0
+        print(f"decodewall: {len(failed)} impl(s) failed the check, errored, crashed or timed out",
+              file=sys.stderr)
+    return EXIT_FAILED if failed and args.strict else 0
 
 
 def _print_precision(records, out) -> None:
@@ -291,6 +278,21 @@ def _print_precision(records, out) -> None:
     table = precision_table(records)
     if table is not None:
         out.print(table)
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v
+
+
+def _default_timeout() -> float:
+    from .isolation import DEFAULT_CASE_TIMEOUT_S
+    return DEFAULT_CASE_TIMEOUT_S
 
 
 def _short(shape: Any) -> str:
@@ -378,7 +380,8 @@ def cmd_backends(args) -> int:
 
 def cmd_compare(args) -> int:
     from rich.table import Table
-    from .compare import compare
+    from rich.text import Text
+    from .compare import compare, devices
     from .report import console, fmt_shape, fmt_time
     from .results import ResultsError, read_results
     try:
@@ -390,7 +393,9 @@ def cmd_compare(args) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
-    t = Table(title=f"compare  A={args.a}  B={args.b}", header_style="bold")
+    da, db = devices(a), devices(b)
+    where = f"on {da}" if da == db else f"A on {da}, B on {db}: different devices"
+    t = Table(title=f"compare  A={args.a}  B={args.b}  ({where})", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
     style = {"faster": "green", "slower": "red", "same": "", "unsure": "yellow"}
@@ -398,7 +403,9 @@ def cmd_compare(args) -> int:
         t.add_row(r["op"], fmt_shape(r["shape"]), str(r["dtype"]), r["impl"],
                   fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-",
-                  f"[{style.get(r['verdict'], 'dim')}]{r['verdict']}[/]")
+                  Text(r["verdict"], style=style.get(r["verdict"], "dim")))
+    if not rows:
+        t.caption = "no timed case in either file"
     console().print(t)
     return 0
 
@@ -430,7 +437,12 @@ def build_parser() -> Parser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--budget", choices=["quick", "normal", "thorough"],
                    help="timing budget (default: quick for smoke, else normal)")
-    r.add_argument("--strict", action="store_true", help="exit 1 when any impl fails its check")
+    r.add_argument("--strict", action="store_true",
+                   help="exit 1 when any impl fails its check, errors, crashes or times out")
+    r.add_argument("--case-timeout", type=_seconds, default=_default_timeout(), metavar="SECONDS",
+                   help="kill an impl-case (check + timing, compiling and autotuning included) "
+                        "that runs longer and record it as timeout (default: "
+                        "%(default)g)")
     r.add_argument("--warm", action="store_true",
                    help="time every case warm: one input set, no flush, so a working set the "
                         "cache holds is read from it (not judged against the DRAM roof)")
@@ -503,12 +515,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"decodewall: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RunError as e:
+        print(f"decodewall: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("decodewall: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # a bug of ours: one line that says where, never a traceback
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
+        msg = (str(e).strip().splitlines() or [""])[0]
+        print(f"decodewall: internal error{where}: {type(e).__name__}: {msg}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

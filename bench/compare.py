@@ -13,8 +13,21 @@ from .results import iter_ok
 
 
 def case_key(r: dict[str, Any]) -> tuple:
+    """What makes two records the same case. Not the device: comparing one impl on two machines
+    is what a user comparing two files from different devices asks for (the title says so)."""
     return (r["op"], r["impl"], json.dumps(r["shape"], sort_keys=True), r.get("dtype"),
-            r.get("backend"), bool(r.get("warm")))
+            bool(r.get("warm")))
+
+
+def devices(records: list[dict[str, Any]]) -> str:
+    """The device(s) a results file was measured on, e.g. 'AMD EPYC (cpu)'."""
+    seen = []
+    for r in records:
+        d = r.get("device") if isinstance(r.get("device"), dict) else {}
+        name = f"{d.get('name') or 'unknown device'} ({r.get('backend') or '?'})"
+        if name not in seen:
+            seen.append(name)
+    return ", ".join(seen)
 
 
 def classify(a: dict[str, float], b: dict[str, float]) -> str:
@@ -40,15 +53,15 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
             continue
         ta, tb = a[k]["time_s"], b[k]["time_s"]
         rows.append({"op": k[0], "impl": k[1], "shape": json.loads(k[2]), "dtype": k[3],
-                     "backend": k[4], "a_median": ta["median"], "b_median": tb["median"],
+                     "a_median": ta["median"], "b_median": tb["median"],
                      "ratio": tb["median"] / ta["median"], "a_gbps": a[k].get("achieved_gbps"),
                      "b_gbps": b[k].get("achieved_gbps"), "verdict": classify(ta, tb)})
     only_a = [k for k in a if k not in b]
     only_b = [k for k in b if k not in a]
     for k in only_a:
         rows.append({"op": k[0], "impl": k[1], "shape": json.loads(k[2]), "dtype": k[3],
-                     "backend": k[4], "verdict": "only in A"})
+                     "verdict": "only in A"})
     for k in only_b:
         rows.append({"op": k[0], "impl": k[1], "shape": json.loads(k[2]), "dtype": k[3],
-                     "backend": k[4], "verdict": "only in B"})
+                     "verdict": "only in B"})
     return rows

@@ -522,10 +522,11 @@ class Check:
                 self.notes.append(f"suite results unreadable: {e}")
         done = {(r["op"], json.dumps(r["shape"], sort_keys=True)) for r in self.records}
         n_done, n_plan = len(done), len(self.planned)
-        bad = [r for r in self.records if r["status"] in ("failed-check", "error")]
+        from .results import FAILED
+        bad = [r for r in self.records if r["status"] in FAILED]
         step.detail = f"{n_done}/{n_plan or '?'} cases, {len(self.records)} records"
         if bad:
-            step.detail += f", {len(bad)} impl(s) failed the check or errored"
+            step.detail += f", {len(bad)} impl(s) failed the check, errored, crashed or timed out"
         if rc is None:
             step.status = "timeout"
             step.detail += "; cut at the time box (finished cases are kept)"

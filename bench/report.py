@@ -45,6 +45,10 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
         return Text(f"FAIL: {rec.get('error')}", style="bold red")
     if st == "error":
         return Text(f"ERROR: {rec.get('error')}", style="red")
+    if st == "crashed":
+        return Text(f"CRASHED: {rec.get('error')}", style="bold red")
+    if st == "timeout":
+        return Text(f"TIMEOUT: {rec.get('error')}", style="bold red")
     if st == "skipped":
         return Text(f"skipped: {rec.get('error')}", style="dim")
     v = rec.get("verdict") or ""

@@ -23,7 +23,8 @@ FIELDS = ("op", "impl", "kind", "baseline", "backend", "shape", "dtype", "status
           "correct", "rel_err", "time_s", "bytes", "flops", "achieved_gbps", "roof_gbps",
           "pct_roof", "datasheet_gbps", "pct_datasheet", "arithmetic_intensity", "verdict",
           "device", "versions", "git_commit", "command", "seed", "run_id", "timestamp")
-STATUSES = ("ok", "failed-check", "error", "skipped")
+STATUSES = ("ok", "failed-check", "error", "skipped", "crashed", "timeout")
+FAILED = ("failed-check", "error", "crashed", "timeout")  # an impl that gave no honest number
 
 
 class ResultsError(ValueError):
@@ -132,10 +133,35 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not {"op", "impl", "shape", "status"} <= rec.keys():
             raise ResultsError(f"{path}:{i}: not a decodewall result record")
+        why = _malformed(rec)
+        if why:
+            raise ResultsError(f"{path}:{i}: malformed record ({why})")
         records.append(rec)
     if not records:
         raise ResultsError(f"{path}: no result records")
     return records
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _malformed(rec: dict[str, Any]) -> str | None:
+    """Why a record's fields cannot be read as the contract says, or None."""
+    if not isinstance(rec["op"], str) or not isinstance(rec["impl"], str):
+        return "op and impl must be strings"
+    if not isinstance(rec["shape"], dict):
+        return "shape must be an object"
+    if rec["status"] not in STATUSES:
+        return f"unknown status {rec['status']!r}"
+    ts = rec.get("time_s")
+    if ts is not None and not (isinstance(ts, dict) and all(
+            _num(ts.get(k)) and ts[k] > 0 for k in ("median", "p25", "p75"))):
+        return "time_s must hold positive median, p25 and p75"
+    for k in ("achieved_gbps", "pct_roof", "roof_gbps", "bytes", "flops"):
+        if rec.get(k) is not None and not _num(rec[k]):
+            return f"{k} must be a number"
+    return None
 
 
 def iter_ok(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -4,7 +4,8 @@ Per case: build inputs on the device, compute the float64 reference once, and fo
 impl (1) call it on those inputs with a NaN-poisoned output buffer and compare with the reference,
 (2) if it passes, time it on rotated input copies (untimed `prepare` done per copy, outputs
 preallocated) and judge the median against the roof. Failures are recorded, never timed, and the
-run goes on.
+run goes on. `Runner` does this in the calling process; the CLI drives it inside a worker process
+(bench/isolation.py) so that an impl that crashes or hangs cannot take the run down.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class RunContext:
     git_commit: str | None
     versions: dict[str, Any]
     impl_filter: tuple[str, ...] | None = None
+    check_only: bool = False  # the correctness gate alone, no timing (the builtins' tests)
 
 
 def select_impls(case: Case, impl_filter: tuple[str, ...] | None) -> list[Impl]:
@@ -53,6 +55,13 @@ def select_impls(case: Case, impl_filter: tuple[str, ...] | None) -> list[Impl]:
     if impl_filter:
         names = [n for n in names if n in impl_filter]
     return [op.impls[n] for n in names]
+
+
+def reported_impls(case: Case, ctx: RunContext) -> list[Impl]:
+    """The impls that get a record for `case`: the selected ones, less those written for another
+    backend (unless asked for by name, when the record says why it was skipped)."""
+    return [i for i in select_impls(case, ctx.impl_filter)
+            if ctx.backend.name in i.backends or ctx.impl_filter]
 
 
 def _tensors(args: tuple) -> list[torch.Tensor]:
@@ -80,37 +89,53 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
+    """A case's record before it is checked: the contract's fields, status None."""
+    c = ctx
+    op = OPS[case.op]
+    info = c.device_info
+    nbytes = op.bytes_moved(case.shape, case.dtype)
+    return {
+        "op": case.op, "impl": impl.name, "kind": impl.kind, "baseline": impl.baseline,
+        "backend": c.backend.name, "shape": dataclasses.asdict(case.shape),
+        "dtype": dtype_name(case.dtype), "status": None, "error": None, "correct": None,
+        "rel_err": None, "tolerance": op.tol(case.dtype), "time_s": None, "bytes": nbytes,
+        "flops": op.flops(case.shape), "achieved_gbps": None, "roof_gbps": c.roof.gbps,
+        "pct_roof": None,
+        "datasheet_gbps": c.chip.mem_bw_gbps if c.chip else None, "pct_datasheet": None,
+        "arithmetic_intensity": (op.flops(case.shape) / nbytes) if nbytes else None,
+        "verdict": None,
+        "device": {"name": info.get("name"), "chip": c.chip.id if c.chip else None,
+                   "memory_bytes": info.get("memory_bytes"),
+                   "cache_bytes": info.get("cache_bytes"),
+                   "clocks": c.backend.clocks(), "threads": info.get("threads")},
+        "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
+        "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def with_known_issue(impl: Impl, error: str) -> str:
+    """A failure of an impl whose library is known to be at fault says so."""
+    return f"{error} ({impl.known_issue})" if impl.known_issue else error
+
+
+class ContextLost(Exception):
+    """The device context is unusable after an impl's error (a CUDA fault): the process that
+    holds it must be replaced before another case runs."""
+
+
 class Runner:
     def __init__(self, ctx: RunContext, writer: ResultWriter,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 on_start: Callable[[str], None] | None = None) -> None:
         self.ctx = ctx
         self.writer = writer
         self.on_record = on_record or (lambda r: None)
+        self.on_start = on_start or (lambda phase: None)  # "inputs", then each impl's name
 
-    # -- records -------------------------------------------------------------------------------
     def _base(self, case: Case, impl: Impl) -> dict[str, Any]:
-        c = self.ctx
-        op = OPS[case.op]
-        info = c.device_info
-        nbytes = op.bytes_moved(case.shape, case.dtype)
-        return {
-            "op": case.op, "impl": impl.name, "kind": impl.kind, "baseline": impl.baseline,
-            "backend": c.backend.name, "shape": dataclasses.asdict(case.shape),
-            "dtype": dtype_name(case.dtype), "status": None, "error": None, "correct": None,
-            "rel_err": None, "tolerance": op.tol(case.dtype), "time_s": None, "bytes": nbytes,
-            "flops": op.flops(case.shape), "achieved_gbps": None, "roof_gbps": c.roof.gbps,
-            "pct_roof": None,
-            "datasheet_gbps": c.chip.mem_bw_gbps if c.chip else None, "pct_datasheet": None,
-            "arithmetic_intensity": (op.flops(case.shape) / nbytes) if nbytes else None,
-            "verdict": None,
-            "device": {"name": info.get("name"), "chip": c.chip.id if c.chip else None,
-                       "memory_bytes": info.get("memory_bytes"),
-                       "cache_bytes": info.get("cache_bytes"),
-                       "clocks": c.backend.clocks(), "threads": info.get("threads")},
-            "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
-            "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        return base_record(self.ctx, case, impl)
 
     def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
         self.writer.write(rec)
@@ -119,23 +144,24 @@ class Runner:
 
     # -- one case ------------------------------------------------------------------------------
     def run_case(self, case: Case) -> list[dict[str, Any]]:
+        """Check and time every selected impl of `case`; one record each, emitted as it ends.
+        Raises ContextLost (after emitting that impl's record) when an impl's error leaves the
+        device unusable."""
         c = self.ctx
         op = OPS[case.op]
-        impls = select_impls(case, c.impl_filter)
         records: list[dict[str, Any]] = []
         runnable = []
-        for impl in impls:
+        for impl in reported_impls(case, c):
             ok, why = impl.supports(c.backend.name, case.dtype)
             if ok:
                 runnable.append(impl)
-            elif c.backend.name not in impl.backends and not c.impl_filter:
-                continue  # not this backend's impl: nothing to report unless asked for by name
             else:
                 rec = self._base(case, impl)
                 rec.update(status="skipped", error=why)
                 records.append(self._emit(rec))
         if not runnable:
             return records
+        self.on_start("inputs")
         try:
             inputs = c.backend.make_inputs(op, case.shape, case.dtype, c.seed)
             ref = op.reference(*(c.backend.to_host(a) for a in inputs))
@@ -145,19 +171,29 @@ class Runner:
                 rec.update(status="error", error=f"building inputs: {_err(e)}")
                 records.append(self._emit(rec))
             return records
-        add_matmul(c.roof, c.backend, case.dtype, c.budget)
+        if not c.check_only:
+            add_matmul(c.roof, c.backend, case.dtype, c.budget)
         sets: list[tuple] | None = None
         for impl in runnable:
+            self.on_start(impl.name)
             rec = self._base(case, impl)
+            t0 = time.perf_counter()
+            lost = None
             try:
                 sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
             except NotImplementedError as e:
                 rec.update(status="skipped", error=str(e) or "not implemented for this case")
             except Exception as e:
-                rec.update(status="error", error=_err(e), traceback=traceback.format_exc(limit=4))
-                if c.backend.name == "cuda":
-                    torch.cuda.empty_cache()
+                rec.update(status="error", error=with_known_issue(impl, _err(e)),
+                           traceback=traceback.format_exc(limit=4))
+                lost = c.backend.context_lost()
+                if lost:  # e.g. an illegal address: every later call on this context fails too
+                    rec.update(status="crashed", error=f"{rec['error']}; the device context is "
+                                                       f"lost ({lost})")
+            rec["wall_s"] = round(time.perf_counter() - t0, 3)  # check + timing, compiles included
             records.append(self._emit(rec))
+            if lost:
+                raise ContextLost(lost)
         return records
 
     def _check_and_time(self, case: Case, impl: Impl, inputs: tuple, ref: torch.Tensor,
@@ -185,11 +221,14 @@ class Runner:
         tol = op.tol(case.dtype)
         rec.update(rel_err=err, correct=bool(err <= tol))
         if not err <= tol:
-            rec.update(status="failed-check",
-                       error=f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
-                       else "output has NaN/inf (unwritten or overflowed elements)")
+            rec.update(status="failed-check", error=with_known_issue(
+                impl, f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
+                else "output has NaN/inf (unwritten or overflowed elements)"))
             return sets
         del result
+        if c.check_only:
+            rec.update(status="ok")
+            return sets
 
         # (2) timing on input copies rotated past the cache
         out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out else None

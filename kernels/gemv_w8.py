@@ -114,12 +114,16 @@ def torch_dequant(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return torch.matmul(x, w.T, out=out)
 
 
-@register_impl("gemv_w8", "torch_int8pack_mm", backends=("cpu", "cuda"), kind="builtin", baseline=True)
+INT8PACK_CPU_FAULT = ("known PyTorch fault: its CPU bf16 _weight_int8pack_mm crashes or answers "
+                      "wrongly for some shapes, by CPU (torch 2.13, AVX2 and AVX-512 x86-64)")
+
+
+# Not guarded by shape: which shapes fail depends on the CPU's code path, so the harness runs it
+# in a worker process and records what it does (ok, failed-check or crashed).
+@register_impl("gemv_w8", "torch_int8pack_mm", backends=("cpu", "cuda"), kind="builtin", baseline=True,
+               known_issue=INT8PACK_CPU_FAULT)
 def torch_int8pack_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """PyTorch's `_weight_int8pack_mm`: the same INT8 format, no conversion."""
-    if x.device.type == "cpu" and x.dtype == BF16 and x.shape[1] % 8:
-        # PyTorch 2.13's CPU bf16 path reads past the row end and crashes the process.
-        raise NotImplementedError(f"_weight_int8pack_mm on CPU crashes for bf16 with K % 8 != 0 (K={x.shape[1]})")
     try:
         return torch._weight_int8pack_mm(x.contiguous(), qweight, scales)
     except (RuntimeError, NotImplementedError) as e:

@@ -58,6 +58,9 @@ class Impl:
     prepare: Callable[..., tuple] | None = None
     out_arg: bool = False
     doc: str = ""
+    # A library fault known to hit this impl on some machines (a builtin that crashes or answers
+    # wrongly there): the harness still runs it and adds this note to a failure's record.
+    known_issue: str = ""
 
     def __call__(self, *args: Any, out: torch.Tensor | None = None) -> Any:
         if self.prepare is not None:
@@ -134,6 +137,7 @@ def register_impl(
     kind: str = "torch",
     baseline: bool = False,
     prepare: Callable[..., tuple] | None = None,
+    known_issue: str = "",
 ) -> Callable[[Callable], Callable]:
     """Decorator adding `fn` as an impl of `op`; a plugin file uses it to add its own kernels.
 
@@ -158,7 +162,7 @@ def register_impl(
         out_arg = "out" in inspect.signature(fn).parameters
         the_op.impls[impl_name] = Impl(
             name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
-            baseline=baseline, prepare=prepare, out_arg=out_arg,
+            baseline=baseline, prepare=prepare, out_arg=out_arg, known_issue=known_issue,
             doc=(inspect.getdoc(fn) or "").split("\n")[0])
         return fn
 

@@ -14,3 +14,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="no CUDA device"))
+
+
+@pytest.fixture(scope="session")
+def isolated():
+    """`isolated(op, impl, shape, dtype)` -> the record of that impl's correctness gate, run in
+    the harness's case worker (bench/isolation.py)."""
+    from tests.helpers import IsolatedChecker
+    checker = IsolatedChecker()
+    yield checker
+    checker.close()

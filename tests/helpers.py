@@ -91,3 +91,44 @@ def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check) -> 
             raise AssertionError(f"config {cfg}: {e}") from None
     monkeypatch.setattr(module, attr, kernel)
     return len(configs)
+
+
+class IsolatedChecker:
+    """The correctness gate of one impl at one shape, run by the harness's own case worker, so an
+    impl that kills its process (a third-party builtin on some CPUs) is recorded, not fatal."""
+
+    def __init__(self, backend: str = "cpu") -> None:
+        import torch
+
+        from backends import get_backend
+        from bench.isolation import IsolatedRunner
+        from bench.results import ResultWriter
+        from bench.roofline import Roof
+        from bench.runner import RunContext
+        from bench.timing import BUDGETS
+        b = get_backend(backend)
+        ctx = RunContext(backend=b, roof=Roof(backend, 1.0, 1.0, 1), chip=None,
+                         device_info={"name": "test"}, budget=BUDGETS["quick"], seed=0,
+                         run_id="test", command="pytest", git_commit=None,
+                         versions={"torch": torch.__version__}, check_only=True)
+        self.ctx = ctx
+        self.runner = IsolatedRunner(ctx, ResultWriter(None, "test"), case_timeout=120)
+
+    def __call__(self, op: str, impl: str, shape, dtype, seed: int = 0) -> dict:
+        from bench.suites import Case
+        self.ctx.seed = seed
+        (rec,) = self.runner.run_case(Case(op, shape, dtype, impls=(impl,)))
+        return rec
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def assert_builtin_behaved(rec: dict, wrong_answers_known: bool = False) -> None:
+    """A third-party builtin may crash or decline a case (its library's fault, recorded with the
+    reason); a wrong answer is accepted only where its library is known to give them. Anything
+    else (our wrapper raising, a hang, a wrong answer after our own format conversion) fails."""
+    allowed = {"ok", "skipped", "crashed"} | ({"failed-check"} if wrong_answers_known else set())
+    assert rec["status"] in allowed, (rec["status"], rec["error"])
+    if rec["status"] != "ok":
+        assert rec["error"], rec

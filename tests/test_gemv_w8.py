@@ -42,15 +42,22 @@ SHAPES += [GemvW8Shape(int(torch.randint(1, 40, (), generator=_g)), int(torch.ra
                        int(torch.randint(1, 700, (), generator=_g))) for _ in range(3)]
 
 
-@pytest.mark.parametrize("name", ["torch_dequant", "torch_int8pack_mm", "simd_c"])
+@pytest.mark.parametrize("name", ["torch_dequant", "simd_c"])
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_cpu_impls_match_reference(name, dtype, shape):
-    if name == "torch_int8pack_mm" and dtype == BF16 and shape.K % 8:
-        with pytest.raises(NotImplementedError, match="K % 8"):
-            check_impl(name, shape, dtype)
-        return
     check_impl(name, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", SHAPES + [GemvW8Shape(4, 64, 512)], ids=str)
+def test_cpu_builtin_is_recorded_whatever_it_does(isolated, dtype, shape):
+    """PyTorch's CPU `_weight_int8pack_mm` crashes or answers wrongly for some bf16 shapes, which
+    ones depending on the CPU: run in the case worker, it is ok, or recorded as its fault."""
+    rec = isolated("gemv_w8", "torch_int8pack_mm", shape, dtype)
+    helpers.assert_builtin_behaved(rec, wrong_answers_known=dtype == BF16)
+    if rec["status"] in ("crashed", "failed-check"):
+        assert "known PyTorch fault" in rec["error"]
 
 
 def test_simd_kernel_beats_a_wrong_answer():
@@ -60,13 +67,6 @@ def test_simd_kernel_beats_a_wrong_answer():
     ref = OP.reference(x, q, sc)
     q[5] = -q[5]
     assert rel_err(OP.impls["simd_c"](x, q, sc), ref) > 1e-2
-
-
-def test_builtin_agrees_with_simd_on_same_weights():
-    x, q, s = OP.make_inputs(GemvW8Shape(4, 64, 512), F32, "cpu", 1)
-    a = OP.impls["torch_int8pack_mm"](x, q, s)
-    b = OP.impls["simd_c"](x, q, s)
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_matches_reference():

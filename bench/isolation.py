@@ -1,0 +1,374 @@
+"""Every impl-case runs in a worker process, so a crash or a hang ends that case, not the run.
+
+The parent (the CLI) measures the roof and writes the results; a worker, a fresh interpreter
+(started with subprocess, never a fork of a process that may hold a CUDA context), imports the
+kernels, loads the run's plugins and runs cases with `bench.runner.Runner`, so checking and timing
+(device events, flush, rotation) happen exactly as they would in one process. Per case the parent
+sends the impls still to run; the worker names each phase as it begins (building the inputs, then
+each impl) and sends each record as soon as it is made.
+
+Each phase gets `case_timeout` seconds: for an impl that covers its check and its timing,
+compiling and autotuning included. When the worker dies (a signal such as SIGSEGV or SIGABRT, the
+OOM killer's SIGKILL, an abort in a runtime, a CUDA fault that poisons its context) the impl it was
+running is recorded `crashed`, with the signal or exit code and the last line the worker wrote to
+stderr; past the limit the worker is killed and the impl recorded `timeout`. A new worker takes the
+case's remaining impls. Workers run in their own session: Ctrl-C reaches only the parent, which
+kills the worker's whole process group and keeps every finished case.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from kernels import OPS
+
+from .errors import RunError
+from .results import ResultWriter
+from .roofline import add_matmul
+from .runner import RunContext, base_record, reported_impls
+from .suites import Case
+
+# No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
+# there (torch.compile's first compile of a 70B-shaped GEMV, then its timing) takes well under a
+# minute (README, "Isolation").
+DEFAULT_CASE_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
+
+# The worker sees the parent's sys.path, so it imports the same kernels and bench as the parent.
+_BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ['DECODEWALL_WORKER_PATH']); "
+         "from bench.isolation import worker_main; worker_main()")
+
+
+class WorkerDied(Exception):
+    """The worker process ended (or its pipe broke) before it answered."""
+
+
+class _Timeout:
+    pass
+
+
+TIMEOUT = _Timeout()
+
+
+def describe_exit(rc: int) -> str:
+    """'SIGSEGV (Segmentation fault)' or 'exit code 3', from a Popen return code."""
+    if rc < 0:
+        try:
+            sig = signal.Signals(-rc)
+            why = f"{sig.name} ({signal.strsignal(sig) or 'signal'})"
+        except ValueError:
+            return f"signal {-rc}"
+        if sig == signal.SIGKILL:
+            why += ", not sent by decodewall: the kernel's OOM killer?"
+        return why
+    return f"exit code {rc}"
+
+
+class Worker:
+    """One worker process, from the parent's side: start it, send it jobs, read its messages
+    with a deadline, and kill it with everything it started."""
+
+    def __init__(self, backend: str, plugins: Sequence[str], log_dir: Path) -> None:
+        self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
+        r_job, w_job = os.pipe()  # parent -> worker
+        r_msg, w_msg = os.pipe()  # worker -> parent
+        env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps(sys.path))
+        with open(self.log_path, "ab") as log:  # append mode: the worker's stdout and stderr
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(r_job), str(w_msg)], pass_fds=(r_job, w_msg),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True)  # its own process group; the terminal's Ctrl-C skips it
+        os.close(r_job)
+        os.close(w_msg)
+        self.tx = Connection(w_job, readable=False)
+        self.rx = Connection(r_msg, writable=False)
+        try:
+            self.tx.send(("init", backend, list(plugins)))
+            msg = self.recv(START_TIMEOUT_S)
+        except WorkerDied:
+            msg = None
+        if msg is TIMEOUT or msg != ("ready",):
+            why = "did not start in time" if msg is TIMEOUT else \
+                f"ended at start ({describe_exit(self.wait())})"
+            last = self.last_stderr_line(0)
+            self.kill()
+            raise RunError(f"the case worker {why}" + (f": {last}" if last else ""))
+
+    def send(self, msg: Any) -> None:
+        try:
+            self.tx.send(msg)
+        except OSError as e:
+            raise WorkerDied(str(e)) from None
+
+    def recv(self, timeout: float) -> Any:
+        """The next message, TIMEOUT after `timeout` seconds, or WorkerDied."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return TIMEOUT
+            try:
+                if self.rx.poll(min(left, 0.5)):
+                    return self.rx.recv()
+            except (EOFError, OSError, ValueError) as e:  # closed, broken, or a torn message
+                raise WorkerDied(str(e)) from None
+            except Exception as e:  # a message that cannot be unpickled
+                raise WorkerDied(f"unreadable message: {e}") from None
+            if self.proc.poll() is not None and not self.rx.poll(0):
+                raise WorkerDied("exited")
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def last_stderr_line(self, since: int) -> str:
+        """The last non-empty line the worker wrote after byte `since` of its log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read()[-65536:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        return lines[-1][:300] if lines else ""
+
+    def wait(self, timeout: float = 10.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (compile workers it started included)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for c in (self.tx, self.rx):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Ask the worker to exit, then make sure nothing it started is left running."""
+        if self.proc.poll() is None:
+            try:
+                self.tx.send(("exit",))
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        try:
+            self.log_path.unlink()
+        except OSError:
+            pass
+
+
+class IsolatedRunner:
+    """`Runner.run_case` with every impl-case in a worker process (see the module docstring)."""
+
+    def __init__(self, ctx: RunContext, writer: ResultWriter,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 case_timeout: float = DEFAULT_CASE_TIMEOUT_S,
+                 plugins: Sequence[str] = ()) -> None:
+        self.ctx = ctx
+        self.writer = writer
+        self.on_record = on_record or (lambda r: None)
+        self.case_timeout = case_timeout
+        self.plugins = [str(Path(p).resolve()) for p in plugins]
+        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-")
+        self._worker: Worker | None = None
+        self.workers_started = 0
+
+    def __enter__(self) -> IsolatedRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        self._tmp.cleanup()
+
+    def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
+        self.writer.write(rec)
+        self.on_record(rec)
+        return rec
+
+    def _fresh_worker(self) -> Worker:
+        if self._worker is None:
+            self._worker = Worker(self.ctx.backend.name, self.plugins, Path(self._tmp.name))
+            self.workers_started += 1
+        return self._worker
+
+    def _drop_worker(self, kill: bool) -> None:
+        if self._worker is not None:
+            if kill:
+                self._worker.kill()
+            self._worker.close()
+            self._worker = None
+
+    def _lost(self, case: Case, name: str, status: str, error: str,
+              wall_s: float | None = None) -> dict[str, Any]:
+        impl = OPS[case.op].impls[name]
+        rec = base_record(self.ctx, case, impl)
+        known = f" ({impl.known_issue})" if impl.known_issue and status == "crashed" else ""
+        rec.update(status=status, error=error + known, wall_s=wall_s)
+        return self._emit(rec)
+
+    def run_case(self, case: Case) -> list[dict[str, Any]]:
+        c = self.ctx
+        todo = [i.name for i in reported_impls(case, c)]
+        if not c.check_only and todo:  # the compute roof, once per dtype, in this process
+            add_matmul(c.roof, c.backend, case.dtype, c.budget)
+        fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "backend"}
+        records: list[dict[str, Any]] = []
+        fruitless = 0  # worker deaths in a row that finished nothing
+        while todo:
+            w = self._fresh_worker()
+            phase: str | None = None
+            since, t_phase, progressed = w.log_size(), time.monotonic(), False
+            try:
+                w.send(("case", fields, dataclasses.replace(case, impls=tuple(todo))))
+                while True:
+                    msg = w.recv(self.case_timeout - (time.monotonic() - t_phase))
+                    if msg is TIMEOUT:
+                        break
+                    kind = msg[0]
+                    if kind == "phase":  # (name, where its stderr begins in the log)
+                        phase, since, t_phase = msg[1], msg[2], time.monotonic()
+                    elif kind == "record":
+                        records.append(self._emit(msg[1]))
+                        if msg[1]["impl"] in todo:
+                            todo.remove(msg[1]["impl"])
+                        phase, progressed = None, True
+                    elif kind == "done":
+                        break
+            except WorkerDied:
+                msg = None
+            if msg is not TIMEOUT and msg is not None:  # "done": every impl has its record
+                for name in todo:  # a worker bug, not the impl's: say so rather than lose it
+                    records.append(self._lost(case, name, "error", "the worker sent no record"))
+                return records
+            if msg is TIMEOUT:
+                self._drop_worker(kill=True)
+                what = f"ran past --case-timeout {self.case_timeout:g} s and was killed"
+                status, why = "timeout", what
+            else:
+                rc = w.wait()
+                last = w.last_stderr_line(since)
+                self._drop_worker(kill=True)
+                status, why = "crashed", f"the worker died: {describe_exit(rc)}" + \
+                    (f"; its last stderr line: {last}" if last else "")
+            if phase is not None and phase != "inputs":
+                records.append(self._lost(case, phase, status, why,
+                                          round(time.monotonic() - t_phase, 3)))
+                todo.remove(phase)
+                fruitless = 0
+            elif phase == "inputs":
+                for name in todo:
+                    records.append(self._lost(case, name, status, f"building the inputs {why}"
+                                              if status == "timeout" else
+                                              f"while building the inputs, {why}"))
+                return records
+            else:  # between impls (a lost CUDA context ends its worker after the record)
+                fruitless = 0 if progressed else fruitless + 1
+                if fruitless >= 2:
+                    for name in todo:
+                        records.append(self._lost(case, name, status, why))
+                    return records
+        return records
+
+
+# --- the worker's side --------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """End this worker when the parent ends, even if it is stuck in C code holding the GIL."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # portable fallback
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _log_offset() -> int:
+    """Bytes in this worker's log so far (stderr is the log, opened for appending)."""
+    sys.stderr.flush()
+    try:
+        return os.fstat(2).st_size
+    except OSError:
+        return 0
+
+
+def worker_main() -> None:
+    """Entry of a worker process: `python -c _BOOT <job fd> <message fd>`."""
+    from backends import get_backend
+
+    from .plugins import load_plugins
+    from .runner import ContextLost, Runner
+
+    rx = Connection(int(sys.argv[1]), writable=False)
+    tx = Connection(int(sys.argv[2]), readable=False)
+    for fd in (rx.fileno(), tx.fileno()):
+        os.set_inheritable(fd, False)  # a child of a kernel must not keep the pipes open
+    _die_with_parent()
+    msg = rx.recv()
+    try:
+        _, backend_name, plugins = msg
+        load_plugins(plugins)
+        backend = get_backend(backend_name)
+    except BaseException as e:  # the parent reports this line
+        print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    tx.send(("ready",))
+    while True:
+        try:
+            msg = rx.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != "case":
+            return
+        _, fields, case = msg
+        ctx = RunContext(backend=backend, **fields)
+        runner = Runner(ctx, ResultWriter(None, ctx.run_id),
+                        on_record=lambda r: tx.send(("record", r)),
+                        on_start=lambda phase: tx.send(("phase", phase, _log_offset())))
+        try:
+            runner.run_case(case)
+        except ContextLost:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(4)  # its record is sent; the parent starts a new worker for the rest
+        tx.send(("done",))

@@ -1,0 +1,154 @@
+"""Hostile input across every subcommand: one stderr line, exit 2, no traceback, no results file;
+and every --help exits cleanly."""
+import json
+
+import pytest
+
+from bench.cli import build_parser, main
+from tests.helpers import run_cli
+
+GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
+W4 = "gemv_w4"
+PA = "paged_attention"
+GOOD_RECORD = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "dtype": "float32",
+               "status": "ok", "time_s": {"median": 1e-5, "p25": 1e-5, "p75": 1e-5}}
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Hostile files, by name."""
+    f = {}
+    f["empty"] = tmp_path / "empty.jsonl"
+    f["empty"].write_text("")
+    f["blank"] = tmp_path / "blank.jsonl"
+    f["blank"].write_text("\n\n  \n")
+    good = json.dumps(GOOD_RECORD)
+    f["truncated"] = tmp_path / "truncated.jsonl"
+    f["truncated"].write_text(good + "\n" + good[: len(good) // 2])
+    f["binary"] = tmp_path / "binary.jsonl"
+    f["binary"].write_bytes(bytes(range(256)) * 4)
+    f["array"] = tmp_path / "array.jsonl"
+    f["array"].write_text("[1, 2, 3]\n")
+    f["bad_time"] = tmp_path / "bad_time.jsonl"
+    f["bad_time"].write_text(json.dumps({**GOOD_RECORD, "time_s": {"median": "fast"}}) + "\n")
+    f["bad_status"] = tmp_path / "bad_status.jsonl"
+    f["bad_status"].write_text(json.dumps({**GOOD_RECORD, "status": "great"}) + "\n")
+    f["dir"] = tmp_path / "a_dir"
+    f["dir"].mkdir()
+    f["garbage_py"] = tmp_path / "garbage.py"
+    f["garbage_py"].write_bytes(b"\x00\x01 not python \xff\n")
+    f["bad_config"] = tmp_path / "config.json"
+    f["bad_config"].write_text('{"hidden_size": ')
+    f["a_file"] = tmp_path / "a_file"
+    f["a_file"].write_text("not a directory")
+    return f
+
+
+HOSTILE = [
+    # top level
+    ([], "required: COMMAND"),
+    (["nonsense"], "invalid choice"),
+    (["--bogus"], "COMMAND"),
+    # run
+    (["run", *GEMV, "--case-timeout", "0"], "positive number of seconds"),
+    (["run", *GEMV, "--case-timeout", "-3"], "positive number of seconds"),
+    (["run", *GEMV, "--case-timeout", "abc"], "not a number of seconds"),
+    (["run", *GEMV, "--case-timeout", "nan"], "positive number of seconds"),
+    (["run", *GEMV, "--case-timeout", "inf"], "positive number of seconds"),
+    (["run", *GEMV, "--seed", "x"], "invalid int value"),
+    (["run", *GEMV, "--budget", "fast"], "invalid choice"),
+    (["run", "--op", W4, "--shape", "M=1,N=64,K=100,group_size=64"], "impossible shape"),
+    (["run", "--op", W4, "--shape", "M=1,N=64,K=128,group_size=48"], "impossible shape"),
+    (["run", "--op", PA, "--shape", "B=0,Hq=8,Hkv=2,D=64,context=100"], "impossible shape"),
+    (["run", "--op", PA, "--shape", "B=1,Hq=6,Hkv=4,D=64,context=100"], "impossible shape"),
+    (["run", "--op", "gemv_bf16", "--shape", ""], "malformed --shape"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=64,K=128,Z=3"], "no shape field Z"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=-1,N=64,K=128"], "impossible shape"),
+    (["run", *GEMV, "--dtype", "int8"], "does not take dtype"),
+    (["run", "--suite", "smoke", "--op", "copy"], "not both"),
+    (["run", *GEMV, "--plugin", "{dir}"], "no such file"),
+    (["run", *GEMV, "--plugin", "{garbage_py}"], "failed to load"),
+    (["run", *GEMV, "--out", "{a_file}"], "results directory"),
+    (["run", "--model", "no-such-model"], "no-such-model"),
+    # roof, chips, backends
+    (["roof", "--backend", "nope"], "unknown backend"),
+    (["roof", "--chip", "nope"], "unknown chip"),
+    (["roof", "--budget", "x"], "invalid choice"),
+    (["chips", "--chip", "nope"], "unknown chip"),
+    (["backends", "--bogus"], "unrecognized arguments"),
+    # compare
+    (["compare", "{empty}", "{empty}"], "no result records"),
+    (["compare", "{blank}", "{blank}"], "no result records"),
+    (["compare", "{truncated}", "{truncated}"], ":2: not valid JSON"),
+    (["compare", "{binary}", "{binary}"], "binary.jsonl"),
+    (["compare", "{array}", "{array}"], "not a decodewall result record"),
+    (["compare", "{bad_time}", "{bad_time}"], "time_s"),
+    (["compare", "{bad_status}", "{bad_status}"], "unknown status"),
+    (["compare", "{dir}", "{dir}"], "a_dir"),
+    (["compare", "{empty}"], "required"),
+    (["compare", "missing.jsonl", "{empty}"], "no such file"),
+    # project
+    (["project", "--model", "no-such-model"], "no-such-model"),
+    (["project", "--model", "llama-3-8b", "--batch", "0"], "at least 1"),
+    (["project", "--model", "llama-3-8b", "--weights", "int3"], "invalid choice"),
+    (["project", "--model", "llama-3-8b", "--efficiency", "2"], "--efficiency"),
+    (["project", "--model", "llama-3-8b", "--from", "missing.jsonl"], "no such file"),
+    (["project", "--model", "{bad_config}"], "config.json"),
+    # plot
+    (["plot", "missing.jsonl"], "no such file"),
+    (["plot", "{empty}"], "no result records"),
+    (["plot", "{truncated}"], "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("argv, expect", HOSTILE, ids=[" ".join(a) or "(none)" for a, _ in HOSTILE])
+def test_hostile_invocation(argv, expect, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default --out (results/runs) would land here
+    out = tmp_path / "runs"
+    argv = [a.format(**files) for a in argv]
+    if argv and argv[0] == "run" and "--out" not in argv:
+        argv += ["--out", str(out)]
+    rc = main(argv)
+    cap = capsys.readouterr()
+    lines = [x for x in cap.err.splitlines() if x.strip()]
+    assert rc == 2, cap.err
+    assert len(lines) == 1 and lines[0].startswith("decodewall: error:"), cap.err
+    assert expect in lines[0], lines[0]
+    assert "Traceback" not in cap.err + cap.out
+    assert not out.exists() or not list(out.iterdir()), "a results file was left behind"
+    assert not (tmp_path / "results").exists()
+
+
+def test_at_least_25_hostile_invocations_across_every_subcommand():
+    commands = {a[0] for a, _ in HOSTILE if a and not a[0].startswith("-")} - {"nonsense"}
+    assert len(HOSTILE) >= 25
+    assert commands == set(subcommands())
+
+
+def subcommands() -> list[str]:
+    p = build_parser()
+    (sub,) = [a for a in p._actions if a.dest == "command"]
+    return list(sub.choices)
+
+
+def test_help_through_the_real_entry_point():
+    for argv in (["--help"], ["-h"]):
+        p = run_cli(*argv, timeout=120)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        for cmd in subcommands():
+            assert cmd in p.stdout
+
+
+@pytest.mark.parametrize("cmd", subcommands())
+def test_every_subcommand_help_exits_cleanly(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    cap = capsys.readouterr()
+    assert e.value.code == 0 and "Traceback" not in cap.err
+    assert cap.out.startswith(f"usage: decodewall {cmd}")
+
+
+def test_no_arguments_says_what_to_do(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "COMMAND" in err and "--help" in err
