@@ -394,8 +394,11 @@ def cmd_compare(args) -> int:
             print(json.dumps(r))
         return 0
     da, db = devices(a), devices(b)
-    where = f"on {da}" if da == db else f"A on {da}, B on {db}: different devices"
-    t = Table(title=f"compare  A={args.a}  B={args.b}  ({where})", header_style="bold")
+    con = console()
+    con.print(f"A: {args.a}\nB: {args.b}", soft_wrap=True, markup=False)
+    con.print(f"both on {da}" if da == db else f"different devices: A on {da}, B on {db}; "
+              "each impl is compared with itself", soft_wrap=True, markup=False)
+    t = Table(title="compare: B against A", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
     style = {"faster": "green", "slower": "red", "same": "", "unsure": "yellow"}
@@ -406,7 +409,7 @@ def cmd_compare(args) -> int:
                   Text(r["verdict"], style=style.get(r["verdict"], "dim")))
     if not rows:
         t.caption = "no timed case in either file"
-    console().print(t)
+    con.print(t)
     return 0
 
 

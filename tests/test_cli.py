@@ -268,3 +268,38 @@ def test_run_warm_times_op_cases_from_the_cache(tmp_path, capsys):
 def test_run_warm_refuses_a_model_step(capsys, tmp_path):
     out = tmp_path / "runs"
     assert "timed cold" in bad(capsys, out, "run", "--model", "llama-3-8b", "--warm", "--out", str(out))
+
+
+def _write(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+def _rec(impl, median, device, backend="cpu", **kw):
+    return {"op": "gemv_bf16", "impl": impl, "shape": {"M": 1, "N": 64, "K": 128},
+            "dtype": "float32", "backend": backend, "status": "ok", "device": {"name": device},
+            "time_s": {"median": median, "p25": median * 0.99, "p75": median * 1.01}, **kw}
+
+
+def test_compare_a_file_with_itself_is_same_everywhere(tmp_path, capsys):
+    f = _write(tmp_path / "a.jsonl", [_rec("x", 1e-5, "box"), _rec("y", 2e-5, "box"),
+                                      {**_rec("z", 1e-5, "box"), "status": "crashed",
+                                       "time_s": None, "error": "SIGSEGV"}])
+    assert main(["compare", f, f]) == 0
+    out = capsys.readouterr().out
+    assert "same" in out and "both on box (cpu)" in out and "different devices" not in out
+    assert main(["compare", f, f, "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["verdict"] for r in rows] == ["same", "same"]
+
+
+def test_compare_two_devices_says_so_and_compares_what_matches(tmp_path, capsys):
+    a = _write(tmp_path / "a.jsonl", [_rec("x", 1e-3, "cpu box"), _rec("only_a", 1e-3, "cpu box")])
+    b = _write(tmp_path / "b.jsonl", [_rec("x", 1e-5, "H200", backend="cuda")])
+    assert main(["compare", a, b]) == 0
+    out = capsys.readouterr().out
+    assert "different devices" in out and "cpu box (cpu)" in out and "H200 (cuda)" in out
+    assert main(["compare", a, b, "--json"]) == 0
+    rows = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["x"]["verdict"] == "faster" and rows["x"]["ratio"] == pytest.approx(0.01)
+    assert rows["only_a"]["verdict"] == "only in A"
