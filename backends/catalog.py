@@ -5,6 +5,7 @@ why when it cannot: an H100 SXM (3.35 TB/s) and an H100 PCIe (2.0 TB/s) must nev
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -14,6 +15,23 @@ from pathlib import Path
 from typing import Any
 
 CATALOG_PATH = Path(__file__).with_name("chips.json")
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """How a chip talks to its peers: what a tensor- or pipeline-parallel decode step pays for.
+
+    link_gbps: per chip, per direction, over all its scale-up links (GB/s); per_link_gbps: one
+    link, one direction; group: the largest group that shares that bandwidth; allreduce_latency_us:
+    a published small-message all-reduce latency. None = not published in the sources found."""
+    fabric: str
+    link_gbps: float | None
+    per_link_gbps: float | None
+    group: int | None
+    allreduce_latency_us: float | None
+    host_link: str
+    source: str
+    notes: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,7 @@ class Chip:
     sram_only: bool
     source: str
     notes: str
+    interconnect: Interconnect
 
     def peak_tflops(self, dtype_name: str) -> float | None:
         """Dense datasheet rate for a compute dtype (fp16 taken as the bf16 rate)."""
@@ -43,7 +62,8 @@ class Chip:
 @lru_cache(maxsize=1)
 def load() -> dict[str, Chip]:
     data = json.loads(CATALOG_PATH.read_text())
-    return {c["id"]: Chip(**c) for c in data["chips"]}
+    return {c["id"]: Chip(**{**c, "interconnect": Interconnect(**c["interconnect"])})
+            for c in data["chips"]}
 
 
 def lookup(name: str) -> Chip:
@@ -96,4 +116,4 @@ def detect(device_name: str, memory_bytes: int | None = None) -> tuple[str | Non
 
 
 def as_dict(chip: Chip) -> dict[str, Any]:
-    return dict(chip.__dict__)
+    return dataclasses.asdict(chip)

@@ -329,15 +329,16 @@ def cmd_roof(args) -> int:
 
 def cmd_chips(args) -> int:
     from backends import load_catalog
+    from backends.catalog import as_dict
     from .report import chips_table, console
     chips = list(load_catalog().values())
     if args.chip:
         chips = [resolve_chip(args.chip, {})]
     if args.json:
         for c in chips:
-            print(json.dumps(c.__dict__))
+            print(json.dumps(as_dict(c)))
     else:
-        console().print(chips_table(chips))
+        console().print(chips_table(chips, detail=bool(args.chip)))
     return 0
 
 

@@ -100,18 +100,30 @@ def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) ->
     return t
 
 
-def chips_table(chips: Iterable[Chip]) -> Table:
+def chips_table(chips: Iterable[Chip], detail: bool = False) -> Table:
+    """The catalog; detail=True (one chip asked for) adds each interconnect figure's source."""
     t = Table(title="chip catalog (datasheet peaks, dense; '-' = not published)",
               header_style="bold", show_lines=False)
     for col in ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",
-                "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "source"):
+                "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "chip-to-chip", "source"):
         t.add_column(col, overflow="fold")
     for c in chips:
         t.add_row(c.id, c.name, fmt_num(c.mem_bw_gbps, 0), fmt_num(c.mem_gb, 0) +
                   (f" {c.mem_type}" if c.mem_gb is not None else ""), c.sram,
                   fmt_num(c.bf16_tflops, 1), fmt_num(c.fp8_tflops, 1), fmt_num(c.int8_tops, 1),
-                  fmt_num(c.tdp_w, 0), c.source + (f" — {c.notes}" if c.notes else ""))
+                  fmt_num(c.tdp_w, 0), interconnect_text(c, detail),
+                  c.source + (f" — {c.notes}" if c.notes else ""))
     return t
+
+
+def interconnect_text(c: Chip, detail: bool = False) -> str:
+    """'NVLink 4 + NVSwitch: 450 GB/s a direction, 8 chips, all-reduce 6 µs' (unknowns as '?')."""
+    i = c.interconnect
+    bw = f"{i.link_gbps:g} GB/s a direction" if i.link_gbps is not None else "? GB/s"
+    group = f", {i.group} chips" if i.group else ""
+    lat = f", all-reduce {i.allreduce_latency_us:g} µs" if i.allreduce_latency_us is not None else ""
+    more = f" (source: {i.source}{'; ' + i.notes if i.notes else ''})" if detail else ""
+    return f"{i.fabric}: {bw}{group}{lat}{more}"
 
 
 def console(stderr: bool = False) -> Console:

@@ -57,3 +57,19 @@ def test_detect_refuses_to_guess():
     chip, why = catalog.detect("NVIDIA H100", 80 * 2**30)
     assert chip is None and "SXM" in why
     assert catalog.detect("AMD EPYC")[0] is None
+
+
+def test_every_chip_has_an_interconnect_with_a_source_and_unknowns_stay_unknown():
+    chips = catalog.load()
+    for c in chips.values():
+        i = c.interconnect
+        assert i.fabric and i.source, c.id
+        for v in (i.link_gbps, i.per_link_gbps, i.allreduce_latency_us):
+            assert v is None or v > 0, c.id
+        if i.link_gbps is not None and i.per_link_gbps is not None:
+            assert i.per_link_gbps <= i.link_gbps, c.id
+    assert chips["h100-sxm"].interconnect.link_gbps == 450  # 900 GB/s is both directions
+    assert chips["mi300x"].interconnect.link_gbps == 448  # 896 GB/s is both directions
+    assert chips["openai-broadcom"].interconnect.link_gbps is None
+    assert chips["trainium2"].interconnect.link_gbps is None  # AWS states no direction
+    assert chips["h200"].interconnect.allreduce_latency_us is None  # none published for it
