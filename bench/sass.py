@@ -106,9 +106,9 @@ def _opcode(ins: str) -> str:
 
 def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]]:
     """(op, jit fn, runtime arg types, M = 1 constexprs, 16-byte aligned args, configs)."""
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
     plans = []
     if op in ("all", "gemv_w4"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*u8", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}",
@@ -136,9 +136,9 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
 def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
     GEMV's also depend on BLOCK_M)."""
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
     kern = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}[name]
     return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
 

@@ -78,7 +78,7 @@ def decode(ctx: SuiteContext) -> list[Case]:
     cases = [_gemv_case(op, 1, n, k, torch.bfloat16, f"llama-3-8b {part}", _gemv_impls(ctx, op, 1))
              for part, (n, k) in LLAMA3_8B_GEMV.items()
              for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]
-    from kernels.paged_attention import PagedAttentionShape
+    from kernels.attention import PagedAttentionShape
     B = 64 if ctx.backend == "cuda" else 8
     Hq, Hkv, D = LLAMA3_ATTN_HEADS["llama-3-8b"]
     cases.append(Case("paged_attention", PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=4096),
@@ -99,7 +99,7 @@ LLAMA3_ATTN_HEADS = {"llama-3-8b": (32, 8, 128), "llama-3-70b": (64, 8, 128)}  #
 @suite("attention", "paged decode attention: Llama-3-8B/70B heads, batch 1-64 x context 512/4096, "
        "1 x 32768; ragged lengths, scattered blocks; sized for the backend")
 def attention(ctx: SuiteContext) -> list[Case]:
-    from kernels.paged_attention import PagedAttentionShape, esize
+    from kernels.attention.ops import PagedAttentionShape, esize
 
     def kv_pool_bytes(s: PagedAttentionShape, dtype: torch.dtype) -> int:
         return s.pool_blocks * s.block_size * s.Hkv * s.D * 2 * esize(dtype)
@@ -140,9 +140,7 @@ INT4_GROUP = 128
 
 def _gemv_case(op: str, M: int, N: int, K: int, dtype: torch.dtype, group: str,
                impls: tuple[str, ...] | None = None) -> Case:
-    from kernels.gemv_bf16 import GemvShape
-    from kernels.gemv_w4 import GemvW4Shape
-    from kernels.gemv_w8 import GemvW8Shape
+    from kernels.gemv import GemvShape, GemvW4Shape, GemvW8Shape
     shape = {"gemv_bf16": lambda: GemvShape(M=M, N=N, K=K),
              "gemv_w8": lambda: GemvW8Shape(M=M, N=N, K=K),
              "gemv_w4": lambda: GemvW4Shape(M=M, N=N, K=K, group_size=INT4_GROUP)}[op]()

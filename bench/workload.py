@@ -159,7 +159,7 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
     """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv_*.py), bf16 activations."""
-    from kernels import gemv_bf16, gemv_w4, gemv_w8
+    from kernels.gemv import ops as gemv_bf16, triton_w4 as gemv_w4, triton_w8 as gemv_w8
     if precision == "bf16":
         return gemv_bf16.weight_bytes(N, K, torch.bfloat16)
     if precision == "int8":
@@ -173,7 +173,7 @@ def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: str) -> int:
     """K and V of one token in one layer, by the op's own formula (kernels/paged_attention.py)."""
-    from kernels.paged_attention import kv_bytes_per_token as per_token
+    from kernels.attention import kv_bytes_per_token as per_token
     if kv not in KV_PRECISIONS:
         raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")
     return per_token(cfg.num_key_value_heads, cfg.head_dim, torch.bfloat16, kv8=kv == "int8")

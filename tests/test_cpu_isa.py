@@ -10,11 +10,14 @@ import shutil
 import pytest
 import torch
 
-from kernels import OPS, cpu_simd, paged_attention_cpu, probes_cpu
+from kernels import OPS
+from kernels.attention import simd as paged_attention_cpu
+from kernels.gemv import simd as cpu_simd
+from kernels.probes import simd as probes_cpu
 from kernels.cbuild import CLibrary
-from kernels.gemv_w4 import GemvW4Shape
-from kernels.gemv_w8 import GemvW8Shape
-from kernels.paged_attention import PagedAttentionShape
+from kernels.gemv import GemvW4Shape
+from kernels.gemv import GemvW8Shape
+from kernels.attention.ops import PagedAttentionShape
 from tests import helpers
 
 # cpuinfo flags each level needs (gcc's -march=x86-64-v3 / -v4)

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from kernels import OPS, cpu_simd
-from kernels.gemv_w4 import GemvW4Shape
-from kernels.gemv_w8 import GemvW8Shape
+from kernels import OPS
+from kernels.gemv import simd as cpu_simd
+from kernels.gemv import GemvW4Shape
+from kernels.gemv import GemvW8Shape
 from tests import helpers
 
 DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from kernels import OPS, cpu_simd, rel_err
+from kernels import OPS, rel_err
+from kernels.gemv import simd as cpu_simd
 from tests import helpers
-from kernels.gemv_w4 import GemvW4Shape
+from kernels.gemv import GemvW4Shape
 from kernels.quant import INT4_GROUP_SIZES, pack_int4
 
 OP = OPS["gemv_w4"]
@@ -233,7 +234,7 @@ def test_triton_every_config_interpreted(M, dtype, G, split_k, monkeypatch):
     orientations, down to G = 32, whose halves are the smallest K a tl.dot takes), on a shape
     where the steps overrun K and the rows overrun N; with split-K too."""
     pytest.importorskip("triton")
-    import kernels.gemv_w4 as mod
+    import kernels.gemv.triton_w4 as mod
     shape = GemvW4Shape(M, 20, 640, G)
     helpers.check_every_config(
         monkeypatch, mod, "_w4_kernel", M > 4,
@@ -295,7 +296,7 @@ def test_scalar_fallback_without_avx2(tmp_path):
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_cuda_every_config(use_dot, monkeypatch):
     """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
-    import kernels.gemv_w4 as mod
+    import kernels.gemv.triton_w4 as mod
     shape = GemvW4Shape(16, 1000, 2048, 32) if use_dot else GemvW4Shape(1, 4096, 4096, 128)
     helpers.check_every_config(monkeypatch, mod, "_w4_kernel", use_dot,
                                lambda: check_impl("triton_w4", shape, BF16, device="cuda", seed=4))

@@ -4,7 +4,7 @@ import torch
 
 from kernels import OPS, rel_err
 from tests import helpers
-from kernels.gemv_w8 import GemvW8Shape
+from kernels.gemv import GemvW8Shape
 
 OP = OPS["gemv_w8"]
 F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
@@ -99,7 +99,7 @@ def test_triton_every_config_interpreted(M, split_k, monkeypatch):
     the words' layout, X3D), on 32-bit words (K % 16 == 0) with steps that overrun K and rows
     that overrun N; M = 6 takes tl.dot; with split-K too."""
     pytest.importorskip("triton")
-    import kernels.gemv_w8 as mod
+    import kernels.gemv.triton_w8 as mod
     shape = GemvW8Shape(M, 20, 640)
     helpers.check_every_config(
         monkeypatch, mod, "_w8_kernel", M > 4,
@@ -136,7 +136,7 @@ def test_cuda_impls(name, dtype, shape):
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_cuda_every_config(use_dot, monkeypatch):
     """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
-    import kernels.gemv_w8 as mod
+    import kernels.gemv.triton_w8 as mod
     shape = GemvW8Shape(16, 1000, 2048) if use_dot else GemvW8Shape(1, 4096, 4096)
     helpers.check_every_config(monkeypatch, mod, "_w8_kernel", use_dot,
                                lambda: check_impl("triton_w8", shape, BF16, device="cuda", seed=4))

@@ -9,7 +9,8 @@ import bench.roofline as rl
 from backends import get_backend
 from backends.cpu import read_caches
 from bench.roofline import Roof, judge
-from kernels import OPS, probes_cpu, rel_err
+from kernels import OPS, rel_err
+from kernels.probes import simd as probes_cpu
 from bench.runner import set_bytes
 from bench.timing import Budget, stop_rule, summarize
 from tests import helpers

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-import kernels.paged_attention as pa
+import kernels.attention.ops as pa
 from kernels import OPS, rel_err
-from kernels.paged_attention import PagedAttentionShape as Shape
-from kernels.paged_attention import build_inputs, bytes_moved, quantize_kv_int8
+from kernels.attention.ops import PagedAttentionShape as Shape
+from kernels.attention.ops import build_inputs, bytes_moved, quantize_kv_int8
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 OP_NAMES = ("paged_attention", "paged_attention_kv8")
@@ -364,7 +364,7 @@ def test_cuda_bf16_and_fp16(op_name, shape):
 def test_simd_c_splits_and_odd_group(op_name, splits, monkeypatch):
     """The C kernel: token splits (some empty for short sequences) merged exactly; G = 6 pads
     the 4-head tiles; block size 64; odd block tails."""
-    import kernels.paged_attention_cpu as pac
+    import kernels.attention.simd as pac
     op = OPS[op_name]
     try:
         pac.library()

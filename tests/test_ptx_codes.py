@@ -33,7 +33,7 @@ def words():
 
 
 def test_int4_codes_ptx_matches_its_twin():
-    import kernels.gemv_w4 as w4
+    import kernels.gemv.triton_w4 as w4
     asm = asm_of(w4._codes_asm)
     for w in words():
         out = ptx_emu.run(asm, [w], 8)
@@ -47,7 +47,7 @@ def test_int4_codes_ptx_matches_its_twin():
 def test_int4_dot_codes_ptx_matches_its_twin(fp16):
     """tl.dot path: 4 bytes in, even codes of bytes 0-3 in $0-$1 and odd ones in $2-$3, two
     16-bit codes a register, element i in the low half first (Triton's packing)."""
-    import kernels.gemv_w4 as w4
+    import kernels.gemv.triton_w4 as w4
     asm = asms_of(w4._dot_codes_asm)[0 if fp16 else 1]
     assert ("0x3C3C3C3C" in asm) == fp16
     for w in words():
@@ -64,7 +64,7 @@ def test_int4_dot_codes_ptx_matches_its_twin(fp16):
 
 
 def test_int8_codes_ptx_matches_its_twin():
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.triton_w8 as w8
     asm = asm_of(w8._codes_asm)
     for w in words():
         out = ptx_emu.run(asm, [w], 4)

@@ -11,7 +11,7 @@ from bench.runner import WARM_CACHE_FACTOR, RunContext, Runner
 from bench.suites import Case
 from bench.timing import BUDGETS
 from kernels import OPS, register_impl
-from kernels.gemv_bf16 import GemvShape
+from kernels.gemv import GemvShape
 
 TEST_IMPLS = ["t_wrong", "t_lazy", "t_unsupported", "t_crash", "t_good"]
 

@@ -48,9 +48,9 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     pytest.importorskip("triton")
     import bench.sass as sass
     from kernels import OPS  # noqa: F401  (registers the kernels)
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
     seen = []
 
     def fake_compile(fn, types, const, num_warps, num_stages, aligned):

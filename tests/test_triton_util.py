@@ -9,9 +9,9 @@ from kernels import triton_util  # noqa: E402
 
 
 def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
-    import kernels.gemv_bf16 as bf
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
     for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1}),
                         (w8._w8_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1}),
                         (bf._gemv_kernel, {"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1})):
@@ -33,8 +33,8 @@ def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
 def test_prune_keeps_each_path_and_x3d_only_at_m1():
     """Each launch tunes over its own path's configs; X3D ones (an M = 1 layout) only at
     BLOCK_M = 1, where they differ from their X3D=0 twin."""
-    import kernels.gemv_w4 as w4
-    import kernels.gemv_w8 as w8
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
     for mod in (w4, w8):
         at1 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=1)
         at4 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=4)
@@ -53,7 +53,7 @@ def test_launch_meta_prefers_a_forced_config():
 
 
 def test_w4_gemv_configs_step_whole_groups():
-    import kernels.gemv_w4 as w4
+    import kernels.gemv.triton_w4 as w4
     from kernels.quant import INT4_GROUP_SIZES
     for c in w4._w4_kernel.configs_for(False):
         assert all(c.kwargs["BLOCK_K"] % g == 0 for g in INT4_GROUP_SIZES), c

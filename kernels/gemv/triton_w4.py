@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import cpu_simd
-from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
-from .gemv_w8 import compile_for
-from .quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
+from . import simd as cpu_simd
+from .ops import GEMV_COMMON, check_gemv_dims, esize, ref_device
+from .triton_w8 import compile_for
+from ..quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
-from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
+from ..registry import Op, register_impl, register_op
+from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
     word_gemv_configs
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -195,7 +195,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .gemv_w8 import split_k_for
+    from .triton_w8 import split_k_for
 
     # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
     # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and

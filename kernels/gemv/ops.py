@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta
+from ..registry import Op, register_impl, register_op
+from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 MAX_M = 4096

@@ -24,7 +24,7 @@ import ctypes
 
 import torch
 
-from .cbuild import CLibrary
+from ..cbuild import CLibrary
 
 C_SOURCE = r"""
 #include <stdint.h>

@@ -27,7 +27,7 @@ import ctypes
 
 import torch
 
-from .cbuild import CLibrary
+from ..cbuild import CLibrary
 
 W4_PREFETCH = 4096  # bytes ahead the tiled INT4 loop prefetches (into L1)
 W4_TILE_BLOCK = 32  # tiles per block in the tiled INT4 layout (W4_TB in the C)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Op, register_impl, register_op
+from ..registry import Op, register_impl, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 

@@ -35,9 +35,9 @@ from functools import lru_cache
 
 import torch
 
-from . import paged_attention_cpu
-from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
+from . import simd as paged_attention_cpu
+from ..registry import Op, register_impl, register_op
+from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
 
 F32, F16, BF16, I8, I32 = torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32
 BLOCK_SIZES = (8, 16, 32, 64)

@@ -19,8 +19,8 @@ import ctypes
 
 import torch
 
-from .cbuild import CLibrary
-from .registry import register_impl
+from ..cbuild import CLibrary
+from ..registry import register_impl
 
 C_SOURCE = r"""
 #include <stdint.h>

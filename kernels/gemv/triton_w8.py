@@ -15,11 +15,11 @@ from typing import Callable
 
 import torch
 
-from . import cpu_simd
-from .gemv_bf16 import GEMV_COMMON, check_gemv_dims, esize, ref_device
-from .quant import dequant_int8, quantize_int8
-from .registry import Op, register_impl, register_op
-from .triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
+from . import simd as cpu_simd
+from .ops import GEMV_COMMON, check_gemv_dims, esize, ref_device
+from ..quant import dequant_int8, quantize_int8
+from ..registry import Op, register_impl, register_op
+from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
     word_gemv_configs
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -163,7 +163,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .gemv_bf16 import load_xw
+    from .ops import load_xw
 
     # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
     # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
