@@ -99,7 +99,8 @@ LLAMA3_ATTN_HEADS = {"llama-3-8b": (32, 8, 128), "llama-3-70b": (64, 8, 128)}  #
 @suite("attention", "paged decode attention: Llama-3-8B/70B heads, batch 1-64 x context 512/4096, "
        "1 x 32768; ragged lengths, scattered blocks; sized for the backend")
 def attention(ctx: SuiteContext) -> list[Case]:
-    from kernels.attention.ops import PagedAttentionShape, esize
+    from kernels import esize
+    from kernels.attention import PagedAttentionShape
 
     def kv_pool_bytes(s: PagedAttentionShape, dtype: torch.dtype) -> int:
         return s.pool_blocks * s.block_size * s.Hkv * s.D * 2 * esize(dtype)

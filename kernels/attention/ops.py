@@ -36,6 +36,7 @@ from functools import lru_cache
 import torch
 
 from . import simd as paged_attention_cpu
+from ..common import TOLERANCE, esize, num_sms
 from ..registry import Op, register_impl, register_op
 from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
 
@@ -111,10 +112,6 @@ def _seq_lens(B: int, context: int, ragged: int) -> tuple[int, ...]:
     lo = max(1, context // 2)
     rest = torch.randint(lo, context + 1, (B - 1,), generator=g).tolist()
     return (context, *rest)
-
-
-def esize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -305,8 +302,6 @@ def bytes_moved(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -
 def flops(s: PagedAttentionShape) -> int:
     return 4 * sum(s.seq_lens()) * s.Hq * s.D  # q.k and p.v, 2 flops per multiply-add each
 
-
-TOLERANCE = {BF16: 1e-2, F16: 2e-3, F32: 1e-4}
 
 paged_attention = register_op(Op(
     name="paged_attention",
@@ -635,17 +630,12 @@ if HAS_TRITON:
         o = tl.sum(part * w[:, None], axis=0) / tl.sum(l * w, axis=0)
         tl.store(o_ptr + b * stride_ob + hq * stride_oh + offs_d, o.to(o_ptr.dtype.element_ty))
 
-    def _num_sms(device: torch.device) -> int:
-        if device.type == "cuda":
-            return torch.cuda.get_device_properties(device).multi_processor_count
-        return 132  # interpreter: any value; H100 SXM's count keeps the policy testable
-
-    def auto_splits(B: int, Hkv: int, max_tokens: int, device: torch.device) -> int:
-        """Split-KV when (sequence, KV head) programs cannot fill the GPU and each sequence is
-        long enough that a split still streams >= 512 tokens: aim for ~2 waves of programs."""
+    def auto_splits(B: int, Hkv: int, max_tokens: int, sms: int | None) -> int:
+        """Split-KV when (sequence, KV head) programs cannot fill the `sms` SMs of the GPU and
+        each sequence is long enough that a split still streams >= 512 tokens: aim for ~2 waves
+        of programs. No GPU (sms None): one pass."""
         programs = B * Hkv
-        sms = _num_sms(device)
-        if programs >= sms or max_tokens < 1024:
+        if sms is None or programs >= sms or max_tokens < 1024:
             return 1
         return max(1, min(-(-2 * sms // programs), max_tokens // 512, 64))
 
@@ -694,7 +684,7 @@ if HAS_TRITON:
 
     def _auto(q, k_cache, block_table) -> int:
         return auto_splits(q.shape[0], k_cache.shape[2], block_table.shape[1] * k_cache.shape[1],
-                           q.device)
+                           num_sms(q.device))
 
     def _fixed_splits(block_table, block_size) -> int:
         """Split-KV impls always split (at least 2 when the table allows), to test that path."""

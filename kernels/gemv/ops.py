@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common import TOLERANCE, esize
 from ..registry import Op, register_impl, register_op
 from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 
@@ -36,10 +37,6 @@ class GemvShape:
 
     def __post_init__(self) -> None:
         check_gemv_dims(self.M, self.N, self.K)
-
-
-def esize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def make_inputs(shape: GemvShape, dtype: torch.dtype, device, seed: int) -> tuple:
@@ -70,11 +67,11 @@ def bytes_moved(s: GemvShape, dtype: torch.dtype) -> int:
 
 
 # What every GEMV op (bf16, INT8, INT4) shares: y[M, N] in x's dtype, 2MNK flops, fp32-accumulation
-# tolerances (a bf16 output alone rounds at ~2e-3).
+# tolerances.
 GEMV_COMMON = dict(
     flops=lambda s: 2 * s.M * s.N * s.K,
     out_spec=lambda s, dt: ((s.M, s.N), dt),
-    tolerance={BF16: 1e-2, F16: 2e-3, F32: 1e-4},
+    tolerance=TOLERANCE,
     dtypes=(BF16, F16, F32),
 )
 
@@ -190,4 +187,4 @@ if HAS_TRITON:
         return y
 
 
-__all__ = ["GEMV_COMMON", "GemvShape", "check_gemv_dims", "esize", "gemv_bf16"]
+__all__ = ["GEMV_COMMON", "GemvShape", "check_gemv_dims", "gemv_bf16"]

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from . import simd as cpu_simd
-from .ops import GEMV_COMMON, check_gemv_dims, esize, ref_device
+from .ops import GEMV_COMMON, check_gemv_dims, ref_device
 from .triton_w8 import compile_for
 from ..quant import INT4_GROUP_SIZES, check_int4_dims, dequant_int4, quantize_int4, \
     to_torch_int4_scales_zeros, unpack_int4
+from ..common import esize
 from ..registry import Op, register_impl, register_op
 from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
     word_gemv_configs

@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 
 from . import simd as cpu_simd
-from .ops import GEMV_COMMON, check_gemv_dims, esize, ref_device
+from .ops import GEMV_COMMON, check_gemv_dims, ref_device
 from ..quant import dequant_int8, quantize_int8
+from ..common import esize, num_sms
 from ..registry import Op, register_impl, register_op
 from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed, launch_meta, two_paths, \
     word_gemv_configs
@@ -333,9 +334,9 @@ if HAS_TRITON:
         """Split K only when even the smallest row tiles (the caller counts them) leave SMs idle:
         a split costs a zeroed fp32 workspace, atomics and a copy into y, two extra launches that
         cost a short GEMV (8 us at 8192 x 8192 INT4 on an H100) a visible share of its time."""
-        if device.type != "cuda":
+        sms = num_sms(device)
+        if sms is None:
             return 1
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
         split = 1
         while n_tiles * split < sms and K // (split * 2) >= 1024:
             split *= 2

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common import esize
 from ..registry import Op, register_impl, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -43,7 +44,7 @@ copy = register_op(Op(
     shape_type=ProbeShape,
     make_inputs=make_inputs,
     reference=copy_reference,
-    bytes_moved=lambda s, dt: 2 * s.N * torch.empty((), dtype=dt).element_size(),
+    bytes_moved=lambda s, dt: 2 * s.N * esize(dt),
     flops=lambda s: 0,
     out_spec=lambda s, dt: ((s.N,), dt),
     tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},
@@ -72,7 +73,7 @@ read = register_op(Op(
     shape_type=ProbeShape,
     make_inputs=make_inputs,
     reference=read_reference,
-    bytes_moved=lambda s, dt: s.N * torch.empty((), dtype=dt).element_size(),
+    bytes_moved=lambda s, dt: s.N * esize(dt),
     flops=lambda s: s.N,
     out_spec=lambda s, dt: ((), torch.float32),
     # the sum accumulates in fp32 whatever the input dtype (a bf16 sum would not read any faster)

@@ -156,10 +156,11 @@ def test_triton_split_kv_many_splits(op_name):
 def test_auto_split_policy():
     if not hasattr(pa, "auto_splits"):
         pytest.skip("no triton")
-    cpu = torch.device("cpu")
-    assert pa.auto_splits(64, 8, 4096, cpu) == 1  # enough (sequence, head) programs
-    assert pa.auto_splits(8, 8, 512, cpu) == 1  # short context: nothing to split
-    assert pa.auto_splits(1, 8, 32768, cpu) > 8  # one long sequence: split it
+    h100 = 132  # SMs of an H100 SXM
+    assert pa.auto_splits(64, 8, 4096, h100) == 1  # enough (sequence, head) programs
+    assert pa.auto_splits(8, 8, 512, h100) == 1  # short context: nothing to split
+    assert pa.auto_splits(1, 8, 32768, h100) > 8  # one long sequence: split it
+    assert pa.auto_splits(1, 8, 32768, None) == 1  # no GPU to fill
 
 
 # --- garbage that must not be read ------------------------------------------------------------

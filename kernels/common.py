@@ -1,0 +1,34 @@
+"""What every op family shares: element sizes, the accuracy an fp32-accumulating kernel is held
+to, and the GPU's SM count that launch policies size their grids by."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+# ‖out − ref‖ / ‖ref‖ allowed for an op that accumulates in fp32 and writes its output in the
+# input dtype: a bf16 output alone rounds at ~2e-3.
+TOLERANCE: dict[torch.dtype, float] = {BF16: 1e-2, F16: 2e-3, F32: 1e-4}
+
+
+def esize(dtype: torch.dtype) -> int:
+    """Bytes of one element of `dtype`."""
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def num_sms(device: torch.device) -> int | None:
+    """Streaming multiprocessors of a CUDA device; None elsewhere (the CPU, the Triton
+    interpreter): there is no GPU to fill, so split-K and split-KV policies do not split."""
+    if device.type != "cuda":
+        return None
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+__all__ = ["TOLERANCE", "esize", "num_sms"]
