@@ -46,7 +46,7 @@ START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new work
 
 # The worker sees the parent's sys.path, so it imports the same kernels and bench as the parent.
 _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ['DECODEWALL_WORKER_PATH']); "
-         "from bench.isolation import worker_main; worker_main()")
+         "from {module} import {entry}; {entry}()")
 
 
 class WorkerDied(Exception):
@@ -78,14 +78,21 @@ class Worker:
     """One worker process, from the parent's side: start it, send it jobs, read its messages
     with a deadline, and kill it with everything it started."""
 
-    def __init__(self, backend: str, plugins: Sequence[str], log_dir: Path) -> None:
+    def __init__(self, backend: str, plugins: Sequence[str], log_dir: Path,
+                 entry: str = "bench.isolation:worker_main", env: dict[str, str] | None = None,
+                 init: tuple = (), wait: bool = True) -> None:
+        """Start `entry` (module:function) in a fresh interpreter and send it ("init", backend,
+        plugins, *init). wait=False: return at once; `wait_ready()` later (ranks of one process
+        group must all start before any of them can answer)."""
         self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
         r_job, w_job = os.pipe()  # parent -> worker
         r_msg, w_msg = os.pipe()  # worker -> parent
-        env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps(sys.path))
+        module, func = entry.split(":")
+        env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path))
         with open(self.log_path, "ab") as log:  # append mode: the worker's stdout and stderr
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(r_job), str(w_msg)], pass_fds=(r_job, w_msg),
+                [sys.executable, "-c", _BOOT.format(module=module, entry=func), str(r_job),
+                 str(w_msg)], pass_fds=(r_job, w_msg),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)  # its own process group; the terminal's Ctrl-C skips it
         os.close(r_job)
@@ -93,7 +100,16 @@ class Worker:
         self.tx = Connection(w_job, readable=False)
         self.rx = Connection(r_msg, writable=False)
         try:
-            self.tx.send(("init", backend, list(plugins)))
+            self.tx.send(("init", backend, list(plugins), *init))
+        except OSError:
+            pass  # it died at once: wait_ready says why
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, what: str = "the case worker") -> None:
+        """Block until the worker says it is ready; RunError (with its last stderr line) if it
+        ends or stays silent."""
+        try:
             msg = self.recv(START_TIMEOUT_S)
         except WorkerDied:
             msg = None
@@ -102,7 +118,7 @@ class Worker:
                 f"ended at start ({describe_exit(self.wait())})"
             last = self.last_stderr_line(0)
             self.kill()
-            raise RunError(f"the case worker {why}" + (f": {last}" if last else ""))
+            raise RunError(f"{what} {why}" + (f": {last}" if last else ""))
 
     def send(self, msg: Any) -> None:
         try:
