@@ -1,6 +1,8 @@
-"""The one quantizer: float weights → the INT8 and INT4 formats of DESIGN.md, and back.
+"""The one quantizer: float weights and KV caches → the INT8 and INT4 formats of DESIGN.md, and back.
 
-INT8 is symmetric per output channel: `w[n, k] = qweight[n, k] * scales[n]`.
+INT8 is symmetric: weights per output channel, `w[n, k] = qweight[n, k] * scales[n]`; a KV cache
+per (token, head) along the head dim, `k[..., d] = k_int8[..., d] * k_scale[...]`. Both are one
+rule: absmax / 127 along the last dimension.
 INT4 is asymmetric per group of G along K: `w[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g]`
 with g = k // G, q in [0, 15] packed two per byte, low nibble = even k.
 
@@ -28,19 +30,26 @@ def check_int4_dims(K: int, group_size: int) -> None:
 
 # --- INT8 -------------------------------------------------------------------------------------
 
-def quantize_int8(w: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """w[N, K] float → (qweight int8[N, K], scales[N] in `dtype`, default w's dtype).
+def _int8_last_dim(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 along the last dimension: scale = absmax / 127 (1 for an all-zero row, so
+    it stays finite); -128 is never used, so the range is symmetric."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1)
+    scales = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(dtype)
+    q = torch.round(xf / scales.float()[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q, scales
 
-    Symmetric, absmax/127 per row; -128 is never used, so the range is symmetric.
-    """
+
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """w[N, K] float → (qweight int8[N, K], scales[N] in `dtype`, default w's dtype), per row."""
     if w.dim() != 2:
         raise ValueError(f"weights must be 2-D [N, K], got shape {tuple(w.shape)}")
-    dtype = dtype or w.dtype
-    wf = w.float()
-    amax = wf.abs().amax(dim=1)
-    scales = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(dtype)
-    q = torch.round(wf / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scales
+    return _int8_last_dim(w, dtype or w.dtype)
+
+
+def quantize_kv_int8(kv: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A KV cache [..., D] float → (int8 [..., D], scales [...] in `dtype`), per (token, head)."""
+    return _int8_last_dim(kv, dtype)
 
 
 def dequant_int8(qweight: torch.Tensor, scales: torch.Tensor,
@@ -110,5 +119,5 @@ def to_torch_int4_scales_zeros(scales: torch.Tensor, zeros: torch.Tensor,
     return torch.stack((s, their_zero), dim=-1).transpose(0, 1).contiguous().to(dtype)
 
 
-__all__ = ["INT4_GROUP_SIZES", "check_int4_dims", "quantize_int8", "dequant_int8", "pack_int4",
-           "unpack_int4", "quantize_int4", "dequant_int4", "to_torch_int4_scales_zeros"]
+__all__ = ["INT4_GROUP_SIZES", "check_int4_dims", "quantize_int8", "quantize_kv_int8", "dequant_int8",
+           "pack_int4", "unpack_int4", "quantize_int4", "dequant_int4", "to_torch_int4_scales_zeros"]

@@ -11,7 +11,7 @@ Layout (DESIGN.md, "Paged KV-cache layout"): token t of sequence b lives in bloc
 >= seq_lens[b] and table entries past the sequence may hold anything (NaN, inf, out-of-range block
 ids) and must not change the output: the C and Triton kernels never read them, the PyTorch impls
 gather whole blocks and zero K and V past seq_len before attention. INT8 KV is symmetric per
-(token, head): `k = k_int8 * k_scale`, scales in q's dtype, produced by `quantize_kv_int8`.
+(token, head): `k = k_int8 * k_scale`, scales in q's dtype, produced by kernels.quant.quantize_kv_int8.
 
 At decode each step reads every sequence's whole KV cache once, so that read is the traffic:
 bytes = q + out + K and V of the actual seq_lens tokens (all KV heads, each block once however many
@@ -37,6 +37,7 @@ import torch
 
 from . import simd as paged_attention_cpu
 from ..common import TOLERANCE, esize, num_sms
+from ..quant import quantize_kv_int8
 from ..registry import Op, register_impl, register_op
 from ..triton_util import HAS_TRITON, TRITON_BACKENDS, autotune_or_fixed
 
@@ -115,14 +116,6 @@ def _seq_lens(B: int, context: int, ragged: int) -> tuple[int, ...]:
 
 
 # --- inputs -----------------------------------------------------------------------------------
-
-def quantize_kv_int8(x: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 per (token, head) along D: x ~= q * scale[..., None], |q| <= 127."""
-    xf = x.float()
-    scale = (xf.abs().amax(dim=-1) / 127.0).clamp_min(1e-8).to(scale_dtype)
-    q = torch.round(xf / scale.float()[..., None]).clamp_(-127, 127).to(I8)
-    return q, scale
-
 
 def build_inputs(shape: PagedAttentionShape, dtype: torch.dtype, device, seed: int,
                  seq_lens: list[int] | None = None, kv8: bool = False) -> tuple:
@@ -720,5 +713,5 @@ if HAS_TRITON:
 
 
 __all__ = ["PagedAttentionShape", "build_inputs", "bytes_moved", "check_inputs", "flops",
-           "paged_attention", "paged_attention_kv8", "quantize_kv_int8", "reference",
+           "paged_attention", "paged_attention_kv8", "reference",
            "reference_kv8"]

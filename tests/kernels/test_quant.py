@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from kernels.quant import (INT4_GROUP_SIZES, check_int4_dims, dequant_int4, dequant_int8,
-                           pack_int4, quantize_int4, quantize_int8, to_torch_int4_scales_zeros,
-                           unpack_int4)
+                           pack_int4, quantize_int4, quantize_int8, quantize_kv_int8,
+                           to_torch_int4_scales_zeros, unpack_int4)
 
 
 def test_pack_int4_matches_hand_built_bytes():
@@ -31,6 +31,14 @@ def test_quantize_int8_by_hand():
     assert q[0].tolist() == [127, -64, 0] or q[0].tolist() == [127, -63, 0]
     assert q[1].tolist() == [0, 0, 0] and s[1].item() == 1.0  # an all-zero row stays finite
     assert s[0].item() == pytest.approx(0.01)
+
+
+def test_quantize_kv_int8_round_trip():
+    x = torch.randn(5, 16, 2, 64)
+    q, s = quantize_kv_int8(x, torch.float32)
+    assert q.dtype == torch.int8 and s.shape == (5, 16, 2) and q.abs().max() <= 127
+    err = (q.float() * s[..., None] - x).abs().max() / x.abs().max()
+    assert err < 1 / 127
 
 
 @pytest.mark.parametrize("dtype, slack", [(torch.float32, 1e-6), (torch.bfloat16, 0.02),
