@@ -753,3 +753,36 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
 __all__ = ["AT_THE_WALL", "PlotError", "bars_table", "draw_pct_roof", "draw_roofline", "in_cache",
            "pct_bar", "pct_roof_cases", "pct_roof_figure", "place_labels", "ridge_batch",
            "roofline_figure", "roofs", "short_shape", "size_sweeps", "sweeps"]
+
+
+# --- tokens/s against chips (decodewall project --tp ... --plot) ---------------------------------
+
+def scaling_figure(points: list[dict[str, Any]], title: str | None = None):
+    """Tokens/s a sequence against the number of chips, one line per catalog chip: where adding
+    chips stops paying. points: {chip, chips, tp, pp, tokens_per_s, upper_bound}; an upper bound
+    (a link latency the catalog lacks) is drawn hollow."""
+    pts = [p for p in points if p.get("tokens_per_s")]
+    if not pts:
+        raise PlotError("no split with a known tokens/s to draw")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    by_chip: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in pts:
+        by_chip[p["chip"]].append(p)
+    for chip, ps in by_chip.items():
+        ps.sort(key=lambda p: p["chips"])
+        xs, ys = [p["chips"] for p in ps], [p["tokens_per_s"] for p in ps]
+        line, = ax.plot(xs, ys, "-", lw=1.5, label=chip)
+        for p in ps:
+            ax.plot(p["chips"], p["tokens_per_s"], "o", ms=7, color=line.get_color(),
+                    markerfacecolor="white" if p["upper_bound"] else line.get_color())
+            ax.annotate(f"{p['tp']}×{p['pp']}", (p["chips"], p["tokens_per_s"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("chips (tensor parallel × pipeline stages, labelled tp×pp)")
+    ax.set_ylabel("tokens/s a sequence")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="chip (hollow: ≤, link latency unknown)", fontsize=8, title_fontsize=8,
+              loc="best")
+    ax.set_title(title or "tokens/s a sequence against chips", fontsize=10)
+    return fig

@@ -1,12 +1,24 @@
-"""Projection of a decode step onto catalog chips: the bandwidth bound, the compute bound, capacity.
+"""Projection of a decode step onto catalog chips: bandwidth, compute, capacity and the split.
 
-Per chip: the step's bytes at the datasheet bandwidth times an efficiency (given, or the median %
+One chip: the step's bytes at the datasheet bandwidth times an efficiency (given, or the median %
 of roof the best kernels reached in a results file) give the memory-bound step time; its FLOPs at
 the dense BF16 datasheet rate give the compute-bound time (weight-only INT8/INT4 dequantize to
 bf16, so bf16 is the rate that applies); the larger binds. Capacity: weights + KV cache over the
-chip's memory (on-chip SRAM for SRAM-only chips) gives the chips needed. The multi-chip figure
-assumes a perfect split of bytes and FLOPs and ignores interconnect cost entirely. A figure the
-catalog does not have stays unknown: nothing is invented.
+chip's memory (on-chip SRAM for SRAM-only chips) gives the chips needed.
+
+Several chips (`project_split`), tensor-parallel degree tp, pipeline degree pp:
+- every kernel call costs max(its bytes on one chip / (bandwidth x efficiency), its FLOPs on one
+  chip / peak) plus a fixed floor (launch and first-byte latency), however small its slice: weights
+  and FLOPs divide by tp, the KV cache by min(tp, KV heads) (a KV head is not split), activations
+  not at all;
+- tp > 1 adds two all-reduces of the activations (batch x hidden x 2 bytes) a layer: latency +
+  bytes x 2(tp-1)/tp / link bandwidth (the catalog's per-direction figure, or measured `allreduce`
+  records);
+- pipeline stages run one after another for a token, so their times add (they divide nothing at
+  batch 1; a batch is not split into micro-batches here), plus one activation hop a boundary.
+Parameters come from datasheets, the catalog and collective measurements, never from end-to-end
+tokens/s. A figure the catalog does not have stays unknown; a missing link latency leaves the
+collective's bandwidth term only, and the rate is then an upper bound (marked).
 """
 from __future__ import annotations
 
@@ -44,14 +56,163 @@ class Projection:
     capacity_gb: float | None
     sram_only: bool
     chips_needed: int | None
-    tokens_per_s_on_needed: float | None  # on chips_needed chips, ideal split, no interconnect
+    tokens_per_s_on_needed: float | None  # per sequence, on the smallest split that holds it
+    split: dict[str, Any] | None = None     # that split's SplitProjection.as_dict()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def project(step: Step, chip: Chip, efficiency: float = 1.0) -> Projection:
-    """Project `step` onto one chip at datasheet peak x efficiency (0 < efficiency <= 1.5)."""
+DEFAULT_FLOOR_US = 5.0  # a kernel launch on a GPU: 4-6 us of driver and queue time (docs/projection.md)
+ACT_BYTES = 2  # bf16 activations between chips
+
+
+@dataclass
+class LinkModel:
+    """What a collective or a hop costs on one chip's links: latency (s) + bytes / bandwidth."""
+    gbps: float | None          # per chip, per direction
+    hop_gbps: float | None      # one link, one direction (a pipeline hop); the chip's if unknown
+    latency_s: float | None     # a small-message all-reduce; None: not published, not measured
+    source: str
+    measured: dict[int, list[tuple[int, float]]] | None = None  # world size -> (bytes, time_s)
+
+    def allreduce_s(self, nbytes: float, n: int) -> tuple[float | None, bool]:
+        """(seconds, is a lower bound) of one all-reduce of nbytes over n chips."""
+        if n <= 1:
+            return 0.0, False
+        if self.measured and n in self.measured:
+            return _interpolate(self.measured[n], nbytes), False
+        if self.gbps is None:
+            return None, False
+        bw = nbytes * 2 * (n - 1) / n / (self.gbps * 1e9)
+        return (bw + self.latency_s, False) if self.latency_s is not None else (bw, True)
+
+    def hop_s(self, nbytes: float) -> tuple[float | None, bool]:
+        gbps = self.hop_gbps or self.gbps
+        if gbps is None:
+            return None, False
+        bw = nbytes / (gbps * 1e9)
+        return (bw + self.latency_s, False) if self.latency_s is not None else (bw, True)
+
+
+def _interpolate(points: list[tuple[int, float]], nbytes: float) -> float:
+    """Time of a message of nbytes from measured (bytes, time) pairs: linear between the two
+    sizes around it, the nearest size's time below the smallest (latency-bound there), scaled
+    by size above the largest (bandwidth-bound there)."""
+    pts = sorted(points)
+    if nbytes <= pts[0][0]:
+        return pts[0][1]
+    for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
+        if nbytes <= b1:
+            return t0 + (t1 - t0) * (nbytes - b0) / (b1 - b0)
+    b, t = pts[-1]
+    return t * nbytes / b
+
+
+def link_model(chip: Chip, records: Iterable[dict[str, Any]] = ()) -> LinkModel:
+    """The chip's link from the catalog, or measured `allreduce` records (their busbw and times
+    replace the catalog's figures for the world sizes they cover)."""
+    ic = chip.interconnect
+    measured: dict[int, list[tuple[int, float]]] = {}
+    for r in records:
+        if r.get("op") == "allreduce" and r.get("status") == "ok" and r.get("time_s"):
+            n = int(r["shape"]["world_size"])
+            measured.setdefault(n, []).append((int(r["shape"]["bytes"]), r["time_s"]["median"]))
+    lat = ic.allreduce_latency_us * 1e-6 if ic.allreduce_latency_us is not None else None
+    src = f"catalog: {ic.fabric}"
+    if measured:
+        src = f"measured allreduce at world size {', '.join(map(str, sorted(measured)))}; " + src
+    return LinkModel(ic.link_gbps, ic.per_link_gbps, lat, src, measured or None)
+
+
+@dataclass
+class SplitProjection:
+    chip: str
+    tp: int
+    pp: int
+    chips: int
+    holds: bool | None              # the model and KV fit on tp x pp chips (None: capacity unknown)
+    kernel_time_s: float | None     # every kernel call of the step, bytes/FLOPs on one chip's slice
+    floor_s: float                  # the floor charged a kernel call
+    floor_time_s: float             # floor x kernel calls (part of kernel_time_s)
+    collective_time_s: float | None # 2 all-reduces a layer at tp > 1
+    hop_time_s: float | None        # pp - 1 activation hops
+    step_time_s: float | None
+    tokens_per_s: float | None      # per sequence: 1 / step time
+    batch_tokens_per_s: float | None
+    upper_bound: bool               # a link latency was unknown: the rate can only be lower
+    link_source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_calls(step: Step) -> float:
+    return sum(k.calls for k in step.kernels)
+
+
+def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: float = 1.0,
+                  floor_s: float = DEFAULT_FLOOR_US * 1e-6,
+                  link: LinkModel | None = None) -> SplitProjection:
+    """One token of `step` on tp x pp chips (see the module docstring)."""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tp and pp must be at least 1, got tp={tp}, pp={pp}")
+    c = step.model
+    if pp > c.num_hidden_layers:
+        raise ValueError(f"pp={pp} is more stages than {c.name}'s {c.num_hidden_layers} layers")
+    link = link or link_model(chip)
+    bw, tf = chip.mem_bw_gbps, chip.bf16_tflops
+    kv_split = min(tp, c.num_key_value_heads)
+    t_kernels: float | None = 0.0
+    if bw is None:
+        t_kernels = None
+    else:
+        for k in step.kernels:
+            nbytes = k.weight_bytes / tp + k.kv_bytes / kv_split + k.act_bytes
+            t = nbytes / (bw * 1e9 * efficiency)
+            if tf:
+                t = max(t, k.flops / tp / (tf * 1e12))
+            t_kernels += k.calls * (t + floor_s)
+    msg = step.batch * c.hidden_size * ACT_BYTES
+    one, low1 = link.allreduce_s(msg, tp)
+    coll = None if one is None else 2 * c.num_hidden_layers * one
+    hop1, low2 = link.hop_s(msg) if pp > 1 else (0.0, False)
+    hops = None if hop1 is None else (pp - 1) * hop1
+    step_t = None if None in (t_kernels, coll, hops) else t_kernels + coll + hops
+    resident = step.resident_bytes()
+    holds = None if not chip.mem_gb else resident <= tp * pp * chip.mem_gb * 1e9
+    return SplitProjection(
+        chip=chip.id, tp=tp, pp=pp, chips=tp * pp, holds=holds, kernel_time_s=t_kernels,
+        floor_s=floor_s, floor_time_s=kernel_calls(step) * floor_s, collective_time_s=coll,
+        hop_time_s=hops, step_time_s=step_t, tokens_per_s=1 / step_t if step_t else None,
+        batch_tokens_per_s=step.batch / step_t if step_t else None,
+        upper_bound=bool((low1 and tp > 1) or (low2 and pp > 1)), link_source=link.source)
+
+
+def smallest_split(step: Step, chip: Chip, needed: int | None, tp: int | None = None) -> tuple[int, int] | None:
+    """(tp, pp) of the fewest chips that hold the model: tensor parallel first within the
+    fabric's group, pipeline stages for the rest; with no known group, stages first (one layer a
+    stage at most), then tensor parallel. `tp` given: the stages that make it hold, if any can."""
+    if needed is None:
+        return None
+    L = step.model.num_hidden_layers
+    if tp is not None:  # at most one layer a stage: a tp too small to hold it shows as not holding
+        return tp, min(L, max(1, math.ceil(needed / tp)))
+    group = chip.interconnect.group
+    if group:
+        tp = min(needed, group)
+        pp = math.ceil(needed / tp)
+        if pp > L:
+            tp, pp = math.ceil(needed / L), L
+        return tp, pp
+    pp = min(needed, L)
+    return math.ceil(needed / pp), pp
+
+
+def project(step: Step, chip: Chip, efficiency: float = 1.0,
+            floor_s: float = DEFAULT_FLOOR_US * 1e-6, link: LinkModel | None = None) -> Projection:
+    """Project `step` onto one chip at datasheet peak x efficiency (0 < efficiency <= 1.5), and
+    onto the smallest split that holds it."""
     nbytes, flops = step.bytes, step.flops
     bw = chip.mem_bw_gbps
     t_mem = nbytes / (bw * 1e9 * efficiency) if bw else None
@@ -66,14 +227,16 @@ def project(step: Step, chip: Chip, efficiency: float = 1.0) -> Projection:
     resident = step.resident_bytes()
     cap = chip.mem_gb
     need = math.ceil(resident / (cap * 1e9)) if cap else None
-    on_need = step.batch * need / t if t and need else None
+    tp_pp = smallest_split(step, chip, need)
+    split = project_split(step, chip, *tp_pp, efficiency, floor_s, link) if tp_pp else None
+    on_need = split.tokens_per_s if split else None
     return Projection(
         chip=chip.id, chip_name=chip.name, bytes_per_step=nbytes, flops_per_step=flops,
         mem_bw_gbps=bw, efficiency=efficiency, mem_time_s=t_mem, compute_tflops=tf,
         compute_time_s=t_comp, bound=bound, step_time_s=t,
         tokens_per_s=step.batch / t if t else None, seq_tokens_per_s=1 / t if t else None,
         resident_bytes=resident, capacity_gb=cap, sram_only=chip.sram_only, chips_needed=need,
-        tokens_per_s_on_needed=on_need)
+        tokens_per_s_on_needed=on_need, split=split.as_dict() if split else None)
 
 
 def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "bf16",
@@ -100,4 +263,5 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
                  f"{', '.join(ops)} (best impl each)")
 
 
-__all__ = ["Projection", "efficiency_from_results", "project"]
+__all__ = ["DEFAULT_FLOOR_US", "LinkModel", "Projection", "SplitProjection",
+           "efficiency_from_results", "link_model", "project", "project_split", "smallest_split"]

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from .cli import EXTENSIONS, UsageError
-from .project import KV_OPS, WEIGHT_OPS, efficiency_from_results, project
+from .project import DEFAULT_FLOOR_US, KV_OPS, WEIGHT_OPS, efficiency_from_results, project
 from .workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS, ConfigError, Step,
                        decode_step, load_model, model_names)
 
@@ -37,6 +37,17 @@ def _positive(name: str):
             raise UsageError(f"{name} must be at least 1, got {v}")
         return v
     return parse
+
+
+def _nonneg_float(text: str) -> float:
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise UsageError(f"must be a finite number >= 0, got {text!r}")
+    return v
 
 
 def add_step_args(p, model_required: bool) -> None:
@@ -204,15 +215,22 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False)
 
 def cmd_project(args) -> int:
     from backends import load_catalog, lookup_chip
+    from .project import link_model, project_split, smallest_split
     step = build_step(args)
     if args.efficiency is not None and getattr(args, "from_", None):
         raise UsageError("give --efficiency or --from, not both")
+    records: list[dict[str, Any]] = []
     if getattr(args, "from_", None):
         from .results import ResultsError, read_results
         try:
             records = read_results(args.from_)
-            eff, source = efficiency_from_results(records, step.weights, step.kv)
-        except (ResultsError, ValueError) as e:
+        except ResultsError as e:
+            raise UsageError(f"--from {args.from_}: {e}") from None
+    kernel_records = [r for r in records if r.get("op") != "allreduce"]
+    if kernel_records:
+        try:
+            eff, source = efficiency_from_results(kernel_records, step.weights, step.kv)
+        except ValueError as e:
             raise UsageError(f"--from {args.from_}: {e}") from None
     elif args.efficiency is not None:
         eff = args.efficiency
@@ -222,6 +240,13 @@ def cmd_project(args) -> int:
         source = f"given: {100 * eff:.0f}% of datasheet peak"
     else:
         eff, source = 1.0, "datasheet peak (no efficiency given)"
+    if records and not kernel_records and not any(r.get("status") == "ok" for r in records):
+        raise UsageError(f"--from {args.from_}: no ok record to take an efficiency or a link from")
+    if args.pp is not None and not args.tp:
+        raise UsageError("--pp needs --tp")
+    L = step.model.num_hidden_layers
+    if args.pp is not None and args.pp > L:
+        raise UsageError(f"--pp {args.pp} is more stages than {step.model.name}'s {L} layers")
     if args.chip:
         chips = []
         for name in args.chip:
@@ -231,23 +256,67 @@ def cmd_project(args) -> int:
                 raise UsageError(str(e.args[0])) from None
     else:
         chips = list(load_catalog().values())
-    projs = [project(step, c, eff) for c in chips]
+    floor = args.kernel_floor_us * 1e-6
+    links = {c.id: link_model(c, records) for c in chips}
+    projs = [project(step, c, eff, floor, links[c.id]) for c in chips]
     head = {"model": step.model.name, "params": step.model.param_count(), "batch": step.batch,
             "ctx": step.ctx, "weights": step.weights, "kv": step.kv,
             "efficiency_source": source}
+    rows = []
+    for c, p in zip(chips, projs):
+        for tp in sorted(set(args.tp or [])):
+            tp_pp = (tp, args.pp) if args.pp is not None else smallest_split(step, c, p.chips_needed, tp)
+            sp = project_split(step, c, *(tp_pp or (tp, 1)), eff, floor, links[c.id])
+            rows.append((p, sp))
+    if args.plot:
+        _plot_scaling(args.plot, step, rows, projs)
     if args.json:
-        for p in projs:
-            print(json.dumps({**head, **p.as_dict()}))
+        if rows:
+            for p, sp in rows:
+                d = {**head, **p.as_dict(), **sp.as_dict()}
+                d["tokens_per_s"] = sp.tokens_per_s  # per sequence, on this split
+                print(json.dumps(d))
+        else:
+            for p in projs:
+                print(json.dumps({**head, **p.as_dict()}))
         return 0
-    _print_projection(step, projs, source)
+    _print_projection(step, projs, source, floor)
+    if rows:
+        _print_splits(step, rows)
     return 0
+
+
+def _plot_scaling(path: str, step: Step, rows, projs) -> None:
+    from pathlib import Path
+    from .plot import PlotError, save, scaling_figure
+    pts = rows or [(p, None) for p in projs]
+    data = []
+    for p, sp in pts:
+        s = sp.as_dict() if sp is not None else p.split
+        if s and s.get("tokens_per_s") and s.get("holds") is not False:
+            data.append({"chip": p.chip, "chips": s["chips"], "tp": s["tp"], "pp": s["pp"],
+                         "tokens_per_s": s["tokens_per_s"], "upper_bound": s["upper_bound"]})
+    try:
+        fig = scaling_figure(data, title=f"{step.model.name}, batch {step.batch}, ctx {step.ctx}, "
+                             f"weights {step.weights}: tokens/s a sequence against chips")
+        save(fig, Path(path))
+    except PlotError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def _print_projection(step: Step, projs, source: str) -> None:
+def _split_rate(s: dict[str, Any] | None) -> str:
+    if not s or not s.get("tokens_per_s"):
+        return "[dim]unknown[/]"
+    return ("≤ " if s["upper_bound"] else "") + f"{_rate(s['tokens_per_s'])} ({s['tp']}×{s['pp']})"
+
+
+def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     from rich.table import Table
     from .report import console, fmt_bytes, fmt_time
     c = step.model
@@ -264,11 +333,11 @@ def _print_projection(step: Step, projs, source: str) -> None:
         f"{fmt_bytes(step.kv_bytes)} + activations/table/embedding rows {fmt_bytes(act)}; "
         f"{step.flops / 1e9:.4g} GFLOP; to hold: {fmt_bytes(step.resident_bytes())} "
         f"(weights + KV for batch x ctx)",
-        f"efficiency: {source}",
+        f"efficiency: {source}; kernel floor {floor * 1e6:g} µs a call",
     ]
     t = Table(header_style="bold")
     for col in ("chip", "mem BW GB/s", "mem-bound step", "compute-bound step", "binds",
-                "tok/s (1 chip)", "memory GB", "chips to hold", "tok/s on those (ideal, no interconnect)"):
+                "tok/s (1 chip)", "memory GB", "chips to hold", "tok/s a sequence on those (tp×pp)"):
         t.add_column(col, justify="left" if col in ("chip", "binds") else "right")
     unk = "[dim]unknown[/]"
     for p in projs:
@@ -280,16 +349,43 @@ def _print_projection(step: Step, projs, source: str) -> None:
                   (f"{p.capacity_gb:g}" + (" SRAM" if p.sram_only else "")) if p.capacity_gb
                   else unk,
                   str(p.chips_needed) if p.chips_needed else unk,
-                  _rate(p.tokens_per_s_on_needed) if p.tokens_per_s_on_needed else unk)
-    t.caption = ("tok/s = batch / step time at one chip's datasheet bandwidth x efficiency (compute: "
-                 "dense BF16 peak; memory? = compute rate unknown). Chips to hold: weights + KV over memory (SRAM-only chips: on-chip"
-                 " SRAM); ignores activations and runtime overhead. Multi-chip tok/s assumes a "
-                 "perfect split and IGNORES INTERCONNECT cost. unknown = not in the catalog, never "
-                 "guessed.")
+                  _split_rate(p.split))
+    t.caption = ("tok/s (1 chip) = batch / step time at one chip's datasheet bandwidth x efficiency "
+                 "(compute: dense BF16 peak; memory? = compute rate unknown), as if the model fit. "
+                 "Chips to hold: weights + KV over memory (SRAM-only chips: on-chip SRAM). The last "
+                 "column splits the step over those chips (tensor parallel within the fabric's group,"
+                 " then pipeline stages) and pays a floor a kernel call, two all-reduces a layer and"
+                 " a hop a stage: ≤ marks a link latency the catalog does not have. unknown = not in"
+                 " the catalog, never guessed.")
     out = console()
     for line in lines:
         out.print(line)
     out.print(t)
+
+
+def _print_splits(step: Step, rows) -> None:
+    from rich.table import Table
+    from .report import console, fmt_time
+    unk = "[dim]unknown[/]"
+    t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
+    for col in ("chip", "tp", "pp", "chips", "holds", "kernels", "of which floors", "all-reduces",
+                "hops", "step", "tok/s a sequence", "tok/s (batch)"):
+        t.add_column(col, justify="left" if col == "chip" else "right")
+    for p, s in rows:
+        ub = "≤ " if s.upper_bound else ""
+        t.add_row(s.chip, str(s.tp), str(s.pp), str(s.chips),
+                  {True: "yes", False: "[red]no[/]", None: unk}[s.holds],
+                  fmt_time(s.kernel_time_s) if s.kernel_time_s is not None else unk,
+                  fmt_time(s.floor_time_s),
+                  fmt_time(s.collective_time_s) if s.collective_time_s is not None else unk,
+                  fmt_time(s.hop_time_s) if s.hop_time_s is not None else unk,
+                  fmt_time(s.step_time_s) if s.step_time_s else unk,
+                  ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
+                  ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk)
+    t.caption = ("pipeline stages add at batch 1; ≤: the link latency is unknown, only the "
+                 "collective's bandwidth term is charged. Link figures: the catalog, or measured "
+                 "allreduce records given with --from.")
+    console().print(t)
 
 
 def register(sub) -> None:
@@ -299,8 +395,17 @@ def register(sub) -> None:
     p.add_argument("--efficiency", type=float, metavar="E",
                    help="fraction of datasheet bandwidth reached (default 1.0)")
     p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl",
-                   help="take the efficiency from measured %% of roof in a results file")
-    p.add_argument("--json", action="store_true", help="one JSON object per chip")
+                   help="a results file: measured %% of roof sets the efficiency; measured "
+                        "allreduce records set the link cost")
+    p.add_argument("--tp", type=_positive("--tp"), action="append", metavar="N",
+                   help="tensor-parallel degree (repeatable: one row each)")
+    p.add_argument("--pp", type=_positive("--pp"), metavar="M",
+                   help="pipeline stages (default: the fewest that hold the model at that --tp)")
+    p.add_argument("--kernel-floor-us", type=_nonneg_float, default=DEFAULT_FLOOR_US,
+                   metavar="US", help="fixed cost of every kernel call (default %(default)g µs)")
+    p.add_argument("--plot", metavar="PNG", help="draw tokens/s a sequence against chips")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per chip (per chip and --tp with --tp)")
     p.set_defaults(func=cmd_project)
     run = sub.choices.get("run")
     if run is not None:

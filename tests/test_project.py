@@ -109,7 +109,7 @@ def test_project_cli_json_and_from(tmp_path, capsys):
     assert r["efficiency"] == pytest.approx(0.8) and "measured roof" in r["efficiency_source"]
     assert main(["project", "--model", "mixtral-8x7b", "--batch", "8"]) == 0  # table renders
     out = capsys.readouterr().out
-    assert "groq-lpu" in out and "INTERCONNECT" in out and "unknown" in out
+    assert "groq-lpu" in out and "all-reduces a layer" in out and "unknown" in out
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -173,3 +173,107 @@ def test_model_cases_and_step_sum(tmp_path):
     hot = [{**r, "impl": "hot", "warm": True, "time_s": {"median": 1e-6}} for r in records]
     s3 = step_summary(args.model_step, records + hot, roof_gbps=10.0)  # warm timings never count
     assert s3["measured_step_s"] == pytest.approx(s["measured_step_s"])
+
+
+# --- splits: tensor parallel, pipeline stages, links ---------------------------------------------
+
+from bench.project import (LinkModel, kernel_calls, link_model, project_split,  # noqa: E402
+                           smallest_split)
+from backends import load_catalog  # noqa: E402
+
+
+def test_more_chips_never_go_below_the_floors():
+    s = step70(w="int4")
+    floor = 5e-6
+    for chip in ("h100-sxm", "mi300x", "groq-lpu", "cerebras-wse3", "tpu-v5e"):
+        c = lookup_chip(chip)
+        times = [project_split(s, c, tp, 1, floor_s=floor).step_time_s for tp in (1, 2, 4, 8, 64)]
+        assert all(t >= kernel_calls(s) * floor for t in times), chip
+        assert times[-1] > kernel_calls(s) * floor  # bytes and links still cost something
+
+
+def test_pipeline_stages_add_at_batch_1():
+    s, c = step70(w="int4"), lookup_chip("h100-sxm")
+    one = project_split(s, c, 1, 1)
+    two = project_split(s, c, 1, 2)
+    assert two.kernel_time_s == pytest.approx(one.kernel_time_s)  # the same work, one after another
+    assert two.step_time_s > one.step_time_s and two.hop_time_s > 0
+    assert two.tokens_per_s < one.tokens_per_s
+
+
+def test_tensor_parallel_pays_two_allreduces_a_layer():
+    s, c = step70(), lookup_chip("h100-sxm")
+    L, H = s.model.num_hidden_layers, s.model.hidden_size
+    sp = project_split(s, c, 8, 1)
+    one = 6e-6 + (H * 2) * 2 * 7 / 8 / 450e9  # the catalog's latency + ring bytes / link
+    assert sp.collective_time_s == pytest.approx(2 * L * one)
+    assert not sp.upper_bound
+    assert project_split(s, c, 1, 1).collective_time_s == 0
+
+
+def test_unknown_link_latency_is_an_upper_bound_and_unknown_link_is_unknown():
+    s = step70(w="int4")
+    h200 = project_split(s, lookup_chip("h200"), 4, 1)  # no published latency: bandwidth only
+    assert h200.upper_bound and h200.tokens_per_s is not None
+    trn = project_split(s, lookup_chip("trainium2"), 4, 1)  # link bandwidth unknown
+    assert trn.collective_time_s is None and trn.tokens_per_s is None
+    assert project_split(s, lookup_chip("trainium2"), 1, 1).tokens_per_s is not None
+
+
+def test_measured_allreduce_records_set_the_link():
+    recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": b, "world_size": 2},
+             "time_s": {"median": t}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
+    link = link_model(lookup_chip("h200"), recs)
+    assert link.allreduce_s(8192, 2) == (pytest.approx(10e-6), False)
+    assert link.allreduce_s(36864, 2)[0] == pytest.approx(15e-6)  # between the two sizes
+    assert link.allreduce_s(131072, 2)[0] == pytest.approx(40e-6)  # bandwidth-bound above
+    assert link.allreduce_s(8192, 4)[1]  # no record at 4 ranks: the catalog, latency unknown
+    sp = project_split(step70(), lookup_chip("h200"), 2, 1, link=link)
+    assert not sp.upper_bound and "measured" in sp.link_source
+
+
+def test_smallest_split_holds_the_model():
+    s = step70()
+    for c in load_catalog().values():
+        p = project(s, c)
+        if p.chips_needed is None:
+            assert p.split is None
+            continue
+        tp, pp = smallest_split(s, c, p.chips_needed)
+        assert tp * pp >= p.chips_needed and pp <= s.model.num_hidden_layers, c.id
+        if c.interconnect.group and p.chips_needed <= c.interconnect.group:
+            assert (tp, pp) == (p.chips_needed, 1), c.id  # tensor parallel within the group
+        assert p.split["holds"] in (True, None), c.id
+
+
+def test_project_tp_json_and_table(capsys):
+    assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--tp", "1",
+                 "--tp", "8", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["tp"], r["pp"]) for r in rows] == [(1, 2), (8, 1)]
+    for r in rows:
+        assert {"tp", "pp", "collective_time_s", "floor_s", "tokens_per_s"} <= r.keys()
+        assert r["tokens_per_s"] == pytest.approx(1 / r["step_time_s"])
+    assert rows[1]["tokens_per_s"] > rows[0]["tokens_per_s"]
+    for chip in load_catalog():  # every catalog chip, unknowns shown as unknown
+        assert main(["project", "--model", "llama-3-8b", "--chip", chip, "--tp", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "splits" in out and "unknown" in out
+
+
+def test_project_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "scale.png"
+    assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--chip", "mi300x",
+                 "--tp", "1", "--tp", "2", "--tp", "4", "--plot", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["project", "--model", "llama-3-8b", "--pp", "2"], "--pp needs --tp"),
+    (["project", "--model", "llama-3-8b", "--tp", "2", "--pp", "99"], "more stages than"),
+    (["project", "--model", "llama-3-8b", "--tp", "0"], "at least 1"),
+    (["project", "--model", "llama-3-8b", "--kernel-floor-us", "-1"], ">= 0"),
+])
+def test_split_bad_inputs(capsys, argv, msg):
+    assert msg in one_error_line(capsys, argv)
