@@ -106,7 +106,7 @@ def _opcode(ins: str) -> str:
 
 def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]]:
     """(op, jit fn, runtime arg types, M = 1 constexprs, 16-byte aligned args, configs)."""
-    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_bf16 as bf
     import kernels.gemv.triton_w4 as w4
     import kernels.gemv.triton_w8 as w8
     plans = []
@@ -136,7 +136,7 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
 def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
     GEMV's also depend on BLOCK_M)."""
-    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_bf16 as bf
     import kernels.gemv.triton_w4 as w4
     import kernels.gemv.triton_w8 as w8
     kern = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}[name]

@@ -159,15 +159,15 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
     """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv_*.py), bf16 activations."""
-    from kernels.gemv import ops as gemv_bf16, triton_w4 as gemv_w4, triton_w8 as gemv_w8
+    from kernels.gemv import weight_bytes_bf16, weight_bytes_w4, weight_bytes_w8
     if precision == "bf16":
-        return gemv_bf16.weight_bytes(N, K, torch.bfloat16)
+        return weight_bytes_bf16(N, K, torch.bfloat16)
     if precision == "int8":
-        return gemv_w8.weight_bytes(N, K, torch.bfloat16)
+        return weight_bytes_w8(N, K, torch.bfloat16)
     if precision == "int4":
         if K % group:
             raise ConfigError(f"K={K} is not a multiple of the INT4 group size {group}")
-        return gemv_w4.weight_bytes(N, K, group, torch.bfloat16)
+        return weight_bytes_w4(N, K, group, torch.bfloat16)
     raise ConfigError(f"unknown weight precision {precision!r} (known: {', '.join(WEIGHT_PRECISIONS)})")
 
 

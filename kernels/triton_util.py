@@ -68,46 +68,6 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     return deco
 
 
-def without_ptx(cfg: Any) -> Any:
-    """A copy of `cfg` that converts codes in Triton rather than in inline PTX (ASM=0): the
-    interpreter runs no PTX, but everything else about the config can still be checked there."""
-    if not cfg.kwargs.get("ASM"):
-        return cfg
-    return triton.Config({**cfg.kwargs, "ASM": 0}, num_warps=cfg.num_warps,
-                         num_stages=cfg.num_stages)
-
-
-def word_gemv_configs(tiles: tuple) -> list:
-    """The quantized GEMVs' M <= 4 configs: each (BLOCK_N, BLOCK_K, warps, stages) tile with the
-    PTX code conversion (ASM=1), also with PREFETCH where the tile has at most 16 K codes (it
-    holds two steps of words); the first tile also with the Triton conversion (ASM=0, 1.3x the
-    loop's instructions on sm_90), so each tuning records what the PTX buys."""
-    def cfg(tile: tuple, asm: int, pf: int) -> Any:
-        bn, bk, nw, ns = tile
-        return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf},
-                             num_warps=nw, num_stages=ns)
-    return ([cfg(t, 1, 0) for t in tiles] + [cfg(t, 1, 1) for t in tiles if t[0] * t[1] <= 16384]
-            + [cfg(tiles[0], 0, 0)])
-
-
-def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
-    """A kernel with a GEMV path and a tl.dot path (USE_DOT): all its configs, `configs_for(
-    use_dot)` (under the interpreter with PTX swapped for the Triton twin) and the tuner's prune
-    (each launch tries only its own path's configs, and X3D ones, an M = 1 layout, only at
-    BLOCK_M = 1: elsewhere they would run as their X3D=0 twin)."""
-    dot_ids = {id(c) for c in dot}
-
-    def configs_for(use_dot: bool) -> list:
-        configs = dot if use_dot else gemv
-        return [without_ptx(c) for c in configs] if INTERPRET else configs
-
-    def prune(configs: list, nargs: dict, **kw: Any) -> list:
-        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))
-                and (kw.get("BLOCK_M") == 1 or not c.kwargs.get("X3D"))]
-
-    return gemv + dot, configs_for, prune
-
-
 def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
     """The meta-parameters a launcher passes: a test's forced config (tests/helpers.FixedConfig),
     else the interpreter's fixed set, else with DECODEWALL_AUTOTUNE=0 the first config that can

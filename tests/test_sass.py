@@ -48,7 +48,7 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     pytest.importorskip("triton")
     import bench.sass as sass
     from kernels import OPS  # noqa: F401  (registers the kernels)
-    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_bf16 as bf
     import kernels.gemv.triton_w4 as w4
     import kernels.gemv.triton_w8 as w8
     seen = []

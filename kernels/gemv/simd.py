@@ -28,6 +28,8 @@ import ctypes
 import torch
 
 from ..cbuild import CLibrary
+from ..registry import register_impl
+from .ops import check_w4_args, check_w8_args
 
 W4_PREFETCH = 4096  # bytes ahead the tiled INT4 loop prefetches (into L1)
 W4_TILE_BLOCK = 32  # tiles per block in the tiled INT4 layout (W4_TB in the C)
@@ -892,6 +894,46 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)
+
+
+# --- the impls --------------------------------------------------------------------------------
+
+@register_impl("gemv_w8", "simd_c", backends=("cpu",), kind="compiled")
+def simd_c_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel (kernels/gemv/simd.c): int8 widened in registers, OpenMP over rows."""
+    check_w8_args(x, qweight, scales)
+    return gemv_w8(x, qweight, scales, out=out)
+
+
+@register_impl("gemv_w4", "simd_c", backends=("cpu",), kind="compiled")
+def simd_c_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel (kernels/gemv/simd.c) reading our layout in place: in-register
+    unpack (one AND per 8 nibbles on AMD), zero point hoisted out of the loop."""
+    check_w4_args(x, qweight, scales, zeros, group_size)
+    return gemv_w4(x, qweight, scales, zeros, group_size, out=out)
+
+
+def _prepare_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                   zeros: torch.Tensor, group_size: int) -> tuple:
+    """Reorder the packed bytes into blocks of 4-row tiles once, outside timing, as the builtins
+    repack (the same bytes: the byte count is unchanged)."""
+    check_w4_args(x, qweight, scales, zeros, group_size)
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"simd_c_tiled runs on the CPU, not {x.device.type}")
+    tiled = x.shape[1] % 64 == 0
+    return x, tile_int4_rows(qweight) if tiled else qweight, scales, zeros, group_size, tiled
+
+
+@register_impl("gemv_w4", "simd_c_tiled", backends=("cpu",), kind="compiled", prepare=_prepare_tiled)
+def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one
+    contiguous stream instead of 4 streams 4 KiB apart that share L1 sets, walked in K-blocks of
+    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1 the M = 1 kernel runs
+    once per row of x (faster here than a row-by-row M > 1 loop over tiles)."""
+    return gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 
 __all__ = ["C_SOURCE", "library", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",

@@ -105,7 +105,7 @@ def test_triton_gemv_every_config_interpreted(use_dot, monkeypatch):
     from kernels.triton_util import HAS_TRITON, INTERPRET
     if not (HAS_TRITON and INTERPRET):
         pytest.skip("needs triton under TRITON_INTERPRET=1")
-    import kernels.gemv.ops as mod
+    import kernels.gemv.triton_bf16 as mod
     from tests.helpers import check_every_config
     check_every_config(monkeypatch, mod, "_gemv_kernel", use_dot,
                        _gemv_check(GemvShape(6 if use_dot else 1, 20, 1100), torch.float16, "cpu"))
@@ -135,7 +135,7 @@ def test_triton_gemv_cuda(M, N, K, dtype):
 @pytest.mark.parametrize("use_dot", [False, True])
 def test_triton_gemv_every_config_cuda(use_dot, monkeypatch):
     """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
-    import kernels.gemv.ops as mod
+    import kernels.gemv.triton_bf16 as mod
     from tests.helpers import check_every_config
     shape = GemvShape(16, 1000, 3000) if use_dot else GemvShape(1, 4096, 4100)
     check_every_config(monkeypatch, mod, "_gemv_kernel", use_dot,

@@ -9,7 +9,7 @@ from kernels import triton_util  # noqa: E402
 
 
 def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
-    import kernels.gemv.ops as bf
+    import kernels.gemv.triton_bf16 as bf
     import kernels.gemv.triton_w4 as w4
     import kernels.gemv.triton_w8 as w8
     for kern, fixed in ((w4._w4_kernel, {"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1}),

@@ -1,0 +1,94 @@
+"""Triton GEMV for 16-bit (or fp32) weights: `triton_gemv`, an impl of `gemv_bf16`.
+
+One program owns BLOCK_N output columns for BLOCK_M rows of x and streams its [BLOCK_N, K] slab
+of w. At M <= 4 it takes inner products in fp32 registers, with ACC3 a [BLOCK_M, BLOCK_N,
+BLOCK_K] accumulator of plain FMAs reduced once after the loop instead of a cross-thread
+reduction every step; above, `tl.dot` (M padded to 16, see triton_common.batch_path).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..registry import register_impl
+from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
+from .triton_common import batch_path, load_xw
+
+# (BLOCK_N, BLOCK_K, warps) x ACC3: wide K steps won on an H200 (results/h200/); ACC3 keeps a
+# [BLOCK_M, BLOCK_N, BLOCK_K] accumulator of plain FMAs and reduces it once after the loop,
+# instead of a cross-thread reduction every step.
+_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ACC3": acc3}, num_warps=nw, num_stages=3)
+    for bn, bk, nw in ((16, 512, 4), (8, 1024, 4), (4, 2048, 4), (16, 1024, 8), (8, 2048, 8),
+                       (32, 512, 8), (32, 512, 4), (64, 256, 4))
+    for acc3 in (1, 0)
+]
+
+
+def _prune(configs: list, nargs: dict, **kw) -> list:
+    if kw.get("USE_DOT"):  # tl.dot: 16 rows at least, no 3-D accumulator
+        return [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["ACC3"]]
+    if kw.get("BLOCK_M", 1) > 1:  # the 3-D accumulator is BLOCK_M times larger
+        return [c for c in configs if not c.kwargs["ACC3"]] + \
+            [c for c in configs if c.kwargs["ACC3"] and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 4096]
+    return configs
+
+
+@autotune_or_fixed(_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1},
+                   prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 ACC3: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
+    # One program owns BLOCK_N output columns for BLOCK_M rows of x and streams its slab of w.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # the 3-D accumulator's depth (1 where unused: tl.dot, or ACC3 off)
+    KA: tl.constexpr = 1 + (BLOCK_K - 1) * ACC3 * (1 - USE_DOT)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N, KA), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x, w = load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm,
+                       stride_wn, BLOCK_K)
+        if USE_DOT:
+            if IEEE:
+                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.dot(x, tl.trans(w))
+        elif ACC3:
+            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        else:
+            # M is tiny: an inner product per (m, n) in fp32 registers, no tensor cores needed.
+            acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    if KA > 1:
+        acc = tl.sum(acc3, axis=2)
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y,
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+_gemv_kernel.configs_for = lambda use_dot, block_m=1: _prune(_CONFIGS, {}, USE_DOT=use_dot,
+                                                             BLOCK_M=block_m)
+
+
+@register_impl("gemv_bf16", "triton_gemv", backends=TRITON_BACKENDS, kind="triton")
+def triton_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written Triton GEMV: fp32 accumulation, tl.dot once M > 4."""
+    M, K = x.shape
+    N = w.shape[0]
+    if w.shape[1] != K:
+        raise ValueError(f"x has K={K} but w has K={w.shape[1]}")
+    x = x.contiguous()
+    w = w.contiguous()
+    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    use_dot, block_m = batch_path(M)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))
+    _gemv_kernel[grid](x, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0),
+                       BLOCK_M=block_m, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
+                       **launch_meta(_gemv_kernel, use_dot))
+    return y

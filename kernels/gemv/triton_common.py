@@ -1,0 +1,99 @@
+"""What the three Triton GEMV kernels share: the path a batch takes, the K-step load, when to split
+K, and the config families the INT8 and INT4 kernels tune over.
+
+Two paths by the batch M. Up to M = 4 a GEMV: each program keeps a per-thread inner product in
+fp32 registers, and tensor cores would idle on rows of zeros. Above, `tl.dot`, which needs 16
+rows at least: M is padded to a power of two of 16 to 64 rows (BLOCK_M), more rows take more
+programs along the grid's M axis.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import num_sms
+from ..triton_util import INTERPRET
+
+GEMV_MAX_M = 4  # the largest batch on the GEMV path; above it tl.dot
+
+
+def batch_path(M: int) -> tuple[bool, int]:
+    """(use tl.dot, BLOCK_M) for a batch of M rows (see the module docstring)."""
+    if M > GEMV_MAX_M:
+        return True, max(16, triton.next_power_of_2(min(M, 64)))
+    return False, triton.next_power_of_2(M)
+
+
+@triton.jit
+def load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm, stride_wn,
+            BLOCK_K: tl.constexpr):
+    """x[BLOCK_M, BLOCK_K] and w[BLOCK_N, BLOCK_K] at k0, zero past K (the GEMVs' K step)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+    w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
+                mask=n_mask[:, None] & k_mask[None, :], other=0)
+    return x, w
+
+
+def split_k_for(n_tiles: int, K: int, device: torch.device) -> int:
+    """Split K only when even the smallest row tiles (the caller counts them) leave SMs idle:
+    a split costs a zeroed fp32 workspace, atomics and a copy into y, two extra launches that
+    cost a short GEMV (8 us at 8192 x 8192 INT4 on an H100) a visible share of its time."""
+    sms = num_sms(device)
+    if sms is None:
+        return 1
+    split = 1
+    while n_tiles * split < sms and K // (split * 2) >= 1024:
+        split *= 2
+    return split
+
+
+# --- the quantized GEMVs' configs -------------------------------------------------------------
+
+def without_ptx(cfg: Any) -> Any:
+    """A copy of `cfg` that converts codes in Triton rather than in inline PTX (ASM=0): the
+    interpreter runs no PTX, but everything else about the config can still be checked there."""
+    if not cfg.kwargs.get("ASM"):
+        return cfg
+    return triton.Config({**cfg.kwargs, "ASM": 0}, num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages)
+
+
+def word_gemv_configs(tiles: tuple) -> list:
+    """The quantized GEMVs' M <= 4 configs: each (BLOCK_N, BLOCK_K, warps, stages) tile with the
+    PTX code conversion (ASM=1), also with PREFETCH where the tile has at most 16 K codes (it
+    holds two steps of words); the first tile also with the Triton conversion (ASM=0, 1.3x the
+    loop's instructions on sm_90), so each tuning records what the PTX buys."""
+    def cfg(tile: tuple, asm: int, pf: int) -> Any:
+        bn, bk, nw, ns = tile
+        return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": asm, "PREFETCH": pf},
+                             num_warps=nw, num_stages=ns)
+    return ([cfg(t, 1, 0) for t in tiles] + [cfg(t, 1, 1) for t in tiles if t[0] * t[1] <= 16384]
+            + [cfg(tiles[0], 0, 0)])
+
+
+def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
+    """A kernel with a GEMV path and a tl.dot path (USE_DOT): all its configs, `configs_for(
+    use_dot)` (under the interpreter with PTX swapped for the Triton twin) and the tuner's prune
+    (each launch tries only its own path's configs, and X3D ones, an M = 1 layout, only at
+    BLOCK_M = 1: elsewhere they would run as their X3D=0 twin)."""
+    dot_ids = {id(c) for c in dot}
+
+    def configs_for(use_dot: bool) -> list:
+        configs = dot if use_dot else gemv
+        return [without_ptx(c) for c in configs] if INTERPRET else configs
+
+    def prune(configs: list, nargs: dict, **kw: Any) -> list:
+        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))
+                and (kw.get("BLOCK_M") == 1 or not c.kwargs.get("X3D"))]
+
+    return gemv + dot, configs_for, prune
+
+
+__all__ = ["GEMV_MAX_M", "batch_path", "load_xw", "split_k_for", "two_paths", "without_ptx",
+           "word_gemv_configs"]
