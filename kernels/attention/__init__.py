@@ -1,4 +1,14 @@
-"""Paged decode attention: `paged_attention` and `paged_attention_kv8`."""
+"""Paged decode attention: `paged_attention` and `paged_attention_kv8` (INT8 KV cache).
+
+Read in this order: ops.py (the paged KV layout, inputs, float64 reference, byte count),
+pytorch.py (the PyTorch impls), simd.py and simd.c (the CPU kernel in C), triton_paged.py (the
+Triton kernels). Importing this package registers the ops and every impl.
+"""
+from ..triton_util import HAS_TRITON
 from .ops import PagedAttentionShape, build_inputs, kv_bytes_per_token
+from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
+
+if HAS_TRITON:
+    from . import triton_paged  # noqa: F401  (registers the Triton impls)
 
 __all__ = ["PagedAttentionShape", "build_inputs", "kv_bytes_per_token"]

@@ -25,6 +25,8 @@ import ctypes
 import torch
 
 from ..cbuild import CLibrary
+from ..registry import register_impl
+from .ops import validate
 
 C_SOURCE = r"""
 #include <stdint.h>
@@ -337,7 +339,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
                     seq_lens: torch.Tensor, scale: float, k_scale: torch.Tensor | None = None,
                     v_scale: torch.Tensor | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """Inputs already validated by the op (kernels/paged_attention.py); CPU, contiguous."""
+    """Inputs already validated by the op (ops.validate); CPU, contiguous."""
     if q.device.type != "cpu":
         raise NotImplementedError(f"the C attention kernel runs on the CPU, not {q.device.type}")
     B, Hq, D = q.shape
@@ -372,3 +374,22 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
     if out is None:
         return res.to(q.dtype)  # a new tensor: o32 is a reused buffer
     return out.copy_(res)
+
+
+# --- the impls --------------------------------------------------------------------------------
+
+@register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=validate)
+def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel: one fp32 online-softmax pass per (sequence, KV head[, split])."""
+    return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
+                                               out=out)
+
+
+@register_impl("paged_attention_kv8", "simd_c", backends=("cpu",), kind="compiled",
+               prepare=validate)
+def simd_c_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written AVX2 C kernel: int8 rows widened in registers, scales folded into s and p."""
+    return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
+                                               k_scale, v_scale, out=out)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import kernels.attention.ops as pa
+import kernels.attention.pytorch as pt
 from kernels import OPS, rel_err
+from kernels.triton_util import HAS_TRITON
 from kernels.attention.ops import PagedAttentionShape as Shape
 from kernels.attention.ops import build_inputs, bytes_moved
 
@@ -120,8 +122,8 @@ def test_impls_match_reference(op_name, case):
 @pytest.mark.parametrize("cpu_flash", [True, False])
 def test_torch_chunked_many_chunks(op_name, cpu_flash, monkeypatch):
     """Small chunks: sequences drop out at different chunks, ends land mid-chunk, LSE merges."""
-    monkeypatch.setattr(pa, "CHUNK_TOKENS", 32)
-    monkeypatch.setattr(pa, "CPU_FLASH", cpu_flash and pa.CPU_FLASH)
+    monkeypatch.setattr(pt, "CHUNK_TOKENS", 32)
+    monkeypatch.setattr(pt, "CPU_FLASH", cpu_flash and pt.CPU_FLASH)
     op = OPS[op_name]
     impl = op.impls["torch_chunked"]
     for dtype in (F32, BF16):
@@ -146,13 +148,14 @@ def test_triton_split_kv_many_splits(op_name):
 
 
 def test_auto_split_policy():
-    if not hasattr(pa, "auto_splits"):
+    if not HAS_TRITON:
         pytest.skip("no triton")
+    from kernels.attention.triton_paged import auto_splits
     h100 = 132  # SMs of an H100 SXM
-    assert pa.auto_splits(64, 8, 4096, h100) == 1  # enough (sequence, head) programs
-    assert pa.auto_splits(8, 8, 512, h100) == 1  # short context: nothing to split
-    assert pa.auto_splits(1, 8, 32768, h100) > 8  # one long sequence: split it
-    assert pa.auto_splits(1, 8, 32768, None) == 1  # no GPU to fill
+    assert auto_splits(64, 8, 4096, h100) == 1  # enough (sequence, head) programs
+    assert auto_splits(8, 8, 512, h100) == 1  # short context: nothing to split
+    assert auto_splits(1, 8, 32768, h100) > 8  # one long sequence: split it
+    assert auto_splits(1, 8, 32768, None) == 1  # no GPU to fill
 
 
 # --- garbage that must not be read ------------------------------------------------------------
@@ -227,7 +230,7 @@ def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype):
         assert_garbage_ignored(name, impl, args, kv8, dev, base)
         ran.append(name)
     assert {"gather_sdpa", "torch_chunked", "simd_c"} <= set(ran)
-    if pa.HAS_TRITON and dtype != BF16:
+    if HAS_TRITON and dtype != BF16:
         assert {"triton_onepass", "triton_splitkv", "triton"} <= set(ran)
 
 
