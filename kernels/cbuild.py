@@ -1,21 +1,25 @@
-"""Build, cache and load the hand-written C kernels (kernels/cpu_simd.py, paged_attention_cpu.py).
+"""Build, cache and load the hand-written C kernels: the `.c` files shipped in the package, each
+beside the module that wraps it (gemv/simd.c, attention/simd.c, probes/simd.c).
 
 They are compiled on first use with the machine's own compiler and `-march=native`, so they use
 whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
-tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3); the shared object is cached under ~/.cache/decodewall/cext (or
-$DECODEWALL_CACHE) keyed by source, compiler, flags and CPU. Without a compiler, or on a CPU
-without the instructions a kernel needs, calls raise NotImplementedError and the runner records
-the impl as skipped with that reason.
+tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3). A source file may include the
+headers of its own folder. The shared object is cached under ~/.cache/decodewall/cext (or
+$DECODEWALL_CACHE) keyed by the source and those headers, compiler, flags and CPU. Without a
+compiler, or on a CPU without the instructions a kernel needs, calls raise NotImplementedError
+and the runner records the impl as skipped with that reason.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +38,15 @@ def cache_dir() -> str:
     return os.path.join(base, "cext")
 
 
+def define(source: Path, name: str) -> int:
+    """The integer of `#define NAME <int>` in a C file: a layout constant the C and its Python
+    wrapper share, defined once, in the C."""
+    m = re.search(rf"^#define {re.escape(name)} (\d+)\b", source.read_text(), re.M)
+    if m is None:
+        raise LookupError(f"no '#define {name} <int>' in {source}")
+    return int(m.group(1))
+
+
 def _cpuinfo() -> bytes:
     try:
         with open("/proc/cpuinfo", "rb") as f:
@@ -43,20 +56,31 @@ def _cpuinfo() -> bytes:
 
 
 class CLibrary:
-    """One C source built lazily into a shared library, with its functions' ctypes signatures.
+    """One C source file built lazily into a shared library, with its functions' ctypes signatures.
 
-    `signatures` maps function name -> (argtypes, restype); `needs` lists /proc/cpuinfo flags the
-    code cannot run without. The build is attempted once per process; a failure is remembered.
+    `source` is the .c file (it may include headers from its own folder); `signatures` maps
+    function name -> (argtypes, restype); `needs` lists /proc/cpuinfo flags the code cannot run
+    without; `march` overrides -march (default native, or $DECODEWALL_MARCH). The build is
+    attempted once per process; a failure is remembered.
     """
 
-    def __init__(self, name: str, source: str, signatures: dict[str, tuple[list, Any]],
+    def __init__(self, name: str, source: Path, signatures: dict[str, tuple[list, Any]],
                  needs: tuple[str, ...] = (), libs: tuple[str, ...] = (),
                  march: str | None = None) -> None:
-        self.name, self.source, self.signatures = name, source, signatures
+        self.name, self.source, self.signatures = name, Path(source), signatures
         self.needs, self.libs, self.march = needs, libs, march
         self._lib: ctypes.CDLL | None = None
         self._error: str | None = None
         self._scratch: dict[str, torch.Tensor] = {}
+
+    def for_march(self, march: str) -> CLibrary:
+        """The same library built for another -march (a separate build and cache entry)."""
+        return CLibrary(self.name, self.source, self.signatures, self.needs, self.libs, march)
+
+    def text(self) -> bytes:
+        """What the build reads: the source, then the headers of its folder (sorted by name)."""
+        headers = sorted(self.source.parent.glob("*.h"))
+        return b"".join(p.read_bytes() for p in (self.source, *headers))
 
     def _build(self) -> ctypes.CDLL:
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -68,19 +92,17 @@ class CLibrary:
             raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
                                       f"this CPU lacks {', '.join(missing)}")
         fl = flags(self.march)
-        key = hashlib.sha256(self.source.encode() + " ".join([cc, *fl, *self.libs]).encode()
+        key = hashlib.sha256(self.text() + " ".join([cc, *fl, *self.libs]).encode()
                              + cpu[:4096] + sys.platform.encode()).hexdigest()[:16]
         path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with tempfile.TemporaryDirectory() as tmp:
-                src, out = os.path.join(tmp, "k.c"), os.path.join(tmp, "k.so")
-                with open(src, "w") as f:
-                    f.write(self.source)
-                r = subprocess.run([cc, *fl, src, "-o", out, *self.libs], capture_output=True,
+                src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
+                r = subprocess.run([cc, *fl, inc, src, "-o", out, *self.libs], capture_output=True,
                                    text=True)
                 if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                    r = subprocess.run([cc, *fl[:-1], src, "-o", out, *self.libs],
+                    r = subprocess.run([cc, *fl[:-1], inc, src, "-o", out, *self.libs],
                                        capture_output=True, text=True)
                 if r.returncode != 0:
                     raise NotImplementedError(

@@ -41,9 +41,10 @@ def check_impl(op, name: str, shape, dtype, device: str = "cpu", seed: int = 0, 
     return err
 
 
-def build_baseline_x86(source: str, signatures: dict, tmp_path: Path):
-    """`source` built for a baseline x86-64 (no AVX2/F16C, as on CPUs without them), loaded with
-    `signatures`; skips the test where that cannot be built."""
+def build_baseline_x86(library, tmp_path: Path):
+    """The C source of `library` (a kernels.cbuild.CLibrary) built for a baseline x86-64 (no
+    AVX2/F16C, as on CPUs without them), loaded with its signatures; skips the test where that
+    cannot be built."""
     import ctypes
     import platform
     import shutil
@@ -52,12 +53,12 @@ def build_baseline_x86(source: str, signatures: dict, tmp_path: Path):
     cc = shutil.which("cc") or shutil.which("gcc")
     if platform.machine() not in ("x86_64", "AMD64") or cc is None:
         pytest.skip("needs an x86-64 C compiler")
-    (tmp_path / "k.c").write_text(source)
-    r = subprocess.run([cc, "-O1", "-march=x86-64", "-fPIC", "-shared", str(tmp_path / "k.c"),
-                        "-o", str(tmp_path / "k.so"), "-lm"], capture_output=True, text=True)
+    r = subprocess.run([cc, "-O1", "-march=x86-64", "-fPIC", "-shared", f"-I{library.source.parent}",
+                        str(library.source), "-o", str(tmp_path / "k.so"), "-lm"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
     lib = ctypes.CDLL(str(tmp_path / "k.so"))
-    for fn, (argtypes, restype) in signatures.items():
+    for fn, (argtypes, restype) in library.signatures.items():
         getattr(lib, fn).argtypes, getattr(lib, fn).restype = argtypes, restype
     return lib
 

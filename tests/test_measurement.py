@@ -98,7 +98,7 @@ def test_c_read_probe_sums_every_element(n):
 
 
 def test_c_read_probe_without_avx2_or_openmp(tmp_path):
-    lib = helpers.build_baseline_x86(probes_cpu.C_SOURCE, probes_cpu.library.signatures, tmp_path)
+    lib = helpers.build_baseline_x86(probes_cpu.library, tmp_path)
     for n in (5, 4 * 128 * 3 + 17, 100_003):
         x = torch.rand(n) + 0.5
         assert abs(lib.read_sum(x.data_ptr(), n, 2) / x.double().sum().item() - 1) < 1e-6

@@ -14,7 +14,6 @@ from kernels import OPS
 from kernels.attention import simd as paged_attention_cpu
 from kernels.gemv import simd as cpu_simd
 from kernels.probes import simd as probes_cpu
-from kernels.cbuild import CLibrary
 from kernels.gemv import GemvW4Shape
 from kernels.gemv import GemvW8Shape
 from kernels.attention.ops import PagedAttentionShape
@@ -68,8 +67,7 @@ def built(request, tmp_path_factory):
     try:
         for mod in (cpu_simd, paged_attention_cpu, probes_cpu):
             lib = mod.library
-            libs[mod] = CLibrary(lib.name, lib.source, lib.signatures, lib.needs, lib.libs,
-                                 march=march)
+            libs[mod] = lib.for_march(march)
             try:
                 libs[mod]()
             except NotImplementedError as e:

@@ -33,7 +33,7 @@ def store(lib, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def test_store_out_rounds_like_torch(dtype, tmp_path):
     y = values()
     for lib in (cpu_simd.library(),  # AVX2/F16C vector loop and the scalar tail (numel % 8 != 0)
-                helpers.build_baseline_x86(cpu_simd.C_SOURCE, cpu_simd.library.signatures, tmp_path)):
+                helpers.build_baseline_x86(cpu_simd.library, tmp_path)):
         out = store(lib, y, dtype)
         assert torch.equal(out.view(torch.int16), y.to(dtype).view(torch.int16))
         nan = store(lib, torch.full((11,), float("nan")), dtype)

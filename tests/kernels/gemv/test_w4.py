@@ -276,7 +276,7 @@ def test_cuda_impls(name, dtype, shape):
 def test_scalar_fallback_without_avx2(tmp_path):
     """The C source built for a baseline x86-64 (no AVX2/F16C, as on CPUs without them) still
     computes both layouts correctly: its scalar path must know the tiled layout too."""
-    lib = helpers.build_baseline_x86(cpu_simd.C_SOURCE, cpu_simd.library.signatures, tmp_path)
+    lib = helpers.build_baseline_x86(cpu_simd.library, tmp_path)
     assert lib.w4_denormal_unpack() == 0
     for shape, tiled in ((GemvW4Shape(1, 13, 512, 128), True), (GemvW4Shape(3, 10, 256, 32), True),
                          (GemvW4Shape(1, 5, 96, 32), False), (GemvW4Shape(1, 134, 2 * KBK, 128), True),

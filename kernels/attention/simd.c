@@ -1,0 +1,304 @@
+/* Paged decode attention for the CPU (AVX2 + FMA + F16C, OpenMP), one fp32 online-softmax pass.
+   Built and loaded by kernels/cbuild.py, called through ctypes by simd.py (which says why C).
+
+   Each K and V row is read once, straight from its block, converted in registers; the softmax
+   and the output accumulator stay in fp32:
+   - one task per (sequence, token split) walks the sequence's blocks, each block whole (all KV
+     heads, K then V) while the V rows in use and the next (block, head)'s K rows are prefetched
+     a few lines per step: the table defeats hardware prefetch;
+   - all G query heads of a KV head share each K/V row;
+   - scores: two tokens x four query heads per step (8 accumulators, reduced together), so every
+     q vector loaded from L1 feeds two FMAs and every K vector four;
+   - P.V: per 16-wide slice of D, the four heads' accumulators stay in registers across a whole
+     block of tokens, each broadcast p feeding two FMAs; INT8 KV folds k_scale into the score and
+     v_scale into p, so rows are only widened;
+   - splits (for few sequences x KV heads) keep their (max, sum, acc) and are merged at the end.
+   Positions past seq_len and table entries past a sequence are never read. */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+#define INLINE static inline __attribute__((always_inline))
+#define MAXD 256
+#define MAXBS 64
+
+INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
+  if (dt == F32) return _mm256_loadu_ps((const float*)p);
+  if (dt == BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+  if (dt == F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+
+/* 16 bf16 -> two fp32 vectors by interleaving with zeros (no shifts): lo holds elements
+   0-3, 8-11 and hi 4-7, 12-15. bf16 rows are used in this permuted order throughout (q is
+   stored permuted, the accumulator comes out permuted and is put back in order at the end). */
+INLINE void load16_bf16(const void* p, __m256* lo, __m256* hi) {
+  __m256i x = _mm256_loadu_si256((const __m256i*)p), z = _mm256_setzero_si256();
+  *lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));
+  *hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+}
+
+/* Logical index of physical slot i of a bf16-permuted row (see load16_bf16). */
+INLINE int64_t bf16_logical(int64_t i) {
+  const int64_t s = i & 15, base = i - s;
+  return base + (s < 4 ? s : s < 8 ? s + 4 : s < 12 ? s - 4 : s);
+}
+
+INLINE float load1(const void* p, int64_t i, int dt) {
+  if (dt == F32) return ((const float*)p)[i];
+  if (dt == BF16) { uint32_t u = (uint32_t)((const uint16_t*)p)[i] << 16; float f; memcpy(&f, &u, 4); return f; }
+  if (dt == F16) return _cvtsh_ss(((const uint16_t*)p)[i]);
+  return (float)((const int8_t*)p)[i];
+}
+
+INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for x <= 0 (softmax after the max is subtracted), rel. error ~2e-7; x < -87 gives 0. */
+INLINE __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* Horizontal sums of 8 vectors at once: lane i of the result is the sum of a[i]. */
+INLINE __m256 hsum8(const __m256* a) {
+  __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  t0 = _mm256_hadd_ps(t0, t1);
+  t2 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+}
+
+/* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs):
+   two tokens per step, so each q vector feeds two FMAs and each K vector four. */
+INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int dt, int n,
+                    float* s /* [4][MAXBS] */, const char* pk, int pkn, const char* pv, int pvn) {
+  const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
+  float r[8] __attribute__((aligned(32)));
+  for (int j = 0; j < n; j += 2) {
+    /* rows j, j+1 of pk (next K rows) and pv (V rows): a few prefetches per step. The K rows
+       go to L2 only (T1): they are needed a whole head later, and L1 fills cost miss buffers
+       that the V rows needed next need more (bf16 ~13 -> ~12 ms). */
+    for (int jj = j; jj < j + 2; jj++)
+      for (int64_t off = 0; off < D * es; off += 64) {
+        if (jj < pkn) _mm_prefetch(pk + jj * rs + off, _MM_HINT_T1);
+        if (jj < pvn) _mm_prefetch(pv + jj * rs + off, _MM_HINT_T0);
+      }
+    const char* k0 = k + j * rs;
+    const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    if (dt == BF16) {
+      for (int64_t d = 0; d < D; d += 16) {
+        __m256 x0, y0, x1, y1;
+        load16_bf16(k0 + d * 2, &x0, &y0);
+        load16_bf16(k1 + d * 2, &x1, &y1);
+        for (int g = 0; g < 4; g++) {
+          __m256 qv = _mm256_loadu_ps(qf + g * D + d), qw = _mm256_loadu_ps(qf + g * D + d + 8);
+          a[2 * g] = _mm256_fmadd_ps(qw, y0, _mm256_fmadd_ps(qv, x0, a[2 * g]));
+          a[2 * g + 1] = _mm256_fmadd_ps(qw, y1, _mm256_fmadd_ps(qv, x1, a[2 * g + 1]));
+        }
+      }
+    } else {
+      for (int64_t d = 0; d < D; d += 8) {
+        __m256 x0 = load8(k0 + d * es, dt);
+        __m256 x1 = load8(k1 + d * es, dt);
+        for (int g = 0; g < 4; g++) {
+          __m256 qv = _mm256_loadu_ps(qf + g * D + d);
+          a[2 * g] = _mm256_fmadd_ps(qv, x0, a[2 * g]);
+          a[2 * g + 1] = _mm256_fmadd_ps(qv, x1, a[2 * g + 1]);
+        }
+      }
+    }
+    _mm256_store_ps(r, hsum8(a));
+    for (int g = 0; g < 4; g++) { s[g * MAXBS + j] = r[2 * g]; s[g * MAXBS + j + 1] = r[2 * g + 1]; }
+  }
+}
+
+/* acc[g][:] += sum_j p[g][j] * V[j][:] for 4 heads, n consecutive V rows; 16 columns of D per
+   pass so each broadcast p feeds two FMAs (8 accumulators in registers). */
+INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int dt, int n,
+                int64_t D, float* acc /* [4][D] */) {
+  const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
+  for (int64_t d = 0; d < D; d += 16) {
+    __m256 a[8];
+    for (int g = 0; g < 4; g++) {
+      a[2 * g] = _mm256_loadu_ps(acc + g * D + d);
+      a[2 * g + 1] = _mm256_loadu_ps(acc + g * D + d + 8);
+    }
+    const char* vp = v + d * es;
+    for (int j = 0; j < n; j++, vp += rs) {
+      __m256 x0, x1;
+      if (dt == BF16) load16_bf16(vp, &x0, &x1);
+      else { x0 = load8(vp, dt); x1 = load8(vp + 8 * es, dt); }
+      for (int g = 0; g < 4; g++) {
+        __m256 pb = _mm256_broadcast_ss(p + g * MAXBS + j);
+        a[2 * g] = _mm256_fmadd_ps(pb, x0, a[2 * g]);
+        a[2 * g + 1] = _mm256_fmadd_ps(pb, x1, a[2 * g + 1]);
+      }
+    }
+    for (int g = 0; g < 4; g++) {
+      _mm256_storeu_ps(acc + g * D + d, a[2 * g]);
+      _mm256_storeu_ps(acc + g * D + d + 8, a[2 * g + 1]);
+    }
+  }
+}
+
+/* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
+   K then V) while the next head's K rows (or the next block's first head) are prefetched. Per
+   head h, query head group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
+   switch is resolved at compile time and the inner loops keep their accumulators in registers. */
+INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G,
+                   const char* k, const char* v, const void* ks, const void* vs, int64_t BS,
+                   const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale,
+                   float* m, float* l, float* acc, float* qf) {
+  const int64_t G4 = (G + 3) / 4 * 4;
+  const int es = kvdt == F32 ? 4 : kvdt == I8 ? 1 : 2;
+  const int64_t rs = Hkv * D * es;                 /* bytes between slots of a block */
+  float s[4 * MAXBS] __attribute__((aligned(32)));
+  for (int64_t h = 0; h < Hkv; h++)
+    for (int64_t g = 0; g < G4; g++)
+      for (int64_t d = 0; d < D; d++)
+        qf[(h * G4 + g) * D + d] = g < G ? load1(q, (b * Hq + h * G + g) * D +
+                                                  (kvdt == BF16 ? bf16_logical(d) : d), qdt) * scale : 0.0f;
+  for (int64_t i = 0; i < Hkv * G; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+  memset(acc, 0, sizeof(float) * Hkv * G4 * D);
+  for (int64_t t = t0; t < t1;) {
+    const int64_t blk = table[t / BS], slot = t % BS;
+    const int n = (int)((t1 - t) < (BS - slot) ? (t1 - t) : (BS - slot));
+    /* Next block (elsewhere in the pool: no hardware prefetcher can guess it) and its size. */
+    const int64_t tn = t + n, nn = tn < t1 ? ((t1 - tn) < BS ? (t1 - tn) : BS) : 0;
+    const int64_t nblk = nn ? table[tn / BS] : blk;
+    for (int64_t h = 0; h < Hkv; h++) {
+      const int64_t row = (blk * BS + slot) * Hkv + h;    /* (token, head) row index */
+      const char* kr = k + row * D * es;
+      const char* vr = v + row * D * es;
+      /* While head h's scores are computed, its V rows and head h + 1's K rows (or head 0 of
+         the next block) are prefetched into L1: ~1000 cycles ahead, far more than DRAM latency,
+         and at most 24 KiB in flight with the rows in use (fp32), so they are still in L1 when
+         used. Prefetching whole blocks ahead in one burst (64 KiB in bf16) stalled on full miss
+         buffers and was evicted from L1 first; next head's V too left fp32 over L1. */
+      const int64_t prow = h + 1 < Hkv ? row + 1 : nblk * BS * Hkv;
+      const int pn = (int)(h + 1 < Hkv ? n : nn);
+      for (int64_t g0 = 0; g0 < G4; g0 += 4) {
+        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, k + prow * D * es, g0 ? 0 : pn, vr, g0 ? 0 : n);
+        for (int gi = 0; gi < 4 && g0 + gi < G; gi++) {
+          float* sg = s + gi * MAXBS;
+          const int64_t g = h * G + g0 + gi;
+          float* ag = acc + (h * G4 + g0 + gi) * D;
+          if (ks) for (int j = 0; j < n; j++) sg[j] *= load1(ks, row + j * Hkv, qdt);
+          float mt = m[g];
+          for (int j = 0; j < n; j++) mt = sg[j] > mt ? sg[j] : mt;
+          const float alpha = expf(m[g] - mt);       /* 0 on the first block (m = -inf) */
+          m[g] = mt;
+          int j = 0;
+          __m256 sum = _mm256_setzero_ps(), mv = _mm256_set1_ps(mt);
+          for (; j + 8 <= n; j += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sg + j), mv));
+            _mm256_storeu_ps(sg + j, e);
+            sum = _mm256_add_ps(sum, e);
+          }
+          float tot = hsum(sum);
+          for (; j < n; j++) { sg[j] = expf(sg[j] - mt); tot += sg[j]; }
+          l[g] = l[g] * alpha + tot;
+          if (alpha != 1.0f) {
+            __m256 av = _mm256_set1_ps(alpha);
+            for (int64_t d = 0; d < D; d += 8)
+              _mm256_storeu_ps(ag + d, _mm256_mul_ps(av, _mm256_loadu_ps(ag + d)));
+          }
+          if (vs) for (int jj = 0; jj < n; jj++) sg[jj] *= load1(vs, row + jj * Hkv, qdt);
+        }
+        for (int gi = 0; gi < 4; gi++)                 /* padded heads: p = 0 */
+          if (g0 + gi >= G) for (int j = 0; j < n; j++) s[gi * MAXBS + j] = 0.0f;
+        pv4(s, vr, rs, kvdt, n, D, acc + (h * G4 + g0) * D);
+      }
+    }
+    t += n;
+  }
+}
+
+#define ATTEND_FOR(NAME, DT) \
+  static void NAME(const void* q, int qdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G, \
+                   const char* k, const char* v, const void* ks, const void* vs, int64_t BS, \
+                   const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale, \
+                   float* m, float* l, float* acc, float* qf) { \
+    attend(q, qdt, DT, Hq, Hkv, D, G, k, v, ks, vs, BS, table, b, t0, t1, scale, m, l, acc, qf); }
+ATTEND_FOR(attend_f32, F32)
+ATTEND_FOR(attend_bf16, BF16)
+ATTEND_FOR(attend_f16, F16)
+ATTEND_FOR(attend_i8, I8)
+typedef void (*attend_fn)(const void*, int, int64_t, int64_t, int64_t, int64_t, const char*,
+                          const char*, const void*, const void*, int64_t, const int32_t*, int64_t,
+                          int64_t, int64_t, float, float*, float*, float*, float*);
+static const attend_fn attend_dt[4] = {attend_f32, attend_bf16, attend_f16, attend_i8};
+
+/* out[b, hq, :] (fp32). part: scratch of B*S*per floats (per task: acc [Hkv][G4][D], m and l
+   [Hkv*G], and q pre-scaled in fp32 [Hkv][G4][D]). */
+int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int64_t Hkv,
+                    int64_t D, const void* k, const void* v, const void* ks, const void* vs,
+                    int64_t BS, const int32_t* table, int64_t MB, const int32_t* lens,
+                    float scale, int64_t S, int64_t split_tokens, float* part, float* out,
+                    int nthreads) {
+  const int64_t G = Hq / Hkv, G4 = (G + 3) / 4 * 4;
+  if (D % 16 || D > MAXD || BS > MAXBS) return 1;
+  const int64_t A = Hkv * G4 * D, per = 2 * A + 2 * Hq;
+  #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+  for (int64_t i = 0; i < B * S; i++) {
+    const int64_t b = i / S, sp = i % S;
+    const int64_t t0 = sp * split_tokens;
+    int64_t t1 = t0 + split_tokens;
+    if (t1 > lens[b]) t1 = lens[b];
+    float* pp = part + i * per;
+    if (t0 >= t1) {                                  /* empty split: weight 0 */
+      for (int64_t g = 0; g < Hq; g++) { pp[A + g] = -INFINITY; pp[A + Hq + g] = 0.0f; }
+      continue;
+    }
+    attend_dt[kvdt](q, qdt, Hq, Hkv, D, G, (const char*)k, (const char*)v, ks, vs, BS,
+                    table + b * MB, b, t0, t1, scale, pp + A, pp + A + Hq, pp, pp + A + 2 * Hq);
+  }
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t bq = 0; bq < B * Hq; bq++) {
+    const int64_t b = bq / Hq, hq = bq % Hq, h = hq / G, g = hq % G;
+    float mx = -INFINITY, den = 0.0f;
+    for (int64_t sp = 0; sp < S; sp++) {
+      float mm = part[(b * S + sp) * per + A + hq];
+      mx = mm > mx ? mm : mx;
+    }
+    float* o = out + bq * D;
+    for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+    for (int64_t sp = 0; sp < S; sp++) {
+      const float* pp = part + (b * S + sp) * per;
+      const float mm = pp[A + hq];
+      if (mm == -INFINITY) continue;
+      const float w = expf(mm - mx);
+      den += w * pp[A + Hq + hq];
+      const float* a = pp + (h * G4 + g) * D;
+      if (kvdt == BF16) for (int64_t d = 0; d < D; d++) o[bf16_logical(d)] += w * a[d];
+      else for (int64_t d = 0; d < D; d++) o[d] += w * a[d];
+    }
+    const float inv = 1.0f / den;
+    for (int64_t d = 0; d < D; d++) o[d] *= inv;
+  }
+  return 0;
+}

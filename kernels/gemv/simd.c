@@ -1,0 +1,674 @@
+/* Dequant GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8) and INT4 (gemv_w4) weights,
+   x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
+   simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same. */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <omp.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+#define INLINE static inline __attribute__((always_inline))
+
+static float half_to_float(uint16_t h) {
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+  float f;
+  if (e == 0) { f = (float)m * (1.0f / 16777216.0f); return sign ? -f : f; }
+  u = sign | ((e == 31 ? 255u : e + 112u) << 23) | (m << 13);
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+INLINE float ld(const void* p, int64_t i, int dt) {
+  if (dt == F32) return ((const float*)p)[i];
+  uint16_t h = ((const uint16_t*)p)[i];
+  if (dt == BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+  return half_to_float(h);
+}
+
+/* fp32 -> bf16 / fp16, round to nearest even, NaN kept: bit for bit what torch's .to() gives. */
+static uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+static uint16_t float_to_half(float f) {
+#ifdef __F16C__
+  return _cvtss_sh(f, 0);
+#else
+  uint32_t u, a, h, rem;
+  memcpy(&u, &f, 4);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return sign | 0x7E00;                  /* NaN */
+  if (a >= 0x477FF000u) return sign | 0x7C00;                 /* >= 65520 rounds to inf */
+  if (a < 0x38800000u) return sign | (uint16_t)rintf(fabsf(f) * 16777216.0f);  /* subnormal */
+  h = (a >> 13) - (112u << 10);                               /* rebias 127 -> 15 */
+  rem = a & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+  return sign | (uint16_t)h;
+#endif
+}
+
+/* The result in the caller's dtype, written from C: converting in Python cost a tensor op and
+   ~5-10 us a call, a few % of a 4096 x 4096 INT4 GEMV here. */
+void store_out(const float* y, void* out, int64_t n, int odt) {
+  int64_t i = 0;
+  if (odt == F32) { if ((const void*)y != out) memcpy(out, y, n * 4); return; }
+  uint16_t* o = (uint16_t*)out;
+#if defined(__AVX2__) && defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(y + i);
+    __m128i r;
+    if (odt == F16) r = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    else {
+      const __m256i u = _mm256_castps_si256(v);
+      __m256i b = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
+                       _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      b = _mm256_blendv_epi8(b, _mm256_set1_epi32(0x7FC0), nan);
+      r = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    }
+    _mm_storeu_si128((__m128i*)(o + i), r);
+  }
+#endif
+  for (; i < n; i++) o[i] = odt == F16 ? float_to_half(y[i]) : float_to_bf16(y[i]);
+}
+
+#ifdef __AVX2__
+INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+/* ---- INT8: y[m, n] = s[n] * sum_k x[m, k] * q[n, k] ------------------------------------- */
+
+/* One row n for MT rows of x (xf: fp32, stride K32, zero padded). */
+INLINE void w8_tile(const int8_t* q, const float* xf, int64_t K, int64_t K32,
+                    float s, float* y, int64_t N, const int MT) {
+  int64_t k = 0;
+  float out[4];
+#ifdef __AVX2__
+  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;   /* independent FMA chains per row of x */
+  __m256 acc[4][4];
+  for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) acc[m][a] = _mm256_setzero_ps();
+  for (; k + 32 <= K; k += 32) {
+    for (int t = 0; t < 4; t++) {
+      __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8 * t))));
+      for (int m = 0; m < MT; m++)
+        acc[m][t % A] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xf + m * K32 + k + 8 * t), acc[m][t % A]);
+    }
+  }
+  for (int m = 0; m < MT; m++) {
+    for (int a = 1; a < A; a++) acc[m][0] = _mm256_add_ps(acc[m][0], acc[m][a]);
+    out[m] = hsum(acc[m][0]);
+  }
+#else
+  for (int m = 0; m < MT; m++) out[m] = 0.0f;
+#endif
+  for (int m = 0; m < MT; m++) {
+    float r = out[m];
+    for (int64_t kk = k; kk < K; kk++) r += xf[m * K32 + kk] * (float)q[kk];
+    y[m * N] = r * s;
+  }
+}
+
+/* M = 1: R consecutive rows n share each load of x. With one row per pass, every 8 weights
+   (8 bytes) need a 32-byte fp32 x load and the 32 KiB x vector (K = 8192) fights the weight
+   stream for L1, so the loop runs at L2 speed on x; R = 4 cuts x traffic 4x. Two accumulators per
+   row give 8 independent FMA chains (Zen 3: 4-cycle latency, 2 per cycle). */
+INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc, int dt,
+                    int64_t n, float* y, const int R) {
+  int64_t k = 0;
+  float out[4] = {0, 0, 0, 0};
+#ifdef __AVX2__
+  __m256 acc[4][2];
+  for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    /* two tiles ahead: a row is two 4 KiB pages and hardware prefetchers stop at page edges */
+    for (int r = 0; r < R; r++) _mm_prefetch((const char*)(q + (r + 8) * K + k), _MM_HINT_T0);
+    for (int t = 0; t < 2; t++) {
+      const __m256 xv = _mm256_loadu_ps(xf + k + 8 * t);
+      for (int r = 0; r < R; r++) {
+        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + r * K + k + 8 * t))));
+        acc[r][t] = _mm256_fmadd_ps(w, xv, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+#endif
+  for (int r = 0; r < R; r++) {
+    float v = out[r];
+    for (int64_t kk = k; kk < K; kk++) v += xf[kk] * (float)q[r * K + kk];
+    y[r] = v * ld(sc, n + r, dt);
+  }
+}
+
+/* y: fp32 [M, N] (scratch unless odt is F32, then it may be out itself); out: [M, N] in odt. */
+int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const void* scales,
+            int64_t N, float* y, float* scratch, int nthreads, void* out, int odt) {
+  const int64_t K32 = (K + 31) / 32 * 32;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
+  if (M == 1) {
+    const int64_t NT = N / 4;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t <= NT; t++) {
+      if (t < NT) w8_rows(qw + 4 * t * K, scratch, K, scales, dt, 4 * t, y + 4 * t, 4);
+      else for (int64_t n = 4 * NT; n < N; n++) w8_rows(qw + n * K, scratch, K, scales, dt, n, y + n, 1);
+    }
+    store_out(y, out, N, odt);
+    return 0;
+  }
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t n = 0; n < N; n++) {
+    const int8_t* q = qw + n * K;
+    float s = ld(scales, n, dt);
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 4);
+    for (; m + 2 <= M; m += 2) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 2);
+    for (; m < M; m++) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 1);
+  }
+  store_out(y, out, M * N, odt);
+  return 0;
+}
+
+/* ---- INT4: y[m, n] = sum_g s[n,g] * (sum_{k in g} x[m,k] q[n,k] - z[n,g] * xsum[m,g]) ------ */
+
+/* Weight layouts (tiled is 0 or 1): rows n = 4t..4t+3 start at word 4t * KW in both. Row layout
+   (DESIGN.md, read in place): row n's words are contiguous. Tiled (simd.py
+   tile_int4_rows, when K % 64 == 0): each 8-word chunk of the four rows is stored together, 128
+   contiguous bytes per chunk, rows beyond the last full tile stay in row layout. Why tile: at
+   K = 8192 rows are 4 KiB apart, so the four rows read together (and the prefetches ahead of them)
+   share L1 sets and alias at 4 KiB; one contiguous stream per tile avoids both and suits the
+   hardware prefetchers. Tiles are further grouped W4_TB at a time and K cut into K-blocks of
+   KBW = w4_kbw(KW) words per row (4096 k when K is a larger multiple of it, else all of K); a
+   block's stream holds K-block 0 of all its tiles, then K-block 1, ...: the M = 1 loop walks it in
+   that order so that the x slice of a K-block (16 KiB of fp32) stays in L1 while the weights
+   stream past, instead of all of x (32 KiB at K = 8192, the whole L1) being refetched from L2 per
+   tile. 4096 k, not 2048: with the scales out of the tile loop (w4_blocks), fewer, longer K-blocks
+   measured +2-5% at 8192 x 8192 and the 8B shapes (A/B, 150 paired rounds; +-3% noise).
+   Word i of a row (i % 8 == 0, the start of a chunk) is at wr + (i / KBW) * KBS + CS * (i % KBW):
+   row layout (CS, KBW) = (1, KW); tiled, wr, CS and KBS come from w4_tiled_row. */
+#define W4_TB 32    /* tiles per block (simd.py reads this) */
+#define W4_KBW 512  /* words per row of a K-block: 4096 k (simd.py reads this) */
+static int64_t w4_kbw(int64_t KW) { return KW > W4_KBW && KW % W4_KBW == 0 ? W4_KBW : KW; }
+static int64_t w4_block_tiles(int64_t b, int64_t NT) { return (b + 1) * W4_TB <= NT ? W4_TB : NT - b * W4_TB; }
+
+/* Row n < 4 * NT of the tiled layout: its word pointer for K-block 0 and the K-block stride. */
+static const int32_t* w4_tiled_row(const int32_t* wr, int64_t n, int64_t KW, int64_t NT,
+                                   int64_t* KBS) {
+  const int64_t t = n / 4, b = t / W4_TB, KBW = w4_kbw(KW);
+  *KBS = w4_block_tiles(b, NT) * 4 * KBW;
+  return wr + b * W4_TB * 4 * KW + (t % W4_TB) * 4 * KBW + (n % 4) * 8;
+}
+
+/* xp[m][c][j][l] = x[m, 8i + j] * f[j] for word i = 8c + l, so one chunk's eight x vectors are
+   contiguous; words past KW are zero. f[j] undoes the position of nibble j as unpacked (below). */
+INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int64_t KW, int64_t KW8,
+                    int64_t WG, int64_t ng, const float* xp, const float* xs, const void* sc,
+                    const void* zr, int dt, int64_t n, float* y, int64_t N, const int MT) {
+  float corr[4] = {0, 0, 0, 0}, out[4];
+  const int64_t XS = 8 * KW8;                       /* stride of xp between rows of x */
+#ifdef __AVX2__
+  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;
+  __m256 tot[4];
+  for (int m = 0; m < MT; m++) tot[m] = _mm256_setzero_ps();
+  const int64_t span = WG >= 8 ? WG : 8;            /* words between scale flushes */
+  const int64_t gstep = WG >= 8 ? 1 : 2;            /* groups per flush (G = 32: two per vector) */
+  int64_t i = 0, left = KBW;
+  const int32_t* pw = wr;  /* word i's chunk, bumped per chunk: a division per chunk cost 5-17% */
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m256 dot[4][4];
+    for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) dot[m][a] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, i += 8) {
+      __m256i w;
+      if (i + 8 <= KW) {
+        w = _mm256_loadu_si256((const __m256i*)pw);
+        pw += 8 * CS;
+        if ((left -= 8) == 0) { left = KBW; pw += KBS - KBW * CS; }   /* next K-block */
+      }
+      else w = _mm256_maskload_epi32(wr + i, _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW),
+               -(i + 2 < KW), -(i + 3 < KW), -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW)));
+      for (int j = 0; j < 8; j++) {
+        __m256i nib = j < 7 ? _mm256_and_si256(w, _mm256_set1_epi32(0xF << (4 * j)))
+                            : _mm256_srli_epi32(w, 28);
+        __m256 wf = _mm256_cvtepi32_ps(nib);
+        for (int m = 0; m < MT; m++)
+          dot[m][j % A] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp + m * XS + 8 * i + 8 * j), dot[m][j % A]);
+      }
+    }
+    float s0 = ld(sc, n * ng + g, dt), z0 = ld(zr, n * ng + g, dt);
+    float s1 = 0.0f, z1 = 0.0f;
+    if (gstep == 2 && g + 1 < ng) { s1 = ld(sc, n * ng + g + 1, dt); z1 = ld(zr, n * ng + g + 1, dt); }
+    __m256 sv = gstep == 1 ? _mm256_set1_ps(s0) : _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+    for (int m = 0; m < MT; m++) {
+      for (int a = 1; a < A; a++) dot[m][0] = _mm256_add_ps(dot[m][0], dot[m][a]);
+      tot[m] = _mm256_fmadd_ps(dot[m][0], sv, tot[m]);
+      corr[m] += s0 * z0 * xs[m * ng + g];
+      if (gstep == 2 && g + 1 < ng) corr[m] += s1 * z1 * xs[m * ng + g + 1];
+    }
+  }
+  for (int m = 0; m < MT; m++) out[m] = hsum(tot[m]);
+#else
+  const int64_t gw = WG;                           /* words per group */
+  for (int m = 0; m < MT; m++) out[m] = 0.0f;
+  for (int64_t g = 0; g < ng; g++) {
+    float s = ld(sc, n * ng + g, dt), z = ld(zr, n * ng + g, dt);
+    for (int m = 0; m < MT; m++) {
+      float d = 0.0f;
+      for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
+        const int64_t c = i & ~(int64_t)7;
+        uint32_t w = (uint32_t)wr[(c / KBW) * KBS + CS * (c % KBW) + (i & 7)];
+        const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
+        for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
+        d += (float)(w >> 28) * xc[56];
+      }
+      out[m] += s * d;
+      corr[m] += s * z * xs[m * ng + g];
+    }
+  }
+#endif
+  for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+/* M = 1 unpacks nibble j one of two ways (DN is a compile-time switch of w4_rows):
+   - cvt: `word & (0xF << 4j)` is an exact integer, cvtdq2ps makes it a float, f[j] = 16^-j
+     (j = 7: shift right by 28, f = 1). Per 8 weights: AND, CVT and FMA, all on the FP pipes.
+   - denormal (DN): a word ANDed down to one nibble at bits p..p+3 (p <= 19) has its exponent bits
+     clear, so its bits ARE the float q * 2^(p - 149), a denormal, exactly: the AND alone unpacks.
+     Nibbles 0-3 sit at p = 4j; nibbles 4-7 overlap the exponent and sign, so the words are shifted
+     right by 16 once per chunk and those are taken at p = 0, 4, 8, 12: four masks serve all
+     eight (they stay in registers in the tiled loop). f[j] = 2^(149 - p - c) with c chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
+     floats; the total is scaled back by 2^c. Per 8 weights: AND and FMA (+1/8 shift), a third
+     fewer FP-pipe ops: what lets the loop keep up with DRAM on Zen 3. AMD cores take denormal
+     operands at full speed, Intel cores trap them to microcode, so DN runs on AMD only, with DAZ
+     (which would read the denormals as zero) switched off inside the kernel. */
+static const int W4_DPOS[8] = {0, 4, 8, 12, 0, 4, 8, 12};
+#define W4_M8(v) {v, v, v, v, v, v, v, v}
+static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
+  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF0000), W4_M8(0xF00000),
+   W4_M8(0xF000000), W4_M8(0)},                                               /* cvt */
+  {W4_M8(0xF), W4_M8(0xF0), W4_M8(0xF00), W4_M8(0xF000), W4_M8(0xF), W4_M8(0xF0),
+   W4_M8(0xF00), W4_M8(0xF000)}};                                             /* DN */
+
+/* The INT4 M = 1 inner loops, whole chunks of four rows, in inline asm: w4_asm.h. Tiled loops
+   prefetch their stream W4_PREFETCH bytes ahead (into L1). */
+#define W4_PREFETCH 4096
+#include "w4_asm.h"
+
+/* The same unpack for one word vector in intrinsics (tails, single rows); ws = w >> 16 for DN. */
+INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
+  if (DN) return _mm256_castsi256_ps(_mm256_and_si256(j < 4 ? w : ws, _mm256_set1_epi32(0xF << W4_DPOS[j])));
+  return _mm256_cvtepi32_ps(j < 7 ? _mm256_and_si256(w, _mm256_set1_epi32(0xF << (4 * j)))
+                                  : _mm256_srli_epi32(w, 28));
+}
+
+/* End of a group: tot[r] += (d[r] + e[r]) * scale (G = 32: two groups per vector, by halves). */
+INLINE void w4_flush(float tot[4][8], const __m256* d, const __m256* e, float* const* sf, int64_t g,
+                     int64_t ng, int64_t gstep, const int R) {
+  for (int r = 0; r < R; r++) {
+    __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[r][g])
+              : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
+    _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), sv, _mm256_load_ps(tot[r])));
+  }
+}
+
+INLINE float w4_total(const float* tot, const int DN, int csh) {
+  const float t = hsum(_mm256_load_ps(tot));
+  return DN ? ldexpf(t, csh) : t;
+}
+
+INLINE __m256 ld8(const void* x, int64_t k, int dt) {
+  return dt == F32 ? _mm256_loadu_ps((const float*)x + k)
+       : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
+       : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
+}
+
+/* Scales of one row's groups o .. o + cnt - 1 to fp32 in sf; returns sum_g s z xs[g], the row's
+   zero-point term. Done once per row before the loop over its weights (tiled: for all of a block's
+   rows before its loop): per group inside it (scalar loads, dtype branches) it took ~15% of the
+   time. */
+INLINE float w4_scales(const void* sc, const void* zr, int dt, int64_t o, int64_t cnt,
+                       const float* xs, float* sf) {
+  int64_t g = 0;
+  __m256 cv = _mm256_setzero_ps();
+  for (; g + 8 <= cnt; g += 8) {
+    const __m256 s8 = ld8(sc, o + g, dt), z8 = ld8(zr, o + g, dt);
+    _mm256_storeu_ps(sf + g, s8);
+    cv = _mm256_fmadd_ps(_mm256_mul_ps(s8, z8), _mm256_loadu_ps(xs + g), cv);
+  }
+  float corr = hsum(cv);
+  for (; g < cnt; g++) { sf[g] = ld(sc, o + g, dt); corr += sf[g] * ld(zr, o + g, dt) * xs[g]; }
+  return corr;
+}
+
+/* M = 1 in row layout (DESIGN's, read in place): R consecutive rows n of y = W x, R = 4 or 1.
+   - 4 rows share each x-vector load: one row per pass needs a 32-byte x load per 4 bytes of weights.
+   - Prefetch: a row is one 4 KiB page at K = 8192 and hardware prefetchers stop at page edges, so
+     each chunk prefetches the same words W4_PF rows (two tiles) ahead, into L2 (T1: those lines
+     share the L1 sets of the current rows).
+   - Whole chunks of 4 rows take a loop with nothing but asm blocks and pointer bumps: the
+     general loop's per-chunk checks cost ~8% from DRAM and ~20% from L3.
+   (Folding x and the masks into the ANDs/FMAs as memory operands was slower: 3x the load uops.) */
+#define W4_PF 8
+#define W4_MAXG 1024  /* groups per row on the M = 1 paths (K <= 32768 at G = 32) */
+INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const float* xp,
+                    const float* xs, const void* sc, const void* zr, int dt, int64_t n, float* y,
+                    const int R, const int DN, int csh) {
+  const int64_t RS = KW;
+  float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4] = {0, 0, 0, 0};
+  float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};  /* rows ng apart, not 4 KiB */
+  { /* the next tile's scales and zeros, so that its prologue does not wait on DRAM */
+    const int64_t es = dt == F32 ? 4 : 2, nb = R * ng * es, o = (n + R) * ng * es;
+    for (int64_t b = 0; b < nb; b += 64) {
+      _mm_prefetch((const char*)sc + o + b, _MM_HINT_T0);
+      _mm_prefetch((const char*)zr + o + b, _MM_HINT_T0);
+    }
+  }
+  for (int r = 0; r < R; r++) corr[r] = w4_scales(sc, zr, dt, (n + r) * ng, ng, xs, sf[r]);
+  /* Group totals stay in memory (touched once per group) so the 8 accumulators keep registers. */
+  float tot[4][8] __attribute__((aligned(32)));
+  for (int r = 0; r < R; r++) _mm256_store_ps(tot[r], _mm256_setzero_ps());
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  if (R == 4 && KW % 8 == 0) {  /* the hot loop: 4 rows, whole chunks, no per-chunk branches */
+    const int32_t* p = wr;
+    const float* xc = xp;
+    for (int64_t g = 0; g < ng; g += gstep) {
+      __m256 d[4], e[4];
+      for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < span; c += 8, p += 8, xc += 64) {
+        for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
+        if (DN) W4_CHUNK4_DN(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
+        else W4_CHUNK4_CVT(p, p + RS, p + 2 * RS, p + 3 * RS, xc, d, e);
+      }
+      w4_flush(tot, d, e, sf, g, ng, gstep, 4);
+    }
+    for (int r = 0; r < 4; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
+    return;
+  }
+  /* Single rows, or K % 64 != 0. */
+  int64_t i = 0;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m256 d[4], e[4];
+    for (int r = 0; r < R; r++) d[r] = e[r] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, i += 8) {
+      for (int r = 0; r < R; r++) _mm_prefetch((const char*)(wr + (r + W4_PF) * RS + i), _MM_HINT_T1);
+      if (R == 4 && i + 8 <= KW) {
+        const int32_t *p0 = wr + i, *p1 = p0 + RS, *p2 = p1 + RS, *p3 = p2 + RS;
+        if (DN) W4_CHUNK4_DN(p0, p1, p2, p3, xp + 8 * i, d, e);
+        else W4_CHUNK4_CVT(p0, p1, p2, p3, xp + 8 * i, d, e);
+        continue;
+      }
+      __m256i w[4], ws[4];
+      if (i + 8 <= KW) {
+        for (int r = 0; r < R; r++) w[r] = _mm256_loadu_si256((const __m256i*)(wr + r * RS + i));
+      } else {                                      /* last chunk of a row layout, KW % 8 != 0 */
+        const __m256i mk = _mm256_setr_epi32(-(i + 0 < KW), -(i + 1 < KW), -(i + 2 < KW), -(i + 3 < KW),
+                                             -(i + 4 < KW), -(i + 5 < KW), -(i + 6 < KW), -(i + 7 < KW));
+        for (int r = 0; r < R; r++) w[r] = _mm256_maskload_epi32(wr + r * RS + i, mk);
+      }
+      for (int r = 0; r < R; r++) ws[r] = _mm256_srli_epi32(w[r], 16);
+      for (int j = 0; j < 8; j++) {
+        const __m256 xv = _mm256_loadu_ps(xp + 8 * i + 8 * j);
+        for (int r = 0; r < R; r++) {
+          if (j % 2) e[r] = _mm256_fmadd_ps(w4_nib(w[r], ws[r], j, DN), xv, e[r]);
+          else d[r] = _mm256_fmadd_ps(w4_nib(w[r], ws[r], j, DN), xv, d[r]);
+        }
+      }
+    }
+    w4_flush(tot, d, e, sf, g, ng, gstep, R);
+  }
+  for (int r = 0; r < R; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
+}
+
+/* M = 1 in the tiled layout: S blocks of nb tiles each (4 nb rows from n0[s]), walked together
+   K-block by K-block (see the layout above). First all the blocks' scales to fp32 (sfb, this
+   thread's scratch) and their rows' zero-point terms, in one pass over their contiguous runs; then
+   per tile and K-block, group by group and block by block, whole chunks in asm blocks of two
+   (G >= 128) or one, each prefetching W4_PREFETCH bytes ahead in its block's stream
+   (without it, ~20% slower from DRAM). Tiles' group totals wait in tot between K-blocks.
+   - S = 2 streams: one core reading one stream gets ~11 GB/s here, two streams interleaved at
+     fine grain ~14 (the hardware prefetchers run ahead in each), so each thread reads two blocks
+     at once; they share x's slice (same K-block, same groups).
+   - The scales out of the tile loop: per tile and K-block, the same work cost ~12% from DRAM. */
+INLINE void w4_blocks(const int32_t* const* bp, const int S, int64_t nb, int64_t KW, int64_t WG,
+                      int64_t ng, const float* xp, const float* xs, const void* sc, const void* zr,
+                      int dt, const int64_t* n0, float* y, float* sfb, const int DN, int csh) {
+  const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  float tot[2][W4_TB][4][8] __attribute__((aligned(32))), corr[2][W4_TB * 4];
+  const __m256i mk[4] = {_mm256_set1_epi32(0xF), _mm256_set1_epi32(0xF0), _mm256_set1_epi32(0xF00),
+                         _mm256_set1_epi32(0xF000)};   /* DN's masks, in registers all along */
+  const int32_t* p[2] = {bp[0], bp[S - 1]};
+  for (int s = 0; s < S; s++) {
+    for (int64_t i = 0; i < 4 * nb; i++)
+      corr[s][i] = w4_scales(sc, zr, dt, (n0[s] + i) * ng, ng, xs, sfb + (s * 4 * W4_TB + i) * ng);
+    for (int64_t t = 0; t < nb; t++)
+      for (int r = 0; r < 4; r++) _mm256_store_ps(tot[s][t][r], _mm256_setzero_ps());
+  }
+  for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
+    const float* xk = xp + 8 * KW * g0 / ng;
+    for (int64_t t = 0; t < nb; t++) {
+      float* sf[2][4];
+      for (int s = 0; s < S; s++)
+        for (int r = 0; r < 4; r++) sf[s][r] = sfb + (s * 4 * W4_TB + 4 * t + r) * ng + g0;
+      for (int64_t g = 0; g < KBG; g += gstep) {
+        const float* xg = xk + 64 * (g / gstep) * (span / 8);
+        for (int s = 0; s < S; s++) {
+          __m256 d[4], e[4];
+          for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
+          const float* xc = xg;
+          int64_t c = 0;
+          for (; c + 16 <= span; c += 16, p[s] += 64, xc += 128) {
+            if (DN) W4_TILE2_DN(p[s], xc, d, e, mk);
+            else W4_TILE2_CVT(p[s], xc, d, e);
+          }
+          for (; c < span; c += 8, p[s] += 32, xc += 64) {
+            if (DN) W4_TILE_DN(p[s], xc, d, e, mk);
+            else W4_TILE_CVT(p[s], xc, d, e);
+          }
+          w4_flush(tot[s][t], d, e, sf[s], g, KBG, gstep, 4);
+        }
+      }
+    }
+  }
+  for (int s = 0; s < S; s++)
+    for (int64_t t = 0; t < nb; t++)
+      for (int r = 0; r < 4; r++) y[n0[s] + 4 * t + r] = w4_total(tot[s][t][r], DN, csh) - corr[s][4 * t + r];
+}
+
+/* The shift c of the DN path: max|x| < 2^e, c = max(e + 24, 22) keeps every x * 2^(149 - p - c)
+   below 2^125 and every factor 2^(149 - p - c) a finite float. */
+static int w4_dn_shift(const void* x, int64_t K, int dt) {
+  __m256 mx = _mm256_setzero_ps();
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(ld8(x, k, dt), absm));
+  float t8[8], amax = 0.0f;
+  _mm256_storeu_ps(t8, mx);
+  for (int l = 0; l < 8; l++) amax = t8[l] > amax ? t8[l] : amax;
+  for (; k < K; k++) { float a = fabsf(ld(x, k, dt)); amax = a > amax ? a : amax; }
+  int e = 0;
+  if (isfinite(amax)) frexpf(amax, &e);
+  return e + 24 > 22 ? e + 24 : 22;
+}
+#endif
+
+/* Whether M = 1 uses the denormal unpack on this CPU (see above). */
+int w4_denormal_unpack(void) {
+#if defined(__AVX2__) && defined(__F16C__)
+  return __builtin_cpu_is("amd");
+#else
+  return 0;
+#endif
+}
+
+/* tiled: the weights are in the tiled layout (see above). unpack: 0 = best for this CPU,
+   1 = always cvt (to test that path on AMD). */
+int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
+            const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
+            int tiled, int unpack, void* out, int odt) {
+  const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
+  float* xp = scratch;                              /* [M][8][KW8] */
+  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_blocks' scales */
+  if (tiled && KW % 8) return 1;
+  if (tiled && M > 1) {
+    /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
+       each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
+       than the row layout. The M = 1 kernel once per row of x is faster at every M measured
+       (4096 x 4096 G = 128, M = 2..64), weights re-read M times included. */
+    const int64_t xe = dt == F32 ? 4 : 2, oe = odt == F32 ? 4 : 2;
+    for (int64_t m = 0; m < M; m++) {
+      const int rc = gemv_w4((const char*)x + m * K * xe, dt, 1, K, qw, scales, zeros, N, G, y + m * N,
+                             scratch, nthreads, tiled, unpack, (char*)out + m * N * oe, odt);
+      if (rc) return rc;
+    }
+    return 0;
+  }
+#if defined(__AVX2__) && defined(__F16C__)
+  const int dn = M == 1 && ng <= W4_MAXG && unpack == 0 && w4_denormal_unpack();
+  const int csh = dn ? w4_dn_shift(x, K, dt) : 0;
+  float fv[8];
+  for (int j = 0; j < 8; j++) fv[j] = dn ? ldexpf(1.0f, 149 - W4_DPOS[j] - csh) : j < 7 ? ldexpf(1.0f, -4 * j) : 1.0f;
+  const __m256 f = _mm256_loadu_ps(fv);
+  /* Vectorized: word i's eight x values, scaled by f, are one column of the 8x8 block of chunk c;
+     a register transpose writes the block's rows (the scalar loop cost ~20 us). */
+  for (int64_t m = 0; m < M; m++) {
+    __m256 gs = _mm256_setzero_ps();
+    for (int64_t c = 0; c < KW8; c += 8) {
+      __m256 v[8];
+      for (int l = 0; l < 8; l++) {
+        const int64_t i = c + l;
+        if (i >= KW) { v[l] = _mm256_setzero_ps(); continue; }
+        v[l] = ld8(x, m * K + 8 * i, dt);
+        gs = _mm256_add_ps(gs, v[l]);                   /* group sums of the unscaled x */
+        if ((i + 1) % WG == 0) { xs[m * ng + (i + 1) / WG - 1] = hsum(gs); gs = _mm256_setzero_ps(); }
+        v[l] = _mm256_mul_ps(v[l], f);
+      }
+      __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+      __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+      __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+      __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+      __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* o = xp + m * 8 * KW8 + 8 * c;
+      _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(o + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(o + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(o + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(o + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+  }
+#else
+  for (int64_t m = 0; m < M; m++) {
+    for (int j = 0; j < 8; j++) {
+      const float f = j < 7 ? 1.0f / (float)(1 << (4 * j)) : 1.0f;
+      for (int64_t i = 0; i < KW8; i++)
+        xp[m * 8 * KW8 + 64 * (i / 8) + 8 * j + i % 8] = i < KW ? ld(x, m * K + 8 * i + j, dt) * f : 0.0f;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+      float s = 0.0f;
+      for (int64_t k = g * G; k < (g + 1) * G; k++) s += ld(x, m * K + k, dt);
+      xs[m * ng + g] = s;
+    }
+  }
+#endif
+  const int32_t* wr = (const int32_t*)qw;
+#if defined(__AVX2__) && defined(__F16C__)
+  if (M == 1 && ng <= W4_MAXG) {
+    const int64_t NB = tiled ? (NT + W4_TB - 1) / W4_TB : 0;   /* blocks of tiles */
+    #pragma omp parallel num_threads(nthreads)
+    {
+      const unsigned csr = _mm_getcsr();
+      if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
+      float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;   /* [2][4 W4_TB][ng] */
+      /* Dynamic: pieces of 32 tiles (512 KiB at K = 8192; tiled: two at once), still long
+         streams, and a core slowed by a neighbour (VMs) takes fewer pieces instead of finishing
+         last: ~5% here. The last piece is the rows past the last tile (row layout in both
+         layouts). G = 128 gets copies with a compile-time group span (the chunk loop unrolled):
+         ~5%. */
+      if (tiled) {
+        /* Work items: pairs of full blocks (two streams), then an odd full block, a short last
+           block and the rows past the last tile (row layout in both layouts), one stream each. */
+        const int64_t NF = NT / W4_TB, NP = NF / 2, NS = NB - 2 * NP;
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it <= NP + NS; it++) {
+          const int S = it < NP ? 2 : 1;
+          const int64_t b = it < NP ? 2 * it : it + NP;
+          if (b == NB) {
+            for (int64_t n = 4 * NT; n < N; n++) {
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+            }
+            continue;
+          }
+          const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;   /* the second stream's block */
+          const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
+          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
+          if (S == 2) {
+            if (dn && WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else if (dn) w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else if (WG == 16) w4_blocks(bp, 2, nb, KW, 16, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
+            else w4_blocks(bp, 2, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
+          } else {
+            if (dn) w4_blocks(bp, 1, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 1, csh);
+            else w4_blocks(bp, 1, nb, KW, WG, ng, xp, xs, scales, zeros, dt, n0, y, sfb, 0, 0);
+          }
+        }
+      } else {
+        #pragma omp for schedule(dynamic, 32)
+        for (int64_t t = 0; t <= NT; t++) {
+          const int32_t* tw = wr + 4 * t * KW;
+          if (t == NT) {
+            for (int64_t n = 4 * NT; n < N; n++) {
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+            }
+          } else if (dn && WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+          else if (dn) w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
+          else if (WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+          else w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+        }
+      }
+      _mm_setcsr(csr);
+    }
+    store_out(y, out, N, odt);
+    return 0;
+  }
+#endif
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t n = 0; n < N; n++) {
+    const int tile = tiled && n < 4 * NT;
+    int64_t KBS = 0;
+    const int32_t* rw = tile ? w4_tiled_row(wr, n, KW, NT, &KBS) : wr + n * KW;
+    const int64_t CS = tile ? 4 : 1, KBW = tile ? w4_kbw(KW) : KW;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 4);
+    for (; m + 2 <= M; m += 2)
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 2);
+    for (; m < M; m++)
+      w4_tile(rw, CS, KBW, KBS, KW, KW8, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n, y + m * N + n, N, 1);
+  }
+  store_out(y, out, M * N, odt);
+  return 0;
+}
