@@ -19,8 +19,7 @@ from typing import Any, Callable
 import torch
 
 from backends import Backend, Chip
-from kernels import OPS, Impl, dtype_name, rel_err
-from kernels.triton_util import forget_tuned, tuned
+from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
 
 from .results import ResultWriter
 from .roofline import Roof, add_matmul, judge

@@ -106,40 +106,36 @@ def _opcode(ins: str) -> str:
 
 def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]]:
     """(op, jit fn, runtime arg types, M = 1 constexprs, 16-byte aligned args, configs)."""
-    import kernels.gemv.triton_bf16 as bf
-    import kernels.gemv.triton_w4 as w4
-    import kernels.gemv.triton_w8 as w8
+    from kernels.gemv import TRITON_KERNELS as tk
     plans = []
     if op in ("all", "gemv_w4"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*u8", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}",
                  y_ptr=f"*{dtype}", ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32",
                  stride_qn="i32", stride_sn="i32", stride_ym="i32")
-        plans.append(("gemv_w4", w4._w4_kernel.jit_fn, t,
+        plans.append(("gemv_w4", tk["gemv_w4"].jit_fn, t,
                       dict(G=128, BLOCK_M=1, SPLIT_K=1, USE_DOT=False, IEEE=False),
-                      tuple(k for k in t if k not in ("M", "N")), w4._GEMV_CONFIGS))
+                      tuple(k for k in t if k not in ("M", "N")), tk["gemv_w4"].configs_for(False)))
     if op in ("all", "gemv_w8"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", s_ptr=f"*{dtype}", y_ptr=f"*{dtype}",
                  ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", stride_qn="i32",
                  stride_ym="i32")
-        plans.append(("gemv_w8", w8._w8_kernel.jit_fn, t,
+        plans.append(("gemv_w8", tk["gemv_w8"].jit_fn, t,
                       dict(BLOCK_M=1, WORDS=True, SPLIT_K=1, USE_DOT=False, IEEE=False),
-                      tuple(k for k in t if k not in ("M", "N")), w8._GEMV_CONFIGS))
+                      tuple(k for k in t if k not in ("M", "N")), tk["gemv_w8"].configs_for(False)))
     if op in ("all", "gemv_bf16"):
         t = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", y_ptr=f"*{dtype}", M="i32", N="i32",
                  K="i32", stride_xm="i32", stride_wn="i32", stride_ym="i32")
-        plans.append(("gemv_bf16", bf._gemv_kernel.jit_fn, t,
+        plans.append(("gemv_bf16", tk["gemv_bf16"].jit_fn, t,
                       dict(BLOCK_M=1, USE_DOT=False, IEEE=False),
-                      tuple(k for k in t if k not in ("M", "N")), bf._gemv_kernel.configs_for(False)))
+                      tuple(k for k in t if k not in ("M", "N")), tk["gemv_bf16"].configs_for(False)))
     return plans
 
 
 def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
     GEMV's also depend on BLOCK_M)."""
-    import kernels.gemv.triton_bf16 as bf
-    import kernels.gemv.triton_w4 as w4
-    import kernels.gemv.triton_w8 as w8
-    kern = {"gemv_w4": w4._w4_kernel, "gemv_w8": w8._w8_kernel, "gemv_bf16": bf._gemv_kernel}[name]
+    from kernels.gemv import TRITON_KERNELS
+    kern = TRITON_KERNELS[name]
     return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
 
 

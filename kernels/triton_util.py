@@ -4,7 +4,11 @@ Under TRITON_INTERPRET=1 (CPU tests) there is no driver, so `triton.autotune` ca
 decorated with `autotune_or_fixed` then use one fixed config, passed by the launcher through
 `kernel.fixed_meta`. On a GPU they autotune, unless DECODEWALL_AUTOTUNE=0 (the device check's
 correctness tests: one compile per kernel variant instead of one per config), which runs the
-first config of the list. `tuned()` says which config each kernel ran last, for result records.
+first config of the list.
+
+Public (exported by `kernels`): `tuned()` names the config each autotuned kernel ran last, and
+the tuner's timings when it just tuned; `forget_tuned()` clears that, so a harness can record
+which config served each case.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     (`fixed`); on a GPU with DECODEWALL_AUTOTUNE=0 the first of `configs`.
 
     Either way the decorated kernel has `.fixed_meta` (see launch_meta) and `.jit_fn`, the plain
-    kernel that tests/helpers.FixedConfig launches with each config the tuner may pick.
+    @triton.jit function, to compile or launch one config of it directly.
     """
     def deco(jitfn: Any) -> Any:
         if INTERPRET or not AUTOTUNE:
@@ -69,12 +73,9 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
 
 
 def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
-    """The meta-parameters a launcher passes: a test's forced config (tests/helpers.FixedConfig),
-    else the interpreter's fixed set, else with DECODEWALL_AUTOTUNE=0 the first config that can
-    run on this path (`kernel.configs_for(use_dot)`), else none: the tuner picks."""
-    forced = getattr(kernel, "forced_meta", None)
-    if forced is not None:
-        return forced
+    """The meta-parameters a launcher passes: the interpreter's fixed set, or with
+    DECODEWALL_AUTOTUNE=0 the first config that can run on this path
+    (`kernel.configs_for(use_dot)`), else none: the tuner picks."""
     if INTERPRET:
         return kernel.fixed_meta
     if not AUTOTUNE and hasattr(kernel, "configs_for"):

@@ -65,7 +65,12 @@ def build_baseline_x86(library, tmp_path: Path):
 
 class FixedConfig:
     """Stands in for an autotuned Triton kernel in its module: launches the raw kernel with one
-    config, so a test can check every config the tuner may pick (it checks only the winner)."""
+    config, so a test can check every config the tuner may pick (it checks only the winner).
+
+    Its `fixed_meta` is empty, so kernels.triton_util.launch_meta hands the launcher nothing of
+    its own; the launch adds the config's meta-parameters to what the launcher passes."""
+
+    fixed_meta: dict = {}
 
     def __init__(self, kernel, cfg) -> None:
         from kernels.triton_util import INTERPRET, config_meta
@@ -73,10 +78,11 @@ class FixedConfig:
         meta = config_meta(cfg)
         if INTERPRET:  # the interpreter has no warps or pipeline stages to choose
             meta.pop("num_warps"), meta.pop("num_stages")
-        self.forced_meta = meta
+        self.meta = meta
 
     def __getitem__(self, grid):
-        return self.fn[grid]
+        launch = self.fn[grid]
+        return lambda *args, **kw: launch(*args, **kw, **self.meta)
 
 
 def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check) -> int:

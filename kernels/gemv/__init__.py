@@ -10,8 +10,14 @@ from .ops import (GemvShape, GemvW4Shape, GemvW8Shape, weight_bytes_bf16, weight
                   weight_bytes_w8)
 from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
 
+# The Triton kernel behind each op's Triton impl, for static analysis (python -m bench.sass):
+# `.jit_fn` is the @triton.jit function, `.configs_for(use_dot)` (bf16: `(use_dot, block_m)`)
+# the configs a launch on that path tunes over. Empty without Triton.
+TRITON_KERNELS: dict = {}
 if HAS_TRITON:
     from . import triton_bf16, triton_w8, triton_w4  # noqa: F401  (register the Triton impls)
+    TRITON_KERNELS.update(gemv_bf16=triton_bf16._gemv_kernel, gemv_w8=triton_w8._w8_kernel,
+                          gemv_w4=triton_w4._w4_kernel)
 
-__all__ = ["GemvShape", "GemvW8Shape", "GemvW4Shape", "weight_bytes_bf16", "weight_bytes_w8",
-           "weight_bytes_w4"]
+__all__ = ["GemvShape", "GemvW8Shape", "GemvW4Shape", "TRITON_KERNELS", "weight_bytes_bf16",
+           "weight_bytes_w8", "weight_bytes_w4"]

@@ -6,6 +6,7 @@ import pytest
 triton = pytest.importorskip("triton")
 
 from kernels import triton_util  # noqa: E402
+from tests import helpers  # noqa: E402
 
 
 def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
@@ -45,11 +46,22 @@ def test_prune_keeps_each_path_and_x3d_only_at_m1():
         assert dot and set(map(id, dot)) == set(map(id, mod._DOT_CONFIGS))
 
 
-def test_launch_meta_prefers_a_forced_config():
-    class K:
-        fixed_meta = {"BLOCK_N": 1}
-        forced_meta = {"BLOCK_N": 2}
-    assert triton_util.launch_meta(K()) == {"BLOCK_N": 2}
+def test_a_fixed_config_stand_in_launches_its_config():
+    """tests/helpers.FixedConfig: the launcher gets no meta-parameters of its own from
+    launch_meta, and the launch gets the config's, whatever the kernel's fixed set is."""
+    launches = []
+
+    class Jit:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((grid, args, kw))
+
+    kern = types.SimpleNamespace(jit_fn=Jit(), fixed_meta={"BLOCK_N": 1})
+    stand_in = helpers.FixedConfig(kern, triton.Config({"BLOCK_N": 2}, num_warps=4, num_stages=3))
+    assert triton_util.launch_meta(stand_in) == {}
+    stand_in[(3,)]("x", USE_DOT=False, **triton_util.launch_meta(stand_in))
+    forced = {"BLOCK_N": 2} if triton_util.INTERPRET else {"BLOCK_N": 2, "num_warps": 4,
+                                                           "num_stages": 3}
+    assert launches == [((3,), ("x",), {"USE_DOT": False, **forced})]
 
 
 def test_w4_gemv_configs_step_whole_groups():
