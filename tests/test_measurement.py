@@ -9,11 +9,9 @@ import bench.roofline as rl
 from backends import get_backend
 from backends.cpu import read_caches
 from bench.roofline import Roof, judge
-from kernels import OPS, rel_err
-from kernels.probes import simd as probes_cpu
+from kernels import OPS
 from bench.runner import set_bytes
 from bench.timing import Budget, stop_rule, summarize
-from tests import helpers
 
 
 def test_summary_statistics():
@@ -85,29 +83,6 @@ def test_roof_is_best_probe_and_maps_compute_dtype():
 
 
 # --- the probes and the roof -------------------------------------------------------------------
-
-@pytest.mark.parametrize("n", [1, 31, 128, 4 * 128 * 3 + 17, 1 << 16, (1 << 20) + 5])
-def test_c_read_probe_sums_every_element(n):
-    """Every element counted once, whatever n is against the 4 streams x 128-byte steps."""
-    x = torch.rand(n, dtype=torch.float32) + 0.5
-    got = probes_cpu.read_simd_c(x)
-    assert got.dtype == torch.float32 and got.dim() == 0
-    assert rel_err(got, x.double().sum()) < 1e-6
-    x[n // 2] += 1000.0  # one element changed must show
-    assert abs(probes_cpu.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
-
-
-def test_c_read_probe_without_avx2_or_openmp(tmp_path):
-    lib = helpers.build_baseline_x86(probes_cpu.library, tmp_path)
-    for n in (5, 4 * 128 * 3 + 17, 100_003):
-        x = torch.rand(n) + 0.5
-        assert abs(lib.read_sum(x.data_ptr(), n, 2) / x.double().sum().item() - 1) < 1e-6
-
-
-def test_c_read_probe_refuses_other_dtypes():
-    with pytest.raises(NotImplementedError, match="fp32"):
-        probes_cpu.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
-
 
 def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
     """Each probe is the best of the impls that pass the check; a fast wrong impl is left out."""

@@ -20,6 +20,7 @@ def test_ceiling_is_four_warp_instructions_a_clock():
     assert LoopCount("gemv_w4", "", budget / 2, 0, None, []).ceiling_pct(4800, 0.5) == 100.0
 
 
+@pytest.mark.slow  # a real sm_90 compile
 @pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
 def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
     pytest.importorskip("triton")

@@ -19,6 +19,8 @@ from kernels.gemv import GemvW8Shape
 from kernels.attention.ops import PagedAttentionShape
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # every C library compiled again for each level
+
 # cpuinfo flags each level needs (gcc's -march=x86-64-v3 / -v4)
 LEVELS = {
     "x86-64-v3": ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"),

@@ -203,6 +203,7 @@ def test_denormal_unpack_is_used_on_amd():
     assert cpu_simd.denormal_unpack() == amd
 
 
+@pytest.mark.slow  # torch.compile: seconds of compiling
 def test_compiled_matches_reference():
     check_impl("torch_compiled", GemvW4Shape(3, 24, 128, 32), F32)
 
@@ -225,6 +226,7 @@ def test_triton_refuses_unaligned_words():
         OP.impls["triton_w4"](x, shifted, s, z, G)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("M, dtype, G, split_k", [(1, F16, 64, None), (3, F16, 64, None),
                                                   (6, F16, 64, None), (6, F32, 32, None),
                                                   (1, F16, 64, 2), (6, F16, 64, 2)])

@@ -69,6 +69,7 @@ def test_simd_kernel_beats_a_wrong_answer():
     assert rel_err(OP.impls["simd_c"](x, q, sc), ref) > 1e-2
 
 
+@pytest.mark.slow  # torch.compile: seconds of compiling
 def test_compiled_matches_reference():
     check_impl("torch_compiled", GemvW8Shape(3, 24, 96), F32)
 
@@ -93,6 +94,7 @@ def test_triton_unaligned_weights_take_the_byte_path():
     assert rel_err(out, OP.reference(x, q, s)) < OP.tol(F16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("M, split_k", [(1, None), (3, None), (6, None), (1, 2)])
 def test_triton_every_config_interpreted(M, split_k, monkeypatch):
     """Every config the GPU tuner may pick (here: those without PTX; at M = 1 the accumulator in

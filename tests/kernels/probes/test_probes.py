@@ -1,0 +1,43 @@
+"""copy and read: references and bytes by hand; the C read probe counts every element once."""
+import pytest
+import torch
+
+from kernels import OPS, rel_err
+from kernels.probes import simd as probes_cpu
+from tests import helpers
+
+
+def test_copy_and_read_references_by_hand():
+    src = torch.tensor([1.0, 2.0, 3.5], dtype=torch.float32)
+    assert OPS["copy"].reference(src).tolist() == [1.0, 2.0, 3.5]
+    assert OPS["read"].reference(src).item() == 6.5
+
+
+def test_byte_counts():
+    c = OPS["copy"]
+    assert c.bytes_moved(c.shape(N=1000), torch.float32) == 8000  # read + write
+    r = OPS["read"]
+    assert r.bytes_moved(r.shape(N=1000), torch.bfloat16) == 2000
+
+
+@pytest.mark.parametrize("n", [1, 31, 128, 4 * 128 * 3 + 17, 1 << 16, (1 << 20) + 5])
+def test_c_read_probe_sums_every_element(n):
+    """Every element counted once, whatever n is against the 4 streams x 128-byte steps."""
+    x = torch.rand(n, dtype=torch.float32) + 0.5
+    got = probes_cpu.read_simd_c(x)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    assert rel_err(got, x.double().sum()) < 1e-6
+    x[n // 2] += 1000.0  # one element changed must show
+    assert abs(probes_cpu.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
+
+
+def test_c_read_probe_without_avx2_or_openmp(tmp_path):
+    lib = helpers.build_baseline_x86(probes_cpu.library, tmp_path)
+    for n in (5, 4 * 128 * 3 + 17, 100_003):
+        x = torch.rand(n) + 0.5
+        assert abs(lib.read_sum(x.data_ptr(), n, 2) / x.double().sum().item() - 1) < 1e-6
+
+
+def test_c_read_probe_refuses_other_dtypes():
+    with pytest.raises(NotImplementedError, match="fp32"):
+        probes_cpu.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
