@@ -2,7 +2,7 @@
 
 The bandwidth roof is the best of the `copy` (read + write) and `read` probes on a working set of
 at least 4x the last-level cache, each probe from the best of its impls on the backend that pass
-a check (on the CPU `read` also has a C impl reading four streams per thread, kernels/probes_cpu.py:
+a check (on the CPU `read` also has a C impl reading four streams per thread, kernels/probes/simd.c:
 ~15% more than `Tensor.sum` here, where kernels reading several streams at once beat `sum`); the
 compute roof is a large matmul per dtype. A case is
 compute-bound when its arithmetic intensity is past the ridge (compute roof / bandwidth roof);

@@ -34,7 +34,7 @@ KV_PRECISIONS = ("bf16", "int8")
 INT4_GROUP = 128
 HALF = 2         # bytes of a bf16 activation, scale, zero, bias, norm weight
 INDEX = 4        # bytes of an int32 block-table entry or sequence length
-KV_BLOCK = 16    # paged KV block size (tokens per block), as in kernels/paged_attention.py
+KV_BLOCK = 16    # paged KV block size (tokens per block), as in kernels/attention/ops.py
 
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "vocab_size")
@@ -158,7 +158,7 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
 # --- byte formulas (the formats of kernels/, DESIGN.md) ----------------------------------------
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
-    """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv_*.py), bf16 activations."""
+    """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv/ops.py), bf16 activations."""
     from kernels.gemv import weight_bytes_bf16, weight_bytes_w4, weight_bytes_w8
     if precision == "bf16":
         return weight_bytes_bf16(N, K, torch.bfloat16)
@@ -172,7 +172,7 @@ def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int
 
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: str) -> int:
-    """K and V of one token in one layer, by the op's own formula (kernels/paged_attention.py)."""
+    """K and V of one token in one layer, by the op's own formula (kernels/attention/ops.py)."""
     from kernels.attention import kv_bytes_per_token as per_token
     if kv not in KV_PRECISIONS:
         raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")

@@ -164,8 +164,9 @@ def test_lowering_impls_match_the_reference(xla, op_name, shape, dtype, impl_nam
 @pytest.mark.parametrize("op_name", ["paged_attention", "paged_attention_kv8"])
 def test_paged_attention_ignores_garbage_where_nothing_is_read(xla, op_name):
     """NaN, +-inf and bad block ids in unused slots, blocks and table entries (as in
-    tests/test_paged_attention.py): every xla impl's output does not change by one bit."""
-    from tests.test_paged_attention import GARBAGE_VALUES, case_inputs, perturb
+    tests/kernels/attention/test_paged_attention.py): every xla impl's output does not change by
+    one bit."""
+    from tests.kernels.attention.test_paged_attention import GARBAGE_VALUES, case_inputs, perturb
     op, kv8 = OPS[op_name], op_name.endswith("kv8")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         args = case_inputs(op_name, 8, 2, 64, 16, dtype, [1, 37, 80], seed=5)

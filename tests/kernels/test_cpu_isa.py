@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from kernels import OPS
-from kernels.attention import simd as paged_attention_cpu
-from kernels.gemv import simd as cpu_simd
-from kernels.probes import simd as probes_cpu
+from kernels.attention import simd as attention_simd
+from kernels.gemv import simd as gemv_simd
+from kernels.probes import simd as probes_simd
 from kernels.gemv import GemvW4Shape
 from kernels.gemv import GemvW8Shape
 from kernels.attention.ops import PagedAttentionShape
@@ -67,7 +67,7 @@ def built(request, tmp_path_factory):
     mp.setenv("DECODEWALL_CACHE", str(tmp_path_factory.mktemp(march)))
     libs = {}
     try:
-        for mod in (cpu_simd, paged_attention_cpu, probes_cpu):
+        for mod in (gemv_simd, attention_simd, probes_simd):
             lib = mod.library
             libs[mod] = lib.for_march(march)
             try:
@@ -102,4 +102,4 @@ def test_c_read_probe_at_each_level(level):
 
 def test_the_impls_call_the_level_build(level):
     """The rebuilt library is the one the impls call, not the cached native build."""
-    assert cpu_simd.library.march == level and f"{level}" in cpu_simd.library()._name
+    assert gemv_simd.library.march == level and f"{level}" in gemv_simd.library()._name

@@ -360,13 +360,13 @@ def test_cuda_bf16_and_fp16(op_name, shape):
 def test_simd_c_splits_and_odd_group(op_name, splits, monkeypatch):
     """The C kernel: token splits (some empty for short sequences) merged exactly; G = 6 pads
     the 4-head tiles; block size 64; odd block tails."""
-    import kernels.attention.simd as pac
+    import kernels.attention.simd as attention_simd
     op = OPS[op_name]
     try:
-        pac.library()
+        attention_simd.library()
     except NotImplementedError as e:
         pytest.skip(str(e))
-    monkeypatch.setattr(pac, "splits_for", lambda B, tokens, threads: splits)
+    monkeypatch.setattr(attention_simd, "splits_for", lambda B, tokens, threads: splits)
     for dtype in (F32, BF16, F16):
         args = case_inputs(op_name, 12, 2, 64, 64, dtype, [300, 1, 65, 127])
         out = run(op.impls["simd_c"], args, "cpu")

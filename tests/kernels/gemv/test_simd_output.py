@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels import OPS
-from kernels.gemv import simd as cpu_simd
+from kernels.gemv import simd as gemv_simd
 from kernels.gemv import GemvW4Shape
 from kernels.gemv import GemvW8Shape
 from tests import helpers
@@ -32,8 +32,8 @@ def store(lib, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_store_out_rounds_like_torch(dtype, tmp_path):
     y = values()
-    for lib in (cpu_simd.library(),  # AVX2/F16C vector loop and the scalar tail (numel % 8 != 0)
-                helpers.build_baseline_x86(cpu_simd.library, tmp_path)):
+    for lib in (gemv_simd.library(),  # AVX2/F16C vector loop and the scalar tail (numel % 8 != 0)
+                helpers.build_baseline_x86(gemv_simd.library, tmp_path)):
         out = store(lib, y, dtype)
         assert torch.equal(out.view(torch.int16), y.to(dtype).view(torch.int16))
         nan = store(lib, torch.full((11,), float("nan")), dtype)
@@ -49,7 +49,7 @@ def test_out_dtypes(op_name, shape):
     still gets the answer; a wrong-shaped out is an error, not a silent broadcast."""
     op = OPS[op_name]
     x, *rest = op.make_inputs(shape, torch.bfloat16, "cpu", 3)
-    fn = cpu_simd.gemv_w8 if op_name == "gemv_w8" else cpu_simd.gemv_w4
+    fn = gemv_simd.gemv_w8 if op_name == "gemv_w8" else gemv_simd.gemv_w4
     y32 = fn(x, *rest, out=torch.full((shape.M, shape.N), float("nan")))
     assert not y32.isnan().any()
     for dt in (torch.bfloat16, torch.float16, torch.float64):

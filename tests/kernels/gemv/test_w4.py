@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels import OPS, rel_err
-from kernels.gemv import simd as cpu_simd
+from kernels.gemv import simd as gemv_simd
 from tests import helpers
 from kernels.gemv import GemvW4Shape
 from kernels.quant import INT4_GROUP_SIZES, pack_int4
@@ -92,25 +92,25 @@ def test_tiled_layout_by_hand():
     """4-row tiles of 32-byte pieces; rows past the last full tile stay as they were."""
     N, K = 6, 128                                   # 16 words per row: two chunks
     words = torch.arange(N * K // 8, dtype=torch.int32).view(N, K // 8)
-    tiled = cpu_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
+    tiled = gemv_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
     expect = [words[r, c * 8:(c + 1) * 8] for c in range(2) for r in range(4)] + [words[4], words[5]]
     assert torch.equal(tiled, torch.cat(expect))
     with pytest.raises(ValueError, match="K % 64"):
-        cpu_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
+        gemv_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
 
 
-KBW = cpu_simd.W4_KBLOCK_WORDS  # words per row of a K-block
+KBW = gemv_simd.W4_KBLOCK_WORDS  # words per row of a K-block
 KBK = 8 * KBW                   # its k
 
 
 def test_tiled_layout_blocks_by_hand():
     """Past KBK k the tiled layout is cut into K-blocks of KBK k, 32 tiles to a block, each block
     K-block by K-block; a short last block and two leftover rows."""
-    kw = [cpu_simd.w4_kblock_words(k) for k in (KBK // 2, KBK, KBK + 64, 2 * KBK, 7 * KBK // 2)]
+    kw = [gemv_simd.w4_kblock_words(k) for k in (KBK // 2, KBK, KBK + 64, 2 * KBK, 7 * KBK // 2)]
     assert kw == [KBW // 2, KBW, KBW + 8, KBW, 7 * KBW // 2]  # whole K unless a larger multiple
     N, K = 4 * 33 + 2, 2 * KBK                      # blocks of 32 and 1 tiles, 2 K-blocks
     words = torch.arange(N * K // 8, dtype=torch.int32).view(N, K // 8)
-    tiled = cpu_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
+    tiled = gemv_simd.tile_int4_rows(words.view(torch.uint8).view(N, K // 2)).view(torch.int32).view(-1)
     expect = []
     for tiles in (range(32), range(32, 33)):
         for kb in range(2):
@@ -148,10 +148,10 @@ def test_tiled_kblocks(shape, dtype, unpack):
     x, qw, sc, z, G = OP.make_inputs(shape, dtype, "cpu", 6)
     ref = OP.reference(x, qw, sc, z, G)
     out = torch.full((shape.M, shape.N), float("nan"), dtype=dtype)
-    cpu_simd.gemv_w4(x, cpu_simd.tile_int4_rows(qw), sc, z, G, out=out, tiled=True, unpack=unpack)
+    gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw), sc, z, G, out=out, tiled=True, unpack=unpack)
     assert rel_err(out, ref) < OP.tol(dtype)
     if dtype == F32 and unpack == "auto":  # the check can fail: plain tiles read as K-blocked
-        bad = cpu_simd.gemv_w4(x, _tiles_without_kblocks(qw), sc, z, G, tiled=True)
+        bad = gemv_simd.gemv_w4(x, _tiles_without_kblocks(qw), sc, z, G, tiled=True)
         assert rel_err(bad, ref) > 1e-2
 
 
@@ -159,8 +159,8 @@ def test_tiled_kernel_reads_the_tiled_layout():
     """The check can fail: row-layout weights passed as tiled give a wrong answer."""
     x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 16, 256, 64), F32, "cpu", 0)
     ref = OP.reference(x, qw, sc, z, G)
-    assert rel_err(cpu_simd.gemv_w4(x, qw, sc, z, G, tiled=True), ref) > 1e-2
-    assert rel_err(cpu_simd.gemv_w4(x, cpu_simd.tile_int4_rows(qw), sc, z, G, tiled=True), ref) < 1e-4
+    assert rel_err(gemv_simd.gemv_w4(x, qw, sc, z, G, tiled=True), ref) > 1e-2
+    assert rel_err(gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw), sc, z, G, tiled=True), ref) < 1e-4
 
 
 @pytest.mark.parametrize("tiled", [False, True])
@@ -176,9 +176,9 @@ def test_m1_unpack_paths_and_x_range(tiled, unpack, dtype, x_scale):
     x = (x.float() * x_scale).to(dtype)
     x[0, 7] = 0.0
     ref = OP.reference(x, qw, sc, z, G)
-    q = cpu_simd.tile_int4_rows(qw) if tiled else qw
+    q = gemv_simd.tile_int4_rows(qw) if tiled else qw
     out = torch.full((1, shape.N), float("nan"), dtype=dtype)
-    cpu_simd.gemv_w4(x, q, sc, z, G, out=out, tiled=tiled, unpack=unpack)
+    gemv_simd.gemv_w4(x, q, sc, z, G, out=out, tiled=tiled, unpack=unpack)
     assert rel_err(out, ref) < OP.tol(dtype)
 
 
@@ -186,12 +186,12 @@ def test_m1_zero_x_and_flush_denormal_mode():
     """x = 0 gives exactly -(zero-point terms) = 0; with FTZ/DAZ on (torch.set_flush_denormal) the
     denormal unpack still sees its denormals, because the kernel turns DAZ off inside."""
     x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 12, 256, 64), F32, "cpu", 2)
-    assert torch.count_nonzero(cpu_simd.gemv_w4(torch.zeros_like(x), qw, sc, z, G)) == 0
+    assert torch.count_nonzero(gemv_simd.gemv_w4(torch.zeros_like(x), qw, sc, z, G)) == 0
     ref = OP.reference(x, qw, sc, z, G)
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-denormal mode")
     try:
-        assert rel_err(cpu_simd.gemv_w4(x, qw, sc, z, G), ref) < 1e-4
+        assert rel_err(gemv_simd.gemv_w4(x, qw, sc, z, G), ref) < 1e-4
     finally:
         torch.set_flush_denormal(False)
 
@@ -200,7 +200,7 @@ def test_denormal_unpack_is_used_on_amd():
     with open("/proc/cpuinfo") as f:
         info = f.read()
     amd = "AuthenticAMD" in info and " avx2" in info and " f16c" in info
-    assert cpu_simd.denormal_unpack() == amd
+    assert gemv_simd.denormal_unpack() == amd
 
 
 @pytest.mark.slow  # torch.compile: seconds of compiling
@@ -278,13 +278,13 @@ def test_cuda_impls(name, dtype, shape):
 def test_scalar_fallback_without_avx2(tmp_path):
     """The C source built for a baseline x86-64 (no AVX2/F16C, as on CPUs without them) still
     computes both layouts correctly: its scalar path must know the tiled layout too."""
-    lib = helpers.build_baseline_x86(cpu_simd.library, tmp_path)
+    lib = helpers.build_baseline_x86(gemv_simd.library, tmp_path)
     assert lib.w4_denormal_unpack() == 0
     for shape, tiled in ((GemvW4Shape(1, 13, 512, 128), True), (GemvW4Shape(3, 10, 256, 32), True),
                          (GemvW4Shape(1, 5, 96, 32), False), (GemvW4Shape(1, 134, 2 * KBK, 128), True),
                          (GemvW4Shape(2, 130, 3 * KBK, 64), True)):
         x, qw, s, z, G = OP.make_inputs(shape, F32, "cpu", 1)
-        q = cpu_simd.tile_int4_rows(qw) if tiled else qw
+        q = gemv_simd.tile_int4_rows(qw) if tiled else qw
         y = torch.full((shape.M, shape.N), float("nan"))
         kw8 = (shape.K // 8 + 7) // 8 * 8
         scratch = torch.empty(shape.M * 8 * kw8 + shape.M * (shape.K // G))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels import OPS, rel_err
-from kernels.probes import simd as probes_cpu
+from kernels.probes import simd as probes_simd
 from tests import helpers
 
 
@@ -24,15 +24,15 @@ def test_byte_counts():
 def test_c_read_probe_sums_every_element(n):
     """Every element counted once, whatever n is against the 4 streams x 128-byte steps."""
     x = torch.rand(n, dtype=torch.float32) + 0.5
-    got = probes_cpu.read_simd_c(x)
+    got = probes_simd.read_simd_c(x)
     assert got.dtype == torch.float32 and got.dim() == 0
     assert rel_err(got, x.double().sum()) < 1e-6
     x[n // 2] += 1000.0  # one element changed must show
-    assert abs(probes_cpu.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
+    assert abs(probes_simd.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
 
 
 def test_c_read_probe_without_avx2_or_openmp(tmp_path):
-    lib = helpers.build_baseline_x86(probes_cpu.library, tmp_path)
+    lib = helpers.build_baseline_x86(probes_simd.library, tmp_path)
     for n in (5, 4 * 128 * 3 + 17, 100_003):
         x = torch.rand(n) + 0.5
         assert abs(lib.read_sum(x.data_ptr(), n, 2) / x.double().sum().item() - 1) < 1e-6
@@ -40,4 +40,4 @@ def test_c_read_probe_without_avx2_or_openmp(tmp_path):
 
 def test_c_read_probe_refuses_other_dtypes():
     with pytest.raises(NotImplementedError, match="fp32"):
-        probes_cpu.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
+        probes_simd.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
