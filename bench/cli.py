@@ -104,11 +104,38 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
 
 def resolve_cases(args, ctx) -> list:
     cases = _resolve_cases(args, ctx)
+    cases = _with_world_size(cases, getattr(args, "world_size", None))
     if getattr(args, "warm", False):
         if getattr(args, "model", None):
             raise UsageError("--warm times cases from the cache; a --model step is timed cold")
         cases = [dataclasses.replace(c, warm=True) for c in cases]
     return cases
+
+
+def _with_world_size(cases: list, n: int | None) -> list:
+    """Collective cases at the world size asked for (--world-size, or torchrun's WORLD_SIZE)."""
+    from kernels import OPS
+    from .collectives import launched_by_torchrun
+    if launched_by_torchrun():
+        if not any(OPS[c.op].collective for c in cases):
+            return cases  # refused with the reason by the run
+        given = int(os.environ["WORLD_SIZE"])
+        if n is not None and n != given:
+            raise UsageError(f"--world-size {n} but torchrun started {given} ranks")
+        n = given
+    if n is None:
+        return cases
+    if not any(OPS[c.op].collective for c in cases):
+        raise UsageError("--world-size applies to collective ops (e.g. --op allreduce) only")
+    out = []
+    for c in cases:
+        if OPS[c.op].collective:
+            try:
+                c = dataclasses.replace(c, shape=dataclasses.replace(c.shape, world_size=n))
+            except ValueError as e:
+                raise UsageError(f"impossible shape for {c.op}: {e}") from None
+        out.append(c)
+    return out
 
 
 def _resolve_cases(args, ctx) -> list:
@@ -176,6 +203,12 @@ def cmd_run(args) -> int:
     sctx = SuiteContext(backend.name, info.get("memory_bytes"), info.get("cache_bytes"))
     cases = resolve_cases(args, sctx)
     impl_filter = check_impls(args.impl, cases)
+    from kernels import OPS
+    from .collectives import launched_by_torchrun
+    collective = [c for c in cases if OPS[c.op].collective]
+    if launched_by_torchrun() and len(collective) != len(cases):
+        raise UsageError("under torchrun only collective ops run (e.g. --op allreduce); "
+                         "run kernels without torchrun")
     out_dir = None if args.no_save else Path(args.out)
     if out_dir is not None:
         try:
@@ -188,8 +221,11 @@ def cmd_run(args) -> int:
     err = console(stderr=True)
     show = sys.stderr.isatty() and not args.no_progress
     run_id = new_run_id(backend.name)
-    with err.status("measuring the roof...", spinner="dots") if show else _null():
-        roof = measure_roof(backend, [c.dtype for c in cases][:1] or None, budget)
+    if len(collective) < len(cases):
+        with err.status("measuring the roof...", spinner="dots") if show else _null():
+            roof = measure_roof(backend, [c.dtype for c in cases][:1] or None, budget)
+    else:  # collectives are judged against the chip's links, not its memory
+        roof = rl.Roof(backend.name, 0.0, 0.0, 0)
     ctx = RunContext(backend=backend, roof=roof, chip=chip, device_info=info, budget=budget,
                      seed=args.seed, run_id=run_id,
                      command="decodewall " + " ".join(shlex.quote(a) for a in args.argv),
@@ -205,8 +241,26 @@ def cmd_run(args) -> int:
             from .results import dumps
             print(dumps(rec), flush=True)
 
-    runner = IsolatedRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
-                            plugins=args.plugin or [])
+    if launched_by_torchrun():
+        return _run_as_rank(args, ctx, cases, writer, records, on_record)
+    kernels_runner = IsolatedRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
+                                    plugins=args.plugin or [])
+    from .collectives import CollectiveRunner
+    ranks_runner = CollectiveRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
+                                    plugins=args.plugin or [])
+
+    class runner:  # noqa: N801  each case to the runner of its kind
+        @staticmethod
+        def run_case(case):
+            if OPS[case.op].collective:
+                return ranks_runner.run_case(case)
+            return kernels_runner.run_case(case)
+
+        @staticmethod
+        def close():
+            kernels_runner.close()
+            ranks_runner.close()
+
     interrupted = False
     try:
         if show:
@@ -246,8 +300,9 @@ def cmd_run(args) -> int:
         out = console()
         lo, hi = min(tracker.readings), max(tracker.readings)
         roofs = f"{lo:.1f} GB/s" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} GB/s (re-measured)"
+        roofs = f", roof {roofs}" if hi > 0 else ""
         out.print(results_table(records, title=f"decodewall run {run_id} — {info.get('name')} "
-                                f"({backend.name}), roof {roofs}"))
+                                f"({backend.name}){roofs}"))
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
             _print_precision(records, out)
     if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
@@ -270,6 +325,32 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failed and args.strict else 0
 
 
+def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
+    """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
+    from .collectives import run_as_rank
+    from .report import console, results_table
+    import torch
+    rank = int(os.environ["RANK"])
+    if rank != 0:
+        writer.path = None  # one results file, rank 0's
+        args.json = False
+    try:
+        run_as_rank(ctx, cases, writer, on_record, max(5.0, args.case_timeout / 2))
+    finally:
+        writer.close()
+    if rank != 0:
+        return 0
+    if not args.json:
+        console().print(results_table(records, title=f"decodewall run {ctx.run_id} — "
+                                      f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
+                                      f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))
+    if writer.path and writer.count:
+        print(f"results: {writer.path}", file=sys.stderr)
+    from .results import FAILED
+    failed = [r for r in records if r["status"] in FAILED]
+    return EXIT_FAILED if failed and args.strict else 0
+
+
 def _print_precision(records, out) -> None:
     try:
         from .precision import precision_table
@@ -278,6 +359,16 @@ def _print_precision(records, out) -> None:
     table = precision_table(records)
     if table is not None:
         out.print(table)
+
+
+def _ranks(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of ranks: {text!r}") from None
+    if not 1 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"must be 1..4096 ranks, got {text!r}")
+    return v
 
 
 def _seconds(text: str) -> float:
@@ -443,6 +534,9 @@ def build_parser() -> Parser:
                    help="timing budget (default: quick for smoke, else normal)")
     r.add_argument("--strict", action="store_true",
                    help="exit 1 when any impl fails its check, errors, crashes or times out")
+    r.add_argument("--world-size", type=_ranks, metavar="N",
+                   help="ranks for collective ops (allreduce): the run starts them on this "
+                        "machine (default: the shape's, 2); under torchrun, its WORLD_SIZE")
     r.add_argument("--case-timeout", type=_seconds, default=_default_timeout(), metavar="SECONDS",
                    help="kill an impl-case (check + timing, compiling and autotuning included) "
                         "that runs longer and record it as timeout (default: "

@@ -250,3 +250,15 @@ def _sweep_impls(ctx: SuiteContext, op: str) -> tuple[str, ...]:
 def _gemv_bytes(op: str, N: int, K: int) -> int:
     c = _gemv_case(op, 1, N, K, torch.bfloat16, "")
     return OPS[op].bytes_moved(c.shape, c.dtype)
+
+
+@suite("collectives", "all-reduce of decode-sized messages (hidden x batch x bf16: 8 KiB to 16 MiB) "
+       "at every world size this machine runs (powers of two; one rank a GPU on CUDA)")
+def collectives(ctx: SuiteContext) -> list[Case]:
+    from kernels.collectives.ops import AllreduceShape
+    from .collectives import max_world_size
+    most = max_world_size(ctx.backend)
+    sizes = [n for n in (2, 4, 8, 16, 32, 64) if n <= most]
+    return [Case("allreduce", AllreduceShape(bytes=8192 << k, world_size=n), torch.bfloat16,
+                 group=f"allreduce x{n}")
+            for n in sizes for k in range(12)]  # 8 KiB ... 16 MiB

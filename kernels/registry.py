@@ -95,6 +95,9 @@ class Op:
     # Tiny (shape, dtype) cases for the smoke suite; the op knows its own shape space.
     smoke: tuple[tuple[Any, torch.dtype], ...] = ()
     impls: dict[str, Impl] = field(default_factory=dict)
+    # A collective runs in every rank of a process group at once (bench/collectives.py), not in
+    # the single-process runner; its shape carries the world size.
+    collective: bool = False
 
     def shape(self, **kw: int) -> Any:
         """Build and validate a shape from keyword values; ValueError says what is wrong."""

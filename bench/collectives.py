@@ -1,0 +1,387 @@
+"""Collectives measured through torch.distributed: one process per rank, the slowest rank's time.
+
+`decodewall run --op allreduce --shape bytes=65536 --world-size 2` starts the ranks itself: fresh
+interpreters (bench/isolation.py's Worker) that meet on 127.0.0.1 through torch.distributed's env://
+rendezvous, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
+WORLD_SIZE, MASTER_ADDR set) each process is one rank instead, and rank 0 keeps the results.
+
+Per impl-case, on every rank: the check (each rank contributes known values; the sum is compared
+with the float64 expectation; the worst rank decides), then timing. A sample is a barrier, then
+one collective timed to its completion (a device sync on CUDA); the sample's time is the slowest
+rank's, gathered after each batch so every rank applies the same stopping rule (bench/timing.py's)
+to the same numbers. The timed buffer holds zeros (their sum stays zero over thousands of calls;
+values do not change a collective's speed). Records: `bytes` is the message, `algbw_gbps` and
+`busbw_gbps` as nccl-tests defines them, `achieved_gbps` = busbw, judged against the chip's
+datasheet link bandwidth (per direction) where the catalog has one.
+
+A rank that dies ends the case `crashed` naming it (signal or exit code, its last stderr line); a
+rank that raises ends it `error` naming it; past --case-timeout the ranks that had not finished are
+named and the case is `timeout`. Every rank process is then killed (process groups included) and a
+new group takes the next case: nothing is left running.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from kernels import OPS, Impl, rel_err
+
+from .isolation import TIMEOUT, Worker, WorkerDied, describe_exit
+from .results import ResultWriter
+from .runner import RunContext, base_record, reported_impls
+from .suites import Case
+from .timing import Budget, stop_rule, summarize
+
+AT_LINK = 0.80  # busbw at or above this share of the datasheet link bandwidth: "at the link"
+WARMUP_CALLS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_backend(backend: str) -> str:
+    return "nccl" if backend == "cuda" else "gloo"
+
+
+def max_world_size(backend: str) -> int:
+    """Ranks this machine can run: one a GPU on CUDA; on the CPU one a core (at least 2)."""
+    if backend == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return max(2, os.cpu_count() or 1)
+
+
+def _why(e: BaseException) -> str:
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# --- one rank: check, time, and (rank 0) the record ------------------------------------------------
+
+def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str, Any] | None:
+    """Check and time `impl` on this rank; every rank of the group calls it together. Returns the
+    record on rank 0, None elsewhere. Raises what the impl raises."""
+    from kernels.collectives.ops import busbw_gbps, algbw_gbps, contribution, expected
+    dist = torch.distributed
+    rank, n = dist.get_rank(), dist.get_world_size()
+    s, dtype, backend = case.shape, case.dtype, ctx.backend
+    op = OPS[case.op]
+    t = contribution(s, dtype, rank, device)
+    out = impl.fn(t)
+    backend.synchronize()
+    err = torch.tensor([rel_err(out.to("cpu"), expected(s, dtype))], dtype=torch.float64,
+                       device=device)
+    dist.all_reduce(err, op=dist.ReduceOp.MAX)  # the worst rank decides
+    err_v, tol = float(err.item()), op.tol(dtype)
+    rec = base_record(ctx, case, impl) if rank == 0 else None
+
+    def done(**kw: Any) -> dict[str, Any] | None:
+        if rec is not None:
+            rec.update(roof_gbps=None, arithmetic_intensity=None, world_size=n, **kw)
+        return rec
+
+    if not err_v <= tol:
+        return done(status="failed-check", rel_err=err_v, correct=False,
+                    error=f"rel err {err_v:.3g} > tolerance {tol:.3g} (worst rank)"
+                    if err_v != float("inf") else "output has NaN/inf")
+    if ctx.check_only:
+        return done(status="ok", rel_err=err_v, correct=True)
+
+    t.zero_()
+    st = _time(lambda: impl.fn(t), backend, ctx.budget, device)
+    algbw, busbw = algbw_gbps(s, st.median), busbw_gbps(s, st.median)
+    link = ctx.chip.interconnect.link_gbps if ctx.chip else None
+    pct = 100 * busbw / link if link else None
+    verdict = ("not judged: no datasheet link bandwidth for this device" if pct is None else
+               "at the link" if pct >= 100 * AT_LINK else "below the link")
+    return done(status="ok", rel_err=err_v, correct=True,
+                time_s={"median": st.median, "p25": st.p25, "p75": st.p75, "min": st.min,
+                        "n": st.n, "rel_std": st.rel_std, "stop": st.stop},
+                achieved_gbps=busbw, algbw_gbps=algbw, busbw_gbps=busbw, datasheet_gbps=link,
+                pct_datasheet=pct, verdict=verdict)
+
+
+def _time(call: Callable[[], Any], backend: Any, budget: Budget, device: str):
+    """Samples of the slowest rank (barrier, call, sync), batch by batch until bench.timing's
+    rule stops them; rank 0's clock decides the elapsed time for every rank."""
+    dist = torch.distributed
+    n = dist.get_world_size()
+    for _ in range(WARMUP_CALLS):
+        call()
+    backend.synchronize()
+    samples: list[float] = []
+    t0 = time.perf_counter()
+    while True:
+        local = []
+        for _ in range(budget.batch):
+            dist.barrier()
+            backend.synchronize()
+            a = time.perf_counter_ns()
+            call()
+            backend.synchronize()
+            local.append((time.perf_counter_ns() - a) * 1e-9)
+        mine = torch.tensor(local + [time.perf_counter() - t0], dtype=torch.float64, device=device)
+        every = [torch.empty_like(mine) for _ in range(n)]
+        dist.all_gather(every, mine)
+        table = torch.stack(every).cpu()
+        samples.extend(table[:, :-1].max(dim=0).values.tolist())
+        stop = stop_rule(samples, float(table[0, -1]), budget)
+        if stop:
+            return summarize(samples, stop)
+
+
+def rank_main() -> None:
+    """Entry of a rank process started by `CollectiveRunner` (RANK, WORLD_SIZE, MASTER_* set)."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    from backends import get_backend
+
+    from .isolation import _die_with_parent
+    from .plugins import load_plugins
+    rx = Connection(int(sys.argv[1]), writable=False)
+    tx = Connection(int(sys.argv[2]), readable=False)
+    for fd in (rx.fileno(), tx.fileno()):
+        os.set_inheritable(fd, False)
+    _die_with_parent()
+    _, backend_name, plugins, pg_timeout_s = rx.recv()
+    rank = int(os.environ["RANK"])
+    try:
+        load_plugins(plugins)
+        backend = get_backend(backend_name)
+        device = init_rank(backend_name, pg_timeout_s)
+    except BaseException as e:
+        print(f"rank {rank}: {_why(e)}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    tx.send(("ready",))
+    while True:
+        try:
+            msg = rx.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != "case":
+            return
+        _, fields, case, impl_name = msg
+        ctx = RunContext(backend=backend, **fields)
+        try:
+            rec = rank_case(ctx, case, OPS[case.op].impls[impl_name], device)
+        except NotImplementedError as e:
+            tx.send(("skipped", rank, str(e) or "not implemented for this case"))
+            os._exit(5)  # the others may wait in a collective: the group is replaced
+        except Exception as e:
+            tx.send(("error", rank, _why(e)))
+            os._exit(5)
+        if rec is not None:
+            tx.send(("record", rec))
+        tx.send(("done", rank))
+
+
+def init_rank(backend: str, pg_timeout_s: float) -> str:
+    """Join the process group from the environment; the device this rank uses."""
+    dist = torch.distributed
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    if backend == "cuda":
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    else:
+        n = int(os.environ["WORLD_SIZE"])
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the ranks share the cores
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(pg_backend(backend), init_method="env://",
+                                timeout=timedelta(seconds=pg_timeout_s))
+    return device
+
+
+# --- the parent: a group of rank processes per world size -----------------------------------------
+
+class CollectiveRunner:
+    """`run_case` for collective ops: every impl-case on a group of rank processes (see the
+    module docstring). The group is started on first use and replaced after any fault."""
+
+    def __init__(self, ctx: RunContext, writer: ResultWriter,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 case_timeout: float = 300.0, plugins: Sequence[str] = ()) -> None:
+        self.ctx, self.writer = ctx, writer
+        self.on_record = on_record or (lambda r: None)
+        self.case_timeout = case_timeout
+        self.plugins = [str(Path(p).resolve()) for p in plugins]
+        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-ranks-")
+        self._ranks: list[Worker] = []
+
+    def close(self) -> None:
+        self._stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> CollectiveRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _stop(self) -> None:
+        for w in self._ranks:
+            w.close()
+        self._ranks = []
+
+    def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
+        self.writer.write(rec)
+        self.on_record(rec)
+        return rec
+
+    def _start(self, n: int) -> str | None:
+        """A group of n ranks; None, or why it could not start."""
+        if len(self._ranks) == n and all(w.proc.poll() is None for w in self._ranks):
+            return None
+        self._stop()
+        port = free_port()
+        for r in range(n):
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
+                   "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
+            self._ranks.append(Worker(self.ctx.backend.name, self.plugins, Path(self._tmp.name),
+                                      entry="bench.collectives:rank_main", env=env,
+                                      init=(max(5.0, self.case_timeout / 2),), wait=False))
+        try:
+            for r, w in enumerate(self._ranks):
+                w.wait_ready(f"rank {r}")
+        except Exception as e:  # RunError: one rank could not join
+            self._stop()
+            return str(e)
+        return None
+
+    def run_case(self, case: Case) -> list[dict[str, Any]]:
+        c = self.ctx
+        n = case.shape.world_size
+        records = []
+        for impl in reported_impls(case, c):
+            rec = base_record(c, case, impl)
+            rec.update(roof_gbps=None, arithmetic_intensity=None, world_size=n)
+            ok, why = impl.supports(c.backend.name, case.dtype)
+            most = max_world_size(c.backend.name)
+            if ok and n > most:
+                ok = False
+                why = (f"world size {n} needs {n} GPUs; this machine has {most}"
+                       if c.backend.name == "cuda" else
+                       f"world size {n} is more ranks than this machine runs ({most})")
+            if not ok:
+                rec.update(status="skipped", error=why)
+            else:
+                rec = self._run_impl(case, impl, rec)
+            records.append(self._emit(rec))
+        return records
+
+    def _run_impl(self, case: Case, impl: Impl, rec: dict[str, Any]) -> dict[str, Any]:
+        c, n = self.ctx, case.shape.world_size
+        t0 = time.monotonic()
+        failed = self._start(n)
+        if failed:
+            rec.update(status="crashed", error=f"the process group did not start: {failed}")
+            return rec
+        fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "backend"}
+        since = [w.log_size() for w in self._ranks]
+        for w in self._ranks:
+            try:
+                w.send(("case", fields, case, impl.name))
+            except WorkerDied:
+                pass  # found dead below
+        events = self._collect(n, t0 + self.case_timeout)
+        wall = round(time.monotonic() - t0, 3)
+        done = {r for kind, r, _ in events if kind == "done"}
+        result = next((x for kind, _, x in events if kind == "record"), None)
+        if len(done) == n and result is not None:
+            result["wall_s"] = wall
+            return result
+        self._stop()  # a fault leaves the group unusable: kill every rank, start afresh next time
+        rec.update(wall_s=wall, **self._blame(events, n, since, impl))
+        return rec
+
+    def _collect(self, n: int, deadline: float) -> list[tuple[str, int, Any]]:
+        """Every rank's messages and deaths, in the order they arrive, until each rank is done,
+        has failed or has died, or the deadline passes."""
+        from multiprocessing.connection import wait
+        events: list[tuple[str, int, Any]] = []
+        live = {w.rx: r for r, w in enumerate(self._ranks)}
+        while live and time.monotonic() < deadline:
+            for conn in wait(list(live), timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+                r = live[conn]
+                try:
+                    msg = conn.recv()
+                except Exception:  # EOF: the process is gone
+                    events.append(("died", r, self._ranks[r].wait()))
+                    del live[conn]
+                    continue
+                if msg[0] == "record":
+                    events.append(("record", r, msg[1]))
+                    continue
+                events.append((msg[0], r, msg[2] if len(msg) > 2 else None))
+                del live[conn]  # done, error or skipped: nothing more comes from this rank
+        return events
+
+    def _blame(self, events: list[tuple[str, int, Any]], n: int, since: list[int],
+               impl: Impl) -> dict[str, Any]:
+        """Which rank ended the case, and how. A rank that dies first crashed; else ranks still
+        silent at the deadline hung (the others gave up waiting for them); else the first rank
+        to raise is named."""
+        said = {r for kind, r, _ in events if kind in ("done", "error", "skipped")}
+        first = next((e for e in events if e[0] in ("died", "error", "skipped")), None)
+        known = f" ({impl.known_issue})" if impl.known_issue else ""
+        if first is not None and first[0] == "died" and first[1] not in said:
+            r = first[1]
+            last = self._ranks[r].last_stderr_line(since[r]) if r < len(self._ranks) else ""
+            return {"status": "crashed", "error": f"rank {r} died: {describe_exit(first[2])}"
+                    + (f"; its last stderr line: {last}" if last else "") + known}
+        ended = said | {r for kind, r, _ in events if kind == "died"}
+        silent = [r for r in range(n) if r not in ended]
+        if silent:
+            other = next((x for kind, _, x in events if kind == "error"), None)
+            return {"status": "timeout", "error": f"rank(s) {', '.join(map(str, silent))} did not "
+                    f"finish within --case-timeout {self.case_timeout:g} s"
+                    + (f" (another rank gave up waiting: {other})" if other else "")
+                    + "; all ranks killed"}
+        if first is not None and first[0] in ("error", "skipped"):
+            status = "skipped" if first[0] == "skipped" else "error"
+            return {"status": status, "error": f"rank {first[1]}: {first[2]}"
+                    + (known if status == "error" else "")}
+        return {"status": "error", "error": "the ranks ended without a record"}
+
+
+# --- launched by torchrun: this process is one rank -------------------------------------------------
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")) \
+        and "DECODEWALL_WORKER_PATH" not in os.environ
+
+
+def run_as_rank(ctx: RunContext, cases: list[Case], writer: ResultWriter,
+                on_record: Callable[[dict[str, Any]], None], pg_timeout_s: float) -> int:
+    """Run collective cases as this torchrun rank; rank 0 writes and reports the records. The
+    launcher owns the processes, so a fault ends the run (torchrun reports which rank)."""
+    device = init_rank(ctx.backend.name, pg_timeout_s)
+    rank = torch.distributed.get_rank()
+    for case in cases:
+        for impl in reported_impls(case, ctx):
+            ok, why = impl.supports(ctx.backend.name, case.dtype)
+            if not ok:
+                if rank == 0:
+                    rec = base_record(ctx, case, impl)
+                    rec.update(status="skipped", error=why, world_size=case.shape.world_size)
+                    writer.write(rec)
+                    on_record(rec)
+                continue
+            rec = rank_case(ctx, case, impl, device)
+            if rec is not None:
+                writer.write(rec)
+                on_record(rec)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return rank

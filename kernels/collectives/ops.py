@@ -1,0 +1,114 @@
+"""`allreduce`: the sum of one tensor over every rank of a process group, in place.
+
+A tensor-parallel decode step all-reduces its activations twice a layer: hidden size x batch x
+dtype bytes, 8 KiB to 16 MiB for today's models. Every rank contributes known, rank-dependent
+small integers (`pattern`), so the sum is exact and checkable on each rank.
+
+Bytes follow nccl-tests: `bytes` is the message size; algorithm bandwidth = bytes / time; bus
+bandwidth = algbw * 2(n-1)/n, what each rank's links carry in a ring all-reduce, comparable with
+the link's datasheet bandwidth whatever n is. Impls take the tensor and the process group
+(None: the default group) and return it reduced; they run in every rank process at once
+(bench/collectives.py), never in the single-process runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import Op, register_impl, register_op
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+MAX_BYTES = 2**34
+
+
+@dataclass(frozen=True)
+class AllreduceShape:
+    bytes: int  # the message: what each rank contributes and receives
+    world_size: int = 2  # ranks in the group (`run --world-size` sets it)
+
+    def __post_init__(self) -> None:
+        if self.bytes < 4 or self.bytes % 4:
+            raise ValueError(f"bytes must be a positive multiple of 4, got {self.bytes}")
+        if self.bytes > MAX_BYTES:
+            raise ValueError(f"bytes={self.bytes} is larger than any device memory")
+        if not 1 <= self.world_size <= 4096:
+            raise ValueError(f"world_size must be in 1..4096, got {self.world_size}")
+
+
+def esize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def numel(s: AllreduceShape, dtype: torch.dtype) -> int:
+    return s.bytes // esize(dtype)
+
+
+def pattern(n: int, rank: int) -> torch.Tensor:
+    """Rank r's values: (i + r) % 3 + 1, in 1..3 and different on every neighbouring rank, so a
+    sum that drops, repeats or misplaces a rank's data is caught. Sums stay below 3n: exact in
+    bf16 up to 85 ranks, fp16 up to 682, fp32 always."""
+    return ((torch.arange(n, dtype=torch.int64) + rank) % 3 + 1).to(torch.float64)
+
+
+def contribution(s: AllreduceShape, dtype: torch.dtype, rank: int, device) -> torch.Tensor:
+    return pattern(numel(s, dtype), rank).to(dtype).to(device)
+
+
+def expected(s: AllreduceShape, dtype: torch.dtype) -> torch.Tensor:
+    """The sum over ranks, float64 on the CPU."""
+    n = numel(s, dtype)
+    return sum(pattern(n, r) for r in range(min(s.world_size, 3))) * (s.world_size // 3) + \
+        sum(pattern(n, r) for r in range(s.world_size % 3))
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def make_inputs(s: AllreduceShape, dtype: torch.dtype, device, seed: int) -> tuple:
+    """This rank's contribution (rank 0 outside a process group). Deterministic by design: the
+    check needs to know every rank's values."""
+    return (contribution(s, dtype, _rank(), device),)
+
+
+def algbw_gbps(s: AllreduceShape, time_s: float) -> float:
+    return s.bytes / time_s / 1e9
+
+
+def busbw_gbps(s: AllreduceShape, time_s: float) -> float:
+    n = s.world_size
+    return algbw_gbps(s, time_s) * (2 * (n - 1) / n if n > 1 else 1.0)
+
+
+allreduce = register_op(Op(
+    name="allreduce",
+    shape_type=AllreduceShape,
+    make_inputs=make_inputs,
+    reference=lambda t: expected(AllreduceShape(t.numel() * t.element_size(), _world()),
+                                 t.dtype),
+    bytes_moved=lambda s, dt: s.bytes,
+    flops=lambda s: 0,  # (n-1) adds an element, spread over the ring: not what limits it
+    out_spec=lambda s, dt: ((numel(s, dt),), dt),
+    tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},  # integer sums: exact
+    dtypes=(F32, BF16, F16),
+    doc="sum over ranks in place (torch.distributed): bytes = message, busbw = algbw 2(n-1)/n",
+    smoke=((AllreduceShape(bytes=1 << 16, world_size=2), F32),),
+    collective=True,
+))
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@register_impl("allreduce", "torch_distributed", backends=("cpu", "cuda"), baseline=True)
+def torch_distributed(t: torch.Tensor, group=None) -> torch.Tensor:
+    """torch.distributed.all_reduce: gloo on the CPU, NCCL on CUDA."""
+    torch.distributed.all_reduce(t, group=group)
+    return t
+
+
+__all__ = ["AllreduceShape", "allreduce", "algbw_gbps", "busbw_gbps", "contribution", "expected"]
