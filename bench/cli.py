@@ -140,7 +140,8 @@ def _with_world_size(cases: list, n: int | None) -> list:
 
 def _resolve_cases(args, ctx) -> list:
     from kernels import OPS
-    from .suites import SUITES, Case, cases_for
+    from .case import Case
+    from .suites import SUITES, cases_for
     if hasattr(args, "model"):  # `run --model`: bench/project_cli.py
         from .project_cli import model_cases
         if (cases := model_cases(args, ctx)) is not None:

@@ -37,7 +37,7 @@ from kernels import OPS, Impl, rel_err
 from .isolation import TIMEOUT, Worker, WorkerDied, describe_exit
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
-from .suites import Case
+from .case import Case
 from .timing import Budget, stop_rule, summarize
 
 AT_LINK = 0.80  # busbw at or above this share of the datasheet link bandwidth: "at the link"

@@ -36,7 +36,7 @@ from .errors import RunError
 from .results import ResultWriter
 from .roofline import add_matmul
 from .runner import RunContext, base_record, reported_impls
-from .suites import Case
+from .case import Case
 
 # No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
 # there (torch.compile's first compile of a 70B-shaped GEMV, then its timing) takes well under a

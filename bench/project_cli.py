@@ -104,7 +104,7 @@ def model_cases(args, ctx) -> list | None:
     """The cases of `run --model`: one per distinct kernel of the decode step (None: no --model)."""
     import torch
     from kernels import OPS
-    from .suites import Case
+    from .case import Case
     if not args.model:
         given = [f"--{n}" for n in ("batch", "ctx", "weights", "kv") if getattr(args, n) is not None]
         if given:

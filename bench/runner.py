@@ -23,7 +23,7 @@ from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
 
 from .results import ResultWriter
 from .roofline import Roof, add_matmul, judge
-from .suites import Case
+from .case import Case
 from .timing import Budget, measure
 
 MAX_SETS = 4096

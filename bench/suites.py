@@ -7,23 +7,13 @@ smoke suite covers every registered op without listing them here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from kernels import OPS
 
-
-@dataclass(frozen=True)
-class Case:
-    op: str
-    shape: Any
-    dtype: torch.dtype
-    impls: tuple[str, ...] | None = None  # None: every impl that supports backend and dtype
-    group: str = ""  # free label for reports, e.g. "llama-3-8b qkv" or "precision"
-    # True: one input set reused call after call, no cache flush (the size sweep): a working set
-    # the cache holds is timed from the cache, and not judged against the DRAM roof.
-    warm: bool = False
+from .case import Case
 
 
 @dataclass(frozen=True)

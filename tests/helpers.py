@@ -122,7 +122,7 @@ class IsolatedChecker:
         self.runner = IsolatedRunner(ctx, ResultWriter(None, "test"), case_timeout=120)
 
     def __call__(self, op: str, impl: str, shape, dtype, seed: int = 0) -> dict:
-        from bench.suites import Case
+        from bench.case import Case
         self.ctx.seed = seed
         (rec,) = self.runner.run_case(Case(op, shape, dtype, impls=(impl,)))
         return rec

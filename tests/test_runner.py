@@ -8,7 +8,7 @@ from backends import get_backend
 from bench.results import FIELDS, ResultWriter, read_results
 from bench.roofline import IN_CACHE, Roof
 from bench.runner import WARM_CACHE_FACTOR, RunContext, Runner
-from bench.suites import Case
+from bench.case import Case
 from bench.timing import BUDGETS
 from kernels import OPS, register_impl
 from kernels.gemv import GemvShape

@@ -201,7 +201,7 @@ def test_an_impl_that_does_not_lower_is_skipped_with_the_reason(xla, tmp_path, n
     from bench.results import ResultWriter
     from bench.roofline import Roof
     from bench.runner import RunContext, Runner
-    from bench.suites import Case
+    from bench.case import Case
     from bench.timing import BUDGETS
     roof = Roof("xla", 5.0, 5.0, 1 << 28, matmul_tflops={"float32": 0.05})
     ctx = RunContext(backend=xla, roof=roof, chip=None, device_info={}, budget=BUDGETS["quick"],
