@@ -17,16 +17,15 @@ class Backend:
     `rotate_bytes()`; a backend that flushes its cache before each sample returns 0 there.
     flush=False (a warm-cache case of the size sweep) leaves the cache as the last call left it.
 
-    Hooks for backends whose tensors are not plain torch (XLA through torchax); the defaults keep
-    CPU and CUDA exactly as they were: the runner builds inputs with `make_inputs`, does eager
-    device work (`prepare`) inside `session()`, checks and times `wrap(fn)`, passes `out=` only
-    when `out_buffers`, copies input sets with `clone` and compares `to_host` values.
+    Hooks for backends whose tensors are not plain torch (XLA through torchax); the defaults are
+    what CPU and CUDA need: inputs are built on `build_device()` and moved with `to_device` when
+    that is not `device()`; eager device work (an impl's `prepare`) runs inside `session()`; the
+    callable checked and timed is `wrap(fn)`; `out=` is passed only when `out_buffers`; input
+    sets are copied with `clone`, and values are compared as `to_host` returns them.
     """
 
     name: str = ""
     kind_of_device: str = ""
-    # Below this median a slow case is blamed on launch/latency rather than on the kernel.
-    latency_floor_s: float = 20e-6
     # False where arrays are immutable (XLA): impls get no `out=` and their result is checked.
     out_buffers: bool = True
 
@@ -86,9 +85,9 @@ class Backend:
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device())
 
-    def make_inputs(self, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
-        """An op's fresh inputs on this backend's device."""
-        return op.make_inputs(shape, dtype, self.device(), seed)
+    def build_device(self) -> str:
+        """Where data for this backend is built (random inputs): its own device by default."""
+        return self.device()
 
     def session(self) -> ContextManager[Any]:
         """Context for eager work on this backend's tensors (an impl's `prepare`)."""

@@ -71,7 +71,6 @@ def _mem_total() -> int | None:
 
 class CPUBackend(Backend):
     name = "cpu"
-    latency_floor_s = 50e-6  # a Python call into torch or ctypes costs tens of µs here
 
     def available(self) -> tuple[bool, str]:
         return True, ""

@@ -42,7 +42,6 @@ SPIN_HZ = 2.0e9  # cycles per second assumed for the spin: a slower clock only h
 
 class CUDABackend(Backend):
     name = "cuda"
-    latency_floor_s = 8e-6
 
     def __init__(self) -> None:
         self._flush_buf: torch.Tensor | None = None

@@ -2,9 +2,9 @@
 
 torch_xla is tied to torch 2.9; torchax runs torch ops as JAX ops on tensors of the `jax` device.
 How an impl runs here (the hooks of backends/base.py):
-- `make_inputs` runs the op's own input builder on the CPU and moves the tensors to the `jax`
-  device: the same values as on the CPU backend, and plain torch code never runs under
-  torchax's modes (which mishandle some CPU ops, e.g. `cpu_tensor[i, :n] = ...`).
+- data is built on the CPU (`build_device`) and moved to the `jax` device: an op's inputs are
+  the same values as on the CPU backend, and plain torch code never runs under torchax's modes
+  (which mishandle some CPU ops, e.g. `cpu_tensor[i, :n] = ...`).
 - `wrap(fn)` is `jax.jit` of the whole impl, traced once per shape, dtype and non-tensor argument
   (group_size, scale are static) and cached; the correctness gate's call compiles it, so no
   compile is ever timed. It is traced at JAX matmul precision 'highest', so checks and timings
@@ -100,8 +100,6 @@ class Jitted:
 
 class XLABackend(Backend):
     name = "xla"
-    # Each call is a host-side dispatch through torchax and JAX (tens of microseconds on CPU).
-    latency_floor_s = 50e-6
     out_buffers = False
 
     def __init__(self) -> None:
@@ -155,9 +153,8 @@ class XLABackend(Backend):
     def device(self) -> str:
         return "jax"
 
-    def make_inputs(self, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
-        host = op.make_inputs(shape, dtype, "cpu", seed)
-        return tuple(self.to_device(a) if isinstance(a, torch.Tensor) else a for a in host)
+    def build_device(self) -> str:
+        return "cpu"
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

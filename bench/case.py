@@ -1,6 +1,7 @@
 """A case: one op at one shape and dtype, the unit every part of the harness passes around.
 
-Suites produce cases; the runner, its worker processes and the collective ranks measure them.
+Suites produce cases; the runner, its worker processes and the collective ranks measure them,
+on inputs from `make_inputs`.
 """
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ class Case:
     # True: one input set reused call after call, no cache flush (the size sweep): a working set
     # the cache holds is timed from the cache, and not judged against the DRAM roof.
     warm: bool = False
+
+
+def make_inputs(backend: Any, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
+    """The op's fresh inputs on the backend's device: built where the backend builds its data
+    (`build_device()`: the device itself, or the host for XLA), then moved to the device."""
+    where = backend.build_device()
+    args = op.make_inputs(shape, dtype, where, seed)
+    if where == backend.device():
+        return args
+    return tuple(backend.to_device(a) if isinstance(a, torch.Tensor) else a for a in args)

@@ -20,9 +20,20 @@ import torch
 from backends import Backend
 from kernels import OPS, Impl, dtype_name, rel_err
 
+from .case import make_inputs
 from .timing import BUDGETS, Budget, measure
 
 AT_WALL = 0.80
+# Below this median a case under the wall is blamed on launch and call latency rather than on
+# the kernel: about what one call costs on each backend. cpu: a Python call into torch or ctypes
+# costs tens of microseconds; xla: each call is a host-side dispatch through torchax and JAX
+# (tens of microseconds on CPU).
+LATENCY_FLOOR_S = {"cuda": 8e-6, "cpu": 50e-6, "xla": 50e-6}
+DEFAULT_LATENCY_FLOOR_S = 20e-6  # a backend not listed above
+
+
+def latency_floor_s(backend: str) -> float:
+    return LATENCY_FLOOR_S.get(backend, DEFAULT_LATENCY_FLOOR_S)
 
 
 @dataclass
@@ -64,7 +75,7 @@ def probe_impls(backend: Backend, op_name: str) -> list[Impl]:
     small input (an impl that moves the bytes wrongly must not set the roof)."""
     op, good = OPS[op_name], []
     shape = op.smoke[0][0]
-    (src,) = backend.make_inputs(op, shape, torch.float32, 1)
+    (src,) = make_inputs(backend, op, shape, torch.float32, 1)
     ref = op.reference(backend.to_host(src))
     for impl in op.impls.values():
         if backend.name not in impl.backends or torch.float32 not in impl.dtypes:
@@ -84,7 +95,7 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
     op = OPS[op_name]
     k = backend.probe_sets(n * 4)  # the working set split into k rotated sets (1 on cpu/cuda)
     shape = op.shape(N=n // k)
-    (src,) = backend.make_inputs(op, shape, torch.float32, 0)
+    (src,) = make_inputs(backend, op, shape, torch.float32, 0)
     srcs = [src] + [backend.clone(src) for _ in range(k - 1)]
     outs = [torch.empty_like(s) for s in srcs] if op_name == "copy" and backend.out_buffers \
         else None

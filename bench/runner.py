@@ -21,9 +21,9 @@ import torch
 from backends import Backend, Chip
 from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
 
+from .case import Case, make_inputs
 from .results import ResultWriter
-from .roofline import Roof, add_matmul, judge
-from .case import Case
+from .roofline import Roof, add_matmul, judge, latency_floor_s
 from .timing import Budget, measure
 
 MAX_SETS = 4096
@@ -162,7 +162,7 @@ class Runner:
             return records
         self.on_start("inputs")
         try:
-            inputs = c.backend.make_inputs(op, case.shape, case.dtype, c.seed)
+            inputs = make_inputs(c.backend, op, case.shape, case.dtype, c.seed)
             ref = op.reference(*(c.backend.to_host(a) for a in inputs))
         except Exception as e:  # e.g. out of memory building a big case
             for impl in runnable:
@@ -251,7 +251,7 @@ class Runner:
         st = measure(c.backend, call, n_sets, c.budget, warm=case.warm)
 
         v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
-                  c.backend.latency_floor_s, in_cache=in_cache)
+                  latency_floor_s(c.backend.name), in_cache=in_cache)
         gbps = rec["bytes"] / st.median / 1e9
         rec.update(
             status="ok",

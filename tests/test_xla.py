@@ -14,6 +14,7 @@ import torch
 
 from backends import BACKENDS, best_backend, get_backend
 from backends.xla import XLABackend
+from bench.case import make_inputs
 from kernels import OPS, register_impl, rel_err
 
 from tests.helpers import run_cli
@@ -129,7 +130,7 @@ def test_backends_command_lists_xla_platform(tmp_path):
 @pytest.mark.xla
 def test_rotated_copies_do_not_share_buffers(xla):
     from bench.runner import clone_args, set_bytes
-    x, w = xla.make_inputs(OPS["gemv_bf16"], OPS["gemv_bf16"].shape(M=1, N=64, K=64),
+    x, w = make_inputs(xla, OPS["gemv_bf16"], OPS["gemv_bf16"].shape(M=1, N=64, K=64),
                            torch.float32, 0)
     (x2,) = clone_args((x,), xla.clone)
     assert x2.jax().unsafe_buffer_pointer() != x.jax().unsafe_buffer_pointer()
@@ -147,7 +148,7 @@ def test_every_op_has_an_impl_that_runs_on_xla():
 @pytest.mark.parametrize("op_name,shape,dtype,impl_name", XLA_CASES)
 def test_lowering_impls_match_the_reference(xla, op_name, shape, dtype, impl_name):
     op, impl = OPS[op_name], OPS[op_name].impls[impl_name]
-    inputs = xla.make_inputs(op, shape, dtype, 0)
+    inputs = make_inputs(xla, op, shape, dtype, 0)
     ref = op.reference(*(xla.to_host(a) for a in inputs))
     with xla.session():
         args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
@@ -222,7 +223,7 @@ def test_missing_sync_would_be_caught_as_above_the_roof(xla, monkeypatch):
     from bench.timing import BUDGETS, measure
     op = OPS["read"]
     shape = op.shape(N=1 << 24)
-    (src,) = xla.make_inputs(op, shape, torch.float32, 0)
+    (src,) = make_inputs(xla, op, shape, torch.float32, 0)
     fn = xla.wrap(op.impls["torch_sum"].fn)
     nbytes = op.bytes_moved(shape, torch.float32)
     synced = measure(xla, lambda i: fn(src), 1, BUDGETS["quick"])
@@ -282,7 +283,7 @@ def test_roof_command_measures_through_xla():
 
 @pytest.mark.xla
 def test_prepare_calling_an_op_torchax_lacks_is_a_skip(xla):
-    (x,) = xla.make_inputs(OPS["read"], OPS["read"].shape(N=64), torch.float32, 0)
+    (x,) = make_inputs(xla, OPS["read"], OPS["read"].shape(N=64), torch.float32, 0)
     with pytest.raises(NotImplementedError, match="does not lower to XLA"):
         with xla.session():
             torch._convert_weight_to_int4pack(x.to(torch.int32).view(8, 8), 8)
