@@ -52,24 +52,11 @@ STEPS = tuple(BOXES)
 
 # --- the cases -------------------------------------------------------------------------------
 
-# Semantic shape keys -> the field names an op's shape dataclass may use for them. The check is
-# written before some ops land; it maps onto whatever names they chose, and says so when it can't.
-ALIASES: dict[str, tuple[str, ...]] = {
-    "M": ("M",), "N": ("N",), "K": ("K",),
-    "G": ("G", "group_size", "group"),
-    "B": ("B", "batch", "num_seqs", "bs"),
-    "ctx": ("ctx", "context", "seq_len", "seqlen", "L", "S", "T", "kv_len", "max_seq_len"),
-    "Hq": ("Hq", "H", "num_heads", "n_heads", "num_q_heads", "heads"),
-    "Hkv": ("Hkv", "KVH", "num_kv_heads", "n_kv_heads", "kv_heads"),
-    "D": ("D", "head_dim", "head_size"),
-    "ragged": ("ragged",),
-}
-OPTIONAL_KEYS = {"G", "ragged"}  # the op's default is fine when it has no such field
+# Fields given to every op of a family: an op whose shape has no such field keeps its default.
+OPTIONAL_FIELDS = {"group_size", "ragged"}
 
 GEMV_OPS = ("gemv_w4", "gemv_w8", "gemv_bf16")
 ATTN_OPS = ("paged_attention", "paged_attention_kv8")
-# Every sequence exactly `ctx` tokens long: "batch 64 x 4096" as the goals state it.
-LLAMA3_8B_HEADS = {"Hq": 32, "Hkv": 8, "D": 128, "ragged": 0}
 TINY_HEADS = {"Hq": 4, "Hkv": 2, "D": 32, "ragged": 0}  # dry run: GQA still, little interpreter work
 # Dry run: N, K. Large enough that a few dozen input sets defeat the CPU cache (the runner
 # rotates copies past 4x the LLC, each with its own untimed prepare), small for the interpreter.
@@ -77,20 +64,18 @@ TINY_GEMV = (1024, 2048)
 TINY_GEMV_NCU = (96, 256)  # the dry ncu step calls the Triton kernels interpreted: keep it small
 
 
-def _field(fields: list[str], key: str) -> str | None:
-    for name in ALIASES.get(key, (key,)):
-        if name in fields:
-            return name
-    lower = {f.lower(): f for f in fields}
-    for name in ALIASES.get(key, (key,)):
-        if name.lower() in lower:
-            return lower[name.lower()]
-    return None
+def llama3_8b_heads() -> dict[str, int]:
+    """Llama-3-8B's attention heads, every sequence exactly `context` tokens long (ragged 0):
+    "batch 64 x 4096" as the goals state it."""
+    from .workload import attention_heads
+    Hq, Hkv, D = attention_heads("llama-3-8b")
+    return {"Hq": Hq, "Hkv": Hkv, "D": D, "ragged": 0}
 
 
 def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
-    """Build `op_name`'s shape from semantic keys (M, N, K, G, B, ctx, Hq, Hkv, D): (shape, "")
-    or (None, why). Fields not given keep the op's smoke-shape values (block size, say)."""
+    """`op_name`'s shape with these fields (M, N, K, group_size, B, context, Hq, Hkv, D, ...):
+    (shape, "") or (None, why). Fields not given keep the op's smoke-shape values (block size,
+    say)."""
     from kernels import OPS
     if op_name not in OPS:
         return None, f"op {op_name} is not registered (not landed yet?)"
@@ -98,12 +83,11 @@ def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
     fields = [f.name for f in dataclasses.fields(op.shape_type)]
     kw: dict[str, int] = {}
     for key, value in want.items():
-        name = _field(fields, key)
-        if name is None:
-            if key in OPTIONAL_KEYS:
+        if key not in fields:
+            if key in OPTIONAL_FIELDS:
                 continue
             return None, f"{op_name}'s shape has no field for {key} (fields: {', '.join(fields)})"
-        kw[name] = value
+        kw[key] = value
     try:
         base = op.smoke[0][0] if op.smoke else None
         if base is not None and isinstance(base, op.shape_type):
@@ -111,12 +95,6 @@ def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
         return op.shape(**kw), ""
     except (ValueError, TypeError) as e:
         return None, f"{op_name} shape {kw}: {e}"
-
-
-def shape_value(shape: dict[str, Any], key: str) -> Any:
-    """Read a semantic key (e.g. "ctx") back out of a record's shape dict."""
-    name = _field(list(shape), key)
-    return shape.get(name) if name else None
 
 
 def _uncompiled(op_name: str) -> tuple[str, ...]:
@@ -133,7 +111,9 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     On a CPU (the dry run) the same ops at tiny shapes."""
     import torch
     from kernels import OPS
-    from .suites import LLAMA3_70B_GEMV, LLAMA3_8B_GEMV, SUITES, Case, cases_for
+    from .case import Case
+    from .suites import SUITES, cases_for
+    from .workload import layer_gemv_shapes
 
     notes = notes if notes is not None else []
     cases: list = []
@@ -169,18 +149,20 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     def gemv(ops: tuple, shapes: dict, model: str, M: int) -> None:
         for op in ops:
             for part, (n, k) in shapes.items():
-                add(op, f"{model} {part}", M=M, N=n, K=k, G=128)
+                add(op, f"{model} {part}", M=M, N=n, K=k, group_size=128)
 
     if ctx.backend != "cuda":  # dry run: the same ops, one tiny fp32 case each
         gemv(GEMV_OPS, {"tiny": TINY_GEMV}, "tiny", 1)
-        add("paged_attention", "attn b2x64", B=2, ctx=64, **TINY_HEADS)
-        add("paged_attention_kv8", "attn b2x64", B=2, ctx=64, **TINY_HEADS)
+        add("paged_attention", "attn b2x64", B=2, context=64, **TINY_HEADS)
+        add("paged_attention_kv8", "attn b2x64", B=2, context=64, **TINY_HEADS)
         return cases
 
-    big_first = dict(sorted(LLAMA3_70B_GEMV.items(), key=lambda kv: -kv[1][0] * kv[1][1]))
+    heads = llama3_8b_heads()
+    big_first = dict(sorted(layer_gemv_shapes("llama-3-70b").items(),
+                            key=lambda kv: -kv[1][0] * kv[1][1]))
     gemv(("gemv_w4", "gemv_w8"), big_first, "llama-3-70b", 1)
-    add("paged_attention", "attn b64x4096", B=64, ctx=4096, **LLAMA3_8B_HEADS)
-    add("paged_attention", "attn b1x32768", B=1, ctx=32768, **LLAMA3_8B_HEADS)
+    add("paged_attention", "attn b64x4096", B=64, context=4096, **heads)
+    add("paged_attention", "attn b1x32768", B=1, context=32768, **heads)
     if "precision" in SUITES:
         try:
             for c in cases_for("precision", ctx):
@@ -191,9 +173,9 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     else:
         notes.append("suite precision: not registered (issue 3), the precision comparison is skipped")
     gemv(("gemv_bf16",), big_first, "llama-3-70b", 1)
-    add("paged_attention_kv8", "attn b64x4096", B=64, ctx=4096, **LLAMA3_8B_HEADS)
-    gemv(GEMV_OPS, LLAMA3_8B_GEMV, "llama-3-8b", 1)
-    gemv(GEMV_OPS, LLAMA3_8B_GEMV, "llama-3-8b", 16)
+    add("paged_attention_kv8", "attn b64x4096", B=64, context=4096, **heads)
+    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 1)
+    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 16)
     return cases  # batch 16 at the 70B shapes: `--suite gemv` (their references cost minutes)
 
 
@@ -205,13 +187,14 @@ def ncu_targets(backend: str, notes: list[str]) -> list[dict[str, Any]]:
     from kernels import OPS
     dry = backend != "cuda"
     n, k = TINY_GEMV_NCU if dry else (28672, 4096)
-    plan = [("gemv_w4", dict(M=1, N=n, K=k, G=128)), ("gemv_w8", dict(M=1, N=n, K=k)),
-            ("paged_attention", dict(B=2, ctx=64, **TINY_HEADS) if dry else
-             dict(B=16, ctx=4096, **LLAMA3_8B_HEADS)),
+    heads = TINY_HEADS if dry else llama3_8b_heads()
+    plan = [("gemv_w4", dict(M=1, N=n, K=k, group_size=128)), ("gemv_w8", dict(M=1, N=n, K=k)),
+            ("paged_attention", dict(B=2, context=64, **heads) if dry else
+             dict(B=16, context=4096, **heads)),
             ("gemv_bf16", dict(M=1, N=n, K=k))]
     if not dry:
-        plan += [("paged_attention", dict(B=1, ctx=32768, **LLAMA3_8B_HEADS)),
-                 ("paged_attention_kv8", dict(B=16, ctx=4096, **LLAMA3_8B_HEADS))]
+        plan += [("paged_attention", dict(B=1, context=32768, **heads)),
+                 ("paged_attention_kv8", dict(B=16, context=4096, **heads))]
     per_entry: list[list[dict[str, Any]]] = []
     for op_name, want in plan:
         if op_name not in OPS:
@@ -226,7 +209,7 @@ def ncu_targets(backend: str, notes: list[str]) -> list[dict[str, Any]]:
         if shape is None:
             notes.append(f"ncu: {why}")
             continue
-        if want.get("ctx", 0) >= 32768:  # the long-context entry is there for the split-KV path
+        if want.get("context", 0) >= 32768:  # the long-context entry is there for the split-KV path
             triton_impls.sort(key=lambda i: "split" not in i.name)
         entry = []
         for impl in triton_impls:
@@ -684,8 +667,8 @@ class Check:
 
     def goals(self) -> list[dict[str, Any]]:
         """The issue's H100 goals, read off the records (cuda only)."""
-        from .suites import LLAMA3_70B_GEMV
-        shapes70 = set(LLAMA3_70B_GEMV.values())
+        from .workload import layer_gemv_shapes
+        shapes70 = set(layer_gemv_shapes("llama-3-70b").values())
         ok = [r for r in self.records if r["status"] == "ok"]
         out = []
         for op, label in (("gemv_w4", "INT4 GEMV, M=1, 70B shapes: >= 90% of measured roof, ahead of _weight_int4pack_mm"),
@@ -713,7 +696,7 @@ class Check:
             out.append(g)
         for b, ctxlen, target in ((64, 4096, 88.0), (1, 32768, 85.0)):
             rs = [r for r in ok if r["op"] == "paged_attention" and r.get("kind") == "triton"
-                  and shape_value(r["shape"], "B") == b and shape_value(r["shape"], "ctx") == ctxlen
+                  and r["shape"].get("B") == b and r["shape"].get("context") == ctxlen
                   and r.get("pct_datasheet") is not None]
             g = {"goal": f"paged attention, batch {b} x {ctxlen}, bf16: >= {target:.0f}% of datasheet",
                  "target": target, "metric": "pct_datasheet"}

@@ -16,17 +16,6 @@ from .project import DEFAULT_FLOOR_US, KV_OPS, WEIGHT_OPS, efficiency_from_resul
 from .workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS, ConfigError, Step,
                        decode_step, load_model, model_names)
 
-# Our dimension names -> names an op's shape type may use for them.
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "M": ("M", "batch"), "N": ("N",), "K": ("K",),
-    "group_size": ("group_size", "G", "group"),
-    "B": ("B", "batch", "M"), "Hq": ("Hq", "num_heads", "H", "num_q_heads"),
-    "Hkv": ("Hkv", "num_kv_heads", "kv_heads"), "D": ("D", "head_dim"),
-    "context": ("context", "ctx", "seq_len", "context_len", "S", "L"),
-    "block_size": ("block_size", "BS"), "ragged": ("ragged",),
-}
-
-
 def _positive(name: str):
     def parse(text: str) -> int:
         try:
@@ -75,15 +64,14 @@ def build_step(args) -> Step:
 # --- run --model --------------------------------------------------------------------------------
 
 def _shape_for(op, dims: dict[str, int], what: str):
-    """Build the op's shape from our dims, matching its fields by name."""
+    """Build the op's shape from a kernel's dims (the ops' own field names: M, N, K; B, Hq, Hkv,
+    D, context) and the step's formats (INT4 group, KV block, every sequence full length)."""
     fields = dataclasses.fields(op.shape_type)
     have = {**dims, "group_size": INT4_GROUP, "block_size": KV_BLOCK, "ragged": 0}
     kw: dict[str, int] = {}
     for f in fields:
-        for ours, names in SYNONYMS.items():
-            if f.name in names and ours in have:
-                kw[f.name] = have[ours]
-                break
+        if f.name in have:
+            kw[f.name] = have[f.name]
         required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
         if f.name not in kw and required:
             raise UsageError(f"cannot map {op.name}'s shape field {f.name!r} for the {what} "

@@ -14,6 +14,7 @@ import torch
 from kernels import OPS
 
 from .case import Case
+from .workload import attention_heads, layer_gemv_shapes
 
 
 @dataclass(frozen=True)
@@ -55,22 +56,16 @@ def smoke(ctx: SuiteContext) -> list[Case]:
             for name, op in OPS.items() for shape, dtype in op.smoke]
 
 
-LLAMA3_8B_GEMV = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-                  "down": (4096, 14336)}
-LLAMA3_70B_GEMV = {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
-                   "down": (8192, 28672)}
-
-
 @suite("decode", "the default: one Llama-3-8B decode layer at batch 1 -- qkv/o/gate_up/down GEMVs "
        "with bf16, INT8 and INT4 (G=128) weights -- and its paged attention (batch 8 x 4096 on "
        "CPU, 64 x 4096 on a GPU)")
 def decode(ctx: SuiteContext) -> list[Case]:
     cases = [_gemv_case(op, 1, n, k, torch.bfloat16, f"llama-3-8b {part}", _gemv_impls(ctx, op, 1))
-             for part, (n, k) in LLAMA3_8B_GEMV.items()
+             for part, (n, k) in layer_gemv_shapes("llama-3-8b").items()
              for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]
     from kernels.attention import PagedAttentionShape
     B = 64 if ctx.backend == "cuda" else 8
-    Hq, Hkv, D = LLAMA3_ATTN_HEADS["llama-3-8b"]
+    Hq, Hkv, D = attention_heads("llama-3-8b")
     cases.append(Case("paged_attention", PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=4096),
                       torch.bfloat16, group=f"llama-3-8b b{B}x4096"))
     return cases
@@ -83,7 +78,7 @@ def gpu_check(ctx: SuiteContext) -> list[Case]:
     return gpu_check_cases(ctx)
 
 
-LLAMA3_ATTN_HEADS = {"llama-3-8b": (32, 8, 128), "llama-3-70b": (64, 8, 128)}  # Hq, Hkv, D
+ATTENTION_MODELS = ("llama-3-8b", "llama-3-70b")  # bench/models/*.json
 
 
 @suite("attention", "paged decode attention: Llama-3-8B/70B heads, batch 1-64 x context 512/4096, "
@@ -98,7 +93,7 @@ def attention(ctx: SuiteContext) -> list[Case]:
     cases: list[Case] = []
 
     def add(op: str, model: str, B: int, context: int, dtype: torch.dtype) -> None:
-        Hq, Hkv, D = LLAMA3_ATTN_HEADS[model]
+        Hq, Hkv, D = attention_heads(model)
         s = PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=context)
         kv_dtype = torch.int8 if op.endswith("kv8") else dtype
         if ctx.fits(kv_pool_bytes(s, kv_dtype)):
@@ -106,7 +101,7 @@ def attention(ctx: SuiteContext) -> list[Case]:
 
     if ctx.backend == "cuda":
         grid = [(B, c) for B in (1, 8, 32, 64) for c in (512, 4096)] + [(1, 32768)]
-        for model in LLAMA3_ATTN_HEADS:
+        for model in ATTENTION_MODELS:
             for B, c in grid:
                 add("paged_attention", model, B, c, torch.bfloat16)
         for B, c in grid:
@@ -160,8 +155,8 @@ def _gemv_impls(ctx: SuiteContext, op: str, M: int, big: bool = False) -> tuple[
 def gemv(ctx: SuiteContext) -> list[Case]:
     cases: list[Case] = []
     cpu = ctx.backend == "cpu"
-    for model, shapes in (("llama-3-8b", LLAMA3_8B_GEMV), ("llama-3-70b", LLAMA3_70B_GEMV)):
-        big = model == "llama-3-70b"
+    for model in ("llama-3-8b", "llama-3-70b"):
+        shapes, big = layer_gemv_shapes(model), model == "llama-3-70b"
         for M in (1,) if cpu and big else GEMV_BATCHES:
             for part, (n, k) in shapes.items():
                 if not ctx.fits(2 * n * k):  # the bf16 weights; the quantized ones are smaller

@@ -305,5 +305,23 @@ def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
     return Step(cfg, batch, ctx, weights, kv, tuple(ks), other)
 
 
-__all__ = ["ConfigError", "Kernel", "ModelConfig", "Step", "decode_step", "expected_experts",
-           "kv_bytes_per_token", "load_model", "model_names", "parse_config", "weight_bytes"]
+# --- one layer's shapes, for the model-shaped suites --------------------------------------------
+
+LAYER_GEMVS = ("qkv", "o", "gate_up", "down")
+
+
+def layer_gemv_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """(N, K) of each weight GEMV of one layer of a built-in model, in LAYER_GEMVS order."""
+    step = decode_step(load_model(name), 1, 1)
+    return {k.name: (k.dims["N"], k.dims["K"]) for k in step.kernels if k.name in LAYER_GEMVS}
+
+
+def attention_heads(name: str) -> tuple[int, int, int]:
+    """(Hq, Hkv, D) of a built-in model's attention."""
+    c = load_model(name)
+    return c.num_attention_heads, c.num_key_value_heads, c.head_dim
+
+
+__all__ = ["ConfigError", "Kernel", "ModelConfig", "Step", "attention_heads", "decode_step",
+           "expected_experts", "kv_bytes_per_token", "layer_gemv_shapes", "load_model",
+           "model_names", "parse_config", "weight_bytes"]

@@ -114,13 +114,13 @@ def test_why_command_asks_for_sections_not_metric_names():
     assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
 
 
-def test_shape_for_maps_semantic_keys_and_explains_failures():
-    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, G=128)  # G: optional, no such field
+def test_shape_for_sets_fields_and_explains_failures():
+    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, group_size=128)  # optional: no field
     assert why == "" and (shape.M, shape.N, shape.K) == (1, 64, 128)
     shape, why = shape_for("no_such_op", M=1)
     assert shape is None and "not registered" in why
-    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, ctx=5)
-    assert shape is None and "no field for ctx" in why
+    shape, why = shape_for("gemv_bf16", M=1, N=64, K=128, context=5)
+    assert shape is None and "no field for context" in why
 
 
 def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
