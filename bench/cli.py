@@ -188,7 +188,7 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .report import console, results_table
+    from .report.table import console, results_table
     from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
     from . import roofline as rl
     from .roofline import drift_note, measure_bandwidth, measure_roof
@@ -329,7 +329,7 @@ def cmd_run(args) -> int:
 def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
     from .collectives import run_as_rank
-    from .report import console, results_table
+    from .report.table import console, results_table
     import torch
     rank = int(os.environ["RANK"])
     if rank != 0:
@@ -354,7 +354,7 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
 
 def _print_precision(records, out) -> None:
     try:
-        from .precision import precision_table
+        from .report.precision import precision_table
     except ImportError:
         return
     table = precision_table(records)
@@ -400,7 +400,7 @@ class _null:
 
 
 def cmd_roof(args) -> int:
-    from .report import console, roof_table
+    from .report.table import console, roof_table
     from .roofline import measure_roof
     from .timing import BUDGETS
     import torch
@@ -422,7 +422,7 @@ def cmd_roof(args) -> int:
 def cmd_chips(args) -> int:
     from backends import load_catalog
     from backends.catalog import as_dict
-    from .report import chips_table, console
+    from .report.table import chips_table, console
     chips = list(load_catalog().values())
     if args.chip:
         chips = [resolve_chip(args.chip, {})]
@@ -436,7 +436,7 @@ def cmd_chips(args) -> int:
 
 def cmd_backends(args) -> int:
     from backends import BACKENDS, get_backend
-    from .report import console, fmt_bytes
+    from .report.table import console, fmt_bytes
     from .results import versions
     from rich.table import Table
     rows = []
@@ -474,8 +474,8 @@ def cmd_backends(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
     from rich.text import Text
-    from .compare import compare, devices
-    from .report import console, fmt_shape, fmt_time
+    from .report.compare import compare, devices
+    from .report.table import console, fmt_shape, fmt_time
     from .results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)

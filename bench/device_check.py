@@ -67,7 +67,7 @@ TINY_GEMV_NCU = (96, 256)  # the dry ncu step calls the Triton kernels interpret
 def llama3_8b_heads() -> dict[str, int]:
     """Llama-3-8B's attention heads, every sequence exactly `context` tokens long (ragged 0):
     "batch 64 x 4096" as the goals state it."""
-    from .workload import attention_heads
+    from .model.workload import attention_heads
     Hq, Hkv, D = attention_heads("llama-3-8b")
     return {"Hq": Hq, "Hkv": Hkv, "D": D, "ragged": 0}
 
@@ -113,7 +113,7 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     from kernels import OPS
     from .case import Case
     from .suites import SUITES, cases_for
-    from .workload import layer_gemv_shapes
+    from .model.workload import layer_gemv_shapes
 
     notes = notes if notes is not None else []
     cases: list = []
@@ -667,7 +667,7 @@ class Check:
 
     def goals(self) -> list[dict[str, Any]]:
         """The issue's H100 goals, read off the records (cuda only)."""
-        from .workload import layer_gemv_shapes
+        from .model.workload import layer_gemv_shapes
         shapes70 = set(layer_gemv_shapes("llama-3-70b").values())
         ok = [r for r in self.records if r["status"] == "ok"]
         out = []

@@ -32,8 +32,8 @@ def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | 
 
 
 def cmd_plot(args) -> int:
-    from .plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
-    from .report import console
+    from .report.plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
+    from .report.table import console
     from .results import ResultsError, read_results
     records = []
     try:

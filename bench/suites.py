@@ -14,7 +14,7 @@ import torch
 from kernels import OPS
 
 from .case import Case
-from .workload import attention_heads, layer_gemv_shapes
+from .model.workload import attention_heads, layer_gemv_shapes
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def gpu_check(ctx: SuiteContext) -> list[Case]:
     return gpu_check_cases(ctx)
 
 
-ATTENTION_MODELS = ("llama-3-8b", "llama-3-70b")  # bench/models/*.json
+ATTENTION_MODELS = ("llama-3-8b", "llama-3-70b")  # bench/model/models/*.json
 
 
 @suite("attention", "paged decode attention: Llama-3-8B/70B heads, batch 1-64 x context 512/4096, "

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench.cli import main
-from bench.compare import classify
+from bench.report.compare import classify
 from tests.helpers import REPO, run_cli
 
 GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
@@ -99,7 +99,7 @@ def test_compare_classification():
 
 
 def test_compare_never_pairs_a_warm_record_with_a_cold_one():
-    from bench.compare import compare
+    from bench.report.compare import compare
     base = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "dtype": "bfloat16", "backend": "cpu",
             "status": "ok", "time_s": {"median": 1.0, "p25": 1.0, "p75": 1.0}}
     rows = compare([base], [{**base, "warm": True}])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.workload import (ConfigError, decode_step, expected_experts, kv_bytes_per_token,
+from bench.model.workload import (ConfigError, decode_step, expected_experts, kv_bytes_per_token,
                             load_model, model_names, parse_config, weight_bytes)
 from kernels import OPS
 

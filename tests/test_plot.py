@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.plot import pct_bar, ridge_batch, sweeps
+from bench.report.plot import pct_bar, ridge_batch, sweeps
 from kernels import OPS
 
 from test_models import one_error_line
@@ -116,7 +116,7 @@ def test_plot_bad_inputs(tmp_path, capsys):
 
 def test_size_sweep_gets_its_own_panel_and_stays_off_the_roofline(tmp_path, capsys):
     """Warm records the cache held are drawn against the working set, not under the DRAM roof."""
-    from bench.plot import in_cache, size_sweeps
+    from bench.report.plot import in_cache, size_sweeps
     recs = []
     for n, med, cold in ((256, 1e-5, False), (4096, 4e-4, False), (65536, 8e-3, True)):
         for op, shape, impl in (("gemv_bf16", {"M": 1, "N": n, "K": 1024}, "torch_matmul"),
@@ -128,7 +128,7 @@ def test_size_sweep_gets_its_own_panel_and_stays_off_the_roofline(tmp_path, caps
     assert set(groups) == {("gemv_bf16", "bfloat16", "torch_matmul"), ("read", "bfloat16", "torch_sum")}
     assert [r["shape"]["N"] for r in groups[("gemv_bf16", "bfloat16", "torch_matmul")]] == [256, 4096, 65536]
     assert [in_cache(r) for r in recs[::2]] == [True, True, False]
-    from bench.plot import bars_table
+    from bench.report.plot import bars_table
     from rich.console import Console
     con = Console(width=200, record=True)
     con.print(bars_table(recs))
@@ -157,7 +157,7 @@ def test_pct_roof_chart_from_records():
     number (any status string), baselines hatched, the 80% line drawn and labelled, probes and
     in-cache records left out, repeated runs drawn as their median."""
     pytest.importorskip("matplotlib")
-    from bench.plot import AT_THE_WALL, pct_roof_figure
+    from bench.report.plot import AT_THE_WALL, pct_roof_figure
     shape = {"M": 1, "N": 1024, "K": 1024}
     base = record("gemv_bf16", shape, "torch_matmul", 2e-4)
     recs = [{**base, "baseline": True},
@@ -207,7 +207,7 @@ def test_pct_roof_chart_single_case_and_value_texts_inside():
     """One ok record draws; a bar far past 100% keeps its value text inside the axes."""
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
-    from bench.plot import pct_roof_figure
+    from bench.report.plot import pct_roof_figure
     one = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "mine", 2e-4)
     fig = pct_roof_figure([one])
     assert len(_bars(fig.axes[0], "pct-bar")) == 1 and not _bars(fig.axes[0], "empty-slot")
@@ -224,7 +224,7 @@ def test_pct_roof_chart_single_case_and_value_texts_inside():
 
 
 def test_pct_roof_chart_needs_a_case():
-    from bench.plot import PlotError, pct_roof_figure
+    from bench.report.plot import PlotError, pct_roof_figure
     with pytest.raises(PlotError, match="no results"):
         pct_roof_figure([record("copy", {"N": 64}, "torch_copy", 1e-6)])
 
@@ -234,7 +234,7 @@ def test_roofline_draws_no_empty_panel(results, tmp_path):
     size-sweep panel only with a size sweep. Every panel drawn holds data."""
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
-    from bench.plot import roofline_figure
+    from bench.report.plot import roofline_figure
     single = [record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, impl, m)
               for impl, m in (("a", 2e-4), ("b", 3e-4))]
     fig = roofline_figure(single)
@@ -274,7 +274,7 @@ def test_roofline_point_labels_do_not_collide():
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
-    from bench.plot import roofline_figure
+    from bench.report.plot import roofline_figure
     recs = []
     for k in range(60):  # 4 columns (M) of 15 points 8% apart: closer than a label is tall
         m = 1 + k % 4
@@ -309,7 +309,7 @@ def test_place_labels_keeps_clear_of_points_and_each_other():
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
-    from bench.plot import place_labels, _pyplot
+    from bench.report.plot import place_labels, _pyplot
     _pyplot()
     fig, ax = plt.subplots(figsize=(4, 3))
     xy = [(1 + 0.01 * k, 1 + 0.015 * (k % 5)) for k in range(25)]

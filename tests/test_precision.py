@@ -1,5 +1,5 @@
-"""bench.precision: best impl per weight precision, speedup over bf16 beside the ideal from bytes."""
-from bench.precision import precision_rows
+"""bench.report.precision: best impl per weight precision, speedup over bf16 beside the ideal from bytes."""
+from bench.report.precision import precision_rows
 from bench.suites import SuiteContext, cases_for
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from backends import lookup_chip
 from bench.cli import main
-from bench.project import efficiency_from_results, project
+from bench.model.project import efficiency_from_results, project
 from bench.project_cli import model_cases, step_summary
 from bench.suites import SuiteContext
-from bench.workload import decode_step, load_model
+from bench.model.workload import decode_step, load_model
 
 from test_models import one_error_line
 
@@ -177,7 +177,7 @@ def test_model_cases_and_step_sum(tmp_path):
 
 # --- splits: tensor parallel, pipeline stages, links ---------------------------------------------
 
-from bench.project import (LinkModel, kernel_calls, link_model, project_split,  # noqa: E402
+from bench.model.project import (LinkModel, kernel_calls, link_model, project_split,  # noqa: E402
                            smallest_split)
 from backends import load_catalog  # noqa: E402
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from backends import Chip
 
-from .results import in_cache
+from ..results import in_cache
 from .workload import Step
 
 PROBES = ("copy", "read")

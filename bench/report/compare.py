@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .results import iter_ok
+from ..results import iter_ok
 
 
 def case_key(r: dict[str, Any]) -> tuple:

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from rich.table import Table
 from rich.text import Text
 
-from .results import in_cache
+from ..results import in_cache
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
 PROBES = ("copy", "read")  # the ops that measure the roof itself

@@ -54,7 +54,7 @@ def precision_table(records: Iterable[dict[str, Any]]):
     if not rows:
         return None
     from rich.table import Table
-    from .report import fmt_num, fmt_time
+    from .table import fmt_num, fmt_time
     t = Table(title="precision: speedup over bf16 vs the ideal from bytes", header_style="bold")
     for col in ("shape", "weights", "best impl", "time", "GB/s", "speedup", "ideal", "of ideal"):
         t.add_column(col, justify="left" if col in ("shape", "weights", "best impl") else "right")

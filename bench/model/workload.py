@@ -1,10 +1,10 @@
 """Model workloads: what one decode step of a real model reads and computes.
 
-A model is its Hugging Face config.json fields (bench/models/*.json, or a user's file in the same
-form). A decode step at batch B and context C is, per layer, the qkv, o, gate/up and down GEMVs
-and paged attention over each sequence's C cached tokens, then the lm_head GEMV. Its bytes are the
-exact formats of kernels/ (DESIGN.md): weights at the chosen precision with their scales (and
-zeros for INT4, group 128), the KV cache at its precision (+ per-token scales for INT8), and the
+A model is its Hugging Face config.json fields (bench/model/models/*.json, or a user's file in
+the same form). A decode step at batch B and context C is, per layer, the qkv, o, gate/up and down
+GEMVs and paged attention over each sequence's C cached tokens, then the lm_head GEMV. Its bytes
+are the exact formats of kernels/ (DESIGN.md): weights at the chosen precision with their scales
+(and zeros for INT4, group 128), the KV cache at its precision (+ per-token scales for INT8), and the
 small activation, block-table and norm traffic. Decimal units: 1 GB = 1e9 B.
 
 What is counted and why:
