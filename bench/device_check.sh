@@ -10,4 +10,4 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo" || exit 2
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" -m bench.device_check "$@"
+exec "${PYTHON:-python3}" -m bench.gpucheck.check "$@"

@@ -74,7 +74,7 @@ def decode(ctx: SuiteContext) -> list[Case]:
 @suite("gpu-check", "the one-call device check's cases (bench/device_check.sh): GEMV at 8B/70B "
        "shapes, M=1/16; attention 64x4096, 1x32768; precision; most important first")
 def gpu_check(ctx: SuiteContext) -> list[Case]:
-    from .device_check import gpu_check_cases
+    from .gpucheck.check import gpu_check_cases
     return gpu_check_cases(ctx)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.device_check import gpu_check_cases, ncu_targets, run_proc, shape_for
-from bench.ncu_check import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
+from bench.gpucheck.check import gpu_check_cases, ncu_targets, run_proc, shape_for
+from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
 from bench.suites import SUITES, SuiteContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,12 +75,12 @@ def test_fake_table_round_trips_through_the_parser():
 
 
 def test_ncu_command_profiles_only_the_window_and_leaves_clocks_alone():
-    cmd = ncu_command("ncu", ["python3", "-m", "bench.ncu_check", "target"])
+    cmd = ncu_command("ncu", ["python3", "-m", "bench.gpucheck.ncu", "target"])
     s = " ".join(cmd)
     assert "--profile-from-start off" in s and "--clock-control none" in s
     assert "--cache-control all" in s
     assert "dram__bytes_read.sum,dram__bytes_write.sum" in s
-    assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
+    assert cmd[-4:] == ["python3", "-m", "bench.gpucheck.ncu", "target"]
 
 
 # The raw page of the why sections for a split-K launch pair: metrics in ncu's order, units row,
@@ -105,13 +105,13 @@ def test_why_reads_the_largest_launch_of_the_sections_raw_page():
 
 
 def test_why_command_asks_for_sections_not_metric_names():
-    cmd = why_command("ncu", ["python3", "-m", "bench.ncu_check", "target"])
+    cmd = why_command("ncu", ["python3", "-m", "bench.gpucheck.ncu", "target"])
     s = " ".join(cmd)
     for sec in ("LaunchStats", "Occupancy", "SchedulerStats", "WarpStateStats"):
         assert f"--section {sec}" in s
     assert "--metrics" not in s and "--page raw" in s and "--cache-control all" in s
     assert "--profile-from-start off" in s and "--clock-control none" in s
-    assert cmd[-4:] == ["python3", "-m", "bench.ncu_check", "target"]
+    assert cmd[-4:] == ["python3", "-m", "bench.gpucheck.ncu", "target"]
 
 
 def test_shape_for_sets_fields_and_explains_failures():
@@ -199,7 +199,7 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
     program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
     import argparse
-    from bench import device_check as dc
+    from bench.gpucheck import check as dc
     fake = tmp_path / "ncu"
     fake.write_text(FAKE_NCU)
     fake.chmod(0o755)
@@ -230,7 +230,7 @@ def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
     program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
     import argparse
-    from bench import device_check as dc
+    from bench.gpucheck import check as dc
     fake = tmp_path / "ncu"
     fake.write_text(FAKE_NCU)
     fake.chmod(0o755)

@@ -1,4 +1,5 @@
-"""bench/sass.py: the static issue ceiling, and a real sm_90 compile of one config (no GPU)."""
+"""bench/gpucheck/sass.py: the static issue ceiling, and a real sm_90 compile of one config (no
+GPU)."""
 import os
 import re
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.sass import SM90_CLOCK_HZ, SM90_SMS, LoopCount
+from bench.gpucheck.sass import SM90_CLOCK_HZ, SM90_SMS, LoopCount
 from tests.helpers import REPO
 
 
@@ -26,8 +27,8 @@ def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
-    r = subprocess.run([sys.executable, "-m", "bench.sass", "--op", "gemv_w4", "--configs", "1",
-                        *(["--dot"] if dot else [])],
+    r = subprocess.run([sys.executable, "-m", "bench.gpucheck.sass", "--op", "gemv_w4",
+                        "--configs", "1", *(["--dot"] if dot else [])],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     if r.returncode == 2 and "cannot compile for sm_90" in r.stderr:
         pytest.skip(r.stderr.strip())
@@ -47,7 +48,7 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     """The enumeration alone (compiling is stubbed): each kernel's configs on each path, INT4 at
     three group sizes, INT8 GEMV on words and bytes, two dtypes; a failure is listed, not raised."""
     pytest.importorskip("triton")
-    import bench.sass as sass
+    import bench.gpucheck.sass as sass
     from kernels import OPS  # noqa: F401  (registers the kernels)
     import kernels.gemv.triton_bf16 as bf
     import kernels.gemv.triton_w4 as w4

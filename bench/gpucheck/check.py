@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 # Nominal seconds per step (H100). The suite is elastic: it gets whatever the total leaves after
 # the steps before it and the nominal boxes of the steps after it.
@@ -67,7 +67,7 @@ TINY_GEMV_NCU = (96, 256)  # the dry ncu step calls the Triton kernels interpret
 def llama3_8b_heads() -> dict[str, int]:
     """Llama-3-8B's attention heads, every sequence exactly `context` tokens long (ragged 0):
     "batch 64 x 4096" as the goals state it."""
-    from .model.workload import attention_heads
+    from ..model.workload import attention_heads
     Hq, Hkv, D = attention_heads("llama-3-8b")
     return {"Hq": Hq, "Hkv": Hkv, "D": D, "ragged": 0}
 
@@ -111,9 +111,9 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     On a CPU (the dry run) the same ops at tiny shapes."""
     import torch
     from kernels import OPS
-    from .case import Case
-    from .suites import SUITES, cases_for
-    from .model.workload import layer_gemv_shapes
+    from ..case import Case
+    from ..suites import SUITES, cases_for
+    from ..model.workload import layer_gemv_shapes
 
     notes = notes if notes is not None else []
     cases: list = []
@@ -476,7 +476,7 @@ class Check:
     def plan(self) -> None:
         """The cases the suite step will run, computed here too so the summary can say what did
         not finish, and which ops or suites have not landed."""
-        from .suites import SUITES, SuiteContext, cases_for
+        from ..suites import SUITES, SuiteContext, cases_for
         dev = self.info.get("device") or {}
         ctx = SuiteContext(self.backend, dev.get("memory_bytes"), dev.get("cache_bytes"))
         try:
@@ -498,14 +498,14 @@ class Check:
         new = sorted(set(self.out.glob("*.jsonl")) - before, key=lambda p: p.stat().st_mtime)
         if new:
             self.jsonl = new[-1]
-            from .results import ResultsError, read_results
+            from ..results import ResultsError, read_results
             try:
                 self.records = read_results(self.jsonl)
             except ResultsError as e:
                 self.notes.append(f"suite results unreadable: {e}")
         done = {(r["op"], json.dumps(r["shape"], sort_keys=True)) for r in self.records}
         n_done, n_plan = len(done), len(self.planned)
-        from .results import FAILED
+        from ..results import FAILED
         bad = [r for r in self.records if r["status"] in FAILED]
         step.detail = f"{n_done}/{n_plan or '?'} cases, {len(self.records)} records"
         if bad:
@@ -522,7 +522,7 @@ class Check:
         step = self.begin("ncu")
         if step is None:
             return
-        from .ncu_check import MARK, byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv
+        from .ncu import MARK, byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv
         t0 = time.monotonic()
         end = t0 + self.box("ncu")
         if not self.dry and not self.ncu_path:
@@ -543,7 +543,7 @@ class Check:
                     res["error"] = "not reached: the ncu time box was spent"
                 continue
             box = min(left, NCU_TARGET_S * (2 if self.dry else 1))
-            target = [self.py, "-m", "bench.ncu_check", "target", "--backend", self.backend]
+            target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend]
             for tg in batch:
                 target += ["--case", json.dumps(tg)]
             cmd = target + ["--interpret"] if self.dry else ncu_command(self.ncu_path, target)
@@ -596,7 +596,7 @@ class Check:
     def _why(self, targets: list[dict[str, Any]], end: float, raw) -> None:
         """After the byte checks, one more ncu pass on the INT4 GEMV (the goal furthest from met)
         with the sections that say why it runs below the roof: occupancy, issue rate, stalls."""
-        from .ncu_check import MARK, fake_why_csv, parse_ncu_csv, why, why_command
+        from .ncu import MARK, fake_why_csv, parse_ncu_csv, why, why_command
         for tg in [t for t in targets if t["op"] == "gemv_w4"][:1]:
             res: dict[str, Any] = dict(tg)
             self.ncu_why.append(res)
@@ -604,7 +604,7 @@ class Check:
             if left < 12:
                 res["error"] = "not reached: the ncu time box was spent"
                 continue
-            target = [self.py, "-m", "bench.ncu_check", "target", "--backend", self.backend,
+            target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend,
                       "--case", json.dumps(tg)]
             cmd = target + ["--interpret"] if self.dry else why_command(self.ncu_path, target)
             tmp = Path(tempfile.mkstemp(prefix="dwcheck-why-")[1])
@@ -667,7 +667,7 @@ class Check:
 
     def goals(self) -> list[dict[str, Any]]:
         """The issue's H100 goals, read off the records (cuda only)."""
-        from .model.workload import layer_gemv_shapes
+        from ..model.workload import layer_gemv_shapes
         shapes70 = set(layer_gemv_shapes("llama-3-70b").values())
         ok = [r for r in self.records if r["status"] == "ok"]
         out = []

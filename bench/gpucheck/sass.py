@@ -2,10 +2,10 @@
 compiler and ptxas, no driver needed), disassemble the cubin (cuobjdump from Triton's wheel),
 and count the warp instructions of the hot loop per weight code.
 
-    python -m bench.sass                      # every GEMV kernel, its M = 1 configs, bf16
-    python -m bench.sass --op gemv_w4 --gbps 3350
-    python -m bench.sass --dot                # the tl.dot paths at M = 16
-    python -m bench.sass --compile-all        # every config of every path compiles for sm_90
+    python -m bench.gpucheck.sass                 # every GEMV kernel, its M = 1 configs, bf16
+    python -m bench.gpucheck.sass --op gemv_w4 --gbps 3350
+    python -m bench.gpucheck.sass --dot           # the tl.dot paths at M = 16
+    python -m bench.gpucheck.sass --compile-all   # every config of every path compiles for sm_90
 
 Why: a memory-bound kernel must also issue its instructions in time. An SM issues at most 4 warp
 instructions a clock; at the roof it must consume R / (SMs x clock) bytes a clock, so a kernel
@@ -192,7 +192,8 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.gpucheck.sass",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="all", choices=["all", "gemv_w4", "gemv_w8", "gemv_bf16"])
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)  # before kernels/ is imported: compile, not interpret
     from kernels import triton_util
     if triton_util.INTERPRET or not triton_util.HAS_TRITON:
-        print("bench.sass: needs Triton, with kernels/ imported without TRITON_INTERPRET=1",
+        print("bench.gpucheck.sass: needs Triton, with kernels/ imported without TRITON_INTERPRET=1",
               file=sys.stderr)
         return 2
     if args.compile_all:
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = count(args.op, args.dtype, args.configs, args.dot)
     except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
-        print(f"bench.sass: cannot compile for sm_90 here: {type(e).__name__}: {str(e).splitlines()[0]}",
+        print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {type(e).__name__}: {str(e).splitlines()[0]}",
               file=sys.stderr)
         return 2
     print(f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if args.dot else 'M = 1'}, "

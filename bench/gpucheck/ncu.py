@@ -9,7 +9,7 @@ Two halves:
   model assumes. Clocks are left alone (`--clock-control none`).
 - `parse_ncu_csv` / `byte_ratio`: read ncu's `--csv` output (details or raw page) and compare.
 
-    ncu ... python3 -m bench.ncu_check target --case '{"op": "gemv_w4", "impl": NAME,
+    ncu ... python3 -m bench.gpucheck.ncu target --case '{"op": "gemv_w4", "impl": NAME,
         "shape": {"M": 1, "N": 28672, "K": 4096}, "dtype": "bfloat16"}'
 """
 from __future__ import annotations
@@ -247,7 +247,7 @@ def run_target(case: dict[str, Any], backend: str, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.ncu_check")
+    p = argparse.ArgumentParser(prog="python3 -m bench.gpucheck.ncu")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("target", help="run cases once each inside a profiler window (ncu's target)")
     t.add_argument("--case", action="append", required=True, metavar="JSON",
