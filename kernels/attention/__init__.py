@@ -2,7 +2,8 @@
 
 Read in this order: ops.py (the paged KV layout, inputs, float64 reference, byte count),
 pytorch.py (the PyTorch impls), simd.py and simd.c (the CPU kernel in C), triton_paged.py (the
-Triton kernels). Importing this package registers the ops and every impl.
+Triton kernels), peers.py (FlashInfer beside them: optional, imported on first use). Importing
+this package registers the ops and every impl.
 """
 from ..triton_util import HAS_TRITON
 from .ops import PagedAttentionShape, build_inputs, kv_bytes_per_token
@@ -10,5 +11,6 @@ from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
 
 if HAS_TRITON:
     from . import triton_paged  # noqa: F401  (registers the Triton impls)
+from . import peers  # noqa: F401  (registers the FlashInfer impls; FlashInfer loads on first use)
 
 __all__ = ["PagedAttentionShape", "build_inputs", "kv_bytes_per_token"]

@@ -3,7 +3,8 @@
 Read in this order: ops.py (the three ops: shapes, inputs, float64 references, byte counts),
 pytorch.py (the PyTorch baselines), simd.py and simd.c (the CPU kernels in C), then the Triton
 kernels, one a file: triton_bf16.py, triton_w8.py, triton_w4.py, and what they share in
-triton_common.py. Importing this package registers the ops and every impl.
+triton_common.py; peers.py runs GemLite beside them (optional, imported on first use).
+Importing this package registers the ops and every impl.
 """
 from ..triton_util import HAS_TRITON
 from .ops import (GemvShape, GemvW4Shape, GemvW8Shape, weight_bytes_bf16, weight_bytes_w4,
@@ -18,6 +19,7 @@ if HAS_TRITON:
     from . import triton_bf16, triton_w8, triton_w4  # noqa: F401  (register the Triton impls)
     TRITON_KERNELS.update(gemv_bf16=triton_bf16._gemv_kernel, gemv_w8=triton_w8._w8_kernel,
                           gemv_w4=triton_w4._w4_kernel)
+from . import peers  # noqa: F401  (registers the GemLite impls; GemLite itself loads on first use)
 
 __all__ = ["GemvShape", "GemvW8Shape", "GemvW4Shape", "TRITON_KERNELS", "weight_bytes_bf16",
            "weight_bytes_w8", "weight_bytes_w4"]
