@@ -11,11 +11,12 @@ import dataclasses
 import json
 from typing import Any
 
-from .cli import EXTENSIONS, UsageError
-from .model.project import (DEFAULT_FLOOR_US, KV_OPS, WEIGHT_OPS, efficiency_from_results,
-                            project)
-from .model.workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS, ConfigError,
-                             Step, decode_step, load_model, model_names)
+from . import EXTENSIONS, UsageError
+from ..model.project import (DEFAULT_FLOOR_US, KV_OPS, WEIGHT_OPS, efficiency_from_results,
+                             project)
+from ..model.workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS,
+                              ConfigError, Step, decode_step, load_model, model_names)
+
 
 def _positive(name: str):
     def parse(text: str) -> int:
@@ -93,7 +94,7 @@ def model_cases(args, ctx) -> list | None:
     """The cases of `run --model`: one per distinct kernel of the decode step (None: no --model)."""
     import torch
     from kernels import OPS
-    from .case import Case
+    from ..case import Case
     if not args.model:
         given = [f"--{n}" for n in ("batch", "ctx", "weights", "kv") if getattr(args, n) is not None]
         if given:
@@ -113,7 +114,7 @@ def model_cases(args, ctx) -> list | None:
                          f"(registered: {', '.join(OPS)})")
     dtype = torch.bfloat16
     if args.dtype:
-        from .cli import resolve_dtypes
+        from . import resolve_dtypes
         dtype = resolve_dtypes(args.dtype, None)[0]
         if dtype not in (torch.bfloat16, torch.float16):
             raise UsageError("--model takes 16-bit activations (bfloat16 or float16): the step's "
@@ -167,8 +168,8 @@ def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) ->
 def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False) -> None:
     """After `run --model`'s table: the step, summed from the best impl of each kernel."""
     from rich.table import Table
-    from .report.plot import pct_bar
-    from .report.table import console, fmt_bytes, fmt_shape, fmt_time
+    from ..report.plot import pct_bar
+    from ..report.table import console, fmt_bytes, fmt_shape, fmt_time
     step: Step = args.model_step
     s = step_summary(step, records, roof.gbps)
     if as_json:
@@ -204,13 +205,13 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False)
 
 def cmd_project(args) -> int:
     from backends import load_catalog, lookup_chip
-    from .model.project import link_model, project_split, smallest_split
+    from ..model.project import link_model, project_split, smallest_split
     step = build_step(args)
     if args.efficiency is not None and getattr(args, "from_", None):
         raise UsageError("give --efficiency or --from, not both")
     records: list[dict[str, Any]] = []
     if getattr(args, "from_", None):
-        from .results import ResultsError, read_results
+        from ..results import ResultsError, read_results
         try:
             records = read_results(args.from_)
         except ResultsError as e:
@@ -277,7 +278,7 @@ def cmd_project(args) -> int:
 
 def _plot_scaling(path: str, step: Step, rows, projs) -> None:
     from pathlib import Path
-    from .report.plot import PlotError, save, scaling_figure
+    from ..report.plot import PlotError, save, scaling_figure
     pts = rows or [(p, None) for p in projs]
     data = []
     for p, sp in pts:
@@ -307,12 +308,12 @@ def _split_rate(s: dict[str, Any] | None) -> str:
 
 def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     from rich.table import Table
-    from .report.table import console, fmt_bytes, fmt_time
+    from ..report.table import console, fmt_bytes, fmt_time
     c = step.model
     act = step.bytes - step.weight_bytes - step.kv_bytes
     moe = ""
     if c.is_moe:
-        from .model.workload import expected_experts
+        from ..model.workload import expected_experts
         moe = (f"; MoE: {expected_experts(c.num_local_experts, c.num_experts_per_tok, step.batch):.2f}"
                f" of {c.num_local_experts} experts read per layer at batch {step.batch}")
     lines = [
@@ -354,7 +355,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
 
 def _print_splits(step: Step, rows) -> None:
     from rich.table import Table
-    from .report.table import console, fmt_time
+    from ..report.table import console, fmt_time
     unk = "[dim]unknown[/]"
     t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
     for col in ("chip", "tp", "pp", "chips", "holds", "kernels", "of which floors", "all-reduces",

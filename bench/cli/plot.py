@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import EXTENSIONS, UsageError
+from . import EXTENSIONS, UsageError
 
 PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside an -o folder
 
@@ -32,9 +32,9 @@ def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | 
 
 
 def cmd_plot(args) -> int:
-    from .report.plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
-    from .report.table import console
-    from .results import ResultsError, read_results
+    from ..report.plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
+    from ..report.table import console
+    from ..results import ResultsError, read_results
     records = []
     try:
         for path in args.results:

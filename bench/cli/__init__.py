@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from .errors import RunError, UsageError
-from .plugins import load_plugins
+from ..errors import RunError, UsageError
+from ..plugins import load_plugins
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -115,7 +115,7 @@ def resolve_cases(args, ctx) -> list:
 def _with_world_size(cases: list, n: int | None) -> list:
     """Collective cases at the world size asked for (--world-size, or torchrun's WORLD_SIZE)."""
     from kernels import OPS
-    from .collectives import launched_by_torchrun
+    from ..collectives import launched_by_torchrun
     if launched_by_torchrun():
         if not any(OPS[c.op].collective for c in cases):
             return cases  # refused with the reason by the run
@@ -140,10 +140,10 @@ def _with_world_size(cases: list, n: int | None) -> list:
 
 def _resolve_cases(args, ctx) -> list:
     from kernels import OPS
-    from .case import Case
-    from .suites import SUITES, cases_for
-    if hasattr(args, "model"):  # `run --model`: bench/project_cli.py
-        from .project_cli import model_cases
+    from ..case import Case
+    from ..suites import SUITES, cases_for
+    if hasattr(args, "model"):  # `run --model`: bench/cli/project.py
+        from .project import model_cases
         if (cases := model_cases(args, ctx)) is not None:
             return cases
     if args.op and args.suite:
@@ -188,14 +188,14 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .report.table import console, results_table
-    from .results import ResultWriter, check_writable, git_commit, new_run_id, versions
-    from . import roofline as rl
-    from .roofline import drift_note, measure_bandwidth, measure_roof
-    from .isolation import IsolatedRunner
-    from .runner import RunContext
-    from .suites import SuiteContext
-    from .timing import BUDGETS
+    from ..report.table import console, results_table
+    from ..results import ResultWriter, check_writable, git_commit, new_run_id, versions
+    from .. import roofline as rl
+    from ..roofline import drift_note, measure_bandwidth, measure_roof
+    from ..isolation import IsolatedRunner
+    from ..runner import RunContext
+    from ..suites import SuiteContext
+    from ..timing import BUDGETS
 
     load_plugins(args.plugin or [])
     backend = resolve_backend(args.backend)
@@ -205,7 +205,7 @@ def cmd_run(args) -> int:
     cases = resolve_cases(args, sctx)
     impl_filter = check_impls(args.impl, cases)
     from kernels import OPS
-    from .collectives import launched_by_torchrun
+    from ..collectives import launched_by_torchrun
     collective = [c for c in cases if OPS[c.op].collective]
     if launched_by_torchrun() and len(collective) != len(cases):
         raise UsageError("under torchrun only collective ops run (e.g. --op allreduce); "
@@ -239,14 +239,14 @@ def cmd_run(args) -> int:
     def on_record(rec: dict[str, Any]) -> None:
         records.append(rec)
         if args.json:
-            from .results import dumps
+            from ..results import dumps
             print(dumps(rec), flush=True)
 
     if launched_by_torchrun():
         return _run_as_rank(args, ctx, cases, writer, records, on_record)
     kernels_runner = IsolatedRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
                                     plugins=args.plugin or [])
-    from .collectives import CollectiveRunner
+    from ..collectives import CollectiveRunner
     ranks_runner = CollectiveRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
                                     plugins=args.plugin or [])
 
@@ -307,7 +307,7 @@ def cmd_run(args) -> int:
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
             _print_precision(records, out)
     if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
-        from .project_cli import print_step
+        from .project import print_step
         print_step(args, records, ctx.roof, as_json=args.json)
     where = f"{writer.path}" if writer.path and writer.count else "nothing saved"
     if interrupted:
@@ -318,7 +318,7 @@ def cmd_run(args) -> int:
         print(f"results: {where}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
-    from .results import FAILED
+    from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
     if failed:
         print(f"decodewall: {len(failed)} impl(s) failed the check, errored, crashed or timed out",
@@ -328,8 +328,8 @@ def cmd_run(args) -> int:
 
 def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
-    from .collectives import run_as_rank
-    from .report.table import console, results_table
+    from ..collectives import run_as_rank
+    from ..report.table import console, results_table
     import torch
     rank = int(os.environ["RANK"])
     if rank != 0:
@@ -347,14 +347,14 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
                                       f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))
     if writer.path and writer.count:
         print(f"results: {writer.path}", file=sys.stderr)
-    from .results import FAILED
+    from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]
     return EXIT_FAILED if failed and args.strict else 0
 
 
 def _print_precision(records, out) -> None:
     try:
-        from .report.precision import precision_table
+        from ..report.precision import precision_table
     except ImportError:
         return
     table = precision_table(records)
@@ -383,7 +383,7 @@ def _seconds(text: str) -> float:
 
 
 def _default_timeout() -> float:
-    from .isolation import DEFAULT_CASE_TIMEOUT_S
+    from ..isolation import DEFAULT_CASE_TIMEOUT_S
     return DEFAULT_CASE_TIMEOUT_S
 
 
@@ -400,9 +400,9 @@ class _null:
 
 
 def cmd_roof(args) -> int:
-    from .report.table import console, roof_table
-    from .roofline import measure_roof
-    from .timing import BUDGETS
+    from ..report.table import console, roof_table
+    from ..roofline import measure_roof
+    from ..timing import BUDGETS
     import torch
     backend = resolve_backend(args.backend)
     info = backend.device_info()
@@ -422,7 +422,7 @@ def cmd_roof(args) -> int:
 def cmd_chips(args) -> int:
     from backends import load_catalog
     from backends.catalog import as_dict
-    from .report.table import chips_table, console
+    from ..report.table import chips_table, console
     chips = list(load_catalog().values())
     if args.chip:
         chips = [resolve_chip(args.chip, {})]
@@ -436,8 +436,8 @@ def cmd_chips(args) -> int:
 
 def cmd_backends(args) -> int:
     from backends import BACKENDS, get_backend
-    from .report.table import console, fmt_bytes
-    from .results import versions
+    from ..report.table import console, fmt_bytes
+    from ..results import versions
     from rich.table import Table
     rows = []
     for name in BACKENDS:
@@ -474,9 +474,9 @@ def cmd_backends(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
     from rich.text import Text
-    from .report.compare import compare, devices
-    from .report.table import console, fmt_shape, fmt_time
-    from .results import ResultsError, read_results
+    from ..report.compare import compare, devices
+    from ..report.table import console, fmt_shape, fmt_time
+    from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)
     except ResultsError as e:
@@ -581,7 +581,7 @@ EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 def _load_extensions() -> None:
-    for mod in ("bench.project_cli", "bench.plot_cli"):
+    for mod in ("bench.cli.project", "bench.cli.plot"):
         try:
             __import__(mod)
         except ImportError as e:
@@ -591,7 +591,7 @@ def _load_extensions() -> None:
 
 def list_everything() -> int:
     from kernels import OPS
-    from .suites import SUITES
+    from ..suites import SUITES
     print("suites:")
     for name, (_, doc) in SUITES.items():
         print(f"  {name:14s} {doc}")
@@ -632,8 +632,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"decodewall: internal error{where}: {type(e).__name__}: {msg}", file=sys.stderr)
         return EXIT_FAILED
 
-
-if __name__ == "__main__":
-    from bench.cli import main as _main  # one module object, so extensions register in one place
-
-    sys.exit(_main())
