@@ -1,5 +1,9 @@
-"""Errors the commands report as one line on stderr (never a traceback)."""
+"""Errors the commands report as one line on stderr (never a traceback), and the exit statuses."""
 from __future__ import annotations
+
+EXIT_FAILED = 1        # a RunError; with --strict, an impl that failed, errored, crashed or timed out
+EXIT_USAGE = 2         # a UsageError
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), finished cases kept
 
 
 class UsageError(Exception):

@@ -98,7 +98,7 @@ def test_kernel_bytes_match_the_ops():
                 if name not in OPS:
                     continue
                 op = OPS[name]
-                from bench.cli.project import _shape_for
+                from bench.cli.step import _shape_for
                 shape = _shape_for(op, k.dims, k.name)
                 assert op.bytes_moved(shape, torch.bfloat16) == k.bytes, (name, k.name)
                 assert op.flops(shape) == k.flops, (name, k.name)

@@ -10,7 +10,7 @@ import pytest
 from backends import lookup_chip
 from bench.cli import main
 from bench.model.project import efficiency_from_results, project
-from bench.cli.project import model_cases, step_summary
+from bench.cli.step import model_cases, step_summary
 from bench.suites import SuiteContext
 from bench.model.workload import decode_step, load_model
 

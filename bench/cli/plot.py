@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import EXTENSIONS, UsageError
+from ..errors import UsageError
 
 PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside an -o folder
 
@@ -31,7 +31,7 @@ def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | 
     return pct, roof
 
 
-def cmd_plot(args) -> int:
+def command(args) -> int:
     from ..report.plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
     from ..report.table import console
     from ..results import ResultsError, read_results
@@ -67,7 +67,7 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="%% of roof chart + roofline (PNGs), or %% of roof bars",
                        description="Draw the % of the measured roof chart and the roofline "
                        "(with batch and size sweeps when the results hold them) as PNGs, or "
@@ -83,7 +83,4 @@ def register(sub) -> None:
     p.add_argument("--terminal", action="store_true",
                    help="print %% of roof bars (the default when no PNG is asked for)")
     p.add_argument("--title", help="chart title (both charts)")
-    p.set_defaults(func=cmd_plot)
-
-
-EXTENSIONS.append(register)
+    p.set_defaults(func=command)

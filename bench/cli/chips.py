@@ -1,0 +1,28 @@
+"""`decodewall chips`: the chip catalog (backends/chips.json), every figure with its source."""
+from __future__ import annotations
+
+import json
+
+from .common import resolve_chip
+
+
+def command(args) -> int:
+    from backends import load_catalog
+    from backends.catalog import as_dict
+    from ..report.table import chips_table, console
+    chips = list(load_catalog().values())
+    if args.chip:
+        chips = [resolve_chip(args.chip, {})]
+    if args.json:
+        for c in chips:
+            print(json.dumps(as_dict(c)))
+    else:
+        console().print(chips_table(chips, detail=bool(args.chip)))
+    return 0
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("chips", help="the chip catalog with sources")
+    c.add_argument("--chip", help="show one chip (case-insensitive id)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=command)

@@ -1,0 +1,133 @@
+"""What several commands resolve alike: a parser whose errors are one line, names (backend,
+chip, dtype) checked against what exists with a suggestion, --shape text, and the argument types.
+Every problem is a UsageError (bench/errors.py): one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Any, NoReturn, Sequence
+
+from ..errors import UsageError
+
+
+def suggest(name: str, known: Sequence[str]) -> str:
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(sorted(known))})"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line and exit 2 like all our usage errors."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# --- resolving what was asked for ---------------------------------------------------------------
+
+def resolve_backend(name: str | None):
+    from backends import BACKENDS, best_backend, get_backend
+    if name is None:
+        return best_backend()
+    if name.lower() not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}{suggest(name.lower(), list(BACKENDS))}")
+    b = get_backend(name)
+    ok, why = b.available()
+    if not ok:
+        raise UsageError(f"backend {b.name} is not available: {why}")
+    return b
+
+
+def resolve_chip(name: str | None, info: dict[str, Any]):
+    from backends import lookup_chip
+    if name is not None:
+        try:
+            return lookup_chip(name)
+        except KeyError as e:
+            raise UsageError(str(e.args[0])) from None
+    if info.get("chip"):
+        return lookup_chip(info["chip"])
+    return None
+
+
+def parse_shape(op, text: str):
+    """'M=1,N=4096,K=4096' -> the op's validated shape."""
+    kw: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise UsageError(f"malformed --shape {text!r}: expected K=V pairs like M=1,N=4096,K=4096")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k in kw:
+            raise UsageError(f"malformed --shape {text!r}: {k} given twice")
+        try:
+            kw[k] = int(v)
+        except ValueError:
+            raise UsageError(f"malformed --shape {text!r}: {k}={v!r} is not an integer") from None
+    if not kw:
+        raise UsageError(f"malformed --shape {text!r}: empty")
+    try:
+        return op.shape(**kw)
+    except ValueError as e:
+        raise UsageError(f"impossible shape for {op.name}: {e}") from None
+
+
+def resolve_dtypes(names: Sequence[str] | None, op) -> list:
+    from kernels import parse_dtype
+    out = []
+    for n in names or []:
+        try:
+            dt = parse_dtype(n)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if op is not None and dt not in op.dtypes:
+            raise UsageError(f"{op.name} does not take dtype {n}")
+        out.append(dt)
+    return out
+
+
+# --- argument types -----------------------------------------------------------------------------
+
+def positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise UsageError(f"{name} must be an integer, got {text!r}") from None
+        if v < 1:
+            raise UsageError(f"{name} must be at least 1, got {v}")
+        return v
+    return parse
+
+
+def nonneg_float(text: str) -> float:
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise UsageError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+def ranks(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of ranks: {text!r}") from None
+    if not 1 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"must be 1..4096 ranks, got {text!r}")
+    return v
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v

@@ -1,0 +1,36 @@
+"""`decodewall roof`: measure this device's copy and read bandwidth and its matmul rate, beside the
+chip's datasheet peak."""
+from __future__ import annotations
+
+import json
+
+from .common import resolve_backend, resolve_chip
+
+
+def command(args) -> int:
+    from ..report.table import console, roof_table
+    from ..roofline import measure_roof
+    from ..timing import BUDGETS
+    import torch
+    backend = resolve_backend(args.backend)
+    info = backend.device_info()
+    chip = resolve_chip(args.chip, info)
+    dtypes = [torch.float32] if backend.name == "cpu" else [torch.bfloat16, torch.float32]
+    roof = measure_roof(backend, dtypes, BUDGETS[args.budget or "normal"])
+    d = roof.as_dict()
+    d.update(device=info, chip=chip.id if chip else None,
+             datasheet_gbps=chip.mem_bw_gbps if chip else None)
+    if args.json:
+        print(json.dumps(d, default=str))
+    else:
+        console().print(roof_table(d, info, chip))
+    return 0
+
+
+def add_parser(sub) -> None:
+    ro = sub.add_parser("roof", help="measure copy/read bandwidth and matmul rate")
+    ro.add_argument("--backend")
+    ro.add_argument("--chip")
+    ro.add_argument("--json", action="store_true")
+    ro.add_argument("--budget", choices=["quick", "normal", "thorough"])
+    ro.set_defaults(func=command)

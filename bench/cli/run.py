@@ -1,0 +1,352 @@
+"""`decodewall run`: check and time cases, print verdicts, save JSONL.
+
+The cases are a suite (`--suite`, default decode), one op at its smoke or given shapes (`--op`,
+`--shape`), or a model's decode step (`--model`: bench/cli/step.py). Every impl-case runs in a
+worker process (bench/isolation.py); collective ops run as ranks (bench/collectives.py). Every bad
+input is found before anything is measured or written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
+from ..plugins import load_plugins
+from .common import (parse_shape, ranks, resolve_backend, resolve_chip, resolve_dtypes, seconds,
+                     suggest)
+from .step import add_step_args
+
+DEFAULT_OUT = Path("results") / "runs"
+
+
+# --- resolving the cases ------------------------------------------------------------------------
+
+def resolve_cases(args, ctx) -> list:
+    cases = _resolve_cases(args, ctx)
+    cases = _with_world_size(cases, getattr(args, "world_size", None))
+    if getattr(args, "warm", False):
+        if getattr(args, "model", None):
+            raise UsageError("--warm times cases from the cache; a --model step is timed cold")
+        cases = [dataclasses.replace(c, warm=True) for c in cases]
+    return cases
+
+
+def _with_world_size(cases: list, n: int | None) -> list:
+    """Collective cases at the world size asked for (--world-size, or torchrun's WORLD_SIZE)."""
+    from kernels import OPS
+    from ..collectives import launched_by_torchrun
+    if launched_by_torchrun():
+        if not any(OPS[c.op].collective for c in cases):
+            return cases  # refused with the reason by the run
+        given = int(os.environ["WORLD_SIZE"])
+        if n is not None and n != given:
+            raise UsageError(f"--world-size {n} but torchrun started {given} ranks")
+        n = given
+    if n is None:
+        return cases
+    if not any(OPS[c.op].collective for c in cases):
+        raise UsageError("--world-size applies to collective ops (e.g. --op allreduce) only")
+    out = []
+    for c in cases:
+        if OPS[c.op].collective:
+            try:
+                c = dataclasses.replace(c, shape=dataclasses.replace(c.shape, world_size=n))
+            except ValueError as e:
+                raise UsageError(f"impossible shape for {c.op}: {e}") from None
+        out.append(c)
+    return out
+
+
+def _resolve_cases(args, ctx) -> list:
+    from kernels import OPS
+    from ..case import Case
+    from ..suites import SUITES, cases_for
+    if hasattr(args, "model"):  # `run --model`: bench/cli/step.py
+        from .step import model_cases
+        if (cases := model_cases(args, ctx)) is not None:
+            return cases
+    if args.op and args.suite:
+        raise UsageError("give either --suite or --op, not both")
+    if args.shape and not args.op:
+        raise UsageError("--shape needs --op")
+    if args.op:
+        if args.op not in OPS:
+            raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
+        op = OPS[args.op]
+        dtypes = resolve_dtypes(args.dtype, op)
+        if args.shape:
+            shapes = [parse_shape(op, s) for s in args.shape]
+            dtypes = dtypes or [op.smoke[0][1] if op.smoke else op.dtypes[0]]
+            return [Case(op.name, s, d) for s in shapes for d in dtypes]
+        base = [Case(op.name, s, d) for s, d in op.smoke]
+        if dtypes:
+            base = [dataclasses.replace(c, dtype=d) for c in base for d in dtypes]
+        return base
+    name = args.suite or "decode"
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r}{suggest(name, list(SUITES))}")
+    cases = cases_for(name, ctx)
+    if args.dtype:
+        want = resolve_dtypes(args.dtype, None)
+        cases = [c for c in cases if c.dtype in want]
+    return cases
+
+
+def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | None:
+    from kernels import OPS
+    if not names:
+        return None
+    ops = {c.op for c in cases}
+    known = {n for o in ops for n in OPS[o].impls}
+    for n in names:
+        if n not in known:
+            raise UsageError(f"unknown impl {n!r} for {', '.join(sorted(ops))}{suggest(n, sorted(known))}")
+    return tuple(names)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def command(args) -> int:
+    from ..report.table import console, results_table
+    from ..results import ResultWriter, check_writable, git_commit, new_run_id, versions
+    from .. import roofline as rl
+    from ..roofline import drift_note, measure_bandwidth, measure_roof
+    from ..isolation import IsolatedRunner
+    from ..runner import RunContext
+    from ..suites import SuiteContext
+    from ..timing import BUDGETS
+
+    load_plugins(args.plugin or [])
+    if args.list:
+        return list_everything()
+    backend = resolve_backend(args.backend)
+    info = backend.device_info()
+    chip = resolve_chip(args.chip, info)
+    sctx = SuiteContext(backend.name, info.get("memory_bytes"), info.get("cache_bytes"))
+    cases = resolve_cases(args, sctx)
+    impl_filter = check_impls(args.impl, cases)
+    from kernels import OPS
+    from ..collectives import launched_by_torchrun
+    collective = [c for c in cases if OPS[c.op].collective]
+    if launched_by_torchrun() and len(collective) != len(cases):
+        raise UsageError("under torchrun only collective ops run (e.g. --op allreduce); "
+                         "run kernels without torchrun")
+    out_dir = None if args.no_save else Path(args.out)
+    if out_dir is not None:
+        try:
+            check_writable(out_dir)
+        except PermissionError as e:
+            raise UsageError(str(e)) from None
+    budget_name = args.budget or ("quick" if args.suite == "smoke" else "normal")
+    budget = BUDGETS[budget_name]
+
+    err = console(stderr=True)
+    show = sys.stderr.isatty() and not args.no_progress
+    run_id = new_run_id(backend.name)
+    if len(collective) < len(cases):
+        with err.status("measuring the roof...", spinner="dots") if show else _null():
+            roof = measure_roof(backend, [c.dtype for c in cases][:1] or None, budget)
+    else:  # collectives are judged against the chip's links, not its memory
+        roof = rl.Roof(backend.name, 0.0, 0.0, 0)
+    ctx = RunContext(backend=backend, roof=roof, chip=chip, device_info=info, budget=budget,
+                     seed=args.seed, run_id=run_id,
+                     command="decodewall " + " ".join(shlex.quote(a) for a in args.argv),
+                     git_commit=git_commit(), versions=versions(), impl_filter=impl_filter)
+    writer = ResultWriter(out_dir, run_id)
+    records: list[dict[str, Any]] = []
+    tracker = rl.RoofTracker(backend, roof, budget,
+                             None if budget_name == "quick" else rl.ROOF_REFRESH_S)
+
+    def on_record(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        if args.json:
+            from ..results import dumps
+            print(dumps(rec), flush=True)
+
+    if launched_by_torchrun():
+        return _run_as_rank(args, ctx, cases, writer, records, on_record)
+    kernels_runner = IsolatedRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
+                                    plugins=args.plugin or [])
+    from ..collectives import CollectiveRunner
+    ranks_runner = CollectiveRunner(ctx, writer, on_record, case_timeout=args.case_timeout,
+                                    plugins=args.plugin or [])
+
+    class runner:  # noqa: N801  each case to the runner of its kind
+        @staticmethod
+        def run_case(case):
+            if OPS[case.op].collective:
+                return ranks_runner.run_case(case)
+            return kernels_runner.run_case(case)
+
+        @staticmethod
+        def close():
+            kernels_runner.close()
+            ranks_runner.close()
+
+    interrupted = False
+    try:
+        if show:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err, transient=True) as prog:
+                task = prog.add_task("cases", total=len(cases))
+                for case in cases:
+                    prog.update(task, description=f"{case.op} {_short(case.shape)}")
+                    if tracker.due():
+                        prog.update(task, description="measuring the roof again")
+                        ctx.roof = tracker.current()
+                        prog.update(task, description=f"{case.op} {_short(case.shape)}")
+                    runner.run_case(case)
+                    prog.advance(task)
+        else:
+            for case in cases:
+                ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
+                runner.run_case(case)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        runner.close()  # the worker and anything it started: nothing is left running
+        writer.close()
+    note = None
+    # The roof again (not for the quick budget: two quick probes differ by more than the drift
+    # worth reporting): on a busy machine it can move a lot within one run.
+    if not interrupted and budget_name != "quick" and any(r["status"] == "ok" for r in records):
+        try:
+            with err.status("measuring the roof again...", spinner="dots") if show else _null():
+                note = drift_note(roof.gbps, measure_bandwidth(backend, budget),
+                                  tracker.readings[1:])
+        except KeyboardInterrupt:
+            pass
+    if not args.json:
+        out = console()
+        lo, hi = min(tracker.readings), max(tracker.readings)
+        roofs = f"{lo:.1f} GB/s" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} GB/s (re-measured)"
+        roofs = f", roof {roofs}" if hi > 0 else ""
+        out.print(results_table(records, title=f"decodewall run {run_id} — {info.get('name')} "
+                                f"({backend.name}){roofs}"))
+        if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
+            _print_precision(records, out)
+    if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
+        from .step import print_step
+        print_step(args, records, ctx.roof, as_json=args.json)
+    where = f"{writer.path}" if writer.path and writer.count else "nothing saved"
+    if interrupted:
+        print(f"decodewall: interrupted; {writer.count} finished case(s) kept in {where}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if writer.path and writer.count:
+        print(f"results: {where}", file=sys.stderr)
+    if note:
+        print(f"decodewall: note: {note}", file=sys.stderr)
+    from ..results import FAILED
+    failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
+    if failed:
+        print(f"decodewall: {len(failed)} impl(s) failed the check, errored, crashed or timed out",
+              file=sys.stderr)
+    return EXIT_FAILED if failed and args.strict else 0
+
+
+def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
+    """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
+    from ..collectives import run_as_rank
+    from ..report.table import console, results_table
+    rank = int(os.environ["RANK"])
+    if rank != 0:
+        writer.path = None  # one results file, rank 0's
+        args.json = False
+    try:
+        run_as_rank(ctx, cases, writer, on_record, max(5.0, args.case_timeout / 2))
+    finally:
+        writer.close()
+    if rank != 0:
+        return 0
+    if not args.json:
+        console().print(results_table(records, title=f"decodewall run {ctx.run_id} — "
+                                      f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
+                                      f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))
+    if writer.path and writer.count:
+        print(f"results: {writer.path}", file=sys.stderr)
+    from ..results import FAILED
+    failed = [r for r in records if r["status"] in FAILED]
+    return EXIT_FAILED if failed and args.strict else 0
+
+
+def _print_precision(records, out) -> None:
+    try:
+        from ..report.precision import precision_table
+    except ImportError:
+        return
+    table = precision_table(records)
+    if table is not None:
+        out.print(table)
+
+
+def _default_timeout() -> float:
+    from ..isolation import DEFAULT_CASE_TIMEOUT_S
+    return DEFAULT_CASE_TIMEOUT_S
+
+
+def _short(shape: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(shape).items())
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def list_everything() -> int:
+    from kernels import OPS
+    from ..suites import SUITES
+    print("suites:")
+    for name, (_, doc) in SUITES.items():
+        print(f"  {name:14s} {doc}")
+    print("ops:")
+    for name, op in OPS.items():
+        print(f"  {name:20s} impls: {', '.join(op.impls)}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("run", help="check and time cases, print verdicts, save JSONL")
+    r.add_argument("--backend", help="cpu | cuda | xla (default: cuda if present, else cpu)")
+    r.add_argument("--suite", help="named suite (default: decode); see `decodewall run --list`")
+    r.add_argument("--op", help="one op instead of a suite")
+    r.add_argument("--shape", action="append", metavar="K=V,...",
+                   help="shape for --op, e.g. M=1,N=4096,K=4096 (repeatable)")
+    r.add_argument("--dtype", action="append", help="input dtype(s): bfloat16, float16, float32")
+    r.add_argument("--impl", action="append", metavar="NAME", help="only these impls (repeatable)")
+    r.add_argument("--plugin", action="append", metavar="FILE",
+                   help="Python file registering extra impls with @register_impl (repeatable)")
+    r.add_argument("--chip", help="catalog id to judge against (default: detected)")
+    r.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default: results/runs)")
+    r.add_argument("--no-save", action="store_true", help="do not write a results file")
+    r.add_argument("--json", action="store_true", help="one JSON object per line, no table")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--budget", choices=["quick", "normal", "thorough"],
+                   help="timing budget (default: quick for smoke, else normal)")
+    r.add_argument("--strict", action="store_true",
+                   help="exit 1 when any impl fails its check, errors, crashes or times out")
+    r.add_argument("--world-size", type=ranks, metavar="N",
+                   help="ranks for collective ops (allreduce): the run starts them on this "
+                        "machine (default: the shape's, 2); under torchrun, its WORLD_SIZE")
+    r.add_argument("--case-timeout", type=seconds, default=_default_timeout(), metavar="SECONDS",
+                   help="kill an impl-case (check + timing, compiling and autotuning included) "
+                        "that runs longer and record it as timeout (default: "
+                        "%(default)g)")
+    r.add_argument("--warm", action="store_true",
+                   help="time every case warm: one input set, no flush, so a working set the "
+                        "cache holds is read from it (not judged against the DRAM roof)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--list", action="store_true", help="list suites and ops, then exit")
+    g = r.add_argument_group("model decode step (instead of --suite/--op)")
+    add_step_args(g, model_required=False)
+    r.set_defaults(func=command)

@@ -1,0 +1,176 @@
+"""`decodewall run --model`: a model's decode step as cases, and the step summed from their records.
+
+`run --model M` turns a model's decode step (bench/model/workload.py) into one case per distinct
+kernel (qkv, o, gate/up, down, attention, lm_head, and the router for MoE), runs them like any
+other cases, then sums the best impl's time per kernel times its calls per step. Ops are found
+through the registry only (`kernels.OPS`), and a kernel's dims are the op's own shape fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from ..errors import UsageError
+from ..model.project import KV_OPS, WEIGHT_OPS
+from ..model.workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS,
+                              ConfigError, Step, decode_step, load_model, model_names)
+from .common import positive
+
+
+def add_step_args(p, model_required: bool) -> None:
+    p.add_argument("--model", required=model_required, metavar="NAME|config.json",
+                   help=f"built-in model ({', '.join(model_names())}) or a HF config.json path")
+    p.add_argument("--batch", type=positive("--batch"), default=None,
+                   help="sequences decoded together (default 1)")
+    p.add_argument("--ctx", type=positive("--ctx"), default=None,
+                   help="tokens already in each sequence's KV cache (default 4096)")
+    p.add_argument("--weights", choices=WEIGHT_PRECISIONS, default=None,
+                   help="precision of every linear layer (default bf16; int4: group 128)")
+    p.add_argument("--kv", choices=KV_PRECISIONS, default=None,
+                   help="KV-cache precision (default bf16)")
+
+
+def build_step(args) -> Step:
+    try:
+        cfg = load_model(args.model)
+        return decode_step(cfg, args.batch or 1, args.ctx or 4096, args.weights or "bf16",
+                           args.kv or "bf16")
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _shape_for(op, dims: dict[str, int], what: str):
+    """Build the op's shape from a kernel's dims (the ops' own field names: M, N, K; B, Hq, Hkv,
+    D, context) and the step's formats (INT4 group, KV block, every sequence full length)."""
+    fields = dataclasses.fields(op.shape_type)
+    have = {**dims, "group_size": INT4_GROUP, "block_size": KV_BLOCK, "ragged": 0}
+    kw: dict[str, int] = {}
+    for f in fields:
+        if f.name in have:
+            kw[f.name] = have[f.name]
+        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if f.name not in kw and required:
+            raise UsageError(f"cannot map {op.name}'s shape field {f.name!r} for the {what} "
+                             f"kernel (known dims: {', '.join(dims)})")
+    try:
+        return op.shape(**kw)
+    except ValueError as e:
+        raise UsageError(f"{what} kernel is an impossible shape for {op.name}: {e}") from None
+
+
+def kernel_op(kernel, step: Step) -> str:
+    if kernel.kind == "attention":
+        return KV_OPS[step.kv]
+    return WEIGHT_OPS[kernel.precision]
+
+
+def model_cases(args, ctx) -> list | None:
+    """The cases of `run --model`: one per distinct kernel of the decode step (None: no --model)."""
+    import torch
+    from kernels import OPS
+    from ..case import Case
+    if not args.model:
+        given = [f"--{n}" for n in ("batch", "ctx", "weights", "kv") if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} need(s) --model")
+        return None
+    if args.op or args.suite or args.shape:
+        raise UsageError("give --model, or --suite / --op, not both")
+    step = build_step(args)
+    args.model_step = step
+    need = sorted({kernel_op(k, step) for k in step.kernels})
+    missing = [o for o in need if o not in OPS]
+    if missing:
+        why = {"gemv_w8": "--weights int8", "gemv_w4": "--weights int4",
+               "paged_attention": "attention (--kv bf16)", "paged_attention_kv8": "--kv int8"}
+        raise UsageError(f"{step.model.name} needs op(s) {', '.join(missing)} "
+                         f"({'; '.join(why.get(o, o) for o in missing)}), not registered yet "
+                         f"(registered: {', '.join(OPS)})")
+    dtype = torch.bfloat16
+    if args.dtype:
+        from .common import resolve_dtypes
+        dtype = resolve_dtypes(args.dtype, None)[0]
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise UsageError("--model takes 16-bit activations (bfloat16 or float16): the step's "
+                             "byte model counts 2-byte activations, scales and zeros")
+    cases, seen = [], set()
+    for k in step.kernels:
+        op = OPS[kernel_op(k, step)]
+        if dtype not in op.dtypes:
+            raise UsageError(f"{op.name} does not take dtype {dtype}")
+        shape = _shape_for(op, k.dims, k.name)
+        if (op.name, shape) in seen:
+            continue
+        seen.add((op.name, shape))
+        cases.append(Case(op.name, shape, dtype, group=f"{step.model.name} {k.name}"))
+    return cases
+
+
+def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) -> dict[str, Any]:
+    """Best ok impl per kernel, times calls per step, against bytes/step over the measured roof."""
+    from kernels import OPS
+    rows, total, missing = [], 0.0, []
+    for k in step.kernels:
+        opname = kernel_op(k, step)
+        shape = dataclasses.asdict(_shape_for(OPS[opname], k.dims, k.name))
+        ok = [r for r in records if r["op"] == opname and r["shape"] == shape
+              and r["status"] == "ok" and r.get("time_s") and not r.get("warm")]
+        best = min(ok, key=lambda r: r["time_s"]["median"]) if ok else None
+        t = best["time_s"]["median"] if best else None
+        if t is None:
+            missing.append(k.name)
+        else:
+            total += t * k.calls
+        rows.append({"kernel": k.name, "op": opname, "shape": shape, "calls": k.calls,
+                     "impl": best["impl"] if best else None, "time_s": t,
+                     "step_time_s": t * k.calls if t is not None else None,
+                     "bytes_per_step": k.bytes * k.calls,
+                     "pct_roof": best.get("pct_roof") if best else None})
+    bound = step.bytes / (roof_gbps * 1e9) if roof_gbps else None
+    measured = None if missing else total
+    return {
+        "model": step.model.name, "batch": step.batch, "ctx": step.ctx, "weights": step.weights,
+        "kv": step.kv, "bytes_per_step": step.bytes, "flops_per_step": step.flops,
+        "roof_gbps": roof_gbps, "kernels": rows, "missing": missing,
+        "measured_step_s": measured,
+        "measured_tokens_per_s": step.batch / measured if measured else None,
+        "bound_step_s": bound, "bound_tokens_per_s": step.batch / bound if bound else None,
+        "pct_of_bound": 100 * bound / measured if measured and bound else None,
+    }
+
+
+def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False) -> None:
+    """After `run --model`'s table: the step, summed from the best impl of each kernel."""
+    from rich.table import Table
+    from ..report.plot import pct_bar
+    from ..report.table import console, fmt_bytes, fmt_shape, fmt_time
+    step: Step = args.model_step
+    s = step_summary(step, records, roof.gbps)
+    if as_json:
+        print(json.dumps({"step": s}), flush=True)
+        return
+    t = Table(title=f"{step.model.name} decode step — batch {step.batch}, ctx {step.ctx}, "
+              f"weights {step.weights}, KV {step.kv}", header_style="bold")
+    for col, j in (("kernel", "left"), ("op", "left"), ("shape", "left"), ("calls/step", "right"),
+                   ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
+                   ("bytes/step", "right"), ("% of roof", "left")):
+        t.add_column(col, justify=j)
+    for r in s["kernels"]:
+        t.add_row(r["kernel"], r["op"], fmt_shape(r["shape"]), f"{r['calls']:.4g}",
+                  r["impl"] or "[red]none ok[/]", fmt_time(r["time_s"]),
+                  fmt_time(r["step_time_s"]), fmt_bytes(r["bytes_per_step"]),
+                  pct_bar(r["pct_roof"]))
+    out = console()
+    out.print(t)
+    bound = s["bound_step_s"]
+    out.print(f"bandwidth bound here: {fmt_bytes(step.bytes)}/step ÷ measured roof "
+              f"{roof.gbps:.1f} GB/s = {fmt_time(bound)}/step → {s['bound_tokens_per_s']:.3g} tok/s")
+    if s["missing"]:
+        out.print(f"[red]measured step: unknown — no ok impl for {', '.join(s['missing'])}[/]")
+    else:
+        out.print(f"measured kernel-only step: {fmt_time(s['measured_step_s'])} → "
+                  f"[bold]{s['measured_tokens_per_s']:.3g} tok/s[/] (batch {step.batch}; "
+                  f"{s['pct_of_bound']:.0f}% of the bandwidth bound)")
+    out.print("[dim]kernel-only: each kernel timed cold in isolation, summed over calls/step; "
+              "embedding lookup, norms, RoPE, residual adds and sampling are not timed[/]")
