@@ -6,8 +6,10 @@ smoke suite covers every registered op without listing them here.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -74,7 +76,6 @@ def decode(ctx: SuiteContext) -> list[Case]:
 @suite("gpu-check", "the one-call device check's cases (bench/device_check.sh): GEMV at 8B/70B "
        "shapes, M=1/16; attention 64x4096, 1x32768; precision; most important first")
 def gpu_check(ctx: SuiteContext) -> list[Case]:
-    from .gpucheck.check import gpu_check_cases
     return gpu_check_cases(ctx)
 
 
@@ -247,3 +248,120 @@ def collectives(ctx: SuiteContext) -> list[Case]:
     return [Case("allreduce", AllreduceShape(bytes=8192 << k, world_size=n), torch.bfloat16,
                  group=f"allreduce x{n}")
             for n in sizes for k in range(12)]  # 8 KiB ... 16 MiB
+
+
+# --- the one-call device check (bench/device_check.sh) ------------------------------------------
+
+# Fields given to every op of a family: an op whose shape has no such field keeps its default.
+OPTIONAL_FIELDS = {"group_size", "ragged"}
+
+GEMV_OPS = ("gemv_w4", "gemv_w8", "gemv_bf16")
+ATTN_OPS = ("paged_attention", "paged_attention_kv8")
+TINY_HEADS = {"Hq": 4, "Hkv": 2, "D": 32, "ragged": 0}  # dry run: GQA still, little interpreter work
+# Dry run: N, K. Large enough that a few dozen input sets defeat the CPU cache (the runner
+# rotates copies past 4x the LLC, each with its own untimed prepare), small for the interpreter.
+TINY_GEMV = (1024, 2048)
+
+
+def llama3_8b_heads() -> dict[str, int]:
+    """Llama-3-8B's attention heads, every sequence exactly `context` tokens long (ragged 0):
+    "batch 64 x 4096" as the goals state it."""
+    Hq, Hkv, D = attention_heads("llama-3-8b")
+    return {"Hq": Hq, "Hkv": Hkv, "D": D, "ragged": 0}
+
+
+def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
+    """`op_name`'s shape with these fields (M, N, K, group_size, B, context, Hq, Hkv, D, ...):
+    (shape, "") or (None, why). Fields not given keep the op's smoke-shape values (block size,
+    say)."""
+    if op_name not in OPS:
+        return None, f"op {op_name} is not registered (not landed yet?)"
+    op = OPS[op_name]
+    fields = [f.name for f in dataclasses.fields(op.shape_type)]
+    kw: dict[str, int] = {}
+    for key, value in want.items():
+        if key not in fields:
+            if key in OPTIONAL_FIELDS:
+                continue
+            return None, f"{op_name}'s shape has no field for {key} (fields: {', '.join(fields)})"
+        kw[key] = value
+    try:
+        base = op.smoke[0][0] if op.smoke else None
+        if base is not None and isinstance(base, op.shape_type):
+            return dataclasses.replace(base, **kw), ""
+        return op.shape(**kw), ""
+    except (ValueError, TypeError) as e:
+        return None, f"{op_name} shape {kw}: {e}"
+
+
+def _uncompiled(op_name: str) -> tuple[str, ...]:
+    # torch.compile impls are left out: each compiles for seconds per shape, which the time box
+    # cannot afford; the CPU suites and `decodewall run --suite gemv` cover them.
+    return tuple(n for n, i in OPS[op_name].impls.items() if i.kind != "compiled")
+
+
+def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
+    """The `gpu-check` suite, most important first (a time box cuts the tail): the goal cases
+    (INT4/INT8 GEMV at M=1 on the Llama-3-70B shapes, attention at batch 64 x 4096 and
+    1 x 32768), the precision comparison, then bf16 and the Llama-3-8B shapes at batch 1 and 16.
+    On a CPU (the dry run) the same ops at tiny shapes. `notes` collects what could not be
+    planned and why."""
+    notes = notes if notes is not None else []
+    cases: list = []
+    seen: dict[tuple, int] = {}
+
+    def key(c: Any) -> tuple:
+        return (c.op, json.dumps(dataclasses.asdict(c.shape), sort_keys=True, default=str), c.dtype)
+
+    def put(c: Any) -> None:
+        k = key(c)
+        if k in seen:  # the precision suite repeats a GEMV case: keep one, labelled "precision"
+            if c.group == "precision":
+                cases[seen[k]] = dataclasses.replace(cases[seen[k]], group="precision")
+            return
+        seen[k] = len(cases)
+        cases.append(c)
+
+    def add(op: str, group: str, **want: int) -> None:
+        # CPU: bf16 GEMVs (the int8pack/int4pack kernels' fast path), fp32 attention (bf16
+        # matmuls are slow on CPUs without AVX512-BF16)
+        dtype = torch.float32 if ctx.backend != "cuda" and op in ATTN_OPS else torch.bfloat16
+        if op not in OPS:
+            msg = f"{op}: not registered, its cases are skipped"
+            if msg not in notes:
+                notes.append(msg)
+            return
+        shape, why = shape_for(op, **want)
+        if shape is None:
+            notes.append(f"{group}: {why}")
+            return
+        put(Case(op, shape, dtype, impls=_uncompiled(op), group=group))
+
+    def gemv(ops: tuple, shapes: dict, model: str, M: int) -> None:
+        for op in ops:
+            for part, (n, k) in shapes.items():
+                add(op, f"{model} {part}", M=M, N=n, K=k, group_size=128)
+
+    if ctx.backend != "cuda":  # dry run: the same ops, one tiny fp32 case each
+        gemv(GEMV_OPS, {"tiny": TINY_GEMV}, "tiny", 1)
+        add("paged_attention", "attn b2x64", B=2, context=64, **TINY_HEADS)
+        add("paged_attention_kv8", "attn b2x64", B=2, context=64, **TINY_HEADS)
+        return cases
+
+    heads = llama3_8b_heads()
+    big_first = dict(sorted(layer_gemv_shapes("llama-3-70b").items(),
+                            key=lambda kv: -kv[1][0] * kv[1][1]))
+    gemv(("gemv_w4", "gemv_w8"), big_first, "llama-3-70b", 1)
+    add("paged_attention", "attn b64x4096", B=64, context=4096, **heads)
+    add("paged_attention", "attn b1x32768", B=1, context=32768, **heads)
+    try:
+        for c in precision(ctx):
+            impls = c.impls if c.impls is not None else _uncompiled(c.op)
+            put(dataclasses.replace(c, impls=tuple(i for i in impls if i in _uncompiled(c.op))))
+    except Exception as e:  # a failing suite is a note for the summary, not the check's crash
+        notes.append(f"suite precision: {type(e).__name__}: {e}")
+    gemv(("gemv_bf16",), big_first, "llama-3-70b", 1)
+    add("paged_attention_kv8", "attn b64x4096", B=64, context=4096, **heads)
+    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 1)
+    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 16)
+    return cases  # batch 16 at the 70B shapes: `--suite gemv` (their references cost minutes)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpucheck.check import gpu_check_cases, ncu_targets, run_proc, shape_for
+from bench.gpucheck.cases import ncu_targets
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
-from bench.suites import SUITES, SuiteContext
+from bench.gpucheck.proc import run_proc
+from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,7 +209,8 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_TABLE", str(table))
     shape = {"M": 1, "N": 96, "K": 256}
-    monkeypatch.setattr(dc, "ncu_targets", lambda backend, notes: [
+    from bench.gpucheck import cases
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
         {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": shape}])
     args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
                               skip=None, time_limit=120, suite="gpu-check", budget="quick", chip=None)

@@ -1,5 +1,5 @@
-"""The one-call GPU device check (issue 7): CUDA tests, the GPU suite, an Nsight Compute check of
-the byte model, all time-boxed to fit one call on a lent GPU, everything written under $OUT (else
+"""The one-call GPU device check: CUDA tests, the GPU suite, an Nsight Compute check of the byte
+model, all time-boxed to fit one call on a lent GPU, everything written under $OUT (else
 results/device-check-<timestamp>/) and a short summary printed last.
 
     bench/device_check.sh              # on the GPU machine: about 5 1/2 minutes
@@ -19,217 +19,37 @@ Steps, each a child process in its own process group, killed at its time box:
           WarpStateStats sections: why it runs below the roof (occupancy, issue rate, stalls)
 Files, flat and at most 8 so the device tool brings them all back: summary.txt, summary.json,
 steps.log, roof.json, <run_id>.jsonl, ncu-raw.txt.
+
+This module runs the steps (class Check); the suite's cases are bench/suites.py's `gpu-check`,
+the ncu targets come from cases.py, child processes from proc.py, the environment from
+env_probe.py, the parsing of ncu's output from ncu.py and the summary from summary.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from .proc import REPO, find_ncu, run_proc
 
 # Nominal seconds per step (H100). The suite is elastic: it gets whatever the total leaves after
 # the steps before it and the nominal boxes of the steps after it.
 BOXES = {"env": 20, "pytest": 100, "roof": 25, "suite": 100, "ncu": 80}
-# Issue 7 asked for < 5 minutes; every GEMV config compiled and checked once (pytest: 61
-# configs, bf16 21, INT4 20, INT8 20, with the X3D and SWAP variants) and a suite that took 156 s
-# on an H200 need 5 1/2; the suite gives way first (its goal cases run first). Kills and start-up
-# fit in the rest of a 400 s call.
+# Under 5 minutes is the aim (DESIGN.md, "Device checks"); every GEMV config compiled and checked
+# once (pytest: 61 configs, bf16 21, INT4 20, INT8 20, with the X3D and SWAP variants) and a suite
+# that took 156 s on an H200 need 5 1/2; the suite gives way first (its goal cases run first).
+# Kills and start-up fit in the rest of a 400 s call.
 TOTAL_S = 330
 NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the profiled launch
 STEPS = tuple(BOXES)
 
-# --- the cases -------------------------------------------------------------------------------
-
-# Fields given to every op of a family: an op whose shape has no such field keeps its default.
-OPTIONAL_FIELDS = {"group_size", "ragged"}
-
-GEMV_OPS = ("gemv_w4", "gemv_w8", "gemv_bf16")
-ATTN_OPS = ("paged_attention", "paged_attention_kv8")
-TINY_HEADS = {"Hq": 4, "Hkv": 2, "D": 32, "ragged": 0}  # dry run: GQA still, little interpreter work
-# Dry run: N, K. Large enough that a few dozen input sets defeat the CPU cache (the runner
-# rotates copies past 4x the LLC, each with its own untimed prepare), small for the interpreter.
-TINY_GEMV = (1024, 2048)
-TINY_GEMV_NCU = (96, 256)  # the dry ncu step calls the Triton kernels interpreted: keep it small
-
-
-def llama3_8b_heads() -> dict[str, int]:
-    """Llama-3-8B's attention heads, every sequence exactly `context` tokens long (ragged 0):
-    "batch 64 x 4096" as the goals state it."""
-    from ..model.workload import attention_heads
-    Hq, Hkv, D = attention_heads("llama-3-8b")
-    return {"Hq": Hq, "Hkv": Hkv, "D": D, "ragged": 0}
-
-
-def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
-    """`op_name`'s shape with these fields (M, N, K, group_size, B, context, Hq, Hkv, D, ...):
-    (shape, "") or (None, why). Fields not given keep the op's smoke-shape values (block size,
-    say)."""
-    from kernels import OPS
-    if op_name not in OPS:
-        return None, f"op {op_name} is not registered (not landed yet?)"
-    op = OPS[op_name]
-    fields = [f.name for f in dataclasses.fields(op.shape_type)]
-    kw: dict[str, int] = {}
-    for key, value in want.items():
-        if key not in fields:
-            if key in OPTIONAL_FIELDS:
-                continue
-            return None, f"{op_name}'s shape has no field for {key} (fields: {', '.join(fields)})"
-        kw[key] = value
-    try:
-        base = op.smoke[0][0] if op.smoke else None
-        if base is not None and isinstance(base, op.shape_type):
-            return dataclasses.replace(base, **kw), ""
-        return op.shape(**kw), ""
-    except (ValueError, TypeError) as e:
-        return None, f"{op_name} shape {kw}: {e}"
-
-
-def _uncompiled(op_name: str) -> tuple[str, ...]:
-    # torch.compile impls are left out: each compiles for seconds per shape, which the time box
-    # cannot afford; the CPU suites and `decodewall run --suite gemv` cover them.
-    from kernels import OPS
-    return tuple(n for n, i in OPS[op_name].impls.items() if i.kind != "compiled")
-
-
-def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
-    """The `gpu-check` suite, most important first (a time box cuts the tail): the issue goals'
-    cases (INT4/INT8 GEMV at M=1 on the Llama-3-70B shapes, attention at batch 64 x 4096 and
-    1 x 32768), the precision comparison, then bf16 and the Llama-3-8B shapes at batch 1 and 16.
-    On a CPU (the dry run) the same ops at tiny shapes."""
-    import torch
-    from kernels import OPS
-    from ..case import Case
-    from ..suites import SUITES, cases_for
-    from ..model.workload import layer_gemv_shapes
-
-    notes = notes if notes is not None else []
-    cases: list = []
-    seen: dict[tuple, int] = {}
-
-    def key(c: Any) -> tuple:
-        return (c.op, json.dumps(dataclasses.asdict(c.shape), sort_keys=True, default=str), c.dtype)
-
-    def put(c: Any) -> None:
-        k = key(c)
-        if k in seen:  # the precision suite repeats a GEMV case: keep one, labelled "precision"
-            if c.group == "precision":
-                cases[seen[k]] = dataclasses.replace(cases[seen[k]], group="precision")
-            return
-        seen[k] = len(cases)
-        cases.append(c)
-
-    def add(op: str, group: str, **want: int) -> None:
-        # CPU: bf16 GEMVs (the int8pack/int4pack kernels' fast path), fp32 attention (bf16
-        # matmuls are slow on CPUs without AVX512-BF16)
-        dtype = torch.float32 if ctx.backend != "cuda" and op in ATTN_OPS else torch.bfloat16
-        if op not in OPS:
-            msg = f"{op}: not registered, its cases are skipped"
-            if msg not in notes:
-                notes.append(msg)
-            return
-        shape, why = shape_for(op, **want)
-        if shape is None:
-            notes.append(f"{group}: {why}")
-            return
-        put(Case(op, shape, dtype, impls=_uncompiled(op), group=group))
-
-    def gemv(ops: tuple, shapes: dict, model: str, M: int) -> None:
-        for op in ops:
-            for part, (n, k) in shapes.items():
-                add(op, f"{model} {part}", M=M, N=n, K=k, group_size=128)
-
-    if ctx.backend != "cuda":  # dry run: the same ops, one tiny fp32 case each
-        gemv(GEMV_OPS, {"tiny": TINY_GEMV}, "tiny", 1)
-        add("paged_attention", "attn b2x64", B=2, context=64, **TINY_HEADS)
-        add("paged_attention_kv8", "attn b2x64", B=2, context=64, **TINY_HEADS)
-        return cases
-
-    heads = llama3_8b_heads()
-    big_first = dict(sorted(layer_gemv_shapes("llama-3-70b").items(),
-                            key=lambda kv: -kv[1][0] * kv[1][1]))
-    gemv(("gemv_w4", "gemv_w8"), big_first, "llama-3-70b", 1)
-    add("paged_attention", "attn b64x4096", B=64, context=4096, **heads)
-    add("paged_attention", "attn b1x32768", B=1, context=32768, **heads)
-    if "precision" in SUITES:
-        try:
-            for c in cases_for("precision", ctx):
-                impls = c.impls if c.impls is not None else _uncompiled(c.op)
-                put(dataclasses.replace(c, impls=tuple(i for i in impls if i in _uncompiled(c.op))))
-        except Exception as e:  # someone else's suite: its failure is a note, not our crash
-            notes.append(f"suite precision: {type(e).__name__}: {e}")
-    else:
-        notes.append("suite precision: not registered (issue 3), the precision comparison is skipped")
-    gemv(("gemv_bf16",), big_first, "llama-3-70b", 1)
-    add("paged_attention_kv8", "attn b64x4096", B=64, context=4096, **heads)
-    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 1)
-    gemv(GEMV_OPS, layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 16)
-    return cases  # batch 16 at the 70B shapes: `--suite gemv` (their references cost minutes)
-
-
-def ncu_targets(backend: str, notes: list[str]) -> list[dict[str, Any]]:
-    """One profiled launch per Triton impl, at a DRAM-sized shape (all well past the 50 MB L2):
-    GEMVs at Llama-3-8B gate_up 28672 x 4096 (INT4 59 MB, INT8 117 MB, bf16 235 MB), attention
-    at batch 16 x 4096 (268 MB of KV) and the split-KV path at 1 x 32768 (134 MB)."""
-    import torch
-    from kernels import OPS
-    dry = backend != "cuda"
-    n, k = TINY_GEMV_NCU if dry else (28672, 4096)
-    heads = TINY_HEADS if dry else llama3_8b_heads()
-    plan = [("gemv_w4", dict(M=1, N=n, K=k, group_size=128)), ("gemv_w8", dict(M=1, N=n, K=k)),
-            ("paged_attention", dict(B=2, context=64, **heads) if dry else
-             dict(B=16, context=4096, **heads)),
-            ("gemv_bf16", dict(M=1, N=n, K=k))]
-    if not dry:
-        plan += [("paged_attention", dict(B=1, context=32768, **heads)),
-                 ("paged_attention_kv8", dict(B=16, context=4096, **heads))]
-    per_entry: list[list[dict[str, Any]]] = []
-    for op_name, want in plan:
-        if op_name not in OPS:
-            notes.append(f"ncu: {op_name} not registered, not profiled")
-            continue
-        triton_impls = [i for i in OPS[op_name].impls.values()
-                        if i.kind == "triton" and "cuda" in i.backends]
-        if not triton_impls:
-            notes.append(f"ncu: {op_name} has no Triton impl")
-            continue
-        shape, why = shape_for(op_name, **want)
-        if shape is None:
-            notes.append(f"ncu: {why}")
-            continue
-        if want.get("context", 0) >= 32768:  # the long-context entry is there for the split-KV path
-            triton_impls.sort(key=lambda i: "split" not in i.name)
-        entry = []
-        for impl in triton_impls:
-            if dry:  # the interpreter gets bf16 wrong (kernels/triton_util.py): fp32 or fp16
-                dts = [d for d in (torch.float32, torch.float16) if d in impl.dtypes]
-            else:
-                dts = [torch.bfloat16] if torch.bfloat16 in impl.dtypes else []
-            if not dts:
-                notes.append(f"ncu: {op_name}/{impl.name} takes none of the dtypes checked")
-                continue
-            entry.append({"op": op_name, "impl": impl.name, "dtype": str(dts[0]).removeprefix("torch."),
-                          "shape": dataclasses.asdict(shape)})
-        per_entry.append(entry)
-    # Round robin: every op's first Triton impl before any op's second, so that a spent time box
-    # drops the least informative launches.
-    depth = max((len(e) for e in per_entry), default=0)
-    return [e[i] for i in range(depth) for e in per_entry if i < len(e)]
-
-
-# --- running steps ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Step:
@@ -237,75 +57,6 @@ class Step:
     status: str = "skipped"  # ok | warn | failed | timeout | skipped
     seconds: float = 0.0
     detail: str = ""
-
-
-def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
-             stdout_path: Path | None = None) -> tuple[int | None, float]:
-    """Run cmd in its own process group with output streamed to `log` (stdout to stdout_path if
-    given); on the time box, SIGTERM then SIGKILL the group. Returns (rc or None on timeout, s)."""
-    log.write(f"$ {' '.join(cmd)}   [time box {box:.0f} s]\n")
-    log.flush()
-    t0 = time.monotonic()
-    out = open(stdout_path, "w", encoding="utf-8") if stdout_path else log
-    try:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, cwd=REPO,
-                                start_new_session=True)
-        try:
-            rc: int | None = proc.wait(timeout=max(1.0, box))
-        except subprocess.TimeoutExpired:
-            rc = None
-            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            log.write(f"\n[time box of {box:.0f} s reached: process group killed]\n")
-    finally:
-        if stdout_path:
-            out.close()
-    dt = time.monotonic() - t0
-    log.write(f"[exit {rc if rc is not None else 'timeout'} after {dt:.1f} s]\n\n")
-    log.flush()
-    return rc, dt
-
-
-def find_ncu() -> str | None:
-    found = shutil.which("ncu")
-    if found:
-        return found
-    for pattern in ("/usr/local/cuda*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu"):
-        hits = sorted(glob.glob(pattern))
-        if hits:
-            return hits[-1]
-    return None
-
-
-ENV_PROBE = r"""
-import importlib.util, json, sys
-info = {"python": sys.version.split()[0], "executable": sys.executable}
-for m in ("torch", "triton", "numpy", "rich", "pytest", "pynvml", "jax"):
-    info[m] = importlib.util.find_spec(m) is not None
-import torch
-info["torch_version"] = torch.__version__
-info["cuda_version"] = torch.version.cuda
-info["cuda_available"] = torch.cuda.is_available()
-try:
-    import triton; info["triton_version"] = triton.__version__
-except Exception as e:
-    info["triton_error"] = str(e)
-from backends import get_backend
-b = get_backend(sys.argv[1])
-ok, why = b.available()
-info["backend_ok"], info["backend_why"] = ok, why
-if ok:
-    info["device"] = b.device_info()
-print(json.dumps(info, default=str))
-"""
 
 
 class Check:
@@ -387,8 +138,8 @@ class Check:
         if self.ncu_path:
             run_proc([self.ncu_path, "--version"], 15, self.log, self.env)
         tmp = Path(tempfile.mkstemp(prefix="dwcheck-env-")[1])
-        rc, _ = run_proc([self.py, "-c", ENV_PROBE, self.backend], self.box("env"), self.log,
-                         self.env, stdout_path=tmp)
+        rc, _ = run_proc([self.py, "-m", "bench.gpucheck.env_probe", self.backend],
+                         self.box("env"), self.log, self.env, stdout_path=tmp)
         text = tmp.read_text(encoding="utf-8", errors="replace").strip()
         tmp.unlink(missing_ok=True)
         self.log.write(text + "\n")
@@ -476,7 +227,7 @@ class Check:
     def plan(self) -> None:
         """The cases the suite step will run, computed here too so the summary can say what did
         not finish, and which ops or suites have not landed."""
-        from ..suites import SUITES, SuiteContext, cases_for
+        from ..suites import SUITES, SuiteContext, cases_for, gpu_check_cases
         dev = self.info.get("device") or {}
         ctx = SuiteContext(self.backend, dev.get("memory_bytes"), dev.get("cache_bytes"))
         try:
@@ -529,6 +280,7 @@ class Check:
             step.status = "skipped"
             step.detail = "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
             return
+        from .cases import ncu_targets
         targets = ncu_targets(self.backend, self.notes)
         # On the GPU one process per launch, so that ncu's table belongs to one case and a crash
         # or hang costs one case; the dry run has no profiler and runs them all in one process.
@@ -629,173 +381,11 @@ class Check:
                 res["error"] = str(e)
 
     # -- the summary ------------------------------------------------------------------------
-    def kernel_rows(self) -> list[dict[str, Any]]:
-        """One row per (op, impl): its key case (the op's first, most important planned case),
-        the median % of roof over all its cases, and the ncu byte ratio."""
-        first: dict[str, str] = {}
-        for c in self.planned:
-            first.setdefault(c.op, json.dumps(dataclasses.asdict(c.shape), sort_keys=True, default=str))
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in self.records:
-            row = rows.setdefault((r["op"], r["impl"]), {
-                "op": r["op"], "impl": r["impl"], "kind": r.get("kind"), "ok": 0, "cases": 0,
-                "pcts": [], "key_shape": None, "key_pct_roof": None, "key_pct_datasheet": None,
-                "key_gbps": None, "statuses": set()})
-            row["cases"] += 1
-            row["statuses"].add(r["status"])
-            if r["status"] != "ok":
-                continue
-            row["ok"] += 1
-            if r.get("pct_roof") is not None:
-                row["pcts"].append(r["pct_roof"])
-            if json.dumps(r["shape"], sort_keys=True) == first.get(r["op"]) and row["key_shape"] is None:
-                row.update(key_shape=r["shape"], key_pct_roof=r.get("pct_roof"),
-                           key_pct_datasheet=r.get("pct_datasheet"), key_gbps=r.get("achieved_gbps"))
-        for n in self.ncu:
-            row = rows.setdefault((n["op"], n["impl"]), {
-                "op": n["op"], "impl": n["impl"], "kind": "triton", "ok": 0, "cases": 0, "pcts": [],
-                "key_shape": None, "key_pct_roof": None, "key_pct_datasheet": None,
-                "key_gbps": None, "statuses": set()})
-            row["ncu_ratio"] = n.get("ratio")
-        out = []
-        for row in rows.values():
-            row["median_pct_roof"] = statistics.median(row["pcts"]) if row["pcts"] else None
-            row["statuses"] = sorted(row["statuses"])
-            del row["pcts"]
-            out.append(row)
-        return out
 
-    def goals(self) -> list[dict[str, Any]]:
-        """The issue's H100 goals, read off the records (cuda only)."""
-        from ..model.workload import layer_gemv_shapes
-        shapes70 = set(layer_gemv_shapes("llama-3-70b").values())
-        ok = [r for r in self.records if r["status"] == "ok"]
-        out = []
-        for op, label in (("gemv_w4", "INT4 GEMV, M=1, 70B shapes: >= 90% of measured roof, ahead of _weight_int4pack_mm"),
-                          ("gemv_w8", "INT8 GEMV, M=1, 70B shapes: >= 90% of measured roof")):
-            rs = [r for r in ok if r["op"] == op and r["shape"].get("M") == 1
-                  and (r["shape"].get("N"), r["shape"].get("K")) in shapes70]
-            g: dict[str, Any] = {"goal": label, "target": 90.0, "metric": "pct_roof"}
-            per_impl: dict[str, list[float]] = {}
-            for r in rs:
-                if r.get("kind") == "triton" and r.get("pct_roof") is not None:
-                    per_impl.setdefault(r["impl"], []).append(r["pct_roof"])
-            if per_impl:
-                best = max(per_impl, key=lambda i: min(per_impl[i]))
-                g.update(impl=best, value=min(per_impl[best]), shapes=len(per_impl[best]))
-                g["met"] = g["value"] >= 90.0
-                if op == "gemv_w4":
-                    base = {json.dumps(r["shape"], sort_keys=True): r["time_s"]["median"]
-                            for r in rs if "int4pack" in r["impl"]}
-                    mine = {json.dumps(r["shape"], sort_keys=True): r["time_s"]["median"]
-                            for r in rs if r["impl"] == best}
-                    both = [s for s in mine if s in base]
-                    g["ahead_of_int4pack"] = f"{sum(mine[s] < base[s] for s in both)}/{len(both)} shapes"
-                    if both and not all(mine[s] < base[s] for s in both):
-                        g["met"] = False
-            out.append(g)
-        for b, ctxlen, target in ((64, 4096, 88.0), (1, 32768, 85.0)):
-            rs = [r for r in ok if r["op"] == "paged_attention" and r.get("kind") == "triton"
-                  and r["shape"].get("B") == b and r["shape"].get("context") == ctxlen
-                  and r.get("pct_datasheet") is not None]
-            g = {"goal": f"paged attention, batch {b} x {ctxlen}, bf16: >= {target:.0f}% of datasheet",
-                 "target": target, "metric": "pct_datasheet"}
-            if rs:
-                best = max(rs, key=lambda r: r["pct_datasheet"])
-                g.update(impl=best["impl"], value=best["pct_datasheet"], met=best["pct_datasheet"] >= target)
-            out.append(g)
-        return out
 
     def summary(self) -> int:
-        rows = self.kernel_rows()
-        goals = [] if self.dry else self.goals()
-        dev = self.info.get("device") or {}
-        chip = dev.get("chip") or self.args.chip
-        lines = [f"decodewall device check{' (DRY RUN: CPU, tiny shapes)' if self.dry else ''} — "
-                 f"{dev.get('name', '?')} ({chip or 'not in catalog'}), backend {self.backend}, "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {time.monotonic() - self.t0:.0f} s"]
-        lines.append("steps:")
-        for s in self.steps.values():
-            lines.append(f"  {s.name:7s} {s.status:8s} {s.seconds:5.0f} s  {s.detail}")
-        if self.notes:
-            lines.append("notes:")
-            lines += [f"  - {n}" for n in self.notes]
-        lines.append("kernels (key case = the op's first gpu-check case; % of the roof measured in "
-                     "this run, % of datasheet; ncu = DRAM bytes / bytes_moved):")
-        hdr = f"  {'op':20s} {'impl':26s} {'kind':8s} {'ok':>5s}  {'key case':44s} {'%roof':>6s} {'%ds':>5s} {'med%roof':>8s} {'ncu':>6s}"
-        lines.append(hdr)
-
-        def f(x: Any, nd: int = 1) -> str:
-            return "-" if x is None else f"{x:.{nd}f}"
-
-        for r in sorted(rows, key=lambda r: (r["op"], r["impl"])):
-            key = ",".join(f"{k}={v}" for k, v in (r["key_shape"] or {}).items())
-            lines.append(f"  {r['op']:20s} {r['impl']:26s} {str(r['kind']):8s} "
-                         f"{r['ok']:>2d}/{r['cases']:<2d}  {key[:44]:44s} {f(r['key_pct_roof']):>6s} "
-                         f"{f(r['key_pct_datasheet']):>5s} {f(r['median_pct_roof']):>8s} "
-                         f"{f(r.get('ncu_ratio'), 3):>6s}")
-        if not rows:
-            lines.append("  (no results)")
-        for n in self.ncu:
-            if n.get("error"):
-                lines.append(f"  ncu {n['op']}/{n['impl']}: {n['error']}")
-            elif n.get("ratio") is not None and not n.get("within_5pct") and not n.get("fake"):
-                lines.append(f"  ncu {n['op']}/{n['impl']}: hardware moved {n['ratio']:.3f}x the "
-                             f"byte model ({n['dram_read_bytes']:.3g} B read, {n['dram_write_bytes']:.3g} "
-                             f"B written, kernels {', '.join(sorted(set(n['kernels'])))}): explain it")
-        for w in self.ncu_why:
-            label = f"  why {w['op']}/{w['impl']} (ncu sections{', FABRICATED' if w.get('fake') else ''})"
-            if w.get("error"):
-                lines.append(f"{label}: {w['error']}")
-                continue
-            stalls = ", ".join(f"{k} {v:.2f}" for k, v in w["stalls"].items()) or "-"
-            lines.append(f"{label}: occupancy {f(w['occupancy_pct'])}% of "
-                         f"{f(w['theoretical_occupancy_pct'])}% possible, issuing "
-                         f"{f(w['issue_active_pct'])}% of cycles, {f(w['registers'], 0)} registers, "
-                         f"{f(w['waves'], 2)} waves; warps stalled per issue: {stalls}")
-        picks = [(r["op"], r["impl"], r["shape"], name, t["config"]) for r in self.records
-                 for name, t in (r.get("tuned") or {}).items()]
-        if picks:
-            lines.append("autotune picks (the config each Triton kernel ran; all timings in the .jsonl):")
-            for op, impl, shape, name, cfg in picks:
-                key = ",".join(f"{k}={v}" for k, v in shape.items())
-                lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
-        if goals:
-            lines.append("goals (set by issue 7 for an H100; read here on this card):")
-            for g in goals:
-                if "value" not in g:
-                    lines.append(f"  [ -- ] {g['goal']}: not measured")
-                    continue
-                short = "" if g["met"] else f", short by {g['target'] - g['value']:.1f} points" \
-                    if g["value"] < g["target"] else ""
-                extra = f", ahead of int4pack on {g['ahead_of_int4pack']}" if "ahead_of_int4pack" in g else ""
-                lines.append(f"  [{'met ' if g['met'] else 'MISS'}] {g['goal']}: {g['impl']} "
-                             f"{g['value']:.1f}%{short}{extra}")
-        bad = [s for s in self.steps.values() if s.status in ("failed", "timeout")]
-        files = sorted(p.name for p in self.out.iterdir() if p.is_file()) + ["summary.txt", "summary.json"]
-        files = sorted(set(files))
-        lines.append(f"files in {self.out}: {', '.join(files)}")
-        if len(files) > 8:
-            lines.append(f"  WARNING: {len(files)} files; the device tool brings back at most 8")
-        if not self.dry and not bad:
-            lines.append(f"next: copy these files into results/{chip or '<device>'}/ and commit; "
-                         "put the kernels' % of roof in the README table")
-        lines.append("RESULT: " + ("ok" if not bad else
-                                   "problems in " + ", ".join(f"{s.name} ({s.status})" for s in bad)))
-        text = "\n".join(lines) + "\n"
-        (self.out / "summary.txt").write_text(text, encoding="utf-8")
-        summary = {"dry_run": self.dry, "backend": self.backend, "out": str(self.out),
-                   "seconds": time.monotonic() - self.t0, "env": self.info, "roof": self.roof,
-                   "steps": [dataclasses.asdict(s) for s in self.steps.values()],
-                   "notes": self.notes, "planned_cases": len(self.planned),
-                   "results_file": self.jsonl.name if self.jsonl else None,
-                   "kernels": rows, "ncu": self.ncu, "ncu_why": self.ncu_why, "goals": goals,
-                   "ok": not bad}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n",
-                                               encoding="utf-8")
-        self.log.close()
-        print("\n" + text, end="", flush=True)
-        return 0 if not bad else 1
+        from .summary import write
+        return write(self)
 
     def run(self) -> int:
         self.say(f"decodewall device check{' --dry-run' if self.dry else ''}: writing to {self.out}")
