@@ -44,9 +44,8 @@ from .case import Case
 DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
 
-# The worker sees the parent's sys.path, so it imports the same kernels and bench as the parent.
-_BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ['DECODEWALL_WORKER_PATH']); "
-         "from {module} import {entry}; {entry}()")
+# The worker starts here and takes the parent's sys.path, so it imports the same kernels and bench.
+BOOT = Path(__file__).with_name("boot.py")
 
 
 class WorkerDied(Exception):
@@ -87,12 +86,11 @@ class Worker:
         self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
         r_job, w_job = os.pipe()  # parent -> worker
         r_msg, w_msg = os.pipe()  # worker -> parent
-        module, func = entry.split(":")
         env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path))
         with open(self.log_path, "ab") as log:  # append mode: the worker's stdout and stderr
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT.format(module=module, entry=func), str(r_job),
-                 str(w_msg)], pass_fds=(r_job, w_msg),
+                [sys.executable, str(BOOT), entry, str(r_job), str(w_msg)],
+                pass_fds=(r_job, w_msg),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)  # its own process group; the terminal's Ctrl-C skips it
         os.close(r_job)
@@ -349,7 +347,8 @@ def _log_offset() -> int:
 
 
 def worker_main() -> None:
-    """Entry of a worker process: `python -c _BOOT <job fd> <message fd>`."""
+    """Entry of a worker process: `python bench/boot.py bench.isolation:worker_main <job fd>
+    <message fd>`."""
     from backends import get_backend
 
     from .plugins import load_plugins
