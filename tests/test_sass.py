@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from bench.gpucheck.sass import SM90_CLOCK_HZ, SM90_SMS, LoopCount
+from bench.gpucheck.sass import SM90_TARGET_CLOCK_HZ, SM90_TARGET_SMS, LoopCount
 from tests.helpers import REPO
 
 
 def test_ceiling_is_four_warp_instructions_a_clock():
     # INT4 at 4800 GB/s: 9.6e12 codes/s over 132 SMs at 1.98 GHz = 36.7 codes a clock an SM,
     # so 4 warp instructions a clock allow 0.109 a code
-    budget = 4 / (4800e9 / 0.5 / (SM90_SMS * SM90_CLOCK_HZ))
+    budget = 4 / (4800e9 / 0.5 / (SM90_TARGET_SMS * SM90_TARGET_CLOCK_HZ))
     assert budget == pytest.approx(0.109, abs=1e-3)
     row = LoopCount("gemv_w4", "", per_code=2 * budget, loop=0, regs=None, top=[])
     assert row.ceiling_pct(4800, 0.5) == pytest.approx(50.0)

@@ -27,7 +27,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-SM90_SMS, SM90_CLOCK_HZ = 132, 1.98e9  # H100 SXM / H200: 132 SMs at up to 1980 MHz
+# The sm_90 part the ceiling is computed for, by its datasheet (not read from a device: there is
+# none here): H100 SXM and H200, 132 SMs at up to 1980 MHz. The code compiled for sm_90 is the same
+# on every sm_90 part; only this ceiling depends on the part's SM count and clock.
+SM90_TARGET_SMS, SM90_TARGET_CLOCK_HZ = 132, 1.98e9
 DEFAULT_GBPS = 4800.0  # H200 datasheet; pass --gbps for another card or a measured roof
 
 
@@ -44,7 +47,7 @@ class LoopCount:
 
     def ceiling_pct(self, gbps: float, bytes_per_code: float) -> float:
         """The % of `gbps` the issue rate allows at this count (4 warp instructions a clock)."""
-        codes_per_clock = gbps * 1e9 / bytes_per_code / (SM90_SMS * SM90_CLOCK_HZ)
+        codes_per_clock = gbps * 1e9 / bytes_per_code / (SM90_TARGET_SMS * SM90_TARGET_CLOCK_HZ)
         return min(100.0, 100.0 * 4 / codes_per_clock / self.per_code)
 
 
@@ -225,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if args.dot else 'M = 1'}, "
           f"{args.dtype}; ceiling = % of "
-          f"{args.gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_SMS} SMs at "
-          f"{SM90_CLOCK_HZ / 1e9:.2f} GHz allow")
+          f"{args.gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_TARGET_SMS} SMs at "
+          f"{SM90_TARGET_CLOCK_HZ / 1e9:.2f} GHz allow")
     for r in sorted(rows, key=lambda r: (r.op, r.per_code)):
         top = " ".join(f"{o}:{n}" for o, n in r.top)
         print(f"  {r.op:9s} {r.config:50s} {r.per_code:6.3f}  ceiling {r.ceiling_pct(args.gbps, BYTES_PER_CODE[r.op]):5.1f}%"
