@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-call GPU device check (issue 7): CUDA tests, the gpu-check suite, Nsight Compute byte check.
+# One-call GPU device check: CUDA tests, the gpu-check suite, Nsight Compute byte check.
 # Runs from a fresh checkout with the machine's own python3 (torch + triton), installs nothing,
 # uses the project through PYTHONPATH, writes under $OUT (else results/device-check-<time>/).
 #   bench/device_check.sh             on a GPU machine (about 5 1/2 minutes)

@@ -40,7 +40,7 @@ from .case import Case
 
 # No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
 # there (torch.compile's first compile of a 70B-shaped GEMV, then its timing) takes well under a
-# minute (README, "Isolation").
+# minute (docs/measurement.md, "Isolation").
 DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The public record contract (issue 2). Extra keys may follow these.
+# The public record contract (README, "Result records"). Extra keys may follow these.
 FIELDS = ("op", "impl", "kind", "baseline", "backend", "shape", "dtype", "status", "error",
           "correct", "rel_err", "time_s", "bytes", "flops", "achieved_gbps", "roof_gbps",
           "pct_roof", "datasheet_gbps", "pct_datasheet", "arithmetic_intensity", "verdict",

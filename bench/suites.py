@@ -119,7 +119,7 @@ def attention(ctx: SuiteContext) -> list[Case]:
     return cases
 
 
-# --- quantized GEMV (issue 3) -------------------------------------------------------------------
+# --- quantized GEMV -----------------------------------------------------------------------------
 
 GEMV_BATCHES = (1, 4, 16, 64)
 INT4_GROUP = 128

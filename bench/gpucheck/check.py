@@ -226,7 +226,7 @@ class Check:
 
     def plan(self) -> None:
         """The cases the suite step will run, computed here too so the summary can say what did
-        not finish, and which ops or suites have not landed."""
+        not finish, and which ops or suites are missing."""
         from ..suites import SUITES, SuiteContext, cases_for, gpu_check_cases
         dev = self.info.get("device") or {}
         ctx = SuiteContext(self.backend, dev.get("memory_bytes"), dev.get("cache_bytes"))
