@@ -275,7 +275,7 @@ def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
     (shape, "") or (None, why). Fields not given keep the op's smoke-shape values (block size,
     say)."""
     if op_name not in OPS:
-        return None, f"op {op_name} is not registered (not landed yet?)"
+        return None, f"op {op_name} is not registered"
     op = OPS[op_name]
     fields = [f.name for f in dataclasses.fields(op.shape_type)]
     kw: dict[str, int] = {}

@@ -403,7 +403,7 @@ class Check:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/device_check.sh",
-                                description="One-call GPU device check (issue 7); see README.")
+                                description="One-call GPU device check; see docs/device-check.md.")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU backend, tiny shapes, no ncu: tests this script without a GPU")
     p.add_argument("--out", help="output folder (default: $OUT, else results/device-check-<time>)")

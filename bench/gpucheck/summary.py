@@ -146,7 +146,7 @@ def write(c: Any) -> int:
             key = ",".join(f"{k}={v}" for k, v in shape.items())
             lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
     if goals_:
-        lines.append("goals (set by issue 7 for an H100; read here on this card):")
+        lines.append("goals (set for an H100; read here on this card):")
         for g in goals_:
             if "value" not in g:
                 lines.append(f"  [ -- ] {g['goal']}: not measured")
