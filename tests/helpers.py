@@ -139,3 +139,12 @@ def assert_builtin_behaved(rec: dict, wrong_answers_known: bool = False) -> None
     assert rec["status"] in allowed, (rec["status"], rec["error"])
     if rec["status"] != "ok":
         assert rec["error"], rec
+
+
+def one_error_line(capsys, argv) -> str:
+    """Run the CLI in-process on argv: it must fail with exit 2 and one line on stderr; that line."""
+    from bench.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("decodewall: error:"), err
+    return err[0]

@@ -1,11 +1,10 @@
 """The chip catalog: every chip of the reference table, sourced; lookup and detection."""
-from pathlib import Path
-
 import pytest
 
 from backends import catalog
+from tests.helpers import REPO
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "chips.md"
+REF = REPO.parent / "shared" / "reference" / "chips.md"
 
 
 def test_every_entry_has_a_source_and_no_invented_openai_numbers():

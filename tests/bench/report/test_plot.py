@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.report.plot import pct_bar, ridge_batch, sweeps
 from kernels import OPS
 
-from test_models import one_error_line
+from tests.helpers import one_error_line
 
 
 def record(op, shape_kw, impl, median, roof=10.0, ridge=5.0):

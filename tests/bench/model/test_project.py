@@ -14,7 +14,7 @@ from bench.cli.step import model_cases, step_summary
 from bench.suites import SuiteContext
 from bench.model.workload import decode_step, load_model
 
-from test_models import one_error_line
+from tests.helpers import one_error_line
 
 
 def step70(batch=1, ctx=4096, w="bf16", kv="bf16"):

@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,8 @@ from bench.gpucheck.cases import ncu_targets
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
 from bench.gpucheck.proc import run_proc
 from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 # What `ncu --csv --print-units base` prints for a split-K GEMV (two launches), with the
 # program's own output and ncu's ==PROF== lines around it, thousands separators in the values.

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from bench.cli import main
 from bench.model.workload import (ConfigError, decode_step, expected_experts, kv_bytes_per_token,
                             load_model, model_names, parse_config, weight_bytes)
 from kernels import OPS
+from tests.helpers import one_error_line
 
 
 def dense_params(H, I, L, Hq, Hkv, D, V, tied=False, bias=False):
@@ -139,13 +139,6 @@ def test_bad_step_args():
         decode_step(c, 0, 1)
     with pytest.raises(ConfigError, match="precision"):
         decode_step(c, 1, 1, "fp8")
-
-
-def one_error_line(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("decodewall: error:"), err
-    return err[0]
 
 
 def test_cli_malformed_and_unknown_configs(tmp_path, capsys):
