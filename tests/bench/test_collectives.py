@@ -102,6 +102,7 @@ def test_allreduce_on_gloo_through_the_cli(tmp_path):
         assert r["time_s"]["n"] >= 5 and r["roof_gbps"] is None
 
 
+@pytest.mark.slow  # rank groups started six times, one of them waiting out a 12 s case timeout
 def test_faulty_ranks_are_named_and_nothing_is_left_running(tmp_path):
     pids = tmp_path / "pids.txt"
     plugin = tmp_path / "bad_ranks.py"

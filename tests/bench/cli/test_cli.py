@@ -152,6 +152,7 @@ def test_table_output_shows_verdicts_and_fail(tmp_path):
     assert any(v in p.stdout for v in ("at the wall", "below the wall", "compute-bound"))
 
 
+@pytest.mark.slow  # a thorough roof and thorough timing, so that Ctrl-C lands between cases: ~1 min
 def test_ctrl_c_keeps_finished_cases(tmp_path):
     out = tmp_path / "runs"
     shapes = [a for n in range(8) for a in ("--shape", f"N={4_000_000 + n}")]

@@ -156,6 +156,7 @@ def test_run_proc_kills_a_step_at_its_time_box(tmp_path):
     assert "time box" in (tmp_path / "log").read_text()
 
 
+@pytest.mark.slow  # every step of the check on the CPU, Triton interpreted: ~1 min
 def test_dry_run_end_to_end(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(REPO / "bench" / "device_check.sh"), "--dry-run",
