@@ -108,7 +108,7 @@ def attention(ctx: SuiteContext) -> list[Case]:
         for B, c in grid:
             add("paged_attention_kv8", "llama-3-8b", B, c, torch.bfloat16)
         return cases
-    # CPU (and anything else): the target case in bf16 and fp32, and a few around it;
+    # CPU (and anything else): llama-3-8b at batch 1 and 8, context 512 and 4096, bf16 and fp32;
     # every impl here costs ~0.1-1 s a call at 8 x 4096, so the grid stays small.
     for B, c in ((1, 512), (8, 512), (1, 4096), (8, 4096)):
         for dtype in (torch.bfloat16, torch.float32):
