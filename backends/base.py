@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch
+
+
+class Sampler(Protocol):
+    """Device counters sampled over one timing window (CUDA: NVML utilization, power, energy).
+
+    `start()` opens the window; `stop(calls, timed_s)` closes it, given how many calls were
+    timed in it and their summed durations, and returns the record keys it measured (null where
+    it could not). `stop` never raises: a counter that fails is recorded as null."""
+
+    def start(self) -> None: ...
+
+    def stop(self, calls: int, timed_s: float) -> dict[str, Any]: ...
 
 
 class Backend:
@@ -64,6 +76,21 @@ class Backend:
 
     def flush(self) -> None:
         """Evict the cache outside the timed region (CUDA); no-op where sets are rotated."""
+
+    def flush_mode(self) -> str | None:
+        """How `flush` evicts the cache, recorded in each record as `flush`; None where input
+        sets are rotated instead (no key recorded)."""
+        return None
+
+    def config_error(self) -> str | None:
+        """Why this backend's settings (its environment variables) are unusable, or None: the
+        CLI reports it as a usage error before anything is measured."""
+        return None
+
+    def sampler(self) -> Sampler | None:
+        """A sampler of device counters to run around each timing window, or None where the
+        device has none worth recording."""
+        return None
 
     def clocks(self) -> dict[str, Any]:
         """Clocks, power and throttle state right now, where the device reports them."""

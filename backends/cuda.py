@@ -7,13 +7,20 @@ the host's launch gap inside its events. The hold is twice the longest host issu
 previous batch (at least HOLD_MIN_S, at most HOLD_MAX_S: a batch that compiled or autotuned
 holds the next one long, which is safe, only slower).
 
+The flush (`DECODEWALL_FLUSH`, FLUSH_MODES) reads a 2x-L2 buffer by default: a memset would leave
+the L2 full of dirty lines whose write-back the next timed kernel pays (docs/measurement.md,
+"Cold caches"). Its buffers are allocated on the first flush and reused.
+
 Clocks, power and throttle reasons come from NVML (nvidia-ml-py) when it is installed; without it
-they are recorded as unknown rather than guessed.
+they are recorded as unknown rather than guessed. While a case is timed, NvmlSampler records the
+GPU's utilization, power and energy over the timing window (null where NVML cannot say).
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -35,16 +42,152 @@ def _nvml():
         return None
 
 
+def _nvml_handle(nv: Any) -> Any:
+    """NVML's handle of torch's current GPU, found by PCI bus id where torch reports it: NVML
+    numbers every GPU of the machine, CUDA only the visible ones (CUDA_VISIBLE_DEVICES)."""
+    i = torch.cuda.current_device()
+    p = torch.cuda.get_device_properties(i)
+    try:
+        bus = f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+        return nv.nvmlDeviceGetHandleByPciBusId(bus)
+    except Exception:  # an older torch without the PCI fields, or an older NVML binding
+        return nv.nvmlDeviceGetHandleByIndex(i)
+
+
 HOLD_MIN_S = 50e-6
 HOLD_MAX_S = 20e-3
 SPIN_HZ = 2.0e9  # cycles per second assumed for the spin: a slower clock only holds longer
+
+# --- the L2 flush -------------------------------------------------------------------------------
+
+FLUSH_ENV = "DECODEWALL_FLUSH"
+# memset: zero a 2x-L2 buffer (leaves dirty lines); read: sum a 2x-L2 buffer into one float a
+# row (leaves clean lines); memset+read: both, on two buffers (clean lines, after a memset).
+FLUSH_MODES = ("read", "memset", "memset+read")
+DEFAULT_FLUSH = "read"
+READ_ROW = 4096  # floats a row of the read buffer: its row sums are 1/4096 of the bytes read
+
+
+def flush_mode_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The flush mode `DECODEWALL_FLUSH` asks for (unset or empty: DEFAULT_FLUSH); ValueError
+    naming the modes for any other value."""
+    raw = (os.environ if environ is None else environ).get(FLUSH_ENV, "")
+    mode = raw.strip().lower()
+    if not mode:
+        return DEFAULT_FLUSH
+    if mode not in FLUSH_MODES:
+        raise ValueError(f"{FLUSH_ENV}={raw!r} is not a flush mode (one of: {', '.join(FLUSH_MODES)})")
+    return mode
+
+
+# --- NVML sampling over a timing window ---------------------------------------------------------
+
+SAMPLE_S = 0.02  # NVML polling interval while a case is timed
+JOIN_S = 2.0  # the most stop() waits for the sampling thread (an NVML call that hangs)
+_UTIL, _POWER, _ENERGY = ("nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPowerUsage",
+                          "nvmlDeviceGetTotalEnergyConsumption")
+NVML_KEYS = ("gpu_util_pct", "power_w", "energy_j_per_call", "energy_source", "nvml_window_s",
+             "nvml_samples", "nvml_timed_frac")
+
+
+class NvmlSampler:
+    """GPU utilization and power polled by a background thread every `interval_s` over one
+    timing window, and the energy counter read at its two ends.
+
+    The thread only talks to NVML (the driver), never to a CUDA stream, so the work timed on the
+    GPU is unchanged. Each NVML function that is missing or raises (NVMLError_NotSupported on some
+    boards) is dropped for the window and its figure recorded as null; `nv=None` (no NVML)
+    records every figure as null. See docs/measurement.md ("GPU utilization, power and energy")
+    for what the figures mean and how far to trust them for a short window."""
+
+    def __init__(self, nv: Any, handle: Any, interval_s: float = SAMPLE_S,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.nv, self.handle, self.interval_s, self.clock = nv, handle, interval_s, clock
+        self.util: list[float] = []
+        self.power_mw: list[float] = []
+        self._dropped: set[str] = set()
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._e0: float | None = None
+
+    def _read(self, name: str) -> Any:
+        """One NVML query, or None where NVML is absent or the function is missing or raised;
+        a function that failed once is dropped for the rest of the window."""
+        if self.nv is None or name in self._dropped:
+            return None
+        try:
+            return getattr(self.nv, name)(self.handle)
+        except Exception:  # AttributeError (an older binding), NVMLError_NotSupported, ...
+            self._dropped.add(name)
+            return None
+
+    def _sample(self) -> None:
+        u = getattr(self._read(_UTIL), "gpu", None)
+        if isinstance(u, (int, float)):
+            self.util.append(float(u))
+        p = self._read(_POWER)
+        if isinstance(p, (int, float)):
+            self.power_mw.append(float(p))
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._t0 = self.clock()
+        self._e0 = self._read(_ENERGY)
+        if self.nv is not None:
+            self.thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
+            self.thread.start()
+
+    def stop(self, calls: int, timed_s: float) -> dict[str, Any]:
+        """Close the window: the record keys (NVML_KEYS), null where not measured."""
+        out: dict[str, Any] = dict.fromkeys(NVML_KEYS)
+        try:
+            window = self.clock() - self._t0
+            e1 = self._read(_ENERGY)
+        finally:  # the thread ends, whatever happens here
+            self._stop.set()
+            if self.thread is not None:
+                self.thread.join(JOIN_S)
+        if self.nv is None:
+            return out
+        try:
+            if self.thread is not None and not self.thread.is_alive():
+                self._sample()  # the window's end, after the last poll
+            util, power_mw = list(self.util), list(self.power_mw)
+            out["nvml_window_s"] = window
+            out["nvml_samples"] = len(util)
+            out["nvml_timed_frac"] = timed_s / window if window > 0 else None
+            if util:
+                out["gpu_util_pct"] = sum(util) / len(util)
+            if power_mw:
+                out["power_w"] = sum(power_mw) / len(power_mw) / 1000
+            if calls > 0 and self._e0 is not None and e1 is not None and e1 > self._e0:
+                out["energy_j_per_call"] = (e1 - self._e0) / 1000 / calls
+                out["energy_source"] = "counter"
+            elif calls > 0 and out["power_w"] is not None and window > 0:
+                out["energy_j_per_call"] = out["power_w"] * window / calls
+                out["energy_source"] = "power x window"
+        except Exception:  # stop() must never raise: what was computed stands, the rest is null
+            pass
+        return out
 
 
 class CUDABackend(Backend):
     name = "cuda"
 
+    flush_device = "cuda"  # where the flush buffers live (the tests flush on the CPU)
+
     def __init__(self) -> None:
-        self._flush_buf: torch.Tensor | None = None
+        self._flush: str | None = None  # the mode, read from the environment on first use
+        self._memset_buf: torch.Tensor | None = None
+        self._read_buf: torch.Tensor | None = None
+        self._read_out: torch.Tensor | None = None
+        self._nvml: tuple[Any, Any, str] | None = None  # (pynvml, handle, why not) once looked up
         self.host_issue_s = 0.0  # longest host time to queue start + call + end, last batch
 
     def available(self) -> tuple[bool, str]:
@@ -75,11 +218,59 @@ class CUDABackend(Backend):
     def rotate_bytes(self) -> int:
         return 0  # the L2 is flushed before every sample instead
 
+    def flush_mode(self) -> str:
+        if self._flush is None:
+            self._flush = flush_mode_from_env()
+        return self._flush
+
+    def set_flush_mode(self, mode: str | None) -> None:
+        """Flush with `mode` from now on, whatever DECODEWALL_FLUSH says (bench.gpucheck.flushcmp
+        compares the modes); None: as DECODEWALL_FLUSH says again."""
+        if mode is not None and mode not in FLUSH_MODES:
+            raise ValueError(f"unknown flush mode {mode!r} (one of: {', '.join(FLUSH_MODES)})")
+        self._flush = mode
+
+    def config_error(self) -> str | None:
+        try:
+            flush_mode_from_env()
+        except ValueError as e:
+            return str(e)
+        return None
+
     def flush(self) -> None:
-        if self._flush_buf is None:
-            self._flush_buf = torch.empty(2 * self.cache_bytes() // 4 + 1, dtype=torch.int32,
-                                          device="cuda")
-        self._flush_buf.zero_()
+        """Evict the L2 with the flush mode's 2x-L2 buffers, allocated on the first call only."""
+        mode = self.flush_mode()
+        if mode in ("memset", "memset+read"):
+            if self._memset_buf is None:
+                self._memset_buf = torch.empty(2 * self.cache_bytes() // 4 + 1, dtype=torch.int32,
+                                               device=self.flush_device)
+            self._memset_buf.zero_()
+        if mode in ("read", "memset+read"):
+            if self._read_buf is None:
+                rows = -(-2 * self.cache_bytes() // (4 * READ_ROW))
+                self._read_buf = torch.zeros(rows, READ_ROW, dtype=torch.float32,
+                                             device=self.flush_device)
+                self._read_out = torch.empty(rows, dtype=torch.float32, device=self.flush_device)
+            torch.sum(self._read_buf, dim=1, out=self._read_out)
+
+    def _nvml_device(self) -> tuple[Any, Any, str]:
+        """(pynvml, this GPU's handle, "") once NVML answers, else (None, None, why); looked up
+        once per process."""
+        if self._nvml is None:
+            nv = _nvml()
+            if nv is None:
+                self._nvml = (None, None, "unknown (install nvidia-ml-py for clocks and throttle "
+                                          "reasons)")
+            else:
+                try:
+                    self._nvml = (nv, _nvml_handle(nv), "")
+                except Exception as e:  # NVML present but refuses (container without access)
+                    self._nvml = (None, None, f"nvml error: {e}")
+        return self._nvml
+
+    def sampler(self) -> NvmlSampler:
+        nv, handle, _ = self._nvml_device()
+        return NvmlSampler(nv, handle)
 
     def time_calls(self, call: Callable[[int], Any], idxs: list[int],
                    flush: bool = True) -> list[float]:
@@ -103,11 +294,10 @@ class CUDABackend(Backend):
         return [s.elapsed_time(e) * 1e-3 for s, e in events]
 
     def clocks(self) -> dict[str, Any]:
-        nv = _nvml()
+        nv, h, why = self._nvml_device()
         if nv is None:
-            return {"source": "unknown (install nvidia-ml-py for clocks and throttle reasons)"}
+            return {"source": why}
         try:
-            h = nv.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
             out: dict[str, Any] = {
                 "source": "nvml",
                 "sm_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),

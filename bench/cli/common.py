@@ -28,13 +28,17 @@ class Parser(argparse.ArgumentParser):
 def resolve_backend(name: str | None):
     from backends import BACKENDS, best_backend, get_backend
     if name is None:
-        return best_backend()
-    if name.lower() not in BACKENDS:
+        b = best_backend()
+    elif name.lower() not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}{suggest(name.lower(), list(BACKENDS))}")
-    b = get_backend(name)
-    ok, why = b.available()
-    if not ok:
-        raise UsageError(f"backend {b.name} is not available: {why}")
+    else:
+        b = get_backend(name)
+        ok, why = b.available()
+        if not ok:
+            raise UsageError(f"backend {b.name} is not available: {why}")
+    bad = b.config_error()  # e.g. DECODEWALL_FLUSH set to no flush mode
+    if bad:
+        raise UsageError(bad)
     return b
 
 

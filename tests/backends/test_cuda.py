@@ -1,0 +1,252 @@
+"""The CUDA backend's parts that run without a GPU: the flush modes (on CPU buffers) and the NVML
+sampler (driven by a fake NVML module)."""
+import sys
+import threading
+import types
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from backends import cuda
+from backends.cuda import (CUDABackend, DEFAULT_FLUSH, FLUSH_ENV, FLUSH_MODES, NVML_KEYS,
+                           NvmlSampler, flush_mode_from_env)
+
+L2 = 1 << 16  # the fake L2: 64 KiB, so a flush buffer is 128 KiB
+
+
+# --- flush modes ----------------------------------------------------------------------------------
+
+def test_flush_mode_from_env():
+    assert DEFAULT_FLUSH in ("read", "memset+read")  # the default leaves clean lines
+    assert flush_mode_from_env({}) == DEFAULT_FLUSH
+    assert flush_mode_from_env({FLUSH_ENV: ""}) == DEFAULT_FLUSH
+    for m in FLUSH_MODES:
+        assert flush_mode_from_env({FLUSH_ENV: m}) == m
+    assert flush_mode_from_env({FLUSH_ENV: " Memset+Read "}) == "memset+read"
+
+
+@pytest.mark.parametrize("bad", ["zero", "memset,read", "read+memset", "1"])
+def test_bad_flush_mode_is_one_clear_error(bad, monkeypatch):
+    with pytest.raises(ValueError) as e:
+        flush_mode_from_env({FLUSH_ENV: bad})
+    msg = str(e.value)
+    assert "\n" not in msg and FLUSH_ENV in msg and repr(bad) in msg
+    assert all(m in msg for m in FLUSH_MODES)
+    monkeypatch.setenv(FLUSH_ENV, bad)
+    assert CUDABackend().config_error() == msg
+    monkeypatch.setenv(FLUSH_ENV, "memset")
+    assert CUDABackend().config_error() is None
+
+
+def test_backend_reads_the_env_once_and_set_flush_mode_overrides(monkeypatch):
+    monkeypatch.setenv(FLUSH_ENV, "memset")
+    b = CUDABackend()
+    assert b.flush_mode() == "memset"
+    b.set_flush_mode("memset+read")
+    assert b.flush_mode() == "memset+read"
+    b.set_flush_mode(None)  # back to what the environment says
+    monkeypatch.setenv(FLUSH_ENV, "read")
+    assert b.flush_mode() == "read"
+    with pytest.raises(ValueError):
+        b.set_flush_mode("bogus")
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op run inside, with its tensor arguments' sizes in bytes."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = kwargs.get("out")
+        self.ops.append((str(func.overloadpacket.__name__),
+                         out.untyped_storage().nbytes() if isinstance(out, torch.Tensor) else None))
+        return func(*args, **kwargs)
+
+
+def cpu_flusher(monkeypatch, mode):
+    b = CUDABackend()
+    b.flush_device = "cpu"
+    monkeypatch.setattr(b, "cache_bytes", lambda: L2)
+    b.set_flush_mode(mode)
+    return b
+
+
+FACTORIES = {"empty", "zeros", "empty_strided", "full", "ones", "new_empty", "new_zeros"}
+
+
+@pytest.mark.parametrize("mode", FLUSH_MODES)
+def test_flush_buffers_are_allocated_once_and_cover_twice_the_l2(mode, monkeypatch):
+    b = cpu_flusher(monkeypatch, mode)
+    b.flush()
+    bufs = {k: getattr(b, k) for k in ("_memset_buf", "_read_buf", "_read_out")}
+    ptrs = {k: v.data_ptr() for k, v in bufs.items() if v is not None}
+    if "memset" in mode:
+        assert bufs["_memset_buf"].untyped_storage().nbytes() >= 2 * L2
+    if "read" in mode:
+        assert bufs["_read_buf"].untyped_storage().nbytes() >= 2 * L2
+    with OpLog() as log:
+        for _ in range(3):
+            b.flush()
+    assert not FACTORIES & {name for name, _ in log.ops}, log.ops  # no allocation after the first
+    assert {k: getattr(b, k).data_ptr() for k in ptrs} == ptrs
+
+
+def test_each_mode_does_what_it_says(monkeypatch):
+    logs = {}
+    for mode in FLUSH_MODES:
+        b = cpu_flusher(monkeypatch, mode)
+        b.flush()
+        with OpLog() as log:
+            b.flush()
+        logs[mode] = log.ops
+    assert [n for n, _ in logs["memset"]] == ["zero_"]
+    # read: one reduction whose output is a few floats a row, never a write of the buffer's size
+    assert [n for n, _ in logs["read"]] == ["sum"]
+    assert logs["read"][0][1] <= 2 * L2 // 1000
+    assert [n for n, _ in logs["memset+read"]] == ["zero_", "sum"]  # the read comes last
+    b = cpu_flusher(monkeypatch, "memset+read")
+    b.flush()
+    assert b._memset_buf.data_ptr() != b._read_buf.data_ptr()  # two distinct buffers
+
+
+def test_flush_uses_the_mode_from_the_environment(monkeypatch):
+    monkeypatch.setenv(FLUSH_ENV, "memset")
+    b = CUDABackend()
+    b.flush_device = "cpu"
+    monkeypatch.setattr(b, "cache_bytes", lambda: L2)
+    b.flush()
+    assert b._memset_buf is not None and b._read_buf is None
+
+
+# --- NVML sampler ----------------------------------------------------------------------------------
+
+class NotSupported(Exception):
+    """As pynvml's NVMLError_NotSupported."""
+
+
+def fake_nvml(util=(100,), power_mw=(300_000,), energy_mj=(1_000_000, 1_050_000), missing=(),
+              raising=()):
+    """A pynvml stand-in: each query returns the next of its values (the last one repeats)."""
+    nv = types.SimpleNamespace(calls={})
+
+    def series(name, values, wrap=lambda v: v):
+        def fn(handle):
+            assert handle == "h0"
+            if name in raising:
+                raise NotSupported(name)
+            i = nv.calls.get(name, 0)
+            nv.calls[name] = i + 1
+            return wrap(values[min(i, len(values) - 1)])
+        if name not in missing:
+            setattr(nv, name, fn)
+
+    series("nvmlDeviceGetUtilizationRates", util, lambda v: types.SimpleNamespace(gpu=v, memory=0))
+    series("nvmlDeviceGetPowerUsage", power_mw)
+    series("nvmlDeviceGetTotalEnergyConsumption", energy_mj)
+    return nv
+
+
+class Clock:
+    def __init__(self, *ts):
+        self.ts = list(ts)
+
+    def __call__(self):
+        return self.ts.pop(0)
+
+
+def run_window(nv, calls=100, timed_s=0.05, t=(10.0, 10.5)):
+    """One window of 0.5 s on the fake clock; the interval is so long that exactly two samples
+    are taken: the thread's first and stop()'s last."""
+    s = NvmlSampler(nv, "h0", interval_s=3600, clock=Clock(*t))
+    s.start()
+    out = s.stop(calls, timed_s)
+    assert s.thread is not None and not s.thread.is_alive()
+    return out
+
+
+def test_sampler_computes_means_and_energy_per_call_from_the_counter():
+    out = run_window(fake_nvml(util=(100, 50), power_mw=(300_000, 200_000),
+                               energy_mj=(1_000_000, 1_050_000)))
+    assert set(out) == set(NVML_KEYS)
+    assert out["gpu_util_pct"] == pytest.approx(75.0)
+    assert out["power_w"] == pytest.approx(250.0)
+    assert out["energy_j_per_call"] == pytest.approx(50.0 / 100)  # 50 J over 100 calls
+    assert out["energy_source"] == "counter"
+    assert out["nvml_window_s"] == pytest.approx(0.5)
+    assert out["nvml_samples"] == 2
+    assert out["nvml_timed_frac"] == pytest.approx(0.1)
+
+
+def test_without_the_energy_counter_energy_is_power_times_the_window():
+    for nv in (fake_nvml(power_mw=(200_000,), missing=("nvmlDeviceGetTotalEnergyConsumption",)),
+               fake_nvml(power_mw=(200_000,), raising=("nvmlDeviceGetTotalEnergyConsumption",)),
+               fake_nvml(power_mw=(200_000,), energy_mj=(5, 5))):  # the counter did not move
+        out = run_window(nv, calls=50)
+        assert out["energy_j_per_call"] == pytest.approx(200.0 * 0.5 / 50)
+        assert out["energy_source"] == "power x window"
+
+
+@pytest.mark.parametrize("how", ["missing", "raising"])
+def test_unsupported_queries_are_null_and_the_rest_still_measured(how):
+    names = ("nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPowerUsage",
+             "nvmlDeviceGetTotalEnergyConsumption")
+    out = run_window(fake_nvml(**{how: names[:1]}))
+    assert out["gpu_util_pct"] is None and out["nvml_samples"] == 0
+    assert out["power_w"] == pytest.approx(300.0) and out["energy_source"] == "counter"
+    out = run_window(fake_nvml(**{how: names}))
+    assert (out["gpu_util_pct"], out["power_w"], out["energy_j_per_call"]) == (None, None, None)
+    assert out["nvml_window_s"] == pytest.approx(0.5)
+
+
+def test_a_raising_query_is_dropped_for_the_window():
+    nv = fake_nvml()
+    calls = []
+    nv.nvmlDeviceGetPowerUsage = lambda h: calls.append(1) or (_ for _ in ()).throw(NotSupported())
+    s = NvmlSampler(nv, "h0", interval_s=0.001)
+    s.start()
+    threading.Event().wait(0.05)
+    s.stop(1, 0.0)
+    assert len(calls) == 1
+
+
+def test_no_nvml_records_every_key_as_null():
+    s = NvmlSampler(None, None)
+    s.start()
+    assert s.thread is None
+    assert s.stop(10, 0.1) == dict.fromkeys(NVML_KEYS)
+
+
+def test_sampler_polls_at_its_interval_in_a_thread_and_stops():
+    nv = fake_nvml(util=(40,), power_mw=(100_000,))
+    before = threading.active_count()
+    s = NvmlSampler(nv, "h0", interval_s=0.005)
+    s.start()
+    assert s.thread.is_alive() and s.thread.daemon
+    threading.Event().wait(0.1)
+    out = s.stop(1, 0.0)
+    assert not s.thread.is_alive() and threading.active_count() == before
+    assert out["nvml_samples"] >= 5  # ~20 polls in 0.1 s; a loaded CI box gets fewer
+    assert out["gpu_util_pct"] == pytest.approx(40.0) and out["power_w"] == pytest.approx(100.0)
+
+
+def test_backend_sampler_from_an_injected_pynvml(monkeypatch):
+    nv = fake_nvml()
+    nv.nvmlInit = lambda: None
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    monkeypatch.setattr(cuda, "_nvml_handle", lambda m: "h0")  # no GPU to look up here
+    b = CUDABackend()
+    s = b.sampler()
+    assert s.nv is nv and s.handle == "h0"
+    assert b.sampler().nv is nv  # looked up once
+
+    def refuse():
+        raise RuntimeError("NVML Shared Library Not Found")
+    nv.nvmlInit = refuse
+    b = CUDABackend()
+    s = b.sampler()
+    assert s.nv is None
+    assert b.clocks()["source"].startswith("unknown")
