@@ -94,7 +94,7 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
     op = OPS[case.op]
     info = c.device_info
     nbytes = op.bytes_moved(case.shape, case.dtype)
-    return {
+    rec: dict[str, Any] = {
         "op": case.op, "impl": impl.name, "kind": impl.kind, "baseline": impl.baseline,
         "backend": c.backend.name, "shape": dataclasses.asdict(case.shape),
         "dtype": dtype_name(case.dtype), "status": None, "error": None, "correct": None,
@@ -112,6 +112,10 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
         "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    mode = c.backend.flush_mode()
+    if mode is not None:  # how the cache was flushed before each sample (a warm case: not at all)
+        rec["flush"] = "none" if case.warm else mode
+    return rec
 
 
 def with_known_issue(impl: Impl, error: str) -> str:
@@ -263,6 +267,7 @@ class Runner:
             achieved_tflops=rec["flops"] / st.median / 1e12, ridge=v.ridge,
             pct_compute=v.pct_compute, n_sets=n_sets, set_bytes=per_set,
             cold=bool(n_sets * per_set > need) and not in_cache,
+            **st.sampled,  # CUDA: gpu_util_pct, power_w, energy_j_per_call, ... (NVML)
         )
         rec["device"]["clocks"] = c.backend.clocks()
         if tuned():

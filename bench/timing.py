@@ -3,13 +3,14 @@
 Stopping follows nvbench's "stdrel" idea: stop once the samples' relative standard deviation is
 at most `target_rel` (0.5%). A noisy CPU rarely gets there, so we also stop once the median itself
 is pinned down to `target_rel` (its standard error), or at the sample/time cap. Every result says
-which rule stopped it, how many samples it took and how spread they were.
+which rule stopped it, how many samples it took and how spread they were. Where the backend has a
+sampler of device counters (NVML on CUDA), it runs over the sampling phase, warm-up excluded.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -47,6 +48,8 @@ class Stats:
     rel_std: float
     n: int
     stop: str
+    # What the backend's sampler measured over the sampling window (record keys; {} where none)
+    sampled: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,9 +112,18 @@ def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: B
         backend.time_calls(call, idxs(budget.batch), flush)
 
     samples: list[float] = []
-    t0 = time.perf_counter()
-    while True:
-        samples.extend(backend.time_calls(call, idxs(budget.batch), flush))
-        stop = stop_rule(samples, time.perf_counter() - t0, budget)
-        if stop:
-            return summarize(samples, stop)
+    sampler = backend.sampler()
+    if sampler is not None:
+        sampler.start()
+    try:
+        t0 = time.perf_counter()
+        while True:
+            samples.extend(backend.time_calls(call, idxs(budget.batch), flush))
+            stop = stop_rule(samples, time.perf_counter() - t0, budget)
+            if stop:
+                break
+    finally:  # the sampler's thread ends whether the timing ended or raised
+        sampled = sampler.stop(len(samples), sum(samples)) if sampler is not None else {}
+    st = summarize(samples, stop)
+    st.sampled = sampled
+    return st

@@ -59,20 +59,29 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
 
 
 def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    """One row a record. A "GPU util" column (NVML's busy time, beside % roof) appears when some
+    record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall."""
+    records = list(records)
+    util = any(r.get("gpu_util_pct") is not None for r in records)
     t = Table(title=title, show_lines=False, header_style="bold")
-    for col, just in (("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
-                      ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"),
-                      ("GB/s", "right"), ("% roof", "right"), ("% datasheet", "right"),
-                      ("FLOP/B", "right"), ("verdict", "left")):
+    cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
+            ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"), ("GB/s", "right"),
+            ("% roof", "right")] + ([("GPU util", "right")] if util else []) + [
+            ("% datasheet", "right"), ("FLOP/B", "right"), ("verdict", "left")]
+    for col, just in cols:
         t.add_column(col, justify=just, overflow="fold")
     for r in records:
         ts = r.get("time_s") or {}
         spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
         name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
-        t.add_row(r["op"], fmt_shape(r["shape"]), r["dtype"], name, fmt_time(ts.get("median")),
-                  fmt_time(spread), str(ts.get("n", "-")), fmt_num(r.get("achieved_gbps")),
-                  fmt_num(r.get("pct_roof"), 0, "%"), fmt_num(r.get("pct_datasheet"), 0, "%"),
-                  fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r))
+        cells = [r["op"], fmt_shape(r["shape"]), r["dtype"], name, fmt_time(ts.get("median")),
+                 fmt_time(spread), str(ts.get("n", "-")), fmt_num(r.get("achieved_gbps")),
+                 fmt_num(r.get("pct_roof"), 0, "%")]
+        if util:
+            cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))
+        cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
+                  fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
+        t.add_row(*cells)
     return t
 
 

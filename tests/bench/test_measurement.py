@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bench.roofline as rl
-from backends import get_backend
+from backends import Backend, get_backend
 from backends.cpu import read_caches
 from bench.roofline import Roof, judge
 from kernels import OPS
@@ -123,7 +123,7 @@ def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
 
 # --- warm timing (the size sweep) ----------------------------------------------------------------
 
-class _CountingBackend:
+class _CountingBackend(Backend):
     """A backend double: records whether each timed call was preceded by a flush."""
     name = "fake"
 
