@@ -13,11 +13,20 @@ spending more than 4 x SMs x clock x (bytes a code) / R warp instructions a code
 roof however its loads behave. The count is a ceiling, not a prediction (latency, occupancy and
 the DRAM itself come on top): on an H200 the first INT4 kernel counted 0.42 (ceiling 30% of
 roof) and ran at 14-16% (results/h200/20261128-064357-*).
+
+Latency and occupancy are counted too, from the same compile: registers and spills (ptxas's
+spill bytes are the bytes of the local-memory stores and loads, STL/LDL, in the SASS), the CTAs
+an SM holds (the CUDA occupancy calculator's rules with Hopper's limits), and the bytes of weights
+those CTAs have requested when each first waits, against what Little's law asks of an SM to keep
+the bandwidth flowing: bandwidth / SMs x DRAM latency. docs/kernels.md has the figures' sources.
+
+    python -m bench.gpucheck.sass --out results/sass-sm90   # writes results/sass-sm90{,-dot}.txt
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import inspect
 import os
 import re
@@ -33,6 +42,111 @@ from typing import Any
 SM90_TARGET_SMS, SM90_TARGET_CLOCK_HZ = 132, 1.98e9
 DEFAULT_GBPS = 4800.0  # H200 datasheet; pass --gbps for another card or a measured roof
 
+# Compute capability 9.0's per-SM limits, from the CUDA C++ Programming Guide's "Technical
+# Specifications per Compute Capability" table: 64K 32-bit registers an SM and a CTA, 255 a
+# thread, 64 resident warps and 32 resident CTAs an SM, 228 KiB of shared memory an SM and at most
+# 227 KiB a CTA. How they are allocated is the CUDA occupancy calculator's (cuda_occupancy.h,
+# cudaOccMaxBlocksPerSMRegsLimit / SmemLimit): a warp's registers are rounded up to 256 and lie
+# in one of the SM's 4 sub-partitions, each a quarter of the register file (so warps fit per
+# sub-partition, not per SM); a CTA's shared memory is its own plus the 1 KiB the driver reserves
+# for every CTA, rounded up to 128 bytes.
+SM90_REGS_PER_SM = 65536
+SM90_REGS_PER_CTA = 65536
+SM90_MAX_REGS_PER_THREAD = 255
+SM90_REG_ALLOC_UNIT = 256  # registers, a warp's allocation granularity
+SM90_SUBPARTITIONS = 4
+SM90_MAX_WARPS_PER_SM = 64
+SM90_MAX_CTAS_PER_SM = 32
+SM90_SMEM_PER_SM = 228 * 1024
+SM90_SMEM_PER_CTA = 227 * 1024
+SM90_SMEM_RESERVED_PER_CTA = 1024
+SM90_SMEM_ALLOC_UNIT = 128
+WARP = 32
+
+# DRAM latency for Little's law: a one-warp pointer chase on an H100 PCIe (te42kyfo/gpu-benches,
+# gpu-latency/h100_pcie.txt) levels off at 650-658 cycles at 1755 MHz, 370-375 ns, for working
+# sets from 125 MB to 1.5 GB. That is the idle latency; a loaded memory system answers later, so
+# the bytes this asks for are a floor. No H200 figure is published; its HBM3e is assumed alike.
+DRAM_LATENCY_NS = 370.0
+
+
+def _round_up(x: int, unit: int) -> int:
+    return -(-x // unit) * unit
+
+
+def ctas_per_sm(regs: int, warps: int, smem: int) -> tuple[int, str]:
+    """How many CTAs of `warps` warps, `regs` registers a thread and `smem` bytes of shared memory
+    one sm_90 SM holds at once, and which limit binds ('regs', 'smem', 'warps' or 'ctas'; 0 CTAs:
+    the CTA does not fit at all). Fewer CTAs, fewer loads in flight to hide DRAM latency."""
+    reg_warp = _round_up(regs * WARP, SM90_REG_ALLOC_UNIT)
+    # the launch check assumes a CTA's warps spread over all 4 sub-partitions
+    fits = (regs <= SM90_MAX_REGS_PER_THREAD and reg_warp * warps <= SM90_REGS_PER_CTA
+            and reg_warp * _round_up(warps, SM90_SUBPARTITIONS) <= SM90_REGS_PER_CTA)
+    if not fits:
+        by_regs = 0
+    elif reg_warp == 0:
+        by_regs = SM90_MAX_CTAS_PER_SM
+    else:
+        warps_per_sub = SM90_REGS_PER_SM // SM90_SUBPARTITIONS // reg_warp
+        by_regs = warps_per_sub * SM90_SUBPARTITIONS // warps
+    smem_cta = _round_up(smem + SM90_SMEM_RESERVED_PER_CTA, SM90_SMEM_ALLOC_UNIT)
+    by_smem = 0 if smem > SM90_SMEM_PER_CTA else SM90_SMEM_PER_SM // smem_cta
+    limits = {"regs": by_regs, "smem": by_smem, "warps": SM90_MAX_WARPS_PER_SM // warps,
+              "ctas": SM90_MAX_CTAS_PER_SM}
+    binding = min(limits, key=lambda k: limits[k])
+    return limits[binding], binding
+
+
+def bytes_needed_per_sm(gbps: float, latency_ns: float = DRAM_LATENCY_NS,
+                        sms: int = SM90_TARGET_SMS) -> float:
+    """Little's law: the bytes an SM must have requested and not yet received for the chip to
+    move `gbps` when each request takes `latency_ns` to come back."""
+    return gbps * 1e9 / sms * latency_ns * 1e-9
+
+
+_LOCAL_WIDTH = {"8": 1, "U8": 1, "S8": 1, "16": 2, "U16": 2, "S16": 2, "64": 8, "128": 16}
+
+
+def spill_bytes(sass_lines: list[str]) -> tuple[int, int]:
+    """(store, load) bytes of the local-memory instructions (STL, LDL) in SASS: what ptxas -v
+    reports as spill stores and loads (Triton kernels keep no arrays in local memory)."""
+    st = ld = 0
+    for ins in sass_lines:
+        m = re.search(r"\b(STL|LDL)((?:\.\w+)*)\s", ins)
+        if not m:
+            continue
+        width = 4
+        for mod in m.group(2).split(".")[1:]:
+            width = _LOCAL_WIDTH.get(mod, width)
+        if m.group(1) == "STL":
+            st += width
+        else:
+            ld += width
+    return st, ld
+
+
+_TTGIR_DTYPE = {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}
+
+
+def load_depth(ttgir: str, block_n: int, weight_types: tuple[str, ...],
+               prefetch: int) -> tuple[int, bool]:
+    """(steps of weight tiles a CTA has requested when it first waits for one, whether Triton's
+    software pipeliner did it). A load the pipeliner takes (num_stages > 1, in practice a load
+    that feeds tl.dot) becomes async copies into a ring of shared-memory buffers, D of them
+    (`!ttg.memdesc<D x tile>`), D steps in flight; a load it leaves is issued where the kernel
+    writes it: one step, two with the kernel's own PREFETCH (the next step's tile loads while
+    this one's is used). The weight tile: a [BLOCK_N, ...] tile of `weight_types`."""
+    for m in re.finditer(r"async_copy_global_to_local[^\n]*?tensor<((?:\d+x)+)!tt\.ptr<(\w+)>",
+                         ttgir):
+        dims, elem = m.group(1).rstrip("x"), m.group(2)
+        if elem not in weight_types or int(dims.split("x")[0]) != block_n:
+            continue
+        ring = re.search(rf"local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x{dims}x{elem}\b",
+                         ttgir)
+        if ring:
+            return int(ring.group(1)), True
+    return 1 + prefetch, False
+
 
 @dataclass
 class LoopCount:
@@ -44,11 +158,30 @@ class LoopCount:
     top: list[tuple[str, int]]
     barriers: int = 0  # BAR in one pass: each stops the whole CTA (layout conversions, mostly)
     smem: int = 0  # shared-memory loads and stores in one pass (STS, LDS, their matrix forms)
+    warps: int = 4
+    shared: int = 0  # bytes of shared memory a CTA allocates (Triton's metadata)
+    spill_st: int = 0  # bytes, whole kernel (ptxas's "spill stores")
+    spill_ld: int = 0
+    loop_spills: int = 0  # STL/LDL in one pass of the hot loop
+    step_bytes: int = 0  # weight bytes one CTA loads a step
+    depth: int = 1  # steps of weights requested when the CTA first waits (load_depth)
+    pipelined: bool = False
 
     def ceiling_pct(self, gbps: float, bytes_per_code: float) -> float:
         """The % of `gbps` the issue rate allows at this count (4 warp instructions a clock)."""
         codes_per_clock = gbps * 1e9 / bytes_per_code / (SM90_TARGET_SMS * SM90_TARGET_CLOCK_HZ)
         return min(100.0, 100.0 * 4 / codes_per_clock / self.per_code)
+
+    def occupancy(self) -> tuple[int, str]:
+        """CTAs an SM holds and the binding limit ('?' without a register count)."""
+        if self.regs is None:
+            return 0, "?"
+        return ctas_per_sm(self.regs, self.warps, self.shared)
+
+    def in_flight(self) -> int:
+        """Weight bytes an SM has requested when its CTAs first wait: a step's tile x the depth
+        x CTAs an SM holds (a grid of at least that many CTAs on every SM)."""
+        return self.step_bytes * self.depth * self.occupancy()[0]
 
 
 def _tools() -> str:
@@ -57,6 +190,17 @@ def _tools() -> str:
     if not os.path.exists(os.path.join(bin_dir, "cuobjdump")):
         raise RuntimeError(f"no cuobjdump in Triton's wheel ({bin_dir}): needs Triton's NVIDIA backend")
     return bin_dir
+
+
+def toolchain() -> str:
+    """'triton X, ptxas Y': the compiler whose code is counted (its wheel's ptxas)."""
+    import triton
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        ptxas = get_ptxas(90).version
+    except Exception:  # another Triton layout: the Triton version still says which compiler
+        ptxas = "?"
+    return f"triton {triton.__version__}, ptxas {ptxas}"
 
 
 def compile_sm90(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps: int,
@@ -77,9 +221,8 @@ def compile_sm90(fn: Any, types: dict[str, str], const: dict[str, Any], num_warp
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def hot_loop(kernel: Any) -> tuple[list[str], int | None]:
-    """The instructions of the longest backward-branch loop in the kernel's SASS, and its
-    register count."""
+def disassemble(kernel: Any) -> tuple[list[tuple[int, str]], int | None]:
+    """The kernel's SASS as (address, instruction) pairs, and its register count."""
     bin_dir = _tools()
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(kernel.asm["cubin"])
@@ -93,14 +236,26 @@ def hot_loop(kernel: Any) -> tuple[list[str], int | None]:
         os.unlink(path)
     lines = [(int(m.group(1), 16), m.group(2).strip()) for m in
              (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", ln) for ln in sass.splitlines()) if m]
+    regs = re.search(r"REG:(\d+)", res)
+    return lines, int(regs.group(1)) if regs else None
+
+
+def longest_loop(lines: list[tuple[int, str]]) -> list[str]:
+    """The instructions of the longest backward-branch loop in the SASS."""
     best: list[str] = []
     for addr, ins in lines:
         m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ins)
         if m and int(m.group(1), 16) < addr:
             body = [x for a, x in lines if int(m.group(1), 16) <= a <= addr]
             best = body if len(body) > len(best) else best
-    regs = re.search(r"REG:(\d+)", res)
-    return best, int(regs.group(1)) if regs else None
+    return best
+
+
+def hot_loop(kernel: Any) -> tuple[list[str], int | None]:
+    """The instructions of the longest backward-branch loop in the kernel's SASS, and its
+    register count."""
+    lines, regs = disassemble(kernel)
+    return longest_loop(lines), regs
 
 
 def _opcode(ins: str) -> str:
@@ -142,39 +297,49 @@ def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
 
 
+BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0}
+
+
 def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
           dot: bool = False) -> list[LoopCount]:
-    """Hot-loop warp instructions per code for each M = 1 config (the first `first` of each)
-    of the op's Triton kernel; `dot`: its tl.dot path's configs at M = 16 instead."""
+    """Hot-loop warp instructions per code, spills, occupancy and loads in flight for each M = 1
+    config (the first `first` of each) of the op's Triton kernel; `dot`: its tl.dot path's
+    configs at M = 16 instead."""
     from kernels.triton_util import describe
     out = []
     for name, fn, types, const, aligned, configs in _plans(op, dtype):
         if dot:
             const = {**const, "BLOCK_M": 16, "USE_DOT": True}
             configs = path_configs(name, True, 16)
+        weight_types = (_TTGIR_DTYPE[dtype],) if name == "gemv_bf16" else ("i8", "i32")
         for cfg in configs[:first]:
-            k = compile_sm90(fn, types, {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
-                             aligned)
-            body, regs = hot_loop(k)
+            kw = cfg.kwargs
+            k = compile_sm90(fn, types, {**const, **kw}, cfg.num_warps, cfg.num_stages, aligned)
+            lines, regs = disassemble(k)
+            body = longest_loop(lines)
             # codes a pass: the INT4 tl.dot path takes one group a step, the others BLOCK_K
-            step = const["G"] if dot and name == "gemv_w4" else cfg.kwargs["BLOCK_K"]
-            codes = cfg.kwargs["BLOCK_N"] * step
+            step = const["G"] if dot and name == "gemv_w4" else kw["BLOCK_K"]
+            codes = kw["BLOCK_N"] * step
             c = collections.Counter(_opcode(i) for i in body)
+            st, ld = spill_bytes([i for _, i in lines])
+            depth, piped = load_depth(k.asm["ttgir"], kw["BLOCK_N"], weight_types,
+                                      int(kw.get("PREFETCH", 0)))
             out.append(LoopCount(name, describe(cfg), len(body) * cfg.num_warps / codes,
                                  len(body), regs, c.most_common(8), c["BAR"],
-                                 sum(c[o] for o in ("STS", "LDS", "STSM", "LDSM"))))
+                                 sum(c[o] for o in ("STS", "LDS", "STSM", "LDSM")),
+                                 warps=cfg.num_warps, shared=int(k.metadata.shared),
+                                 spill_st=st, spill_ld=ld, loop_spills=c["STL"] + c["LDL"],
+                                 step_bytes=int(codes * BYTES_PER_CODE[name]), depth=depth,
+                                 pipelined=piped))
     return out
 
 
-BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0}
-
-
-def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str]]:
+def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str], list[str]]:
     """Compile every config of every path (GEMV at M = 1 and 4, tl.dot at M = 16; INT4 at
-    G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled, failures). What the
-    tuner may pick on a GPU must at least compile there, and CI has no GPU to find out."""
+    G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled, failures, spilling). What
+    the tuner may pick on a GPU must at least compile there, and CI has no GPU to find out."""
     from kernels.triton_util import describe
-    ok, bad = 0, []
+    ok, bad, spills = 0, [], []
     for dtype in dtypes:
         for name, fn, types, const, aligned, _ in _plans("all", dtype):
             for use_dot, bm in ((False, 1), (False, 4), (True, 16)):
@@ -185,29 +350,87 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
                     for cfg in configs:
                         c = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32",
                              **var, **cfg.kwargs}
+                        what = f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}"
                         try:
-                            compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
+                            k = compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
                             ok += 1
                         except Exception as e:
-                            bad.append(f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}: "
-                                       f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return ok, bad
+                            bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                            continue
+                        st, ld = spill_bytes([i for _, i in disassemble(k)[0]])
+                        if st or ld:
+                            spills.append(f"{what}: spill stores {st} B, loads {ld} B")
+    return ok, bad, spills
+
+
+def _kib(n: float) -> str:
+    return f"{n / 1024:.1f}"
+
+
+def report(rows: list[LoopCount], gbps: float, dtype: str, dot: bool,
+           latency_ns: float = DRAM_LATENCY_NS) -> list[str]:
+    """The table: one line a config, sorted by op and count, and a line on spills."""
+    need = bytes_needed_per_sm(gbps, latency_ns)
+    out = [
+        f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if dot else 'M = 1'}, "
+        f"{dtype}; {toolchain()}",
+        f"ceiling = % of {gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_TARGET_SMS} SMs "
+        f"at {SM90_TARGET_CLOCK_HZ / 1e9:.2f} GHz allow",
+        f"regs a thread; spill = ptxas's spill store/load bytes (STL/LDL in the SASS); CTAs/SM and "
+        f"the limit that binds (regs, smem, warps, ctas), shared = a CTA's shared memory",
+        f"in flight = weight bytes an SM has requested when its CTAs first wait: a step's tile x "
+        f"depth (p: Triton's pipeliner, else 1 + PREFETCH) x CTAs/SM; need (Little's law) = "
+        f"{gbps:.0f} GB/s / {SM90_TARGET_SMS} SMs x {latency_ns:.0f} ns DRAM latency = "
+        f"{_kib(need)} KiB an SM (KiB = 1024 B)",
+        "bar / smem: barriers and shared-memory ops in one pass of the loop; then its 8 commonest "
+        "opcodes",
+    ]
+    for r in sorted(rows, key=lambda r: (r.op, r.per_code)):
+        ctas, limit = r.occupancy()
+        spill = f"spill {r.spill_st}/{r.spill_ld}" if not (r.spill_st or r.spill_ld) else \
+            f"SPILL {r.spill_st}/{r.spill_ld} B ({r.loop_spills} in loop)"
+        have = r.in_flight()
+        top = " ".join(f"{o}:{n}" for o, n in r.top)
+        out.append(
+            f"  {r.op:9s} {r.config:50s} {r.per_code:6.3f}  ceiling "
+            f"{r.ceiling_pct(gbps, BYTES_PER_CODE[r.op]):5.1f}%  regs {r.regs}  {spill}  "
+            f"CTAs/SM {ctas} {limit:5s} shared {_kib(r.shared):>5s} KiB  in flight "
+            f"{_kib(r.step_bytes)} KiB x {r.depth}{'p' if r.pipelined else ''} x {ctas} = "
+            f"{_kib(have)} KiB, need {_kib(need)}: {have / need:.2f}x  bar {r.barriers} smem {r.smem}  {top}")
+    spilling = [r for r in rows if r.spill_st or r.spill_ld]
+    out.append(f"spills: {'none' if not spilling else len(spilling)} of {len(rows)} configs"
+               + "".join(f"\n  SPILL {r.op} {r.config}" for r in spilling))
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and exit 2, like every usage error here
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpucheck.sass",
-                                description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m bench.gpucheck.sass", description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="all", choices=["all", "gemv_w4", "gemv_w8", "gemv_bf16"])
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,
-                   help=f"bandwidth the ceiling is taken against (default {DEFAULT_GBPS:.0f}, H200 datasheet)")
+                   help=f"bandwidth the ceiling and Little's law are taken against (default "
+                        f"{DEFAULT_GBPS:.0f}, H200 datasheet)")
+    p.add_argument("--latency-ns", type=float, default=DRAM_LATENCY_NS,
+                   help=f"DRAM latency for Little's law (default {DRAM_LATENCY_NS:.0f} ns, an H100's "
+                        f"idle latency: docs/kernels.md)")
     p.add_argument("--configs", type=int, metavar="N", help="only the first N configs of each kernel")
     p.add_argument("--dot", action="store_true",
                    help="count the tl.dot path (M = 16) instead of the GEMV path (M = 1)")
+    p.add_argument("--out", metavar="PREFIX",
+                   help="write both paths' tables, M = 1 to PREFIX.txt and tl.dot to PREFIX-dot.txt "
+                        "(results/sass-sm90 for the committed ones)")
     p.add_argument("--compile-all", action="store_true",
                    help="compile every config of every path for sm_90 (bf16, fp32) and list failures "
-                        "(~15 minutes on 2 cores)")
+                        "and spills (~12 minutes on 2 cores)")
     args = p.parse_args(argv)
+    if args.gbps <= 0 or args.latency_ns <= 0 or (args.configs is not None and args.configs < 1):
+        p.error("--gbps, --latency-ns and --configs must be positive")
     os.environ.pop("TRITON_INTERPRET", None)  # before kernels/ is imported: compile, not interpret
     from kernels import triton_util
     if triton_util.INTERPRET or not triton_util.HAS_TRITON:
@@ -215,25 +438,32 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.compile_all:
-        ok, bad = compile_all()
-        print(f"compiled {ok} kernel variants for sm_90, {len(bad)} failed")
+        ok, bad, spills = compile_all()
+        print(f"compiled {ok} kernel variants for sm_90 ({toolchain()}), {len(bad)} failed, "
+              f"{len(spills)} spill")
         for line in bad:
             print("  FAIL", line)
+        for line in spills:
+            print("  SPILL", line)
         return 1 if bad else 0
-    try:
-        rows = count(args.op, args.dtype, args.configs, args.dot)
-    except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
-        print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {type(e).__name__}: {str(e).splitlines()[0]}",
-              file=sys.stderr)
-        return 2
-    print(f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if args.dot else 'M = 1'}, "
-          f"{args.dtype}; ceiling = % of "
-          f"{args.gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_TARGET_SMS} SMs at "
-          f"{SM90_TARGET_CLOCK_HZ / 1e9:.2f} GHz allow")
-    for r in sorted(rows, key=lambda r: (r.op, r.per_code)):
-        top = " ".join(f"{o}:{n}" for o, n in r.top)
-        print(f"  {r.op:9s} {r.config:50s} {r.per_code:6.3f}  ceiling {r.ceiling_pct(args.gbps, BYTES_PER_CODE[r.op]):5.1f}%"
-              f"  regs {r.regs}  bar {r.barriers} smem {r.smem}  {top}")
+    jobs = [(args.dot, None)] if not args.out else [(False, f"{args.out}.txt"),
+                                                     (True, f"{args.out}-dot.txt")]
+    for dot, path in jobs:
+        try:
+            rows = count(args.op, args.dtype, args.configs, dot)
+        except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
+            print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        lines = report(rows, args.gbps, args.dtype, dot, args.latency_ns)
+        if path is None:
+            print("\n".join(lines))
+            continue
+        cmd = " ".join(["python -m bench.gpucheck.sass", *(argv if argv is not None else sys.argv[1:])])
+        head = f"# {cmd}   ({datetime.date.today().isoformat()}, {toolchain()})"
+        with open(path, "w") as f:
+            f.write("\n".join([head, *lines]) + "\n")
+        print(f"wrote {path} ({len(rows)} configs)")
     return 0
 
 

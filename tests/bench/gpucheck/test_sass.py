@@ -1,5 +1,5 @@
-"""bench/gpucheck/sass.py: the static issue ceiling, and a real sm_90 compile of one config (no
-GPU)."""
+"""bench/gpucheck/sass.py: the static issue ceiling, occupancy, Little's law, spill and pipeline
+readings (hand-worked cases), and real sm_90 compiles (no GPU)."""
 import os
 import re
 import subprocess
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from bench.gpucheck.sass import SM90_TARGET_CLOCK_HZ, SM90_TARGET_SMS, LoopCount
+from bench.gpucheck.sass import (SM90_TARGET_CLOCK_HZ, SM90_TARGET_SMS, LoopCount,
+                                 bytes_needed_per_sm, ctas_per_sm, load_depth, main, spill_bytes)
 from tests.helpers import REPO
 
 
@@ -21,32 +22,205 @@ def test_ceiling_is_four_warp_instructions_a_clock():
     assert LoopCount("gemv_w4", "", budget / 2, 0, None, []).ceiling_pct(4800, 0.5) == 100.0
 
 
+@pytest.mark.parametrize("regs, warps, smem, want", [
+    # 168 regs: 5376 a warp (21 x 256); 16384 a sub-partition holds 3 warps, 12 an SM: 3 CTAs of 4
+    (168, 4, 2048, (3, "regs")),
+    # 176 regs: 5632 a warp, 2 a sub-partition, 8 an SM: 4 CTAs of 2 warps (65536 / (5632 x 2)
+    # over the whole SM would say 5)
+    (176, 2, 0, (4, "regs")),
+    # 170 regs: 5440 a warp, rounded up to 5632: 2 warps a sub-partition, 2 CTAs of 4 (unrounded: 3)
+    (170, 4, 0, (2, "regs")),
+    (255, 4, 0, (2, "regs")),  # 8160 -> 8192 a warp, 2 a sub-partition
+    (255, 8, 0, (1, "regs")),
+    (256, 1, 0, (0, "regs")),  # over 255 a thread: no launch
+    # 45666 B + 1 KiB reserved = 46690, rounded to 46720: 233472 / 46720 = 4 CTAs (5 without the
+    # reserve, 5 without the rounding); registers would allow 16
+    (32, 4, 45666, (4, "smem")),
+    (32, 4, 227 * 1024, (1, "smem")),  # the largest a CTA may have: 227 KiB + 1 KiB = 228 KiB
+    (32, 4, 227 * 1024 + 1, (0, "smem")),
+    # 24 regs: 768 a warp, 21 a sub-partition, 84 an SM: 5 CTAs of 16 warps, but 64 warps an SM
+    (24, 16, 0, (4, "warps")),
+    (16, 1, 0, (32, "ctas")),  # 32 CTAs an SM at most, however small
+])
+def test_ctas_per_sm_follows_the_cuda_occupancy_rules(regs, warps, smem, want):
+    assert ctas_per_sm(regs, warps, smem) == want
+
+
+def test_littles_law_need_and_what_a_config_has_in_flight():
+    # 4800 GB/s over 132 SMs = 36.36 GB/s an SM; x 370 ns = 13454.5 bytes outstanding an SM
+    assert bytes_needed_per_sm(4800, 370) == pytest.approx(13454.545, rel=1e-6)
+    assert bytes_needed_per_sm(3350, 600, sms=132) == pytest.approx(3350 * 600 / 132, rel=1e-9)
+    # 16 KiB of words a step, loaded where used (depth 1), 3 CTAs an SM (168 regs, 4 warps)
+    row = LoopCount("gemv_w4", "", 0.1, 0, 168, [], warps=4, shared=2048, step_bytes=16384)
+    assert row.occupancy() == (3, "regs") and row.in_flight() == 49152
+    assert row.in_flight() / bytes_needed_per_sm(4800, 370) == pytest.approx(3.653, abs=1e-3)
+    # PREFETCH: two steps in flight; 226 regs x 2 warps: 4 CTAs
+    row = LoopCount("gemv_w4", "", 0.1, 0, 226, [], warps=2, shared=1024, step_bytes=8192, depth=2)
+    assert row.in_flight() == 8192 * 2 * 4
+    assert LoopCount("gemv_w4", "", 0.1, 0, None, [], step_bytes=8192).in_flight() == 0
+
+
+def test_spill_bytes_are_the_local_memory_accesses_by_width():
+    sass = ["STL [R1+0x1c], R7", "@P0 STL.64 [R1+0x8], R2", "STL.U8 [R1], R9",
+            "LDL.LU R3, [R1+0x4]", "@!P1 LDL.128 R4, [R1+0x10]",
+            "LDG.E.128 R4, desc[UR4][R2.64]", "STS [R5], R6", "LDS.64 R2, [R7]", "LDSM.16.M88.4 R8, [R9]"]
+    assert spill_bytes(sass) == (4 + 8 + 1, 4 + 16)
+    assert spill_bytes(["LDG.E R2, desc[UR4][R4.64]", "STG.E [R2.64], R5"]) == (0, 0)
+
+
+# TTGIR as Triton 3.6 and 3.9 print it: the INT4 tl.dot loop, its weight bytes and x in rings of 2
+_PIPELINED = """
+    %b_49 = ttg.local_alloc : () -> !ttg.memdesc<2x64x64xi8, #shared, #smem, mutable> loc(#loc93)
+    %xg_50 = ttg.local_alloc : () -> !ttg.memdesc<2x16x128xbf16, #shared1, #smem, mutable> loc(#loc98)
+    %b_59 = ttg.async_copy_global_to_local %b_55, %b_56 mask %m other %c : tensor<64x64x!tt.ptr<i8>, #blocked1> -> <64x64xi8, #shared, #smem, mutable> loc(#loc93)
+    %xg_69 = ttg.async_copy_global_to_local %xg_65, %xg_66 mask %m other %c {contiguity = 8 : i32} : tensor<16x128x!tt.ptr<bf16>, #blocked> -> <16x128xbf16, #shared1, #smem, mutable> loc(#loc98)
+"""
+_PLAIN = """
+    %words = tt.load %ptrs, %mask, %other : tensor<16x16x16x!tt.ptr<i32>, #blocked>
+    %cvt = ttg.local_alloc %x : (tensor<16x64xbf16, #blocked3>) -> !ttg.memdesc<16x64xbf16, #shared2, #smem>
+"""
+
+
+def test_load_depth_reads_the_pipeliners_ring_or_the_kernels_prefetch():
+    assert load_depth(_PIPELINED, 64, ("i8", "i32"), 0) == (2, True)
+    assert load_depth(_PIPELINED.replace("2x64x64xi8", "3x64x64xi8"), 64, ("i8", "i32"), 0) == (3, True)
+    # only x (bf16, 16 rows) is pipelined for a 64-row weight tile: the weights load where used
+    assert load_depth(_PIPELINED, 64, ("bf16",), 0) == (1, False)
+    assert load_depth(_PIPELINED, 32, ("i8", "i32"), 1) == (2, False)
+    assert load_depth(_PLAIN, 16, ("i8", "i32"), 0) == (1, False)
+    assert load_depth(_PLAIN, 16, ("i8", "i32"), 1) == (2, False)
+
+
+def test_bad_arguments_are_one_line_and_exit_2(capsys):
+    for argv in (["--gbps", "-1"], ["--latency-ns", "0"], ["--configs", "0"], ["--op", "nope"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m bench.gpucheck.sass: "), err
+
+
+def _compile_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+# A kernel forced to spill (maxnreg), compiled for sm_90 with a fresh cache so that ptxas runs
+# and Triton prints its -v report; the SASS count must give ptxas's spill bytes.
+_SPILL_PROBE = r'''
+import contextlib, io, json, re
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bench.gpucheck.sass import disassemble, spill_bytes
+
+@triton.jit
+def k(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for i in range(8):
+        acc += x * x + i
+        x = tl.sqrt(x + acc)
+    tl.store(y_ptr + offs, acc)
+
+triton.knobs.nvidia.dump_ptxas_log = True
+out = []
+for maxnreg in (None, 32):
+    opts = {"num_warps": 4, "num_stages": 1, **({"maxnreg": maxnreg} if maxnreg else {})}
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        kern = triton.compile(ASTSource(k, {"x_ptr": "*fp32", "y_ptr": "*fp32", "BLOCK": "constexpr"},
+                                        {"BLOCK": 4096}), target=GPUTarget("cuda", 90, 32), options=opts)
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+    out.append([[int(m.group(1)), int(m.group(2))], list(spill_bytes([i for _, i in disassemble(kern)[0]]))])
+print(json.dumps(out))
+'''
+
+
+def test_spill_count_from_sass_matches_ptxas_on_a_real_sm90_compile(tmp_path):
+    pytest.importorskip("triton")
+    probe = tmp_path / "spill_probe.py"  # @triton.jit wants its source in a file
+    probe.write_text(_SPILL_PROBE)
+    r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=REPO,
+                       env=_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache")), timeout=300)
+    if r.returncode and ("cuobjdump" in r.stderr or "ptxas" in r.stderr):
+        pytest.skip(r.stderr.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stderr[-800:]
+    import json
+    (free_ptxas, free_sass), (capped_ptxas, capped_sass) = json.loads(r.stdout.strip().splitlines()[-1])
+    assert free_ptxas == free_sass == [0, 0]
+    assert capped_ptxas[0] > 0 and capped_ptxas[1] > 0  # 32 registers a thread: it spills
+    assert capped_sass == capped_ptxas
+
+
 @pytest.mark.slow  # a real sm_90 compile
 @pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
 def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
     r = subprocess.run([sys.executable, "-m", "bench.gpucheck.sass", "--op", "gemv_w4",
                         "--configs", "1", *(["--dot"] if dot else [])],
-                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+                       capture_output=True, text=True, cwd=REPO, env=_compile_env(), timeout=300)
     if r.returncode == 2 and "cannot compile for sm_90" in r.stderr:
         pytest.skip(r.stderr.strip())
     assert r.returncode == 0, r.stderr[-800:]
     assert ("M = 16, tl.dot" in r.stdout) == dot
+    import triton
+    assert f"triton {triton.__version__}, ptxas " in r.stdout
+    assert "x 370 ns DRAM latency = 13.1 KiB an SM" in r.stdout
     rows = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("gemv_w4")]
     assert len(rows) == 1
     per_code = float(re.search(r"stages=\d+\s+([\d.]+)\s+ceiling", rows[0]).group(1))
     assert 0.02 < per_code < 1.0  # a loop was found
     bar, smem = map(int, re.search(r"bar (\d+) smem (\d+)", rows[0]).groups())
     assert 0 <= bar <= 64 and 0 <= smem <= 128  # per pass: a layout conversion costs ~2 and ~2
+    assert "spill 0/0" in rows[0] and r.stdout.rstrip().endswith("spills: none of 1 configs")
+    regs = int(re.search(r"regs (\d+)", rows[0]).group(1))
+    warps = int(re.search(r"warps=(\d+)", rows[0]).group(1))
+    m = re.search(r"CTAs/SM (\d+) (\w+)\s+shared\s+([\d.]+) KiB  in flight ([\d.]+) KiB x (\d)(p?) "
+                  r"x (\d+) = ([\d.]+) KiB, need 13.1: ([\d.]+)x", rows[0])
+    assert m, rows[0]
+    ctas, shared = int(m.group(1)), float(m.group(3)) * 1024
+    assert (ctas, m.group(2)) == ctas_per_sm(regs, warps, int(shared)) and ctas >= 1
+    assert int(m.group(7)) == ctas
+    # the tl.dot path's loads go through Triton's pipeliner (2 buffers at num_stages=3); the
+    # GEMV's are issued where the kernel writes them
+    assert (int(m.group(5)), m.group(6)) == ((2, "p") if dot else (1, ""))
+    have = float(m.group(4)) * int(m.group(5)) * ctas
+    assert float(m.group(8)) == pytest.approx(have, abs=0.06)
+    assert float(m.group(9)) == pytest.approx(have * 1024 / 13454.5, abs=0.01)
     if not dot:
         assert "FFMA" in rows[0]  # the GEMV's loop: its FMAs among the 8 commonest
 
 
+def test_out_writes_both_paths_with_the_command_and_toolchain(monkeypatch, tmp_path):
+    """--out: the M = 1 table to PREFIX.txt, tl.dot's to PREFIX-dot.txt, each headed by the
+    command and the compiler (counting is stubbed)."""
+    pytest.importorskip("triton")
+    import bench.gpucheck.sass as sass
+    monkeypatch.setattr(sass, "toolchain", lambda: "triton 9.9, ptxas 1.2")
+    monkeypatch.setattr(sass, "count", lambda op, dtype, first, dot: [
+        LoopCount("gemv_w8", "cfg-dot" if dot else "cfg-gemv", 0.1, 10, 168, [("FFMA", 4)],
+                  warps=4, shared=2048, step_bytes=16384)])
+    # main drops TRITON_INTERPRET; monkeypatch puts it back afterwards
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
+    from kernels import triton_util
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    prefix = str(tmp_path / "sass-sm90")
+    assert main(["--out", prefix]) == 0
+    gemv, dot = (open(prefix + s).read().splitlines() for s in (".txt", "-dot.txt"))
+    for text, path in ((gemv, "M = 1,"), (dot, "M = 16, tl.dot")):
+        assert text[0].startswith(f"# python -m bench.gpucheck.sass --out {prefix}   (")
+        assert text[0].endswith(", triton 9.9, ptxas 1.2)") and path in text[1]
+    assert "cfg-gemv" in "\n".join(gemv) and "cfg-dot" in "\n".join(dot)
+
+
 def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     """The enumeration alone (compiling is stubbed): each kernel's configs on each path, INT4 at
-    three group sizes, INT8 GEMV on words and bytes, two dtypes; a failure is listed, not raised."""
+    three group sizes, INT8 GEMV on words and bytes, two dtypes; a failure is listed, not raised,
+    and so is a variant whose SASS has spill stores or loads."""
     pytest.importorskip("triton")
     import bench.gpucheck.sass as sass
     from kernels import OPS  # noqa: F401  (registers the kernels)
@@ -59,9 +233,16 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
         seen.append((fn, dict(const)))
         if const.get("G") == 256 and const.get("BLOCK_N") == 128:
             raise RuntimeError("out of resources\nmore")
+        return dict(const)
+
+    def fake_disassemble(kernel):
+        spills = kernel.get("G") == 32 and kernel.get("BLOCK_M") == 4
+        return [(0, "FFMA R1, R2, R3, R4"), *([(16, "STL.64 [R1], R2"), (32, "LDL R3, [R1]")]
+                                              if spills else [])], 64
 
     monkeypatch.setattr(sass, "compile_sm90", fake_compile)
-    ok, bad = sass.compile_all(("bf16", "fp32"))
+    monkeypatch.setattr(sass, "disassemble", fake_disassemble)
+    ok, bad, spills = sass.compile_all(("bf16", "fp32"))
     k4, k8, kb = w4._w4_kernel, w8._w8_kernel, bf._gemv_kernel
     per_dtype = (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
                  + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
@@ -71,3 +252,5 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     assert bad and all("out of resources" in b and "more" not in b for b in bad)
     assert {c["IEEE"] for _, c in seen} == {True, False}
     assert {c["BLOCK_M"] for _, c in seen} == {1, 4, 16}
+    assert len(spills) == 2 * len(k4.configs_for(False))
+    assert all("gemv_w4" in s and "M=4" in s and "spill stores 8 B, loads 4 B" in s for s in spills)
