@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One-call GPU device check: CUDA tests, the gpu-check suite, Nsight Compute byte check.
-# Runs from a fresh checkout with the machine's own python3 (torch + triton), installs nothing,
-# uses the project through PYTHONPATH, writes under $OUT (else results/device-check-<time>/).
-#   bench/device_check.sh             on a GPU machine (about 5 1/2 minutes)
+# One-call GPU device check: CUDA tests, the gpu-check suite, the L2 flush comparison, the Nsight
+# Compute byte check. Runs from a fresh checkout with the machine's own python3 (torch + triton),
+# uses the project through PYTHONPATH, installs only the peers carried in .whl/ (into a temporary
+# folder), writes under $OUT (else results/device-check-<time>/). See docs/device-check.md.
+#   bench/device_check.sh             on a GPU machine (at most 7 minutes)
 #   bench/device_check.sh --dry-run   same steps on the CPU, tiny shapes (CI runs this)
 # Options: see `bench/device_check.sh --help`. Exit 0: every step passed; 1: see the summary.
 set -u

@@ -1,62 +1,76 @@
-"""The one-call GPU device check: CUDA tests, the GPU suite, an Nsight Compute check of the byte
-model, all time-boxed to fit one call on a lent GPU, everything written under $OUT (else
-results/device-check-<timestamp>/) and a short summary printed last.
+"""The one-call GPU device check: the optional peers installed from the checkout, CUDA tests, the
+GPU suite, an L2-flush comparison, an Nsight Compute check of the byte model, all time-boxed to fit
+one call on a lent GPU, everything written under $OUT (else results/device-check-<timestamp>/) and
+a short summary printed last. docs/device-check.md says what each step does and why.
 
-    bench/device_check.sh              # on the GPU machine: about 5 1/2 minutes
+    bench/device_check.sh              # on the GPU machine: at most 7 minutes
     bench/device_check.sh --dry-run    # the same steps on the CPU with tiny shapes (tested in CI)
 
-Steps, each a child process in its own process group, killed at its time box:
-  env     versions, the device, nvidia-smi, ncu, which optional packages are present
-  pytest  `pytest -m "cuda and not slow"`, one config per Triton kernel (DECODEWALL_AUTOTUNE=0),
-          every config checked once by test_cuda_every_config (dry run: only collected)
-  roof    `decodewall roof --json`
-  suite   `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
-          the time box loses only itself; the summary says how many planned cases finished
-  ncu     `ncu` on one launch of each Triton kernel at a DRAM-sized shape: DRAM bytes read +
-          written vs the op's bytes_moved (dry run: no ncu; the parser is fed a table fabricated
-          from the byte model, so the ratio path runs and reads 1.00 by construction); then
-          one more pass on the INT4 GEMV with ncu's LaunchStats, Occupancy, SchedulerStats and
-          WarpStateStats sections: why it runs below the roof (occupancy, issue rate, stalls)
-Files, flat and at most 8 so the device tool brings them all back: summary.txt, summary.json,
-steps.log, roof.json, <run_id>.jsonl, ncu-raw.txt.
-
-This module runs the steps (class Check); the suite's cases are bench/suites.py's `gpu-check`,
-the ncu targets come from cases.py, child processes from proc.py, the environment from
-env_probe.py, the parsing of ncu's output from ncu.py and the summary from summary.py.
+Steps, each a child process (or a few) in its own process group, killed at its time box:
+  peers    wheels and .tar.xz trees in .whl/ installed into a temporary folder on the children's
+           PYTHONPATH; which peers import. Never fails the check.
+  env      versions, the device, nvidia-smi, ncu, which optional packages are present
+  pytest   `pytest -m "cuda and not slow"` but the every-config tests, one config per Triton
+           kernel (DECODEWALL_AUTOTUNE=0), test names streamed to the log and the console
+  configs  the every-config tests alone (each GEMV config compiled and checked once): an empty
+           Triton cache costs this box, not the other tests'
+  roof     `decodewall roof --json`
+  flush    `python -m bench.gpucheck.flushcmp --json`: one read-bound GEMV under each L2 flush mode
+  suite    `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
+           the time box loses only itself; the summary says how many planned cases finished
+  ncu      `ncu` on one launch of each of our Triton kernels at a DRAM-sized shape: DRAM bytes
+           read + written vs the op's bytes_moved; right after the INT4 GEMV's launch, the why
+           pass on it (ncu's occupancy, scheduler and warp-state sections)
+The summary (summary.txt, summary.json) is rewritten as each step starts and ends, so a check cut
+from outside still leaves one; SIGTERM or Ctrl-C end the running step and write the final one.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .proc import REPO, find_ncu, run_proc
+from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc
 
-# Nominal seconds per step (H100). The suite is elastic: it gets whatever the total leaves after
-# the steps before it and the nominal boxes of the steps after it.
-BOXES = {"env": 20, "pytest": 100, "roof": 25, "suite": 100, "ncu": 80}
-# Under 5 minutes is the aim (DESIGN.md, "Device checks"); every GEMV config compiled and checked
-# once (pytest: 61 configs, bf16 21, INT4 20, INT8 20, with the X3D and SWAP variants) and a suite
-# that took 156 s on an H200 need 5 1/2; the suite gives way first (its goal cases run first).
-# Kills and start-up fit in the rest of a 400 s call.
-TOTAL_S = 330
-NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the profiled launch
+# Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
+# total leaves after the steps before it and the nominal boxes of the steps after it; its figure
+# here is what it gets when every other step takes its whole box. On the H200 (results/h200/,
+# empty Triton cache) all the cuda tests, every config of the 61 then included, took 70 s, and
+# the suite of 39 cases 156 s; its goal cases come first, so a short box cuts the least
+# important ones.
+BOXES = {"peers": 30, "env": 20, "pytest": 60, "configs": 70, "roof": 20, "flush": 25,
+         "suite": 103, "ncu": 80}
 STEPS = tuple(BOXES)
+# The whole check, summary included: a step cut at its box takes up to 2 x KILL_GRACE_S more to
+# die, and the summary a second; RESERVE_S keeps that inside TOTAL_S.
+TOTAL_S = 420
+RESERVE_S = 2 * KILL_GRACE_S + 2
+NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the profiled launch
+NEVER_FAIL = ("peers",)  # a step whose problems are findings, never a failed check
+EVERY_CONFIG = "every_config"  # the -k expression of the every-config tests, and where they are
+EVERY_CONFIG_DIR = "tests/kernels/gemv"  # (collecting one folder saves seconds of the box)
 
 
 @dataclasses.dataclass
 class Step:
     name: str
-    status: str = "skipped"  # ok | warn | failed | timeout | skipped
+    status: str = "pending"  # running | ok | warn | failed | timeout | skipped | pending
     seconds: float = 0.0
     detail: str = ""
+
+
+class Interrupted(Exception):
+    """SIGTERM (or Ctrl-C) while the check runs: the running step ends, the summary is written."""
 
 
 class Check:
@@ -69,7 +83,7 @@ class Check:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = open(self.out / "steps.log", "a", encoding="utf-8")
         self.t0 = time.monotonic()
-        self.deadline = self.t0 + args.time_limit
+        self.deadline = self.t0 + args.time_limit - RESERVE_S
         self.steps: dict[str, Step] = {s: Step(s) for s in STEPS}
         self.boxes = dict(BOXES)
         for item in args.limit or []:
@@ -79,6 +93,7 @@ class Check:
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
         self.env.setdefault("COLUMNS", "200")
         self.py = sys.executable
         self.info: dict[str, Any] = {}
@@ -87,9 +102,14 @@ class Check:
         self.jsonl: Path | None = None
         self.planned: list = []
         self.notes: list[str] = []
+        self.peers: dict[str, Any] = {}
+        self.tests: dict[str, dict[str, Any]] = {}  # pytest / configs: what the -v lines said
+        self.flush: dict[str, Any] = {}
         self.ncu: list[dict[str, Any]] = []
         self.ncu_why: list[dict[str, Any]] = []  # occupancy, issue rate, stalls (_why)
         self.ncu_path: str | None = None
+        self.peer_dir: Path | None = None
+        self.current: Step | None = None
 
     # -- helpers ----------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -101,7 +121,7 @@ class Check:
         left = self.deadline - time.monotonic()
         if name == "suite":  # elastic: what the later steps' nominal boxes leave
             later = sum(self.boxes[s] for s in STEPS[STEPS.index(name) + 1:] if self.wanted(s))
-            return max(min(left, 20.0), left - later)
+            return max(0.0, max(min(left, 20.0), left - later))
         return max(0.0, min(self.boxes[name], left))
 
     def wanted(self, name: str) -> bool:
@@ -112,39 +132,131 @@ class Check:
     def begin(self, name: str) -> Step | None:
         step = self.steps[name]
         if not self.wanted(name):
-            step.detail = "not asked for"
+            step.status, step.detail = "skipped", "not asked for"
             return None
         if self.box(name) < 3:
             step.status, step.detail = "timeout", "no time left in the total time box"
             return None
         self.log.write(f"===== {name} =====\n")
         self.say(f"[{time.monotonic() - self.t0:5.0f} s] {name} (time box {self.box(name):.0f} s)")
+        step.status, self.current = "running", step
+        self.write_summary(final=False)
         return step
+
+    def end(self, step: Step) -> None:
+        if step.name in NEVER_FAIL and step.status in ("failed", "timeout"):
+            step.detail = f"{step.status}: {step.detail}"
+            step.status = "warn"
+        self.current = None
+        self.write_summary(final=False)
 
     def dw(self, *argv: str) -> list[str]:
         return [self.py, "-m", "bench.cli", *argv]
 
+    def _capture(self, cmd: list[str], box: float, env: dict[str, str] | None = None
+                 ) -> tuple[int | None, float, str]:
+        """run_proc with stdout captured (and copied into the log); stderr to the log."""
+        fd, name = tempfile.mkstemp(prefix="dwcheck-")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            rc, dt = run_proc(cmd, box, self.log, env or self.env, stdout_path=tmp)
+            text = tmp.read_text(encoding="utf-8", errors="replace")
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.log.write(text + ("" if text.endswith("\n") else "\n"))
+        self.log.flush()
+        return rc, dt, text
+
     # -- steps ------------------------------------------------------------------------------
+    def step_peers(self) -> None:
+        """Install the peers the checkout carries (never fails the check: the summary says what
+        is missing, and the suite records each peer's cases as skipped with the reason)."""
+        step = self.begin("peers")
+        if step is None:
+            return
+        from .peers import PEER_MODULES, describe, peer_files, top_packages
+        t0 = time.monotonic()
+        end = t0 + self.box("peers")
+        folder = Path(self.args.wheels).resolve() if self.args.wheels else REPO / ".whl"
+        wheels, archives = peer_files(folder)
+        self.peers = {"folder": str(folder), "wheels": [p.name for p in wheels],
+                      "archives": [p.name for p in archives], "target": None, "installed": [],
+                      "failed": {}}
+        problems: list[str] = []
+        if wheels or archives:
+            self.peer_dir = Path(tempfile.mkdtemp(prefix="dwcheck-peers-"))
+            target = self.peers["target"] = str(self.peer_dir)
+            for whl in wheels:  # one pip a wheel: a wheel this Python cannot take fails alone
+                rc, _, text = self._capture(
+                    [self.py, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                     "--no-compile", "--no-cache-dir", "--disable-pip-version-check",
+                     "--target", target, str(whl)], max(1.0, end - time.monotonic()))
+                self._installed(whl.name, rc, problems)
+            if archives:
+                rc, _, text = self._capture(
+                    [self.py, "-m", "bench.gpucheck.peers", "extract", "--into", target,
+                     *map(str, archives)], max(1.0, end - time.monotonic()))
+                done = {ln.split(":", 1)[0] for ln in text.splitlines() if ":" in ln}
+                for a in archives:
+                    self._installed(a.name, 0 if a.name in done else None if rc is None else rc or 1,
+                                    problems)
+            if any(self.peer_dir.iterdir()):
+                self.env["PYTHONPATH"] = os.pathsep.join(
+                    [str(REPO), target] + [p for p in self.env["PYTHONPATH"].split(os.pathsep)
+                                           if p and p != str(REPO)])
+        else:
+            problems.append(f"no wheels or .tar.xz in {folder}")
+        installed = top_packages(self.peer_dir) if self.peer_dir else []
+        names = list(dict.fromkeys([*PEER_MODULES, *installed]))
+        rc, _, text = self._capture([self.py, "-m", "bench.gpucheck.peers", "probe", *names],
+                                    max(1.0, end - time.monotonic()))
+        try:
+            self.peers["imports"] = json.loads(text.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            self.peers["imports"] = {}
+            problems.append("the import probe " + ("ran out of time" if rc is None else
+                                                   f"gave no result (exit {rc})"))
+        step.seconds = time.monotonic() - t0
+        imports = self.peers["imports"]
+        missing = [m for m in PEER_MODULES if not imports.get(m, {}).get("ok")]
+        if missing:
+            problems.append(f"{', '.join(missing)} not importable: their rows will be skipped")
+        parts = []
+        if self.peers["installed"]:
+            parts.append(f"installed {', '.join(self.peers['installed'])}")
+        parts += problems
+        if imports:
+            parts.append(describe(imports))
+        step.detail = "; ".join(parts)
+        step.status = "warn" if problems else "ok"
+
+    def _installed(self, name: str, rc: int | None, problems: list[str]) -> None:
+        if rc == 0:
+            self.peers["installed"].append(name)
+        else:
+            why = "time box reached" if rc is None else f"exit {rc}, see steps.log"
+            self.peers["failed"][name] = why
+            problems.append(f"{name} not installed ({why})")
+
     def step_env(self) -> None:
         step = self.begin("env")
         if step is None:
             return
         t0 = time.monotonic()
+        end = t0 + self.box("env")
         if shutil.which("nvidia-smi"):
             run_proc(["nvidia-smi", "--query-gpu=name,memory.total,clocks.sm,clocks.mem,"
                       "clocks.max.sm,clocks.max.mem,power.draw,power.limit,temperature.gpu",
-                      "--format=csv"], 15, self.log, self.env)
+                      "--format=csv"], min(15.0, end - time.monotonic()), self.log, self.env)
         self.ncu_path = None if self.dry else find_ncu()
         if self.ncu_path:
-            run_proc([self.ncu_path, "--version"], 15, self.log, self.env)
-        tmp = Path(tempfile.mkstemp(prefix="dwcheck-env-")[1])
-        rc, _ = run_proc([self.py, "-m", "bench.gpucheck.env_probe", self.backend],
-                         self.box("env"), self.log, self.env, stdout_path=tmp)
-        text = tmp.read_text(encoding="utf-8", errors="replace").strip()
-        tmp.unlink(missing_ok=True)
-        self.log.write(text + "\n")
+            run_proc([self.ncu_path, "--version"], min(15.0, end - time.monotonic()), self.log,
+                     self.env)
+        rc, _, text = self._capture([self.py, "-m", "bench.gpucheck.env_probe", self.backend],
+                                    max(1.0, end - time.monotonic()))
         try:
-            self.info = json.loads(text.splitlines()[-1])
+            self.info = json.loads(text.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             self.info = {}
         step.seconds = time.monotonic() - t0
@@ -169,32 +281,44 @@ class Check:
         else:
             step.status = "ok"
 
-    def step_pytest(self) -> None:
-        step = self.begin("pytest")
+    def step_pytest(self, name: str) -> None:
+        """`pytest` runs the cuda tests but the every-config ones, `configs` those alone. -v
+        streams each test's name as it starts and its outcome as it ends, to the log and the
+        console, so a cut run still says what passed and what was running."""
+        step = self.begin(name)
         if step is None:
             return
-        cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-q", "-p", "no:cacheprovider",
-               "-rfE"]
-        if self.dry:
-            cmd.append("--collect-only")
-        tmp = Path(tempfile.mkstemp(prefix="dwcheck-pytest-")[1])
+        sel = [EVERY_CONFIG, EVERY_CONFIG_DIR] if name == "configs" else [f"not {EVERY_CONFIG}"]
+        cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-k", *sel, "-v", "--tb=line",
+               "-rfE", "-p", "no:cacheprovider", "--color=no"]
         # One config per Triton kernel (DECODEWALL_AUTOTUNE=0): tuning every test shape would
-        # compile every config again and again; test_cuda_every_config checks them all once.
+        # compile every config again and again; the every-config tests check them all once.
+        # On the CPU (dry run) every cuda test is collected and skipped: the same command.
         env = {**self.env, "DECODEWALL_AUTOTUNE": "0"}
-        rc, step.seconds = run_proc(cmd, self.box("pytest"), self.log, env, stdout_path=tmp)
-        text = tmp.read_text(encoding="utf-8", errors="replace")
-        tmp.unlink(missing_ok=True)
-        self.log.write(text)
-        last = [ln for ln in text.strip().splitlines() if ln.strip()]
-        tail = last[-1].strip("= ") if last else ""
+        lines: list[str] = []
+        rc, step.seconds = run_proc(cmd, self.box(name), self.log, env, tee=lines)
+        prog = pytest_progress(lines)
+        self.tests[name] = prog
+        counts = ", ".join(f"{n} {k.lower()}" for k, n in prog["counts"].items() if n) or "no test ran"
         if rc is None:
-            step.status, step.detail = "timeout", f"cut at the time box; last line: {tail}"
+            where = (f"while running {prog['running']}" if prog["running"] else
+                     f"after {prog['last']}" if prog["last"] else "before any test started")
+            step.status, step.detail = "timeout", f"cut at the time box {where} ({counts} before it)"
         elif rc == 0:
-            step.status, step.detail = "ok", tail
+            step.status = "ok"
+            step.detail = prog["final"] or counts
+            if self.dry and not prog["counts"].get("PASSED"):
+                step.detail += " (dry run: no GPU, every cuda test skipped)"
         elif rc == 5:
-            step.status, step.detail = "warn", "no tests marked cuda were collected"
+            step.status, step.detail = "warn", "no tests selected"
         else:
-            step.status, step.detail = "failed", f"exit {rc}: {tail}"
+            step.status, step.detail = "failed", f"exit {rc}: {prog['final'] or counts}"
+        if prog["failed"]:
+            shown = prog["failed"][:6]
+            more = len(prog["failed"]) - len(shown)
+            step.detail += f"; failed: {', '.join(shown)}" + (f" and {more} more" if more else "")
+        if prog["last"] and rc is not None:
+            step.detail += f"; last test: {prog['last']}"
 
     def step_roof(self) -> None:
         step = self.begin("roof")
@@ -221,6 +345,45 @@ class Check:
         if self.roof is None:
             path.unlink(missing_ok=True)
 
+    def step_flush(self) -> None:
+        """One read-bound GEMV timed under each L2 flush mode: how much the flush itself moves
+        the numbers. Its JSON goes into summary.json, the % differences into the summary."""
+        step = self.begin("flush")
+        if step is None:
+            return
+        from .summary import flush_tables
+        if importlib.util.find_spec("bench.gpucheck.flushcmp") is None:
+            step.status = "skipped"
+            step.detail = "not available: this checkout has no bench.gpucheck.flushcmp"
+            self.flush = {"available": False}
+            return
+        rc, step.seconds, text = self._capture(
+            [self.py, "-m", "bench.gpucheck.flushcmp", "--json"], self.box("flush"))
+        data = None
+        for ln in reversed(text.strip().splitlines()):
+            try:
+                data = json.loads(ln)
+                break
+            except json.JSONDecodeError:
+                continue
+        self.flush = {"available": True, "exit": rc, "json": data}
+        tables = flush_tables(data)
+        timed = [t for t in tables if "error" not in t]
+        if rc is None:
+            step.status, step.detail = "timeout", "cut at the time box"
+        elif rc != 0:
+            step.status, step.detail = "failed", f"exit {rc} (see steps.log)"
+        elif not isinstance(data, dict):
+            last = (text.strip().splitlines() or ["no output"])[-1][:150]
+            step.status, step.detail = "warn", f"no JSON object in its output: {last}"
+        elif timed:
+            step.status = "ok" if len(timed) == len(tables) else "warn"
+            step.detail = (f"{len(timed)}/{len(tables)} cases timed under each flush mode "
+                           "(the summary's flush lines)")
+        else:  # on the CPU (dry run) it says why it timed nothing
+            step.status = "ok" if self.dry else "warn"
+            step.detail = str(data.get("note") or "no case timed (see summary.json)")[:200]
+
     def _chip(self) -> list[str]:
         return ["--chip", self.args.chip] if self.args.chip else []
 
@@ -245,15 +408,10 @@ class Check:
         before = set(self.out.glob("*.jsonl"))
         cmd = self.dw("run", "--backend", self.backend, "--suite", self.args.suite, "--budget",
                       self.args.budget, "--out", str(self.out), "--no-progress") + self._chip()
-        rc, step.seconds = run_proc(cmd, self.box("suite"), self.log, self.env)
-        new = sorted(set(self.out.glob("*.jsonl")) - before, key=lambda p: p.stat().st_mtime)
-        if new:
-            self.jsonl = new[-1]
-            from ..results import ResultsError, read_results
-            try:
-                self.records = read_results(self.jsonl)
-            except ResultsError as e:
-                self.notes.append(f"suite results unreadable: {e}")
+        try:
+            rc, step.seconds = run_proc(cmd, self.box("suite"), self.log, self.env)
+        finally:  # interrupted or not, the records written so far are read
+            self._read_records(before)
         done = {(r["op"], json.dumps(r["shape"], sort_keys=True)) for r in self.records}
         n_done, n_plan = len(done), len(self.planned)
         from ..results import FAILED
@@ -269,6 +427,17 @@ class Check:
         else:
             step.status = "failed" if bad else "ok"
 
+    def _read_records(self, before: set[Path]) -> None:
+        new = sorted(set(self.out.glob("*.jsonl")) - before, key=lambda p: p.stat().st_mtime)
+        if not new:
+            return
+        self.jsonl = new[-1]
+        from ..results import ResultsError, read_results
+        try:
+            self.records = read_results(self.jsonl)
+        except ResultsError as e:
+            self.notes.append(f"suite results unreadable: {e}")
+
     def step_ncu(self) -> None:
         step = self.begin("ncu")
         if step is None:
@@ -281,54 +450,59 @@ class Check:
             step.detail = "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
             return
         from .cases import ncu_targets
+        from .summary import best_ours
         targets = ncu_targets(self.backend, self.notes)
+        # The why pass runs right after the INT4 GEMV's byte check, on the INT4 kernel of ours
+        # that did best on the goal shapes in this run (else the first), so that the byte loop
+        # cannot starve it: that target goes first.
+        why_tg = why_target(targets, best_ours(self.records, "gemv_w4"))
+        if why_tg is not None:
+            targets = [why_tg] + [t for t in targets if t is not why_tg]
         # On the GPU one process per launch, so that ncu's table belongs to one case and a crash
         # or hang costs one case; the dry run has no profiler and runs them all in one process.
         batches = [targets] if self.dry and targets else [[tg] for tg in targets]
-        raw = open(self.out / "ncu-raw.txt", "w", encoding="utf-8")
-        for batch in batches:
-            left = end - time.monotonic()
-            results = [dict(tg) for tg in batch]
-            self.ncu.extend(results)
-            if left < 8:
-                for res in results:
-                    res["error"] = "not reached: the ncu time box was spent"
-                continue
-            box = min(left, NCU_TARGET_S * (2 if self.dry else 1))
-            target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend]
-            for tg in batch:
-                target += ["--case", json.dumps(tg)]
-            cmd = target + ["--interpret"] if self.dry else ncu_command(self.ncu_path, target)
-            tmp = Path(tempfile.mkstemp(prefix="dwcheck-ncu-")[1])
-            rc, dt = run_proc(cmd, box, self.log, self.env, stdout_path=tmp)
-            text = tmp.read_text(encoding="utf-8", errors="replace")
-            tmp.unlink(missing_ok=True)
-            infos = [json.loads(ln[len(MARK):]) for ln in text.splitlines() if ln.startswith(MARK)]
-            title = " | ".join(f"{t['op']}/{t['impl']} {t['shape']} {t['dtype']}" for t in batch)
-            raw.write(f"### {title}{' (dry run: no ncu)' if self.dry else ''}\n{text}\n")
-            for res in results:
-                info = next((i for i in infos if i["op"] == res["op"] and i["impl"] == res["impl"]), None)
-                if info is not None and info.get("error"):
-                    res["error"] = info["error"]
-                elif info is None:
-                    errs = [ln for ln in text.splitlines() if "ERR" in ln or "rror" in ln]
-                    res["error"] = (f"time box ({box:.0f} s) reached" if rc is None else
-                                    f"exit {rc}: " + (errs[-1].strip() if errs else "no result (see steps.log)"))
+        with open(self.out / "ncu-raw.txt", "w", encoding="utf-8") as raw:
+            for batch in batches:
+                left = end - time.monotonic()
+                results = [dict(tg) for tg in batch]
+                self.ncu.extend(results)
+                if left < 8:
+                    for res in results:
+                        res["error"] = "not reached: the ncu time box was spent"
                 else:
-                    table = text
-                    if self.dry:  # no counters on a CPU: ncu's table fabricated from the byte model
-                        table = fake_ncu_csv(f"{res['impl']}_kernel", info["bytes_moved"] - info["out_bytes"],
-                                             info["out_bytes"], dt * 1e9 / len(batch))
-                        raw.write(f"### fabricated table fed to the parser for {res['op']}/{res['impl']}:\n{table}\n")
-                        res["fake"] = True
-                    try:
-                        res.update(byte_ratio(parse_ncu_csv(table), info["bytes_moved"]))
-                    except ValueError as e:
-                        res["error"] = f"exit {rc}: {e}"
-                    res["device"] = info.get("device")
-            raw.flush()
-        self._why(targets, end, raw)
-        raw.close()
+                    box = min(left, NCU_TARGET_S * (2 if self.dry else 1))
+                    target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend]
+                    for tg in batch:
+                        target += ["--case", json.dumps(tg)]
+                    cmd = target + ["--interpret"] if self.dry else ncu_command(self.ncu_path, target)
+                    rc, dt, text = self._capture(cmd, box)
+                    infos = [json.loads(ln[len(MARK):]) for ln in text.splitlines() if ln.startswith(MARK)]
+                    title = " | ".join(f"{t['op']}/{t['impl']} {t['shape']} {t['dtype']}" for t in batch)
+                    raw.write(f"### {title}{' (dry run: no ncu)' if self.dry else ''}\n{text}\n")
+                    for res in results:
+                        info = next((i for i in infos if i["op"] == res["op"] and i["impl"] == res["impl"]), None)
+                        if info is not None and info.get("error"):
+                            res["error"] = info["error"]
+                        elif info is None:
+                            errs = [ln for ln in text.splitlines() if "ERR" in ln or "rror" in ln]
+                            res["error"] = (f"time box ({box:.0f} s) reached" if rc is None else
+                                            f"exit {rc}: " + (errs[-1].strip() if errs else "no result (see steps.log)"))
+                        else:
+                            table = text
+                            if self.dry:  # no counters on a CPU: ncu's table fabricated from the byte model
+                                table = fake_ncu_csv(f"{res['impl']}_kernel", info["bytes_moved"] - info["out_bytes"],
+                                                     info["out_bytes"], dt * 1e9 / len(batch))
+                                raw.write(f"### fabricated table fed to the parser for {res['op']}/{res['impl']}:\n{table}\n")
+                                res["fake"] = True
+                            try:
+                                res.update(byte_ratio(parse_ncu_csv(table), info["bytes_moved"]))
+                            except ValueError as e:
+                                res["error"] = f"exit {rc}: {e}"
+                            res["device"] = info.get("device")
+                raw.flush()
+                if why_tg is not None and any(tg is why_tg for tg in batch):
+                    self._why(why_tg, end, raw)
+                    self.write_summary(final=False)
         step.seconds = time.monotonic() - t0
         ok = [r for r in self.ncu if r.get("ratio") is not None]
         off = [r for r in ok if not r.get("within_5pct")]
@@ -345,64 +519,133 @@ class Check:
         if self.dry:
             step.detail += " (dry run: counters fabricated from the byte model)"
 
-    def _why(self, targets: list[dict[str, Any]], end: float, raw) -> None:
-        """After the byte checks, one more ncu pass on the INT4 GEMV (the goal furthest from met)
-        with the sections that say why it runs below the roof: occupancy, issue rate, stalls."""
+    def _why(self, tg: dict[str, Any], end: float, raw) -> None:
+        """One more ncu pass on the INT4 GEMV with the sections that say why it runs below the
+        roof: occupancy, issue rate, stalls."""
         from .ncu import MARK, fake_why_csv, parse_ncu_csv, why, why_command
-        for tg in [t for t in targets if t["op"] == "gemv_w4"][:1]:
-            res: dict[str, Any] = dict(tg)
-            self.ncu_why.append(res)
-            left = end - time.monotonic()
-            if left < 12:
-                res["error"] = "not reached: the ncu time box was spent"
-                continue
-            target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend,
-                      "--case", json.dumps(tg)]
-            cmd = target + ["--interpret"] if self.dry else why_command(self.ncu_path, target)
-            tmp = Path(tempfile.mkstemp(prefix="dwcheck-why-")[1])
-            rc, _ = run_proc(cmd, min(left, NCU_TARGET_S), self.log, self.env, stdout_path=tmp)
-            text = tmp.read_text(encoding="utf-8", errors="replace")
-            tmp.unlink(missing_ok=True)
-            raw.write(f"### why: {tg['op']}/{tg['impl']} {tg['shape']} {tg['dtype']}"
-                      f"{' (dry run: no ncu)' if self.dry else ''}\n{text}\n")
-            if not any(ln.startswith(MARK) for ln in text.splitlines()) or rc:
-                errs = [ln for ln in text.splitlines() if "ERR" in ln or "rror" in ln]
-                res["error"] = "time box reached" if rc is None else \
-                    f"exit {rc}: " + (errs[-1].strip() if errs else "no result (see steps.log)")
-                continue
-            table = text
-            if self.dry:  # no counters on a CPU: a made-up table, to run the parser
-                table = fake_why_csv(f"{tg['impl']}_kernel")
-                raw.write(f"### fabricated table fed to the parser:\n{table}\n")
-                res["fake"] = True
-            try:
-                res.update(why(parse_ncu_csv(table)))
-            except ValueError as e:
-                res["error"] = str(e)
+        res: dict[str, Any] = dict(tg)
+        self.ncu_why.append(res)
+        left = end - time.monotonic()
+        if left < 12:
+            res["error"] = "not reached: the ncu time box was spent"
+            return
+        target = [self.py, "-m", "bench.gpucheck.ncu", "target", "--backend", self.backend,
+                  "--case", json.dumps(tg)]
+        cmd = target + ["--interpret"] if self.dry else why_command(self.ncu_path, target)
+        rc, _, text = self._capture(cmd, min(left, NCU_TARGET_S))
+        raw.write(f"### why: {tg['op']}/{tg['impl']} {tg['shape']} {tg['dtype']}"
+                  f"{' (dry run: no ncu)' if self.dry else ''}\n{text}\n")
+        raw.flush()
+        if not any(ln.startswith(MARK) for ln in text.splitlines()) or rc:
+            errs = [ln for ln in text.splitlines() if "ERR" in ln or "rror" in ln]
+            res["error"] = "time box reached" if rc is None else \
+                f"exit {rc}: " + (errs[-1].strip() if errs else "no result (see steps.log)")
+            return
+        table = text
+        if self.dry:  # no counters on a CPU: a made-up table, to run the parser
+            table = fake_why_csv(f"{tg['impl']}_kernel")
+            raw.write(f"### fabricated table fed to the parser:\n{table}\n")
+            res["fake"] = True
+        try:
+            res.update(why(parse_ncu_csv(table)))
+        except ValueError as e:
+            res["error"] = str(e)
 
     # -- the summary ------------------------------------------------------------------------
-
-
-    def summary(self) -> int:
+    def write_summary(self, final: bool) -> int:
         from .summary import write
-        return write(self)
+        return write(self, final=final)
 
     def run(self) -> int:
         self.say(f"decodewall device check{' --dry-run' if self.dry else ''}: writing to {self.out}")
-        self.step_env()
-        if self.steps["env"].status in ("failed", "timeout"):
-            self.say("no usable torch or backend here: the other steps are skipped")
-            return self.summary()
-        self.step_pytest()
-        self.step_roof()
-        self.plan()
-        self.step_suite()
-        self.step_ncu()
-        return self.summary()
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
+        code = None
+        try:
+            self.step_peers()
+            self.end(self.steps["peers"])
+            self.step_env()
+            self.end(self.steps["env"])
+            if self.steps["env"].status in ("failed", "timeout"):
+                self.say("no usable torch or backend here: the other steps are skipped")
+            else:
+                for name, fn in (("pytest", lambda: self.step_pytest("pytest")),
+                                 ("configs", lambda: self.step_pytest("configs")),
+                                 ("roof", self.step_roof), ("flush", self.step_flush),
+                                 ("suite", lambda: (self.plan(), self.step_suite())),
+                                 ("ncu", self.step_ncu)):
+                    fn()
+                    self.end(self.steps[name])
+        except (Interrupted, KeyboardInterrupt) as e:
+            step = self.current
+            how = "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C"
+            if step is not None:
+                step.status = "timeout"
+                step.detail = f"the check was stopped ({how}) during this step" + \
+                    (f"; {step.detail}" if step.detail else "")
+            self.notes.append(f"stopped by {how}: the steps after the one cut did not run")
+            code = 143 if isinstance(e, Interrupted) else 130
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            for s in self.steps.values():
+                if s.status == "pending":
+                    s.status, s.detail = "skipped", "not reached"
+        rc = self.write_summary(final=True)
+        if self.peer_dir is not None:
+            shutil.rmtree(self.peer_dir, ignore_errors=True)
+        return code if code is not None else rc
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def why_target(targets: list[dict[str, Any]], prefer: str | None) -> dict[str, Any] | None:
+    """The INT4 GEMV target of the why pass: `prefer` (the impl the goal read) if profiled, else
+    the first gemv_w4 target."""
+    w4 = [t for t in targets if t["op"] == "gemv_w4"]
+    return next((t for t in w4 if t["impl"] == prefer), w4[0] if w4 else None)
+
+
+OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+TEST_LINE = re.compile(r"[\w./-]+\.py::")  # -v names a test by its relative path; --tb=line lines
+# start with an absolute path and a line number, the -rfE summary with FAILED / ERROR
+
+
+def pytest_progress(lines: list[str]) -> dict[str, Any]:
+    """What `pytest -v` said so far: counts per outcome, the failed tests, the last test seen,
+    the one running when the output stops (the last test named, with no outcome yet), the final
+    line."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    failed: list[str] = []
+    last = outcome = None
+    final = ""
+    for raw in lines:
+        ln = raw.rstrip("\n")
+        if TEST_LINE.match(ln):
+            last, outcome = ln.strip(), None
+            for word in OUTCOMES:
+                i = ln.find(f" {word}")
+                if i > 0 and (len(ln) == i + len(word) + 1 or not ln[i + len(word) + 1].isalnum()):
+                    last, outcome = ln[:i].strip(), word
+                    break
+            if outcome is not None:
+                counts[outcome] += 1
+                if outcome in ("FAILED", "ERROR") and last not in failed:
+                    failed.append(last)
+        elif ln.startswith("=") and (" in " in ln or "no tests ran" in ln):
+            final = ln.strip("= ").strip()
+    return {"counts": counts, "failed": failed, "last": last,
+            "running": last if last is not None and outcome is None else None, "final": final}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and exit 2, like every usage error here
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench/device_check.sh",
+    p = _Parser(prog="bench/device_check.sh",
                                 description="One-call GPU device check; see docs/device-check.md.")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU backend, tiny shapes, no ncu: tests this script without a GPU")
@@ -410,20 +653,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="gpu-check", help="suite for the suite step (default gpu-check)")
     p.add_argument("--budget", default="quick", choices=["quick", "normal", "thorough"])
     p.add_argument("--chip", help="catalog id, when the device name does not say (e.g. h100-sxm)")
+    p.add_argument("--wheels", help="folder of peer wheels and .tar.xz trees (default: .whl/ in "
+                   "the checkout); what is there is installed for this check only")
     p.add_argument("--time-limit", type=float, default=TOTAL_S,
-                   help=f"total seconds for all steps (default {TOTAL_S})")
+                   help=f"seconds for the whole check, summary included (default {TOTAL_S})")
     p.add_argument("--limit", action="append", metavar="STEP=SECONDS",
                    help=f"nominal time box of a step ({', '.join(f'{k}={v}' for k, v in BOXES.items())}; "
-                   "the suite step also gets whatever the others leave of --time-limit)")
-    p.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps (env always runs)")
+                   "the suite step gets whatever the others leave of --time-limit)")
+    p.add_argument("--only", nargs="+", choices=STEPS,
+                   help="run only these steps (peers and env always run)")
     p.add_argument("--skip", nargs="+", choices=STEPS, help="skip these steps")
     args = p.parse_args(argv)
     for item in args.limit or []:
         name, _, sec = item.partition("=")
         if name not in BOXES or not sec.replace(".", "", 1).isdigit():
             p.error(f"--limit {item!r}: expected STEP=SECONDS with STEP in {', '.join(BOXES)}")
-    if args.only and "env" not in args.only:
-        args.only = ["env", *args.only]
+    if args.time_limit <= RESERVE_S:
+        p.error(f"--time-limit {args.time_limit:g}: must exceed the {RESERVE_S:g} s kept for "
+                "killing a step and writing the summary")
+    if args.only:
+        args.only = list(dict.fromkeys(["peers", "env", *args.only]))
     try:
         return Check(args).run()
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Child processes of the device check: each in its own process group, its output streamed to the
-step log, the whole group killed at its time box; and where Nsight Compute is installed."""
+step log as it comes (a check cut short still has it), the whole group killed at its time box or
+when the check itself is interrupted; and where Nsight Compute is installed."""
 from __future__ import annotations
 
 import glob
@@ -7,37 +8,61 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent  # every step runs from the checkout
+KILL_GRACE_S = 5.0  # after SIGTERM, then again after SIGKILL: a killed step ends within 2x this
+
+
+def _kill_group(proc: subprocess.Popen, grace: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
-             stdout_path: Path | None = None) -> tuple[int | None, float]:
-    """Run cmd in its own process group with output streamed to `log` (stdout to stdout_path if
-    given); on the time box, SIGTERM then SIGKILL the group. Returns (rc or None on timeout, s)."""
+             stdout_path: Path | None = None,
+             tee: list[str] | None = None) -> tuple[int | None, float]:
+    """Run cmd in its own process group, its stderr streamed to `log` and its stdout to
+    `stdout_path` if given, else to `log` too; given a `tee` list, stdout and stderr go line by
+    line to `log`, to this process's stdout and into the list. On the time box, SIGTERM then SIGKILL the group; on an
+    exception here (the check interrupted), the same before it propagates. Returns (rc or None on
+    timeout, seconds)."""
     log.write(f"$ {' '.join(cmd)}   [time box {box:.0f} s]\n")
     log.flush()
     t0 = time.monotonic()
     out = open(stdout_path, "w", encoding="utf-8") if stdout_path else log
+    reader: threading.Thread | None = None
     try:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, cwd=REPO,
-                                start_new_session=True)
+        if tee is not None:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    cwd=REPO, start_new_session=True)
+            reader = threading.Thread(target=_tee, args=(proc.stdout, log, tee), daemon=True)
+            reader.start()
+        else:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, cwd=REPO,
+                                    start_new_session=True)
         try:
             rc: int | None = proc.wait(timeout=max(1.0, box))
         except subprocess.TimeoutExpired:
             rc = None
-            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            _kill_group(proc, KILL_GRACE_S)
+        except BaseException:  # the check is interrupted: leave nothing running behind it
+            _kill_group(proc, 1.0)
+            raise
+        if reader is not None:  # a grandchild that escaped the group may hold the pipe open
+            reader.join(timeout=KILL_GRACE_S)
+        if rc is None:
             log.write(f"\n[time box of {box:.0f} s reached: process group killed]\n")
     finally:
         if stdout_path:
@@ -46,6 +71,17 @@ def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
     log.write(f"[exit {rc if rc is not None else 'timeout'} after {dt:.1f} s]\n\n")
     log.flush()
     return rc, dt
+
+
+def _tee(pipe, log, lines: list[str]) -> None:
+    for raw in iter(pipe.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        lines.append(line)
+        log.write(line)
+        log.flush()
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    pipe.close()
 
 
 def find_ncu() -> str | None:

@@ -3,12 +3,15 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.gpucheck.cases import ncu_targets
+from bench.gpucheck.check import (BOXES, EVERY_CONFIG, EVERY_CONFIG_DIR, RESERVE_S, TOTAL_S,
+                                  pytest_progress, why_target)
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
-from bench.gpucheck.proc import run_proc
+from bench.gpucheck.proc import KILL_GRACE_S, run_proc
 from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
 from tests.helpers import REPO
 
@@ -141,11 +144,18 @@ def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
             assert first.shape.M == 1 and first.shape.N * first.shape.K == 57344 * 8192
         else:
             assert any(op in n for n in notes)
-    # every Triton kernel of the ops present gets an ncu target
+    # INT4 at M=16 (a goal) comes before the precision, bf16 and other 8B cases
+    m16 = [i for i, c in enumerate(cases) if c.op == "gemv_w4" and c.shape.M == 16]
+    first_bf16 = next(i for i, c in enumerate(cases) if c.op == "gemv_bf16")
+    assert len(m16) == 4 and max(m16) < first_bf16
+    assert all(c.op in ("gemv_w4", "gemv_w8", "paged_attention") for c in cases[:min(m16)])
+    # every Triton kernel of ours (not the peers) of the ops present gets an ncu target
     targets = ncu_targets("cuda", [])
-    triton = {(o, i) for o, op in OPS.items() for i, impl in op.impls.items() if impl.kind == "triton"
+    triton = {(o, i) for o, op in OPS.items() for i, impl in op.impls.items()
+              if impl.kind == "triton" and not impl.baseline
               and o in ("gemv_w4", "gemv_w8", "gemv_bf16", "paged_attention", "paged_attention_kv8")}
     assert {(t["op"], t["impl"]) for t in targets} == triton
+    assert not any(OPS[t["op"]].impls[t["impl"]].baseline for t in targets)
 
 
 def test_run_proc_kills_a_step_at_its_time_box(tmp_path):
@@ -156,34 +166,217 @@ def test_run_proc_kills_a_step_at_its_time_box(tmp_path):
     assert "time box" in (tmp_path / "log").read_text()
 
 
+def test_run_proc_tee_streams_both_streams_to_the_log_the_console_and_the_list(tmp_path, capsys):
+    lines: list[str] = []
+    with open(tmp_path / "log", "w") as log:
+        rc, _ = run_proc(["bash", "-c", "echo to-out; echo to-err >&2; exit 3"], 20, log,
+                         {"PATH": "/usr/bin:/bin"}, tee=lines)
+    assert rc == 3 and [ln.strip() for ln in lines] == ["to-out", "to-err"]
+    text = (tmp_path / "log").read_text()
+    assert "to-out" in text and "to-err" in text
+    assert "to-out" in capsys.readouterr().out
+
+
+# What `pytest -v --tb=line -rfE` prints: ids with spaces, a skip with its reason, a failure
+# with its --tb=line line (an absolute path and a line number), the short summary.
+VERBOSE = """============================= test session starts ==============================
+collecting ... collected 6 items / 2 deselected / 4 selected
+
+tests/kernels/gemv/test_w4.py::test_cuda_impls[GemvW4Shape(M=1, N=64, K=256)-bf16] PASSED [ 25%]
+tests/kernels/gemv/test_w4.py::test_cuda_impls[GemvW4Shape(M=16, N=64, K=256)-bf16] FAILED [ 50%]
+tests/kernels/attention/test_paged_attention.py::test_cuda[B=1] SKIPPED (no CUDA device) [ 75%]
+tests/kernels/gemv/test_w8.py::test_cuda_every_config[False] PASSED                [100%]
+
+=================================== FAILURES ===================================
+/work/main/tests/kernels/gemv/test_w4.py:88: AssertionError: rel err 0.3 > 0.01 (tests/x.py::y)
+=========================== short test summary info ============================
+FAILED tests/kernels/gemv/test_w4.py::test_cuda_impls[GemvW4Shape(M=16, N=64, K=256)-bf16] - AssertionError
+============ 1 failed, 2 passed, 1 skipped, 2 deselected in 12.34s =============
+"""
+
+
+def test_pytest_progress_of_a_finished_run():
+    p = pytest_progress(VERBOSE.splitlines(keepends=True))
+    assert (p["counts"]["PASSED"], p["counts"]["FAILED"], p["counts"]["SKIPPED"]) == (2, 1, 1)
+    assert p["failed"] == ["tests/kernels/gemv/test_w4.py::test_cuda_impls[GemvW4Shape(M=16, N=64, K=256)-bf16]"]
+    assert p["last"] == "tests/kernels/gemv/test_w8.py::test_cuda_every_config[False]"
+    assert p["running"] is None
+    assert p["final"] == "1 failed, 2 passed, 1 skipped, 2 deselected in 12.34s"
+
+
+def test_pytest_progress_of_a_cut_run_names_the_test_that_was_running():
+    cut = VERBOSE.split("[100%]")[0].rsplit(" PASSED", 1)[0]  # the last test's name, no outcome
+    p = pytest_progress(cut.splitlines(keepends=True))
+    assert p["running"] == p["last"] == "tests/kernels/gemv/test_w8.py::test_cuda_every_config[False]"
+    assert p["counts"]["PASSED"] == 1 and p["final"] == ""
+
+
+def test_boxes_fit_the_total_and_the_suite_takes_what_the_others_leave(tmp_path):
+    assert sum(BOXES.values()) + RESERVE_S <= TOTAL_S
+    assert RESERVE_S >= 2 * KILL_GRACE_S  # a step killed at its box dies inside the reserve
+    assert list(BOXES)[-2:] == ["suite", "ncu"] and BOXES["flush"] <= 25
+    check = _check(tmp_path)
+    try:
+        later = BOXES["ncu"]
+        assert check.box("suite") == pytest.approx(TOTAL_S - RESERVE_S - later, abs=1)
+        check.deadline = time.monotonic() + 50  # 50 s left: the suite keeps 20, never less than 0
+        assert check.box("suite") == pytest.approx(20, abs=1)
+        assert check.box("ncu") == pytest.approx(50, abs=1)
+        check.deadline = time.monotonic() - 5
+        assert check.box("suite") == 0 and check.box("ncu") == 0
+    finally:
+        check.log.close()
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--limit", "foo=3"], "expected STEP=SECONDS"), (["--limit", "suite=x"], "expected STEP=SECONDS"),
+    (["--time-limit", "5"], "must exceed the 12 s"), (["--only", "nosuch"], "invalid choice")])
+def test_bad_options_are_one_line_and_exit_2(argv, expect, capsys, tmp_path):
+    from bench.gpucheck.check import main
+    with pytest.raises(SystemExit) as e:
+        main(["--dry-run", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and expect in err[0], err
+    assert err[0].startswith("bench/device_check.sh: error:") and not list(tmp_path.iterdir())
+
+
+def _check(tmp_path, **kw):
+    import argparse
+    from bench.gpucheck import check as dc
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=TOTAL_S, suite="gpu-check", budget="quick",
+                              chip=None, wheels=None)
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return dc.Check(args)
+
+
+def test_every_config_tests_live_where_the_configs_step_collects():
+    """The configs step collects EVERY_CONFIG_DIR alone; the pytest step deselects these names
+    everywhere, so a cuda test of that name elsewhere would run in neither."""
+    import re
+    cuda_test = re.compile(r"^@pytest\.mark\.cuda\n(?:@.*\n)*def (test_\w*)", re.M)
+    hits = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "tests").rglob("test_*.py")
+            for name in cuda_test.findall(p.read_text()) if EVERY_CONFIG in name}
+    assert hits == {EVERY_CONFIG_DIR}
+
+
+@pytest.mark.slow  # a pytest child killed at a 10 s box
+def test_a_configs_step_cut_at_its_box_names_what_passed_and_what_was_running(tmp_path, monkeypatch):
+    from bench.gpucheck import check as dc
+    tests = tmp_path / "t"
+    tests.mkdir()
+    (tests / "test_fake.py").write_text(
+        "import time\nimport pytest\n\n\n@pytest.mark.cuda\ndef test_a_every_config():\n    pass\n\n\n"
+        "@pytest.mark.cuda\ndef test_b_every_config():\n    time.sleep(120)\n")
+    monkeypatch.setattr(dc, "EVERY_CONFIG_DIR", str(tests))
+    check = _check(tmp_path, limit=["configs=10"])
+    check.step_pytest("configs")
+    check.end(check.steps["configs"])
+    step = check.steps["configs"]
+    assert step.status == "timeout", step
+    assert "while running" in step.detail and step.detail.count("test_b_every_config") == 1
+    assert "1 passed before it" in step.detail
+    assert check.tests["configs"]["running"].endswith("test_fake.py::test_b_every_config")
+    log = (check.out / "steps.log").read_text()
+    assert "test_a_every_config PASSED" in log and "time box" in log
+    summary = (check.out / "summary.txt").read_text()
+    assert "PROVISIONAL" in summary and "test_b_every_config" in summary
+    check.log.close()
+
+
 @pytest.mark.slow  # every step of the check on the CPU, Triton interpreted: ~1 min
 def test_dry_run_end_to_end(tmp_path):
+    from tests.bench.gpucheck.test_peers import fake_peers
+    out_dir = tmp_path / "out"
+    wheels = fake_peers(tmp_path / "whl")
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(REPO / "bench" / "device_check.sh"), "--dry-run",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=400,
+                           "--out", str(out_dir), "--wheels", str(wheels)], capture_output=True,
+                          text=True, timeout=400,
                           env={**__import__("os").environ, "PYTHON": sys.executable})
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert all(p.is_file() for p in tmp_path.iterdir()) and len(files) <= 8, files
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert all(p.is_file() for p in out_dir.iterdir()) and len(files) <= 8, files
     for name in ("summary.txt", "summary.json", "steps.log", "roof.json", "ncu-raw.txt"):
         assert name in files
     (jsonl,) = [f for f in files if f.endswith(".jsonl")]
-    recs = [json.loads(ln) for ln in (tmp_path / jsonl).read_text().splitlines()]
+    recs = [json.loads(ln) for ln in (out_dir / jsonl).read_text().splitlines()]
     assert recs and all(r["backend"] == "cpu" for r in recs)
     # the summary is printed last, and says the run was fine
     out = proc.stdout.rstrip().splitlines()
     assert out[-1] == "RESULT: ok"
     assert any(ln.startswith("kernels (") for ln in out)
-    s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["dry_run"] and s["ok"]
-    assert {st["name"]: st["status"] for st in s["steps"]}.keys() == {"env", "pytest", "roof", "suite", "ncu"}
-    assert all(st["status"] in ("ok", "warn") for st in s["steps"])
+    s = json.loads((out_dir / "summary.json").read_text())
+    assert s["dry_run"] and s["ok"] and s["final"]
+    steps = {st["name"]: st for st in s["steps"]}
+    assert list(steps) == ["peers", "env", "pytest", "configs", "roof", "flush", "suite", "ncu"]
+    assert all(st["status"] in ("ok", "warn", "skipped") for st in s["steps"]), steps
+    # the peers: the carried wheel and tree installed, imported by a child; gemlite and
+    # flashinfer are not there, which is said, and no failure
+    assert sorted(s["peers"]["installed"]) == ["dwfake_tar-0.2.tar.xz", "dwfake_whl-0.1-py3-none-any.whl"]
+    assert s["peers"]["imports"]["dwfake_whl"]["ok"] and s["peers"]["imports"]["dwfake_tar"]["ok"]
+    assert steps["peers"]["status"] == "warn" and "gemlite" in steps["peers"]["detail"]
+    # the cuda tests ran in two steps, every one skipped on the CPU, named in the log as they went
+    assert s["tests"]["configs"]["counts"]["SKIPPED"] >= 3 and "every_config" in s["tests"]["configs"]["last"]
+    assert s["tests"]["pytest"]["counts"]["SKIPPED"] > 20
+    assert "every_config" not in " ".join(ln for ln in (out_dir / "steps.log").read_text().split(
+        "===== pytest =====")[1].split("===== configs =====")[0].splitlines() if "::" in ln)
+    assert "last test: " in steps["configs"]["detail"]
+    assert steps["flush"]["status"] in ("ok", "skipped")
     assert s["ncu"] and all(n.get("fake") and n["ratio"] == 1.0 for n in s["ncu"])
     (w,) = s["ncu_why"]  # the INT4 GEMV's sections pass: ran, parsed, marked as made up
     assert w["op"] == "gemv_w4" and w["fake"] and w["stalls"] and "error" not in w
     assert any("why gemv_w4/" in ln and "FABRICATED" in ln for ln in out)
+    # every goal is named, none measured on tiny CPU shapes
+    i = next(i for i, ln in enumerate(out) if ln.startswith("goals ("))
+    assert [ln.startswith("  [ -- ] ") for ln in out[i + 1:i + 8]] == [True] * 7
+    assert s["peers"]["target"] and not Path(s["peers"]["target"]).exists()  # removed at the end
     print(f"dry run took {wall:.0f} s")
+
+
+@pytest.mark.slow  # the check stopped by SIGTERM during its suite step
+def test_sigterm_ends_the_running_step_and_leaves_a_final_summary(tmp_path):
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen(["bash", str(REPO / "bench" / "device_check.sh"), "--dry-run",
+                             "--out", str(out_dir), "--wheels", str(tmp_path / "none"),
+                             "--only", "suite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**__import__("os").environ, "PYTHON": sys.executable})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = out_dir / "steps.log"
+            if log.exists() and "--suite gpu-check" in log.read_text():
+                break
+            time.sleep(0.2)
+        time.sleep(2)
+        provisional = (out_dir / "summary.txt").read_text()
+        assert "PROVISIONAL" in provisional
+        assert provisional.rstrip().endswith("RESULT: incomplete (running: suite)")
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    s = json.loads((out_dir / "summary.json").read_text())
+    steps = {st["name"]: st for st in s["steps"]}
+    assert s["final"] and not s["ok"]
+    assert steps["suite"]["status"] == "timeout" and "SIGTERM" in steps["suite"]["detail"]
+    assert steps["ncu"]["status"] == "skipped" and steps["pytest"]["status"] == "skipped"
+    assert stdout.rstrip().splitlines()[-1] == "RESULT: problems in suite (timeout)"
+    text = (out_dir / "summary.txt").read_text()
+    assert "PROVISIONAL" not in text and "stopped by SIGTERM" in text
+    # nothing of the suite is left running: its process group was killed
+    time.sleep(1)
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(out_dir).encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:  # the process ended while read
+            pass
+    assert not left, f"still running: pids {left}"
 
 
 FAKE_NCU = r'''#!/usr/bin/env bash
@@ -199,8 +392,6 @@ cat "$FAKE_TABLE"
 def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
     program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
-    import argparse
-    from bench.gpucheck import check as dc
     fake = tmp_path / "ncu"
     fake.write_text(FAKE_NCU)
     fake.chmod(0o755)
@@ -212,9 +403,7 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     from bench.gpucheck import cases
     monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
         {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": shape}])
-    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
-                              skip=None, time_limit=120, suite="gpu-check", budget="quick", chip=None)
-    check = dc.Check(args)
+    check = _check(tmp_path, time_limit=120)
     check.ncu_path = str(fake)
     check.step_ncu()
     (res,) = check.ncu
@@ -231,8 +420,6 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
 def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
     program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
-    import argparse
-    from bench.gpucheck import check as dc
     fake = tmp_path / "ncu"
     fake.write_text(FAKE_NCU)
     fake.chmod(0o755)
@@ -240,26 +427,53 @@ def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     table.write_text(WHY_RAW.split("\n", 1)[1])
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_TABLE", str(table))
-    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
-                              skip=None, time_limit=120, suite="gpu-check", budget="quick", chip=None)
-    check = dc.Check(args)
+    check = _check(tmp_path, time_limit=120)
     check.ncu_path = str(fake)
     targets = [{"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}},
                {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
                 "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}]
+    assert why_target(targets, None) is targets[1]
     with open(check.out / "ncu-raw.txt", "w") as raw:
-        check._why(targets, time.monotonic() + 60, raw)
+        check._why(targets[1], time.monotonic() + 60, raw)
     (w,) = check.ncu_why
     assert "error" not in w, w
     assert w["op"] == "gemv_w4" and not w.get("fake") and w["registers"] == 168
     assert "### why: gemv_w4/triton_w4" in (check.out / "ncu-raw.txt").read_text()
     check.steps["ncu"].status = "ok"
-    check.summary()
+    check.write_summary(final=True)
     text = (check.out / "summary.txt").read_text()
     assert "why gemv_w4/triton_w4 (ncu sections): occupancy 35.2% of 37.5% possible" in text
     assert "long_scoreboard 8.90" in text
     # no time left: said, not run
     check.ncu_why.clear()
     with open(check.out / "ncu-raw.txt", "a") as raw:
-        check._why(targets, time.monotonic() + 5, raw)
+        check._why(targets[1], time.monotonic() + 5, raw)
     assert "not reached" in check.ncu_why[0]["error"]
+    check.log.close()
+
+
+def test_the_why_pass_runs_right_after_the_int4_byte_check(tmp_path, monkeypatch):
+    """The INT4 GEMV goes first and its why pass follows at once, so that the byte checks of the
+    other kernels cannot spend the ncu box before it."""
+    from bench.gpucheck import cases
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU)
+    fake.chmod(0o755)
+    table = tmp_path / "table.csv"
+    table.write_text(WHY_RAW.split("\n", 1)[1])
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_TABLE", str(table))
+    bf16 = {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}}
+    w4 = {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
+          "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [dict(bf16), dict(w4)])
+    check = _check(tmp_path)
+    check.ncu_path = str(fake)
+    check.step_ncu()
+    raw = (check.out / "ncu-raw.txt").read_text()
+    heads = [ln for ln in raw.splitlines() if ln.startswith("### ")]
+    assert [h.split()[1:3] for h in heads] == [["gemv_w4/triton_w4", "{'M':"], ["why:", "gemv_w4/triton_w4"],
+                                               ["gemv_bf16/triton_gemv", "{'M':"]], heads
+    (w,) = check.ncu_why
+    assert "error" not in w and w["registers"] == 168
+    check.log.close()

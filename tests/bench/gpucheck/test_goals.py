@@ -1,0 +1,211 @@
+"""The goals the device check's summary reads off a run's records, and the flush comparison's
+lines: fabricated records, so that each rule is seen to pass and to fail."""
+import types
+
+import pytest
+
+from bench.gpucheck.check import why_target
+from bench.gpucheck.summary import best_ours, flush_tables, goal_line, goals
+
+BIG = [(57344, 8192), (8192, 28672)]  # Llama-3-70B gate_up, down
+SMALL = [(10240, 8192), (8192, 8192)]  # qkv, o
+M16 = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]  # Llama-3-8B, the suite's M = 16
+
+
+def rec(op, impl, shape, pct=None, t=None, kind="triton", baseline=False, status="ok",
+        dtype="bfloat16", ds=None, error=None):
+    return {"op": op, "impl": impl, "kind": kind, "baseline": baseline, "shape": shape,
+            "dtype": dtype, "status": status, "pct_roof": pct, "pct_datasheet": ds,
+            "time_s": {"median": t} if t is not None else None, "error": error}
+
+
+def gemv(op, impl, nk, pct, t=1.0, M=1, **kw):
+    shape = {"M": M, "N": nk[0], "K": nk[1]} | ({"group_size": 128} if op == "gemv_w4" else {})
+    return rec(op, impl, shape, pct, t, **kw)
+
+
+def good_run():
+    """Ours at 90% on the two big shapes, 65% on the others, faster than each peer."""
+    rs = []
+    for op, peer, builtin in (("gemv_w4", "gemlite_w4", "torch_int4pack_mm"),
+                              ("gemv_w8", "gemlite_w8", "torch_int8pack_mm")):
+        for nk in BIG:
+            rs += [gemv(op, f"triton_{op[-2:]}", nk, 90.0, 1.0),
+                   gemv(op, peer, nk, 80.0, 1.1, baseline=True),
+                   gemv(op, builtin, nk, 40.0, 2.0, kind="builtin", baseline=True)]
+        rs += [gemv(op, f"triton_{op[-2:]}", nk, 65.0) for nk in SMALL]
+    rs += [gemv("gemv_w4", "triton_w4", nk, 75.0, M=16) for nk in M16]
+    attn = dict(Hq=32, Hkv=8, D=128, block_size=16)
+    rs += [rec("paged_attention", "triton", {"B": 64, "context": 4096, **attn}, ds=91.0),
+           rec("paged_attention", "flashinfer_decode", {"B": 64, "context": 4096, **attn},
+               kind="compiled", baseline=True, ds=93.0),
+           rec("paged_attention", "triton_splitkv", {"B": 1, "context": 32768, **attn}, ds=86.0)]
+    return rs
+
+
+def planned16():
+    from kernels import OPS
+    return [types.SimpleNamespace(op="gemv_w4", shape=OPS["gemv_w4"].shape(M=16, N=n, K=k, group_size=128))
+            for n, k in M16]
+
+
+def by_goal(rs, planned=None):
+    return {g["goal"]: g for g in goals(rs, planned)}
+
+
+def test_every_goal_is_listed_and_met_on_a_good_run():
+    gs = goals(good_run(), planned16())
+    assert len(gs) == 7 and all(g["met"] is True for g in gs), [goal_line(g) for g in gs]
+    labels = " | ".join(g["goal"] for g in gs)
+    for want in ("INT4 GEMV, M=1, Llama-3-70B gate_up and down: >= 85%", "ahead of every peer",
+                 "INT8 GEMV, M=1, all four Llama-3-70B shapes: >= 60%", "INT4 GEMV, M=16",
+                 ">= 70%", "batch 64 x 4096: >= 90% of the datasheet",
+                 "batch 1 x 32768: >= 85% of the datasheet"):
+        assert want in labels
+    w4 = gs[0]
+    assert w4["impl"] == "triton_w4" and w4["value"] == 90.0
+    assert w4["peers_compared"] == ["gemlite_w4", "torch_int4pack_mm"] and not w4["behind"]
+    assert gs[2]["impl"] == "triton_w8"
+    assert "peers: flashinfer_decode 93.0%" in goal_line(gs[5])
+
+
+def test_a_peer_ahead_on_one_shape_misses_the_goal_and_names_the_shape():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "gemlite_w4" and r["shape"]["N"] == 8192:
+            r["time_s"]["median"] = 0.9  # faster than ours (1.0) on down
+    g = goals(rs, planned16())[0]
+    assert g["met"] is False and g["behind"] == {"gemlite_w4": "down 8192x28672"}
+    assert "gemlite_w4 (ahead of ours on down 8192x28672)" in goal_line(g)
+
+
+def test_below_the_mark_on_one_shape_misses_by_the_worst_shape():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "triton_w8" and r["shape"]["N"] == 10240:
+            r["pct_roof"] = 55.0
+    g = goals(rs)[3]
+    assert g["goal"].startswith("INT8 GEMV, M=1, all four") and g["met"] is False
+    assert g["value"] == 55.0 and "short by 5.0 points" in goal_line(g)
+
+
+def test_a_shape_not_measured_is_partial_never_met():
+    rs = [r for r in good_run() if not (r["op"] == "gemv_w4" and r["shape"].get("N") == 8192
+                                        and r["shape"].get("K") == 28672)]
+    g = goals(rs)[0]
+    assert g["met"] is None and g["measured"] == 1 and g["required"] == 2
+    assert goal_line(g).startswith("  [part]") and "1/2 shapes measured" in goal_line(g)
+
+
+def test_m16_reads_the_planned_shapes_and_a_missing_one_is_partial():
+    rs = [r for r in good_run() if not (r["shape"].get("M") == 16 and r["shape"]["N"] == 4096
+                                        and r["shape"]["K"] == 14336)]
+    g = by_goal(rs, planned16())["INT4 GEMV, M=16, the 4 shapes of this suite: >= 70% of the measured roof"]
+    assert g["met"] is None and (g["measured"], g["required"]) == (3, 4)
+    (r,) = [r for r in rs if r["shape"].get("M") == 16 and r["shape"]["N"] == 6144]
+    r["pct_roof"] = 60.0  # below the mark
+    g = by_goal(rs, planned16())[g["goal"]]
+    assert g["met"] is False and g["value"] == 60.0
+
+
+def test_peers_and_baselines_are_never_ours_and_other_dtypes_do_not_count():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "gemlite_w4":
+            r["pct_roof"] = 99.0  # a peer's figure is not the goal's
+    rs += [gemv("gemv_w4", "triton_w4", nk, 99.0, dtype="float16") for nk in BIG]
+    g = goals(rs)[0]
+    assert g["impl"] == "triton_w4" and g["value"] == 90.0
+
+
+def test_the_best_of_our_kernels_is_read_and_the_why_pass_profiles_it():
+    rs = good_run() + [gemv("gemv_w4", "triton_w4_splitk", nk, 95.0, 0.9) for nk in BIG + SMALL]
+    g = goals(rs)[0]
+    assert g["impl"] == "triton_w4_splitk" and g["met"] is True
+    assert best_ours(rs, "gemv_w4") == "triton_w4_splitk"
+    targets = [{"op": "gemv_w4", "impl": "triton_w4"}, {"op": "gemv_w4", "impl": "triton_w4_splitk"}]
+    assert why_target(targets, best_ours(rs, "gemv_w4")) is targets[1]
+    assert why_target(targets, None) is targets[0]
+    assert why_target([{"op": "gemv_bf16", "impl": "x"}], None) is None
+
+
+def test_a_peer_that_did_not_run_is_named():
+    rs = [r for r in good_run() if r["impl"] != "gemlite_w4"]
+    rs += [gemv("gemv_w4", "gemlite_w4", nk, None, status="skipped", baseline=True,
+                error="gemlite is not installed") for nk in BIG]
+    g = goals(rs)[0]
+    assert g["met"] is True and g["peers_compared"] == ["torch_int4pack_mm"]
+    assert "not compared: gemlite_w4 (skipped: gemlite is not installed)" in goal_line(g)
+
+
+def test_nothing_measured_says_so():
+    gs = goals([])
+    assert len(gs) == 7 and all(g["met"] is None and "value" not in g for g in gs)
+    assert all(goal_line(g).startswith("  [ -- ]") and goal_line(g).endswith("not measured") for g in gs)
+
+
+def test_attention_goals_read_the_datasheet_share_of_our_kernels():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "triton_splitkv":
+            r["pct_datasheet"] = 84.0
+    g = goals(rs)[6]
+    assert g["met"] is False and g["value"] == 84.0 and "short by 1.0 points" in goal_line(g)
+
+
+FLUSH = {"device": "NVIDIA H200", "base": "memset", "modes": ["memset", "read", "memset+read"],
+         "cases": [
+             {"op": "gemv_bf16", "impl": "torch_matmul", "shape": {"M": 1, "N": 4096, "K": 4096},
+              "modes": {"memset": {"median_s": 20e-6}, "read": {"median_s": 18e-6},
+                        "memset+read": {"median_s": 18.5e-6}},
+              "diff_pct": {"read": -10.0, "memset+read": -7.5}},
+             {"op": "gemv_w4", "impl": "triton_w4", "shape": {"M": 1}, "error": "rel err 1 > 0.01: not timed"}]}
+
+
+def test_flush_tables_read_flushcmps_json():
+    t = flush_tables(FLUSH)
+    assert t[0]["case"] == "gemv_bf16 torch_matmul M=1,N=4096,K=4096"
+    assert t[0]["median_s"] == {"memset": 20e-6, "read": 18e-6, "memset+read": 18.5e-6}
+    assert t[0]["diff_pct"] == {"read": -10.0, "memset+read": -7.5} and t[0]["base"] == "memset"
+    assert t[1] == {"case": "gemv_w4 triton_w4 M=1", "error": "rel err 1 > 0.01: not timed"}
+    assert flush_tables({"device": None, "note": "no CUDA device", "cases": []}) == []
+    assert flush_tables(None) == [] and flush_tables([1, 2]) == []
+
+
+def test_flush_lines_in_the_summary_and_a_missing_module_is_not_available(tmp_path, monkeypatch):
+    import argparse
+    from bench.gpucheck import check as dc
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=dc.TOTAL_S, suite="gpu-check", budget="quick",
+                              chip=None, wheels=None)
+    check = dc.Check(args)
+    monkeypatch.setattr(dc.importlib.util, "find_spec", lambda name: None)
+    check.step_flush()
+    assert check.steps["flush"].status == "skipped"
+    assert "not available" in check.steps["flush"].detail
+    check.flush = {"available": True, "exit": 0, "json": FLUSH}
+    check.write_summary(final=True)
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    assert ("  gemv_bf16 torch_matmul M=1,N=4096,K=4096: memset 20.00 us, read 18.00 us (-10.0%), "
+            "memset+read 18.50 us (-7.5%)") in text
+    assert "gemv_w4 triton_w4 M=1: rel err 1 > 0.01: not timed" in text
+    assert "RESULT: ok" in text  # a module not there is no failure
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_the_summary_names_each_goal(tmp_path, final):
+    import argparse
+    from bench.gpucheck import check as dc
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=dc.TOTAL_S, suite="gpu-check", budget="quick",
+                              chip=None, wheels=None)
+    check = dc.Check(args)
+    check.records, check.planned = good_run(), planned16()
+    check.steps["suite"].status = "running" if not final else "ok"
+    check.write_summary(final=final)
+    if not final:
+        check.log.close()
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    assert text.count("  [met ] ") == 7
+    assert ("PROVISIONAL" in text) != final
+    assert text.rstrip().endswith("RESULT: ok" if final else "RESULT: incomplete (running: suite)")
