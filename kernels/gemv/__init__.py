@@ -3,7 +3,8 @@
 Read in this order: ops.py (the three ops: shapes, inputs, float64 references, byte counts),
 pytorch.py (the PyTorch baselines), simd.py and simd.c (the CPU kernels in C), then the Triton
 kernels, one a file: triton_bf16.py, triton_w8.py, triton_w4.py, and what they share in
-triton_common.py; peers.py runs GemLite beside them (optional, imported on first use).
+triton_common.py; triton_splitk.py, a second INT4/INT8 design for M <= 4 (one short K chunk a
+program, atomics); peers.py runs GemLite beside them (optional, imported on first use).
 Importing this package registers the ops and every impl.
 """
 from ..triton_util import HAS_TRITON
@@ -11,14 +12,18 @@ from .ops import (GemvShape, GemvW4Shape, GemvW8Shape, weight_bytes_bf16, weight
                   weight_bytes_w8)
 from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
 
-# The Triton kernel behind each op's Triton impl, for static analysis (python -m bench.sass):
-# `.jit_fn` is the @triton.jit function, `.configs_for(use_dot)` (bf16: `(use_dot, block_m)`)
-# the configs a launch on that path tunes over. Empty without Triton.
+# The Triton kernel behind each op's Triton impl (and, as `<op>_splitk`, the split-K design's),
+# for static analysis (python -m bench.gpucheck.sass): `.jit_fn` is the @triton.jit function,
+# `.configs_for(use_dot)` (bf16: `(use_dot, block_m)`) the configs a launch on that path tunes
+# over. Empty without Triton.
 TRITON_KERNELS: dict = {}
 if HAS_TRITON:
-    from . import triton_bf16, triton_w8, triton_w4  # noqa: F401  (register the Triton impls)
+    # (importing them registers the Triton impls)
+    from . import triton_bf16, triton_w8, triton_w4, triton_splitk  # noqa: F401
     TRITON_KERNELS.update(gemv_bf16=triton_bf16._gemv_kernel, gemv_w8=triton_w8._w8_kernel,
-                          gemv_w4=triton_w4._w4_kernel)
+                          gemv_w4=triton_w4._w4_kernel,
+                          gemv_w4_splitk=triton_splitk._w4_splitk_kernel,
+                          gemv_w8_splitk=triton_splitk._w8_splitk_kernel)
 from . import peers  # noqa: F401  (registers the GemLite impls; GemLite itself loads on first use)
 
 __all__ = ["GemvShape", "GemvW8Shape", "GemvW4Shape", "TRITON_KERNELS", "weight_bytes_bf16",

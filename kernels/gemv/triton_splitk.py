@@ -1,0 +1,282 @@
+"""Triton split-K GEMVs, batch 1-4: `triton_w4_splitk` (gemv_w4) and `triton_w8_splitk` (gemv_w8).
+
+A second design beside triton_w4 / triton_w8, whose few programs each walk all of K for a block of
+rows. Here a program owns one short K chunk (BLOCK_K codes) of BLOCK_N rows and has no loop: it
+loads the chunk's 32-bit words at once (16 bytes a thread a load), turns the codes into floats
+with the same mantissa trick and PTX as triton_w4 / triton_w8 (no int-to-float conversion), sums
+the chunk across its threads and adds its [BLOCK_N] partial for each row of x into an fp32
+workspace with atomics. The grid is (N / BLOCK_N) x (K / BLOCK_K): thousands of small programs at
+decode shapes, each SM holding many, all their loads in flight at once. Why: to stream at the
+roof an SM must keep (bandwidth / SMs) x DRAM latency in flight (13 KiB on an H200 at the 370 ns
+idle latency, more under load), and a thread that walks all of K issues its loads a step at a time.
+
+Output: the atomics add into an fp32 workspace, and one small kernel (`_finish_kernel`) writes y
+in x's dtype from it (INT8: times the row scale) and zeroes it again, so the workspace, kept per
+device and stream, is all zeros before every call: one extra launch, not a memset and a cast.
+Adding straight into a zeroed y in bf16 or fp16 would round at every add (in bf16 1% of y at
+K / BLOCK_K = 64 chunks, the whole tolerance: docs/kernels.md), and y would still need a memset.
+The workspace traffic (4 bytes an output a chunk, 8 to finish) is the kernel's own overhead, not
+in the op's byte count.
+
+Each config gives a thread 16 or 32 words of weights (4 or 8 loads of 16 bytes); more words a
+thread share the program's fixed cost (addresses, the cross-thread sums, the atomics) among
+more codes. `python -m bench.gpucheck.sass` counts loops only; docs/kernels.md has these
+kernels' whole-program counts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ..registry import register_impl
+from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
+from .ops import check_w4_args, check_w8_args
+from .triton_common import GEMV_MAX_M, without_ptx
+from .triton_w4 import _codes as _codes4, _split8
+from .triton_w8 import _codes as _codes8
+
+
+def _configs(tiles: tuple) -> list:
+    """(BLOCK_N, BLOCK_K, warps) tiles with the PTX code conversion (ASM=1), the first also with
+    its Triton twin (ASM=0), so each tuning records what the PTX buys. One stage: without a loop
+    there is nothing to pipeline."""
+    return ([triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1}, num_warps=nw, num_stages=1)
+             for bn, bk, nw in tiles]
+            + [triton.Config({"BLOCK_N": tiles[0][0], "BLOCK_K": tiles[0][1], "ASM": 0},
+                             num_warps=tiles[0][2], num_stages=1)])
+
+
+# INT4 (8 codes a word): BLOCK_N x BLOCK_K / 8 words over 32 x warps threads, 32 words a thread
+# in the first five tiles, 16 in the rest (8 words a thread count ~1.5x the 32-word tiles'
+# instructions a code on sm_90: docs/kernels.md). BLOCK_K codes are BLOCK_K / 2 bytes of a row:
+# 128 codes fill half a 128-byte line, 256 a line.
+_W4_CONFIGS = _configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2), (32, 512, 2),
+                        (16, 256, 1), (16, 512, 2), (32, 256, 2), (64, 128, 2)))
+# INT8 (4 codes a word): 32 words a thread in the first six tiles, 16 in the rest.
+_W8_CONFIGS = _configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2), (64, 128, 2),
+                        (32, 512, 4), (16, 256, 2), (8, 256, 1), (16, 512, 4)))
+
+
+def _words_per_thread(cfg: Any, codes_per_word: int) -> int:
+    return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] // codes_per_word // (32 * cfg.num_warps)
+
+
+def _w4_prune(configs: list, nargs: dict, **kw: Any) -> list:
+    """Above M = 1 the INT4 tiles of 32 words a thread spill registers on sm_90 (each row of x
+    keeps the chunk's converted codes live): at most 16 there."""
+    if kw.get("M", 1) == 1:
+        return configs
+    return [c for c in configs if _words_per_thread(c, 8) <= 16]
+
+
+def _configs_for(configs: list):
+    def configs_for(use_dot: bool = False) -> list:
+        """The configs a launch tunes over (there is no tl.dot path: M <= 4 only), PTX swapped
+        for its Triton twin under the interpreter."""
+        if use_dot:
+            return []
+        return [without_ptx(c) for c in configs] if INTERPRET else configs
+    return configs_for
+
+
+@autotune_or_fixed(_W4_CONFIGS, key=["M", "N", "K", "G"],
+                   fixed={"BLOCK_N": 8, "BLOCK_K": 128, "ASM": 0}, reset_to_zero=["ws_ptr"],
+                   prune_configs_by={"early_config_prune": _w4_prune})
+@triton.jit
+def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
+                      M: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    # Program (n, k): rows n * BLOCK_N.., codes k * BLOCK_K.., as [BLOCK_N, GROUPS, WPG] words:
+    # GROUPS whole groups, or (BLOCK_K < G) a part of one group. G and BLOCK_K are powers of
+    # two and K % G == 0, so a chunk of part of a group never passes K, and of a chunk of whole
+    # groups only groups past K are masked: the mask is constant along each group's words, and
+    # the loads stay 16 bytes.
+    GROUPS: tl.constexpr = BLOCK_K // G if BLOCK_K >= G else 1
+    WPG: tl.constexpr = G // 8 if BLOCK_K >= G else BLOCK_K // 8
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    gi = (pid_k * BLOCK_K) // G + tl.arange(0, GROUPS)
+    g_mask = gi < K // G
+    wi = pid_k * (BLOCK_K // 8) + tl.arange(0, GROUPS)[:, None] * WPG \
+        + tl.arange(0, WPG)[None, :]  # [GROUPS, WPG]
+    q32 = q_ptr.to(tl.pointer_type(tl.uint32))
+    words = tl.load(q32 + offs_n[:, None, None] * (stride_qn // 4) + wi[None],
+                    mask=n_mask[:, None, None] & g_mask[None, :, None], other=0,
+                    eviction_policy="evict_first")  # read once
+    sz_offs = offs_n[:, None] * stride_sn + gi[None, :]
+    sz_mask = n_mask[:, None] & g_mask[None, :]
+    s = tl.load(s_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+    a = 128.0 * s
+    c = -s * (128.0 + z)
+    f0, f1, f2, f3, f4, f5, f6, f7 = _codes4(words, ASM)  # 1 + q/128, code i of each word
+    # Per word p = sum_i x_i f_i, and per group sum x (q - z) s = 128 s P - (128 + z) s XS with
+    # P and XS the group's sums of p and of x. One row of x at a time, each in the words' own
+    # shape: a leading M dimension would move the word tile through shared memory to meet it.
+    x_k = wi[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]  # [GROUPS, WPG, 8]
+    for m in tl.static_range(M):
+        # every program of a column of chunks reads this x, so it is kept in cache
+        x8 = tl.load(x_ptr + m * stride_xm + x_k, mask=g_mask[:, None, None], other=0.0,
+                     eviction_policy="evict_last").to(tl.float32)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x8)
+        p = x0[None] * f0
+        p += x1[None] * f1
+        p += x2[None] * f2
+        p += x3[None] * f3
+        p += x4[None] * f4
+        p += x5[None] * f5
+        p += x6[None] * f6
+        p += x7[None] * f7
+        XS = tl.sum(tl.sum(x8, axis=2), axis=1)  # [GROUPS]
+        part = tl.sum(a * tl.sum(p, axis=2) + c * XS[None, :], axis=1)  # [BLOCK_N]
+        tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+
+
+@autotune_or_fixed(_W8_CONFIGS, key=["M", "N", "K"],
+                   fixed={"BLOCK_N": 8, "BLOCK_K": 64, "ASM": 0}, reset_to_zero=["ws_ptr"])
+@triton.jit
+def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    # Program (n, k): rows n * BLOCK_N.., codes k * BLOCK_K.., as [BLOCK_N, BLOCK_K / 16, 4]
+    # words: 16-byte pieces of 4 words, masked a piece (K % 16 == 0), so the loads stay 16 bytes.
+    KV: tl.constexpr = BLOCK_K // 16
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    vi = pid_k * KV + tl.arange(0, KV)
+    v_mask = vi < K // 16
+    wi = vi[:, None] * 4 + tl.arange(0, 4)[None, :]  # [KV, 4]
+    q32 = q_ptr.to(tl.pointer_type(tl.uint32))
+    words = tl.load(q32 + offs_n[:, None, None] * (stride_qn // 4) + wi[None],
+                    mask=n_mask[:, None, None] & v_mask[None, :, None], other=0,
+                    eviction_policy="evict_first")  # read once
+    f0, f1, f2, f3 = _codes8(words, ASM)  # 1 + (q + 128) / 2^15, code i of each word
+    # Per word sum_i x_i q_i = 2^15 sum_i x_i (f_i - 1) - 128 sum_i x_i: the first sum taken per
+    # word (p, small, no cancellation across the chunk), the row scale applied by _finish_kernel.
+    # In 16 bits p = x_0 f_0 - sum x + ..., one FMA a code, rounding at 2^-24 of x, 2^-16 of p:
+    # far below a 16-bit y's rounding, but up to ~1e-4 of y, fp32's tolerance, so fp32 x takes
+    # the exact f - 1 first (one add a code more). One row of x at a time, as in the INT4 kernel.
+    x_k = wi[:, :, None] * 4 + tl.arange(0, 4)[None, None, :]  # [KV, 4, 4]
+    for m in tl.static_range(M):
+        x4 = tl.load(x_ptr + m * stride_xm + x_k, mask=v_mask[:, None, None], other=0.0,
+                     eviction_policy="evict_last").to(tl.float32)
+        ev, od = tl.split(tl.reshape(x4, x4.shape[:-1] + [2, 2]))
+        x0, x2 = tl.split(ev)
+        x1, x3 = tl.split(od)
+        xs = (x0 + x1) + (x2 + x3)
+        if x_ptr.dtype.element_ty == tl.float32:
+            p = x0[None] * (f0 - 1.0)
+            p += x1[None] * (f1 - 1.0)
+            p += x2[None] * (f2 - 1.0)
+            p += x3[None] * (f3 - 1.0)
+        else:
+            p = x0[None] * f0 - xs[None]
+            p += x1[None] * f1
+            p += x2[None] * f2
+            p += x3[None] * f3
+        part = tl.sum(tl.sum(p, axis=2), axis=1) * 32768.0 \
+            - 128.0 * tl.sum(tl.sum(xs, axis=1), axis=0)
+        tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+
+
+@triton.jit
+def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """Row m of y = row m of ws (INT8: times scales[n]) in y's dtype; ws = 0 again."""
+    m = tl.program_id(1)
+    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs_n < N
+    v = tl.load(ws_ptr + m * N + offs_n, mask=mask, other=0.0)
+    if SCALE:
+        v = v * tl.load(s_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(ws_ptr + m * N + offs_n, tl.zeros_like(v), mask=mask)
+
+
+_w4_splitk_kernel.configs_for = _configs_for(_W4_CONFIGS)
+_w8_splitk_kernel.configs_for = _configs_for(_W8_CONFIGS)
+
+_FINISH_BLOCK = 1024
+# fp32 workspaces, one per (device, stream): all zeros between calls (see the module docstring)
+_WORKSPACES: dict[tuple[str, int], torch.Tensor] = {}
+
+
+def workspace(device: torch.device, numel: int) -> torch.Tensor:
+    """`numel` fp32 zeros for the atomics, from the device and stream's workspace, which every
+    call's `_finish_kernel` leaves zeroed (calls on one stream run in order, so none overlap)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.numel() < numel:
+        ws = torch.zeros(max(numel, 1 << 14), device=device, dtype=torch.float32)
+        _WORKSPACES[key] = ws
+    return ws[:numel]
+
+
+def _check_batch(name: str, M: int) -> None:
+    if M > GEMV_MAX_M:
+        raise NotImplementedError(
+            f"{name} is a GEMV for batch 1-{GEMV_MAX_M} (M={M}): above, triton_w4 / triton_w8 "
+            f"read the weights once for all rows with tl.dot")
+
+
+def _check_words(name: str, qweight: torch.Tensor) -> None:
+    if qweight.data_ptr() % 4 or qweight.stride(1) != 1 or qweight.stride(0) % 4:
+        raise ValueError(f"{name} reads qweight as 32-bit words: its rows must be contiguous and "
+                         "start on 4-byte boundaries")
+
+
+def _finish(ws: torch.Tensor, y: torch.Tensor, scales: torch.Tensor | None) -> None:
+    M, N = y.shape
+    grid = (triton.cdiv(N, _FINISH_BLOCK), M)
+    _finish_kernel[grid](ws, y, scales if scales is not None else ws, N, y.stride(0),
+                         SCALE=scales is not None, BLOCK=_FINISH_BLOCK, num_warps=4)
+
+
+@register_impl("gemv_w4", "triton_w4_splitk", backends=TRITON_BACKENDS, kind="triton")
+def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                     zeros: torch.Tensor, group_size: int,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton INT4 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
+    partial sums added with atomics into an fp32 workspace, then cast into y."""
+    M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
+    _check_batch("triton_w4_splitk", M)
+    _check_words("triton_w4_splitk", qweight)
+    x = x.contiguous()
+    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws = workspace(x.device, M * N)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
+    _w4_splitk_kernel[grid](x, qweight, scales, zeros, ws, N, K, x.stride(0), qweight.stride(0),
+                            scales.stride(0), M=M, G=group_size,
+                            **launch_meta(_w4_splitk_kernel))
+    _finish(ws, y, None)
+    return y
+
+
+@register_impl("gemv_w8", "triton_w8_splitk", backends=TRITON_BACKENDS, kind="triton")
+def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton INT8 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
+    partial sums added with atomics into an fp32 workspace, then scaled and cast into y."""
+    M, N, K = check_w8_args(x, qweight, scales)
+    _check_batch("triton_w8_splitk", M)
+    if K % 16:
+        raise NotImplementedError(f"triton_w8_splitk reads rows in 16-byte pieces: it needs "
+                                  f"K % 16 == 0 (K={K})")
+    _check_words("triton_w8_splitk", qweight)
+    x = x.contiguous()
+    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws = workspace(x.device, M * N)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
+    _w8_splitk_kernel[grid](x, qweight, ws, N, K, x.stride(0), qweight.stride(0), M=M,
+                            **launch_meta(_w8_splitk_kernel))
+    _finish(ws, y, scales)
+    return y
+
+
+__all__ = ["triton_w4_splitk", "triton_w8_splitk", "workspace"]
