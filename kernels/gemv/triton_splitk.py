@@ -117,10 +117,10 @@ def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, strid
     f0, f1, f2, f3, f4, f5, f6, f7 = _codes4(words, ASM)  # 1 + q/128, code i of each word
     # Per word p = sum_i x_i f_i, and per group sum x (q - z) s = 128 s P - (128 + z) s XS with
     # P and XS the group's sums of p and of x. One row of x at a time, each in the words' own
-    # shape: a leading M dimension would move the word tile through shared memory to meet it.
+    # shape: a leading M dimension costs layout conversions (docs/kernels.md has the counts).
     x_k = wi[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]  # [GROUPS, WPG, 8]
     for m in tl.static_range(M):
-        # every program of a column of chunks reads this x, so it is kept in cache
+        # the N / BLOCK_N programs of this K chunk all read this x, so it is kept in cache
         x8 = tl.load(x_ptr + m * stride_xm + x_k, mask=g_mask[:, None, None], other=0.0,
                      eviction_policy="evict_last").to(tl.float32)
         x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x8)
