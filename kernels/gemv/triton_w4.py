@@ -5,9 +5,12 @@ The GEMV path (M <= 4) reads 32-bit words of eight codes and turns each code int
 1 + q/128 by moving it into the mantissa of 1.0, in PTX (ASM=1) or its Triton twin (ASM=0, the
 interpreter's): no int-to-float conversion, which Hopper issues at 1/8 of the FMA rate. Scale
 and zero are applied once per word: sum_i x_i (q_i - z) s = 128 s p - (128 + z) s xs with
-p = sum_i x_i f_i and xs = sum_i x_i. Above M = 4, tl.dot over one group a step on the same
-codes, scale and zero applied to the product. K is split across programs only where N leaves
-SMs idle (triton_common.split_k_for). `python -m bench.sass` counts each config's loop for sm_90.
+p = sum_i x_i f_i and xs = sum_i x_i. At M = 1 with bf16 x the PK=1 configs put two codes in
+each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a power of two into
+fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
+on the same codes, scale and zero applied to the product. K is split across programs only where
+N leaves SMs idle (triton_common.split_k_for). `python -m bench.gpucheck.sass` counts each
+config's loop for sm_90.
 """
 from __future__ import annotations
 
@@ -30,7 +33,14 @@ _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024
                                    (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),
                                    (64, 1024, 8, 3))) + [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "X3D": 1},
-                  num_warps=8, num_stages=3) for bn, bk in ((64, 1024), (32, 2048))]
+                  num_warps=8, num_stages=3) for bn, bk in ((64, 1024), (32, 2048))] + [
+    # PK=1 (M = 1, bf16 x): packed fp16x2 math on the codes (see _pk_loop). A thread holds one
+    # segment of 32 codes of 8 rows on the first two tiles, of 16 rows on the last four: fewer
+    # instructions a code (its x work serves more rows), more registers (bench.gpucheck.sass)
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "PK": 1},
+                  num_warps=nw, num_stages=3)
+    for bn, bk, nw in ((32, 1024, 4), (16, 1024, 2), (64, 1024, 4), (32, 2048, 4),
+                       (32, 1024, 2), (16, 2048, 2))]
 # M > 4: tl.dot over one group a step (BLOCK_K and PREFETCH unused), in both orientations
 # (SWAP), the codes converted in PTX; the Triton conversion kept for one tile.
 _DOT_CONFIGS = [
@@ -40,7 +50,14 @@ _DOT_CONFIGS = [
                                 (64, 0, 4, 3, 1), (128, 0, 4, 3, 1), (32, 0, 4, 3, 1),
                                 (64, 1, 4, 3, 0))
 ]
-_ALL_CONFIGS, configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
+_ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
+
+
+def _prune(configs: list, nargs: dict, **kw) -> list:
+    """The two paths' prune, and PK configs only where they run as such (M = 1, bf16 x):
+    elsewhere they would time their PK=0 twin again."""
+    pk = kw.get("BLOCK_M") == 1 and nargs["x_ptr"].dtype == torch.bfloat16
+    return [c for c in _paths_prune(configs, nargs, **kw) if pk or not c.kwargs.get("PK")]
 
 
 @triton.jit
@@ -178,6 +195,292 @@ def _dot_codes(b, dtype: tl.constexpr, ASM: tl.constexpr):
     return _dot_code(b & 0xF, dtype), _dot_code(b >> 4, dtype)
 
 
+# --- PK=1 (M = 1, bf16 x): packed fp16x2 arithmetic on the codes ------------------------------
+# A warp's lanes take consecutive segments of 32 codes (4 words of a row, one 16-byte load), its
+# warps and each thread's registers the rows: a thread holds one segment of several rows.
+# A word's 8 codes become four fp16x2 pairs of subnormals, no bias: w & 0x000F000F is
+# (q0, q4) 2^-24, w & 0x00F000F0 is (q1, q5) 2^-20, and the same masks on w >> 8 give (q2, q6)
+# and (q3, q7): 5 instructions a word. The segment's x, scaled by a power of two 2^k (the odd
+# codes' x by 2^(k-4), for their extra 16) and rounded to fp16 (exact down to 2^-27 of the
+# segment's largest |x|: bf16's 8 bits fit fp16's 11), makes each product x q 2^(k-24) a normal
+# fp16 number from the largest x down: one fma.rn.f16x2 per two codes, an fp16 chain
+# along the row's segment; its two halves added, it goes to fp32 once, where s (2^(24-k) t - z X)
+# is added in. The x side (k, the pairs, X = sum x) is computed once per segment and thread
+# and serves all the thread's rows. fp16 x keeps the fp32 loop: the fp16 chain's error there
+# came to 1.7-2.0e-3 on Llama-like rows, at fp16's 2e-3 tolerance (docs/kernels.md).
+
+
+def _pk_x_ptx(load: bool) -> str:
+    """PTX of a segment's x side. In: 16 x words (two bf16 each, x0..x31 in order) in $18-$33,
+    or (load) the segment's 16-byte aligned address in $18. Out: $0-$15 the fp16x2 pairs of
+    the codes' pairs (word j: (x0, x4) 2^k, (x1, x5) 2^(k-4), (x2, x6) 2^k, (x3, x7) 2^(k-4)),
+    $16 -X (X = the sum of the 32 x) and $17 u = 2^(24-k), both fp32.
+
+    k = 137 - e puts the largest |x| in [2^10, 2^11) (e: its bf16 exponent field, clamped to
+    [11, 240] so that 2^k, 2^-k and u are normal): the fp16 products and their sums stay far
+    from overflow (at most 16 * 15 * 2^11 * 2^-24 a chain) and the largest far above fp16's
+    subnormals; x scaled by a power of two is exact, and its 8 bits fit fp16's 11 (down to
+    2^-27 of the largest |x|, where fp16's subnormals start to round)."""
+    a = [f"a{i}" if load else f"${18 + i}" for i in range(16)]
+    L = ["{", ".reg .b32 m<15>, t, lo, hi, mx, sc, ik, b<16>, f<32>, xe, xo;"]
+    if load:
+        L += [".reg .b32 a<16>;"]
+        L += [f"ld.global.nc.v4.u32 {{a{4 * j}, a{4 * j + 1}, a{4 * j + 2}, a{4 * j + 3}}}, "
+              f"[$18+{16 * j}];" for j in range(4)]
+    # the largest |x|: 15 packed max-of-magnitudes, then the larger half's exponent field
+    mx_op = "max.xorsign.abs.bf16x2"
+    L += [f"{mx_op} m{i}, {a[2 * i]}, {a[2 * i + 1]};" for i in range(8)]
+    L += [f"{mx_op} m{8 + i}, m{2 * i}, m{2 * i + 1};" for i in range(4)]
+    L += [f"{mx_op} m{12 + i}, m{8 + 2 * i}, m{9 + 2 * i};" for i in range(2)]
+    L += [f"{mx_op} m0, m12, m13;",
+          "and.b32 t, m0, 0x7F807F80;", "shr.u32 hi, t, 16;", "and.b32 lo, t, 0xFFFF;",
+          "max.u32 mx, lo, hi;", "max.u32 mx, mx, 0x580;", "min.u32 mx, mx, 0x7800;",
+          # with mx = e << 7: bf16x2 (2^k, 2^(k-4)), fp32 2^-k and u = 2^(24-k)
+          "mad.lo.u32 sc, mx, 0xFFFEFFFF, 0x82008400;",
+          "mad.lo.u32 ik, mx, 0x10000, 0x7B000000;",  # -2^-k
+          "mad.lo.u32 $17, mx, 0x10000, 0x07000000;"]
+    L += [f"mul.rn.bf16x2 b{i}, {a[i]}, sc;" for i in range(16)]  # exact: powers of two
+    for j in range(4):  # each scaled x as fp32 (its bf16 bits on top), two a pair to fp16x2
+        b0, b1, b2, b3 = (f"b{4 * j + i}" for i in range(4))
+        f = [f"f{8 * j + i}" for i in range(8)]
+        L += [f"shl.b32 {f[0]}, {b0}, 16;", f"and.b32 {f[1]}, {b0}, 0xFFFF0000;",
+              f"shl.b32 {f[2]}, {b1}, 16;", f"and.b32 {f[3]}, {b1}, 0xFFFF0000;",
+              f"shl.b32 {f[4]}, {b2}, 16;", f"and.b32 {f[5]}, {b2}, 0xFFFF0000;",
+              f"shl.b32 {f[6]}, {b3}, 16;", f"and.b32 {f[7]}, {b3}, 0xFFFF0000;",
+              f"cvt.rn.f16x2.f32 ${4 * j}, {f[4]}, {f[0]};",
+              f"cvt.rn.f16x2.f32 ${4 * j + 1}, {f[5]}, {f[1]};",
+              f"cvt.rn.f16x2.f32 ${4 * j + 2}, {f[6]}, {f[2]};",
+              f"cvt.rn.f16x2.f32 ${4 * j + 3}, {f[7]}, {f[3]};"]
+    # X in fp32 from the exact scaled values: the even x (x 2^k) and the odd (x 2^(k-4))
+    # summed apart by pairs, then (even + 16 odd) (-2^-k)
+    for name, idx in (("xe", range(0, 32, 2)), ("xo", range(1, 32, 2))):
+        v = [f"f{i}" for i in idx]
+        while len(v) > 1:
+            nxt = []
+            for i in range(0, len(v), 2):
+                L += [f"add.f32 {v[i]}, {v[i]}, {v[i + 1]};"]
+                nxt.append(v[i])
+            v = nxt
+        L += [f"mov.b32 {name}, {v[0]};"]
+    L += ["fma.rn.f32 xe, xo, 0f41800000, xe;", "mul.f32 $16, xe, ik;", "}"]
+    return "\n".join(L)
+
+
+def _pk_dot_ptx() -> str:
+    """PTX of one row's segment: its 4 words in $1-$4, _pk_x_ptx's 16 pairs in $5-$20, its -X
+    and u in $21-$22, the accumulator in $23; the segment's scale and zero are loaded here,
+    element $24 of the bf16 arrays at $25 and $26: $0 = acc + s (u t - z X), t the sum of the
+    32 products x q 2^(k-24). Per word 5 instructions make the four code pairs and 4
+    fma.rn.f16x2 add them into one fp16x2 chain, whose halves are added in fp16, then to fp32.
+    (Scale and zero are loaded here, not by Triton: a Triton load of them may take a layout
+    with the rows along the lanes, and the whole step would follow it.)"""
+    L = ["{", ".reg .b32 v, c, acc, sf, zf;", ".reg .b16 hl, hh;", ".reg .b64 sa, za;",
+         ".reg .f32 fl;",
+         "mad.wide.s32 sa, $24, 2, $25;", "mad.wide.s32 za, $24, 2, $26;",
+         "ld.global.nc.u16 sf, [sa];", "ld.global.nc.u16 zf, [za];"]
+    for j in range(4):
+        w = f"${1 + j}"
+        x = [f"${5 + 4 * j + i}" for i in range(4)]
+        L += [f"and.b32 c, {w}, 0x000F000F;",
+              f"mul.rn.f16x2 acc, c, {x[0]};" if j == 0 else f"fma.rn.f16x2 acc, c, {x[0]}, acc;",
+              f"and.b32 c, {w}, 0x00F000F0;", f"fma.rn.f16x2 acc, c, {x[1]}, acc;",
+              f"shr.b32 v, {w}, 8;",
+              "and.b32 c, v, 0x000F000F;", f"fma.rn.f16x2 acc, c, {x[2]}, acc;",
+              "and.b32 c, v, 0x00F000F0;", f"fma.rn.f16x2 acc, c, {x[3]}, acc;"]
+    L += ["mov.b32 {hl, hh}, acc;", "add.rn.f16 hl, hl, hh;", "cvt.f32.f16 fl, hl;",
+          "shl.b32 sf, sf, 16;", "shl.b32 zf, zf, 16;",  # bf16 -> fp32
+          "mul.f32 fl, fl, $22;", "fma.rn.f32 fl, zf, $21, fl;", "fma.rn.f32 $0, sf, fl, $23;",
+          "}"]
+    return "\n".join(L)
+
+
+_PK_X = tl.constexpr(_pk_x_ptx(load=False))
+_PK_XLD = tl.constexpr(_pk_x_ptx(load=True))
+_PK_DOT = tl.constexpr(_pk_dot_ptx())
+_PK_X_REGS = tl.constexpr("=r," * 18 + ",".join(["r"] * 16))  # 18 out, 16 in
+_PK_XLD_REGS = tl.constexpr("=r," * 18 + "l")  # 18 out, an address in
+_PK_DOT_REGS = tl.constexpr("=r," + ",".join(["r"] * 24) + ",l,l")  # acc out; 4 words,
+# 16 pairs, -X, u, acc, the scale's and zero's index, the two arrays in
+
+
+@triton.jit
+def _halves(v):
+    """v[..., n] as (v[..., 0::2], v[..., 1::2])."""
+    return tl.split(tl.reshape(v, v.shape[:-1] + [v.shape[-1] // 2, 2]))
+
+
+@triton.jit
+def _quarters(v):
+    """v[..., 4] as its 4 slices v[..., i], in order."""
+    e, o = _halves(v)
+    v0, v2 = tl.split(e)
+    v1, v3 = tl.split(o)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _pk_x_asm(a):
+    """The x side (_pk_x_ptx) of each segment, from its 16 x words (a tuple of tensors)."""
+    return tl.inline_asm_elementwise(
+        asm=_PK_X, constraints=_PK_X_REGS,
+        args=[a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+              a[13], a[14], a[15]],
+        dtype=(tl.uint32,) * 18, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pk_xld_asm(addr):
+    """The x side (_pk_x_ptx) of each segment, loading its 64 bytes at addr (int64) itself:
+    a Triton load of x would give each thread a quarter of a segment, and moving the rest to
+    it would take shared memory and barriers every step."""
+    return tl.inline_asm_elementwise(
+        asm=_PK_XLD, constraints=_PK_XLD_REGS, args=[addr], dtype=(tl.uint32,) * 18,
+        is_pure=True, pack=1)
+
+
+@triton.jit
+def _pk_dot_asm(acc, w, p, sz_idx, s_ptr, z_ptr):
+    """acc + each row's segment (_pk_dot_ptx): its 4 words w (a tuple) against the pairs and
+    -X, u of p; its scale and zero at sz_idx [BLOCK_N, NSEG] of s_ptr, z_ptr."""
+    zero = tl.zeros_like(sz_idx).to(tl.int64)
+    return tl.inline_asm_elementwise(
+        asm=_PK_DOT, constraints=_PK_DOT_REGS,
+        args=[w[0], w[1], w[2], w[3], p[0][None, :], p[1][None, :], p[2][None, :],
+              p[3][None, :], p[4][None, :], p[5][None, :], p[6][None, :], p[7][None, :],
+              p[8][None, :], p[9][None, :], p[10][None, :], p[11][None, :], p[12][None, :],
+              p[13][None, :], p[14][None, :], p[15][None, :], p[16][None, :], p[17][None, :],
+              acc.to(tl.uint32, bitcast=True), sz_idx, zero + s_ptr.to(tl.int64),
+              zero + z_ptr.to(tl.int64)],
+        dtype=tl.uint32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _half16(v):
+    """fp32 -> its fp16 bits in the low half of a uint32."""
+    return v.to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+
+
+@triton.jit
+def _pk_x_word(a0, a1, a2, a3, sc, sco):
+    """Twin of one x word of _pk_x_ptx: its 4 pairs and the sum of its 8 x."""
+    x0, x1 = (a0 << 16).to(tl.float32, bitcast=True), (a0 & 0xFFFF0000).to(tl.float32, bitcast=True)
+    x2, x3 = (a1 << 16).to(tl.float32, bitcast=True), (a1 & 0xFFFF0000).to(tl.float32, bitcast=True)
+    x4, x5 = (a2 << 16).to(tl.float32, bitcast=True), (a2 & 0xFFFF0000).to(tl.float32, bitcast=True)
+    x6, x7 = (a3 << 16).to(tl.float32, bitcast=True), (a3 & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return (_half16(x0 * sc) | (_half16(x4 * sc) << 16),
+            _half16(x1 * sco) | (_half16(x5 * sco) << 16),
+            _half16(x2 * sc) | (_half16(x6 * sc) << 16),
+            _half16(x3 * sco) | (_half16(x7 * sco) << 16),
+            ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))
+
+
+@triton.jit
+def _pk_x_twin(a):
+    """Triton's twin of _pk_x_ptx (the interpreter's): the same k, pairs and u; -X summed in
+    fp32 from the unscaled x."""
+    mx = a[0] & 0x7F80
+    for i in tl.static_range(16):
+        mx = tl.maximum(mx, tl.maximum(a[i] & 0x7F80, (a[i] >> 16) & 0x7F80))
+    k = 137 - (tl.minimum(tl.maximum(mx, 0x580), 0x7800) >> 7).to(tl.int32)
+    sc = ((127 + k) << 23).to(tl.float32, bitcast=True)
+    sco = ((123 + k) << 23).to(tl.float32, bitcast=True)
+    p0, p1, p2, p3, s0 = _pk_x_word(a[0], a[1], a[2], a[3], sc, sco)
+    p4, p5, p6, p7, s1 = _pk_x_word(a[4], a[5], a[6], a[7], sc, sco)
+    p8, p9, p10, p11, s2 = _pk_x_word(a[8], a[9], a[10], a[11], sc, sco)
+    p12, p13, p14, p15, s3 = _pk_x_word(a[12], a[13], a[14], a[15], sc, sco)
+    nX = -((s0 + s1) + (s2 + s3))
+    u = ((151 - k) << 23).to(tl.float32, bitcast=True)
+    return (p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15,
+            nX.to(tl.uint32, bitcast=True), u.to(tl.uint32, bitcast=True))
+
+
+@triton.jit
+def _pk_dot_twin(acc, w, p, sc, zc):
+    """Triton's twin of _pk_dot_ptx: the same products of codes and pairs, summed in fp32,
+    and the same acc + s (u t - z X), given the scales sc and zeros zc."""
+    t = tl.zeros(w[0].shape, dtype=tl.float32)
+    for j in tl.static_range(4):
+        for i in tl.static_range(8):
+            q = ((w[j] >> (4 * i)) & 0xF).to(tl.float32)
+            half = (p[4 * j + i % 4][None, :] >> (16 * (i // 4))) & 0xFFFF
+            xq = half.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+            t += q * xq * (2.0 ** -20 if i % 2 else 2.0 ** -24)
+    nX = p[16][None, :].to(tl.float32, bitcast=True)
+    u = p[17][None, :].to(tl.float32, bitcast=True)
+    return acc + sc.to(tl.float32) * (t * u + zc.to(tl.float32) * nX)
+
+
+@triton.jit
+def _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.constexpr,
+             NSEG: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
+    """One step of NSEG segments from segment s0: acc[BLOCK_N, NSEG] += each row's
+    s (sum_k x q - z X) over its segment; sz: each row's and segment's index into the scales
+    and zeros in a first step. MASKED: a last step that ends past s_hi: its missing segments
+    read as zero words and zero x (their scales and zeros those of its last group)."""
+    g0 = s0 // SPG
+    if MASKED:
+        s_mask = (s0 + tl.arange(0, NSEG)) < s_hi
+        words = tl.load(w_ptrs + s0 * 4, mask=(s0 * 4 + tl.arange(0, 4 * NSEG) < s_hi * 4)[None, :],
+                        other=0)
+        sz = sz - tl.maximum(tl.arange(0, NSEG) // SPG - ((s_hi - 1) // SPG - g0), 0)[None, :]
+    else:
+        words = tl.load(w_ptrs + s0 * 4)
+    w = _quarters(tl.reshape(words, (words.shape[0], NSEG, 4)))
+    if ASM and not MASKED:
+        xo = _pk_xld_asm(x_addr + s0 * 64)
+    else:
+        if MASKED:
+            xw = (tl.load(x_ptrs[0] + s0 * 16, mask=s_mask[:, None], other=0),
+                  tl.load(x_ptrs[1] + s0 * 16, mask=s_mask[:, None], other=0),
+                  tl.load(x_ptrs[2] + s0 * 16, mask=s_mask[:, None], other=0),
+                  tl.load(x_ptrs[3] + s0 * 16, mask=s_mask[:, None], other=0))
+        else:
+            xw = (tl.load(x_ptrs[0] + s0 * 16), tl.load(x_ptrs[1] + s0 * 16),
+                  tl.load(x_ptrs[2] + s0 * 16), tl.load(x_ptrs[3] + s0 * 16))
+        a0, a1, a2, a3 = _quarters(xw[0])
+        a4, a5, a6, a7 = _quarters(xw[1])
+        a8, a9, a10, a11 = _quarters(xw[2])
+        a12, a13, a14, a15 = _quarters(xw[3])
+        a = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
+        xo = _pk_x_asm(a) if ASM else _pk_x_twin(a)
+    if ASM:
+        return _pk_dot_asm(acc, w, xo, sz + g0, s_ptr, z_ptr)
+    return _pk_dot_twin(acc, w, xo, tl.load(s_ptr + sz + g0), tl.load(z_ptr + sz + g0))
+
+
+@triton.jit
+def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, stride_sn,
+             G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """PK=1: y[offs_n] over the groups [g_lo, g_hi), BLOCK_K / 32 segments a step. Rows past
+    N read row N - 1 (their sums are never stored): no masks in the loop; a last step that
+    would end past the range is masked, outside it."""
+    SPG: tl.constexpr = G // 32  # segments a group (BLOCK_K >= G: a step holds whole groups)
+    NSEG: tl.constexpr = BLOCK_K // 32
+    offs_s = tl.arange(0, NSEG)
+    rows = tl.minimum(offs_n, N - 1)
+    q32 = q_ptr.to(tl.pointer_type(tl.uint32))
+    x32 = x_ptr.to(tl.pointer_type(tl.uint32))
+    # the words as [BLOCK_N, 4 NSEG], contiguous along K: the lanes go along it, 16 bytes (a
+    # segment) a lane, the rows to the warps and the registers
+    w_ptrs = q32 + rows[:, None] * (stride_qn // 4) + tl.arange(0, 4 * NSEG)[None, :]
+    x_offs = offs_s[:, None] * 16 + tl.arange(0, 4)[None, :]
+    x_ptrs = (x32 + x_offs, x32 + x_offs + 4, x32 + x_offs + 8, x32 + x_offs + 12)
+    x_addr = x_ptr.to(tl.int64) + offs_s.to(tl.int64) * 64
+    sz = rows[:, None] * stride_sn + (offs_s // SPG)[None, :]
+    s_lo = g_lo * SPG
+    s_hi = g_hi * SPG
+    n_full = (s_hi - s_lo) // NSEG
+    acc = tl.zeros((BLOCK_N, NSEG), dtype=tl.float32)
+    for i in range(n_full):
+        acc = _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_lo + i * NSEG, s_hi,
+                       SPG, NSEG, False, ASM)
+    s_end = s_lo + n_full * NSEG
+    if s_end < s_hi:
+        acc = _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_end, s_hi, SPG, NSEG,
+                       True, ASM)
+    return tl.sum(acc, axis=1)
+
+
 @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
                    fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1},
                    reset_to_zero=["ws_ptr"],
@@ -188,7 +491,7 @@ def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, st
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
                USE_DOT: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
-               X3D: tl.constexpr = 0):
+               X3D: tl.constexpr = 0, PK: tl.constexpr = 0):
     # Program (n, split, m) walks its share of the K groups.
     HALF: tl.constexpr = G // 2
     pid_n = tl.program_id(0)
@@ -236,6 +539,11 @@ def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, st
                 acc += d * a[None, :] + xs[:, None] * c[None, :]
         if SWAP:
             acc = tl.trans(acc_t)
+    elif PK and BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.bfloat16:
+        # two codes an instruction (the PK section above); other batches and dtypes run a PK
+        # config as the fp32 loop below
+        acc = _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn,
+                       stride_sn, G, BLOCK_N, BLOCK_K, ASM)[None, :]
     else:
         # GEMV: GROUPS groups of BLOCK_N rows a step, read as 32-bit words (8 codes each) in
         # [BLOCK_N, GROUPS, G/8] tiles. Code i of a word becomes the float f = 1 + q/128 by
@@ -338,6 +646,8 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         raise ValueError("triton_w4 reads qweight as 32-bit words: it must be contiguous and "
                          "start on a 4-byte boundary")
     x = x.contiguous()
+    if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
+        x = x.clone()  # the PK path loads x 16 bytes at a time
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
     split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
