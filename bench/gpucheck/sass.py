@@ -258,6 +258,13 @@ def hot_loop(kernel: Any) -> tuple[list[str], int | None]:
     return longest_loop(lines), regs
 
 
+def whole_program(lines: list[tuple[int, str]]) -> list[str]:
+    """Every instruction up to the last EXIT, NOPs left out: the count of a kernel without a
+    loop (the split-K GEMVs: one K chunk a program), which pays all of it for its one chunk."""
+    last = max(i for i, (_, ins) in enumerate(lines) if _opcode(ins) == "EXIT")
+    return [ins for _, ins in lines[:last + 1] if _opcode(ins) != "NOP"]
+
+
 def _opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0]
 
@@ -273,6 +280,10 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
         plans.append(("gemv_w4", tk["gemv_w4"].jit_fn, t,
                       dict(G=128, BLOCK_M=1, SPLIT_K=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_w4"].configs_for(False)))
+        t = dict(x_ptr=f"*{dtype}", q_ptr="*u8", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}",
+                 ws_ptr="*fp32", N="i32", K="i32", stride_xm="i32", stride_qn="i32", stride_sn="i32")
+        plans.append(("gemv_w4_splitk", tk["gemv_w4_splitk"].jit_fn, t, dict(M=1, G=128),
+                      tuple(k for k in t if k != "N"), tk["gemv_w4_splitk"].configs_for(False)))
     if op in ("all", "gemv_w8"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", s_ptr=f"*{dtype}", y_ptr=f"*{dtype}",
                  ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", stride_qn="i32",
@@ -280,6 +291,10 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
         plans.append(("gemv_w8", tk["gemv_w8"].jit_fn, t,
                       dict(BLOCK_M=1, WORDS=True, SPLIT_K=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_w8"].configs_for(False)))
+        t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", ws_ptr="*fp32", N="i32", K="i32", stride_xm="i32",
+                 stride_qn="i32")
+        plans.append(("gemv_w8_splitk", tk["gemv_w8_splitk"].jit_fn, t, dict(M=1),
+                      tuple(k for k in t if k != "N"), tk["gemv_w8_splitk"].configs_for(False)))
     if op in ("all", "gemv_bf16"):
         t = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", y_ptr=f"*{dtype}", M="i32", N="i32",
                  K="i32", stride_xm="i32", stride_wn="i32", stride_ym="i32")
@@ -297,7 +312,8 @@ def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
 
 
-BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0}
+BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0, "gemv_w4_splitk": 0.5,
+                  "gemv_w8_splitk": 1.0}
 
 
 def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
@@ -316,7 +332,7 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
             kw = cfg.kwargs
             k = compile_sm90(fn, types, {**const, **kw}, cfg.num_warps, cfg.num_stages, aligned)
             lines, regs = disassemble(k)
-            body = longest_loop(lines)
+            body = longest_loop(lines) or whole_program(lines)
             # codes a pass: the INT4 tl.dot path takes one group a step, the others BLOCK_K
             step = const["G"] if dot and name == "gemv_w4" else kw["BLOCK_K"]
             codes = kw["BLOCK_N"] * step
@@ -343,13 +359,17 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
     for dtype in dtypes:
         for name, fn, types, const, aligned, _ in _plans("all", dtype):
             for use_dot, bm in ((False, 1), (False, 4), (True, 16)):
-                variants = [{"G": g} for g in (32, 128, 256)] if name == "gemv_w4" else \
+                if use_dot and name.endswith("_splitk"):  # batch 1-4 only: no tl.dot path
+                    continue
+                variants = [{"G": g} for g in (32, 128, 256)] if name.startswith("gemv_w4") else \
                     [{"WORDS": w} for w in (True, False)] if name == "gemv_w8" and not use_dot else [{}]
                 configs = path_configs(name, use_dot, bm)
                 for var in variants:
                     for cfg in configs:
                         c = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32",
                              **var, **cfg.kwargs}
+                        if name.endswith("_splitk"):  # batch rows as a constexpr, one path
+                            c = {**const, "M": bm, **var, **cfg.kwargs}
                         what = f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}"
                         try:
                             k = compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)

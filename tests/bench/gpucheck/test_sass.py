@@ -243,14 +243,20 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     monkeypatch.setattr(sass, "compile_sm90", fake_compile)
     monkeypatch.setattr(sass, "disassemble", fake_disassemble)
     ok, bad, spills = sass.compile_all(("bf16", "fp32"))
+    import kernels.gemv.triton_splitk as sk
     k4, k8, kb = w4._w4_kernel, w8._w8_kernel, bf._gemv_kernel
+    from kernels.gemv import TRITON_KERNELS
+    s4, s8 = TRITON_KERNELS["gemv_w4_splitk"], TRITON_KERNELS["gemv_w8_splitk"]
+    assert sk  # the split-K kernels: M = 1 and 4, INT4 at three group sizes, no tl.dot path
     per_dtype = (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
                  + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
                  + len(kb.configs_for(False, 1)) + len(kb.configs_for(False, 4))
-                 + len(kb.configs_for(True, 16)))
+                 + len(kb.configs_for(True, 16))
+                 + 3 * 2 * len(s4.configs_for(False)) + 2 * len(s8.configs_for(False)))
     assert ok + len(bad) == len(seen) == 2 * per_dtype
     assert bad and all("out of resources" in b and "more" not in b for b in bad)
-    assert {c["IEEE"] for _, c in seen} == {True, False}
-    assert {c["BLOCK_M"] for _, c in seen} == {1, 4, 16}
+    assert {c["IEEE"] for _, c in seen if "IEEE" in c} == {True, False}
+    assert {c["BLOCK_M"] for _, c in seen if "BLOCK_M" in c} == {1, 4, 16}
+    assert {c["M"] for _, c in seen if "M" in c} == {1, 4}
     assert len(spills) == 2 * len(k4.configs_for(False))
     assert all("gemv_w4" in s and "M=4" in s and "spill stores 8 B, loads 4 B" in s for s in spills)
