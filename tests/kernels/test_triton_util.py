@@ -33,16 +33,25 @@ def test_interpreted_kernels_carry_their_fixed_config_and_every_config():
 
 def test_prune_keeps_each_path_and_x3d_only_at_m1():
     """Each launch tunes over its own path's configs; X3D ones (an M = 1 layout) only at
-    BLOCK_M = 1, where they differ from their X3D=0 twin."""
+    BLOCK_M = 1, where they differ from their X3D=0 twin; INT4's PK ones only at M = 1 with
+    bf16 x, the one case they run as such."""
+    import torch
     import kernels.gemv.triton_w4 as w4
     import kernels.gemv.triton_w8 as w8
+    bf16 = {"x_ptr": torch.empty(1, dtype=torch.bfloat16)}
+    fp16 = {"x_ptr": torch.empty(1, dtype=torch.float16)}
     for mod in (w4, w8):
-        at1 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=1)
-        at4 = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=False, BLOCK_M=4)
+        at1 = mod._prune(mod._ALL_CONFIGS, bf16, USE_DOT=False, BLOCK_M=1)
+        at4 = mod._prune(mod._ALL_CONFIGS, bf16, USE_DOT=False, BLOCK_M=4)
         x3 = [c for c in at1 if c.kwargs.get("X3D")]
-        assert x3 and not any(c.kwargs.get("X3D") for c in at4)
-        assert len(at4) == len(at1) - len(x3) and set(map(id, at1)) <= set(map(id, mod._GEMV_CONFIGS))
-        dot = mod._prune(mod._ALL_CONFIGS, {}, USE_DOT=True, BLOCK_M=16)
+        pk = [c for c in at1 if c.kwargs.get("PK")]
+        assert x3 and not any(c.kwargs.get("X3D") or c.kwargs.get("PK") for c in at4)
+        assert bool(pk) == (mod is w4)
+        assert {id(c) for c in at4} == {id(c) for c in at1} - {id(c) for c in x3 + pk}
+        assert set(map(id, at1)) <= set(map(id, mod._GEMV_CONFIGS))
+        at1_fp16 = mod._prune(mod._ALL_CONFIGS, fp16, USE_DOT=False, BLOCK_M=1)
+        assert {id(c) for c in at1_fp16} == {id(c) for c in at1} - {id(c) for c in pk}
+        dot = mod._prune(mod._ALL_CONFIGS, bf16, USE_DOT=True, BLOCK_M=16)
         assert dot and set(map(id, dot)) == set(map(id, mod._DOT_CONFIGS))
 
 
