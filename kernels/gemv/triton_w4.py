@@ -27,13 +27,14 @@ from .triton_common import batch_path, split_k_for, two_paths, word_gemv_configs
 # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
 # PREFETCH=1 loading the next step's words during this one (more bytes in flight where few
 # programs fit an SM). `python -m bench.sass` counts each config's loop for sm_90.
-# X3D=1 (M = 1 only) keeps the accumulator in the weights' layout: on the two 8-warp tiles,
-# where it takes the word tile's trip through shared memory out of the loop (bench.sass).
+# X3D=1 (M = 1 only) keeps the accumulator in the weights' layout: on the 32 x 2048 8-warp
+# tile, where it takes the word tile's trip through shared memory out of the loop (bench.sass);
+# the 64 x 1024 X3D tile spills 504 B under Triton 3.6 and is not offered.
 _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3),
                                    (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),
                                    (64, 1024, 8, 3))) + [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "X3D": 1},
-                  num_warps=8, num_stages=3) for bn, bk in ((64, 1024), (32, 2048))] + [
+                  num_warps=8, num_stages=3) for bn, bk in ((32, 2048),)] + [
     # PK=1 (M = 1, bf16 x): packed fp16x2 math on the codes (see _pk_loop). A thread holds one
     # segment of 32 codes of 8 rows on the first two tiles, of 16 rows on the last four: fewer
     # instructions a code (its x work serves more rows), more registers (bench.gpucheck.sass)
