@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.errors import OneLineParser
+
 from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
@@ -638,14 +640,10 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
             "running": last if last is not None and outcome is None else None, "final": final}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line and exit 2, like every usage error here
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="bench/device_check.sh",
+    p = OneLineParser(prog="bench/device_check.sh",
                                 description="One-call GPU device check; see docs/device-check.md.")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU backend, tiny shapes, no ncu: tests this script without a GPU")

@@ -24,7 +24,6 @@ Without a CUDA device it prints one line saying so and exits 0 with an empty res
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -36,6 +35,7 @@ os.environ.setdefault("DECODEWALL_AUTOTUNE", "0")  # before kernels/ is imported
 import torch  # noqa: E402
 
 from ..timing import Budget, measure  # noqa: E402
+from bench.errors import OneLineParser
 
 BASE_MODE = "memset"  # the flush the others are compared with
 # Per mode and round: ~0.1 s of warm-up, then 0.3-0.8 s of samples (each one flush + one call)
@@ -174,22 +174,17 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line and exit 2, like every usage error here
-        print(f"flushcmp: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m bench.gpucheck.flushcmp",
+    p = OneLineParser(prog="python -m bench.gpucheck.flushcmp",
                 description="Time read-bound GEMVs under each L2 flush mode.")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per mode (default 2)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, time nothing")
     a = p.parse_args(argv)
     if a.rounds < 1:
-        print("flushcmp: error: --rounds must be at least 1", file=sys.stderr)
-        return 2
+        p.error("--rounds must be at least 1")
     if a.dry_run:
         res = {"dry_run": True, "modes": modes(), "rounds": a.rounds, "cases": [], "plan": plan()}
         print(json.dumps(res) if a.json else "flushcmp dry run: would time " + "; ".join(

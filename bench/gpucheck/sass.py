@@ -24,7 +24,6 @@ the bandwidth flowing: bandwidth / SMs x DRAM latency. docs/kernels.md has the f
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import datetime
 import inspect
@@ -35,6 +34,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
+from bench.errors import OneLineParser
 
 # The sm_90 part the ceiling is computed for, by its datasheet (not read from a device: there is
 # none here): H100 SXM and H200, 132 SMs at up to 1980 MHz. The code compiled for sm_90 is the same
@@ -423,14 +423,10 @@ def report(rows: list[LoopCount], gbps: float, dtype: str, dot: bool,
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line and exit 2, like every usage error here
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m bench.gpucheck.sass", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bench.gpucheck.sass", description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="all", choices=["all", "gemv_w4", "gemv_w8", "gemv_bf16"])
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,

@@ -100,4 +100,4 @@ def test_bad_arguments_one_line_exit_2(argv, capsys):
         raise SystemExit(rc)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("flushcmp: error:")
+    assert len(err) == 1 and err[0].startswith("python -m bench.gpucheck.flushcmp: error:")
