@@ -640,8 +640,9 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
               group_size: int, out: torch.Tensor | None = None,
               split_k: int | None = None) -> torch.Tensor:
     """Triton INT4 GEMV: 32-bit words of codes turned into floats without conversions, scale
-    and zero applied per word, per-thread sums; tl.dot once M > 4; split-K only where N
-    leaves SMs idle."""
+    and zero applied per word, per-thread sums; at M = 1 with bf16 x the tuner may also pick
+    the PK configs (two codes an fp16x2 FMA); tl.dot once M > 4; split-K only where N leaves
+    SMs idle."""
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
     if qweight.data_ptr() % 4 or qweight.stride(1) != 1:
         raise ValueError("triton_w4 reads qweight as 32-bit words: it must be contiguous and "
