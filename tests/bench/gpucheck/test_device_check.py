@@ -389,16 +389,21 @@ cat "$FAKE_TABLE"
 '''
 
 
-def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
-    """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
-    program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
+def _stand_in_ncu(tmp_path: Path, monkeypatch, table_text: str) -> Path:
+    """A fake `ncu` executable that prints `table_text` as ncu's CSV page (FAKE_NCU)."""
     fake = tmp_path / "ncu"
     fake.write_text(FAKE_NCU)
     fake.chmod(0o755)
     table = tmp_path / "table.csv"
-    table.write_text(DETAILS.split("==PROF== Disconnected from process 4242\n")[1])
+    table.write_text(table_text)
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_TABLE", str(table))
+    return fake
+
+def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
+    """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
+    program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
+    fake = _stand_in_ncu(tmp_path, monkeypatch, DETAILS.split("==PROF== Disconnected from process 4242\n")[1])
     shape = {"M": 1, "N": 96, "K": 256}
     from bench.gpucheck import cases
     monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
@@ -420,13 +425,7 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
 def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
     program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
-    fake = tmp_path / "ncu"
-    fake.write_text(FAKE_NCU)
-    fake.chmod(0o755)
-    table = tmp_path / "table.csv"
-    table.write_text(WHY_RAW.split("\n", 1)[1])
-    monkeypatch.setenv("FAKE_PY", sys.executable)
-    monkeypatch.setenv("FAKE_TABLE", str(table))
+    fake = _stand_in_ncu(tmp_path, monkeypatch, WHY_RAW.split("\n", 1)[1])
     check = _check(tmp_path, time_limit=120)
     check.ncu_path = str(fake)
     targets = [{"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}},
@@ -456,13 +455,7 @@ def test_the_why_pass_runs_right_after_the_int4_byte_check(tmp_path, monkeypatch
     """The INT4 GEMV goes first and its why pass follows at once, so that the byte checks of the
     other kernels cannot spend the ncu box before it."""
     from bench.gpucheck import cases
-    fake = tmp_path / "ncu"
-    fake.write_text(FAKE_NCU)
-    fake.chmod(0o755)
-    table = tmp_path / "table.csv"
-    table.write_text(WHY_RAW.split("\n", 1)[1])
-    monkeypatch.setenv("FAKE_PY", sys.executable)
-    monkeypatch.setenv("FAKE_TABLE", str(table))
+    fake = _stand_in_ncu(tmp_path, monkeypatch, WHY_RAW.split("\n", 1)[1])
     bf16 = {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}}
     w4 = {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
           "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}
