@@ -85,10 +85,12 @@ class FixedConfig:
         return lambda *args, **kw: launch(*args, **kw, **self.meta)
 
 
-def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check) -> int:
-    """Run `check()` once per config of `module.attr` that can run on the (use_dot) path."""
+def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check,
+                       keep=lambda cfg: True) -> int:
+    """Run `check()` once per config of `module.attr` that can run on the (use_dot) path (and
+    that `keep` keeps: what the tuner's prune would drop at the shape checked)."""
     kernel = getattr(module, attr)
-    configs = kernel.configs_for(use_dot)
+    configs = [c for c in kernel.configs_for(use_dot) if keep(c)]
     assert configs
     for cfg in configs:
         monkeypatch.setattr(module, attr, FixedConfig(kernel, cfg))

@@ -20,8 +20,9 @@ in the op's byte count.
 
 Each config gives a thread 16 or 32 words of weights (4 or 8 loads of 16 bytes); more words a
 thread share the program's fixed cost (addresses, the cross-thread sums, the atomics) among
-more codes. `python -m bench.gpucheck.sass` counts loops only; docs/kernels.md has these
-kernels' whole-program counts.
+more codes. At M = 1 with bf16 x the INT4 kernel's PK configs run triton_w4's packed fp16x2 step
+on the chunk instead (two codes an instruction). `python -m bench.gpucheck.sass` counts these
+kernels' whole programs (they have no loop).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
 from .triton_common import GEMV_MAX_M, without_ptx
-from .triton_w4 import _codes as _codes4, _split8
+from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
 
 
@@ -54,7 +55,16 @@ def _configs(tiles: tuple) -> list:
 # instructions a code on sm_90: docs/kernels.md). BLOCK_K codes are BLOCK_K / 2 bytes of a row:
 # 128 codes fill half a 128-byte line, 256 a line.
 _W4_CONFIGS = _configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2), (32, 512, 2),
-                        (16, 256, 1), (16, 512, 2), (32, 256, 2), (64, 128, 2)))
+                        (16, 256, 1), (16, 512, 2), (32, 256, 2), (64, 128, 2))) + [
+    # PK=1 (M = 1, bf16 x): triton_w4's packed step (two codes an fp16x2 FMA) on one chunk of
+    # BLOCK_K / 32 segments of 32 codes, the segments along the lanes, the rows along the
+    # registers (the x side of a segment serves all a thread's rows); 0.074-0.079 warp
+    # instructions a code on sm_90 against the word loop's 0.061, for the sum across the lanes
+    # each chunk pays (bench.gpucheck.sass)
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PK": 1}, num_warps=nw,
+                  num_stages=1)
+    for bn, bk, nw in ((32, 1024, 1), (64, 1024, 2), (64, 2048, 4), (32, 512, 1),
+                       (32, 1024, 2), (16, 1024, 1))]
 # INT8 (4 codes a word): 32 words a thread in the first six tiles, 16 in the rest.
 _W8_CONFIGS = _configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2), (64, 128, 2),
                         (32, 512, 4), (16, 256, 2), (8, 256, 1), (16, 512, 4)))
@@ -64,12 +74,23 @@ def _words_per_thread(cfg: Any, codes_per_word: int) -> int:
     return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] // codes_per_word // (32 * cfg.num_warps)
 
 
+def _pk_runs(cfg: Any, M: int, x: torch.Tensor, K: int, G: int) -> bool:
+    """A PK config runs as such at M = 1 with bf16 x on whole chunks of whole groups (the PK
+    step has no masks); elsewhere it would time its PK=0 twin again."""
+    bk = cfg.kwargs["BLOCK_K"]
+    return M == 1 and x.dtype == torch.bfloat16 and K % bk == 0 and bk % G == 0
+
+
 def _w4_prune(configs: list, nargs: dict, **kw: Any) -> list:
-    """Above M = 1 the INT4 tiles of 32 words a thread spill registers on sm_90 (each row of x
-    keeps the chunk's converted codes live): at most 16 there."""
-    if kw.get("M", 1) == 1:
-        return configs
-    return [c for c in configs if _words_per_thread(c, 8) <= 16]
+    """PK configs only where they run as such (_pk_runs). Above M = 1 the INT4 tiles of 32
+    words a thread spill registers on sm_90 (each row of x keeps the chunk's converted codes
+    live): at most 16 there."""
+    M = kw.get("M", 1)
+    kept = [c for c in configs if not c.kwargs.get("PK")
+            or _pk_runs(c, M, nargs["x_ptr"], nargs["K"], kw["G"])]
+    if M == 1:
+        return kept
+    return [c for c in kept if _words_per_thread(c, 8) <= 16]
 
 
 def _configs_for(configs: list):
@@ -82,24 +103,17 @@ def _configs_for(configs: list):
     return configs_for
 
 
-@autotune_or_fixed(_W4_CONFIGS, key=["M", "N", "K", "G"],
-                   fixed={"BLOCK_N": 8, "BLOCK_K": 128, "ASM": 0}, reset_to_zero=["ws_ptr"],
-                   prune_configs_by={"early_config_prune": _w4_prune})
 @triton.jit
-def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
-                      M: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    # Program (n, k): rows n * BLOCK_N.., codes k * BLOCK_K.., as [BLOCK_N, GROUPS, WPG] words:
-    # GROUPS whole groups, or (BLOCK_K < G) a part of one group. G and BLOCK_K are powers of
-    # two and K % G == 0, so a chunk of part of a group never passes K, and of a chunk of whole
+def _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn, pid_k,
+              offs_n, n_mask, M: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """Program (n, k) of the fp32 path: rows offs_n, codes k * BLOCK_K.. of each row of x."""
+    # The chunk as [BLOCK_N, GROUPS, WPG] words: GROUPS whole groups, or (BLOCK_K < G) a part
+    # of one group. G and BLOCK_K are powers of two and K % G == 0, so a chunk of part of a group never passes K, and of a chunk of whole
     # groups only groups past K are masked: the mask is constant along each group's words, and
     # the loads stay 16 bytes.
     GROUPS: tl.constexpr = BLOCK_K // G if BLOCK_K >= G else 1
     WPG: tl.constexpr = G // 8 if BLOCK_K >= G else BLOCK_K // 8
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
     gi = (pid_k * BLOCK_K) // G + tl.arange(0, GROUPS)
     g_mask = gi < K // G
     wi = pid_k * (BLOCK_K // 8) + tl.arange(0, GROUPS)[:, None] * WPG \
@@ -135,6 +149,30 @@ def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, strid
         XS = tl.sum(tl.sum(x8, axis=2), axis=1)  # [GROUPS]
         part = tl.sum(a * tl.sum(p, axis=2) + c * XS[None, :], axis=1)  # [BLOCK_N]
         tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+
+
+@autotune_or_fixed(_W4_CONFIGS, key=["M", "N", "K", "G"],
+                   fixed={"BLOCK_N": 8, "BLOCK_K": 128, "ASM": 0}, reset_to_zero=["ws_ptr"],
+                   prune_configs_by={"early_config_prune": _w4_prune})
+@triton.jit
+def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
+                      M: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, ASM: tl.constexpr, PK: tl.constexpr = 0):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    if PK and M == 1 and x_ptr.dtype.element_ty == tl.bfloat16:
+        # PK: the chunk is whole groups and within K (the prune's _pk_runs), so no masks
+        NSEG: tl.constexpr = BLOCK_K // 32
+        w_ptrs, x_ptrs, x_addr, sz = _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn,
+                                              G, BLOCK_K)
+        acc = _pk_step(tl.zeros((BLOCK_N, NSEG), dtype=tl.float32), w_ptrs, x_ptrs, x_addr,
+                       s_ptr, z_ptr, sz, pid_k * NSEG, K // 32, G // 32, NSEG, False, ASM)
+        tl.atomic_add(ws_ptr + offs_n, tl.sum(acc, axis=1), mask=n_mask, sem="relaxed")
+    else:
+        _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
+                  pid_k, offs_n, n_mask, M, G, BLOCK_N, BLOCK_K, ASM)
 
 
 @autotune_or_fixed(_W8_CONFIGS, key=["M", "N", "K"],
@@ -248,6 +286,8 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _check_batch("triton_w4_splitk", M)
     _check_words("triton_w4_splitk", qweight)
     x = x.contiguous()
+    if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
+        x = x.clone()  # the PK configs load x 16 bytes at a time
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     ws = workspace(x.device, M * N)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))

@@ -450,24 +450,37 @@ def _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.co
 
 
 @triton.jit
-def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, stride_sn,
-             G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    """PK=1: y[offs_n] over the groups [g_lo, g_hi), BLOCK_K / 32 segments a step. Rows past
-    N read row N - 1 (their sums are never stored): no masks in the loop; a last step that
-    would end past the range is masked, outside it."""
+def _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn, G: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """A PK step's addresses for rows offs_n (those past N read row N - 1: their sums are never
+    stored): (the words as [BLOCK_N, 4 NSEG], x as 4 [NSEG, 4] word grids, each segment's x
+    address, each row's and segment's index into the scales and zeros)."""
     SPG: tl.constexpr = G // 32  # segments a group (BLOCK_K >= G: a step holds whole groups)
     NSEG: tl.constexpr = BLOCK_K // 32
     offs_s = tl.arange(0, NSEG)
     rows = tl.minimum(offs_n, N - 1)
     q32 = q_ptr.to(tl.pointer_type(tl.uint32))
     x32 = x_ptr.to(tl.pointer_type(tl.uint32))
-    # the words as [BLOCK_N, 4 NSEG], contiguous along K: the lanes go along it, 16 bytes (a
-    # segment) a lane, the rows to the warps and the registers
+    # the words contiguous along K: the lanes go along it, 16 bytes (a segment) a lane, the
+    # rows to the warps and the registers
     w_ptrs = q32 + rows[:, None] * (stride_qn // 4) + tl.arange(0, 4 * NSEG)[None, :]
     x_offs = offs_s[:, None] * 16 + tl.arange(0, 4)[None, :]
     x_ptrs = (x32 + x_offs, x32 + x_offs + 4, x32 + x_offs + 8, x32 + x_offs + 12)
     x_addr = x_ptr.to(tl.int64) + offs_s.to(tl.int64) * 64
     sz = rows[:, None] * stride_sn + (offs_s // SPG)[None, :]
+    return w_ptrs, x_ptrs, x_addr, sz
+
+
+@triton.jit
+def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, stride_sn,
+             G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """PK=1: y[offs_n] over the groups [g_lo, g_hi), BLOCK_K / 32 segments a step. No masks
+    in the loop (rows past N read row N - 1); a last step that would end past the range is
+    masked, outside it."""
+    SPG: tl.constexpr = G // 32
+    NSEG: tl.constexpr = BLOCK_K // 32
+    w_ptrs, x_ptrs, x_addr, sz = _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn, G,
+                                          BLOCK_K)
     s_lo = g_lo * SPG
     s_hi = g_hi * SPG
     n_full = (s_hi - s_lo) // NSEG

@@ -1,14 +1,19 @@
 """triton_w4_splitk and triton_w8_splitk (kernels/gemv/triton_splitk.py): every config against the
-float64 reference with the output poisoned, under the interpreter (fp16, fp32) and on CUDA (bf16);
-the workspace each call leaves zeroed; what the impls refuse."""
+float64 reference with the output poisoned, under the interpreter (fp16, fp32; the INT4 PK configs
+with bf16 x through their Triton twin) and on CUDA (bf16; the PK configs also against the numpy
+model of their roundings); the workspace each call leaves zeroed; what the impls refuse."""
 import pytest
 import torch
 
-from kernels import OPS
+from kernels import OPS, rel_err
 from kernels.gemv import GemvW4Shape, GemvW8Shape
 from tests import helpers
+from tests.kernels.gemv import w4_pk_model as model
 
 triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402  (visible to the jit function below)
+
+import kernels.gemv.triton_splitk as splitk_mod  # noqa: E402
 
 W4, W8 = OPS["gemv_w4"], OPS["gemv_w8"]
 F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
@@ -60,8 +65,109 @@ def test_w4_every_config_interpreted(M, dtype, G, K, monkeypatch):
     import kernels.gemv.triton_splitk as mod
     n = helpers.check_every_config(
         monkeypatch, mod, "_w4_splitk_kernel", False,
-        lambda: check(W4, "triton_w4_splitk", GemvW4Shape(M, 20, K, G), dtype, seed=3))
-    assert n == len(mod._W4_CONFIGS)
+        lambda: check(W4, "triton_w4_splitk", GemvW4Shape(M, 20, K, G), dtype, seed=3),
+        keep=lambda c: not c.kwargs.get("PK"))  # pruned off bf16: test_w4_pk_every_config_...
+    assert n == len(mod._W4_CONFIGS) - len(pk_configs())
+
+
+def pk_configs() -> list:
+    import kernels.gemv.triton_splitk as mod
+    return [c for c in mod._w4_splitk_kernel.configs_for(False) if c.kwargs.get("PK")]
+
+
+def run_pk(shape, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """triton_w4_splitk at an M = 1 bf16 shape, y kept in fp32 (no output rounding): (y, the
+    float64 reference)."""
+    x, qw, s, z, G = W4.make_inputs(shape, BF16, device, seed)
+    out = torch.full((1, shape.N), float("nan"), dtype=F32, device=device)
+    W4.impls["triton_w4_splitk"].fn(x, qw, s, z, G, out=out)
+    return out.cpu().double(), W4.reference(x, qw, s, z, G).cpu()
+
+
+_STEP = splitk_mod._pk_step
+
+
+@triton.jit
+def _first_chunk_x(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.constexpr,
+                   NSEG: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
+    """A planted bug: the PK step of every chunk reads the first chunk's x."""
+    shifted = (x_ptrs[0] - s0 * 16, x_ptrs[1] - s0 * 16, x_ptrs[2] - s0 * 16, x_ptrs[3] - s0 * 16)
+    return _STEP(acc, w_ptrs, shifted, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG, NSEG, MASKED, ASM)
+
+
+# K a multiple of every PK chunk (the prune's condition); rows past N in the last row block
+PK_SHAPES = [GemvW4Shape(1, 20, 2048, 128), GemvW4Shape(1, 37, 2048, 32),
+             GemvW4Shape(1, 9, 4096, 256)]
+
+
+def test_w4_pk_every_config_interpreted(monkeypatch):
+    """Every PK config through its Triton twin (fp32 sums: the only error left is fp32's), G =
+    32 to 256, tiles past N, then once with a bf16 y; the workspace is left zeroed."""
+    import kernels.gemv.triton_splitk as mod
+    configs = pk_configs()
+    assert len(configs) >= 4 and all(c.kwargs["ASM"] == 0 for c in configs)
+    kernel = mod._w4_splitk_kernel
+    for cfg in configs:
+        monkeypatch.setattr(mod, "_w4_splitk_kernel", helpers.FixedConfig(kernel, cfg))
+        for i, shape in enumerate(PK_SHAPES):
+            y, ref = run_pk(shape, seed=i)
+            assert rel_err(y, ref) < 1e-6, (cfg, shape, rel_err(y, ref))
+        check(W4, "triton_w4_splitk", PK_SHAPES[0], BF16, seed=5)
+    assert workspaces_are_zero()
+
+
+def test_w4_pk_check_sees_a_wrong_chunk(monkeypatch):
+    """The PK check can fail: every program reading the first chunk's x is far off."""
+    import kernels.gemv.triton_splitk as mod
+    monkeypatch.setattr(mod, "_w4_splitk_kernel",
+                        helpers.FixedConfig(mod._w4_splitk_kernel, pk_configs()[0]))
+    monkeypatch.setattr(mod, "_pk_step", _first_chunk_x)
+    y, ref = run_pk(PK_SHAPES[0], seed=0)
+    assert rel_err(y, ref) > 0.1
+    mod._WORKSPACES.clear()  # left dirty by the planted bug
+
+
+def test_w4_prune_keeps_pk_where_it_runs_as_such():
+    """PK configs are timed only at M = 1, bf16 x, K a multiple of their chunk and their chunk
+    a multiple of G; elsewhere they would time their fp32 twin again."""
+    import kernels.gemv.triton_splitk as mod
+    n_pk = len([c for c in mod._W4_CONFIGS if c.kwargs.get("PK")])
+
+    def kept(M, dtype, K, G):
+        nargs = {"x_ptr": torch.empty(0, dtype=dtype), "K": K}
+        return sum(bool(c.kwargs.get("PK")) for c in mod._w4_prune(mod._W4_CONFIGS, nargs, M=M, G=G))
+    assert kept(1, BF16, 8192, 128) == n_pk
+    assert kept(1, BF16, 1024 * 7, 128) == len([c for c in mod._W4_CONFIGS
+                                                if c.kwargs.get("PK") and c.kwargs["BLOCK_K"] < 2048])
+    assert kept(1, BF16, 512 * 3, 128) == len([c for c in mod._W4_CONFIGS
+                                               if c.kwargs.get("PK") and c.kwargs["BLOCK_K"] == 512])
+    assert kept(1, F16, 8192, 128) == kept(1, F32, 8192, 128) == kept(2, BF16, 8192, 128) == 0
+    assert kept(1, BF16, 8192, 1024) == len([c for c in mod._W4_CONFIGS
+                                             if c.kwargs.get("PK") and c.kwargs["BLOCK_K"] >= 1024])
+
+
+def test_w4_pk_gets_x_on_a_16_byte_boundary():
+    """The PK configs load x 16 bytes at a time: a caller's x off the boundary is copied."""
+    x, qw, s, z, G = W4.make_inputs(GemvW4Shape(1, 8, 1024, 128), BF16, "cpu", 0)
+    shifted = torch.empty(1025, dtype=BF16)[1:].view(1, 1024)
+    shifted.copy_(x)
+    assert shifted.data_ptr() % 16
+    seen = []
+    import kernels.gemv.triton_splitk as mod
+
+    class Recorder:
+        fixed_meta: dict = {}
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(args[0].data_ptr())
+    real = mod._w4_splitk_kernel
+    try:
+        mod._w4_splitk_kernel = Recorder()
+        W4.impls["triton_w4_splitk"].fn(shifted, qw, s, z, G)
+        W4.impls["triton_w4_splitk"].fn(x, qw, s, z, G)
+    finally:
+        mod._w4_splitk_kernel = real
+    assert seen[0] % 16 == 0 and seen[1] == x.data_ptr()
 
 
 @pytest.mark.slow  # every config, interpreted: ~10 s together
@@ -76,8 +182,9 @@ def test_w8_every_config_interpreted(M, dtype, monkeypatch):
 
 def test_prune_keeps_the_small_tiles_above_one_row():
     import kernels.gemv.triton_splitk as mod
-    assert mod._w4_prune(mod._W4_CONFIGS, {}, M=1) == mod._W4_CONFIGS
-    kept = mod._w4_prune(mod._W4_CONFIGS, {}, M=3)
+    nargs = {"x_ptr": torch.empty(0, dtype=BF16), "K": 8192}
+    assert mod._w4_prune(mod._W4_CONFIGS, nargs, M=1, G=128) == mod._W4_CONFIGS
+    kept = mod._w4_prune(mod._W4_CONFIGS, nargs, M=3, G=128)
     assert kept and all(mod._words_per_thread(c, 8) <= 16 for c in kept)
     assert len(kept) < len(mod._W4_CONFIGS)
 
@@ -115,7 +222,26 @@ def test_cuda_every_config(op, name, attr, shape, monkeypatch):
     """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
     import kernels.gemv.triton_splitk as mod
     helpers.check_every_config(monkeypatch, mod, attr, False,
-                               lambda: check(op, name, shape, BF16, device="cuda", seed=4))
+                               lambda: check(op, name, shape, BF16, device="cuda", seed=4),
+                               keep=lambda c: not c.kwargs.get("PK") or shape.M == 1)
+    assert workspaces_are_zero()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [GemvW4Shape(1, 4100, 8192, 128), GemvW4Shape(1, 1000, 2048, 32),
+                                   GemvW4Shape(1, 777, 4096, 256)], ids=str)
+def test_cuda_pk_every_config_is_the_model(monkeypatch, shape):
+    """Every PK config's PTX on the GPU against the numpy model of its roundings (y in fp32):
+    they differ only by the fp32 tail's roundings and summation order (~1e-7)."""
+    import kernels.gemv.triton_splitk as mod
+    kernel = mod._w4_splitk_kernel
+    x, qw, s, z, G = W4.make_inputs(shape, BF16, "cuda", 11)
+    want = torch.from_numpy(model.gemv(x.cpu(), qw.cpu(), s.cpu(), z.cpu(), G))[None]
+    for cfg in pk_configs():
+        monkeypatch.setattr(mod, "_w4_splitk_kernel", helpers.FixedConfig(kernel, cfg))
+        got, ref = run_pk(shape, 11, "cuda")
+        assert rel_err(got, want) < 1e-5, (cfg, rel_err(got, want))
+        assert rel_err(got.to(BF16), ref) < W4.tol(BF16)
     assert workspaces_are_zero()
 
 
