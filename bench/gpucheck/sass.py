@@ -312,6 +312,25 @@ def path_configs(name: str, use_dot: bool, block_m: int) -> list:
     return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
 
 
+_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def tuner_configs(name: str, use_dot: bool, const: dict, dtype: str) -> list:
+    """The configs the tuner may time at a launch with these constexprs and x's dtype: the
+    path's configs less what the kernel's prune drops (a PK config off M = 1 and bf16, an X3D
+    one off M = 1), given a K that every BLOCK_K divides. What is pruned never runs there, so it
+    is neither counted nor compiled."""
+    import torch
+
+    from kernels.gemv import TRITON_KERNELS
+    configs = path_configs(name, use_dot, const.get("BLOCK_M", const.get("M", 1)))
+    prune = getattr(TRITON_KERNELS[name], "early_config_prune", None)
+    if prune is None:  # DECODEWALL_AUTOTUNE=0: the kernel is not tuned, nothing is pruned
+        return configs
+    nargs = {"x_ptr": torch.empty(0, dtype=getattr(torch, _TORCH_DTYPE[dtype])), "K": 1 << 16}
+    return prune(configs, nargs, **const)
+
+
 BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0, "gemv_w4_splitk": 0.5,
                   "gemv_w8_splitk": 1.0}
 
@@ -323,10 +342,10 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
     configs at M = 16 instead."""
     from kernels.triton_util import describe
     out = []
-    for name, fn, types, const, aligned, configs in _plans(op, dtype):
+    for name, fn, types, const, aligned, _ in _plans(op, dtype):
         if dot:
             const = {**const, "BLOCK_M": 16, "USE_DOT": True}
-            configs = path_configs(name, True, 16)
+        configs = tuner_configs(name, dot, const, dtype)
         weight_types = (_TTGIR_DTYPE[dtype],) if name == "gemv_bf16" else ("i8", "i32")
         for cfg in configs[:first]:
             kw = cfg.kwargs
@@ -351,9 +370,10 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
 
 
 def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str], list[str]]:
-    """Compile every config of every path (GEMV at M = 1 and 4, tl.dot at M = 16; INT4 at
-    G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled, failures, spilling). What
-    the tuner may pick on a GPU must at least compile there, and CI has no GPU to find out."""
+    """Compile every config the tuner may time on every path (GEMV at M = 1 and 4, tl.dot at
+    M = 16; INT4 at G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled,
+    failures, spilling). What the tuner may pick on a GPU must at least compile there, and CI
+    has no GPU to find out."""
     from kernels.triton_util import describe
     ok, bad, spills = 0, [], []
     for dtype in dtypes:
@@ -363,13 +383,12 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
                     continue
                 variants = [{"G": g} for g in (32, 128, 256)] if name.startswith("gemv_w4") else \
                     [{"WORDS": w} for w in (True, False)] if name == "gemv_w8" and not use_dot else [{}]
-                configs = path_configs(name, use_dot, bm)
                 for var in variants:
-                    for cfg in configs:
-                        c = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32",
-                             **var, **cfg.kwargs}
-                        if name.endswith("_splitk"):  # batch rows as a constexpr, one path
-                            c = {**const, "M": bm, **var, **cfg.kwargs}
+                    c0 = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32", **var}
+                    if name.endswith("_splitk"):  # batch rows as a constexpr, one path
+                        c0 = {**const, "M": bm, **var}
+                    for cfg in tuner_configs(name, use_dot, c0, dtype):
+                        c = {**c0, **cfg.kwargs}
                         what = f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}"
                         try:
                             k = compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
@@ -392,8 +411,8 @@ def report(rows: list[LoopCount], gbps: float, dtype: str, dot: bool,
     """The table: one line a config, sorted by op and count, and a line on spills."""
     need = bytes_needed_per_sm(gbps, latency_ns)
     out = [
-        f"hot-loop warp instructions per code, sm_90, {'M = 16, tl.dot' if dot else 'M = 1'}, "
-        f"{dtype}; {toolchain()}",
+        f"hot-loop warp instructions per code (a kernel without a loop, split-K: its whole "
+        f"program), sm_90, {'M = 16, tl.dot' if dot else 'M = 1'}, {dtype}; {toolchain()}",
         f"ceiling = % of {gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_TARGET_SMS} SMs "
         f"at {SM90_TARGET_CLOCK_HZ / 1e9:.2f} GHz allow",
         f"regs a thread; spill = ptxas's spill store/load bytes (STL/LDL in the SASS); CTAs/SM and "

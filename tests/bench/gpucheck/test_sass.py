@@ -262,3 +262,28 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     assert {c["M"] for _, c in seen if "M" in c} == {1, 4}
     assert len(spills) == 2 * len(k4.configs_for(False))
     assert all("gemv_w4" in s and "M=4" in s and "spill stores 8 B, loads 4 B" in s for s in spills)
+
+
+def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
+    """Where a kernel is tuned, each path's configs go through its own prune first, with x of
+    the variant's dtype, a K that every BLOCK_K divides and the variant's constexprs: a config
+    the tuner drops at that batch or dtype (a PK config off M = 1 and bf16) is not compiled."""
+    pytest.importorskip("triton")
+    import bench.gpucheck.sass as sass
+    from kernels.gemv import TRITON_KERNELS
+    calls = []
+
+    def keep_first(configs, nargs, **kw):
+        calls.append((str(nargs["x_ptr"].dtype), nargs["K"], kw))
+        return configs[:1]
+    for kern in TRITON_KERNELS.values():
+        monkeypatch.setattr(kern, "early_config_prune", keep_first, raising=False)
+    compiled = []
+    monkeypatch.setattr(sass, "compile_sm90", lambda fn, types, const, *a: compiled.append(const) or const)
+    monkeypatch.setattr(sass, "disassemble", lambda k: ([(0, "FFMA R1, R2, R3, R4")], 64))
+    ok, bad, _ = sass.compile_all(("fp32",))
+    assert ok == len(compiled) == len(calls) and not bad
+    assert {d for d, _, _ in calls} == {"torch.float32"}
+    assert all(k % 2048 == 0 for _, k, _ in calls)
+    assert {kw.get("BLOCK_M", kw.get("M")) for _, _, kw in calls} == {1, 4, 16}
+    assert {kw["G"] for _, _, kw in calls if "G" in kw} == {32, 128, 256}
