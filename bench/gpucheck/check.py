@@ -11,9 +11,10 @@ Steps, each a child process (or a few) in its own process group, killed at its t
            PYTHONPATH; which peers import. Never fails the check.
   env      versions, the device, nvidia-smi, ncu, which optional packages are present
   pytest   `pytest -m "cuda and not slow"` but the every-config tests, one config per Triton
-           kernel (DECODEWALL_AUTOTUNE=0), test names streamed to the log and the console
-  configs  the every-config tests alone (each GEMV config compiled and checked once): an empty
-           Triton cache costs this box, not the other tests'
+           kernel (DECODEWALL_AUTOTUNE=0), as a few pytest processes at once (their compiles on
+           cores of their own), test names streamed to the log and the console
+  configs  the every-config tests alone (each GEMV config compiled and checked once), the same
+           way: an empty Triton cache costs this box, not the other tests'
   roof     `decodewall roof --json`
   flush    `python -m bench.gpucheck.flushcmp --json`: one read-bound GEMV under each L2 flush mode
   suite    `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
@@ -42,7 +43,7 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
-from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc
+from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc, run_procs
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
 # total leaves after the steps before it and the nominal boxes of the steps after it; its figure
@@ -284,42 +285,47 @@ class Check:
             step.status = "ok"
 
     def step_pytest(self, name: str) -> None:
-        """`pytest` runs the cuda tests but the every-config ones, `configs` those alone. -v
-        streams each test's name as it starts and its outcome as it ends, to the log and the
-        console, so a cut run still says what passed and what was running."""
+        """`pytest` runs the cuda tests but the every-config ones, `configs` those alone, each
+        as pytest_shards() processes at once (`--shard I/N`): their Triton compiles take most of
+        the time with an empty cache, and each process compiles on a core of its own. -v streams
+        each test's name as it starts and its outcome as it ends, to the log and the console
+        under its shard's tag, so a cut run still says what passed and what was running."""
         step = self.begin(name)
         if step is None:
             return
         sel = [EVERY_CONFIG, EVERY_CONFIG_DIR] if name == "configs" else [f"not {EVERY_CONFIG}"]
         cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-k", *sel, "-v", "--tb=line",
-               "-rfE", "-p", "no:cacheprovider", "--color=no"]
+               "-rfE", "-p", "no:cacheprovider", "--color=no", "-p", "bench.gpucheck.pytest_shard"]
         # One config per Triton kernel (DECODEWALL_AUTOTUNE=0): tuning every test shape would
         # compile every config again and again; the every-config tests check them all once.
-        # On the CPU (dry run) every cuda test is collected and skipped: the same command.
+        # On the CPU (dry run) every cuda test is collected and skipped: the same commands.
         env = {**self.env, "DECODEWALL_AUTOTUNE": "0"}
-        lines: list[str] = []
-        rc, step.seconds = run_proc(cmd, self.box(name), self.log, env, tee=lines)
-        prog = pytest_progress(lines)
+        n = pytest_shards()
+        rcs, step.seconds, outs = run_procs([cmd + ["--shard", f"{i}/{n}"] for i in range(n)],
+                                            self.box(name), self.log, env,
+                                            [f"{name} {i + 1}/{n}" for i in range(n)])
+        prog = merge_progress([pytest_progress(lines) for lines in outs])
         self.tests[name] = prog
-        counts = ", ".join(f"{n} {k.lower()}" for k, n in prog["counts"].items() if n) or "no test ran"
-        if rc is None:
-            where = (f"while running {prog['running']}" if prog["running"] else
+        counts = ", ".join(f"{k} {w.lower()}" for w, k in prog["counts"].items() if k) or "no test ran"
+        failed_rcs = [rc for rc in rcs if rc not in (None, 0, 5)]  # 5: a shard selected nothing
+        if None in rcs:
+            where = (f"while running {', '.join(prog['running'])}" if prog["running"] else
                      f"after {prog['last']}" if prog["last"] else "before any test started")
             step.status, step.detail = "timeout", f"cut at the time box {where} ({counts} before it)"
-        elif rc == 0:
-            step.status = "ok"
-            step.detail = prog["final"] or counts
-            if self.dry and not prog["counts"].get("PASSED"):
-                step.detail += " (dry run: no GPU, every cuda test skipped)"
-        elif rc == 5:
+        elif failed_rcs:
+            step.status, step.detail = "failed", f"exit {failed_rcs[0]}: {counts}"
+        elif 0 not in rcs:
             step.status, step.detail = "warn", "no tests selected"
         else:
-            step.status, step.detail = "failed", f"exit {rc}: {prog['final'] or counts}"
+            step.status, step.detail = "ok", counts
+            if self.dry and not prog["counts"].get("PASSED"):
+                step.detail += " (dry run: no GPU, every cuda test skipped)"
+        step.detail += f" ({n} pytest processes at once)"
         if prog["failed"]:
             shown = prog["failed"][:6]
             more = len(prog["failed"]) - len(shown)
             step.detail += f"; failed: {', '.join(shown)}" + (f" and {more} more" if more else "")
-        if prog["last"] and rc is not None:
+        if prog["last"] and None not in rcs:
             step.detail += f"; last test: {prog['last']}"
 
     def step_roof(self) -> None:
@@ -611,6 +617,22 @@ def why_target(targets: list[dict[str, Any]], prefer: str | None) -> dict[str, A
 OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 TEST_LINE = re.compile(r"[\w./-]+\.py::")  # -v names a test by its relative path; --tb=line lines
 # start with an absolute path and a line number, the -rfE summary with FAILED / ERROR
+
+
+def pytest_shards() -> int:
+    """How many pytest processes a test step runs at once: a quarter of the cores, 2 to 4 (the
+    GPU machine's 16 give 4; the dry run on 2 still runs two, so the parallel path is tested)."""
+    return max(2, min(4, (os.cpu_count() or 1) // 4))
+
+
+def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
+    """pytest_progress of the shards as one: counts summed, the failed tests and (a list) the
+    tests still running, the last test seen, each shard's final line joined."""
+    return {"counts": {w: sum(p["counts"][w] for p in progs) for w in OUTCOMES},
+            "failed": [t for p in progs for t in p["failed"]],
+            "last": next((p["last"] for p in reversed(progs) if p["last"]), None),
+            "running": [p["running"] for p in progs if p["running"]],
+            "final": "; ".join(p["final"] for p in progs if p["final"])}
 
 
 def pytest_progress(lines: list[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ step log as it comes (a check cut short still has it), the whole group killed at
 when the check itself is interrupted; and where Nsight Compute is installed."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -73,15 +74,66 @@ def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
     return rc, dt
 
 
-def _tee(pipe, log, lines: list[str]) -> None:
+def run_procs(cmds: list[list[str]], box: float, log, env: dict[str, str],
+              tags: list[str]) -> tuple[list[int | None], float, list[list[str]]]:
+    """Run the commands at once, each in its own process group, each line of their stdout and
+    stderr streamed to `log` and this process's stdout under its command's tag and kept, untagged,
+    in that command's list. One time box for them all: at it, SIGTERM then SIGKILL every group
+    still running; on an exception here (the check interrupted), the same before it propagates.
+    Returns (each command's rc, None where cut; seconds; each command's lines)."""
+    for cmd, tag in zip(cmds, tags):
+        log.write(f"$ [{tag}] {' '.join(cmd)}   [time box {box:.0f} s, {len(cmds)} at once]\n")
+    log.flush()
+    t0 = time.monotonic()
+    lines: list[list[str]] = [[] for _ in cmds]
+    procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    lock = threading.Lock()
+    rcs: list[int | None] = [None] * len(cmds)
+    try:
+        for cmd, tag, kept in zip(cmds, tags, lines):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    cwd=REPO, start_new_session=True)
+            procs.append(proc)
+            readers.append(threading.Thread(target=_tee, args=(proc.stdout, log, kept),
+                                            kwargs={"tag": f"[{tag}] ", "lock": lock}, daemon=True))
+            readers[-1].start()
+        for i, proc in enumerate(procs):
+            try:
+                rcs[i] = proc.wait(timeout=max(0.1, t0 + box - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+    except BaseException:  # the check is interrupted: leave nothing running behind it
+        for proc in procs:
+            _kill_group(proc, 1.0)
+        raise
+    cut = [proc for proc, rc in zip(procs, rcs) if rc is None]
+    for proc in cut:
+        _kill_group(proc, KILL_GRACE_S)
+    for reader in readers:
+        reader.join(timeout=KILL_GRACE_S)
+    dt = time.monotonic() - t0
+    with lock:
+        if cut:
+            log.write(f"\n[time box of {box:.0f} s reached: {len(cut)} of {len(cmds)} process "
+                      "groups killed]\n")
+        log.write(f"[exit {', '.join(str(rc) if rc is not None else 'timeout' for rc in rcs)} "
+                  f"after {dt:.1f} s]\n\n")
+        log.flush()
+    return rcs, dt, lines
+
+
+def _tee(pipe, log, lines: list[str], tag: str = "", lock: threading.Lock | None = None) -> None:
     for raw in iter(pipe.readline, b""):
         line = raw.decode("utf-8", errors="replace")
         lines.append(line)
-        log.write(line)
-        log.flush()
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        with lock or contextlib.nullcontext():
+            log.write(tag + line)
+            log.flush()
+            sys.stdout.write(tag + line)
+            sys.stdout.flush()
     pipe.close()
+
 
 
 def find_ncu() -> str | None:

@@ -9,9 +9,9 @@ import pytest
 
 from bench.gpucheck.cases import ncu_targets
 from bench.gpucheck.check import (BOXES, EVERY_CONFIG, EVERY_CONFIG_DIR, RESERVE_S, TOTAL_S,
-                                  pytest_progress, why_target)
+                                  merge_progress, pytest_progress, why_target)
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
-from bench.gpucheck.proc import KILL_GRACE_S, run_proc
+from bench.gpucheck.proc import KILL_GRACE_S, run_proc, run_procs
 from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
 from tests.helpers import REPO
 
@@ -177,6 +177,52 @@ def test_run_proc_tee_streams_both_streams_to_the_log_the_console_and_the_list(t
     assert "to-out" in capsys.readouterr().out
 
 
+def test_run_procs_runs_at_once_tags_each_line_and_cuts_all_at_one_box(tmp_path, capsys):
+    """Two commands at once: each one's lines in its own list, tagged in the log and on the
+    console; the one still running at the box is killed, the one that ended keeps its rc."""
+    with open(tmp_path / "log", "w") as log:
+        rcs, dt, outs = run_procs([["bash", "-c", "echo one; exit 4"],
+                                   ["bash", "-c", "echo two; echo err >&2; sleep 30"]],
+                                  3, log, {"PATH": "/usr/bin:/bin"}, ["a", "b"])
+    assert rcs == [4, None] and dt < 15
+    assert [ln.strip() for ln in outs[0]] == ["one"]
+    assert [ln.strip() for ln in outs[1]] == ["two", "err"]
+    text = (tmp_path / "log").read_text()
+    assert "[a] one" in text and "[b] two" in text and "[b] err" in text
+    assert "1 of 2 process groups killed" in text and "exit 4, timeout" in text
+    assert "[a] one" in capsys.readouterr().out
+
+
+def test_shards_run_each_selected_test_once(tmp_path):
+    """--shard I/N of the plugin: over I = 0..N-1 every test that -k keeps runs exactly once, the
+    ones -k drops never; a malformed --shard is a usage error."""
+    (tmp_path / "test_s.py").write_text(
+        "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(7)) + "def test_x_skipme():\n    pass\n")
+    ran = []
+    for i in range(3):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                              "-p", "no:cacheprovider", "--shard", f"{i}/3", "-k", "not skipme",
+                              "-v", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout[-2000:]
+        ran += [ln.split("::")[1].split()[0] for ln in out.stdout.splitlines()
+                if "::test_" in ln and "PASSED" in ln]
+    assert sorted(ran) == [f"test_{i}" for i in range(7)]
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                          "-p", "no:cacheprovider", "--shard", "3/3", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 4 and "expected I/N" in bad.stderr
+
+
+def test_merged_progress_of_shards_sums_and_lists_what_each_was_running():
+    done = pytest_progress(VERBOSE.splitlines(keepends=True))
+    cut = pytest_progress(VERBOSE.split("[100%]")[0].rsplit(" PASSED", 1)[0].splitlines(keepends=True))
+    m = merge_progress([done, cut])
+    assert m["counts"]["PASSED"] == 3 and m["counts"]["FAILED"] == 2
+    assert m["running"] == ["tests/kernels/gemv/test_w8.py::test_cuda_every_config[False]"]
+    assert len(m["failed"]) == 2 and m["final"] == done["final"]
+
+
 # What `pytest -v --tb=line -rfE` prints: ids with spaces, a skip with its reason, a failure
 # with its --tb=line line (an absolute path and a line number), the short summary.
 VERBOSE = """============================= test session starts ==============================
@@ -277,7 +323,8 @@ def test_a_configs_step_cut_at_its_box_names_what_passed_and_what_was_running(tm
     assert step.status == "timeout", step
     assert "while running" in step.detail and step.detail.count("test_b_every_config") == 1
     assert "1 passed before it" in step.detail
-    assert check.tests["configs"]["running"].endswith("test_fake.py::test_b_every_config")
+    (running,) = check.tests["configs"]["running"]  # test_a's shard ended, test_b's was cut
+    assert running.endswith("test_fake.py::test_b_every_config")
     log = (check.out / "steps.log").read_text()
     assert "test_a_every_config PASSED" in log and "time box" in log
     summary = (check.out / "summary.txt").read_text()
