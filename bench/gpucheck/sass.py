@@ -301,6 +301,10 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
         plans.append(("gemv_bf16", tk["gemv_bf16"].jit_fn, t,
                       dict(BLOCK_M=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_bf16"].configs_for(False)))
+        t = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", ws_ptr="*fp32", N="i32", K="i32",
+                 stride_xm="i32", stride_wn="i32")
+        plans.append(("gemv_bf16_splitk", tk["gemv_bf16_splitk"].jit_fn, t, dict(M=1),
+                      tuple(k for k in t if k != "N"), tk["gemv_bf16_splitk"].configs_for(False)))
     return plans
 
 
@@ -332,7 +336,7 @@ def tuner_configs(name: str, use_dot: bool, const: dict, dtype: str) -> list:
 
 
 BYTES_PER_CODE = {"gemv_w4": 0.5, "gemv_w8": 1.0, "gemv_bf16": 2.0, "gemv_w4_splitk": 0.5,
-                  "gemv_w8_splitk": 1.0}
+                  "gemv_w8_splitk": 1.0, "gemv_bf16_splitk": 2.0}
 
 
 def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
@@ -346,7 +350,7 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
         if dot:
             const = {**const, "BLOCK_M": 16, "USE_DOT": True}
         configs = tuner_configs(name, dot, const, dtype)
-        weight_types = (_TTGIR_DTYPE[dtype],) if name == "gemv_bf16" else ("i8", "i32")
+        weight_types = (_TTGIR_DTYPE[dtype],) if name.startswith("gemv_bf16") else ("i8", "i32")
         for cfg in configs[:first]:
             kw = cfg.kwargs
             k = compile_sm90(fn, types, {**const, **kw}, cfg.num_warps, cfg.num_stages, aligned)

@@ -3,7 +3,7 @@
 Read in this order: ops.py (the three ops: shapes, inputs, float64 references, byte counts),
 pytorch.py (the PyTorch baselines), simd.py and simd.c (the CPU kernels in C), then the Triton
 kernels, one a file: triton_bf16.py, triton_w8.py, triton_w4.py, and what they share in
-triton_common.py; triton_splitk.py, a second INT4/INT8 design for M <= 4 (one short K chunk a
+triton_common.py; triton_splitk.py, a second design of each for M <= 4 (one short K chunk a
 program, atomics); peers.py runs GemLite beside them (optional, imported on first use).
 Importing this package registers the ops and every impl.
 """
@@ -23,7 +23,8 @@ if HAS_TRITON:
     TRITON_KERNELS.update(gemv_bf16=triton_bf16._gemv_kernel, gemv_w8=triton_w8._w8_kernel,
                           gemv_w4=triton_w4._w4_kernel,
                           gemv_w4_splitk=triton_splitk._w4_splitk_kernel,
-                          gemv_w8_splitk=triton_splitk._w8_splitk_kernel)
+                          gemv_w8_splitk=triton_splitk._w8_splitk_kernel,
+                          gemv_bf16_splitk=triton_splitk._bf16_splitk_kernel)
 from . import peers  # noqa: F401  (registers the GemLite impls; GemLite itself loads on first use)
 
 __all__ = ["GemvShape", "GemvW8Shape", "GemvW4Shape", "TRITON_KERNELS", "weight_bytes_bf16",

@@ -1,10 +1,11 @@
-"""Triton split-K GEMVs, batch 1-4: `triton_w4_splitk` (gemv_w4) and `triton_w8_splitk` (gemv_w8).
+"""Triton split-K GEMVs, batch 1-4: `triton_w4_splitk` (gemv_w4), `triton_w8_splitk` (gemv_w8) and
+`triton_gemv_splitk` (gemv_bf16).
 
-A second design beside triton_w4 / triton_w8, whose few programs each walk all of K for a block of
-rows. Here a program owns one short K chunk (BLOCK_K codes) of BLOCK_N rows and has no loop: it
-loads the chunk's 32-bit words at once (16 bytes a thread a load), turns the codes into floats
-with the same mantissa trick and PTX as triton_w4 / triton_w8 (no int-to-float conversion), sums
-the chunk across its threads and adds its [BLOCK_N] partial for each row of x into an fp32
+A second design beside triton_w4 / triton_w8 / triton_gemv, whose few programs each walk all of
+K for a block of rows. Here a program owns one short K chunk (BLOCK_K codes) of BLOCK_N rows and
+has no loop: it loads the chunk's 32-bit words at once (16 bytes a thread a load), turns the codes
+into floats with the same mantissa trick and PTX as triton_w4 / triton_w8 (no int-to-float
+conversion; 16-bit weights are used as they are), sums the chunk across its threads and adds its [BLOCK_N] partial for each row of x into an fp32
 workspace with atomics. The grid is (N / BLOCK_N) x (K / BLOCK_K): thousands of small programs at
 decode shapes, each SM holding many, all their loads in flight at once. Why: to stream at the
 roof an SM must keep (bandwidth / SMs) x DRAM latency in flight (13 KiB on an H200 at the 370 ns
@@ -223,6 +224,35 @@ def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.co
         tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
 
 
+# 16-bit weights (8 a 16-byte load): 64 weights a thread in the first six tiles, 128 in the rest
+_BF16_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw, num_stages=1)
+                 for bn, bk, nw in ((8, 256, 1), (16, 128, 1), (16, 256, 2), (32, 256, 4),
+                                    (16, 512, 4), (8, 1024, 4), (16, 256, 1), (32, 512, 4))]
+
+
+@autotune_or_fixed(_BF16_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 8, "BLOCK_K": 64},
+                   reset_to_zero=["ws_ptr"])
+@triton.jit
+def _bf16_splitk_kernel(x_ptr, w_ptr, ws_ptr, N, K, stride_xm, stride_wn, M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Program (n, k): rows n * BLOCK_N.., K chunk k * BLOCK_K..: the weights as they are, fp32
+    # products with each row of x, summed along the chunk and added into the workspace.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
+                mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                eviction_policy="evict_first").to(tl.float32)  # read once
+    for m in tl.static_range(M):
+        x = tl.load(x_ptr + m * stride_xm + offs_k, mask=k_mask, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+        part = tl.sum(w * x[None, :], axis=1)
+        tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+
+
 @triton.jit
 def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOCK: tl.constexpr):
     """Row m of y = row m of ws (INT8: times scales[n]) in y's dtype; ws = 0 again."""
@@ -238,6 +268,7 @@ def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOC
 
 _w4_splitk_kernel.configs_for = _configs_for(_W4_CONFIGS)
 _w8_splitk_kernel.configs_for = _configs_for(_W8_CONFIGS)
+_bf16_splitk_kernel.configs_for = _configs_for(_BF16_CONFIGS)
 
 _FINISH_BLOCK = 1024
 # fp32 workspaces, one per (device, stream): all zeros between calls (see the module docstring)
@@ -256,11 +287,11 @@ def workspace(device: torch.device, numel: int) -> torch.Tensor:
     return ws[:numel]
 
 
-def _check_batch(name: str, M: int) -> None:
+def _check_batch(name: str, M: int, instead: str) -> None:
     if M > GEMV_MAX_M:
         raise NotImplementedError(
-            f"{name} is a GEMV for batch 1-{GEMV_MAX_M} (M={M}): above, triton_w4 / triton_w8 "
-            f"read the weights once for all rows with tl.dot")
+            f"{name} is a GEMV for batch 1-{GEMV_MAX_M} (M={M}): above, {instead} reads the "
+            f"weights once for all rows with tl.dot")
 
 
 def _check_words(name: str, qweight: torch.Tensor) -> None:
@@ -283,7 +314,7 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     """Triton INT4 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
     partial sums added with atomics into an fp32 workspace, then cast into y."""
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
-    _check_batch("triton_w4_splitk", M)
+    _check_batch("triton_w4_splitk", M, "triton_w4")
     _check_words("triton_w4_splitk", qweight)
     x = x.contiguous()
     if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
@@ -304,7 +335,7 @@ def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     """Triton INT8 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
     partial sums added with atomics into an fp32 workspace, then scaled and cast into y."""
     M, N, K = check_w8_args(x, qweight, scales)
-    _check_batch("triton_w8_splitk", M)
+    _check_batch("triton_w8_splitk", M, "triton_w8")
     if K % 16:
         raise NotImplementedError(f"triton_w8_splitk reads rows in 16-byte pieces: it needs "
                                   f"K % 16 == 0 (K={K})")
@@ -319,4 +350,25 @@ def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     return y
 
 
-__all__ = ["triton_w4_splitk", "triton_w8_splitk", "workspace"]
+@register_impl("gemv_bf16", "triton_gemv_splitk", backends=TRITON_BACKENDS, kind="triton")
+def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton 16-bit GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
+    partial sums added with atomics into an fp32 workspace, then cast into y."""
+    M, K = x.shape
+    N = w.shape[0]
+    if w.shape[1] != K:
+        raise ValueError(f"x has K={K} but w has K={w.shape[1]}")
+    _check_batch("triton_gemv_splitk", M, "triton_gemv")
+    x = x.contiguous()
+    w = w.contiguous()
+    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws = workspace(x.device, M * N)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
+    _bf16_splitk_kernel[grid](x, w, ws, N, K, x.stride(0), w.stride(0), M=M,
+                              **launch_meta(_bf16_splitk_kernel))
+    _finish(ws, y, None)
+    return y
+
+
+__all__ = ["triton_gemv_splitk", "triton_w4_splitk", "triton_w8_splitk", "workspace"]

@@ -249,12 +249,14 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     k4, k8, kb = w4._w4_kernel, w8._w8_kernel, bf._gemv_kernel
     from kernels.gemv import TRITON_KERNELS
     s4, s8 = TRITON_KERNELS["gemv_w4_splitk"], TRITON_KERNELS["gemv_w8_splitk"]
+    sb = TRITON_KERNELS["gemv_bf16_splitk"]
     assert sk  # the split-K kernels: M = 1 and 4, INT4 at three group sizes, no tl.dot path
     per_dtype = (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
                  + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
                  + len(kb.configs_for(False, 1)) + len(kb.configs_for(False, 4))
                  + len(kb.configs_for(True, 16))
-                 + 3 * 2 * len(s4.configs_for(False)) + 2 * len(s8.configs_for(False)))
+                 + 3 * 2 * len(s4.configs_for(False)) + 2 * len(s8.configs_for(False))
+                 + 2 * len(sb.configs_for(False)))
     assert ok + len(bad) == len(seen) == 2 * per_dtype
     assert bad and all("out of resources" in b and "more" not in b for b in bad)
     assert {c["IEEE"] for _, c in seen if "IEEE" in c} == {True, False}

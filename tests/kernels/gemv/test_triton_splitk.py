@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import OPS, rel_err
-from kernels.gemv import GemvW4Shape, GemvW8Shape
+from kernels.gemv import GemvShape, GemvW4Shape, GemvW8Shape
 from tests import helpers
 from tests.kernels.gemv import w4_pk_model as model
 
@@ -15,13 +15,15 @@ import triton.language as tl  # noqa: E402  (visible to the jit function below)
 
 import kernels.gemv.triton_splitk as splitk_mod  # noqa: E402
 
-W4, W8 = OPS["gemv_w4"], OPS["gemv_w8"]
+W4, W8, B16 = OPS["gemv_w4"], OPS["gemv_w8"], OPS["gemv_bf16"]
 F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
 
 # Rows past N in the last row block; G = 256 has chunks of part of a group (BLOCK_K 128 < G)
 W4_SHAPES = [GemvW4Shape(1, 37, 256, 32), GemvW4Shape(3, 20, 768, 256),
              GemvW4Shape(4, 9, 256, 128), GemvW4Shape(2, 50, 192, 64)]
 W8_SHAPES = [GemvW8Shape(1, 37, 208), GemvW8Shape(3, 20, 96), GemvW8Shape(4, 9, 320)]
+# K not a multiple of the chunk (a masked last chunk), rows past N in the last row block
+B16_SHAPES = [GemvShape(1, 37, 200), GemvShape(3, 20, 96), GemvShape(4, 9, 1030)]
 
 
 def check(op, name, shape, dtype, device="cpu", seed=0):
@@ -47,6 +49,14 @@ def test_w4_interpreted(shape, dtype):
 def test_w8_interpreted(shape, dtype):
     check(W8, "triton_w8_splitk", shape, dtype, seed=0)
     check(W8, "triton_w8_splitk", shape, dtype, seed=1)
+    assert workspaces_are_zero()
+
+
+@pytest.mark.parametrize("dtype", [F16, F32])
+@pytest.mark.parametrize("shape", B16_SHAPES, ids=str)
+def test_bf16_interpreted(shape, dtype):
+    check(B16, "triton_gemv_splitk", shape, dtype, seed=0)
+    check(B16, "triton_gemv_splitk", shape, dtype, seed=1)
     assert workspaces_are_zero()
 
 
@@ -180,6 +190,16 @@ def test_w8_every_config_interpreted(M, dtype, monkeypatch):
     assert n == len(mod._W8_CONFIGS)
 
 
+@pytest.mark.slow  # every config, interpreted: ~5 s together
+@pytest.mark.parametrize("M, dtype", [(1, F16), (4, F32)])
+def test_bf16_every_config_interpreted(M, dtype, monkeypatch):
+    import kernels.gemv.triton_splitk as mod
+    n = helpers.check_every_config(
+        monkeypatch, mod, "_bf16_splitk_kernel", False,
+        lambda: check(B16, "triton_gemv_splitk", GemvShape(M, 20, 1100), dtype, seed=3))
+    assert n == len(mod._BF16_CONFIGS)
+
+
 def test_prune_keeps_the_small_tiles_above_one_row():
     import kernels.gemv.triton_splitk as mod
     nargs = {"x_ptr": torch.empty(0, dtype=BF16), "K": 8192}
@@ -199,6 +219,11 @@ def test_refuses_batches_above_four_and_w8_rows_not_in_16_bytes():
     x, qw, s = W8.make_inputs(GemvW8Shape(1, 8, 200), F16, "cpu", 0)
     with pytest.raises(NotImplementedError, match="K % 16"):
         W8.impls["triton_w8_splitk"](x, qw, s)
+    x, w = B16.make_inputs(GemvShape(5, 8, 64), F16, "cpu", 0)
+    with pytest.raises(NotImplementedError, match="batch 1-4.*triton_gemv reads"):
+        B16.impls["triton_gemv_splitk"](x, w)
+    with pytest.raises(ValueError, match="K=64 but w has K=32"):
+        B16.impls["triton_gemv_splitk"](x[:4], w[:, :32])
 
 
 def test_refuses_unaligned_words():
@@ -217,6 +242,8 @@ def test_refuses_unaligned_words():
     (W4, "triton_w4_splitk", "_w4_splitk_kernel", GemvW4Shape(3, 1000, 2048, 32)),
     (W8, "triton_w8_splitk", "_w8_splitk_kernel", GemvW8Shape(1, 4096, 4096)),
     (W8, "triton_w8_splitk", "_w8_splitk_kernel", GemvW8Shape(3, 1000, 2048)),
+    (B16, "triton_gemv_splitk", "_bf16_splitk_kernel", GemvShape(1, 4096, 4100)),
+    (B16, "triton_gemv_splitk", "_bf16_splitk_kernel", GemvShape(3, 1000, 2048)),
 ], ids=str)
 def test_cuda_every_config(op, name, attr, shape, monkeypatch):
     """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
