@@ -20,8 +20,9 @@ Steps, each a child process (or a few) in its own process group, killed at its t
   suite    `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
            the time box loses only itself; the summary says how many planned cases finished
   ncu      `ncu` on one launch of each of our Triton kernels at a DRAM-sized shape: DRAM bytes
-           read + written vs the op's bytes_moved; right after the INT4 GEMV's launch, the why
-           pass on it (ncu's occupancy, scheduler and warp-state sections)
+           read + written vs the op's bytes_moved; right after the INT4 GEMV's launch and the
+           long-context attention's, the why pass on each (ncu's occupancy, scheduler and
+           warp-state sections)
 The summary (summary.txt, summary.json) is rewritten as each step starts and ends, so a check cut
 from outside still leaves one; SIGTERM or Ctrl-C end the running step and write the final one.
 """
@@ -458,14 +459,12 @@ class Check:
             step.detail = "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
             return
         from .cases import ncu_targets
-        from .summary import best_ours
         targets = ncu_targets(self.backend, self.notes)
-        # The why pass runs right after the INT4 GEMV's byte check, on the INT4 kernel of ours
-        # that did best on the goal shapes in this run (else the first), so that the byte loop
-        # cannot starve it: that target goes first.
-        why_tg = why_target(targets, best_ours(self.records, "gemv_w4"))
-        if why_tg is not None:
-            targets = [why_tg] + [t for t in targets if t is not why_tg]
+        # The why passes (why_targets: the INT4 GEMV, the long-context attention) each run right
+        # after their launch's byte check, on the kernel of ours that its goal read in this run,
+        # and those launches go first, so that the byte loop cannot starve them.
+        whys = why_targets(targets, self.records)
+        targets = whys + [t for t in targets if not any(t is w for w in whys)]
         # On the GPU one process per launch, so that ncu's table belongs to one case and a crash
         # or hang costs one case; the dry run has no profiler and runs them all in one process.
         batches = [targets] if self.dry and targets else [[tg] for tg in targets]
@@ -508,9 +507,10 @@ class Check:
                                 res["error"] = f"exit {rc}: {e}"
                             res["device"] = info.get("device")
                 raw.flush()
-                if why_tg is not None and any(tg is why_tg for tg in batch):
-                    self._why(why_tg, end, raw)
-                    self.write_summary(final=False)
+                for why_tg in whys:
+                    if any(tg is why_tg for tg in batch):
+                        self._why(why_tg, end, raw)
+                        self.write_summary(final=False)
         step.seconds = time.monotonic() - t0
         ok = [r for r in self.ncu if r.get("ratio") is not None]
         off = [r for r in ok if not r.get("within_5pct")]
@@ -528,8 +528,8 @@ class Check:
             step.detail += " (dry run: counters fabricated from the byte model)"
 
     def _why(self, tg: dict[str, Any], end: float, raw) -> None:
-        """One more ncu pass on the INT4 GEMV with the sections that say why it runs below the
-        roof: occupancy, issue rate, stalls."""
+        """One more ncu pass on a launch (why_targets) with the sections that say why it runs
+        below the roof: occupancy, issue rate, stalls."""
         from .ncu import MARK, fake_why_csv, parse_ncu_csv, why, why_command
         res: dict[str, Any] = dict(tg)
         self.ncu_why.append(res)
@@ -612,6 +612,25 @@ def why_target(targets: list[dict[str, Any]], prefer: str | None) -> dict[str, A
     the first gemv_w4 target."""
     w4 = [t for t in targets if t["op"] == "gemv_w4"]
     return next((t for t in w4 if t["impl"] == prefer), w4[0] if w4 else None)
+
+
+LONG_CONTEXT = 32768  # the long-context attention goal's sequence
+
+
+def why_targets(targets: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The launches the why pass profiles, in order: the INT4 GEMV (why_target) and paged
+    attention at batch 1 x LONG_CONTEXT, the attention goal furthest from its mark in
+    results/h200/ (the impl its goal read in this run if profiled, else the first profiled there:
+    the split-KV one)."""
+    from .summary import best_ours, goals
+    out = [t for t in [why_target(targets, best_ours(records, "gemv_w4"))] if t is not None]
+    long = [t for t in targets if t["op"] == "paged_attention"
+            and t["shape"].get("B") == 1 and t["shape"].get("context") == LONG_CONTEXT]
+    read = next((g.get("impl") for g in goals(records) if g["op"] == "paged_attention"
+                 and g.get("context") == LONG_CONTEXT), None)
+    if long:
+        out.append(next((t for t in long if t["impl"] == read), long[0]))
+    return out
 
 
 OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")

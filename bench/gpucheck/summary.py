@@ -156,8 +156,8 @@ def goals(records: list[dict[str, Any]], planned: list | None = None) -> list[di
               and r["shape"].get("context") == ctxlen and r["status"] == "ok"
               and r.get("pct_datasheet") is not None]
         g = {"goal": f"paged attention, bf16, batch {b} x {ctxlen}: >= {target:.0f}% of the datasheet",
-             "op": "paged_attention", "target": target, "metric": "pct_datasheet",
-             "required": 1, "measured": 0, "met": None}
+             "op": "paged_attention", "B": b, "context": ctxlen, "target": target,
+             "metric": "pct_datasheet", "required": 1, "measured": 0, "met": None}
         mine = [r for r in at if ours(r)]
         if mine:
             best = max(mine, key=lambda r: r["pct_datasheet"])

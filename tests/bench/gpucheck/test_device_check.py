@@ -498,22 +498,47 @@ def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     check.log.close()
 
 
-def test_the_why_pass_runs_right_after_the_int4_byte_check(tmp_path, monkeypatch):
-    """The INT4 GEMV goes first and its why pass follows at once, so that the byte checks of the
-    other kernels cannot spend the ncu box before it."""
+def test_the_why_passes_run_right_after_their_byte_checks(tmp_path, monkeypatch):
+    """The INT4 GEMV goes first and its why pass follows at once, then the long-context
+    attention launch and its why pass, so that the byte checks of the other kernels cannot spend
+    the ncu box before them (the long context shrunk to 64 tokens to run interpreted)."""
     from bench.gpucheck import cases
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc, "LONG_CONTEXT", 64)
     fake = _stand_in_ncu(tmp_path, monkeypatch, WHY_RAW.split("\n", 1)[1])
     bf16 = {"op": "gemv_bf16", "impl": "triton_gemv", "dtype": "float32", "shape": {"M": 1, "N": 64, "K": 128}}
     w4 = {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
           "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}
-    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [dict(bf16), dict(w4)])
+    attn = {"op": "paged_attention", "impl": "triton_splitkv", "dtype": "float32",
+            "shape": {"B": 1, "Hq": 4, "Hkv": 2, "D": 32, "context": 64, "block_size": 16,
+                      "ragged": 0, "pool": 2}}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [dict(bf16), dict(w4), dict(attn)])
     check = _check(tmp_path)
     check.ncu_path = str(fake)
     check.step_ncu()
     raw = (check.out / "ncu-raw.txt").read_text()
-    heads = [ln for ln in raw.splitlines() if ln.startswith("### ")]
-    assert [h.split()[1:3] for h in heads] == [["gemv_w4/triton_w4", "{'M':"], ["why:", "gemv_w4/triton_w4"],
-                                               ["gemv_bf16/triton_gemv", "{'M':"]], heads
-    (w,) = check.ncu_why
-    assert "error" not in w and w["registers"] == 168
+    heads = [ln.split()[1:3] for ln in raw.splitlines() if ln.startswith("### ")]
+    assert heads == [["gemv_w4/triton_w4", "{'M':"], ["why:", "gemv_w4/triton_w4"],
+                     ["paged_attention/triton_splitkv", "{'B':"], ["why:", "paged_attention/triton_splitkv"],
+                     ["gemv_bf16/triton_gemv", "{'M':"]], heads
+    assert [w["op"] for w in check.ncu_why] == ["gemv_w4", "paged_attention"]
+    assert all("error" not in w and w["registers"] == 168 for w in check.ncu_why)
     check.log.close()
+
+
+def test_why_targets_follow_what_the_goals_read():
+    """The why passes profile the impl each goal read in this run, else the first profiled."""
+    from bench.gpucheck.check import LONG_CONTEXT, why_targets
+    long = {"B": 1, "Hq": 32, "Hkv": 8, "D": 128, "context": LONG_CONTEXT, "block_size": 16,
+            "ragged": 0, "pool": 2}
+    targets = [{"op": "gemv_w4", "impl": i, "dtype": "bfloat16", "shape": {}}
+               for i in ("triton_w4", "triton_w4_splitk")] + \
+        [{"op": "paged_attention", "impl": i, "dtype": "bfloat16", "shape": long}
+         for i in ("triton_splitkv", "triton")] + \
+        [{"op": "paged_attention", "impl": "triton", "dtype": "bfloat16", "shape": {**long, "B": 16, "context": 4096}}]
+    assert [(t["op"], t["impl"]) for t in why_targets(targets, [])] == [
+        ("gemv_w4", "triton_w4"), ("paged_attention", "triton_splitkv")]
+    rec = {"op": "paged_attention", "impl": "triton", "dtype": "bfloat16", "status": "ok",
+           "baseline": False, "kind": "triton", "pct_datasheet": 80.0, "shape": long}
+    got = why_targets(targets, [rec])
+    assert got[1]["impl"] == "triton" and got[1]["shape"]["context"] == LONG_CONTEXT
