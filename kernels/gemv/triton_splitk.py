@@ -1,15 +1,16 @@
 """Triton split-K GEMVs, batch 1-4: `triton_w4_splitk` (gemv_w4), `triton_w8_splitk` (gemv_w8) and
 `triton_gemv_splitk` (gemv_bf16).
 
-A second design beside triton_w4 / triton_w8 / triton_gemv, whose few programs each walk all of
-K for a block of rows. Here a program owns one short K chunk (BLOCK_K codes) of BLOCK_N rows and
-has no loop: it loads the chunk's 32-bit words at once (16 bytes a thread a load), turns the codes
-into floats with the same mantissa trick and PTX as triton_w4 / triton_w8 (no int-to-float
-conversion; 16-bit weights are used as they are), sums the chunk across its threads and adds its [BLOCK_N] partial for each row of x into an fp32
-workspace with atomics. The grid is (N / BLOCK_N) x (K / BLOCK_K): thousands of small programs at
-decode shapes, each SM holding many, all their loads in flight at once. Why: to stream at the
-roof an SM must keep (bandwidth / SMs) x DRAM latency in flight (13 KiB on an H200 at the 370 ns
-idle latency, more under load), and a thread that walks all of K issues its loads a step at a time.
+A second design beside triton_w4 / triton_w8 / triton_gemv, whose few programs each walk all of K
+for a block of rows. Here a program owns one short K chunk (BLOCK_K codes) of BLOCK_N rows and has
+no loop: it loads the chunk's 32-bit words at once (16 bytes a thread a load), turns the codes into
+floats with the same mantissa trick and PTX as triton_w4 / triton_w8 (no int-to-float conversion;
+16-bit weights are used as they are), sums the chunk across its threads and adds its [BLOCK_N]
+partial for each row of x into an fp32 workspace with atomics. The grid is (N / BLOCK_N) x (K /
+BLOCK_K): thousands of small programs at decode shapes, each SM holding many, all their loads in
+flight at once. Why: to stream at the roof an SM must keep (bandwidth / SMs) x DRAM latency in
+flight (13 KiB on an H200 at the 370 ns idle latency, more under load), and a thread that walks all
+of K issues its loads a step at a time.
 
 Output: the atomics add into an fp32 workspace, and one small kernel (`_finish_kernel`) writes y
 in x's dtype from it (INT8: times the row scale) and zeroes it again, so the workspace, kept per
@@ -110,9 +111,9 @@ def _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, st
               BLOCK_K: tl.constexpr, ASM: tl.constexpr):
     """Program (n, k) of the fp32 path: rows offs_n, codes k * BLOCK_K.. of each row of x."""
     # The chunk as [BLOCK_N, GROUPS, WPG] words: GROUPS whole groups, or (BLOCK_K < G) a part
-    # of one group. G and BLOCK_K are powers of two and K % G == 0, so a chunk of part of a group never passes K, and of a chunk of whole
-    # groups only groups past K are masked: the mask is constant along each group's words, and
-    # the loads stay 16 bytes.
+    # of one group. G and BLOCK_K are powers of two and K % G == 0, so a chunk of part of a
+    # group never passes K, and of a chunk of whole groups only groups past K are masked: the
+    # mask is constant along each group's words, and the loads stay 16 bytes.
     GROUPS: tl.constexpr = BLOCK_K // G if BLOCK_K >= G else 1
     WPG: tl.constexpr = G // 8 if BLOCK_K >= G else BLOCK_K // 8
     gi = (pid_k * BLOCK_K) // G + tl.arange(0, GROUPS)
