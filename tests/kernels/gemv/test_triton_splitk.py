@@ -246,12 +246,18 @@ def test_refuses_unaligned_words():
     (B16, "triton_gemv_splitk", "_bf16_splitk_kernel", GemvShape(3, 1000, 2048)),
 ], ids=str)
 def test_cuda_every_config(op, name, attr, shape, monkeypatch):
-    """Every config the tuner may pick, compiled for the GPU, bf16: the tuner checks none."""
+    """Every config the tuner may pick at the shape (the INT4 kernel's prune applied), compiled
+    for the GPU, bf16: the tuner checks none."""
     import kernels.gemv.triton_splitk as mod
-    helpers.check_every_config(monkeypatch, mod, attr, False,
-                               lambda: check(op, name, shape, BF16, device="cuda", seed=4),
-                               keep=lambda c: not c.kwargs.get("PK") or shape.M == 1)
-    assert workspaces_are_zero()
+    from kernels.triton_util import describe
+    kept = getattr(mod, attr).configs_for(False)
+    if attr == "_w4_splitk_kernel":
+        kept = mod._w4_prune(kept, {"x_ptr": torch.empty(0, dtype=BF16), "K": shape.K},
+                             M=shape.M, G=shape.group_size)
+    n = helpers.check_every_config(monkeypatch, mod, attr, False,
+                                   lambda: check(op, name, shape, BF16, device="cuda", seed=4),
+                                   keep=lambda c: describe(c) in {describe(k) for k in kept})
+    assert n == len(kept) and workspaces_are_zero()
 
 
 @pytest.mark.cuda
