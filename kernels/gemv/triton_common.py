@@ -77,23 +77,40 @@ def word_gemv_configs(tiles: tuple) -> list:
             + [cfg(tiles[0], 0, 0)])
 
 
-def two_paths(gemv: list, dot: list) -> tuple[list, Callable, Callable]:
+def words_per_thread(cfg: Any, codes_per_word: int) -> int:
+    """32-bit words of weights a thread holds in one step of a GEMV config."""
+    return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] // codes_per_word // (32 * cfg.num_warps)
+
+
+def two_paths(gemv: list, dot: list,
+              batched: tuple[int, dict[int, int]] | None = None) -> tuple[list, Callable, Callable]:
     """A kernel with a GEMV path and a tl.dot path (USE_DOT): all its configs, `configs_for(
     use_dot)` (under the interpreter with PTX swapped for the Triton twin) and the tuner's prune
     (each launch tries only its own path's configs, and X3D ones, an M = 1 layout, only at
-    BLOCK_M = 1: elsewhere they would run as their X3D=0 twin)."""
+    BLOCK_M = 1: elsewhere they would run as their X3D=0 twin). `batched` = (codes a word,
+    {BLOCK_M: most words a thread}): above M = 1 each row of x keeps the step's converted codes
+    live, so larger tiles spill registers on sm_90 (bench.gpucheck.sass --compile-all) and the
+    prune drops them there."""
     dot_ids = {id(c) for c in dot}
 
     def configs_for(use_dot: bool) -> list:
         configs = dot if use_dot else gemv
         return [without_ptx(c) for c in configs] if INTERPRET else configs
 
+    def fits(c: Any, block_m: int | None) -> bool:
+        if batched is None or block_m in (None, 1):
+            return True
+        cpw, most = batched
+        return words_per_thread(c, cpw) <= most.get(block_m, min(most.values()))
+
     def prune(configs: list, nargs: dict, **kw: Any) -> list:
-        return [c for c in configs if (id(c) in dot_ids) == bool(kw.get("USE_DOT"))
-                and (kw.get("BLOCK_M") == 1 or not c.kwargs.get("X3D"))]
+        use_dot, block_m = bool(kw.get("USE_DOT")), kw.get("BLOCK_M")
+        return [c for c in configs if (id(c) in dot_ids) == use_dot
+                and (block_m == 1 or not c.kwargs.get("X3D"))
+                and (use_dot or fits(c, block_m))]
 
     return gemv + dot, configs_for, prune
 
 
 __all__ = ["GEMV_MAX_M", "batch_path", "load_xw", "split_k_for", "two_paths", "without_ptx",
-           "word_gemv_configs"]
+           "word_gemv_configs", "words_per_thread"]

@@ -37,7 +37,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import GEMV_MAX_M, without_ptx
+from .triton_common import GEMV_MAX_M, without_ptx, words_per_thread
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
 
@@ -72,10 +72,6 @@ _W8_CONFIGS = _configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2), 
                         (32, 512, 4), (16, 256, 2), (8, 256, 1), (16, 512, 4)))
 
 
-def _words_per_thread(cfg: Any, codes_per_word: int) -> int:
-    return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] // codes_per_word // (32 * cfg.num_warps)
-
-
 def _pk_runs(cfg: Any, M: int, x: torch.Tensor, K: int, G: int) -> bool:
     """A PK config runs as such at M = 1 with bf16 x on whole chunks of whole groups (the PK
     step has no masks); elsewhere it would time its PK=0 twin again."""
@@ -92,7 +88,7 @@ def _w4_prune(configs: list, nargs: dict, **kw: Any) -> list:
             or _pk_runs(c, M, nargs["x_ptr"], nargs["K"], kw["G"])]
     if M == 1:
         return kept
-    return [c for c in kept if _words_per_thread(c, 8) <= 16]
+    return [c for c in kept if words_per_thread(c, 8) <= 16]
 
 
 def _configs_for(configs: list):

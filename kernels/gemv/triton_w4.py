@@ -51,7 +51,9 @@ _DOT_CONFIGS = [
                                 (64, 0, 4, 3, 1), (128, 0, 4, 3, 1), (32, 0, 4, 3, 1),
                                 (64, 1, 4, 3, 0))
 ]
-_ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
+# Above M = 1: at most 32 words a thread at M = 2 and 16 at M = 3-4 (larger tiles spill there)
+_ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
+                                                    batched=(8, {2: 32, 4: 16}))
 
 
 def _prune(configs: list, nargs: dict, **kw) -> list:

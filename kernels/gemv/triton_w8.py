@@ -38,7 +38,9 @@ _DOT_CONFIGS = [
     for bn, bk, nw in ((16, 256, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4), (64, 256, 8),
                        (128, 128, 8))
 ]
-_ALL_CONFIGS, _configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS)
+# Above M = 1: at most 32 words a thread (64 spill at M = 2 and 4)
+_ALL_CONFIGS, _configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
+                                               batched=(4, {2: 32, 4: 32}))
 
 
 @triton.jit

@@ -47,12 +47,33 @@ def test_prune_keeps_each_path_and_x3d_only_at_m1():
         pk = [c for c in at1 if c.kwargs.get("PK")]
         assert x3 and not any(c.kwargs.get("X3D") or c.kwargs.get("PK") for c in at4)
         assert bool(pk) == (mod is w4)
-        assert {id(c) for c in at4} == {id(c) for c in at1} - {id(c) for c in x3 + pk}
+        batched = {id(c) for c in at1} - {id(c) for c in x3 + pk}
+        assert {id(c) for c in at4} < batched  # less the tiles that spill above M = 1
         assert set(map(id, at1)) <= set(map(id, mod._GEMV_CONFIGS))
         at1_fp16 = mod._prune(mod._ALL_CONFIGS, fp16, USE_DOT=False, BLOCK_M=1)
         assert {id(c) for c in at1_fp16} == {id(c) for c in at1} - {id(c) for c in pk}
         dot = mod._prune(mod._ALL_CONFIGS, bf16, USE_DOT=True, BLOCK_M=16)
         assert dot and set(map(id, dot)) == set(map(id, mod._DOT_CONFIGS))
+
+
+def test_prune_above_one_row_keeps_the_tiles_that_do_not_spill():
+    """Above M = 1 every row of x keeps the step's converted codes live: INT4 keeps tiles of at
+    most 32 words a thread at BLOCK_M = 2 and 16 at 4, INT8 at most 32 at both (the larger ones
+    spill on sm_90: bench.gpucheck.sass --compile-all); each keeps some tiles, with and without
+    PREFETCH; M = 1 keeps them all."""
+    import torch
+    import kernels.gemv.triton_w4 as w4
+    import kernels.gemv.triton_w8 as w8
+    from kernels.gemv.triton_common import words_per_thread
+    x = {"x_ptr": torch.empty(1, dtype=torch.float16)}
+    for mod, cpw, most in ((w4, 8, {2: 32, 4: 16}), (w8, 4, {2: 32, 4: 32})):
+        gemv = [c for c in mod._GEMV_CONFIGS if not c.kwargs.get("X3D") and not c.kwargs.get("PK")]
+        assert mod._prune(gemv, x, USE_DOT=False, BLOCK_M=1) == gemv
+        for bm, limit in most.items():
+            kept = mod._prune(gemv, x, USE_DOT=False, BLOCK_M=bm)
+            assert {c.kwargs["PREFETCH"] for c in kept} == {0, 1}
+            assert kept == [c for c in gemv if words_per_thread(c, cpw) <= limit]
+        assert len(mod._prune(gemv, x, USE_DOT=False, BLOCK_M=4)) < len(gemv)
 
 
 def test_a_fixed_config_stand_in_launches_its_config():

@@ -205,7 +205,7 @@ def test_prune_keeps_the_small_tiles_above_one_row():
     nargs = {"x_ptr": torch.empty(0, dtype=BF16), "K": 8192}
     assert mod._w4_prune(mod._W4_CONFIGS, nargs, M=1, G=128) == mod._W4_CONFIGS
     kept = mod._w4_prune(mod._W4_CONFIGS, nargs, M=3, G=128)
-    assert kept and all(mod._words_per_thread(c, 8) <= 16 for c in kept)
+    assert kept and all(mod.words_per_thread(c, 8) <= 16 for c in kept)
     assert len(kept) < len(mod._W4_CONFIGS)
 
 
