@@ -26,9 +26,10 @@ from .triton_common import batch_path, load_xw, split_k_for, two_paths, word_gem
 # during this one. tl.dot path (M > 4): BLOCK_N >= 16.
 # X3D=1 (M = 1 only): the accumulator in the words' layout (see the kernel), on the three
 # tiles where it cut the loop's barriers from 16-32 to 10 and its count 3-7% (bench.sass).
+# The last two tiles (16 words a thread) are for batches 3-4, where the larger ones spill.
 _GEMV_CONFIGS = word_gemv_configs(((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3),
                                    (8, 2048, 4, 3), (32, 2048, 8, 3), (16, 1024, 2, 3),
-                                   (64, 512, 4, 3))) + [
+                                   (64, 512, 4, 3), (16, 512, 4, 3), (32, 512, 8, 3))) + [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "X3D": 1},
                   num_warps=nw, num_stages=3)
     for bn, bk, nw in ((64, 512, 4), (32, 2048, 8), (16, 1024, 4))]
@@ -38,9 +39,9 @@ _DOT_CONFIGS = [
     for bn, bk, nw in ((16, 256, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4), (64, 256, 8),
                        (128, 128, 8))
 ]
-# Above M = 1: at most 32 words a thread (64 spill at M = 2 and 4)
+# Above M = 1: at most 32 words a thread at M = 2 and 16 at M = 3-4 (larger tiles spill there)
 _ALL_CONFIGS, _configs_for, _prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
-                                               batched=(4, {2: 32, 4: 32}))
+                                               batched=(4, {2: 32, 4: 16}))
 
 
 @triton.jit
