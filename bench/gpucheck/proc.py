@@ -107,6 +107,7 @@ def run_procs(cmds: list[list[str]], box: float, log, env: dict[str, str],
         for proc in procs:
             _kill_group(proc, 1.0)
         raise
+    rcs = [rc if rc is not None else proc.poll() for proc, rc in zip(procs, rcs)]
     cut = [proc for proc, rc in zip(procs, rcs) if rc is None]
     for proc in cut:
         _kill_group(proc, KILL_GRACE_S)
@@ -133,7 +134,6 @@ def _tee(pipe, log, lines: list[str], tag: str = "", lock: threading.Lock | None
             sys.stdout.write(tag + line)
             sys.stdout.flush()
     pipe.close()
-
 
 
 def find_ncu() -> str | None:

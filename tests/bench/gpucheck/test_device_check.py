@@ -184,7 +184,10 @@ def test_run_procs_runs_at_once_tags_each_line_and_cuts_all_at_one_box(tmp_path,
         rcs, dt, outs = run_procs([["bash", "-c", "echo one; exit 4"],
                                    ["bash", "-c", "echo two; echo err >&2; sleep 30"]],
                                   3, log, {"PATH": "/usr/bin:/bin"}, ["a", "b"])
-    assert rcs == [4, None] and dt < 15
+        # the first still running at the box: the one after it that ended keeps its rc
+        later = run_procs([["bash", "-c", "sleep 30"], ["bash", "-c", "exit 3"]], 2, log,
+                          {"PATH": "/usr/bin:/bin"}, ["c", "d"])[0]
+    assert rcs == [4, None] and dt < 15 and later == [None, 3]
     assert [ln.strip() for ln in outs[0]] == ["one"]
     assert [ln.strip() for ln in outs[1]] == ["two", "err"]
     text = (tmp_path / "log").read_text()
