@@ -297,11 +297,22 @@ def _check_words(name: str, qweight: torch.Tensor) -> None:
                          "start on 4-byte boundaries")
 
 
-def _finish(ws: torch.Tensor, y: torch.Tensor, scales: torch.Tensor | None) -> None:
-    M, N = y.shape
-    grid = (triton.cdiv(N, _FINISH_BLOCK), M)
-    _finish_kernel[grid](ws, y, scales if scales is not None else ws, N, y.stride(0),
-                         SCALE=scales is not None, BLOCK=_FINISH_BLOCK, num_warps=4)
+def _run(kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int, K: int,
+         out: torch.Tensor | None, row_scales: torch.Tensor | None = None,
+         **const: Any) -> torch.Tensor:
+    """What the three impls share: y, the workspace, the (N / BLOCK_N) x (K / BLOCK_K) launch of
+    `kernel(x, *weights, ws, N, K, x's row stride, *strides, M=M, **const)`, then _finish_kernel
+    (times `row_scales` where given) into y."""
+    M = x.shape[0]
+    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws = workspace(x.device, M * N)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
+    kernel[grid](x, *weights, ws, N, K, x.stride(0), *strides, M=M, **const,
+                 **launch_meta(kernel))
+    _finish_kernel[(triton.cdiv(N, _FINISH_BLOCK), M)](
+        ws, y, row_scales if row_scales is not None else ws, N, y.stride(0),
+        SCALE=row_scales is not None, BLOCK=_FINISH_BLOCK, num_warps=4)
+    return y
 
 
 @register_impl("gemv_w4", "triton_w4_splitk", backends=TRITON_BACKENDS, kind="triton")
@@ -316,14 +327,8 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     x = x.contiguous()
     if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
         x = x.clone()  # the PK configs load x 16 bytes at a time
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws = workspace(x.device, M * N)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
-    _w4_splitk_kernel[grid](x, qweight, scales, zeros, ws, N, K, x.stride(0), qweight.stride(0),
-                            scales.stride(0), M=M, G=group_size,
-                            **launch_meta(_w4_splitk_kernel))
-    _finish(ws, y, None)
-    return y
+    return _run(_w4_splitk_kernel, x, (qweight, scales, zeros),
+                (qweight.stride(0), scales.stride(0)), N, K, out, G=group_size)
 
 
 @register_impl("gemv_w8", "triton_w8_splitk", backends=TRITON_BACKENDS, kind="triton")
@@ -338,13 +343,8 @@ def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                                   f"K % 16 == 0 (K={K})")
     _check_words("triton_w8_splitk", qweight)
     x = x.contiguous()
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws = workspace(x.device, M * N)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
-    _w8_splitk_kernel[grid](x, qweight, ws, N, K, x.stride(0), qweight.stride(0), M=M,
-                            **launch_meta(_w8_splitk_kernel))
-    _finish(ws, y, scales)
-    return y
+    return _run(_w8_splitk_kernel, x, (qweight,), (qweight.stride(0),), N, K, out,
+                row_scales=scales)
 
 
 @register_impl("gemv_bf16", "triton_gemv_splitk", backends=TRITON_BACKENDS, kind="triton")
@@ -359,13 +359,7 @@ def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
     _check_batch("triton_gemv_splitk", M, "triton_gemv")
     x = x.contiguous()
     w = w.contiguous()
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws = workspace(x.device, M * N)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
-    _bf16_splitk_kernel[grid](x, w, ws, N, K, x.stride(0), w.stride(0), M=M,
-                              **launch_meta(_bf16_splitk_kernel))
-    _finish(ws, y, None)
-    return y
+    return _run(_bf16_splitk_kernel, x, (w,), (w.stride(0),), N, K, out)
 
 
 __all__ = ["triton_gemv_splitk", "triton_w4_splitk", "triton_w8_splitk", "workspace"]

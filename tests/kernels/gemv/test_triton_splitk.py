@@ -36,27 +36,14 @@ def workspaces_are_zero() -> bool:
 
 
 @pytest.mark.parametrize("dtype", [F16, F32])
-@pytest.mark.parametrize("shape", W4_SHAPES, ids=str)
-def test_w4_interpreted(shape, dtype):
+@pytest.mark.parametrize("op, name, shape",
+                         [(W4, "triton_w4_splitk", s) for s in W4_SHAPES]
+                         + [(W8, "triton_w8_splitk", s) for s in W8_SHAPES]
+                         + [(B16, "triton_gemv_splitk", s) for s in B16_SHAPES], ids=str)
+def test_interpreted(op, name, shape, dtype):
     """Two calls in a row on fresh inputs: the second adds into what the first left behind."""
-    check(W4, "triton_w4_splitk", shape, dtype, seed=0)
-    check(W4, "triton_w4_splitk", shape, dtype, seed=1)
-    assert workspaces_are_zero()
-
-
-@pytest.mark.parametrize("dtype", [F16, F32])
-@pytest.mark.parametrize("shape", W8_SHAPES, ids=str)
-def test_w8_interpreted(shape, dtype):
-    check(W8, "triton_w8_splitk", shape, dtype, seed=0)
-    check(W8, "triton_w8_splitk", shape, dtype, seed=1)
-    assert workspaces_are_zero()
-
-
-@pytest.mark.parametrize("dtype", [F16, F32])
-@pytest.mark.parametrize("shape", B16_SHAPES, ids=str)
-def test_bf16_interpreted(shape, dtype):
-    check(B16, "triton_gemv_splitk", shape, dtype, seed=0)
-    check(B16, "triton_gemv_splitk", shape, dtype, seed=1)
+    check(op, name, shape, dtype, seed=0)
+    check(op, name, shape, dtype, seed=1)
     assert workspaces_are_zero()
 
 
