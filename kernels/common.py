@@ -31,4 +31,22 @@ def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-__all__ = ["TOLERANCE", "esize", "num_sms"]
+# sm_90's shared memory a block may opt into (227 KiB): the limit where no device says otherwise
+SM90_SMEM_BYTES = 232448
+
+
+def smem_per_block(device: torch.device | None) -> int:
+    """Shared memory a CUDA block may use on `device` (its opt-in maximum); elsewhere sm_90's,
+    which the offline sm_90 compiles (bench.gpucheck.sass) are checked against."""
+    if device is None or device.type != "cuda":
+        return SM90_SMEM_BYTES
+    return _cuda_smem(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _cuda_smem(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    return int(getattr(props, "shared_memory_per_block_optin", SM90_SMEM_BYTES))
+
+
+__all__ = ["TOLERANCE", "esize", "num_sms", "smem_per_block", "SM90_SMEM_BYTES"]

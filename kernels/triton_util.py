@@ -72,14 +72,14 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     return deco
 
 
-def launch_meta(kernel: Any, use_dot: bool = False) -> dict[str, Any]:
+def launch_meta(kernel: Any, use_dot: bool = False, **path: Any) -> dict[str, Any]:
     """The meta-parameters a launcher passes: the interpreter's fixed set, or with
     DECODEWALL_AUTOTUNE=0 the first config that can run on this path
-    (`kernel.configs_for(use_dot)`), else none: the tuner picks."""
+    (`kernel.configs_for(use_dot, **path)`), else none: the tuner picks."""
     if INTERPRET:
         return kernel.fixed_meta
     if not AUTOTUNE and hasattr(kernel, "configs_for"):
-        return config_meta(kernel.configs_for(use_dot)[0])
+        return config_meta(kernel.configs_for(use_dot, **path)[0])
     return kernel.fixed_meta
 
 

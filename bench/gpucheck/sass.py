@@ -308,15 +308,19 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
     return plans
 
 
-def path_configs(name: str, use_dot: bool, block_m: int) -> list:
+_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_ESIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def path_configs(name: str, use_dot: bool, block_m: int, dtype: str = "fp32") -> list:
     """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
-    GEMV's also depend on BLOCK_M)."""
+    GEMV's also depend on BLOCK_M and, on tl.dot, on the element size: its tiles must fit
+    shared memory)."""
     from kernels.gemv import TRITON_KERNELS
     kern = TRITON_KERNELS[name]
-    return kern.configs_for(use_dot, block_m) if name == "gemv_bf16" else kern.configs_for(use_dot)
-
-
-_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    if name == "gemv_bf16":
+        return kern.configs_for(use_dot, block_m, _ESIZE[dtype])
+    return kern.configs_for(use_dot)
 
 
 def tuner_configs(name: str, use_dot: bool, const: dict, dtype: str) -> list:
@@ -327,7 +331,7 @@ def tuner_configs(name: str, use_dot: bool, const: dict, dtype: str) -> list:
     import torch
 
     from kernels.gemv import TRITON_KERNELS
-    configs = path_configs(name, use_dot, const.get("BLOCK_M", const.get("M", 1)))
+    configs = path_configs(name, use_dot, const.get("BLOCK_M", const.get("M", 1)), dtype)
     prune = getattr(TRITON_KERNELS[name], "early_config_prune", None)
     if prune is None:  # DECODEWALL_AUTOTUNE=0: the kernel is not tuned, nothing is pruned
         return configs

@@ -14,7 +14,7 @@ from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
 
 # The Triton kernel behind each op's Triton impl (and, as `<op>_splitk`, the split-K design's),
 # for static analysis (python -m bench.gpucheck.sass): `.jit_fn` is the @triton.jit function,
-# `.configs_for(use_dot)` (bf16: `(use_dot, block_m)`) the configs a launch on that path tunes
+# `.configs_for(use_dot)` (bf16: `(use_dot, block_m, esize)`) the configs a launch on that path tunes
 # over. Empty without Triton.
 TRITON_KERNELS: dict = {}
 if HAS_TRITON:

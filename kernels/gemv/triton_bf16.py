@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import smem_per_block
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .triton_common import batch_path, load_xw
@@ -18,17 +19,33 @@ from .triton_common import batch_path, load_xw
 # (BLOCK_N, BLOCK_K, warps) x ACC3: wide K steps won on an H200 (results/h200/); ACC3 keeps a
 # [BLOCK_M, BLOCK_N, BLOCK_K] accumulator of plain FMAs and reduces it once after the loop,
 # instead of a cross-thread reduction every step.
+# The BLOCK_K = 128 tiles serve tl.dot alone: at 64 rows the wider K steps' x and w tiles
+# outgrow shared memory (see _dot_smem).
 _CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ACC3": acc3}, num_warps=nw, num_stages=3)
     for bn, bk, nw in ((16, 512, 4), (8, 1024, 4), (4, 2048, 4), (16, 1024, 8), (8, 2048, 8),
-                       (32, 512, 8), (32, 512, 4), (64, 256, 4))
+                       (32, 512, 8), (32, 512, 4), (64, 256, 4), (64, 128, 4), (32, 128, 4))
     for acc3 in (1, 0)
 ]
 
 
+def _dot_smem(cfg: triton.Config, block_m: int, esize: int) -> int:
+    """Shared memory of a tl.dot config: each pipeline stage holds a [BLOCK_M, BLOCK_K] x tile
+    and a [BLOCK_N, BLOCK_K] w tile (Triton 3.9's sm_90 compiles allocate exactly this)."""
+    k = cfg.kwargs
+    return cfg.num_stages * (block_m + k["BLOCK_N"]) * k["BLOCK_K"] * esize
+
+
 def _prune(configs: list, nargs: dict, **kw) -> list:
-    if kw.get("USE_DOT"):  # tl.dot: 16 rows at least, no 3-D accumulator
-        return [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["ACC3"]]
+    if kw.get("USE_DOT"):  # tl.dot: 16 rows at least, no 3-D accumulator, tiles that fit
+        dot = [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["ACC3"]]
+        x = nargs.get("x_ptr")
+        esize = x.element_size() if x is not None else kw.get("ESIZE", 4)
+        limit = smem_per_block(x.device if x is not None else None)
+        need = {id(c): _dot_smem(c, kw.get("BLOCK_M", 16), esize) for c in dot}
+        fits = [c for c in dot if need[id(c)] <= limit]
+        return fits or [min(dot, key=lambda c: need[id(c)])]
+    configs = [c for c in configs if c.kwargs["BLOCK_K"] > 128]
     if kw.get("BLOCK_M", 1) > 1:  # the 3-D accumulator is BLOCK_M times larger
         return [c for c in configs if not c.kwargs["ACC3"]] + \
             [c for c in configs if c.kwargs["ACC3"] and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 4096]
@@ -72,8 +89,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
              mask=m_mask[:, None] & n_mask[None, :])
 
 
-_gemv_kernel.configs_for = lambda use_dot, block_m=1: _prune(_CONFIGS, {}, USE_DOT=use_dot,
-                                                             BLOCK_M=block_m)
+def configs_for(use_dot: bool, block_m: int = 1, esize: int = 4) -> list:
+    """The configs a launch on this path tunes over (tl.dot: those whose tiles fit sm_90's
+    shared memory at `block_m` rows of `esize`-byte elements; fp32 where not said)."""
+    return _prune(_CONFIGS, {}, USE_DOT=use_dot, BLOCK_M=block_m, ESIZE=esize)
+
+
+_gemv_kernel.configs_for = configs_for
 
 
 @register_impl("gemv_bf16", "triton_gemv", backends=TRITON_BACKENDS, kind="triton")
@@ -90,5 +112,6 @@ def triton_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))
     _gemv_kernel[grid](x, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0),
                        BLOCK_M=block_m, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
-                       **launch_meta(_gemv_kernel, use_dot))
+                       **launch_meta(_gemv_kernel, use_dot, block_m=block_m,
+                                     esize=x.element_size()))
     return y

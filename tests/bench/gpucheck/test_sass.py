@@ -251,13 +251,17 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     s4, s8 = TRITON_KERNELS["gemv_w4_splitk"], TRITON_KERNELS["gemv_w8_splitk"]
     sb = TRITON_KERNELS["gemv_bf16_splitk"]
     assert sk  # the split-K kernels: M = 1 and 4, INT4 at three group sizes, no tl.dot path
-    per_dtype = (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
-                 + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
-                 + len(kb.configs_for(False, 1)) + len(kb.configs_for(False, 4))
-                 + len(kb.configs_for(True, 16))
-                 + 3 * 2 * len(s4.configs_for(False)) + 2 * len(s8.configs_for(False))
-                 + 2 * len(sb.configs_for(False)))
-    assert ok + len(bad) == len(seen) == 2 * per_dtype
+    def per_dtype(esize: int) -> int:
+        return (3 * (2 * len(k4.configs_for(False)) + len(k4.configs_for(True)))
+                + 2 * 2 * len(k8.configs_for(False)) + len(k8.configs_for(True))
+                + len(kb.configs_for(False, 1)) + len(kb.configs_for(False, 4))
+                + len(kb.configs_for(True, 16, esize))
+                + 3 * 2 * len(s4.configs_for(False)) + 2 * len(s8.configs_for(False))
+                + 2 * len(sb.configs_for(False)))
+    # bf16's tl.dot path keeps the 16-row tiles that fp32's 4-byte elements push out of shared
+    # memory
+    assert len(kb.configs_for(True, 16, 2)) > len(kb.configs_for(True, 16, 4))
+    assert ok + len(bad) == len(seen) == per_dtype(2) + per_dtype(4)
     assert bad and all("out of resources" in b and "more" not in b for b in bad)
     assert {c["IEEE"] for _, c in seen if "IEEE" in c} == {True, False}
     assert {c["BLOCK_M"] for _, c in seen if "BLOCK_M" in c} == {1, 4, 16}
@@ -289,3 +293,40 @@ def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
     assert all(k % 2048 == 0 for _, k, _ in calls)
     assert {kw.get("BLOCK_M", kw.get("M")) for _, _, kw in calls} == {1, 4, 16}
     assert {kw["G"] for _, _, kw in calls if "G" in kw} == {32, 128, 256}
+
+
+# The bf16 GEMV's tl.dot prune keeps the tiles whose shared memory by its model fits a block;
+# an sm_90 compile must allocate what the model says, or the prune protects nothing.
+_SMEM_PROBE = r'''
+import json
+from bench.gpucheck.sass import compile_sm90, _plans
+from kernels.gemv import triton_bf16 as bf
+out = []
+for dtype, bm, tile in (("fp32", 64, (64, 128, 4)), ("bf16", 16, (16, 512, 4)),
+                        ("bf16", 64, (16, 512, 4))):
+    name, fn, types, const, aligned, _ = _plans("gemv_bf16", dtype)[0]
+    cfg = next(c for c in bf._CONFIGS if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
+               == tile and not c.kwargs["ACC3"])
+    k = compile_sm90(fn, types, {**const, "BLOCK_M": bm, "USE_DOT": True,
+                                 "IEEE": dtype == "fp32", **cfg.kwargs},
+                     cfg.num_warps, cfg.num_stages, aligned)
+    out.append([int(k.metadata.shared), bf._dot_smem(cfg, bm, 4 if dtype == "fp32" else 2)])
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # three real sm_90 compiles
+def test_bf16_dot_shared_memory_model_matches_an_sm90_compile():
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, "-c", _SMEM_PROBE], capture_output=True, text=True,
+                       cwd=REPO, env=_compile_env(), timeout=300)
+    if r.returncode and ("ptxas" in r.stderr or "cannot compile" in r.stderr):
+        pytest.skip(r.stderr.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stderr[-800:]
+    import json
+
+    from kernels.common import SM90_SMEM_BYTES
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    # the compiler allocates at most the model's bytes; the third tile (64 rows) does not fit
+    assert all(0 < shared <= model for shared, model in got), got
+    assert got[2][0] > SM90_SMEM_BYTES and got[0][1] <= SM90_SMEM_BYTES

@@ -347,7 +347,8 @@ def test_cuda_bf16_and_fp16(op_name, shape):
         args = op.make_inputs(shape, dtype, "cuda", 0)
         ref = op.reference(*args)
         for name, impl in op.impls.items():
-            if "cuda" not in impl.backends:
+            # the peers (FlashInfer: test_peers_flashinfer.py) are tested where they can run
+            if "cuda" not in impl.backends or impl.fn.__module__.endswith(".peers"):
                 continue
             out = torch.full(args[0].shape, float("nan"), dtype=dtype, device="cuda")
             impl(*args, out=out)

@@ -83,6 +83,25 @@ def test_torch_impls_against_reference_all_dtypes():
         assert rel_err(out, op.reference(x, w)) <= op.tol(dtype)
 
 
+def test_dot_configs_fit_shared_memory():
+    """tl.dot at 16-64 rows: the configs kept fit sm_90's shared memory by the model (an sm_90
+    compile agrees: test_sass) and wider tiles are dropped at 64 rows, so the first config (what
+    DECODEWALL_AUTOTUNE=0 runs) fits too."""
+    tb = pytest.importorskip("kernels.gemv.triton_bf16")
+    from kernels.common import SM90_SMEM_BYTES
+    for bm in (16, 32, 64):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            es = torch.empty(0, dtype=dtype).element_size()
+            kept = tb.configs_for(True, bm, es)
+            assert kept and all(tb._dot_smem(c, bm, es) <= SM90_SMEM_BYTES for c in kept)
+            nargs = {"x_ptr": torch.empty(1, dtype=dtype)}
+            assert tb._prune(tb._CONFIGS, nargs, USE_DOT=True, BLOCK_M=bm) == kept
+    assert len(tb.configs_for(True, 64, 2)) < len(tb.configs_for(True, 16, 2))
+    assert any(tb._dot_smem(c, 64, 2) > SM90_SMEM_BYTES for c in tb.configs_for(True, 16, 2))
+    assert tb._prune(tb._CONFIGS, {}, USE_DOT=False, BLOCK_M=1) == tb.configs_for(False, 1)
+    assert all(c.kwargs["BLOCK_K"] > 128 for c in tb.configs_for(False, 1))  # dot-only tiles
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("M,N,K", [(1, 4096, 4096), (5, 1000, 3000), (16, 6144, 4096), (64, 512, 8192)])
