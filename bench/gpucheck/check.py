@@ -45,6 +45,7 @@ from typing import Any
 from bench.errors import OneLineParser
 
 from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc, run_procs
+from .pytest_shard import FAIL_LINE
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
 # total leaves after the steps before it and the nominal boxes of the steps after it; its figure
@@ -52,8 +53,8 @@ from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc, run_procs
 # empty Triton cache) all the cuda tests, every config of the 61 then included, took 70 s, and
 # the suite of 39 cases 156 s; its goal cases come first, so a short box cuts the least
 # important ones.
-BOXES = {"peers": 30, "env": 20, "pytest": 60, "configs": 70, "roof": 20, "flush": 25,
-         "suite": 103, "ncu": 80}
+BOXES = {"peers": 30, "env": 20, "pytest": 90, "configs": 50, "roof": 20, "flush": 25,
+         "suite": 93, "ncu": 80}
 STEPS = tuple(BOXES)
 # The whole check, summary included: a step cut at its box takes up to 2 x KILL_GRACE_S more to
 # die, and the summary a second; RESERVE_S keeps that inside TOTAL_S.
@@ -323,7 +324,8 @@ class Check:
                 step.detail += " (dry run: no GPU, every cuda test skipped)"
         step.detail += f" ({n} pytest processes at once)"
         if prog["failed"]:
-            shown = prog["failed"][:6]
+            shown = [t + (f" ({prog['reasons'][t]})" if t in prog["reasons"] else "")
+                     for t in prog["failed"][:6]]
             more = len(prog["failed"]) - len(shown)
             step.detail += f"; failed: {', '.join(shown)}" + (f" and {more} more" if more else "")
         if prog["last"] and None not in rcs:
@@ -639,9 +641,10 @@ TEST_LINE = re.compile(r"[\w./-]+\.py::")  # -v names a test by its relative pat
 
 
 def pytest_shards() -> int:
-    """How many pytest processes a test step runs at once: a quarter of the cores, 2 to 4 (the
-    GPU machine's 16 give 4; the dry run on 2 still runs two, so the parallel path is tested)."""
-    return max(2, min(4, (os.cpu_count() or 1) // 4))
+    """How many pytest processes a test step runs at once: half the cores, 2 to 8 (the GPU
+    machine's 16 give 8: with an empty Triton cache 4 got through a quarter of the cuda tests in
+    60 s, compiling; the dry run on 2 still runs two, so the parallel path is tested)."""
+    return max(2, min(8, (os.cpu_count() or 1) // 2))
 
 
 def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -649,22 +652,28 @@ def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
     tests still running, the last test seen, each shard's final line joined."""
     return {"counts": {w: sum(p["counts"][w] for p in progs) for w in OUTCOMES},
             "failed": [t for p in progs for t in p["failed"]],
+            "reasons": {t: r for p in progs for t, r in p.get("reasons", {}).items()},
             "last": next((p["last"] for p in reversed(progs) if p["last"]), None),
             "running": [p["running"] for p in progs if p["running"]],
             "final": "; ".join(p["final"] for p in progs if p["final"])}
 
 
 def pytest_progress(lines: list[str]) -> dict[str, Any]:
-    """What `pytest -v` said so far: counts per outcome, the failed tests, the last test seen,
-    the one running when the output stops (the last test named, with no outcome yet), the final
-    line."""
+    """What `pytest -v` said so far: counts per outcome, the failed tests and why (the
+    pytest_shard plugin's lines), the last test seen, the one running when the output stops (the
+    last test named, with no outcome yet), the final line."""
     counts = dict.fromkeys(OUTCOMES, 0)
     failed: list[str] = []
+    reasons: dict[str, str] = {}
     last = outcome = None
     final = ""
     for raw in lines:
         ln = raw.rstrip("\n")
-        if TEST_LINE.match(ln):
+        if ln.startswith(FAIL_LINE):
+            test, _, why = ln[len(FAIL_LINE):].partition(": ")
+            test = test.rsplit(" (", 1)[0]
+            reasons.setdefault(test, why)
+        elif TEST_LINE.match(ln):
             last, outcome = ln.strip(), None
             for word in OUTCOMES:
                 i = ln.find(f" {word}")
@@ -677,7 +686,7 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
                     failed.append(last)
         elif ln.startswith("=") and (" in " in ln or "no tests ran" in ln):
             final = ln.strip("= ").strip()
-    return {"counts": counts, "failed": failed, "last": last,
+    return {"counts": counts, "failed": failed, "reasons": reasons, "last": last,
             "running": last if last is not None and outcome is None else None, "final": final}
 
 

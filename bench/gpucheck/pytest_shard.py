@@ -1,10 +1,20 @@
 """A pytest plugin for the device check (`-p bench.gpucheck.pytest_shard`): `--shard I/N` keeps
 the tests whose place among those selected is I modulo N. The check runs N pytest processes at
 once on the GPU machine's cores, so their Triton compiles, most of the cuda tests' time with an
-empty cache, run side by side rather than one after another."""
+empty cache, run side by side rather than one after another.
+
+It also prints each failure's reason on one line (`FAIL_LINE` + the test's id and the error) the
+moment the test fails: pytest's own report of it comes at the end of the run, which a time box
+may cut off."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+
+FAIL_LINE = "DWFAIL "
+REASON_CHARS = 300
+_CONFIG: list[pytest.Config] = []
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -20,7 +30,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run only the selected tests whose place among them is I modulo N")
 
 
+def reason(report: Any) -> str:
+    """A failed report's error on one line: the crash message where pytest has one."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    return " ".join(text.split())[:REASON_CHARS]
+
+
+@pytest.hookimpl(trylast=True)  # after the terminal reporter's own FAILED
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not report.failed or not _CONFIG:
+        return
+    config = _CONFIG[0]
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    if tr is not None:  # the test named as -v names it
+        test = config.cwd_relative_nodeid(report.nodeid)
+        tr.write_line(f"{FAIL_LINE}{test} ({report.when}): {reason(report)}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG[:] = [config]
     spec = config.getoption("shard")
     if spec:
         try:

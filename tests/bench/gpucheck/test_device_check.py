@@ -223,6 +223,30 @@ def test_shards_run_each_selected_test_once(tmp_path):
     assert bad.returncode == 4 and "expected I/N" in bad.stderr
 
 
+def test_plugin_says_why_a_test_failed_the_moment_it_fails(tmp_path):
+    """The reason comes on its own line right after the test's FAILED, before the next test
+    starts (pytest's own report waits for the end of the run, which a time box may cut off), and
+    pytest_progress files it under the test."""
+    (tmp_path / "test_f.py").write_text(
+        "def test_a():\n    assert 1 + 1 == 3, 'rel err 0.5 > 0.01'\n\n\n"
+        "def test_b():\n    raise RuntimeError('out of resources:\\n  shared memory')\n\n\n"
+        "def test_c():\n    pass\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                          "-p", "no:cacheprovider", "-v", "--tb=line", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 1, out.stdout[-2000:]
+    lines = out.stdout.splitlines()
+    why_a = next(i for i, ln in enumerate(lines) if ln.startswith("DWFAIL ") and "test_a" in ln)
+    started_c = next(i for i, ln in enumerate(lines) if "::test_c" in ln)
+    assert why_a < started_c
+    assert "test_f.py::test_a (call): AssertionError: rel err 0.5 > 0.01" in lines[why_a]
+    p = pytest_progress(out.stdout.splitlines(keepends=True))
+    assert [t.split("::")[1] for t in p["failed"]] == ["test_a", "test_b"]
+    assert p["reasons"][p["failed"][0]].startswith("AssertionError: rel err 0.5 > 0.01")
+    assert p["reasons"][p["failed"][1]] == "RuntimeError: out of resources: shared memory"
+    assert merge_progress([p])["reasons"] == p["reasons"]
+
+
 def test_merged_progress_of_shards_sums_and_lists_what_each_was_running():
     done = pytest_progress(VERBOSE.splitlines(keepends=True))
     cut = pytest_progress(VERBOSE.split("[100%]")[0].rsplit(" PASSED", 1)[0].splitlines(keepends=True))
