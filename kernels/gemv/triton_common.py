@@ -1,5 +1,6 @@
-"""What the three Triton GEMV kernels share: the path a batch takes, the K-step load, when to split
-K, and the config families the INT8 and INT4 kernels tune over.
+"""What the Triton GEMV kernels share: the path a batch takes, the K-step load, when to split K and
+the split's fp32 workspace and finishing launch, and the config families the INT8 and INT4
+kernels tune over.
 
 Two paths by the batch M. Up to M = 4 a GEMV: each program keeps a per-thread inner product in
 fp32 registers, and tensor cores would idle on rows of zeros. Above, `tl.dot`, which needs 16
@@ -40,17 +41,60 @@ def load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm, stri
     return x, w
 
 
-def split_k_for(n_tiles: int, K: int, device: torch.device) -> int:
-    """Split K only when even the smallest row tiles (the caller counts them) leave SMs idle:
-    a split costs a zeroed fp32 workspace, atomics and a copy into y, two extra launches that
-    cost a short GEMV (8 us at 8192 x 8192 INT4 on an H100) a visible share of its time."""
+def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
+                min_k: int = 1024) -> int:
+    """How many programs split K: doubled while the `n_tiles` row tiles (the caller counts them
+    at the BLOCK_N its tuned configs use) times the split give fewer than `per_sm` programs an
+    SM and each split keeps at least `min_k` of K. A split costs atomics into the fp32
+    workspace and one more launch (`finish`): ~2 us, a visible share of a short GEMV; too few
+    programs an SM cost more (the H200 run: INT4 at 8192 x 8192, 256 programs of 32 rows on
+    132 SMs, 49% of the roof; at M = 16, 96 programs of 64 rows, 13%)."""
     sms = num_sms(device)
     if sms is None:
         return 1
     split = 1
-    while n_tiles * split < sms and K // (split * 2) >= 1024:
+    while n_tiles * split < per_sm * sms and K // (split * 2) >= min_k:
         split *= 2
     return split
+
+
+# fp32 workspaces for split-K's atomics, one per (device, stream): all zeros between calls
+_WORKSPACES: dict[tuple[str, int], torch.Tensor] = {}
+FINISH_BLOCK = 1024
+
+
+def workspace(device: torch.device, numel: int) -> torch.Tensor:
+    """`numel` fp32 zeros for the atomics, from the device and stream's workspace, which every
+    call's `finish` leaves zeroed (calls on one stream run in order, so none overlap)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.numel() < numel:
+        ws = torch.zeros(max(numel, 1 << 14), device=device, dtype=torch.float32)
+        _WORKSPACES[key] = ws
+    return ws[:numel]
+
+
+@triton.jit
+def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """Row m of y = row m of ws (INT8: times scales[n]) in y's dtype; ws = 0 again."""
+    m = tl.program_id(1)
+    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs_n < N
+    v = tl.load(ws_ptr + m * N + offs_n, mask=mask, other=0.0)
+    if SCALE:
+        v = v * tl.load(s_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(ws_ptr + m * N + offs_n, tl.zeros_like(v), mask=mask)
+
+
+def finish(ws: torch.Tensor, y: torch.Tensor, row_scales: torch.Tensor | None = None) -> None:
+    """y (M x N) = the workspace's M x N fp32 sums (times `row_scales` where given), cast to y's
+    dtype, and the workspace zeroed: one launch, instead of a memset before and a copy after."""
+    M, N = y.shape
+    _finish_kernel[(triton.cdiv(N, FINISH_BLOCK), M)](
+        ws, y, row_scales if row_scales is not None else ws, N, y.stride(0),
+        SCALE=row_scales is not None, BLOCK=FINISH_BLOCK, num_warps=4)
 
 
 # --- the quantized GEMVs' configs -------------------------------------------------------------
@@ -112,5 +156,5 @@ def two_paths(gemv: list, dot: list,
     return gemv + dot, configs_for, prune
 
 
-__all__ = ["GEMV_MAX_M", "batch_path", "load_xw", "split_k_for", "two_paths", "without_ptx",
-           "word_gemv_configs", "words_per_thread"]
+__all__ = ["GEMV_MAX_M", "batch_path", "finish", "load_xw", "split_k_for", "two_paths",
+           "without_ptx", "word_gemv_configs", "words_per_thread", "workspace"]

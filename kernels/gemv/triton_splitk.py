@@ -12,9 +12,10 @@ flight at once. Why: to stream at the roof an SM must keep (bandwidth / SMs) x D
 flight (13 KiB on an H200 at the 370 ns idle latency, more under load), and a thread that walks all
 of K issues its loads a step at a time.
 
-Output: the atomics add into an fp32 workspace, and one small kernel (`_finish_kernel`) writes y
-in x's dtype from it (INT8: times the row scale) and zeroes it again, so the workspace, kept per
-device and stream, is all zeros before every call: one extra launch, not a memset and a cast.
+Output: the atomics add into an fp32 workspace, and one small kernel (`triton_common.finish`)
+writes y in x's dtype from it (INT8: times the row scale) and zeroes it again, so the workspace,
+kept per device and stream, is all zeros before every call: one extra launch, not a memset and a
+cast.
 Adding straight into a zeroed y in bf16 or fp16 would round at every add (in bf16 1% of y at
 K / BLOCK_K = 64 chunks, the whole tolerance: docs/kernels.md), and y would still need a memset.
 The workspace traffic (4 bytes an output a chunk, 8 to finish) is the kernel's own overhead, not
@@ -37,7 +38,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import GEMV_MAX_M, without_ptx, words_per_thread
+from .triton_common import GEMV_MAX_M, finish, without_ptx, words_per_thread, workspace
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
 
@@ -194,7 +195,7 @@ def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.co
                     eviction_policy="evict_first")  # read once
     f0, f1, f2, f3 = _codes8(words, ASM)  # 1 + (q + 128) / 2^15, code i of each word
     # Per word sum_i x_i q_i = 2^15 sum_i x_i (f_i - 1) - 128 sum_i x_i: the first sum taken per
-    # word (p, small, no cancellation across the chunk), the row scale applied by _finish_kernel.
+    # word (p, small, no cancellation across the chunk), the row scale applied by `finish`.
     # In 16 bits p = x_0 f_0 - sum x + ..., one FMA a code, rounding at 2^-24 of x, 2^-16 of p:
     # far below a 16-bit y's rounding, but up to ~1e-4 of y, fp32's tolerance, so fp32 x takes
     # the exact f - 1 first (one add a code more). One row of x at a time, as in the INT4 kernel.
@@ -250,39 +251,9 @@ def _bf16_splitk_kernel(x_ptr, w_ptr, ws_ptr, N, K, stride_xm, stride_wn, M: tl.
         tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
 
 
-@triton.jit
-def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    """Row m of y = row m of ws (INT8: times scales[n]) in y's dtype; ws = 0 again."""
-    m = tl.program_id(1)
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs_n < N
-    v = tl.load(ws_ptr + m * N + offs_n, mask=mask, other=0.0)
-    if SCALE:
-        v = v * tl.load(s_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(ws_ptr + m * N + offs_n, tl.zeros_like(v), mask=mask)
-
-
 _w4_splitk_kernel.configs_for = _configs_for(_W4_CONFIGS)
 _w8_splitk_kernel.configs_for = _configs_for(_W8_CONFIGS)
 _bf16_splitk_kernel.configs_for = _configs_for(_BF16_CONFIGS)
-
-_FINISH_BLOCK = 1024
-# fp32 workspaces, one per (device, stream): all zeros between calls (see the module docstring)
-_WORKSPACES: dict[tuple[str, int], torch.Tensor] = {}
-
-
-def workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """`numel` fp32 zeros for the atomics, from the device and stream's workspace, which every
-    call's `_finish_kernel` leaves zeroed (calls on one stream run in order, so none overlap)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    ws = _WORKSPACES.get(key)
-    if ws is None or ws.numel() < numel:
-        ws = torch.zeros(max(numel, 1 << 14), device=device, dtype=torch.float32)
-        _WORKSPACES[key] = ws
-    return ws[:numel]
-
 
 def _check_batch(name: str, M: int, instead: str) -> None:
     if M > GEMV_MAX_M:
@@ -301,7 +272,7 @@ def _run(kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int, K
          out: torch.Tensor | None, row_scales: torch.Tensor | None = None,
          **const: Any) -> torch.Tensor:
     """What the three impls share: y, the workspace, the (N / BLOCK_N) x (K / BLOCK_K) launch of
-    `kernel(x, *weights, ws, N, K, x's row stride, *strides, M=M, **const)`, then _finish_kernel
+    `kernel(x, *weights, ws, N, K, x's row stride, *strides, M=M, **const)`, then `finish`
     (times `row_scales` where given) into y."""
     M = x.shape[0]
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
@@ -309,9 +280,7 @@ def _run(kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int, K
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
     kernel[grid](x, *weights, ws, N, K, x.stride(0), *strides, M=M, **const,
                  **launch_meta(kernel))
-    _finish_kernel[(triton.cdiv(N, _FINISH_BLOCK), M)](
-        ws, y, row_scales if row_scales is not None else ws, N, y.stride(0),
-        SCALE=row_scales is not None, BLOCK=_FINISH_BLOCK, num_warps=4)
+    finish(ws, y, row_scales)
     return y
 
 
@@ -362,4 +331,4 @@ def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
     return _run(_bf16_splitk_kernel, x, (w,), (w.stride(0),), N, K, out)
 
 
-__all__ = ["triton_gemv_splitk", "triton_w4_splitk", "triton_w8_splitk", "workspace"]
+__all__ = ["triton_gemv_splitk", "triton_w4_splitk", "triton_w8_splitk"]

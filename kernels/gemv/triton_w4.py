@@ -8,8 +8,9 @@ and zero are applied once per word: sum_i x_i (q_i - z) s = 128 s p - (128 + z) 
 p = sum_i x_i f_i and xs = sum_i x_i. At M = 1 with bf16 x the PK=1 configs put two codes in
 each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a power of two into
 fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
-on the same codes, scale and zero applied to the product. K is split across programs only where
-N leaves SMs idle (triton_common.split_k_for). `python -m bench.gpucheck.sass` counts each
+on the same codes, scale and zero applied to the product. K is split across programs where N
+gives an SM fewer than 4 of them (triton_common.split_k_for), the partial sums added into an fp32
+workspace and cast into y by one more launch (triton_common.finish). `python -m bench.gpucheck.sass` counts each
 config's loop for sm_90.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import batch_path, split_k_for, two_paths, word_gemv_configs
+from .triton_common import (batch_path, finish, split_k_for, two_paths, word_gemv_configs,
+                            workspace)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
 # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
@@ -667,14 +669,23 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         x = x.clone()  # the PK path loads x 16 bytes at a time
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
-    split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
+    split = split_k or _split(M, N, K, block_m, use_dot, x.device)
     split = max(1, min(split, K // group_size))
-    ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
+    ws = workspace(x.device, M * N) if split > 1 else y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
     _w4_kernel[grid](x, qweight, scales, zeros, y, ws, M, N, K, x.stride(0), qweight.stride(0),
                      scales.stride(0), y.stride(0), G=group_size, BLOCK_M=block_m,
                      SPLIT_K=split, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
                      **launch_meta(_w4_kernel, use_dot))
     if split > 1:
-        y.copy_(ws)
+        finish(ws, y)
     return y
+
+
+def _split(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
+    """4 programs an SM, counted at the rows a program of the tuner's picks on the H200 takes
+    (32 at M = 1, 64 on tl.dot), each split at least 4 groups of 128 deep on tl.dot and a whole
+    2048-code step of the widest PK configs on the GEMV path."""
+    rows = 64 if use_dot else 32
+    return split_k_for(triton.cdiv(N, rows) * triton.cdiv(M, block_m), K, device, per_sm=4,
+                       min_k=512 if use_dot else 2048)

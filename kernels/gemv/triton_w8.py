@@ -7,8 +7,9 @@ row, so it leaves the reduction: y = s[n] * sum_k x[k] q[n, k].
 The GEMV path (M <= 4) reads 32-bit words of four codes and turns each code into a float without
 an int-to-float conversion (Hopper issues those at 1/8 of the FMA rate): the code's byte goes into
 the mantissa of 1.0, in PTX (ASM=1) or its Triton twin (ASM=0, the interpreter's). Above M = 4,
-tl.dot on the codes widened to x's dtype (exact: |q| <= 127). K is split across programs only
-where N leaves SMs idle (triton_common.split_k_for).
+tl.dot on the codes widened to x's dtype (exact: |q| <= 127). K is split across programs where
+N leaves SMs idle (triton_common.split_k_for), the partial sums added into an fp32 workspace and
+cast into y by one more launch (triton_common.finish).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w8_args
-from .triton_common import batch_path, load_xw, split_k_for, two_paths, word_gemv_configs
+from .triton_common import (batch_path, finish, load_xw, split_k_for, two_paths,
+                            word_gemv_configs, workspace)
 
 # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
 # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
@@ -205,8 +207,12 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x = x.contiguous()
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
-    split = split_k or split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device)
-    ws = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else y
+    # GEMV: split only where 16-row programs leave SMs idle (the H200 run met the goals so);
+    # tl.dot: 4 programs an SM at 64 rows, as the INT4 kernel's
+    split = split_k or (split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device,
+                                    per_sm=4, min_k=512) if use_dot else
+                        split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device))
+    ws = workspace(x.device, M * N) if split > 1 else y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
     # 32-bit words where rows and the start allow (else one byte at a time)
     words = K % 16 == 0 and qweight.data_ptr() % 16 == 0 and qweight.stride(1) == 1
@@ -215,5 +221,5 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                      USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
                      **launch_meta(_w8_kernel, use_dot))
     if split > 1:
-        y.copy_(ws)
+        finish(ws, y)
     return y

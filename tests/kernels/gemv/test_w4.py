@@ -215,6 +215,25 @@ def test_compiled_matches_reference():
 def test_triton_interpreted(dtype, shape, split_k):
     pytest.importorskip("triton")
     check_impl("triton_w4", shape, dtype, split_k=split_k)
+    from kernels.gemv import triton_common  # the split's workspace is zero again for the next
+    assert all(not ws.any() for ws in triton_common._WORKSPACES.values())
+
+
+def test_triton_split_k_policy(monkeypatch):
+    """4 programs an SM on a 132-SM GPU, counted at 32 rows (M = 1) and 64 (tl.dot): the small
+    Llama shapes split, the 57344-row one does not; each split keeps 2048 codes of K (M = 1) or
+    4 groups (tl.dot); no GPU, no split."""
+    tw4 = pytest.importorskip("kernels.gemv.triton_w4")
+    from kernels.gemv import triton_common
+    cuda = torch.device("cuda")
+    assert tw4._split(1, 8192, 8192, 1, False, torch.device("cpu")) == 1
+    monkeypatch.setattr(triton_common, "num_sms", lambda device: 132)
+    want = {(1, 57344, 8192): 1, (1, 8192, 28672): 4, (1, 10240, 8192): 2, (1, 8192, 8192): 4,
+            (1, 8192, 4096): 2, (16, 6144, 4096): 8, (16, 4096, 4096): 8,
+            (16, 28672, 4096): 2, (16, 4096, 14336): 16}
+    for (M, N, K), split in want.items():
+        use_dot, block_m = triton_common.batch_path(M)
+        assert tw4._split(M, N, K, block_m, use_dot, cuda) == split, (M, N, K)
 
 
 def test_triton_refuses_unaligned_words():
