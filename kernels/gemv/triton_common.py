@@ -44,11 +44,11 @@ def load_xw(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k0, K, stride_xm, stri
 def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
                 min_k: int = 1024) -> int:
     """How many programs split K: doubled while the `n_tiles` row tiles (the caller counts them
-    at the BLOCK_N its tuned configs use) times the split give fewer than `per_sm` programs an
+    at a BLOCK_N its tuned configs use) times the split give fewer than `per_sm` programs an
     SM and each split keeps at least `min_k` of K. A split costs atomics into the fp32
-    workspace and one more launch (`finish`): ~2 us, a visible share of a short GEMV; too few
-    programs an SM cost more (the H200 run: INT4 at 8192 x 8192, 256 programs of 32 rows on
-    132 SMs, 49% of the roof; at M = 16, 96 programs of 64 rows, 13%)."""
+    workspace and one more launch (`finish`, ~2 us: on the H200 INT4 at 8192 x 8192, M = 1,
+    fell from 49% of the roof to 38% split 4 ways); too few programs an SM cost more (INT4 at
+    M = 16 on 96 programs of 64 rows: 13%)."""
     sms = num_sms(device)
     if sms is None:
         return 1

@@ -9,8 +9,8 @@ p = sum_i x_i f_i and xs = sum_i x_i. At M = 1 with bf16 x the PK=1 configs put 
 each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a power of two into
 fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
 on the same codes, scale and zero applied to the product. K is split across programs where N
-gives an SM fewer than 4 of them (triton_common.split_k_for), the partial sums added into an fp32
-workspace and cast into y by one more launch (triton_common.finish). `python -m bench.gpucheck.sass` counts each
+leaves SMs idle (triton_common.split_k_for; `_split` says how many), the partial sums added into
+an fp32 workspace and cast into y by one more launch (triton_common.finish). `python -m bench.gpucheck.sass` counts each
 config's loop for sm_90.
 """
 from __future__ import annotations
@@ -683,9 +683,11 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
 
 
 def _split(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
-    """4 programs an SM, counted at the rows a program of the tuner's picks on the H200 takes
-    (32 at M = 1, 64 on tl.dot), each split at least 4 groups of 128 deep on tl.dot and a whole
-    2048-code step of the widest PK configs on the GEMV path."""
-    rows = 64 if use_dot else 32
-    return split_k_for(triton.cdiv(N, rows) * triton.cdiv(M, block_m), K, device, per_sm=4,
-                       min_k=512 if use_dot else 2048)
+    """GEMV (M <= 4): split only where 16-row programs would leave SMs idle; splitting toward 4
+    programs an SM of 32 rows measured slower on the H200 (8192 x 8192: 38% of the roof against
+    49%; the finishing launch alone is ~2 us of ~16). tl.dot: 2 programs an SM of 64 rows (the
+    tiles it picks), each at least 1024 of K deep; unsplit, M = 16 at 6144 x 4096 ran on 96
+    programs at 13% of the roof."""
+    if not use_dot:
+        return split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, device)
+    return split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, device, per_sm=2)

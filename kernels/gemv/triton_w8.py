@@ -207,10 +207,10 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x = x.contiguous()
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
-    # GEMV: split only where 16-row programs leave SMs idle (the H200 run met the goals so);
-    # tl.dot: 4 programs an SM at 64 rows, as the INT4 kernel's
+    # as the INT4 kernel's (triton_w4._split): GEMV where 16-row programs leave SMs idle,
+    # tl.dot toward 2 programs an SM of 64 rows
     split = split_k or (split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device,
-                                    per_sm=4, min_k=512) if use_dot else
+                                    per_sm=2) if use_dot else
                         split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device))
     ws = workspace(x.device, M * N) if split > 1 else y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))

@@ -220,17 +220,17 @@ def test_triton_interpreted(dtype, shape, split_k):
 
 
 def test_triton_split_k_policy(monkeypatch):
-    """4 programs an SM on a 132-SM GPU, counted at 32 rows (M = 1) and 64 (tl.dot): the small
-    Llama shapes split, the 57344-row one does not; each split keeps 2048 codes of K (M = 1) or
-    4 groups (tl.dot); no GPU, no split."""
+    """On a 132-SM GPU: M = 1 splits only where 16-row programs leave SMs idle (none of the
+    Llama shapes); tl.dot toward 2 programs an SM of 64 rows, each split 1024 of K deep or
+    more; no GPU, no split."""
     tw4 = pytest.importorskip("kernels.gemv.triton_w4")
     from kernels.gemv import triton_common
     cuda = torch.device("cuda")
     assert tw4._split(1, 8192, 8192, 1, False, torch.device("cpu")) == 1
     monkeypatch.setattr(triton_common, "num_sms", lambda device: 132)
-    want = {(1, 57344, 8192): 1, (1, 8192, 28672): 4, (1, 10240, 8192): 2, (1, 8192, 8192): 4,
-            (1, 8192, 4096): 2, (16, 6144, 4096): 8, (16, 4096, 4096): 8,
-            (16, 28672, 4096): 2, (16, 4096, 14336): 16}
+    want = {(1, 57344, 8192): 1, (1, 8192, 28672): 1, (1, 8192, 8192): 1, (1, 2048, 8192): 2,
+            (4, 1024, 8192): 4, (16, 6144, 4096): 4, (16, 4096, 4096): 4,
+            (16, 28672, 4096): 1, (16, 4096, 14336): 8, (64, 4096, 4096): 4}
     for (M, N, K), split in want.items():
         use_dot, block_m = triton_common.batch_path(M)
         assert tw4._split(M, N, K, block_m, use_dot, cuda) == split, (M, N, K)
