@@ -10,8 +10,8 @@ each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a 
 fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
 on the same codes, scale and zero applied to the product. K is split across programs where N
 leaves SMs idle (triton_common.split_k_for; `_split` says how many), the partial sums added into
-an fp32 workspace and cast into y by one more launch (triton_common.finish). `python -m bench.gpucheck.sass` counts each
-config's loop for sm_90.
+an fp32 workspace and cast into y by one more launch (triton_common.finish).
+`python -m bench.gpucheck.sass` counts each config's loop for sm_90.
 """
 from __future__ import annotations
 
