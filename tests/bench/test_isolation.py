@@ -146,7 +146,7 @@ def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "bench.cli", "run", *GEMV, "--plugin", str(plugin), "--impl",
            "torch_matmul", "--impl", "b_hang", "--budget", "quick", "--out", str(out), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -155,7 +155,16 @@ def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path
             time.sleep(0.2)
         assert pids.exists(), "the hanging impl never started"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it was stuck: faulthandler's dump on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            pytest.fail(f"no exit 60 s after SIGINT; its stderr ends:\n{err[-4000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 130, err
