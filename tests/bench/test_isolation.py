@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bench.isolation import describe_exit
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, default_sigint, run_cli
 
 GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128", "--dtype", "float32"]
 
@@ -148,7 +148,7 @@ def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path
            "torch_matmul", "--impl", "b_hang", "--budget", "quick", "--out", str(out), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=default_sigint)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (pids.exists() and "child" in pids.read_text()):

@@ -9,7 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.report.compare import classify
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, default_sigint, run_cli
 
 GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
 
@@ -158,7 +158,8 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     shapes = [a for n in range(8) for a in ("--shape", f"N={4_000_000 + n}")]
     cmd = [sys.executable, "-m", "bench.cli", "run", "--op", "copy", *shapes, "--budget",
            "thorough", "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
