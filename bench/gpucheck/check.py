@@ -50,9 +50,11 @@ from .pytest_shard import FAIL_LINE
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
 # total leaves after the steps before it and the nominal boxes of the steps after it; its figure
 # here is what it gets when every other step takes its whole box. On the H200 (results/h200/,
-# empty Triton cache) all the cuda tests, every config of the 61 then included, took 70 s, and
-# the suite of 39 cases 156 s; its goal cases come first, so a short box cuts the least
-# important ones.
+# empty Triton cache, 2026-12-04): 95 cuda tests and the 15 every-config ones (~130 compiles);
+# 8 pytest processes got through 52 of the 95 in 60 s and 8 through the 15 in 40 s; the suite,
+# with GemLite tuning itself for 5-22 s a GEMV case and attention ~20 s a case, finished 10-11 of
+# its 39 cases in 167-202 s. Its goal cases come first, so a short box cuts the least important
+# ones.
 BOXES = {"peers": 30, "env": 20, "pytest": 90, "configs": 50, "roof": 20, "flush": 25,
          "suite": 93, "ncu": 80}
 STEPS = tuple(BOXES)
