@@ -309,17 +309,19 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
 
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-_ESIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def path_configs(name: str, use_dot: bool, block_m: int, dtype: str = "fp32") -> list:
     """The configs a launch of op `name`'s Triton kernel tunes over on one path (the bf16
     GEMV's also depend on BLOCK_M and, on tl.dot, on the element size: its tiles must fit
     shared memory)."""
+    import torch
+
+    from kernels.common import esize
     from kernels.gemv import TRITON_KERNELS
     kern = TRITON_KERNELS[name]
     if name == "gemv_bf16":
-        return kern.configs_for(use_dot, block_m, _ESIZE[dtype])
+        return kern.configs_for(use_dot, block_m, esize(getattr(torch, _TORCH_DTYPE[dtype])))
     return kern.configs_for(use_dot)
 
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import smem_per_block
+from ..common import SM90_SMEM_BYTES, smem_per_block
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .triton_common import batch_path, load_xw
@@ -36,20 +36,27 @@ def _dot_smem(cfg: triton.Config, block_m: int, esize: int) -> int:
     return cfg.num_stages * (block_m + k["BLOCK_N"]) * k["BLOCK_K"] * esize
 
 
-def _prune(configs: list, nargs: dict, **kw) -> list:
-    if kw.get("USE_DOT"):  # tl.dot: 16 rows at least, no 3-D accumulator, tiles that fit
+def _path(configs: list, use_dot: bool, block_m: int, esize: int, smem: int) -> list:
+    """The configs that can run on a path: tl.dot takes 16 rows at least, no 3-D accumulator
+    and tiles that fit `smem` bytes of shared memory (at `esize`-byte elements; the smallest if
+    none does); the GEMV path leaves out the BLOCK_K = 128 tiles, which are there for tl.dot."""
+    if use_dot:
         dot = [c for c in configs if c.kwargs["BLOCK_N"] >= 16 and not c.kwargs["ACC3"]]
-        x = nargs.get("x_ptr")
-        esize = x.element_size() if x is not None else kw.get("ESIZE", 4)
-        limit = smem_per_block(x.device if x is not None else None)
-        need = {id(c): _dot_smem(c, kw.get("BLOCK_M", 16), esize) for c in dot}
-        fits = [c for c in dot if need[id(c)] <= limit]
+        need = {id(c): _dot_smem(c, block_m, esize) for c in dot}
+        fits = [c for c in dot if need[id(c)] <= smem]
         return fits or [min(dot, key=lambda c: need[id(c)])]
     configs = [c for c in configs if c.kwargs["BLOCK_K"] > 128]
-    if kw.get("BLOCK_M", 1) > 1:  # the 3-D accumulator is BLOCK_M times larger
+    if block_m > 1:  # the 3-D accumulator is BLOCK_M times larger
         return [c for c in configs if not c.kwargs["ACC3"]] + \
             [c for c in configs if c.kwargs["ACC3"] and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 4096]
     return configs
+
+
+def _prune(configs: list, nargs: dict, **kw) -> list:
+    """The tuner's: the launch's path, at x's element size and its device's shared memory."""
+    x = nargs["x_ptr"]
+    return _path(configs, bool(kw.get("USE_DOT")), kw.get("BLOCK_M", 1), x.element_size(),
+                 smem_per_block(x.device))
 
 
 @autotune_or_fixed(_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ACC3": 1},
@@ -92,7 +99,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
 def configs_for(use_dot: bool, block_m: int = 1, esize: int = 4) -> list:
     """The configs a launch on this path tunes over (tl.dot: those whose tiles fit sm_90's
     shared memory at `block_m` rows of `esize`-byte elements; fp32 where not said)."""
-    return _prune(_CONFIGS, {}, USE_DOT=use_dot, BLOCK_M=block_m, ESIZE=esize)
+    return _path(_CONFIGS, use_dot, block_m, esize, SM90_SMEM_BYTES)
 
 
 _gemv_kernel.configs_for = configs_for

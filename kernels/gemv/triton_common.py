@@ -46,9 +46,8 @@ def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
     """How many programs split K: doubled while the `n_tiles` row tiles (the caller counts them
     at a BLOCK_N its tuned configs use) times the split give fewer than `per_sm` programs an
     SM and each split keeps at least `min_k` of K. A split costs atomics into the fp32
-    workspace and one more launch (`finish`, ~2 us: on the H200 INT4 at 8192 x 8192, M = 1,
-    fell from 49% of the roof to 38% split 4 ways); too few programs an SM cost more (INT4 at
-    M = 16 on 96 programs of 64 rows: 13%)."""
+    workspace and one more launch (`finish`); too few programs an SM cost more (`split_for`
+    gives the H200's figures for both)."""
     sms = num_sms(device)
     if sms is None:
         return 1
@@ -56,6 +55,17 @@ def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
     while n_tiles * split < per_sm * sms and K // (split * 2) >= min_k:
         split *= 2
     return split
+
+
+def split_for(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
+    """The word-loop GEMVs' split (triton_w4, triton_w8). GEMV (M <= 4): only where 16-row
+    programs would leave SMs idle; splitting INT4 toward 4 programs an SM of 32 rows measured
+    slower on the H200 (8192 x 8192: 38% of the roof against 49%; the finishing launch alone is
+    ~2 us of ~16). tl.dot: 2 programs an SM of 64 rows (the tiles it picks), each at least 1024
+    of K deep; unsplit, INT4 at M = 16, 6144 x 4096, ran on 96 programs at 13% of the roof."""
+    if not use_dot:
+        return split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, device)
+    return split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, device, per_sm=2)
 
 
 # fp32 workspaces for split-K's atomics, one per (device, stream): all zeros between calls
@@ -156,5 +166,5 @@ def two_paths(gemv: list, dot: list,
     return gemv + dot, configs_for, prune
 
 
-__all__ = ["GEMV_MAX_M", "batch_path", "finish", "load_xw", "split_k_for", "two_paths",
-           "without_ptx", "word_gemv_configs", "words_per_thread", "workspace"]
+__all__ = ["GEMV_MAX_M", "batch_path", "finish", "load_xw", "split_for", "split_k_for",
+           "two_paths", "without_ptx", "word_gemv_configs", "words_per_thread", "workspace"]

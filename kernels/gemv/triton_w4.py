@@ -9,7 +9,7 @@ p = sum_i x_i f_i and xs = sum_i x_i. At M = 1 with bf16 x the PK=1 configs put 
 each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a power of two into
 fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
 on the same codes, scale and zero applied to the product. K is split across programs where N
-leaves SMs idle (triton_common.split_k_for; `_split` says how many), the partial sums added into
+leaves SMs idle (triton_common.split_for), the partial sums added into
 an fp32 workspace and cast into y by one more launch (triton_common.finish).
 `python -m bench.gpucheck.sass` counts each config's loop for sm_90.
 """
@@ -22,7 +22,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import (batch_path, finish, split_k_for, two_paths, word_gemv_configs,
+from .triton_common import (batch_path, finish, split_for, two_paths, word_gemv_configs,
                             workspace)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
@@ -669,7 +669,7 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         x = x.clone()  # the PK path loads x 16 bytes at a time
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
-    split = split_k or _split(M, N, K, block_m, use_dot, x.device)
+    split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
     split = max(1, min(split, K // group_size))
     ws = workspace(x.device, M * N) if split > 1 else y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
@@ -681,13 +681,3 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         finish(ws, y)
     return y
 
-
-def _split(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
-    """GEMV (M <= 4): split only where 16-row programs would leave SMs idle; splitting toward 4
-    programs an SM of 32 rows measured slower on the H200 (8192 x 8192: 38% of the roof against
-    49%; the finishing launch alone is ~2 us of ~16). tl.dot: 2 programs an SM of 64 rows (the
-    tiles it picks), each at least 1024 of K deep; unsplit, M = 16 at 6144 x 4096 ran on 96
-    programs at 13% of the roof."""
-    if not use_dot:
-        return split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, device)
-    return split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, device, per_sm=2)

@@ -8,7 +8,7 @@ The GEMV path (M <= 4) reads 32-bit words of four codes and turns each code into
 an int-to-float conversion (Hopper issues those at 1/8 of the FMA rate): the code's byte goes into
 the mantissa of 1.0, in PTX (ASM=1) or its Triton twin (ASM=0, the interpreter's). Above M = 4,
 tl.dot on the codes widened to x's dtype (exact: |q| <= 127). K is split across programs where
-N leaves SMs idle (triton_common.split_k_for), the partial sums added into an fp32 workspace and
+N leaves SMs idle (triton_common.split_for), the partial sums added into an fp32 workspace and
 cast into y by one more launch (triton_common.finish).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w8_args
-from .triton_common import (batch_path, finish, load_xw, split_k_for, two_paths,
+from .triton_common import (batch_path, finish, load_xw, split_for, two_paths,
                             word_gemv_configs, workspace)
 
 # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
@@ -207,11 +207,7 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x = x.contiguous()
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
-    # as the INT4 kernel's (triton_w4._split): GEMV where 16-row programs leave SMs idle,
-    # tl.dot toward 2 programs an SM of 64 rows
-    split = split_k or (split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, x.device,
-                                    per_sm=2) if use_dot else
-                        split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, x.device))
+    split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
     ws = workspace(x.device, M * N) if split > 1 else y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
     # 32-bit words where rows and the start allow (else one byte at a time)

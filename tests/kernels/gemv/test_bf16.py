@@ -98,7 +98,8 @@ def test_dot_configs_fit_shared_memory():
             assert tb._prune(tb._CONFIGS, nargs, USE_DOT=True, BLOCK_M=bm) == kept
     assert len(tb.configs_for(True, 64, 2)) < len(tb.configs_for(True, 16, 2))
     assert any(tb._dot_smem(c, 64, 2) > SM90_SMEM_BYTES for c in tb.configs_for(True, 16, 2))
-    assert tb._prune(tb._CONFIGS, {}, USE_DOT=False, BLOCK_M=1) == tb.configs_for(False, 1)
+    nargs = {"x_ptr": torch.empty(1, dtype=torch.bfloat16)}
+    assert tb._prune(tb._CONFIGS, nargs, USE_DOT=False, BLOCK_M=1) == tb.configs_for(False, 1)
     assert all(c.kwargs["BLOCK_K"] > 128 for c in tb.configs_for(False, 1))  # dot-only tiles
 
 

@@ -223,17 +223,16 @@ def test_triton_split_k_policy(monkeypatch):
     """On a 132-SM GPU: M = 1 splits only where 16-row programs leave SMs idle (none of the
     Llama shapes); tl.dot toward 2 programs an SM of 64 rows, each split 1024 of K deep or
     more; no GPU, no split."""
-    tw4 = pytest.importorskip("kernels.gemv.triton_w4")
-    from kernels.gemv import triton_common
+    triton_common = pytest.importorskip("kernels.gemv.triton_common")
     cuda = torch.device("cuda")
-    assert tw4._split(1, 8192, 8192, 1, False, torch.device("cpu")) == 1
+    assert triton_common.split_for(1, 8192, 8192, 1, False, torch.device("cpu")) == 1
     monkeypatch.setattr(triton_common, "num_sms", lambda device: 132)
     want = {(1, 57344, 8192): 1, (1, 8192, 28672): 1, (1, 8192, 8192): 1, (1, 2048, 8192): 2,
             (4, 1024, 8192): 4, (16, 6144, 4096): 4, (16, 4096, 4096): 4,
             (16, 28672, 4096): 1, (16, 4096, 14336): 8, (64, 4096, 4096): 4}
     for (M, N, K), split in want.items():
         use_dot, block_m = triton_common.batch_path(M)
-        assert tw4._split(M, N, K, block_m, use_dot, cuda) == split, (M, N, K)
+        assert triton_common.split_for(M, N, K, block_m, use_dot, cuda) == split, (M, N, K)
 
 
 def test_triton_refuses_unaligned_words():
