@@ -144,15 +144,19 @@ def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
             assert first.shape.M == 1 and first.shape.N * first.shape.K == 57344 * 8192
         else:
             assert any(op in n for n in notes)
-    # INT4 at M=16 (a goal) comes right after the M=1 goal cases, before attention (slow to
-    # tune) and before the precision, bf16 and other 8B cases
+    # INT4 at M=16 (a goal): the two largest 70B shapes right after the M=1 goal cases, before
+    # attention (slow to tune); the 8B shapes after it, before the precision, bf16 and other
+    # 8B cases
     m16 = [i for i, c in enumerate(cases) if c.op == "gemv_w4" and c.shape.M == 16]
     first_bf16 = next(i for i, c in enumerate(cases) if c.op == "gemv_bf16")
-    assert len(m16) == 4 and max(m16) < first_bf16
+    assert len(m16) == 6 and max(m16) < first_bf16
     assert all(c.op in ("gemv_w4", "gemv_w8") and c.shape.M == 1 for c in cases[:min(m16)])
-    assert m16 == list(range(min(m16), min(m16) + 4))
+    assert [(cases[i].shape.N, cases[i].shape.K) for i in m16[:2]] == [(57344, 8192),
+                                                                      (8192, 28672)]
+    assert m16[1] == m16[0] + 1 and m16[2:] == list(range(m16[2], m16[2] + 4))
     if "paged_attention" in OPS:
-        assert max(m16) < next(i for i, c in enumerate(cases) if c.op == "paged_attention")
+        attn = [i for i, c in enumerate(cases) if c.op == "paged_attention"][:2]
+        assert m16[1] < attn[0] and attn[1] < m16[2]
     # the peers run beside our kernels; only torch.compile impls (seconds a shape) stay out
     impls = {i for c in cases for i in c.impls}
     assert "torch_compiled" not in impls
