@@ -47,13 +47,15 @@ _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024
                            (32, 2048, 4, 0), (32, 1024, 2, 0), (16, 2048, 2, 0),
                            (32, 1024, 4, 1), (16, 1024, 2, 1))]
 # M > 4: tl.dot over one group a step (BLOCK_K and PREFETCH unused), in both orientations
-# (SWAP), the codes converted in PTX; the Triton conversion kept for one tile.
+# (SWAP), the codes converted in PTX; the Triton conversion kept for one tile. The 2-warp
+# 64-row tiles (HMMA) spend 0.11 warp instructions a code against 0.17-0.18 for the 4-warp
+# SWAP=1 one (HGMMA), at the same 6 CTAs an SM (results/sass-sm90-dot.txt).
 _DOT_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": 256, "ASM": asm, "PREFETCH": 0, "SWAP": sw},
                   num_warps=nw, num_stages=ns)
     for bn, sw, nw, ns, asm in ((64, 1, 4, 3, 1), (128, 1, 4, 3, 1), (128, 1, 8, 3, 1),
                                 (64, 0, 4, 3, 1), (128, 0, 4, 3, 1), (32, 0, 4, 3, 1),
-                                (64, 1, 4, 3, 0))
+                                (64, 1, 4, 3, 0), (64, 0, 2, 3, 1), (64, 1, 2, 3, 1))
 ]
 # Above M = 1: at most 32 words a thread at M = 2 and 16 at M = 3-4 (larger tiles spill there)
 _ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
