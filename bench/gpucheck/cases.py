@@ -15,27 +15,32 @@ TINY_GEMV_NCU = (96, 256)  # the dry ncu step calls the Triton kernels interpret
 
 
 def ncu_targets(backend: str, notes: list[str]) -> list[dict[str, Any]]:
-    """One profiled launch per Triton impl of ours, at a DRAM-sized shape (all well past the 50 MB
-    L2; peers are left out: the check is of our kernels, and the ncu box is short): GEMVs at
+    """One profiled launch per Triton impl of ours, at a shape the size of the L2 or larger (ncu
+    flushes the caches before the profiled launch, so it reads from DRAM; peers are left out:
+    the check is of our kernels, and the ncu box is short): GEMVs at
     Llama-3-8B gate_up 28672 x 4096 (INT4 59 MB, INT8 117 MB, bf16 235 MB), attention at batch
-    16 x 4096 (268 MB of KV) and the split-KV path at 1 x 32768 (134 MB)."""
+    16 x 4096 (268 MB of KV) and the split-KV path at 1 x 32768 (134 MB); on the GPU also INT4
+    at M = 16, 57344 x 8192 (252 MB), on the one impl that runs M = 16, for its why pass."""
     dry = backend != "cuda"
     n, k = TINY_GEMV_NCU if dry else (28672, 4096)
     heads = TINY_HEADS if dry else llama3_8b_heads()
-    plan = [("gemv_w4", dict(M=1, N=n, K=k, group_size=128)), ("gemv_w8", dict(M=1, N=n, K=k)),
-            ("paged_attention", dict(B=2, context=64, **heads) if dry else
-             dict(B=16, context=4096, **heads)),
-            ("gemv_bf16", dict(M=1, N=n, K=k))]
+    plan: list[tuple] = [
+        ("gemv_w4", dict(M=1, N=n, K=k, group_size=128)), ("gemv_w8", dict(M=1, N=n, K=k)),
+        ("paged_attention", dict(B=2, context=64, **heads) if dry else
+         dict(B=16, context=4096, **heads)),
+        ("gemv_bf16", dict(M=1, N=n, K=k))]
     if not dry:
         plan += [("paged_attention", dict(B=1, context=32768, **heads)),
-                 ("paged_attention_kv8", dict(B=16, context=4096, **heads))]
+                 ("paged_attention_kv8", dict(B=16, context=4096, **heads)),
+                 ("gemv_w4", dict(M=16, N=57344, K=8192, group_size=128), ("triton_w4",))]
     per_entry: list[list[dict[str, Any]]] = []
-    for op_name, want in plan:
+    for op_name, want, *only in plan:
         if op_name not in OPS:
             notes.append(f"ncu: {op_name} not registered, not profiled")
             continue
         triton_impls = [i for i in OPS[op_name].impls.values()
-                        if i.kind == "triton" and "cuda" in i.backends and not i.baseline]
+                        if i.kind == "triton" and "cuda" in i.backends and not i.baseline
+                        and (not only or i.name in only[0])]
         if not triton_impls:
             notes.append(f"ncu: {op_name} has no Triton impl")
             continue

@@ -20,9 +20,9 @@ Steps, each a child process (or a few) in its own process group, killed at its t
   suite    `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
            the time box loses only itself; the summary says how many planned cases finished
   ncu      `ncu` on one launch of each of our Triton kernels at a DRAM-sized shape: DRAM bytes
-           read + written vs the op's bytes_moved; right after the INT4 GEMV's launch and the
-           long-context attention's, the why pass on each (ncu's occupancy, scheduler and
-           warp-state sections)
+           read + written vs the op's bytes_moved; right after the INT4 GEMV's launches at
+           M = 1 and 16 and the long-context attention's, the why pass on each (ncu's
+           occupancy, scheduler and warp-state sections)
 The summary (summary.txt, summary.json) is rewritten as each step starts and ends, so a check cut
 from outside still leaves one; SIGTERM or Ctrl-C end the running step and write the final one.
 """
@@ -464,9 +464,10 @@ class Check:
             return
         from .cases import ncu_targets
         targets = ncu_targets(self.backend, self.notes)
-        # The why passes (why_targets: the INT4 GEMV, the long-context attention) each run right
-        # after their launch's byte check, on the kernel of ours that its goal read in this run,
-        # and those launches go first, so that the byte loop cannot starve them.
+        # The why passes (why_targets: the INT4 GEMV at M = 1 and 16, the long-context
+        # attention) each run right after their launch's byte check, on the kernel of ours that
+        # its goal read in this run, and those launches go first, so that the byte loop cannot
+        # starve them.
         whys = why_targets(targets, self.records)
         targets = whys + [t for t in targets if not any(t is w for w in whys)]
         # On the GPU one process per launch, so that ncu's table belongs to one case and a crash
@@ -611,10 +612,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Interrupted()
 
 
+def _batch(t: dict[str, Any]) -> int:
+    return t.get("shape", {}).get("M", 1)
+
+
 def why_target(targets: list[dict[str, Any]], prefer: str | None) -> dict[str, Any] | None:
-    """The INT4 GEMV target of the why pass: `prefer` (the impl the goal read) if profiled, else
-    the first gemv_w4 target."""
-    w4 = [t for t in targets if t["op"] == "gemv_w4"]
+    """The INT4 GEMV (M = 1) target of the why pass: `prefer` (the impl the goal read) if
+    profiled, else the first gemv_w4 target at M = 1."""
+    w4 = [t for t in targets if t["op"] == "gemv_w4" and _batch(t) == 1]
     return next((t for t in w4 if t["impl"] == prefer), w4[0] if w4 else None)
 
 
@@ -622,12 +627,13 @@ LONG_CONTEXT = 32768  # the long-context attention goal's sequence
 
 
 def why_targets(targets: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The launches the why pass profiles, in order: the INT4 GEMV (why_target) and paged
-    attention at batch 1 x LONG_CONTEXT, the attention goal furthest from its mark in
-    results/h200/ (the impl its goal read in this run if profiled, else the first profiled there:
-    the split-KV one)."""
+    """The launches the why pass profiles, in order: the INT4 GEMV at M = 1 (why_target), the
+    INT4 GEMV at M = 16 (the goal furthest from its mark in results/h200/; the first such
+    target) and paged attention at batch 1 x LONG_CONTEXT (the impl its goal read in this run
+    if profiled, else the first profiled there: the split-KV one)."""
     from .summary import best_ours, goals
     out = [t for t in [why_target(targets, best_ours(records, "gemv_w4"))] if t is not None]
+    out += [t for t in targets if t["op"] == "gemv_w4" and _batch(t) > 1][:1]
     long = [t for t in targets if t["op"] == "paged_attention"
             and t["shape"].get("B") == 1 and t["shape"].get("context") == LONG_CONTEXT]
     read = next((g.get("impl") for g in goals(records) if g["op"] == "paged_attention"

@@ -168,6 +168,17 @@ def goals(records: list[dict[str, Any]], planned: list | None = None) -> list[di
     return out
 
 
+def _at(target: dict[str, Any]) -> str:
+    """An ncu target's shape in a few characters: ' M=16 57344x8192', ' 1x32768' (batch x
+    context); '' where the shape says neither."""
+    s = target.get("shape") or {}
+    if "N" in s and "K" in s:
+        return f" M={s.get('M', 1)} {s['N']}x{s['K']}"
+    if "B" in s and "context" in s:
+        return f" {s['B']}x{s['context']}"
+    return ""
+
+
 def goal_line(g: dict[str, Any]) -> str:
     if "value" not in g:
         return f"  [ -- ] {g['goal']}: not measured"
@@ -266,13 +277,13 @@ def write(c: Any, final: bool = True) -> int:
         lines.append("  (no results)")
     for n in c.ncu:
         if n.get("error"):
-            lines.append(f"  ncu {n['op']}/{n['impl']}: {n['error']}")
+            lines.append(f"  ncu {n['op']}/{n['impl']}{_at(n)}: {n['error']}")
         elif n.get("ratio") is not None and not n.get("within_5pct") and not n.get("fake"):
-            lines.append(f"  ncu {n['op']}/{n['impl']}: hardware moved {n['ratio']:.3f}x the "
+            lines.append(f"  ncu {n['op']}/{n['impl']}{_at(n)}: hardware moved {n['ratio']:.3f}x the "
                          f"byte model ({n['dram_read_bytes']:.3g} B read, {n['dram_write_bytes']:.3g} "
                          f"B written, kernels {', '.join(sorted(set(n['kernels'])))}): explain it")
     for w in c.ncu_why:
-        label = f"  why {w['op']}/{w['impl']} (ncu sections{', FABRICATED' if w.get('fake') else ''})"
+        label = f"  why {w['op']}/{w['impl']}{_at(w)} (ncu sections{', FABRICATED' if w.get('fake') else ''})"
         if w.get("error"):
             lines.append(f"{label}: {w['error']}")
             continue

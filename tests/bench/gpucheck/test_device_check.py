@@ -170,6 +170,11 @@ def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
               and o in ("gemv_w4", "gemv_w8", "gemv_bf16", "paged_attention", "paged_attention_kv8")}
     assert {(t["op"], t["impl"]) for t in targets} == triton
     assert not any(OPS[t["op"]].impls[t["impl"]].baseline for t in targets)
+    # INT4 at M = 16 for its why pass: only the impl that runs M = 16 (split-K refuses it)
+    m16 = [t for t in targets if t["shape"].get("M") == 16]
+    if "gemv_w4" in OPS:
+        assert [(t["op"], t["impl"]) for t in m16] == [("gemv_w4", "triton_w4")]
+    assert all(t["shape"].get("M", 1) == 1 for t in ncu_targets("cpu", []))
 
 
 def test_run_proc_kills_a_step_at_its_time_box(tmp_path):
@@ -529,7 +534,7 @@ def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     check.steps["ncu"].status = "ok"
     check.write_summary(final=True)
     text = (check.out / "summary.txt").read_text()
-    assert "why gemv_w4/triton_w4 (ncu sections): occupancy 35.2% of 37.5% possible" in text
+    assert "why gemv_w4/triton_w4 M=1 64x256 (ncu sections): occupancy 35.2% of 37.5% possible" in text
     assert "long_scoreboard 8.90" in text
     # no time left: said, not run
     check.ncu_why.clear()
@@ -572,14 +577,20 @@ def test_why_targets_follow_what_the_goals_read():
     from bench.gpucheck.check import LONG_CONTEXT, why_targets
     long = {"B": 1, "Hq": 32, "Hkv": 8, "D": 128, "context": LONG_CONTEXT, "block_size": 16,
             "ragged": 0, "pool": 2}
-    targets = [{"op": "gemv_w4", "impl": i, "dtype": "bfloat16", "shape": {}}
-               for i in ("triton_w4", "triton_w4_splitk")] + \
+    m16 = {"op": "gemv_w4", "impl": "triton_w4", "dtype": "bfloat16",
+           "shape": {"M": 16, "N": 57344, "K": 8192, "group_size": 128}}
+    targets = [dict(m16)] + [{"op": "gemv_w4", "impl": i, "dtype": "bfloat16", "shape": {}}
+                             for i in ("triton_w4", "triton_w4_splitk")] + \
         [{"op": "paged_attention", "impl": i, "dtype": "bfloat16", "shape": long}
          for i in ("triton_splitkv", "triton")] + \
         [{"op": "paged_attention", "impl": "triton", "dtype": "bfloat16", "shape": {**long, "B": 16, "context": 4096}}]
-    assert [(t["op"], t["impl"]) for t in why_targets(targets, [])] == [
-        ("gemv_w4", "triton_w4"), ("paged_attention", "triton_splitkv")]
+    got = why_targets(targets, [])
+    assert [(t["op"], t["impl"], t["shape"].get("M")) for t in got] == [
+        ("gemv_w4", "triton_w4", None), ("gemv_w4", "triton_w4", 16),
+        ("paged_attention", "triton_splitkv", None)]
+    assert got[0] is targets[1] and got[1] is targets[0]  # M = 1 first, though listed second
     rec = {"op": "paged_attention", "impl": "triton", "dtype": "bfloat16", "status": "ok",
            "baseline": False, "kind": "triton", "pct_datasheet": 80.0, "shape": long}
     got = why_targets(targets, [rec])
-    assert got[1]["impl"] == "triton" and got[1]["shape"]["context"] == LONG_CONTEXT
+    assert got[2]["impl"] == "triton" and got[2]["shape"]["context"] == LONG_CONTEXT
+    assert [t["impl"] for t in why_targets(targets[1:], [])][:2] == ["triton_w4", "triton_splitkv"]
