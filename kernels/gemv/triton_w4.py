@@ -63,10 +63,13 @@ _ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
 
 
 def _prune(configs: list, nargs: dict, **kw) -> list:
-    """The two paths' prune, and PK configs only where they run as such (M = 1, bf16 x):
-    elsewhere they would time their PK=0 twin again."""
+    """The two paths' prune, PK configs only where they run as such (M = 1, bf16 x: elsewhere
+    they would time their PK=0 twin again), and no 2-warp tl.dot tile with fp32 x, whose fp32
+    codes spill there (6-17 KB at G = 256, `--compile-all`)."""
     pk = kw.get("BLOCK_M") == 1 and nargs["x_ptr"].dtype == torch.bfloat16
-    return [c for c in _paths_prune(configs, nargs, **kw) if pk or not c.kwargs.get("PK")]
+    fp32 = nargs["x_ptr"].dtype == torch.float32
+    return [c for c in _paths_prune(configs, nargs, **kw) if (pk or not c.kwargs.get("PK"))
+            and not (fp32 and kw.get("USE_DOT") and c.num_warps < 4)]
 
 
 @triton.jit

@@ -235,6 +235,18 @@ def test_triton_split_k_policy(monkeypatch):
         assert triton_common.split_for(M, N, K, block_m, use_dot, cuda) == split, (M, N, K)
 
 
+def test_two_warp_dot_tiles_are_not_tuned_on_fp32():
+    """The 2-warp tl.dot tiles hold their codes as fp32 with fp32 x, and spill there."""
+    mod = pytest.importorskip("kernels.gemv.triton_w4")
+
+    def warps(dtype):
+        x = torch.zeros(16, 64, dtype=dtype)
+        return sorted({c.num_warps for c in mod._prune(mod._ALL_CONFIGS, {"x_ptr": x},
+                                                       BLOCK_M=16, USE_DOT=True)})
+    assert warps(BF16) == warps(F16) == [2, 4, 8]
+    assert warps(F32) == [4, 8]
+
+
 def test_triton_refuses_unaligned_words():
     pytest.importorskip("triton")
     x, qw, s, z, G = OP.make_inputs(GemvW4Shape(1, 8, 64, 32), F16, "cpu", 0)
