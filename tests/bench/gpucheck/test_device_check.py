@@ -160,9 +160,12 @@ def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
     # the peers run beside our kernels; only torch.compile impls (seconds a shape) stay out
     impls = {i for c in cases for i in c.impls}
     assert "torch_compiled" not in impls
+    # (but GemLite at the two 70B M=16 goal cases: that goal compares no peer, and its own
+    # tuning would cost attention its place in the time box)
     for peer, op in (("flashinfer_decode", "paged_attention"), ("gemlite_w4", "gemv_w4")):
         if op in OPS and peer in OPS[op].impls:
-            assert all(peer in c.impls for c in cases if c.op == op), peer
+            assert all((peer in c.impls) != (c.op == "gemv_w4" and i in m16[:2])
+                       for i, c in enumerate(cases) if c.op == op), peer
     # every Triton kernel of ours (not the peers) of the ops present gets an ncu target
     targets = ncu_targets("cuda", [])
     triton = {(o, i) for o, op in OPS.items() for i, impl in op.impls.items()
