@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import num_sms
+from ..common import esize, num_sms, smem_per_block
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed
 from .ops import check_inputs, validate
@@ -21,15 +21,41 @@ from .ops import check_inputs, validate
 REDUCE_BLOCK_D = 32  # the head-dim slice of a reduction program
 # 4 warps: in the H200's autotune timings (results/h200/, 2026-12-04) the best 8-warp config
 # was 1.2-3.5% behind the best 4-warp one in every case, and each config is a compile the
-# device check's time box pays for.
+# device check's time box pays for. Stages 2, 3 and 5: the K/V tiles' addresses come from the
+# block table, itself loaded in the loop, and Triton's pipeliner splits num_stages between the
+# two loads, so 3 and 4 both give one K/V buffer (the same TTGIR on Triton 3.6 and 3.9) and 5
+# gives two: a tile in flight while the last one is used (kv_buffers; an sm_90 compile's shared
+# memory agrees: tests/bench/gpucheck/test_sass.py).
 _CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=ns)
-    for bn in (32, 64, 128) for ns in (2, 3, 4)
+    for bn in (32, 64, 128) for ns in (2, 3, 5)
 ]
 
 
+def kv_buffers(num_stages: int) -> int:
+    """K/V tiles the pipeliner keeps in shared memory at `num_stages` (see _CONFIGS)."""
+    return max(1, (num_stages - 1) // 2)
+
+
+def kv_smem(cfg: triton.Config, D: int, G_PAD: int, q_esize: int, kv_esize: int) -> int:
+    """Shared memory of a config, an upper bound: its K and V tiles (and each token's table
+    entry and INT8 scales, 16 bytes at most) times kv_buffers, then q and p (G_PAD rows)."""
+    bn = cfg.kwargs["BLOCK_N"]
+    return kv_buffers(cfg.num_stages) * bn * (2 * D * kv_esize + 16) + G_PAD * (D + bn) * q_esize
+
+
+def _prune(configs: list, nargs: dict, **kw) -> list:
+    """The configs whose shared memory fits a block of the device (fp32 at BLOCK_N = 128 with
+    two buffers does not); the first config always fits."""
+    q, k = nargs["q_ptr"], nargs["k_ptr"]
+    limit = smem_per_block(q.device)
+    return [c for c in configs
+            if kv_smem(c, kw["D"], kw["G_PAD"], esize(q.dtype), esize(k.dtype)) <= limit] \
+        or configs[:1]
+
+
 @autotune_or_fixed(_CONFIGS, key=["G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS"],
-                   fixed={"BLOCK_N": 32})
+                   fixed={"BLOCK_N": 32}, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _paged_attn_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,

@@ -330,3 +330,49 @@ def test_bf16_dot_shared_memory_model_matches_an_sm90_compile():
     # the compiler allocates at most the model's bytes; the third tile (64 rows) does not fit
     assert all(0 < shared <= model for shared, model in got), got
     assert got[2][0] > SM90_SMEM_BYTES and got[0][1] <= SM90_SMEM_BYTES
+
+
+# The attention kernel's configs: num_stages 3 and 4 compile to one K/V buffer, 5 to two (the
+# block table, loaded in the loop, takes its share of the stages), and kv_smem bounds what an
+# sm_90 compile allocates, or its prune protects nothing.
+_ATTN_PROBE = r'''
+import json
+from bench.gpucheck.sass import compile_sm90
+import kernels.attention.triton_paged as tp
+out = []
+for q, kv, bn, ns in (("bf16", "bf16", 64, 3), ("bf16", "bf16", 64, 4), ("bf16", "bf16", 64, 5),
+                      ("fp32", "fp32", 128, 5), ("bf16", "i8", 64, 5)):
+    types = {"q_ptr": "*" + q, "k_ptr": "*" + kv, "v_ptr": "*" + kv, "ks_ptr": "*fp32",
+             "vs_ptr": "*fp32", "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": "*fp32",
+             "ml_ptr": "*fp32", "scale_log2": "fp32", "split_tokens": "i32"}
+    types.update({n: "i32" for n in tp._paged_attn_kernel.jit_fn.arg_names if n.startswith("stride")})
+    const = dict(G=4, G_PAD=16, D=128, BLOCK_SIZE=16, KV8=kv == "i8", NUM_SPLITS=32,
+                 IEEE=q == "fp32", BLOCK_N=bn)
+    # pointers and strides 16-aligned as a Llama-3-8B cache's are (Triton specializes on it)
+    k = compile_sm90(tp._paged_attn_kernel.jit_fn, types, const, 4, ns,
+                     ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "stride_qb", "stride_qh",
+                      "stride_kb", "stride_ks", "stride_kh", "stride_btb", "stride_ob",
+                      "stride_oh", "stride_os", "split_tokens"))
+    cfg = next(c for c in tp._CONFIGS if c.kwargs["BLOCK_N"] == bn)
+    cfg = type(cfg)(cfg.kwargs, num_warps=4, num_stages=ns)
+    es = {"bf16": 2, "fp32": 4, "i8": 1}
+    out.append([int(k.metadata.shared), tp.kv_smem(cfg, 128, 16, es[q], es[kv])])
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # five real sm_90 compiles
+def test_attention_stages_and_shared_memory_model_match_an_sm90_compile():
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, "-c", _ATTN_PROBE], capture_output=True, text=True,
+                       cwd=REPO, env=_compile_env(), timeout=300)
+    if r.returncode and ("ptxas" in r.stderr or "cannot compile" in r.stderr):
+        pytest.skip(r.stderr.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stderr[-800:]
+    import json
+
+    from kernels.common import SM90_SMEM_BYTES
+    (s3, m3), (s4, _), (s5, m5), (sf, mf), (s8, m8) = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s3 == s4 and s5 >= s3 + 2 * 64 * 128 * 2  # a second 64 x 128 bf16 K and V buffer
+    assert all(0 < shared <= model for shared, model in ((s3, m3), (s5, m5), (sf, mf), (s8, m8)))
+    assert sf > SM90_SMEM_BYTES and mf > SM90_SMEM_BYTES  # the one config the prune drops
