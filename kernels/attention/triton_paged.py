@@ -21,20 +21,18 @@ from .ops import check_inputs, validate
 REDUCE_BLOCK_D = 32  # the head-dim slice of a reduction program
 # 4 warps: in the H200's autotune timings (results/h200/, 2026-12-04) the best 8-warp config
 # was 1.2-3.5% behind the best 4-warp one in every case, and each config is a compile the
-# device check's time box pays for. Stages 2, 3 and 5: the K/V tiles' addresses come from the
-# block table, itself loaded in the loop, and Triton's pipeliner splits num_stages between the
-# two loads, so 3 and 4 both give one K/V buffer (the same TTGIR on Triton 3.6 and 3.9) and 5
-# gives two: a tile in flight while the last one is used (kv_buffers; an sm_90 compile's shared
-# memory agrees: tests/bench/gpucheck/test_sass.py).
+# device check's time box pays for. num_stages - 1 K/V tiles are in flight (kv_buffers): the
+# kernel loads each step's table entries one step ahead (see the loop).
 _CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=ns)
-    for bn in (32, 64, 128) for ns in (2, 3, 5)
+    for bn in (32, 64, 128) for ns in (2, 3, 4)
 ]
 
 
 def kv_buffers(num_stages: int) -> int:
-    """K/V tiles the pipeliner keeps in shared memory at `num_stages` (see _CONFIGS)."""
-    return max(1, (num_stages - 1) // 2)
+    """K/V tiles Triton's pipeliner keeps in shared memory at `num_stages` (an sm_90 compile's
+    shared memory agrees: tests/bench/gpucheck/test_sass.py)."""
+    return max(1, num_stages - 1)
 
 
 def kv_smem(cfg: triton.Config, D: int, G_PAD: int, q_esize: int, kv_esize: int) -> int:
@@ -46,7 +44,7 @@ def kv_smem(cfg: triton.Config, D: int, G_PAD: int, q_esize: int, kv_esize: int)
 
 def _prune(configs: list, nargs: dict, **kw) -> list:
     """The configs whose shared memory fits a block of the device (fp32 at BLOCK_N = 128 with
-    two buffers does not); the first config always fits."""
+    two or three buffers does not); the first config always fits."""
     q, k = nargs["q_ptr"], nargs["k_ptr"]
     limit = smem_per_block(q.device)
     return [c for c in configs
@@ -87,11 +85,20 @@ def _paged_attn_kernel(
     m_i = tl.full((G_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((G_PAD,), dtype=tl.float32)
     acc = tl.zeros((G_PAD, D), dtype=tl.float32)
+    # Table entries are loaded only for live tokens (garbage entries are never touched), each
+    # step's one step ahead: loaded in the step that uses them, they would make the K/V loads
+    # indirect, and Triton's pipeliner then splits num_stages between the two loads and keeps
+    # a single K/V tile at 3 and 4 stages (the sm_90 TTGIR shows it), none in flight while the
+    # last is used.
+    offs_t = start + tl.arange(0, BLOCK_N)
+    blk_next = tl.load(bt_ptr + b * stride_btb + offs_t // BLOCK_SIZE, mask=offs_t < end, other=0)
     for t0 in range(start, end, BLOCK_N):
         offs_t = t0 + tl.arange(0, BLOCK_N)
         t_mask = offs_t < end
-        # Table entries are loaded only for live tokens: garbage entries are never touched.
-        blk = tl.load(bt_ptr + b * stride_btb + offs_t // BLOCK_SIZE, mask=t_mask, other=0)
+        blk = blk_next
+        offs_next = offs_t + BLOCK_N
+        blk_next = tl.load(bt_ptr + b * stride_btb + offs_next // BLOCK_SIZE,
+                           mask=offs_next < end, other=0)
         slot = offs_t % BLOCK_SIZE
         row = blk.to(tl.int64) * stride_kb + slot * stride_ks + h * stride_kh
         k = tl.load(k_ptr + row[:, None] + offs_d[None, :], mask=t_mask[:, None], other=0)

@@ -159,21 +159,21 @@ def test_auto_split_policy():
 
 
 def test_configs_that_outgrow_shared_memory_are_pruned():
-    """Stages 5 keep two K/V buffers, 2-4 one; the prune drops what overflows a block (fp32 at
-    BLOCK_N = 128 with two buffers: 256 KiB of K and V) and keeps every 16-bit and INT8 config."""
+    """num_stages - 1 K/V buffers; the prune drops what overflows a block (fp32 at BLOCK_N = 128
+    with two or three buffers: 256 or 384 KiB of K and V) and keeps every 16-bit and INT8
+    config."""
     if not HAS_TRITON:
         pytest.skip("no triton")
     import kernels.attention.triton_paged as tp
     from kernels.common import SM90_SMEM_BYTES
-    assert [tp.kv_buffers(ns) for ns in (2, 3, 4, 5)] == [1, 1, 1, 2]
-    assert {c.num_stages for c in tp._CONFIGS} == {2, 3, 5}
+    assert [tp.kv_buffers(ns) for ns in (1, 2, 3, 4)] == [1, 1, 2, 3]
 
     def kept(q_dtype, kv_dtype):
         nargs = {"q_ptr": torch.empty(1, dtype=q_dtype), "k_ptr": torch.empty(1, dtype=kv_dtype)}
         return tp._prune(tp._CONFIGS, nargs, D=128, G_PAD=16)
     assert kept(BF16, BF16) == kept(F16, torch.int8) == tp._CONFIGS
     dropped = [c for c in tp._CONFIGS if c not in kept(F32, F32)]
-    assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in dropped] == [(128, 5)]
+    assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in dropped] == [(128, 3), (128, 4)]
     assert all(tp.kv_smem(c, 128, 16, 4, 4) > SM90_SMEM_BYTES for c in dropped)
 
 
