@@ -166,9 +166,8 @@ def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, strid
         NSEG: tl.constexpr = BLOCK_K // 32
         w_ptrs, x_ptrs, x_addr, sz = _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn,
                                               G, BLOCK_K)
-        acc = _pk_step(tl.zeros((BLOCK_N, NSEG), dtype=tl.float32), None, w_ptrs, x_ptrs,
-                       x_addr, s_ptr, z_ptr, sz, pid_k * NSEG, K // 32, G // 32, NSEG, False,
-                       ASM)
+        acc = _pk_step(tl.zeros((BLOCK_N, NSEG), dtype=tl.float32), w_ptrs, x_ptrs, x_addr,
+                       s_ptr, z_ptr, sz, pid_k * NSEG, K // 32, G // 32, NSEG, False, ASM)
         tl.atomic_add(ws_ptr + offs_n, tl.sum(acc, axis=1), mask=n_mask, sem="relaxed")
     else:
         _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,

@@ -40,12 +40,12 @@ _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024
     # PK=1 (M = 1, bf16 x): packed fp16x2 math on the codes (see _pk_loop). A thread holds one
     # segment of 32 codes of 8 rows on the first two tiles, of 16 rows on the last four: fewer
     # instructions a code (its x work serves more rows), more registers (bench.gpucheck.sass);
-    # PREFETCH on the 8-row tiles (two steps' words, 64 registers, fit beside the rest)
-    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": pf, "PK": 1},
+    # PIPE=3 on three of them: the next step's words copied to shared memory meanwhile
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PREFETCH": 0, "PK": 1, "PIPE": pp},
                   num_warps=nw, num_stages=3)
-    for bn, bk, nw, pf in ((32, 1024, 4, 0), (16, 1024, 2, 0), (64, 1024, 4, 0),
+    for bn, bk, nw, pp in ((32, 1024, 4, 0), (16, 1024, 2, 0), (64, 1024, 4, 0),
                            (32, 2048, 4, 0), (32, 1024, 2, 0), (16, 2048, 2, 0),
-                           (32, 1024, 4, 1), (16, 1024, 2, 1))]
+                           (32, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 2, 3))]
 # M > 4: tl.dot over one group a step (BLOCK_K and PREFETCH unused), in both orientations
 # (SWAP), the codes converted in PTX; the Triton conversion kept for one tile. The 2-warp
 # 64-row tiles (HMMA) spend 0.11 warp instructions a code against 0.17-0.18 for the 4-warp
@@ -423,20 +423,19 @@ def _pk_dot_twin(acc, w, p, sc, zc):
 
 
 @triton.jit
-def _pk_step(acc, words, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.constexpr,
+def _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.constexpr,
              NSEG: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
     """One step of NSEG segments from segment s0: acc[BLOCK_N, NSEG] += each row's
     s (sum_k x q - z X) over its segment; sz: each row's and segment's index into the scales
-    and zeros in a first step. `words`: the step's words where the caller loaded them ahead
-    (PREFETCH), else None and loaded here. MASKED: a last step that ends past s_hi: its missing
-    segments read as zero words and zero x (their scales and zeros those of its last group)."""
+    and zeros in a first step. MASKED: a last step that ends past s_hi: its missing segments
+    read as zero words and zero x (their scales and zeros those of its last group)."""
     g0 = s0 // SPG
     if MASKED:
         s_mask = (s0 + tl.arange(0, NSEG)) < s_hi
         words = tl.load(w_ptrs + s0 * 4, mask=(s0 * 4 + tl.arange(0, 4 * NSEG) < s_hi * 4)[None, :],
                         other=0)
         sz = sz - tl.maximum(tl.arange(0, NSEG) // SPG - ((s_hi - 1) // SPG - g0), 0)[None, :]
-    elif words is None:
+    else:
         words = tl.load(w_ptrs + s0 * 4)
     w = _quarters(tl.reshape(words, (words.shape[0], NSEG, 4)))
     if ASM and not MASKED:
@@ -486,12 +485,12 @@ def _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn, G: tl.constexpr,
 @triton.jit
 def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, stride_sn,
              G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
-             PREFETCH: tl.constexpr):
+             PIPE: tl.constexpr):
     """PK=1: y[offs_n] over the groups [g_lo, g_hi), BLOCK_K / 32 segments a step. No masks
     in the loop (rows past N read row N - 1); a last step that would end past the range is
-    masked, outside it. PREFETCH: each step first issues the next full step's word loads
-    (predicated off after the last), so a warp has two steps' words in flight instead of
-    waiting on each step's before it computes."""
+    masked, outside it. PIPE: Triton's pipeliner copies the words of the next PIPE - 1 steps
+    into shared memory (cp.async) while this one computes; without it a warp waits for each
+    step's words (ptxas spreads their loads through the step, each wait exposed)."""
     SPG: tl.constexpr = G // 32
     NSEG: tl.constexpr = BLOCK_K // 32
     w_ptrs, x_ptrs, x_addr, sz = _pk_ptrs(x_ptr, q_ptr, offs_n, N, stride_qn, stride_sn, G,
@@ -500,23 +499,18 @@ def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, strid
     s_hi = g_hi * SPG
     n_full = (s_hi - s_lo) // NSEG
     acc = tl.zeros((BLOCK_N, NSEG), dtype=tl.float32)
-    if PREFETCH:
-        step = tl.zeros([1, 4 * NSEG], dtype=tl.int32)  # a step's mask, broadcast over the rows
-        nxt = tl.load(w_ptrs + s_lo * 4, mask=step < n_full, other=0)
-        for i in range(n_full):
-            words = nxt
-            nxt = tl.load(w_ptrs + (s_lo + (i + 1) * NSEG) * 4, mask=step + (i + 1) < n_full,
-                          other=0)
-            acc = _pk_step(acc, words, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz,
-                           s_lo + i * NSEG, s_hi, SPG, NSEG, False, ASM)
+    if PIPE:
+        for i in tl.range(n_full, num_stages=PIPE):
+            acc = _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_lo + i * NSEG, s_hi,
+                           SPG, NSEG, False, ASM)
     else:
         for i in range(n_full):
-            acc = _pk_step(acc, None, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz,
-                           s_lo + i * NSEG, s_hi, SPG, NSEG, False, ASM)
+            acc = _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_lo + i * NSEG, s_hi,
+                           SPG, NSEG, False, ASM)
     s_end = s_lo + n_full * NSEG
     if s_end < s_hi:
-        acc = _pk_step(acc, None, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_end, s_hi, SPG,
-                       NSEG, True, ASM)
+        acc = _pk_step(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s_end, s_hi, SPG, NSEG,
+                       True, ASM)
     return tl.sum(acc, axis=1)
 
 
@@ -530,7 +524,7 @@ def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, st
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
                USE_DOT: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
-               X3D: tl.constexpr = 0, PK: tl.constexpr = 0):
+               X3D: tl.constexpr = 0, PK: tl.constexpr = 0, PIPE: tl.constexpr = 0):
     # Program (n, split, m) walks its share of the K groups.
     HALF: tl.constexpr = G // 2
     pid_n = tl.program_id(0)
@@ -582,7 +576,7 @@ def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, st
         # two codes an instruction (the PK section above); other batches and dtypes run a PK
         # config as the fp32 loop below
         acc = _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn,
-                       stride_sn, G, BLOCK_N, BLOCK_K, ASM, PREFETCH)[None, :]
+                       stride_sn, G, BLOCK_N, BLOCK_K, ASM, PIPE)[None, :]
     else:
         # GEMV: GROUPS groups of BLOCK_N rows a step, read as 32-bit words (8 codes each) in
         # [BLOCK_N, GROUPS, G/8] tiles. Code i of a word becomes the float f = 1 + q/128 by

@@ -85,13 +85,11 @@ _STEP = splitk_mod._pk_step
 
 
 @triton.jit
-def _first_chunk_x(acc, words, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi,
-                   SPG: tl.constexpr, NSEG: tl.constexpr, MASKED: tl.constexpr,
-                   ASM: tl.constexpr):
+def _first_chunk_x(acc, w_ptrs, x_ptrs, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG: tl.constexpr,
+                   NSEG: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
     """A planted bug: the PK step of every chunk reads the first chunk's x."""
     shifted = (x_ptrs[0] - s0 * 16, x_ptrs[1] - s0 * 16, x_ptrs[2] - s0 * 16, x_ptrs[3] - s0 * 16)
-    return _STEP(acc, words, w_ptrs, shifted, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG, NSEG,
-                 MASKED, ASM)
+    return _STEP(acc, w_ptrs, shifted, x_addr, s_ptr, z_ptr, sz, s0, s_hi, SPG, NSEG, MASKED, ASM)
 
 
 # K a multiple of every PK chunk (the prune's condition); rows past N in the last row block
