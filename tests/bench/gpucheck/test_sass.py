@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -315,18 +316,23 @@ print(json.dumps(out))
 '''
 
 
-@pytest.mark.slow  # three real sm_90 compiles
-def test_bf16_dot_shared_memory_model_matches_an_sm90_compile():
+def _probe(src: str) -> Any:
+    """Run a probe script that compiles for sm_90 and prints JSON last; its parsed output
+    (skipped where this machine cannot compile for sm_90)."""
     pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, "-c", _SMEM_PROBE], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True,
                        cwd=REPO, env=_compile_env(), timeout=300)
     if r.returncode and ("ptxas" in r.stderr or "cannot compile" in r.stderr):
         pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stderr[-800:]
     import json
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
+
+@pytest.mark.slow  # three real sm_90 compiles
+def test_bf16_dot_shared_memory_model_matches_an_sm90_compile():
     from kernels.common import SM90_SMEM_BYTES
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = _probe(_SMEM_PROBE)
     # the compiler allocates at most the model's bytes; the third tile (64 rows) does not fit
     assert all(0 < shared <= model for shared, model in got), got
     assert got[2][0] > SM90_SMEM_BYTES and got[0][1] <= SM90_SMEM_BYTES
@@ -363,16 +369,8 @@ print(json.dumps(out))
 
 @pytest.mark.slow  # five real sm_90 compiles
 def test_attention_stages_and_shared_memory_model_match_an_sm90_compile():
-    pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, "-c", _ATTN_PROBE], capture_output=True, text=True,
-                       cwd=REPO, env=_compile_env(), timeout=300)
-    if r.returncode and ("ptxas" in r.stderr or "cannot compile" in r.stderr):
-        pytest.skip(r.stderr.strip().splitlines()[-1])
-    assert r.returncode == 0, r.stderr[-800:]
-    import json
-
     from kernels.common import SM90_SMEM_BYTES
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = _probe(_ATTN_PROBE)
     (s2, _), (s3, _), (s4, _), (sf, mf), _ = got
     tile = 2 * 64 * 128 * 2  # a 64 x 128 bf16 K and V buffer
     assert s2 + tile <= s3 and s3 + tile <= s4
