@@ -294,6 +294,9 @@ def shape_for(op_name: str, **want: int) -> tuple[Any | None, str]:
         return None, f"{op_name} shape {kw}: {e}"
 
 
+SPLIT_KV_IMPLS = ("triton_splitkv", "triton_splitkv_fused")
+
+
 def _uncompiled(op_name: str) -> tuple[str, ...]:
     # torch.compile impls are left out: each compiles for seconds per shape, which the time box
     # cannot afford; the CPU suites and `decodewall run --suite gemv` cover them. Other
@@ -312,9 +315,10 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     (INT4/INT8 GEMV at M=1 on the Llama-3-70B shapes, INT4 at M=16 on the two largest 70B
     shapes, attention at batch 64 x 4096 and 1 x 32768, INT4 at M=16 on the Llama-3-8B shapes),
     the precision comparison, then bf16 and the Llama-3-8B shapes at batch 1 and 16. The large
-    M=16 shapes go before attention: each attention case tunes two Triton kernels (~10 s of
-    compiles each on the H200), and the H200's 420 s check cut its suite before M=16 when it
-    came after. The 8B ones go after it: at 2-15 us at the roof, the ~5.5 us a launch costs
+    M=16 shapes go before attention: the attention cases tune four Triton kernels (~10 s of
+    compiles each on the H200: one pass at 64 x 4096; at 1 x 32768 split-KV with the reduction
+    kernel, with the fused merge, and `triton`'s own split count), and the H200's 420 s check
+    cut its suite before M=16 when it came after. The 8B ones go after it: at 2-15 us at the roof, the ~5.5 us a launch costs
     beyond its bytes (docs/gpu-results.md) is a large share of each, so they say less about the
     kernel's loop.
     On a CPU (the dry run) the same ops at tiny shapes. `notes` collects what could not be
@@ -335,7 +339,8 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
         seen[k] = len(cases)
         cases.append(c)
 
-    def add(op: str, group: str, peers: bool = True, **want: int) -> None:
+    def add(op: str, group: str, peers: bool = True, drop: tuple[str, ...] = (),
+            **want: int) -> None:
         # CPU: bf16 GEMVs (the int8pack/int4pack kernels' fast path), fp32 attention (bf16
         # matmuls are slow on CPUs without AVX512-BF16)
         dtype = torch.float32 if ctx.backend != "cuda" and op in ATTN_OPS else torch.bfloat16
@@ -348,7 +353,8 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
         if shape is None:
             notes.append(f"{group}: {why}")
             return
-        impls = tuple(n for n in _uncompiled(op) if peers or not _triton_peer(op, n))
+        impls = tuple(n for n in _uncompiled(op) if (peers or not _triton_peer(op, n))
+                      and n not in drop)
         put(Case(op, shape, dtype, impls=impls, group=group))
 
     def gemv(ops: tuple, shapes: dict, model: str, M: int, peers: bool = True) -> None:
@@ -369,7 +375,9 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     # the M = 16 goal; no peer here (the goal compares none, and GemLite's own tuning took
     # 5-22 s a case on the H200, which attention, next, would lose)
     gemv(("gemv_w4",), dict(list(big_first.items())[:2]), "llama-3-70b", 16, peers=False)
-    add("paged_attention", "attn b64x4096", B=64, context=4096, **heads)
+    # 512 (sequence, KV head) programs fill the GPU at 64 x 4096 and `triton` does not split
+    # there: the split-KV impls, each tuning a kernel of its own, are timed at 1 x 32768 only
+    add("paged_attention", "attn b64x4096", B=64, context=4096, drop=SPLIT_KV_IMPLS, **heads)
     add("paged_attention", "attn b1x32768", B=1, context=32768, **heads)
     gemv(("gemv_w4",), layer_gemv_shapes("llama-3-8b"), "llama-3-8b", 16)
     try:

@@ -23,9 +23,10 @@ query heads share it) + the table entries and seq_lens read (+ scales for kv8). 
   on a strided view of each chunk, and chunks merge by log-sum-exp.
 - `simd_c` (CPU): hand-written AVX2/OpenMP C (simd.c), one fp32 online-softmax pass per
   sequence reading each block once, in place: the fast CPU path.
-- `triton_onepass` / `triton_splitkv` / `triton` (auto): one program per (sequence, KV head[,
-  split]) serving all query heads of the group from one read of each block, online softmax in fp32;
-  the split-KV variant adds a reduction kernel and is chosen for small batch x long context.
+- `triton_onepass` / `triton_splitkv` / `triton_splitkv_fused` / `triton` (auto): one program per
+  (sequence, KV head[, split]) serving all query heads of the group from one read of each block,
+  online softmax in fp32; split-KV merges the splits in a reduction kernel or (fused) in the last
+  program of each (sequence, KV head) to finish, and `triton` splits for small batch x long context.
 
 This file holds the ops (layout, inputs, float64 reference, bytes, registration); the impls sit
 beside it: pytorch.py, simd.py with simd.c, triton_paged.py.

@@ -3,9 +3,12 @@ of `paged_attention` and `paged_attention_kv8`.
 
 One program per (sequence, KV head[, token split]) serves all G = Hq / Hkv query heads of its KV
 head from one read of each K/V tile, through the block table, with the running softmax in fp32
-registers (log2 domain). INT8 KV is dequantized in registers. Split-KV (flash-decoding) adds a
-reduction kernel that merges the splits' partial outputs by their (max, sum); `triton` splits
-only when (sequence, KV head) programs cannot fill the GPU and sequences are long.
+registers (log2 domain). INT8 KV is dequantized in registers. Split-KV (flash-decoding) merges the
+splits' partial outputs by their (max, sum): `triton_splitkv` in a reduction kernel launched after
+the splits, `triton_splitkv_fused` in the last program of each (sequence, KV head) to finish,
+which finds out it is last from a counter (one launch: no second kernel's launch, ramp-up and
+drain). `triton` splits only when (sequence, KV head) programs cannot fill the GPU and sequences
+are long.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed
 from .ops import check_inputs, validate
 
-REDUCE_BLOCK_D = 32  # the head-dim slice of a reduction program
+REDUCE_OUTPUTS = 32  # (query head, head dim) outputs a reduction program merges
+MERGE_FLOATS = 32 * 128  # partials a merge loads at once: 32 registers a thread, 4 warps
 # 4 warps: in the H200's autotune timings (results/h200/, 2026-12-04) the best 8-warp config
 # was 1.2-3.5% behind the best 4-warp one in every case, and each config is a compile the
 # device check's time box pays for. num_stages - 1 K/V tiles are in flight (kv_buffers): the
@@ -52,20 +56,22 @@ def _prune(configs: list, nargs: dict, **kw) -> list:
         or configs[:1]
 
 
-@autotune_or_fixed(_CONFIGS, key=["G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS"],
+@autotune_or_fixed(_CONFIGS, key=["G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS", "FUSED"],
                    fixed={"BLOCK_N": 32}, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _paged_attn_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, bt_ptr, sl_ptr, o_ptr, ml_ptr, out_ptr, lock_ptr,
     scale_log2,
     stride_qb, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_sb, stride_ss,
     stride_btb,
     stride_ob, stride_oh, stride_os,
+    stride_outb, stride_outh,
     split_tokens,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    KV8: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+    KV8: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr,
+    G2: tl.constexpr, S_PAD: tl.constexpr, S_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program: sequence b, KV head h, token split s. Its G query heads share every K/V
     # tile it loads; scores and the running softmax stay in fp32 registers.
@@ -137,30 +143,65 @@ def _paged_attn_kernel(
         ml = ((b * tl.num_programs(1) * G + offs_h) * NUM_SPLITS + split) * 2
         tl.store(ml_ptr + ml, m_i, mask=g_mask)
         tl.store(ml_ptr + ml + 1, l_i, mask=g_mask)
+        if FUSED:
+            # The program that finishes last merges. The barrier puts every thread's stores
+            # before the release of the counter's update (made by one thread), its acquire
+            # puts the merge's loads after every other program's release.
+            tl.debug_barrier()
+            lock = lock_ptr + b * tl.num_programs(1) + h
+            if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
+                tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+                _merge_splits(o_ptr, ml_ptr, out_ptr, b, h, tl.num_programs(1) * G,
+                              stride_ob, stride_oh, stride_os, stride_outb, stride_outh, 0,
+                              G, G2, D, NUM_SPLITS, S_PAD, S_CHUNK)
+
+
+@triton.jit
+def _merge_splits(part_ptr, ml_ptr, o_ptr, b, h, Hq, stride_pb, stride_ph, stride_ps,
+                  stride_ob, stride_oh, d0, G: tl.constexpr, G2: tl.constexpr,
+                  BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+                  S_CHUNK: tl.constexpr):
+    # The G query heads of KV head h, head dims d0 .. d0 + BLOCK_D: each split's partial output
+    # weighed by exp2(m_s - max m), over the splits' combined sum. S_CHUNK splits a load, their
+    # partials [S_CHUNK, G2, BLOCK_D] kept to ~32 registers a thread; the loads bypass L1
+    # (.cg), since other SMs wrote them during this launch.
+    offs_g = tl.arange(0, G2)
+    g_mask = offs_g < G
+    hq = h * G + offs_g
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_s = tl.arange(0, S_PAD)
+    mask = (offs_s < NUM_SPLITS)[:, None] & g_mask[None, :]
+    ml = ((b * Hq + hq[None, :]) * NUM_SPLITS + offs_s[:, None]) * 2
+    m = tl.load(ml_ptr + ml, mask=mask, other=float("-inf"), cache_modifier=".cg")
+    l = tl.load(ml_ptr + ml + 1, mask=mask, other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, axis=0)  # -inf only for padded heads, whose rows are never stored
+    den = tl.sum(tl.where(m > float("-inf"), l * tl.exp2(m - m_max[None, :]), 0.0), axis=0)
+    acc = tl.zeros((G2, BLOCK_D), dtype=tl.float32)
+    for s0 in tl.static_range(0, S_PAD, S_CHUNK):
+        offs_c = s0 + tl.arange(0, S_CHUNK)
+        cmask = (offs_c < NUM_SPLITS)[:, None] & g_mask[None, :]
+        mc = tl.load(ml_ptr + ((b * Hq + hq[None, :]) * NUM_SPLITS + offs_c[:, None]) * 2,
+                     mask=cmask, other=float("-inf"), cache_modifier=".cg")
+        w = tl.where(mc > float("-inf"), tl.exp2(mc - m_max[None, :]), 0.0)
+        part = tl.load(part_ptr + b * stride_pb + hq[None, :, None] * stride_ph
+                       + offs_c[:, None, None] * stride_ps + offs_d[None, None, :],
+                       mask=cmask[:, :, None], other=0.0, cache_modifier=".cg")
+        acc += tl.sum(part * w[:, :, None], axis=0)
+    o = acc / den[:, None]
+    tl.store(o_ptr + b * stride_ob + hq[:, None] * stride_oh + offs_d[None, :],
+             o.to(o_ptr.dtype.element_ty), mask=g_mask[:, None])
 
 
 @triton.jit
 def _splitkv_reduce_kernel(part_ptr, ml_ptr, o_ptr, stride_pb, stride_ph, stride_ps,
-                           stride_ob, stride_oh, Hq,
-                           D: tl.constexpr, NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
-    # One program per (sequence, query head, BLOCK_D of the head dim): rescale each split by
-    # exp2(m_s - max m) and normalize by the combined sum. Slicing D gives a batch of one
-    # D / BLOCK_D times the programs (one a head took 6 us of the H200's 45 at 1 x 32768).
-    b = tl.program_id(0)
-    hq = tl.program_id(1)
-    offs_s = tl.arange(0, S_PAD)
-    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    s_mask = offs_s < NUM_SPLITS
-    ml = (b * Hq + hq) * NUM_SPLITS * 2 + offs_s * 2
-    m = tl.load(ml_ptr + ml, mask=s_mask, other=float("-inf"))
-    l = tl.load(ml_ptr + ml + 1, mask=s_mask, other=0.0)
-    m_max = tl.max(m, axis=0)
-    w = tl.where(s_mask & (m > float("-inf")), tl.exp2(m - m_max), 0.0)
-    part = tl.load(part_ptr + b * stride_pb + hq * stride_ph + offs_s[:, None] * stride_ps
-                   + offs_d[None, :], mask=s_mask[:, None], other=0.0)
-    o = tl.sum(part * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(o_ptr + b * stride_ob + hq * stride_oh + offs_d, o.to(o_ptr.dtype.element_ty))
+                           stride_ob, stride_oh, G: tl.constexpr, G2: tl.constexpr,
+                           BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+                           S_CHUNK: tl.constexpr):
+    # One program per (sequence, KV head, BLOCK_D of the head dim). Slicing D gives a batch of
+    # one D / BLOCK_D times the programs (one a head took 6 us of the H200's 45 at 1 x 32768).
+    _merge_splits(part_ptr, ml_ptr, o_ptr, tl.program_id(0), tl.program_id(1),
+                  tl.num_programs(1) * G, stride_pb, stride_ph, stride_ps, stride_ob, stride_oh,
+                  tl.program_id(2) * BLOCK_D, G, G2, BLOCK_D, NUM_SPLITS, S_PAD, S_CHUNK)
 
 
 def auto_splits(B: int, Hkv: int, max_tokens: int, sms: int | None) -> int:
@@ -173,7 +214,33 @@ def auto_splits(B: int, Hkv: int, max_tokens: int, sms: int | None) -> int:
     return max(1, min(-(-2 * sms // programs), max_tokens // 512, 64))
 
 
-def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits):
+_LOCKS: dict = {}
+
+
+def _locks(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (sequence, KV head), for the fused merge: kept per device
+    and stream (the last program of a launch zeroes its counter again), so concurrent launches
+    on one stream never share them and no launch pays for a memset."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    t = _LOCKS.get(key)
+    if t is None or t.numel() < n:
+        t = _LOCKS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return t
+
+
+def merge_meta(G: int, D: int, num_splits: int) -> dict:
+    """The merge's tile: G2 query-head rows (G padded to a power of two), S_PAD splits loaded
+    S_CHUNK at a time, and the reduction kernel's head-dim slice BLOCK_D."""
+    g2 = triton.next_power_of_2(G)
+    s_pad = triton.next_power_of_2(num_splits)
+    block_d = max(1, min(D, REDUCE_OUTPUTS // g2))
+    return dict(G2=g2, S_PAD=s_pad, BLOCK_D=block_d,
+                S_CHUNK=min(s_pad, max(1, MERGE_FLOATS // (g2 * D))),
+                REDUCE_S_CHUNK=min(s_pad, max(1, MERGE_FLOATS // (g2 * block_d))))
+
+
+def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fused=False):
     check_inputs(q, k, v, block_table, seq_lens, ks, vs, values=False)
     if k.stride(3) != 1 or v.stride() != k.stride() or q.stride(2) != 1:
         raise ValueError("paged attention needs contiguous head-dim rows and k/v of one layout")
@@ -194,28 +261,31 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits):
     # Each split covers a multiple of the largest BLOCK_N, so splits never share a tile.
     split_tokens = triton.cdiv(triton.cdiv(MB * BS, num_splits), 128) * 128
     num_splits = triton.cdiv(MB * BS, split_tokens)
+    mm = merge_meta(G, D, num_splits)
     common = dict(G=G, G_PAD=g_pad, D=D, BLOCK_SIZE=BS, KV8=kv8,
-                  IEEE=q.dtype == torch.float32, **meta)
+                  IEEE=q.dtype == torch.float32, G2=mm["G2"], S_PAD=mm["S_PAD"],
+                  S_CHUNK=mm["S_CHUNK"], **meta)
     args = (q, k, v, ks, vs, block_table, seq_lens)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
                ks.stride(0), ks.stride(1), block_table.stride(0))
     scale_log2 = float(scale) * 1.4426950408889634
     if num_splits == 1:
-        _paged_attn_kernel[(B, Hkv, 1)](*args, out, out, scale_log2, *strides,
-                                        out.stride(0), out.stride(1), 0, MB * BS,
-                                        NUM_SPLITS=1, **common)
+        _paged_attn_kernel[(B, Hkv, 1)](*args, out, out, out, seq_lens, scale_log2, *strides,
+                                        out.stride(0), out.stride(1), 0, 0, 0, MB * BS,
+                                        NUM_SPLITS=1, FUSED=False, **common)
         return out
     part = torch.empty(B, Hq, num_splits, D, device=q.device, dtype=torch.float32)
     ml = torch.empty(B, Hq, num_splits, 2, device=q.device, dtype=torch.float32)
-    _paged_attn_kernel[(B, Hkv, num_splits)](*args, part, ml, scale_log2, *strides,
+    locks = _locks(q.device, B * Hkv) if fused else seq_lens  # unused pointer when not fused
+    _paged_attn_kernel[(B, Hkv, num_splits)](*args, part, ml, out, locks, scale_log2, *strides,
                                              part.stride(0), part.stride(1), part.stride(2),
-                                             split_tokens, NUM_SPLITS=num_splits, **common)
-    block_d = min(D, REDUCE_BLOCK_D)
-    _splitkv_reduce_kernel[(B, Hq, D // block_d)](part, ml, out, part.stride(0), part.stride(1),
-                                                  part.stride(2), out.stride(0), out.stride(1),
-                                                  Hq, D=D, NUM_SPLITS=num_splits,
-                                                  S_PAD=triton.next_power_of_2(num_splits),
-                                                  BLOCK_D=block_d)
+                                             out.stride(0), out.stride(1), split_tokens,
+                                             NUM_SPLITS=num_splits, FUSED=fused, **common)
+    if not fused:
+        _splitkv_reduce_kernel[(B, Hkv, D // mm["BLOCK_D"])](
+            part, ml, out, part.stride(0), part.stride(1), part.stride(2), out.stride(0),
+            out.stride(1), G=G, G2=mm["G2"], BLOCK_D=mm["BLOCK_D"], NUM_SPLITS=num_splits,
+            S_PAD=mm["S_PAD"], S_CHUNK=mm["REDUCE_S_CHUNK"])
     return out
 
 
@@ -230,17 +300,18 @@ def _fixed_splits(block_table, block_size) -> int:
 
 
 def _register_triton(op_name: str, kv8: bool) -> None:
-    """triton_onepass, triton_splitkv and triton (auto) for one op; same kernel, kv8 a flag."""
+    """triton_onepass, triton_splitkv, triton_splitkv_fused and triton (auto) for one op; same
+    kernel, kv8 a flag."""
     def unpack(args: tuple) -> tuple:
         if kv8:
             return args
         q, k, v, bt, sl, scale = args
         return q, k, v, None, None, bt, sl, scale
 
-    def reg(name: str, splits, doc: str) -> None:
+    def reg(name: str, splits, doc: str, fused: bool = False) -> None:
         def fn(*args, out: torch.Tensor | None = None) -> torch.Tensor:
             q, k, v, ks, vs, bt, sl, scale = unpack(args)
-            return _launch(q, k, v, ks, vs, bt, sl, scale, out, splits(q, k, bt))
+            return _launch(q, k, v, ks, vs, bt, sl, scale, out, splits(q, k, bt), fused)
         fn.__doc__ = doc
         fn.__name__ = fn.__qualname__ = name
         register_impl(op_name, name, backends=TRITON_BACKENDS, kind="triton",
@@ -251,6 +322,9 @@ def _register_triton(op_name: str, kv8: bool) -> None:
         f"Triton, one program per (sequence, KV head): {what}GQA-aware, online softmax.")
     reg("triton_splitkv", lambda q, k, bt: _fixed_splits(bt, k.shape[1]),
         f"Triton split-KV (flash-decoding) + reduction kernel: {what}always splits.")
+    reg("triton_splitkv_fused", lambda q, k, bt: _fixed_splits(bt, k.shape[1]),
+        f"Triton split-KV, the last split of each (sequence, KV head) merges (one launch): "
+        f"{what}always splits.", fused=True)
     reg("triton", _auto,
         f"Triton, split-KV chosen automatically for small batch x long context: {what}auto.")
 

@@ -157,6 +157,11 @@ def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
     if "paged_attention" in OPS:
         attn = [i for i, c in enumerate(cases) if c.op == "paged_attention"][:2]
         assert m16[1] < attn[0] and attn[1] < m16[2]
+        # the split-KV impls (a tuning each) at 1 x 32768, where splitting is the point
+        split = {"triton_splitkv", "triton_splitkv_fused"} & set(OPS["paged_attention"].impls)
+        b64, b1 = (cases[i] for i in attn)
+        assert not split & set(b64.impls) and split <= set(b1.impls)
+        assert "triton_onepass" in b64.impls and "gather_sdpa" in b64.impls
     # the peers run beside our kernels; only torch.compile impls (seconds a shape) stay out
     impls = {i for c in cases for i in c.impls}
     assert "torch_compiled" not in impls

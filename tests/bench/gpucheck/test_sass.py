@@ -350,10 +350,13 @@ for q, kv, bn, ns in (("bf16", "bf16", 64, 2), ("bf16", "bf16", 64, 3), ("bf16",
                       ("fp32", "fp32", 128, 3), ("bf16", "i8", 64, 4)):
     types = {"q_ptr": "*" + q, "k_ptr": "*" + kv, "v_ptr": "*" + kv, "ks_ptr": "*fp32",
              "vs_ptr": "*fp32", "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": "*fp32",
-             "ml_ptr": "*fp32", "scale_log2": "fp32", "split_tokens": "i32"}
+             "ml_ptr": "*fp32", "out_ptr": "*" + q, "lock_ptr": "*i32", "scale_log2": "fp32",
+             "split_tokens": "i32"}
     types.update({n: "i32" for n in tp._paged_attn_kernel.jit_fn.arg_names if n.startswith("stride")})
+    mm = tp.merge_meta(4, 128, 32)
     const = dict(G=4, G_PAD=16, D=128, BLOCK_SIZE=16, KV8=kv == "i8", NUM_SPLITS=32,
-                 IEEE=q == "fp32", BLOCK_N=bn)
+                 IEEE=q == "fp32", BLOCK_N=bn, FUSED=False, G2=mm["G2"], S_PAD=mm["S_PAD"],
+                 S_CHUNK=mm["S_CHUNK"])
     # pointers and strides 16-aligned as a Llama-3-8B cache's are (Triton specializes on it)
     k = compile_sm90(tp._paged_attn_kernel.jit_fn, types, const, 4, ns,
                      ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "stride_qb", "stride_qh",
@@ -376,3 +379,47 @@ def test_attention_stages_and_shared_memory_model_match_an_sm90_compile():
     assert s2 + tile <= s3 and s3 + tile <= s4
     assert all(0 < shared <= model for shared, model in got), got
     assert sf > SM90_SMEM_BYTES and mf > SM90_SMEM_BYTES  # a config the prune drops
+
+
+# The fused split-KV merge: each program's partial stores, then a barrier, then one thread's
+# acq_rel add to the counter at GPU scope (CUTLASS's semaphore pattern), and the last program's
+# merge loads bypass L1; on the compiler of this machine, not the device's alone.
+_FUSED_PROBE = r'''
+import json
+from bench.gpucheck.sass import compile_sm90, disassemble, spill_bytes
+import kernels.attention.triton_paged as tp
+types = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
+         "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": "*fp32", "ml_ptr": "*fp32",
+         "out_ptr": "*bf16", "lock_ptr": "*i32", "scale_log2": "fp32", "split_tokens": "i32"}
+types.update({n: "i32" for n in tp._paged_attn_kernel.jit_fn.arg_names if n.startswith("stride")})
+mm = tp.merge_meta(4, 128, 64)
+out = {}
+for fused in (False, True):
+    const = dict(G=4, G_PAD=16, D=128, BLOCK_SIZE=16, KV8=False, NUM_SPLITS=64, IEEE=False,
+                 BLOCK_N=64, FUSED=fused, G2=mm["G2"], S_PAD=mm["S_PAD"], S_CHUNK=mm["S_CHUNK"])
+    k = compile_sm90(tp._paged_attn_kernel.jit_fn, types, const, 4, 3,
+                     ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "out_ptr", "stride_qb",
+                      "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_btb",
+                      "stride_ob", "stride_oh", "stride_os", "split_tokens"))
+    lines, regs = disassemble(k)
+    ptx = [ln.strip() for ln in k.asm["ptx"].splitlines()
+           if any(w in ln for w in ("st.global", "ld.global", "bar.sync", "atom."))]
+    out[str(fused)] = {"regs": regs, "spill": spill_bytes([i for _, i in lines]), "ptx": ptx}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # two real sm_90 compiles
+def test_fused_merge_orders_its_memory_accesses_on_an_sm90_compile():
+    got = _probe(_FUSED_PROBE)
+    ptx = got["True"]["ptx"]
+    add = [i for i, ln in enumerate(ptx) if "atom." in ln and ".add." in ln]
+    assert len(add) == 1 and ".acq_rel" in ptx[add[0]] and ".gpu" in ptx[add[0]]
+    assert ptx[add[0]].startswith("@%p")  # one thread
+    last_store = max(i for i, ln in enumerate(ptx[:add[0]]) if "st.global" in ln)
+    assert any("bar.sync" in ln for ln in ptx[last_store:add[0]])
+    merge_loads = [ln for ln in ptx[add[0]:] if "ld.global" in ln]
+    assert merge_loads and all("ld.global.cg" in ln for ln in merge_loads)
+    assert any("atom." in ln and ".exch." in ln for ln in ptx[add[0]:])  # zeroed again
+    assert not any("atom." in ln for ln in got["False"]["ptx"])
+    assert got["True"]["spill"] == got["False"]["spill"] == [0, 0]

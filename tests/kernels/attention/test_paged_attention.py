@@ -135,16 +135,53 @@ def test_torch_chunked_many_chunks(op_name, cpu_flash, monkeypatch):
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
-def test_triton_split_kv_many_splits(op_name):
+@pytest.mark.parametrize("impl_name", ["triton_splitkv", "triton_splitkv_fused"])
+def test_triton_split_kv_many_splits(op_name, impl_name):
     """Split-KV with more splits than a short sequence fills: empty splits weigh zero."""
     op = OPS[op_name]
-    if "triton_splitkv" not in op.impls:
+    if impl_name not in op.impls:
         pytest.skip("no triton")
     args = case_inputs(op_name, 4, 2, 64, 16, F32, [1100, 3])
-    out = run(op.impls["triton_splitkv"], args, DEV)
+    out = run(op.impls[impl_name], args, DEV)
     assert rel_err(out, op.reference(*args)) <= op.tol(F32)
     bad = perturb(args, op_name.endswith("kv8"), float("nan"))
-    assert torch.equal(run(op.impls["triton_splitkv"], bad, DEV), out)
+    assert torch.equal(run(op.impls[impl_name], bad, DEV), out)
+
+
+def test_fused_merge_leaves_its_counters_zero():
+    """The fused split-KV's last program of each (sequence, KV head) merges and zeroes its
+    counter: the counters read zero after a launch, and launch after launch gives the same
+    output; a counter that never reaches the split count leaves its heads unmerged."""
+    if not HAS_TRITON:
+        pytest.skip("no triton")
+    import kernels.attention.triton_paged as tp
+    op = OPS["paged_attention"]
+    args = case_inputs("paged_attention", 8, 2, 64, 16, F32, [600, 77, 1])
+    locks = tp._locks(torch.device(DEV), 6)
+    locks[:6] = 0
+    first = run(op.impls["triton_splitkv_fused"], args, DEV)
+    assert rel_err(first, op.reference(*args)) <= op.tol(F32)
+    assert tp._locks(torch.device(DEV), 6) is locks and not locks.any()
+    assert torch.equal(run(op.impls["triton_splitkv_fused"], args, DEV), first)
+    locks[1] = 10**6  # (sequence 0, KV head 1): no program of this launch finds itself last
+    stuck = run(op.impls["triton_splitkv_fused"], args, DEV)
+    assert int(locks[1]) > 10**6
+    locks[:6] = 0
+    assert torch.isnan(stuck[0, 4:]).all() and torch.equal(stuck[0, :4], first[0, :4])
+
+
+def test_merge_meta_tiles():
+    """The reduction's programs merge REDUCE_OUTPUTS (query head, head dim) outputs each; the
+    loads of both merges stay within MERGE_FLOATS whatever G, D and the split count."""
+    if not HAS_TRITON:
+        pytest.skip("no triton")
+    import kernels.attention.triton_paged as tp
+    for G, D, S in ((1, 64, 2), (4, 128, 32), (8, 128, 64), (5, 128, 3), (32, 256, 64)):
+        m = tp.merge_meta(G, D, S)
+        assert m["G2"] >= G and m["S_PAD"] >= S and m["S_PAD"] % m["S_CHUNK"] == 0
+        assert m["G2"] * m["BLOCK_D"] == min(tp.REDUCE_OUTPUTS, m["G2"] * D) and D % m["BLOCK_D"] == 0
+        assert m["S_CHUNK"] * m["G2"] * D <= max(tp.MERGE_FLOATS, m["G2"] * D)
+        assert m["REDUCE_S_CHUNK"] * m["G2"] * m["BLOCK_D"] <= tp.MERGE_FLOATS
 
 
 def test_auto_split_policy():
@@ -250,7 +287,7 @@ def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype):
         ran.append(name)
     assert {"gather_sdpa", "torch_chunked", "simd_c"} <= set(ran)
     if HAS_TRITON and dtype != BF16:
-        assert {"triton_onepass", "triton_splitkv", "triton"} <= set(ran)
+        assert {"triton_onepass", "triton_splitkv", "triton_splitkv_fused", "triton"} <= set(ran)
 
 
 def test_inputs_are_scattered_and_deterministic():
