@@ -275,24 +275,26 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
     plans = []
     if op in ("all", "gemv_w4"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*u8", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}",
-                 y_ptr=f"*{dtype}", ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32",
-                 stride_qn="i32", stride_sn="i32", stride_ym="i32")
+                 y_ptr=f"*{dtype}", ws_ptr="*fp32", lock_ptr="*i32", M="i32", N="i32", K="i32",
+                 stride_xm="i32", stride_qn="i32", stride_sn="i32", stride_ym="i32")
         plans.append(("gemv_w4", tk["gemv_w4"].jit_fn, t,
                       dict(G=128, BLOCK_M=1, SPLIT_K=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_w4"].configs_for(False)))
         t = dict(x_ptr=f"*{dtype}", q_ptr="*u8", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}",
-                 ws_ptr="*fp32", N="i32", K="i32", stride_xm="i32", stride_qn="i32", stride_sn="i32")
+                 ws_ptr="*fp32", y_ptr=f"*{dtype}", lock_ptr="*i32", N="i32", K="i32",
+                 stride_xm="i32", stride_qn="i32", stride_sn="i32", stride_ym="i32")
         plans.append(("gemv_w4_splitk", tk["gemv_w4_splitk"].jit_fn, t, dict(M=1, G=128),
                       tuple(k for k in t if k != "N"), tk["gemv_w4_splitk"].configs_for(False)))
     if op in ("all", "gemv_w8"):
         t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", s_ptr=f"*{dtype}", y_ptr=f"*{dtype}",
-                 ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", stride_qn="i32",
-                 stride_ym="i32")
+                 ws_ptr="*fp32", lock_ptr="*i32", M="i32", N="i32", K="i32", stride_xm="i32",
+                 stride_qn="i32", stride_ym="i32")
         plans.append(("gemv_w8", tk["gemv_w8"].jit_fn, t,
                       dict(BLOCK_M=1, WORDS=True, SPLIT_K=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_w8"].configs_for(False)))
-        t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", ws_ptr="*fp32", N="i32", K="i32", stride_xm="i32",
-                 stride_qn="i32")
+        t = dict(x_ptr=f"*{dtype}", q_ptr="*i8", s_ptr=f"*{dtype}", ws_ptr="*fp32",
+                 y_ptr=f"*{dtype}", lock_ptr="*i32", N="i32", K="i32", stride_xm="i32",
+                 stride_qn="i32", stride_ym="i32")
         plans.append(("gemv_w8_splitk", tk["gemv_w8_splitk"].jit_fn, t, dict(M=1),
                       tuple(k for k in t if k != "N"), tk["gemv_w8_splitk"].configs_for(False)))
     if op in ("all", "gemv_bf16"):
@@ -301,8 +303,9 @@ def _plans(op: str, dtype: str) -> list[tuple[str, Any, dict, dict, tuple, list]
         plans.append(("gemv_bf16", tk["gemv_bf16"].jit_fn, t,
                       dict(BLOCK_M=1, USE_DOT=False, IEEE=False),
                       tuple(k for k in t if k not in ("M", "N")), tk["gemv_bf16"].configs_for(False)))
-        t = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", ws_ptr="*fp32", N="i32", K="i32",
-                 stride_xm="i32", stride_wn="i32")
+        t = dict(x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", ws_ptr="*fp32", y_ptr=f"*{dtype}",
+                 lock_ptr="*i32", N="i32", K="i32", stride_xm="i32", stride_wn="i32",
+                 stride_ym="i32")
         plans.append(("gemv_bf16_splitk", tk["gemv_bf16_splitk"].jit_fn, t, dict(M=1),
                       tuple(k for k in t if k != "N"), tk["gemv_bf16_splitk"].configs_for(False)))
     return plans

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from ..common import esize, num_sms, smem_per_block
 from ..registry import register_impl
+from ..triton_split import last_split, scratch
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed
 from .ops import check_inputs, validate
 
@@ -143,14 +144,8 @@ def _paged_attn_kernel(
         ml = ((b * tl.num_programs(1) * G + offs_h) * NUM_SPLITS + split) * 2
         tl.store(ml_ptr + ml, m_i, mask=g_mask)
         tl.store(ml_ptr + ml + 1, l_i, mask=g_mask)
-        if FUSED:
-            # The program that finishes last merges. The barrier puts every thread's stores
-            # before the release of the counter's update (made by one thread), its acquire
-            # puts the merge's loads after every other program's release.
-            tl.debug_barrier()
-            lock = lock_ptr + b * tl.num_programs(1) + h
-            if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
-                tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+        if FUSED:  # the last split of (b, h) to finish merges (kernels/triton_split.py)
+            if last_split(lock_ptr + b * tl.num_programs(1) + h, NUM_SPLITS):
                 _merge_splits(o_ptr, ml_ptr, out_ptr, b, h, tl.num_programs(1) * G,
                               stride_ob, stride_oh, stride_os, stride_outb, stride_outh, 0,
                               G, G2, D, NUM_SPLITS, S_PAD, S_CHUNK)
@@ -214,21 +209,6 @@ def auto_splits(B: int, Hkv: int, max_tokens: int, sms: int | None) -> int:
     return max(1, min(-(-2 * sms // programs), max_tokens // 512, 64))
 
 
-_LOCKS: dict = {}
-
-
-def _locks(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 counters, one per (sequence, KV head), for the fused merge: kept per device
-    and stream (the last program of a launch zeroes its counter again), so concurrent launches
-    on one stream never share them and no launch pays for a memset."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    t = _LOCKS.get(key)
-    if t is None or t.numel() < n:
-        t = _LOCKS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return t
-
-
 def merge_meta(G: int, D: int, num_splits: int) -> dict:
     """The merge's tile: G2 query-head rows (G padded to a power of two), S_PAD splits loaded
     S_CHUNK at a time, and the reduction kernel's head-dim slice BLOCK_D."""
@@ -276,7 +256,8 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
         return out
     part = torch.empty(B, Hq, num_splits, D, device=q.device, dtype=torch.float32)
     ml = torch.empty(B, Hq, num_splits, 2, device=q.device, dtype=torch.float32)
-    locks = _locks(q.device, B * Hkv) if fused else seq_lens  # unused pointer when not fused
+    # one counter a (sequence, KV head); an unused pointer when not fused
+    locks = scratch(q.device, B * Hkv, torch.int32) if fused else seq_lens
     _paged_attn_kernel[(B, Hkv, num_splits)](*args, part, ml, out, locks, scale_log2, *strides,
                                              part.stride(0), part.stride(1), part.stride(2),
                                              out.stride(0), out.stride(1), split_tokens,

@@ -1,6 +1,6 @@
 """What the Triton GEMV kernels share: the path a batch takes, the K-step load, when to split K and
-the split's fp32 workspace and finishing launch, and the config families the INT8 and INT4
-kernels tune over.
+how a split ends (its last program of a row tile writes y: kernels/triton_split.py), and the
+config families the INT8 and INT4 kernels tune over.
 
 Two paths by the batch M. Up to M = 4 a GEMV: each program keeps a per-thread inner product in
 fp32 registers, and tensor cores would idle on rows of zeros. Above, `tl.dot`, which needs 16
@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ..common import num_sms
+from ..triton_split import last_split, scratch
 from ..triton_util import INTERPRET
 
 GEMV_MAX_M = 4  # the largest batch on the GEMV path; above it tl.dot
@@ -46,8 +47,8 @@ def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
     """How many programs split K: doubled while the `n_tiles` row tiles (the caller counts them
     at a BLOCK_N its tuned configs use) times the split give fewer than `per_sm` programs an
     SM and each split keeps at least `min_k` of K. A split costs atomics into the fp32
-    workspace and one more launch (`finish`); too few programs an SM cost more (`split_for`
-    gives the H200's figures for both)."""
+    workspace and each program a counter's round trip (`split_add`); too few programs an SM
+    cost more (`split_for` gives the H200's figures)."""
     sms = num_sms(device)
     if sms is None:
         return 1
@@ -60,51 +61,58 @@ def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
 def split_for(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
     """The word-loop GEMVs' split (triton_w4, triton_w8). GEMV (M <= 4): only where 16-row
     programs would leave SMs idle; splitting INT4 toward 4 programs an SM of 32 rows measured
-    slower on the H200 (8192 x 8192: 38% of the roof against 49%; the finishing launch alone is
-    ~2 us of ~16). tl.dot: 2 programs an SM of 64 rows (the tiles it picks), each at least 1024
-    of K deep; unsplit, INT4 at M = 16, 6144 x 4096, ran on 96 programs at 13% of the roof."""
+    slower on the H200 (8192 x 8192: 38% of the roof against 49%), when each split also cost a
+    finishing launch, ~2 us of the ~16. tl.dot: 2 programs an SM of 64 rows (the tiles it
+    picks), each at least 1024 of K deep; unsplit, INT4 at M = 16, 6144 x 4096, ran on 96
+    programs at 13% of the roof."""
     if not use_dot:
         return split_k_for(triton.cdiv(N, 16) * triton.cdiv(M, block_m), K, device)
     return split_k_for(triton.cdiv(N, 64) * triton.cdiv(M, block_m), K, device, per_sm=2)
 
 
-# fp32 workspaces for split-K's atomics, one per (device, stream): all zeros between calls
-_WORKSPACES: dict[tuple[str, int], torch.Tensor] = {}
-FINISH_BLOCK = 1024
-
-
-def workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """`numel` fp32 zeros for the atomics, from the device and stream's workspace, which every
-    call's `finish` leaves zeroed (calls on one stream run in order, so none overlap)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    ws = _WORKSPACES.get(key)
-    if ws is None or ws.numel() < numel:
-        ws = torch.zeros(max(numel, 1 << 14), device=device, dtype=torch.float32)
-        _WORKSPACES[key] = ws
-    return ws[:numel]
+@triton.jit
+def _take(ptrs, zeros, mask):
+    """The fp32 values at `ptrs`, zeroed in the same atomic exchange (on their bits: the
+    interpreter exchanges integers only); 0 where masked, whose lanes return no value."""
+    bits = tl.atomic_xchg(ptrs.to(tl.pointer_type(tl.int32)), zeros, mask=mask, sem="relaxed",
+                          scope="gpu")
+    return tl.where(mask, bits.to(tl.float32, bitcast=True), 0.0)
 
 
 @triton.jit
-def _finish_kernel(ws_ptr, y_ptr, s_ptr, N, stride_ym, SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    """Row m of y = row m of ws (INT8: times scales[n]) in y's dtype; ws = 0 again."""
-    m = tl.program_id(1)
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs_n < N
-    v = tl.load(ws_ptr + m * N + offs_n, mask=mask, other=0.0)
-    if SCALE:
-        v = v * tl.load(s_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(ws_ptr + m * N + offs_n, tl.zeros_like(v), mask=mask)
+def split_add(ws_ptr, y_ptr, lock_ptr, offs_m, offs_n, mask, N, stride_ym, acc):
+    """The end of a split program of the (N tiles, splits, M tiles) grid: `acc` added into the
+    fp32 workspace (M x N, zero between launches); the tile's last split to add writes y from
+    the sums in y's dtype, reading them back as zeros with one atomic exchange."""
+    offs = offs_m[:, None] * N + offs_n[None, :]
+    tl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
+    if last_split(lock_ptr + tl.program_id(2) * tl.num_programs(0) + tl.program_id(0),
+                  tl.num_programs(1)):
+        v = _take(ws_ptr + offs, tl.zeros_like(acc).to(tl.int32), mask)
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
+                 v.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def finish(ws: torch.Tensor, y: torch.Tensor, row_scales: torch.Tensor | None = None) -> None:
-    """y (M x N) = the workspace's M x N fp32 sums (times `row_scales` where given), cast to y's
-    dtype, and the workspace zeroed: one launch, instead of a memset before and a copy after."""
-    M, N = y.shape
-    _finish_kernel[(triton.cdiv(N, FINISH_BLOCK), M)](
-        ws, y, row_scales if row_scales is not None else ws, N, y.stride(0),
-        SCALE=row_scales is not None, BLOCK=FINISH_BLOCK, num_warps=4)
+@triton.jit
+def split_rows_done(ws_ptr, y_ptr, s_ptr, lock_ptr, N, stride_ym, M: tl.constexpr,
+                    SCALE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The end of a split-K program of the (N tiles, K chunks) grid, its rows' partials added:
+    the row tile's last chunk writes y's M rows from the workspace's sums (times the row
+    scales s where SCALE), reading them back as zeros with one atomic exchange. The row offsets
+    are computed here again rather than held across the counter's round trip."""
+    if last_split(lock_ptr + tl.program_id(0), tl.num_programs(1)):
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        for m in tl.static_range(M):
+            v = _take(ws_ptr + m * N + offs_n, tl.zeros((BLOCK_N,), dtype=tl.int32), n_mask)
+            if SCALE:
+                v = v * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def split_scratch(device: torch.device, M: int, N: int, tiles: int) -> tuple:
+    """The fp32 workspace (M x N) and `tiles` int32 counters a split launch uses; both zero."""
+    return scratch(device, M * N), scratch(device, tiles, torch.int32)
 
 
 # --- the quantized GEMVs' configs -------------------------------------------------------------
@@ -166,5 +174,6 @@ def two_paths(gemv: list, dot: list,
     return gemv + dot, configs_for, prune
 
 
-__all__ = ["GEMV_MAX_M", "batch_path", "finish", "load_xw", "split_for", "split_k_for",
-           "two_paths", "without_ptx", "word_gemv_configs", "words_per_thread", "workspace"]
+__all__ = ["GEMV_MAX_M", "batch_path", "load_xw", "split_add", "split_for", "split_k_for",
+           "split_rows_done", "split_scratch", "two_paths", "without_ptx", "word_gemv_configs",
+           "words_per_thread"]

@@ -12,14 +12,14 @@ flight at once. Why: to stream at the roof an SM must keep (bandwidth / SMs) x D
 flight (13 KiB on an H200 at the 370 ns idle latency, more under load), and a thread that walks all
 of K issues its loads a step at a time.
 
-Output: the atomics add into an fp32 workspace, and one small kernel (`triton_common.finish`)
-writes y in x's dtype from it (INT8: times the row scale) and zeroes it again, so the workspace,
-kept per device and stream, is all zeros before every call: one extra launch, not a memset and a
-cast.
+Output: the atomics add into an fp32 workspace, and the last program of each row tile to add its
+partials (a counter a row tile: kernels/triton_split.py) writes y in x's dtype from it (INT8:
+times the row scale), reading it back as zeros, so the workspace, kept per device and stream, is
+all zeros before every call: no memset, no second launch.
 Adding straight into a zeroed y in bf16 or fp16 would round at every add (in bf16 1% of y at
 K / BLOCK_K = 64 chunks, the whole tolerance: docs/kernels.md), and y would still need a memset.
-The workspace traffic (4 bytes an output a chunk, 8 to finish) is the kernel's own overhead, not
-in the op's byte count.
+The workspace traffic (4 bytes an output a chunk, 8 to read it back) is the kernel's own
+overhead, not in the op's byte count.
 
 Each config gives a thread 16 or 32 words of weights (4 or 8 loads of 16 bytes); more words a
 thread share the program's fixed cost (addresses, the cross-thread sums, the atomics) among
@@ -38,7 +38,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import GEMV_MAX_M, finish, without_ptx, words_per_thread, workspace
+from .triton_common import (GEMV_MAX_M, split_rows_done, split_scratch, without_ptx,
+                            words_per_thread)
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
 
@@ -61,9 +62,9 @@ _W4_CONFIGS = _configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2),
                         (16, 256, 1), (16, 512, 2), (32, 256, 2), (64, 128, 2))) + [
     # PK=1 (M = 1, bf16 x): triton_w4's packed step (two codes an fp16x2 FMA) on one chunk of
     # BLOCK_K / 32 segments of 32 codes, the segments along the lanes, the rows along the
-    # registers (the x side of a segment serves all a thread's rows); 0.074-0.079 warp
+    # registers (the x side of a segment serves all a thread's rows); 0.075-0.083 warp
     # instructions a code on sm_90 against the word loop's 0.061, for the sum across the lanes
-    # each chunk pays (bench.gpucheck.sass)
+    # and the counter each chunk pays (bench.gpucheck.sass)
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PK": 1}, num_warps=nw,
                   num_stages=1)
     for bn, bk, nw in ((32, 1024, 1), (64, 1024, 2), (64, 2048, 4), (32, 512, 1),
@@ -151,12 +152,13 @@ def _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, st
 
 
 @autotune_or_fixed(_W4_CONFIGS, key=["M", "N", "K", "G"],
-                   fixed={"BLOCK_N": 8, "BLOCK_K": 128, "ASM": 0}, reset_to_zero=["ws_ptr"],
+                   fixed={"BLOCK_N": 8, "BLOCK_K": 128, "ASM": 0},
                    prune_configs_by={"early_config_prune": _w4_prune})
 @triton.jit
-def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
-                      M: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, ASM: tl.constexpr, PK: tl.constexpr = 0):
+def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, y_ptr, lock_ptr, N, K, stride_xm,
+                      stride_qn, stride_sn, stride_ym, M: tl.constexpr, G: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
+                      PK: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -172,13 +174,15 @@ def _w4_splitk_kernel(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, strid
     else:
         _w4_chunk(x_ptr, q_ptr, s_ptr, z_ptr, ws_ptr, N, K, stride_xm, stride_qn, stride_sn,
                   pid_k, offs_n, n_mask, M, G, BLOCK_N, BLOCK_K, ASM)
+    split_rows_done(ws_ptr, y_ptr, s_ptr, lock_ptr, N, stride_ym, M, False, BLOCK_N)
 
 
 @autotune_or_fixed(_W8_CONFIGS, key=["M", "N", "K"],
-                   fixed={"BLOCK_N": 8, "BLOCK_K": 64, "ASM": 0}, reset_to_zero=["ws_ptr"])
+                   fixed={"BLOCK_N": 8, "BLOCK_K": 64, "ASM": 0})
 @triton.jit
-def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+def _w8_splitk_kernel(x_ptr, q_ptr, s_ptr, ws_ptr, y_ptr, lock_ptr, N, K, stride_xm, stride_qn,
+                      stride_ym, M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      ASM: tl.constexpr):
     # Program (n, k): rows n * BLOCK_N.., codes k * BLOCK_K.., as [BLOCK_N, BLOCK_K / 16, 4]
     # words: 16-byte pieces of 4 words, masked a piece (K % 16 == 0), so the loads stay 16 bytes.
     KV: tl.constexpr = BLOCK_K // 16
@@ -195,7 +199,7 @@ def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.co
                     eviction_policy="evict_first")  # read once
     f0, f1, f2, f3 = _codes8(words, ASM)  # 1 + (q + 128) / 2^15, code i of each word
     # Per word sum_i x_i q_i = 2^15 sum_i x_i (f_i - 1) - 128 sum_i x_i: the first sum taken per
-    # word (p, small, no cancellation across the chunk), the row scale applied by `finish`.
+    # word (p, small, no cancellation across the chunk), the row scale applied to the sum.
     # In 16 bits p = x_0 f_0 - sum x + ..., one FMA a code, rounding at 2^-24 of x, 2^-16 of p:
     # far below a 16-bit y's rounding, but up to ~1e-4 of y, fp32's tolerance, so fp32 x takes
     # the exact f - 1 first (one add a code more). One row of x at a time, as in the INT4 kernel.
@@ -220,6 +224,7 @@ def _w8_splitk_kernel(x_ptr, q_ptr, ws_ptr, N, K, stride_xm, stride_qn, M: tl.co
         part = tl.sum(tl.sum(p, axis=2), axis=1) * 32768.0 \
             - 128.0 * tl.sum(tl.sum(xs, axis=1), axis=0)
         tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+    split_rows_done(ws_ptr, y_ptr, s_ptr, lock_ptr, N, stride_ym, M, True, BLOCK_N)
 
 
 # 16-bit weights (8 a 16-byte load): 64 weights a thread in the first six tiles, 128 in the rest
@@ -228,11 +233,10 @@ _BF16_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw, num
                                     (16, 512, 4), (8, 1024, 4), (16, 256, 1), (32, 512, 4))]
 
 
-@autotune_or_fixed(_BF16_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 8, "BLOCK_K": 64},
-                   reset_to_zero=["ws_ptr"])
+@autotune_or_fixed(_BF16_CONFIGS, key=["M", "N", "K"], fixed={"BLOCK_N": 8, "BLOCK_K": 64})
 @triton.jit
-def _bf16_splitk_kernel(x_ptr, w_ptr, ws_ptr, N, K, stride_xm, stride_wn, M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _bf16_splitk_kernel(x_ptr, w_ptr, ws_ptr, y_ptr, lock_ptr, N, K, stride_xm, stride_wn,
+                        stride_ym, M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Program (n, k): rows n * BLOCK_N.., K chunk k * BLOCK_K..: the weights as they are, fp32
     # products with each row of x, summed along the chunk and added into the workspace.
     pid_n = tl.program_id(0)
@@ -249,6 +253,7 @@ def _bf16_splitk_kernel(x_ptr, w_ptr, ws_ptr, N, K, stride_xm, stride_wn, M: tl.
                     eviction_policy="evict_last").to(tl.float32)
         part = tl.sum(w * x[None, :], axis=1)
         tl.atomic_add(ws_ptr + m * N + offs_n, part, mask=n_mask, sem="relaxed")
+    split_rows_done(ws_ptr, y_ptr, ws_ptr, lock_ptr, N, stride_ym, M, False, BLOCK_N)
 
 
 _w4_splitk_kernel.configs_for = _configs_for(_W4_CONFIGS)
@@ -269,18 +274,16 @@ def _check_words(name: str, qweight: torch.Tensor) -> None:
 
 
 def _run(kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int, K: int,
-         out: torch.Tensor | None, row_scales: torch.Tensor | None = None,
-         **const: Any) -> torch.Tensor:
-    """What the three impls share: y, the workspace, the (N / BLOCK_N) x (K / BLOCK_K) launch of
-    `kernel(x, *weights, ws, N, K, x's row stride, *strides, M=M, **const)`, then `finish`
-    (times `row_scales` where given) into y."""
+         out: torch.Tensor | None, **const: Any) -> torch.Tensor:
+    """What the three impls share: y, the workspace and a counter a row tile, the (N / BLOCK_N)
+    x (K / BLOCK_K) launch of `kernel(x, *weights, ws, y, counters, N, K, x's row stride,
+    *strides, y's row stride, M=M, **const)`."""
     M = x.shape[0]
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws = workspace(x.device, M * N)
+    ws, locks = split_scratch(x.device, M, N, N)  # at most N row tiles
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
-    kernel[grid](x, *weights, ws, N, K, x.stride(0), *strides, M=M, **const,
-                 **launch_meta(kernel))
-    finish(ws, y, row_scales)
+    kernel[grid](x, *weights, ws, y, locks, N, K, x.stride(0), *strides, y.stride(0), M=M,
+                 **const, **launch_meta(kernel))
     return y
 
 
@@ -289,7 +292,8 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                      zeros: torch.Tensor, group_size: int,
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Triton INT4 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
-    partial sums added with atomics into an fp32 workspace, then cast into y."""
+    partial sums added with atomics into an fp32 workspace, which the last program of each row
+    tile casts into y."""
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
     _check_batch("triton_w4_splitk", M, "triton_w4")
     _check_words("triton_w4_splitk", qweight)
@@ -304,7 +308,8 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
 def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Triton INT8 GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
-    partial sums added with atomics into an fp32 workspace, then scaled and cast into y."""
+    partial sums added with atomics into an fp32 workspace, which the last program of each row
+    tile scales and casts into y."""
     M, N, K = check_w8_args(x, qweight, scales)
     _check_batch("triton_w8_splitk", M, "triton_w8")
     if K % 16:
@@ -312,15 +317,15 @@ def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                                   f"K % 16 == 0 (K={K})")
     _check_words("triton_w8_splitk", qweight)
     x = x.contiguous()
-    return _run(_w8_splitk_kernel, x, (qweight,), (qweight.stride(0),), N, K, out,
-                row_scales=scales)
+    return _run(_w8_splitk_kernel, x, (qweight, scales), (qweight.stride(0),), N, K, out)
 
 
 @register_impl("gemv_bf16", "triton_gemv_splitk", backends=TRITON_BACKENDS, kind="triton")
 def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Triton 16-bit GEMV, M <= 4: one short K chunk a program, no loop, many programs an SM,
-    partial sums added with atomics into an fp32 workspace, then cast into y."""
+    partial sums added with atomics into an fp32 workspace, which the last program of each row
+    tile casts into y."""
     M, K = x.shape
     N = w.shape[0]
     if w.shape[1] != K:

@@ -9,8 +9,8 @@ p = sum_i x_i f_i and xs = sum_i x_i. At M = 1 with bf16 x the PK=1 configs put 
 each instruction instead: the codes as fp16 subnormals (no bias), x scaled by a power of two into
 fp16, one fma.rn.f16x2 per two codes (see _pk_loop). Above M = 4, tl.dot over one group a step
 on the same codes, scale and zero applied to the product. K is split across programs where N
-leaves SMs idle (triton_common.split_for), the partial sums added into
-an fp32 workspace and cast into y by one more launch (triton_common.finish).
+leaves SMs idle (triton_common.split_for), the partial sums added into an fp32 workspace that
+the last split of each tile casts into y (triton_common.split_add).
 `python -m bench.gpucheck.sass` counts each config's loop for sm_90.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import (batch_path, finish, split_for, two_paths, word_gemv_configs,
-                            workspace)
+from .triton_common import (batch_path, split_add, split_for, split_scratch, two_paths,
+                            word_gemv_configs)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
 # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
@@ -516,10 +516,9 @@ def _pk_loop(x_ptr, q_ptr, s_ptr, z_ptr, offs_n, N, g_lo, g_hi, stride_qn, strid
 
 @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "G", "SPLIT_K", "BLOCK_M"],
                    fixed={"BLOCK_N": 16, "BLOCK_K": 256, "ASM": 0, "PREFETCH": 1},
-                   reset_to_zero=["ws_ptr"],
                    prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn,
+def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_qn,
                stride_sn, stride_ym, G: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                ASM: tl.constexpr, PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -661,7 +660,7 @@ def _w4_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, st
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
                  acc.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=y_mask)
+        split_add(ws_ptr, y_ptr, lock_ptr, offs_m, offs_n, y_mask, N, stride_ym, acc)
 
 
 _w4_kernel.configs_for = configs_for
@@ -686,13 +685,13 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     use_dot, block_m = batch_path(M)
     split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
     split = max(1, min(split, K // group_size))
-    ws = workspace(x.device, M * N) if split > 1 else y
+    # counters: one a (row tile, M tile), at most N row tiles of one row
+    ws, locks = (split_scratch(x.device, M, N, N * triton.cdiv(M, block_m)) if split > 1
+                 else (y, y))
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
-    _w4_kernel[grid](x, qweight, scales, zeros, y, ws, M, N, K, x.stride(0), qweight.stride(0),
-                     scales.stride(0), y.stride(0), G=group_size, BLOCK_M=block_m,
-                     SPLIT_K=split, USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
-                     **launch_meta(_w4_kernel, use_dot))
-    if split > 1:
-        finish(ws, y)
+    _w4_kernel[grid](x, qweight, scales, zeros, y, ws, locks, M, N, K, x.stride(0),
+                     qweight.stride(0), scales.stride(0), y.stride(0), G=group_size,
+                     BLOCK_M=block_m, SPLIT_K=split, USE_DOT=use_dot,
+                     IEEE=x.dtype == torch.float32, **launch_meta(_w4_kernel, use_dot))
     return y
 

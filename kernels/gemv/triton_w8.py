@@ -8,8 +8,8 @@ The GEMV path (M <= 4) reads 32-bit words of four codes and turns each code into
 an int-to-float conversion (Hopper issues those at 1/8 of the FMA rate): the code's byte goes into
 the mantissa of 1.0, in PTX (ASM=1) or its Triton twin (ASM=0, the interpreter's). Above M = 4,
 tl.dot on the codes widened to x's dtype (exact: |q| <= 127). K is split across programs where
-N leaves SMs idle (triton_common.split_for), the partial sums added into an fp32 workspace and
-cast into y by one more launch (triton_common.finish).
+N leaves SMs idle (triton_common.split_for), the partial sums added into an fp32 workspace that
+the last split of each tile casts into y (triton_common.split_add).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w8_args
-from .triton_common import (batch_path, finish, load_xw, split_for, two_paths,
-                            word_gemv_configs, workspace)
+from .triton_common import (batch_path, load_xw, split_add, split_for, split_scratch,
+                            two_paths, word_gemv_configs)
 
 # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
 # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
@@ -87,10 +87,10 @@ def _codes(words, ASM: tl.constexpr):
 
 @autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
                    fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1},
-                   reset_to_zero=["ws_ptr"],
                    prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn, stride_ym,
+def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_qn,
+               stride_ym,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                ASM: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
                SPLIT_K: tl.constexpr,
@@ -192,7 +192,7 @@ def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_qn
     if SPLIT_K == 1:
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=y_mask)
+        split_add(ws_ptr, y_ptr, lock_ptr, offs_m, offs_n, y_mask, N, stride_ym, acc)
 
 
 _w8_kernel.configs_for = _configs_for
@@ -208,14 +208,14 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)
     split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
-    ws = workspace(x.device, M * N) if split > 1 else y
+    # counters: one a (row tile, M tile), at most N row tiles of one row
+    ws, locks = (split_scratch(x.device, M, N, N * triton.cdiv(M, block_m)) if split > 1
+                 else (y, y))
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
     # 32-bit words where rows and the start allow (else one byte at a time)
     words = K % 16 == 0 and qweight.data_ptr() % 16 == 0 and qweight.stride(1) == 1
-    _w8_kernel[grid](x, qweight, scales, y, ws, M, N, K, x.stride(0), qweight.stride(0),
+    _w8_kernel[grid](x, qweight, scales, y, ws, locks, M, N, K, x.stride(0), qweight.stride(0),
                      y.stride(0), BLOCK_M=block_m, WORDS=words, SPLIT_K=split,
                      USE_DOT=use_dot, IEEE=x.dtype == torch.float32,
                      **launch_meta(_w8_kernel, use_dot))
-    if split > 1:
-        finish(ws, y)
     return y

@@ -409,17 +409,64 @@ print(json.dumps(out))
 '''
 
 
+def _counter_add(ptx: list[str]) -> int:
+    """Where the one counter update is: an acq_rel add at GPU scope by one thread, after a
+    barrier that follows every write of the partials (stores, or atomic adds of fp32)."""
+    add = [i for i, ln in enumerate(ptx)
+           if "atom." in ln and ".add." in ln and ".f32" not in ln]
+    assert len(add) == 1 and ".acq_rel" in ptx[add[0]] and ".gpu" in ptx[add[0]], ptx
+    assert ptx[add[0]].startswith("@%p")  # one thread
+    last_write = max(i for i, ln in enumerate(ptx[:add[0]])
+                     if "st.global" in ln or (("atom." in ln or "red." in ln) and ".f32" in ln))
+    assert any("bar.sync" in ln for ln in ptx[last_write:add[0]])
+    assert any("atom." in ln and ".exch." in ln for ln in ptx[add[0]:])  # zeroed again
+    return add[0]
+
+
 @pytest.mark.slow  # two real sm_90 compiles
 def test_fused_merge_orders_its_memory_accesses_on_an_sm90_compile():
     got = _probe(_FUSED_PROBE)
     ptx = got["True"]["ptx"]
-    add = [i for i, ln in enumerate(ptx) if "atom." in ln and ".add." in ln]
-    assert len(add) == 1 and ".acq_rel" in ptx[add[0]] and ".gpu" in ptx[add[0]]
-    assert ptx[add[0]].startswith("@%p")  # one thread
-    last_store = max(i for i, ln in enumerate(ptx[:add[0]]) if "st.global" in ln)
-    assert any("bar.sync" in ln for ln in ptx[last_store:add[0]])
-    merge_loads = [ln for ln in ptx[add[0]:] if "ld.global" in ln]
+    add = _counter_add(ptx)
+    merge_loads = [ln for ln in ptx[add:] if "ld.global" in ln]
     assert merge_loads and all("ld.global.cg" in ln for ln in merge_loads)
-    assert any("atom." in ln and ".exch." in ln for ln in ptx[add[0]:])  # zeroed again
     assert not any("atom." in ln for ln in got["False"]["ptx"])
     assert got["True"]["spill"] == got["False"]["spill"] == [0, 0]
+
+
+# The split GEMVs end the same way: the word loop's split (tl.dot at M = 16, INT4 and INT8)
+# and the split-K kernels, whose last program of a row tile reads the workspace back as zeros
+# with atomic exchanges instead of a second launch.
+_SPLIT_PROBE = r'''
+import json
+from bench.gpucheck.sass import _plans, compile_sm90, disassemble, path_configs, spill_bytes
+out = {}
+for op, name, const in (("gemv_w4", "gemv_w4", dict(BLOCK_M=16, SPLIT_K=2, USE_DOT=True)),
+                        ("gemv_w8", "gemv_w8", dict(BLOCK_M=16, SPLIT_K=2, USE_DOT=True)),
+                        ("gemv_w4", "gemv_w4_splitk", {}), ("gemv_w8", "gemv_w8_splitk", {}),
+                        ("gemv_bf16", "gemv_bf16_splitk", {})):
+    plan = next(p for p in _plans(op, "bf16") if p[0] == name)
+    _, fn, types, base, aligned, configs = plan
+    if const:
+        configs = path_configs(name, True, 16, "bf16")
+    cfg = configs[0]
+    k = compile_sm90(fn, types, {**base, **const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
+                     aligned)
+    lines, regs = disassemble(k)
+    out[name + ("_dot" if const else "")] = {
+        "spill": spill_bytes([i for _, i in lines]),
+        "ptx": [ln.strip() for ln in k.asm["ptx"].splitlines()
+                if any(w in ln for w in ("st.global", "ld.global", "bar.sync", "atom.", "red."))]}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # five real sm_90 compiles
+def test_split_gemvs_finish_in_the_last_program_on_an_sm90_compile():
+    got = _probe(_SPLIT_PROBE)
+    assert set(got) == {"gemv_w4_dot", "gemv_w8_dot", "gemv_w4_splitk", "gemv_w8_splitk",
+                        "gemv_bf16_splitk"}
+    for name, g in got.items():
+        add = _counter_add(g["ptx"])
+        assert any("st.global" in ln for ln in g["ptx"][add:]), name  # y, by the last program
+        assert g["spill"] == [0, 0], name

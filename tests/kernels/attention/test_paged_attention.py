@@ -154,14 +154,14 @@ def test_fused_merge_leaves_its_counters_zero():
     output; a counter that never reaches the split count leaves its heads unmerged."""
     if not HAS_TRITON:
         pytest.skip("no triton")
-    import kernels.attention.triton_paged as tp
+    from kernels.triton_split import scratch
     op = OPS["paged_attention"]
     args = case_inputs("paged_attention", 8, 2, 64, 16, F32, [600, 77, 1])
-    locks = tp._locks(torch.device(DEV), 6)
-    locks[:6] = 0
+    locks = scratch(torch.device(DEV), 6, torch.int32)
     first = run(op.impls["triton_splitkv_fused"], args, DEV)
     assert rel_err(first, op.reference(*args)) <= op.tol(F32)
-    assert tp._locks(torch.device(DEV), 6) is locks and not locks.any()
+    assert scratch(torch.device(DEV), 6, torch.int32).data_ptr() == locks.data_ptr()
+    assert not locks.any()
     assert torch.equal(run(op.impls["triton_splitkv_fused"], args, DEV), first)
     locks[1] = 10**6  # (sequence 0, KV head 1): no program of this launch finds itself last
     stuck = run(op.impls["triton_splitkv_fused"], args, DEV)
