@@ -272,8 +272,8 @@ def test_cuda_pk_every_config_is_the_model(monkeypatch, shape):
     (W8, "triton_w8_splitk", GemvW8Shape(2, 8192, 8192)),
 ], ids=str)
 def test_cuda_tuned_twice(op, name, shape):
-    """As the harness runs it: the tuner times every config on the shared workspace (zeroing it
-    before each run), then two calls on fresh inputs, each from a zeroed workspace."""
+    """As the harness runs it: the tuner times every config on the shared workspace and
+    counters, each run leaving them zeroed for the next, then two calls on fresh inputs."""
     check(op, name, shape, BF16, device="cuda", seed=5)
     check(op, name, shape, BF16, device="cuda", seed=6)
     assert workspaces_are_zero()
