@@ -5,13 +5,13 @@ partial outputs with their softmax max and sum) that something must combine. A s
 costs a kernel boundary: the split kernel's drain, a launch, the merge's own ramp-up, ~2 us on
 an H200, a visible share of a 5-40 us decode op. Here every program of a tile counts itself done
 on the tile's counter, and the program that finds `splits - 1` there merges and zeroes the
-counter again, so the counters (and the workspace, which that program reads back as zeros) are
-all zero between launches.
+counter again, so the counters (and a workspace of sums, which that program zeroes once it has
+read them) are all zero between launches.
 
 Memory order, as CUTLASS's `Semaphore`: a barrier puts every thread's partial writes before the
 counter's update, which one thread makes with release semantics at GPU scope; its acquire
 semantics put the merge's reads after every other program's release. The merge reads past L1
-(`.cg` loads or atomics): other SMs wrote those lines during this launch.
+(`.cg` loads): other SMs wrote those lines during this launch.
 """
 from __future__ import annotations
 

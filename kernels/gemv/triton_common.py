@@ -71,24 +71,26 @@ def split_for(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch
 
 
 @triton.jit
-def _take(ptrs, zeros, mask):
-    """The fp32 values at `ptrs`, zeroed in the same atomic exchange (on their bits: the
-    interpreter exchanges integers only); 0 where masked, whose lanes return no value."""
-    bits = tl.atomic_xchg(ptrs.to(tl.pointer_type(tl.int32)), zeros, mask=mask, sem="relaxed",
-                          scope="gpu")
-    return tl.where(mask, bits.to(tl.float32, bitcast=True), 0.0)
+def _take(ptrs, mask):
+    """The workspace's sums at `ptrs`, read past L1 (other SMs added them during this launch),
+    and zeros written back for the next launch. Plain loads, not atomic exchanges: where a
+    layout holds an element in several threads, Triton issues an atomic from one of them and
+    promises its result to none of the others."""
+    v = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    tl.store(ptrs, tl.zeros_like(v), mask=mask)
+    return v
 
 
 @triton.jit
 def split_add(ws_ptr, y_ptr, lock_ptr, offs_m, offs_n, mask, N, stride_ym, acc):
     """The end of a split program of the (N tiles, splits, M tiles) grid: `acc` added into the
     fp32 workspace (M x N, zero between launches); the tile's last split to add writes y from
-    the sums in y's dtype, reading them back as zeros with one atomic exchange."""
+    the sums in y's dtype and zeroes them."""
     offs = offs_m[:, None] * N + offs_n[None, :]
     tl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
     if last_split(lock_ptr + tl.program_id(2) * tl.num_programs(0) + tl.program_id(0),
                   tl.num_programs(1)):
-        v = _take(ws_ptr + offs, tl.zeros_like(acc).to(tl.int32), mask)
+        v = _take(ws_ptr + offs, mask)
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
                  v.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -98,13 +100,13 @@ def split_rows_done(ws_ptr, y_ptr, s_ptr, lock_ptr, N, stride_ym, M: tl.constexp
                     SCALE: tl.constexpr, BLOCK_N: tl.constexpr):
     """The end of a split-K program of the (N tiles, K chunks) grid, its rows' partials added:
     the row tile's last chunk writes y's M rows from the workspace's sums (times the row
-    scales s where SCALE), reading them back as zeros with one atomic exchange. The row offsets
-    are computed here again rather than held across the counter's round trip."""
+    scales s where SCALE) and zeroes them. The row offsets are computed here again rather than
+    held across the counter's round trip."""
     if last_split(lock_ptr + tl.program_id(0), tl.num_programs(1)):
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         for m in tl.static_range(M):
-            v = _take(ws_ptr + m * N + offs_n, tl.zeros((BLOCK_N,), dtype=tl.int32), n_mask)
+            v = _take(ws_ptr + m * N + offs_n, n_mask)
             if SCALE:
                 v = v * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
             tl.store(y_ptr + m * stride_ym + offs_n, v.to(y_ptr.dtype.element_ty), mask=n_mask)

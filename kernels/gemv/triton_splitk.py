@@ -14,7 +14,7 @@ of K issues its loads a step at a time.
 
 Output: the atomics add into an fp32 workspace, and the last program of each row tile to add its
 partials (a counter a row tile: kernels/triton_split.py) writes y in x's dtype from it (INT8:
-times the row scale), reading it back as zeros, so the workspace, kept per device and stream, is
+times the row scale) and zeroes it again, so the workspace, kept per device and stream, is
 all zeros before every call: no memset, no second launch.
 Adding straight into a zeroed y in bf16 or fp16 would round at every add (in bf16 1% of y at
 K / BLOCK_K = 64 chunks, the whole tolerance: docs/kernels.md), and y would still need a memset.

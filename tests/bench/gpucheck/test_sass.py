@@ -435,8 +435,8 @@ def test_fused_merge_orders_its_memory_accesses_on_an_sm90_compile():
 
 
 # The split GEMVs end the same way: the word loop's split (tl.dot at M = 16, INT4 and INT8)
-# and the split-K kernels, whose last program of a row tile reads the workspace back as zeros
-# with atomic exchanges instead of a second launch.
+# and the split-K kernels, whose last program of a row tile reads the workspace's sums (.cg)
+# and writes y instead of a second launch.
 _SPLIT_PROBE = r'''
 import json
 from bench.gpucheck.sass import _plans, compile_sm90, disassemble, path_configs, spill_bytes
@@ -468,5 +468,7 @@ def test_split_gemvs_finish_in_the_last_program_on_an_sm90_compile():
                         "gemv_bf16_splitk"}
     for name, g in got.items():
         add = _counter_add(g["ptx"])
-        assert any("st.global" in ln for ln in g["ptx"][add:]), name  # y, by the last program
+        tail = g["ptx"][add:]
+        assert any("ld.global.cg" in ln for ln in tail), name  # the sums, past L1
+        assert any("st.global" in ln for ln in tail), name  # zeros and y, by the last program
         assert g["spill"] == [0, 0], name
