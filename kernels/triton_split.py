@@ -41,9 +41,9 @@ def scratch_is_zero() -> bool:
 
 @triton.jit
 def last_split(lock_ptr, splits):
-    """True in the one program of the `splits` that share the int32 counter at `lock_ptr` that
-    counts itself last; that program has zeroed the counter again. Every program calls it after
-    writing its partials, and the one it returns True in may read all of them."""
+    """True in the last of the `splits` programs sharing the int32 counter at `lock_ptr` to
+    count itself done, which has zeroed the counter again. Every program calls it after writing
+    its partials; the one it returns True in may read all of them."""
     tl.debug_barrier()
     last = tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == splits - 1
     if last:

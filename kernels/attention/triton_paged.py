@@ -159,7 +159,7 @@ def _merge_splits(part_ptr, ml_ptr, o_ptr, b, h, Hq, stride_pb, stride_ph, strid
     # The G query heads of KV head h, head dims d0 .. d0 + BLOCK_D: each split's partial output
     # weighed by exp2(m_s - max m), over the splits' combined sum. S_CHUNK splits a load, their
     # partials [S_CHUNK, G2, BLOCK_D] kept to ~32 registers a thread; the loads bypass L1
-    # (.cg), since other SMs wrote them during this launch.
+    # (.cg): in the fused merge other SMs wrote them during this launch.
     offs_g = tl.arange(0, G2)
     g_mask = offs_g < G
     hq = h * G + offs_g
