@@ -318,9 +318,9 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     M=16 shapes go before attention: the attention cases tune four Triton kernels (~10 s of
     compiles each on the H200: one pass at 64 x 4096; at 1 x 32768 split-KV with the reduction
     kernel, with the fused merge, and `triton`'s own split count), and the H200's 420 s check
-    cut its suite before M=16 when it came after. The 8B ones go after it: at 2-15 us at the roof, the ~5.5 us a launch costs
-    beyond its bytes (docs/gpu-results.md) is a large share of each, so they say less about the
-    kernel's loop.
+    cut its suite before M=16 when it came after. The 8B ones go after it: at 2-15 us at the
+    roof, the ~5.5 us a launch costs beyond its bytes (docs/gpu-results.md) is a large share of
+    each, so they say less about the kernel's loop.
     On a CPU (the dry run) the same ops at tiny shapes. `notes` collects what could not be
     planned and why."""
     notes = notes if notes is not None else []
