@@ -93,6 +93,18 @@ class FixedConfig:
         return lambda *args, **kw: launch(*args, **kw, **self.meta)
 
 
+def check_split_k(check, name: str, shape, device: str = "cuda") -> None:
+    """`check(name, shape, bf16, device=, seed=, split_k=)` with K split 2 and 4 ways: each
+    tile's last program writes y from the workspace, which it leaves zeroed, as it does the
+    counters (kernels/triton_split.py)."""
+    import torch
+
+    from kernels.triton_split import scratch_is_zero
+    for split in (2, 4):
+        check(name, shape, torch.bfloat16, device=device, seed=split, split_k=split)
+    assert scratch_is_zero()
+
+
 def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check,
                        keep=lambda cfg: True) -> int:
     """Run `check()` once per config of `module.attr` that can run on the (use_dot) path (and
