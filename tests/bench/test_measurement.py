@@ -146,6 +146,19 @@ def test_warm_measure_never_flushes_and_cold_always_does():
         assert b.flushed and set(b.flushed) == {not warm}
 
 
+def test_warm_up_touches_every_set_before_the_first_sample():
+    """A set first touched inside the samples pays its page faults there (its output buffer is a
+    fresh allocation), so the warm-up runs at least one full rotation, whatever the set count."""
+    from bench.timing import measure
+    budget = Budget(warmup_s=0.0, min_samples=5, max_samples=10, min_time_s=0.0, max_time_s=1.0, batch=5)
+    for n_sets in (1, 7, 300):
+        seen: list[int] = []
+        b = _CountingBackend()
+        measure(b, lambda i: seen.append(i), n_sets, budget)
+        assert sorted(set(seen[:n_sets])) == list(range(n_sets))
+        assert len(seen) >= n_sets + 5  # the samples follow the rotation
+
+
 def test_base_time_calls_skips_the_flush_only_when_asked(monkeypatch):
     b = get_backend("cpu")
     calls = []
