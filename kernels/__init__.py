@@ -5,7 +5,8 @@ package registers every built-in op and impl: one folder per op family (probes/,
 attention/, collectives/), each read top to bottom from its ops.py. Shared by all: registry.py (the op
 contract), common.py (element sizes, tolerances, SM count), quant.py (the INT8/INT4 formats),
 cbuild.py (building the C kernels), triton_util.py (autotune plumbing; `tuned()` names the
-config each autotuned kernel ran last).
+config each autotuned kernel ran last), triton_split.py (scratch buffers and the last-program
+count that lets split Triton kernels merge inside their own launch).
 """
 from .common import esize
 from .registry import OPS, Impl, Op, dtype_name, parse_dtype, register_impl, register_op, rel_err

@@ -10,7 +10,8 @@
 At decode M (the batch) is 1..64, so the weight read dominates: bytes = x + W (codes, scales and
 zeros included) + y, and a kernel is at the wall when it streams W at the memory roof. Each op
 below: its shape, inputs, float64 reference, byte count, then its registration. The impls live
-beside this file: pytorch.py, simd.py (C), triton_bf16.py, triton_w8.py, triton_w4.py.
+beside this file: pytorch.py, simd.py (C), triton_bf16.py, triton_w8.py, triton_w4.py,
+triton_splitk.py (split-K, M <= 4), peers.py (GemLite, optional).
 """
 from __future__ import annotations
 

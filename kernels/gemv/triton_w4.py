@@ -28,9 +28,9 @@ from .triton_common import (batch_path, split_add, split_for, split_scratch, two
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
 # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
 # PREFETCH=1 loading the next step's words during this one (more bytes in flight where few
-# programs fit an SM). `python -m bench.sass` counts each config's loop for sm_90.
+# programs fit an SM). `python -m bench.gpucheck.sass` counts each config's loop for sm_90.
 # X3D=1 (M = 1 only) keeps the accumulator in the weights' layout: on the 32 x 2048 8-warp
-# tile, where it takes the word tile's trip through shared memory out of the loop (bench.sass);
+# tile, where it takes the word tile's trip through shared memory out of the loop (bench.gpucheck.sass);
 # the 64 x 1024 X3D tile spills 504 B under Triton 3.6 and is not offered.
 _GEMV_CONFIGS = word_gemv_configs(((16, 2048, 4, 3), (32, 1024, 4, 3), (16, 1024, 4, 3),
                                    (16, 1024, 2, 3), (8, 2048, 4, 3), (32, 2048, 8, 3),

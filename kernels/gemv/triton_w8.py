@@ -27,7 +27,7 @@ from .triton_common import (batch_path, load_xw, split_add, split_for, split_scr
 # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
 # during this one. tl.dot path (M > 4): BLOCK_N >= 16.
 # X3D=1 (M = 1 only): the accumulator in the words' layout (see the kernel), on the three
-# tiles where it cut the loop's barriers from 16-32 to 10 and its count 3-7% (bench.sass).
+# tiles where it cut the loop's barriers from 16-32 to 10 and its count 3-7% (bench.gpucheck.sass).
 # The last two tiles (16 words a thread) are for batches 3-4, where the larger ones spill.
 _GEMV_CONFIGS = word_gemv_configs(((16, 1024, 4, 3), (16, 2048, 4, 3), (32, 1024, 4, 3),
                                    (8, 2048, 4, 3), (32, 2048, 8, 3), (16, 1024, 2, 3),
