@@ -39,8 +39,8 @@ from .runner import RunContext, base_record, reported_impls
 from .case import Case
 
 # No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
-# there (torch.compile's first compile of a 70B-shaped GEMV, then its timing) takes well under a
-# minute (docs/measurement.md, "Isolation").
+# there (gemv_w4 torch_dequant at 28672 x 4096, check and timing) takes well under a minute
+# (docs/measurement.md, "Isolation").
 DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
 

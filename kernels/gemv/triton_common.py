@@ -61,8 +61,8 @@ def split_k_for(n_tiles: int, K: int, device: torch.device, per_sm: int = 1,
 def split_for(M: int, N: int, K: int, block_m: int, use_dot: bool, device: torch.device) -> int:
     """The word-loop GEMVs' split (triton_w4, triton_w8). GEMV (M <= 4): only where 16-row
     programs would leave SMs idle; splitting INT4 toward 4 programs an SM of 32 rows measured
-    slower on the H200 (8192 x 8192: 38% of the roof against 49%), when each split also cost a
-    finishing launch, ~2 us of the ~16. tl.dot: 2 programs an SM of 64 rows (the tiles it
+    slower on the H200 (8192 x 8192: 38% of the roof against 49%, measured with a finishing
+    launch after the split, ~2 us of the ~16). tl.dot: 2 programs an SM of 64 rows (the tiles it
     picks), each at least 1024 of K deep; unsplit, INT4 at M = 16, 6144 x 4096, ran on 96
     programs at 13% of the roof."""
     if not use_dot:

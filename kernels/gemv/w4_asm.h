@@ -60,9 +60,9 @@
 
 /* DN tile form: rows two at a time (ymm9, ymm10), the four masks 0xF << 4j held in registers
    (%[m0]-%[m3]) for the whole loop and x as the FMA's memory operand, so no mask or x loads of
-   their own. In L1 this runs at ~1.15x the time of its bare FMAs against ~1.45x for the four-row
-   form (mask and x loads), where the core is the limit (L1/L2-resident weights); from DRAM the two
-   tie. Each row pair prefetches one line W4_PREFETCH ahead. */
+   their own. Looped over an L1-resident buffer it runs at 1.5-1.9x the time of its bare FMAs
+   (docs/cpu-results.md), where the core is the limit; from DRAM it ties the four-row form (mask
+   and x loads). Each row pair prefetches one line W4_PREFETCH ahead. */
 #define W4_DN2(C, J, M, K, RA, RB) \
   "vpand %[m" #M "], %%ymm9, %%ymm15\n\t" \
   "vfmadd231ps 256*" #C "+32*" #J "(%[x]), %%ymm15, %[" #K #RA "]\n\t" \
