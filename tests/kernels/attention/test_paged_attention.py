@@ -93,7 +93,27 @@ CASES = [  # (Hq, Hkv, D, block_size, dtype, seq_lens): GQA 1/4/8 and MQA, ragge
     (16, 2, 64, 16, F32, [100, 1]),
     (8, 1, 128, 16, F16, [70, 16, 3, 1]),
     (8, 2, 64, 32, BF16, [45, 1, 96]),
+    (8, 2, 64, 16, F16, [300, 1, 129]),  # > 128 tokens: the split-KV impls split (3 splits)
+    (4, 1, 128, 32, F32, [257, 40]),
 ]
+
+
+class SplitSpy:
+    """Records each Triton attention launch's split count (its grid's third axis). A table of
+    128 tokens or fewer gives every split-KV impl one split, the one-pass kernel: a test meant
+    for the split path and its merge asserts, through this, that it got there."""
+
+    def __init__(self, monkeypatch):
+        import kernels.attention.triton_paged as tp
+        self.kernel, self.splits = tp._paged_attn_kernel, []
+        monkeypatch.setattr(tp, "_paged_attn_kernel", self)
+
+    def __getitem__(self, grid):
+        self.splits.append(grid[2])
+        return self.kernel[grid]
+
+    def __getattr__(self, name):  # the launcher reads the kernel's attributes (its fixed config)
+        return getattr(self.kernel, name)
 
 
 def case_inputs(op_name, Hq, Hkv, D, BS, dtype, lens, seed=0):
@@ -105,10 +125,11 @@ def case_inputs(op_name, Hq, Hkv, D, BS, dtype, lens, seed=0):
 @pytest.mark.parametrize("op_name", OP_NAMES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"Hq{c[0]}-Hkv{c[1]}-D{c[2]}-BS{c[3]}-"
                          f"{str(c[4])[6:]}")
-def test_impls_match_reference(op_name, case):
+def test_impls_match_reference(op_name, case, monkeypatch):
     op = OPS[op_name]
     args = case_inputs(op_name, *case)
     ref = op.reference(*args)
+    spy = SplitSpy(monkeypatch) if HAS_TRITON else None
     ran = []
     for name, impl, dev in impls_here(op_name, case[4]):
         out = run(impl, args, dev)
@@ -116,6 +137,8 @@ def test_impls_match_reference(op_name, case):
         assert err <= op.tol(case[4]), f"{name}: rel err {err:.3g}"
         ran.append(name)
     assert {"gather_sdpa", "torch_chunked"} <= set(ran)
+    if "triton_splitkv" in ran and max(case[5]) > 128:
+        assert max(spy.splits) > 1
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
@@ -271,14 +294,15 @@ def assert_garbage_ignored(name, impl, args, kv8, dev, base):
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=lambda d: str(d)[6:])
-def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype):
+def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype, monkeypatch):
     """Every impl, garbage in every unused slot, block and table entry at once: the output is
     bit-identical to the clean one, finite, and matches the reference."""
     kv8 = op_name.endswith("kv8")
     op = OPS[op_name]
-    args = case_inputs(op_name, 8, 2, 64, 16, dtype, [1, 37, 80], seed=5)
+    args = case_inputs(op_name, 8, 2, 64, 16, dtype, [1, 37, 200], seed=5)
     assert all(m.any() for m in unused_masks(args, kv8))  # there is garbage of each kind
     ref = op.reference(*args)
+    spy = SplitSpy(monkeypatch) if HAS_TRITON else None
     ran = []
     for name, impl, dev in impls_here(op_name, dtype):
         base = run(impl, args, dev)
@@ -288,6 +312,7 @@ def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype):
     assert {"gather_sdpa", "torch_chunked", "simd_c"} <= set(ran)
     if HAS_TRITON and dtype != BF16:
         assert {"triton_onepass", "triton_splitkv", "triton_splitkv_fused", "triton"} <= set(ran)
+        assert max(spy.splits) > 1  # the split impls merged partials, garbage around them
 
 
 def test_inputs_are_scattered_and_deterministic():
