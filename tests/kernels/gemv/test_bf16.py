@@ -96,8 +96,15 @@ def test_dot_configs_fit_shared_memory():
             assert kept and all(tb._dot_smem(c, bm, es) <= SM90_SMEM_BYTES for c in kept)
             nargs = {"x_ptr": torch.empty(1, dtype=dtype)}
             assert tb._prune(tb._CONFIGS, nargs, USE_DOT=True, BLOCK_M=bm) == kept
-    assert len(tb.configs_for(True, 64, 2)) < len(tb.configs_for(True, 16, 2))
-    assert any(tb._dot_smem(c, 64, 2) > SM90_SMEM_BYTES for c in tb.configs_for(True, 16, 2))
+    # By hand, 3 stages of a [rows, BLOCK_K] x tile and a [BLOCK_N, BLOCK_K] w tile against
+    # sm_90's 232448 B (227 KiB) a block. 64 rows of bf16: 64 x 256 takes 3*(64+64)*256*2 =
+    # 196608 B, 64 x 128 98304, 32 x 128 73728; 16 x 512 takes 3*(64+16)*512*2 = 245760 and
+    # 32 x 512 294912, too much. 16 rows of fp32: 16 x 512 takes 3*(16+16)*512*4 = 196608,
+    # 64 x 128 122880, 32 x 128 73728; 64 x 256 takes 245760, 32 x 512 294912, 16 x 1024 393216.
+    tiles = lambda cs: {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in cs}  # noqa: E731
+    assert tiles(tb.configs_for(True, 64, 2)) == {(64, 256), (64, 128), (32, 128)}
+    assert tiles(tb.configs_for(True, 16, 4)) == {(16, 512), (64, 128), (32, 128)}
+    assert tiles(tb._path(tb._CONFIGS, True, 64, 2, 50_000)) == {(32, 128)}  # none fits: the smallest
     nargs = {"x_ptr": torch.empty(1, dtype=torch.bfloat16)}
     assert tb._prune(tb._CONFIGS, nargs, USE_DOT=False, BLOCK_M=1) == tb.configs_for(False, 1)
     assert all(c.kwargs["BLOCK_K"] > 128 for c in tb.configs_for(False, 1))  # dot-only tiles
