@@ -294,8 +294,9 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
      eight (they stay in registers in the tiled loop). f[j] = 2^(149 - p - c) with c chosen per call from max|x| so that no scaled x overflows and the products q x 2^-c are normal
      floats; the total is scaled back by 2^c. Per 8 weights: AND and FMA (+1/8 shift), a third
      fewer FP-pipe ops: what lets the loop keep up with DRAM on Zen 3. AMD cores take denormal
-     operands at full speed, Intel cores trap them to microcode, so DN runs on AMD only, with DAZ
-     (which would read the denormals as zero) switched off inside the kernel. */
+     operands at full speed, Intel cores trap them to microcode (same result, slower), so "best for
+     this CPU" picks DN on AMD only; DAZ (which would read the denormals as zero) is switched off
+     inside the kernel. */
 static const int W4_DPOS[8] = {0, 4, 8, 12, 0, 4, 8, 12};
 #define W4_M8(v) {v, v, v, v, v, v, v, v}
 static const int32_t W4_MASK[2][8][8] __attribute__((aligned(32))) = {
@@ -508,7 +509,7 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
 }
 #endif
 
-/* Whether M = 1 uses the denormal unpack on this CPU (see above). */
+/* Whether unpack 0 (best for this CPU) is the denormal one here (see above). */
 int w4_denormal_unpack(void) {
 #if defined(__AVX2__) && defined(__F16C__)
   return __builtin_cpu_is("amd");
@@ -517,8 +518,9 @@ int w4_denormal_unpack(void) {
 #endif
 }
 
-/* tiled: the weights are in the tiled layout (see above). unpack: 0 = best for this CPU,
-   1 = always cvt (to test that path on AMD). */
+/* tiled: the weights are in the tiled layout (see above). unpack (M = 1): 0 = best for this CPU,
+   1 = cvt, 2 = DN (tests force each on any CPU). Returns 1 for a tiled K % 64 != 0, 2 for DN in a
+   build without AVX2 + F16C (the path exists only there). */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
             int tiled, int unpack, void* out, int odt) {
@@ -526,6 +528,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   float* xp = scratch;                              /* [M][8][KW8] */
   float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_blocks' scales */
   if (tiled && KW % 8) return 1;
+#if !(defined(__AVX2__) && defined(__F16C__))
+  if (unpack == 2) return 2;
+#endif
   if (tiled && M > 1) {
     /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
        each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
@@ -540,7 +545,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     return 0;
   }
 #if defined(__AVX2__) && defined(__F16C__)
-  const int dn = M == 1 && ng <= W4_MAXG && unpack == 0 && w4_denormal_unpack();
+  const int dn = M == 1 && ng <= W4_MAXG && (unpack == 2 || (unpack == 0 && w4_denormal_unpack()));
   const int csh = dn ? w4_dn_shift(x, K, dt) : 0;
   float fv[8];
   for (int j = 0; j < 8; j++) fv[j] = dn ? ldexpf(1.0f, 149 - W4_DPOS[j] - csh) : j < 7 ? ldexpf(1.0f, -4 * j) : 1.0f;

@@ -125,13 +125,18 @@ def denormal_unpack() -> bool:
     return bool(library().w4_denormal_unpack())
 
 
+_UNPACK = {"auto": 0, "cvt": 1, "denormal": 2}  # gemv_w4's `unpack` in simd.c
+
+
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
-    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack`: "auto" picks the
-    denormal unpack on AMD CPUs at M = 1, "cvt" forces the integer-convert one (tests run both)."""
-    if unpack not in ("auto", "cvt"):
-        raise ValueError(f"unpack must be 'auto' or 'cvt', got {unpack!r}")
+    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1): "auto"
+    picks the denormal unpack on AMD CPUs, "cvt" and "denormal" force one (tests run each on any
+    CPU; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a build
+    without AVX2 + F16C)."""
+    if unpack not in _UNPACK:
+        raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
     x = x.contiguous()
     _check(x, qweight, scales, zeros)
     M, K = x.shape
@@ -141,7 +146,10 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
                            _scratch("x", M * 8 * kw8 + M * ng + tiled * nthreads * 8 * W4_TILE_BLOCK * ng),
-                           nthreads, int(tiled), int(unpack == "cvt"), y.data_ptr(), odt)
+                           nthreads, int(tiled), _UNPACK[unpack], y.data_ptr(), odt)
+    if rc == 2:
+        raise NotImplementedError("unpack='denormal' needs the C kernels built with AVX2 and F16C; "
+                                  "this build has no denormal unpack")
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)
