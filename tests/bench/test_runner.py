@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from backends import get_backend
+from backends.cpu import CPUBackend
 from bench.results import FIELDS, ResultWriter, read_results
 from bench.roofline import IN_CACHE, Roof
 from bench.runner import WARM_CACHE_FACTOR, RunContext, Runner
@@ -44,6 +45,16 @@ def test_impls():
         OPS["gemv_bf16"].impls.pop(n, None)
 
 
+LLC = 1 << 20  # the last-level cache the tests that rotate input sets see, whatever the host's
+
+
+@pytest.fixture
+def fixed_llc(monkeypatch):
+    """The CPU backend reports an LLC of LLC bytes: rotating a small case past 4x the host's own
+    can need more than MAX_SETS input sets (a 128 MiB L3), which leaves the case not cold."""
+    monkeypatch.setattr(CPUBackend, "cache_bytes", lambda self: LLC)
+
+
 def make_runner(tmp_path, impls):
     b = get_backend("cpu")
     roof = Roof("cpu", 20.0, 25.0, 1 << 28, matmul_tflops={"float32": 0.1})
@@ -54,7 +65,7 @@ def make_runner(tmp_path, impls):
     return Runner(ctx, ResultWriter(tmp_path, "test-run"))
 
 
-def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_impls):
+def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_impls, fixed_llc):
     r = make_runner(tmp_path, TEST_IMPLS)
     recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))}
     r.writer.close()
@@ -69,7 +80,7 @@ def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_imp
     assert good["time_s"]["n"] >= 5 and good["time_s"]["median"] > 0
     assert good["achieved_gbps"] == pytest.approx(good["bytes"] / good["time_s"]["median"] / 1e9)
     # the rotated working set defeats the cache
-    assert good["n_sets"] * good["set_bytes"] > 4 * get_backend("cpu").cache_bytes()
+    assert good["n_sets"] > 1 and good["n_sets"] * good["set_bytes"] > 4 * LLC and good["cold"]
     saved = read_results(tmp_path / "test-run.jsonl")
     assert [x["impl"] for x in saved] == list(recs)
     for rec in saved:
@@ -91,7 +102,7 @@ def test_writer_creates_nothing_without_records(tmp_path):
 
 # --- warm cases (the size sweep) ------------------------------------------------------------------
 
-def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_impls):
+def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_impls, fixed_llc):
     """A warm case the LLC holds: one input set, no rotation, and its % of roof judges nothing (a
     cache-resident GEMV can pass the DRAM roof; 'above the roof: harness suspect' would be wrong)."""
     r = make_runner(tmp_path, ["t_good"])
@@ -100,7 +111,9 @@ def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_im
     warm, = r.run_case(Case("gemv_bf16", shape, torch.float32, warm=True))
     r.writer.close()
     assert cold["status"] == warm["status"] == "ok"
-    assert cold["n_sets"] > 1 and cold["cold"] and not cold["warm"]
+    assert cold["n_sets"] > 1 and cold["n_sets"] * cold["set_bytes"] > 4 * LLC
+    assert cold["cold"] and not cold["warm"]
+    assert warm["set_bytes"] <= WARM_CACHE_FACTOR * LLC
     assert warm["n_sets"] == 1 and not warm["cold"] and warm["warm"]
     assert warm["verdict"] == IN_CACHE and warm["pct_roof"] is not None
     assert cold["verdict"] != IN_CACHE

@@ -1,4 +1,5 @@
-"""copy and read: references and bytes by hand; the C read probe counts every element once."""
+"""copy and read: references and bytes by hand; torch_copy fills its out buffer; the C read probe
+counts every element once."""
 import pytest
 import torch
 
@@ -20,6 +21,15 @@ def test_byte_counts():
     assert r.bytes_moved(r.shape(N=1000), torch.bfloat16) == 2000
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 1000, (1 << 16) + 3])
+def test_torch_copy_writes_every_element_of_out(n, dtype):
+    """torch_copy into a NaN-poisoned out buffer, against the reference exactly (tolerance 0)."""
+    copy = OPS["copy"]
+    assert copy.impls["torch_copy"].out_arg and copy.tol(dtype) == 0.0
+    assert helpers.check_impl(copy, "torch_copy", copy.shape(N=n), dtype, seed=n) == 0.0
+
+
 @pytest.mark.parametrize("n", [1, 31, 128, 4 * 128 * 3 + 17, 1 << 16, (1 << 20) + 5])
 def test_c_read_probe_sums_every_element(n):
     """Every element counted once, whatever n is against the 4 streams x 128-byte steps."""
@@ -27,8 +37,10 @@ def test_c_read_probe_sums_every_element(n):
     got = probes_simd.read_simd_c(x)
     assert got.dtype == torch.float32 and got.dim() == 0
     assert rel_err(got, x.double().sum()) < 1e-6
-    x[n // 2] += 1000.0  # one element changed must show
-    assert abs(probes_simd.read_simd_c(x).item() - x.double().sum().item()) < 1e-3 * n
+    for i in {0, n // 2, n - 1}:  # one element raised by n, 1000x the tolerance, must show
+        y = x.clone()
+        y[i] += n
+        assert abs(probes_simd.read_simd_c(y).item() - y.double().sum().item()) < 1e-3 * n
 
 
 def test_c_read_probe_without_avx2_or_openmp(tmp_path):
