@@ -227,8 +227,10 @@ def test_denormal_unpack_is_used_on_amd():
 
 
 @pytest.mark.slow  # torch.compile: seconds of compiling
-def test_compiled_matches_reference():
-    check_impl("torch_compiled", GemvW4Shape(3, 24, 128, 32), F32)
+@pytest.mark.parametrize("shape, dtype", [(GemvW4Shape(3, 24, 128, 32), F32),
+                                          (GemvW4Shape(1, 40, 256, 128), BF16)], ids=str)
+def test_compiled_matches_reference(shape, dtype):
+    check_impl("torch_compiled", shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", [F16, F32])

@@ -73,8 +73,10 @@ def test_simd_kernel_beats_a_wrong_answer():
 
 
 @pytest.mark.slow  # torch.compile: seconds of compiling
-def test_compiled_matches_reference():
-    check_impl("torch_compiled", GemvW8Shape(3, 24, 96), F32)
+@pytest.mark.parametrize("shape, dtype", [(GemvW8Shape(3, 24, 96), F32), (GemvW8Shape(1, 40, 256), BF16)],
+                         ids=str)
+def test_compiled_matches_reference(shape, dtype):
+    check_impl("torch_compiled", shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", [F16, F32])
