@@ -365,6 +365,20 @@ def test_bytes_follow_ragged_lengths():
     assert bytes_moved(s70, BF16) - bytes_moved(s, BF16) == 2 * 5 * 32 * 128 * 2
 
 
+def test_kv8_bytes_follow_ragged_lengths_and_scale_dtype():
+    """INT8 KV at ragged lengths in fp32: 1 byte a K/V element, and a K and a V scale a (token,
+    KV head) in q's dtype, which is what the inputs hold."""
+    s = Shape(B=3, Hq=8, Hkv=2, D=64, context=100, block_size=16)
+    lens = s.seq_lens()
+    assert len(set(lens)) > 1  # ragged
+    blocks = sum(-(-n // 16) for n in lens)
+    expect = 2 * 3 * 8 * 64 * 4 + sum(lens) * (2 * 2 * 64 * 1 + 2 * 2 * 4) + 4 * blocks + 4 * 3
+    assert OPS["paged_attention_kv8"].bytes_moved(s, F32) == expect
+    args = OPS["paged_attention_kv8"].make_inputs(s, F32, "cpu", 0)
+    k, k_scale, v_scale = args[1], args[3], args[4]
+    assert k.dtype == torch.int8 and k_scale.dtype == v_scale.dtype == F32
+
+
 # --- bad shapes and inputs --------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, msg", [
