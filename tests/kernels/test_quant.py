@@ -37,8 +37,10 @@ def test_quantize_kv_int8_round_trip():
     x = torch.randn(5, 16, 2, 64)
     q, s = quantize_kv_int8(x, torch.float32)
     assert q.dtype == torch.int8 and s.shape == (5, 16, 2) and q.abs().max() <= 127
-    err = (q.float() * s[..., None] - x).abs().max() / x.abs().max()
-    assert err < 1 / 127
+    # per (token, head): within half of that row's own step, max|row| / 127 (a global bound
+    # would let a row with a scale twice too big pass)
+    err = (q.double() * s[..., None].double() - x.double()).abs().amax(-1)
+    assert (err <= x.double().abs().amax(-1) / 127 / 2 * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("dtype, slack", [(torch.float32, 1e-6), (torch.bfloat16, 0.02),
