@@ -115,7 +115,7 @@ class ResultWriter:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL results file; ResultsError names the first bad line."""
+    """Read a JSONL results file; ResultsError names the first bad line (and its bad field)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -128,9 +128,15 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line)  # NaN and Infinity parse; the field checks reject them
         except json.JSONDecodeError as e:
             raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise ResultsError(f"{path}:{i}: not a decodewall result record (nested too deeply)"
+                               ) from None
+        except ValueError as e:  # an integer past Python's limit on digits
+            msg = (str(e).splitlines() or [""])[0]
+            raise ResultsError(f"{path}:{i}: not valid JSON ({msg})") from None
         if not isinstance(rec, dict) or not {"op", "impl", "shape", "status"} <= rec.keys():
             raise ResultsError(f"{path}:{i}: not a decodewall result record")
         why = _malformed(rec)
@@ -142,26 +148,101 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+# Sane ranges of the numbers the readers (compare, plot, project --from) compute with: beyond
+# them a value is corrupt, not measured, and would overflow or divide by zero downstream.
+MIN_TIME_S = 1e-12      # no kernel call takes less than a picosecond
+MAX_TIME_S = 1e6        # nor over 11 days a call
+MIN_NONZERO = 1e-12     # a rate or ratio is 0 or at least this (smaller ones underflow to 0)
+MAX_GBPS = 1e9          # an exabyte a second: no memory, cache included, comes near
+MAX_PCT = 1e6           # % of a roof: in-cache cases reach several times the DRAM roof, not 10^4x
+MAX_RATIO = 1e9         # FLOP/B (arithmetic intensity, ridge)
+MAX_COUNT = 1e18        # bytes or FLOPs a call, bytes of a cache: an exa-unit is past any device
+MAX_SHAPE = 2**53       # shape fields are whole numbers, exact as floats up to here
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _in_range(v: Any, lo: float, hi: float, zero: bool = False) -> bool:
+    """A finite JSON number in [lo, hi], or 0 where `zero` (an integer too large for a float
+    is out of range)."""
+    if not _num(v):
+        return False
+    try:
+        return math.isfinite(v) and (lo <= v <= hi or (zero and v == 0))
+    except OverflowError:
+        return False
+
+
+NUMBERS = {  # field: (highest, what it is); each is 0 or in [MIN_NONZERO, highest]
+    "achieved_gbps": (MAX_GBPS, "GB/s"), "roof_gbps": (MAX_GBPS, "GB/s"),
+    "datasheet_gbps": (MAX_GBPS, "GB/s"), "pct_roof": (MAX_PCT, "a percentage"),
+    "pct_datasheet": (MAX_PCT, "a percentage"), "gpu_util_pct": (MAX_PCT, "a percentage"),
+    "arithmetic_intensity": (MAX_RATIO, "FLOP/B"), "ridge": (MAX_RATIO, "FLOP/B"),
+    "bytes": (MAX_COUNT, "a count"), "flops": (MAX_COUNT, "a count"),
+}
+TEXTS = ("dtype", "backend", "verdict", "error", "group", "run_id")  # each a string or null
+# baseline, warm and cold are read for their truth value only, which every JSON value has
+
+
 def _malformed(rec: dict[str, Any]) -> str | None:
-    """Why a record's fields cannot be read as the contract says, or None."""
+    """Why a record's fields cannot be read as the contract says, or None. Every field a reader
+    uses is checked for its type and a sane range, so no reader meets a value it cannot handle."""
     if not isinstance(rec["op"], str) or not isinstance(rec["impl"], str):
         return "op and impl must be strings"
-    if not isinstance(rec["shape"], dict):
-        return "shape must be an object"
+    for k in TEXTS:
+        if rec.get(k) is not None and not isinstance(rec[k], str):
+            return f"{k} must be a string, got {_kind(rec[k])}"
+    shape = rec["shape"]
+    if not isinstance(shape, dict):
+        return f"shape must be an object, got {_kind(shape)}"
+    for k, v in shape.items():
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SHAPE):
+            return f"shape field {k!r} must be a whole number in 0..2**53, got {_show(v)}"
     if rec["status"] not in STATUSES:
-        return f"unknown status {rec['status']!r}"
+        return f"unknown status {_show(rec['status'])}"
     ts = rec.get("time_s")
-    if ts is not None and not (isinstance(ts, dict) and all(
-            _num(ts.get(k)) and ts[k] > 0 for k in ("median", "p25", "p75"))):
-        return "time_s must hold positive median, p25 and p75"
-    for k in ("achieved_gbps", "pct_roof", "roof_gbps", "bytes", "flops"):
-        if rec.get(k) is not None and not _num(rec[k]):
-            return f"{k} must be a number"
+    if ts is not None:
+        if not isinstance(ts, dict):
+            return f"time_s must be an object, got {_kind(ts)}"
+        for k in ("median", "p25", "p75"):
+            if not _in_range(ts.get(k), MIN_TIME_S, MAX_TIME_S):
+                return (f"time_s.{k} must be seconds in [{MIN_TIME_S:g}, {MAX_TIME_S:g}], "
+                        f"got {_show(ts.get(k))}")
+    for k, (hi, what) in NUMBERS.items():
+        if rec.get(k) is not None and not _in_range(rec[k], MIN_NONZERO, hi, zero=True):
+            return f"{k} must be {what}: 0 or in [{MIN_NONZERO:g}, {hi:g}], got {_show(rec[k])}"
+    dev = rec.get("device")
+    if dev is not None:
+        if not isinstance(dev, dict):
+            return f"device must be an object, got {_kind(dev)}"
+        for k in ("name", "chip"):
+            if dev.get(k) is not None and not isinstance(dev[k], str):
+                return f"device.{k} must be a string, got {_kind(dev[k])}"
+        if dev.get("cache_bytes") is not None and not _in_range(dev["cache_bytes"], 1,
+                                                                 MAX_COUNT, zero=True):
+            return f"device.cache_bytes must be a count: 0 or in [1, {MAX_COUNT:g}]"
     return None
+
+
+def _kind(v: Any) -> str:
+    """A JSON value's type, as a message names it."""
+    if isinstance(v, bool):
+        return "true/false"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def _show(v: Any) -> str:
+    """A value for a one-line message: its repr cut short, or its JSON type."""
+    if isinstance(v, (dict, list)):
+        return _kind(v)
+    try:
+        s = repr(v)
+    except ValueError:  # an int past Python's digit limit for str()
+        return "an integer too long to show"
+    return s if len(s) <= 40 else s[:39] + "…"
 
 
 def iter_ok(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

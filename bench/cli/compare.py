@@ -10,7 +10,7 @@ def command(args) -> int:
     from rich.table import Table
     from rich.text import Text
     from ..report.compare import compare, devices
-    from ..report.table import console, fmt_shape, fmt_time
+    from ..report.table import console, fmt_shape, fmt_time, plain
     from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)
@@ -31,7 +31,7 @@ def command(args) -> int:
         t.add_column(col)
     style = {"faster": "green", "slower": "red", "same": "", "unsure": "yellow"}
     for r in rows:
-        t.add_row(r["op"], fmt_shape(r["shape"]), str(r["dtype"]), r["impl"],
+        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]), plain(r["impl"]),
                   fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-",
                   Text(r["verdict"], style=style.get(r["verdict"], "dim")))

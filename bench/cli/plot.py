@@ -1,38 +1,42 @@
-"""`decodewall plot RESULTS.jsonl... [-o PNG|DIR] [--roofline PNG] [--terminal]`: charts and bars.
+"""`decodewall plot RESULTS.jsonl... [-o PNG|DIR] [--roofline PNG|DIR] [--terminal]`: charts, bars.
 
 `-o` writes the % of the measured roof chart (what a reader looks for first) and, beside it, the
 roofline (with the batch and size sweeps the records hold): `-o charts/` writes
 `charts/pct-roof.png` and `charts/roofline.png`, `-o run.png` writes `run.png` and
-`run-roofline.png`. `--roofline PNG` names the roofline file, alone or with `-o`.
+`run-roofline.png`. `--roofline PNG` names the roofline file, alone or with `-o` (a folder:
+`roofline.png` in it). A name without an extension gets .png; any format matplotlib writes
+(.svg, .pdf, ...) may be asked for by its extension. Every output path is checked before
+anything is drawn, and the charts are written all or none.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from ..errors import UsageError
 
-PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside an -o folder
+PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside a folder
 
 
 def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | None]:
-    """(% of roof PNG, roofline PNG) for the -o and --roofline arguments; None: not drawn."""
+    """(% of roof chart, roofline chart) for the -o and --roofline arguments; None: not drawn."""
+    from ..report.plot import names_folder, output_path
     pct = roof = None
     if out:
         p = Path(out)
-        if p.is_dir() or out.endswith(("/", os.sep)):
+        if names_folder(out):
             pct, roof = p / PCT_NAME, p / ROOFLINE_NAME
         else:
             pct = p
             roof = p.with_name(f"{p.stem}-roofline{p.suffix or '.png'}")
     if roofline:
-        roof = Path(roofline)
+        roof = output_path(roofline, ROOFLINE_NAME)
     return pct, roof
 
 
 def command(args) -> int:
-    from ..report.plot import PlotError, bars_table, pct_roof_figure, roofline_figure, save
+    from ..report.plot import (PlotError, bars_table, check_output, pct_roof_figure,
+                               roofline_figure, save_all)
     from ..report.table import console
     from ..results import ResultsError, read_results
     records = []
@@ -41,25 +45,28 @@ def command(args) -> int:
             records += read_results(path)
     except ResultsError as e:
         raise UsageError(str(e)) from None
-    pct_path, roof_path = outputs(args.out, args.roofline)
-    charts = [(p, make) for p, make in ((pct_path, pct_roof_figure), (roof_path, roofline_figure))
-              if p is not None]
+    charts = [(p, make) for p, make in zip(outputs(args.out, args.roofline),
+                                           (pct_roof_figure, roofline_figure)) if p is not None]
+    try:  # every output path, before anything is drawn
+        charts = [(check_output(p), make) for p, make in charts]
+    except PlotError as e:
+        raise UsageError(str(e)) from None
+    if len(charts) == 2 and charts[0][0].resolve() == charts[1][0].resolve():
+        raise UsageError(f"-o and --roofline both name {charts[0][0]}: give two files")
     figures, skipped = [], []
     for path, make in charts:
         try:
-            figures.append((path, make(records, args.title)))
+            figures.append((make(records, args.title), path))
         except PlotError as e:
             skipped.append((path, str(e)))
     if charts and not figures:  # nothing to draw at all: one line, no file
         raise UsageError(skipped[-1][1])
     try:
-        while figures:
-            path, fig = figures.pop(0)
-            print(f"wrote {save(fig, path)}", file=sys.stderr)
+        written = save_all(figures) if figures else []
     except PlotError as e:
-        for _, fig in figures:
-            fig.clear()
         raise UsageError(str(e)) from None
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     for path, why in skipped:
         print(f"not written: {path}: {why}", file=sys.stderr)
     if args.terminal or not charts:
@@ -76,10 +83,11 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", metavar="PNG|DIR",
                    help="write the %% of measured roof chart to PNG and the roofline beside it "
                    "as PNG-STEM-roofline.png; a folder (existing, or ending in /) gets "
-                   f"{PCT_NAME} and {ROOFLINE_NAME} (needs matplotlib)")
-    p.add_argument("--roofline", metavar="PNG",
+                   f"{PCT_NAME} and {ROOFLINE_NAME}; no extension: .png (needs matplotlib)")
+    p.add_argument("--roofline", metavar="PNG|DIR",
                    help="write the roofline (and the batch / size sweep panels the results "
-                   "hold) here: alone, or instead of the name -o gives it")
+                   "hold) here: alone, or instead of the name -o gives it; a folder gets "
+                   f"{ROOFLINE_NAME}")
     p.add_argument("--terminal", action="store_true",
                    help="print %% of roof bars (the default when no PNG is asked for)")
     p.add_argument("--title", help="chart title (both charts)")

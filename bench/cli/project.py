@@ -5,13 +5,29 @@ model, and the tokens per second a split reaches (bench/model/project.py).
 from __future__ import annotations
 
 import json
+import math
+import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..model.project import DEFAULT_FLOOR_US, efficiency_from_results, project
+from ..model.project import DEFAULT_FLOOR_US, MAX_CHIPS, efficiency_from_results, project
 from ..model.workload import Step
-from .common import nonneg_float, positive
-from .step import add_step_args, build_step
+from .step import add_step_args, build_step, whole
+
+SCALING_NAME = "scaling.png"  # the chart's name inside a --plot folder
+
+
+def floor_us(text: str) -> float:
+    """--kernel-floor-us: microseconds, finite and >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"--kernel-floor-us must be a number of microseconds, got {text[:24]!r}"
+                         ) from None
+    if not (math.isfinite(v) and v >= 0):
+        raise UsageError(f"--kernel-floor-us must be a finite number >= 0, got {text[:24]!r}")
+    return v
 
 
 def command(args) -> int:
@@ -20,13 +36,14 @@ def command(args) -> int:
     step = build_step(args)
     if args.efficiency is not None and getattr(args, "from_", None):
         raise UsageError("give --efficiency or --from, not both")
+    plot_path = _plot_path(args.plot) if args.plot else None
     records: list[dict[str, Any]] = []
     if getattr(args, "from_", None):
         from ..results import ResultsError, read_results
         try:
             records = read_results(args.from_)
-        except ResultsError as e:
-            raise UsageError(f"--from {args.from_}: {e}") from None
+        except ResultsError as e:  # its message starts with the file's name
+            raise UsageError(f"--from {e}") from None
     kernel_records = [r for r in records if r.get("op") != "allreduce"]
     if kernel_records:
         try:
@@ -69,8 +86,8 @@ def command(args) -> int:
             tp_pp = (tp, args.pp) if args.pp is not None else smallest_split(step, c, p.chips_needed, tp)
             sp = project_split(step, c, *(tp_pp or (tp, 1)), eff, floor, links[c.id])
             rows.append((p, sp))
-    if args.plot:
-        _plot_scaling(args.plot, step, rows, projs)
+    if plot_path is not None:
+        _plot_scaling(plot_path, step, rows, projs)
     if args.json:
         if rows:
             for p, sp in rows:
@@ -87,8 +104,7 @@ def command(args) -> int:
     return 0
 
 
-def _plot_scaling(path: str, step: Step, rows, projs) -> None:
-    from pathlib import Path
+def _plot_scaling(path: Path, step: Step, rows, projs) -> None:
     from ..report.plot import PlotError, save, scaling_figure
     pts = rows or [(p, None) for p in projs]
     data = []
@@ -100,11 +116,20 @@ def _plot_scaling(path: str, step: Step, rows, projs) -> None:
     try:
         fig = scaling_figure(data, title=f"{step.model.name}, batch {step.batch}, ctx {step.ctx}, "
                              f"weights {step.weights}: tokens/s a sequence against chips")
-        save(fig, Path(path))
+        written = save(fig, path)
     except PlotError as e:
         raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    print(f"wrote {written}", file=sys.stderr)
+
+
+def _plot_path(arg: str) -> Path:
+    """The --plot file, checked before anything is computed: a folder gets SCALING_NAME in it
+    (as `plot -o DIR` does), a name without an extension gets .png."""
+    from ..report.plot import PlotError, check_output, output_path
+    try:
+        return check_output(output_path(arg, SCALING_NAME))
+    except PlotError as e:
+        raise UsageError(str(e)) from None
 
 
 def _rate(x: float) -> str:
@@ -118,8 +143,9 @@ def _split_rate(s: dict[str, Any] | None) -> str:
 
 
 def _print_projection(step: Step, projs, source: str, floor: float) -> None:
+    from rich.markup import escape
     from rich.table import Table
-    from ..report.table import console, fmt_bytes, fmt_time
+    from ..report.table import console, fmt_bytes, fmt_time, plain
     c = step.model
     act = step.bytes - step.weight_bytes - step.kv_bytes
     moe = ""
@@ -128,13 +154,13 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
         moe = (f"; MoE: {expected_experts(c.num_local_experts, c.num_experts_per_tok, step.batch):.2f}"
                f" of {c.num_local_experts} experts read per layer at batch {step.batch}")
     lines = [
-        f"[bold]{c.name}[/] ({c.param_count() / 1e9:.2f}B params), batch {step.batch}, "
+        f"[bold]{escape(c.name)}[/] ({c.param_count() / 1e9:.2f}B params), batch {step.batch}, "
         f"ctx {step.ctx}, weights {step.weights}, KV {step.kv}{moe}",
         f"per step: {fmt_bytes(step.bytes)} = weights {fmt_bytes(step.weight_bytes)} + KV "
         f"{fmt_bytes(step.kv_bytes)} + activations/table/embedding rows {fmt_bytes(act)}; "
         f"{step.flops / 1e9:.4g} GFLOP; to hold: {fmt_bytes(step.resident_bytes())} "
         f"(weights + KV for batch x ctx)",
-        f"efficiency: {source}; kernel floor {floor * 1e6:g} µs a call",
+        f"efficiency: {escape(source)}; kernel floor {floor * 1e6:g} µs a call",
     ]
     t = Table(header_style="bold")
     for col in ("chip", "mem BW GB/s", "mem-bound step", "compute-bound step", "binds",
@@ -142,7 +168,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
         t.add_column(col, justify="left" if col in ("chip", "binds") else "right")
     unk = "[dim]unknown[/]"
     for p in projs:
-        t.add_row(p.chip, f"{p.mem_bw_gbps:,.0f}" if p.mem_bw_gbps else unk,
+        t.add_row(plain(p.chip), f"{p.mem_bw_gbps:,.0f}" if p.mem_bw_gbps else unk,
                   fmt_time(p.mem_time_s) if p.mem_time_s else unk,
                   fmt_time(p.compute_time_s) if p.compute_time_s else unk,
                   {"memory": "memory", "memory?": "memory?", "compute": "[cyan]compute[/]"}.get(p.bound, unk),
@@ -166,7 +192,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
 
 def _print_splits(step: Step, rows) -> None:
     from rich.table import Table
-    from ..report.table import console, fmt_time
+    from ..report.table import console, fmt_time, plain
     unk = "[dim]unknown[/]"
     t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
     for col in ("chip", "tp", "pp", "chips", "holds", "kernels", "of which floors", "all-reduces",
@@ -174,7 +200,7 @@ def _print_splits(step: Step, rows) -> None:
         t.add_column(col, justify="left" if col == "chip" else "right")
     for p, s in rows:
         ub = "≤ " if s.upper_bound else ""
-        t.add_row(s.chip, str(s.tp), str(s.pp), str(s.chips),
+        t.add_row(plain(s.chip), str(s.tp), str(s.pp), str(s.chips),
                   {True: "yes", False: "[red]no[/]", None: unk}[s.holds],
                   fmt_time(s.kernel_time_s) if s.kernel_time_s is not None else unk,
                   fmt_time(s.floor_time_s),
@@ -198,13 +224,15 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl",
                    help="a results file: measured %% of roof sets the efficiency; measured "
                         "allreduce records set the link cost")
-    p.add_argument("--tp", type=positive("--tp"), action="append", metavar="N",
+    p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
                    help="tensor-parallel degree (repeatable: one row each)")
-    p.add_argument("--pp", type=positive("--pp"), metavar="M",
+    p.add_argument("--pp", type=whole("--pp", MAX_CHIPS, "chips"), metavar="M",
                    help="pipeline stages (default: the fewest that hold the model at that --tp)")
-    p.add_argument("--kernel-floor-us", type=nonneg_float, default=DEFAULT_FLOOR_US,
+    p.add_argument("--kernel-floor-us", type=floor_us, default=DEFAULT_FLOOR_US,
                    metavar="US", help="fixed cost of every kernel call (default %(default)g µs)")
-    p.add_argument("--plot", metavar="PNG", help="draw tokens/s a sequence against chips")
+    p.add_argument("--plot", metavar="PNG|DIR",
+                   help=f"draw tokens/s a sequence against chips (a folder gets {SCALING_NAME}; "
+                   "no extension: .png)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per chip (per chip and --tp with --tp)")
     p.set_defaults(func=command)

@@ -13,18 +13,35 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.project import KV_OPS, WEIGHT_OPS
-from ..model.workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, WEIGHT_PRECISIONS,
-                              ConfigError, Step, decode_step, load_model, model_names)
-from .common import positive
+from ..model.workload import (INT4_GROUP, KV_BLOCK, KV_PRECISIONS, MAX_BATCH, MAX_CTX,
+                              WEIGHT_PRECISIONS, ConfigError, Step, decode_step, load_model,
+                              model_names)
+
+
+def whole(name: str, most: int, what: str):
+    """An argparse type: a whole number in 1..most; anything else is one line naming the option
+    (`what` says why the bound)."""
+    def parse(text: str) -> int:
+        shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
+        try:
+            v = int(text)
+        except ValueError:  # not a number, or past Python's limit on digits
+            raise UsageError(f"{name} must be an integer, got {shown!r}") from None
+        if v < 1:
+            raise UsageError(f"{name} must be at least 1, got {shown}")
+        if v > most:
+            raise UsageError(f"{name} must be at most {most} ({what}), got {shown}")
+        return v
+    return parse
 
 
 def add_step_args(p, model_required: bool) -> None:
     p.add_argument("--model", required=model_required, metavar="NAME|config.json",
                    help=f"built-in model ({', '.join(model_names())}) or a HF config.json path")
-    p.add_argument("--batch", type=positive("--batch"), default=None,
-                   help="sequences decoded together (default 1)")
-    p.add_argument("--ctx", type=positive("--ctx"), default=None,
-                   help="tokens already in each sequence's KV cache (default 4096)")
+    p.add_argument("--batch", type=whole("--batch", MAX_BATCH, "a decode batch"), default=None,
+                   help=f"sequences decoded together (default 1, at most {MAX_BATCH})")
+    p.add_argument("--ctx", type=whole("--ctx", MAX_CTX, "tokens in the KV cache"), default=None,
+                   help="tokens already in each sequence's KV cache (default 4096, at most 2**24)")
     p.add_argument("--weights", choices=WEIGHT_PRECISIONS, default=None,
                    help="precision of every linear layer (default bf16; int4: group 128)")
     p.add_argument("--kv", choices=KV_PRECISIONS, default=None,
@@ -143,24 +160,26 @@ def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) ->
 def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False) -> None:
     """After `run --model`'s table: the step, summed from the best impl of each kernel."""
     from rich.table import Table
+    from rich.text import Text
     from ..report.plot import pct_bar
-    from ..report.table import console, fmt_bytes, fmt_shape, fmt_time
+    from ..report.table import console, fmt_bytes, fmt_shape, fmt_time, plain, title_text
     step: Step = args.model_step
     s = step_summary(step, records, roof.gbps)
     if as_json:
         print(json.dumps({"step": s}), flush=True)
         return
-    t = Table(title=f"{step.model.name} decode step — batch {step.batch}, ctx {step.ctx}, "
-              f"weights {step.weights}, KV {step.kv}", header_style="bold")
+    t = Table(title=title_text(f"{step.model.name} decode step — batch {step.batch}, ctx "
+                               f"{step.ctx}, weights {step.weights}, KV {step.kv}"),
+              header_style="bold")
     for col, j in (("kernel", "left"), ("op", "left"), ("shape", "left"), ("calls/step", "right"),
                    ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
                    ("bytes/step", "right"), ("% of roof", "left")):
         t.add_column(col, justify=j)
     for r in s["kernels"]:
         t.add_row(r["kernel"], r["op"], fmt_shape(r["shape"]), f"{r['calls']:.4g}",
-                  r["impl"] or "[red]none ok[/]", fmt_time(r["time_s"]),
-                  fmt_time(r["step_time_s"]), fmt_bytes(r["bytes_per_step"]),
-                  pct_bar(r["pct_roof"]))
+                  plain(r["impl"]) if r["impl"] else Text("none ok", style="red"),
+                  fmt_time(r["time_s"]), fmt_time(r["step_time_s"]),
+                  fmt_bytes(r["bytes_per_step"]), pct_bar(r["pct_roof"]))
     out = console()
     out.print(t)
     bound = s["bound_step_s"]

@@ -65,6 +65,9 @@ class Projection:
 
 DEFAULT_FLOOR_US = 5.0  # a kernel launch on a GPU: 4-6 us of driver and queue time (docs/projection.md)
 ACT_BYTES = 2  # bf16 activations between chips
+MAX_CHIPS = 65536  # tp and pp each: past the largest training clusters, let alone a decode split
+MAX_EFFICIENCY = 1.5  # of datasheet peak: beyond it a % of roof measured nothing from memory
+MIN_EFFICIENCY = 1e-4  # 0.01%: a best impl that slow measures a broken kernel, not memory
 
 
 @dataclass
@@ -116,8 +119,10 @@ def link_model(chip: Chip, records: Iterable[dict[str, Any]] = ()) -> LinkModel:
     measured: dict[int, list[tuple[int, float]]] = {}
     for r in records:
         if r.get("op") == "allreduce" and r.get("status") == "ok" and r.get("time_s"):
-            n = int(r["shape"]["world_size"])
-            measured.setdefault(n, []).append((int(r["shape"]["bytes"]), r["time_s"]["median"]))
+            n, nbytes = r["shape"].get("world_size"), r["shape"].get("bytes")
+            if not (isinstance(n, int) and n >= 2 and isinstance(nbytes, int) and nbytes >= 1):
+                continue  # not a collective's shape: no link figure in it
+            measured.setdefault(n, []).append((nbytes, r["time_s"]["median"]))
     lat = ic.allreduce_latency_us * 1e-6 if ic.allreduce_latency_us is not None else None
     src = f"catalog: {ic.fabric}"
     if measured:
@@ -155,8 +160,8 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
                   floor_s: float = DEFAULT_FLOOR_US * 1e-6,
                   link: LinkModel | None = None) -> SplitProjection:
     """One token of `step` on tp x pp chips (see the module docstring)."""
-    if tp < 1 or pp < 1:
-        raise ValueError(f"tp and pp must be at least 1, got tp={tp}, pp={pp}")
+    if not (1 <= tp <= MAX_CHIPS and 1 <= pp <= MAX_CHIPS):
+        raise ValueError(f"tp and pp must be 1..{MAX_CHIPS}, got tp={tp}, pp={pp}")
     c = step.model
     if pp > c.num_hidden_layers:
         raise ValueError(f"pp={pp} is more stages than {c.name}'s {c.num_hidden_layers} layers")
@@ -259,9 +264,17 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
     chosen = {k: v for k, v in best.items() if k[0] in wanted} or best
     ops = sorted({k[0] for k in chosen})
     eff = statistics.median(chosen.values()) / 100
+    if eff < MIN_EFFICIENCY:
+        raise ValueError(f"the best impls reached a median {100 * eff:.2g}% of the measured "
+                         f"roof: too little to project with (at least {100 * MIN_EFFICIENCY:g}%)")
+    if eff > MAX_EFFICIENCY:
+        raise ValueError(f"a median {100 * eff:.3g}% of the measured roof is no memory "
+                         f"efficiency (at most {100 * MAX_EFFICIENCY:.0f}%: a roof measured too "
+                         "low, or cases the cache held); give --efficiency")
     return eff, (f"median {100 * eff:.0f}% of measured roof over {len(chosen)} case(s) of "
                  f"{', '.join(ops)} (best impl each)")
 
 
-__all__ = ["DEFAULT_FLOOR_US", "LinkModel", "Projection", "SplitProjection",
-           "efficiency_from_results", "link_model", "project", "project_split", "smallest_split"]
+__all__ = ["DEFAULT_FLOOR_US", "MAX_CHIPS", "MAX_EFFICIENCY", "MIN_EFFICIENCY", "LinkModel",
+           "Projection", "SplitProjection", "efficiency_from_results", "link_model", "project",
+           "project_split", "smallest_split"]

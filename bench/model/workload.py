@@ -35,11 +35,17 @@ INT4_GROUP = 128
 HALF = 2         # bytes of a bf16 activation, scale, zero, bias, norm weight
 INDEX = 4        # bytes of an int32 block-table entry or sequence length
 KV_BLOCK = 16    # paged KV block size (tokens per block), as in kernels/attention/ops.py
+MAX_BATCH = 4096  # a decode batch: the ops' own limit (GEMV M, paged attention B), so that
+#                   `project` and `run --model` take the same batches
+MAX_CTX = 2**24   # 16M tokens: past every released model's context window, and the step's byte
+#                   and FLOP counts stay far inside a float's range
 
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "vocab_size")
 INT_FIELDS = REQUIRED + ("num_key_value_heads", "head_dim", "num_local_experts",
                          "num_experts_per_tok")
+MAX_DIM = 2**24  # a config field past 16M (the largest real ones: vocabularies of ~256K) is not
+#                  a model, and the step's counts stay far inside a float's range
 
 
 class ConfigError(ValueError):
@@ -128,7 +134,9 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
         if v is None and f not in REQUIRED:
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{where}: {f} must be a positive integer, got {v!r}")
+            raise ConfigError(f"{where}: {f} must be a positive integer, got {_short(v)}")
+        if v > MAX_DIM:
+            raise ConfigError(f"{where}: {f} must be at most {MAX_DIM}, got {_short(v)}")
     for f in ("tie_word_embeddings", "attention_bias"):
         if f in data and not isinstance(data[f], bool):
             raise ConfigError(f"{where}: {f} must be true or false, got {data[f]!r}")
@@ -269,10 +277,12 @@ def _gemv(name: str, M: float, N: int, K: int, calls: float, precision: str,
 def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
                 kv: str = "bf16") -> Step:
     """The kernels of one decode step of `cfg` for `batch` sequences at context `ctx`."""
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    if not isinstance(ctx, int) or ctx < 1:
-        raise ConfigError(f"ctx must be a positive integer (tokens in the KV cache), got {ctx!r}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(f"batch must be a whole number in 1..{MAX_BATCH} (a decode batch), "
+                          f"got {_short(batch)}")
+    if not isinstance(ctx, int) or isinstance(ctx, bool) or not 1 <= ctx <= MAX_CTX:
+        raise ConfigError(f"ctx must be a whole number in 1..{MAX_CTX} (tokens in the KV cache), "
+                          f"got {_short(ctx)}")
     if weights not in WEIGHT_PRECISIONS:
         raise ConfigError(f"unknown weight precision {weights!r} (known: {', '.join(WEIGHT_PRECISIONS)})")
     if kv not in KV_PRECISIONS:
@@ -305,6 +315,14 @@ def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
     return Step(cfg, batch, ctx, weights, kv, tuple(ks), other)
 
 
+def _short(v: Any) -> str:
+    """A value for a one-line message: a huge whole number by its size, not its 400 digits."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**18:
+        return f"a {int(v.bit_length() * math.log10(2)) + 1}-digit number"
+    s = repr(v)
+    return s if len(s) <= 40 else s[:39] + "…"
+
+
 # --- one layer's shapes, for the model-shaped suites --------------------------------------------
 
 LAYER_GEMVS = ("qkv", "o", "gate_up", "down")
@@ -322,6 +340,6 @@ def attention_heads(name: str) -> tuple[int, int, int]:
     return c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
 
-__all__ = ["ConfigError", "Kernel", "ModelConfig", "Step", "attention_heads", "decode_step",
-           "expected_experts", "kv_bytes_per_token", "layer_gemv_shapes", "load_model",
-           "model_names", "parse_config", "weight_bytes"]
+__all__ = ["MAX_BATCH", "MAX_CTX", "ConfigError", "Kernel", "ModelConfig", "Step",
+           "attention_heads", "decode_step", "expected_experts", "kv_bytes_per_token",
+           "layer_gemv_shapes", "load_model", "model_names", "parse_config", "weight_bytes"]

@@ -19,8 +19,11 @@ matplotlib is imported only when a chart is drawn, with the Agg backend (no disp
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import secrets
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import in_cache
+from .table import plain, title_text
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
 PROBES = ("copy", "read")  # the ops that measure the roof itself
@@ -70,7 +74,8 @@ def short_shape(shape: dict[str, Any] | None, width: int = 44) -> str:
 
 
 def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
-    t = Table(title=title, header_style="bold")
+    """% of roof bars, one row an ok record; names and the title are plain text."""
+    t = Table(title=title_text(title), header_style="bold")
     for col, j in (("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
                    ("GB/s", "right"), ("FLOP/B", "right"), ("% of measured roof", "left")):
         t.add_column(col, justify=j)
@@ -80,7 +85,7 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> T
         shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items())
         ai = r.get("arithmetic_intensity")
         impl = r["impl"] + (" (in cache)" if in_cache(r) else "")
-        t.add_row(r["op"], shape, str(r.get("dtype")), impl,
+        t.add_row(plain(r["op"]), plain(shape), plain(r.get("dtype")), plain(impl),
                   f"{r['achieved_gbps']:.1f}" if r.get("achieved_gbps") else "-",
                   f"{ai:.3g}" if ai is not None else "-", pct_bar(r.get("pct_roof")))
     return t
@@ -146,7 +151,7 @@ def size_sweeps(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any
     """Warm records timed at >= 2 working sets: (op, dtype, impl) -> records by bytes."""
     groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in records:
-        if r.get("warm"):
+        if r.get("warm") and r.get("bytes"):
             groups[(r["op"], r.get("dtype"), r["impl"])][r["bytes"]] = r
     return {k: [g[b] for b in sorted(g)] for k, g in groups.items() if len(g) >= 2}
 
@@ -239,6 +244,12 @@ _CLEAR = dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6)  # text 
 IMPL_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
 
 
+def mpl_text(s: Any) -> str:
+    """Text matplotlib draws as written: a pair of `$` in a name, an error or a title would be
+    parsed as mathtext (and a bad formula fails the whole figure), so each `$` is escaped."""
+    return str(s).replace("$", r"\$")
+
+
 def impl_color(k: int) -> str:
     return IMPL_COLORS[k % len(IMPL_COLORS)]
 
@@ -260,20 +271,106 @@ def _device(records: list[dict[str, Any]]) -> str:
     return f"{dev} ({r0.get('backend')})"
 
 
-def save(fig, out: str | Path) -> Path:
-    """Write `fig` as a PNG at `out` (folders made as needed) and close it."""
+def names_folder(arg: str) -> bool:
+    """An output argument that names a folder: one that exists, or a path ending in a separator."""
+    return Path(arg).is_dir() or arg.endswith(("/", os.sep))
+
+
+def output_path(arg: str, name_in_folder: str) -> Path:
+    """The file an output argument names: a folder means `name_in_folder` inside it."""
+    return Path(arg) / name_in_folder if names_folder(arg) else Path(arg)
+
+
+def image_formats() -> dict[str, str]:
+    """The file extensions (no dot) matplotlib writes, each with what it is."""
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def check_output(out: str | Path) -> Path:
+    """The path a chart will be written to, checked before anything is drawn or written: a name
+    without an extension gets .png (what matplotlib would add; the path returned is the one
+    written), the extension must be a format matplotlib writes, and the path must not be a
+    folder nor lie under a file or an unwritable folder. PlotError says what is wrong."""
+    p = Path(out)
+    if not p.suffix:
+        p = p.with_name(p.name + ".png")
+    ext = p.suffix[1:].lower()
+    formats = image_formats()
+    if ext not in formats:
+        raise PlotError(f"cannot write {p}: .{ext} is not an image format matplotlib writes "
+                        f"(give {', '.join('.' + f for f in sorted(formats))})")
+    if p.is_dir():
+        raise PlotError(f"cannot write {p}: it is a folder")
+    above = p.parent
+    while not above.exists() and above != above.parent:  # the folders save_all would make
+        above = above.parent
+    if not above.is_dir():
+        raise PlotError(f"cannot write {p}: {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PlotError(f"cannot write {p}: {above} is not writable")
+    return p
+
+
+def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
+    """Write each (figure, path) of `charts`, all or none, and close the figures: every figure
+    is rendered in memory first, then each is written to a new file beside its path and moved
+    into place, so a failure (a folder that cannot be made, a full disk) leaves no chart and no
+    folder made for one behind. Paths come from check_output."""
     plt = _pyplot()
-    out = Path(out)
+    rendered: list[tuple[Path, bytes]] = []
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # a tight box only crops or widens the canvas: where texts sit relative to each other,
-        # and so the label placement, does not change
-        fig.savefig(out, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
-    except OSError as e:
-        raise PlotError(f"cannot write {out}: {e.strerror or e}") from None
+        for fig, path in charts:
+            buf = io.BytesIO()
+            try:
+                # a tight box only crops or widens the canvas: where texts sit relative to each
+                # other, and so the label placement, does not change
+                fig.savefig(buf, format=path.suffix[1:].lower(), dpi=DPI, bbox_inches="tight",
+                            pad_inches=0.15)
+            except Exception as e:  # a format with a missing dependency (.pgf without LaTeX)
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise PlotError(f"cannot write {path}: {why}") from None
+            rendered.append((path, buf.getvalue()))
     finally:
-        plt.close(fig)
-    return out
+        for fig, _ in charts:
+            plt.close(fig)
+    made: list[Path] = []  # folders made here, removed again on a failure
+    staged: list[tuple[Path, Path]] = []
+    path = None
+    try:
+        for path, data in rendered:
+            missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+            for d in reversed(missing):
+                d.mkdir()
+                made.append(d)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            with open(tmp, "xb") as f:  # the umask's permissions, as a plain write would get
+                staged.append((tmp, path))
+                f.write(data)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise PlotError(f"cannot write {path}: {e.strerror or e}") from None
+    return [p for p, _ in rendered]
+
+
+def save(fig, out: str | Path) -> Path:
+    """Write `fig` at `out` (checked by check_output; folders made as needed), close it, and
+    return the path written."""
+    try:
+        path = check_output(out)
+    except PlotError:
+        _pyplot().close(fig)
+        raise
+    return save_all([(fig, path)])[0]
 
 
 def draw_pct_roof(records: list[dict[str, Any]], out: str | Path,
@@ -341,14 +438,15 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
             continue
         if kind == "case":
             ax.axhline(y0 - 0.8, color="0.75", lw=0.8, zorder=1)
-            ax.text(0.004, y0, case_title(item), transform=across, fontsize=10.5,
+            ax.text(0.004, y0, mpl_text(case_title(item)), transform=across, fontsize=10.5,
                     fontweight="bold", va="center", ha="left", gid="case-title", zorder=4,
                     bbox=_CLEAR)
             continue
         text, tcolor = _row_note(item)
+        text = mpl_text(text)
         ticks.append(y0)
         name = item["impl"] if len(item["impl"]) <= 26 else item["impl"][:25] + "…"
-        tick_labels.append(name + (" (baseline)" if item["baseline"] else ""))
+        tick_labels.append(mpl_text(name) + (" (baseline)" if item["baseline"] else ""))
         tick_colors.append("0.1" if item["pcts"] else "0.45")
         if not item["pcts"]:
             # the empty slot: an outline across the row where the bar would be, the reason in it
@@ -390,8 +488,8 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
     shown = [r for r in records if r.get("op") not in PROBES and not in_cache(r)]
     sub = f"{len(runs)} runs" if len(runs) > 1 else f"run {runs[0]}" if runs else ""
     # title and legend get fixed room in inches: figure fractions shrink as the figure grows
-    fig.suptitle(title or f"% of the measured roof — {_device(shown)}"
-                 + (f", {sub}" if sub else ""), fontsize=13, fontweight="bold",
+    fig.suptitle(mpl_text(title or f"% of the measured roof — {_device(shown)}"
+                          + (f", {sub}" if sub else "")), fontsize=13, fontweight="bold",
                  y=1 - 0.12 / height, va="top")
     fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.5 / height))
     fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=9.5,
@@ -468,8 +566,8 @@ def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
     subs = fig.subfigures(1, len(widths), width_ratios=widths, squeeze=False)[0] \
         if len(widths) > 1 else [fig]
     shown = {id(r): r for r in recs + [r for g in sized.values() for r in g]}
-    fig.suptitle(title or f"decodewall — {_device(list(shown.values()))}, {len(shown)} results",
-                 fontsize=13)
+    fig.suptitle(mpl_text(title or f"decodewall — {_device(list(shown.values()))}, "
+                          f"{len(shown)} results"), fontsize=13)
     # one marker per op in every panel; colours: by impl on the roofline, by series in a sweep
     style = Style(list(shown.values()))
     points = None
@@ -508,8 +606,8 @@ class Style:
 
 def _key_entry(n: int, r: dict[str, Any]) -> str:
     pct = f"  {r['pct_roof']:.0f}%" if r.get("pct_roof") is not None else ""
-    return f"{n:>3}  {r['op']} {short_shape(r.get('shape'), 34)} " \
-        f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}"
+    return mpl_text(f"{n:>3}  {r['op']} {short_shape(r.get('shape'), 34)} "
+                    f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}")
 
 
 def _key_width(fig, recs: list[dict[str, Any]], ncol: int) -> float:
@@ -694,14 +792,15 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
                 ls=":", color=color)
         handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="k",
                               markeredgewidth=0.4,
-                              label=f"{op} {short_shape(dict(rest))} {short_dtype(dtype)} {impl}"))
+                              label=mpl_text(f"{op} {short_shape(dict(rest))} "
+                                             f"{short_dtype(dtype)} {impl}")))
         mr = ridge_batch(g, bf)
         case = f"{op} {short_dtype(dtype)}"
         if mr is not None and case not in ridges[round(mr)]:
             ridges[round(mr)].append(case)
     for m, cases in sorted(ridges.items()):
         ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)
-        ax.annotate(f"ridge {bf}≈{m}: {', '.join(cases)}", (m, 0.98),
+        ax.annotate(mpl_text(f"ridge {bf}≈{m}: {', '.join(cases)}"), (m, 0.98),
                     xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5, va="top",
                     ha="right")
     if roof:
@@ -724,7 +823,7 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
         ax.plot([r["bytes"] / 2**20 for r in g], [r["achieved_gbps"] for r in g],
                 marker=style.marker(op), markeredgecolor="k", markeredgewidth=0.4,
                 ls="--" if op in PROBES else "-", color=impl_color(i),
-                label=f"{op} {short_dtype(dtype)} {impl}")
+                label=mpl_text(f"{op} {short_dtype(dtype)} {impl}"))
     roof = roofs(allr)["roof_gbps"]
     if roof:
         ax.axhline(roof, color="C3", lw=1.5, alpha=0.6, label=f"measured roof {roof:.1f} GB/s")
@@ -750,9 +849,11 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
               frameon=False)
 
 
-__all__ = ["AT_THE_WALL", "PlotError", "bars_table", "draw_pct_roof", "draw_roofline", "in_cache",
-           "pct_bar", "pct_roof_cases", "pct_roof_figure", "place_labels", "ridge_batch",
-           "roofline_figure", "roofs", "short_shape", "size_sweeps", "sweeps"]
+__all__ = ["AT_THE_WALL", "PlotError", "bars_table", "check_output", "draw_pct_roof",
+           "draw_roofline", "image_formats", "in_cache", "mpl_text", "names_folder",
+           "output_path", "pct_bar", "pct_roof_cases", "pct_roof_figure", "place_labels",
+           "ridge_batch", "roofline_figure", "roofs", "save", "save_all", "short_shape",
+           "size_sweeps", "sweeps"]
 
 
 # --- tokens/s against chips (decodewall project --tp ... --plot) ---------------------------------
@@ -772,7 +873,7 @@ def scaling_figure(points: list[dict[str, Any]], title: str | None = None):
     for chip, ps in by_chip.items():
         ps.sort(key=lambda p: p["chips"])
         xs, ys = [p["chips"] for p in ps], [p["tokens_per_s"] for p in ps]
-        line, = ax.plot(xs, ys, "-", lw=1.5, label=chip)
+        line, = ax.plot(xs, ys, "-", lw=1.5, label=mpl_text(chip))
         for p in ps:
             ax.plot(p["chips"], p["tokens_per_s"], "o", ms=7, color=line.get_color(),
                     markerfacecolor="white" if p["upper_bound"] else line.get_color())
@@ -784,5 +885,5 @@ def scaling_figure(points: list[dict[str, Any]], title: str | None = None):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="chip (hollow: ≤, link latency unknown)", fontsize=8, title_fontsize=8,
               loc="best")
-    ax.set_title(title or "tokens/s a sequence against chips", fontsize=10)
+    ax.set_title(mpl_text(title or "tokens/s a sequence against chips"), fontsize=10)
     return fig

@@ -54,12 +54,13 @@ def precision_table(records: Iterable[dict[str, Any]]):
     if not rows:
         return None
     from rich.table import Table
-    from .table import fmt_num, fmt_time
+    from .table import fmt_num, fmt_time, plain
     t = Table(title="precision: speedup over bf16 vs the ideal from bytes", header_style="bold")
     for col in ("shape", "weights", "best impl", "time", "GB/s", "speedup", "ideal", "of ideal"):
         t.add_column(col, justify="left" if col in ("shape", "weights", "best impl") else "right")
     for r in rows:
-        t.add_row(f"M={r['M']} N={r['N']} K={r['K']} {r['dtype']}", r["weights"], r["impl"],
-                  fmt_time(r["time_s"]), fmt_num(r["gbps"]), f"{r['speedup']:.2f}x",
-                  f"{r['ideal']:.2f}x", fmt_num(100 * r["of_ideal"], 0, "%"))
+        t.add_row(plain(f"M={r['M']} N={r['N']} K={r['K']} {r['dtype']}"), r["weights"],
+                  plain(r["impl"]), fmt_time(r["time_s"]), fmt_num(r["gbps"]),
+                  f"{r['speedup']:.2f}x", f"{r['ideal']:.2f}x",
+                  fmt_num(100 * r["of_ideal"], 0, "%"))
     return t

@@ -39,6 +39,17 @@ def fmt_shape(shape: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in shape.items())
 
 
+def plain(value: Any, style: str = "") -> Text:
+    """Text shown as it is written: a name from a record, a plugin, a file or a path is never
+    read as rich markup (`gemv[v2]`, `[/]`)."""
+    return Text(str(value), style=style)
+
+
+def title_text(title: str | Text | None) -> Text | None:
+    """A table title as plain text, in the style rich gives titles."""
+    return plain(title, "table.title") if isinstance(title, str) else title
+
+
 def _verdict_text(rec: dict[str, Any]) -> Text:
     st = rec.get("status")
     if st == "failed-check":
@@ -58,12 +69,14 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     return Text(v, style=style)
 
 
-def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = None) -> Table:
     """One row a record. A "GPU util" column (NVML's busy time, beside % roof) appears when some
-    record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall."""
+    record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall.
+    The title and every cell are plain text (impl names come from plugins, devices from the
+    system)."""
     records = list(records)
     util = any(r.get("gpu_util_pct") is not None for r in records)
-    t = Table(title=title, show_lines=False, header_style="bold")
+    t = Table(title=title_text(title), show_lines=False, header_style="bold")
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
             ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"), ("GB/s", "right"),
             ("% roof", "right")] + ([("GPU util", "right")] if util else []) + [
@@ -74,9 +87,9 @@ def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -
         ts = r.get("time_s") or {}
         spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
         name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
-        cells = [r["op"], fmt_shape(r["shape"]), r["dtype"], name, fmt_time(ts.get("median")),
-                 fmt_time(spread), str(ts.get("n", "-")), fmt_num(r.get("achieved_gbps")),
-                 fmt_num(r.get("pct_roof"), 0, "%")]
+        cells = [plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]), plain(name),
+                 fmt_time(ts.get("median")), fmt_time(spread), str(ts.get("n", "-")),
+                 fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
         if util:
             cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))
         cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
@@ -139,4 +152,5 @@ def console(stderr: bool = False) -> Console:
     """A terminal gets its own width; a pipe or file gets wide lines rather than folded cells."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else int(os.environ.get("COLUMNS", 0) or 180)
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+    # emoji=False: a name like `:fire:` in a record prints as written, not as an emoji
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, emoji=False)
