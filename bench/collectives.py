@@ -34,6 +34,7 @@ import torch
 
 from kernels import OPS, Impl, rel_err
 
+from .errors import UsageError
 from .isolation import TIMEOUT, Worker, WorkerDied, describe_exit
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
@@ -61,7 +62,19 @@ def max_world_size(backend: str) -> int:
     return max(2, os.cpu_count() or 1)
 
 
+def world_size_error(backend: str, n: int) -> str | None:
+    """Why this machine cannot start `n` ranks on `backend`, or None when it can."""
+    most = max_world_size(backend)
+    if n <= most:
+        return None
+    if backend == "cuda":
+        return f"world size {n} needs {n} GPUs; this machine has {most}"
+    return f"world size {n} is more ranks than this machine runs ({most})"
+
+
 def _why(e: BaseException) -> str:
+    if isinstance(e, UsageError):  # e.g. a plugin that failed to load: its message says so
+        return str(e)
     msg = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
@@ -267,12 +280,10 @@ class CollectiveRunner:
             rec = base_record(c, case, impl)
             rec.update(roof_gbps=None, arithmetic_intensity=None, world_size=n)
             ok, why = impl.supports(c.backend.name, case.dtype)
-            most = max_world_size(c.backend.name)
-            if ok and n > most:
-                ok = False
-                why = (f"world size {n} needs {n} GPUs; this machine has {most}"
-                       if c.backend.name == "cuda" else
-                       f"world size {n} is more ranks than this machine runs ({most})")
+            # a suite's case only: the CLI refuses a world size asked for that cannot start
+            too_many = world_size_error(c.backend.name, n)
+            if ok and too_many:
+                ok, why = False, too_many
             if not ok:
                 rec.update(status="skipped", error=why)
             else:
@@ -360,6 +371,27 @@ class CollectiveRunner:
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")) \
         and "DECODEWALL_WORKER_PATH" not in os.environ
+
+
+def torchrun_env() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) of a torchrun launch; ValueError naming the variable that is not a
+    valid number (RANK, WORLD_SIZE, MASTER_PORT, and LOCAL_RANK where set)."""
+    def number(name: str, lo: int, hi: int) -> int:
+        text = os.environ[name]
+        try:
+            v = int(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is not a whole number (torchrun sets RANK, "
+                             "WORLD_SIZE, MASTER_ADDR and MASTER_PORT)") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}={v} is out of range {lo}..{hi}")
+        return v
+    world = number("WORLD_SIZE", 1, 4096)
+    rank = number("RANK", 0, world - 1)
+    number("MASTER_PORT", 1, 65535)
+    if "LOCAL_RANK" in os.environ:
+        number("LOCAL_RANK", 0, world - 1)
+    return rank, world
 
 
 def run_as_rank(ctx: RunContext, cases: list[Case], writer: ResultWriter,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from kernels import OPS
 
-from .errors import RunError
+from .errors import RunError, UsageError
 from .results import ResultWriter
 from .roofline import add_matmul
 from .runner import RunContext, base_record, reported_impls
@@ -362,10 +362,11 @@ def worker_main() -> None:
     msg = rx.recv()
     try:
         _, backend_name, plugins = msg
-        load_plugins(plugins)
+        load_plugins(plugins)  # a plugin's own failure (sys.exit included) is a UsageError
         backend = get_backend(backend_name)
-    except BaseException as e:  # the parent reports this line
-        print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except BaseException as e:  # the parent reports this line (a RunError: the run cannot go on)
+        print(str(e) if isinstance(e, UsageError) else f"{type(e).__name__}: {e}",
+              file=sys.stderr, flush=True)
         sys.exit(3)
     tx.send(("ready",))
     while True:

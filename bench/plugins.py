@@ -13,17 +13,40 @@ from .errors import UsageError
 
 
 def load_plugins(paths: Sequence[str]) -> None:
-    """Import each plugin file; a missing or broken file is the user's input: UsageError."""
+    """Import each plugin file; a missing, repeated or broken file is the user's input:
+    UsageError."""
+    seen: dict[Path, str] = {}
     for i, p in enumerate(paths):
+        if not p.strip():
+            raise UsageError("--plugin is empty: give a Python file")
         path = Path(p)
+        if path.is_dir():
+            raise UsageError(f"plugin {p}: is a directory, not a Python file")
         if not path.is_file():
             raise UsageError(f"plugin {p}: no such file")
+        # A second import would register its impls again and blame the plugin for the clash.
+        if path.resolve() in seen:
+            first = seen[path.resolve()]
+            also = f" (also as {first})" if first != p else ""
+            raise UsageError(f"plugin {p} is given twice{also}")
+        seen[path.resolve()] = p
         spec = importlib.util.spec_from_file_location(f"decodewall_plugin_{i}_{path.stem}", path)
         if spec is None or spec.loader is None:
             raise UsageError(f"plugin {p}: not a Python file")
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # SyntaxError included: a broken plugin is not our crash
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise UsageError(f"plugin {p} failed to load: {type(e).__name__}: {msg}") from None
+        except KeyboardInterrupt:
+            raise
+        # BaseException: a plugin's sys.exit() (SystemExit) must not end the run silently, and a
+        # SyntaxError is the plugin's, not our crash.
+        except BaseException as e:
+            raise UsageError(f"plugin {p} failed to load: {_why(e)}") from None
+
+
+def _why(e: BaseException) -> str:
+    """'ValueError: first line', 'ValueError' when the message is empty, or what sys.exit got."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

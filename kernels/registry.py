@@ -98,6 +98,10 @@ class Op:
     # A collective runs in every rank of a process group at once (bench/collectives.py), not in
     # the single-process runner; its shape carries the world size.
     collective: bool = False
+    # Bytes of one input set plus the output, as the op's tensors hold them: what must fit in the
+    # device's memory for a case to run at all (the CLI refuses a case that cannot). None:
+    # `bytes_moved`, which is exactly that for an op reading each input once and writing its output.
+    footprint: Callable[[Any, torch.dtype], int] | None = None
 
     def shape(self, **kw: int) -> Any:
         """Build and validate a shape from keyword values; ValueError says what is wrong."""
@@ -114,6 +118,10 @@ class Op:
 
     def tol(self, dtype: torch.dtype) -> float:
         return self.tolerance[dtype]
+
+    def footprint_bytes(self, shape: Any, dtype: torch.dtype) -> int:
+        """Bytes one input set and its output take on the device (per rank for a collective)."""
+        return int((self.footprint or self.bytes_moved)(shape, dtype))
 
 
 def _required(cls: type, name: str) -> bool:

@@ -9,6 +9,7 @@ found before anything is measured or written, and ends with one line on stderr a
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -24,16 +25,35 @@ COMMANDS = (run, roof, chips, backends, compare, project, plot)  # in `decodewal
 def build_parser() -> Parser:
     p = Parser(prog="decodewall", description="Is your decode kernel at the memory wall?")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
+    # Not required here: argparse would report a missing COMMAND before an unknown argument;
+    # parse_args says which.
+    sub.required = False
     for module in COMMANDS:
         module.add_parser(sub)
     return p
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, or a UsageError naming what is wrong and the --help that lists the
+    right arguments (the subcommand's for its own)."""
+    args, extra = build_parser().parse_known_args(argv)
+    command = getattr(args, "command", None)
+    if extra:
+        # before the COMMAND (or without one) an argument is decodewall's own, else the command's
+        mine = command is not None and extra[0] in argv and command in argv \
+            and argv.index(extra[0]) > argv.index(command)
+        where = f" (see `decodewall {command} --help`)" if mine else \
+            " (decodewall takes a COMMAND first, then its options; see `decodewall --help`)"
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{where}")
+    if command is None:
+        raise UsageError("the following arguments are required: COMMAND (see `decodewall --help`)")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         args.argv = argv
         return args.func(args)
     except UsageError as e:

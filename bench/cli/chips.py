@@ -11,13 +11,13 @@ def command(args) -> int:
     from backends.catalog import as_dict
     from ..report.table import chips_table, console
     chips = list(load_catalog().values())
-    if args.chip:
+    if args.chip is not None:  # an empty --chip is an error, not the whole catalog
         chips = [resolve_chip(args.chip, {})]
     if args.json:
         for c in chips:
             print(json.dumps(as_dict(c)))
     else:
-        console().print(chips_table(chips, detail=bool(args.chip)))
+        console().print(chips_table(chips, detail=args.chip is not None))
     return 0
 
 

@@ -44,6 +44,8 @@ def resolve_backend(name: str | None):
 
 def resolve_chip(name: str | None, info: dict[str, Any]):
     from backends import lookup_chip
+    if name is not None and not name.strip():
+        raise UsageError("--chip is empty (see `decodewall chips`)")
     if name is not None:
         try:
             return lookup_chip(name)
@@ -64,6 +66,9 @@ def parse_shape(op, text: str):
         if "=" not in part:
             raise UsageError(f"malformed --shape {text!r}: expected K=V pairs like M=1,N=4096,K=4096")
         k, v = (s.strip() for s in part.split("=", 1))
+        if not k:
+            raise UsageError(f"malformed --shape {text!r}: a field name is empty in {part!r} "
+                             "(expected K=V pairs like M=1,N=4096,K=4096)")
         if k in kw:
             raise UsageError(f"malformed --shape {text!r}: {k} given twice")
         try:
@@ -125,6 +130,29 @@ def ranks(text: str) -> int:
     if not 1 <= v <= 4096:
         raise argparse.ArgumentTypeError(f"must be 1..4096 ranks, got {text!r}")
     return v
+
+
+# What torch.Generator.manual_seed takes (a negative seed is taken modulo 2**64); every op seeds
+# its inputs through it.
+SEED_RANGE = (-2**63, 2**64 - 1)
+
+
+def seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    lo, hi = SEED_RANGE
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"must be {lo}..{hi} (what torch's generator takes), "
+                                         f"got {text}")
+    return v
+
+
+def directory(text: str) -> str:
+    if not text.strip():  # Path("") is the current directory: never what was meant
+        raise argparse.ArgumentTypeError("is empty: give a results directory (or --no-save)")
+    return text
 
 
 def seconds(text: str) -> float:

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from ..plugins import load_plugins
-from .common import (parse_shape, ranks, resolve_backend, resolve_chip, resolve_dtypes, seconds,
-                     suggest)
+from .common import (directory, parse_shape, ranks, resolve_backend, resolve_chip, resolve_dtypes,
+                     seconds, seed, suggest)
 from .step import add_step_args
 
 DEFAULT_OUT = Path("results") / "runs"
@@ -26,8 +26,16 @@ DEFAULT_OUT = Path("results") / "runs"
 # --- resolving the cases ------------------------------------------------------------------------
 
 def resolve_cases(args, ctx) -> list:
+    for flag in ("suite", "op", "model"):  # an empty name is a mistake, not "not given"
+        value = getattr(args, flag, None)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{flag} is empty" + (
+                ": give a built-in model or a config.json path" if flag == "model" else
+                " (see `decodewall run --list`)"))
     cases = _resolve_cases(args, ctx)
     cases = _with_world_size(cases, getattr(args, "world_size", None))
+    if args.op is not None or getattr(args, "world_size", None) is not None:
+        _check_world_sizes(cases, ctx.backend)
     if getattr(args, "warm", False):
         if getattr(args, "model", None):
             raise UsageError("--warm times cases from the cache; a --model step is timed cold")
@@ -42,7 +50,7 @@ def _with_world_size(cases: list, n: int | None) -> list:
     if launched_by_torchrun():
         if not any(OPS[c.op].collective for c in cases):
             return cases  # refused with the reason by the run
-        given = int(os.environ["WORLD_SIZE"])
+        _, given = torchrun_ranks()
         if n is not None and n != given:
             raise UsageError(f"--world-size {n} but torchrun started {given} ranks")
         n = given
@@ -61,6 +69,28 @@ def _with_world_size(cases: list, n: int | None) -> list:
     return out
 
 
+def _check_world_sizes(cases: list, backend: str) -> None:
+    """A world size asked for (--world-size, an --op shape) that this machine cannot start is
+    bad input, known before anything runs; under torchrun the launcher started the ranks."""
+    from kernels import OPS
+    from ..collectives import launched_by_torchrun, world_size_error
+    if launched_by_torchrun():
+        return
+    for c in cases:
+        why = OPS[c.op].collective and world_size_error(backend, c.shape.world_size)
+        if why:
+            raise UsageError(f"cannot run {c.op} on {backend}: {why}")
+
+
+def torchrun_ranks() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) of this torchrun launch; a malformed variable is a UsageError."""
+    from ..collectives import torchrun_env
+    try:
+        return torchrun_env()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def _resolve_cases(args, ctx) -> list:
     from kernels import OPS
     from ..case import Case
@@ -69,11 +99,11 @@ def _resolve_cases(args, ctx) -> list:
         from .step import model_cases
         if (cases := model_cases(args, ctx)) is not None:
             return cases
-    if args.op and args.suite:
+    if args.op is not None and args.suite is not None:
         raise UsageError("give either --suite or --op, not both")
-    if args.shape and not args.op:
+    if args.shape and args.op is None:
         raise UsageError("--shape needs --op")
-    if args.op:
+    if args.op is not None:
         if args.op not in OPS:
             raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
         op = OPS[args.op]
@@ -86,13 +116,21 @@ def _resolve_cases(args, ctx) -> list:
         if dtypes:
             base = [dataclasses.replace(c, dtype=d) for c in base for d in dtypes]
         return base
-    name = args.suite or "decode"
+    name = "decode" if args.suite is None else args.suite
     if name not in SUITES:
         raise UsageError(f"unknown suite {name!r}{suggest(name, list(SUITES))}")
     cases = cases_for(name, ctx)
+    if not cases:  # e.g. collectives on one GPU: no world size of 2 or more
+        raise UsageError(f"suite {name} has no cases on this machine ({ctx.backend})")
     if args.dtype:
+        from kernels import dtype_name
         want = resolve_dtypes(args.dtype, None)
-        cases = [c for c in cases if c.dtype in want]
+        kept = [c for c in cases if c.dtype in want]
+        if not kept:
+            have = sorted({dtype_name(c.dtype) for c in cases})
+            raise UsageError(f"suite {name} has no {' or '.join(dtype_name(d) for d in want)} "
+                             f"cases (its dtypes: {', '.join(have)})")
+        cases = kept
     return cases
 
 
@@ -106,6 +144,61 @@ def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | N
         if n not in known:
             raise UsageError(f"unknown impl {n!r} for {', '.join(sorted(ops))}{suggest(n, sorted(known))}")
     return tuple(names)
+
+
+def check_runnable(cases: list, backend: str, impl_filter: tuple[str, ...] | None) -> None:
+    """UsageError when no case of the selection has an impl that runs on `backend` (for its
+    dtype): the run would measure nothing. One case with one such impl is enough: impls named
+    with --impl that cannot run get a skipped record saying why."""
+    from ..runner import select_impls
+    whys: list[str] = []
+    for c in cases:
+        for impl in select_impls(c, impl_filter):
+            ok, why = impl.supports(backend, c.dtype)
+            if ok:
+                return
+            if why not in whys:
+                whys.append(why)
+    ops = ", ".join(sorted({c.op for c in cases}))
+    if not whys:  # the filter named impls that the selected cases leave out (a suite's choice)
+        raise UsageError(f"nothing to run: the selected cases ({ops}) leave out impl(s) "
+                         f"{', '.join(impl_filter or ())}")
+    more = f"; and {len(whys) - 3} more" if len(whys) > 3 else ""
+    raise UsageError(f"nothing to run on {backend}: {'; '.join(whys[:3])}{more}")
+
+
+def check_fits(cases: list, backend: str, memory: int | None) -> None:
+    """UsageError for a case whose one input set and output cannot fit in the backend's memory
+    (where the backend reports it). The CPU's rotated extra input sets are not counted: the
+    harness sizes those, not the shape."""
+    from kernels import OPS, dtype_name
+    from ..collectives import launched_by_torchrun
+    from ..report.table import fmt_bytes
+    if not memory:
+        return
+    for c in cases:
+        op = OPS[c.op]
+        need = op.footprint_bytes(c.shape, c.dtype)
+        # ranks the run starts on a CPU share its memory; on CUDA each has its own GPU
+        ranks = c.shape.world_size if op.collective and backend != "cuda" and \
+            not launched_by_torchrun() else 1
+        if need * ranks > memory:
+            per = f" ({ranks} ranks x {fmt_bytes(need)})" if ranks > 1 else ""
+            raise UsageError(f"impossible shape for {c.op} on {backend}: {_short(c.shape)} "
+                             f"{dtype_name(c.dtype)} needs {fmt_bytes(need * ranks)}{per} for "
+                             f"its inputs and output; the device has {fmt_bytes(memory)}")
+
+
+def check_file_writable(out_dir: Path) -> None:
+    """Make (and remove) a file in `out_dir`: os.access says yes where no file can be made
+    (/proc as root, a read-only mount), and that must fail now, not after measuring."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".decodewall-", suffix=".probe", dir=out_dir)
+    except OSError as e:
+        raise UsageError(f"cannot write results in {out_dir}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -123,14 +216,18 @@ def command(args) -> int:
     load_plugins(args.plugin or [])
     if args.list:
         return list_everything()
+    from ..collectives import launched_by_torchrun
+    if launched_by_torchrun():
+        torchrun_ranks()  # RANK, WORLD_SIZE, ... are numbers, before any of them is used
     backend = resolve_backend(args.backend)
     info = backend.device_info()
     chip = resolve_chip(args.chip, info)
     sctx = SuiteContext(backend.name, info.get("memory_bytes"), info.get("cache_bytes"))
     cases = resolve_cases(args, sctx)
     impl_filter = check_impls(args.impl, cases)
+    check_runnable(cases, backend.name, impl_filter)
+    check_fits(cases, backend.name, info.get("memory_bytes"))
     from kernels import OPS
-    from ..collectives import launched_by_torchrun
     collective = [c for c in cases if OPS[c.op].collective]
     if launched_by_torchrun() and len(collective) != len(cases):
         raise UsageError("under torchrun only collective ops run (e.g. --op allreduce); "
@@ -141,6 +238,7 @@ def command(args) -> int:
             check_writable(out_dir)
         except PermissionError as e:
             raise UsageError(str(e)) from None
+        check_file_writable(out_dir)
     budget_name = args.budget or ("quick" if args.suite == "smoke" else "normal")
     budget = BUDGETS[budget_name]
 
@@ -163,9 +261,9 @@ def command(args) -> int:
 
     def on_record(rec: dict[str, Any]) -> None:
         records.append(rec)
-        if args.json:
+        if args.json:  # the traceback of an impl's error stays in the results file
             from ..results import dumps
-            print(dumps(rec), flush=True)
+            print(dumps({k: v for k, v in rec.items() if k != "traceback"}), flush=True)
 
     if launched_by_torchrun():
         return _run_as_rank(args, ctx, cases, writer, records, on_record)
@@ -255,7 +353,7 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
     from ..collectives import run_as_rank
     from ..report.table import console, results_table
-    rank = int(os.environ["RANK"])
+    rank, _ = torchrun_ranks()
     if rank != 0:
         writer.path = None  # one results file, rank 0's
         args.json = False
@@ -327,10 +425,12 @@ def add_parser(sub) -> None:
     r.add_argument("--plugin", action="append", metavar="FILE",
                    help="Python file registering extra impls with @register_impl (repeatable)")
     r.add_argument("--chip", help="catalog id to judge against (default: detected)")
-    r.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default: results/runs)")
+    r.add_argument("--out", type=directory, default=str(DEFAULT_OUT),
+                   help="results directory (default: results/runs)")
     r.add_argument("--no-save", action="store_true", help="do not write a results file")
     r.add_argument("--json", action="store_true", help="one JSON object per line, no table")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=seed, default=0,
+                   help="seed of the random inputs (-2**63 .. 2**64-1, as torch takes)")
     r.add_argument("--budget", choices=["quick", "normal", "thorough"],
                    help="timing budget (default: quick for smoke, else normal)")
     r.add_argument("--strict", action="store_true",

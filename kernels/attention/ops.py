@@ -48,6 +48,8 @@ BLOCK_SIZES = (8, 16, 32, 64)
 HEAD_DIMS = (32, 64, 128, 256)
 GARBAGE = 100.0  # unused slots: finite in every dtype, but dominates any softmax that reads it
 MAX_POOL_BYTES = 2**36  # no device holds a pool larger than 64 GiB in this project's catalog
+MAX_HEADS = 4096  # query heads; today's models have at most 128
+MAX_CONTEXT = 2**31 - 1  # seq_lens are int32
 
 
 # --- shape ------------------------------------------------------------------------------------
@@ -86,6 +88,12 @@ class PagedAttentionShape:
             raise ValueError(f"ragged must be 0 or 1, got {self.ragged!r}")
         if self.B > 4096:
             raise ValueError(f"B={self.B} is not a decode batch (at most 4096)")
+        if self.Hq > MAX_HEADS:
+            raise ValueError(f"Hq={self.Hq} query heads is more than any model has "
+                             f"(at most {MAX_HEADS})")
+        if self.context > MAX_CONTEXT:  # before pool_blocks, which draws the ragged seq_lens
+            raise ValueError(f"context={self.context} does not fit the int32 seq_lens "
+                             f"(at most {MAX_CONTEXT})")
         if self.pool_blocks * self.block_size * self.Hkv * self.D * 2 * 4 > MAX_POOL_BYTES:
             raise ValueError(f"KV pool of {self.pool_blocks} blocks is larger than any device "
                              "memory; lower B, context or pool")
@@ -294,6 +302,15 @@ def bytes_moved(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -
             + 4 * s.blocks_read + 4 * s.B)
 
 
+def footprint(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -> int:
+    """One input set and its output as `build_inputs` makes them: q and out, the whole pool of K
+    and V blocks, read or not (+ their scales for INT8 KV), the block table and seq_lens."""
+    e = esize(dtype)
+    slots = s.pool_blocks * s.block_size * s.Hkv
+    kv = 2 * slots * (s.D + e if kv8 else s.D * e)
+    return 2 * s.B * s.Hq * s.D * e + kv + 4 * s.B * s.max_blocks + 4 * s.B
+
+
 def flops(s: PagedAttentionShape) -> int:
     return 4 * sum(s.seq_lens()) * s.Hq * s.D  # q.k and p.v, 2 flops per multiply-add each
 
@@ -308,6 +325,7 @@ paged_attention = register_op(Op(
     out_spec=lambda s, dt: ((s.B, s.Hq, s.D), dt),
     tolerance=TOLERANCE,
     dtypes=(BF16, F16, F32),
+    footprint=footprint,
     doc="decode attention over a paged KV cache (block table, ragged seq_lens, GQA)",
     smoke=((PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100), BF16),
            (PagedAttentionShape(B=2, Hq=4, Hkv=4, D=128, context=70, block_size=32), F32)),
@@ -323,11 +341,12 @@ paged_attention_kv8 = register_op(Op(
     out_spec=lambda s, dt: ((s.B, s.Hq, s.D), dt),
     tolerance=TOLERANCE,
     dtypes=(BF16, F16, F32),
+    footprint=lambda s, dt: footprint(s, dt, kv8=True),
     doc="decode attention over a paged INT8 KV cache with per-(token, head) scales",
     smoke=((PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100), BF16),),
 ))
 
 
 __all__ = ["PagedAttentionShape", "build_inputs", "bytes_moved", "check_inputs", "flops",
-           "kv_bytes_per_token", "paged_attention", "paged_attention_kv8", "reference",
-           "reference_kv8", "validate"]
+           "footprint", "kv_bytes_per_token", "paged_attention", "paged_attention_kv8",
+           "reference", "reference_kv8", "validate"]

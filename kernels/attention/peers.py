@@ -4,7 +4,7 @@ FlashInfer (flashinfer-ai/flashinfer, `flashinfer-python`) is an optional baseli
 `pip install 'decodewall[peers]'` installs the version whose source this file was written
 against (0.7.2.post1). It is imported only when the impl is prepared, never when kernels/ is
 imported, so the impls are registered either way. They are written for CUDA: another backend
-lists them only when `--impl` names them. Without FlashInfer, without a GPU, or for a case it
+records them (skipped) only when `--impl` names them. Without FlashInfer, without a GPU, or for a case it
 cannot take, `prepare` raises NotImplementedError saying why and the harness records the case as
 skipped with that reason.
 

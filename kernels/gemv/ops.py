@@ -26,6 +26,10 @@ from ..registry import Op, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 MAX_M = 4096
+# Elements of x, w and y together: 16x Llama-3-70B's largest weight (1.05e9), and under this bound
+# every size and byte count fits in int64. Whether a shape fits a device's memory is checked
+# against that device (bench/cli/run.py).
+MAX_ELEMENTS = 2**34
 
 
 def check_gemv_dims(M: int, N: int, K: int) -> None:
@@ -34,8 +38,11 @@ def check_gemv_dims(M: int, N: int, K: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if M > MAX_M:
         raise ValueError(f"M={M} is not a decode batch (at most {MAX_M})")
-    if N * K > 2**34:
+    if N * K > MAX_ELEMENTS:
         raise ValueError(f"N*K={N * K} weights is larger than any device memory")
+    if M * K + N * K + M * N > MAX_ELEMENTS:
+        raise ValueError(f"x[M,K], w[N,K] and y[M,N] hold {M * K + N * K + M * N} elements "
+                         f"together, more than a GEMV shape may have ({MAX_ELEMENTS})")
 
 
 def _random_xw(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

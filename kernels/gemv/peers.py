@@ -3,7 +3,7 @@
 GemLite (mobiusml/gemlite, pure Triton) is an optional baseline: `pip install 'decodewall[peers]'`
 installs the version whose source this file was written against (0.6.0.post2). It is imported
 only when an impl is prepared, never when kernels/ is imported, so the impls are registered
-either way. They are written for CUDA: another backend lists them only when `--impl` names them.
+either way. They are written for CUDA: another backend records them (skipped) only when `--impl` names them.
 Without GemLite, without a GPU, or for a case it cannot take, `prepare` raises
 NotImplementedError saying why and the harness records the case as skipped with that reason.
 

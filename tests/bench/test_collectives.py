@@ -124,10 +124,29 @@ def test_faulty_ranks_are_named_and_nothing_is_left_running(tmp_path):
     assert len(started) >= 4 and not any(alive(pid) for pid in started)
 
 
-def test_a_world_size_the_machine_cannot_run_is_skipped_with_the_reason(tmp_path):
-    p = run_cli(*AR, "--shape", "bytes=8192", "--world-size", "4096", "--json", "--no-save")
-    assert p.returncode == 0, p.stderr
-    (r,) = map(json.loads, p.stdout.splitlines())
+def test_a_world_size_the_machine_cannot_run_is_refused(capsys, tmp_path):
+    from tests.helpers import one_error_line
+    line = one_error_line(capsys, [*AR, "--shape", "bytes=8192", "--world-size", "4096",
+                                   "--out", str(tmp_path)])
+    assert "world size 4096 is more ranks than this machine runs" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_suite_case_past_the_machine_is_skipped_with_the_reason():
+    """A suite's case (the smoke suite's 2 ranks on a 1-GPU machine) is recorded, not refused."""
+    from backends import get_backend
+    from bench.case import Case
+    from bench.collectives import CollectiveRunner
+    from bench.results import ResultWriter
+    from bench.roofline import Roof
+    from bench.runner import RunContext
+    from bench.timing import BUDGETS
+    ctx = RunContext(backend=get_backend("cpu"), roof=Roof("cpu", 1.0, 1.0, 1), chip=None,
+                     device_info={"name": "test"}, budget=BUDGETS["quick"], seed=0,
+                     run_id="test", command="pytest", git_commit=None, versions={})
+    with CollectiveRunner(ctx, ResultWriter(None, "test")) as runner:
+        (r,) = runner.run_case(Case("allreduce", AllreduceShape(bytes=8192, world_size=4096),
+                                    torch.float32))
     assert r["status"] == "skipped" and "world size 4096" in r["error"]
 
 

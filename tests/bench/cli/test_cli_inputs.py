@@ -1,0 +1,298 @@
+"""`run` refuses input it cannot honour: impossible shapes (past this device's memory too), seeds,
+--out directories, empty names, selections with nothing to run, plugins that exit, torchrun's
+variables, world sizes, and messages that name the problem. Each is one stderr line and exit 2,
+before anything is measured or written; and `--json` keeps tracebacks out of stdout."""
+import json
+import os
+
+import pytest
+
+from kernels import OPS
+from tests.helpers import one_error_line, run_cli
+
+GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
+PA = "paged_attention"
+GiB = 2**30
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "runs"
+
+
+def refused(capsys, out, *argv: str) -> str:
+    """`run ... --out OUT` (other commands as given) fails with one error line, exit 2, no
+    traceback and no results file; that line."""
+    argv = [*argv, "--out", str(out)] if argv[0] == "run" and "--out" not in argv else list(argv)
+    line = one_error_line(capsys, argv)
+    assert "Traceback" not in line and "internal error" not in line, line
+    assert not out.exists() or not list(out.iterdir()), "a results file was left behind"
+    return line
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+    """The CPU reports 1 GiB of memory, whatever this machine has."""
+    monkeypatch.setattr("backends.cpu._mem_total", lambda: GiB)
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """Write a plugin file; impls it registers here are dropped after the test."""
+    for op in OPS.values():
+        monkeypatch.setattr(op, "impls", dict(op.impls))
+
+    def write(name: str, text: str) -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return write
+
+
+# --- 1. impossible shapes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, expect", [
+    ("B=4096,Hq=1099511627776,Hkv=1,D=256,context=8", "Hq=1099511627776 query heads"),
+    ("B=2,Hq=8,Hkv=2,D=64,context=" + "1" * 31, "int32 seq_lens"),
+])
+def test_attention_dimensions_are_bounded(capsys, out, shape, expect):
+    line = refused(capsys, out, "run", "--op", PA, "--impl", "gather_sdpa", "--shape", shape)
+    assert "impossible shape for paged_attention" in line and expect in line
+
+
+@pytest.mark.parametrize("shape", ["M=4096,N=1,K=17179869184", "M=4096,N=17179869184,K=1"])
+def test_gemv_activations_are_bounded_not_only_the_weights(capsys, out, shape):
+    line = refused(capsys, out, "run", "--op", "gemv_bf16", "--impl", "torch_matmul",
+                   "--shape", shape)
+    assert "impossible shape for gemv_bf16" in line and "elements together" in line
+
+
+@pytest.mark.parametrize("op, shape, needs", [
+    ("gemv_bf16", "M=1,N=32768,K=32768", "2.15 GB"),      # bf16 weights alone
+    ("gemv_w4", "M=1,N=65536,K=32768", "1.14 GB"),        # INT4 codes + scales and zeros
+    (PA, "B=64,Hq=32,Hkv=8,D=128,context=4096", "GB"),    # the whole KV pool, read or not
+    ("copy", "N=268435456", "2.15 GB"),                   # fp32 src and dst
+    ("allreduce", "bytes=600000000", "2 ranks x 600 MB"),  # ranks share the CPU's memory
+])
+def test_a_case_past_the_device_memory_is_refused(capsys, out, small_memory, op, shape, needs):
+    line = refused(capsys, out, "run", "--op", op, "--shape", shape)
+    assert f"impossible shape for {op} on cpu" in line and needs in line, line
+    assert "the device has 1.07 GB" in line
+
+
+def test_large_legitimate_shapes_fit():
+    """The 70B GEMV shapes fit an 80 GB GPU; a 128 MB copy and the smoke suite fit 1 GiB."""
+    import torch
+
+    from bench.case import Case
+    from bench.cli.run import check_fits
+    from kernels.probes import ProbeShape
+    llama_3_70b = ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (128256, 8192))
+    big = [Case(op, OPS[op].shape_type(M=64, N=n, K=k), torch.bfloat16)
+           for n, k in llama_3_70b for op in ("gemv_bf16", "gemv_w8", "gemv_w4")]
+    assert max(OPS[c.op].footprint_bytes(c.shape, c.dtype) for c in big) > 2 * 10**9
+    check_fits(big, "cuda", 80 * 10**9)
+    check_fits([Case("copy", ProbeShape(N=2**25), torch.float32)], "cpu", GiB)
+    check_fits([Case(n, s, d) for n, op in OPS.items() for s, d in op.smoke], "cpu", GiB)
+    check_fits(big, "xla", None)  # a device that reports no memory: the shape's own bounds only
+
+
+def test_footprint_is_what_the_inputs_and_output_hold():
+    import torch
+    for name, op in OPS.items():
+        if op.collective:
+            continue
+        for shape, dtype in op.smoke:
+            args = op.make_inputs(shape, dtype, "cpu", 0)
+            out_shape, out_dtype = op.out_spec(shape, dtype)
+            held = sum(a.nbytes for a in args if isinstance(a, torch.Tensor)) + \
+                torch.empty(out_shape, dtype=out_dtype).nbytes
+            assert op.footprint_bytes(shape, dtype) == held, (name, shape, dtype)
+
+
+# --- 2. seed ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [str(2**64), str(-2**63 - 1)])
+def test_a_seed_torch_cannot_take_is_refused(capsys, out, seed):
+    line = refused(capsys, out, "run", *GEMV, "--seed", seed)
+    assert "--seed" in line and str(2**64 - 1) in line
+
+
+def test_the_seed_range_is_torchs():
+    import torch
+
+    from bench.cli.common import SEED_RANGE, seed
+    lo, hi = SEED_RANGE
+    for v in (lo, hi):
+        assert seed(str(v)) == v
+        torch.Generator().manual_seed(v)
+
+
+# --- 3, 4. --out ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="no /proc")
+def test_out_where_no_file_can_be_made_is_refused_before_measuring(capsys, out):
+    # As root os.access says /proc is writable; only making a file there shows it is not.
+    line = refused(capsys, out, "run", *GEMV, "--out", "/proc")
+    assert "/proc" in line
+    assert not [p for p in os.listdir("/proc") if p.startswith(".decodewall-")]
+
+
+def test_empty_out_is_refused(capsys, out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, out, "run", *GEMV, "--out", "")
+    assert "--out" in line and "empty" in line
+    assert not list(tmp_path.glob("*.jsonl"))
+
+
+# --- 5. empty names -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "--suite", ""], "--suite is empty"),
+    (["run", "--op", ""], "--op is empty"),
+    (["run", "--model", ""], "--model is empty"),
+    (["run", *GEMV, "--chip", ""], "--chip is empty"),
+    (["run", *GEMV, "--plugin", ""], "--plugin is empty"),
+    (["chips", "--chip", ""], "--chip is empty"),
+    (["roof", "--chip", ""], "--chip is empty"),
+])
+def test_an_empty_name_is_not_the_default(capsys, out, argv, expect):
+    assert expect in refused(capsys, out, *argv)
+
+
+# --- 6. nothing to run --------------------------------------------------------------------------
+
+def test_a_suite_without_the_dtype_asked_for_is_refused(capsys, out):
+    line = refused(capsys, out, "run", "--suite", "decode", "--dtype", "float16")
+    assert "suite decode has no float16 cases" in line
+
+
+def test_impls_that_do_not_run_here_are_refused(capsys, out, plugin):
+    p = plugin("gpu_only.py", "from kernels import register_impl\n"
+               "@register_impl('gemv_bf16', 'gpu_only', backends=['cuda'])\n"
+               "def gpu_only(x, w):\n    return x @ w.T\n")
+    line = refused(capsys, out, "run", *GEMV, "--plugin", p, "--impl", "gpu_only")
+    assert "nothing to run on cpu: gpu_only runs on cuda, not cpu" in line
+
+
+def test_impls_the_suite_leaves_out_are_refused(capsys, out):
+    line = refused(capsys, out, "run", "--suite", "gemv", "--impl", "torch_compiled")
+    assert "nothing to run" in line and "torch_compiled" in line
+
+
+@pytest.mark.xla
+def test_allreduce_on_xla_is_refused(out):
+    p = run_cli("run", "--no-save", "--op", "allreduce", "--shape", "bytes=4096",
+                "--backend", "xla", timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "nothing to run on xla: torch_distributed runs on cpu, cuda" in lines[0]
+
+
+# --- 7, 9. plugins --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, expect", [
+    ("import sys\nsys.exit(0)\n", "failed to load: it called sys.exit(0)"),
+    ("import sys\nsys.exit('bye')\n", "failed to load: it called sys.exit('bye')"),
+    ("raise ValueError()\n", "failed to load: ValueError"),
+])
+def test_a_plugin_that_exits_or_raises_is_named(capsys, out, plugin, body, expect):
+    p = plugin("bad.py", body)
+    line = refused(capsys, out, "run", *GEMV, "--plugin", p)
+    assert line.endswith(f"plugin {p} {expect}"), line
+
+
+def test_a_plugin_given_twice_is_named_as_such(capsys, out, plugin, tmp_path, monkeypatch):
+    p = plugin("good.py", "from kernels import register_impl\n"
+               "@register_impl('gemv_bf16', 'plug_mm', backends=['cpu'])\n"
+               "def plug_mm(x, w):\n    return x @ w.T\n")
+    impls = dict(OPS["gemv_bf16"].impls)
+    assert refused(capsys, out, "run", *GEMV, "--plugin", p, "--plugin", p).endswith(
+        f"plugin {p} is given twice")
+    monkeypatch.setattr(OPS["gemv_bf16"], "impls", impls)  # as a new process would start
+    monkeypatch.chdir(tmp_path)  # the same file by another path
+    line = refused(capsys, out, "run", *GEMV, "--plugin", p, "--plugin", "good.py")
+    assert line.endswith(f"plugin good.py is given twice (also as {p})")
+
+
+def test_a_directory_given_as_plugin_is_named_as_such(capsys, out, tmp_path):
+    assert f"plugin {tmp_path}: is a directory" in refused(capsys, out, "run", *GEMV,
+                                                           "--plugin", str(tmp_path))
+
+
+def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
+    """The worker loads the plugin again: it reports the failure, and the run ends with that
+    line (exit 1: the parent had loaded it, so it was not known before measuring)."""
+    p = plugin("worker_exit.py", "import os, sys\n"
+               "if 'DECODEWALL_WORKER_PATH' in os.environ:\n    sys.exit(0)\n")
+    r = run_cli("run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--plugin", p,
+                "--out", str(out))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0] == (f"decodewall: error: the case worker ended at start (exit code 3): "
+                        f"plugin {p} failed to load: it called sys.exit(0)")
+    assert not out.exists() or not list(out.iterdir())
+
+
+# --- 8. torchrun's variables ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("env, expect", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number"),
+    ({"RANK": "x"}, "RANK='x' is not a whole number"),
+    ({"RANK": "2"}, "RANK=2 is out of range 0..1"),
+    ({"MASTER_PORT": "port"}, "MASTER_PORT='port'"),
+])
+def test_malformed_torchrun_variables_are_named(capsys, out, monkeypatch, env, expect):
+    base = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for k, v in {**base, **env}.items():
+        monkeypatch.setenv(k, v)
+    assert expect in refused(capsys, out, "run", "--op", "allreduce", "--shape", "bytes=4096")
+
+
+# --- 9. messages ----------------------------------------------------------------------------------
+
+def test_an_empty_shape_field_name_is_named(capsys, out):
+    line = refused(capsys, out, "run", "--op", "gemv_bf16", "--shape", "=1,N=8,K=8")
+    assert "a field name is empty in '=1'" in line
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--bogus"], "unrecognized arguments: --bogus (decodewall takes a COMMAND first"),
+    (["--bogus", "run"], "unrecognized arguments: --bogus (decodewall takes a COMMAND first"),
+    (["run", "--bogus"], "unrecognized arguments: --bogus (see `decodewall run --help`)"),
+    (["chips", "--bogus", "x"], "unrecognized arguments: --bogus x (see `decodewall chips --help`)"),
+])
+def test_unknown_arguments_are_named_with_the_right_help(capsys, out, argv, expect):
+    assert expect in refused(capsys, out, *argv)
+
+
+# --- 10. --json and tracebacks --------------------------------------------------------------------
+
+def test_json_stdout_has_no_traceback_but_the_file_keeps_it(capsys, out, plugin):
+    from bench.cli import main
+    p = plugin("raises.py", "from kernels import register_impl\n"
+               "@register_impl('gemv_bf16', 'boom', backends=['cpu'])\n"
+               "def boom(x, w):\n    raise RuntimeError('kaboom')\n")
+    assert main(["run", *GEMV, "--plugin", p, "--impl", "boom", "--budget", "quick", "--json",
+                 "--no-progress", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    (shown,) = map(json.loads, cap.out.splitlines())
+    assert shown["status"] == "error" and "kaboom" in shown["error"]
+    assert "traceback" not in shown and "Traceback" not in cap.out
+    (f,) = out.iterdir()
+    (saved,) = map(json.loads, f.read_text().splitlines())
+    assert saved["status"] == "error" and "RuntimeError: kaboom" in saved["traceback"]
+
+
+# --- 11. world sizes ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["--shape", "bytes=4096", "--world-size", "64"],
+    ["--shape", "bytes=4096,world_size=64"],
+])
+def test_a_world_size_this_machine_cannot_start_is_refused(capsys, out, monkeypatch, argv):
+    monkeypatch.setattr("bench.collectives.max_world_size", lambda backend: 2)
+    line = refused(capsys, out, "run", "--op", "allreduce", *argv)
+    assert "cannot run allreduce on cpu: world size 64 is more ranks than this machine runs (2)" \
+        in line
+
