@@ -66,6 +66,7 @@ NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the p
 NEVER_FAIL = ("peers",)  # a step whose problems are findings, never a failed check
 EVERY_CONFIG = "every_config"  # the -k expression of the every-config tests, and where they are
 EVERY_CONFIG_DIR = "tests/kernels/gemv"  # (collecting one folder saves seconds of the box)
+PEER_TESTS = "test_peers_"  # the -k keyword of the peers' test files (tests/kernels/*/test_peers_*)
 
 
 @dataclasses.dataclass
@@ -297,7 +298,10 @@ class Check:
         step = self.begin(name)
         if step is None:
             return
-        sel = [EVERY_CONFIG, EVERY_CONFIG_DIR] if name == "configs" else [f"not {EVERY_CONFIG}"]
+        # The peers' own tests stay out: the suite checks each peer against our reference on the
+        # goal shapes, and GemLite tunes itself for 5-22 s a case, ahead of our kernels' tests.
+        sel = ([EVERY_CONFIG, EVERY_CONFIG_DIR] if name == "configs"
+               else [f"not {EVERY_CONFIG} and not {PEER_TESTS}"])
         cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-k", *sel, "-v", "--tb=line",
                "-rfE", "-p", "no:cacheprovider", "--color=no", "-p", "bench.gpucheck.pytest_shard"]
         # One config per Triton kernel (DECODEWALL_AUTOTUNE=0): tuning every test shape would

@@ -270,10 +270,13 @@ def test_cuda_pk_every_config_is_the_model(monkeypatch, shape):
 @pytest.mark.parametrize("op, name, shape", [
     (W4, "triton_w4_splitk", GemvW4Shape(1, 8192, 8192, 128)),
     (W8, "triton_w8_splitk", GemvW8Shape(2, 8192, 8192)),
-], ids=str)
+], ids=lambda v: getattr(v, "name", None) or str(v))
 def test_cuda_tuned_twice(op, name, shape):
     """As the harness runs it: the tuner times every config on the shared workspace and
     counters, each run leaving them zeroed for the next, then two calls on fresh inputs."""
+    from kernels.triton_util import AUTOTUNE
+    if not AUTOTUNE:  # the device check's pytest step; its suite step checks after tuning
+        pytest.skip("DECODEWALL_AUTOTUNE=0: nothing is tuned")
     check(op, name, shape, BF16, device="cuda", seed=5)
     check(op, name, shape, BF16, device="cuda", seed=6)
     assert workspaces_are_zero()
