@@ -39,6 +39,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -573,15 +574,28 @@ class Check:
         from .summary import write
         return write(self, final=final)
 
+    def guarded(self, name: str, fn: Any) -> None:
+        """Run one step; an error of the check's own code (a path only a GPU takes, which no dry
+        run exercises) fails that step, its traceback in steps.log, and the next step runs: one
+        bug must not cost the rest of a device window."""
+        try:
+            fn()
+        except Exception as e:
+            step = self.steps[name]
+            self.log.write(traceback.format_exc())
+            step.status = "failed"
+            step.detail = (f"{step.detail}; " if step.detail else "") + \
+                f"the check's own error: {type(e).__name__}: {e} (traceback in steps.log)"
+            self.say(f"{name}: the check's own error, {type(e).__name__}: {e}; going on")
+        self.end(self.steps[name])
+
     def run(self) -> int:
         self.say(f"decodewall device check{' --dry-run' if self.dry else ''}: writing to {self.out}")
         old = signal.signal(signal.SIGTERM, _on_sigterm)
         code = None
         try:
-            self.step_peers()
-            self.end(self.steps["peers"])
-            self.step_env()
-            self.end(self.steps["env"])
+            self.guarded("peers", self.step_peers)
+            self.guarded("env", self.step_env)
             if self.steps["env"].status in ("failed", "timeout"):
                 self.say("no usable torch or backend here: the other steps are skipped")
             else:
@@ -590,8 +604,7 @@ class Check:
                                  ("roof", self.step_roof), ("flush", self.step_flush),
                                  ("suite", lambda: (self.plan(), self.step_suite())),
                                  ("ncu", self.step_ncu)):
-                    fn()
-                    self.end(self.steps[name])
+                    self.guarded(name, fn)
         except (Interrupted, KeyboardInterrupt) as e:
             step = self.current
             how = "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C"

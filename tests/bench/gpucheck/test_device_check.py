@@ -356,6 +356,36 @@ def _check(tmp_path, **kw):
     return dc.Check(args)
 
 
+def test_an_error_in_the_checks_own_code_fails_that_step_and_the_next_ones_run(tmp_path):
+    """A bug on a path only a GPU takes must not end the check: that step fails with the error
+    named (its traceback in steps.log, not on the console) and every later step still runs."""
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+
+    def ok(name):
+        def step():
+            c.begin(name).status = "ok"
+            ran.append(name)
+        return step
+
+    def pytest_step(name):
+        if name == "configs":
+            return ok(name)()
+        c.begin(name)
+        raise KeyError("M")
+
+    c.step_peers, c.step_env, c.step_pytest = ok("peers"), ok("env"), pytest_step
+    c.step_roof, c.step_flush, c.plan = ok("roof"), ok("flush"), lambda: None
+    c.step_suite, c.step_ncu = ok("suite"), ok("ncu")
+    rc = c.run()
+    assert ran == ["peers", "env", "configs", "roof", "flush", "suite", "ncu"]
+    st = c.steps["pytest"]
+    assert st.status == "failed" and "KeyError: 'M'" in st.detail and rc != 0
+    assert "Traceback (most recent call last)" in (tmp_path / "out" / "steps.log").read_text()
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["final"] and not s["ok"]
+
+
 def test_every_config_tests_live_where_the_configs_step_collects():
     """The configs step collects EVERY_CONFIG_DIR alone; the pytest step deselects these names
     everywhere, so a cuda test of that name elsewhere would run in neither."""
