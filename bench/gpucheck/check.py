@@ -460,7 +460,7 @@ class Check:
         step = self.begin("ncu")
         if step is None:
             return
-        from .ncu import MARK, byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv
+        from .ncu import MARK, byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, profiler_refused
         t0 = time.monotonic()
         end = t0 + self.box("ncu")
         if not self.dry and not self.ncu_path:
@@ -478,12 +478,16 @@ class Check:
         # On the GPU one process per launch, so that ncu's table belongs to one case and a crash
         # or hang costs one case; the dry run has no profiler and runs them all in one process.
         batches = [targets] if self.dry and targets else [[tg] for tg in targets]
+        refused = None  # ncu's line refusing to profile on this machine: the rest is not run
         with open(self.out / "ncu-raw.txt", "w", encoding="utf-8") as raw:
             for batch in batches:
                 left = end - time.monotonic()
                 results = [dict(tg) for tg in batch]
                 self.ncu.extend(results)
-                if left < 8:
+                if refused:
+                    for res in results:
+                        res["error"] = f"not run: ncu cannot profile here ({refused})"
+                elif left < 8:
                     for res in results:
                         res["error"] = "not reached: the ncu time box was spent"
                 else:
@@ -493,12 +497,15 @@ class Check:
                         target += ["--case", json.dumps(tg)]
                     cmd = target + ["--interpret"] if self.dry else ncu_command(self.ncu_path, target)
                     rc, dt, text = self._capture(cmd, box)
+                    refused = None if self.dry else profiler_refused(text)
                     infos = [json.loads(ln[len(MARK):]) for ln in text.splitlines() if ln.startswith(MARK)]
                     title = " | ".join(f"{t['op']}/{t['impl']} {t['shape']} {t['dtype']}" for t in batch)
                     raw.write(f"### {title}{' (dry run: no ncu)' if self.dry else ''}\n{text}\n")
                     for res in results:
                         info = next((i for i in infos if i["op"] == res["op"] and i["impl"] == res["impl"]), None)
-                        if info is not None and info.get("error"):
+                        if refused:
+                            res["error"] = f"ncu cannot profile here: {refused}"
+                        elif info is not None and info.get("error"):
                             res["error"] = info["error"]
                         elif info is None:
                             errs = [ln for ln in text.splitlines() if "ERR" in ln or "rror" in ln]
@@ -518,7 +525,7 @@ class Check:
                             res["device"] = info.get("device")
                 raw.flush()
                 for why_tg in whys:
-                    if any(tg is why_tg for tg in batch):
+                    if any(tg is why_tg for tg in batch) and not refused:
                         self._why(why_tg, end, raw)
                         self.write_summary(final=False)
         step.seconds = time.monotonic() - t0

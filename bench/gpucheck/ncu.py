@@ -37,6 +37,18 @@ _SCALE = {
 }
 
 
+# ncu's own refusals to profile on this machine, not a target's failure: seen on gVisor
+# ("Failed to initialize the profiler: LibraryNotLoaded", the device tool's KINDS.md) and where
+# the counters need privileges (ERR_NVGPUCTRPERM). Once one shows, every later launch would too.
+PROFILER_REFUSALS = ("Failed to initialize the profiler", "LibraryNotLoaded", "ERR_NVGPUCTRPERM")
+
+
+def profiler_refused(text: str) -> str | None:
+    """ncu's line saying it cannot profile here, or None."""
+    return next((ln.strip() for ln in text.splitlines()
+                 if any(r in ln for r in PROFILER_REFUSALS)), None)
+
+
 def ncu_command(ncu: str, target: list[str]) -> list[str]:
     return [ncu, "--profile-from-start", "off", "--clock-control", "none",
             "--cache-control", "all", "--metrics", ",".join(METRICS),

@@ -558,6 +558,27 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     check.log.close()
 
 
+def test_ncu_that_cannot_profile_here_is_run_once(tmp_path, monkeypatch):
+    """ncu refusing the counters (as on gVisor: LibraryNotLoaded) would refuse every launch:
+    the first refusal ends the step's launches, each result saying why, not the box spent."""
+    fake, calls = tmp_path / "ncu", tmp_path / "calls"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\n"
+                    "echo '==ERROR== Failed to initialize the profiler: LibraryNotLoaded'\nexit 1\n")
+    fake.chmod(0o755)
+    from bench.gpucheck import cases
+    shape = {"M": 1, "N": 96, "K": 256}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
+        {"op": "gemv_bf16", "impl": impl, "dtype": "float32", "shape": shape}
+        for impl in ("triton_gemv", "triton_gemv_splitk")])
+    check = _check(tmp_path, time_limit=120)
+    check.ncu_path = str(fake)
+    check.step_ncu()
+    assert calls.read_text().count("x") == 1
+    assert len(check.ncu) == 2 and all("LibraryNotLoaded" in r["error"] for r in check.ncu)
+    assert "not run" in check.ncu[1]["error"] and check.steps["ncu"].status == "failed"
+    check.log.close()
+
+
 def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
     program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
