@@ -250,6 +250,8 @@ def iter_ok(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def in_cache(r: dict[str, Any]) -> bool:
-    """A warm record (the size sweep) timed (partly) from the cache: its % of roof is not a DRAM
+    """A record timed (partly) from the cache: a warm one (the size sweep), or a cold one whose
+    rotation could not pass the cache (its verdict says so). Its % of roof is not a DRAM
     efficiency, so it is kept out of projections and rooflines."""
-    return bool(r.get("warm")) and not r.get("cold")
+    from .roofline import IN_CACHE
+    return (bool(r.get("warm")) and not r.get("cold")) or r.get("verdict") == IN_CACHE

@@ -236,12 +236,23 @@ class Runner:
         # (2) timing on input copies rotated past the cache
         out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out else None
         per_set = set_bytes(args, out0)
+        # What a call touches, not what its set holds: a paged KV pool is allocated whole and read
+        # in part, so rotating by allocation would leave the part read in cache.
+        touched = max(1, min(per_set, rec["bytes"]))
         need = c.backend.rotate_bytes()
-        n_sets = 1 if per_set > need or case.warm else min(MAX_SETS, math.ceil((need + 1) / per_set))
+        n_sets = 1 if touched > need or case.warm else min(MAX_SETS, math.ceil((need + 1) / touched))
+        mem = (rec.get("device") or {}).get("memory_bytes")
+        if mem and n_sets > 1:  # the copies may take a quarter of memory, no more
+            n_sets = max(1, min(n_sets, mem // 4 // per_set))
         # A warm case reuses its one set with no flush: within WARM_CACHE_FACTOR x the LLC part or
         # all of it stays cached, so it is timed but not judged against the DRAM roof; past that
-        # it streams from DRAM like any cold case and is judged (the size sweep's two sides).
-        in_cache = case.warm and per_set <= WARM_CACHE_FACTOR * c.backend.cache_bytes()
+        # it streams from DRAM like any cold case and is judged (the size sweep's two sides). A
+        # cold case whose rotation cannot pass the target (MAX_SETS tiny sets, or memory) is
+        # partly cached the same way and judged as such.
+        if case.warm:
+            in_cache = touched <= WARM_CACHE_FACTOR * c.backend.cache_bytes()
+        else:
+            in_cache = need > 0 and n_sets * touched <= need
         if sets is None or len(sets) != n_sets:
             sets = [inputs] + [clone_args(inputs, c.backend.clone) for _ in range(n_sets - 1)]
         with c.backend.session():
@@ -266,7 +277,7 @@ class Runner:
             else None,
             achieved_tflops=rec["flops"] / st.median / 1e12, ridge=v.ridge,
             pct_compute=v.pct_compute, n_sets=n_sets, set_bytes=per_set,
-            cold=bool(n_sets * per_set > need) and not in_cache,
+            cold=bool(n_sets * touched > need) and not in_cache,
             **st.sampled,  # CUDA: gpu_util_pct, power_w, energy_j_per_call, ... (NVML)
         )
         rec["device"]["clocks"] = c.backend.clocks()

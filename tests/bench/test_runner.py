@@ -119,6 +119,30 @@ def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_im
     assert cold["verdict"] != IN_CACHE
 
 
+def test_rotation_counts_the_bytes_a_call_touches_not_the_pool_it_holds(tmp_path, fixed_llc):
+    """A paged KV pool is allocated whole (here 32x the blocks read) and read in part: sizing the
+    rotation by allocation would give one set, and the part read would stay cached."""
+    from kernels.attention.ops import PagedAttentionShape
+    r = make_runner(tmp_path, ["gather_sdpa"])
+    shape = PagedAttentionShape(B=1, Hq=4, Hkv=1, D=64, context=512, ragged=0, pool=32)
+    rec, = r.run_case(Case("paged_attention", shape, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["set_bytes"] > 4 * LLC > rec["bytes"]  # by allocation one set would do
+    assert rec["n_sets"] > 1 and rec["n_sets"] * rec["bytes"] > 4 * LLC and rec["cold"]
+
+
+def test_a_rotation_that_cannot_pass_the_cache_is_judged_in_cache(tmp_path, test_impls, monkeypatch):
+    """MAX_SETS copies of a tiny case stay under 4x the LLC: partly cached, so not judged against
+    the DRAM roof, whatever the host's cache."""
+    monkeypatch.setattr(CPUBackend, "cache_bytes", lambda self: 64 << 20)
+    r = make_runner(tmp_path, ["t_good"])
+    rec, = r.run_case(Case("gemv_bf16", GemvShape(1, 16, 64), torch.float32))
+    r.writer.close()
+    assert rec["n_sets"] * rec["bytes"] <= 4 * (64 << 20)
+    assert rec["verdict"] == IN_CACHE and not rec["cold"]
+
+
 def test_warm_case_past_the_cache_is_judged_like_a_cold_one(tmp_path, test_impls, monkeypatch):
     """A warm set larger than WARM_CACHE_FACTOR x the LLC streams from DRAM: judged, marked cold."""
     r = make_runner(tmp_path, ["t_good"])

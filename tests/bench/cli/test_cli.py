@@ -149,7 +149,8 @@ def test_table_output_shows_verdicts_and_fail(tmp_path):
     p = run_cli("run", *GEMV, "--plugin", str(plugin), "--budget", "quick", "--no-save")
     assert p.returncode == 0, p.stderr
     assert "FAIL: rel err" in p.stdout and "torch_matmul" in p.stdout
-    assert any(v in p.stdout for v in ("at the wall", "below the wall", "compute-bound"))
+    # a tiny case: "in cache" where its MAX_SETS copies cannot pass 4x this host's LLC
+    assert any(v in p.stdout for v in ("at the wall", "below the wall", "compute-bound", "in cache"))
 
 
 @pytest.mark.slow  # a thorough roof and thorough timing, so that Ctrl-C lands between cases: ~1 min
