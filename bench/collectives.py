@@ -114,8 +114,9 @@ def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str,
     st = _time(lambda: impl.fn(t), backend, ctx.budget, device)
     algbw, busbw = algbw_gbps(s, st.median), busbw_gbps(s, st.median)
     link = ctx.chip.interconnect.link_gbps if ctx.chip else None
-    pct = 100 * busbw / link if link else None
-    verdict = ("not judged: no datasheet link bandwidth for this device" if pct is None else
+    pct = 100 * busbw / link if link and s.world_size > 1 else None
+    verdict = ("not judged: one rank moves nothing over a link" if s.world_size == 1 else
+               "not judged: no datasheet link bandwidth for this device" if pct is None else
                "at the link" if pct >= 100 * AT_LINK else "below the link")
     return done(status="ok", rel_err=err_v, correct=True,
                 time_s={"median": st.median, "p25": st.p25, "p75": st.p75, "min": st.min,

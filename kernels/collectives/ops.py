@@ -78,8 +78,10 @@ def algbw_gbps(s: AllreduceShape, time_s: float) -> float:
 
 
 def busbw_gbps(s: AllreduceShape, time_s: float) -> float:
+    """What each rank's links carry in a ring all-reduce: algbw x 2(n-1)/n, 0 for one rank (no
+    link is used), as nccl-tests."""
     n = s.world_size
-    return algbw_gbps(s, time_s) * (2 * (n - 1) / n if n > 1 else 1.0)
+    return algbw_gbps(s, time_s) * 2 * (n - 1) / n
 
 
 allreduce = register_op(Op(

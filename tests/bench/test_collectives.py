@@ -80,6 +80,7 @@ def test_expected_sum_is_the_sum_of_every_rank():
 def test_bus_bandwidth_as_nccl_tests():
     s = AllreduceShape(bytes=1 << 20, world_size=4)
     assert busbw_gbps(s, 1e-3) == pytest.approx((1 << 20) / 1e-3 / 1e9 * 2 * 3 / 4)
+    assert busbw_gbps(AllreduceShape(bytes=1 << 20, world_size=1), 1e-3) == 0  # no link used
 
 
 def test_allreduce_on_gloo_through_the_cli(tmp_path):
