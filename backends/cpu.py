@@ -80,7 +80,7 @@ class CPUBackend(Backend):
 
     def cache_bytes(self) -> int:
         caches = read_caches()
-        for level in ("L3", "L2", "L1d"):
+        for level in ("L4", "L3", "L2", "L1d"):  # the last level: an eDRAM L4 where there is one
             if level in caches:
                 return caches[level]
         return 32 * 1024**2  # no sysfs (macOS): assume a generous LLC so rotation still defeats it

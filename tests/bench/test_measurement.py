@@ -62,6 +62,16 @@ ROOF = Roof("cpu", copy_gbps=20.0, read_gbps=25.0, working_set_bytes=1 << 28,
             matmul_tflops={"float32": 0.1})
 
 
+def test_cpu_llc_is_the_last_level_there_is(monkeypatch):
+    """The rotation must pass the last cache: an L4 (eDRAM) where sysfs lists one."""
+    import backends.cpu as cpu
+    b = get_backend("cpu")
+    monkeypatch.setattr(cpu, "read_caches", lambda: {"L1d": 1 << 15, "L2": 1 << 20, "L3": 1 << 25})
+    assert b.cache_bytes() == 1 << 25
+    monkeypatch.setattr(cpu, "read_caches", lambda: {"L1d": 1 << 15, "L3": 1 << 25, "L4": 1 << 27})
+    assert b.cache_bytes() == 1 << 27
+
+
 @pytest.mark.parametrize("bytes_, flops, t, verdict", [
     (25e9 * 0.9, 1e6, 1.0, "at the wall"),                     # 90% of 25 GB/s
     (25e9 * 0.5, 1e6, 1.0, "below the wall: kernel"),           # slow, long kernel
