@@ -85,6 +85,18 @@ def test_verdicts(bytes_, flops, t, verdict):
     assert v.ridge == pytest.approx(0.1e12 / 25e9)
 
 
+def test_a_noisy_roof_widens_the_above_the_roof_margin_only_so_far():
+    """3x the probes' spread, at least 5%, at most 25%: a roof read at 130% spread (a quick
+    budget on a busy machine) must still flag 1.5x the roof."""
+    noisy = dataclasses.replace(ROOF, noise=1.3)
+    assert judge(int(25e9 * 1.2), 1, 1.0, noisy, torch.float32, 20e-6).verdict == "at the wall"
+    assert judge(int(25e9 * 1.5), 1, 1.0, noisy, torch.float32, 20e-6).verdict.startswith(
+        "above the roof")
+    quiet = dataclasses.replace(ROOF, noise=0.001)
+    assert judge(int(25e9 * 1.07), 1, 1.0, quiet, torch.float32, 20e-6).verdict.startswith(
+        "above the roof")
+
+
 def test_roof_is_best_probe_and_maps_compute_dtype():
     r = Roof("cpu", 20.0, 25.0, 1, matmul_tflops={"float32": 0.2},
              compute_dtype={"bfloat16": "float32"})
