@@ -114,8 +114,10 @@ class ResultWriter:
             self._f = None
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL results file; ResultsError names the first bad line (and its bad field)."""
+def read_results(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Read a JSONL results file; ResultsError names the first bad line (and its bad field).
+    skipped: a list to collect those messages in while reading on past the bad lines (the device
+    check, which must not lose a window's records to one line)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -128,24 +130,34 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)  # NaN and Infinity parse; the field checks reject them
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise ResultsError(f"{path}:{i}: not a decodewall result record (nested too deeply)"
-                               ) from None
-        except ValueError as e:  # an integer past Python's limit on digits
-            msg = (str(e).splitlines() or [""])[0]
-            raise ResultsError(f"{path}:{i}: not valid JSON ({msg})") from None
-        if not isinstance(rec, dict) or not {"op", "impl", "shape", "status"} <= rec.keys():
-            raise ResultsError(f"{path}:{i}: not a decodewall result record")
-        why = _malformed(rec)
-        if why:
-            raise ResultsError(f"{path}:{i}: malformed record ({why})")
-        records.append(rec)
+            records.append(_record(path, i, line))
+        except ResultsError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
     if not records:
         raise ResultsError(f"{path}: no result records")
     return records
+
+
+def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:
+    """Line i of a results file as a record; ResultsError says why it is not one."""
+    try:
+        rec = json.loads(line)  # NaN and Infinity parse; the field checks reject them
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ResultsError(f"{path}:{i}: not a decodewall result record (nested too deeply)"
+                           ) from None
+    except ValueError as e:  # an integer past Python's limit on digits
+        msg = (str(e).splitlines() or [""])[0]
+        raise ResultsError(f"{path}:{i}: not valid JSON ({msg})") from None
+    if not isinstance(rec, dict) or not {"op", "impl", "shape", "status"} <= rec.keys():
+        raise ResultsError(f"{path}:{i}: not a decodewall result record")
+    why = _malformed(rec)
+    if why:
+        raise ResultsError(f"{path}:{i}: malformed record ({why})")
+    return rec
 
 
 # Sane ranges of the numbers the readers (compare, plot, project --from) compute with: beyond

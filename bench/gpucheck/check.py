@@ -451,10 +451,12 @@ class Check:
             return
         self.jsonl = new[-1]
         from ..results import ResultsError, read_results
-        try:
-            self.records = read_results(self.jsonl)
+        skipped: list[str] = []
+        try:  # a bad line costs itself, not the records around it
+            self.records = read_results(self.jsonl, skipped)
         except ResultsError as e:
             self.notes.append(f"suite results unreadable: {e}")
+        self.notes += [f"suite results: line skipped, {why}" for why in skipped]
 
     def step_ncu(self) -> None:
         step = self.begin("ncu")

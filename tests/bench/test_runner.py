@@ -159,3 +159,18 @@ def test_every_record_says_whether_it_was_warm(tmp_path, test_impls):
     r.writer.close()
     assert {x["status"] for x in recs} >= {"ok", "failed-check", "skipped", "error"}
     assert all(x["warm"] is True for x in recs)
+
+
+def test_reader_can_read_on_past_bad_lines(tmp_path):
+    """The device check reads the suite's file past a bad line (noted), so one line cannot cost
+    a window's records; every other reader stops at it."""
+    from bench.results import ResultsError
+    good = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok"}
+    f = tmp_path / "r.jsonl"
+    f.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "dtype": [1]}),
+                            json.dumps({**good, "impl": "y"})]) + "\n")
+    with pytest.raises(ResultsError, match=":2: not valid JSON"):
+        read_results(f)
+    skipped: list[str] = []
+    assert [r["impl"] for r in read_results(f, skipped)] == ["x", "y"]
+    assert len(skipped) == 2 and ":3: malformed record (dtype" in skipped[1]
