@@ -589,6 +589,8 @@ class Check:
         bug must not cost the rest of a device window."""
         try:
             fn()
+        except Interrupted:  # SIGTERM: run() ends the check
+            raise
         except Exception as e:
             step = self.steps[name]
             self.log.write(traceback.format_exc())

@@ -384,6 +384,9 @@ def test_an_error_in_the_checks_own_code_fails_that_step_and_the_next_ones_run(t
     assert "Traceback (most recent call last)" in (tmp_path / "out" / "steps.log").read_text()
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["final"] and not s["ok"]
+    from bench.gpucheck.check import Interrupted
+    with pytest.raises(Interrupted):  # SIGTERM is not a step's error: it ends the check
+        c.guarded("ncu", lambda: (_ for _ in ()).throw(Interrupted()))
 
 
 def test_every_config_tests_live_where_the_configs_step_collects():
