@@ -99,29 +99,6 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
 
 # --- argument types -----------------------------------------------------------------------------
 
-def positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise UsageError(f"{name} must be an integer, got {text!r}") from None
-        if v < 1:
-            raise UsageError(f"{name} must be at least 1, got {v}")
-        return v
-    return parse
-
-
-def nonneg_float(text: str) -> float:
-    import math
-    try:
-        v = float(text)
-    except ValueError:
-        raise UsageError(f"not a number: {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise UsageError(f"must be a finite number >= 0, got {text!r}")
-    return v
-
-
 def ranks(text: str) -> int:
     try:
         v = int(text)
