@@ -25,6 +25,8 @@ How an impl runs here (the hooks of backends/base.py):
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -98,6 +100,26 @@ class Jitted:
         return self.env.j2t_iso(res)
 
 
+def _import_error(e: ImportError) -> str:
+    """Why jax/torchax did not import: not installed, or installed but not importable here."""
+    missing = [m for m in ("jax", "torchax") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed; pip install 'decodewall[xla]'"
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return (f"jax and torchax are installed but do not import ({type(e).__name__}: {msg}); "
+            f"decodewall[xla] is tested with {_xla_pins()}")
+
+
+def _xla_pins() -> str:
+    """The versions the `xla` extra pins, from this package's metadata (pyproject.toml)."""
+    try:
+        reqs = importlib.metadata.requires("decodewall") or []
+    except importlib.metadata.PackageNotFoundError:
+        reqs = []
+    pins = [r.split(";")[0].strip() for r in reqs if "extra == \"xla\"" in r]
+    return ", ".join(pins) or "the versions pyproject.toml's xla extra pins"
+
+
 class XLABackend(Backend):
     name = "xla"
     out_buffers = False
@@ -110,12 +132,13 @@ class XLABackend(Backend):
     # -- availability --------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any] | None:
         if self._loaded is None and self._error is None:
+            from .xla_compat import JaxStartError, load
             try:
-                from .xla_compat import load
                 self._loaded = load()
             except ImportError as e:
-                self._error = (f"jax and torchax are not installed ({e.name or e}); "
-                               "pip install 'decodewall[xla]'")
+                self._error = _import_error(e)
+            except JaxStartError as e:
+                self._error = str(e)
             except Exception as e:  # a torchax that does not fit this torch
                 msg = (str(e).strip().splitlines() or [""])[0]
                 self._error = f"torchax failed to import with torch {torch.__version__}: " \
@@ -132,12 +155,7 @@ class XLABackend(Backend):
     def available(self) -> tuple[bool, str]:
         if self._load() is None:
             return False, self._error or "torchax failed to load"
-        try:
-            import jax
-            jax.devices()
-        except RuntimeError as e:
-            return False, f"JAX found no device: {(str(e).splitlines() or [''])[0]}"
-        return True, ""
+        return True, ""  # load() started JAX's platform
 
     def _devices(self) -> list[Any]:
         import jax

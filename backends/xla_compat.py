@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import re
 import threading
 from types import ModuleType
@@ -53,19 +54,19 @@ def _tolerate_missing_dimname_overloads() -> Iterator[None]:
     import torch._ops as ops
 
     cls = ops.OpOverloadPacket
-    original = cls.__getattr__
+    with _LOCK:  # read the original under the lock: an overlapping load must not save our patch
+        original = cls.__getattr__
 
-    def __getattr__(self, key: str):
-        try:
-            return original(self, key)
-        except AttributeError:
-            if not _NAMED_TENSOR.search(key):
-                raise
-            stub = MissingOverload(str(self), key)
-            PATCHED.append(stub.qualname)
-            return stub
+        def __getattr__(self, key: str):
+            try:
+                return original(self, key)
+            except AttributeError:
+                if not _NAMED_TENSOR.search(key):
+                    raise
+                stub = MissingOverload(str(self), key)
+                PATCHED.append(stub.qualname)
+                return stub
 
-    with _LOCK:
         cls.__getattr__ = __getattr__
         try:
             yield
@@ -73,15 +74,29 @@ def _tolerate_missing_dimname_overloads() -> Iterator[None]:
             cls.__getattr__ = original
 
 
+class JaxStartError(RuntimeError):
+    """JAX imported but could not start a device platform (e.g. JAX_PLATFORMS names one this
+    host lacks); torchax's environment would otherwise fail on it with an unrelated error."""
+
+
 def load() -> tuple[ModuleType, Any]:
     """(torchax, its default Environment), tolerating Dimname overloads this torch lacks.
 
-    Raises ImportError when jax or torchax is not installed; any other failure propagates.
+    Raises ImportError when jax or torchax does not import, JaxStartError when JAX has no
+    platform to run on; any other failure (a torchax that does not fit this torch) propagates.
     """
+    import jax
+    try:
+        jax.devices()  # torchax's environment makes a key on the default device first thing
+    except Exception as e:
+        wanted = os.environ.get("JAX_PLATFORMS") or "its default platform"
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise JaxStartError(f"JAX could not start {wanted}: {type(e).__name__}"
+                            + (f": {msg}" if msg else "")) from e
     with _tolerate_missing_dimname_overloads():
         torchax = importlib.import_module("torchax")
         env = torchax.default_env()  # imports torchax.ops.* and torchax.decompositions
     return torchax, env
 
 
-__all__ = ["MissingOverload", "PATCHED", "load"]
+__all__ = ["JaxStartError", "MissingOverload", "PATCHED", "load"]

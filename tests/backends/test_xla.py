@@ -42,6 +42,49 @@ def test_missing_torchax_makes_xla_unavailable_with_a_reason(monkeypatch):
     assert not ok and "not installed" in why and "decodewall[xla]" in why
 
 
+def test_installed_but_broken_jax_is_not_called_missing(monkeypatch):
+    from backends import xla
+    monkeypatch.setattr(xla.importlib.util, "find_spec", lambda name: object())  # both installed
+    why = xla._import_error(ImportError("cannot import name 'x' from 'jax'"))
+    assert "installed but do not import" in why and "cannot import name" in why
+    assert "not installed" not in why
+    monkeypatch.setattr(xla.importlib.util, "find_spec",
+                        lambda name: None if name == "torchax" else object())
+    assert xla._import_error(ImportError("No module named 'torchax'")).startswith(
+        "torchax not installed")
+
+
+def test_a_platform_jax_cannot_start_is_named_not_blamed_on_torch(monkeypatch):
+    jax = pytest.importorskip("jax")
+    from backends import xla_compat
+
+    def no_device():
+        raise AssertionError()
+    monkeypatch.setattr(jax, "devices", no_device)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    ok, why = XLABackend().available()
+    assert not ok and why == "JAX could not start cuda: AssertionError", why
+    with pytest.raises(xla_compat.JaxStartError):
+        xla_compat.load()
+
+
+def test_overlapping_shims_leave_torch_as_it_was():
+    import threading
+    import torch._ops as ops
+    from backends.xla_compat import _tolerate_missing_dimname_overloads
+    original = ops.OpOverloadPacket.__getattr__
+
+    def enter_and_leave():
+        with _tolerate_missing_dimname_overloads():
+            pass
+    with _tolerate_missing_dimname_overloads():
+        other = threading.Thread(target=enter_and_leave)
+        other.start()  # it waits for this one: it must not save this patch as torch's own
+        other.join(timeout=0.2)
+    other.join()
+    assert ops.OpOverloadPacket.__getattr__ is original
+
+
 def test_shim_stubs_only_missing_named_tensor_overloads():
     import torch._ops as ops
     from backends.xla_compat import _tolerate_missing_dimname_overloads
