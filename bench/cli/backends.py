@@ -7,7 +7,7 @@ from typing import Any
 
 def command(args) -> int:
     from backends import BACKENDS, get_backend
-    from ..report.table import console, fmt_bytes
+    from ..report.table import console, fmt_bytes, plain
     from ..results import versions
     from rich.table import Table
     rows = []
@@ -31,14 +31,16 @@ def command(args) -> int:
         t.add_column(col, overflow="fold")
     for r in rows:
         d = r.get("device") or {}
-        t.add_row(r["backend"], "yes" if r["available"] else "no", d.get("name", "-"),
-                  d.get("chip") or ("not in catalog" if d else "-"),
+        # device names, reasons and versions come from drivers and packages: plain text, never
+        # rich markup ("pip install 'decodewall[xla]'" lost its "[xla]" as a tag)
+        t.add_row(r["backend"], "yes" if r["available"] else "no", plain(d.get("name", "-")),
+                  plain(d.get("chip") or ("not in catalog" if d else "-")),
                   fmt_bytes(d.get("memory_bytes")) if d else "-",
                   fmt_bytes(d.get("cache_bytes")) if d else "-",
-                  r["reason"] or d.get("chip_note") or "")
+                  plain(r["reason"] or d.get("chip_note") or ""))
     con = console()
     con.print(t)
-    con.print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v))
+    con.print(plain("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v)))
     return 0
 
 
