@@ -220,15 +220,21 @@ class Runner:
         else:
             result = fn(*args)
         c.backend.synchronize()
-        err = rel_err(c.backend.to_host(result), ref)
+        host = c.backend.to_host(result)
+        err = rel_err(host, ref)
         tol = op.tol(case.dtype)
-        rec.update(rel_err=err, correct=bool(err <= tol))
+        rec.update(rel_err=err, correct=bool(err <= tol and host.dtype == out_dtype))
+        if host.dtype != out_dtype:  # its bytes_moved counts the op's output dtype
+            rec.update(status="failed-check", error=with_known_issue(
+                impl, f"output dtype {str(host.dtype).removeprefix('torch.')}, the op's is "
+                      f"{str(out_dtype).removeprefix('torch.')}"))
+            return sets
         if not err <= tol:
             rec.update(status="failed-check", error=with_known_issue(
                 impl, f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
                 else "output has NaN/inf (unwritten or overflowed elements)"))
             return sets
-        del result
+        del result, host
         if c.check_only:
             rec.update(status="ok")
             return sets

@@ -14,7 +14,7 @@ from bench.timing import BUDGETS
 from kernels import OPS, register_impl
 from kernels.gemv import GemvShape
 
-TEST_IMPLS = ["t_wrong", "t_lazy", "t_unsupported", "t_crash", "t_good"]
+TEST_IMPLS = ["t_wrong", "t_lazy", "t_unsupported", "t_crash", "t_widened", "t_good"]
 
 
 @pytest.fixture
@@ -35,6 +35,10 @@ def test_impls():
     @register_impl("gemv_bf16", "t_crash", backends=["cpu"])
     def crash(x, w):
         raise RuntimeError("boom")
+
+    @register_impl("gemv_bf16", "t_widened", backends=["cpu"])
+    def widened(x, w):
+        return x.double() @ w.double().T  # right values, but not the bytes the record counts
 
     @register_impl("gemv_bf16", "t_good", backends=["cpu"], dtypes=["float32"])
     def good(x, w, out=None):
@@ -75,6 +79,9 @@ def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_imp
     assert recs["t_unsupported"]["status"] == "skipped"
     assert "K % 1024" in recs["t_unsupported"]["error"]
     assert recs["t_crash"]["status"] == "error" and "boom" in recs["t_crash"]["error"]
+    widened = recs["t_widened"]
+    assert widened["status"] == "failed-check" and widened["correct"] is False
+    assert "output dtype float64, the op's is float32" in widened["error"]
     good = recs["t_good"]
     assert good["status"] == "ok" and good["correct"] is True
     assert good["time_s"]["n"] >= 5 and good["time_s"]["median"] > 0
