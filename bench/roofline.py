@@ -70,20 +70,32 @@ def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
     return nbytes // torch.empty((), dtype=dtype).element_size()
 
 
+def _probe_out(backend: Backend, op_name: str, impl: Impl) -> bool:
+    """Whether the probe calls `impl` with an out= buffer (a copy into a preallocated output)."""
+    return op_name == "copy" and backend.out_buffers and impl.out_arg
+
+
 def probe_impls(backend: Backend, op_name: str) -> list[Impl]:
-    """The impls of a probe op that run fp32 on this backend and agree with the reference on a
-    small input (an impl that moves the bytes wrongly must not set the roof)."""
+    """The builtin impls of a probe op that run fp32 on this backend and agree with the reference
+    on a small input, called as they are timed (an impl that moves the bytes wrongly must not set
+    the roof). A plugin's impls never do: they run in the parent, unisolated, where a crash or a
+    hang would end the run, and the roof is the harness's instrument, not a case."""
     op, good = OPS[op_name], []
     shape = op.smoke[0][0]
     (src,) = make_inputs(backend, op, shape, torch.float32, 1)
     ref = op.reference(backend.to_host(src))
     for impl in op.impls.values():
-        if backend.name not in impl.backends or torch.float32 not in impl.dtypes:
+        if not impl.builtin or backend.name not in impl.backends \
+                or torch.float32 not in impl.dtypes:
             continue
         try:
-            out = backend.wrap(impl.fn)(src)
+            if _probe_out(backend, op_name, impl):  # poisoned: an unwritten element shows
+                out = torch.full_like(src, float("nan"))
+                backend.wrap(impl.fn)(src, out=out)
+            else:
+                out = backend.wrap(impl.fn)(src)
             backend.synchronize()
-        except Exception:  # skipped here (NotImplementedError) or broken (a plugin's bug): not a probe
+        except Exception:  # skipped here (NotImplementedError): not a probe
             continue
         if rel_err(backend.to_host(out), ref) <= op.tol(torch.float32):
             good.append(impl)
@@ -97,12 +109,14 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
     shape = op.shape(N=n // k)
     (src,) = make_inputs(backend, op, shape, torch.float32, 0)
     srcs = [src] + [backend.clone(src) for _ in range(k - 1)]
-    outs = [torch.empty_like(s) for s in srcs] if op_name == "copy" and backend.out_buffers \
-        else None
+    impls = probe_impls(backend, op_name)
+    outs = [torch.empty_like(s) for s in srcs] \
+        if any(_probe_out(backend, op_name, i) for i in impls) else None
     best = (0.0, 0.0, "")
-    for impl in probe_impls(backend, op_name):
+    for impl in impls:
         fn = backend.wrap(impl.fn)
-        call = (lambda i: fn(srcs[i], out=outs[i])) if outs is not None else (lambda i: fn(srcs[i]))
+        call = (lambda i: fn(srcs[i], out=outs[i])) if _probe_out(backend, op_name, impl) \
+            else (lambda i: fn(srcs[i]))
         st = measure(backend, call, k, budget)
         gbps = op.bytes_moved(shape, torch.float32) / st.median / 1e9
         if gbps > best[0]:

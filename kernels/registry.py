@@ -61,6 +61,8 @@ class Impl:
     # A library fault known to hit this impl on some machines (a builtin that crashes or answers
     # wrongly there): the harness still runs it and adds this note to a failure's record.
     known_issue: str = ""
+    # Registered from decodewall's kernels/, not by a plugin or a test: only these set the roof.
+    builtin: bool = False
 
     def __call__(self, *args: Any, out: torch.Tensor | None = None) -> Any:
         if self.prepare is not None:
@@ -174,7 +176,8 @@ def register_impl(
         the_op.impls[impl_name] = Impl(
             name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
             baseline=baseline, prepare=prepare, out_arg=out_arg, known_issue=known_issue,
-            doc=(inspect.getdoc(fn) or "").split("\n")[0])
+            doc=(inspect.getdoc(fn) or "").split("\n")[0],
+            builtin=getattr(fn, "__module__", "").partition(".")[0] == "kernels")
         return fn
 
     return deco

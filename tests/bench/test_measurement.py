@@ -143,6 +143,38 @@ def test_roof_takes_the_fastest_good_probe_impl(monkeypatch):
     assert roof.copy_impl == "torch_copy" and roof.gbps == roof.read_gbps
 
 
+def test_a_plugins_probe_impls_never_run_in_the_roof(monkeypatch):
+    """Probes run in the parent: a plugin's copy/read impl (a crash, a hang, a view of its input
+    passed off as a copy) must not be called there, let alone set the roof."""
+    backend = get_backend("cpu")
+    called = []
+
+    def plugin_read(src):
+        called.append("read")
+        return src.sum()
+
+    def plugin_copy(src, out=None):
+        called.append("copy")
+        return src  # its input, not a copy: 0 bytes moved
+    for op_name, fn in (("read", plugin_read), ("copy", plugin_copy)):
+        monkeypatch.setitem(OPS[op_name].impls, "plugin", dataclasses.replace(
+            OPS[op_name].impls["torch_" + ("sum" if op_name == "read" else "copy")],
+            name="plugin", fn=fn, builtin=False, out_arg=op_name == "copy"))
+    assert "plugin" not in [i.name for i in rl.probe_impls(backend, "read")]
+    assert "plugin" not in [i.name for i in rl.probe_impls(backend, "copy")]
+    assert called == []
+
+
+def test_a_copy_probe_is_checked_with_the_out_buffer_it_is_timed_with(monkeypatch):
+    backend = get_backend("cpu")
+
+    def returns_its_input(src, out=None):  # right values when returned, `out` never written
+        return src
+    monkeypatch.setitem(OPS["copy"].impls, "lazy", dataclasses.replace(
+        OPS["copy"].impls["torch_copy"], name="lazy", fn=returns_its_input, out_arg=True))
+    assert [i.name for i in rl.probe_impls(backend, "copy")] == ["torch_copy"]
+
+
 # --- warm timing (the size sweep) ----------------------------------------------------------------
 
 class _CountingBackend(Backend):
