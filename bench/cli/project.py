@@ -32,7 +32,7 @@ def floor_us(text: str) -> float:
 
 def command(args) -> int:
     from backends import load_catalog, lookup_chip
-    from ..model.project import link_model, project_split, smallest_split
+    from ..model.project import link_model, project_split, smallest_split, tp_error
     step = build_step(args)
     if args.efficiency is not None and getattr(args, "from_", None):
         raise UsageError("give --efficiency or --from, not both")
@@ -65,6 +65,10 @@ def command(args) -> int:
     L = step.model.num_hidden_layers
     if args.pp is not None and args.pp > L:
         raise UsageError(f"--pp {args.pp} is more stages than {step.model.name}'s {L} layers")
+    for tp in sorted(set(args.tp or [])):
+        bad = tp_error(step.model, tp)
+        if bad:
+            raise UsageError(f"--{bad}")
     if args.chip:
         chips = []
         for name in args.chip:
@@ -83,7 +87,7 @@ def command(args) -> int:
     rows = []
     for c, p in zip(chips, projs):
         for tp in sorted(set(args.tp or [])):
-            tp_pp = (tp, args.pp) if args.pp is not None else smallest_split(step, c, p.chips_needed, tp)
+            tp_pp = (tp, args.pp) if args.pp is not None else smallest_split(step, c, tp)
             sp = project_split(step, c, *(tp_pp or (tp, 1)), eff, floor, links[c.id])
             rows.append((p, sp))
     if plot_path is not None:
@@ -148,6 +152,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     from ..report.table import console, fmt_bytes, fmt_time, plain
     c = step.model
     act = step.bytes - step.weight_bytes - step.kv_bytes
+    res = step.resident()
     moe = ""
     if c.is_moe:
         from ..model.workload import expected_experts
@@ -158,8 +163,8 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
         f"ctx {step.ctx}, weights {step.weights}, KV {step.kv}{moe}",
         f"per step: {fmt_bytes(step.bytes)} = weights {fmt_bytes(step.weight_bytes)} + KV "
         f"{fmt_bytes(step.kv_bytes)} + activations/table/embedding rows {fmt_bytes(act)}; "
-        f"{step.flops / 1e9:.4g} GFLOP; to hold: {fmt_bytes(step.resident_bytes())} "
-        f"(weights + KV for batch x ctx)",
+        f"{step.flops / 1e9:.4g} GFLOP; to hold: {fmt_bytes(res.total)} = weights "
+        f"{fmt_bytes(res.weight_bytes)} + KV {fmt_bytes(res.kv_bytes)} (batch x ctx)",
         f"efficiency: {escape(source)}; kernel floor {floor * 1e6:g} µs a call",
     ]
     t = Table(header_style="bold")
@@ -168,6 +173,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
         t.add_column(col, justify="left" if col in ("chip", "binds") else "right")
     unk = "[dim]unknown[/]"
     for p in projs:
+        none_holds = p.capacity_gb is not None and p.chips_needed is None
         t.add_row(plain(p.chip), f"{p.mem_bw_gbps:,.0f}" if p.mem_bw_gbps else unk,
                   fmt_time(p.mem_time_s) if p.mem_time_s else unk,
                   fmt_time(p.compute_time_s) if p.compute_time_s else unk,
@@ -175,15 +181,17 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
                   _rate(p.tokens_per_s) if p.tokens_per_s else unk,
                   (f"{p.capacity_gb:g}" + (" SRAM" if p.sram_only else "")) if p.capacity_gb
                   else unk,
-                  str(p.chips_needed) if p.chips_needed else unk,
-                  _split_rate(p.split))
+                  str(p.chips_needed) if p.chips_needed else "[red]none[/]" if none_holds else unk,
+                  "[dim]-[/]" if none_holds else _split_rate(p.split))
     t.caption = ("tok/s (1 chip) = batch / step time at one chip's datasheet bandwidth x efficiency "
                  "(compute: dense BF16 peak; memory? = compute rate unknown), as if the model fit. "
-                 "Chips to hold: weights + KV over memory (SRAM-only chips: on-chip SRAM). The last "
-                 "column splits the step over those chips (tensor parallel within the fabric's group,"
-                 " then pipeline stages) and pays a floor a kernel call, two all-reduces a layer and"
-                 " a hop a stage: ≤ marks a link latency the catalog does not have. unknown = not in"
-                 " the catalog, never guessed.")
+                 "Chips to hold: the split of fewest chips (tp the model's heads allow; among as "
+                 "many, tensor parallel within the fabric's group first) whose fullest chip holds its layers' "
+                 "weights / tp, their KV / min(tp, KV heads) and a tp×pp share of embedding and "
+                 "lm_head in memory (SRAM-only chips: on-chip SRAM); none = no split holds. The last"
+                 " column runs the step on that split and pays a floor a kernel call, two "
+                 "all-reduces a layer and a hop a stage: ≤ marks a link latency the catalog does "
+                 "not have. unknown = not in the catalog, never guessed.")
     out = console()
     for line in lines:
         out.print(line)
@@ -195,12 +203,13 @@ def _print_splits(step: Step, rows) -> None:
     from ..report.table import console, fmt_time, plain
     unk = "[dim]unknown[/]"
     t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
-    for col in ("chip", "tp", "pp", "chips", "holds", "kernels", "of which floors", "all-reduces",
-                "hops", "step", "tok/s a sequence", "tok/s (batch)"):
+    for col in ("chip", "tp", "pp", "chips", "GB a chip", "holds", "kernels", "of which floors",
+                "all-reduces", "hops", "step", "tok/s a sequence", "tok/s (batch)"):
         t.add_column(col, justify="left" if col == "chip" else "right")
     for p, s in rows:
         ub = "≤ " if s.upper_bound else ""
         t.add_row(plain(s.chip), str(s.tp), str(s.pp), str(s.chips),
+                  f"{s.chip_resident_bytes / 1e9:.3g}",
                   {True: "yes", False: "[red]no[/]", None: unk}[s.holds],
                   fmt_time(s.kernel_time_s) if s.kernel_time_s is not None else unk,
                   fmt_time(s.floor_time_s),
@@ -209,9 +218,9 @@ def _print_splits(step: Step, rows) -> None:
                   fmt_time(s.step_time_s) if s.step_time_s else unk,
                   ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
                   ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk)
-    t.caption = ("pipeline stages add at batch 1; ≤: the link latency is unknown, only the "
-                 "collective's bandwidth term is charged. Link figures: the catalog, or measured "
-                 "allreduce records given with --from.")
+    t.caption = ("GB a chip: what the fullest chip holds; pipeline stages add at batch 1; ≤: the "
+                 "link latency is unknown, only the collective's bandwidth term is charged. Link "
+                 "figures: the catalog, or measured allreduce records given with --from.")
     console().print(t)
 
 
@@ -225,7 +234,8 @@ def add_parser(sub) -> None:
                    help="a results file: measured %% of roof sets the efficiency; measured "
                         "allreduce records set the link cost")
     p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
-                   help="tensor-parallel degree (repeatable: one row each)")
+                   help="tensor-parallel degree (repeatable: one row each); it must divide "
+                   "the model's query heads and divide or be a multiple of its KV heads")
     p.add_argument("--pp", type=whole("--pp", MAX_CHIPS, "chips"), metavar="M",
                    help="pipeline stages (default: the fewest that hold the model at that --tp)")
     p.add_argument("--kernel-floor-us", type=floor_us, default=DEFAULT_FLOOR_US,

@@ -3,8 +3,16 @@
 One chip: the step's bytes at the datasheet bandwidth times an efficiency (given, or the median %
 of roof the best kernels reached in a results file) give the memory-bound step time; its FLOPs at
 the dense BF16 datasheet rate give the compute-bound time (weight-only INT8/INT4 dequantize to
-bf16, so bf16 is the rate that applies); the larger binds. Capacity: weights + KV cache over the
-chip's memory (on-chip SRAM for SRAM-only chips) gives the chips needed.
+bf16, so bf16 is the rate that applies); the larger binds.
+
+Capacity is judged on the fullest chip of a split (tensor-parallel degree tp, pp pipeline stages,
+L layers): ceil(L/pp) layers' weights / tp, plus those layers' KV cache / min(tp, KV heads) (a KV
+head is not split: past tp = KV heads each is copied to tp / KV heads chips), plus the embedding,
+lm_head and final norm spread over all tp x pp chips. That last term is an assumption: frameworks
+place them differently (vLLM shards them over tp on the first and last stage only, which needs
+more on those chips). It must fit the chip's memory (on-chip SRAM for SRAM-only chips). Only tp
+that serving frameworks accept count (vLLM's rule): tp divides the query heads, and divides the KV
+heads or is a multiple of them.
 
 Several chips (`project_split`), tensor-parallel degree tp, pipeline degree pp:
 - every kernel call costs max(its bytes on one chip / (bandwidth x efficiency), its FLOPs on one
@@ -30,7 +38,7 @@ from typing import Any, Iterable
 from backends import Chip
 
 from ..results import in_cache
-from .workload import Step
+from .workload import ModelConfig, Resident, Step
 
 PROBES = ("copy", "read")
 WEIGHT_OPS = {"bf16": "gemv_bf16", "int8": "gemv_w8", "int4": "gemv_w4"}
@@ -55,8 +63,9 @@ class Projection:
     resident_bytes: int
     capacity_gb: float | None
     sram_only: bool
-    chips_needed: int | None
-    tokens_per_s_on_needed: float | None  # per sequence, on the smallest split that holds it
+    chips_needed: int | None        # tp x pp of the split `smallest_split` picks; None: capacity
+    #                                 unknown, or no split holds the model
+    tokens_per_s_on_needed: float | None  # per sequence, on that split
     split: dict[str, Any] | None = None     # that split's SplitProjection.as_dict()
 
     def as_dict(self) -> dict[str, Any]:
@@ -136,7 +145,8 @@ class SplitProjection:
     tp: int
     pp: int
     chips: int
-    holds: bool | None              # the model and KV fit on tp x pp chips (None: capacity unknown)
+    holds: bool | None              # the fullest chip holds its share (None: capacity unknown)
+    chip_resident_bytes: float      # what the fullest chip holds (module docstring)
     kernel_time_s: float | None     # every kernel call of the step, bytes/FLOPs on one chip's slice
     floor_s: float                  # the floor charged a kernel call
     floor_time_s: float             # floor x kernel calls (part of kernel_time_s)
@@ -156,6 +166,50 @@ def kernel_calls(step: Step) -> float:
     return sum(k.calls for k in step.kernels)
 
 
+def tp_degrees(cfg: ModelConfig) -> list[int]:
+    """Tensor-parallel degrees a serving framework accepts for `cfg` (vLLM's rule), ascending: tp
+    divides the query heads, and divides the KV heads or is a multiple of them."""
+    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    divisors = {d for i in range(1, math.isqrt(hq) + 1) if hq % i == 0 for d in (i, hq // i)}
+    return sorted(t for t in divisors if hkv % t == 0 or t % hkv == 0)
+
+
+def tp_error(cfg: ModelConfig, tp: int) -> str | None:
+    """Why `tp` is no tensor-parallel degree for `cfg` (one line), or None when it is one."""
+    valid = tp_degrees(cfg)
+    if tp in valid:
+        return None
+    shown = ", ".join(map(str, valid[:16])) + (", …" if len(valid) > 16 else "")
+    return (f"tp {tp} does not fit {cfg.name}'s heads ({cfg.num_attention_heads} query, "
+            f"{cfg.num_key_value_heads} KV): a degree divides the query heads and divides or is a "
+            f"multiple of the KV heads; valid: {shown}")
+
+
+def chip_resident_bytes(step: Step, tp: int, pp: int, resident: Resident | None = None) -> float:
+    """Bytes the fullest chip of a tp x pp split holds (module docstring): ceil(L/pp) layers'
+    weights / tp and KV cache / min(tp, KV heads), plus embedding, lm_head and final norm / (tp x pp)."""
+    r = resident or step.resident()
+    layers = math.ceil(r.layers / pp)
+    kv_split = min(tp, step.model.num_key_value_heads)
+    return (layers * r.layer_weight_bytes / tp + layers * r.layer_kv_bytes / kv_split
+            + r.shared_weight_bytes / (tp * pp))
+
+
+def _fewest_stages(step: Step, tp: int, cap_bytes: float, resident: Resident) -> int | None:
+    """The fewest stages (at most one layer a stage) at which tp x stages holds, or None."""
+    L = step.model.num_hidden_layers
+    if chip_resident_bytes(step, tp, L, resident) > cap_bytes:
+        return None
+    lo, hi = 1, L  # the fullest chip only shrinks as stages are added: the first that holds
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chip_resident_bytes(step, tp, mid, resident) <= cap_bytes:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: float = 1.0,
                   floor_s: float = DEFAULT_FLOOR_US * 1e-6,
                   link: LinkModel | None = None) -> SplitProjection:
@@ -165,6 +219,9 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
     c = step.model
     if pp > c.num_hidden_layers:
         raise ValueError(f"pp={pp} is more stages than {c.name}'s {c.num_hidden_layers} layers")
+    bad_tp = tp_error(c, tp)
+    if bad_tp:
+        raise ValueError(bad_tp)
     link = link or link_model(chip)
     bw, tf = chip.mem_bw_gbps, chip.bf16_tflops
     kv_split = min(tp, c.num_key_value_heads)
@@ -184,40 +241,43 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
     hop1, low2 = link.hop_s(msg) if pp > 1 else (0.0, False)
     hops = None if hop1 is None else (pp - 1) * hop1
     step_t = None if None in (t_kernels, coll, hops) else t_kernels + coll + hops
-    resident = step.resident_bytes()
-    holds = None if not chip.mem_gb else resident <= tp * pp * chip.mem_gb * 1e9
+    on_chip = chip_resident_bytes(step, tp, pp)
+    holds = None if not chip.mem_gb else on_chip <= chip.mem_gb * 1e9
     return SplitProjection(
-        chip=chip.id, tp=tp, pp=pp, chips=tp * pp, holds=holds, kernel_time_s=t_kernels,
-        floor_s=floor_s, floor_time_s=kernel_calls(step) * floor_s, collective_time_s=coll,
-        hop_time_s=hops, step_time_s=step_t, tokens_per_s=1 / step_t if step_t else None,
+        chip=chip.id, tp=tp, pp=pp, chips=tp * pp, holds=holds, chip_resident_bytes=on_chip,
+        kernel_time_s=t_kernels, floor_s=floor_s, floor_time_s=kernel_calls(step) * floor_s,
+        collective_time_s=coll, hop_time_s=hops, step_time_s=step_t,
+        tokens_per_s=1 / step_t if step_t else None,
         batch_tokens_per_s=step.batch / step_t if step_t else None,
         upper_bound=bool((low1 and tp > 1) or (low2 and pp > 1)), link_source=link.source)
 
 
-def smallest_split(step: Step, chip: Chip, needed: int | None, tp: int | None = None) -> tuple[int, int] | None:
-    """(tp, pp) of the fewest chips that hold the model: tensor parallel first within the
-    fabric's group, pipeline stages for the rest; with no known group, stages first (one layer a
-    stage at most), then tensor parallel. `tp` given: the stages that make it hold, if any can."""
-    if needed is None:
+def smallest_split(step: Step, chip: Chip, tp: int | None = None) -> tuple[int, int] | None:
+    """(tp, pp) of the fewest chips that hold the model, over valid tp only (`tp_degrees`), at
+    most one layer a stage. Among splits of as many chips: with a known fabric group, tensor
+    parallel within it first (the larger tp, the fewer stages); with none, stages first. `tp`
+    given: its fewest stages that hold, or L stages (which then show as not holding). None:
+    capacity unknown, or no split holds."""
+    if not chip.mem_gb:
         return None
-    L = step.model.num_hidden_layers
-    if tp is not None:  # at most one layer a stage: a tp too small to hold it shows as not holding
-        return tp, min(L, max(1, math.ceil(needed / tp)))
+    cap = chip.mem_gb * 1e9
+    r = step.resident()
+    if tp is not None:
+        return tp, _fewest_stages(step, tp, cap, r) or step.model.num_hidden_layers
     group = chip.interconnect.group
+    holding = [(t, pp) for t in tp_degrees(step.model) if t <= MAX_CHIPS
+               for pp in [_fewest_stages(step, t, cap, r)] if pp]
+    if not holding:
+        return None
     if group:
-        tp = min(needed, group)
-        pp = math.ceil(needed / tp)
-        if pp > L:
-            tp, pp = math.ceil(needed / L), L
-        return tp, pp
-    pp = min(needed, L)
-    return math.ceil(needed / pp), pp
+        return min(holding, key=lambda s: (s[0] * s[1], s[0] > group, -s[0]))
+    return min(holding, key=lambda s: (s[0] * s[1], -s[1]))
 
 
 def project(step: Step, chip: Chip, efficiency: float = 1.0,
             floor_s: float = DEFAULT_FLOOR_US * 1e-6, link: LinkModel | None = None) -> Projection:
     """Project `step` onto one chip at datasheet peak x efficiency (0 < efficiency <= 1.5), and
-    onto the smallest split that holds it."""
+    onto the split `smallest_split` picks to hold it."""
     nbytes, flops = step.bytes, step.flops
     bw = chip.mem_bw_gbps
     t_mem = nbytes / (bw * 1e9 * efficiency) if bw else None
@@ -231,8 +291,8 @@ def project(step: Step, chip: Chip, efficiency: float = 1.0,
         bound, t = ("memory", t_mem) if t_mem >= t_comp else ("compute", t_comp)
     resident = step.resident_bytes()
     cap = chip.mem_gb
-    need = math.ceil(resident / (cap * 1e9)) if cap else None
-    tp_pp = smallest_split(step, chip, need)
+    tp_pp = smallest_split(step, chip)
+    need = tp_pp[0] * tp_pp[1] if tp_pp else None
     split = project_split(step, chip, *tp_pp, efficiency, floor_s, link) if tp_pp else None
     on_need = split.tokens_per_s if split else None
     return Projection(
@@ -276,5 +336,5 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
 
 
 __all__ = ["DEFAULT_FLOOR_US", "MAX_CHIPS", "MAX_EFFICIENCY", "MIN_EFFICIENCY", "LinkModel",
-           "Projection", "SplitProjection", "efficiency_from_results", "link_model", "project",
-           "project_split", "smallest_split"]
+           "Projection", "SplitProjection", "chip_resident_bytes", "efficiency_from_results",
+           "link_model", "project", "project_split", "smallest_split", "tp_degrees", "tp_error"]

@@ -14,7 +14,7 @@ What is counted and why:
 - MoE (Mixtral): each token runs top-k of E experts, so at batch 1 only k experts' weights are
   read per layer. A batch touches more: with uniform routing a given expert is missed by one token
   with probability 1 - k/E, so a batch of B tokens reads E * (1 - (1 - k/E)^B) distinct experts on
-  average (Mixtral 8x7B: 2 at B=1, 5.4 at B=4, 7.2 at B=8, ~8 from B=16). Weight bytes grow with
+  average (Mixtral 8x7B: 2 at B=1, 5.47 at B=4, 7.2 at B=8, ~8 from B=16). Weight bytes grow with
   that count; FLOPs grow with B * k. Each touched expert runs a GEMV over its ~B*k/touched tokens.
 - Nothing is read twice: the counts are the floor any correct implementation must move.
 """
@@ -250,9 +250,10 @@ class Step:
         """The bytes of the timed kernels only (what `run --model` measures)."""
         return self.total("bytes")
 
-    def resident_bytes(self) -> int:
-        """Memory to hold: every weight (all experts, the whole embedding) + the KV cache
-        allocated for batch x ctx. Activations, workspace and runtime overhead are not counted."""
+    def resident(self) -> Resident:
+        """Memory to hold, by where it sits in a split: every weight (all experts, the whole
+        embedding) and the KV cache allocated for batch x ctx. Activations, workspace and runtime
+        overhead are not counted."""
         c = self.model
         H, I, L, E = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts
         w = self.weights
@@ -262,8 +263,42 @@ class Step:
                      + (c.qkv_out * HALF if c.attention_bias else 0) + 2 * H * HALF)
         embed = c.vocab_size * H * HALF
         head = 0 if c.tie_word_embeddings and w == "bf16" else weight_bytes(c.vocab_size, H, w)
-        kv = L * self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
-        return L * per_layer + embed + head + H * HALF + kv
+        kv = self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
+        return Resident(L, per_layer, embed + head + H * HALF, kv)
+
+    def resident_weight_bytes(self) -> int:
+        """Every weight the model holds (all experts, the whole embedding)."""
+        return self.resident().weight_bytes
+
+    def resident_kv_bytes(self) -> int:
+        """The KV cache allocated for batch x ctx, every layer."""
+        return self.resident().kv_bytes
+
+    def resident_bytes(self) -> int:
+        """Memory to hold the model and its KV cache: resident weights + resident KV."""
+        return self.resident().total
+
+
+@dataclass(frozen=True)
+class Resident:
+    """What a model holds in memory for a step, split the way a chip split divides it."""
+
+    layers: int
+    layer_weight_bytes: int   # one decoder layer: its linears (every expert), router, biases, norms
+    shared_weight_bytes: int  # embedding table, lm_head (none when tied at bf16), final norm
+    layer_kv_bytes: int       # one layer's KV cache for batch x ctx
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.layers * self.layer_weight_bytes + self.shared_weight_bytes
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.layers * self.layer_kv_bytes
+
+    @property
+    def total(self) -> int:
+        return self.weight_bytes + self.kv_bytes
 
 
 def _gemv(name: str, M: float, N: int, K: int, calls: float, precision: str,
@@ -340,6 +375,6 @@ def attention_heads(name: str) -> tuple[int, int, int]:
     return c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
 
-__all__ = ["MAX_BATCH", "MAX_CTX", "ConfigError", "Kernel", "ModelConfig", "Step",
+__all__ = ["MAX_BATCH", "MAX_CTX", "ConfigError", "Kernel", "ModelConfig", "Resident", "Step",
            "attention_heads", "decode_step", "expected_experts", "kv_bytes_per_token",
            "layer_gemv_shapes", "load_model", "model_names", "parse_config", "weight_bytes"]

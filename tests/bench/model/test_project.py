@@ -44,13 +44,56 @@ def test_large_batch_turns_compute_bound():
     assert p.bound == "compute" and p.step_time_s == p.compute_time_s
 
 
+# --- capacity: the fullest chip of a split, recomputed here from the config -------------------
+
+def valid_tps(cfg):
+    """vLLM's rule, spelled out: tp divides the query heads, and divides or is a multiple of the
+    KV heads."""
+    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    return [t for t in range(1, hq + 1) if hq % t == 0 and (hkv % t == 0 or t % hkv == 0)]
+
+
+def ref_chip_bytes(s, tp, pp):
+    """The fullest chip of a dense bf16 model's split, from parameter counts: ceil(L/pp) layers'
+    weights / tp and KV / min(tp, KV heads), embedding + lm_head + final norm / (tp x pp)."""
+    c = s.model
+    assert s.weights == s.kv == "bf16" and not c.is_moe and not c.tie_word_embeddings
+    L, H = c.num_hidden_layers, c.hidden_size
+    shared = 2 * c.vocab_size * H + H
+    layer_w = 2 * (c.param_count() - shared) / L
+    layer_kv = s.batch * s.ctx * 2 * c.num_key_value_heads * c.head_dim * 2
+    n = math.ceil(L / pp)
+    return (n * layer_w / tp + n * layer_kv / min(tp, c.num_key_value_heads)
+            + 2 * shared / (tp * pp))
+
+
+def ref_split(s, chip):
+    """The documented preference, by exhaustive search over valid tp and 1..L stages: the fewest
+    chips; among as many, tp within the fabric's group and the larger tp, or with no group the
+    more stages."""
+    cap, L, group = chip.mem_gb * 1e9, s.model.num_hidden_layers, chip.interconnect.group
+    splits = [(tp, pp) for tp in valid_tps(s.model) for pp in range(1, L + 1)
+              if ref_chip_bytes(s, tp, pp) <= cap]
+    if not splits:
+        return None
+    if group:
+        return min(splits, key=lambda t: (t[0] * t[1], t[0] > group, -t[0]))
+    return min(splits, key=lambda t: (t[0] * t[1], -t[1]))
+
+
 def test_capacity_counts():
     s = step70()
     assert s.resident_bytes() / 1e9 == pytest.approx(142.45, rel=1e-3)
+    assert s.resident_bytes() == s.resident_weight_bytes() + s.resident_kv_bytes()
+    assert s.resident_weight_bytes() == 2 * s.model.param_count()  # bf16, untied
+    assert s.resident_kv_bytes() == 80 * 4096 * 2 * 8 * 128 * 2
     assert project(s, lookup_chip("h100-sxm")).chips_needed == 2
     assert project(s, lookup_chip("b200")).chips_needed == 1
     groq = project(s, lookup_chip("groq-lpu"))
-    assert groq.sram_only and groq.chips_needed == math.ceil(s.resident_bytes() / 0.23e9) == 620
+    tp, pp = ref_split(s, lookup_chip("groq-lpu"))
+    assert groq.sram_only and groq.chips_needed == tp * pp
+    assert (tp, pp) == (8, 80)  # one layer a stage, and a layer's weights / 4 do not fit 0.23 GB
+    assert ref_chip_bytes(s, 4, 80) > 0.23e9 >= ref_chip_bytes(s, 8, 80)
     assert project(step70(w="int4"), lookup_chip("h100-sxm")).chips_needed == 1
     # MoE capacity holds every expert even though batch 1 reads two
     mix = decode_step(load_model("mixtral-8x7b"), 1, 1)
@@ -99,7 +142,8 @@ def test_project_cli_json_and_from(tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["chip"] for r in rows] == ["h100-sxm", "groq-lpu"]
     assert rows[0]["tokens_per_s"] == pytest.approx(12, rel=0.02)
-    assert rows[1]["chips_needed"] == 620
+    tp, pp = ref_split(step70(), lookup_chip("groq-lpu"))
+    assert rows[1]["chips_needed"] == tp * pp and rows[1]["split"]["holds"]
     f = tmp_path / "r.jsonl"
     f.write_text("\n".join(json.dumps(rec("gemv_bf16", {"M": m, "N": 8, "K": 8}, "a", 80))
                            for m in (1, 2)) + "\n")
@@ -178,7 +222,7 @@ def test_model_cases_and_step_sum(tmp_path):
 # --- splits: tensor parallel, pipeline stages, links ---------------------------------------------
 
 from bench.model.project import (LinkModel, kernel_calls, link_model, project_split,  # noqa: E402
-                           smallest_split)
+                                 smallest_split, tp_degrees)
 from backends import load_catalog  # noqa: E402
 
 
@@ -232,18 +276,68 @@ def test_measured_allreduce_records_set_the_link():
     assert not sp.upper_bound and "measured" in sp.link_source
 
 
-def test_smallest_split_holds_the_model():
-    s = step70()
+@pytest.mark.parametrize("batch, ctx", [(1, 4096), (32, 32768), (64, 32768)])
+def test_smallest_split_is_the_documented_preference(batch, ctx):
+    s = step70(batch=batch, ctx=ctx)
     for c in load_catalog().values():
         p = project(s, c)
-        if p.chips_needed is None:
-            assert p.split is None
+        if not c.mem_gb:
+            assert p.split is None and p.chips_needed is None and smallest_split(s, c) is None
             continue
-        tp, pp = smallest_split(s, c, p.chips_needed)
-        assert tp * pp >= p.chips_needed and pp <= s.model.num_hidden_layers, c.id
-        if c.interconnect.group and p.chips_needed <= c.interconnect.group:
-            assert (tp, pp) == (p.chips_needed, 1), c.id  # tensor parallel within the group
-        assert p.split["holds"] in (True, None), c.id
+        want = ref_split(s, c)
+        assert smallest_split(s, c) == want, c.id
+        if want is None:  # no split holds: none shown, rather than one that does not hold
+            assert p.chips_needed is None and p.split is None, c.id
+            continue
+        tp, pp = want
+        assert p.chips_needed == tp * pp and (p.split["tp"], p.split["pp"]) == want, c.id
+        assert p.split["holds"] and p.split["chip_resident_bytes"] == pytest.approx(
+            ref_chip_bytes(s, tp, pp), rel=1e-9), c.id
+        assert tp in valid_tps(s.model) and pp <= s.model.num_hidden_layers, c.id
+
+
+def test_kv_cache_is_copied_past_the_kv_heads():
+    """8 KV heads split over 16 chips: each head sits whole on two, so a chip holds 1/8 of the
+    KV cache, not 1/16."""
+    s, h100 = step70(batch=64, ctx=32768), lookup_chip("h100-sxm")
+    assert s.resident_bytes() / 16 <= 80e9  # the whole split over 16 would fit ...
+    sp = project_split(s, h100, 16, 1)
+    kv, w = s.resident_kv_bytes() / 8, s.resident_weight_bytes() / 16
+    assert sp.chip_resident_bytes == pytest.approx(kv + w, rel=1e-9) == ref_chip_bytes(s, 16, 1)
+    assert sp.chip_resident_bytes > 80e9 and sp.holds is False  # ... a chip does not
+    assert smallest_split(s, h100, 16) == (16, 2) and project_split(s, h100, 16, 2).holds
+    # chips to hold: a split that holds, not the whole cache over memory
+    v5e = lookup_chip("tpu-v5e")
+    s32 = step70(batch=32, ctx=32768)
+    p = project(s32, v5e)
+    assert p.chips_needed != math.ceil(s32.resident_bytes() / 16e9)
+    assert p.split["holds"] and p.split["chip_resident_bytes"] <= 16e9
+    assert p.chips_needed == p.split["tp"] * p.split["pp"]
+    assert not project_split(s32, v5e, p.split["tp"], p.split["pp"] - 1).holds  # fewest stages
+
+
+def test_no_split_holds_shows_none(capsys):
+    s = step70(batch=64, ctx=32768)  # one layer's KV / 8 heads: 1.07 GB, past a Groq chip's SRAM
+    groq = lookup_chip("groq-lpu")
+    p = project(s, groq)
+    assert p.chips_needed is None and p.split is None and p.capacity_gb == 0.23
+    assert smallest_split(s, groq, 64) == (64, 80) and not project_split(s, groq, 64, 80).holds
+    assert main(["project", "--model", "llama-3-70b", "--batch", "64", "--ctx", "32768",
+                 "--chip", "groq-lpu"]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if "groq-lpu" in x)
+    assert "none" in row and "×" not in row
+
+
+def test_tp_degrees_are_the_frameworks():
+    for name in ("llama-3-70b", "llama-3-8b", "qwen2.5-7b", "mixtral-8x7b", "llama-3.1-405b"):
+        assert tp_degrees(load_model(name)) == valid_tps(load_model(name)), name
+    assert tp_degrees(load_model("llama-3-70b")) == [1, 2, 4, 8, 16, 32, 64]
+    assert tp_degrees(load_model("qwen2.5-7b")) == [1, 2, 4, 28]  # 28 query, 4 KV heads
+    with pytest.raises(ValueError, match="valid: 1, 2, 4, 8, 16, 32, 64"):
+        project_split(step70(), lookup_chip("h100-sxm"), 3, 1)
+    for c in load_catalog().values():  # the picked split never uses a degree no framework takes
+        sp = project(decode_step(load_model("qwen2.5-7b"), 256, 32768), c).split
+        assert sp is None or sp["tp"] in (1, 2, 4, 28), c.id
 
 
 def test_project_tp_json_and_table(capsys):
@@ -274,6 +368,10 @@ def test_project_plot(tmp_path):
     (["project", "--model", "llama-3-8b", "--tp", "2", "--pp", "99"], "more stages than"),
     (["project", "--model", "llama-3-8b", "--tp", "0"], "at least 1"),
     (["project", "--model", "llama-3-8b", "--kernel-floor-us", "-1"], ">= 0"),
+    (["project", "--model", "llama-3-70b", "--tp", "8", "--tp", "3"],
+     "--tp 3 does not fit Llama-3-70B's heads (64 query, 8 KV)"),
+    (["project", "--model", "llama-3-70b", "--tp", "3", "--json"], "valid: 1, 2, 4, 8, 16, 32, 64"),
+    (["project", "--model", "qwen2.5-7b", "--tp", "14", "--pp", "2"], "valid: 1, 2, 4, 28"),
 ])
 def test_split_bad_inputs(capsys, argv, msg):
     assert msg in one_error_line(capsys, argv)
