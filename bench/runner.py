@@ -83,6 +83,62 @@ def clone_args(args: tuple, clone: Callable[[torch.Tensor], torch.Tensor] = torc
     return tuple(clone(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def _torch_state() -> tuple[int, torch.dtype, bool]:
+    return torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
+
+
+def _put_back(state: tuple[int, torch.dtype, bool]) -> None:
+    """Undo what an impl changed of torch's process-wide state: every impl and case of a run
+    shares one worker, so a thread count, default dtype or denormal mode set by one would time,
+    build the inputs of or judge the next. (Flushing denormals has no getter; the harness runs
+    with it off.)"""
+    threads, dtype, grad = state
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.get_default_dtype() != dtype:
+        torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
+    torch.set_flush_denormal(False)
+
+
+def _snapshot(args: tuple) -> list[torch.Tensor | None] | None:
+    """A copy of each tensor input, to see whether an impl changed it; None (not checked) when the
+    device cannot hold a second copy of the inputs."""
+    try:
+        return [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+    except RuntimeError:  # out of memory (torch.OutOfMemoryError is one)
+        return None
+
+
+def _restore_changed(args: tuple, pristine: list[torch.Tensor | None] | None) -> list[int]:
+    """The positions of the inputs that differ from their copies, byte for byte (a NaN in an
+    unused slot equals itself), each copied back."""
+    if pristine is None:
+        return []
+    changed = []
+    for i, (a, p) in enumerate(zip(args, pristine)):
+        if p is not None and not torch.equal(_bytes(a), _bytes(p)):
+            a.copy_(p)
+            changed.append(i)
+    return changed
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _malformed(out: Any, shape: tuple, dtype: torch.dtype) -> str | None:
+    """Why an impl's output is not one the op's reference and byte count describe, or None."""
+    if not isinstance(out, torch.Tensor):
+        return f"returned {type(out).__name__}, not a tensor"
+    if tuple(out.shape) != tuple(shape):
+        return f"output shape {tuple(out.shape)}, the op's is {tuple(shape)}"
+    if out.dtype != dtype:  # the values can pass, but bytes_moved counts the op's dtype
+        return (f"output dtype {str(out.dtype).removeprefix('torch.')}, the op's is "
+                f"{str(dtype).removeprefix('torch.')}")
+    return None
+
+
 def _err(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
@@ -182,6 +238,7 @@ class Runner:
             rec = self._base(case, impl)
             t0 = time.perf_counter()
             lost = None
+            state = _torch_state()
             try:
                 sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
             except NotImplementedError as e:
@@ -193,6 +250,9 @@ class Runner:
                 if lost:  # e.g. an illegal address: every later call on this context fails too
                     rec.update(status="crashed", error=f"{rec['error']}; the device context is "
                                                        f"lost ({lost})")
+            if torch.get_num_threads() != state[0]:  # the record says what the impl ran with
+                rec["device"]["threads"] = torch.get_num_threads()
+            _put_back(state)
             rec["wall_s"] = round(time.perf_counter() - t0, 3)  # check + timing, compiles included
             records.append(self._emit(rec))
             if lost:
@@ -213,6 +273,9 @@ class Runner:
         forget_tuned()  # the record names the configs that the autotuner picks for this case
         with c.backend.session():
             args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
+        # the inputs are the case's, shared by every impl and set 0 of the timing: one that an
+        # impl changes is put back and the impl fails (arrays on XLA cannot change)
+        pristine = _snapshot(inputs) if c.backend.out_buffers else None
         if use_out:
             poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
             fn(*args, out=poisoned)
@@ -220,15 +283,18 @@ class Runner:
         else:
             result = fn(*args)
         c.backend.synchronize()
+        changed = _restore_changed(inputs, pristine)
+        del pristine
         host = c.backend.to_host(result)
+        wrong = (f"changed its input{'s' if len(changed) > 1 else ''} "
+                 f"{', '.join(map(str, changed))} (counted from 0; put back for the next impl)"
+                 if changed else _malformed(host, out_shape, out_dtype))
+        if wrong:
+            rec.update(status="failed-check", correct=False, error=with_known_issue(impl, wrong))
+            return sets
         err = rel_err(host, ref)
         tol = op.tol(case.dtype)
-        rec.update(rel_err=err, correct=bool(err <= tol and host.dtype == out_dtype))
-        if host.dtype != out_dtype:  # its bytes_moved counts the op's output dtype
-            rec.update(status="failed-check", error=with_known_issue(
-                impl, f"output dtype {str(host.dtype).removeprefix('torch.')}, the op's is "
-                      f"{str(out_dtype).removeprefix('torch.')}"))
-            return sets
+        rec.update(rel_err=err, correct=bool(err <= tol))
         if not err <= tol:
             rec.update(status="failed-check", error=with_known_issue(
                 impl, f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)

@@ -181,3 +181,64 @@ def test_reader_can_read_on_past_bad_lines(tmp_path):
     skipped: list[str] = []
     assert [r["impl"] for r in read_results(f, skipped)] == ["x", "y"]
     assert len(skipped) == 2 and ":3: malformed record (dtype" in skipped[1]
+
+
+@pytest.fixture
+def rude_impls():
+    """Impls that break the runner's contract without raising."""
+    names = ["t_mutates", "t_none", "t_shape", "t_threads", "t_after"]
+
+    @register_impl("gemv_bf16", "t_mutates", backends=["cpu"], dtypes=["float32"])
+    def mutates(x, w):
+        y = x @ w.T
+        x.mul_(3)  # the right answer, then the case's inputs spoiled for every later impl
+        w[0, 0] = float("nan")
+        return y
+
+    @register_impl("gemv_bf16", "t_none", backends=["cpu"], dtypes=["float32"])
+    def none(x, w):
+        return None
+
+    @register_impl("gemv_bf16", "t_shape", backends=["cpu"], dtypes=["float32"])
+    def shape(x, w):
+        return (x @ w.T).reshape(-1)
+
+    @register_impl("gemv_bf16", "t_threads", backends=["cpu"], dtypes=["float32"])
+    def threads(x, w, out=None):
+        torch.set_num_threads(1)  # process-wide: it would time every later impl on one thread
+        torch.set_default_dtype(torch.float64)  # and build the next case's inputs in fp64
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_after", backends=["cpu"], dtypes=["float32"])
+    def after(x, w, out=None):
+        after.seen = (torch.get_num_threads(), torch.get_default_dtype())
+        return torch.matmul(x, w.T, out=out)
+
+    yield after
+    for n in names:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def test_impls_that_break_the_contract_fail_and_leave_the_next_impl_clean(tmp_path, rude_impls,
+                                                                         fixed_llc):
+    threads = torch.get_num_threads()
+    r = make_runner(tmp_path, ["t_mutates", "t_none", "t_shape", "t_threads", "t_after"])
+    try:
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                      torch.float32))}
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(torch.float32)
+    r.writer.close()
+    mut = recs["t_mutates"]
+    assert mut["status"] == "failed-check" and mut["correct"] is False
+    assert "changed its inputs 0, 1" in mut["error"]
+    assert recs["t_none"]["status"] == "failed-check"
+    assert "returned NoneType, not a tensor" in recs["t_none"]["error"]
+    assert recs["t_shape"]["status"] == "failed-check"
+    assert "output shape (128,), the op's is (2, 64)" in recs["t_shape"]["error"]
+    assert recs["t_threads"]["status"] == "ok" and recs["t_threads"]["device"]["threads"] == 1
+    # the inputs were put back and torch's state restored before the next impl
+    assert recs["t_after"]["status"] == "ok" and recs["t_after"]["rel_err"] < 1e-6
+    assert rude_impls.seen == (threads, torch.float32)
+    assert recs["t_after"]["device"]["threads"] == threads
