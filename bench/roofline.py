@@ -242,6 +242,7 @@ class Verdict:
 
 
 IN_CACHE = "in cache: not judged against the DRAM roof"
+COMPUTE_BELOW = "compute-bound: below the compute roof"
 ABOVE_ROOF_MAX = 0.25  # past 125% of the measured roof a case is suspect however noisy the probes
 
 
@@ -263,7 +264,9 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
     elif pct_roof is not None and pct_roof > 100 * (1 + noise):
         v = "above the roof: harness suspect (cache not defeated or missing sync)"
     elif ai is not None and ridge is not None and ai >= ridge:
-        v = "compute-bound"
+        # the compute roof is the one that applies; at a few % of it the kernel is what binds
+        v = "compute-bound" if pct_compute is not None and pct_compute >= 100 * AT_WALL \
+            else COMPUTE_BELOW
     elif pct_roof is not None and pct_roof >= 100 * AT_WALL:
         v = "at the wall"
     elif median_s < latency_floor_s:
