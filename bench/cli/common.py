@@ -30,7 +30,11 @@ def resolve_backend(name: str | None):
     if name is None:
         b = best_backend()
     elif name.lower() not in BACKENDS:
-        raise UsageError(f"unknown backend {name!r}{suggest(name.lower(), list(BACKENDS))}")
+        # a device kind is not a backend: GPUs run on cuda (ROCm's torch too), TPUs through xla
+        kind = {"gpu": "cuda", "rocm": "cuda", "hip": "cuda", "tpu": "xla", "jax": "xla"}
+        hint = (f"; {name.lower()} devices run on the {kind[name.lower()]} backend"
+                if name.lower() in kind else suggest(name.lower(), list(BACKENDS)))
+        raise UsageError(f"unknown backend {name!r}{hint} (backends: {', '.join(BACKENDS)})")
     else:
         b = get_backend(name)
         ok, why = b.available()

@@ -34,7 +34,7 @@ def bad(capsys, out, *argv):
 @pytest.mark.parametrize("argv, expect", [
     (["run", "--op", "gemv_bf17"], "did you mean 'gemv_bf16'"),
     (["run", *GEMV, "--impl", "nope"], "unknown impl 'nope'"),
-    (["run", "--backend", "tpu"], "unknown backend 'tpu'"),
+    (["run", "--backend", "tpu"], "unknown backend 'tpu'; tpu devices run on the xla backend"),
     (["run", "--suite", "smok"], "did you mean 'smoke'"),
     (["run", *GEMV, "--chip", "h100-sx"], "did you mean 'h100-sxm'"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,N=abc,K=4"], "not an integer"),
