@@ -169,10 +169,18 @@ def _w8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm,
             else:
                 f0, f1, f2, f3 = _codes(words[None, :, :], ASM)
                 x0, x1, x2, x3, xs = x0[:, None], x1[:, None], x2[:, None], x3[:, None], xs[:, None]
-            p = x0 * f0 - xs
-            p += x1 * f1
-            p += x2 * f2
-            p += x3 * f3
+            if x_ptr.dtype.element_ty == tl.float32:
+                # p - xs rounds at 2^-16 of p, up to ~1e-4 of y: fp32's tolerance. fp32 x takes
+                # the exact f - 1 first (one add a code more), as the split-K kernel does.
+                p = x0 * (f0 - 1.0)
+                p += x1 * (f1 - 1.0)
+                p += x2 * (f2 - 1.0)
+                p += x3 * (f3 - 1.0)
+            else:
+                p = x0 * f0 - xs
+                p += x1 * f1
+                p += x2 * f2
+                p += x3 * f3
             acc_w += p
         if X3:
             acc = (tl.sum(acc_w, axis=1) * 32768.0 - 128.0 * tl.sum(xsum, axis=0))[None, :]

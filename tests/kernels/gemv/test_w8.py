@@ -90,6 +90,15 @@ def test_triton_interpreted(dtype, shape, split_k):
     assert scratch_is_zero()  # zero again for the next call
 
 
+def test_triton_fp32_words_keep_fp32_precision():
+    """fp32 x on the word path (M <= 4, K % 16 == 0) takes f - 1 exactly: x f - sum x rounds at
+    2^-16 of the sum (median 4.6e-5 at K = 4096, a fraction of the 1e-4 tolerance, past it at
+    small N); the split kernel's fp32 sits near 5e-7."""
+    pytest.importorskip("triton")
+    errs = [check_impl("triton_w8", GemvW8Shape(1, 16, 4096), F32, seed=s) for s in range(3)]
+    assert max(errs) < 5e-6, errs
+
+
 def test_triton_unaligned_weights_take_the_byte_path():
     """A weight view that does not start on a 16-byte boundary is read a byte at a time."""
     pytest.importorskip("triton")
