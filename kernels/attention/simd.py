@@ -72,7 +72,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
         raise NotImplementedError("the C attention kernel rejected this shape")
     res = o32.view(B, Hq, D)
     if out is None:
-        return res.to(q.dtype)  # a new tensor: o32 is a reused buffer
+        return res.to(q.dtype, copy=True)  # a new tensor, fp32 too: o32 is a reused buffer
     return out.copy_(res)
 
 

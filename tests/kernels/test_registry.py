@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from kernels import OPS, parse_dtype, register_impl, rel_err
+from kernels import OPS, dtype_name, parse_dtype, register_impl, rel_err
 
 
 def test_shape_field_errors():
@@ -31,3 +31,26 @@ def test_register_impl_rejects_bad_metadata():
         register_impl("copy", "torch_copy")(lambda x: x)
     with pytest.raises(ValueError, match="unknown dtype"):
         parse_dtype("float7")
+
+
+CPU_RETURNING = [
+    pytest.param(op.name, impl.name, shape, dtype, id=f"{op.name}-{impl.name}-{dtype_name(dtype)}")
+    for op in OPS.values() if not op.collective
+    for impl in op.impls.values() if "cpu" in impl.backends and impl.builtin
+    for dtype in impl.dtypes
+    for shape in [next((sh for sh, dt in op.smoke if dt == dtype), None)] if shape is not None]
+
+
+@pytest.mark.parametrize("op_name, impl_name, shape, dtype", CPU_RETURNING)
+def test_a_returned_output_is_the_callers_not_a_reused_buffer(op_name, impl_name, shape, dtype):
+    """Called without out=, an impl returns a tensor of its own: a second call on other inputs
+    leaves the first result as it was (a kernel's reused scratch buffer, returned, would not)."""
+    op = OPS[op_name]
+    impl = op.impls[impl_name]
+    try:
+        first = impl(*op.make_inputs(shape, dtype, "cpu", 0))
+    except NotImplementedError as e:
+        pytest.skip(str(e))
+    kept = first.clone()
+    impl(*op.make_inputs(shape, dtype, "cpu", 1))
+    assert torch.equal(first, kept)
