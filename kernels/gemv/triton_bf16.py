@@ -14,7 +14,7 @@ import triton.language as tl
 from ..common import SM90_SMEM_BYTES, smem_per_block
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
-from .triton_common import batch_path, load_xw
+from .triton_common import batch_path, check_elements, load_xw
 
 # (BLOCK_N, BLOCK_K, warps) x ACC3: wide K steps won on an H200 (results/h200/); ACC3 keeps a
 # [BLOCK_M, BLOCK_N, BLOCK_K] accumulator of plain FMAs and reduces it once after the loop,
@@ -112,6 +112,7 @@ def triton_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
     N = w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"x has K={K} but w has K={w.shape[1]}")
+    check_elements("triton_gemv", x, w)
     x = x.contiguous()
     w = w.contiguous()
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)

@@ -20,6 +20,20 @@ from ..triton_split import last_split, scratch
 from ..triton_util import INTERPRET
 
 GEMV_MAX_M = 4  # the largest batch on the GEMV path; above it tl.dot
+# The kernels index a tensor as row * row stride + column in 32-bit integers (64-bit address math
+# would cost instructions in every loop), so no tensor they read may hold 2^31 elements: 4 GiB of
+# bf16, past any single weight of today's models.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_elements(name: str, *tensors: torch.Tensor) -> None:
+    """NotImplementedError (the case is skipped with this reason) where a tensor is too large
+    for the kernels' 32-bit offsets."""
+    for t in tensors:
+        if t.numel() > MAX_ELEMENTS:
+            raise NotImplementedError(
+                f"{name} computes offsets in 32 bits: a {'×'.join(map(str, t.shape))} tensor "
+                f"has {t.numel()} elements, past 2^31 - 1")
 
 
 def batch_path(M: int) -> tuple[bool, int]:

@@ -38,7 +38,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import (GEMV_MAX_M, split_rows_done, split_scratch, without_ptx,
+from .triton_common import (GEMV_MAX_M, check_elements, split_rows_done, split_scratch, without_ptx,
                             words_per_thread)
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
@@ -273,12 +273,13 @@ def _check_words(name: str, qweight: torch.Tensor) -> None:
                          "start on 4-byte boundaries")
 
 
-def _run(kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int, K: int,
-         out: torch.Tensor | None, **const: Any) -> torch.Tensor:
+def _run(name: str, kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple, N: int,
+         K: int, out: torch.Tensor | None, **const: Any) -> torch.Tensor:
     """What the three impls share: y, the workspace and a counter a row tile, the (N / BLOCK_N)
     x (K / BLOCK_K) launch of `kernel(x, *weights, ws, y, counters, N, K, x's row stride,
     *strides, y's row stride, M=M, **const)`."""
     M = x.shape[0]
+    check_elements(name, x, *weights)
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     ws, locks = split_scratch(x.device, M, N, N)  # at most N row tiles
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
@@ -300,7 +301,7 @@ def triton_w4_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     x = x.contiguous()
     if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
         x = x.clone()  # the PK configs load x 16 bytes at a time
-    return _run(_w4_splitk_kernel, x, (qweight, scales, zeros),
+    return _run("triton_w4_splitk", _w4_splitk_kernel, x, (qweight, scales, zeros),
                 (qweight.stride(0), scales.stride(0)), N, K, out, G=group_size)
 
 
@@ -317,7 +318,7 @@ def triton_w8_splitk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                                   f"K % 16 == 0 (K={K})")
     _check_words("triton_w8_splitk", qweight)
     x = x.contiguous()
-    return _run(_w8_splitk_kernel, x, (qweight, scales), (qweight.stride(0),), N, K, out)
+    return _run("triton_w8_splitk", _w8_splitk_kernel, x, (qweight, scales), (qweight.stride(0),), N, K, out)
 
 
 @register_impl("gemv_bf16", "triton_gemv_splitk", backends=TRITON_BACKENDS, kind="triton")
@@ -333,7 +334,7 @@ def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
     _check_batch("triton_gemv_splitk", M, "triton_gemv")
     x = x.contiguous()
     w = w.contiguous()
-    return _run(_bf16_splitk_kernel, x, (w,), (w.stride(0),), N, K, out)
+    return _run("triton_gemv_splitk", _bf16_splitk_kernel, x, (w,), (w.stride(0),), N, K, out)
 
 
 __all__ = ["triton_gemv_splitk", "triton_w4_splitk", "triton_w8_splitk"]

@@ -22,7 +22,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import (batch_path, split_add, split_for, split_scratch, two_paths,
+from .triton_common import (batch_path, check_elements, split_add, split_for, split_scratch, two_paths,
                             word_gemv_configs)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
@@ -675,6 +675,7 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     the PK configs (two codes an fp16x2 FMA); tl.dot once M > 4; split-K only where N leaves
     SMs idle."""
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
+    check_elements("triton_w4", x, qweight)
     if qweight.data_ptr() % 4 or qweight.stride(1) != 1:
         raise ValueError("triton_w4 reads qweight as 32-bit words: it must be contiguous and "
                          "start on a 4-byte boundary")

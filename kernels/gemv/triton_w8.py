@@ -20,7 +20,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w8_args
-from .triton_common import (batch_path, load_xw, split_add, split_for, split_scratch,
+from .triton_common import (batch_path, check_elements, load_xw, split_add, split_for, split_scratch,
                             two_paths, word_gemv_configs)
 
 # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
@@ -212,6 +212,7 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """Triton INT8 GEMV: codes to floats in registers without conversions, per-thread sums for
     M <= 4, tl.dot above, split-K only where N leaves SMs idle."""
     M, N, K = check_w8_args(x, qweight, scales)
+    check_elements("triton_w8", x, qweight)
     x = x.contiguous()
     y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
     use_dot, block_m = batch_path(M)

@@ -280,3 +280,19 @@ def test_cuda_tuned_twice(op, name, shape):
     check(op, name, shape, BF16, device="cuda", seed=5)
     check(op, name, shape, BF16, device="cuda", seed=6)
     assert workspaces_are_zero()
+
+
+@pytest.mark.parametrize("op_name, impl_name", [
+    ("gemv_bf16", "triton_gemv"), ("gemv_bf16", "triton_gemv_splitk"),
+    ("gemv_w8", "triton_w8"), ("gemv_w8", "triton_w8_splitk"),
+    ("gemv_w4", "triton_w4"), ("gemv_w4", "triton_w4_splitk")])
+def test_weights_past_32_bit_offsets_are_refused_not_miscomputed(op_name, impl_name):
+    """The kernels' offsets are 32-bit: a weight of 2^31 elements or more (an expanded view here,
+    no memory) is refused with the reason, before any launch."""
+    from kernels import OPS
+    op = OPS[op_name]
+    N, K = 2**17, 2**15 + 256  # N·K/2 past 2^31: every format (int4 packs K/2 bytes a row)
+    x, *ws = op.make_inputs(op.shape(M=1, N=16, K=K), torch.float16, "cpu", 0)
+    big = [w[:1].expand(N, *w.shape[1:]) if isinstance(w, torch.Tensor) else w for w in ws]
+    with pytest.raises(NotImplementedError, match="offsets in 32 bits"):
+        op.impls[impl_name].fn(x, *big)
