@@ -1,16 +1,50 @@
-"""`decodewall compare A.jsonl B.jsonl`: two results files case by case, B against A."""
+"""`decodewall compare A.jsonl B.jsonl`: two results files case by case, B against A.
+
+The exit status is 0 whatever the verdicts ("slower" and a status regression such as "B crashed"
+alike) and 2 on bad input; `--json` prints one object a row, the table's rows.
+"""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+STYLE = {"regression": "red", "improvement": "green"}  # a row's change, when it has one
+VERDICT_STYLE = {"same": "", "only in A": "dim", "only in B": "dim"}  # else; any other: yellow
+
+
+def verdict_text(r: dict[str, Any]) -> Text:
+    """The verdict cell: the verdict in its colour, then the error text of the side that gave no
+    time (B's when both have one), as plain text: `B crashed: SIGSEGV`, `A error, B ok (A:
+    boom)`."""
+    from rich.text import Text
+    v = r["verdict"]
+    t = Text(v, style=STYLE.get(r.get("change") or "", VERDICT_STYLE.get(v, "yellow")))
+    if r.get("b_error") and r.get("b_status") != "ok":
+        t.append(f": {r['b_error']}")
+    elif r.get("a_error") and r.get("a_status") != "ok":
+        t.append(f" (A: {r['a_error']})" if r.get("b_status") else f": {r['a_error']}")
+    return t
+
+
+def caption(rows: list[dict[str, Any]], left_out: dict[str, int]) -> str | None:
+    """What the table does not show: cases with no row, counted by what they were (`2 crashed in
+    both; 1 skipped only in A`)."""
+    parts = [f"{n} {what}" for what, n in left_out.items()]
+    if not parts:
+        return None if rows else "no case in either file"
+    return ("not in the table (no time on either side, no change): " if rows
+            else "nothing to compare: ") + "; ".join(parts)
 
 
 def command(args) -> int:
     from rich.table import Table
-    from rich.text import Text
-    from ..report.compare import compare, devices
-    from ..report.table import console, fmt_shape, fmt_time, plain
+    from ..report.compare import compare, devices, not_compared
+    from ..report.table import console, fmt_shape, fmt_time, plain, title_text
     from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)
@@ -29,21 +63,24 @@ def command(args) -> int:
     t = Table(title="compare: B against A", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
-    style = {"faster": "green", "slower": "red", "same": "", "unsure": "yellow"}
     for r in rows:
         t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]), plain(r["impl"]),
                   fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
-                  f"{r['ratio']:.3f}" if "ratio" in r else "-",
-                  Text(r["verdict"], style=style.get(r["verdict"], "dim")))
-    if not rows:
-        t.caption = "no timed case in either file"
+                  f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))
+    cap = caption(rows, not_compared(a, b))
+    if cap:
+        t.caption = title_text(cap)
     con.print(t)
     return 0
 
 
 def add_parser(sub) -> None:
-    cp = sub.add_parser("compare", help="compare two results files case by case")
+    cp = sub.add_parser("compare", help="compare two results files case by case",
+                        description="Compare two results files case by case, B against A: "
+                        "faster / slower / same / unsure from both runs' spread, or the status "
+                        "that changed (B crashed, A timeout, B ok, ...). Exit 0 whatever the "
+                        "verdicts.")
     cp.add_argument("a", metavar="A.jsonl")
     cp.add_argument("b", metavar="B.jsonl")
-    cp.add_argument("--json", action="store_true")
+    cp.add_argument("--json", action="store_true", help="one JSON object a row")
     cp.set_defaults(func=command)

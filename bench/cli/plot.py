@@ -6,7 +6,9 @@ roofline (with the batch and size sweeps the records hold): `-o charts/` writes
 `run-roofline.png`. `--roofline PNG` names the roofline file, alone or with `-o` (a folder:
 `roofline.png` in it). A name without an extension gets .png; any format matplotlib writes
 (.svg, .pdf, ...) may be asked for by its extension. Every output path is checked before
-anything is drawn, and the charts are written all or none.
+anything is drawn, and the charts are written all or none; each path printed says what its
+chart leaves out, as the chart does. `--terminal` prints one row a record, with a file column when
+several files are given.
 """
 from __future__ import annotations
 
@@ -35,28 +37,33 @@ def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | 
 
 
 def command(args) -> int:
-    from ..report.plot import (PlotError, bars_table, check_output, pct_roof_figure,
-                               roofline_figure, save_all)
+    from ..report.plot import (PlotError, bars_table, chart_notes, check_output,
+                               pct_roof_figure, roofline_figure, save_all)
     from ..report.table import console
     from ..results import ResultsError, read_results
-    records = []
+    records: list[dict] = []
+    files: list[str] = []  # the file of each record
     try:
         for path in args.results:
-            records += read_results(path)
+            recs = read_results(path)
+            records += recs
+            files += [path] * len(recs)
     except ResultsError as e:
         raise UsageError(str(e)) from None
     charts = [(p, make) for p, make in zip(outputs(args.out, args.roofline),
                                            (pct_roof_figure, roofline_figure)) if p is not None]
+    notes = chart_notes(records) if charts else {}
     try:  # every output path, before anything is drawn
         charts = [(check_output(p), make) for p, make in charts]
     except PlotError as e:
         raise UsageError(str(e)) from None
     if len(charts) == 2 and charts[0][0].resolve() == charts[1][0].resolve():
         raise UsageError(f"-o and --roofline both name {charts[0][0]}: give two files")
-    figures, skipped = [], []
+    figures, skipped, noted = [], [], {}
     for path, make in charts:
         try:
             figures.append((make(records, args.title), path))
+            noted[path] = notes["pct-roof" if make is pct_roof_figure else "roofline"]
         except PlotError as e:
             skipped.append((path, str(e)))
     if charts and not figures:  # nothing to draw at all: one line, no file
@@ -66,11 +73,14 @@ def command(args) -> int:
     except PlotError as e:
         raise UsageError(str(e)) from None
     for path in written:
-        print(f"wrote {path}", file=sys.stderr)
+        note = noted.get(path)
+        print(f"wrote {path}" + (f" ({note})" if note else ""), file=sys.stderr)
     for path, why in skipped:
         print(f"not written: {path}: {why}", file=sys.stderr)
     if args.terminal or not charts:
-        console().print(bars_table(records, title=f"% of measured roof — {', '.join(args.results)}"))
+        title = f"% of measured roof — {', '.join(args.results)}"
+        console().print(bars_table(records, title=title,
+                                   files=files if len(args.results) > 1 else None))
     return 0
 
 
@@ -78,7 +88,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="%% of roof chart + roofline (PNGs), or %% of roof bars",
                        description="Draw the % of the measured roof chart and the roofline "
                        "(with batch and size sweeps when the results hold them) as PNGs, or "
-                       "print % of roof bars.")
+                       "print % of roof bars, one row a record (its status when not ok).")
     p.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
     p.add_argument("-o", "--out", metavar="PNG|DIR",
                    help="write the %% of measured roof chart to PNG and the roofline beside it "
@@ -89,6 +99,7 @@ def add_parser(sub) -> None:
                    "hold) here: alone, or instead of the name -o gives it; a folder gets "
                    f"{ROOFLINE_NAME}")
     p.add_argument("--terminal", action="store_true",
-                   help="print %% of roof bars (the default when no PNG is asked for)")
+                   help="print %% of roof bars, one row a record, a file column with several "
+                   "files (the default when no PNG is asked for)")
     p.add_argument("--title", help="chart title (both charts)")
     p.set_defaults(func=command)

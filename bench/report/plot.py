@@ -15,6 +15,8 @@ Two PNGs, the first what a reader looks for:
   ridge marked) and a size sweep (warm cases, `--suite sweep-size`: achieved GB/s against the
   working set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is
   limited by its own loop, not by memory). Warm cases the cache holds stay off the roofline.
+Under each chart's title, what it leaves out, counted by why (`not_drawn`).
+The terminal bars are one row a record: an ok one its bar, any other its status and error.
 matplotlib is imported only when a chart is drawn, with the Agg backend (no display needed).
 """
 from __future__ import annotations
@@ -73,21 +75,61 @@ def short_shape(shape: dict[str, Any] | None, width: int = 44) -> str:
     return s if len(s) <= width else s[:width - 1] + "…"
 
 
-def bars_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
-    """% of roof bars, one row an ok record; names and the title are plain text."""
-    t = Table(title=title_text(title), header_style="bold")
-    for col, j in (("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
-                   ("GB/s", "right"), ("FLOP/B", "right"), ("% of measured roof", "left")):
-        t.add_column(col, justify=j)
+def status_note(status: str, error: Any, width: int = 80) -> Text:
+    """`× crashed: the worker died: SIGSEGV` (the error's last line, cut at `width`), for a
+    record with no number; dim for skipped, red for the rest."""
+    lines = str(error or "").strip().splitlines()
+    why = lines[-1] if lines else ""
+    why = why if len(why) <= width else why[:width - 1] + "…"
+    return Text(f"× {status}" + (f": {why}" if why else ""),
+                style="dim" if status == "skipped" else "red")
+
+
+def status_counts(records: Iterable[dict[str, Any]]) -> str:
+    """`7 records: 5 ok, 1 crashed, 1 skipped`."""
+    counts: dict[str, int] = defaultdict(int)
     for r in records:
-        if r.get("status") != "ok":
-            continue
+        counts[str(r.get("status"))] += 1
+    n = sum(counts.values())
+    return f"{n} record{'s' if n != 1 else ''}: " + ", ".join(f"{k} {st}" for st, k in
+                                                            counts.items())
+
+
+def file_labels(files: list[str]) -> list[str]:
+    """Each path's file name when the names tell the files apart, else the path as given."""
+    names = {p: Path(p).name for p in files}
+    unique = len(set(names.values())) == len(names)
+    return [names[p] if unique else p for p in files]
+
+
+def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
+               files: list[str] | None = None) -> Table:
+    """% of roof bars, one row a record: an ok one its bar, any other its status and the error's
+    last line. `files`, one a record, adds a file column (records read from several files). A
+    caption counts the records by status when some are not ok. Names and the title are plain
+    text."""
+    records = list(records)
+    t = Table(title=title_text(title), header_style="bold")
+    cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
+            ("GB/s", "right"), ("FLOP/B", "right"), ("% of measured roof", "left")]
+    if files is not None:
+        cols.insert(0, ("file", "left"))
+        files = file_labels(files)
+    for col, j in cols:
+        t.add_column(col, justify=j, overflow="fold" if col == "file" else "ellipsis")
+    for i, r in enumerate(records):
         shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items())
         ai = r.get("arithmetic_intensity")
-        impl = r["impl"] + (" (in cache)" if in_cache(r) else "")
-        t.add_row(plain(r["op"]), plain(shape), plain(r.get("dtype")), plain(impl),
-                  f"{r['achieved_gbps']:.1f}" if r.get("achieved_gbps") else "-",
-                  f"{ai:.3g}" if ai is not None else "-", pct_bar(r.get("pct_roof")))
+        impl = r["impl"] + (" (in cache)" if in_cache(r) and r.get("status") == "ok" else "")
+        status = str(r.get("status"))
+        cells = [plain(r["op"]), plain(shape), plain(r.get("dtype")), plain(impl),
+                 f"{r['achieved_gbps']:.1f}" if r.get("achieved_gbps") and status == "ok" else "-",
+                 f"{ai:.3g}" if ai is not None else "-",
+                 pct_bar(r.get("pct_roof")) if status == "ok" else
+                 status_note(status, r.get("error"))]
+        t.add_row(*([plain(files[i])] if files is not None else []), *cells)
+    if any(r.get("status") != "ok" for r in records):
+        t.caption = title_text(status_counts(records))
     return t
 
 
@@ -383,11 +425,56 @@ def draw_roofline(records: list[dict[str, Any]], out: str | Path,
     return save(roofline_figure(records, title), out)
 
 
+# --- what each chart leaves out -----------------------------------------------------------------
+
+def not_drawn(records: Iterable[dict[str, Any]], drawn: Iterable[dict[str, Any]]) -> str | None:
+    """What a chart leaves out of `records`, counted by why: `not drawn: 2 crashed, 3 in cache`
+    (a record that is not ok by its status; an ok one as a roof probe (copy, read), in cache, or
+    without a time or GB/s); None when every record is drawn."""
+    ids = {id(r) for r in drawn}
+    why: dict[str, int] = defaultdict(int)
+    for r in records:
+        if id(r) in ids:
+            continue
+        if r.get("status") != "ok":
+            why[str(r.get("status"))] += 1
+        elif r.get("op") in PROBES:
+            why["roof probe"] += 1
+        elif in_cache(r):
+            why["in cache"] += 1
+        else:
+            why["ok without a time or GB/s"] += 1
+    plural = {"roof probe": "roof probes"}
+    return "not drawn: " + ", ".join(f"{n} {plural.get(w, w) if n > 1 else w}"
+                                     for w, n in why.items()) if why else None
+
+
+def pct_roof_drawn(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the % of roof chart shows, as a bar or as a status: no probe, none in cache."""
+    return [r for r in records if r.get("op") not in PROBES and not in_cache(r)]
+
+
+def roofline_drawn(records: list[dict[str, Any]]
+                   ) -> tuple[list[dict[str, Any]], dict[tuple, list[dict[str, Any]]]]:
+    """(the roofline's points, the size sweep's series): ok, timed records, the roofline's not
+    in cache, the size sweep's warm ones timed at two working sets or more."""
+    sized = size_sweeps(ok_records(records, probes=True))
+    return [r for r in ok_records(records) if not in_cache(r)], sized
+
+
+def chart_notes(records: list[dict[str, Any]]) -> dict[str, str | None]:
+    """`not_drawn` of each chart: {"pct-roof": ..., "roofline": ...}."""
+    recs, sized = roofline_drawn(records)
+    return {"pct-roof": not_drawn(records, pct_roof_drawn(records)),
+            "roofline": not_drawn(records, recs + [r for g in sized.values() for r in g])}
+
+
 # --- % of the measured roof ----------------------------------------------------------------------
 
 def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
     """One horizontal bar per (case, impl), cases as headed blocks, top to bottom in the order the
-    records hold them. The figure grows with the number of rows, so the text keeps its size."""
+    records hold them; under the title, what is not drawn (probes, in-cache records). The figure
+    grows with the number of rows, so the text keeps its size."""
     cases = pct_roof_cases(records)
     if not cases:
         raise PlotError("no results for a % of roof chart (only probes or in-cache records)")
@@ -424,7 +511,10 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
                              label="no number: the status says why"))
     legend_cols = min(len(handles), 4)
     legend_h = 0.35 + 0.27 * math.ceil(len(handles) / legend_cols)
-    height = 1.7 + legend_h + 0.27 * y
+    shown = pct_roof_drawn(records)
+    note = not_drawn(records, shown)
+    title_h = 0.5 + (0.25 if note else 0.0)  # inches above the axes
+    height = 1.2 + title_h + legend_h + 0.27 * y
     fig, ax = plt.subplots(figsize=(11.5, height), dpi=DPI)
     across = blended_transform_factory(ax.transAxes, ax.transData)  # x: axes, y: data
     ax.axvspan(AT_THE_WALL, 1e6, color="#2ca02c", alpha=0.07, lw=0, zorder=0)
@@ -485,13 +575,15 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
     ax.set_xlabel(f"% of the measured roof{roof_txt}: achieved GB/s ÷ the run's measured roof",
                   fontsize=10.5)
     runs = list(dict.fromkeys(r.get("run_id") for r in records if r.get("run_id")))
-    shown = [r for r in records if r.get("op") not in PROBES and not in_cache(r)]
     sub = f"{len(runs)} runs" if len(runs) > 1 else f"run {runs[0]}" if runs else ""
     # title and legend get fixed room in inches: figure fractions shrink as the figure grows
     fig.suptitle(mpl_text(title or f"% of the measured roof — {_device(shown)}"
                           + (f", {sub}" if sub else "")), fontsize=13, fontweight="bold",
                  y=1 - 0.12 / height, va="top")
-    fig.tight_layout(rect=(0, legend_h / height, 1, 1 - 0.5 / height))
+    if note:
+        fig.text(0.5, 1 - 0.45 / height, mpl_text(note), fontsize=10, color="0.3", ha="center",
+                 va="top", gid="not-drawn")
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1 - title_h / height))
     fig.legend(handles=handles, loc="lower center", ncol=legend_cols, fontsize=9.5,
                frameon=False, bbox_to_anchor=(0.5, 0.1 / height))
     # widen the x axis until every value text ends inside it: texts keep their size in points,
@@ -547,9 +639,9 @@ def _row_note(i: dict[str, Any]) -> tuple[str, str]:
 
 def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
     """The roofline with its numbered key, then the batch sweep and the size sweep when the
-    records hold them: no panel is drawn without data."""
-    sized = size_sweeps(ok_records(records, probes=True))
-    recs = [r for r in ok_records(records) if not in_cache(r)]
+    records hold them: no panel is drawn without data. The title's second line says what is not
+    drawn (records that are not ok, by status; probes and in-cache records off the sweeps)."""
+    recs, sized = roofline_drawn(records)
     if not recs and not sized:
         raise PlotError("no ok, timed (non-probe) results to plot")
     batch = sweeps(recs)
@@ -566,8 +658,9 @@ def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
     subs = fig.subfigures(1, len(widths), width_ratios=widths, squeeze=False)[0] \
         if len(widths) > 1 else [fig]
     shown = {id(r): r for r in recs + [r for g in sized.values() for r in g]}
-    fig.suptitle(mpl_text(title or f"decodewall — {_device(list(shown.values()))}, "
-                          f"{len(shown)} results"), fontsize=13)
+    note = not_drawn(records, shown.values())
+    fig.suptitle(mpl_text((title or f"decodewall — {_device(list(shown.values()))}, "
+                           f"{len(shown)} results") + (f"\n{note}" if note else "")), fontsize=13)
     # one marker per op in every panel; colours: by impl on the roofline, by series in a sweep
     style = Style(list(shown.values()))
     points = None
@@ -849,11 +942,12 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
               frameon=False)
 
 
-__all__ = ["AT_THE_WALL", "PlotError", "bars_table", "check_output", "draw_pct_roof",
-           "draw_roofline", "image_formats", "in_cache", "mpl_text", "names_folder",
-           "output_path", "pct_bar", "pct_roof_cases", "pct_roof_figure", "place_labels",
-           "ridge_batch", "roofline_figure", "roofs", "save", "save_all", "short_shape",
-           "size_sweeps", "sweeps"]
+__all__ = ["AT_THE_WALL", "PlotError", "bars_table", "chart_notes", "check_output",
+           "draw_pct_roof", "draw_roofline", "image_formats", "in_cache", "mpl_text",
+           "names_folder", "not_drawn", "output_path", "pct_bar", "pct_roof_cases",
+           "pct_roof_drawn", "pct_roof_figure", "place_labels", "ridge_batch", "roofline_drawn",
+           "roofline_figure", "roofs", "save", "save_all", "short_shape", "size_sweeps",
+           "status_counts", "status_note", "sweeps"]
 
 
 # --- tokens/s against chips (decodewall project --tp ... --plot) ---------------------------------

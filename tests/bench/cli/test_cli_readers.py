@@ -175,6 +175,20 @@ def test_compare_and_plot_print_names_as_written(name, tmp_path, capsys):
     assert cap.out.count(name) >= 4 and not cap.err, cap
 
 
+@pytest.mark.parametrize("text", MARKUP)
+def test_compare_and_plot_print_error_text_as_written(text, tmp_path, capsys):
+    """The error of a record that is not ok (a plugin's exception text) is plain text in
+    compare's status verdict and in plot's terminal rows."""
+    a = write(tmp_path / "a.jsonl", G)
+    b = write(tmp_path / "b.jsonl", {**G, "status": "error", "error": f"boom {text}",
+                                     "time_s": None})
+    assert main(["compare", str(a), str(b)]) == 0
+    assert f"B error: boom {text}" in capsys.readouterr().out
+    assert main(["plot", str(a), str(b), "--terminal"]) == 0
+    cap = capsys.readouterr()
+    assert f"× error: boom {text}" in cap.out and not cap.err, cap
+
+
 @pytest.mark.parametrize("name", ["d[/b]/r.jsonl", "run[old].jsonl", "x[bold].jsonl"])
 def test_plot_terminal_title_shows_the_path_as_written(name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

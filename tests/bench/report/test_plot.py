@@ -78,7 +78,56 @@ def test_plot_output_names(results, tmp_path, capsys):
 def test_plot_terminal_bars(results, capsys):
     assert main(["plot", "--terminal", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "% of measured roof" in out and "█" in out and "broken" not in out
+    assert "% of measured roof" in out and "█" in out
+    broken = next(line for line in out.splitlines() if "broken" in line)
+    assert "× failed-check" in broken and "█" not in broken
+    assert "records: " in out and "1 failed-check" in out and "file" not in out
+
+
+def _lines(out: str, word: str) -> list[str]:
+    return [line for line in out.splitlines() if word in line]
+
+
+def test_plot_terminal_shows_every_record_that_is_not_ok(tmp_path, capsys):
+    """A file where every record failed: one row each with its status and error, and a caption
+    counting them, not an empty table."""
+    base = record("gemv_bf16", {"M": 1, "N": 256, "K": 512}, "x", 1e-5)
+    fails = [("f_crash", "crashed", "the worker died: SIGSEGV"), ("f_hang", "timeout", "ran past"),
+             ("f_wrong", "failed-check", "rel err 0.999"), ("f_err", "error", "kaput [/]"),
+             ("f_skip", "skipped", "no C compiler")]
+    p = tmp_path / "bad.jsonl"
+    p.write_text("".join(json.dumps({**base, "impl": impl, "status": st, "error": err,
+                                     "time_s": None, "achieved_gbps": None, "pct_roof": None})
+                         + "\n" for impl, st, err in fails))
+    assert main(["plot", "--terminal", str(p)]) == 0
+    out = capsys.readouterr().out
+    for impl, st, err in fails:
+        row = _lines(out, impl)
+        assert len(row) == 1 and f"× {st}: {err}" in row[0], (impl, out)
+    assert "5 records: 1 crashed, 1 timeout, 1 failed-check, 1 error, 1 skipped" in out
+
+
+def test_plot_terminal_names_the_file_of_each_row(results, tmp_path, capsys):
+    """Two files: a file column tells their rows apart (names, or whole paths when the names are
+    alike); one file: no such column."""
+    other = tmp_path / "other.jsonl"
+    other.write_text(results.read_text())
+    assert main(["plot", "--terminal", str(results), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "┃ file" in out
+    rows = _lines(out, "torch_matmul")
+    assert len(rows) == 10
+    assert [r.split("│")[1].strip() for r in rows] == ["r.jsonl"] * 5 + ["other.jsonl"] * 5
+    twin = tmp_path / "sub" / "r.jsonl"
+    twin.parent.mkdir()
+    twin.write_text(results.read_text())
+    assert main(["plot", "--terminal", str(results), str(twin)]) == 0
+    out = capsys.readouterr().out
+    from bench.report.plot import file_labels
+    assert file_labels([str(results), str(twin)]) == [str(results), str(twin)]
+    assert len(_lines(out, "torch_matmul")) == 10 and "┃ file" in out
+    assert main(["plot", "--terminal", str(results)]) == 0
+    assert "file" not in capsys.readouterr().out
 
 
 def test_sweeps_and_ridge(results):
@@ -227,6 +276,44 @@ def test_pct_roof_chart_needs_a_case():
     from bench.report.plot import PlotError, pct_roof_figure
     with pytest.raises(PlotError, match="no results"):
         pct_roof_figure([record("copy", {"N": 64}, "torch_copy", 1e-6)])
+
+
+def test_charts_say_what_they_leave_out(results, tmp_path, capsys):
+    """The roofline has no point for a record that is not ok, and neither chart one for a probe or
+    an in-cache record: each says so under its title and after its path; nothing left out, no
+    note."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import not_drawn, pct_roof_figure, roofline_figure
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    recs += [{**recs[0], "impl": "dead", "status": "crashed", "time_s": None, "error": "SIGSEGV"},
+             {**recs[0], "impl": "dead2", "status": "crashed", "time_s": None, "error": "x"},
+             {**record("gemv_bf16", {"M": 1, "N": 64, "K": 64}, "mine", 1e-6), "warm": True,
+              "cold": False}]
+    fig = roofline_figure(recs)
+    assert fig._suptitle.get_text().endswith(
+        "\nnot drawn: 1 roof probe, 1 failed-check, 2 crashed, 1 in cache")
+    plt.close(fig)
+    fig = pct_roof_figure(recs)
+    notes = [t.get_text() for t in fig.texts if t.get_gid() == "not-drawn"]
+    assert notes == ["not drawn: 1 roof probe, 1 in cache"]
+    plt.close(fig)
+    ok = [r for r in recs if r["status"] == "ok" and r["op"] != "copy" and not r.get("warm")]
+    assert not_drawn(ok, ok) is None
+    fig = pct_roof_figure(ok)
+    assert not [t for t in fig.texts if t.get_gid() == "not-drawn"]
+    plt.close(fig)
+    fig = roofline_figure(ok)
+    assert "not drawn" not in fig._suptitle.get_text()
+    plt.close(fig)
+    p = tmp_path / "n.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    capsys.readouterr()
+    assert main(["plot", str(p), "-o", str(tmp_path / "c" / "n.png")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"wrote {tmp_path / 'c' / 'n.png'} (not drawn: 1 roof probe, 1 in cache)",
+        f"wrote {tmp_path / 'c' / 'n-roofline.png'} (not drawn: 1 roof probe, 1 failed-check, "
+        "2 crashed, 1 in cache)"]
 
 
 def test_roofline_draws_no_empty_panel(results, tmp_path):
