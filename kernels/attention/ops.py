@@ -46,7 +46,10 @@ from ..registry import Op, register_op
 F32, F16, BF16, I8, I32 = torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32
 BLOCK_SIZES = (8, 16, 32, 64)
 HEAD_DIMS = (32, 64, 128, 256)
-GARBAGE = 100.0  # unused slots: finite in every dtype, but dominates any softmax that reads it
+# Unused slots: K holds GARBAGE (finite in every dtype, it dominates any softmax that reads it),
+# V holds NaN (a kernel that reads it, even with zero weight, returns NaN: the contract says such
+# slots may hold NaN). INT8 V: its codes from GARBAGE, its scales NaN.
+GARBAGE = 100.0
 MAX_POOL_BYTES = 2**36  # no device holds a pool larger than 64 GiB in this project's catalog
 MAX_HEADS = 4096  # query heads; today's models have at most 128
 MAX_CONTEXT = 2**31 - 1  # seq_lens are int32
@@ -169,8 +172,10 @@ def build_inputs(shape: PagedAttentionShape, dtype: torch.dtype, device, seed: i
     if kv8:
         k, k_scale = quantize_kv_int8(k, dtype)
         v, v_scale = quantize_kv_int8(v, dtype)
+        v_scale.masked_fill_(unused[..., 0], float("nan"))
         kv = (k.to(dev), v.to(dev), k_scale.to(dev), v_scale.to(dev))
     else:
+        v.masked_fill_(unused, float("nan"))
         kv = (k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
     sl = torch.tensor(lens, dtype=I32)
     return (q.to(device=dev, dtype=dtype), *kv, table.to(dev), sl.to(dev), 1.0 / math.sqrt(D))

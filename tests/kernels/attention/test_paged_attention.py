@@ -315,6 +315,32 @@ def test_unused_entries_blocks_and_slots_do_not_change_result(op_name, dtype, mo
         assert max(spy.splits) > 1  # the split impls merged partials, garbage around them
 
 
+@pytest.mark.parametrize("op_name", ["paged_attention", "paged_attention_kv8"])
+def test_harness_inputs_fail_a_kernel_that_reads_v_past_the_sequence(op_name):
+    """The harness's own inputs hold NaN in unused V slots (INT8: NaN scales), so a kernel that
+    reads whole blocks and weights the slots past a sequence by zero fails the check, as the
+    contract (unused slots may hold NaN) says it must; unmasked K reads fail on K's GARBAGE."""
+    kv8 = op_name.endswith("kv8")
+    op = OPS[op_name]
+    args = op.make_inputs(Shape(B=2, Hq=4, Hkv=2, D=32, context=21, block_size=8), F32, "cpu", 0)
+    q, k, v = args[0], args[1], args[2]
+    k_scale, v_scale = (args[3], args[4]) if kv8 else (None, None)
+    table, lens, scale = args[-3], args[-2], args[-1]
+    if kv8:
+        k = k.float() * k_scale[..., None].float()
+        v = v.float() * v_scale[..., None].float()
+    out = torch.empty_like(q)
+    G = q.shape[1] // k.shape[2]
+    for b in range(q.shape[0]):  # whole blocks, slots past the sequence masked to weight 0
+        n = -(-int(lens[b]) // k.shape[1])
+        kb = k[table[b, :n].long()].flatten(0, 1).repeat_interleave(G, dim=1)  # [n*BS, Hq, D]
+        vb = v[table[b, :n].long()].flatten(0, 1).repeat_interleave(G, dim=1)
+        s = torch.einsum("hd,thd->ht", q[b], kb) * scale
+        s[:, int(lens[b]):] = float("-inf")
+        out[b] = torch.einsum("ht,thd->hd", torch.softmax(s, dim=-1), vb)
+    assert rel_err(out, op.reference(*args)) == math.inf
+
+
 def test_inputs_are_scattered_and_deterministic():
     shape = Shape(B=4, Hq=8, Hkv=2, D=64, context=300)
     q, k, v, bt, sl, scale = build_inputs(shape, F32, "cpu", 0)
