@@ -69,6 +69,18 @@ def _mem_total() -> int | None:
         return None
 
 
+def mem_available() -> int | None:
+    """Bytes of host memory that new allocations can take without swapping (MemAvailable:
+    free memory plus what the kernel can reclaim); None where /proc/meminfo does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class CPUBackend(Backend):
     name = "cpu"
 

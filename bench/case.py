@@ -5,6 +5,7 @@ on inputs from `make_inputs`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,3 +32,16 @@ def make_inputs(backend: Any, op: Any, shape: Any, dtype: torch.dtype, seed: int
     if where == backend.device():
         return args
     return tuple(backend.to_device(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def host_need(op: Any, shape: Any, dtype: torch.dtype, backend: str) -> int:
+    """Host bytes a case holds at its peak on `backend` (per rank for a collective): building its
+    inputs and float64 reference (`Op.host_footprint_bytes`), or the runner's correctness check
+    where that holds more: off CUDA the inputs, their snapshot and the output (twice the
+    footprint bounds them), and the float64 reference, the output's float64 copy, their
+    difference and its finite mask (25 bytes an output element)."""
+    out_shape, _ = op.out_spec(shape, dtype)
+    check = 25 * math.prod(out_shape)
+    if backend != "cuda":
+        check += 2 * op.footprint_bytes(shape, dtype)
+    return max(op.host_footprint_bytes(shape, dtype, backend), check)

@@ -15,8 +15,13 @@ import torch
 
 from kernels import OPS
 
-from .case import Case
+from .case import Case, host_need
 from .model.workload import attention_heads, layer_gemv_shapes
+
+
+# A suite on the CPU keeps a case whose host need is at most this share of the memory; the rest
+# is the OS's and the harness's own, and `run` still checks what is available when it starts.
+HOST_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,17 @@ class SuiteContext:
     def fits(self, nbytes: int, fraction: float = 0.4) -> bool:
         """Whether a working set of nbytes (plus copies and outputs) fits comfortably."""
         return self.memory_bytes is None or nbytes <= fraction * self.memory_bytes
+
+    def fits_host(self, case: Case) -> bool:
+        """Whether the host memory a case needs (its inputs, float64 reference and check:
+        `bench.case.host_need`) is at most HOST_FRACTION of the CPU's memory. Off the CPU the
+        device's memory says nothing about the host's, and every case is kept."""
+        if self.backend != "cpu" or self.memory_bytes is None:
+            return True
+        op = OPS[case.op]
+        ranks = case.shape.world_size if op.collective else 1
+        return ranks * host_need(op, case.shape, case.dtype, self.backend) <= \
+            HOST_FRACTION * self.memory_bytes
 
 
 SuiteFn = Callable[[SuiteContext], list[Case]]
@@ -44,10 +60,17 @@ def suite(name: str, doc: str) -> Callable[[SuiteFn], SuiteFn]:
     return deco
 
 
-def cases_for(name: str, ctx: SuiteContext) -> list[Case]:
+def cases_for(name: str, ctx: SuiteContext, left_out: list[Case] | None = None) -> list[Case]:
+    """The suite's cases on this machine, without those whose host memory need the CPU cannot
+    hold (the float64 reference of a large INT4 GEMV takes ~40 bytes a weight): `run` refuses
+    a case past the host's available memory, and a suite leaves it out instead, adding it to
+    `left_out` for the caller to say so."""
     if name not in SUITES:
         raise KeyError(name)
-    return SUITES[name][0](ctx)
+    kept = []
+    for c in SUITES[name][0](ctx):
+        (kept if ctx.fits_host(c) else left_out if left_out is not None else []).append(c)
+    return kept
 
 
 # --- suites -----------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def torchrun_ranks() -> tuple[int, int]:
 def _resolve_cases(args, ctx) -> list:
     from kernels import OPS
     from ..case import Case
-    from ..suites import SUITES, cases_for
+    from ..suites import HOST_FRACTION, SUITES, cases_for
     if hasattr(args, "model"):  # `run --model`: bench/cli/step.py
         from .step import model_cases
         if (cases := model_cases(args, ctx)) is not None:
@@ -119,7 +119,15 @@ def _resolve_cases(args, ctx) -> list:
     name = "decode" if args.suite is None else args.suite
     if name not in SUITES:
         raise UsageError(f"unknown suite {name!r}{suggest(name, list(SUITES))}")
-    cases = cases_for(name, ctx)
+    left_out: list = []
+    cases = cases_for(name, ctx, left_out)
+    if left_out:  # said, not silent: the suite is smaller here than on a larger machine
+        from kernels import dtype_name
+        shown = "; ".join(f"{c.op} {_short(c.shape)} {dtype_name(c.dtype)}" for c in left_out[:3])
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        print(f"decodewall: suite {name} leaves out {len(left_out)} case(s) whose inputs "
+                        f"and float64 reference need more than {HOST_FRACTION:.0%} of this "
+                        f"machine's memory: {shown}{more}", file=sys.stderr)
     if not cases:  # e.g. collectives on one GPU: no world size of 2 or more
         raise UsageError(f"suite {name} has no cases on this machine ({ctx.backend})")
     if args.dtype:
@@ -189,6 +197,32 @@ def check_fits(cases: list, backend: str, memory: int | None) -> None:
                              f"its inputs and output; the device has {fmt_bytes(memory)}")
 
 
+def check_host_fits(cases: list, backend: str, memory: int | None) -> None:
+    """UsageError for a case whose inputs and float64 reference, built on the host, need more
+    than the host's available memory (MemAvailable; where the host does not say, the backend's
+    reported `memory`). On CUDA and XLA the host still draws the inputs and computes most
+    references (`bench.case.host_need` counts what stays off it)."""
+    from backends.cpu import mem_available
+    from kernels import OPS, dtype_name
+    from ..case import host_need
+    from ..collectives import launched_by_torchrun
+    from ..report.table import fmt_bytes
+    available = mem_available() or memory
+    if not available:
+        return
+    for c in cases:
+        op = OPS[c.op]
+        need = host_need(op, c.shape, c.dtype, backend)
+        # the ranks the run starts are processes on this host, whatever device each one uses
+        ranks = c.shape.world_size if op.collective and not launched_by_torchrun() else 1
+        if need * ranks > available:
+            per = f" ({ranks} ranks x {fmt_bytes(need)})" if ranks > 1 else ""
+            raise UsageError(f"not enough host memory for {c.op} on {backend}: {_short(c.shape)} "
+                             f"{dtype_name(c.dtype)} needs {fmt_bytes(need * ranks)}{per} to build "
+                             f"its inputs and float64 reference; {fmt_bytes(available)} is "
+                             f"available")
+
+
 def check_file_writable(out_dir: Path) -> None:
     """Make (and remove) a file in `out_dir`: os.access says yes where no file can be made
     (/proc as root, a read-only mount), and that must fail now, not after measuring."""
@@ -227,6 +261,7 @@ def command(args) -> int:
     impl_filter = check_impls(args.impl, cases)
     check_runnable(cases, backend.name, impl_filter)
     check_fits(cases, backend.name, info.get("memory_bytes"))
+    check_host_fits(cases, backend.name, info.get("memory_bytes"))
     from kernels import OPS
     collective = [c for c in cases if OPS[c.op].collective]
     if launched_by_torchrun() and len(collective) != len(cases):

@@ -316,6 +316,38 @@ def footprint(s: PagedAttentionShape, dtype: torch.dtype, kv8: bool = False) -> 
     return 2 * s.B * s.Hq * s.D * e + kv + 4 * s.B * s.max_blocks + 4 * s.B
 
 
+def host_footprint(s: PagedAttentionShape, dtype: torch.dtype, backend: str,
+                   kv8: bool = False) -> int:
+    """Host bytes that `build_inputs` and the float64 reference hold at their peak.
+
+    Building: the table's bookkeeping (block permutation, garbage table, used-slot masks), and
+    off CUDA (where the caches are drawn on the GPU) q, K and V drawn in fp32 with their copies
+    in the dtype (none for fp32), or for INT8 KV the two fp32 temporaries the quantizer makes
+    beside both fp32 caches. The reference (always on the host) holds the inputs (off CUDA), its
+    float64 output and, a sequence at a time, the tokens read as float64 K and V: at most the
+    previous sequence's K and V (16 bytes an element), the new one's float64 copy and the
+    indexed tokens it is made from (8 + the cache's element size), and for INT8 KV the scaled
+    copy (8); per token, its int64 positions and indices, the scales, and the scores with their
+    scaled copy and softmax (8 bytes each).
+    """
+    e = esize(dtype)
+    kv_e = 1 if kv8 else e
+    slots, elems = s.pool_blocks * s.block_size, s.pool_blocks * s.block_size * s.Hkv * s.D
+    q = s.B * s.Hq * s.D
+    build = 8 * s.pool_blocks + 4 * s.B * s.max_blocks + 2 * slots + 9 * s.max_blocks * s.block_size
+    held = 4 * s.B * s.max_blocks + 4 * s.B
+    if backend != "cuda":
+        if kv8:
+            kv = 16 * elems + 24 * slots * s.Hkv
+        else:
+            kv = 8 * elems + (2 * e * elems if dtype != F32 else 0)
+        build += (4 + e) * q + kv
+        held = footprint(s, dtype, kv8)
+    per_token = (s.Hkv * s.D * ((16 if s.B > 1 else 8) + 8 + kv_e + (8 if kv8 else 0))
+                 + 16 * s.Hkv + 32 * s.Hq + 32)
+    return max(build, held + 8 * q + s.context * per_token)
+
+
 def flops(s: PagedAttentionShape) -> int:
     return 4 * sum(s.seq_lens()) * s.Hq * s.D  # q.k and p.v, 2 flops per multiply-add each
 
@@ -331,6 +363,7 @@ paged_attention = register_op(Op(
     tolerance=TOLERANCE,
     dtypes=(BF16, F16, F32),
     footprint=footprint,
+    host_footprint=host_footprint,
     doc="decode attention over a paged KV cache (block table, ragged seq_lens, GQA)",
     smoke=((PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100), BF16),
            (PagedAttentionShape(B=2, Hq=4, Hkv=4, D=128, context=70, block_size=32), F32)),
@@ -347,11 +380,12 @@ paged_attention_kv8 = register_op(Op(
     tolerance=TOLERANCE,
     dtypes=(BF16, F16, F32),
     footprint=lambda s, dt: footprint(s, dt, kv8=True),
+    host_footprint=lambda s, dt, b: host_footprint(s, dt, b, kv8=True),
     doc="decode attention over a paged INT8 KV cache with per-(token, head) scales",
     smoke=((PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100), BF16),),
 ))
 
 
 __all__ = ["PagedAttentionShape", "build_inputs", "bytes_moved", "check_inputs", "flops",
-           "footprint", "kv_bytes_per_token", "paged_attention", "paged_attention_kv8",
+           "footprint", "host_footprint", "kv_bytes_per_token", "paged_attention", "paged_attention_kv8",
            "reference", "reference_kv8", "validate"]

@@ -73,6 +73,16 @@ def make_inputs(s: AllreduceShape, dtype: torch.dtype, device, seed: int) -> tup
     return (contribution(s, dtype, _rank(), device),)
 
 
+def host_footprint(s: AllreduceShape, dtype: torch.dtype, backend: str) -> int:
+    """Host bytes one rank's contribution and expected sum hold at their peak: `pattern` makes
+    int64 and float64 tensors of the message's n elements, two at a time (16 bytes an element);
+    `expected` sums them, holding at most a partial sum, a product, a second partial sum and a
+    pattern being made (32), beside the contribution (off CUDA)."""
+    n = numel(s, dtype)
+    held = s.bytes if backend != "cuda" else 0
+    return max(16 * n, held + 32 * n)
+
+
 def algbw_gbps(s: AllreduceShape, time_s: float) -> float:
     return s.bytes / time_s / 1e9
 
@@ -93,6 +103,7 @@ allreduce = register_op(Op(
     bytes_moved=lambda s, dt: s.bytes,
     flops=lambda s: 0,  # (n-1) adds an element, spread over the ring: not what limits it
     out_spec=lambda s, dt: ((numel(s, dt),), dt),
+    host_footprint=host_footprint,
     tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},  # integer sums: exact
     dtypes=(F32, BF16, F16),
     doc="sum over ranks in place (torch.distributed): bytes = message, busbw = algbw 2(n-1)/n",

@@ -64,6 +64,26 @@ def _xy_bytes(s, dtype: torch.dtype) -> int:
     return (s.M * s.K + s.M * s.N) * esize(dtype)
 
 
+def host_bytes(s, backend: str, held: int, build_per_weight: int, ref_per_weight: int) -> int:
+    """Host bytes that building a GEMV case's inputs and its float64 reference hold at their peak.
+
+    Building runs on the host whatever the backend: x and w drawn in fp32, w's scaled copy
+    (8 bytes a weight), and the quantizers' two fp32 [N, K] temporaries beside w (12: INT8's |w|
+    then w / scale and its rounding; INT4's w / scale + zero and its rounding), and for INT4,
+    per group, its min, max, scale and zero with their fp32 copies. The reference runs on the host
+    except on CUDA (on the GPU there): the `held` inputs, x and y in float64, and W in float64
+    (8 bytes a weight for bf16; 16 for INT8: the codes as float64, then scaled; 40 for INT4: the
+    codes as float64, scales and zeros repeated along K, q - z and the product), plus each
+    group's scale and zero in float64.
+    """
+    NK = s.N * s.K
+    groups = NK // s.group_size if hasattr(s, "group_size") else 0
+    build = 4 * s.M * s.K + build_per_weight * NK + 32 * groups
+    if backend == "cuda":
+        return build
+    return max(build, held + 8 * (s.M * s.K + s.M * s.N) + ref_per_weight * NK + 16 * groups)
+
+
 # What every GEMV op shares: y[M, N] in x's dtype, 2MNK flops, fp32-accumulation tolerances.
 GEMV_COMMON = dict(
     flops=lambda s: 2 * s.M * s.N * s.K,
@@ -106,6 +126,7 @@ gemv_bf16 = register_op(Op(
     make_inputs=make_inputs_bf16,
     reference=reference_bf16,
     bytes_moved=lambda s, dt: _xy_bytes(s, dt) + weight_bytes_bf16(s.N, s.K, dt),
+    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_bf16.footprint_bytes(s, dt), 8, 8),
     **GEMV_COMMON,
     doc="y = x @ w.T, unquantized 16-bit weights",
     smoke=((GemvShape(M=1, N=256, K=512), BF16), (GemvShape(M=4, N=96, K=320), F32)),
@@ -162,6 +183,7 @@ gemv_w8 = register_op(Op(
     make_inputs=make_inputs_w8,
     reference=reference_w8,
     bytes_moved=lambda s, dt: _xy_bytes(s, dt) + weight_bytes_w8(s.N, s.K, dt),
+    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_w8.footprint_bytes(s, dt), 12, 16),
     **GEMV_COMMON,
     doc="y = x @ (qweight * scales).T, INT8 per-channel weights",
     smoke=((GemvW8Shape(M=1, N=256, K=512), BF16), (GemvW8Shape(M=3, N=96, K=320), F32)),
@@ -225,6 +247,7 @@ gemv_w4 = register_op(Op(
     make_inputs=make_inputs_w4,
     reference=reference_w4,
     bytes_moved=lambda s, dt: _xy_bytes(s, dt) + weight_bytes_w4(s.N, s.K, s.group_size, dt),
+    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_w4.footprint_bytes(s, dt), 12, 40),
     **GEMV_COMMON,
     doc="y = x @ W.T, W in asymmetric group-wise INT4 (low nibble = even k)",
     smoke=((GemvW4Shape(M=1, N=256, K=512, group_size=128), BF16),

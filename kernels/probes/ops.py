@@ -33,6 +33,14 @@ def make_inputs(shape: ProbeShape, dtype: torch.dtype, device, seed: int) -> tup
     return (src.to(device),)
 
 
+def host_footprint(s: ProbeShape, dtype: torch.dtype, backend: str, ref_copies: int) -> int:
+    """Host bytes that `make_inputs` and a probe's float64 reference hold at their peak: src is
+    drawn in fp32 on the host and shifted (8 bytes an element; its dtype copy comes after the
+    draw is freed); the reference holds src (off CUDA) and `ref_copies` float64 copies of it."""
+    held = s.N * esize(dtype) if backend != "cuda" else 0
+    return max(8 * s.N, held + 8 * ref_copies * s.N)
+
+
 # --- copy -------------------------------------------------------------------------------------
 
 def copy_reference(src: torch.Tensor) -> torch.Tensor:
@@ -47,6 +55,7 @@ copy = register_op(Op(
     bytes_moved=lambda s, dt: 2 * s.N * esize(dt),
     flops=lambda s: 0,
     out_spec=lambda s, dt: ((s.N,), dt),
+    host_footprint=lambda s, dt, b: host_footprint(s, dt, b, ref_copies=2),  # float64, cloned
     tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},
     dtypes=(F32, F16, BF16),
     doc="dst = src: bandwidth probe, bytes = read + write",
@@ -77,6 +86,7 @@ read = register_op(Op(
     flops=lambda s: s.N,
     out_spec=lambda s, dt: ((), torch.float32),
     footprint=lambda s, dt: s.N * esize(dt) + 4,  # src and the fp32 sum
+    host_footprint=lambda s, dt, b: host_footprint(s, dt, b, ref_copies=1),  # summed in float64
     # the sum accumulates in fp32 whatever the input dtype (a bf16 sum would not read any faster)
     tolerance={F32: 1e-4, F16: 1e-4, BF16: 1e-4},
     dtypes=(F32, F16, BF16),
