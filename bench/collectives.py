@@ -14,7 +14,7 @@ values do not change a collective's speed). Records: `bytes` is the message, `al
 `busbw_gbps` as nccl-tests defines them, `achieved_gbps` = busbw, judged against the chip's
 datasheet link bandwidth (per direction) where the catalog has one.
 
-A rank that dies ends the case `crashed` naming it (signal or exit code, its last stderr line); a
+A rank that dies ends the case `crashed` naming it (signal or exit code, its last output line); a
 rank that raises ends it `error` naming it; past --case-timeout the ranks that had not finished are
 named and the case is `timeout`. Every rank process is then killed (process groups included) and a
 new group takes the next case: nothing is left running.
@@ -35,6 +35,7 @@ import torch
 from kernels import OPS, Impl, rel_err
 
 from .errors import UsageError
+from .interrupts import deferred
 from .isolation import TIMEOUT, Worker, WorkerDied, describe_exit
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
@@ -233,9 +234,14 @@ class CollectiveRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-ranks-")
         self._ranks: list[Worker] = []
 
-    def close(self) -> None:
-        self._stop()
-        self._tmp.cleanup()
+    def close(self, now: bool = False) -> None:
+        """Stop every rank and remove the temporary files; now=True (an interrupt): kill their
+        process groups at once rather than ask them to exit."""
+        if not now:
+            self._stop()  # an interrupt meanwhile leaves the rest to close(now=True)
+        with deferred():  # the interrupt that asked for this cannot leave half of it undone
+            self._stop(now=True)
+            self._tmp.cleanup()
 
     def __enter__(self) -> CollectiveRunner:
         return self
@@ -243,14 +249,15 @@ class CollectiveRunner:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _stop(self) -> None:
-        for w in self._ranks:
-            w.close()
-        self._ranks = []
+    def _stop(self, now: bool = False) -> None:
+        while self._ranks:  # each rank is dropped once closed: an interrupt leaves the rest
+            self._ranks[0].close(now=now)
+            self._ranks.pop(0)
 
     def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
-        self.writer.write(rec)
-        self.on_record(rec)
+        with deferred():  # the file, the count and what the CLI shows agree on every record
+            self.writer.write(rec)
+            self.on_record(rec)
         return rec
 
     def _start(self, n: int) -> str | None:
@@ -262,14 +269,16 @@ class CollectiveRunner:
         for r in range(n):
             env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
                    "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
-            self._ranks.append(Worker(self.ctx.backend.name, self.plugins, Path(self._tmp.name),
-                                      entry="bench.collectives:rank_main", env=env,
-                                      init=(max(5.0, self.case_timeout / 2),), wait=False))
+            with deferred():  # held as soon as it exists: an interrupt still finds it
+                self._ranks.append(Worker(self.ctx.backend.name, self.plugins,
+                                          Path(self._tmp.name), entry="bench.collectives:rank_main",
+                                          env=env, init=(max(5.0, self.case_timeout / 2),),
+                                          wait=False))
         try:
             for r, w in enumerate(self._ranks):
                 w.wait_ready(f"rank {r}")
         except Exception as e:  # RunError: one rank could not join
-            self._stop()
+            self._stop(now=True)
             return str(e)
         return None
 
@@ -313,7 +322,7 @@ class CollectiveRunner:
         if len(done) == n and result is not None:
             result["wall_s"] = wall
             return result
-        self._stop()  # a fault leaves the group unusable: kill every rank, start afresh next time
+        self._stop(now=True)  # a fault leaves the group unusable: kill every rank, start afresh
         rec.update(wall_s=wall, **self._blame(events, n, since, impl))
         return rec
 
@@ -349,9 +358,9 @@ class CollectiveRunner:
         known = f" ({impl.known_issue})" if impl.known_issue else ""
         if first is not None and first[0] == "died" and first[1] not in said:
             r = first[1]
-            last = self._ranks[r].last_stderr_line(since[r]) if r < len(self._ranks) else ""
+            last = self._ranks[r].last_output_line(since[r]) if r < len(self._ranks) else ""
             return {"status": "crashed", "error": f"rank {r} died: {describe_exit(first[2])}"
-                    + (f"; its last stderr line: {last}" if last else "") + known}
+                    + (f"; its last output line: {last}" if last else "") + known}
         ended = said | {r for kind, r, _ in events if kind == "died"}
         silent = [r for r in range(n) if r not in ended]
         if silent:

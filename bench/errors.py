@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
 EXIT_FAILED = 1        # a RunError; with --strict, an impl that failed, errored, crashed or timed out
 EXIT_USAGE = 2         # a UsageError
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), finished cases kept
 
 
 class UsageError(Exception):
@@ -25,3 +25,19 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+# A terminal escape sequence: CSI (colors, cursor moves, clearing), OSC (window titles,
+# hyperlinks; ended by BEL or ST, or unterminated), or a two-character ESC sequence.
+_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x9b[0-?]*[ -/]*[@-~]?"
+                     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (tab, newline kept), DEL, C1
+
+
+def printable(text: str) -> str:
+    """`text` from a kernel or a plugin (an exception's message, a worker's output line) as it
+    may reach a terminal: escape sequences removed whole and other control characters dropped,
+    so that it cannot recolor, move the cursor, clear the screen or retitle the window; an
+    undecodable byte (a lone surrogate) shown as '?'."""
+    text = _CONTROL.sub("", _ESCAPE.sub("", text))
+    return text.encode("utf-8", "replace").decode("utf-8")

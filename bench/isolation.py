@@ -5,15 +5,19 @@ The parent (the CLI) measures the roof and writes the results; a worker, a fresh
 kernels, loads the run's plugins and runs cases with `bench.runner.Runner`, so checking and timing
 (device events, flush, rotation) happen exactly as they would in one process. Per case the parent
 sends the impls still to run; the worker names each phase as it begins (building the inputs, then
-each impl) and sends each record as soon as it is made.
+each impl), and within an impl each stage (its check, with the check's result once it is known;
+the warm-up; timing), and sends each record as soon as it is made.
 
-Each phase gets `case_timeout` seconds: for an impl that covers its check and its timing,
-compiling and autotuning included. When the worker dies (a signal such as SIGSEGV or SIGABRT, the
-OOM killer's SIGKILL, an abort in a runtime, a CUDA fault that poisons its context) the impl it was
-running is recorded `crashed`, with the signal or exit code and the last line the worker wrote to
-stderr; past the limit the worker is killed and the impl recorded `timeout`. A new worker takes the
-case's remaining impls. Workers run in their own session: Ctrl-C reaches only the parent, which
-kills the worker's whole process group and keeps every finished case.
+Each phase gets `case_timeout` seconds: for an impl that covers its check, its warm-up (making
+the rotated input sets and at least one call on each: thousands of calls at tiny shapes) and its
+timing, compiling and autotuning included. When the worker dies (a signal such as SIGSEGV or
+SIGABRT, the OOM killer's SIGKILL, an abort in a runtime, a CUDA fault that poisons its context)
+the impl it was running is recorded `crashed`, with the signal or exit code, the stage and the
+last line the worker wrote (stdout and stderr share its log); past the limit the worker is killed
+and the impl recorded `timeout`, naming the stage it was in. Either record keeps the check's
+result when the check had passed. A new worker takes the case's remaining impls. Workers run in
+their own session: Ctrl-C reaches only the parent, which kills the worker's whole process group at
+once (as it does on SIGTERM) and keeps every finished case.
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ from typing import Any, Callable, Sequence
 
 from kernels import OPS
 
-from .errors import RunError, UsageError
+from .errors import RunError, UsageError, printable
+from .interrupts import deferred
 from .results import ResultWriter
 from .roofline import add_matmul
-from .runner import RunContext, base_record, reported_impls
+from .runner import RunContext, Runner, base_record, reported_impls
 from .case import Case
 
 # No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
@@ -43,6 +48,8 @@ from .case import Case
 # (docs/measurement.md, "Isolation").
 DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
+EXIT_WAIT_S = 5.0  # a worker asked to exit at the end of a run gets this long before it is killed
+TAIL_BYTES = 65536  # of a worker's log, read for its last line
 
 # The worker starts here and takes the parent's sys.path, so it imports the same kernels and bench.
 BOOT = Path(__file__).with_name("boot.py")
@@ -87,16 +94,17 @@ class Worker:
         r_job, w_job = os.pipe()  # parent -> worker
         r_msg, w_msg = os.pipe()  # worker -> parent
         env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path))
-        with open(self.log_path, "ab") as log:  # append mode: the worker's stdout and stderr
+        # deferred: an interrupt cannot leave a started process that this object does not hold
+        with deferred(), open(self.log_path, "ab") as log:  # append: its stdout and stderr
             self.proc = subprocess.Popen(
                 [sys.executable, str(BOOT), entry, str(r_job), str(w_msg)],
                 pass_fds=(r_job, w_msg),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)  # its own process group; the terminal's Ctrl-C skips it
-        os.close(r_job)
-        os.close(w_msg)
-        self.tx = Connection(w_job, readable=False)
-        self.rx = Connection(r_msg, writable=False)
+            os.close(r_job)
+            os.close(w_msg)
+            self.tx = Connection(w_job, readable=False)
+            self.rx = Connection(r_msg, writable=False)
         try:
             self.tx.send(("init", backend, list(plugins), *init))
         except OSError:
@@ -105,7 +113,7 @@ class Worker:
             self.wait_ready()
 
     def wait_ready(self, what: str = "the case worker") -> None:
-        """Block until the worker says it is ready; RunError (with its last stderr line) if it
+        """Block until the worker says it is ready; RunError (with its last output line) if it
         ends or stays silent."""
         try:
             msg = self.recv(START_TIMEOUT_S)
@@ -114,7 +122,7 @@ class Worker:
         if msg is TIMEOUT or msg != ("ready",):
             why = "did not start in time" if msg is TIMEOUT else \
                 f"ended at start ({describe_exit(self.wait())})"
-            last = self.last_stderr_line(0)
+            last = self.last_output_line(0)
             self.kill()
             raise RunError(f"{what} {why}" + (f": {last}" if last else ""))
 
@@ -147,15 +155,18 @@ class Worker:
         except OSError:
             return 0
 
-    def last_stderr_line(self, since: int) -> str:
-        """The last non-empty line the worker wrote after byte `since` of its log."""
+    def last_output_line(self, since: int) -> str:
+        """The last non-empty line the worker wrote (to stdout or stderr: both go to its log)
+        after byte `since` of the log, without terminal control characters. Only the log's last
+        TAIL_BYTES are read: a kernel may have written gigabytes before it died."""
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(since)
-                text = f.read()[-65536:].decode("utf-8", "replace")
-        except OSError:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(since, end - TAIL_BYTES))
+                text = f.read(TAIL_BYTES).decode("utf-8", "replace")
+        except (OSError, ValueError):
             return ""
-        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        lines = [x.strip() for x in printable(text).splitlines() if x.strip()]
         return lines[-1][:300] if lines else ""
 
     def wait(self, timeout: float = 10.0) -> int:
@@ -181,12 +192,14 @@ class Worker:
             except OSError:
                 pass
 
-    def close(self) -> None:
-        """Ask the worker to exit, then make sure nothing it started is left running."""
-        if self.proc.poll() is None:
+    def close(self, now: bool = False) -> None:
+        """End the worker with everything it started and remove its log. At the end of a run it
+        is asked to exit first (EXIT_WAIT_S); now=True (an interrupt, whose case is discarded
+        anyway) kills its process group at once, so a busy kernel does not hold up the exit."""
+        if not now and self.proc.poll() is None:
             try:
                 self.tx.send(("exit",))
-                self.proc.wait(5)
+                self.proc.wait(EXIT_WAIT_S)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
@@ -218,36 +231,48 @@ class IsolatedRunner:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+    def close(self, now: bool = False) -> None:
+        """Stop the worker and remove the temporary files. now=True (an interrupt): kill its
+        process group at once rather than ask it to exit (Worker.close)."""
+        if not now and self._worker is not None:
+            self._worker.close()  # an interrupt meanwhile leaves it to close(now=True)
             self._worker = None
-        self._tmp.cleanup()
+        with deferred():  # the interrupt that asked for this cannot leave half of it undone
+            self._drop_worker()
+            self._tmp.cleanup()
 
     def _emit(self, rec: dict[str, Any]) -> dict[str, Any]:
-        self.writer.write(rec)
-        self.on_record(rec)
+        with deferred():  # the file, the count and what the CLI shows agree on every record
+            self.writer.write(rec)
+            self.on_record(rec)
         return rec
 
     def _fresh_worker(self) -> Worker:
         if self._worker is None:
-            self._worker = Worker(self.ctx.backend.name, self.plugins, Path(self._tmp.name))
+            # held as soon as it exists, before it is ready: an interrupt while it starts
+            # (raised after the assignment) still finds it and kills its group
+            with deferred():
+                self._worker = Worker(self.ctx.backend.name, self.plugins,
+                                      Path(self._tmp.name), wait=False)
             self.workers_started += 1
+            try:
+                self._worker.wait_ready()
+            except RunError:
+                self._drop_worker()
+                raise
         return self._worker
 
-    def _drop_worker(self, kill: bool) -> None:
+    def _drop_worker(self) -> None:
         if self._worker is not None:
-            if kill:
-                self._worker.kill()
-            self._worker.close()
+            self._worker.close(now=True)
             self._worker = None
 
     def _lost(self, case: Case, name: str, status: str, error: str,
-              wall_s: float | None = None) -> dict[str, Any]:
+              wall_s: float | None = None, **known: Any) -> dict[str, Any]:
         impl = OPS[case.op].impls[name]
         rec = base_record(self.ctx, case, impl)
-        known = f" ({impl.known_issue})" if impl.known_issue and status == "crashed" else ""
-        rec.update(status=status, error=error + known, wall_s=wall_s)
+        issue = f" ({impl.known_issue})" if impl.known_issue and status == "crashed" else ""
+        rec.update(status=status, error=error + issue, wall_s=wall_s, **known)
         return self._emit(rec)
 
     def run_case(self, case: Case) -> list[dict[str, Any]]:
@@ -260,7 +285,8 @@ class IsolatedRunner:
         fruitless = 0  # worker deaths in a row that finished nothing
         while todo:
             w = self._fresh_worker()
-            phase: str | None = None
+            phase: str | None = None  # "inputs" or the impl running
+            where = _Stage()
             since, t_phase, progressed = w.log_size(), time.monotonic(), False
             try:
                 w.send(("case", fields, dataclasses.replace(case, impls=tuple(todo))))
@@ -269,13 +295,18 @@ class IsolatedRunner:
                     if msg is TIMEOUT:
                         break
                     kind = msg[0]
-                    if kind == "phase":  # (name, where its stderr begins in the log)
+                    if kind == "phase":  # (name, where its output begins in the log)
                         phase, since, t_phase = msg[1], msg[2], time.monotonic()
+                        where = _Stage("check" if phase != "inputs" else None)
+                    elif kind == "checked":  # (rel_err, correct): the check is done
+                        where.checked(msg[1], msg[2])
+                    elif kind == "stage":  # ("warm-up", input sets) or ("timing", None)
+                        where.enter(msg[1], msg[2])
                     elif kind == "record":
                         records.append(self._emit(msg[1]))
                         if msg[1]["impl"] in todo:
                             todo.remove(msg[1]["impl"])
-                        phase, progressed = None, True
+                        phase, progressed, where = None, True, _Stage()
                     elif kind == "done":
                         break
             except WorkerDied:
@@ -285,25 +316,30 @@ class IsolatedRunner:
                     records.append(self._lost(case, name, "error", "the worker sent no record"))
                 return records
             if msg is TIMEOUT:
-                self._drop_worker(kill=True)
-                what = f"ran past --case-timeout {self.case_timeout:g} s and was killed"
-                status, why = "timeout", what
+                self._drop_worker()
+                status = "timeout"
+                why = f"ran past --case-timeout {self.case_timeout:g} s" + \
+                    (f" in {where.words()}" if where.name else "") + " and was killed" + \
+                    where.check_words()
             else:
                 rc = w.wait()
-                last = w.last_stderr_line(since)
-                self._drop_worker(kill=True)
-                status, why = "crashed", f"the worker died: {describe_exit(rc)}" + \
-                    (f"; its last stderr line: {last}" if last else "")
+                last = w.last_output_line(since)
+                self._drop_worker()
+                status = "crashed"
+                why = "the worker died" + (f" in {where.words(brief=True)}" if where.name
+                                           else "") + f": {describe_exit(rc)}" + \
+                    (f"; its last output line: {last}" if last else "") + where.check_words()
             if phase is not None and phase != "inputs":
                 records.append(self._lost(case, phase, status, why,
-                                          round(time.monotonic() - t_phase, 3)))
+                                          round(time.monotonic() - t_phase, 3), **where.known()))
                 todo.remove(phase)
                 fruitless = 0
             elif phase == "inputs":
                 for name in todo:
                     records.append(self._lost(case, name, status, f"building the inputs {why}"
                                               if status == "timeout" else
-                                              f"while building the inputs, {why}"))
+                                              f"while building the inputs, {why}",
+                                              phase="inputs"))
                 return records
             else:  # between impls (a lost CUDA context ends its worker after the record)
                 fruitless = 0 if progressed else fruitless + 1
@@ -312,6 +348,52 @@ class IsolatedRunner:
                         records.append(self._lost(case, name, status, why))
                     return records
         return records
+
+
+class _Stage:
+    """Where in an impl the worker is, as it said: its check, the warm-up, or timing; and the
+    check's result once it is known. A record that ends there (timeout, crashed) keeps both."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self.n_sets: int | None = None
+        self.rel_err: float | None = None
+        self.correct: bool | None = None
+
+    def checked(self, rel_err: float, correct: bool) -> None:
+        self.rel_err, self.correct = rel_err, correct
+        if correct:
+            self.name = "warm-up"  # making the timed input sets is its first part
+
+    def enter(self, name: str, n_sets: int | None) -> None:
+        self.name = name
+        if n_sets is not None:
+            self.n_sets = n_sets
+
+    def words(self, brief: bool = False) -> str:
+        """The stage as a message names it. The warm-up says what it is: a call on every
+        rotated input set (thousands at tiny shapes) counts against --case-timeout too."""
+        if self.name != "warm-up":
+            return {"check": "its check"}.get(self.name or "", self.name or "")
+        if brief:
+            return "its warm-up"
+        what = ("making its input sets, then calls on each" if self.n_sets is None else
+                "calls on its one input set" if self.n_sets == 1 else
+                f"making its {self.n_sets} rotated input sets and calls on each")
+        return f"its warm-up ({what}; the limit counts the warm-up with the check and timing)"
+
+    def check_words(self) -> str:
+        if not self.correct:
+            return ""
+        err = f" (rel err {self.rel_err:.3g})" if isinstance(self.rel_err, float) else ""
+        return f"; its check had passed{err}"
+
+    def known(self) -> dict[str, Any]:
+        """Record keys: the stage, and the check's result where the check ended."""
+        out: dict[str, Any] = {"phase": self.name}
+        if self.correct is not None:
+            out.update(rel_err=self.rel_err, correct=self.correct)
+        return out
 
 
 # --- the worker's side --------------------------------------------------------------------------
@@ -346,13 +428,35 @@ def _log_offset() -> int:
         return 0
 
 
+class _Reporter:
+    """Tells the parent where this worker is, as it gets there: each phase (the inputs, an impl)
+    with where its output begins in the log, then within an impl the check's result, the
+    warm-up's input sets and the start of timing (Runner.on_stage); then the record."""
+
+    def __init__(self, tx: Connection) -> None:
+        self.tx = tx
+
+    def phase(self, name: str) -> None:
+        self.tx.send(("phase", name, _log_offset()))
+
+    def stage(self, name: str, detail: Any) -> None:
+        if name == "checked":
+            rel_err, correct = detail
+            self.tx.send(("checked", None if rel_err is None else float(rel_err), bool(correct)))
+        else:  # ("warm-up", input sets) or ("timing", None)
+            self.tx.send(("stage", name, detail))
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.tx.send(("record", dict(rec)))
+
+
 def worker_main() -> None:
     """Entry of a worker process: `python bench/boot.py bench.isolation:worker_main <job fd>
     <message fd>`."""
     from backends import get_backend
 
     from .plugins import load_plugins
-    from .runner import ContextLost, Runner
+    from .runner import ContextLost
 
     rx = Connection(int(sys.argv[1]), writable=False)
     tx = Connection(int(sys.argv[2]), readable=False)
@@ -378,9 +482,9 @@ def worker_main() -> None:
             return
         _, fields, case = msg
         ctx = RunContext(backend=backend, **fields)
-        runner = Runner(ctx, ResultWriter(None, ctx.run_id),
-                        on_record=lambda r: tx.send(("record", r)),
-                        on_start=lambda phase: tx.send(("phase", phase, _log_offset())))
+        reporter = _Reporter(tx)
+        runner = Runner(ctx, ResultWriter(None, ctx.run_id), on_record=reporter.record,
+                        on_start=reporter.phase, on_stage=reporter.stage)
         try:
             runner.run_case(case)
         except ContextLost:

@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UsageError
+from .errors import UsageError, printable
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -41,7 +41,7 @@ def load_plugins(paths: Sequence[str]) -> None:
         # BaseException: a plugin's sys.exit() (SystemExit) must not end the run silently, and a
         # SyntaxError is the plugin's, not our crash.
         except BaseException as e:
-            raise UsageError(f"plugin {p} failed to load: {_why(e)}") from None
+            raise UsageError(f"plugin {p} failed to load: {printable(_why(e))}") from None
 
 
 def _why(e: BaseException) -> str:

@@ -1,7 +1,8 @@
 """Result records: one JSON object per case, appended and flushed as soon as the case finishes.
 
-The file is created on the first record only, so a run that fails validation leaves nothing
-behind, and an interrupted run keeps every finished case, each on a complete line.
+The file is created on the first record only (exclusively: one file a run), so a run that fails
+validation leaves nothing behind, and an interrupted run keeps every finished case, each on a
+complete line.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TextIO
+
+from .interrupts import deferred
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,22 +94,48 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 class ResultWriter:
-    """Appends records to DIR/<run_id>.jsonl, flushing and fsyncing each line."""
+    """Writes records to DIR/<run_id>.jsonl, flushing and fsyncing each line.
 
-    def __init__(self, directory: Path | None, run_id: str) -> None:
-        self.path = None if directory is None else Path(directory) / f"{run_id}.jsonl"
-        self._f = None
-        self.count = 0
+    The file is created exclusively: when a file of that name exists (another run given the
+    same id in the same second), `new_id()` names another, so two runs never share a file.
+    Each record written carries the id its file is named by."""
+
+    def __init__(self, directory: Path | None, run_id: str,
+                 new_id: Callable[[], str] | None = None) -> None:
+        self.directory = None if directory is None else Path(directory)
+        self.run_id = run_id
+        self._new_id = new_id or (lambda: f"{run_id}-{secrets.token_hex(4)}")
+        self._f: TextIO | None = None
+        self.count = 0  # records in the file: counted with their write, never apart from it
+
+    @property
+    def path(self) -> Path | None:
+        """The results file (None: nothing is written); it exists once `count` > 0."""
+        return None if self.directory is None else self.directory / f"{self.run_id}.jsonl"
+
+    def _create(self) -> TextIO:
+        assert self.directory is not None
+        for _ in range(100):
+            try:
+                return open(self.directory / f"{self.run_id}.jsonl", "x", encoding="utf-8")
+            except FileExistsError:
+                self.run_id = self._new_id()
+        raise FileExistsError(f"no free results file name in {self.directory} "
+                              f"(last tried {self.run_id}.jsonl)")
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
+        """Append `record` (its run_id set to the file's). A SIGINT or SIGTERM that lands
+        meanwhile is raised after the line is on disk and counted (bench/interrupts.py)."""
+        if self.directory is None:
             return
-        if self._f is None:
-            self._f = open(self.path, "a", encoding="utf-8")
-        self._f.write(dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.count += 1
+        with deferred():
+            if self._f is None:
+                self._f = self._create()
+            record["run_id"] = self.run_id
+            self._f.write(dumps(record) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self.count += 1
 
     def close(self) -> None:
         if self._f is not None:

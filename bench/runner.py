@@ -187,11 +187,15 @@ class ContextLost(Exception):
 class Runner:
     def __init__(self, ctx: RunContext, writer: ResultWriter,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 on_start: Callable[[str], None] | None = None) -> None:
+                 on_start: Callable[[str], None] | None = None,
+                 on_stage: Callable[[str, Any], None] | None = None) -> None:
         self.ctx = ctx
         self.writer = writer
         self.on_record = on_record or (lambda r: None)
         self.on_start = on_start or (lambda phase: None)  # "inputs", then each impl's name
+        # within an impl: ("checked", (rel_err, correct)), ("warm-up", input sets), ("timing",
+        # None): where a worker is, for a record its parent writes if it dies or hangs there
+        self.on_stage = on_stage or (lambda stage, detail: None)
 
     def _base(self, case: Case, impl: Impl) -> dict[str, Any]:
         return base_record(self.ctx, case, impl)
@@ -291,10 +295,12 @@ class Runner:
                  if changed else _malformed(host, out_shape, out_dtype))
         if wrong:
             rec.update(status="failed-check", correct=False, error=with_known_issue(impl, wrong))
+            self.on_stage("checked", (None, False))
             return sets
         err = rel_err(host, ref)
         tol = op.tol(case.dtype)
         rec.update(rel_err=err, correct=bool(err <= tol))
+        self.on_stage("checked", (err, rec["correct"]))
         if not err <= tol:
             rec.update(status="failed-check", error=with_known_issue(
                 impl, f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
@@ -325,6 +331,7 @@ class Runner:
             in_cache = touched <= WARM_CACHE_FACTOR * c.backend.cache_bytes()
         else:
             in_cache = need > 0 and n_sets * touched <= need
+        self.on_stage("warm-up", n_sets)
         if sets is None or len(sets) != n_sets:
             sets = [inputs] + [clone_args(inputs, c.backend.clone) for _ in range(n_sets - 1)]
         with c.backend.session():
@@ -335,7 +342,8 @@ class Runner:
             call = lambda i: fn(*prepared[i], out=outs[i])  # noqa: E731
         else:
             call = lambda i: fn(*prepared[i])  # noqa: E731
-        st = measure(c.backend, call, n_sets, c.budget, warm=case.warm)
+        st = measure(c.backend, call, n_sets, c.budget, warm=case.warm,
+                     on_sampling=lambda: self.on_stage("timing", None))
 
         v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
                   latency_floor_s(c.backend.name), in_cache=in_cache)

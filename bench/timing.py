@@ -91,10 +91,11 @@ def stop_rule(samples: list[float], elapsed: float, b: Budget) -> str | None:
 
 
 def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: Budget,
-            warm: bool = False) -> Stats:
+            warm: bool = False, on_sampling: Callable[[], None] | None = None) -> Stats:
     """Time `call(i)` (i = input set, rotated round-robin) on `backend` under `budget`.
 
-    warm: no cache flush between calls (the size sweep's cache side); the caller passes one set."""
+    warm: no cache flush between calls (the size sweep's cache side); the caller passes one set.
+    on_sampling: called as the warm-up ends and the samples begin."""
     nxt = 0
 
     def idxs(k: int) -> list[int]:
@@ -112,6 +113,8 @@ def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: B
         backend.time_calls(call, idxs(budget.batch), flush)
 
     samples: list[float] = []
+    if on_sampling is not None:
+        on_sampling()
     sampler = backend.sampler()
     if sampler is not None:
         sampler.start()

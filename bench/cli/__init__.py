@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunError, UsageError
+from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError
+from ..interrupts import describe, exit_status, handled, signal_of
 from . import backends, chips, compare, plot, project, roof, run
 from .common import Parser
 
@@ -51,7 +52,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; its exit status. SIGTERM ends a command as Ctrl-C does, and the
+    handlers stay in place while the error or interrupt is reported (bench/interrupts.py).
+    argv None: the command line of this process, which exits with the status returned."""
+    with handled(exiting=argv is None):
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         args.argv = argv
@@ -62,9 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as e:
         print(f"decodewall: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("decodewall: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM before `run` had anything to keep
+        print(f"decodewall: {describe(signal_of(e))}", file=sys.stderr)
+        return exit_status(signal_of(e))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

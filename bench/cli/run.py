@@ -11,10 +11,12 @@ import dataclasses
 import os
 import shlex
 import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
+from ..errors import EXIT_FAILED, UsageError, printable
+from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
 from .common import (directory, parse_shape, ranks, resolve_backend, resolve_chip, resolve_dtypes,
                      seconds, seed, suggest)
@@ -247,7 +249,9 @@ def command(args) -> int:
     from ..suites import SuiteContext
     from ..timing import BUDGETS
 
-    load_plugins(args.plugin or [])
+    # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
+    with _stdout_to_stderr() if args.json else _null():
+        load_plugins(args.plugin or [])
     if args.list:
         return list_everything()
     from ..collectives import launched_by_torchrun
@@ -289,7 +293,7 @@ def command(args) -> int:
                      seed=args.seed, run_id=run_id,
                      command="decodewall " + " ".join(shlex.quote(a) for a in args.argv),
                      git_commit=git_commit(), versions=versions(), impl_filter=impl_filter)
-    writer = ResultWriter(out_dir, run_id)
+    writer = ResultWriter(out_dir, run_id, new_id=lambda: new_run_id(backend.name))
     records: list[dict[str, Any]] = []
     tracker = rl.RoofTracker(backend, roof, budget,
                              None if budget_name == "quick" else rl.ROOF_REFRESH_S)
@@ -316,11 +320,11 @@ def command(args) -> int:
             return kernels_runner.run_case(case)
 
         @staticmethod
-        def close():
-            kernels_runner.close()
-            ranks_runner.close()
+        def close(now: bool = False):
+            kernels_runner.close(now)
+            ranks_runner.close(now)
 
-    interrupted = False
+    stopped: int | None = None  # the signal that ended the run early (SIGINT: Ctrl-C, SIGTERM)
     try:
         if show:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -340,40 +344,45 @@ def command(args) -> int:
             for case in cases:
                 ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
                 runner.run_case(case)
-    except KeyboardInterrupt:
-        interrupted = True
+        runner.close()  # a normal end: each worker is asked to exit
+    except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT or SIGTERM
+        stopped = signal_of(e)
     finally:
-        runner.close()  # the worker and anything it started: nothing is left running
+        # An interrupt's case is discarded: its worker's process group is killed at once. Only
+        # the first signal is raised (bench/interrupts.py), so a second Ctrl-C cannot cut this,
+        # the table or the line below short.
+        runner.close(now=True)  # nothing is left running, no temporary file left behind
         writer.close()
     note = None
     # The roof again (not for the quick budget: two quick probes differ by more than the drift
     # worth reporting): on a busy machine it can move a lot within one run.
-    if not interrupted and budget_name != "quick" and any(r["status"] == "ok" for r in records):
+    if stopped is None and budget_name != "quick" and any(r["status"] == "ok" for r in records):
         try:
             with err.status("measuring the roof again...", spinner="dots") if show else _null():
                 note = drift_note(roof.gbps, measure_bandwidth(backend, budget),
                                   tracker.readings[1:])
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt as e:
+            stopped = signal_of(e)
     if not args.json:
         out = console()
         lo, hi = min(tracker.readings), max(tracker.readings)
         roofs = f"{lo:.1f} GB/s" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} GB/s (re-measured)"
         roofs = f", roof {roofs}" if hi > 0 else ""
-        out.print(results_table(records, title=f"decodewall run {run_id} — {info.get('name')} "
-                                f"({backend.name}){roofs}"))
+        shown = [_printable_record(r) for r in records]
+        out.print(results_table(shown, title=f"decodewall run {writer.run_id} — "
+                                f"{info.get('name')} ({backend.name}){roofs}"))
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
-            _print_precision(records, out)
+            _print_precision(shown, out)
+    else:
+        shown = records
     if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
         from .step import print_step
-        print_step(args, records, ctx.roof, as_json=args.json)
-    where = f"{writer.path}" if writer.path and writer.count else "nothing saved"
-    if interrupted:
-        print(f"decodewall: interrupted; {writer.count} finished case(s) kept in {where}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print_step(args, shown, ctx.roof, as_json=args.json)
+    if stopped is not None:
+        print(f"decodewall: {describe(stopped)}; {_kept(writer, records)}", file=sys.stderr)
+        return exit_status(stopped)
     if writer.path and writer.count:
-        print(f"results: {where}", file=sys.stderr)
+        print(f"results: {writer.path}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
     from ..results import FAILED
@@ -384,13 +393,51 @@ def command(args) -> int:
     return EXIT_FAILED if failed and args.strict else 0
 
 
+def _kept(writer: Any, records: list[dict[str, Any]]) -> str:
+    """What an interrupted run kept: the records in its file (the writer counts each with its
+    write, so the count is the file's), or, with --no-save, the ones shown and not saved."""
+    if writer.path is None:
+        return f"{len(records)} finished case(s) shown, none saved (--no-save)"
+    if not writer.count:
+        return "no case finished, nothing saved"
+    return f"{writer.count} finished case(s) kept in {writer.path}"
+
+
+def _printable_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as the table shows it: its texts (an impl's name from a plugin, an error an
+    impl raised, a worker's last output line) without terminal control characters. The record
+    saved keeps them, escaped by JSON."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in rec.items()}
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout inside the block (print, sys.stdout, or fd 1 itself, as
+    C code writes) to stderr."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:
+        saved = None
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
     from ..collectives import run_as_rank
     from ..report.table import console, results_table
     rank, _ = torchrun_ranks()
     if rank != 0:
-        writer.path = None  # one results file, rank 0's
+        writer.directory = None  # one results file, rank 0's
         args.json = False
     try:
         run_as_rank(ctx, cases, writer, on_record, max(5.0, args.case_timeout / 2))
@@ -399,7 +446,8 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     if rank != 0:
         return 0
     if not args.json:
-        console().print(results_table(records, title=f"decodewall run {ctx.run_id} — "
+        console().print(results_table([_printable_record(r) for r in records],
+                                      title=f"decodewall run {writer.run_id} — "
                                       f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
                                       f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))
     if writer.path and writer.count:
@@ -463,7 +511,8 @@ def add_parser(sub) -> None:
     r.add_argument("--out", type=directory, default=str(DEFAULT_OUT),
                    help="results directory (default: results/runs)")
     r.add_argument("--no-save", action="store_true", help="do not write a results file")
-    r.add_argument("--json", action="store_true", help="one JSON object per line, no table")
+    r.add_argument("--json", action="store_true",
+                   help="one JSON object per line, no table (plugins' own output: stderr)")
     r.add_argument("--seed", type=seed, default=0,
                    help="seed of the random inputs (-2**63 .. 2**64-1, as torch takes)")
     r.add_argument("--budget", choices=["quick", "normal", "thorough"],
@@ -474,9 +523,10 @@ def add_parser(sub) -> None:
                    help="ranks for collective ops (allreduce): the run starts them on this "
                         "machine (default: the shape's, 2); under torchrun, its WORLD_SIZE")
     r.add_argument("--case-timeout", type=seconds, default=_default_timeout(), metavar="SECONDS",
-                   help="kill an impl-case (check + timing, compiling and autotuning included) "
-                        "that runs longer and record it as timeout (default: "
-                        "%(default)g)")
+                   help="kill an impl-case that runs longer and record it as timeout; it "
+                        "covers the check, the warm-up (a call on every rotated input set: "
+                        "thousands at tiny shapes) and timing, compiling and autotuning included "
+                        "(default: %(default)g)")
     r.add_argument("--warm", action="store_true",
                    help="time every case warm: one input set, no flush, so a working set the "
                         "cache holds is read from it (not judged against the DRAM roof)")

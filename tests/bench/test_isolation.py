@@ -42,6 +42,7 @@ def c_abort(x, w):
 
 @register_impl("gemv_bf16", "d_exit", backends=["cpu"])
 def d_exit(x, w):
+    print("\x1b[1;31mgoodbye\x1b[0m from stdout\x07", flush=True)  # colored, with a bell
     os._exit(7)
 
 @register_impl("gemv_bf16", "e_good", backends=["cpu"])
@@ -80,11 +81,16 @@ def test_crashes_and_hangs_are_recorded_and_the_run_goes_on(tmp_path, bad_plugin
     (f,) = out.iterdir()
     recs = {r["impl"]: r for r in map(json.loads, f.read_text().splitlines())}
     assert recs["a_segfault"]["status"] == "crashed"
-    assert "SIGSEGV" in recs["a_segfault"]["error"]
-    assert "reading address 0" in recs["a_segfault"]["error"]  # its last stderr line
-    assert recs["b_hang"]["status"] == "timeout" and "--case-timeout 4" in recs["b_hang"]["error"]
+    assert "the worker died in its check: SIGSEGV" in recs["a_segfault"]["error"]
+    assert "its last output line: reading address 0" in recs["a_segfault"]["error"]  # stderr
+    assert recs["b_hang"]["status"] == "timeout"
+    assert "ran past --case-timeout 4 s in its check" in recs["b_hang"]["error"]
+    assert recs["b_hang"]["phase"] == "check" and recs["b_hang"]["correct"] is None
     assert recs["c_abort"]["status"] == "crashed" and "SIGABRT" in recs["c_abort"]["error"]
     assert recs["d_exit"]["status"] == "crashed" and "exit code 7" in recs["d_exit"]["error"]
+    # a stdout line is an output line too, and no terminal control reaches the record or table
+    assert recs["d_exit"]["error"].endswith("its last output line: goodbye from stdout")
+    assert "\x1b" not in p.stdout and "\x07" not in p.stdout
     for name in ("a_segfault", "b_hang", "c_abort", "d_exit"):
         assert recs[name]["time_s"] is None and recs[name]["achieved_gbps"] is None
     # the cases after the bad ones still ran and were timed
@@ -141,12 +147,37 @@ def test_a_lost_device_context_ends_its_worker_and_the_run_goes_on(tmp_path):
     assert recs["torch_matmul"]["status"] == "ok"
 
 
-def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path, bad_plugin):
+# The CLI with os.killpg wrapped so that a second Ctrl-C lands in the cleanup after the first
+# signal, just before it kills the worker's process group (raise_signal: delivered at once).
+SECOND_CTRL_C_IN_CLEANUP = """
+import os, signal, sys
+killpg = os.killpg
+def second_ctrl_c_then_killpg(pgid, sig):
+    os.killpg = killpg
+    signal.raise_signal(signal.SIGINT)
+    killpg(pgid, sig)
+os.killpg = second_ctrl_c_then_killpg
+from bench.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_hang_kills_the_worker_at_once_and_keeps_finished_cases(
+        tmp_path, bad_plugin, signum):
+    """Ctrl-C or SIGTERM while an impl hangs in its check: its worker's process group (the
+    process the kernel started included) is killed at once, not asked to exit; a second Ctrl-C
+    during that cleanup changes nothing; the finished case, the table and one stderr line are
+    kept; exit 128 + the signal; no temporary file is left."""
     plugin, pids = bad_plugin
-    out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "bench.cli", "run", *GEMV, "--plugin", str(plugin), "--impl",
-           "torch_matmul", "--impl", "b_hang", "--budget", "quick", "--out", str(out), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", PYTHONFAULTHANDLER="1")
+    out, tmp = tmp_path / "runs", tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [sys.executable, "-c", SECOND_CTRL_C_IN_CLEANUP, "run", *GEMV, "--plugin", str(plugin),
+           "--impl", "torch_matmul", "--impl", "b_hang", "--budget", "quick", "--out", str(out),
+           "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", PYTHONFAULTHANDLER="1",
+               TMPDIR=str(tmp))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, preexec_fn=default_sigint)
     try:
@@ -154,9 +185,10 @@ def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path
         while time.time() < deadline and not (pids.exists() and "child" in pids.read_text()):
             time.sleep(0.2)
         assert pids.exists(), "the hanging impl never started"
-        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.send_signal(signum)
         try:
-            _, err = proc.communicate(timeout=60)
+            stdout, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # say where it was stuck: faulthandler's dump on SIGABRT
             proc.send_signal(signal.SIGABRT)
             try:
@@ -164,19 +196,186 @@ def test_ctrl_c_during_a_hang_keeps_finished_cases_and_kills_the_worker(tmp_path
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, err = proc.communicate()
-            pytest.fail(f"no exit 60 s after SIGINT; its stderr ends:\n{err[-4000:]}")
+            pytest.fail(f"no exit 60 s after the signal; its stderr ends:\n{err[-4000:]}")
+        elapsed = time.monotonic() - t0
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 128 + signum, err
+    # Asking a busy worker to exit first waits 5 s for nothing; the kill takes a fraction of that.
+    assert elapsed < 4.5, f"{elapsed:.1f} s from the signal to the exit"
     (f,) = out.iterdir()
     assert [json.loads(x)["impl"] for x in f.read_text().splitlines()] == ["torch_matmul"]
+    word = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert err.splitlines() == [f"decodewall: {word}; 1 finished case(s) kept in {f}"], err
+    assert "torch_matmul" in stdout and "Traceback" not in stdout + err  # the table
     started = [int(line.split()[1]) for line in pids.read_text().splitlines()]
     time.sleep(0.5)
     assert started and not any(alive(pid) for pid in started)
+    assert not list(tmp.glob("decodewall-*")), list(tmp.iterdir())  # worker logs included
 
 
 def test_describe_exit():
     assert describe_exit(-signal.SIGSEGV).startswith("SIGSEGV (")
     assert "OOM" in describe_exit(-signal.SIGKILL)
     assert describe_exit(3) == "exit code 3"
+
+
+def _worker_with_log(path):
+    """A Worker that is only its log (nothing started): what the parent reads after a crash."""
+    from bench.isolation import Worker
+    w = Worker.__new__(Worker)
+    w.log_path = path
+    return w
+
+
+def test_the_last_output_line_is_read_from_the_tail_of_the_log_only(tmp_path):
+    """A kernel that wrote gigabytes before it died: the parent reads the log's last 64 KiB,
+    not everything after the impl began, which would take as much of the parent's memory."""
+    import tracemalloc
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as f:
+        f.write(b"before the impl\n")
+        f.truncate(64 << 20)  # 64 MiB of the impl's output (sparse: no disk, no time)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\nxxx\n\x1b[31mfinal words\x1b[0m before abort\x07\n\n")
+    w = _worker_with_log(log)
+    tracemalloc.start()
+    try:
+        last = w.last_output_line(len(b"before the impl\n"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert last == "final words before abort"  # no terminal control reaches a message
+    assert peak < 4 << 20, f"{peak >> 20} MiB read for one line"
+    assert _worker_with_log(tmp_path / "none.log").last_output_line(0) == ""
+
+
+def _ctx(check_only=False):
+    from backends import get_backend
+    from bench.roofline import Roof
+    from bench.runner import RunContext
+    from bench.timing import BUDGETS
+    import torch
+    b = get_backend("cpu")
+    return RunContext(backend=b, roof=Roof("cpu", 20.0, 20.0, 1 << 28,
+                                           matmul_tflops={"float32": 0.1}),
+                      chip=None, device_info=b.device_info(), budget=BUDGETS["quick"], seed=0,
+                      run_id="test", command="pytest", git_commit=None,
+                      versions={"torch": torch.__version__}, impl_filter=("torch_matmul",),
+                      check_only=check_only)
+
+
+def test_the_worker_tells_the_parent_each_stage_and_the_check_result():
+    """The worker's side: the phase, then the check's result as soon as it is known, the
+    warm-up's input sets, the start of timing, then the record (in that order, as Runner and
+    bench.timing.measure reach them)."""
+    import torch
+
+    from bench.case import Case
+    from bench.isolation import _Reporter
+    from bench.results import ResultWriter
+    from bench.runner import Runner
+    from kernels.gemv import GemvShape
+
+    class Pipe:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, msg):
+            self.sent.append(msg)
+
+    ctx = _ctx()
+    pipe = Pipe()
+    reporter = _Reporter(pipe)
+    runner = Runner(ctx, ResultWriter(None, ctx.run_id), on_record=reporter.record,
+                    on_start=reporter.phase, on_stage=reporter.stage)
+    (rec,) = runner.run_case(Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32))
+    assert rec["status"] == "ok"
+    kinds = [m[0] if m[0] != "stage" else f"stage {m[1]}" for m in pipe.sent]
+    assert kinds == ["phase", "phase", "checked", "stage warm-up", "stage timing", "record"]
+    assert [m[1] for m in pipe.sent[:2]] == ["inputs", "torch_matmul"]
+    assert pipe.sent[2][1:] == (rec["rel_err"], True)
+    assert pipe.sent[3][2] == rec["n_sets"]  # the warm-up: making the sets, a call on each
+    assert type(pipe.sent[-1][1]) is dict and pipe.sent[-1][1] == dict(rec)
+
+
+class FakeWorker:
+    """A worker that says `script` (messages, then TIMEOUT, or a death with exit code `rc`)."""
+    script: list = []
+    rc = None
+    closed: list = []
+
+    def __init__(self, *a, **k):
+        self.msgs = list(self.script)
+
+    def wait_ready(self, *a):
+        pass
+
+    def log_size(self):
+        return 0
+
+    def send(self, msg):
+        pass
+
+    def recv(self, timeout):
+        from bench.isolation import TIMEOUT, WorkerDied
+        if self.msgs:
+            return self.msgs.pop(0)
+        if self.rc is None:
+            return TIMEOUT
+        raise WorkerDied("exited")
+
+    def wait(self, timeout=10):
+        return self.rc
+
+    def last_output_line(self, since):
+        return "last words"
+
+    def close(self, now=False):
+        FakeWorker.closed.append(now)
+
+
+@pytest.mark.parametrize("stage, rc, expect", [
+    ("check", None, "ran past --case-timeout 2 s in its check and was killed"),
+    ("warm-up", None, "ran past --case-timeout 2 s in its warm-up (making its 4096 rotated "
+                      "input sets and calls on each; the limit counts the warm-up with the check "
+                      "and timing) and was killed; its check had passed (rel err 1e-07)"),
+    ("timing", None, "ran past --case-timeout 2 s in timing and was killed; its check had "
+                     "passed (rel err 1e-07)"),
+    ("timing", -signal.SIGSEGV, "the worker died in timing: SIGSEGV (Segmentation fault); its "
+                                "last output line: last words; its check had passed"),
+])
+def test_a_timeout_or_crash_record_keeps_the_stage_and_the_check(monkeypatch, stage, rc, expect):
+    """The parent's side: an impl that passed its check, then hung (or died) in its warm-up or
+    timing keeps correct and rel_err, and its message and `phase` say where it was; the
+    warm-up's message says what the warm-up does, since it counts against the limit too."""
+    import torch
+
+    import bench.isolation as iso
+    from bench.case import Case
+    from bench.results import ResultWriter
+    from kernels.gemv import GemvShape
+
+    script = [("phase", "inputs", 0), ("phase", "torch_matmul", 0)]
+    if stage != "check":
+        script += [("checked", 1e-7, True), ("stage", "warm-up", 4096)]
+    if stage == "timing":
+        script += [("stage", "timing", None)]
+    monkeypatch.setattr(FakeWorker, "script", script)
+    monkeypatch.setattr(FakeWorker, "rc", rc)
+    monkeypatch.setattr(FakeWorker, "closed", [])
+    monkeypatch.setattr(iso, "Worker", FakeWorker)
+    runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
+                                case_timeout=2)
+    try:
+        (rec,) = runner.run_case(Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32))
+    finally:
+        runner.close()
+    assert rec["status"] == ("timeout" if rc is None else "crashed")
+    assert rec["error"].startswith(expect), rec["error"]
+    assert rec["phase"] == stage
+    if stage == "check":
+        assert rec["correct"] is None and rec["rel_err"] is None
+    else:
+        assert rec["correct"] is True and rec["rel_err"] == 1e-7
+    assert FakeWorker.closed == [True]  # a lost case's worker is killed at once, not asked

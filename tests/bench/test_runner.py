@@ -107,6 +107,49 @@ def test_writer_creates_nothing_without_records(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_writer_never_appends_to_another_runs_file(tmp_path):
+    """Two runs drawn the same id (16 random bits a second): the later takes another id."""
+    other = tmp_path / "same-id.jsonl"
+    other.write_text('{"run_id": "same-id"}\n')
+    ids = iter(["same-id", "fresh-id"])  # the first new id collides again
+    w = ResultWriter(tmp_path, "same-id", new_id=lambda: next(ids))
+    rec = {"op": "copy", "run_id": "same-id"}
+    w.write(rec)
+    w.write({"op": "copy", "run_id": "same-id"})
+    w.close()
+    assert other.read_text() == '{"run_id": "same-id"}\n'
+    assert w.path == tmp_path / "fresh-id.jsonl" and w.run_id == "fresh-id" and w.count == 2
+    assert [json.loads(x)["run_id"] for x in w.path.read_text().splitlines()] == ["fresh-id"] * 2
+    assert rec["run_id"] == "fresh-id"  # what the CLI prints (--json) is what the file holds
+    w2 = ResultWriter(tmp_path, "same-id")  # its own fallback: the id with a random suffix
+    w2.write({"op": "copy"})
+    w2.close()
+    assert w2.path.name.startswith("same-id-") and w2.count == 1
+
+
+def test_writer_counts_a_record_an_interrupt_lands_after(tmp_path, monkeypatch):
+    """A signal after the line's fsync, before the count: raised once the record is counted, so
+    "N finished case(s) kept" is the file's number of lines."""
+    import os
+    import signal
+
+    from bench.interrupts import Interrupted, handled
+    fsync = os.fsync
+
+    def fsync_then_signal(fd):
+        fsync(fd)
+        signal.raise_signal(signal.SIGINT)
+
+    w = ResultWriter(tmp_path, "run")
+    with handled():
+        monkeypatch.setattr(os, "fsync", fsync_then_signal)
+        with pytest.raises(Interrupted):
+            w.write({"op": "copy"})
+        monkeypatch.setattr(os, "fsync", fsync)
+    w.close()
+    assert w.count == 1 == len(w.path.read_text().splitlines())
+
+
 # --- warm cases (the size sweep) ------------------------------------------------------------------
 
 def test_warm_case_in_cache_is_timed_on_one_set_and_not_judged(tmp_path, test_impls, fixed_llc):

@@ -145,10 +145,16 @@ def test_table_output_shows_verdicts_and_fail(tmp_path):
     plugin = tmp_path / "p.py"
     plugin.write_text("from kernels import register_impl\n"
                       "@register_impl('gemv_bf16', 'off_by_one', backends=['cpu'])\n"
-                      "def f(x, w):\n    return x @ w.T + 1\n")
+                      "def f(x, w):\n    return x @ w.T + 1\n"
+                      "@register_impl('gemv_bf16', 'loud', backends=['cpu'])\n"
+                      "def g(x, w):\n"
+                      "    raise RuntimeError('\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31mboom\\x1b[0m')\n")
     p = run_cli("run", *GEMV, "--plugin", str(plugin), "--budget", "quick", "--no-save")
     assert p.returncode == 0, p.stderr
     assert "FAIL: rel err" in p.stdout and "torch_matmul" in p.stdout
+    # an impl's message cannot clear the screen, retitle the window or recolor the table
+    assert "ERROR: RuntimeError: boom" in p.stdout and "pwned" not in p.stdout
+    assert "\x1b" not in p.stdout and "\x07" not in p.stdout
     # a tiny case: "in cache" where its MAX_SETS copies cannot pass 4x this host's LLC
     assert any(v in p.stdout for v in ("at the wall", "below the wall", "compute-bound", "in cache"))
 
@@ -306,3 +312,65 @@ def test_compare_two_devices_says_so_and_compares_what_matches(tmp_path, capsys)
     rows = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows["x"]["verdict"] == "faster" and rows["x"]["ratio"] == pytest.approx(0.01)
     assert rows["only_a"]["verdict"] == "only in A"
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_ctrl_c_during_the_roof_measured_after_the_cases_is_an_interrupt(capsys, monkeypatch,
+                                                                        tmp_path, save):
+    """Exit 130, the finished case kept and said so (--no-save: shown, not saved), the table
+    printed: as any other interrupt."""
+    import signal
+
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof("cpu", 10.0, 10.0, 1 << 28))
+    monkeypatch.setattr(rl, "measure_bandwidth",
+                        lambda *a, **k: signal.raise_signal(signal.SIGINT) or 10.0)
+    out = tmp_path / "runs"
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "normal", "--no-progress",
+            *(["--out", str(out)] if save else ["--no-save"])]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "torch_matmul" in captured.out  # the table
+    if save:
+        (f,) = out.iterdir()
+        kept = f"1 finished case(s) kept in {f}"
+    else:
+        kept = "1 finished case(s) shown, none saved (--no-save)"
+    assert captured.err.splitlines() == [f"decodewall: interrupted; {kept}"]
+
+
+def test_the_cases_said_kept_are_the_files_lines(capsys, monkeypatch, tmp_path):
+    """Ctrl-C right after a record's line is on disk (after its fsync): the line says one case
+    was kept, as the file holds one."""
+    import os
+    import signal
+    fsync = os.fsync
+
+    def fsync_then_ctrl_c(fd):
+        fsync(fd)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    out = tmp_path / "runs"
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 130
+    (f,) = out.iterdir()
+    assert len(f.read_text().splitlines()) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"decodewall: interrupted; 1 finished case(s) kept in {f}"]
+
+
+def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, tmp_path):
+    plugin = tmp_path / "chatty_plugin.py"
+    plugin.write_text("import os, sys\n"
+                      "print('hello from print')\n"
+                      "sys.stdout.write('hello from sys.stdout\\n')\n"
+                      "os.write(1, b'hello from fd 1\\n')\n")
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--plugin", str(plugin), "--json",
+            "--no-save", "--budget", "quick", "--no-progress"]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    assert [json.loads(x)["impl"] for x in out.splitlines()] == ["torch_matmul"]
+    for where in ("print", "sys.stdout", "fd 1"):
+        assert f"hello from {where}" in err

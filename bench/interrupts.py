@@ -1,0 +1,103 @@
+"""SIGINT (Ctrl-C) and SIGTERM end a command the same way: as an `Interrupted` exception in the
+main thread, so that the run kills its workers, keeps its finished cases and says so.
+
+`handled()` installs the handlers for a command. The first signal is raised; any later one is
+ignored, so the cleanup and the report that follow (killing worker process groups, removing
+temporary files, the table, the "finished case(s) kept" line) cannot be cut short by a second
+Ctrl-C. A signal that lands inside `deferred()` is raised when the block ends: writing a record
+and counting it happen together or not at all.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by `signum` (SIGINT or SIGTERM). A KeyboardInterrupt, so every
+    place that lets Ctrl-C through lets SIGTERM through too."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _State:
+    depth = 0                  # deferred() blocks open
+    pending: int | None = None  # a signal that landed in one, raised when the last ends
+    raised = False             # the first signal has been raised: later ones are ignored
+
+
+_state = _State()
+
+
+def signal_of(e: BaseException) -> int:
+    """The signal behind an interrupt: Interrupted names it; a bare KeyboardInterrupt (raised
+    where our handler is not installed) is Ctrl-C."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
+def exit_status(signum: int) -> int:
+    """128 + the signal, as a shell reports a process ended by it (130 for SIGINT, 143 for
+    SIGTERM)."""
+    return 128 + int(signum)
+
+
+def describe(signum: int) -> str:
+    """How the stderr line names the stop: 'interrupted' (Ctrl-C) or 'terminated (SIGTERM)'."""
+    return "interrupted" if signum == signal.SIGINT else \
+        f"terminated ({signal.Signals(signum).name})"
+
+
+def _handle(signum: int, frame: Any) -> None:
+    if _state.raised:
+        return
+    if _state.depth:
+        if _state.pending is None:
+            _state.pending = signum
+        return
+    _state.raised = True
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handled(exiting: bool = False) -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` (once) in the main thread inside the block; the
+    previous handlers come back after it, or, where the process exits as the block ends
+    (`exiting`), both stay ignored: a signal between the report and the exit cannot change the
+    exit status or print a traceback. A signal the process was started with ignored (a
+    background job's SIGINT, nohup) stays ignored. Outside the main thread nothing changes
+    (Python runs signal handlers in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    saved = (_state.depth, _state.pending, _state.raised)
+    _state.depth, _state.pending, _state.raised = 0, None, False
+    for s, h in before.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, _handle)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, signal.SIG_IGN if exiting else h if h is not None else
+                          signal.SIG_DFL)
+        _state.depth, _state.pending, _state.raised = saved
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Run the block whole: a signal that lands inside it is raised as it ends."""
+    _state.depth += 1
+    try:
+        yield
+    finally:
+        _state.depth -= 1
+        if _state.depth == 0 and _state.pending is not None and not _state.raised:
+            signum, _state.pending, _state.raised = _state.pending, None, True
+            raise Interrupted(signum)
