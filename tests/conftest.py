@@ -1,7 +1,14 @@
-"""CPU by default: without a GPU, Triton kernels run under the interpreter (set before import)."""
+"""CPU by default: without a GPU, Triton kernels run under the interpreter (set before import).
+Ctrl-C as in a terminal: a shell starts a background job (`cmd &`, as CI runners may) with SIGINT
+ignored, which this process and every command it starts would inherit; the interrupt tests send
+SIGINT and must see it delivered."""
 import os
+import signal
 
 import torch
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # children exec with SIG_DFL
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
