@@ -15,6 +15,16 @@ from __future__ import annotations
 import torch
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
+# Quantizers (and the GEMV references) work through a matrix this many elements of rows at a
+# time: each row's result is the same, and their temporaries (~40 bytes an INT4 weight in float64)
+# stay ~100 MB whatever the matrix, instead of dozens of GB for a 70B layer.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def row_slices(rows: int, row_len: int) -> list[slice]:
+    """Slices of whole rows covering `rows`, about CHUNK_ELEMENTS elements each."""
+    step = max(1, CHUNK_ELEMENTS // max(1, row_len))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
 def check_int4_dims(K: int, group_size: int) -> None:
@@ -33,11 +43,15 @@ def check_int4_dims(K: int, group_size: int) -> None:
 def _int8_last_dim(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 along the last dimension: scale = absmax / 127 (1 for an all-zero row, so
     it stays finite); -128 is never used, so the range is symmetric."""
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1)
-    scales = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(dtype)
-    q = torch.round(xf / scales.float()[..., None]).clamp_(-127, 127).to(torch.int8)
-    return q, scales
+    rows = x.reshape(-1, x.shape[-1])
+    q = torch.empty(rows.shape, dtype=torch.int8, device=x.device)
+    scales = torch.empty(rows.shape[0], dtype=dtype, device=x.device)
+    for r in row_slices(*rows.shape):
+        xf = rows[r].float()
+        amax = xf.abs().amax(dim=-1)
+        scales[r] = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(dtype)
+        q[r] = torch.round(xf / scales[r].float()[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(x.shape), scales.reshape(x.shape[:-1])
 
 
 def quantize_int8(w: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,14 +100,20 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128, dtype: torch.dtype | N
     N, K = w.shape
     check_int4_dims(K, group_size)
     dtype = dtype or w.dtype
-    wg = w.float().reshape(N, K // group_size, group_size)
-    lo = wg.amin(dim=2)
-    hi = wg.amax(dim=2)
-    span = hi - lo
-    scales = torch.where(span > 0, span / 15.0, torch.ones_like(span)).to(dtype)
-    zeros = (-lo / scales.float()).to(dtype)
-    q = torch.round(wg / scales.float()[..., None] + zeros.float()[..., None]).clamp_(0, 15)
-    return pack_int4(q.reshape(N, K)), scales, zeros
+    G = K // group_size
+    packed = torch.empty(N, K // 2, dtype=torch.uint8, device=w.device)
+    scales = torch.empty(N, G, dtype=dtype, device=w.device)
+    zeros = torch.empty(N, G, dtype=dtype, device=w.device)
+    for r in row_slices(N, K):
+        wg = w[r].float().reshape(-1, G, group_size)
+        lo = wg.amin(dim=2)
+        hi = wg.amax(dim=2)
+        span = hi - lo
+        scales[r] = torch.where(span > 0, span / 15.0, torch.ones_like(span)).to(dtype)
+        zeros[r] = (-lo / scales[r].float()).to(dtype)
+        q = torch.round(wg / scales[r].float()[..., None] + zeros[r].float()[..., None]).clamp_(0, 15)
+        packed[r] = pack_int4(q.reshape(-1, K))
+    return packed, scales, zeros
 
 
 def dequant_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -119,5 +139,5 @@ def to_torch_int4_scales_zeros(scales: torch.Tensor, zeros: torch.Tensor,
     return torch.stack((s, their_zero), dim=-1).transpose(0, 1).contiguous().to(dtype)
 
 
-__all__ = ["INT4_GROUP_SIZES", "check_int4_dims", "quantize_int8", "quantize_kv_int8", "dequant_int8",
+__all__ = ["CHUNK_ELEMENTS", "INT4_GROUP_SIZES", "check_int4_dims", "row_slices", "quantize_int8", "quantize_kv_int8", "dequant_int8",
            "pack_int4", "unpack_int4", "quantize_int4", "dequant_int4", "to_torch_int4_scales_zeros"]

@@ -40,7 +40,7 @@ from functools import lru_cache
 import torch
 
 from ..common import TOLERANCE, esize
-from ..quant import quantize_kv_int8
+from ..quant import CHUNK_ELEMENTS, quantize_kv_int8
 from ..registry import Op, register_op
 
 F32, F16, BF16, I8, I32 = torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32
@@ -322,8 +322,8 @@ def host_footprint(s: PagedAttentionShape, dtype: torch.dtype, backend: str,
 
     Building: the table's bookkeeping (block permutation, garbage table, used-slot masks), and
     off CUDA (where the caches are drawn on the GPU) q, K and V drawn in fp32 with their copies
-    in the dtype (none for fp32), or for INT8 KV the two fp32 temporaries the quantizer makes
-    beside both fp32 caches. The reference (always on the host) holds the inputs (off CUDA), its
+    in the dtype (none for fp32), or for INT8 KV both fp32 caches beside the codes of the first
+    and the quantizer's temporaries for one slice of rows (kernels.quant.row_slices). The reference (always on the host) holds the inputs (off CUDA), its
     float64 output and, a sequence at a time, the tokens read as float64 K and V: at most the
     previous sequence's K and V (16 bytes an element), the new one's float64 copy and the
     indexed tokens it is made from (8 + the cache's element size), and for INT8 KV the scaled
@@ -337,8 +337,8 @@ def host_footprint(s: PagedAttentionShape, dtype: torch.dtype, backend: str,
     build = 8 * s.pool_blocks + 4 * s.B * s.max_blocks + 2 * slots + 9 * s.max_blocks * s.block_size
     held = 4 * s.B * s.max_blocks + 4 * s.B
     if backend != "cuda":
-        if kv8:
-            kv = 16 * elems + 24 * slots * s.Hkv
+        if kv8:  # both fp32 caches, one's codes, a slice of rows' temporaries (row_slices)
+            kv = 9 * elems + 13 * min(elems, CHUNK_ELEMENTS) + 24 * slots * s.Hkv
         else:
             kv = 8 * elems + (2 * e * elems if dtype != F32 else 0)
         build += (4 + e) * q + kv

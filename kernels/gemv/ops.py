@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..common import TOLERANCE, esize
-from ..quant import check_int4_dims, dequant_int4, dequant_int8, quantize_int4, quantize_int8
+from ..quant import (CHUNK_ELEMENTS, check_int4_dims, dequant_int4, dequant_int8, quantize_int4,
+                     quantize_int8, row_slices)
 from ..registry import Op, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -49,8 +51,20 @@ def _random_xw(shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x[M, K] and w[N, K] in fp32 on the CPU, w scaled so that y stays O(1)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(shape.M, shape.K, generator=g)
-    w = torch.randn(shape.N, shape.K, generator=g) / math.sqrt(shape.K)
+    w = torch.randn(shape.N, shape.K, generator=g).div_(math.sqrt(shape.K))  # no second copy
     return x, w
+
+
+def rows_reference(x: torch.Tensor, N: int, K: int,
+                   rows: Callable[[slice, torch.device], torch.Tensor]) -> torch.Tensor:
+    """x @ W.T in float64, W made by `rows(slice, device)` a few rows at a time (row_slices):
+    a float64 copy of a whole 70B layer would be 4-40 GB, a slice of it is ~32 MB."""
+    d = ref_device(x)
+    x64 = x.detach().to(d, torch.float64)
+    y = torch.empty(x.shape[0], N, dtype=torch.float64, device=d)
+    for r in row_slices(N, K):
+        y[:, r] = x64 @ rows(r, d).T
+    return y
 
 
 def ref_device(t: torch.Tensor) -> torch.device:
@@ -64,24 +78,25 @@ def _xy_bytes(s, dtype: torch.dtype) -> int:
     return (s.M * s.K + s.M * s.N) * esize(dtype)
 
 
-def host_bytes(s, backend: str, held: int, build_per_weight: int, ref_per_weight: int) -> int:
+def host_bytes(s, backend: str, held: int, build_tmp: int, ref_per_weight: int) -> int:
     """Host bytes that building a GEMV case's inputs and its float64 reference hold at their peak.
 
-    Building runs on the host whatever the backend: x and w drawn in fp32, w's scaled copy
-    (8 bytes a weight), and the quantizers' two fp32 [N, K] temporaries beside w (12: INT8's |w|
-    then w / scale and its rounding; INT4's w / scale + zero and its rounding), and for INT4,
-    per group, its min, max, scale and zero with their fp32 copies. The reference runs on the host
-    except on CUDA (on the GPU there): the `held` inputs, x and y in float64, and W in float64
-    (8 bytes a weight for bf16; 16 for INT8: the codes as float64, then scaled; 40 for INT4: the
-    codes as float64, scales and zeros repeated along K, q - z and the product), plus each
-    group's scale and zero in float64.
+    Building runs on the host whatever the backend: x and w drawn in fp32 (4 bytes a weight), the
+    `held` inputs made from them, and the quantizer's temporaries for one slice of rows
+    (`row_slices`, CHUNK_ELEMENTS weights; `build_tmp` bytes a weight of it: INT8's |w|, w /
+    scale and its rounding; INT4's w / scale + zero, its rounding and the packing), plus each
+    group's min, max, scale and zero. The reference runs on the host except on CUDA (on the GPU
+    there): the `held` inputs, x and y in float64 (y twice: a slice's product, then its place),
+    and one slice of W in float64 (`ref_per_weight` bytes a weight: 8 for bf16; 16 for INT8, the
+    codes as float64, then scaled; 40 for INT4, the codes as float64, scales and zeros repeated
+    along K, q - z and the product).
     """
-    NK = s.N * s.K
-    groups = NK // s.group_size if hasattr(s, "group_size") else 0
-    build = 4 * s.M * s.K + build_per_weight * NK + 32 * groups
+    chunk = min(s.N, max(1, CHUNK_ELEMENTS // s.K)) * s.K  # weights in one slice of rows
+    groups = chunk // s.group_size if hasattr(s, "group_size") else 0
+    build = 4 * s.M * s.K + 4 * s.N * s.K + held + build_tmp * chunk + 32 * groups
     if backend == "cuda":
         return build
-    return max(build, held + 8 * (s.M * s.K + s.M * s.N) + ref_per_weight * NK + 16 * groups)
+    return max(build, held + 8 * s.M * s.K + 16 * s.M * s.N + ref_per_weight * chunk + 16 * groups)
 
 
 # What every GEMV op shares: y[M, N] in x's dtype, 2MNK flops, fp32-accumulation tolerances.
@@ -111,8 +126,7 @@ def make_inputs_bf16(shape: GemvShape, dtype: torch.dtype, device, seed: int) ->
 
 
 def reference_bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    d = ref_device(x)
-    return x.detach().to(d, torch.float64) @ w.detach().to(d, torch.float64).T
+    return rows_reference(x, *w.shape, lambda r, d: w[r].detach().to(d, torch.float64))
 
 
 def weight_bytes_bf16(N: int, K: int, dtype: torch.dtype) -> int:
@@ -126,7 +140,7 @@ gemv_bf16 = register_op(Op(
     make_inputs=make_inputs_bf16,
     reference=reference_bf16,
     bytes_moved=lambda s, dt: _xy_bytes(s, dt) + weight_bytes_bf16(s.N, s.K, dt),
-    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_bf16.footprint_bytes(s, dt), 8, 8),
+    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_bf16.footprint_bytes(s, dt), 0, 8),
     **GEMV_COMMON,
     doc="y = x @ w.T, unquantized 16-bit weights",
     smoke=((GemvShape(M=1, N=256, K=512), BF16), (GemvShape(M=4, N=96, K=320), F32)),
@@ -153,9 +167,8 @@ def make_inputs_w8(shape: GemvW8Shape, dtype: torch.dtype, device, seed: int) ->
 
 
 def reference_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    d = ref_device(x)
-    w = dequant_int8(qweight.detach().to(d), scales.detach().to(d), torch.float64)
-    return x.detach().to(d, torch.float64) @ w.T
+    return rows_reference(x, *qweight.shape, lambda r, d: dequant_int8(
+        qweight[r].detach().to(d), scales[r].detach().to(d), torch.float64))
 
 
 def weight_bytes_w8(N: int, K: int, dtype: torch.dtype) -> int:
@@ -214,10 +227,9 @@ def make_inputs_w4(shape: GemvW4Shape, dtype: torch.dtype, device, seed: int) ->
 
 def reference_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    d = ref_device(x)
-    w = dequant_int4(qweight.detach().to(d), scales.detach().to(d), zeros.detach().to(d),
-                     group_size, torch.float64)
-    return x.detach().to(d, torch.float64) @ w.T
+    return rows_reference(x, qweight.shape[0], 2 * qweight.shape[1], lambda r, d: dequant_int4(
+        qweight[r].detach().to(d), scales[r].detach().to(d), zeros[r].detach().to(d),
+        group_size, torch.float64))
 
 
 def weight_bytes_w4(N: int, K: int, group_size: int, dtype: torch.dtype) -> int:
@@ -247,7 +259,7 @@ gemv_w4 = register_op(Op(
     make_inputs=make_inputs_w4,
     reference=reference_w4,
     bytes_moved=lambda s, dt: _xy_bytes(s, dt) + weight_bytes_w4(s.N, s.K, s.group_size, dt),
-    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_w4.footprint_bytes(s, dt), 12, 40),
+    host_footprint=lambda s, dt, b: host_bytes(s, b, gemv_w4.footprint_bytes(s, dt), 16, 40),
     **GEMV_COMMON,
     doc="y = x @ W.T, W in asymmetric group-wise INT4 (low nibble = even k)",
     smoke=((GemvW4Shape(M=1, N=256, K=512, group_size=128), BF16),
