@@ -56,29 +56,80 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _mem_total() -> int | None:
+# A container's memory limit (cgroup v2, else v1): /proc/meminfo shows the machine's memory, which
+# a process in a cgroup cannot use past its limit (CI runners, Docker, Kubernetes pods).
+CGROUP = Path("/sys/fs/cgroup")
+_CGROUP_FILES = (("memory.max", "memory.current", "memory.stat", "inactive_file"),
+                 ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                  "memory/memory.stat", "total_inactive_file"))
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as the largest page-aligned 64-bit value
+
+
+def _read_int(path: Path) -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return 0
 
 
-def mem_available() -> int | None:
-    """Bytes of host memory that new allocations can take without swapping (MemAvailable:
-    free memory plus what the kernel can reclaim); None where /proc/meminfo does not say."""
+def cgroup_memory() -> tuple[int, int] | None:
+    """(limit, usage) in bytes of this process's memory cgroup, or None where it has no limit.
+    The usage leaves out inactive file cache, which the kernel reclaims before it runs out (as
+    `docker stats` counts)."""
+    for limit_file, usage_file, stat_file, inactive in _CGROUP_FILES:
+        limit = _read_int(CGROUP / limit_file)
+        if limit is not None and limit < _NO_LIMIT:
+            usage = _read_int(CGROUP / usage_file) or 0
+            return limit, max(0, usage - _stat(CGROUP / stat_file, inactive))
+    return None
+
+
+def _meminfo(key: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _mem_total() -> int | None:
+    """The memory this process may use: the machine's, or its cgroup's limit where smaller."""
+    total = _meminfo("MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = None
+    cg = cgroup_memory()
+    if cg is not None:
+        total = cg[0] if total is None else min(total, cg[0])
+    return total
+
+
+def mem_available() -> int | None:
+    """Bytes of host memory that new allocations can take without swapping (MemAvailable:
+    free memory plus what the kernel can reclaim), at most what the cgroup's limit leaves; None
+    where neither says."""
+    avail = _meminfo("MemAvailable")
+    cg = cgroup_memory()
+    if cg is not None:
+        room = max(0, cg[0] - cg[1])
+        avail = room if avail is None else min(avail, room)
+    return avail
 
 
 class CPUBackend(Backend):
