@@ -36,7 +36,7 @@ from kernels import OPS, Impl, rel_err
 
 from .errors import UsageError
 from .interrupts import deferred
-from .isolation import TIMEOUT, Worker, WorkerDied, describe_exit
+from .isolation import Worker, WorkerDied, describe_exit
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
 from .case import Case

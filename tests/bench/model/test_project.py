@@ -221,7 +221,7 @@ def test_model_cases_and_step_sum(tmp_path):
 
 # --- splits: tensor parallel, pipeline stages, links ---------------------------------------------
 
-from bench.model.project import (LinkModel, kernel_calls, link_model, project_split,  # noqa: E402
+from bench.model.project import (kernel_calls, link_model, project_split,  # noqa: E402
                                  smallest_split, tp_degrees)
 from backends import load_catalog  # noqa: E402
 
