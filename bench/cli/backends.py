@@ -32,7 +32,7 @@ def command(args) -> int:
     for r in rows:
         d = r.get("device") or {}
         # device names, reasons and versions come from drivers and packages: plain text, never
-        # rich markup ("pip install 'decodewall[xla]'" lost its "[xla]" as a tag)
+        # rich markup (rich reads the "[xla]" of "pip install 'decodewall[xla]'" as a tag)
         t.add_row(r["backend"], "yes" if r["available"] else "no", plain(d.get("name", "-")),
                   plain(d.get("chip") or ("not in catalog" if d else "-")),
                   fmt_bytes(d.get("memory_bytes")) if d else "-",

@@ -266,14 +266,6 @@ class Step:
         kv = self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
         return Resident(L, per_layer, embed + head + H * HALF, kv)
 
-    def resident_weight_bytes(self) -> int:
-        """Every weight the model holds (all experts, the whole embedding)."""
-        return self.resident().weight_bytes
-
-    def resident_kv_bytes(self) -> int:
-        """The KV cache allocated for batch x ctx, every layer."""
-        return self.resident().kv_bytes
-
     def resident_bytes(self) -> int:
         """Memory to hold the model and its KV cache: resident weights + resident KV."""
         return self.resident().total

@@ -84,9 +84,10 @@ def ref_split(s, chip):
 def test_capacity_counts():
     s = step70()
     assert s.resident_bytes() / 1e9 == pytest.approx(142.45, rel=1e-3)
-    assert s.resident_bytes() == s.resident_weight_bytes() + s.resident_kv_bytes()
-    assert s.resident_weight_bytes() == 2 * s.model.param_count()  # bf16, untied
-    assert s.resident_kv_bytes() == 80 * 4096 * 2 * 8 * 128 * 2
+    r = s.resident()
+    assert s.resident_bytes() == r.weight_bytes + r.kv_bytes
+    assert r.weight_bytes == 2 * s.model.param_count()  # bf16, untied
+    assert r.kv_bytes == 80 * 4096 * 2 * 8 * 128 * 2
     assert project(s, lookup_chip("h100-sxm")).chips_needed == 2
     assert project(s, lookup_chip("b200")).chips_needed == 1
     groq = project(s, lookup_chip("groq-lpu"))
@@ -302,7 +303,7 @@ def test_kv_cache_is_copied_past_the_kv_heads():
     s, h100 = step70(batch=64, ctx=32768), lookup_chip("h100-sxm")
     assert s.resident_bytes() / 16 <= 80e9  # the whole split over 16 would fit ...
     sp = project_split(s, h100, 16, 1)
-    kv, w = s.resident_kv_bytes() / 8, s.resident_weight_bytes() / 16
+    kv, w = s.resident().kv_bytes / 8, s.resident().weight_bytes / 16
     assert sp.chip_resident_bytes == pytest.approx(kv + w, rel=1e-9) == ref_chip_bytes(s, 16, 1)
     assert sp.chip_resident_bytes > 80e9 and sp.holds is False  # ... a chip does not
     assert smallest_split(s, h100, 16) == (16, 2) and project_split(s, h100, 16, 2).holds

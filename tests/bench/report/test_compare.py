@@ -93,7 +93,8 @@ def test_a_file_holding_a_case_twice_compares_its_timed_record():
 
 
 def test_cli_shows_status_changes_with_error_text_and_exits_0(tmp_path, capsys):
-    """The audit's repro: every case ok in A and failing in B printed as "only in A"."""
+    """Every case ok in A and failing in B is shown with B's status and error, not as "only in
+    A"."""
     a = write(tmp_path / "a.jsonl", A + [failed("dead", "crashed", "x")])
     b = write(tmp_path / "b.jsonl", B + [failed("dead", "crashed", "y")])
     assert main(["compare", a, b]) == 0  # exit 0 whatever the verdicts, as for "slower"
