@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-call GPU device check: CUDA tests, the gpu-check suite, the L2 flush comparison, the Nsight
-# Compute byte check. Runs from a fresh checkout with the machine's own python3 (torch + triton),
+# One-call GPU device check: CUDA tests, the gpu-check suite, the Nsight Compute byte check (the
+# roof and L2 flush comparison with --with roof flush). Runs from a fresh checkout with the machine's own python3 (torch + triton),
 # uses the project through PYTHONPATH, installs only the peers carried in .whl/ (into a temporary
 # folder), writes under $OUT (else results/device-check-<time>/). See docs/device-check.md.
 #   bench/device_check.sh             on a GPU machine (at most 7 minutes)

@@ -9,14 +9,16 @@ a short summary printed last. docs/device-check.md says what each step does and 
 Steps, each a child process (or a few) in its own process group, killed at its time box:
   peers    wheels and .tar.xz trees in .whl/ installed into a temporary folder on the children's
            PYTHONPATH; which peers import. Never fails the check.
-  env      versions, the device, nvidia-smi, ncu, which optional packages are present
+  env      versions, the device, nvidia-smi, ncu, which optional packages are present; ncu
+           probed on one launch in the background (no counters: the ncu box goes to the suite)
   pytest   `pytest -m "cuda and not slow"` but the every-config tests, one config per Triton
            kernel (DECODEWALL_AUTOTUNE=0), as a few pytest processes at once (their compiles on
            cores of their own), test names streamed to the log and the console
   configs  the every-config tests alone (each GEMV config compiled and checked once), the same
            way: an empty Triton cache costs this box, not the other tests'
-  roof     `decodewall roof --json`
+  roof     `decodewall roof --json` (only with --with roof: the suite measures its own roof)
   flush    `python -m bench.gpucheck.flushcmp --json`: one read-bound GEMV under each L2 flush mode
+           (only with --with flush)
   suite    `decodewall run --suite gpu-check`: results are flushed per case, so a case cut off by
            the time box loses only itself; the summary says how many planned cases finished
   ncu      `ncu` on one launch of each of our Triton kernels at a DRAM-sized shape: DRAM bytes
@@ -36,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +48,7 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
-from .proc import KILL_GRACE_S, REPO, find_ncu, run_proc, run_procs
+from .proc import KILL_GRACE_S, REPO, _kill_group, find_ncu, run_proc, run_procs
 from .pytest_shard import FAIL_LINE
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
@@ -56,9 +59,18 @@ from .pytest_shard import FAIL_LINE
 # with GemLite tuning itself for 5-22 s a GEMV case and attention ~20 s a case, finished 10-11 of
 # its 39 cases in 167-202 s. Its goal cases come first, so a short box cuts the least important
 # ones.
-BOXES = {"peers": 30, "env": 20, "pytest": 90, "configs": 50, "roof": 20, "flush": 25,
-         "suite": 93, "ncu": 80}
+BOXES = {"peers": 30, "env": 30, "pytest": 90, "configs": 50, "roof": 20, "flush": 25,
+         "suite": 83, "ncu": 80}
 STEPS = tuple(BOXES)
+# Steps that run only when asked for (--with or --only): the suite measures the roof its % of roof
+# are taken against (every record holds it), so the roof step would spend its box on a second
+# reading; the flush comparison is a one-off whose result docs/gpu-results.md holds. Their boxes
+# go to the suite.
+OFF_BY_DEFAULT = ("roof", "flush")
+CASE_TIMEOUT_S = 60  # the suite's --case-timeout: one hung impl costs a minute, not the box
+# (the slowest impl seen on the H200 took 22 s, GemLite tuning itself at 57344 x 8192)
+ENV_PROBE_S = 20  # the least the env step's Python probe gets (it took 4-6 s on the H200)
+NCU_PROBE_S = 20  # the background ncu probe's time box (torch import, one launch profiled)
 # The whole check, summary included: a step cut at its box takes up to 2 x KILL_GRACE_S more to
 # die, and the summary a second; RESERVE_S keeps that inside TOTAL_S.
 TOTAL_S = 420
@@ -117,6 +129,8 @@ class Check:
         self.ncu: list[dict[str, Any]] = []
         self.ncu_why: list[dict[str, Any]] = []  # occupancy, issue rate, stalls (_why)
         self.ncu_path: str | None = None
+        self.ncu_probe: dict[str, Any] | None = None  # the background probe (start_ncu_probe)
+        self.ncu_refused: str | None = None  # ncu's line refusing the counters on this machine
         self.peer_dir: Path | None = None
         self.current: Step | None = None
 
@@ -129,19 +143,35 @@ class Check:
     def box(self, name: str) -> float:
         left = self.deadline - time.monotonic()
         if name == "suite":  # elastic: what the later steps' nominal boxes leave
-            later = sum(self.boxes[s] for s in STEPS[STEPS.index(name) + 1:] if self.wanted(s))
+            later = sum(self.boxes[s] for s in STEPS[STEPS.index(name) + 1:]
+                        if self.wanted(s) and not (s == "ncu" and self.ncu_unusable()))
             return max(0.0, max(min(left, 20.0), left - later))
         return max(0.0, min(self.boxes[name], left))
 
     def wanted(self, name: str) -> bool:
         if self.args.only:
             return name in self.args.only
-        return name not in (self.args.skip or [])
+        if name in (self.args.skip or []):
+            return False
+        return name not in OFF_BY_DEFAULT or name in (getattr(self.args, "with_", None) or [])
+
+    def ncu_unusable(self) -> str | None:
+        """Why the ncu step can measure nothing here (no ncu, or the probe saw it refuse the
+        counters), else None: only then is its box held back from the suite."""
+        if self.dry:
+            return None
+        if not self.ncu_path:
+            return "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
+        if self.ncu_refused:
+            return f"ncu cannot read the hardware counters here: {self.ncu_refused}"
+        return None
 
     def begin(self, name: str) -> Step | None:
         step = self.steps[name]
         if not self.wanted(name):
-            step.status, step.detail = "skipped", "not asked for"
+            step.status, step.detail = "skipped", ("not run by default (add it with --with "
+                                                   f"{name})" if name in OFF_BY_DEFAULT and
+                                                   not self.args.only else "not asked for")
             return None
         if self.box(name) < 3:
             step.status, step.detail = "timeout", "no time left in the total time box"
@@ -254,25 +284,35 @@ class Check:
             return
         t0 = time.monotonic()
         end = t0 + self.box("env")
+        # nvidia-smi and `ncu --version` take a second or two; the Python probe (torch and the
+        # device initialised) keeps at least ENV_PROBE_S of its own, whatever they took.
         if shutil.which("nvidia-smi"):
             run_proc(["nvidia-smi", "--query-gpu=name,memory.total,clocks.sm,clocks.mem,"
                       "clocks.max.sm,clocks.max.mem,power.draw,power.limit,temperature.gpu",
-                      "--format=csv"], min(15.0, end - time.monotonic()), self.log, self.env)
+                      "--format=csv"], max(1.0, min(8.0, end - time.monotonic())), self.log,
+                     self.env)
         self.ncu_path = None if self.dry else find_ncu()
         if self.ncu_path:
-            run_proc([self.ncu_path, "--version"], min(15.0, end - time.monotonic()), self.log,
-                     self.env)
+            run_proc([self.ncu_path, "--version"], max(1.0, min(8.0, end - time.monotonic())),
+                     self.log, self.env)
         rc, _, text = self._capture([self.py, "-m", "bench.gpucheck.env_probe", self.backend],
-                                    max(1.0, end - time.monotonic()))
+                                    min(max(ENV_PROBE_S, end - time.monotonic()),
+                                        max(1.0, self.deadline - time.monotonic())))
         try:
             self.info = json.loads(text.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             self.info = {}
         step.seconds = time.monotonic() - t0
-        if rc is None or not self.info:
-            step.status, step.detail = ("timeout" if rc is None else "failed"), \
-                "could not import torch / the project (see steps.log)"
+        if rc is None:
+            step.status = "timeout"
+            step.detail = ("the probe (torch, the device) did not answer in its time box; the "
+                           "steps after it run, each in its own box")
             return
+        if not self.info:
+            step.status, step.detail = "failed", "could not import torch / the project (see steps.log)"
+            return
+        if self.ncu_path and self.info.get("backend_ok"):
+            self.start_ncu_probe()
         missing = [m for m in ("rich", "numpy", "pytest") if not self.info.get(m)]
         dev = self.info.get("device") or {}
         step.detail = (f"torch {self.info.get('torch_version')}, triton "
@@ -289,6 +329,43 @@ class Check:
                             "(the device tool README, Notes) or the steps that need them fail")
         else:
             step.status = "ok"
+
+    def start_ncu_probe(self) -> None:
+        """Profile one tiny launch with ncu in the background (it runs beside the test steps): on
+        a machine whose ncu cannot read the counters, the ncu step's box goes to the suite."""
+        from .ncu import probe_command
+        fd, name = tempfile.mkstemp(prefix="dwcheck-ncuprobe-")
+        cmd = probe_command(self.ncu_path, self.py)
+        self.log.write(f"$ {' '.join(cmd)}   [in the background, time box {NCU_PROBE_S} s]\n")
+        self.log.flush()
+        with os.fdopen(fd, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                    cwd=REPO, start_new_session=True)
+        self.ncu_probe = {"proc": proc, "path": Path(name), "t0": time.monotonic(),
+                          "verdict": None, "why": None}
+
+    def finish_ncu_probe(self) -> None:
+        """The probe's verdict (waiting for it up to its time box): "refused" sets ncu_refused;
+        "unknown" (cut, no reading) leaves the ncu step as it was."""
+        pr = self.ncu_probe
+        if pr is None or pr["verdict"] is not None:
+            return
+        from .ncu import probe_verdict
+        proc = pr["proc"]
+        try:
+            rc = proc.wait(timeout=max(0.1, pr["t0"] + NCU_PROBE_S - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            rc = None
+            _kill_group(proc, 1.0)
+        text = pr["path"].read_text(encoding="utf-8", errors="replace")
+        pr["path"].unlink(missing_ok=True)
+        pr["verdict"], pr["why"] = probe_verdict(rc, text)
+        self.log.write(f"----- ncu probe (exit {rc if rc is not None else 'timeout'}, "
+                       f"{time.monotonic() - pr['t0']:.1f} s): {pr['verdict']}\n{text}\n")
+        self.log.flush()
+        if pr["verdict"] == "refused":
+            self.ncu_refused = pr["why"]
+        self.info["ncu_probe"] = {"verdict": pr["verdict"], "why": pr["why"]}
 
     def step_pytest(self, name: str) -> None:
         """`pytest` runs the cuda tests but the every-config ones, `configs` those alone, each
@@ -425,7 +502,8 @@ class Check:
             return
         before = set(self.out.glob("*.jsonl"))
         cmd = self.dw("run", "--backend", self.backend, "--suite", self.args.suite, "--budget",
-                      self.args.budget, "--out", str(self.out), "--no-progress") + self._chip()
+                      self.args.budget, "--out", str(self.out), "--no-progress",
+                      "--case-timeout", str(CASE_TIMEOUT_S)) + self._chip()
         try:
             rc, step.seconds = run_proc(cmd, self.box("suite"), self.log, self.env)
         finally:  # interrupted or not, the records written so far are read
@@ -465,9 +543,10 @@ class Check:
         from .ncu import MARK, byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, profiler_refused
         t0 = time.monotonic()
         end = t0 + self.box("ncu")
-        if not self.dry and not self.ncu_path:
-            step.status = "skipped"
-            step.detail = "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
+        self.finish_ncu_probe()
+        unusable = self.ncu_unusable()
+        if unusable:
+            step.status, step.detail = "skipped", unusable
             return
         from .cases import ncu_targets
         targets = ncu_targets(self.backend, self.notes)
@@ -541,6 +620,9 @@ class Check:
             step.detail += f", {len(errs)} not measured"
         if not targets:
             step.status, step.detail = "warn", "no Triton kernels to profile"
+        elif refused and not ok:  # a machine without counters (gVisor): nothing to fail
+            self.ncu_refused = refused
+            step.status, step.detail = "skipped", self.ncu_unusable() or refused
         else:
             step.status = "ok" if not errs else "warn" if ok else "failed"
         if self.dry:
@@ -580,8 +662,46 @@ class Check:
 
     # -- the summary ------------------------------------------------------------------------
     def write_summary(self, final: bool) -> int:
-        from .summary import write
-        return write(self, final=final)
+        """summary.write; an error of its own (record content only a GPU run makes) leaves a
+        minimal summary, the traceback in steps.log, and the check going on."""
+        try:
+            from .summary import write
+            return write(self, final=final)
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+            if not self.log.closed:
+                self.log.write(traceback.format_exc())
+                self.log.flush()
+            return self._minimal_summary(final, err)
+
+    def _minimal_summary(self, final: bool, err: str) -> int:
+        from .summary import _atomic
+        bad = [s for s in self.steps.values() if s.status in ("failed", "timeout")]
+        lines = [f"decodewall device check{' (dry run)' if self.dry else ''}: the summary code "
+                 f"failed ({err}; traceback in steps.log); the steps and files as they are:"]
+        lines += [f"  {s.name:8s} {s.status:8s} {s.seconds:6.0f} s  {s.detail}"
+                  for s in self.steps.values()]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"results: {self.jsonl.name if self.jsonl else 'none'}")
+        lines.append("RESULT: " + ("incomplete" if not final else "problems in the summary"
+                                   + "".join(f", {s.name} ({s.status})" for s in bad)))
+        text = "\n".join(lines) + "\n"
+        data = {"dry_run": self.dry, "final": final, "summary_error": err,
+                "seconds": time.monotonic() - self.t0, "env": self.info,
+                "steps": [dataclasses.asdict(s) for s in self.steps.values()],
+                "notes": self.notes, "results_file": self.jsonl.name if self.jsonl else None,
+                "peers": self.peers, "tests": self.tests, "ncu": self.ncu,
+                "ncu_why": self.ncu_why, "ok": False if final else None}
+        try:
+            _atomic(self.out / "summary.json", json.dumps(data, indent=1, default=str) + "\n")
+            _atomic(self.out / "summary.txt", text)
+        except OSError:
+            pass
+        if final:
+            if not self.log.closed:
+                self.log.close()
+            print("\n" + text, end="", flush=True)
+        return 1
 
     def guarded(self, name: str, fn: Any) -> None:
         """Run one step; an error of the check's own code (a path only a GPU takes, which no dry
@@ -598,7 +718,7 @@ class Check:
             step.detail = (f"{step.detail}; " if step.detail else "") + \
                 f"the check's own error: {type(e).__name__}: {e} (traceback in steps.log)"
             self.say(f"{name}: the check's own error, {type(e).__name__}: {e}; going on")
-        self.end(self.steps[name])
+        self.end(self.steps[name])  # write_summary inside never raises
 
     def run(self) -> int:
         self.say(f"decodewall device check{' --dry-run' if self.dry else ''}: writing to {self.out}")
@@ -607,13 +727,14 @@ class Check:
         try:
             self.guarded("peers", self.step_peers)
             self.guarded("env", self.step_env)
-            if self.steps["env"].status in ("failed", "timeout"):
+            if self.steps["env"].status == "failed":
                 self.say("no usable torch or backend here: the other steps are skipped")
             else:
                 for name, fn in (("pytest", lambda: self.step_pytest("pytest")),
                                  ("configs", lambda: self.step_pytest("configs")),
                                  ("roof", self.step_roof), ("flush", self.step_flush),
-                                 ("suite", lambda: (self.plan(), self.step_suite())),
+                                 ("suite", lambda: (self.finish_ncu_probe(), self.plan(),
+                                                    self.step_suite())),
                                  ("ncu", self.step_ncu)):
                     self.guarded(name, fn)
         except (Interrupted, KeyboardInterrupt) as e:
@@ -627,6 +748,10 @@ class Check:
             code = 143 if isinstance(e, Interrupted) else 130
         finally:
             signal.signal(signal.SIGTERM, old)
+            if self.ncu_probe is not None and self.ncu_probe["proc"].poll() is None:
+                _kill_group(self.ncu_probe["proc"], 1.0)
+            if self.ncu_probe is not None:
+                self.ncu_probe["path"].unlink(missing_ok=True)
             for s in self.steps.values():
                 if s.status == "pending":
                     s.status, s.detail = "skipped", "not reached"
@@ -747,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=STEPS,
                    help="run only these steps (peers and env always run)")
     p.add_argument("--skip", nargs="+", choices=STEPS, help="skip these steps")
+    p.add_argument("--with", dest="with_", nargs="+", choices=OFF_BY_DEFAULT, default=[],
+                   help="also run these steps, off by default: roof (a second roof reading; "
+                   "the suite measures its own) and flush (the L2 flush modes compared)")
     args = p.parse_args(argv)
     for item in args.limit or []:
         name, _, sec = item.partition("=")

@@ -55,6 +55,27 @@ def ncu_command(ncu: str, target: list[str]) -> list[str]:
             "--csv", "--print-units", "base", *target]
 
 
+# One tiny CUDA launch: whether ncu can read the counters on this machine (the probe the device
+# check runs in the background while its tests run; gVisor machines refuse them).
+PROBE_PROGRAM = ("import torch; x = torch.ones(1024, device='cuda'); torch.cuda.synchronize(); "
+                 "print(float((x + 1).sum()))")
+
+
+def probe_command(ncu: str, python: str) -> list[str]:
+    return [ncu, "--clock-control", "none", "--launch-count", "1", "--metrics", DURATION,
+            "--csv", "--print-units", "base", python, "-c", PROBE_PROGRAM]
+
+
+def probe_verdict(rc: int | None, text: str) -> tuple[str, str | None]:
+    """("ok" | "refused" | "unknown", ncu's refusing line or why unknown) from the probe."""
+    refused = profiler_refused(text)
+    if refused:
+        return "refused", refused
+    if rc == 0 and DURATION in text:
+        return "ok", None
+    return "unknown", "time box reached" if rc is None else f"exit {rc}, no {DURATION} reading"
+
+
 # The sections that say why a launch runs below the roof: launch shape and registers, occupancy,
 # how often the schedulers issue, and what the warps wait on (ncu's own section identifiers,
 # printed as raw metrics, so no metric name here has to match this ncu's spelling).

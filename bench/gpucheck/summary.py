@@ -259,8 +259,11 @@ def write(c: Any, final: bool = True) -> int:
         for op, impl, shape, name, cfg in picks:
             key = ",".join(f"{k}={v}" for k, v in shape.items())
             lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
+    roofs = sorted({r["roof_gbps"] for r in c.records if r.get("roof_gbps")})
+    measured = ("" if not roofs else f" ({roofs[0]:.0f} GB/s)" if roofs[-1] - roofs[0] < 0.5
+                else f" ({roofs[0]:.0f}-{roofs[-1]:.0f} GB/s)")
     lines.append("kernels (key case = the op's first gpu-check case; % of the roof measured in "
-                 "this run, % of datasheet; ncu = DRAM bytes / bytes_moved):")
+                 f"this run{measured}, % of datasheet; ncu = DRAM bytes / bytes_moved):")
     lines.append(f"  {'op':20s} {'impl':26s} {'kind':8s} {'ok':>5s}  {'key case':44s} {'%roof':>6s} "
                  f"{'%ds':>5s} {'med%roof':>8s} {'ncu':>6s}")
 

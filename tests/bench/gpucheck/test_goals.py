@@ -176,8 +176,8 @@ def test_flush_lines_in_the_summary_and_a_missing_module_is_not_available(tmp_pa
     import argparse
     from bench.gpucheck import check as dc
     args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
-                              skip=None, time_limit=dc.TOTAL_S, suite="gpu-check", budget="quick",
-                              chip=None, wheels=None)
+                              skip=None, with_=["flush"], time_limit=dc.TOTAL_S, suite="gpu-check",
+                              budget="quick", chip=None, wheels=None)
     check = dc.Check(args)
     monkeypatch.setattr(dc.importlib.util, "find_spec", lambda name: None)
     check.step_flush()
