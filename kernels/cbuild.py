@@ -4,8 +4,8 @@ beside the module that wraps it (gemv/simd.c, attention/simd.c, probes/simd.c).
 They are compiled on first use with the machine's own compiler and `-march=native`, so they use
 whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
 tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3). A source file may include the
-headers of its own folder. The shared object is cached under ~/.cache/decodewall/cext (or
-$DECODEWALL_CACHE) keyed by the source and those headers, compiler, flags and CPU. Without a
+headers of its own folder. The shared object is cached under $DECODEWALL_CACHE/cext (default
+${XDG_CACHE_HOME:-~/.cache}/decodewall/cext) keyed by the source and those headers, compiler, flags and CPU. Without a
 compiler, or on a CPU without the instructions a kernel needs, calls raise NotImplementedError
 and the runner records the impl as skipped with that reason.
 """

@@ -1,4 +1,4 @@
-"""The one quantizer: float weights and KV caches → the INT8 and INT4 formats of DESIGN.md, and back.
+"""The one quantizer: float weights and KV caches → the INT8 and INT4 formats of docs/kernels.md (Formats), and back.
 
 INT8 is symmetric: weights per output channel, `w[n, k] = qweight[n, k] * scales[n]`; a KV cache
 per (token, head) along the head dim, `k[..., d] = k_int8[..., d] * k_scale[...]`. Both are one

@@ -42,11 +42,11 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 class Impl:
     """One named implementation of an op.
 
-    `fn` takes the op's arguments positionally (see DESIGN.md) and returns the output. When
-    `out_arg` is true it also accepts `out=` (a preallocated buffer it must fill), so the harness
-    can poison the buffer for the correctness gate and keep allocation out of timing. `prepare`
-    is untimed per-input-set work (repacking, compiling, device moves): the timed call is
-    `fn(*prepare(*args))`. Calling the Impl does both.
+    `fn` takes the op's arguments positionally (in the order of the Op's `make_inputs`) and
+    returns the output. When `out_arg` is true it also accepts `out=` (a preallocated buffer it
+    must fill), so the harness can poison the buffer for the correctness gate and keep
+    allocation out of timing. `prepare` is untimed per-input-set work (repacking, compiling,
+    device moves): the timed call is `fn(*prepare(*args))`. Calling the Impl does both.
     """
 
     name: str
@@ -93,7 +93,8 @@ HOST_FACTOR = 8
 
 @dataclass
 class Op:
-    """One decode operation with a shape space (see DESIGN.md, "The op contract")."""
+    """One decode operation with a shape space: its inputs, float64 reference, byte and FLOP
+    counts and tolerance (README.md, "Bring your own kernel", shows the contract in use)."""
 
     name: str
     shape_type: type

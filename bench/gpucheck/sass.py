@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(results/sass-sm90 for the committed ones)")
     p.add_argument("--compile-all", action="store_true",
                    help="compile every config of every path for sm_90 (bf16, fp32) and list failures "
-                        "and spills (~12 minutes on 2 cores)")
+                        "and spills (~10 minutes on 2 cores)")
     args = p.parse_args(argv)
     if args.gbps <= 0 or args.latency_ns <= 0 or (args.configs is not None and args.configs < 1):
         p.error("--gbps, --latency-ns and --configs must be positive")

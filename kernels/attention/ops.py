@@ -6,7 +6,7 @@
                         k_scale[NB,BS,Hkv], v_scale[NB,BS,Hkv],
                         block_table int32[B,MB], seq_lens int32[B], scale) -> out[B,Hq,D]
 
-Layout (DESIGN.md, "Paged KV-cache layout"): token t of sequence b lives in block
+Layout (docs/kernels.md, "Formats"): token t of sequence b lives in block
 `block_table[b, t // BS]`, slot `t % BS`; query head h reads KV head `h // (Hq // Hkv)`; positions
 >= seq_lens[b] and table entries past the sequence may hold anything (NaN, inf, out-of-range block
 ids) and must not change the output: the C and Triton kernels never read them, the PyTorch impls

@@ -187,7 +187,7 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
 /* ---- INT4: y[m, n] = sum_g s[n,g] * (sum_{k in g} x[m,k] q[n,k] - z[n,g] * xsum[m,g]) ------ */
 
 /* Weight layouts (tiled is 0 or 1): rows n = 4t..4t+3 start at word 4t * KW in both. Row layout
-   (DESIGN.md, read in place): row n's words are contiguous. Tiled (simd.py
+   (docs/kernels.md, Formats; read in place): row n's words are contiguous. Tiled (simd.py
    tile_int4_rows, when K % 64 == 0): each 8-word chunk of the four rows is stored together, 128
    contiguous bytes per chunk, rows beyond the last full tile stay in row layout. Why tile: at
    K = 8192 rows are 4 KiB apart, so the four rows read together (and the prefetches ahead of them)

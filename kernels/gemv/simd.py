@@ -6,7 +6,7 @@ weights with partial (count < width) vector loads or 2-D transposes and runs 10-
 memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
-as DESIGN.md says), so their bytes are exactly the op's byte model; gemv_w4 also takes the same
+as docs/kernels.md's Formats says), so their bytes are exactly the op's byte model; gemv_w4 also takes the same
 bytes reordered into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
