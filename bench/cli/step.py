@@ -106,11 +106,16 @@ def model_cases(args, ctx) -> list | None:
                          f"(registered: {', '.join(OPS)})")
     dtype = torch.bfloat16
     if args.dtype:
+        from kernels import dtype_name
         from .common import resolve_dtypes
-        dtype = resolve_dtypes(args.dtype, None)[0]
-        if dtype not in (torch.bfloat16, torch.float16):
+        dtypes = list(dict.fromkeys(resolve_dtypes(args.dtype, None)))
+        if any(d not in (torch.bfloat16, torch.float16) for d in dtypes):
             raise UsageError("--model takes 16-bit activations (bfloat16 or float16): the step's "
                              "byte model counts 2-byte activations, scales and zeros")
+        if len(dtypes) > 1:
+            raise UsageError(f"--model times the step at one dtype; give one --dtype, not "
+                             f"{' and '.join(dtype_name(d) for d in dtypes)}")
+        dtype = dtypes[0]
     cases, seen = [], set()
     for k in step.kernels:
         op = OPS[kernel_op(k, step)]
@@ -124,32 +129,64 @@ def model_cases(args, ctx) -> list | None:
     return cases
 
 
-def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) -> dict[str, Any]:
-    """Best ok impl per kernel, times calls per step, against bytes/step over the measured roof."""
+def check_step_runnable(cases: list, backend: str, impl_filter: tuple[str, ...] | None) -> None:
+    """UsageError when a kernel of the step has no selected impl that runs on `backend` (for its
+    dtype): the step sums every kernel, so without one its time is unknown."""
     from kernels import OPS
-    rows, total, missing = [], 0.0, []
+    from ..runner import select_impls
+    for c in cases:
+        impls = select_impls(c, impl_filter)
+        whys = [why for ok, why in (i.supports(backend, c.dtype) for i in impls) if not ok]
+        if impls and len(whys) < len(impls):
+            continue
+        kernel = c.group.rsplit(" ", 1)[-1]
+        if impls:
+            why = "; ".join(whys[:3]) + (f"; and {len(whys) - 3} more" if len(whys) > 3 else "")
+        else:
+            here = [n for n, i in OPS[c.op].impls.items() if i.supports(backend, c.dtype)[0]]
+            why = (f"{'--impl selects' if impl_filter else 'it has'} none of its impls (on "
+                   f"{backend}: {', '.join(here) or 'none'})")
+        raise UsageError(f"the step's {kernel} kernel ({c.op}) has no impl to run on {backend}: "
+                         f"{why}")
+
+
+def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) -> dict[str, Any]:
+    """Best ok impl per kernel, times calls per step, against the timed kernels' bytes/step over
+    the measured roof. A kernel without an ok timing is `not run` (no record for its case: the
+    run was interrupted first) or `none ok` (each impl that ran failed, errored or was skipped)."""
+    from kernels import OPS
+    rows, total, missing, not_run, none_ok = [], 0.0, [], [], []
     for k in step.kernels:
         opname = kernel_op(k, step)
         shape = dataclasses.asdict(_shape_for(OPS[opname], k.dims, k.name))
-        ok = [r for r in records if r["op"] == opname and r["shape"] == shape
-              and r["status"] == "ok" and r.get("time_s") and not r.get("warm")]
+        mine = [r for r in records if r["op"] == opname and r["shape"] == shape
+                and not r.get("warm")]
+        ok = [r for r in mine if r["status"] == "ok" and r.get("time_s")]
         best = min(ok, key=lambda r: r["time_s"]["median"]) if ok else None
         t = best["time_s"]["median"] if best else None
-        if t is None:
-            missing.append(k.name)
-        else:
+        if t is not None:
             total += t * k.calls
+            status = "ok"
+        elif mine:
+            none_ok.append(k.name)
+            missing.append(k.name)
+            status = "none ok"
+        else:
+            not_run.append(k.name)
+            missing.append(k.name)
+            status = "not run"
         rows.append({"kernel": k.name, "op": opname, "shape": shape, "calls": k.calls,
-                     "impl": best["impl"] if best else None, "time_s": t,
+                     "status": status, "impl": best["impl"] if best else None, "time_s": t,
                      "step_time_s": t * k.calls if t is not None else None,
                      "bytes_per_step": k.bytes * k.calls,
                      "pct_roof": best.get("pct_roof") if best else None})
-    bound = step.bytes / (roof_gbps * 1e9) if roof_gbps else None
+    bound = step.kernel_bytes / (roof_gbps * 1e9) if roof_gbps else None
     measured = None if missing else total
     return {
         "model": step.model.name, "batch": step.batch, "ctx": step.ctx, "weights": step.weights,
-        "kv": step.kv, "bytes_per_step": step.bytes, "flops_per_step": step.flops,
-        "roof_gbps": roof_gbps, "kernels": rows, "missing": missing,
+        "kv": step.kv, "bytes_per_step": step.bytes, "kernel_bytes_per_step": step.kernel_bytes,
+        "flops_per_step": step.flops, "roof_gbps": roof_gbps, "kernels": rows,
+        "missing": missing, "not_run": not_run, "none_ok": none_ok,
         "measured_step_s": measured,
         "measured_tokens_per_s": step.batch / measured if measured else None,
         "bound_step_s": bound, "bound_tokens_per_s": step.batch / bound if bound else None,
@@ -157,8 +194,10 @@ def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) ->
     }
 
 
-def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False) -> None:
-    """After `run --model`'s table: the step, summed from the best impl of each kernel."""
+def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
+               interrupted: bool = False) -> None:
+    """After `run --model`'s table: the step, summed from the best impl of each kernel
+    (`interrupted`: the run stopped early, which is why a kernel was not run)."""
     from rich.table import Table
     from rich.text import Text
     from ..report.plot import pct_bar
@@ -175,21 +214,30 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False)
                    ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
                    ("bytes/step", "right"), ("% of roof", "left")):
         t.add_column(col, justify=j)
+    not_run = "not run (interrupted)" if interrupted else "not run"
     for r in s["kernels"]:
-        t.add_row(r["kernel"], r["op"], fmt_shape(r["shape"]), f"{r['calls']:.4g}",
-                  plain(r["impl"]) if r["impl"] else Text("none ok", style="red"),
+        if r["impl"]:
+            impl = plain(r["impl"])
+        else:
+            impl = Text("none ok", style="red") if r["status"] == "none ok" else \
+                Text(not_run, style="yellow")
+        t.add_row(r["kernel"], r["op"], fmt_shape(r["shape"]), f"{r['calls']:.4g}", impl,
                   fmt_time(r["time_s"]), fmt_time(r["step_time_s"]),
                   fmt_bytes(r["bytes_per_step"]), pct_bar(r["pct_roof"]))
     out = console()
     out.print(t)
     bound = s["bound_step_s"]
-    out.print(f"bandwidth bound here: {fmt_bytes(step.bytes)}/step ÷ measured roof "
-              f"{roof.gbps:.1f} GB/s = {fmt_time(bound)}/step → {s['bound_tokens_per_s']:.3g} tok/s")
+    out.print(f"bandwidth bound here: the timed kernels' {fmt_bytes(step.kernel_bytes)}/step ÷ "
+              f"measured roof {roof.gbps:.1f} GB/s = {fmt_time(bound)}/step → "
+              f"{s['bound_tokens_per_s']:.3g} tok/s")
     if s["missing"]:
-        out.print(f"[red]measured step: unknown — no ok impl for {', '.join(s['missing'])}[/]")
+        why = [f"{not_run}: {', '.join(s['not_run'])}"] if s["not_run"] else []
+        why += [f"no ok impl: {', '.join(s['none_ok'])}"] if s["none_ok"] else []
+        out.print(Text(f"measured step: unknown — {'; '.join(why)}", style="red"))
     else:
         out.print(f"measured kernel-only step: {fmt_time(s['measured_step_s'])} → "
                   f"[bold]{s['measured_tokens_per_s']:.3g} tok/s[/] (batch {step.batch}; "
                   f"{s['pct_of_bound']:.0f}% of the bandwidth bound)")
     out.print("[dim]kernel-only: each kernel timed cold in isolation, summed over calls/step; "
-              "embedding lookup, norms, RoPE, residual adds and sampling are not timed[/]")
+              "embedding lookup, norms, RoPE, residual adds and sampling are not timed; their "
+              f"{fmt_bytes(step.bytes - step.kernel_bytes)}/step are left out of the bound[/]")

@@ -3,9 +3,9 @@
 A model is its Hugging Face config.json fields (bench/model/models/*.json, or a user's file in
 the same form). A decode step at batch B and context C is, per layer, the qkv, o, gate/up and down
 GEMVs and paged attention over each sequence's C cached tokens, then the lm_head GEMV. Its bytes
-are the exact formats of kernels/ (DESIGN.md): weights at the chosen precision with their scales
-(and zeros for INT4, group 128), the KV cache at its precision (+ per-token scales for INT8), and the
-small activation, block-table and norm traffic. Decimal units: 1 GB = 1e9 B.
+are the exact formats of kernels/ (docs/kernels.md, Formats): weights at the chosen precision with
+their scales (and zeros for INT4, group 128), the KV cache at its precision (+ per-token scales
+for INT8), and the small activation, block-table and norm traffic. Decimal units: 1 GB = 1e9 B.
 
 What is counted and why:
 - Every linear layer (lm_head included) is stored at `--weights`; the MoE router, the norms and
@@ -15,18 +15,23 @@ What is counted and why:
   read per layer. A batch touches more: with uniform routing a given expert is missed by one token
   with probability 1 - k/E, so a batch of B tokens reads E * (1 - (1 - k/E)^B) distinct experts on
   average (Mixtral 8x7B: 2 at B=1, 5.47 at B=4, 7.2 at B=8, ~8 from B=16). Weight bytes grow with
-  that count; FLOPs grow with B * k. Each touched expert runs a GEMV over its ~B*k/touched tokens.
+  that count; FLOPs grow with B * k. Each touched expert runs a GEMV over its B*k/touched tokens
+  on average; `run --model` times it at the nearest whole M (at least 1), which keeps the tokens
+  its timed calls model (M * touched a layer) as close to B*k as a whole M can.
 - Nothing is read twice: the counts are the floor any correct implementation must move.
 """
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..errors import printable
 
 MODELS_DIR = Path(__file__).with_name("models")
 WEIGHT_PRECISIONS = ("bf16", "int8", "int4")
@@ -114,11 +119,19 @@ def load_model(name_or_path: str) -> ModelConfig:
 
 def _load_file(path: Path, default_name: str) -> ModelConfig:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"model config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"model config {path}: cannot read ({e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError:  # a whole number past Python's limit on digits
+        raise ConfigError(f"model config {path}: not valid JSON (a number of more than "
+                          f"{sys.get_int_max_str_digits()} digits)") from None
+    except RecursionError:
+        raise ConfigError(f"model config {path}: not valid JSON (arrays or objects nested "
+                          "too deeply)") from None
     return parse_config(data, default_name, where=str(path))
 
 
@@ -155,15 +168,15 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
         raise ConfigError(f"{where}: num_experts_per_tok {k} > num_local_experts {E}")
     bias = data.get("attention_bias", data.get("model_type") == "qwen2")
     return ModelConfig(
-        name=str(data.get("_name") or name), hidden_size=H,
+        name=printable(str(data.get("_name") or name)), hidden_size=H,
         intermediate_size=data["intermediate_size"], num_hidden_layers=data["num_hidden_layers"],
         num_attention_heads=Hq, num_key_value_heads=Hkv, head_dim=D,
         vocab_size=data["vocab_size"], tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
         num_local_experts=E, num_experts_per_tok=k if E > 1 else 1, attention_bias=bool(bias),
-        source=str(data.get("_source") or where))
+        source=printable(str(data.get("_source") or where)))
 
 
-# --- byte formulas (the formats of kernels/, DESIGN.md) ----------------------------------------
+# --- byte formulas (the formats of kernels/, docs/kernels.md) -----------------------------------
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
     """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv/ops.py), bf16 activations."""
@@ -295,7 +308,10 @@ class Resident:
 
 def _gemv(name: str, M: float, N: int, K: int, calls: float, precision: str,
           bias: bool = False) -> Kernel:
-    m = max(1, math.ceil(M - 1e-9))
+    """A GEMV over M tokens (an average for MoE experts), run `calls` times a step. Bytes and
+    FLOPs count M as it is; the shape to time takes the nearest whole M (a tie rounds up), at
+    least 1, so that its calls model as close to M * calls tokens as a whole M can."""
+    m = max(1, math.floor(M + 0.5))
     return Kernel(name, "gemv", {"M": m, "N": N, "K": K}, calls, precision,
                   weight_bytes(N, K, precision) + (N * HALF if bias else 0), 0,
                   M * (K + N) * HALF, 2.0 * M * N * K)

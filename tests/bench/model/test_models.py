@@ -61,6 +61,22 @@ def test_moe_batch_touches_more_experts():
     assert gate.flops * gate.calls == pytest.approx(32 * 8 * 2 * 2 * (2 * 14336) * 4096)
 
 
+@pytest.mark.parametrize("batch, m", [(1, 1), (4, 1), (8, 2), (16, 4), (32, 8), (64, 16)])
+def test_moe_expert_gemv_is_timed_at_the_nearest_whole_m(batch, m):
+    """Each touched expert serves B*k/touched tokens (4.04 at batch 16, 8.0008 at 32, 16.0000002
+    at 64): the whole M timed keeps M * touched as close to B*k as a whole M can, and the byte
+    and FLOP counts keep the expectation."""
+    c = load_model("mixtral-8x7b")
+    touched = expected_experts(8, 2, batch)
+    ks = {k.name: k for k in decode_step(c, batch, 1).kernels}
+    for name in ("gate_up", "down"):
+        k = ks[name]
+        assert k.dims["M"] == m, (name, batch)
+        assert all(abs(m * touched - 2 * batch) <= abs(other * touched - 2 * batch)
+                   for other in range(1, 4 * batch))
+        assert k.calls * k.flops == pytest.approx(32 * 2 * batch * 2.0 * k.dims["N"] * k.dims["K"])
+
+
 def test_bf16_weight_bytes_are_two_per_param_minus_table():
     c = load_model("llama-3-8b")
     s = decode_step(c, 1, 1, "bf16")
@@ -151,3 +167,39 @@ def test_cli_malformed_and_unknown_configs(tmp_path, capsys):
     assert "no such file" in one_error_line(capsys, ["project", "--model", "nope/none.json"])
     assert "did you mean 'llama-3-8b'" in one_error_line(capsys, ["project", "--model", "llama3-8b"])
     assert "--ctx" in one_error_line(capsys, ["project", "--model", "llama-3-8b", "--ctx", "0"])
+
+
+def test_config_past_what_python_json_reads_is_not_valid_json(tmp_path, capsys):
+    """A number past Python's limit on digits and nesting past its recursion limit are refused
+    as any malformed config is: one line, exit 2."""
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"hidden_size": ' + "9" * 5000 + "}")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    for path, why in ((huge, "a number of more than"), (deep, "nested too deeply")):
+        with pytest.raises(ConfigError, match=f"not valid JSON \\(.*{why}"):
+            load_model(str(path))
+        assert why in one_error_line(capsys, ["project", "--model", str(path)])
+        out = tmp_path / f"out-{path.stem}"
+        out.mkdir()
+        assert why in one_error_line(capsys, ["run", "--model", str(path), "--out", str(out)])
+        assert not any(out.iterdir())
+
+
+def test_config_name_reaches_the_terminal_without_control_characters(tmp_path, capsys):
+    """A config's `_name` is shown in table titles and error lines: its escape sequences are
+    removed as an impl's texts are (bench.errors.printable)."""
+    fields = {"_name": "evil\x1b[31mRED\x1b]0;pwned\x07\x9b2J!", "_source": "s\x1b[2Jrc",
+              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "vocab_size": 100}
+    c = parse_config(fields, "x")
+    assert (c.name, c.source) == ("evilRED!", "src")
+    from types import SimpleNamespace
+    from bench.cli.step import build_step, print_step
+    cfg = tmp_path / "esc.json"
+    cfg.write_text(json.dumps(fields))
+    args = SimpleNamespace(model=str(cfg), batch=None, ctx=64, weights=None, kv=None)
+    args.model_step = build_step(args)
+    print_step(args, [], SimpleNamespace(gbps=20.0))
+    out = capsys.readouterr().out
+    assert "evilRED! decode step" in out and "\x1b" not in out and "\x9b" not in out

@@ -211,13 +211,86 @@ def test_model_cases_and_step_sum(tmp_path):
                         "time_s": {"median": 1e-3}, "pct_roof": 80})
     s = step_summary(args.model_step, records, roof_gbps=10.0)
     assert s["measured_step_s"] == pytest.approx(1e-3 * (5 * 3 + 1))  # 5 per layer + lm_head
-    assert s["bound_step_s"] == pytest.approx(args.model_step.bytes / 10e9)
+    # the bound counts what the sum times: the kernels, not the embedding rows and norm weights
+    step = args.model_step
+    assert s["bound_step_s"] == pytest.approx(step.kernel_bytes / 10e9, rel=1e-12)
+    assert step.kernel_bytes == step.bytes - sum(step.other_bytes.values()) < step.bytes
+    assert s["pct_of_bound"] == pytest.approx(100 * step.kernel_bytes / 10e9 / (1e-3 * 16))
     assert all(r["impl"] == "fast" for r in s["kernels"])
-    s2 = step_summary(args.model_step, records[2:], roof_gbps=10.0)  # qkv never ran ok
-    assert s2["measured_step_s"] is None and s2["missing"] == ["qkv"]
+    s2 = step_summary(args.model_step, records[2:], roof_gbps=10.0)  # qkv never ran
+    assert s2["measured_step_s"] is None and s2["missing"] == s2["not_run"] == ["qkv"]
+    assert s2["none_ok"] == [] and s2["kernels"][0]["status"] == "not run"
+    failed = [{**r, "status": "failed-check", "time_s": None} for r in records[:2]]
+    s4 = step_summary(args.model_step, failed + records[2:], roof_gbps=10.0)  # qkv ran, none ok
+    assert s4["missing"] == s4["none_ok"] == ["qkv"] and s4["not_run"] == []
+    assert s4["kernels"][0]["status"] == "none ok"
     hot = [{**r, "impl": "hot", "warm": True, "time_s": {"median": 1e-6}} for r in records]
     s3 = step_summary(args.model_step, records + hot, roof_gbps=10.0)  # warm timings never count
     assert s3["measured_step_s"] == pytest.approx(s["measured_step_s"])
+
+
+def tiny_config(tmp_path, **extra):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
+                               "num_hidden_layers": 3, "num_attention_heads": 4,
+                               "num_key_value_heads": 2, "vocab_size": 1000, **extra}))
+    return str(cfg)
+
+
+def test_print_step_tells_not_run_from_none_ok(tmp_path, capsys):
+    import dataclasses
+    from types import SimpleNamespace
+    from bench.cli.step import print_step
+    args = ns(model=tiny_config(tmp_path), ctx=40)
+    cases = model_cases(args, SuiteContext("cpu"))
+    ok = {"status": "ok", "time_s": {"median": 1e-3}, "pct_roof": 50}
+    records = [{"op": c.op, "shape": dataclasses.asdict(c.shape), "impl": "fast", **ok}
+               for c in cases[1:-1]]
+    records.append({"op": cases[0].op, "shape": dataclasses.asdict(cases[0].shape),
+                    "impl": "bad", "status": "failed-check", "time_s": None})
+    print_step(args, records, SimpleNamespace(gbps=10.0), interrupted=True)
+    out = capsys.readouterr().out
+    assert "none ok" in out and "not run (interrupted)" in out
+    assert "unknown — not run (interrupted): lm_head; no ok impl: qkv" in out
+
+
+@pytest.mark.parametrize("dtypes, msg", [
+    (["bfloat16", "float32"], "16-bit"),
+    (["float32", "bfloat16"], "16-bit"),
+    (["bfloat16", "float16"], "give one --dtype, not bfloat16 and float16"),
+])
+def test_model_takes_one_16_bit_dtype(tmp_path, dtypes, msg):
+    from bench.errors import UsageError
+    with pytest.raises(UsageError, match=msg):
+        model_cases(ns(model=tiny_config(tmp_path), dtype=dtypes), SuiteContext("cpu"))
+    cases = model_cases(ns(model=tiny_config(tmp_path), dtype=["float16", "float16"]),
+                        SuiteContext("cpu"))
+    assert {str(c.dtype) for c in cases} == {"torch.float16"}
+
+
+@pytest.mark.parametrize("impls, msg", [
+    (["torch_matmul"], "attention kernel (paged_attention) has no impl to run on cpu: --impl "
+                       "selects none of its impls (on cpu: gather_sdpa"),
+    (["triton_gemv", "gather_sdpa"], "qkv kernel (gemv_bf16) has no impl to run on cpu: "
+                                     "triton_gemv runs on cuda, not cpu"),
+])
+def test_run_model_refuses_a_kernel_no_impl_runs(tmp_path, capsys, impls, msg):
+    """A step is the sum of every kernel: one that nothing selected runs is refused before
+    anything is measured, with no results file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["run", "--model", tiny_config(tmp_path), "--backend", "cpu", "--out", str(out)]
+    for name in impls:
+        argv += ["--impl", name]
+    assert msg in one_error_line(capsys, argv)
+    assert not any(out.iterdir())
+
+
+def test_step_runnable_check_passes_when_every_kernel_has_an_impl(tmp_path):
+    from bench.cli.step import check_step_runnable
+    cases = model_cases(ns(model=tiny_config(tmp_path)), SuiteContext("cpu"))
+    check_step_runnable(cases, "cpu", None)
+    check_step_runnable(cases, "cpu", ("torch_matmul", "triton_gemv", "gather_sdpa"))
 
 
 # --- splits: tensor parallel, pipeline stages, links ---------------------------------------------
