@@ -263,6 +263,9 @@ def command(args) -> int:
     sctx = SuiteContext(backend.name, info.get("memory_bytes"), info.get("cache_bytes"))
     cases = resolve_cases(args, sctx)
     impl_filter = check_impls(args.impl, cases)
+    if getattr(args, "model_step", None) is not None:  # `run --model`: every kernel must run
+        from .step import check_step_runnable
+        check_step_runnable(cases, backend.name, impl_filter)
     check_runnable(cases, backend.name, impl_filter)
     check_fits(cases, backend.name, info.get("memory_bytes"))
     check_host_fits(cases, backend.name, info.get("memory_bytes"))
@@ -377,7 +380,7 @@ def command(args) -> int:
         shown = records
     if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
         from .step import print_step
-        print_step(args, shown, ctx.roof, as_json=args.json)
+        print_step(args, shown, ctx.roof, as_json=args.json, interrupted=stopped is not None)
     if stopped is not None:
         print(f"decodewall: {describe(stopped)}; {_kept(writer, records)}", file=sys.stderr)
         return exit_status(stopped)
