@@ -1,18 +1,26 @@
 """Collectives measured through torch.distributed: one process per rank, the slowest rank's time.
 
 `decodewall run --op allreduce --shape bytes=65536 --world-size 2` starts the ranks itself: fresh
-interpreters (bench/isolation.py's Worker) that meet on 127.0.0.1 through torch.distributed's env://
-rendezvous, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
-WORLD_SIZE, MASTER_ADDR set) each process is one rank instead, and rank 0 keeps the results.
+interpreters (bench/isolation.py's Worker) that meet on 127.0.0.1 through a torch.distributed
+TCPStore, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
+WORLD_SIZE, MASTER_ADDR set) each process is one rank instead (env:// rendezvous), and rank 0
+keeps the results.
 
-Per impl-case, on every rank: the check (each rank contributes known values; the sum is compared
-with the float64 expectation; the worst rank decides), then timing. A sample is a barrier, then
-one collective timed to its completion (a device sync on CUDA); the sample's time is the slowest
-rank's, gathered after each batch so every rank applies the same stopping rule (bench/timing.py's)
-to the same numbers. The timed buffer holds zeros (their sum stays zero over thousands of calls;
-values do not change a collective's speed). Records: `bytes` is the message, `algbw_gbps` and
-`busbw_gbps` as nccl-tests defines them, `achieved_gbps` = busbw, judged against the chip's
-datasheet link bandwidth (per direction) where the catalog has one.
+Per impl-case, on every rank: the impl's `prepare` (untimed, once per input set), the check (each
+rank contributes known values; the sum is compared with the float64 expectation; the worst rank
+decides), then timing; a case whose sum the dtype cannot hold exactly is skipped. A sample is a
+barrier, then one collective timed to its completion (a device sync on CUDA); the sample's time is
+the slowest rank's, gathered after each batch so every rank applies the same stopping rule
+(bench/timing.py's) to the same numbers. The timed buffer holds zeros (their sum stays zero over
+thousands of calls; values do not change a collective's speed). Records: `bytes` is the message,
+`algbw_gbps` and `busbw_gbps` as nccl-tests defines them, `achieved_gbps` = busbw, judged against
+the chip's datasheet link bandwidth (per direction) where the catalog has one, which every
+allreduce record names as `datasheet_gbps`.
+
+The group starts (every rank imports torch and the plugins, then joins) within START_TIMEOUT_S,
+apart from --case-timeout, which starts once every rank is ready; the record's `start_s` says how
+long the start took for the impl-case that needed one. A rank that exits while the group starts
+fails it at once, naming the rank (signal or exit code, its last output line).
 
 A rank that dies ends the case `crashed` naming it (signal or exit code, its last output line); a
 rank that raises ends it `error` naming it; past --case-timeout the ranks that had not finished are
@@ -33,10 +41,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kernels import OPS, Impl, rel_err
+from kernels.collectives.ops import inexact
 
 from .errors import UsageError
 from .interrupts import deferred
-from .isolation import Worker, WorkerDied, describe_exit
+from .isolation import START_TIMEOUT_S, Worker, WorkerDied, describe_exit
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
 from .case import Case
@@ -90,8 +99,13 @@ def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str,
     rank, n = dist.get_rank(), dist.get_world_size()
     s, dtype, backend = case.shape, case.dtype, ctx.backend
     op = OPS[case.op]
+
+    def prepared(t: torch.Tensor) -> tuple:  # untimed, once per input set
+        with backend.session():
+            return tuple(impl.prepare(t)) if impl.prepare else (t,)
+
     t = contribution(s, dtype, rank, device)
-    out = impl.fn(t)
+    out = impl.fn(*prepared(t))
     backend.synchronize()
     err = torch.tensor([rel_err(out.to("cpu"), expected(s, dtype))], dtype=torch.float64,
                        device=device)
@@ -111,8 +125,8 @@ def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str,
     if ctx.check_only:
         return done(status="ok", rel_err=err_v, correct=True)
 
-    t.zero_()
-    st = _time(lambda: impl.fn(t), backend, ctx.budget, device)
+    timed = prepared(t.zero_())  # the timed set: zeros, prepared as the check's set was
+    st = _time(lambda: impl.fn(*timed), backend, ctx.budget, device)
     algbw, busbw = algbw_gbps(s, st.median), busbw_gbps(s, st.median)
     link = ctx.chip.interconnect.link_gbps if ctx.chip else None
     pct = 100 * busbw / link if link and s.world_size > 1 else None
@@ -122,8 +136,8 @@ def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str,
     return done(status="ok", rel_err=err_v, correct=True,
                 time_s={"median": st.median, "p25": st.p25, "p75": st.p75, "min": st.min,
                         "n": st.n, "rel_std": st.rel_std, "stop": st.stop},
-                achieved_gbps=busbw, algbw_gbps=algbw, busbw_gbps=busbw, datasheet_gbps=link,
-                pct_datasheet=pct, verdict=verdict)
+                achieved_gbps=busbw, algbw_gbps=algbw, busbw_gbps=busbw, pct_datasheet=pct,
+                verdict=verdict)
 
 
 def _time(call: Callable[[], Any], backend: Any, budget: Budget, device: str):
@@ -169,12 +183,13 @@ def rank_main() -> None:
     for fd in (rx.fileno(), tx.fileno()):
         os.set_inheritable(fd, False)
     _die_with_parent()
-    _, backend_name, plugins, pg_timeout_s = rx.recv()
+    _, backend_name, plugins, pg_timeout_s, start_timeout_s = rx.recv()
     rank = int(os.environ["RANK"])
     try:
         load_plugins(plugins)
         backend = get_backend(backend_name)
-        device = init_rank(backend_name, pg_timeout_s)
+        tx.send(("joining",))  # loaded: the parent now waits on the group's rendezvous
+        device = init_rank(backend_name, pg_timeout_s, start_timeout_s)
     except BaseException as e:
         print(f"rank {rank}: {_why(e)}", file=sys.stderr, flush=True)
         sys.exit(3)
@@ -201,8 +216,10 @@ def rank_main() -> None:
         tx.send(("done", rank))
 
 
-def init_rank(backend: str, pg_timeout_s: float) -> str:
-    """Join the process group from the environment; the device this rank uses."""
+def init_rank(backend: str, pg_timeout_s: float, start_timeout_s: float | None = None) -> str:
+    """Join the process group from the environment; the device this rank uses. Collectives time
+    out after pg_timeout_s; the rendezvous after start_timeout_s where given (the ranks a run
+    starts wait for each other as long as the run waits for them), else pg_timeout_s."""
     dist = torch.distributed
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if backend == "cuda":
@@ -212,9 +229,17 @@ def init_rank(backend: str, pg_timeout_s: float) -> str:
         n = int(os.environ["WORLD_SIZE"])
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the ranks share the cores
         device = "cpu"
-    if not dist.is_initialized():
+    if dist.is_initialized():
+        return device
+    if start_timeout_s is None:
         dist.init_process_group(pg_backend(backend), init_method="env://",
                                 timeout=timedelta(seconds=pg_timeout_s))
+        return device
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), n,
+                          is_master=rank == 0, timeout=timedelta(seconds=start_timeout_s))
+    dist.init_process_group(pg_backend(backend), store=store, rank=rank, world_size=n,
+                            timeout=timedelta(seconds=pg_timeout_s))
     return device
 
 
@@ -260,10 +285,11 @@ class CollectiveRunner:
             self.on_record(rec)
         return rec
 
+    def _running(self, n: int) -> bool:
+        return len(self._ranks) == n and all(w.proc.poll() is None for w in self._ranks)
+
     def _start(self, n: int) -> str | None:
-        """A group of n ranks; None, or why it could not start."""
-        if len(self._ranks) == n and all(w.proc.poll() is None for w in self._ranks):
-            return None
+        """A new group of n ranks; None, or why it could not start (its ranks are then killed)."""
         self._stop()
         port = free_port()
         for r in range(n):
@@ -272,14 +298,46 @@ class CollectiveRunner:
             with deferred():  # held as soon as it exists: an interrupt still finds it
                 self._ranks.append(Worker(self.ctx.backend.name, self.plugins,
                                           Path(self._tmp.name), entry="bench.collectives:rank_main",
-                                          env=env, init=(max(5.0, self.case_timeout / 2),),
-                                          wait=False))
-        try:
-            for r, w in enumerate(self._ranks):
-                w.wait_ready(f"rank {r}")
-        except Exception as e:  # RunError: one rank could not join
+                                          env=env, wait=False,
+                                          init=(max(5.0, self.case_timeout / 2), START_TIMEOUT_S)))
+        why = self._wait_ready(time.monotonic() + START_TIMEOUT_S)
+        if why:
             self._stop(now=True)
-            return str(e)
+        return why
+
+    def _wait_ready(self, deadline: float) -> str | None:
+        """Wait on every rank at once until each says it is ready. None, or why not: the first
+        rank to exit (its signal or exit code, its last output line), or at the deadline the ranks
+        still loading (or, when every rank had loaded, those that had not joined the group)."""
+        from multiprocessing.connection import wait
+        stage = ["loading"] * len(self._ranks)  # then "joining", then "ready"
+        live = {w.rx: r for r, w in enumerate(self._ranks)}
+        while live:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = [r for r in live.values() if stage[r] == "loading"] or list(live.values())
+                what = "did not load" if stage[late[0]] == "loading" else "did not join the group"
+                return (f"rank(s) {', '.join(map(str, sorted(late)))} {what} within "
+                        f"{START_TIMEOUT_S:g} s")
+            ready = wait(list(live), timeout=min(left, 0.5))
+            for conn, r in list(live.items()):
+                w = self._ranks[r]
+                msg = None  # EOF, or an exit whose pipe a child of the rank holds open
+                if conn in ready:
+                    try:
+                        msg = conn.recv()
+                    except Exception:
+                        pass
+                elif w.proc.poll() is None:
+                    continue
+                if msg in (("joining",), ("ready",)):
+                    stage[r] = msg[0]
+                    if msg[0] == "ready":
+                        del live[conn]
+                    continue
+                last = w.last_output_line(0)
+                return f"rank {r} ended at start ({describe_exit(w.wait())})" + \
+                    (f": {last}" if last else "")
         return None
 
     def run_case(self, case: Case) -> list[dict[str, Any]]:
@@ -291,9 +349,9 @@ class CollectiveRunner:
             rec.update(roof_gbps=None, arithmetic_intensity=None, world_size=n)
             ok, why = impl.supports(c.backend.name, case.dtype)
             # a suite's case only: the CLI refuses a world size asked for that cannot start
-            too_many = world_size_error(c.backend.name, n)
-            if ok and too_many:
-                ok, why = False, too_many
+            other = world_size_error(c.backend.name, n) or inexact(case.shape, case.dtype)
+            if ok and other:
+                ok, why = False, other
             if not ok:
                 rec.update(status="skipped", error=why)
             else:
@@ -303,11 +361,16 @@ class CollectiveRunner:
 
     def _run_impl(self, case: Case, impl: Impl, rec: dict[str, Any]) -> dict[str, Any]:
         c, n = self.ctx, case.shape.world_size
-        t0 = time.monotonic()
-        failed = self._start(n)
-        if failed:
-            rec.update(status="crashed", error=f"the process group did not start: {failed}")
-            return rec
+        start_s = None  # seconds the group took to start, where this impl-case started one
+        if not self._running(n):
+            t_start = time.monotonic()
+            failed = self._start(n)
+            start_s = round(time.monotonic() - t_start, 3)
+            if failed:
+                rec.update(status="crashed", start_s=start_s,
+                           error=f"the process group did not start: {failed}")
+                return rec
+        t0 = time.monotonic()  # --case-timeout and wall_s: from every rank ready
         fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "backend"}
         since = [w.log_size() for w in self._ranks]
         for w in self._ranks:
@@ -320,10 +383,12 @@ class CollectiveRunner:
         done = {r for kind, r, _ in events if kind == "done"}
         result = next((x for kind, _, x in events if kind == "record"), None)
         if len(done) == n and result is not None:
-            result["wall_s"] = wall
+            result.update(wall_s=wall, start_s=start_s)
             return result
-        self._stop(now=True)  # a fault leaves the group unusable: kill every rank, start afresh
-        rec.update(wall_s=wall, **self._blame(events, n, since, impl))
+        rec.update(wall_s=wall, start_s=start_s, **self._blame(events, n, since, impl))
+        # a fault leaves the group unusable: kill every rank, start afresh (after _blame, which
+        # reads the ranks' logs that _stop removes)
+        self._stop(now=True)
         return rec
 
     def _collect(self, n: int, deadline: float) -> list[tuple[str, int, Any]]:
@@ -358,7 +423,7 @@ class CollectiveRunner:
         known = f" ({impl.known_issue})" if impl.known_issue else ""
         if first is not None and first[0] == "died" and first[1] not in said:
             r = first[1]
-            last = self._ranks[r].last_output_line(since[r]) if r < len(self._ranks) else ""
+            last = self._ranks[r].last_output_line(since[r])
             return {"status": "crashed", "error": f"rank {r} died: {describe_exit(first[2])}"
                     + (f"; its last output line: {last}" if last else "") + known}
         ended = said | {r for kind, r, _ in events if kind == "died"}
@@ -413,10 +478,14 @@ def run_as_rank(ctx: RunContext, cases: list[Case], writer: ResultWriter,
     for case in cases:
         for impl in reported_impls(case, ctx):
             ok, why = impl.supports(ctx.backend.name, case.dtype)
+            other = inexact(case.shape, case.dtype)
+            if ok and other:
+                ok, why = False, other
             if not ok:
                 if rank == 0:
                     rec = base_record(ctx, case, impl)
-                    rec.update(status="skipped", error=why, world_size=case.shape.world_size)
+                    rec.update(status="skipped", error=why, roof_gbps=None,
+                               arithmetic_intensity=None, world_size=case.shape.world_size)
                     writer.write(rec)
                     on_record(rec)
                 continue

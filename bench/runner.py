@@ -157,7 +157,9 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
         "rel_err": None, "tolerance": op.tol(case.dtype), "time_s": None, "bytes": nbytes,
         "flops": op.flops(case.shape), "achieved_gbps": None, "roof_gbps": c.roof.gbps,
         "pct_roof": None,
-        "datasheet_gbps": c.chip.mem_bw_gbps if c.chip else None, "pct_datasheet": None,
+        # a collective is judged against the chip's links, a kernel against its memory
+        "datasheet_gbps": (c.chip.interconnect.link_gbps if op.collective else c.chip.mem_bw_gbps)
+        if c.chip else None, "pct_datasheet": None,
         "arithmetic_intensity": (op.flops(case.shape) / nbytes) if nbytes else None,
         "verdict": None,
         "device": {"name": info.get("name"), "chip": c.chip.id if c.chip else None,

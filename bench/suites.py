@@ -30,6 +30,7 @@ class SuiteContext:
     memory_bytes: int | None = None  # device memory (host RAM on CPU)
     cache_bytes: int | None = None   # last-level cache
     extra: dict = field(default_factory=dict)
+    world_size: int | None = None  # ranks asked for (--world-size, torchrun's WORLD_SIZE)
 
     def fits(self, nbytes: int, fraction: float = 0.4) -> bool:
         """Whether a working set of nbytes (plus copies and outputs) fits comfortably."""
@@ -262,12 +263,13 @@ def _gemv_bytes(op: str, N: int, K: int) -> int:
 
 
 @suite("collectives", "all-reduce of decode-sized messages (hidden x batch x bf16: 8 KiB to 16 MiB) "
-       "at every world size this machine runs (powers of two; one rank a GPU on CUDA)")
+       "at every world size this machine runs (powers of two; one rank a GPU on CUDA), or at "
+       "the one --world-size (torchrun's WORLD_SIZE) gives")
 def collectives(ctx: SuiteContext) -> list[Case]:
     from kernels.collectives.ops import AllreduceShape
     from .collectives import max_world_size
     most = max_world_size(ctx.backend)
-    sizes = [n for n in (2, 4, 8, 16, 32, 64) if n <= most]
+    sizes = [ctx.world_size] if ctx.world_size else [n for n in (2, 4, 8, 16, 32, 64) if n <= most]
     return [Case("allreduce", AllreduceShape(bytes=8192 << k, world_size=n), torch.bfloat16,
                  group=f"allreduce x{n}")
             for n in sizes for k in range(12)]  # 8 KiB ... 16 MiB

@@ -34,7 +34,7 @@ def resolve_cases(args, ctx) -> list:
             raise UsageError(f"--{flag} is empty" + (
                 ": give a built-in model or a config.json path" if flag == "model" else
                 " (see `decodewall run --list`)"))
-    cases = _resolve_cases(args, ctx)
+    cases = _resolve_cases(args, _asking_world_size(args, ctx))
     cases = _with_world_size(cases, getattr(args, "world_size", None))
     if args.op is not None or getattr(args, "world_size", None) is not None:
         _check_world_sizes(cases, ctx.backend)
@@ -43,6 +43,16 @@ def resolve_cases(args, ctx) -> list:
             raise UsageError("--warm times cases from the cache; a --model step is timed cold")
         cases = [dataclasses.replace(c, warm=True) for c in cases]
     return cases
+
+
+def _asking_world_size(args, ctx):
+    """The suite context with the world size asked for, if any: a suite of collectives then
+    builds its cases at that size alone."""
+    from ..collectives import launched_by_torchrun
+    n = getattr(args, "world_size", None)
+    if n is None and launched_by_torchrun():
+        n = torchrun_ranks()[1]
+    return dataclasses.replace(ctx, world_size=n)
 
 
 def _with_world_size(cases: list, n: int | None) -> list:
@@ -524,7 +534,8 @@ def add_parser(sub) -> None:
                    help="exit 1 when any impl fails its check, errors, crashes or times out")
     r.add_argument("--world-size", type=ranks, metavar="N",
                    help="ranks for collective ops (allreduce): the run starts them on this "
-                        "machine (default: the shape's, 2); under torchrun, its WORLD_SIZE")
+                        "machine (default: the shape's, 2; suite collectives: every size the "
+                        "machine runs); under torchrun, its WORLD_SIZE")
     r.add_argument("--case-timeout", type=seconds, default=_default_timeout(), metavar="SECONDS",
                    help="kill an impl-case that runs longer and record it as timeout; it "
                         "covers the check, the warm-up (a call on every rotated input set: "

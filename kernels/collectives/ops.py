@@ -2,7 +2,8 @@
 
 A tensor-parallel decode step all-reduces its activations twice a layer: hidden size x batch x
 dtype bytes, 8 KiB to 16 MiB for today's models. Every rank contributes known, rank-dependent
-small integers (`pattern`), so the sum is exact and checkable on each rank.
+small integers (`pattern`), so the sum is exact and checkable on each rank; a world size whose sum
+the dtype cannot hold exactly (`inexact`) is not checked.
 
 Bytes follow nccl-tests: `bytes` is the message size; algorithm bandwidth = bytes / time; bus
 bandwidth = algbw * 2(n-1)/n, what each rank's links carry in a ring all-reduce, comparable with
@@ -44,22 +45,46 @@ def numel(s: AllreduceShape, dtype: torch.dtype) -> int:
     return s.bytes // esize(dtype)
 
 
-def pattern(n: int, rank: int) -> torch.Tensor:
-    """Rank r's values: (i + r) % 3 + 1, in 1..3 and different on every neighbouring rank, so a
-    sum that drops, repeats or misplaces a rank's data is caught. Sums stay below 3n: exact in
-    bf16 up to 85 ranks, fp16 up to 682, fp32 always."""
-    return ((torch.arange(n, dtype=torch.int64) + rank) % 3 + 1).to(torch.float64)
+def pattern(numel: int, rank: int, world_size: int,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Rank r's values among n ranks: 2 at its own elements (i % (n + 1) == r), 1 elsewhere.
+
+    The sum is n + 1, and n where i % (n + 1) == n. A sum that drops a rank or counts one twice
+    is off by at least 1 at every element; one that counts rank a in place of rank b is off at
+    a's and b's own elements; a shifted result moves the elements that hold n. Every rank has
+    own elements when the message has n of them or more."""
+    t = torch.ones(numel, dtype=dtype)
+    t[rank::world_size + 1] = 2
+    return t
 
 
 def contribution(s: AllreduceShape, dtype: torch.dtype, rank: int, device) -> torch.Tensor:
-    return pattern(numel(s, dtype), rank).to(dtype).to(device)
+    return pattern(numel(s, dtype), rank, s.world_size, dtype).to(device)
 
 
 def expected(s: AllreduceShape, dtype: torch.dtype) -> torch.Tensor:
     """The sum over ranks, float64 on the CPU."""
-    n = numel(s, dtype)
-    return sum(pattern(n, r) for r in range(min(s.world_size, 3))) * (s.world_size // 3) + \
-        sum(pattern(n, r) for r in range(s.world_size % 3))
+    n = s.world_size
+    e = torch.full((numel(s, dtype),), float(n + 1), dtype=torch.float64)
+    e[n::n + 1] = n
+    return e
+
+
+def max_exact_world_size(dtype: torch.dtype) -> int:
+    """The most ranks whose check the dtype holds exactly: its sums, partial ones included, are
+    integers up to n + 1, and a dtype holds every integer up to 2 / eps = 2^(mantissa bits + 1)
+    (bf16: 255 ranks, fp16: 2047)."""
+    return round(2 / torch.finfo(dtype).eps) - 1
+
+
+def inexact(s: AllreduceShape, dtype: torch.dtype) -> str | None:
+    """Why the check cannot be exact for this case in `dtype`, or None when it is."""
+    most = max_exact_world_size(dtype)
+    if s.world_size <= most:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return (f"the check's sums (up to world size + 1) are exact in {name} for at most {most} "
+            f"ranks, not {s.world_size}: a correct all-reduce would fail it")
 
 
 def _rank() -> int:
@@ -74,13 +99,11 @@ def make_inputs(s: AllreduceShape, dtype: torch.dtype, device, seed: int) -> tup
 
 
 def host_footprint(s: AllreduceShape, dtype: torch.dtype, backend: str) -> int:
-    """Host bytes one rank's contribution and expected sum hold at their peak: `pattern` makes
-    int64 and float64 tensors of the message's n elements, two at a time (16 bytes an element);
-    `expected` sums them, holding at most a partial sum, a product, a second partial sum and a
-    pattern being made (32), beside the contribution (off CUDA)."""
-    n = numel(s, dtype)
+    """Host bytes one rank's contribution and expected sum hold at their peak: the contribution,
+    made in the dtype on the host (held there off CUDA), beside the float64 expectation (8 bytes
+    an element)."""
     held = s.bytes if backend != "cuda" else 0
-    return max(16 * n, held + 32 * n)
+    return held + 8 * numel(s, dtype)
 
 
 def algbw_gbps(s: AllreduceShape, time_s: float) -> float:
@@ -104,7 +127,7 @@ allreduce = register_op(Op(
     flops=lambda s: 0,  # (n-1) adds an element, spread over the ring: not what limits it
     out_spec=lambda s, dt: ((numel(s, dt),), dt),
     host_footprint=host_footprint,
-    tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},  # integer sums: exact
+    tolerance={F32: 0.0, F16: 0.0, BF16: 0.0},  # integer sums: exact (see `inexact`)
     dtypes=(F32, BF16, F16),
     doc="sum over ranks in place (torch.distributed): bytes = message, busbw = algbw 2(n-1)/n",
     smoke=((AllreduceShape(bytes=1 << 16, world_size=2), F32),),
@@ -124,4 +147,5 @@ def torch_distributed(t: torch.Tensor, group=None) -> torch.Tensor:
     return t
 
 
-__all__ = ["AllreduceShape", "allreduce", "algbw_gbps", "busbw_gbps", "contribution", "expected"]
+__all__ = ["AllreduceShape", "allreduce", "algbw_gbps", "busbw_gbps", "contribution", "expected",
+           "inexact", "max_exact_world_size"]

@@ -4,12 +4,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import torch
 
-from kernels import OPS
-from kernels.collectives.ops import AllreduceShape, busbw_gbps, contribution, expected
+from kernels import OPS, rel_err
+from kernels.collectives.ops import (AllreduceShape, busbw_gbps, contribution, expected, inexact,
+                                     max_exact_world_size)
 from tests.helpers import REPO, run_cli
 
 AR = ["run", "--op", "allreduce", "--budget", "quick", "--no-progress"]
@@ -26,6 +28,7 @@ def note(tag):
 def r1_segfault(t, group=None):
     note("segv")
     if torch.distributed.get_rank() == 1:
+        print("rank one reads address 0", flush=True)
         ctypes.string_at(0)
     torch.distributed.all_reduce(t)
     return t
@@ -76,6 +79,23 @@ def test_expected_sum_is_the_sum_of_every_rank():
                            contribution(s, torch.float32, 1, "cpu"))
 
 
+def test_the_check_tells_every_rank_apart():
+    """A sum that counts one rank twice and drops another, drops one, or is shifted by one
+    element, fails the check at every world size, whichever ranks."""
+    op = OPS["allreduce"]
+    for n in (2, 3, 4, 5, 8):
+        s = AllreduceShape(bytes=4 * 40, world_size=n)
+        for dt in (torch.float32, torch.bfloat16):
+            part = [contribution(s, dt, r, "cpu") for r in range(n)]
+            want = expected(s, dt)
+            wrong = [torch.roll(sum(part), 1)]
+            for a in range(n):
+                wrong.append(sum(part) - part[a])
+                wrong += [sum(part) + part[a] - part[b] for b in range(n) if b != a]
+            for w in wrong:
+                assert rel_err(w.to(dt), want) > op.tol(dt), (n, dt)
+
+
 def test_bus_bandwidth_as_nccl_tests():
     s = AllreduceShape(bytes=1 << 20, world_size=4)
     assert busbw_gbps(s, 1e-3) == pytest.approx((1 << 20) / 1e-3 / 1e9 * 2 * 3 / 4)
@@ -100,6 +120,7 @@ def test_allreduce_on_gloo_through_the_cli(tmp_path):
         assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * 2 * (2 - 1) / 2)
         assert r["achieved_gbps"] == r["busbw_gbps"]
         assert r["time_s"]["n"] >= 5 and r["roof_gbps"] is None
+    assert recs[0]["start_s"] > 0 and recs[1]["start_s"] is None  # the second reuses the group
 
 
 @pytest.mark.slow  # rank groups started six times, one of them waiting out a 12 s case timeout
@@ -114,7 +135,8 @@ def test_faulty_ranks_are_named_and_nothing_is_left_running(tmp_path):
     recs = {r["impl"]: r for r in map(json.loads, p.stdout.splitlines())}
     assert recs["torch_distributed"]["status"] == "ok"
     assert recs["r1_segfault"]["status"] == "crashed"
-    assert recs["r1_segfault"]["error"].startswith("rank 1 died: SIGSEGV")
+    assert recs["r1_segfault"]["error"] == ("rank 1 died: SIGSEGV (Segmentation fault); its last "
+                                            "output line: rank one reads address 0")
     assert recs["r1_hangs"]["status"] == "timeout"
     assert recs["r1_hangs"]["error"].startswith("rank(s) 1 did not finish")
     assert recs["r1_raises"]["status"] == "error"
@@ -132,22 +154,85 @@ def test_a_world_size_the_machine_cannot_run_is_refused(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_suite_case_past_the_machine_is_skipped_with_the_reason():
-    """A suite's case (the smoke suite's 2 ranks on a 1-GPU machine) is recorded, not refused."""
+def context(chip: str | None = None, check_only: bool = False):
     from backends import get_backend
-    from bench.case import Case
-    from bench.collectives import CollectiveRunner
-    from bench.results import ResultWriter
+    from backends.catalog import load
     from bench.roofline import Roof
     from bench.runner import RunContext
     from bench.timing import BUDGETS
-    ctx = RunContext(backend=get_backend("cpu"), roof=Roof("cpu", 1.0, 1.0, 1), chip=None,
-                     device_info={"name": "test"}, budget=BUDGETS["quick"], seed=0,
-                     run_id="test", command="pytest", git_commit=None, versions={})
-    with CollectiveRunner(ctx, ResultWriter(None, "test")) as runner:
-        (r,) = runner.run_case(Case("allreduce", AllreduceShape(bytes=8192, world_size=4096),
-                                    torch.float32))
+    return RunContext(backend=get_backend("cpu"), roof=Roof("cpu", 1.0, 1.0, 1),
+                      chip=load()[chip] if chip else None, device_info={"name": "test"},
+                      budget=BUDGETS["quick"], seed=0, run_id="test", command="pytest",
+                      git_commit=None, versions={}, check_only=check_only)
+
+
+@pytest.fixture
+def ranks(tmp_path, monkeypatch):
+    """make(plugin source, ...): a CollectiveRunner in this process whose ranks load the plugin;
+    its impls are registered here too, for this test only. Every runner made is closed."""
+    from bench.collectives import CollectiveRunner
+    from bench.plugins import load_plugins
+    from bench.results import ResultWriter
+    made = []
+
+    def make(source: str = "", chip: str | None = None, check_only: bool = False,
+             case_timeout: float = 60.0):
+        plugins = []
+        if source:
+            path = tmp_path / f"plugin_{len(made)}.py"
+            path.write_text(source)
+            impls = OPS["allreduce"].impls
+            before = set(impls)
+            load_plugins([str(path)])
+            for name in set(impls) - before:  # removed again when the test ends
+                monkeypatch.setitem(impls, name, impls.pop(name))
+            plugins = [str(path)]
+        made.append(CollectiveRunner(context(chip, check_only), ResultWriter(None, "test"),
+                                     case_timeout=case_timeout, plugins=plugins))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close(now=True)
+
+
+def case(nbytes: int = 8192, n: int = 2, dtype=torch.float32, impls=None):
+    from bench.case import Case
+    return Case("allreduce", AllreduceShape(bytes=nbytes, world_size=n), dtype, impls=impls)
+
+
+def test_a_suite_case_past_the_machine_is_skipped_with_the_reason(ranks):
+    """A suite's case (the smoke suite's 2 ranks on a 1-GPU machine) is recorded, not refused,
+    and judged, like every allreduce record, against the chip's link, not its memory."""
+    (r,) = ranks(chip="h100-sxm").run_case(case(n=4096))
     assert r["status"] == "skipped" and "world size 4096" in r["error"]
+    assert r["datasheet_gbps"] == 450  # the H100 SXM's NVLink, a direction (its HBM: 3350)
+
+
+def test_a_sum_the_dtype_cannot_hold_exactly_is_skipped_with_the_reason(ranks, monkeypatch):
+    """As if this machine ran 256 ranks; none is started."""
+    import bench.collectives
+    monkeypatch.setattr(bench.collectives, "world_size_error", lambda backend, n: None)
+    monkeypatch.setattr(bench.collectives.CollectiveRunner, "_start",
+                        lambda self, n: "not started by this test")
+    (r,) = ranks().run_case(case(n=256, dtype=torch.bfloat16))
+    assert r["status"] == "skipped"
+    assert r["error"] == ("the check's sums (up to world size + 1) are exact in bfloat16 for at "
+                          "most 255 ranks, not 256: a correct all-reduce would fail it")
+
+
+def test_the_exact_limit_is_where_a_correct_sum_stops_being_exact():
+    """Summed rank by rank in the dtype (as a ring does), the contributions give the expected sum
+    exactly up to max_exact_world_size, and not one rank past it."""
+    for dt, most in ((torch.bfloat16, 255), (torch.float16, 2047)):
+        assert max_exact_world_size(dt) == most
+        for n in (most, most + 1):
+            s = AllreduceShape(bytes=4 * (n + 2), world_size=n)
+            acc = contribution(s, dt, 0, "cpu")
+            for r in range(1, n):
+                acc += contribution(s, dt, r, "cpu")
+            assert torch.equal(acc.double(), expected(s, dt)) == (n == most), (dt, n)
+            assert (inexact(s, dt) is None) == (n == most)
+    assert max_exact_world_size(torch.float32) >= 4096  # every world size a shape allows
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
@@ -191,3 +276,169 @@ def test_allreduce_on_nccl_over_two_gpus(tmp_path):
 
 def test_allreduce_is_a_collective_op():
     assert OPS["allreduce"].collective and not OPS["gemv_bf16"].collective
+
+
+# --- ranks run in this test's process (CollectiveRunner), one plugin each ------------------------
+
+FOUR_RANKS = '''
+import torch
+from kernels import register_impl
+
+@register_impl("allreduce", "rank0_twice_no_rank3", backends=["cpu"])
+def rank0_twice_no_rank3(t, group=None):
+    every = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(every, t)
+    t.copy_(every[0] + every[0] + every[1] + every[2])
+    return t
+'''
+
+
+def test_a_sum_that_counts_rank_0_twice_and_drops_rank_3_fails_its_check(ranks, monkeypatch):
+    """Four real gloo ranks (more than this machine may have cores: the check alone, untimed)."""
+    import bench.collectives
+    monkeypatch.setattr(bench.collectives, "world_size_error", lambda backend, n: None)
+    runner = ranks(FOUR_RANKS, check_only=True)
+    recs = {r["impl"]: r for r in runner.run_case(
+        case(n=4, impls=("torch_distributed", "rank0_twice_no_rank3")))}
+    assert recs["torch_distributed"]["status"] == "ok" and recs["torch_distributed"]["correct"]
+    assert recs["rank0_twice_no_rank3"]["status"] == "failed-check"
+
+
+SLOW_START = '''
+import os, time
+if "DECODEWALL_WORKER_PATH" in os.environ:  # a rank, not the test's process
+    time.sleep(3)
+'''
+
+
+def test_start_up_counts_against_neither_the_case_timeout_nor_wall_s(ranks):
+    runner = ranks(SLOW_START, case_timeout=2)
+    (first,) = runner.run_case(case())
+    (second,) = runner.run_case(case(nbytes=4096))
+    assert first["status"] == "ok", first["error"]
+    assert first["start_s"] >= 3 and first["wall_s"] < 2
+    assert second["status"] == "ok" and second["start_s"] is None  # the group is reused
+
+
+BAD_START = '''
+import os, sys, time
+if os.environ.get("RANK") == "1" and "DECODEWALL_WORKER_PATH" in os.environ:
+    if os.environ["DW_TEST_START"] == "exit":
+        print("rank one cannot start", file=sys.stderr, flush=True)
+        os._exit(7)
+    time.sleep(600)
+'''
+
+
+def test_a_rank_that_fails_to_start_is_named_at_once(ranks, monkeypatch):
+    """Rank 1 exits while rank 0 waits for it in the rendezvous (up to START_TIMEOUT_S): rank 1
+    is named as soon as it exits. Rank 1 hangs instead: the start ends at its own bound (not
+    --case-timeout), naming rank 1."""
+    import bench.collectives
+    runner = ranks(BAD_START, case_timeout=60)
+    monkeypatch.setenv("DW_TEST_START", "exit")
+    t = time.monotonic()
+    (r,) = runner.run_case(case())
+    assert r["status"] == "crashed"
+    assert r["error"] == ("the process group did not start: rank 1 ended at start (exit code 7): "
+                          "rank one cannot start")
+    assert time.monotonic() - t < 20
+    monkeypatch.setenv("DW_TEST_START", "hang")
+    monkeypatch.setattr(bench.collectives, "START_TIMEOUT_S", 4.0)
+    t = time.monotonic()
+    (r,) = runner.run_case(case())
+    assert r["status"] == "crashed"
+    assert r["error"] == "the process group did not start: rank(s) 1 did not load within 4 s"
+    assert 4 <= time.monotonic() - t < 20
+
+
+CRASH = '''
+import os, signal, torch
+from kernels import register_impl
+
+@register_impl("allreduce", "r1_crashes", backends=["cpu"])
+def r1_crashes(t, group=None):
+    if torch.distributed.get_rank() == 1:
+        print("rank one about to fault", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    torch.distributed.all_reduce(t)
+    return t
+'''
+
+
+def test_a_crashed_rank_is_named_with_its_last_output_line(ranks):
+    (r,) = ranks(CRASH, chip="h100-sxm").run_case(case(impls=("r1_crashes",)))
+    assert r["status"] == "crashed"
+    assert r["error"] == ("rank 1 died: SIGSEGV (Segmentation fault); its last output line: "
+                          "rank one about to fault")
+    assert r["datasheet_gbps"] == 450  # the link, as on an ok record
+
+
+PREPARED = '''
+import torch
+from kernels import register_impl
+
+def into_own_buffer(t, group=None):
+    return t.clone(), group, "prepared"
+
+@register_impl("allreduce", "own_buffer", backends=["cpu"], prepare=into_own_buffer)
+def own_buffer(t, group=None, tag=None):
+    assert tag == "prepared", "called without its prepare"
+    assert t.max() <= 2, "its input holds an earlier sum, not an input set"
+    torch.distributed.all_reduce(t, group=group)
+    return t
+'''
+
+
+def test_prepare_is_applied_to_the_checked_and_the_timed_input_sets(ranks):
+    """`fn(*prepare(t))`: the check's contributions and the timed zeros are each prepared (here
+    copied into the impl's own buffer), untimed."""
+    (r,) = ranks(PREPARED).run_case(case(impls=("own_buffer",)))
+    assert r["status"] == "ok", r["error"]
+    assert r["correct"] and r["time_s"]["n"] >= 5
+
+
+def test_a_torchrun_rank_s_skipped_record_is_judged_against_the_link(monkeypatch):
+    """run_as_rank as a one-rank torchrun launch: a case it skips (its bf16 sum past 255 ranks
+    cannot be exact; the skip comes before any collective) still names the chip's link."""
+    from bench.collectives import free_port, run_as_rank
+    from bench.results import ResultWriter
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    recs: list = []
+    threads = torch.get_num_threads()
+    try:
+        run_as_rank(context("h100-sxm"), [case(n=256, dtype=torch.bfloat16)],
+                    ResultWriter(None, "test"), recs.append, 10.0)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        torch.set_num_threads(threads)
+    (r,) = recs
+    assert r["status"] == "skipped" and "exact in bfloat16 for at most 255 ranks" in r["error"]
+    assert r["datasheet_gbps"] == 450
+
+
+def test_a_suite_at_one_world_size_measures_each_message_once(monkeypatch):
+    """`run --suite collectives --world-size 2` on an 8-core machine: the suite's messages at 2
+    ranks, once each; under torchrun (WORLD_SIZE=4) at 4 ranks."""
+    import argparse
+    from bench.cli.run import resolve_cases
+    from bench.suites import SuiteContext
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    ctx = SuiteContext("cpu", 64 * 10**9, 32 * 2**20)
+    args = argparse.Namespace(op=None, suite="collectives", shape=None, dtype=None,
+                              world_size=None, warm=False)
+    assert {c.shape.world_size for c in resolve_cases(args, ctx)} == {2, 4, 8}
+    args.world_size = 2
+    cases = resolve_cases(args, ctx)
+    assert len(cases) == 12 == len({c.shape for c in cases})
+    assert all(c.shape.world_size == 2 and c.group == "allreduce x2" for c in cases)
+    args.world_size = None
+    for k, v in {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+    cases = resolve_cases(args, ctx)
+    assert len(cases) == 12 == len({c.shape for c in cases})
+    assert all(c.shape.world_size == 4 and c.group == "allreduce x4" for c in cases)

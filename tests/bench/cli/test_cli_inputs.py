@@ -87,7 +87,7 @@ def test_a_case_past_the_device_memory_is_refused(capsys, out, small_memory, op,
     ("gemv_w8", "M=1,N=16384,K=16384", "1.53 GB"),
     (PA, "B=32,Hq=32,Hkv=8,D=128,context=4096", "2.6 GB"),  # drawn in fp32, then converted
     ("copy", "N=134217728", "5.5 GB"),                      # fp32: the check's float64 copies
-    ("allreduce", "bytes=268435456", "2 ranks x 2.66 GB"),  # every rank sums in float64
+    ("allreduce", "bytes=268435456", "2 ranks x 2.21 GB"),  # every rank checks in float64
 ])
 def test_a_case_past_the_hosts_available_memory_is_refused(capsys, out, monkeypatch, op, shape,
                                                              needs):
