@@ -342,8 +342,8 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     the precision comparison, then bf16 and the Llama-3-8B shapes at batch 1 and 16. The large
     M=16 shapes go before attention: the attention cases tune four Triton kernels (~10 s of
     compiles each on the H200: one pass at 64 x 4096; at 1 x 32768 split-KV with the reduction
-    kernel, with the fused merge, and `triton`'s own split count), and the H200's 420 s check
-    cut its suite before M=16 when it came after. The 8B ones go after it: at 2-15 us at the
+    kernel, with the fused merge, and `triton`'s own split count), so a time box that cuts the
+    suite after attention keeps the M=16 cases. The 8B ones go after it: at 2-15 us at the
     roof, the ~5.5 us a launch costs beyond its bytes (docs/gpu-results.md) is a large share of
     each, so they say less about the kernel's loop.
     On a CPU (the dry run) the same ops at tiny shapes. `notes` collects what could not be

@@ -379,3 +379,41 @@ def test_a_timeout_or_crash_record_keeps_the_stage_and_the_check(monkeypatch, st
     else:
         assert rec["correct"] is True and rec["rel_err"] == 1e-7
     assert FakeWorker.closed == [True]  # a lost case's worker is killed at once, not asked
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_still_importing_dies_with_its_parent(tmp_path):
+    """A worker or rank imports torch for seconds before its entry runs; a parent killed then
+    (SIGKILL: no cleanup of its own) must not leave it running (boot.py asks the kernel for
+    that on its first line)."""
+    (tmp_path / "slow_entry.py").write_text("import time\ntime.sleep(60)\n\ndef main():\n    pass\n")
+    pidfile = tmp_path / "child.pid"
+    parent = (
+        "import json, os, subprocess, sys, time\n"
+        f"env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps([{str(tmp_path)!r}] + sys.path))\n"
+        f"p = subprocess.Popen([sys.executable, {str(REPO / 'bench' / 'boot.py')!r}, 'slow_entry:main'], env=env)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        time.sleep(0.5)  # the child is in its entry module's import
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if open(f"/proc/{child}/stat").read().split(")")[-1].split()[0] == "Z":
+                break  # dead, not yet reaped
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the worker outlived its parent")
+    finally:
+        proc.kill()
