@@ -64,3 +64,42 @@ def test_checker_catches_a_stale_path(tmp_path: Path):
         test_named_paths_exist(page)
     with pytest.raises(AssertionError, match="nowhere.md"):
         test_links_resolve(page)
+
+
+def _options() -> dict[str, set[str]]:
+    """Each `decodewall` subcommand's option strings, and bench/device_check.sh's."""
+    import argparse
+    from bench.cli import build_parser
+    from bench.gpucheck.check import build_parser as check_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    opts = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+    opts["device_check.sh"] = {o for a in check_parser()._actions for o in a.option_strings}
+    return opts
+
+
+COMMAND = re.compile(r"(?:decodewall (run|roof|chips|backends|compare|project|plot)|(device_check\.sh))\b([^`\n|]*)")
+
+
+def _stale_options(text: str, opts: dict[str, set[str]]) -> list[str]:
+    """`COMMAND --flag` pairs in `text` whose command takes no such option."""
+    bad = []
+    for m in COMMAND.finditer(text):
+        cmd = m.group(1) or m.group(2)
+        bad += [f"{cmd} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(3))
+                if flag not in opts[cmd]]
+    return bad
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_options_named_with_a_command_exist(page: Path):
+    """An option written after `decodewall SUBCOMMAND` or `device_check.sh` on a line of the docs
+    is one that command takes: a renamed or removed option fails here."""
+    assert not _stale_options(page.read_text(), _options()), page.name
+
+
+def test_option_check_catches_a_stale_option():
+    opts = _options()
+    text = ("`decodewall run --suite smoke --no-such-option` and\n"
+            "bash bench/device_check.sh --with roof --dry-run --skipp ncu\n"
+            "decodewall plot RUN.jsonl --terminal, then `--no-such-option` outside a command")
+    assert _stale_options(text, opts) == ["run --no-such-option", "device_check.sh --skipp"]

@@ -853,7 +853,7 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
 
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     p = OneLineParser(prog="bench/device_check.sh",
                                 description="One-call GPU device check; see docs/device-check.md.")
     p.add_argument("--dry-run", action="store_true",
@@ -875,6 +875,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with", dest="with_", nargs="+", choices=OFF_BY_DEFAULT, default=[],
                    help="also run these steps, off by default: roof (a second roof reading; "
                    "the suite measures its own) and flush (the L2 flush modes compared)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     for item in args.limit or []:
         name, _, sec = item.partition("=")
