@@ -362,17 +362,30 @@ def _check(tmp_path, **kw):
     return dc.Check(args)
 
 
+def _stub_steps(c, ran: list):
+    """Every step of check `c` replaced by one that marks itself ok and adds its name to `ran`;
+    returns the maker of such a step, for a test to put some back."""
+    def ok(name):
+        def step():
+            st = c.begin(name)
+            if st is not None:  # None: a step not asked for
+                st.status = "ok"
+                ran.append(name)
+        return step
+
+    c.step_peers, c.step_env, c.plan = ok("peers"), ok("env"), lambda: None
+    c.step_pytest = lambda name: ok(name)()
+    c.step_roof, c.step_flush = ok("roof"), ok("flush")
+    c.step_suite, c.step_ncu = ok("suite"), ok("ncu")
+    return ok
+
+
 def test_an_error_in_the_checks_own_code_fails_that_step_and_the_next_ones_run(tmp_path):
     """A bug on a path only a GPU takes must not end the check: that step fails with the error
     named (its traceback in steps.log, not on the console) and every later step still runs."""
     c = _check(tmp_path, dry_run=True, with_=["roof", "flush"])
     ran = []
-
-    def ok(name):
-        def step():
-            c.begin(name).status = "ok"
-            ran.append(name)
-        return step
+    ok = _stub_steps(c, ran)
 
     def pytest_step(name):
         if name == "configs":
@@ -380,9 +393,7 @@ def test_an_error_in_the_checks_own_code_fails_that_step_and_the_next_ones_run(t
         c.begin(name)
         raise KeyError("M")
 
-    c.step_peers, c.step_env, c.step_pytest = ok("peers"), ok("env"), pytest_step
-    c.step_roof, c.step_flush, c.plan = ok("roof"), ok("flush"), lambda: None
-    c.step_suite, c.step_ncu = ok("suite"), ok("ncu")
+    c.step_pytest = pytest_step
     rc = c.run()
     assert ran == ["peers", "env", "configs", "roof", "flush", "suite", "ncu"]
     st = c.steps["pytest"]
@@ -422,20 +433,12 @@ def test_an_error_in_the_summary_code_leaves_a_summary_and_the_check_goes_on(tmp
     from bench.gpucheck import summary
     c = _check(tmp_path, dry_run=True)
     ran = []
-
-    def ok(name):
-        def step():
-            c.begin(name).status = "ok"
-            ran.append(name)
-        return step
+    _stub_steps(c, ran)
 
     def broken(*a, **k):
         raise KeyError("time_s")
 
     monkeypatch.setattr(summary, "write", broken)
-    c.step_peers, c.step_env, c.plan = ok("peers"), ok("env"), lambda: None
-    c.step_pytest = lambda name: ok(name)()
-    c.step_suite, c.step_ncu = ok("suite"), ok("ncu")
     rc = c.run()
     assert ran == ["peers", "env", "pytest", "configs", "suite", "ncu"] and rc == 1
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -453,19 +456,12 @@ def test_a_slow_env_probe_does_not_end_the_check(tmp_path):
     for env_status, expect in (("timeout", ["pytest", "configs", "suite", "ncu"]), ("failed", [])):
         c = _check(tmp_path / env_status, dry_run=True)
         ran = []
+        _stub_steps(c, ran)
 
-        def ok(name, c=c, ran=ran):
-            def step():
-                c.begin(name).status = "ok"
-                ran.append(name)
-            return step
-
-        def env(c=c):
+        def env(c=c, env_status=env_status):
             c.begin("env").status = env_status
 
-        c.step_peers, c.step_env, c.plan = ok("peers"), env, lambda: None
-        c.step_pytest = lambda name, ok=ok: ok(name)()
-        c.step_suite, c.step_ncu = ok("suite"), ok("ncu")
+        c.step_env = env
         c.run()
         assert ran == ["peers"] + expect, (env_status, ran)
 
