@@ -103,3 +103,13 @@ def test_option_check_catches_a_stale_option():
             "bash bench/device_check.sh --with roof --dry-run --skipp ncu\n"
             "decodewall plot RUN.jsonl --terminal, then `--no-such-option` outside a command")
     assert _stale_options(text, opts) == ["run --no-such-option", "device_check.sh --skipp"]
+
+
+def test_readme_record_contract_is_the_fields_every_record_holds():
+    """The README's public contract of record keys is bench.results.FIELDS, in order: a key added,
+    renamed or dropped in one place only fails here."""
+    from bench.results import FIELDS
+    text = (ROOT / "README.md").read_text()
+    listed = re.search(r"These keys are a public contract: `([^`]+)`", text).group(1)
+    listed = re.sub(r"\{[^}]*\}|\([^)]*\)", "", listed)  # sub-keys and remarks
+    assert [k.strip() for k in listed.split(",")] == list(FIELDS)
