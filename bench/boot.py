@@ -20,6 +20,9 @@ def main() -> None:
             ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
         except (OSError, AttributeError):
             pass
+        parent = os.environ.get("DECODEWALL_PARENT")
+        if parent and os.getppid() != int(parent):  # it died before prctl took effect
+            os._exit(1)
     import importlib
     import json
     sys.path[:] = json.loads(os.environ["DECODEWALL_WORKER_PATH"])

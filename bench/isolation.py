@@ -93,7 +93,8 @@ class Worker:
         self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
         r_job, w_job = os.pipe()  # parent -> worker
         r_msg, w_msg = os.pipe()  # worker -> parent
-        env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path))
+        env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path),
+                   DECODEWALL_PARENT=str(os.getpid()))
         # deferred: an interrupt cannot leave a started process that this object does not hold
         with deferred(), open(self.log_path, "ab") as log:  # append: its stdout and stderr
             self.proc = subprocess.Popen(
@@ -399,16 +400,11 @@ class _Stage:
 # --- the worker's side --------------------------------------------------------------------------
 
 def _die_with_parent() -> None:
-    """End this worker when the parent ends, even if it is stuck in C code holding the GIL."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    """End this worker when the parent ends. On Linux boot.py has asked the kernel for that on
+    the worker's first line (it holds even in C code holding the GIL); elsewhere this thread
+    watches for it."""
+    parent = int(os.environ.get("DECODEWALL_PARENT") or os.getppid())
+    if os.getppid() != parent:
         os._exit(1)
 
     def watch() -> None:  # portable fallback

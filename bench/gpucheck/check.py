@@ -48,7 +48,7 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
-from .proc import KILL_GRACE_S, REPO, _kill_group, find_ncu, run_proc, run_procs
+from .proc import KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs
 from .pytest_shard import FAIL_LINE
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
@@ -356,7 +356,7 @@ class Check:
             rc = proc.wait(timeout=max(0.1, pr["t0"] + NCU_PROBE_S - time.monotonic()))
         except subprocess.TimeoutExpired:
             rc = None
-            _kill_group(proc, 1.0)
+            kill_group(proc, 1.0)
         text = pr["path"].read_text(encoding="utf-8", errors="replace")
         pr["path"].unlink(missing_ok=True)
         pr["verdict"], pr["why"] = probe_verdict(rc, text)
@@ -749,7 +749,7 @@ class Check:
         finally:
             signal.signal(signal.SIGTERM, old)
             if self.ncu_probe is not None and self.ncu_probe["proc"].poll() is None:
-                _kill_group(self.ncu_probe["proc"], 1.0)
+                kill_group(self.ncu_probe["proc"], 1.0)
             if self.ncu_probe is not None:
                 self.ncu_probe["path"].unlink(missing_ok=True)
             for s in self.steps.values():

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent.parent  # every step runs from the
 KILL_GRACE_S = 5.0  # after SIGTERM, then again after SIGKILL: a killed step ends within 2x this
 
 
-def _kill_group(proc: subprocess.Popen, grace: float) -> None:
+def kill_group(proc: subprocess.Popen, grace: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -57,9 +57,9 @@ def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
             rc: int | None = proc.wait(timeout=max(1.0, box))
         except subprocess.TimeoutExpired:
             rc = None
-            _kill_group(proc, KILL_GRACE_S)
+            kill_group(proc, KILL_GRACE_S)
         except BaseException:  # the check is interrupted: leave nothing running behind it
-            _kill_group(proc, 1.0)
+            kill_group(proc, 1.0)
             raise
         if reader is not None:  # a grandchild that escaped the group may hold the pipe open
             reader.join(timeout=KILL_GRACE_S)
@@ -105,12 +105,12 @@ def run_procs(cmds: list[list[str]], box: float, log, env: dict[str, str],
                 break
     except BaseException:  # the check is interrupted: leave nothing running behind it
         for proc in procs:
-            _kill_group(proc, 1.0)
+            kill_group(proc, 1.0)
         raise
     rcs = [rc if rc is not None else proc.poll() for proc, rc in zip(procs, rcs)]
     cut = [proc for proc, rc in zip(procs, rcs) if rc is None]
     for proc in cut:
-        _kill_group(proc, KILL_GRACE_S)
+        kill_group(proc, KILL_GRACE_S)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_S)
     dt = time.monotonic() - t0
