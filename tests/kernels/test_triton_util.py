@@ -133,3 +133,30 @@ def test_tuned_names_only_kernels_run_since_forget(monkeypatch):
     assert triton_util.tuned() == {}
     b.best_config = fast
     assert list(triton_util.tuned()) == ["_b_kernel"]
+
+
+_FUSION_PROBE = r'''
+import os
+import kernels.triton_util
+import triton
+from triton import knobs
+print(os.environ.get("TRITON_DEFAULT_FP_FUSION"), knobs.language.default_fp_fusion)
+'''
+
+
+@pytest.mark.parametrize("env, want", [(None, "1 True"), ("0", "0 False")])
+def test_fp_fusion_is_pinned_on_unless_the_user_chose(env, want):
+    # The kernels' FFMA/HFMA2 loops and their sm_90 instruction counts assume fused multiply-adds;
+    # Triton 3.10 turns the default off. A user's own setting wins.
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton.knobs")
+    e = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}
+    if env is not None:
+        e["TRITON_DEFAULT_FP_FUSION"] = env
+    e["PYTHONPATH"] = str(helpers.REPO)
+    r = subprocess.run([sys.executable, "-c", _FUSION_PROBE], env=e, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.split("\n")[-2] == want
