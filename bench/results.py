@@ -251,6 +251,13 @@ def _malformed(rec: dict[str, Any]) -> str | None:
             if not _in_range(ts.get(k), MIN_TIME_S, MAX_TIME_S):
                 return (f"time_s.{k} must be seconds in [{MIN_TIME_S:g}, {MAX_TIME_S:g}], "
                         f"got {_show(ts.get(k))}")
+        if not ts["p25"] <= ts["median"] <= ts["p75"]:  # quartiles of one sample set
+            return (f"time_s must have p25 <= median <= p75, got {_show(ts['p25'])}, "
+                    f"{_show(ts['median'])}, {_show(ts['p75'])}")
+        n = ts.get("n")
+        if n is not None and not (isinstance(n, int) and not isinstance(n, bool)
+                                  and 1 <= n <= MAX_COUNT):
+            return f"time_s.n must be a whole number of samples >= 1, got {_show(n)}"
     for k, (hi, what) in NUMBERS.items():
         if rec.get(k) is not None and not _in_range(rec[k], MIN_NONZERO, hi, zero=True):
             return f"{k} must be {what}: 0 or in [{MIN_NONZERO:g}, {hi:g}], got {_show(rec[k])}"

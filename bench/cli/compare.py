@@ -18,17 +18,36 @@ VERDICT_STYLE = {"same": "", "only in A": "dim", "only in B": "dim"}  # else; an
 
 
 def verdict_text(r: dict[str, Any]) -> Text:
-    """The verdict cell: the verdict in its colour, then the error text of the side that gave no
-    time (B's when both have one), as plain text: `B crashed: SIGSEGV`, `A error, B ok (A:
-    boom)`."""
+    """The verdict cell: the verdict in its colour, then why it is only "unsure" where a run took
+    too few samples to call a difference, the error text of the side that gave no time (B's when
+    both have one), as plain text, and any failure beside a timed record: `B crashed: SIGSEGV`,
+    `A error, B ok (A: boom)`, `same (B also crashed)`."""
     from rich.text import Text
+    from ..report.compare import MIN_SAMPLES
     v = r["verdict"]
     t = Text(v, style=STYLE.get(r.get("change") or "", VERDICT_STYLE.get(v, "yellow")))
+    if r.get("few_samples"):
+        few = [f"{side} n={r.get(f'{side.lower()}_n') or '?'}" for side in "AB"
+               if (r.get(f"{side.lower()}_n") or 0) < MIN_SAMPLES]
+        t.append(f" ({', '.join(few)}: faster/slower needs {MIN_SAMPLES} samples a run)")
     if r.get("b_error") and r.get("b_status") != "ok":
         t.append(f": {r['b_error']}")
     elif r.get("a_error") and r.get("a_status") != "ok":
         t.append(f" (A: {r['a_error']})" if r.get("b_status") else f": {r['a_error']}")
+    for side in "AB":
+        also = r.get(f"{side.lower()}_also")
+        if also:
+            t.append(f" ({side} also {', '.join(also)})", style="red")
     return t
+
+
+def case_label(r: dict[str, Any], devices: bool, flushes: bool) -> str:
+    """The impl cell: the impl, and what else sets the case apart from a row like it (warm, the
+    flush mode where rows differ by it, the device where a file holds several)."""
+    s = r["impl"] + (" (warm)" if r.get("warm") else "")
+    if flushes and r.get("flush"):
+        s += f" (flush {r['flush']})"
+    return s + (f" on {r['device']}" if devices and r.get("device") else "")
 
 
 def caption(rows: list[dict[str, Any]], left_out: dict[str, int]) -> str | None:
@@ -56,15 +75,22 @@ def command(args) -> int:
             print(json.dumps(r))
         return 0
     da, db = devices(a), devices(b)
+    by_device = any(r.get("device") for r in rows)
+    flushes = len({r.get("flush") for r in rows}) > 1
     con = console()
     con.print(f"A: {args.a}\nB: {args.b}", soft_wrap=True, markup=False)
-    con.print(f"both on {da}" if da == db else f"different devices: A on {da}, B on {db}; "
-              "each impl is compared with itself", soft_wrap=True, markup=False)
+    if by_device:
+        con.print(f"A on {da}; B on {db}; each record is compared with the same device's",
+                  soft_wrap=True, markup=False)
+    else:
+        con.print(f"both on {da}" if da == db else f"different devices: A on {da}, B on {db}; "
+                  "each impl is compared with itself", soft_wrap=True, markup=False)
     t = Table(title="compare: B against A", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
     for r in rows:
-        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]), plain(r["impl"]),
+        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]),
+                  plain(case_label(r, by_device, flushes)),
                   fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))
     cap = caption(rows, not_compared(a, b))
@@ -75,11 +101,16 @@ def command(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from ..report.compare import MIN_SAMPLES
     cp = sub.add_parser("compare", help="compare two results files case by case",
                         description="Compare two results files case by case, B against A: "
                         "faster / slower / same / unsure from both runs' spread, or the status "
-                        "that changed (B crashed, A timeout, B ok, ...). Exit 0 whatever the "
-                        "verdicts.")
+                        "that changed (B crashed, A timeout, B ok, ...). Records pair only with "
+                        "the same case: op, impl, shape, dtype, warm, the flush mode where both "
+                        "files record one, the device where a file holds several. Faster / "
+                        "slower need the interquartile ranges apart and at least "
+                        f"{MIN_SAMPLES} samples in each run. Exit 0 whatever the verdicts, 2 "
+                        "on bad input.")
     cp.add_argument("a", metavar="A.jsonl")
     cp.add_argument("b", metavar="B.jsonl")
     cp.add_argument("--json", action="store_true", help="one JSON object a row")

@@ -7,8 +7,9 @@ roofline (with the batch and size sweeps the records hold): `-o charts/` writes
 `roofline.png` in it). A name without an extension gets .png; any format matplotlib writes
 (.svg, .pdf, ...) may be asked for by its extension. Every output path is checked before
 anything is drawn, and the charts are written all or none; each path printed says what its
-chart leaves out, as the chart does. `--terminal` prints one row a record, with a file column when
-several files are given.
+chart leaves out, as the chart does. Charts take one device's records (a roof a chart); records of
+several devices are a usage error there. `--terminal` prints one row a record, with a file column
+when several files are given, from any devices.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def outputs(out: str | None, roofline: str | None) -> tuple[Path | None, Path | 
 
 
 def command(args) -> int:
-    from ..report.plot import (PlotError, bars_table, chart_notes, check_output,
+    from ..report.plot import (PlotError, bars_table, chart_notes, check_output, one_device,
                                pct_roof_figure, roofline_figure, save_all)
     from ..report.table import console
     from ..results import ResultsError, read_results
@@ -53,7 +54,9 @@ def command(args) -> int:
     charts = [(p, make) for p, make in zip(outputs(args.out, args.roofline),
                                            (pct_roof_figure, roofline_figure)) if p is not None]
     notes = chart_notes(records) if charts else {}
-    try:  # every output path, before anything is drawn
+    try:  # one device's records, and every output path, before anything is drawn
+        if charts:
+            one_device(records)
         charts = [(check_output(p), make) for p, make in charts]
     except PlotError as e:
         raise UsageError(str(e)) from None
@@ -88,12 +91,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="%% of roof chart + roofline (PNGs), or %% of roof bars",
                        description="Draw the % of the measured roof chart and the roofline "
                        "(with batch and size sweeps when the results hold them) as PNGs, or "
-                       "print % of roof bars, one row a record (its status when not ok).")
+                       "print % of roof bars, one row a record (its status when not ok). A "
+                       "number above its own roof is flagged. Charts take one device's "
+                       "records; --terminal takes any.")
     p.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
     p.add_argument("-o", "--out", metavar="PNG|DIR",
                    help="write the %% of measured roof chart to PNG and the roofline beside it "
-                   "as PNG-STEM-roofline.png; a folder (existing, or ending in /) gets "
-                   f"{PCT_NAME} and {ROOFLINE_NAME}; no extension: .png (needs matplotlib)")
+                   "as STEM-roofline.EXT (run.png: run-roofline.png); a folder (existing, or "
+                   f"ending in /) gets {PCT_NAME} and {ROOFLINE_NAME}; no extension: .png; "
+                   "another extension matplotlib writes (.svg, .pdf, ...) picks that format "
+                   "(needs matplotlib)")
     p.add_argument("--roofline", metavar="PNG|DIR",
                    help="write the roofline (and the batch / size sweep panels the results "
                    "hold) here: alone, or instead of the name -o gives it; a folder gets "

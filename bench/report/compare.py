@@ -1,52 +1,75 @@
 """Compare two result files case by case, judged against the spread of both runs.
 
-Two medians are "faster"/"slower" only when their interquartile ranges do not overlap, "same"
-when they differ by less than the larger half-IQR (the noise of either run alone explains it),
-and "unsure" in between — never by a fixed percentage.
+Two medians are "faster"/"slower" only when their interquartile ranges do not overlap and both
+runs took at least MIN_SAMPLES samples, "same" when they differ by less than the larger half-IQR
+(the noise of either run alone explains it), and "unsure" otherwise — never by a fixed
+percentage. With fewer samples quartiles are rough: from one distribution, the IQRs of two
+5-sample runs miss each other about 1 time in 5, of two 10-sample runs about 1 in 30.
+
+Records are paired only with the same case: op, impl, shape, dtype, warm, the cache flush when
+both files record one (CUDA), and the device when a file holds records of several. Two files of
+one device each are compared across devices (the title says so).
 
 A case timed in one run but not the other is judged by its statuses, the side that gave no time
 named: "B crashed" (ok in A: a regression, as "slower" is), "A timeout, B ok" (an improvement),
 "A error, B crashed", or "only in B (crashed)" when the other file lacks the case. A case with
 nothing to compare (the same status in both runs, or skipped in one and absent from the other)
-gets no row: `not_compared` counts those, and the table's caption says how many.
+gets no row: `not_compared` counts those, and the table's caption says how many. A file holding
+a case twice is compared by its last timed record, and a failed record beside it is named on the
+row (`a_also` / `b_also`), never dropped.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from ..results import FAILED
 
+MIN_SAMPLES = 10  # the normal budget's least; fewer on either side: at most "unsure" or "same"
 
-def case_key(r: dict[str, Any]) -> tuple:
-    """What makes two records the same case. Not the device: comparing one impl on two machines
-    is what a user comparing two files from different devices asks for (the title says so)."""
-    return (r["op"], r["impl"], json.dumps(r["shape"], sort_keys=True), r.get("dtype"),
-            bool(r.get("warm")))
+
+def device(r: dict[str, Any]) -> str:
+    """The device a record was measured on, e.g. 'AMD EPYC (cpu)'."""
+    d = r.get("device") if isinstance(r.get("device"), dict) else {}
+    return f"{d.get('name') or 'unknown device'} ({r.get('backend') or '?'})"
 
 
 def devices(records: list[dict[str, Any]]) -> str:
     """The device(s) a results file was measured on, e.g. 'AMD EPYC (cpu)'."""
-    seen = []
-    for r in records:
-        d = r.get("device") if isinstance(r.get("device"), dict) else {}
-        name = f"{d.get('name') or 'unknown device'} ({r.get('backend') or '?'})"
-        if name not in seen:
-            seen.append(name)
-    return ", ".join(seen)
+    return ", ".join(dict.fromkeys(device(r) for r in records))
 
 
-def classify(a: dict[str, float], b: dict[str, float]) -> str:
-    """Judge B against A from their time_s summaries (median, p25, p75)."""
-    ha = (a["p75"] - a["p25"]) / 2
-    hb = (b["p75"] - b["p25"]) / 2
+def case_key(r: dict[str, Any], flush: bool = False, by_device: bool = False) -> tuple:
+    """What makes two records the same case. flush: the cache flush mode is part of it (both
+    files record one); by_device: so is the device (a file holds several)."""
+    return (r["op"], r["impl"], json.dumps(r["shape"], sort_keys=True), r.get("dtype"),
+            bool(r.get("warm")), r.get("flush") if flush else None,
+            device(r) if by_device else None)
+
+
+def n_samples(t: dict[str, Any]) -> int:
+    """time_s's sample count; 0 where the record does not say."""
+    n = t.get("n")
+    return n if isinstance(n, int) else 0
+
+
+def apart(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The interquartile ranges of two time_s summaries do not overlap."""
+    return b["p75"] < a["p25"] or b["p25"] > a["p75"]
+
+
+def few_samples(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Either run took fewer than MIN_SAMPLES samples (or does not say how many)."""
+    return min(n_samples(a), n_samples(b)) < MIN_SAMPLES
+
+
+def classify(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Judge B against A from their time_s summaries (median, p25, p75, n)."""
     d = b["median"] - a["median"]
-    if b["p75"] < a["p25"]:
-        return "faster"
-    if b["p25"] > a["p75"]:
-        return "slower"
-    if abs(d) <= max(ha, hb):
+    if apart(a, b):
+        return "unsure" if few_samples(a, b) else "faster" if d < 0 else "slower"
+    if abs(d) <= max(a["p75"] - a["p25"], b["p75"] - b["p25"]) / 2:
         return "same"
     return "unsure"
 
@@ -63,14 +86,28 @@ def state(r: dict[str, Any] | None) -> str | None:
     return "ok (no time)" if r["status"] == "ok" and not timed(r) else r["status"]
 
 
-def by_case(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """One record per case, in order of first appearance: the last timed one, else the last."""
-    out: dict[tuple, dict[str, Any]] = {}
+def by_case(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple]
+            ) -> dict[tuple, tuple[dict[str, Any], list[str]]]:
+    """Each case, in order of first appearance: (the record compared: the last timed one, else
+    the last failed one, else the last; the statuses of the case's failed records beside a timed
+    one, which the row shows)."""
+    cases: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
-        k = case_key(r)
-        if k not in out or timed(r) or not timed(out[k]):
-            out[k] = r
+        cases.setdefault(key(r), []).append(r)
+    out = {}
+    for k, rs in cases.items():
+        pick = next((r for r in reversed(rs) if timed(r)), None) or \
+            next((r for r in reversed(rs) if r["status"] in FAILED), rs[-1])
+        out[k] = (pick, [r["status"] for r in rs if r["status"] in FAILED] if timed(pick) else [])
     return out
+
+
+def keyer(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]
+          ) -> Callable[[dict[str, Any]], tuple]:
+    """case_key with flush and device as the two files call for."""
+    flush = all(any(r.get("flush") for r in rs) for rs in (recs_a, recs_b))
+    by_device = any(len({device(r) for r in rs}) > 1 for rs in (recs_a, recs_b))
+    return lambda r: case_key(r, flush, by_device)
 
 
 def status_verdict(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> str | None:
@@ -88,15 +125,16 @@ def status_verdict(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> str 
     return f"A {sa}, B {sb}"
 
 
-def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str) -> str | None:
-    """'regression': B slower, or B failed (failed-check, error, crashed, timeout) where A did
-    not; 'improvement': B faster, or A failed and B is ok; else None (a case in one file only
-    included)."""
+def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str,
+           also_a: list[str], also_b: list[str]) -> str | None:
+    """'regression': B failed (failed-check, error, crashed, timeout) where A did not, in the
+    records compared or beside them, or B slower; 'improvement': B faster, or A failed and B is
+    ok; else None (a case in one file only included)."""
+    sa, sb = (r["status"] if r else None for r in (ra, rb))
+    if ra and rb and (sb in FAILED or also_b) and not (sa in FAILED or also_a):
+        return "regression"
     if verdict in ("slower", "faster"):
         return "regression" if verdict == "slower" else "improvement"
-    sa, sb = (r["status"] if r else None for r in (ra, rb))
-    if ra and rb and sb in FAILED and sa not in FAILED:
-        return "regression"
     if ra and rb and sa in FAILED and sb == "ok":
         return "improvement"
     return None
@@ -104,20 +142,28 @@ def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str) -
 
 def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row a case to show: timed in both (faster/slower/same/unsure), or a status verdict.
-    Every row has `change`, `a_status` and `b_status` (None: not in that file); status rows add
-    the error text of each side that has one (`a_error`, `b_error`)."""
-    a, b = by_case(recs_a), by_case(recs_b)
+    Every row has `change`, `a_status` and `b_status` (None: not in that file), `warm`, `flush`
+    and `device` (None where not part of the match); timed rows add each side's sample count
+    (`a_n`, `b_n`; `few_samples` where the spreads are apart but a run took too few samples
+    to say so), status rows the error text of each side that has one (`a_error`,
+    `b_error`); `a_also` / `b_also` list the statuses of a side's failed records of the case
+    beside the timed one compared."""
+    key = keyer(recs_a, recs_b)
+    a, b = by_case(recs_a, key), by_case(recs_b, key)
     rows = []
     for k in [*a, *(k for k in b if k not in a)]:
-        ra, rb = a.get(k), b.get(k)
+        (ra, also_a), (rb, also_b) = a.get(k, (None, [])), b.get(k, (None, []))
         # the shape as its record has it (M, N, K), not in the key's sorted order
         row: dict[str, Any] = {"op": k[0], "impl": k[1], "shape": (ra or rb)["shape"],
-                               "dtype": k[3]}
+                               "dtype": k[3], "warm": k[4], "flush": k[5], "device": k[6]}
         if ra and rb and timed(ra) and timed(rb):
             ta, tb = ra["time_s"], rb["time_s"]
             row.update(a_median=ta["median"], b_median=tb["median"],
                        ratio=tb["median"] / ta["median"], a_gbps=ra.get("achieved_gbps"),
-                       b_gbps=rb.get("achieved_gbps"), verdict=classify(ta, tb))
+                       b_gbps=rb.get("achieved_gbps"), a_n=ta.get("n"), b_n=tb.get("n"),
+                       verdict=classify(ta, tb))
+            if apart(ta, tb) and few_samples(ta, tb):
+                row["few_samples"] = True  # apart, but too few samples to call it
         else:
             verdict = status_verdict(ra, rb)
             if verdict is None:
@@ -130,9 +176,12 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
             for side, r in (("a", ra), ("b", rb)):
                 if r and r.get("error"):
                     row[f"{side}_error"] = r["error"]
-        row["change"] = change(ra, rb, row["verdict"])
+        row["change"] = change(ra, rb, row["verdict"], also_a, also_b)
         row["a_status"] = ra["status"] if ra else None
         row["b_status"] = rb["status"] if rb else None
+        for side, also in (("a", also_a), ("b", also_b)):
+            if also:
+                row[f"{side}_also"] = also
         rows.append(row)
     # cases in both files first (in A's order), then those only in A, then those only in B
     order = {"only in A": 2, "only in B": 3}
@@ -141,10 +190,11 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
 
 def not_compared(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> Counter:
     """Cases without a row, by what they were: 'crashed in both', 'skipped only in A', ..."""
-    a, b = by_case(recs_a), by_case(recs_b)
+    key = keyer(recs_a, recs_b)
+    a, b = by_case(recs_a, key), by_case(recs_b, key)
     out: Counter = Counter()
     for k in [*a, *(k for k in b if k not in a)]:
-        ra, rb = a.get(k), b.get(k)
+        ra, rb = a.get(k, (None, []))[0], b.get(k, (None, []))[0]
         if (ra and rb and timed(ra) and timed(rb)) or status_verdict(ra, rb) is not None:
             continue
         if ra and rb:

@@ -7,16 +7,21 @@ Two PNGs, the first what a reader looks for:
   other than ok: failed-check, error, skipped, crashed, timeout, ...) gets an empty row saying
   why. Probes (`copy`, `read`) and warm records the cache held stay out.
 - Roofline: arithmetic intensity (FLOP/B) against achieved FLOP/s, log-log, under the measured
-  roof (each record's `roof_gbps`, and the compute roof `ridge x roof_gbps` when recorded) and the
-  datasheet roof (`datasheet_gbps` and the catalog's dense rate); each ok result a numbered point,
-  the numbers placed where they collide with no other number, point or legend, and explained in a
-  key beside the axes. Next to it, only when the records hold one: a batch sweep (for each (op,
-  shape without M, dtype, impl) timed at several M, achieved GB/s and TFLOP/s against M, the
-  ridge marked) and a size sweep (warm cases, `--suite sweep-size`: achieved GB/s against the
-  working set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is
-  limited by its own loop, not by memory). Warm cases the cache holds stay off the roofline.
-Under each chart's title, what it leaves out, counted by why (`not_drawn`).
-The terminal bars are one row a record: an ok one its bar, any other its status and error.
+  roof (the records' best `roof_gbps`, their range named when runs differ, and the compute roof
+  `ridge x roof_gbps` when recorded) and the datasheet roof (`datasheet_gbps` and the catalog's
+  dense rate); each ok result a numbered point, the numbers placed where they collide with no
+  other number, point or legend, and explained in a key beside the axes. Next to it, only when
+  the records hold one: a batch sweep (for each (op, shape without the batch M or B, dtype,
+  impl) timed at several batches, achieved GB/s and TFLOP/s against the batch, the ridge
+  marked) and a size sweep (warm cases, `--suite sweep-size`: achieved GB/s against the working
+  set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is limited by
+  its own loop, not by memory). Warm cases the cache holds stay off the roofline.
+Under each chart's title, what it leaves out, counted by why (`not_drawn`); a case with no FLOPs
+(a collective) has no arithmetic intensity and so no roofline point. A number above its own
+measured roof is flagged (`roof_flag`) on both charts and in the bars. A chart draws one device's
+roof, so it takes one device's records (`one_device`).
+The terminal bars are one row a record, of any device: an ok one its bar, any other its status
+and error.
 matplotlib is imported only when a chart is drawn, with the Agg backend (no display needed).
 """
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..results import in_cache
 from .table import plain, title_text
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
+BATCH_NAMES = {"M": "M: rows of a GEMV", "B": "B: sequences of an attention"}
 PROBES = ("copy", "read")  # the ops that measure the roof itself
 AT_THE_WALL = 80.0  # % of the measured roof from which a memory-bound case is "at the wall"
 HIDDEN_SHAPE_FIELDS = ("ragged", "pool", "block_size")  # layout details, not the case's size
@@ -48,6 +54,42 @@ class PlotError(ValueError):
     """Nothing sensible to draw, or matplotlib missing: one line for the user."""
 
 
+def one_device(records: Iterable[dict[str, Any]]) -> None:
+    """A chart draws one device's roof and takes repeated records of a case for runs of it:
+    records of several devices raise PlotError naming them."""
+    from .compare import device
+    seen = list(dict.fromkeys(device(r) for r in records))
+    if len(seen) > 1:
+        raise PlotError(f"records from {len(seen)} devices ({'; '.join(seen)}): a chart shows "
+                        "one device's roof; plot each device's files apart, or use --terminal")
+
+
+def roof_flag(r: dict[str, Any]) -> str | None:
+    """What to say beside a number above its own measured roof (bandwidth or compute), or None:
+    the verdict's "harness suspect" when the run judged it so. In-cache records are expected
+    above the DRAM roof and are not flagged."""
+    if in_cache(r):
+        return None
+    if str(r.get("verdict") or "").startswith("above the roof"):
+        return "above the roof: harness suspect"
+    if (r.get("pct_roof") or 0) > 100:
+        return "above the roof"
+    if (r.get("pct_compute") or 0) > 100:
+        return "above the compute roof"
+    return None
+
+
+def intensity(r: dict[str, Any]) -> float | None:
+    """FLOP/B: the record's arithmetic intensity, else flops / bytes; None where the case does
+    no FLOPs (a copy, a collective), which has no place on a roofline's log axis."""
+    ai = r.get("arithmetic_intensity")
+    if ai:
+        return float(ai)
+    if r.get("flops") and r.get("bytes"):
+        return r["flops"] / r["bytes"]
+    return None
+
+
 # --- terminal -----------------------------------------------------------------------------------
 
 def pct_bar(pct: float | None, width: int = 20) -> Text:
@@ -55,7 +97,7 @@ def pct_bar(pct: float | None, width: int = 20) -> Text:
     if pct is None:
         return Text("-", style="dim")
     filled = max(0, min(width, round(width * pct / 100)))
-    style = "magenta" if pct > 105 else "green" if pct >= 80 else "yellow"
+    style = "magenta" if pct > 100 else "green" if pct >= 80 else "yellow"
     return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim") + \
         Text(f" {pct:.0f}%")
 
@@ -104,10 +146,10 @@ def file_labels(files: list[str]) -> list[str]:
 
 def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
                files: list[str] | None = None) -> Table:
-    """% of roof bars, one row a record: an ok one its bar, any other its status and the error's
-    last line. `files`, one a record, adds a file column (records read from several files). A
-    caption counts the records by status when some are not ok. Names and the title are plain
-    text."""
+    """% of roof bars, one row a record: an ok one its bar (and `roof_flag` above its roof), any
+    other its status and the error's last line. `files`, one a record, adds a file column
+    (records read from several files). A caption counts the records by status when some are not
+    ok. Names and the title are plain text."""
     records = list(records)
     t = Table(title=title_text(title), header_style="bold")
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
@@ -115,8 +157,9 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
     if files is not None:
         cols.insert(0, ("file", "left"))
         files = file_labels(files)
-    for col, j in cols:
-        t.add_column(col, justify=j, overflow="fold" if col == "file" else "ellipsis")
+    for col, j in cols:  # the bar column folds, so a flag or a status is never cut off
+        t.add_column(col, justify=j, overflow="fold" if col in ("file", cols[-1][0])
+                     else "ellipsis")
     for i, r in enumerate(records):
         shape = ",".join(f"{k}={v}" for k, v in (r.get("shape") or {}).items())
         ai = r.get("arithmetic_intensity")
@@ -127,6 +170,8 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
                  f"{ai:.3g}" if ai is not None else "-",
                  pct_bar(r.get("pct_roof")) if status == "ok" else
                  status_note(status, r.get("error"))]
+        if status == "ok" and roof_flag(r):
+            cells[-1] = cells[-1] + Text(f" {roof_flag(r)}", style="bold magenta")
         t.add_row(*([plain(files[i])] if files is not None else []), *cells)
     if any(r.get("status") != "ok" for r in records):
         t.caption = title_text(status_counts(records))
@@ -152,38 +197,49 @@ def is_baseline(r: dict[str, Any]) -> bool:
 
 
 def pct_roof_cases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cases (op, shape, dtype) in order of first appearance, each with its impls in order of
-    first appearance: `pcts` (% of roof of each ok record), `no_roof` (ok records without a
-    measured roof), `failed` ((status, last line of the error) of every other record) and
-    `verdicts`. Probes and in-cache records are left out."""
+    """Cases (op, shape, dtype, warm, flush mode) in order of first appearance, each with `how`
+    (what sets it apart from a case of the same shape: "warm", the flush mode where the records
+    hold several) and its impls in order of first appearance: `pcts` (% of roof of each ok
+    record), `no_roof` (ok records without a measured roof), `failed` ((status, last line of the
+    error) of every other record), `verdicts` and `flags` (`roof_flag` of each ok record above
+    its roof). Probes and in-cache records are left out."""
     cases: dict[tuple, dict[str, Any]] = {}
     for r in records:
         if r.get("op") in PROBES or in_cache(r):
             continue
         shape = r.get("shape") or {}
-        key = (r["op"], json.dumps(shape, sort_keys=True), short_dtype(r.get("dtype")))
+        key = (r["op"], json.dumps(shape, sort_keys=True), short_dtype(r.get("dtype")),
+               bool(r.get("warm")), r.get("flush"))
         c = cases.setdefault(key, {"op": r["op"], "shape": shape, "dtype": key[2],
-                                   "groups": [], "impls": {}})
+                                   "warm": key[3], "flush": key[4], "groups": [], "impls": {}})
         if r.get("group") and r["group"] not in c["groups"]:
             c["groups"].append(r["group"])
         i = c["impls"].setdefault(r["impl"], {"impl": r["impl"], "baseline": is_baseline(r),
                                               "pcts": [], "no_roof": 0, "failed": [],
-                                              "verdicts": []})
+                                              "verdicts": [], "flags": []})
         status = str(r.get("status"))
         if status == "ok" and r.get("pct_roof") is not None:
             i["pcts"].append(float(r["pct_roof"]))
             i["verdicts"].append(r.get("verdict") or "")
+            if roof_flag(r):
+                i["flags"].append(roof_flag(r))
         elif status == "ok":
             i["no_roof"] += 1
         else:
             err = str(r.get("error") or "").strip().splitlines()
             i["failed"].append((status, err[-1] if err else ""))
+    flushes = len({c["flush"] for c in cases.values()}) > 1
+    for c in cases.values():
+        c["how"] = ", ".join((["warm"] if c["warm"] else []) +
+                             ([f"flush {c['flush']}"] if flushes and c["flush"] else []))
     return [{**c, "impls": list(c["impls"].values())} for c in cases.values()]
 
 
 def case_title(c: dict[str, Any]) -> str:
-    """`gemv_w4  M=1 N=6144 K=4096 G=128  bf16  (llama-3-8b qkv)`."""
+    """`gemv_w4  M=1 N=6144 K=4096 G=128  bf16  [flush memset]  (llama-3-8b qkv)`."""
     s = f"{c['op']}   {short_shape(c['shape'], 56)}   {c['dtype']}"
+    if c.get("how"):
+        s += f"   [{c['how']}]"
     if len(c["groups"]) == 1:
         s += f"   ({c['groups'][0][:32]})"
     return s
@@ -281,6 +337,7 @@ DPI = 110
 KEY_FONT = 7.5  # the roofline's key
 STATUS_COLOR = {"skipped": "0.45"}  # every other status without a number is drawn in red
 FAIL_COLOR = "#b2182b"
+ABOVE_COLOR = "#c51b7d"  # a number above its own roof: the harness, not the kernel, is suspect
 _CLEAR = dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6)  # text over grid lines
 # impl colors: matplotlib's cycle without its red, which marks the measured roof and failures
 IMPL_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
@@ -429,8 +486,9 @@ def draw_roofline(records: list[dict[str, Any]], out: str | Path,
 
 def not_drawn(records: Iterable[dict[str, Any]], drawn: Iterable[dict[str, Any]]) -> str | None:
     """What a chart leaves out of `records`, counted by why: `not drawn: 2 crashed, 3 in cache`
-    (a record that is not ok by its status; an ok one as a roof probe (copy, read), in cache, or
-    without a time or GB/s); None when every record is drawn."""
+    (a record that is not ok by its status; an ok one as a roof probe (copy, read), in cache,
+    with no FLOPs (off the roofline: a collective), or without a time or GB/s); None when every
+    record is drawn."""
     ids = {id(r) for r in drawn}
     why: dict[str, int] = defaultdict(int)
     for r in records:
@@ -442,6 +500,8 @@ def not_drawn(records: Iterable[dict[str, Any]], drawn: Iterable[dict[str, Any]]
             why["roof probe"] += 1
         elif in_cache(r):
             why["in cache"] += 1
+        elif r.get("time_s") and r.get("achieved_gbps"):
+            why["with no FLOPs"] += 1
         else:
             why["ok without a time or GB/s"] += 1
     plural = {"roof probe": "roof probes"}
@@ -457,9 +517,9 @@ def pct_roof_drawn(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def roofline_drawn(records: list[dict[str, Any]]
                    ) -> tuple[list[dict[str, Any]], dict[tuple, list[dict[str, Any]]]]:
     """(the roofline's points, the size sweep's series): ok, timed records, the roofline's not
-    in cache, the size sweep's warm ones timed at two working sets or more."""
+    in cache and doing FLOPs, the size sweep's warm ones timed at two working sets or more."""
     sized = size_sweeps(ok_records(records, probes=True))
-    return [r for r in ok_records(records) if not in_cache(r)], sized
+    return [r for r in ok_records(records) if not in_cache(r) and intensity(r)], sized
 
 
 def chart_notes(records: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -475,6 +535,7 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
     """One horizontal bar per (case, impl), cases as headed blocks, top to bottom in the order the
     records hold them; under the title, what is not drawn (probes, in-cache records). The figure
     grows with the number of rows, so the text keeps its size."""
+    one_device(records)
     cases = pct_roof_cases(records)
     if not cases:
         raise PlotError("no results for a % of roof chart (only probes or in-cache records)")
@@ -615,6 +676,9 @@ def _row_note(i: dict[str, Any]) -> tuple[str, str]:
             value += f" ({_pct(min(i['pcts']))}-{_pct(max(i['pcts']))}, {len(i['pcts'])} runs)"
         if any(v.startswith("compute") for v in i["verdicts"]):
             value += ", compute-bound"
+        if i["flags"]:
+            flag = max(i["flags"], key=len)  # "harness suspect" where any run was judged so
+            value += f", {flag}" + (f" ×{len(i['flags'])}" if len(i["pcts"]) > 1 else "")
         notes.append(value)
     if i["no_roof"]:
         notes.append(f"ok ×{i['no_roof']}, no measured roof" if i["no_roof"] > 1
@@ -630,7 +694,7 @@ def _row_note(i: dict[str, Any]) -> tuple[str, str]:
         else:
             notes.append(f"× {status}{n}")
     if i["pcts"]:
-        return "   ".join(notes), "0.1"
+        return "   ".join(notes), ABOVE_COLOR if i["flags"] else "0.1"
     first = next(iter(by_status), "")
     return "   ".join(notes), STATUS_COLOR.get(first, FAIL_COLOR) if first else "0.1"
 
@@ -641,9 +705,10 @@ def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
     """The roofline with its numbered key, then the batch sweep and the size sweep when the
     records hold them: no panel is drawn without data. The title's second line says what is not
     drawn (records that are not ok, by status; probes and in-cache records off the sweeps)."""
+    one_device(records)
     recs, sized = roofline_drawn(records)
     if not recs and not sized:
-        raise PlotError("no ok, timed (non-probe) results to plot")
+        raise PlotError("no ok, timed (non-probe) results with FLOPs to plot")
     batch = sweeps(recs)
     others = (["batch"] if batch else []) + (["size"] if sized else [])
     plt = _pyplot()
@@ -699,8 +764,9 @@ class Style:
 
 def _key_entry(n: int, r: dict[str, Any]) -> str:
     pct = f"  {r['pct_roof']:.0f}%" if r.get("pct_roof") is not None else ""
+    flag = f"  {roof_flag(r).upper()}" if roof_flag(r) else ""
     return mpl_text(f"{n:>3}  {r['op']} {short_shape(r.get('shape'), 34)} "
-                    f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}")
+                    f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}{flag}")
 
 
 def _key_width(fig, recs: list[dict[str, Any]], ncol: int) -> float:
@@ -717,7 +783,7 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
     import numpy as np
     from matplotlib.lines import Line2D
     rf = roofs(recs)
-    ais = [r["arithmetic_intensity"] for r in recs if r.get("arithmetic_intensity")] or [1.0]
+    ais = [intensity(r) for r in recs]
     ridges = [r["ridge"] for r in recs if r.get("ridge")]
     # from just left of the points to past the ridge, so the roof's bend shows
     lo = min(ais) / 4
@@ -744,17 +810,19 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
         ax.plot([], [], " ", label="datasheet roof: device not in the catalog")
     xy, numbers, colors, key = [], [], [], []
     for n, r in enumerate(recs, 1):
-        ai = r.get("arithmetic_intensity") or lo
+        ai = intensity(r)
         tf = r["flops"] / r["time_s"]["median"] / 1e12 if r.get("flops") else \
-            r["achieved_gbps"] * ai / 1e3
+            r["achieved_gbps"] * ai / 1e3  # GB/s x FLOP/B = GFLOP/s
         color, marker = style.color(r["impl"]), style.marker(r["op"])
-        ax.scatter([ai], [tf], s=36, color=color, marker=marker, zorder=3, edgecolor="k",
-                   linewidth=0.4)
+        above = roof_flag(r) is not None  # ringed, and named so in the key
+        ax.scatter([ai], [tf], s=36, color=color, marker=marker, zorder=3,
+                   edgecolor=ABOVE_COLOR if above else "k", linewidth=1.6 if above else 0.4)
         xy.append((ai, tf))
         numbers.append(str(n))
         colors.append(color)
-        key.append(Line2D([], [], color=color, marker=marker, ls="", markeredgecolor="k",
-                          markeredgewidth=0.4, label=_key_entry(n, r)))
+        key.append(Line2D([], [], color=color, marker=marker, ls="",
+                          markeredgecolor=ABOVE_COLOR if above else "k",
+                          markeredgewidth=1.6 if above else 0.4, label=_key_entry(n, r)))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte moved)", fontsize=10)
@@ -873,7 +941,7 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
     from matplotlib.lines import Line2D
     tx = ax.twinx()
     roof = roofs(recs)["roof_gbps"]
-    ridges: dict[int, list[str]] = defaultdict(list)  # rounded ridge batch -> cases
+    ridges: dict[tuple, list[str]] = defaultdict(list)  # (batch field, rounded ridge) -> cases
     handles = []
     for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         op, rest, dtype, impl, bf = key
@@ -889,9 +957,9 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
                                              f"{short_dtype(dtype)} {impl}")))
         mr = ridge_batch(g, bf)
         case = f"{op} {short_dtype(dtype)}"
-        if mr is not None and case not in ridges[round(mr)]:
-            ridges[round(mr)].append(case)
-    for m, cases in sorted(ridges.items()):
+        if mr is not None and case not in ridges[(bf, round(mr))]:
+            ridges[(bf, round(mr))].append(case)
+    for (bf, m), cases in sorted(ridges.items()):
         ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)
         ax.annotate(mpl_text(f"ridge {bf}≈{m}: {', '.join(cases)}"), (m, 0.98),
                     xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5, va="top",
@@ -901,7 +969,8 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
         handles.append(Line2D([], [], color="C3", lw=1.5, alpha=0.6,
                               label=f"measured roof {roof:.1f} GB/s"))
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch (rows M of the GEMV)", fontsize=10)
+    fields = sorted({key[4] for key in groups}, reverse=True)  # M before B
+    ax.set_xlabel("batch (" + ", ".join(BATCH_NAMES[f] for f in fields) + ")", fontsize=10)
     ax.set_ylabel("achieved GB/s (solid)", fontsize=10)
     tx.set_ylabel("achieved TFLOP/s (dotted, x)", fontsize=10)
     ax.set_title("batch sweep: memory-bound until the ridge, then compute-bound", fontsize=11)
@@ -943,11 +1012,11 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
 
 
 __all__ = ["AT_THE_WALL", "PlotError", "bars_table", "chart_notes", "check_output",
-           "draw_pct_roof", "draw_roofline", "image_formats", "in_cache", "mpl_text",
-           "names_folder", "not_drawn", "output_path", "pct_bar", "pct_roof_cases",
-           "pct_roof_drawn", "pct_roof_figure", "place_labels", "ridge_batch", "roofline_drawn",
-           "roofline_figure", "roofs", "save", "save_all", "short_shape", "size_sweeps",
-           "status_counts", "status_note", "sweeps"]
+           "draw_pct_roof", "draw_roofline", "image_formats", "in_cache", "intensity", "mpl_text",
+           "names_folder", "not_drawn", "one_device", "output_path", "pct_bar", "pct_roof_cases",
+           "pct_roof_drawn", "pct_roof_figure", "place_labels", "ridge_batch", "roof_flag",
+           "roofline_drawn", "roofline_figure", "roofs", "save", "save_all", "short_shape",
+           "size_sweeps", "status_counts", "status_note", "sweeps"]
 
 
 # --- tokens/s against chips (decodewall project --tp ... --plot) ---------------------------------

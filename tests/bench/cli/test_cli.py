@@ -89,13 +89,13 @@ def test_compare_corrupt_and_missing(capsys, out, tmp_path):
 
 
 def test_compare_classification():
-    a = {"median": 1.0, "p25": 0.99, "p75": 1.01}
-    assert classify(a, {"median": 0.9, "p25": 0.89, "p75": 0.91}) == "faster"
-    assert classify(a, {"median": 1.1, "p25": 1.09, "p75": 1.11}) == "slower"
-    assert classify(a, {"median": 1.005, "p25": 0.995, "p75": 1.015}) == "same"
+    a = {"median": 1.0, "p25": 0.99, "p75": 1.01, "n": 50}
+    assert classify(a, {"median": 0.9, "p25": 0.89, "p75": 0.91, "n": 50}) == "faster"
+    assert classify(a, {"median": 1.1, "p25": 1.09, "p75": 1.11, "n": 50}) == "slower"
+    assert classify(a, {"median": 1.005, "p25": 0.995, "p75": 1.015, "n": 50}) == "same"
     # overlapping spreads but a shift larger than either run's noise: not decidable
-    noisy = {"median": 1.0, "p25": 0.98, "p75": 1.02}
-    assert classify(noisy, {"median": 1.03, "p25": 1.015, "p75": 1.045}) == "unsure"
+    noisy = {"median": 1.0, "p25": 0.98, "p75": 1.02, "n": 50}
+    assert classify(noisy, {"median": 1.03, "p25": 1.015, "p75": 1.045, "n": 50}) == "unsure"
 
 
 def test_compare_never_pairs_a_warm_record_with_a_cold_one():
@@ -287,7 +287,8 @@ def _write(path, recs):
 def _rec(impl, median, device, backend="cpu", **kw):
     return {"op": "gemv_bf16", "impl": impl, "shape": {"M": 1, "N": 64, "K": 128},
             "dtype": "float32", "backend": backend, "status": "ok", "device": {"name": device},
-            "time_s": {"median": median, "p25": median * 0.99, "p75": median * 1.01}, **kw}
+            "time_s": {"median": median, "p25": median * 0.99, "p75": median * 1.01, "n": 100},
+            **kw}
 
 
 def test_compare_a_file_with_itself_is_same_everywhere(tmp_path, capsys):

@@ -14,7 +14,8 @@ SHAPE = {"M": 1, "N": 256, "K": 512}
 def ok(impl: str, median: float = 5e-5, **kw) -> dict:
     return {"op": "gemv_bf16", "impl": impl, "shape": SHAPE, "dtype": "bfloat16", "status": "ok",
             "backend": "cpu", "device": {"name": "box"}, "error": None, "achieved_gbps": 5.0,
-            "time_s": {"median": median, "p25": median * 0.99, "p75": median * 1.01}, **kw}
+            "time_s": {"median": median, "p25": median * 0.99, "p75": median * 1.01, "n": 100},
+            **kw}
 
 
 def failed(impl: str, status: str, error: str | None) -> dict:
@@ -112,7 +113,8 @@ def test_cli_shows_status_changes_with_error_text_and_exits_0(tmp_path, capsys):
     rows = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert set(rows) == {r["impl"] for r in A}
     assert rows["f_err"] == {"op": "gemv_bf16", "impl": "f_err", "shape": SHAPE,
-                             "dtype": "bfloat16", "a_median": 5e-5, "a_gbps": 5.0,
+                             "dtype": "bfloat16", "warm": False, "flush": None, "device": None,
+                             "a_median": 5e-5, "a_gbps": 5.0,
                              "verdict": "B error", "b_error": "RuntimeError: kaput",
                              "change": "regression", "a_status": "ok", "b_status": "error"}
 
@@ -122,3 +124,88 @@ def test_cli_caption_when_nothing_compares(tmp_path, capsys):
                                      failed("y", "crashed", "SIGSEGV")])
     assert main(["compare", f, f]) == 0
     assert "nothing to compare: 2 crashed in both" in capsys.readouterr().out
+
+
+def timing(median: float, n: int | None, spread: float = 0.001) -> dict:
+    t = {"median": median, "p25": median * (1 - spread), "p75": median * (1 + spread)}
+    return t if n is None else {**t, "n": n}
+
+
+def test_too_few_samples_never_make_a_difference_significant(tmp_path, capsys):
+    """Quartiles of a handful of samples miss each other by chance (at n = 1 the IQR is a point,
+    so any two medians would be "apart"): below 10 samples a run, or with n unknown, apart
+    spreads are "unsure", said why; at 10 they decide."""
+    for n_a, n_b in ((1, 1), (5, 5), (5, 1000), (None, 1000)):
+        (row,) = compare([ok("x", time_s=timing(1e-5, n_a))],
+                         [ok("x", time_s=timing(1.01e-5, n_b))])
+        assert (row["verdict"], row["change"], row["few_samples"]) == ("unsure", None, True)
+    (row,) = compare([ok("x", time_s=timing(1e-5, 10))], [ok("x", time_s=timing(1.01e-5, 10))])
+    assert (row["verdict"], row["change"], "few_samples" in row) == ("slower", "regression", False)
+    assert (row["a_n"], row["b_n"]) == (10, 10)
+    same = compare([ok("x", time_s=timing(1e-5, 1, 0.0))], [ok("x", time_s=timing(1e-5, 1, 0.0))])
+    assert same[0]["verdict"] == "same"
+    a = write(tmp_path / "a.jsonl", [ok("x", time_s=timing(1e-5, 3))])
+    b = write(tmp_path / "b.jsonl", [ok("x", time_s=timing(2e-5, 400))])
+    assert main(["compare", a, b]) == 0
+    assert "unsure (A n=3: faster/slower needs 10 samples a run)" in capsys.readouterr().out
+
+
+def test_time_summary_out_of_order_is_bad_input(tmp_path, capsys):
+    """A record whose quartiles are not in order, or whose sample count is not a count, is
+    corrupt: one line naming file:line, exit 2, not a verdict."""
+    from tests.helpers import one_error_line
+    good = write(tmp_path / "good.jsonl", [ok("x", time_s=timing(1e-5, 100))])
+    for t, field in (({"median": 1e-5, "p25": 2e-5, "p75": 0.5e-5, "n": 100}, "p25 <= median"),
+                     ({"median": 1e-5, "p25": 0.9e-5, "p75": 0.95e-5, "n": 100}, "p25 <= median"),
+                     ({**timing(1e-5, None), "n": "many"}, "time_s.n"),
+                     ({**timing(1e-5, None), "n": 0}, "time_s.n"),
+                     ({**timing(1e-5, None), "n": 2.5}, "time_s.n")):
+        bad = write(tmp_path / "bad.jsonl", [ok("x", time_s=timing(1e-5, 100)), ok("x", time_s=t)])
+        for argv in (["compare", good, bad], ["compare", bad, good, "--json"]):
+            line = one_error_line(capsys, argv)
+            assert "bad.jsonl:2: malformed record" in line and field in line, line
+
+
+def test_records_pair_only_with_the_same_flush_mode():
+    """On CUDA each record says how the L2 was flushed; two modes of one case are two cases,
+    never one record compared with the other's."""
+    a = [ok("x", 1e-5, flush="read"), ok("x", 2e-5, flush="memset")]
+    rows = compare(a, [ok("x", 1e-5, flush="read")])
+    assert [(r["flush"], r["verdict"]) for r in rows] == [("read", "same"),
+                                                          ("memset", "only in A")]
+    assert [r["verdict"] for r in compare(a, a)] == ["same", "same"]
+    # a file without flush modes (the CPU rotates inputs instead) pairs as before
+    assert [r["verdict"] for r in compare([ok("x")], [ok("x", flush="read")])] == ["same"]
+
+
+def test_a_file_holding_several_devices_pairs_records_by_device(tmp_path, capsys):
+    """Two devices in one file: each record meets the same device's record of the case, not
+    whichever came last; the table names the device of each row."""
+    gpu = {"backend": "cuda", "device": {"name": "H200"}}
+    a = [ok("x", 1e-3), ok("x", 1e-5, **gpu)]
+    rows = compare(a, [ok("x", 1e-3), ok("x", 2e-5, **gpu)])
+    assert [(r["device"], r["verdict"], r["ratio"]) for r in rows] == [
+        ("box (cpu)", "same", 1.0), ("H200 (cuda)", "slower", 2.0)]
+    rows = compare(a, [ok("x", 1e-5, **gpu)])
+    assert [(r["device"], r["verdict"]) for r in rows] == [("H200 (cuda)", "same"),
+                                                           ("box (cpu)", "only in A")]
+    fa, fb = write(tmp_path / "a.jsonl", a), write(tmp_path / "b.jsonl", a[::-1])
+    assert main(["compare", fa, fb]) == 0
+    out = capsys.readouterr().out
+    assert "x on box (cpu)" in out and "x on H200 (cuda)" in out
+    assert "compared with the same device's" in out
+
+
+def test_a_failure_beside_a_timed_record_of_the_case_is_shown():
+    """A file holding a case twice, timed once and crashed once: the time is compared and the
+    crash named on the row, a regression when only B failed."""
+    (row,) = compare([ok("x")], [ok("x"), failed("x", "crashed", "SIGSEGV")])
+    assert (row["verdict"], row["b_also"], row["change"]) == ("same", ["crashed"], "regression")
+    (row,) = compare([failed("x", "timeout", "t"), ok("x")], [ok("x")])
+    assert (row["verdict"], row["a_also"], row["change"]) == ("same", ["timeout"], None)
+    from bench.cli.compare import verdict_text
+    (row,) = compare([ok("x")], [failed("x", "error", "e"), ok("x", 9e-5)])
+    assert str(verdict_text(row)) == "slower (B also error)"
+    # a failure behind a skip is the one shown
+    (row,) = compare([ok("x")], [failed("x", "crashed", "SIGBUS"), failed("x", "skipped", "no")])
+    assert (row["verdict"], row["b_error"]) == ("B crashed", "SIGBUS")

@@ -1,6 +1,7 @@
 """Charts and terminal bars from results files: files produced and non-empty, clear errors."""
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -414,3 +415,132 @@ def test_place_labels_keeps_clear_of_points_and_each_other():
     for b in boxes:  # no text over a marker's centre
         assert not any(b.contains(x, y) for x, y in pts)
     plt.close(fig)
+
+
+# --- what the charts must not claim ---------------------------------------------------------------
+
+def test_charts_refuse_records_of_several_devices(results, tmp_path, capsys):
+    """One roof a chart, and repeated records of a case drawn as runs of it: records of two
+    devices are one line and exit 2, nothing written; the terminal bars take them."""
+    pytest.importorskip("matplotlib")
+    gpu = tmp_path / "gpu.jsonl"
+    gpu.write_text("".join(json.dumps({**json.loads(line), "backend": "cuda",
+                                       "device": {"name": "H200", "chip": "h200"}}) + "\n"
+                           for line in results.read_text().splitlines()))
+    out = tmp_path / "charts"
+    for extra in (["-o", f"{out}/"], ["--roofline", str(out / "r.png")]):
+        line = one_error_line(capsys, ["plot", str(results), str(gpu), *extra])
+        assert "2 devices" in line and "test CPU (cpu)" in line and "H200 (cuda)" in line
+        assert not out.exists()
+    assert main(["plot", str(results), str(gpu), "--terminal"]) == 0
+    assert main(["plot", str(gpu), "-o", f"{out}/"]) == 0
+
+
+def test_numbers_above_their_own_roof_are_flagged(tmp_path):
+    """A cold record past its measured roof is named so in the terminal bars, beside its bar and
+    in the roofline's key; an in-cache one (expected past the DRAM roof) is not."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+    from bench.report.plot import bars_table, pct_roof_figure, roofline_figure
+    shape = {"M": 1, "N": 1024, "K": 1024}
+    fine = record("gemv_bf16", shape, "fine", 4e-4)  # 53% of its roof
+    suspect = {**record("gemv_bf16", shape, "suspect", 1.2e-4), "pct_roof": 174.0,
+               "verdict": "above the roof: harness suspect (cache not defeated or missing sync)"}
+    over = {**record("gemv_bf16", shape, "over", 2e-4), "pct_roof": 103.0,
+            "verdict": "at the wall"}
+    cached = {**record("gemv_bf16", shape, "cached", 2e-5), "pct_roof": 300.0, "warm": True,
+              "cold": False}
+    recs = [fine, suspect, over, cached]
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(bars_table(recs))
+    text = con.export_text()
+    rows = {w: _lines(text, w) for w in ("fine", "suspect", "over", "cached")}
+    assert "174% above the roof: harness suspect" in rows["suspect"][0]
+    assert "103% above the roof" in rows["over"][0]
+    assert "above" not in rows["fine"][0] and "above" not in rows["cached"][0]
+    fig = pct_roof_figure(recs)
+    values = {t.get_text().split("%")[0]: t.get_text() for t in _figure_texts(fig, "value")}
+    assert values["174"] == "174%, above the roof: harness suspect"
+    assert values["103"] == "103%, above the roof" and "above" not in values[_pct_text(fine)]
+    plt.close(fig)
+    fig = roofline_figure(recs)
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    key = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [k.split()[-1] for k in key] == ["53%", "SUSPECT", "ROOF"]
+    assert "174%  ABOVE THE ROOF: HARNESS SUSPECT" in key[1]
+    plt.close(fig)
+
+
+def _pct_text(r):
+    v = r["pct_roof"]
+    return f"{v:.1f}" if v < 9.95 else f"{v:.0f}"
+
+
+def test_roofline_has_no_point_for_a_case_without_flops(tmp_path, capsys):
+    """A collective moves bytes and does no FLOPs: it has no arithmetic intensity, so no place on
+    the roofline's log axis (it was drawn at the axis' edge, an intensity it does not have); the
+    chart says it left it out."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    gemv = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "torch_matmul", 2e-4)
+    coll = {**gemv, "op": "allreduce", "impl": "torch_distributed", "flops": 0,
+            "shape": {"bytes": 65536, "world_size": 2}, "arithmetic_intensity": None,
+            "pct_roof": None, "ridge": None}
+    fig = roofline_figure([gemv, coll])
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if len(c.get_offsets()) == 1]
+    assert len(points) == 1
+    assert fig._suptitle.get_text().endswith("not drawn: 1 with no FLOPs")
+    plt.close(fig)
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps(coll) + "\n")
+    line = one_error_line(capsys, ["plot", str(p), "--roofline", str(tmp_path / "r.png")])
+    assert "no ok, timed" in line and not (tmp_path / "r.png").exists()
+
+
+def test_batch_sweep_axis_names_each_batch_field():
+    """A sweep over attention's B is not "rows M of the GEMV": the axis names the fields swept,
+    and each ridge label its own field."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    recs = [record("gemv_bf16", {"M": m, "N": 1024, "K": 1024}, "torch_matmul", 2e-4 * m)
+            for m in (1, 4, 16)]
+    recs += [record("paged_attention", {"B": b, "Hq": 8, "Hkv": 2, "D": 64, "context": 256},
+                    "torch_chunked", 1e-4 * b) for b in (1, 2, 4)]
+    fig = roofline_figure(recs)
+    ax = next(a for a in fig.axes if "batch sweep" in a.get_title())
+    assert ax.get_xlabel() == "batch (M: rows of a GEMV, B: sequences of an attention)"
+    ridges = [t.get_text() for t in ax.texts if t.get_text().startswith("ridge")]
+    assert ridges and all(t.startswith("ridge M≈") for t in ridges)
+    plt.close(fig)
+    fig = roofline_figure(recs[3:])
+    ax = next(a for a in fig.axes if "batch sweep" in a.get_title())
+    assert ax.get_xlabel() == "batch (B: sequences of an attention)"
+    plt.close(fig)
+
+
+def test_pct_roof_chart_keeps_flush_modes_and_warm_runs_apart():
+    """Two flush modes (or a warm run that streamed from DRAM beside a cold one) are two ways of
+    measuring, not two runs of one case: each gets its own block, titled by how it was timed."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import pct_roof_cases, pct_roof_figure
+    shape = {"M": 1, "N": 1024, "K": 1024}
+    recs = [{**record("gemv_bf16", shape, "mine", 2e-4), "flush": "read"},
+            {**record("gemv_bf16", shape, "mine", 4e-4), "flush": "memset"},
+            {**record("gemv_bf16", shape, "mine", 3e-4), "warm": True, "cold": True,
+             "flush": "none"}]
+    cases = pct_roof_cases(recs)
+    assert [(c["how"], len(c["impls"][0]["pcts"])) for c in cases] == [
+        ("flush read", 1), ("flush memset", 1), ("warm, flush none", 1)]
+    fig = pct_roof_figure(recs)
+    titles = [t.get_text() for t in _figure_texts(fig, "case-title")]
+    assert len(titles) == 3 and "[flush memset]" in titles[1]
+    assert not any("runs" in t.get_text() for t in _figure_texts(fig, "value"))
+    plt.close(fig)
+    one_mode = [{**r, "flush": "read"} for r in recs[:2]]  # two runs of one case, one mode
+    (case,) = pct_roof_cases(one_mode)
+    assert case["how"] == "" and len(case["impls"][0]["pcts"]) == 2
