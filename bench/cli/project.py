@@ -11,22 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..model.project import DEFAULT_FLOOR_US, MAX_CHIPS, efficiency_from_results, project
+from ..model.project import (DEFAULT_FLOOR_US, MAX_CHIPS, MIN_EFFICIENCY, efficiency_from_results,
+                             project)
 from ..model.workload import Step
 from .step import add_step_args, build_step, whole
 
 SCALING_NAME = "scaling.png"  # the chart's name inside a --plot folder
+MAX_FLOOR_US = 1e6  # a second a kernel call is no launch cost; past it the times printed are absurd
 
 
 def floor_us(text: str) -> float:
-    """--kernel-floor-us: microseconds, finite and >= 0."""
+    """--kernel-floor-us: microseconds, finite, 0..MAX_FLOOR_US."""
     try:
         v = float(text)
     except ValueError:
         raise UsageError(f"--kernel-floor-us must be a number of microseconds, got {text[:24]!r}"
                          ) from None
-    if not (math.isfinite(v) and v >= 0):
-        raise UsageError(f"--kernel-floor-us must be a finite number >= 0, got {text[:24]!r}")
+    if not (math.isfinite(v) and 0 <= v <= MAX_FLOOR_US):
+        raise UsageError(f"--kernel-floor-us must be a finite number >= 0 and at most "
+                         f"{MAX_FLOOR_US:g} (a second), got {text[:24]!r}")
     return v
 
 
@@ -34,8 +37,6 @@ def command(args) -> int:
     from backends import load_catalog, lookup_chip
     from ..model.project import link_model, project_split, smallest_split, tp_error
     step = build_step(args)
-    if args.efficiency is not None and getattr(args, "from_", None):
-        raise UsageError("give --efficiency or --from, not both")
     plot_path = _plot_path(args.plot) if args.plot else None
     records: list[dict[str, Any]] = []
     if getattr(args, "from_", None):
@@ -45,6 +46,9 @@ def command(args) -> int:
         except ResultsError as e:  # its message starts with the file's name
             raise UsageError(f"--from {e}") from None
     kernel_records = [r for r in records if r.get("op") != "allreduce"]
+    if kernel_records and args.efficiency is not None:
+        raise UsageError(f"--from {args.from_} holds kernel results, which set the efficiency: "
+                         "give --efficiency or --from, not both")
     if kernel_records:
         try:
             eff, source = efficiency_from_results(kernel_records, step.weights, step.kv)
@@ -52,10 +56,11 @@ def command(args) -> int:
             raise UsageError(f"--from {args.from_}: {e}") from None
     elif args.efficiency is not None:
         eff = args.efficiency
-        if not 0 < eff <= 1:
-            raise UsageError(f"--efficiency is a fraction of datasheet peak in (0, 1], got {eff:g}"
+        if not MIN_EFFICIENCY <= eff <= 1:
+            raise UsageError(f"--efficiency is a fraction of datasheet peak, at least "
+                             f"{MIN_EFFICIENCY:g} and at most 1, got {eff:g}"
                              + (" (give 0.8, not 80)" if 1 < eff <= 100 else ""))
-        source = f"given: {100 * eff:.0f}% of datasheet peak"
+        source = f"given: {100 * eff:.3g}% of datasheet peak"
     else:
         eff, source = 1.0, "datasheet peak (no efficiency given)"
     if records and not kernel_records and not any(r.get("status") == "ok" for r in records):
@@ -66,16 +71,18 @@ def command(args) -> int:
     if args.pp is not None and args.pp > L:
         raise UsageError(f"--pp {args.pp} is more stages than {step.model.name}'s {L} layers")
     for tp in sorted(set(args.tp or [])):
-        bad = tp_error(step.model, tp)
+        bad = tp_error(step.model, tp, step.weights)
         if bad:
             raise UsageError(f"--{bad}")
     if args.chip:
         chips = []
         for name in args.chip:
             try:
-                chips.append(lookup_chip(name))
+                chip = lookup_chip(name)
             except KeyError as e:
                 raise UsageError(str(e.args[0])) from None
+            if chip not in chips:  # a chip named twice (any case) is one row
+                chips.append(chip)
     else:
         chips = list(load_catalog().values())
     floor = args.kernel_floor_us * 1e-6
@@ -174,28 +181,52 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     unk = "[dim]unknown[/]"
     for p in projs:
         none_holds = p.capacity_gb is not None and p.chips_needed is None
-        t.add_row(plain(p.chip), f"{p.mem_bw_gbps:,.0f}" if p.mem_bw_gbps else unk,
+        sram = " SRAM" if p.sram_only else ""
+        t.add_row(plain(p.chip), f"{p.mem_bw_gbps:,.0f}{sram}" if p.mem_bw_gbps else unk,
                   fmt_time(p.mem_time_s) if p.mem_time_s else unk,
                   fmt_time(p.compute_time_s) if p.compute_time_s else unk,
                   {"memory": "memory", "memory?": "memory?", "compute": "[cyan]compute[/]"}.get(p.bound, unk),
                   _rate(p.tokens_per_s) if p.tokens_per_s else unk,
-                  (f"{p.capacity_gb:g}" + (" SRAM" if p.sram_only else "")) if p.capacity_gb
-                  else unk,
+                  f"{p.capacity_gb:g}{sram}" if p.capacity_gb else unk,
                   str(p.chips_needed) if p.chips_needed else "[red]none[/]" if none_holds else unk,
                   "[dim]-[/]" if none_holds else _split_rate(p.split))
-    t.caption = ("tok/s (1 chip) = batch / step time at one chip's datasheet bandwidth x efficiency "
-                 "(compute: dense BF16 peak; memory? = compute rate unknown), as if the model fit. "
-                 "Chips to hold: the split of fewest chips (tp the model's heads allow; among as "
-                 "many, tensor parallel within the fabric's group first) whose fullest chip holds its layers' "
-                 "weights / tp, their KV / min(tp, KV heads) and a tp×pp share of embedding and "
-                 "lm_head in memory (SRAM-only chips: on-chip SRAM); none = no split holds. The last"
-                 " column runs the step on that split and pays a floor a kernel call, two "
-                 "all-reduces a layer and a hop a stage: ≤ marks a link latency the catalog does "
-                 "not have. unknown = not in the catalog, never guessed.")
+    t.caption = ("tok/s (1 chip) = batch / step time at one chip's datasheet memory bandwidth "
+                 "(mem BW; SRAM: on-chip, for SRAM-only chips) x efficiency (compute: dense BF16 "
+                 "peak; memory? = compute rate unknown), as if the model fit. Chips to hold: the "
+                 "split of fewest chips (tp the model's shape allows; among as many, tensor "
+                 "parallel within the fabric's group first) whose fullest chip holds its layers' "
+                 "weights / tp (K and V projections / min(tp, KV heads), norms whole), their KV / "
+                 "min(tp, KV heads) and a tp×pp share of embedding and lm_head in memory "
+                 "(SRAM-only chips: on-chip SRAM); none = no split holds. The last column runs "
+                 "the step on that split and pays a floor a kernel call, two all-reduces a layer "
+                 "and a hop a stage: ≤ marks a link latency the catalog does not have. unknown = "
+                 "not in the catalog, never guessed.")
     out = console()
     for line in lines:
         out.print(line)
     out.print(t)
+    for p in projs:
+        gap = missing_figures(p)
+        if gap:
+            out.print(f"[yellow]{plain(p.chip)}: {gap}[/]")
+
+
+def missing_figures(p) -> str | None:
+    """What a chip's row cannot say for want of a catalog figure, in one line (None: nothing)."""
+    figures = (("memory bandwidth", p.mem_bw_gbps), ("memory size", p.capacity_gb),
+               ("dense BF16 rate", p.compute_tflops))
+    gaps = [what for what, v in figures if not v]
+    if not gaps:
+        return None
+    named = gaps[0] if len(gaps) == 1 else f"{', '.join(gaps[:-1])} or {gaps[-1]}"
+    effects = []
+    if not p.mem_bw_gbps:
+        effects.append("its step time and tok/s are unknown")
+    elif not p.compute_tflops:
+        effects.append("the step is taken as memory-bound (memory?)")
+    if not p.capacity_gb:
+        effects.append("the chips to hold the model are unknown")
+    return f"no datasheet {named} in the catalog: {'; '.join(effects)}"
 
 
 def _print_splits(step: Step, rows) -> None:
@@ -229,17 +260,20 @@ def add_parser(sub) -> None:
     add_step_args(p, model_required=True)
     p.add_argument("--chip", action="append", metavar="ID", help="only these chips (repeatable)")
     p.add_argument("--efficiency", type=float, metavar="E",
-                   help="fraction of datasheet bandwidth reached (default 1.0)")
+                   help=f"fraction of datasheet memory bandwidth reached, {MIN_EFFICIENCY:g} to 1 "
+                   "(default 1.0)")
     p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl",
-                   help="a results file: measured %% of roof sets the efficiency; measured "
-                        "allreduce records set the link cost")
+                   help="a results file: measured %% of roof sets the efficiency (then give no "
+                        "--efficiency); measured allreduce records set the link cost")
     p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
                    help="tensor-parallel degree (repeatable: one row each); it must divide "
-                   "the model's query heads and divide or be a multiple of its KV heads")
+                   "the model's query heads and intermediate size and divide or be a multiple of "
+                   "its KV heads (int4: leave each chip whole groups of 128 along K)")
     p.add_argument("--pp", type=whole("--pp", MAX_CHIPS, "chips"), metavar="M",
                    help="pipeline stages (default: the fewest that hold the model at that --tp)")
     p.add_argument("--kernel-floor-us", type=floor_us, default=DEFAULT_FLOOR_US,
-                   metavar="US", help="fixed cost of every kernel call (default %(default)g µs)")
+                   metavar="US", help="fixed cost of every kernel call, 0 to "
+                   f"{MAX_FLOOR_US:g} (default %(default)g µs)")
     p.add_argument("--plot", metavar="PNG|DIR",
                    help=f"draw tokens/s a sequence against chips (a folder gets {SCALING_NAME}; "
                    "no extension: .png)")

@@ -7,18 +7,21 @@ bf16, so bf16 is the rate that applies); the larger binds.
 
 Capacity is judged on the fullest chip of a split (tensor-parallel degree tp, pp pipeline stages,
 L layers): ceil(L/pp) layers' weights / tp, plus those layers' KV cache / min(tp, KV heads) (a KV
-head is not split: past tp = KV heads each is copied to tp / KV heads chips), plus the embedding,
-lm_head and final norm spread over all tp x pp chips. That last term is an assumption: frameworks
-place them differently (vLLM shards them over tp on the first and last stage only, which needs
-more on those chips). It must fit the chip's memory (on-chip SRAM for SRAM-only chips). Only tp
-that serving frameworks accept count (vLLM's rule): tp divides the query heads, and divides the KV
-heads or is a multiple of them.
+head is not split: past tp = KV heads each is copied to tp / KV heads chips, and so are the K and V
+rows of its qkv projection, as vLLM's QKVParallelLinear copies them; norms and the MoE router are
+whole on every chip), plus the embedding, lm_head and final norm spread over all tp x pp chips.
+That last term is an assumption: frameworks place them differently (vLLM shards them over tp on
+the first and last stage only, which needs more on those chips). It must fit the chip's memory
+(on-chip SRAM for SRAM-only chips). Only tp that serving frameworks accept count (vLLM's rules,
+`tp_degrees`): tp divides the query heads and the intermediate size, divides the KV heads or is a
+multiple of them, and at INT4 leaves each chip whole groups along K.
 
 Several chips (`project_split`), tensor-parallel degree tp, pipeline degree pp:
 - every kernel call costs max(its bytes on one chip / (bandwidth x efficiency), its FLOPs on one
   chip / peak) plus a fixed floor (launch and first-byte latency), however small its slice: weights
-  and FLOPs divide by tp, the KV cache by min(tp, KV heads) (a KV head is not split), activations
-  not at all;
+  and FLOPs divide by tp (the K and V projections by min(tp, KV heads), the router not at all), the
+  KV cache by min(tp, KV heads) (a KV head is not split), activations not at all; the norm weights
+  (whole on every chip) and the batch's embedding rows are read at bandwidth, with no floor;
 - tp > 1 adds two all-reduces of the activations (batch x hidden x 2 bytes) a layer: latency +
   bytes x 2(tp-1)/tp / link bandwidth (the catalog's per-direction figure, or measured `allreduce`
   records);
@@ -38,7 +41,7 @@ from typing import Any, Iterable
 from backends import Chip
 
 from ..results import in_cache
-from .workload import ModelConfig, Resident, Step
+from .workload import INT4_GROUP, Kernel, ModelConfig, Resident, Step
 
 PROBES = ("copy", "read")
 WEIGHT_OPS = {"bf16": "gemv_bf16", "int8": "gemv_w8", "int4": "gemv_w4"}
@@ -76,7 +79,8 @@ DEFAULT_FLOOR_US = 5.0  # a kernel launch on a GPU: 4-6 us of driver and queue t
 ACT_BYTES = 2  # bf16 activations between chips
 MAX_CHIPS = 65536  # tp and pp each: past the largest training clusters, let alone a decode split
 MAX_EFFICIENCY = 1.5  # of datasheet peak: beyond it a % of roof measured nothing from memory
-MIN_EFFICIENCY = 1e-4  # 0.01%: a best impl that slow measures a broken kernel, not memory
+MIN_EFFICIENCY = 1e-4  # 0.01%: a best impl that slow measures a broken kernel, not memory;
+#                        a given efficiency below it projects hours a token
 
 
 @dataclass
@@ -166,32 +170,58 @@ def kernel_calls(step: Step) -> float:
     return sum(k.calls for k in step.kernels)
 
 
-def tp_degrees(cfg: ModelConfig) -> list[int]:
-    """Tensor-parallel degrees a serving framework accepts for `cfg` (vLLM's rule), ascending: tp
-    divides the query heads, and divides the KV heads or is a multiple of them."""
-    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+def tp_degrees(cfg: ModelConfig, weights: str = "bf16") -> list[int]:
+    """Tensor-parallel degrees a serving framework accepts for `cfg` (vLLM's rules), ascending: tp
+    divides the query heads and the intermediate size, and divides the KV heads or is a multiple
+    of them; at INT4 a row-parallel layer's K share (o: heads x head_dim / tp, down: intermediate
+    / tp) is whole groups, as the format's scales and zeros need."""
+    hq, hkv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
     divisors = {d for i in range(1, math.isqrt(hq) + 1) if hq % i == 0 for d in (i, hq // i)}
-    return sorted(t for t in divisors if hkv % t == 0 or t % hkv == 0)
+    ks = (hq * cfg.head_dim, inter) if weights == "int4" else ()
+    return sorted(t for t in divisors if (hkv % t == 0 or t % hkv == 0) and inter % t == 0
+                  and all(k // t % INT4_GROUP == 0 for k in ks))
 
 
-def tp_error(cfg: ModelConfig, tp: int) -> str | None:
-    """Why `tp` is no tensor-parallel degree for `cfg` (one line), or None when it is one."""
-    valid = tp_degrees(cfg)
+def tp_error(cfg: ModelConfig, tp: int, weights: str = "bf16") -> str | None:
+    """Why `tp` is no tensor-parallel degree for `cfg` at `weights` (one line), or None when it
+    is one."""
+    valid = tp_degrees(cfg, weights)
     if tp in valid:
         return None
     shown = ", ".join(map(str, valid[:16])) + (", …" if len(valid) > 16 else "")
+    groups = (f", and at int4 leaves each chip whole groups of {INT4_GROUP} along K (o: "
+              f"{cfg.num_attention_heads * cfg.head_dim}, down: {cfg.intermediate_size})"
+              if weights == "int4" else "")
     return (f"tp {tp} does not fit {cfg.name}'s heads ({cfg.num_attention_heads} query, "
-            f"{cfg.num_key_value_heads} KV): a degree divides the query heads and divides or is a "
-            f"multiple of the KV heads; valid: {shown}")
+            f"{cfg.num_key_value_heads} KV) and intermediate size {cfg.intermediate_size}: a "
+            "degree divides the query heads and the intermediate size and divides or is a "
+            f"multiple of the KV heads{groups}; valid: {shown}")
+
+
+def chip_share(k: Kernel, cfg: ModelConfig, tp: int) -> float:
+    """The fraction of kernel k's weights and FLOPs one chip of a tp-way split takes: 1/tp, but
+    the MoE router is replicated (every chip routes its tokens), and qkv's K and V rows split over
+    min(tp, KV heads) only: a KV head is not split, so past tp = KV heads its projection is copied
+    with it (vLLM's QKVParallelLinear). Every format's bytes are linear in the rows."""
+    if k.name == "router":
+        return 1.0
+    if k.name == "qkv":
+        hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        q = hq / (hq + 2 * hkv)
+        return q / tp + (1 - q) / min(tp, hkv)
+    return 1 / tp
 
 
 def chip_resident_bytes(step: Step, tp: int, pp: int, resident: Resident | None = None) -> float:
     """Bytes the fullest chip of a tp x pp split holds (module docstring): ceil(L/pp) layers'
-    weights / tp and KV cache / min(tp, KV heads), plus embedding, lm_head and final norm / (tp x pp)."""
+    weights / tp (K and V projections / min(tp, KV heads), norms and router whole) and KV cache /
+    min(tp, KV heads), plus embedding, lm_head and final norm / (tp x pp)."""
     r = resident or step.resident()
     layers = math.ceil(r.layers / pp)
     kv_split = min(tp, step.model.num_key_value_heads)
-    return (layers * r.layer_weight_bytes / tp + layers * r.layer_kv_bytes / kv_split
+    split = r.layer_weight_bytes - r.layer_kv_proj_bytes - r.layer_replicated_bytes
+    layer = split / tp + r.layer_kv_proj_bytes / kv_split + r.layer_replicated_bytes
+    return (layers * layer + layers * r.layer_kv_bytes / kv_split
             + r.shared_weight_bytes / (tp * pp))
 
 
@@ -219,7 +249,7 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
     c = step.model
     if pp > c.num_hidden_layers:
         raise ValueError(f"pp={pp} is more stages than {c.name}'s {c.num_hidden_layers} layers")
-    bad_tp = tp_error(c, tp)
+    bad_tp = tp_error(c, tp, step.weights)
     if bad_tp:
         raise ValueError(bad_tp)
     link = link or link_model(chip)
@@ -230,11 +260,14 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
         t_kernels = None
     else:
         for k in step.kernels:
-            nbytes = k.weight_bytes / tp + k.kv_bytes / kv_split + k.act_bytes
+            share = chip_share(k, c, tp)
+            nbytes = k.weight_bytes * share + k.kv_bytes / kv_split + k.act_bytes
             t = nbytes / (bw * 1e9 * efficiency)
             if tf:
-                t = max(t, k.flops / tp / (tf * 1e12))
+                t = max(t, k.flops * share / (tf * 1e12))
             t_kernels += k.calls * (t + floor_s)
+        # norm weights (whole on every chip) and the batch's embedding rows: no kernel of their own
+        t_kernels += sum(step.other_bytes.values()) / (bw * 1e9 * efficiency)
     msg = step.batch * c.hidden_size * ACT_BYTES
     one, low1 = link.allreduce_s(msg, tp)
     coll = None if one is None else 2 * c.num_hidden_layers * one
@@ -265,7 +298,7 @@ def smallest_split(step: Step, chip: Chip, tp: int | None = None) -> tuple[int, 
     if tp is not None:
         return tp, _fewest_stages(step, tp, cap, r) or step.model.num_hidden_layers
     group = chip.interconnect.group
-    holding = [(t, pp) for t in tp_degrees(step.model) if t <= MAX_CHIPS
+    holding = [(t, pp) for t in tp_degrees(step.model, step.weights) if t <= MAX_CHIPS
                for pp in [_fewest_stages(step, t, cap, r)] if pp]
     if not holding:
         return None
@@ -331,10 +364,11 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
         raise ValueError(f"a median {100 * eff:.3g}% of the measured roof is no memory "
                          f"efficiency (at most {100 * MAX_EFFICIENCY:.0f}%: a roof measured too "
                          "low, or cases the cache held); give --efficiency")
-    return eff, (f"median {100 * eff:.0f}% of measured roof over {len(chosen)} case(s) of "
+    return eff, (f"median {100 * eff:.3g}% of measured roof over {len(chosen)} case(s) of "
                  f"{', '.join(ops)} (best impl each)")
 
 
 __all__ = ["DEFAULT_FLOOR_US", "MAX_CHIPS", "MAX_EFFICIENCY", "MIN_EFFICIENCY", "LinkModel",
-           "Projection", "SplitProjection", "chip_resident_bytes", "efficiency_from_results",
-           "link_model", "project", "project_split", "smallest_split", "tp_degrees", "tp_error"]
+           "Projection", "SplitProjection", "chip_resident_bytes", "chip_share",
+           "efficiency_from_results", "link_model", "project", "project_split", "smallest_split",
+           "tp_degrees", "tp_error"]

@@ -19,6 +19,8 @@ What is counted and why:
   on average; `run --model` times it at the nearest whole M (at least 1), which keeps the tokens
   its timed calls model (M * touched a layer) as close to B*k as a whole M can.
 - Nothing is read twice: the counts are the floor any correct implementation must move.
+- A config field that changes the traffic in a way not modelled here (experts under other names,
+  latent KV, sliding-window attention: UNMODELLED) is refused, never projected with wrong bytes.
 """
 from __future__ import annotations
 
@@ -49,6 +51,15 @@ REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attent
             "vocab_size")
 INT_FIELDS = REQUIRED + ("num_key_value_heads", "head_dim", "num_local_experts",
                          "num_experts_per_tok")
+# Fields of real configs that change decode traffic in ways the step does not model: a config
+# with one of them set is refused rather than projected with the wrong bytes.
+UNMODELLED = {
+    "num_experts": "experts under another name than num_local_experts, as Qwen-MoE and OLMoE",
+    "n_routed_experts": "routed and shared experts, as DeepSeek",
+    "moe_intermediate_size": "expert MLPs narrower than intermediate_size",
+    "kv_lora_rank": "a compressed latent KV cache (multi-head latent attention)",
+    "sliding_window": "attention over the last tokens only",
+}
 MAX_DIM = 2**24  # a config field past 16M (the largest real ones: vocabularies of ~256K) is not
 #                  a model, and the step's counts stay far inside a float's range
 
@@ -103,6 +114,8 @@ def load_model(name_or_path: str) -> ModelConfig:
     """A built-in model by name (case-insensitive) or a user's config.json by path."""
     p = Path(name_or_path)
     if name_or_path.endswith(".json") or p.is_file():
+        if p.is_dir():
+            raise ConfigError(f"model config {name_or_path}: is a folder, not a config file")
         if not p.is_file():
             raise ConfigError(f"model config {name_or_path}: no such file")
         return _load_file(p, p.stem)
@@ -142,6 +155,12 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
     missing = [f for f in REQUIRED if f not in data]
     if missing:
         raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    for f, what in UNMODELLED.items():
+        if data.get(f) in (None, False, 0) or (f == "sliding_window"
+                                               and data.get("use_sliding_window") is False):
+            continue
+        raise ConfigError(f"{where}: {f} {_short(data[f])} ({what}) is not modelled: the step "
+                          "would count the wrong bytes")
     for f in INT_FIELDS:
         v = data.get(f)
         if v is None and f not in REQUIRED:
@@ -270,14 +289,16 @@ class Step:
         c = self.model
         H, I, L, E = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts
         w = self.weights
+        kv_rows = 2 * c.num_key_value_heads * c.head_dim
+        replicated = (E * H * HALF if c.is_moe else 0) + 2 * H * HALF  # router, two norms
         per_layer = (weight_bytes(c.qkv_out, H, w) + weight_bytes(H, c.num_attention_heads * c.head_dim, w)
                      + E * (weight_bytes(2 * I, H, w) + weight_bytes(H, I, w))
-                     + (E * H * HALF if c.is_moe else 0)
-                     + (c.qkv_out * HALF if c.attention_bias else 0) + 2 * H * HALF)
+                     + (c.qkv_out * HALF if c.attention_bias else 0) + replicated)
+        kv_proj = weight_bytes(kv_rows, H, w) + (kv_rows * HALF if c.attention_bias else 0)
         embed = c.vocab_size * H * HALF
         head = 0 if c.tie_word_embeddings and w == "bf16" else weight_bytes(c.vocab_size, H, w)
         kv = self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
-        return Resident(L, per_layer, embed + head + H * HALF, kv)
+        return Resident(L, per_layer, embed + head + H * HALF, kv, kv_proj, replicated)
 
     def resident_bytes(self) -> int:
         """Memory to hold the model and its KV cache: resident weights + resident KV."""
@@ -292,6 +313,10 @@ class Resident:
     layer_weight_bytes: int   # one decoder layer: its linears (every expert), router, biases, norms
     shared_weight_bytes: int  # embedding table, lm_head (none when tied at bf16), final norm
     layer_kv_bytes: int       # one layer's KV cache for batch x ctx
+    layer_kv_proj_bytes: int     # of layer_weight_bytes: the K and V rows of qkv (+ bias),
+    #                              split by KV head as the KV cache is
+    layer_replicated_bytes: int  # of layer_weight_bytes: norms and MoE router, whole on every
+    #                              tensor-parallel chip
 
     @property
     def weight_bytes(self) -> int:

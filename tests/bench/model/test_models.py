@@ -203,3 +203,65 @@ def test_config_name_reaches_the_terminal_without_control_characters(tmp_path, c
     print_step(args, [], SimpleNamespace(gbps=20.0))
     out = capsys.readouterr().out
     assert "evilRED! decode step" in out and "\x1b" not in out and "\x9b" not in out
+
+
+TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "vocab_size": 1000}
+
+
+@pytest.mark.parametrize("extra, msg", [
+    # Qwen2-MoE / Qwen3-MoE / OLMoE name their experts num_experts: read as dense, the step
+    # would count one MLP of intermediate_size instead of k experts of moe_intermediate_size
+    ({"num_experts": 60, "num_experts_per_tok": 4, "moe_intermediate_size": 1408}, "num_experts"),
+    ({"num_experts": 128}, "num_experts 128"),
+    ({"n_routed_experts": 256, "num_experts_per_tok": 8}, "n_routed_experts"),   # DeepSeek
+    ({"kv_lora_rank": 512, "q_lora_rank": 1536}, "kv_lora_rank"),               # MLA: a latent KV
+    ({"sliding_window": 4096}, "sliding_window 4096"),                           # Mistral-7B v0.1
+    ({"sliding_window": 4096, "use_sliding_window": True}, "sliding_window"),
+])
+def test_config_fields_the_step_does_not_model_are_refused(extra, msg):
+    """A config whose decode traffic depends on a field the step does not model is refused in
+    one line naming it, never projected with wrong bytes."""
+    with pytest.raises(ConfigError, match=msg) as e:
+        parse_config({**TINY, **extra}, "x")
+    assert "\n" not in str(e.value) and "not modelled" in str(e.value)
+
+
+@pytest.mark.parametrize("extra", [
+    {"sliding_window": None},                                  # Mixtral, Mistral-7B v0.2+
+    {"sliding_window": 131072, "use_sliding_window": False},   # Qwen2.5: present, switched off
+    {"num_experts_per_tok": None, "kv_lora_rank": None},
+])
+def test_config_fields_that_are_off_are_accepted(extra):
+    assert parse_config({**TINY, **extra}, "x").hidden_size == 256
+
+
+def test_config_path_that_is_a_folder(tmp_path, capsys):
+    d = tmp_path / "cfg.json"
+    d.mkdir()
+    assert "is a folder, not a config file" in one_error_line(capsys, ["project", "--model", str(d)])
+
+
+def test_llama3_70b_int4_step_by_hand():
+    """Llama-3-70B (meta-llama/Meta-Llama-3-70B config.json: H 8192, I 28672, 80 layers, 64 query
+    and 8 KV heads of 128, vocab 128256, untied), INT4 G=128, batch 1, 4096 tokens, bf16 KV."""
+    H, I, L, V, G = 8192, 28672, 80, 128256, 128
+
+    def w4(N, K):  # half a byte a code, a bf16 scale and zero a group of 128 along K
+        return N * K // 2 + 2 * N * (K // G) * 2
+
+    layer = w4(10240, H) + w4(H, H) + w4(2 * I, H) + w4(H, I)  # qkv, o, gate/up, down
+    assert layer == 454_557_696
+    weights = L * layer + w4(V, H) + (2 * L + 1) * H * 2        # + lm_head + norms
+    kv = L * 4096 * 2 * 8 * 128 * 2
+    acts = (L * 2 * ((H + 10240) + (H + H) + (H + 2 * I) + (I + H))  # GEMV x in, y out
+            + L * (2 * 64 * 128 * 2 + (4096 // 16 + 1) * 4)          # q, out, table, seq_len
+            + 2 * (H + V) + H * 2)                                   # lm_head, embedding row
+    s = decode_step(load_model("llama-3-70b"), 1, 4096, "int4", "bf16")
+    assert (s.weight_bytes, s.kv_bytes, s.bytes) == (36_925_423_616, 1_342_177_280,
+                                                     38_292_548_416)
+    assert s.weight_bytes == weights and s.bytes == weights + kv + acts
+    from backends import lookup_chip
+    from bench.model.project import project
+    p = project(s, lookup_chip("h100-sxm"))  # the catalog's 3,350 GB/s
+    assert p.tokens_per_s == pytest.approx(3350e9 / 38_292_548_416, rel=1e-12)  # 87.5
