@@ -415,6 +415,99 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
     return ok, bad, spills
 
 
+ATTN_IMPLS = ("triton_onepass", "triton_splitkv", "triton_splitkv_fused", "triton")
+ATTN_ALIGNED = ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "out_ptr", "stride_qb", "stride_qh",
+                "stride_kb", "stride_ks", "stride_kh", "stride_btb", "stride_ob", "stride_oh",
+                "stride_os", "split_tokens")
+
+
+def attention_variants(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[tuple]:
+    """(description, jit fn, arg types, constexprs, warps, stages, 16-byte aligned args) for each
+    distinct compile of the Triton paged-attention kernels that the CUDA `attention` suite and the
+    device check's cases ask for: each case, each Triton impl (its split count on 132 SMs, and
+    its merge: in the last split, or the reduction kernel), q in each of `dtypes` (INT8 KV for
+    paged_attention_kv8), each config the kernel's prune keeps for an sm_90 block."""
+    import torch
+
+    import kernels.attention.triton_paged as tp
+    from bench.suites import ATTN_OPS, SuiteContext, cases_for, gpu_check_cases
+    from kernels.attention import TRITON_KERNELS
+    from kernels.triton_util import describe
+    attn, reduction = TRITON_KERNELS["paged_attention"], TRITON_KERNELS["splitkv_reduce"]
+    ctx = SuiteContext("cuda")
+    cases = [c for c in cases_for("attention", ctx) + gpu_check_cases(ctx) if c.op in ATTN_OPS]
+    strides = [n for n in attn.arg_names if n.startswith("stride")]
+    out, seen = [], set()
+
+    def put(what: str, fn: Any, types: dict, const: dict, warps: int, stages: int,
+            aligned: tuple) -> None:
+        key = (fn.__name__, tuple(sorted(types.items())), tuple(sorted(const.items())), warps,
+               stages)
+        if key not in seen:
+            seen.add(key)
+            out.append((what, fn, types, const, warps, stages, aligned))
+
+    for c in cases:
+        s = c.shape
+        kv8 = c.op == "paged_attention_kv8"
+        for dtype in dtypes:
+            kv = "i8" if kv8 else dtype
+            for impl in ATTN_IMPLS:
+                if c.impls is not None and impl not in c.impls:
+                    continue
+                splits, fused = tp.splits_for(impl, s.B, s.Hkv, s.max_blocks, s.block_size,
+                                              SM90_TARGET_SMS)
+                plan = tp.launch_plan(s.B, s.Hq, s.Hkv, s.D, s.block_size, s.max_blocks, kv8,
+                                      dtype == "fp32", splits, fused)
+                const = plan["const"]
+                split = const["NUM_SPLITS"] > 1
+                o = "*fp32" if split else f"*{dtype}"  # one pass: o, ml and out are `out`
+                types = {"q_ptr": f"*{dtype}", "k_ptr": f"*{kv}", "v_ptr": f"*{kv}",
+                         "ks_ptr": f"*{dtype if kv8 else kv}", "vs_ptr": f"*{dtype if kv8 else kv}",
+                         "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": o, "ml_ptr": o,
+                         "out_ptr": f"*{dtype}", "lock_ptr": "*i32", "scale_log2": "fp32",
+                         "split_tokens": "i32", **{n: "i32" for n in strides}}
+                q_dtype = getattr(torch, _TORCH_DTYPE[dtype])
+                configs = tp.configs_for(q_dtype, torch.int8 if kv8 else q_dtype, s.D,
+                                         const["G_PAD"])
+                where = (f"{c.op} {dtype} {impl} B={s.B} context={s.context} Hq={s.Hq} "
+                         f"Hkv={s.Hkv} D={s.D}: NUM_SPLITS={const['NUM_SPLITS']} "
+                         f"FUSED={const['FUSED']}")
+                for cfg in configs:
+                    put(f"{where} {describe(cfg)}", attn, types,
+                        {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages, ATTN_ALIGNED)
+                if plan["reduce"] is not None:  # launched with Triton's defaults
+                    rtypes = {"part_ptr": "*fp32", "ml_ptr": "*fp32", "o_ptr": f"*{dtype}",
+                              **{n: "i32" for n in ("stride_pb", "stride_ph", "stride_ps",
+                                                    "stride_ob", "stride_oh")}}
+                    put(f"{where} reduction kernel, warps=4, stages=3",
+                        reduction, rtypes, plan["reduce"]["const"], 4, 3,
+                        tuple(rtypes))
+    return out
+
+
+def compile_attention(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str], list[str]]:
+    """Compile every attention_variants() kernel for sm_90: (compiled, failures, spilling). A
+    variant that needs more shared memory than an sm_90 block has is a failure: Triton compiles
+    it, and its launch would fail on the GPU."""
+    ok, bad, spills = 0, [], []
+    for what, fn, types, const, warps, stages, aligned in attention_variants(dtypes):
+        try:
+            k = compile_sm90(fn, types, const, warps, stages, aligned)
+        except Exception as e:
+            bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        if int(k.metadata.shared) > SM90_SMEM_PER_CTA:
+            bad.append(f"{what}: needs {int(k.metadata.shared)} B of shared memory, an sm_90 "
+                       f"block has {SM90_SMEM_PER_CTA}")
+            continue
+        ok += 1
+        st, ld = spill_bytes([i for _, i in disassemble(k)[0]])
+        if st or ld:
+            spills.append(f"{what}: spill stores {st} B, loads {ld} B")
+    return ok, bad, spills
+
+
 def _kib(n: float) -> str:
     return f"{n / 1024:.1f}"
 
@@ -474,8 +567,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="write both paths' tables, M = 1 to PREFIX.txt and tl.dot to PREFIX-dot.txt "
                         "(results/sass-sm90 for the committed ones)")
     p.add_argument("--compile-all", action="store_true",
-                   help="compile every config of every path for sm_90 (bf16, fp32) and list failures "
-                        "and spills (~10 minutes on 2 cores)")
+                   help="compile every config of every GEMV path and every paged-attention variant "
+                        "the suites ask for, for sm_90 (bf16, fp32), and list failures and spills "
+                        "(~15 minutes on 2 cores)")
     args = p.parse_args(argv)
     if args.gbps <= 0 or args.latency_ns <= 0 or (args.configs is not None and args.configs < 1):
         p.error("--gbps, --latency-ns and --configs must be positive")
@@ -487,8 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.compile_all:
         ok, bad, spills = compile_all()
-        print(f"compiled {ok} kernel variants for sm_90 ({toolchain()}), {len(bad)} failed, "
-              f"{len(spills)} spill")
+        a_ok, a_bad, a_spills = compile_attention()
+        print(f"compiled {ok} GEMV and {a_ok} paged-attention kernel variants for sm_90 "
+              f"({toolchain()}), {len(bad) + len(a_bad)} failed, {len(spills) + len(a_spills)} spill")
+        bad, spills = bad + a_bad, spills + a_spills
         for line in bad:
             print("  FAIL", line)
         for line in spills:

@@ -9,8 +9,14 @@ from ..triton_util import HAS_TRITON
 from .ops import PagedAttentionShape, build_inputs, kv_bytes_per_token
 from . import pytorch, simd  # noqa: F401  (register the PyTorch and C impls)
 
+# The Triton kernels by name, for static analysis (python -m bench.gpucheck.sass): `.jit_fn` is
+# the @triton.jit function (the reduction kernel is one); triton_paged's launch_plan, splits_for
+# and configs_for say what a launch compiles. Empty without Triton.
+TRITON_KERNELS: dict = {}
 if HAS_TRITON:
     from . import triton_paged  # noqa: F401  (registers the Triton impls)
+    TRITON_KERNELS.update(paged_attention=triton_paged._paged_attn_kernel.jit_fn,
+                          splitkv_reduce=triton_paged._splitkv_reduce_kernel)
 from . import peers  # noqa: F401  (registers the FlashInfer impls; FlashInfer loads on first use)
 
-__all__ = ["PagedAttentionShape", "build_inputs", "kv_bytes_per_token"]
+__all__ = ["PagedAttentionShape", "TRITON_KERNELS", "build_inputs", "kv_bytes_per_token"]

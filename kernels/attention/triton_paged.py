@@ -42,19 +42,38 @@ def kv_buffers(num_stages: int) -> int:
 
 def kv_smem(cfg: triton.Config, D: int, G_PAD: int, q_esize: int, kv_esize: int) -> int:
     """Shared memory of a config, an upper bound: its K and V tiles (and each token's table
-    entry and INT8 scales, 16 bytes at most) times kv_buffers, then q and p (G_PAD rows)."""
+    entry and INT8 scales, 16 bytes at most) times kv_buffers, then q and p (G_PAD rows). INT8
+    K and V dequantized for fp32's dot (IEEE, no tensor cores) are staged in shared memory once
+    more, in fp32 (2 x BLOCK_N x D x 4 bytes in sm_90 compiles)."""
     bn = cfg.kwargs["BLOCK_N"]
-    return kv_buffers(cfg.num_stages) * bn * (2 * D * kv_esize + 16) + G_PAD * (D + bn) * q_esize
+    staged = 2 * bn * D * q_esize if kv_esize < q_esize == 4 else 0
+    return (kv_buffers(cfg.num_stages) * bn * (2 * D * kv_esize + 16) + G_PAD * (D + bn) * q_esize
+            + staged)
+
+
+# fp32 q: its dot runs on FMA (IEEE), not tensor cores, with the K and V tiles in registers (256 a
+# thread at 128 tokens of D = 128): every sm_90 compile at 128 tokens spills 2.7-22 KB a thread on
+# Triton 3.6 and 3.9 (`python -m bench.gpucheck.sass --compile-all`), so the tuner is not given it.
+FP32_MAX_BLOCK_N = 64
 
 
 def _prune(configs: list, nargs: dict, **kw) -> list:
     """The configs whose shared memory fits a block of the device (fp32 at BLOCK_N = 128 with
-    two or three buffers does not); the first config always fits."""
+    two or three buffers does not), fp32's at most FP32_MAX_BLOCK_N tokens; the first config
+    always stays."""
     q, k = nargs["q_ptr"], nargs["k_ptr"]
     limit = smem_per_block(q.device)
+    qes = esize(q.dtype)
     return [c for c in configs
-            if kv_smem(c, kw["D"], kw["G_PAD"], esize(q.dtype), esize(k.dtype)) <= limit] \
-        or configs[:1]
+            if kv_smem(c, kw["D"], kw["G_PAD"], qes, esize(k.dtype)) <= limit
+            and (qes < 4 or c.kwargs["BLOCK_N"] <= FP32_MAX_BLOCK_N)] or configs[:1]
+
+
+def configs_for(q_dtype: torch.dtype, kv_dtype: torch.dtype, D: int, G_PAD: int) -> list:
+    """The configs the tuner times for q and K/V of these dtypes where a block has sm_90's shared
+    memory (what the prune keeps), for bench.gpucheck.sass to compile."""
+    nargs = {"q_ptr": torch.empty(0, dtype=q_dtype), "k_ptr": torch.empty(0, dtype=kv_dtype)}
+    return _prune(_CONFIGS, nargs, D=D, G_PAD=G_PAD)
 
 
 @autotune_or_fixed(_CONFIGS, key=["G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS", "FUSED"],
@@ -220,14 +239,36 @@ def merge_meta(G: int, D: int, num_splits: int) -> dict:
                 REDUCE_S_CHUNK=min(s_pad, max(1, MERGE_FLOATS // (g2 * block_d))))
 
 
+def launch_plan(B: int, Hq: int, Hkv: int, D: int, BS: int, MB: int, kv8: bool, ieee: bool,
+                num_splits: int, fused: bool) -> dict:
+    """What a launch at this shape compiles and runs: the split count and tokens a split, the
+    kernel's grid and constexprs (the config's left to the tuner) and, split but not fused, the
+    reduction kernel's grid and constexprs. _launch runs it; bench.gpucheck.sass compiles the
+    same variants for sm_90 without a GPU."""
+    G = Hq // Hkv
+    # Each split covers a multiple of the largest BLOCK_N, so splits never share a tile.
+    split_tokens = triton.cdiv(triton.cdiv(MB * BS, num_splits), 128) * 128
+    num_splits = triton.cdiv(MB * BS, split_tokens)
+    fused = fused and num_splits > 1
+    mm = merge_meta(G, D, num_splits)
+    const = dict(G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=BS, KV8=kv8,
+                 NUM_SPLITS=num_splits, IEEE=ieee, FUSED=fused, G2=mm["G2"], S_PAD=mm["S_PAD"],
+                 S_CHUNK=mm["S_CHUNK"])
+    reduce = None
+    if num_splits > 1 and not fused:
+        reduce = dict(grid=(B, Hkv, D // mm["BLOCK_D"]),
+                      const=dict(G=G, G2=mm["G2"], BLOCK_D=mm["BLOCK_D"], NUM_SPLITS=num_splits,
+                                 S_PAD=mm["S_PAD"], S_CHUNK=mm["REDUCE_S_CHUNK"]))
+    return dict(grid=(B, Hkv, num_splits), split_tokens=split_tokens, const=const,
+                reduce=reduce)
+
+
 def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fused=False):
     check_inputs(q, k, v, block_table, seq_lens, ks, vs, values=False)
     if k.stride(3) != 1 or v.stride() != k.stride() or q.stride(2) != 1:
         raise ValueError("paged attention needs contiguous head-dim rows and k/v of one layout")
     B, Hq, D = q.shape
     NB, BS, Hkv, _ = k.shape
-    G = Hq // Hkv
-    MB = block_table.shape[1]
     out = torch.empty_like(q) if out is None else out
     if out.stride(2) != 1:
         raise ValueError("out needs contiguous head-dim rows")
@@ -236,48 +277,40 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
         ks = vs = k  # unused pointers
     elif ks.stride() != vs.stride() or ks.stride(2) != 1:
         raise ValueError("k_scale and v_scale need the same contiguous layout")
-    g_pad = max(16, triton.next_power_of_2(G))
-    meta = _paged_attn_kernel.fixed_meta
-    # Each split covers a multiple of the largest BLOCK_N, so splits never share a tile.
-    split_tokens = triton.cdiv(triton.cdiv(MB * BS, num_splits), 128) * 128
-    num_splits = triton.cdiv(MB * BS, split_tokens)
-    mm = merge_meta(G, D, num_splits)
-    common = dict(G=G, G_PAD=g_pad, D=D, BLOCK_SIZE=BS, KV8=kv8,
-                  IEEE=q.dtype == torch.float32, G2=mm["G2"], S_PAD=mm["S_PAD"],
-                  S_CHUNK=mm["S_CHUNK"], **meta)
+    plan = launch_plan(B, Hq, Hkv, D, BS, block_table.shape[1], kv8, q.dtype == torch.float32,
+                       num_splits, fused)
+    const = {**plan["const"], **_paged_attn_kernel.fixed_meta}
     args = (q, k, v, ks, vs, block_table, seq_lens)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
                ks.stride(0), ks.stride(1), block_table.stride(0))
     scale_log2 = float(scale) * 1.4426950408889634
-    if num_splits == 1:
-        _paged_attn_kernel[(B, Hkv, 1)](*args, out, out, out, seq_lens, scale_log2, *strides,
-                                        out.stride(0), out.stride(1), 0, 0, 0, MB * BS,
-                                        NUM_SPLITS=1, FUSED=False, **common)
+    if const["NUM_SPLITS"] == 1:
+        _paged_attn_kernel[plan["grid"]](*args, out, out, out, seq_lens, scale_log2, *strides,
+                                         out.stride(0), out.stride(1), 0, 0, 0,
+                                         plan["split_tokens"], **const)
         return out
-    part = torch.empty(B, Hq, num_splits, D, device=q.device, dtype=torch.float32)
-    ml = torch.empty(B, Hq, num_splits, 2, device=q.device, dtype=torch.float32)
+    part = torch.empty(B, Hq, const["NUM_SPLITS"], D, device=q.device, dtype=torch.float32)
+    ml = torch.empty(B, Hq, const["NUM_SPLITS"], 2, device=q.device, dtype=torch.float32)
     # one counter a (sequence, KV head); an unused pointer when not fused
-    locks = scratch(q.device, B * Hkv, torch.int32) if fused else seq_lens
-    _paged_attn_kernel[(B, Hkv, num_splits)](*args, part, ml, out, locks, scale_log2, *strides,
-                                             part.stride(0), part.stride(1), part.stride(2),
-                                             out.stride(0), out.stride(1), split_tokens,
-                                             NUM_SPLITS=num_splits, FUSED=fused, **common)
-    if not fused:
-        _splitkv_reduce_kernel[(B, Hkv, D // mm["BLOCK_D"])](
+    locks = scratch(q.device, B * Hkv, torch.int32) if const["FUSED"] else seq_lens
+    _paged_attn_kernel[plan["grid"]](*args, part, ml, out, locks, scale_log2, *strides,
+                                     part.stride(0), part.stride(1), part.stride(2),
+                                     out.stride(0), out.stride(1), plan["split_tokens"], **const)
+    if plan["reduce"] is not None:
+        _splitkv_reduce_kernel[plan["reduce"]["grid"]](
             part, ml, out, part.stride(0), part.stride(1), part.stride(2), out.stride(0),
-            out.stride(1), G=G, G2=mm["G2"], BLOCK_D=mm["BLOCK_D"], NUM_SPLITS=num_splits,
-            S_PAD=mm["S_PAD"], S_CHUNK=mm["REDUCE_S_CHUNK"])
+            out.stride(1), **plan["reduce"]["const"])
     return out
 
 
-def _auto(q, k_cache, block_table) -> int:
-    return auto_splits(q.shape[0], k_cache.shape[2], block_table.shape[1] * k_cache.shape[1],
-                       num_sms(q.device))
-
-
-def _fixed_splits(block_table, block_size) -> int:
-    """Split-KV impls always split (at least 2 when the table allows), to test that path."""
-    return max(2, triton.cdiv(block_table.shape[1] * block_size, 512))
+def splits_for(impl: str, B: int, Hkv: int, MB: int, BS: int, sms: int | None) -> tuple[int, bool]:
+    """(splits asked, fused) of a Triton impl at this shape on a GPU of `sms` SMs. The split-KV
+    impls always split (at least 2 when the table allows), to test that path; `triton` chooses."""
+    if impl == "triton_onepass":
+        return 1, False
+    if impl in ("triton_splitkv", "triton_splitkv_fused"):
+        return max(2, triton.cdiv(MB * BS, 512)), impl == "triton_splitkv_fused"
+    return auto_splits(B, Hkv, MB * BS, sms), False
 
 
 def _register_triton(op_name: str, kv8: bool) -> None:
@@ -289,24 +322,26 @@ def _register_triton(op_name: str, kv8: bool) -> None:
         q, k, v, bt, sl, scale = args
         return q, k, v, None, None, bt, sl, scale
 
-    def reg(name: str, splits, doc: str, fused: bool = False) -> None:
+    def reg(name: str, doc: str) -> None:
         def fn(*args, out: torch.Tensor | None = None) -> torch.Tensor:
             q, k, v, ks, vs, bt, sl, scale = unpack(args)
-            return _launch(q, k, v, ks, vs, bt, sl, scale, out, splits(q, k, bt), fused)
+            splits, fused = splits_for(name, q.shape[0], k.shape[2], bt.shape[1], k.shape[1],
+                                       num_sms(q.device))
+            return _launch(q, k, v, ks, vs, bt, sl, scale, out, splits, fused)
         fn.__doc__ = doc
         fn.__name__ = fn.__qualname__ = name
         register_impl(op_name, name, backends=TRITON_BACKENDS, kind="triton",
                       prepare=validate)(fn)
 
     what = "INT8 KV dequantized in registers, " if kv8 else ""
-    reg("triton_onepass", lambda q, k, bt: 1,
+    reg("triton_onepass",
         f"Triton, one program per (sequence, KV head): {what}GQA-aware, online softmax.")
-    reg("triton_splitkv", lambda q, k, bt: _fixed_splits(bt, k.shape[1]),
+    reg("triton_splitkv",
         f"Triton split-KV (flash-decoding) + reduction kernel: {what}always splits.")
-    reg("triton_splitkv_fused", lambda q, k, bt: _fixed_splits(bt, k.shape[1]),
+    reg("triton_splitkv_fused",
         f"Triton split-KV, the last split of each (sequence, KV head) merges (one launch): "
-        f"{what}always splits.", fused=True)
-    reg("triton", _auto,
+        f"{what}always splits.")
+    reg("triton",
         f"Triton, split-KV chosen automatically for small batch x long context: {what}auto.")
 
 

@@ -347,7 +347,8 @@ from bench.gpucheck.sass import compile_sm90
 import kernels.attention.triton_paged as tp
 out = []
 for q, kv, bn, ns in (("bf16", "bf16", 64, 2), ("bf16", "bf16", 64, 3), ("bf16", "bf16", 64, 4),
-                      ("fp32", "fp32", 128, 3), ("bf16", "i8", 64, 4)):
+                      ("fp32", "fp32", 128, 3), ("bf16", "i8", 64, 4), ("fp32", "i8", 64, 2),
+                      ("fp32", "i8", 128, 4)):
     types = {"q_ptr": "*" + q, "k_ptr": "*" + kv, "v_ptr": "*" + kv, "ks_ptr": "*fp32",
              "vs_ptr": "*fp32", "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": "*fp32",
              "ml_ptr": "*fp32", "out_ptr": "*" + q, "lock_ptr": "*i32", "scale_log2": "fp32",
@@ -370,15 +371,18 @@ print(json.dumps(out))
 '''
 
 
-@pytest.mark.slow  # five real sm_90 compiles
+@pytest.mark.slow  # seven real sm_90 compiles
 def test_attention_stages_and_shared_memory_model_match_an_sm90_compile():
     from kernels.common import SM90_SMEM_BYTES
     got = _probe(_ATTN_PROBE)
-    (s2, _), (s3, _), (s4, _), (sf, mf), _ = got
+    (s2, _), (s3, _), (s4, _), (sf, mf), _, (s8, m8), (sf8, mf8) = got
     tile = 2 * 64 * 128 * 2  # a 64 x 128 bf16 K and V buffer
     assert s2 + tile <= s3 and s3 + tile <= s4
     assert all(0 < shared <= model for shared, model in got), got
-    assert sf > SM90_SMEM_BYTES and mf > SM90_SMEM_BYTES  # a config the prune drops
+    assert sf > SM90_SMEM_BYTES and mf > SM90_SMEM_BYTES  # configs the prune drops
+    assert sf8 > SM90_SMEM_BYTES and mf8 > SM90_SMEM_BYTES
+    # INT8 KV for fp32 q: the dequantized K and V tiles (2 x 64 x 128 fp32) in shared memory too
+    assert s8 > 2 * 64 * 128 * 4
 
 
 # The fused split-KV merge: each program's partial stores, then a barrier, then one thread's
@@ -472,3 +476,62 @@ def test_split_gemvs_finish_in_the_last_program_on_an_sm90_compile():
         assert any("ld.global.cg" in ln for ln in tail), name  # the sums, past L1
         assert any("st.global" in ln for ln in tail), name  # zeros and y, by the last program
         assert g["spill"] == [0, 0], name
+
+
+def test_attention_variants_are_what_the_suites_launch():
+    """Every Triton attention impl at the CUDA suites' shapes: one pass, split with the
+    reduction kernel, split with the merge fused, INT8 KV, fp32 on the IEEE path, and each
+    config the prune keeps for an sm_90 block (fp32's largest tiles do not fit)."""
+    pytest.importorskip("triton")
+    import bench.gpucheck.sass as sass
+    import kernels.attention.triton_paged as tp
+    v = sass.attention_variants(("bf16", "fp32"))
+    keys = [(fn.__name__, tuple(sorted(t.items())), tuple(sorted(c.items())), w, s)
+            for _, fn, t, c, w, s, _ in v]
+    assert len(keys) == len(set(keys))  # each distinct compile once
+    main = [x for x in v if x[1] is tp._paged_attn_kernel.jit_fn]
+    reduce = [x for x in v if x[1] is tp._splitkv_reduce_kernel]
+    assert len(main) + len(reduce) == len(v)
+    assert reduce and all(x[3]["NUM_SPLITS"] > 1 for x in reduce)
+    # 1 x 32768 on 132 SMs: triton_splitkv and _fused ask 64 splits; the fused one has no
+    # reduction kernel, so every split count with a reduction also has a non-fused main kernel
+    at_64 = {(c["FUSED"], c["KV8"], c["IEEE"]) for _, _, _, c, _, _, _ in main
+             if c["NUM_SPLITS"] == 64}
+    assert {(True, False, False), (False, False, False)} <= at_64
+    assert {x[3]["NUM_SPLITS"] for x in reduce} <= {c["NUM_SPLITS"] for _, _, _, c, _, _, _ in main
+                                                    if not c["FUSED"]}
+    assert {1, 64} <= {c["NUM_SPLITS"] for _, _, _, c, _, _, _ in main}
+    kv8 = [x for x in main if x[3]["KV8"]]
+    assert kv8 and all(x[2]["k_ptr"] == "*i8" and x[2]["ks_ptr"] == x[2]["q_ptr"] for x in kv8)
+    for _, _, types, c, _, _, _ in main:  # split: partials in fp32; one pass writes `out`
+        assert types["o_ptr"] == ("*fp32" if c["NUM_SPLITS"] > 1 else types["q_ptr"])
+        assert c["IEEE"] == (types["q_ptr"] == "*fp32")
+    per = {}
+    for _, _, types, c, _, _, _ in main:
+        per.setdefault((types["q_ptr"], c["KV8"], c["G"], c["NUM_SPLITS"], c["FUSED"]), []).append(c["BLOCK_N"])
+    assert max(len(b) for b in per.values()) == len(tp._CONFIGS)  # bf16: every config
+    assert all(128 not in b for (q, *_), b in per.items() if q == "*fp32")
+
+
+def test_compile_attention_lists_failures_oversized_blocks_and_spills(monkeypatch):
+    pytest.importorskip("triton")
+    import types as pytypes
+
+    import bench.gpucheck.sass as sass
+    v = [("a", None, {}, {"x": 1}, 4, 3, ()), ("b", None, {}, {"x": 2}, 4, 3, ()),
+         ("c", None, {}, {"x": 3}, 4, 3, ()), ("d", None, {}, {"x": 4}, 4, 3, ())]
+    monkeypatch.setattr(sass, "attention_variants", lambda dtypes: v)
+
+    def fake_compile(fn, types, const, warps, stages, aligned):
+        if const["x"] == 2:
+            raise RuntimeError("PassManager::run failed\nmore")
+        shared = sass.SM90_SMEM_PER_CTA + (1 if const["x"] == 3 else 0)
+        return pytypes.SimpleNamespace(metadata=pytypes.SimpleNamespace(shared=shared), x=const["x"])
+
+    monkeypatch.setattr(sass, "compile_sm90", fake_compile)
+    monkeypatch.setattr(sass, "disassemble", lambda k: ([(0, "STL [R1], R2")] if k.x == 4 else [], 64))
+    ok, bad, spills = sass.compile_attention()
+    assert ok == 2
+    assert bad[0] == "b: RuntimeError: PassManager::run failed"
+    assert bad[1].startswith("c: needs 232449 B of shared memory") and len(bad) == 2
+    assert spills == ["d: spill stores 4 B, loads 0 B"]
