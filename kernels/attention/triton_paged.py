@@ -53,20 +53,24 @@ def kv_smem(cfg: triton.Config, D: int, G_PAD: int, q_esize: int, kv_esize: int)
 
 # fp32 q: its dot runs on FMA (IEEE), not tensor cores, with the K and V tiles in registers (256 a
 # thread at 128 tokens of D = 128): every sm_90 compile at 128 tokens spills 2.7-22 KB a thread on
-# Triton 3.6 and 3.9 (`python -m bench.gpucheck.sass --compile-all`), so the tuner is not given it.
+# Triton 3.6 and 3.9 (`python -m bench.gpucheck.sass --compile-all`), and with INT8 KV, which is
+# dequantized into a second copy of each tile, every compile at 64 spills 6.3-8.5 KB; the tuner is
+# not given those tiles.
 FP32_MAX_BLOCK_N = 64
+FP32_KV8_MAX_BLOCK_N = 32
 
 
 def _prune(configs: list, nargs: dict, **kw) -> list:
     """The configs whose shared memory fits a block of the device (fp32 at BLOCK_N = 128 with
-    two or three buffers does not), fp32's at most FP32_MAX_BLOCK_N tokens; the first config
-    always stays."""
+    two or three buffers does not), fp32's tiles at most FP32_MAX_BLOCK_N tokens
+    (FP32_KV8_MAX_BLOCK_N with INT8 KV); the first config always stays."""
     q, k = nargs["q_ptr"], nargs["k_ptr"]
     limit = smem_per_block(q.device)
-    qes = esize(q.dtype)
+    qes, kves = esize(q.dtype), esize(k.dtype)
+    most = FP32_MAX_BLOCK_N if kves > 1 else FP32_KV8_MAX_BLOCK_N
     return [c for c in configs
-            if kv_smem(c, kw["D"], kw["G_PAD"], qes, esize(k.dtype)) <= limit
-            and (qes < 4 or c.kwargs["BLOCK_N"] <= FP32_MAX_BLOCK_N)] or configs[:1]
+            if kv_smem(c, kw["D"], kw["G_PAD"], qes, kves) <= limit
+            and (qes < 4 or c.kwargs["BLOCK_N"] <= most)] or configs[:1]
 
 
 def configs_for(q_dtype: torch.dtype, kv_dtype: torch.dtype, D: int, G_PAD: int) -> list:
