@@ -253,6 +253,8 @@ def launch_plan(B: int, Hq: int, Hkv: int, D: int, BS: int, MB: int, kv8: bool, 
     # Each split covers a multiple of the largest BLOCK_N, so splits never share a tile.
     split_tokens = triton.cdiv(triton.cdiv(MB * BS, num_splits), 128) * 128
     num_splits = triton.cdiv(MB * BS, split_tokens)
+    if num_splits == 1:  # one pass: the table's width bounds it
+        split_tokens = MB * BS
     fused = fused and num_splits > 1
     mm = merge_meta(G, D, num_splits)
     const = dict(G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=BS, KV8=kv8,
