@@ -72,28 +72,40 @@ def lookup(name: str) -> Chip:
     key = name.strip().lower()
     if key in chips:
         return chips[key]
-    near = [c for c in chips if c.startswith(key)] or difflib.get_close_matches(
+    near = [c for c in chips if key and c.startswith(key)] or difflib.get_close_matches(
         key, list(chips), n=1, cutoff=0.4)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
+    # several ids share a prefix ("h100": SXM and PCIe, 1.7x apart in bandwidth): name them all
+    names = [repr(c) for c in near]
+    alts = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+    hint = f"; did you mean {alts}?" if near else ""
     raise KeyError(f"unknown chip {name!r}{hint} (see `decodewall chips`)")
 
 
 # (pattern on the device name, chip id or None, note). First match wins.
 _RULES: list[tuple[str, str | None, str]] = [
+    # "GH200" and "GB200" contain "H200" and "B200" but are other parts, with their own memory
+    # sizes, bandwidths and rates: a match on the substring would judge them by another datasheet.
+    (r"GH200", None, "GH200 (Grace Hopper, not an H200 SXM) is not in the catalog"),
+    (r"GB200", None, "GB200 (Grace Blackwell, not a DGX B200) is not in the catalog"),
     (r"H100.*NVL", None, "H100 NVL (3.9 TB/s, 94 GB) is not in the catalog"),
     (r"H100.*PCIe", "h100-pcie", ""),
     (r"H100.*(HBM3|SXM)", "h100-sxm", ""),
-    (r"H200", "h200", ""),
-    (r"B200", "b200", ""),
+    (r"H200.*NVL", None, "H200 NVL (a PCIe card with lower rates than the SXM) is not in the catalog"),
+    (r"\bH200\b", "h200", ""),
+    (r"\bB200\b", "b200", ""),
     (r"A100.*80GB.*PCIe|A100.*PCIE.*80GB", None,
      "A100 80GB PCIe (1.935 TB/s) is not in the catalog"),
     (r"A100.*80GB", "a100-80gb", ""),
     (r"A100", "a100-40gb", ""),
     (r"L40S", "l40s", ""),
     (r"\bL4\b", "l4", ""),
+    (r"RTX 4090.*(Laptop|Mobile)", None,
+     "RTX 4090 Laptop GPU (another die, less memory and bandwidth) is not in the catalog"),
+    (r"RTX 4090 ?D\b", None, "RTX 4090 D (fewer SMs than the RTX 4090) is not in the catalog"),
     (r"RTX 4090", "rtx-4090", ""),
     (r"MI325X", "mi325x", ""),
     (r"MI300X", "mi300x", ""),
+    (r"TPU v4 ?lite|TPU v4i", None, "TPU v4i (v4 lite) is not in the catalog"),
     (r"TPU v4", "tpu-v4", ""),
     (r"TPU v5 ?lite|TPU v5e", "tpu-v5e", ""),
     (r"TPU v5p|TPU v5$", "tpu-v5p", ""),

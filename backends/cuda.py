@@ -1,4 +1,5 @@
-"""The CUDA backend: CUDA-event timing with the L2 flushed (2x its size) before every sample.
+"""The CUDA backend: CUDA-event timing with the last-level cache (the L2; AMD's Infinity Cache
+where there is one) flushed (2x its size) before every sample.
 
 Each sample is queued behind a spin kernel (nvbench's blocking kernel, `torch.cuda._sleep`) that
 holds the GPU until the host has queued the start event, the call and the end event: a
@@ -53,6 +54,13 @@ def _nvml_handle(nv: Any) -> Any:
     except Exception:  # an older torch without the PCI fields, or an older NVML binding
         return nv.nvmlDeviceGetHandleByIndex(i)
 
+
+# AMD Infinity Cache (MALL), by gfx arch or catalog id: not in torch's device properties.
+# gfx942 is the MI300 family; the catalog's MI300X and MI325X have 256 MB (shared/reference/chips.md).
+_INFINITY_CACHE = {"gfx942": 256 * 1024**2, "mi300x": 256 * 1024**2, "mi325x": 256 * 1024**2}
+
+_CLOCK_KEYS = ("sm_mhz", "mem_mhz", "sm_max_mhz", "mem_max_mhz", "power_w", "power_limit_w",
+               "temp_c")
 
 HOLD_MIN_S = 50e-6
 HOLD_MAX_S = 20e-3
@@ -158,7 +166,10 @@ class NvmlSampler:
         try:
             if self.thread is not None and not self.thread.is_alive():
                 self._sample()  # the window's end, after the last poll
-            util, power_mw = list(self.util), list(self.power_mw)
+            # a query that failed part-way through was not sampled over the whole window: its
+            # mean would describe only the window's start, so it is null like a missing one
+            util = [] if _UTIL in self._dropped else list(self.util)
+            power_mw = [] if _POWER in self._dropped else list(self.power_mw)
             out["nvml_window_s"] = window
             out["nvml_samples"] = len(util)
             out["nvml_timed_frac"] = timed_s / window if window > 0 else None
@@ -212,8 +223,14 @@ class CUDABackend(Backend):
         torch.cuda.synchronize()
 
     def cache_bytes(self) -> int:
-        props = torch.cuda.get_device_properties(0)
-        return int(getattr(props, "L2_cache_size", 0) or 50 * 1024**2)
+        """The last-level cache: torch's L2 size, or the AMD Infinity Cache behind it where that
+        is larger (ROCm reports one XCD's 4 MB L2; a flush of twice that would leave a GEMV's
+        weights in the 256 MB Infinity Cache and time them from there)."""
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 1024**2)
+        arch = str(getattr(props, "gcnArchName", "")).split(":")[0]
+        llc = _INFINITY_CACHE.get(arch) or _INFINITY_CACHE.get(detect(props.name)[0] or "", 0)
+        return max(l2, llc)
 
     def rotate_bytes(self) -> int:
         return 0  # the L2 is flushed before every sample instead
@@ -294,38 +311,53 @@ class CUDABackend(Backend):
         return [s.elapsed_time(e) * 1e-3 for s, e in events]
 
     def clocks(self) -> dict[str, Any]:
+        """NVML's clocks, power, temperature and throttle reasons, each queried on its own: a
+        query NVML does not support on this board or in this container (power is the usual one,
+        NVMLError_NotSupported) is recorded as null and the others are kept."""
         nv, h, why = self._nvml_device()
         if nv is None:
             return {"source": why}
-        try:
-            out: dict[str, Any] = {
-                "source": "nvml",
-                "sm_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
-                "mem_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
-                "sm_max_mhz": nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
-                "mem_max_mhz": nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
-                "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1000,
-                "power_limit_w": nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
-                "temp_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-            }
-            reasons = nv.nvmlDeviceGetCurrentClocksThrottleReasons(h)
-            out["throttle"] = [v for k, v in _THROTTLE.items() if reasons & k and k != 0x1]
+        errors: list[str] = []
+
+        def q(fn: str, *args: Any, scale: float = 1.0) -> Any:
             try:
-                out["mem_bus_bits"] = nv.nvmlDeviceGetMemoryBusWidth(h)
+                v = getattr(nv, fn)(h, *(getattr(nv, a) for a in args))
+            except Exception as e:  # AttributeError (older binding), NVMLError_NotSupported, ...
+                errors.append(f"{fn}: {e}")
+                return None
+            return v / scale if scale != 1.0 else v
+
+        out: dict[str, Any] = {
+            "source": "nvml",
+            "sm_mhz": q("nvmlDeviceGetClockInfo", "NVML_CLOCK_SM"),
+            "mem_mhz": q("nvmlDeviceGetClockInfo", "NVML_CLOCK_MEM"),
+            "sm_max_mhz": q("nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_SM"),
+            "mem_max_mhz": q("nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_MEM"),
+            "power_w": q("nvmlDeviceGetPowerUsage", scale=1000),
+            "power_limit_w": q("nvmlDeviceGetEnforcedPowerLimit", scale=1000),
+            "temp_c": q("nvmlDeviceGetTemperature", "NVML_TEMPERATURE_GPU"),
+        }
+        # the "throttle reasons" were renamed "clocks event reasons" (NVML 12.535); the bits match
+        reasons = q("nvmlDeviceGetCurrentClocksEventReasons"
+                    if hasattr(nv, "nvmlDeviceGetCurrentClocksEventReasons")
+                    else "nvmlDeviceGetCurrentClocksThrottleReasons")
+        out["throttle"] = None if reasons is None else \
+            [v for k, v in _THROTTLE.items() if reasons & k and k != 0x1]
+        bus = q("nvmlDeviceGetMemoryBusWidth")
+        if bus is not None:
+            out["mem_bus_bits"] = bus
+            if out["mem_max_mhz"]:
                 # nvbench's BWUtil peak: 2 (DDR) x memory clock x bus width / 8
-                out["theoretical_gbps"] = round(2 * out["mem_max_mhz"] * 1e6 * out["mem_bus_bits"] / 8 / 1e9, 1)
-            except Exception:
-                pass
-            try:
-                out["ecc"] = bool(nv.nvmlDeviceGetEccMode(h)[0])
-            except Exception:
-                pass
-            return out
-        except Exception as e:  # NVML present but refuses (container without access)
-            return {"source": f"nvml error: {e}"}
+                out["theoretical_gbps"] = round(2 * out["mem_max_mhz"] * 1e6 * bus / 8 / 1e9, 1)
+        ecc = q("nvmlDeviceGetEccMode")
+        if ecc is not None:
+            out["ecc"] = bool(ecc[0])
+        if all(out[k] is None for k in _CLOCK_KEYS):  # NVML answers nothing (no access)
+            return {"source": f"nvml error: {errors[0] if errors else 'no figure'}"}
+        return out
 
     def device_info(self) -> dict[str, Any]:
-        props = torch.cuda.get_device_properties(0)
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
         chip, note = detect(props.name, props.total_memory)
         return {
             "backend": self.name,

@@ -1,8 +1,10 @@
 """The chip catalog: every chip of the reference table, sourced; lookup and detection."""
+import re
+
 import pytest
 
 from backends import catalog
-from tests.helpers import REPO
+from tests.helpers import REPO, one_error_line
 
 REF = REPO.parent / "shared" / "reference" / "chips.md"
 
@@ -72,3 +74,84 @@ def test_every_chip_has_an_interconnect_with_a_source_and_unknowns_stay_unknown(
     assert chips["openai-broadcom"].interconnect.link_gbps is None
     assert chips["trainium2"].interconnect.link_gbps is None  # AWS states no direction
     assert chips["h200"].interconnect.allreduce_latency_us is None  # none published for it
+
+
+def _reference_rows() -> dict[str, list[str]]:
+    """The reference table's cells by chip name."""
+    rows = {}
+    for line in REF.read_text().splitlines():
+        if line.startswith("| ") and not line.startswith("| Chip") and "---" not in line:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def _num(cell: str) -> float | None:
+    """The first figure of a cell ("1,979", "~7.4", "624 (1,248)"), None for unk/—/unknown."""
+    m = re.match(r"~?([\d,]*\.?\d+)", cell.replace(" ", ""))
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+@pytest.mark.skipif(not REF.exists(), reason="shared/reference not beside the checkout")
+def test_every_figure_matches_the_reference_table():
+    """Bandwidth (TB/s there, GB/s here), memory, dense BF16/FP8/INT8 (INT4 in brackets), TDP and
+    the source, cell by cell: a sparse rate or a typo in chips.json fails here."""
+    by_name = {c.name: c for c in catalog.load().values()}
+    for name, cells in _reference_rows().items():
+        c = by_name[name]
+        _, bw, mem, _, bf16, fp8, int8, tdp, source = cells
+        # "unk (~0.176)": an estimate the reference does not vouch for, so the catalog has none
+        want_bw = None if bw.startswith("unk") else _num(bw)
+        assert c.mem_bw_gbps == (None if want_bw is None else pytest.approx(want_bw * 1000)), name
+        assert c.mem_gb == _num(mem), name
+        assert c.bf16_tflops == _num(bf16), name
+        assert c.fp8_tflops == _num(fp8), name
+        assert c.int8_tops == _num(int8), name
+        int4 = re.search(r"\(([\d,.]+)\)", int8)
+        assert c.int4_tops == (float(int4.group(1).replace(",", "")) if int4 else None), name
+        assert c.tdp_w == _num(tdp), name
+        assert source.startswith(c.source), name
+
+
+def test_reference_number_parser():
+    assert _num("1,979") == 1979 and _num("~7.4") == 7.4 and _num("624 (1,248)") == 624
+    assert _num("0.819") == 0.819 and _num("unk") is None and _num("—") is None
+
+
+@pytest.mark.parametrize("name, why", [
+    ("NVIDIA GH200 480GB", "GH200"), ("NVIDIA GH200 144G HBM3e", "GH200"),
+    ("NVIDIA GB200", "GB200"), ("NVIDIA H200 NVL", "H200 NVL"),
+    ("NVIDIA GeForce RTX 4090 Laptop GPU", "Laptop"), ("NVIDIA GeForce RTX 4090 D", "4090 D"),
+    ("TPU v4 lite", "v4i"), ("NVIDIA H20", "not in the catalog"),
+])
+def test_detect_other_parts_whose_names_contain_a_catalog_name(name, why):
+    """A Grace-Hopper GH200 is no H200 SXM, a GB200 no DGX B200, a laptop 4090 no desktop 4090:
+    judged against those datasheets they would get a wrong % of datasheet."""
+    chip, note = catalog.detect(name)
+    assert chip is None and why in note
+
+
+@pytest.mark.parametrize("name, chip", [
+    ("NVIDIA H200", "h200"), ("NVIDIA B200", "b200"), ("NVIDIA H100 SXM5 80GB", "h100-sxm"),
+    ("NVIDIA A100-PCIE-40GB", "a100-40gb"), ("AMD Instinct MI325X", "mi325x"), ("TPU v5", "tpu-v5p"),
+    ("TPU7x", "tpu7x"),
+])
+def test_detect_more_names(name, chip):
+    assert catalog.detect(name)[0] == chip
+
+
+def test_lookup_names_every_id_an_ambiguous_prefix_could_mean():
+    """"h100" is the SXM (3.35 TB/s) or the PCIe part (2.0 TB/s): the hint names both."""
+    with pytest.raises(KeyError) as e:
+        catalog.lookup("h100")
+    assert "'h100-sxm'" in str(e.value) and "'h100-pcie'" in str(e.value)
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["roof", "--backend", "nope"], "unknown backend 'nope' (backends: cpu, cuda, xla)"),
+    (["roof", "--backend", "cdua"], "did you mean 'cuda'?"),
+    (["chips", "--chip", "h100"], "did you mean 'h100-sxm' or 'h100-pcie'?"),
+])
+def test_bad_names_are_one_line_saying_it_once(capsys, argv, want):
+    line = one_error_line(capsys, argv)
+    assert want in line and line.count("cpu, cuda, xla") <= 1

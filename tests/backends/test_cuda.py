@@ -250,3 +250,114 @@ def test_backend_sampler_from_an_injected_pynvml(monkeypatch):
     s = b.sampler()
     assert s.nv is None
     assert b.clocks()["source"].startswith("unknown")
+
+
+def test_a_query_that_fails_part_way_through_the_window_is_null():
+    """Power read twice, then NotSupported (a container losing access, a board that stops
+    answering): a mean of the window's start is not the window's power, nor energy from it."""
+    nv = fake_nvml(util=(90,), missing=("nvmlDeviceGetTotalEnergyConsumption",))
+    reads = {"n": 0}
+
+    def power(h):
+        reads["n"] += 1
+        if reads["n"] > 2:
+            raise NotSupported("power")
+        return 300_000
+    nv.nvmlDeviceGetPowerUsage = power
+    s = NvmlSampler(nv, "h0", interval_s=0.001)
+    s.start()
+    while reads["n"] <= 2:
+        threading.Event().wait(0.001)
+    out = s.stop(10, 0.001)
+    assert out["power_w"] is None and out["energy_j_per_call"] is None
+    assert out["gpu_util_pct"] == pytest.approx(90.0)  # the query that kept answering stands
+
+
+# --- clocks ---------------------------------------------------------------------------------------
+
+def fake_clock_nvml(raising=(), missing=()):
+    """A pynvml stand-in for CUDABackend.clocks(): each query answers a fixed value."""
+    nv = types.SimpleNamespace(NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, NVML_TEMPERATURE_GPU=0)
+    answers = {
+        "nvmlDeviceGetClockInfo": lambda h, c: (1980, 2619)[c],
+        "nvmlDeviceGetMaxClockInfo": lambda h, c: (1980, 2619)[c],
+        "nvmlDeviceGetPowerUsage": lambda h: 350_000,
+        "nvmlDeviceGetEnforcedPowerLimit": lambda h: 700_000,
+        "nvmlDeviceGetTemperature": lambda h, s: 51,
+        "nvmlDeviceGetCurrentClocksThrottleReasons": lambda h: 0x4 | 0x1,
+        "nvmlDeviceGetMemoryBusWidth": lambda h: 5120,
+        "nvmlDeviceGetEccMode": lambda h: (1, 1),
+    }
+    for name, fn in answers.items():
+        if name in missing:
+            continue
+        if name in raising:
+            def fn(*a, _n=name):
+                raise NotSupported(_n)
+        setattr(nv, name, fn)
+    return nv
+
+
+def clock_backend(monkeypatch, nv):
+    b = CUDABackend()
+    monkeypatch.setattr(b, "_nvml_device", lambda: (nv, "h0", ""))
+    return b
+
+
+def test_clocks_all_figures(monkeypatch):
+    c = clock_backend(monkeypatch, fake_clock_nvml()).clocks()
+    assert c["source"] == "nvml" and c["sm_mhz"] == 1980 and c["mem_max_mhz"] == 2619
+    assert c["power_w"] == pytest.approx(350.0) and c["power_limit_w"] == pytest.approx(700.0)
+    assert c["throttle"] == ["sw_power_cap"] and c["ecc"] is True
+    assert c["theoretical_gbps"] == pytest.approx(2 * 2619e6 * 5120 / 8 / 1e9, abs=0.1)
+
+
+def test_clocks_keep_every_figure_but_the_one_nvml_does_not_support(monkeypatch):
+    """Power NotSupported (some boards, many containers) used to turn the whole record into
+    "nvml error": the clocks and throttle reasons beside every GPU run were lost with it."""
+    nv = fake_clock_nvml(raising=("nvmlDeviceGetPowerUsage", "nvmlDeviceGetEccMode"))
+    c = clock_backend(monkeypatch, nv).clocks()
+    assert c["source"] == "nvml" and c["power_w"] is None
+    assert c["sm_mhz"] == 1980 and c["power_limit_w"] == pytest.approx(700.0)
+    assert c["throttle"] == ["sw_power_cap"] and "ecc" not in c
+
+
+def test_clocks_read_the_renamed_event_reasons(monkeypatch):
+    nv = fake_clock_nvml(missing=("nvmlDeviceGetCurrentClocksThrottleReasons",))
+    c = clock_backend(monkeypatch, nv).clocks()
+    assert c["throttle"] is None and c["sm_mhz"] == 1980  # neither name: null, the rest kept
+    nv.nvmlDeviceGetCurrentClocksEventReasons = lambda h: 0x40
+    assert clock_backend(monkeypatch, nv).clocks()["throttle"] == ["hw_thermal"]
+
+
+def test_clocks_when_nvml_answers_nothing(monkeypatch):
+    everything = ("nvmlDeviceGetClockInfo", "nvmlDeviceGetMaxClockInfo", "nvmlDeviceGetPowerUsage",
+                  "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetTemperature",
+                  "nvmlDeviceGetCurrentClocksThrottleReasons", "nvmlDeviceGetMemoryBusWidth",
+                  "nvmlDeviceGetEccMode")
+    c = clock_backend(monkeypatch, fake_clock_nvml(raising=everything)).clocks()
+    assert c["source"].startswith("nvml error") and "nvmlDeviceGetClockInfo" in c["source"]
+
+
+# --- the last-level cache the flush and the probes must defeat ------------------------------------
+
+def fake_props(monkeypatch, name, l2, arch=None):
+    props = types.SimpleNamespace(name=name, L2_cache_size=l2)
+    if arch is not None:
+        props.gcnArchName = arch
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+
+
+@pytest.mark.parametrize("name, arch", [("AMD Instinct MI300X", "gfx942:sramecc+:xnack-"),
+                                        ("AMD Instinct MI325X", None), ("", "gfx942")])
+def test_cache_bytes_covers_the_infinity_cache(monkeypatch, name, arch):
+    """ROCm reports a 4 MB L2 for an MI300X; its 256 MB Infinity Cache behind it would keep a
+    GEMV's weights through a flush of 8 MB and time them at cache speed."""
+    fake_props(monkeypatch, name, 4 * 2**20, arch)
+    assert CUDABackend().cache_bytes() >= 256 * 10**6
+
+
+def test_cache_bytes_is_the_reported_l2_on_nvidia(monkeypatch):
+    fake_props(monkeypatch, "NVIDIA H100 80GB HBM3", 50 * 2**20)
+    assert CUDABackend().cache_bytes() == 50 * 2**20
