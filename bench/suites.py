@@ -98,7 +98,8 @@ def decode(ctx: SuiteContext) -> list[Case]:
 
 
 @suite("gpu-check", "the one-call device check's cases (bench/device_check.sh): GEMV at 8B/70B "
-       "shapes, M=1/16; attention 64x4096, 1x32768; precision; most important first")
+       "shapes, M=1/16; attention 64x4096, 1x32768; precision; INT8-KV attention 64x4096; most "
+       "important first")
 def gpu_check(ctx: SuiteContext) -> list[Case]:
     return gpu_check_cases(ctx)
 
@@ -337,15 +338,17 @@ def _triton_peer(op_name: str, impl_name: str) -> bool:
 
 def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
     """The `gpu-check` suite, most important first (a time box cuts the tail): the goal cases
-    (INT4/INT8 GEMV at M=1 on the Llama-3-70B shapes, INT4 at M=16 on the two largest 70B
-    shapes, attention at batch 64 x 4096 and 1 x 32768, INT4 at M=16 on the Llama-3-8B shapes),
-    the precision comparison, then bf16 and the Llama-3-8B shapes at batch 1 and 16. The large
-    M=16 shapes go before attention: the attention cases tune four Triton kernels (~10 s of
-    compiles each on the H200: one pass at 64 x 4096; at 1 x 32768 split-KV with the reduction
-    kernel, with the fused merge, and `triton`'s own split count), so a time box that cuts the
-    suite after attention keeps the M=16 cases. The 8B ones go after it: at 2-15 us at the
-    roof, the ~5.5 us a launch costs beyond its bytes (docs/gpu-results.md) is a large share of
-    each, so they say less about the kernel's loop.
+    (INT4/INT8 GEMV at M=1 on the two largest Llama-3-70B shapes, INT4 at M=16 on the same two,
+    attention at batch 64 x 4096 and 1 x 32768, INT4/INT8 at M=1 on the two smaller 70B shapes,
+    INT4 at M=16 on the Llama-3-8B shapes), then the precision comparison (its INT4/INT8 cases
+    are the 70B o shape's, 8192 x 8192, already planned), bf16 on the 70B shapes, INT8-KV
+    attention at 64 x 4096, and every GEMV on the Llama-3-8B shapes at batch 1 and 16. The
+    large M=16 shapes go before attention: the attention cases tune four Triton kernels (~10 s
+    of compiles each on the H200: one pass at 64 x 4096; at 1 x 32768 split-KV with the
+    reduction kernel, with the fused merge, and `triton`'s own split count), so a time box that
+    cuts the suite after attention keeps the M=16 cases. The 8B ones go after it: at 2-15 us at
+    the roof, the ~5.5 us a launch costs beyond its bytes (docs/gpu-results.md) is a large share
+    of each, so they say less about the kernel's loop.
     On a CPU (the dry run) the same ops at tiny shapes. `notes` collects what could not be
     planned and why."""
     notes = notes if notes is not None else []
@@ -387,7 +390,7 @@ def gpu_check_cases(ctx: Any, notes: list[str] | None = None) -> list:
             for part, (n, k) in shapes.items():
                 add(op, f"{model} {part}", peers, M=M, N=n, K=k, group_size=128)
 
-    if ctx.backend != "cuda":  # dry run: the same ops, one tiny fp32 case each
+    if ctx.backend != "cuda":  # dry run: the same ops, one tiny case each (dtypes: `add`)
         gemv(GEMV_OPS, {"tiny": TINY_GEMV}, "tiny", 1)
         add("paged_attention", "attn b2x64", B=2, context=64, **TINY_HEADS)
         add("paged_attention_kv8", "attn b2x64", B=2, context=64, **TINY_HEADS)

@@ -32,8 +32,9 @@ def resolve_backend(name: str | None):
     elif name.lower() not in BACKENDS:
         # a device kind is not a backend: GPUs run on cuda (ROCm's torch too), TPUs through xla
         kind = {"gpu": "cuda", "rocm": "cuda", "hip": "cuda", "tpu": "xla", "jax": "xla"}
+        near = difflib.get_close_matches(name.lower(), list(BACKENDS), n=1, cutoff=0.5)
         hint = (f"; {name.lower()} devices run on the {kind[name.lower()]} backend"
-                if name.lower() in kind else suggest(name.lower(), list(BACKENDS)))
+                if name.lower() in kind else f"; did you mean {near[0]!r}?" if near else "")
         raise UsageError(f"unknown backend {name!r}{hint} (backends: {', '.join(BACKENDS)})")
     else:
         b = get_backend(name)
@@ -88,6 +89,7 @@ def parse_shape(op, text: str):
 
 
 def resolve_dtypes(names: Sequence[str] | None, op) -> list:
+    """The dtypes named, each once (a repeated --dtype would measure every case again)."""
     from kernels import parse_dtype
     out = []
     for n in names or []:
@@ -97,7 +99,8 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
             raise UsageError(str(e)) from None
         if op is not None and dt not in op.dtypes:
             raise UsageError(f"{op.name} does not take dtype {n}")
-        out.append(dt)
+        if dt not in out:
+            out.append(dt)
     return out
 
 
@@ -136,11 +139,17 @@ def directory(text: str) -> str:
     return text
 
 
+# The collective ranks' process group times out after half the case timeout, and gloo's timer
+# overflows far past a week (1e14 s: "Invalid timeout"; 1e15 s: OverflowError in every rank).
+MAX_SECONDS = 7 * 24 * 3600
+
+
 def seconds(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if not 0 < v <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, at most "
+                                         f"{MAX_SECONDS} (a week), got {text!r}")
     return v

@@ -78,7 +78,7 @@ def _with_world_size(cases: list, n: int | None) -> list:
             except ValueError as e:
                 raise UsageError(f"impossible shape for {c.op}: {e}") from None
         out.append(c)
-    return out
+    return list(dict.fromkeys(out))  # shapes that differed only in their world size are one
 
 
 def _check_world_sizes(cases: list, backend: str) -> None:
@@ -120,13 +120,13 @@ def _resolve_cases(args, ctx) -> list:
             raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
         op = OPS[args.op]
         dtypes = resolve_dtypes(args.dtype, op)
-        if args.shape:
-            shapes = [parse_shape(op, s) for s in args.shape]
+        if args.shape:  # a shape given twice (in any field order) is one case
+            shapes = list(dict.fromkeys(parse_shape(op, s) for s in args.shape))
             dtypes = dtypes or [op.smoke[0][1] if op.smoke else op.dtypes[0]]
             return [Case(op.name, s, d) for s in shapes for d in dtypes]
         base = [Case(op.name, s, d) for s, d in op.smoke]
-        if dtypes:
-            base = [dataclasses.replace(c, dtype=d) for c in base for d in dtypes]
+        if dtypes:  # smoke shapes listed in two dtypes are one shape in the dtype asked for
+            base = list(dict.fromkeys(dataclasses.replace(c, dtype=d) for c in base for d in dtypes))
         return base
     name = "decode" if args.suite is None else args.suite
     if name not in SUITES:
@@ -540,7 +540,7 @@ def add_parser(sub) -> None:
                    help="kill an impl-case that runs longer and record it as timeout; it "
                         "covers the check, the warm-up (a call on every rotated input set: "
                         "thousands at tiny shapes) and timing, compiling and autotuning included "
-                        "(default: %(default)g)")
+                        "(default: %(default)g; at most a week)")
     r.add_argument("--warm", action="store_true",
                    help="time every case warm: one input set, no flush, so a working set the "
                         "cache holds is read from it (not judged against the DRAM roof)")

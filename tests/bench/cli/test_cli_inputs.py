@@ -371,3 +371,22 @@ def test_a_world_size_this_machine_cannot_start_is_refused(capsys, out, monkeypa
     assert "cannot run allreduce on cpu: world size 64 is more ranks than this machine runs (2)" \
         in line
 
+
+# --- 12. repeated selections --------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    ["--shape", "M=1,N=64,K=128", "--shape", "K=128,M=1,N=64"],  # one shape, written twice
+    ["--shape", "M=1,N=64,K=128", "--dtype", "bfloat16", "--dtype", "bfloat16"],
+    ["--dtype", "float32", "--dtype", "float32"],  # the op's smoke shapes
+    ["--shape", "bytes=4096,world_size=2", "--shape", "bytes=4096,world_size=4",
+     "--world-size", "2"],  # two shapes made one by the world size asked for
+])
+def test_a_case_given_twice_is_measured_once(extra):
+    from bench.cli import parse_args
+    from bench.cli.run import resolve_cases
+    from bench.suites import SuiteContext
+    op = "allreduce" if "--world-size" in extra else "gemv_bf16"
+    args = parse_args(["run", "--op", op, *extra])
+    cases = resolve_cases(args, SuiteContext("cpu"))
+    keys = [(c.shape, c.dtype) for c in cases]
+    assert keys and len(keys) == len(set(keys)), keys
