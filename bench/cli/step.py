@@ -93,7 +93,9 @@ def model_cases(args, ctx) -> list | None:
             raise UsageError(f"{', '.join(given)} need(s) --model")
         return None
     if args.op or args.suite or args.shape:
-        raise UsageError("give --model, or --suite / --op, not both")
+        given = [f"--{n}" for n in ("suite", "op", "shape") if getattr(args, n)]
+        raise UsageError(f"give --model, or --suite / --op [--shape], not both (got --model and "
+                         f"{' '.join(given)}): --model times the step's own shapes")
     step = build_step(args)
     args.model_step = step
     need = sorted({kernel_op(k, step) for k in step.kernels})
