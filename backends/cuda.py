@@ -34,13 +34,18 @@ _THROTTLE = {  # nvmlClocksThrottleReason* bits
 }
 
 
-def _nvml():
+def _nvml() -> tuple[Any, str]:
+    """(pynvml, "") once NVML starts, else (None, why): not installed, or installed and refusing
+    to start (no driver library in a container, say), which installing cannot fix."""
     try:
         import pynvml
-        pynvml.nvmlInit()
-        return pynvml
     except Exception:
-        return None
+        return None, "unknown (install nvidia-ml-py for clocks and throttle reasons)"
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:
+        return None, f"unknown (NVML does not start: {e})"
+    return pynvml, ""
 
 
 def _nvml_handle(nv: Any) -> Any:
@@ -274,10 +279,9 @@ class CUDABackend(Backend):
         """(pynvml, this GPU's handle, "") once NVML answers, else (None, None, why); looked up
         once per process."""
         if self._nvml is None:
-            nv = _nvml()
+            nv, why = _nvml()
             if nv is None:
-                self._nvml = (None, None, "unknown (install nvidia-ml-py for clocks and throttle "
-                                          "reasons)")
+                self._nvml = (None, None, why)
             else:
                 try:
                     self._nvml = (nv, _nvml_handle(nv), "")

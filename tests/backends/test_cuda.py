@@ -248,8 +248,12 @@ def test_backend_sampler_from_an_injected_pynvml(monkeypatch):
     nv.nvmlInit = refuse
     b = CUDABackend()
     s = b.sampler()
-    assert s.nv is None
-    assert b.clocks()["source"].startswith("unknown")
+    assert s.nv is None  # installed but not starting: its reason, not "install nvidia-ml-py"
+    assert b.clocks()["source"] == "unknown (NVML does not start: NVML Shared Library Not Found)"
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import raises
+    assert CUDABackend().clocks()["source"] == \
+        "unknown (install nvidia-ml-py for clocks and throttle reasons)"
 
 
 def test_a_query_that_fails_part_way_through_the_window_is_null():
