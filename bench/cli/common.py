@@ -11,9 +11,13 @@ from typing import Any, NoReturn, Sequence
 from ..errors import UsageError
 
 
-def suggest(name: str, known: Sequence[str]) -> str:
+def suggest(name: str, known: Sequence[str], listing: bool = True) -> str:
+    """'; did you mean X?' for a near name, else the known names (listing=False: nothing, for a
+    message that lists them itself)."""
     near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(sorted(known))})"
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f" (known: {', '.join(sorted(known))})" if listing else ""
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,9 +36,8 @@ def resolve_backend(name: str | None):
     elif name.lower() not in BACKENDS:
         # a device kind is not a backend: GPUs run on cuda (ROCm's torch too), TPUs through xla
         kind = {"gpu": "cuda", "rocm": "cuda", "hip": "cuda", "tpu": "xla", "jax": "xla"}
-        near = difflib.get_close_matches(name.lower(), list(BACKENDS), n=1, cutoff=0.5)
         hint = (f"; {name.lower()} devices run on the {kind[name.lower()]} backend"
-                if name.lower() in kind else f"; did you mean {near[0]!r}?" if near else "")
+                if name.lower() in kind else suggest(name.lower(), list(BACKENDS), listing=False))
         raise UsageError(f"unknown backend {name!r}{hint} (backends: {', '.join(BACKENDS)})")
     else:
         b = get_backend(name)
