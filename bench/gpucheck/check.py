@@ -16,6 +16,9 @@ Steps, each a child process (or a few) in its own process group, killed at its t
            cores of their own), test names streamed to the log and the console
   configs  the every-config tests alone (each GEMV config compiled and checked once), the same
            way: an empty Triton cache costs this box, not the other tests'
+  (warm)   beside pytest and configs, in the background: the suite's Triton kernels compiled at
+           its own shapes on the other cores (bench/gpucheck/warm.py), so that the suite's tuner
+           times configs instead of compiling them; stopped before anything is timed
   roof     `decodewall roof --json` (only with --with roof: the suite measures its own roof)
   flush    `python -m bench.gpucheck.flushcmp --json`: one read-bound GEMV under each L2 flush mode
            (only with --with flush)
@@ -76,6 +79,7 @@ NCU_PROBE_S = 20  # the background ncu probe's time box (torch import, one launc
 TOTAL_S = 420
 RESERVE_S = 2 * KILL_GRACE_S + 2
 NCU_TARGET_S = 30  # one profiled process: torch import, inputs, autotune, the profiled launch
+WARM_MAX = 8  # background compile processes (warm.py) at most, on the cores pytest leaves
 NEVER_FAIL = ("peers",)  # a step whose problems are findings, never a failed check
 EVERY_CONFIG = "every_config"  # the -k expression of the every-config tests, and where they are
 EVERY_CONFIG_DIR = "tests/kernels/gemv"  # (collecting one folder saves seconds of the box)
@@ -133,6 +137,9 @@ class Check:
         self.ncu_refused: str | None = None  # ncu's line refusing the counters on this machine
         self.peer_dir: Path | None = None
         self.current: Step | None = None
+        self.warm_procs: list[tuple[subprocess.Popen, Path]] = []  # start_warm, finish_warm
+        self.warm_t0 = 0.0
+        self.warm: dict[str, Any] | None = None  # what the background compiles did
 
     # -- helpers ----------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -366,6 +373,45 @@ class Check:
         if pr["verdict"] == "refused":
             self.ncu_refused = pr["why"]
         self.info["ncu_probe"] = {"verdict": pr["verdict"], "why": pr["why"]}
+
+    def start_warm(self) -> None:
+        """Start the background compiles (bench/gpucheck/warm.py) beside the test steps: the
+        suite's planned cases shared among warm_shards() processes, each compiling its cases'
+        Triton kernels into Triton's on-disk cache and launching none of them."""
+        if self.args.no_warm or not (self.wanted("suite") and
+                                     (self.wanted("pytest") or self.wanted("configs"))):
+            return
+        n = warm_shards()
+        self.warm_t0 = time.monotonic()
+        for i in range(n):
+            cmd = [self.py, "-m", "bench.gpucheck.warm", "--shard", f"{i}/{n}", "--backend",
+                   self.backend, "--suite", self.args.suite]
+            fd, name = tempfile.mkstemp(prefix="dwcheck-warm-")
+            self.log.write(f"$ {' '.join(cmd)}   [in the background until the configs step ends]\n")
+            with os.fdopen(fd, "w") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                        cwd=REPO, start_new_session=True)
+            self.warm_procs.append((proc, Path(name)))
+        self.log.flush()
+
+    def finish_warm(self) -> None:
+        """Stop the background compiles before any step times a kernel (those still compiling
+        are killed: what they compiled stays in the cache) and say what they did."""
+        if not self.warm_procs:
+            return
+        texts, cut = [], 0
+        for proc, path in self.warm_procs:
+            if proc.poll() is None:
+                cut += 1
+                kill_group(proc, 1.0)
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            path.unlink(missing_ok=True)
+        n, seconds = len(self.warm_procs), time.monotonic() - self.warm_t0
+        self.warm_procs = []
+        self.log.write(f"----- warm ({n} processes, {seconds:.0f} s, {cut} stopped while "
+                       "compiling)\n" + "".join(texts) + "\n")
+        self.log.flush()
+        self.warm = warm_report(texts, cut, seconds)
 
     def step_pytest(self, name: str) -> None:
         """`pytest` runs the cuda tests but the every-config ones, `configs` those alone, each
@@ -730,8 +776,14 @@ class Check:
             if self.steps["env"].status == "failed":
                 self.say("no usable torch or backend here: the other steps are skipped")
             else:
+                try:
+                    self.start_warm()
+                except Exception as e:  # the check's own error: the steps run without it
+                    self.log.write(traceback.format_exc())
+                    self.notes.append(f"starting the background compiles: {type(e).__name__}: {e}")
                 for name, fn in (("pytest", lambda: self.step_pytest("pytest")),
-                                 ("configs", lambda: self.step_pytest("configs")),
+                                 ("configs", lambda: (self.step_pytest("configs"),
+                                                      self.finish_warm())),
                                  ("roof", self.step_roof), ("flush", self.step_flush),
                                  ("suite", lambda: (self.finish_ncu_probe(), self.plan(),
                                                     self.step_suite())),
@@ -752,6 +804,10 @@ class Check:
                 kill_group(self.ncu_probe["proc"], 1.0)
             if self.ncu_probe is not None:
                 self.ncu_probe["path"].unlink(missing_ok=True)
+            try:  # configs cut by an error of the check's own code, or the check interrupted
+                self.finish_warm()
+            except Exception as e:
+                self.notes.append(f"stopping the background compiles: {type(e).__name__}: {e}")
             for s in self.steps.values():
                 if s.status == "pending":
                     s.status, s.detail = "skipped", "not reached"
@@ -806,6 +862,28 @@ def pytest_shards() -> int:
     machine's 16 give 8: with an empty Triton cache 4 got through a quarter of the cuda tests in
     60 s, compiling; the dry run on 2 still runs two, so the parallel path is tested)."""
     return max(2, min(8, (os.cpu_count() or 1) // 2))
+
+
+def warm_shards() -> int:
+    """Background compile processes: the cores the pytest processes leave, 1 to WARM_MAX."""
+    return max(1, min(WARM_MAX, (os.cpu_count() or 1) - pytest_shards()))
+
+
+def warm_report(texts: list[str], cut: int, seconds: float) -> dict[str, Any]:
+    """What warm.py's processes said (one output each): (case, impl) pairs done (compiled, or
+    run under the interpreter), skipped and failed (the first failures' lines), configs
+    compiled, processes that finished."""
+    pairs = [ln.split(": ", 1)[1] for t in texts for ln in t.splitlines()
+             if ln.startswith("warm ") and ": " in ln and " done: " not in ln]
+    done = [ln for t in texts for ln in t.splitlines() if " done: " in ln]
+    configs = sum(int(m.group(1)) for ln in pairs
+                  if (m := re.search(r": (\d+) configs compiled", ln)))
+    failed = [ln for ln in pairs if ": failed: " in ln]
+    return {"processes": len(texts), "finished": len(done), "stopped": cut,
+            "seconds": round(seconds, 1), "done": sum(": failed: " not in ln and ": skipped: "
+                                                      not in ln for ln in pairs),
+            "skipped": sum(": skipped: " in ln for ln in pairs), "failed": len(failed),
+            "failures": failed[:3], "configs": configs}
 
 
 def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -872,6 +950,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--only", nargs="+", choices=STEPS,
                    help="run only these steps (peers and env always run)")
     p.add_argument("--skip", nargs="+", choices=STEPS, help="skip these steps")
+    p.add_argument("--no-warm", action="store_true",
+                   help="do not compile the suite's kernels in the background of the test steps")
     p.add_argument("--with", dest="with_", nargs="+", choices=OFF_BY_DEFAULT, default=[],
                    help="also run these steps, off by default: roof (a second roof reading; "
                    "the suite measures its own) and flush (the L2 flush modes compared)")

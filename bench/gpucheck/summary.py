@@ -228,6 +228,25 @@ def flush_tables(data: Any) -> list[dict[str, Any]]:
     return out
 
 
+def warm_line(w: dict[str, Any], dry: bool = False) -> str:
+    """The background compiles (bench/gpucheck/warm.py) as a line under the steps: never a
+    failure, a warning when a pair failed or a process was stopped while compiling."""
+    status = "warn" if w["failed"] or w["stopped"] else "ok"
+    n = w["processes"]
+    text = (f"  {'(warm)':7s} {status:8s} {w['seconds']:5.0f} s  beside pytest and configs, "
+            f"{n} process{'es' if n != 1 else ''}: {w['done']} (case, Triton impl) pair"
+            f"{'s' if w['done'] != 1 else ''} "
+            + ("run under the interpreter (a dry run compiles nothing)" if dry else
+               f"compiled ahead ({w['configs']} configs)"))
+    if w["skipped"]:
+        text += f", {w['skipped']} skipped (the impl does not take the case)"
+    if w["stopped"]:
+        text += f"; {w['stopped']} stopped while still at work when configs ended"
+    if w["failed"]:
+        text += f"; {w['failed']} failed: " + "; ".join(w["failures"])[:300]
+    return text
+
+
 # --- the files ----------------------------------------------------------------------------------
 
 def write(c: Any, final: bool = True) -> int:
@@ -247,6 +266,8 @@ def write(c: Any, final: bool = True) -> int:
     lines.append("steps:")
     for s in c.steps.values():
         lines.append(f"  {s.name:7s} {s.status:8s} {s.seconds:5.0f} s  {s.detail}")
+        if s.name == "configs" and getattr(c, "warm", None):
+            lines.append(warm_line(c.warm, c.dry))
     if c.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in c.notes]
@@ -333,7 +354,7 @@ def write(c: Any, final: bool = True) -> int:
                "notes": c.notes, "planned_cases": len(c.planned),
                "results_file": c.jsonl.name if c.jsonl else None, "peers": c.peers,
                "tests": c.tests, "flush": {**(c.flush or {}), "tables": tables},
-               "kernels": rows, "ncu": c.ncu, "ncu_why": c.ncu_why, "goals": goals_,
+               "warm": getattr(c, "warm", None), "kernels": rows, "ncu": c.ncu, "ncu_why": c.ncu_why, "goals": goals_,
                "ok": not bad if final else None}
     _atomic(c.out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     _atomic(c.out / "summary.txt", text)

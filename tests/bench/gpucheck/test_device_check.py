@@ -356,7 +356,7 @@ def _check(tmp_path, **kw):
     from bench.gpucheck import check as dc
     args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
                               skip=None, with_=[], time_limit=TOTAL_S, suite="gpu-check",
-                              budget="quick", chip=None, wheels=None)
+                              budget="quick", chip=None, wheels=None, no_warm=True)
     for k, v in kw.items():
         setattr(args, k, v)
     return dc.Check(args)
@@ -585,6 +585,16 @@ def test_dry_run_end_to_end(tmp_path):
     assert "every_config" not in " ".join(ln for ln in (out_dir / "steps.log").read_text().split(
         "===== pytest =====")[1].split("===== configs =====")[0].splitlines() if "::" in ln)
     assert "last test: " in steps["configs"]["detail"]
+    # the suite's kernels run ahead in the background (the interpreter here), stopped before a
+    # step times anything, and said under the configs step
+    from bench.gpucheck.check import warm_shards
+    w = s["warm"]
+    assert w["processes"] == warm_shards() and w["finished"] + w["stopped"] == w["processes"]
+    assert w["failed"] == 0, w["failures"]
+    log = (out_dir / "steps.log").read_text()
+    assert log.index("bench.gpucheck.warm --shard 0/") < log.index("===== pytest =====")
+    assert log.index("===== configs =====") < log.index("----- warm (") < log.index("===== roof =====")
+    assert any(ln.startswith("  (warm) ") and "run under the interpreter" in ln for ln in out)
     assert steps["flush"]["status"] in ("ok", "skipped")
     assert s["ncu"] and all(n.get("fake") and n["ratio"] == 1.0 for n in s["ncu"])
     (w,) = s["ncu_why"]  # the INT4 GEMV's sections pass: ran, parsed, marked as made up
@@ -785,3 +795,37 @@ def test_why_targets_follow_what_the_goals_read():
     got = why_targets(targets, [rec])
     assert got[2]["impl"] == "triton" and got[2]["shape"]["context"] == LONG_CONTEXT
     assert [t["impl"] for t in why_targets(targets[1:], [])][:2] == ["triton_w4", "triton_splitkv"]
+
+
+def test_background_compiles_start_only_for_a_suite_and_are_stopped_before_it(tmp_path):
+    """start_warm runs only when the suite will and a test step gives it time; finish_warm kills
+    a process still at work (its group) and reports what it said."""
+    import subprocess as sp
+    for kw, started in (({"no_warm": True}, False), ({"only": ["peers", "env", "suite"]}, False),
+                        ({"skip": ["suite"]}, False), ({"skip": ["pytest", "configs"]}, False)):
+        c = _check(tmp_path, **{"no_warm": False, **kw})
+        try:
+            c.start_warm()
+            assert bool(c.warm_procs) == started, kw
+        finally:
+            c.log.close()
+    c = _check(tmp_path, no_warm=False)
+    try:
+        out = tmp_path / "warm.out"
+        with open(out, "w") as f:
+            proc = sp.Popen([sys.executable, "-c",
+                             "import time; print('warm 0/1: gemv_w4 M=1 bfloat16 triton_w4: 3 "
+                             "configs compiled in 1.0 s', flush=True); time.sleep(60)"],
+                            stdout=f, start_new_session=True)
+        c.warm_procs, c.warm_t0 = [(proc, out)], time.monotonic()
+        deadline = time.monotonic() + 30
+        while "configs compiled" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        c.finish_warm()
+        assert time.monotonic() - t0 < 5 and proc.poll() is not None and not out.exists()
+        assert c.warm["stopped"] == 1 and c.warm["configs"] == 3 and c.warm["done"] == 1
+        assert c.warm_procs == []
+        c.finish_warm()  # a second call has nothing to stop
+    finally:
+        c.log.close()

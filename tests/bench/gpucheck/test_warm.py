@@ -1,0 +1,188 @@
+"""The device check's background compiles (bench/gpucheck/warm.py): the suite's cases shared among
+processes, each Triton impl called once with the autotuner compiling every config it keeps and
+launching none, and what the check reports of it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench.gpucheck import warm
+from bench.gpucheck.check import warm_report
+from bench.gpucheck.summary import warm_line
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_shares_give_each_case_once_to_the_least_loaded_process_in_plan_order():
+    assert warm.shares([3, 3, 1, 0, 2, 1], 2) == [[0, 2, 5], [1, 4]]
+    got = warm.shares([1] * 7, 3)
+    assert got == [[0, 3, 6], [1, 4], [2, 5]]  # every process starts on one of the first cases
+    assert sorted(i for s in warm.shares([2, 0, 1, 4, 1], 4) for i in s) == [0, 2, 3, 4]
+
+
+class _Fn:
+    """A stand-in @triton.jit function: records what warmup compiles; a launch is an error."""
+    arg_names = ["x", "n"]
+
+    def __init__(self) -> None:
+        self.warmed: list[dict] = []
+
+    @staticmethod
+    def fn(x, n):  # the Python function Autotuner looks for at the bottom of .fn
+        pass
+
+    def warmup(self, *args, grid, **kwargs):
+        self.warmed.append({"grid": grid, "args": args, **kwargs})
+        return object()
+
+    def run(self, *args, **kwargs):
+        raise AssertionError("compile-only mode launched a kernel")
+
+
+def test_compile_only_compiles_every_config_the_prune_keeps_and_launches_nothing(monkeypatch):
+    triton = pytest.importorskip("triton")
+    from triton.runtime.autotuner import Autotuner
+    monkeypatch.setattr(Autotuner, "run", Autotuner.run)  # compile_only's patch is undone after
+    monkeypatch.setattr(warm, "COMPILED", [0])
+    seen = {}
+
+    def prune(configs, nargs, **kw):
+        seen.update(nargs=dict(nargs), kw=sorted(kw))
+        return configs[:2]
+
+    fn = _Fn()
+    tuned = triton.autotune(configs=[triton.Config({"B": b}, num_warps=w)
+                                     for b, w in ((16, 1), (32, 2), (64, 4))],
+                            key=["n"], prune_configs_by={"early_config_prune": prune})(fn)
+    warm.compile_only()
+    assert tuned[(4,)](torch.zeros(4), 4) is None  # as a launcher calls it: kernel[grid](...)
+    assert [(w["B"], w["num_warps"]) for w in fn.warmed] == [(16, 1), (32, 2)]
+    assert all(w["grid"] == (4,) and w["args"][1] == 4 for w in fn.warmed)
+    assert seen["nargs"]["n"] == 4 and "warmup" not in seen["kw"]
+    assert warm.COMPILED == [2]
+    assert not tuned.cache and getattr(tuned, "configs_timings", None) is None  # nothing timed
+
+
+def _impl(name, fn, prepare=None, out_arg=True):
+    return SimpleNamespace(name=name, fn=fn, prepare=prepare, out_arg=out_arg)
+
+
+def test_warm_case_calls_each_impl_once_and_says_what_happened():
+    from backends import get_backend
+    from bench.case import Case
+    from kernels import OPS
+    op = OPS["gemv_bf16"]
+    case = Case("gemv_bf16", op.shape(M=1, N=64, K=128), torch.float32)
+    calls = []
+
+    def good(x, w, out):
+        calls.append((x.shape, w.shape, out.shape, out.dtype))
+        out.copy_(x @ w.T)
+
+    def unprepared(x, w):
+        raise NotImplementedError("this peer is not installed\nsecond line")
+
+    def broken(x, w, out):
+        raise RuntimeError("out of resources")
+
+    got = dict(warm.warm_case(get_backend("cpu"), case, [
+        _impl("good", good), _impl("peer", good, prepare=unprepared),
+        _impl("broken", broken)]))
+    assert calls == [((1, 128), (64, 128), (1, 64), torch.float32)]
+    assert got["peer"] == "skipped: this peer is not installed"
+    assert got["broken"] == "failed: RuntimeError: out of resources"
+    assert got["good"].startswith(("ran under the interpreter in ", "0 configs compiled in "))
+
+
+def test_warm_runs_the_dry_plans_triton_impls_under_the_interpreter():
+    """The dry run's process: the CPU plan, its Triton impls called once each (a tiny attention
+    case is quick under the interpreter; the GEMVs are not, so one case is taken)."""
+    from backends import get_backend
+    b = get_backend("cpu")
+    cases = [c for c in warm.plan(b, "gpu-check") if c.op == "paged_attention"]
+    impls = warm.triton_impls(cases[0], "cpu")
+    assert {i.name for i in impls} >= {"triton_onepass", "triton_splitkv", "triton"}
+    got = warm.warm_case(b, cases[0], impls)
+    assert [n for n, _ in got] == [i.name for i in impls]
+    assert all(w.startswith("ran under the interpreter in ") for _, w in got), got
+
+
+def test_bad_shard_is_one_line_and_exit_2():
+    r = subprocess.run([sys.executable, "-m", "bench.gpucheck.warm", "--shard", "3/2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--shard" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_check_reads_what_the_processes_said():
+    texts = ["warm 0/2: gemv_w4 M=1 bfloat16 triton_w4: 21 configs compiled in 6.6 s\n"
+             "warm 0/2: gemv_w4 M=1 bfloat16 gemlite_w4: skipped: gemlite is not installed\n"
+             "warm 0/2: paged_attention B=1 bfloat16 triton: failed: OutOfResources: shared\n"
+             "warm 0/2 done: 1 of 3 pairs, 21 configs, 9.0 s\n",
+             "warm 1/2: gemv_w8 M=1 bfloat16 triton_w8: 18 configs compiled in 4.3 s\n"]
+    w = warm_report(texts, cut=1, seconds=12.3)
+    assert w == {"processes": 2, "finished": 1, "stopped": 1, "seconds": 12.3, "done": 2,
+                 "skipped": 1, "failed": 1, "configs": 39,
+                 "failures": ["paged_attention B=1 bfloat16 triton: failed: OutOfResources: shared"]}
+    line = warm_line(w)
+    assert "(warm)  warn" in line and "2 processes: 2 (case, Triton impl) pairs compiled ahead " \
+        "(39 configs)" in line and "1 skipped" in line and "1 stopped" in line
+    assert "OutOfResources" in line
+    ok = warm_line({**w, "stopped": 0, "failed": 0, "skipped": 0, "processes": 1, "done": 1})
+    assert "(warm)  ok" in ok and "1 process: 1 (case, Triton impl) pair compiled" in ok
+
+
+# The GPU path without a GPU: Triton's driver replaced by one that reports an sm_90 device and
+# cannot launch, so a JIT warmup compiles for sm_90 (ptxas included) and a launch would fail.
+_SM90_WARM = r'''
+import json, os, sys
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+class NoLaunchDriver:
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+
+driver.set_active(NoLaunchDriver())
+from backends import get_backend
+from bench.case import Case
+from bench.gpucheck import warm
+from kernels import OPS
+import kernels.attention.triton_paged as tp
+warm.compile_only()
+op = OPS["paged_attention"]
+case = Case("paged_attention", op.shape(B=2, Hq=8, Hkv=2, D=64, context=64), torch.float16)
+impls = [i for i in warm.triton_impls(case, "cuda") if i.name == "triton_onepass"]
+got = warm.warm_case(get_backend("cpu"), case, impls)
+s = case.shape
+plan = tp.launch_plan(s.B, s.Hq, s.Hkv, s.D, s.block_size, s.max_blocks, False, False, 1, False)
+keep = tp.configs_for(torch.float16, torch.float16, s.D, plan["const"]["G_PAD"])
+files = [f for _, _, fs in os.walk(os.environ["TRITON_CACHE_DIR"]) for f in fs if f.endswith(".cubin")]
+print(json.dumps({"got": got, "configs": len(keep), "cubins": len(files)}))
+'''
+
+
+@pytest.mark.slow  # sm_90 compiles
+def test_compile_only_compiles_a_real_launchers_configs_for_sm90_into_the_cache(tmp_path):
+    pytest.importorskip("triton")
+    from tests.bench.gpucheck.test_sass import _compile_env
+    script = tmp_path / "sm90_warm.py"
+    script.write_text(_SM90_WARM)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO,
+                       env=_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache")), timeout=600)
+    if r.returncode and "ptxas" in r.stderr:
+        pytest.skip(r.stderr.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stderr[-800:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    (name, what), = out["got"]
+    assert what.startswith(f"{out['configs']} configs compiled in "), what
+    assert out["cubins"] == out["configs"] > 1  # each kept config's sm_90 binary, on disk
