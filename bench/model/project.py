@@ -8,11 +8,11 @@ bf16, so bf16 is the rate that applies); the larger binds.
 Capacity is judged on the fullest chip of a split (tensor-parallel degree tp, pp pipeline stages,
 L layers): ceil(L/pp) layers' weights / tp, plus those layers' KV cache / min(tp, KV heads) (a KV
 head is not split: past tp = KV heads each is copied to tp / KV heads chips, and so are the K and V
-rows of its qkv projection, as vLLM's QKVParallelLinear copies them; norms and the MoE router are
-whole on every chip), plus the embedding, lm_head and final norm spread over all tp x pp chips.
-That last term is an assumption: frameworks place them differently (vLLM shards them over tp on
-the first and last stage only, which needs more on those chips). It must fit the chip's memory
-(on-chip SRAM for SRAM-only chips). Only tp that serving frameworks accept count (vLLM's rules,
+rows of its qkv projection, as vLLM's QKVParallelLinear copies them; norms, the MoE router and an
+o bias are whole on every chip), plus the embedding, lm_head and final norm spread over all tp x pp
+chips. That last term is an assumption: frameworks place them differently (vLLM shards them over
+tp on the first and last stage only, which needs more on those chips). It must fit the chip's
+memory (on-chip SRAM for SRAM-only chips). Only tp that serving frameworks accept count (vLLM's rules,
 `tp_degrees`): tp divides the query heads and the intermediate size, divides the KV heads or is a
 multiple of them, and at INT4 leaves each chip whole groups along K.
 
@@ -20,7 +20,8 @@ Several chips (`project_split`), tensor-parallel degree tp, pipeline degree pp:
 - every kernel call costs max(its bytes on one chip / (bandwidth x efficiency), its FLOPs on one
   chip / peak) plus a fixed floor (launch and first-byte latency), however small its slice: weights
   and FLOPs divide by tp (the K and V projections by min(tp, KV heads), the router not at all), the
-  KV cache by min(tp, KV heads) (a KV head is not split), activations not at all; the norm weights
+  KV cache by min(tp, KV heads) (a KV head is not split), activations and an o bias (added on one
+  chip, as vLLM's RowParallelLinear does) not at all; the norm weights
   (whole on every chip) and the batch's embedding rows are read at bandwidth, with no floor;
 - tp > 1 adds two all-reduces of the activations (batch x hidden x 2 bytes) a layer: latency +
   bytes x 2(tp-1)/tp / link bandwidth (the catalog's per-direction figure, or measured `allreduce`
@@ -214,8 +215,8 @@ def chip_share(k: Kernel, cfg: ModelConfig, tp: int) -> float:
 
 def chip_resident_bytes(step: Step, tp: int, pp: int, resident: Resident | None = None) -> float:
     """Bytes the fullest chip of a tp x pp split holds (module docstring): ceil(L/pp) layers'
-    weights / tp (K and V projections / min(tp, KV heads), norms and router whole) and KV cache /
-    min(tp, KV heads), plus embedding, lm_head and final norm / (tp x pp)."""
+    weights / tp (K and V projections / min(tp, KV heads), norms, router and o bias whole) and KV
+    cache / min(tp, KV heads), plus embedding, lm_head and final norm / (tp x pp)."""
     r = resident or step.resident()
     layers = math.ceil(r.layers / pp)
     kv_split = min(tp, step.model.num_key_value_heads)
@@ -261,7 +262,8 @@ def project_split(step: Step, chip: Chip, tp: int, pp: int = 1, efficiency: floa
     else:
         for k in step.kernels:
             share = chip_share(k, c, tp)
-            nbytes = k.weight_bytes * share + k.kv_bytes / kv_split + k.act_bytes
+            nbytes = ((k.weight_bytes - k.whole_bytes) * share + k.whole_bytes
+                      + k.kv_bytes / kv_split + k.act_bytes)
             t = nbytes / (bw * 1e9 * efficiency)
             if tf:
                 t = max(t, k.flops * share / (tf * 1e12))

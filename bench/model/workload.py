@@ -19,6 +19,10 @@ What is counted and why:
   on average; `run --model` times it at the nearest whole M (at least 1), which keeps the tokens
   its timed calls model (M * touched a layer) as close to B*k as a whole M can.
 - Nothing is read twice: the counts are the floor any correct implementation must move.
+- A field the config leaves out takes transformers' default for its model_type (ARCHS): an untied
+  lm_head for every type here (PretrainedConfig's own default, tied, is overridden by each), and
+  the attention biases its Attention module builds. Without a model_type ARCHS knows, a missing
+  tie_word_embeddings is refused, since nothing says which it is.
 - A config field that changes the traffic in a way not modelled here (experts under other names,
   latent KV, sliding-window attention: UNMODELLED) is refused, never projected with wrong bytes.
 """
@@ -59,6 +63,18 @@ UNMODELLED = {
     "moe_intermediate_size": "expert MLPs narrower than intermediate_size",
     "kv_lora_rank": "a compressed latent KV cache (multi-head latent attention)",
     "sliding_window": "attention over the last tokens only",
+    "mlp_bias": "biases on the MLP's gate, up and down projections",
+}
+# What transformers builds for each model_type whose layers the step models: tie_word_embeddings
+# when the config leaves it out (its <Type>Config's default), and which attention projections carry
+# a bias. "attention_bias": q, k, v and o, as the field says (LlamaAttention: every projection's
+# bias=config.attention_bias, default false); "qkv": q, k and v always, o never (Qwen2Attention;
+# Qwen2Config has no such field); "": none (MistralAttention, which Mixtral's is).
+ARCHS: dict[str, tuple[bool, str]] = {
+    "llama": (False, "attention_bias"),
+    "mistral": (False, ""),
+    "mixtral": (False, ""),
+    "qwen2": (False, "qkv"),
 }
 MAX_DIM = 2**24  # a config field past 16M (the largest real ones: vocabularies of ~256K) is not
 #                  a model, and the step's counts stay far inside a float's range
@@ -83,7 +99,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     num_local_experts: int = 1      # 1: dense MLP
     num_experts_per_tok: int = 1
-    attention_bias: bool = False    # q/k/v biases (Qwen2)
+    qkv_bias: bool = False          # q, k and v biases (Qwen2; Llama's attention_bias)
+    o_bias: bool = False            # an o_proj bias (Llama's attention_bias)
     source: str = ""
 
     @property
@@ -98,7 +115,7 @@ class ModelConfig:
         """Every parameter once (a tied lm_head shares the embedding's)."""
         H, I, E = self.hidden_size, self.intermediate_size, self.num_local_experts
         attn = self.qkv_out * H + H * self.num_attention_heads * self.head_dim
-        attn += self.qkv_out if self.attention_bias else 0
+        attn += (self.qkv_out if self.qkv_bias else 0) + (H if self.o_bias else 0)
         mlp = E * 3 * H * I + (E * H if self.is_moe else 0)
         per_layer = attn + mlp + 2 * H  # + input and post-attention RMSNorm weights
         embed = self.vocab_size * H
@@ -185,14 +202,42 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
     k = data.get("num_experts_per_tok") or (2 if E > 1 else 1)
     if k > E:
         raise ConfigError(f"{where}: num_experts_per_tok {k} > num_local_experts {E}")
-    bias = data.get("attention_bias", data.get("model_type") == "qwen2")
+    tied, qkv_bias, o_bias = _arch_fields(data, where)
     return ModelConfig(
         name=printable(str(data.get("_name") or name)), hidden_size=H,
         intermediate_size=data["intermediate_size"], num_hidden_layers=data["num_hidden_layers"],
         num_attention_heads=Hq, num_key_value_heads=Hkv, head_dim=D,
-        vocab_size=data["vocab_size"], tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
-        num_local_experts=E, num_experts_per_tok=k if E > 1 else 1, attention_bias=bool(bias),
+        vocab_size=data["vocab_size"], tie_word_embeddings=tied,
+        num_local_experts=E, num_experts_per_tok=k if E > 1 else 1, qkv_bias=qkv_bias,
+        o_bias=o_bias,
         source=printable(str(data.get("_source") or where)))
+
+
+def _arch_fields(data: dict[str, Any], where: str) -> tuple[bool, bool, bool]:
+    """(tie_word_embeddings, q/k/v biases, o bias) as transformers builds the config's model_type
+    (ARCHS). A model_type outside ARCHS reads attention_bias as LlamaConfig defines it (q, k, v
+    and o), the meaning of the field in transformers' configs that have it."""
+    mtype = data.get("model_type")
+    arch = ARCHS.get(mtype) if isinstance(mtype, str) else None
+    if "tie_word_embeddings" in data:
+        tied = data["tie_word_embeddings"]
+    elif arch is not None:
+        tied = arch[0]
+    else:
+        which = ("no model_type to take its default from" if mtype is None else
+                 f"model_type {_short(mtype)} has no default known here")
+        raise ConfigError(f"{where}: no tie_word_embeddings, and {which} (transformers: false "
+                          f"for {', '.join(ARCHS)}; true for PretrainedConfig and Gemma): give "
+                          "tie_word_embeddings true or false")
+    given = data.get("attention_bias")
+    if arch is None or arch[1] == "attention_bias":
+        return tied, bool(given), bool(given)
+    qkv = arch[1] == "qkv"
+    if given is not None and given != qkv:
+        has = "q, k and v biases" if qkv else "no attention biases"
+        raise ConfigError(f"{where}: attention_bias {str(given).lower()} does not fit model_type "
+                          f"{mtype}: transformers builds it with {has} whatever the field says")
+    return tied, qkv, False
 
 
 # --- byte formulas (the formats of kernels/, docs/kernels.md) -----------------------------------
@@ -241,6 +286,8 @@ class Kernel:
     kv_bytes: int          # per call
     act_bytes: float       # per call: activations in/out, table entries
     flops: float           # per call
+    whole_bytes: int = 0   # of weight_bytes: read whole by one chip of a tensor-parallel split
+    #                        (o's bias: vLLM's RowParallelLinear adds it on one rank)
 
     @property
     def bytes(self) -> float:
@@ -290,11 +337,14 @@ class Step:
         H, I, L, E = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_local_experts
         w = self.weights
         kv_rows = 2 * c.num_key_value_heads * c.head_dim
-        replicated = (E * H * HALF if c.is_moe else 0) + 2 * H * HALF  # router, two norms
+        # router, two norms, o's bias (a row-parallel layer's bias is whole on every chip, as in
+        # vLLM's RowParallelLinear)
+        replicated = ((E * H * HALF if c.is_moe else 0) + 2 * H * HALF
+                      + (H * HALF if c.o_bias else 0))
         per_layer = (weight_bytes(c.qkv_out, H, w) + weight_bytes(H, c.num_attention_heads * c.head_dim, w)
                      + E * (weight_bytes(2 * I, H, w) + weight_bytes(H, I, w))
-                     + (c.qkv_out * HALF if c.attention_bias else 0) + replicated)
-        kv_proj = weight_bytes(kv_rows, H, w) + (kv_rows * HALF if c.attention_bias else 0)
+                     + (c.qkv_out * HALF if c.qkv_bias else 0) + replicated)
+        kv_proj = weight_bytes(kv_rows, H, w) + (kv_rows * HALF if c.qkv_bias else 0)
         embed = c.vocab_size * H * HALF
         head = 0 if c.tie_word_embeddings and w == "bf16" else weight_bytes(c.vocab_size, H, w)
         kv = self.batch * self.ctx * kv_bytes_per_token(c, self.kv)
@@ -315,8 +365,8 @@ class Resident:
     layer_kv_bytes: int       # one layer's KV cache for batch x ctx
     layer_kv_proj_bytes: int     # of layer_weight_bytes: the K and V rows of qkv (+ bias),
     #                              split by KV head as the KV cache is
-    layer_replicated_bytes: int  # of layer_weight_bytes: norms and MoE router, whole on every
-    #                              tensor-parallel chip
+    layer_replicated_bytes: int  # of layer_weight_bytes: norms, MoE router and o's bias, whole
+    #                              on every tensor-parallel chip
 
     @property
     def weight_bytes(self) -> int:
@@ -332,14 +382,16 @@ class Resident:
 
 
 def _gemv(name: str, M: float, N: int, K: int, calls: float, precision: str,
-          bias: bool = False) -> Kernel:
+          bias: bool = False, whole_bias: bool = False) -> Kernel:
     """A GEMV over M tokens (an average for MoE experts), run `calls` times a step. Bytes and
     FLOPs count M as it is; the shape to time takes the nearest whole M (a tie rounds up), at
-    least 1, so that its calls model as close to M * calls tokens as a whole M can."""
+    least 1, so that its calls model as close to M * calls tokens as a whole M can. whole_bias:
+    the bias is read whole by a chip of a split (a row-parallel layer's), not split with rows."""
     m = max(1, math.floor(M + 0.5))
+    b = N * HALF if bias else 0
     return Kernel(name, "gemv", {"M": m, "N": N, "K": K}, calls, precision,
-                  weight_bytes(N, K, precision) + (N * HALF if bias else 0), 0,
-                  M * (K + N) * HALF, 2.0 * M * N * K)
+                  weight_bytes(N, K, precision) + b, 0, M * (K + N) * HALF, 2.0 * M * N * K,
+                  b if whole_bias else 0)
 
 
 def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
@@ -359,8 +411,8 @@ def decode_step(cfg: ModelConfig, batch: int, ctx: int, weights: str = "bf16",
     H, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
     Hq, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     ks: list[Kernel] = [
-        _gemv("qkv", B, c.qkv_out, H, L, weights, bias=c.attention_bias),
-        _gemv("o", B, H, Hq * D, L, weights),
+        _gemv("qkv", B, c.qkv_out, H, L, weights, bias=c.qkv_bias),
+        _gemv("o", B, H, Hq * D, L, weights, bias=c.o_bias, whole_bias=True),
     ]
     if c.is_moe:
         E, k = c.num_local_experts, c.num_experts_per_tok
@@ -408,6 +460,6 @@ def attention_heads(name: str) -> tuple[int, int, int]:
     return c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
 
-__all__ = ["MAX_BATCH", "MAX_CTX", "ConfigError", "Kernel", "ModelConfig", "Resident", "Step",
-           "attention_heads", "decode_step", "expected_experts", "kv_bytes_per_token",
+__all__ = ["ARCHS", "MAX_BATCH", "MAX_CTX", "ConfigError", "Kernel", "ModelConfig", "Resident",
+           "Step", "attention_heads", "decode_step", "expected_experts", "kv_bytes_per_token",
            "layer_gemv_shapes", "load_model", "model_names", "parse_config", "weight_bytes"]

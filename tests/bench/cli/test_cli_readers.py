@@ -95,6 +95,35 @@ def test_corrupt_record_is_one_line_naming_file_line_and_field(change, field, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_results_file_that_never_ends_is_one_line_and_exit_2(tmp_path):
+    """/dev/zero (a device: reading it never ends) and a FIFO (reading it blocks until a writer
+    comes) given as results: one line on stderr and exit 2, promptly, not a hang or all memory."""
+    import os
+    from tests.helpers import run_cli
+    good = write(tmp_path / "good.jsonl", G)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "is a character device"), (str(fifo), "is a FIFO")):
+        for argv in (["compare", str(good), path], ["plot", path, "--terminal"],
+                     ["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--from", path]):
+            r = run_cli(*argv, timeout=60)
+            err = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(err) == 1, (argv, r.stderr[-2000:])
+            assert err[0].startswith("decodewall: error:") and f"{path}: {kind}" in err[0]
+            assert "Traceback" not in r.stderr
+
+
+def test_results_line_past_the_bound_is_one_line(tmp_path, capsys, monkeypatch):
+    """A regular file whose line has no end in sight (a huge file without newlines) is refused
+    at MAX_LINE characters, naming the line, not read whole into memory."""
+    from bench import results
+    monkeypatch.setattr(results, "MAX_LINE", 4096)
+    path = write(tmp_path / "long.jsonl", G, "\0" * 100_000)
+    for argv in _commands(path, tmp_path):
+        line = error_line(capsys, argv)
+        assert "long.jsonl:2: a line of over 4096 characters" in line, (argv, line)
+
+
 def test_extreme_but_valid_records_plot_and_compare_cleanly(tmp_path, capsys):
     """The bounds' own edges are readable: no warning, overflow or Infinity downstream."""
     lo = {**G, "achieved_gbps": 1e-12, "arithmetic_intensity": 1e-12, "pct_roof": 1e-12,
@@ -155,7 +184,7 @@ def test_run_model_step_table_shows_names_as_written(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"_name": "[/]m[v2]", "hidden_size": 64, "intermediate_size": 128,
                                "num_hidden_layers": 2, "num_attention_heads": 2,
-                               "vocab_size": 100}))
+                               "vocab_size": 100, "model_type": "llama"}))
     args = SimpleNamespace(model=str(cfg), batch=None, ctx=64, weights=None, kv=None)
     args.model_step = step = build_step(args)
     k = step.kernels[0]
@@ -201,7 +230,7 @@ def test_project_model_name_printed_as_written(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"_name": "[/]bad[v2]", "hidden_size": 64, "intermediate_size": 128,
                                "num_hidden_layers": 2, "num_attention_heads": 2,
-                               "vocab_size": 100}))
+                               "vocab_size": 100, "model_type": "llama"}))
     assert main(["project", "--model", str(cfg), "--chip", "h100-sxm"]) == 0
     assert "[/]bad[v2]" in capsys.readouterr().out
 
@@ -367,7 +396,8 @@ def test_project_batch_bound_agrees_with_run_model(capsys):
 @pytest.mark.parametrize("field", ["hidden_size", "vocab_size", "num_local_experts"])
 def test_model_config_field_past_bound(field, tmp_path, capsys):
     cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 2, "vocab_size": 100, "num_experts_per_tok": 1}
+           "num_attention_heads": 2, "vocab_size": 100, "num_experts_per_tok": 1,
+           "model_type": "llama"}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg)[:-1] + f', "{field}": {"1" + "0" * 30}}}')
     line = error_line(capsys, ["project", "--model", str(path), "--chip", "h100-sxm"])

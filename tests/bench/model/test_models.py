@@ -12,10 +12,10 @@ from kernels import OPS
 from tests.helpers import one_error_line
 
 
-def dense_params(H, I, L, Hq, Hkv, D, V, tied=False, bias=False):
+def dense_params(H, I, L, Hq, Hkv, D, V, tied=False, bias=False, o_bias=False):
     """Written out once more by hand: q, k, v, o, gate, up, down, two norms per layer."""
     q, k, v, o = H * Hq * D, H * Hkv * D, H * Hkv * D, Hq * D * H
-    b = (Hq + 2 * Hkv) * D if bias else 0
+    b = ((Hq + 2 * Hkv) * D if bias else 0) + (H if o_bias else 0)
     mlp = 3 * H * I
     return L * (q + k + v + o + b + mlp + 2 * H) + V * H * (1 if tied else 2) + H
 
@@ -191,7 +191,7 @@ def test_config_name_reaches_the_terminal_without_control_characters(tmp_path, c
     removed as an impl's texts are (bench.errors.printable)."""
     fields = {"_name": "evil\x1b[31mRED\x1b]0;pwned\x07\x9b2J!", "_source": "s\x1b[2Jrc",
               "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "vocab_size": 100}
+              "num_attention_heads": 2, "vocab_size": 100, "model_type": "llama"}
     c = parse_config(fields, "x")
     assert (c.name, c.source) == ("evilRED!", "src")
     from types import SimpleNamespace
@@ -206,7 +206,7 @@ def test_config_name_reaches_the_terminal_without_control_characters(tmp_path, c
 
 
 TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "vocab_size": 1000}
+        "num_attention_heads": 4, "vocab_size": 1000, "model_type": "llama"}
 
 
 @pytest.mark.parametrize("extra, msg", [
@@ -218,6 +218,7 @@ TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
     ({"kv_lora_rank": 512, "q_lora_rank": 1536}, "kv_lora_rank"),               # MLA: a latent KV
     ({"sliding_window": 4096}, "sliding_window 4096"),                           # Mistral-7B v0.1
     ({"sliding_window": 4096, "use_sliding_window": True}, "sliding_window"),
+    ({"mlp_bias": True}, "mlp_bias True"),                                      # LlamaMLP biases
 ])
 def test_config_fields_the_step_does_not_model_are_refused(extra, msg):
     """A config whose decode traffic depends on a field the step does not model is refused in
@@ -231,9 +232,74 @@ def test_config_fields_the_step_does_not_model_are_refused(extra, msg):
     {"sliding_window": None},                                  # Mixtral, Mistral-7B v0.2+
     {"sliding_window": 131072, "use_sliding_window": False},   # Qwen2.5: present, switched off
     {"num_experts_per_tok": None, "kv_lora_rank": None},
+    {"mlp_bias": False},                                       # Llama-3's configs
 ])
 def test_config_fields_that_are_off_are_accepted(extra):
     assert parse_config({**TINY, **extra}, "x").hidden_size == 256
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "mixtral", "qwen2"])
+def test_missing_tie_word_embeddings_takes_the_model_types_default(model_type):
+    """LlamaConfig, MistralConfig, MixtralConfig and Qwen2Config all default tie_word_embeddings
+    to False (PretrainedConfig's own default, True, is overridden): an lm_head of its own."""
+    fields = {k: v for k, v in TINY.items() if k != "model_type"}
+    c = parse_config({**fields, "model_type": model_type}, "x")
+    assert not c.tie_word_embeddings
+    assert parse_config({**fields, "model_type": model_type, "tie_word_embeddings": True},
+                        "x").tie_word_embeddings
+
+
+@pytest.mark.parametrize("model_type, shown", [(None, "no model_type"),
+                                               ("gemma", "model_type 'gemma'")])
+def test_missing_tie_word_embeddings_without_a_known_default_is_refused(model_type, shown):
+    """Without a model_type whose default is known, an lm_head tied or not is a guess
+    (PretrainedConfig and Gemma tie it, Llama does not): refused in one line, never guessed."""
+    fields = {k: v for k, v in TINY.items() if k != "model_type"}
+    if model_type:
+        fields["model_type"] = model_type
+    with pytest.raises(ConfigError, match="no tie_word_embeddings") as e:
+        parse_config(fields, "x")
+    assert shown in str(e.value) and "\n" not in str(e.value)
+    assert parse_config({**fields, "tie_word_embeddings": False}, "x").vocab_size == 1000
+
+
+def test_llama_attention_bias_gives_o_a_bias_too():
+    """LlamaAttention builds q, k, v and o with bias=config.attention_bias: o's bias (hidden_size
+    bf16 values a layer) is read by the o GEMV and held whole on every tensor-parallel chip."""
+    from bench.model.project import chip_resident_bytes
+    H, I, L, Hq, Hkv, D, V = 256, 512, 2, 4, 4, 64, 1000
+    plain = parse_config(TINY, "x")
+    c = parse_config({**TINY, "attention_bias": True}, "x")
+    assert c.param_count() == dense_params(H, I, L, Hq, Hkv, D, V, bias=True, o_bias=True)
+    assert (c.qkv_bias, c.o_bias) == (True, True)
+    ks = {k.name: k for k in decode_step(c, 1, 1).kernels}
+    ks0 = {k.name: k for k in decode_step(plain, 1, 1).kernels}
+    assert ks["o"].weight_bytes - ks0["o"].weight_bytes == ks["o"].whole_bytes == H * 2
+    assert ks["qkv"].weight_bytes - ks0["qkv"].weight_bytes == (Hq + 2 * Hkv) * D * 2
+    assert ks["qkv"].whole_bytes == 0
+    s, s0 = decode_step(c, 1, 1), decode_step(plain, 1, 1)
+    biases = L * ((Hq + 2 * Hkv) * D + H) * 2
+    assert s.resident().weight_bytes - s0.resident().weight_bytes == biases
+    # at tp 2: the q/k/v biases split with their rows, o's bias whole on the chip
+    assert chip_resident_bytes(s, 2, 1) - chip_resident_bytes(s0, 2, 1) == pytest.approx(
+        L * ((Hq + 2 * Hkv) * D / 2 + H) * 2)
+
+
+def test_qwen2_biases_are_q_k_v_only():
+    """Qwen2Attention: q, k and v with bias=True, o with bias=False, whatever the config says
+    (Qwen2Config has no attention_bias); a config saying otherwise is refused."""
+    fields = {**TINY, "model_type": "qwen2"}
+    with pytest.raises(ConfigError, match="attention_bias false does not fit model_type qwen2"):
+        parse_config({**fields, "attention_bias": False}, "x")
+    c = parse_config(fields, "x")
+    assert c.param_count() == dense_params(256, 512, 2, 4, 4, 64, 1000, bias=True)
+    assert (c.qkv_bias, c.o_bias) == (True, False)
+    assert parse_config({**fields, "attention_bias": True}, "x") == c
+    assert load_model("qwen2.5-7b").o_bias is False
+    with pytest.raises(ConfigError, match="model_type mistral: .* no attention biases"):
+        parse_config({**TINY, "model_type": "mistral", "attention_bias": True}, "x")
+    m = parse_config({**TINY, "model_type": "mixtral"}, "x")
+    assert (m.qkv_bias, m.o_bias) == (False, False)
 
 
 def test_config_path_that_is_a_folder(tmp_path, capsys):

@@ -197,7 +197,8 @@ def test_model_cases_and_step_sum(tmp_path):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
                                "num_hidden_layers": 3, "num_attention_heads": 4,
-                               "num_key_value_heads": 2, "vocab_size": 1000}))
+                               "num_key_value_heads": 2, "vocab_size": 1000,
+                               "model_type": "llama"}))
     args = ns(model=str(cfg), batch=2, ctx=40)
     cases = model_cases(args, SuiteContext("cpu"))
     got = {c.group.split()[-1]: (c.op, c.shape) for c in cases}
@@ -237,7 +238,8 @@ def tiny_config(tmp_path, **extra):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
                                "num_hidden_layers": 3, "num_attention_heads": 4,
-                               "num_key_value_heads": 2, "vocab_size": 1000, **extra}))
+                               "num_key_value_heads": 2, "vocab_size": 1000,
+                               "model_type": "llama", **extra}))
     return str(cfg)
 
 
