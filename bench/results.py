@@ -10,6 +10,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -143,30 +144,57 @@ class ResultWriter:
             self._f = None
 
 
+MAX_LINE = 2**20  # characters: a record is 1-4 KB (its command line, an error's first line); a
+#                   longer line is no record, and reading on to its end could take all memory
+
+
 def read_results(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL results file; ResultsError names the first bad line (and its bad field).
     skipped: a list to collect those messages in while reading on past the bad lines (the device
-    check, which must not lose a window's records to one line)."""
+    check, which must not lose a window's records to one line). Only a regular file is read (a
+    device such as /dev/zero or a FIFO never ends, or blocks), a line at most MAX_LINE long."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        mode = p.stat().st_mode
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path}: cannot read ({e})") from None
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise ResultsError(f"{path}: is {_file_kind(mode)}, not a results file")
     records = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(_record(path, i, line))
-        except ResultsError as e:
-            if skipped is None:
-                raise
-            skipped.append(str(e))
+    i = 0
+    try:
+        with p.open(encoding="utf-8") as f:
+            while line := f.readline(MAX_LINE + 1):
+                i += 1
+                try:
+                    if len(line) > MAX_LINE and not line.endswith("\n"):
+                        raise ResultsError(f"{path}:{i}: a line of over {MAX_LINE} characters is "
+                                           "not a decodewall result record")
+                    if line.strip():
+                        records.append(_record(path, i, line))
+                except ResultsError as e:
+                    if skipped is None:
+                        raise
+                    skipped.append(str(e))
+                    while line and not line.endswith("\n"):  # past it, a bounded read at a time
+                        line = f.readline(MAX_LINE)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}:{i + 1}: cannot read ({e})") from None
     if not records:
         raise ResultsError(f"{path}: no result records")
     return records
+
+
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, as a message names it."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:

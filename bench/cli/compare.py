@@ -41,12 +41,15 @@ def verdict_text(r: dict[str, Any]) -> Text:
     return t
 
 
-def case_label(r: dict[str, Any], devices: bool, flushes: bool) -> str:
+def case_label(r: dict[str, Any], devices: bool, flushes: bool, thread_counts: bool = False
+               ) -> str:
     """The impl cell: the impl, and what else sets the case apart from a row like it (warm, the
-    flush mode where rows differ by it, the device where a file holds several)."""
+    flush mode or thread count where rows differ by it, the device where a file holds several)."""
     s = r["impl"] + (" (warm)" if r.get("warm") else "")
     if flushes and r.get("flush"):
         s += f" (flush {r['flush']})"
+    if thread_counts and r.get("threads"):
+        s += f" ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
     return s + (f" on {r['device']}" if devices and r.get("device") else "")
 
 
@@ -62,7 +65,7 @@ def caption(rows: list[dict[str, Any]], left_out: dict[str, int]) -> str | None:
 
 def command(args) -> int:
     from rich.table import Table
-    from ..report.compare import compare, devices, not_compared
+    from ..report.compare import compare, devices, not_compared, threads
     from ..report.table import console, fmt_shape, fmt_time, plain, title_text
     from ..results import ResultsError, read_results
     try:
@@ -77,6 +80,7 @@ def command(args) -> int:
     da, db = devices(a), devices(b)
     by_device = any(r.get("device") for r in rows)
     flushes = len({r.get("flush") for r in rows}) > 1
+    thread_counts = len({r.get("threads") for r in rows}) > 1
     con = console()
     con.print(f"A: {args.a}\nB: {args.b}", soft_wrap=True, markup=False)
     if by_device:
@@ -85,12 +89,18 @@ def command(args) -> int:
     else:
         con.print(f"both on {da}" if da == db else f"different devices: A on {da}, B on {db}; "
                   "each impl is compared with itself", soft_wrap=True, markup=False)
+    ta, tb = ({threads(r) for r in recs} - {None} for recs in (a, b))
+    if ta and tb and ta != tb:
+        con.print(f"torch threads: A {', '.join(map(str, sorted(ta)))}, B "
+                  f"{', '.join(map(str, sorted(tb)))}; records pair only at the same count "
+                  "(a case at another count is only in A or only in B)",
+                  soft_wrap=True, markup=False)
     t = Table(title="compare: B against A", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
     for r in rows:
         t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]),
-                  plain(case_label(r, by_device, flushes)),
+                  plain(case_label(r, by_device, flushes, thread_counts)),
                   fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))
     cap = caption(rows, not_compared(a, b))
@@ -106,8 +116,9 @@ def add_parser(sub) -> None:
                         description="Compare two results files case by case, B against A: "
                         "faster / slower / same / unsure from both runs' spread, or the status "
                         "that changed (B crashed, A timeout, B ok, ...). Records pair only with "
-                        "the same case: op, impl, shape, dtype, warm, the flush mode where both "
-                        "files record one, the device where a file holds several. Faster / "
+                        "the same case: op, impl, shape, dtype, warm, the flush mode and the "
+                        "torch thread count where both files record one, the device where a "
+                        "file holds several. Faster / "
                         "slower need the interquartile ranges apart and at least "
                         f"{MIN_SAMPLES} samples in each run. Exit 0 whatever the verdicts, 2 "
                         "on bad input.")

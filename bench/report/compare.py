@@ -7,8 +7,9 @@ percentage. With fewer samples quartiles are rough: from one distribution, the I
 5-sample runs miss each other about 1 time in 5, of two 10-sample runs about 1 in 30.
 
 Records are paired only with the same case: op, impl, shape, dtype, warm, the cache flush when
-both files record one (CUDA), and the device when a file holds records of several. Two files of
-one device each are compared across devices (the title says so).
+both files record one (CUDA), the torch thread count when both files record one (CPU: a kernel
+on 2 threads and on 8 is not one measurement), and the device when a file holds records of
+several. Two files of one device each are compared across devices (the title says so).
 
 A case timed in one run but not the other is judged by its statuses, the side that gave no time
 named: "B crashed" (ok in A: a regression, as "slower" is), "A timeout, B ok" (an improvement),
@@ -40,12 +41,21 @@ def devices(records: list[dict[str, Any]]) -> str:
     return ", ".join(dict.fromkeys(device(r) for r in records))
 
 
-def case_key(r: dict[str, Any], flush: bool = False, by_device: bool = False) -> tuple:
+def threads(r: dict[str, Any]) -> int | None:
+    """The torch thread count a record was timed with (CPU records say it), or None."""
+    d = r.get("device") if isinstance(r.get("device"), dict) else {}
+    t = d.get("threads")
+    return t if isinstance(t, int) and not isinstance(t, bool) else None
+
+
+def case_key(r: dict[str, Any], flush: bool = False, by_device: bool = False,
+             by_threads: bool = False) -> tuple:
     """What makes two records the same case. flush: the cache flush mode is part of it (both
-    files record one); by_device: so is the device (a file holds several)."""
+    files record one); by_device: so is the device (a file holds several); by_threads: so is
+    the torch thread count (both files record one)."""
     return (r["op"], r["impl"], json.dumps(r["shape"], sort_keys=True), r.get("dtype"),
             bool(r.get("warm")), r.get("flush") if flush else None,
-            device(r) if by_device else None)
+            device(r) if by_device else None, threads(r) if by_threads else None)
 
 
 def n_samples(t: dict[str, Any]) -> int:
@@ -104,10 +114,11 @@ def by_case(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple
 
 def keyer(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]
           ) -> Callable[[dict[str, Any]], tuple]:
-    """case_key with flush and device as the two files call for."""
+    """case_key with flush, device and thread count as the two files call for."""
     flush = all(any(r.get("flush") for r in rs) for rs in (recs_a, recs_b))
     by_device = any(len({device(r) for r in rs}) > 1 for rs in (recs_a, recs_b))
-    return lambda r: case_key(r, flush, by_device)
+    by_threads = all(any(threads(r) is not None for r in rs) for rs in (recs_a, recs_b))
+    return lambda r: case_key(r, flush, by_device, by_threads)
 
 
 def status_verdict(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> str | None:
@@ -142,8 +153,8 @@ def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str,
 
 def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row a case to show: timed in both (faster/slower/same/unsure), or a status verdict.
-    Every row has `change`, `a_status` and `b_status` (None: not in that file), `warm`, `flush`
-    and `device` (None where not part of the match); timed rows add each side's sample count
+    Every row has `change`, `a_status` and `b_status` (None: not in that file), `warm`, `flush`,
+    `device` and `threads` (None where not part of the match); timed rows add each side's sample count
     (`a_n`, `b_n`; `few_samples` where the spreads are apart but a run took too few samples
     to say so), status rows the error text of each side that has one (`a_error`,
     `b_error`); `a_also` / `b_also` list the statuses of a side's failed records of the case
@@ -155,7 +166,8 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
         (ra, also_a), (rb, also_b) = a.get(k, (None, [])), b.get(k, (None, []))
         # the shape as its record has it (M, N, K), not in the key's sorted order
         row: dict[str, Any] = {"op": k[0], "impl": k[1], "shape": (ra or rb)["shape"],
-                               "dtype": k[3], "warm": k[4], "flush": k[5], "device": k[6]}
+                               "dtype": k[3], "warm": k[4], "flush": k[5], "device": k[6],
+                               "threads": k[7]}
         if ra and rb and timed(ra) and timed(rb):
             ta, tb = ra["time_s"], rb["time_s"]
             row.update(a_median=ta["median"], b_median=tb["median"],

@@ -226,6 +226,35 @@ def test_reader_can_read_on_past_bad_lines(tmp_path):
     assert len(skipped) == 2 and ":3: malformed record (dtype" in skipped[1]
 
 
+def test_reader_refuses_what_is_no_regular_file_and_overlong_lines(tmp_path, monkeypatch):
+    """/dev/zero, a FIFO and a folder are refused before a byte is read (reading them never ends,
+    blocks, or fails); a line past MAX_LINE is refused after MAX_LINE + 1 characters, or, while
+    reading on past bad lines, skipped a bounded chunk at a time."""
+    import os
+    import bench.results as results
+    from bench.results import ResultsError
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "character device"), (fifo, "FIFO"), (tmp_path, "folder")):
+        with pytest.raises(ResultsError, match=f"is a {kind}, not a results file"):
+            read_results(path)
+    monkeypatch.setattr(results, "MAX_LINE", 1000)
+    good = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok"}
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps(good) + "\n" + "x" * 5000 + "\n" + json.dumps({**good, "impl": "y"})
+                 + "\n" + "y" * 1000)  # a last line of exactly MAX_LINE, no newline: not over
+    with pytest.raises(ResultsError, match=":2: a line of over 1000 characters"):
+        read_results(f)
+    skipped: list[str] = []
+    assert [r["impl"] for r in read_results(f, skipped)] == ["x", "y"]
+    assert len(skipped) == 2 and ":2: a line of over" in skipped[0] and ":4: not valid JSON" \
+        in skipped[1]
+    exact = tmp_path / "exact.jsonl"
+    pad = 1000 - len(json.dumps({**good, "error": ""}))
+    exact.write_text(json.dumps({**good, "error": "e" * pad}) + "\n")  # MAX_LINE and its newline
+    assert len(exact.read_text()) == 1001 and read_results(exact)[0]["impl"] == "x"
+
+
 @pytest.fixture
 def rude_impls():
     """Impls that break the runner's contract without raising."""

@@ -114,7 +114,7 @@ def test_cli_shows_status_changes_with_error_text_and_exits_0(tmp_path, capsys):
     assert set(rows) == {r["impl"] for r in A}
     assert rows["f_err"] == {"op": "gemv_bf16", "impl": "f_err", "shape": SHAPE,
                              "dtype": "bfloat16", "warm": False, "flush": None, "device": None,
-                             "a_median": 5e-5, "a_gbps": 5.0,
+                             "threads": None, "a_median": 5e-5, "a_gbps": 5.0,
                              "verdict": "B error", "b_error": "RuntimeError: kaput",
                              "change": "regression", "a_status": "ok", "b_status": "error"}
 
@@ -176,6 +176,27 @@ def test_records_pair_only_with_the_same_flush_mode():
     assert [r["verdict"] for r in compare(a, a)] == ["same", "same"]
     # a file without flush modes (the CPU rotates inputs instead) pairs as before
     assert [r["verdict"] for r in compare([ok("x")], [ok("x", flush="read")])] == ["same"]
+
+
+def cpu(impl: str, median: float = 5e-5, threads: int | None = 2) -> dict:
+    return ok(impl, median, device={"name": "box", "threads": threads})
+
+
+def test_records_pair_only_with_the_same_thread_count(tmp_path, capsys):
+    """A CPU record says how many torch threads timed it: a case on 2 threads and on 8 is two
+    cases, as two flush modes are, never one record judged against the other's."""
+    rows = compare([cpu("x", 1e-5, 2), cpu("y", 1e-5, 2)], [cpu("x", 4e-6, 8), cpu("y", 1e-5, 2)])
+    assert [(r["impl"], r["threads"], r["verdict"]) for r in rows] == [
+        ("y", 2, "same"), ("x", 2, "only in A"), ("x", 8, "only in B")]
+    assert all(r["change"] is None for r in rows)
+    # a file that does not record its thread count (CUDA) pairs as before
+    assert [r["verdict"] for r in compare([cpu("x")], [ok("x")])] == ["same"]
+    fa = write(tmp_path / "a.jsonl", [cpu("x", 1e-5, 2)])
+    fb = write(tmp_path / "b.jsonl", [cpu("x", 4e-6, 8)])
+    assert main(["compare", fa, fb]) == 0
+    out = capsys.readouterr().out
+    assert "torch threads: A 2, B 8; records pair only at the same count" in out
+    assert "x (2 threads)" in out and "x (8 threads)" in out and "faster" not in out
 
 
 def test_a_file_holding_several_devices_pairs_records_by_device(tmp_path, capsys):
