@@ -228,6 +228,15 @@ def flush_tables(data: Any) -> list[dict[str, Any]]:
     return out
 
 
+def slowest(records: list[dict[str, Any]], most: int = 6) -> list[str]:
+    """The impls whose records took the most wall time (`wall_s`), as `op/impl shape N s`: what
+    a time box that cut the suite spent itself on."""
+    timed = sorted((r for r in records if isinstance(r.get("wall_s"), (int, float))),
+                   key=lambda r: -r["wall_s"])[:most]
+    return [f"{r['op']}/{r['impl']} {','.join(f'{k}={v}' for k, v in r['shape'].items())[:40]} "
+            f"{r['wall_s']:.1f} s" for r in timed if r["wall_s"] >= 0.5]
+
+
 def warm_line(w: dict[str, Any], dry: bool = False) -> str:
     """The background compiles (bench/gpucheck/warm.py) as a line under the steps: never a
     failure, a warning when a pair failed or a process was stopped while compiling."""
@@ -280,6 +289,10 @@ def write(c: Any, final: bool = True) -> int:
         for op, impl, shape, name, cfg in picks:
             key = ",".join(f"{k}={v}" for k, v in shape.items())
             lines.append(f"  {op}/{impl} {key[:40]:40s} {cfg}")
+    walls = slowest(c.records)
+    if walls:
+        lines.append("where the suite's time went (an impl's check and timing, compiles and "
+                     "tuning included; the slowest " + str(len(walls)) + "): " + ", ".join(walls))
     roofs = sorted({r["roof_gbps"] for r in c.records if r.get("roof_gbps")})
     measured = ("" if not roofs else f" ({roofs[0]:.0f} GB/s)" if roofs[-1] - roofs[0] < 0.5
                 else f" ({roofs[0]:.0f}-{roofs[-1]:.0f} GB/s)")

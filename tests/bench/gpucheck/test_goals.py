@@ -209,3 +209,33 @@ def test_the_summary_names_each_goal(tmp_path, final):
     assert text.count("  [met ] ") == 7
     assert ("PROVISIONAL" in text) != final
     assert text.rstrip().endswith("RESULT: ok" if final else "RESULT: incomplete (running: suite)")
+
+
+def test_the_summary_says_where_the_suites_time_went(tmp_path):
+    """The impls that took the most wall time (compiles and tuning included), slowest first: what
+    a time box that cut the suite spent itself on; a record without wall_s and a quick one are
+    left out."""
+    from bench.gpucheck.summary import slowest
+    recs = good_run()
+    walls = [22.0, 0.2, 15.0, None, 9.5]
+    for r, w in zip(recs, walls):
+        if w is None:
+            r.pop("wall_s", None)
+        else:
+            r["wall_s"] = w
+    for r in recs[len(walls):]:
+        r.pop("wall_s", None)
+    got = slowest(recs, most=3)
+    assert [g.rsplit(" ", 2)[1:] for g in got] == [["22.0", "s"], ["15.0", "s"], ["9.5", "s"]]
+    r0 = recs[0]
+    assert got[0].startswith(f"{r0['op']}/{r0['impl']} ") and "=" in got[0]
+    import argparse
+    from bench.gpucheck import check as dc
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=dc.TOTAL_S, suite="gpu-check", budget="quick",
+                              chip=None, wheels=None)
+    check = dc.Check(args)
+    check.records, check.planned = recs, planned16()
+    check.write_summary(final=True)
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    assert "where the suite's time went" in text and "22.0 s" in text
