@@ -354,7 +354,8 @@ def fake_props(monkeypatch, name, l2, arch=None):
 
 
 @pytest.mark.parametrize("name, arch", [("AMD Instinct MI300X", "gfx942:sramecc+:xnack-"),
-                                        ("AMD Instinct MI325X", None), ("", "gfx942")])
+                                        ("AMD Instinct MI325X", None), ("", "gfx942"),
+                                        ("AMD Instinct MI355X", "gfx950:sramecc+:xnack-")])
 def test_cache_bytes_covers_the_infinity_cache(monkeypatch, name, arch):
     """ROCm reports a 4 MB L2 for an MI300X; its 256 MB Infinity Cache behind it would keep a
     GEMV's weights through a flush of 8 MB and time them at cache speed."""
