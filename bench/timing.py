@@ -30,7 +30,7 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget(warmup_s=0.02, min_samples=5, max_samples=200, min_time_s=0.02, max_time_s=0.3),
+    "quick": Budget(warmup_s=0.02, min_samples=10, max_samples=200, min_time_s=0.02, max_time_s=0.3),
     "normal": Budget(),
     "thorough": Budget(warmup_s=0.5, min_samples=30, max_samples=10000, min_time_s=1.0,
                        max_time_s=10.0),
