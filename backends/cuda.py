@@ -71,7 +71,9 @@ _CLOCK_KEYS = ("sm_mhz", "mem_mhz", "sm_max_mhz", "mem_max_mhz", "power_w", "pow
 
 HOLD_MIN_S = 50e-6
 HOLD_MAX_S = 20e-3
-SPIN_HZ = 2.0e9  # cycles per second assumed for the spin: a slower clock only holds longer
+# cycles per second assumed for the spin: above every GPU's boost clock (the fastest run near
+# 2.5-2.9 GHz), so the hold lasts at least what is asked; a slower clock only holds longer
+SPIN_HZ = 3.0e9
 
 # --- the L2 flush -------------------------------------------------------------------------------
 
