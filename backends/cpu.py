@@ -1,4 +1,4 @@
-"""The CPU backend: perf_counter_ns timing, input sets rotated past 4x the LLC read from sysfs.
+"""The CPU backend: perf_counter_ns timing, input sets rotated past 4x the caches read from sysfs.
 
 Cache sizes come from /sys/devices/system/cpu (py-cpuinfo reports them wrongly on some machines).
 Threads are whatever torch is configured with, and are recorded.
@@ -147,6 +147,13 @@ class CPUBackend(Backend):
             if level in caches:
                 return caches[level]
         return 32 * 1024**2  # no sysfs (macOS): assume a generous LLC so rotation still defeats it
+
+    def rotate_bytes(self) -> int:
+        """4x every cache level together, not the LLC alone: a non-inclusive L3 (AMD's, Intel's
+        since Skylake-SP) holds lines the L2s do not, and on many-core parts the L2s together
+        can exceed it (144 cores of Sierra Forest: 144 MB of L2 beside a 108 MB L3)."""
+        total = sum(read_caches().values())
+        return 4 * max(total, self.cache_bytes())
 
     def clocks(self) -> dict[str, Any]:
         mhz = []

@@ -63,10 +63,12 @@ class Roof:
 
 
 def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
-    """Probe size: >= 4x the LLC, and at least 256 MiB (1 GiB on GPUs) for a stable figure."""
+    """Probe size: past what the rotation must pass (rotate_bytes: 4x the caches on a CPU; where
+    the cache is flushed instead, 4x the LLC), and at least 256 MiB (1 GiB on GPUs) for a stable
+    figure."""
     accel = backend.name == "cuda" or backend.kind_of_device in ("gpu", "tpu")
     floor = 1024**3 if accel else 256 * 1024**2
-    nbytes = max(4 * backend.cache_bytes(), floor)
+    nbytes = max(4 * backend.cache_bytes(), backend.rotate_bytes(), floor)
     return nbytes // torch.empty((), dtype=dtype).element_size()
 
 

@@ -285,7 +285,7 @@ GEMV_OPS = ("gemv_w4", "gemv_w8", "gemv_bf16")
 ATTN_OPS = ("paged_attention", "paged_attention_kv8")
 TINY_HEADS = {"Hq": 4, "Hkv": 2, "D": 32, "ragged": 0}  # dry run: GQA still, little interpreter work
 # Dry run: N, K. Large enough that a few dozen input sets defeat the CPU cache (the runner
-# rotates copies past 4x the LLC, each with its own untimed prepare), small for the interpreter.
+# rotates copies past 4x the caches, each with its own untimed prepare), small for the interpreter.
 TINY_GEMV = (1024, 2048)
 
 

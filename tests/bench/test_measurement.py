@@ -72,6 +72,21 @@ def test_cpu_llc_is_the_last_level_there_is(monkeypatch):
     assert b.cache_bytes() == 1 << 27
 
 
+def test_cpu_rotation_passes_every_cache_level_together(monkeypatch):
+    """A non-inclusive L3 holds lines the L2s do not: the rotation target is 4x all levels
+    summed, which matters where the L2s together rival the L3 (many-core parts)."""
+    import backends.cpu as cpu
+    b = get_backend("cpu")
+    sierra = {"L1d": 144 * 32 << 10, "L2": 144 << 20, "L3": 108 << 20}
+    monkeypatch.setattr(cpu, "read_caches", lambda: sierra)
+    assert b.cache_bytes() == 108 << 20
+    assert b.rotate_bytes() == 4 * sum(sierra.values())
+    from bench.roofline import probe_elems
+    assert probe_elems(b) * 4 >= b.rotate_bytes()  # the roof's probe passes it too (fp32)
+    monkeypatch.setattr(cpu, "read_caches", lambda: {})  # no sysfs: the assumed LLC
+    assert b.rotate_bytes() == 4 * b.cache_bytes()
+
+
 @pytest.mark.parametrize("bytes_, flops, t, verdict", [
     (25e9 * 0.9, 1e6, 1.0, "at the wall"),                     # 90% of 25 GB/s
     (25e9 * 0.5, 1e6, 1.0, "below the wall: kernel"),           # slow, long kernel

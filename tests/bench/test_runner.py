@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from backends import get_backend
-from backends.cpu import CPUBackend
+import backends.cpu as cpu_backend
 from bench.results import FIELDS, ResultWriter, read_results
 from bench.roofline import IN_CACHE, Roof
 from bench.runner import WARM_CACHE_FACTOR, RunContext, Runner
@@ -54,9 +54,9 @@ LLC = 1 << 20  # the last-level cache the tests that rotate input sets see, what
 
 @pytest.fixture
 def fixed_llc(monkeypatch):
-    """The CPU backend reports an LLC of LLC bytes: rotating a small case past 4x the host's own
+    """The CPU backend reports one cache level, an LLC of LLC bytes: rotating a small case past 4x the host's own
     can need more than MAX_SETS input sets (a 128 MiB L3), which leaves the case not cold."""
-    monkeypatch.setattr(CPUBackend, "cache_bytes", lambda self: LLC)
+    monkeypatch.setattr(cpu_backend, "read_caches", lambda: {"L3": LLC})
 
 
 def make_runner(tmp_path, impls):
@@ -185,7 +185,7 @@ def test_rotation_counts_the_bytes_a_call_touches_not_the_pool_it_holds(tmp_path
 def test_a_rotation_that_cannot_pass_the_cache_is_judged_in_cache(tmp_path, test_impls, monkeypatch):
     """MAX_SETS copies of a tiny case stay under 4x the LLC: partly cached, so not judged against
     the DRAM roof, whatever the host's cache."""
-    monkeypatch.setattr(CPUBackend, "cache_bytes", lambda self: 64 << 20)
+    monkeypatch.setattr(cpu_backend, "read_caches", lambda: {"L3": 64 << 20})
     r = make_runner(tmp_path, ["t_good"])
     rec, = r.run_case(Case("gemv_bf16", GemvShape(1, 16, 64), torch.float32))
     r.writer.close()
@@ -196,7 +196,7 @@ def test_a_rotation_that_cannot_pass_the_cache_is_judged_in_cache(tmp_path, test
 def test_warm_case_past_the_cache_is_judged_like_a_cold_one(tmp_path, test_impls, monkeypatch):
     """A warm set larger than WARM_CACHE_FACTOR x the LLC streams from DRAM: judged, marked cold."""
     r = make_runner(tmp_path, ["t_good"])
-    monkeypatch.setattr(type(r.ctx.backend), "cache_bytes", lambda self: 1024)
+    monkeypatch.setattr(cpu_backend, "read_caches", lambda: {"L3": 1024})
     rec, = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32, warm=True))
     r.writer.close()
     assert rec["set_bytes"] > WARM_CACHE_FACTOR * 1024
