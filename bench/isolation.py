@@ -50,6 +50,7 @@ DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
 EXIT_WAIT_S = 5.0  # a worker asked to exit at the end of a run gets this long before it is killed
 TAIL_BYTES = 65536  # of a worker's log, read for its last line
+GONE_WAIT_S = 10.0  # a worker whose pipe closed gets this long to exit before it is killed
 
 # The worker starts here and takes the parent's sys.path, so it imports the same kernels and bench.
 BOOT = Path(__file__).with_name("boot.py")
@@ -83,6 +84,8 @@ def describe_exit(rc: int) -> str:
 class Worker:
     """One worker process, from the parent's side: start it, send it jobs, read its messages
     with a deadline, and kill it with everything it started."""
+
+    killed = False  # wait() killed it: its SIGKILL came from here, not from the OOM killer
 
     def __init__(self, backend: str, plugins: Sequence[str], log_dir: Path,
                  entry: str = "bench.isolation:worker_main", env: dict[str, str] | None = None,
@@ -122,7 +125,7 @@ class Worker:
             msg = None
         if msg is TIMEOUT or msg != ("ready",):
             why = "did not start in time" if msg is TIMEOUT else \
-                f"ended at start ({describe_exit(self.wait())})"
+                f"ended at start ({self.describe_end(self.wait())})"
             last = self.last_output_line(0)
             self.kill()
             raise RunError(f"{what} {why}" + (f": {last}" if last else ""))
@@ -134,19 +137,20 @@ class Worker:
             raise WorkerDied(str(e)) from None
 
     def recv(self, timeout: float) -> Any:
-        """The next message, TIMEOUT after `timeout` seconds, or WorkerDied."""
+        """The next message, TIMEOUT after `timeout` seconds, or WorkerDied. A message already
+        waiting is taken even at or past the deadline: it was sent in time."""
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
-            if left <= 0:
-                return TIMEOUT
             try:
-                if self.rx.poll(min(left, 0.5)):
+                if self.rx.poll(min(max(left, 0.0), 0.5)):
                     return self.rx.recv()
             except (EOFError, OSError, ValueError) as e:  # closed, broken, or a torn message
                 raise WorkerDied(str(e)) from None
             except Exception as e:  # a message that cannot be unpickled
                 raise WorkerDied(f"unreadable message: {e}") from None
+            if left <= 0:
+                return TIMEOUT
             if self.proc.poll() is not None and not self.rx.poll(0):
                 raise WorkerDied("exited")
 
@@ -170,12 +174,22 @@ class Worker:
         lines = [x.strip() for x in printable(text).splitlines() if x.strip()]
         return lines[-1][:300] if lines else ""
 
-    def wait(self, timeout: float = 10.0) -> int:
+    def wait(self, timeout: float = GONE_WAIT_S) -> int:
+        """Its return code; one that has not exited after `timeout` (its pipe closed while it
+        runs on) is killed, and `killed` says so."""
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.killed = True
             self.kill()
             return self.proc.wait()
+
+    def describe_end(self, rc: int) -> str:
+        """How it ended (describe_exit), or that it was killed here for not exiting."""
+        if self.killed:
+            return (f"it closed its pipe to decodewall and did not exit within {GONE_WAIT_S:g} s, "
+                    f"so decodewall killed it")
+        return describe_exit(rc)
 
     def kill(self) -> None:
         """SIGKILL the worker's whole process group (compile workers it started included)."""
@@ -307,7 +321,9 @@ class IsolatedRunner:
                         records.append(self._emit(msg[1]))
                         if msg[1]["impl"] in todo:
                             todo.remove(msg[1]["impl"])
+                        # between impls: what comes next (a phase, "done") gets its own limit
                         phase, progressed, where = None, True, _Stage()
+                        t_phase = time.monotonic()
                     elif kind == "done":
                         break
             except WorkerDied:
@@ -328,7 +344,7 @@ class IsolatedRunner:
                 self._drop_worker()
                 status = "crashed"
                 why = "the worker died" + (f" in {where.words(brief=True)}" if where.name
-                                           else "") + f": {describe_exit(rc)}" + \
+                                           else "") + f": {w.describe_end(rc)}" + \
                     (f"; its last output line: {last}" if last else "") + where.check_words()
             if phase is not None and phase != "inputs":
                 records.append(self._lost(case, phase, status, why,

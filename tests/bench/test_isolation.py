@@ -328,6 +328,9 @@ class FakeWorker:
     def wait(self, timeout=10):
         return self.rc
 
+    def describe_end(self, rc):
+        return describe_exit(rc)
+
     def last_output_line(self, since):
         return "last words"
 
@@ -379,6 +382,106 @@ def test_a_timeout_or_crash_record_keeps_the_stage_and_the_check(monkeypatch, st
     else:
         assert rec["correct"] is True and rec["rel_err"] == 1e-7
     assert FakeWorker.closed == [True]  # a lost case's worker is killed at once, not asked
+
+
+class ClockedWorker(FakeWorker):
+    """A FakeWorker on a fake clock: ("tick", s) in its script is time passing before the next
+    message, which comes as TIMEOUT where that passes the deadline it was asked with."""
+    clock = [0.0]
+
+    def recv(self, timeout):
+        from bench.isolation import TIMEOUT
+        while self.msgs and self.msgs[0][0] == "tick":
+            dt = self.msgs.pop(0)[1]
+            self.clock[0] += dt
+            timeout -= dt
+        return TIMEOUT if timeout <= 0 else super().recv(timeout)
+
+
+def test_after_a_record_the_next_message_gets_its_own_limit(monkeypatch):
+    """An impl that finished near --case-timeout: what the worker says next (the next impl,
+    "done") is not held to what was left of that impl's limit, so a worker that hung nowhere is
+    not killed."""
+    import types
+
+    import torch
+
+    import bench.isolation as iso
+    from bench.case import Case
+    from bench.results import ResultWriter
+    from bench.runner import base_record
+    from kernels import OPS
+    from kernels.gemv import GemvShape
+
+    case = Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32)
+    rec = base_record(_ctx(), case, OPS["gemv_bf16"].impls["torch_matmul"])
+    rec.update(status="ok", correct=True, rel_err=1e-7)
+    monkeypatch.setattr(ClockedWorker, "script", [
+        ("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("tick", 1.5), ("record", rec),
+        ("tick", 1.0), ("done",)])
+    monkeypatch.setattr(ClockedWorker, "rc", None)
+    monkeypatch.setattr(FakeWorker, "closed", [])
+    monkeypatch.setattr(ClockedWorker, "clock", [0.0])
+    monkeypatch.setattr(iso, "Worker", ClockedWorker)
+    monkeypatch.setattr(iso, "time",
+                        types.SimpleNamespace(monotonic=lambda: ClockedWorker.clock[0]))
+    runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
+                                case_timeout=2)
+    try:
+        (got,) = runner.run_case(case)
+        assert got["status"] == "ok"
+        assert FakeWorker.closed == []  # not killed: kept for the next case
+    finally:
+        runner.close()
+
+
+def test_a_message_waiting_at_the_deadline_is_taken():
+    """The record of an impl that finished in time is read even when the parent gets to it at
+    or past the deadline."""
+    from multiprocessing.connection import Connection
+
+    from bench.isolation import TIMEOUT, Worker
+
+    r, w = os.pipe()
+    tx, rx = Connection(w, readable=False), Connection(r, writable=False)
+    worker = Worker.__new__(Worker)
+    worker.rx, worker.proc = rx, subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        tx.send(("done",))
+        assert worker.recv(0) == ("done",)
+        assert worker.recv(-1) is TIMEOUT  # nothing waits: at once, no block
+    finally:
+        worker.proc.wait()
+        tx.close()
+        rx.close()
+
+
+CLOSE_PIPES_AND_RUN_ON = """
+import os, time
+
+def main():
+    for fd in map(int, __import__("sys").argv[1:]):
+        os.close(fd)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_that_closes_its_pipe_and_runs_on_is_killed_and_says_so(tmp_path, monkeypatch):
+    """An impl that closes the worker's pipes and runs on is killed by the run after a grace
+    period; its record says so rather than blame the OOM killer for a SIGKILL the run sent."""
+    from bench.isolation import Worker, WorkerDied
+    (tmp_path / "closer.py").write_text(CLOSE_PIPES_AND_RUN_ON)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    w = Worker("cpu", [], tmp_path, entry="closer:main", wait=False)
+    try:
+        with pytest.raises(WorkerDied):
+            w.recv(60)
+        rc = w.wait(0.5)
+        words = w.describe_end(rc)
+    finally:
+        w.kill()
+    assert rc == -signal.SIGKILL and w.killed
+    assert "did not exit" in words and "decodewall killed it" in words and "OOM" not in words
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
