@@ -19,14 +19,16 @@ How an impl runs here (the hooks of backends/base.py):
   timed, as it is for any jitted JAX function that does not donate its inputs.
 - timing reads the clock after `block_until_ready` on the result (dispatch is asynchronous:
   without it a TPU "moves" more bytes per second than its HBM can).
-- input sets are rotated past 4x `cache_bytes()`, copied with `jnp.copy` (torchax's `clone` of
-  an immutable array is the same buffer, which would defeat the rotation).
+- input sets are rotated past `rotate_bytes()` (XLA:CPU: the CPU backend's), copied with
+  `jnp.copy` (torchax's `clone` of an immutable array is the same buffer, which would defeat the
+  rotation).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
 import importlib.util
+import sys
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -100,6 +102,46 @@ class Jitted:
         return self.env.j2t_iso(res)
 
 
+def _version(module: str) -> str:
+    """The version of `module` as imported (its `__version__`), else as installed, else "?"."""
+    v = getattr(sys.modules.get(module), "__version__", None)
+    if v is None:
+        try:
+            v = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            v = "?"
+    return str(v)
+
+
+def _misfit(e: BaseException, doing: str) -> str:
+    """One line: which torchax/jax failed at what, and the versions the `xla` extra pins."""
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return (f"torchax {_version('torchax')} (jax {_version('jax')}, torch {torch.__version__}) "
+            f"{doing}: {type(e).__name__}: {msg}; decodewall[xla] is tested with {_xla_pins()}")
+
+
+def _to_host(env: Any, x: torch.Tensor) -> torch.Tensor:
+    with env, warnings.catch_warnings():
+        # torchax wraps the read-only host copy with from_numpy; we never write to it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return x.to("cpu")
+
+
+def _self_test(env: Any) -> None:
+    """Run one tiny impl through every torchax entry point this backend uses (the `jax` device,
+    `Tensor`, `OperatorNotFound`, `t2j_iso`/`j2t_iso`, the host copy). A torchax other than the
+    one tested can import and still lack one, which would otherwise end a run mid-way with an
+    internal error instead of making the backend unavailable with the reason."""
+    _not_lowering()
+    with env:
+        x = torch.arange(4.0).to("jax")
+    y = Jitted(lambda t: t * 2, env)(x)
+    y.jax().block_until_ready()
+    host = _to_host(env, y)
+    if not torch.equal(host, torch.arange(0.0, 8.0, 2.0)):
+        raise RuntimeError(f"2 * [0, 1, 2, 3] came back as {host.tolist()}")
+
+
 def _import_error(e: ImportError) -> str:
     """Why jax/torchax did not import: not installed, or installed but not importable here."""
     missing = [m for m in ("jax", "torchax") if importlib.util.find_spec(m) is None]
@@ -134,15 +176,20 @@ class XLABackend(Backend):
         if self._loaded is None and self._error is None:
             from .xla_compat import JaxStartError, load
             try:
-                self._loaded = load()
+                loaded = load()
             except ImportError as e:
                 self._error = _import_error(e)
             except JaxStartError as e:
                 self._error = str(e)
             except Exception as e:  # a torchax that does not fit this torch
-                msg = (str(e).strip().splitlines() or [""])[0]
-                self._error = f"torchax failed to import with torch {torch.__version__}: " \
-                              f"{type(e).__name__}: {msg}"
+                self._error = _misfit(e, "failed to import")
+            else:
+                try:
+                    _self_test(loaded[1])
+                except Exception as e:  # imported, but not the API this backend drives
+                    self._error = _misfit(e, "imported but does not run a jitted op")
+                else:
+                    self._loaded = loaded
         return self._loaded
 
     @property
@@ -195,10 +242,7 @@ class XLABackend(Backend):
 
     def to_host(self, x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.device.type == "jax":
-            with self.env, warnings.catch_warnings():
-                # torchax wraps the read-only host copy with from_numpy; we never write to it
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                return x.to("cpu")
+            return _to_host(self.env, x)
         return x
 
     def clone(self, t: torch.Tensor) -> torch.Tensor:
@@ -234,6 +278,14 @@ class XLABackend(Backend):
         if self.kind_of_device == "cpu":
             return CPUBackend().cache_bytes()
         return ACCEL_CACHE_BYTES
+
+    def rotate_bytes(self) -> int:
+        """XLA:CPU runs on the host's caches, so it rotates past what the CPU backend does (4x
+        every level together: a non-inclusive L3 holds lines the L2s do not); accelerators 4x
+        `ACCEL_CACHE_BYTES`."""
+        if self.kind_of_device == "cpu":
+            return CPUBackend().rotate_bytes()
+        return 4 * ACCEL_CACHE_BYTES
 
     def device_info(self) -> dict[str, Any]:
         devs = self._devices()

@@ -7,7 +7,9 @@ unmarked ones run everywhere, including where torchax is absent.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import types
 
 import pytest
 import torch
@@ -101,6 +103,36 @@ def test_shim_stubs_only_missing_named_tensor_overloads():
             torch.ops.aten.prod.dim_Dimname  # and outside the import, torch is as it was
 
 
+class _NoContextEnv:
+    """An Environment of another torchax: no `with env:`, the first thing the backend does."""
+
+
+def test_a_torchax_that_imports_but_does_not_run_is_unavailable_with_its_version(monkeypatch):
+    from backends import xla_compat
+    fake = types.ModuleType("torchax")
+    fake.__version__ = "0.0.99"
+    monkeypatch.setitem(sys.modules, "torchax", fake)
+    monkeypatch.setattr(xla_compat, "load", lambda: (fake, _NoContextEnv()))
+    ok, why = XLABackend().available()
+    assert not ok and "\n" not in why, why
+    assert why.startswith("torchax 0.0.99 ") and "tested with" in why and "torchax==" in why, why
+
+
+def test_xla_cpu_rotates_past_every_host_cache_level_as_the_cpu_backend(monkeypatch):
+    """XLA:CPU runs on the host's caches: 4x the L3 alone leaves a non-inclusive L3 and the L2s
+    beside it (Sierra Forest: 144 MB of L2, 108 MB of L3) at 1.7x what they hold."""
+    from backends import cpu
+    from backends.cpu import CPUBackend
+    monkeypatch.setattr(cpu, "read_caches",
+                        lambda root=None: {"L1d": 144 * 2**15, "L2": 144 * 2**20, "L3": 108 * 2**20})
+    dev = _FakeTPU()
+    dev.platform = dev.device_kind = "cpu"
+    monkeypatch.setattr(XLABackend, "_devices", lambda self: [dev])
+    b = XLABackend()
+    assert b.cache_bytes() == 108 * 2**20
+    assert b.rotate_bytes() == CPUBackend().rotate_bytes() == 4 * (144 * 2**15 + 252 * 2**20)
+
+
 class _FakeTPU:
     platform, device_kind, id = "tpu", "TPU v5 lite", 0
 
@@ -157,7 +189,7 @@ def test_device_info_shows_platform_devices_memory_and_llc(xla):
     assert info["platform"] == "cpu" and info["devices"] and info["device_count"] >= 1
     assert info["memory_bytes"] and info["memory_bytes"] > 2**30
     assert info["cache_bytes"] == CPUBackend().cache_bytes()
-    assert xla.rotate_bytes() == 4 * info["cache_bytes"]
+    assert xla.rotate_bytes() == CPUBackend().rotate_bytes() >= 4 * info["cache_bytes"]
     assert info["matmul_precision"] == "highest"
 
 
@@ -168,6 +200,26 @@ def test_backends_command_lists_xla_platform(tmp_path):
     row = next(json.loads(line) for line in p.stdout.splitlines() if '"xla"' in line[:30])
     assert row["available"] and row["device"]["platform"] == "cpu"
     assert row["device"]["devices"] and row["versions"]["torchax"]
+
+
+@pytest.mark.xla
+def test_another_torchax_version_is_one_line_and_exit_2(tmp_path):
+    """A torchax that imports but lacks what the backend drives (here `torchax.tensor` and the
+    `jax` device) is an unavailable backend naming its version, not an internal error mid-run."""
+    from tests.helpers import REPO
+    pkg = tmp_path / "torchax"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        '__version__ = "0.0.99"\n\n\nclass Environment:\n'
+        '    def __enter__(self):\n        return self\n\n'
+        '    def __exit__(self, *exc):\n        return None\n\n\n'
+        'def default_env():\n    return Environment()\n')
+    for cmd in (("run", "--backend", "xla", "--suite", "smoke", "--no-save"),
+                ("roof", "--backend", "xla")):
+        p = run_cli(*cmd, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+        assert p.returncode == 2, (cmd, p.returncode, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+        assert "xla is not available: torchax 0.0.99" in p.stderr and "tested with" in p.stderr
 
 
 @pytest.mark.xla
@@ -255,7 +307,7 @@ def test_an_impl_that_does_not_lower_is_skipped_with_the_reason(xla, tmp_path, n
                      seed=0, run_id="t", command="pytest", git_commit=None, versions={},
                      impl_filter=(non_lowering_impl, "torch_matmul"))
     recs = {r["impl"]: r for r in Runner(ctx, ResultWriter(None, "t")).run_case(
-        Case("gemv_bf16", OPS["gemv_bf16"].shape(M=2, N=64, K=128), torch.float32))}
+        Case("gemv_bf16", OPS["gemv_bf16"].shape(M=2, N=256, K=256), torch.float32))}
     assert recs[non_lowering_impl]["status"] == "skipped"
     assert "does not lower to XLA" in recs[non_lowering_impl]["error"]
     ok = recs["torch_matmul"]
