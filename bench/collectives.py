@@ -45,7 +45,7 @@ from kernels.collectives.ops import inexact
 
 from .errors import UsageError
 from .interrupts import deferred
-from .isolation import START_TIMEOUT_S, Worker, WorkerDied, describe_exit
+from .isolation import START_TIMEOUT_S, Worker, WorkerDied
 from .results import ResultWriter
 from .runner import RunContext, base_record, reported_impls
 from .case import Case
@@ -336,7 +336,7 @@ class CollectiveRunner:
                         del live[conn]
                     continue
                 last = w.last_output_line(0)
-                return f"rank {r} ended at start ({describe_exit(w.wait())})" + \
+                return f"rank {r} ended at start ({w.describe_end(w.wait())})" + \
                     (f": {last}" if last else "")
         return None
 
@@ -424,7 +424,8 @@ class CollectiveRunner:
         if first is not None and first[0] == "died" and first[1] not in said:
             r = first[1]
             last = self._ranks[r].last_output_line(since[r])
-            return {"status": "crashed", "error": f"rank {r} died: {describe_exit(first[2])}"
+            how = self._ranks[r].describe_end(first[2])
+            return {"status": "crashed", "error": f"rank {r} died: {how}"
                     + (f"; its last output line: {last}" if last else "") + known}
         ended = said | {r for kind, r, _ in events if kind == "died"}
         silent = [r for r in range(n) if r not in ended]
