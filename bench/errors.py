@@ -41,3 +41,13 @@ def printable(text: str) -> str:
     undecodable byte (a lone surrogate) shown as '?'."""
     text = _CONTROL.sub("", _ESCAPE.sub("", text))
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (tab and newline too), DEL, C1
+
+
+def one_line(text: str) -> str:
+    """An error message as one line that cannot drive a terminal: every control character (a
+    newline or an ESC in a path or name the user gave) shown as repr shows it, so the message
+    stays one line and names exactly what was given."""
+    return _ANY_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

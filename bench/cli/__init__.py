@@ -15,9 +15,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError
+from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, handled, signal_of
-from . import backends, chips, compare, plot, project, roof, run
+try:
+    from . import backends, chips, compare, plot, project, roof, run
+except Exception as e:  # torch refusing its own environment as it imports (TORCH_LOGS=junk)
+    # torch wraps its message over lines and then lists every valid setting: the start, joined
+    why = " ".join(str(e).split())
+    why = why if len(why) <= 240 else why[:240] + "..."
+    print(f"decodewall: error: cannot start: {type(e).__name__}: {one_line(why)}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE) from None
 from .common import Parser
 
 COMMANDS = (run, roof, chips, backends, compare, project, plot)  # in `decodewall --help` order
@@ -55,8 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status. SIGTERM ends a command as Ctrl-C does, and the
     handlers stay in place while the error or interrupt is reported (bench/interrupts.py).
     argv None: the command line of this process, which exits with the status returned."""
+    _replace_unencodable()
     with handled(exiting=argv is None):
         return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _replace_unencodable() -> None:
+    """Print what the output's encoding cannot hold (µs, —, box lines and names under
+    PYTHONIOENCODING=ascii or a C locale) as '?' instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper, or closed
+            pass
 
 
 def _main(argv: list[str]) -> int:
@@ -65,10 +83,10 @@ def _main(argv: list[str]) -> int:
         args.argv = argv
         return args.func(args)
     except UsageError as e:
-        print(f"decodewall: error: {e}", file=sys.stderr)
+        print(f"decodewall: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except RunError as e:
-        print(f"decodewall: error: {e}", file=sys.stderr)
+        print(f"decodewall: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM before `run` had anything to keep
         print(f"decodewall: {describe(signal_of(e))}", file=sys.stderr)
@@ -82,5 +100,6 @@ def _main(argv: list[str]) -> int:
             tb = tb.tb_next
         where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
         msg = (str(e).strip().splitlines() or [""])[0]
-        print(f"decodewall: internal error{where}: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"decodewall: internal error{where}: {type(e).__name__}: {one_line(msg)}",
+              file=sys.stderr)
         return EXIT_FAILED

@@ -372,7 +372,10 @@ def _device(records: list[dict[str, Any]]) -> str:
 
 def names_folder(arg: str) -> bool:
     """An output argument that names a folder: one that exists, or a path ending in a separator."""
-    return Path(arg).is_dir() or arg.endswith(("/", os.sep))
+    try:
+        return Path(arg).is_dir() or arg.endswith(("/", os.sep))
+    except OSError:  # a name longer than the file system takes: check_output says so
+        return arg.endswith(("/", os.sep))
 
 
 def output_path(arg: str, name_in_folder: str) -> Path:
@@ -400,15 +403,20 @@ def check_output(out: str | Path) -> Path:
     if ext not in formats:
         raise PlotError(f"cannot write {p}: .{ext} is not an image format matplotlib writes "
                         f"(give {', '.join('.' + f for f in sorted(formats))})")
-    if p.is_dir():
-        raise PlotError(f"cannot write {p}: it is a folder")
-    above = p.parent
-    while not above.exists() and above != above.parent:  # the folders save_all would make
-        above = above.parent
-    if not above.is_dir():
-        raise PlotError(f"cannot write {p}: {above} is not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise PlotError(f"cannot write {p}: {above} is not writable")
+    try:
+        if p.is_dir():
+            raise PlotError(f"cannot write {p}: it is a folder")
+        above = p.parent
+        # the folders save_all would make; a link that leads nowhere (dangling, or a loop) is
+        # no folder to make
+        while not above.exists() and not above.is_symlink() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise PlotError(f"cannot write {p}: {above} is not a folder")
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise PlotError(f"cannot write {p}: {above} is not writable")
+    except OSError as e:  # a name longer than the file system takes
+        raise PlotError(f"cannot write {p}: {e.strerror or e}") from None
     return p
 
 

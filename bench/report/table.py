@@ -151,6 +151,10 @@ def interconnect_text(c: Chip, detail: bool = False) -> str:
 def console(stderr: bool = False) -> Console:
     """A terminal gets its own width; a pipe or file gets wide lines rather than folded cells."""
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else int(os.environ.get("COLUMNS", 0) or 180)
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:  # unset, or not a number (COLUMNS=abc)
+        columns = 0
+    width = None if stream.isatty() else columns if columns > 0 else 180
     # emoji=False: a name like `:fire:` in a record prints as written, not as an emoji
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, emoji=False)

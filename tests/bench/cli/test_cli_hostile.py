@@ -165,3 +165,35 @@ def test_no_arguments_says_what_to_do(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "COMMAND" in err and "--help" in err
+
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"},
+                                 {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+                                  "PYTHONIOENCODING": ""}])
+def test_an_output_encoding_without_unicode_does_not_crash(env, tmp_path):
+    """Tables hold µs, — and box lines, and records names in any script: where stdout cannot
+    encode them, they print as '?' instead of ending the command with an internal error."""
+    rec = {**GOOD_RECORD, "impl": "\u00e9\u2603\U0001F600", "backend": "cpu",
+           "device": {"name": "\u00c9PYC"}}
+    path = tmp_path / "uni.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    for argv in (["chips", "--chip", "h100-sxm"], ["compare", str(path), str(path)],
+                 ["project", "--help"]):
+        p = run_cli(*argv, timeout=60, env=env)
+        assert p.returncode == 0 and not p.stderr, (argv, p.stderr[-500:])
+
+
+def test_columns_that_is_not_a_number_is_ignored(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "abc")
+    assert main(["chips", "--chip", "h100-sxm"]) == 0
+    assert "h100-sxm" in capsys.readouterr().out
+
+
+def test_torch_refusing_its_environment_is_one_line():
+    """torch raises as it imports when TORCH_LOGS names no log: one line and exit 2, before any
+    command, instead of torch's traceback and its list of valid settings."""
+    p = run_cli("chips", timeout=60, env={"TORCH_LOGS": "junk"})
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1, p.stderr[-2000:]
+    assert err[0].startswith("decodewall: error: cannot start: ValueError: Invalid log settings")
+    assert "Traceback" not in p.stderr

@@ -425,3 +425,37 @@ def test_from_allreduce_record_without_a_collective_shape(tmp_path, capsys):
     assert main(["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--tp", "2",
                  "--from", str(path)]) == 0
     assert "splits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["-o", "--roofline", "--plot"])
+@pytest.mark.parametrize("where", ["long", "loop", "dangling"])
+def test_output_path_the_file_system_refuses_is_one_line(flag, where, real, tmp_path, capsys, mpl):
+    """A name past the file system's limit (ENAMETOOLONG), or a folder that is a symlink loop
+    or a dangling link: one line and exit 2, not an internal error."""
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    out = {"long": tmp_path / ("a" * 300 + ".png"), "loop": tmp_path / "loop1" / "x.png",
+           "dangling": tmp_path / "dangling" / "x.png"}[where]
+    argv = (["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--plot", str(out)]
+            if flag == "--plot" else ["plot", str(real), flag, str(out)])
+    line = error_line(capsys, argv)
+    assert f"cannot write {out}" in line, line
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "{good}", "{bad}"],
+    ["plot", "{bad}", "--terminal"],
+    ["project", "--model", "llama-3-8b", "--from", "{bad}"],
+    ["project", "--model", "{bad}"],
+    ["run", "--op", "copy", "--shape", "N=1024", "--no-save", "--plugin", "{bad}"],
+])
+def test_control_characters_in_a_path_keep_the_error_one_line(argv, tmp_path, capsys):
+    """A path holding a newline or a terminal escape is named with them escaped: still one line,
+    and nothing that clears the screen or recolors it."""
+    good = write(tmp_path / "good.jsonl", G)
+    bad = str(tmp_path / "a\nb\x1b[2J\r.json")
+    line = error_line(capsys, [a.format(good=good, bad=bad) for a in argv])
+    assert "a\\nb\\x1b[2J\\r.json" in line, line
+    assert not any(c in line for c in "\n\r\x1b")
