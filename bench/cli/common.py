@@ -136,6 +136,14 @@ def seed(text: str) -> int:
     return v
 
 
+def given(text: str) -> str:
+    """A path argument that is not empty: "" would read as "not given" (no plot, no results
+    file) or as the current folder, never what was meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path")
+    return text
+
+
 def directory(text: str) -> str:
     if not text.strip():  # Path("") is the current directory: never what was meant
         raise argparse.ArgumentTypeError("is empty: give a results directory (or --no-save)")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from .common import given
 
 PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside a folder
 
@@ -95,13 +96,13 @@ def add_parser(sub) -> None:
                        "number above its own roof is flagged. Charts take one device's "
                        "records; --terminal takes any.")
     p.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
-    p.add_argument("-o", "--out", metavar="PNG|DIR",
+    p.add_argument("-o", "--out", metavar="PNG|DIR", type=given,
                    help="write the %% of measured roof chart to PNG and the roofline beside it "
                    "as STEM-roofline.EXT (run.png: run-roofline.png); a folder (existing, or "
                    f"ending in /) gets {PCT_NAME} and {ROOFLINE_NAME}; no extension: .png; "
                    "another extension matplotlib writes (.svg, .pdf, ...) picks that format "
                    "(needs matplotlib)")
-    p.add_argument("--roofline", metavar="PNG|DIR",
+    p.add_argument("--roofline", metavar="PNG|DIR", type=given,
                    help="write the roofline (and the batch / size sweep panels the results "
                    "hold) here: alone, or instead of the name -o gives it; a folder gets "
                    f"{ROOFLINE_NAME}")

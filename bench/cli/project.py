@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..model.project import (DEFAULT_FLOOR_US, MAX_CHIPS, MIN_EFFICIENCY, efficiency_from_results,
                              project)
 from ..model.workload import Step
+from .common import given
 from .step import add_step_args, build_step, whole
 
 SCALING_NAME = "scaling.png"  # the chart's name inside a --plot folder
@@ -262,7 +263,7 @@ def add_parser(sub) -> None:
     p.add_argument("--efficiency", type=float, metavar="E",
                    help=f"fraction of datasheet memory bandwidth reached, {MIN_EFFICIENCY:g} to 1 "
                    "(default 1.0)")
-    p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl",
+    p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl", type=given,
                    help="a results file: measured %% of roof sets the efficiency (then give no "
                         "--efficiency); measured allreduce records set the link cost")
     p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
@@ -274,7 +275,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kernel-floor-us", type=floor_us, default=DEFAULT_FLOOR_US,
                    metavar="US", help="fixed cost of every kernel call, 0 to "
                    f"{MAX_FLOOR_US:g} (default %(default)g µs)")
-    p.add_argument("--plot", metavar="PNG|DIR",
+    p.add_argument("--plot", metavar="PNG|DIR", type=given,
                    help=f"draw tokens/s a sequence against chips (a folder gets {SCALING_NAME}; "
                    "no extension: .png)")
     p.add_argument("--json", action="store_true",

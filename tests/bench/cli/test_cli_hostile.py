@@ -107,10 +107,14 @@ HOSTILE = [
     (["project", "--model", "llama-3-8b", "--efficiency", "2"], "--efficiency"),
     (["project", "--model", "llama-3-8b", "--from", "missing.jsonl"], "no such file"),
     (["project", "--model", "{bad_config}"], "config.json"),
+    (["project", "--model", "llama-3-8b", "--from", ""], "--from: is empty"),  # not "not given"
+    (["project", "--model", "llama-3-8b", "--plot", " "], "--plot: is empty"),
     # plot
     (["plot", "missing.jsonl"], "no such file"),
     (["plot", "{empty}"], "no result records"),
     (["plot", "{truncated}"], "not valid JSON"),
+    (["plot", "{truncated}", "-o", ""], "--out: is empty"),
+    (["plot", "{truncated}", "--roofline", ""], "--roofline: is empty"),
 ]
 
 
