@@ -69,22 +69,18 @@ def shares(weights: list[int], n: int) -> list[list[int]]:
 def triton_impls(case: Any, backend: str) -> list:
     """The case's Triton impls the suite runs on `backend` (on the CPU, the ones it would run on
     CUDA: the dry run calls them under the interpreter)."""
-    from kernels import OPS
-    impls = [i for n, i in OPS[case.op].impls.items()
-             if (case.impls is None or n in case.impls) and i.kind == "triton"]
+    from ..runner import select_impls
     want = "cuda" if backend == "cpu" else backend
-    return [i for i in impls if want in i.backends]
+    return [i for i in select_impls(case, None) if i.kind == "triton" and want in i.backends]
 
 
 def plan(backend: Any, suite: str) -> list:
-    from ..suites import SUITES, SuiteContext, cases_for, gpu_check_cases
+    """The suite's cases as `decodewall run --suite` plans them on this device (KeyError: no
+    such suite)."""
+    from ..suites import SuiteContext, cases_for
     info = backend.device_info()
-    ctx = SuiteContext(backend.name, info.get("memory_bytes"), info.get("cache_bytes"))
-    if suite == "gpu-check":
-        return gpu_check_cases(ctx)
-    if suite not in SUITES:
-        raise KeyError(suite)
-    return cases_for(suite, ctx)
+    return cases_for(suite, SuiteContext(backend.name, info.get("memory_bytes"),
+                                         info.get("cache_bytes")))
 
 
 def label(case: Any) -> str:
