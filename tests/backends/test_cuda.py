@@ -317,8 +317,8 @@ def test_clocks_all_figures(monkeypatch):
 
 
 def test_clocks_keep_every_figure_but_the_one_nvml_does_not_support(monkeypatch):
-    """Power NotSupported (some boards, many containers) used to turn the whole record into
-    "nvml error": the clocks and throttle reasons beside every GPU run were lost with it."""
+    """Power NotSupported (some boards, many containers) leaves that figure null, not the whole
+    record "nvml error": the clocks and throttle reasons beside every GPU run are kept."""
     nv = fake_clock_nvml(raising=("nvmlDeviceGetPowerUsage", "nvmlDeviceGetEccMode"))
     c = clock_backend(monkeypatch, nv).clocks()
     assert c["source"] == "nvml" and c["power_w"] is None
