@@ -30,11 +30,9 @@ import statistics
 import sys
 from typing import Any
 
-os.environ.setdefault("DECODEWALL_AUTOTUNE", "0")  # before kernels/ is imported: see above
+import torch
 
-import torch  # noqa: E402
-
-from ..timing import Budget, measure  # noqa: E402
+from ..timing import Budget, measure
 from bench.errors import OneLineParser
 
 BASE_MODE = "memset"  # the flush the others are compared with
@@ -185,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
+    # One config a Triton kernel (see above). kernels/ reads the setting when first imported, so
+    # it is set here, before that, and not at this module's import: a process that imports this
+    # module (pytest, the device check) and the processes it starts keep tuning.
+    if "kernels.triton_util" not in sys.modules:
+        os.environ.setdefault("DECODEWALL_AUTOTUNE", "0")
     if a.dry_run:
         res = {"dry_run": True, "modes": modes(), "rounds": a.rounds, "cases": [], "plan": plan()}
         print(json.dumps(res) if a.json else "flushcmp dry run: would time " + "; ".join(

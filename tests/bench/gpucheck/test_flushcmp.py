@@ -9,6 +9,7 @@ from backends.cpu import CPUBackend
 from bench.gpucheck import flushcmp
 from bench.timing import Budget
 from kernels import OPS, register_impl
+from tests.helpers import REPO
 
 TINY = (("gemv_bf16", "torch_matmul", dict(M=1, N=32, K=64)),
         ("gemv_w4", "torch_dequant", dict(M=1, N=32, K=256, group_size=128)))
@@ -103,3 +104,19 @@ def test_bad_arguments_one_line_exit_2(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m bench.gpucheck.flushcmp: error:")
+
+
+def test_importing_flushcmp_leaves_the_autotune_setting_alone():
+    """Only flushcmp's own run sets DECODEWALL_AUTOTUNE=0: a process that imports it (pytest,
+    the device check) and the processes it starts keep tuning."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "DECODEWALL_AUTOTUNE"}
+    code = ("import os, bench.gpucheck.flushcmp as f; a = os.environ.get('DECODEWALL_AUTOTUNE'); "
+            "f.main(['--dry-run']); "
+            "print(a, os.environ.get('DECODEWALL_AUTOTUNE'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert r.stdout.strip().splitlines()[-1] == "None 0"

@@ -179,7 +179,7 @@ def test_compile_only_compiles_a_real_launchers_configs_for_sm90_into_the_cache(
     script.write_text(_SM90_WARM)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO,
                        env=_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"),
-                                        DECODEWALL_AUTOTUNE="1"),  # flushcmp's import sets 0
+                                        DECODEWALL_AUTOTUNE="1"),  # the prune runs only when tuning
                        timeout=600)
     if r.returncode and "ptxas" in r.stderr:
         pytest.skip(r.stderr.strip().splitlines()[-1])
