@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from typing import Any, NoReturn, Sequence
 
 from ..errors import UsageError
@@ -79,8 +80,10 @@ def parse_shape(op, text: str):
                              "(expected K=V pairs like M=1,N=4096,K=4096)")
         if k in kw:
             raise UsageError(f"malformed --shape {text!r}: {k} given twice")
-        try:
-            kw[k] = int(v)
+        try:  # decimal digits only: int() alone would also take '+1', '1_0' and non-ASCII digits
+            if not re.fullmatch(r"-?[0-9]+", v):
+                raise ValueError(v)
+            kw[k] = int(v)  # ValueError past 4300 digits
         except ValueError:
             raise UsageError(f"malformed --shape {text!r}: {k}={v!r} is not an integer") from None
     if not kw:

@@ -263,7 +263,7 @@ def command(args) -> int:
     with _stdout_to_stderr() if args.json else _null():
         load_plugins(args.plugin or [])
     if args.list:
-        return list_everything()
+        return list_everything(args)
     from ..collectives import launched_by_torchrun
     if launched_by_torchrun():
         torchrun_ranks()  # RANK, WORLD_SIZE, ... are numbers, before any of them is used
@@ -497,9 +497,19 @@ class _null:
         return False
 
 
-def list_everything() -> int:
+def list_everything(args) -> int:
+    """Every suite and op with its impls; a suite, op or impl also named must exist (a misspelt
+    name is refused here as it is in a run, not listed past)."""
     from kernels import OPS
     from ..suites import SUITES
+    if args.suite is not None and args.suite not in SUITES:
+        raise UsageError(f"unknown suite {args.suite!r}{suggest(args.suite, list(SUITES))}")
+    if args.op is not None and args.op not in OPS:
+        raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
+    impls = [n for o in ([OPS[args.op]] if args.op else OPS.values()) for n in o.impls]
+    for n in args.impl or []:
+        if n not in impls:
+            raise UsageError(f"unknown impl {n!r}{suggest(n, sorted(set(impls)))}")
     print("suites:")
     for name, (_, doc) in SUITES.items():
         print(f"  {name:14s} {doc}")

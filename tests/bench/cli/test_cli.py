@@ -39,6 +39,12 @@ def bad(capsys, out, *argv):
     (["run", *GEMV, "--chip", "h100-sx"], "did you mean 'h100-sxm'"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,N=abc,K=4"], "not an integer"),
     (["run", "--op", "gemv_bf16", "--shape", "M1"], "malformed --shape"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=+1,N=8,K=8"], "M='+1' is not an integer"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=1_0,K=8"], "N='1_0' is not an integer"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=1,N=\u0663,K=8"], "is not an integer"),
+    (["run", "--list", "--suite", "smok"], "did you mean 'smoke'"),
+    (["run", "--list", "--op", "gemv_bf17"], "did you mean 'gemv_bf16'"),
+    (["run", "--list", "--op", "gemv_w4", "--impl", "triton_w8"], "unknown impl 'triton_w8'"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,M=2,K=4,N=4"], "given twice"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,N=8,K=0"], "K must be a positive"),
     (["run", "--op", "gemv_bf16", "--shape", "M=5000,N=8,K=8"], "not a decode batch"),
@@ -375,3 +381,14 @@ def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, 
     assert [json.loads(x)["impl"] for x in out.splitlines()] == ["torch_matmul"]
     for where in ("print", "sys.stdout", "fd 1"):
         assert f"hello from {where}" in err
+
+
+def test_list_names_every_suite_and_op_with_its_impls(capsys):
+    from bench.suites import SUITES
+    from kernels import OPS
+    assert main(["run", "--list", "--op", "gemv_w4", "--impl", "triton_w4"]) == 0
+    out = capsys.readouterr().out
+    for name in SUITES:
+        assert f"\n  {name} " in out
+    for name, op in OPS.items():
+        assert f"  {name} " in out and ", ".join(op.impls) in out
