@@ -61,7 +61,7 @@ def _nvml_handle(nv: Any) -> Any:
 
 
 # AMD Infinity Cache (MALL), by gfx arch or catalog id: not in torch's device properties.
-# gfx942 is the MI300 family; the catalog's MI300X and MI325X have 256 MB (shared/reference/chips.md).
+# gfx942 is the MI300 family; the catalog's MI300X and MI325X have 256 MB (backends/chips.json).
 # gfx950 (MI350X, MI355X) has 256 MB behind the same 4 MB-per-XCD L2 that ROCm reports.
 _INFINITY_CACHE = {"gfx942": 256 * 1024**2, "gfx950": 256 * 1024**2, "mi300x": 256 * 1024**2,
                    "mi325x": 256 * 1024**2}

@@ -113,3 +113,96 @@ def test_readme_record_contract_is_the_fields_every_record_holds():
     listed = re.search(r"These keys are a public contract: `([^`]+)`", text).group(1)
     listed = re.sub(r"\{[^}]*\}|\([^)]*\)", "", listed)  # sub-keys and remarks
     assert [k.strip() for k in listed.split(",")] == list(FIELDS)
+
+
+def _prose(page: Path) -> str:
+    """A page without its fenced code blocks (example output names runs that were not saved)."""
+    return re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+
+
+RUN_ID = re.compile(r"\b(\d{8}-\d{6}-(?:cpu|cuda|xla)-[0-9a-f]{4})\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_runs_named_are_committed(page: Path):
+    """A run id a page cites (a results file, bare or as a path) is a committed file under
+    results/, and a `results/...*` pattern matches at least one file."""
+    text = _prose(page)
+    for run in set(RUN_ID.findall(text)):
+        assert list((ROOT / "results").glob(f"*/{run}.jsonl")), f"{page.name}: no results file {run}"
+    for pattern in re.findall(r"`(results/[A-Za-z0-9_./-]*\*[A-Za-z0-9_.*/-]*)`", text):
+        assert list(ROOT.glob(pattern)), f"{page.name}: {pattern} matches no file"
+
+
+def _files_of(cell: str, folder: Path) -> list[Path]:
+    """The results files a README cell names: run ids, `PREFIX*` patterns, a `-SUFFIX*` completed
+    from the name before it, and `A*` to `-B*` as every file from A to B."""
+    names: list[str] = []
+    for token in re.findall(r"`([0-9*a-z-]+)`", cell):
+        if token.startswith("-") and names:
+            token = names[-1].rstrip("*")[:-(len(token) - 1 - token.count("*"))] + token[1:]
+        names.append(token)
+    stems = sorted(f.stem for f in folder.glob("*.jsonl"))
+    if " to " in cell and len(names) == 2:
+        lo, hi = (n.rstrip("*") for n in names)
+        picked = [s for s in stems if lo <= s[:len(lo)] <= hi]
+    else:
+        picked = [s for n in names for s in stems if s.startswith(n.rstrip("*"))]
+    return [folder / f"{s}.jsonl" for s in picked]
+
+
+def test_results_readme_commits_are_the_records():
+    """Each results/cpu README row names as many files as it says, and the commit its runs'
+    records carry."""
+    import json
+    folder = ROOT / "results" / "cpu"
+    covered: set[Path] = set()
+    for line in (folder / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not re.match(r"[0-9a-f]{7}\b", cells[2]):
+            continue
+        files = _files_of(cells[0], folder)
+        assert files, line
+        if (count := re.search(r"\((\d+) files\)", cells[0])):
+            assert len(files) == int(count.group(1)), line
+        for f in files:
+            for rec in map(json.loads, f.read_text().splitlines()):
+                assert rec["git_commit"].startswith(cells[2][:7]), \
+                    f"{f.name}: records of {rec['git_commit']}, the README says {cells[2][:7]}"
+        covered.update(files)
+    assert covered == set(folder.glob("*.jsonl")), "a results file the README does not list"
+
+
+def test_budget_table_is_the_code():
+    """measurement.md's table of --budget figures is bench.timing.BUDGETS."""
+    from bench.timing import BUDGETS
+    text = (ROOT / "docs" / "measurement.md").read_text()
+    num = r"([\d.]+)"
+    for name, b in BUDGETS.items():
+        m = re.search(rf"^\| `{name}`[^|]*\| {num} s \| {num}–{num} \| {num}–{num} s \|$", text, re.M)
+        assert m, f"no row for budget {name}"
+        assert [float(g) for g in m.groups()] == [b.warmup_s, b.min_samples, b.max_samples,
+                                                  b.min_time_s, b.max_time_s], name
+
+
+def test_device_check_boxes_are_the_code():
+    """device-check.md's time boxes, total and reserve are bench.gpucheck.check's."""
+    from bench.gpucheck.check import BOXES, RESERVE_S, TOTAL_S
+    text = (ROOT / "docs" / "device-check.md").read_text()
+    boxes = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| (\w+) \| (\d+)\b", text, re.M)}
+    assert boxes == BOXES
+    prose = " ".join(text.split())  # a phrase may wrap
+    assert f"a {TOTAL_S} s total" in prose
+    assert f"the total less {RESERVE_S:g} s" in prose
+    assert sum(BOXES.values()) == TOTAL_S - RESERVE_S
+
+
+def test_case_timeout_default_named_in_docs():
+    """Every "--case-timeout ... default N" in the README and docs is the parser's default."""
+    from bench.isolation import DEFAULT_CASE_TIMEOUT_S
+    found = 0
+    for page in PAGES:
+        for n in re.findall(r"--case-timeout[^()]{0,40}\(?default (\d+)", page.read_text()):
+            found += 1
+            assert float(n) == DEFAULT_CASE_TIMEOUT_S, page.name
+    assert found >= 3

@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-all", action="store_true",
                    help="compile every config of every GEMV path and every paged-attention variant "
                         "the suites ask for, for sm_90 (bf16, fp32), and list failures and spills "
-                        "(~15 minutes on 2 cores)")
+                        "(~20 minutes on 2 cores)")
     args = p.parse_args(argv)
     if args.gbps <= 0 or args.latency_ns <= 0 or (args.configs is not None and args.configs < 1):
         p.error("--gbps, --latency-ns and --configs must be positive")
