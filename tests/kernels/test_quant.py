@@ -106,3 +106,47 @@ def test_bad_quantizer_inputs():
         quantize_int8(torch.randn(4))
     with pytest.raises(ValueError, match="even"):
         pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("rows, row_len, chunk", [(10, 64, 192), (7, 64, 64), (9, 100, 350),
+                                                  (5, 64, 1), (3, 64, 1 << 22)])
+def test_row_slices_cover_every_row_once(rows, row_len, chunk, monkeypatch):
+    """The quantizers and the GEMV references work through a matrix a slice of rows at a time;
+    the slices must cover rows 0..rows-1 in order, each once, whatever the chunk."""
+    import kernels.quant as quant
+    monkeypatch.setattr(quant, "CHUNK_ELEMENTS", chunk)
+    covered = [r for s in quant.row_slices(rows, row_len) for r in range(rows)[s]]
+    assert covered == list(range(rows))
+
+
+def test_sliced_quantizers_and_references_match_one_slice(monkeypatch):
+    """Every test shape fits one slice of CHUNK_ELEMENTS (4M weights), but a 70B layer takes
+    hundreds: with slices of 3 rows (a short last one), the quantizers' outputs and the GEMV
+    references equal the one-slice results (the quantizers' bit for bit, the float64 products
+    to their rounding: BLAS blocks a slice differently), so no row is skipped, repeated or left
+    as the uninitialized memory the outputs start as."""
+    import kernels.quant as quant
+    from kernels import OPS
+    from kernels.gemv import GemvShape, GemvW4Shape, GemvW8Shape
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(11, 128, generator=g)
+    kv = torch.randn(4, 3, 2, 64, generator=g)
+    cases = [(OPS["gemv_w4"], GemvW4Shape(3, 11, 128, 32)), (OPS["gemv_w8"], GemvW8Shape(3, 11, 128)),
+             (OPS["gemv_bf16"], GemvShape(3, 11, 128))]
+
+    def everything():
+        out = [*quantize_int4(w, 32, torch.float32), *quantize_int8(w), *quantize_kv_int8(kv, torch.float32)]
+        for op, shape in cases:
+            args = op.make_inputs(shape, torch.float32, "cpu", 0)
+            out += [a for a in args if isinstance(a, torch.Tensor)] + [op.reference(*args)]
+        return out
+
+    whole = everything()
+    monkeypatch.setattr(quant, "CHUNK_ELEMENTS", 3 * 128)
+    assert len(quant.row_slices(11, 128)) == 4
+    sliced = everything()
+    for a, b in zip(whole, sliced):
+        if a.dtype == torch.float64:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        else:
+            assert torch.equal(a, b)

@@ -54,3 +54,19 @@ def test_a_returned_output_is_the_callers_not_a_reused_buffer(op_name, impl_name
     kept = first.clone()
     impl(*op.make_inputs(shape, dtype, "cpu", 1))
     assert torch.equal(first, kept)
+
+
+@pytest.mark.parametrize("op_name", ["gemv_bf16", "gemv_w8", "gemv_w4", "paged_attention",
+                                     "paged_attention_kv8"])
+def test_kernel_tolerances_by_hand(op_name):
+    """Every kernel test judges err <= op.tol(dtype), so a looser table would weaken all of them
+    at once and none would notice: the values are pinned here. An fp32-accumulating kernel whose
+    output is rounded once to the dtype sits well inside them: the reference itself rounded to
+    bf16 / fp16 / fp32 is at most half the tolerance away."""
+    op = OPS[op_name]
+    assert {dt: op.tol(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)} == \
+        {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
+    shape, _ = op.smoke[0]
+    ref = op.reference(*op.make_inputs(shape, torch.float32, "cpu", 0))
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        assert rel_err(ref.to(dt), ref) <= op.tol(dt) / 2, dt

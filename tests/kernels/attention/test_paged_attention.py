@@ -14,6 +14,7 @@ from kernels import OPS, rel_err
 from kernels.triton_util import HAS_TRITON
 from kernels.attention.ops import PagedAttentionShape as Shape
 from kernels.attention.ops import build_inputs, bytes_moved
+from kernels.quant import quantize_kv_int8
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 OP_NAMES = ("paged_attention", "paged_attention_kv8")
@@ -537,3 +538,112 @@ def test_triton_every_tile_interpreted(op_name, impl_name, dtype, monkeypatch):
         bad = run(op.impls[impl_name], perturb(args, kv8, float("nan")), DEV)
         assert torch.equal(bad, out), f"BLOCK_N={bn}: NaN where nothing is read changed the output"
     monkeypatch.setattr(tp, "_paged_attn_kernel", kernel)
+
+
+def boost_tail_scores(args, kv8, first, factor):
+    """The inputs with sequence 0's K from token `first` on times `factor` (INT8 KV: its
+    k_scale), so the scores of the last split dwarf the first split's."""
+    args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    BS, bt, n = args[1].shape[1], args[-3], int(args[-2][0])
+    t = torch.arange(first, n)
+    blocks, slots = bt[0, t // BS].long(), t % BS
+    target = args[3] if kv8 else args[1]
+    target[blocks, slots] *= factor
+    return tuple(args)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_split_merges_take_the_largest_max(op_name, monkeypatch):
+    """Splits whose score maxima lie far apart (> 128 in log2 units): each split's partial is
+    weighted by exp(m_split - max over the splits), which a merge rescaled by any other split's
+    max (the first one's, say) overflows to inf and NaN. On ordinary inputs the maxima sit
+    within a few units of each other, where every such merge gives the same answer, so only
+    this test can fail it. Sequence 0 (300 tokens) is split 3 ways by the C kernel (112 tokens
+    each) and 2 by the Triton split-KV impls (256 + 44); its last 44 tokens score ~60x higher."""
+    import kernels.attention.simd as attention_simd
+    kv8 = op_name.endswith("kv8")
+    op = OPS[op_name]
+    args = boost_tail_scores(case_inputs(op_name, 8, 2, 64, 16, F32, [300, 77, 1]), kv8, 256, 60.0)
+    q, scale = args[0].double(), args[-1]
+    k = args[1].double() * (args[3].double()[..., None] if kv8 else 1)
+    BS, bt = k.shape[1], args[-3]
+    t = torch.arange(300)
+    kb = k[bt[0, t // BS].long(), t % BS].repeat_interleave(4, dim=1)  # [t, Hq, D]
+    s = torch.einsum("hd,thd->ht", q[0], kb) * scale * math.log2(math.e)
+    assert (s[:, 256:].amax(1) - s[:, :112].amax(1)).min() > 128  # exp2 of the gap overflows fp32
+    ref = op.reference(*args)
+    monkeypatch.setattr(attention_simd, "splits_for", lambda B, tokens, threads: 3)
+    spy = SplitSpy(monkeypatch) if HAS_TRITON else None
+    names = ["simd_c"] + ([n for n in ("triton_splitkv", "triton_splitkv_fused") if n in op.impls]
+                          if HAS_TRITON else [])
+    for name in names:
+        dev = "cpu" if name == "simd_c" else DEV
+        err = rel_err(run(op.impls[name], args, dev), ref)
+        assert err <= op.tol(F32), f"{name}: rel err {err:.3g}"
+    if HAS_TRITON:
+        assert spy.splits == [2, 2]
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_result_without_out_is_the_callers_own(op_name):
+    """Called without out=, as any user may call an impl, the result is a tensor of its own: a
+    second call (other inputs) leaves the first result as it was. A kernel that hands back its
+    reused fp32 scratch buffer passes every out= check and the reference, and still gives a
+    caller an answer that the next call overwrites."""
+    op = OPS[op_name]
+    first_args = case_inputs(op_name, 8, 2, 64, 16, F32, [40, 7], seed=1)
+    second_args = case_inputs(op_name, 8, 2, 64, 16, F32, [40, 7], seed=2)
+    for name, impl, dev in impls_here(op_name, F32):
+        first = impl(*to(first_args, dev))
+        kept = first.clone()
+        impl(*to(second_args, dev))
+        assert torch.equal(first, kept), f"{name}: a later call changed an earlier result"
+        assert rel_err(kept.cpu(), op.reference(*first_args)) <= op.tol(F32), name
+
+
+def shift_scores(args, kv8, target):
+    """The inputs with every live K row of KV head h of sequence b moved by the u that puts
+    scale * q.u at `target` for each of its G query heads (the least-norm solution), so every
+    score sits near `target` (INT8 KV: the moved cache quantized again)."""
+    args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    q, bt, sl, scale = args[0], args[-3], args[-2], args[-1]
+    k = args[1].float() * args[3].float()[..., None] if kv8 else args[1].float()
+    BS, Hkv, G = k.shape[1], k.shape[2], q.shape[1] // k.shape[2]
+    for b in range(q.shape[0]):
+        t = torch.arange(int(sl[b]))
+        blocks, slots = bt[b, t // BS].long(), t % BS
+        for h in range(Hkv):
+            Q = q[b, h * G:(h + 1) * G].double()
+            u = torch.linalg.pinv(Q) @ torch.full((G,), target / scale, dtype=torch.float64)
+            k[blocks, slots, h] += u.float()
+    if kv8:
+        args[1], args[3] = quantize_kv_int8(k, args[3].dtype)
+    else:
+        args[1] = k.to(args[1].dtype)
+    return tuple(args)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_scores_far_below_zero(op_name):
+    """Softmax is the same whatever constant the scores share, and an online softmax must start
+    its running max at -inf: one that starts at 0 (or any finite value) takes exp(s - 0) of
+    scores near -120, which underflow to 0 in fp32, and returns 0 / 0. On ordinary inputs
+    (scores within a few units of 0) both starts agree, so only inputs like these can tell.
+    fp32: the 16-bit impls of INT8 KV round the dequantized K to q's dtype, 2^-11 of a score
+    of 120 (~0.06), past fp16's tolerance at such scores; the fp32 ones stay 7x inside theirs.
+    Sequence 0's 150 tokens take both Triton split-KV impls through two splits."""
+    kv8 = op_name.endswith("kv8")
+    op = OPS[op_name]
+    args = shift_scores(case_inputs(op_name, 8, 2, 64, 16, F32, [150, 7], seed=3), kv8, -120.0)
+    q, scale = args[0].double(), args[-1]
+    k = args[1].double() * (args[3].double()[..., None] if kv8 else 1)
+    BS, bt = k.shape[1], args[-3]
+    for b, n in enumerate(args[-2].tolist()):
+        t = torch.arange(n)
+        kb = k[bt[b, t // BS].long(), t % BS].repeat_interleave(4, dim=1)  # [t, Hq, D]
+        s = torch.einsum("hd,thd->ht", q[b], kb) * scale
+        assert s.max() < -100 and s.amax(1).min() - s.amin(1).max() > -30  # all far below 0
+    ref = op.reference(*args)
+    for name, impl, dev in impls_here(op_name, F32):
+        err = rel_err(run(impl, args, dev), ref)
+        assert err <= op.tol(F32), f"{name}: rel err {err:.3g}"
