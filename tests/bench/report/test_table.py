@@ -1,0 +1,33 @@
+"""The run table's numbers: the median time, half the interquartile range beside it, n, GB/s and
+the percentages, each in its unit, from the record's fields."""
+import io
+
+from rich.console import Console
+
+from bench.report.table import fmt_time, results_table
+
+REC = {"op": "gemv_bf16", "impl": "k", "shape": {"M": 1, "N": 8}, "dtype": "float32",
+       "status": "ok", "baseline": False, "achieved_gbps": 12.345, "pct_roof": 61.7,
+       "pct_datasheet": None, "arithmetic_intensity": 0.5, "verdict": "below the wall: kernel",
+       "time_s": {"median": 2.5e-3, "p25": 2.0e-3, "p75": 3.0e-3, "min": 1.0e-3, "n": 42}}
+
+
+def _row(rec) -> list[str]:
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(results_table([rec]))
+    line = [x for x in con.export_text().splitlines() if "gemv_bf16" in x][0]
+    return [c.strip() for c in line.split("│") if c.strip()]
+
+
+def test_the_row_shows_the_median_and_half_the_iqr():
+    row = _row(REC)
+    assert row[4:9] == ["2.50 ms", "500.0 µs", "42", "12.3", "62%"]
+    assert row[-1] == "below the wall: kernel"
+
+
+def test_times_in_their_units():
+    assert fmt_time(2.5e-6) == "2.5 µs"
+    assert fmt_time(2.5e-4) == "250.0 µs"
+    assert fmt_time(2.5e-3) == "2.50 ms"
+    assert fmt_time(2.5) == "2.50 s"
+    assert fmt_time(None) == "-"

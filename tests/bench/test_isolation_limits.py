@@ -1,0 +1,131 @@
+"""--case-timeout on a fake clock (no real hang): each phase of a case gets the whole limit, and
+a phase past it ends as `timeout` even when the worker would have answered later."""
+import types
+
+import pytest
+import torch
+
+import bench.isolation as iso
+from bench.case import Case
+from bench.results import ResultWriter
+from bench.runner import base_record
+from kernels import OPS
+from kernels.gemv import GemvShape
+from tests.bench.test_isolation import ClockedWorker, FakeWorker, _ctx
+
+CASE = Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32)
+
+
+@pytest.fixture
+def run_script(monkeypatch):
+    def run(script, case_timeout=2.0):
+        monkeypatch.setattr(ClockedWorker, "script", script)
+        monkeypatch.setattr(ClockedWorker, "rc", None)
+        monkeypatch.setattr(FakeWorker, "closed", [])
+        monkeypatch.setattr(ClockedWorker, "clock", [0.0])
+        monkeypatch.setattr(iso, "Worker", ClockedWorker)
+        monkeypatch.setattr(iso, "time",
+                            types.SimpleNamespace(monotonic=lambda: ClockedWorker.clock[0]))
+        runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
+                                    case_timeout=case_timeout)
+        try:
+            (rec,) = runner.run_case(CASE)
+        finally:
+            runner.close()
+        return rec
+    return run
+
+
+def ok_record():
+    rec = base_record(_ctx(), CASE, OPS["gemv_bf16"].impls["torch_matmul"])
+    rec.update(status="ok", correct=True, rel_err=1e-7)
+    return rec
+
+
+def test_an_impl_past_the_limit_is_a_timeout_though_it_would_have_finished(run_script):
+    """The limit is enforced: a record that would come after it is not waited for."""
+    rec = run_script([("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("tick", 2.5),
+                      ("record", ok_record()), ("done",)])
+    assert rec["status"] == "timeout"
+    assert "ran past --case-timeout 2 s in its check" in rec["error"]
+    assert FakeWorker.closed == [True]  # the worker was killed
+
+
+def test_each_phase_gets_the_whole_limit(run_script):
+    """Building the inputs took 1.5 s of a 2 s limit; the impl that follows takes 1 s of its own
+    2 s, not of the 0.5 s the inputs left."""
+    rec = run_script([("phase", "inputs", 0), ("tick", 1.5), ("phase", "torch_matmul", 0),
+                      ("tick", 1.0), ("record", ok_record()), ("done",)])
+    assert rec["status"] == "ok"
+    assert True not in FakeWorker.closed  # never killed (closed at the end of the run only)
+
+
+class _SinceWorker(ClockedWorker):
+    asked: list = []
+
+    def last_output_line(self, since):
+        _SinceWorker.asked.append(since)
+        return "its own words" if since == 4096 else ""
+
+
+def test_a_crash_quotes_only_what_its_impl_wrote(monkeypatch):
+    """The log holds every phase's output; the dead impl's record quotes the last line written
+    after its phase began (byte 4096 here), never an earlier impl's."""
+    monkeypatch.setattr(_SinceWorker, "script", [("phase", "inputs", 0),
+                                                 ("phase", "torch_matmul", 4096)])
+    monkeypatch.setattr(_SinceWorker, "rc", -11)
+    monkeypatch.setattr(_SinceWorker, "asked", [])
+    monkeypatch.setattr(FakeWorker, "closed", [])
+    monkeypatch.setattr(iso, "Worker", _SinceWorker)
+    runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"), case_timeout=2)
+    try:
+        (rec,) = runner.run_case(CASE)
+    finally:
+        runner.close()
+    assert rec["status"] == "crashed" and _SinceWorker.asked == [4096]
+    assert rec["error"].endswith("its last output line: its own words")
+
+
+class _Relay(FakeWorker):
+    """Each worker started takes the next (script, rc) of `runs`: rc None ends in a hang."""
+    runs: list = []
+    started = 0
+
+    def __init__(self, *a, **k):
+        self.msgs, self.rc = _Relay.runs[_Relay.started]
+        self.msgs = list(self.msgs)
+        _Relay.started += 1
+
+
+def _relay(monkeypatch, runs, impls=("torch_matmul",)):
+    import dataclasses
+    monkeypatch.setattr(_Relay, "runs", runs)
+    monkeypatch.setattr(_Relay, "started", 0)
+    monkeypatch.setattr(FakeWorker, "closed", [])
+    monkeypatch.setattr(iso, "Worker", _Relay)
+    ctx = dataclasses.replace(_ctx(check_only=True), impl_filter=impls)
+    runner = iso.IsolatedRunner(ctx, ResultWriter(None, "test"), case_timeout=2)
+    try:
+        return runner.run_case(CASE)
+    finally:
+        runner.close()
+
+
+def test_a_worker_that_dies_before_its_first_word_is_replaced_once(monkeypatch):
+    """A worker lost between impls (an OOM kill while idle) costs no impl its measurement: a
+    fresh worker takes the case; only a second death in a row with nothing done ends it."""
+    done = [("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("record", ok_record()),
+            ("done",)]
+    (rec,) = _relay(monkeypatch, [([], -9), (done, None)])
+    assert rec["status"] == "ok" and _Relay.started == 2
+    (rec,) = _relay(monkeypatch, [([], -9), ([], -9), (done, None)])
+    assert rec["status"] == "crashed" and _Relay.started == 2
+
+
+def test_inputs_that_hang_give_every_impl_of_the_case_a_timeout_record(monkeypatch):
+    recs = _relay(monkeypatch, [([("phase", "inputs", 0)], None)],
+                  impls=("torch_matmul", "triton_gemv"))
+    assert [r["impl"] for r in recs] == ["torch_matmul", "triton_gemv"]
+    for r in recs:
+        assert r["status"] == "timeout" and r["phase"] == "inputs"
+        assert r["error"].startswith("building the inputs ran past --case-timeout 2 s")

@@ -1,0 +1,43 @@
+"""The roofline verdict's thresholds at their edges, and the drift warning's: a threshold moved
+by a few percent changes what a user is told about a kernel, and the existing cases sit far from
+every edge."""
+import dataclasses
+
+import torch
+
+from bench.roofline import AT_WALL, DRIFT, Roof, drift_note, judge
+
+ROOF = Roof("cpu", copy_gbps=20.0, read_gbps=25.0, working_set_bytes=1 << 28,
+            matmul_tflops={"float32": 0.1})
+
+
+def verdict(pct, roof=ROOF, t=1.0):
+    """The verdict of a memory-bound case (1 FLOP) running at `pct` % of the 25 GB/s roof."""
+    return judge(round(25e9 * pct / 100 * t), 1, t, roof, torch.float32, 20e-6).verdict
+
+
+def test_at_the_wall_starts_at_exactly_80_percent_of_the_measured_roof():
+    assert AT_WALL == 0.80  # DESIGN.md: "at the wall (memory-bound, >= 80% of the measured roof)"
+    assert verdict(80.0) == "at the wall"
+    assert verdict(79.5) == "below the wall: kernel"
+    assert verdict(100.0) == "at the wall"
+
+
+def test_the_above_roof_margin_is_three_times_the_probes_noise():
+    """A roof read with 4% spread allows 12% over it before a case is suspect (5% at least)."""
+    roof = dataclasses.replace(ROOF, noise=0.04)
+    assert verdict(110.0, roof) == "at the wall"
+    assert verdict(113.0, roof).startswith("above the roof")
+    quiet = dataclasses.replace(ROOF, noise=0.0)
+    assert verdict(104.0, quiet) == "at the wall"
+    assert verdict(106.0, quiet).startswith("above the roof")
+
+
+def test_drift_is_noted_just_past_its_threshold_either_way():
+    assert DRIFT == 0.15
+    assert drift_note(20.0, 20.0 * (1 + DRIFT * 1.1)) is not None
+    assert drift_note(20.0, 20.0 * (1 - DRIFT * 1.1)) is not None
+    # a mid-run reading past the threshold is noted though the end came back
+    assert drift_note(20.0, 20.0, [20.0 * (1 - DRIFT * 1.1)]) is not None
+    # readings are compared with the first one, not with each other
+    assert drift_note(20.0, 20.0 * 1.14, [20.0 * 0.9]) is None

@@ -1,0 +1,154 @@
+"""The numbers a runner record holds, on the CPU backend with a scripted timer: the gate's
+per-dtype tolerance, and every derived figure (GB/s, % of roof, % of datasheet, verdict) taken
+from the median time and the op's exact byte count, against the right roof and datasheet."""
+import pytest
+import torch
+
+import backends.cpu as cpu_backend
+from backends import lookup_chip
+from backends.cpu import CPUBackend
+from bench.case import Case
+from bench.results import ResultWriter
+from bench.roofline import Roof, judge, latency_floor_s
+from bench.runner import RunContext, Runner
+from bench.timing import Budget
+from kernels import OPS, register_impl
+from kernels.gemv import GemvShape
+
+# Skewed so that min, median and mean all differ: a figure taken from the wrong one shows.
+DURATIONS = [1e-3, 2e-3, 2e-3, 3e-3, 9e-3]
+
+
+class ScriptedCPU(CPUBackend):
+    """The CPU backend with a scripted timer: the calls run, their durations cycle DURATIONS."""
+
+    def __init__(self):
+        self.k = 0
+
+    def time_calls(self, call, idxs, flush=True):
+        out = []
+        for i in idxs:
+            call(i)
+            out.append(DURATIONS[self.k % len(DURATIONS)])
+            self.k += 1
+        return out
+
+
+BUDGET = Budget(warmup_s=0.0, min_samples=5, max_samples=5, min_time_s=0.0, max_time_s=10.0,
+                batch=5)
+
+
+def runner(tmp_path, impls, chip=None, roof=None, backend=None):
+    b = backend or ScriptedCPU()
+    roof = roof or Roof("cpu", 20.0, 25.0, 1 << 28, matmul_tflops={"float32": 0.1})
+    ctx = RunContext(backend=b, roof=roof, chip=chip, device_info=b.device_info(), budget=BUDGET,
+                     seed=0, run_id="numbers", command="pytest", git_commit=None, versions={},
+                     impl_filter=tuple(impls))
+    return Runner(ctx, ResultWriter(tmp_path, "numbers"))
+
+
+@pytest.fixture
+def fixed_llc(monkeypatch):
+    monkeypatch.setattr(cpu_backend, "read_caches", lambda: {"L3": 1 << 20})
+
+
+@pytest.fixture
+def slightly_off():
+    """Impls off by 0.05% (fine for bf16's 1e-2, not for fp32's 1e-4) and a right one."""
+    @register_impl("gemv_bf16", "t_off", backends=["cpu"])
+    def off(x, w):
+        return (x @ w.T) * 1.0005
+
+    @register_impl("gemv_bf16", "t_right", backends=["cpu"], dtypes=["float32"])
+    def right(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_own_out", backends=["cpu"], dtypes=["float32"])
+    def own_out(x, w, out=None):
+        return x @ w.T  # right values in a fresh tensor; the buffer it was given stays unwritten
+    yield
+    for n in ("t_off", "t_right", "t_own_out"):
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def test_the_gate_holds_each_dtype_to_its_own_tolerance(tmp_path, slightly_off, fixed_llc):
+    """A 0.05% error fails float32 (tolerance 1e-4) and passes bfloat16 (1e-2): the check reads
+    the case's dtype and holds it to its own tolerance, not the loosest one or a multiple."""
+    r = runner(tmp_path, ["t_off"])
+    shape = GemvShape(2, 64, 128)
+    (f32,) = r.run_case(Case("gemv_bf16", shape, torch.float32))
+    (bf16,) = r.run_case(Case("gemv_bf16", shape, torch.bfloat16))
+    r.writer.close()
+    assert f32["tolerance"] == OPS["gemv_bf16"].tol(torch.float32) == 1e-4
+    assert f32["status"] == "failed-check" and f32["correct"] is False
+    assert f32["rel_err"] == pytest.approx(5e-4, rel=0.05) and f32["time_s"] is None
+    assert bf16["tolerance"] == 1e-2
+    assert bf16["rel_err"] < 1e-2 and bf16["correct"] is True and bf16["status"] == "ok"
+
+
+def test_the_gate_checks_the_out_buffer_it_passed_not_what_comes_back(tmp_path, slightly_off,
+                                                                        fixed_llc):
+    """An impl that takes out= but allocates its own result would be timed with an allocation
+    and leave the preallocated output unwritten: the poisoned buffer is what is checked."""
+    r = runner(tmp_path, ["t_own_out"])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "failed-check" and rec["time_s"] is None
+    assert "NaN" in rec["error"]
+
+
+def test_every_figure_comes_from_the_median_and_the_exact_bytes(tmp_path, slightly_off,
+                                                                  fixed_llc):
+    """GB/s is bytes_moved / median; % of roof, the verdict and % of datasheet follow from that
+    same GB/s, against the measured roof and the chip's memory bandwidth (not its links)."""
+    chip = lookup_chip("h100-sxm")
+    r = runner(tmp_path, ["t_right"], chip=chip)
+    shape = GemvShape(2, 64, 128)
+    (rec,) = r.run_case(Case("gemv_bf16", shape, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    ts = rec["time_s"]
+    assert ts["n"] == 5 and ts["median"] == 2e-3 and ts["min"] == 1e-3
+    assert ts["p25"] == 2e-3 and ts["p75"] == 3e-3
+    nbytes = OPS["gemv_bf16"].bytes_moved(shape, torch.float32)
+    assert rec["bytes"] == nbytes
+    gbps = nbytes / 2e-3 / 1e9
+    assert rec["achieved_gbps"] == pytest.approx(gbps, rel=1e-12)
+    assert rec["roof_gbps"] == 25.0
+    assert rec["pct_roof"] == pytest.approx(100 * gbps / 25.0, rel=1e-12)
+    assert rec["datasheet_gbps"] == chip.mem_bw_gbps
+    assert rec["pct_datasheet"] == pytest.approx(100 * gbps / chip.mem_bw_gbps, rel=1e-12)
+    assert rec["cold"]  # rotated past 4x the 1 MiB LLC: judged against the DRAM roof
+    v = judge(nbytes, rec["flops"], 2e-3, r.ctx.roof, torch.float32, latency_floor_s("cpu"))
+    assert rec["verdict"] == v.verdict and rec["ridge"] == v.ridge
+
+
+def test_rotated_copies_take_at_most_a_quarter_of_the_devices_memory(tmp_path, slightly_off,
+                                                                       fixed_llc):
+    """Rotation past 4x the caches would want many sets; on a device whose memory is small, the
+    copies stop at a quarter of it."""
+    b = ScriptedCPU()
+    info = b.device_info()
+    r = runner(tmp_path, ["t_right"], backend=b)
+    (free,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    per_set = free["set_bytes"]
+    assert free["n_sets"] > 4
+    r.ctx.device_info = dict(info, memory_bytes=4 * 3 * per_set)  # room for 3 sets
+    (capped,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    r.writer.close()
+    assert capped["status"] == "ok" and capped["n_sets"] == 3
+
+
+def test_gbps_counts_the_bytes_a_call_must_move_not_the_set_it_holds(tmp_path, fixed_llc):
+    """A paged KV pool is allocated whole and read in part: GB/s divides the op's byte count
+    (the blocks the sequences use) by the median, never the bytes the input set holds."""
+    from kernels.attention.ops import PagedAttentionShape
+    r = runner(tmp_path, ["gather_sdpa"])
+    shape = PagedAttentionShape(B=1, Hq=4, Hkv=1, D=64, context=512, ragged=0, pool=32)
+    (rec,) = r.run_case(Case("paged_attention", shape, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    nbytes = OPS["paged_attention"].bytes_moved(shape, torch.float32)
+    assert rec["bytes"] == nbytes and rec["set_bytes"] > 4 * nbytes
+    assert rec["achieved_gbps"] == pytest.approx(nbytes / 2e-3 / 1e9, rel=1e-12)
+    assert rec["pct_roof"] == pytest.approx(100 * rec["achieved_gbps"] / 25.0, rel=1e-12)
