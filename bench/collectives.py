@@ -128,16 +128,24 @@ def rank_case(ctx: RunContext, case: Case, impl: Impl, device: str) -> dict[str,
     timed = prepared(t.zero_())  # the timed set: zeros, prepared as the check's set was
     st = _time(lambda: impl.fn(*timed), backend, ctx.budget, device)
     algbw, busbw = algbw_gbps(s, st.median), busbw_gbps(s, st.median)
-    link = ctx.chip.interconnect.link_gbps if ctx.chip else None
-    pct = 100 * busbw / link if link and s.world_size > 1 else None
-    verdict = ("not judged: one rank moves nothing over a link" if s.world_size == 1 else
-               "not judged: no datasheet link bandwidth for this device" if pct is None else
-               "at the link" if pct >= 100 * AT_LINK else "below the link")
+    pct, verdict = judge(busbw, ctx.chip.interconnect.link_gbps if ctx.chip else None,
+                         s.world_size)
     return done(status="ok", rel_err=err_v, correct=True,
                 time_s={"median": st.median, "p25": st.p25, "p75": st.p75, "min": st.min,
                         "n": st.n, "rel_std": st.rel_std, "stop": st.stop},
                 achieved_gbps=busbw, algbw_gbps=algbw, busbw_gbps=busbw, pct_datasheet=pct,
                 verdict=verdict)
+
+
+def judge(busbw: float, link_gbps: float | None, world_size: int) -> tuple[float | None, str]:
+    """(% of the datasheet link bandwidth, verdict) of a measured bus bandwidth: no % for one
+    rank (no link is used) or a chip without a link figure; "at the link" from AT_LINK of it."""
+    if world_size == 1:
+        return None, "not judged: one rank moves nothing over a link"
+    if not link_gbps:
+        return None, "not judged: no datasheet link bandwidth for this device"
+    pct = 100 * busbw / link_gbps
+    return pct, "at the link" if pct >= 100 * AT_LINK else "below the link"
 
 
 def _time(call: Callable[[], Any], backend: Any, budget: Budget, device: str):

@@ -155,3 +155,50 @@ def test_lookup_names_every_id_an_ambiguous_prefix_could_mean():
 def test_bad_names_are_one_line_saying_it_once(capsys, argv, want):
     line = one_error_line(capsys, argv)
     assert want in line and line.count("cpu, cuda, xla") <= 1
+
+
+def test_peak_rates_by_dtype():
+    """fp16 runs at the dense BF16 rate (the tensor cores take both at one rate), fp8 and int8 at
+    their own; a dtype the catalog has no rate for is None, never another dtype's figure."""
+    h = catalog.load()["h100-sxm"]
+    assert h.peak_tflops("float16") == h.peak_tflops("bfloat16") == 989
+    assert h.peak_tflops("float8") == 1979 and h.peak_tflops("int8") == 1979
+    assert h.peak_tflops("float32") is None
+
+
+@pytest.mark.parametrize("typo, want", [("h100sxm", "h100-sxm"), ("h10-pcie", "h100-pcie"),
+                                        ("mi300z", "mi300x"), ("tpu-v5ee", "tpu-v5e")])
+def test_lookup_suggests_the_nearest_id_for_a_typo_that_is_no_prefix(typo, want):
+    """A typo that is not the start of an id still gets the id it most resembles."""
+    with pytest.raises(KeyError, match=f"did you mean '{want}'\\?"):
+        catalog.lookup(typo)
+
+
+def test_a_chips_link_bandwidth_is_its_links_times_one_link():
+    """Where the fabric names its link count ("18 links", "7 x16 peer links", "21 scale-up
+    ports"), the chip's per-direction bandwidth is that many links at the one-link figure: a
+    both-directions figure (2x) or a typo in either fails here."""
+    checked = 0
+    for c in catalog.load().values():
+        i = c.interconnect
+        m = re.search(r"\b(\d+) (?:x16 peer )?links\b|\b(\d+) scale-up ports\b", i.fabric)
+        if m and i.link_gbps is not None and i.per_link_gbps is not None:
+            n = int(m.group(1) or m.group(2))
+            assert i.link_gbps == n * i.per_link_gbps, c.id
+            checked += 1
+    assert checked >= 6
+
+
+def test_chips_json_shows_the_chip_asked_for_and_only_it(capsys):
+    """`decodewall chips --chip H100-SXM --json`: one line, that chip with its figures and the
+    link's; without --chip every chip, one a line."""
+    import json
+    from bench.cli import main
+    assert main(["chips", "--chip", "H100-SXM", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    c = json.loads(line)
+    assert c["id"] == "h100-sxm" and c["mem_bw_gbps"] == 3350
+    assert c["interconnect"]["link_gbps"] == 450
+    assert main(["chips", "--json"]) == 0
+    ids = [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()]
+    assert ids == list(catalog.load())

@@ -442,3 +442,61 @@ def test_a_suite_at_one_world_size_measures_each_message_once(monkeypatch):
     cases = resolve_cases(args, ctx)
     assert len(cases) == 12 == len({c.shape for c in cases})
     assert all(c.shape.world_size == 4 and c.group == "allreduce x4" for c in cases)
+
+
+RANK1_LATE = '''
+import time, torch
+from kernels import register_impl
+
+@register_impl("allreduce", "rank1_late", backends=["cpu"])
+def rank1_late(t, group=None):
+    torch.distributed.all_reduce(t, group=group)
+    if torch.distributed.get_rank() == 1:
+        time.sleep(0.02)  # only rank 1 finishes late: its clock alone sees it
+    return t
+
+@register_impl("allreduce", "rank1_wrong", backends=["cpu"])
+def rank1_wrong(t, group=None):
+    torch.distributed.all_reduce(t, group=group)
+    if torch.distributed.get_rank() == 1:
+        t += 1  # rank 0 holds the right sum; rank 1 does not
+    return t
+'''
+
+
+def test_three_ranks_are_timed_by_the_slowest_and_judged_by_bus_bandwidth(ranks, monkeypatch):
+    """Three real gloo ranks, timed: a sample is the slowest rank's time (rank 1 ends each call
+    20 ms late, which rank 0's clock never sees), and at 3 ranks busbw = algbw x 4/3 is what the
+    record reports as achieved and judges against the link (at 2 ranks the factor is 1, so only
+    another world size tells algbw from busbw)."""
+    import bench.collectives
+    monkeypatch.setattr(bench.collectives, "world_size_error", lambda backend, n: None)
+    (r,) = ranks(RANK1_LATE, chip="h100-sxm").run_case(case(n=3, impls=("rank1_late",)))
+    assert r["status"] == "ok", r["error"]
+    med = r["time_s"]["median"]
+    assert med >= 0.02 and r["time_s"]["min"] >= 0.02
+    assert r["algbw_gbps"] == pytest.approx(8192 / med / 1e9)
+    assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * 4 / 3)
+    assert r["achieved_gbps"] == r["busbw_gbps"]
+    assert r["pct_datasheet"] == pytest.approx(100 * r["busbw_gbps"] / 450)
+    assert r["verdict"] == "below the link"
+
+
+def test_one_wrong_rank_fails_the_check(ranks):
+    """The worst rank decides: rank 0's sum is right, rank 1's is off by one everywhere, and the
+    case fails its check (a check that took the best rank's error would pass it)."""
+    (r,) = ranks(RANK1_LATE, check_only=True).run_case(case(impls=("rank1_wrong",)))
+    assert r["status"] == "failed-check" and r["correct"] is False
+
+
+def test_judge_against_the_link():
+    """% of the datasheet link is busbw over the link figure; "at the link" from AT_LINK (80%) of
+    it; one rank moves nothing over a link and a chip without a link figure is not judged (no %,
+    not 0%)."""
+    from bench.collectives import AT_LINK, judge
+    assert AT_LINK == 0.80
+    assert judge(360.0, 450, 2) == (pytest.approx(80.0), "at the link")
+    assert judge(359.0, 450, 8) == (pytest.approx(100 * 359 / 450), "below the link")
+    assert judge(4.0, 450, 2)[1] == "below the link"  # 0.9%: not "at" by a % read as a fraction
+    assert judge(0.0, 450, 1) == (None, "not judged: one rank moves nothing over a link")
+    assert judge(10.0, None, 4) == (None, "not judged: no datasheet link bandwidth for this device")

@@ -61,7 +61,8 @@ def test_moe_batch_touches_more_experts():
     assert gate.flops * gate.calls == pytest.approx(32 * 8 * 2 * 2 * (2 * 14336) * 4096)
 
 
-@pytest.mark.parametrize("batch, m", [(1, 1), (4, 1), (8, 2), (16, 4), (32, 8), (64, 16)])
+@pytest.mark.parametrize("batch, m", [(1, 1), (4, 1), (5, 2), (6, 2), (8, 2), (16, 4), (32, 8),
+                                      (64, 16)])
 def test_moe_expert_gemv_is_timed_at_the_nearest_whole_m(batch, m):
     """Each touched expert serves B*k/touched tokens (4.04 at batch 16, 8.0008 at 32, 16.0000002
     at 64): the whole M timed keeps M * touched as close to B*k as a whole M can, and the byte
@@ -331,3 +332,49 @@ def test_llama3_70b_int4_step_by_hand():
     from bench.model.project import project
     p = project(s, lookup_chip("h100-sxm"))  # the catalog's 3,350 GB/s
     assert p.tokens_per_s == pytest.approx(3350e9 / 38_292_548_416, rel=1e-12)  # 87.5
+
+
+def test_a_tied_lm_head_is_held_apart_once_quantized():
+    """A tied lm_head shares the bf16 embedding table only at bf16: quantized to int8 or int4 it
+    is a weight of its own (the embedding lookup still reads the bf16 table), so holding the model
+    takes both; at bf16 the table is held once."""
+    from bench.model.workload import parse_config, weight_bytes
+    fields = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 4096,
+              "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 8,
+              "vocab_size": 32768}
+    V, H = 32768, 1024
+    for w in ("bf16", "int8", "int4"):
+        tied = decode_step(parse_config({**fields, "tie_word_embeddings": True}, "t"), 1, 1, w)
+        untied = decode_step(parse_config({**fields, "tie_word_embeddings": False}, "u"), 1, 1, w)
+        table = V * H * 2
+        head = 0 if w == "bf16" else weight_bytes(V, H, w)
+        assert tied.resident().shared_weight_bytes == table + head + H * 2, w
+        assert untied.resident().shared_weight_bytes == table + weight_bytes(V, H, w) + H * 2, w
+
+
+def test_moe_router_stays_bf16_and_top_k_defaults_to_two():
+    """The router is no linear layer `--weights` quantizes: at int8 or int4 it still reads E x H
+    bf16 weights. A MoE config without num_experts_per_tok routes each token to 2 experts
+    (MixtralConfig's default)."""
+    c = load_model("mixtral-8x7b")
+    for w in ("int8", "int4"):
+        router = {k.name: k for k in decode_step(c, 1, 1, w).kernels}["router"]
+        assert router.precision == "bf16" and router.weight_bytes == 8 * 4096 * 2, w
+    from bench.model.workload import parse_config
+    from bench.model.workload import MODELS_DIR
+    data = json.loads((MODELS_DIR / "mixtral-8x7b.json").read_text())
+    del data["num_experts_per_tok"]
+    assert parse_config(data, "m").num_experts_per_tok == 2
+
+
+def test_int4_needs_whole_groups_along_k():
+    """INT4 keeps a scale and a zero a group of 128 along K: a hidden size that is not a multiple
+    of 128 has no INT4 format here and is refused, never counted with a partial group."""
+    from bench.model.workload import parse_config
+    cfg = parse_config({"model_type": "llama", "hidden_size": 1000, "intermediate_size": 2048,
+                        "num_hidden_layers": 1, "num_attention_heads": 8,
+                        "num_key_value_heads": 8, "vocab_size": 512,
+                        "tie_word_embeddings": False}, "odd")
+    decode_step(cfg, 1, 1, "int8")  # fine at int8
+    with pytest.raises(ConfigError, match="not a multiple of the INT4 group size 128"):
+        decode_step(cfg, 1, 1, "int4")

@@ -167,6 +167,9 @@ def test_project_cli_json_and_from(tmp_path, capsys):
     (["project", "--model", "llama-3-8b", "--ctx", "-3"], "--ctx"),
     (["project", "--model", "llama-3-8b", "--batch", "x"], "--batch"),
     (["project", "--model", "llama-3-8b", "--efficiency", "80"], "0.8, not 80"),
+    # a given efficiency is a fraction of datasheet peak: above 1 it is refused (results may read
+    # up to 1.5 of it, a given figure may not)
+    (["project", "--model", "llama-3-8b", "--efficiency", "1.2"], "at most 1, got 1.2"),
     (["project", "--model", "llama-3-8b", "--from", "/nonexistent.jsonl"], "no such file"),
     (["project", "--model", "llama-3-8b", "--weights", "fp8"], "invalid choice"),
     (["run", "--batch", "2", "--no-save"], "need(s) --model"),
@@ -221,6 +224,9 @@ def test_model_cases_and_step_sum(tmp_path):
     assert s["bound_step_s"] == pytest.approx(step.kernel_bytes / 10e9, rel=1e-12)
     assert step.kernel_bytes == step.bytes - sum(step.other_bytes.values()) < step.bytes
     assert s["pct_of_bound"] == pytest.approx(100 * step.kernel_bytes / 10e9 / (1e-3 * 16))
+    # a step decodes one token for each of the batch's 2 sequences
+    assert s["measured_tokens_per_s"] == pytest.approx(2 / (1e-3 * 16))
+    assert s["bound_tokens_per_s"] == pytest.approx(2 / s["bound_step_s"])
     assert all(r["impl"] == "fast" for r in s["kernels"])
     s2 = step_summary(args.model_step, records[2:], roof_gbps=10.0)  # qkv never ran
     assert s2["measured_step_s"] is None and s2["missing"] == s2["not_run"] == ["qkv"]
@@ -597,3 +603,146 @@ def test_small_efficiency_is_shown_as_given(capsys):
         "given: 0.1% of datasheet peak"
     recs = [rec("gemv_bf16", {"M": m, "N": 8, "K": 8}, "a", 0.25) for m in (1, 2, 3)]
     assert efficiency_from_results(recs)[1].startswith("median 0.25% of measured roof")
+
+
+def test_pipeline_hops_are_one_a_stage_boundary_over_one_link():
+    """pp stages pass the activations pp - 1 times (no hop after the last stage), each over one
+    link (the catalog's per-link figure, not the whole chip's), plus the link latency; without a
+    published latency the hop is charged bandwidth only, so the rate is an upper bound (≤)."""
+    s = step70(w="int4")
+    msg = s.batch * s.model.hidden_size * 2
+    h100 = lookup_chip("h100-sxm")  # 25 GB/s a link, 450 a chip, 6 us all-reduce latency
+    for pp in (2, 4):
+        sp = project_split(s, h100, 1, pp)
+        assert sp.hop_time_s == pytest.approx((pp - 1) * (msg / 25e9 + 6e-6), rel=1e-12)
+        assert not sp.upper_bound
+    assert project_split(s, h100, 1, 1).hop_time_s == 0
+    pcie = project_split(s, lookup_chip("h100-pcie"), 1, 2)  # no per-link figure: the chip's 64
+    assert pcie.hop_time_s == pytest.approx(msg / 64e9, rel=1e-12) and pcie.upper_bound
+    h200 = project_split(s, lookup_chip("h200"), 1, 2)  # no published latency, pipeline only
+    assert h200.upper_bound and h200.collective_time_s == 0
+
+
+def test_split_rate_a_sequence_is_one_over_the_step_at_any_batch():
+    """tokens_per_s of a split is a sequence's rate (1 / step time); the batch's is batch times
+    that: at batch 8 the two differ 8-fold, and the one printed as "a sequence" must not be the
+    batch's."""
+    s, c = step70(batch=8), lookup_chip("h100-sxm")
+    sp = project_split(s, c, 4, 1)
+    assert sp.tokens_per_s == pytest.approx(1 / sp.step_time_s)
+    assert sp.batch_tokens_per_s == pytest.approx(8 / sp.step_time_s)
+    p = project(s, c)
+    assert p.tokens_per_s_on_needed == pytest.approx(1 / p.split["step_time_s"])
+
+
+def test_row_parallel_o_bias_is_read_whole_by_every_chip():
+    """With attention_bias (Llama), o's bias is added on one rank of a row-parallel split and is
+    not divided by tp (vLLM's RowParallelLinear), while q, k and v's biases split with their rows:
+    a chip's bytes over tp = 1 and tp = 2 differ by half of every weight but o's bias."""
+    from bench.model.workload import parse_config
+    cfg = parse_config({"model_type": "llama", "hidden_size": 1024, "intermediate_size": 4096,
+                        "num_hidden_layers": 2, "num_attention_heads": 8,
+                        "num_key_value_heads": 8, "vocab_size": 1024,
+                        "tie_word_embeddings": False, "attention_bias": True}, "biased")
+    s, c = decode_step(cfg, 1, 16), lookup_chip("h100-sxm")
+    o = {k.name: k for k in s.kernels}["o"]
+    assert o.whole_bytes == 1024 * 2
+    sp1 = project_split(s, c, 1, 1, floor_s=0.0)
+    sp2 = project_split(s, c, 2, 1, floor_s=0.0)
+    halved = sum(k.calls * (k.weight_bytes - k.whole_bytes + k.kv_bytes) for k in s.kernels)
+    assert 3350e9 * (sp1.kernel_time_s - sp2.kernel_time_s) == pytest.approx(halved / 2,
+                                                                              rel=1e-12)
+
+
+def test_compute_bound_kernels_split_their_flops_over_tp():
+    """At a batch that makes the GEMVs compute-bound, tp chips each do 1/tp of a kernel's FLOPs
+    (the router's whole): a split that charged every chip the whole step's FLOPs would show no
+    gain from tensor parallelism where there is one."""
+    s, c = step70(batch=4096, ctx=1), lookup_chip("h100-sxm")
+    sp1 = project_split(s, c, 1, 1, floor_s=0.0)
+    sp8 = project_split(s, c, 8, 1, floor_s=0.0)
+    gemv_flops = sum(k.calls * k.flops for k in s.kernels if k.kind == "gemv")
+    assert gemv_flops / 989e12 > 0.5 * sp1.kernel_time_s  # the GEMVs bind on compute here
+    assert sp8.kernel_time_s < sp1.kernel_time_s / 4
+
+
+def test_efficiency_takes_the_ops_of_the_chosen_precisions():
+    """An INT4 step's efficiency comes from gemv_w4 (and the attention) records when the file has
+    them, not from the bf16 GEMV's: the formats reach different % of roof."""
+    recs = [rec("gemv_bf16", {"M": 1, "N": 8, "K": 8}, "a", 80),
+            rec("gemv_w4", {"M": 1, "N": 8, "K": 128}, "a", 40)]
+    assert efficiency_from_results(recs, "int4")[0] == pytest.approx(0.40)
+    assert efficiency_from_results(recs, "bf16")[0] == pytest.approx(0.80)
+    eff, why = efficiency_from_results(recs, "int8")  # no gemv_w8 record: every case counts
+    assert eff == pytest.approx(0.60) and "2 case(s)" in why
+
+
+def test_a_message_below_the_smallest_measured_takes_its_time():
+    """Below the smallest measured all-reduce a message is latency-bound: it costs the smallest
+    size's time, not a time scaled down with its bytes (which would make small messages free)."""
+    recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": b, "world_size": 2},
+             "time_s": {"median": t}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
+    link = link_model(lookup_chip("h200"), recs)
+    assert link.allreduce_s(1024, 2) == (pytest.approx(10e-6), False)
+
+
+def test_step_defaults_are_the_documented_ones():
+    """`project`/`run --model` without --batch, --ctx, --weights or --kv: batch 1 at context 4096,
+    bf16 weights and KV cache (their --help says so)."""
+    from bench.cli.step import build_step
+    step = build_step(ns(model="llama-3-8b"))
+    assert (step.batch, step.ctx, step.weights, step.kv) == (1, 4096, "bf16", "bf16")
+
+
+def test_project_splits_run_at_the_given_efficiency_and_floor(capsys):
+    """A --tp row is the split at the efficiency and kernel floor given, as the one-chip columns
+    are: a row at datasheet peak beside a one-chip figure at 50% would compare two different
+    chips."""
+    assert main(["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--tp", "2",
+                 "--efficiency", "0.5", "--kernel-floor-us", "3", "--json"]) == 0
+    (r,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    s, c = decode_step(load_model("llama-3-8b"), 1, 4096), lookup_chip("h100-sxm")
+    want = project_split(s, c, 2, r["pp"], 0.5, 3e-6)
+    assert r["efficiency"] == 0.5 and r["floor_s"] == pytest.approx(3e-6)
+    assert r["step_time_s"] == pytest.approx(want.step_time_s, rel=1e-12)
+    assert r["step_time_s"] > project_split(s, c, 2, r["pp"], 1.0, 3e-6).step_time_s
+
+
+def test_a_chip_holds_decimal_gigabytes():
+    """The catalog's memory is in decimal GB (80 GB = 80e9 B): Llama-3-70B bf16 at batch 16, ctx
+    4096, tp 2 puts 81.3e9 B on a chip, which an H100's 80 GB does not hold (80 GiB would)."""
+    s, c = step70(batch=16, ctx=4096), lookup_chip("h100-sxm")
+    sp = project_split(s, c, 2, 1)
+    assert 80e9 < sp.chip_resident_bytes <= 80 * 2**30
+    assert sp.holds is False
+
+
+def test_records_that_did_not_time_ok_set_neither_efficiency_nor_link():
+    """A failed, errored or skipped record says nothing about memory or a link, whatever numbers
+    it carries: only ok records count."""
+    bad = {**rec("gemv_bf16", {"M": 1, "N": 8, "K": 8}, "a", 99), "status": "failed-check"}
+    eff, _ = efficiency_from_results([bad, rec("gemv_bf16", {"M": 2, "N": 8, "K": 8}, "a", 50)])
+    assert eff == pytest.approx(0.50)
+    ar = [{"op": "allreduce", "status": st, "shape": {"bytes": 8192, "world_size": 2},
+           "time_s": {"median": t}} for st, t in (("ok", 10e-6), ("timeout", 1.0))]
+    link = link_model(lookup_chip("h200"), ar)
+    assert link.measured == {2: [(8192, 10e-6)]}
+    assert link_model(lookup_chip("h200"), ar[1:]).measured is None
+
+
+def test_the_split_that_holds_runs_at_the_efficiency_given():
+    """The one-chip row's last column (tok/s on the chips that hold the model) runs that split at
+    the same efficiency as the row's own step time, not at datasheet peak."""
+    s, c = step70(), lookup_chip("h100-sxm")
+    p = project(s, c, 0.5)
+    want = project_split(s, c, p.split["tp"], p.split["pp"], 0.5)
+    assert p.split["step_time_s"] == pytest.approx(want.step_time_s, rel=1e-12)
+    assert p.tokens_per_s_on_needed < project(s, c, 1.0).tokens_per_s_on_needed
+
+
+def test_a_split_has_at_most_one_stage_a_layer():
+    """pp past the layer count leaves stages with nothing to run: refused, not projected."""
+    s, c = step70(), lookup_chip("h100-sxm")
+    project_split(s, c, 1, 80)
+    with pytest.raises(ValueError, match="81 is more stages than Llama-3-70B's 80 layers"):
+        project_split(s, c, 1, 81)
