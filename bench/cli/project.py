@@ -252,7 +252,8 @@ def _print_splits(step: Step, rows) -> None:
                   ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk)
     t.caption = ("GB a chip: what the fullest chip holds; pipeline stages add at batch 1; ≤: the "
                  "link latency is unknown, only the collective's bandwidth term is charged. Link "
-                 "figures: the catalog, or measured allreduce records given with --from.")
+                 "figures: the catalog, or measured allreduce records of that chip given with "
+                 "--from.")
     console().print(t)
 
 
@@ -265,7 +266,8 @@ def add_parser(sub) -> None:
                    "(default 1.0)")
     p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl", type=given,
                    help="a results file: measured %% of roof sets the efficiency (then give no "
-                        "--efficiency); measured allreduce records set the link cost")
+                        "--efficiency); measured allreduce records set the link cost of the "
+                        "chip they ran on")
     p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
                    help="tensor-parallel degree (repeatable: one row each); it must divide "
                    "the model's query heads and intermediate size and divide or be a multiple of "

@@ -25,7 +25,7 @@ Several chips (`project_split`), tensor-parallel degree tp, pipeline degree pp:
   (whole on every chip) and the batch's embedding rows are read at bandwidth, with no floor;
 - tp > 1 adds two all-reduces of the activations (batch x hidden x 2 bytes) a layer: latency +
   bytes x 2(tp-1)/tp / link bandwidth (the catalog's per-direction figure, or measured `allreduce`
-  records);
+  records of the same chip);
 - pipeline stages run one after another for a token, so their times add (they divide nothing at
   batch 1; a batch is not split into micro-batches here), plus one activation hop a boundary.
 Parameters come from datasheets, the catalog and collective measurements, never from end-to-end
@@ -127,20 +127,30 @@ def _interpolate(points: list[tuple[int, float]], nbytes: float) -> float:
 
 
 def link_model(chip: Chip, records: Iterable[dict[str, Any]] = ()) -> LinkModel:
-    """The chip's link from the catalog, or measured `allreduce` records (their busbw and times
-    replace the catalog's figures for the world sizes they cover)."""
+    """The chip's link from the catalog, or measured `allreduce` records of this chip (their
+    times replace the catalog's figures for the world sizes they cover). A time measured on
+    another device (another chip, or a CPU's gloo ranks) says nothing about this chip's link:
+    such records are left out, and the source says so."""
     ic = chip.interconnect
     measured: dict[int, list[tuple[int, float]]] = {}
+    elsewhere: set[str] = set()
     for r in records:
         if r.get("op") == "allreduce" and r.get("status") == "ok" and r.get("time_s"):
             n, nbytes = r["shape"].get("world_size"), r["shape"].get("bytes")
             if not (isinstance(n, int) and n >= 2 and isinstance(nbytes, int) and nbytes >= 1):
                 continue  # not a collective's shape: no link figure in it
+            dev = r.get("device") if isinstance(r.get("device"), dict) else {}
+            if dev.get("chip") != chip.id:
+                elsewhere.add(str(dev.get("chip") or dev.get("name") or "an unnamed device"))
+                continue
             measured.setdefault(n, []).append((nbytes, r["time_s"]["median"]))
     lat = ic.allreduce_latency_us * 1e-6 if ic.allreduce_latency_us is not None else None
     src = f"catalog: {ic.fabric}"
     if measured:
         src = f"measured allreduce at world size {', '.join(map(str, sorted(measured)))}; " + src
+    if elsewhere:
+        src += (f" (allreduce records of {', '.join(sorted(elsewhere))} not used: a time on one "
+                "device is not another's)")
     return LinkModel(ic.link_gbps, ic.per_link_gbps, lat, src, measured or None)
 
 

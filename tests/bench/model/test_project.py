@@ -352,7 +352,7 @@ def test_unknown_link_latency_is_an_upper_bound_and_unknown_link_is_unknown():
 
 def test_measured_allreduce_records_set_the_link():
     recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": b, "world_size": 2},
-             "time_s": {"median": t}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
+             "time_s": {"median": t}, "device": {"chip": "h200"}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
     link = link_model(lookup_chip("h200"), recs)
     assert link.allreduce_s(8192, 2) == (pytest.approx(10e-6), False)
     assert link.allreduce_s(36864, 2)[0] == pytest.approx(15e-6)  # between the two sizes
@@ -559,7 +559,8 @@ def test_efficiency_with_collective_records_only(tmp_path, capsys):
     f = tmp_path / "coll.jsonl"
     t = {"median": 12e-6, "p25": 11e-6, "p75": 13e-6, "min": 10e-6, "n": 100}
     f.write_text(json.dumps({"op": "allreduce", "status": "ok", "impl": "torch_distributed",
-                             "shape": {"bytes": 32768, "world_size": 2}, "time_s": t}) + "\n")
+                             "shape": {"bytes": 32768, "world_size": 2}, "time_s": t,
+                             "device": {"name": "NVIDIA H200", "chip": "h200"}}) + "\n")
     assert main(["project", "--model", "llama-3-70b", "--chip", "h200", "--tp", "2",
                  "--efficiency", "0.5", "--from", str(f), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -677,11 +678,32 @@ def test_efficiency_takes_the_ops_of_the_chosen_precisions():
     assert eff == pytest.approx(0.60) and "2 case(s)" in why
 
 
+def test_allreduce_times_of_another_device_leave_a_chips_link_alone(tmp_path, capsys):
+    """An all-reduce time is a property of the device that ran it: a CPU's gloo ranks (no catalog
+    chip) or an H100's NVLink say nothing about an H200's. Such records are not used for the
+    H200, its figures stay the catalog's, and the source says which records were left out."""
+    t = {"median": 1e-3, "p25": 1e-3, "p75": 1e-3, "min": 1e-3, "n": 10}
+    recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": 8192, "world_size": 2},
+             "time_s": t, "device": d}
+            for d in ({"name": "AMD EPYC", "chip": None}, {"name": "NVIDIA H100", "chip": "h100-sxm"})]
+    h200 = lookup_chip("h200")
+    link = link_model(h200, recs)
+    assert link.measured is None and link.allreduce_s(8192, 2) == link_model(h200).allreduce_s(8192, 2)
+    assert "AMD EPYC, h100-sxm not used" in link.source
+    assert link_model(lookup_chip("h100-sxm"), recs).measured == {2: [(8192, 1e-3)]}
+    f = tmp_path / "cpu.jsonl"
+    f.write_text(json.dumps({**recs[0], "impl": "torch_distributed"}) + "\n")
+    assert main(["project", "--model", "llama-3-70b", "--chip", "h200", "--tp", "2",
+                 "--from", str(f), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "measured" not in r["link_source"] and "AMD EPYC" in r["link_source"]
+
+
 def test_a_message_below_the_smallest_measured_takes_its_time():
     """Below the smallest measured all-reduce a message is latency-bound: it costs the smallest
     size's time, not a time scaled down with its bytes (which would make small messages free)."""
     recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": b, "world_size": 2},
-             "time_s": {"median": t}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
+             "time_s": {"median": t}, "device": {"chip": "h200"}} for b, t in ((8192, 10e-6), (65536, 20e-6))]
     link = link_model(lookup_chip("h200"), recs)
     assert link.allreduce_s(1024, 2) == (pytest.approx(10e-6), False)
 
@@ -724,7 +746,8 @@ def test_records_that_did_not_time_ok_set_neither_efficiency_nor_link():
     eff, _ = efficiency_from_results([bad, rec("gemv_bf16", {"M": 2, "N": 8, "K": 8}, "a", 50)])
     assert eff == pytest.approx(0.50)
     ar = [{"op": "allreduce", "status": st, "shape": {"bytes": 8192, "world_size": 2},
-           "time_s": {"median": t}} for st, t in (("ok", 10e-6), ("timeout", 1.0))]
+           "time_s": {"median": t}, "device": {"chip": "h200"}}
+          for st, t in (("ok", 10e-6), ("timeout", 1.0))]
     link = link_model(lookup_chip("h200"), ar)
     assert link.measured == {2: [(8192, 10e-6)]}
     assert link_model(lookup_chip("h200"), ar[1:]).measured is None
