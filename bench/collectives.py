@@ -22,8 +22,9 @@ apart from --case-timeout, which starts once every rank is ready; the record's `
 long the start took for the impl-case that needed one. A rank that exits while the group starts
 fails it at once, naming the rank (signal or exit code, its last output line).
 
-A rank that dies ends the case `crashed` naming it (signal or exit code, its last output line); a
-rank that raises ends it `error` naming it; past --case-timeout the ranks that had not finished are
+A rank that dies ends the case `crashed` naming it (signal or exit code, its last output line),
+even where its peers' collectives fail on its loss and say so first; a rank that raises ends it
+`error` naming it; past --case-timeout the ranks that had not finished are
 named and the case is `timeout`. Every rank process is then killed (process groups included) and a
 new group takes the next case: nothing is left running.
 """
@@ -52,6 +53,10 @@ from .case import Case
 from .timing import Budget, stop_rule, summarize
 
 AT_LINK = 0.80  # busbw at or above this share of the datasheet link bandwidth: "at the link"
+# A rank that dies without a word makes its peers' collectives fail ("connection closed by
+# peer"): their errors and its end reach the parent in either order, or in one wait() together.
+# A silent death seen within this many seconds of the first error is taken as the cause.
+DEATH_GRACE_S = 2.0
 WARMUP_CALLS = 5
 
 
@@ -386,24 +391,25 @@ class CollectiveRunner:
                 w.send(("case", fields, case, impl.name))
             except WorkerDied:
                 pass  # found dead below
-        events = self._collect(n, t0 + self.case_timeout)
+        events, seen = self._collect(n, t0 + self.case_timeout)
         wall = round(time.monotonic() - t0, 3)
         done = {r for kind, r, _ in events if kind == "done"}
         result = next((x for kind, _, x in events if kind == "record"), None)
         if len(done) == n and result is not None:
             result.update(wall_s=wall, start_s=start_s)
             return result
-        rec.update(wall_s=wall, start_s=start_s, **self._blame(events, n, since, impl))
+        rec.update(wall_s=wall, start_s=start_s, **self._blame(events, seen, n, since, impl))
         # a fault leaves the group unusable: kill every rank, start afresh (after _blame, which
         # reads the ranks' logs that _stop removes)
         self._stop(now=True)
         return rec
 
-    def _collect(self, n: int, deadline: float) -> list[tuple[str, int, Any]]:
+    def _collect(self, n: int, deadline: float) -> tuple[list[tuple[str, int, Any]], list[float]]:
         """Every rank's messages and deaths, in the order they arrive, until each rank is done,
-        has failed or has died, or the deadline passes."""
+        has failed or has died, or the deadline passes; and when each was seen (monotonic)."""
         from multiprocessing.connection import wait
         events: list[tuple[str, int, Any]] = []
+        seen: list[float] = []
         live = {w.rx: r for r, w in enumerate(self._ranks)}
         while live and time.monotonic() < deadline:
             for conn in wait(list(live), timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
@@ -411,23 +417,30 @@ class CollectiveRunner:
                 try:
                     msg = conn.recv()
                 except Exception:  # EOF: the process is gone
-                    events.append(("died", r, self._ranks[r].wait()))
+                    msg = ("died", r, self._ranks[r].wait())
                     del live[conn]
-                    continue
-                if msg[0] == "record":
-                    events.append(("record", r, msg[1]))
-                    continue
-                events.append((msg[0], r, msg[2] if len(msg) > 2 else None))
-                del live[conn]  # done, error or skipped: nothing more comes from this rank
-        return events
+                else:
+                    if msg[0] == "record":
+                        msg = ("record", r, msg[1])
+                    else:  # done, error or skipped: nothing more comes from this rank
+                        msg = (msg[0], r, msg[2] if len(msg) > 2 else None)
+                        del live[conn]
+                events.append(msg)
+                seen.append(time.monotonic())
+        return events, seen
 
-    def _blame(self, events: list[tuple[str, int, Any]], n: int, since: list[int],
-               impl: Impl) -> dict[str, Any]:
-        """Which rank ended the case, and how. A rank that dies first crashed; else ranks still
-        silent at the deadline hung (the others gave up waiting for them); else the first rank
-        to raise is named."""
+    def _blame(self, events: list[tuple[str, int, Any]], seen: list[float], n: int,
+               since: list[int], impl: Impl) -> dict[str, Any]:
+        """Which rank ended the case, and how. A rank that dies first without a word crashed (so
+        does one seen dying so within DEATH_GRACE_S after another rank's error: the error is
+        the peer's loss); else ranks still silent at the deadline hung (the others gave up
+        waiting for them); else the first rank to raise is named."""
         said = {r for kind, r, _ in events if kind in ("done", "error", "skipped")}
         first = next((e for e in events if e[0] in ("died", "error", "skipped")), None)
+        if first is not None and first[0] == "error":  # a peer's silent death is the cause
+            t_err = seen[events.index(first)]
+            first = next((e for e, t in zip(events, seen) if e[0] == "died" and e[1] not in said
+                          and t - t_err <= DEATH_GRACE_S), first)
         known = f" ({impl.known_issue})" if impl.known_issue else ""
         if first is not None and first[0] == "died" and first[1] not in said:
             r = first[1]

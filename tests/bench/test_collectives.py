@@ -500,3 +500,40 @@ def test_judge_against_the_link():
     assert judge(4.0, 450, 2)[1] == "below the link"  # 0.9%: not "at" by a % read as a fraction
     assert judge(0.0, 450, 1) == (None, "not judged: one rank moves nothing over a link")
     assert judge(10.0, None, 4) == (None, "not judged: no datasheet link bandwidth for this device")
+
+
+class _SeenRank:
+    """What _blame asks of a rank process: its end and its last output line."""
+
+    def last_output_line(self, since):
+        return "rank one about to fault"
+
+    def describe_end(self, rc):
+        return f"exit code {rc}"
+
+
+def _blame(events, seen):
+    from types import SimpleNamespace
+
+    from bench.collectives import CollectiveRunner
+    me = SimpleNamespace(_ranks=[_SeenRank(), _SeenRank()], case_timeout=60.0)
+    impl = SimpleNamespace(known_issue=None)
+    return CollectiveRunner._blame(me, events, seen, 2, [0, 0], impl)
+
+
+def test_a_silent_death_is_blamed_though_a_peers_error_arrived_first():
+    """Rank 1 dies; rank 0's all_reduce then fails ("connection closed by peer") and says so.
+    The two reach the parent in either order, or in one wait() that lists rank 0 first: the
+    dead rank is the cause whenever its end is seen within DEATH_GRACE_S of the error. A death
+    seen long after an error (a rank torn down by its own watchdog once its peer had raised)
+    leaves the error named."""
+    from bench.collectives import DEATH_GRACE_S
+    events = [("error", 0, "RuntimeError: Connection closed by peer"), ("died", 1, -11)]
+    got = _blame(events, [100.0, 100.0])
+    assert got["status"] == "crashed" and got["error"].startswith("rank 1 died: exit code -11")
+    assert _blame(events, [100.0, 100.0 + DEATH_GRACE_S / 2])["status"] == "crashed"
+    late = _blame(events, [100.0, 100.0 + 2 * DEATH_GRACE_S])
+    assert late == {"status": "error", "error": "rank 0: RuntimeError: Connection closed by peer"}
+    said = [("error", 0, "ValueError: bad input"), ("error", 1, "RuntimeError: peer gone"),
+            ("died", 1, 5)]  # rank 1 raised, then exited as a rank that raised does: not silent
+    assert _blame(said, [1.0, 1.0, 1.0])["error"] == "rank 0: ValueError: bad input"
