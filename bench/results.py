@@ -16,7 +16,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, TextIO
 
 from .interrupts import deferred
 
@@ -319,10 +319,6 @@ def _show(v: Any) -> str:
     except ValueError:  # an int past Python's digit limit for str()
         return "an integer too long to show"
     return s if len(s) <= 40 else s[:39] + "…"
-
-
-def iter_ok(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    return (r for r in records if r.get("status") == "ok" and r.get("time_s"))
 
 
 def in_cache(r: dict[str, Any]) -> bool:

@@ -72,3 +72,50 @@ def test_inputs_built_on_the_host_are_moved_to_the_device():
     b = _HostBuilt()
     x, g = make_inputs(b, _Op(), None, torch.float32, 0)
     assert x[0] == "on accel" and len(b.moved) == 1 and g == 128
+
+
+def test_the_device_check_reads_on_past_a_bad_line(tmp_path):
+    """With a `skipped` list (the device check's suite step), a bad line is named there and the
+    records before and after it are kept: one torn line must not cost a device window's records.
+    Without the list the first bad line is the error, named by its line number."""
+    good = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok"}
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(good) + "\n" + '{"op": "gemv_bf16", "impl": \n'
+                 + json.dumps({**good, "impl": "y"}) + "\n" + json.dumps({**good, "status": "nope"}) + "\n")
+    skipped = []
+    assert [r["impl"] for r in read_results(p, skipped)] == ["x", "y"]
+    assert len(skipped) == 2 and skipped[0].startswith(f"{p}:2: not valid JSON")
+    assert skipped[1].startswith(f"{p}:4: malformed record (unknown status")
+    with pytest.raises(ResultsError, match=":2: not valid JSON"):
+        read_results(p)
+
+
+def test_a_shape_field_of_true_is_not_a_size(tmp_path):
+    """JSON true is an int to Python (True == 1): a shape field must be a whole number, not a
+    truth value, or a chart would label a case M=True."""
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"op": "gemv_bf16", "impl": "x", "shape": {"M": True}, "status": "ok"}) + "\n")
+    with pytest.raises(ResultsError, match="shape field 'M' must be a whole number"):
+        read_results(p)
+
+
+def test_a_cold_record_whose_rotation_stayed_in_cache_is_in_cache():
+    """in_cache: a warm record (the size sweep) unless marked cold, and a cold one whose verdict
+    says the cache held it (its rotation could not pass the cache): neither is a DRAM figure."""
+    from bench.results import in_cache
+    from bench.roofline import IN_CACHE
+    assert in_cache({"warm": True}) and not in_cache({"warm": True, "cold": True})
+    assert in_cache({"verdict": IN_CACHE}) and in_cache({"warm": True, "cold": True, "verdict": IN_CACHE})
+    assert not in_cache({"verdict": "at the wall"}) and not in_cache({})
+
+
+def test_an_over_long_line_is_skipped_whole_and_the_next_record_read(tmp_path):
+    """Reading on past a line over MAX_LINE (a torn or hostile file) skips the rest of that line
+    too: its tail is not read as a line of its own, and the record after it is kept."""
+    from bench.results import MAX_LINE
+    good = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok"}
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"op": "' + "a" * (2 * MAX_LINE + 10) + '"}\n' + json.dumps(good) + "\n")
+    skipped = []
+    assert [r["impl"] for r in read_results(p, skipped)] == ["x"]
+    assert len(skipped) == 1 and f"over {MAX_LINE} characters" in skipped[0]

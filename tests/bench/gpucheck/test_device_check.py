@@ -107,6 +107,42 @@ def test_why_reads_the_largest_launch_of_the_sections_raw_page():
         why([])
 
 
+def test_why_leaves_out_the_not_issued_stall_breakdown_and_other_statistics():
+    """ncu's Warp State section also prints each stall's `_not_issued` share and, for some
+    metrics, other statistics than the per-issue ratio: neither is a stall reason of its own, and
+    a large `_not_issued` figure must not push a real reason out of the top list."""
+    extra = {"smsp__average_warps_issue_stalled_long_scoreboard_not_issued_per_issue_active.ratio": "50",
+             "smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.pct": "40"}
+    head, units, row0, row1 = WHY_RAW.strip().splitlines()[1:]
+    text = "\n".join([head + "".join(f',"{k}"' for k in extra), units + ',""' * len(extra),
+                      row0 + ',"0"' * len(extra), row1 + "".join(f',"{v}"' for v in extra.values())])
+    w = why(parse_ncu_csv(text))
+    assert list(w["stalls"]) == ["long_scoreboard", "selected", "barrier", "wait", "no_instruction"]
+    assert w["stalls"]["long_scoreboard"] == 8.9
+
+
+def test_binary_prefixes_are_powers_of_two_and_decimal_ones_powers_of_ten():
+    """ncu prints `Kbyte` / `Mbyte` (10^3, 10^6) unless told --print-units base, and some
+    versions' tables say `KiB` / `MiB` (2^10, 2^20): mixing them up is a 2.4-4.9% error, as large
+    as the 5% the byte check allows."""
+    from bench.gpucheck.ncu import _value
+    assert _value("2", "KiB") == 2048 and _value("2", "MiB") == 2 * 2**20
+    assert _value("2", "GiB") == 2 * 2**30
+    assert _value("2", "Kbyte") == 2000 and _value("2", "Mbyte") == 2e6 and _value("2", "Gbyte") == 2e9
+    assert _value("1,024", "byte") == 1024 and _value("n/a", "byte") is None
+
+
+def test_the_probe_says_ok_only_when_ncu_printed_a_reading():
+    """An ncu that exits 0 without the metric in its output (the program ran unprofiled, or an
+    ncu that ignored the launch) has not shown that it can read the counters: unknown, not ok."""
+    from bench.gpucheck.ncu import DURATION, probe_verdict
+    assert probe_verdict(0, f'"ID","Metric Name"\n"0","{DURATION}"') == ("ok", None)
+    verdict, why_ = probe_verdict(0, "==PROF== Disconnected\n2048.0\n")
+    assert verdict == "unknown" and "exit 0" in why_
+    assert probe_verdict(None, "")[0] == "unknown"
+    assert probe_verdict(1, "==ERROR== ERR_NVGPUCTRPERM - no permission")[0] == "refused"
+
+
 def test_why_command_asks_for_sections_not_metric_names():
     cmd = why_command("ncu", ["python3", "-m", "bench.gpucheck.ncu", "target"])
     s = " ".join(cmd)
@@ -829,3 +865,211 @@ def test_background_compiles_start_only_for_a_suite_and_are_stopped_before_it(tm
         c.finish_warm()  # a second call has nothing to stop
     finally:
         c.log.close()
+
+
+def test_a_step_with_too_little_time_left_is_not_started(tmp_path):
+    """A step whose box would be under 3 s cannot even start its Python: it is marked as cut
+    by the total time box, and nothing of it runs."""
+    c = _check(tmp_path, dry_run=True)
+    try:
+        c.deadline = time.monotonic() + 2
+        assert c.begin("pytest") is None
+        assert c.steps["pytest"].status == "timeout" and "no time left" in c.steps["pytest"].detail
+        c.deadline = time.monotonic() + 60
+        assert c.begin("configs") is c.steps["configs"] and c.steps["configs"].status == "running"
+    finally:
+        c.log.close()
+
+
+def test_a_pytest_shard_with_a_failed_test_fails_the_step(tmp_path, monkeypatch):
+    """pytest exits 1 when a test failed: that shard's failure is the step's, whatever the other
+    shards did, and the failed test is named with the plugin's reason."""
+    from bench.gpucheck import check as dc
+    from bench.gpucheck.pytest_shard import FAIL_LINE
+    outs = [["tests/kernels/test_a.py::test_x PASSED", "= 1 passed in 1.0s ="],
+            ["tests/kernels/test_b.py::test_y FAILED",
+             f"{FAIL_LINE}tests/kernels/test_b.py::test_y: rel err 0.5 > 0.01",
+             "= 1 failed in 1.0s ="]]
+    monkeypatch.setattr(dc, "pytest_shards", lambda: 2)
+    monkeypatch.setattr(dc, "run_procs", lambda cmds, box, log, env, tags: ([0, 1], 2.0, outs))
+    c = _check(tmp_path)
+    try:
+        c.step_pytest("pytest")
+        st = c.steps["pytest"]
+        assert st.status == "failed" and st.detail.startswith("exit 1: 1 passed, 1 failed")
+        assert "failed: tests/kernels/test_b.py::test_y (rel err 0.5 > 0.01)" in st.detail
+        monkeypatch.setattr(dc, "run_procs", lambda *a: ([0, 5], 2.0, [outs[0], []]))
+        c.step_pytest("configs")  # 5: a shard that selected nothing is no failure
+        assert c.steps["configs"].status == "ok"
+    finally:
+        c.log.close()
+
+
+def test_a_suite_run_with_a_failed_impl_fails_the_step(tmp_path, monkeypatch):
+    """`decodewall run` exits 0 with every case recorded, even one whose impl failed its check or
+    crashed: such a record fails the suite step (the summary's RESULT), with the count said."""
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc, "run_proc", lambda *a, **k: (0, 1.0))
+    c = _check(tmp_path)
+    shape = {"M": 1, "N": 64, "K": 128}
+    recs = [{"op": "gemv_bf16", "impl": "a", "shape": shape, "status": "ok"},
+            {"op": "gemv_bf16", "impl": "b", "shape": shape, "status": "failed-check"}]
+    try:
+        c._read_records = lambda before: setattr(c, "records", recs)
+        c.step_suite()
+        st = c.steps["suite"]
+        assert st.status == "failed" and "1 impl(s) failed" in st.detail
+        c._read_records = lambda before: setattr(c, "records", recs[:1])
+        c.step_suite()
+        assert c.steps["suite"].status == "ok"
+    finally:
+        c.log.close()
+
+
+def test_the_dry_run_never_looks_for_ncu(tmp_path, monkeypatch):
+    """--dry-run tests the check on a CPU: even where an ncu is installed it is neither run nor
+    probed (its probe would start a CUDA program), and the env step says ncu is not used."""
+    from bench.gpucheck import check as dc
+    found = []
+    monkeypatch.setattr(dc, "find_ncu", lambda: found.append(1) or "/opt/nvidia/ncu")
+    monkeypatch.setattr(dc.shutil, "which", lambda name: None)
+    ran = []
+    monkeypatch.setattr(dc, "run_proc", lambda cmd, *a, **k: ran.append(cmd) or (0, 0.1))
+    c = _check(tmp_path, dry_run=True)
+    probe = {"backend_ok": True, "torch_version": "2", "triton_version": "3", "rich": True,
+             "numpy": True, "pytest": True, "device": {"name": "cpu"}}
+    c._capture = lambda cmd, box, env=None: (0, 0.1, json.dumps(probe) + "\n")
+    try:
+        c.step_env()
+        assert c.steps["env"].status == "ok" and "ncu not used" in c.steps["env"].detail
+        assert c.ncu_path is None and c.ncu_probe is None and not ran and not found
+    finally:
+        c.log.close()
+
+
+def test_an_ncu_step_that_measured_nothing_fails(tmp_path, monkeypatch):
+    """ncu that can profile here but whose every launch errs (the target crashed, ncu's own error)
+    measured nothing: a failed step, each launch's error kept, and not a skip as on a machine
+    whose ncu refuses the counters."""
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\necho '==ERROR== The application returned an error code (11).'\nexit 11\n")
+    fake.chmod(0o755)
+    from bench.gpucheck import cases
+    shape = {"M": 1, "N": 96, "K": 256}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
+        {"op": "gemv_bf16", "impl": impl, "dtype": "float32", "shape": shape}
+        for impl in ("triton_gemv", "triton_gemv_splitk")])
+    check = _check(tmp_path, time_limit=120)
+    check.ncu_path = str(fake)
+    try:
+        check.step_ncu()
+        assert len(check.ncu) == 2 and all("exit 11: ==ERROR== The application" in r["error"]
+                                           for r in check.ncu)
+        st = check.steps["ncu"]
+        assert st.status == "failed" and st.detail.startswith("0/2 launches compared, 2 not measured")
+    finally:
+        check.log.close()
+
+
+def test_a_test_that_errors_in_setup_is_listed_as_failed():
+    """pytest -v marks a test whose fixture or setup raised ERROR, not FAILED: it did not pass
+    either, so it is counted as an error and named among the failed tests of the step."""
+    lines = ["tests/kernels/gemv/test_w4.py::test_cuda_impls[a] PASSED [ 50%]\n",
+             "tests/kernels/gemv/test_w4.py::test_cuda_impls[b] ERROR [100%]\n",
+             "=========== 1 passed, 1 error in 2.00s ===========\n"]
+    p = pytest_progress(lines)
+    assert p["counts"]["ERROR"] == 1 and p["counts"]["PASSED"] == 1
+    assert p["failed"] == ["tests/kernels/gemv/test_w4.py::test_cuda_impls[b]"]
+    assert p["final"] == "1 passed, 1 error in 2.00s" and p["running"] is None
+
+
+def test_the_test_steps_run_several_pytest_processes_and_warm_takes_the_other_cores(monkeypatch):
+    """Half the cores run pytest processes, 2 to 8 (the dry run on 2 cores still runs two, so the
+    parallel path is the one tested); the background compiles take the cores left, 1 to 8."""
+    from bench.gpucheck import check as dc
+    for cores, shards, warm in ((1, 2, 1), (2, 2, 1), (4, 2, 2), (16, 8, 8), (64, 8, 8)):
+        monkeypatch.setattr(dc.os, "cpu_count", lambda cores=cores: cores)
+        assert (dc.pytest_shards(), dc.warm_shards()) == (shards, warm), cores
+
+
+def test_sigterm_or_ctrl_c_during_a_step_give_their_exit_status(tmp_path):
+    """A check stopped by SIGTERM exits 143 and by Ctrl-C 130 (what a shell reports for such a
+    stop), not the summary's 1: the caller can tell a cut check from a failed one. The running
+    step is marked cut and the later ones were not run."""
+    from bench.gpucheck.check import Interrupted
+    for exc, code, how in ((Interrupted(), 143, "SIGTERM"), (KeyboardInterrupt(), 130, "Ctrl-C")):
+        c = _check(tmp_path / how, dry_run=True)
+        ran = []
+        _stub_steps(c, ran)
+
+        def suite(c=c, exc=exc):
+            c.begin("suite")
+            raise exc
+
+        c.step_suite = suite
+        assert c.run() == code
+        assert ran == ["peers", "env", "pytest", "configs"]
+        assert c.steps["suite"].status == "timeout" and how in c.steps["suite"].detail
+        assert c.steps["ncu"].status == "skipped"
+
+
+def test_the_why_pass_box_never_outlasts_the_ncu_box(tmp_path):
+    """The why pass gets NCU_TARGET_S at most, and never more than what is left of the ncu step's
+    box: a pass begun with 15 s left must not run for 30."""
+    from bench.gpucheck.check import NCU_TARGET_S
+    c = _check(tmp_path, dry_run=True)
+    boxes = []
+    c._capture = lambda cmd, box, env=None: (boxes.append(box), (None, box, ""))[1]
+    tg = {"op": "gemv_w4", "impl": "triton_w4", "dtype": "float16",
+          "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}
+    try:
+        with open(c.out / "ncu-raw.txt", "w") as raw:
+            c._why(tg, time.monotonic() + 15, raw)
+            c._why(tg, time.monotonic() + 300, raw)
+        assert boxes[0] <= 15 and boxes[1] == NCU_TARGET_S
+        assert [w["error"] for w in c.ncu_why] == ["time box reached"] * 2
+    finally:
+        c.log.close()
+
+
+def test_an_ncu_launch_with_under_8_s_left_is_not_started(tmp_path, monkeypatch):
+    """A profiled launch takes seconds before its window (torch import, inputs, compile): with
+    under 8 s of the ncu box left it is said to be not reached, not started and cut."""
+    from bench.gpucheck import cases
+    shape = {"M": 1, "N": 96, "K": 256}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
+        {"op": "gemv_bf16", "impl": impl, "dtype": "float32", "shape": shape}
+        for impl in ("triton_gemv", "triton_gemv_splitk")])
+    c = _check(tmp_path)
+    c.ncu_path = "/opt/ncu"
+    ran = []
+    c._capture = lambda cmd, box, env=None: (ran.append(cmd), (None, box, ""))[1]
+    try:
+        c.deadline = time.monotonic() + 6
+        c.step_ncu()
+        assert not ran and len(c.ncu) == 2
+        assert all(r["error"] == "not reached: the ncu time box was spent" for r in c.ncu)
+        assert c.steps["ncu"].status == "failed"
+    finally:
+        c.log.close()
+
+
+def test_the_script_runs_from_anywhere_and_passes_the_exit_status_on(tmp_path):
+    """bench/device_check.sh started from another folder without PYTHONPATH runs this checkout's
+    code (a fresh checkout on the GPU machine is installed nowhere; here an editable install may
+    be, so the stand-in python says which `bench` the script's environment imports), and its exit
+    status is the check's: bad options are one stderr line and exit 2."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    py = tmp_path / "python"
+    py.write_text(f'#!/bin/sh\n"{sys.executable}" -c "import bench, sys; '
+                  f'sys.stderr.write(\'bench at \' + bench.__file__ + chr(10))"\n'
+                  f'exec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    r = subprocess.run(["bash", str(REPO / "bench" / "device_check.sh"), "--dry-run", "--out",
+                        str(tmp_path / "out"), "--time-limit", "5"], capture_output=True,
+                       text=True, cwd=tmp_path, env={**env, "PYTHON": str(py)}, timeout=120)
+    where, *err = r.stderr.strip().splitlines()
+    assert where == f"bench at {REPO / 'bench' / '__init__.py'}", r.stderr
+    assert r.returncode == 2 and len(err) == 1 and "must exceed the 12 s" in err[0], r.stderr
+    assert r.stdout == "" and not (tmp_path / "out").exists()

@@ -120,3 +120,37 @@ def test_importing_flushcmp_leaves_the_autotune_setting_alone():
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
     assert r.stdout.strip().splitlines()[-1] == "None 0"
+
+
+class DriftingModeTimed(ModeTimed):
+    """ModeTimed whose samples take TIMES[mode] x ROUND_FACTOR[round]: each round of a mode is
+    slower or faster, as drift would make it."""
+    ROUND_FACTOR = (1.0, 4.0, 2.0)
+
+    def time_calls(self, call, idxs, flush=True):
+        for i in idxs:
+            call(i)
+        k = self.modes_set.count(self.mode) - 1
+        return [TIMES[self.mode] * self.ROUND_FACTOR[k]] * len(idxs)
+
+
+def test_each_mode_is_the_median_of_its_round_medians(quick):
+    """A mode's figure is the median over the rounds (not the fastest round, not the mean): one
+    drifted round moves it as little as it can. Here 1x, 4x and 2x a mode's time: 2x."""
+    res = flushcmp.compare(rounds=3, backend=DriftingModeTimed(), cases=TINY[:1])
+    (c,) = res["cases"]
+    for m, v in c["modes"].items():
+        assert v["round_medians_s"] == pytest.approx([TIMES[m] * f for f in (1, 4, 2)])
+        assert v["median_s"] == pytest.approx(2 * TIMES[m])
+    assert c["diff_pct"] == pytest.approx({"read": -50.0, "memset+read": -45.0})
+
+
+def test_without_triton_the_triton_case_is_not_planned(monkeypatch):
+    """On a machine without Triton the INT4 case (a Triton kernel) is left out of the plan rather
+    than reported as an error at its first call; the torch case stays."""
+    from kernels import triton_util
+    monkeypatch.setattr(triton_util, "HAS_TRITON", False)
+    assert [c["impl"] for c in flushcmp.plan()] == ["torch_matmul"]
+    monkeypatch.setattr(triton_util, "HAS_TRITON", True)
+    want = ["torch_matmul"] + ["triton_w4"] * ("triton_w4" in OPS["gemv_w4"].impls)
+    assert [c["impl"] for c in flushcmp.plan()] == want

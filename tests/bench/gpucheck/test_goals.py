@@ -239,3 +239,129 @@ def test_the_summary_says_where_the_suites_time_went(tmp_path):
     check.write_summary(final=True)
     text = (tmp_path / "out" / "summary.txt").read_text()
     assert "where the suite's time went" in text and "22.0 s" in text
+
+
+def test_a_figure_exactly_at_the_mark_meets_its_goal():
+    """The goals say ">= 85%" (and 60, 70, 90, 85): a kernel exactly at the mark meets it, with no
+    "short by" in its line."""
+    rs = good_run()
+    marks = {(1, "big"): 85.0, (1, "small"): 60.0, (16, None): 70.0}
+    for r in rs:
+        if r["op"] in ("gemv_w4", "gemv_w8") and r["kind"] == "triton" and not r["baseline"]:
+            M = r["shape"]["M"]
+            big = (r["shape"]["N"], r["shape"]["K"]) in BIG
+            r["pct_roof"] = marks[(M, "big" if big else "small")] if M == 1 else marks[(16, None)]
+        if r["op"] == "paged_attention" and not r["baseline"]:
+            r["pct_datasheet"] = 90.0 if r["shape"]["B"] == 64 else 85.0
+    gs = goals(rs, planned16())
+    assert [g["met"] for g in gs] == [True] * 7, [goal_line(g) for g in gs]
+    assert not any("short by" in goal_line(g) for g in gs)
+
+
+def test_a_peer_as_fast_as_ours_is_not_behind_it():
+    """"Ahead of every peer": a peer whose median time equals ours is not beaten, so the goal is
+    missed and the shape named."""
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "gemlite_w8" and r["shape"]["N"] == 57344:
+            r["time_s"]["median"] = 1.0  # ours: 1.0
+    g = goals(rs, planned16())[2]
+    assert g["op"] == "gemv_w8" and g["met"] is False
+    assert g["behind"] == {"gemlite_w8": "gate_up 57344x8192"}
+
+
+def test_the_impl_measured_on_every_goal_shape_is_read_before_a_faster_partial_one():
+    """An impl of ours that ran on one of the two shapes (its other case cut by the time box) at
+    99% must not stand for the goal over the one measured on both: the goal would read as partial
+    on a figure that covers half of it."""
+    rs = good_run() + [gemv("gemv_w4", "triton_w4_splitk", BIG[0], 99.0, 0.5)]
+    g = goals(rs, planned16())[0]
+    assert g["impl"] == "triton_w4" and g["measured"] == 2 and g["met"] is True
+
+
+def test_attention_goals_read_the_best_of_our_kernels():
+    """Of our attention kernels at a goal's shape, the best share of the datasheet stands for
+    the goal, whichever comes first in the records."""
+    rs = good_run()
+    attn = dict(Hq=32, Hkv=8, D=128, block_size=16)
+    rs.insert(0, rec("paged_attention", "triton_onepass", {"B": 1, "context": 32768, **attn}, ds=40.0))
+    g = goals(rs)[6]
+    assert g["impl"] == "triton_splitkv" and g["value"] == 86.0 and g["met"] is True
+
+
+def test_kernel_rows_key_case_and_median():
+    """A kernel's row: its key case is the op's first planned shape, read from the first record
+    there (a later dtype's record at the same shape does not replace it), and the median of its
+    % of roof over every ok record, not the mean."""
+    from bench.gpucheck.summary import kernel_rows
+    from kernels import OPS
+    shapes = [dict(M=1, N=n, K=k) for n, k in ((64, 128), (128, 128), (256, 128))]
+    planned = [types.SimpleNamespace(op="gemv_bf16", shape=OPS["gemv_bf16"].shape(**s)) for s in shapes]
+    rs = [rec("gemv_bf16", "triton", s, pct) for s, pct in zip(shapes, (10.0, 20.0, 90.0))]
+    rs.append(rec("gemv_bf16", "triton", shapes[0], 50.0, dtype="float16"))
+    (row,) = kernel_rows(planned, rs, [])
+    assert row["key_shape"] == shapes[0] and row["key_pct_roof"] == 10.0
+    assert row["median_pct_roof"] == 35.0 and (row["ok"], row["cases"]) == (4, 4)  # mean 42.5
+
+
+def _summary_check(tmp_path):
+    import argparse
+    from bench.gpucheck import check as dc
+    args = argparse.Namespace(dry_run=False, out=str(tmp_path / "out"), limit=None, only=None,
+                              skip=None, time_limit=dc.TOTAL_S, suite="gpu-check", budget="quick",
+                              chip=None, wheels=None)
+    return dc.Check(args)
+
+
+def test_a_step_cut_at_its_time_box_is_a_problem_in_the_result_and_the_exit_status(tmp_path):
+    """A step that ran out of time did not do its work: the summary's RESULT names it, summary.json
+    says not ok, the exit status is 1, and there is no "next: commit these files" line."""
+    check = _summary_check(tmp_path)
+    check.records, check.planned = good_run(), planned16()
+    for s in check.steps.values():
+        s.status = "ok"
+    check.steps["suite"].status = "timeout"
+    assert check.write_summary(final=True) == 1
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    assert text.rstrip().endswith("RESULT: problems in suite (timeout)")
+    assert "next: copy these files" not in text
+    import json
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["ok"] is False
+
+
+def test_the_next_step_line_is_only_in_the_final_summary_of_a_clean_run(tmp_path):
+    """"next: copy these files ... and commit" is said once the check has finished with no
+    problem; a provisional summary (a step still running) never says it."""
+    check = _summary_check(tmp_path)
+    check.records, check.planned = good_run(), planned16()
+    for s in check.steps.values():
+        s.status = "ok"
+    assert check.write_summary(final=False) == 0
+    assert "next: copy these files" not in (tmp_path / "out" / "summary.txt").read_text()
+    assert check.write_summary(final=True) == 0
+    assert "next: copy these files" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_only_launches_off_the_byte_model_ask_for_an_explanation(tmp_path):
+    """The summary's ncu lines: a launch within 5% of the byte model is only its row's ratio; one
+    off by more says how far and asks for an explanation; a fabricated (dry run) one never does."""
+    check = _summary_check(tmp_path)
+    base = {"op": "gemv_w4", "shape": {"M": 1, "N": 64, "K": 128}, "dram_read_bytes": 1e6,
+            "dram_write_bytes": 1e3, "kernels": ["k"]}
+    check.ncu = [{**base, "impl": "triton_w4", "ratio": 1.02, "within_5pct": True},
+                 {**base, "impl": "triton_w4_splitk", "ratio": 1.31, "within_5pct": False},
+                 {**base, "impl": "triton_w4_fake", "ratio": 1.5, "within_5pct": False, "fake": True}]
+    check.write_summary(final=True)
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    asks = [ln for ln in text.splitlines() if "explain it" in ln]
+    assert len(asks) == 1 and "triton_w4_splitk" in asks[0] and "1.310x" in asks[0]
+
+
+def test_a_background_compile_stopped_while_at_work_is_a_warning():
+    """warm_line: a process still compiling when configs ended was cut, so the suite may compile
+    what it left: warn, not ok, even with nothing failed."""
+    from bench.gpucheck.summary import warm_line
+    w = {"processes": 2, "finished": 1, "stopped": 1, "seconds": 10.0, "done": 3, "skipped": 0,
+         "failed": 0, "failures": [], "configs": 12}
+    assert "(warm)  warn" in warm_line(w) and "1 stopped" in warm_line(w)
+    assert "(warm)  ok" in warm_line({**w, "stopped": 0})

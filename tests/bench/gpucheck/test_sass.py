@@ -535,3 +535,76 @@ def test_compile_attention_lists_failures_oversized_blocks_and_spills(monkeypatc
     assert bad[0] == "b: RuntimeError: PassManager::run failed"
     assert bad[1].startswith("c: needs 232449 B of shared memory") and len(bad) == 2
     assert spills == ["d: spill stores 4 B, loads 0 B"]
+
+
+# A hand-made SASS listing: a 7-instruction hot loop (0x20-0x80, one STL, one LDS, one BAR), a
+# later 2-instruction loop, code before and after. (address, instruction) as disassemble gives.
+_SASS = [(0x00, "MOV R1, c[0x0][0x28]"), (0x10, "LDG.E R2, desc[UR4][R2.64]"),
+         (0x20, "LDG.E.128 R4, desc[UR4][R2.64]"), (0x30, "STL [R1], R4"), (0x40, "LDS R5, [R6]"),
+         (0x50, "BAR.SYNC.DEFER_BLOCKING 0x0"), (0x60, "FFMA R7, R4, R5, R7"),
+         (0x70, "ISETP.GE.AND P0, PT, R8, R9, PT"), (0x80, "@!P0 BRA 0x20"),
+         (0x90, "IADD3 R8, R8, 0x1, RZ"), (0xa0, "@P1 BRA 0x90"), (0xb0, "NOP"),
+         (0xc0, "STG.E [R2.64], R7"), (0xd0, "EXIT"), (0xe0, "BRA 0xe0")]
+
+
+@pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
+def test_count_takes_the_longest_loop_per_warp_per_code(monkeypatch, dot):
+    """count() with the compiler stubbed: the longest backward-branch loop's instructions (not the
+    whole program, not the last loop) x warps / codes a pass, where a pass takes BLOCK_N x
+    BLOCK_K codes (BLOCK_N x G on INT4's tl.dot path, one group a step); warp instructions, so not
+    x 32 threads. The step's weight bytes at half a byte an INT4 code; the loop's spills, barriers
+    and shared-memory ops; PREFETCH = 1 puts two steps in flight."""
+    import types as _types
+
+    import bench.gpucheck.sass as sass
+    from kernels import triton_util
+    cfg = _types.SimpleNamespace(kwargs={"BLOCK_N": 16, "BLOCK_K": 64, "PREFETCH": 1},
+                                 num_warps=4, num_stages=1)
+    monkeypatch.setattr(sass, "_plans", lambda op, dtype: [
+        ("gemv_w4", None, {}, dict(G=128, BLOCK_M=1, USE_DOT=False), (), [cfg])])
+    monkeypatch.setattr(sass, "tuner_configs", lambda name, use_dot, const, dtype: [cfg])
+    monkeypatch.setattr(triton_util, "describe", lambda c: "BN16 BK64")
+    monkeypatch.setattr(sass, "compile_sm90", lambda *a: _types.SimpleNamespace(
+        asm={"ttgir": ""}, metadata=_types.SimpleNamespace(shared=2048)))
+    monkeypatch.setattr(sass, "disassemble", lambda k: (_SASS, 168))
+    (row,) = sass.count("gemv_w4", dot=dot)
+    codes = 16 * (128 if dot else 64)
+    assert row.loop == 7 and row.per_code == pytest.approx(7 * 4 / codes)
+    assert row.step_bytes == codes // 2 and (row.depth, row.pipelined) == (2, False)
+    assert (row.loop_spills, row.barriers, row.smem) == (1, 1, 1)
+    assert (row.spill_st, row.spill_ld, row.regs, row.warps, row.shared) == (4, 0, 168, 4, 2048)
+    assert row.top[0] == ("LDG", 1) and dict(row.top)["FFMA"] == 1 and "MOV" not in dict(row.top)
+
+
+def test_a_kernel_without_a_loop_is_counted_whole_without_its_trailing_self_branch():
+    """A split-K GEMV has no hot loop (one K chunk a program): the SASS's only branches are a
+    forward one and the `BRA` to itself after EXIT, neither a loop, so the count is the whole
+    program up to EXIT, its NOP padding left out."""
+    from bench.gpucheck.sass import longest_loop, whole_program
+    flat = [(0x00, "MOV R1, c[0x0][0x28]"), (0x10, "@P0 BRA 0x40"), (0x20, "LDG.E R2, desc[UR4][R2.64]"),
+            (0x30, "NOP"), (0x40, "FFMA R7, R4, R5, R7"), (0x50, "EXIT"), (0x60, "BRA 0x60"),
+            (0x70, "NOP")]
+    assert longest_loop(flat) == []
+    assert whole_program(flat) == ["MOV R1, c[0x0][0x28]", "@P0 BRA 0x40",
+                                   "LDG.E R2, desc[UR4][R2.64]", "FFMA R7, R4, R5, R7", "EXIT"]
+    assert longest_loop(_SASS) == [ins for a, ins in _SASS if 0x20 <= a <= 0x80]
+
+
+def test_the_table_takes_littles_law_at_the_latency_asked_for(monkeypatch, capsys):
+    """--latency-ns reaches the table: the need line and every row's need and ratio use it, not
+    the default 370 ns (the bytes a loaded memory system needs in flight grow with it)."""
+    pytest.importorskip("triton")
+    import bench.gpucheck.sass as sass
+    monkeypatch.setattr(sass, "toolchain", lambda: "triton 9.9, ptxas 1.2")
+    row = LoopCount("gemv_w8", "cfg", 0.1, 10, 168, [("FFMA", 4)], warps=4, shared=2048,
+                    step_bytes=16384)
+    need = bytes_needed_per_sm(3350, 600)  # 3350e9 / 132 x 600e-9 = 15227 B
+    lines = sass.report([row], 3350, "bf16", False, 600)
+    assert f"x 600 ns DRAM latency = {need / 1024:.1f} KiB an SM" in "\n".join(lines)
+    assert f"need {need / 1024:.1f}: {row.in_flight() / need:.2f}x" in lines[-2]
+    monkeypatch.setattr(sass, "count", lambda op, dtype, first, dot: [row])
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
+    from kernels import triton_util
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    assert main(["--gbps", "3350", "--latency-ns", "600"]) == 0
+    assert f"x 600 ns DRAM latency = {need / 1024:.1f} KiB an SM" in capsys.readouterr().out

@@ -188,3 +188,45 @@ def test_compile_only_compiles_a_real_launchers_configs_for_sm90_into_the_cache(
     (name, what), = out["got"]
     assert what.startswith(f"{out['configs']} configs compiled in "), what
     assert out["cubins"] == out["configs"] > 1  # each kept config's sm_90 binary, on disk
+
+
+def test_main_compiles_only_its_share_of_the_suite_asked_for(monkeypatch, capsys):
+    """main on the GPU path: the autotuner is put in compile-only mode before any kernel is
+    called (else the first call would tune, timing every config beside the tests), the cases are
+    those of --suite, and shard I/N takes share I of them. On the CPU it asks for the
+    interpreter before kernels/ is imported and compiles nothing. (Backend, plan and calls are
+    stand-ins: no GPU here.)"""
+    import os
+
+    import backends
+    from kernels import triton_util
+    monkeypatch.setattr(warm.os, "nice", lambda n: 0)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(triton_util, "HAS_TRITON", True)
+    monkeypatch.setattr(warm, "COMPILED", [0])
+    calls = []
+    monkeypatch.setattr(warm, "compile_only", lambda: calls.append("compile_only"))
+    fake = SimpleNamespace(available=lambda: (True, ""))
+    monkeypatch.setattr(backends, "get_backend", lambda name: fake)
+    cases = [SimpleNamespace(name=f"case{i}") for i in range(4)]
+
+    def plan(backend, suite):
+        calls.append(("plan", suite))
+        return cases
+
+    monkeypatch.setattr(warm, "plan", plan)
+    monkeypatch.setattr(warm, "triton_impls", lambda case, backend: [SimpleNamespace(name="k")])
+    monkeypatch.setattr(warm, "label", lambda case: case.name)
+    monkeypatch.setattr(warm, "warm_case", lambda backend, case, impls: (
+        calls.append(("warm", case.name)), [("k", "3 configs compiled in 0.1 s")])[1])
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    assert warm.main(["--shard", "1/2", "--suite", "attention"]) == 0
+    assert calls == ["compile_only", ("plan", "attention"), ("warm", "case1"), ("warm", "case3")]
+    out = capsys.readouterr().out
+    assert "warm 1/2: case1 k: 3 configs compiled" in out and "warm 1/2 done: 2 of 2 pairs" in out
+    calls.clear()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(triton_util, "INTERPRET", True)
+    assert warm.main(["--shard", "0/2", "--backend", "cpu"]) == 0
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert calls == [("plan", "gpu-check"), ("warm", "case0"), ("warm", "case2")]

@@ -544,3 +544,93 @@ def test_pct_roof_chart_keeps_flush_modes_and_warm_runs_apart():
     one_mode = [{**r, "flush": "read"} for r in recs[:2]]  # two runs of one case, one mode
     (case,) = pct_roof_cases(one_mode)
     assert case["how"] == "" and len(case["impls"][0]["pcts"]) == 2
+
+
+def test_roofline_axes_are_tflops_against_flop_per_byte_and_the_best_roof_is_drawn():
+    """The roofline's y is TFLOP/s: GB/s x FLOP/B / 1e3, so a kernel moving its bytes at the
+    measured roof sits on the roof line at its intensity (and the datasheet's line at twice the
+    bandwidth lies twice as high). The roof drawn is the best of the runs'
+    (their spread said); a record without `arithmetic_intensity` is placed at flops / bytes."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from bench.report.plot import intensity, roofline_figure, roofs
+    shape = {"M": 1, "N": 1024, "K": 1024}
+    slow = {**record("gemv_bf16", shape, "slow", 4e-4, roof=10.0), "run_id": "a"}
+    at_roof = record("gemv_bf16", shape, "at_roof", 1.0, roof=12.0)
+    at_roof = {**at_roof, "run_id": "b", "achieved_gbps": 12.0, "pct_roof": 100.0,
+               "time_s": {"median": at_roof["bytes"] / 12e9}, "datasheet_gbps": 24.0}
+    del at_roof["arithmetic_intensity"]
+    assert intensity(at_roof) == pytest.approx(at_roof["flops"] / at_roof["bytes"])
+    assert intensity({"flops": 100, "bytes": 50}) == 2.0 and intensity({"bytes": 50}) is None
+    rf = roofs([slow, at_roof])
+    assert rf["roof_gbps"] == 12.0 and rf["roof_range"] == (10.0, 12.0) and rf["runs"] == 2
+    fig = roofline_figure([slow, at_roof])
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    (roof,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("measured roof 12.0 GB/s")]
+    assert "best of 2 runs: 10.0-12.0 GB/s" in roof.get_label()
+    ai = at_roof["flops"] / at_roof["bytes"]
+    x, y = roof.get_data()
+    on_roof = float(np.interp(np.log(ai), np.log(x), np.log(y)))
+    point = ax.collections[1].get_offsets()[0]  # the second record's point
+    assert point[0] == pytest.approx(ai) and point[1] == pytest.approx(12.0 * ai / 1e3)
+    assert np.exp(on_roof) == pytest.approx(point[1], rel=1e-3)
+    (ds,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("datasheet 24 GB/s")]
+    x, y = ds.get_data()  # twice the roof: twice as high at every intensity
+    assert float(np.exp(np.interp(np.log(ai), np.log(x), np.log(y)))) == pytest.approx(2 * point[1], rel=1e-3)
+    plt.close(fig)
+
+
+def test_a_number_at_its_roof_is_not_above_it_and_the_bar_colours_follow_the_wall():
+    """roof_flag: exactly 100% of the measured roof is at it, not above; just past it is. The
+    terminal bar: green from 80% (at the wall) up to 100%, yellow below, magenta above."""
+    from bench.report.plot import roof_flag
+    assert roof_flag({"pct_roof": 100.0}) is None
+    assert roof_flag({"pct_roof": 100.5}) == "above the roof"
+    assert roof_flag({"pct_compute": 100.0}) is None
+    styles = {p: str(pct_bar(p).style) for p in (79.9, 80.0, 100.0, 100.5)}  # the bar's
+    assert styles == {79.9: "yellow", 80.0: "green", 100.0: "green", 100.5: "magenta"}
+
+
+def test_terminal_bars_show_no_gbps_for_a_record_that_failed_its_check(results, capsys):
+    """A record that failed its check was timed, but its GB/s is not a result: the row says the
+    status, and the GB/s column shows '-', not the number."""
+    from rich.console import Console
+    from bench.report.plot import bars_table
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    broken = next(r for r in recs if r["impl"] == "broken")
+    assert broken["achieved_gbps"]  # the fixture's failed record still holds a figure
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(bars_table(recs))
+    (row,) = [ln for ln in con.export_text().splitlines() if "broken" in ln]
+    assert f"{broken['achieved_gbps']:.1f}" not in row and "failed-check" in row
+
+
+def test_a_batch_sweep_keeps_the_last_record_of_a_batch_size():
+    """Records of one case timed twice (a second run in the same files): the sweep keeps the
+    later one at that batch size, one point a batch."""
+    first = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "mine", 4e-4)
+    second = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "mine", 2e-4)
+    m2 = record("gemv_bf16", {"M": 2, "N": 1024, "K": 1024}, "mine", 4e-4)
+    (g,) = sweeps([first, m2, second]).values()
+    assert [r["shape"]["M"] for r in g] == [1, 2] and g[0] is second
+
+
+def test_the_size_sweep_is_drawn_against_mib():
+    """The size sweep's x axis is the working set in MiB (2^20 bytes), as its label says, so the
+    LLC line (cache_bytes / 2^20) falls where the points leave the cache."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    recs = []
+    for n, med in ((256, 1e-5), (4096, 4e-4), (65536, 8e-3)):
+        r = record("gemv_bf16", {"M": 1, "N": n, "K": 1024}, "torch_matmul", med)
+        recs.append({**r, "warm": True, "cold": n == 65536,
+                     "device": {**r["device"], "cache_bytes": 32 * 2**20}})
+    fig = roofline_figure(recs)
+    ax = next(a for a in fig.axes if a.get_title().startswith("size sweep"))
+    assert "MiB" in ax.get_xlabel()
+    (series,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("gemv_bf16")]
+    assert list(series.get_xdata()) == pytest.approx([r["bytes"] / 2**20 for r in recs])
+    assert any(list(ln.get_xdata()) == [32.0, 32.0] for ln in ax.get_lines())  # the LLC line
+    plt.close(fig)
