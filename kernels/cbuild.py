@@ -97,7 +97,9 @@ class CLibrary:
         path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
+            # built beside the cache entry: os.replace cannot cross file systems (a tmpfs /tmp
+            # and a cache on disk), and a failed rename would skip every C kernel
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".build-") as tmp:
                 src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
                 r = subprocess.run([cc, *fl, inc, src, "-o", out, *self.libs], capture_output=True,
                                    text=True)

@@ -1,6 +1,7 @@
 """Cache sizes as sysfs writes them: the rotation target is 4x their sum, so a size misread by
 5% (a binary unit read as decimal) leaves part of the working set cached."""
-from backends.cpu import _parse_size
+import backends.cpu as cpu
+from backends.cpu import CPUBackend, _parse_size
 
 
 def test_sysfs_sizes_are_binary_units():
@@ -8,3 +9,21 @@ def test_sysfs_sizes_are_binary_units():
     assert _parse_size("32M") == 32 * 1024**2
     assert _parse_size("1G") == 1024**3
     assert _parse_size("2048") == 2048
+
+
+def test_device_info_records_torchs_threads_and_meminfo_in_bytes():
+    """The record says how many threads the CPU kernels ran on (torch's setting, not the core
+    count), and memory in bytes (/proc/meminfo writes kB)."""
+    import os
+
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert CPUBackend().device_info()["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    total = cpu._meminfo("MemTotal")
+    if total is not None:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert 0.8 * phys <= total <= 1.01 * phys

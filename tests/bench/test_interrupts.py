@@ -41,3 +41,44 @@ def test_handlers_come_back_and_an_ignored_sigint_stays_ignored():
             signal.raise_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_the_first_of_two_signals_inside_deferred_is_the_one_raised():
+    """Ctrl-C, then SIGTERM while a record is written: the run ends as interrupted (130), as
+    the first signal said, not as the second."""
+    with handled():
+        with pytest.raises(Interrupted) as e:
+            with deferred():
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
+    assert e.value.signum == signal.SIGINT
+
+
+def test_a_nested_handled_gives_back_the_outer_state():
+    """A block inside deferred() stays whole though a handled() opened and closed in it."""
+    done = []
+    with handled():
+        with pytest.raises(Interrupted) as e:
+            with deferred():
+                with handled():
+                    pass
+                signal.raise_signal(signal.SIGTERM)
+                done.append("after the signal")
+    assert done == ["after the signal"] and e.value.signum == signal.SIGTERM
+
+
+def test_exiting_leaves_both_signals_ignored_and_a_bare_ctrl_c_is_sigint():
+    """After the report of a command about to exit, a late signal can change neither the exit
+    status nor print a traceback; a KeyboardInterrupt raised where no handler was installed is
+    Ctrl-C."""
+    from bench.interrupts import SIGNALS, signal_of
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    try:
+        with handled(exiting=True):
+            pass
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in SIGNALS)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert signal_of(KeyboardInterrupt()) == signal.SIGINT
+    assert signal_of(Interrupted(signal.SIGTERM)) == signal.SIGTERM

@@ -520,3 +520,19 @@ def test_a_worker_still_importing_dies_with_its_parent(tmp_path):
             pytest.fail("the worker outlived its parent")
     finally:
         proc.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_whose_parent_died_before_its_first_line_exits_at_once(tmp_path):
+    """PR_SET_PDEATHSIG does not fire for a parent already gone: a worker that finds another
+    parent than DECODEWALL_PARENT (it was reparented) exits 1 before importing its entry."""
+    (tmp_path / "entry.py").write_text(
+        "import pathlib\n\ndef main():\n    pathlib.Path('ran').write_text('1')\n")
+    env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps([str(tmp_path)] + sys.path))
+    cmd = [sys.executable, str(REPO / "bench" / "boot.py"), "entry:main"]
+    gone = subprocess.run(cmd, env=dict(env, DECODEWALL_PARENT=str(2**22 + 1)), cwd=tmp_path,
+                          timeout=60)
+    assert gone.returncode == 1 and not (tmp_path / "ran").exists()
+    alive = subprocess.run(cmd, env=dict(env, DECODEWALL_PARENT=str(os.getpid())), cwd=tmp_path,
+                           timeout=60)
+    assert alive.returncode == 0 and (tmp_path / "ran").exists()

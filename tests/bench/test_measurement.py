@@ -239,6 +239,25 @@ def test_base_time_calls_skips_the_flush_only_when_asked(monkeypatch):
     assert len(calls) == 3
 
 
+
+def test_base_time_calls_waits_for_each_result_inside_the_window(monkeypatch):
+    """A backend whose calls return before the work is done (XLA's async dispatch) is timed to
+    the end of the work: block(result) runs between the two clock reads, once per call, after
+    the device was synchronized and before the clock started."""
+    import backends.base as base
+    b = get_backend("cpu")
+    clock = iter(range(0, 10**6, 10))
+    events = []
+    monkeypatch.setattr(base.time, "perf_counter_ns",
+                        lambda: events.append("clock") or next(clock))
+    monkeypatch.setattr(type(b), "synchronize", lambda self: events.append("sync"))
+    monkeypatch.setattr(type(b), "block", lambda self, out: events.append(("block", out)))
+    times = b.time_calls(lambda i: events.append(("call", i)) or i, [4, 7], flush=False)
+    assert events == ["sync", "clock", ("call", 4), ("block", 4), "clock",
+                      "sync", "clock", ("call", 7), ("block", 7), "clock"]
+    assert times == [10e-9, 10e-9]
+
+
 def test_in_cache_is_never_above_the_roof():
     roof = Roof("cpu", 10.0, 10.0, 1 << 28)
     hot = judge(10**9, 0, 0.02, roof, torch.float32, 20e-6, in_cache=True)   # 50 GB/s: 5x the roof

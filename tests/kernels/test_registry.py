@@ -33,6 +33,34 @@ def test_register_impl_rejects_bad_metadata():
         parse_dtype("float7")
 
 
+
+@pytest.mark.parametrize("name, dtype", [
+    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("BF16", torch.bfloat16),
+    ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16),
+    ("Half", torch.float16), ("float32", torch.float32), ("fp32", torch.float32),
+    ("float", torch.float32), ("FLOAT32", torch.float32), ("int8", torch.int8),
+    ("uint8", torch.uint8), (torch.bfloat16, torch.bfloat16)])
+def test_dtype_names_and_aliases(name, dtype):
+    """--dtype and register_impl(dtypes=...) take each alias in any case; a wrong alias would
+    measure (and label) every case in another dtype than asked."""
+    assert parse_dtype(name) is dtype
+    assert parse_dtype(dtype_name(dtype)) is dtype
+
+
+def test_rel_err_wants_the_shape_not_only_the_element_count():
+    """A transposed output has the reference's elements in another order: refused, not compared
+    element by element after a reshape or a broadcast."""
+    ref = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    with pytest.raises(ValueError, match="shape"):
+        rel_err(ref.T.contiguous(), ref)
+    with pytest.raises(ValueError, match="shape"):
+        rel_err(ref.reshape(1, 6), ref.reshape(6))
+    assert rel_err(torch.zeros(2), torch.zeros(2, dtype=torch.float64)) == 0.0
+    # a zero reference: the error is the output's norm, not 0 (nor a division by zero)
+    zero = torch.zeros(2, dtype=torch.float64)
+    assert rel_err(torch.ones(2), zero) == pytest.approx(math.sqrt(2))
+
+
 CPU_RETURNING = [
     pytest.param(op.name, impl.name, shape, dtype, id=f"{op.name}-{impl.name}-{dtype_name(dtype)}")
     for op in OPS.values() if not op.collective

@@ -126,6 +126,32 @@ def test_host_memory_counts_what_stays_on_the_host(monkeypatch):
     check_host_fits([big], "cuda", None)
 
 
+
+# ids without "cuda": the check needs no GPU (conftest skips tests named for CUDA without one)
+@pytest.mark.parametrize("backend", ["cpu", "cuda"], ids=["cpu_ranks", "gpu_ranks"])
+def test_every_rank_the_run_starts_holds_its_inputs_on_this_host(monkeypatch, backend):
+    """The ranks of a collective are processes on this host whatever device each one drives (a
+    GPU each on CUDA): their host memory adds up on CUDA as on the CPU; the device check counts
+    them only where they share the device (the CPU)."""
+    import torch
+
+    from bench.case import Case, host_need
+    from bench.cli.run import check_fits, check_host_fits
+    from bench.errors import UsageError
+    op = OPS["allreduce"]
+    case = Case("allreduce", op.shape(bytes=1 << 20, world_size=4), torch.float32)
+    one = host_need(op, case.shape, case.dtype, backend)
+    monkeypatch.setattr("backends.cpu.mem_available", lambda: 2 * one)
+    with pytest.raises(UsageError, match=r"not enough host memory .* \(4 ranks x "):
+        check_host_fits([case], backend, None)
+    per_device = op.footprint_bytes(case.shape, case.dtype)
+    if backend == "cuda":
+        check_fits([case], backend, 2 * per_device)  # each rank its own GPU
+    else:
+        with pytest.raises(UsageError, match=r"\(4 ranks x "):
+            check_fits([case], backend, 2 * per_device)
+
+
 def test_a_suite_leaves_out_what_the_host_cannot_hold():
     """On a CPU a suite keeps the cases whose host need fits 90% of its memory, so that `run`
     does not refuse the whole suite for one case."""
@@ -390,3 +416,33 @@ def test_a_case_given_twice_is_measured_once(extra):
     cases = resolve_cases(args, SuiteContext("cpu"))
     keys = [(c.shape, c.dtype) for c in cases]
     assert keys and len(keys) == len(set(keys)), keys
+
+
+def test_argument_types_bound_their_values():
+    """--world-size, --case-timeout and path arguments are refused at parse time with what
+    they take (a later check, where there is one, would blame the op's shape instead)."""
+    import argparse
+
+    from bench.cli.common import MAX_SECONDS, given, ranks, seconds
+    assert ranks("1") == 1 and ranks("4096") == 4096
+    assert seconds("0.5") == 0.5 and seconds(str(MAX_SECONDS)) == MAX_SECONDS
+    assert given("a") == "a"
+    for f, text in [(ranks, "0"), (ranks, "4097"), (ranks, "-2"), (ranks, "2.0"),
+                    (seconds, "0"), (seconds, "-1"), (seconds, "nan"), (seconds, "inf"),
+                    (seconds, str(MAX_SECONDS + 1)), (given, ""), (given, " \t")]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            f(text)
+
+
+def test_the_default_backend_is_checked_like_a_named_one(monkeypatch):
+    """A backend's unusable settings (DECODEWALL_FLUSH set to no mode) are refused whether the
+    backend was named or picked by default, before anything is measured."""
+    import backends
+    from bench.cli.common import resolve_backend
+    from bench.errors import UsageError
+    cpu = backends.get_backend("cpu")
+    monkeypatch.setattr(type(cpu), "config_error", lambda self: "DECODEWALL_X is bad")
+    monkeypatch.setattr(backends, "best_backend", lambda: cpu)
+    for name in (None, "cpu", "CPU"):
+        with pytest.raises(UsageError, match="DECODEWALL_X is bad"):
+            resolve_backend(name)

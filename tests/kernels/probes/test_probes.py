@@ -53,3 +53,38 @@ def test_c_read_probe_without_avx2_or_openmp(tmp_path):
 def test_c_read_probe_refuses_other_dtypes():
     with pytest.raises(NotImplementedError, match="fp32"):
         probes_simd.read_simd_c(torch.ones(8, dtype=torch.bfloat16))
+
+
+def test_probe_host_footprints_by_hand():
+    """On CUDA the reference reads src from the GPU: the host holds its fp32 draw and the float64
+    copies, not src itself (counting it there refuses CUDA cases the host can hold)."""
+    c, r = OPS["copy"], OPS["read"]
+    s = c.shape(N=1000)
+    # max(8 B an element drawn, src + 2 float64 copies) for copy; + 1 copy for read; x1.1 margin
+    assert c.host_footprint_bytes(s, torch.float32, "cpu") == 22000
+    assert c.host_footprint_bytes(s, torch.float32, "cuda") == 17600
+    assert r.host_footprint_bytes(s, torch.bfloat16, "cpu") == 11000
+    assert r.host_footprint_bytes(s, torch.bfloat16, "cuda") == 8800
+
+
+def test_probe_shapes_are_bounded():
+    """2**34 elements (64 GiB in fp32) is the most the shape takes: a larger N is refused as
+    impossible by the shape, not only by the memory check of the machine at hand."""
+    from kernels.probes import ProbeShape
+    ProbeShape(N=2**34)
+    for n in (0, 2**34 + 1):
+        with pytest.raises(ValueError):
+            ProbeShape(N=n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_outputs_are_what_out_spec_says(dtype):
+    """out_spec is the out= buffer an impl fills: read's sum is fp32 whatever the input (a bf16
+    buffer would round it far past read's 1e-4)."""
+    from kernels.probes import ProbeShape
+    s = ProbeShape(N=100)
+    (src,) = OPS["copy"].make_inputs(s, dtype, "cpu", 0)
+    for op, impl in (("copy", "torch_copy"), ("read", "torch_sum")):
+        got = OPS[op].impls[impl](src)
+        assert (tuple(got.shape), got.dtype) == OPS[op].out_spec(s, dtype), op
+    assert OPS["read"].out_spec(s, dtype) == ((), torch.float32)

@@ -1,0 +1,82 @@
+"""bench/plugins.py in-process: every way a plugin file can fail to load is one UsageError line
+naming the file and why (never the plugin's traceback or its terminal escapes), and what a
+plugin registers is not a built-in (only built-ins set the roof) nor a replacement of one."""
+import pytest
+
+from bench.errors import UsageError
+from bench.plugins import load_plugins
+from kernels import OPS
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """plugin(name, body) -> the path of a plugin file; the ops' impls are put back after."""
+    for op in OPS.values():
+        monkeypatch.setattr(op, "impls", dict(op.impls))
+
+    def make(name, body):
+        p = tmp_path / name
+        p.write_text(body)
+        return str(p)
+    return make
+
+
+def why(paths):
+    with pytest.raises(UsageError) as e:
+        load_plugins(paths)
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def test_a_plugins_impl_is_not_a_builtin(plugin):
+    p = plugin("mine.py", "from kernels import register_impl\n"
+               "@register_impl('read', 'plug_sum', backends=['cpu'])\n"
+               "def plug_sum(src):\n    return src.sum()\n")
+    load_plugins([p])
+    assert OPS["read"].impls["plug_sum"].builtin is False
+    assert OPS["read"].impls["torch_sum"].builtin is True
+
+
+def test_a_plugin_reusing_an_impl_name_is_refused_not_a_replacement(plugin):
+    """A plugin's 'torch_sum' would silently stand in for the built-in (and set the roof)."""
+    real = OPS["read"].impls["torch_sum"]
+    p = plugin("clash.py", "from kernels import register_impl\n"
+               "@register_impl('read', 'torch_sum', backends=['cpu'])\n"
+               "def f(src):\n    return src.sum() * 0\n")
+    msg = why([p])
+    assert msg.startswith(f"plugin {p} failed to load: ValueError: read already has an impl "
+                          "named 'torch_sum'"), msg
+    assert OPS["read"].impls["torch_sum"] is real
+
+
+@pytest.mark.parametrize("body, expect", [
+    ("raise RuntimeError('first line\\nsecond line')\n", "RuntimeError: first line"),
+    ("def broken(:\n", "SyntaxError: "),
+    ("import sys\nsys.exit(3)\n", "it called sys.exit(3)"),
+    ("import sys\nsys.exit()\n", "it called sys.exit()"),
+    ("raise KeyError\n", "KeyError"),
+    ("raise ValueError('\\x1b]0;pwned\\x07red \\x1b[31mtext\\x7f\\x9b2J')\n",
+     "ValueError: red text"),
+    ("raise ValueError('a\\ud800b')\n", "ValueError: a?b"),  # a lone surrogate: unprintable
+])
+def test_a_broken_plugin_is_one_line_naming_it_and_why(plugin, body, expect):
+    p = plugin("bad.py", body)
+    msg = why([p])
+    assert msg.startswith(f"plugin {p} failed to load: {expect}"), msg
+    assert not any(c in msg for c in "\x1b\x07\x7f\x9b"), repr(msg)
+    assert "pwned" not in msg and "2J" not in msg  # escape sequences go whole
+
+
+def test_paths_that_are_no_plugin_file(plugin, tmp_path):
+    p = plugin("ok.py", "")
+    assert why([" "]) == "--plugin is empty: give a Python file"
+    assert why([str(tmp_path)]) == f"plugin {tmp_path}: is a directory, not a Python file"
+    assert why([str(tmp_path / "nope.py")]) == f"plugin {tmp_path / 'nope.py'}: no such file"
+    assert why([p, p]) == f"plugin {p} is given twice"
+
+
+def test_ctrl_c_while_a_plugin_loads_is_an_interrupt(plugin):
+    p = plugin("slow.py", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        load_plugins([p])

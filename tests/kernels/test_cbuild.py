@@ -1,0 +1,231 @@
+"""kernels/cbuild.py on a tiny C file of its own: the cache key follows everything the build
+reads or is built with (source, headers, compiler, flags, CPU), -march follows
+$DECODEWALL_MARCH and for_march, the .so appears whole and only in its cache folder, OpenMP is
+used where the compiler has it and dropped where it has not, and a missing compiler or CPU flag
+is a NotImplementedError with the reason (the runner's "skipped"), found once per process."""
+import ctypes
+import os
+import platform
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import cbuild
+from kernels.cbuild import CLibrary
+
+pytestmark = pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler")
+
+SOURCE = """#include "k.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+int value(void) { return VALUE; }
+int has_avx2(void) {
+#ifdef __AVX2__
+  return 1;
+#else
+  return 0;
+#endif
+}
+int wrapped(void) {
+#ifdef VIA_WRAPPER
+  return 1;
+#else
+  return 0;
+#endif
+}
+int openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+"""
+SIGS = {f: ([], ctypes.c_int) for f in ("value", "has_avx2", "wrapped", "openmp")}
+
+
+@pytest.fixture
+def src(tmp_path, monkeypatch):
+    """k.c including k.h (VALUE 1), a fresh cache, the machine's cc and -march."""
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "k.c").write_text(SOURCE)
+    (d / "k.h").write_text("#define VALUE 1\n")
+    monkeypatch.setenv("DECODEWALL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DECODEWALL_MARCH", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    return d / "k.c"
+
+
+def lib(src: Path, **kw) -> CLibrary:
+    return CLibrary("t", src, SIGS, **kw)
+
+
+def so(library: CLibrary) -> str:
+    return library()._name
+
+
+def wrapper(tmp_path: Path, body: str) -> str:
+    """A shell script standing in for the compiler."""
+    w = tmp_path / "cc-wrapper"
+    w.write_text(f"#!/bin/sh\n{body}\n")
+    w.chmod(w.stat().st_mode | stat.S_IEXEC)
+    return str(w)
+
+
+def test_the_so_is_cached_under_decodewall_cache_and_reused(src, tmp_path):
+    first = so(lib(src))
+    assert Path(first).parent == tmp_path / "cache" / "cext"
+    assert lib(src)().value() == 1 and so(lib(src)) == first
+
+
+def test_an_edited_header_is_a_new_build_not_the_stale_so(src):
+    """The source includes k.h: a key from the .c alone would load the old VALUE."""
+    first = so(lib(src))
+    (src.parent / "k.h").write_text("#define VALUE 2\n")
+    again = lib(src)
+    assert again().value() == 2 and so(again) != first
+
+
+def test_another_compiler_is_a_new_build(src, tmp_path, monkeypatch):
+    """The same cc behind another name (CC) that defines a macro: its own build, not the .so
+    the plain cc made."""
+    assert lib(src)().wrapped() == 0
+    monkeypatch.setenv("CC", wrapper(tmp_path, f'exec {shutil.which("cc")} -DVIA_WRAPPER "$@"'))
+    assert lib(src)().wrapped() == 1
+
+
+def test_another_cpu_is_a_new_build(src, monkeypatch):
+    """A cache shared by two machines (a home folder on NFS) must not hand one the other's
+    -march=native binary."""
+    first = so(lib(src))
+    monkeypatch.setattr(cbuild, "_cpuinfo", lambda: b"flags : another cpu")
+    assert so(lib(src)) != first
+
+
+needs_avx2 = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or "avx2" not in cbuild._cpuinfo().decode(),
+    reason="needs an x86-64 CPU with AVX2")
+
+
+@needs_avx2
+def test_decodewall_march_is_the_target_and_its_own_cache_entry(src, monkeypatch):
+    """-march=native on this AVX2 CPU; $DECODEWALL_MARCH=x86-64 builds code without AVX2, a
+    separate .so (not the native one found in the cache under a key without the flags)."""
+    native = lib(src)
+    assert native().has_avx2() == 1
+    monkeypatch.setenv("DECODEWALL_MARCH", "x86-64")
+    assert "-march=x86-64" in cbuild.flags() and "-march=native" not in cbuild.flags()
+    base = lib(src)
+    assert base().has_avx2() == 0 and so(base) != so(native)
+    assert cbuild.flags("x86-64-v3") != cbuild.flags()  # an explicit march wins over the variable
+
+
+@needs_avx2
+def test_for_march_builds_for_that_march(src):
+    native = lib(src)
+    base = native.for_march("x86-64")
+    assert base.march == "x86-64"
+    assert native().has_avx2() == 1 and base().has_avx2() == 0
+
+
+def test_openmp_is_used_where_the_compiler_has_it_and_dropped_where_not(src, tmp_path,
+                                                                         monkeypatch):
+    """The kernels' threads come from OpenMP: a build without it would run on one core and set
+    a roof too low. A compiler without OpenMP still gives a (single-threaded) library."""
+    probe = subprocess.run(["cc", "-fopenmp", "-x", "c", "-", "-o", os.devnull, "-shared"],
+                           input="int f(void){return 0;}", capture_output=True, text=True)
+    if probe.returncode == 0:
+        assert "-fopenmp" in cbuild.flags()
+        assert lib(src)().openmp() == 1
+    cc = shutil.which("cc")
+    monkeypatch.setenv("CC", wrapper(tmp_path, 'for a in "$@"; do [ "$a" = -fopenmp ] && '
+                                     f'exit 1; done; exec {cc} "$@"'))
+    built = lib(src)
+    assert built().openmp() == 0 and built().value() == 1
+
+
+def test_the_so_appears_whole_by_a_rename_within_the_cache_folder(src, tmp_path, monkeypatch):
+    """Another process may load the cached .so at any moment: the compiler writes elsewhere and
+    the finished file is renamed into place. The file it writes is inside the cache folder:
+    os.replace across file systems (/tmp on tmpfs, the cache on disk) fails with EXDEV, which
+    left every C kernel 'skipped' on such machines."""
+    seen = []
+    real_run = subprocess.run
+
+    def run(cmd, *a, **kw):
+        r = real_run(cmd, *a, **kw)
+        out = Path(cmd[cmd.index("-o") + 1])
+        seen.append(out)
+        cached = list((tmp_path / "cache" / "cext").glob("*.so"))
+        assert not cached, f"{cached} exists before the compiler's output is renamed"
+        return r
+
+    monkeypatch.setattr(cbuild.subprocess, "run", run)
+    path = Path(so(lib(src)))
+    assert seen and all(p != path for p in seen)
+    cache = (tmp_path / "cache" / "cext").resolve()
+    assert all(cache in p.resolve().parents for p in seen)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no build folder left behind
+
+
+def test_a_cache_on_another_file_system_builds(src, tmp_path, monkeypatch):
+    """/dev/shm is a tmpfs where /tmp is not (or the reverse): one of them is on another file
+    system than the temporary folder."""
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no /dev/shm")
+    shm = Path("/dev/shm") / f"decodewall-test-{os.getpid()}"
+    other = shm if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev else tmp_path / "c"
+    monkeypatch.setenv("TMPDIR", str(tmp_path if other == shm else "/dev/shm"))
+    monkeypatch.setattr(cbuild.tempfile, "tempdir", None)
+    monkeypatch.setenv("DECODEWALL_CACHE", str(other))
+    try:
+        assert lib(src)().value() == 1
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_no_compiler_is_a_skip_with_the_reason_found_once(src, monkeypatch):
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: None)
+    library = lib(src)
+    with pytest.raises(NotImplementedError, match="no C compiler found"):
+        library()
+    calls = []
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: calls.append(name))
+    with pytest.raises(NotImplementedError, match="no C compiler found"):
+        library()  # remembered: not looked for, nor built, again
+    assert calls == []
+
+
+def test_a_cpu_without_the_needed_flags_is_a_skip_naming_them(src, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cbuild.subprocess, "run", lambda *a, **k: calls.append(a))
+    with pytest.raises(NotImplementedError, match="lacks no_such_flag"):
+        lib(src, needs=("no_such_flag",))()
+    assert calls == []  # nothing was compiled for a CPU that cannot run it
+
+
+def test_the_read_probe_runs_on_torchs_threads(monkeypatch):
+    """The roof is what every core together reads: the C probe is given torch's thread count,
+    not one thread."""
+    from kernels.probes import simd as probes_simd
+    got = []
+
+    class Fake:
+        def read_sum(self, ptr, n, threads):
+            got.append(threads)
+            return 0.0
+
+    monkeypatch.setattr(probes_simd, "library", lambda: Fake())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        probes_simd.read_simd_c(torch.ones(8))
+    finally:
+        torch.set_num_threads(before)
+    assert got == [3]
