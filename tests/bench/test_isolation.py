@@ -417,17 +417,31 @@ class ClockedWorker(FakeWorker):
         return TIMEOUT if timeout <= 0 else super().recv(timeout)
 
 
+def clocked_runner(monkeypatch, script, case_timeout: float):
+    """An IsolatedRunner (check only) whose workers are ClockedWorkers playing `script`, with
+    the isolation module's clock theirs."""
+    import types
+
+    import bench.isolation as iso
+    from bench.results import ResultWriter
+    monkeypatch.setattr(ClockedWorker, "script", script)
+    monkeypatch.setattr(ClockedWorker, "rc", None)
+    monkeypatch.setattr(FakeWorker, "closed", [])
+    monkeypatch.setattr(ClockedWorker, "clock", [0.0])
+    monkeypatch.setattr(iso, "Worker", ClockedWorker)
+    monkeypatch.setattr(iso, "time",
+                        types.SimpleNamespace(monotonic=lambda: ClockedWorker.clock[0]))
+    return iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
+                              case_timeout=case_timeout)
+
+
 def test_after_a_record_the_next_message_gets_its_own_limit(monkeypatch):
     """An impl that finished near --case-timeout: what the worker says next (the next impl,
     "done") is not held to what was left of that impl's limit, so a worker that hung nowhere is
     not killed."""
-    import types
-
     import torch
 
-    import bench.isolation as iso
     from bench.case import Case
-    from bench.results import ResultWriter
     from bench.runner import base_record
     from kernels import OPS
     from kernels.gemv import GemvShape
@@ -435,17 +449,9 @@ def test_after_a_record_the_next_message_gets_its_own_limit(monkeypatch):
     case = Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32)
     rec = base_record(_ctx(), case, OPS["gemv_bf16"].impls["torch_matmul"])
     rec.update(status="ok", correct=True, rel_err=1e-7)
-    monkeypatch.setattr(ClockedWorker, "script", [
+    runner = clocked_runner(monkeypatch, [
         ("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("tick", 1.5), ("record", rec),
-        ("tick", 1.0), ("done",)])
-    monkeypatch.setattr(ClockedWorker, "rc", None)
-    monkeypatch.setattr(FakeWorker, "closed", [])
-    monkeypatch.setattr(ClockedWorker, "clock", [0.0])
-    monkeypatch.setattr(iso, "Worker", ClockedWorker)
-    monkeypatch.setattr(iso, "time",
-                        types.SimpleNamespace(monotonic=lambda: ClockedWorker.clock[0]))
-    runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
-                                case_timeout=2)
+        ("tick", 1.0), ("done",)], case_timeout=2)
     try:
         (got,) = runner.run_case(case)
         assert got["status"] == "ok"

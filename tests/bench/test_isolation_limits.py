@@ -1,6 +1,5 @@
 """--case-timeout on a fake clock (no real hang): each phase of a case gets the whole limit, and
 a phase past it ends as `timeout` even when the worker would have answered later."""
-import types
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from bench.results import ResultWriter
 from bench.runner import base_record
 from kernels import OPS
 from kernels.gemv import GemvShape
-from tests.bench.test_isolation import ClockedWorker, FakeWorker, _ctx
+from tests.bench.test_isolation import ClockedWorker, FakeWorker, _ctx, clocked_runner
 
 CASE = Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32)
 
@@ -19,15 +18,7 @@ CASE = Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32)
 @pytest.fixture
 def run_script(monkeypatch):
     def run(script, case_timeout=2.0):
-        monkeypatch.setattr(ClockedWorker, "script", script)
-        monkeypatch.setattr(ClockedWorker, "rc", None)
-        monkeypatch.setattr(FakeWorker, "closed", [])
-        monkeypatch.setattr(ClockedWorker, "clock", [0.0])
-        monkeypatch.setattr(iso, "Worker", ClockedWorker)
-        monkeypatch.setattr(iso, "time",
-                            types.SimpleNamespace(monotonic=lambda: ClockedWorker.clock[0]))
-        runner = iso.IsolatedRunner(_ctx(check_only=True), ResultWriter(None, "test"),
-                                    case_timeout=case_timeout)
+        runner = clocked_runner(monkeypatch, script, case_timeout)
         try:
             (rec,) = runner.run_case(CASE)
         finally:

@@ -729,12 +729,10 @@ def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     check.log.close()
 
 
-def test_ncu_that_cannot_profile_here_is_run_once(tmp_path, monkeypatch):
-    """ncu refusing the counters (as on gVisor: LibraryNotLoaded) would refuse every launch:
-    the first refusal ends the step's launches, each result saying why, not the box spent."""
-    fake, calls = tmp_path / "ncu", tmp_path / "calls"
-    fake.write_text(f"#!/bin/sh\necho x >> {calls}\n"
-                    "echo '==ERROR== Failed to initialize the profiler: LibraryNotLoaded'\nexit 1\n")
+def _fake_ncu_check(tmp_path, monkeypatch, body: str):
+    """A check whose ncu is a shell script running `body`, with two small GEMV targets."""
+    fake = tmp_path / "ncu"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
     fake.chmod(0o755)
     from bench.gpucheck import cases
     shape = {"M": 1, "N": 96, "K": 256}
@@ -743,6 +741,16 @@ def test_ncu_that_cannot_profile_here_is_run_once(tmp_path, monkeypatch):
         for impl in ("triton_gemv", "triton_gemv_splitk")])
     check = _check(tmp_path, time_limit=120)
     check.ncu_path = str(fake)
+    return check
+
+
+def test_ncu_that_cannot_profile_here_is_run_once(tmp_path, monkeypatch):
+    """ncu refusing the counters (as on gVisor: LibraryNotLoaded) would refuse every launch:
+    the first refusal ends the step's launches, each result saying why, not the box spent."""
+    calls = tmp_path / "calls"
+    check = _fake_ncu_check(tmp_path, monkeypatch, f"echo x >> {calls}\n"
+                            "echo '==ERROR== Failed to initialize the profiler: LibraryNotLoaded'\n"
+                            "exit 1")
     check.step_ncu()
     assert calls.read_text().count("x") == 1
     assert len(check.ncu) == 2 and all("LibraryNotLoaded" in r["error"] for r in check.ncu)
@@ -951,16 +959,8 @@ def test_an_ncu_step_that_measured_nothing_fails(tmp_path, monkeypatch):
     """ncu that can profile here but whose every launch errs (the target crashed, ncu's own error)
     measured nothing: a failed step, each launch's error kept, and not a skip as on a machine
     whose ncu refuses the counters."""
-    fake = tmp_path / "ncu"
-    fake.write_text("#!/bin/sh\necho '==ERROR== The application returned an error code (11).'\nexit 11\n")
-    fake.chmod(0o755)
-    from bench.gpucheck import cases
-    shape = {"M": 1, "N": 96, "K": 256}
-    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
-        {"op": "gemv_bf16", "impl": impl, "dtype": "float32", "shape": shape}
-        for impl in ("triton_gemv", "triton_gemv_splitk")])
-    check = _check(tmp_path, time_limit=120)
-    check.ncu_path = str(fake)
+    check = _fake_ncu_check(tmp_path, monkeypatch, "echo '==ERROR== The application returned an "
+                            "error code (11).'\nexit 11")
     try:
         check.step_ncu()
         assert len(check.ncu) == 2 and all("exit 11: ==ERROR== The application" in r["error"]
