@@ -24,8 +24,8 @@ fails it at once, naming the rank (signal or exit code, its last output line).
 
 A rank that dies ends the case `crashed` naming it (signal or exit code, its last output line),
 even where its peers' collectives fail on its loss and say so first; a rank that raises ends it
-`error` naming it; past --case-timeout the ranks that had not finished are
-named and the case is `timeout`. Every rank process is then killed (process groups included) and a
+`error` naming it; past --case-timeout the ranks that had not finished are named and the case is
+`timeout`. Every rank process is then killed (process groups included) and a
 new group takes the next case: nothing is left running.
 """
 from __future__ import annotations
@@ -431,10 +431,10 @@ class CollectiveRunner:
 
     def _blame(self, events: list[tuple[str, int, Any]], seen: list[float], n: int,
                since: list[int], impl: Impl) -> dict[str, Any]:
-        """Which rank ended the case, and how. A rank that dies first without a word crashed (so
-        does one seen dying so within DEATH_GRACE_S after another rank's error: the error is
-        the peer's loss); else ranks still silent at the deadline hung (the others gave up
-        waiting for them); else the first rank to raise is named."""
+        """Which rank ended the case, and how. A rank that dies first without a word crashed, as
+        does one seen dying without a word within DEATH_GRACE_S of another rank's error (that
+        error is the peer's loss); else ranks still silent at the deadline hung (the others gave
+        up waiting for them); else the first rank to raise is named."""
         said = {r for kind, r, _ in events if kind in ("done", "error", "skipped")}
         first = next((e for e in events if e[0] in ("died", "error", "skipped")), None)
         if first is not None and first[0] == "error":  # a peer's silent death is the cause

@@ -104,9 +104,8 @@ def torchrun_ranks() -> tuple[int, int]:
 
 
 def _resolve_cases(args, ctx) -> list:
-    from kernels import OPS
     from ..case import Case
-    from ..suites import HOST_FRACTION, SUITES, cases_for
+    from ..suites import HOST_FRACTION, cases_for
     if hasattr(args, "model"):  # `run --model`: bench/cli/step.py
         from .step import model_cases
         if (cases := model_cases(args, ctx)) is not None:
@@ -116,9 +115,7 @@ def _resolve_cases(args, ctx) -> list:
     if args.shape and args.op is None:
         raise UsageError("--shape needs --op")
     if args.op is not None:
-        if args.op not in OPS:
-            raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
-        op = OPS[args.op]
+        op = named_op(args.op)
         dtypes = resolve_dtypes(args.dtype, op)
         if args.shape:  # a shape given twice (in any field order) is one case
             shapes = list(dict.fromkeys(parse_shape(op, s) for s in args.shape))
@@ -129,8 +126,7 @@ def _resolve_cases(args, ctx) -> list:
             base = list(dict.fromkeys(dataclasses.replace(c, dtype=d) for c in base for d in dtypes))
         return base
     name = "decode" if args.suite is None else args.suite
-    if name not in SUITES:
-        raise UsageError(f"unknown suite {name!r}{suggest(name, list(SUITES))}")
+    check_suite(name)
     left_out: list = []
     cases = cases_for(name, ctx, left_out)
     if left_out:  # said, not silent: the suite is smaller here than on a larger machine
@@ -152,6 +148,20 @@ def _resolve_cases(args, ctx) -> list:
                              f"cases (its dtypes: {', '.join(have)})")
         cases = kept
     return cases
+
+
+def named_op(name: str):
+    """The op called `name`; UsageError with the nearest names for one that does not exist."""
+    from kernels import OPS
+    if name not in OPS:
+        raise UsageError(f"unknown op {name!r}{suggest(name, list(OPS))}")
+    return OPS[name]
+
+
+def check_suite(name: str) -> None:
+    from ..suites import SUITES
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r}{suggest(name, list(SUITES))}")
 
 
 def check_impls(names: Sequence[str] | None, cases: list) -> tuple[str, ...] | None:
@@ -502,11 +512,10 @@ def list_everything(args) -> int:
     name is refused here as it is in a run, not listed past)."""
     from kernels import OPS
     from ..suites import SUITES
-    if args.suite is not None and args.suite not in SUITES:
-        raise UsageError(f"unknown suite {args.suite!r}{suggest(args.suite, list(SUITES))}")
-    if args.op is not None and args.op not in OPS:
-        raise UsageError(f"unknown op {args.op!r}{suggest(args.op, list(OPS))}")
-    impls = [n for o in ([OPS[args.op]] if args.op else OPS.values()) for n in o.impls]
+    if args.suite is not None:
+        check_suite(args.suite)
+    ops = [named_op(args.op)] if args.op is not None else list(OPS.values())
+    impls = [n for o in ops for n in o.impls]
     for n in args.impl or []:
         if n not in impls:
             raise UsageError(f"unknown impl {n!r}{suggest(n, sorted(set(impls)))}")
