@@ -472,7 +472,8 @@ def launched_by_torchrun() -> bool:
 
 def torchrun_env() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) of a torchrun launch; ValueError naming the variable that is not a
-    valid number (RANK, WORLD_SIZE, MASTER_PORT, and LOCAL_RANK where set)."""
+    valid number (RANK, WORLD_SIZE, MASTER_PORT, and LOCAL_RANK where set), or an empty
+    MASTER_ADDR."""
     def number(name: str, lo: int, hi: int) -> int:
         text = os.environ[name]
         try:
@@ -486,6 +487,8 @@ def torchrun_env() -> tuple[int, int]:
     world = number("WORLD_SIZE", 1, 4096)
     rank = number("RANK", 0, world - 1)
     number("MASTER_PORT", 1, 65535)
+    if not os.environ["MASTER_ADDR"].strip():  # torch's env:// rendezvous fails on it, later
+        raise ValueError("MASTER_ADDR is empty (torchrun sets it to rank 0's host)")
     if "LOCAL_RANK" in os.environ:
         number("LOCAL_RANK", 0, world - 1)
     return rank, world

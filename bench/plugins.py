@@ -48,5 +48,9 @@ def _why(e: BaseException) -> str:
     """'ValueError: first line', 'ValueError' when the message is empty, or what sys.exit got."""
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
-    msg = (str(e).strip().splitlines() or [""])[0]
+    try:
+        text = str(e)
+    except Exception:  # the plugin's own exception class, whose __str__ raises
+        text = ""
+    msg = (text.strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

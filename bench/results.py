@@ -248,10 +248,12 @@ NUMBERS = {  # field: (highest, what it is); each is 0 or in [MIN_NONZERO, highe
     "achieved_gbps": (MAX_GBPS, "GB/s"), "roof_gbps": (MAX_GBPS, "GB/s"),
     "datasheet_gbps": (MAX_GBPS, "GB/s"), "pct_roof": (MAX_PCT, "a percentage"),
     "pct_datasheet": (MAX_PCT, "a percentage"), "gpu_util_pct": (MAX_PCT, "a percentage"),
+    "pct_compute": (MAX_PCT, "a percentage"),
     "arithmetic_intensity": (MAX_RATIO, "FLOP/B"), "ridge": (MAX_RATIO, "FLOP/B"),
     "bytes": (MAX_COUNT, "a count"), "flops": (MAX_COUNT, "a count"),
 }
-TEXTS = ("dtype", "backend", "verdict", "error", "group", "run_id")  # each a string or null
+# each a string or null (flush: part of a case's key in compare and plot, so it must hash)
+TEXTS = ("dtype", "backend", "verdict", "error", "group", "run_id", "flush")
 # baseline, warm and cold are read for their truth value only, which every JSON value has
 
 

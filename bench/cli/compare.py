@@ -9,6 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .common import given
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -122,7 +123,7 @@ def add_parser(sub) -> None:
                         "slower need the interquartile ranges apart and at least "
                         f"{MIN_SAMPLES} samples in each run. Exit 0 whatever the verdicts, 2 "
                         "on bad input.")
-    cp.add_argument("a", metavar="A.jsonl")
-    cp.add_argument("b", metavar="B.jsonl")
+    cp.add_argument("a", metavar="A.jsonl", type=given)  # "" would read as the current folder
+    cp.add_argument("b", metavar="B.jsonl", type=given)
     cp.add_argument("--json", action="store_true", help="one JSON object a row")
     cp.set_defaults(func=command)

@@ -95,7 +95,7 @@ def add_parser(sub) -> None:
                        "print % of roof bars, one row a record (its status when not ok). A "
                        "number above its own roof is flagged. Charts take one device's "
                        "records; --terminal takes any.")
-    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl")
+    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl", type=given)
     p.add_argument("-o", "--out", metavar="PNG|DIR", type=given,
                    help="write the %% of measured roof chart to PNG and the roofline beside it "
                    "as STEM-roofline.EXT (run.png: run-roofline.png); a folder (existing, or "

@@ -237,8 +237,9 @@ def chip_resident_bytes(step: Step, tp: int, pp: int, resident: Resident | None 
 
 
 def _fewest_stages(step: Step, tp: int, cap_bytes: float, resident: Resident) -> int | None:
-    """The fewest stages (at most one layer a stage) at which tp x stages holds, or None."""
-    L = step.model.num_hidden_layers
+    """The fewest stages (at most one layer a stage, at most MAX_CHIPS) at which tp x stages
+    holds, or None."""
+    L = min(step.model.num_hidden_layers, MAX_CHIPS)  # project_split takes no more stages
     if chip_resident_bytes(step, tp, L, resident) > cap_bytes:
         return None
     lo, hi = 1, L  # the fullest chip only shrinks as stages are added: the first that holds
@@ -301,14 +302,16 @@ def smallest_split(step: Step, chip: Chip, tp: int | None = None) -> tuple[int, 
     """(tp, pp) of the fewest chips that hold the model, over valid tp only (`tp_degrees`), at
     most one layer a stage. Among splits of as many chips: with a known fabric group, tensor
     parallel within it first (the larger tp, the fewer stages); with none, stages first. `tp`
-    given: its fewest stages that hold, or L stages (which then show as not holding). None:
+    given: its fewest stages that hold, or L stages (at most MAX_CHIPS; which then show as not
+    holding). None:
     capacity unknown, or no split holds."""
     if not chip.mem_gb:
         return None
     cap = chip.mem_gb * 1e9
     r = step.resident()
     if tp is not None:
-        return tp, _fewest_stages(step, tp, cap, r) or step.model.num_hidden_layers
+        return tp, _fewest_stages(step, tp, cap, r) or min(step.model.num_hidden_layers,
+                                                           MAX_CHIPS)
     group = chip.interconnect.group
     holding = [(t, pp) for t in tp_degrees(step.model, step.weights) if t <= MAX_CHIPS
                for pp in [_fewest_stages(step, t, cap, r)] if pp]

@@ -59,6 +59,9 @@ def test_a_plugin_reusing_an_impl_name_is_refused_not_a_replacement(plugin):
     ("raise ValueError('\\x1b]0;pwned\\x07red \\x1b[31mtext\\x7f\\x9b2J')\n",
      "ValueError: red text"),
     ("raise ValueError('a\\ud800b')\n", "ValueError: a?b"),  # a lone surrogate: unprintable
+    # an exception whose str() raises: named by its type, not an internal error
+    ("class E(Exception):\n    def __str__(self):\n        raise ValueError('no')\nraise E()\n",
+     "E"),
 ])
 def test_a_broken_plugin_is_one_line_naming_it_and_why(plugin, body, expect):
     p = plugin("bad.py", body)

@@ -342,6 +342,7 @@ def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
     ({"RANK": "x"}, "RANK='x' is not a whole number"),
     ({"RANK": "2"}, "RANK=2 is out of range 0..1"),
     ({"MASTER_PORT": "port"}, "MASTER_PORT='port'"),
+    ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),  # torch's rendezvous raised it: exit 1
 ])
 def test_malformed_torchrun_variables_are_named(capsys, out, monkeypatch, env, expect):
     base = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}

@@ -71,6 +71,9 @@ CORRUPT = [  # (the record's changed fields or a raw line, what the message name
     (json.dumps(G).replace('"median": 1e-05', '"median": -Infinity'), "time_s.median"),
     (json.dumps(G).replace('"M": 1', f'"M": {HUGE}'), "shape field 'M'"),
     (json.dumps(G).replace('"M": 1', '"M": 1' + "0" * 5000), "not valid JSON"),
+    ({"flush": ["read"]}, "flush"),  # part of compare's and plot's case key: unhashable
+    ({"flush": {"mode": "read"}}, "flush"),
+    ({"pct_compute": "x"}, "pct_compute"),  # compared with 100 by plot's roof_flag
     ("[" * 100_000, "nested too deeply"),
     ('{"a":' * 100_000, "nested too deeply"),
 ]
@@ -314,6 +317,17 @@ def test_plot_title_is_plain_text_not_mathtext(real, tmp_path, capsys, mpl):
     assert "wrote" in capsys.readouterr().err
 
 
+def test_plot_draws_text_that_is_not_utf8(real, tmp_path, capsys, mpl):
+    """A lone surrogate (a record's `\\ud800` escape; a --title of bytes that are not UTF-8,
+    as Python decodes argv) is drawn as '?', not an internal error from matplotlib's renderer."""
+    o = tmp_path / "o"
+    lone = write(tmp_path / "s.jsonl", *[{**json.loads(x), "impl": "a\ud800"}
+                                         for x in real.read_text().splitlines()])
+    assert main(["plot", str(lone), "-o", str(o / "t.png"), "--title", "run \udcff"]) == 0
+    assert files_in(o) == ["t-roofline.png", "t.png"]
+    assert "internal error" not in capsys.readouterr().err
+
+
 def test_plot_prints_the_paths_it_writes(real, tmp_path, capsys, mpl):
     o = tmp_path / "o"
     assert main(["plot", str(real), "-o", str(o / "noext")]) == 0
@@ -402,6 +416,41 @@ def test_model_config_field_past_bound(field, tmp_path, capsys):
     path.write_text(json.dumps(cfg)[:-1] + f', "{field}": {"1" + "0" * 30}}}')
     line = error_line(capsys, ["project", "--model", str(path), "--chip", "h100-sxm"])
     assert f"{field} must be at most" in line and "31-digit" in line
+
+
+DEEP = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256}
+
+
+@pytest.mark.parametrize("cfg, tp", [
+    # no split of at most 65536 stages holds it: the --tp row shows 65536 stages, not holding
+    ({**DEEP, "num_hidden_layers": 70_000, "intermediate_size": 2**24}, ["--tp", "1"]),
+    # at tp 8 it holds only past 65536 stages (at tp 32 within them)
+    ({**DEEP, "hidden_size": 16384, "num_attention_heads": 128, "intermediate_size": 65536,
+      "num_hidden_layers": 2**24}, []),
+    ({**DEEP, "hidden_size": 16384, "num_attention_heads": 128, "intermediate_size": 65536,
+      "num_hidden_layers": 2**24}, ["--tp", "8"]),
+])
+def test_project_model_of_more_layers_than_stages_a_split_takes(cfg, tp, tmp_path, capsys):
+    """A config of more layers than MAX_CHIPS (65536) stages: the split is bounded there, not
+    an internal error from project_split."""
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["project", "--model", str(path), "--chip", "h100-sxm", "--json", *tp]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    if tp:
+        assert row["pp"] <= 65536 and row["holds"] is False
+    else:
+        assert row["split"]["pp"] <= 65536 and row["split"]["holds"] is True
+
+
+@pytest.mark.parametrize("argv", [["compare", "{g}", ""], ["compare", "", "{g}"],
+                                  ["plot", "", "--terminal"], ["plot", "{g}", " ", "--terminal"]])
+def test_an_empty_results_path_is_named_empty(argv, tmp_path, capsys):
+    """"" is no results file (Path("") is the current folder: ": is a folder" named nothing)."""
+    good = write(tmp_path / "good.jsonl", G)
+    line = error_line(capsys, [a.format(g=good) for a in argv])
+    assert "is empty: give a path" in line, line
 
 
 def test_from_missing_file_names_it_once(capsys, tmp_path):
