@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import UsageError, printable
 from .common import given
 
 if TYPE_CHECKING:
@@ -32,9 +32,10 @@ def verdict_text(r: dict[str, Any]) -> Text:
                if (r.get(f"{side.lower()}_n") or 0) < MIN_SAMPLES]
         t.append(f" ({', '.join(few)}: faster/slower needs {MIN_SAMPLES} samples a run)")
     if r.get("b_error") and r.get("b_status") != "ok":
-        t.append(f": {r['b_error']}")
+        t.append(f": {printable(str(r['b_error']))}")
     elif r.get("a_error") and r.get("a_status") != "ok":
-        t.append(f" (A: {r['a_error']})" if r.get("b_status") else f": {r['a_error']}")
+        a = printable(str(r["a_error"]))
+        t.append(f" (A: {a})" if r.get("b_status") else f": {a}")
     for side in "AB":
         also = r.get(f"{side.lower()}_also")
         if also:

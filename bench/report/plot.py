@@ -39,6 +39,7 @@ from typing import Any, Iterable
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import printable
 from ..results import in_cache
 from .table import plain, title_text
 
@@ -120,7 +121,7 @@ def short_shape(shape: dict[str, Any] | None, width: int = 44) -> str:
 def status_note(status: str, error: Any, width: int = 80) -> Text:
     """`× crashed: the worker died: SIGSEGV` (the error's last line, cut at `width`), for a
     record with no number; dim for skipped, red for the rest."""
-    lines = str(error or "").strip().splitlines()
+    lines = printable(str(error or "")).strip().splitlines()
     why = lines[-1] if lines else ""
     why = why if len(why) <= width else why[:width - 1] + "…"
     return Text(f"× {status}" + (f": {why}" if why else ""),

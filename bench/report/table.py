@@ -11,6 +11,8 @@ from rich.text import Text
 
 from backends import Chip
 
+from ..errors import printable
+
 
 def fmt_time(s: float | None) -> str:
     if s is None:
@@ -41,8 +43,9 @@ def fmt_shape(shape: dict[str, Any]) -> str:
 
 def plain(value: Any, style: str = "") -> Text:
     """Text shown as it is written: a name from a record, a plugin, a file or a path is never
-    read as rich markup (`gemv[v2]`, `[/]`)."""
-    return Text(str(value), style=style)
+    read as rich markup (`gemv[v2]`, `[/]`), and a record read from a file cannot drive the
+    terminal (its escape sequences are dropped, as `run` drops them before it records)."""
+    return Text(printable(str(value)), style=style)
 
 
 def title_text(title: str | Text | None) -> Text | None:
@@ -50,18 +53,16 @@ def title_text(title: str | Text | None) -> Text | None:
     return plain(title, "table.title") if isinstance(title, str) else title
 
 
+_STATUS_TEXT = {"failed-check": ("FAIL", "bold red"), "error": ("ERROR", "red"),
+                "crashed": ("CRASHED", "bold red"), "timeout": ("TIMEOUT", "bold red"),
+                "skipped": ("skipped", "dim")}
+
+
 def _verdict_text(rec: dict[str, Any]) -> Text:
     st = rec.get("status")
-    if st == "failed-check":
-        return Text(f"FAIL: {rec.get('error')}", style="bold red")
-    if st == "error":
-        return Text(f"ERROR: {rec.get('error')}", style="red")
-    if st == "crashed":
-        return Text(f"CRASHED: {rec.get('error')}", style="bold red")
-    if st == "timeout":
-        return Text(f"TIMEOUT: {rec.get('error')}", style="bold red")
-    if st == "skipped":
-        return Text(f"skipped: {rec.get('error')}", style="dim")
+    label, style = _STATUS_TEXT.get(st, (None, ""))
+    if label:
+        return Text(f"{label}: {printable(str(rec.get('error')))}", style=style)
     v = rec.get("verdict") or ""
     style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
     if v.startswith("above the roof"):

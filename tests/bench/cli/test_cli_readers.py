@@ -221,6 +221,27 @@ def test_compare_and_plot_print_error_text_as_written(text, tmp_path, capsys):
     assert f"× error: boom {text}" in cap.out and not cap.err, cap
 
 
+ESCAPES = ["\x1b[2J\x1b[H", "\x1b]0;owned\x07", "\x9b31m", "\x1bc"]  # clear, title, C1 CSI, reset
+
+
+@pytest.mark.parametrize("esc", ESCAPES)
+def test_compare_and_plot_drop_terminal_escapes_from_a_file(esc, tmp_path, capsys):
+    """A results file is input: an escape sequence in a name or an error cannot clear, retitle
+    or recolor the terminal of whoever compares or plots it (run drops them before recording)."""
+    a = write(tmp_path / "a.jsonl", {**G, "impl": f"k{esc}x"},
+              {**G, "impl": "e", "status": "error", "error": f"boom{esc}!", "time_s": None})
+    b = write(tmp_path / "b.jsonl", {**G, "impl": f"k{esc}x"},
+              {**G, "impl": "e", "status": "crashed", "error": f"bang{esc}!", "time_s": None})
+    for argv in (["compare", str(a), str(b)], ["plot", str(a), str(b), "--terminal"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "kx" in out and not any(c in out for c in "\x1b\x07\x9b"), (argv, out)
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "B crashed: bang!" in capsys.readouterr().out
+    assert main(["plot", str(a), "--terminal"]) == 0
+    assert "× error: boom!" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["d[/b]/r.jsonl", "run[old].jsonl", "x[bold].jsonl"])
 def test_plot_terminal_title_shows_the_path_as_written(name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
