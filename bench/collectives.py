@@ -44,7 +44,7 @@ import torch
 from kernels import OPS, Impl, rel_err
 from kernels.collectives.ops import inexact
 
-from .errors import UsageError
+from .errors import RunError, UsageError, printable
 from .interrupts import deferred
 from .isolation import START_TIMEOUT_S, Worker, WorkerDied
 from .results import ResultWriter
@@ -494,11 +494,33 @@ def torchrun_env() -> tuple[int, int]:
     return rank, world
 
 
+def _rendezvous(backend: str, pg_timeout_s: float) -> str:
+    """`init_rank` for a torchrun rank, with a failed rendezvous (an unreachable or unresolvable
+    MASTER_ADDR, a port taken) as one RunError line: torch's C++ side writes a warning and a
+    stack of C++ frames to fd 2 for every try, which go to a file read only for the error."""
+    import sys
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            return init_rank(backend, pg_timeout_s)
+        except torch.distributed.DistError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            raise RunError(f"rank {os.environ.get('RANK')}: the torchrun rendezvous at {where} "
+                           f"failed: {printable(first)}") from None
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run_as_rank(ctx: RunContext, cases: list[Case], writer: ResultWriter,
                 on_record: Callable[[dict[str, Any]], None], pg_timeout_s: float) -> int:
     """Run collective cases as this torchrun rank; rank 0 writes and reports the records. The
     launcher owns the processes, so a fault ends the run (torchrun reports which rank)."""
-    device = init_rank(ctx.backend.name, pg_timeout_s)
+    device = _rendezvous(ctx.backend.name, pg_timeout_s)
     rank = torch.distributed.get_rank()
     for case in cases:
         for impl in reported_impls(case, ctx):

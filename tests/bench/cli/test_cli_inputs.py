@@ -342,13 +342,32 @@ def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
     ({"RANK": "x"}, "RANK='x' is not a whole number"),
     ({"RANK": "2"}, "RANK=2 is out of range 0..1"),
     ({"MASTER_PORT": "port"}, "MASTER_PORT='port'"),
-    ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),  # torch's rendezvous raised it: exit 1
+    ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),  # refused before the rendezvous
 ])
 def test_malformed_torchrun_variables_are_named(capsys, out, monkeypatch, env, expect):
     base = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     for k, v in {**base, **env}.items():
         monkeypatch.setenv(k, v)
     assert expect in refused(capsys, out, "run", "--op", "allreduce", "--shape", "bytes=4096")
+
+
+def test_a_failed_torchrun_rendezvous_is_one_line(out):
+    """Rank 0 cannot serve the rendezvous (its port is taken): torch's C++ side writes warnings
+    and stacks of C++ frames to fd 2 for each try, then raises; the run says it in one line."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        r = run_cli("run", "--op", "allreduce", "--shape", "bytes=4096,world_size=1",
+                    "--case-timeout", "10", "--out", str(out), env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"decodewall: error: rank 0: the torchrun rendezvous at "
+                               f"127.0.0.1:{port} failed: "), lines
+    assert not out.exists() or not list(out.iterdir())
 
 
 # --- 9. messages ----------------------------------------------------------------------------------
