@@ -30,17 +30,23 @@ class Parser(argparse.ArgumentParser):
 
 # --- resolving what was asked for ---------------------------------------------------------------
 
-def resolve_backend(name: str | None):
-    from backends import BACKENDS, best_backend, get_backend
-    if name is None:
-        b = best_backend()
-    elif name.lower() not in BACKENDS:
+def known_backend(name: str) -> None:
+    """UsageError for a name that is no backend, with the backend a device kind runs on."""
+    from backends import BACKENDS
+    if name.lower() not in BACKENDS:
         # a device kind is not a backend: GPUs run on cuda (ROCm's torch too), TPUs through xla
         kind = {"gpu": "cuda", "rocm": "cuda", "hip": "cuda", "tpu": "xla", "jax": "xla"}
         hint = (f"; {name.lower()} devices run on the {kind[name.lower()]} backend"
                 if name.lower() in kind else suggest(name.lower(), list(BACKENDS), listing=False))
         raise UsageError(f"unknown backend {name!r}{hint} (backends: {', '.join(BACKENDS)})")
+
+
+def resolve_backend(name: str | None):
+    from backends import best_backend, get_backend
+    if name is None:
+        b = best_backend()
     else:
+        known_backend(name)
         b = get_backend(name)
         ok, why = b.available()
         if not ok:

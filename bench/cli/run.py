@@ -18,8 +18,8 @@ from typing import Any, Iterator, Sequence
 from ..errors import EXIT_FAILED, UsageError, printable
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
-from .common import (directory, parse_shape, ranks, resolve_backend, resolve_chip, resolve_dtypes,
-                     seconds, seed, suggest)
+from .common import (directory, known_backend, parse_shape, ranks, resolve_backend, resolve_chip,
+                     resolve_dtypes, seconds, seed, suggest)
 from .step import add_step_args
 
 DEFAULT_OUT = Path("results") / "runs"
@@ -508,10 +508,15 @@ class _null:
 
 
 def list_everything(args) -> int:
-    """Every suite and op with its impls; a suite, op or impl also named must exist (a misspelt
-    name is refused here as it is in a run, not listed past)."""
+    """Every suite and op with its impls; a suite, op, impl, backend or chip also named must
+    exist (a misspelt name is refused here as it is in a run, not listed past). The list is the
+    same on every backend, so a known backend need not be available here."""
     from kernels import OPS
     from ..suites import SUITES
+    if args.backend is not None:
+        known_backend(args.backend)
+    if args.chip is not None:
+        resolve_chip(args.chip, {})
     if args.suite is not None:
         check_suite(args.suite)
     ops = [named_op(args.op)] if args.op is not None else list(OPS.values())

@@ -45,6 +45,9 @@ def bad(capsys, out, *argv):
     (["run", "--list", "--suite", "smok"], "did you mean 'smoke'"),
     (["run", "--list", "--op", "gemv_bf17"], "did you mean 'gemv_bf16'"),
     (["run", "--list", "--op", "gemv_w4", "--impl", "triton_w8"], "unknown impl 'triton_w8'"),
+    (["run", "--list", "--backend", "gpu"], "unknown backend 'gpu'; gpu devices run on the cuda"),
+    (["run", "--list", "--backend", "cpuu"], "did you mean 'cpu'"),
+    (["run", "--list", "--chip", "h100-sx"], "did you mean 'h100-sxm'"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,M=2,K=4,N=4"], "given twice"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,N=8,K=0"], "K must be a positive"),
     (["run", "--op", "gemv_bf16", "--shape", "M=5000,N=8,K=8"], "not a decode batch"),
@@ -386,7 +389,9 @@ def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, 
 def test_list_names_every_suite_and_op_with_its_impls(capsys):
     from bench.suites import SUITES
     from kernels import OPS
-    assert main(["run", "--list", "--op", "gemv_w4", "--impl", "triton_w4"]) == 0
+    # the list is every backend's: a known backend lists whether it is available here or not
+    assert main(["run", "--list", "--op", "gemv_w4", "--impl", "triton_w4", "--backend", "cuda",
+                 "--chip", "h200"]) == 0
     out = capsys.readouterr().out
     for name in SUITES:
         assert f"\n  {name} " in out
