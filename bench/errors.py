@@ -46,8 +46,16 @@ def printable(text: str) -> str:
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (tab and newline too), DEL, C1
 
 
+MAX_LINE = 1000  # characters of an error line: a name given at any length is echoed in part
+
+
 def one_line(text: str) -> str:
     """An error message as one line that cannot drive a terminal: every control character (a
     newline or an ESC in a path or name the user gave) shown as repr shows it, so the message
-    stays one line and names exactly what was given."""
-    return _ANY_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    stays one line and names exactly what was given. Past MAX_LINE characters (a 100 kB --op)
+    its middle is cut, keeping how the message starts and the hint it ends with."""
+    text = _ANY_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) <= MAX_LINE:
+        return text
+    keep = (MAX_LINE - 40) // 2
+    return f"{text[:keep]} …[{len(text) - 2 * keep} characters]… {text[-keep:]}"

@@ -201,3 +201,24 @@ def test_torch_refusing_its_environment_is_one_line():
     assert p.returncode == 2 and len(err) == 1, p.stderr[-2000:]
     assert err[0].startswith("decodewall: error: cannot start: ValueError: Invalid log settings")
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("argv, starts, ends", [
+    (["run", "--op", "gemv_bf1" + "x" * 100_000], "unknown op 'gemv_bf1x",
+     "(known: allreduce, copy, gemv_bf16, gemv_w4, gemv_w8, paged_attention, "
+     "paged_attention_kv8, read)"),
+    (["run", "--op", "gemv_bf16", "--shape", "M=" + "9" * 50_000 + ",N=8,K=8"],
+     "malformed --shape 'M=999", "999' is not an integer"),  # names the field's text twice
+    (["chips", "--chip", "h" * 100_000], "unknown chip 'hhh", "hhh' (see `decodewall chips`)"),
+])
+def test_a_name_of_any_length_is_echoed_in_part(capsys, argv, starts, ends):
+    """A 100 kB name gives one error line of at most ~1000 characters, not 100 kB (or twice
+    that where the message names it twice): its start and its closing hint are kept."""
+    from bench.errors import MAX_LINE
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.splitlines()
+    assert len(lines) == 1 and not cap.out, cap
+    line = lines[0]
+    assert line.startswith("decodewall: error: " + starts) and line.endswith(ends), line
+    assert len(line) <= len("decodewall: error: ") + MAX_LINE and " characters]… " in line
