@@ -55,6 +55,14 @@ def _cpuinfo() -> bytes:
         return b""
 
 
+def _first_error(stderr: str) -> str:
+    """The compiler's first `error:` line (gcc follows a bad -march with a list of every valid
+    one, so its last lines name no error), else its last line; at most 300 characters."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+    return first[:300] or "no output"
+
+
 class CLibrary:
     """One C source file built lazily into a shared library, with its functions' ctypes signatures.
 
@@ -82,6 +90,12 @@ class CLibrary:
         headers = sorted(self.source.parent.glob("*.h"))
         return b"".join(p.read_bytes() for p in (self.source, *headers))
 
+    def _march_flag(self, fl: list[str]) -> str:
+        """`-march=X`, and where X came from when it is not the machine's own."""
+        flag = next(f for f in fl if f.startswith("-march="))
+        from_env = self.march is None and os.environ.get("DECODEWALL_MARCH")
+        return f"{flag} (from DECODEWALL_MARCH)" if from_env else flag
+
     def _build(self) -> ctypes.CDLL:
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc is None:
@@ -108,7 +122,8 @@ class CLibrary:
                                        capture_output=True, text=True)
                 if r.returncode != 0:
                     raise NotImplementedError(
-                        f"building the {self.name} kernels failed: {r.stderr[-300:]}")
+                        f"building the {self.name} kernels with {self._march_flag(fl)} "
+                        f"failed: {_first_error(r.stderr)}")
                 os.replace(out, path)  # atomic: concurrent builders never see half a file
         lib = ctypes.CDLL(path)
         for fn, (argtypes, restype) in self.signatures.items():

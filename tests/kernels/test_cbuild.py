@@ -229,3 +229,23 @@ def test_the_read_probe_runs_on_torchs_threads(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert got == [3]
+
+
+def test_a_target_the_compiler_refuses_is_a_skip_naming_its_error(src, monkeypatch):
+    """gcc follows a bad -march with the list of every valid one: the reason is its error line
+    and the flag's source, not the tail of that list."""
+    monkeypatch.setenv("DECODEWALL_MARCH", "no-such-cpu")
+    with pytest.raises(NotImplementedError) as e:
+        lib(src)()
+    why = str(e.value)
+    assert why.startswith("building the t kernels with -march=no-such-cpu (from DECODEWALL_MARCH) "
+                          "failed: "), why
+    assert "error" in why.split("failed: ", 1)[1] and "no-such-cpu" in why.split("failed: ", 1)[1]
+    assert len(why) < 500
+
+
+def test_the_compilers_first_error_line_is_the_reason():
+    assert cbuild._first_error("a.c: In function f:\na.c:3: error: x\nnote: y\n") == "a.c:3: error: x"
+    assert cbuild._first_error("warning only\nlast words\n") == "last words"
+    assert cbuild._first_error("") == "no output"
+    assert len(cbuild._first_error("error: " + "z" * 1000)) == 300
