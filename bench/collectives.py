@@ -44,7 +44,7 @@ import torch
 from kernels import OPS, Impl, rel_err
 from kernels.collectives.ops import inexact
 
-from .errors import RunError, UsageError, printable
+from .errors import RunError, UsageError, exception_line, exception_text, printable
 from .interrupts import deferred
 from .isolation import START_TIMEOUT_S, Worker, WorkerDied
 from .results import ResultWriter
@@ -90,8 +90,7 @@ def world_size_error(backend: str, n: int) -> str | None:
 def _why(e: BaseException) -> str:
     if isinstance(e, UsageError):  # e.g. a plugin that failed to load: its message says so
         return str(e)
-    msg = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return exception_line(e)
 
 
 # --- one rank: check, time, and (rank 0) the record ------------------------------------------------
@@ -219,7 +218,7 @@ def rank_main() -> None:
         try:
             rec = rank_case(ctx, case, OPS[case.op].impls[impl_name], device)
         except NotImplementedError as e:
-            tx.send(("skipped", rank, str(e) or "not implemented for this case"))
+            tx.send(("skipped", rank, exception_text(e) or "not implemented for this case"))
             os._exit(5)  # the others may wait in a collective: the group is replaced
         except Exception as e:
             tx.send(("error", rank, _why(e)))

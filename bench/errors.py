@@ -27,6 +27,20 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def exception_text(e: BaseException) -> str:
+    """str(e), or "" where the exception's own __str__ raises (a kernel's or plugin's class)."""
+    try:
+        return str(e)
+    except Exception:
+        return ""
+
+
+def exception_line(e: BaseException) -> str:
+    """'ValueError: its first line', or 'ValueError' when the message is empty."""
+    msg = (exception_text(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 # A terminal escape sequence: CSI (colors, cursor moves, clearing), OSC (window titles,
 # hyperlinks; ended by BEL or ST, or unterminated), or a two-character ESC sequence.
 _ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x9b[0-?]*[ -/]*[@-~]?"

@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UsageError, printable
+from .errors import UsageError, exception_line, printable
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -48,9 +48,4 @@ def _why(e: BaseException) -> str:
     """'ValueError: first line', 'ValueError' when the message is empty, or what sys.exit got."""
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
-    try:
-        text = str(e)
-    except Exception:  # the plugin's own exception class, whose __str__ raises
-        text = ""
-    msg = (text.strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return exception_line(e)

@@ -22,6 +22,7 @@ from backends import Backend, Chip
 from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
 
 from .case import Case, make_inputs
+from .errors import exception_line, exception_text
 from .results import ResultWriter
 from .roofline import Roof, add_matmul, judge, latency_floor_s
 from .timing import Budget, measure
@@ -139,11 +140,6 @@ def _malformed(out: Any, shape: tuple, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _err(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
     """A case's record before it is checked: the contract's fields, status None."""
     c = ctx
@@ -233,7 +229,7 @@ class Runner:
         except Exception as e:  # e.g. out of memory building a big case
             for impl in runnable:
                 rec = self._base(case, impl)
-                rec.update(status="error", error=f"building inputs: {_err(e)}")
+                rec.update(status="error", error=f"building inputs: {exception_line(e)}")
                 records.append(self._emit(rec))
             return records
         if not c.check_only:
@@ -248,9 +244,10 @@ class Runner:
             try:
                 sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
             except NotImplementedError as e:
-                rec.update(status="skipped", error=str(e) or "not implemented for this case")
+                rec.update(status="skipped",
+                           error=exception_text(e) or "not implemented for this case")
             except Exception as e:
-                rec.update(status="error", error=with_known_issue(impl, _err(e)),
+                rec.update(status="error", error=with_known_issue(impl, exception_line(e)),
                            traceback=traceback.format_exc(limit=4))
                 lost = c.backend.context_lost()
                 if lost:  # e.g. an illegal address: every later call on this context fails too

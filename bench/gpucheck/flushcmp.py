@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..timing import Budget, measure
-from bench.errors import OneLineParser
+from bench.errors import OneLineParser, exception_line
 
 BASE_MODE = "memset"  # the flush the others are compared with
 # Per mode and round: ~0.1 s of warm-up, then 0.3-0.8 s of samples (each one flush + one call)
@@ -61,11 +61,6 @@ def modes() -> list[str]:
     """The flush modes in the order they are timed: BASE_MODE first."""
     from backends.cuda import FLUSH_MODES
     return [BASE_MODE] + [m for m in FLUSH_MODES if m != BASE_MODE]
-
-
-def _err(e: BaseException) -> str:
-    msg = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _checked_call(op: Any, impl: Any, shape: Any, seed: int, dev: str,
@@ -129,7 +124,7 @@ def compare(rounds: int = 2, seed: int = 0, backend: Any = None,
         try:
             call = _checked_call(op, impl, shape, seed, dev, entry)
         except Exception as e:  # a kernel that cannot run here is reported, the others go on
-            entry["error"] = _err(e)
+            entry["error"] = exception_line(e)
             continue
         if call is None:
             continue
@@ -140,7 +135,7 @@ def compare(rounds: int = 2, seed: int = 0, backend: Any = None,
                     backend.set_flush_mode(m)
                     medians[m].append(measure(backend, call, 1, BUDGET).median)
         except Exception as e:
-            entry["error"] = _err(e)
+            entry["error"] = exception_line(e)
             continue
         finally:
             backend.set_flush_mode(None)

@@ -405,6 +405,26 @@ def test_json_stdout_has_no_traceback_but_the_file_keeps_it(capsys, out, plugin)
     assert saved["status"] == "error" and "RuntimeError: kaboom" in saved["traceback"]
 
 
+@pytest.mark.parametrize("raise_it, status, error", [
+    ("raise E()", "error", "E"),
+    ("raise N()", "skipped", "not implemented for this case"),
+])
+def test_a_kernel_exception_whose_str_raises_is_its_status(capsys, out, plugin, raise_it, status,
+                                                           error):
+    """An exception class whose own __str__ raises: recorded as the error (named by its type) or
+    skip it is, not a worker crash from formatting the message."""
+    from bench.cli import main
+    p = plugin("badstr.py", "from kernels import register_impl\n"
+               "class E(Exception):\n    def __str__(self):\n        raise ValueError('no')\n"
+               "class N(NotImplementedError):\n    def __str__(self):\n        raise ValueError('no')\n"
+               "@register_impl('gemv_bf16', 'badstr', backends=['cpu'])\n"
+               f"def badstr(x, w):\n    {raise_it}\n")
+    assert main(["run", *GEMV, "--plugin", p, "--impl", "badstr", "--budget", "quick", "--json",
+                 "--no-progress", "--out", str(out)]) == 0
+    (shown,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert (shown["status"], shown["error"]) == (status, error)
+
+
 # --- 11. world sizes ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [
