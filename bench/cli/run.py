@@ -294,7 +294,9 @@ def command(args) -> int:
     if launched_by_torchrun() and len(collective) != len(cases):
         raise UsageError("under torchrun only collective ops run (e.g. --op allreduce); "
                          "run kernels without torchrun")
-    out_dir = None if args.no_save else Path(args.out)
+    if args.no_save and args.out is not None:
+        raise UsageError(f"--no-save and --out {args.out} contradict: give one")
+    out_dir = None if args.no_save else Path(args.out or DEFAULT_OUT)
     if out_dir is not None:
         try:
             check_writable(out_dir)
@@ -545,7 +547,7 @@ def add_parser(sub) -> None:
     r.add_argument("--plugin", action="append", metavar="FILE",
                    help="Python file registering extra impls with @register_impl (repeatable)")
     r.add_argument("--chip", help="catalog id to judge against (default: detected)")
-    r.add_argument("--out", type=directory, default=str(DEFAULT_OUT),
+    r.add_argument("--out", type=directory,
                    help="results directory (default: results/runs)")
     r.add_argument("--no-save", action="store_true", help="do not write a results file")
     r.add_argument("--json", action="store_true",

@@ -53,6 +53,7 @@ def bad(capsys, out, *argv):
     (["run", "--op", "gemv_bf16", "--shape", "M=5000,N=8,K=8"], "not a decode batch"),
     (["run", "--op", "gemv_bf16", "--shape", "M=1,N=8"], "needs K"),
     (["run", *GEMV, "--dtype", "float7"], "unknown dtype"),
+    (["run", *GEMV, "--no-save"], "--no-save and --out "),  # bad() adds --out
     (["run", *GEMV, "--plugin", "/nonexistent/plugin.py"], "no such file"),
     (["run", "--shape", "M=1,N=8,K=8"], "--shape needs --op"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
