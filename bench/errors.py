@@ -23,7 +23,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse for the `python -m` tools: a usage error is one stderr line and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        # one_line: an argument echoed back (an unrecognized one holding a newline, a 100 kB
+        # value) must not break the message over lines
+        print(one_line(f"{self.prog}: error: {message} (see {self.prog} --help)"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 

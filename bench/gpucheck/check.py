@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -933,7 +934,7 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="bench/device_check.sh",
-                                description="One-call GPU device check; see docs/device-check.md.")
+                      description="One-call GPU device check; see docs/device-check.md.")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU backend, tiny shapes, no ncu: tests this script without a GPU")
     p.add_argument("--out", help="output folder (default: $OUT, else results/device-check-<time>)")
@@ -958,20 +959,54 @@ def build_parser() -> OneLineParser:
     return p
 
 
+NAMES_TIMEOUT_S = 60  # `run --list`: one torch import
+
+
+def unknown_names(suite: str, chip: str | None) -> str | None:
+    """The CLI's refusal of a --suite or --chip it does not know (`run --list` checks both), or
+    None. Asked before any step, so that a misspelt name ends the check at once instead of failing
+    its suite step after the minutes of device time the steps before it spend; the default suite
+    with no --chip is not asked about (no torch import in the check's own process either way)."""
+    if suite == "gpu-check" and chip is None:
+        return None
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--list", "--suite", suite,
+           *(["--chip", chip] if chip is not None else [])]
+    try:
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                           timeout=NAMES_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # not known to be wrong: the suite step will say
+    lines = r.stderr.strip().splitlines()
+    if r.returncode != 2 or not lines:
+        return None
+    return lines[-1].removeprefix("decodewall: error: ")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     for item in args.limit or []:
         name, _, sec = item.partition("=")
-        if name not in BOXES or not sec.replace(".", "", 1).isdigit():
+        # isdecimal, not isdigit: float() takes no superscript digit ('²' is a digit)
+        if name not in BOXES or not sec.replace(".", "", 1).isdecimal():
             p.error(f"--limit {item!r}: expected STEP=SECONDS with STEP in {', '.join(BOXES)}")
+    if not math.isfinite(args.time_limit):  # nan or inf: no deadline to keep
+        p.error(f"--time-limit {args.time_limit:g}: expected a finite number of seconds")
     if args.time_limit <= RESERVE_S:
         p.error(f"--time-limit {args.time_limit:g}: must exceed the {RESERVE_S:g} s kept for "
                 "killing a step and writing the summary")
     if args.only:
         args.only = list(dict.fromkeys(["peers", "env", *args.only]))
+    bad = unknown_names(args.suite, args.chip)
+    if bad:
+        p.error(bad)
     try:
-        return Check(args).run()
+        check = Check(args)
+    except OSError as e:  # --out (or $OUT) a file, or a folder that cannot be written
+        p.error(f"cannot write the output folder: {e.strerror or e}"
+                + (f": {e.filename!r}" if e.filename else ""))
+    try:
+        return check.run()
     except KeyboardInterrupt:
         print("device check: interrupted", file=sys.stderr)
         return 130

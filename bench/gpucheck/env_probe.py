@@ -31,5 +31,12 @@ def main(backend: str) -> None:
     print(json.dumps(info, default=str))
 
 
+BACKEND_NAMES = ("cpu", "cuda", "xla")  # backends.BACKENDS, named here: torch not yet imported
+
+
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1].lower() not in BACKEND_NAMES:
+        print(f"python -m bench.gpucheck.env_probe: error: expected one backend "
+              f"({', '.join(BACKEND_NAMES)}), got {sys.argv[1:]!r}"[:300], file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1])

@@ -14,13 +14,14 @@ Two halves:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import re
 import sys
 from typing import Any
+
+from bench.errors import OneLineParser
 
 READ, WRITE, DURATION = "dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum"
 METRICS = (READ, WRITE, DURATION)
@@ -135,7 +136,7 @@ def parse_ncu_csv(text: str) -> list[dict[str, Any]]:
         for row in body:
             if not cell(row, col["ID"]) or not cell(row, col["Metric Name"]):
                 continue
-            v = _value(cell(row, col["Metric Value"]), cell(row, col.get("Metric Unit")))
+            v = _value(cell(row, col.get("Metric Value")), cell(row, col.get("Metric Unit")))
             if v is not None:
                 launch(row)["metrics"][row[col["Metric Name"]]] = v
     else:  # raw page: metric columns, a units row (empty ID) first
@@ -280,8 +281,8 @@ def run_target(case: dict[str, Any], backend: str, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.gpucheck.ncu")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = OneLineParser(prog="python3 -m bench.gpucheck.ncu")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     t = sub.add_parser("target", help="run cases once each inside a profiler window (ncu's target)")
     t.add_argument("--case", action="append", required=True, metavar="JSON",
                    help='{"op": ..., "impl": ..., "shape": {...}, "dtype": "bfloat16"} (repeatable)')
@@ -293,15 +294,29 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("file")
     args = p.parse_args(argv)
     if args.cmd == "parse":
-        with open(args.file, encoding="utf-8", errors="replace") as f:
-            for ln in parse_ncu_csv(f.read()):
-                print(json.dumps(ln))
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as f:
+                launches = parse_ncu_csv(f.read())
+        except OSError as e:  # missing, a folder, unreadable
+            p.error(f"cannot read {args.file!r}: {e.strerror or e}")
+        except ValueError as e:  # no ncu table in it (empty, binary, another file)
+            p.error(f"{args.file!r}: {e}")
+        for ln in launches:
+            print(json.dumps(ln))
         return 0
+    cases = []
+    for text in args.case:  # all read before any runs: a typo is one line, not a traceback
+        try:
+            case = json.loads(text)
+        except ValueError as e:
+            p.error(f"--case {text!r}: not JSON ({e})")
+        if not isinstance(case, dict):
+            p.error(f"--case {text!r}: expected a JSON object {{\"op\": ..., \"impl\": ...}}")
+        cases.append(case)
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before kernels/ imports triton
     rc = 0
-    for text in args.case:
-        case = json.loads(text)
+    for case in cases:
         try:
             info = run_target(case, args.backend, args.seed)
         except Exception as e:  # one broken case must not hide the others' results

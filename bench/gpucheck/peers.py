@@ -9,13 +9,14 @@ why.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
 import tarfile
 from pathlib import Path
 from typing import Any
+
+from bench.errors import OneLineParser, one_line
 
 # The modules the peers' impls import (kernels/gemv/peers.py, kernels/attention/peers.py): probed
 # whether or not wheels were carried, since a machine's image may hold them already.
@@ -88,8 +89,8 @@ def describe(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.gpucheck.peers")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = OneLineParser(prog="python3 -m bench.gpucheck.peers")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     e = sub.add_parser("extract", help="unpack archives of installed trees into a folder")
     e.add_argument("--into", required=True)
     e.add_argument("archives", nargs="+")
@@ -98,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "extract":
         into = Path(args.into)
-        into.mkdir(parents=True, exist_ok=True)
+        try:
+            into.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # --into a file
+            p.error(f"--into {args.into!r}: {err.strerror or err}")
         rc = 0
         for a in args.archives:
             try:
                 print(f"{Path(a).name}: {', '.join(extract(Path(a), into))}", flush=True)
             except (OSError, tarfile.TarError, ValueError, EOFError) as err:
-                print(f"{Path(a).name}: cannot extract: {type(err).__name__}: {err}",
+                why = " ".join(str(err).split())  # tarfile's ReadError lists each method tried
+                print(one_line(f"{Path(a).name}: cannot extract: {type(err).__name__}: {why}"),
                       file=sys.stderr, flush=True)
                 rc = 1
         return rc

@@ -20,7 +20,8 @@ _CONFIG: list[pytest.Config] = []
 def parse_shard(spec: str) -> tuple[int, int]:
     """'I/N' -> (I, N) with 0 <= I < N, or ValueError."""
     i, sep, n = spec.partition("/")
-    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+    # isdecimal, not isdigit: int() takes no superscript digit ('¹' is a digit)
+    if not (sep and i.isdecimal() and n.isdecimal() and 0 <= int(i) < int(n)):
         raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N")
     return int(i), int(n)
 

@@ -25,8 +25,10 @@ the bandwidth flowing: bandwidth / SMs x DRAM latency. docs/kernels.md has the f
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import inspect
+import math
 import os
 import re
 import subprocess
@@ -571,8 +573,15 @@ def main(argv: list[str] | None = None) -> int:
                         "the suites ask for, for sm_90 (bf16, fp32), and list failures and spills "
                         "(~20 minutes on 2 cores)")
     args = p.parse_args(argv)
-    if args.gbps <= 0 or args.latency_ns <= 0 or (args.configs is not None and args.configs < 1):
-        p.error("--gbps, --latency-ns and --configs must be positive")
+    if not (0 < args.gbps < math.inf and 0 < args.latency_ns < math.inf) \
+            or (args.configs is not None and args.configs < 1):  # nan, inf: no figure to print
+        p.error("--gbps, --latency-ns and --configs must be positive (and finite)")
+    paths = [] if not args.out else [f"{args.out}.txt", f"{args.out}-dot.txt"]
+    for path in paths:  # refused before minutes of compiling, not after
+        folder = os.path.dirname(path) or "."
+        if os.path.isdir(path) or not os.path.isdir(folder):
+            p.error(f"--out {args.out!r}: cannot write {path!r} "
+                    f"({'a folder' if os.path.isdir(path) else 'no folder ' + repr(folder)})")
     os.environ.pop("TRITON_INTERPRET", None)  # before kernels/ is imported: compile, not interpret
     from kernels import triton_util
     if triton_util.INTERPRET or not triton_util.HAS_TRITON:
@@ -590,24 +599,37 @@ def main(argv: list[str] | None = None) -> int:
         for line in spills:
             print("  SPILL", line)
         return 1 if bad else 0
-    jobs = [(args.dot, None)] if not args.out else [(False, f"{args.out}.txt"),
-                                                     (True, f"{args.out}-dot.txt")]
+    jobs = [(args.dot, None)] if not args.out else list(zip((False, True), paths))
+    tables = []  # every table counted before any file is written: a failure leaves none
     for dot, path in jobs:
         try:
             rows = count(args.op, args.dtype, args.configs, dot)
         except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
             print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {type(e).__name__}: "
-                  f"{str(e).splitlines()[0]}", file=sys.stderr)
+                  f"{(str(e).splitlines() or [''])[0]}", file=sys.stderr)
             return 2
         lines = report(rows, args.gbps, args.dtype, dot, args.latency_ns)
         if path is None:
             print("\n".join(lines))
             continue
+        tables.append((path, lines, len(rows)))
+    if tables:
         cmd = " ".join(["python -m bench.gpucheck.sass", *(argv if argv is not None else sys.argv[1:])])
         head = f"# {cmd}   ({datetime.date.today().isoformat()}, {toolchain()})"
-        with open(path, "w") as f:
-            f.write("\n".join([head, *lines]) + "\n")
-        print(f"wrote {path} ({len(rows)} configs)")
+        written: list[str] = []
+        try:
+            for path, lines, n in tables:
+                with open(path, "w") as f:
+                    written.append(path)
+                    f.write("\n".join([head, *lines]) + "\n")
+        except OSError as e:  # a full disk, a folder gone meanwhile: no half-written pair left
+            for w in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(w)
+            print(f"bench.gpucheck.sass: cannot write {path!r}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        for path, _, n in tables:
+            print(f"wrote {path} ({n} configs)")
     return 0
 
 

@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import torch
     torch.set_num_threads(THREADS)
+    try:  # after TRITON_INTERPRET is set: the suites import kernels/
+        from ..suites import SUITES
+    except Exception:  # a broken import: plan() below says so on its "done" line
+        SUITES = None
+    if SUITES is not None and args.suite not in SUITES:
+        p.error(f"--suite {args.suite!r}: no such suite (suites: {', '.join(SUITES)})")
     from backends import get_backend
     from kernels.triton_util import HAS_TRITON, INTERPRET
     tag = f"warm {i}/{n}"
@@ -175,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return 0
     impls = [triton_impls(c, args.backend) for c in cases]
-    mine = shares([len(x) for x in impls], n)[i]
+    # more processes than cases: the first len(cases) take one each as shares() would deal them,
+    # the rest none (shares() itself keeps a list per process: --shard 0/10**19 must not build one)
+    mine = shares([len(x) for x in impls], min(n, len(impls)))[i] if i < len(impls) else []
     total = sum(len(impls[k]) for k in mine)
     good = 0
     for k in mine:

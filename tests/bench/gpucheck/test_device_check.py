@@ -377,7 +377,10 @@ def test_boxes_fit_the_total_and_the_suite_takes_what_the_others_leave(tmp_path)
 
 @pytest.mark.parametrize("argv, expect", [
     (["--limit", "foo=3"], "expected STEP=SECONDS"), (["--limit", "suite=x"], "expected STEP=SECONDS"),
-    (["--time-limit", "5"], "must exceed the 12 s"), (["--only", "nosuch"], "invalid choice")])
+    (["--time-limit", "5"], "must exceed the 12 s"), (["--only", "nosuch"], "invalid choice"),
+    # asked of the CLI before any step: a misspelt name must not cost the steps before the suite
+    (["--suite", "gpu-chek"], "unknown suite 'gpu-chek'; did you mean 'gpu-check'"),
+    (["--chip", "h100-sx"], "unknown chip 'h100-sx'; did you mean 'h100-sxm'")])
 def test_bad_options_are_one_line_and_exit_2(argv, expect, capsys, tmp_path):
     from bench.gpucheck.check import main
     with pytest.raises(SystemExit) as e:
@@ -385,6 +388,12 @@ def test_bad_options_are_one_line_and_exit_2(argv, expect, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and expect in err[0], err
     assert err[0].startswith("bench/device_check.sh: error:") and not list(tmp_path.iterdir())
+
+
+def test_known_names_are_not_refused():
+    from bench.gpucheck.check import unknown_names
+    assert unknown_names("gpu-check", None) is None  # the default: no child process at all
+    assert unknown_names("smoke", "h200") is None
 
 
 def _check(tmp_path, **kw):
