@@ -79,6 +79,33 @@ class JaxStartError(RuntimeError):
     host lacks); torchax's environment would otherwise fail on it with an unrelated error."""
 
 
+FLAGS_PROBE_S = 120  # a child importing jax and starting its platform
+_FLAGS_OK = "DECODEWALL_XLA_FLAGS_STARTED"  # the XLA_FLAGS a probe started with: children skip it
+
+
+def _probe_xla_flags() -> None:
+    """JaxStartError when JAX cannot start under this XLA_FLAGS. XLA parses the variable in C++
+    and ends the process on a flag it does not know (a fatal log line, exit 1), which no handler
+    here could catch; so a child starts JAX first, wherever XLA_FLAGS is set."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if not flags.strip() or os.environ.get(_FLAGS_OK) == flags:
+        return
+    import subprocess
+    import sys
+    try:
+        r = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                           capture_output=True, text=True, timeout=FLAGS_PROBE_S)
+    except subprocess.TimeoutExpired:
+        raise JaxStartError(f"JAX did not start within {FLAGS_PROBE_S} s with "
+                            f"XLA_FLAGS={flags!r}") from None
+    if r.returncode != 0:
+        lines = r.stderr.strip().splitlines()
+        why = re.sub(r"^[FE]\d{4} [\d:.]+\s+\d+ \S+\] ", "", lines[-1]) if lines else \
+            f"exit status {r.returncode}"
+        raise JaxStartError(f"JAX could not start with XLA_FLAGS={flags!r}: {why}")
+    os.environ[_FLAGS_OK] = flags
+
+
 def load() -> tuple[ModuleType, Any]:
     """(torchax, its default Environment), tolerating Dimname overloads this torch lacks.
 
@@ -86,6 +113,7 @@ def load() -> tuple[ModuleType, Any]:
     platform to run on; any other failure (a torchax that does not fit this torch) propagates.
     """
     import jax
+    _probe_xla_flags()
     try:
         jax.devices()  # torchax's environment makes a key on the default device first thing
     except Exception as e:

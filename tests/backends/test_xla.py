@@ -223,6 +223,22 @@ def test_another_torchax_version_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.xla
+def test_xla_flags_xla_does_not_know_leave_the_other_backends(tmp_path):
+    """XLA ends the process on an unknown flag in XLA_FLAGS (a fatal C++ log line): `backends`
+    still lists cpu with xla unavailable and why, and a run on xla is one line, exit 2."""
+    env = {"XLA_FLAGS": "--no_such_xla_flag"}
+    p = run_cli("backends", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    rows = {r["backend"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert rows["cpu"]["available"] and not rows["xla"]["available"], rows
+    assert "XLA_FLAGS='--no_such_xla_flag'" in rows["xla"]["reason"]
+    assert "--no_such_xla_flag" in rows["xla"]["reason"].split(": ", 1)[1]
+    p = run_cli("run", "--backend", "xla", "--suite", "smoke", "--no-save", env=env)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "backend xla is not available: JAX could not start with XLA_FLAGS" in p.stderr
+
+
+@pytest.mark.xla
 def test_rotated_copies_do_not_share_buffers(xla):
     from bench.runner import clone_args, set_bytes
     x, w = make_inputs(xla, OPS["gemv_bf16"], OPS["gemv_bf16"].shape(M=1, N=64, K=64),
