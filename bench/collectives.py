@@ -505,7 +505,7 @@ def _rendezvous(backend: str, pg_timeout_s: float) -> str:
         try:
             return init_rank(backend, pg_timeout_s)
         except torch.distributed.DistError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = (exception_text(e).strip().splitlines() or [type(e).__name__])[0]
             where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
             raise RunError(f"rank {os.environ.get('RANK')}: the torchrun rendezvous at {where} "
                            f"failed: {printable(first)}") from None

@@ -59,7 +59,7 @@ def _first_error(stderr: str) -> str:
     """The compiler's first `error:` line (gcc follows a bad -march with a list of every valid
     one, so its last lines name no error), else its last line; at most 300 characters."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+    first = next((ln for ln in lines if re.search(r"\berror:", ln)), lines[-1] if lines else "")
     return first[:300] or "no output"
 
 

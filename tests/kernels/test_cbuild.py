@@ -246,6 +246,8 @@ def test_a_target_the_compiler_refuses_is_a_skip_naming_its_error(src, monkeypat
 
 def test_the_compilers_first_error_line_is_the_reason():
     assert cbuild._first_error("a.c: In function f:\na.c:3: error: x\nnote: y\n") == "a.c:3: error: x"
+    assert cbuild._first_error("a.c: In function 'on_error':\nk.h:1: fatal error: z.h: gone\n") \
+        == "k.h:1: fatal error: z.h: gone"
     assert cbuild._first_error("warning only\nlast words\n") == "last words"
     assert cbuild._first_error("") == "no output"
     assert len(cbuild._first_error("error: " + "z" * 1000)) == 300
