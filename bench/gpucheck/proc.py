@@ -16,6 +16,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent  # every step runs from the checkout
 KILL_GRACE_S = 5.0  # after SIGTERM, then again after SIGKILL: a killed step ends within 2x this
+MAX_SHARDS = 1024  # processes a step splits into: more than any machine's cores
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N <= MAX_SHARDS, or ValueError."""
+    i, sep, n = spec.partition("/")
+    # isdecimal, not isdigit: int() takes no superscript digit ('¹' is a digit)
+    if not (sep and i.isdecimal() and n.isdecimal() and 0 <= int(i) < int(n) <= MAX_SHARDS):
+        raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N <= {MAX_SHARDS}")
+    return int(i), int(n)
 
 
 def kill_group(proc: subprocess.Popen, grace: float) -> None:

@@ -12,18 +12,11 @@ from typing import Any
 
 import pytest
 
+from .proc import parse_shard
+
 FAIL_LINE = "DWFAIL "
 REASON_CHARS = 300
 _CONFIG: list[pytest.Config] = []
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N, or ValueError."""
-    i, sep, n = spec.partition("/")
-    # isdecimal, not isdigit: int() takes no superscript digit ('¹' is a digit)
-    if not (sep and i.isdecimal() and n.isdecimal() and 0 <= int(i) < int(n)):
-        raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N")
-    return int(i), int(n)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

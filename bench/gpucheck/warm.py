@@ -34,6 +34,8 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
+from .proc import parse_shard
+
 COMPILED = [0]  # tuned configs compiled in this process (compile_only's count)
 THREADS = 2  # torch threads a process: the inputs are drawn on the host beside the pytest processes
 
@@ -141,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="gpu-check")
     args = p.parse_args(argv)
     try:
-        i, n = (int(x) for x in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        p.error(f"--shard {args.shard!r}: expected I/N with 0 <= I < N")
+        i, n = parse_shard(args.shard)
+    except ValueError as e:
+        p.error(str(e))
     if args.backend == "cpu":  # before kernels/ is imported: the interpreter, no compiles
         os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return 0
     impls = [triton_impls(c, args.backend) for c in cases]
-    # more processes than cases: the first len(cases) take one each as shares() would deal them,
-    # the rest none (shares() itself keeps a list per process: --shard 0/10**19 must not build one)
-    mine = shares([len(x) for x in impls], min(n, len(impls)))[i] if i < len(impls) else []
+    mine = shares([len(x) for x in impls], n)[i]
     total = sum(len(impls[k]) for k in mine)
     good = 0
     for k in mine:

@@ -346,10 +346,10 @@ IMPL_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
 
 def mpl_text(s: Any) -> str:
     """Text matplotlib draws as written: a pair of `$` in a name, an error or a title would be
-    parsed as mathtext (and a bad formula fails the whole figure), so each `$` is escaped; a lone
-    surrogate (a `\\ud800` escape in a record, a --title of bytes that are not UTF-8), which
-    matplotlib's renderer refuses, is drawn as '?'."""
-    return str(s).encode("utf-8", "replace").decode("utf-8").replace("$", r"\$")
+    parsed as mathtext (and a bad formula fails the whole figure), so each `$` is escaped; it is
+    `printable` first, so a lone surrogate (a `\\ud800` escape in a record, a --title of bytes that
+    are not UTF-8), which matplotlib's renderer refuses, is drawn as '?'."""
+    return printable(str(s)).replace("$", r"\$")
 
 
 def impl_color(k: int) -> str:

@@ -62,9 +62,9 @@ def test_an_unrecognized_argument_with_a_newline_stays_one_line(module, capsys):
     assert "a\\nb" in err
 
 
-def test_warm_with_more_processes_than_cases_takes_its_share_without_a_list_per_process(
-        monkeypatch, capsys):
-    """--shard 0/10**19: the first process takes the first case, no list of 10**19 shares."""
+def test_warm_with_more_processes_than_cases_and_past_the_bound(monkeypatch, capsys):
+    """More processes than cases: each of the first takes one case, the rest none. An N past
+    MAX_SHARDS (shares() keeps a list a process) is refused in one line."""
     import torch
 
     import backends
@@ -84,12 +84,13 @@ def test_warm_with_more_processes_than_cases_takes_its_share_without_a_list_per_
     done = []
     monkeypatch.setattr(warm, "warm_case", lambda backend, case, impls: (
         done.append(case.name), [("k", "ran under the interpreter in 0.1 s")])[1])
-    big = 10 ** 19
-    assert warm.main(["--shard", f"0/{big}", "--backend", "cpu"]) == 0
-    assert warm.main(["--shard", f"2/{big}", "--backend", "cpu"]) == 0
-    assert warm.main(["--shard", f"7/{big}", "--backend", "cpu"]) == 0  # past the cases: none
+    assert warm.main(["--shard", "0/8", "--backend", "cpu"]) == 0
+    assert warm.main(["--shard", "2/8", "--backend", "cpu"]) == 0
+    assert warm.main(["--shard", "7/8", "--backend", "cpu"]) == 0  # past the cases: none
     assert done == ["case0", "case2"]
-    assert f"warm 7/{big} done: 0 of 0 pairs" in capsys.readouterr().out
+    assert "warm 7/8 done: 0 of 0 pairs" in capsys.readouterr().out
+    _one_line_exit_2(capsys, lambda: warm.main(["--shard", f"0/{10 ** 19}", "--backend", "cpu"]),
+                     "N <= 1024")
 
 
 def test_check_out_that_is_a_file_is_one_line(capsys, tmp_path, monkeypatch):
@@ -165,6 +166,8 @@ def test_pytest_shard_with_a_superscript_digit_names_the_shard():
     from bench.gpucheck.pytest_shard import parse_shard
     with pytest.raises(ValueError, match="expected I/N"):
         parse_shard("\u00b9/\u00b3")
+    with pytest.raises(ValueError, match="expected I/N"):
+        parse_shard("0/1025")  # past MAX_SHARDS
 
 
 def test_warm_with_an_unknown_suite_is_one_line_and_exit_2(monkeypatch, capsys):
@@ -178,3 +181,10 @@ def test_warm_with_an_unknown_suite_is_one_line_and_exit_2(monkeypatch, capsys):
     _one_line_exit_2(capsys, lambda: warm.main(["--backend", "cpu", "--suite", "nope"]),
                      "no such suite", "gpu-check")
     assert capsys.readouterr().out == ""
+
+
+def test_env_probe_names_the_backends_there_are():
+    """env_probe names them without importing torch; the list must stay the registry's."""
+    from backends import BACKENDS
+    from bench.gpucheck.env_probe import BACKEND_NAMES
+    assert tuple(BACKEND_NAMES) == tuple(BACKENDS)
