@@ -1,6 +1,7 @@
 /* Dequant GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8) and INT4 (gemv_w4) weights,
    x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
-   simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same. */
+   simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same;
+   with AVX-512F the tiled INT4 loop at M = 1 runs on zmm registers (w4_asm.h). */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -317,15 +318,36 @@ INLINE __m256 w4_nib(__m256i w, __m256i ws, int j, const int DN) {
                                   : _mm256_srli_epi32(w, 28));
 }
 
-/* End of a group: tot[r] += (d[r] + e[r]) * scale (G = 32: two groups per vector, by halves). */
+/* Group g's scale of one row for a vector of 8 words (G = 32: two groups, by halves). */
+INLINE __m256 w4_sv(const float* s, int64_t g, int64_t ng, int64_t gstep) {
+  return gstep == 1 ? _mm256_broadcast_ss(&s[g])
+       : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? s[g + 1] : 0.0f), _mm_set1_ps(s[g]));
+}
+
+/* End of a group: tot[r] += (d[r] + e[r]) * scale. */
 INLINE void w4_flush(float tot[4][8], const __m256* d, const __m256* e, float* const* sf, int64_t g,
                      int64_t ng, int64_t gstep, const int R) {
-  for (int r = 0; r < R; r++) {
-    __m256 sv = gstep == 1 ? _mm256_broadcast_ss(&sf[r][g])
-              : _mm256_set_m128(_mm_set1_ps(g + 1 < ng ? sf[r][g + 1] : 0.0f), _mm_set1_ps(sf[r][g]));
-    _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), sv, _mm256_load_ps(tot[r])));
-  }
+  for (int r = 0; r < R; r++)
+    _mm256_store_ps(tot[r], _mm256_fmadd_ps(_mm256_add_ps(d[r], e[r]), w4_sv(sf[r], g, ng, gstep),
+                                            _mm256_load_ps(tot[r])));
 }
+
+#ifdef __AVX512F__
+/* The same for the zmm tile forms: a[] holds rows 0-1 (a ymm each), b[] rows 2-3. */
+INLINE __m512 w4z_pair(__m256 lo, __m256 hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                                             _mm256_castps_pd(hi), 1));
+}
+INLINE void w4z_flush(float tot[4][8], const __m512* a, const __m512* b, float* const* sf, int64_t g,
+                      int64_t ng, int64_t gstep) {
+  const __m512 sa = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+  const __m512 sb = _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3]));
+  const __m512 va = w4z_pair(w4_sv(sf[0], g, ng, gstep), w4_sv(sf[1], g, ng, gstep));
+  const __m512 vb = w4z_pair(w4_sv(sf[2], g, ng, gstep), w4_sv(sf[3], g, ng, gstep));
+  _mm512_store_ps(tot[0], _mm512_fmadd_ps(sa, va, _mm512_load_ps(tot[0])));
+  _mm512_store_ps(tot[2], _mm512_fmadd_ps(sb, vb, _mm512_load_ps(tot[2])));
+}
+#endif
 
 INLINE float w4_total(const float* tot, const int DN, int csh) {
   const float t = hsum(_mm256_load_ps(tot));
@@ -451,9 +473,14 @@ INLINE void w4_blocks(const int32_t* const* bp, const int S, int64_t nb, int64_t
                       int dt, const int64_t* n0, float* y, float* sfb, const int DN, int csh) {
   const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
-  float tot[2][W4_TB][4][8] __attribute__((aligned(32))), corr[2][W4_TB * 4];
+  float tot[2][W4_TB][4][8] __attribute__((aligned(64))), corr[2][W4_TB * 4];
+#ifdef __AVX512F__
+  const __m512i mk[4] = {_mm512_set1_epi32(0xF), _mm512_set1_epi32(0xF0), _mm512_set1_epi32(0xF00),
+                         _mm512_set1_epi32(0xF000)};   /* DN's masks, in registers all along */
+#else
   const __m256i mk[4] = {_mm256_set1_epi32(0xF), _mm256_set1_epi32(0xF0), _mm256_set1_epi32(0xF00),
-                         _mm256_set1_epi32(0xF000)};   /* DN's masks, in registers all along */
+                         _mm256_set1_epi32(0xF000)};
+#endif
   const int32_t* p[2] = {bp[0], bp[S - 1]};
   for (int s = 0; s < S; s++) {
     for (int64_t i = 0; i < 4 * nb; i++)
@@ -470,10 +497,23 @@ INLINE void w4_blocks(const int32_t* const* bp, const int S, int64_t nb, int64_t
       for (int64_t g = 0; g < KBG; g += gstep) {
         const float* xg = xk + 64 * (g / gstep) * (span / 8);
         for (int s = 0; s < S; s++) {
-          __m256 d[4], e[4];
-          for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
           const float* xc = xg;
           int64_t c = 0;
+#ifdef __AVX512F__
+          __m512 a[4], b[4];
+          for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+          for (; c + 16 <= span; c += 16, p[s] += 64, xc += 128) {
+            if (DN) W4Z_TILE2_DN(p[s], xc, a, b, mk);
+            else W4Z_TILE2_CVT(p[s], xc, a, b);
+          }
+          for (; c < span; c += 8, p[s] += 32, xc += 64) {
+            if (DN) W4Z_TILE_DN(p[s], xc, a, b, mk);
+            else W4Z_TILE_CVT(p[s], xc, a, b);
+          }
+          w4z_flush(tot[s][t], a, b, sf[s], g, KBG, gstep);
+#else
+          __m256 d[4], e[4];
+          for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
           for (; c + 16 <= span; c += 16, p[s] += 64, xc += 128) {
             if (DN) W4_TILE2_DN(p[s], xc, d, e, mk);
             else W4_TILE2_CVT(p[s], xc, d, e);
@@ -483,6 +523,7 @@ INLINE void w4_blocks(const int32_t* const* bp, const int S, int64_t nb, int64_t
             else W4_TILE_CVT(p[s], xc, d, e);
           }
           w4_flush(tot[s][t], d, e, sf[s], g, KBG, gstep, 4);
+#endif
         }
       }
     }
@@ -508,6 +549,18 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
   return e + 24 > 22 ? e + 24 : 22;
 }
 #endif
+
+/* Register width of the tiled INT4 loop at M = 1 in this build: 512 (AVX-512F), 256 (AVX2 + F16C),
+   0 (the scalar path). */
+int w4_tile_bits(void) {
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__F16C__)
+  return 512;
+#elif defined(__AVX2__) && defined(__F16C__)
+  return 256;
+#else
+  return 0;
+#endif
+}
 
 /* Whether unpack 0 (best for this CPU) is the denormal one here (see above). */
 int w4_denormal_unpack(void) {

@@ -1,5 +1,6 @@
-"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP), built on first use, called via
-ctypes; registers `simd_c` for `gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
+"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP, the tiled INT4 loop in AVX-512
+where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_w8`
+and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
 
 Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
 weights with partial (count < width) vector loads or 2-D transposes and runs 10-40x under the
@@ -15,6 +16,9 @@ bytes reordered into blocks of 4-row tiles (tile_int4_rows, done once outside ti
   ANDed word's bits are already the float q * 2^(p - 149), a denormal (see simd.c). Lane i of a
   vector holds k = 8i..8i+7, all in one group, so scales apply per lane and G = 32 needs no
   special case.
+- INT4 tiled, M = 1, in a build with AVX-512F: one zmm holds a chunk of two rows of a tile, so an
+  AND and an FMA take 16 weights (a ymm op takes 8). The loop is the limit on a CPU that executes
+  512-bit ops whole: 1.13-1.35x the ymm loop on a Zen 5 (docs/cpu-results.md).
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -45,6 +49,7 @@ library = CLibrary("dequant_gemv", SOURCE, {
     "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int,
                  ctypes.c_int, ctypes.c_int, ptr, ctypes.c_int], ctypes.c_int),
     "w4_denormal_unpack": ([], ctypes.c_int),
+    "w4_tile_bits": ([], ctypes.c_int),
     "store_out": ([ptr, ptr, i64, ctypes.c_int], None),
 }, libs=("-lm",))
 _scratch = library.scratch_ptr
@@ -125,6 +130,12 @@ def denormal_unpack() -> bool:
     return bool(library().w4_denormal_unpack())
 
 
+def tile_bits() -> int:
+    """Register width of the tiled INT4 loop at M = 1 in this build: 512 (AVX-512F), 256 (AVX2),
+    0 (no SIMD: the scalar path)."""
+    return library().w4_tile_bits()
+
+
 _UNPACK = {"auto": 0, "cvt": 1, "denormal": 2}  # gemv_w4's `unpack` in simd.c
 
 
@@ -196,4 +207,4 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
 
 
 __all__ = ["library", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",
-           "denormal_unpack"]
+           "denormal_unpack", "tile_bits"]

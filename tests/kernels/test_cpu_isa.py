@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+import kernels
 from kernels import OPS
 from kernels.attention import simd as attention_simd
 from kernels.gemv import simd as gemv_simd
@@ -103,3 +104,27 @@ def test_c_read_probe_at_each_level(level):
 def test_the_impls_call_the_level_build(level):
     """The rebuilt library is the one the impls call, not the cached native build."""
     assert gemv_simd.library.march == level and f"{level}" in gemv_simd.library()._name
+
+
+def test_tiled_int4_loop_width_follows_the_level(level):
+    """The x86-64-v4 build takes the zmm tile forms of w4_asm.h, the v3 build the ymm ones: the
+    level's flags reach the #if that picks them."""
+    assert gemv_simd.tile_bits() == {"x86-64-v3": 256, "x86-64-v4": 512}[level]
+
+
+@pytest.mark.parametrize("unpack", ["cvt", "denormal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_tiled_int4_unpacks_at_each_level(level, unpack, dtype):
+    """Both M = 1 unpacks, forced, through the tiled loop at each level: two K-blocks, pairs of full
+    blocks of tiles (two streams), an odd and a short block, rows past the last tile, every group
+    size's span (G = 32 takes two groups a vector)."""
+    kbk = 8 * gemv_simd.W4_KBLOCK_WORDS
+    op = OPS["gemv_w4"]
+    for shape in (GemvW4Shape(1, 406, 2 * kbk, 32), GemvW4Shape(1, 262, 2 * kbk, 64),
+                  GemvW4Shape(1, 134, kbk, 128), GemvW4Shape(1, 406, 2 * kbk, 256)):
+        x, qw, sc, z, G = op.make_inputs(shape, dtype, "cpu", 11)
+        ref = op.reference(x, qw, sc, z, G)
+        out = torch.full((1, shape.N), float("nan"), dtype=dtype)
+        gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw), sc, z, G, out=out, tiled=True,
+                          unpack=unpack)
+        assert kernels.rel_err(out, ref) < op.tol(dtype), (shape, unpack, dtype)
