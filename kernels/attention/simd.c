@@ -1,4 +1,5 @@
-/* Paged decode attention for the CPU (AVX2 + FMA + F16C, OpenMP), one fp32 online-softmax pass.
+/* Paged decode attention for the CPU (AVX2 + FMA + F16C, OpenMP; the scores and P.V loops in zmm
+   where the build has AVX-512F), one fp32 online-softmax pass.
    Built and loaded by kernels/cbuild.py, called through ctypes by simd.py (which says why C).
 
    Each K and V row is read once, straight from its block, converted in registers; the softmax
@@ -41,11 +42,34 @@ INLINE void load16_bf16(const void* p, __m256* lo, __m256* hi) {
   *hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
 }
 
-/* Logical index of physical slot i of a bf16-permuted row (see load16_bf16). */
+/* Logical index of physical slot i of a bf16-permuted row (see load16_bf16). The AVX-512 build
+   widens bf16 in order (load16), so there its rows are not permuted. */
 INLINE int64_t bf16_logical(int64_t i) {
+#ifdef __AVX512F__
+  return i;
+#else
   const int64_t s = i & 15, base = i - s;
   return base + (s < 4 ? s : s < 8 ? s + 4 : s < 12 ? s - 4 : s);
+#endif
 }
+
+#ifdef __AVX512F__
+/* 16 elements -> fp32 in one zmm, in order (bf16: widen and shift, two ops for 16 elements, as
+   the ymm unpacks take for 16). */
+INLINE __m512 load16(const void* p, int dt) {
+  if (dt == F32) return _mm512_loadu_ps(p);
+  if (dt == BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+  if (dt == F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+
+/* A zmm's two halves added: the ymm that hsum8 takes. */
+INLINE __m256 fold512(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#endif
 
 INLINE float load1(const void* p, int64_t i, int dt) {
   if (dt == F32) return ((const float*)p)[i];
@@ -107,6 +131,21 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
       }
     const char* k0 = k + j * rs;
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
+#ifdef __AVX512F__
+    /* zmm: 16 elements of D an FMA, every dtype widened in order. */
+    __m512 z[8];
+    for (int i = 0; i < 8; i++) z[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 x0 = load16(k0 + d * es, dt), x1 = load16(k1 + d * es, dt);
+      for (int g = 0; g < 4; g++) {
+        const __m512 qv = _mm512_loadu_ps(qf + g * D + d);
+        z[2 * g] = _mm512_fmadd_ps(qv, x0, z[2 * g]);
+        z[2 * g + 1] = _mm512_fmadd_ps(qv, x1, z[2 * g + 1]);
+      }
+    }
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = fold512(z[i]);
+#else
     __m256 a[8];
     for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
     if (dt == BF16) {
@@ -131,6 +170,7 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
         }
       }
     }
+#endif
     _mm256_store_ps(r, hsum8(a));
     for (int g = 0; g < 4; g++) { s[g * MAXBS + j] = r[2 * g]; s[g * MAXBS + j + 1] = r[2 * g + 1]; }
   }
@@ -141,7 +181,31 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
 INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int dt, int n,
                 int64_t D, float* acc /* [4][D] */) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
-  for (int64_t d = 0; d < D; d += 16) {
+  int64_t d = 0;
+#ifdef __AVX512F__
+  /* zmm: 32 columns a pass (8 accumulators, D % 32 == 0); the ymm loop below has nothing left. */
+  for (; d + 32 <= D; d += 32) {
+    __m512 a[8];
+    for (int g = 0; g < 4; g++) {
+      a[2 * g] = _mm512_loadu_ps(acc + g * D + d);
+      a[2 * g + 1] = _mm512_loadu_ps(acc + g * D + d + 16);
+    }
+    const char* vp = v + d * es;
+    for (int j = 0; j < n; j++, vp += rs) {
+      const __m512 x0 = load16(vp, dt), x1 = load16(vp + 16 * es, dt);
+      for (int g = 0; g < 4; g++) {
+        const __m512 pb = _mm512_set1_ps(p[g * MAXBS + j]);
+        a[2 * g] = _mm512_fmadd_ps(pb, x0, a[2 * g]);
+        a[2 * g + 1] = _mm512_fmadd_ps(pb, x1, a[2 * g + 1]);
+      }
+    }
+    for (int g = 0; g < 4; g++) {
+      _mm512_storeu_ps(acc + g * D + d, a[2 * g]);
+      _mm512_storeu_ps(acc + g * D + d + 16, a[2 * g + 1]);
+    }
+  }
+#endif
+  for (; d < D; d += 16) {
     __m256 a[8];
     for (int g = 0; g < 4; g++) {
       a[2 * g] = _mm256_loadu_ps(acc + g * D + d);
@@ -261,7 +325,7 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
                     float scale, int64_t S, int64_t split_tokens, float* part, float* out,
                     int nthreads) {
   const int64_t G = Hq / Hkv, G4 = (G + 3) / 4 * 4;
-  if (D % 16 || D > MAXD || BS > MAXBS) return 1;
+  if (D % 32 || D > MAXD || BS > MAXBS) return 1;
   const int64_t A = Hkv * G4 * D, per = 2 * A + 2 * Hq;
   #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
   for (int64_t i = 0; i < B * S; i++) {

@@ -44,8 +44,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
         raise NotImplementedError(f"the C attention kernel runs on the CPU, not {q.device.type}")
     B, Hq, D = q.shape
     NB, BS, Hkv, _ = k.shape
-    if D % 16 or D > 256 or BS > 64:
-        raise NotImplementedError(f"the C attention kernel takes D % 16 == 0, D <= 256 and block "
+    if D % 32 or D > 256 or BS > 64:
+        raise NotImplementedError(f"the C attention kernel takes D % 32 == 0, D <= 256 and block "
                                   f"size <= 64, not D={D}, BS={BS}")
     tensors = [q, k, v, block_table, seq_lens] + ([k_scale, v_scale] if k_scale is not None else [])
     if not all(t.is_contiguous() for t in tensors):
