@@ -113,7 +113,7 @@
    halves, serves both row pairs. Accumulators: %[a0]-%[a3] rows 0-1 and %[b0]-%[b3] rows 2-3, by
    nibble J % 4 (eight independent FMA chains: 4-cycle latency, 2 FMAs a cycle). Fixed registers:
    zmm30/zmm31 the row pairs' words, zmm29 an x vector, zmm27/zmm28 the unpacked nibbles. Where
-   the FPU executes 512-bit ops whole (Zen 5, Intel server cores) this doubles the unpack rate;
+   the FPU executes 512-bit ops whole (Zen 5, Intel server cores) a cycle unpacks twice the weights;
    where it splits them in two (Zen 4) it saves decode and issue slots only. */
 #define W4Z_LOAD(C) "vmovdqu64 128*" #C "(%[w]), %%zmm30\n\t" "vmovdqu64 128*" #C "+64(%[w]), %%zmm31\n\t" \
   "prefetcht0 " W4_STR(W4_PREFETCH) "+128*" #C "(%[w])\n\t" \
