@@ -206,3 +206,23 @@ def test_case_timeout_default_named_in_docs():
             found += 1
             assert float(n) == DEFAULT_CASE_TIMEOUT_S, page.name
     assert found >= 3
+
+
+def test_readme_ops_table_lists_every_impl():
+    """The README's ops table names every registered impl of its op (the optional peers in the
+    extras paragraph instead; INT8-KV attention says "the same set" as paged_attention)."""
+    from kernels import OPS
+    text = (ROOT / "README.md").read_text()
+    rows = {name.strip().strip("`"): c[3] for line in text.splitlines() if line.startswith("| `")
+            for c in [line.split("|")] for name in c[1].split(",")}
+    own = {name: [i for i, impl in op.impls.items() if not impl.fn.__module__.endswith(".peers")]
+           for name, op in OPS.items()}
+    for name, impls in own.items():
+        assert name in rows, f"README has no ops-table row for {name}"
+        if "the same set" in rows[name]:
+            assert impls == own["paged_attention"], name
+            continue
+        assert [i for i in impls if f"`{i}`" not in rows[name]] == [], name
+    peers = [i for op in OPS.values() for i, impl in op.impls.items() if impl.fn.__module__.endswith(".peers")]
+    extras = text[text.index("`.[peers]`"):].split("\n\n")[0]
+    assert [p for p in peers if f"`{p}`" not in extras] == []

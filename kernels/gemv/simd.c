@@ -1,7 +1,7 @@
-/* Dequant GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8) and INT4 (gemv_w4) weights,
-   x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
+/* GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8), INT4 (gemv_w4) and 16-bit or fp32
+   (gemv_bf16) weights, x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
    simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same;
-   with AVX-512F the tiled INT4 loop at M = 1 runs on zmm registers (w4_asm.h). */
+   with AVX-512F the tiled INT4 loop at M = 1 (w4_asm.h) and the 16-bit loop run on zmm registers. */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -549,6 +549,98 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
   return e + 24 > 22 ? e + 24 : 22;
 }
 #endif
+
+/* ---- 16-bit (and fp32) weights: y[m, n] = sum_k x[m, k] * w[n, k] (gemv_bf16) ------------- */
+
+/* Weights in dt widened to fp32: bf16 shifted into the high half, fp16 converted, fp32 loaded. */
+#ifdef __AVX512F__
+INLINE __m512 wld16(const void* w, int64_t k, int dt) {
+  if (dt == F32) return _mm512_loadu_ps((const float*)w + k);
+  const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k));
+  return dt == BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                    : _mm512_cvtph_ps(h);
+}
+#endif
+
+/* R consecutive rows n (R = 4 or 1) for MT rows of x (fp32, stride K32, zero padded): each x
+   vector feeds R FMAs, each weight vector MT. Two accumulators a (row, x row) pair where that
+   leaves at most 8 in use, so M = 1 has 8 independent FMA chains. Rows are 2K bytes apart and
+   hardware prefetchers stop at 4 KiB page edges: each step prefetches the same bytes 8 rows ahead. */
+INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t K32, int64_t n,
+                      float* y, int64_t N, const int R, const int MT) {
+  const int es = dt == F32 ? 4 : 2;
+  const char* wb = (const char*)w + n * K * es;
+  float out[4][4] = {{0}};
+  int64_t k = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+  const int A = R * MT <= 4 ? 2 : 1;
+#ifdef __AVX512F__
+  __m512 acc[4][4][2];
+  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
+  for (; k + 32 <= K; k += 32) {
+    for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es, _MM_HINT_T0);
+    if (es == 4) for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es + 64, _MM_HINT_T0);
+    for (int t = 0; t < 2; t++) {
+      __m512 wv[4];
+      for (int r = 0; r < R; r++) wv[r] = wld16(wb + r * K * es, k + 16 * t, dt);
+      for (int m = 0; m < MT; m++) {
+        const __m512 xv = _mm512_loadu_ps(xf + m * K32 + k + 16 * t);
+        for (int r = 0; r < R; r++) acc[r][m][t % A] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][t % A]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) out[r][m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]));
+#else
+  __m256 acc[4][4][2];
+  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m][0] = acc[r][m][1] = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es, _MM_HINT_T0);
+    for (int t = 0; t < 2; t++) {
+      __m256 wv[4];
+      for (int r = 0; r < R; r++) wv[r] = ld8(wb + r * K * es, k + 8 * t, dt);
+      for (int m = 0; m < MT; m++) {
+        const __m256 xv = _mm256_loadu_ps(xf + m * K32 + k + 8 * t);
+        for (int r = 0; r < R; r++) acc[r][m][t % A] = _mm256_fmadd_ps(wv[r], xv, acc[r][m][t % A]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) out[r][m] = hsum(_mm256_add_ps(acc[r][m][0], acc[r][m][1]));
+#endif
+#endif
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) {
+      float v = out[r][m];
+      for (int64_t kk = k; kk < K; kk++) v += xf[m * K32 + kk] * ld(wb + r * K * es, kk, dt);
+      y[m * N + n + r] = v;
+    }
+}
+
+int gemv_bf16(const void* x, int dt, int64_t M, int64_t K, const void* w, int64_t N, float* y,
+              float* scratch, int nthreads, void* out, int odt) {
+  const int64_t K32 = (K + 31) / 32 * 32, NT = N / 4;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
+  /* Tiles of 4 rows, then the rows past the last tile one at a time; x rows 4 at a time. */
+  #pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t t = 0; t <= NT; t++) {
+    const int64_t n0 = 4 * t, R = t < NT ? 4 : N - 4 * NT;
+    for (int64_t n = n0; n < n0 + R; n += t < NT ? 4 : 1) {
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) {
+        if (t < NT) bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 4, 4);
+        else bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 1, 4);
+      }
+      for (; m < M; m++) {
+        if (t < NT) bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 4, 1);
+        else bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 1, 1);
+      }
+    }
+  }
+  store_out(y, out, M * N, odt);
+  return 0;
+}
 
 /* Register width of the tiled INT4 loop at M = 1 in this build: 512 (AVX-512F), 256 (AVX2 + F16C),
    0 (the scalar path). */

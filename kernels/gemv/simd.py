@@ -1,6 +1,6 @@
 """The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP, the tiled INT4 loop in AVX-512
-where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_w8`
-and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
+where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_bf16`,
+`gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
 
 Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
 weights with partial (count < width) vector loads or 2-D transposes and runs 10-40x under the
@@ -48,6 +48,8 @@ library = CLibrary("dequant_gemv", SOURCE, {
                  ctypes.c_int], ctypes.c_int),
     "gemv_w4": ([ptr, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int,
                  ctypes.c_int, ctypes.c_int, ptr, ctypes.c_int], ctypes.c_int),
+    "gemv_bf16": ([ptr, ctypes.c_int, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int, ptr, ctypes.c_int],
+                  ctypes.c_int),
     "w4_denormal_unpack": ([], ctypes.c_int),
     "w4_tile_bits": ([], ctypes.c_int),
     "store_out": ([ptr, ptr, i64, ctypes.c_int], None),
@@ -98,6 +100,22 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     library().gemv_w8(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(), N,
                       y32, _scratch("x", M * ((K + 31) // 32 * 32)), torch.get_num_threads(),
                       y.data_ptr(), odt)
+    return _finish(y, result)
+
+
+def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.contiguous()
+    _check(x, w)
+    if w.dtype != x.dtype:
+        raise NotImplementedError(f"the C bf16 GEMV takes w in x's dtype ({x.dtype}), not {w.dtype}")
+    M, K = x.shape
+    if w.dim() != 2 or w.shape[1] != K:
+        raise ValueError(f"w must be [N, {K}], got {list(w.shape)}")
+    N = w.shape[0]
+    y, result, y32, odt = _output(x, M, N, out)
+    library().gemv_bf16(x.data_ptr(), _DT[x.dtype], M, K, w.data_ptr(), N, y32,
+                        _scratch("x", M * ((K + 31) // 32 * 32)), torch.get_num_threads(),
+                        y.data_ptr(), odt)
     return _finish(y, result)
 
 
@@ -168,6 +186,14 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
 
 # --- the impls --------------------------------------------------------------------------------
 
+@register_impl("gemv_bf16", "simd_c", backends=("cpu",), kind="compiled")
+def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Hand-written C kernel (kernels/gemv/simd.c): weights widened to fp32 in registers, 4 rows
+    sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F. The unquantized
+    GEMV at the memory roof, so that the precision comparison measures bytes, not BLAS's GEMV."""
+    return gemv_bf16(x, w, out=out)
+
+
 @register_impl("gemv_w8", "simd_c", backends=("cpu",), kind="compiled")
 def simd_c_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
               out: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,5 +232,5 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     return gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 
-__all__ = ["library", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",
+__all__ = ["library", "gemv_bf16", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",
            "denormal_unpack", "tile_bits"]

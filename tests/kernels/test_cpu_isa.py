@@ -15,6 +15,7 @@ from kernels import OPS
 from kernels.attention import simd as attention_simd
 from kernels.gemv import simd as gemv_simd
 from kernels.probes import simd as probes_simd
+from kernels.gemv import GemvShape
 from kernels.gemv import GemvW4Shape
 from kernels.gemv import GemvW8Shape
 from kernels.attention.ops import PagedAttentionShape
@@ -29,6 +30,8 @@ LEVELS = {
 }
 
 CASES = [
+    ("gemv_bf16", "simd_c", GemvShape(1, 37, 200)),
+    ("gemv_bf16", "simd_c", GemvShape(5, 22, 1000)),
     ("gemv_w8", "simd_c", GemvW8Shape(1, 37, 200)),
     ("gemv_w8", "simd_c", GemvW8Shape(7, 16, 1000)),
     ("gemv_w8", "simd_c", GemvW8Shape(3, 50, 96)),

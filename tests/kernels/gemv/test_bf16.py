@@ -132,3 +132,53 @@ def test_triton_gemv_every_config_cuda(use_dot, monkeypatch):
     shape = GemvShape(16, 1000, 3000) if use_dot else GemvShape(1, 4096, 4160)
     check_every_config(monkeypatch, mod, "_gemv_kernel", use_dot,
                        _gemv_check(shape, torch.bfloat16, "cuda"))
+
+
+# M = 1 and M > 1 (tiles of 4 x rows, then single ones), N past the last 4-row tile, K with a tail
+# past the vector loop (32 in zmm, 16 in ymm), and one 8192-wide row (prefetches past the end).
+SIMD_SHAPES = [GemvShape(1, 256, 512), GemvShape(1, 37, 200), GemvShape(1, 13, 1000),
+               GemvShape(3, 50, 96), GemvShape(5, 20, 33), GemvShape(4, 7, 64),
+               GemvShape(9, 130, 4096), GemvShape(1, 3, 8192)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", SIMD_SHAPES, ids=str)
+def test_simd_c_matches_reference(shape, dtype):
+    from tests.helpers import check_impl
+    check_impl(OPS["gemv_bf16"], "simd_c", shape, dtype, seed=4)
+
+
+def test_simd_c_beats_a_wrong_answer():
+    """The check can fail: a weight row dropped (rows past the last tile) is caught."""
+    op = OPS["gemv_bf16"]
+    x, w = op.make_inputs(GemvShape(1, 13, 256), torch.float32, "cpu", 0)
+    ref = op.reference(x, w)
+    y = op.impls["simd_c"](x, w)
+    assert rel_err(y, ref) <= op.tol(torch.float32)
+    y[0, 12] = 0.0
+    assert rel_err(y, ref) > op.tol(torch.float32)
+
+
+def test_simd_c_refuses_mismatched_weights():
+    from kernels.gemv import simd as gemv_simd
+    x = torch.ones(1, 64, dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="x's dtype"):
+        gemv_simd.gemv_bf16(x, torch.ones(8, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"w must be \[N, 64\]"):
+        gemv_simd.gemv_bf16(x, torch.ones(8, 32, dtype=torch.bfloat16))
+
+
+def test_simd_c_scalar_fallback_without_avx2(tmp_path):
+    """The C source built for a baseline x86-64 (no AVX2/F16C) computes the same, in every dtype."""
+    from kernels.gemv import simd as gemv_simd
+    from tests import helpers
+    lib = helpers.build_baseline_x86(gemv_simd.library, tmp_path)
+    op = OPS["gemv_bf16"]
+    for shape in (GemvShape(1, 13, 200), GemvShape(5, 9, 96)):
+        for dtype, code in ((torch.float32, 0), (torch.bfloat16, 1), (torch.float16, 2)):
+            x, w = op.make_inputs(shape, dtype, "cpu", 2)
+            y = torch.full((shape.M, shape.N), float("nan"))
+            scratch = torch.empty(shape.M * ((shape.K + 31) // 32 * 32))
+            assert lib.gemv_bf16(x.data_ptr(), code, shape.M, shape.K, w.data_ptr(), shape.N,
+                                 y.data_ptr(), scratch.data_ptr(), 1, y.data_ptr(), 0) == 0
+            assert rel_err(y, op.reference(x, w)) <= op.tol(torch.float32), (shape, dtype)
