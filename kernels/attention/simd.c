@@ -64,10 +64,38 @@ INLINE __m512 load16(const void* p, int dt) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
 
+/* The widest fp32 vector of this build (VW lanes), so that P.V is written once; load2 widens 2 VW
+   consecutive elements into two vectors (zmm: in order; ymm bf16: the permuted order above). */
+typedef __m512 vf;
+enum { VW = 16 };
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define VSET1(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
+  const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
+  *x0 = load16(p, dt);
+  *x1 = load16(p + 16 * es, dt);
+}
+
 /* A zmm's two halves added: the ymm that hsum8 takes. */
 INLINE __m256 fold512(__m512 v) {
   return _mm256_add_ps(_mm512_castps512_ps256(v),
                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#endif
+
+#ifndef __AVX512F__
+typedef __m256 vf;
+enum { VW = 8 };
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define VSET1(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
+  const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
+  if (dt == BF16) load16_bf16(p, x0, x1);
+  else { *x0 = load8(p, dt); *x1 = load8(p + 8 * es, dt); }
 }
 #endif
 
@@ -176,55 +204,31 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
   }
 }
 
-/* acc[g][:] += sum_j p[g][j] * V[j][:] for 4 heads, n consecutive V rows; 16 columns of D per
-   pass so each broadcast p feeds two FMAs (8 accumulators in registers). */
+/* acc[g][:] += sum_j p[g][j] * V[j][:] for 4 heads, n consecutive V rows; 2 VW columns of D per
+   pass (32 in zmm: D % 32 == 0; 16 in ymm) so each broadcast p feeds two FMAs (8 accumulators in
+   registers). */
 INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int dt, int n,
                 int64_t D, float* acc /* [4][D] */) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
-  int64_t d = 0;
-#ifdef __AVX512F__
-  /* zmm: 32 columns a pass (8 accumulators, D % 32 == 0); the ymm loop below has nothing left. */
-  for (; d + 32 <= D; d += 32) {
-    __m512 a[8];
+  for (int64_t d = 0; d < D; d += 2 * VW) {
+    vf a[8];
     for (int g = 0; g < 4; g++) {
-      a[2 * g] = _mm512_loadu_ps(acc + g * D + d);
-      a[2 * g + 1] = _mm512_loadu_ps(acc + g * D + d + 16);
+      a[2 * g] = VLOAD(acc + g * D + d);
+      a[2 * g + 1] = VLOAD(acc + g * D + d + VW);
     }
     const char* vp = v + d * es;
     for (int j = 0; j < n; j++, vp += rs) {
-      const __m512 x0 = load16(vp, dt), x1 = load16(vp + 16 * es, dt);
+      vf x0, x1;
+      load2(vp, dt, &x0, &x1);
       for (int g = 0; g < 4; g++) {
-        const __m512 pb = _mm512_set1_ps(p[g * MAXBS + j]);
-        a[2 * g] = _mm512_fmadd_ps(pb, x0, a[2 * g]);
-        a[2 * g + 1] = _mm512_fmadd_ps(pb, x1, a[2 * g + 1]);
+        const vf pb = VSET1(p[g * MAXBS + j]);
+        a[2 * g] = VFMA(pb, x0, a[2 * g]);
+        a[2 * g + 1] = VFMA(pb, x1, a[2 * g + 1]);
       }
     }
     for (int g = 0; g < 4; g++) {
-      _mm512_storeu_ps(acc + g * D + d, a[2 * g]);
-      _mm512_storeu_ps(acc + g * D + d + 16, a[2 * g + 1]);
-    }
-  }
-#endif
-  for (; d < D; d += 16) {
-    __m256 a[8];
-    for (int g = 0; g < 4; g++) {
-      a[2 * g] = _mm256_loadu_ps(acc + g * D + d);
-      a[2 * g + 1] = _mm256_loadu_ps(acc + g * D + d + 8);
-    }
-    const char* vp = v + d * es;
-    for (int j = 0; j < n; j++, vp += rs) {
-      __m256 x0, x1;
-      if (dt == BF16) load16_bf16(vp, &x0, &x1);
-      else { x0 = load8(vp, dt); x1 = load8(vp + 8 * es, dt); }
-      for (int g = 0; g < 4; g++) {
-        __m256 pb = _mm256_broadcast_ss(p + g * MAXBS + j);
-        a[2 * g] = _mm256_fmadd_ps(pb, x0, a[2 * g]);
-        a[2 * g + 1] = _mm256_fmadd_ps(pb, x1, a[2 * g + 1]);
-      }
-    }
-    for (int g = 0; g < 4; g++) {
-      _mm256_storeu_ps(acc + g * D + d, a[2 * g]);
-      _mm256_storeu_ps(acc + g * D + d + 8, a[2 * g + 1]);
+      VSTORE(acc + g * D + d, a[2 * g]);
+      VSTORE(acc + g * D + d + VW, a[2 * g + 1]);
     }
   }
 }

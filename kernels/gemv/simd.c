@@ -552,14 +552,32 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
 
 /* ---- 16-bit (and fp32) weights: y[m, n] = sum_k x[m, k] * w[n, k] (gemv_bf16) ------------- */
 
-/* Weights in dt widened to fp32: bf16 shifted into the high half, fp16 converted, fp32 loaded. */
-#ifdef __AVX512F__
+/* The widest fp32 vector of this build (VW lanes), so that the loop below is written once:
+   VWLD widens VW weights in dt (bf16 shifted into the high half, fp16 converted, fp32 loaded). */
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__F16C__)
 INLINE __m512 wld16(const void* w, int64_t k, int dt) {
   if (dt == F32) return _mm512_loadu_ps((const float*)w + k);
   const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k));
   return dt == BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                     : _mm512_cvtph_ps(h);
 }
+typedef __m512 vf;
+enum { VW = 16 };
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VSUM(v) _mm512_reduce_add_ps(v)
+#define VWLD(w, k, dt) wld16(w, k, dt)
+#elif defined(__AVX2__) && defined(__F16C__)
+typedef __m256 vf;
+enum { VW = 8 };
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VSUM(v) hsum(v)
+#define VWLD(w, k, dt) ld8(w, k, dt)
 #endif
 
 /* R consecutive rows n (R = 4 or 1) for MT rows of x (fp32, stride K32, zero padded): each x
@@ -574,40 +592,22 @@ INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t
   int64_t k = 0;
 #if defined(__AVX2__) && defined(__F16C__)
   const int A = R * MT <= 4 ? 2 : 1;
-#ifdef __AVX512F__
-  __m512 acc[4][4][2];
-  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
-  for (; k + 32 <= K; k += 32) {
-    for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es, _MM_HINT_T0);
-    if (es == 4) for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es + 64, _MM_HINT_T0);
+  vf acc[4][4][2];
+  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m][0] = acc[r][m][1] = VZERO();
+  for (; k + 2 * VW <= K; k += 2 * VW) {
+    for (int r = 0; r < R; r++)
+      for (int64_t o = 0; o < 2 * VW * es; o += 64) _mm_prefetch(wb + ((r + 8) * K + k) * es + o, _MM_HINT_T0);
     for (int t = 0; t < 2; t++) {
-      __m512 wv[4];
-      for (int r = 0; r < R; r++) wv[r] = wld16(wb + r * K * es, k + 16 * t, dt);
+      vf wv[4];
+      for (int r = 0; r < R; r++) wv[r] = VWLD(wb + r * K * es, k + VW * t, dt);
       for (int m = 0; m < MT; m++) {
-        const __m512 xv = _mm512_loadu_ps(xf + m * K32 + k + 16 * t);
-        for (int r = 0; r < R; r++) acc[r][m][t % A] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][t % A]);
+        const vf xv = VLOAD(xf + m * K32 + k + VW * t);
+        for (int r = 0; r < R; r++) acc[r][m][t % A] = VFMA(wv[r], xv, acc[r][m][t % A]);
       }
     }
   }
   for (int r = 0; r < R; r++)
-    for (int m = 0; m < MT; m++) out[r][m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]));
-#else
-  __m256 acc[4][4][2];
-  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m][0] = acc[r][m][1] = _mm256_setzero_ps();
-  for (; k + 16 <= K; k += 16) {
-    for (int r = 0; r < R; r++) _mm_prefetch(wb + ((r + 8) * K + k) * es, _MM_HINT_T0);
-    for (int t = 0; t < 2; t++) {
-      __m256 wv[4];
-      for (int r = 0; r < R; r++) wv[r] = ld8(wb + r * K * es, k + 8 * t, dt);
-      for (int m = 0; m < MT; m++) {
-        const __m256 xv = _mm256_loadu_ps(xf + m * K32 + k + 8 * t);
-        for (int r = 0; r < R; r++) acc[r][m][t % A] = _mm256_fmadd_ps(wv[r], xv, acc[r][m][t % A]);
-      }
-    }
-  }
-  for (int r = 0; r < R; r++)
-    for (int m = 0; m < MT; m++) out[r][m] = hsum(_mm256_add_ps(acc[r][m][0], acc[r][m][1]));
-#endif
+    for (int m = 0; m < MT; m++) out[r][m] = VSUM(VADD(acc[r][m][0], acc[r][m][1]));
 #endif
   for (int r = 0; r < R; r++)
     for (int m = 0; m < MT; m++) {
