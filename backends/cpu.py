@@ -56,6 +56,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa(cpuinfo: str | None = None) -> str:
+    """The widest vector extension this CPU reports: what `-march=native` builds the C kernels
+    for, so two result files from CPUs of one name (a VM shows "AMD EPYC" for Zen 3 and Zen 5)
+    say which loops ran. x86-64: avx512f, avx2 (with FMA) or sse; Arm: sve or asimd."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    for isa, need in (("avx512f", {"avx512f"}), ("avx2", {"avx2", "fma"}), ("sse", {"sse2"}),
+                      ("sve", {"sve"}), ("asimd", {"asimd"})):
+        if need <= flags:
+            return isa
+    return platform.machine() or "unknown"
+
+
 # A container's memory limit (cgroup v2, else v1): /proc/meminfo shows the machine's memory, which
 # a process in a cgroup cannot use past its limit (CI runners, Docker, Kubernetes pods).
 CGROUP = Path("/sys/fs/cgroup")
@@ -178,4 +199,7 @@ class CPUBackend(Backend):
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "clocks": self.clocks(),
+            "isa": cpu_isa(),
+            # the C kernels' target (kernels/cbuild.py): native unless DECODEWALL_MARCH names one
+            "c_march": os.environ.get("DECODEWALL_MARCH") or "native",
         }

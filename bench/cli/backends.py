@@ -33,7 +33,10 @@ def command(args) -> int:
         d = r.get("device") or {}
         # device names, reasons and versions come from drivers and packages: plain text, never
         # rich markup (rich reads the "[xla]" of "pip install 'decodewall[xla]'" as a tag)
-        t.add_row(r["backend"], "yes" if r["available"] else "no", plain(d.get("name", "-")),
+        name = d.get("name", "-")
+        if d.get("isa"):  # the CPU: which loops its C kernels were built with
+            name = f"{name} ({d['isa']}; C kernels -march={d.get('c_march')})"
+        t.add_row(r["backend"], "yes" if r["available"] else "no", plain(name),
                   plain(d.get("chip") or ("not in catalog" if d else "-")),
                   fmt_bytes(d.get("memory_bytes")) if d else "-",
                   fmt_bytes(d.get("cache_bytes")) if d else "-",

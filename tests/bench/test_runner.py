@@ -93,6 +93,8 @@ def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_imp
     for rec in saved:
         assert set(FIELDS) <= rec.keys()
         json.dumps(rec)
+        # the CPU's vector extension and the C kernels' target travel with every record
+        assert rec["device"]["isa"] == cpu_backend.cpu_isa() and rec["device"]["c_march"]
 
 
 def test_dtype_mismatch_is_skipped_with_reason(tmp_path, test_impls):
