@@ -31,9 +31,11 @@ MIN_SAMPLES = 10  # the normal budget's least; fewer on either side: at most "un
 
 
 def device(r: dict[str, Any]) -> str:
-    """The device a record was measured on, e.g. 'AMD EPYC (cpu)'."""
+    """The device a record was measured on, e.g. 'AMD EPYC (cpu)', or 'AMD EPYC avx512f (cpu)'
+    where the record names the CPU's vector extension (CPUs of one name differ in it)."""
     d = r.get("device") if isinstance(r.get("device"), dict) else {}
-    return f"{d.get('name') or 'unknown device'} ({r.get('backend') or '?'})"
+    isa = f" {d['isa']}" if isinstance(d.get("isa"), str) and d["isa"] else ""
+    return f"{d.get('name') or 'unknown device'}{isa} ({r.get('backend') or '?'})"
 
 
 def devices(records: list[dict[str, Any]]) -> str:

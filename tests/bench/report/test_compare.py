@@ -217,6 +217,19 @@ def test_a_file_holding_several_devices_pairs_records_by_device(tmp_path, capsys
     assert "compared with the same device's" in out
 
 
+def test_cpus_of_one_name_and_another_isa_are_different_devices(tmp_path, capsys):
+    """A VM names a Zen 3 and a Zen 5 alike: the records' isa tells them apart, so the files are
+    compared across devices (each impl with itself) and said to be."""
+    zen3 = ok("x", 2e-5, device={"name": "AMD EPYC", "isa": "avx2"})
+    zen5 = ok("x", 1e-5, device={"name": "AMD EPYC", "isa": "avx512f"})
+    from bench.report.compare import device
+    assert device(zen3) == "AMD EPYC avx2 (cpu)" and device(zen5) == "AMD EPYC avx512f (cpu)"
+    assert device(ok("x")) == "box (cpu)"  # a record without isa (older files, GPUs)
+    assert main(["compare", write(tmp_path / "a.jsonl", [zen3]), write(tmp_path / "b.jsonl", [zen5])]) == 0
+    assert ("different devices: A on AMD EPYC avx2 (cpu), B on AMD EPYC avx512f (cpu)"
+            in capsys.readouterr().out)
+
+
 def test_a_failure_beside_a_timed_record_of_the_case_is_shown():
     """A file holding a case twice, timed once and crashed once: the time is compared and the
     crash named on the row, a regression when only B failed."""
