@@ -1,5 +1,5 @@
-"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP, the tiled INT4 loop in AVX-512
-where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_bf16`,
+"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP, the tiled INT4 and the 16-bit
+loops in AVX-512 where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_bf16`,
 `gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
 
 Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
@@ -18,7 +18,7 @@ bytes reordered into blocks of 4-row tiles (tile_int4_rows, done once outside ti
   special case.
 - INT4 tiled, M = 1, in a build with AVX-512F: one zmm holds a chunk of two rows of a tile, so an
   AND and an FMA take 16 weights (a ymm op takes 8). The loop is the limit on a CPU that executes
-  512-bit ops whole: 1.13-1.35x the ymm loop on a Zen 5 (docs/cpu-results.md).
+  512-bit ops whole: 1.13-1.39x the ymm loop on a Zen 5 (docs/cpu-results.md).
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -189,8 +189,9 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
 @register_impl("gemv_bf16", "simd_c", backends=("cpu",), kind="compiled")
 def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written C kernel (kernels/gemv/simd.c): weights widened to fp32 in registers, 4 rows
-    sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F. The unquantized
-    GEMV at the memory roof, so that the precision comparison measures bytes, not BLAS's GEMV."""
+    sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F. An unquantized
+    GEMV that streams its weights as the quantized kernels stream theirs, so that the precision
+    comparison measures bytes, not oneDNN's GEMV."""
     return gemv_bf16(x, w, out=out)
 
 
