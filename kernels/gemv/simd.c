@@ -582,8 +582,9 @@ enum { VW = 8 };
 
 /* R consecutive rows n (R = 4 or 1) for MT rows of x (fp32, stride K32, zero padded): each x
    vector feeds R FMAs, each weight vector MT. Two accumulators a (row, x row) pair where that
-   leaves at most 8 in use, so M = 1 has 8 independent FMA chains. Rows are 2K bytes apart and
-   hardware prefetchers stop at 4 KiB page edges: each step prefetches the same bytes 8 rows ahead. */
+   leaves at most 8 in use, so M = 1 has 8 independent FMA chains. Rows are K * es bytes apart
+   (2-8 pages at K = 4096-8192) and hardware prefetchers stop at 4 KiB page edges: each step
+   prefetches the same bytes 8 rows ahead (past the last row: a prefetch does not fault). */
 INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t K32, int64_t n,
                       float* y, int64_t N, const int R, const int MT) {
   const int es = dt == F32 ? 4 : 2;
