@@ -189,6 +189,15 @@ class RoofTracker:
     def due(self) -> bool:
         return self.every_s is not None and self.clock() - self._at >= self.every_s
 
+    def saw(self, rec: dict) -> None:
+        """A cold case timed above its reading says the reading is low (the machine's bandwidth
+        rose since it was taken): the next case gets a fresh one, whatever the reading's age.
+        The case itself keeps the reading it was judged against (its roof_gbps)."""
+        pct = rec.get("pct_roof")
+        if rec.get("status") == "ok" and rec.get("cold") is True and \
+                isinstance(pct, (int, float)) and pct > 100:
+            self._at = float("-inf")
+
     def current(self) -> Roof:
         """The roof to judge the next case against, re-measured first when due."""
         if self.due():

@@ -325,6 +325,7 @@ def command(args) -> int:
 
     def on_record(rec: dict[str, Any]) -> None:
         records.append(rec)
+        tracker.saw(rec)
         if args.json:  # the traceback of an impl's error stays in the results file
             from ..results import dumps
             print(dumps({k: v for k, v in rec.items() if k != "traceback"}), flush=True)

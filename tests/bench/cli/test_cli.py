@@ -246,6 +246,29 @@ def test_roof_tracker_remeasures_only_when_due(monkeypatch):
     assert not never.due() and never.current().gbps == 20.0 and len(seen) == 1
 
 
+def test_a_case_above_its_reading_makes_the_next_reading_due(monkeypatch):
+    """A cold case timed above the roof reading says the reading is low: the next case gets a fresh
+    one however young the reading is; a warm (in-cache) case, an error or a quick budget do not."""
+    import bench.roofline as rl
+    from bench.timing import BUDGETS
+    monkeypatch.setattr(rl, "remeasure_bandwidth",
+                        lambda b, roof, budget=None: rl.Roof("cpu", 30.0, 30.0, 1 << 28))
+    t = rl.RoofTracker(None, rl.Roof("cpu", 10.0, 20.0, 1 << 28), BUDGETS["normal"], every_s=60,
+                       clock=lambda: 5.0)
+    for rec in ({"status": "ok", "cold": True, "pct_roof": 99.0},
+                {"status": "ok", "cold": False, "pct_roof": 300.0},
+                {"status": "error", "cold": True, "pct_roof": None},
+                {"status": "ok", "cold": True, "pct_roof": None}):
+        t.saw(rec)
+        assert not t.due() and t.current().gbps == 20.0
+    t.saw({"status": "ok", "cold": True, "pct_roof": 110.4})
+    assert t.due() and t.current().gbps == 30.0 and t.readings == [20.0, 30.0] and not t.due()
+    quick = rl.RoofTracker(None, rl.Roof("cpu", 10.0, 20.0, 1 << 28), BUDGETS["quick"],
+                           every_s=None, clock=lambda: 5.0)
+    quick.saw({"status": "ok", "cold": True, "pct_roof": 300.0})
+    assert not quick.due()
+
+
 def test_drift_note_over_mid_run_readings():
     from bench.roofline import drift_note
     assert drift_note(20.0, 21.0, [19.0, 20.5]) is None
