@@ -57,9 +57,9 @@ def _cpu_name() -> str:
 
 
 def cpu_isa(cpuinfo: str | None = None) -> str:
-    """The widest vector extension this CPU reports: what `-march=native` builds the C kernels
-    for, so two result files from CPUs of one name (a VM shows "AMD EPYC" for Zen 3 and Zen 5)
-    say which loops ran. x86-64: avx512f, avx2 (with FMA) or sse; Arm: sve or asimd."""
+    """The widest vector extension this CPU reports, which tells apart CPUs of one name (a VM
+    shows "AMD EPYC" for Zen 3 and Zen 5). x86-64: avx512f, avx2 (with FMA) or sse; Arm: sve or
+    asimd."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -200,6 +200,4 @@ class CPUBackend(Backend):
             "threads": torch.get_num_threads(),
             "clocks": self.clocks(),
             "isa": cpu_isa(),
-            # the C kernels' target (kernels/cbuild.py): native unless DECODEWALL_MARCH names one
-            "c_march": os.environ.get("DECODEWALL_MARCH") or "native",
         }

@@ -20,6 +20,7 @@ import torch
 
 from backends import Backend, Chip
 from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
+from kernels.cbuild import default_march
 
 from .case import Case, make_inputs
 from .errors import exception_line, exception_text
@@ -162,7 +163,8 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
                    "memory_bytes": info.get("memory_bytes"),
                    "cache_bytes": info.get("cache_bytes"),
                    "clocks": c.backend.clocks(), "threads": info.get("threads"),
-                   **{k: info[k] for k in ("isa", "c_march") if k in info}},
+                   **({"isa": info["isa"], "c_march": default_march()}
+                      if c.backend.name == "cpu" and "isa" in info else {})},
         "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
         "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

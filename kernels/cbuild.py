@@ -27,8 +27,13 @@ import torch
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
 
 
+def default_march() -> str:
+    """The -march a build without its own takes: $DECODEWALL_MARCH, else native."""
+    return os.environ.get("DECODEWALL_MARCH") or "native"
+
+
 def flags(march: str | None = None) -> list[str]:
-    march = march or os.environ.get("DECODEWALL_MARCH") or "native"
+    march = march or default_march()
     return [f if f != "-march=native" else f"-march={march}" for f in FLAGS]
 
 

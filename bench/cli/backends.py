@@ -7,6 +7,7 @@ from typing import Any
 
 def command(args) -> int:
     from backends import BACKENDS, get_backend
+    from kernels.cbuild import default_march
     from ..report.table import console, fmt_bytes, plain
     from ..results import versions
     from rich.table import Table
@@ -34,8 +35,8 @@ def command(args) -> int:
         # device names, reasons and versions come from drivers and packages: plain text, never
         # rich markup (rich reads the "[xla]" of "pip install 'decodewall[xla]'" as a tag)
         name = d.get("name", "-")
-        if d.get("isa"):  # the CPU: which loops its C kernels were built with
-            name = f"{name} ({d['isa']}; C kernels -march={d.get('c_march')})"
+        if r["backend"] == "cpu" and d.get("isa"):  # which loops its C kernels are built with
+            name = f"{name} ({d['isa']}; C kernels -march={default_march()})"
         t.add_row(r["backend"], "yes" if r["available"] else "no", plain(name),
                   plain(d.get("chip") or ("not in catalog" if d else "-")),
                   fmt_bytes(d.get("memory_bytes")) if d else "-",

@@ -251,3 +251,11 @@ def test_the_compilers_first_error_line_is_the_reason():
     assert cbuild._first_error("warning only\nlast words\n") == "last words"
     assert cbuild._first_error("") == "no output"
     assert len(cbuild._first_error("error: " + "z" * 1000)) == 300
+
+
+def test_default_march_is_the_variable_or_native(monkeypatch):
+    """What a build without its own -march takes, and what CPU records name as c_march."""
+    monkeypatch.delenv("DECODEWALL_MARCH", raising=False)
+    assert cbuild.default_march() == "native" and "-march=native" in cbuild.flags()
+    monkeypatch.setenv("DECODEWALL_MARCH", "x86-64-v3")
+    assert cbuild.default_march() == "x86-64-v3" and "-march=x86-64-v3" in cbuild.flags()
