@@ -217,7 +217,7 @@ def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:
     return rec
 
 
-# Sane ranges of the numbers the readers (compare, plot, project --from) compute with: beyond
+# Sane ranges of the numbers the readers (show, compare, plot, project --from) compute with: beyond
 # them a value is corrupt, not measured, and would overflow or divide by zero downstream.
 MIN_TIME_S = 1e-12      # no kernel call takes less than a picosecond
 MAX_TIME_S = 1e6        # nor over 11 days a call

@@ -77,7 +77,7 @@ def _options() -> dict[str, set[str]]:
     return opts
 
 
-COMMAND = re.compile(r"(?:decodewall (run|roof|chips|backends|compare|project|plot)|(device_check\.sh))\b([^`\n|]*)")
+COMMAND = re.compile(r"(?:decodewall (run|show|roof|chips|backends|compare|project|plot)|(device_check\.sh))\b([^`\n|]*)")
 
 
 def _stale_options(text: str, opts: dict[str, set[str]]) -> list[str]:

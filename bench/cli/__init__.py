@@ -1,7 +1,7 @@
-"""The `decodewall` command: run | roof | chips | backends | compare | project | plot.
+"""The `decodewall` command: run | show | roof | chips | backends | compare | project | plot.
 
-One module a subcommand (run.py, roof.py, chips.py, backends.py, compare.py, project.py, plot.py;
-`run --model` in step.py), each with `add_parser(subparsers)` and `command(args) -> exit status`;
+One module a subcommand (run.py, show.py, roof.py, chips.py, backends.py, compare.py, project.py,
+plot.py; `run --model` in step.py), each with `add_parser(subparsers)` and `command(args) -> exit status`;
 common.py resolves what several take (backend, chip, dtype, shape). This module only assembles
 the parser and maps errors to exit statuses: every bad input (unknown name, malformed shape,
 impossible shape, unavailable backend, broken plugin, unwritable --out, corrupt results file) is
@@ -18,7 +18,7 @@ from typing import Sequence
 from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, handled, signal_of
 try:
-    from . import backends, chips, compare, plot, project, roof, run
+    from . import backends, chips, compare, plot, project, roof, run, show
 except Exception as e:  # torch refusing its own environment as it imports (TORCH_LOGS=junk)
     # torch wraps its message over lines and then lists every valid setting: the start, joined
     why = " ".join(str(e).split())
@@ -27,7 +27,7 @@ except Exception as e:  # torch refusing its own environment as it imports (TORC
     raise SystemExit(EXIT_USAGE) from None
 from .common import Parser
 
-COMMANDS = (run, roof, chips, backends, compare, project, plot)  # in `decodewall --help` order
+COMMANDS = (run, show, roof, chips, backends, compare, project, plot)  # in `decodewall --help` order
 
 
 def build_parser() -> Parser:

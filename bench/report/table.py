@@ -88,7 +88,8 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         ts = r.get("time_s") or {}
         spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
         name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
-        cells = [plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]), plain(name),
+        cells = [plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r.get("dtype") or "-"),
+                 plain(name),
                  fmt_time(ts.get("median")), fmt_time(spread), str(ts.get("n", "-")),
                  fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
         if util:

@@ -83,7 +83,8 @@ def _commands(path: Path, tmp_path: Path) -> list[list[str]]:
     good = write(tmp_path / "good.jsonl", G)
     return [["compare", str(good), str(path)], ["compare", str(path), str(good), "--json"],
             ["plot", str(path), "-o", str(tmp_path / "out" / "p.png")],
-            ["plot", str(path), "--terminal"],
+            ["plot", str(path), "--terminal"], ["show", str(good), str(path)],
+            ["show", str(path), "--json"],
             ["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--from", str(path)]]
 
 
@@ -107,7 +108,7 @@ def test_results_file_that_never_ends_is_one_line_and_exit_2(tmp_path):
     fifo = tmp_path / "fifo.jsonl"
     os.mkfifo(fifo)
     for path, kind in (("/dev/zero", "is a character device"), (str(fifo), "is a FIFO")):
-        for argv in (["compare", str(good), path], ["plot", path, "--terminal"],
+        for argv in (["compare", str(good), path], ["plot", path, "--terminal"], ["show", path],
                      ["project", "--model", "llama-3-8b", "--chip", "h100-sxm", "--from", path]):
             r = run_cli(*argv, timeout=60)
             err = r.stderr.strip().splitlines()
@@ -199,18 +200,19 @@ def test_run_model_step_table_shows_names_as_written(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", MARKUP)
-def test_compare_and_plot_print_names_as_written(name, tmp_path, capsys):
+def test_readers_print_names_as_written(name, tmp_path, capsys):
     path = write(tmp_path / "m.jsonl", {**G, "op": name, "impl": name})
     assert main(["compare", str(path), str(path)]) == 0
     assert main(["plot", str(path), "--terminal"]) == 0
+    assert main(["show", str(path)]) == 0
     cap = capsys.readouterr()
-    assert cap.out.count(name) >= 4 and not cap.err, cap
+    assert cap.out.count(name) >= 6 and not cap.err, cap
 
 
 @pytest.mark.parametrize("text", MARKUP)
-def test_compare_and_plot_print_error_text_as_written(text, tmp_path, capsys):
+def test_readers_print_error_text_as_written(text, tmp_path, capsys):
     """The error of a record that is not ok (a plugin's exception text) is plain text in
-    compare's status verdict and in plot's terminal rows."""
+    compare's status verdict, in plot's terminal rows and in show's table."""
     a = write(tmp_path / "a.jsonl", G)
     b = write(tmp_path / "b.jsonl", {**G, "status": "error", "error": f"boom {text}",
                                      "time_s": None})
@@ -219,20 +221,25 @@ def test_compare_and_plot_print_error_text_as_written(text, tmp_path, capsys):
     assert main(["plot", str(a), str(b), "--terminal"]) == 0
     cap = capsys.readouterr()
     assert f"× error: boom {text}" in cap.out and not cap.err, cap
+    assert main(["show", str(b)]) == 0
+    cap = capsys.readouterr()
+    assert f"ERROR: boom {text}" in cap.out and not cap.err, cap
 
 
 ESCAPES = ["\x1b[2J\x1b[H", "\x1b]0;owned\x07", "\x9b31m", "\x1bc"]  # clear, title, C1 CSI, reset
 
 
 @pytest.mark.parametrize("esc", ESCAPES)
-def test_compare_and_plot_drop_terminal_escapes_from_a_file(esc, tmp_path, capsys):
+def test_readers_drop_terminal_escapes_from_a_file(esc, tmp_path, capsys):
     """A results file is input: an escape sequence in a name or an error cannot clear, retitle
-    or recolor the terminal of whoever compares or plots it (run drops them before recording)."""
+    or recolor the terminal of whoever compares, plots or shows it (run drops them before
+    recording)."""
     a = write(tmp_path / "a.jsonl", {**G, "impl": f"k{esc}x"},
               {**G, "impl": "e", "status": "error", "error": f"boom{esc}!", "time_s": None})
     b = write(tmp_path / "b.jsonl", {**G, "impl": f"k{esc}x"},
               {**G, "impl": "e", "status": "crashed", "error": f"bang{esc}!", "time_s": None})
-    for argv in (["compare", str(a), str(b)], ["plot", str(a), str(b), "--terminal"]):
+    for argv in (["compare", str(a), str(b)], ["plot", str(a), str(b), "--terminal"],
+                 ["show", str(a), str(b)]):
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "kx" in out and not any(c in out for c in "\x1b\x07\x9b"), (argv, out)
@@ -466,7 +473,8 @@ def test_project_model_of_more_layers_than_stages_a_split_takes(cfg, tp, tmp_pat
 
 
 @pytest.mark.parametrize("argv", [["compare", "{g}", ""], ["compare", "", "{g}"],
-                                  ["plot", "", "--terminal"], ["plot", "{g}", " ", "--terminal"]])
+                                  ["plot", "", "--terminal"], ["plot", "{g}", " ", "--terminal"],
+                                  ["show", "{g}", ""]])
 def test_an_empty_results_path_is_named_empty(argv, tmp_path, capsys):
     """"" is no results file (Path("") is the current folder: ": is a folder" named nothing)."""
     good = write(tmp_path / "good.jsonl", G)
@@ -517,6 +525,7 @@ def test_output_path_the_file_system_refuses_is_one_line(flag, where, real, tmp_
 @pytest.mark.parametrize("argv", [
     ["compare", "{good}", "{bad}"],
     ["plot", "{bad}", "--terminal"],
+    ["show", "{bad}"],
     ["project", "--model", "llama-3-8b", "--from", "{bad}"],
     ["project", "--model", "{bad}"],
     ["run", "--op", "copy", "--shape", "N=1024", "--no-save", "--plugin", "{bad}"],

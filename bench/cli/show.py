@@ -1,0 +1,135 @@
+"""`decodewall show RESULTS.jsonl... [--op OP] [--impl NAME] [--status S] [--json]`: kept runs.
+
+A results file is what a run leaves; this prints it again as `run` printed it: the results
+table of each run the files hold (its run id, device, backend and the roof its cases were
+judged against), with the commit, versions, time and command line of the run under it, and the
+precision comparison where the run holds one. The filters pick records (several of one flag:
+any of them; different flags: all of them). An --op or --impl that no record in the files has
+is bad input (a misspelt name), named with what the files hold; filters that each match but
+together pick nothing print that on stderr and exit 0. `--json` prints the records picked, one
+a line, as they are in the file.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..errors import UsageError
+from .common import given, suggest
+
+
+def runs(records: list[dict[str, Any]], files: list[str]
+         ) -> list[tuple[str, str | None, list[int]]]:
+    """(file, run id, the indices of its records) in the order the files hold them: a file
+    holds one run, or several where runs were written into one file."""
+    out: dict[tuple[str, str | None], list[int]] = {}
+    for i, (r, f) in enumerate(zip(records, files)):
+        out.setdefault((f, r.get("run_id")), []).append(i)
+    return [(f, rid, idx) for (f, rid), idx in out.items()]
+
+
+def run_title(run_id: str | None, recs: list[dict[str, Any]]) -> str:
+    """`decodewall run ID — DEVICE (BACKEND), roof R GB/s`, as `run` titles its table; the roof
+    is the span of the readings its cases were judged against."""
+    first = recs[0]
+    dev = first.get("device") or {}
+    roofs = [r["roof_gbps"] for r in recs if r.get("roof_gbps")]
+    roof = ""
+    if roofs:
+        lo, hi = min(roofs), max(roofs)
+        roof = (f", roof {lo:.1f} GB/s" if hi - lo < 0.05 else
+                f", roof {lo:.1f}-{hi:.1f} GB/s (re-measured)")
+    return (f"decodewall run {run_id or '(no run id)'} — {dev.get('name') or 'unknown device'}"
+            f" ({first.get('backend') or '?'}){roof}")
+
+
+def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
+    """Where the numbers came from: the file, the commit, versions, when and the command; and
+    how many of the run's records the filters left out."""
+    from ..report.plot import status_counts
+    first = recs[0]
+    parts = [path]
+    if isinstance(first.get("git_commit"), str):
+        parts.append(f"commit {first['git_commit'][:12]}")
+    v = first.get("versions")
+    if isinstance(v, dict):
+        parts.append(", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "cuda", "jax")
+                               if isinstance(v.get(k), str)))
+    if isinstance(first.get("timestamp"), str):
+        parts.append(first["timestamp"])
+    lines = [" · ".join(p for p in parts if p)]
+    if isinstance(first.get("command"), str):
+        lines.append(f"$ {first['command']}")
+    lines.append(status_counts(recs) + (f"; {len(recs) - shown} left out by the filters"
+                                        if shown < len(recs) else ""))
+    return "\n".join(lines)
+
+
+def pick(records: list[dict[str, Any]], ops: list[str] | None, impls: list[str] | None,
+         statuses: list[str] | None) -> list[bool]:
+    """Which records the filters keep; UsageError for an --op or --impl no record has."""
+    for flag, key, wanted in (("--op", "op", ops), ("--impl", "impl", impls)):
+        held = sorted({r[key] for r in records})
+        for w in wanted or []:
+            if w not in held:
+                raise UsageError(f"{flag} {w!r} matches no record{suggest(w, held, False)} "
+                                 f"({key}s in the files: {', '.join(held)})")
+    return [(not ops or r["op"] in ops) and (not impls or r["impl"] in impls)
+            and (not statuses or r["status"] in statuses) for r in records]
+
+
+def command(args) -> int:
+    from ..report.table import console, plain, results_table
+    from ..results import ResultsError, dumps, read_results
+    from .run import _print_precision, _printable_record
+    records: list[dict[str, Any]] = []
+    files: list[str] = []
+    try:
+        for path in args.results:
+            recs = read_results(path)
+            records += recs
+            files += [path] * len(recs)
+    except ResultsError as e:
+        raise UsageError(str(e)) from None
+    keep = pick(records, args.op, args.impl, args.status)
+    if not any(keep):  # names the files hold, no record with all of them: an answer, not an error
+        from ..report.plot import status_counts
+        print(f"decodewall: no record matches the filters together (the files hold "
+              f"{status_counts(records)})", file=sys.stderr)
+        return 0
+    if args.json:
+        for r, k in zip(records, keep):
+            if k:
+                print(dumps(r))
+        return 0
+    out = console()
+    for path, run_id, idx in runs(records, files):
+        recs = [records[i] for i in idx]
+        kept = [_printable_record(records[i]) for i in idx if keep[i]]
+        if not kept:
+            continue
+        table = results_table(kept, title=run_title(run_id, recs))
+        table.caption = plain(run_caption(path, recs, len(kept)))
+        out.print(table)
+        if any(r.get("group") == "precision" for r in kept):
+            _print_precision(kept, out)
+    return 0
+
+
+def add_parser(sub) -> None:
+    from ..results import STATUSES
+    p = sub.add_parser("show", help="print results files as run printed them",
+                       description="Print each run a results file holds as `decodewall run` "
+                       "printed it: its table (run id, device, roof), then the commit, versions, "
+                       "time and command line, and the precision comparison where the run has "
+                       "one. Filters pick records: several of one flag, any of them; different "
+                       "flags, all of them.")
+    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl", type=given)
+    p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable)")
+    p.add_argument("--impl", action="append", metavar="NAME", help="only this impl (repeatable)")
+    p.add_argument("--status", action="append", choices=STATUSES,
+                   help="only records of this status (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="print the records picked, one JSON object a line, as the file holds "
+                   "them")
+    p.set_defaults(func=command)

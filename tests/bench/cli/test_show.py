@@ -1,0 +1,127 @@
+"""`decodewall show`: a kept results file printed as `run` printed it, filtered, or as JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from tests.bench.cli.test_cli_readers import G, error_line, write
+
+RUN = {**G, "run_id": "20261204-153935-cuda-4ae8", "backend": "cuda",
+       "device": {"name": "NVIDIA H200"}, "git_commit": "da687ce6545b8fb25995a3b149e428fe1d2ed56a",
+       "versions": {"torch": "2.11.0+cu130", "triton": "3.6.0", "jax": None},
+       "timestamp": "2026-12-04T15:39:48+0000", "verdict": "below the wall: kernel",
+       "command": "decodewall run --suite gpu-check", "roof_gbps": 4282.3}
+
+
+def records() -> list[dict]:
+    return [{**RUN, "op": "gemv_w4", "impl": "triton_w4", "achieved_gbps": 3356.1},
+            {**RUN, "op": "gemv_w4", "impl": "gemlite_w4", "achieved_gbps": 1629.0,
+             "roof_gbps": 4284.3},
+            {**RUN, "op": "gemv_w8", "impl": "triton_w8", "achieved_gbps": 4038.0},
+            {**RUN, "op": "gemv_w8", "impl": "gemlite_w8", "status": "crashed", "time_s": None,
+             "error": "SIGSEGV in timing", "achieved_gbps": None}]
+
+
+def test_show_prints_each_record_under_the_runs_title_and_provenance(tmp_path, capsys):
+    path = write(tmp_path / "r.jsonl", *records())
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "decodewall run 20261204-153935-cuda-4ae8 — NVIDIA H200 (cuda)" in out
+    assert "roof 4282.3-4284.3 GB/s (re-measured)" in out  # the span its cases were judged by
+    for impl in ("triton_w4", "gemlite_w4", "triton_w8", "gemlite_w8"):
+        assert impl in out, impl
+    assert "3356.1" in out and "CRASHED: SIGSEGV in timing" in out
+    assert "commit da687ce6545b" in out and "torch 2.11.0+cu130, triton 3.6.0" in out
+    assert "$ decodewall run --suite gpu-check" in out and "2026-12-04T15:39:48+0000" in out
+    assert "4 records: 3 ok, 1 crashed" in out and "left out" not in out
+
+
+@pytest.mark.parametrize("argv, impls", [
+    (["--op", "gemv_w8"], {"triton_w8", "gemlite_w8"}),
+    (["--impl", "triton_w4", "--impl", "triton_w8"], {"triton_w4", "triton_w8"}),
+    (["--op", "gemv_w8", "--status", "ok"], {"triton_w8"}),
+    (["--status", "crashed", "--status", "ok", "--op", "gemv_w4"], {"triton_w4", "gemlite_w4"}),
+])
+def test_show_filters_any_of_one_flag_all_of_several(argv, impls, tmp_path, capsys):
+    path = write(tmp_path / "r.jsonl", *records())
+    assert main(["show", str(path), *argv, "--json"]) == 0
+    shown = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {r["impl"] for r in shown} == impls and len(shown) == len(impls)
+    by_impl = {r["impl"]: r for r in records()}
+    assert all(r == json.loads(json.dumps(by_impl[r["impl"]])) for r in shown)  # as in the file
+    assert main(["show", str(path), *argv]) == 0
+    out = capsys.readouterr().out
+    assert f"{4 - len(impls)} left out by the filters" in out
+    assert all(i in out for i in impls) and not any(i in out for i in set(by_impl) - impls)
+
+
+def test_show_prints_every_run_of_every_file_in_order(tmp_path, capsys):
+    a = write(tmp_path / "a.jsonl", *records()[:2],
+              {**RUN, "run_id": "second-run", "impl": "k2", "device": {"name": "CPU X"},
+               "backend": "cpu", "roof_gbps": 30.0})
+    b = write(tmp_path / "b.jsonl", {**RUN, "run_id": "third-run", "impl": "k3"})
+    assert main(["show", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    titles = ["decodewall run 20261204-153935-cuda-4ae8", "decodewall run second-run — CPU X "
+              "(cpu), roof 30.0 GB/s", "decodewall run third-run"]
+    at = [out.index(t) for t in titles]
+    assert at == sorted(at), out
+    assert out.index("k2") > at[1] and out.index("k3") > at[2]
+    assert str(a) in out and str(b) in out
+
+
+def test_show_prints_the_precision_comparison_of_a_precision_run(tmp_path, capsys):
+    shape = {"M": 1, "N": 8, "K": 128}
+    recs = [{**RUN, "op": op, "impl": f"best_{op}", "shape": shape, "group": "precision",
+             "bytes": b, "time_s": {"median": t, "p25": t, "p75": t}}
+            for op, b, t in (("gemv_bf16", 2000, 2e-5), ("gemv_w8", 1000, 1e-5))]
+    path = write(tmp_path / "p.jsonl", *recs)
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "precision: speedup over bf16" in out and "2.00x" in out
+    assert main(["show", str(path), "--op", "gemv_w8"]) == 0  # a comparison needs its bf16 row
+    assert "best_gemv_w8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--op", "gemv_q4"], "--op 'gemv_q4' matches no record; did you mean 'gemv_w4'?"),
+    (["--impl", "tritn_w4"], "--impl 'tritn_w4' matches no record; did you mean 'triton_w4'?"),
+    (["--op", "gemv_w4", "--impl", "nothing_like_it"], "impls in the files: gemlite_w4, "),
+    (["--status", "broken"], "argument --status: invalid choice: 'broken'"),
+])
+def test_show_names_that_no_record_has_are_bad_input(argv, expect, tmp_path, capsys):
+    path = write(tmp_path / "r.jsonl", *records())
+    assert expect in error_line(capsys, ["show", str(path), *argv])
+
+
+def test_show_filters_that_together_pick_nothing_say_so_and_exit_0(tmp_path, capsys):
+    path = write(tmp_path / "r.jsonl", *records())
+    for extra in ([], ["--json"]):
+        assert main(["show", str(path), "--impl", "triton_w4", "--status", "crashed",
+                     *extra]) == 0
+        cap = capsys.readouterr()
+        assert cap.out == ""
+        assert cap.err == ("decodewall: no record matches the filters together (the files hold "
+                           "4 records: 3 ok, 1 crashed)\n")
+
+
+def test_show_a_record_without_the_optional_fields(tmp_path, capsys):
+    """Only op, impl, shape and status are required of a record: the rest show as '-'."""
+    path = write(tmp_path / "m.jsonl", {"op": "copy", "impl": "x", "shape": {}, "status": "ok"})
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "decodewall run (no run id) — unknown device (?)" in out and "│ x " in out
+
+
+def test_show_of_a_real_run_matches_its_file(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--op", "read", "--shape", "N=65536", "--impl", "torch_sum",
+                 "--budget", "quick", "--out", str(out), "--no-progress", "--json"]) == 0
+    rec, = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    path, = out.glob("*.jsonl")
+    assert main(["show", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"decodewall run {rec['run_id']}" in shown and "torch_sum" in shown
+    assert f"{rec['achieved_gbps']:.1f}" in shown and rec["verdict"] in shown
