@@ -101,32 +101,49 @@ def flush_mode_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 SAMPLE_S = 0.02  # NVML polling interval while a case is timed
 JOIN_S = 2.0  # the most stop() waits for the sampling thread (an NVML call that hangs)
+# NVML's utilization is busy time over its own sample period, "between 1 second and 1/6 second,
+# depending on the product" (nvmlUtilization_t): a poll describes the window alone only once the
+# window is older than the longest of those periods
+POLLED_MIN_WINDOW_S = 1.0
 _UTIL, _POWER, _ENERGY = ("nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPowerUsage",
                           "nvmlDeviceGetTotalEnergyConsumption")
-NVML_KEYS = ("gpu_util_pct", "power_w", "energy_j_per_call", "energy_source", "nvml_window_s",
-             "nvml_samples", "nvml_timed_frac")
+_SAMPLES = "nvmlDeviceGetSamples"  # the driver's own timestamped utilization samples
+NVML_GPU_UTILIZATION_SAMPLES = 1  # nvmlSamplingType_t
+NVML_ERROR_NOT_FOUND = 6  # nvmlDeviceGetSamples: no sample newer than the timestamp given
+# nvmlValueType_t -> the nvmlValue_t field that holds a sample
+_VALUE_FIELD = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
+                6: "usVal"}
+NVML_KEYS = ("gpu_util_pct", "gpu_util_source", "gpu_util_polled_pct", "nvml_util_period_s",
+             "power_w", "energy_j_per_call", "energy_source", "nvml_window_s", "nvml_samples",
+             "nvml_timed_frac")
 
 
 class NvmlSampler:
-    """GPU utilization and power polled by a background thread every `interval_s` over one
-    timing window, and the energy counter read at its two ends.
+    """GPU utilization and power over one timing window: polled by a background thread every
+    `interval_s`, the driver's own utilization samples read at the window's ends, and the
+    energy counter read at its two ends.
 
-    The thread only talks to NVML (the driver), never to a CUDA stream, so the work timed on the
-    GPU is unchanged. Each NVML function that is missing or raises (NVMLError_NotSupported on some
-    boards) is dropped for the window and its figure recorded as null; `nv=None` (no NVML)
-    records every figure as null. See docs/measurement.md ("GPU utilization, power and energy")
-    for what the figures mean and how far to trust them for a short window."""
+    `gpu_util_pct` is only a figure of the window: the mean of the driver's samples whose whole
+    sample period lies inside it (source "driver samples"), or, where the driver gives no samples,
+    the mean of the polls taken at least POLLED_MIN_WINDOW_S into the window ("polled"); else
+    null. Earlier polls describe partly the GPU before the window: the mean of all of them is kept
+    apart as `gpu_util_polled_pct`. The thread only talks to NVML (the driver), never to a CUDA stream, so
+    the work timed on the GPU is unchanged. Each NVML function that is missing or raises
+    (NVMLError_NotSupported on some boards) is dropped for the window and its figure recorded as
+    null; `nv=None` (no NVML) records every figure as null. See docs/measurement.md ("GPU
+    utilization, power and energy")."""
 
     def __init__(self, nv: Any, handle: Any, interval_s: float = SAMPLE_S,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.nv, self.handle, self.interval_s, self.clock = nv, handle, interval_s, clock
-        self.util: list[float] = []
+        self.util: list[tuple[float, float]] = []  # (clock, %) a poll
         self.power_mw: list[float] = []
         self._dropped: set[str] = set()
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self._t0 = 0.0
         self._e0: float | None = None
+        self._ts0: int | None = None  # the driver's newest utilization sample at the start (µs)
 
     def _read(self, name: str) -> Any:
         """One NVML query, or None where NVML is absent or the function is missing or raised;
@@ -139,10 +156,47 @@ class NvmlSampler:
             self._dropped.add(name)
             return None
 
+    def _driver_samples(self, since: int) -> list[tuple[int, float]] | None:
+        """The driver's utilization samples newer than `since` (µs), as (timestamp, %) in time
+        order; [] when it holds none newer; None where it gives none at all (no function,
+        NotSupported, a value of an unknown type or outside 0-100): dropped for the window."""
+        if self.nv is None or _SAMPLES in self._dropped:
+            return None
+        try:
+            kind = getattr(self.nv, "NVML_GPU_UTILIZATION_SAMPLES", NVML_GPU_UTILIZATION_SAMPLES)
+            vtype, samples = getattr(self.nv, _SAMPLES)(self.handle, kind, since)
+            field = _VALUE_FIELD[vtype]
+            out = sorted((int(x.timeStamp), float(getattr(x.sampleValue, field)))
+                         for x in samples)
+            if any(not 0 <= v <= 100 for _, v in out):
+                raise ValueError("not a percentage")
+            return out
+        except Exception as e:
+            if getattr(e, "value", None) == NVML_ERROR_NOT_FOUND:  # none newer than `since`
+                return []
+            self._dropped.add(_SAMPLES)
+            return None
+
+    def _driver_util(self) -> tuple[float | None, float | None] | None:
+        """(mean %, sample period s) of the driver's samples inside the window, or None where
+        the driver gives none. A sample holds the busy time since the one before it: the first
+        sample after the start began before the window, so only those after it count; the
+        period is the median spacing of the timestamps."""
+        if self._ts0 is None:
+            return None
+        new = self._driver_samples(self._ts0)
+        if new is None:
+            return None
+        stamps = ([self._ts0] if self._ts0 else []) + [t for t, _ in new]
+        gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]) if b > a)
+        period = gaps[len(gaps) // 2] / 1e6 if gaps else None
+        inside = [v for _, v in new[1:]]
+        return (sum(inside) / len(inside) if inside else None), period
+
     def _sample(self) -> None:
         u = getattr(self._read(_UTIL), "gpu", None)
         if isinstance(u, (int, float)):
-            self.util.append(float(u))
+            self.util.append((self.clock(), float(u)))
         p = self._read(_POWER)
         if isinstance(p, (int, float)):
             self.power_mw.append(float(p))
@@ -154,6 +208,8 @@ class NvmlSampler:
                 return
 
     def start(self) -> None:
+        newest = self._driver_samples(0)  # the whole buffer: its newest timestamp marks the start
+        self._ts0 = None if newest is None else max((t for t, _ in newest), default=0)
         self._t0 = self.clock()
         self._e0 = self._read(_ENERGY)
         if self.nv is not None:
@@ -183,7 +239,15 @@ class NvmlSampler:
             out["nvml_samples"] = len(util)
             out["nvml_timed_frac"] = timed_s / window if window > 0 else None
             if util:
-                out["gpu_util_pct"] = sum(util) / len(util)
+                out["gpu_util_polled_pct"] = sum(u for _, u in util) / len(util)
+            late = [u for t, u in util if t - self._t0 >= POLLED_MIN_WINDOW_S]
+            driver = self._driver_util()
+            if driver is not None:
+                out["gpu_util_pct"], out["nvml_util_period_s"] = driver
+                out["gpu_util_source"] = "driver samples"
+            elif late:
+                out["gpu_util_pct"] = sum(late) / len(late)
+                out["gpu_util_source"] = "polled"
             if power_mw:
                 out["power_w"] = sum(power_mw) / len(power_mw) / 1000
             if calls > 0 and self._e0 is not None and e1 is not None and e1 > self._e0:

@@ -128,10 +128,30 @@ class NotSupported(Exception):
     """As pynvml's NVMLError_NotSupported."""
 
 
+class NotFound(Exception):
+    """As pynvml's NVMLError_NotFound (nvmlDeviceGetSamples: no sample newer than asked)."""
+    value = 6
+
+
 def fake_nvml(util=(100,), power_mw=(300_000,), energy_mj=(1_000_000, 1_050_000), missing=(),
-              raising=()):
-    """A pynvml stand-in: each query returns the next of its values (the last one repeats)."""
-    nv = types.SimpleNamespace(calls={})
+              raising=(), driver=None):
+    """A pynvml stand-in: each query returns the next of its values (the last one repeats).
+    driver: the driver's utilization sample buffer as it is at each nvmlDeviceGetSamples call
+    (a list of (timestamp µs, %) lists, the last one repeating); None: no such function."""
+    nv = types.SimpleNamespace(calls={}, NVML_GPU_UTILIZATION_SAMPLES=1)
+    if driver is not None and "nvmlDeviceGetSamples" not in missing:
+        def samples(handle, kind, since):
+            assert handle == "h0" and kind == 1
+            if "nvmlDeviceGetSamples" in raising:
+                raise NotSupported("nvmlDeviceGetSamples")
+            i = nv.calls.get("nvmlDeviceGetSamples", 0)
+            nv.calls["nvmlDeviceGetSamples"] = i + 1
+            new = [types.SimpleNamespace(timeStamp=t, sampleValue=types.SimpleNamespace(uiVal=v))
+                   for t, v in driver[min(i, len(driver) - 1)] if t > since]
+            if not new:
+                raise NotFound()
+            return 1, new[::-1]  # newest first: the sampler sorts them
+        nv.nvmlDeviceGetSamples = samples
 
     def series(name, values, wrap=lambda v: v):
         def fn(handle):
@@ -151,18 +171,26 @@ def fake_nvml(util=(100,), power_mw=(300_000,), energy_mj=(1_000_000, 1_050_000)
 
 
 class Clock:
+    """The given times in turn, the last one repeating (a poll after stop() reads it)."""
+
     def __init__(self, *ts):
         self.ts = list(ts)
 
     def __call__(self):
-        return self.ts.pop(0)
+        return self.ts.pop(0) if len(self.ts) > 1 else self.ts[0]
 
 
 def run_window(nv, calls=100, timed_s=0.05, t=(10.0, 10.5)):
     """One window of 0.5 s on the fake clock; the interval is so long that exactly two samples
-    are taken: the thread's first and stop()'s last."""
+    are taken: the thread's first and stop()'s last. The clock reads t in turn: the start, the
+    first poll (where t has three times), the stop, and the last poll reads the stop's."""
     s = NvmlSampler(nv, "h0", interval_s=3600, clock=Clock(*t))
     s.start()
+    for _ in range(5000):  # the thread's first poll (or its refusal), before stop() reads t
+        if all(got or name in s._dropped for name, got in ((cuda._UTIL, s.util),
+                                                           (cuda._POWER, s.power_mw))):
+            break
+        threading.Event().wait(0.001)
     out = s.stop(calls, timed_s)
     assert s.thread is not None and not s.thread.is_alive()
     return out
@@ -172,13 +200,71 @@ def test_sampler_computes_means_and_energy_per_call_from_the_counter():
     out = run_window(fake_nvml(util=(100, 50), power_mw=(300_000, 200_000),
                                energy_mj=(1_000_000, 1_050_000)))
     assert set(out) == set(NVML_KEYS)
-    assert out["gpu_util_pct"] == pytest.approx(75.0)
+    assert out["gpu_util_polled_pct"] == pytest.approx(75.0)
+    # 0.5 s is shorter than NVML's sample period may be: the polls are not the window's figure
+    assert out["gpu_util_pct"] is None and out["gpu_util_source"] is None
     assert out["power_w"] == pytest.approx(250.0)
     assert out["energy_j_per_call"] == pytest.approx(50.0 / 100)  # 50 J over 100 calls
     assert out["energy_source"] == "counter"
     assert out["nvml_window_s"] == pytest.approx(0.5)
     assert out["nvml_samples"] == 2
     assert out["nvml_timed_frac"] == pytest.approx(0.1)
+
+
+def test_polls_past_nvmls_longest_period_into_the_window_are_its_figure():
+    """Polls at 0.5 s and 1.5 s into the window: the first may describe the GPU before it."""
+    out = run_window(fake_nvml(util=(100, 50)), t=(10.0, 10.5, 11.5))
+    assert out["gpu_util_polled_pct"] == pytest.approx(75.0)
+    assert out["gpu_util_pct"] == pytest.approx(50.0)
+    assert out["gpu_util_source"] == "polled" and out["nvml_util_period_s"] is None
+
+
+SECOND = 1_000_000  # µs
+
+
+def test_driver_samples_inside_the_window_are_its_utilization():
+    """The buffer's newest sample at the start (t0) marks the window's start; the first sample
+    after it covers time before the window, so the figure is the mean of those after that one,
+    and the period the median spacing of the timestamps."""
+    t0 = 50 * SECOND
+    before = [(t0 - 2 * SECOND // 6, 3), (t0 - SECOND // 6, 5), (t0, 7)]
+    during = [(t0 + k * SECOND // 6, v) for k, v in ((1, 10), (2, 90), (3, 70))]
+    out = run_window(fake_nvml(util=(0,), driver=[before, before + during]))
+    assert out["gpu_util_source"] == "driver samples"
+    assert out["gpu_util_pct"] == pytest.approx(80.0)  # (90 + 70) / 2: not the 10, nor the 0 polled
+    assert out["nvml_util_period_s"] == pytest.approx(1 / 6, rel=1e-5)
+    assert out["gpu_util_polled_pct"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("during", [[], [(60 * SECOND, 40)]])
+def test_a_window_without_a_whole_driver_sample_period_has_no_utilization(during):
+    """No new sample, or only the one whose period began before the window: null, whatever the
+    polls say (they describe NVML's last period, mostly before the window)."""
+    before = [(50 * SECOND, 7)]
+    out = run_window(fake_nvml(util=(100,), driver=[before, before + during]),
+                     t=(10.0, 12.0))  # long enough for the polls, were there no driver samples
+    assert out["gpu_util_source"] == "driver samples" and out["gpu_util_pct"] is None
+    assert out["gpu_util_polled_pct"] == pytest.approx(100.0)
+    assert out["nvml_util_period_s"] == (pytest.approx(10.0) if during else None)
+
+
+@pytest.mark.parametrize("buffer, why", [
+    ([[(1, 50)], [(1, 50), (2, 150), (3, 150)]], "a value outside 0-100"),
+    (None, "raising"),
+])
+def test_driver_samples_that_cannot_be_read_fall_back_to_the_polls(buffer, why):
+    nv = (fake_nvml(util=(30,), driver=buffer) if buffer else
+          fake_nvml(util=(30,), driver=[[(1, 50)]], raising=("nvmlDeviceGetSamples",)))
+    out = run_window(nv, t=(10.0, 12.0))
+    assert out["gpu_util_source"] == "polled" and out["gpu_util_pct"] == pytest.approx(30.0), why
+
+
+def test_an_empty_driver_buffer_at_the_start_still_marks_the_window():
+    """No sample yet when the window opens (NotFound): every later sample is newer; the first of
+    them began before the window all the same."""
+    out = run_window(fake_nvml(driver=[[], [(SECOND, 20), (2 * SECOND, 60), (3 * SECOND, 40)]]))
+    assert out["gpu_util_pct"] == pytest.approx(50.0)
+    assert out["nvml_util_period_s"] == pytest.approx(1.0)
 
 
 def test_without_the_energy_counter_energy_is_power_times_the_window():
@@ -194,12 +280,12 @@ def test_without_the_energy_counter_energy_is_power_times_the_window():
 def test_unsupported_queries_are_null_and_the_rest_still_measured(how):
     names = ("nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPowerUsage",
              "nvmlDeviceGetTotalEnergyConsumption")
-    out = run_window(fake_nvml(**{how: names[:1]}))
+    out = run_window(fake_nvml(**{how: names[:1]}), t=(10.0, 12.0))
     assert out["gpu_util_pct"] is None and out["nvml_samples"] == 0
     assert out["power_w"] == pytest.approx(300.0) and out["energy_source"] == "counter"
-    out = run_window(fake_nvml(**{how: names}))
+    out = run_window(fake_nvml(**{how: names}), t=(10.0, 12.0))
     assert (out["gpu_util_pct"], out["power_w"], out["energy_j_per_call"]) == (None, None, None)
-    assert out["nvml_window_s"] == pytest.approx(0.5)
+    assert out["nvml_window_s"] == pytest.approx(2.0)
 
 
 def test_a_raising_query_is_dropped_for_the_window():
@@ -230,7 +316,8 @@ def test_sampler_polls_at_its_interval_in_a_thread_and_stops():
     out = s.stop(1, 0.0)
     assert not s.thread.is_alive() and threading.active_count() == before
     assert out["nvml_samples"] >= 5  # ~20 polls in 0.1 s; a loaded CI box gets fewer
-    assert out["gpu_util_pct"] == pytest.approx(40.0) and out["power_w"] == pytest.approx(100.0)
+    assert out["gpu_util_polled_pct"] == pytest.approx(40.0)
+    assert out["power_w"] == pytest.approx(100.0)
 
 
 def test_backend_sampler_from_an_injected_pynvml(monkeypatch):
@@ -274,7 +361,7 @@ def test_a_query_that_fails_part_way_through_the_window_is_null():
         threading.Event().wait(0.001)
     out = s.stop(10, 0.001)
     assert out["power_w"] is None and out["energy_j_per_call"] is None
-    assert out["gpu_util_pct"] == pytest.approx(90.0)  # the query that kept answering stands
+    assert out["gpu_util_polled_pct"] == pytest.approx(90.0)  # the query that kept answering
 
 
 # --- clocks ---------------------------------------------------------------------------------------

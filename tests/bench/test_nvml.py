@@ -47,7 +47,7 @@ def test_measure_samples_the_timing_window_only_and_returns_the_figures():
     b = Timed(fake_nvml(util=(100,), power_mw=(250_000,)))
     st = measure(b, call, 1, BUDGET)
     assert len(b.samplers) == 1 and not b.samplers[0].thread.is_alive()
-    assert st.sampled["gpu_util_pct"] == pytest.approx(100.0)
+    assert st.sampled["gpu_util_polled_pct"] == pytest.approx(100.0)
     assert st.sampled["power_w"] == pytest.approx(250.0)
     # the counter moved 50 J over the window's calls: the warm-up's calls are not among them
     assert n["calls"] > st.n
@@ -93,13 +93,17 @@ def test_records_carry_the_sampled_figures_and_the_flush_mode(tmp_path, monkeypa
     assert not set(NVML_KEYS) & set(plain) and "flush" not in plain  # the CPU: neither
 
     b = r.ctx.backend
-    monkeypatch.setattr(b, "sampler", lambda: NvmlSampler(fake_nvml(util=(97,)), "h0"))
+    # the driver's buffer: one sample before the window, two inside it
+    buffers = [[(1, 5)], [(1, 5), (2, 50), (3, 97)]]
+    monkeypatch.setattr(b, "sampler", lambda: NvmlSampler(fake_nvml(util=(9,), driver=buffers),
+                                                          "h0"))
     monkeypatch.setattr(b, "flush_mode", lambda: "memset+read")
     (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32))
     (warm,) = r.run_case(Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32, warm=True))
     r.writer.close()
     assert rec["status"] == "ok" and set(NVML_KEYS) <= set(rec)
-    assert rec["gpu_util_pct"] == pytest.approx(97.0)
+    assert rec["gpu_util_pct"] == pytest.approx(97.0) and rec["gpu_util_polled_pct"] == 9.0
+    assert rec["gpu_util_source"] == "driver samples" and rec["nvml_util_period_s"] == 1e-6
     assert rec["energy_j_per_call"] == pytest.approx(50.0 / rec["time_s"]["n"])
     assert rec["flush"] == "memset+read" and warm["flush"] == "none"
 
