@@ -1,6 +1,7 @@
-"""`decodewall show RESULTS.jsonl... [--op OP] [--impl NAME] [--status S] [--json]`: kept runs.
+"""`decodewall show [RESULTS.jsonl|DIR]... [--op OP] [--impl NAME] [--status S] [--json]`.
 
-A results file is what a run leaves; this prints it again as `run` printed it: the results
+A results file is what a run leaves (no file named: the newest in results/runs, `run`'s default;
+a folder: every results file in it); this prints it again as `run` printed it: the results
 table of each run the files hold (its run id, device, backend and the roof its cases were
 judged against), with the commit, versions, time and command line of the run under it, and the
 precision comparison where the run holds one. The filters pick records (several of one flag:
@@ -78,6 +79,29 @@ def pick(records: list[dict[str, Any]], ops: list[str] | None, impls: list[str] 
             and (not statuses or r["status"] in statuses) for r in records]
 
 
+def result_files(paths: list[str]) -> list[str]:
+    """The files to read: each path given, a folder standing for its *.jsonl in name order (run
+    ids start with their time); none given, the newest run in `run`'s default folder."""
+    from pathlib import Path
+    from .run import DEFAULT_OUT
+    if not paths:
+        found = sorted(DEFAULT_OUT.glob("*.jsonl")) if DEFAULT_OUT.is_dir() else []
+        if not found:
+            raise UsageError(f"no results file given, and none in {DEFAULT_OUT}/ (where "
+                             "`decodewall run` saves; give a file or a folder)")
+        return [str(found[-1])]
+    out: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = sorted(str(f) for f in Path(p).glob("*.jsonl") if f.is_file())
+            if not found:
+                raise UsageError(f"{p}: a folder without results files (*.jsonl)")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def command(args) -> int:
     from ..report.table import console, plain, results_table
     from ..results import ResultsError, dumps, read_results
@@ -85,7 +109,7 @@ def command(args) -> int:
     records: list[dict[str, Any]] = []
     files: list[str] = []
     try:
-        for path in args.results:
+        for path in result_files(args.results):
             recs = read_results(path)
             records += recs
             files += [path] * len(recs)
@@ -124,7 +148,9 @@ def add_parser(sub) -> None:
                        "time and command line, and the precision comparison where the run has "
                        "one. Filters pick records: several of one flag, any of them; different "
                        "flags, all of them.")
-    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl", type=given)
+    p.add_argument("results", nargs="*", metavar="RESULTS.jsonl", type=given,
+                   help="results files, or folders of them; none: the newest run in "
+                   "results/runs")
     p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable)")
     p.add_argument("--impl", action="append", metavar="NAME", help="only this impl (repeatable)")
     p.add_argument("--status", action="append", choices=STATUSES,

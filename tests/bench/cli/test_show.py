@@ -115,7 +115,8 @@ def test_show_a_record_without_the_optional_fields(tmp_path, capsys):
     assert "decodewall run (no run id) — unknown device (?)" in out and "│ x " in out
 
 
-def test_show_of_a_real_run_matches_its_file(tmp_path, capsys):
+def test_show_of_a_real_run_matches_its_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no cell folded: a long verdict stays on one line
     out = tmp_path / "runs"
     assert main(["run", "--op", "read", "--shape", "N=65536", "--impl", "torch_sum",
                  "--budget", "quick", "--out", str(out), "--no-progress", "--json"]) == 0
@@ -125,3 +126,29 @@ def test_show_of_a_real_run_matches_its_file(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert f"decodewall run {rec['run_id']}" in shown and "torch_sum" in shown
     assert f"{rec['achieved_gbps']:.1f}" in shown and rec["verdict"] in shown
+
+
+def test_show_without_a_file_prints_the_newest_run_where_run_saves(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "none in results/runs/" in error_line(capsys, ["show"])
+    runs = tmp_path / "results" / "runs"
+    write(runs / "20261204-153935-cuda-4ae8.jsonl", {**RUN, "impl": "older_impl"})
+    write(runs / "20261205-101010-cpu-0001.jsonl", {**RUN, "run_id": "20261205-101010-cpu-0001",
+                                                     "impl": "newest_impl"})
+    assert main(["show"]) == 0
+    out = capsys.readouterr().out
+    assert "newest_impl" in out and "older_impl" not in out
+    assert "results/runs/20261205-101010-cpu-0001.jsonl" in out
+
+
+def test_show_a_folder_prints_every_results_file_in_it_in_name_order(tmp_path, capsys):
+    folder = tmp_path / "kept"
+    write(folder / "b.jsonl", {**RUN, "run_id": "run-b", "impl": "impl_b"})
+    write(folder / "a.jsonl", {**RUN, "run_id": "run-a", "impl": "impl_a"})
+    (folder / "notes.txt").write_text("not a results file")
+    assert main(["show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("decodewall run run-a") < out.index("decodewall run run-b")
+    (tmp_path / "empty").mkdir()
+    line = error_line(capsys, ["show", str(tmp_path / "empty")])
+    assert "empty: a folder without results files (*.jsonl)" in line
