@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from .common import given, suggest
 
 
@@ -118,8 +118,10 @@ def command(args) -> int:
     keep = pick(records, args.op, args.impl, args.status)
     if not any(keep):  # names the files hold, no record with all of them: an answer, not an error
         from ..report.plot import status_counts
-        print(f"decodewall: no record matches the filters together (the files hold "
-              f"{status_counts(records)})", file=sys.stderr)
+        asked = " ".join(f"--{flag} {v}" for flag in ("op", "impl", "status")
+                         for v in getattr(args, flag) or [])
+        print(one_line(f"decodewall: no record matches {asked} (the files hold "
+                       f"{status_counts(records)})"), file=sys.stderr)
         return 0
     if args.json:
         for r, k in zip(records, keep):

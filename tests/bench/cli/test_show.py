@@ -103,8 +103,8 @@ def test_show_filters_that_together_pick_nothing_say_so_and_exit_0(tmp_path, cap
                      *extra]) == 0
         cap = capsys.readouterr()
         assert cap.out == ""
-        assert cap.err == ("decodewall: no record matches the filters together (the files hold "
-                           "4 records: 3 ok, 1 crashed)\n")
+        assert cap.err == ("decodewall: no record matches --impl triton_w4 --status crashed "
+                           "(the files hold 4 records: 3 ok, 1 crashed)\n")
 
 
 def test_show_a_record_without_the_optional_fields(tmp_path, capsys):
