@@ -116,6 +116,22 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
     return out
 
 
+def read_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every record of the results files, and the file of each; a file that cannot be read is a
+    UsageError naming it (and its bad line)."""
+    from ..results import ResultsError, read_results
+    records: list[dict[str, Any]] = []
+    files: list[str] = []
+    try:
+        for path in paths:
+            recs = read_results(path)
+            records += recs
+            files += [path] * len(recs)
+    except ResultsError as e:
+        raise UsageError(str(e)) from None
+    return records, files
+
+
 # --- argument types -----------------------------------------------------------------------------
 
 def ranks(text: str) -> int:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import given
+from .common import given, read_files
 
 PCT_NAME, ROOFLINE_NAME = "pct-roof.png", "roofline.png"  # the names inside a folder
 
@@ -42,16 +42,7 @@ def command(args) -> int:
     from ..report.plot import (PlotError, bars_table, chart_notes, check_output, one_device,
                                pct_roof_figure, roofline_figure, save_all)
     from ..report.table import console
-    from ..results import ResultsError, read_results
-    records: list[dict] = []
-    files: list[str] = []  # the file of each record
-    try:
-        for path in args.results:
-            recs = read_results(path)
-            records += recs
-            files += [path] * len(recs)
-    except ResultsError as e:
-        raise UsageError(str(e)) from None
+    records, files = read_files(args.results)
     charts = [(p, make) for p, make in zip(outputs(args.out, args.roofline),
                                            (pct_roof_figure, roofline_figure)) if p is not None]
     notes = chart_notes(records) if charts else {}

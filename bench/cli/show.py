@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError, one_line
-from .common import given, suggest
+from .common import given, read_files, suggest
 
 
 def runs(records: list[dict[str, Any]], files: list[str]
@@ -104,17 +104,9 @@ def result_files(paths: list[str]) -> list[str]:
 
 def command(args) -> int:
     from ..report.table import console, plain, results_table
-    from ..results import ResultsError, dumps, read_results
+    from ..results import dumps
     from .run import _print_precision, _printable_record
-    records: list[dict[str, Any]] = []
-    files: list[str] = []
-    try:
-        for path in result_files(args.results):
-            recs = read_results(path)
-            records += recs
-            files += [path] * len(recs)
-    except ResultsError as e:
-        raise UsageError(str(e)) from None
+    records, files = read_files(result_files(args.results))
     keep = pick(records, args.op, args.impl, args.status)
     if not any(keep):  # names the files hold, no record with all of them: an answer, not an error
         from ..report.plot import status_counts

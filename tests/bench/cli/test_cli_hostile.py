@@ -115,6 +115,14 @@ HOSTILE = [
     (["plot", "{truncated}"], "not valid JSON"),
     (["plot", "{truncated}", "-o", ""], "--out: is empty"),
     (["plot", "{truncated}", "--roofline", ""], "--roofline: is empty"),
+    # show
+    (["show"], "no results file given, and none in results/runs/"),
+    (["show", "missing.jsonl"], "no such file"),
+    (["show", "{binary}"], "binary.jsonl"),
+    (["show", "{bad_status}", "--json"], "unknown status"),
+    (["show", "{dir}"], "a folder without results files"),
+    (["show", "{truncated}", "--status", "fine"], "invalid choice: 'fine'"),
+    (["show", ""], "is empty"),
 ]
 
 
