@@ -92,7 +92,11 @@ def result_files(paths: list[str]) -> list[str]:
         return [str(found[-1])]
     out: list[str] = []
     for p in paths:
-        if Path(p).is_dir():
+        try:
+            folder = Path(p).is_dir()
+        except OSError:  # a name past the file system's limit: read_results names the error
+            folder = False
+        if folder:
             found = sorted(str(f) for f in Path(p).glob("*.jsonl") if f.is_file())
             if not found:
                 raise UsageError(f"{p}: a folder without results files (*.jsonl)")

@@ -123,6 +123,7 @@ HOSTILE = [
     (["show", "{dir}"], "a folder without results files"),
     (["show", "{truncated}", "--status", "fine"], "invalid choice: 'fine'"),
     (["show", ""], "is empty"),
+    (["show", "a" * 300], "File name too long"),
 ]
 
 
