@@ -194,6 +194,21 @@ def _tools() -> str:
     return bin_dir
 
 
+def missing_toolchain() -> str | None:
+    """Why this machine cannot compile and disassemble for sm_90 (no Triton, no NVIDIA backend in
+    it, no ptxas or cuobjdump in its wheel, a ptxas that does not run), or None: a compile that
+    fails past this check is a failure of the code compiled, not of the machine."""
+    try:
+        import triton  # noqa: F401
+        from triton.backends.nvidia.compiler import get_ptxas
+        _tools()
+        subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, check=True,
+                       timeout=60)
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    return None
+
+
 def toolchain() -> str:
     """'triton X, ptxas Y': the compiler whose code is counted (its wheel's ptxas)."""
     import triton
@@ -588,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.gpucheck.sass: needs Triton, with kernels/ imported without TRITON_INTERPRET=1",
               file=sys.stderr)
         return 2
+    missing = missing_toolchain()
+    if missing:  # no NVIDIA backend, no ptxas: one line, not a traceback
+        print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {missing}", file=sys.stderr)
+        return 2
     if args.compile_all:
         ok, bad, spills = compile_all()
         a_ok, a_bad, a_spills = compile_attention()
@@ -604,10 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     for dot, path in jobs:
         try:
             rows = count(args.op, args.dtype, args.configs, dot)
-        except Exception as e:  # no NVIDIA backend, no ptxas: one line, not a traceback
-            print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {type(e).__name__}: "
+        except Exception as e:  # the tools are there: a kernel or this counter failed
+            print(f"bench.gpucheck.sass: counting failed: {type(e).__name__}: "
                   f"{(str(e).splitlines() or [''])[0]}", file=sys.stderr)
-            return 2
+            return 1
         lines = report(rows, args.gbps, args.dtype, dot, args.latency_ns)
         if path is None:
             print("\n".join(lines))

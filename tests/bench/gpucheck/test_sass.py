@@ -101,6 +101,16 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys):
         assert len(err) == 1 and err[0].startswith("python -m bench.gpucheck.sass: "), err
 
 
+def need_sm90_tools() -> None:
+    """Skip where this machine cannot compile for sm_90 (decided before compiling, so that a
+    compile that fails is a failure, not a skip)."""
+    pytest.importorskip("triton")
+    from bench.gpucheck.sass import missing_toolchain
+    missing = missing_toolchain()
+    if missing:
+        pytest.skip(f"cannot compile for sm_90 here: {missing}")
+
+
 def _compile_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
@@ -142,13 +152,11 @@ print(json.dumps(out))
 
 
 def test_spill_count_from_sass_matches_ptxas_on_a_real_sm90_compile(tmp_path):
-    pytest.importorskip("triton")
+    need_sm90_tools()
     probe = tmp_path / "spill_probe.py"  # @triton.jit wants its source in a file
     probe.write_text(_SPILL_PROBE)
     r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=REPO,
                        env=_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache")), timeout=300)
-    if r.returncode and ("cuobjdump" in r.stderr or "ptxas" in r.stderr):
-        pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stderr[-800:]
     import json
     (free_ptxas, free_sass), (capped_ptxas, capped_sass) = json.loads(r.stdout.strip().splitlines()[-1])
@@ -160,12 +168,10 @@ def test_spill_count_from_sass_matches_ptxas_on_a_real_sm90_compile(tmp_path):
 @pytest.mark.slow  # a real sm_90 compile
 @pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
 def test_counts_one_config_of_the_int4_kernel_for_sm90(dot):
-    pytest.importorskip("triton")
+    need_sm90_tools()
     r = subprocess.run([sys.executable, "-m", "bench.gpucheck.sass", "--op", "gemv_w4",
                         "--configs", "1", *(["--dot"] if dot else [])],
                        capture_output=True, text=True, cwd=REPO, env=_compile_env(), timeout=300)
-    if r.returncode == 2 and "cannot compile for sm_90" in r.stderr:
-        pytest.skip(r.stderr.strip())
     assert r.returncode == 0, r.stderr[-800:]
     assert ("M = 16, tl.dot" in r.stdout) == dot
     import triton
@@ -204,6 +210,7 @@ def test_out_writes_both_paths_with_the_command_and_toolchain(monkeypatch, tmp_p
     pytest.importorskip("triton")
     import bench.gpucheck.sass as sass
     monkeypatch.setattr(sass, "toolchain", lambda: "triton 9.9, ptxas 1.2")
+    monkeypatch.setattr(sass, "missing_toolchain", lambda: None)  # counting is stubbed
     monkeypatch.setattr(sass, "count", lambda op, dtype, first, dot: [
         LoopCount("gemv_w8", "cfg-dot" if dot else "cfg-gemv", 0.1, 10, 168, [("FFMA", 4)],
                   warps=4, shared=2048, step_bytes=16384)])
@@ -319,11 +326,9 @@ print(json.dumps(out))
 def _probe(src: str) -> Any:
     """Run a probe script that compiles for sm_90 and prints JSON last; its parsed output
     (skipped where this machine cannot compile for sm_90)."""
-    pytest.importorskip("triton")
+    need_sm90_tools()
     r = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True,
                        cwd=REPO, env=_compile_env(), timeout=300)
-    if r.returncode and ("ptxas" in r.stderr or "cannot compile" in r.stderr):
-        pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stderr[-800:]
     import json
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -596,6 +601,7 @@ def test_the_table_takes_littles_law_at_the_latency_asked_for(monkeypatch, capsy
     pytest.importorskip("triton")
     import bench.gpucheck.sass as sass
     monkeypatch.setattr(sass, "toolchain", lambda: "triton 9.9, ptxas 1.2")
+    monkeypatch.setattr(sass, "missing_toolchain", lambda: None)  # counting is stubbed
     row = LoopCount("gemv_w8", "cfg", 0.1, 10, 168, [("FFMA", 4)], warps=4, shared=2048,
                     step_bytes=16384)
     need = bytes_needed_per_sm(3350, 600)  # 3350e9 / 132 x 600e-9 = 15227 B
@@ -608,3 +614,25 @@ def test_the_table_takes_littles_law_at_the_latency_asked_for(monkeypatch, capsy
     monkeypatch.setattr(triton_util, "INTERPRET", False)
     assert main(["--gbps", "3350", "--latency-ns", "600"]) == 0
     assert f"x 600 ns DRAM latency = {need / 1024:.1f} KiB an SM" in capsys.readouterr().out
+
+
+def test_a_failing_compile_is_a_failure_and_a_missing_toolchain_a_skip(monkeypatch, capsys):
+    """Exit 2 ("cannot compile here", which the compile tests skip on) only when the tools are
+    missing; a compile that fails with them there (ptxas rejecting a kernel) is exit 1."""
+    pytest.importorskip("triton")
+    import bench.gpucheck.sass as sass
+
+    def ptxas_rejects(*a):
+        raise RuntimeError("PTXAS error: Internal Triton PTX codegen error\n`ptxas` stderr: ...")
+    # main drops TRITON_INTERPRET; monkeypatch puts it back afterwards
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
+    from kernels import triton_util
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    monkeypatch.setattr(sass, "count", ptxas_rejects)
+    monkeypatch.setattr(sass, "missing_toolchain", lambda: None)
+    assert main(["--configs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "counting failed: RuntimeError: PTXAS error" in err and "cannot compile" not in err
+    monkeypatch.setattr(sass, "missing_toolchain", lambda: "RuntimeError: no cuobjdump")
+    assert main(["--configs", "1"]) == 2
+    assert "cannot compile for sm_90 here: RuntimeError: no cuobjdump" in capsys.readouterr().err

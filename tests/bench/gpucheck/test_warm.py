@@ -173,16 +173,14 @@ print(json.dumps({"got": got, "configs": len(keep), "cubins": len(files)}))
 
 @pytest.mark.slow  # sm_90 compiles
 def test_compile_only_compiles_a_real_launchers_configs_for_sm90_into_the_cache(tmp_path):
-    pytest.importorskip("triton")
-    from tests.bench.gpucheck.test_sass import _compile_env
+    from tests.bench.gpucheck.test_sass import _compile_env, need_sm90_tools
+    need_sm90_tools()
     script = tmp_path / "sm90_warm.py"
     script.write_text(_SM90_WARM)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO,
                        env=_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"),
                                         DECODEWALL_AUTOTUNE="1"),  # the prune runs only when tuning
                        timeout=600)
-    if r.returncode and "ptxas" in r.stderr:
-        pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stderr[-800:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     (name, what), = out["got"]
