@@ -4,8 +4,10 @@
 vectorizes the same C differently): both must be correct wherever either is built. An AVX-512 CPU
 checks both builds here; an AVX2-only CPU checks the one it can run.
 """
+import os
 import platform
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -58,8 +60,8 @@ def cpu_flags() -> set[str]:
 
 @pytest.fixture(scope="module", params=list(LEVELS))
 def built(request, tmp_path_factory):
-    """Every C library of kernels/ built for one x86-64 level (skipped where this CPU or
-    compiler cannot run or build it): {module: library}."""
+    """Every C library of kernels/ built for one x86-64 level (skipped where this CPU cannot run
+    it or the compiler does not know the level): {module: library}."""
     march = request.param
     if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc"):
         pytest.skip("needs an x86-64 CPU and a C compiler")
@@ -67,17 +69,17 @@ def built(request, tmp_path_factory):
     missing = [f for f in need if f not in cpu_flags()]
     if missing:
         pytest.skip(f"this CPU cannot run {march} code (lacks {', '.join(missing)})")
+    knows = subprocess.run(["cc", f"-march={march}", "-x", "c", "-c", "-o", os.devnull,
+                            os.devnull], capture_output=True, text=True)
+    if knows.returncode:  # an older compiler (gcc < 11 has no levels): no build to check
+        pytest.skip(f"this compiler does not take -march={march}")
     mp = pytest.MonkeyPatch()
     mp.setenv("DECODEWALL_CACHE", str(tmp_path_factory.mktemp(march)))
     libs = {}
     try:
         for mod in (gemv_simd, attention_simd, probes_simd):
-            lib = mod.library
-            libs[mod] = lib.for_march(march)
-            try:
-                libs[mod]()
-            except NotImplementedError as e:
-                pytest.skip(f"cannot build for {march}: {e}")
+            libs[mod] = mod.library.for_march(march)
+            libs[mod]()  # a build that fails here is a fault in the C, not a skip
     finally:
         mp.undo()
     return march, libs
