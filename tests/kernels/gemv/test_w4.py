@@ -87,6 +87,7 @@ def test_simd_kernel_catches_a_wrong_nibble_order():
     s = GemvW4Shape(2, 40, 256, 64)
     x, qw, sc, z, G = OP.make_inputs(s, F32, "cpu", 0)
     ref = OP.reference(x, qw, sc, z, G)
+    assert rel_err(OP.impls["simd_c"](x, qw, sc, z, G), ref) < 1e-4  # right in the right order
     swapped = (qw << 4) | (qw >> 4)
     assert rel_err(OP.impls["simd_c"](x, swapped, sc, z, G), ref) > 1e-2
 
