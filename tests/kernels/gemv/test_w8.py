@@ -77,9 +77,9 @@ from kernels.gemv import GemvW8Shape
 op = OPS["gemv_w8"]
 x, q, s = op.make_inputs(GemvW8Shape(*map(int, sys.argv[1:4])), torch.bfloat16, "cpu", 0)
 ref = op.reference(x, q, s)
-def padded(t, fill):  # what lies past a buffer is garbage, as in a busy process: a read past
-    buf = torch.full((t.numel() + 65536,), fill, dtype=t.dtype)  # the end shows every time
-    return buf[:t.numel()].view(t.shape).copy_(t)
+def padded(t, fill):  # what lies around a buffer is garbage, as in a busy process: a read
+    buf = torch.full((t.numel() + 2 * 65536,), fill, dtype=t.dtype)  # past it shows every time
+    return buf[65536:65536 + t.numel()].view(t.shape).copy_(t)
 x, q, s = padded(x, 1e30), padded(q, 127), padded(s, 1e30)
 y = torch._weight_int8pack_mm(x, q, s).double()
 err = ((y - ref).norm() / ref.norm()).item()
@@ -88,8 +88,8 @@ print("ok" if err <= float(sys.argv[4]) else f"wrong: {err:.3g}")
 
 
 def builtin_alone(shape: GemvW8Shape, tolerance: float, tries: int = 3) -> str:
-    """`torch._weight_int8pack_mm` on the harness's inputs (seed 0), each in a buffer followed
-    by garbage, in a process of its own: "ok", "wrong: <rel err>", or how it died; the first
+    """`torch._weight_int8pack_mm` on the harness's inputs (seed 0), each in a buffer between
+    runs of garbage, in a process of its own: "ok", "wrong: <rel err>", or how it died; the first
     failure of up to `tries` calls (a crash need not happen every time)."""
     for _ in range(tries):
         r = subprocess.run([sys.executable, "-c", _BARE, str(shape.M), str(shape.N), str(shape.K),
