@@ -196,7 +196,13 @@ class Runner:
         self.on_start = on_start or (lambda phase: None)  # "inputs", then each impl's name
         # within an impl: ("checked", (rel_err, correct)), ("warm-up", input sets), ("timing",
         # None): where a worker is, for a record its parent writes if it dies or hangs there
-        self.on_stage = on_stage or (lambda stage, detail: None)
+        self._report_stage = on_stage or (lambda stage, detail: None)
+        self.phase = "check"  # where the impl running is: check, warm-up, timing (the record's
+        #                       `phase` when a CUDA error loses the context there)
+
+    def on_stage(self, stage: str, detail: Any) -> None:
+        self.phase = {"warm-up": "warm-up", "timing": "timing"}.get(stage, self.phase)
+        self._report_stage(stage, detail)
 
     def _base(self, case: Case, impl: Impl) -> dict[str, Any]:
         return base_record(self.ctx, case, impl)
@@ -244,6 +250,7 @@ class Runner:
             t0 = time.perf_counter()
             lost = None
             state = _torch_state()
+            self.phase = "check"
             try:
                 sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
             except NotImplementedError as e:
@@ -254,8 +261,10 @@ class Runner:
                            traceback=traceback.format_exc(limit=4))
                 lost = c.backend.context_lost()
                 if lost:  # e.g. an illegal address: every later call on this context fails too
-                    rec.update(status="crashed", error=f"{rec['error']}; the device context is "
-                                                       f"lost ({lost})")
+                    where = "timing" if self.phase == "timing" else f"its {self.phase}"
+                    rec.update(status="crashed", phase=self.phase,
+                               error=f"{rec['error']} in {where}; the device context is lost "
+                                     f"({lost})")
             if torch.get_num_threads() != state[0]:  # the record says what the impl ran with
                 rec["device"]["threads"] = torch.get_num_threads()
             _put_back(state)

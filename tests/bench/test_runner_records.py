@@ -2,6 +2,8 @@
 for another backend stay out unless named, a case whose inputs cannot be built still gets a record
 for each impl, a lost device context is raised after its record, and a warm set within
 WARM_CACHE_FACTOR x the LLC is not judged against the DRAM roof."""
+import json
+
 import pytest
 import torch
 
@@ -73,6 +75,31 @@ def test_a_lost_context_is_recorded_crashed_then_raised(tmp_path, faulting):
     assert r.writer.count == 1  # t_fault's record; t_next was not run on that context
     text = (tmp_path / "numbers.jsonl").read_text()
     assert '"status":"crashed"' in text and "context is lost" in text
+    rec = json.loads(text)
+    assert rec["phase"] == "check" and " in its check; the device context is lost" in rec["error"]
+
+
+def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
+    """A fault after the check (its warm-up's calls) is recorded with that phase, as the parent
+    records a worker that dies there."""
+    calls = {"n": 0}
+
+    @register_impl("gemv_bf16", "t_late_fault", backends=["cpu"], dtypes=["float32"])
+    def late(x, w):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the check's call passes; the warm-up's first faults
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return torch.matmul(x, w.T)
+    try:
+        r = runner(tmp_path, ["t_late_fault"], backend=_Poisoned())
+        with pytest.raises(ContextLost):
+            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+        rec = json.loads((tmp_path / "numbers.jsonl").read_text())
+        assert rec["status"] == "crashed" and rec["phase"] == "warm-up", rec
+        assert " in its warm-up; the device context is lost" in rec["error"]
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_late_fault", None)
 
 
 def test_a_warm_set_a_few_times_the_llc_is_still_in_cache(tmp_path, monkeypatch):
