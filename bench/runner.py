@@ -170,8 +170,9 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     mode = c.backend.flush_mode()
-    if mode is not None:  # how the cache was flushed before each sample (a warm case: not at all)
-        rec["flush"] = "none" if case.warm else mode
+    if mode is not None:  # how the cache was flushed before each sample (a warm case and a
+        #                   collective, whose ranks time their calls back to back: not at all)
+        rec["flush"] = "none" if case.warm or op.collective else mode
     return rec
 
 

@@ -138,3 +138,19 @@ def test_bad_flush_env_is_a_usage_error_before_anything_runs(capsys, monkeypatch
     for argv in (["roof", "--backend", "cuda"], ["roof"]):  # by name, and picked as the best
         line = one_error_line(capsys, argv)
         assert FLUSH_ENV in line and "'zero'" in line and "memset+read" in line
+
+
+def test_an_allreduce_record_says_it_was_not_flushed(tmp_path, monkeypatch):
+    """Collective ranks time their calls back to back, never flushing: `flush` none, whatever
+    DECODEWALL_FLUSH says (compare pairs records by it)."""
+    from bench.runner import base_record
+    from kernels import OPS
+    from kernels.collectives.ops import AllreduceShape
+    r = make_runner(tmp_path)
+    monkeypatch.setattr(r.ctx.backend, "flush_mode", lambda: "read")
+    reduce = OPS["allreduce"].impls["torch_distributed"]
+    rec = base_record(r.ctx, Case("allreduce", AllreduceShape(bytes=4096), torch.float32), reduce)
+    assert rec["flush"] == "none"
+    gemv = OPS["gemv_bf16"].impls["torch_matmul"]
+    assert base_record(r.ctx, Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32),
+                       gemv)["flush"] == "read"
