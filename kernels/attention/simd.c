@@ -13,7 +13,8 @@
    - P.V: per 16-wide slice of D, the four heads' accumulators stay in registers across a whole
      block of tokens, each broadcast p feeding two FMAs; INT8 KV folds k_scale into the score and
      v_scale into p, so rows are only widened;
-   - splits (for few sequences x KV heads) keep their (max, sum, acc) and are merged at the end.
+   - splits (for few sequences: simd.py splits_for) keep their (max, sum, acc) and are merged at
+     the end.
    Positions past seq_len and table entries past a sequence are never read. */
 #include <stdint.h>
 #include <string.h>
