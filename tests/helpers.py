@@ -127,6 +127,17 @@ def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check,
     return len(configs)
 
 
+def skip_if_machine_lacks(e: NotImplementedError) -> None:
+    """Skip where this machine cannot build or run a C kernel (its CPU lacks the instructions,
+    there is no C compiler); re-raise any other NotImplementedError, such as a C build that
+    fails, so that a broken kernel fails its tests instead of skipping them."""
+    import pytest
+    msg = str(e)
+    if "; this CPU lacks " in msg or msg.startswith("no C compiler found"):
+        pytest.skip(msg)
+    raise e
+
+
 class IsolatedChecker:
     """The correctness gate of one impl at one shape, run by the harness's own case worker, so an
     impl that kills its process (a third-party builtin on some CPUs) is recorded, not fatal."""

@@ -259,3 +259,17 @@ def test_default_march_is_the_variable_or_native(monkeypatch):
     assert cbuild.default_march() == "native" and "-march=native" in cbuild.flags()
     monkeypatch.setenv("DECODEWALL_MARCH", "x86-64-v3")
     assert cbuild.default_march() == "x86-64-v3" and "-march=x86-64-v3" in cbuild.flags()
+
+
+def test_only_a_machine_that_lacks_something_skips_a_c_kernels_tests():
+    """tests.helpers.skip_if_machine_lacks: the messages CLibrary gives for a CPU without the
+    instructions or no compiler skip; a failed build re-raises (fails the test)."""
+    from tests.helpers import skip_if_machine_lacks
+    for msg in ("the probes kernels need avx2; this CPU lacks avx2",
+                "no C compiler found (set CC) to build the probes kernels"):
+        with pytest.raises(pytest.skip.Exception):
+            skip_if_machine_lacks(NotImplementedError(msg))
+    failed = NotImplementedError("building the probes kernels with -march=native failed: "
+                                 "simd.c:3: error: expected ';'")
+    with pytest.raises(NotImplementedError, match="failed"):
+        skip_if_machine_lacks(failed)

@@ -15,6 +15,7 @@ from kernels.triton_util import HAS_TRITON
 from kernels.attention.ops import PagedAttentionShape as Shape
 from kernels.attention.ops import build_inputs, bytes_moved
 from kernels.quant import quantize_kv_int8
+from tests import helpers
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 OP_NAMES = ("paged_attention", "paged_attention_kv8")
@@ -496,7 +497,7 @@ def test_simd_c_splits_and_odd_group(op_name, splits, monkeypatch):
     try:
         attention_simd.library()
     except NotImplementedError as e:
-        pytest.skip(str(e))
+        helpers.skip_if_machine_lacks(e)
     monkeypatch.setattr(attention_simd, "splits_for", lambda B, tokens, threads: splits)
     for dtype in (F32, BF16, F16):
         args = case_inputs(op_name, 12, 2, 64, 64, dtype, [300, 1, 65, 127])

@@ -328,6 +328,8 @@ def test_cuda_impls(name, dtype, shape):
     try:
         check_impl(name, shape, dtype, device="cuda")
     except NotImplementedError as e:
+        if name.startswith("triton"):  # ours takes every case here; a builtin may refuse one
+            raise
         pytest.skip(str(e))
 
 
