@@ -287,12 +287,13 @@ def best_chip(records: list[dict[str, Any]]) -> str | None:
 
 
 def sweeps(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Groups timed at >= 2 batch sizes: (op, shape without the batch field, dtype, impl)."""
+    """Groups timed at >= 2 batch sizes of at least 1 (the sweep's axis is logarithmic): (op,
+    shape without the batch field, dtype, impl)."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in records:
         shape = r.get("shape") or {}
         bf = next((f for f in BATCH_FIELDS if f in shape), None)
-        if bf is None:
+        if bf is None or shape[bf] < 1:
             continue
         rest = tuple(sorted((k, v) for k, v in shape.items() if k != bf))
         groups[(r["op"], rest, r.get("dtype"), r["impl"], bf)].append(r)
@@ -960,15 +961,17 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
         color, marker = impl_color(i), style.marker(op)
         ax.plot(ms, [r["achieved_gbps"] for r in g], marker=marker, color=color,
                 markeredgecolor="k", markeredgewidth=0.4)
-        tx.plot(ms, [r["flops"] / r["time_s"]["median"] / 1e12 for r in g], marker="x",
-                ls=":", color=color)
+        rated = [(m, r["flops"] / r["time_s"]["median"] / 1e12) for m, r in zip(ms, g)
+                 if r.get("flops")]  # a record without its FLOPs has no compute point
+        if rated:
+            tx.plot(*zip(*rated), marker="x", ls=":", color=color)
         handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="k",
                               markeredgewidth=0.4,
                               label=mpl_text(f"{op} {short_shape(dict(rest))} "
                                              f"{short_dtype(dtype)} {impl}")))
         mr = ridge_batch(g, bf)
         case = f"{op} {short_dtype(dtype)}"
-        if mr is not None and case not in ridges[(bf, round(mr))]:
+        if mr is not None and round(mr) >= 1 and case not in ridges[(bf, round(mr))]:
             ridges[(bf, round(mr))].append(case)
     for (bf, m), cases in sorted(ridges.items()):
         ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)

@@ -27,7 +27,7 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("op") not in WEIGHT_OPS or r.get("status", "ok") != "ok":
             continue
         t = (r.get("time_s") or {}).get("median")
-        if not t or not r.get("bytes"):
+        if not t or not r.get("bytes") or None in _mnk(r["shape"]):  # no GEMV shape: no row
             continue
         key = (_mnk(r["shape"]), r.get("dtype"), r["op"])
         if key not in best or t < best[key]["t"]:

@@ -538,3 +538,32 @@ def test_control_characters_in_a_path_keep_the_error_one_line(argv, tmp_path, ca
     line = error_line(capsys, [a.format(good=good, bad=bad) for a in argv])
     assert "a\\nb\\x1b[2J\\r.json" in line, line
     assert not any(c in line for c in "\n\r\x1b")
+
+
+def test_valid_records_without_optional_fields_show_and_plot_cleanly(tmp_path, capsys, mpl):
+    """Records the checker accepts but that leave out what a chart or table could use: a
+    precision record without M, N, K; a batch sweep without flops; a sweep holding M = 0 (no
+    point on a log axis) with a ridge below 1. No error, no warning."""
+    import warnings
+    t = _time(1e-6)
+    prec = write(tmp_path / "p.jsonl",
+                 {"op": "gemv_bf16", "impl": "a", "shape": {}, "status": "ok",
+                  "group": "precision", "bytes": 100, "time_s": t},
+                 {"op": "gemv_bf16", "impl": "a", "shape": {"M": 1, "N": 2, "K": 2},
+                  "status": "ok", "group": "precision", "bytes": 100, "time_s": t})
+    sweep = write(tmp_path / "s.jsonl", *({"op": "x", "impl": "a", "shape": {"M": m},
+                                           "status": "ok", "achieved_gbps": 1,
+                                           "arithmetic_intensity": 0.5, "time_s": t}
+                                          for m in (1, 2)))
+    zero = write(tmp_path / "z.jsonl", *({"op": "x", "impl": "a", "shape": {"M": m}, "status": "ok",
+                                          "achieved_gbps": 1, "arithmetic_intensity": a,
+                                          "ridge": 1.5, "flops": 10, "time_s": t}
+                                         for m, a in ((0, 1), (1, 3), (2, 5))))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["show", str(prec)]) == 0
+        for f in (sweep, zero):
+            assert main(["plot", str(f), "-o", str(tmp_path / "c" / f"{f.stem}.png")]) == 0
+    assert not [w for w in seen if issubclass(w.category, (UserWarning, RuntimeWarning))], \
+        [str(w.message) for w in seen]
+    assert "error" not in capsys.readouterr().err
