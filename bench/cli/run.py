@@ -511,9 +511,10 @@ class _null:
 
 
 def list_everything(args) -> int:
-    """Every suite and op with its impls; a suite, op, impl, backend or chip also named must
-    exist (a misspelt name is refused here as it is in a run, not listed past). The list is the
-    same on every backend, so a known backend need not be available here."""
+    """Every suite and op with its impls; whatever else is named (a suite, op, impl, backend,
+    chip, dtype, shape, model, world size) must be valid as a run would take it: a misspelt name
+    is refused here as it is in a run, not listed past. The list is the same on every backend,
+    so a known backend need not be available here."""
     from kernels import OPS
     from ..suites import SUITES
     if args.backend is not None:
@@ -522,7 +523,20 @@ def list_everything(args) -> int:
         resolve_chip(args.chip, {})
     if args.suite is not None:
         check_suite(args.suite)
-    ops = [named_op(args.op)] if args.op is not None else list(OPS.values())
+    if args.model is not None:
+        if not args.model.strip():
+            raise UsageError("--model is empty: give a built-in model or a config.json path")
+        from .step import build_step
+        build_step(args)
+    if args.shape and args.op is None:
+        raise UsageError("--shape needs --op")
+    op = named_op(args.op) if args.op is not None else None
+    resolve_dtypes(args.dtype, op)
+    for text in args.shape or []:
+        parse_shape(op, text)
+    if args.world_size is not None and op is not None and not op.collective:
+        raise UsageError("--world-size applies to collective ops (e.g. --op allreduce) only")
+    ops = [op] if op is not None else list(OPS.values())
     impls = [n for o in ops for n in o.impls]
     for n in args.impl or []:
         if n not in impls:
