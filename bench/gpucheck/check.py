@@ -123,6 +123,7 @@ class Check:
         self.env.setdefault("COLUMNS", "200")
         self.py = sys.executable
         self.info: dict[str, Any] = {}
+        self.backend_usable: bool | None = None  # the env probe's answer; None: not known
         self.roof: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
         self.jsonl: Path | None = None
@@ -318,9 +319,17 @@ class Check:
             return
         if not self.info:
             step.status, step.detail = "failed", "could not import torch / the project (see steps.log)"
+            self.backend_usable = False
             return
+        self.backend_usable = bool(self.info.get("backend_ok"))
         if self.ncu_path and self.info.get("backend_ok"):
-            self.start_ncu_probe()
+            try:
+                self.start_ncu_probe()
+            except Exception as e:  # the check's own error: no probe, so the ncu step is skipped
+                self.log.write(traceback.format_exc())
+                self.notes.append(f"ncu probe not started ({type(e).__name__}: {e}): ncu is not "
+                                  "used")
+                self.ncu_path = None
         missing = [m for m in ("rich", "numpy", "pytest") if not self.info.get(m)]
         dev = self.info.get("device") or {}
         step.detail = (f"torch {self.info.get('torch_version')}, triton "
@@ -394,6 +403,14 @@ class Check:
                                         cwd=REPO, start_new_session=True)
             self.warm_procs.append((proc, Path(name)))
         self.log.flush()
+
+    def step_configs(self) -> None:
+        """The every-config tests, then the background compiles stopped, whatever the tests'
+        step did: no compile may run beside a timing."""
+        try:
+            self.step_pytest("configs")
+        finally:
+            self.finish_warm()
 
     def finish_warm(self) -> None:
         """Stop the background compiles before any step times a kernel (those still compiling
@@ -714,6 +731,8 @@ class Check:
         try:
             from .summary import write
             return write(self, final=final)
+        except Interrupted:  # SIGTERM while it was written (importing torch takes seconds)
+            raise
         except Exception as e:
             err = f"{type(e).__name__}: {e}"
             if not self.log.closed:
@@ -748,7 +767,7 @@ class Check:
             if not self.log.closed:
                 self.log.close()
             print("\n" + text, end="", flush=True)
-        return 1
+        return 1  # the summary itself failed: its goal lines are missing
 
     def guarded(self, name: str, fn: Any) -> None:
         """Run one step; an error of the check's own code (a path only a GPU takes, which no dry
@@ -774,7 +793,7 @@ class Check:
         try:
             self.guarded("peers", self.step_peers)
             self.guarded("env", self.step_env)
-            if self.steps["env"].status == "failed":
+            if self.backend_usable is False:  # the probe said so; not an error of env's code
                 self.say("no usable torch or backend here: the other steps are skipped")
             else:
                 try:
@@ -783,8 +802,7 @@ class Check:
                     self.log.write(traceback.format_exc())
                     self.notes.append(f"starting the background compiles: {type(e).__name__}: {e}")
                 for name, fn in (("pytest", lambda: self.step_pytest("pytest")),
-                                 ("configs", lambda: (self.step_pytest("configs"),
-                                                      self.finish_warm())),
+                                 ("configs", self.step_configs),
                                  ("roof", self.step_roof), ("flush", self.step_flush),
                                  ("suite", lambda: (self.finish_ncu_probe(), self.plan(),
                                                     self.step_suite())),

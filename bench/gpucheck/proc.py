@@ -47,22 +47,27 @@ def run_proc(cmd: list[str], box: float, log, env: dict[str, str],
     """Run cmd in its own process group, its stderr streamed to `log` and its stdout to
     `stdout_path` if given, else to `log` too; given a `tee` list, stdout and stderr go line by
     line to `log`, to this process's stdout and into the list. On the time box, SIGTERM then SIGKILL the group; on an
-    exception here (the check interrupted), the same before it propagates. Returns (rc or None on
-    timeout, seconds)."""
+    exception here (the check interrupted), the same before it propagates. Returns (rc, None on
+    timeout, 127 where cmd cannot start; seconds)."""
     log.write(f"$ {' '.join(cmd)}   [time box {box:.0f} s]\n")
     log.flush()
     t0 = time.monotonic()
     out = open(stdout_path, "w", encoding="utf-8") if stdout_path else log
     reader: threading.Thread | None = None
     try:
-        if tee is not None:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                    cwd=REPO, start_new_session=True)
-            reader = threading.Thread(target=_tee, args=(proc.stdout, log, tee), daemon=True)
-            reader.start()
-        else:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, cwd=REPO,
-                                    start_new_session=True)
+        try:
+            if tee is not None:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        env=env, cwd=REPO, start_new_session=True)
+                reader = threading.Thread(target=_tee, args=(proc.stdout, log, tee), daemon=True)
+                reader.start()
+            else:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, cwd=REPO,
+                                        start_new_session=True)
+        except OSError as e:  # not there, not executable: the shell's "cannot run" status
+            log.write(f"[cannot start {cmd[0]}: {e}]\n")
+            log.flush()
+            return 127, time.monotonic() - t0
         try:
             rc: int | None = proc.wait(timeout=max(1.0, box))
         except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
 """The one-call device check (bench/device_check.sh): its dry run end to end, and the ncu parser."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -505,6 +506,8 @@ def test_a_slow_env_probe_does_not_end_the_check(tmp_path):
 
         def env(c=c, env_status=env_status):
             c.begin("env").status = env_status
+            if env_status == "failed":  # the probe's answer: no backend here
+                c.backend_usable = False
 
         c.step_env = env
         c.run()
@@ -1082,3 +1085,78 @@ def test_the_script_runs_from_anywhere_and_passes_the_exit_status_on(tmp_path):
     assert where == f"bench at {REPO / 'bench' / '__init__.py'}", r.stderr
     assert r.returncode == 2 and len(err) == 1 and "must exceed the 12 s" in err[0], r.stderr
     assert r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_an_error_in_envs_own_code_does_not_skip_the_steps_after_it(tmp_path):
+    """Only the probe's answer that there is no usable torch or backend ends the check after
+    env; an error of env's own code (an ncu found but not runnable) fails env and the rest run."""
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+    _stub_steps(c, ran)
+
+    def env_bug():
+        c.begin("env")
+        raise OSError("[Errno 8] Exec format error: '/usr/local/cuda/bin/ncu'")
+    c.step_env = env_bug
+    c.run()
+    assert c.steps["env"].status == "failed" and "Exec format error" in c.steps["env"].detail
+    assert ran == ["peers", "pytest", "configs", "suite", "ncu"]
+
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+    _stub_steps(c, ran)
+
+    def no_backend():
+        st = c.begin("env")
+        st.status, c.backend_usable = "failed", False
+    c.step_env = no_backend
+    c.run()
+    assert ran == ["peers"] and c.steps["suite"].status == "skipped"
+
+
+def test_the_background_compiles_stop_before_the_suite_even_when_configs_raises(tmp_path):
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+    ok = _stub_steps(c, ran)
+
+    def pytest_step(name):
+        if name == "configs":
+            c.begin(name)
+            raise RuntimeError("a path only the GPU takes")
+        return ok(name)()
+    c.step_pytest = pytest_step
+    c.finish_warm = lambda: ran.append("finish_warm")
+    c.run()
+    assert c.steps["configs"].status == "failed"
+    assert ran.index("finish_warm") < ran.index("suite"), ran
+
+
+def test_sigterm_while_the_summary_is_written_stops_the_check(tmp_path, monkeypatch):
+    """The summary imports torch (seconds) at the first step's start: a SIGTERM then ends the
+    check with 143, not a 'summary code failed' summary and the check going on."""
+    from bench.gpucheck import summary
+    from bench.gpucheck.check import Interrupted
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+    _stub_steps(c, ran)
+    real, calls = summary.write, []
+
+    def write(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise Interrupted()
+        return real(*a, **k)
+    monkeypatch.setattr(summary, "write", write)
+    assert c.run() == 143
+    assert ran == [] and "summary_error" not in json.loads(
+        (tmp_path / "out" / "summary.json").read_text())
+
+
+def test_run_proc_of_a_command_that_cannot_start_is_127_not_an_exception(tmp_path):
+    from bench.gpucheck.proc import run_proc
+    bad = tmp_path / "ncu"
+    bad.write_text("not a program")
+    bad.chmod(0o644)  # found by a glob, not executable
+    with open(tmp_path / "log", "w") as log:
+        rc, _ = run_proc([str(bad), "--version"], 5, log, dict(os.environ))
+    assert rc == 127 and "cannot start" in (tmp_path / "log").read_text()
