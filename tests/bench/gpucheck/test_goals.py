@@ -365,3 +365,65 @@ def test_a_background_compile_stopped_while_at_work_is_a_warning():
          "failed": 0, "failures": [], "configs": 12}
     assert "(warm)  warn" in warm_line(w) and "1 stopped" in warm_line(w)
     assert "(warm)  ok" in warm_line({**w, "stopped": 0})
+
+
+def _int4_big(*recs):
+    g = goals(list(recs))[0]
+    assert g["goal"].startswith("INT4 GEMV, M=1, Llama-3-70B gate_up and down")
+    return g
+
+
+def test_ours_is_the_best_of_our_kernels_on_each_shape():
+    """Two of our kernels each best on one shape: both shapes at 90, met (one kernel judged on
+    both would read 80); the line names which kernel gave each shape."""
+    gate_up, down = BIG
+    g = _int4_big(gemv("gemv_w4", "triton_w4", gate_up, 90.0), gemv("gemv_w4", "triton_w4", down, 80.0),
+                  gemv("gemv_w4", "triton_w4_splitk", gate_up, 80.0),
+                  gemv("gemv_w4", "triton_w4_splitk", down, 90.0),
+                  gemv("gemv_w4", "gemlite_w4", gate_up, 50.0, 2.0, baseline=True),
+                  gemv("gemv_w4", "gemlite_w4", down, 50.0, 2.0, baseline=True))
+    assert g["met"] is True and g["value"] == 90.0, goal_line(g)
+    line = goal_line(g)
+    assert "90.0 triton_w4" in line and "90.0 triton_w4_splitk" in line, line
+
+
+def test_ahead_of_a_peer_means_our_best_time_on_that_shape():
+    gate_up, down = BIG
+    g = _int4_big(gemv("gemv_w4", "triton_w4", gate_up, 95.0, 1.0),
+                  gemv("gemv_w4", "triton_w4", down, 88.0, 1.0),
+                  gemv("gemv_w4", "triton_w4_splitk", gate_up, 86.0, 1.1),
+                  gemv("gemv_w4", "triton_w4_splitk", down, 96.0, 0.92),
+                  gemv("gemv_w4", "torch_int4pack_mm", down, 90.0, 0.95, kind="builtin",
+                       baseline=True))
+    assert g["met"] is True and not g["behind"], goal_line(g)
+
+
+def test_a_crashed_shape_of_one_kernel_leaves_the_other_kernels_reading():
+    gate_up, down = BIG
+    g = _int4_big(gemv("gemv_w4", "triton_w4", gate_up, 90.0),
+                  gemv("gemv_w4", "triton_w4", down, None, status="crashed"),
+                  gemv("gemv_w4", "triton_w4_splitk", gate_up, 80.0),
+                  gemv("gemv_w4", "triton_w4_splitk", down, 90.0))
+    assert g["met"] is True and g["per_shape"] == {"gate_up 57344x8192": 90.0,
+                                                   "down 8192x28672": 90.0}, goal_line(g)
+
+
+@pytest.mark.parametrize("verdict", ["above the roof: harness suspect (cache not defeated or "
+                                     "missing sync)", "in cache: not judged against the DRAM roof"])
+def test_a_reading_the_harness_doubts_meets_no_goal(verdict):
+    gate_up, down = BIG
+    suspect = gemv("gemv_w4", "triton_w4", gate_up, 140.0) | {"verdict": verdict}
+    g = _int4_big(suspect, gemv("gemv_w4", "triton_w4", down, 90.0))
+    assert g["met"] is None and g["measured"] == 1, goal_line(g)  # gate_up not validly measured
+    attn = dict(Hq=32, Hkv=8, D=128, block_size=16)
+    a = rec("paged_attention", "triton", {"B": 64, "context": 4096, **attn}, ds=120.0) | {
+        "verdict": verdict}
+    g = next(g for g in goals([a]) if g.get("B") == 64)
+    assert "value" not in g and goal_line(g).endswith("not measured")
+
+
+def test_a_value_just_under_the_mark_is_not_printed_as_the_mark():
+    gate_up, down = BIG
+    g = _int4_big(gemv("gemv_w4", "triton_w4", gate_up, 84.96), gemv("gemv_w4", "triton_w4", down, 90.0))
+    line = goal_line(g)
+    assert g["met"] is False and "84.96%" in line and "short by 0.04 points" in line, line
