@@ -1,7 +1,7 @@
 """Bandwidth probes `copy` and `read`: the measured memory roof every other op is judged against.
 
 `copy` moves N elements in and N out (bytes = read + write; write-allocate traffic on CPUs is not
-counted, so a CPU copy may look slower than a read). `read` only reads, reducing to one scalar.
+counted, so a CPU copy may look slower than a read). `read` only reads, reducing to one scalar (its 4 bytes counted too).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ read = register_op(Op(
     shape_type=ProbeShape,
     make_inputs=make_inputs,
     reference=read_reference,
-    bytes_moved=lambda s, dt: s.N * esize(dt),
+    bytes_moved=lambda s, dt: s.N * esize(dt) + 4,  # src read, the fp32 sum written
     flops=lambda s: s.N,
     out_spec=lambda s, dt: ((), torch.float32),
     footprint=lambda s, dt: s.N * esize(dt) + 4,  # src and the fp32 sum
@@ -90,7 +90,7 @@ read = register_op(Op(
     # the sum accumulates in fp32 whatever the input dtype (a bf16 sum would not read any faster)
     tolerance={F32: 1e-4, F16: 1e-4, BF16: 1e-4},
     dtypes=(F32, F16, BF16),
-    doc="sum(src) in fp32: bandwidth probe, bytes = read",
+    doc="sum(src) in fp32: bandwidth probe, bytes = src read and the 4-byte sum written",
     smoke=((ProbeShape(N=1 << 16), F32),),
 ))
 

@@ -10,8 +10,8 @@ def test_probe_bytes_by_hand():
     copy, read = OPS["copy"], OPS["read"]
     assert copy.bytes_moved(copy.shape(N=1001), torch.float16) == 4004   # 1001*2 read + written
     assert copy.bytes_moved(copy.shape(N=1001), torch.bfloat16) == 4004
-    assert read.bytes_moved(read.shape(N=1001), torch.float32) == 4004   # 1001*4 read
-    assert read.bytes_moved(read.shape(N=1001), torch.float16) == 2002
+    assert read.bytes_moved(read.shape(N=1001), torch.float32) == 4008   # 1001*4 read, 4 written
+    assert read.bytes_moved(read.shape(N=1001), torch.float16) == 2006
 
 
 def test_allreduce_bytes_are_the_message():
