@@ -1,7 +1,8 @@
 """Bandwidth probes `copy` and `read`: the measured memory roof every other op is judged against.
 
 `copy` moves N elements in and N out (bytes = read + write; write-allocate traffic on CPUs is not
-counted, so a CPU copy may look slower than a read). `read` only reads, reducing to one scalar (its 4 bytes counted too).
+counted, so a CPU copy may look slower than a read). `read` only reads, reducing to one scalar
+(its 4 bytes counted too).
 """
 from __future__ import annotations
 
