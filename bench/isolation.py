@@ -93,7 +93,9 @@ class Worker:
         """Start `entry` (module:function) in a fresh interpreter and send it ("init", backend,
         plugins, *init). wait=False: return at once; `wait_ready()` later (ranks of one process
         group must all start before any of them can answer)."""
-        self.log_path = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
+        fd, log_path = tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)
+        os.close(fd)  # the worker opens it itself; held here, a deleted log's space stays taken
+        self.log_path = Path(log_path)
         r_job, w_job = os.pipe()  # parent -> worker
         r_msg, w_msg = os.pipe()  # worker -> parent
         env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path),
@@ -318,9 +320,10 @@ class IsolatedRunner:
                     elif kind == "stage":  # ("warm-up", input sets) or ("timing", None)
                         where.enter(msg[1], msg[2])
                     elif kind == "record":
+                        if msg[1]["impl"] not in todo:  # one record an impl, whatever is sent
+                            continue
                         records.append(self._emit(msg[1]))
-                        if msg[1]["impl"] in todo:
-                            todo.remove(msg[1]["impl"])
+                        todo.remove(msg[1]["impl"])
                         # between impls: what comes next (a phase, "done") gets its own limit
                         phase, progressed, where = None, True, _Stage()
                         t_phase = time.monotonic()
@@ -447,11 +450,20 @@ class _Reporter:
 
     def __init__(self, tx: Connection) -> None:
         self.tx = tx
+        self.pid = os.getpid()
+
+    def _mine(self) -> None:
+        """A child an impl forked, back in the harness's code, ends here: it must not report a
+        second time, nor read the next case from the worker's pipe."""
+        if os.getpid() != self.pid:
+            os._exit(0)
 
     def phase(self, name: str) -> None:
+        self._mine()
         self.tx.send(("phase", name, _log_offset()))
 
     def stage(self, name: str, detail: Any) -> None:
+        self._mine()
         if name == "checked":
             rel_err, correct = detail
             self.tx.send(("checked", None if rel_err is None else float(rel_err), bool(correct)))
@@ -459,6 +471,7 @@ class _Reporter:
             self.tx.send(("stage", name, detail))
 
     def record(self, rec: dict[str, Any]) -> None:
+        self._mine()
         self.tx.send(("record", dict(rec)))
 
 

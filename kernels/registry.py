@@ -166,6 +166,9 @@ def register_op(op: Op) -> Op:
     return op
 
 
+RESERVED_NAMES = ("inputs",)  # bench/isolation.py's phase names besides the impls'
+
+
 def register_impl(
     op: str,
     name: str | None = None,
@@ -195,6 +198,9 @@ def register_impl(
 
     def deco(fn: Callable) -> Callable:
         impl_name = name or fn.__name__
+        if impl_name in RESERVED_NAMES:
+            raise ValueError(f"{impl_name!r} cannot name an impl: the case worker names its phase "
+                             "of building the inputs so")
         if impl_name in the_op.impls:
             raise ValueError(f"{op} already has an impl named {impl_name!r}")
         out_arg = "out" in inspect.signature(fn).parameters

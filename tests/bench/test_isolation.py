@@ -572,3 +572,62 @@ def test_a_worker_whose_parent_died_before_its_first_line_exits_at_once(tmp_path
     alive = subprocess.run(cmd, env=dict(env, DECODEWALL_PARENT=str(os.getpid())), cwd=tmp_path,
                            timeout=60)
     assert alive.returncode == 0 and (tmp_path / "ran").exists()
+
+
+FORKY = '''
+import os
+from kernels import register_impl
+
+@register_impl("copy", "forky", backends=["cpu"])
+def forky(src, out=None):
+    if not os.environ.get("FORKED"):
+        os.environ["FORKED"] = "1"
+        os.fork()  # both processes go on, back into the harness
+    return out.copy_(src) if out is not None else src.clone()
+'''
+
+
+def test_an_impl_that_forks_gets_one_record_and_the_next_case_runs(tmp_path):
+    """A child an impl forked returns into the worker's code: it ends at its first report
+    instead of sending a second record and stealing the next case's messages."""
+    plugin = tmp_path / "forky.py"
+    plugin.write_text(FORKY)
+    p = run_cli("run", "--op", "copy", "--shape", "N=1024", "--shape", "N=2048", "--plugin",
+                str(plugin), "--budget", "quick", "--no-save", "--json", "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = [json.loads(x) for x in p.stdout.splitlines()]
+    seen = sorted((r["impl"], r["shape"]["N"], r["status"]) for r in recs)
+    assert seen == sorted((i, n, "ok") for i in ("forky", "torch_copy") for n in (1024, 2048)), seen
+
+
+def test_inputs_cannot_name_an_impl(tmp_path, capsys):
+    """The worker reports building a case's inputs as the phase "inputs": an impl of that name
+    would have its crash taken for the inputs'."""
+    from bench.cli import main
+    plugin = tmp_path / "named.py"
+    plugin.write_text("from kernels import register_impl\n\n"
+                      "@register_impl('copy', 'inputs', backends=['cpu'])\n"
+                      "def f(src):\n    return src.clone()\n")
+    assert main(["run", "--op", "copy", "--shape", "N=1024", "--plugin", str(plugin),
+                 "--no-save"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'inputs' cannot name an impl" in err[0], err
+
+
+def test_a_worker_holds_no_descriptor_of_its_log_in_the_parent(tmp_path):
+    """Held open here, a worker's log keeps its disk space after it is deleted, and a run of
+    many crashing cases runs out of descriptors."""
+    from bench.isolation import Worker
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd here")
+    w = Worker("cpu", [], tmp_path, wait=False)
+    try:
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # listdir's own descriptor, closed by now
+                pass
+        assert str(w.log_path) not in held, held
+    finally:
+        w.close(now=True)
