@@ -26,6 +26,9 @@ def scratch(device: torch.device, numel: int, dtype: torch.dtype = torch.float32
     """`numel` zeros of `dtype` from the device and stream's scratch buffer, which every launch
     leaves zeroed (launches on one stream run in order, so none overlap): no launch pays for a
     memset."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one buffer
+        device = torch.device("cuda", torch.cuda.current_device())
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream, dtype)
     buf = _SCRATCH.get(key)

@@ -89,8 +89,10 @@ def _take(ptrs, mask):
     """The workspace's sums at `ptrs`, read past L1 (other SMs added them during this launch),
     and zeros written back for the next launch. Plain loads, not atomic exchanges: where a
     layout holds an element in several threads, Triton issues an atomic from one of them and
-    promises its result to none of the others."""
+    promises its result to none of the others. The barrier: where several threads hold an
+    element, one stores the zero, and every other must have loaded the sum before it does."""
     v = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    tl.debug_barrier()
     tl.store(ptrs, tl.zeros_like(v), mask=mask)
     return v
 
