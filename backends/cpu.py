@@ -25,8 +25,33 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-def read_caches(root: Path = SYS_CPU) -> dict[str, int]:
-    """Total bytes per cache level ("L1d", "L2", "L3"), summed over distinct shared instances."""
+def parse_cpu_list(text: str) -> set[int]:
+    """sysfs's CPU list ("0-3,8,10-11") as a set."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.update(range(int(lo), int(hi) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+def affinity() -> set[int] | None:
+    """The CPUs this process may run on (a container or `taskset` narrows them), or None where
+    the platform does not say (macOS)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def read_caches(root: Path = SYS_CPU, cpus: set[int] | None = None) -> dict[str, int]:
+    """Total bytes per cache level ("L1d", "L2", "L3"), summed over distinct shared instances,
+    of the caches of the CPUs this process may run on (`cpus`, default its affinity): a slice of
+    a large host fills only its own CPUs' caches."""
+    if cpus is None:
+        cpus = affinity()
     seen: dict[tuple[str, str], int] = {}
     for cache in sorted(root.glob("cpu[0-9]*/cache/index[0-9]*")):
         try:
@@ -34,9 +59,10 @@ def read_caches(root: Path = SYS_CPU) -> dict[str, int]:
             ctype = (cache / "type").read_text().strip()
             size = _parse_size((cache / "size").read_text())
             shared = (cache / "shared_cpu_list").read_text().strip()
+            mine = cpus is None or bool(parse_cpu_list(shared) & cpus)
         except (OSError, ValueError):
             continue
-        if ctype == "Instruction":
+        if ctype == "Instruction" or not mine:
             continue
         name = f"L{level}" + ("d" if ctype == "Data" else "")
         seen[(name, shared)] = size
@@ -80,9 +106,28 @@ def cpu_isa(cpuinfo: str | None = None) -> str:
 # A container's memory limit (cgroup v2, else v1): /proc/meminfo shows the machine's memory, which
 # a process in a cgroup cannot use past its limit (CI runners, Docker, Kubernetes pods).
 CGROUP = Path("/sys/fs/cgroup")
-_CGROUP_FILES = (("memory.max", "memory.current", "memory.stat", "inactive_file"),
-                 ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
-                  "memory/memory.stat", "total_inactive_file"))
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def cgroup_dirs(controller: str = "") -> list[Path]:
+    """This process's cgroup folder and its ancestors up to the root, nearest first: a limit set
+    on a parent (a batch job's slice, a pod) bounds it too. `controller` "": cgroup v2's
+    unified tree; "memory" or "cpu": v1's folder of that controller."""
+    rel = ""
+    try:
+        for line in PROC_CGROUP.read_text().splitlines():
+            _, names, path = line.split(":", 2)
+            if (controller == "" and names == "") or controller in names.split(","):
+                rel = path.strip().lstrip("/")
+                break
+    except (OSError, ValueError):
+        pass
+    base = CGROUP / controller if controller else CGROUP
+    parts = Path(rel).parts if rel else ()
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+_CGROUP_FILES = (("", "memory.max", "memory.current", "memory.stat", "inactive_file"),  # v2
+                 ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
+                  "total_inactive_file"))  # v1: the memory controller's own tree
 _NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as the largest page-aligned 64-bit value
 
 
@@ -106,15 +151,51 @@ def _stat(path: Path, key: str) -> int:
 
 
 def cgroup_memory() -> tuple[int, int] | None:
-    """(limit, usage) in bytes of this process's memory cgroup, or None where it has no limit.
-    The usage leaves out inactive file cache, which the kernel reclaims before it runs out (as
-    `docker stats` counts)."""
-    for limit_file, usage_file, stat_file, inactive in _CGROUP_FILES:
-        limit = _read_int(CGROUP / limit_file)
-        if limit is not None and limit < _NO_LIMIT:
-            usage = _read_int(CGROUP / usage_file) or 0
-            return limit, max(0, usage - _stat(CGROUP / stat_file, inactive))
+    """(limit, usage) in bytes of the tightest memory limit on this process's cgroup or an
+    ancestor (v2, else v1), or None where none has one. The usage, that cgroup's, leaves out
+    inactive file cache, which the kernel reclaims before it runs out (as `docker stats`
+    counts)."""
+    for controller, limit_file, usage_file, stat_file, inactive in _CGROUP_FILES:
+        found = []
+        for d in cgroup_dirs(controller):
+            limit = _read_int(d / limit_file)
+            if limit is not None and limit < _NO_LIMIT:
+                usage = _read_int(d / usage_file) or 0
+                found.append((limit, max(0, usage - _stat(d / stat_file, inactive))))
+        if found:
+            return min(found)
     return None
+
+
+def cgroup_cpus() -> float | None:
+    """CPUs' worth of time the tightest CPU quota on this process's cgroup or an ancestor allows
+    (v2 cpu.max "quota period", v1 cpu.cfs_quota_us / cpu.cfs_period_us), or None where none
+    is set."""
+    quotas = []
+    for d in cgroup_dirs():
+        try:
+            quota, period = (d / "cpu.max").read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            pass
+    if not quotas:
+        for d in cgroup_dirs("cpu"):
+            q, per = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+            if q is not None and per:  # v1 writes -1 (no quota), which _read_int refuses
+                quotas.append(q / per)
+    return min(quotas) if quotas else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process can keep busy: its affinity (or every CPU), at most its cgroup's
+    CPU quota rounded up, at least 1."""
+    cpus = affinity()
+    n = len(cpus) if cpus else (os.cpu_count() or 1)
+    quota = cgroup_cpus()
+    if quota is not None:
+        n = min(n, max(1, -(-int(quota * 1000) // 1000)))
+    return max(1, n)
 
 
 def _meminfo(key: str) -> int | None:
@@ -196,7 +277,7 @@ class CPUBackend(Backend):
             "memory_bytes": _mem_total(),
             "cache_bytes": self.cache_bytes(),
             "caches": caches,
-            "cores": os.cpu_count(),
+            "cores": usable_cpus(),
             "threads": torch.get_num_threads(),
             "clocks": self.clocks(),
             "isa": cpu_isa(),

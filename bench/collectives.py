@@ -71,10 +71,12 @@ def pg_backend(backend: str) -> str:
 
 
 def max_world_size(backend: str) -> int:
-    """Ranks this machine can run: one a GPU on CUDA; on the CPU one a core (at least 2)."""
+    """Ranks this machine can run: one a GPU on CUDA; on the CPU one a core this process may use
+    (its affinity and CPU quota; at least 2)."""
     if backend == "cuda":
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return max(2, os.cpu_count() or 1)
+    from backends.cpu import usable_cpus
+    return max(2, usable_cpus())
 
 
 def world_size_error(backend: str, n: int) -> str | None:
@@ -238,8 +240,9 @@ def init_rank(backend: str, pg_timeout_s: float, start_timeout_s: float | None =
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     else:
-        n = int(os.environ["WORLD_SIZE"])
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the ranks share the cores
+        from backends.cpu import usable_cpus
+        n = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ["WORLD_SIZE"])  # ranks here
+        torch.set_num_threads(max(1, usable_cpus() // n))  # the ranks share this node's cores
         device = "cpu"
     if dist.is_initialized():
         return device

@@ -39,3 +39,29 @@ def test_cpu_isa_names_the_widest_vector_extension():
     assert cpu.cpu_isa("Features\t: fp asimd evtstrm sve\n") == "sve"
     assert cpu.cpu_isa("Features\t: fp asimd evtstrm\n") == "asimd"
     assert cpu.cpu_isa("") == (cpu.platform.machine() or "unknown")
+
+
+def _cache(root, cpu_i, index, level, ctype, size, shared):
+    d = root / f"cpu{cpu_i}" / "cache" / f"index{index}"
+    d.mkdir(parents=True)
+    for name, text in (("level", level), ("type", ctype), ("size", size),
+                       ("shared_cpu_list", shared)):
+        (d / name).write_text(text + "\n")
+
+
+def test_only_the_caches_of_the_cpus_this_process_may_use_count(tmp_path):
+    """Two 4-CPU dies, each with its own L3, L2 per CPU: a process pinned to CPUs 0-1 fills one
+    L3 and two L2s, not the host's."""
+    for c in range(8):
+        _cache(tmp_path, c, 0, "1", "Data", "32K", str(c))
+        _cache(tmp_path, c, 1, "1", "Instruction", "32K", str(c))
+        _cache(tmp_path, c, 2, "2", "Unified", "1024K", str(c))
+        _cache(tmp_path, c, 3, "3", "Unified", "32M", "0-3" if c < 4 else "4-7")
+    from backends.cpu import parse_cpu_list, read_caches
+    assert read_caches(tmp_path, cpus=set(range(8))) == {"L1d": 8 * 32 * 1024,
+                                                         "L2": 8 * 2**20, "L3": 2 * 32 * 2**20}
+    assert read_caches(tmp_path, cpus={0, 1}) == {"L1d": 2 * 32 * 1024, "L2": 2 * 2**20,
+                                                  "L3": 32 * 2**20}
+    assert read_caches(tmp_path, cpus={3, 4}) == {"L1d": 2 * 32 * 1024, "L2": 2 * 2**20,
+                                                  "L3": 2 * 32 * 2**20}
+    assert parse_cpu_list("0-3,8,10-11") == {0, 1, 2, 3, 8, 10, 11}

@@ -5,11 +5,14 @@ import pytest
 import backends.cpu as cpu
 
 
-def fake_cgroup(tmp_path, monkeypatch, files: dict[str, str]):
+def fake_cgroup(tmp_path, monkeypatch, files: dict[str, str], proc: str = "0::/\n"):
+    """A cgroup tree under tmp_path and /proc/self/cgroup saying where this process sits."""
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
+    (tmp_path / "proc-self-cgroup").write_text(proc)
     monkeypatch.setattr(cpu, "CGROUP", tmp_path)
+    monkeypatch.setattr(cpu, "PROC_CGROUP", tmp_path / "proc-self-cgroup")
     monkeypatch.setattr(cpu, "_meminfo", lambda key: {"MemTotal": 64 * 2**30,
                                                       "MemAvailable": 60 * 2**30}[key])
 
@@ -38,3 +41,39 @@ def test_no_limit_leaves_the_machines_figures(tmp_path, monkeypatch, files):
     fake_cgroup(tmp_path, monkeypatch, files)
     assert cpu.cgroup_memory() is None
     assert cpu._mem_total() == 64 * 2**30 and cpu.mem_available() == 60 * 2**30
+
+
+def test_a_limit_on_the_process_cgroup_or_an_ancestor_counts(tmp_path, monkeypatch):
+    """A batch job or pod whose limit sits on its own cgroup or a parent, not on the root: the
+    tightest on the way up bounds it, with that cgroup's usage."""
+    fake_cgroup(tmp_path, monkeypatch, {
+        "memory.max": "max\n",
+        "job.slice/memory.max": f"{16 * 2**30}\n", "job.slice/memory.current": f"{2**30}\n",
+        "job.slice/step_0/memory.max": "max\n",
+        "job.slice/step_0/memory.current": f"{2**30}\n"}, proc="0::/job.slice/step_0\n")
+    assert cpu.cgroup_dirs() == [tmp_path / "job.slice" / "step_0", tmp_path / "job.slice",
+                                 tmp_path]
+    assert cpu.cgroup_memory() == (16 * 2**30, 2**30) and cpu._mem_total() == 16 * 2**30
+    # v1: the memory controller's own tree, found by its line in /proc/self/cgroup
+    fake_cgroup(tmp_path / "v1", monkeypatch, {
+        "memory/docker/abc/memory.limit_in_bytes": f"{2 * 2**30}\n",
+        "memory/docker/abc/memory.usage_in_bytes": "0\n"},
+        proc="12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    assert cpu.cgroup_memory() == (2 * 2**30, 0)
+
+
+@pytest.mark.parametrize("files, proc, cpus, expect", [
+    ({"cpu.max": "max 100000\n"}, "0::/\n", set(range(8)), 8),
+    ({"cpu.max": "250000 100000\n"}, "0::/\n", set(range(8)), 3),  # 2.5 CPUs: 3 can be busy
+    ({"pod/cpu.max": "100000 100000\n", "pod/c/cpu.max": "max 100000\n"}, "0::/pod/c\n",
+     set(range(8)), 1),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"},
+     "3:cpu,cpuacct:/\n", set(range(8)), 2),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n",
+     {0, 5}, 2),  # no quota: the affinity
+])
+def test_usable_cpus_are_the_affinity_within_the_cpu_quota(tmp_path, monkeypatch, files, proc,
+                                                             cpus, expect):
+    fake_cgroup(tmp_path, monkeypatch, files, proc)
+    monkeypatch.setattr(cpu, "affinity", lambda: cpus)
+    assert cpu.usable_cpus() == expect

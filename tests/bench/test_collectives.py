@@ -433,7 +433,8 @@ def test_a_suite_at_one_world_size_measures_each_message_once(monkeypatch):
     import argparse
     from bench.cli.run import resolve_cases
     from bench.suites import SuiteContext
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    import backends.cpu
+    monkeypatch.setattr(backends.cpu, "usable_cpus", lambda: 8)
     ctx = SuiteContext("cpu", 64 * 10**9, 32 * 2**20)
     args = argparse.Namespace(op=None, suite="collectives", shape=None, dtype=None,
                               world_size=None, warm=False)
