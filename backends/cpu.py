@@ -72,13 +72,29 @@ def read_caches(root: Path = SYS_CPU, cpus: set[int] | None = None) -> dict[str,
     return totals
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+# Arm cores by (CPU implementer, CPU part) in /proc/cpuinfo, which has no "model name" on arm64
+ARM_PARTS = {("0x41", "0xd0c"): "Arm Neoverse N1", ("0x41", "0xd40"): "Arm Neoverse V1",
+             ("0x41", "0xd49"): "Arm Neoverse N2", ("0x41", "0xd4f"): "Arm Neoverse V2"}
+
+
+def _cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name; on Arm, the core its implementer and part numbers name (Graviton3
+    and Grace are both "aarch64" to `platform`), or those numbers."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    arm = (fields.get("CPU implementer", ""), fields.get("CPU part", ""))
+    if all(arm):
+        return ARM_PARTS.get(arm, f"{platform.machine() or 'Arm'} (implementer {arm[0]}, "
+                                  f"part {arm[1]})")
     return platform.processor() or platform.machine()
 
 

@@ -65,3 +65,13 @@ def test_only_the_caches_of_the_cpus_this_process_may_use_count(tmp_path):
     assert read_caches(tmp_path, cpus={3, 4}) == {"L1d": 2 * 32 * 1024, "L2": 2 * 2**20,
                                                   "L3": 2 * 32 * 2**20}
     assert parse_cpu_list("0-3,8,10-11") == {0, 1, 2, 3, 8, 10, 11}
+
+
+def test_an_arm_cpu_is_named_by_its_core_not_aarch64():
+    from backends.cpu import _cpu_name
+    grace = "processor\t: 0\nBogoMIPS\t: 2000.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n" \
+            "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd4f\nCPU revision\t: 0\n"
+    assert _cpu_name(grace) == "Arm Neoverse V2"
+    other = grace.replace("0xd4f", "0xabc")
+    assert "(implementer 0x41, part 0xabc)" in _cpu_name(other)
+    assert _cpu_name("model name\t: AMD EPYC 9B45\nflags\t: fpu\n") == "AMD EPYC 9B45"
