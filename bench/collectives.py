@@ -58,6 +58,7 @@ AT_LINK = 0.80  # busbw at or above this share of the datasheet link bandwidth: 
 # A silent death seen within this many seconds of the first error is taken as the cause.
 DEATH_GRACE_S = 2.0
 WARMUP_CALLS = 5
+PORT_TRIES = 3  # groups started on a new port when rank 0 finds its port taken
 
 
 def free_port() -> int:
@@ -304,20 +305,27 @@ class CollectiveRunner:
         return len(self._ranks) == n and all(w.proc.poll() is None for w in self._ranks)
 
     def _start(self, n: int) -> str | None:
-        """A new group of n ranks; None, or why it could not start (its ranks are then killed)."""
-        self._stop()
-        port = free_port()
-        for r in range(n):
-            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
-                   "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
-            with deferred():  # held as soon as it exists: an interrupt still finds it
-                self._ranks.append(Worker(self.ctx.backend.name, self.plugins,
-                                          Path(self._tmp.name), entry="bench.collectives:rank_main",
-                                          env=env, wait=False,
-                                          init=(max(5.0, self.case_timeout / 2), START_TIMEOUT_S)))
-        why = self._wait_ready(time.monotonic() + START_TIMEOUT_S)
-        if why:
+        """A new group of n ranks; None, or why it could not start (its ranks are then killed).
+        The port is free when picked, but rank 0 binds it only once torch has loaded, seconds
+        later: a port taken meanwhile (another run's group) gets the group a new one."""
+        why = None
+        for _ in range(PORT_TRIES):
+            self._stop()
+            port = free_port()
+            for r in range(n):
+                env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
+                       "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
+                with deferred():  # held as soon as it exists: an interrupt still finds it
+                    self._ranks.append(Worker(
+                        self.ctx.backend.name, self.plugins, Path(self._tmp.name),
+                        entry="bench.collectives:rank_main", env=env, wait=False,
+                        init=(max(5.0, self.case_timeout / 2), START_TIMEOUT_S)))
+            why = self._wait_ready(time.monotonic() + START_TIMEOUT_S)
+            if not why:
+                return None
             self._stop(now=True)
+            if "address already in use" not in why.lower():
+                return why
         return why
 
     def _wait_ready(self, deadline: float) -> str | None:

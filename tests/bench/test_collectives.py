@@ -545,3 +545,23 @@ def test_a_silent_death_is_blamed_though_a_peers_error_arrived_first():
     said = [("error", 0, "ValueError: bad input"), ("error", 1, "RuntimeError: peer gone"),
             ("died", 1, 5)]  # rank 1 raised, then exited as a rank that raised does: not silent
     assert _blame(said, [1.0, 1.0, 1.0])["error"] == "rank 0: ValueError: bad input"
+
+
+def test_a_port_taken_before_rank_0_binds_it_gets_the_group_a_new_one(ranks, monkeypatch):
+    """The port is free when picked and bound by rank 0 only once torch has loaded: here it is
+    taken meanwhile (a listening socket of the test's), and the group starts on a new one."""
+    import socket
+    from bench import collectives
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real = collectives.free_port
+    monkeypatch.setattr(collectives, "free_port",
+                        lambda: ports.pop(0) if ports else real())
+    try:
+        (rec,) = ranks().run_case(case())
+    finally:
+        taken.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert not ports  # the taken port was tried first
