@@ -141,6 +141,8 @@ def cgroup_dirs(controller: str = "") -> list[Path]:
     base = CGROUP / controller if controller else CGROUP
     parts = Path(rel).parts if rel else ()
     return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
 _CGROUP_FILES = (("", "memory.max", "memory.current", "memory.stat", "inactive_file"),  # v2
                  ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
                   "total_inactive_file"))  # v1: the memory controller's own tree

@@ -126,12 +126,12 @@ class NvmlSampler:
     `gpu_util_pct` is only a figure of the window: the mean of the driver's samples whose whole
     sample period lies inside it (source "driver samples"), or, where the driver gives no samples,
     the mean of the polls taken at least POLLED_MIN_WINDOW_S into the window ("polled"); else
-    null. Earlier polls describe partly the GPU before the window: the mean of all of them is kept
-    apart as `gpu_util_polled_pct`. The thread only talks to NVML (the driver), never to a CUDA stream, so
-    the work timed on the GPU is unchanged. Each NVML function that is missing or raises
-    (NVMLError_NotSupported on some boards) is dropped for the window and its figure recorded as
-    null; `nv=None` (no NVML) records every figure as null. See docs/measurement.md ("GPU
-    utilization, power and energy")."""
+    null. Earlier polls describe partly the GPU before the window: the mean of all of them is
+    kept apart as `gpu_util_polled_pct`. The thread only talks to NVML (the driver), never to a
+    CUDA stream, so the work timed on the GPU is unchanged. Each NVML function that is missing
+    or raises (NVMLError_NotSupported on some boards) is dropped for the window and its figure
+    recorded as null; `nv=None` (no NVML) records every figure as null. See docs/measurement.md
+    ("GPU utilization, power and energy")."""
 
     def __init__(self, nv: Any, handle: Any, interval_s: float = SAMPLE_S,
                  clock: Callable[[], float] = time.perf_counter) -> None:
