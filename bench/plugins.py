@@ -6,6 +6,8 @@ under the same module names, so an impl a plugin registers exists wherever its c
 from __future__ import annotations
 
 import importlib.util
+import re
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -30,17 +32,23 @@ def load_plugins(paths: Sequence[str]) -> None:
             also = f" (also as {first})" if first != p else ""
             raise UsageError(f"plugin {p} is given twice{also}")
         seen[path.resolve()] = p
-        spec = importlib.util.spec_from_file_location(f"decodewall_plugin_{i}_{path.stem}", path)
+        # a module name of identifier characters (a file stem may hold spaces or dots), in
+        # sys.modules while it runs: dataclasses and pickling look a class's module up there
+        name = f"decodewall_plugin_{i}_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+        spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise UsageError(f"plugin {p}: not a Python file")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
         except KeyboardInterrupt:
+            sys.modules.pop(name, None)
             raise
         # BaseException: a plugin's sys.exit() (SystemExit) must not end the run silently, and a
         # SyntaxError is the plugin's, not our crash.
         except BaseException as e:
+            sys.modules.pop(name, None)
             raise UsageError(f"plugin {p} failed to load: {printable(_why(e))}") from None
 
 

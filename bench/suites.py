@@ -22,6 +22,7 @@ from .model.workload import attention_heads, layer_gemv_shapes
 # A suite on the CPU keeps a case whose host need is at most this share of the memory; the rest
 # is the OS's and the harness's own, and `run` still checks what is available when it starts.
 HOST_FRACTION = 0.9
+FIT_FRACTION = 0.4  # of the device's memory a suite case's working set may take
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,20 @@ class SuiteContext:
     cache_bytes: int | None = None   # last-level cache
     extra: dict = field(default_factory=dict)
     world_size: int | None = None  # ranks asked for (--world-size, torchrun's WORLD_SIZE)
+    # the cases a suite left out because their working set does not fit the device (`fits`),
+    # for the caller to say so
+    too_big: list = field(default_factory=list, compare=False, hash=False)
 
-    def fits(self, nbytes: int, fraction: float = 0.4) -> bool:
+    def fits(self, nbytes: int, fraction: float = FIT_FRACTION) -> bool:
         """Whether a working set of nbytes (plus copies and outputs) fits comfortably."""
         return self.memory_bytes is None or nbytes <= fraction * self.memory_bytes
+
+    def keep(self, nbytes: int, cases: list[Case]) -> list[Case]:
+        """`cases` where a working set of nbytes fits, else none, noted in `too_big`."""
+        if self.fits(nbytes):
+            return cases
+        self.too_big.extend(c for c in cases if c not in self.too_big)
+        return []
 
     def fits_host(self, case: Case) -> bool:
         """Whether the host memory a case needs (its inputs, float64 reference and check:
@@ -68,8 +79,12 @@ def cases_for(name: str, ctx: SuiteContext, left_out: list[Case] | None = None) 
     `left_out` for the caller to say so."""
     if name not in SUITES:
         raise KeyError(name)
-    kept = []
+    kept, seen = [], set()
     for c in SUITES[name][0](ctx):
+        key = (c.op, c.shape, c.dtype, c.warm)
+        if key in seen:  # a case planned twice (small caches round sizes together): timed once
+            continue
+        seen.add(key)
         (kept if ctx.fits_host(c) else left_out if left_out is not None else []).append(c)
     return kept
 
@@ -122,8 +137,8 @@ def attention(ctx: SuiteContext) -> list[Case]:
         Hq, Hkv, D = attention_heads(model)
         s = PagedAttentionShape(B=B, Hq=Hq, Hkv=Hkv, D=D, context=context)
         kv_dtype = torch.int8 if op.endswith("kv8") else dtype
-        if ctx.fits(kv_pool_bytes(s, kv_dtype)):
-            cases.append(Case(op, s, dtype, group=f"{model} b{B}x{context}"))
+        cases.extend(ctx.keep(kv_pool_bytes(s, kv_dtype),
+                              [Case(op, s, dtype, group=f"{model} b{B}x{context}")]))
 
     if ctx.backend == "cuda":
         grid = [(B, c) for B in (1, 8, 32, 64) for c in (512, 4096)] + [(1, 32768)]
@@ -167,13 +182,14 @@ def _cpu_fast_impls(op: str) -> tuple[str, ...]:
 def _gemv_impls(ctx: SuiteContext, op: str, M: int, big: bool = False) -> tuple[str, ...] | None:
     """On the CPU: the fast impls only (torch.compile's CPU code runs ~10x under the roof and
     compiles for seconds per shape; the naive dequant allocates the whole matrix per call), the
-    naive baseline kept at M = 1 on the smaller shapes. On a GPU: everything, compiled at M = 1."""
+    naive baseline kept at M = 1 on the smaller shapes. On a GPU: everything, torch.compile's at
+    M = 1 only (it compiles per shape)."""
     impls = OPS[op].impls
     if ctx.backend == "cpu":
         return tuple(n for n in _cpu_fast_impls(op) if not (n == "torch_dequant" and (M > 1 or big)))
     if M == 1:
         return None
-    return tuple(n for n, i in impls.items() if i.kind != "compiled")
+    return tuple(n for n, i in impls.items() if ctx.backend in i.backends and n != "torch_compiled")
 
 
 @suite("gemv", "INT4 (G=128) / INT8 / bf16 weight GEMV at the Llama-3-8B and -70B decode shapes, "
@@ -185,11 +201,11 @@ def gemv(ctx: SuiteContext) -> list[Case]:
         shapes, big = layer_gemv_shapes(model), model == "llama-3-70b"
         for M in (1,) if cpu and big else GEMV_BATCHES:
             for part, (n, k) in shapes.items():
-                if not ctx.fits(2 * n * k):  # the bf16 weights; the quantized ones are smaller
-                    continue
-                for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
-                    cases.append(_gemv_case(op, M, n, k, torch.bfloat16, f"{model} {part}",
-                                            _gemv_impls(ctx, op, M, big)))
+                # the bf16 weights decide; the quantized ones are smaller
+                cases += ctx.keep(2 * n * k, [_gemv_case(op, M, n, k, torch.bfloat16,
+                                                         f"{model} {part}",
+                                                         _gemv_impls(ctx, op, M, big))
+                                              for op in ("gemv_w4", "gemv_w8", "gemv_bf16")])
     return cases
 
 
@@ -201,7 +217,8 @@ def sweep_batch(ctx: SuiteContext) -> list[Case]:
     for M in (1, 2, 4, 8, 16, 32, 64, 128, 256):
         for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
             impls = _cpu_fast_impls(op) if ctx.backend == "cpu" else tuple(
-                name for name, i in OPS[op].impls.items() if ctx.backend in i.backends and i.kind != "compiled")
+                name for name, i in OPS[op].impls.items()
+                if ctx.backend in i.backends and name != "torch_compiled")
             cases.append(_gemv_case(op, M, n, k, torch.bfloat16, f"sweep {n}x{k}", impls))
     return cases
 
@@ -234,18 +251,17 @@ def sweep_size(ctx: SuiteContext) -> list[Case]:
     cases = []
     for frac in SIZE_SWEEP_LLC:
         target = int(frac * llc)
-        if not ctx.fits(3 * target):
-            continue
         n = max(1024, target // 4 // 1024 * 1024)
-        cases.append(Case("read", ProbeShape(N=n), torch.float32,
-                          group=_size_label(OPS["read"].bytes_moved(ProbeShape(N=n), torch.float32), llc),
-                          warm=True))
+        at = [Case("read", ProbeShape(N=n), torch.float32,
+                   group=_size_label(OPS["read"].bytes_moved(ProbeShape(N=n), torch.float32), llc),
+                   warm=True)]
         for op in ("gemv_w4", "gemv_w8", "gemv_bf16"):
             per_row = _gemv_bytes(op, 64, SIZE_SWEEP_K) / 64
             n = max(64, round(target / per_row / 64) * 64)
             c = _gemv_case(op, 1, n, SIZE_SWEEP_K, torch.bfloat16, "", _sweep_impls(ctx, op))
             nbytes = OPS[op].bytes_moved(c.shape, c.dtype)
-            cases.append(Case(c.op, c.shape, c.dtype, c.impls, _size_label(nbytes, llc), warm=True))
+            at.append(Case(c.op, c.shape, c.dtype, c.impls, _size_label(nbytes, llc), warm=True))
+        cases += ctx.keep(3 * target, at)
     return cases
 
 
@@ -255,7 +271,7 @@ def _sweep_impls(ctx: SuiteContext, op: str) -> tuple[str, ...]:
     if ctx.backend == "cpu":
         return _gemv_impls(ctx, op, 1, big=True)
     return tuple(n for n, i in OPS[op].impls.items()
-                 if ctx.backend in i.backends and i.kind != "compiled" and n != "torch_dequant")
+                 if ctx.backend in i.backends and n not in ("torch_compiled", "torch_dequant"))
 
 
 def _gemv_bytes(op: str, N: int, K: int) -> int:

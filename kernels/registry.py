@@ -195,6 +195,10 @@ def register_impl(
         raise ValueError(f"unknown backend {bad[0]!r} (known: {', '.join(BACKENDS)})")
     the_op = OPS[op]
     dts = the_op.dtypes if dtypes is None else tuple(parse_dtype(d) for d in dtypes)
+    foreign = [dtype_name(d) for d in dts if d not in the_op.dtypes]
+    if foreign:
+        raise ValueError(f"{op} does not take dtype {', '.join(foreign)} (it takes "
+                         f"{', '.join(dtype_name(d) for d in the_op.dtypes)})")
 
     def deco(fn: Callable) -> Callable:
         impl_name = name or fn.__name__

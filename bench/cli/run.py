@@ -105,7 +105,7 @@ def torchrun_ranks() -> tuple[int, int]:
 
 def _resolve_cases(args, ctx) -> list:
     from ..case import Case
-    from ..suites import HOST_FRACTION, cases_for
+    from ..suites import FIT_FRACTION, HOST_FRACTION, cases_for
     if hasattr(args, "model"):  # `run --model`: bench/cli/step.py
         from .step import model_cases
         if (cases := model_cases(args, ctx)) is not None:
@@ -128,14 +128,19 @@ def _resolve_cases(args, ctx) -> list:
     name = "decode" if args.suite is None else args.suite
     check_suite(name)
     left_out: list = []
+    ctx.too_big.clear()
     cases = cases_for(name, ctx, left_out)
-    if left_out:  # said, not silent: the suite is smaller here than on a larger machine
-        from kernels import dtype_name
-        shown = "; ".join(f"{c.op} {_short(c.shape)} {dtype_name(c.dtype)}" for c in left_out[:3])
-        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
-        print(f"decodewall: suite {name} leaves out {len(left_out)} case(s) whose inputs "
-                        f"and float64 reference need more than {HOST_FRACTION:.0%} of this "
-                        f"machine's memory: {shown}{more}", file=sys.stderr)
+    # said, not silent: the suite is smaller here than on a larger machine
+    for out, why in ((ctx.too_big, f"whose working set needs more than {FIT_FRACTION:.0%} of "
+                                   "the device's memory"),
+                     (left_out, f"whose inputs and float64 reference need more than "
+                                f"{HOST_FRACTION:.0%} of this machine's memory")):
+        if out:
+            from kernels import dtype_name
+            shown = "; ".join(f"{c.op} {_short(c.shape)} {dtype_name(c.dtype)}" for c in out[:3])
+            more = f" and {len(out) - 3} more" if len(out) > 3 else ""
+            print(f"decodewall: suite {name} leaves out {len(out)} case(s) {why}: {shown}{more}",
+                  file=sys.stderr)
     if not cases:  # e.g. collectives on one GPU: no world size of 2 or more
         raise UsageError(f"suite {name} has no cases on this machine ({ctx.backend})")
     if args.dtype:

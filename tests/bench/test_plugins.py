@@ -83,3 +83,25 @@ def test_ctrl_c_while_a_plugin_loads_is_an_interrupt(plugin):
     p = plugin("slow.py", "raise KeyboardInterrupt\n")
     with pytest.raises(KeyboardInterrupt):
         load_plugins([p])
+
+
+def test_a_plugin_with_a_dataclass_and_an_odd_file_name_loads(plugin):
+    """The module is in sys.modules while it runs (dataclasses look a class's module up there,
+    under `from __future__ import annotations`), named by the file's stem made an identifier."""
+    p = plugin("my kern.v2.py", "from __future__ import annotations\n"
+               "from dataclasses import dataclass\n"
+               "from kernels import register_impl\n\n"
+               "@dataclass\nclass Tile:\n    rows: int\n\n"
+               "@register_impl('read', 'tiled_sum', backends=['cpu'])\n"
+               "def tiled_sum(src):\n    return src.sum() * Tile(1).rows\n")
+    load_plugins([p])
+    impl = OPS["read"].impls["tiled_sum"]
+    import sys
+    assert impl.fn.__module__.isidentifier() and impl.fn.__module__ in sys.modules
+
+
+def test_a_plugin_declaring_a_dtype_its_op_does_not_take_is_refused(plugin):
+    p = plugin("bad_dtype.py", "from kernels import register_impl\n"
+               "@register_impl('gemv_bf16', 'int8_gemv', dtypes=['int8'])\n"
+               "def f(x, w):\n    return x @ w.T\n")
+    assert "gemv_bf16 does not take dtype int8" in why([p])

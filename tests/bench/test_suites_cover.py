@@ -30,3 +30,45 @@ def test_a_collectives_host_need_is_counted_for_every_rank():
     assert need(8) <= HOST_FRACTION * mem < 8 * need(8)  # one rank of 8 fits, eight do not
     ctx = SuiteContext("cpu", memory_bytes=mem)
     assert ctx.fits_host(case(4)) and not ctx.fits_host(case(8))
+
+
+def test_a_case_planned_twice_is_kept_once():
+    """On a small last-level cache the size sweep's smallest sizes round to one shape."""
+    cases = cases_for("sweep-size", SuiteContext("cuda", 16 * 2**30, 4 * 2**20))
+    keys = [(c.op, c.shape, c.dtype, c.warm) for c in cases]
+    assert len(keys) == len(set(keys)) and len(keys) > 12
+
+
+def test_cases_too_big_for_the_device_are_noted_and_said(capsys):
+    """A 2 GiB machine cannot hold Llama-3-70B's gate_up in bf16: the suite leaves those cases
+    out, and run says so on stderr."""
+    import argparse
+    from bench.cli.run import resolve_cases
+    ctx = SuiteContext("cpu", 2 * 2**30, 32 * 2**20)
+    kept = cases_for("gemv", ctx)
+    assert {(c.op, c.shape.N, c.shape.K) for c in ctx.too_big} == {
+        (op, 57344, 8192) for op in ("gemv_w4", "gemv_w8", "gemv_bf16")}
+    assert not set(ctx.too_big) & set(kept)
+    args = argparse.Namespace(op=None, suite="gemv", shape=None, dtype=None, world_size=None,
+                              warm=False)
+    resolve_cases(args, ctx)
+    err = capsys.readouterr().err
+    assert "suite gemv leaves out 3 case(s) whose working set needs more than 40% of the " \
+           "device's memory: gemv_w4 M=1,N=57344,K=8192" in err, err
+
+
+def test_a_plugins_compiled_impl_is_in_the_gpu_suites(monkeypatch):
+    """Only torch.compile's impls are left out of the GPU GEMV suites past M = 1 (each compiles
+    per shape): another impl of kind "compiled" (a plugin's CUDA C++) stays."""
+    from kernels import register_impl
+    for op in OPS.values():
+        monkeypatch.setattr(op, "impls", dict(op.impls))
+
+    @register_impl("gemv_bf16", "cutlass_gemv", backends=["cuda"], kind="compiled")
+    def cutlass_gemv(x, w):
+        return x @ w.T
+    ctx = SuiteContext("cuda", 80 * 2**30, 50 * 2**20)
+    for suite in ("gemv", "sweep-batch", "sweep-size"):
+        picked = [c for c in cases_for(suite, ctx) if c.op == "gemv_bf16"]
+        assert picked and all(c.impls is None or "cutlass_gemv" in c.impls for c in picked), suite
+        assert all(c.impls is None or "torch_compiled" not in c.impls for c in picked)
