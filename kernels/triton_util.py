@@ -50,8 +50,12 @@ def config_meta(cfg: Any) -> dict[str, Any]:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
+_BENCHED = [0]  # configs the tuner timed since forget_tuned(): none means its picks came cached
+
+
 def _quick_bench(kernel_call: Callable, quantiles: Any = None) -> Any:
     from triton.testing import do_bench
+    _BENCHED[0] += 1
     return do_bench(kernel_call, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS, quantiles=quantiles)
 
 
@@ -96,6 +100,7 @@ def describe(cfg: Any) -> str:
 
 def forget_tuned() -> None:
     """Clear each tuned kernel's last-run config, so that tuned() names only what runs next."""
+    _BENCHED[0] = 0
     for k in TUNED:
         k.best_config = None
         k.configs_timings = None
@@ -103,7 +108,9 @@ def forget_tuned() -> None:
 
 def tuned() -> dict[str, Any]:
     """{kernel: {"config": the config it ran last, "timings_us": {config: us}}} for each autotuned
-    kernel that ran since forget_tuned(); timings only when it tuned since then (not a cache hit)."""
+    kernel that ran since forget_tuned(). Triton's disk cache (cache_results) restores an earlier
+    tuning's timings with its pick: where no config was timed since forget_tuned(), the entry
+    says so (`"timings_cached": true`, the timings of that earlier tuning, maybe another run's)."""
     out: dict[str, Any] = {}
     for k in TUNED:
         cfg = getattr(k, "best_config", None)
@@ -112,6 +119,8 @@ def tuned() -> dict[str, Any]:
         entry: dict[str, Any] = {"config": describe(cfg)}
         timings = getattr(k, "configs_timings", None) or {}
         if timings:
+            if not _BENCHED[0]:
+                entry["timings_cached"] = True
             entry["timings_us"] = {describe(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 2)
                                    for c, t in sorted(timings.items(), key=lambda ct: _first(ct[1]))}
         out[k.base_fn.__name__ if hasattr(k, "base_fn") else k.fn.__name__] = entry

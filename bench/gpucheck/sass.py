@@ -483,7 +483,8 @@ def attention_variants(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[tuple
                          "ks_ptr": f"*{dtype if kv8 else kv}", "vs_ptr": f"*{dtype if kv8 else kv}",
                          "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": o, "ml_ptr": o,
                          "out_ptr": f"*{dtype}", "lock_ptr": "*i32", "scale_log2": "fp32",
-                         "split_tokens": "i32", **{n: "i32" for n in strides}}
+                         "split_tokens": "i32", "n_programs": "i32",
+                         **{n: "i32" for n in strides}}
                 q_dtype = getattr(torch, _TORCH_DTYPE[dtype])
                 configs = tp.configs_for(q_dtype, torch.int8 if kv8 else q_dtype, s.D,
                                          const["G_PAD"])

@@ -80,7 +80,10 @@ def configs_for(q_dtype: torch.dtype, kv_dtype: torch.dtype, D: int, G_PAD: int)
     return _prune(_CONFIGS, nargs, D=D, G_PAD=G_PAD)
 
 
-@autotune_or_fixed(_CONFIGS, key=["G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS", "FUSED"],
+# The key holds what the best tile depends on: the heads a program takes (G), the tokens it
+# walks (split_tokens) and how many programs share the SMs (n_programs, a power of two)
+@autotune_or_fixed(_CONFIGS, key=["G", "G_PAD", "D", "BLOCK_SIZE", "KV8", "NUM_SPLITS", "FUSED",
+                                  "split_tokens", "n_programs"],
                    fixed={"BLOCK_N": 32}, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _paged_attn_kernel(
@@ -92,7 +95,7 @@ def _paged_attn_kernel(
     stride_btb,
     stride_ob, stride_oh, stride_os,
     stride_outb, stride_outh,
-    split_tokens,
+    split_tokens, n_programs,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     KV8: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr,
     G2: tl.constexpr, S_PAD: tl.constexpr, S_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -266,7 +269,7 @@ def launch_plan(B: int, Hq: int, Hkv: int, D: int, BS: int, MB: int, kv8: bool, 
                       const=dict(G=G, G2=mm["G2"], BLOCK_D=mm["BLOCK_D"], NUM_SPLITS=num_splits,
                                  S_PAD=mm["S_PAD"], S_CHUNK=mm["REDUCE_S_CHUNK"]))
     return dict(grid=(B, Hkv, num_splits), split_tokens=split_tokens, const=const,
-                reduce=reduce)
+                reduce=reduce, n_programs=triton.next_power_of_2(B * Hkv * num_splits))
 
 
 def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fused=False):
@@ -293,7 +296,7 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
     if const["NUM_SPLITS"] == 1:
         _paged_attn_kernel[plan["grid"]](*args, out, out, out, seq_lens, scale_log2, *strides,
                                          out.stride(0), out.stride(1), 0, 0, 0,
-                                         plan["split_tokens"], **const)
+                                         plan["split_tokens"], plan["n_programs"], **const)
         return out
     part = torch.empty(B, Hq, const["NUM_SPLITS"], D, device=q.device, dtype=torch.float32)
     ml = torch.empty(B, Hq, const["NUM_SPLITS"], 2, device=q.device, dtype=torch.float32)
@@ -301,7 +304,8 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
     locks = scratch(q.device, B * Hkv, torch.int32) if const["FUSED"] else seq_lens
     _paged_attn_kernel[plan["grid"]](*args, part, ml, out, locks, scale_log2, *strides,
                                      part.stride(0), part.stride(1), part.stride(2),
-                                     out.stride(0), out.stride(1), plan["split_tokens"], **const)
+                                     out.stride(0), out.stride(1), plan["split_tokens"],
+                                     plan["n_programs"], **const)
     if plan["reduce"] is not None:
         _splitkv_reduce_kernel[plan["reduce"]["grid"]](
             part, ml, out, part.stride(0), part.stride(1), part.stride(2), out.stride(0),

@@ -85,7 +85,7 @@ def _codes(words, ASM: tl.constexpr):
         return _code8(words, 0), _code8(words, 1), _code8(words, 2), _code8(words, 3)
 
 
-@autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M"],
+@autotune_or_fixed(_ALL_CONFIGS, key=["M", "N", "K", "SPLIT_K", "BLOCK_M", "WORDS"],
                    fixed={"BLOCK_N": 16, "BLOCK_K": 64, "ASM": 0, "PREFETCH": 1},
                    prune_configs_by={"early_config_prune": _prune})
 @triton.jit

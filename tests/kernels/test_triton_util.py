@@ -135,6 +135,20 @@ def test_tuned_names_only_kernels_run_since_forget(monkeypatch):
     assert list(triton_util.tuned()) == ["_b_kernel"]
 
 
+def test_timings_restored_from_tritons_disk_cache_are_marked_as_such(monkeypatch):
+    """With cache_results, a pick restored from disk comes with that earlier tuning's timings;
+    tuned() says so where no config was timed since forget_tuned()."""
+    a = FakeTuned("_a_kernel")
+    monkeypatch.setattr(triton_util, "TUNED", [a])
+    cfg = triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=3)
+    triton_util.forget_tuned()
+    a.best_config, a.configs_timings = cfg, {cfg: [0.008]}
+    assert triton_util.tuned()["_a_kernel"]["timings_cached"] is True
+    monkeypatch.setattr(triton.testing, "do_bench", lambda *a, **k: 0.008)
+    triton_util._quick_bench(lambda: None)  # the tuner timed a config in this case
+    assert "timings_cached" not in triton_util.tuned()["_a_kernel"]
+
+
 _FUSION_PROBE = r'''
 import os
 import kernels.triton_util
