@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import sys
 import warnings
 from typing import Any, Callable, Iterator
@@ -202,7 +203,15 @@ class XLABackend(Backend):
     def available(self) -> tuple[bool, str]:
         if self._load() is None:
             return False, self._error or "torchax failed to load"
-        return True, ""  # load() started JAX's platform
+        # load() started JAX's platform. The processes this one starts (the case workers) take
+        # the same one: a worker left to choose could start JAX on its CPU while this process
+        # holds the TPU (libtpu lets one process hold it), and its numbers would be recorded as
+        # the TPU's; pinned, such a worker fails and says why. (A GPU's platform name is not
+        # one JAX_PLATFORMS takes on every JAX version: not pinned.)
+        platform = self._devices()[0].platform
+        if platform in ("tpu", "cpu"):
+            os.environ.setdefault("JAX_PLATFORMS", platform)
+        return True, ""
 
     def _devices(self) -> list[Any]:
         import jax

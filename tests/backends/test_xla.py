@@ -399,3 +399,18 @@ def test_prepare_calling_an_op_torchax_lacks_is_a_skip(xla):
     with pytest.raises(NotImplementedError, match="does not lower to XLA"):
         with xla.session():
             torch._convert_weight_to_int4pack(x.to(torch.int32).view(8, 8), 8)
+
+
+@pytest.mark.xla
+def test_the_case_workers_are_started_on_the_parents_jax_platform():
+    """Workers inherit JAX_PLATFORMS set to the platform the run's process started: one that
+    cannot have the parent's TPU fails instead of timing the host's CPU under its name."""
+    import subprocess
+    from tests.helpers import REPO
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = str(REPO)
+    code = ("import os; from backends import get_backend; ok, why = get_backend('xla').available();"
+            " print(ok, os.environ.get('JAX_PLATFORMS'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-2:] == ["True", "cpu"], r.stderr[-2000:]
