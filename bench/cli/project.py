@@ -251,9 +251,10 @@ def _print_splits(step: Step, rows) -> None:
                   ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
                   ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk)
     t.caption = ("GB a chip: what the fullest chip holds; pipeline stages add at batch 1; ≤: the "
-                 "link latency is unknown, only the collective's bandwidth term is charged. Link "
-                 "figures: the catalog, or measured allreduce records of that chip given with "
-                 "--from.")
+                 "link latency is unknown, only the collective's bandwidth term is charged, or tp "
+                 "spans more chips than the fabric's group, and the all-reduce crosses a slower "
+                 "link. Link figures: the catalog, or measured allreduce records of that chip "
+                 "given with --from.")
     console().print(t)
 
 

@@ -769,3 +769,31 @@ def test_a_split_has_at_most_one_stage_a_layer():
     project_split(s, c, 1, 80)
     with pytest.raises(ValueError, match="81 is more stages than Llama-3-70B's 80 layers"):
         project_split(s, c, 1, 81)
+
+
+def test_efficiency_from_records_of_a_catalog_chip_is_their_share_of_the_datasheet():
+    """`project` multiplies the efficiency by datasheet bandwidth: a record's % of its chip's
+    datasheet is that share; its % of the measured roof (89% of the datasheet on the H200) would
+    overstate it. Records without a datasheet figure (a CPU) give their % of roof."""
+    gpu = [{**rec("gemv_bf16", {"M": 1, "N": 8, "K": n}, "a", 90.0), "pct_datasheet": 80.0}
+           for n in (8, 16, 32)]
+    eff, why = efficiency_from_results(gpu)
+    assert eff == pytest.approx(0.80) and why.startswith("median 80% of datasheet over 3 case(s)")
+    mixed = gpu[:1] + [rec("gemv_bf16", {"M": 2, "N": 8, "K": 8}, "a", 60.0)]
+    eff, why = efficiency_from_results(mixed)
+    assert eff == pytest.approx(0.70) and "datasheet (measured roof where a record has none)" in why
+
+
+def test_tp_past_the_fabric_group_is_an_upper_bound():
+    """16 H100 SXMs span two 8-GPU NVSwitch domains: the all-reduce crosses a slower link than
+    the catalog's in-group one, so the rate can only be lower than the one shown."""
+    from backends import lookup_chip
+    from bench.model.project import link_model, project_split
+    from bench.model.workload import decode_step, load_model
+    chip = lookup_chip("h100-sxm")
+    step = decode_step(load_model("llama-3-70b"), batch=1, ctx=4096)
+    link = link_model(chip)
+    inside = project_split(step, chip, 8, 1, link=link)
+    past = project_split(step, chip, 16, 1, link=link)
+    assert not inside.upper_bound and past.upper_bound
+    assert "spans more than its group of 8" in past.link_source
