@@ -5,6 +5,7 @@ Threads are whatever torch is configured with, and are recorded.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
@@ -212,7 +213,7 @@ def usable_cpus() -> int:
     n = len(cpus) if cpus else (os.cpu_count() or 1)
     quota = cgroup_cpus()
     if quota is not None:
-        n = min(n, max(1, -(-int(quota * 1000) // 1000)))
+        n = min(n, max(1, math.ceil(quota)))
     return max(1, n)
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import EXIT_FAILED, UsageError, printable
+from ..errors import EXIT_FAILED, UsageError
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
 from .common import (directory, known_backend, parse_shape, ranks, resolve_backend, resolve_chip,
@@ -265,7 +265,7 @@ def check_file_writable(out_dir: Path) -> None:
 # --- the command --------------------------------------------------------------------------------
 
 def command(args) -> int:
-    from ..report.table import console, results_table
+    from ..report.table import console, printable_record, results_table, run_title
     from ..results import ResultWriter, check_writable, git_commit, new_run_id, versions
     from .. import roofline as rl
     from ..roofline import drift_note, measure_bandwidth, measure_roof
@@ -396,12 +396,9 @@ def command(args) -> int:
             stopped = signal_of(e)
     if not args.json:
         out = console()
-        lo, hi = min(tracker.readings), max(tracker.readings)
-        roofs = f"{lo:.1f} GB/s" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} GB/s (re-measured)"
-        roofs = f", roof {roofs}" if hi > 0 else ""
-        shown = [_printable_record(r) for r in records]
-        out.print(results_table(shown, title=f"decodewall run {writer.run_id} — "
-                                f"{info.get('name')} ({backend.name}){roofs}"))
+        shown = [printable_record(r) for r in records]
+        out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
+                                                       backend.name, tracker.readings)))
         if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
             _print_precision(shown, out)
     else:
@@ -434,13 +431,6 @@ def _kept(writer: Any, records: list[dict[str, Any]]) -> str:
     return f"{writer.count} finished case(s) kept in {writer.path}"
 
 
-def _printable_record(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record as the table shows it: its texts (an impl's name from a plugin, an error an
-    impl raised, a worker's last output line) without terminal control characters. The record
-    saved keeps them, escaped by JSON."""
-    return {k: printable(v) if isinstance(v, str) else v for k, v in rec.items()}
-
-
 @contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send what is written to stdout inside the block (print, sys.stdout, or fd 1 itself, as
@@ -465,7 +455,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     """This process is one rank of a torchrun launch: every rank measures, rank 0 reports."""
     from ..collectives import run_as_rank
-    from ..report.table import console, results_table
+    from ..report.table import console, printable_record, results_table
     rank, _ = torchrun_ranks()
     if rank != 0:
         writer.directory = None  # one results file, rank 0's
@@ -477,7 +467,7 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     if rank != 0:
         return 0
     if not args.json:
-        console().print(results_table([_printable_record(r) for r in records],
+        console().print(results_table([printable_record(r) for r in records],
                                       title=f"decodewall run {writer.run_id} — "
                                       f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
                                       f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))

@@ -29,21 +29,6 @@ def runs(records: list[dict[str, Any]], files: list[str]
     return [(f, rid, idx) for (f, rid), idx in out.items()]
 
 
-def run_title(run_id: str | None, recs: list[dict[str, Any]]) -> str:
-    """`decodewall run ID — DEVICE (BACKEND), roof R GB/s`, as `run` titles its table; the roof
-    is the span of the readings its cases were judged against."""
-    first = recs[0]
-    dev = first.get("device") or {}
-    roofs = [r["roof_gbps"] for r in recs if r.get("roof_gbps")]
-    roof = ""
-    if roofs:
-        lo, hi = min(roofs), max(roofs)
-        roof = (f", roof {lo:.1f} GB/s" if hi - lo < 0.05 else
-                f", roof {lo:.1f}-{hi:.1f} GB/s (re-measured)")
-    return (f"decodewall run {run_id or '(no run id)'} — {dev.get('name') or 'unknown device'}"
-            f" ({first.get('backend') or '?'}){roof}")
-
-
 def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
     """Where the numbers came from: the file, the commit, versions, when and the command; and
     how many of the run's records the filters left out."""
@@ -107,9 +92,9 @@ def result_files(paths: list[str]) -> list[str]:
 
 
 def command(args) -> int:
-    from ..report.table import console, plain, results_table
+    from ..report.precision import precision_table
+    from ..report.table import console, plain, printable_record, results_table, run_title
     from ..results import dumps
-    from .run import _print_precision, _printable_record
     records, files = read_files(result_files(args.results))
     keep = pick(records, args.op, args.impl, args.status)
     if not any(keep):  # names the files hold, no record with all of them: an answer, not an error
@@ -127,14 +112,18 @@ def command(args) -> int:
     out = console()
     for path, run_id, idx in runs(records, files):
         recs = [records[i] for i in idx]
-        kept = [_printable_record(records[i]) for i in idx if keep[i]]
+        kept = [printable_record(records[i]) for i in idx if keep[i]]
         if not kept:
             continue
-        table = results_table(kept, title=run_title(run_id, recs))
+        device = (recs[0].get("device") or {}).get("name")
+        table = results_table(kept, title=run_title(run_id, device, recs[0].get("backend"),
+                                                    (r.get("roof_gbps") for r in recs)))
         table.caption = plain(run_caption(path, recs, len(kept)))
         out.print(table)
-        if any(r.get("group") == "precision" for r in kept):
-            _print_precision(kept, out)
+        precision = precision_table(kept) if any(r.get("group") == "precision"
+                                                 for r in kept) else None
+        if precision is not None:
+            out.print(precision)
     return 0
 
 

@@ -48,6 +48,27 @@ def plain(value: Any, style: str = "") -> Text:
     return Text(printable(str(value)), style=style)
 
 
+def printable_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as a table shows it: its texts (an impl's name from a plugin, an error an impl
+    raised, a worker's last output line) without terminal control characters. The record saved
+    keeps them, escaped by JSON."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in rec.items()}
+
+
+def run_title(run_id: str | None, device: str | None, backend: str | None,
+              roofs: Iterable[float]) -> str:
+    """`decodewall run ID — DEVICE (BACKEND), roof R GB/s`: a run's table title, the roof as the
+    span of the readings its cases were judged against."""
+    roofs = [r for r in roofs if r]
+    roof = ""
+    if roofs:
+        lo, hi = min(roofs), max(roofs)
+        roof = (f", roof {lo:.1f} GB/s" if hi - lo < 0.05 else
+                f", roof {lo:.1f}-{hi:.1f} GB/s (re-measured)")
+    return (f"decodewall run {run_id or '(no run id)'} — {device or 'unknown device'}"
+            f" ({backend or '?'}){roof}")
+
+
 def title_text(title: str | Text | None) -> Text | None:
     """A table title as plain text, in the style rich gives titles."""
     return plain(title, "table.title") if isinstance(title, str) else title
