@@ -81,6 +81,10 @@ def lookup(name: str) -> Chip:
     raise KeyError(f"unknown chip {name!r}{hint} (see `decodewall chips`)")
 
 
+# Reported memory may exceed a datasheet's "141 GB" (an H200 reports 140.4 GiB, 150.7e9 B), never
+# by this factor: past it the device is a larger part sold under the same name.
+MEM_SLACK = 1.10
+
 # (pattern on the device name, chip id or None, note). First match wins.
 _RULES: list[tuple[str, str | None, str]] = [
     # "GH200" and "GB200" contain "H200" and "B200" but are other parts, with their own memory
@@ -96,6 +100,9 @@ _RULES: list[tuple[str, str | None, str]] = [
     (r"A100.*80GB.*PCIe|A100.*PCIE.*80GB", None,
      "A100 80GB PCIe (1.935 TB/s) is not in the catalog"),
     (r"A100.*80GB", "a100-80gb", ""),
+    # the catalog's A100s are the SXM4 parts: a PCIe card has their memory bandwidth but a 32 GB/s
+    # PCIe link where the entry has 300 GB/s of NVLink, which would misjudge every all-reduce
+    (r"A100.*PCIe", None, "A100 PCIe (a PCIe Gen4 link, no NVLink switch) is not in the catalog"),
     (r"A100", "a100-40gb", ""),
     (r"L40S", "l40s", ""),
     (r"\bL4\b", "l4", ""),
@@ -120,6 +127,12 @@ def detect(device_name: str, memory_bytes: int | None = None) -> tuple[str | Non
         if re.search(pattern, device_name, flags=re.IGNORECASE):
             if chip_id is None:
                 return None, note
+            mem_gb = load()[chip_id].mem_gb
+            if memory_bytes and mem_gb and memory_bytes / 2**30 > MEM_SLACK * mem_gb:
+                # a larger-memory variant under the same name ("H100 96GB HBM3" in a GH200,
+                # "A100-SXM-64GB") is another part, with another bandwidth
+                return None, (f"{device_name!r} has {memory_bytes / 2**30:.0f} GiB, more than "
+                              f"{chip_id}'s {mem_gb:g} GB: a larger part, not in the catalog")
             return chip_id, ""
     if re.search(r"H100", device_name) and memory_bytes:
         # A bare "H100" name: the 80 GB SXM and PCIe parts differ 1.7x in bandwidth; refuse to guess.

@@ -123,6 +123,7 @@ def test_reference_number_parser():
     ("NVIDIA GB200", "GB200"), ("NVIDIA H200 NVL", "H200 NVL"),
     ("NVIDIA GeForce RTX 4090 Laptop GPU", "Laptop"), ("NVIDIA GeForce RTX 4090 D", "4090 D"),
     ("TPU v4 lite", "v4i"), ("NVIDIA H20", "not in the catalog"),
+    ("NVIDIA A100-PCIE-40GB", "PCIe Gen4 link"),
 ])
 def test_detect_other_parts_whose_names_contain_a_catalog_name(name, why):
     """A Grace-Hopper GH200 is no H200 SXM, a GB200 no DGX B200, a laptop 4090 no desktop 4090:
@@ -131,9 +132,26 @@ def test_detect_other_parts_whose_names_contain_a_catalog_name(name, why):
     assert chip is None and why in note
 
 
+@pytest.mark.parametrize("name, gib", [
+    ("NVIDIA H100 96GB HBM3", 95), ("NVIDIA A100-SXM-64GB", 64)])
+def test_detect_refuses_a_larger_part_under_a_catalog_name(name, gib):
+    """GH200's GPU reports "H100 96GB HBM3" and Leonardo's A100s "A100-SXM-64GB": their memory
+    says they are not the 80 GB H100 SXM or the 40 GB A100, whose bandwidths would judge them."""
+    chip, note = catalog.detect(name, gib * 2**30)
+    assert chip is None and "larger part" in note
+
+
+@pytest.mark.parametrize("name, mib, chip", [
+    ("NVIDIA H200", 143771, "h200"), ("NVIDIA H100 80GB HBM3", 81559, "h100-sxm"),
+    ("NVIDIA A100-SXM4-40GB", 40960, "a100-40gb"), ("NVIDIA L4", 23034, "l4")])
+def test_detect_keeps_parts_reporting_about_their_datasheet_memory(name, mib, chip):
+    """An H200 reports 140.4 GiB against its datasheet's "141 GB"; the check must not refuse it."""
+    assert catalog.detect(name, mib * 2**20)[0] == chip
+
+
 @pytest.mark.parametrize("name, chip", [
     ("NVIDIA H200", "h200"), ("NVIDIA B200", "b200"), ("NVIDIA H100 SXM5 80GB", "h100-sxm"),
-    ("NVIDIA A100-PCIE-40GB", "a100-40gb"), ("AMD Instinct MI325X", "mi325x"), ("TPU v5", "tpu-v5p"),
+    ("AMD Instinct MI325X", "mi325x"), ("TPU v5", "tpu-v5p"),
     ("TPU7x", "tpu7x"),
 ])
 def test_detect_more_names(name, chip):
