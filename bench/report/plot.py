@@ -754,7 +754,12 @@ def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
         # numbers are placed once the layout is final (then frozen): room is measured in pixels
         fig.draw_without_rendering()
         fig.set_layout_engine("none")
-        number_points(roof_ax, *points)
+        left = number_points(roof_ax, *points)
+        if left:  # said on the chart, so a point without a number does not read as a mistake
+            roof_ax.text(0.99, 0.01, f"{len(left)} of {len(points[0])} points unnumbered: "
+                         "no room beside them", transform=roof_ax.transAxes, ha="right",
+                         va="bottom", fontsize=8, color="0.25", gid="unnumbered",
+                         bbox=dict(facecolor="white", edgecolor="0.6", alpha=0.9))
     return fig
 
 
@@ -856,7 +861,8 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
 def number_points(ax, xy: list[tuple[float, float]], numbers: list[str], colors: list[str],
                   overlap_pt: float = 5.0) -> list[int]:
     """Label points whose markers overlap (centres closer than `overlap_pt` points, chained) with
-    one text, `7,15,23`, in their colour when they share one; then `place_labels`."""
+    one text, `7,15,23`, in their colour when they share one; then `place_labels`. Returns the
+    indices of the points left unnumbered (no room for their label)."""
     import numpy as np
     pts = ax.transData.transform(np.asarray(xy, dtype=float))
     near = (overlap_pt * ax.figure.dpi / 72) ** 2
@@ -876,9 +882,18 @@ def number_points(ax, xy: list[tuple[float, float]], numbers: list[str], colors:
         groups[root(k)].append(k)
     members = sorted(groups.values())
     centre = [tuple(np.exp(np.log(np.asarray([xy[k] for k in g])).mean(axis=0))) for g in members]
-    texts = [",".join(numbers[k] for k in g) for g in members]
+    texts = [cluster_label([numbers[k] for k in g]) for g in members]
     tints = [colors[g[0]] if len({colors[k] for k in g}) == 1 else "0.2" for g in members]
-    return place_labels(ax, centre, texts, tints, points=xy)
+    left = place_labels(ax, centre, texts, tints, points=xy)
+    return sorted(k for g in left for k in members[g])
+
+
+def cluster_label(numbers: list[str], listed: int = 4) -> str:
+    """`7,15,23` for a few overlapping points; past `listed`, the first two, the last and the
+    count (`1,8,…,406 (43)`): a list of forty numbers fits nowhere beside the chart's points."""
+    if len(numbers) <= listed:
+        return ",".join(numbers)
+    return f"{numbers[0]},{numbers[1]},…,{numbers[-1]} ({len(numbers)})"
 
 
 def place_labels(ax, xy: list[tuple[float, float]], texts: list[str], colors: list[str],
@@ -1028,7 +1043,7 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
 __all__ = ["AT_THE_WALL", "PlotError", "bars_table", "chart_notes", "check_output",
            "draw_pct_roof", "draw_roofline", "image_formats", "in_cache", "intensity", "mpl_text",
            "names_folder", "not_drawn", "one_device", "output_path", "pct_bar", "pct_roof_cases",
-           "pct_roof_drawn", "pct_roof_figure", "place_labels", "ridge_batch", "roof_flag",
+           "pct_roof_drawn", "pct_roof_figure", "place_labels", "number_points", "ridge_batch", "roof_flag",
            "roofline_drawn", "roofline_figure", "roofs", "save", "save_all", "short_shape",
            "size_sweeps", "status_counts", "status_note", "sweeps"]
 

@@ -393,6 +393,41 @@ def test_roofline_point_labels_do_not_collide():
     plt.close(fig)
 
 
+def test_roofline_numbers_a_case_repeated_many_times():
+    """Forty runs of one case sit on one spot: their label is shortened to fit (the first two,
+    the last and the count), not left out with forty points unnumbered."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    one = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "torch_matmul", 2e-4)
+    recs = [{**one, "run_id": str(k)} for k in range(40)]
+    recs.append(record("gemv_bf16", {"M": 4, "N": 1024, "K": 1024}, "torch_matmul", 3e-4))
+    fig = roofline_figure(recs)
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    assert sorted(t.get_text() for t in ax.texts if t.get_gid() == "point-label") == \
+        ["1,2,…,40 (40)", "41"]
+    assert [t for t in ax.texts if t.get_gid() == "unnumbered"] == []
+    plt.close(fig)
+
+
+def test_roofline_says_how_many_points_it_left_unnumbered(monkeypatch):
+    """A label with no room is left out; the chart says how many points have no number."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    import bench.report.plot as P
+    real = P.place_labels
+    monkeypatch.setattr(P, "place_labels", lambda ax, xy, texts, *a, **k: (
+        real(ax, xy[1:], texts[1:], *[v[1:] for v in a], **k) and []) or [0])
+    recs = [record("gemv_bf16", {"M": m, "N": 1024, "K": 1024}, "torch_matmul", 2e-4 * m)
+            for m in (1, 4, 16)]
+    recs.insert(1, {**recs[0], "impl": "twin"})  # on top of point 1: the group left out is "1,2"
+    fig = P.roofline_figure(recs)
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "unnumbered"] == \
+        ["2 of 4 points unnumbered: no room beside them"]
+    plt.close(fig)
+
+
 def test_place_labels_keeps_clear_of_points_and_each_other():
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
