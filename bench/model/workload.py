@@ -19,9 +19,10 @@ What is counted and why:
   on average; `run --model` times it at the nearest whole M (at least 1), which keeps the tokens
   its timed calls model (M * touched a layer) as close to B*k as a whole M can.
 - Nothing is read twice: the counts are the floor any correct implementation must move.
-- A field the config leaves out takes transformers' default for its model_type (ARCHS): an untied
-  lm_head for every type here (PretrainedConfig's own default, tied, is overridden by each), and
-  the attention biases its Attention module builds. Without a model_type ARCHS knows, a missing
+- A field the config leaves out takes transformers' default for its model_type (ARCHS,
+  ARCH_DEFAULTS): an untied lm_head for every type here (PretrainedConfig's own default, tied, is
+  overridden by each), the attention biases its Attention module builds, and its KV heads, experts
+  and sliding window. Without a model_type ARCHS knows, a missing
   tie_word_embeddings is refused, since nothing says which it is.
 - A config field that changes the traffic in a way not modelled here (experts under other names,
   latent KV, sliding-window attention: UNMODELLED) is refused, never projected with wrong bytes.
@@ -76,6 +77,21 @@ ARCHS: dict[str, tuple[bool, str]] = {
     "mixtral": (False, ""),
     "qwen2": (False, "qkv"),
 }
+# The traffic fields a config may leave out, as its <Type>Config fills them in (an explicit null
+# stays null): MistralConfig and MixtralConfig take 8 KV heads, Qwen2Config 32 (LlamaConfig: as
+# many as query heads), MistralConfig a 4096-token sliding window, MixtralConfig 8 experts of which
+# 2 run a token.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mistral": {"num_key_value_heads": 8, "sliding_window": 4096},
+    "mixtral": {"num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "qwen2": {"num_key_value_heads": 32},
+}
+# Where use_sliding_window switches the window (Qwen2Config; read so where model_type is unknown):
+# MistralAttention and MixtralAttention apply sliding_window whatever that field says.
+WINDOW_ALWAYS = ("mistral", "mixtral")
+# Types whose model has no experts: transformers ignores num_local_experts there, so a config
+# setting it is not one transformers would build as a mixture
+DENSE = ("llama", "mistral", "qwen2")
 MAX_DIM = 2**24  # a config field past 16M (the largest real ones: vocabularies of ~256K) is not
 #                  a model, and the step's counts stay far inside a float's range
 
@@ -172,8 +188,12 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
     missing = [f for f in REQUIRED if f not in data]
     if missing:
         raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    mtype = data.get("model_type")
+    mtype = mtype if isinstance(mtype, str) else None
+    data = {**ARCH_DEFAULTS.get(mtype, {}), **data}
     for f, what in UNMODELLED.items():
         if data.get(f) in (None, False, 0) or (f == "sliding_window"
+                                               and mtype not in WINDOW_ALWAYS
                                                and data.get("use_sliding_window") is False):
             continue
         raise ConfigError(f"{where}: {f} {_short(data[f])} ({what}) is not modelled: the step "
@@ -199,6 +219,10 @@ def parse_config(data: Any, name: str, where: str = "model config") -> ModelConf
         raise ConfigError(f"{where}: num_attention_heads {Hq} is not a multiple of "
                           f"num_key_value_heads {Hkv}")
     E = data.get("num_local_experts") or 1
+    if E > 1 and mtype in DENSE:
+        raise ConfigError(f"{where}: num_local_experts {E} with model_type {mtype}, whose model "
+                          "has no experts (transformers ignores the field): give model_type "
+                          "mixtral for a mixture of experts, or drop the field")
     k = data.get("num_experts_per_tok") or (2 if E > 1 else 1)
     if k > E:
         raise ConfigError(f"{where}: num_experts_per_tok {k} > num_local_experts {E}")

@@ -244,6 +244,7 @@ def test_missing_tie_word_embeddings_takes_the_model_types_default(model_type):
     """LlamaConfig, MistralConfig, MixtralConfig and Qwen2Config all default tie_word_embeddings
     to False (PretrainedConfig's own default, True, is overridden): an lm_head of its own."""
     fields = {k: v for k, v in TINY.items() if k != "model_type"}
+    fields.update(num_key_value_heads=4, sliding_window=None)  # TINY's 4 heads; no window
     c = parse_config({**fields, "model_type": model_type}, "x")
     assert not c.tie_word_embeddings
     assert parse_config({**fields, "model_type": model_type, "tie_word_embeddings": True},
@@ -286,10 +287,43 @@ def test_llama_attention_bias_gives_o_a_bias_too():
         L * ((Hq + 2 * Hkv) * D / 2 + H) * 2)
 
 
+@pytest.mark.parametrize("model_type, Hkv, E, k", [
+    ("llama", 32, 1, 1), ("mistral", 8, 1, 1), ("mixtral", 8, 8, 2), ("qwen2", 32, 1, 1)])
+def test_fields_left_out_take_the_model_types_defaults(model_type, Hkv, E, k):
+    """A config that leaves out its KV heads or experts gets what its <Type>Config fills in:
+    MistralConfig's and MixtralConfig's 8 KV heads (not one per query head, 4x the KV bytes),
+    MixtralConfig's 8 experts, 2 a token (not a dense model of one)."""
+    fields = {**TINY, "num_attention_heads": 32, "hidden_size": 4096, "model_type": model_type,
+              "sliding_window": None}
+    c = parse_config(fields, "x")
+    assert (c.num_key_value_heads, c.num_local_experts, c.num_experts_per_tok) == (Hkv, E, k)
+    assert parse_config({**fields, "num_key_value_heads": None}, "x").num_key_value_heads == 32
+
+
+def test_mistral_without_sliding_window_is_refused():
+    """MistralConfig's sliding_window defaults to 4096 and MistralAttention applies it whatever
+    use_sliding_window says: a Mistral config leaving it out is a windowed model."""
+    fields = {**TINY, "model_type": "mistral", "num_key_value_heads": 4}
+    for extra in ({}, {"sliding_window": 4096, "use_sliding_window": False}):
+        with pytest.raises(ConfigError, match="sliding_window 4096"):
+            parse_config({**fields, **extra}, "x")
+    assert parse_config({**fields, "sliding_window": None}, "x").num_key_value_heads == 4
+
+
+def test_experts_in_a_dense_model_type_are_refused():
+    """LlamaConfig has no experts: transformers would build a dense model from a llama config
+    with num_local_experts, where the step would count a mixture."""
+    with pytest.raises(ConfigError, match="num_local_experts 8 with model_type llama"):
+        parse_config({**TINY, "num_local_experts": 8, "num_experts_per_tok": 2}, "x")
+    no_type = {k: v for k, v in TINY.items() if k != "model_type"}
+    assert parse_config({**no_type, "tie_word_embeddings": False, "num_local_experts": 8},
+                        "x").num_local_experts == 8
+
+
 def test_qwen2_biases_are_q_k_v_only():
     """Qwen2Attention: q, k and v with bias=True, o with bias=False, whatever the config says
     (Qwen2Config has no attention_bias); a config saying otherwise is refused."""
-    fields = {**TINY, "model_type": "qwen2"}
+    fields = {**TINY, "model_type": "qwen2", "num_key_value_heads": 4}
     with pytest.raises(ConfigError, match="attention_bias false does not fit model_type qwen2"):
         parse_config({**fields, "attention_bias": False}, "x")
     c = parse_config(fields, "x")
@@ -298,8 +332,9 @@ def test_qwen2_biases_are_q_k_v_only():
     assert parse_config({**fields, "attention_bias": True}, "x") == c
     assert load_model("qwen2.5-7b").o_bias is False
     with pytest.raises(ConfigError, match="model_type mistral: .* no attention biases"):
-        parse_config({**TINY, "model_type": "mistral", "attention_bias": True}, "x")
-    m = parse_config({**TINY, "model_type": "mixtral"}, "x")
+        parse_config({**TINY, "model_type": "mistral", "attention_bias": True,
+                      "num_key_value_heads": 4, "sliding_window": None}, "x")
+    m = parse_config({**TINY, "model_type": "mixtral", "num_key_value_heads": 4}, "x")
     assert (m.qkv_bias, m.o_bias) == (False, False)
 
 
