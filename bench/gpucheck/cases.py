@@ -18,7 +18,7 @@ def ncu_targets(backend: str, notes: list[str]) -> list[dict[str, Any]]:
     """One profiled launch per Triton impl of ours, at a shape the size of the L2 or larger (ncu
     flushes the caches before the profiled launch, so it reads from DRAM; peers are left out:
     the check is of our kernels, and the ncu box is short): GEMVs at
-    Llama-3-8B gate_up 28672 x 4096 (INT4 59 MB, INT8 117 MB, bf16 235 MB), attention at batch
+    Llama-3-8B gate_up 28672 x 4096 (INT4 62 MB, INT8 118 MB, bf16 235 MB), attention at batch
     16 x 4096 (268 MB of KV) and the split-KV path at 1 x 32768 (134 MB); on the GPU also INT4
     at M = 16, 57344 x 8192 (252 MB), on the one impl that runs M = 16, for its why pass."""
     dry = backend != "cuda"
