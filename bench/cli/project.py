@@ -104,7 +104,9 @@ def command(args) -> int:
         if rows:
             for p, sp in rows:
                 d = {**head, **p.as_dict(), **sp.as_dict()}
-                d["tokens_per_s"] = sp.tokens_per_s  # per sequence, on this split
+                # per sequence, on this split: the one-chip figures would sit beside the
+                # split's step time and batch rate in one row
+                d["tokens_per_s"] = d["seq_tokens_per_s"] = sp.tokens_per_s
                 print(json.dumps(d))
         else:
             for p in projs:

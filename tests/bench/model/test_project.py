@@ -435,6 +435,7 @@ def test_project_tp_json_and_table(capsys):
     for r in rows:
         assert {"tp", "pp", "collective_time_s", "floor_s", "tokens_per_s"} <= r.keys()
         assert r["tokens_per_s"] == pytest.approx(1 / r["step_time_s"])
+        assert r["seq_tokens_per_s"] == r["tokens_per_s"] == r["batch_tokens_per_s"]  # batch 1
     assert rows[1]["tokens_per_s"] > rows[0]["tokens_per_s"]
     for chip in load_catalog():  # every catalog chip, unknowns shown as unknown
         assert main(["project", "--model", "llama-3-8b", "--chip", chip, "--tp", "2"]) == 0
@@ -797,3 +798,31 @@ def test_tp_past_the_fabric_group_is_an_upper_bound():
     past = project_split(step, chip, 16, 1, link=link)
     assert not inside.upper_bound and past.upper_bound
     assert "spans more than its group of 8" in past.link_source
+
+
+@pytest.mark.parametrize("row, args", [
+    ("21.32 tok/s", "llama-2-70b --ctx 128 --chip a100-80gb --tp 2"),
+    ("38.01 tok/s", "llama-2-70b --ctx 128 --chip a100-80gb --tp 4"),
+    ("62.50 tok/s", "llama-2-70b --ctx 128 --chip a100-80gb --tp 8"),
+    ("80.44 tok/s", "llama-2-70b --ctx 128 --chip a100-80gb --tp 8 --weights int8"),
+    ("90.77 tok/s", "llama-2-70b --ctx 128 --chip a100-80gb --tp 8 --weights int4"),
+    ("36 tok/s", "llama-3.1-405b --ctx 192 --chip mi300x --tp 8 --weights int8"),
+    ("450 tok/s", "llama-3-70b --ctx 1024 --chip cerebras-wse3 --tp 1 --pp 4"),
+    ("300 tok/s", "llama-2-70b --ctx 4096 --chip groq-lpu"),  # on the chips that hold it
+])
+def test_published_comparison_table_is_what_project_says(row, args, capsys):
+    """docs/projection.md's table of published multi-chip decode figures: each projected figure
+    and error is what `project` prints for the row's command, at datasheet bandwidth."""
+    from pathlib import Path
+    import re
+    doc = (Path(__file__).parents[3] / "docs" / "projection.md").read_text()
+    line = next(x for x in doc.splitlines() if x.startswith(f"| {row}"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    shown = float(re.match(r"≤ ([\d.]+)", cells[3]).group(1))
+    published = float(cells[0].split()[0])
+    error = int(re.fullmatch(r"([+-]\d+)%", cells[4]).group(1))
+    assert main(["project", "--model", *args.split(), "--efficiency", "1.0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    tps = out["seq_tokens_per_s"] if "--tp" in args else out["tokens_per_s_on_needed"]
+    assert abs(tps - shown) <= 0.5 * 10 ** (math.floor(math.log10(tps)) - 2), (tps, cells[3])
+    assert round(100 * (tps / published - 1)) == error
