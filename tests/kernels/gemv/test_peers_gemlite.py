@@ -21,7 +21,7 @@ import torch
 from kernels import OPS, rel_err
 from kernels.gemv import GemvW4Shape, GemvW8Shape
 from kernels.gemv import peers
-from kernels.quant import dequant_int4, dequant_int8, pack_int4
+from kernels.quant import dequant_int4, pack_int4
 from tests import helpers
 
 W4, W8 = OPS["gemv_w4"], OPS["gemv_w8"]
@@ -214,12 +214,16 @@ def test_a_swapped_nibble_order_would_be_caught():
     assert not torch.allclose(gemlite_w4_dense(W_q, s, z, 32, round_zero=False), ours)
 
 
-def test_gemlite_reads_our_int8_weights_as_they_are():
+def test_gemlite_reads_our_int8_weights_as_they_are(monkeypatch, fake_gemlite):
+    """INT8 needs no conversion: pack() gets our int8 [N, K] codes and [N] scales themselves (no
+    copy, no zeros) and the layer scales after the product, as GemLite's A16W8 sets it."""
+    monkeypatch.setattr(peers, "_require_cuda", lambda x: None)
     x, qweight, scales = W8.make_inputs(GemvW8Shape(3, 40, 96), F16, "cpu", 1)
-    N = qweight.shape[0]
-    W_t, s_t = qweight.t(), scales.view(N, -1).t()  # what pack() keeps: [K, N] and [1, N]
-    theirs = (W_t.double() * s_t.double()).t()
-    torch.testing.assert_close(theirs, dequant_int8(qweight, scales, torch.float64), rtol=0, atol=0)
+    peers._prepare_w8(x, qweight, scales)
+    (layer,) = fake_gemlite
+    W_q, s, zeros = layer.packed
+    assert W_q is qweight and s is scales and zeros is None
+    assert (layer.W_group_mode, layer.channel_scale_mode) == (2, 0)
 
 
 # --- the whole impl on the CPU, GemLite replaced by its semantics ------------------------------
