@@ -31,6 +31,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -427,8 +428,9 @@ def check_output(out: str | Path) -> Path:
 def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
     """Write each (figure, path) of `charts`, all or none, and close the figures: every figure
     is rendered in memory first, then each is written to a new file beside its path and moved
-    into place, so a failure (a folder that cannot be made, a full disk) leaves no chart and no
-    folder made for one behind. Paths come from check_output."""
+    into place, so a failure (a folder that cannot be made, a full disk, a move refused after
+    another succeeded) leaves no new chart and no folder made for one behind, and a chart it
+    was replacing as it was. Paths come from check_output."""
     plt = _pyplot()
     rendered: list[tuple[Path, bytes]] = []
     try:
@@ -448,6 +450,8 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
             plt.close(fig)
     made: list[Path] = []  # folders made here, removed again on a failure
     staged: list[tuple[Path, Path]] = []
+    kept: dict[Path, Path] = {}  # a file a chart replaces -> a hard link to it, put back on a failure
+    moved: list[Path] = []
     path = None
     try:
         for path, data in rendered:
@@ -459,17 +463,35 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
             with open(tmp, "xb") as f:  # the umask's permissions, as a plain write would get
                 staged.append((tmp, path))
                 f.write(data)
+            if path.is_file():
+                old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+                try:
+                    os.link(path, old, follow_symlinks=False)
+                except OSError:  # a file system without hard links, or one refusing this one
+                    shutil.copyfile(path, old)
+                kept[path] = old
         for tmp, path in staged:
             os.replace(tmp, path)
+            moved.append(path)
     except OSError as e:
+        # all or none: the charts already moved into place go, the files they replaced return
+        for done in moved:
+            try:
+                os.replace(kept[done], done) if done in kept else done.unlink()
+            except OSError:
+                pass
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        for old in kept.values():
+            old.unlink(missing_ok=True)
         for d in reversed(made):
             try:
                 d.rmdir()
             except OSError:
                 pass
         raise PlotError(f"cannot write {path}: {e.strerror or e}") from None
+    for old in kept.values():
+        old.unlink(missing_ok=True)
     return [p for p, _ in rendered]
 
 

@@ -335,6 +335,30 @@ def test_save_all_removes_what_it_staged_on_a_failure(tmp_path, monkeypatch, mpl
     assert calls and files_in(tmp_path) == [] and not (tmp_path / "new").exists()
 
 
+def test_save_all_undoes_the_moves_before_a_failed_one(tmp_path, monkeypatch, mpl):
+    """The second chart's move fails after the first chart went into place: the first goes, the
+    chart it replaced comes back, the folder made for it is removed."""
+    from bench.report import plot as rp
+    figs = [rp.scaling_figure([{"chip": "c", "chips": 1, "tp": 1, "pp": 1, "tokens_per_s": 5.0,
+                                "upper_bound": False}]) for _ in range(3)]
+    (tmp_path / "old.png").write_bytes(b"the chart before")
+    real_replace = rp.os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "b.png":
+            raise OSError(1, "Operation not permitted")
+        return real_replace(src, dst)
+    monkeypatch.setattr(rp.os, "replace", replace)
+    with pytest.raises(rp.PlotError, match="b.png: Operation not permitted"):
+        rp.save_all([(figs[0], tmp_path / "new" / "a.png"), (figs[1], tmp_path / "old.png"),
+                     (figs[2], tmp_path / "b.png")])
+    monkeypatch.setattr(rp.os, "replace", real_replace)
+    assert files_in(tmp_path) == ["old.png"] and not (tmp_path / "new").exists()
+    assert (tmp_path / "old.png").read_bytes() == b"the chart before"
+    assert rp.save_all([(figs[1], tmp_path / "old.png")]) == [tmp_path / "old.png"]
+    assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG" and files_in(tmp_path) == ["old.png"]
+
+
 def test_plot_title_is_plain_text_not_mathtext(real, tmp_path, capsys, mpl):
     o = tmp_path / "o"
     dollar = write(tmp_path / "d.jsonl", *[{**json.loads(x), "impl": r"$\frac$ x$"}
