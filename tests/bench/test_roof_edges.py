@@ -33,6 +33,20 @@ def test_the_above_roof_margin_is_three_times_the_probes_noise():
     assert verdict(106.0, quiet).startswith("above the roof")
 
 
+def test_the_margin_is_the_spread_of_the_probe_that_set_the_roof(monkeypatch):
+    """A copy probe with 8% spread beside a read probe with 1%: the read sets the roof, so a
+    case 20% over it is suspect (5% margin), not 'at the wall' under the copy's 24%."""
+    import bench.roofline as rl
+    probes = {"copy": (20.0, 0.08, "torch_copy"), "read": (25.0, 0.01, "torch_sum")}
+    monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: probes[op])
+    monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 26)
+    roof = rl.remeasure_bandwidth(None, ROOF)
+    assert (roof.gbps, roof.noise) == (25.0, 0.01)
+    assert verdict(120.0, roof).startswith("above the roof")
+    probes["copy"] = (30.0, 0.08, "torch_copy")  # a GPU: the copy sets the roof
+    assert rl.remeasure_bandwidth(None, ROOF).noise == 0.08
+
+
 def test_drift_is_noted_just_past_its_threshold_either_way():
     assert DRIFT == 0.15
     assert drift_note(20.0, 20.0 * (1 + DRIFT * 1.1)) is not None
