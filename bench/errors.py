@@ -8,6 +8,7 @@ from typing import NoReturn
 
 EXIT_FAILED = 1        # a RunError; with --strict, an impl that failed, errored, crashed or timed out
 EXIT_USAGE = 2         # a UsageError
+EXIT_BROKEN_PIPE = 141  # `run`'s output closed under it (128 + SIGPIPE, as a shell reports it)
 
 
 class UsageError(Exception):

@@ -16,8 +16,9 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
+from .errors import RunError
 from .interrupts import deferred
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,10 @@ FAILED = ("failed-check", "error", "crashed", "timeout")  # an impl that gave no
 
 class ResultsError(ValueError):
     """A results file that cannot be read back (corrupt line, missing fields)."""
+
+
+class ResultsWriteError(RunError):
+    """A record the results file could not take (a full disk): the run stops there."""
 
 
 def new_run_id(backend: str) -> str:
@@ -106,7 +111,8 @@ class ResultWriter:
         self.directory = None if directory is None else Path(directory)
         self.run_id = run_id
         self._new_id = new_id or (lambda: f"{run_id}-{secrets.token_hex(4)}")
-        self._f: TextIO | None = None
+        self._fd: int | None = None
+        self._size = 0  # bytes of whole records in the file: a failed write is cut back to it
         self.count = 0  # records in the file: counted with their write, never apart from it
 
     @property
@@ -114,11 +120,12 @@ class ResultWriter:
         """The results file (None: nothing is written); it exists once `count` > 0."""
         return None if self.directory is None else self.directory / f"{self.run_id}.jsonl"
 
-    def _create(self) -> TextIO:
+    def _create(self) -> int:
         assert self.directory is not None
         for _ in range(100):
-            try:
-                return open(self.directory / f"{self.run_id}.jsonl", "x", encoding="utf-8")
+            try:  # the umask's permissions, as open(..., "x") gives
+                return os.open(self.directory / f"{self.run_id}.jsonl",
+                               os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             except FileExistsError:
                 self.run_id = self._new_id()
         raise FileExistsError(f"no free results file name in {self.directory} "
@@ -126,22 +133,46 @@ class ResultWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append `record` (its run_id set to the file's). A SIGINT or SIGTERM that lands
-        meanwhile is raised after the line is on disk and counted (bench/interrupts.py)."""
+        meanwhile is raised after the line is on disk and counted (bench/interrupts.py). A
+        write the disk refuses (full, over a quota or a file size limit) is cut back to the
+        last whole record, the file removed if it holds none, and raised as ResultsWriteError:
+        the finished cases stay readable, and nothing half written is left."""
         if self.directory is None:
             return
         with deferred():
-            if self._f is None:
-                self._f = self._create()
+            if self._fd is None:
+                self._fd = self._create()
             record["run_id"] = self.run_id
-            self._f.write(dumps(record) + "\n")
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            data = memoryview((dumps(record) + "\n").encode("utf-8"))
+            try:
+                while data:  # unbuffered: a short write is continued, a failed one not retried
+                    data = data[os.write(self._fd, data):]
+                os.fsync(self._fd)
+            except OSError as e:
+                self._undo()
+                raise ResultsWriteError(f"cannot write {self.path}: {e.strerror or e}") from None
+            self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
             self.count += 1
 
+    def _undo(self) -> None:
+        """After a failed write: the file back to its whole records, or gone if it has none."""
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+        except OSError:
+            pass
+        if not self.count:
+            self.close()
+            assert self.path is not None
+            self.path.unlink(missing_ok=True)
+
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:  # every line was fsynced: close has nothing left to write
+                pass
 
 
 MAX_LINE = 2**20  # characters: a record is 1-4 KB (its command line, an error's first line); a

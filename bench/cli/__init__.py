@@ -10,13 +10,44 @@ found before anything is measured or written, and ends with one line on stderr a
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError, one_line
-from ..interrupts import describe, exit_status, handled, signal_of
+
+def _reopen_closed_streams() -> bool:
+    """Put /dev/null on a closed stdin, stdout or stderr (`<&-`, `>&-`, `2>&-`; or one open the
+    wrong way round, as a shell wrapper that opened its script on the free number leaves it)
+    before anything opens a file: the next file or pipe would take its number, and a worker
+    started with it as its stdin or stderr would lose the pipe. Returns whether stdout was
+    closed (the command then says so and does nothing)."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            if mode != (os.O_WRONLY if fd == 0 else os.O_RDONLY):
+                continue
+            os.close(fd)
+        except OSError:
+            pass
+        closed.append(fd)
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if fd in closed and getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+    return 1 in closed
+
+
+STDOUT_CLOSED = _reopen_closed_streams()
+
+from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError, one_line  # noqa: E402
+from ..interrupts import describe, exit_status, handled, signal_of  # noqa: E402
 try:
     from . import backends, chips, compare, plot, project, roof, run, show
 except Exception as e:  # torch refusing its own environment as it imports (TORCH_LOGS=junk)
@@ -64,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv None: the command line of this process, which exits with the status returned."""
     _replace_unencodable()
     with handled(exiting=argv is None):
+        if STDOUT_CLOSED and argv is None:
+            print("decodewall: error: standard output is closed: nowhere to write the output",
+                  file=sys.stderr)
+            return EXIT_USAGE
         return _main(list(sys.argv[1:] if argv is None else argv))
 
 
@@ -94,12 +129,27 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.filename is None and e.errno in _OUTPUT_ERRNOS:  # the output stream, not a file
+            print(f"decodewall: error: cannot write the output: {e.strerror}", file=sys.stderr)
+            return EXIT_FAILED
+        return _internal_error(e)
     except Exception as e:  # a bug of ours: one line that says where, never a traceback
-        tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
-        msg = (str(e).strip().splitlines() or [""])[0]
-        print(f"decodewall: internal error{where}: {type(e).__name__}: {one_line(msg)}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return _internal_error(e)
+
+
+# errors of a write to stdout that are the stream's, not a bug's (/dev/full, a quota, a dead
+# terminal, a file size limit)
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF)
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug of ours: one line that says where, never a traceback."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
+    msg = (str(e).strip().splitlines() or [""])[0]
+    print(f"decodewall: internal error{where}: {type(e).__name__}: {one_line(msg)}",
+          file=sys.stderr)
+    return EXIT_FAILED

@@ -15,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import EXIT_FAILED, UsageError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, UsageError
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
 from .common import (directory, known_backend, parse_shape, ranks, resolve_backend, resolve_chip,
@@ -266,7 +266,8 @@ def check_file_writable(out_dir: Path) -> None:
 
 def command(args) -> int:
     from ..report.table import console, printable_record, results_table, run_title
-    from ..results import ResultWriter, check_writable, git_commit, new_run_id, versions
+    from ..results import (ResultWriter, ResultsWriteError, check_writable, git_commit,
+                           new_run_id, versions)
     from .. import roofline as rl
     from ..roofline import drift_note, measure_bandwidth, measure_roof
     from ..isolation import IsolatedRunner
@@ -356,6 +357,7 @@ def command(args) -> int:
             ranks_runner.close(now)
 
     stopped: int | None = None  # the signal that ended the run early (SIGINT: Ctrl-C, SIGTERM)
+    cut: tuple[str, int] | None = None  # what else ended it early, and the exit status
     try:
         if show:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -378,6 +380,11 @@ def command(args) -> int:
         runner.close()  # a normal end: each worker is asked to exit
     except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT or SIGTERM
         stopped = signal_of(e)
+    except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
+        cut = (str(e), EXIT_FAILED)
+    except BrokenPipeError:  # --json's reader went away (`| head`): the run stops there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        cut = ("stopped: its output was closed (broken pipe)", EXIT_BROKEN_PIPE)
     finally:
         # An interrupt's case is discarded: its worker's process group is killed at once. Only
         # the first signal is raised (bench/interrupts.py), so a second Ctrl-C cannot cut this,
@@ -387,25 +394,33 @@ def command(args) -> int:
     note = None
     # The roof again (not for the quick budget: two quick probes differ by more than the drift
     # worth reporting): on a busy machine it can move a lot within one run.
-    if stopped is None and budget_name != "quick" and any(r["status"] == "ok" for r in records):
+    if stopped is None and cut is None and budget_name != "quick" and \
+            any(r["status"] == "ok" for r in records):
         try:
             with err.status("measuring the roof again...", spinner="dots") if show else _null():
                 note = drift_note(roof.gbps, measure_bandwidth(backend, budget),
                                   tracker.readings[1:])
         except KeyboardInterrupt as e:
             stopped = signal_of(e)
-    if not args.json:
-        out = console()
-        shown = [printable_record(r) for r in records]
-        out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
-                                                       backend.name, tracker.readings)))
-        if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
-            _print_precision(shown, out)
-    else:
-        shown = records
-    if getattr(args, "model_step", None) is not None:  # `run --model`: the summed decode step
-        from .step import print_step
-        print_step(args, shown, ctx.roof, as_json=args.json, interrupted=stopped is not None)
+    shown = records if args.json else [printable_record(r) for r in records]
+    try:
+        if not args.json:
+            out = console()
+            out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
+                                                           backend.name, tracker.readings)))
+            if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
+                _print_precision(shown, out)
+        if getattr(args, "model_step", None) is not None:  # `run --model`: the decode step
+            from .step import print_step
+            print_step(args, shown, ctx.roof, as_json=args.json,
+                       interrupted=stopped is not None or cut is not None)
+    except BrokenPipeError:  # the table's reader went away: the run and its file are whole
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if cut is not None:
+        kept = _kept(writer, records) if writer.count else "nothing saved"
+        print(f"decodewall: {'' if cut[1] == EXIT_BROKEN_PIPE else 'error: '}{cut[0]}; {kept}",
+              file=sys.stderr)
+        return cut[1]
     if stopped is not None:
         print(f"decodewall: {describe(stopped)}; {_kept(writer, records)}", file=sys.stderr)
         return exit_status(stopped)

@@ -473,7 +473,7 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
         for tmp, path in staged:
             os.replace(tmp, path)
             moved.append(path)
-    except OSError as e:
+    except BaseException as e:  # an OSError, or an interrupt: Ctrl-C must not leave half either
         # all or none: the charts already moved into place go, the files they replaced return
         for done in moved:
             try:
@@ -489,6 +489,8 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
                 d.rmdir()
             except OSError:
                 pass
+        if not isinstance(e, OSError):
+            raise
         raise PlotError(f"cannot write {path}: {e.strerror or e}") from None
     for old in kept.values():
         old.unlink(missing_ok=True)

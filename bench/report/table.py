@@ -171,6 +171,14 @@ def interconnect_text(c: Chip, detail: bool = False) -> str:
     return f"{i.fabric}: {bw}{group}{lat}{more}"
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed pipe (`| head`) ends the command as print() would, through the CLI's own
+        handler, not with rich's silent exit 1."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console(stderr: bool = False) -> Console:
     """A terminal gets its own width; a pipe or file gets wide lines rather than folded cells."""
     stream = sys.stderr if stderr else sys.stdout
@@ -180,4 +188,4 @@ def console(stderr: bool = False) -> Console:
         columns = 0
     width = None if stream.isatty() else columns if columns > 0 else 180
     # emoji=False: a name like `:fire:` in a record prints as written, not as an emoji
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, emoji=False)
+    return _Console(stderr=stderr, highlight=False, soft_wrap=False, width=width, emoji=False)

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -399,6 +400,112 @@ def test_the_cases_said_kept_are_the_files_lines(capsys, monkeypatch, tmp_path):
     assert len(f.read_text().splitlines()) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"decodewall: interrupted; 1 finished case(s) kept in {f}"]
+
+
+def test_a_full_disk_keeps_the_whole_records_and_says_so(monkeypatch, tmp_path):
+    """The disk takes half of the third line: the file is cut back to the two whole records,
+    the writer raises one line naming the file, and closing it raises nothing."""
+    import errno
+    import os
+
+    import bench.results as res
+    write, calls = os.write, []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) < 3:
+            return write(fd, data)
+        write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(res.os, "write", half_then_full)
+    w = res.ResultWriter(tmp_path, "full")
+    for k in range(2):
+        w.write({"n": k})
+    with pytest.raises(res.ResultsWriteError, match=r"cannot write .*full.jsonl: No space left"):
+        w.write({"n": 2})
+    w.close()
+    assert [json.loads(x)["n"] for x in (tmp_path / "full.jsonl").read_text().splitlines()] == \
+        [0, 1]
+    assert w.count == 2
+
+
+def test_a_full_disk_at_the_first_record_leaves_no_file(capsys, monkeypatch, tmp_path):
+    """`run` on a disk that takes no record: one line, exit 1, no empty results file."""
+    import errno
+
+    import bench.results as res
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(res.os, "write", full)
+    out = tmp_path / "runs"
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("decodewall: error: cannot write ") and \
+        line.endswith(": No space left on device; nothing saved")
+    assert list(out.iterdir()) == []
+
+
+def test_run_json_whose_reader_goes_away_stops_and_says_what_it_kept(tmp_path):
+    """`run --json | head -1`: the second record meets a closed pipe; the run stops there, says
+    so on stderr with the cases kept, and exits 141 as a shell reports SIGPIPE."""
+    import subprocess
+    import sys
+    out = tmp_path / "runs"
+    p = subprocess.Popen([sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())",
+                          "run", "--op", "gemv_w8", "--shape", "M=1,N=64,K=128",
+                          "--impl", "torch_dequant", "--impl", "torch_int8pack_mm",
+                          "--budget", "quick", "--out", str(out), "--no-progress", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(p.stdout.readline())["impl"] == "torch_dequant"
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141, err
+    (f,) = out.iterdir()
+    # the second record is on disk before its line meets the closed pipe
+    assert err.splitlines()[-1] == ("decodewall: stopped: its output was closed (broken pipe); "
+                                    f"2 finished case(s) kept in {f}")
+    assert len(f.read_text().splitlines()) == 2
+
+
+def test_closed_standard_streams(tmp_path):
+    """A closed stdin or stderr does not take a worker's pipe (the run works, its results
+    saved); a closed stdout is one line and exit 2."""
+    import subprocess
+    import sys
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())"]
+    run = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
+           "--no-progress"]
+    for closed in ("stdin", "stderr"):
+        fd = 0 if closed == "stdin" else 2
+        r = subprocess.run(cmd + run, capture_output=closed == "stdin", text=True, timeout=300,
+                           pass_fds=(), preexec_fn=lambda fd=fd: __import__("os").close(fd))
+        assert r.returncode == 0, (closed, r.stderr)
+    assert len(list(out.iterdir())) == 2
+    r = subprocess.run(cmd + ["chips"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, preexec_fn=lambda: __import__("os").close(1))
+    assert (r.returncode, r.stderr) == (2, "decodewall: error: standard output is closed: "
+                                           "nowhere to write the output\n")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written(tmp_path):
+    """A table to a closed pipe (`| head`) ends quietly with 0, as --json does, not with rich's
+    silent exit 1; to a full device it is one line naming the cause, not an internal error."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())", "chips"]
+    for extra in ([], ["--json"]):
+        p = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()
+        assert (p.wait(timeout=120), p.stderr.read()) == (0, b"")
+        with open("/dev/full", "w") as full:
+            r = subprocess.run(cmd + extra, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert (r.returncode, r.stderr) == (1, "decodewall: error: cannot write the output: "
+                                               "No space left on device\n")
 
 
 def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, tmp_path):

@@ -359,6 +359,25 @@ def test_save_all_undoes_the_moves_before_a_failed_one(tmp_path, monkeypatch, mp
     assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG" and files_in(tmp_path) == ["old.png"]
 
 
+def test_save_all_interrupted_leaves_nothing(tmp_path, monkeypatch, mpl):
+    """Ctrl-C while the charts are moved into place: no chart, no temporary file, no folder made
+    for them, and the interrupt goes on up."""
+    from bench.report import plot as rp
+    figs = [rp.scaling_figure([{"chip": "c", "chips": 1, "tp": 1, "pp": 1, "tokens_per_s": 5.0,
+                                "upper_bound": False}]) for _ in range(2)]
+    real_replace, moves = rp.os.replace, []
+
+    def replace(src, dst):
+        moves.append(dst)
+        if len(moves) == 2:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+    monkeypatch.setattr(rp.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        rp.save_all([(figs[0], tmp_path / "c" / "a.png"), (figs[1], tmp_path / "c" / "b.png")])
+    assert not (tmp_path / "c").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_plot_title_is_plain_text_not_mathtext(real, tmp_path, capsys, mpl):
     o = tmp_path / "o"
     dollar = write(tmp_path / "d.jsonl", *[{**json.loads(x), "impl": r"$\frac$ x$"}
