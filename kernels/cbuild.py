@@ -5,16 +5,20 @@ They are compiled on first use with the machine's own compiler and `-march=nativ
 whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
 tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3). A source file may include the
 headers of its own folder. The shared object is cached under $DECODEWALL_CACHE/cext (default
-${XDG_CACHE_HOME:-~/.cache}/decodewall/cext) keyed by the source and those headers, compiler, flags and CPU. Without a
-compiler, or on a CPU without the instructions a kernel needs, calls raise NotImplementedError
-and the runner records the impl as skipped with that reason.
+${XDG_CACHE_HOME:-~/.cache}/decodewall/cext) keyed by the source and those headers, the compiler
+command, its version and the instruction sets the target turns on (its predefined macros), the
+flags and the CPU's identity. Without a compiler, on a CPU without the instructions a kernel
+needs, or for a -march above the CPU, calls raise NotImplementedError and the runner records the
+impl as skipped with that reason.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,6 +64,45 @@ def _cpuinfo() -> bytes:
         return b""
 
 
+# Instruction-set macros a -march turns on, and the /proc/cpuinfo flag of each: a build for a
+# target above the CPU ($DECODEWALL_MARCH=x86-64-v4 on an AVX2 machine) is refused, not run
+ISA_MACROS = {"__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c",
+              "__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw", "__AVX512VL__": "avx512vl",
+              "__AVX512DQ__": "avx512dq", "__AVX512VNNI__": "avx512_vnni",
+              "__AVX512BF16__": "avx512_bf16"}
+
+
+@functools.lru_cache(maxsize=None)
+def _target(cc: tuple[str, ...], march: str) -> str:
+    """The compiler's predefined macros for `march` (its version, `__VERSION__`, and the
+    instruction sets the target turns on), sorted; "" where it will not say."""
+    try:
+        r = subprocess.run([*cc, march, "-E", "-dM", "-x", "c", os.devnull], capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "\n".join(sorted(r.stdout.splitlines())) if r.returncode == 0 else ""
+
+
+def _cpu_flags(cpu: bytes) -> set[str]:
+    """The x86 `flags` of /proc/cpuinfo (empty on other CPUs, whose ISA is not checked)."""
+    m = re.search(rb"^flags\s*:(.*)$", cpu, re.M)
+    return set(m.group(1).decode(errors="replace").split()) if m else set()
+
+
+def _cpu_identity(cpu: bytes) -> bytes:
+    """The first CPU's lines of /proc/cpuinfo that name it and its features (vendor, family,
+    model, flags; Arm's implementer, part, features), without the ones that change at run time."""
+    lines = []
+    for line in cpu.split(b"\n\n")[0].splitlines():
+        name = line.split(b":")[0].strip().lower()
+        if name in (b"vendor_id", b"cpu family", b"model", b"model name", b"stepping", b"flags",
+                    b"features", b"cpu implementer", b"cpu architecture", b"cpu variant",
+                    b"cpu part", b"cpu revision", b"isa", b"uarch"):
+            lines.append(line)
+    return b"\n".join(lines)
+
+
 def _first_error(stderr: str) -> str:
     """The compiler's first `error:` line (gcc follows a bad -march with a list of every valid
     one, so its last lines name no error), else its last line; at most 300 characters."""
@@ -102,8 +145,9 @@ class CLibrary:
         return f"{flag} (from DECODEWALL_MARCH)" if from_env else flag
 
     def _build(self) -> ctypes.CDLL:
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-        if cc is None:
+        found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        cc = shlex.split(os.environ.get("CC") or "") or ([found] if found else [])
+        if not cc:
             raise NotImplementedError(f"no C compiler found (set CC) to build the {self.name} kernels")
         cpu = _cpuinfo()
         missing = [n for n in self.needs if n.encode() not in cpu]
@@ -111,8 +155,20 @@ class CLibrary:
             raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
                                       f"this CPU lacks {', '.join(missing)}")
         fl = flags(self.march)
-        key = hashlib.sha256(self.text() + " ".join([cc, *fl, *self.libs]).encode()
-                             + cpu[:4096] + sys.platform.encode()).hexdigest()[:16]
+        target = _target(tuple(cc), next(f for f in fl if f.startswith("-march=")))
+        have = _cpu_flags(cpu) if "-march=native" not in fl else set()  # native: this CPU
+        lacks = [m for m, flag in ISA_MACROS.items()
+                 if have and f"#define {m} 1" in target and flag not in have]
+        if lacks:  # a -march above this CPU (DECODEWALL_MARCH): its code would die of SIGILL
+            raise NotImplementedError(
+                f"the {self.name} kernels built with {self._march_flag(fl)} use "
+                f"{', '.join(ISA_MACROS[m] for m in lacks)}, which this CPU lacks")
+        # the key: what is compiled, how, by which compiler (its version and the instruction
+        # sets the target turns on, from its predefined macros) and for which CPU (its identity
+        # lines; cpu MHz, which moves on a machine that scales its clock, stays out)
+        key = hashlib.sha256(self.text() + " ".join([*cc, *fl, *self.libs]).encode()
+                             + target.encode() + _cpu_identity(cpu)
+                             + sys.platform.encode()).hexdigest()[:16]
         path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -120,10 +176,10 @@ class CLibrary:
             # and a cache on disk), and a failed rename would skip every C kernel
             with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".build-") as tmp:
                 src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
-                r = subprocess.run([cc, *fl, inc, src, "-o", out, *self.libs], capture_output=True,
-                                   text=True)
+                r = subprocess.run([*cc, *fl, inc, src, "-o", out, *self.libs],
+                                   capture_output=True, text=True)
                 if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                    r = subprocess.run([cc, *fl[:-1], inc, src, "-o", out, *self.libs],
+                    r = subprocess.run([*cc, *fl[:-1], inc, src, "-o", out, *self.libs],
                                        capture_output=True, text=True)
                 if r.returncode != 0:
                     raise NotImplementedError(
@@ -143,8 +199,11 @@ class CLibrary:
                 raise NotImplementedError(self._error)
             try:
                 self._lib = self._build()
-            except (NotImplementedError, OSError) as e:
+            except NotImplementedError as e:
                 self._error = str(e)
+                raise NotImplementedError(self._error) from None
+            except OSError as e:  # a compiler that cannot start, a cache that cannot be written
+                self._error = f"cannot build the {self.name} kernels (cache {cache_dir()}): {e}"
                 raise NotImplementedError(self._error) from None
         return self._lib
 

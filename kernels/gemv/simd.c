@@ -5,7 +5,11 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else  /* cbuild.py's build without -fopenmp: one thread */
+#define omp_get_thread_num() 0
+#endif
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif

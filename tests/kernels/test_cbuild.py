@@ -6,9 +6,11 @@ is a NotImplementedError with the reason (the runner's "skipped"), found once pe
 import ctypes
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,61 @@ def test_another_cpu_is_a_new_build(src, monkeypatch):
     assert so(lib(src)) != first
 
 
+def test_a_clock_change_is_not_a_new_build(src, monkeypatch):
+    """/proc/cpuinfo's `cpu MHz` moves on a machine that scales its clock: in the key, every
+    process would rebuild every kernel and the cache fill with copies."""
+    first = so(lib(src))
+    real = cbuild._cpuinfo()
+    moved = re.sub(rb"(cpu MHz\s*:\s*)[\d.]+", rb"\g<1>1234.567", real)
+    monkeypatch.setattr(cbuild, "_cpuinfo", lambda: moved + b"\nbogomips : 1.0\n")
+    assert so(lib(src)) == first
+
+
+def test_the_compiler_behind_the_same_name_changed_is_a_new_build(src, tmp_path, monkeypatch):
+    """An upgraded cc at the same path (its version is in its predefined macros): a new build,
+    not the old compiler's .so."""
+    cc = shutil.which("cc")
+    monkeypatch.setenv("CC", wrapper(tmp_path, f'exec {cc} "$@"'))
+    assert lib(src)().wrapped() == 0
+    wrapper(tmp_path, f'exec {cc} -DVIA_WRAPPER "$@"')  # the same path, another compiler
+    cbuild._target.cache_clear()  # a new process would ask it afresh
+    assert lib(src)().wrapped() == 1
+
+
+def test_a_cc_with_arguments_is_split_as_a_shell_would(src, monkeypatch):
+    """CC="ccache gcc" or CC="gcc -m64": a command line, not one program's name."""
+    monkeypatch.setenv("CC", f"{shutil.which('cc')} -DVIA_WRAPPER")
+    assert lib(src)().wrapped() == 1
+
+
+def test_a_march_above_this_cpu_is_a_skip_naming_what_it_lacks(src, monkeypatch):
+    """DECODEWALL_MARCH=x86-64-v3 on a CPU without AVX2: its code would die of SIGILL, so the
+    kernels are skipped with the reason; -march=native is this CPU and never refused."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 targets")
+    monkeypatch.setattr(cbuild, "_cpuinfo", lambda: b"flags\t\t: fpu sse sse2\n")
+    assert lib(src)().value() == 1  # native
+    monkeypatch.setenv("DECODEWALL_MARCH", "x86-64-v3")
+    with pytest.raises(NotImplementedError, match=r"x86-64-v3 \(from DECODEWALL_MARCH\) use "
+                                                  r"avx.*avx2.*which this CPU lacks"):
+        lib(src)()
+
+
+def test_the_gemv_kernels_build_and_load_without_openmp(tmp_path, monkeypatch):
+    """The fallback build without -fopenmp must give a library that loads where no OpenMP
+    runtime is (a process without torch's libgomp): the source must not need omp.h or its
+    functions then."""
+    monkeypatch.setenv("DECODEWALL_CACHE", str(tmp_path / "cache"))
+    cc = shutil.which("cc")
+    monkeypatch.setenv("CC", wrapper(tmp_path, 'for a in "$@"; do [ "$a" = -fopenmp ] && '
+                                     f'exit 1; done; exec {cc} "$@"'))
+    gemv = CLibrary("gemv_noomp", Path(cbuild.__file__).parent / "gemv" / "simd.c", {})
+    path = gemv()._name
+    r = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({path!r})"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 needs_avx2 = pytest.mark.skipif(
     platform.machine() not in ("x86_64", "AMD64") or "avx2" not in cbuild._cpuinfo().decode(),
     reason="needs an x86-64 CPU with AVX2")
@@ -160,6 +217,8 @@ def test_the_so_appears_whole_by_a_rename_within_the_cache_folder(src, tmp_path,
 
     def run(cmd, *a, **kw):
         r = real_run(cmd, *a, **kw)
+        if "-o" not in cmd:  # the compiler asked for its predefined macros: no output file
+            return r
         out = Path(cmd[cmd.index("-o") + 1])
         seen.append(out)
         cached = list((tmp_path / "cache" / "cext").glob("*.so"))
