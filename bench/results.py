@@ -228,6 +228,18 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
+MAX_DEPTH = 32  # levels of nesting a record may have (its own: 3); a deeper one is no record, and
+#                writing it back (dumps, `show --json`) recurses past Python's limit
+
+
+def _depth(v: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """How deep `v` nests (a scalar: 0), counted no further than `limit`."""
+    if limit <= 0 or not isinstance(v, (dict, list)):
+        return 0
+    items = v.values() if isinstance(v, dict) else v
+    return 1 + max((_depth(x, limit - 1) for x in items), default=0)
+
+
 def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:
     """Line i of a results file as a record; ResultsError says why it is not one."""
     try:
@@ -242,6 +254,8 @@ def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:
         raise ResultsError(f"{path}:{i}: not valid JSON ({msg})") from None
     if not isinstance(rec, dict) or not {"op", "impl", "shape", "status"} <= rec.keys():
         raise ResultsError(f"{path}:{i}: not a decodewall result record")
+    if _depth(rec) > MAX_DEPTH:
+        raise ResultsError(f"{path}:{i}: not a decodewall result record (nested too deeply)")
     why = _malformed(rec)
     if why:
         raise ResultsError(f"{path}:{i}: malformed record ({why})")

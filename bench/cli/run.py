@@ -407,7 +407,8 @@ def command(args) -> int:
         if not args.json:
             out = console()
             out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
-                                                           backend.name, tracker.readings)))
+                                                           backend.name, tracker.readings),
+                                    width=out.width))
             if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
                 _print_precision(shown, out)
         if getattr(args, "model_step", None) is not None:  # `run --model`: the decode step
@@ -482,10 +483,11 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     if rank != 0:
         return 0
     if not args.json:
-        console().print(results_table([printable_record(r) for r in records],
-                                      title=f"decodewall run {writer.run_id} — "
-                                      f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
-                                      f"{os.environ['WORLD_SIZE']} ranks (torchrun)"))
+        out = console()
+        out.print(results_table([printable_record(r) for r in records],
+                                title=f"decodewall run {writer.run_id} — "
+                                f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
+                                f"{os.environ['WORLD_SIZE']} ranks (torchrun)", width=out.width))
     if writer.path and writer.count:
         print(f"results: {writer.path}", file=sys.stderr)
     from ..results import FAILED

@@ -12,6 +12,8 @@ a line, as they are in the file.
 """
 from __future__ import annotations
 
+import os
+
 import sys
 from typing import Any
 
@@ -88,7 +90,10 @@ def result_files(paths: list[str]) -> list[str]:
             out += found
         else:
             out.append(p)
-    return out
+    # a file named twice (a folder and a file in it, or one path twice) is read once: twice, its
+    # rows would be shown twice and its records counted twice
+    seen: set[str] = set()
+    return [p for p in out if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]
 
 
 def command(args) -> int:
@@ -117,8 +122,10 @@ def command(args) -> int:
             continue
         device = (recs[0].get("device") or {}).get("name")
         table = results_table(kept, title=run_title(run_id, device, recs[0].get("backend"),
-                                                    (r.get("roof_gbps") for r in recs)))
-        table.caption = plain(run_caption(path, recs, len(kept)))
+                                                    (r.get("roof_gbps") for r in recs)),
+                              width=out.width)
+        left_out = f"; {table.caption}" if table.caption else ""  # columns a narrow terminal lost
+        table.caption = plain(run_caption(path, recs, len(kept)) + left_out)
         out.print(table)
         precision = precision_table(kept) if any(r.get("group") == "precision"
                                                  for r in kept) else None

@@ -83,7 +83,9 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     st = rec.get("status")
     label, style = _STATUS_TEXT.get(st, (None, ""))
     if label:
-        return Text(f"{label}: {printable(str(rec.get('error')))}", style=style)
+        error = rec.get("error")
+        return Text(f"{label}: {printable(str(error))}" if error is not None else label,
+                    style=style)
     v = rec.get("verdict") or ""
     style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
     if v.startswith("above the roof"):
@@ -91,20 +93,26 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     return Text(v, style=style)
 
 
-def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = None) -> Table:
+TEXT_MIN_WIDTH = 8  # characters a text column (op, shape, dtype, impl, verdict) folds into
+# the columns a narrow terminal loses first, in this order, so the rest keep whole numbers
+NARROW_DROPS = ("± IQR/2", "n", "FLOP/B", "% datasheet")
+
+
+def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = None,
+                  width: int | None = None) -> Table:
     """One row a record. A "GPU util" column (NVML's busy time, beside % roof) appears when some
     record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall.
     The title and every cell are plain text (impl names come from plugins, devices from the
-    system)."""
+    system). Given the console's `width`, the columns of NARROW_DROPS go, in turn, until every
+    number fits whole: rich folds a cell narrower than its text, and "335" over "6.1" in a
+    GB/s column reads as 335. The caption names what went."""
     records = list(records)
     util = any(r.get("gpu_util_pct") is not None for r in records)
-    t = Table(title=title_text(title), show_lines=False, header_style="bold")
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
             ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"), ("GB/s", "right"),
             ("% roof", "right")] + ([("GPU util", "right")] if util else []) + [
             ("% datasheet", "right"), ("FLOP/B", "right"), ("verdict", "left")]
-    for col, just in cols:
-        t.add_column(col, justify=just, overflow="fold")
+    rows = []
     for r in records:
         ts = r.get("time_s") or {}
         spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
@@ -117,8 +125,37 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
             cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))
         cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
                   fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
-        t.add_row(*cells)
+        rows.append(cells)
+    keep = list(range(len(cols)))
+    dropped = []
+    for name in NARROW_DROPS:
+        if width is None or _least_width(cols, rows, keep) <= width:
+            break
+        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
+        dropped.append(name)
+    caption = (f"{', '.join(dropped)} left out to fit {width} columns (--json has every field)"
+               if dropped else None)
+    t = Table(title=title_text(title), show_lines=False, header_style="bold", caption=caption)
+    for k in keep:
+        t.add_column(cols[k][0], justify=cols[k][1], overflow="fold")
+    for cells in rows:
+        t.add_row(*[cells[k] for k in keep])
     return t
+
+
+def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
+    """Characters the table needs with every number whole: each number column as wide as its
+    widest cell or header word, each text column TEXT_MIN_WIDTH, 3 a column of border and
+    padding, 1 more for the last border."""
+    total = 1
+    for k in keep:
+        col, just = cols[k]
+        if just == "right":
+            total += max([len(str(row[k])) for row in rows] + [len(w) for w in col.split()])
+        else:
+            total += TEXT_MIN_WIDTH
+        total += 3
+    return total
 
 
 def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) -> Table:

@@ -76,6 +76,8 @@ CORRUPT = [  # (the record's changed fields or a raw line, what the message name
     ({"pct_compute": "x"}, "pct_compute"),  # compared with 100 by plot's roof_flag
     ("[" * 100_000, "nested too deeply"),
     ('{"a":' * 100_000, "nested too deeply"),
+    # a record json reads but writing it back (show --json) would recurse past Python's limit
+    (json.dumps(G)[:-1] + ', "x": ' + "[" * 500 + "]" * 500 + "}", "nested too deeply"),
 ]
 
 

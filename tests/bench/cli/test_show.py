@@ -152,3 +152,38 @@ def test_show_a_folder_prints_every_results_file_in_it_in_name_order(tmp_path, c
     (tmp_path / "empty").mkdir()
     line = error_line(capsys, ["show", str(tmp_path / "empty")])
     assert "empty: a folder without results files (*.jsonl)" in line
+
+
+def test_a_file_named_twice_is_shown_once(tmp_path, capsys):
+    """The same file twice, or a folder and a file in it: each record once, counted once."""
+    path = write(tmp_path / "r.jsonl", *records())
+    for argv in ([str(path), str(path)], [str(tmp_path), str(path)]):
+        assert main(["show", *argv]) == 0
+        out = capsys.readouterr().out
+        assert out.count("triton_w4") == 1 and "4 records: 3 ok, 1 crashed" in out
+        assert main(["show", *argv, "--json"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_a_failure_without_an_error_shows_its_status_alone(tmp_path, capsys):
+    path = write(tmp_path / "r.jsonl", {**records()[3], "error": None})
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "CRASHED" in out and "None" not in out
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120, 200])
+def test_numbers_are_whole_on_a_narrow_terminal(columns, tmp_path, capsys, monkeypatch):
+    """rich folds a cell narrower than its text: at 80 columns 3356.1 GB/s showed as "335"
+    over "6.1". Columns of NARROW_DROPS go instead, and the caption says which."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    path = write(tmp_path / "r.jsonl", *records())
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert all(len(line) <= columns for line in out.splitlines())
+    for number in ("3356.1", "1629.0", "4038.0"):
+        assert number in out, (columns, number)
+    if columns == 80:
+        assert "left out to fit 80 columns" in " ".join(out.split())
+    if columns == 200:
+        assert "left out to fit" not in out and "± IQR/2" in out
