@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 from typing import Any, NoReturn, Sequence
 
@@ -118,12 +119,19 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
 
 def read_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every record of the results files, and the file of each; a file that cannot be read is a
-    UsageError naming it (and its bad line)."""
+    UsageError naming it (and its bad line). A file named twice (one path twice, a folder and a
+    file in it, a link) is read once: twice, its records would be shown, counted and plotted as
+    two runs of every case."""
     from ..results import ResultsError, read_results
     records: list[dict[str, Any]] = []
     files: list[str] = []
+    seen: set[str] = set()
     try:
         for path in paths:
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
             recs = read_results(path)
             records += recs
             files += [path] * len(recs)

@@ -12,8 +12,6 @@ a line, as they are in the file.
 """
 from __future__ import annotations
 
-import os
-
 import sys
 from typing import Any
 
@@ -90,10 +88,7 @@ def result_files(paths: list[str]) -> list[str]:
             out += found
         else:
             out.append(p)
-    # a file named twice (a folder and a file in it, or one path twice) is read once: twice, its
-    # rows would be shown twice and its records counted twice
-    seen: set[str] = set()
-    return [p for p in out if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]
+    return out
 
 
 def command(args) -> int:

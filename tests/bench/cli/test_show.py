@@ -155,7 +155,8 @@ def test_show_a_folder_prints_every_results_file_in_it_in_name_order(tmp_path, c
 
 
 def test_a_file_named_twice_is_shown_once(tmp_path, capsys):
-    """The same file twice, or a folder and a file in it: each record once, counted once."""
+    """The same file twice, a folder and a file in it, or a link to it: each record once,
+    counted once, in show and plot alike."""
     path = write(tmp_path / "r.jsonl", *records())
     for argv in ([str(path), str(path)], [str(tmp_path), str(path)]):
         assert main(["show", *argv]) == 0
@@ -163,6 +164,10 @@ def test_a_file_named_twice_is_shown_once(tmp_path, capsys):
         assert out.count("triton_w4") == 1 and "4 records: 3 ok, 1 crashed" in out
         assert main(["show", *argv, "--json"]) == 0
         assert len(capsys.readouterr().out.splitlines()) == 4
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(path)
+    assert main(["plot", str(path), str(link), "--terminal"]) == 0  # one run of each case
+    assert capsys.readouterr().out.count("triton_w4") == 1
 
 
 def test_a_failure_without_an_error_shows_its_status_alone(tmp_path, capsys):
