@@ -20,6 +20,10 @@ class RunError(Exception):
     one line on stderr, exit 1."""
 
 
+class OutputError(Exception):
+    """A write to stdout that the stream refused (a full device, a quota, a dead terminal)."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse for the `python -m` tools: a usage error is one stderr line and exit 2."""
 

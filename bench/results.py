@@ -141,7 +141,11 @@ class ResultWriter:
             return
         with deferred():
             if self._fd is None:
-                self._fd = self._create()
+                try:
+                    self._fd = self._create()
+                except OSError as e:  # a full disk or a quota refuses the new file itself
+                    raise ResultsWriteError(f"cannot create {self.path}: {e.strerror or e}"
+                                            ) from None
             record["run_id"] = self.run_id
             data = memoryview((dumps(record) + "\n").encode("utf-8"))
             try:

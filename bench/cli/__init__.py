@@ -10,7 +10,7 @@ found before anything is measured or written, and ends with one line on stderr a
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import fcntl
 import os
 import sys
@@ -46,7 +46,8 @@ def _reopen_closed_streams() -> bool:
 
 STDOUT_CLOSED = _reopen_closed_streams()
 
-from ..errors import EXIT_FAILED, EXIT_USAGE, RunError, UsageError, one_line  # noqa: E402
+from ..errors import (EXIT_FAILED, EXIT_USAGE, OutputError, RunError, UsageError,  # noqa: E402
+                      one_line)
 from ..interrupts import describe, exit_status, handled, signal_of  # noqa: E402
 try:
     from . import backends, chips, compare, plot, project, roof, run, show
@@ -95,11 +96,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv None: the command line of this process, which exits with the status returned."""
     _replace_unencodable()
     with handled(exiting=argv is None):
-        if STDOUT_CLOSED and argv is None:
+        if argv is not None:
+            return _main(list(argv))
+        if STDOUT_CLOSED:
             print("decodewall: error: standard output is closed: nowhere to write the output",
                   file=sys.stderr)
             return EXIT_USAGE
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
+        try:
+            return _main(sys.argv[1:])
+        finally:
+            sys.stdout = stdout
+
+
+class _Output:
+    """stdout as the command writes it, whose own write errors are told apart from any other
+    OSError (a bug's, a file's): only these are "cannot write the output". A closed pipe stays
+    BrokenPipeError, which ends a command quietly."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(e.strerror or str(e)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(e.strerror or str(e)) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _replace_unencodable() -> None:
@@ -129,18 +164,13 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:
-        if e.filename is None and e.errno in _OUTPUT_ERRNOS:  # the output stream, not a file
-            print(f"decodewall: error: cannot write the output: {e.strerror}", file=sys.stderr)
-            return EXIT_FAILED
-        return _internal_error(e)
+    except OutputError as e:
+        with contextlib.suppress(OSError, OutputError):  # what is left in the buffer: dropped
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"decodewall: error: cannot write the output: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # a bug of ours: one line that says where, never a traceback
         return _internal_error(e)
-
-
-# errors of a write to stdout that are the stream's, not a bug's (/dev/full, a quota, a dead
-# terminal, a file size limit)
-_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF)
 
 
 def _internal_error(e: Exception) -> int:

@@ -11,11 +11,11 @@ import dataclasses
 import os
 import shlex
 import sys
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stdout, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, UsageError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, UsageError
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
 from .common import (directory, known_backend, parse_shape, ranks, resolve_backend, resolve_chip,
@@ -382,6 +382,10 @@ def command(args) -> int:
         stopped = signal_of(e)
     except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
         cut = (str(e), EXIT_FAILED)
+    except OutputError as e:  # --json's stdout refused a line (a full device)
+        with suppress(OSError, OutputError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        cut = (f"cannot write the output: {e}", EXIT_FAILED)
     except BrokenPipeError:  # --json's reader went away (`| head`): the run stops there
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         cut = ("stopped: its output was closed (broken pipe)", EXIT_BROKEN_PIPE)
@@ -414,7 +418,8 @@ def command(args) -> int:
         if getattr(args, "model_step", None) is not None:  # `run --model`: the decode step
             from .step import print_step
             print_step(args, shown, ctx.roof, as_json=args.json,
-                       interrupted=stopped is not None or cut is not None)
+                       interrupted="interrupted" if stopped is not None else
+                       "the run stopped" if cut is not None else False)
     except BrokenPipeError:  # the table's reader went away: the run and its file are whole
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if cut is not None:

@@ -197,9 +197,10 @@ def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) ->
 
 
 def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
-               interrupted: bool = False) -> None:
+               interrupted: bool | str = False) -> None:
     """After `run --model`'s table: the step, summed from the best impl of each kernel
-    (`interrupted`: the run stopped early, which is why a kernel was not run)."""
+    (`interrupted`: the run stopped early, which is why a kernel was not run; a text says why:
+    "interrupted" by default)."""
     from rich.table import Table
     from rich.text import Text
     from ..report.plot import pct_bar
@@ -216,7 +217,8 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
                    ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
                    ("bytes/step", "right"), ("% of roof", "left")):
         t.add_column(col, justify=j)
-    not_run = "not run (interrupted)" if interrupted else "not run"
+    why = interrupted if isinstance(interrupted, str) else "interrupted"
+    not_run = f"not run ({why})" if interrupted else "not run"
     for r in s["kernels"]:
         if r["impl"]:
             impl = plain(r["impl"])

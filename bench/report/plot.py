@@ -465,17 +465,17 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
                 f.write(data)
             if path.is_file():
                 old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+                kept[path] = old  # first: a copy that fails half way is removed below too
                 try:
                     os.link(path, old, follow_symlinks=False)
                 except OSError:  # a file system without hard links, or one refusing this one
                     shutil.copyfile(path, old)
-                kept[path] = old
         for tmp, path in staged:
+            moved.append(path)  # first: an interrupt just after the move still undoes it
             os.replace(tmp, path)
-            moved.append(path)
     except BaseException as e:  # an OSError, or an interrupt: Ctrl-C must not leave half either
         # all or none: the charts already moved into place go, the files they replaced return
-        for done in moved:
+        for done in moved:  # the last may not have moved: then there is nothing to unlink
             try:
                 os.replace(kept[done], done) if done in kept else done.unlink()
             except OSError:

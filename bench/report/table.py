@@ -93,7 +93,7 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     return Text(v, style=style)
 
 
-TEXT_MIN_WIDTH = 8  # characters a text column (op, shape, dtype, impl, verdict) folds into
+TEXT_MIN_WIDTH = 6  # characters a text column (op, shape, dtype, impl, verdict) folds into
 # the columns a narrow terminal loses first, in this order, so the rest keep whole numbers
 NARROW_DROPS = ("± IQR/2", "n", "FLOP/B", "% datasheet")
 
@@ -133,8 +133,12 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
             break
         keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
         dropped.append(name)
-    caption = (f"{', '.join(dropped)} left out to fit {width} columns (--json has every field)"
-               if dropped else None)
+    caption = None
+    if dropped:
+        fits = _least_width(cols, rows, keep) <= width
+        caption = (f"{', '.join(dropped)} left out to fit {width} columns" if fits else
+                   f"{', '.join(dropped)} left out, and {width} columns are still too few: "
+                   "numbers may be cut") + " (--json has every field)"
     t = Table(title=title_text(title), show_lines=False, header_style="bold", caption=caption)
     for k in keep:
         t.add_column(cols[k][0], justify=cols[k][1], overflow="fold")
@@ -145,13 +149,15 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
 
 def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
     """Characters the table needs with every number whole: each number column as wide as its
-    widest cell or header word, each text column TEXT_MIN_WIDTH, 3 a column of border and
+    widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column of border and
     padding, 1 more for the last border."""
     total = 1
     for k in keep:
         col, just = cols[k]
         if just == "right":
-            total += max([len(str(row[k])) for row in rows] + [len(w) for w in col.split()])
+            # a number and its unit may go on two lines ("74.4" over "µs"): a word must fit
+            total += max([len(w) for row in rows for w in str(row[k]).split()]
+                         + [len(w) for w in col.split()])
         else:
             total += TEXT_MIN_WIDTH
         total += 3

@@ -448,33 +448,52 @@ def test_a_full_disk_at_the_first_record_leaves_no_file(capsys, monkeypatch, tmp
     assert list(out.iterdir()) == []
 
 
+def test_a_results_file_the_disk_will_not_create_is_one_line(capsys, monkeypatch, tmp_path):
+    """A quota that refuses the new file itself: the run's line names it, not an internal
+    error, and the table is still printed (empty: no record was kept)."""
+    import errno
+    import os
+
+    import bench.results as res
+    real_open = res.os.open
+
+    def no_new_file(path, flags, *a, **k):
+        if str(path).endswith(".jsonl") and flags & os.O_CREAT:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", str(path))
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(res.os, "open", no_new_file)
+    out = tmp_path / "runs"
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"decodewall: error: cannot create {out}/") and \
+        line.endswith(": Disk quota exceeded; nothing saved")
+    assert "decodewall run" in captured.out and list(out.iterdir()) == []  # the (empty) table
+
+
 def test_run_json_whose_reader_goes_away_stops_and_says_what_it_kept(tmp_path):
-    """`run --json | head -1`: the second record meets a closed pipe; the run stops there, says
-    so on stderr with the cases kept, and exits 141 as a shell reports SIGPIPE."""
-    import subprocess
-    import sys
+    """`run --json` whose reader is gone before the first record (`| head -0`): that record is
+    on disk before its line meets the closed pipe; the run stops there, says so on stderr with
+    the case kept, and exits 141 as a shell reports SIGPIPE."""
     out = tmp_path / "runs"
     p = subprocess.Popen([sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())",
-                          "run", "--op", "gemv_w8", "--shape", "M=1,N=64,K=128",
-                          "--impl", "torch_dequant", "--impl", "torch_int8pack_mm",
-                          "--budget", "quick", "--out", str(out), "--no-progress", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert json.loads(p.stdout.readline())["impl"] == "torch_dequant"
-    p.stdout.close()
+                          "run", *GEMV, "--impl", "torch_matmul", "--budget", "quick",
+                          "--out", str(out), "--no-progress", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    p.stdout.close()  # the child takes seconds to start: nothing has been written yet
     err = p.stderr.read()
     assert p.wait(timeout=300) == 141, err
     (f,) = out.iterdir()
-    # the second record is on disk before its line meets the closed pipe
     assert err.splitlines()[-1] == ("decodewall: stopped: its output was closed (broken pipe); "
-                                    f"2 finished case(s) kept in {f}")
-    assert len(f.read_text().splitlines()) == 2
+                                    f"1 finished case(s) kept in {f}")
+    assert len(f.read_text().splitlines()) == 1
 
 
 def test_closed_standard_streams(tmp_path):
     """A closed stdin or stderr does not take a worker's pipe (the run works, its results
     saved); a closed stdout is one line and exit 2."""
-    import subprocess
-    import sys
     out = tmp_path / "runs"
     cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())"]
     run = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
@@ -482,28 +501,42 @@ def test_closed_standard_streams(tmp_path):
     for closed in ("stdin", "stderr"):
         fd = 0 if closed == "stdin" else 2
         r = subprocess.run(cmd + run, capture_output=closed == "stdin", text=True, timeout=300,
-                           pass_fds=(), preexec_fn=lambda fd=fd: __import__("os").close(fd))
+                           cwd=REPO, preexec_fn=lambda fd=fd: __import__("os").close(fd))
         assert r.returncode == 0, (closed, r.stderr)
     assert len(list(out.iterdir())) == 2
     r = subprocess.run(cmd + ["chips"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True, preexec_fn=lambda: __import__("os").close(1))
+                       text=True, cwd=REPO, preexec_fn=lambda: __import__("os").close(1))
     assert (r.returncode, r.stderr) == (2, "decodewall: error: standard output is closed: "
                                            "nowhere to write the output\n")
+
+
+def test_an_oserror_not_of_stdout_is_not_called_an_output_error(capsys, monkeypatch):
+    """Only stdout's own write errors read "cannot write the output": an ENOSPC or a bad
+    descriptor from anywhere else is a bug of ours, said with where it happened."""
+    import errno
+
+    from bench.cli import chips
+
+    def broken(args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(chips, "command", broken)
+    assert main(["chips"]) == 1
+    assert capsys.readouterr().err.startswith("decodewall: internal error at test_cli.py:")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_output_that_cannot_be_written(tmp_path):
     """A table to a closed pipe (`| head`) ends quietly with 0, as --json does, not with rich's
     silent exit 1; to a full device it is one line naming the cause, not an internal error."""
-    import subprocess
-    import sys
     cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())", "chips"]
     for extra in ([], ["--json"]):
-        p = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=REPO)
         p.stdout.close()
         assert (p.wait(timeout=120), p.stderr.read()) == (0, b"")
         with open("/dev/full", "w") as full:
-            r = subprocess.run(cmd + extra, stdout=full, stderr=subprocess.PIPE, text=True)
+            r = subprocess.run(cmd + extra, stdout=full, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
         assert (r.returncode, r.stderr) == (1, "decodewall: error: cannot write the output: "
                                                "No space left on device\n")
 

@@ -361,6 +361,47 @@ def test_save_all_undoes_the_moves_before_a_failed_one(tmp_path, monkeypatch, mp
     assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG" and files_in(tmp_path) == ["old.png"]
 
 
+def test_save_all_a_backup_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch, mpl):
+    """No hard links there, and the copy of the chart being replaced meets a full disk: the
+    half copy goes with the rest, the old chart stays."""
+    from bench.report import plot as rp
+    fig = rp.scaling_figure([{"chip": "c", "chips": 1, "tp": 1, "pp": 1, "tokens_per_s": 5.0,
+                              "upper_bound": False}])
+    (tmp_path / "old.png").write_bytes(b"the chart before")
+
+    def no_link(*a, **k):
+        raise OSError(1, "Operation not permitted")
+
+    def half_copy(src, dst):
+        Path(dst).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(rp.os, "link", no_link)
+    monkeypatch.setattr(rp.shutil, "copyfile", half_copy)
+    with pytest.raises(rp.PlotError, match="No space left"):
+        rp.save_all([(fig, tmp_path / "old.png")])
+    assert files_in(tmp_path) == ["old.png"]
+    assert (tmp_path / "old.png").read_bytes() == b"the chart before"
+
+
+def test_save_all_interrupted_just_after_a_move_puts_the_old_chart_back(tmp_path, monkeypatch,
+                                                                         mpl):
+    from bench.report import plot as rp
+    fig = rp.scaling_figure([{"chip": "c", "chips": 1, "tp": 1, "pp": 1, "tokens_per_s": 5.0,
+                              "upper_bound": False}])
+    (tmp_path / "old.png").write_bytes(b"the chart before")
+    real_replace = rp.os.replace
+
+    def move_then_ctrl_c(src, dst):
+        real_replace(src, dst)
+        if Path(src).suffix == ".tmp":  # the chart's move, not the rollback's
+            raise KeyboardInterrupt
+    monkeypatch.setattr(rp.os, "replace", move_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        rp.save_all([(fig, tmp_path / "old.png")])
+    assert files_in(tmp_path) == ["old.png"]
+    assert (tmp_path / "old.png").read_bytes() == b"the chart before"
+
+
 def test_save_all_interrupted_leaves_nothing(tmp_path, monkeypatch, mpl):
     """Ctrl-C while the charts are moved into place: no chart, no temporary file, no folder made
     for them, and the interrupt goes on up."""

@@ -192,3 +192,10 @@ def test_numbers_are_whole_on_a_narrow_terminal(columns, tmp_path, capsys, monke
         assert "left out to fit 80 columns" in " ".join(out.split())
     if columns == 200:
         assert "left out to fit" not in out and "± IQR/2" in out
+
+
+def test_a_terminal_too_narrow_even_then_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["show", str(write(tmp_path / "r.jsonl", *records()))]) == 0
+    assert "60 columns are still too few: numbers may be cut" in " ".join(
+        capsys.readouterr().out.split())
