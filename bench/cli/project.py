@@ -36,7 +36,8 @@ def floor_us(text: str) -> float:
 
 def command(args) -> int:
     from backends import load_catalog, lookup_chip
-    from ..model.project import link_model, project_split, smallest_split, tp_error
+    from ..model.project import (efficiency_records, link_model, project_split, smallest_split,
+                                 tp_error)
     step = build_step(args)
     plot_path = _plot_path(args.plot) if args.plot else None
     records: list[dict[str, Any]] = []
@@ -47,10 +48,14 @@ def command(args) -> int:
         except ResultsError as e:  # its message starts with the file's name
             raise UsageError(f"--from {e}") from None
     kernel_records = [r for r in records if r.get("op") != "allreduce"]
-    if kernel_records and args.efficiency is not None:
+    # the kernel records an efficiency is taken from (ok, timed from memory): failed ones and
+    # probes beside a file's allreduce records leave --efficiency to set it
+    usable = efficiency_records(kernel_records)
+    links_ok = any(r.get("op") == "allreduce" and r.get("status") == "ok" for r in records)
+    if usable and args.efficiency is not None:
         raise UsageError(f"--from {args.from_} holds kernel results, which set the efficiency: "
                          "give --efficiency or --from, not both")
-    if kernel_records:
+    if usable or (kernel_records and not links_ok):
         try:
             eff, source = efficiency_from_results(kernel_records, step.weights, step.kv)
         except ValueError as e:
@@ -114,26 +119,32 @@ def command(args) -> int:
         return 0
     _print_projection(step, projs, source, floor)
     if rows:
-        _print_splits(step, rows)
+        _print_splits(step, rows, from_records=any(r.get("op") == "allreduce" for r in records))
     return 0
 
 
 def _plot_scaling(path: Path, step: Step, rows, projs) -> None:
     from ..report.plot import PlotError, save, scaling_figure
     pts = rows or [(p, None) for p in projs]
-    data = []
+    data, short = [], 0
     for p, sp in pts:
         s = sp.as_dict() if sp is not None else p.split
-        if s and s.get("tokens_per_s") and s.get("holds") is not False:
+        if s and s.get("tokens_per_s") and s.get("holds") is False:
+            short += 1  # a rate on chips that cannot hold the model is no rate to draw
+        elif s and s.get("tokens_per_s"):
             data.append({"chip": p.chip, "chips": s["chips"], "tp": s["tp"], "pp": s["pp"],
                          "tokens_per_s": s["tokens_per_s"], "upper_bound": s["upper_bound"]})
+    if not data and short:
+        raise UsageError(f"nothing to plot: none of the {short} split(s) holds the model "
+                         "(the table shows them)")
     try:
         fig = scaling_figure(data, title=f"{step.model.name}, batch {step.batch}, ctx {step.ctx}, "
                              f"weights {step.weights}: tokens/s a sequence against chips")
         written = save(fig, path)
     except PlotError as e:
         raise UsageError(str(e)) from None
-    print(f"wrote {written}", file=sys.stderr)
+    print(f"wrote {written}" + (f" (not drawn: {short} split(s) that do not hold the model)"
+                                if short else ""), file=sys.stderr)
 
 
 def _plot_path(arg: str) -> Path:
@@ -232,7 +243,7 @@ def missing_figures(p) -> str | None:
     return f"no datasheet {named} in the catalog: {'; '.join(effects)}"
 
 
-def _print_splits(step: Step, rows) -> None:
+def _print_splits(step: Step, rows, from_records: bool = False) -> None:
     from rich.table import Table
     from ..report.table import console, fmt_time, plain
     unk = "[dim]unknown[/]"
@@ -257,6 +268,9 @@ def _print_splits(step: Step, rows) -> None:
                  "spans more chips than the fabric's group, and the all-reduce crosses a slower "
                  "link. Link figures: the catalog, or measured allreduce records of that chip "
                  "given with --from.")
+    if from_records:  # which link figures each chip's rows took: measured ones, or why not
+        sources = dict.fromkeys((s.chip, s.link_source) for _, s in rows)
+        t.caption += "".join(f"\n{chip} links: {src}" for chip, src in sources)
     console().print(t)
 
 

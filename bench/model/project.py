@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
@@ -97,11 +98,12 @@ class LinkModel:
         """(seconds, is a lower bound) of one all-reduce of nbytes over n chips."""
         if n <= 1:
             return 0.0, False
+        per_byte = 2 * (n - 1) / n / (self.gbps * 1e9) if self.gbps else None
         if self.measured and n in self.measured:
-            return _interpolate(self.measured[n], nbytes), False
+            return _interpolate(self.measured[n], nbytes, per_byte)
         if self.gbps is None:
             return None, False
-        bw = nbytes * 2 * (n - 1) / n / (self.gbps * 1e9)
+        bw = nbytes * per_byte
         return (bw + self.latency_s, False) if self.latency_s is not None else (bw, True)
 
     def hop_s(self, nbytes: float) -> tuple[float | None, bool]:
@@ -112,18 +114,31 @@ class LinkModel:
         return (bw + self.latency_s, False) if self.latency_s is not None else (bw, True)
 
 
-def _interpolate(points: list[tuple[int, float]], nbytes: float) -> float:
-    """Time of a message of nbytes from measured (bytes, time) pairs: linear between the two
-    sizes around it, the nearest size's time below the smallest (latency-bound there), scaled
-    by size above the largest (bandwidth-bound there)."""
-    pts = sorted(points)
+def _interpolate(points: list[tuple[int, float]], nbytes: float,
+                 per_byte_s: float | None = None) -> tuple[float, bool]:
+    """(time, is a lower bound) of a message of nbytes from measured (bytes, time) pairs: linear
+    between the two sizes around it, the nearest size's time below the smallest (latency-bound
+    there). Above the largest, the largest's time plus the extra bytes at the steeper of the
+    last two sizes' slope and the catalog's bandwidth (`per_byte_s`): a time measured at a small,
+    latency-bound size scaled by the size ratio would charge a 1 MiB message 1024 latencies.
+    Without a catalog bandwidth that is a lower bound (the measured slope may be noise)."""
+    by_size: dict[int, list[float]] = defaultdict(list)
+    for b, t in points:  # several runs of one size: their median
+        by_size[b].append(t)
+    pts = sorted((b, statistics.median(ts)) for b, ts in by_size.items())
     if nbytes <= pts[0][0]:
-        return pts[0][1]
+        return pts[0][1], False
     for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
         if nbytes <= b1:
-            return t0 + (t1 - t0) * (nbytes - b0) / (b1 - b0)
-    b, t = pts[-1]
-    return t * nbytes / b
+            return t0 + (t1 - t0) * (nbytes - b0) / (b1 - b0), False
+    b1, t1 = pts[-1]
+    slope = 0.0
+    if len(pts) > 1:
+        b0, t0 = pts[-2]
+        slope = max((t1 - t0) / (b1 - b0), 0.0)
+    if per_byte_s is not None:
+        return t1 + max(slope, per_byte_s) * (nbytes - b1), False
+    return t1 + slope * (nbytes - b1), True
 
 
 def link_model(chip: Chip, records: Iterable[dict[str, Any]] = ()) -> LinkModel:
@@ -359,6 +374,14 @@ def project(step: Step, chip: Chip, efficiency: float = 1.0,
         tokens_per_s_on_needed=on_need, split=split.as_dict() if split else None)
 
 
+def efficiency_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records an efficiency can come from: ok, a % of the datasheet or the roof, not a
+    probe, not a case the cache held (a size sweep's in-cache % is not a DRAM efficiency)."""
+    return [r for r in records
+            if r.get("status") == "ok" and r.get("op") not in PROBES and not in_cache(r)
+            and (r.get("pct_datasheet") is not None or r.get("pct_roof") is not None)]
+
+
 def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "bf16",
                             kv: str = "bf16") -> tuple[float, str]:
     """Median memory efficiency reached by the best ok impl of each case, as a fraction of the
@@ -371,12 +394,9 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
     preferred; without any, every non-probe case counts. Returns (efficiency, what it came from).
     """
     best: dict[tuple, tuple[float, str]] = {}
-    for r in records:
+    for r in efficiency_records(records):
         pct, of = ((r.get("pct_datasheet"), "datasheet") if r.get("pct_datasheet") is not None
                    else (r.get("pct_roof"), "measured roof"))
-        if r.get("status") != "ok" or pct is None or r.get("op") in PROBES \
-                or in_cache(r):  # a size sweep's in-cache % is not a DRAM efficiency
-            continue
         key = (r["op"], tuple(sorted((r.get("shape") or {}).items())), r.get("dtype"))
         if key not in best or float(pct) > best[key][0]:
             best[key] = (float(pct), of)
@@ -401,5 +421,5 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
 
 __all__ = ["DEFAULT_FLOOR_US", "MAX_CHIPS", "MAX_EFFICIENCY", "MIN_EFFICIENCY", "LinkModel",
            "Projection", "SplitProjection", "chip_resident_bytes", "chip_share",
-           "efficiency_from_results", "link_model", "project", "project_split", "smallest_split",
+           "efficiency_from_results", "efficiency_records", "link_model", "project", "project_split", "smallest_split",
            "tp_degrees", "tp_error"]

@@ -9,7 +9,7 @@ percentage. With fewer samples quartiles are rough: from one distribution, the I
 Records are paired only with the same case: op, impl, shape, dtype, warm, the cache flush when
 both files record one (CUDA), the torch thread count when both files record one (CPU: a kernel
 on 2 threads and on 8 is not one measurement), and the device when a file holds records of
-several. Two files of one device each are compared across devices (the title says so).
+several. Two files of one device each are compared across devices (the lines above the table say so).
 
 A case timed in one run but not the other is judged by its statuses, the side that gave no time
 named: "B crashed" (ok in A: a regression, as "slower" is), "A timeout, B ok" (an improvement),
@@ -25,6 +25,7 @@ import json
 from collections import Counter
 from typing import Any, Callable
 
+from ..errors import printable
 from ..results import FAILED
 
 MIN_SAMPLES = 10  # the normal budget's least; fewer on either side: at most "unsure" or "same"
@@ -35,7 +36,8 @@ def device(r: dict[str, Any]) -> str:
     where the record names the CPU's vector extension (CPUs of one name differ in it)."""
     d = r.get("device") if isinstance(r.get("device"), dict) else {}
     isa = f" {d['isa']}" if isinstance(d.get("isa"), str) and d["isa"] else ""
-    return f"{d.get('name') or 'unknown device'}{isa} ({r.get('backend') or '?'})"
+    # a name read from a file reaches the terminal: its escape sequences are dropped
+    return printable(f"{d.get('name') or 'unknown device'}{isa} ({r.get('backend') or '?'})")
 
 
 def devices(records: list[dict[str, Any]]) -> str:

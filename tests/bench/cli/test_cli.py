@@ -343,6 +343,15 @@ def test_compare_a_file_with_itself_is_same_everywhere(tmp_path, capsys):
     assert [r["verdict"] for r in rows] == ["same", "same"]
 
 
+def test_compare_drops_escape_sequences_from_device_names(tmp_path, capsys):
+    """A device name read from a file cannot retitle or recolor the terminal, as in show."""
+    a = _write(tmp_path / "a.jsonl", [_rec("x", 1e-3, "EPYC\x1b]0;pwned\x07\x1b[31mRED")])
+    b = _write(tmp_path / "b.jsonl", [_rec("x", 1e-3, "other")])
+    assert main(["compare", a, b]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "EPYCRED (cpu)" in out
+
+
 def test_compare_two_devices_says_so_and_compares_what_matches(tmp_path, capsys):
     a = _write(tmp_path / "a.jsonl", [_rec("x", 1e-3, "cpu box"), _rec("only_a", 1e-3, "cpu box")])
     b = _write(tmp_path / "b.jsonl", [_rec("x", 1e-5, "H200", backend="cuda")])

@@ -356,10 +356,28 @@ def test_measured_allreduce_records_set_the_link():
     link = link_model(lookup_chip("h200"), recs)
     assert link.allreduce_s(8192, 2) == (pytest.approx(10e-6), False)
     assert link.allreduce_s(36864, 2)[0] == pytest.approx(15e-6)  # between the two sizes
-    assert link.allreduce_s(131072, 2)[0] == pytest.approx(40e-6)  # bandwidth-bound above
+    # above the largest size: the last two sizes' slope carried on
+    assert link.allreduce_s(131072, 2)[0] == pytest.approx(20e-6 + 10e-6 * 65536 / 57344)
     assert link.allreduce_s(8192, 4)[1]  # no record at 4 ranks: the catalog, latency unknown
     sp = project_split(step70(), lookup_chip("h200"), 2, 1, link=link)
     assert not sp.upper_bound and "measured" in sp.link_source
+
+
+def test_allreduce_past_the_measured_sizes_is_not_latency_times_size():
+    """Latency-bound records (8 B and 1 KiB, 20 us each) and a 1 MiB message: the 1 KiB time
+    plus the extra bytes at the catalog's bandwidth, not 20 us scaled 1024-fold (20 ms, which
+    made Llama-3-70B on 8 H100s 0.3 tok/s); without a catalog bandwidth, a lower bound."""
+    recs = [{"op": "allreduce", "status": "ok", "shape": {"bytes": b, "world_size": 8},
+             "time_s": {"median": 20e-6}, "device": {"chip": "h100-sxm"}} for b in (8, 1024)]
+    chip = lookup_chip("h100-sxm")
+    t, low = link_model(chip, recs).allreduce_s(2**20, 8)
+    per_byte = 2 * 7 / 8 / (chip.interconnect.link_gbps * 1e9)
+    assert (t, low) == (pytest.approx(20e-6 + (2**20 - 1024) * per_byte), False)
+    from bench.model.project import _interpolate
+    assert _interpolate([(8, 20e-6), (1024, 20e-6)], 2**20) == (pytest.approx(20e-6), True)
+    # two runs of one size: their median (25 us); the slope from 8 B is steeper than 1 ns/B
+    assert _interpolate([(1024, 20e-6), (1024, 30e-6), (8, 20e-6)], 2048, 1e-9) == \
+        (pytest.approx(25e-6 + 1024 * 5e-6 / 1016), False)
 
 
 @pytest.mark.parametrize("batch, ctx", [(1, 4096), (32, 32768), (64, 32768)])
@@ -449,6 +467,58 @@ def test_project_plot(tmp_path):
     assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--chip", "mi300x",
                  "--tp", "1", "--tp", "2", "--tp", "4", "--plot", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_project_plot_says_what_it_leaves_out(tmp_path, capsys):
+    """Splits that cannot hold the model have a rate in the table but no point on the chart:
+    the line that names the chart says how many; none left is one line, exit 2."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "g.png"
+    assert main(["project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "groq-lpu",
+                 "--tp", "1", "--tp", "2", "--tp", "8", "--plot", str(out)]) == 0
+    assert "(not drawn: 2 split(s) that do not hold the model)" in capsys.readouterr().err
+    line = one_error_line(capsys, ["project", "--model", "llama-3.1-405b", "--chip",
+                                   "apple-m4-max", "--tp", "1", "--pp", "1", "--plot",
+                                   str(tmp_path / "p.png")])
+    assert "none of the 1 split(s) holds the model" in line and not (tmp_path / "p.png").exists()
+
+
+def _allreduce(chip, b, t, n=8):
+    return {"op": "allreduce", "impl": "nccl", "status": "ok", "dtype": "bfloat16",
+            "shape": {"bytes": b, "world_size": n}, "time_s": {"median": t, "p25": t, "p75": t},
+            "device": {"chip": chip, "name": chip}}
+
+
+def test_project_says_which_link_figures_it_took(tmp_path, capsys):
+    """--from with allreduce records: the splits table says, a chip a line, whether they set
+    its link or why not (another device's)."""
+    f = tmp_path / "ar.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in
+                         (_allreduce("h100-sxm", 8, 20e-6), _allreduce("h100-sxm", 1024, 21e-6))))
+    assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--chip", "h200",
+                 "--tp", "8", "--from", str(f)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "h100-sxm links: measured allreduce at world size 8" in out
+    assert "h200 links: catalog" in out and "h100-sxm not used" in out
+
+
+def test_failed_kernel_records_beside_allreduce_ones_leave_the_efficiency_to_the_flag(tmp_path,
+                                                                                  capsys):
+    """A crashed kernel or a probe cannot set an efficiency: a file of allreduce records with
+    one beside them takes --efficiency, and without it the datasheet peak."""
+    f = tmp_path / "ar.jsonl"
+    crashed = {"op": "gemv_bf16", "impl": "x", "status": "crashed", "shape": {"M": 1, "N": 8,
+               "K": 8}, "dtype": "bfloat16", "device": {"chip": "h100-sxm"}, "time_s": None}
+    f.write_text("".join(json.dumps(r) + "\n" for r in
+                         (_allreduce("h100-sxm", 8, 20e-6), crashed)))
+    assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--tp", "8",
+                 "--from", str(f), "--efficiency", "0.8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["efficiency"] == 0.8
+    crashed_only = tmp_path / "c.jsonl"
+    crashed_only.write_text(json.dumps(crashed) + "\n")
+    line = one_error_line(capsys, ["project", "--model", "llama-3-70b", "--from",
+                                   str(crashed_only)])
+    assert "no ok, non-probe results" in line
 
 
 @pytest.mark.parametrize("argv, msg", [
