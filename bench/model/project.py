@@ -421,5 +421,5 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
 
 __all__ = ["DEFAULT_FLOOR_US", "MAX_CHIPS", "MAX_EFFICIENCY", "MIN_EFFICIENCY", "LinkModel",
            "Projection", "SplitProjection", "chip_resident_bytes", "chip_share",
-           "efficiency_from_results", "efficiency_records", "link_model", "project", "project_split", "smallest_split",
-           "tp_degrees", "tp_error"]
+           "efficiency_from_results", "efficiency_records", "link_model", "project",
+           "project_split", "smallest_split", "tp_degrees", "tp_error"]

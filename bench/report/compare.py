@@ -9,7 +9,8 @@ percentage. With fewer samples quartiles are rough: from one distribution, the I
 Records are paired only with the same case: op, impl, shape, dtype, warm, the cache flush when
 both files record one (CUDA), the torch thread count when both files record one (CPU: a kernel
 on 2 threads and on 8 is not one measurement), and the device when a file holds records of
-several. Two files of one device each are compared across devices (the lines above the table say so).
+several. Two files of one device each are compared across devices (the lines above the table
+say so).
 
 A case timed in one run but not the other is judged by its statuses, the side that gave no time
 named: "B crashed" (ok in A: a regression, as "slower" is), "A timeout, B ok" (an improvement),

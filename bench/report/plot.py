@@ -450,7 +450,7 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
             plt.close(fig)
     made: list[Path] = []  # folders made here, removed again on a failure
     staged: list[tuple[Path, Path]] = []
-    kept: dict[Path, Path] = {}  # a file a chart replaces -> a hard link to it, put back on a failure
+    kept: dict[Path, Path] = {}  # a file a chart replaces -> a link to it, put back on a failure
     moved: list[Path] = []
     path = None
     try:
@@ -1066,10 +1066,10 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
 
 __all__ = ["AT_THE_WALL", "PlotError", "bars_table", "chart_notes", "check_output",
            "draw_pct_roof", "draw_roofline", "image_formats", "in_cache", "intensity", "mpl_text",
-           "names_folder", "not_drawn", "one_device", "output_path", "pct_bar", "pct_roof_cases",
-           "pct_roof_drawn", "pct_roof_figure", "place_labels", "number_points", "ridge_batch", "roof_flag",
-           "roofline_drawn", "roofline_figure", "roofs", "save", "save_all", "short_shape",
-           "size_sweeps", "status_counts", "status_note", "sweeps"]
+           "names_folder", "not_drawn", "number_points", "one_device", "output_path", "pct_bar",
+           "pct_roof_cases", "pct_roof_drawn", "pct_roof_figure", "place_labels", "ridge_batch",
+           "roof_flag", "roofline_drawn", "roofline_figure", "roofs", "save", "save_all",
+           "short_shape", "size_sweeps", "status_counts", "status_note", "sweeps"]
 
 
 # --- tokens/s against chips (decodewall project --tp ... --plot) ---------------------------------

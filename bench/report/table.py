@@ -149,8 +149,8 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
 
 def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
     """Characters the table needs with every number whole: each number column as wide as its
-    widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column of border and
-    padding, 1 more for the last border."""
+    widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column
+    of border and padding, 1 more for the last border."""
     total = 1
     for k in keep:
         col, just = cols[k]

@@ -487,9 +487,9 @@ def test_run_json_whose_reader_goes_away_stops_and_says_what_it_kept(tmp_path):
     on disk before its line meets the closed pipe; the run stops there, says so on stderr with
     the case kept, and exits 141 as a shell reports SIGPIPE."""
     out = tmp_path / "runs"
-    p = subprocess.Popen([sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())",
-                          "run", *GEMV, "--impl", "torch_matmul", "--budget", "quick",
-                          "--out", str(out), "--no-progress", "--json"],
+    cli = "from bench.cli import main; raise SystemExit(main())"
+    p = subprocess.Popen([sys.executable, "-c", cli, "run", *GEMV, "--impl", "torch_matmul",
+                          "--budget", "quick", "--out", str(out), "--no-progress", "--json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     p.stdout.close()  # the child takes seconds to start: nothing has been written yet
     err = p.stderr.read()

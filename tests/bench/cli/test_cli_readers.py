@@ -358,7 +358,8 @@ def test_save_all_undoes_the_moves_before_a_failed_one(tmp_path, monkeypatch, mp
     assert files_in(tmp_path) == ["old.png"] and not (tmp_path / "new").exists()
     assert (tmp_path / "old.png").read_bytes() == b"the chart before"
     assert rp.save_all([(figs[1], tmp_path / "old.png")]) == [tmp_path / "old.png"]
-    assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG" and files_in(tmp_path) == ["old.png"]
+    assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG"
+    assert files_in(tmp_path) == ["old.png"]
 
 
 def test_save_all_a_backup_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch, mpl):
