@@ -318,13 +318,16 @@ def ridge_batch(group: list[dict[str, Any]], bf: str) -> float | None:
         op = OPS[r0["op"]]
         from kernels import parse_dtype
         dt = parse_dtype(r0["dtype"])
-        m = 1
-        while m <= 4096:
+        def intensity_at(m: int) -> float:
             shape = op.shape(**{**r0["shape"], bf: m})
-            if op.flops(shape) / op.bytes_moved(shape, dt) >= ridge:
-                return float(m)
-            m += 1 if m < 64 else 8
-        return None
+            return op.flops(shape) / op.bytes_moved(shape, dt)
+        lo, hi = 1, 4096  # intensity grows with the batch: the first batch at the ridge
+        if intensity_at(hi) < ridge:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if intensity_at(mid) >= ridge else (mid + 1, hi)
+        return float(lo)
     except Exception:
         pass
     pts = [(r["shape"][bf], r.get("arithmetic_intensity") or 0) for r in group]

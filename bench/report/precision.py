@@ -20,7 +20,8 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (M, N, K, dtype) and weight precision: the fastest passing impl of each op,
     its speedup over the fastest bf16 impl and the ideal speedup bytes(bf16) / bytes(op).
 
-    Rows of a shape without a bf16 result get speedup None; the ideal is always given.
+    Rows of a shape without a bf16 result get speedup None; the ideal comes from the bf16 GEMV's
+    own byte count at that shape where no bf16 record has one.
     """
     best: dict[tuple, dict[str, Any]] = {}
     for r in records:
@@ -31,7 +32,8 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         key = (_mnk(r["shape"]), r.get("dtype"), r["op"])
         if key not in best or t < best[key]["t"]:
-            best[key] = {"t": t, "impl": r["impl"], "bytes": r["bytes"], "group": r["shape"].get("group_size")}
+            best[key] = {"t": t, "impl": r["impl"], "bytes": r["bytes"],
+                         "group": r["shape"].get("group_size")}
     rows = []
     for (mnk, dtype, op), b in sorted(best.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
                                                                     WEIGHT_OPS.index(kv[0][2]))):
@@ -39,19 +41,36 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "M": mnk[0], "N": mnk[1], "K": mnk[2], "dtype": dtype, "op": op,
             "weights": LABEL[op] + (f" G={b['group']}" if b["group"] else ""),
-            "impl": b["impl"], "time_s": b["t"], "bytes": b["bytes"], "gbps": b["bytes"] / b["t"] / 1e9,
+            "impl": b["impl"], "time_s": b["t"], "bytes": b["bytes"],
+            "gbps": b["bytes"] / b["t"] / 1e9,
             "speedup": base["t"] / b["t"] if base else None,
-            "ideal": base["bytes"] / b["bytes"] if base else None,
+            "ideal": _ratio(base["bytes"] if base else _bf16_bytes(mnk, dtype), b["bytes"]),
         })
     for row in rows:
         row["of_ideal"] = row["speedup"] / row["ideal"] if row["speedup"] and row["ideal"] else None
     return rows
 
 
+def _bf16_bytes(mnk: tuple, dtype: Any) -> float | None:
+    """Bytes the bf16 GEMV moves at (M, N, K) with activations of `dtype`, by its op's count
+    (None: a shape or dtype it does not take)."""
+    from kernels import OPS, parse_dtype
+    op = OPS["gemv_bf16"]
+    try:
+        return op.bytes_moved(op.shape(M=mnk[0], N=mnk[1], K=mnk[2]), parse_dtype(str(dtype)))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _ratio(a: float | None, b: float) -> float | None:
+    return a / b if a is not None else None
+
+
 def precision_table(records: Iterable[dict[str, Any]]):
-    """A rich Table of `precision_rows`, or None when there is nothing to compare."""
-    rows = [r for r in precision_rows(records) if r["speedup"] is not None]
-    if not rows:
+    """A rich Table of `precision_rows`, or None when there is nothing to compare. A shape whose
+    bf16 case gave no time (failed, cut by a time box) keeps its rows: the ideal, no speedup."""
+    rows = precision_rows(records)
+    if not rows or all(r["op"] == "gemv_bf16" for r in rows):
         return None
     from rich.table import Table
     from .table import fmt_num, fmt_time, plain
@@ -61,6 +80,10 @@ def precision_table(records: Iterable[dict[str, Any]]):
     for r in rows:
         t.add_row(plain(f"M={r['M']} N={r['N']} K={r['K']} {r['dtype']}"), r["weights"],
                   plain(r["impl"]), fmt_time(r["time_s"]), fmt_num(r["gbps"]),
-                  f"{r['speedup']:.2f}x", f"{r['ideal']:.2f}x",
-                  fmt_num(100 * r["of_ideal"], 0, "%"))
+                  f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-",
+                  f"{r['ideal']:.2f}x" if r["ideal"] is not None else "-",
+                  fmt_num(100 * r["of_ideal"], 0, "%") if r["of_ideal"] is not None else "-")
+    if any(r["speedup"] is None for r in rows):
+        t.caption = ("-: no bf16 time at that shape in the run; the ideal is from the bf16 "
+                     "GEMV's byte count")
     return t

@@ -141,6 +141,24 @@ def test_sweeps_and_ridge(results):
     assert ridge_batch(g, "M") in (5.0, 6.0)
 
 
+def test_ridge_batch_is_the_first_batch_at_the_ridge_past_64_too():
+    """The H200's ridge (189.58 FLOP/B) at 8192 x 8192: INT8 reaches it at M = 100, bf16 at 199,
+    by the ops' byte counts; a search in steps of 8 past 64 said 104 and 200."""
+    import torch
+
+    from kernels import OPS
+    for op, bf16_dtype in (("gemv_w8", torch.bfloat16), ("gemv_bf16", torch.bfloat16)):
+        o = OPS[op]
+        rec = {"op": op, "dtype": "bfloat16", "ridge": 189.58, "shape": {"M": 1, "N": 8192,
+                                                                          "K": 8192}}
+        m = int(ridge_batch([rec], "M"))
+        at = [o.flops(o.shape(M=k, N=8192, K=8192))
+              / o.bytes_moved(o.shape(M=k, N=8192, K=8192), bf16_dtype) >= 189.58
+              for k in (m - 1, m)]
+        assert at == [False, True], (op, m)
+    assert ridge_batch([{**rec, "ridge": 1e9}], "M") is None  # never within 4096
+
+
 def test_pct_bar():
     assert str(pct_bar(50, width=10)).startswith("█" * 5 + "░" * 5)
     assert str(pct_bar(None)) == "-"

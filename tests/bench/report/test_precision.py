@@ -14,7 +14,7 @@ def test_speedup_and_ideal_from_the_fastest_passing_impls():
         rec("gemv_bf16", "triton_gemv", 5e-3, 134e6),
         rec("gemv_w4", "torch_int4pack_mm", 2e-3, 35e6, group_size=128),
         rec("gemv_w4", "simd_c", 1.25e-3, 35e6, group_size=128),
-        rec("gemv_w8", "simd_c", None, 67e6, status="failed-check"),
+        rec("gemv_w8", "simd_c", 1e-4, 67e6, status="failed-check"),  # fastest, but wrong
         rec("gemv_w8", "torch_int8pack_mm", 2.2e-3, 67e6),
         rec("paged_attention", "x", 1e-3, 1e6),
     ])
@@ -27,9 +27,37 @@ def test_speedup_and_ideal_from_the_fastest_passing_impls():
     assert by_op["gemv_bf16"]["speedup"] == 1.0
 
 
-def test_no_bf16_baseline_leaves_speedup_empty():
-    rows = precision_rows([rec("gemv_w8", "simd_c", 1e-3, 67e6)])
+def test_no_bf16_baseline_leaves_speedup_empty_and_takes_the_ideal_from_the_byte_count():
+    """A run whose bf16 case gave no time (cut by a time box): no speedup, and the ideal from
+    the bf16 GEMV's own byte count at the shape; the table shows those rows and says why."""
+    from rich.console import Console
+
+    from bench.report.precision import precision_table
+    from kernels import OPS
+    import torch
+    w8 = OPS["gemv_w8"]
+    nbytes = w8.bytes_moved(w8.shape(M=1, N=8192, K=8192), torch.bfloat16)
+    rows = precision_rows([rec("gemv_w8", "simd_c", 1e-3, nbytes),
+                           rec("gemv_bf16", "torch_matmul", None, 134e6, status="timeout")])
     assert rows[0]["speedup"] is None and rows[0]["of_ideal"] is None
+    bf16 = OPS["gemv_bf16"]
+    want = bf16.bytes_moved(bf16.shape(M=1, N=8192, K=8192), torch.bfloat16) / nbytes
+    assert abs(rows[0]["ideal"] - want) < 1e-12 and 1.99 < want < 2.0
+    c = Console(width=200, record=True)
+    c.print(precision_table([rec("gemv_w8", "simd_c", 1e-3, nbytes)]))
+    text = c.export_text()
+    assert "│       - │ 2.00x │        - │" in text and "no bf16 time at that shape" in text
+
+
+def test_the_table_shows_speedup_and_ideal_each_in_its_column():
+    from rich.console import Console
+
+    from bench.report.precision import precision_table
+    c = Console(width=200, record=True)
+    c.print(precision_table([rec("gemv_bf16", "torch_matmul", 2e-3, 200e6),
+                             rec("gemv_w4", "simd_c", 1e-3, 50e6, group_size=128)]))
+    row = next(line for line in c.export_text().splitlines() if "INT4" in line)
+    assert "│   2.00x │ 4.00x │      50% │" in row
 
 
 def test_precision_suite_is_one_labelled_shape():
