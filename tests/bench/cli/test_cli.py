@@ -504,17 +504,18 @@ def test_closed_standard_streams(tmp_path):
     """A closed stdin or stderr does not take a worker's pipe (the run works, its results
     saved); a closed stdout is one line and exit 2."""
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())"]
+
+    def closing(redirect: str) -> list[str]:  # the shell closes it, then runs the CLI
+        return ["sh", "-c", f'exec "$0" "$@" {redirect}', sys.executable, "-c",
+                "from bench.cli import main; raise SystemExit(main())"]
     run = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
            "--no-progress"]
-    for closed in ("stdin", "stderr"):
-        fd = 0 if closed == "stdin" else 2
-        r = subprocess.run(cmd + run, capture_output=closed == "stdin", text=True, timeout=300,
-                           cwd=REPO, preexec_fn=lambda fd=fd: __import__("os").close(fd))
-        assert r.returncode == 0, (closed, r.stderr)
+    for redirect in ("<&-", "2>&-"):
+        r = subprocess.run(closing(redirect) + run, capture_output=redirect == "<&-", text=True,
+                           timeout=300, cwd=REPO)
+        assert r.returncode == 0, (redirect, r.stderr)
     assert len(list(out.iterdir())) == 2
-    r = subprocess.run(cmd + ["chips"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True, cwd=REPO, preexec_fn=lambda: __import__("os").close(1))
+    r = subprocess.run(closing(">&-") + ["chips"], stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert (r.returncode, r.stderr) == (2, "decodewall: error: standard output is closed: "
                                            "nowhere to write the output\n")
 
