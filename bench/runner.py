@@ -287,11 +287,12 @@ class Runner:
         use_out = impl.out_arg and c.backend.out_buffers
         fn = c.backend.wrap(impl.fn)
         forget_tuned()  # the record names the configs that the autotuner picks for this case
+        # the inputs are the case's, shared by every impl and set 0 of the timing: one that an
+        # impl changes, in its call or in its prepare (a weight repacked in place), is put back
+        # and the impl fails (arrays on XLA cannot change)
+        pristine = _snapshot(inputs) if c.backend.out_buffers else None
         with c.backend.session():
             args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
-        # the inputs are the case's, shared by every impl and set 0 of the timing: one that an
-        # impl changes is put back and the impl fails (arrays on XLA cannot change)
-        pristine = _snapshot(inputs) if c.backend.out_buffers else None
         if use_out:
             poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
             fn(*args, out=poisoned)

@@ -262,7 +262,7 @@ def test_reader_refuses_what_is_no_regular_file_and_overlong_lines(tmp_path, mon
 @pytest.fixture
 def rude_impls():
     """Impls that break the runner's contract without raising."""
-    names = ["t_mutates", "t_none", "t_shape", "t_threads", "t_after"]
+    names = ["t_mutates", "t_prepare_mutates", "t_none", "t_shape", "t_threads", "t_after"]
 
     @register_impl("gemv_bf16", "t_mutates", backends=["cpu"], dtypes=["float32"])
     def mutates(x, w):
@@ -270,6 +270,15 @@ def rude_impls():
         x.mul_(3)  # the right answer, then the case's inputs spoiled for every later impl
         w[0, 0] = float("nan")
         return y
+
+    def spoil_in_prepare(x, w):
+        w.mul_(-1)  # "repacked" in place, outside the call the check watches
+        return x, w
+
+    @register_impl("gemv_bf16", "t_prepare_mutates", backends=["cpu"], dtypes=["float32"],
+                   prepare=spoil_in_prepare)
+    def reads_spoiled(x, w):
+        return -(x @ w.T)  # right for the weights it was given
 
     @register_impl("gemv_bf16", "t_none", backends=["cpu"], dtypes=["float32"])
     def none(x, w):
@@ -298,7 +307,8 @@ def rude_impls():
 def test_impls_that_break_the_contract_fail_and_leave_the_next_impl_clean(tmp_path, rude_impls,
                                                                          fixed_llc):
     threads = torch.get_num_threads()
-    r = make_runner(tmp_path, ["t_mutates", "t_none", "t_shape", "t_threads", "t_after"])
+    r = make_runner(tmp_path, ["t_mutates", "t_prepare_mutates", "t_none", "t_shape",
+                               "t_threads", "t_after"])
     try:
         recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
                                                       torch.float32))}
@@ -309,6 +319,10 @@ def test_impls_that_break_the_contract_fail_and_leave_the_next_impl_clean(tmp_pa
     mut = recs["t_mutates"]
     assert mut["status"] == "failed-check" and mut["correct"] is False
     assert "changed its inputs 0, 1" in mut["error"]
+    # its prepare changed the weights: the check counts from before prepare, so it fails and
+    # the weights are put back (the next impls pass on them)
+    prep = recs["t_prepare_mutates"]
+    assert prep["status"] == "failed-check" and "changed its input 1" in prep["error"]
     assert recs["t_none"]["status"] == "failed-check"
     assert "returned NoneType, not a tensor" in recs["t_none"]["error"]
     assert recs["t_shape"]["status"] == "failed-check"
