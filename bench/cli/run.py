@@ -422,8 +422,12 @@ def command(args) -> int:
                        "the run stopped" if cut is not None else False)
     except BrokenPipeError:  # the table's reader went away: the run and its file are whole
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OutputError as e:  # the table's stdout refused it: the file is whole, and said
+        with suppress(OSError, OutputError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        cut = cut or (f"cannot write the output: {e}", EXIT_FAILED)
     if cut is not None:
-        kept = _kept(writer, records) if writer.count else "nothing saved"
+        kept = _kept(writer, records) if writer.count or writer.path is None else "nothing saved"
         print(f"decodewall: {'' if cut[1] == EXIT_BROKEN_PIPE else 'error: '}{cut[0]}; {kept}",
               file=sys.stderr)
         return cut[1]

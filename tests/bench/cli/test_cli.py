@@ -549,6 +549,15 @@ def test_output_that_cannot_be_written(tmp_path):
                                cwd=REPO)
         assert (r.returncode, r.stderr) == (1, "decodewall: error: cannot write the output: "
                                                "No space left on device\n")
+    out = tmp_path / "runs"  # run's table refused: its line also says what the file kept
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(cmd[:-1] + ["run", *GEMV, "--impl", "torch_matmul", "--budget",
+                                       "quick", "--out", str(out), "--no-progress"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    (f,) = out.iterdir()
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        1, "decodewall: error: cannot write the output: No space left on device; 1 finished "
+           f"case(s) kept in {f}")
 
 
 def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, tmp_path):
