@@ -10,7 +10,6 @@ found before anything is measured or written, and ends with one line on stderr a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import sys
@@ -57,7 +56,7 @@ except Exception as e:  # torch refusing its own environment as it imports (TORC
     why = why if len(why) <= 240 else why[:240] + "..."
     print(f"decodewall: error: cannot start: {type(e).__name__}: {one_line(why)}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE) from None
-from .common import Parser
+from .common import Parser, discard_stdout
 
 COMMANDS = (run, show, roof, chips, backends, compare, project, plot)  # in `decodewall --help` order
 
@@ -162,11 +161,10 @@ def _main(argv: list[str]) -> int:
         print(f"decodewall: {describe(signal_of(e))}", file=sys.stderr)
         return exit_status(signal_of(e))
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         return 0
     except OutputError as e:
-        with contextlib.suppress(OSError, OutputError):  # what is left in the buffer: dropped
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         print(f"decodewall: error: cannot write the output: {e}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:  # a bug of ours: one line that says where, never a traceback

@@ -5,9 +5,11 @@ Every problem is a UsageError (bench/errors.py): one line on stderr, exit status
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import re
+import sys
 from typing import Any, NoReturn, Sequence
 
 from ..errors import UsageError
@@ -115,6 +117,16 @@ def resolve_dtypes(names: Sequence[str] | None, op) -> list:
         if dt not in out:
             out.append(dt)
     return out
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null: what a closed pipe or a full device did not take is dropped,
+    so no later print or the flush at exit meets the same error again."""
+    from ..errors import OutputError
+    with contextlib.suppress(OSError, ValueError, OutputError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def read_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:

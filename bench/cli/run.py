@@ -11,15 +11,15 @@ import dataclasses
 import os
 import shlex
 import sys
-from contextlib import contextmanager, redirect_stdout, suppress
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, UsageError
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
-from .common import (directory, known_backend, parse_shape, ranks, resolve_backend, resolve_chip,
-                     resolve_dtypes, seconds, seed, suggest)
+from .common import (directory, discard_stdout, known_backend, parse_shape, ranks,
+                     resolve_backend, resolve_chip, resolve_dtypes, seconds, seed, suggest)
 from .step import add_step_args
 
 DEFAULT_OUT = Path("results") / "runs"
@@ -265,6 +265,7 @@ def check_file_writable(out_dir: Path) -> None:
 # --- the command --------------------------------------------------------------------------------
 
 def command(args) -> int:
+    from ..report.precision import precision_table
     from ..report.table import console, printable_record, results_table, run_title
     from ..results import (ResultWriter, ResultsWriteError, check_writable, git_commit,
                            new_run_id, versions)
@@ -383,11 +384,10 @@ def command(args) -> int:
     except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
         cut = (str(e), EXIT_FAILED)
     except OutputError as e:  # --json's stdout refused a line (a full device)
-        with suppress(OSError, OutputError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         cut = (f"cannot write the output: {e}", EXIT_FAILED)
     except BrokenPipeError:  # --json's reader went away (`| head`): the run stops there
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         cut = ("stopped: its output was closed (broken pipe)", EXIT_BROKEN_PIPE)
     finally:
         # An interrupt's case is discarded: its worker's process group is killed at once. Only
@@ -413,18 +413,19 @@ def command(args) -> int:
             out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
                                                            backend.name, tracker.readings),
                                     width=out.width))
-            if args.suite == "precision" or any(r.get("group") == "precision" for r in records):
-                _print_precision(shown, out)
+            precision = precision_table(shown) if args.suite == "precision" or any(
+                r.get("group") == "precision" for r in records) else None
+            if precision is not None:
+                out.print(precision)
         if getattr(args, "model_step", None) is not None:  # `run --model`: the decode step
             from .step import print_step
             print_step(args, shown, ctx.roof, as_json=args.json,
                        interrupted="interrupted" if stopped is not None else
                        "the run stopped" if cut is not None else False)
     except BrokenPipeError:  # the table's reader went away: the run and its file are whole
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
     except OutputError as e:  # the table's stdout refused it: the file is whole, and said
-        with suppress(OSError, OutputError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         cut = cut or (f"cannot write the output: {e}", EXIT_FAILED)
     if cut is not None:
         kept = _kept(writer, records) if writer.count or writer.path is None else "nothing saved"
@@ -502,16 +503,6 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]
     return EXIT_FAILED if failed and args.strict else 0
-
-
-def _print_precision(records, out) -> None:
-    try:
-        from ..report.precision import precision_table
-    except ImportError:
-        return
-    table = precision_table(records)
-    if table is not None:
-        out.print(table)
 
 
 def _default_timeout() -> float:

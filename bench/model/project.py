@@ -98,7 +98,8 @@ class LinkModel:
         """(seconds, is a lower bound) of one all-reduce of nbytes over n chips."""
         if n <= 1:
             return 0.0, False
-        per_byte = 2 * (n - 1) / n / (self.gbps * 1e9) if self.gbps else None
+        from kernels.collectives.ops import bus_factor
+        per_byte = bus_factor(n) / (self.gbps * 1e9) if self.gbps else None
         if self.measured and n in self.measured:
             return _interpolate(self.measured[n], nbytes, per_byte)
         if self.gbps is None:

@@ -110,11 +110,15 @@ def algbw_gbps(s: AllreduceShape, time_s: float) -> float:
     return s.bytes / time_s / 1e9
 
 
+def bus_factor(n: int) -> float:
+    """Bytes each of n ranks' links carries in a ring all-reduce, per byte of the message:
+    2(n-1)/n (a reduce-scatter and an all-gather), 0 for one rank, as nccl-tests counts."""
+    return 2 * (n - 1) / n
+
+
 def busbw_gbps(s: AllreduceShape, time_s: float) -> float:
-    """What each rank's links carry in a ring all-reduce: algbw x 2(n-1)/n, 0 for one rank (no
-    link is used), as nccl-tests."""
-    n = s.world_size
-    return algbw_gbps(s, time_s) * 2 * (n - 1) / n
+    """What each rank's links carry in a ring all-reduce: algbw x bus_factor."""
+    return algbw_gbps(s, time_s) * bus_factor(s.world_size)
 
 
 allreduce = register_op(Op(
@@ -147,5 +151,5 @@ def torch_distributed(t: torch.Tensor, group=None) -> torch.Tensor:
     return t
 
 
-__all__ = ["AllreduceShape", "allreduce", "algbw_gbps", "busbw_gbps", "contribution", "expected",
+__all__ = ["AllreduceShape", "allreduce", "algbw_gbps", "bus_factor", "busbw_gbps", "contribution", "expected",
            "inexact", "max_exact_world_size"]
