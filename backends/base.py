@@ -17,6 +17,11 @@ class Sampler(Protocol):
 
     def start(self) -> None: ...
 
+    def min_window_s(self, cap: float) -> float:
+        """Seconds the window must last for the counters to describe it, given that the timing
+        stops by `cap` at the latest; 0: no need (the timing's own rules decide)."""
+        ...
+
     def stop(self, calls: int, timed_s: float) -> dict[str, Any]: ...
 
 

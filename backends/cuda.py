@@ -118,6 +118,12 @@ NVML_KEYS = ("gpu_util_pct", "gpu_util_source", "gpu_util_polled_pct", "nvml_uti
              "nvml_timed_frac")
 
 
+def _median_gap_s(stamps_us: list[int]) -> float | None:
+    """The median spacing of sorted timestamps (µs) in seconds; None with fewer than two."""
+    gaps = sorted(b - a for a, b in zip(stamps_us, stamps_us[1:]) if b > a)
+    return gaps[len(gaps) // 2] / 1e6 if gaps else None
+
+
 class NvmlSampler:
     """GPU utilization and power over one timing window: polled by a background thread every
     `interval_s`, the driver's own utilization samples read at the window's ends, and the
@@ -144,6 +150,7 @@ class NvmlSampler:
         self._t0 = 0.0
         self._e0: float | None = None
         self._ts0: int | None = None  # the driver's newest utilization sample at the start (µs)
+        self._period0: float | None = None  # its sample period then (s), from the buffer
 
     def _read(self, name: str) -> Any:
         """One NVML query, or None where NVML is absent or the function is missing or raised;
@@ -179,19 +186,35 @@ class NvmlSampler:
 
     def _driver_util(self) -> tuple[float | None, float | None] | None:
         """(mean %, sample period s) of the driver's samples inside the window, or None where
-        the driver gives none. A sample holds the busy time since the one before it: the first
-        sample after the start began before the window, so only those after it count; the
-        period is the median spacing of the timestamps."""
+        the driver gives none (its buffer empty at both ends counts as none). A sample holds the
+        busy time since the one before it: the first sample after the start began before the
+        window, so only those after it count; the period is the median spacing of the
+        timestamps."""
         if self._ts0 is None:
             return None
         new = self._driver_samples(self._ts0)
-        if new is None:
+        if new is None or (not new and not self._ts0):
             return None
         stamps = ([self._ts0] if self._ts0 else []) + [t for t, _ in new]
-        gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]) if b > a)
-        period = gaps[len(gaps) // 2] / 1e6 if gaps else None
+        period = _median_gap_s(stamps)
         inside = [v for _, v in new[1:]]
         return (sum(inside) / len(inside) if inside else None), period
+
+    def min_window_s(self, cap: float) -> float:
+        """How long the window must last for `gpu_util_pct` to describe it, if that fits in `cap`
+        seconds: two driver sample periods (the first sample after the start covers time before
+        the window), by the buffer's spacing as the window opened (unknown: NVML's longest, 1 s);
+        where a cap between one and two periods allows, the cap (a whole period then fits inside
+        when the first sample comes early enough). Without driver samples, the polls' 1 s plus
+        two polls. 0 where nothing fits or nothing is sampled."""
+        margin = 2 * self.interval_s  # the closing reads come after the last call
+        if self._ts0 is not None:
+            period = self._period0 or POLLED_MIN_WINDOW_S
+            return min(2 * period + margin, cap) if cap > period else 0.0
+        if self.nv is not None and _UTIL not in self._dropped:
+            need = POLLED_MIN_WINDOW_S + margin
+            return need if need <= cap else 0.0
+        return 0.0
 
     def _sample(self) -> None:
         u = getattr(self._read(_UTIL), "gpu", None)
@@ -210,6 +233,7 @@ class NvmlSampler:
     def start(self) -> None:
         newest = self._driver_samples(0)  # the whole buffer: its newest timestamp marks the start
         self._ts0 = None if newest is None else max((t for t, _ in newest), default=0)
+        self._period0 = _median_gap_s([t for t, _ in newest or []])
         self._t0 = self.clock()
         self._e0 = self._read(_ENERGY)
         if self.nv is not None:

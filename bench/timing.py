@@ -4,7 +4,9 @@ Stopping follows nvbench's "stdrel" idea: stop once the samples' relative standa
 at most `target_rel` (0.5%). A noisy CPU rarely gets there, so we also stop once the median itself
 is pinned down to `target_rel` (its standard error), or at the sample/time cap. Every result says
 which rule stopped it, how many samples it took and how spread they were. Where the backend has a
-sampler of device counters (NVML on CUDA), it runs over the sampling phase, warm-up excluded.
+sampler of device counters (NVML on CUDA), it runs over the sampling phase, warm-up excluded,
+and the sampling goes on (at most to the time cap) until that window is long enough for the
+counters to describe it: NVML's utilization is an average over its own sample period.
 """
 from __future__ import annotations
 
@@ -116,14 +118,17 @@ def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: B
     if on_sampling is not None:
         on_sampling()
     sampler = backend.sampler()
+    want = 0.0  # the window the sampler needs: sampling goes on to it, past a rule's stop
     if sampler is not None:
         sampler.start()
+        want = sampler.min_window_s(budget.max_time_s)
     try:
         t0 = time.perf_counter()
         while True:
             samples.extend(backend.time_calls(call, idxs(budget.batch), flush))
-            stop = stop_rule(samples, time.perf_counter() - t0, budget)
-            if stop:
+            elapsed = time.perf_counter() - t0
+            stop = stop_rule(samples, elapsed, budget)
+            if stop and (stop == "max_time" or elapsed >= want):
                 break
     finally:  # the sampler's thread ends whether the timing ended or raised
         sampled = sampler.stop(len(samples), sum(samples)) if sampler is not None else {}

@@ -267,6 +267,41 @@ def test_an_empty_driver_buffer_at_the_start_still_marks_the_window():
     assert out["nvml_util_period_s"] == pytest.approx(1.0)
 
 
+def test_a_driver_buffer_empty_at_both_ends_falls_back_to_the_polls():
+    """A driver that never fills its buffer (NotFound at both ends) gave no sample: the polls
+    taken a second into the window are the figure, as where the function is missing."""
+    out = run_window(fake_nvml(util=(30,), driver=[[]]), t=(10.0, 12.0))
+    assert out["gpu_util_source"] == "polled" and out["gpu_util_pct"] == pytest.approx(30.0)
+
+
+def _opened(nv):
+    s = NvmlSampler(nv, "h0", interval_s=0.02)
+    s._run = lambda: None  # no polls: only the window's opening reads matter here
+    s.start()
+    s.stop(0, 0.0)
+    return s
+
+
+@pytest.mark.parametrize("buffer, cap, want", [
+    ([(k * SECOND // 6, 5) for k in range(1, 6)], 2.0, 2 / 6 + 0.04),  # two periods, a margin
+    ([(k * SECOND // 6, 5) for k in range(1, 6)], 0.3, 0.3),  # between one and two: the cap
+    ([(k * SECOND // 6, 5) for k in range(1, 6)], 0.1, 0.0),  # under one period: no figure
+    ([(k * SECOND, 5) for k in range(1, 4)], 2.0, 2.0),  # 1 s periods: the normal budget's cap
+    ([(SECOND, 5)], 10.0, 2.04),  # one sample: the period unknown, NVML's longest taken
+    ([], 10.0, 2.04),  # an empty buffer: the same
+])
+def test_the_window_needed_is_two_driver_periods_within_the_cap(buffer, cap, want):
+    s = _opened(fake_nvml(driver=[buffer]))
+    assert s.min_window_s(cap) == pytest.approx(want, rel=1e-5)
+
+
+def test_without_driver_samples_the_polls_need_a_second():
+    s = _opened(fake_nvml(util=(30,)))  # no nvmlDeviceGetSamples
+    assert s.min_window_s(2.0) == pytest.approx(1.04) and s.min_window_s(0.3) == 0.0
+    assert _opened(fake_nvml(missing=("nvmlDeviceGetUtilizationRates",))).min_window_s(2.0) == 0
+    assert _opened(None).min_window_s(10.0) == 0.0
+
+
 def test_without_the_energy_counter_energy_is_power_times_the_window():
     for nv in (fake_nvml(power_mw=(200_000,), missing=("nvmlDeviceGetTotalEnergyConsumption",)),
                fake_nvml(power_mw=(200_000,), raising=("nvmlDeviceGetTotalEnergyConsumption",)),

@@ -70,6 +70,30 @@ def test_the_sampler_thread_stops_when_the_timed_call_raises():
     assert not b.samplers[0].thread.is_alive() and threading.active_count() == before
 
 
+@pytest.mark.parametrize("need", [0.0, 0.15])
+def test_sampling_goes_on_until_the_window_the_sampler_needs(need):
+    """The budget's rules stop at 5 samples (all equal: stdrel); a sampler that needs a longer
+    window (NVML's utilization: two driver periods) keeps the samples coming until it has it,
+    past max_samples, within the time cap."""
+    class Needs(Timed):
+        def sampler(self):
+            s = super().sampler()
+            s.min_window_s = lambda cap: min(need, cap)
+            return s
+    b = Needs(fake_nvml())
+    st = measure(b, lambda i: None, 1, BUDGET)
+    if need:
+        assert st.sampled["nvml_window_s"] >= need and st.n > BUDGET.max_samples
+    else:
+        assert st.n == BUDGET.min_samples and st.stop == "stdrel"
+    capped = measure(b, lambda i: None, 1, Budget(warmup_s=0.0, min_samples=5, max_samples=20,
+                                                    min_time_s=0.0, max_time_s=0.05, batch=5))
+    if need:  # the window stops at the cap, not at what the sampler asked for
+        assert 0.05 <= capped.sampled["nvml_window_s"] < need
+    else:
+        assert capped.stop == "stdrel"
+
+
 def test_no_sampler_no_figures():
     class Plain(Timed):
         def sampler(self):
