@@ -82,6 +82,11 @@ class Backend:
     def flush(self) -> None:
         """Evict the cache outside the timed region (CUDA); no-op where sets are rotated."""
 
+    def release(self) -> None:
+        """Give back device memory this process holds only for measuring (flush buffers, the
+        allocator's cache): the run's parent calls it after its roof probes, so that the
+        workers timing the cases have the device's memory to themselves."""
+
     def flush_mode(self) -> str | None:
         """How `flush` evicts the cache, recorded in each record as `flush`; None where input
         sets are rotated instead (no key recorded)."""

@@ -367,6 +367,10 @@ class CUDABackend(Backend):
                 self._read_out = torch.empty(rows, dtype=torch.float32, device=self.flush_device)
             torch.sum(self._read_buf, dim=1, out=self._read_out)
 
+    def release(self) -> None:
+        self._memset_buf = self._read_buf = self._read_out = None
+        torch.cuda.empty_cache()  # what the probes' 1 GiB buffers left in torch's cache
+
     def _nvml_device(self) -> tuple[Any, Any, str]:
         """(pynvml, this GPU's handle, "") once NVML answers, else (None, None, why); looked up
         once per process."""

@@ -149,6 +149,7 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
     roof = remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0), budget)
     for dt in dtypes or [torch.float32]:
         add_matmul(roof, backend, dt, budget)
+    backend.release()
     return roof
 
 
@@ -168,6 +169,7 @@ def remeasure_bandwidth(backend: Backend, roof: Roof, budget: Budget | None = No
     n = probe_elems(backend)
     budget = budget or BUDGETS["normal"]
     c, r = _probe(backend, "copy", n, budget), _probe(backend, "read", n, budget)
+    backend.release()  # between cases: the next worker gets the memory the probes held
     # the above-roof margin is the spread of the probe that set the roof: a noisy copy beside a
     # quiet read (the CPU's roof) would widen the tolerance around a roof measured cleanly
     best = c if round(c[0], 2) >= round(r[0], 2) else r

@@ -113,6 +113,19 @@ def test_each_mode_does_what_it_says(monkeypatch):
     assert b._memset_buf.data_ptr() != b._read_buf.data_ptr()  # two distinct buffers
 
 
+@pytest.mark.parametrize("mode", FLUSH_MODES)
+def test_release_drops_the_flush_buffers_and_empties_the_allocator_cache(mode, monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    b = cpu_flusher(monkeypatch, mode)
+    b.flush()
+    b.release()
+    assert (b._memset_buf, b._read_buf, b._read_out) == (None, None, None) and emptied == [1]
+    b.flush()  # a later flush allocates them again
+    assert (b._memset_buf is not None) == ("memset" in mode)
+    assert (b._read_buf is not None) == ("read" in mode)
+
+
 def test_flush_uses_the_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv(FLUSH_ENV, "memset")
     b = CUDABackend()

@@ -40,11 +40,39 @@ def test_the_margin_is_the_spread_of_the_probe_that_set_the_roof(monkeypatch):
     probes = {"copy": (20.0, 0.08, "torch_copy"), "read": (25.0, 0.01, "torch_sum")}
     monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: probes[op])
     monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 26)
-    roof = rl.remeasure_bandwidth(None, ROOF)
+    backend = Releasing()
+    roof = rl.remeasure_bandwidth(backend, ROOF)
     assert (roof.gbps, roof.noise) == (25.0, 0.01)
     assert verdict(120.0, roof).startswith("above the roof")
     probes["copy"] = (30.0, 0.08, "torch_copy")  # a GPU: the copy sets the roof
-    assert rl.remeasure_bandwidth(None, ROOF).noise == 0.08
+    assert rl.remeasure_bandwidth(backend, ROOF).noise == 0.08
+
+
+class Releasing:
+    """A backend stand-in that logs what the roof code asks of it."""
+    name = "fake"
+
+    def __init__(self):
+        self.log = []
+
+    def release(self):
+        self.log.append("release")
+
+
+def test_the_probes_give_their_device_memory_back(monkeypatch):
+    """The run's parent measures the roof, then its workers time the cases on the same device:
+    after the bandwidth probes and after the matmul ones, the parent releases what it held."""
+    import bench.roofline as rl
+    b = Releasing()
+    monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: b.log.append(op) or
+                        (20.0, 0.01, "p"))
+    monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 20)
+    monkeypatch.setattr(rl, "add_matmul", lambda roof, backend, dt, budget: b.log.append("mm"))
+    rl.measure_roof(b)
+    assert b.log == ["copy", "read", "release", "mm", "release"]
+    b.log.clear()
+    rl.RoofTracker(b, ROOF, rl.BUDGETS["quick"], every_s=0.0).current()  # a refresh mid-run
+    assert b.log == ["copy", "read", "release"]
 
 
 def test_drift_is_noted_just_past_its_threshold_either_way():
