@@ -45,6 +45,41 @@ def _reopen_closed_streams() -> bool:
 
 STDOUT_CLOSED = _reopen_closed_streams()
 
+
+# decodewall's top-level packages and a name each one's __init__ defines. PyPI has other
+# distributions called `kernels` (Hugging Face's), `bench` and `backends`: installed into the same
+# environment, one shadows ours or pip overwrites one's files with the other's.
+OWN_PACKAGES = (("kernels", "register_impl"), ("backends", "get_backend"))
+
+
+def foreign_packages() -> list[str]:
+    """Each of OWN_PACKAGES that Python would import from outside this checkout or install, or
+    whose __init__ is not ours, as "name (where)"."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[2]
+    bad = []
+    for name, mark in OWN_PACKAGES:
+        where = "not found"
+        try:
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.origin:
+                origin = Path(spec.origin).resolve()
+                where = str(origin)
+                if origin.parent.parent == root and mark in origin.read_text(errors="replace"):
+                    continue
+        except (ImportError, ValueError, OSError) as e:
+            where = f"{type(e).__name__}: {e}"
+        bad.append(f"{name} ({where})")
+    return bad
+
+
+if _bad := foreign_packages():
+    print(f"decodewall: error: cannot start: the package(s) {', '.join(_bad)} Python finds are "
+          f"not decodewall's: a distribution of the same name (Hugging Face's `kernels`, PyPI's "
+          f"`bench` or `backends`) is installed beside it; install decodewall in a virtual "
+          f"environment of its own", file=sys.stderr)
+    raise SystemExit(2)
+
 from ..errors import (EXIT_FAILED, EXIT_USAGE, OutputError, RunError, UsageError,  # noqa: E402
                       one_line)
 from ..interrupts import describe, exit_status, handled, signal_of  # noqa: E402

@@ -231,3 +231,32 @@ def test_a_name_of_any_length_is_echoed_in_part(capsys, argv, starts, ends):
     line = lines[0]
     assert line.startswith("decodewall: error: " + starts) and line.endswith(ends), line
     assert len(line) <= len("decodewall: error: ") + MAX_LINE and " characters]… " in line
+
+
+@pytest.mark.parametrize("how", ["shadowed", "overwritten"])
+def test_a_foreign_package_of_the_same_name_is_one_line_before_anything_runs(how, tmp_path):
+    """PyPI has other `kernels` (Hugging Face's), `bench` and `backends` distributions: one found
+    ahead of ours on the path, or pip's overwrite of our kernels/__init__.py in an install, is one
+    line naming it and exit 2, not an internal error deep in an import."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from tests.helpers import REPO
+    if how == "shadowed":  # another `kernels` ahead of this checkout on the path
+        (tmp_path / "kernels").mkdir()
+        (tmp_path / "kernels" / "__init__.py").write_text("from .deps import x\n")
+        path = f"{tmp_path}{os.pathsep}{REPO}"
+    else:  # an install (the packages side by side) whose kernels/__init__.py is another's
+        for d in ("kernels", "bench", "backends"):
+            shutil.copytree(REPO / d, tmp_path / d,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp_path / "kernels" / "__init__.py").write_text('"""Download compute kernels."""\n')
+        path = str(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "backends"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, env={**env, "PYTHONPATH": path})
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    (line,) = r.stderr.splitlines()
+    assert "kernels (" in line and str(tmp_path / "kernels") in line and "backends (" not in line
+    assert "virtual environment" in line and "Traceback" not in r.stderr
