@@ -1,0 +1,61 @@
+"""`.ci/run` stops at the first step that fails, installs included: under `set -e` a command left
+of `&&` that fails does not end the script, so a failed install would skip its tests and CI pass."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import REPO
+
+STUB = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$LOG"
+case "$*" in *"$FAIL"*) exit 1;; esac
+"""
+
+
+@pytest.mark.parametrize("fail, last", [
+    ("install -q -e .[test]", "install -q -e .[test]"),
+    ("pytest -q -m slow", "pytest -q -m slow"),
+    ("install -q -e .[xla]", "install -q -e .[xla]"),
+])
+def test_ci_stops_at_the_step_that_fails(fail, last, tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name in ("python3", "decodewall"):
+        (bin_ / name).write_text(STUB)
+        (bin_ / name).chmod(0o755)
+    log = tmp_path / "log"
+    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", LOG=str(log), FAIL=fail)
+    r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    ran = log.read_text().splitlines()
+    assert r.returncode != 0, ran
+    assert ran[-1].endswith(last), ran  # nothing ran after the step that failed
+
+
+def test_ci_runs_every_step_when_each_passes(tmp_path):
+    """The stubs pass, so the script reaches the smoke run (whose results check then fails on the
+    stub's empty output folder): the steps all ran, in order."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name in ("python3", "decodewall"):
+        (bin_ / name).write_text(STUB)
+        (bin_ / name).chmod(0o755)
+    log = tmp_path / "log"
+    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", LOG=str(log),
+               FAIL="no step has this")
+    subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                   env=env, timeout=60)
+    ran = [" ".join(line.split()[:7]) for line in log.read_text().splitlines()]
+    assert ran == ["python3 -m pip install -q torch==2.13.0",
+                   "python3 -m pip install -q -e .[test]", "python3 -m pytest -q",
+                   "python3 -m pytest -q -m slow", "python3 -m pip install -q -e .[xla]",
+                   "python3 -m pytest -q -m xla",
+                   "decodewall run --suite smoke --backend cpu --out"]
