@@ -1,4 +1,5 @@
-"""The wheel ships the C kernels: every .c and .h under kernels/, and an install builds them."""
+"""The wheel ships what the code reads at run time: every .c and .h under kernels/ (an install
+builds them), the chip catalog and the model configs."""
 import os
 import shutil
 import subprocess
@@ -33,6 +34,22 @@ def test_wheel_ships_every_c_source(wheel):
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "kernels").rglob("*")
                if p.suffix in (".c", ".h")}
     assert sources and sources <= shipped, sorted(sources - shipped)
+
+
+def test_wheel_ships_the_chip_catalog_and_the_model_configs(wheel, tmp_path):
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    data = {p.relative_to(REPO).as_posix() for p in
+            [REPO / "backends" / "chips.json", *(REPO / "bench" / "model" / "models").glob("*.json")]}
+    assert len(data) > 1 and data <= shipped, sorted(data - shipped)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("from backends import load_catalog; from bench.model.workload import model_names; "
+            "print(len(load_catalog()), len(model_names()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(site)), timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    chips, models = map(int, r.stdout.split())
+    assert chips > 0 and models == len(data) - 1
 
 
 @pytest.mark.slow
