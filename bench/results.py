@@ -45,6 +45,15 @@ def new_run_id(backend: str) -> str:
 
 
 def git_commit() -> str | None:
+    """This checkout's commit (`-dirty` with uncommitted changes to tracked files); None where
+    decodewall runs from an install: REPO is then site-packages, and git would answer with the
+    commit of whatever repository holds the environment."""
+    try:
+        if not (REPO / ".git").exists() or \
+                'name = "decodewall"' not in (REPO / "pyproject.toml").read_text(errors="replace"):
+            return None
+    except OSError:
+        return None
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)

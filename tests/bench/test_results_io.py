@@ -119,3 +119,31 @@ def test_an_over_long_line_is_skipped_whole_and_the_next_record_read(tmp_path):
     skipped = []
     assert [r["impl"] for r in read_results(p, skipped)] == ["x"]
     assert len(skipped) == 1 and f"over {MAX_LINE} characters" in skipped[0]
+
+
+def test_git_commit_is_this_checkouts_and_none_from_an_install(tmp_path, monkeypatch):
+    """Installed, REPO is site-packages: git there answers with the commit of whatever repository
+    holds the environment (a project with its .venv inside), which is not decodewall's."""
+    import shutil
+    import subprocess
+    import bench.results as results
+    if not shutil.which("git"):
+        pytest.skip("no git")
+    proj = tmp_path / "proj"
+    site = proj / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    git = ["git", "-C", str(proj), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (proj / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
+    subprocess.run([*git, "add", "pyproject.toml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(results, "REPO", site)
+    assert results.git_commit() is None
+    monkeypatch.setattr(results, "REPO", proj)  # a repository, but not a decodewall checkout
+    assert results.git_commit() is None
+    (proj / "pyproject.toml").write_text('[project]\nname = "decodewall"\n')
+    subprocess.run([*git, "commit", "-qam", "y"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert results.git_commit() == head
+    (proj / "pyproject.toml").write_text('[project]\nname = "decodewall"\n# edited\n')
+    assert results.git_commit() == head + "-dirty"
