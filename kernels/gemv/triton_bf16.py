@@ -14,7 +14,7 @@ import triton.language as tl
 from ..common import SM90_SMEM_BYTES, smem_per_block
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
-from .triton_common import batch_path, check_elements, load_xw
+from .triton_common import batch_path, check_elements, load_xw, output
 
 # (BLOCK_N, BLOCK_K, warps) x ACC3: wide K steps won on an H200 (results/h200/); ACC3 keeps a
 # [BLOCK_M, BLOCK_N, BLOCK_K] accumulator of plain FMAs and reduces it once after the loop,
@@ -112,10 +112,12 @@ def triton_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
     N = w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"x has K={K} but w has K={w.shape[1]}")
+    if w.dtype != x.dtype:
+        raise ValueError(f"w must have x's dtype {x.dtype}, got {w.dtype}")
     check_elements("triton_gemv", x, w)
     x = x.contiguous()
     w = w.contiguous()
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    y = output("triton_gemv", x, out, N)
     use_dot, block_m = batch_path(M)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))
     _gemv_kernel[grid](x, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0),

@@ -36,6 +36,38 @@ def check_elements(name: str, *tensors: torch.Tensor) -> None:
                 f"has {t.numel()} elements, past 2^31 - 1")
 
 
+def check_weights(name: str, qweight: torch.Tensor, *small: torch.Tensor) -> None:
+    """ValueError unless qweight's rows are unit-stride and each of `small` (scales, zeros) is
+    contiguous: the kernels index codes as row * row stride + column, and scales and zeros by
+    scales' row stride alone."""
+    if qweight.shape[-1] > 1 and qweight.stride(-1) != 1:
+        raise ValueError(f"{name} needs qweight's rows contiguous (strides {qweight.stride()})")
+    for t in small:
+        if not t.is_contiguous():
+            raise ValueError(f"{name} needs contiguous scales and zeros (a "
+                             f"{'×'.join(map(str, t.shape))} tensor with strides {t.stride()})")
+
+
+def output(name: str, x: torch.Tensor, out: torch.Tensor | None, N: int) -> torch.Tensor:
+    """y: `out` where given (ValueError unless it is a float [M, N] on x's device with
+    unit-stride rows, which the kernels store into, cast to its dtype: an fp32 out keeps the
+    fp32 sums), else a new one of x's dtype; NotImplementedError where y is past the kernels'
+    32-bit offsets."""
+    M = x.shape[0]
+    if out is None:
+        y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    else:
+        floats = (torch.float16, torch.bfloat16, torch.float32)
+        if tuple(out.shape) != (M, N) or out.dtype not in floats or out.device != x.device:
+            raise ValueError(f"{name}: out must be a float16, bfloat16 or float32 [{M}, {N}] "
+                             f"on {x.device}, got {out.dtype}{list(out.shape)} on {out.device}")
+        if N > 1 and out.stride(1) != 1:
+            raise ValueError(f"{name}: out needs contiguous rows (strides {out.stride()})")
+        y = out
+    check_elements(name, y)
+    return y
+
+
 def batch_path(M: int) -> tuple[bool, int]:
     """(use tl.dot, BLOCK_M) for a batch of M rows (see the module docstring)."""
     if M > GEMV_MAX_M:

@@ -38,8 +38,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import (GEMV_MAX_M, check_elements, split_rows_done, split_scratch, without_ptx,
-                            words_per_thread)
+from .triton_common import (GEMV_MAX_M, check_elements, check_weights, output, split_rows_done,
+                            split_scratch, without_ptx, words_per_thread)
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
 from .triton_w8 import _codes as _codes8
 
@@ -280,7 +280,8 @@ def _run(name: str, kernel: Any, x: torch.Tensor, weights: tuple, strides: tuple
     *strides, y's row stride, M=M, **const)`."""
     M = x.shape[0]
     check_elements(name, x, *weights)
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    check_weights(name, *weights)
+    y = output(name, x, out, N)
     ws, locks = split_scratch(x.device, M, N, N)  # at most N row tiles
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
     kernel[grid](x, *weights, ws, y, locks, N, K, x.stride(0), *strides, y.stride(0), M=M,
@@ -331,6 +332,8 @@ def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
     N = w.shape[0]
     if w.shape[1] != K:
         raise ValueError(f"x has K={K} but w has K={w.shape[1]}")
+    if w.dtype != x.dtype:
+        raise ValueError(f"w must have x's dtype {x.dtype}, got {w.dtype}")
     _check_batch("triton_gemv_splitk", M, "triton_gemv")
     x = x.contiguous()
     w = w.contiguous()

@@ -22,8 +22,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import (batch_path, check_elements, split_add, split_for, split_scratch, two_paths,
-                            word_gemv_configs)
+from .triton_common import (batch_path, check_elements, check_weights, output, split_add,
+                            split_for, split_scratch, two_paths, word_gemv_configs)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
 # PTX (ASM=1) or in Triton (ASM=0, 1.3x the loop's instructions; the interpreter's path), and
@@ -676,13 +676,14 @@ def triton_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     SMs idle."""
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
     check_elements("triton_w4", x, qweight)
-    if qweight.data_ptr() % 4 or qweight.stride(1) != 1:
-        raise ValueError("triton_w4 reads qweight as 32-bit words: it must be contiguous and "
-                         "start on a 4-byte boundary")
+    check_weights("triton_w4", qweight, scales, zeros)
+    if qweight.data_ptr() % 4 or qweight.stride(0) % 4:
+        raise ValueError("triton_w4 reads qweight as 32-bit words: its rows must start on "
+                         "4-byte boundaries")
     x = x.contiguous()
     if M == 1 and x.dtype == torch.bfloat16 and x.data_ptr() % 16:
         x = x.clone()  # the PK path loads x 16 bytes at a time
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    y = output("triton_w4", x, out, N)
     use_dot, block_m = batch_path(M)
     split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
     split = max(1, min(split, K // group_size))

@@ -20,8 +20,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w8_args
-from .triton_common import (batch_path, check_elements, load_xw, split_add, split_for, split_scratch,
-                            two_paths, word_gemv_configs)
+from .triton_common import (batch_path, check_elements, check_weights, load_xw, output,
+                            split_add, split_for, split_scratch, two_paths, word_gemv_configs)
 
 # GEMV path (M <= 4): BLOCK_N rows x BLOCK_K codes a step; ASM turns codes into floats in
 # PTX (the interpreter runs the Triton twin, ASM=0); PREFETCH loads the next step's words
@@ -213,8 +213,9 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     M <= 4, tl.dot above, split-K only where N leaves SMs idle."""
     M, N, K = check_w8_args(x, qweight, scales)
     check_elements("triton_w8", x, qweight)
+    check_weights("triton_w8", qweight, scales)
     x = x.contiguous()
-    y = out if out is not None else torch.empty(M, N, device=x.device, dtype=x.dtype)
+    y = output("triton_w8", x, out, N)
     use_dot, block_m = batch_path(M)
     split = split_k or split_for(M, N, K, block_m, use_dot, x.device)
     # counters: one a (row tile, M tile), at most N row tiles of one row
@@ -222,7 +223,7 @@ def triton_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  else (y, y))
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split, triton.cdiv(M, block_m))
     # 32-bit words where rows and the start allow (else one byte at a time)
-    words = K % 16 == 0 and qweight.data_ptr() % 16 == 0 and qweight.stride(1) == 1
+    words = K % 16 == 0 and qweight.data_ptr() % 16 == 0 and qweight.stride(0) % 16 == 0
     _w8_kernel[grid](x, qweight, scales, y, ws, locks, M, N, K, x.stride(0), qweight.stride(0),
                      y.stride(0), BLOCK_M=block_m, WORDS=words, SPLIT_K=split,
                      USE_DOT=use_dot, IEEE=x.dtype == torch.float32,

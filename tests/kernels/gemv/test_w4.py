@@ -278,7 +278,7 @@ def test_triton_refuses_unaligned_words():
     x, qw, s, z, G = OP.make_inputs(GemvW4Shape(1, 8, 64, 32), F16, "cpu", 0)
     shifted = torch.empty(qw.numel() + 1, dtype=torch.uint8)[1:].view(qw.shape)
     shifted.copy_(qw)
-    with pytest.raises(ValueError, match="4-byte boundary"):
+    with pytest.raises(ValueError, match="4-byte boundaries"):
         OP.impls["triton_w4"](x, shifted, s, z, G)
 
 
