@@ -276,7 +276,14 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
     check_inputs(q, k, v, block_table, seq_lens, ks, vs, values=False)
     if k.stride(3) != 1 or v.stride() != k.stride() or q.stride(2) != 1:
         raise ValueError("paged attention needs contiguous head-dim rows and k/v of one layout")
+    if block_table.shape[1] > 1 and block_table.stride(1) != 1 or \
+            seq_lens.shape[0] > 1 and seq_lens.stride(0) != 1:
+        raise ValueError("paged attention reads block_table rows and seq_lens as contiguous "
+                         f"(strides {block_table.stride()} and {seq_lens.stride()})")
     B, Hq, D = q.shape
+    if D & (D - 1):
+        raise NotImplementedError(f"the Triton paged attention loads a head in one power-of-two "
+                                  f"block: D={D} is not a power of two")
     NB, BS, Hkv, _ = k.shape
     out = torch.empty_like(q) if out is None else out
     if out.stride(2) != 1:

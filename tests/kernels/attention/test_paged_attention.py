@@ -463,6 +463,51 @@ def test_bad_kv8_scales():
             impl(*to((q, k.half(), v.half(), ks, vs, bt, sl, scale), dev))
 
 
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("which", ["block_table", "seq_lens"])
+def test_strided_table_or_lengths_are_read_right_or_refused(op_name, which):
+    """A column-major block table, or seq_lens taken every other element of a longer tensor:
+    each impl gives the reference's answer or a ValueError, never a misread table (the Triton
+    kernels index both as contiguous)."""
+    op = OPS[op_name]
+    args = list(case_inputs(op_name, 4, 2, 32, 8, F32, [20, 33, 7]))
+    i = 5 if op_name.endswith("kv8") else 3
+    if which == "block_table":
+        args[i] = args[i].t().contiguous().t()
+        assert args[i].stride(1) != 1
+    else:
+        args[i + 1] = torch.stack([args[i + 1], torch.zeros_like(args[i + 1])], 1)[:, 0]
+        assert args[i + 1].stride(0) == 2
+    ref = op.reference(*args)
+    refused = []
+    for name, impl, dev in impls_here(op_name, F32):
+        try:
+            out = run(impl, tuple(args), dev)
+        except ValueError:
+            refused.append(name)
+            continue
+        assert rel_err(out, ref) <= op.tol(F32), name
+    if HAS_TRITON:
+        assert {n for n in OPS[op_name].impls if n.startswith("triton")} <= set(refused)
+
+
+@pytest.mark.parametrize("D", [48, 80])
+def test_triton_attention_refuses_a_head_dim_not_a_power_of_two(D):
+    """The CLI's shapes hold D to HEAD_DIMS; a direct call with D = 80 gets the reason, not a
+    compiler error."""
+    if not HAS_TRITON:
+        pytest.skip("no Triton")
+    B, Hq, Hkv, BS = 1, 2, 1, 8
+    q = torch.randn(B, Hq, D)
+    k, v = torch.randn(2, BS, Hkv, D), torch.randn(2, BS, Hkv, D)
+    bt = torch.tensor([[0, 1]], dtype=torch.int32)
+    sl = torch.tensor([12], dtype=torch.int32)
+    for name, impl in OPS["paged_attention"].impls.items():
+        if impl.kind == "triton":
+            with pytest.raises(NotImplementedError, match="power of two"):
+                impl(q.to(DEV), k.to(DEV), v.to(DEV), bt.to(DEV), sl.to(DEV), D ** -0.5)
+
+
 # --- GPU --------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
