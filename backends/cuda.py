@@ -63,8 +63,20 @@ def _nvml_handle(nv: Any) -> Any:
 # AMD Infinity Cache (MALL), by gfx arch or catalog id: not in torch's device properties.
 # gfx942 is the MI300 family; the catalog's MI300X and MI325X have 256 MB (backends/chips.json).
 # gfx950 (MI350X, MI355X) has 256 MB behind the same 4 MB-per-XCD L2 that ROCm reports.
+# Radeon (RDNA 2-4) parts of one die differ (a 7900 XTX has 96 MB, a 7900 GRE 64): each arch
+# gets its largest part's, from AMD's product specifications, since a larger flush only costs time.
 _INFINITY_CACHE = {"gfx942": 256 * 1024**2, "gfx950": 256 * 1024**2, "mi300x": 256 * 1024**2,
-                   "mi325x": 256 * 1024**2}
+                   "mi325x": 256 * 1024**2,
+                   "gfx1030": 128 * 1024**2,  # Navi 21: RX 6800-6950 XT, PRO W6800
+                   "gfx1031": 96 * 1024**2,  # Navi 22: RX 6700-6750 XT
+                   "gfx1032": 32 * 1024**2,  # Navi 23: RX 6600-6650 XT
+                   "gfx1034": 16 * 1024**2,  # Navi 24: RX 6500 XT
+                   "gfx1100": 96 * 1024**2,  # Navi 31: RX 7900 XTX, PRO W7900
+                   "gfx1101": 64 * 1024**2,  # Navi 32: RX 7800 XT, 7700 XT (48)
+                   "gfx1102": 32 * 1024**2,  # Navi 33: RX 7600 (XT)
+                   "gfx1151": 32 * 1024**2,  # Strix Halo (Ryzen AI Max)
+                   "gfx1200": 32 * 1024**2,  # Navi 44: RX 9060 XT
+                   "gfx1201": 64 * 1024**2}  # Navi 48: RX 9070 (XT)
 
 _CLOCK_KEYS = ("sm_mhz", "mem_mhz", "sm_max_mhz", "mem_max_mhz", "power_w", "power_limit_w",
                "temp_c")

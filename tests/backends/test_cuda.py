@@ -498,6 +498,16 @@ def test_cache_bytes_covers_the_infinity_cache(monkeypatch, name, arch):
     assert CUDABackend().cache_bytes() >= 256 * 10**6
 
 
+@pytest.mark.parametrize("name, arch, mib", [
+    ("AMD Radeon RX 7900 XTX", "gfx1100", 96), ("AMD Radeon PRO W7900", "gfx1100", 96),
+    ("AMD Radeon RX 9070 XT", "gfx1201", 64), ("AMD Radeon RX 6900 XT", "gfx1030", 128)])
+def test_cache_bytes_covers_a_radeons_infinity_cache(monkeypatch, name, arch, mib):
+    """A Radeon's 6-8 MB L2 sits in front of a 64-128 MB Infinity Cache: a 32 MiB GEMV would
+    stay in it through a flush of twice the L2."""
+    fake_props(monkeypatch, name, 6 * 2**20, arch)
+    assert CUDABackend().cache_bytes() == mib * 2**20
+
+
 def test_cache_bytes_is_the_reported_l2_on_nvidia(monkeypatch):
     fake_props(monkeypatch, "NVIDIA H100 80GB HBM3", 50 * 2**20)
     assert CUDABackend().cache_bytes() == 50 * 2**20
