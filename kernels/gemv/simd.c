@@ -275,7 +275,8 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
       float d = 0.0f;
       for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
         const int64_t c = i & ~(int64_t)7;
-        uint32_t w = (uint32_t)wr[(c / KBW) * KBS + CS * (c % KBW) + (i & 7)];
+        uint32_t w;  /* memcpy: qweight is bytes, and a word of it need not be 4-aligned */
+        memcpy(&w, wr + (c / KBW) * KBS + CS * (c % KBW) + (i & 7), sizeof w);
         const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
         for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
         d += (float)(w >> 28) * xc[56];

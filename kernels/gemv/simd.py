@@ -7,8 +7,9 @@ weights with partial (count < width) vector loads or 2-D transposes and runs 10-
 memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
-as docs/kernels.md's Formats says), so their bytes are exactly the op's byte model; gemv_w4 also takes the same
-bytes reordered into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
+as docs/kernels.md's Formats says), so their bytes are the op's byte model (simd_c_tiled at M > 1
+excepted: it reads the weights once per row of x); gemv_w4 also takes the same bytes reordered
+into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
   an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
@@ -57,11 +58,17 @@ library = CLibrary("dequant_gemv", SOURCE, {
 _scratch = library.scratch_ptr
 
 
-def _check(x: torch.Tensor, *tensors: torch.Tensor) -> None:
+def _check(x: torch.Tensor, *tensors: torch.Tensor, out: torch.Tensor | None = None) -> None:
+    """What the C needs of the tensors whose addresses it gets: the CPU (a device address would
+    be read as host memory), x's dtype, contiguous weights."""
     if x.device.type != "cpu":
         raise NotImplementedError(f"the C SIMD kernels run on the CPU, not {x.device.type}")
     if x.dtype not in _DT:
         raise NotImplementedError(f"the C SIMD kernels take bf16/fp16/fp32 x, not {x.dtype}")
+    for t in (*tensors, *([out] if out is not None else [])):
+        if t.device.type != "cpu":
+            raise ValueError(f"the C SIMD kernels take every tensor on the CPU, not one on "
+                             f"{t.device}")
     for t in tensors:
         if not t.is_contiguous():
             raise ValueError("the C SIMD kernels need contiguous tensors")
@@ -73,14 +80,14 @@ def _output(x: torch.Tensor, M: int, N: int, out: torch.Tensor | None
 
     The C writes y in `out`'s dtype itself (no out: x's dtype); an `out` it cannot write (another
     dtype, strided) gets the fp32 result copied into it."""
+    if out is not None and tuple(out.shape) != (M, N):
+        raise ValueError(f"out must be {M}x{N}, got {tuple(out.shape)}")
     if out is None:
         y = torch.empty(M, N, dtype=x.dtype)
     elif out.dtype in _DT and out.is_contiguous():
         y = out
     else:
         y = torch.empty(M, N)
-    if y.shape != (M, N):
-        raise ValueError(f"out must be {M}x{N}, got {tuple(y.shape)}")
     odt = _DT[y.dtype]
     y32 = y.data_ptr() if odt == 0 else _scratch("y", M * N)
     return y, out if out is not None else y, y32, odt
@@ -92,10 +99,9 @@ def _finish(y: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
 
 def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
             out: torch.Tensor | None = None) -> torch.Tensor:
+    M, N, K = check_w8_args(x, qweight, scales)
     x = x.contiguous()
-    _check(x, qweight, scales)
-    M, K = x.shape
-    N = qweight.shape[0]
+    _check(x, qweight, scales, out=out)
     y, result, y32, odt = _output(x, M, N, out)
     library().gemv_w8(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(), N,
                       y32, _scratch("x", M * ((K + 31) // 32 * 32)), torch.get_num_threads(),
@@ -105,7 +111,7 @@ def gemv_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     x = x.contiguous()
-    _check(x, w)
+    _check(x, w, out=out)
     if w.dtype != x.dtype:
         raise NotImplementedError(f"the C bf16 GEMV takes w in x's dtype ({x.dtype}), not {w.dtype}")
     M, K = x.shape
@@ -166,10 +172,9 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     without AVX2 + F16C)."""
     if unpack not in _UNPACK:
         raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
+    M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
     x = x.contiguous()
-    _check(x, qweight, scales, zeros)
-    M, K = x.shape
-    N = qweight.shape[0]
+    _check(x, qweight, scales, zeros, out=out)
     kw8, ng, nthreads = (K // 8 + 7) // 8 * 8, K // group_size, torch.get_num_threads()
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
@@ -199,7 +204,6 @@ def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
 def simd_c_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written AVX2 C kernel (kernels/gemv/simd.c): int8 widened in registers, OpenMP over rows."""
-    check_w8_args(x, qweight, scales)
     return gemv_w8(x, qweight, scales, out=out)
 
 
@@ -208,7 +212,6 @@ def simd_c_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
               group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written AVX2 C kernel (kernels/gemv/simd.c) reading our layout in place: in-register
     unpack (one AND per 8 nibbles on AMD), zero point hoisted out of the loop."""
-    check_w4_args(x, qweight, scales, zeros, group_size)
     return gemv_w4(x, qweight, scales, zeros, group_size, out=out)
 
 

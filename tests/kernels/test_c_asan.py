@@ -54,3 +54,39 @@ def test_c_kernels_pass_their_tests_under_addresssanitizer(tmp_path):
     for lib in built:  # each library really instrumented
         syms = subprocess.run(["nm", "-D", str(lib)], capture_output=True, text=True).stdout
         assert "__asan" in syms, lib
+
+
+def test_the_scalar_int4_kernel_reads_unaligned_words_without_undefined_behaviour(tmp_path):
+    """Without AVX2 (a build for plain x86-64) the INT4 GEMV reads qweight's 32-bit words in C:
+    qweight is bytes, and a view of it can start at any address; UBSan, made fatal, stops a
+    misaligned int32 load."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the x86-64 scalar build")
+    cc = shutil.which("cc")
+    runtime = cc and subprocess.run([cc, "-print-file-name=libubsan.so"], capture_output=True,
+                                    text=True).stdout.strip()
+    if not runtime or not os.path.isabs(runtime) or not os.path.exists(runtime):
+        pytest.skip("no C compiler with an UndefinedBehaviorSanitizer runtime here")
+    wrapper = tmp_path / "ubsan-cc"
+    wrapper.write_text("#!/bin/sh\nexec cc -fsanitize=undefined -fno-sanitize-recover=all "
+                       "\"$@\"\n")
+    wrapper.chmod(0o755)
+    code = """
+import torch
+from kernels import OPS, rel_err
+from kernels.gemv import GemvW4Shape, simd
+assert simd.tile_bits() == 0  # the scalar path
+op = OPS["gemv_w4"]
+x, q, s, z, g = op.make_inputs(GemvW4Shape(1, 8, 128, 32), torch.float32, "cpu", 0)
+odd = torch.empty(q.numel() + 1, dtype=torch.uint8)[1:].view(q.shape)
+odd.copy_(q)
+assert odd.data_ptr() % 4
+print(rel_err(simd.gemv_w4(x, odd, s, z, g), op.reference(x, q, s, z, g)))
+"""
+    env = {**os.environ, "CC": str(wrapper), "DECODEWALL_CACHE": str(tmp_path / "cache"),
+           "DECODEWALL_MARCH": "x86-64", "LD_PRELOAD": runtime, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=600)
+    assert r.returncode == 0 and "runtime error" not in r.stderr, r.stderr[-3000:]
+    assert float(r.stdout.split()[-1]) < 1e-4
