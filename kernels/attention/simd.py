@@ -48,6 +48,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
         raise NotImplementedError(f"the C attention kernel takes D % 32 == 0, D <= 256 and block "
                                   f"size <= 64, not D={D}, BS={BS}")
     tensors = [q, k, v, block_table, seq_lens] + ([k_scale, v_scale] if k_scale is not None else [])
+    if any(t.device.type != "cpu" for t in tensors):  # the C would read a device address
+        raise ValueError("the C attention kernel takes every tensor on the CPU")
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the C attention kernel needs contiguous tensors")
     lib = library()

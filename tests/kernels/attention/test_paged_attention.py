@@ -491,6 +491,15 @@ def test_strided_table_or_lengths_are_read_right_or_refused(op_name, which):
         assert {n for n in OPS[op_name].impls if n.startswith("triton")} <= set(refused)
 
 
+def test_the_c_kernel_refuses_a_cache_on_another_device():
+    """q on the CPU and the KV cache elsewhere: the C would read the cache's device address as
+    host memory."""
+    q, k, v, bt, sl, scale = case_inputs("paged_attention", 4, 2, 32, 8, F32, [9])
+    impl = OPS["paged_attention"].impls["simd_c"]
+    with pytest.raises(ValueError, match="on the CPU"):
+        impl(q, k.to("meta"), v.to("meta"), bt, sl, scale)
+
+
 @pytest.mark.parametrize("D", [48, 80])
 def test_triton_attention_refuses_a_head_dim_not_a_power_of_two(D):
     """The CLI's shapes hold D to HEAD_DIMS; a direct call with D = 80 gets the reason, not a
