@@ -72,6 +72,20 @@ ISA_MACROS = {"__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__"
               "__AVX512BF16__": "avx512_bf16"}
 
 
+# Instruction families a compiler emits in ordinary code (vector loops, conversions, builtins): a
+# target that turns on one that the compiler's -march=native does not is above this CPU, whatever
+# ISA_MACROS lists (a sapphirerapids build loads every fp16 with AVX512-FP16's vmovw). System
+# instructions (SGX, PCONFIG, ...) are left out: only intrinsics emit them.
+CODEGEN_MACRO = re.compile(r"__(AVX|AMX|FMA|F16C|BMI|LZCNT|POPCNT|MOVBE|SSE|SSSE|GFNI|VAES|"
+                           r"VPCLMULQDQ|APX|EVEX|ADX|SHA)\w*__")
+
+
+def _codegen_features(macros: str) -> set[str]:
+    """The CODEGEN_MACRO macros that `macros` (a -E -dM listing) defines to 1."""
+    return {m for m in re.findall(r"^#define (__\w+__) 1$", macros, re.M)
+            if CODEGEN_MACRO.fullmatch(m)}
+
+
 @functools.lru_cache(maxsize=None)
 def _target(cc: tuple[str, ...], march: str) -> str:
     """The compiler's predefined macros for `march` (its version, `__VERSION__`, and the
@@ -159,10 +173,15 @@ class CLibrary:
         have = _cpu_flags(cpu) if "-march=native" not in fl else set()  # native: this CPU
         lacks = [m for m, flag in ISA_MACROS.items()
                  if have and f"#define {m} 1" in target and flag not in have]
-        if lacks:  # a -march above this CPU (DECODEWALL_MARCH): its code would die of SIGILL
+        names = [ISA_MACROS[m] for m in lacks]
+        native = _target(tuple(cc), "-march=native") if "-march=native" not in fl else ""
+        if native:  # what the target turns on beyond what the compiler finds on this CPU
+            names += [m.strip("_").lower() for m in
+                      sorted(_codegen_features(target) - _codegen_features(native) - set(lacks))]
+        if names:  # a -march above this CPU (DECODEWALL_MARCH): its code would die of SIGILL
             raise NotImplementedError(
                 f"the {self.name} kernels built with {self._march_flag(fl)} use "
-                f"{', '.join(ISA_MACROS[m] for m in lacks)}, which this CPU lacks")
+                f"{', '.join(names)}, which this CPU lacks")
         # the key: what is compiled, how, by which compiler (its version and the instruction
         # sets the target turns on, from its predefined macros) and for which CPU (its identity
         # lines; cpu MHz, which moves on a machine that scales its clock, stays out)

@@ -157,6 +157,26 @@ def test_a_march_above_this_cpu_is_a_skip_naming_what_it_lacks(src, monkeypatch)
         lib(src)()
 
 
+def test_a_target_turning_on_what_native_does_not_is_refused(src, monkeypatch):
+    """ISA_MACROS lists the common sets; a target can turn on others this CPU lacks
+    (-march=sapphirerapids: AVX512-FP16, whose vmovw loads every fp16, and AMX), which its
+    -march=native does not: refused by name. System instructions (SGX) the compiler never emits
+    unasked, and arch names and tuning macros, are not features."""
+    real = cbuild._target
+    extra = "#define __AVX512FP16__ 1\n#define __AMX_TILE__ 1\n#define __SGX__ 1\n" \
+            "#define __sapphirerapids__ 1\n#define __tune_sapphirerapids__ 1"
+    monkeypatch.setattr(cbuild, "_target", lambda cc, march: real(cc, "-march=native") +
+                        ("\n" + extra if march == "-march=fake-above" else ""))
+    monkeypatch.setenv("DECODEWALL_MARCH", "fake-above")
+    with pytest.raises(NotImplementedError) as e:
+        lib(src)()
+    msg = str(e.value)
+    assert "amx_tile, avx512fp16, which this CPU lacks" in msg and "sgx" not in msg
+    assert "tune" not in msg and "sapphirerapids" not in msg
+    monkeypatch.delenv("DECODEWALL_MARCH")
+    assert lib(src)().value() == 1  # native: never compared with itself
+
+
 def test_the_gemv_kernels_build_and_load_without_openmp(tmp_path, monkeypatch):
     """The fallback build without -fopenmp must give a library that loads where no OpenMP
     runtime is (a process without torch's libgomp): the source must not need omp.h or its
