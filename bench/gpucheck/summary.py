@@ -116,12 +116,13 @@ def _gemv_goal(rs: list[dict[str, Any]], op: str, label: str, target: float,
                 k = _gemv_key(r)
                 mine[k] = min(mine.get(k, r["time_s"]["median"]), r["time_s"]["median"])
         compared: dict[str, str] = {}  # peer -> the shapes where it was ahead of ours
-        not_run: dict[str, str] = {}
+        not_run: dict[str, dict[str, str]] = {}  # peer -> shape -> why it gave no time there
         for r in at:
             if not r.get("baseline"):
                 continue
             if r["status"] != "ok":
-                not_run.setdefault(r["impl"], f"{r['status']}: {(r.get('error') or '')[:80]}")
+                not_run.setdefault(r["impl"], {}).setdefault(
+                    shapes[_gemv_key(r)], f"{r['status']}: {(r.get('error') or '')[:80]}")
                 continue
             k = _gemv_key(r)
             if k in mine:
@@ -131,7 +132,12 @@ def _gemv_goal(rs: list[dict[str, Any]], op: str, label: str, target: float,
         behind = {p: s.strip() for p, s in compared.items() if s}
         g["peers_compared"] = sorted(compared)
         g["behind"] = behind
-        g["peers_not_run"] = {p: w for p, w in not_run.items() if p not in compared}
+        # a peer with no time anywhere: why (its first shape's); one compared at some shapes but
+        # not at others: where and why, so that "ahead of every peer" does not hide those
+        g["peers_not_run"] = {
+            p: (next(iter(w.values())) if p not in compared else
+                "; ".join(f"at {shape}: {why}" for shape, why in w.items()))
+            for p, w in not_run.items()}
         met = met and not behind
     if not met:
         g["met"] = False

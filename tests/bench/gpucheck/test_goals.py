@@ -138,6 +138,16 @@ def test_a_peer_that_did_not_run_is_named():
     assert "not compared: gemlite_w4 (skipped: gemlite is not installed)" in goal_line(g)
 
 
+def test_a_peer_that_ran_at_one_shape_and_failed_at_the_other_is_named_with_the_shape():
+    rs = [r for r in good_run() if not (r["impl"] == "gemlite_w4" and r["shape"]["N"] == 8192)]
+    rs += [gemv("gemv_w4", "gemlite_w4", BIG[1], None, status="error", baseline=True,
+                error="CUDA error: an illegal memory access")]
+    g = goals(rs)[0]
+    assert g["peers_compared"] == ["gemlite_w4", "torch_int4pack_mm"]
+    assert "not compared: gemlite_w4 (at down 8192x28672: error: CUDA error: an illegal " \
+        "memory access)" in goal_line(g)
+
+
 def test_nothing_measured_says_so():
     gs = goals([])
     assert len(gs) == 7 and all(g["met"] is None and "value" not in g for g in gs)
