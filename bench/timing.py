@@ -5,8 +5,9 @@ at most `target_rel` (0.5%). A noisy CPU rarely gets there, so we also stop once
 is pinned down to `target_rel` (its standard error), or at the sample/time cap. Every result says
 which rule stopped it, how many samples it took and how spread they were. Where the backend has a
 sampler of device counters (NVML on CUDA), it runs over the sampling phase, warm-up excluded,
-and the sampling goes on (at most to the time cap) until that window is long enough for the
-counters to describe it: NVML's utilization is an average over its own sample period.
+and (but under `quick`) the sampling goes on, at most to the time cap, until that window is long
+enough for the counters to describe it: NVML's utilization is an average over its own sample
+period. Its stop then reads `nvml_window`.
 """
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ class Budget:
     max_time_s: float = 2.0
     target_rel: float = 0.005
     batch: int = 10  # samples per timing batch (one device sync per batch on CUDA)
+    # sample on, past the rules, until the sampler's window can describe the timing (NVML's
+    # utilization); quick leaves it off, since that would stretch every window to its cap
+    util_window: bool = True
 
 
 BUDGETS = {
-    "quick": Budget(warmup_s=0.02, min_samples=10, max_samples=200, min_time_s=0.02, max_time_s=0.3),
+    "quick": Budget(warmup_s=0.02, min_samples=10, max_samples=200, min_time_s=0.02, max_time_s=0.3,
+                    util_window=False),
     "normal": Budget(),
     "thorough": Budget(warmup_s=0.5, min_samples=30, max_samples=10000, min_time_s=1.0,
                        max_time_s=10.0),
@@ -121,14 +126,20 @@ def measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: B
     want = 0.0  # the window the sampler needs: sampling goes on to it, past a rule's stop
     if sampler is not None:
         sampler.start()
-        want = sampler.min_window_s(budget.max_time_s)
+        if budget.util_window:
+            want = sampler.min_window_s(budget.max_time_s)
     try:
         t0 = time.perf_counter()
+        held = False  # a rule was met while the window was still too short
         while True:
             samples.extend(backend.time_calls(call, idxs(budget.batch), flush))
             elapsed = time.perf_counter() - t0
             stop = stop_rule(samples, elapsed, budget)
-            if stop and (stop == "max_time" or elapsed >= want):
+            if stop and stop != "max_time" and elapsed < want:
+                held = True
+                continue
+            if stop:
+                stop = "nvml_window" if held and stop != "max_time" else stop
                 break
     finally:  # the sampler's thread ends whether the timing ended or raised
         sampled = sampler.stop(len(samples), sum(samples)) if sampler is not None else {}

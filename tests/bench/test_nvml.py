@@ -1,5 +1,6 @@
 """NVML figures and the flush mode from the timing window to the record, the table and the CLI,
 on the CPU with a fake NVML (tests/backends/test_cuda.py holds the sampler's own tests)."""
+import dataclasses
 import threading
 
 import pytest
@@ -84,6 +85,7 @@ def test_sampling_goes_on_until_the_window_the_sampler_needs(need):
     st = measure(b, lambda i: None, 1, BUDGET)
     if need:
         assert st.sampled["nvml_window_s"] >= need and st.n > BUDGET.max_samples
+        assert st.stop == "nvml_window"
     else:
         assert st.n == BUDGET.min_samples and st.stop == "stdrel"
     capped = measure(b, lambda i: None, 1, Budget(warmup_s=0.0, min_samples=5, max_samples=20,
@@ -92,6 +94,19 @@ def test_sampling_goes_on_until_the_window_the_sampler_needs(need):
         assert 0.05 <= capped.sampled["nvml_window_s"] < need
     else:
         assert capped.stop == "stdrel"
+
+
+def test_the_quick_budget_does_not_wait_for_the_window():
+    """quick keeps its short windows (the device check's suite times dozens of cases in a fixed
+    box): its stop rules end the timing whatever the sampler would need."""
+    class Needs(Timed):
+        def sampler(self):
+            s = super().sampler()
+            s.min_window_s = lambda cap: cap
+            return s
+    quick = dataclasses.replace(BUDGETS["quick"], warmup_s=0.0)
+    st = measure(Needs(fake_nvml()), lambda i: None, 1, quick)
+    assert st.stop != "nvml_window" and st.sampled["nvml_window_s"] < quick.max_time_s / 2
 
 
 def test_no_sampler_no_figures():
