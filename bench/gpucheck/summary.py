@@ -271,12 +271,12 @@ def warm_line(w: dict[str, Any], dry: bool = False) -> str:
     status = "warn" if w["failed"] or w["stopped"] else "ok"
     n = w["processes"]
     text = (f"  {'(warm)':7s} {status:8s} {w['seconds']:5.0f} s  beside pytest and configs, "
-            f"{n} process{'es' if n != 1 else ''}: {w['done']} (case, Triton impl) pair"
+            f"{n} process{'es' if n != 1 else ''}: {w['done']} (case, impl) pair"
             f"{'s' if w['done'] != 1 else ''} "
             + ("run under the interpreter (a dry run compiles nothing)" if dry else
                f"compiled ahead ({w['configs']} configs)"))
     if w["skipped"]:
-        text += f", {w['skipped']} skipped (the impl does not take the case)"
+        text += f", {w['skipped']} skipped (the impl does not take the case, or is not installed)"
     if w["stopped"]:
         text += f"; {w['stopped']} stopped while still at work when configs ended"
     if w["failed"]:
