@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from backends import Backend
-from kernels import OPS, Impl, dtype_name, rel_err
+from kernels import OPS, Impl, dtype_name, parse_dtype, rel_err
 
 from .case import make_inputs
 from .timing import BUDGETS, Budget, measure
@@ -196,17 +196,25 @@ class RoofTracker:
 
     def saw(self, rec: dict) -> None:
         """A cold case timed above its reading says the reading is low (the machine's bandwidth
-        rose since it was taken): the next case gets a fresh one, whatever the reading's age.
-        The case itself keeps the reading it was judged against (its roof_gbps)."""
-        pct = rec.get("pct_roof")
-        if rec.get("status") == "ok" and rec.get("cold") is True and \
-                isinstance(pct, (int, float)) and pct > 100:
+        rose since it was taken), and one above the matmul rate that the rate was: the next case
+        gets fresh ones, whatever the readings' age. The case itself keeps the readings it was
+        judged against (its roof_gbps, ridge)."""
+        pct, pct_c = rec.get("pct_roof"), rec.get("pct_compute")
+        if rec.get("status") == "ok" and rec.get("cold") is True and any(
+                isinstance(p, (int, float)) and p > 100 for p in (pct, pct_c)):
             self._at = float("-inf")
 
     def current(self) -> Roof:
-        """The roof to judge the next case against, re-measured first when due."""
+        """The roof to judge the next case against, re-measured first when due: the bandwidth
+        and the matmul rates measured so far (a rate read while the machine was busy would
+        otherwise stand for the whole run and call memory-bound cases compute-bound)."""
         if self.due():
-            self.roof = remeasure_bandwidth(self.backend, self.roof, self.budget)
+            roof = remeasure_bandwidth(self.backend, self.roof, self.budget)
+            rates = {name: round(matmul_tflops(self.backend, parse_dtype(name), self.budget), 3)
+                     for name in roof.matmul_tflops}
+            if rates:
+                self.backend.release()  # the matmul's operands, as after the first reading
+            self.roof = replace(roof, matmul_tflops=rates, compute_dtype=dict(roof.compute_dtype))
             self.readings.append(self.roof.gbps)
             self._at = self.clock()
         return self.roof
@@ -260,6 +268,12 @@ class Verdict:
 IN_CACHE = "in cache: not judged against the DRAM roof"
 COMPUTE_BELOW = "compute-bound: below the compute roof"
 ABOVE_ROOF_MAX = 0.25  # past 125% of the measured roof a case is suspect however noisy the probes
+# Past the measured matmul rate by this much a case's FLOP rate is suspect: no GEMV outruns the
+# matmul on the chip it shares, so the rate was read low (a busy machine as it was probed) or a
+# sync is missing. The matmul probe's spread is not kept, so the margin is the widest one.
+ABOVE_COMPUTE_MARGIN = ABOVE_ROOF_MAX
+ABOVE_COMPUTE = ("above the compute roof: harness suspect (the matmul rate read low, or a missing "
+                 "sync)")
 
 
 def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dtype,
@@ -279,6 +293,8 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
         v = IN_CACHE
     elif pct_roof is not None and pct_roof > 100 * (1 + noise):
         v = "above the roof: harness suspect (cache not defeated or missing sync)"
+    elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN):
+        v = ABOVE_COMPUTE
     elif ai is not None and ridge is not None and ai >= ridge:
         # the compute roof is the one that applies; at a few % of it the kernel is what binds
         v = "compute-bound" if pct_compute is not None and pct_compute >= 100 * AT_WALL \

@@ -71,8 +71,50 @@ def test_the_probes_give_their_device_memory_back(monkeypatch):
     rl.measure_roof(b)
     assert b.log == ["copy", "read", "release", "mm", "release"]
     b.log.clear()
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: b.log.append("mm") or 1.0)
     rl.RoofTracker(b, ROOF, rl.BUDGETS["quick"], every_s=0.0).current()  # a refresh mid-run
-    assert b.log == ["copy", "read", "release"]
+    assert b.log == ["copy", "read", "release", "mm", "release"]
+
+
+def test_a_flop_rate_past_the_matmul_rate_is_suspect_not_compute_bound():
+    """A matmul rate read while the machine was busy (23 GFLOP/s where 229 is the chip's) puts the
+    ridge under a GEMV's 1 FLOP/B: the GEMV then runs "at" 270% of the compute roof. Past 125%
+    that is the harness's doubt, not a compute-bound kernel."""
+    low = dataclasses.replace(ROOF, matmul_tflops={"float32": 0.023})
+    gemv = lambda gflops: judge(round(gflops * 1e9), round(gflops * 1e9), 1.0, low,
+                                torch.float32, 20e-6)
+    v = gemv(62.0)  # 62 GB/s, 62 GFLOP/s: 248% of the bandwidth roof too
+    assert v.verdict.startswith("above the roof")  # the bandwidth verdict comes first
+    low = dataclasses.replace(ROOF, read_gbps=100.0, matmul_tflops={"float32": 0.023})
+    v = judge(62_000_000_000, 62_000_000_000, 1.0, low, torch.float32, 20e-6)
+    assert v.pct_compute > 250 and v.verdict.startswith("above the compute roof: harness suspect")
+    ok = judge(62_000_000_000, 62_000_000_000, 1.0,
+               dataclasses.replace(low, matmul_tflops={"float32": 0.060}), torch.float32, 20e-6)
+    assert ok.verdict == "compute-bound"  # 103%: within the margin, at the compute roof
+    within = judge(62_000_000_000, 62_000_000_000, 1.0,
+                   dataclasses.replace(low, matmul_tflops={"float32": 0.0497}), torch.float32, 20e-6)
+    assert within.pct_compute > 124 and within.verdict == "compute-bound"
+
+
+def test_a_refresh_measures_the_matmul_rates_again(monkeypatch):
+    """Between cases the roof is re-read whole: a matmul rate read low at the start does not
+    stand for the run. The earlier roof (records already judged against it) is left as it was."""
+    import bench.roofline as rl
+    b = Releasing()
+    monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: b.log.append(op) or
+                        (25.0, 0.01, "p"))
+    monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 20)
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget:
+                        b.log.append(str(dt)) or 0.229)
+    first = dataclasses.replace(ROOF, matmul_tflops={"float32": 0.023},
+                                compute_dtype={"bfloat16": "float32"})
+    t = rl.RoofTracker(b, first, rl.BUDGETS["normal"], every_s=60, clock=lambda: 0.0)
+    t.saw({"status": "ok", "cold": True, "pct_roof": 64.0, "pct_compute": 270.0})
+    assert t.due()
+    now = t.current()
+    assert now.matmul_tflops == {"float32": 0.229} and now.compute_dtype == {"bfloat16": "float32"}
+    assert first.matmul_tflops == {"float32": 0.023}
+    assert b.log == ["copy", "read", "release", "torch.float32", "release"]
 
 
 def test_drift_is_noted_just_past_its_threshold_either_way():
