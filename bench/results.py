@@ -387,3 +387,10 @@ def in_cache(r: dict[str, Any]) -> bool:
     efficiency, so it is kept out of projections and rooflines."""
     from .roofline import IN_CACHE
     return (bool(r.get("warm")) and not r.get("cold")) or r.get("verdict") == IN_CACHE
+
+
+def suspect(r: dict[str, Any]) -> bool:
+    """A record the run judged "harness suspect": above the bandwidth roof or the compute roof by
+    more than the margin (a cache not defeated, a probe read low, a missing sync). Its time is
+    not a kernel's to sum or compare with a goal."""
+    return str(r.get("verdict") or "").startswith(("above the roof", "above the compute roof"))

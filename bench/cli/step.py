@@ -155,15 +155,17 @@ def check_step_runnable(cases: list, backend: str, impl_filter: tuple[str, ...] 
 def step_summary(step: Step, records: list[dict[str, Any]], roof_gbps: float) -> dict[str, Any]:
     """Best ok impl per kernel, times calls per step, against the timed kernels' bytes/step over
     the measured roof. A kernel without an ok timing is `not run` (no record for its case: the
-    run was interrupted first) or `none ok` (each impl that ran failed, errored or was skipped)."""
+    run was interrupted first) or `none ok` (each impl that ran failed, errored or was skipped,
+    or was timed above the roof or the compute roof: harness suspect, no time to sum)."""
     from kernels import OPS
+    from ..results import suspect
     rows, total, missing, not_run, none_ok = [], 0.0, [], [], []
     for k in step.kernels:
         opname = kernel_op(k, step)
         shape = dataclasses.asdict(_shape_for(OPS[opname], k.dims, k.name))
         mine = [r for r in records if r["op"] == opname and r["shape"] == shape
                 and not r.get("warm")]
-        ok = [r for r in mine if r["status"] == "ok" and r.get("time_s")]
+        ok = [r for r in mine if r["status"] == "ok" and r.get("time_s") and not suspect(r)]
         best = min(ok, key=lambda r: r["time_s"]["median"]) if ok else None
         t = best["time_s"]["median"] if best else None
         if t is not None:

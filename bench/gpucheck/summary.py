@@ -64,11 +64,10 @@ def _gemv_key(r: dict[str, Any]) -> tuple[int | None, int | None]:
 
 def counts(r: dict[str, Any]) -> bool:
     """A record a goal may read: it passed its check and was timed, and the harness does not
-    doubt its number (above the roof: a cache not defeated or a missing sync; in cache: not a
-    DRAM reading)."""
-    from ..results import in_cache
-    return (r.get("status") == "ok" and not in_cache(r)
-            and not str(r.get("verdict") or "").startswith("above the roof"))
+    doubt its number (above the roof or the compute roof: a cache not defeated, a probe read
+    low or a missing sync; in cache: not a DRAM reading)."""
+    from ..results import in_cache, suspect
+    return r.get("status") == "ok" and not in_cache(r) and not suspect(r)
 
 
 def _pick(records: list[dict[str, Any]], metric: str) -> tuple[str, dict, dict] | None:

@@ -42,7 +42,7 @@ from typing import Any, Iterable
 
 from backends import Chip
 
-from ..results import in_cache
+from ..results import in_cache, suspect
 from .workload import INT4_GROUP, Kernel, ModelConfig, Resident, Step
 
 PROBES = ("copy", "read")
@@ -377,9 +377,11 @@ def project(step: Step, chip: Chip, efficiency: float = 1.0,
 
 def efficiency_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records an efficiency can come from: ok, a % of the datasheet or the roof, not a
-    probe, not a case the cache held (a size sweep's in-cache % is not a DRAM efficiency)."""
+    probe, not a case the cache held (a size sweep's in-cache % is not a DRAM efficiency), not
+    one the run judged harness suspect (above the roof or the compute roof)."""
     return [r for r in records
             if r.get("status") == "ok" and r.get("op") not in PROBES and not in_cache(r)
+            and not suspect(r)
             and (r.get("pct_datasheet") is not None or r.get("pct_roof") is not None)]
 
 

@@ -72,8 +72,11 @@ def roof_flag(r: dict[str, Any]) -> str | None:
     above the DRAM roof and are not flagged."""
     if in_cache(r):
         return None
-    if str(r.get("verdict") or "").startswith("above the roof"):
+    v = str(r.get("verdict") or "")
+    if v.startswith("above the roof"):
         return "above the roof: harness suspect"
+    if v.startswith("above the compute roof"):
+        return "above the compute roof: harness suspect"
     if (r.get("pct_roof") or 0) > 100:
         return "above the roof"
     if (r.get("pct_compute") or 0) > 100:

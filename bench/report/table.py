@@ -88,7 +88,7 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
                     style=style)
     v = rec.get("verdict") or ""
     style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
-    if v.startswith("above the roof"):
+    if v.startswith(("above the roof", "above the compute roof")):
         style = "bold magenta"
     return Text(v, style=style)
 

@@ -148,6 +148,15 @@ def test_a_peer_that_ran_at_one_shape_and_failed_at_the_other_is_named_with_the_
         "memory access)" in goal_line(g)
 
 
+def test_a_time_the_run_judged_harness_suspect_meets_no_goal():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "triton_w4" and r["shape"]["M"] == 1:
+            r["verdict"] = "above the compute roof: harness suspect (the matmul rate read low)"
+    g = goals(rs)[0]
+    assert g["met"] is None and g["measured"] == 0
+
+
 def test_nothing_measured_says_so():
     gs = goals([])
     assert len(gs) == 7 and all(g["met"] is None and "value" not in g for g in gs)

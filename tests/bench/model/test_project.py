@@ -141,6 +141,19 @@ def test_efficiency_leaves_out_in_cache_records():
     assert eff == pytest.approx(0.70) and "2 case(s)" in why
 
 
+def test_efficiency_leaves_out_records_the_run_judged_harness_suspect():
+    """A case timed past the roof or the compute roof is the harness's doubt, not a kernel's
+    efficiency: it would lift the median."""
+    above = {**rec("gemv_bf16", {"M": 1, "N": 8, "K": 8}, "a", 140),
+             "verdict": "above the roof: harness suspect (cache not defeated or missing sync)"}
+    flops = {**rec("gemv_bf16", {"M": 2, "N": 8, "K": 8}, "a", 64),
+             "verdict": "above the compute roof: harness suspect (the matmul rate read low, or "
+                        "a missing sync)"}
+    eff, why = efficiency_from_results([above, flops, rec("gemv_bf16", {"M": 4, "N": 8, "K": 8},
+                                                          "a", 70)])
+    assert eff == pytest.approx(0.70) and "1 case(s)" in why
+
+
 def test_project_cli_json_and_from(tmp_path, capsys):
     assert main(["project", "--model", "llama-3-70b", "--chip", "h100-sxm", "--chip", "groq-lpu",
                  "--json", "--efficiency", "0.5"]) == 0
@@ -235,6 +248,14 @@ def test_model_cases_and_step_sum(tmp_path):
     s4 = step_summary(args.model_step, failed + records[2:], roof_gbps=10.0)  # qkv ran, none ok
     assert s4["missing"] == s4["none_ok"] == ["qkv"] and s4["not_run"] == []
     assert s4["kernels"][0]["status"] == "none ok"
+    # a faster time the run judged harness suspect is no kernel's: the next best is summed, and
+    # a kernel with only such times has none
+    odd = [{**r, "impl": "odd", "time_s": {"median": 1e-7},
+            "verdict": "above the compute roof: harness suspect (x)"} for r in records]
+    s5 = step_summary(args.model_step, records + odd, roof_gbps=10.0)
+    assert s5["measured_step_s"] == pytest.approx(s["measured_step_s"])
+    s6 = step_summary(args.model_step, odd[:1] + records[2:], roof_gbps=10.0)
+    assert s6["none_ok"] == ["qkv"]
     hot = [{**r, "impl": "hot", "warm": True, "time_s": {"median": 1e-6}} for r in records]
     s3 = step_summary(args.model_step, records + hot, roof_gbps=10.0)  # warm timings never count
     assert s3["measured_step_s"] == pytest.approx(s["measured_step_s"])

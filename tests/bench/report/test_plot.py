@@ -641,6 +641,9 @@ def test_a_number_at_its_roof_is_not_above_it_and_the_bar_colours_follow_the_wal
     assert roof_flag({"pct_roof": 100.0}) is None
     assert roof_flag({"pct_roof": 100.5}) == "above the roof"
     assert roof_flag({"pct_compute": 100.0}) is None
+    assert roof_flag({"pct_compute": 270.0, "verdict": "above the compute roof: harness suspect "
+                      "(the matmul rate read low, or a missing sync)"}) == \
+        "above the compute roof: harness suspect"
     styles = {p: str(pct_bar(p).style) for p in (79.9, 80.0, 100.0, 100.5)}  # the bar's
     assert styles == {79.9: "yellow", 80.0: "green", 100.0: "green", 100.5: "magenta"}
 
