@@ -439,12 +439,30 @@ def command(args) -> int:
         print(f"results: {writer.path}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
+    busy = contention_note(records)
+    if busy:
+        print(f"decodewall: note: {busy}", file=sys.stderr)
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
     if failed:
         print(f"decodewall: {len(failed)} impl(s) failed the check, errored, crashed or timed out",
               file=sys.stderr)
     return EXIT_FAILED if failed and args.strict else 0
+
+
+def contention_note(records: list[dict[str, Any]]) -> str | None:
+    """A line when timed cases shared the CPU (backends.cpu.ContentionSampler): their times
+    include waiting for it, however tight their spread."""
+    from backends.cpu import CONTENDED_PCT, contended
+    timed = [r for r in records if r.get("status") == "ok" and r.get("time_s")]
+    busy = [r for r in timed if contended(r)]
+    if not busy:
+        return None
+    worst = max(max(r.get(k) or 0.0 for k in ("cpu_pressure_pct", "cpu_steal_pct")) for r in busy)
+    return (f"{len(busy)} of {len(timed)} timed case(s) ran while other tasks waited for the CPU, "
+            f"or the hypervisor took it, more than {CONTENDED_PCT:.0f}% of their timing (up to "
+            f"{worst:.0f}%: cpu_pressure_pct, cpu_steal_pct in the records): their times include "
+            f"that wait, a tight spread too; rerun on a quiet machine")
 
 
 def _kept(writer: Any, records: list[dict[str, Any]]) -> str:

@@ -1,0 +1,100 @@
+"""Whether a CPU timing window had the CPU to itself: PSI's wait share and the hypervisor's steal
+share over the window, recorded with each case, and one line after a run whose cases shared it.
+Fake /proc files and a fake clock; and once for real, against a busy process."""
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from backends.cpu import CONTENTION_KEYS, ContentionSampler, _psi_some_us, contended
+from bench.case import Case
+from bench.cli.run import contention_note
+from kernels.gemv import GemvShape
+
+
+def psi(total_us: int) -> str:
+    return (f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+
+def stat(steal: int, idle: int) -> str:
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    return f"cpu  1000 0 100 {idle} 0 0 0 {steal} 0 0\ncpu0 1 2 3\n"
+
+
+def window(tmp_path, before, after, seconds=2.0):
+    """A sampler over fake /proc files whose contents move from `before` to `after` (psi, stat)
+    while the fake clock moves `seconds`."""
+    p, s = tmp_path / "psi", tmp_path / "stat"
+    times = iter([10.0, 10.0 + seconds])
+    sm = ContentionSampler(clock=lambda: next(times), psi=str(p), stat=str(s))
+    p.write_text(psi(before[0]))
+    s.write_text(stat(*before[1]))
+    sm.start()
+    p.write_text(psi(after[0]))
+    s.write_text(stat(*after[1]))
+    return sm.stop(10, 0.5)
+
+
+def test_the_wait_and_steal_shares_of_the_window(tmp_path):
+    out = window(tmp_path, (1_000_000, (50, 8000)), (1_900_000, (150, 8700)))
+    assert out["cpu_pressure_pct"] == pytest.approx(45.0)  # 0.9 s of 2 s
+    assert out["cpu_steal_pct"] == pytest.approx(100 * 100 / 800)  # 100 of 800 jiffies
+    assert contended(out)
+    quiet = window(tmp_path, (1_000_000, (50, 8000)), (1_010_000, (50, 8800)))
+    assert quiet == {"cpu_pressure_pct": 0.5, "cpu_steal_pct": 0.0} and not contended(quiet)
+
+
+def test_without_psi_or_stat_the_figures_are_null(tmp_path):
+    sm = ContentionSampler(psi=str(tmp_path / "none"), stat=str(tmp_path / "none2"))
+    sm.start()
+    assert sm.stop(1, 0.1) == dict.fromkeys(CONTENTION_KEYS) and sm.min_window_s(2.0) == 0.0
+    (tmp_path / "junk").write_text("nonsense\n")
+    sm = ContentionSampler(psi=str(tmp_path / "junk"), stat=str(tmp_path / "junk"))
+    sm.start()
+    assert sm.stop(1, 0.1) == dict.fromkeys(CONTENTION_KEYS)
+
+
+def test_a_run_says_how_many_cases_shared_the_cpu():
+    ok = {"status": "ok", "time_s": {"median": 1e-3}}
+    recs = [{**ok, "cpu_pressure_pct": 45.0, "cpu_steal_pct": 0.0},
+            {**ok, "cpu_pressure_pct": 0.4, "cpu_steal_pct": 12.5},
+            {**ok, "cpu_pressure_pct": 0.4, "cpu_steal_pct": 0.0},
+            {**ok, "cpu_pressure_pct": None, "cpu_steal_pct": None},
+            {"status": "failed-check", "time_s": None, "cpu_pressure_pct": 90.0}]
+    line = contention_note(recs)
+    assert line.startswith("2 of 4 timed case(s) ran while other tasks waited for the CPU")
+    assert "up to 45%" in line and "rerun on a quiet machine" in line
+    assert contention_note(recs[2:4]) is None and contention_note([]) is None
+
+
+def test_a_cpu_record_carries_the_figures(tmp_path):
+    from tests.bench.test_nvml import make_runner
+    r = make_runner(tmp_path)
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32))
+    assert rec["status"] == "ok" and set(CONTENTION_KEYS) <= set(rec)
+
+
+@pytest.mark.skipif(_psi_some_us() is None, reason="no PSI on this kernel")
+def test_busy_processes_beside_the_window_show(tmp_path):
+    """A busy process on every CPU beside a window that spins itself: runnable tasks wait for a
+    CPU most of the time, far past the threshold. (How far is this machine's: only the direction
+    is held.)"""
+    import os
+    n = os.cpu_count() or 1
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.3)
+        sm = ContentionSampler()
+        sm.start()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            pass
+        out = sm.stop(1, 1.0)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert out["cpu_pressure_pct"] is not None and out["cpu_pressure_pct"] > 10.0
