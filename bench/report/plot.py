@@ -841,9 +841,10 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
         if rf["roof_tflops"]:
             y = np.minimum(y, rf["roof_tflops"])
         spread = ""
-        if rf["runs"] > 1 and rf["roof_range"][0] != rf["roof_range"][1]:
-            spread = (f"\n(best of {rf['runs']} runs: {rf['roof_range'][0]:.1f}-"
-                      f"{rf['roof_range'][1]:.1f} GB/s)")
+        if rf["roof_range"][0] != rf["roof_range"][1]:  # re-read within a run, or several runs
+            where = f"{rf['runs']} runs" if rf["runs"] > 1 else "readings in the run"
+            spread = (f"\n(best of {where}: {rf['roof_range'][0]:.1f}-"
+                      f"{rf['roof_range'][1]:.1f} GB/s; each point's % is of its own)")
         ax.plot(x, y, color="C3", lw=2, label=f"measured roof {rf['roof_gbps']:.1f} GB/s"
                 + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "") + spread)
     if rf["datasheet_gbps"]:
