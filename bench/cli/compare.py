@@ -65,6 +65,16 @@ def caption(rows: list[dict[str, Any]], left_out: dict[str, int]) -> str | None:
             else "nothing to compare: ") + "; ".join(parts)
 
 
+def _median(r: dict[str, Any], side: str) -> str:
+    """A side's median with ± half its interquartile range where it has one: the spread that
+    faster / slower / same / unsure rest on."""
+    from ..report.table import fmt_time
+    med, p25, p75 = (r.get(f"{side}_{k}") for k in ("median", "p25", "p75"))
+    if med is None or p25 is None or p75 is None:
+        return fmt_time(med)
+    return f"{fmt_time(med)} ± {fmt_time((p75 - p25) / 2)}"
+
+
 def command(args) -> int:
     from rich.table import Table
     from ..report.compare import compare, devices, not_compared, threads
@@ -103,7 +113,7 @@ def command(args) -> int:
     for r in rows:
         t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]),
                   plain(case_label(r, by_device, flushes, thread_counts)),
-                  fmt_time(r.get("a_median")), fmt_time(r.get("b_median")),
+                  _median(r, "a"), _median(r, "b"),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))
     cap = caption(rows, not_compared(a, b))
     if cap:

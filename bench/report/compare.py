@@ -159,8 +159,9 @@ def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str,
 def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row a case to show: timed in both (faster/slower/same/unsure), or a status verdict.
     Every row has `change`, `a_status` and `b_status` (None: not in that file), `warm`, `flush`,
-    `device` and `threads` (None where not part of the match); timed rows add each side's sample count
-    (`a_n`, `b_n`; `few_samples` where the spreads are apart but a run took too few samples
+    `device` and `threads` (None where not part of the match); timed rows add each side's sample
+    count and quartiles, what the verdict rests on (`a_n`, `b_n`, `a_p25`, `a_p75`, `b_p25`,
+    `b_p75`; `few_samples` where the spreads are apart but a run took too few samples
     to say so), status rows the error text of each side that has one (`a_error`,
     `b_error`); `a_also` / `b_also` list the statuses of a side's failed records of the case
     beside the timed one compared."""
@@ -178,7 +179,8 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
             row.update(a_median=ta["median"], b_median=tb["median"],
                        ratio=tb["median"] / ta["median"], a_gbps=ra.get("achieved_gbps"),
                        b_gbps=rb.get("achieved_gbps"), a_n=ta.get("n"), b_n=tb.get("n"),
-                       verdict=classify(ta, tb))
+                       a_p25=ta.get("p25"), a_p75=ta.get("p75"), b_p25=tb.get("p25"),
+                       b_p75=tb.get("p75"), verdict=classify(ta, tb))
             if apart(ta, tb) and few_samples(ta, tb):
                 row["few_samples"] = True  # apart, but too few samples to call it
         else:

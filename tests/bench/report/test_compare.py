@@ -243,3 +243,17 @@ def test_a_failure_beside_a_timed_record_of_the_case_is_shown():
     # a failure behind a skip is the one shown
     (row,) = compare([ok("x")], [failed("x", "crashed", "SIGBUS"), failed("x", "skipped", "no")])
     assert (row["verdict"], row["b_error"]) == ("B crashed", "SIGBUS")
+
+
+def test_the_table_and_json_show_the_spread_each_verdict_rests_on(tmp_path, capsys):
+    """faster / slower / same / unsure rest on both runs' interquartile ranges: each median is
+    shown with ± half its IQR, and --json carries the quartiles."""
+    a = write(tmp_path / "a.jsonl", [ok("k", 1e-3)])
+    b = write(tmp_path / "b.jsonl", [{**ok("k", 0.9e-3), "time_s": {"median": 0.9e-3, "p25": 0.8e-3,
+                                                                     "p75": 1.0e-3, "n": 100}}])
+    assert main(["compare", a, b]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "│ k" in line or " k " in line)
+    assert "1.00 ms ± 10.0 µs" in row and "900.0 µs ± 100.0 µs" in row, row
+    assert main(["compare", a, b, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["a_p25"], r["a_p75"], r["b_p25"], r["b_p75"]) == (0.99e-3, 1.01e-3, 0.8e-3, 1.0e-3)
