@@ -199,9 +199,9 @@ class RoofTracker:
         rose since it was taken), and one above the matmul rate that the rate was: the next case
         gets fresh ones, whatever the readings' age. The case itself keeps the readings it was
         judged against (its roof_gbps, ridge)."""
-        pct, pct_c = rec.get("pct_roof"), rec.get("pct_compute")
-        if rec.get("status") == "ok" and rec.get("cold") is True and any(
-                isinstance(p, (int, float)) and p > 100 for p in (pct, pct_c)):
+        pct = rec.get("pct_roof")
+        if rec.get("status") == "ok" and rec.get("cold") is True and (
+                isinstance(pct, (int, float)) and pct > 100 or rec.get("verdict") == ABOVE_COMPUTE):
             self._at = float("-inf")
 
     def current(self) -> Roof:
@@ -253,6 +253,7 @@ def add_matmul(roof: Roof, backend: Backend, dtype: torch.dtype, budget: Budget)
     cdt = compute_dtype(backend, dtype)
     if dtype_name(cdt) not in roof.matmul_tflops:
         roof.matmul_tflops[dtype_name(cdt)] = round(matmul_tflops(backend, cdt, budget), 3)
+        backend.release()  # the operands (3 x 8192^2 on a GPU), out of the timed cases' way
     roof.compute_dtype[dtype_name(dtype)] = dtype_name(cdt)
 
 
@@ -293,7 +294,10 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
         v = IN_CACHE
     elif pct_roof is not None and pct_roof > 100 * (1 + noise):
         v = "above the roof: harness suspect (cache not defeated or missing sync)"
-    elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN):
+    elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN) and \
+            roof.compute_dtype.get(dtype_name(dtype), dtype_name(dtype)) == dtype_name(dtype):
+        # (not where the roof is another dtype's rate: a CPU's 16-bit cases are judged against
+        # its fp32 matmul, which a CPU with AVX512-BF16 or AMX outruns in bf16 several times)
         v = ABOVE_COMPUTE
     elif ai is not None and ridge is not None and ai >= ridge:
         # the compute roof is the one that applies; at a few % of it the kernel is what binds

@@ -51,6 +51,7 @@ def test_the_margin_is_the_spread_of_the_probe_that_set_the_roof(monkeypatch):
 class Releasing:
     """A backend stand-in that logs what the roof code asks of it."""
     name = "fake"
+    kind_of_device = "gpu"
 
     def __init__(self):
         self.log = []
@@ -94,6 +95,24 @@ def test_a_flop_rate_past_the_matmul_rate_is_suspect_not_compute_bound():
     within = judge(62_000_000_000, 62_000_000_000, 1.0,
                    dataclasses.replace(low, matmul_tflops={"float32": 0.0497}), torch.float32, 20e-6)
     assert within.pct_compute > 124 and within.verdict == "compute-bound"
+    # a CPU's bf16 case is judged against its fp32 matmul (compute_dtype): a CPU with
+    # AVX512-BF16 or AMX runs bf16 several times faster, so past that roof is no doubt
+    cpu = dataclasses.replace(low, compute_dtype={"bfloat16": "float32"})
+    bf16 = judge(62_000_000_000, 62_000_000_000, 1.0, cpu, torch.bfloat16, 20e-6)
+    assert bf16.pct_compute > 250 and bf16.verdict == "compute-bound"
+
+
+def test_a_matmul_rate_measured_mid_run_gives_its_memory_back(monkeypatch):
+    """The parent measures a second dtype's matmul rate when its first case comes: its operands
+    (3 x 8192^2 on a GPU) are released like the first reading's; a rate already known is not
+    measured again."""
+    import bench.roofline as rl
+    b = Releasing()
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: b.log.append("mm") or 1.0)
+    roof = dataclasses.replace(ROOF, matmul_tflops={}, compute_dtype={})
+    rl.add_matmul(roof, b, torch.float16, rl.BUDGETS["quick"])
+    rl.add_matmul(roof, b, torch.float16, rl.BUDGETS["quick"])
+    assert b.log == ["mm", "release"] and roof.matmul_tflops == {"float16": 1.0}
 
 
 def test_a_refresh_measures_the_matmul_rates_again(monkeypatch):
@@ -109,7 +128,11 @@ def test_a_refresh_measures_the_matmul_rates_again(monkeypatch):
     first = dataclasses.replace(ROOF, matmul_tflops={"float32": 0.023},
                                 compute_dtype={"bfloat16": "float32"})
     t = rl.RoofTracker(b, first, rl.BUDGETS["normal"], every_s=60, clock=lambda: 0.0)
-    t.saw({"status": "ok", "cold": True, "pct_roof": 64.0, "pct_compute": 270.0})
+    t.saw({"status": "ok", "cold": True, "pct_roof": 64.0, "pct_compute": 270.0,
+           "verdict": "compute-bound"})  # above a roof that is another dtype's rate: no doubt
+    assert not t.due()
+    t.saw({"status": "ok", "cold": True, "pct_roof": 64.0, "pct_compute": 270.0,
+           "verdict": rl.ABOVE_COMPUTE})
     assert t.due()
     now = t.current()
     assert now.matmul_tflops == {"float32": 0.229} and now.compute_dtype == {"bfloat16": "float32"}
