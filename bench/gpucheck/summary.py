@@ -119,9 +119,10 @@ def _gemv_goal(rs: list[dict[str, Any]], op: str, label: str, target: float,
         for r in at:
             if not r.get("baseline"):
                 continue
-            if r["status"] != "ok":
-                not_run.setdefault(r["impl"], {}).setdefault(
-                    shapes[_gemv_key(r)], f"{r['status']}: {(r.get('error') or '')[:80]}")
+            if not counts(r):  # failed, or a time the run doubted: nothing to be ahead of
+                why = (f"{r['status']}: {(r.get('error') or '')[:80]}" if r["status"] != "ok"
+                       else str(r.get("verdict") or "not counted")[:80])
+                not_run.setdefault(r["impl"], {}).setdefault(shapes[_gemv_key(r)], why)
                 continue
             k = _gemv_key(r)
             if k in mine:

@@ -157,6 +157,16 @@ def test_a_time_the_run_judged_harness_suspect_meets_no_goal():
     assert g["met"] is None and g["measured"] == 0
 
 
+def test_a_peer_time_the_run_judged_harness_suspect_is_not_compared():
+    rs = good_run()
+    for r in rs:
+        if r["impl"] == "gemlite_w4":
+            r["verdict"] = "above the roof: harness suspect (cache not defeated or missing sync)"
+    g = goals(rs)[0]
+    assert g["peers_compared"] == ["torch_int4pack_mm"]
+    assert "gemlite_w4 (above the roof: harness suspect" in goal_line(g)
+
+
 def test_nothing_measured_says_so():
     gs = goals([])
     assert len(gs) == 7 and all(g["met"] is None and "value" not in g for g in gs)
