@@ -257,6 +257,23 @@ def mem_available() -> int | None:
 
 PSI_CPU = "/proc/pressure/cpu"  # Linux >= 4.20 with PSI: time runnable tasks waited for a CPU
 PROC_STAT = "/proc/stat"
+
+
+def psi_path(cgroup_file: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> str:
+    """This process's own cgroup's cpu.pressure where cgroup v2 has one (its tasks' waits only:
+    on a large shared host the system-wide figure counts every other tenant's), else the
+    system's /proc/pressure/cpu (the root cgroup, cgroup v1, or no PSI per cgroup)."""
+    try:
+        with open(cgroup_file) as f:
+            path = next((ln.strip()[3:] for ln in f if ln.startswith("0::")), "")
+    except OSError:
+        path = ""
+    if path and path != "/":
+        for base in (root, os.path.join(root, "unified")):
+            candidate = os.path.join(base, path.lstrip("/"), "cpu.pressure")
+            if os.path.exists(candidate):
+                return candidate
+    return PSI_CPU
 CONTENDED_PCT = 10.0  # a window whose tasks waited longer than this share of it was contended
 CONTENTION_KEYS = ("cpu_pressure_pct", "cpu_steal_pct")
 
@@ -289,16 +306,17 @@ def _steal_ticks(path: str = PROC_STAT) -> tuple[int, int] | None:
 
 class ContentionSampler:
     """Whether a timing window had the CPU to itself: PSI's share of the window during which
-    some runnable task waited for a CPU (`cpu_pressure_pct`; our own threads, as many as the
+    some runnable task (of this process's cgroup, where cgroup v2 says: psi_path) waited for a
+    CPU (`cpu_pressure_pct`; our own threads, as many as the
     cores, keep it near 0, ~0.5% on the 2-core dev box; one other busy process lifted it to 45%)
     and the hypervisor's steal share (`cpu_steal_pct`). Each is null where the kernel does not
     say. A contended window times waiting as well as the kernel: a median can land on the
     scheduler's tick (4.00 or 8.00 ms) with a tiny spread, and read as a clean figure."""
 
-    def __init__(self, clock: Any = None, psi: str = PSI_CPU, stat: str = PROC_STAT) -> None:
+    def __init__(self, clock: Any = None, psi: str | None = None, stat: str = PROC_STAT) -> None:
         import time
         self.clock = clock or time.monotonic
-        self.psi, self.stat = psi, stat
+        self.psi, self.stat = psi or psi_path(), stat
         self._t0 = 0.0
         self._p0: int | None = None
         self._s0: tuple[int, int] | None = None

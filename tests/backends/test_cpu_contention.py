@@ -57,6 +57,21 @@ def test_without_psi_or_stat_the_figures_are_null(tmp_path):
     assert sm.stop(1, 0.1) == dict.fromkeys(CONTENTION_KEYS)
 
 
+def test_the_pressure_read_is_the_process_cgroups_where_cgroup_v2_has_one(tmp_path):
+    from backends.cpu import PSI_CPU, psi_path
+    root = tmp_path / "cg"
+    (root / "user.slice" / "job").mkdir(parents=True)
+    (root / "user.slice" / "job" / "cpu.pressure").write_text(psi(5))
+    own = tmp_path / "self"
+    own.write_text("0::/user.slice/job\n")
+    assert psi_path(str(own), str(root)) == str(root / "user.slice" / "job" / "cpu.pressure")
+    own.write_text("4:memory:/x\n0::/\n")  # the root cgroup: the system's figure
+    assert psi_path(str(own), str(root)) == PSI_CPU
+    own.write_text("0::/elsewhere\n")  # no cpu.pressure there (PSI off per cgroup)
+    assert psi_path(str(own), str(root)) == PSI_CPU
+    assert psi_path(str(tmp_path / "missing"), str(root)) == PSI_CPU
+
+
 def test_a_run_says_how_many_cases_shared_the_cpu():
     ok = {"status": "ok", "time_s": {"median": 1e-3}}
     recs = [{**ok, "cpu_pressure_pct": 45.0, "cpu_steal_pct": 0.0},
@@ -83,7 +98,7 @@ def test_busy_processes_beside_the_window_show(tmp_path):
     CPU most of the time, far past the threshold. (How far is this machine's: only the direction
     is held.)"""
     import os
-    n = os.cpu_count() or 1
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
         time.sleep(0.3)
