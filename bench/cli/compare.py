@@ -72,7 +72,9 @@ def _median(r: dict[str, Any], side: str) -> str:
     med, p25, p75 = (r.get(f"{side}_{k}") for k in ("median", "p25", "p75"))
     if med is None or p25 is None or p75 is None:
         return fmt_time(med)
-    return f"{fmt_time(med)} ± {fmt_time((p75 - p25) / 2)}"
+    half = (p75 - p25) / 2
+    # below a microsecond in ns: a GPU kernel's spread of tens of ns is what its verdict rests on
+    return f"{fmt_time(med)} ± {f'{half * 1e9:.0f} ns' if half < 1e-6 else fmt_time(half)}"
 
 
 def command(args) -> int:

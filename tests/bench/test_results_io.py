@@ -132,7 +132,8 @@ def test_git_commit_is_this_checkouts_and_none_from_an_install(tmp_path, monkeyp
     proj = tmp_path / "proj"
     site = proj / ".venv" / "lib" / "site-packages"
     site.mkdir(parents=True)
-    git = ["git", "-C", str(proj), "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-C", str(proj), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+           "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], check=True)
     (proj / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
     subprocess.run([*git, "add", "pyproject.toml"], check=True)

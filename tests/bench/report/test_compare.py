@@ -256,4 +256,8 @@ def test_the_table_and_json_show_the_spread_each_verdict_rests_on(tmp_path, caps
     assert "1.00 ms ± 10.0 µs" in row and "900.0 µs ± 100.0 µs" in row, row
     assert main(["compare", a, b, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
+    gpu = write(tmp_path / "g.jsonl", [{**ok("k", 12e-6), "time_s": {"median": 12e-6, "p25": 11.98e-6,
+                                                                      "p75": 12.02e-6, "n": 500}}])
+    assert main(["compare", gpu, gpu]) == 0  # a spread of tens of ns, not "± 0.0 µs"
+    assert "12.0 µs ± 20 ns" in capsys.readouterr().out
     assert (r["a_p25"], r["a_p75"], r["b_p25"], r["b_p75"]) == (0.99e-3, 1.01e-3, 0.8e-3, 1.0e-3)
