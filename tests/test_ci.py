@@ -8,20 +8,17 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
+
 STUB = """#!/usr/bin/env bash
 echo "$(basename "$0") $*" >> "$LOG"
 case "$*" in *"$FAIL"*) exit 1;; esac
 """
 
 
-@pytest.mark.parametrize("fail, last", [
-    ("install -q -e .[test]", "install -q -e .[test]"),
-    ("pytest -q -m slow", "pytest -q -m slow"),
-    ("install -q -e .[xla]", "install -q -e .[xla]"),
-])
-def test_ci_stops_at_the_step_that_fails(fail, last, tmp_path):
-    if not shutil.which("bash"):
-        pytest.skip("no bash")
+def run_ci(tmp_path, fail: str) -> tuple[int, list[str]]:
+    """.ci/run with python3 and decodewall replaced by stubs that log their command line and fail
+    on one that contains `fail`: (exit status, the commands run, each cut to 7 words)."""
     (tmp_path / ".ci").mkdir()
     shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     bin_ = tmp_path / "bin"
@@ -33,27 +30,21 @@ def test_ci_stops_at_the_step_that_fails(fail, last, tmp_path):
     env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", LOG=str(log), FAIL=fail)
     r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
                        env=env, timeout=60)
-    ran = log.read_text().splitlines()
-    assert r.returncode != 0, ran
-    assert ran[-1].endswith(last), ran  # nothing ran after the step that failed
+    return r.returncode, [" ".join(line.split()[:7]) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fail", ["install -q -e .[test]", "pytest -q -m slow",
+                                  "install -q -e .[xla]"])
+def test_ci_stops_at_the_step_that_fails(fail, tmp_path):
+    rc, ran = run_ci(tmp_path, fail)
+    assert rc != 0, ran
+    assert ran[-1].endswith(fail), ran  # nothing ran after the step that failed
 
 
 def test_ci_runs_every_step_when_each_passes(tmp_path):
     """The stubs pass, so the script reaches the smoke run (whose results check then fails on the
     stub's empty output folder): the steps all ran, in order."""
-    (tmp_path / ".ci").mkdir()
-    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    for name in ("python3", "decodewall"):
-        (bin_ / name).write_text(STUB)
-        (bin_ / name).chmod(0o755)
-    log = tmp_path / "log"
-    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", LOG=str(log),
-               FAIL="no step has this")
-    subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
-                   env=env, timeout=60)
-    ran = [" ".join(line.split()[:7]) for line in log.read_text().splitlines()]
+    _, ran = run_ci(tmp_path, "no step has this")
     assert ran == ["python3 -m pip install -q torch==2.13.0",
                    "python3 -m pip install -q -e .[test]", "python3 -m pytest -q",
                    "python3 -m pytest -q -m slow", "python3 -m pip install -q -e .[xla]",
