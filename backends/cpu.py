@@ -99,20 +99,25 @@ def _cpu_name(cpuinfo: str | None = None) -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_isa(cpuinfo: str | None = None) -> str:
-    """The widest vector extension this CPU reports, which tells apart CPUs of one name (a VM
-    shows "AMD EPYC" for Zen 3 and Zen 5). x86-64: avx512f, avx2 (with FMA) or sse; Arm: sve or
-    asimd."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first CPU's feature flags in /proc/cpuinfo (x86 `flags`, Arm `Features`); empty
+    where there is none."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith(("flags", "Features")):
-            flags = set(line.split(":", 1)[1].split())
-            break
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_isa(cpuinfo: str | None = None) -> str:
+    """The widest vector extension this CPU reports, which tells apart CPUs of one name (a VM
+    shows "AMD EPYC" for Zen 3 and Zen 5). x86-64: avx512f, avx2 (with FMA) or sse; Arm: sve or
+    asimd."""
+    flags = cpu_flags(cpuinfo)
     for isa, need in (("avx512f", {"avx512f"}), ("avx2", {"avx2", "fma"}), ("sse", {"sse2"}),
                       ("sve", {"sve"}), ("asimd", {"asimd"})):
         if need <= flags:
@@ -274,6 +279,8 @@ def psi_path(cgroup_file: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup
             if os.path.exists(candidate):
                 return candidate
     return PSI_CPU
+
+
 CONTENDED_PCT = 10.0  # a window whose tasks waited longer than this share of it was contended
 CONTENTION_KEYS = ("cpu_pressure_pct", "cpu_steal_pct")
 

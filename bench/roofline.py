@@ -237,13 +237,27 @@ def drift_note(start_gbps: float, end_gbps: float, mid: Sequence[float] = ()) ->
             f"before it (its roof_gbps); compare impls within a case, or rerun")
 
 
+# x86 flags of instructions that multiply a 16-bit dtype natively, which oneDNN uses for torch's
+# CPU matmul (2-core Zen 5 guest with avx512_bf16: bf16 262 GFLOP/s, fp32 71, fp16 1)
+NATIVE_16BIT = {torch.bfloat16: ("avx512_bf16", "amx_bf16"),
+                torch.float16: ("avx512_fp16", "amx_fp16")}
+
+
 def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:
     """The dtype whose matmul rate is the compute roof for `dtype` inputs on this backend.
 
-    On CPUs a good kernel computes 16-bit inputs in fp32 (torch's own bf16 matmul on a CPU without
-    AVX512-BF16 runs ~50x slower than fp32: that is a kernel's weakness, not the chip's roof).
+    On CPUs a good kernel computes 16-bit inputs in fp32 unless the CPU multiplies that dtype
+    natively (NATIVE_16BIT): without such instructions torch's own 16-bit matmul runs ~50x slower
+    than fp32 (a weakness of that kernel, not the chip's roof), and fp32's rate bounds any 16-bit
+    math; with them, the 16-bit matmul outruns fp32 and is the roof. XLA on a CPU: fp32.
     """
-    if backend.name == "cpu" or backend.kind_of_device == "cpu" or not dtype.is_floating_point:
+    if not dtype.is_floating_point:
+        return torch.float32
+    if backend.name == "cpu":
+        from backends.cpu import cpu_flags
+        flags = cpu_flags()
+        return dtype if any(f in flags for f in NATIVE_16BIT.get(dtype, ())) else torch.float32
+    if backend.kind_of_device == "cpu":
         return torch.float32
     return dtype
 
@@ -294,10 +308,11 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
         v = IN_CACHE
     elif pct_roof is not None and pct_roof > 100 * (1 + noise):
         v = "above the roof: harness suspect (cache not defeated or missing sync)"
-    elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN) and \
-            roof.compute_dtype.get(dtype_name(dtype), dtype_name(dtype)) == dtype_name(dtype):
-        # (not where the roof is another dtype's rate: a CPU's 16-bit cases are judged against
-        # its fp32 matmul, which a CPU with AVX512-BF16 or AMX outruns in bf16 several times)
+    elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN) and (
+            roof.backend == "cpu" or
+            roof.compute_dtype.get(dtype_name(dtype), dtype_name(dtype)) == dtype_name(dtype)):
+        # the dtype's own rate, or on the CPU fp32's where the CPU has no native 16-bit products
+        # (compute_dtype), bounds any kernel; not XLA's fp32 stand-in for a 16-bit dtype
         v = ABOVE_COMPUTE
     elif ai is not None and ridge is not None and ai >= ridge:
         # the compute roof is the one that applies; at a few % of it the kernel is what binds

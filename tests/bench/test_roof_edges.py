@@ -3,6 +3,7 @@ by a few percent changes what a user is told about a kernel, and the existing ca
 every edge."""
 import dataclasses
 
+import pytest
 import torch
 
 from bench.roofline import AT_WALL, DRIFT, Roof, drift_note, judge
@@ -95,11 +96,32 @@ def test_a_flop_rate_past_the_matmul_rate_is_suspect_not_compute_bound():
     within = judge(62_000_000_000, 62_000_000_000, 1.0,
                    dataclasses.replace(low, matmul_tflops={"float32": 0.0497}), torch.float32, 20e-6)
     assert within.pct_compute > 124 and within.verdict == "compute-bound"
-    # a CPU's bf16 case is judged against its fp32 matmul (compute_dtype): a CPU with
-    # AVX512-BF16 or AMX runs bf16 several times faster, so past that roof is no doubt
+    # a CPU judges bf16 against fp32 only where it has no native bf16 products (compute_dtype):
+    # there fp32's rate bounds bf16 math too, so past it is doubt as for fp32
     cpu = dataclasses.replace(low, compute_dtype={"bfloat16": "float32"})
     bf16 = judge(62_000_000_000, 62_000_000_000, 1.0, cpu, torch.bfloat16, 20e-6)
-    assert bf16.pct_compute > 250 and bf16.verdict == "compute-bound"
+    assert bf16.pct_compute > 250 and bf16.verdict.startswith("above the compute roof")
+    # XLA on a CPU takes fp32's rate for bf16 whatever its dot does: no doubt drawn from it
+    xla = dataclasses.replace(cpu, backend="xla")
+    assert judge(62_000_000_000, 62_000_000_000, 1.0, xla, torch.bfloat16, 20e-6).verdict == \
+        "compute-bound"
+
+
+@pytest.mark.parametrize("flags, bf16, fp16", [
+    ({"avx2", "fma"}, torch.float32, torch.float32),
+    ({"avx512f", "avx512_bf16"}, torch.bfloat16, torch.float32),  # Zen 4 and 5
+    ({"avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16"}, torch.bfloat16,
+     torch.float16),  # Granite Rapids
+])
+def test_a_cpus_16_bit_roof_is_its_own_matmul_only_where_it_multiplies_16_bit(
+        flags, bf16, fp16, monkeypatch):
+    import backends.cpu as cpu
+    from backends import get_backend
+    from bench.roofline import compute_dtype
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: flags)
+    b = get_backend("cpu")
+    assert compute_dtype(b, torch.bfloat16) == bf16 and compute_dtype(b, torch.float16) == fp16
+    assert compute_dtype(b, torch.float32) == torch.float32
 
 
 def test_a_matmul_rate_measured_mid_run_gives_its_memory_back(monkeypatch):
