@@ -264,24 +264,15 @@ PSI_CPU = "/proc/pressure/cpu"  # Linux >= 4.20 with PSI: time runnable tasks wa
 PROC_STAT = "/proc/stat"
 
 
-def psi_path(cgroup_file: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> str:
-    """This process's own cgroup's cpu.pressure where cgroup v2 has one (its tasks' waits only:
+def psi_path() -> str:
+    """This process's own cgroup's cpu.pressure where cgroup v2 keeps one (its tasks' waits only:
     on a large shared host the system-wide figure counts every other tenant's), else the
     system's /proc/pressure/cpu (the root cgroup, cgroup v1, or no PSI per cgroup)."""
-    try:
-        with open(cgroup_file) as f:
-            path = next((ln.strip()[3:] for ln in f if ln.startswith("0::")), "")
-    except OSError:
-        path = ""
-    if path and path != "/":
-        for base in (root, os.path.join(root, "unified")):
-            candidate = os.path.join(base, path.lstrip("/"), "cpu.pressure")
-            if os.path.exists(candidate):
-                return candidate
-    return PSI_CPU
+    own = cgroup_dirs()[0]
+    return str(own / "cpu.pressure") if own != CGROUP and (own / "cpu.pressure").exists() \
+        else PSI_CPU
 
 
-CONTENDED_PCT = 10.0  # a window whose tasks waited longer than this share of it was contended
 CONTENTION_KEYS = ("cpu_pressure_pct", "cpu_steal_pct")
 
 
@@ -347,13 +338,6 @@ class ContentionSampler:
         except Exception:  # never raises: what could not be read is null
             pass
         return out
-
-
-def contended(r: dict[str, Any]) -> bool:
-    """A record timed while other tasks (or other guests) took a share of the CPU past
-    CONTENDED_PCT."""
-    return any(isinstance(r.get(k), (int, float)) and r[k] > CONTENDED_PCT
-               for k in CONTENTION_KEYS)
 
 
 class CPUBackend(Backend):

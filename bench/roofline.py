@@ -148,8 +148,7 @@ def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
     budget = budget or BUDGETS["normal"]
     roof = remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0), budget)
     for dt in dtypes or [torch.float32]:
-        add_matmul(roof, backend, dt, budget)
-    backend.release()
+        add_matmul(roof, backend, dt, budget)  # each measure released, as the probes are
     return roof
 
 

@@ -450,10 +450,20 @@ def command(args) -> int:
     return EXIT_FAILED if failed and args.strict else 0
 
 
+CONTENDED_PCT = 10.0  # a window whose tasks waited longer than this share of it was contended
+
+
+def contended(r: dict[str, Any]) -> bool:
+    """A record timed while other tasks (or other guests) took a share of the CPU past
+    CONTENDED_PCT (backends.cpu.ContentionSampler's keys)."""
+    from backends.cpu import CONTENTION_KEYS
+    return any(isinstance(r.get(k), (int, float)) and r[k] > CONTENDED_PCT
+               for k in CONTENTION_KEYS)
+
+
 def contention_note(records: list[dict[str, Any]]) -> str | None:
     """A line when timed cases shared the CPU (backends.cpu.ContentionSampler): their times
     include waiting for it, however tight their spread."""
-    from backends.cpu import CONTENDED_PCT, contended
     timed = [r for r in records if r.get("status") == "ok" and r.get("time_s")]
     busy = [r for r in timed if contended(r)]
     if not busy:

@@ -12,6 +12,7 @@ from rich.text import Text
 from backends import Chip
 
 from ..errors import printable
+from ..results import suspect
 
 
 def fmt_time(s: float | None) -> str:
@@ -88,7 +89,7 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
                     style=style)
     v = rec.get("verdict") or ""
     style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
-    if v.startswith(("above the roof", "above the compute roof")):
+    if suspect(rec):
         style = "bold magenta"
     return Text(v, style=style)
 

@@ -1,6 +1,7 @@
 """Whether a CPU timing window had the CPU to itself: PSI's wait share and the hypervisor's steal
 share over the window, recorded with each case, and one line after a run whose cases shared it.
 Fake /proc files and a fake clock; and once for real, against a busy process."""
+import os
 import subprocess
 import sys
 import time
@@ -8,9 +9,9 @@ import time
 import pytest
 import torch
 
-from backends.cpu import CONTENTION_KEYS, ContentionSampler, _psi_some_us, contended
+from backends.cpu import CONTENTION_KEYS, ContentionSampler, _psi_some_us
 from bench.case import Case
-from bench.cli.run import contention_note
+from bench.cli.run import contended, contention_note
 from kernels.gemv import GemvShape
 
 
@@ -57,19 +58,22 @@ def test_without_psi_or_stat_the_figures_are_null(tmp_path):
     assert sm.stop(1, 0.1) == dict.fromkeys(CONTENTION_KEYS)
 
 
-def test_the_pressure_read_is_the_process_cgroups_where_cgroup_v2_has_one(tmp_path):
-    from backends.cpu import PSI_CPU, psi_path
+def test_the_pressure_read_is_the_process_cgroups_where_cgroup_v2_has_one(tmp_path, monkeypatch):
+    import backends.cpu as cpu
     root = tmp_path / "cg"
     (root / "user.slice" / "job").mkdir(parents=True)
     (root / "user.slice" / "job" / "cpu.pressure").write_text(psi(5))
     own = tmp_path / "self"
+    monkeypatch.setattr(cpu, "CGROUP", root)
+    monkeypatch.setattr(cpu, "PROC_CGROUP", own)
     own.write_text("0::/user.slice/job\n")
-    assert psi_path(str(own), str(root)) == str(root / "user.slice" / "job" / "cpu.pressure")
+    assert cpu.psi_path() == str(root / "user.slice" / "job" / "cpu.pressure")
     own.write_text("4:memory:/x\n0::/\n")  # the root cgroup: the system's figure
-    assert psi_path(str(own), str(root)) == PSI_CPU
+    assert cpu.psi_path() == cpu.PSI_CPU
     own.write_text("0::/elsewhere\n")  # no cpu.pressure there (PSI off per cgroup)
-    assert psi_path(str(own), str(root)) == PSI_CPU
-    assert psi_path(str(tmp_path / "missing"), str(root)) == PSI_CPU
+    assert cpu.psi_path() == cpu.PSI_CPU
+    own.unlink()
+    assert cpu.psi_path() == cpu.PSI_CPU
 
 
 def test_a_run_says_how_many_cases_shared_the_cpu():
@@ -92,15 +96,18 @@ def test_a_cpu_record_carries_the_figures(tmp_path):
     assert rec["status"] == "ok" and set(CONTENTION_KEYS) <= set(rec)
 
 
-@pytest.mark.skipif(_psi_some_us() is None, reason="no PSI on this kernel")
+@pytest.mark.skipif(_psi_some_us() is None or not hasattr(os, "sched_setaffinity"),
+                    reason="no PSI, or no CPU affinity, on this kernel")
 def test_busy_processes_beside_the_window_show(tmp_path):
-    """A busy process on every CPU beside a window that spins itself: runnable tasks wait for a
-    CPU most of the time, far past the threshold. (How far is this machine's: only the direction
-    is held.)"""
-    import os
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    """Two busy processes and the window's own spin, all on one CPU: runnable tasks wait for it
+    most of the time, far past the threshold, whatever the machine's core count. (How far is
+    this machine's: only the direction is held.)"""
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    hog = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(2)]
     try:
+        os.sched_setaffinity(0, {cpu})
         time.sleep(0.3)
         sm = ContentionSampler()
         sm.start()
@@ -109,6 +116,7 @@ def test_busy_processes_beside_the_window_show(tmp_path):
             pass
         out = sm.stop(1, 1.0)
     finally:
+        os.sched_setaffinity(0, before)
         for h in hogs:
             h.kill()
             h.wait()

@@ -69,11 +69,10 @@ def test_the_probes_give_their_device_memory_back(monkeypatch):
     monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: b.log.append(op) or
                         (20.0, 0.01, "p"))
     monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 20)
-    monkeypatch.setattr(rl, "add_matmul", lambda roof, backend, dt, budget: b.log.append("mm"))
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: b.log.append("mm") or 1.0)
     rl.measure_roof(b)
     assert b.log == ["copy", "read", "release", "mm", "release"]
     b.log.clear()
-    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: b.log.append("mm") or 1.0)
     rl.RoofTracker(b, ROOF, rl.BUDGETS["quick"], every_s=0.0).current()  # a refresh mid-run
     assert b.log == ["copy", "read", "release", "mm", "release"]
 
