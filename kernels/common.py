@@ -31,6 +31,22 @@ def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+FLOATS = (F16, BF16, F32)
+
+
+def check_out(name: str, out: torch.Tensor | None, shape: tuple[int, ...], device: torch.device,
+              dtypes: tuple[torch.dtype, ...] = FLOATS) -> None:
+    """ValueError unless `out`, where given, is a tensor of `shape`, one of `dtypes`, on
+    `device`: kernels store into it through its pointer, so a smaller one would be written past
+    its end, and torch's `out=` ops would resize it or fail with their own error."""
+    if out is None:
+        return
+    if tuple(out.shape) != tuple(shape) or out.dtype not in dtypes or out.device != device:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{name}: out must be {names} {list(shape)} on {device}, got "
+                         f"{str(out.dtype).removeprefix('torch.')}{list(out.shape)} on {out.device}")
+
+
 # sm_90's shared memory a block may opt into (227 KiB): the limit where no device says otherwise
 SM90_SMEM_BYTES = 232448
 
@@ -49,4 +65,5 @@ def _cuda_smem(index: int) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", SM90_SMEM_BYTES))
 
 
-__all__ = ["TOLERANCE", "esize", "num_sms", "smem_per_block", "SM90_SMEM_BYTES"]
+__all__ = ["TOLERANCE", "FLOATS", "check_out", "esize", "num_sms", "smem_per_block",
+           "SM90_SMEM_BYTES"]

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..common import check_out
 from ..registry import register_impl
 from .ops import validate
 
@@ -19,6 +20,7 @@ from .ops import validate
 
 def _gather_sdpa(q, k, v, block_table, seq_lens, scale, out=None):
     B, Hq, D = q.shape
+    check_out("gather_sdpa", out, (B, Hq, D), q.device)
     BS, Hkv = k.shape[1], k.shape[2]
     MB = block_table.shape[1]
     t = torch.arange(MB * BS, device=q.device)
@@ -109,6 +111,7 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
     may hold NaN or inf, which a -inf score does not cancel). INT8 chunks are dequantized into a
     q-dtype buffer right after the gather."""
     B, Hq, D = q.shape
+    check_out("torch_chunked", out, (B, Hq, D), q.device)
     NB, BS, Hkv, _ = k.shape
     G = Hq // Hkv
     dev = q.device

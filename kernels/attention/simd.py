@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..cbuild import CLibrary
+from ..common import check_out
 from ..registry import register_impl
 from .ops import validate
 
@@ -52,6 +53,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
         raise ValueError("the C attention kernel takes every tensor on the CPU")
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the C attention kernel needs contiguous tensors")
+    check_out("the C attention kernel", out, (B, Hq, D), q.device)
     lib = library()
     threads = torch.get_num_threads()
     MB = block_table.shape[1]

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import esize, num_sms, smem_per_block
+from ..common import check_out, esize, num_sms, smem_per_block
 from ..registry import register_impl
 from ..triton_split import last_split, scratch
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed
@@ -285,6 +285,7 @@ def _launch(q, k, v, ks, vs, block_table, seq_lens, scale, out, num_splits, fuse
         raise NotImplementedError(f"the Triton paged attention loads a head in one power-of-two "
                                   f"block: D={D} is not a power of two")
     NB, BS, Hkv, _ = k.shape
+    check_out("paged attention", out, (B, Hq, D), q.device)  # stored through its pointer
     out = torch.empty_like(q) if out is None else out
     if out.stride(2) != 1:
         raise ValueError("out needs contiguous head-dim rows")

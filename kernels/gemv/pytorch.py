@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..common import FLOATS, check_out
 from ..quant import dequant_int4, to_torch_int4_scales_zeros, unpack_int4
 from ..registry import register_impl
 from .ops import BF16, check_w4_args
@@ -40,11 +41,18 @@ def compile_for(fn: Callable, *args) -> Callable:
     return _COMPILED[key]
 
 
+def _matmul_out(name: str, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None) -> None:
+    """torch.matmul's out= takes only x's dtype and resizes an out of another shape (with a
+    warning): refused here instead, as every impl refuses an out that is not the output."""
+    check_out(name, out, (x.shape[0], w.shape[0]), x.device, (x.dtype,))
+
+
 # --- gemv_bf16 --------------------------------------------------------------------------------
 
 @register_impl("gemv_bf16", "torch_matmul", backends=("cpu", "cuda", "xla"), baseline=True)
 def torch_matmul(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.matmul (cuBLAS / oneDNN): the vendor baseline."""
+    _matmul_out("torch_matmul", x, w, out)
     return torch.matmul(x, w.T, out=out)
 
 
@@ -54,6 +62,7 @@ def torch_matmul(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = No
 def torch_dequant_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Naive: dequantize the whole matrix to x's dtype, then matmul (reads int8, writes + reads 16-bit)."""
+    _matmul_out("torch_dequant", x, qweight, out)
     w = qweight.to(x.dtype) * scales[:, None]
     return torch.matmul(x, w.T, out=out)
 
@@ -89,6 +98,7 @@ def _prepare_compiled_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
 def torch_compiled_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, fn=None,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.compile of the fused widen-multiply-reduce (compiled once per shape in `prepare`)."""
+    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device, FLOATS)
     y = (fn or compile_for(_fused_w8, x, qweight, scales))(x, qweight, scales)
     return y if out is None else out.copy_(y)
 
@@ -100,6 +110,7 @@ def torch_dequant_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                      zeros: torch.Tensor, group_size: int,
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Naive: unpack and dequantize the whole matrix to x's dtype, then matmul."""
+    _matmul_out("torch_dequant", x, qweight, out)
     w = dequant_int4(qweight, scales, zeros, group_size, x.dtype)
     return torch.matmul(x, w.T, out=out)
 
@@ -158,6 +169,7 @@ def torch_compiled_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                       zeros: torch.Tensor, group_size: int, fn=None,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.compile of the fused unpack-dequant-reduce (compiled once per shape in `prepare`)."""
+    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device, FLOATS)
     fn = fn or compile_for(_fused_w4, x, qweight, scales, zeros, group_size)
     y = fn(x, qweight, scales, zeros, group_size)
     return y if out is None else out.copy_(y)

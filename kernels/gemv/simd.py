@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..cbuild import CLibrary, define
+from ..common import FLOATS, check_out
 from ..registry import register_impl
 from .ops import check_w4_args, check_w8_args
 
@@ -78,10 +79,9 @@ def _output(x: torch.Tensor, M: int, N: int, out: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(tensor the C writes, tensor to return, its fp32 row buffer pointer, its dtype code).
 
-    The C writes y in `out`'s dtype itself (no out: x's dtype); an `out` it cannot write (another
-    dtype, strided) gets the fp32 result copied into it."""
-    if out is not None and tuple(out.shape) != (M, N):
-        raise ValueError(f"out must be {M}x{N}, got {tuple(out.shape)}")
+    The C writes y in `out`'s dtype itself (no out: x's dtype); a float `out` it cannot write
+    (fp64, strided) gets the fp32 result copied into it."""
+    check_out("the C SIMD kernels", out, (M, N), x.device, (*FLOATS, torch.float64))
     if out is None:
         y = torch.empty(M, N, dtype=x.dtype)
     elif out.dtype in _DT and out.is_contiguous():

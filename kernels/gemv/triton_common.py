@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import num_sms
+from ..common import check_out, num_sms
 from ..triton_split import last_split, scratch
 from ..triton_util import INTERPRET
 
@@ -57,10 +57,7 @@ def output(name: str, x: torch.Tensor, out: torch.Tensor | None, N: int) -> torc
     if out is None:
         y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     else:
-        floats = (torch.float16, torch.bfloat16, torch.float32)
-        if tuple(out.shape) != (M, N) or out.dtype not in floats or out.device != x.device:
-            raise ValueError(f"{name}: out must be a float16, bfloat16 or float32 [{M}, {N}] "
-                             f"on {x.device}, got {out.dtype}{list(out.shape)} on {out.device}")
+        check_out(name, out, (M, N), x.device)
         if N > 1 and out.stride(1) != 1:
             raise ValueError(f"{name}: out needs contiguous rows (strides {out.stride()})")
         y = out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common import esize
+from ..common import check_out, esize
 from ..registry import Op, register_impl, register_op
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -69,6 +69,7 @@ def torch_copy(src: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     """Tensor.copy_ into a preallocated buffer."""
     if out is None:
         return src.clone()
+    check_out("torch_copy", out, tuple(src.shape), src.device, (src.dtype,))  # copy_ would cast
     return out.copy_(src)
 
 

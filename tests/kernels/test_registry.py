@@ -85,6 +85,55 @@ def test_a_returned_output_is_the_callers_not_a_reused_buffer(op_name, impl_name
     assert torch.equal(first, kept)
 
 
+def _smoke_case(op, impl):
+    """A smoke (shape, dtype) of op that impl takes, fp32 first (the Triton interpreter's), or None."""
+    for dtype in sorted(impl.dtypes, key=lambda d: d != torch.float32):
+        shape = next((sh for sh, dt in op.smoke if dt == dtype), None)
+        if shape is not None:
+            return shape, dtype
+    return None
+
+
+CPU_OUT_TAKING = [
+    pytest.param(op.name, impl.name, id=f"{op.name}-{impl.name}")
+    for op in OPS.values() if not op.collective
+    for impl in op.impls.values()
+    if impl.out_arg and impl.builtin and _smoke_case(op, impl) is not None
+    and ("cpu" in impl.backends or impl.kind == "triton")]
+
+
+@pytest.mark.parametrize("op_name, impl_name", CPU_OUT_TAKING)
+def test_an_out_that_is_not_the_output_is_refused_and_left_alone(op_name, impl_name):
+    """out= of another shape, a non-float dtype or another device is a ValueError before
+    anything is written: a kernel stores through out's pointer, so one element short of the output
+    would be written past its end (into whatever the caller keeps there)."""
+    op = OPS[op_name]
+    impl = op.impls[impl_name]
+    shape, dtype = _smoke_case(op, impl)
+    args = op.make_inputs(shape, dtype, "cpu", 0)
+    out_shape, out_dtype = op.out_spec(shape, dtype)
+    try:
+        impl(*args, out=torch.empty(out_shape, dtype=out_dtype))
+    except NotImplementedError as e:  # a peer not installed, a C compiler missing
+        if "is not installed" in str(e):
+            pytest.skip(str(e))
+        helpers.skip_if_machine_lacks(e)
+    n = math.prod(out_shape)
+    short = list(out_shape)
+    short[-1] -= 1
+    bad = {"last dim one short": short, "first dim one long": [out_shape[0] + 1, *out_shape[1:]]}
+    for what, bad_shape in bad.items():
+        backing = torch.full((2 * n + 64,), 7.0, dtype=out_dtype)
+        out = backing[:math.prod(bad_shape)].view(bad_shape)
+        with pytest.raises(ValueError, match="out"):
+            impl(*args, out=out)
+        assert bool((backing == 7.0).all()), f"{what}: written before the refusal"
+    with pytest.raises(ValueError, match="out"):
+        impl(*args, out=torch.empty(out_shape, dtype=torch.int32))
+    with pytest.raises(ValueError):  # some say "every tensor on the CPU"
+        impl(*args, out=torch.empty(out_shape, dtype=out_dtype, device="meta"))
+
+
 @pytest.mark.parametrize("op_name", ["gemv_bf16", "gemv_w8", "gemv_w4", "paged_attention",
                                      "paged_attention_kv8"])
 def test_kernel_tolerances_by_hand(op_name):
