@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,7 @@ class CLibrary:
         self.needs, self.libs, self.march = needs, libs, march
         self._lib: ctypes.CDLL | None = None
         self._error: str | None = None
-        self._scratch: dict[str, torch.Tensor] = {}
+        self._local = threading.local()  # scratch buffers, a set per thread (buffer())
 
     def for_march(self, march: str) -> CLibrary:
         """The same library built for another -march (a separate build and cache entry)."""
@@ -226,16 +227,25 @@ class CLibrary:
                 raise NotImplementedError(self._error) from None
         return self._lib
 
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        try:
+            return self._local.buffers
+        except AttributeError:
+            self._local.buffers = {}
+            return self._local.buffers
+
     def buffer(self, name: str, numel: int) -> torch.Tensor:
-        """An fp32 scratch buffer reused across calls: fresh pages fault slowly on the CPU."""
-        buf = self._scratch.get(name)
+        """An fp32 scratch buffer reused across calls (fresh pages fault slowly on the CPU), one
+        for each thread: two threads calling a kernel at once must not share its scratch."""
+        buffers = self._buffers()
+        buf = buffers.get(name)
         if buf is None or buf.numel() < numel:
-            buf = self._scratch[name] = torch.empty(max(numel, 1), dtype=torch.float32)
+            buf = buffers[name] = torch.empty(max(numel, 1), dtype=torch.float32)
         return buf[:numel]
 
     def scratch_ptr(self, name: str, numel: int) -> int:
         """The address of buffer(name, numel), without making a view (~3 us a call saved)."""
-        buf = self._scratch.get(name)
+        buf = self._buffers().get(name)
         if buf is None or buf.numel() < numel:
             buf = self.buffer(name, numel)
         return buf.data_ptr()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -68,16 +69,18 @@ def gather_sdpa_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens
 
 CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 CHUNK_TOKENS = 1024  # tokens per sequence per step: 8 sequences x 8 KV heads bf16 K+V = 32 MiB
-_WORKSPACE: dict[tuple, torch.Tensor] = {}
+_LOCAL = threading.local()  # the workspace buffers, a set per thread
 
 
 def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
-    """Buffers reused across calls: fresh large CPU allocations page-fault on every call."""
+    """Buffers reused across calls (fresh large CPU allocations page-fault on every call), a set
+    per thread: two threads calling at once must not share one."""
+    workspace = _LOCAL.__dict__.setdefault("workspace", {})
     key = (name, dtype, str(device))
     n = math.prod(shape)
-    buf = _WORKSPACE.get(key)
+    buf = workspace.get(key)
     if buf is None or buf.numel() < n:
-        buf = _WORKSPACE[key] = torch.empty(n, dtype=dtype, device=device)
+        buf = workspace[key] = torch.empty(n, dtype=dtype, device=device)
     return buf[:n].view(shape)
 
 
