@@ -115,6 +115,9 @@ def _chunked(q, k, v, block_table, seq_lens, scale, k_scale=None, v_scale=None, 
     q-dtype buffer right after the gather."""
     B, Hq, D = q.shape
     check_out("torch_chunked", out, (B, Hq, D), q.device)
+    caches = [k, v] + ([k_scale, v_scale] if k_scale is not None else [])
+    if not all(t.is_contiguous() for t in caches):  # gathered a block at a time as flat rows
+        raise ValueError("torch_chunked needs contiguous caches (and scales)")
     NB, BS, Hkv, _ = k.shape
     G = Hq // Hkv
     dev = q.device

@@ -464,20 +464,25 @@ def test_bad_kv8_scales():
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
-@pytest.mark.parametrize("which", ["block_table", "seq_lens"])
+@pytest.mark.parametrize("which", ["block_table", "seq_lens", "caches"])
 def test_strided_table_or_lengths_are_read_right_or_refused(op_name, which):
-    """A column-major block table, or seq_lens taken every other element of a longer tensor:
-    each impl gives the reference's answer or a ValueError, never a misread table (the Triton
-    kernels index both as contiguous)."""
+    """A column-major block table, seq_lens taken every other element of a longer tensor, or K
+    and V caches stored slot-major: each impl gives the reference's answer or a ValueError, never
+    a misread table or another error (the Triton kernels index the table and lengths as
+    contiguous)."""
     op = OPS[op_name]
     args = list(case_inputs(op_name, 4, 2, 32, 8, F32, [20, 33, 7]))
     i = 5 if op_name.endswith("kv8") else 3
     if which == "block_table":
         args[i] = args[i].t().contiguous().t()
         assert args[i].stride(1) != 1
-    else:
+    elif which == "seq_lens":
         args[i + 1] = torch.stack([args[i + 1], torch.zeros_like(args[i + 1])], 1)[:, 0]
         assert args[i + 1].stride(0) == 2
+    else:
+        for j in (1, 2):
+            args[j] = args[j].transpose(0, 1).contiguous().transpose(0, 1)
+            assert not args[j].is_contiguous()
     ref = op.reference(*args)
     refused = []
     for name, impl, dev in impls_here(op_name, F32):
@@ -487,7 +492,7 @@ def test_strided_table_or_lengths_are_read_right_or_refused(op_name, which):
             refused.append(name)
             continue
         assert rel_err(out, ref) <= op.tol(F32), name
-    if HAS_TRITON:
+    if HAS_TRITON and which != "caches":
         assert {n for n in OPS[op_name].impls if n.startswith("triton")} <= set(refused)
 
 
