@@ -52,8 +52,7 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
-from .proc import KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs
-from .pytest_shard import FAIL_LINE
+from .proc import FAIL_LINE, KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
 # total leaves after the steps before it and the nominal boxes of the steps after it; its figure

@@ -16,6 +16,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent  # every step runs from the checkout
 KILL_GRACE_S = 5.0  # after SIGTERM, then again after SIGKILL: a killed step ends within 2x this
+# What bench.gpucheck.pytest_shard prints before each failure's reason. Here, not in that
+# plugin, so that the check imports without pytest (the peers step can install it from a wheel).
+FAIL_LINE = "DWFAIL "
 MAX_SHARDS = 1024  # processes a step splits into: more than any machine's cores
 
 

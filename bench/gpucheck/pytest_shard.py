@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from .proc import parse_shard
+from .proc import FAIL_LINE, parse_shard
 
-FAIL_LINE = "DWFAIL "
 REASON_CHARS = 300
 _CONFIG: list[pytest.Config] = []
 

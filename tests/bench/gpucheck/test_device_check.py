@@ -1160,3 +1160,15 @@ def test_run_proc_of_a_command_that_cannot_start_is_127_not_an_exception(tmp_pat
     with open(tmp_path / "log", "w") as log:
         rc, _ = run_proc([str(bad), "--version"], 5, log, dict(os.environ))
     assert rc == 127 and "cannot start" in (tmp_path / "log").read_text()
+
+
+def test_the_check_starts_on_a_machine_without_pytest():
+    """Without pytest the check still starts: its env step names pytest as missing and the
+    peers step can install it from a carried wheel; only the test steps need it."""
+    code = ("import sys; sys.modules['pytest'] = None\n"
+            "from bench.gpucheck import check\n"
+            "raise SystemExit(check.main(['--help']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--dry-run" in r.stdout
