@@ -80,7 +80,7 @@ def _median(r: dict[str, Any], side: str) -> str:
 def command(args) -> int:
     from rich.table import Table
     from ..report.compare import compare, devices, not_compared, threads
-    from ..report.table import console, fmt_shape, fmt_time, plain, title_text
+    from ..report.table import console, fmt_shape, plain, title_text
     from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)

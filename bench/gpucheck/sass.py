@@ -539,8 +539,8 @@ def report(rows: list[LoopCount], gbps: float, dtype: str, dot: bool,
         f"program), sm_90, {'M = 16, tl.dot' if dot else 'M = 1'}, {dtype}; {toolchain()}",
         f"ceiling = % of {gbps:.0f} GB/s that 4 warp instructions a clock on {SM90_TARGET_SMS} SMs "
         f"at {SM90_TARGET_CLOCK_HZ / 1e9:.2f} GHz allow",
-        f"regs a thread; spill = ptxas's spill store/load bytes (STL/LDL in the SASS); CTAs/SM and "
-        f"the limit that binds (regs, smem, warps, ctas), shared = a CTA's shared memory",
+        "regs a thread; spill = ptxas's spill store/load bytes (STL/LDL in the SASS); CTAs/SM and "
+        "the limit that binds (regs, smem, warps, ctas), shared = a CTA's shared memory",
         f"in flight = weight bytes an SM has requested when its CTAs first wait: a step's tile x "
         f"depth (p: Triton's pipeliner, else 1 + PREFETCH) x CTAs/SM; need (Little's law) = "
         f"{gbps:.0f} GB/s / {SM90_TARGET_SMS} SMs x {latency_ns:.0f} ns DRAM latency = "
