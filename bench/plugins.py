@@ -1,24 +1,33 @@
 """Plugin files: Python files whose @register_impl decorators add impls to existing ops.
 
 The CLI loads them before validating a run, and every case worker loads the same files again
-under the same module names, so an impl a plugin registers exists wherever its cases run.
+under the same module names, so an impl a plugin registers exists wherever its cases run. Before
+that, `preflight` imports them in a child process: a plugin that ends or hangs its process at
+import (a crash in a library it loads, os._exit) is then reported in one line, not fatal.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import UsageError, exception_line, printable
 
 
-def load_plugins(paths: Sequence[str]) -> None:
+def load_plugins(paths: Sequence[str], before_each: Callable[[int], None] | None = None) -> None:
     """Import each plugin file; a missing, repeated or broken file is the user's input:
-    UsageError."""
+    UsageError. `before_each(i)` is called before the i-th file is imported."""
     seen: dict[Path, str] = {}
     for i, p in enumerate(paths):
+        if before_each is not None:
+            before_each(i)
         if not p.strip():
             raise UsageError("--plugin is empty: give a Python file")
         path = Path(p)
@@ -57,3 +66,67 @@ def _why(e: BaseException) -> str:
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
     return exception_line(e)
+
+
+DONE = "done"  # preflight_main's last line: every plugin imported and the process still alive
+
+
+def preflight(paths: Sequence[str], timeout_s: float | None = None) -> None:
+    """Import the plugin files in a child process first, so that one that ends its process at
+    import (a segfault in a library it loads, os._exit) or never returns is a UsageError naming
+    it, not the CLI dying silently or hanging. What a plugin raises is left to load_plugins, which
+    names it; what the child prints is dropped (the CLI's own import prints it again)."""
+    if not paths:
+        return
+    from .interrupts import deferred
+    from .isolation import BOOT, START_TIMEOUT_S, describe_exit
+    timeout_s = START_TIMEOUT_S if timeout_s is None else timeout_s
+    fd, progress = tempfile.mkstemp(prefix="decodewall-plugins-", suffix=".txt")
+    os.close(fd)
+    env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps(sys.path),
+               DECODEWALL_PARENT=str(os.getpid()))
+    proc = None
+    try:
+        with deferred():  # an interrupt cannot leave a started child that nothing holds
+            proc = subprocess.Popen([sys.executable, str(BOOT), "bench.plugins:preflight_main",
+                                     progress, *paths], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        with open(progress) as f:
+            lines = f.read().split()
+    finally:
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # it and whatever the plugin started
+            except OSError:
+                pass
+            proc.wait()
+        os.unlink(progress)
+    if lines[-1:] == [DONE]:
+        return
+    if not lines:  # it ended before the first plugin: the CLI's own import finds out why
+        return
+    p = paths[int(lines[-1])]
+    why = (f"importing it took over {timeout_s:g} s" if rc is None else
+           f"importing it ended its process ({describe_exit(rc)})")
+    raise UsageError(f"plugin {p} failed to load: {printable(why)}")
+
+
+def preflight_main() -> None:
+    """The child of `preflight` (started through bench/boot.py): PROGRESS_FILE PLUGIN..."""
+    progress, *paths = sys.argv[1:]
+    with open(progress, "w") as f:
+        def before_each(i: int) -> None:
+            f.write(f"{i}\n")
+            f.flush()
+        try:
+            load_plugins(paths, before_each)
+        except BaseException:  # SystemExit and KeyboardInterrupt too: load_plugins names them
+            pass
+        f.write(f"{DONE}\n")
+        f.flush()
+    os._exit(0)  # not waiting for threads a plugin started, nor running its exit handlers

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, UsageError
 from ..interrupts import describe, exit_status, signal_of
-from ..plugins import load_plugins
+from ..plugins import load_plugins, preflight
 from .common import (directory, discard_stdout, known_backend, parse_shape, ranks,
                      resolve_backend, resolve_chip, resolve_dtypes, seconds, seed, suggest)
 from .step import add_step_args
@@ -277,6 +277,7 @@ def command(args) -> int:
     from ..timing import BUDGETS
 
     # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
+    preflight(args.plugin or [])
     with _stdout_to_stderr() if args.json else _null():
         load_plugins(args.plugin or [])
     if args.list:

@@ -1,11 +1,15 @@
 """bench/plugins.py in-process: every way a plugin file can fail to load is one UsageError line
 naming the file and why (never the plugin's traceback or its terminal escapes), and what a
 plugin registers is not a built-in (only built-ins set the roof) nor a replacement of one."""
+import tempfile
+import time
+
 import pytest
 
 from bench.errors import UsageError
-from bench.plugins import load_plugins
+from bench.plugins import load_plugins, preflight
 from kernels import OPS
+from tests import helpers
 
 
 @pytest.fixture
@@ -105,3 +109,56 @@ def test_a_plugin_declaring_a_dtype_its_op_does_not_take_is_refused(plugin):
                "@register_impl('gemv_bf16', 'int8_gemv', dtypes=['int8'])\n"
                "def f(x, w):\n    return x @ w.T\n")
     assert "gemv_bf16 does not take dtype int8" in why([p])
+
+
+@pytest.mark.parametrize("body, why_", [
+    ("import os\nos._exit(7)\n", "ended its process (exit code 7)"),
+    ("import os\nos._exit(0)\n", "ended its process (exit code 0)"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", "SIGSEGV"),
+], ids=["exit-7", "exit-0", "segfault"])
+def test_a_plugin_that_ends_its_process_at_import_is_named_not_fatal(plugin, body, why_):
+    """Imported in this process, such a plugin would end the CLI with no word; the preflight
+    child takes the blow and the CLI names the file (the second, here: the first is fine)."""
+    ok = plugin("fine.py", "X = 1\n")
+    bad = plugin("bad.py", body)
+    with pytest.raises(UsageError) as e:
+        preflight([ok, bad])
+    assert str(e.value).startswith(f"plugin {bad} failed to load: importing it ended its process")
+    assert why_ in str(e.value)
+
+
+def test_a_plugin_that_hangs_at_import_is_named_after_the_timeout(plugin, tmp_path):
+    bad = plugin("slow.py", "import time\ntime.sleep(600)\n")
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"slow.py failed to load: importing it took over 2 s"):
+        preflight([bad], timeout_s=2)
+    assert time.monotonic() - started < 30
+
+
+def test_the_preflight_leaves_errors_to_load_plugins_and_good_plugins_alone(plugin, monkeypatch,
+                                                                           tmp_path):
+    """A plugin that raises (or calls sys.exit) is load_plugins' to name; a good one passes;
+    the progress file is removed either way."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None
+    try:
+        good = plugin("good.py", "import threading, time\n"
+                      "threading.Thread(target=time.sleep, args=(600,)).start()\n")
+        raising = plugin("raising.py", "raise RuntimeError('no')\n")
+        exiting = plugin("exiting.py", "import sys\nsys.exit(3)\n")
+        started = time.monotonic()
+        preflight([good, raising, exiting])  # the thread it started does not hold the child
+        assert time.monotonic() - started < 60
+        assert not list(tmp_path.glob("decodewall-plugins-*"))
+    finally:
+        tempfile.tempdir = None
+
+
+def test_the_cli_names_a_plugin_that_ends_its_process(tmp_path):
+    bad = tmp_path / "dies.py"
+    bad.write_text("import os\nos._exit(9)\n")
+    r = helpers.run_cli("run", "--list", "--plugin", str(bad), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"decodewall: error: plugin {bad} failed to load: importing it ended its process (exit "
+        "code 9)"]
