@@ -202,6 +202,8 @@ def register_impl(
 
     def deco(fn: Callable) -> Callable:
         impl_name = name or fn.__name__
+        if not isinstance(impl_name, str) or not impl_name.strip():
+            raise ValueError(f"an impl's name is a non-empty string, not {impl_name!r}")
         if impl_name in RESERVED_NAMES:
             raise ValueError(f"{impl_name!r} cannot name an impl: the case worker names its phase "
                              "of building the inputs so")

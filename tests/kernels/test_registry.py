@@ -32,6 +32,10 @@ def test_register_impl_rejects_bad_metadata():
         register_impl("copy", "torch_copy")(lambda x: x)
     with pytest.raises(ValueError, match="unknown dtype"):
         parse_dtype("float7")
+    for name in (123, " ", ("a",)):  # a results file keeps the name as a string
+        with pytest.raises(ValueError, match="non-empty string"):
+            register_impl("copy", name)(lambda x: x)
+    assert 123 not in OPS["copy"].impls
 
 
 
