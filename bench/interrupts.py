@@ -1,4 +1,4 @@
-"""SIGINT (Ctrl-C) and SIGTERM end a command the same way: as an `Interrupted` exception in the
+"""SIGINT (Ctrl-C), SIGTERM and SIGHUP end a command the same way: as an `Interrupted` exception in the
 main thread, so that the run kills its workers, keeps its finished cases and says so.
 
 `handled()` installs the handlers for a command. The first signal is raised; any later one is
@@ -14,12 +14,13 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: the terminal or SSH session a run was started from has gone away
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The command was stopped by `signum` (SIGINT or SIGTERM). A KeyboardInterrupt, so every
-    place that lets Ctrl-C through lets SIGTERM through too."""
+    """The command was stopped by `signum` (SIGINT, SIGTERM or SIGHUP). A KeyboardInterrupt, so
+    every place that lets Ctrl-C through lets the others through too."""
 
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -66,7 +67,7 @@ def _handle(signum: int, frame: Any) -> None:
 
 @contextmanager
 def handled(exiting: bool = False) -> Iterator[None]:
-    """SIGINT and SIGTERM raise `Interrupted` (once) in the main thread inside the block; the
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` (once) in the main thread inside the block; the
     previous handlers come back after it, or, where the process exits as the block ends
     (`exiting`), both stay ignored: a signal between the report and the exit cannot change the
     exit status or print a traceback. A signal the process was started with ignored (a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -85,6 +86,9 @@ from ..errors import (EXIT_FAILED, EXIT_USAGE, OutputError, RunError, UsageError
 from ..interrupts import describe, exit_status, handled, signal_of  # noqa: E402
 try:
     from . import backends, chips, compare, plot, project, roof, run, show
+except KeyboardInterrupt:  # Ctrl-C while torch imports, before main() installs its handlers
+    print(f"decodewall: {describe(signal.SIGINT)}", file=sys.stderr)
+    raise SystemExit(exit_status(signal.SIGINT)) from None
 except Exception as e:  # torch refusing its own environment as it imports (TORCH_LOGS=junk)
     # torch wraps its message over lines and then lists every valid setting: the start, joined
     why = " ".join(str(e).split())
@@ -192,7 +196,7 @@ def _main(argv: list[str]) -> int:
     except RunError as e:
         print(f"decodewall: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt as e:  # SIGINT or SIGTERM before `run` had anything to keep
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM or SIGHUP before `run` had anything to keep
         print(f"decodewall: {describe(signal_of(e))}", file=sys.stderr)
         return exit_status(signal_of(e))
     except BrokenPipeError:

@@ -15,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, UsageError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins, preflight
 from .common import (directory, discard_stdout, known_backend, parse_shape, ranks,
@@ -380,10 +380,12 @@ def command(args) -> int:
                 ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
                 runner.run_case(case)
         runner.close()  # a normal end: each worker is asked to exit
-    except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT or SIGTERM
+    except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT, SIGTERM, SIGHUP
         stopped = signal_of(e)
     except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
         cut = (str(e), EXIT_FAILED)
+    except RunError as e:  # a worker that cannot start (killed as it imports): the rest too
+        cut = (one_line(str(e)), EXIT_FAILED)
     except OutputError as e:  # --json's stdout refused a line (a full device)
         discard_stdout()
         cut = (f"cannot write the output: {e}", EXIT_FAILED)
@@ -393,8 +395,14 @@ def command(args) -> int:
     finally:
         # An interrupt's case is discarded: its worker's process group is killed at once. Only
         # the first signal is raised (bench/interrupts.py), so a second Ctrl-C cannot cut this,
-        # the table or the line below short.
-        runner.close(now=True)  # nothing is left running, no temporary file left behind
+        # the table or the line below short; the first, landing in this close after a normal
+        # end, is noted and the close done again.
+        for _ in range(2):
+            try:
+                runner.close(now=True)  # nothing is left running, no temporary file left behind
+                break
+            except KeyboardInterrupt as e:
+                stopped = signal_of(e) if stopped is None else stopped
         writer.close()
     note = None
     # The roof again (not for the quick budget: two quick probes differ by more than the drift
@@ -425,6 +433,8 @@ def command(args) -> int:
                        "the run stopped" if cut is not None else False)
     except BrokenPipeError:  # the table's reader went away: the run and its file are whole
         discard_stdout()
+    except KeyboardInterrupt as e:  # the first signal, while the table printed: the file is whole
+        stopped = signal_of(e) if stopped is None else stopped
     except OutputError as e:  # the table's stdout refused it: the file is whole, and said
         discard_stdout()
         cut = cut or (f"cannot write the output: {e}", EXIT_FAILED)

@@ -586,3 +586,92 @@ def test_list_names_every_suite_and_op_with_its_impls(capsys):
         assert f"\n  {name} " in out
     for name, op in OPS.items():
         assert f"  {name} " in out and ", ".join(op.impls) in out
+
+
+@pytest.mark.parametrize("where", ["table", "close"])
+def test_a_signal_after_the_cases_while_the_run_closes_or_prints_keeps_them(capsys, monkeypatch,
+                                                                           tmp_path, where):
+    """The first Ctrl-C landing in the workers' close after a normal end, or in the table's
+    print: exit 130 and the line saying what was kept, not a bare 'interrupted'."""
+    import bench.report.table as table
+    import bench.roofline as rl
+    from bench.isolation import IsolatedRunner
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof("cpu", 10.0, 10.0, 1 << 28))
+    if where == "table":
+        monkeypatch.setattr(table, "results_table",
+                            lambda *a, **k: signal.raise_signal(signal.SIGINT))
+    else:
+        close, calls = IsolatedRunner.close, []
+
+        def close_then_ctrl_c(self, now=False):
+            calls.append(now)
+            if calls == [False, True]:  # the close after a normal end's, in the finally
+                signal.raise_signal(signal.SIGINT)
+            close(self, now)
+        monkeypatch.setattr(IsolatedRunner, "close", close_then_ctrl_c)
+    out = tmp_path / "runs"
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 130
+    (f,) = out.iterdir()
+    assert len(f.read_text().splitlines()) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"decodewall: interrupted; 1 finished case(s) kept in {f}"]
+
+
+def test_a_worker_that_cannot_start_mid_run_keeps_the_finished_cases(tmp_path):
+    """The first shape's `dies` kills its worker; the worker started for the second shape dies
+    as it loads the plugin (as one killed while importing torch would): the run stops there
+    with exit 1, the table, and the line naming why and what was kept."""
+    marker = tmp_path / "died"
+    plugin = tmp_path / "dies.py"
+    plugin.write_text(
+        "import os, sys\n"
+        f"if os.path.exists({str(marker)!r}) and sys.argv[0].endswith('boot.py'):\n"
+        "    raise RuntimeError('no second start')\n"
+        "from kernels import register_impl\n"
+        "@register_impl('gemv_bf16', 'dies', backends=['cpu'])\n"
+        "def dies(x, w):\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "    os._exit(3)\n")
+    out = tmp_path / "runs"
+    r = run_cli("run", *GEMV, "--shape", "M=1,N=64,K=256", "--impl", "dies", "--impl",
+                "torch_matmul", "--plugin", str(plugin), "--budget", "quick", "--no-progress",
+                "--out", str(out), timeout=300)
+    (f,) = out.iterdir()
+    records = [json.loads(x) for x in f.read_text().splitlines()]
+    assert sorted((x["impl"], x["status"]) for x in records) == [("dies", "crashed"),
+                                                                 ("torch_matmul", "ok")]
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "dies" in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("decodewall: error: the case worker ended at start") and \
+        "no second start" in last and last.endswith(f"; 2 finished case(s) kept in {f}"), last
+
+
+def test_ctrl_c_while_the_command_imports_torch_is_one_line():
+    """Before main() installs its handlers (torch imports for seconds): 'interrupted', 130."""
+    code = ("import sys\n"
+            "class Stop:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'bench.cli.run':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Stop())\n"
+            "from bench.cli import main\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert (r.returncode, r.stderr) == (130, "decodewall: interrupted\n")
+
+
+@pytest.mark.parametrize("sig, status, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                               (signal.SIGHUP, 129, "terminated (SIGHUP)")])
+def test_sigterm_and_sighup_end_a_run_as_ctrl_c_does(capsys, monkeypatch, tmp_path, sig, status,
+                                                     said):
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof("cpu", 10.0, 10.0, 1 << 28))
+    monkeypatch.setattr(rl, "measure_bandwidth", lambda *a, **k: signal.raise_signal(sig) or 10.0)
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "normal", "--no-progress",
+            "--no-save"]
+    assert main(argv) == status
+    assert capsys.readouterr().err.splitlines() == [
+        f"decodewall: {said}; 1 finished case(s) shown, none saved (--no-save)"]
