@@ -417,7 +417,7 @@ def command(args) -> int:
             stopped = signal_of(e)
     shown = records if args.json else [printable_record(r) for r in records]
     try:
-        if not args.json:
+        if not args.json and records:  # (none: the line below says so)
             out = console()
             out.print(results_table(shown, title=run_title(writer.run_id, info.get("name"),
                                                            backend.name, tracker.readings),

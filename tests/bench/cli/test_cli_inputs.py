@@ -323,7 +323,8 @@ def test_a_directory_given_as_plugin_is_named_as_such(capsys, out, tmp_path):
 
 def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
     """The worker loads the plugin again: it reports the failure, and the run ends with that
-    line (exit 1: the parent had loaded it, so it was not known before measuring)."""
+    line and what was kept (exit 1: the parent had loaded it, so it was not known before
+    measuring), no empty table."""
     p = plugin("worker_exit.py", "import os, sys\n"
                "if 'DECODEWALL_WORKER_PATH' in os.environ:\n    sys.exit(0)\n")
     r = run_cli("run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--plugin", p,
@@ -331,8 +332,9 @@ def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0] == (f"decodewall: error: the case worker ended at start (exit code 3): "
-                        f"plugin {p} failed to load: it called sys.exit(0)")
+                        f"plugin {p} failed to load: it called sys.exit(0); nothing saved")
     assert not out.exists() or not list(out.iterdir())
+    assert r.stdout == ""
 
 
 # --- 8. torchrun's variables ----------------------------------------------------------------------
