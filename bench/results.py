@@ -312,7 +312,8 @@ NUMBERS = {  # field: (highest, what it is); each is 0 or in [MIN_NONZERO, highe
 }
 # each a string or null (flush: part of a case's key in compare and plot, so it must hash)
 TEXTS = ("dtype", "backend", "verdict", "error", "group", "run_id", "flush")
-# baseline, warm and cold are read for their truth value only, which every JSON value has
+# each true, false or null: read for their truth value, in which a string "false" is true
+BOOLS = ("baseline", "warm", "cold", "correct")
 
 
 def _malformed(rec: dict[str, Any]) -> str | None:
@@ -323,6 +324,9 @@ def _malformed(rec: dict[str, Any]) -> str | None:
     for k in TEXTS:
         if rec.get(k) is not None and not isinstance(rec[k], str):
             return f"{k} must be a string, got {_kind(rec[k])}"
+    for k in BOOLS:
+        if rec.get(k) is not None and not isinstance(rec[k], bool):
+            return f"{k} must be true or false, got {_show(rec[k])}"
     shape = rec["shape"]
     if not isinstance(shape, dict):
         return f"shape must be an object, got {_kind(shape)}"

@@ -74,6 +74,9 @@ CORRUPT = [  # (the record's changed fields or a raw line, what the message name
     ({"flush": ["read"]}, "flush"),  # part of compare's and plot's case key: unhashable
     ({"flush": {"mode": "read"}}, "flush"),
     ({"pct_compute": "x"}, "pct_compute"),  # compared with 100 by plot's roof_flag
+    ({"baseline": "false"}, "baseline"),  # a string "false" would label the impl a baseline
+    ({"warm": 0}, "warm"),
+    ({"correct": "no"}, "correct"),
     ("[" * 100_000, "nested too deeply"),
     ('{"a":' * 100_000, "nested too deeply"),
     # a record json reads but writing it back (show --json) would recurse past Python's limit
