@@ -38,6 +38,7 @@ from kernels import OPS
 
 from .errors import RunError, UsageError, printable
 from .interrupts import deferred
+from .plugins import DONE as PLUGINS_DONE
 from .results import ResultWriter
 from .roofline import add_matmul
 from .runner import RunContext, Runner, base_record, reported_impls
@@ -79,6 +80,48 @@ def describe_exit(rc: int) -> str:
             why += ", not sent by decodewall: the kernel's OOM killer?"
         return why
     return f"exit code {rc}"
+
+
+def preflight_plugins(paths: Sequence[str], timeout_s: float = START_TIMEOUT_S) -> None:
+    """Import the plugin files in a child process first, so that one that ends its process at
+    import (a segfault in a library it loads, os._exit) or never returns is a UsageError naming
+    it, not the CLI dying silently or hanging. What a plugin raises is left to load_plugins, which
+    names it; what the child prints is dropped (the CLI's own import prints it again)."""
+    if not paths:
+        return
+    fd, progress = tempfile.mkstemp(prefix="decodewall-plugins-", suffix=".txt")
+    os.close(fd)
+    env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps(sys.path),
+               DECODEWALL_PARENT=str(os.getpid()))
+    proc = None
+    try:
+        with deferred():  # an interrupt cannot leave a started child that nothing holds
+            proc = subprocess.Popen([sys.executable, str(BOOT), "bench.plugins:preflight_main",
+                                     progress, *paths], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        with open(progress) as f:
+            lines = f.read().split()
+    finally:
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # it and whatever the plugin started
+            except OSError:
+                pass
+            proc.wait()
+        os.unlink(progress)
+    if lines[-1:] == [PLUGINS_DONE]:
+        return
+    if not lines:  # it ended before the first plugin: the CLI's own import finds out why
+        return
+    p = paths[int(lines[-1])]
+    why = (f"importing it took over {timeout_s:g} s" if rc is None else
+           f"importing it ended its process ({describe_exit(rc)})")
+    raise UsageError(f"plugin {p} failed to load: {printable(why)}")
 
 
 class Worker:

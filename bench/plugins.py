@@ -2,19 +2,16 @@
 
 The CLI loads them before validating a run, and every case worker loads the same files again
 under the same module names, so an impl a plugin registers exists wherever its cases run. Before
-that, `preflight` imports them in a child process: a plugin that ends or hangs its process at
-import (a crash in a library it loads, os._exit) is then reported in one line, not fatal.
+that, the CLI imports them in a child process (`preflight_main`, started by
+bench.isolation.preflight_plugins): a plugin that ends or hangs its process at import (a crash in
+a library it loads, os._exit) is then reported in one line, not fatal.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,53 +68,9 @@ def _why(e: BaseException) -> str:
 DONE = "done"  # preflight_main's last line: every plugin imported and the process still alive
 
 
-def preflight(paths: Sequence[str], timeout_s: float | None = None) -> None:
-    """Import the plugin files in a child process first, so that one that ends its process at
-    import (a segfault in a library it loads, os._exit) or never returns is a UsageError naming
-    it, not the CLI dying silently or hanging. What a plugin raises is left to load_plugins, which
-    names it; what the child prints is dropped (the CLI's own import prints it again)."""
-    if not paths:
-        return
-    from .interrupts import deferred
-    from .isolation import BOOT, START_TIMEOUT_S, describe_exit
-    timeout_s = START_TIMEOUT_S if timeout_s is None else timeout_s
-    fd, progress = tempfile.mkstemp(prefix="decodewall-plugins-", suffix=".txt")
-    os.close(fd)
-    env = dict(os.environ, DECODEWALL_WORKER_PATH=json.dumps(sys.path),
-               DECODEWALL_PARENT=str(os.getpid()))
-    proc = None
-    try:
-        with deferred():  # an interrupt cannot leave a started child that nothing holds
-            proc = subprocess.Popen([sys.executable, str(BOOT), "bench.plugins:preflight_main",
-                                     progress, *paths], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
-        with open(progress) as f:
-            lines = f.read().split()
-    finally:
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # it and whatever the plugin started
-            except OSError:
-                pass
-            proc.wait()
-        os.unlink(progress)
-    if lines[-1:] == [DONE]:
-        return
-    if not lines:  # it ended before the first plugin: the CLI's own import finds out why
-        return
-    p = paths[int(lines[-1])]
-    why = (f"importing it took over {timeout_s:g} s" if rc is None else
-           f"importing it ended its process ({describe_exit(rc)})")
-    raise UsageError(f"plugin {p} failed to load: {printable(why)}")
-
-
 def preflight_main() -> None:
-    """The child of `preflight` (started through bench/boot.py): PROGRESS_FILE PLUGIN..."""
+    """The child of bench.isolation.preflight_plugins (started through bench/boot.py):
+    PROGRESS_FILE PLUGIN... It writes each plugin's index before importing it, then DONE."""
     progress, *paths = sys.argv[1:]
     with open(progress, "w") as f:
         def before_each(i: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, signal_of
-from ..plugins import load_plugins, preflight
+from ..plugins import load_plugins
 from .common import (directory, discard_stdout, known_backend, parse_shape, ranks,
                      resolve_backend, resolve_chip, resolve_dtypes, seconds, seed, suggest)
 from .step import add_step_args
@@ -271,13 +271,13 @@ def command(args) -> int:
                            new_run_id, versions)
     from .. import roofline as rl
     from ..roofline import drift_note, measure_bandwidth, measure_roof
-    from ..isolation import IsolatedRunner
+    from ..isolation import IsolatedRunner, preflight_plugins
     from ..runner import RunContext
     from ..suites import SuiteContext
     from ..timing import BUDGETS
 
     # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
-    preflight(args.plugin or [])
+    preflight_plugins(args.plugin or [])
     with _stdout_to_stderr() if args.json else _null():
         load_plugins(args.plugin or [])
     if args.list:

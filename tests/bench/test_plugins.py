@@ -7,7 +7,8 @@ import time
 import pytest
 
 from bench.errors import UsageError
-from bench.plugins import load_plugins, preflight
+from bench.isolation import preflight_plugins as preflight
+from bench.plugins import load_plugins
 from kernels import OPS
 from tests import helpers
 
