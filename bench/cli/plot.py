@@ -62,7 +62,7 @@ def command(args) -> int:
         except PlotError as e:
             skipped.append((path, str(e)))
     if charts and not figures:  # nothing to draw at all: one line, no file
-        raise UsageError(skipped[-1][1])
+        raise UsageError("; ".join(dict.fromkeys(why for _, why in skipped)))
     try:
         written = save_all(figures) if figures else []
     except PlotError as e:

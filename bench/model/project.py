@@ -397,6 +397,7 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
     preferred; without any, every non-probe case counts. Returns (efficiency, what it came from).
     """
     best: dict[tuple, tuple[float, str]] = {}
+    records = list(records)
     for r in efficiency_records(records):
         pct, of = ((r.get("pct_datasheet"), "datasheet") if r.get("pct_datasheet") is not None
                    else (r.get("pct_roof"), "measured roof"))
@@ -404,7 +405,12 @@ def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "b
         if key not in best or float(pct) > best[key][0]:
             best[key] = (float(pct), of)
     if not best:
-        raise ValueError("no ok, non-probe results with a % of roof to take an efficiency from")
+        left = [f"{n} {why}" for n, why in (
+            (sum(r.get("status") == "ok" and in_cache(r) for r in records), "ran in cache"),
+            (sum(r.get("status") == "ok" and suspect(r) for r in records), "harness suspect"))
+            if n]
+        raise ValueError("no ok, non-probe results with a % of roof to take an efficiency from" +
+                         (f" ({', '.join(left)}: not a memory efficiency)" if left else ""))
     wanted = {WEIGHT_OPS[weights], KV_OPS[kv]}
     chosen = {k: v for k, v in best.items() if k[0] in wanted} or best
     ops = sorted({k[0] for k in chosen})

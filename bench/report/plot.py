@@ -750,7 +750,10 @@ def roofline_figure(records: list[dict[str, Any]], title: str | None = None):
     one_device(records)
     recs, sized = roofline_drawn(records)
     if not recs and not sized:
-        raise PlotError("no ok, timed (non-probe) results with FLOPs to plot")
+        n = sum(in_cache(r) for r in ok_records(records))
+        raise PlotError("no ok, timed (non-probe) results with FLOPs to plot" + (
+            f" outside the cache ({n} ran in cache: shapes that fit it time the cache)" if n
+            else ""))
     batch = sweeps(recs)
     others = (["batch"] if batch else []) + (["size"] if sized else [])
     plt = _pyplot()

@@ -699,3 +699,18 @@ def test_the_size_sweep_is_drawn_against_mib():
     assert list(series.get_xdata()) == pytest.approx([r["bytes"] / 2**20 for r in recs])
     assert any(list(ln.get_xdata()) == [32.0, 32.0] for ln in ax.get_lines())  # the LLC line
     plt.close(fig)
+
+
+def test_a_file_of_in_cache_records_only_says_that_is_why_nothing_is_drawn(tmp_path, capsys):
+    """A run of tiny shapes is ok, timed and has FLOPs, but every record ran in cache: plot and
+    project say so, rather than that there is no ok result at all."""
+    pytest.importorskip("matplotlib")
+    from bench.roofline import IN_CACHE
+    recs = [{**record("gemv_bf16", {"M": 1, "N": 64, "K": 64}, impl, 1e-6), "warm": False,
+             "cold": True, "verdict": IN_CACHE} for impl in ("a", "b")]
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    line = one_error_line(capsys, ["plot", str(path), "-o", str(tmp_path / "charts")])
+    assert "only probes or in-cache records" in line and "(2 ran in cache" in line, line
+    line = one_error_line(capsys, ["project", "--model", "llama-3-8b", "--from", str(path)])
+    assert "(2 ran in cache: not a memory efficiency)" in line, line
