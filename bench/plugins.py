@@ -31,7 +31,8 @@ def load_plugins(paths: Sequence[str], before_each: Callable[[int], None] | None
         if path.is_dir():
             raise UsageError(f"plugin {p}: is a directory, not a Python file")
         if not path.is_file():
-            raise UsageError(f"plugin {p}: no such file")
+            raise UsageError(f"plugin {p}: " + ("not a regular file" if path.exists() else
+                                                "no such file"))
         # A second import would register its impls again and blame the plugin for the clash.
         if path.resolve() in seen:
             first = seen[path.resolve()]

@@ -81,6 +81,7 @@ def test_paths_that_are_no_plugin_file(plugin, tmp_path):
     assert why([" "]) == "--plugin is empty: give a Python file"
     assert why([str(tmp_path)]) == f"plugin {tmp_path}: is a directory, not a Python file"
     assert why([str(tmp_path / "nope.py")]) == f"plugin {tmp_path / 'nope.py'}: no such file"
+    assert why(["/dev/null"]) == "plugin /dev/null: not a regular file"
     assert why([p, p]) == f"plugin {p} is given twice"
 
 
