@@ -258,7 +258,7 @@ def _record(path: str | Path, i: int, line: str) -> dict[str, Any]:
     try:
         rec = json.loads(line)  # NaN and Infinity parse; the field checks reject them
     except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg}, column {e.colno})") from None
+        raise ResultsError(f"{path}:{i}: not valid JSON ({e.msg}, character {e.pos + 1})") from None
     except RecursionError:
         raise ResultsError(f"{path}:{i}: not a decodewall result record (nested too deeply)"
                            ) from None

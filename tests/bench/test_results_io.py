@@ -84,7 +84,7 @@ def test_the_device_check_reads_on_past_a_bad_line(tmp_path):
                  + json.dumps({**good, "impl": "y"}) + "\n" + json.dumps({**good, "status": "nope"}) + "\n")
     skipped = []
     assert [r["impl"] for r in read_results(p, skipped)] == ["x", "y"]
-    assert len(skipped) == 2 and skipped[0] == f"{p}:2: not valid JSON (Expecting value, column 29)"
+    assert len(skipped) == 2 and skipped[0] == f"{p}:2: not valid JSON (Expecting value, character 30)"
     assert skipped[1].startswith(f"{p}:4: malformed record (unknown status")
     with pytest.raises(ResultsError, match=":2: not valid JSON"):
         read_results(p)
