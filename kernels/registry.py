@@ -212,7 +212,7 @@ def register_impl(
         out_arg = "out" in inspect.signature(fn).parameters
         the_op.impls[impl_name] = Impl(
             name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
-            baseline=baseline, prepare=prepare, out_arg=out_arg, known_issue=known_issue,
+            baseline=bool(baseline), prepare=prepare, out_arg=out_arg, known_issue=known_issue,
             doc=(inspect.getdoc(fn) or "").split("\n")[0],
             builtin=getattr(fn, "__module__", "").partition(".")[0] == "kernels")
         return fn

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..common import check_out
 from ..registry import register_impl
 from .ops import validate
 
@@ -139,6 +140,7 @@ def _prepare(q, k_cache, v_cache, block_table, seq_lens, scale) -> tuple:
                kind="compiled", baseline=True, prepare=_prepare)
 def flashinfer_decode(q, k_cache, v_cache, wrapper, out: torch.Tensor | None = None) -> torch.Tensor:
     """FlashInfer (peer): BatchDecodeWithPagedKVCacheWrapper on our NHD caches, CSR page table."""
+    check_out("flashinfer_decode", out, tuple(q.shape), q.device)
     return wrapper.run(q, (k_cache, v_cache), out=out)
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..common import check_out
 from ..quant import unpack_int4
 from ..registry import register_impl
 from .ops import check_w4_args, check_w8_args
@@ -123,6 +124,7 @@ def _run(x: torch.Tensor, W_q: torch.Tensor, scales: torch.Tensor, zeros: torch.
          meta_scale: torch.Tensor, meta_args: list[int], forward: Callable,
          out: torch.Tensor | None = None) -> torch.Tensor:
     y = forward(x, None, [W_q, scales, zeros, meta_scale], meta_args)  # fp32 [M, N]
+    check_out("gemlite", out, tuple(y.shape), x.device)  # before copy_ casts or broadcasts
     return y.to(x.dtype) if out is None else out.copy_(y)
 
 
