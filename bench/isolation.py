@@ -82,11 +82,13 @@ def describe_exit(rc: int) -> str:
     return f"exit code {rc}"
 
 
-def preflight_plugins(paths: Sequence[str], timeout_s: float = START_TIMEOUT_S) -> None:
+def preflight_plugins(paths: Sequence[str]) -> None:
     """Import the plugin files in a child process first, so that one that ends its process at
-    import (a segfault in a library it loads, os._exit) or never returns is a UsageError naming
-    it, not the CLI dying silently or hanging. What a plugin raises is left to load_plugins, which
-    names it; what the child prints is dropped (the CLI's own import prints it again)."""
+    import (a segfault in a library it loads, os._exit) is a UsageError naming it, not the CLI
+    dying silently. What a plugin raises is left to load_plugins, which names it; what the child
+    prints is dropped (the CLI's own import prints it again). No time limit: an import that
+    builds an extension may take minutes (Ctrl-C ends the wait, as it would the CLI's own
+    import), and what the plugin started is killed with the child when it ends."""
     if not paths:
         return
     fd, progress = tempfile.mkstemp(prefix="decodewall-plugins-", suffix=".txt")
@@ -100,16 +102,13 @@ def preflight_plugins(paths: Sequence[str], timeout_s: float = START_TIMEOUT_S) 
                                      progress, *paths], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
+        rc = proc.wait()
         with open(progress) as f:
             lines = f.read().split()
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # it and whatever the plugin started
+                os.killpg(proc.pid, signal.SIGKILL)  # it, or what the plugin started in its group
             except OSError:
                 pass
             proc.wait()
@@ -118,10 +117,8 @@ def preflight_plugins(paths: Sequence[str], timeout_s: float = START_TIMEOUT_S) 
         return
     if not lines:  # it ended before the first plugin: the CLI's own import finds out why
         return
-    p = paths[int(lines[-1])]
-    why = (f"importing it took over {timeout_s:g} s" if rc is None else
-           f"importing it ended its process ({describe_exit(rc)})")
-    raise UsageError(f"plugin {p} failed to load: {printable(why)}")
+    why = f"importing it ended its process ({describe_exit(rc)})"
+    raise UsageError(f"plugin {paths[int(lines[-1])]} failed to load: {printable(why)}")
 
 
 class Worker:
