@@ -3,8 +3,8 @@
 The CLI loads them before validating a run, and every case worker loads the same files again
 under the same module names, so an impl a plugin registers exists wherever its cases run. Before
 that, the CLI imports them in a child process (`preflight_main`, started by
-bench.isolation.preflight_plugins): a plugin that ends or hangs its process at import (a crash in
-a library it loads, os._exit) is then reported in one line, not fatal.
+bench.isolation.preflight_plugins): a plugin that ends its process at import (a crash in a library
+it loads, os._exit) is then reported in one line, not fatal.
 """
 from __future__ import annotations
 

@@ -276,8 +276,8 @@ def command(args) -> int:
     from ..suites import SuiteContext
     from ..timing import BUDGETS
 
-    # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
     preflight_plugins(args.plugin or [])
+    # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
     with _stdout_to_stderr() if args.json else _null():
         load_plugins(args.plugin or [])
     if args.list:
