@@ -158,7 +158,8 @@ def test_a_lost_device_context_ends_its_worker_and_the_run_goes_on(tmp_path):
 
 
 # The CLI with os.killpg wrapped so that a second Ctrl-C lands in the cleanup after the first
-# signal, just before it kills the worker's process group (raise_signal: delivered at once). A
+# signal, just before it kills the worker's process group (raise_signal: delivered at once), once
+# the hanging impl has started (the plugin preflight's kill, at the start, is left alone). A
 # worker asked to exit gets EXIT_WAIT_S_IN_TEST here, not the run's 5 s: on a busy 2-core machine
 # the kill and the CLI's own exit alone can take several seconds (up to 9 s seen under load, 0.5-1 s
 # idle), so only a wait far longer than that tells "asked first" from "killed at once".
@@ -169,8 +170,10 @@ import bench.isolation
 bench.isolation.EXIT_WAIT_S = {EXIT_WAIT_S_IN_TEST!r}
 killpg = os.killpg
 def second_ctrl_c_then_killpg(pgid, sig):
-    os.killpg = killpg
-    signal.raise_signal(signal.SIGINT)
+    pids = os.environ["DW_TEST_PIDS"]
+    if os.path.exists(pids) and "child" in open(pids).read():
+        os.killpg = killpg
+        signal.raise_signal(signal.SIGINT)
     killpg(pgid, sig)
 os.killpg = second_ctrl_c_then_killpg
 from bench.cli import main
@@ -193,7 +196,7 @@ def test_a_signal_during_a_hang_kills_the_worker_at_once_and_keeps_finished_case
            "--impl", "torch_matmul", "--impl", "b_hang", "--budget", "quick", "--out", str(out),
            "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", PYTHONFAULTHANDLER="1",
-               TMPDIR=str(tmp))
+               TMPDIR=str(tmp), DW_TEST_PIDS=str(pids))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, preexec_fn=default_sigint)
     try:
