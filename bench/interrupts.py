@@ -1,5 +1,5 @@
-"""SIGINT (Ctrl-C), SIGTERM and SIGHUP end a command the same way: as an `Interrupted` exception in the
-main thread, so that the run kills its workers, keeps its finished cases and says so.
+"""SIGINT (Ctrl-C), SIGTERM and SIGHUP end a command the same way: as an `Interrupted` exception
+in the main thread, so that the run kills its workers, keeps its finished cases and says so.
 
 `handled()` installs the handlers for a command. The first signal is raised; any later one is
 ignored, so the cleanup and the report that follow (killing worker process groups, removing
@@ -67,9 +67,9 @@ def _handle(signum: int, frame: Any) -> None:
 
 @contextmanager
 def handled(exiting: bool = False) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` (once) in the main thread inside the block; the
-    previous handlers come back after it, or, where the process exits as the block ends
-    (`exiting`), both stay ignored: a signal between the report and the exit cannot change the
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` (once) in the main thread inside the block;
+    the previous handlers come back after it, or, where the process exits as the block ends
+    (`exiting`), all three stay ignored: a signal between the report and the exit cannot change the
     exit status or print a traceback. A signal the process was started with ignored (a
     background job's SIGINT, nohup) stays ignored. Outside the main thread nothing changes
     (Python runs signal handlers in the main thread only)."""

@@ -228,11 +228,7 @@ class CLibrary:
         return self._lib
 
     def _buffers(self) -> dict[str, torch.Tensor]:
-        try:
-            return self._local.buffers
-        except AttributeError:
-            self._local.buffers = {}
-            return self._local.buffers
+        return vars(self._local).setdefault("buffers", {})  # this thread's
 
     def buffer(self, name: str, numel: int) -> torch.Tensor:
         """An fp32 scratch buffer reused across calls (fresh pages fault slowly on the CPU), one

@@ -43,8 +43,8 @@ def check_out(name: str, out: torch.Tensor | None, shape: tuple[int, ...], devic
         return
     if tuple(out.shape) != tuple(shape) or out.dtype not in dtypes or out.device != device:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise ValueError(f"{name}: out must be {names} {list(shape)} on {device}, got "
-                         f"{str(out.dtype).removeprefix('torch.')}{list(out.shape)} on {out.device}")
+        got = f"{str(out.dtype).removeprefix('torch.')}{list(out.shape)} on {out.device}"
+        raise ValueError(f"{name}: out must be {names} {list(shape)} on {device}, got {got}")
 
 
 # sm_90's shared memory a block may opt into (227 KiB): the limit where no device says otherwise

@@ -75,7 +75,7 @@ _LOCAL = threading.local()  # the workspace buffers, a set per thread
 def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
     """Buffers reused across calls (fresh large CPU allocations page-fault on every call), a set
     per thread: two threads calling at once must not share one."""
-    workspace = _LOCAL.__dict__.setdefault("workspace", {})
+    workspace = vars(_LOCAL).setdefault("workspace", {})  # this thread's
     key = (name, dtype, str(device))
     n = math.prod(shape)
     buf = workspace.get(key)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..common import FLOATS, check_out
+from ..common import check_out
 from ..quant import dequant_int4, to_torch_int4_scales_zeros, unpack_int4
 from ..registry import register_impl
 from .ops import BF16, check_w4_args
@@ -98,7 +98,7 @@ def _prepare_compiled_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
 def torch_compiled_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, fn=None,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.compile of the fused widen-multiply-reduce (compiled once per shape in `prepare`)."""
-    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device, FLOATS)
+    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device)
     y = (fn or compile_for(_fused_w8, x, qweight, scales))(x, qweight, scales)
     return y if out is None else out.copy_(y)
 
@@ -169,7 +169,7 @@ def torch_compiled_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                       zeros: torch.Tensor, group_size: int, fn=None,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.compile of the fused unpack-dequant-reduce (compiled once per shape in `prepare`)."""
-    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device, FLOATS)
+    check_out("torch_compiled", out, (x.shape[0], qweight.shape[0]), x.device)
     fn = fn or compile_for(_fused_w4, x, qweight, scales, zeros, group_size)
     y = fn(x, qweight, scales, zeros, group_size)
     return y if out is None else out.copy_(y)

@@ -67,7 +67,7 @@ def test_a_nested_handled_gives_back_the_outer_state():
     assert done == ["after the signal"] and e.value.signum == signal.SIGTERM
 
 
-def test_exiting_leaves_both_signals_ignored_and_a_bare_ctrl_c_is_sigint():
+def test_exiting_leaves_every_signal_ignored_and_a_bare_ctrl_c_is_sigint():
     """After the report of a command about to exit, a late signal can change neither the exit
     status nor print a traceback; a KeyboardInterrupt raised where no handler was installed is
     Ctrl-C."""
