@@ -174,3 +174,22 @@ def test_fp_fusion_is_pinned_on_unless_the_user_chose(env, want):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-800:]
     assert r.stdout.split("\n")[-2] == want
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, refused", [
+    ("3.6.0", "2.4.6", True), ("3.0.0", "2.4.0rc1", True), ("3.6.0+git1a2b3c", "2.5.0", True),
+    ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.6", False), ("3.10.0", "2.4.6", False),
+])
+def test_the_interpreter_numpy_conflict_is_named_before_any_test(triton_version, numpy_version,
+                                                                 refused):
+    """Triton before 3.7 interprets with int() of a one-element array, which numpy 2.4 refuses:
+    the session stops with the fix in one line instead of failing every kernel test inside
+    Triton. 3.10 is newer than 3.7 (compared as numbers, not strings)."""
+    from tests.conftest import interpreter_numpy_conflict
+    why = interpreter_numpy_conflict(triton_version, numpy_version)
+    if refused:
+        assert why == (f"Triton {triton_version}'s interpreter cannot run with numpy "
+                       f"{numpy_version} (numpy 2.4 refuses int() of a one-element array): "
+                       f"pip install 'numpy<2.4', or Triton 3.7 or newer")
+    else:
+        assert why is None
