@@ -67,6 +67,7 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
     @triton.jit function, to compile or launch one config of it directly.
     """
     def deco(jitfn: Any) -> Any:
+        _check_names(jitfn, key, configs, fixed, kw)
         if INTERPRET or not AUTOTUNE:
             jitfn.fixed_meta = dict(fixed) if INTERPRET else config_meta(configs[0])
             jitfn.jit_fn = jitfn
@@ -80,6 +81,21 @@ def autotune_or_fixed(configs: list, key: list[str], fixed: dict[str, Any], **kw
         TUNED.append(tuned)
         return tuned
     return deco
+
+
+def _check_names(jitfn: Any, key: list[str], configs: list, fixed: dict[str, Any],
+                 kw: dict[str, Any]) -> None:
+    """Every name the tuner is given must be one of the kernel's parameters. Triton 3.9 refuses
+    an unknown key name, but before 3.9 the tuner drops it silently and reuses one config for
+    every value of it, and the interpreter never builds the tuner: check here, on any platform."""
+    params = set(jitfn.arg_names)
+    names = [("key", k) for k in key] + [("fixed", k) for k in fixed]
+    names += [(arg, k) for arg in ("reset_to_zero", "restore_value") for k in kw.get(arg) or ()]
+    names += [("config", k) for cfg in configs for k in cfg.kwargs]
+    unknown = sorted({f"{where} {k!r}" for where, k in names if k not in params})
+    if unknown:
+        raise ValueError(f"autotune of {jitfn.__name__}: {', '.join(unknown)} not among its "
+                         f"parameters")
 
 
 def launch_meta(kernel: Any, use_dot: bool = False, **path: Any) -> dict[str, Any]:

@@ -193,3 +193,28 @@ def test_the_interpreter_numpy_conflict_is_named_before_any_test(triton_version,
                        f"pip install 'numpy<2.4', or Triton 3.7 or newer")
     else:
         assert why is None
+
+
+@triton.jit
+def _named_kernel(x_ptr, N, BLOCK: "triton.language.constexpr"):
+    pass
+
+
+@pytest.mark.parametrize("key, cfg, fixed, kw, wrong", [
+    (["N", "M"], {"BLOCK": 16}, {"BLOCK": 16}, {}, "key 'M'"),
+    (["N"], {"BLOCK": 16, "BLOCK_K": 8}, {"BLOCK": 16}, {}, "config 'BLOCK_K'"),
+    (["N"], {"BLOCK": 16}, {"BLOK": 16}, {}, "fixed 'BLOK'"),
+    (["N"], {"BLOCK": 16}, {"BLOCK": 16}, {"reset_to_zero": ["y_ptr"]}, "reset_to_zero 'y_ptr'"),
+    (["N"], {"BLOCK": 16}, {"BLOCK": 16}, {}, None),
+])
+def test_autotune_names_that_are_not_parameters_are_refused_at_import(key, cfg, fixed, kw, wrong):
+    """Before 3.9 Triton's tuner drops a key name that is not a parameter without a word (one
+    config then serves every shape), and the interpreter never builds the tuner: the decorator
+    checks every name, so importing the kernels in the CPU tests checks them all."""
+    deco = triton_util.autotune_or_fixed([triton.Config(cfg)], key=key, fixed=fixed, **kw)
+    if wrong is None:
+        assert deco(_named_kernel).jit_fn is not None
+        return
+    with pytest.raises(ValueError) as e:
+        deco(_named_kernel)
+    assert str(e.value) == f"autotune of _named_kernel: {wrong} not among its parameters"
