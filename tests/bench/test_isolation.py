@@ -90,6 +90,8 @@ def test_crashes_and_hangs_are_recorded_and_the_run_goes_on(tmp_path, bad_plugin
     assert "Traceback" not in p.stderr + p.stdout
     (f,) = out.iterdir()
     recs = {r["impl"]: r for r in map(json.loads, f.read_text().splitlines())}
+    assert {"a_segfault", "b_hang", "c_abort", "d_exit", "e_good", "torch_matmul"} <= set(recs), \
+        p.stderr  # a run cut short says why there
     assert recs["a_segfault"]["status"] == "crashed"
     assert "the worker died in its check: SIGSEGV" in recs["a_segfault"]["error"]
     assert "its last output line: reading address 0" in recs["a_segfault"]["error"]  # stderr
