@@ -6,13 +6,23 @@ ignored, so the cleanup and the report that follow (killing worker process group
 temporary files, the table, the "finished case(s) kept" line) cannot be cut short by a second
 Ctrl-C. A signal that lands inside `deferred()` is raised when the block ends: writing a record
 and counting it happen together or not at all.
+
+Python runs a signal's handler wherever the main thread is, including inside a garbage
+collector callback (jax installs one), a `__del__` or a weakref callback, where an exception
+cannot propagate: Python prints it as "Exception ignored" and drops it. `handled()` catches that
+through `sys.unraisablehook` and delivers the signal again a moment later, when the main thread
+has left the callback, so the stop is neither lost nor shown as a traceback.
 """
 from __future__ import annotations
 
+import functools
+import os
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # SIGHUP too: the terminal or SSH session a run was started from has gone away
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -65,6 +75,26 @@ def _handle(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+REDELIVER_S = 0.01  # a callback that swallowed the interrupt has returned by then
+
+
+def _redeliver(signum: int) -> None:
+    time.sleep(REDELIVER_S)
+    os.kill(os.getpid(), signum)
+
+
+def _unraisable(args: Any, previous: Callable[[Any], Any]) -> None:
+    """sys.unraisablehook inside handled(): an Interrupted that a callback swallowed is undone
+    (the state forgets it was raised) and its signal sent again from another thread, where
+    Python does not run the handler at once: the main thread meets it after the callback.
+    Anything else goes to the hook that was there before."""
+    if isinstance(args.exc_value, Interrupted) and _state.raised:
+        _state.raised = False
+        threading.Thread(target=_redeliver, args=(args.exc_value.signum,), daemon=True).start()
+        return
+    previous(args)
+
+
 @contextmanager
 def handled(exiting: bool = False) -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise `Interrupted` (once) in the main thread inside the block;
@@ -79,6 +109,8 @@ def handled(exiting: bool = False) -> Iterator[None]:
     before = {s: signal.getsignal(s) for s in SIGNALS}
     saved = (_state.depth, _state.pending, _state.raised)
     _state.depth, _state.pending, _state.raised = 0, None, False
+    hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_unraisable, previous=hook)
     for s, h in before.items():
         if h is not signal.SIG_IGN:
             signal.signal(s, _handle)
@@ -88,6 +120,7 @@ def handled(exiting: bool = False) -> Iterator[None]:
         for s, h in before.items():
             signal.signal(s, signal.SIG_IGN if exiting else h if h is not None else
                           signal.SIG_DFL)
+        sys.unraisablehook = hook
         _state.depth, _state.pending, _state.raised = saved
 
 

@@ -82,3 +82,42 @@ def test_exiting_leaves_every_signal_ignored_and_a_bare_ctrl_c_is_sigint():
             signal.signal(s, h)
     assert signal_of(KeyboardInterrupt()) == signal.SIGINT
     assert signal_of(Interrupted(signal.SIGTERM)) == signal.SIGTERM
+
+
+@pytest.mark.parametrize("where", ["gc callback", "__del__"])
+def test_a_signal_that_lands_in_a_callback_is_not_lost(where, capsys):
+    """Python runs the handler wherever the main thread is: inside a garbage collector callback
+    (jax installs one) or a finalizer its exception is printed as "Exception ignored" and
+    dropped, and the run would go on to the end. The signal is delivered again once the
+    callback is over: the stop is raised in the code it interrupted, and nothing is printed."""
+    import gc
+    import time
+
+    def in_callback(*_):
+        signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the callback
+
+    class Finalized:
+        def __del__(self):
+            in_callback()
+
+    ran = []
+    with handled():
+        if where == "gc callback":
+            gc.callbacks.append(in_callback)
+        try:
+            with pytest.raises(Interrupted) as e:
+                if where == "gc callback":
+                    gc.collect()
+                else:
+                    Finalized()  # its __del__ runs at once
+                ran.append("past the callback")
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # the stop arrives here, not after
+                    time.sleep(0.001)
+                ran.append("the stop never came")
+        finally:
+            if in_callback in gc.callbacks:
+                gc.callbacks.remove(in_callback)
+        signal.raise_signal(signal.SIGINT)  # raised once: a later signal is still ignored
+    assert e.value.signum == signal.SIGTERM and ran == ["past the callback"]
+    assert capsys.readouterr().err == ""
