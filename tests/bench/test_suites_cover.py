@@ -72,3 +72,19 @@ def test_a_plugins_compiled_impl_is_in_the_gpu_suites(monkeypatch):
         picked = [c for c in cases_for(suite, ctx) if c.op == "gemv_bf16"]
         assert picked and all(c.impls is None or "cutlass_gemv" in c.impls for c in picked), suite
         assert all(c.impls is None or "torch_compiled" not in c.impls for c in picked)
+
+
+def test_a_suite_case_leaves_out_no_op_that_runs_on_its_backend():
+    """A case whose impl list names none of the impls its op has on the backend gets no record
+    and no word: the size sweep once planned INT4 and INT8 GEMVs on XLA naming only impls XLA
+    lacks. (An op with no impl on a backend at all, allreduce on XLA, is the op's own limit.)"""
+    from bench.runner import select_impls
+    from bench.suites import SUITES
+    for backend in ("cpu", "cuda", "xla"):
+        ctx = SuiteContext(backend, 80 * 2**30, 50 * 2**20, world_size=2)
+        for name in SUITES:
+            for c in cases_for(name, ctx):
+                if not any(backend in i.backends for i in OPS[c.op].impls.values()):
+                    continue
+                runs = [i.name for i in select_impls(c, None) if backend in i.backends]
+                assert runs, f"{name} on {backend}: {c.op} {c.shape} has no impl there"
