@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .base import Backend
+from .base import Backend, Sampler
 from .catalog import detect
-from .cpu import CPUBackend, _cpu_name, _mem_total, read_caches
+from .cpu import CPUBackend, ContentionSampler, _cpu_name, _mem_total, read_caches
 
 # Accelerators: the largest on-chip memory among catalog TPUs (v5e/v6e VMEM, v4 CMEM: 128 MiB).
 # VMEM is a scratchpad XLA fills per kernel, not a cache that keeps data between calls, and JAX
@@ -282,6 +282,13 @@ class XLABackend(Backend):
         if self.kind_of_device == "cpu":
             return max(1, nbytes // (16 * 1024**2))
         return 1
+
+    def sampler(self) -> Sampler | None:
+        """XLA:CPU runs on the host's CPUs: the CPU backend's contention figures, so that a
+        window other tasks shared is flagged as it is on the CPU. Accelerators: none."""
+        if self.kind_of_device == "cpu":
+            return ContentionSampler()
+        return None
 
     def cache_bytes(self) -> int:
         if self.kind_of_device == "cpu":
