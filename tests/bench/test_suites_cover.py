@@ -88,3 +88,21 @@ def test_a_suite_case_leaves_out_no_op_that_runs_on_its_backend():
                     continue
                 runs = [i.name for i in select_impls(c, None) if backend in i.backends]
                 assert runs, f"{name} on {backend}: {c.op} {c.shape} has no impl there"
+
+
+def test_a_suite_op_with_no_impl_on_the_backend_is_left_out_and_said(capsys):
+    """The smoke suite on XLA holds allreduce, which has no XLA impl: the run leaves it out
+    with a line naming it, where it once ran every other case and never mentioned it."""
+    import argparse
+    from bench.cli.run import resolve_cases
+    args = argparse.Namespace(op=None, suite="smoke", shape=None, dtype=None, world_size=None,
+                              warm=False, impl=None)
+    planned = cases_for("smoke", SuiteContext("xla"))
+    n = sum(c.op == "allreduce" for c in planned)
+    assert n
+    kept = resolve_cases(args, SuiteContext("xla"))
+    assert [c for c in planned if c.op != "allreduce"] == kept
+    assert capsys.readouterr().err == (f"decodewall: suite smoke leaves out {n} case(s) of "
+                                       "allreduce: no impl of it runs on xla\n")
+    assert resolve_cases(args, SuiteContext("cpu")) == cases_for("smoke", SuiteContext("cpu"))
+    assert capsys.readouterr().err == ""
