@@ -141,3 +141,27 @@ class Backend:
     def to_host(self, x: Any) -> Any:
         """A device value as the reference and the check see it (default: the value itself)."""
         return x
+
+    def snapshot(self, args: tuple) -> list[Any] | None:
+        """What `restore_changed` needs to find and undo a change an impl made to its inputs: a
+        copy of each tensor; None (not checked) when the device cannot hold a second copy."""
+        try:
+            return [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+        except RuntimeError:  # out of memory (torch.OutOfMemoryError is one)
+            return None
+
+    def restore_changed(self, args: tuple, snap: list[Any] | None) -> list[int]:
+        """The positions of the inputs that differ from `snapshot`'s copies, byte for byte (a NaN
+        in an unused slot equals itself), each put back."""
+        if snap is None:
+            return []
+        changed = []
+        for i, (a, p) in enumerate(zip(args, snap)):
+            if p is not None and not torch.equal(_bytes(a), _bytes(p)):
+                a.copy_(p)
+                changed.append(i)
+        return changed
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)

@@ -261,6 +261,31 @@ class XLABackend(Backend):
             return Tensor(jnp.copy(t.jax()), self.env)
         return t.clone()
 
+    def snapshot(self, args: tuple) -> list[Any] | None:
+        """Each input's JAX array, no copy: an XLA array cannot change, so an in-place op on a
+        torchax tensor (an impl's `prepare` scaling its weight in place) swaps a new array in,
+        and the one kept here is the input as it was."""
+        from torchax.tensor import Tensor
+        return [a.jax() if isinstance(a, Tensor) else None for a in args]
+
+    def restore_changed(self, args: tuple, snap: list[Any] | None) -> list[int]:
+        """The inputs whose array was swapped for one of other values (NaN equal to NaN, as in
+        the unused slots of a paged KV pool), each given its array back."""
+        import jax.numpy as jnp
+        from torchax.tensor import Tensor
+        if snap is None:
+            return []
+        changed = []
+        for i, (a, p) in enumerate(zip(args, snap)):
+            if p is None or a.jax() is p:
+                continue
+            now = a.jax()
+            if now.shape != p.shape or now.dtype != p.dtype or \
+                    not bool(jnp.array_equal(now, p, equal_nan=True)):
+                changed.append(i)
+            a.data = Tensor(p, self.env)  # the array it had, whether or not its values moved
+        return changed
+
     def block(self, out: Any) -> None:
         from torchax.tensor import Tensor
         leaves = out if isinstance(out, (tuple, list)) else (out,)

@@ -103,32 +103,6 @@ def _put_back(state: tuple[int, torch.dtype, bool]) -> None:
     torch.set_flush_denormal(False)
 
 
-def _snapshot(args: tuple) -> list[torch.Tensor | None] | None:
-    """A copy of each tensor input, to see whether an impl changed it; None (not checked) when the
-    device cannot hold a second copy of the inputs."""
-    try:
-        return [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
-    except RuntimeError:  # out of memory (torch.OutOfMemoryError is one)
-        return None
-
-
-def _restore_changed(args: tuple, pristine: list[torch.Tensor | None] | None) -> list[int]:
-    """The positions of the inputs that differ from their copies, byte for byte (a NaN in an
-    unused slot equals itself), each copied back."""
-    if pristine is None:
-        return []
-    changed = []
-    for i, (a, p) in enumerate(zip(args, pristine)):
-        if p is not None and not torch.equal(_bytes(a), _bytes(p)):
-            a.copy_(p)
-            changed.append(i)
-    return changed
-
-
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().contiguous().reshape(-1).view(torch.uint8)
-
-
 def _malformed(out: Any, shape: tuple, dtype: torch.dtype) -> str | None:
     """Why an impl's output is not one the op's reference and byte count describe, or None."""
     if not isinstance(out, torch.Tensor):
@@ -289,8 +263,8 @@ class Runner:
         forget_tuned()  # the record names the configs that the autotuner picks for this case
         # the inputs are the case's, shared by every impl and set 0 of the timing: one that an
         # impl changes, in its call or in its prepare (a weight repacked in place), is put back
-        # and the impl fails (arrays on XLA cannot change)
-        pristine = _snapshot(inputs) if c.backend.out_buffers else None
+        # and the impl fails
+        pristine = c.backend.snapshot(inputs)
         with c.backend.session():
             args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
         if use_out:
@@ -300,7 +274,7 @@ class Runner:
         else:
             result = fn(*args)
         c.backend.synchronize()
-        changed = _restore_changed(inputs, pristine)
+        changed = c.backend.restore_changed(inputs, pristine)
         del pristine
         host = c.backend.to_host(result)
         wrong = (f"changed its input{'s' if len(changed) > 1 else ''} "

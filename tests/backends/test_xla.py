@@ -341,6 +341,60 @@ def test_an_impl_that_does_not_lower_is_skipped_with_the_reason(xla, tmp_path, n
     assert ok["status"] == "ok" and ok["correct"] and ok["n_sets"] > 1 and ok["cold"]
 
 
+@pytest.fixture
+def in_place_prepare():
+    def scale_in_place(x, w):
+        w2 = w.clone()
+        w.mul_(0)  # the shared input, changed: torchax swaps a new array into the tensor
+        return x, w2
+
+    def keep_in_place(x, w):
+        w.mul_(1)  # a new array of the same values: no change
+        return x, w
+
+    @register_impl("gemv_bf16", "t_xla_mutator", backends=["xla"], prepare=scale_in_place)
+    def mutator(x, w):
+        return x @ w.T
+
+    @register_impl("gemv_bf16", "t_xla_same", backends=["xla"], prepare=keep_in_place)
+    def same(x, w):
+        return x @ w.T
+
+    @register_impl("gemv_bf16", "t_xla_victim", backends=["xla"])
+    def victim(x, w):
+        return x @ w.T
+
+    names = ("t_xla_mutator", "t_xla_same", "t_xla_victim")
+    yield names
+    for n in names:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+@pytest.mark.xla
+def test_a_prepare_that_changes_an_input_fails_and_the_next_impl_gets_it_back(xla,
+                                                                              in_place_prepare):
+    """XLA arrays cannot change, but torchax's in-place ops swap a new array into the tensor:
+    an impl whose prepare zeroes the shared weight fails, and the one after it is checked on
+    the weight as it was (it once failed in its place). New values equal to the old are no
+    change."""
+    from bench.results import ResultWriter
+    from bench.roofline import Roof
+    from bench.runner import RunContext, Runner
+    from bench.case import Case
+    from bench.timing import BUDGETS
+    mutator, same, victim = in_place_prepare
+    roof = Roof("xla", 5.0, 5.0, 1 << 28, matmul_tflops={"float32": 0.05})
+    ctx = RunContext(backend=xla, roof=roof, chip=None, device_info={}, budget=BUDGETS["quick"],
+                     seed=0, run_id="t", command="pytest", git_commit=None, versions={},
+                     impl_filter=in_place_prepare, check_only=True)
+    recs = {r["impl"]: r for r in Runner(ctx, ResultWriter(None, "t")).run_case(
+        Case("gemv_bf16", OPS["gemv_bf16"].shape(M=1, N=64, K=128), torch.float32))}
+    assert recs[mutator]["status"] == "failed-check"
+    assert recs[mutator]["error"] == "changed its input 1 (counted from 0; put back for the " \
+                                     "next impl)"
+    assert recs[same]["status"] == recs[victim]["status"] == "ok"
+
+
 @pytest.mark.xla
 def test_missing_sync_would_be_caught_as_above_the_roof(xla, monkeypatch):
     """The classic TPU bug: reading the clock without block_until_ready times only the dispatch."""
