@@ -1,8 +1,8 @@
 """Collectives measured through torch.distributed: one process per rank, the slowest rank's time.
 
 `decodewall run --op allreduce --shape bytes=65536 --world-size 2` starts the ranks itself: fresh
-interpreters (bench/isolation.py's Worker) that meet on 127.0.0.1 through a torch.distributed
-TCPStore, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
+interpreters (bench/isolation.py's Worker) that meet through a torch.distributed FileStore in the
+run's temporary folder, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
 WORLD_SIZE, MASTER_ADDR set) each process is one rank instead (env:// rendezvous), and rank 0
 keeps the results.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tempfile
 import time
 from datetime import timedelta
@@ -58,13 +57,7 @@ AT_LINK = 0.80  # busbw at or above this share of the datasheet link bandwidth: 
 # A silent death seen within this many seconds of the first error is taken as the cause.
 DEATH_GRACE_S = 2.0
 WARMUP_CALLS = 5
-PORT_TRIES = 3  # groups started on a new port when rank 0 finds its port taken
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STORE_ENV = "DECODEWALL_RANK_STORE"  # the file the ranks a run starts meet through
 
 
 def pg_backend(backend: str) -> str:
@@ -252,8 +245,10 @@ def init_rank(backend: str, pg_timeout_s: float, start_timeout_s: float | None =
                                 timeout=timedelta(seconds=pg_timeout_s))
         return device
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), n,
-                          is_master=rank == 0, timeout=timedelta(seconds=start_timeout_s))
+    # a file, not a TCPStore: the store's server looks up each peer's address for its logs, a
+    # DNS query on hosts whose resolver is asked before (or beside) /etc/hosts
+    store = dist.FileStore(os.environ[STORE_ENV], n)
+    store.set_timeout(timedelta(seconds=start_timeout_s))
     dist.init_process_group(pg_backend(backend), store=store, rank=rank, world_size=n,
                             timeout=timedelta(seconds=pg_timeout_s))
     return device
@@ -274,6 +269,7 @@ class CollectiveRunner:
         self.plugins = [str(Path(p).resolve()) for p in plugins]
         self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-ranks-")
         self._ranks: list[Worker] = []
+        self._groups = 0  # groups started: each names its store file
 
     def close(self, now: bool = False) -> None:
         """Stop every rank and remove the temporary files; now=True (an interrupt): kill their
@@ -306,26 +302,21 @@ class CollectiveRunner:
 
     def _start(self, n: int) -> str | None:
         """A new group of n ranks; None, or why it could not start (its ranks are then killed).
-        The port is free when picked, but rank 0 binds it only once torch has loaded, seconds
-        later: a port taken meanwhile (another run's group) gets the group a new one."""
-        why = None
-        for _ in range(PORT_TRIES):
-            self._stop()
-            port = free_port()
-            for r in range(n):
-                env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
-                       "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
-                with deferred():  # held as soon as it exists: an interrupt still finds it
-                    self._ranks.append(Worker(
-                        self.ctx.backend.name, self.plugins, Path(self._tmp.name),
-                        entry="bench.collectives:rank_main", env=env, wait=False,
-                        init=(max(5.0, self.case_timeout / 2), START_TIMEOUT_S)))
-            why = self._wait_ready(time.monotonic() + START_TIMEOUT_S)
-            if not why:
-                return None
+        Each group meets through a store file of its own in the run's temporary folder."""
+        self._stop()
+        self._groups += 1
+        store = Path(self._tmp.name) / f"store-{self._groups}"
+        for r in range(n):
+            env = {STORE_ENV: str(store), "RANK": str(r), "WORLD_SIZE": str(n),
+                   "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
+            with deferred():  # held as soon as it exists: an interrupt still finds it
+                self._ranks.append(Worker(
+                    self.ctx.backend.name, self.plugins, Path(self._tmp.name),
+                    entry="bench.collectives:rank_main", env=env, wait=False,
+                    init=(max(5.0, self.case_timeout / 2), START_TIMEOUT_S)))
+        why = self._wait_ready(time.monotonic() + START_TIMEOUT_S)
+        if why:
             self._stop(now=True)
-            if "address already in use" not in why.lower():
-                return why
         return why
 
     def _wait_ready(self, deadline: float) -> str | None:

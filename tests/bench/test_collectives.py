@@ -239,7 +239,7 @@ def test_the_exact_limit_is_where_a_correct_sum_stops_being_exact():
 def test_the_same_command_under_torchrun(tmp_path):
     out = tmp_path / "runs"
     env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1")
-    from bench.collectives import free_port
+    from tests.helpers import free_port
     p = subprocess.run(["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                         "--master-port", str(free_port()), "-m", "bench.cli", *AR, "--shape", "bytes=65536",
                         "--out", str(out)],
@@ -408,7 +408,8 @@ def test_prepare_is_applied_to_the_checked_and_the_timed_input_sets(ranks):
 def test_a_torchrun_rank_s_skipped_record_is_judged_against_the_link(monkeypatch):
     """run_as_rank as a one-rank torchrun launch: a case it skips (its bf16 sum past 255 ranks
     cannot be exact; the skip comes before any collective) still names the chip's link."""
-    from bench.collectives import free_port, run_as_rank
+    from bench.collectives import run_as_rank
+    from tests.helpers import free_port
     from bench.results import ResultWriter
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(free_port())}.items():
@@ -547,21 +548,13 @@ def test_a_silent_death_is_blamed_though_a_peers_error_arrived_first():
     assert _blame(said, [1.0, 1.0, 1.0])["error"] == "rank 0: ValueError: bad input"
 
 
-def test_a_port_taken_before_rank_0_binds_it_gets_the_group_a_new_one(ranks, monkeypatch):
-    """The port is free when picked and bound by rank 0 only once torch has loaded: here it is
-    taken meanwhile (a listening socket of the test's), and the group starts on a new one."""
-    import socket
-    from bench import collectives
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    ports = [taken.getsockname()[1]]
-    real = collectives.free_port
-    monkeypatch.setattr(collectives, "free_port",
-                        lambda: ports.pop(0) if ports else real())
-    try:
-        (rec,) = ranks().run_case(case())
-    finally:
-        taken.close()
+def test_the_ranks_a_run_starts_meet_without_a_tcp_store(ranks):
+    """They meet through a file: a TCPStore's server looks up each peer's address for its logs,
+    a DNS query on hosts whose resolver is asked before /etc/hosts, and the tool never touches
+    the network. Here the ranks' torch has no TCPStore at all, and the case still runs."""
+    src = ("import torch.distributed as dist\n"
+           "def _no_tcp_store(*args, **kwargs):\n"
+           "    raise RuntimeError('a TCPStore was opened')\n"
+           "dist.TCPStore = _no_tcp_store\n")
+    (rec,) = ranks(src).run_case(case())
     assert rec["status"] == "ok", rec["error"]
-    assert not ports  # the taken port was tried first
