@@ -131,10 +131,11 @@ class ResultWriter:
 
     def _create(self) -> int:
         assert self.directory is not None
+        self.directory.mkdir(parents=True, exist_ok=True)  # made at the start; removed since?
         for _ in range(100):
-            try:  # the umask's permissions, as open(..., "x") gives
+            try:  # the umask's permissions, as open(..., "x") gives; read too: _recreate
                 return os.open(self.directory / f"{self.run_id}.jsonl",
-                               os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                               os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             except FileExistsError:
                 self.run_id = self._new_id()
         raise FileExistsError(f"no free results file name in {self.directory} "
@@ -166,6 +167,31 @@ class ResultWriter:
                 raise ResultsWriteError(f"cannot write {self.path}: {e.strerror or e}") from None
             self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
             self.count += 1
+            if os.fstat(self._fd).st_nlink == 0:
+                self._recreate()
+
+    def _recreate(self) -> None:
+        """The file (or its folder) was removed while the run held it open: its records are
+        still in the open file, so they are written again under the same path, and nothing
+        measured is lost with the name."""
+        assert self.directory is not None and self._fd is not None
+        kept = os.pread(self._fd, self._size, 0)
+        old, self._fd = self._fd, None
+        os.close(old)
+        try:
+            self._fd = self._create()
+            data = memoryview(kept)
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
+        except OSError as e:
+            n, self.count = self.count, 0
+            if self._fd is not None:
+                self.close()
+                self.path.unlink(missing_ok=True)
+            raise ResultsWriteError(f"{self.path} was removed during the run and cannot be "
+                                    f"written again ({e.strerror or e}): its {n} record(s) are "
+                                    f"lost") from None
 
     def _undo(self) -> None:
         """After a failed write: the file back to its whole records, or gone if it has none."""

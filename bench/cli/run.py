@@ -502,8 +502,8 @@ def _kept(writer: Any, records: list[dict[str, Any]]) -> str:
     write, so the count is the file's), or, with --no-save, the ones shown and not saved."""
     if writer.path is None:
         return f"{len(records)} finished case(s) shown, none saved (--no-save)"
-    if not writer.count:
-        return "no case finished, nothing saved"
+    if not writer.count:  # none finished, or those that did could not be written
+        return "nothing saved" if records else "no case finished, nothing saved"
     return f"{writer.count} finished case(s) kept in {writer.path}"
 
 

@@ -148,3 +148,52 @@ def test_git_commit_is_this_checkouts_and_none_from_an_install(tmp_path, monkeyp
     assert results.git_commit() == head
     (proj / "pyproject.toml").write_text('[project]\nname = "decodewall"\n# edited\n')
     assert results.git_commit() == head + "-dirty"
+
+
+@pytest.mark.parametrize("removed", ["file", "folder"])
+def test_a_results_file_removed_during_the_run_is_written_again_whole(tmp_path, removed):
+    """Deleting the output (a cleaner, a user tidying up) while the run holds the file open
+    sent every later record into an unlinked file, and the run said `results: PATH` of a path
+    that did not exist: the records already written are written again under the same path."""
+    import shutil
+    out = tmp_path / "runs"
+    out.mkdir()
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    if removed == "file":
+        w.path.unlink()
+    else:
+        shutil.rmtree(out)
+    w.write(_record(impl="second"))
+    w.write(_record(impl="third"))
+    w.close()
+    assert [r["impl"] for r in read_results(w.path)] == ["first", "second", "third"]
+    assert w.count == 3 and list(out.iterdir()) == [w.path]
+
+
+def test_a_results_folder_removed_before_the_first_record_is_made_again(tmp_path):
+    out = tmp_path / "runs"
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    w.close()
+    assert [r["impl"] for r in read_results(w.path)] == ["first"]
+
+
+def test_a_results_file_that_cannot_be_written_again_says_its_records_are_lost(tmp_path):
+    import shutil
+    from bench.results import ResultsWriteError
+    out = tmp_path / "runs"
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    shutil.rmtree(out)
+    out.write_text("")  # a file where the folder was: it cannot be made again
+    with pytest.raises(ResultsWriteError) as e:
+        w.write(_record(impl="second"))
+    assert str(e.value) == (f"{w.path} was removed during the run and cannot be written again "
+                            f"(File exists): its 2 record(s) are lost")
+    assert w.count == 0
+
+
+def _record(impl: str) -> dict:
+    return {"op": "gemv_bf16", "impl": impl, "shape": {"M": 1}, "status": "skipped",
+            "time_s": None}
