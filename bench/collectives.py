@@ -267,7 +267,8 @@ class CollectiveRunner:
         self.on_record = on_record or (lambda r: None)
         self.case_timeout = case_timeout
         self.plugins = [str(Path(p).resolve()) for p in plugins]
-        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-ranks-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-ranks-",
+                                                ignore_cleanup_errors=True)
         self._ranks: list[Worker] = []
         self._groups = 0  # groups started: each names its store file
 

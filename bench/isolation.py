@@ -133,24 +133,31 @@ class Worker:
         """Start `entry` (module:function) in a fresh interpreter and send it ("init", backend,
         plugins, *init). wait=False: return at once; `wait_ready()` later (ranks of one process
         group must all start before any of them can answer)."""
-        fd, log_path = tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)
-        os.close(fd)  # the worker opens it itself; held here, a deleted log's space stays taken
-        self.log_path = Path(log_path)
-        r_job, w_job = os.pipe()  # parent -> worker
-        r_msg, w_msg = os.pipe()  # worker -> parent
         env = dict(os.environ, **(env or {}), DECODEWALL_WORKER_PATH=json.dumps(sys.path),
                    DECODEWALL_PARENT=str(os.getpid()))
-        # deferred: an interrupt cannot leave a started process that this object does not hold
-        with deferred(), open(self.log_path, "ab") as log:  # append: its stdout and stderr
-            self.proc = subprocess.Popen(
-                [sys.executable, str(BOOT), entry, str(r_job), str(w_msg)],
-                pass_fds=(r_job, w_msg),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                start_new_session=True)  # its own process group; the terminal's Ctrl-C skips it
-            os.close(r_job)
-            os.close(w_msg)
-            self.tx = Connection(w_job, readable=False)
-            self.rx = Connection(r_msg, writable=False)
+        fds: list[int] = []
+        try:
+            fd, log_path = tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)
+            os.close(fd)  # the worker opens it; held here, a deleted log's space stays taken
+            self.log_path = Path(log_path)
+            fds += os.pipe()  # parent -> worker: r_job, w_job
+            fds += os.pipe()  # worker -> parent: r_msg, w_msg
+            r_job, w_job, r_msg, w_msg = fds
+            # deferred: an interrupt cannot leave a started process this object does not hold
+            with deferred(), open(self.log_path, "ab") as log:  # append: its stdout and stderr
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(BOOT), entry, str(r_job), str(w_msg)],
+                    pass_fds=(r_job, w_msg),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                    start_new_session=True)  # its own group: the terminal's Ctrl-C skips it
+        except OSError as e:  # too many open files or processes, no temporary folder left
+            for fd in fds:
+                os.close(fd)
+            raise RunError(f"cannot start a worker process: {e.strerror or e}") from None
+        os.close(r_job)
+        os.close(w_msg)
+        self.tx = Connection(w_job, readable=False)
+        self.rx = Connection(r_msg, writable=False)
         try:
             self.tx.send(("init", backend, list(plugins), *init))
         except OSError:
@@ -278,7 +285,8 @@ class IsolatedRunner:
         self.on_record = on_record or (lambda r: None)
         self.case_timeout = case_timeout
         self.plugins = [str(Path(p).resolve()) for p in plugins]
-        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-",
+                                                ignore_cleanup_errors=True)
         self._worker: Worker | None = None
         self.workers_started = 0
 

@@ -120,3 +120,37 @@ def test_inputs_that_hang_give_every_impl_of_the_case_a_timeout_record(monkeypat
     for r in recs:
         assert r["status"] == "timeout" and r["phase"] == "inputs"
         assert r["error"].startswith("building the inputs ran past --case-timeout 2 s")
+
+
+@pytest.mark.parametrize("failing", ["pipe", "Popen"])
+def test_a_worker_that_cannot_be_started_is_one_line_and_leaks_no_descriptor(tmp_path,
+                                                                              monkeypatch,
+                                                                              failing):
+    """Too few file descriptors or processes left (ulimit -n, -u) made starting a case worker
+    an 'internal error' with its pipes left open: it is a RunError naming the cause, which the
+    run ends on with the line and what it kept."""
+    import errno
+    import os
+    import subprocess
+    from bench.errors import RunError
+    pipes = []
+
+    def second_pipe_refused():
+        pipes.append(1)
+        if len(pipes) == 2:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_pipe()
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    real_pipe = os.pipe
+    if failing == "pipe":
+        monkeypatch.setattr(iso.os, "pipe", second_pipe_refused)
+    else:
+        monkeypatch.setattr(subprocess, "Popen", refused)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RunError) as e:
+        iso.Worker("cpu", [], tmp_path)
+    why = "Too many open files" if failing == "pipe" else "Resource temporarily unavailable"
+    assert str(e.value) == f"cannot start a worker process: {why}"
+    assert set(os.listdir("/proc/self/fd")) <= before
