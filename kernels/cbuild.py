@@ -5,11 +5,13 @@ They are compiled on first use with the machine's own compiler and `-march=nativ
 whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
 tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3). A source file may include the
 headers of its own folder. The shared object is cached under $DECODEWALL_CACHE/cext (default
-${XDG_CACHE_HOME:-~/.cache}/decodewall/cext) keyed by the source and those headers, the compiler
-command, its version and the instruction sets the target turns on (its predefined macros), the
-flags and the CPU's identity. Without a compiler, on a CPU without the instructions a kernel
-needs, or for a -march above the CPU, calls raise NotImplementedError and the runner records the
-impl as skipped with that reason.
+${XDG_CACHE_HOME:-~/.cache}/decodewall/cext, or $TMPDIR/decodewall-<uid>/cext without a home
+folder) keyed by the source and those headers, the compiler command, its version and the
+instruction sets the target turns on (its predefined macros), the flags and the CPU's identity;
+a cached entry that does not load is built again. Without a compiler (or with a CC that is not a
+command line), on a CPU without the instructions a kernel needs, for a -march above the CPU, or
+when the compiler runs past COMPILE_TIMEOUT_S, calls raise NotImplementedError and the runner
+records the impl as skipped with that reason.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,10 @@ from typing import Any
 import torch
 
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+
+# A build takes seconds; a compiler still running after this is stuck. The roof's `read` probe
+# builds in the CLI's own process, where no --case-timeout applies: without a limit the run hangs.
+COMPILE_TIMEOUT_S = 120.0
 
 
 def default_march() -> str:
@@ -42,9 +49,17 @@ def flags(march: str | None = None) -> list[str]:
     return [f if f != "-march=native" else f"-march={march}" for f in FLAGS]
 
 
+def _tmp_cache() -> str:
+    """This user's folder in the temporary directory: the cache where there is no home folder."""
+    return os.path.join(tempfile.gettempdir(), f"decodewall-{os.getuid()}")
+
+
 def cache_dir() -> str:
-    base = os.environ.get("DECODEWALL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "decodewall")
+    base = os.environ.get("DECODEWALL_CACHE")
+    if not base:
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        # no $HOME and a uid without a passwd entry leave the "~": a folder named ~ in the cwd
+        base = _tmp_cache() if home.startswith("~") else os.path.join(home, "decodewall")
     return os.path.join(base, "cext")
 
 
@@ -87,13 +102,33 @@ def _codegen_features(macros: str) -> set[str]:
             if CODEGEN_MACRO.fullmatch(m)}
 
 
+def _compile(cmd: list[str], cc: list[str], doing: str) -> subprocess.CompletedProcess:
+    """Run a compiler command in a session of its own; past COMPILE_TIMEOUT_S, kill its whole
+    process group (a driver's cc1, as, ld: killing the driver alone leaves them running) and
+    raise NotImplementedError."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=COMPILE_TIMEOUT_S)
+        except BaseException as e:  # past the limit, or Ctrl-C, which its session does not get
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:  # all gone already
+                pass
+            if not isinstance(e, subprocess.TimeoutExpired):
+                raise
+            raise NotImplementedError(f"the C compiler ({shlex.join(cc)}) ran past "
+                                      f"{COMPILE_TIMEOUT_S:g} s {doing} and was killed") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 @functools.lru_cache(maxsize=None)
 def _target(cc: tuple[str, ...], march: str) -> str:
     """The compiler's predefined macros for `march` (its version, `__VERSION__`, and the
     instruction sets the target turns on), sorted; "" where it will not say."""
     try:
-        r = subprocess.run([*cc, march, "-E", "-dM", "-x", "c", os.devnull], capture_output=True,
-                           text=True, timeout=60)
+        r = _compile([*cc, march, "-E", "-dM", "-x", "c", os.devnull], list(cc),
+                     f"listing its {march} macros")
     except (OSError, subprocess.SubprocessError):
         return ""
     return "\n".join(sorted(r.stdout.splitlines())) if r.returncode == 0 else ""
@@ -161,7 +196,11 @@ class CLibrary:
 
     def _build(self) -> ctypes.CDLL:
         found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-        cc = shlex.split(os.environ.get("CC") or "") or ([found] if found else [])
+        try:
+            cc = shlex.split(os.environ.get("CC") or "") or ([found] if found else [])
+        except ValueError as e:  # an unclosed quote: a bad environment, like no compiler
+            raise NotImplementedError(f"CC={os.environ['CC']!r} is not a command line ({e}) "
+                                      f"to build the {self.name} kernels") from None
         if not cc:
             raise NotImplementedError(f"no C compiler found (set CC) to build the {self.name} kernels")
         cpu = _cpuinfo()
@@ -189,23 +228,45 @@ class CLibrary:
         key = hashlib.sha256(self.text() + " ".join([*cc, *fl, *self.libs]).encode()
                              + target.encode() + _cpu_identity(cpu)
                              + sys.platform.encode()).hexdigest()[:16]
-        path = os.path.join(cache_dir(), f"{self.name}_{key}.so")
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            # built beside the cache entry: os.replace cannot cross file systems (a tmpfs /tmp
-            # and a cache on disk), and a failed rename would skip every C kernel
-            with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".build-") as tmp:
-                src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
-                r = subprocess.run([*cc, *fl, inc, src, "-o", out, *self.libs],
-                                   capture_output=True, text=True)
-                if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                    r = subprocess.run([*cc, *fl[:-1], inc, src, "-o", out, *self.libs],
-                                       capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise NotImplementedError(
-                        f"building the {self.name} kernels with {self._march_flag(fl)} "
-                        f"failed: {_first_error(r.stderr)}")
-                os.replace(out, path)  # atomic: concurrent builders never see half a file
+        folder = cache_dir()
+        if folder == os.path.join(_tmp_cache(), "cext"):
+            # a shared /tmp: a folder of this name that another user made could hand us their .so
+            os.makedirs(_tmp_cache(), mode=0o700, exist_ok=True)
+            if os.stat(_tmp_cache()).st_uid != os.getuid():
+                raise NotImplementedError(f"{_tmp_cache()}, the C kernels' cache without a home "
+                                          f"folder, belongs to another user: set DECODEWALL_CACHE")
+        path = os.path.join(folder, f"{self.name}_{key}.so")
+        if os.path.exists(path):
+            try:
+                return self._load(path)
+            except OSError:  # cut short (a crash, a full disk, a partial copy): built again, once
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:  # another process got there first
+                    pass
+        self._compile_to(path, cc, fl)
+        return self._load(path)
+
+    def _compile_to(self, path: str, cc: list[str], fl: list[str]) -> None:
+        """Build the library into the cache entry `path`, which appears whole or not at all."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # built beside the cache entry: os.replace cannot cross file systems (a tmpfs /tmp and a
+        # cache on disk), and a failed rename would skip every C kernel
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".build-") as tmp:
+            src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
+            doing = f"building the {self.name} kernels"
+            r = _compile([*cc, *fl, inc, src, "-o", out, *self.libs], cc, doing)
+            if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
+                r = _compile([*cc, *fl[:-1], inc, src, "-o", out, *self.libs], cc, doing)
+            if r.returncode != 0:
+                raise NotImplementedError(
+                    f"building the {self.name} kernels with {self._march_flag(fl)} "
+                    f"failed: {_first_error(r.stderr)}")
+            with open(out, "rb") as f:  # on disk before its name is: a crash leaves no short .so
+                os.fsync(f.fileno())
+            os.replace(out, path)  # atomic: concurrent builders never see half a file
+
+    def _load(self, path: str) -> ctypes.CDLL:
         lib = ctypes.CDLL(path)
         for fn, (argtypes, restype) in self.signatures.items():
             getattr(lib, fn).argtypes = argtypes

@@ -1,8 +1,10 @@
 """kernels/cbuild.py on a tiny C file of its own: the cache key follows everything the build
 reads or is built with (source, headers, compiler, flags, CPU), -march follows
 $DECODEWALL_MARCH and for_march, the .so appears whole and only in its cache folder, OpenMP is
-used where the compiler has it and dropped where it has not, and a missing compiler or CPU flag
-is a NotImplementedError with the reason (the runner's "skipped"), found once per process."""
+used where the compiler has it and dropped where it has not, a missing compiler or CPU flag, a
+CC that is not a command line and a compiler that hangs (killed, with what it started) are a
+NotImplementedError with the reason (the runner's "skipped"), found once per process, a cache
+entry that does not load is built again, and without a home the cache is in a tmp folder."""
 import ctypes
 import os
 import platform
@@ -11,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,10 +246,10 @@ def test_the_so_appears_whole_by_a_rename_within_the_cache_folder(src, tmp_path,
     os.replace across file systems (/tmp on tmpfs, the cache on disk) fails with EXDEV, which
     left every C kernel 'skipped' on such machines."""
     seen = []
-    real_run = subprocess.run
+    real_compile = cbuild._compile
 
     def run(cmd, *a, **kw):
-        r = real_run(cmd, *a, **kw)
+        r = real_compile(cmd, *a, **kw)
         if "-o" not in cmd:  # the compiler asked for its predefined macros: no output file
             return r
         out = Path(cmd[cmd.index("-o") + 1])
@@ -255,7 +258,7 @@ def test_the_so_appears_whole_by_a_rename_within_the_cache_folder(src, tmp_path,
         assert not cached, f"{cached} exists before the compiler's output is renamed"
         return r
 
-    monkeypatch.setattr(cbuild.subprocess, "run", run)
+    monkeypatch.setattr(cbuild, "_compile", run)
     path = Path(so(lib(src)))
     assert seen and all(p != path for p in seen)
     cache = (tmp_path / "cache" / "cext").resolve()
@@ -293,7 +296,7 @@ def test_no_compiler_is_a_skip_with_the_reason_found_once(src, monkeypatch):
 
 def test_a_cpu_without_the_needed_flags_is_a_skip_naming_them(src, monkeypatch):
     calls = []
-    monkeypatch.setattr(cbuild.subprocess, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cbuild, "_compile", lambda *a, **k: calls.append(a))
     with pytest.raises(NotImplementedError, match="lacks no_such_flag"):
         lib(src, needs=("no_such_flag",))()
     assert calls == []  # nothing was compiled for a CPU that cannot run it
@@ -331,6 +334,109 @@ def test_a_target_the_compiler_refuses_is_a_skip_naming_its_error(src, monkeypat
                           "failed: "), why
     assert "error" in why.split("failed: ", 1)[1] and "no-such-cpu" in why.split("failed: ", 1)[1]
     assert len(why) < 500
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie no longer does: where PID 1 does not reap, one stays)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("hangs", ["always", "building"])
+def test_a_compiler_that_hangs_is_killed_with_what_it_started_and_skipped(src, tmp_path,
+                                                                         monkeypatch, hangs):
+    """The roof's probe builds in the CLI's own process, where no --case-timeout applies: a
+    compiler that never returns (asked for its macros, or building) must not hang the run. It
+    is killed past COMPILE_TIMEOUT_S with every process it started, and the kernels skipped."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    monkeypatch.setattr(cbuild, "COMPILE_TIMEOUT_S", 1.0)
+    pids = tmp_path / "pids"
+    only = 'hang=0; for a in "$@"; do [ "$a" = -o ] && hang=1; done\n' \
+           f'[ $hang = 1 ] || exec {shutil.which("cc")} "$@"\n' if hangs == "building" else ""
+    cc = wrapper(tmp_path, f'{only}sleep 1000 &\necho $$ $! > {pids}\nsleep 1000')
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(NotImplementedError, match=rf"\({re.escape(cc)}\) ran past 1 s .*killed"):
+        lib(src)()
+    started = [int(p) for p in pids.read_text().split()]
+    for _ in range(50):  # SIGKILL is delivered at once, the exit a moment later
+        if not any(alive(p) for p in started):
+            break
+        time.sleep(0.1)
+    assert not any(alive(p) for p in started), started
+
+
+def test_a_cc_that_is_not_a_command_line_is_a_skip_naming_cc(src, monkeypatch):
+    """An unclosed quote in CC is a bad environment, like no compiler: skipped with the reason,
+    not the impl's `error` (which fails --strict)."""
+    monkeypatch.setenv("CC", '"x')
+    with pytest.raises(NotImplementedError, match=r"""CC='"x' is not a command line"""):
+        lib(src)()
+
+
+def test_without_a_home_the_cache_is_a_tmp_folder_of_this_users_own(src, tmp_path, monkeypatch):
+    """No $HOME and a uid without a passwd entry (a container's --user): expanduser leaves the
+    "~", which made a folder named ~ in the working directory."""
+    for name in ("DECODEWALL_CACHE", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cbuild.os.path, "expanduser", lambda p: p)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(cbuild.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    mine = tmp_path / "tmp" / f"decodewall-{os.getuid()}"
+    assert cbuild.cache_dir() == str(mine / "cext")
+    assert Path(so(lib(src))).parent == mine / "cext"
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    monkeypatch.setattr(cbuild.os, "getuid", lambda: os.geteuid() + 1)  # a folder not ours
+    (tmp_path / "tmp" / f"decodewall-{os.getuid()}").mkdir()
+    with pytest.raises(NotImplementedError, match="belongs to another user"):
+        lib(src)()
+
+
+def test_a_cached_so_cut_short_is_built_again(src, tmp_path, monkeypatch):
+    """A cache entry truncated (a crash before it reached the disk, a partial copy) was loaded,
+    failed ('file too short') and skipped the kernels in every run after: it is built again."""
+    first = Path(so(lib(src)))
+    # in another cache folder: this process has `first` loaded, and dlopen would reuse it by name
+    short = tmp_path / "short" / "cext" / first.name
+    short.parent.mkdir(parents=True)
+    short.write_bytes(first.read_bytes()[:100])
+    monkeypatch.setenv("DECODEWALL_CACHE", str(tmp_path / "short"))
+    again = lib(src)
+    assert again().value() == 1 and so(again) == str(short)
+
+
+def test_a_build_that_does_not_load_is_a_skip_and_built_again_only_once(src, tmp_path,
+                                                                       monkeypatch):
+    """A compiler whose output never loads: skipped with the loader's reason; the bad entry it
+    left in the cache is built once more by the next process, not again and again."""
+    builds = tmp_path / "builds"
+    monkeypatch.setenv("CC", wrapper(tmp_path, f"""
+prev=; out=
+for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done
+{shutil.which("cc")} "$@" || exit $?
+[ -z "$out" ] || {{ echo >> {builds}; head -c 100 "$out" > "$out.t"; mv "$out.t" "$out"; }}"""))
+    for n in (1, 2):
+        with pytest.raises(NotImplementedError, match=r"\.so: .*(too short|cannot read|ELF)"):
+            lib(src)()
+        assert len(builds.read_text().splitlines()) == n
+
+
+def test_the_so_is_on_disk_before_it_is_renamed_into_place(src, monkeypatch):
+    """os.replace without fsync can leave, after a crash, the name with a short or empty file."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(cbuild.os, "fsync",
+                        lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
+    monkeypatch.setattr(cbuild.os, "replace", lambda a, b: (
+        events.append(("replace", os.stat(a).st_ino)), real_replace(a, b)))
+    path = Path(so(lib(src)))
+    ino = path.stat().st_ino
+    assert events == [("fsync", ino), ("replace", ino)]
 
 
 def test_the_compilers_first_error_line_is_the_reason():
