@@ -394,7 +394,7 @@ def command(args) -> int:
     except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT, SIGTERM, SIGHUP
         stopped = signal_of(e)
     except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
-        cut = (str(e), EXIT_FAILED)
+        cut = (one_line(str(e)), EXIT_FAILED)
     except RunError as e:  # a worker that cannot start (killed as it imports): the rest too
         cut = (one_line(str(e)), EXIT_FAILED)
     except OutputError as e:  # --json's stdout refused a line (a full device)
@@ -458,7 +458,7 @@ def command(args) -> int:
         print(f"decodewall: {describe(stopped)}; {_kept(writer, records)}", file=sys.stderr)
         return exit_status(stopped)
     if writer.path and writer.count:
-        print(f"results: {writer.path}", file=sys.stderr)
+        print(f"results: {one_line(str(writer.path))}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
     busy = contention_note(records)
@@ -504,7 +504,7 @@ def _kept(writer: Any, records: list[dict[str, Any]]) -> str:
         return f"{len(records)} finished case(s) shown, none saved (--no-save)"
     if not writer.count:  # none finished, or those that did could not be written
         return "nothing saved" if records else "no case finished, nothing saved"
-    return f"{writer.count} finished case(s) kept in {writer.path}"
+    return f"{writer.count} finished case(s) kept in {one_line(str(writer.path))}"
 
 
 @contextmanager
@@ -549,7 +549,7 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
                                 f"{ctx.device_info.get('name')} ({ctx.backend.name}), "
                                 f"{os.environ['WORLD_SIZE']} ranks (torchrun)", width=out.width))
     if writer.path and writer.count:
-        print(f"results: {writer.path}", file=sys.stderr)
+        print(f"results: {one_line(str(writer.path))}", file=sys.stderr)
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]
     return EXIT_FAILED if failed and args.strict else 0

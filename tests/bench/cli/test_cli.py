@@ -95,6 +95,18 @@ def test_unwritable_out(capsys, tmp_path):
     assert rc == 2 and "cannot create results directory" in err and len(err.splitlines()) == 1
 
 
+def test_an_out_path_with_control_characters_cannot_drive_the_terminal(capsys, tmp_path):
+    """The results line names the path the user gave as repr shows it: a newline in it cannot
+    split the line, an escape sequence cannot retitle the window or recolor the screen."""
+    out = tmp_path / "a\nb\x1b]0;retitled\x07c"
+    rc = main(["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--no-progress",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    (f,) = out.iterdir()
+    assert rc == 0 and "\x1b" not in err and "\x07" not in err
+    assert f"results: {tmp_path}/a\\nb\\x1b]0;retitled\\x07c/{f.name}\n" in err
+
+
 def test_compare_corrupt_and_missing(capsys, out, tmp_path):
     bad_file = tmp_path / "bad.jsonl"
     bad_file.write_text('{"op": "copy", "impl": "x", "shape": {}, "status": "ok"}\n{not json\n')
