@@ -1,4 +1,4 @@
-"""SIGINT (Ctrl-C), SIGTERM and SIGHUP end a command the same way: as an `Interrupted` exception
+"""SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGXCPU end a command the same way: as an `Interrupted` exception
 in the main thread, so that the run kills its workers, keeps its finished cases and says so.
 
 `handled()` installs the handlers for a command. The first signal is raised; any later one is
@@ -24,12 +24,13 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-# SIGHUP too: the terminal or SSH session a run was started from has gone away
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# SIGHUP too: the terminal or SSH session a run was started from has gone away; SIGXCPU: a CPU
+# time limit (ulimit -t, a batch scheduler's) reached, with the hard limit's SIGKILL to follow
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The command was stopped by `signum` (SIGINT, SIGTERM or SIGHUP). A KeyboardInterrupt, so
+    """The command was stopped by `signum` (one of SIGNALS). A KeyboardInterrupt, so
     every place that lets Ctrl-C through lets the others through too."""
 
     def __init__(self, signum: int = signal.SIGINT) -> None:
@@ -97,10 +98,10 @@ def _unraisable(args: Any, previous: Callable[[Any], Any]) -> None:
 
 @contextmanager
 def handled(exiting: bool = False) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` (once) in the main thread inside the block;
+    """Each of SIGNALS raises `Interrupted` (once) in the main thread inside the block;
     the previous handlers come back after it, or, where the process exits as the block ends
-    (`exiting`), all three stay ignored: a signal between the report and the exit cannot change the
-    exit status or print a traceback. A signal the process was started with ignored (a
+    (`exiting`), all of them stay ignored: a signal between the report and the exit cannot
+    change the exit status or print a traceback. A signal the process was started with ignored (a
     background job's SIGINT, nohup) stays ignored. Outside the main thread nothing changes
     (Python runs signal handlers in the main thread only)."""
     if threading.current_thread() is not threading.main_thread():

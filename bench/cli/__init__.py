@@ -196,7 +196,7 @@ def _main(argv: list[str]) -> int:
     except RunError as e:
         print(f"decodewall: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt as e:  # SIGINT, SIGTERM or SIGHUP before `run` had anything to keep
+    except KeyboardInterrupt as e:  # one of SIGNALS before `run` had anything to keep
         print(f"decodewall: {describe(signal_of(e))}", file=sys.stderr)
         return exit_status(signal_of(e))
     except BrokenPipeError:

@@ -121,3 +121,15 @@ def test_a_signal_that_lands_in_a_callback_is_not_lost(where, capsys):
         signal.raise_signal(signal.SIGINT)  # raised once: a later signal is still ignored
     assert e.value.signum == signal.SIGTERM and ran == ["past the callback"]
     assert capsys.readouterr().err == ""
+
+
+def test_a_cpu_time_limit_ends_a_command_as_an_interrupt():
+    """ulimit -t (a batch scheduler's CPU limit) sends SIGXCPU before its SIGKILL: the run keeps
+    its finished cases and says so, exit 152, where the default action killed it without its
+    table or the line."""
+    with handled():
+        with pytest.raises(Interrupted) as e:
+            signal.raise_signal(signal.SIGXCPU)
+    assert exit_status(e.value.signum) == 152
+    from bench.interrupts import describe
+    assert describe(e.value.signum) == "terminated (SIGXCPU)"
