@@ -209,3 +209,18 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, at most "
                                          f"{MAX_SECONDS} (a week), got {text!r}")
     return v
+
+
+def measured_roof(backend: Any, dtypes: Any, budget: Any) -> Any:
+    """bench.roofline.measure_roof; a probe buffer the memory limit will not hold (`ulimit -v`,
+    a full device) is a UsageError line, any other failure left as it is."""
+    from ..errors import one_line
+    from ..roofline import measure_roof
+    try:
+        return measure_roof(backend, dtypes, budget)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        first = one_line((str(e) or type(e).__name__).splitlines()[0])[:300]
+        raise UsageError(f"not enough memory to measure the roof (an address-space or memory "
+                         f"limit?): {first}") from None

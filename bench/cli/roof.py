@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 
-from .common import resolve_backend, resolve_chip
+from .common import measured_roof, resolve_backend, resolve_chip
 
 
 def command(args) -> int:
     from ..report.table import console, roof_table
-    from ..roofline import measure_roof
     from ..timing import BUDGETS
     import torch
     backend = resolve_backend(args.backend)
     info = backend.device_info()
     chip = resolve_chip(args.chip, info)
     dtypes = [torch.float32] if backend.name == "cpu" else [torch.bfloat16, torch.float32]
-    roof = measure_roof(backend, dtypes, BUDGETS[args.budget or "normal"])
+    roof = measured_roof(backend, dtypes, BUDGETS[args.budget or "normal"])
     d = roof.as_dict()
     d.update(device=info, chip=chip.id if chip else None,
              datasheet_gbps=chip.mem_bw_gbps if chip else None)

@@ -18,8 +18,8 @@ from typing import Any, Iterator, Sequence
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
-from .common import (directory, discard_stdout, known_backend, parse_shape, ranks,
-                     resolve_backend, resolve_chip, resolve_dtypes, seconds, seed, suggest)
+from .common import (directory, discard_stdout, known_backend, measured_roof, parse_shape,
+                     ranks, resolve_backend, resolve_chip, resolve_dtypes, seconds, seed, suggest)
 from .step import add_step_args
 
 DEFAULT_OUT = Path("results") / "runs"
@@ -281,7 +281,7 @@ def command(args) -> int:
     from ..results import (ResultWriter, ResultsWriteError, check_writable, git_commit,
                            new_run_id, versions)
     from .. import roofline as rl
-    from ..roofline import drift_note, measure_bandwidth, measure_roof
+    from ..roofline import drift_note, measure_bandwidth
     from ..isolation import IsolatedRunner, preflight_plugins
     from ..runner import RunContext
     from ..suites import SuiteContext
@@ -330,7 +330,7 @@ def command(args) -> int:
     run_id = new_run_id(backend.name)
     if len(collective) < len(cases):
         with err.status("measuring the roof...", spinner="dots") if show else _null():
-            roof = measure_roof(backend, [c.dtype for c in cases][:1] or None, budget)
+            roof = measured_roof(backend, [c.dtype for c in cases][:1] or None, budget)
     else:  # collectives are judged against the chip's links, not its memory
         roof = rl.Roof(backend.name, 0.0, 0.0, 0)
     ctx = RunContext(backend=backend, roof=roof, chip=chip, device_info=info, budget=budget,

@@ -107,6 +107,32 @@ def test_an_out_path_with_control_characters_cannot_drive_the_terminal(capsys, t
     assert f"results: {tmp_path}/a\\nb\\x1b]0;retitled\\x07c/{f.name}\n" in err
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+    "to allocate 268435456 bytes.\nmore")])
+def test_a_roof_the_memory_limit_will_not_hold_is_one_line(capsys, tmp_path, monkeypatch, error):
+    """Under `ulimit -v` the roof's probe buffers (4x the caches) cannot be allocated: a bad
+    environment, said in one line with exit 2, where it was an internal error; any other
+    failure of the probe is not dressed up as one."""
+    from bench import roofline
+
+    def refuse(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(roofline, "measure_roof", refuse)
+    for argv in (["run", *GEMV, "--impl", "torch_matmul", "--out", str(tmp_path / "o")],
+                 ["roof"]):
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith("decodewall: error: not enough memory to measure the roof (an "
+                              "address-space or memory limit?): ")
+    assert not list((tmp_path / "o").glob("*.jsonl"))
+    monkeypatch.setattr(roofline, "measure_roof", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not a memory limit: not said to be one
+        from bench.cli.common import measured_roof
+        measured_roof(None, None, None)
+
+
 def test_compare_corrupt_and_missing(capsys, out, tmp_path):
     bad_file = tmp_path / "bad.jsonl"
     bad_file.write_text('{"op": "copy", "impl": "x", "shape": {}, "status": "ok"}\n{not json\n')
