@@ -75,8 +75,9 @@ class Backend:
         """Total bytes the rotated input sets must exceed (0 when the cache is flushed instead)."""
         return 4 * self.cache_bytes()
 
-    def probe_sets(self, nbytes: int) -> int:
-        """Into how many rotated input sets the roof probes split their `nbytes` working set."""
+    def probe_sets(self, nbytes: int, writes: bool = True) -> int:
+        """Into how many rotated input sets the roof probes split their `nbytes` working set
+        (`writes`: the probe writes as much as it reads, as copy does; read writes a scalar)."""
         return 1
 
     def flush(self) -> None:

@@ -107,7 +107,8 @@ def probe_impls(backend: Backend, op_name: str) -> list[Impl]:
 def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[float, float, str]:
     """(GB/s, relative noise, impl) of the fastest good impl of probe `op_name` on n fp32 elements."""
     op = OPS[op_name]
-    k = backend.probe_sets(n * 4)  # the working set split into k rotated sets (1 on cpu/cuda)
+    # the working set split into k rotated sets (1 on cpu/cuda); copy writes what it reads
+    k = backend.probe_sets(n * 4, writes=op_name == "copy")
     shape = op.shape(N=n // k)
     (src,) = make_inputs(backend, op, shape, torch.float32, 0)
     srcs = [src] + [backend.clone(src) for _ in range(k - 1)]

@@ -147,6 +147,24 @@ def test_xla_cpu_times_with_the_cpu_contention_figures(monkeypatch):
     assert set(sampler.stop(1, 1e-3)) == set(CONTENTION_KEYS)
 
 
+def test_xla_cpu_reads_its_roof_in_sets_as_large_as_a_weight_and_as_a_gemv(monkeypatch):
+    """XLA's reduce streams memory slower than its matrix-vector product, and 16 MiB calls
+    slower than 64 MiB ones: a read roof set by 16 MiB reduces put XLA's own GEMVs at 104-172%
+    of it. The read probe runs as a matvec too, in 64 MiB sets; copy keeps 16 MiB sets (each
+    call allocates an output of its input's size)."""
+    dev = _FakeTPU()
+    dev.platform = dev.device_kind = "cpu"
+    monkeypatch.setattr(XLABackend, "_devices", lambda self: [dev])
+    b = XLABackend()
+    assert b.probe_sets(2**28, writes=True) == 16 and b.probe_sets(2**28, writes=False) == 4
+    matvec = OPS["read"].impls["torch_matvec"]
+    assert matvec.backends == ("xla",) and matvec.dtypes == (torch.float32,)
+    src = torch.rand(3 * 4096, dtype=torch.float32) + 0.5
+    assert torch.allclose(matvec.fn(src), src.double().sum().float(), rtol=1e-5)
+    with pytest.raises(NotImplementedError, match="not a multiple of 4096"):
+        matvec.fn(torch.ones(4095))
+
+
 class _FakeTPU:
     platform, device_kind, id = "tpu", "TPU v5 lite", 0
 
