@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .base import Backend, Sampler
+from .base import Backend
 from .catalog import detect
-from .cpu import CPUBackend, ContentionSampler, _cpu_name, _mem_total, read_caches
+from .cpu import CPUBackend, _cpu_name, _mem_total, read_caches
 
 # Accelerators: the largest on-chip memory among catalog TPUs (v5e/v6e VMEM, v4 CMEM: 128 MiB).
 # VMEM is a scratchpad XLA fills per kernel, not a cache that keeps data between calls, and JAX
@@ -164,6 +164,9 @@ def _xla_pins() -> str:
 
 
 class XLABackend(Backend):
+    # No contention sampler (the CPU backend's cpu_pressure_pct): XLA:CPU's own thread pools
+    # outnumber the cores, and PSI counted 4-33% of a window waiting on a quiet host, which the
+    # run's note would have blamed on other tasks.
     name = "xla"
     out_buffers = False
 
@@ -309,13 +312,6 @@ class XLABackend(Backend):
         if self.kind_of_device == "cpu":
             return max(1, nbytes // ((16 if writes else 64) * 1024**2))
         return 1
-
-    def sampler(self) -> Sampler | None:
-        """XLA:CPU runs on the host's CPUs: the CPU backend's contention figures, so that a
-        window other tasks shared is flagged as it is on the CPU. Accelerators: none."""
-        if self.kind_of_device == "cpu":
-            return ContentionSampler()
-        return None
 
     def cache_bytes(self) -> int:
         if self.kind_of_device == "cpu":
