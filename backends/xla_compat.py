@@ -80,6 +80,7 @@ class JaxStartError(RuntimeError):
 
 
 FLAGS_PROBE_S = 120  # a child importing jax and starting its platform
+GLOG = re.compile(r"^[FE]\d{4} [\d:.]+\s+\d+ \S+\] ")  # an error or fatal line's prefix
 _FLAGS_OK = "DECODEWALL_XLA_FLAGS_STARTED"  # the XLA_FLAGS a probe started with: children skip it
 
 
@@ -92,15 +93,24 @@ def _probe_xla_flags() -> None:
         return
     import subprocess
     import sys
+
+    def start(env: dict[str, str]) -> subprocess.CompletedProcess:
+        # not from the working directory (`-c` puts it first on the path): a jax/ folder there
+        return subprocess.run([sys.executable, "-c", "import sys; del sys.path[0]; import jax; "
+                               "jax.devices()"], capture_output=True, text=True,
+                              timeout=FLAGS_PROBE_S, env=env)
     try:
-        r = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
-                           capture_output=True, text=True, timeout=FLAGS_PROBE_S)
+        r = start(dict(os.environ))
+        if r.returncode != 0 and start({k: v for k, v in os.environ.items()
+                                        if k != "XLA_FLAGS"}).returncode != 0:
+            return  # not the flags: JAX cannot start at all, which load() says in this process
     except subprocess.TimeoutExpired:
         raise JaxStartError(f"JAX did not start within {FLAGS_PROBE_S} s with "
                             f"XLA_FLAGS={flags!r}") from None
     if r.returncode != 0:
         lines = r.stderr.strip().splitlines()
-        why = re.sub(r"^[FE]\d{4} [\d:.]+\s+\d+ \S+\] ", "", lines[-1]) if lines else \
+        logged = [ln for ln in lines if GLOG.match(ln)]  # XLA's own error lines: the cause first
+        why = GLOG.sub("", (logged or lines)[0 if logged else -1]) if lines else \
             f"exit status {r.returncode}"
         raise JaxStartError(f"JAX could not start with XLA_FLAGS={flags!r}: {why}")
     os.environ[_FLAGS_OK] = flags

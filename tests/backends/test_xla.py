@@ -257,6 +257,31 @@ def test_xla_flags_xla_does_not_know_leave_the_other_backends(tmp_path):
 
 
 @pytest.mark.xla
+def test_the_xla_flags_check_names_the_flags_fault_and_only_the_flags(tmp_path, monkeypatch):
+    """The check starts JAX in a child: one that cannot start for another reason (a platform
+    this host lacks) is not blamed on XLA_FLAGS, a jax/ folder in the working directory is not
+    what the child imports, and of XLA's lines the reason is its first error, not the tail of
+    the flag list it prints after."""
+    from backends import xla_compat
+    monkeypatch.delenv(xla_compat._FLAGS_OK, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=abc")
+    with pytest.raises(xla_compat.JaxStartError) as e:
+        xla_compat._probe_xla_flags()
+    assert str(e.value) == ("JAX could not start with XLA_FLAGS="
+                            "'--xla_force_host_platform_device_count=abc': Couldn't interpret "
+                            "value abc for flag xla_force_host_platform_device_count.")
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text("raise ImportError('the folder, not jax')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    xla_compat._probe_xla_flags()  # the real jax, started with good flags
+    assert os.environ.pop(xla_compat._FLAGS_OK) == "--xla_force_host_platform_device_count=2"
+    monkeypatch.setenv("JAX_PLATFORMS", "no_such_platform")
+    xla_compat._probe_xla_flags()  # JAX cannot start at all: for load() to say, not the flags
+    assert xla_compat._FLAGS_OK not in os.environ
+
+
+@pytest.mark.xla
 def test_rotated_copies_do_not_share_buffers(xla):
     from bench.runner import clone_args, set_bytes
     x, w = make_inputs(xla, OPS["gemv_bf16"], OPS["gemv_bf16"].shape(M=1, N=64, K=64),
