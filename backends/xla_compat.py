@@ -99,20 +99,22 @@ def _probe_xla_flags() -> None:
         return subprocess.run([sys.executable, "-c", "import sys; del sys.path[0]; import jax; "
                                "jax.devices()"], capture_output=True, text=True,
                               timeout=FLAGS_PROBE_S, env=env)
+    def why(r: subprocess.CompletedProcess) -> str:
+        lines = r.stderr.strip().splitlines()
+        logged = [ln for ln in lines if GLOG.match(ln)]  # XLA's own error lines: the cause first
+        return GLOG.sub("", logged[0]) if logged else lines[-1] if lines else \
+            f"exit status {r.returncode}"
     try:
         r = start(dict(os.environ))
-        if r.returncode != 0 and start({k: v for k, v in os.environ.items()
-                                        if k != "XLA_FLAGS"}).returncode != 0:
-            return  # not the flags: JAX cannot start at all, which load() says in this process
+        if r.returncode != 0:
+            bare = start({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+            if bare.returncode != 0:  # not the flags: JAX does not start without them either
+                raise JaxStartError(f"JAX could not start: {why(bare)}")
     except subprocess.TimeoutExpired:
         raise JaxStartError(f"JAX did not start within {FLAGS_PROBE_S} s with "
                             f"XLA_FLAGS={flags!r}") from None
     if r.returncode != 0:
-        lines = r.stderr.strip().splitlines()
-        logged = [ln for ln in lines if GLOG.match(ln)]  # XLA's own error lines: the cause first
-        why = GLOG.sub("", (logged or lines)[0 if logged else -1]) if lines else \
-            f"exit status {r.returncode}"
-        raise JaxStartError(f"JAX could not start with XLA_FLAGS={flags!r}: {why}")
+        raise JaxStartError(f"JAX could not start with XLA_FLAGS={flags!r}: {why(r)}")
     os.environ[_FLAGS_OK] = flags
 
 

@@ -259,7 +259,7 @@ def test_xla_flags_xla_does_not_know_leave_the_other_backends(tmp_path):
 @pytest.mark.xla
 def test_the_xla_flags_check_names_the_flags_fault_and_only_the_flags(tmp_path, monkeypatch):
     """The check starts JAX in a child: one that cannot start for another reason (a platform
-    this host lacks) is not blamed on XLA_FLAGS, a jax/ folder in the working directory is not
+    this host lacks) says that reason, not blaming XLA_FLAGS, a jax/ folder in the working directory is not
     what the child imports, and of XLA's lines the reason is its first error, not the tail of
     the flag list it prints after."""
     from backends import xla_compat
@@ -277,7 +277,10 @@ def test_the_xla_flags_check_names_the_flags_fault_and_only_the_flags(tmp_path, 
     xla_compat._probe_xla_flags()  # the real jax, started with good flags
     assert os.environ.pop(xla_compat._FLAGS_OK) == "--xla_force_host_platform_device_count=2"
     monkeypatch.setenv("JAX_PLATFORMS", "no_such_platform")
-    xla_compat._probe_xla_flags()  # JAX cannot start at all: for load() to say, not the flags
+    with pytest.raises(xla_compat.JaxStartError) as e:  # JAX cannot start without them either
+        xla_compat._probe_xla_flags()
+    assert str(e.value).startswith("JAX could not start: ") and "XLA_FLAGS" not in str(e.value)
+    assert "no_such_platform" in str(e.value)
     assert xla_compat._FLAGS_OK not in os.environ
 
 
