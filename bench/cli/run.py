@@ -261,16 +261,28 @@ def check_host_fits(cases: list, backend: str, memory: int | None) -> None:
                              f"available")
 
 
+PROBE_WRITE_BYTES = 64 * 1024  # a few records' worth: a full disk or a quota refuses it
+
+
 def check_file_writable(out_dir: Path) -> None:
-    """Make (and remove) a file in `out_dir`: os.access says yes where no file can be made
-    (/proc as root, a read-only mount), and that must fail now, not after measuring."""
+    """Make, write and remove a file in `out_dir`: os.access says yes where no file can be made
+    (/proc as root, a read-only mount), and an empty file is made on a full disk; either must
+    fail now, not after measuring."""
     import tempfile
     try:
         fd, probe = tempfile.mkstemp(prefix=".decodewall-", suffix=".probe", dir=out_dir)
     except OSError as e:
         raise UsageError(f"cannot write results in {out_dir}: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        data = memoryview(bytes(PROBE_WRITE_BYTES))
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as e:
+        raise UsageError(f"cannot write results in {out_dir}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 # --- the command --------------------------------------------------------------------------------

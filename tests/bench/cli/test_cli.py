@@ -1,5 +1,6 @@
 """The CLI through its real entry point: bad input is one stderr line + exit 2 and no file."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -477,13 +478,17 @@ def test_a_full_disk_keeps_the_whole_records_and_says_so(monkeypatch, tmp_path):
 
 
 def test_a_full_disk_at_the_first_record_leaves_no_file(capsys, monkeypatch, tmp_path):
-    """`run` on a disk that takes no record: one line, exit 1, no empty results file."""
+    """`run` on a disk that takes no record (once the check before measuring passed): one
+    line, exit 1, no empty results file."""
     import errno
 
     import bench.results as res
+    real = res.os.write
 
     def full(fd, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
     monkeypatch.setattr(res.os, "write", full)
     out = tmp_path / "runs"
     argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
@@ -492,6 +497,24 @@ def test_a_full_disk_at_the_first_record_leaves_no_file(capsys, monkeypatch, tmp
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("decodewall: error: cannot write ") and \
         line.endswith(": No space left on device; nothing saved")
+    assert list(out.iterdir()) == []
+
+
+def test_a_full_disk_is_found_before_measuring(capsys, monkeypatch, tmp_path):
+    """An empty file can be made on a full disk: the check before measuring writes a few
+    records' worth too, so the run ends at once (exit 2) rather than after its cases."""
+    import errno
+    from bench import roofline
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(roofline, "measure_roof", lambda *a: pytest.fail("measured"))
+    out = tmp_path / "runs"
+    rc = main(["run", *GEMV, "--impl", "torch_matmul", "--out", str(out), "--no-progress"])
+    assert rc == 2
+    assert capsys.readouterr().err == (f"decodewall: error: cannot write results in {out}: "
+                                       f"No space left on device\n")
     assert list(out.iterdir()) == []
 
 
