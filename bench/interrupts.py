@@ -1,5 +1,6 @@
-"""SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGXCPU end a command the same way: as an `Interrupted` exception
-in the main thread, so that the run kills its workers, keeps its finished cases and says so.
+"""SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGXCPU end a command the same way: as an `Interrupted`
+exception in the main thread, so that the run kills its workers, keeps its finished cases and
+says so.
 
 `handled()` installs the handlers for a command. The first signal is raised; any later one is
 ignored, so the cleanup and the report that follow (killing worker process groups, removing
@@ -11,12 +12,13 @@ Python runs a signal's handler wherever the main thread is, including inside a g
 collector callback (jax installs one), a `__del__` or a weakref callback, where an exception
 cannot propagate: Python prints it as "Exception ignored" and drops it. `handled()` catches that
 through `sys.unraisablehook` and delivers the signal again a moment later, when the main thread
-has left the callback, so the stop is neither lost nor shown as a traceback.
+has left the callback, so the stop is neither lost nor shown as a traceback (unless the block
+ends first, within REDELIVER_S: the command has then finished).
 """
 from __future__ import annotations
 
+import _thread
 import functools
-import os
 import signal
 import sys
 import threading
@@ -42,6 +44,7 @@ class _State:
     depth = 0                  # deferred() blocks open
     pending: int | None = None  # a signal that landed in one, raised when the last ends
     raised = False             # the first signal has been raised: later ones are ignored
+    redeliver: int | None = None  # a signal a callback swallowed, about to be delivered again
 
 
 _state = _State()
@@ -68,6 +71,7 @@ def describe(signum: int) -> str:
 def _handle(signum: int, frame: Any) -> None:
     if _state.raised:
         return
+    _state.redeliver = None  # this call takes the stop a callback swallowed, if one did
     if _state.depth:
         if _state.pending is None:
             _state.pending = signum
@@ -81,17 +85,24 @@ REDELIVER_S = 0.01  # a callback that swallowed the interrupt has returned by th
 
 def _redeliver(signum: int) -> None:
     time.sleep(REDELIVER_S)
-    os.kill(os.getpid(), signum)
+    if _state.redeliver == signum:  # not taken meanwhile, nor its handled() block left
+        # Python's handler runs in the main thread at its next bytecode; where the signal has
+        # no Python handler any more (the block left), this does nothing: never SIG_DFL's kill
+        _thread.interrupt_main(signum)
 
 
 def _unraisable(args: Any, previous: Callable[[Any], Any]) -> None:
     """sys.unraisablehook inside handled(): an Interrupted that a callback swallowed is undone
-    (the state forgets it was raised) and its signal sent again from another thread, where
-    Python does not run the handler at once: the main thread meets it after the callback.
-    Anything else goes to the hook that was there before."""
+    (the state forgets it was raised) and delivered again from another thread, where Python
+    does not run the handler at once: the main thread meets it after the callback. One at a
+    time (the collector calls its callbacks twice a collection). Anything else goes to the
+    hook that was there before."""
     if isinstance(args.exc_value, Interrupted) and _state.raised:
         _state.raised = False
-        threading.Thread(target=_redeliver, args=(args.exc_value.signum,), daemon=True).start()
+        if _state.redeliver is None:
+            _state.redeliver = args.exc_value.signum
+            threading.Thread(target=_redeliver, args=(args.exc_value.signum,),
+                             daemon=True).start()
         return
     previous(args)
 
@@ -108,8 +119,8 @@ def handled(exiting: bool = False) -> Iterator[None]:
         yield
         return
     before = {s: signal.getsignal(s) for s in SIGNALS}
-    saved = (_state.depth, _state.pending, _state.raised)
-    _state.depth, _state.pending, _state.raised = 0, None, False
+    saved = (_state.depth, _state.pending, _state.raised, _state.redeliver)
+    _state.depth, _state.pending, _state.raised, _state.redeliver = 0, None, False, None
     hook = sys.unraisablehook
     sys.unraisablehook = functools.partial(_unraisable, previous=hook)
     for s, h in before.items():
@@ -122,7 +133,8 @@ def handled(exiting: bool = False) -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN if exiting else h if h is not None else
                           signal.SIG_DFL)
         sys.unraisablehook = hook
-        _state.depth, _state.pending, _state.raised = saved
+        # a stop still to be delivered again is dropped: the block ended within REDELIVER_S
+        _state.depth, _state.pending, _state.raised, _state.redeliver = saved
 
 
 @contextmanager

@@ -133,3 +133,29 @@ def test_a_cpu_time_limit_ends_a_command_as_an_interrupt():
     assert exit_status(e.value.signum) == 152
     from bench.interrupts import describe
     assert describe(e.value.signum) == "terminated (SIGXCPU)"
+
+
+def test_a_stop_swallowed_as_the_block_ends_is_not_raised_outside_it():
+    """The collector calls its callbacks twice a collection, each swallowing a stop: one is
+    delivered again, once. A block that ends within REDELIVER_S of it has finished: the stop
+    is dropped, not raised outside the block (a bare KeyboardInterrupt there, or SIGTERM's
+    default action killing the process)."""
+    import gc
+    import time
+    from bench.interrupts import REDELIVER_S
+
+    calls = []
+
+    def in_callback(*_):
+        calls.append(1)
+        signal.raise_signal(signal.SIGINT)
+
+    with handled():
+        gc.callbacks.append(in_callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(in_callback)
+    assert len(calls) == 2  # "start" and "stop"
+    time.sleep(20 * REDELIVER_S)  # a KeyboardInterrupt here fails the test
+
