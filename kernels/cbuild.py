@@ -103,23 +103,47 @@ def _codegen_features(macros: str) -> set[str]:
 
 
 def _compile(cmd: list[str], cc: list[str], doing: str) -> subprocess.CompletedProcess:
-    """Run a compiler command in a session of its own; past COMPILE_TIMEOUT_S, kill its whole
-    process group (a driver's cc1, as, ld: killing the driver alone leaves them running) and
-    raise NotImplementedError."""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as p:
+    """Run a compiler command; past COMPILE_TIMEOUT_S (or on Ctrl-C), kill it with every process
+    it started (a driver's cc1, as, ld: killing the driver alone leaves them running) and raise
+    NotImplementedError. It stays in this process's group: a case worker killed with its group
+    takes its compiler with it."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
         try:
             out, err = p.communicate(timeout=COMPILE_TIMEOUT_S)
-        except BaseException as e:  # past the limit, or Ctrl-C, which its session does not get
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:  # all gone already
-                pass
+        except BaseException as e:
+            for pid in [p.pid, *_descendants(p.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # gone already
+                    pass
             if not isinstance(e, subprocess.TimeoutExpired):
                 raise
             raise NotImplementedError(f"the C compiler ({shlex.join(cc)}) ran past "
                                       f"{COMPILE_TIMEOUT_S:g} s {doing} and was killed") from None
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, from /proc's parent links (none without /proc:
+    there the compiler alone is killed)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return []
+    for d in entries:
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -468,3 +469,30 @@ def test_only_a_machine_that_lacks_something_skips_a_c_kernels_tests():
                                  "simd.c:3: error: expected ';'")
     with pytest.raises(NotImplementedError, match="failed"):
         skip_if_machine_lacks(failed)
+
+
+def test_a_compiler_dies_with_the_case_worker_that_started_it(tmp_path):
+    """A worker past --case-timeout is killed with its process group: a compiler it started
+    in a session of its own outlived it (and a hung one ran on for good)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    pid_file = tmp_path / "cc.pid"
+    child = (f"import sys; sys.path.insert(0, {str(Path(cbuild.__file__).parents[1])!r})\n"
+             "from kernels import cbuild\n"
+             f"cbuild._compile(['sh', '-c', 'echo $$ > {pid_file}; exec sleep 60'], ['sh'], "
+             "'building')\n")
+    worker = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    try:
+        for _ in range(300):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            time.sleep(0.1)
+        cc = int(pid_file.read_text())
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # what Worker.kill does
+        worker.wait()
+    for _ in range(50):
+        if not alive(cc):
+            break
+        time.sleep(0.1)
+    assert not alive(cc)
