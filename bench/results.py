@@ -131,7 +131,7 @@ class ResultWriter:
 
     def _create(self) -> int:
         assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)  # made at the start; removed since?
+        self.directory.mkdir(parents=True, exist_ok=True)  # made at the start, maybe removed since
         for _ in range(100):
             try:  # the umask's permissions, as open(..., "x") gives; read too: _recreate
                 return os.open(self.directory / f"{self.run_id}.jsonl",
@@ -178,8 +178,11 @@ class ResultWriter:
         kept = os.pread(self._fd, self._size, 0)
         old, self._fd = self._fd, None
         os.close(old)
-        try:
-            self._fd = self._create()
+        try:  # the same name, or none: a new run id would not be the one its records carry
+            self.directory.mkdir(parents=True, exist_ok=True)
+            assert self.path is not None
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               0o666)
             data = memoryview(kept)
             while data:
                 data = data[os.write(self._fd, data):]
@@ -206,7 +209,11 @@ class ResultWriter:
             self.path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Close the file; one removed since its last record is written again first (or a
+        ResultsWriteError says its records are lost)."""
         if self._fd is not None:
+            if self.count and os.fstat(self._fd).st_nlink == 0:
+                self._recreate()
             fd, self._fd = self._fd, None
             try:
                 os.close(fd)

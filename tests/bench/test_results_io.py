@@ -171,6 +171,30 @@ def test_a_results_file_removed_during_the_run_is_written_again_whole(tmp_path, 
     assert w.count == 3 and list(out.iterdir()) == [w.path]
 
 
+def test_a_results_file_removed_after_its_last_record_is_written_again_at_close(tmp_path):
+    out = tmp_path / "runs"
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    w.path.unlink()  # while the run measures its roof again or prints its table
+    w.close()
+    assert [r["impl"] for r in read_results(w.path)] == ["first"]
+
+
+def test_a_removed_results_file_keeps_its_name_or_says_it_cannot(tmp_path):
+    """Another file of the same name made meanwhile: the records are not written under a new
+    run id, which they would not carry, and the other file is left alone."""
+    from bench.results import ResultsWriteError
+    out = tmp_path / "runs"
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    w.path.unlink()
+    w.path.write_text("someone else's\n")
+    with pytest.raises(ResultsWriteError, match=r"cannot be written again \(File exists\): "
+                                                r"its 2 record\(s\) are lost"):
+        w.write(_record(impl="second"))
+    assert w.path.read_text() == "someone else's\n" and list(out.iterdir()) == [w.path]
+
+
 def test_a_results_folder_removed_before_the_first_record_is_made_again(tmp_path):
     out = tmp_path / "runs"
     w = ResultWriter(out, "20261206-000000-cpu-abcd")
