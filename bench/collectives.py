@@ -60,6 +60,18 @@ WARMUP_CALLS = 5
 STORE_ENV = "DECODEWALL_RANK_STORE"  # the file the ranks a run starts meet through
 
 
+def loopback() -> str | None:
+    """This host's loopback interface (lo on Linux, lo0 on macOS), or None. Gloo's ranks meet
+    on the address the hostname resolves to unless told an interface, and resolving it is a
+    DNS query where /etc/hosts does not name the host."""
+    import socket
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
 def pg_backend(backend: str) -> str:
     return "nccl" if backend == "cuda" else "gloo"
 
@@ -307,9 +319,12 @@ class CollectiveRunner:
         self._stop()
         self._groups += 1
         store = Path(self._tmp.name) / f"store-{self._groups}"
+        loop = loopback() if self.ctx.backend.name != "cuda" else None
         for r in range(n):
             env = {STORE_ENV: str(store), "RANK": str(r), "WORLD_SIZE": str(n),
                    "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)}
+            if loop and "GLOO_SOCKET_IFNAME" not in os.environ:
+                env["GLOO_SOCKET_IFNAME"] = loop  # gloo on loopback: no lookup of the hostname
             with deferred():  # held as soon as it exists: an interrupt still finds it
                 self._ranks.append(Worker(
                     self.ctx.backend.name, self.plugins, Path(self._tmp.name),

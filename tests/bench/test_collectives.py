@@ -551,10 +551,15 @@ def test_a_silent_death_is_blamed_though_a_peers_error_arrived_first():
 def test_the_ranks_a_run_starts_meet_without_a_tcp_store(ranks):
     """They meet through a file: a TCPStore's server looks up each peer's address for its logs,
     a DNS query on hosts whose resolver is asked before /etc/hosts, and the tool never touches
-    the network. Here the ranks' torch has no TCPStore at all, and the case still runs."""
-    src = ("import torch.distributed as dist\n"
+    the network. Here the ranks' torch has no TCPStore at all, and the case still runs; gloo is
+    told the loopback interface (else it resolves the hostname)."""
+    from bench.collectives import loopback
+    src = ("import os\n"
+           "import torch.distributed as dist\n"
            "def _no_tcp_store(*args, **kwargs):\n"
            "    raise RuntimeError('a TCPStore was opened')\n"
-           "dist.TCPStore = _no_tcp_store\n")
+           "dist.TCPStore = _no_tcp_store\n"
+           "if 'DECODEWALL_RANK_STORE' in os.environ:  # a rank, not this test's process\n"
+           f"    assert os.environ.get('GLOO_SOCKET_IFNAME') == {loopback()!r}\n")
     (rec,) = ranks(src).run_case(case())
     assert rec["status"] == "ok", rec["error"]
