@@ -94,26 +94,31 @@ def _probe_xla_flags() -> None:
     import subprocess
     import sys
 
-    def start(env: dict[str, str]) -> subprocess.CompletedProcess:
-        # not from the working directory (`-c` puts it first on the path): a jax/ folder there
-        return subprocess.run([sys.executable, "-c", "import sys; del sys.path[0]; import jax; "
-                               "jax.devices()"], capture_output=True, text=True,
-                              timeout=FLAGS_PROBE_S, env=env)
+    # not from the working directory, which `-c` puts first on the path (a jax/ folder there),
+    # unless safe_path (-P, PYTHONSAFEPATH) left it out
+    code = "import jax; jax.devices()" if getattr(sys.flags, "safe_path", False) else \
+        "import sys; del sys.path[0]; import jax; jax.devices()"
+
+    def start(env: dict[str, str], with_flags: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  timeout=FLAGS_PROBE_S, env=env)
+        except subprocess.TimeoutExpired:
+            raise JaxStartError(f"JAX did not start within {FLAGS_PROBE_S} s{with_flags}"
+                                ) from None
+
     def why(r: subprocess.CompletedProcess) -> str:
         lines = r.stderr.strip().splitlines()
         logged = [ln for ln in lines if GLOG.match(ln)]  # XLA's own error lines: the cause first
-        return GLOG.sub("", logged[0]) if logged else lines[-1] if lines else \
-            f"exit status {r.returncode}"
-    try:
-        r = start(dict(os.environ))
-        if r.returncode != 0:
-            bare = start({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
-            if bare.returncode != 0:  # not the flags: JAX does not start without them either
-                raise JaxStartError(f"JAX could not start: {why(bare)}")
-    except subprocess.TimeoutExpired:
-        raise JaxStartError(f"JAX did not start within {FLAGS_PROBE_S} s with "
-                            f"XLA_FLAGS={flags!r}") from None
+        if logged:
+            return GLOG.sub("", logged[0])
+        return lines[-1] if lines else f"exit status {r.returncode}"
+
+    r = start(dict(os.environ), f" with XLA_FLAGS={flags!r}")
     if r.returncode != 0:
+        bare = start({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "")
+        if bare.returncode != 0:  # not the flags: JAX does not start without them either
+            raise JaxStartError(f"JAX could not start: {why(bare)}")
         raise JaxStartError(f"JAX could not start with XLA_FLAGS={flags!r}: {why(r)}")
     os.environ[_FLAGS_OK] = flags
 

@@ -10,9 +10,17 @@ import difflib
 import os
 import re
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # torch and the measuring modules load only when a command measures
+    import torch
+
+    from backends.base import Backend
+
+    from ..roofline import Roof
+    from ..timing import Budget
 
 
 def suggest(name: str, known: Sequence[str], listing: bool = True) -> str:
@@ -211,7 +219,7 @@ def seconds(text: str) -> float:
     return v
 
 
-def measured_roof(backend: Any, dtypes: Any, budget: Any) -> Any:
+def measured_roof(backend: Backend, dtypes: list[torch.dtype] | None, budget: Budget) -> Roof:
     """bench.roofline.measure_roof; a probe buffer the memory limit will not hold (`ulimit -v`,
     a full device) is a UsageError line, any other failure left as it is."""
     from ..errors import one_line
@@ -219,7 +227,9 @@ def measured_roof(backend: Any, dtypes: Any, budget: Any) -> Any:
     try:
         return measure_roof(backend, dtypes, budget)
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+        said = str(e).lower()  # torch: "can't allocate", CUDA: "out of memory"; XLA:
+        if not isinstance(e, MemoryError) and not any(  # "RESOURCE_EXHAUSTED: ... allocating"
+                w in said for w in ("allocat", "out of memory", "resource_exhausted")):
             raise
         first = one_line((str(e) or type(e).__name__).splitlines()[0])[:300]
         raise UsageError(f"not enough memory to measure the roof (an address-space or memory "
