@@ -2,9 +2,9 @@
 
 `decodewall run --op allreduce --shape bytes=65536 --world-size 2` starts the ranks itself: fresh
 interpreters (bench/isolation.py's Worker) that meet through a torch.distributed FileStore in the
-run's temporary folder, gloo on the CPU, NCCL on CUDA with one GPU a rank. Launched by `torchrun` (RANK,
-WORLD_SIZE, MASTER_ADDR set) each process is one rank instead (env:// rendezvous), and rank 0
-keeps the results.
+run's temporary folder, gloo on the CPU (on the loopback interface), NCCL on CUDA with one GPU a
+rank. Launched by `torchrun` (RANK, WORLD_SIZE, MASTER_ADDR set) each process is one rank instead
+(env:// rendezvous), and rank 0 keeps the results.
 
 Per impl-case, on every rank: the impl's `prepare` (untimed, once per input set), the check (each
 rank contributes known values; the sum is compared with the float64 expectation; the worst rank

@@ -26,8 +26,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-# SIGHUP too: the terminal or SSH session a run was started from has gone away; SIGXCPU: a CPU
-# time limit (ulimit -t, a batch scheduler's) reached, with the hard limit's SIGKILL to follow
+# SIGHUP too: the terminal or SSH session a run was started from has gone away; SIGXCPU: a soft
+# CPU time limit (ulimit -St, a batch scheduler's) reached, the hard limit's SIGKILL to follow
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU)
 
 

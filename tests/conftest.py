@@ -3,7 +3,6 @@ Ctrl-C as in a terminal: a shell starts a background job (`cmd &`, as CI runners
 ignored, which this process and every command it starts would inherit; the interrupt tests send
 SIGINT and must see it delivered."""
 import os
-import re
 import signal
 
 import torch
@@ -17,20 +16,6 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
-def interpreter_numpy_conflict(triton_version: str, numpy_version: str) -> str | None:
-    """Why Triton's interpreter cannot run here, or None. Before Triton 3.7 the interpreter
-    takes a scalar's value with int() of a one-element array, which numpy 2.4 refuses: every
-    kernel with a computed loop bound then fails inside Triton, hundreds of tests alike."""
-    def release(v: str) -> tuple[int, int]:
-        m = re.match(r"(\d+)\.(\d+)", v)
-        return (int(m[1]), int(m[2])) if m else (0, 0)
-    if release(triton_version) < (3, 7) and release(numpy_version) >= (2, 4):
-        return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version} "
-                f"(numpy 2.4 refuses int() of a one-element array): pip install 'numpy<2.4', "
-                f"or Triton 3.7 or newer")
-    return None
-
-
 def pytest_configure(config):
     if os.environ.get("TRITON_INTERPRET") != "1":
         return
@@ -39,6 +24,7 @@ def pytest_configure(config):
         import triton
     except ImportError:  # no Triton (not Linux x86-64): its tests skip themselves
         return
+    from tests.helpers import interpreter_numpy_conflict
     why = interpreter_numpy_conflict(triton.__version__, numpy.__version__)
     if why:
         raise pytest.UsageError(why)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,20 @@ def default_sigint() -> None:
     control starts background jobs (a CI script run with `&`) with SIGINT ignored, a child
     inherits that, and Python then installs no KeyboardInterrupt handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interpreter_numpy_conflict(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run here, or None. Before Triton 3.7 the interpreter
+    takes a scalar's value with int() of a one-element array, which numpy 2.4 refuses: every
+    kernel with a computed loop bound then fails inside Triton, hundreds of tests alike."""
+    def release(v: str) -> tuple[int, int]:
+        m = re.match(r"(\d+)\.(\d+)", v)
+        return (int(m[1]), int(m[2])) if m else (0, 0)
+    if release(triton_version) < (3, 7) and release(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version} "
+                f"(numpy 2.4 refuses int() of a one-element array): pip install 'numpy<2.4', "
+                f"or Triton 3.7 or newer")
+    return None
 
 
 def free_port() -> int:

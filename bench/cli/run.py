@@ -403,7 +403,7 @@ def command(args) -> int:
                 ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
                 runner.run_case(case)
         runner.close()  # a normal end: each worker is asked to exit
-    except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): SIGINT, SIGTERM, SIGHUP
+    except KeyboardInterrupt as e:  # Interrupted (bench/interrupts.py): one of its SIGNALS
         stopped = signal_of(e)
     except ResultsWriteError as e:  # the disk refused a record: the finished ones are kept
         cut = (one_line(str(e)), EXIT_FAILED)

@@ -259,9 +259,9 @@ def test_xla_flags_xla_does_not_know_leave_the_other_backends(tmp_path):
 @pytest.mark.xla
 def test_the_xla_flags_check_names_the_flags_fault_and_only_the_flags(tmp_path, monkeypatch):
     """The check starts JAX in a child: one that cannot start for another reason (a platform
-    this host lacks) says that reason, not blaming XLA_FLAGS, a jax/ folder in the working directory is not
-    what the child imports, and of XLA's lines the reason is its first error, not the tail of
-    the flag list it prints after."""
+    this host lacks) says that reason, not blaming XLA_FLAGS; a jax/ folder in the working
+    directory is not what the child imports; and of XLA's lines the reason is its first error,
+    not the tail of the flag list it prints after."""
     from backends import xla_compat
     monkeypatch.delenv(xla_compat._FLAGS_OK, raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=abc")

@@ -185,7 +185,7 @@ def test_the_interpreter_numpy_conflict_is_named_before_any_test(triton_version,
     """Triton before 3.7 interprets with int() of a one-element array, which numpy 2.4 refuses:
     the session stops with the fix in one line instead of failing every kernel test inside
     Triton. 3.10 is newer than 3.7 (compared as numbers, not strings)."""
-    from tests.conftest import interpreter_numpy_conflict
+    from tests.helpers import interpreter_numpy_conflict
     why = interpreter_numpy_conflict(triton_version, numpy_version)
     if refused:
         assert why == (f"Triton {triton_version}'s interpreter cannot run with numpy "
