@@ -85,10 +85,13 @@ def versions() -> dict[str, str | None]:
 
 def check_writable(directory: Path) -> None:
     """Fail early (before any measuring) when results could not be saved."""
+    if directory.exists() and not directory.is_dir():
+        raise PermissionError(f"results directory {directory} is a file, not a folder")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PermissionError(f"cannot create results directory {directory}: {e.strerror}") from None
+        raise PermissionError(f"cannot create results directory {directory}: "
+                              f"{e.strerror}") from None
     if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"results directory {directory} is not writable")
 

@@ -94,6 +94,9 @@ def test_unwritable_out(capsys, tmp_path):
     rc = main(["run", *GEMV, "--out", str(f / "sub")])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot create results directory" in err and len(err.splitlines()) == 1
+    rc = main(["run", *GEMV, "--out", str(f)])  # was "cannot create ...: File exists"
+    assert rc == 2 and capsys.readouterr().err == (
+        f"decodewall: error: results directory {f} is a file, not a folder\n")
 
 
 def test_an_out_path_with_control_characters_cannot_drive_the_terminal(capsys, tmp_path):
