@@ -149,7 +149,8 @@ def _descendants(pid: int) -> list[int]:
 @functools.lru_cache(maxsize=None)
 def _target(cc: tuple[str, ...], march: str) -> str:
     """The compiler's predefined macros for `march` (its version, `__VERSION__`, and the
-    instruction sets the target turns on), sorted; "" where it will not say."""
+    instruction sets the target turns on), sorted; "" where it will not say; NotImplementedError
+    where it does not answer within COMPILE_TIMEOUT_S."""
     try:
         r = _compile([*cc, march, "-E", "-dM", "-x", "c", os.devnull], list(cc),
                      f"listing its {march} macros")
