@@ -96,6 +96,15 @@ def check_writable(directory: Path) -> None:
         raise PermissionError(f"results directory {directory} is not writable")
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write `data` whole to `fd` and fsync it: unbuffered, so a short write is continued, and
+    a failed one (a full disk, a quota, a file size limit) raises OSError, not retried."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def _clean(v: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -160,11 +169,8 @@ class ResultWriter:
                     raise ResultsWriteError(f"cannot create {self.path}: {e.strerror or e}"
                                             ) from None
             record["run_id"] = self.run_id
-            data = memoryview((dumps(record) + "\n").encode("utf-8"))
             try:
-                while data:  # unbuffered: a short write is continued, a failed one not retried
-                    data = data[os.write(self._fd, data):]
-                os.fsync(self._fd)
+                write_all(self._fd, (dumps(record) + "\n").encode("utf-8"))
             except OSError as e:
                 self._undo()
                 raise ResultsWriteError(f"cannot write {self.path}: {e.strerror or e}") from None
@@ -186,10 +192,7 @@ class ResultWriter:
             assert self.path is not None
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                0o666)
-            data = memoryview(kept)
-            while data:
-                data = data[os.write(self._fd, data):]
-            os.fsync(self._fd)
+            write_all(self._fd, kept)
         except OSError as e:
             n, self.count = self.count, 0
             if self._fd is not None:

@@ -269,15 +269,13 @@ def check_file_writable(out_dir: Path) -> None:
     (/proc as root, a read-only mount), and an empty file is made on a full disk; either must
     fail now, not after measuring."""
     import tempfile
+    from ..results import write_all
     try:
         fd, probe = tempfile.mkstemp(prefix=".decodewall-", suffix=".probe", dir=out_dir)
     except OSError as e:
         raise UsageError(f"cannot write results in {out_dir}: {e.strerror or e}") from None
     try:
-        data = memoryview(bytes(PROBE_WRITE_BYTES))
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
+        write_all(fd, bytes(PROBE_WRITE_BYTES))
     except OSError as e:
         raise UsageError(f"cannot write results in {out_dir}: {e.strerror or e}") from None
     finally:
