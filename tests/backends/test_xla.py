@@ -407,8 +407,8 @@ def test_a_prepare_that_changes_an_input_fails_and_the_next_impl_gets_it_back(xl
                                                                               in_place_prepare):
     """XLA arrays cannot change, but torchax's in-place ops swap a new array into the tensor:
     an impl whose prepare zeroes the shared weight fails, and the one after it is checked on
-    the weight as it was (it once failed in its place). New values equal to the old are no
-    change."""
+    the weight as it was, not failing in the mutator's place. New values equal to the old are
+    no change."""
     from bench.results import ResultWriter
     from bench.roofline import Roof
     from bench.runner import RunContext, Runner

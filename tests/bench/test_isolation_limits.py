@@ -126,9 +126,9 @@ def test_inputs_that_hang_give_every_impl_of_the_case_a_timeout_record(monkeypat
 def test_a_worker_that_cannot_be_started_is_one_line_and_leaks_no_descriptor(tmp_path,
                                                                               monkeypatch,
                                                                               failing):
-    """Too few file descriptors or processes left (ulimit -n, -u) made starting a case worker
-    an 'internal error' with its pipes left open: it is a RunError naming the cause, which the
-    run ends on with the line and what it kept."""
+    """Too few file descriptors or processes left (ulimit -n, -u) to start a case worker: a
+    RunError naming the cause, which the run ends on with the line and what it kept, not an
+    internal error, and no pipe left open."""
     import errno
     import os
     import subprocess

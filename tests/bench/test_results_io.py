@@ -153,8 +153,8 @@ def test_git_commit_is_this_checkouts_and_none_from_an_install(tmp_path, monkeyp
 @pytest.mark.parametrize("removed", ["file", "folder"])
 def test_a_results_file_removed_during_the_run_is_written_again_whole(tmp_path, removed):
     """Deleting the output (a cleaner, a user tidying up) while the run holds the file open
-    sent every later record into an unlinked file, and the run said `results: PATH` of a path
-    that did not exist: the records already written are written again under the same path."""
+    leaves every later record in an unlinked file and `results: PATH` naming a path that does
+    not exist: the records already written are written again under the same path."""
     import shutil
     out = tmp_path / "runs"
     out.mkdir()

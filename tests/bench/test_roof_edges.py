@@ -173,8 +173,8 @@ def test_drift_is_noted_just_past_its_threshold_either_way():
 
 def test_a_read_probe_set_is_whole_rows_of_the_matvec_probe():
     """XLA's matvec read probe takes its set as rows of 4096: a working set of 4x the caches
-    split into 64 MiB sets is rarely that, and the probe's NotImplementedError escaped as an
-    internal error of every XLA run on such a host. Here a CPU backend poses as XLA (the same
+    split into 64 MiB sets is rarely that, and the probe's NotImplementedError must not
+    escape as an internal error of every XLA run on such a host. Here a CPU backend poses as XLA (the same
     torch ops) with an odd split."""
     from backends.cpu import CPUBackend
     from bench import roofline

@@ -76,8 +76,9 @@ def test_a_plugins_compiled_impl_is_in_the_gpu_suites(monkeypatch):
 
 def test_a_suite_case_leaves_out_no_op_that_runs_on_its_backend():
     """A case whose impl list names none of the impls its op has on the backend gets no record
-    and no word: the size sweep once planned INT4 and INT8 GEMVs on XLA naming only impls XLA
-    lacks. (An op with no impl on a backend at all, allreduce on XLA, is the op's own limit.)"""
+    and no word (the size sweep's INT4 and INT8 GEMVs on XLA, were it to leave out the
+    dequantize-then-matmul). An op with no impl on a backend at all, allreduce on XLA, is the
+    op's own limit, said by the run."""
     from bench.runner import select_impls
     from bench.suites import SUITES
     for backend in ("cpu", "cuda", "xla"):
@@ -92,7 +93,7 @@ def test_a_suite_case_leaves_out_no_op_that_runs_on_its_backend():
 
 def test_a_suite_op_with_no_impl_on_the_backend_is_left_out_and_said(capsys):
     """The smoke suite on XLA holds allreduce, which has no XLA impl: the run leaves it out
-    with a line naming it, where it once ran every other case and never mentioned it."""
+    with a line naming it, not in silence."""
     import argparse
     from bench.cli.run import resolve_cases
     args = argparse.Namespace(op=None, suite="smoke", shape=None, dtype=None, world_size=None,

@@ -379,7 +379,7 @@ def test_a_cc_that_is_not_a_command_line_is_a_skip_naming_cc(src, monkeypatch):
 
 def test_without_a_home_the_cache_is_a_tmp_folder_of_this_users_own(src, tmp_path, monkeypatch):
     """No $HOME and a uid without a passwd entry (a container's --user): expanduser leaves the
-    "~", which made a folder named ~ in the working directory."""
+    "~", which would make a folder named ~ in the working directory."""
     for name in ("DECODEWALL_CACHE", "XDG_CACHE_HOME", "HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(cbuild.os.path, "expanduser", lambda p: p)
@@ -399,8 +399,9 @@ def test_without_a_home_the_cache_is_a_tmp_folder_of_this_users_own(src, tmp_pat
 
 
 def test_a_cached_so_cut_short_is_built_again(src, tmp_path, monkeypatch):
-    """A cache entry truncated (a crash before it reached the disk, a partial copy) was loaded,
-    failed ('file too short') and skipped the kernels in every run after: it is built again."""
+    """A cache entry truncated (a crash before it reached the disk, a partial copy) fails to
+    load ('file too short'), and kept would skip the kernels in every run after: it is built
+    again."""
     first = Path(so(lib(src)))
     # in another cache folder: this process has `first` loaded, and dlopen would reuse it by name
     short = tmp_path / "short" / "cext" / first.name
@@ -472,8 +473,9 @@ def test_only_a_machine_that_lacks_something_skips_a_c_kernels_tests():
 
 
 def test_a_compiler_dies_with_the_case_worker_that_started_it(tmp_path):
-    """A worker past --case-timeout is killed with its process group: a compiler it started
-    in a session of its own outlived it (and a hung one ran on for good)."""
+    """A worker past --case-timeout is killed with its process group, which must hold the
+    compilers it started: one in a session of its own would outlive it (a hung one for
+    good)."""
     if not os.path.isdir("/proc/self"):
         pytest.skip("needs /proc")
     pid_file = tmp_path / "cc.pid"

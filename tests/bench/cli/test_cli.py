@@ -94,7 +94,7 @@ def test_unwritable_out(capsys, tmp_path):
     rc = main(["run", *GEMV, "--out", str(f / "sub")])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot create results directory" in err and len(err.splitlines()) == 1
-    rc = main(["run", *GEMV, "--out", str(f)])  # was "cannot create ...: File exists"
+    rc = main(["run", *GEMV, "--out", str(f)])  # not "cannot create ...: File exists"
     assert rc == 2 and capsys.readouterr().err == (
         f"decodewall: error: results directory {f} is a file, not a folder\n")
 
@@ -116,7 +116,7 @@ def test_an_out_path_with_control_characters_cannot_drive_the_terminal(capsys, t
     "to allocate 268435456 bytes.\nmore")])
 def test_a_roof_the_memory_limit_will_not_hold_is_one_line(capsys, tmp_path, monkeypatch, error):
     """Under `ulimit -v` the roof's probe buffers (4x the caches) cannot be allocated: a bad
-    environment, said in one line with exit 2, where it was an internal error; any other
+    environment, said in one line with exit 2, not an internal error; any other
     failure of the probe is not dressed up as one."""
     from bench import roofline
 
