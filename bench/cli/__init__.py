@@ -10,6 +10,7 @@ found before anything is measured or written, and ends with one line on stderr a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import signal
@@ -133,18 +134,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers stay in place while the error or interrupt is reported (bench/interrupts.py).
     argv None: the command line of this process, which exits with the status returned."""
     _replace_unencodable()
-    with handled(exiting=argv is None):
-        if argv is not None:
+    if argv is not None:
+        with handled(exiting=False):
             return _main(list(argv))
-        if STDOUT_CLOSED:
-            print("decodewall: error: standard output is closed: nowhere to write the output",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
+    stderr, sys.stderr = sys.stderr, _Diagnostics(sys.stderr)
+    try:
+        with handled(exiting=True):
+            if STDOUT_CLOSED:
+                print("decodewall: error: standard output is closed: nowhere to write the output",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
+            try:
+                return _main(sys.argv[1:])
+            finally:
+                sys.stdout = stdout
+    finally:
+        sys.stderr = stderr
+
+
+class _Diagnostics:
+    """stderr as the command writes it. A message stderr will not take (`2>/dev/full`, a reader
+    of `2>` that went away) is lost rather than raised: the exit status must still say what
+    happened (2 for bad input), and an OSError out of a print would make it 1 (or 120 at exit).
+    After the first such error stderr points at /dev/null, so the unwritten rest of its buffer
+    and the flush at exit meet no error again."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
         try:
-            return _main(sys.argv[1:])
-        finally:
-            sys.stdout = stdout
+            return self._stream.write(text)
+        except OSError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._discard()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 class _Output:

@@ -625,6 +625,30 @@ def test_output_that_cannot_be_written(tmp_path):
            f"case(s) kept in {f}")
 
 
+def test_a_stderr_that_cannot_be_written_keeps_the_exit_status(tmp_path):
+    """stderr to a full device or a pipe whose reader left loses the messages, not the exit
+    status: bad input is still 2 (a script's only signal then), a good run still 0 with its
+    records kept and its table on stdout."""
+    cmd = [sys.executable, "-c", "from bench.cli import main; raise SystemExit(main())"]
+    for argv in (["run", "--op", "nope"], ["show", str(tmp_path / "missing.jsonl")]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run(cmd + argv, stdout=subprocess.PIPE, stderr=full, text=True,
+                               cwd=REPO, timeout=120)
+        assert (r.returncode, r.stdout) == (2, ""), argv
+        p = subprocess.Popen(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=REPO)
+        p.stderr.close()
+        assert (p.wait(timeout=120), p.stdout.read()) == (2, b""), argv
+    out = tmp_path / "runs"  # the run says where its results went, and a note, on stderr
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(cmd + ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick",
+                                  "--out", str(out), "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=full, text=True, cwd=REPO, timeout=240)
+    (f,) = out.iterdir()
+    assert r.returncode == 0 and f"decodewall run {f.stem}" in r.stdout  # the table's title
+    assert json.loads(f.read_text())["status"] == "ok"
+
+
 def test_json_stdout_holds_records_only_when_a_plugin_prints_as_it_loads(capfd, tmp_path):
     plugin = tmp_path / "chatty_plugin.py"
     plugin.write_text("import os, sys\n"
