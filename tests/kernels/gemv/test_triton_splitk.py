@@ -40,7 +40,8 @@ def workspaces_are_zero() -> bool:
 @pytest.mark.parametrize("op, name, shape",
                          [(W4, "triton_w4_splitk", s) for s in W4_SHAPES]
                          + [(W8, "triton_w8_splitk", s) for s in W8_SHAPES]
-                         + [(B16, "triton_gemv_splitk", s) for s in B16_SHAPES], ids=str)
+                         + [(B16, "triton_gemv_splitk", s) for s in B16_SHAPES],
+                         ids=lambda v: getattr(v, "name", str(v)))
 def test_interpreted(op, name, shape, dtype):
     """Two calls in a row on fresh inputs: the second adds into what the first left behind."""
     check(op, name, shape, dtype, seed=0)
@@ -232,7 +233,7 @@ def test_refuses_unaligned_words():
     (W8, "triton_w8_splitk", "_w8_splitk_kernel", GemvW8Shape(3, 1000, 2048)),
     (B16, "triton_gemv_splitk", "_bf16_splitk_kernel", GemvShape(1, 4096, 4160)),
     (B16, "triton_gemv_splitk", "_bf16_splitk_kernel", GemvShape(3, 1000, 2048)),
-], ids=str)
+], ids=lambda v: getattr(v, "name", str(v)))
 def test_cuda_every_config(op, name, attr, shape, monkeypatch):
     """Every config the tuner may pick at the shape (the INT4 kernel's prune applied), compiled
     for the GPU, bf16: the tuner checks none."""
