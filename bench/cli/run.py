@@ -647,8 +647,8 @@ def add_parser(sub) -> None:
                    help="exit 1 when any impl fails its check, errors, crashes or times out")
     r.add_argument("--world-size", type=ranks, metavar="N",
                    help="ranks for collective ops (allreduce): the run starts them on this "
-                        "machine (default: the shape's, 2; suite collectives: every size the "
-                        "machine runs); under torchrun, its WORLD_SIZE")
+                        "machine (default: the shape's, 2; suite collectives: 2, 4, 8, ... 64 as "
+                        "far as the machine runs them); under torchrun, its WORLD_SIZE")
     r.add_argument("--case-timeout", type=seconds, default=_default_timeout(), metavar="SECONDS",
                    help="kill an impl-case that runs longer and record it as timeout; it "
                         "covers the check, the warm-up (a call on every rotated input set: "
