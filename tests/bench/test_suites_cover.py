@@ -107,3 +107,41 @@ def test_a_suite_op_with_no_impl_on_the_backend_is_left_out_and_said(capsys):
                                        "allreduce: no impl of it runs on xla\n")
     assert resolve_cases(args, SuiteContext("cpu")) == cases_for("smoke", SuiteContext("cpu"))
     assert capsys.readouterr().err == ""
+
+
+def _grid(suite: str, backend: str) -> set[tuple]:
+    """(op, the case's sizes, dtype) of every case of `suite` on `backend`, memory unbounded."""
+    out = set()
+    for c in cases_for(suite, SuiteContext(backend)):
+        s = c.shape
+        sizes = (s.B, s.context, s.Hq) if c.op.startswith("paged_attention") else (s.M, s.N, s.K)
+        out.add((c.op, *sizes, c.dtype))
+    return out
+
+
+def test_the_suites_hold_the_grids_their_descriptions_promise():
+    """`run --list` tells each suite's cases (decode's attention at 64 x 4096 on a GPU and 8 x
+    4096 elsewhere, attention's batch x context grid, the batch sweep's M = 1..256): a case
+    dropped or resized would change what a user compares without a word."""
+    bf, f32 = torch.bfloat16, torch.float32
+    gemvs = {("gemv_bf16", 1, n, k, bf) for n, k in ((6144, 4096), (4096, 4096), (28672, 4096),
+                                                       (4096, 14336))}
+    for backend, B in (("cuda", 64), ("cpu", 8)):
+        decode = _grid("decode", backend)
+        assert {g for g in decode if g[0] == "gemv_bf16"} == gemvs, backend
+        assert {g[1:4] for g in decode if g[0] in ("gemv_w8", "gemv_w4")} == {g[1:4] for g in gemvs}
+        assert {g for g in decode if g[0] == "paged_attention"} == \
+            {("paged_attention", B, 4096, 32, bf)}, backend
+    gpu = {(B, c) for B in (1, 8, 32, 64) for c in (512, 4096)} | {(1, 32768)}
+    assert _grid("attention", "cuda") == \
+        {("paged_attention", B, c, Hq, bf) for B, c in gpu for Hq in (32, 64)} | \
+        {("paged_attention_kv8", B, c, 32, bf) for B, c in gpu}
+    cpu = {(B, c, dt) for B in (1, 8) for c in (512, 4096) for dt in (bf, f32)}
+    assert _grid("attention", "cpu") == \
+        {("paged_attention", B, c, 32, dt) for B, c, dt in cpu} | \
+        {("paged_attention", 1, 32768, 32, bf), ("paged_attention", 8, 4096, 64, bf),
+         ("paged_attention_kv8", 8, 4096, 32, bf)}
+    for backend, n in (("cuda", 8192), ("cpu", 4096)):
+        assert _grid("sweep-batch", backend) == {
+            (op, M, n, n, bf) for op in ("gemv_w4", "gemv_w8", "gemv_bf16")
+            for M in (1, 2, 4, 8, 16, 32, 64, 128, 256)}, backend

@@ -399,7 +399,20 @@ def test_moe_router_stays_bf16_and_top_k_defaults_to_two():
     from bench.model.workload import MODELS_DIR
     data = json.loads((MODELS_DIR / "mixtral-8x7b.json").read_text())
     del data["num_experts_per_tok"]
+    assert parse_config(data, "m").num_experts_per_tok == 2  # mixtral's own default
+    del data["model_type"]  # no type whose defaults say: experts alone imply the same 2
     assert parse_config(data, "m").num_experts_per_tok == 2
+
+
+def test_head_size_not_given_and_not_whole_is_refused():
+    """Without head_dim the head size is hidden_size / heads; where that is not whole (1000 / 3)
+    the config is refused, never projected with a truncated 333."""
+    from bench.model.workload import parse_config
+    cfg = {"hidden_size": 1000, "intermediate_size": 2048, "num_hidden_layers": 1,
+           "num_attention_heads": 3, "vocab_size": 512, "tie_word_embeddings": False}
+    with pytest.raises(ConfigError, match="not a multiple of num_attention_heads 3; give head_dim"):
+        parse_config(cfg, "odd")
+    assert parse_config({**cfg, "head_dim": 320}, "odd").head_dim == 320
 
 
 def test_int4_needs_whole_groups_along_k():
