@@ -65,3 +65,30 @@ def test_precision_suite_is_one_labelled_shape():
     assert [c.op for c in cases] == ["gemv_bf16", "gemv_w8", "gemv_w4"]
     assert {c.group for c in cases} == {"precision"} and {c.shape.N for c in cases} == {8192}
     assert cases[2].shape.group_size == 128
+
+
+def test_activation_dtypes_are_compared_each_with_its_own_bf16_in_weight_order():
+    """A run at bf16 and fp32 activations: each dtype's INT4 against its own bf16 time (never
+    an fp32 time against a bf16 one), rows in bf16, INT8, INT4 order."""
+    def at(dtype, r):
+        return {**r, "dtype": dtype}
+    rows = precision_rows([
+        at("float32", rec("gemv_w4", "simd_c", 2e-3, 40e6, group_size=128)),
+        at("float32", rec("gemv_bf16", "torch_matmul", 8e-3, 300e6)),
+        rec("gemv_w4", "simd_c", 1e-3, 35e6, group_size=128),
+        rec("gemv_w8", "simd_c", 2e-3, 67e6),
+        rec("gemv_bf16", "torch_matmul", 4e-3, 134e6),
+    ])
+    assert [(r["dtype"], r["op"]) for r in rows] == [
+        ("bfloat16", "gemv_bf16"), ("bfloat16", "gemv_w8"), ("bfloat16", "gemv_w4"),
+        ("float32", "gemv_bf16"), ("float32", "gemv_w4")]
+    w4 = {r["dtype"]: r for r in rows if r["op"] == "gemv_w4"}
+    assert abs(w4["bfloat16"]["speedup"] - 4.0) < 1e-9
+    assert abs(w4["float32"]["speedup"] - 4.0) < 1e-9
+    assert abs(w4["float32"]["ideal"] - 300 / 40) < 1e-9
+
+
+def test_no_precision_table_without_a_quantized_row():
+    from bench.report.precision import precision_table
+    assert precision_table([rec("gemv_bf16", "torch_matmul", 4e-3, 134e6)]) is None
+    assert precision_table([]) is None
