@@ -31,3 +31,28 @@ def test_times_in_their_units():
     assert fmt_time(2.5e-3) == "2.50 ms"
     assert fmt_time(2.5) == "2.50 s"
     assert fmt_time(None) == "-"
+
+
+def test_bytes_in_decimal_units():
+    """Sizes sit beside GB/s, which is 1e9 bytes a second: GB is 1e9 bytes, kB 1e3, not 2**30
+    and 2**10."""
+    from bench.report.table import fmt_bytes
+    assert fmt_bytes(1.5e9) == "1.5 GB"
+    assert fmt_bytes(2.5e6) == "2.5 MB"
+    assert fmt_bytes(1000) == "1 kB"
+    assert fmt_bytes(999) == "999 B"
+    assert fmt_bytes(None) == "-"
+
+
+def test_a_baseline_record_is_marked_in_the_impl_cell():
+    """The baseline impl is what the others are read against: its row says it is the one."""
+    assert _row({**REC, "baseline": True})[3] == "k (baseline)"
+    assert _row(REC)[3] == "k"
+
+
+def test_the_spread_column_goes_first_on_a_narrow_terminal():
+    """One column short of fitting: ± IQR/2 goes first (the median beside it still stands), not
+    n, and the caption names it alone."""
+    width = next(w for w in range(250, 0, -1) if results_table([REC], width=w).caption)
+    caption = results_table([REC], width=width).caption
+    assert caption == f"± IQR/2 left out to fit {width} columns (--json has every field)"
