@@ -188,3 +188,45 @@ def test_a_read_probe_set_is_whole_rows_of_the_matvec_probe():
 
     gbps, _, impl = roofline._probe(PosingAsXLA(), "read", 3 * 16 * 4096 + 3001, BUDGETS["quick"])
     assert gbps > 0 and impl in ("torch_sum", "torch_matvec")
+
+
+def test_a_roof_the_copy_probe_sets_judges_every_case():
+    """On a GPU the copy probe usually reads more than the read probe: % of roof and the ridge
+    are against the larger (the roof), so a kernel at 95% of it is not shown at 106%."""
+    roof = Roof("cuda", copy_gbps=3000.0, read_gbps=2700.0, working_set_bytes=1 << 30,
+                matmul_tflops={"bfloat16": 900.0})
+    v = judge(int(2850e9), 2 * int(2850e9) // 1000, 1.0, roof, torch.bfloat16, 8e-6)
+    assert v.pct_roof == pytest.approx(95.0, rel=1e-9)
+    assert v.ridge == pytest.approx(900e12 / 3000e9, rel=1e-9)
+    assert v.verdict == "at the wall"
+
+
+def test_a_case_just_past_the_compute_margin_is_suspect():
+    """The margin over the matmul rate is ABOVE_COMPUTE_MARGIN: just past it a kernel is out of
+    reach of any real one (harness suspect), just under it still compute-bound."""
+    from bench.roofline import ABOVE_COMPUTE, ABOVE_COMPUTE_MARGIN
+    tf = ROOF.tflops(torch.float32)
+
+    def at(frac):  # a compute-bound case (1000 FLOP/B) at `frac` of the matmul rate, in 1 s
+        return judge(int(frac * tf * 1e12 / 1000), int(frac * tf * 1e12), 1.0, ROOF,
+                     torch.float32, 20e-6).verdict
+    assert at(1 + ABOVE_COMPUTE_MARGIN * 1.05) == ABOVE_COMPUTE
+    assert at(1 + ABOVE_COMPUTE_MARGIN * 0.95) == "compute-bound"
+
+
+def test_the_probes_and_the_matmul_rate_come_from_the_median(monkeypatch):
+    """The roof is what a kernel can sustain: the median call, not the luckiest one (a min would
+    raise the roof and lower every case's % of it)."""
+    import bench.roofline as rl
+    from bench.timing import summarize
+    samples = [1e-3, 1.2e-3, 2e-3, 2.5e-3, 9e-3]  # min, p25, median and mean all differ
+    monkeypatch.setattr(rl, "measure", lambda *a, **k: summarize(samples, "test"))
+    from backends.cpu import CPUBackend
+    backend = CPUBackend()
+    n = 4096 * 64
+    gbps, _, _ = rl._probe(backend, "read", n, rl.BUDGETS["quick"])
+    op = rl.OPS["read"]
+    assert gbps == pytest.approx(op.bytes_moved(op.shape(N=n), torch.float32) / 2e-3 / 1e9,
+                                 rel=1e-12)
+    assert rl.matmul_tflops(backend, torch.float32, rl.BUDGETS["quick"]) == \
+        pytest.approx(2 * 1024**3 / 2e-3 / 1e12, rel=1e-12)

@@ -15,8 +15,8 @@ from bench.timing import Budget
 from kernels import OPS, register_impl
 from kernels.gemv import GemvShape
 
-# Skewed so that min, median and mean all differ: a figure taken from the wrong one shows.
-DURATIONS = [1e-3, 2e-3, 2e-3, 3e-3, 9e-3]
+# Skewed so that min, p25, median and mean all differ: a figure taken from the wrong one shows.
+DURATIONS = [1e-3, 1.5e-3, 2e-3, 3e-3, 9e-3]
 
 
 class ScriptedCPU(CPUBackend):
@@ -109,7 +109,7 @@ def test_every_figure_comes_from_the_median_and_the_exact_bytes(tmp_path, slight
     assert rec["status"] == "ok", rec["error"]
     ts = rec["time_s"]
     assert ts["n"] == 5 and ts["median"] == 2e-3 and ts["min"] == 1e-3
-    assert ts["p25"] == 2e-3 and ts["p75"] == 3e-3
+    assert ts["p25"] == 1.5e-3 and ts["p75"] == 3e-3
     nbytes = OPS["gemv_bf16"].bytes_moved(shape, torch.float32)
     assert rec["bytes"] == nbytes
     gbps = nbytes / 2e-3 / 1e9
@@ -119,6 +119,9 @@ def test_every_figure_comes_from_the_median_and_the_exact_bytes(tmp_path, slight
     assert rec["datasheet_gbps"] == chip.mem_bw_gbps
     assert rec["pct_datasheet"] == pytest.approx(100 * gbps / chip.mem_bw_gbps, rel=1e-12)
     assert rec["cold"]  # rotated past 4x the 1 MiB LLC: judged against the DRAM roof
+    assert rec["arithmetic_intensity"] == pytest.approx(rec["flops"] / nbytes, rel=1e-12)
+    assert rec["achieved_tflops"] == pytest.approx(rec["flops"] / 2e-3 / 1e12, rel=1e-12)
+    assert rec["pct_compute"] == pytest.approx(100 * rec["achieved_tflops"] / 0.1, rel=1e-12)
     v = judge(nbytes, rec["flops"], 2e-3, r.ctx.roof, torch.float32, latency_floor_s("cpu"))
     assert rec["verdict"] == v.verdict and rec["ridge"] == v.ridge
 
