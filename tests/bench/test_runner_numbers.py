@@ -155,3 +155,18 @@ def test_gbps_counts_the_bytes_a_call_must_move_not_the_set_it_holds(tmp_path, f
     assert rec["bytes"] == nbytes and rec["set_bytes"] > 4 * nbytes
     assert rec["achieved_gbps"] == pytest.approx(nbytes / 2e-3 / 1e9, rel=1e-12)
     assert rec["pct_roof"] == pytest.approx(100 * rec["achieved_gbps"] / 25.0, rel=1e-12)
+
+
+def test_a_rotation_exactly_as_large_as_its_target_gets_one_set_more(tmp_path, slightly_off):
+    """Input sets that add up to exactly the bytes the rotation must pass leave the last one's
+    lines in cache for the first: one set more takes it past, so the case is judged cold (a
+    power-of-two shape meets this edge)."""
+    shape = GemvShape(2, 64, 128)
+    nbytes = OPS["gemv_bf16"].bytes_moved(shape, torch.float32)
+    b = ScriptedCPU()
+    b.rotate_bytes = lambda: 4 * nbytes  # the GEMV's sets touch exactly its bytes
+    r = runner(tmp_path, ["t_right"], backend=b)
+    (rec,) = r.run_case(Case("gemv_bf16", shape, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["n_sets"] == 5 and rec["cold"] is True
