@@ -563,3 +563,20 @@ def test_the_ranks_a_run_starts_meet_without_a_tcp_store(ranks):
            f"    assert os.environ.get('GLOO_SOCKET_IFNAME') == {loopback()!r}\n")
     (rec,) = ranks(src).run_case(case())
     assert rec["status"] == "ok", rec["error"]
+
+
+def test_allreduce_is_checked_exactly_to_one_ulp():
+    """The contributions are small integers whose sum every dtype holds exactly (up to
+    max_exact_world_size), so the check is exact: tolerance 0 for every dtype the op takes. Any
+    looser, and a sum off by one ulp at one element of a large message would pass."""
+    op = OPS["allreduce"]
+    assert set(op.dtypes) == {torch.float32, torch.float16, torch.bfloat16}
+    assert {dt: op.tol(dt) for dt in op.dtypes} == {dt: 0.0 for dt in op.dtypes}
+    for dt in op.dtypes:
+        s = AllreduceShape(bytes=1 << 16, world_size=4)
+        want = expected(s, dt)
+        got = want.to(dt)
+        assert rel_err(got, want) <= op.tol(dt), dt
+        i = torch.tensor([7])
+        got[i] = torch.nextafter(got[i], torch.full_like(got[i], float("inf")))
+        assert rel_err(got, want) > op.tol(dt), dt

@@ -76,15 +76,22 @@ def test_reference_matches_hand_computation():
     torch.testing.assert_close(out, torch.tensor([expected], dtype=torch.float64))
 
 
-def test_reference_kv8_is_reference_of_dequantized_cache():
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+def test_reference_kv8_is_reference_of_dequantized_cache(dtype):
+    """The kv8 reference is the float64 attention over the cache dequantized in float64, k * s
+    and v * s, whatever the scales' dtype: int8 codes times fp16 / bf16 scales are mostly not
+    fp16 / bf16 numbers, and a reference that rounded them back would pass a kernel that does."""
     shape = Shape(B=2, Hq=4, Hkv=2, D=32, context=40)
-    q, k, v, ks, vs, bt, sl, scale = build_inputs(shape, F32, "cpu", 3, kv8=True)
+    q, k, v, ks, vs, bt, sl, scale = build_inputs(shape, dtype, "cpu", 3, kv8=True)
+    assert ks.dtype == vs.dtype == dtype
     kd = k.double() * ks.double()[..., None]
     vd = v.double() * vs.double()[..., None]
+    if dtype != F32:  # the case is not moot: the dequantized cache is not in the scales' dtype
+        assert not torch.equal(kd.to(dtype).double(), kd)
     torch.testing.assert_close(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale),
                                pa._reference(q.double(), kd, vd, bt, sl, scale))
-    assert not torch.equal(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale),
-                           pa.reference(q, k.float(), v.float(), bt, sl, scale))  # scales matter
+    unscaled = pa.reference(q.float(), k.float(), v.float(), bt, sl, scale)
+    assert not torch.equal(pa.reference_kv8(q, k, v, ks, vs, bt, sl, scale), unscaled)  # scales matter
 
 
 # --- every impl against the reference ---------------------------------------------------------

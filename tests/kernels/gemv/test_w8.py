@@ -215,3 +215,23 @@ def test_cuda_every_config(use_dot, monkeypatch):
 def test_cuda_compiled():
     """torch.compile on CUDA, one shape (tens of seconds of compiling: not in the device check)."""
     check_impl("torch_compiled", GemvW8Shape(1, 4096, 4096), BF16, device="cuda")
+
+
+def test_reference_dequantizes_in_float64_not_in_the_scales_dtype():
+    """The reference is the float64 truth every impl is judged against: W = q * s must be formed
+    in float64. bf16 scales times int8 codes are mostly not bf16 numbers (127 * (1 + 2^-7) needs
+    14 significant bits), so a reference that rounded W to the scales' dtype would be off by up
+    to half a bf16 ulp per weight and would pass a kernel that makes the same rounding."""
+    x = torch.tensor([[1.0, -0.5, 0.25, 2.0], [0.75, 1.5, -1.0, 0.125]], dtype=BF16)
+    q = torch.tensor([[127, -127, 101, 3], [-77, 55, 127, -101]], dtype=torch.int8)
+    s = torch.tensor([1 + 2**-7, 0.01171875 + 2**-14], dtype=BF16)  # both exact in bf16
+    assert s.double().tolist() == [1 + 2**-7, 0.01171875 + 2**-14]
+    xs, qs, ss = x.double().tolist(), q.tolist(), s.double().tolist()
+    w = [[c * ss[n] for c in qs[n]] for n in range(2)]
+    w_bf16 = torch.tensor(w, dtype=torch.float64).to(BF16).double()
+    assert not torch.equal(w_bf16, torch.tensor(w, dtype=torch.float64))  # the case is not moot
+    want = torch.tensor([[sum(xm[k] * w[n][k] for k in range(4)) for n in range(2)] for xm in xs],
+                        dtype=torch.float64)
+    got = OP.reference(x, q, s)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

@@ -88,3 +88,28 @@ def test_outputs_are_what_out_spec_says(dtype):
         got = OPS[op].impls[impl](src)
         assert (tuple(got.shape), got.dtype) == OPS[op].out_spec(s, dtype), op
     assert OPS["read"].out_spec(s, dtype) == ((), torch.float32)
+
+
+def test_probe_tolerances_by_hand():
+    """Every probe check judges err <= op.tol(dtype), so a looser table would let a probe that
+    skips part of its input pass, and its bandwidth would be counted for bytes it never read:
+    the values are pinned here. copy is exact; read's fp32-accumulated sum is held to 1e-4."""
+    dts = (torch.float32, torch.float16, torch.bfloat16)
+    assert set(OPS["copy"].dtypes) == set(OPS["read"].dtypes) == set(dts)
+    assert {dt: OPS["copy"].tol(dt) for dt in dts} == {dt: 0.0 for dt in dts}
+    assert {dt: OPS["read"].tol(dt) for dt in dts} == {dt: 1e-4 for dt in dts}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_read_that_misses_one_element_in_1000_fails_its_check(dtype):
+    """A read probe that skips one element in 1000 (a tail or a stride gone wrong) reads 0.1%
+    fewer bytes than it is credited with: its sum must fail the check, while the fp32 sum of
+    every element passes it."""
+    from kernels.probes import ProbeShape
+    op = OPS["read"]
+    (src,) = op.make_inputs(ProbeShape(N=1000), dtype, "cpu", 0)
+    ref = op.reference(src)
+    assert rel_err(op.impls["torch_sum"](src), ref) <= op.tol(dtype)
+    for skipped in (0, 500, 999):
+        short = torch.cat([src[:skipped], src[skipped + 1:]]).sum(dtype=torch.float32)
+        assert rel_err(short, ref) > op.tol(dtype), skipped
