@@ -1,9 +1,7 @@
 """CPU by default: without a GPU, Triton kernels run under the interpreter (set before import).
 Ctrl-C as in a terminal: a shell starts a background job (`cmd &`, as CI runners may) with SIGINT
 ignored, which this process and every command it starts would inherit; the interrupt tests send
-SIGINT and must see it delivered.
-Tables as in a pipe: a COLUMNS the caller exported (a terminal's, pytest-xdist's 80) would fold
-and drop the columns the tests read; a test of the width sets its own."""
+SIGINT and must see it delivered."""
 import os
 import signal
 
@@ -11,8 +9,6 @@ import torch
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # children exec with SIG_DFL
-
-os.environ.pop("COLUMNS", None)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -49,3 +45,11 @@ def isolated():
     checker = IsolatedChecker()
     yield checker
     checker.close()
+
+
+@pytest.fixture(autouse=True)
+def _tables_as_in_a_pipe(monkeypatch):
+    """Each test sees tables as a pipe gets them: a COLUMNS the caller exported (a terminal's,
+    pytest-xdist's 80) would fold and drop the columns the tests read; a test of the width sets
+    its own. pytest's own output keeps the caller's width."""
+    monkeypatch.delenv("COLUMNS", raising=False)
