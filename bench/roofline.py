@@ -19,6 +19,7 @@ import torch
 
 from backends import Backend
 from kernels import OPS, Impl, dtype_name, parse_dtype, rel_err
+from kernels.probes.ops import MATVEC_COLS
 
 from .case import make_inputs
 from .timing import BUDGETS, Budget, measure
@@ -109,9 +110,9 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
     op = OPS[op_name]
     # the working set split into k rotated sets (1 on cpu/cuda); copy writes what it reads
     k = backend.probe_sets(n * 4, writes=op_name == "copy")
-    # whole rows of 4096 (the matvec probe reads its set as such a matrix); the rounding leaves
-    # out less than 16 KiB a set
-    shape = op.shape(N=n // k // 4096 * 4096 or n // k)
+    # whole rows of MATVEC_COLS (the matvec probe reads its set as such a matrix); the rounding
+    # leaves out less than 16 KiB a set
+    shape = op.shape(N=n // k // MATVEC_COLS * MATVEC_COLS or n // k)
     (src,) = make_inputs(backend, op, shape, torch.float32, 0)
     srcs = [src] + [backend.clone(src) for _ in range(k - 1)]
     impls = probe_impls(backend, op_name)
