@@ -1,15 +1,23 @@
 """A case: one op at one shape and dtype, the unit every part of the harness passes around.
 
 Suites produce cases; the runner, its worker processes and the collective ranks measure them,
-on inputs from `make_inputs`.
+on inputs from `make_inputs`. torch is imported where a tensor is made, not with the module: the
+CLI reads DEFAULT_CASE_TIMEOUT_S as it builds its parser, for every command.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# How long one impl-case may take (`run --case-timeout`): check, warm-up and timing, compiling
+# included. No honest case on a 2-core CPU comes near it: the slowest impl-case of the default
+# suite there (gemv_w4 torch_dequant at 28672 x 4096, check and timing) takes well under a minute
+# (docs/measurement.md, "Isolation").
+DEFAULT_CASE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,7 @@ class Case:
 def make_inputs(backend: Any, op: Any, shape: Any, dtype: torch.dtype, seed: int) -> tuple:
     """The op's fresh inputs on the backend's device: built where the backend builds its data
     (`build_device()`: the device itself, or the host for XLA), then moved to the device."""
+    import torch
     where = backend.build_device()
     args = op.make_inputs(shape, dtype, where, seed)
     if where == backend.device():

@@ -42,12 +42,8 @@ from .plugins import DONE as PLUGINS_DONE
 from .results import ResultWriter
 from .roofline import add_matmul
 from .runner import RunContext, Runner, base_record, reported_impls
-from .case import Case
+from .case import DEFAULT_CASE_TIMEOUT_S, Case
 
-# No honest case on a 2-core CPU comes near this: the slowest impl-case of the default suite
-# there (gemv_w4 torch_dequant at 28672 x 4096, check and timing) takes well under a minute
-# (docs/measurement.md, "Isolation").
-DEFAULT_CASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
 EXIT_WAIT_S = 5.0  # a worker asked to exit at the end of a run gets this long before it is killed
 TAIL_BYTES = 65536  # of a worker's log, read for its last line

@@ -424,11 +424,15 @@ def _show(v: Any) -> str:
     return s if len(s) <= 40 else s[:39] + "…"
 
 
+# The verdict bench/roofline.py gives a case timed from the cache. Defined here, with the other
+# record vocabulary, so that readers of records (show, plot, project) need no measuring module.
+IN_CACHE = "in cache: not judged against the DRAM roof"
+
+
 def in_cache(r: dict[str, Any]) -> bool:
     """A record timed (partly) from the cache: a warm one (the size sweep), or a cold one whose
     rotation could not pass the cache (its verdict says so). Its % of roof is not a DRAM
     efficiency, so it is kept out of projections and rooflines."""
-    from .roofline import IN_CACHE
     return (bool(r.get("warm")) and not r.get("cold")) or r.get("verdict") == IN_CACHE
 
 

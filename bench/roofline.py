@@ -22,6 +22,7 @@ from kernels import OPS, Impl, dtype_name, parse_dtype, rel_err
 from kernels.probes.ops import MATVEC_COLS
 
 from .case import make_inputs
+from .results import IN_CACHE
 from .timing import BUDGETS, Budget, measure
 
 AT_WALL = 0.80
@@ -286,7 +287,6 @@ class Verdict:
     pct_compute: float | None
 
 
-IN_CACHE = "in cache: not judged against the DRAM roof"
 COMPUTE_BELOW = "compute-bound: below the compute roof"
 ABOVE_ROOF_MAX = 0.25  # past 125% of the measured roof a case is suspect however noisy the probes
 # Past the measured matmul rate by this much a case's FLOP rate is suspect: no GEMV outruns the

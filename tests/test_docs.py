@@ -199,7 +199,7 @@ def test_device_check_boxes_are_the_code():
 
 def test_case_timeout_default_named_in_docs():
     """Every "--case-timeout ... default N" in the README and docs is the parser's default."""
-    from bench.isolation import DEFAULT_CASE_TIMEOUT_S
+    from bench.case import DEFAULT_CASE_TIMEOUT_S
     found = 0
     for page in PAGES:
         for n in re.findall(r"--case-timeout[^()]{0,40}\(?default (\d+)", page.read_text()):

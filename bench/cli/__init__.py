@@ -87,18 +87,17 @@ from ..errors import (EXIT_FAILED, EXIT_USAGE, OutputError, RunError, UsageError
 from ..interrupts import describe, exit_status, handled, signal_of  # noqa: E402
 try:
     from . import backends, chips, compare, plot, project, roof, run, show
-except KeyboardInterrupt:  # Ctrl-C while torch imports, before main() installs its handlers
+except KeyboardInterrupt:  # Ctrl-C while the commands import, before main() installs its handlers
     print(f"decodewall: {describe(signal.SIGINT)}", file=sys.stderr)
     raise SystemExit(exit_status(signal.SIGINT)) from None
-except Exception as e:  # torch refusing its own environment as it imports (TORCH_LOGS=junk)
-    # torch wraps its message over lines and then lists every valid setting: the start, joined
-    why = " ".join(str(e).split())
-    why = why if len(why) <= 240 else why[:240] + "..."
-    print(f"decodewall: error: cannot start: {type(e).__name__}: {one_line(why)}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE) from None
 from .common import Parser, discard_stdout
 
 COMMANDS = (run, show, roof, chips, backends, compare, project, plot)  # in `decodewall --help` order
+# Commands that read results files or the catalog: they do not import torch (only for a figure a
+# record lacks, docs/measurement.md "Bad input"), so they print in a fraction of a second and
+# work where torch cannot start. Every other command imports torch before it begins
+# (`_import_torch`); `--help` never does.
+READERS = ("show", "compare", "plot", "chips")
 
 
 def build_parser() -> Parser:
@@ -229,6 +228,8 @@ def _main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         args.argv = argv
+        if args.command not in READERS:
+            _import_torch()
         return args.func(args)
     except UsageError as e:
         print(f"decodewall: error: {one_line(str(e))}", file=sys.stderr)
@@ -248,6 +249,19 @@ def _main(argv: list[str]) -> int:
         return EXIT_FAILED
     except Exception as e:  # a bug of ours: one line that says where, never a traceback
         return _internal_error(e)
+
+
+def _import_torch() -> None:
+    """Import torch, or a UsageError "cannot start" where torch refuses its own environment as
+    it imports (TORCH_LOGS=junk): one line, not an internal error deep in whatever imported it
+    first."""
+    try:
+        import torch  # noqa: F401
+    except Exception as e:
+        # torch wraps its message over lines and then lists every valid setting: the start, joined
+        why = " ".join(str(e).split())
+        why = why if len(why) <= 240 else why[:240] + "..."
+        raise UsageError(f"cannot start: {type(e).__name__}: {why}") from None
 
 
 def _internal_error(e: Exception) -> int:

@@ -566,7 +566,7 @@ def _run_as_rank(args, ctx, cases, writer, records, on_record) -> int:
 
 
 def _default_timeout() -> float:
-    from ..isolation import DEFAULT_CASE_TIMEOUT_S
+    from ..case import DEFAULT_CASE_TIMEOUT_S
     return DEFAULT_CASE_TIMEOUT_S
 
 

@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import printable
 
 MODELS_DIR = Path(__file__).with_name("models")
@@ -268,6 +266,8 @@ def _arch_fields(data: dict[str, Any], where: str) -> tuple[bool, bool, bool]:
 
 def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int:
     """Bytes of one [N, K] weight, by the op's own formula (kernels/gemv/ops.py), bf16 activations."""
+    import torch
+
     from kernels.gemv import weight_bytes_bf16, weight_bytes_w4, weight_bytes_w8
     if precision == "bf16":
         return weight_bytes_bf16(N, K, torch.bfloat16)
@@ -282,6 +282,8 @@ def weight_bytes(N: int, K: int, precision: str, group: int = INT4_GROUP) -> int
 
 def kv_bytes_per_token(cfg: ModelConfig, kv: str) -> int:
     """K and V of one token in one layer, by the op's own formula (kernels/attention/ops.py)."""
+    import torch
+
     from kernels.attention import kv_bytes_per_token as per_token
     if kv not in KV_PRECISIONS:
         raise ConfigError(f"unknown KV precision {kv!r} (known: {', '.join(KV_PRECISIONS)})")

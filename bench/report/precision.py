@@ -53,8 +53,11 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _bf16_bytes(mnk: tuple, dtype: Any) -> float | None:
     """Bytes the bf16 GEMV moves at (M, N, K) with activations of `dtype`, by its op's count
-    (None: a shape or dtype it does not take)."""
-    from kernels import OPS, parse_dtype
+    (None: a shape or dtype it does not take, or kernels/ cannot be imported here)."""
+    try:
+        from kernels import OPS, parse_dtype
+    except Exception:  # torch refusing its environment as it imports (TORCH_LOGS=junk)
+        return None
     op = OPS["gemv_bf16"]
     try:
         return op.bytes_moved(op.shape(M=mnk[0], N=mnk[1], K=mnk[2]), parse_dtype(str(dtype)))

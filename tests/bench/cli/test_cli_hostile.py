@@ -202,14 +202,35 @@ def test_columns_that_is_not_a_number_is_ignored(monkeypatch, capsys):
     assert "h100-sxm" in capsys.readouterr().out
 
 
-def test_torch_refusing_its_environment_is_one_line():
-    """torch raises as it imports when TORCH_LOGS names no log: one line and exit 2, before any
-    command, instead of torch's traceback and its list of valid settings."""
-    p = run_cli("chips", timeout=60, env={"TORCH_LOGS": "junk"})
+@pytest.mark.parametrize("argv", [["backends"], ["run", "--list"]])
+def test_torch_refusing_its_environment_is_one_line(argv):
+    """torch raises as it imports when TORCH_LOGS names no log: a command that needs torch ends
+    with one line and exit 2 before it begins, instead of torch's traceback and its list of
+    valid settings."""
+    p = run_cli(*argv, timeout=60, env={"TORCH_LOGS": "junk"})
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1, p.stderr[-2000:]
     assert err[0].startswith("decodewall: error: cannot start: ValueError: Invalid log settings")
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in p.stderr and not p.stdout
+
+
+def test_readers_work_where_torch_cannot_start(tmp_path):
+    """chips, show, compare and plot --terminal do not import torch, so the environment that
+    stops torch does not stop them; a figure only the kernels' byte count gives (the ideal of a
+    precision row without its bf16 case) is left out there."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({**GOOD_RECORD, "impl": "kept_run"}) + "\n")
+    w8 = tmp_path / "w8.jsonl"
+    w8.write_text(json.dumps({**GOOD_RECORD, "op": "gemv_w8", "impl": "lone_w8", "bytes": 1000,
+                              "shape": {"M": 1, "N": 8, "K": 128}, "group": "precision"}) + "\n")
+    env = {"TORCH_LOGS": "junk"}
+    for argv, shown in ((["chips", "--chip", "h100-sxm"], "h100-sxm"),
+                        (["show", str(path)], "kept_run"),
+                        (["show", str(w8)], "precision: speedup over bf16"),
+                        (["compare", str(path), str(path)], "kept_run"),
+                        (["plot", "--terminal", str(path)], "kept_run")):
+        p = run_cli(*argv, timeout=60, env=env)
+        assert p.returncode == 0 and shown in p.stdout and not p.stderr, (argv, p.stderr[-500:])
 
 
 @pytest.mark.parametrize("argv, starts, ends", [

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -657,3 +660,40 @@ def test_valid_records_without_optional_fields_show_and_plot_cleanly(tmp_path, c
     assert not [w for w in seen if issubclass(w.category, (UserWarning, RuntimeWarning))], \
         [str(w.message) for w in seen]
     assert "error" not in capsys.readouterr().err
+
+
+def test_readers_and_help_import_neither_torch_nor_the_kernels(tmp_path):
+    """show (a precision comparison included), compare, plot --terminal, chips and every
+    --help run without importing torch, Triton or kernels/: those take a second or more to
+    import, the readers' own work a fraction of that."""
+    from tests.helpers import REPO
+    shape = {"M": 1, "N": 8, "K": 128}
+    recs = [{**G, "op": op, "impl": f"best_{op}", "shape": shape, "bytes": b, "baseline": False,
+             "group": "precision", "time_s": {"median": t, "p25": t, "p75": t}}
+            for op, b, t in (("gemv_bf16", 2000, 2e-5), ("gemv_w8", 1000, 1e-5))]
+    path = str(write(tmp_path / "p.jsonl", *recs))
+    commands = [["show", path], ["compare", path, path], ["plot", "--terminal", path],
+                ["chips"], ["chips", "--chip", "h200"], ["--help"]]
+    commands += [[c, "--help"] for c in ("run", "show", "roof", "chips", "backends", "compare",
+                                         "project", "plot")]
+    code = f"""
+import contextlib, io, sys
+from bench.cli import main
+for argv in {commands!r}:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            status = main(argv)
+        except SystemExit as e:  # --help
+            status = e.code
+    assert status == 0 and out.getvalue(), (argv, status)
+    if argv == ["show", {path!r}]:
+        assert "precision: speedup over bf16" in out.getvalue()
+print(sorted(m for m in ("torch", "triton", "numpy", "kernels", "bench.runner") if m in sys.modules))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.splitlines()[-1] == "[]", p.stdout[-500:]
