@@ -229,13 +229,14 @@ class CLibrary:
         if not cc:
             raise NotImplementedError(f"no C compiler found (set CC) to build the {self.name} kernels")
         cpu = _cpuinfo()
-        missing = [n for n in self.needs if n.encode() not in cpu]
+        have = _cpu_flags(cpu)  # whole flags: "fma" is not in "fma4" nor in a model name
+        missing = [n for n in self.needs if n not in have]
         if missing:
             raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
                                       f"this CPU lacks {', '.join(missing)}")
         fl = flags(self.march)
         target = _target(tuple(cc), next(f for f in fl if f.startswith("-march=")))
-        have = _cpu_flags(cpu) if "-march=native" not in fl else set()  # native: this CPU
+        have = have if "-march=native" not in fl else set()  # native: this CPU
         lacks = [m for m, flag in ISA_MACROS.items()
                  if have and f"#define {m} 1" in target and flag not in have]
         names = [ISA_MACROS[m] for m in lacks]

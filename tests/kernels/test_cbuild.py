@@ -106,6 +106,14 @@ def test_another_compiler_is_a_new_build(src, tmp_path, monkeypatch):
     assert lib(src)().wrapped() == 1
 
 
+def test_other_build_flags_are_a_new_build(src, monkeypatch):
+    """The flags are in the cache key: a build with other flags (a release that changes FLAGS)
+    is a build of its own, not the .so that the old flags made."""
+    assert lib(src)().wrapped() == 0
+    monkeypatch.setattr(cbuild, "FLAGS", ["-DVIA_WRAPPER", *cbuild.FLAGS])
+    assert lib(src)().wrapped() == 1
+
+
 def test_another_cpu_is_a_new_build(src, monkeypatch):
     """A cache shared by two machines (a home folder on NFS) must not hand one the other's
     -march=native binary."""
@@ -301,6 +309,18 @@ def test_a_cpu_without_the_needed_flags_is_a_skip_naming_them(src, monkeypatch):
     with pytest.raises(NotImplementedError, match="lacks no_such_flag"):
         lib(src, needs=("no_such_flag",))()
     assert calls == []  # nothing was compiled for a CPU that cannot run it
+
+
+@pytest.mark.parametrize("cpuinfo", [
+    b"model name\t: Example CPU\nflags\t\t: fpu sse sse2 avx avx2 f16c fma4\n",
+    b"model name\t: fmaker avx2 f16c\nflags\t\t: fpu sse sse2 avx avx2 f16c\n"])
+def test_a_needed_flag_is_a_whole_flag_of_the_flags_line(src, monkeypatch, cpuinfo):
+    """`fma` is not had by a CPU whose flags hold only `fma4`, nor by a model name that spells
+    it: the kernels that need it are refused naming it, not compiled into SIGILL."""
+    monkeypatch.setattr(cbuild, "_cpuinfo", lambda: cpuinfo)
+    monkeypatch.setattr(cbuild, "_compile", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(NotImplementedError, match="this CPU lacks fma$"):
+        lib(src, needs=("avx2", "fma", "f16c"))()
 
 
 def test_the_read_probe_runs_on_torchs_threads(monkeypatch):
