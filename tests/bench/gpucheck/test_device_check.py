@@ -1172,3 +1172,172 @@ def test_the_check_starts_on_a_machine_without_pytest():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--dry-run" in r.stdout
+
+
+def test_why_reads_the_largest_launch_wherever_it_comes():
+    """ncu lists launches in the order they ran, a split-K GEMV before its reduction: the why
+    pass reads the launch with the largest grid, whether it comes first or last."""
+    head, units, small, large = WHY_RAW.strip().splitlines()[1:]
+    w = why(parse_ncu_csv("\n".join([head, units, large, small])))
+    assert w["kernel"] == "_w4_kernel" and w["registers"] == 168
+
+
+@pytest.mark.parametrize("rcs, outs, status, says", [
+    ([5, 5], [[], []], "warn", "no tests selected"),
+    ([0, None], [["tests/kernels/test_a.py::test_x PASSED", "= 1 passed in 1.0s ="],
+                 ["tests/kernels/test_b.py::test_slow"]], "timeout",
+     "cut at the time box while running tests/kernels/test_b.py::test_slow (1 passed before it)"),
+])
+def test_a_test_step_is_ok_only_when_every_shard_finished_and_tests_ran(tmp_path, monkeypatch,
+                                                                       rcs, outs, status, says):
+    """A test step's status from its shards' exits: every shard selecting nothing (exit 5)
+    checked nothing, a warning; one shard cut at the box is the step cut, whatever the others
+    did, naming the test it was running."""
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc, "pytest_shards", lambda: 2)
+    monkeypatch.setattr(dc, "run_procs", lambda cmds, box, log, env, tags: (rcs, 2.0, outs))
+    c = _check(tmp_path)
+    try:
+        c.step_pytest("configs")
+        st = c.steps["configs"]
+        assert st.status == status and st.detail.startswith(says), st
+    finally:
+        c.log.close()
+
+
+def test_a_suite_run_that_exits_with_an_error_fails_the_step(tmp_path, monkeypatch):
+    """`decodewall run` exiting non-zero (a crash after some cases) fails the suite step with
+    its exit status named, however good the records it left are."""
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc, "run_proc", lambda *a, **k: (1, 1.0))
+    c = _check(tmp_path)
+    recs = [{"op": "gemv_bf16", "impl": "a", "shape": {"M": 1, "N": 64, "K": 128}, "status": "ok"}]
+    try:
+        c._read_records = lambda before: setattr(c, "records", recs)
+        c.step_suite()
+        st = c.steps["suite"]
+        assert st.status == "failed" and st.detail.startswith("exit 1; 1/"), st
+    finally:
+        c.log.close()
+
+
+def _two_gemv_targets(monkeypatch):
+    from bench.gpucheck import cases
+    shape = {"M": 1, "N": 96, "K": 256}
+    monkeypatch.setattr(cases, "ncu_targets", lambda backend, notes: [
+        {"op": "gemv_bf16", "impl": impl, "dtype": "float32", "shape": shape}
+        for impl in ("triton_gemv", "triton_gemv_splitk")])
+
+
+def test_each_profiled_launch_is_boxed_at_ncu_target_s(tmp_path, monkeypatch):
+    """On the GPU each launch is profiled in a process of its own boxed at NCU_TARGET_S, not at
+    what is left of the ncu step's box: one launch that hangs cannot spend the others' time."""
+    from bench.gpucheck.check import NCU_TARGET_S
+    _two_gemv_targets(monkeypatch)
+    c = _check(tmp_path)
+    c.ncu_path = "/opt/ncu"
+    boxes = []
+    c._capture = lambda cmd, box, env=None: (boxes.append(box), (None, box, ""))[1]
+    try:
+        assert c.box("ncu") > 2 * NCU_TARGET_S
+        c.step_ncu()
+        assert boxes == [NCU_TARGET_S, NCU_TARGET_S]
+        assert all(r["error"] == f"time box ({NCU_TARGET_S} s) reached" for r in c.ncu)
+    finally:
+        c.log.close()
+
+
+@pytest.mark.parametrize("second", [
+    "==ERROR== The application returned an error code (1).",
+    "==ERROR== Failed to initialize the profiler: LibraryNotLoaded"])
+def test_an_ncu_step_that_measured_some_launches_and_not_others_is_a_warning(tmp_path, monkeypatch,
+                                                                            second):
+    """One launch compared with the byte model and one not (the target failed, or ncu refused
+    it): a warning naming both counts, never ok (a launch went unmeasured) and never skipped
+    (this machine's ncu did measure)."""
+    from bench.gpucheck.ncu import MARK, fake_ncu_csv
+    _two_gemv_targets(monkeypatch)
+    c = _check(tmp_path)
+    c.ncu_path = "/opt/ncu"
+
+    def capture(cmd, box, env=None):
+        if "triton_gemv_splitk" in " ".join(cmd):
+            return 1, 0.1, second + "\n"
+        info = {"op": "gemv_bf16", "impl": "triton_gemv", "bytes_moved": 1000, "out_bytes": 100}
+        return 0, 0.1, MARK + json.dumps(info) + "\n" + fake_ncu_csv("k", 900, 100, 1000.0)
+
+    c._capture = capture
+    try:
+        c.step_ncu()
+        assert c.ncu[0]["ratio"] == 1.0 and "error" in c.ncu[1]
+        st = c.steps["ncu"]
+        assert st.status == "warn" and st.detail.startswith("1/2 launches compared"), st
+        assert "1 not measured" in st.detail
+    finally:
+        c.log.close()
+
+
+def test_a_why_pass_whose_target_failed_records_the_failure_not_figures(tmp_path):
+    """The profiled program exits 1 when its case fails, and the why pass then records that
+    error: it never feeds a (dry run: fabricated) table to the parser for a launch that did not
+    run."""
+    c = _check(tmp_path, dry_run=True)
+    tg = {"op": "gemv_w4", "impl": "no_such_impl", "dtype": "float16",
+          "shape": {"M": 1, "N": 64, "K": 256, "group_size": 128}}
+    try:
+        with open(c.out / "ncu-raw.txt", "w") as raw:
+            c._why(tg, time.monotonic() + 120, raw)
+        (w,) = c.ncu_why
+        assert w.get("error", "").startswith("exit 1: ") and "no_such_impl" in w["error"], w
+        assert "stalls" not in w and not w.get("fake")
+    finally:
+        c.log.close()
+
+
+def test_a_check_stopped_while_the_ncu_probe_runs_leaves_no_probe_behind(tmp_path):
+    """SIGTERM before the suite step (where the probe is waited for) still ends the background
+    ncu probe, its process group killed: no profiler outlives the check on the device."""
+    from bench.gpucheck.check import Interrupted
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    c = _check(tmp_path, dry_run=True)
+    ran = []
+    ok = _stub_steps(c, ran)
+
+    def env():
+        ok("env")()
+        c.ncu_path = str(fake)
+        c.start_ncu_probe()
+
+    def pytest_step(name):
+        c.begin(name)
+        raise Interrupted()
+
+    c.step_env, c.step_pytest = env, pytest_step
+    try:
+        assert c.run() == 143
+        proc = c.ncu_probe["proc"]
+        assert proc.poll() is not None and not c.ncu_probe["path"].exists()
+    finally:
+        if c.ncu_probe is not None and c.ncu_probe["proc"].poll() is None:
+            os.killpg(c.ncu_probe["proc"].pid, 9)
+            c.ncu_probe["proc"].wait()
+
+
+def test_an_env_without_pytest_is_a_warning_naming_it(tmp_path, monkeypatch):
+    """The probe finds torch and the backend but not pytest (or rich, numpy): env warns and
+    names the missing packages, so the test steps' failures that follow have their cause."""
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc.shutil, "which", lambda name: None)
+    c = _check(tmp_path, dry_run=True)
+    probe = {"backend_ok": True, "torch_version": "2", "triton_version": "3", "rich": True,
+             "numpy": True, "pytest": False, "device": {"name": "cpu"}}
+    c._capture = lambda cmd, box, env=None: (0, 0.1, json.dumps(probe) + "\n")
+    try:
+        c.step_env()
+        st = c.steps["env"]
+        assert st.status == "warn" and "missing Python packages pytest" in st.detail, st
+        assert c.backend_usable is True
+    finally:
+        c.log.close()

@@ -106,20 +106,24 @@ def test_bad_arguments_one_line_exit_2(argv, capsys):
     assert len(err) == 1 and err[0].startswith("python -m bench.gpucheck.flushcmp: error:")
 
 
-def test_importing_flushcmp_leaves_the_autotune_setting_alone():
-    """Only flushcmp's own run sets DECODEWALL_AUTOTUNE=0: a process that imports it (pytest,
-    the device check) and the processes it starts keep tuning."""
+@pytest.mark.parametrize("given, after", [(None, "0"), ("1", "1")])
+def test_importing_flushcmp_leaves_the_autotune_setting_alone(given, after):
+    """Only flushcmp's own run sets DECODEWALL_AUTOTUNE=0, and only where it is not set: a
+    process that imports it (pytest, the device check) and the processes it starts keep tuning,
+    and a setting given to flushcmp is kept."""
     import os
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "DECODEWALL_AUTOTUNE"}
+    if given is not None:
+        env["DECODEWALL_AUTOTUNE"] = given
     code = ("import os, bench.gpucheck.flushcmp as f; a = os.environ.get('DECODEWALL_AUTOTUNE'); "
             "f.main(['--dry-run']); "
             "print(a, os.environ.get('DECODEWALL_AUTOTUNE'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
-    assert r.stdout.strip().splitlines()[-1] == "None 0"
+    assert r.stdout.strip().splitlines()[-1] == f"{given} {after}"
 
 
 class DriftingModeTimed(ModeTimed):

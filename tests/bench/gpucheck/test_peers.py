@@ -79,6 +79,17 @@ def test_probe_says_what_imports_and_why_not():
     assert "no_such_module_dw: ModuleNotFoundError" in text
 
 
+def test_a_peer_that_exits_on_import_is_its_own_failed_import(tmp_path, monkeypatch):
+    """A peer may raise anything at import, SystemExit included: that is its failed import,
+    said with the reason, and the modules after it are still probed (the probe prints its JSON
+    line)."""
+    (tmp_path / "dwexits_on_import.py").write_text("raise SystemExit('no GPU found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = probe(["dwexits_on_import", "json"])
+    assert r["dwexits_on_import"] == {"ok": False, "error": "SystemExit: no GPU found"}
+    assert r["json"]["ok"]
+
+
 def test_no_wheels_is_said_and_is_no_failure(tmp_path):
     check = _check(tmp_path, tmp_path / "empty")
     before = check.env["PYTHONPATH"]
