@@ -393,7 +393,7 @@ class IsolatedRunner:
                 why = "the worker died" + (f" in {where.words(brief=True)}" if where.name
                                            else "") + f": {w.describe_end(rc)}" + \
                     (f"; its last output line: {last}" if last else "") + where.check_words()
-            if phase is not None and phase != "inputs":
+            if phase is not None and phase != "inputs" and phase in todo:
                 records.append(self._lost(case, phase, status, why,
                                           round(time.monotonic() - t_phase, 3), **where.known()))
                 todo.remove(phase)
@@ -405,7 +405,8 @@ class IsolatedRunner:
                                               f"while building the inputs, {why}",
                                               phase="inputs"))
                 return records
-            else:  # between impls (a lost CUDA context ends its worker after the record)
+            else:  # between impls (a lost CUDA context ends its worker after the record), or
+                # in a phase of an impl that has its record already (a worker bug): none lost
                 fruitless = 0 if progressed else fruitless + 1
                 if fruitless >= 2:
                     for name in todo:
