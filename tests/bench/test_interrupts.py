@@ -159,3 +159,56 @@ def test_a_stop_swallowed_as_the_block_ends_is_not_raised_outside_it():
     assert len(calls) == 2  # "start" and "stop"
     time.sleep(20 * REDELIVER_S)  # a KeyboardInterrupt here fails the test
 
+
+
+def test_a_signal_inside_nested_deferred_blocks_waits_for_the_outermost():
+    """Blocks nest (a record's write inside the block that also counts and shows it; a worker's
+    start inside the block that holds it): a signal in the inner block is raised when the
+    outermost ends, not when the inner one does."""
+    done = []
+    with handled():
+        with pytest.raises(Interrupted) as e:
+            with deferred():
+                with deferred():
+                    signal.raise_signal(signal.SIGTERM)
+                done.append("the rest of the outer block")
+    assert done == ["the rest of the outer block"] and e.value.signum == signal.SIGTERM
+
+
+def test_other_unraisable_exceptions_reach_the_previous_hook(monkeypatch):
+    """Inside handled() only a swallowed Interrupted is taken over; any other exception a
+    finalizer or callback drops still reaches the hook that was there before (Python's "Exception
+    ignored" report), and that hook is back after the block."""
+    import sys
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_type))
+    hook = sys.unraisablehook
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("in a finalizer")
+
+    with handled():
+        Broken()  # its __del__ runs at once
+    assert seen == [ValueError]
+    assert sys.unraisablehook is hook
+
+
+def test_handled_outside_the_main_thread_changes_nothing():
+    """Python runs signal handlers in the main thread only: a command run in another thread
+    installs none (signal.signal would raise there) and its block still runs."""
+    import threading
+    before = signal.getsignal(signal.SIGTERM)
+    seen, errors = [], []
+
+    def command():
+        try:
+            with handled():
+                seen.append(signal.getsignal(signal.SIGTERM))
+        except BaseException as e:  # noqa: BLE001  what the thread would die of
+            errors.append(e)
+
+    t = threading.Thread(target=command)
+    t.start()
+    t.join()
+    assert errors == [] and seen == [before]

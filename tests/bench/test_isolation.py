@@ -636,3 +636,73 @@ def test_a_worker_holds_no_descriptor_of_its_log_in_the_parent(tmp_path):
         assert str(w.log_path) not in held, held
     finally:
         w.close(now=True)
+
+
+def test_a_closed_worker_leaves_no_descriptor_and_no_log(tmp_path):
+    """Every crash or timeout replaces the worker: the one dropped leaves no pipe open in the
+    parent and no log behind, or a run of many crashing cases runs out of descriptors and fills
+    its temporary folder."""
+    from bench.isolation import Worker
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd here")
+    before = set(os.listdir("/proc/self/fd"))
+    w = Worker("cpu", [], tmp_path, wait=False)
+    w.close(now=True)
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert not w.log_path.exists()
+
+
+def test_a_record_sent_just_before_the_worker_exits_is_taken():
+    """A worker whose impl lost the device context sends the record and exits at once: a
+    message already in the pipe when the parent finds the worker exited is still read, not
+    taken for a death."""
+    from multiprocessing.connection import Connection
+
+    from bench.isolation import Worker
+
+    r, w = os.pipe()
+    tx, rx = Connection(w, readable=False), Connection(r, writable=False)
+
+    class SentThenExited:  # between the parent's look at the pipe and its look at the process
+        def poll(self):
+            if not tx.closed:
+                tx.send(("record", {"impl": "torch_matmul"}))
+                tx.close()
+            return 4
+
+    worker = Worker.__new__(Worker)
+    worker.rx, worker.proc = rx, SentThenExited()
+    try:
+        assert worker.recv(10) == ("record", {"impl": "torch_matmul"})
+    finally:
+        rx.close()
+
+
+FORK_THEN_EXIT = """
+import os, time
+
+def main():
+    if os.fork() == 0:  # a helper that holds the worker's pipes and outlives it
+        time.sleep(600)
+        os._exit(0)
+    os._exit(3)
+"""
+
+
+def test_a_worker_that_exits_while_its_child_holds_the_pipe_is_seen_dead(tmp_path, monkeypatch):
+    """No end of file comes while a process the worker forked holds its pipe: the parent sees
+    the worker's own exit, so the impl is `crashed` with its exit code at once, not a `timeout`
+    after --case-timeout."""
+    from bench.isolation import TIMEOUT, Worker, WorkerDied
+    (tmp_path / "forker.py").write_text(FORK_THEN_EXIT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    w = Worker("cpu", [], tmp_path, entry="forker:main", wait=False)
+    try:
+        try:
+            got = w.recv(60)
+        except WorkerDied:
+            got = "died"
+        assert got == "died", "TIMEOUT" if got is TIMEOUT else got
+        assert w.wait() == 3
+    finally:
+        w.kill()  # the helper too: it is in the worker's process group

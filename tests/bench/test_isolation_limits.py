@@ -154,3 +154,60 @@ def test_a_worker_that_cannot_be_started_is_one_line_and_leaks_no_descriptor(tmp
     why = "Too many open files" if failing == "pipe" else "Resource temporarily unavailable"
     assert str(e.value) == f"cannot start a worker process: {why}"
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def _ok(impl):
+    rec = base_record(_ctx(), CASE, OPS["gemv_bf16"].impls[impl])
+    rec.update(status="ok", correct=True, rel_err=1e-7)
+    return rec
+
+
+def test_each_impl_gets_exactly_one_record_whatever_the_worker_sends(monkeypatch):
+    """A second record for an impl is dropped, and an impl the worker said "done" without is
+    recorded as the worker's error, not left out of the results."""
+    script = [("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("record", _ok("torch_matmul")),
+              ("record", _ok("torch_matmul")), ("done",)]
+    recs = _relay(monkeypatch, [(script, None)], impls=("torch_matmul", "simd_c"))
+    assert [(r["impl"], r["status"]) for r in recs] == [("torch_matmul", "ok"), ("simd_c", "error")]
+    assert recs[1]["error"] == "the worker sent no record"
+
+
+@pytest.mark.parametrize("first", ["a record", "a crashed impl"])
+def test_only_worker_deaths_that_finish_nothing_count_toward_giving_up(monkeypatch, first):
+    """A case is given up after two worker deaths in a row that finished nothing; a death after
+    a worker sent a record (a lost device context ends it so) or one that cost an impl its
+    record resets that count, so the next impl still gets its worker."""
+    inputs, died = [("phase", "inputs", 0)], ([], -9)  # died: before its first word
+    last = (inputs + [("phase", "simd_c", 0), ("record", _ok("simd_c")), ("done",)], None)
+    if first == "a record":
+        runs = [(inputs + [("phase", "torch_matmul", 0), ("record", _ok("torch_matmul"))], 4),
+                died, last]
+        expect = [("torch_matmul", "ok"), ("simd_c", "ok")]
+    else:
+        runs = [died, (inputs + [("phase", "torch_matmul", 0)], -11), died, last]
+        expect = [("torch_matmul", "crashed"), ("simd_c", "ok")]
+    recs = _relay(monkeypatch, runs, impls=("torch_matmul", "simd_c"))
+    assert [(r["impl"], r["status"]) for r in recs] == expect
+    assert _Relay.started == len(runs)
+
+
+@pytest.mark.parametrize("rc, expect", [
+    (None, "building the inputs ran past --case-timeout 2 s and was killed"),
+    (-11, "while building the inputs, the worker died: SIGSEGV (Segmentation fault); its last "
+          "output line: last words"),
+])
+def test_a_hang_or_crash_building_the_inputs_names_no_impl_stage(monkeypatch, rc, expect):
+    """Building the inputs is not an impl's check: the records say where the worker was."""
+    (rec,) = _relay(monkeypatch, [([("phase", "inputs", 0)], rc)])
+    assert rec["error"] == expect and rec["phase"] == "inputs"
+
+
+def test_a_worker_that_dies_in_a_phase_of_an_impl_already_recorded_loses_no_record(monkeypatch):
+    """The record stands, whatever phase a worker names after it: its death there is a death
+    between impls, and the next impl gets a fresh worker (one record an impl, never a crash of
+    the run)."""
+    again = [("phase", "inputs", 0), ("phase", "torch_matmul", 0), ("record", _ok("torch_matmul")),
+             ("phase", "torch_matmul", 0)]
+    last = [("phase", "inputs", 0), ("phase", "simd_c", 0), ("record", _ok("simd_c")), ("done",)]
+    recs = _relay(monkeypatch, [(again, -11), (last, None)], impls=("torch_matmul", "simd_c"))
+    assert [(r["impl"], r["status"]) for r in recs] == [("torch_matmul", "ok"), ("simd_c", "ok")]

@@ -178,3 +178,13 @@ def test_the_cli_names_a_plugin_that_ends_its_process(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"decodewall: error: plugin {bad} failed to load: importing it ended its process (exit "
         "code 9)"]
+
+
+def test_a_preflight_child_that_ends_before_any_plugin_blames_none(plugin, monkeypatch, tmp_path):
+    """The preflight child can end before it imports the first plugin (its interpreter or torch
+    failing as it starts): no plugin is named, and the CLI's own import finds out why."""
+    import bench.isolation as iso
+    boot = tmp_path / "boot.py"
+    boot.write_text("import os\nos._exit(5)\n")
+    monkeypatch.setattr(iso, "BOOT", boot)
+    assert preflight([plugin("fine.py", "X = 1\n")]) is None
