@@ -580,3 +580,101 @@ def test_allreduce_is_checked_exactly_to_one_ulp():
         i = torch.tensor([7])
         got[i] = torch.nextafter(got[i], torch.full_like(got[i], float("inf")))
         assert rel_err(got, want) > op.tol(dt), dt
+
+
+def _wait_ready(said: dict[int, list]):
+    """CollectiveRunner._wait_ready over two live ranks that said `said[r]` and then nothing,
+    with its deadline 0.3 s away."""
+    from multiprocessing import Pipe
+    from types import SimpleNamespace
+
+    from bench.collectives import CollectiveRunner
+    ranks, keep = [], []
+    for r in range(2):
+        rx, tx = Pipe(duplex=False)
+        for msg in said[r]:
+            tx.send(msg)
+        keep.append(tx)
+        ranks.append(SimpleNamespace(rx=rx, proc=SimpleNamespace(poll=lambda: None)))
+    return CollectiveRunner._wait_ready(SimpleNamespace(_ranks=ranks), time.monotonic() + 0.3)
+
+
+def test_a_start_past_its_bound_names_the_ranks_by_stage():
+    """At the start's bound the ranks still loading (torch, the plugins) are named as not
+    loaded; when every rank had loaded, those that had not joined the group are named so."""
+    from bench.collectives import START_TIMEOUT_S
+    assert _wait_ready({0: [("joining",)], 1: []}) == \
+        f"rank(s) 1 did not load within {START_TIMEOUT_S:g} s"
+    assert _wait_ready({0: [("joining",)], 1: [("joining",)]}) == \
+        f"rank(s) 0, 1 did not join the group within {START_TIMEOUT_S:g} s"
+    assert _wait_ready({0: [("joining",), ("ready",)], 1: [("joining",)]}) == \
+        f"rank(s) 1 did not join the group within {START_TIMEOUT_S:g} s"
+
+
+@pytest.mark.parametrize("env, threads", [({"WORLD_SIZE": "4"}, 2),
+                                          ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "2"}, 4)])
+def test_cpu_ranks_share_this_nodes_cores(monkeypatch, env, threads):
+    """A gloo rank takes the usable cores (8 here) over the ranks on this node: LOCAL_WORLD_SIZE
+    where torchrun sets it (ranks on other nodes use other cores), else WORLD_SIZE."""
+    import backends.cpu
+    from bench.collectives import init_rank
+    monkeypatch.setattr(backends.cpu, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no group joined
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for k, v in {"RANK": "0", **env}.items():
+        monkeypatch.setenv(k, v)
+    before = torch.get_num_threads()
+    try:
+        assert init_rank("cpu", 10.0) == "cpu"
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+FAULTS = '''
+import os, time, torch
+from kernels import register_impl
+
+@register_impl("allreduce", "r1_talks", backends=["cpu"])
+def r1_talks(t, group=None):
+    if torch.distributed.get_rank() == 1:
+        print("rank one was here", flush=True)
+    torch.distributed.all_reduce(t, group=group)
+    return t
+
+@register_impl("allreduce", "r1_vanishes", backends=["cpu"], known_issue="see issue 7")
+def r1_vanishes(t, group=None):
+    if torch.distributed.get_rank() == 1:
+        os._exit(9)
+    torch.distributed.all_reduce(t, group=group)
+    return t
+
+@register_impl("allreduce", "not_here", backends=["cpu"], known_issue="see issue 8")
+def not_here(t, group=None):
+    raise NotImplementedError("needs NVLink")
+
+@register_impl("allreduce", "all_hang", backends=["cpu"])
+def all_hang(t, group=None):
+    time.sleep(600)
+'''
+
+
+def test_faults_are_recorded_by_kind_and_each_leaves_a_fresh_group(ranks):
+    """On one runner, in turn: a rank that dies without a word is named without what it printed
+    in an earlier case, with the impl's known issue; NotImplementedError on the ranks is a skip
+    (no known issue: nothing failed); ranks that all hang are a timeout, and the next case runs
+    on a new group, not on the hung ranks."""
+    runner = ranks(FAULTS, check_only=True, case_timeout=4)
+    (r,) = runner.run_case(case(impls=("r1_talks",)))
+    assert r["status"] == "ok", r["error"]
+    (r,) = runner.run_case(case(impls=("r1_vanishes",)))
+    assert (r["status"], r["error"]) == ("crashed", "rank 1 died: exit code 9 (see issue 7)")
+    (r,) = runner.run_case(case(impls=("not_here",)))
+    assert r["status"] == "skipped"
+    assert r["error"] in ("rank 0: needs NVLink", "rank 1: needs NVLink")  # the first to say it
+    (r,) = runner.run_case(case(impls=("all_hang",)))
+    assert r["status"] == "timeout", r["error"]
+    assert r["error"] == "rank(s) 0, 1 did not finish within --case-timeout 4 s; all ranks killed"
+    (r,) = runner.run_case(case(impls=("torch_distributed",)))
+    assert r["status"] == "ok", r["error"]
+    assert r["start_s"] is not None  # a new group

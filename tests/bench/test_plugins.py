@@ -188,3 +188,36 @@ def test_a_preflight_child_that_ends_before_any_plugin_blames_none(plugin, monke
     boot.write_text("import os\nos._exit(5)\n")
     monkeypatch.setattr(iso, "BOOT", boot)
     assert preflight([plugin("fine.py", "X = 1\n")]) is None
+
+
+def test_two_plugin_files_of_one_name_are_two_modules(plugin, tmp_path):
+    """a/impls.py and b/impls.py each stay their own module in sys.modules, where pickle (and
+    dataclasses, typing) look a plugin's classes up: an object of either pickles and comes back."""
+    import pickle
+    import sys
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = []
+    for d in ("a", "b"):
+        paths.append(plugin(f"{d}/impls.py", "from dataclasses import dataclass\n"
+                            "from kernels import register_impl\n\n"
+                            f"@dataclass\nclass Tile_{d}:\n    rows: int\n\n"
+                            f"@register_impl('read', 'sum_{d}', backends=['cpu'])\n"
+                            f"def sum_{d}(src):\n    return src.sum() * Tile_{d}(1).rows\n"))
+    load_plugins(paths)
+    for d, path in zip("ab", paths):
+        module = sys.modules[OPS["read"].impls[f"sum_{d}"].fn.__module__]
+        assert module.__file__ == path
+        tile = getattr(module, f"Tile_{d}")(3)
+        assert pickle.loads(pickle.dumps(tile)) == tile
+
+
+def test_what_a_plugin_prints_in_the_preflight_is_dropped(plugin, capfd):
+    """The preflight child's stdout and stderr go nowhere: the CLI's own import of the plugin
+    prints it once, and under --json stdout holds records only."""
+    p = plugin("chatty.py", "import os, sys\nprint('to stdout')\n"
+               "print('to stderr', file=sys.stderr)\nos.write(1, b'to fd 1\\n')\n")
+    capfd.readouterr()
+    preflight([p])
+    assert capfd.readouterr() == ("", "")
+

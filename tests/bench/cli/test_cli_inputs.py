@@ -345,6 +345,8 @@ def test_a_plugin_that_exits_only_in_the_case_worker_is_reported(out, plugin):
     ({"RANK": "2"}, "RANK=2 is out of range 0..1"),
     ({"MASTER_PORT": "port"}, "MASTER_PORT='port'"),
     ({"MASTER_ADDR": ""}, "MASTER_ADDR is empty"),  # refused before the rendezvous
+    ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x' is not a whole number"),
+    ({"LOCAL_RANK": "2"}, "LOCAL_RANK=2 is out of range 0..1"),
 ])
 def test_malformed_torchrun_variables_are_named(capsys, out, monkeypatch, env, expect):
     base = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}

@@ -86,6 +86,14 @@ def test_bf16_weight_bytes_are_two_per_param_minus_table():
     assert s.other_bytes["embedding rows"] == 1 * 4096 * 2
 
 
+def test_the_embedding_lookup_reads_one_row_a_sequence():
+    """A step reads the embedding rows of the batch's B tokens (B x hidden x 2 bytes), not the
+    table, and no more at a longer context."""
+    c = load_model("llama-3-8b")
+    for batch in (1, 8, 64):
+        assert decode_step(c, batch, 4096).other_bytes["embedding rows"] == batch * 4096 * 2
+
+
 def test_llama3_70b_bf16_batch1_is_about_141_gb():
     s = decode_step(load_model("llama-3-70b"), 1, 4096, "bf16", "bf16")
     assert s.bytes / 1e9 == pytest.approx(141, rel=0.01)

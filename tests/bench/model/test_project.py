@@ -261,6 +261,62 @@ def test_model_cases_and_step_sum(tmp_path):
     assert s3["measured_step_s"] == pytest.approx(s["measured_step_s"])
 
 
+def test_each_kernel_is_timed_on_the_op_of_its_own_precision(tmp_path):
+    """--weights and --kv pick the ops: every linear layer on the GEMV of --weights, the
+    attention on the paged attention of --kv, and the MoE router on the bf16 GEMV whatever
+    --weights says (it stays bf16)."""
+    cfg = tmp_path / "moe.json"
+    cfg.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
+                               "num_hidden_layers": 2, "num_attention_heads": 4,
+                               "num_key_value_heads": 2, "vocab_size": 1000,
+                               "num_local_experts": 4, "num_experts_per_tok": 2,
+                               "model_type": "mixtral"}))
+    for weights, kv, gemv, attn in (("int8", "int8", "gemv_w8", "paged_attention_kv8"),
+                                    ("int4", "bf16", "gemv_w4", "paged_attention")):
+        cases = model_cases(ns(model=str(cfg), weights=weights, kv=kv), SuiteContext("cpu"))
+        ops = {c.group.split()[-1]: c.op for c in cases}
+        assert ops == {"qkv": gemv, "o": gemv, "router": "gemv_bf16", "gate_up": gemv,
+                       "down": gemv, "attention": attn, "lm_head": gemv}, (weights, kv)
+
+
+def test_kernels_of_one_shape_are_one_case(tmp_path):
+    """With intermediate_size = hidden_size = 256 and 2 KV heads of 64, qkv and gate_up are one
+    GEMV (N 512, K 256) and o and down another (N = K = 256): each shape is timed once, and the
+    step still counts every kernel's calls from its shape's record."""
+    import dataclasses
+    args = ns(model=tiny_config(tmp_path, intermediate_size=256))
+    cases = model_cases(args, SuiteContext("cpu"))
+    assert len(cases) == len({(c.op, c.shape) for c in cases}) == 4  # + lm_head, attention
+    records = [{"op": c.op, "shape": dataclasses.asdict(c.shape), "impl": "x", "status": "ok",
+                "time_s": {"median": 1e-3}} for c in cases]
+    s = step_summary(args.model_step, records, roof_gbps=10.0)
+    assert [r["status"] for r in s["kernels"]] == ["ok"] * 6
+    assert s["measured_step_s"] == pytest.approx(1e-3 * (5 * 3 + 1))
+
+
+def test_each_kernel_row_is_its_calls_bytes_and_its_best_impls_share_of_the_roof(tmp_path):
+    """A row's bytes/step is one call's bytes x calls per step (the rows sum to the bound's
+    bytes), and its % of roof is the best impl's own record's."""
+    import dataclasses
+    args = ns(model=tiny_config(tmp_path), batch=2, ctx=40)
+    cases = model_cases(args, SuiteContext("cpu"))
+    records = []
+    for c in cases:
+        shape = dataclasses.asdict(c.shape)
+        records += [{"op": c.op, "shape": shape, "impl": "slow", "status": "ok",
+                     "time_s": {"median": 2e-3}, "pct_roof": 40},
+                    {"op": c.op, "shape": shape, "impl": "fast", "status": "ok",
+                     "time_s": {"median": 1e-3}, "pct_roof": 80}]
+    step = args.model_step
+    s = step_summary(step, records, roof_gbps=10.0)
+    calls = {k.name: k.calls for k in step.kernels}
+    assert calls["qkv"] == 3 and calls["lm_head"] == 1
+    for row, k in zip(s["kernels"], step.kernels):
+        assert row["bytes_per_step"] == k.bytes * k.calls, row["kernel"]
+        assert row["pct_roof"] == 80, row["kernel"]
+    assert sum(r["bytes_per_step"] for r in s["kernels"]) == pytest.approx(step.kernel_bytes)
+
+
 def tiny_config(tmp_path, **extra):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
