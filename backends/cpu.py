@@ -174,11 +174,10 @@ def _stat(path: Path, key: str) -> int:
     return 0
 
 
-def cgroup_memory() -> tuple[int, int] | None:
-    """(limit, usage) in bytes of the tightest memory limit on this process's cgroup or an
-    ancestor (v2, else v1), or None where none has one. The usage, that cgroup's, leaves out
-    inactive file cache, which the kernel reclaims before it runs out (as `docker stats`
-    counts)."""
+def cgroup_limits() -> list[tuple[int, int]]:
+    """(limit, usage) in bytes of every memory limit on this process's cgroup and its ancestors
+    (v2, else v1); empty where none has one. Each usage, its cgroup's, leaves out inactive file
+    cache, which the kernel reclaims before it runs out (as `docker stats` counts)."""
     for controller, limit_file, usage_file, stat_file, inactive in _CGROUP_FILES:
         found = []
         for d in cgroup_dirs(controller):
@@ -187,8 +186,14 @@ def cgroup_memory() -> tuple[int, int] | None:
                 usage = _read_int(d / usage_file) or 0
                 found.append((limit, max(0, usage - _stat(d / stat_file, inactive))))
         if found:
-            return min(found)
-    return None
+            return found
+    return []
+
+
+def cgroup_memory() -> tuple[int, int] | None:
+    """(limit, usage) of the tightest memory limit of `cgroup_limits`, or None where none has
+    one."""
+    return min(cgroup_limits(), default=None)
 
 
 def cgroup_cpus() -> float | None:
@@ -248,12 +253,13 @@ def _mem_total() -> int | None:
 
 def mem_available() -> int | None:
     """Bytes of host memory that new allocations can take without swapping (MemAvailable:
-    free memory plus what the kernel can reclaim), at most what the cgroup's limit leaves; None
-    where neither says."""
+    free memory plus what the kernel can reclaim), at most the least that any limit on the way
+    up leaves (a job's limit that its other steps nearly fill binds before its step's own, looser
+    room); None where neither says."""
     avail = _meminfo("MemAvailable")
-    cg = cgroup_memory()
-    if cg is not None:
-        room = max(0, cg[0] - cg[1])
+    limits = cgroup_limits()
+    if limits:
+        room = min(max(0, limit - usage) for limit, usage in limits)
         avail = room if avail is None else min(avail, room)
     return avail
 

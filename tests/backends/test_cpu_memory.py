@@ -62,6 +62,32 @@ def test_a_limit_on_the_process_cgroup_or_an_ancestor_counts(tmp_path, monkeypat
     assert cpu.cgroup_memory() == (2 * 2**30, 0)
 
 
+def test_the_tightest_limit_counts_and_never_more_than_the_host_has(tmp_path, monkeypatch):
+    """Limits on a job and on its step: the step's 8 GiB bounds it, not the job's 16. A limit
+    above the host's memory (64 GiB total, 60 available here) bounds nothing: the host's figures
+    stand."""
+    fake_cgroup(tmp_path, monkeypatch, {
+        "job/memory.max": f"{16 * 2**30}\n", "job/memory.current": f"{2 * 2**30}\n",
+        "job/step/memory.max": f"{8 * 2**30}\n", "job/step/memory.current": f"{2**30}\n"},
+        proc="0::/job/step\n")
+    assert cpu.cgroup_memory() == (8 * 2**30, 2**30)
+    assert cpu._mem_total() == 8 * 2**30 and cpu.mem_available() == 7 * 2**30
+    fake_cgroup(tmp_path / "big", monkeypatch, {
+        "memory.max": f"{128 * 2**30}\n", "memory.current": f"{2**30}\n"})
+    assert cpu._mem_total() == 64 * 2**30 and cpu.mem_available() == 60 * 2**30
+
+
+def test_the_room_left_is_the_least_under_any_limit_on_the_way_up(tmp_path, monkeypatch):
+    """A job limited to 16 GiB whose other steps use 15.5 of it leaves this step 0.5 GiB,
+    though the step's own 8 GiB limit has 7 GiB of room: past 0.5 GiB the job's limit kills
+    it. Its total stays the tightest limit, the step's 8 GiB."""
+    fake_cgroup(tmp_path, monkeypatch, {
+        "job/memory.max": f"{16 * 2**30}\n", "job/memory.current": f"{31 * 2**29}\n",
+        "job/step/memory.max": f"{8 * 2**30}\n", "job/step/memory.current": f"{2**30}\n"},
+        proc="0::/job/step\n")
+    assert cpu._mem_total() == 8 * 2**30 and cpu.mem_available() == 2**29
+
+
 @pytest.mark.parametrize("files, proc, cpus, expect", [
     ({"cpu.max": "max 100000\n"}, "0::/\n", set(range(8)), 8),
     ({"cpu.max": "250000 100000\n"}, "0::/\n", set(range(8)), 3),  # 2.5 CPUs: 3 can be busy
@@ -71,6 +97,11 @@ def test_a_limit_on_the_process_cgroup_or_an_ancestor_counts(tmp_path, monkeypat
      "3:cpu,cpuacct:/\n", set(range(8)), 2),
     ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n",
      {0, 5}, 2),  # no quota: the affinity
+    ({"pod/cpu.max": "400000 100000\n", "pod/c/cpu.max": "200000 100000\n"}, "0::/pod/c\n",
+     set(range(8)), 2),  # the tighter of two quotas on the way up
+    ({"cpu/docker/abc/cpu.cfs_quota_us": "150000\n",
+      "cpu/docker/abc/cpu.cfs_period_us": "100000\n"},
+     "4:cpu,cpuacct:/docker/abc\n0::/\n", set(range(8)), 2),  # v1: cpu among joint controllers
 ])
 def test_usable_cpus_are_the_affinity_within_the_cpu_quota(tmp_path, monkeypatch, files, proc,
                                                              cpus, expect):
