@@ -124,6 +124,10 @@ def test_reference_number_parser():
     ("NVIDIA GeForce RTX 4090 Laptop GPU", "Laptop"), ("NVIDIA GeForce RTX 4090 D", "4090 D"),
     ("TPU v4 lite", "v4i"), ("NVIDIA H20", "not in the catalog"),
     ("NVIDIA A100-PCIE-40GB", "PCIe Gen4 link"),
+    # an A100 80GB PCIe (1.935 TB/s) is not the SXM4 a100-80gb (2.039 TB/s, NVLink)
+    ("NVIDIA A100 80GB PCIe", "1.935 TB/s"),
+    ("NVIDIA L40", "not in the catalog"),  # an L40 (864 GB/s) is no L4 (300 GB/s)
+    ("NVIDIA H100 NVL", "3.9 TB/s"),  # its own note: not "pass --chip" for an SXM or PCIe part
 ])
 def test_detect_other_parts_whose_names_contain_a_catalog_name(name, why):
     """A Grace-Hopper GH200 is no H200 SXM, a GB200 no DGX B200, a laptop 4090 no desktop 4090:

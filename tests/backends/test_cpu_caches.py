@@ -75,3 +75,19 @@ def test_an_arm_cpu_is_named_by_its_core_not_aarch64():
     other = grace.replace("0xd4f", "0xabc")
     assert "(implementer 0x41, part 0xabc)" in _cpu_name(other)
     assert _cpu_name("model name\t: AMD EPYC 9B45\nflags\t: fpu\n") == "AMD EPYC 9B45"
+
+
+def test_proc_figures_meminfo_kib_as_bytes_and_the_mean_cpu_clock(tmp_path, monkeypatch):
+    """/proc/meminfo writes KiB (its "kB"): memory is recorded as 1024 bytes each. The record's
+    cpu_mhz is the mean of every CPU's "cpu MHz" line."""
+    real_path = cpu.Path
+    fake = {"/proc/meminfo": "MemTotal:       16318432 kB\nMemAvailable:    9000000 kB\n",
+            "/proc/cpuinfo": "processor\t: 0\ncpu MHz\t\t: 2000.000\nprocessor\t: 1\n"
+                             "cpu MHz\t\t: 3000.000\nprocessor\t: 2\ncpu MHz\t\t: 3400.000\n"}
+    for name, text in fake.items():
+        (tmp_path / name.rsplit("/", 1)[1]).write_text(text)
+    monkeypatch.setattr(cpu, "Path", lambda p: tmp_path / p.rsplit("/", 1)[1]
+                        if p in fake else real_path(p))
+    assert cpu._meminfo("MemTotal") == 16318432 * 1024
+    assert cpu._meminfo("MemAvailable") == 9000000 * 1024
+    assert CPUBackend().clocks() == {"cpu_mhz": 2800.0}

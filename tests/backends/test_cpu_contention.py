@@ -48,6 +48,23 @@ def test_the_wait_and_steal_shares_of_the_window(tmp_path):
     assert quiet == {"cpu_pressure_pct": 0.5, "cpu_steal_pct": 0.0} and not contended(quiet)
 
 
+def test_guest_time_is_counted_once_and_pressure_is_at_most_the_window(tmp_path):
+    """/proc/stat's user time already holds guest time (its 9th and 10th fields): the steal share
+    is of user..steal alone. PSI, read just outside the clock's window, can exceed it: the share
+    is 100% at most."""
+    p, s = tmp_path / "psi", tmp_path / "stat"
+    times = iter([10.0, 12.0])
+    sm = ContentionSampler(clock=lambda: next(times), psi=str(p), stat=str(s))
+    p.write_text(psi(1_000_000))
+    s.write_text("cpu  1000 0 100 8000 0 0 0 50 0 0\n")
+    sm.start()
+    p.write_text(psi(3_500_000))  # 2.5 s of waiting in a 2 s window
+    s.write_text("cpu  1600 0 100 8200 0 0 0 150 500 0\n")  # 500 of the 600 user: a guest's
+    out = sm.stop(10, 0.5)
+    assert out["cpu_steal_pct"] == pytest.approx(100 * 100 / 900, abs=0.01)
+    assert out["cpu_pressure_pct"] == 100.0
+
+
 def test_without_psi_or_stat_the_figures_are_null(tmp_path):
     sm = ContentionSampler(psi=str(tmp_path / "none"), stat=str(tmp_path / "none2"))
     sm.start()

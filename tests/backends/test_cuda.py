@@ -412,6 +412,53 @@ def test_a_query_that_fails_part_way_through_the_window_is_null():
     assert out["gpu_util_polled_pct"] == pytest.approx(90.0)  # the query that kept answering
 
 
+def test_a_utilization_query_that_fails_part_way_through_the_window_is_null():
+    """Utilization read twice, then NotSupported: the polls of the window's start are neither
+    its utilization nor the polled mean; the power that kept answering is kept."""
+    nv = fake_nvml(power_mw=(200_000,), missing=("nvmlDeviceGetTotalEnergyConsumption",))
+    reads = {"n": 0}
+
+    def util(h):
+        reads["n"] += 1
+        if reads["n"] > 2:
+            raise NotSupported("utilization")
+        return types.SimpleNamespace(gpu=90, memory=0)
+    nv.nvmlDeviceGetUtilizationRates = util
+    s = NvmlSampler(nv, "h0", interval_s=0.001)
+    s.start()
+    while reads["n"] <= 2:
+        threading.Event().wait(0.001)
+    out = s.stop(10, 0.001)
+    assert out["gpu_util_polled_pct"] is None and out["gpu_util_pct"] is None
+    assert out["nvml_samples"] == 0 and out["power_w"] == pytest.approx(200.0)
+
+
+def test_the_driver_period_is_the_median_spacing_of_its_samples():
+    """A sample the driver wrote early (1/12 s) or one it missed (a 2/6 s gap) moves neither the
+    period recorded nor the window asked for: the median of the spacings, here 1/6 s."""
+    stamps = [0, SECOND // 12, 3 * SECOND // 12, 5 * SECOND // 12, 7 * SECOND // 12,
+              11 * SECOND // 12]
+    assert cuda._median_gap_s(stamps) == pytest.approx(1 / 6, rel=1e-5)
+    s = _opened(fake_nvml(driver=[[(SECOND + t, 5) for t in stamps]]))
+    assert s.min_window_s(2.0) == pytest.approx(2 / 6 + 0.04, rel=1e-5)
+
+
+def test_the_nvml_handle_is_found_by_the_gpus_pci_bus_id_in_hex(monkeypatch):
+    """NVML numbers every GPU of the machine, CUDA only the visible ones: the handle is looked up
+    by bus id, written as NVML writes it (hex, "00000000:1b:00.0" for bus 27); without torch's
+    PCI fields, by torch's index."""
+    asked = []
+    nv = types.SimpleNamespace(
+        nvmlDeviceGetHandleByPciBusId=lambda bus: asked.append(bus) or f"bus {bus}",
+        nvmlDeviceGetHandleByIndex=lambda i: f"index {i}")
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=27, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    assert cuda._nvml_handle(nv) == "bus 00000000:1b:00.0" and asked == ["00000000:1b:00.0"]
+    del props.pci_bus_id  # an older torch
+    assert cuda._nvml_handle(nv) == "index 1"
+
+
 # --- clocks ---------------------------------------------------------------------------------------
 
 def fake_clock_nvml(raising=(), missing=()):
@@ -478,6 +525,14 @@ def test_clocks_when_nvml_answers_nothing(monkeypatch):
     assert c["source"].startswith("nvml error") and "nvmlDeviceGetClockInfo" in c["source"]
 
 
+def test_ecc_is_the_current_mode_not_the_pending_one(monkeypatch):
+    """nvmlDeviceGetEccMode answers (current, pending): ECC turned on for the next reboot is off
+    for this run."""
+    nv = fake_clock_nvml()
+    nv.nvmlDeviceGetEccMode = lambda h: (0, 1)
+    assert clock_backend(monkeypatch, nv).clocks()["ecc"] is False
+
+
 # --- the last-level cache the flush and the probes must defeat ------------------------------------
 
 def fake_props(monkeypatch, name, l2, arch=None):
@@ -511,3 +566,22 @@ def test_cache_bytes_covers_a_radeons_infinity_cache(monkeypatch, name, arch, mi
 def test_cache_bytes_is_the_reported_l2_on_nvidia(monkeypatch):
     fake_props(monkeypatch, "NVIDIA H100 80GB HBM3", 50 * 2**20)
     assert CUDABackend().cache_bytes() == 50 * 2**20
+
+
+def test_device_info_from_torchs_properties(monkeypatch):
+    """The record's device: memory in bytes as torch reports it, capability "major.minor", the
+    chip judged by name and memory (GH200's GPU calls itself "H100 96GB HBM3": not the 80 GB
+    H100 SXM), and an unreported L2 taken as 50 MiB (H100's) so that the flush still covers it."""
+    props = types.SimpleNamespace(name="NVIDIA H100 96GB HBM3", total_memory=95 * 2**30 + 123,
+                                  L2_cache_size=0, multi_processor_count=132, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    b = CUDABackend()
+    monkeypatch.setattr(b, "_nvml_device", lambda: (None, None, "unknown (no NVML here)"))
+    info = b.device_info()
+    assert info["chip"] is None and "larger part" in info["chip_note"]
+    assert info["memory_bytes"] == 95 * 2**30 + 123 and info["capability"] == "9.0"
+    assert info["sm_count"] == 132 and info["cache_bytes"] == 50 * 2**20
+    assert info["clocks"] == {"source": "unknown (no NVML here)"}
+    props.name, props.total_memory = "NVIDIA H100 80GB HBM3", 81559 * 2**20
+    assert b.device_info()["chip"] == "h100-sxm"

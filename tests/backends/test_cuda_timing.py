@@ -76,3 +76,13 @@ def test_the_hold_covers_twice_the_last_batchs_longest_host_issue(fake_cuda, mon
     log.clear()
     b.time_calls(lambda i: None, [0])
     assert log[1] == ("hold", int(cuda.HOLD_MAX_S * cuda.SPIN_HZ))
+
+
+def test_the_spin_lasts_the_hold_on_the_fastest_gpu_clock(fake_cuda):
+    """torch.cuda._sleep counts cycles: the hold asked for (here the 50 us floor) must last at
+    least that long on a GPU boosting to 2.9 GHz, the fastest there is; a slower clock only holds
+    longer."""
+    b, log = fake_cuda
+    b.time_calls(lambda i: None, [0])
+    (cycles,) = [c for entry, c in (e for e in log if isinstance(e, tuple)) if entry == "hold"]
+    assert cycles >= cuda.HOLD_MIN_S * 2.9e9 and cuda.HOLD_MIN_S >= 50e-6
