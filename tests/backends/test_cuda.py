@@ -585,3 +585,17 @@ def test_device_info_from_torchs_properties(monkeypatch):
     assert info["clocks"] == {"source": "unknown (no NVML here)"}
     props.name, props.total_memory = "NVIDIA H100 80GB HBM3", 81559 * 2**20
     assert b.device_info()["chip"] == "h100-sxm"
+
+
+def test_throttle_labels_are_nvmls_own_bits():
+    """Each throttle reason a record names is NVML's bit for it (nvml.h, as pynvml spells it):
+    a label on the wrong bit would blame power for what heat did. Runs where nvidia-ml-py is
+    installed (`.[nvml]`, the GPU machine)."""
+    pynvml = pytest.importorskip("pynvml")
+    from backends.cuda import _THROTTLE
+    nvml_names = {"gpu_idle": "GpuIdle", "app_clocks": "ApplicationsClocksSetting",
+                  "sw_power_cap": "SwPowerCap", "hw_slowdown": "HwSlowdown",
+                  "sw_thermal": "SwThermalSlowdown", "hw_thermal": "HwThermalSlowdown",
+                  "hw_power_brake": "HwPowerBrakeSlowdown", "display_clocks": "DisplayClockSetting"}
+    assert _THROTTLE == {getattr(pynvml, "nvmlClocksThrottleReason" + n): label
+                         for label, n in nvml_names.items()}
