@@ -391,46 +391,37 @@ def test_backend_sampler_from_an_injected_pynvml(monkeypatch):
         "unknown (install nvidia-ml-py for clocks and throttle reasons)"
 
 
-def test_a_query_that_fails_part_way_through_the_window_is_null():
-    """Power read twice, then NotSupported (a container losing access, a board that stops
-    answering): a mean of the window's start is not the window's power, nor energy from it."""
-    nv = fake_nvml(util=(90,), missing=("nvmlDeviceGetTotalEnergyConsumption",))
+@pytest.mark.parametrize("failing", ["power", "utilization"])
+def test_a_query_that_fails_part_way_through_the_window_is_null(failing):
+    """One query read twice, then NotSupported (a container losing access, a board that stops
+    answering): the polls of the window's start are not the window's figure (power, energy from
+    it; utilization, its polled mean), and the query that kept answering is kept."""
+    nv = fake_nvml(util=(90,), power_mw=(200_000,),
+                   missing=("nvmlDeviceGetTotalEnergyConsumption",))
     reads = {"n": 0}
 
-    def power(h):
-        reads["n"] += 1
-        if reads["n"] > 2:
-            raise NotSupported("power")
-        return 300_000
-    nv.nvmlDeviceGetPowerUsage = power
+    def query(answer):
+        def fn(h):
+            reads["n"] += 1
+            if reads["n"] > 2:
+                raise NotSupported(failing)
+            return answer
+        return fn
+    if failing == "power":
+        nv.nvmlDeviceGetPowerUsage = query(200_000)
+    else:
+        nv.nvmlDeviceGetUtilizationRates = query(types.SimpleNamespace(gpu=90, memory=0))
     s = NvmlSampler(nv, "h0", interval_s=0.001)
     s.start()
     while reads["n"] <= 2:
         threading.Event().wait(0.001)
     out = s.stop(10, 0.001)
-    assert out["power_w"] is None and out["energy_j_per_call"] is None
-    assert out["gpu_util_polled_pct"] == pytest.approx(90.0)  # the query that kept answering
-
-
-def test_a_utilization_query_that_fails_part_way_through_the_window_is_null():
-    """Utilization read twice, then NotSupported: the polls of the window's start are neither
-    its utilization nor the polled mean; the power that kept answering is kept."""
-    nv = fake_nvml(power_mw=(200_000,), missing=("nvmlDeviceGetTotalEnergyConsumption",))
-    reads = {"n": 0}
-
-    def util(h):
-        reads["n"] += 1
-        if reads["n"] > 2:
-            raise NotSupported("utilization")
-        return types.SimpleNamespace(gpu=90, memory=0)
-    nv.nvmlDeviceGetUtilizationRates = util
-    s = NvmlSampler(nv, "h0", interval_s=0.001)
-    s.start()
-    while reads["n"] <= 2:
-        threading.Event().wait(0.001)
-    out = s.stop(10, 0.001)
-    assert out["gpu_util_polled_pct"] is None and out["gpu_util_pct"] is None
-    assert out["nvml_samples"] == 0 and out["power_w"] == pytest.approx(200.0)
+    if failing == "power":
+        assert out["power_w"] is None and out["energy_j_per_call"] is None
+        assert out["gpu_util_polled_pct"] == pytest.approx(90.0)
+    else:
+        assert out["gpu_util_polled_pct"] is None and out["gpu_util_pct"] is None
+        assert out["nvml_samples"] == 0 and out["power_w"] == pytest.approx(200.0)
 
 
 def test_the_driver_period_is_the_median_spacing_of_its_samples():
