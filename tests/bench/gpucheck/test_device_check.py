@@ -946,6 +946,14 @@ def test_a_suite_run_with_a_failed_impl_fails_the_step(tmp_path, monkeypatch):
         c.log.close()
 
 
+def _answer_env_probe(c, **changes) -> None:
+    """The env step's probe answers as on a machine with torch, Triton, the backend and every
+    package the check uses, but for `changes`."""
+    probe = {"backend_ok": True, "torch_version": "2", "triton_version": "3", "rich": True,
+             "numpy": True, "pytest": True, "device": {"name": "cpu"}, **changes}
+    c._capture = lambda cmd, box, env=None: (0, 0.1, json.dumps(probe) + "\n")
+
+
 def test_the_dry_run_never_looks_for_ncu(tmp_path, monkeypatch):
     """--dry-run tests the check on a CPU: even where an ncu is installed it is neither run nor
     probed (its probe would start a CUDA program), and the env step says ncu is not used."""
@@ -956,9 +964,7 @@ def test_the_dry_run_never_looks_for_ncu(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(dc, "run_proc", lambda cmd, *a, **k: ran.append(cmd) or (0, 0.1))
     c = _check(tmp_path, dry_run=True)
-    probe = {"backend_ok": True, "torch_version": "2", "triton_version": "3", "rich": True,
-             "numpy": True, "pytest": True, "device": {"name": "cpu"}}
-    c._capture = lambda cmd, box, env=None: (0, 0.1, json.dumps(probe) + "\n")
+    _answer_env_probe(c)
     try:
         c.step_env()
         assert c.steps["env"].status == "ok" and "ncu not used" in c.steps["env"].detail
@@ -1331,9 +1337,7 @@ def test_an_env_without_pytest_is_a_warning_naming_it(tmp_path, monkeypatch):
     from bench.gpucheck import check as dc
     monkeypatch.setattr(dc.shutil, "which", lambda name: None)
     c = _check(tmp_path, dry_run=True)
-    probe = {"backend_ok": True, "torch_version": "2", "triton_version": "3", "rich": True,
-             "numpy": True, "pytest": False, "device": {"name": "cpu"}}
-    c._capture = lambda cmd, box, env=None: (0, 0.1, json.dumps(probe) + "\n")
+    _answer_env_probe(c, pytest=False)
     try:
         c.step_env()
         st = c.steps["env"]
