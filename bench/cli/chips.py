@@ -12,7 +12,7 @@ def command(args) -> int:
     from ..report.table import chips_table, console
     chips = list(load_catalog().values())
     if args.chip is not None:  # an empty --chip is an error, not the whole catalog
-        chips = [resolve_chip(args.chip, {})]
+        chips = list({c.id: c for c in (resolve_chip(name, {}) for name in args.chip)}.values())
     if args.json:
         for c in chips:
             print(json.dumps(as_dict(c)))
@@ -23,6 +23,8 @@ def command(args) -> int:
 
 def add_parser(sub) -> None:
     c = sub.add_parser("chips", help="the chip catalog with sources")
-    c.add_argument("--chip", help="show one chip (case-insensitive id)")
+    c.add_argument("--chip", action="append",
+                   help="only this chip, with each link figure's source (case-insensitive id; "
+                        "repeatable)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=command)

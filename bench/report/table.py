@@ -190,7 +190,7 @@ def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) ->
 
 
 def chips_table(chips: Iterable[Chip], detail: bool = False) -> Table:
-    """The catalog; detail=True (one chip asked for) adds each interconnect figure's source."""
+    """The catalog; detail=True (chips asked for by id) adds each interconnect figure's source."""
     t = Table(title="chip catalog (datasheet peaks, dense; '-' = not published)",
               header_style="bold", show_lines=False)
     for col in ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",

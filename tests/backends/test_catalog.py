@@ -224,3 +224,17 @@ def test_chips_json_shows_the_chip_asked_for_and_only_it(capsys):
     assert main(["chips", "--json"]) == 0
     ids = [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()]
     assert ids == list(catalog.load())
+
+
+def test_chips_shows_every_chip_asked_for_once_and_refuses_any_unknown(capsys):
+    """--chip repeats (as `project --chip` does): each chip asked for, in the order given, a chip
+    named twice (in any case) once; one unknown name among known ones is still an error, not
+    dropped."""
+    import json
+    from bench.cli import main
+    assert main(["chips", "--chip", "h200", "--chip", "H100-SXM", "--chip", "h200", "--json"]) == 0
+    ids = [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()]
+    assert ids == ["h200", "h100-sxm"]
+    assert main(["chips", "--chip", "h200", "--chip", "nope"]) == 2
+    out, err = capsys.readouterr()
+    assert "unknown chip 'nope'" in err and out == ""
