@@ -122,3 +122,20 @@ def test_an_op_without_a_host_footprint_gets_a_multiple_of_its_footprint(monkeyp
     shape = op.shape(N=1000)
     assert op.host_footprint_bytes(shape, torch.float32) == \
         HOST_FACTOR * op.footprint_bytes(shape, torch.float32)
+
+
+def test_a_multiple_of_the_footprint_holds_the_inputs_and_a_float64_copy(monkeypatch):
+    """Without a count of its own, a bf16 op's bound takes at least its inputs (1x) and a
+    float64 copy of each (4x), the least any float64 reference holds."""
+    op = OPS["gemv_bf16"]
+    monkeypatch.setattr(op, "host_footprint", None)
+    shape = op.shape(M=1, N=64, K=64)
+    assert op.host_footprint_bytes(shape, torch.bfloat16) >= \
+        5 * op.footprint_bytes(shape, torch.bfloat16)
+
+
+def test_the_host_margin_rounds_up(monkeypatch):
+    """An op's own count takes 10% on top, rounded up to a whole byte: 15 -> 16.5 -> 17."""
+    op = OPS["copy"]
+    monkeypatch.setattr(op, "host_footprint", lambda s, dt, backend: 15)
+    assert op.host_footprint_bytes(op.shape(N=1), torch.float32) == 17

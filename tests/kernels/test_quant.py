@@ -24,6 +24,67 @@ def test_quantize_int4_codes_by_hand():
     assert torch.equal(dequant_int4(qw, s, z, 32), w)
 
 
+def test_int4_zero_is_minus_min_over_the_rounded_scale():
+    """bf16, one group of 32: min -2.5, max 12.557, so (max - min) / 15 = 1.0038 rounds to the
+    bf16 scale 1.0; the zero is then -min / 1.0 = 2.5 (a float, not rounded to 2 or 3, nor
+    -min / 1.0038), so the minimum is exact, and codes are w / 1.0 + 2.5 rounded: 10.02 -> 12.52
+    -> 13 (10.5, within half the stored step; w / 1.0038 + 2.5 would give 12, 0.52 away)."""
+    w = torch.full((1, 32), -2.5)
+    w[0, 1], w[0, 2] = 12.557, 10.02
+    qw, s, z = quantize_int4(w, group_size=32, dtype=torch.bfloat16)
+    assert s.tolist() == [[1.0]] and z.tolist() == [[2.5]]
+    assert unpack_int4(qw)[0, :4].tolist() == [0, 15, 13, 0]
+    assert dequant_int4(qw, s, z, 32, torch.float64)[0, :3].tolist() == [-2.5, 12.5, 10.5]
+
+
+def test_int4_groups_wholly_above_or_below_zero_keep_their_own_range():
+    """min and max are the group's, not widened to take in 0: 1.0 .. 8.5 -> scale 0.5, zero -2
+    (outside the codes' range: zeros are floats of any value); -8.5 .. -1.0 -> scale 0.5,
+    zero 17."""
+    k = (torch.arange(32) % 16).float()
+    w = torch.cat([1.0 + 0.5 * k, -8.5 + 0.5 * k])[None, :]
+    qw, s, z = quantize_int4(w, group_size=32, dtype=torch.float32)
+    assert s.tolist() == [[0.5, 0.5]] and z.tolist() == [[-2.0, 17.0]]
+    assert unpack_int4(qw)[0].tolist() == k.int().tolist() * 2
+    assert torch.equal(dequant_int4(qw, s, z, 32), w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int4_constant_groups_stay_finite_and_exact(dtype):
+    """A group with max == min (all 0.75; all zeros) has no span to divide: its scale and zero
+    stay finite and it dequantizes to itself."""
+    w = torch.cat([torch.full((32,), 0.75), torch.zeros(32)])[None, :]
+    qw, s, z = quantize_int4(w, group_size=32, dtype=dtype)
+    assert torch.isfinite(s).all() and torch.isfinite(z).all() and (s > 0).all()
+    assert torch.equal(dequant_int4(qw, s, z, 32, torch.float64), w.double())
+
+
+def test_quantizers_default_to_the_weights_dtype():
+    w = torch.randn(3, 64, generator=torch.Generator().manual_seed(5))
+    _, s, z = quantize_int4(w.bfloat16(), 32)
+    assert s.dtype == z.dtype == torch.bfloat16
+    assert quantize_int8(w.half())[1].dtype == torch.float16
+
+
+def test_int8_is_symmetric_under_negation_at_ties():
+    """w / scale lands exactly on .5 (scale 15.875 / 127 = 0.125): a symmetric quantizer gives
+    -w the codes -q (rounding half up would give 2.5 -> 3 but -2.5 -> -2), each within half a
+    step."""
+    w = torch.tensor([[15.875, 0.3125, 0.0625, 0.1875, 1.4375, -0.3125, -0.0625, -0.1875]])
+    q, s = quantize_int8(w, torch.float32)
+    qn, sn = quantize_int8(-w, torch.float32)
+    assert s.tolist() == sn.tolist() == [0.125]
+    assert torch.equal(qn, -q)
+    assert ((q.double() * 0.125 - w.double()).abs() <= 0.0625).all()
+
+
+def test_int8_never_uses_minus_128_even_where_a_scale_rounds_far_down():
+    """fp16 scales of a tiny row are subnormal: 1e-5 / 127 rounds to 2^-24 (5.96e-8), and
+    -1e-5 / 2^-24 = -167.8 is clamped; the range stays symmetric, -127 .. 127."""
+    q, _ = quantize_int8(torch.tensor([[-1e-5, 5e-6]]), torch.float16)
+    assert q.min().item() == -127 and q.max().item() <= 127
+
+
 def test_quantize_int8_by_hand():
     w = torch.tensor([[1.27, -0.635, 0.0], [0.0, 0.0, 0.0]])
     q, s = quantize_int8(w, torch.float32)
@@ -88,6 +149,15 @@ def test_torch_int4_scales_and_zeros_dequantize_the_same():
     assert torch.allclose(theirs, dequant_int4(qw, s, z, 64, torch.float64), atol=1e-5)
 
 
+def test_torch_int4_scales_and_zeros_by_hand():
+    """[K//G, N, 2] of (scale, (8 - zero) * scale) in the scales' dtype: N = 1, two groups."""
+    s = torch.tensor([[0.5, 0.25]], dtype=torch.bfloat16)
+    z = torch.tensor([[2.5, -1.0]], dtype=torch.bfloat16)
+    sz = to_torch_int4_scales_zeros(s, z)
+    assert sz.dtype == torch.bfloat16
+    assert sz.tolist() == [[[0.5, 2.75]], [[0.25, 2.25]]]
+
+
 @pytest.mark.parametrize("K, G, msg", [
     (100, 32, "not a multiple of group_size=32"),
     (33, 32, "must be even"),
@@ -104,6 +174,9 @@ def test_bad_int4_dims(K, G, msg):
 def test_bad_quantizer_inputs():
     with pytest.raises(ValueError, match="2-D"):
         quantize_int8(torch.randn(4))
+    for w in (torch.randn(64), torch.randn(2, 2, 64)):
+        with pytest.raises(ValueError, match="2-D"):
+            quantize_int4(w, 32)
     with pytest.raises(ValueError, match="even"):
         pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
 

@@ -32,6 +32,11 @@ def test_register_impl_rejects_bad_metadata():
         register_impl("copy", "torch_copy")(lambda x: x)
     with pytest.raises(ValueError, match="unknown dtype"):
         parse_dtype("float7")
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        register_impl("copy", "on_tpu", backends=["cpu", "tpu"])(lambda x: x)
+    with pytest.raises(ValueError, match="cannot name an impl"):  # the case worker's phase
+        register_impl("copy", "inputs")(lambda x: x)
+    assert "on_tpu" not in OPS["copy"].impls and "inputs" not in OPS["copy"].impls
     for name in (123, " ", ("a",)):  # a results file keeps the name as a string
         with pytest.raises(ValueError, match="non-empty string"):
             register_impl("copy", name)(lambda x: x)
@@ -45,6 +50,102 @@ def test_a_baseline_flag_is_kept_as_true_or_false(monkeypatch):
     register_impl("copy", "plug_copy", baseline=1)(lambda src: src.clone())
     assert OPS["copy"].impls["plug_copy"].baseline is True
 
+
+
+def test_an_impls_metadata_is_kept_as_registered(monkeypatch):
+    """Defaults (CPU and CUDA, every dtype of the op), a known issue, the doc's first line; only
+    decodewall's own `kernels` package makes a builtin, not a module whose name starts so."""
+    monkeypatch.setattr(OPS["copy"], "impls", dict(OPS["copy"].impls))
+
+    def plug(src):
+        """Clone it.
+
+        More words that are not the summary."""
+        return src.clone()
+
+    register_impl("copy", known_issue="see issue 9")(plug)
+    impl = OPS["copy"].impls["plug"]
+    assert impl.backends == ("cpu", "cuda") and impl.dtypes == OPS["copy"].dtypes
+    assert impl.known_issue == "see issue 9" and impl.doc == "Clone it."
+    assert impl.builtin is False and impl.kind == "torch" and impl.out_arg is False
+
+    def lookalike(src):
+        return src.clone()
+    lookalike.__module__ = "kernels_extra.mine"
+    register_impl("copy")(lookalike)
+    assert OPS["copy"].impls["lookalike"].builtin is False
+
+
+def test_supports_says_why_not(monkeypatch):
+    """The runner records a skip with this reason: the backend, or the dtype asked and those
+    taken."""
+    monkeypatch.setattr(OPS["copy"], "impls", dict(OPS["copy"].impls))
+    register_impl("copy", "gpu_f32", backends=["cuda"], dtypes=["float32", "bf16"])(lambda s: s)
+    impl = OPS["copy"].impls["gpu_f32"]
+    assert impl.supports("cpu", torch.float32) == (False, "gpu_f32 runs on cuda, not cpu")
+    assert impl.supports("cuda", torch.float16) == \
+        (False, "gpu_f32 takes float32, bfloat16, not float16")
+    assert impl.supports("cuda", torch.bfloat16) == (True, "")
+
+
+def test_an_impl_without_out_is_called_without_it(monkeypatch):
+    """Calling any impl as `impl(*args, out=buf)` is allowed: one that takes no out= returns its
+    own result and leaves buf alone (it is not handed an argument it does not take)."""
+    monkeypatch.setattr(OPS["copy"], "impls", dict(OPS["copy"].impls))
+    register_impl("copy", "plain")(lambda src: src * 2)
+    buf = torch.full((3,), 7.0)
+    y = OPS["copy"].impls["plain"](torch.ones(3), out=buf)
+    assert y.tolist() == [2.0, 2.0, 2.0] and buf.tolist() == [7.0, 7.0, 7.0]
+
+
+def test_an_op_is_registered_once():
+    """A second op of the same name is refused, not put in place of the first."""
+    import dataclasses
+
+    from kernels.registry import register_op
+    first = OPS["copy"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register_op(dataclasses.replace(first, impls={}))
+    assert OPS["copy"] is first
+
+
+def test_shape_errors_name_only_the_required_fields_missing():
+    """gemv_w4's group_size has a default, and so does a field with a default_factory."""
+    import dataclasses
+    with pytest.raises(ValueError, match=r"^gemv_w4 shape needs K$"):
+        OPS["gemv_w4"].shape(M=1, N=2)
+
+    @dataclasses.dataclass(frozen=True)
+    class Tagged:
+        N: int
+        tags: tuple = dataclasses.field(default_factory=tuple)
+    op = dataclasses.replace(OPS["copy"], name="tagged", shape_type=Tagged, impls={})
+    with pytest.raises(ValueError, match=r"^tagged shape needs N$"):
+        op.shape()
+    assert op.shape(N=3) == Tagged(3, ())
+
+
+def test_no_tolerance_for_a_dtype_the_op_does_not_list():
+    """A tolerance is never made up: a dtype missing from the table is a KeyError, not a default."""
+    with pytest.raises(KeyError):
+        OPS["gemv_bf16"].tol(torch.float64)
+
+
+def test_check_out_wants_the_exact_shape_dtype_and_device():
+    """Same element count in another shape (a transposed y), float64 (not an op output dtype)."""
+    from kernels.common import check_out
+    check_out("k", torch.empty(2, 3), (2, 3), torch.device("cpu"))
+    check_out("k", None, (2, 3), torch.device("cpu"))
+    for bad in (torch.empty(3, 2), torch.empty(6), torch.empty(2, 3, dtype=torch.float64),
+                torch.empty(2, 3, device="meta")):
+        with pytest.raises(ValueError, match=r"k: out must be float16, bfloat16, float32 \[2, 3\]"):
+            check_out("k", bad, (2, 3), torch.device("cpu"))
+
+
+def test_element_sizes():
+    from kernels.common import esize
+    assert [esize(d) for d in (torch.int8, torch.uint8, torch.bfloat16, torch.float16,
+                               torch.float32, torch.int32)] == [1, 1, 2, 2, 4, 4]
 
 
 @pytest.mark.parametrize("name, dtype", [
@@ -69,6 +170,9 @@ def test_rel_err_wants_the_shape_not_only_the_element_count():
     with pytest.raises(ValueError, match="shape"):
         rel_err(ref.reshape(1, 6), ref.reshape(6))
     assert rel_err(torch.zeros(2), torch.zeros(2, dtype=torch.float64)) == 0.0
+    # a float64 output is compared in float64: 2^-40 is not rounded away in float32
+    one = torch.ones(1, dtype=torch.float64)
+    assert rel_err(one + 2.0**-40, one) == 2.0**-40
     # a zero reference: the error is the output's norm, not 0 (nor a division by zero)
     zero = torch.zeros(2, dtype=torch.float64)
     assert rel_err(torch.ones(2), zero) == pytest.approx(math.sqrt(2))

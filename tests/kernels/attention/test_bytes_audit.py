@@ -54,6 +54,17 @@ def test_one_token_sequence_mqa_by_hand():
     assert PA.bytes_moved(Shape(**{**TINY, "Hq": 8}, block_size=16), F16) == 5280
 
 
+def test_sequences_that_fill_whole_blocks_by_hand():
+    """seq_len a multiple of block_size: ceil(n / BS) table entries, no entry for a next block."""
+    s = Shape(B=2, Hq=2, Hkv=1, D=32, context=32, block_size=16, ragged=0)
+    assert s.seq_lens() == [32, 32] and s.blocks_read == 4
+    # q+out 2*2*2*32*2 = 512; KV 64 * 2*1*32*2 = 8192; 2+2 entries = 16; lens 8
+    assert PA.bytes_moved(s, BF16) == 512 + 8192 + 16 + 8
+    # block_size 32: one entry a sequence
+    assert PA.bytes_moved(Shape(B=2, Hq=2, Hkv=1, D=32, context=32, block_size=32, ragged=0),
+                          BF16) == 512 + 8192 + 8 + 8
+
+
 def test_single_token_single_sequence_by_hand():
     s = Shape(B=1, Hq=32, Hkv=8, D=128, context=1, block_size=32)
     # q+out 2*32*128*2 = 16384; K and V of one token 2*8*128*2 = 4096; 1 entry; 1 len
@@ -87,6 +98,7 @@ def _touched_bytes(args: tuple, kv8: bool) -> int:
 
 
 @pytest.mark.parametrize("kw", [RAGGED, TINY, dict(B=2, Hq=8, Hkv=1, D=256, context=17),
+                                dict(B=3, Hq=2, Hkv=2, D=32, context=64, ragged=0),
                                 dict(B=5, Hq=4, Hkv=4, D=64, context=100, ragged=0)])
 @pytest.mark.parametrize("bs", [16, 32])
 @pytest.mark.parametrize("dtype", [F32, F16, BF16])

@@ -36,6 +36,31 @@ def workspaces_are_zero() -> bool:
     return scratch_is_zero()
 
 
+def test_scratch_is_as_long_as_asked_and_zero():
+    """A request past the buffer's length gets a new, longer one (all zeros), not a shorter view
+    that a kernel would write past; int32 counters and fp32 sums never share a buffer."""
+    from kernels.triton_split import scratch
+    cpu = torch.device("cpu")
+    small = scratch(cpu, 8)
+    big = scratch(cpu, small.untyped_storage().nbytes() // 4 + 5)
+    assert big.numel() == small.untyped_storage().nbytes() // 4 + 5 and not big.any()
+    counters = scratch(cpu, 8, torch.int32)
+    assert counters.dtype == torch.int32 and counters.data_ptr() != scratch(cpu, 8).data_ptr()
+
+
+def test_scratch_is_zero_looks_at_every_element():
+    """The check the split tests end on: one stray value at the end of a buffer is seen."""
+    from kernels.triton_split import scratch, scratch_is_zero
+    buf = scratch(torch.device("cpu"), 1 << 14)
+    assert scratch_is_zero()
+    try:
+        buf[-1] = 1.0
+        assert not scratch_is_zero()
+    finally:
+        buf[-1] = 0.0
+    assert scratch_is_zero()
+
+
 @pytest.mark.parametrize("dtype", [F16, F32])
 @pytest.mark.parametrize("op, name, shape",
                          [(W4, "triton_w4_splitk", s) for s in W4_SHAPES]
