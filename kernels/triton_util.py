@@ -31,7 +31,18 @@ except Exception:  # no triton on this platform (e.g. macOS): triton impls are s
     tl = None  # type: ignore[assignment]
     HAS_TRITON = False
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+def _interpret() -> bool:
+    """Whether Triton runs kernels in its interpreter, as Triton itself reads TRITON_INTERPRET
+    (1, true, yes, on or y, in any case): where decodewall read only "1", TRITON_INTERPRET=true
+    interpreted the kernels while decodewall built autotuners for them, which need a driver."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
+
+
+INTERPRET = _interpret()
 AUTOTUNE = os.environ.get("DECODEWALL_AUTOTUNE", "1") != "0"
 
 # Backends a Triton impl is timed on. Under the interpreter the CPU tests call the impls directly.

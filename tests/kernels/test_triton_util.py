@@ -218,3 +218,87 @@ def test_autotune_names_that_are_not_parameters_are_refused_at_import(key, cfg, 
     with pytest.raises(ValueError) as e:
         deco(_named_kernel)
     assert str(e.value) == f"autotune of _named_kernel: {wrong} not among its parameters"
+
+
+@triton.jit
+def _first_config_kernel(x_ptr, N, BLOCK: "triton.language.constexpr"):
+    pass
+
+
+def test_on_a_gpu_without_autotune_the_first_config_runs(monkeypatch):
+    """DECODEWALL_AUTOTUNE=0 on a GPU: no tuner; the kernel's fixed set is the first config's
+    meta-parameters, warps and stages (not the interpreter's `fixed`, not the last config)."""
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    monkeypatch.setattr(triton_util, "AUTOTUNE", False)
+    monkeypatch.setattr(triton_util, "TUNED", [])
+    first = triton.Config({"BLOCK": 32}, num_warps=2, num_stages=1)
+    last = triton.Config({"BLOCK": 64}, num_warps=8, num_stages=4)
+    kern = triton_util.autotune_or_fixed([first, last], key=["N"], fixed={"BLOCK": 16})(
+        _first_config_kernel)
+    assert kern is _first_config_kernel and kern.jit_fn is kern
+    assert kern.fixed_meta == {"BLOCK": 32, "num_warps": 2, "num_stages": 1}
+    assert triton_util.TUNED == []
+
+
+def test_launch_meta_in_each_mode(monkeypatch):
+    """Interpreted: the fixed set, whatever DECODEWALL_AUTOTUNE says. GPU with autotune off: the
+    first config of the launch's own path. GPU tuning: nothing (the tuner picks)."""
+    gemv = [triton.Config({"BLOCK": 32}, num_warps=2, num_stages=1),
+            triton.Config({"BLOCK": 64}, num_warps=8, num_stages=4)]
+    dot = [triton.Config({"BLOCK": 128}, num_warps=4, num_stages=3)]
+    kern = types.SimpleNamespace(fixed_meta={"BLOCK": 16},
+                                 configs_for=lambda use_dot, **path: dot if use_dot else gemv)
+    monkeypatch.setattr(triton_util, "INTERPRET", True)
+    monkeypatch.setattr(triton_util, "AUTOTUNE", False)
+    assert triton_util.launch_meta(kern, True) == {"BLOCK": 16}
+    monkeypatch.setattr(triton_util, "INTERPRET", False)
+    assert triton_util.launch_meta(kern, False) == {"BLOCK": 32, "num_warps": 2, "num_stages": 1}
+    assert triton_util.launch_meta(kern, True) == {"BLOCK": 128, "num_warps": 4, "num_stages": 3}
+    monkeypatch.setattr(triton_util, "AUTOTUNE", True)
+    kern.fixed_meta = {}
+    assert triton_util.launch_meta(kern, False) == {}
+
+
+def test_forget_tuned_starts_the_count_of_timed_configs_again(monkeypatch):
+    """A config timed in an earlier case does not make the next case's restored pick look timed."""
+    a = FakeTuned("_a_kernel")
+    monkeypatch.setattr(triton_util, "TUNED", [a])
+    monkeypatch.setattr(triton_util, "_BENCHED", [0])
+    monkeypatch.setattr(triton.testing, "do_bench", lambda *args, **kw: 0.008)
+    triton_util._quick_bench(lambda: None)  # the earlier case tuned
+    triton_util.forget_tuned()
+    cfg = triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=3)
+    a.best_config, a.configs_timings = cfg, {cfg: [0.008]}
+    assert triton_util.tuned()["_a_kernel"]["timings_cached"] is True
+
+
+def _fresh_triton_util(monkeypatch, **env):
+    """kernels/triton_util.py executed again as a separate module, under `env` (None: unset)."""
+    import importlib.util
+    for k, v in env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    spec = importlib.util.spec_from_file_location("_triton_util_copy", triton_util.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("value, interpret", [
+    ("1", True), ("true", True), ("True", True), ("yes", True), ("ON", True), ("y", True),
+    ("0", False), ("false", False), ("off", False), ("2", False), ("", False), (None, False)])
+def test_interpret_is_read_from_triton_interpret_as_triton_reads_it(value, interpret, monkeypatch):
+    """Triton interprets for 1, true, yes, on, y in any case: decodewall must then build no
+    autotuner (one needs a driver), and must agree with Triton's own reading where it has one."""
+    assert _fresh_triton_util(monkeypatch, TRITON_INTERPRET=value).INTERPRET is interpret
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        assert bool(knobs.runtime.interpret) is interpret
+
+
+@pytest.mark.parametrize("value, autotune", [(None, True), ("1", True), ("yes", True),
+                                             ("0", False)])
+def test_autotune_is_off_only_for_decodewall_autotune_0(value, autotune, monkeypatch):
+    assert _fresh_triton_util(monkeypatch, DECODEWALL_AUTOTUNE=value).AUTOTUNE is autotune
