@@ -199,3 +199,70 @@ def test_a_terminal_too_narrow_even_then_says_so(tmp_path, capsys, monkeypatch):
     assert main(["show", str(write(tmp_path / "r.jsonl", *records()))]) == 0
     assert "60 columns are still too few: numbers may be cut" in " ".join(
         capsys.readouterr().out.split())
+
+
+def test_show_names_the_cuda_and_jax_versions_a_run_recorded(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short path: the caption is as wide as the table
+    v = {"torch": "2.11.0+cu130", "triton": "3.6.0", "cuda": "13.0", "jax": "0.8.1"}
+    write(tmp_path / "r.jsonl", *({**r, "versions": v} for r in records()))
+    assert main(["show", "r.jsonl"]) == 0
+    assert "torch 2.11.0+cu130, triton 3.6.0, cuda 13.0, jax 0.8.1" in capsys.readouterr().out
+
+
+def test_a_run_the_filters_leave_nothing_of_is_not_printed(tmp_path, capsys):
+    """Two files, a filter that keeps records of one: the other run has no table, not an empty
+    one under its title."""
+    a = write(tmp_path / "a.jsonl", *records())
+    b = write(tmp_path / "b.jsonl", {**RUN, "run_id": "other-run", "impl": "k2"})
+    assert main(["show", str(a), str(b), "--impl", "k2"]) == 0
+    out = capsys.readouterr().out
+    assert "decodewall run other-run" in out and "20261204-153935-cuda-4ae8" not in out
+
+
+def test_a_filtered_run_keeps_its_title(tmp_path, capsys):
+    """The title is the run's (its roof readings, all of them), whichever records the filters
+    keep: the caption says how many they left out."""
+    path = write(tmp_path / "r.jsonl", *records())
+    assert main(["show", str(path), "--impl", "triton_w4"]) == 0
+    out = capsys.readouterr().out
+    assert "roof 4282.3-4284.3 GB/s (re-measured)" in out and "3 left out by the filters" in out
+
+
+def test_a_folder_named_like_a_results_file_is_passed_over(tmp_path, capsys):
+    folder = tmp_path / "kept"
+    write(folder / "a.jsonl", {**RUN, "impl": "impl_a"})
+    (folder / "old.jsonl").mkdir()
+    assert main(["show", str(folder)]) == 0
+    assert "impl_a" in capsys.readouterr().out
+
+
+def test_a_name_no_record_has_is_answered_with_every_name_in_order(tmp_path, capsys):
+    ops = ["gemv_a", "gemv_b", "gemv_c", "gemv_d", "gemv_e", "gemv_f"]
+    path = write(tmp_path / "r.jsonl", *({**RUN, "op": op} for op in reversed(ops)))
+    line = error_line(capsys, ["show", str(path), "--op", "zzz"])
+    assert line.endswith(f"--op 'zzz' matches no record (ops in the files: {', '.join(ops)})")
+
+
+def test_show_without_a_file_picks_the_newest_whatever_the_order_they_were_made(
+        tmp_path, capsys, monkeypatch):
+    """The newest is the last run id in name order (ids start with their time), not the last
+    the folder lists."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "results" / "runs"
+    for rid in ("20261204-100000-cpu-0002", "20261204-090000-cpu-0001",
+                "20261205-101010-cpu-0005", "20261204-110000-cpu-0003",
+                "20261204-120000-cpu-0004"):
+        write(runs / f"{rid}.jsonl", {**RUN, "run_id": rid, "impl": f"impl_{rid[-1]}"})
+    assert main(["show", "--json"]) == 0
+    assert [json.loads(x)["impl"] for x in capsys.readouterr().out.splitlines()] == ["impl_5"]
+
+
+def test_the_precision_comparison_holds_only_the_records_the_filters_keep(tmp_path, capsys):
+    shape = {"M": 1, "N": 8, "K": 128}
+    recs = [{**RUN, "op": op, "impl": f"best_{op}", "shape": shape, "group": "precision",
+             "bytes": b, "time_s": {"median": t, "p25": t, "p75": t}}
+            for op, b, t in (("gemv_bf16", 2000, 2e-5), ("gemv_w8", 1000, 1e-5))]
+    path = write(tmp_path / "p.jsonl", *recs)
+    assert main(["show", str(path), "--op", "gemv_w8"]) == 0
+    out = capsys.readouterr().out
+    assert "best_gemv_w8" in out and "best_gemv_bf16" not in out

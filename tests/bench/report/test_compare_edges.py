@@ -92,3 +92,108 @@ def test_the_few_samples_note_names_only_the_short_run():
     (row,) = compare([ok("x", time_s=timing(1e-5, 10))], [ok("x", time_s=timing(2e-5, 3))])
     assert (row["verdict"], row["few_samples"]) == ("unsure", True)
     assert str(verdict_text(row)) == "unsure (B n=3: faster/slower needs 10 samples a run)"
+
+
+def _table_row(capsys, a: list[dict], b: list[dict], tmp_path, impl: str = "x") -> list[str]:
+    """`compare A B`'s table row of `impl`, its cells stripped."""
+    from bench.cli import main
+    from tests.bench.report.test_compare import write
+    fa, fb = write(tmp_path / "a.jsonl", a), write(tmp_path / "b.jsonl", b)
+    assert main(["compare", fa, fb]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if f"│ {impl}" in x]
+    return [c.strip() for c in line.split("│")[1:-1]]
+
+
+def test_the_table_shows_a_under_a_and_b_under_b_with_the_ratio(tmp_path, capsys):
+    """A's median in the A column, B's in the B column, and B/A to three places."""
+    from tests.bench.report.test_compare import timing
+    row = _table_row(capsys, [ok("x", time_s=timing(1e-3, 100, 0.01))],
+                     [ok("x", time_s=timing(0.9e-3, 100, 0.01))], tmp_path)
+    assert row[4:7] == ["1.00 ms ± 10.0 µs", "900.0 µs ± 9.0 µs", "0.900"], row
+
+
+def test_a_spread_under_a_microsecond_is_in_nanoseconds(tmp_path, capsys):
+    from tests.bench.report.test_compare import timing
+    row = _table_row(capsys, [ok("x", time_s=timing(1e-4, 100, 0.005))],
+                     [ok("x", time_s=timing(1e-4, 100, 0.005))], tmp_path)
+    assert row[4] == "100.0 µs ± 500 ns", row
+
+
+def test_the_impl_cell_says_warm_and_the_thread_count(tmp_path, capsys):
+    """A warm case (the size sweep) says so; one torch thread is "1 thread"."""
+    from bench.cli import main
+    from tests.bench.report.test_compare import cpu, write
+    row = _table_row(capsys, [ok("x", warm=True)], [ok("x", warm=True)], tmp_path)
+    assert row[3] == "x (warm)", row
+    one, two = cpu("x", 1e-5, 1), cpu("x", 1e-5, 2)
+    fa, fb = write(tmp_path / "a.jsonl", [one]), write(tmp_path / "b.jsonl", [two])
+    assert main(["compare", fa, fb]) == 0
+    out = capsys.readouterr().out
+    assert "x (1 thread) " in out and "x (2 threads)" in out
+
+
+def test_no_thread_line_where_one_file_does_not_record_its_count(tmp_path, capsys):
+    """CUDA records carry no thread count: a CPU file against one is no thread mismatch."""
+    from bench.cli import main
+    from tests.bench.report.test_compare import cpu, write
+    assert main(["compare", write(tmp_path / "a.jsonl", [cpu("x", 1e-5, 4)]),
+                 write(tmp_path / "b.jsonl", [ok("x", 1e-5)])]) == 0
+    assert "torch threads" not in capsys.readouterr().out
+
+
+def test_the_verdict_cell_of_a_case_in_one_file_only():
+    """The failure of a case only in A is named after the verdict; n unknown reads as '?'."""
+    from bench.cli.compare import verdict_text
+    from tests.bench.report.test_compare import failed, timing
+    row = compare([failed("x", "crashed", "SIGSEGV")], [ok("y")])[0]
+    assert str(verdict_text(row)) == "only in A (crashed): SIGSEGV"
+    (row,) = compare([ok("x", time_s=timing(1e-5, None))], [ok("x", time_s=timing(2e-5, 100))])
+    assert str(verdict_text(row)) == "unsure (A n=?: faster/slower needs 10 samples a run)"
+
+
+def test_the_caption_says_what_has_no_row_beside_the_rows(tmp_path, capsys):
+    from bench.cli import main
+    from tests.bench.report.test_compare import failed, write
+    f = write(tmp_path / "f.jsonl", [ok("x"), failed("y", "crashed", "SIGSEGV")])
+    assert main(["compare", f, f]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not in the table (no time on either side, no change): 1 crashed in both" in out
+
+
+def test_same_is_within_the_larger_half_spread():
+    """Overlapping spreads: a shift within the noisier run's half-IQR is "same", even where the
+    quieter run's alone would not explain it."""
+    from bench.report.compare import classify
+    quiet = {"median": 1.0, "p25": 0.99, "p75": 1.01, "n": 50}
+    noisy = {"median": 1.05, "p25": 0.9, "p75": 1.2, "n": 50}
+    assert classify(quiet, noisy) == "same" and classify(noisy, quiet) == "same"
+
+
+def test_the_order_of_a_shapes_fields_does_not_make_another_case():
+    """A shape is its fields: {M, N, K} and {K, N, M} are one case (a record written by another
+    version, a hand-edited file)."""
+    a = ok("x", 1e-5, shape={"M": 1, "N": 256, "K": 512})
+    b = ok("x", 1e-5, shape={"K": 512, "N": 256, "M": 1})
+    (row,) = compare([a], [b])
+    assert row["verdict"] == "same" and list(row["shape"]) == ["M", "N", "K"]
+
+
+def test_a_timed_row_carries_each_sides_bandwidth():
+    (row,) = compare([ok("x", 1e-5, achieved_gbps=10.0)], [ok("x", 2e-5, achieved_gbps=5.0)])
+    assert (row["a_gbps"], row["b_gbps"]) == (10.0, 5.0)
+
+
+def test_a_cold_record_pairs_with_a_failure_that_has_no_cold_field():
+    """Every timed record of a run says `cold` (true), a crashed one does not: they are one case,
+    and a cold record is not a warm one."""
+    from tests.bench.report.test_compare import failed
+    (row,) = compare([ok("x", cold=True, warm=False)], [failed("x", "crashed", "SIGSEGV")])
+    assert (row["verdict"], row["warm"], row["change"]) == ("B crashed", False, "regression")
+
+
+def test_a_record_without_a_device_name_is_an_unknown_device():
+    from bench.report.compare import device, devices, threads
+    assert device({"backend": "cpu"}) == "unknown device (cpu)"
+    assert devices([{}, {"device": {"name": ""}}]) == "unknown device (?)"
+    assert threads({"device": {"threads": True}}) is None  # true is no thread count

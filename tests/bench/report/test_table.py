@@ -56,3 +56,53 @@ def test_the_spread_column_goes_first_on_a_narrow_terminal():
     width = next(w for w in range(250, 0, -1) if results_table([REC], width=w).caption)
     caption = results_table([REC], width=width).caption
     assert caption == f"± IQR/2 left out to fit {width} columns (--json has every field)"
+
+
+def test_a_unit_starts_at_its_own_boundary():
+    from bench.report.table import fmt_time
+    assert fmt_time(1e-3) == "1.00 ms" and fmt_time(1.0) == "1.00 s"
+
+
+def test_a_shape_reads_in_its_fields_order():
+    """M, N, K as the op names them, not sorted."""
+    from bench.report.table import fmt_shape
+    assert fmt_shape({"M": 1, "N": 8, "K": 128}) == "M=1,N=8,K=128"
+
+
+def test_the_title_spans_the_roof_readings_a_run_judged_its_cases_by():
+    """Readings within 0.05 GB/s are one roof; a record without one (a crashed case: null, or 0)
+    does not widen the span."""
+    from bench.report.table import run_title
+    assert run_title("r", "H200", "cuda", [20.0, 20.04, None, 0.0]) == \
+        "decodewall run r — H200 (cuda), roof 20.0 GB/s"
+    assert run_title("r", "H200", "cuda", [20.0, 20.1]) == \
+        "decodewall run r — H200 (cuda), roof 20.0-20.1 GB/s (re-measured)"
+
+
+def test_a_failure_names_its_status_and_error():
+    for status, label in (("failed-check", "FAIL"), ("error", "ERROR"), ("crashed", "CRASHED"),
+                          ("timeout", "TIMEOUT")):
+        rec = {**REC, "status": status, "error": "why", "time_s": None}
+        assert _row(rec)[-1] == f"{label}: why", status
+
+
+def test_a_gpu_util_column_where_any_record_has_one():
+    """NVML's utilization beside % roof where some record has it (a window without one of NVML's
+    samples is null): those without show '-'."""
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(results_table([{**REC, "gpu_util_pct": 97.4}, {**REC, "impl": "j"}]))
+    text = con.export_text()
+    assert "GPU util" in text
+    rows = [[c.strip() for c in x.split("│") if c.strip()]
+            for x in text.splitlines() if "gemv_bf16" in x]
+    assert [r[9] for r in rows] == ["97%", "-"]
+
+
+def test_the_datasheet_share_is_a_whole_percentage():
+    assert _row({**REC, "pct_datasheet": 41.26})[9] == "41%"
+
+
+def test_a_size_under_a_kilobyte_is_whole_bytes():
+    """JSON may hold a byte count as a float (512.0): it reads as 512 B, not 512.0 B."""
+    from bench.report.table import fmt_bytes
+    assert fmt_bytes(512.0) == "512 B"
