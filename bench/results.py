@@ -227,7 +227,7 @@ class ResultWriter:
                 pass
 
 
-MAX_LINE = 2**20  # characters: a record is 1-4 KB (its command line, an error's first line); a
+MAX_LINE = 2**20  # bytes: a record is 1-4 KB (its command line, an error's first line); a
 #                   longer line is no record, and reading on to its end could take all memory
 
 
@@ -248,22 +248,27 @@ def read_results(path: str | Path, skipped: list[str] | None = None) -> list[dic
     records = []
     i = 0
     try:
-        with p.open(encoding="utf-8") as f:
-            while line := f.readline(MAX_LINE + 1):
+        with p.open("rb") as f:  # decoded a line at a time: a bad byte is its own line's error
+            while raw := f.readline(MAX_LINE + 1):
                 i += 1
                 try:
-                    if len(line) > MAX_LINE and not line.endswith("\n"):
-                        raise ResultsError(f"{path}:{i}: a line of over {MAX_LINE} characters is "
+                    if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                        raise ResultsError(f"{path}:{i}: a line of over {MAX_LINE} bytes is "
                                            "not a decodewall result record")
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ResultsError(f"{path}:{i}: not UTF-8 text ({e.reason} at byte "
+                                           f"{e.start + 1} of the line)") from None
                     if line.strip():
                         records.append(_record(path, i, line))
                 except ResultsError as e:
                     if skipped is None:
                         raise
                     skipped.append(str(e))
-                    while line and not line.endswith("\n"):  # past it, a bounded read at a time
-                        line = f.readline(MAX_LINE)
-    except (OSError, UnicodeDecodeError) as e:
+                    while raw and not raw.endswith(b"\n"):  # past it, a bounded read at a time
+                        raw = f.readline(MAX_LINE)
+    except OSError as e:
         raise ResultsError(f"{path}:{i + 1}: cannot read ({e})") from None
     if not records:
         raise ResultsError(f"{path}: no result records")

@@ -113,7 +113,7 @@ def command(args) -> int:
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
         t.add_column(col)
     for r in rows:
-        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"]),
+        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"] or "-"),
                   plain(case_label(r, by_device, flushes, thread_counts)),
                   _median(r, "a"), _median(r, "b"),
                   f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))

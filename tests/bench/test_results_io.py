@@ -118,7 +118,7 @@ def test_an_over_long_line_is_skipped_whole_and_the_next_record_read(tmp_path):
     p.write_text('{"op": "' + "a" * (2 * MAX_LINE + 10) + '"}\n' + json.dumps(good) + "\n")
     skipped = []
     assert [r["impl"] for r in read_results(p, skipped)] == ["x"]
-    assert len(skipped) == 1 and f"over {MAX_LINE} characters" in skipped[0]
+    assert len(skipped) == 1 and f"over {MAX_LINE} bytes" in skipped[0]
 
 
 def test_git_commit_is_this_checkouts_and_none_from_an_install(tmp_path, monkeypatch):
@@ -221,3 +221,289 @@ def test_a_results_file_that_cannot_be_written_again_says_its_records_are_lost(t
 def _record(impl: str) -> dict:
     return {"op": "gemv_bf16", "impl": impl, "shape": {"M": 1}, "status": "skipped",
             "time_s": None}
+
+
+def test_a_run_id_starts_with_its_time_then_its_backend():
+    """`show` with no file picks the last name in results/runs: the run id (the file's name) must
+    start with the time, to the second, so that name order is time order."""
+    import datetime
+    import re
+
+    from bench.results import new_run_id
+    rid = new_run_id("cuda")
+    assert re.fullmatch(r"\d{8}-\d{6}-cuda-[0-9a-f]{4}", rid), rid
+    started = datetime.datetime.strptime(rid[:15], "%Y%m%d-%H%M%S")
+    assert abs((datetime.datetime.now() - started).total_seconds()) < 60
+
+
+def test_versions_name_the_python_release_and_cuda():
+    """`show` prints the versions a run recorded: Python as its release number, and CUDA's key
+    present (null with a CPU build of torch) for `show` to read."""
+    import platform
+
+    from bench.results import versions
+    v = versions()
+    assert v["python"] == platform.python_version()
+    assert "cuda" in v and v["torch"] == torch.__version__
+
+
+def test_a_short_write_is_continued_to_the_whole_record(tmp_path, monkeypatch):
+    """os.write may take part of the data (a signal, a pipe, a network file system): the rest
+    is written, so the line on disk is whole."""
+    import bench.results as res
+    real = res.os.write
+    monkeypatch.setattr(res.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    w = ResultWriter(tmp_path, "run")
+    w.write(_record(impl="a" * 100))
+    w.close()
+    assert [r["impl"] for r in read_results(tmp_path / "run.jsonl")] == ["a" * 100]
+
+
+def test_a_non_finite_number_in_a_tuple_is_written_as_null(tmp_path):
+    w = ResultWriter(tmp_path, "run")
+    w.write({**_record(impl="x"), "extra": (1.0, math.inf)})
+    w.close()
+    assert _strict((tmp_path / "run.jsonl").read_text())["extra"] == [1.0, None]
+
+
+def test_a_value_json_has_no_type_for_is_written_as_its_text(tmp_path):
+    """A value a record may carry that json cannot write (a torch dtype, a path) is written as
+    its str, not a TypeError that loses the case."""
+    from pathlib import Path
+    w = ResultWriter(tmp_path, "run")
+    w.write({**_record(impl="x"), "dtype": torch.bfloat16, "plugin": Path("/k/my.py")})
+    w.close()
+    (rec,) = read_results(tmp_path / "run.jsonl")
+    assert (rec["dtype"], rec["plugin"]) == ("torch.bfloat16", "/k/my.py")
+
+
+def test_a_results_file_takes_the_umasks_permissions(tmp_path):
+    """As open(..., "x") makes a file: readable by others where the umask says so (a shared
+    results folder), not owner-only."""
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        w = ResultWriter(tmp_path, "run")
+        w.write(_record(impl="x"))
+        w.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(w.path.stat().st_mode) == 0o644
+
+
+def test_a_removed_results_file_the_disk_will_not_take_again_leaves_no_part(tmp_path, monkeypatch):
+    """The file removed during the run, then the disk full while its records are written again
+    under its name: no partial file is left, and the error says the records are lost."""
+    import errno
+
+    import bench.results as res
+    from bench.results import ResultsWriteError
+    real, calls = res.os.write, []
+
+    def full_on_the_rewrite(fd, data):
+        calls.append(len(data))
+        if len(calls) < 2:  # the second record, into the removed file
+            return real(fd, data)
+        real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    out = tmp_path / "runs"
+    w = ResultWriter(out, "20261206-000000-cpu-abcd")
+    w.write(_record(impl="first"))
+    w.path.unlink()
+    monkeypatch.setattr(res.os, "write", full_on_the_rewrite)
+    with pytest.raises(ResultsWriteError, match=r"cannot be written again \(No space left on "
+                                                r"device\): its 2 record\(s\) are lost"):
+        w.write(_record(impl="second"))
+    assert list(out.iterdir()) == [] and w.count == 0
+
+
+@pytest.mark.parametrize("end", ["\n", ""])
+def test_a_line_of_max_line_bytes_is_a_record(tmp_path, monkeypatch, end):
+    """MAX_LINE is the longest line read, its newline not counted, the file's last line (no
+    newline) included: one byte more is refused."""
+    import bench.results as res
+    line = json.dumps(_record(impl="x"))
+    monkeypatch.setattr(res, "MAX_LINE", len(line))
+    p = tmp_path / "r.jsonl"
+    p.write_text(line + end)
+    assert [r["impl"] for r in read_results(p)] == ["x"]
+    monkeypatch.setattr(res, "MAX_LINE", len(line) - 1)
+    with pytest.raises(ResultsError, match=f"r.jsonl:1: a line of over {len(line) - 1} bytes"):
+        read_results(p)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    """Not UTF-8 on its first line: the error names the file and line 1."""
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(b'{"op": "\xff"}\n')
+    with pytest.raises(ResultsError, match=f"^{p}:1: "):
+        read_results(p)
+
+
+def test_a_folder_is_named_a_folder(tmp_path):
+    with pytest.raises(ResultsError) as e:
+        read_results(tmp_path)
+    assert str(e.value) == f"{tmp_path}: is a folder, not a results file"
+
+
+def _nested(depth: int) -> dict:
+    """A valid record nesting `depth` levels (the record itself is one)."""
+    extra: list = []
+    for _ in range(depth - 2):
+        extra = [extra]
+    return {**_record(impl="x"), "extra": extra}
+
+
+def test_a_record_nested_32_levels_is_read_and_33_is_not(tmp_path, capsys):
+    """Extra keys may nest (a record's own fields take 3 levels) up to 32, which `show --json`
+    writes back well inside Python's recursion limit; one level more is no record."""
+    from bench.cli import main
+    from bench.results import _depth
+    assert _depth(_nested(32)) == 32
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(_nested(32)) + "\n")
+    assert main(["show", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == _nested(32)
+    p.write_text(json.dumps(_nested(33)) + "\n")
+    with pytest.raises(ResultsError, match="r.jsonl:1: not a decodewall result record "
+                                           r"\(nested too deeply\)"):
+        read_results(p)
+
+
+@pytest.mark.parametrize("missing", ["op", "impl", "shape", "status"])
+def test_a_record_without_a_required_field_is_no_record(tmp_path, missing):
+    p = tmp_path / "r.jsonl"
+    rec = {k: v for k, v in _record(impl="x").items() if k != missing}
+    p.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ResultsError) as e:
+        read_results(p)
+    assert str(e.value) == f"{p}:1: not a decodewall result record"
+
+
+@pytest.mark.parametrize("field", ["dtype", "backend", "verdict", "error", "group", "run_id",
+                                   "flush"])
+def test_each_text_field_must_be_a_string_or_null(tmp_path, field):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({**_record(impl="x"), field: None}) + "\n"
+                 + json.dumps({**_record(impl="x"), field: 5}) + "\n")
+    with pytest.raises(ResultsError) as e:
+        read_results(p)
+    assert str(e.value) == f"{p}:2: malformed record ({field} must be a string, got a number)"
+
+
+@pytest.mark.parametrize("field", ["baseline", "warm", "cold", "correct"])
+def test_each_truth_field_must_be_true_false_or_null(tmp_path, field):
+    """1 or "false" would be read for its truth value (a string "false" is true)."""
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({**_record(impl="x"), field: False}) + "\n"
+                 + json.dumps({**_record(impl="x"), field: 1}) + "\n")
+    with pytest.raises(ResultsError) as e:
+        read_results(p)
+    assert str(e.value) == f"{p}:2: malformed record ({field} must be true or false, got 1)"
+
+
+@pytest.mark.parametrize("field, highest", [
+    ("achieved_gbps", 1e9), ("roof_gbps", 1e9), ("datasheet_gbps", 1e9), ("pct_roof", 1e6),
+    ("pct_datasheet", 1e6), ("gpu_util_pct", 1e6), ("pct_compute", 1e6),
+    ("arithmetic_intensity", 1e9), ("ridge", 1e9), ("bytes", 1e18), ("flops", 1e18)])
+def test_each_number_field_is_zero_or_in_its_range(tmp_path, field, highest):
+    """The numbers the readers compute with: 0 and the range's ends are read; past the highest,
+    a string, or an integer no float holds is corrupt, named by its field."""
+    p = tmp_path / "r.jsonl"
+    ok = [0, 0.0, 1e-12, highest]
+    p.write_text("".join(json.dumps({**_record(impl="x"), field: v}) + "\n" for v in ok))
+    assert [r[field] for r in read_results(p)] == ok
+    for bad in (highest * 10, "5", 10**400):
+        p.write_text(json.dumps({**_record(impl="x"), field: bad}) + "\n")
+        with pytest.raises(ResultsError, match=f"r.jsonl:1: malformed record \\({field} must be"):
+            read_results(p)
+
+
+@pytest.mark.parametrize("time_s, why", [
+    ({"median": 1e-5, "p25": 1e-5}, "time_s.p75 must be seconds"),
+    ({"median": 1e-5, "p75": 1e-5}, "time_s.p25 must be seconds"),
+    ({"median": 1e-5, "p25": 1e-5, "p75": 1e-5, "n": 10**19}, "time_s.n must be a whole number"),
+])
+def test_a_time_summary_missing_a_quartile_or_past_any_count_is_refused(tmp_path, time_s, why):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({**_record(impl="x"), "status": "ok", "time_s": time_s}) + "\n")
+    with pytest.raises(ResultsError, match=f"r.jsonl:1: malformed record \\({why}"):
+        read_results(p)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"shape": [1, 64]}, "shape must be an object, got an array"),
+    ({"shape": "M=1"}, "shape must be an object, got a string"),
+    ({"device": {"name": "x", "chip": 5}}, "device.chip must be a string, got a number"),
+    ({"device": {"name": "x", "cache_bytes": 0.5}}, "device.cache_bytes must be a count"),
+    ({"device": {"name": "x", "cache_bytes": 1e19}}, "device.cache_bytes must be a count"),
+])
+def test_a_shape_or_device_of_the_wrong_form_is_named(tmp_path, change, why):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({**_record(impl="x"), **change}) + "\n")
+    with pytest.raises(ResultsError) as e:
+        read_results(p)
+    assert str(e.value).startswith(f"{p}:1: malformed record ({why}")
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_before_measuring(tmp_path, monkeypatch):
+    """A folder without write permission (read-only to its user) is refused up front, not after
+    the cases are measured. Permissions are read as for a user other than root (who may write
+    anywhere), so the test holds under any user."""
+    import os
+    import stat
+
+    import bench.results as res
+    from bench.results import check_writable
+
+    def as_a_user(path, mode):
+        bits = stat.S_IMODE(os.stat(path).st_mode) >> 6  # the owner's
+        return bits & mode == mode
+    monkeypatch.setattr(res.os, "access", as_a_user)
+    out = tmp_path / "runs"
+    out.mkdir()
+    check_writable(out)
+    out.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=f"results directory {out} is not writable"):
+            check_writable(out)
+    finally:
+        out.chmod(0o755)
+
+
+_GOOD = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok", "error": None}
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_own_number(tmp_path):
+    """Each line is decoded alone: a bad byte on line 4 is line 4's error (decoded a chunk at a
+    time, the file failed at line 1)."""
+    p = tmp_path / "r.jsonl"
+    p.write_bytes((json.dumps(_GOOD) + "\n").encode() * 3 + b'{"op": "\xff"}\n')
+    with pytest.raises(ResultsError, match=r"r.jsonl:4: "):
+        read_results(p)
+
+
+def test_the_device_check_reads_on_past_a_line_that_is_not_utf8(tmp_path):
+    """A record torn inside a two-byte character (µ), then a later record: with a `skipped`
+    list, the torn line is skipped and named like any bad line, and the records around it kept,
+    not the whole window's records lost."""
+    whole = json.dumps({**_GOOD, "error": "2.5 µs"}, ensure_ascii=False).encode()
+    torn = whole[: whole.index("µ".encode()) + 1]
+    p = tmp_path / "r.jsonl"
+    after = json.dumps({**_GOOD, "impl": "y"}).encode()
+    p.write_bytes(whole + b"\n" + torn + b"\n" + after + b"\n")
+    skipped = []
+    assert [r["impl"] for r in read_results(p, skipped)] == ["x", "y"]
+    assert len(skipped) == 1 and skipped[0].startswith(f"{p}:2: ")
+
+
+def test_compare_shows_a_record_without_a_dtype_as_show_does(tmp_path, capsys):
+    """dtype is a string or null: `show` prints null as '-', `compare` printed Python's 'None'."""
+    from bench.cli import main
+    rec = {**_GOOD, "time_s": {"median": 1e-5, "p25": 1e-5, "p75": 1e-5}}
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    assert main(["compare", str(p), str(p)]) == 0
+    (row,) = [x for x in capsys.readouterr().out.splitlines() if "│ gemv_bf16" in x]
+    assert [c.strip() for c in row.split("│")][3] == "-"

@@ -247,7 +247,7 @@ def test_reader_refuses_what_is_no_regular_file_and_overlong_lines(tmp_path, mon
     f = tmp_path / "r.jsonl"
     f.write_text(json.dumps(good) + "\n" + "x" * 5000 + "\n" + json.dumps({**good, "impl": "y"})
                  + "\n" + "y" * 1000)  # a last line of exactly MAX_LINE, no newline: not over
-    with pytest.raises(ResultsError, match=":2: a line of over 1000 characters"):
+    with pytest.raises(ResultsError, match=":2: a line of over 1000 bytes"):
         read_results(f)
     skipped: list[str] = []
     assert [r["impl"] for r in read_results(f, skipped)] == ["x", "y"]

@@ -127,13 +127,13 @@ def test_results_file_that_never_ends_is_one_line_and_exit_2(tmp_path):
 
 def test_results_line_past_the_bound_is_one_line(tmp_path, capsys, monkeypatch):
     """A regular file whose line has no end in sight (a huge file without newlines) is refused
-    at MAX_LINE characters, naming the line, not read whole into memory."""
+    at MAX_LINE bytes, naming the line, not read whole into memory."""
     from bench import results
     monkeypatch.setattr(results, "MAX_LINE", 4096)
     path = write(tmp_path / "long.jsonl", G, "\0" * 100_000)
     for argv in _commands(path, tmp_path):
         line = error_line(capsys, argv)
-        assert "long.jsonl:2: a line of over 4096 characters" in line, (argv, line)
+        assert "long.jsonl:2: a line of over 4096 bytes" in line, (argv, line)
 
 
 def test_extreme_but_valid_records_plot_and_compare_cleanly(tmp_path, capsys):
