@@ -477,11 +477,22 @@ def test_smoke_suite_runs_every_xla_impl_through_the_cli(smoke_records):
 
 
 @pytest.mark.xla
-def test_no_xla_result_reports_more_bandwidth_than_the_roof(smoke_records):
+def test_every_xla_result_is_timed_past_the_host_caches_or_says_it_is_not(smoke_records):
+    """What keeps an XLA:CPU figure under the roof, by the records alone (no timing is compared
+    here: on a busy machine the roof read before a case can be low, and a pass/fail test must
+    not hang on that): each cold case rotated input sets whose bytes read pass 4x the host's
+    last-level cache, or is marked in cache and judged against nothing. The sync half is
+    test_missing_sync_would_be_caught_as_above_the_roof."""
+    from bench.results import IN_CACHE
     timed = [r for r in smoke_records if r["status"] == "ok"]
     assert timed
+    llc = timed[0]["device"]["cache_bytes"]
+    assert llc >= 1 << 20 and all(r["device"]["cache_bytes"] == llc for r in timed)
     for r in timed:
-        assert not r["verdict"].startswith("above the roof"), (r["op"], r["impl"], r["pct_roof"])
+        rotated = r["n_sets"] * min(r["set_bytes"], r["bytes"])
+        assert (r["cold"] is True and rotated > 4 * llc) or (
+            r["cold"] is False and r["verdict"] == IN_CACHE), (r["op"], r["impl"], r["shape"])
+    assert sum(r["cold"] is True for r in timed) >= len(timed) // 2
 
 
 @pytest.mark.xla
