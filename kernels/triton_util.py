@@ -34,8 +34,8 @@ except Exception:  # no triton on this platform (e.g. macOS): triton impls are s
 
 def _interpret() -> bool:
     """Whether Triton runs kernels in its interpreter, as Triton itself reads TRITON_INTERPRET
-    (1, true, yes, on or y, in any case): where decodewall read only "1", TRITON_INTERPRET=true
-    interpreted the kernels while decodewall built autotuners for them, which need a driver."""
+    (1, true, yes, on or y, in any case): a kernel Triton interprets must get no autotuner,
+    which needs a driver."""
     knobs = getattr(triton, "knobs", None)
     if knobs is not None and hasattr(knobs, "runtime"):
         return bool(knobs.runtime.interpret)

@@ -72,12 +72,17 @@ def test_show_prints_every_run_of_every_file_in_order(tmp_path, capsys):
     assert str(a) in out and str(b) in out
 
 
-def test_show_prints_the_precision_comparison_of_a_precision_run(tmp_path, capsys):
+def _precision_run(tmp_path):
+    """A precision run's file: the best bf16 and INT8 GEMV of one shape."""
     shape = {"M": 1, "N": 8, "K": 128}
     recs = [{**RUN, "op": op, "impl": f"best_{op}", "shape": shape, "group": "precision",
              "bytes": b, "time_s": {"median": t, "p25": t, "p75": t}}
             for op, b, t in (("gemv_bf16", 2000, 2e-5), ("gemv_w8", 1000, 1e-5))]
-    path = write(tmp_path / "p.jsonl", *recs)
+    return write(tmp_path / "p.jsonl", *recs)
+
+
+def test_show_prints_the_precision_comparison_of_a_precision_run(tmp_path, capsys):
+    path = _precision_run(tmp_path)
     assert main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "precision: speedup over bf16" in out and "2.00x" in out
@@ -258,11 +263,7 @@ def test_show_without_a_file_picks_the_newest_whatever_the_order_they_were_made(
 
 
 def test_the_precision_comparison_holds_only_the_records_the_filters_keep(tmp_path, capsys):
-    shape = {"M": 1, "N": 8, "K": 128}
-    recs = [{**RUN, "op": op, "impl": f"best_{op}", "shape": shape, "group": "precision",
-             "bytes": b, "time_s": {"median": t, "p25": t, "p75": t}}
-            for op, b, t in (("gemv_bf16", 2000, 2e-5), ("gemv_w8", 1000, 1e-5))]
-    path = write(tmp_path / "p.jsonl", *recs)
+    path = _precision_run(tmp_path)
     assert main(["show", str(path), "--op", "gemv_w8"]) == 0
     out = capsys.readouterr().out
     assert "best_gemv_w8" in out and "best_gemv_bf16" not in out
