@@ -138,3 +138,16 @@ def test_busy_processes_beside_the_window_show(tmp_path):
             h.kill()
             h.wait()
     assert out["cpu_pressure_pct"] is not None and out["cpu_pressure_pct"] > 10.0
+
+
+def test_a_share_at_the_threshold_is_not_contention_and_the_worst_is_either_figure():
+    """More than CONTENDED_PCT is contention, exactly it is not; the note's "up to" is the
+    larger of the wait and the steal share over the contended cases."""
+    from bench.cli.run import CONTENDED_PCT
+    ok = {"status": "ok", "time_s": {"median": 1e-3}}
+    at = {**ok, "cpu_pressure_pct": CONTENDED_PCT, "cpu_steal_pct": CONTENDED_PCT}
+    assert not contended(at) and contention_note([at]) is None
+    stolen = {**ok, "cpu_pressure_pct": 11.0, "cpu_steal_pct": 60.0}
+    line = contention_note([at, stolen])
+    assert line.startswith("1 of 2 timed case(s) ran while other tasks waited for the CPU")
+    assert "up to 60%" in line

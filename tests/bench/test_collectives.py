@@ -263,6 +263,45 @@ def test_kernel_ops_refuse_torchrun_and_world_size(capsys, monkeypatch):
     assert "under torchrun" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_rank_0_alone_saves_prints_and_fails_strict(capsys, monkeypatch, tmp_path,
+                                                                   rank):
+    """Every rank measures; rank 0 alone writes the results file and the records, and --strict
+    makes its exit status 1 when an impl failed. The process group waits half the case timeout,
+    5 s at least. (The ranks' own work is faked here: a failed-check record for each case.)"""
+    import bench.collectives as coll
+    from bench.case import DEFAULT_CASE_TIMEOUT_S
+    from bench.cli import main
+    from bench.runner import base_record
+    for k, v in {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+
+    waits = []
+
+    def run_as_rank(ctx, cases, writer, on_record, pg_timeout_s):
+        waits.append(pg_timeout_s)
+        for case in cases:
+            rec = {**base_record(ctx, case, OPS["allreduce"].impls["torch_distributed"]),
+                   "status": "failed-check", "correct": False}
+            writer.write(rec)
+            on_record(rec)
+        return 0
+    monkeypatch.setattr(coll, "run_as_rank", run_as_rank)
+    out = tmp_path / "runs"
+    argv = [*AR, "--shape", "bytes=4096", "--json", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv + ["--strict", "--case-timeout", "4"]) == (1 if rank == 0 else 0)
+    assert waits == [DEFAULT_CASE_TIMEOUT_S / 2, 5.0]
+    printed = capsys.readouterr().out.splitlines()
+    files = sorted(out.iterdir()) if out.exists() else []
+    if rank == 0:
+        assert [json.loads(x)["status"] for x in printed] == ["failed-check"] * 2
+        assert len(files) == 2
+    else:
+        assert printed == [] and files == []
+
+
 @pytest.mark.cuda
 def test_allreduce_on_nccl_over_two_gpus(tmp_path):
     if torch.cuda.device_count() < 2:

@@ -145,3 +145,73 @@ def test_the_suites_hold_the_grids_their_descriptions_promise():
         assert _grid("sweep-batch", backend) == {
             (op, M, n, n, bf) for op in ("gemv_w4", "gemv_w8", "gemv_bf16")
             for M in (1, 2, 4, 8, 16, 32, 64, 128, 256)}, backend
+
+
+def _args(**kw):
+    """`run`'s arguments for resolve_cases: none given but those named."""
+    import argparse
+    return argparse.Namespace(**{"op": None, "suite": None, "shape": None, "dtype": None,
+                                 "world_size": None, "warm": False, "impl": None, **kw})
+
+
+def test_without_suite_or_op_the_decode_suite_runs():
+    from bench.cli.run import resolve_cases
+    ctx = SuiteContext("cpu", 64 * 10**9, 32 * 2**20)
+    assert resolve_cases(_args(), ctx) == cases_for("decode", ctx)
+
+
+def test_an_op_at_a_given_shape_takes_the_dtype_of_its_first_smoke_case():
+    """gemv_bf16's smoke case is bf16 (its dtypes list fp32 too), copy's fp32."""
+    from bench.cli.run import resolve_cases
+    for op, shape, dtype in (("gemv_bf16", "M=1,N=64,K=128", torch.bfloat16),
+                             ("copy", "N=4096", torch.float32)):
+        (case,) = resolve_cases(_args(op=op, shape=[shape]), SuiteContext("cpu"))
+        assert case.dtype == dtype == OPS[op].smoke[0][1]
+
+
+def test_a_suite_names_three_cases_it_leaves_out_and_counts_the_rest(capsys):
+    """A 200 MB machine: dozens of the GEMV suite's cases are too big for it, the first three
+    named (op, shape, dtype) and the rest counted."""
+    import dataclasses
+
+    from bench.cli.run import resolve_cases
+    from kernels import dtype_name
+
+    def named(c):
+        shape = ",".join(f"{k}={v}" for k, v in dataclasses.asdict(c.shape).items())
+        return f"{c.op} {shape} {dtype_name(c.dtype)}"
+    ctx = SuiteContext("cpu", 2 * 10**8, 32 * 2**20)
+    resolve_cases(_args(suite="gemv"), ctx)
+    left_out: list = []
+    cases_for("gemv", SuiteContext("cpu", 2 * 10**8, 32 * 2**20), left_out)
+    assert len(ctx.too_big) > 4 and len(left_out) > 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"decodewall: suite gemv leaves out {len(out)} case(s) whose {why}: "
+        f"{'; '.join(named(c) for c in out[:3])} and {len(out) - 3} more"
+        for out, why in ((ctx.too_big, "working set needs more than 40% of the device's memory"),
+                         (left_out, "inputs and float64 reference need more than 90% of this "
+                                    "machine's memory"))]
+
+
+def test_a_suite_with_no_case_on_this_machine_is_refused(monkeypatch):
+    """The collectives need two ranks: a machine of one GPU runs none of them."""
+    import pytest
+
+    from bench.cli.run import resolve_cases
+    from bench.errors import UsageError
+    monkeypatch.setattr("bench.collectives.max_world_size", lambda backend: 1)
+    with pytest.raises(UsageError, match=r"^suite collectives has no cases on this machine "
+                                         r"\(cuda\)$"):
+        resolve_cases(_args(suite="collectives"), SuiteContext("cuda", 80 * 2**30, 50 * 2**20))
+
+
+def test_a_suite_none_of_whose_ops_runs_here_or_whose_impl_is_named_keeps_its_cases(capsys):
+    """Only a part of a suite without an impl here is left out: a suite all of which is (the
+    collectives on XLA), or one whose impls are named with --impl, is kept whole, for the run
+    to refuse with the reason or record as skipped."""
+    from bench.cli.run import resolve_cases
+    ctx = SuiteContext("xla")
+    assert resolve_cases(_args(suite="collectives"), ctx) == cases_for("collectives", ctx)
+    assert resolve_cases(_args(suite="smoke", impl=["torch_matmul"]), ctx) == \
+        cases_for("smoke", ctx)
+    assert capsys.readouterr().err == ""

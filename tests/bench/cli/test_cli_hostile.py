@@ -214,6 +214,27 @@ def test_torch_refusing_its_environment_is_one_line(argv):
     assert "Traceback" not in p.stderr and not p.stdout
 
 
+def test_torchs_refusal_is_joined_into_one_line_and_cut_at_240_characters(monkeypatch):
+    """torch wraps its message over lines and lists every valid setting after it: the line
+    keeps its start, joined, and cuts the rest."""
+    import builtins
+
+    from bench.cli import _import_torch
+    from bench.errors import UsageError
+    real_import = builtins.__import__
+    long = "Invalid log settings:\n  junk,\nvalid settings: " + "x" * 500
+    for said, shown in (("short\n  one", "short one"),
+                        (long, " ".join(long.split())[:240] + "...")):
+        def refuse(name, *args, **kwargs):
+            if name == "torch":
+                raise ValueError(said)
+            return real_import(name, *args, **kwargs)
+        monkeypatch.setattr(builtins, "__import__", refuse)
+        with pytest.raises(UsageError) as e:
+            _import_torch()
+        assert str(e.value) == f"cannot start: ValueError: {shown}"
+
+
 def test_readers_work_where_torch_cannot_start(tmp_path):
     """chips, show, compare and plot --terminal do not import torch, so the environment that
     stops torch does not stop them; a figure only the kernels' byte count gives (the ideal of a

@@ -239,20 +239,25 @@ def test_out_where_no_file_can_be_made_is_refused_before_measuring(capsys, out):
     assert not [p for p in os.listdir("/proc") if p.startswith(".decodewall-")]
 
 
-def test_empty_out_is_refused(capsys, out, tmp_path, monkeypatch):
+@pytest.mark.parametrize("given", ["", " "])
+def test_empty_out_is_refused(capsys, out, tmp_path, monkeypatch, given):
     monkeypatch.chdir(tmp_path)
-    line = refused(capsys, out, "run", *GEMV, "--out", "")
+    line = refused(capsys, out, "run", *GEMV, "--out", given)
     assert "--out" in line and "empty" in line
-    assert not list(tmp_path.glob("*.jsonl"))
+    assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob("*/*.jsonl"))
 
 
 # --- 5. empty names -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, expect", [
     (["run", "--suite", ""], "--suite is empty"),
+    (["run", "--suite", " "], "--suite is empty"),
     (["run", "--op", ""], "--op is empty"),
+    (["run", "--op", "\t"], "--op is empty"),
     (["run", "--model", ""], "--model is empty"),
+    (["run", "--model", " "], "--model is empty"),
     (["run", *GEMV, "--chip", ""], "--chip is empty"),
+    (["run", *GEMV, "--chip", " "], "--chip is empty"),
     (["run", *GEMV, "--plugin", ""], "--plugin is empty"),
     (["chips", "--chip", ""], "--chip is empty"),
     (["roof", "--chip", ""], "--chip is empty"),
@@ -355,6 +360,15 @@ def test_malformed_torchrun_variables_are_named(capsys, out, monkeypatch, env, e
     assert expect in refused(capsys, out, "run", "--op", "allreduce", "--shape", "bytes=4096")
 
 
+def test_a_world_size_other_than_torchruns_is_refused(capsys, out, monkeypatch):
+    monkeypatch.setattr("bench.collectives.run_as_rank", None)  # nothing may start the ranks
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+    assert refused(capsys, out, "run", "--op", "allreduce", "--shape", "bytes=4096",
+                   "--world-size", "4").endswith("--world-size 4 but torchrun started 2 ranks")
+
+
 def test_a_failed_torchrun_rendezvous_is_one_line(out):
     """Rank 0 cannot serve the rendezvous (its port is taken): torch's C++ side writes warnings
     and stacks of C++ frames to fd 2 for each try, then raises; the run says it in one line."""
@@ -379,6 +393,60 @@ def test_a_failed_torchrun_rendezvous_is_one_line(out):
 def test_an_empty_shape_field_name_is_named(capsys, out):
     line = refused(capsys, out, "run", "--op", "gemv_bf16", "--shape", "=1,N=8,K=8")
     assert "a field name is empty in '=1'" in line
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "--budget", "fast"], "decodewall: error: argument --budget: invalid choice: 'fast' "
+     "(choose from 'quick', 'normal', 'thorough') (see `decodewall run --help`)"),
+    (["run", "--backend", "jax"], "decodewall: error: unknown backend 'jax'; jax devices run on "
+     "the xla backend (backends: cpu, cuda, xla)"),
+    (["run", "--backend", "ROCm"], "decodewall: error: unknown backend 'ROCm'; rocm devices run "
+     "on the cuda backend (backends: cpu, cuda, xla)"),
+    (["run", "--op", "allreduce", "--world-size", "0"], "decodewall: error: argument "
+     "--world-size: must be 1..4096 ranks, got '0' (see `decodewall run --help`)"),
+])
+def test_a_refusal_names_the_help_or_the_backend_to_use(capsys, out, argv, expect):
+    assert refused(capsys, out, *argv) == expect
+
+
+def test_nothing_to_run_names_three_reasons_and_counts_the_rest(capsys, out, plugin):
+    p = plugin("gpu_only.py", "from kernels import register_impl\n" + "".join(
+        f"@register_impl('gemv_bf16', 'gpu_{i}', backends=['cuda'])\n"
+        f"def gpu_{i}(x, w):\n    return x @ w.T\n" for i in range(5)))
+    argv = [a for i in range(5) for a in ("--impl", f"gpu_{i}")]
+    assert refused(capsys, out, "run", *GEMV, "--plugin", p, *argv).endswith(
+        "nothing to run on cpu: gpu_0 runs on cuda, not cpu; gpu_1 runs on cuda, not cpu; gpu_2 "
+        "runs on cuda, not cpu; and 2 more")
+
+
+def test_a_shape_with_an_empty_field_or_spaces_is_the_shape_it_names():
+    """`M=1,N=8,K=8,` (a trailing comma, a doubled one) and `M = 1, N = 8` are M=1,N=8,K=8."""
+    from bench.cli.common import parse_shape
+    op = OPS["gemv_bf16"]
+    for text in ("M=1,,N=8,K=8,", "M = 1, N =8 ,K= 8"):
+        assert parse_shape(op, text) == op.shape(M=1, N=8, K=8), text
+
+
+def test_without_chip_the_detected_chip_is_judged_against():
+    from backends import lookup_chip
+    from bench.cli.common import resolve_chip
+    assert resolve_chip(None, {"chip": "h100-sxm"}) == lookup_chip("h100-sxm")
+    assert resolve_chip(None, {"chip": None}) is None and resolve_chip(None, {}) is None
+    assert resolve_chip("h200", {"chip": "h100-sxm"}) == lookup_chip("h200")
+
+
+def test_a_roof_the_memory_limit_refuses_is_named_by_its_first_line(monkeypatch):
+    from bench import roofline
+    from bench.cli.common import measured_roof
+    from bench.errors import UsageError
+
+    def refuse(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory\n  at frame 1\n  at frame 2")
+    monkeypatch.setattr(roofline, "measure_roof", refuse)
+    with pytest.raises(UsageError) as e:
+        measured_roof(None, None, None)
+    assert str(e.value) == ("not enough memory to measure the roof (an address-space or memory "
+                            "limit?): DefaultCPUAllocator: can't allocate memory")
 
 
 @pytest.mark.parametrize("argv, expect", [
@@ -460,6 +528,20 @@ def test_a_case_given_twice_is_measured_once(extra):
     cases = resolve_cases(args, SuiteContext("cpu"))
     keys = [(c.shape, c.dtype) for c in cases]
     assert keys and len(keys) == len(set(keys)), keys
+
+
+def test_smoke_shapes_listed_in_two_dtypes_are_one_case_in_the_dtype_asked_for(monkeypatch):
+    import torch
+
+    from bench.cli import parse_args
+    from bench.cli.run import resolve_cases
+    from bench.suites import SuiteContext
+    copy = OPS["copy"]
+    (shape, _), = copy.smoke
+    monkeypatch.setattr(copy, "smoke", ((shape, torch.float32), (shape, torch.bfloat16)))
+    cases = resolve_cases(parse_args(["run", "--op", "copy", "--dtype", "float16"]),
+                          SuiteContext("cpu"))
+    assert [(c.shape, c.dtype) for c in cases] == [(shape, torch.float16)]
 
 
 def test_argument_types_bound_their_values():

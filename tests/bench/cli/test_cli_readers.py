@@ -509,6 +509,8 @@ def test_project_plot_without_extension_gets_png(tmp_path, capsys, mpl):
     (["project", "--model", "llama-3-8b", "--tp", "1" + "0" * 5000], "--tp must be an integer"),
     (["run", "--model", "llama-3-8b", "--ctx", HUGE, "--no-save"], "--ctx must be at most"),
     (["run", "--model", "llama-3-8b", "--batch", "4097", "--no-save"], "--batch must be at most 4096"),
+    (["run", "--model", "llama-3-8b", "--batch", "1e20", "--no-save"],
+     "--batch must be an integer, got '1e20'"),
     # messages
     (["project", "--model", "llama-3-8b", "--kernel-floor-us", "-1"],
      "--kernel-floor-us must be a finite number >= 0"),

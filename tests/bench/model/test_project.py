@@ -188,6 +188,8 @@ def test_project_cli_json_and_from(tmp_path, capsys):
     (["run", "--batch", "2", "--no-save"], "need(s) --model"),
     (["run", "--model", "llama-3-8b", "--op", "gemv_bf16", "--no-save"], "not both"),
     (["run", "--model", "llama-3-8b", "--shape", "M=1", "--no-save"], "(got --model and --shape)"),
+    (["run", "--model", "llama-3-8b", "--suite", "smoke", "--no-save"],
+     "(got --model and --suite)"),
     (["run", "--model", "llama-3-8b", "--ctx", "0", "--no-save"], "--ctx"),
     (["run", "--model", "llama-3-8b", "--dtype", "float32", "--no-save"], "16-bit"),
 ])
