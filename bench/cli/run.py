@@ -336,7 +336,11 @@ def command(args) -> int:
     budget = BUDGETS[budget_name]
 
     err = console(stderr=True)
-    show = sys.stderr.isatty() and not args.no_progress
+    # The bar is drawn on stderr and leaves stdout alone: --json's records go where stdout goes
+    # (rich's default would print them on stderr, folded to the terminal's width). When they go
+    # to the terminal too, their lines are the progress: a bar would be drawn over them.
+    show = sys.stderr.isatty() and not args.no_progress and \
+        not (args.json and sys.stdout is not None and sys.stdout.isatty())
     run_id = new_run_id(backend.name)
     if len(collective) < len(cases):
         with err.status("measuring the roof...", spinner="dots") if show else _null():
@@ -386,7 +390,8 @@ def command(args) -> int:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err, transient=True) as prog:
+                          TimeElapsedColumn(), console=err, transient=True,
+                          redirect_stdout=False) as prog:
                 task = prog.add_task("cases", total=len(cases))
                 for case in cases:
                     prog.update(task, description=f"{case.op} {_short(case.shape)}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.errors import OutputError, RunError, UsageError
 from bench.report.compare import classify
 from tests.helpers import REPO, default_sigint, run_cli
 
@@ -20,6 +21,47 @@ GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128"]
 def out(tmp_path):
     d = tmp_path / "runs"
     return d
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """`run` without worker processes, ranks or roof probes, for what the command does around
+    its cases: each kernel case runs in this process (bench.runner.Runner, as its worker would
+    run it), a collective case not at all, against a fixed 10 GB/s roof. What the run handed its
+    runners and the roof probe is kept in the dict returned."""
+    import bench.collectives as coll
+    import bench.isolation as iso
+    import bench.roofline as rl
+    from bench.runner import Runner
+    from kernels import OPS
+    seen: dict = {"roof_dtypes": [], "cases": [], "runners": []}
+
+    def roof(backend, dtypes, budget):
+        seen["roof_dtypes"].append(dtypes)
+        return rl.Roof("cpu", 10.0, 10.0, 1 << 28)
+    monkeypatch.setattr(rl, "measure_roof", roof)
+    monkeypatch.setattr(rl, "measure_bandwidth", lambda *a, **k: 10.0)
+
+    class InProcess:
+        def __init__(self, ctx, writer, on_record=None, case_timeout=None, plugins=()):
+            self.runner = Runner(ctx, writer, on_record)
+            seen["ctx"] = ctx
+            seen["runners"].append((type(self).__name__, case_timeout, list(plugins)))
+
+        def run_case(self, case):
+            seen["cases"].append(case)
+            return [] if OPS[case.op].collective else self.runner.run_case(case)
+
+        def close(self, now=False):
+            pass
+    monkeypatch.setattr(iso, "IsolatedRunner", type("IsolatedRunner", (InProcess,), {}))
+    monkeypatch.setattr(coll, "CollectiveRunner", type("CollectiveRunner", (InProcess,), {}))
+    return seen
+
+
+def said(err: str) -> list[str]:
+    """stderr's lines but the contention note a busy machine adds to a run."""
+    return [x for x in err.splitlines() if x.strip() and "waited for the CPU" not in x]
 
 
 def bad(capsys, out, *argv):
@@ -356,6 +398,172 @@ def test_run_warm_times_op_cases_from_the_cache(tmp_path, capsys):
     assert rec["verdict"].startswith("in cache")
 
 
+@pytest.mark.parametrize("save, kept", [
+    (True, "no case finished, nothing saved"),
+    (False, "0 finished case(s) shown, none saved (--no-save)")])
+def test_ctrl_c_before_any_case_finished_says_nothing_was_kept(in_process, monkeypatch, capsys,
+                                                              tmp_path, save, kept):
+    from bench.runner import Runner
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: signal.raise_signal(signal.SIGINT))
+    out = tmp_path / "runs"
+    assert main(["run", *GEMV, "--no-progress", *(["--out", str(out)] if save else ["--no-save"])
+                 ]) == 130
+    assert said(capsys.readouterr().err) == [f"decodewall: interrupted; {kept}"]
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_run_records_and_hands_its_runners_what_was_asked_for(in_process, capsys, monkeypatch,
+                                                                tmp_path):
+    """--seed and the command line (quoted as a shell takes it) in each record; --impl, --dtype
+    in what runs and in the roof probe; --case-timeout and --plugin to both runners; and the
+    defaults where none is given."""
+    import torch
+
+    from bench import isolation
+    from bench.case import DEFAULT_CASE_TIMEOUT_S
+    monkeypatch.setattr(isolation, "preflight_plugins", lambda paths: None)
+    plugin = tmp_path / "nothing_new.py"
+    plugin.write_text("")
+    out = tmp_path / "my runs"
+    argv = ["run", *GEMV, "--dtype", "float32", "--impl", "torch_matmul", "--seed", "7",
+            "--case-timeout", "9", "--plugin", str(plugin), "--budget", "quick", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    (f,) = out.iterdir()
+    (rec,) = [json.loads(x) for x in f.read_text().splitlines()]
+    assert (rec["impl"], rec["dtype"], rec["seed"]) == ("torch_matmul", "float32", 7)
+    assert rec["command"] == (f"decodewall run --op gemv_bf16 --shape M=1,N=64,K=128 --dtype "
+                              f"float32 --impl torch_matmul --seed 7 --case-timeout 9 --plugin "
+                              f"{plugin} --budget quick --no-progress --out '{out}'")
+    assert in_process["runners"] == [("IsolatedRunner", 9.0, [str(plugin)]),
+                                     ("CollectiveRunner", 9.0, [str(plugin)])]
+    assert in_process["roof_dtypes"] == [[torch.float32]]
+    capsys.readouterr()
+    in_process["runners"].clear()
+    assert main(["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--json",
+                 "--no-save"]) == 0
+    (rec,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert (rec["dtype"], rec["seed"]) == ("bfloat16", 0)
+    assert in_process["runners"] == [("IsolatedRunner", DEFAULT_CASE_TIMEOUT_S, []),
+                                     ("CollectiveRunner", DEFAULT_CASE_TIMEOUT_S, [])]
+
+
+def emitting(**fields):
+    """A Runner.run_case that times nothing: one torch_matmul record of the case, judged against
+    the run's roof of the moment, with `fields`."""
+    from bench.runner import base_record
+    from kernels import OPS
+
+    def run_case(self, case):
+        rec = {**base_record(self.ctx, case, OPS[case.op].impls["torch_matmul"]), **fields}
+        return [self._emit(rec)]
+    return run_case
+
+
+def test_a_case_timed_above_the_roof_gets_the_next_case_a_fresh_reading(in_process, monkeypatch,
+                                                                       capsys):
+    """RoofTracker.saw: a cold case above its reading makes the next reading due, however young;
+    each record keeps the roof it was judged against."""
+    import bench.roofline as rl
+    from bench.runner import Runner
+    monkeypatch.setattr(rl, "remeasure_bandwidth",
+                        lambda backend, roof, budget=None: rl.Roof("cpu", 1.0, 20.0, 1 << 28))
+    monkeypatch.setattr(Runner, "run_case", emitting(status="ok", cold=True, pct_roof=150.0))
+    assert main(["run", *GEMV, "--shape", "M=2,N=64,K=128", "--impl", "torch_matmul", "--budget",
+                 "normal", "--json", "--no-save"]) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["roof_gbps"] for r in recs] == [10.0, 20.0]
+
+
+def test_under_the_progress_bar_too_each_case_gets_the_latest_roof(in_process, monkeypatch,
+                                                                   capsys, tmp_path):
+    """Drawing the bar, the run still takes a fresh reading when one is due (here before every
+    case) and judges the case against it."""
+    import bench.roofline as rl
+    from bench.runner import Runner
+    monkeypatch.setattr(rl, "ROOF_REFRESH_S", 0.0)
+    gbps = iter([20.0, 30.0])
+    monkeypatch.setattr(rl, "remeasure_bandwidth",
+                        lambda backend, roof, budget=None: rl.Roof("cpu", 1.0, next(gbps), 1 << 28))
+    monkeypatch.setattr(Runner, "run_case", emitting(status="ok", cold=False, pct_roof=None))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    out = tmp_path / "runs"
+    assert main(["run", *GEMV, "--shape", "M=2,N=64,K=128", "--impl", "torch_matmul", "--budget",
+                 "normal", "--out", str(out)]) == 0
+    (f,) = out.iterdir()
+    assert [json.loads(x)["roof_gbps"] for x in f.read_text().splitlines()] == [20.0, 30.0]
+
+
+TINY_MODEL = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+              "model_type": "llama"}
+
+
+def test_run_model_says_why_its_kernels_were_not_run_and_prints_the_step_as_json(
+        in_process, monkeypatch, capsys, tmp_path):
+    """A run cut short (a worker that cannot start) says so in the step's table; --json ends
+    with the step as {"step": ...}."""
+    from bench.runner import Runner
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY_MODEL))
+
+    def cannot_start(self, case):
+        raise RunError("the case worker ended at start (exit code 3)")
+    monkeypatch.setattr(Runner, "run_case", cannot_start)
+    assert main(["run", "--model", str(cfg), "--no-save", "--budget", "quick"]) == 1
+    cap = capsys.readouterr()
+    assert "measured step: unknown — not run (the run stopped): qkv, o, gate_up, down, " \
+        "attention, lm_head\n" in cap.out, cap.out
+    assert said(cap.err) == ["decodewall: error: the case worker ended at start (exit code 3); "
+                             "0 finished case(s) shown, none saved (--no-save)"]
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
+    assert main(["run", "--model", str(cfg), "--no-save", "--budget", "quick", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    step = json.loads(line)["step"]
+    assert (step["batch"], step["ctx"], step["weights"], step["kv"]) == (1, 4096, "bf16", "bf16")
+    assert step["not_run"] == ["qkv", "o", "gate_up", "down", "attention", "lm_head"]
+
+
+@pytest.mark.parametrize("argv, budget", [
+    (["--suite", "smoke"], "quick"), (["--suite", "smoke", "--budget", "thorough"], "thorough"),
+    (GEMV, "normal")])
+def test_the_smoke_suite_is_timed_quick_and_anything_else_normal_by_default(
+        in_process, monkeypatch, capsys, argv, budget):
+    from bench.runner import Runner
+    from bench.timing import BUDGETS
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: [])  # the budget alone matters
+    assert main(["run", *argv, "--no-save", "--no-progress"]) == 0
+    assert in_process["ctx"].budget == BUDGETS[budget]
+
+
+@pytest.mark.parametrize("flag, stdout_tty, shown", [
+    ([], False, True), ([], True, True), (["--no-progress"], False, False),
+    (["--json"], False, True), (["--json"], True, False)])
+def test_progress_is_shown_on_a_terminal_unless_no_progress(in_process, monkeypatch, capsys,
+                                                            flag, stdout_tty, shown):
+    """The bar is drawn on a terminal's stderr, but not over --json's records on the terminal:
+    their lines are the progress there."""
+    import rich.progress
+    from bench.runner import Runner
+    bars, add_task = [], rich.progress.Progress.add_task
+    monkeypatch.setattr(rich.progress.Progress, "add_task", lambda self, what, total: bars.append(
+        (what, total)) or add_task(self, what, total=total))
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty)
+    assert main(["run", *GEMV, "--shape", "M=2,N=64,K=128", "--no-save", *flag]) == 0
+    assert bars == ([("cases", 2)] if shown else [])
+
+
+def test_the_roof_is_not_measured_for_collectives_alone(in_process, monkeypatch, capsys):
+    """Collectives are judged against the chip's links: a run of them alone probes no memory."""
+    monkeypatch.setattr("bench.collectives.max_world_size", lambda backend: 8)
+    assert main(["run", "--op", "allreduce", "--shape", "bytes=4096", "--no-save",
+                 "--no-progress"]) == 0
+    assert [c.op for c in in_process["cases"]] == ["allreduce"]
+    assert in_process["roof_dtypes"] == [] and in_process["ctx"].roof.gbps == 0.0
+
+
 def test_run_warm_refuses_a_model_step(capsys, tmp_path):
     out = tmp_path / "runs"
     assert "timed cold" in bad(capsys, out, "run", "--model", "llama-3-8b", "--warm", "--out", str(out))
@@ -599,6 +807,32 @@ def test_an_oserror_not_of_stdout_is_not_called_an_output_error(capsys, monkeypa
     assert capsys.readouterr().err.startswith("decodewall: internal error at test_cli.py:")
 
 
+@pytest.mark.parametrize("raised, status, line", [
+    (UsageError("no such thing"), 2, "decodewall: error: no such thing"),
+    (RunError("the case worker ended at start"), 1,
+     "decodewall: error: the case worker ended at start"),
+    (OutputError("No space left on device"), 1,
+     "decodewall: error: cannot write the output: No space left on device"),
+    (BrokenPipeError(), 0, ""),  # the reader went away (`| head`): quietly
+    (KeyboardInterrupt(), 130, "decodewall: interrupted"),
+    (ValueError("first line\nsecond line"), 1,
+     "decodewall: internal error at test_cli.py:{line}: ValueError: first line"),
+], ids=["usage", "run", "output", "pipe", "ctrl-c", "bug"])
+def test_each_way_a_command_ends_has_its_exit_status_and_one_line(capsys, monkeypatch, raised,
+                                                                  status, line):
+    """bench/errors.py: bad input 2, a run that could not go on 1, stdout refused 1, a closed
+    pipe 0 and nothing said, Ctrl-C 130; a bug of ours 1, saying where it was raised and the
+    first line of its message."""
+    from bench.cli import chips
+
+    def ends(args):
+        raise raised
+    monkeypatch.setattr(chips, "command", ends)
+    assert main(["chips"]) == status
+    line = line.format(line=ends.__code__.co_firstlineno + 1)
+    assert capsys.readouterr().err == (line + "\n" if line else "")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_output_that_cannot_be_written(tmp_path):
     """A table to a closed pipe (`| head`) ends quietly with 0, as --json does, not with rich's
@@ -770,3 +1004,17 @@ def test_sigterm_and_sighup_end_a_run_as_ctrl_c_does(capsys, monkeypatch, tmp_pa
         signal.signal(sig, before)
     assert capsys.readouterr().err.splitlines() == [
         f"decodewall: {said}; 1 finished case(s) shown, none saved (--no-save)"]
+
+
+def test_json_records_go_to_stdout_while_the_progress_bar_is_on_a_terminal(capsys, monkeypatch):
+    """`decodewall run --json > records.jsonl` typed at a terminal: the progress bar is drawn on
+    stderr, and the records still go to stdout, one JSON object a line (rich's Progress would
+    send what is printed meanwhile to its own console, stderr, folded at the terminal's width)."""
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof("cpu", 10.0, 10.0, 1 << 28))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--json",
+                 "--no-save"]) == 0
+    cap = capsys.readouterr()
+    assert [json.loads(x)["impl"] for x in cap.out.splitlines()] == ["torch_matmul"]
+    assert '"impl"' not in cap.err
