@@ -41,7 +41,9 @@ class ResultsWriteError(RunError):
 
 
 def new_run_id(backend: str) -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{backend}-{secrets.token_hex(2)}"
+    """The start time in UTC, the backend, 16 random bits: name order is time order (what `show`
+    with no file relies on) whatever the machine's time zone, and across a clock change."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{backend}-{secrets.token_hex(2)}"
 
 
 def git_commit() -> str | None:
@@ -67,7 +69,8 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of what shapes the numbers, read from package metadata (nothing heavy imported)."""
+    """Versions of what shapes the numbers: package metadata, then torch's own version and CUDA
+    version from an import of torch (its __version__ names the build, e.g. 2.13.0+cpu)."""
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
     for pkg in ("torch", "triton", "numpy", "jax", "jaxlib", "torchax", "libtpu", "decodewall"):
         try:

@@ -223,17 +223,27 @@ def _record(impl: str) -> dict:
             "time_s": None}
 
 
-def test_a_run_id_starts_with_its_time_then_its_backend():
+@pytest.mark.parametrize("tz", ["UTC", "JST-9", "EST+5"])
+def test_a_run_id_starts_with_its_time_then_its_backend(monkeypatch, tz):
     """`show` with no file picks the last name in results/runs: the run id (the file's name) must
-    start with the time, to the second, so that name order is time order."""
+    start with the time, to the second, in UTC, so that name order is time order on machines in
+    any time zone and across a change of the local clock."""
     import datetime
     import re
+    import time
 
     from bench.results import new_run_id
-    rid = new_run_id("cuda")
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        rid = new_run_id("cuda")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert re.fullmatch(r"\d{8}-\d{6}-cuda-[0-9a-f]{4}", rid), rid
     started = datetime.datetime.strptime(rid[:15], "%Y%m%d-%H%M%S")
-    assert abs((datetime.datetime.now() - started).total_seconds()) < 60
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert abs((now - started).total_seconds()) < 60
 
 
 def test_versions_name_the_python_release_and_cuda():
