@@ -226,3 +226,37 @@ def test_readme_ops_table_lists_every_impl():
     peers = [i for op in OPS.values() for i, impl in op.impls.items() if impl.fn.__module__.endswith(".peers")]
     extras = text[text.index("`.[peers]`"):].split("\n\n")[0]
     assert [p for p in peers if f"`{p}`" not in extras] == []
+
+
+def _verdicts() -> set[str]:
+    """Every verdict the code gives, found by judging a grid of cases: bench.roofline.judge over
+    times from far below to far above a roof (memory- and compute-bound, cold and in cache), and
+    bench.collectives.judge over bus bandwidths with and without a link figure."""
+    import torch
+    from bench import collectives
+    from bench.roofline import Roof, judge
+    roof = Roof("cpu", 10.0, 10.0, 0, matmul_tflops={"float32": 1.0},
+                compute_dtype={"float32": "float32"})
+    found = set()
+    for nbytes in (100, 10**6):
+        for ai in (0, 1, 1000):  # FLOP/B: under and past the ridge (100 FLOP/B)
+            for median_s in (1e-6, 1e-5, 1e-4, 1e-3, 1.0):
+                for in_cache in (False, True):
+                    found.add(judge(nbytes, ai * nbytes, median_s, roof, torch.float32, 5e-5,
+                                    in_cache=in_cache).verdict)
+    for busbw, link, n in ((90.0, 100.0, 2), (10.0, 100.0, 2), (10.0, None, 2), (0.0, 100.0, 1)):
+        found.add(collectives.judge(busbw, link, n)[1])
+    return found
+
+
+def test_measurement_names_every_verdict():
+    """measurement.md names each verdict the code gives, as the table shows it: the words before
+    a parenthesis, or before the colon of one that says why it is not judged."""
+    text = " ".join((ROOT / "docs" / "measurement.md").read_text().split())
+    verdicts = _verdicts()
+    assert len(verdicts) >= 12, verdicts  # the grid reaches each of the twelve
+    for v in sorted(verdicts):
+        name = v.split(" (")[0]
+        if ": not judged" in name or name.startswith("not judged"):
+            name = name.split(":")[0]
+        assert name in text, f"measurement.md does not name the verdict {v!r}"

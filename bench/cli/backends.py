@@ -50,5 +50,6 @@ def command(args) -> int:
 
 def add_parser(sub) -> None:
     b = sub.add_parser("backends", help="which backends are available here, and why not")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true",
+                   help="one JSON object per backend (with the versions), no table")
     b.set_defaults(func=command)

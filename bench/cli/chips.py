@@ -26,5 +26,5 @@ def add_parser(sub) -> None:
     c.add_argument("--chip", action="append",
                    help="only this chip, with each link figure's source (case-insensitive id; "
                         "repeatable)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="one JSON object per chip, no table")
     c.set_defaults(func=command)

@@ -282,9 +282,10 @@ def add_parser(sub) -> None:
                    help=f"fraction of datasheet memory bandwidth reached, {MIN_EFFICIENCY:g} to 1 "
                    "(default 1.0)")
     p.add_argument("--from", dest="from_", metavar="RESULTS.jsonl", type=given,
-                   help="a results file: measured %% of roof sets the efficiency (then give no "
-                        "--efficiency); measured allreduce records set the link cost of the "
-                        "chip they ran on")
+                   help="a results file: the median %% of datasheet bandwidth its best impls "
+                        "reached (%% of the measured roof where a record has no datasheet) sets "
+                        "the efficiency (then give no --efficiency); measured allreduce records "
+                        "set the link cost of the chip they ran on")
     p.add_argument("--tp", type=whole("--tp", MAX_CHIPS, "chips"), action="append", metavar="N",
                    help="tensor-parallel degree (repeatable: one row each); it must divide "
                    "the model's query heads and intermediate size and divide or be a multiple of "

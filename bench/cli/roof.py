@@ -28,8 +28,9 @@ def command(args) -> int:
 
 def add_parser(sub) -> None:
     ro = sub.add_parser("roof", help="measure copy/read bandwidth and matmul rate")
-    ro.add_argument("--backend")
-    ro.add_argument("--chip")
-    ro.add_argument("--json", action="store_true")
-    ro.add_argument("--budget", choices=["quick", "normal", "thorough"])
+    ro.add_argument("--backend", help="cpu | cuda | xla (default: cuda if present, else cpu)")
+    ro.add_argument("--chip", help="catalog id whose datasheet peak is shown (default: detected)")
+    ro.add_argument("--json", action="store_true", help="one JSON object, no table")
+    ro.add_argument("--budget", choices=["quick", "normal", "thorough"],
+                    help="timing budget of the probes (default: normal)")
     ro.set_defaults(func=command)

@@ -662,7 +662,8 @@ def add_parser(sub) -> None:
     r.add_argument("--warm", action="store_true",
                    help="time every case warm: one input set, no flush, so a working set the "
                         "cache holds is read from it (not judged against the DRAM roof)")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (drawn on stderr when it is a terminal)")
     r.add_argument("--list", action="store_true", help="list suites and ops, then exit")
     g = r.add_argument_group("model decode step (instead of --suite/--op)")
     add_step_args(g, model_required=False)

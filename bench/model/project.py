@@ -1,7 +1,8 @@
 """Projection of a decode step onto catalog chips: bandwidth, compute, capacity and the split.
 
 One chip: the step's bytes at the datasheet bandwidth times an efficiency (given, or the median %
-of roof the best kernels reached in a results file) give the memory-bound step time; its FLOPs at
+of datasheet bandwidth the best kernels reached in a results file, % of the measured roof for a
+record without a datasheet figure) give the memory-bound step time; its FLOPs at
 the dense BF16 datasheet rate give the compute-bound time (weight-only INT8/INT4 dequantize to
 bf16, so bf16 is the rate that applies); the larger binds.
 

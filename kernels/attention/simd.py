@@ -85,7 +85,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
 @register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=validate)
 def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Hand-written AVX2 C kernel: one fp32 online-softmax pass per (sequence, KV head[, split])."""
+    """Hand-written AVX2 C kernel: one fp32 online-softmax pass per (sequence[, token split]),
+    every KV head of each block in turn."""
     return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
                                                out=out)
 
