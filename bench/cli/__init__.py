@@ -214,12 +214,26 @@ class _Output:
         return getattr(self._stream, name)
 
 
+# What an ASCII output gets for the characters of our own texts whose '?' would lose meaning
+# ("21.6 ?s": µs, ms or s?), one character for one so that table columns stay aligned
+ASCII_FOR = {"µ": "u", "—": "-", "–": "-", "×": "x"}
+
+
+def _transliterate(e: UnicodeError) -> tuple[str, int]:
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(ASCII_FOR.get(c, "?") for c in e.object[e.start:e.end]), e.end
+
+
 def _replace_unencodable() -> None:
     """Print what the output's encoding cannot hold (µs, —, box lines and names under
-    PYTHONIOENCODING=ascii or a C locale) as '?' instead of failing with UnicodeEncodeError."""
+    PYTHONIOENCODING=ascii or a C locale) as '?' (µ as 'u': ASCII_FOR) instead of failing with
+    UnicodeEncodeError."""
+    import codecs
+    codecs.register_error("decodewall-replace", _transliterate)
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(errors="replace")
+            stream.reconfigure(errors="decodewall-replace")
         except (AttributeError, ValueError, OSError):  # not a TextIOWrapper, or closed
             pass
 

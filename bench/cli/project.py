@@ -191,7 +191,9 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     t = Table(header_style="bold")
     for col in ("chip", "mem BW GB/s", "mem-bound step", "compute-bound step", "binds",
                 "tok/s (1 chip)", "memory GB", "chips to hold", "tok/s a sequence on those (tp×pp)"):
-        t.add_column(col, justify="left" if col in ("chip", "binds") else "right")
+        # a chip's id folds rather than end in "…": h100-sxm and h100-pcie were both "h100-…"
+        t.add_column(col, justify="left" if col in ("chip", "binds") else "right",
+                     overflow="fold" if col == "chip" else "ellipsis")
     unk = "[dim]unknown[/]"
     for p in projs:
         none_holds = p.capacity_gb is not None and p.chips_needed is None
@@ -243,35 +245,61 @@ def missing_figures(p) -> str | None:
     return f"no datasheet {named} in the catalog: {'; '.join(effects)}"
 
 
+# the splits table's columns a narrow terminal loses first, in this order (the step's parts),
+# so that the rest keep whole numbers: rich cuts a cell narrower than its number to "4…", and
+# at 40 columns it left every cell of the table empty
+SPLIT_DROPS = ("hops", "of which floors", "all-reduces", "kernels", "GB a chip", "tok/s (batch)")
+
+
 def _print_splits(step: Step, rows, from_records: bool = False) -> None:
     from rich.table import Table
-    from ..report.table import console, fmt_time, plain
+    from rich.text import Text
+    from ..report.table import console, fmt_time, least_width, plain
     unk = "[dim]unknown[/]"
-    t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
-    for col in ("chip", "tp", "pp", "chips", "GB a chip", "holds", "kernels", "of which floors",
-                "all-reduces", "hops", "step", "tok/s a sequence", "tok/s (batch)"):
-        t.add_column(col, justify="left" if col == "chip" else "right")
+    cols = [(col, "left" if col == "chip" else "right") for col in (
+        "chip", "tp", "pp", "chips", "GB a chip", "holds", "kernels", "of which floors",
+        "all-reduces", "hops", "step", "tok/s a sequence", "tok/s (batch)")]
+    cells = []
     for p, s in rows:
         ub = "≤ " if s.upper_bound else ""
-        t.add_row(plain(s.chip), str(s.tp), str(s.pp), str(s.chips),
-                  f"{s.chip_resident_bytes / 1e9:.3g}",
-                  {True: "yes", False: "[red]no[/]", None: unk}[s.holds],
-                  fmt_time(s.kernel_time_s) if s.kernel_time_s is not None else unk,
-                  fmt_time(s.floor_time_s),
-                  fmt_time(s.collective_time_s) if s.collective_time_s is not None else unk,
-                  fmt_time(s.hop_time_s) if s.hop_time_s is not None else unk,
-                  fmt_time(s.step_time_s) if s.step_time_s else unk,
-                  ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
-                  ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk)
+        cells.append([plain(s.chip), str(s.tp), str(s.pp), str(s.chips),
+                      f"{s.chip_resident_bytes / 1e9:.3g}",
+                      {True: "yes", False: "[red]no[/]", None: unk}[s.holds],
+                      fmt_time(s.kernel_time_s) if s.kernel_time_s is not None else unk,
+                      fmt_time(s.floor_time_s),
+                      fmt_time(s.collective_time_s) if s.collective_time_s is not None else unk,
+                      fmt_time(s.hop_time_s) if s.hop_time_s is not None else unk,
+                      fmt_time(s.step_time_s) if s.step_time_s else unk,
+                      ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
+                      ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk])
+    out = console()
+    shown = [[c if isinstance(c, Text) else Text.from_markup(c).plain for c in r] for r in cells]
+    keep, dropped = list(range(len(cols))), []
+    for name in SPLIT_DROPS:
+        if least_width(cols, shown, keep) <= out.width:
+            break
+        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
+        dropped.append(name)
+    t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
+    for k in keep:
+        t.add_column(cols[k][0], justify=cols[k][1],
+                     overflow="fold" if cols[k][0] == "chip" else "ellipsis")
+    for r in cells:
+        t.add_row(*[r[k] for k in keep])
     t.caption = ("GB a chip: what the fullest chip holds; pipeline stages add at batch 1; ≤: the "
                  "link latency is unknown, only the collective's bandwidth term is charged, or tp "
                  "spans more chips than the fabric's group, and the all-reduce crosses a slower "
                  "link. Link figures: the catalog, or measured allreduce records of that chip "
                  "given with --from.")
+    if dropped:
+        fits = least_width(cols, shown, keep) <= out.width
+        t.caption += (f" {', '.join(dropped)} left out to fit {out.width} columns" if fits else
+                      f" {', '.join(dropped)} left out, and {out.width} columns are still too "
+                      "few: numbers may be cut") + " (--json has every field)."
     if from_records:  # which link figures each chip's rows took: measured ones, or why not
         sources = dict.fromkeys((s.chip, s.link_source) for _, s in rows)
         t.caption += "".join(f"\n{chip} links: {src}" for chip, src in sources)
-    console().print(t)
+    out.print(t)
 
 
 def add_parser(sub) -> None:

@@ -338,8 +338,10 @@ def command(args) -> int:
     err = console(stderr=True)
     # The bar is drawn on stderr and leaves stdout alone: --json's records go where stdout goes
     # (rich's default would print them on stderr, folded to the terminal's width). When they go
-    # to the terminal too, their lines are the progress: a bar would be drawn over them.
-    show = sys.stderr.isatty() and not args.no_progress and \
+    # to the terminal too, their lines are the progress: a bar would be drawn over them. A
+    # terminal rich will not redraw (TERM=dumb: Emacs, some CI logs; TTY_INTERACTIVE=0) gets
+    # no bar from it, only a blank line on stderr where the bar ended.
+    show = sys.stderr.isatty() and err.is_interactive and not args.no_progress and \
         not (args.json and sys.stdout is not None and sys.stdout.isatty())
     run_id = new_run_id(backend.name)
     if len(collective) < len(cases):
@@ -389,9 +391,14 @@ def command(args) -> int:
         if show:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn)
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err, transient=True,
-                          redirect_stdout=False) as prog:
+            from rich.table import Column
+            # The line's width is shared out: a case's description (as long as its shape) is
+            # cut with "…" where it does not fit, never the count and the time ("0/…", "0:00…")
+            with Progress(TextColumn("{task.description}", table_column=Column(
+                              ratio=2, no_wrap=True, overflow="ellipsis")),
+                          BarColumn(bar_width=None, table_column=Column(ratio=1)),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+                          redirect_stdout=False, expand=True) as prog:
                 task = prog.add_task("cases", total=len(cases))
                 for case in cases:
                     prog.update(task, description=f"{case.op} {_short(case.shape)}")
@@ -618,6 +625,13 @@ def list_everything(args) -> int:
     for n in args.impl or []:
         if n not in impls:
             raise UsageError(f"unknown impl {n!r}{suggest(n, sorted(set(impls)))}")
+    if args.json:  # one object a line, as everything --json prints: a suite's, then an op's
+        import json
+        for name, (_, doc) in SUITES.items():
+            print(json.dumps({"suite": name, "doc": doc}))
+        for name, op in OPS.items():
+            print(json.dumps({"op": name, "impls": list(op.impls)}))
+        return 0
     print("suites:")
     for name, (_, doc) in SUITES.items():
         print(f"  {name:14s} {doc}")

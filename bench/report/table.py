@@ -130,13 +130,13 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
     keep = list(range(len(cols)))
     dropped = []
     for name in NARROW_DROPS:
-        if width is None or _least_width(cols, rows, keep) <= width:
+        if width is None or least_width(cols, rows, keep) <= width:
             break
         keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
         dropped.append(name)
     caption = None
     if dropped:
-        fits = _least_width(cols, rows, keep) <= width
+        fits = least_width(cols, rows, keep) <= width
         caption = (f"{', '.join(dropped)} left out to fit {width} columns" if fits else
                    f"{', '.join(dropped)} left out, and {width} columns are still too few: "
                    "numbers may be cut") + " (--json has every field)"
@@ -148,7 +148,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
     return t
 
 
-def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
+def least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
     """Characters the table needs with every number whole: each number column as wide as its
     widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column
     of border and padding, 1 more for the last border."""
@@ -189,13 +189,18 @@ def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) ->
     return t
 
 
+CHIP_FIGURES = ("mem BW GB/s", "memory GB", "BF16 TFLOP/s", "FP8 TFLOP/s", "INT8 TOP/s", "TDP W")
+
+
 def chips_table(chips: Iterable[Chip], detail: bool = False) -> Table:
     """The catalog; detail=True (chips asked for by id) adds each interconnect figure's source."""
     t = Table(title="chip catalog (datasheet peaks, dense; '-' = not published)",
               header_style="bold", show_lines=False)
     for col in ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",
                 "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "chip-to-chip", "source"):
-        t.add_column(col, overflow="fold")
+        # a figure wider than its column is cut with "…", never folded: at 70 columns 3350
+        # GB/s folded into "335" over "0"
+        t.add_column(col, overflow="ellipsis" if col in CHIP_FIGURES else "fold")
     for c in chips:
         t.add_row(c.id, c.name, fmt_num(c.mem_bw_gbps, 0), fmt_num(c.mem_gb, 0) +
                   (f" {c.mem_type}" if c.mem_gb is not None else ""), c.sram,

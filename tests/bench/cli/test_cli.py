@@ -1,6 +1,7 @@
 """The CLI through its real entry point: bad input is one stderr line + exit 2 and no file."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -551,8 +552,48 @@ def test_progress_is_shown_on_a_terminal_unless_no_progress(in_process, monkeypa
     monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty)
+    monkeypatch.setenv("TERM", "xterm")  # a terminal that redraws, whatever runs the tests
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
     assert main(["run", *GEMV, "--shape", "M=2,N=64,K=128", "--no-save", *flag]) == 0
     assert bars == ([("cases", 2)] if shown else [])
+
+
+def test_a_dumb_terminal_gets_no_bar_and_no_blank_line(in_process, monkeypatch, capsys):
+    """TERM=dumb (Emacs' shell, some CI logs) cannot redraw a line, and TTY_INTERACTIVE=0 asks
+    rich not to: rich drew no bar there but the run started one all the same, and its end left
+    an empty line on stderr."""
+    import rich.progress
+    from bench.runner import Runner
+    bars, add_task = [], rich.progress.Progress.add_task
+    monkeypatch.setattr(rich.progress.Progress, "add_task", lambda self, what, total: bars.append(
+        (what, total)) or add_task(self, what, total=total))
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    for env in ({"TERM": "dumb"}, {"TERM": "xterm", "TTY_INTERACTIVE": "0"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert main(["run", *GEMV, "--shape", "M=2,N=64,K=128", "--no-save"]) == 0
+        assert bars == [], env
+        assert "" not in capsys.readouterr().err.splitlines(), env
+
+
+def test_the_bar_keeps_its_count_on_an_80_column_terminal(in_process, monkeypatch, capsys):
+    """A case's description is as long as its shape: the decode suite's attention case on the
+    CPU took the whole of an 80-column line, and the bar showed "0/…" and "0:00…". The
+    description is cut with "…" instead; the count and the time stay whole."""
+    from bench.runner import Runner
+    monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["run", "--op", "paged_attention", "--shape",
+                 "B=8,Hq=32,Hkv=8,D=128,context=4096,block_size=16", "--no-save"]) == 0
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)
+    drawn = [x for x in re.split(r"[\r\n]", err) if x.startswith("paged_attention B=8")]
+    assert drawn and all(re.search(r" [01]/1 0:00:\d\d\s*$", x) for x in drawn), drawn
+    assert all(len(x.rstrip()) <= 80 for x in drawn), drawn
 
 
 def test_the_roof_is_not_measured_for_collectives_alone(in_process, monkeypatch, capsys):

@@ -1,0 +1,133 @@
+"""What the commands print as a terminal, a pipe or a file of a given width and encoding takes
+it: figures whole (or cut with "…", never folded into another number), units kept in ASCII, and
+--json's stdout JSON whatever else is asked for."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from bench.cli import main
+from tests.bench.cli.test_show import records
+from tests.bench.cli.test_cli_readers import write
+from tests.helpers import run_cli
+
+# the catalog columns that hold figures, and each one's cells in `chips` order
+FIGURES = {"mem BW GB/s": ("mem_bw_gbps", 0), "BF16 TFLOP/s": ("bf16_tflops", 1),
+           "FP8 TFLOP/s": ("fp8_tflops", 1), "INT8 TOP/s": ("int8_tops", 1),
+           "TDP W": ("tdp_w", 0)}
+
+
+def body_cells(out: str, column: int) -> list[str]:
+    """Column `column`'s cell on each body line of the (first) table in `out`, stripped; each
+    line of a row that wraps is its own cell."""
+    lines = out.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("┡"))
+    cells = []
+    for x in lines[start + 1:]:
+        if x.startswith("└"):
+            break
+        cells.append(x.split("│")[column + 1].strip())
+    return cells
+
+
+@pytest.mark.parametrize("columns", [60, 70, 80])
+def test_chip_figures_are_whole_or_cut_with_an_ellipsis_never_folded(columns, capsys,
+                                                                     monkeypatch):
+    """The catalog's cells folded: at 70 columns H100's 3350 GB/s showed as "335" over "0", and
+    its 1979.0 INT8 TOP/s as "197" over "9.0". A figure too wide for its column ends in "…"."""
+    from backends import load_catalog
+    from bench.report.table import fmt_num
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["chips"]) == 0
+    out = capsys.readouterr().out
+    header = ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",
+              "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "chip-to-chip", "source")
+    for col, (field, nd) in FIGURES.items():
+        whole = {fmt_num(getattr(c, field), nd) for c in load_catalog().values()}
+        for cell in body_cells(out, header.index(col)):
+            assert not cell or cell in whole or cell.endswith("…"), (columns, col, cell)
+
+
+def splits(out: str) -> str:
+    return out[out.index("splits: one token's step"):]
+
+
+def test_project_splits_keep_their_figures_whole_on_an_80_column_terminal(capsys, monkeypatch):
+    """At 80 columns the splits table cut every figure ("74…" tok/s, "13…" ms) and both chip
+    ids to "h1…": the step's parts (hops, floors, all-reduces, kernels) go first, and the
+    caption says so."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "h100-sxm",
+                 "--tp", "1", "--tp", "8"]) == 0
+    out = splits(capsys.readouterr().out)
+    assert all(len(x) <= 80 for x in out.splitlines())
+    for figure in ("h100-sxm", "40.4", "5.05", "13.44", "74.4", "227"):
+        assert figure in out, figure
+    assert "left out to fit 80 columns (--json has every field)" in " ".join(out.split())
+
+
+def test_project_splits_at_40_columns_are_not_an_empty_grid(capsys, monkeypatch):
+    """13 columns in 40: rich gave each a width of 0, and the table was borders around empty
+    cells, with no sign that anything was cut."""
+    monkeypatch.setenv("COLUMNS", "40")
+    assert main(["project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "h100-sxm",
+                 "--tp", "1", "--tp", "8"]) == 0
+    out = splits(capsys.readouterr().out)
+    shown = [c for k in range(3) for c in body_cells(out, k) if c]
+    assert shown, out
+    assert "numbers may be cut" in " ".join(out.split())
+
+
+def test_project_tells_chips_apart_on_an_80_column_terminal(capsys, monkeypatch):
+    """h100-sxm and h100-pcie were both "h100-…": a chip's id folds over lines instead."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["project", "--model", "llama-3-70b", "--weights", "int4"]) == 0
+    out = capsys.readouterr().out
+    ids = [c for c in body_cells(out, 0) if c]
+    assert not any(c.endswith("…") for c in ids), ids
+    assert "h100-sxm" in "".join(ids) and "h100-pcie" in "".join(ids), ids
+
+
+def test_an_ascii_output_keeps_the_time_unit(tmp_path):
+    """PYTHONIOENCODING=ascii (or a terminal that says it is ASCII): what the encoding cannot
+    hold was printed as '?', and 58.9 µs read "58.9 ?s": µs, ms or s? µ prints as u, one
+    character for one, so the columns stay aligned."""
+    path = write(tmp_path / "r.jsonl", {**records()[0], "time_s": {
+        "median": 58.9e-6, "p25": 50e-6, "p75": 70e-6, "min": 40e-6, "n": 200}})
+    p = run_cli("show", str(path), timeout=60, env={"PYTHONIOENCODING": "ascii"})
+    assert p.returncode == 0 and not p.stderr, p.stderr[-2000:]
+    assert "58.9 us" in p.stdout and "?s" not in p.stdout, p.stdout
+    widths = {len(x) for x in p.stdout.splitlines() if x.startswith(("|", "+"))}
+    assert len(widths) == 1, widths
+
+
+def test_run_list_json_prints_json(capsys):
+    """`run --list --json` printed the text list: `... | jq` failed on its first line. Each
+    suite and op is one JSON object a line, as everything --json prints."""
+    from kernels import OPS
+    from bench.suites import SUITES
+    assert main(["run", "--list", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["suite"] for r in rows if "suite" in r] == list(SUITES)
+    assert {r["op"]: r["impls"] for r in rows if "op" in r} == {
+        name: list(op.impls) for name, op in OPS.items()}
+    assert not [r for r in rows if not re.fullmatch(r"suite|op", next(iter(r)))]
+
+
+def test_compare_tells_apart_cases_that_differ_late_in_their_shape(tmp_path, capsys,
+                                                                  monkeypatch):
+    """On a 100-column terminal both rows read "M=1,N=14336…", K=4096 and K=8192 alike, and
+    the impl "torch_int4p…": the cells that name a case fold over lines instead."""
+    shape = {"M": 1, "N": 14336, "K": 4096, "group_size": 128}
+    rec = {**records()[0], "op": "gemv_w4", "impl": "torch_int4pack_mm", "device": None}
+    path = write(tmp_path / "r.jsonl", {**rec, "shape": shape}, {**rec, "shape": {**shape,
+                                                                                 "K": 8192}})
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["compare", str(path), str(path)]) == 0
+    out = capsys.readouterr().out
+    shapes, impls = ("".join(body_cells(out, k)) for k in (1, 3))
+    assert "M=1,N=14336,K=4096,group_size=128" in shapes, out
+    assert "M=1,N=14336,K=8192,group_size=128" in shapes, out
+    assert impls == "torch_int4pack_mm" * 2, out
