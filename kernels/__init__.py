@@ -9,9 +9,10 @@ config each autotuned kernel ran last), triton_split.py (scratch buffers and the
 count that lets split Triton kernels merge inside their own launch).
 """
 from .common import esize
-from .registry import OPS, Impl, Op, dtype_name, parse_dtype, register_impl, register_op, rel_err
+from .registry import (OPS, Impl, Op, dtype_name, parse_dtype, register_impl, register_op, rel_err,
+                       rel_errs)
 from .triton_util import forget_tuned, tuned
 from . import probes, gemv, attention, collectives  # noqa: F401  (register the ops and impls)
 
 __all__ = ["OPS", "Impl", "Op", "dtype_name", "esize", "forget_tuned", "parse_dtype",
-           "register_impl", "register_op", "rel_err", "tuned"]
+           "register_impl", "register_op", "rel_err", "rel_errs", "tuned"]

@@ -189,12 +189,20 @@ def register_impl(
         raise ValueError(f"unknown op {op!r} (known: {', '.join(sorted(OPS))})")
     if kind not in KINDS:
         raise ValueError(f"unknown impl kind {kind!r} (known: {', '.join(KINDS)})")
-    backends = tuple(backends)
+    # one name given alone is that name, not its letters ('unknown backend 'c'')
+    backends = (backends,) if isinstance(backends, str) else tuple(backends)
+    if not backends:
+        raise ValueError(f"an impl runs on at least one backend (known: {', '.join(BACKENDS)})")
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         raise ValueError(f"unknown backend {bad[0]!r} (known: {', '.join(BACKENDS)})")
     the_op = OPS[op]
+    if isinstance(dtypes, (str, torch.dtype)):
+        dtypes = (dtypes,)
     dts = the_op.dtypes if dtypes is None else tuple(parse_dtype(d) for d in dtypes)
+    if not dts:
+        raise ValueError(f"an impl takes at least one dtype ({op} takes "
+                         f"{', '.join(dtype_name(d) for d in the_op.dtypes)})")
     foreign = [dtype_name(d) for d in dts if d not in the_op.dtypes]
     if foreign:
         raise ValueError(f"{op} does not take dtype {', '.join(foreign)} (it takes "
@@ -209,7 +217,10 @@ def register_impl(
                              "of building the inputs so")
         if impl_name in the_op.impls:
             raise ValueError(f"{op} already has an impl named {impl_name!r}")
-        out_arg = "out" in inspect.signature(fn).parameters
+        try:
+            out_arg = "out" in inspect.signature(fn).parameters
+        except (ValueError, TypeError):  # a C function (torch.nn.functional.linear): no out=
+            out_arg = False
         the_op.impls[impl_name] = Impl(
             name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
             baseline=bool(baseline), prepare=prepare, out_arg=out_arg, known_issue=known_issue,
@@ -231,4 +242,23 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     denom = torch.linalg.vector_norm(r).item()
     num = torch.linalg.vector_norm(o - r).item()
     return num / denom if denom > 0 else num
+
+
+def rel_errs(outs: list[torch.Tensor], ref: torch.Tensor) -> list[float]:
+    """rel_err of each of `outs` (all of the reference's shape) against `ref`, a batch at a
+    time: the timing's thousands of output buffers of a tiny case, one by one, cost seconds."""
+    r = ref.detach().to("cpu", torch.float64)
+    denom = torch.linalg.vector_norm(r).item()
+    errs: list[float] = []
+    step = max(1, 2**22 // max(1, r.numel()))  # a batch of at most ~32 MB of float64
+    for k in range(0, len(outs), step):
+        o = torch.stack([x.detach() for x in outs[k:k + step]]).to("cpu", torch.float64)
+        if o.shape[1:] != r.shape:
+            raise ValueError(f"output shape {tuple(o.shape[1:])} != reference shape "
+                             f"{tuple(r.shape)}")
+        o = o.reshape(len(o), -1)
+        num = torch.linalg.vector_norm(o - r.reshape(1, -1), dim=1)
+        err = num / denom if denom > 0 else num
+        errs += torch.where(torch.isfinite(o).all(dim=1), err, math.inf).tolist()
+    return errs
 

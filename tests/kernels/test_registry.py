@@ -264,3 +264,23 @@ def test_kernel_tolerances_by_hand(op_name):
     ref = op.reference(*op.make_inputs(shape, torch.float32, "cpu", 0))
     for dt in (torch.bfloat16, torch.float16, torch.float32):
         assert rel_err(ref.to(dt), ref) <= op.tol(dt) / 2, dt
+
+
+def test_what_a_plugin_may_pass_to_register_impl_means_what_it_says(monkeypatch):
+    """A C function whose signature Python cannot read (torch.nn.functional.linear is a whole
+    gemv_bf16) made the plugin fail to load with 'no signature found for builtin'; a backend or
+    dtype given as one string was split into its letters ('unknown backend 'c''); and an empty
+    list made an impl that no case can run ('x runs on , not cpu')."""
+    monkeypatch.setattr(OPS["gemv_bf16"], "impls", dict(OPS["gemv_bf16"].impls))
+    register_impl("gemv_bf16", "plug_linear", backends="cpu",
+                  dtypes="bfloat16")(torch.nn.functional.linear)
+    impl = OPS["gemv_bf16"].impls["plug_linear"]
+    assert impl.out_arg is False and impl.backends == ("cpu",)
+    assert impl.dtypes == (torch.bfloat16,)
+    x, w = torch.randn(1, 8), torch.randn(4, 8)
+    assert torch.equal(impl(x, w), x @ w.T)
+    with pytest.raises(ValueError, match="at least one backend"):
+        register_impl("gemv_bf16", "nowhere", backends=[])(lambda x, w: x @ w.T)
+    with pytest.raises(ValueError, match="at least one dtype"):
+        register_impl("gemv_bf16", "no_dtype", dtypes=[])(lambda x, w: x @ w.T)
+    assert "nowhere" not in OPS["gemv_bf16"].impls and "no_dtype" not in OPS["gemv_bf16"].impls
