@@ -273,7 +273,9 @@ class XLABackend(Backend):
 
     def restore_changed(self, args: tuple, snap: list[Any] | None) -> list[int]:
         """The inputs whose array was swapped for one of other values (NaN equal to NaN, as in
-        the unused slots of a paged KV pool), each given its array back."""
+        the unused slots of a paged KV pool), each given a copy of the snapshot's array: `args`
+        may be a timing set other than the one snapped, and two sets sharing one array would
+        be read from the cache."""
         import jax.numpy as jnp
         from torchax.tensor import Tensor
         if snap is None:
@@ -286,8 +288,11 @@ class XLABackend(Backend):
             if now.shape != p.shape or now.dtype != p.dtype or \
                     not bool(jnp.array_equal(now, p, equal_nan=True)):
                 changed.append(i)
-            a.data = Tensor(p, self.env)  # the array it had, whether or not its values moved
+                a.data = Tensor(jnp.array(p, copy=True), self.env)
         return changed
+
+    def restore_changed_sets(self, sets: list[tuple], snap: list[Any] | None) -> list[int]:
+        return sorted({i for s in sets for i in self.restore_changed(s, snap)})
 
     def block(self, out: Any) -> None:
         from torchax.tensor import Tensor

@@ -43,8 +43,11 @@ def exception_text(e: BaseException) -> str:
 
 
 def exception_line(e: BaseException) -> str:
-    """'ValueError: its first line', or 'ValueError' when the message is empty."""
-    msg = (exception_text(e).strip().splitlines() or [""])[0]
+    """'ValueError: its first line', or 'ValueError' when the message is empty; a first line
+    past MAX_LINE characters is cut in its middle (a kernel's error that dumps a whole tensor or
+    IR on one line would otherwise fill a record, and a results file's line past its reader's
+    limit makes the whole file unreadable)."""
+    msg = clip((exception_text(e).strip().splitlines() or [""])[0])
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
@@ -75,8 +78,12 @@ def one_line(text: str) -> str:
     newline or an ESC in a path or name the user gave) shown as repr shows it, so the message
     stays one line and names exactly what was given. Past MAX_LINE characters (a 100 kB --op)
     its middle is cut, keeping how the message starts and the hint it ends with."""
-    text = _ANY_CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-    if len(text) <= MAX_LINE:
+    return clip(_ANY_CONTROL.sub(lambda m: repr(m.group())[1:-1], text))
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    """`text`, or past `limit` characters its start and end with how many were cut between."""
+    if len(text) <= limit:
         return text
-    keep = (MAX_LINE - 40) // 2
+    keep = (limit - 40) // 2
     return f"{text[:keep]} …[{len(text) - 2 * keep} characters]… {text[-keep:]}"

@@ -19,16 +19,17 @@ from typing import Any, Callable
 import torch
 
 from backends import Backend, Chip
-from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, tuned
+from kernels import OPS, Impl, dtype_name, forget_tuned, rel_err, rel_errs, tuned
 from kernels.cbuild import default_march
 
 from .case import Case, make_inputs
-from .errors import exception_line, exception_text
+from .errors import clip, exception_line, exception_text
 from .results import ResultWriter
 from .roofline import Roof, add_matmul, judge, latency_floor_s
 from .timing import Budget, measure
 
 MAX_SETS = 4096
+MAX_TRACEBACK = 16000  # characters of an error's traceback a record keeps (its message may be huge)
 WARM_CACHE_FACTOR = 4  # a warm set up to this many LLCs may be (partly) cached: not judged
 
 
@@ -85,28 +86,69 @@ def clone_args(args: tuple, clone: Callable[[torch.Tensor], torch.Tensor] = torc
     return tuple(clone(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def _torch_state() -> tuple[int, torch.dtype, bool]:
-    return torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
+def _flag(obj: Any, name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    return (lambda: getattr(obj, name)), (lambda v: setattr(obj, name, v))
 
 
-def _put_back(state: tuple[int, torch.dtype, bool]) -> None:
+def _deterministic(v: tuple[bool, bool]) -> None:
+    torch.use_deterministic_algorithms(v[0], warn_only=v[1])
+
+
+# torch's process-wide settings an impl may change, as (get, set): beside the thread count, the
+# default dtype and grad mode, what builds the next case's inputs (the default device: "meta"
+# leaves every later case without data) or changes the next impl's arithmetic (TF32 / reduced
+# precision matmuls, deterministic algorithms, cuDNN's autotuner)
+_SETTINGS: tuple[tuple[Callable[[], Any], Callable[[Any], None]], ...] = (
+    (torch.get_default_device, torch.set_default_device),
+    (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    ((lambda: (torch.are_deterministic_algorithms_enabled(),
+               torch.is_deterministic_algorithms_warn_only_enabled())), _deterministic),
+    _flag(torch.backends.cuda.matmul, "allow_tf32"),
+    _flag(torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction"),
+    _flag(torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction"),
+    _flag(torch.backends.cudnn, "allow_tf32"),
+    _flag(torch.backends.cudnn, "benchmark"),
+)
+
+
+def _torch_state() -> tuple[int, torch.dtype, bool, tuple]:
+    return (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled(),
+            tuple(get() for get, _ in _SETTINGS))
+
+
+def _put_back(state: tuple[int, torch.dtype, bool, tuple]) -> None:
     """Undo what an impl changed of torch's process-wide state: every impl and case of a run
-    shares one worker, so a thread count, default dtype or denormal mode set by one would time,
-    build the inputs of or judge the next. (Flushing denormals has no getter; the harness runs
-    with it off.)"""
-    threads, dtype, grad = state
+    shares one worker, so a thread count, default dtype or device, matmul precision or denormal
+    mode set by one would time, build the inputs of or judge the next. (Flushing denormals has
+    no getter; the harness runs with it off.)"""
+    threads, dtype, grad, settings = state
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     if torch.get_default_dtype() != dtype:
         torch.set_default_dtype(dtype)
     torch.set_grad_enabled(grad)
     torch.set_flush_denormal(False)
+    for (get, put), value in zip(_SETTINGS, settings):
+        if get() != value:
+            put(value)
+
+
+def _restore_sets(backend: Backend, sets: list[tuple], pristine: list[Any] | None) -> list[int]:
+    """The input positions that any of `sets` (each a copy of the case's inputs) changed from
+    `pristine`, each put back."""
+    return backend.restore_changed_sets(sets, pristine)
 
 
 def _malformed(out: Any, shape: tuple, dtype: torch.dtype) -> str | None:
     """Why an impl's output is not one the op's reference and byte count describe, or None."""
     if not isinstance(out, torch.Tensor):
         return f"returned {type(out).__name__}, not a tensor"
+    # the check's own reading of the values would raise NotImplementedError on these, which
+    # reads as the impl's own "skipped": no values to compare is a wrong answer
+    if out.layout != torch.strided:
+        return f"output layout {str(out.layout).removeprefix('torch.')}, not a dense tensor"
+    if out.device.type == "meta":
+        return "output on the meta device: it holds no values"
     if tuple(out.shape) != tuple(shape):
         return f"output shape {tuple(out.shape)}, the op's is {tuple(shape)}"
     if out.dtype != dtype:  # the values can pass, but bytes_moved counts the op's dtype
@@ -172,6 +214,7 @@ class Runner:
         # within an impl: ("checked", (rel_err, correct)), ("warm-up", input sets), ("timing",
         # None): where a worker is, for a record its parent writes if it dies or hangs there
         self._report_stage = on_stage or (lambda stage, detail: None)
+        self._guard: tuple[Any, list[tuple]] | None = None  # (snapshot, the sets it guards)
         self.phase = "check"  # where the impl running is: check, warm-up, timing (the record's
         #                       `phase` when a CUDA error loses the context there)
 
@@ -226,20 +269,25 @@ class Runner:
             lost = None
             state = _torch_state()
             self.phase = "check"
+            self._guard = None
             try:
                 sets = self._check_and_time(case, impl, inputs, ref, rec, sets)
-            except NotImplementedError as e:
-                rec.update(status="skipped",
-                           error=exception_text(e) or "not implemented for this case")
+            except NotImplementedError as e:  # the reason, one line as every record's error
+                why = clip((exception_text(e).strip().splitlines() or [""])[0])
+                rec.update(status="skipped", error=why or "not implemented for this case")
+                self._put_inputs_back(rec)
             except Exception as e:
                 rec.update(status="error", error=with_known_issue(impl, exception_line(e)),
-                           traceback=traceback.format_exc(limit=4))
+                           traceback=clip(traceback.format_exc(limit=4), MAX_TRACEBACK))
                 lost = c.backend.context_lost()
                 if lost:  # e.g. an illegal address: every later call on this context fails too
                     where = "timing" if self.phase == "timing" else f"its {self.phase}"
                     rec.update(status="crashed", phase=self.phase,
                                error=f"{rec['error']} in {where}; the device context is lost "
                                      f"({lost})")
+                    self._guard = None  # its worker is replaced, the inputs with it
+                else:
+                    self._put_inputs_back(rec)
             if torch.get_num_threads() != state[0]:  # the record says what the impl ran with
                 rec["device"]["threads"] = torch.get_num_threads()
             _put_back(state)
@@ -248,6 +296,21 @@ class Runner:
             if lost:
                 raise ContextLost(lost)
         return records
+
+    def _put_inputs_back(self, rec: dict[str, Any]) -> None:
+        """After an impl raised: the input sets it had (set 0 is the next impl's check input) as
+        they were, and its record says which it changed."""
+        guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        pristine, sets = guard
+        try:
+            changed = _restore_sets(self.ctx.backend, sets, pristine)
+        except Exception:  # a lost device context: its worker is replaced before the next impl
+            return
+        if changed:
+            rec["error"] += (f"; it had changed its input{'s' if len(changed) > 1 else ''} "
+                             f"{', '.join(map(str, changed))} (put back for the next impl)")
 
     def _check_and_time(self, case: Case, impl: Impl, inputs: tuple, ref: torch.Tensor,
                         rec: dict[str, Any], sets: list[tuple] | None) -> list[tuple] | None:
@@ -265,6 +328,7 @@ class Runner:
         # impl changes, in its call or in its prepare (a weight repacked in place), is put back
         # and the impl fails
         pristine = c.backend.snapshot(inputs)
+        self._guard = (pristine, [inputs])  # put back by run_case if the impl raises
         with c.backend.session():
             args = tuple(impl.prepare(*inputs)) if impl.prepare else inputs
         if use_out:
@@ -275,7 +339,6 @@ class Runner:
             result = fn(*args)
         c.backend.synchronize()
         changed = c.backend.restore_changed(inputs, pristine)
-        del pristine
         host = c.backend.to_host(result)
         wrong = (f"changed its input{'s' if len(changed) > 1 else ''} "
                  f"{', '.join(map(str, changed))} (counted from 0; put back for the next impl)"
@@ -297,6 +360,8 @@ class Runner:
         if c.check_only:
             rec.update(status="ok")
             return sets
+        # kept through the timing: a call after the check may change the inputs too, and set 0
+        # is the next impl's check input
 
         # (2) timing on input copies rotated past the cache
         out0 = torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out else None
@@ -321,6 +386,7 @@ class Runner:
         self.on_stage("warm-up", n_sets)
         if sets is None or len(sets) != n_sets:
             sets = [inputs] + [clone_args(inputs, c.backend.clone) for _ in range(n_sets - 1)]
+        self._guard = (pristine, sets)
         with c.backend.session():
             prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
         outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out
@@ -331,6 +397,38 @@ class Runner:
             call = lambda i: fn(*prepared[i])  # noqa: E731
         st = measure(c.backend, call, n_sets, c.budget, warm=case.warm,
                      on_sampling=lambda: self.on_stage("timing", None))
+        c.backend.synchronize()
+
+        # (3) what the timed calls left: the input sets as they were (every later impl checks on
+        # set 0 and times on the rest), and in each out buffer the answer (an impl right only on
+        # its first call, or only into a NaN-poisoned buffer, must not be timed as right)
+        changed = _restore_sets(c.backend, sets, pristine)
+        self._guard = None
+        del pristine
+        if changed:
+            rec.update(status="failed-check", correct=False, rel_err=None, error=with_known_issue(
+                impl, f"changed its input{'s' if len(changed) > 1 else ''} "
+                      f"{', '.join(map(str, changed))} after its check, in the warm-up or "
+                      f"timing (counted from 0; put back for the next impl)"))
+            return sets
+        if use_out:  # the harness's own buffers, of the op's shape and dtype
+            timed = list(enumerate(rel_errs([c.backend.to_host(o) for o in outs], ref)))
+            wrong = None
+        else:  # the timed results are dropped: one more call, on the last set, stands for them
+            last = call(n_sets - 1)
+            c.backend.synchronize()
+            last = c.backend.to_host(last)
+            wrong = _malformed(last, out_shape, out_dtype)
+            timed = [(n_sets - 1, math.inf if wrong else rel_err(last, ref))]
+        for i, err in timed:
+            if not err <= tol:
+                wrong = wrong or (f"rel err {err:.3g} > tolerance {tol:.3g}" if math.isfinite(err)
+                                  else "output has NaN/inf")
+                rec.update(status="failed-check", correct=False, rel_err=err,
+                           error=with_known_issue(impl, f"{wrong} on input set {i} after timing "
+                                                        f"(its check had passed with rel err "
+                                                        f"{rec['rel_err']:.3g})"))
+                return sets
 
         v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
                   latency_floor_s(c.backend.name), in_cache=in_cache)

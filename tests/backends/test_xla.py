@@ -295,6 +295,25 @@ def test_rotated_copies_do_not_share_buffers(xla):
 
 
 @pytest.mark.xla
+def test_the_check_of_every_timing_set_leaves_each_its_own_buffer(xla):
+    """After timing, every set is compared with the case's snapshot and put back where an impl
+    changed it. The snapshot is set 0's arrays: a set given them back (changed or not) would
+    share set 0's buffer, and the next impl's rotation would read it from the cache."""
+    from bench.runner import clone_args
+    x, w = make_inputs(xla, OPS["gemv_bf16"], OPS["gemv_bf16"].shape(M=1, N=64, K=64),
+                       torch.float32, 0)
+    snap = xla.snapshot((x, w))
+    sets = [(x, w)] + [clone_args((x, w), xla.clone) for _ in range(2)]
+    with xla.session():
+        sets[2][1].mul_(3)  # an impl that scaled the weight of the last set
+    assert xla.restore_changed_sets(sets, snap) == [1]
+    ptrs = [a.jax().unsafe_buffer_pointer() for s in sets for a in s]
+    assert len(set(ptrs)) == len(ptrs), ptrs
+    assert torch.equal(xla.to_host(sets[2][1]), xla.to_host(w))
+    assert torch.equal(xla.to_host(sets[1][0]), xla.to_host(x))
+
+
+@pytest.mark.xla
 def test_every_op_has_an_impl_that_runs_on_xla():
     """Every single-device op; collectives run in torch.distributed process groups (gloo, NCCL),
     which the XLA backend does not form."""

@@ -332,3 +332,238 @@ def test_impls_that_break_the_contract_fail_and_leave_the_next_impl_clean(tmp_pa
     assert recs["t_after"]["status"] == "ok" and recs["t_after"]["rel_err"] < 1e-6
     assert rude_impls.seen == (threads, torch.float32)
     assert recs["t_after"]["device"]["threads"] == threads
+
+
+@pytest.fixture
+def sly_impls():
+    """Impls whose check passes and whose later calls do not hold to it: the check alone, one
+    call on fresh inputs with a poisoned out, cannot see them."""
+    names = ["t_spoils_later", "t_first_only", "t_sniffs_poison", "t_first_only_ret", "t_after"]
+    calls = {"spoil": 0, "first": 0, "ret": 0}
+
+    @register_impl("gemv_bf16", "t_spoils_later", backends=["cpu"], dtypes=["float32"])
+    def spoils_later(x, w):
+        y = x @ w.T
+        calls["spoil"] += 1
+        if calls["spoil"] > 1:  # the check's call is clean; every timed call scales set i's x
+            x.mul_(3)
+        return y
+
+    @register_impl("gemv_bf16", "t_first_only", backends=["cpu"], dtypes=["float32"])
+    def first_only(x, w, out=None):
+        calls["first"] += 1
+        if calls["first"] == 1:  # the check's call; the timed ones do no work at all
+            torch.matmul(x, w.T, out=out)
+        return out
+
+    @register_impl("gemv_bf16", "t_sniffs_poison", backends=["cpu"], dtypes=["float32"])
+    def sniffs_poison(x, w, out=None):
+        if out.isnan().all():  # only the check poisons its out buffer
+            torch.matmul(x, w.T, out=out)
+        return out
+
+    @register_impl("gemv_bf16", "t_first_only_ret", backends=["cpu"], dtypes=["float32"])
+    def first_only_ret(x, w):
+        calls["ret"] += 1
+        return x @ w.T if calls["ret"] == 1 else torch.zeros(x.shape[0], w.shape[0])
+
+    @register_impl("gemv_bf16", "t_after", backends=["cpu"], dtypes=["float32"])
+    def after(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+
+    yield
+    for n in names:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def test_inputs_changed_after_the_check_fail_that_impl_not_the_next(tmp_path, sly_impls,
+                                                                     fixed_llc):
+    """Set 0 of the timing is the case's inputs, which the next impl is checked on: an impl that
+    spoils them in its warm-up or timing (not in its check's call) must fail itself, with the
+    inputs put back; before, it was recorded ok with a time and the next, right impl failed its
+    check (rel err 8 against the reference of the inputs as they were)."""
+    r = make_runner(tmp_path, ["t_spoils_later", "t_after"])
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                  torch.float32))}
+    r.writer.close()
+    spoil = recs["t_spoils_later"]
+    assert spoil["status"] == "failed-check" and spoil["correct"] is False
+    assert spoil["time_s"] is None and spoil["verdict"] is None
+    assert "changed its input 0 after its check" in spoil["error"]
+    assert recs["t_after"]["status"] == "ok" and recs["t_after"]["rel_err"] < 1e-6
+
+
+@pytest.mark.parametrize("name", ["t_first_only", "t_sniffs_poison", "t_first_only_ret"])
+def test_an_impl_right_only_in_its_check_is_not_timed_as_right(tmp_path, sly_impls, fixed_llc,
+                                                               name):
+    """What the timed calls return is checked too: an impl that does the work only on its first
+    call, or only into a NaN-poisoned buffer (which tells it the check is on), would otherwise be
+    recorded ok with the time of doing nothing ('in cache' at small shapes, where no roof judges
+    it; 'harness suspect' at large ones, blaming the harness)."""
+    r = make_runner(tmp_path, [name])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "failed-check" and rec["correct"] is False, rec["error"]
+    assert rec["time_s"] is None and rec["verdict"] is None
+    assert "after timing (its check had passed" in rec["error"]
+
+
+@pytest.fixture
+def valueless_impls():
+    names = ["t_meta", "t_sparse", "t_why"]
+
+    @register_impl("gemv_bf16", "t_meta", backends=["cpu"], dtypes=["float32"])
+    def meta(x, w):
+        return torch.empty(x.shape[0], w.shape[0], device="meta")
+
+    @register_impl("gemv_bf16", "t_sparse", backends=["cpu"], dtypes=["float32"])
+    def sparse(x, w):
+        return (x @ w.T).to_sparse()
+
+    @register_impl("gemv_bf16", "t_why", backends=["cpu"], dtypes=["float32"])
+    def why(x, w):
+        raise NotImplementedError("needs K % 1024 == 0\nsee the docs")
+
+    yield
+    for n in names:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def test_an_output_without_values_fails_its_check_rather_than_skips(tmp_path, valueless_impls):
+    """A meta or sparse output made the check's own reading of it raise NotImplementedError,
+    which the runner took for the impl's 'skipped' (not counted by --strict), its error the
+    dispatcher's message of thousands of characters over many lines. A skip's reason, from the
+    impl's own NotImplementedError, is one line like every record's error."""
+    r = make_runner(tmp_path, ["t_meta", "t_sparse", "t_why"])
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                  torch.float32))}
+    r.writer.close()
+    assert recs["t_meta"]["status"] == "failed-check", recs["t_meta"]["error"]
+    assert "meta" in recs["t_meta"]["error"]
+    assert recs["t_sparse"]["status"] == "failed-check", recs["t_sparse"]["error"][:200]
+    assert "sparse" in recs["t_sparse"]["error"]
+    assert recs["t_why"]["status"] == "skipped"
+    assert recs["t_why"]["error"] == "needs K % 1024 == 0"
+
+
+@pytest.fixture
+def settings_impls():
+    names = ["t_settings", "t_sees"]
+
+    @register_impl("gemv_bf16", "t_settings", backends=["cpu"], dtypes=["float32"])
+    def settings(x, w, out=None):
+        y = torch.matmul(x, w.T, out=out)
+        torch.set_default_device("meta")  # every tensor made without a device: no data
+        torch.set_float32_matmul_precision("medium")  # fp32 matmuls in bf16 where it can
+        torch.use_deterministic_algorithms(True)
+        return y
+
+    @register_impl("gemv_bf16", "t_sees", backends=["cpu"], dtypes=["float32"])
+    def sees(x, w, out=None):
+        sees.seen.append((torch.empty(1).device.type, torch.get_float32_matmul_precision(),
+                          torch.are_deterministic_algorithms_enabled()))
+        return torch.matmul(x, w.T, out=out)
+
+    sees.seen = []
+    yield sees
+    for n in names:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+def test_torch_settings_an_impl_changes_are_put_back(tmp_path, settings_impls, fixed_llc):
+    """The default device, fp32 matmul precision and deterministic mode are process-wide like
+    the thread count: left as an impl set them, the next impl ran under them and the next case's
+    inputs were built on the meta device ('building inputs: NotImplementedError: Cannot copy out
+    of meta tensor' for every impl of every later case in the worker)."""
+    before = (torch.get_default_device(), torch.get_float32_matmul_precision(),
+              torch.are_deterministic_algorithms_enabled())
+    r = make_runner(tmp_path, ["t_settings", "t_sees"])
+    try:
+        recs = r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))
+        recs += r.run_case(Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32))
+    finally:
+        torch.set_default_device(before[0])
+        torch.set_float32_matmul_precision(before[1])
+        torch.use_deterministic_algorithms(before[2])
+    r.writer.close()
+    assert [x["status"] for x in recs] == ["ok"] * 4, [x["error"] for x in recs]
+    assert set(settings_impls.seen) == {("cpu", before[1], before[2])}
+
+
+def test_an_impls_huge_error_leaves_the_results_file_readable(tmp_path):
+    """An impl's error is one line, but a first line of megabytes (a tensor or IR dumped into
+    the message) went whole into the record's error and traceback: the run's file then held a
+    line past read_results' limit, and show refused the whole file, every other case's record
+    with it."""
+    @register_impl("gemv_bf16", "t_huge_error", backends=["cpu"], dtypes=["float32"])
+    def huge_error(x, w):
+        raise RuntimeError("x" * 2_000_000)
+
+    try:
+        r = make_runner(tmp_path, ["t_huge_error"])
+        (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 32, 64), torch.float32))
+        r.writer.close()
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_huge_error", None)
+    assert rec["status"] == "error" and rec["error"].startswith("RuntimeError: xxx")
+    assert len(rec["error"]) < 1100 and "characters]" in rec["error"]
+    (back,) = read_results(r.writer.path)
+    assert back["status"] == "error" and back["error"] == rec["error"]
+
+
+@pytest.mark.parametrize("raise_on_call", [1, 2], ids=["in-its-check", "in-its-timing"])
+def test_an_impl_that_changes_its_inputs_then_raises_leaves_them_put_back(tmp_path, fixed_llc,
+                                                                          raise_on_call):
+    """The inputs were put back only after a call that returned: one that spoiled them and then
+    raised (in its check, or in a timed call) left them spoiled for the next impl's check."""
+    calls = []
+
+    @register_impl("gemv_bf16", "t_spoils_raises", backends=["cpu"], dtypes=["float32"])
+    def spoils_raises(x, w):
+        calls.append(1)
+        y = x @ w.T
+        if len(calls) >= raise_on_call:
+            w.mul_(-1)
+            raise RuntimeError("gave up")
+        return y
+
+    @register_impl("gemv_bf16", "t_next", backends=["cpu"], dtypes=["float32"])
+    def next_impl(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+
+    try:
+        r = make_runner(tmp_path, ["t_spoils_raises", "t_next"])
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                      torch.float32))}
+        r.writer.close()
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_spoils_raises", None)
+        OPS["gemv_bf16"].impls.pop("t_next", None)
+    bad = recs["t_spoils_raises"]
+    assert bad["status"] == "error" and bad["error"].startswith("RuntimeError: gave up")
+    assert "changed its input 1" in bad["error"]
+    assert recs["t_next"]["status"] == "ok" and recs["t_next"]["rel_err"] < 1e-6
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["in-place", "batched"])
+def test_every_timing_set_is_compared_and_put_back_as_its_own(batched):
+    """After the timing each set is compared with the case's snapshot, one word at a time on
+    the CPU, a stacked batch at a time off it (one wait for the device in all): a changed set is
+    put back in its own buffer, a NaN left where it was is no change (the KV pool's unused
+    slots hold NaN), and a set the impl resized counts as changed."""
+    b = get_backend("cpu")
+    x = torch.randn(3, 5)  # 60 bytes: words of 4, not 8
+    w = torch.randn(4, 8)
+    w[0, 0] = float("nan")
+    sets = [(x, w)] + [(x.clone(), w.clone()) for _ in range(4)]
+    snap = b.snapshot(sets[0])
+    sets[2][1][1, 1] += 1
+    sets[3][0].view(-1).view(torch.int32)[7] ^= 1  # one bit of one element
+    assert b.restore_changed_sets(sets, snap, batched=batched) == [0, 1]
+    for s in sets:
+        assert torch.equal(s[0], x) and torch.equal(s[1].nan_to_num(), w.nan_to_num())
+    assert len({s[k].data_ptr() for s in sets for k in (0, 1)}) == 10
+    assert b.restore_changed_sets(sets, snap, batched=batched) == []
+    sets[4][0].resize_(5, 3)  # the same bytes in another shape
+    assert b.restore_changed_sets(sets[4:], snap, batched=batched) == [0]
+    assert sets[4][0].shape == x.shape and torch.equal(sets[4][0], x)
