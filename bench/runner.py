@@ -285,9 +285,9 @@ class Runner:
                     rec.update(status="crashed", phase=self.phase,
                                error=f"{rec['error']} in {where}; the device context is lost "
                                      f"({lost})")
-                    self._guard = None  # its worker is replaced, the inputs with it
-                else:
+                else:  # a lost context's worker is replaced, the inputs with it
                     self._put_inputs_back(rec)
+            self._guard = None  # the snapshot goes with its impl, not into the next case's build
             if torch.get_num_threads() != state[0]:  # the record says what the impl ran with
                 rec["device"]["threads"] = torch.get_num_threads()
             _put_back(state)

@@ -386,6 +386,7 @@ def test_inputs_changed_after_the_check_fail_that_impl_not_the_next(tmp_path, sl
     recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
                                                   torch.float32))}
     r.writer.close()
+    assert r._guard is None  # the snapshot is not held while the next case builds its inputs
     spoil = recs["t_spoils_later"]
     assert spoil["status"] == "failed-check" and spoil["correct"] is False
     assert spoil["time_s"] is None and spoil["verdict"] is None
