@@ -181,7 +181,10 @@ class Backend:
                 a_words = _words(s[i])
                 if s[i].shape != p.shape:
                     hits.append((s, i, True))  # resized: changed whatever it holds
-                elif not (p.device.type != "cpu" if batched is None else batched):
+                elif not (p.device.type != "cpu" if batched is None else batched) or \
+                        len(sets) == 1 or p_words.numel() > 2**22:
+                    # in place, no copy: on the CPU nothing is waited for, and a set of over 32
+                    # MB (a GPU case's one set) would be copied whole to be stacked
                     hits.append((s, i, not torch.equal(a_words, p_words)))
                 else:
                     same.append(s)
@@ -215,6 +218,8 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     """`t`'s bytes as the widest integers that tile them: a byte-wise comparison is several
     times slower on the CPU."""
     b = _bytes(t)
+    if b.storage_offset() % 8:  # a view into its storage: read as its copies (offset 0) are
+        b = b.clone()
     for dt, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
         if b.numel() % size == 0 and b.storage_offset() % size == 0:
             return b.view(dt)

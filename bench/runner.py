@@ -98,8 +98,24 @@ def _deterministic(v: tuple[bool, bool]) -> None:
 # default dtype and grad mode, what builds the next case's inputs (the default device: "meta"
 # leaves every later case without data) or changes the next impl's arithmetic (TF32 / reduced
 # precision matmuls, deterministic algorithms, cuDNN's autotuner)
-_SETTINGS: tuple[tuple[Callable[[], Any], Callable[[Any], None]], ...] = (
-    (torch.get_default_device, torch.set_default_device),
+def _default_device() -> Any:
+    """The default device an impl may have set, None where none is (as torch starts): reading
+    it with torch.get_default_device and putting that back would leave a device mode on that
+    every later torch call passes through."""
+    ctx = getattr(getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None), "device_context", None)
+    return getattr(ctx, "device", None)
+
+
+_SETTINGS: tuple[tuple[Callable[[], Any], Callable[[Any], None]], ...] = tuple(
+    # torch's newer TF32 API first (2.9 on): set by an impl, it makes every read of the legacy
+    # flags below raise ("mix of the legacy and new APIs") until it is put back
+    _flag(obj, "fp32_precision") for obj in (
+        torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn,
+        getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cudnn, "rnn", None),
+        torch.backends.mkldnn, getattr(torch.backends.mkldnn, "matmul", None),
+        getattr(torch.backends.mkldnn, "conv", None), getattr(torch.backends.mkldnn, "rnn", None))
+    if obj is not None and hasattr(obj, "fp32_precision")) + (
+    (_default_device, torch.set_default_device),
     (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
     ((lambda: (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())), _deterministic),
@@ -111,9 +127,19 @@ _SETTINGS: tuple[tuple[Callable[[], Any], Callable[[Any], None]], ...] = (
 )
 
 
+_UNREAD = object()  # a setting whose getter raised: not put back
+
+
+def _read(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except Exception:  # e.g. a legacy TF32 flag while the newer API is set
+        return _UNREAD
+
+
 def _torch_state() -> tuple[int, torch.dtype, bool, tuple]:
     return (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled(),
-            tuple(get() for get, _ in _SETTINGS))
+            tuple(_read(get) for get, _ in _SETTINGS))
 
 
 def _put_back(state: tuple[int, torch.dtype, bool, tuple]) -> None:
@@ -129,7 +155,7 @@ def _put_back(state: tuple[int, torch.dtype, bool, tuple]) -> None:
     torch.set_grad_enabled(grad)
     torch.set_flush_denormal(False)
     for (get, put), value in zip(_SETTINGS, settings):
-        if get() != value:
+        if value is not _UNREAD and _read(get) != value:
             put(value)
 
 
@@ -335,6 +361,7 @@ class Runner:
             poisoned = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev)
             fn(*args, out=poisoned)
             result = poisoned
+            del poisoned  # freed with `result` after the check, not held through the timing
         else:
             result = fn(*args)
         c.backend.synchronize()
@@ -391,6 +418,9 @@ class Runner:
             prepared = [args] + [tuple(impl.prepare(*s)) if impl.prepare else s for s in sets[1:]]
         outs = [out0] + [torch.empty(out_shape, dtype=out_dtype, device=dev) if use_out
                          else None for _ in range(n_sets - 1)]
+        for o in outs:  # a finite wrong answer where a call writes nothing: an empty buffer may
+            if o is not None:  # hold the last impl's right one (CUDA's allocator reuses blocks)
+                o.fill_(-1e4)
         if use_out:
             call = lambda i: fn(*prepared[i], out=outs[i])  # noqa: E731
         else:

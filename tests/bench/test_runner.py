@@ -1,5 +1,6 @@
 """The runner's correctness gate and record contract, in-process on the CPU backend."""
 import json
+import math
 
 import pytest
 import torch
@@ -379,9 +380,9 @@ def sly_impls():
 def test_inputs_changed_after_the_check_fail_that_impl_not_the_next(tmp_path, sly_impls,
                                                                      fixed_llc):
     """Set 0 of the timing is the case's inputs, which the next impl is checked on: an impl that
-    spoils them in its warm-up or timing (not in its check's call) must fail itself, with the
-    inputs put back; before, it was recorded ok with a time and the next, right impl failed its
-    check (rel err 8 against the reference of the inputs as they were)."""
+    spoils them in its warm-up or timing (not in its check's call) fails itself, with the inputs
+    put back, so that the next, right impl is not failed in its place (rel err 8 against the
+    reference of the inputs as they were)."""
     r = make_runner(tmp_path, ["t_spoils_later", "t_after"])
     recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
                                                   torch.float32))}
@@ -431,10 +432,10 @@ def valueless_impls():
 
 
 def test_an_output_without_values_fails_its_check_rather_than_skips(tmp_path, valueless_impls):
-    """A meta or sparse output made the check's own reading of it raise NotImplementedError,
-    which the runner took for the impl's 'skipped' (not counted by --strict), its error the
-    dispatcher's message of thousands of characters over many lines. A skip's reason, from the
-    impl's own NotImplementedError, is one line like every record's error."""
+    """A meta or sparse output has no values to compare: the check's own reading of it would
+    raise NotImplementedError, which must not read as the impl's own 'skipped' (not counted by
+    --strict) with the dispatcher's message of thousands of characters. A skip's reason, from
+    the impl's own NotImplementedError, is one line like every record's error."""
     r = make_runner(tmp_path, ["t_meta", "t_sparse", "t_why"])
     recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
                                                   torch.float32))}
@@ -473,10 +474,11 @@ def settings_impls():
 
 def test_torch_settings_an_impl_changes_are_put_back(tmp_path, settings_impls, fixed_llc):
     """The default device, fp32 matmul precision and deterministic mode are process-wide like
-    the thread count: left as an impl set them, the next impl ran under them and the next case's
-    inputs were built on the meta device ('building inputs: NotImplementedError: Cannot copy out
-    of meta tensor' for every impl of every later case in the worker)."""
-    before = (torch.get_default_device(), torch.get_float32_matmul_precision(),
+    the thread count: left as an impl set them, the next impl would run under them and the next
+    case's inputs would be built on the meta device ('Cannot copy out of meta tensor' for every
+    impl of every later case in the worker)."""
+    from bench.runner import _default_device
+    before = (_default_device(), torch.get_float32_matmul_precision(),
               torch.are_deterministic_algorithms_enabled())
     r = make_runner(tmp_path, ["t_settings", "t_sees"])
     try:
@@ -488,14 +490,14 @@ def test_torch_settings_an_impl_changes_are_put_back(tmp_path, settings_impls, f
         torch.use_deterministic_algorithms(before[2])
     r.writer.close()
     assert [x["status"] for x in recs] == ["ok"] * 4, [x["error"] for x in recs]
-    assert set(settings_impls.seen) == {("cpu", before[1], before[2])}
+    assert set(settings_impls.seen) == {(torch.empty(0).device.type, before[1], before[2])}
 
 
 def test_an_impls_huge_error_leaves_the_results_file_readable(tmp_path):
-    """An impl's error is one line, but a first line of megabytes (a tensor or IR dumped into
-    the message) went whole into the record's error and traceback: the run's file then held a
-    line past read_results' limit, and show refused the whole file, every other case's record
-    with it."""
+    """An impl's error is one line, but its first line may be megabytes (a tensor or IR dumped
+    into the message): whole in the record's error and traceback, it would make a line past
+    read_results' limit, and show would refuse the whole file, every other case's record with
+    it."""
     @register_impl("gemv_bf16", "t_huge_error", backends=["cpu"], dtypes=["float32"])
     def huge_error(x, w):
         raise RuntimeError("x" * 2_000_000)
@@ -515,8 +517,8 @@ def test_an_impls_huge_error_leaves_the_results_file_readable(tmp_path):
 @pytest.mark.parametrize("raise_on_call", [1, 2], ids=["in-its-check", "in-its-timing"])
 def test_an_impl_that_changes_its_inputs_then_raises_leaves_them_put_back(tmp_path, fixed_llc,
                                                                           raise_on_call):
-    """The inputs were put back only after a call that returned: one that spoiled them and then
-    raised (in its check, or in a timed call) left them spoiled for the next impl's check."""
+    """An impl that spoils its inputs and then raises (in its check, or in a timed call) has
+    them put back too: the next impl is checked on them."""
     calls = []
 
     @register_impl("gemv_bf16", "t_spoils_raises", backends=["cpu"], dtypes=["float32"])
@@ -568,3 +570,133 @@ def test_every_timing_set_is_compared_and_put_back_as_its_own(batched):
     sets[4][0].resize_(5, 3)  # the same bytes in another shape
     assert b.restore_changed_sets(sets[4:], snap, batched=batched) == [0]
     assert sets[4][0].shape == x.shape and torch.equal(sets[4][0], x)
+
+
+class _ReplayingAllocator:
+    """The runner's torch, but its out buffers (torch.empty / torch.full) come from one arena
+    handed out again from its start for each impl: what CUDA's caching allocator does for a
+    sequence of allocations that repeats after the last impl's blocks were freed (device memory
+    holds no free-list words, so a freed block keeps the values last written to it)."""
+
+    def __init__(self):
+        self.arena = torch.zeros(1 << 20, dtype=torch.uint8)
+        self.off = 0
+
+    def reset(self, _phase=None):
+        self.off = 0
+
+    def empty(self, shape, dtype=None, device=None):
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        t = self.arena[self.off:self.off + n].view(dtype).view(shape)
+        self.off += -(-n // 512) * 512
+        return t
+
+    def full(self, shape, value, dtype=None, device=None):
+        return self.empty(shape, dtype=dtype, device=device).fill_(value)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+@pytest.mark.parametrize("name", ["t_first_only", "t_sniffs_poison"])
+def test_a_timed_out_buffer_holding_the_last_impls_answer_does_not_pass(tmp_path, sly_impls,
+                                                                       monkeypatch, name):
+    """On CUDA (one input set, so one timed buffer) the caching allocator can give an impl the
+    block the impl before it left its answer in. The timed buffers start with a wrong finite
+    value, so an impl that does the work only on its check's call, or only into a NaN-poisoned
+    buffer, fails the after-timing check instead of being timed doing nothing."""
+    import bench.runner as runner_mod
+    alloc = _ReplayingAllocator()
+    monkeypatch.setattr(runner_mod, "torch", alloc)
+    r = make_runner(tmp_path, ["torch_matmul", name])  # a right impl first (registered first)
+    r.on_start = alloc.reset
+    # warm: one input set, as every CUDA case has (the L2 is flushed instead of rotated past)
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                  torch.float32, warm=True))}
+    r.writer.close()
+    assert recs["torch_matmul"]["status"] == "ok"
+    assert recs[name]["status"] == "failed-check", (recs[name]["status"], recs[name]["time_s"])
+
+
+def test_the_after_timing_comparison_holds_no_whole_copy_of_an_input(tmp_path, monkeypatch):
+    """Off the CPU sets are compared stacked, but one big set (CUDA's: always one) is compared
+    in place: stacked it would be a whole copy of the input beside the snapshot, three copies of
+    a case's weight where the check needs two. A suite case takes up to 40% of the device
+    (FIT_FRACTION): its snapshot fits, a stack would not, and a right impl, checked and timed,
+    would be recorded 'error' for the harness's own out of memory. The fake device here has room
+    for the inputs and one copy of them, as such a case."""
+    from backends.cpu import CPUBackend
+    stack = torch.stack
+
+    def device_stack(tensors, *a, **k):
+        if sum(t.nbytes for t in tensors) >= 64 * 128 * 4:  # the case's weight: no room left
+            raise torch.OutOfMemoryError("CUDA out of memory (fake: inputs + snapshot fill it)")
+        return stack(tensors, *a, **k)
+
+    batched = CPUBackend.restore_changed_sets
+    monkeypatch.setattr(CPUBackend, "restore_changed_sets",
+                        lambda self, sets, snap: batched(self, sets, snap, batched=True))
+    monkeypatch.setattr(torch, "stack", device_stack)
+    r = make_runner(tmp_path, ["torch_matmul"])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32, warm=True))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["in-place", "batched"])
+def test_an_input_that_is_a_view_at_an_odd_offset_is_not_a_change(batched):
+    """An input that is a view into a larger allocation (a plugin op's make_inputs slicing one
+    buffer) sits at an offset its snapshot and clones (offset 0) do not: compared as words of
+    another size it would differ from them, and every impl would have 'changed its input'."""
+    b = get_backend("cpu")
+    x = torch.randn(65)[1:]  # contiguous, 4 bytes into its storage
+    w = torch.randn(8, 64)
+    snap = b.snapshot((x, w))
+    assert b.restore_changed((x, w), snap) == []
+    sets = [(x, w), (x.clone(), w.clone())]
+    assert b.restore_changed_sets(sets, snap, batched=batched) == []
+
+
+def test_an_impl_using_torchs_new_tf32_api_is_recorded_and_the_next_runs(tmp_path, fixed_llc):
+    """torch >= 2.9's TF32 setting (torch.backends.cuda.matmul.fp32_precision, what torch's own
+    warning tells users to write) makes every read of the legacy flags (allow_tf32,
+    get_float32_matmul_precision) raise 'mix of the legacy and new APIs': the settings are put
+    back newest API first and a getter that raises is skipped, so the impl gets its record and
+    the next impl runs (in a worker an escaping error would kill it: 'crashed')."""
+    @register_impl("gemv_bf16", "t_new_tf32", backends=["cpu"], dtypes=["float32"])
+    def new_tf32(x, w, out=None):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        return torch.matmul(x, w.T, out=out)
+
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        r = make_runner(tmp_path, ["t_new_tf32", "torch_matmul"])
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                      torch.float32))}
+        r.writer.close()
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+        OPS["gemv_bf16"].impls.pop("t_new_tf32", None)
+    assert recs["t_new_tf32"]["status"] == "ok"
+    assert recs["torch_matmul"]["status"] == "ok"
+
+
+def test_putting_the_default_device_back_leaves_no_device_mode_on(tmp_path, settings_impls,
+                                                                  fixed_llc):
+    """torch.set_default_device(cpu) is not 'no default device': it pushes a DeviceContext, a
+    TorchFunctionMode that every later torch call in the worker would go through (about +0.8 us
+    an op on a CPU: in the timings of every later impl of the run). The way back from an impl's
+    set_default_device is set_default_device(None) where none was set."""
+    from torch.overrides import _get_current_function_mode_stack
+    torch.set_default_device(None)  # none set, as in a worker (an earlier test may leave one)
+    before = list(_get_current_function_mode_stack())
+    r = make_runner(tmp_path, ["t_settings"])
+    try:
+        r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))
+        after = list(_get_current_function_mode_stack())
+    finally:
+        torch.set_default_device(None)
+        torch.set_float32_matmul_precision("highest")
+        torch.use_deterministic_algorithms(False)
+    r.writer.close()
+    assert after == before, after
