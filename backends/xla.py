@@ -261,7 +261,9 @@ class XLABackend(Backend):
         import jax.numpy as jnp
         from torchax.tensor import Tensor
         if isinstance(t, Tensor):
-            return Tensor(jnp.copy(t.jax()), self.env)
+            c = Tensor(jnp.copy(t.jax()), self.env)
+            c._decodewall_born = c.jax()  # its own array: restore_changed_sets' fast path
+            return c
         return t.clone()
 
     def snapshot(self, args: tuple) -> list[Any] | None:
@@ -292,7 +294,18 @@ class XLABackend(Backend):
         return changed
 
     def restore_changed_sets(self, sets: list[tuple], snap: list[Any] | None) -> list[int]:
-        return sorted({i for s in sets for i in self.restore_changed(s, snap)})
+        """restore_changed for every timing set, each against the array it was cloned with
+        (equal in value to the snapshot's): a set still holding it is unchanged without a look
+        at its values, which would cost a blocking comparison a set (seconds an impl at the
+        thousands of sets of a tiny case)."""
+        if snap is None:
+            return []
+        changed: set[int] = set()
+        for s in sets:
+            own = [getattr(a, "_decodewall_born", None) for a in s]
+            changed.update(self.restore_changed(s, [o if o is not None else p
+                                                    for o, p in zip(own, snap)]))
+        return sorted(changed)
 
     def block(self, out: Any) -> None:
         from torchax.tensor import Tensor
