@@ -158,7 +158,8 @@ class Backend:
             return []
         changed = []
         for i, (a, p) in enumerate(zip(args, snap)):
-            if p is not None and (a.shape != p.shape or not torch.equal(_words(a), _words(p))):
+            if p is not None and (a.shape != p.shape or a.dtype != p.dtype
+                                  or not torch.equal(_words(a), _words(p))):
                 _put(a, p)
                 changed.append(i)
         return changed
@@ -178,14 +179,13 @@ class Backend:
             p_words = _words(p)
             same = []
             for s in sets:
-                a_words = _words(s[i])
-                if s[i].shape != p.shape:
-                    hits.append((s, i, True))  # resized: changed whatever it holds
+                if s[i].shape != p.shape or s[i].dtype != p.dtype:
+                    hits.append((s, i, True))  # resized or retyped: changed whatever it holds
                 elif not (p.device.type != "cpu" if batched is None else batched) or \
                         len(sets) == 1 or p_words.numel() > 2**22:
                     # in place, no copy: on the CPU nothing is waited for, and a set of over 32
                     # MB (a GPU case's one set) would be copied whole to be stacked
-                    hits.append((s, i, not torch.equal(a_words, p_words)))
+                    hits.append((s, i, not torch.equal(_words(s[i]), p_words)))
                 else:
                     same.append(s)
             step = max(1, 2**23 // max(1, p_words.numel()))
@@ -204,7 +204,10 @@ class Backend:
 
 
 def _put(a: torch.Tensor, p: torch.Tensor) -> None:
-    """Put `p`'s values back into `a`, and its shape where an impl resized `a` in place."""
+    """Put `p`'s values back into `a`, and its shape or dtype where an impl changed them."""
+    if a.dtype != p.dtype:
+        a.data = p.clone()
+        return
     if a.shape != p.shape:
         a.resize_(p.shape)
     a.copy_(p)

@@ -553,7 +553,7 @@ def test_every_timing_set_is_compared_and_put_back_as_its_own(batched):
     """After the timing each set is compared with the case's snapshot, one word at a time on
     the CPU, a stacked batch at a time off it (one wait for the device in all): a changed set is
     put back in its own buffer, a NaN left where it was is no change (the KV pool's unused
-    slots hold NaN), and a set the impl resized counts as changed."""
+    slots hold NaN), and a set the impl resized or gave another dtype counts as changed."""
     b = get_backend("cpu")
     x = torch.randn(3, 5)  # 60 bytes: words of 4, not 8
     w = torch.randn(4, 8)
@@ -568,8 +568,10 @@ def test_every_timing_set_is_compared_and_put_back_as_its_own(batched):
     assert len({s[k].data_ptr() for s in sets for k in (0, 1)}) == 10
     assert b.restore_changed_sets(sets, snap, batched=batched) == []
     sets[4][0].resize_(5, 3)  # the same bytes in another shape
-    assert b.restore_changed_sets(sets[4:], snap, batched=batched) == [0]
+    sets[3][1].data = sets[3][1].data.half()  # another dtype
+    assert b.restore_changed_sets(sets[3:], snap, batched=batched) == [0, 1]
     assert sets[4][0].shape == x.shape and torch.equal(sets[4][0], x)
+    assert sets[3][1].dtype == w.dtype and torch.equal(sets[3][1].nan_to_num(), w.nan_to_num())
 
 
 class _ReplayingAllocator:
