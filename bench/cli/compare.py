@@ -111,8 +111,8 @@ def command(args) -> int:
                   soft_wrap=True, markup=False)
     t = Table(title="compare: B against A", header_style="bold")
     for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
-        # what names a row folds over lines rather than end in "…": two shapes that differ in K
-        # were both "M=1,N=14336…" on a 100-column terminal
+        # what names a row folds over lines rather than end in "…": cut, two shapes that differ
+        # only in K would both read "M=1,N=14336…" on a 100-column terminal
         t.add_column(col, overflow="ellipsis" if col in ("A median", "B median", "B/A") else "fold")
     for r in rows:
         t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"] or "-"),

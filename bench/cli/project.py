@@ -191,7 +191,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     t = Table(header_style="bold")
     for col in ("chip", "mem BW GB/s", "mem-bound step", "compute-bound step", "binds",
                 "tok/s (1 chip)", "memory GB", "chips to hold", "tok/s a sequence on those (tp×pp)"):
-        # a chip's id folds rather than end in "…": h100-sxm and h100-pcie were both "h100-…"
+        # a chip's id folds rather than end in "…" (h100-sxm and h100-pcie: one "h100-…")
         t.add_column(col, justify="left" if col in ("chip", "binds") else "right",
                      overflow="fold" if col == "chip" else "ellipsis")
     unk = "[dim]unknown[/]"
@@ -247,7 +247,7 @@ def missing_figures(p) -> str | None:
 
 # the splits table's columns a narrow terminal loses first, in this order (the step's parts),
 # so that the rest keep whole numbers: rich cuts a cell narrower than its number to "4…", and
-# at 40 columns it left every cell of the table empty
+# gives 13 columns in 40 no width at all (every cell empty)
 SPLIT_DROPS = ("hops", "of which floors", "all-reduces", "kernels", "GB a chip", "tok/s (batch)")
 
 

@@ -198,8 +198,8 @@ def chips_table(chips: Iterable[Chip], detail: bool = False) -> Table:
               header_style="bold", show_lines=False)
     for col in ("id", "name", "mem BW GB/s", "memory GB", "on-chip SRAM", "BF16 TFLOP/s",
                 "FP8 TFLOP/s", "INT8 TOP/s", "TDP W", "chip-to-chip", "source"):
-        # a figure wider than its column is cut with "…", never folded: at 70 columns 3350
-        # GB/s folded into "335" over "0"
+        # a figure wider than its column is cut with "…", never folded: folded, 3350 GB/s at
+        # 70 columns reads "335" over "0", two numbers
         t.add_column(col, overflow="ellipsis" if col in CHIP_FIGURES else "fold")
     for c in chips:
         t.add_row(c.id, c.name, fmt_num(c.mem_bw_gbps, 0), fmt_num(c.mem_gb, 0) +
