@@ -268,9 +268,10 @@ def test_kernel_tolerances_by_hand(op_name):
 
 def test_what_a_plugin_may_pass_to_register_impl_means_what_it_says(monkeypatch):
     """A C function whose signature Python cannot read (torch.nn.functional.linear is a whole
-    gemv_bf16) made the plugin fail to load with 'no signature found for builtin'; a backend or
-    dtype given as one string was split into its letters ('unknown backend 'c''); and an empty
-    list made an impl that no case can run ('x runs on , not cpu')."""
+    gemv_bf16) registers as taking no out= rather than failing the plugin's load ('no signature
+    found for builtin'); a backend or dtype given as one string is that name, not its letters
+    ('unknown backend 'c''); an empty list, which would make an impl no case runs ('x runs on ,
+    not cpu'), is refused."""
     monkeypatch.setattr(OPS["gemv_bf16"], "impls", dict(OPS["gemv_bf16"].impls))
     register_impl("gemv_bf16", "plug_linear", backends="cpu",
                   dtypes="bfloat16")(torch.nn.functional.linear)

@@ -560,8 +560,8 @@ def test_progress_is_shown_on_a_terminal_unless_no_progress(in_process, monkeypa
 
 def test_a_dumb_terminal_gets_no_bar_and_no_blank_line(in_process, monkeypatch, capsys):
     """TERM=dumb (Emacs' shell, some CI logs) cannot redraw a line, and TTY_INTERACTIVE=0 asks
-    rich not to: rich drew no bar there but the run started one all the same, and its end left
-    an empty line on stderr."""
+    rich not to: rich draws no bar there, and a bar started all the same leaves an empty line on
+    stderr where it ends."""
     import rich.progress
     from bench.runner import Runner
     bars, add_task = [], rich.progress.Progress.add_task
@@ -580,8 +580,8 @@ def test_a_dumb_terminal_gets_no_bar_and_no_blank_line(in_process, monkeypatch, 
 
 def test_the_bar_keeps_its_count_on_an_80_column_terminal(in_process, monkeypatch, capsys):
     """A case's description is as long as its shape: the decode suite's attention case on the
-    CPU took the whole of an 80-column line, and the bar showed "0/…" and "0:00…". The
-    description is cut with "…" instead; the count and the time stay whole."""
+    CPU fills an 80-column line, which would leave the bar "0/…" and "0:00…". The description
+    is cut with "…" instead; the count and the time stay whole."""
     from bench.runner import Runner
     monkeypatch.setattr(Runner, "run_case", lambda self, case: [])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

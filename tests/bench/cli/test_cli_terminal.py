@@ -35,8 +35,9 @@ def body_cells(out: str, column: int) -> list[str]:
 @pytest.mark.parametrize("columns", [60, 70, 80])
 def test_chip_figures_are_whole_or_cut_with_an_ellipsis_never_folded(columns, capsys,
                                                                      monkeypatch):
-    """The catalog's cells folded: at 70 columns H100's 3350 GB/s showed as "335" over "0", and
-    its 1979.0 INT8 TOP/s as "197" over "9.0". A figure too wide for its column ends in "…"."""
+    """Folded, a catalog figure reads as two numbers: at 70 columns H100's 3350 GB/s would be
+    "335" over "0", its 1979.0 INT8 TOP/s "197" over "9.0". A figure too wide for its column
+    ends in "…"."""
     from backends import load_catalog
     from bench.report.table import fmt_num
     monkeypatch.setenv("COLUMNS", str(columns))
@@ -55,9 +56,9 @@ def splits(out: str) -> str:
 
 
 def test_project_splits_keep_their_figures_whole_on_an_80_column_terminal(capsys, monkeypatch):
-    """At 80 columns the splits table cut every figure ("74…" tok/s, "13…" ms) and both chip
-    ids to "h1…": the step's parts (hops, floors, all-reduces, kernels) go first, and the
-    caption says so."""
+    """At 80 columns all thirteen columns would cut every figure ("74…" tok/s, "13…" ms) and
+    both chip ids to "h1…": the step's parts (hops, floors, all-reduces, kernels) go first, and
+    the caption says so."""
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "h100-sxm",
                  "--tp", "1", "--tp", "8"]) == 0
@@ -69,8 +70,8 @@ def test_project_splits_keep_their_figures_whole_on_an_80_column_terminal(capsys
 
 
 def test_project_splits_at_40_columns_are_not_an_empty_grid(capsys, monkeypatch):
-    """13 columns in 40: rich gave each a width of 0, and the table was borders around empty
-    cells, with no sign that anything was cut."""
+    """13 columns in 40: rich gives each a width of 0, borders around empty cells with no sign
+    that anything is cut. Columns go, figures show, and the caption says numbers may be cut."""
     monkeypatch.setenv("COLUMNS", "40")
     assert main(["project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "h100-sxm",
                  "--tp", "1", "--tp", "8"]) == 0
@@ -81,7 +82,7 @@ def test_project_splits_at_40_columns_are_not_an_empty_grid(capsys, monkeypatch)
 
 
 def test_project_tells_chips_apart_on_an_80_column_terminal(capsys, monkeypatch):
-    """h100-sxm and h100-pcie were both "h100-…": a chip's id folds over lines instead."""
+    """Cut, h100-sxm and h100-pcie would both read "h100-…": a chip's id folds instead."""
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["project", "--model", "llama-3-70b", "--weights", "int4"]) == 0
     out = capsys.readouterr().out
@@ -92,7 +93,7 @@ def test_project_tells_chips_apart_on_an_80_column_terminal(capsys, monkeypatch)
 
 def test_an_ascii_output_keeps_the_time_unit(tmp_path):
     """PYTHONIOENCODING=ascii (or a terminal that says it is ASCII): what the encoding cannot
-    hold was printed as '?', and 58.9 µs read "58.9 ?s": µs, ms or s? µ prints as u, one
+    hold prints as '?', which would make 58.9 µs "58.9 ?s": µs, ms or s? µ prints as u, one
     character for one, so the columns stay aligned."""
     path = write(tmp_path / "r.jsonl", {**records()[0], "time_s": {
         "median": 58.9e-6, "p25": 50e-6, "p75": 70e-6, "min": 40e-6, "n": 200}})
@@ -104,8 +105,8 @@ def test_an_ascii_output_keeps_the_time_unit(tmp_path):
 
 
 def test_run_list_json_prints_json(capsys):
-    """`run --list --json` printed the text list: `... | jq` failed on its first line. Each
-    suite and op is one JSON object a line, as everything --json prints."""
+    """`run --list --json | jq` reads JSON: each suite and op one object a line, as everything
+    --json prints."""
     from kernels import OPS
     from bench.suites import SUITES
     assert main(["run", "--list", "--json"]) == 0
@@ -118,8 +119,8 @@ def test_run_list_json_prints_json(capsys):
 
 def test_compare_tells_apart_cases_that_differ_late_in_their_shape(tmp_path, capsys,
                                                                   monkeypatch):
-    """On a 100-column terminal both rows read "M=1,N=14336…", K=4096 and K=8192 alike, and
-    the impl "torch_int4p…": the cells that name a case fold over lines instead."""
+    """Cut on a 100-column terminal, both rows would read "M=1,N=14336…", K=4096 and K=8192
+    alike, and the impl "torch_int4p…": the cells that name a case fold over lines instead."""
     shape = {"M": 1, "N": 14336, "K": 4096, "group_size": 128}
     rec = {**records()[0], "op": "gemv_w4", "impl": "torch_int4pack_mm", "device": None}
     path = write(tmp_path / "r.jsonl", {**rec, "shape": shape}, {**rec, "shape": {**shape,
