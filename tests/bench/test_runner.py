@@ -71,6 +71,15 @@ def make_runner(tmp_path, impls):
     return Runner(ctx, ResultWriter(tmp_path, "test-run"))
 
 
+def records_of(tmp_path, impls):
+    """Each impl's record of one small fp32 GEMV case, by impl name."""
+    r = make_runner(tmp_path, impls)
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
+                                                  torch.float32))}
+    r.writer.close()
+    return recs
+
+
 def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_impls, fixed_llc):
     r = make_runner(tmp_path, TEST_IMPLS)
     recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128), torch.float32))}
@@ -526,22 +535,14 @@ def test_an_impl_that_changes_its_inputs_then_raises_leaves_them_put_back(tmp_pa
             raise RuntimeError("gave up")
         return y
 
-    @register_impl("gemv_bf16", "t_next", backends=["cpu"], dtypes=["float32"])
-    def next_impl(x, w, out=None):
-        return torch.matmul(x, w.T, out=out)
-
     try:
-        r = make_runner(tmp_path, ["t_spoils_raises", "t_next"])
-        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
-                                                      torch.float32))}
-        r.writer.close()
+        recs = records_of(tmp_path, ["t_spoils_raises", "torch_matmul"])
     finally:
         OPS["gemv_bf16"].impls.pop("t_spoils_raises", None)
-        OPS["gemv_bf16"].impls.pop("t_next", None)
     bad = recs["t_spoils_raises"]
     assert bad["status"] == "error" and bad["error"].startswith("RuntimeError: gave up")
     assert "changed its input 1" in bad["error"]
-    assert recs["t_next"]["status"] == "ok" and recs["t_next"]["rel_err"] < 1e-6
+    assert recs["torch_matmul"]["status"] == "ok" and recs["torch_matmul"]["rel_err"] < 1e-6
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["in-place", "batched"])
@@ -668,10 +669,7 @@ def test_an_impl_using_torchs_new_tf32_api_is_recorded_and_the_next_runs(tmp_pat
 
     before = torch.backends.cuda.matmul.fp32_precision
     try:
-        r = make_runner(tmp_path, ["t_new_tf32", "torch_matmul"])
-        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", GemvShape(2, 64, 128),
-                                                      torch.float32))}
-        r.writer.close()
+        recs = records_of(tmp_path, ["t_new_tf32", "torch_matmul"])
     finally:
         torch.backends.cuda.matmul.fp32_precision = before
         OPS["gemv_bf16"].impls.pop("t_new_tf32", None)
