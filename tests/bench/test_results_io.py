@@ -391,26 +391,19 @@ def test_a_record_without_a_required_field_is_no_record(tmp_path, missing):
     assert str(e.value) == f"{p}:1: not a decodewall result record"
 
 
-@pytest.mark.parametrize("field", ["dtype", "backend", "verdict", "error", "group", "run_id",
-                                   "flush"])
-def test_each_text_field_must_be_a_string_or_null(tmp_path, field):
+@pytest.mark.parametrize("field, good, bad, said", [
+    *[(f, None, 5, "must be a string, got a number")
+      for f in ("dtype", "backend", "verdict", "error", "group", "run_id", "flush")],
+    # 1 or "false" would be read for its truth value (a string "false" is true)
+    *[(f, False, 1, "must be true or false, got 1") for f in ("baseline", "warm", "cold",
+                                                              "correct")]])
+def test_each_text_or_truth_field_holds_its_type_or_null(tmp_path, field, good, bad, said):
     p = tmp_path / "r.jsonl"
-    p.write_text(json.dumps({**_record(impl="x"), field: None}) + "\n"
-                 + json.dumps({**_record(impl="x"), field: 5}) + "\n")
+    p.write_text(json.dumps({**_record(impl="x"), field: good}) + "\n"
+                 + json.dumps({**_record(impl="x"), field: bad}) + "\n")
     with pytest.raises(ResultsError) as e:
         read_results(p)
-    assert str(e.value) == f"{p}:2: malformed record ({field} must be a string, got a number)"
-
-
-@pytest.mark.parametrize("field", ["baseline", "warm", "cold", "correct"])
-def test_each_truth_field_must_be_true_false_or_null(tmp_path, field):
-    """1 or "false" would be read for its truth value (a string "false" is true)."""
-    p = tmp_path / "r.jsonl"
-    p.write_text(json.dumps({**_record(impl="x"), field: False}) + "\n"
-                 + json.dumps({**_record(impl="x"), field: 1}) + "\n")
-    with pytest.raises(ResultsError) as e:
-        read_results(p)
-    assert str(e.value) == f"{p}:2: malformed record ({field} must be true or false, got 1)"
+    assert str(e.value) == f"{p}:2: malformed record ({field} {said})"
 
 
 @pytest.mark.parametrize("field, highest", [
