@@ -154,15 +154,7 @@ class Backend:
     def restore_changed(self, args: tuple, snap: list[Any] | None) -> list[int]:
         """The positions of the inputs that differ from `snapshot`'s copies, byte for byte (a NaN
         in an unused slot equals itself), each put back."""
-        if snap is None:
-            return []
-        changed = []
-        for i, (a, p) in enumerate(zip(args, snap)):
-            if p is not None and (a.shape != p.shape or a.dtype != p.dtype
-                                  or not torch.equal(_words(a), _words(p))):
-                _put(a, p)
-                changed.append(i)
-        return changed
+        return self.restore_changed_sets([args], snap)
 
     def restore_changed_sets(self, sets: list[tuple], snap: list[Any] | None,
                              batched: bool | None = None) -> list[int]:

@@ -159,12 +159,6 @@ def _put_back(state: tuple[int, torch.dtype, bool, tuple]) -> None:
             put(value)
 
 
-def _restore_sets(backend: Backend, sets: list[tuple], pristine: list[Any] | None) -> list[int]:
-    """The input positions that any of `sets` (each a copy of the case's inputs) changed from
-    `pristine`, each put back."""
-    return backend.restore_changed_sets(sets, pristine)
-
-
 def _malformed(out: Any, shape: tuple, dtype: torch.dtype) -> str | None:
     """Why an impl's output is not one the op's reference and byte count describe, or None."""
     if not isinstance(out, torch.Tensor):
@@ -331,7 +325,7 @@ class Runner:
             return
         pristine, sets = guard
         try:
-            changed = _restore_sets(self.ctx.backend, sets, pristine)
+            changed = self.ctx.backend.restore_changed_sets(sets, pristine)
         except Exception:  # a lost device context: its worker is replaced before the next impl
             return
         if changed:
@@ -432,7 +426,7 @@ class Runner:
         # (3) what the timed calls left: the input sets as they were (every later impl checks on
         # set 0 and times on the rest), and in each out buffer the answer (an impl right only on
         # its first call, or only into a NaN-poisoned buffer, must not be timed as right)
-        changed = _restore_sets(c.backend, sets, pristine)
+        changed = c.backend.restore_changed_sets(sets, pristine)
         self._guard = None
         del pristine
         if changed:

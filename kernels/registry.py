@@ -233,15 +233,7 @@ def register_impl(
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float64 on the CPU; NaN anywhere gives inf."""
-    o = out.detach().to("cpu", torch.float64)
-    r = ref.detach().to("cpu", torch.float64)
-    if o.shape != r.shape:
-        raise ValueError(f"output shape {tuple(o.shape)} != reference shape {tuple(r.shape)}")
-    if not torch.isfinite(o).all():
-        return float("inf")
-    denom = torch.linalg.vector_norm(r).item()
-    num = torch.linalg.vector_norm(o - r).item()
-    return num / denom if denom > 0 else num
+    return rel_errs([out], ref)[0]
 
 
 def rel_errs(outs: list[torch.Tensor], ref: torch.Tensor) -> list[float]:

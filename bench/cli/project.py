@@ -254,7 +254,7 @@ SPLIT_DROPS = ("hops", "of which floors", "all-reduces", "kernels", "GB a chip",
 def _print_splits(step: Step, rows, from_records: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
-    from ..report.table import console, fmt_time, least_width, plain
+    from ..report.table import console, fit_columns, fmt_time, plain
     unk = "[dim]unknown[/]"
     cols = [(col, "left" if col == "chip" else "right") for col in (
         "chip", "tp", "pp", "chips", "GB a chip", "holds", "kernels", "of which floors",
@@ -274,12 +274,7 @@ def _print_splits(step: Step, rows, from_records: bool = False) -> None:
                       ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk])
     out = console()
     shown = [[c if isinstance(c, Text) else Text.from_markup(c).plain for c in r] for r in cells]
-    keep, dropped = list(range(len(cols))), []
-    for name in SPLIT_DROPS:
-        if least_width(cols, shown, keep) <= out.width:
-            break
-        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
-        dropped.append(name)
+    keep, cut = fit_columns(cols, shown, SPLIT_DROPS, out.width)
     t = Table(title="splits: one token's step on tp × pp chips", header_style="bold")
     for k in keep:
         t.add_column(cols[k][0], justify=cols[k][1],
@@ -291,11 +286,8 @@ def _print_splits(step: Step, rows, from_records: bool = False) -> None:
                  "spans more chips than the fabric's group, and the all-reduce crosses a slower "
                  "link. Link figures: the catalog, or measured allreduce records of that chip "
                  "given with --from.")
-    if dropped:
-        fits = least_width(cols, shown, keep) <= out.width
-        t.caption += (f" {', '.join(dropped)} left out to fit {out.width} columns" if fits else
-                      f" {', '.join(dropped)} left out, and {out.width} columns are still too "
-                      "few: numbers may be cut") + " (--json has every field)."
+    if cut:
+        t.caption += f" {cut}."
     if from_records:  # which link figures each chip's rows took: measured ones, or why not
         sources = dict.fromkeys((s.chip, s.link_source) for _, s in rows)
         t.caption += "".join(f"\n{chip} links: {src}" for chip, src in sources)

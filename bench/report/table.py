@@ -127,19 +127,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
                   fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
         rows.append(cells)
-    keep = list(range(len(cols)))
-    dropped = []
-    for name in NARROW_DROPS:
-        if width is None or least_width(cols, rows, keep) <= width:
-            break
-        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
-        dropped.append(name)
-    caption = None
-    if dropped:
-        fits = least_width(cols, rows, keep) <= width
-        caption = (f"{', '.join(dropped)} left out to fit {width} columns" if fits else
-                   f"{', '.join(dropped)} left out, and {width} columns are still too few: "
-                   "numbers may be cut") + " (--json has every field)"
+    keep, caption = fit_columns(cols, rows, NARROW_DROPS, width)
     t = Table(title=title_text(title), show_lines=False, header_style="bold", caption=caption)
     for k in keep:
         t.add_column(cols[k][0], justify=cols[k][1], overflow="fold")
@@ -148,7 +136,27 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
     return t
 
 
-def least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
+def fit_columns(cols: list[tuple[str, str]], rows: list[list[Any]], drops: Iterable[str],
+                width: int | None) -> tuple[list[int], str | None]:
+    """The columns (indices into `cols`, as (name, justify)) kept when those named in `drops` go,
+    in turn, until every number of `rows` fits `width` whole (None: keep all), and a note that
+    names what went (None when nothing did)."""
+    keep = list(range(len(cols)))
+    dropped = []
+    for name in drops:
+        if width is None or _least_width(cols, rows, keep) <= width:
+            break
+        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
+        dropped.append(name)
+    if not dropped:
+        return keep, None
+    fits = _least_width(cols, rows, keep) <= width
+    return keep, (f"{', '.join(dropped)} left out to fit {width} columns" if fits else
+                  f"{', '.join(dropped)} left out, and {width} columns are still too few: "
+                  "numbers may be cut") + " (--json has every field)"
+
+
+def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
     """Characters the table needs with every number whole: each number column as wide as its
     widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column
     of border and padding, 1 more for the last border."""
