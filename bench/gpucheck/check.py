@@ -416,19 +416,24 @@ class Check:
         are killed: what they compiled stays in the cache) and say what they did."""
         if not self.warm_procs:
             return
-        texts, cut = [], 0
+        texts, cut, ended = [], 0, []
         for proc, path in self.warm_procs:
-            if proc.poll() is None:
+            running = proc.poll() is None
+            if running:
                 cut += 1
                 kill_group(proc, 1.0)
-            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            text = path.read_text(encoding="utf-8", errors="replace")
+            texts.append(text)
             path.unlink(missing_ok=True)
+            if not running and " done: " not in text:  # it ended on an error of its own
+                last = (text.strip().splitlines() or ["no output"])[-1].strip()
+                ended.append(f"exit {proc.returncode}: {last}"[:200])
         n, seconds = len(self.warm_procs), time.monotonic() - self.warm_t0
         self.warm_procs = []
         self.log.write(f"----- warm ({n} processes, {seconds:.0f} s, {cut} stopped while "
                        "compiling)\n" + "".join(texts) + "\n")
         self.log.flush()
-        self.warm = warm_report(texts, cut, seconds)
+        self.warm = warm_report(texts, cut, seconds, ended)
 
     def step_pytest(self, name: str) -> None:
         """`pytest` runs the cuda tests but the every-config ones, `configs` those alone, each
@@ -887,10 +892,12 @@ def warm_shards() -> int:
     return max(1, min(WARM_MAX, (os.cpu_count() or 1) - pytest_shards()))
 
 
-def warm_report(texts: list[str], cut: int, seconds: float) -> dict[str, Any]:
+def warm_report(texts: list[str], cut: int, seconds: float,
+                ended: list[str] | None = None) -> dict[str, Any]:
     """What warm.py's processes said (one output each): (case, impl) pairs done (compiled, or
     run under the interpreter), skipped and failed (the first failures' lines), configs
-    compiled, processes that finished."""
+    compiled, processes that finished; `ended`: each process that exited without its done
+    line (a crash of warm.py itself: its exit status and last line)."""
     pairs = [ln.split(": ", 1)[1] for t in texts for ln in t.splitlines()
              if ln.startswith("warm ") and ": " in ln and " done: " not in ln]
     done = [ln for t in texts for ln in t.splitlines() if " done: " in ln]
@@ -901,7 +908,8 @@ def warm_report(texts: list[str], cut: int, seconds: float) -> dict[str, Any]:
             "seconds": round(seconds, 1), "done": sum(": failed: " not in ln and ": skipped: "
                                                       not in ln for ln in pairs),
             "skipped": sum(": skipped: " in ln for ln in pairs), "failed": len(failed),
-            "failures": failed[:3], "configs": configs}
+            "failures": failed[:3], "configs": configs, "ended": list(ended or [])[:3],
+            "crashed": len(ended or [])}
 
 
 def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -267,8 +267,9 @@ def slowest(records: list[dict[str, Any]], most: int = 6) -> list[str]:
 
 def warm_line(w: dict[str, Any], dry: bool = False) -> str:
     """The background compiles (bench/gpucheck/warm.py) as a line under the steps: never a
-    failure, a warning when a pair failed or a process was stopped while compiling."""
-    status = "warn" if w["failed"] or w["stopped"] else "ok"
+    failure, a warning when a pair failed, a process was stopped while compiling or one ended
+    on an error of its own."""
+    status = "warn" if w["failed"] or w["stopped"] or w.get("crashed") else "ok"
     n = w["processes"]
     text = (f"  {'(warm)':7s} {status:8s} {w['seconds']:5.0f} s  beside pytest and configs, "
             f"{n} process{'es' if n != 1 else ''}: {w['done']} (case, impl) pair"
@@ -281,6 +282,9 @@ def warm_line(w: dict[str, Any], dry: bool = False) -> str:
         text += f"; {w['stopped']} stopped while still at work when configs ended"
     if w["failed"]:
         text += f"; {w['failed']} failed: " + "; ".join(w["failures"])[:300]
+    if w.get("crashed"):  # warm.py's own error: its GPU path runs on no CI machine
+        text += (f"; {w['crashed']} ended without finishing (see steps.log): "
+                 + "; ".join(w.get("ended") or [])[:300])
     return text
 
 

@@ -133,7 +133,7 @@ def test_the_check_reads_what_the_processes_said():
              "warm 1/2: gemv_w8 M=1 bfloat16 triton_w8: 18 configs compiled in 4.3 s\n"]
     w = warm_report(texts, cut=1, seconds=12.3)
     assert w == {"processes": 2, "finished": 1, "stopped": 1, "seconds": 12.3, "done": 2,
-                 "skipped": 1, "failed": 1, "configs": 39,
+                 "skipped": 1, "failed": 1, "configs": 39, "ended": [], "crashed": 0,
                  "failures": ["paged_attention B=1 bfloat16 triton: failed: OutOfResources: shared"]}
     line = warm_line(w)
     assert "(warm)  warn" in line and "2 processes: 2 (case, impl) pairs compiled ahead " \
@@ -141,6 +141,38 @@ def test_the_check_reads_what_the_processes_said():
     assert "OutOfResources" in line
     ok = warm_line({**w, "stopped": 0, "failed": 0, "skipped": 0, "processes": 1, "done": 1})
     assert "(warm)  ok" in ok and "1 process: 1 (case, impl) pair compiled" in ok
+
+
+def test_a_warm_process_that_crashed_is_a_warning_naming_its_error(tmp_path):
+    """warm.py's own GPU path (Triton's tuner in compile-only mode, the device's inputs) runs in
+    no dry run: a process that ended without its done line is said with its last line, not
+    summed into an ok line of 0 pairs compiled."""
+    import subprocess as sp
+    import sys
+    import time
+
+    from tests.bench.gpucheck.test_device_check import _check
+    c = _check(tmp_path, no_warm=False)
+    try:
+        procs = []
+        for i, body in enumerate(["print('warm 0/2 done: 0 of 0 pairs, 0 configs, 0.1 s')",
+                                  "raise SystemExit('AttributeError: no Autotuner.warmup')"]):
+            out = tmp_path / f"warm{i}.out"
+            with open(out, "w") as f:
+                procs.append((sp.Popen([sys.executable, "-c", body], stdout=f,
+                                       stderr=sp.STDOUT, start_new_session=True), out))
+        for proc, _ in procs:
+            proc.wait(timeout=30)
+        c.warm_procs, c.warm_t0 = procs, time.monotonic()
+        c.finish_warm()
+    finally:
+        c.log.close()
+    w = c.warm
+    assert (w["finished"], w["stopped"], w["crashed"]) == (1, 0, 1)
+    assert w["ended"] == ["exit 1: AttributeError: no Autotuner.warmup"]
+    line = warm_line(w)
+    assert "(warm)  warn" in line and "1 ended without finishing" in line
+    assert "no Autotuner.warmup" in line
 
 
 # The GPU path without a GPU: Triton's driver replaced by one that reports an sm_90 device and
