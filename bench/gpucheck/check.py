@@ -52,7 +52,8 @@ from typing import Any
 
 from bench.errors import OneLineParser
 
-from .proc import FAIL_LINE, KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs
+from .proc import (FAIL_LINE, KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs,
+                   usable_cores)
 
 # Nominal seconds per step, in the order they run. The suite is elastic: it gets whatever the
 # total leaves after the steps before it and the nominal boxes of the steps after it; its figure
@@ -884,12 +885,12 @@ def pytest_shards() -> int:
     """How many pytest processes a test step runs at once: half the cores, 2 to 8 (the GPU
     machine's 16 give 8: with an empty Triton cache 4 got through a quarter of the cuda tests in
     60 s, compiling; the dry run on 2 still runs two, so the parallel path is tested)."""
-    return max(2, min(8, (os.cpu_count() or 1) // 2))
+    return max(2, min(8, usable_cores() // 2))
 
 
 def warm_shards() -> int:
     """Background compile processes: the cores the pytest processes leave, 1 to WARM_MAX."""
-    return max(1, min(WARM_MAX, (os.cpu_count() or 1) - pytest_shards()))
+    return max(1, min(WARM_MAX, usable_cores() - pytest_shards()))
 
 
 def warm_report(texts: list[str], cut: int, seconds: float,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,12 +155,27 @@ def _tee(pipe, log, lines: list[str], tag: str = "", lock: threading.Lock | None
     pipe.close()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a container or taskset
+    narrows; os.cpu_count() counts the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _version_key(path: str) -> list[int]:
+    """The numbers in `path`, in order: cuda-13.0 after cuda-9.2, which a string sort reverses."""
+    return [int(n) for n in re.findall(r"\d+", path)]
+
+
 def find_ncu() -> str | None:
+    """ncu on PATH, else the newest under CUDA's and Nsight Compute's install folders."""
     found = shutil.which("ncu")
     if found:
         return found
     for pattern in ("/usr/local/cuda*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu"):
-        hits = sorted(glob.glob(pattern))
+        hits = sorted(glob.glob(pattern), key=_version_key)
         if hits:
             return hits[-1]
     return None

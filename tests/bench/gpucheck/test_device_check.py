@@ -1006,8 +1006,19 @@ def test_the_test_steps_run_several_pytest_processes_and_warm_takes_the_other_co
     parallel path is the one tested); the background compiles take the cores left, 1 to 8."""
     from bench.gpucheck import check as dc
     for cores, shards, warm in ((1, 2, 1), (2, 2, 1), (4, 2, 2), (16, 8, 8), (64, 8, 8)):
-        monkeypatch.setattr(dc.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(dc, "usable_cores", lambda cores=cores: cores)
         assert (dc.pytest_shards(), dc.warm_shards()) == (shards, warm), cores
+
+
+def test_the_cores_counted_are_those_the_check_may_run_on(monkeypatch):
+    """A container or taskset that narrows the affinity mask narrows the processes: counting
+    the machine's cores there would start 16 compiling processes on 2."""
+    from bench.gpucheck import proc
+    if not hasattr(proc.os, "sched_getaffinity"):
+        pytest.skip("no affinity mask on this platform")
+    monkeypatch.setattr(proc.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(proc.os, "sched_getaffinity", lambda pid: {3, 5})
+    assert proc.usable_cores() == 2
 
 
 def test_sigterm_or_ctrl_c_during_a_step_give_their_exit_status(tmp_path):

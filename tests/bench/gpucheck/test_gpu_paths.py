@@ -314,10 +314,11 @@ def test_the_processes_of_a_test_step_cut_at_its_box_are_killed(tmp_path):
 
 
 def test_ncu_off_the_path_is_found_where_cuda_installs_it(monkeypatch):
-    """Where ncu is not on PATH: the newest under /usr/local/cuda*/bin, else under Nsight
-    Compute's own folder; None where neither holds one."""
+    """Where ncu is not on PATH: the newest under /usr/local/cuda*/bin (by version: 13.0 after
+    9.2), else under Nsight Compute's own folder; None where neither holds one."""
     from bench.gpucheck import proc
-    trees = {"/usr/local/cuda*/bin/ncu": ["/usr/local/cuda-13.0/bin/ncu",
+    trees = {"/usr/local/cuda*/bin/ncu": ["/usr/local/cuda-9.2/bin/ncu",
+                                          "/usr/local/cuda-13.0/bin/ncu",
                                           "/usr/local/cuda-12.8/bin/ncu"],
              "/opt/nvidia/nsight-compute/*/ncu": ["/opt/nvidia/nsight-compute/2025.3.1/ncu"]}
     monkeypatch.setattr(proc.shutil, "which", lambda name: None)
