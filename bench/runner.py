@@ -454,6 +454,13 @@ class Runner:
                                                         f"{rec['rel_err']:.3g})"))
                 return sets
 
+        # No rate to derive from a call the timer cannot see (CUDA events around a call that
+        # queues no work on the GPU read 0 s).
+        if not st.median > 0:
+            rec.update(status="error", error=with_known_issue(
+                impl, f"its timed calls read a median of 0 s over {st.n} calls, below the "
+                      f"timer's resolution: no time or rate to report"))
+            return sets
         v = judge(rec["bytes"], rec["flops"], st.median, c.roof, case.dtype,
                   latency_floor_s(c.backend.name), in_cache=in_cache)
         gbps = rec["bytes"] / st.median / 1e9

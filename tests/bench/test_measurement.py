@@ -286,3 +286,21 @@ def test_size_sweep_spans_cache_to_dram_for_each_op():
                                                                        "triton_w4_splitk", "gemlite_w4"}
     small = cases_for("sweep-size", SuiteContext("cpu", 1 * 2**30, llc))  # sizes that fit RAM
     assert small and max(OPS[c.op].bytes_moved(c.shape, c.dtype) for c in small) < 2**30 / 3
+
+
+def test_a_median_of_zero_seconds_is_one_clear_error_not_a_division_by_zero(tmp_path,
+                                                                         monkeypatch):
+    """A call whose work the timer cannot see (CUDA events around a call that queues nothing
+    read 0 s) has no rate: its record says so in one line, the run goes on, and no figure is
+    derived from a zero time (GB/s would be a ZeroDivisionError blamed on the impl)."""
+    import tests.bench.test_runner_numbers as numbers
+    from bench.case import Case
+    from kernels.gemv import GemvShape
+    monkeypatch.setattr(numbers, "DURATIONS", [0.0])
+    monkeypatch.setattr("backends.cpu.read_caches", lambda: {"L3": 1 << 20})
+    r = numbers.runner(tmp_path, ["torch_matmul"])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "error" and "median of 0 s" in rec["error"]
+    assert "ZeroDivisionError" not in rec["error"] and "traceback" not in rec
+    assert rec["time_s"] is None and rec["achieved_gbps"] is None and rec["correct"] is True
