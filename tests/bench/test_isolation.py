@@ -706,3 +706,47 @@ def test_a_worker_that_exits_while_its_child_holds_the_pipe_is_seen_dead(tmp_pat
         assert w.wait() == 3
     finally:
         w.kill()  # the helper too: it is in the worker's process group
+
+
+def test_a_lost_device_context_gives_the_impls_after_it_a_fresh_worker(tmp_path):
+    """The worker whose context is lost ends after the record: the case's impls after the
+    faulting one run in a new worker, each with its own record, not "the worker sent no
+    record"."""
+    plugin = tmp_path / "poison_first.py"
+    plugin.write_text(
+        "import torch\n"
+        "from backends import get_backend\n"
+        "from kernels import register_impl\n"
+        "get_backend('cpu').context_lost = lambda: 'illegal memory access (fake)'\n\n"
+        "@register_impl('gemv_bf16', 'a_poison', backends=['cpu'])\n"
+        "def a_poison(x, w):\n"
+        "    raise RuntimeError('CUDA error: an illegal memory access was encountered')\n\n"
+        "@register_impl('gemv_bf16', 'b_after', backends=['cpu'])\n"
+        "def b_after(x, w, out=None):\n"
+        "    return torch.matmul(x, w.T, out=out)\n")
+    p = run_cli("run", *GEMV, "--impl", "a_poison", "--impl", "b_after", "--plugin",
+                str(plugin), "--budget", "quick", "--no-save", "--json", "--no-progress")
+    recs = {r["impl"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert recs["a_poison"]["status"] == "crashed", p.stderr[-2000:]
+    assert recs["b_after"]["status"] == "ok", recs["b_after"]["error"]
+
+
+def test_a_forked_child_ends_at_its_first_report_and_sends_nothing(monkeypatch):
+    """A process an impl forked returns into the worker's code with the worker's pipe: each
+    report it would make ends it first, so it can neither send a second record nor go on to
+    read the next case's messages."""
+    import types
+
+    import bench.isolation as iso
+    sent = []
+    rep = iso._Reporter(types.SimpleNamespace(send=sent.append))
+    rep.pid = os.getpid() + 1  # the reporter was made in the parent of this process
+
+    def exits(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(iso.os, "_exit", exits)
+    for report in (lambda: rep.phase("torch_matmul"), lambda: rep.stage("timing", None),
+                   lambda: rep.stage("checked", (0.0, True)), lambda: rep.record({})):
+        with pytest.raises(SystemExit):
+            report()
+    assert sent == []

@@ -211,3 +211,33 @@ def test_a_worker_that_dies_in_a_phase_of_an_impl_already_recorded_loses_no_reco
     last = [("phase", "inputs", 0), ("phase", "simd_c", 0), ("record", _ok("simd_c")), ("done",)]
     recs = _relay(monkeypatch, [(again, -11), (last, None)], impls=("torch_matmul", "simd_c"))
     assert [(r["impl"], r["status"]) for r in recs] == [("torch_matmul", "ok"), ("simd_c", "ok")]
+
+
+def test_a_hang_after_a_failed_check_does_not_say_the_check_passed(run_script):
+    """A worker that hangs after reporting a failed check (writing the record, say) is killed;
+    the timeout record keeps the check's verdict, correct False, and its message claims no
+    passed check."""
+    rec = run_script([("phase", "inputs", 0), ("phase", "torch_matmul", 0),
+                      ("checked", 0.5, False), ("tick", 2.5)])
+    assert rec["status"] == "timeout" and rec["correct"] is False and rec["rel_err"] == 0.5
+    assert "passed" not in rec["error"], rec["error"]
+
+
+@pytest.mark.parametrize("rc, status", [(-11, "crashed"), (None, "timeout")])
+def test_a_crash_of_an_impl_with_a_known_issue_names_it_and_a_timeout_does_not(
+        monkeypatch, rc, status):
+    """An impl whose library is known to crash says so in its crashed record, as in an error
+    record; a timeout (the harness's limit, not the library's fault) does not add it."""
+    import dataclasses
+    impl = OPS["gemv_bf16"].impls["torch_matmul"]
+    monkeypatch.setitem(OPS["gemv_bf16"].impls, "torch_matmul",
+                        dataclasses.replace(impl, known_issue="see issue 12"))
+    runner = clocked_runner(monkeypatch, [("phase", "inputs", 0), ("phase", "torch_matmul", 0),
+                                          ("tick", 2.5 if rc is None else 0.0)], 2.0)
+    monkeypatch.setattr(ClockedWorker, "rc", rc)
+    try:
+        (rec,) = runner.run_case(CASE)
+    finally:
+        runner.close()
+    assert rec["status"] == status
+    assert rec["error"].endswith(" (see issue 12)") == (status == "crashed"), rec["error"]

@@ -230,3 +230,131 @@ def test_the_probes_and_the_matmul_rate_come_from_the_median(monkeypatch):
                                  rel=1e-12)
     assert rl.matmul_tflops(backend, torch.float32, rl.BUDGETS["quick"]) == \
         pytest.approx(2 * 1024**3 / 2e-3 / 1e12, rel=1e-12)
+
+
+def test_a_case_above_its_roof_reading_gets_a_fresh_one_and_a_warm_one_does_not():
+    """A cold case timed past 100% of the reading it was judged against says the machine's
+    bandwidth rose since that reading: the next case gets a fresh one, however young. A warm
+    case within the cache runs past the DRAM roof by nature and says nothing about it."""
+    import bench.roofline as rl
+    t = rl.RoofTracker(Releasing(), ROOF, rl.BUDGETS["normal"], every_s=60, clock=lambda: 0.0)
+    t.saw({"status": "ok", "cold": False, "warm": True, "pct_roof": 300.0,
+           "verdict": rl.IN_CACHE})
+    t.saw({"status": "ok", "cold": True, "pct_roof": 99.0, "verdict": "at the wall"})
+    assert not t.due()
+    t.saw({"status": "ok", "cold": True, "pct_roof": 104.0, "verdict": "at the wall"})
+    assert t.due()
+
+
+def test_a_refreshed_roof_is_kept_as_a_reading_and_waits_its_interval(monkeypatch):
+    """After a refresh the tracker judges against the new reading, lists it among the readings
+    (the drift note is built from them), and measures again only once `every_s` has passed."""
+    import bench.roofline as rl
+    now = {"t": 0.0}
+    monkeypatch.setattr(rl, "_probe", lambda backend, op, n, budget: (30.0, 0.01, "p"))
+    monkeypatch.setattr(rl, "probe_elems", lambda backend: 1 << 20)
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: 0.1)
+    t = rl.RoofTracker(Releasing(), ROOF, rl.BUDGETS["normal"], every_s=60,
+                       clock=lambda: now["t"])
+    assert t.current() is ROOF and t.readings == [25.0]
+    now["t"] = 61.0
+    assert t.due() and t.current().gbps == 30.0
+    assert t.readings == [25.0, 30.0] and t.roof.working_set_bytes == 4 << 20
+    now["t"] = 100.0
+    assert not t.due()
+    now["t"] = 121.0
+    assert t.due()
+
+
+def test_the_drift_range_spans_the_first_reading_too():
+    """Readings that all rose past the first: the range the note gives starts at the first."""
+    note = drift_note(20.0, 26.0, [25.0])
+    assert note is not None and "20.0-26.0 GB/s" in note and "3 readings" in note
+
+
+@pytest.mark.parametrize("backend, kind, dtype, want", [
+    ("cuda", "gpu", torch.int8, torch.float32),       # an integer input: the fp32 matmul rate
+    ("cuda", "gpu", torch.bfloat16, torch.bfloat16),
+    ("xla", "cpu", torch.bfloat16, torch.float32),    # XLA on a host CPU: fp32's rate
+    ("xla", "tpu", torch.bfloat16, torch.bfloat16),
+])
+def test_the_compute_roofs_dtype_off_the_cpu_backend(backend, kind, dtype, want):
+    """A GPU judges a float dtype against its own matmul rate and an integer input against
+    fp32's (there is no integer matmul rate to measure); XLA on a host CPU takes fp32's rate,
+    on an accelerator the dtype's own."""
+    import types
+    from bench.roofline import compute_dtype
+    assert compute_dtype(types.SimpleNamespace(name=backend, kind_of_device=kind), dtype) == want
+
+
+def test_a_dtype_computed_in_another_is_judged_against_that_ones_rate(monkeypatch):
+    """bf16 inputs on XLA's CPU are judged against the fp32 matmul rate: add_matmul records the
+    mapping, so the bf16 case gets a ridge and a % of compute, not none."""
+    import types
+
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: 0.25)
+    b = types.SimpleNamespace(name="xla", kind_of_device="cpu", release=lambda: None)
+    roof = dataclasses.replace(ROOF, matmul_tflops={}, compute_dtype={})
+    rl.add_matmul(roof, b, torch.bfloat16, rl.BUDGETS["quick"])
+    assert roof.matmul_tflops == {"float32": 0.25} and roof.tflops(torch.bfloat16) == 0.25
+    assert judge(10**9, 10**12, 1.0, roof, torch.bfloat16, 20e-6).ridge == \
+        pytest.approx(0.25e12 / 25e9)
+
+
+def test_the_verdicts_edges_are_where_the_docs_put_them():
+    """docs/measurement.md: compute-bound at or past the ridge, and at >= 80% of the matmul rate;
+    launch/latency bound when the median is under the backend's floor (not at it)."""
+    at_ridge = judge(10**9, 4 * 10**9, 0.4, ROOF, torch.float32, 20e-6)
+    assert at_ridge.arithmetic_intensity == at_ridge.ridge == 4.0
+    assert at_ridge.verdict == "compute-bound: below the compute roof"
+    unit = dataclasses.replace(ROOF, matmul_tflops={"float32": 1.0})
+    at_80 = judge(10**9, 8 * 10**11, 1.0, unit, torch.float32, 20e-6)
+    assert at_80.pct_compute == 100 * AT_WALL and at_80.verdict == "compute-bound"
+    at_floor = judge(1000, 1, 50e-6, ROOF, torch.float32, 50e-6)
+    assert at_floor.verdict == "below the wall: kernel"
+
+
+@pytest.mark.parametrize("backend, fast, slow", [("cuda", 7e-6, 9e-6), ("cpu", 45e-6, 55e-6),
+                                                  ("xla", 45e-6, 55e-6)])
+def test_each_backends_latency_floor(backend, fast, slow):
+    """A slow small case is blamed on launch latency under 8 us on CUDA and 50 us on the CPU and
+    XLA (docs/measurement.md), on the kernel above it."""
+    from bench.roofline import latency_floor_s
+
+    def v(t):
+        return judge(1000, 1, t, ROOF, torch.float32, latency_floor_s(backend)).verdict
+    assert v(fast) == "below the wall: launch/latency bound"
+    assert v(slow) == "below the wall: kernel"
+
+
+def test_a_probes_rotated_sets_are_copies_of_their_own(monkeypatch):
+    """Where a probe's working set is split into k rotated sets (XLA's CPU), each is its own
+    memory: k views of one buffer would be timed from the cache and raise the roof."""
+    from backends.cpu import CPUBackend
+    import bench.roofline as rl
+    from bench.timing import summarize
+
+    class Split(CPUBackend):
+        name = "xla"
+
+        def probe_sets(self, nbytes, writes=True):
+            return 3
+    seen = []
+    impl = rl.OPS["read"].impls["torch_sum"]
+    monkeypatch.setitem(rl.OPS["read"].impls, "torch_sum", dataclasses.replace(
+        impl, fn=lambda src: seen.append(src) or impl.fn(src)))
+
+    runs = []
+
+    def fake_measure(backend, call, n_sets, budget):
+        seen.clear()
+        for i in range(n_sets):
+            call(i)
+        runs.append(list(seen))  # empty for the impls other than torch_sum
+        return summarize([1e-3], "test")
+    monkeypatch.setattr(rl, "measure", fake_measure)
+    rl._probe(Split(), "read", 3 * 16 * 4096, rl.BUDGETS["quick"])
+    (timed,) = [r for r in runs if r]
+    assert len(timed) == 3
+    assert len({s.untyped_storage().data_ptr() for s in timed}) == 3

@@ -519,11 +519,13 @@ def test_an_impls_huge_error_leaves_the_results_file_readable(tmp_path):
     assert back["status"] == "error" and back["error"] == rec["error"]
 
 
-@pytest.mark.parametrize("raise_on_call", [1, 2], ids=["in-its-check", "in-its-timing"])
+@pytest.mark.parametrize("raise_on_call", [1, 2, 3],
+                         ids=["in-its-check", "in-its-timing", "on-another-set"])
 def test_an_impl_that_changes_its_inputs_then_raises_leaves_them_put_back(tmp_path, fixed_llc,
                                                                           raise_on_call):
-    """An impl that spoils its inputs and then raises (in its check, or in a timed call) has
-    them put back too: the next impl is checked on them."""
+    """An impl that spoils its inputs and then raises (in its check, or in a timed call on set
+    0 or on another rotated set) has them put back too: the next impl is checked on set 0 and
+    timed on the others."""
     calls = []
 
     @register_impl("gemv_bf16", "t_spoils_raises", backends=["cpu"], dtypes=["float32"])

@@ -170,3 +170,154 @@ def test_a_rotation_exactly_as_large_as_its_target_gets_one_set_more(tmp_path, s
     r.writer.close()
     assert rec["status"] == "ok", rec["error"]
     assert rec["n_sets"] == 5 and rec["cold"] is True
+
+
+@pytest.fixture
+def pointer_impls():
+    """Impls that log the storage of every argument they are called with: one plain, one
+    whose untimed prepare repacks the weights into a new tensor (as the INT4 packers do)."""
+    seen: dict[str, list[tuple[int, ...]]] = {"t_ptrs": [], "t_ptrs_prep": []}
+
+    def log(name, *args):
+        seen[name].append(tuple(a.untyped_storage().data_ptr() for a in args))
+
+    @register_impl("gemv_bf16", "t_ptrs", backends=["cpu"], dtypes=["float32"])
+    def plain(x, w, out=None):
+        log("t_ptrs", x, w, out)
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_ptrs_prep", backends=["cpu"], dtypes=["float32"],
+                   prepare=lambda x, w: (x, w.t().contiguous()))
+    def packed(x, wt, out=None):
+        log("t_ptrs_prep", x, wt, out)
+        return torch.matmul(x, wt, out=out)
+    yield seen
+    for n in seen:
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+@pytest.mark.parametrize("impl", ["t_ptrs", "t_ptrs_prep"])
+def test_each_rotated_set_is_its_own_memory_prepared_and_written(tmp_path, fixed_llc,
+                                                                 pointer_impls, impl):
+    """Rotation defeats the cache only if every set is a separate copy: its inputs, what its
+    prepare made of them, and its output buffer. n_sets views of one set would be timed from
+    the cache at n_sets x the bandwidth."""
+    r = runner(tmp_path, [impl])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    n = rec["n_sets"]
+    assert n > 4
+    timed = pointer_impls[impl][1:]  # the check's call comes first
+    for pos in range(3):  # x, the (prepared) weights, out
+        assert len({ptrs[pos] for ptrs in timed}) == n, pos
+
+
+def test_a_set_exactly_the_rotation_target_is_rotated_with_a_second(tmp_path, slightly_off):
+    """One set of exactly the bytes the rotation must pass leaves its own lines cached for its
+    next call: a second set takes it past, so it is judged against the DRAM roof."""
+    shape = GemvShape(2, 64, 128)
+    nbytes = OPS["gemv_bf16"].bytes_moved(shape, torch.float32)
+    b = ScriptedCPU()
+    b.rotate_bytes = lambda: nbytes
+    r = runner(tmp_path, ["t_right"], backend=b)
+    (rec,) = r.run_case(Case("gemv_bf16", shape, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["n_sets"] == 2 and rec["cold"] is True
+
+
+def test_a_warm_set_of_exactly_the_warm_cache_bound_is_in_cache(tmp_path, slightly_off,
+                                                                monkeypatch):
+    """A warm set up to and including WARM_CACHE_FACTOR x the LLC may be cached: timed, not
+    judged against the DRAM roof."""
+    from bench.roofline import IN_CACHE
+    from bench.runner import WARM_CACHE_FACTOR
+    shape = GemvShape(2, 64, 128)
+    nbytes = OPS["gemv_bf16"].bytes_moved(shape, torch.float32)
+    assert nbytes % WARM_CACHE_FACTOR == 0
+    monkeypatch.setattr(cpu_backend, "read_caches", lambda: {"L3": nbytes // WARM_CACHE_FACTOR})
+    r = runner(tmp_path, ["t_right"])
+    (rec,) = r.run_case(Case("gemv_bf16", shape, torch.float32, warm=True))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["verdict"] == IN_CACHE and rec["cold"] is False
+
+
+def test_a_warm_case_is_timed_without_a_flush_and_a_cold_one_with(tmp_path, slightly_off,
+                                                                  fixed_llc):
+    """The size sweep's warm side times its one set as the last call left the cache; a cold
+    case asks the backend to flush before every call (CUDA's L2 flush)."""
+    class Logged(ScriptedCPU):
+        def __init__(self):
+            super().__init__()
+            self.flushes = []
+
+        def time_calls(self, call, idxs, flush=True):
+            self.flushes += [flush] * len(idxs)
+            return super().time_calls(call, idxs, flush)
+    for warm in (True, False):
+        b = Logged()
+        r = runner(tmp_path, ["t_right"], backend=b)
+        (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32, warm=warm))
+        r.writer.close()
+        assert rec["status"] == "ok", rec["error"]
+        assert b.flushes and set(b.flushes) == {not warm}
+
+
+@pytest.fixture
+def set0_only():
+    """Impls that do their work only on the inputs they were checked on (set 0 of the timing,
+    found by address, as a result cached by pointer or a CUDA graph captured on the first call
+    would): every other set's call leaves its out buffer unwritten, or returns zeros."""
+    first: dict[str, int] = {}
+
+    def seen_first(name, x):
+        return first.setdefault(name, x.data_ptr()) == x.data_ptr()
+
+    @register_impl("gemv_bf16", "t_set0_out", backends=["cpu"], dtypes=["float32"])
+    def into_out(x, w, out=None):
+        if seen_first("out", x):
+            torch.matmul(x, w.T, out=out)
+        return out
+
+    @register_impl("gemv_bf16", "t_set0_ret", backends=["cpu"], dtypes=["float32"])
+    def returned(x, w):
+        y = x @ w.T
+        return y if seen_first("ret", x) else torch.zeros_like(y)
+
+    @register_impl("gemv_bf16", "t_later_widened", backends=["cpu"], dtypes=["float32"])
+    def widened(x, w):  # right values, in float64 after its check: not the bytes counted
+        y = x @ w.T
+        return y if seen_first("wide", x) else y.double()
+    yield
+    for n in ("t_set0_out", "t_set0_ret", "t_later_widened"):
+        OPS["gemv_bf16"].impls.pop(n, None)
+
+
+@pytest.mark.parametrize("impl", ["t_set0_out", "t_set0_ret", "t_later_widened"])
+def test_an_impl_right_only_on_its_checked_inputs_fails_after_timing(tmp_path, fixed_llc,
+                                                                     set0_only, impl):
+    """After timing, every set's out buffer is compared with the reference (or, where the impl
+    returns its result, a call on the last set stands for them, not one on set 0, and is held
+    to the op's shape and dtype): an impl right only on set 0 is recorded failed-check, not
+    timed as right."""
+    r = runner(tmp_path, [impl])
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "failed-check" and rec["correct"] is False, rec
+    assert "after timing" in rec["error"] and "on input set 0 " not in rec["error"]
+
+
+def test_a_records_clocks_are_read_after_its_timing(tmp_path, slightly_off, fixed_llc):
+    """Clocks and throttle state describe the timing they sit beside: the record takes them
+    as the timing ends (a GPU heats up and throttles over a window), not from before the
+    check."""
+    class Clocked(ScriptedCPU):
+        def clocks(self):
+            return {"timed_calls_so_far": self.k}
+    r = runner(tmp_path, ["t_right"], backend=Clocked())
+    (rec,) = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["device"]["clocks"]["timed_calls_so_far"] == r.ctx.backend.k > 0

@@ -131,3 +131,211 @@ def test_a_warm_set_judged_against_the_dram_roof_is_marked_cold(tmp_path, monkey
     r.writer.close()
     assert rec["status"] == "ok" and rec["n_sets"] == 1
     assert rec["verdict"] != IN_CACHE and rec["cold"] is True and not in_cache(rec)
+
+
+def test_a_case_that_names_its_impls_runs_those_alone(tmp_path):
+    """A suite case lists its impls (the CPU suites leave out torch.compile's and the naive
+    dequant at large shapes): only those are checked, timed and recorded."""
+    r = runner(tmp_path, [])
+    r.ctx.impl_filter, r.ctx.check_only = None, True
+    recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32, impls=("torch_matmul",)))
+    r.writer.close()
+    assert [x["impl"] for x in recs] == ["torch_matmul"]
+
+
+def test_the_check_alone_catches_an_impl_that_changes_its_inputs(tmp_path):
+    """Under check_only (the builtins' tests) no timing follows to find it later: the check
+    itself compares the inputs with their snapshot, fails the impl and puts them back."""
+    @register_impl("gemv_bf16", "t_scribbles", backends=["cpu"], dtypes=["float32"])
+    def scribbles(x, w):
+        y = x @ w.T
+        w.zero_()
+        return y
+    try:
+        r = runner(tmp_path, ["t_scribbles", "torch_matmul"])
+        r.ctx.check_only = True
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+        r.writer.close()
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_scribbles", None)
+    bad = recs["t_scribbles"]
+    assert bad["status"] == "failed-check" and bad["correct"] is False
+    assert "changed its input 1" in bad["error"] and "after its check" not in bad["error"]
+    assert recs["torch_matmul"]["status"] == "ok" and recs["torch_matmul"]["rel_err"] < 1e-6
+
+
+def test_an_exact_answer_at_a_zero_tolerance_is_correct(tmp_path):
+    """A copy is held to a tolerance of 0: an exact copy (rel err 0) is correct, recorded so,
+    and timed; the gate is err <= tol."""
+    from kernels.probes import ProbeShape
+    r = runner(tmp_path, ["torch_copy"])
+    (rec,) = r.run_case(Case("copy", ProbeShape(N=4096), torch.float32))
+    r.writer.close()
+    assert rec["tolerance"] == 0 and rec["rel_err"] == 0
+    assert rec["status"] == "ok" and rec["correct"] is True and rec["time_s"] is not None
+
+
+def test_an_impl_that_spoils_its_inputs_then_says_not_implemented_leaves_them_put_back(
+        tmp_path):
+    """A skip is no licence to leave the inputs changed: the next impl is checked on them."""
+    @register_impl("gemv_bf16", "t_spoils_skips", backends=["cpu"], dtypes=["float32"])
+    def spoils_skips(x, w):
+        w.mul_(-1)
+        raise NotImplementedError("needs K % 1024 == 0")
+    try:
+        r = runner(tmp_path, ["t_spoils_skips", "torch_matmul"])
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+        r.writer.close()
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_spoils_skips", None)
+    assert recs["t_spoils_skips"]["status"] == "skipped"
+    assert "changed its input 1" in recs["t_spoils_skips"]["error"]
+    assert recs["torch_matmul"]["status"] == "ok" and recs["torch_matmul"]["rel_err"] < 1e-6
+
+
+def test_a_context_lost_in_a_check_is_recorded_in_the_check_after_a_timed_impl(tmp_path):
+    """The phase a lost context names is the impl's own: after an impl that reached its timing,
+    the next one that faults in its check says "check", not the last impl's "timing"."""
+    @register_impl("gemv_bf16", "t_timed_first", backends=["cpu"], dtypes=["float32"])
+    def timed_first(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_faults_next", backends=["cpu"], dtypes=["float32"])
+    def faults_next(x, w):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    try:
+        r = runner(tmp_path, ["t_timed_first", "t_faults_next"], backend=_Poisoned())
+        with pytest.raises(ContextLost):
+            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+    finally:
+        for n in ("t_timed_first", "t_faults_next"):
+            OPS["gemv_bf16"].impls.pop(n, None)
+    first, lost = (json.loads(x) for x in (tmp_path / "numbers.jsonl").read_text().splitlines())
+    assert first["impl"] == "t_timed_first" and first["status"] == "ok"
+    assert lost["status"] == "crashed" and lost["phase"] == "check"
+
+
+def test_check_only_checks_and_does_not_time(tmp_path):
+    """check_only (the builtins' tests) is the correctness gate alone: an ok record with its
+    rel err and no timing."""
+    r = runner(tmp_path, ["torch_matmul"])
+    r.ctx.check_only = True
+    (rec,) = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok" and rec["correct"] is True and rec["rel_err"] < 1e-6
+    assert rec["time_s"] is None and rec["achieved_gbps"] is None and r.ctx.backend.k == 0
+
+
+def test_a_case_of_a_dtype_without_a_compute_rate_gets_one_before_it_is_judged(tmp_path,
+                                                                             monkeypatch):
+    """The in-process runner measures the compute roof of a case's dtype before timing it, so
+    the record has a ridge and a % of compute to judge by."""
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "matmul_tflops", lambda backend, dt, budget: 0.5)
+    monkeypatch.setattr(rl, "compute_dtype", lambda backend, dt: dt)
+    r = runner(tmp_path, ["torch_matmul"])
+    r.ctx.roof.matmul_tflops.clear()
+    (rec,) = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
+    assert rec["status"] == "ok", rec["error"]
+    assert r.ctx.roof.matmul_tflops == {"float32": 0.5}
+    assert rec["ridge"] == pytest.approx(0.5e12 / 25e9) and rec["pct_compute"] is not None
+
+
+def test_a_collective_is_held_to_the_chips_links_a_kernel_to_its_memory():
+    """% of datasheet compares an all-reduce with the interconnect's bandwidth and a kernel
+    with the memory's: the two differ by an order of magnitude on a GPU."""
+    from backends import lookup_chip
+    from bench.runner import base_record
+    from kernels.collectives.ops import AllreduceShape
+    chip = lookup_chip("h100-sxm")
+    assert chip.interconnect.link_gbps != chip.mem_bw_gbps
+    r = runner(None, [], chip=chip)
+    ar = Case("allreduce", AllreduceShape(bytes=8192, world_size=2), torch.bfloat16)
+    gemv = Case("gemv_bf16", SHAPE, torch.float32)
+    ops = {c.op: c for c in (ar, gemv)}
+    recs = {op: base_record(r.ctx, c, next(iter(OPS[op].impls.values())))
+            for op, c in ops.items()}
+    assert recs["allreduce"]["datasheet_gbps"] == chip.interconnect.link_gbps
+    assert recs["gemv_bf16"]["datasheet_gbps"] == chip.mem_bw_gbps
+
+
+def test_a_record_names_the_configs_its_own_impl_was_tuned_to(tmp_path, monkeypatch):
+    """The autotuner's picks are forgotten before each impl: a record carries the configs its
+    impl ran with, never the last impl's."""
+    picks: dict = {}
+    monkeypatch.setattr(runner_mod, "forget_tuned", picks.clear)
+    monkeypatch.setattr(runner_mod, "tuned", lambda: dict(picks))
+
+    @register_impl("gemv_bf16", "t_tunes", backends=["cpu"], dtypes=["float32"])
+    def tunes(x, w, out=None):
+        picks["t_kernel"] = {"config": "BLOCK_N: 64"}
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_untuned", backends=["cpu"], dtypes=["float32"])
+    def untuned(x, w, out=None):
+        return torch.matmul(x, w.T, out=out)
+    try:
+        r = runner(tmp_path, ["t_tunes", "t_untuned"])
+        recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+    finally:
+        for n in ("t_tunes", "t_untuned"):
+            OPS["gemv_bf16"].impls.pop(n, None)
+    assert [x["impl"] for x in recs] == ["t_tunes", "t_untuned"]
+    assert recs[0]["tuned"] == {"t_kernel": {"config": "BLOCK_N: 64"}}
+    assert recs[1]["status"] == "ok" and "tuned" not in recs[1]
+
+
+def test_flushing_denormals_does_not_outlive_the_impl_that_set_it(tmp_path):
+    """Flushing denormals to zero changes the next impl's arithmetic (and has no getter to put
+    back): the runner turns it off after every impl."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    seen = []
+
+    @register_impl("gemv_bf16", "t_ftz", backends=["cpu"], dtypes=["float32"])
+    def ftz(x, w, out=None):
+        torch.set_flush_denormal(True)
+        return torch.matmul(x, w.T, out=out)
+
+    @register_impl("gemv_bf16", "t_after_ftz", backends=["cpu"], dtypes=["float32"])
+    def after(x, w, out=None):
+        seen.append((torch.tensor([1e-40]) * 1.0).item())
+        return torch.matmul(x, w.T, out=out)
+    try:
+        r = runner(tmp_path, ["t_ftz", "t_after_ftz"])
+        r.ctx.check_only = True
+        r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+    finally:
+        torch.set_flush_denormal(False)
+        for n in ("t_ftz", "t_after_ftz"):
+            OPS["gemv_bf16"].impls.pop(n, None)
+    assert seen and all(v != 0.0 for v in seen)
+
+
+def test_a_failure_of_an_impl_with_a_known_issue_names_the_issue(tmp_path):
+    """An impl whose library is known to be at fault says so in each failure's message (a
+    wrong answer, a raise), so a reader does not take it for the harness's or the kernel's
+    own bug."""
+    @register_impl("gemv_bf16", "t_known_wrong", backends=["cpu"], dtypes=["float32"],
+                   known_issue="see issue 12")
+    def known_wrong(x, w):
+        return (x @ w.T) * 1.05
+
+    @register_impl("gemv_bf16", "t_known_raises", backends=["cpu"], dtypes=["float32"],
+                   known_issue="see issue 12")
+    def known_raises(x, w):
+        raise RuntimeError("boom")
+    try:
+        r = runner(tmp_path, ["t_known_wrong", "t_known_raises"])
+        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+        r.writer.close()
+    finally:
+        for n in ("t_known_wrong", "t_known_raises"):
+            OPS["gemv_bf16"].impls.pop(n, None)
+    assert recs["t_known_wrong"]["status"] == "failed-check"
+    assert recs["t_known_raises"]["status"] == "error"
+    assert all(x["error"].endswith(" (see issue 12)") for x in recs.values()), recs

@@ -131,3 +131,52 @@ def test_the_stop_names_the_rule_that_was_met():
     b = Budget(min_samples=10, max_samples=1000, min_time_s=0.0, max_time_s=10.0)
     assert stop_rule([1.0, 1.016] * 5, 0.1, b) == "median_precise"
     assert stop_rule([1.0, 1.008] * 5, 0.1, b) == "stdrel"  # 0.42%
+
+
+def test_the_time_caps_count_from_the_first_sample_not_from_the_warm_up(clock):
+    """min_time_s and max_time_s bound the sampling window: a long warm-up (compiles, clock
+    ramp) counted against them would end the timing after its first batch, a median of a
+    handful of samples reported as if the cap had been spent sampling."""
+    b = Scripted(clock, warm_s=1e-3, sample_s=1e-3)
+    budget = Budget(warmup_s=0.5, min_samples=10**6, max_samples=10**6, min_time_s=0.0,
+                    max_time_s=0.1, batch=10)
+    st = measure(b, lambda i: None, 1, budget, on_sampling=b.start_sampling)
+    assert st.stop == "max_time"
+    assert st.n in (100, 110)  # 0.1 s of 1 ms samples, to the batch that passes the cap
+
+
+def test_median_precise_needs_the_full_standard_error_factor():
+    """At 400 samples of 9% spread the median's standard error is 1.2533 * 0.091 / 20 = 0.57%,
+    over the 0.5% target: the sampling goes on. A factor of 1 (the mean's standard error) would
+    stop it here and call a median known to 0.57% precise."""
+    b = Budget(min_samples=10, max_samples=10**6, min_time_s=0.0, max_time_s=10.0)
+    assert stop_rule([1.0, 1.2] * 200, 0.1, b) is None
+    assert stop_rule([1.0, 1.2] * 400, 0.1, b) == "median_precise"
+
+
+def test_the_summary_mean_is_the_mean_and_rel_std_is_against_it():
+    """Stats.mean is the samples' mean and rel_std the sample standard deviation over it: one
+    stalled sample moves the mean, not the median, and a mean taken as the median would hide
+    the stall from rel_std."""
+    from bench.timing import summarize
+    st = summarize([1.0, 2.0, 3.0, 4.0, 100.0], "max_samples")
+    assert st.mean == pytest.approx(22.0) and st.median == 3.0
+    assert st.rel_std == pytest.approx(43.6176570 / 22.0, rel=1e-6)
+
+
+def test_a_backend_that_defines_only_synchronize_is_timed_to_the_end_of_its_work(monkeypatch):
+    """The default wait for a call's result is a device sync: a plugin backend that defines
+    synchronize and nothing else still has each call's work inside its timing window."""
+    import backends.base as base
+    log = []
+    ns = iter(range(0, 10**6, 1000))
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(
+        perf_counter_ns=lambda: log.append("clock") or next(ns)))
+
+    class SyncOnly(Backend):
+        name = "fake"
+
+        def synchronize(self):
+            log.append("sync")
+    SyncOnly().time_calls(lambda i: log.append("call"), [0], flush=False)
+    assert log == ["sync", "clock", "call", "sync", "clock"]

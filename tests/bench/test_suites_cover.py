@@ -215,3 +215,23 @@ def test_a_suite_none_of_whose_ops_runs_here_or_whose_impl_is_named_keeps_its_ca
     assert resolve_cases(_args(suite="smoke", impl=["torch_matmul"]), ctx) == \
         cases_for("smoke", ctx)
     assert capsys.readouterr().err == ""
+
+
+def test_a_warm_and_a_cold_case_of_one_shape_are_both_kept(monkeypatch):
+    """A case planned twice is timed once, but the warm (in-cache) and the cold timing of one
+    shape are two measurements: both stay."""
+    from bench import suites
+    from kernels.probes import ProbeShape
+    pair = [Case("read", ProbeShape(N=4096), torch.float32, warm=w) for w in (False, True)]
+    monkeypatch.setitem(suites.SUITES, "t_pair", (lambda ctx: pair + pair, "both sides"))
+    assert cases_for("t_pair", SuiteContext("cpu")) == pair
+
+
+def test_off_the_cpu_the_devices_memory_leaves_no_case_out_for_the_hosts_sake():
+    """A GPU's memory says nothing of the host's: a case whose host need exceeds it is kept
+    (run checks the host's available memory itself)."""
+    case = Case("gemv_w4", OPS["gemv_w4"].shape(M=1, N=4096, K=4096, group_size=128),
+                torch.bfloat16)
+    need = host_need(OPS["gemv_w4"], case.shape, case.dtype, "cuda")
+    assert SuiteContext("cuda", memory_bytes=need // 4).fits_host(case)
+    assert not SuiteContext("cpu", memory_bytes=need // 4).fits_host(case)
