@@ -296,7 +296,7 @@ class Runner:
                 why = clip((exception_text(e).strip().splitlines() or [""])[0])
                 rec.update(status="skipped", error=why or "not implemented for this case")
                 self._put_inputs_back(rec)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # sys.exit in an impl is its error, not the run's
                 rec.update(status="error", error=with_known_issue(impl, exception_line(e)),
                            traceback=clip(traceback.format_exc(limit=4), MAX_TRACEBACK))
                 lost = c.backend.context_lost()

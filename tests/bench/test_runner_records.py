@@ -3,6 +3,7 @@ for another backend stay out unless named, a case whose inputs cannot be built s
 for each impl, a lost device context is raised after its record, and a warm set within
 WARM_CACHE_FACTOR x the LLC is not judged against the DRAM roof."""
 import json
+import sys
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from bench.roofline import IN_CACHE
 from bench.runner import WARM_CACHE_FACTOR, ContextLost
 from kernels import OPS, register_impl
 from kernels.gemv import GemvShape
-from tests.bench.test_runner_numbers import ScriptedCPU, runner
+from tests.bench.test_runner_numbers import ScriptedCPU, runner, slightly_off  # noqa: F401
 
 SHAPE = GemvShape(1, 64, 256)
 
@@ -131,6 +132,29 @@ def test_a_warm_set_judged_against_the_dram_roof_is_marked_cold(tmp_path, monkey
     r.writer.close()
     assert rec["status"] == "ok" and rec["n_sets"] == 1
     assert rec["verdict"] != IN_CACHE and rec["cold"] is True and not in_cache(rec)
+
+
+def test_an_impl_that_calls_sys_exit_is_recorded_with_that_error_and_the_case_goes_on(
+        tmp_path, slightly_off):
+    """sys.exit inside an impl ends neither the case nor its worker (which would record it
+    "crashed: exit code 0"): the impl's record is an error naming the SystemExit, its spoiled
+    input is put back, and the next impl is checked and timed."""
+    @register_impl("gemv_bf16", "t_exit", backends=["cpu"], dtypes=["float32"])
+    def leaves(x, w):
+        x.mul_(2)
+        sys.exit(0)
+
+    try:
+        r = runner(tmp_path, ["t_exit", "t_right"])
+        recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_exit", None)
+    by = {x["impl"]: x for x in recs}
+    assert sorted(by) == ["t_exit", "t_right"]
+    assert by["t_exit"]["status"] == "error" and by["t_exit"]["error"].startswith("SystemExit")
+    assert "changed its input" in by["t_exit"]["error"]
+    assert by["t_right"]["status"] == "ok", by["t_right"]["error"]
 
 
 def test_a_case_that_names_its_impls_runs_those_alone(tmp_path):
