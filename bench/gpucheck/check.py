@@ -914,10 +914,12 @@ def warm_report(texts: list[str], cut: int, seconds: float,
 
 
 def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
-    """pytest_progress of the shards as one: counts summed, the failed tests and (a list) the
-    tests still running, the last test seen, each shard's final line joined."""
+    """pytest_progress of the shards as one: counts summed, the failed tests and the files
+    that failed to collect once each (every shard collects every file, so such a file fails in
+    each), (a list) the tests still running, the last test seen, each shard's final line
+    joined."""
     return {"counts": {w: sum(p["counts"][w] for p in progs) for w in OUTCOMES},
-            "failed": [t for p in progs for t in p["failed"]],
+            "failed": list(dict.fromkeys(t for p in progs for t in p["failed"])),
             "reasons": {t: r for p in progs for t, r in p.get("reasons", {}).items()},
             "last": next((p["last"] for p in reversed(progs) if p["last"]), None),
             "running": [p["running"] for p in progs if p["running"]],
@@ -925,9 +927,10 @@ def merge_progress(progs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pytest_progress(lines: list[str]) -> dict[str, Any]:
-    """What `pytest -v` said so far: counts per outcome, the failed tests and why (the
-    pytest_shard plugin's lines), the last test seen, the one running when the output stops (the
-    last test named, with no outcome yet), the final line."""
+    """What `pytest -v` said so far: counts per outcome, the failed tests and the test files
+    that failed to collect, and why (the pytest_shard plugin's lines), the last test seen, the
+    one running when the output stops (the last test named, with no outcome yet), the final
+    line."""
     counts = dict.fromkeys(OUTCOMES, 0)
     failed: list[str] = []
     reasons: dict[str, str] = {}
@@ -937,8 +940,11 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
         ln = raw.rstrip("\n")
         if ln.startswith(FAIL_LINE):
             test, _, why = ln[len(FAIL_LINE):].partition(": ")
-            test = test.rsplit(" (", 1)[0]
+            head, sep, when = test.rpartition(" (")
+            test = head if sep else test
             reasons.setdefault(test, why)
+            if when == "collect)" and test not in failed:  # a file none of whose tests ran
+                failed.append(test)
         elif TEST_LINE.match(ln):
             last, outcome = ln.strip(), None
             for word in OUTCOMES:

@@ -4,8 +4,8 @@ once on the GPU machine's cores, so their Triton compiles, most of the cuda test
 empty cache, run side by side rather than one after another.
 
 It also prints each failure's reason on one line (`FAIL_LINE` + the test's id and the error) the
-moment the test fails: pytest's own report of it comes at the end of the run, which a time box
-may cut off."""
+moment the test fails, and each test file's that fails to collect: pytest's own report of it
+comes at the end of the run, which a time box may cut off."""
 from __future__ import annotations
 
 from typing import Any
@@ -24,9 +24,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def reason(report: Any) -> str:
-    """A failed report's error on one line: the crash message where pytest has one."""
+    """A failed report's error on one line: the crash message where pytest has one, else the
+    last `E` line of its text (a collection error's: the hint and traceback come first)."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr)
+    if crash is None:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        errs = [ln[1:] for ln in lines if ln.startswith("E ")]
+        text = errs[-1] if errs else (lines[-1] if lines else text)
     return " ".join(text.split())[:REASON_CHARS]
 
 
@@ -39,6 +44,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if tr is not None:  # the test named as -v names it
         test = config.cwd_relative_nodeid(report.nodeid)
         tr.write_line(f"{FAIL_LINE}{test} ({report.when}): {reason(report)}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A test file that fails to import (an API another torch or Triton lacks) runs none of
+    its tests and names none: its reason goes out on the same line as a test's."""
+    if report.failed and _CONFIG:
+        tr = _CONFIG[0].pluginmanager.getplugin("terminalreporter")
+        if tr is not None:
+            # "\n" first: piped, pytest has written "collecting ... " with no end of line
+            tr.write_line(f"\n{FAIL_LINE}{report.nodeid or '(collection)'} (collect): "
+                          f"{reason(report)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -527,3 +527,28 @@ def test_env_starts_the_ncu_probe_where_ncu_and_the_gpu_are_there(tmp_path, monk
             c.log.close()
         if ok:
             assert c.info["ncu_probe"]["verdict"] == "refused" and c.ncu_unusable()
+
+
+def test_a_test_file_that_fails_to_import_is_named_with_its_error(tmp_path):
+    """A test file that cannot import on the GPU machine (an API its torch or Triton lacks)
+    runs none of its tests and names none: every shard says the file and the import's error on
+    a line of its own, and the merged progress lists the file once with that reason."""
+    from bench.gpucheck.check import merge_progress, pytest_progress
+    from tests.helpers import REPO
+    (tmp_path / "test_bad.py").write_text("import torch\ntorch.no_such_api_xyz()\n\n\n"
+                                          "def test_a():\n    pass\n")
+    (tmp_path / "test_good.py").write_text("def test_b():\n    pass\n")
+    progs = []
+    for i in range(2):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                              "-p", "no:cacheprovider", "-v", "--tb=line", "-rfE", "--color=no",
+                              "--shard", f"{i}/2", str(tmp_path)],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert out.returncode == 2, out.stdout[-2000:]
+        assert any(ln.startswith("DWFAIL ") and "test_bad.py (collect): AttributeError"
+                   in ln for ln in out.stdout.splitlines()), out.stdout[-2000:]
+        progs.append(pytest_progress(out.stdout.splitlines(keepends=True)))
+    m = merge_progress(progs)
+    (bad,) = m["failed"]
+    assert bad.endswith("test_bad.py") and "no_such_api_xyz" in m["reasons"][bad]
+    assert sum(m["counts"].values()) == 0  # no test ran, and none is counted
