@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ class Runner:
         # None): where a worker is, for a record its parent writes if it dies or hangs there
         self._report_stage = on_stage or (lambda stage, detail: None)
         self._guard: tuple[Any, list[tuple]] | None = None  # (snapshot, the sets it guards)
+        self._pid = os.getpid()  # a process an impl forks returns into this code with another
         self.phase = "check"  # where the impl running is: check, warm-up, timing (the record's
         #                       `phase` when a CUDA error loses the context there)
 
@@ -297,6 +299,11 @@ class Runner:
                 rec.update(status="skipped", error=why or "not implemented for this case")
                 self._put_inputs_back(rec)
             except (Exception, SystemExit) as e:  # sys.exit in an impl is its error, not the run's
+                if isinstance(e, SystemExit) and os.getpid() != self._pid:
+                    # a process the impl forked ends as it asked: the cleanup below runs torch
+                    # ops, which an OpenMP pool copied by fork deadlocks in, and its record
+                    # would be a second one
+                    raise
                 rec.update(status="error", error=with_known_issue(impl, exception_line(e)),
                            traceback=clip(traceback.format_exc(limit=4), MAX_TRACEBACK))
                 lost = c.backend.context_lost()

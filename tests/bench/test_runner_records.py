@@ -363,3 +363,49 @@ def test_a_failure_of_an_impl_with_a_known_issue_names_the_issue(tmp_path):
     assert recs["t_known_wrong"]["status"] == "failed-check"
     assert recs["t_known_raises"]["status"] == "error"
     assert all(x["error"].endswith(" (see issue 12)") for x in recs.values()), recs
+
+
+_FORKS_AND_EXITS = r'''
+import json, os, sys, pathlib
+import torch
+import backends.cpu as cpu_backend
+cpu_backend.read_caches = lambda: {"L3": 1 << 14}  # one or two input sets: few forks
+from bench.case import Case
+from kernels import register_impl
+from kernels.gemv import GemvShape
+from tests.bench.test_runner_numbers import runner
+
+statuses = []
+
+@register_impl("gemv_bf16", "t_forks", backends=["cpu"], dtypes=["float32"])
+def forks(x, w):
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(7)
+    statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    return x @ w.T
+
+out = pathlib.Path(sys.argv[1])
+r = runner(out, ["t_forks"])
+recs = r.run_case(Case("gemv_bf16", GemvShape(1, 64, 256), torch.float32))
+r.writer.close()
+print(json.dumps({"pid": os.getpid(), "statuses": sorted(set(statuses)),
+                  "records": [x["status"] for x in recs]}))
+'''
+
+
+def test_a_process_an_impl_forks_ends_at_its_sys_exit(tmp_path):
+    """A child the impl forked that calls sys.exit ends there with its status, as the impl
+    asked: the runner does not take it for the impl's error (recording a second record from the
+    child, or running the cleanup's torch ops in it, where a forked OpenMP pool deadlocks) and
+    the impl's own record is ok."""
+    import subprocess
+
+    from tests.helpers import REPO
+    p = subprocess.run([sys.executable, "-c", _FORKS_AND_EXITS, str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=240)
+    outs = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(outs) == 1, p.stdout[-2000:] + p.stderr[-2000:]  # no child went on to print
+    assert outs[0]["statuses"] == [7] and outs[0]["records"] == ["ok"], outs
+    lines = (tmp_path / "numbers.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["status"] for ln in lines] == ["ok"]
