@@ -428,7 +428,7 @@ class Check:
             path.unlink(missing_ok=True)
             if not running and " done: " not in text:  # it ended on an error of its own
                 last = (text.strip().splitlines() or ["no output"])[-1].strip()
-                ended.append(f"exit {proc.returncode}: {last}"[:200])
+                ended.append(f"{exit_words(proc.returncode)}: {last}"[:200])
         n, seconds = len(self.warm_procs), time.monotonic() - self.warm_t0
         self.warm_procs = []
         self.log.write(f"----- warm ({n} processes, {seconds:.0f} s, {cut} stopped while "
@@ -449,8 +449,11 @@ class Check:
         # goal shapes, and GemLite tunes itself for 5-22 s a case, ahead of our kernels' tests.
         sel = ([EVERY_CONFIG, EVERY_CONFIG_DIR] if name == "configs"
                else [f"not {EVERY_CONFIG} and not {PEER_TESTS}"])
+        # --continue-on-collection-errors: a test file that fails to import (an API this
+        # machine's torch or Triton lacks) costs its own tests, not every shard's whole run
         cmd = [self.py, "-m", "pytest", "-m", "cuda and not slow", "-k", *sel, "-v", "--tb=line",
-               "-rfE", "-p", "no:cacheprovider", "--color=no", "-p", "bench.gpucheck.pytest_shard"]
+               "-rfE", "-p", "no:cacheprovider", "--color=no", "--continue-on-collection-errors",
+               "-p", "bench.gpucheck.pytest_shard"]
         # One config per Triton kernel (DECODEWALL_AUTOTUNE=0): tuning every test shape would
         # compile every config again and again; the every-config tests check them all once.
         # On the CPU (dry run) every cuda test is collected and skipped: the same commands.
@@ -877,6 +880,9 @@ def why_targets(targets: list[dict[str, Any]], records: list[dict[str, Any]]) ->
 
 
 OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+# The plugin's line: `DWFAIL <test id> (<when>): <reason>`. The first " (<when>): " ends the id
+# (an id may hold ": " or " (", a parametrized string's; a reason may hold anything).
+FAIL_PARTS = re.compile(r"(.*?) \((setup|call|teardown|collect)\): (.*)", re.S)
 TEST_LINE = re.compile(r"[\w./-]+\.py::")  # -v names a test by its relative path; --tb=line lines
 # start with an absolute path and a line number, the -rfE summary with FAILED / ERROR
 
@@ -891,6 +897,17 @@ def pytest_shards() -> int:
 def warm_shards() -> int:
     """Background compile processes: the cores the pytest processes leave, 1 to WARM_MAX."""
     return max(1, min(WARM_MAX, usable_cores() - pytest_shards()))
+
+
+def exit_words(rc: int) -> str:
+    """A Popen return code as words: 'exit 1', or 'killed by SIGSEGV' for a negative one (the
+    signal that ended the process, not an exit status)."""
+    if rc >= 0:
+        return f"exit {rc}"
+    try:
+        return f"killed by {signal.Signals(-rc).name}"
+    except ValueError:
+        return f"killed by signal {-rc}"
 
 
 def warm_report(texts: list[str], cut: int, seconds: float,
@@ -939,11 +956,14 @@ def pytest_progress(lines: list[str]) -> dict[str, Any]:
     for raw in lines:
         ln = raw.rstrip("\n")
         if ln.startswith(FAIL_LINE):
-            test, _, why = ln[len(FAIL_LINE):].partition(": ")
-            head, sep, when = test.rpartition(" (")
-            test = head if sep else test
+            rest = ln[len(FAIL_LINE):]
+            m = FAIL_PARTS.match(rest)
+            if m:
+                test, when, why = m.groups()
+            else:  # no stage named
+                (test, _, why), when = rest.partition(": "), None
             reasons.setdefault(test, why)
-            if when == "collect)" and test not in failed:  # a file none of whose tests ran
+            if when == "collect" and test not in failed:  # a file none of whose tests ran
                 failed.append(test)
         elif TEST_LINE.match(ln):
             last, outcome = ln.strip(), None

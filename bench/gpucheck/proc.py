@@ -170,11 +170,14 @@ def _version_key(path: str) -> list[int]:
 
 
 def find_ncu() -> str | None:
-    """ncu on PATH, else the newest under CUDA's and Nsight Compute's install folders."""
+    """ncu on PATH, else the default CUDA's (/usr/local/cuda: the link a CUDA install points
+    at the toolkit the machine is set up to use), else the newest under CUDA's versioned and
+    Nsight Compute's install folders."""
     found = shutil.which("ncu")
     if found:
         return found
-    for pattern in ("/usr/local/cuda*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu"):
+    for pattern in ("/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu",
+                    "/opt/nvidia/nsight-compute/*/ncu"):
         hits = sorted(glob.glob(pattern), key=_version_key)
         if hits:
             return hits[-1]

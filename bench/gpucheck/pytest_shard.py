@@ -8,6 +8,7 @@ moment the test fails, and each test file's that fails to collect: pytest's own 
 comes at the end of the run, which a time box may cut off."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -23,15 +24,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run only the selected tests whose place among them is I modulo N")
 
 
+# The line of an `E` block that names the exception ("ImportError: ...", "SyntaxError: ...");
+# a SyntaxError's block starts with its file, line and caret instead.
+EXC_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
 def reason(report: Any) -> str:
     """A failed report's error on one line: the crash message where pytest has one, else the
-    last `E` line of its text (a collection error's: the hint and traceback come first)."""
+    exception in the last block of `E` lines of its text, every line of its message (a
+    collection error's text: the hint and traceback come first), else its last line."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr)
     if crash is None:
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        errs = [ln[1:] for ln in lines if ln.startswith("E ")]
-        text = errs[-1] if errs else (lines[-1] if lines else text)
+        blocks: list[list[str]] = [[]]
+        for ln in lines:
+            if ln.startswith("E "):
+                blocks[-1].append(ln[1:].strip())
+            elif blocks[-1]:
+                blocks.append([])
+        last = next((b for b in reversed(blocks) if b), [])
+        start = next((i for i, ln in enumerate(last) if EXC_LINE.match(ln)), 0)
+        text = " ".join(last[start:]) if last else (lines[-1] if lines else text)
     return " ".join(text.split())[:REASON_CHARS]
 
 

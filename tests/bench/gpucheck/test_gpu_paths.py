@@ -314,19 +314,23 @@ def test_the_processes_of_a_test_step_cut_at_its_box_are_killed(tmp_path):
 
 
 def test_ncu_off_the_path_is_found_where_cuda_installs_it(monkeypatch):
-    """Where ncu is not on PATH: the newest under /usr/local/cuda*/bin (by version: 13.0 after
-    9.2), else under Nsight Compute's own folder; None where neither holds one."""
+    """Where ncu is not on PATH: the default toolkit's (/usr/local/cuda, the link the install
+    points at the toolkit in use), else the newest under /usr/local/cuda-*/bin (by version: 13.0
+    after 9.2), else under Nsight Compute's own folder; None where none holds one."""
+    import fnmatch
+
     from bench.gpucheck import proc
-    trees = {"/usr/local/cuda*/bin/ncu": ["/usr/local/cuda-9.2/bin/ncu",
-                                          "/usr/local/cuda-13.0/bin/ncu",
-                                          "/usr/local/cuda-12.8/bin/ncu"],
-             "/opt/nvidia/nsight-compute/*/ncu": ["/opt/nvidia/nsight-compute/2025.3.1/ncu"]}
+    files = ["/usr/local/cuda/bin/ncu", "/usr/local/cuda-9.2/bin/ncu",
+             "/usr/local/cuda-13.0/bin/ncu", "/usr/local/cuda-12.8/bin/ncu",
+             "/opt/nvidia/nsight-compute/2025.3.1/ncu"]
     monkeypatch.setattr(proc.shutil, "which", lambda name: None)
-    monkeypatch.setattr(proc.glob, "glob", lambda pattern: list(trees.get(pattern, [])))
+    monkeypatch.setattr(proc.glob, "glob", lambda pattern: fnmatch.filter(files, pattern))
+    assert proc.find_ncu() == "/usr/local/cuda/bin/ncu"
+    files.remove("/usr/local/cuda/bin/ncu")
     assert proc.find_ncu() == "/usr/local/cuda-13.0/bin/ncu"
-    trees.pop("/usr/local/cuda*/bin/ncu")
+    files[:] = [f for f in files if not f.startswith("/usr/local/")]
     assert proc.find_ncu() == "/opt/nvidia/nsight-compute/2025.3.1/ncu"
-    trees.clear()
+    files.clear()
     assert proc.find_ncu() is None
     monkeypatch.setattr(proc.shutil, "which", lambda name: "/usr/bin/ncu")
     assert proc.find_ncu() == "/usr/bin/ncu"
@@ -552,3 +556,62 @@ def test_a_test_file_that_fails_to_import_is_named_with_its_error(tmp_path):
     (bad,) = m["failed"]
     assert bad.endswith("test_bad.py") and "no_such_api_xyz" in m["reasons"][bad]
     assert sum(m["counts"].values()) == 0  # no test ran, and none is counted
+
+
+def test_a_test_file_that_fails_to_import_costs_its_own_tests_only(tmp_path, monkeypatch):
+    """The test steps' command, on a tree where one file cannot import: pytest would stop every
+    shard at collection ("Interrupted: 1 error during collection") and run no test at all; the
+    other files' tests run, and the file is named with its error."""
+    from bench.gpucheck.check import pytest_progress
+    from tests.helpers import REPO
+    seen: list[list[str]] = []
+
+    def fake_run_procs(cmds, box, log, env, tags):
+        seen.extend(cmds)
+        return [0] * len(cmds), 1.0, [[] for _ in cmds]
+
+    monkeypatch.setattr(dc, "run_procs", fake_run_procs)
+    monkeypatch.setattr(dc, "pytest_shards", lambda: 2)
+    c = _check(tmp_path / "check")
+    try:
+        c.step_pytest("pytest")
+    finally:
+        c.log.close()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "pytest.ini").write_text("[pytest]\nmarkers =\n    cuda: x\n    slow: x\n")
+    (tree / "test_bad.py").write_text("from torch import no_such_api_xyz\n")
+    (tree / "test_good.py").write_text("import pytest\n\n\n@pytest.mark.cuda\n"
+                                       "def test_b():\n    pass\n")
+    out = subprocess.run(seen[0] + [str(tree)], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    p = pytest_progress(out.stdout.splitlines(keepends=True))
+    assert p["counts"]["PASSED"] == 1, out.stdout[-2000:]
+    (bad,) = p["failed"]
+    assert bad.endswith("test_bad.py") and "no_such_api_xyz" in p["reasons"][bad]
+
+
+def test_a_failures_reason_is_filed_under_its_whole_id_and_keeps_its_exception(tmp_path):
+    """A parametrized id may hold ": " or " (" (a string parameter's): the reason is filed under
+    the whole id, as -v names the test. An import error whose message runs over lines keeps
+    its exception and every line, not the last line alone."""
+    from bench.gpucheck.check import pytest_progress
+    from tests.helpers import REPO
+    (tmp_path / "test_ids.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('s', ['k: v', 'a (b)'])\n"
+        "def test_p(s):\n    raise RuntimeError('boom ' + s)\n")
+    (tmp_path / "test_ml.py").write_text(
+        "raise ImportError('cannot load the kernel module\\nhint: build it with make')\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                          "-p", "no:cacheprovider", "-v", "--tb=line", "--color=no",
+                          "--continue-on-collection-errors", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    p = pytest_progress(out.stdout.splitlines(keepends=True))
+    assert len(p["failed"]) == 3, out.stdout[-2000:]
+    for test in p["failed"]:
+        assert test in p["reasons"], (test, p["reasons"])
+    (k,) = [t for t in p["failed"] if t.endswith("[k: v]")]
+    assert p["reasons"][k] == "RuntimeError: boom k: v"
+    (ml,) = [t for t in p["failed"] if t.endswith("test_ml.py")]
+    assert p["reasons"][ml] == ("ImportError: cannot load the kernel module hint: build it "
+                                "with make")

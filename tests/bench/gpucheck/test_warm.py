@@ -175,6 +175,33 @@ def test_a_warm_process_that_crashed_is_a_warning_naming_its_error(tmp_path):
     assert "no Autotuner.warmup" in line
 
 
+def test_a_warm_process_killed_by_a_signal_is_said_so_not_as_an_exit_status(tmp_path):
+    """A compile process that a signal ended (a segfault in a compiler, the OOM killer) has no
+    exit status: the warning names the signal, not Popen's negative return code."""
+    import subprocess as sp
+    import sys
+    import time
+
+    from tests.bench.gpucheck.test_device_check import _check
+    c = _check(tmp_path, no_warm=False)
+    body = ("import os, signal\n"
+            "print('warm 0/1: gemv_w8 M=1 bfloat16 triton_w8: 2 configs compiled in 1.0 s',"
+            " flush=True)\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    out = tmp_path / "warm0.out"
+    try:
+        with open(out, "w") as f:
+            proc = sp.Popen([sys.executable, "-c", body], stdout=f, stderr=sp.STDOUT,
+                            start_new_session=True)
+        proc.wait(timeout=30)
+        c.warm_procs, c.warm_t0 = [(proc, out)], time.monotonic()
+        c.finish_warm()
+    finally:
+        c.log.close()
+    (ended,) = c.warm["ended"]
+    assert ended.startswith("killed by SIGSEGV: warm 0/1: gemv_w8"), ended
+    assert "exit -" not in warm_line(c.warm)
+
+
 # The GPU path without a GPU: Triton's driver replaced by one that reports an sm_90 device and
 # cannot launch, so a JIT warmup compiles for sm_90 (ptxas included) and a launch would fail.
 _SM90_WARM = r'''
