@@ -717,3 +717,60 @@ def test_faults_are_recorded_by_kind_and_each_leaves_a_fresh_group(ranks):
     (r,) = runner.run_case(case(impls=("torch_distributed",)))
     assert r["status"] == "ok", r["error"]
     assert r["start_s"] is not None  # a new group
+
+
+def test_a_case_past_the_machine_starts_no_rank(ranks, monkeypatch):
+    """A suite's case of more ranks than this machine runs is skipped before any rank process
+    is started: starting them (4096 here) would load the machine for minutes before failing.
+    `_start` is replaced by one that records its call, so a break fails at once, not by hang."""
+    import bench.collectives
+    started = []
+    monkeypatch.setattr(bench.collectives.CollectiveRunner, "_start",
+                        lambda self, n: started.append(n) or "not started by this test")
+    (r,) = ranks(chip="h100-sxm").run_case(case(n=4096))
+    assert started == [] and r["status"] == "skipped" and "world size 4096" in r["error"]
+
+
+@pytest.mark.parametrize("rank, kept", [(0, 1), (1, 0)])
+def test_under_torchrun_a_skipped_case_is_recorded_by_rank_0_alone(monkeypatch, rank, kept):
+    """A case every rank skips (a bf16 sum past 255 ranks) is one record, rank 0's: a rank >0
+    that wrote or printed its own would double the case in what the run shows. The group's
+    rendezvous and its barrier are faked; the skip comes before any collective."""
+    import bench.collectives as coll
+    monkeypatch.setattr(coll, "_rendezvous", lambda backend, timeout: "cpu")
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: None)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
+    written: list = []
+    shown: list = []
+
+    class Writer:
+        def write(self, rec):
+            written.append(rec)
+    assert coll.run_as_rank(context("h100-sxm"), [case(n=256, dtype=torch.bfloat16)], Writer(),
+                            shown.append, 10.0) == rank
+    assert len(written) == len(shown) == kept
+    assert all(r["status"] == "skipped" for r in written)
+
+
+@pytest.mark.parametrize("rank", ["2", "-1"])
+def test_a_torchrun_rank_outside_the_world_is_refused(monkeypatch, rank):
+    """RANK counts from 0 to WORLD_SIZE - 1: RANK=2 of 2 is refused in one line naming it,
+    before a rendezvous that would wait for a rank that never comes."""
+    from bench.collectives import torchrun_env
+    for k, v in {"RANK": rank, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match=f"RANK={rank} is out of range 0..1"):
+        torchrun_env()
+
+
+def test_a_one_core_machine_still_runs_two_cpu_ranks(monkeypatch):
+    """On the CPU a machine runs one rank a usable core, and at least 2 (the smoke suite's
+    allreduce): a one-core container takes world size 2 and refuses 3."""
+    import backends.cpu
+    from bench.collectives import max_world_size, world_size_error
+    monkeypatch.setattr(backends.cpu, "usable_cpus", lambda: 1)
+    assert max_world_size("cpu") == 2 and world_size_error("cpu", 2) is None
+    assert world_size_error("cpu", 3) == "world size 3 is more ranks than this machine runs (2)"
