@@ -239,7 +239,6 @@ def test_base_time_calls_skips_the_flush_only_when_asked(monkeypatch):
     assert len(calls) == 3
 
 
-
 def test_base_time_calls_waits_for_each_result_inside_the_window(monkeypatch):
     """A backend whose calls return before the work is done (XLA's async dispatch) is timed to
     the end of the work: block(result) runs between the two clock reads, once per call, after

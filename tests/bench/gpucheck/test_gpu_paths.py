@@ -146,7 +146,6 @@ def test_the_suite_step_runs_the_suite_into_the_output_folder_with_a_case_timeou
     assert opt("--case-timeout") == str(dc.CASE_TIMEOUT_S) and "--no-progress" in cmd
 
 
-
 def test_a_kernels_key_case_is_the_planned_first_shape_whatever_finished_first():
     """The key case is the op's first planned shape even where the records start elsewhere (a
     suite whose first case failed for this impl, or records read in another order)."""
@@ -203,7 +202,6 @@ def test_extract_into_the_existing_peers_folder_refuses_what_leaves_it(tmp_path,
         extract(bad, site)
     assert not (tmp_path / "deep" / "escaped.py").exists()
     assert not (site / "peer" / "cfg").is_symlink() and not (site / "peer" / "up").is_symlink()
-
 
 
 def test_the_gpu_ncu_targets_go_round_robin_and_long_context_starts_with_split_kv():
