@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 from typing import NoReturn
 
@@ -87,3 +88,17 @@ def clip(text: str, limit: int = MAX_LINE) -> str:
         return text
     keep = (limit - 40) // 2
     return f"{text[:keep]} …[{len(text) - 2 * keep} characters]… {text[-keep:]}"
+
+
+def describe_exit(rc: int) -> str:
+    """'SIGSEGV (Segmentation fault)' or 'exit code 3', from a Popen return code."""
+    if rc < 0:
+        try:
+            sig = signal.Signals(-rc)
+            why = f"{sig.name} ({signal.strsignal(sig) or 'signal'})"
+        except ValueError:
+            return f"signal {-rc}"
+        if sig == signal.SIGKILL:
+            why += ", not sent by decodewall: the kernel's OOM killer?"
+        return why
+    return f"exit code {rc}"

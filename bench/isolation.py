@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from kernels import OPS
 
-from .errors import RunError, UsageError, printable
+from .errors import RunError, UsageError, describe_exit, printable
 from .interrupts import deferred
 from .plugins import DONE as PLUGINS_DONE
 from .results import ResultWriter
@@ -62,20 +62,6 @@ class _Timeout:
 
 
 TIMEOUT = _Timeout()
-
-
-def describe_exit(rc: int) -> str:
-    """'SIGSEGV (Segmentation fault)' or 'exit code 3', from a Popen return code."""
-    if rc < 0:
-        try:
-            sig = signal.Signals(-rc)
-            why = f"{sig.name} ({signal.strsignal(sig) or 'signal'})"
-        except ValueError:
-            return f"signal {-rc}"
-        if sig == signal.SIGKILL:
-            why += ", not sent by decodewall: the kernel's OOM killer?"
-        return why
-    return f"exit code {rc}"
 
 
 def preflight_plugins(paths: Sequence[str]) -> None:

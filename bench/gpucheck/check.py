@@ -50,7 +50,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.errors import OneLineParser
+from bench.errors import OneLineParser, describe_exit
 
 from .proc import (FAIL_LINE, KILL_GRACE_S, REPO, kill_group, find_ncu, run_proc, run_procs,
                    usable_cores)
@@ -428,7 +428,7 @@ class Check:
             path.unlink(missing_ok=True)
             if not running and " done: " not in text:  # it ended on an error of its own
                 last = (text.strip().splitlines() or ["no output"])[-1].strip()
-                ended.append(f"{exit_words(proc.returncode)}: {last}"[:200])
+                ended.append(f"{describe_exit(proc.returncode)}: {last}"[:200])
         n, seconds = len(self.warm_procs), time.monotonic() - self.warm_t0
         self.warm_procs = []
         self.log.write(f"----- warm ({n} processes, {seconds:.0f} s, {cut} stopped while "
@@ -897,17 +897,6 @@ def pytest_shards() -> int:
 def warm_shards() -> int:
     """Background compile processes: the cores the pytest processes leave, 1 to WARM_MAX."""
     return max(1, min(WARM_MAX, usable_cores() - pytest_shards()))
-
-
-def exit_words(rc: int) -> str:
-    """A Popen return code as words: 'exit 1', or 'killed by SIGSEGV' for a negative one (the
-    signal that ended the process, not an exit status)."""
-    if rc >= 0:
-        return f"exit {rc}"
-    try:
-        return f"killed by {signal.Signals(-rc).name}"
-    except ValueError:
-        return f"killed by signal {-rc}"
 
 
 def warm_report(texts: list[str], cut: int, seconds: float,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.isolation import describe_exit
+from bench.errors import describe_exit
 from tests.helpers import REPO, default_sigint, run_cli
 
 GEMV = ["--op", "gemv_bf16", "--shape", "M=1,N=64,K=128", "--dtype", "float32"]

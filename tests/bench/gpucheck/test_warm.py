@@ -169,7 +169,7 @@ def test_a_warm_process_that_crashed_is_a_warning_naming_its_error(tmp_path):
         c.log.close()
     w = c.warm
     assert (w["finished"], w["stopped"], w["crashed"]) == (1, 0, 1)
-    assert w["ended"] == ["exit 1: AttributeError: no Autotuner.warmup"]
+    assert w["ended"] == ["exit code 1: AttributeError: no Autotuner.warmup"]
     line = warm_line(w)
     assert "(warm)  warn" in line and "1 ended without finishing" in line
     assert "no Autotuner.warmup" in line
@@ -198,7 +198,7 @@ def test_a_warm_process_killed_by_a_signal_is_said_so_not_as_an_exit_status(tmp_
     finally:
         c.log.close()
     (ended,) = c.warm["ended"]
-    assert ended.startswith("killed by SIGSEGV: warm 0/1: gemv_w8"), ended
+    assert ended.startswith("SIGSEGV (") and ": warm 0/1: gemv_w8" in ended, ended
     assert "exit -" not in warm_line(c.warm)
 
 
