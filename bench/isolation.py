@@ -41,7 +41,7 @@ from .interrupts import deferred
 from .plugins import DONE as PLUGINS_DONE
 from .results import ResultWriter
 from .roofline import add_matmul
-from .runner import RunContext, Runner, base_record, reported_impls
+from .runner import PHASE_WORDS, RunContext, Runner, base_record, reported_impls
 from .case import DEFAULT_CASE_TIMEOUT_S, Case
 
 START_TIMEOUT_S = 120.0  # importing torch, triton and the plugins in a new worker
@@ -347,7 +347,7 @@ class IsolatedRunner:
                         where = _Stage("check" if phase != "inputs" else None)
                     elif kind == "checked":  # (rel_err, correct): the check is done
                         where.checked(msg[1], msg[2])
-                    elif kind == "stage":  # ("warm-up", input sets) or ("timing", None)
+                    elif kind == "stage":  # ("warm-up", input sets), ("timing", None), ...
                         where.enter(msg[1], msg[2])
                     elif kind == "record":
                         if msg[1]["impl"] not in todo:  # one record an impl, whatever is sent
@@ -425,7 +425,7 @@ class _Stage:
         """The stage as a message names it. The warm-up says what it is: a call on every
         rotated input set (thousands at tiny shapes) counts against --case-timeout too."""
         if self.name != "warm-up":
-            return {"check": "its check"}.get(self.name or "", self.name or "")
+            return PHASE_WORDS.get(self.name or "", self.name or "")
         if brief:
             return "its warm-up"
         what = ("making its input sets, then calls on each" if self.n_sets is None else
@@ -498,7 +498,7 @@ class _Reporter:
         if name == "checked":
             rel_err, correct = detail
             self.tx.send(("checked", None if rel_err is None else float(rel_err), bool(correct)))
-        else:  # ("warm-up", input sets) or ("timing", None)
+        else:  # ("warm-up", input sets), ("timing", None) or ("after-timing", None)
             self.tx.send(("stage", name, detail))
 
     def record(self, rec: dict[str, Any]) -> None:

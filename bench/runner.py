@@ -32,6 +32,11 @@ from .timing import Budget, measure
 MAX_SETS = 4096
 MAX_TRACEBACK = 16000  # characters of an error's traceback a record keeps (its message may be huge)
 WARM_CACHE_FACTOR = 4  # a warm set up to this many LLCs may be (partly) cached: not judged
+# An impl's stages in order (a crashed or timed-out record's `phase`), as its messages name them.
+# After timing the harness checks every timed output and the inputs, calling the impl once more
+# where it returns its own output: a fault there is not the timing's.
+PHASE_WORDS = {"check": "its check", "warm-up": "its warm-up", "timing": "timing",
+               "after-timing": "the check after its timing"}
 
 
 @dataclass
@@ -237,11 +242,11 @@ class Runner:
         self._report_stage = on_stage or (lambda stage, detail: None)
         self._guard: tuple[Any, list[tuple]] | None = None  # (snapshot, the sets it guards)
         self._pid = os.getpid()  # a process an impl forks returns into this code with another
-        self.phase = "check"  # where the impl running is: check, warm-up, timing (the record's
+        self.phase = "check"  # where the impl running is, a PHASE_WORDS key (the record's
         #                       `phase` when a CUDA error loses the context there)
 
     def on_stage(self, stage: str, detail: Any) -> None:
-        self.phase = {"warm-up": "warm-up", "timing": "timing"}.get(stage, self.phase)
+        self.phase = stage if stage in PHASE_WORDS else self.phase
         self._report_stage(stage, detail)
 
     def _base(self, case: Case, impl: Impl) -> dict[str, Any]:
@@ -308,7 +313,7 @@ class Runner:
                            traceback=clip(traceback.format_exc(limit=4), MAX_TRACEBACK))
                 lost = c.backend.context_lost()
                 if lost:  # e.g. an illegal address: every later call on this context fails too
-                    where = "timing" if self.phase == "timing" else f"its {self.phase}"
+                    where = PHASE_WORDS[self.phase]
                     rec.update(status="crashed", phase=self.phase,
                                error=f"{rec['error']} in {where}; the device context is lost "
                                      f"({lost})")
@@ -429,6 +434,7 @@ class Runner:
         st = measure(c.backend, call, n_sets, c.budget, warm=case.warm,
                      on_sampling=lambda: self.on_stage("timing", None))
         c.backend.synchronize()
+        self.on_stage("after-timing", None)
 
         # (3) what the timed calls left: the input sets as they were (every later impl checks on
         # set 0 and times on the rest), and in each out buffer the answer (an impl right only on

@@ -316,7 +316,8 @@ def test_the_worker_tells_the_parent_each_stage_and_the_check_result():
     (rec,) = runner.run_case(Case("gemv_bf16", GemvShape(1, 64, 128), torch.float32))
     assert rec["status"] == "ok"
     kinds = [m[0] if m[0] != "stage" else f"stage {m[1]}" for m in pipe.sent]
-    assert kinds == ["phase", "phase", "checked", "stage warm-up", "stage timing", "record"]
+    assert kinds == ["phase", "phase", "checked", "stage warm-up", "stage timing",
+                     "stage after-timing", "record"]
     assert [m[1] for m in pipe.sent[:2]] == ["inputs", "torch_matmul"]
     assert pipe.sent[2][1:] == (rec["rel_err"], True)
     assert pipe.sent[3][2] == rec["n_sets"]  # the warm-up: making the sets, a call on each
@@ -371,6 +372,9 @@ class FakeWorker:
                      "passed (rel err 1e-07)"),
     ("timing", -signal.SIGSEGV, "the worker died in timing: SIGSEGV (Segmentation fault); its "
                                 "last output line: last words; its check had passed"),
+    ("after-timing", -signal.SIGSEGV, "the worker died in the check after its timing: SIGSEGV "
+                                      "(Segmentation fault); its last output line: last words; "
+                                      "its check had passed"),
 ])
 def test_a_timeout_or_crash_record_keeps_the_stage_and_the_check(monkeypatch, stage, rc, expect):
     """The parent's side: an impl that passed its check, then hung (or died) in its warm-up or
@@ -386,8 +390,10 @@ def test_a_timeout_or_crash_record_keeps_the_stage_and_the_check(monkeypatch, st
     script = [("phase", "inputs", 0), ("phase", "torch_matmul", 0)]
     if stage != "check":
         script += [("checked", 1e-7, True), ("stage", "warm-up", 4096)]
-    if stage == "timing":
+    if stage in ("timing", "after-timing"):
         script += [("stage", "timing", None)]
+    if stage == "after-timing":
+        script += [("stage", "after-timing", None)]
     monkeypatch.setattr(FakeWorker, "script", script)
     monkeypatch.setattr(FakeWorker, "rc", rc)
     monkeypatch.setattr(FakeWorker, "closed", [])

@@ -103,6 +103,34 @@ def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
         OPS["gemv_bf16"].impls.pop("t_late_fault", None)
 
 
+def test_a_fault_after_timing_is_not_the_timings(tmp_path):
+    """An impl that returns its own output is called once more after timing, to check what the
+    timed calls return: a fault there is recorded in that phase, not in timing."""
+    state = {"timing": False, "after": 0}
+
+    @register_impl("gemv_bf16", "t_after_fault", backends=["cpu"], dtypes=["float32"])
+    def late(x, w):
+        if state["timing"]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return torch.matmul(x, w.T)
+    try:
+        r = runner(tmp_path, ["t_after_fault"], backend=_Poisoned())
+        report = r._report_stage
+
+        def on_stage(stage, detail):  # the first call after timing faults, none before
+            state["timing"] = stage == "after-timing"
+            report(stage, detail)
+        r._report_stage = on_stage
+        with pytest.raises(ContextLost):
+            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+        r.writer.close()
+        rec = json.loads((tmp_path / "numbers.jsonl").read_text())
+        assert rec["status"] == "crashed" and rec["phase"] == "after-timing", rec
+        assert " in the check after its timing; the device context is lost" in rec["error"]
+    finally:
+        OPS["gemv_bf16"].impls.pop("t_after_fault", None)
+
+
 def test_a_warm_set_a_few_times_the_llc_is_still_in_cache(tmp_path, monkeypatch):
     """Between 1x and WARM_CACHE_FACTOR x the LLC a warm set is partly cached (the L2s and a
     victim L3 hold more than the LLC alone): timed, not judged."""
