@@ -8,6 +8,7 @@ moment the test fails, and each test file's that fails to collect: pytest's own 
 comes at the end of the run, which a time box may cut off."""
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -49,6 +50,17 @@ def reason(report: Any) -> str:
     return " ".join(text.split())[:REASON_CHARS]
 
 
+def shown_id(config: pytest.Config, nodeid: str) -> str:
+    """A test's id as `-v` shows it: its path relative to where pytest started, not to its
+    rootdir. (pytest's own `Config.cwd_relative_nodeid` is not public: 9.2 made it take a
+    structured id where 9.0 took the string.)"""
+    path, sep, rest = nodeid.partition("::")
+    here, root = config.invocation_params.dir, config.rootpath
+    if not path or here == root:
+        return nodeid
+    return os.path.relpath(root / path, here).replace(os.sep, "/") + sep + rest
+
+
 @pytest.hookimpl(trylast=True)  # after the terminal reporter's own FAILED
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if not report.failed or not _CONFIG:
@@ -56,7 +68,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     config = _CONFIG[0]
     tr = config.pluginmanager.getplugin("terminalreporter")
     if tr is not None:  # the test named as -v names it
-        test = config.cwd_relative_nodeid(report.nodeid)
+        test = shown_id(config, report.nodeid)
         tr.write_line(f"{FAIL_LINE}{test} ({report.when}): {reason(report)}")
 
 
