@@ -204,7 +204,7 @@ def rank_main() -> None:
         os.set_inheritable(fd, False)
     _die_with_parent()
     _, backend_name, plugins, pg_timeout_s, start_timeout_s = rx.recv()
-    rank = int(os.environ["RANK"])
+    rank, pid = int(os.environ["RANK"]), os.getpid()
     try:
         load_plugins(plugins)
         backend = get_backend(backend_name)
@@ -228,7 +228,9 @@ def rank_main() -> None:
         except NotImplementedError as e:
             tx.send(("skipped", rank, exception_text(e) or "not implemented for this case"))
             os._exit(5)  # the others may wait in a collective: the group is replaced
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit in an impl is its error, as in Runner
+            if isinstance(e, SystemExit) and os.getpid() != pid:
+                raise  # a process the impl forked ends as it asked
             tx.send(("error", rank, _why(e)))
             os._exit(5)
         if rec is not None:

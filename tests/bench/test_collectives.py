@@ -48,6 +48,14 @@ def r1_raises(t, group=None):
     torch.distributed.all_reduce(t)
     return t
 
+@register_impl("allreduce", "r1_exits", backends=["cpu"])
+def r1_exits(t, group=None):
+    if torch.distributed.get_rank() == 1:
+        import sys
+        sys.exit(0)
+    torch.distributed.all_reduce(t)
+    return t
+
 @register_impl("allreduce", "drops_a_rank", backends=["cpu"])
 def drops_a_rank(t, group=None):
     if torch.distributed.get_rank() == 1:
@@ -123,7 +131,7 @@ def test_allreduce_on_gloo_through_the_cli(tmp_path):
     assert recs[0]["start_s"] > 0 and recs[1]["start_s"] is None  # the second reuses the group
 
 
-@pytest.mark.slow  # rank groups started six times, one of them waiting out a 12 s case timeout
+@pytest.mark.slow  # rank groups started seven times, one of them waiting out a 12 s case timeout
 def test_faulty_ranks_are_named_and_nothing_is_left_running(tmp_path):
     pids = tmp_path / "pids.txt"
     plugin = tmp_path / "bad_ranks.py"
@@ -141,6 +149,9 @@ def test_faulty_ranks_are_named_and_nothing_is_left_running(tmp_path):
     assert recs["r1_hangs"]["error"].startswith("rank(s) 1 did not finish")
     assert recs["r1_raises"]["status"] == "error"
     assert recs["r1_raises"]["error"] == "rank 1: RuntimeError: rank one refuses"
+    # sys.exit in an impl is its error, as in the kernels' runner, not a rank that died
+    assert recs["r1_exits"]["status"] == "error", recs["r1_exits"]
+    assert recs["r1_exits"]["error"].startswith("rank 1: SystemExit")
     assert recs["drops_a_rank"]["status"] == "failed-check"
     started = [int(x.split()[1]) for x in pids.read_text().splitlines()]
     assert len(started) >= 4 and not any(alive(pid) for pid in started)
