@@ -194,16 +194,23 @@ def _tools() -> str:
     return bin_dir
 
 
+def _ptxas() -> Any:
+    """Triton's ptxas for sm_90 (`.path`, `.version`); Triton 3.4 and 3.5 take no arch."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    try:
+        return get_ptxas(90)
+    except TypeError:
+        return get_ptxas()
+
+
 def missing_toolchain() -> str | None:
     """Why this machine cannot compile and disassemble for sm_90 (no Triton, no NVIDIA backend in
     it, no ptxas or cuobjdump in its wheel, a ptxas that does not run), or None: a compile that
     fails past this check is a failure of the code compiled, not of the machine."""
     try:
         import triton  # noqa: F401
-        from triton.backends.nvidia.compiler import get_ptxas
         _tools()
-        subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, check=True,
-                       timeout=60)
+        subprocess.run([_ptxas().path, "--version"], capture_output=True, check=True, timeout=60)
     except Exception as e:
         return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
     return None
@@ -213,8 +220,7 @@ def toolchain() -> str:
     """'triton X, ptxas Y': the compiler whose code is counted (its wheel's ptxas)."""
     import triton
     try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        ptxas = get_ptxas(90).version
+        ptxas = _ptxas().version
     except Exception:  # another Triton layout: the Triton version still says which compiler
         ptxas = "?"
     return f"triton {triton.__version__}, ptxas {ptxas}"

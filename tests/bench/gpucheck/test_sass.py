@@ -92,6 +92,25 @@ def test_load_depth_reads_the_pipeliners_ring_or_the_kernels_prefetch():
     assert load_depth(_PLAIN, 16, ("i8", "i32"), 1) == (2, False)
 
 
+def test_ptxas_is_asked_for_sm90_or_taken_without_an_arch(monkeypatch):
+    """Triton 3.6 and later take the arch (`get_ptxas(90)`); 3.5 and 3.4 take none: the tool
+    runs on both rather than fail at its toolchain check."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    import triton.backends.nvidia.compiler as nv
+
+    from bench.gpucheck.sass import _ptxas
+    asked = []
+
+    def with_arch(arch):
+        asked.append(arch)
+        return "ptxas for sm_%d" % arch
+
+    monkeypatch.setattr(nv, "get_ptxas", with_arch)
+    assert _ptxas() == "ptxas for sm_90" and asked == [90]
+    monkeypatch.setattr(nv, "get_ptxas", lambda: "ptxas")
+    assert _ptxas() == "ptxas"
+
+
 def test_bad_arguments_are_one_line_and_exit_2(capsys):
     for argv in (["--gbps", "-1"], ["--latency-ns", "0"], ["--configs", "0"], ["--op", "nope"]):
         with pytest.raises(SystemExit) as e:
