@@ -50,14 +50,23 @@ def reason(report: Any) -> str:
     return " ".join(text.split())[:REASON_CHARS]
 
 
-def shown_id(config: pytest.Config, nodeid: str) -> str:
+def shown_id(config: Any, nodeid: str) -> str:
     """A test's id as `-v` shows it: its path relative to where pytest started, not to its
-    rootdir. (pytest's own `Config.cwd_relative_nodeid` is not public: 9.2 made it take a
-    structured id where 9.0 took the string.)"""
+    rootdir. pytest's own `Config.cwd_relative_nodeid` is not public: up to 9.1 it takes the id
+    as a string (and before 8.3.3 joins the whole id, brackets included, to the rootdir as one
+    path, as -v then does); 9.2 takes a structured id, and a string raises there."""
+    try:
+        shown = config.cwd_relative_nodeid(nodeid)
+        if isinstance(shown, str):
+            return shown
+    except (AttributeError, TypeError):
+        pass
     path, sep, rest = nodeid.partition("::")
     here, root = config.invocation_params.dir, config.rootpath
-    if not path or here == root:
+    if here == root:
         return nodeid
+    # an empty path (a file outside the rootdir, `-c` naming another folder's ini) is the
+    # rootdir itself, as pytest shows it: `cfg::test_a`, not `::test_a`
     return os.path.relpath(root / path, here).replace(os.sep, "/") + sep + rest
 
 

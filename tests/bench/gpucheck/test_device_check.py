@@ -310,6 +310,39 @@ def test_plugin_says_why_a_test_failed_the_moment_it_fails(tmp_path):
     assert merge_progress([p])["reasons"] == p["reasons"]
 
 
+def test_a_failed_tests_id_is_the_one_verbose_shows_wherever_pytest_starts(tmp_path):
+    """shown_id names a test relative to where pytest started, as -v does: below, above or beside
+    the rootdir, "::" and brackets in a parameter kept; a file outside the rootdir (`-c` naming
+    another folder's ini: an empty path part) by the rootdir itself, as -v names it."""
+    from types import SimpleNamespace
+
+    from bench.gpucheck.pytest_shard import shown_id
+    root = tmp_path / "proj"
+
+    def at(here: Path, rootpath: Path = root) -> SimpleNamespace:
+        return SimpleNamespace(invocation_params=SimpleNamespace(dir=here), rootpath=rootpath)
+    nid = "tests/t.py::TestC::test_p[a::b/c]"
+    assert shown_id(at(root), nid) == nid
+    assert shown_id(at(root / "tests"), nid) == "t.py::TestC::test_p[a::b/c]"
+    assert shown_id(at(tmp_path), nid) == "proj/tests/t.py::TestC::test_p[a::b/c]"
+    assert shown_id(at(tmp_path / "other"), nid) == "../proj/tests/t.py::TestC::test_p[a::b/c]"
+    assert shown_id(at(root, root / "cfg"), "::test_a") == "cfg::test_a"
+    # the same through pytest itself, whose -v line names the test first
+    (root / "cfg").mkdir(parents=True)
+    (root / "cfg" / "pytest.ini").write_text("[pytest]\n")
+    (root / "t").mkdir()
+    (root / "t" / "test_o.py").write_text("def test_a():\n    assert 0\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                          "-p", "no:cacheprovider", "-v", "--tb=no", "--color=no", "-c",
+                          "cfg/pytest.ini", "t/test_o.py"], capture_output=True, text=True,
+                         cwd=root, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = out.stdout.splitlines()
+    # (`cfg::test_a` since pytest 8.3.3, `cfg/::test_a` before: the plugin names it as -v does)
+    shown = next(ln.split(" FAILED")[0] for ln in lines if ln.startswith("cfg") and " FAILED" in ln)
+    (said,) = [ln for ln in lines if ln.startswith("DWFAIL ")]
+    assert said.startswith(f"DWFAIL {shown} (call): "), out.stdout[-2000:]
+
+
 def test_merged_progress_of_shards_sums_and_lists_what_each_was_running():
     done = pytest_progress(VERBOSE.splitlines(keepends=True))
     cut = pytest_progress(VERBOSE.split("[100%]")[0].rsplit(" PASSED", 1)[0].splitlines(keepends=True))
