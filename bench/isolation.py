@@ -6,7 +6,7 @@ kernels, loads the run's plugins and runs cases with `bench.runner.Runner`, so c
 (device events, flush, rotation) happen exactly as they would in one process. Per case the parent
 sends the impls still to run; the worker names each phase as it begins (building the inputs, then
 each impl), and within an impl each stage (its check, with the check's result once it is known;
-the warm-up; timing), and sends each record as soon as it is made.
+the warm-up; timing; the check after timing), and sends each record as soon as it is made.
 
 Each phase gets `case_timeout` seconds: for an impl that covers its check, its warm-up (making
 the rotated input sets and at least one call on each: thousands of calls at tiny shapes) and its
@@ -402,8 +402,9 @@ class IsolatedRunner:
 
 
 class _Stage:
-    """Where in an impl the worker is, as it said: its check, the warm-up, or timing; and the
-    check's result once it is known. A record that ends there (timeout, crashed) keeps both."""
+    """Where in an impl the worker is, as it said: its check, the warm-up, timing or the check
+    after timing; and the check's result once it is known. A record that ends there (timeout,
+    crashed) keeps both."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name

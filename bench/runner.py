@@ -238,7 +238,8 @@ class Runner:
         self.on_record = on_record or (lambda r: None)
         self.on_start = on_start or (lambda phase: None)  # "inputs", then each impl's name
         # within an impl: ("checked", (rel_err, correct)), ("warm-up", input sets), ("timing",
-        # None): where a worker is, for a record its parent writes if it dies or hangs there
+        # None), ("after-timing", None): where a worker is, for a record its parent writes if it
+        # dies or hangs there
         self._report_stage = on_stage or (lambda stage, detail: None)
         self._guard: tuple[Any, list[tuple]] | None = None  # (snapshot, the sets it guards)
         self._pid = os.getpid()  # a process an impl forks returns into this code with another
