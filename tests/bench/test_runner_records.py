@@ -80,6 +80,14 @@ def test_a_lost_context_is_recorded_crashed_then_raised(tmp_path, faulting):
     assert rec["phase"] == "check" and " in its check; the device context is lost" in rec["error"]
 
 
+def _lost_record(r, tmp_path) -> dict:
+    """The one record of a case whose impl loses the device context (ContextLost raised)."""
+    with pytest.raises(ContextLost):
+        r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
+    return json.loads((tmp_path / "numbers.jsonl").read_text())
+
+
 def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
     """A fault after the check (its warm-up's calls) is recorded with that phase, as the parent
     records a worker that dies there."""
@@ -92,11 +100,7 @@ def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return torch.matmul(x, w.T)
     try:
-        r = runner(tmp_path, ["t_late_fault"], backend=_Poisoned())
-        with pytest.raises(ContextLost):
-            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
-        r.writer.close()
-        rec = json.loads((tmp_path / "numbers.jsonl").read_text())
+        rec = _lost_record(runner(tmp_path, ["t_late_fault"], backend=_Poisoned()), tmp_path)
         assert rec["status"] == "crashed" and rec["phase"] == "warm-up", rec
         assert " in its warm-up; the device context is lost" in rec["error"]
     finally:
@@ -106,7 +110,7 @@ def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
 def test_a_fault_after_timing_is_not_the_timings(tmp_path):
     """An impl that returns its own output is called once more after timing, to check what the
     timed calls return: a fault there is recorded in that phase, not in timing."""
-    state = {"timing": False, "after": 0}
+    state = {"timing": False}
 
     @register_impl("gemv_bf16", "t_after_fault", backends=["cpu"], dtypes=["float32"])
     def late(x, w):
@@ -121,10 +125,7 @@ def test_a_fault_after_timing_is_not_the_timings(tmp_path):
             state["timing"] = stage == "after-timing"
             report(stage, detail)
         r._report_stage = on_stage
-        with pytest.raises(ContextLost):
-            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
-        r.writer.close()
-        rec = json.loads((tmp_path / "numbers.jsonl").read_text())
+        rec = _lost_record(r, tmp_path)
         assert rec["status"] == "crashed" and rec["phase"] == "after-timing", rec
         assert " in the check after its timing; the device context is lost" in rec["error"]
     finally:
