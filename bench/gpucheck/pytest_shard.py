@@ -52,8 +52,8 @@ def reason(report: Any) -> str:
 
 def shown_id(config: Any, nodeid: str) -> str:
     """A test's id as `-v` shows it: its path relative to where pytest started, not to its
-    rootdir. pytest's own `Config.cwd_relative_nodeid` is not public: up to 9.1 it takes the id
-    as a string (and before 8.3.3 joins the whole id, brackets included, to the rootdir as one
+    rootdir. pytest's own `Config.cwd_relative_nodeid` is not public: 9.0 and earlier take the
+    id as a string (and before 8.3.3 join the whole id, brackets included, to the rootdir as one
     path, as -v then does); 9.2 takes a structured id, and a string raises there."""
     try:
         shown = config.cwd_relative_nodeid(nodeid)
