@@ -20,6 +20,13 @@ from tests.bench.test_runner_numbers import ScriptedCPU, runner, slightly_off  #
 SHAPE = GemvShape(1, 64, 256)
 
 
+@pytest.fixture(autouse=True)
+def _own_impls(monkeypatch):
+    """The impls a test registers go with it: each op's registry is a copy for the test."""
+    for op in OPS.values():
+        monkeypatch.setattr(op, "impls", dict(op.impls))
+
+
 def test_impls_for_another_backend_get_no_record_unless_named(tmp_path):
     """A CPU run of every impl lists the CPU's; a CUDA-only impl named on the command line is
     recorded skipped, saying why."""
@@ -62,8 +69,6 @@ def faulting():
     def after(x, w, out=None):
         return torch.matmul(x, w.T, out=out)
     yield
-    for n in ("t_fault", "t_next"):
-        OPS["gemv_bf16"].impls.pop(n, None)
 
 
 def test_a_lost_context_is_recorded_crashed_then_raised(tmp_path, faulting):
@@ -99,12 +104,9 @@ def test_a_lost_context_names_the_phase_it_was_lost_in(tmp_path):
         if calls["n"] > 1:  # the check's call passes; the warm-up's first faults
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return torch.matmul(x, w.T)
-    try:
-        rec = _lost_record(runner(tmp_path, ["t_late_fault"], backend=_Poisoned()), tmp_path)
-        assert rec["status"] == "crashed" and rec["phase"] == "warm-up", rec
-        assert " in its warm-up; the device context is lost" in rec["error"]
-    finally:
-        OPS["gemv_bf16"].impls.pop("t_late_fault", None)
+    rec = _lost_record(runner(tmp_path, ["t_late_fault"], backend=_Poisoned()), tmp_path)
+    assert rec["status"] == "crashed" and rec["phase"] == "warm-up", rec
+    assert " in its warm-up; the device context is lost" in rec["error"]
 
 
 def test_a_fault_after_timing_is_not_the_timings(tmp_path):
@@ -117,19 +119,16 @@ def test_a_fault_after_timing_is_not_the_timings(tmp_path):
         if state["timing"]:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return torch.matmul(x, w.T)
-    try:
-        r = runner(tmp_path, ["t_after_fault"], backend=_Poisoned())
-        report = r._report_stage
+    r = runner(tmp_path, ["t_after_fault"], backend=_Poisoned())
+    report = r._report_stage
 
-        def on_stage(stage, detail):  # the first call after timing faults, none before
-            state["timing"] = stage == "after-timing"
-            report(stage, detail)
-        r._report_stage = on_stage
-        rec = _lost_record(r, tmp_path)
-        assert rec["status"] == "crashed" and rec["phase"] == "after-timing", rec
-        assert " in the check after its timing; the device context is lost" in rec["error"]
-    finally:
-        OPS["gemv_bf16"].impls.pop("t_after_fault", None)
+    def on_stage(stage, detail):  # the first call after timing faults, none before
+        state["timing"] = stage == "after-timing"
+        report(stage, detail)
+    r._report_stage = on_stage
+    rec = _lost_record(r, tmp_path)
+    assert rec["status"] == "crashed" and rec["phase"] == "after-timing", rec
+    assert " in the check after its timing; the device context is lost" in rec["error"]
 
 
 def test_a_warm_set_a_few_times_the_llc_is_still_in_cache(tmp_path, monkeypatch):
@@ -173,12 +172,9 @@ def test_an_impl_that_calls_sys_exit_is_recorded_with_that_error_and_the_case_go
         x.mul_(2)
         sys.exit(0)
 
-    try:
-        r = runner(tmp_path, ["t_exit", "t_right"])
-        recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
-        r.writer.close()
-    finally:
-        OPS["gemv_bf16"].impls.pop("t_exit", None)
+    r = runner(tmp_path, ["t_exit", "t_right"])
+    recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
     by = {x["impl"]: x for x in recs}
     assert sorted(by) == ["t_exit", "t_right"]
     assert by["t_exit"]["status"] == "error" and by["t_exit"]["error"].startswith("SystemExit")
@@ -204,13 +200,10 @@ def test_the_check_alone_catches_an_impl_that_changes_its_inputs(tmp_path):
         y = x @ w.T
         w.zero_()
         return y
-    try:
-        r = runner(tmp_path, ["t_scribbles", "torch_matmul"])
-        r.ctx.check_only = True
-        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
-        r.writer.close()
-    finally:
-        OPS["gemv_bf16"].impls.pop("t_scribbles", None)
+    r = runner(tmp_path, ["t_scribbles", "torch_matmul"])
+    r.ctx.check_only = True
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+    r.writer.close()
     bad = recs["t_scribbles"]
     assert bad["status"] == "failed-check" and bad["correct"] is False
     assert "changed its input 1" in bad["error"] and "after its check" not in bad["error"]
@@ -235,12 +228,9 @@ def test_an_impl_that_spoils_its_inputs_then_says_not_implemented_leaves_them_pu
     def spoils_skips(x, w):
         w.mul_(-1)
         raise NotImplementedError("needs K % 1024 == 0")
-    try:
-        r = runner(tmp_path, ["t_spoils_skips", "torch_matmul"])
-        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
-        r.writer.close()
-    finally:
-        OPS["gemv_bf16"].impls.pop("t_spoils_skips", None)
+    r = runner(tmp_path, ["t_spoils_skips", "torch_matmul"])
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+    r.writer.close()
     assert recs["t_spoils_skips"]["status"] == "skipped"
     assert "changed its input 1" in recs["t_spoils_skips"]["error"]
     assert recs["torch_matmul"]["status"] == "ok" and recs["torch_matmul"]["rel_err"] < 1e-6
@@ -256,14 +246,10 @@ def test_a_context_lost_in_a_check_is_recorded_in_the_check_after_a_timed_impl(t
     @register_impl("gemv_bf16", "t_faults_next", backends=["cpu"], dtypes=["float32"])
     def faults_next(x, w):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    try:
-        r = runner(tmp_path, ["t_timed_first", "t_faults_next"], backend=_Poisoned())
-        with pytest.raises(ContextLost):
-            r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
-        r.writer.close()
-    finally:
-        for n in ("t_timed_first", "t_faults_next"):
-            OPS["gemv_bf16"].impls.pop(n, None)
+    r = runner(tmp_path, ["t_timed_first", "t_faults_next"], backend=_Poisoned())
+    with pytest.raises(ContextLost):
+        r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
     first, lost = (json.loads(x) for x in (tmp_path / "numbers.jsonl").read_text().splitlines())
     assert first["impl"] == "t_timed_first" and first["status"] == "ok"
     assert lost["status"] == "crashed" and lost["phase"] == "check"
@@ -329,13 +315,9 @@ def test_a_record_names_the_configs_its_own_impl_was_tuned_to(tmp_path, monkeypa
     @register_impl("gemv_bf16", "t_untuned", backends=["cpu"], dtypes=["float32"])
     def untuned(x, w, out=None):
         return torch.matmul(x, w.T, out=out)
-    try:
-        r = runner(tmp_path, ["t_tunes", "t_untuned"])
-        recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
-        r.writer.close()
-    finally:
-        for n in ("t_tunes", "t_untuned"):
-            OPS["gemv_bf16"].impls.pop(n, None)
+    r = runner(tmp_path, ["t_tunes", "t_untuned"])
+    recs = r.run_case(Case("gemv_bf16", SHAPE, torch.float32))
+    r.writer.close()
     assert [x["impl"] for x in recs] == ["t_tunes", "t_untuned"]
     assert recs[0]["tuned"] == {"t_kernel": {"config": "BLOCK_N: 64"}}
     assert recs[1]["status"] == "ok" and "tuned" not in recs[1]
@@ -364,8 +346,6 @@ def test_flushing_denormals_does_not_outlive_the_impl_that_set_it(tmp_path):
         r.writer.close()
     finally:
         torch.set_flush_denormal(False)
-        for n in ("t_ftz", "t_after_ftz"):
-            OPS["gemv_bf16"].impls.pop(n, None)
     assert seen and all(v != 0.0 for v in seen)
 
 
@@ -382,13 +362,9 @@ def test_a_failure_of_an_impl_with_a_known_issue_names_the_issue(tmp_path):
                    known_issue="see issue 12")
     def known_raises(x, w):
         raise RuntimeError("boom")
-    try:
-        r = runner(tmp_path, ["t_known_wrong", "t_known_raises"])
-        recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
-        r.writer.close()
-    finally:
-        for n in ("t_known_wrong", "t_known_raises"):
-            OPS["gemv_bf16"].impls.pop(n, None)
+    r = runner(tmp_path, ["t_known_wrong", "t_known_raises"])
+    recs = {x["impl"]: x for x in r.run_case(Case("gemv_bf16", SHAPE, torch.float32))}
+    r.writer.close()
     assert recs["t_known_wrong"]["status"] == "failed-check"
     assert recs["t_known_raises"]["status"] == "error"
     assert all(x["error"].endswith(" (see issue 12)") for x in recs.values()), recs
