@@ -51,6 +51,17 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
                           text=True, timeout=timeout, cwd=REPO, env=e)
 
 
+def pytest_with_plugin(*args: str, cwd: Path = REPO,
+                       timeout: float = 120) -> subprocess.CompletedProcess:
+    """pytest in a child with the device check's plugin (bench/gpucheck/pytest_shard.py) and the
+    project on its path, as the check runs it; `args` follow the plugin's `-p`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
+                           "-p", "no:cacheprovider", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
 def check_impl(op, name: str, shape, dtype, device: str = "cpu", seed: int = 0, **kw) -> float:
     """Run one impl like the harness does (NaN-poisoned out where it takes one) and judge it as
     the harness does (err <= tol: a copy's tol is 0). `kw` go to fn beside out=; an impl without

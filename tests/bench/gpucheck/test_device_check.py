@@ -14,7 +14,7 @@ from bench.gpucheck.check import (BOXES, EVERY_CONFIG, EVERY_CONFIG_DIR, RESERVE
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
 from bench.gpucheck.proc import KILL_GRACE_S, run_proc, run_procs
 from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
-from tests.helpers import REPO
+from tests.helpers import REPO, pytest_with_plugin
 
 
 # What `ncu --csv --print-units base` prints for a split-K GEMV (two launches), with the
@@ -272,17 +272,12 @@ def test_shards_run_each_selected_test_once(tmp_path):
         "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(7)) + "def test_x_skipme():\n    pass\n")
     ran = []
     for i in range(3):
-        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                              "-p", "no:cacheprovider", "--shard", f"{i}/3", "-k", "not skipme",
-                              "-v", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
-                             timeout=120)
+        out = pytest_with_plugin("--shard", f"{i}/3", "-k", "not skipme", "-v", str(tmp_path))
         assert out.returncode == 0, out.stdout[-2000:]
         ran += [ln.split("::")[1].split()[0] for ln in out.stdout.splitlines()
                 if "::test_" in ln and "PASSED" in ln]
     assert sorted(ran) == [f"test_{i}" for i in range(7)]
-    bad = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                          "-p", "no:cacheprovider", "--shard", "3/3", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    bad = pytest_with_plugin("--shard", "3/3", str(tmp_path))
     assert bad.returncode == 4 and "expected I/N" in bad.stderr
 
 
@@ -294,9 +289,7 @@ def test_plugin_says_why_a_test_failed_the_moment_it_fails(tmp_path):
         "def test_a():\n    assert 1 + 1 == 3, 'rel err 0.5 > 0.01'\n\n\n"
         "def test_b():\n    raise RuntimeError('out of resources:\\n  shared memory')\n\n\n"
         "def test_c():\n    pass\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                          "-p", "no:cacheprovider", "-v", "--tb=line", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = pytest_with_plugin("-v", "--tb=line", str(tmp_path))
     assert out.returncode == 1, out.stdout[-2000:]
     lines = out.stdout.splitlines()
     why_a = next(i for i, ln in enumerate(lines) if ln.startswith("DWFAIL ") and "test_a" in ln)
@@ -332,10 +325,8 @@ def test_a_failed_tests_id_is_the_one_verbose_shows_wherever_pytest_starts(tmp_p
     (root / "cfg" / "pytest.ini").write_text("[pytest]\n")
     (root / "t").mkdir()
     (root / "t" / "test_o.py").write_text("def test_a():\n    assert 0\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                          "-p", "no:cacheprovider", "-v", "--tb=no", "--color=no", "-c",
-                          "cfg/pytest.ini", "t/test_o.py"], capture_output=True, text=True,
-                         cwd=root, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = pytest_with_plugin("-v", "--tb=no", "--color=no", "-c", "cfg/pytest.ini", "t/test_o.py",
+                             cwd=root)
     lines = out.stdout.splitlines()
     # (`cfg::test_a` since pytest 8.3.3, `cfg/::test_a` before: the plugin names it as -v does)
     shown = next(ln.split(" FAILED")[0] for ln in lines if ln.startswith("cfg") and " FAILED" in ln)

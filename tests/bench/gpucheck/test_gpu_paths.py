@@ -231,14 +231,12 @@ def test_a_test_that_errs_in_setup_is_named_with_its_reason(tmp_path):
     is an ERROR in setup, not a failure in the call: its reason comes on a line of its own too,
     and pytest_progress files it under the test."""
     from bench.gpucheck.check import pytest_progress
-    from tests.helpers import REPO
+    from tests.helpers import pytest_with_plugin
     (tmp_path / "test_s.py").write_text(
         "import pytest\n\n\n@pytest.fixture\ndef buf():\n"
         "    raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')\n\n\n"
         "def test_a(buf):\n    pass\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                          "-p", "no:cacheprovider", "-v", "--tb=line", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = pytest_with_plugin("-v", "--tb=line", str(tmp_path))
     assert out.returncode == 1, out.stdout[-2000:]
     assert any(ln.startswith("DWFAIL ") and "test_s.py::test_a (setup): RuntimeError: CUDA out "
                "of memory" in ln for ln in out.stdout.splitlines()), out.stdout[-2000:]
@@ -536,16 +534,14 @@ def test_a_test_file_that_fails_to_import_is_named_with_its_error(tmp_path):
     runs none of its tests and names none: every shard says the file and the import's error on
     a line of its own, and the merged progress lists the file once with that reason."""
     from bench.gpucheck.check import merge_progress, pytest_progress
-    from tests.helpers import REPO
+    from tests.helpers import pytest_with_plugin
     (tmp_path / "test_bad.py").write_text("import torch\ntorch.no_such_api_xyz()\n\n\n"
                                           "def test_a():\n    pass\n")
     (tmp_path / "test_good.py").write_text("def test_b():\n    pass\n")
     progs = []
     for i in range(2):
-        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                              "-p", "no:cacheprovider", "-v", "--tb=line", "-rfE", "--color=no",
-                              "--shard", f"{i}/2", str(tmp_path)],
-                             capture_output=True, text=True, cwd=REPO, timeout=120)
+        out = pytest_with_plugin("-v", "--tb=line", "-rfE", "--color=no", "--shard", f"{i}/2",
+                                 str(tmp_path))
         assert out.returncode == 2, out.stdout[-2000:]
         assert any(ln.startswith("DWFAIL ") and "test_bad.py (collect): AttributeError"
                    in ln for ln in out.stdout.splitlines()), out.stdout[-2000:]
@@ -594,16 +590,14 @@ def test_a_failures_reason_is_filed_under_its_whole_id_and_keeps_its_exception(t
     the whole id, as -v names the test. An import error whose message runs over lines keeps
     its exception and every line, not the last line alone."""
     from bench.gpucheck.check import pytest_progress
-    from tests.helpers import REPO
+    from tests.helpers import pytest_with_plugin
     (tmp_path / "test_ids.py").write_text(
         "import pytest\n\n\n@pytest.mark.parametrize('s', ['k: v', 'a (b)'])\n"
         "def test_p(s):\n    raise RuntimeError('boom ' + s)\n")
     (tmp_path / "test_ml.py").write_text(
         "raise ImportError('cannot load the kernel module\\nhint: build it with make')\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "bench.gpucheck.pytest_shard",
-                          "-p", "no:cacheprovider", "-v", "--tb=line", "--color=no",
-                          "--continue-on-collection-errors", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = pytest_with_plugin("-v", "--tb=line", "--color=no", "--continue-on-collection-errors",
+                             str(tmp_path))
     p = pytest_progress(out.stdout.splitlines(keepends=True))
     assert len(p["failed"]) == 3, out.stdout[-2000:]
     for test in p["failed"]:
