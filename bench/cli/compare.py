@@ -27,7 +27,12 @@ def verdict_text(r: dict[str, Any]) -> Text:
     from ..report.compare import MIN_SAMPLES
     v = r["verdict"]
     t = Text(v, style=STYLE.get(r.get("change") or "", VERDICT_STYLE.get(v, "yellow")))
-    if r.get("few_samples"):
+    pairs = r.get("run_verdicts")
+    if pairs:  # more runs than one of a side: what the pairs of runs said
+        runs = f"{r['a_runs']} A × {r['b_runs']} B runs"
+        t.append(f" ({runs}: " + ", ".join(f"{n} {v}" for v, n in pairs.items()) + ")"
+                 if len(pairs) > 1 else f" ({runs})")
+    elif r.get("few_samples"):
         few = [f"{side} n={r.get(f'{side.lower()}_n') or '?'}" for side in "AB"
                if (r.get(f"{side.lower()}_n") or 0) < MIN_SAMPLES]
         t.append(f" ({', '.join(few)}: faster/slower needs {MIN_SAMPLES} samples a run)")
@@ -84,9 +89,17 @@ def command(args) -> int:
     from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)
+        more = {side: [read_results(p) for p in paths]
+                for side, paths in (("A", args.rerun_a), ("B", args.rerun_b))}
     except ResultsError as e:
         raise UsageError(str(e)) from None
-    rows = compare(a, b)
+    for side, recs, paths in (("A", a, args.rerun_a), ("B", b, args.rerun_b)):
+        for path, rs in zip(paths, more[side]):
+            if rs and devices(rs) != devices(recs):  # one side, one build, one device
+                raise UsageError(f"{path}: measured on {devices(rs)}, {side}'s file on "
+                                 f"{devices(recs)}: --rerun-{side.lower()} takes more runs of "
+                                 f"{side} on its device")
+    rows = compare(a, b, more["A"], more["B"])
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -96,7 +109,10 @@ def command(args) -> int:
     flushes = len({r.get("flush") for r in rows}) > 1
     thread_counts = len({r.get("threads") for r in rows}) > 1
     con = console()
-    con.print(f"A: {args.a}\nB: {args.b}", soft_wrap=True, markup=False)
+    con.print("\n".join(f"{side}: {path}" + "".join(f" + {p}" for p in reruns)
+                        for side, path, reruns in (("A", args.a, args.rerun_a),
+                                                   ("B", args.b, args.rerun_b))),
+              soft_wrap=True, markup=False)
     if by_device:
         con.print(f"A on {da}; B on {db}; each record is compared with the same device's",
                   soft_wrap=True, markup=False)
@@ -136,9 +152,16 @@ def add_parser(sub) -> None:
                         "torch thread count where both files record one, the device where a "
                         "file holds several. Faster / "
                         "slower need the interquartile ranges apart and at least "
-                        f"{MIN_SAMPLES} samples in each run. Exit 0 whatever the verdicts, 2 "
-                        "on bad input.")
+                        f"{MIN_SAMPLES} samples in each run; with more runs of a side "
+                        "(--rerun-a, --rerun-b), every pair of an A run and a B run to agree. "
+                        "Exit 0 whatever the verdicts, 2 on bad input.")
     cp.add_argument("a", metavar="A.jsonl", type=given)  # "" would read as the current folder
     cp.add_argument("b", metavar="B.jsonl", type=given)
+    for side in "ab":
+        cp.add_argument(f"--rerun-{side}", metavar=f"{side.upper()}2.jsonl", type=given,
+                        action="append", default=[],
+                        help=f"another run of {side.upper()}'s build and cases (repeatable): a "
+                        "shared machine's bandwidth drifts between runs, which one run's spread "
+                        "does not show")
     cp.add_argument("--json", action="store_true", help="one JSON object a row")
     cp.set_defaults(func=command)

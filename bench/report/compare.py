@@ -6,6 +6,12 @@ runs took at least MIN_SAMPLES samples, "same" when they differ by less than the
 percentage. With fewer samples quartiles are rough: from one distribution, the IQRs of two
 5-sample runs miss each other about 1 time in 5, of two 10-sample runs about 1 in 30.
 
+Two runs on a shared machine are not drawn from one distribution: its bandwidth drifts between
+them, and a memory-bound kernel's time with it, which neither run's spread shows. More runs of
+either side (`reruns_a`, `reruns_b`: other files of the same build and cases) make the verdict
+rest on every pair of an A run and a B run: faster/slower/same only where all pairs say so,
+"unsure" where they disagree.
+
 Records are paired only with the same case: op, impl, shape, dtype, warm, the cache flush when
 both files record one (CUDA), the torch thread count when both files record one (CPU: a kernel
 on 2 threads and on 8 is not one measurement), and the device when a file holds records of
@@ -156,20 +162,55 @@ def change(ra: dict[str, Any] | None, rb: dict[str, Any] | None, verdict: str,
     return None
 
 
-def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rerun_failures(reruns: list[dict[tuple, tuple[dict[str, Any], list[str]]]], k: tuple
+                   ) -> list[str]:
+    """The statuses of a case's failed records in a side's other runs."""
+    out = []
+    for cases in reruns:
+        pick, also = cases.get(k, (None, []))
+        out += also if pick is None or timed(pick) else \
+            [r for r in [pick["status"]] if r in FAILED]
+    return out
+
+
+def rerun_times(reruns: list[dict[tuple, tuple[dict[str, Any], list[str]]]], k: tuple
+                ) -> list[dict[str, Any]]:
+    """The time_s of a case's timed record in each of a side's other runs that has one."""
+    picks = (cases.get(k, (None, []))[0] for cases in reruns)
+    return [r["time_s"] for r in picks if r is not None and timed(r)]
+
+
+def over_runs(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]
+              ) -> tuple[str, Counter]:
+    """The verdict over every pair of an A run and a B run (`classify`): the pairs' verdict
+    where they all agree, else "unsure"; and the count of each pair verdict."""
+    pairs = Counter(classify(ta, tb) for ta in runs_a for tb in runs_b)
+    return (next(iter(pairs)) if len(pairs) == 1 else "unsure"), pairs
+
+
+def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]],
+            reruns_a: list[list[dict[str, Any]]] = (), reruns_b: list[list[dict[str, Any]]] = ()
+            ) -> list[dict[str, Any]]:
     """One row a case to show: timed in both (faster/slower/same/unsure), or a status verdict.
+    reruns_a / reruns_b: the records of more runs of each side; a case's rows are A's and B's,
+    the other runs add their times to a timed row's verdict (every pair of runs must agree) and
+    their failures of the case to `a_also` / `b_also`.
     Every row has `change`, `a_status` and `b_status` (None: not in that file), `warm`, `flush`,
     `device` and `threads` (None where not part of the match); timed rows add each side's sample
     count and quartiles, what the verdict rests on (`a_n`, `b_n`, `a_p25`, `a_p75`, `b_p25`,
     `b_p75`; `few_samples` where the spreads are apart but a run took too few samples
     to say so), status rows the error text of each side that has one (`a_error`,
     `b_error`); `a_also` / `b_also` list the statuses of a side's failed records of the case
-    beside the timed one compared."""
+    beside the timed one compared (in its other runs too). Timed rows say how many runs of each
+    side timed the case (`a_runs`, `b_runs`) and, where there are more than one of either,
+    each pair verdict's count (`run_verdicts`)."""
     key = keyer(recs_a, recs_b)
     a, b = by_case(recs_a, key), by_case(recs_b, key)
+    more_a, more_b = ([by_case(rs, key) for rs in reruns] for reruns in (reruns_a, reruns_b))
     rows = []
     for k in [*a, *(k for k in b if k not in a)]:
         (ra, also_a), (rb, also_b) = a.get(k, (None, [])), b.get(k, (None, []))
+        also_a, also_b = also_a + rerun_failures(more_a, k), also_b + rerun_failures(more_b, k)
         # the shape as its record has it (M, N, K), not in the key's sorted order
         row: dict[str, Any] = {"op": k[0], "impl": k[1], "shape": (ra or rb)["shape"],
                                "dtype": k[3], "warm": k[4], "flush": k[5], "device": k[6],
@@ -180,7 +221,12 @@ def compare(recs_a: list[dict[str, Any]], recs_b: list[dict[str, Any]]) -> list[
                        ratio=tb["median"] / ta["median"], a_gbps=ra.get("achieved_gbps"),
                        b_gbps=rb.get("achieved_gbps"), a_n=ta.get("n"), b_n=tb.get("n"),
                        a_p25=ta.get("p25"), a_p75=ta.get("p75"), b_p25=tb.get("p25"),
-                       b_p75=tb.get("p75"), verdict=classify(ta, tb))
+                       b_p75=tb.get("p75"))
+            runs_a, runs_b = [ta, *rerun_times(more_a, k)], [tb, *rerun_times(more_b, k)]
+            row["verdict"], pairs = over_runs(runs_a, runs_b)
+            row.update(a_runs=len(runs_a), b_runs=len(runs_b))
+            if len(runs_a) * len(runs_b) > 1:
+                row["run_verdicts"] = dict(pairs)
             if apart(ta, tb) and few_samples(ta, tb):
                 row["few_samples"] = True  # apart, but too few samples to call it
         else:

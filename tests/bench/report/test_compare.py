@@ -261,3 +261,41 @@ def test_the_table_and_json_show_the_spread_each_verdict_rests_on(tmp_path, caps
     assert main(["compare", gpu, gpu]) == 0  # a spread of tens of ns, not "± 0.0 µs"
     assert "12.0 µs ± 20 ns" in capsys.readouterr().out
     assert (r["a_p25"], r["a_p75"], r["b_p25"], r["b_p75"]) == (0.99e-3, 1.01e-3, 0.8e-3, 1.0e-3)
+
+
+def test_reruns_make_the_verdict_rest_on_every_pair_of_runs(tmp_path, capsys):
+    """A shared machine's bandwidth drifts between runs, which one run's spread does not show:
+    two runs of A 7% apart with tight spreads, B inside that drift. With A's second run the
+    verdict rests on every pair of runs: "unsure" where they disagree, a change past the drift
+    still decides, and a second run's failure of the case is named as a failure beside it is."""
+    a1, a2 = (ok("x", time_s=timing(m, 200, 0.01)) for m in (1e-3, 0.93e-3))
+    b = ok("x", time_s=timing(0.925e-3, 200, 0.01))
+    (row,) = compare([a1], [b])
+    assert (row["verdict"], row["a_runs"], row["b_runs"], "run_verdicts" in row) == (
+        "faster", 1, 1, False)
+    (row,) = compare([a1], [b], [[a2]])
+    assert (row["verdict"], row["change"], row["a_runs"]) == ("unsure", None, 2)
+    assert row["run_verdicts"] == {"faster": 1, "same": 1}
+    assert row["a_median"] == 1e-3  # the row is A's file's; the rerun adds to the verdict
+    fast = ok("x", time_s=timing(0.7e-3, 200, 0.01))
+    (row,) = compare([a1], [fast], [[a2]], [[{**fast, "time_s": timing(0.71e-3, 200, 0.01)}]])
+    assert (row["verdict"], row["change"], row["run_verdicts"]) == (
+        "faster", "improvement", {"faster": 4})
+    (row,) = compare([a1], [b], [[]], [[failed("x", "crashed", "SIGSEGV")]])
+    assert (row["b_also"], row["change"], row["b_runs"]) == (["crashed"], "regression", 1)
+    (row,) = compare([a1], [b], [[ok("y")]])  # a rerun without the case adds nothing
+    assert (row["verdict"], row["a_runs"]) == ("faster", 1)
+
+    fa, fa2, fb = (write(tmp_path / f"{n}.jsonl", [r]) for n, r in (("a", a1), ("a2", a2),
+                                                                      ("b", b)))
+    assert main(["compare", fa, fb, "--rerun-a", fa2]) == 0
+    out = capsys.readouterr().out
+    assert f"A: {fa} + {fa2}" in out and "unsure (2 A × 1 B runs: 1 faster, 1 same)" in out
+    assert main(["compare", fa, fb, "--rerun-a", fa2, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_verdicts"] == {"faster": 1, "same": 1}
+    from tests.helpers import one_error_line
+    other = write(tmp_path / "gpu.jsonl", [{**a2, "backend": "cuda", "device": {"name": "H200"}}])
+    line = one_error_line(capsys, ["compare", fa, fb, "--rerun-b", other])
+    assert "gpu.jsonl: measured on H200 (cuda), B's file on box (cpu)" in line, line
+    line = one_error_line(capsys, ["compare", fa, fb, "--rerun-a", str(tmp_path / "none.jsonl")])
+    assert "none.jsonl: no such file" in line, line
