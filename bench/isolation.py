@@ -15,7 +15,9 @@ SIGABRT, the OOM killer's SIGKILL, an abort in a runtime, a CUDA fault that pois
 the impl it was running is recorded `crashed`, with the signal or exit code, the stage and the
 last line the worker wrote (stdout and stderr share its log); past the limit the worker is killed
 and the impl recorded `timeout`, naming the stage it was in. Either record keeps the check's
-result when the check had passed. A new worker takes the case's remaining impls. Workers run in
+result when the check had passed. A new worker takes the case's remaining impls. A worker's
+malloc keeps the memory freed within a case (`keep_freed_memory`), so an impl's per-call
+temporary costs the same whatever ran before it. Workers run in
 their own session: Ctrl-C reaches only the parent, which kills the worker's whole process group at
 once (as it does on SIGTERM) and keeps every finished case.
 """
@@ -507,6 +509,42 @@ class _Reporter:
         self.tx.send(("record", dict(rec)))
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def _libc_malloc() -> Any:
+    """glibc's C library, or None where malloc is another's (musl, macOS)."""
+    import ctypes
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Let this process's malloc reuse what it freed rather than hand it back: glibc maps every
+    block of 32 MiB or more afresh and unmaps it on free (and below that, whether a block is
+    fresh depends on what earlier allocations left), so an impl that allocates a temporary each
+    call would pay for the kernel zeroing new pages, an amount that varies with the cases run
+    before it. Reused, its time is its bytes and arithmetic, as PyTorch's caching allocator
+    makes it on a GPU. False where the C library is not glibc (left as it is)."""
+    libc = _libc_malloc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_freed_memory() -> None:
+    """Hand back what the last case freed (`keep_freed_memory` keeps it): each case starts from
+    the same heap, and a large case's memory does not stay taken through the rest of the run."""
+    libc = _libc_malloc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def worker_main() -> None:
     """Entry of a worker process: `python bench/boot.py bench.isolation:worker_main <job fd>
     <message fd>`."""
@@ -520,6 +558,7 @@ def worker_main() -> None:
     for fd in (rx.fileno(), tx.fileno()):
         os.set_inheritable(fd, False)  # a child of a kernel must not keep the pipes open
     _die_with_parent()
+    keep_freed_memory()
     msg = rx.recv()
     try:
         _, backend_name, plugins = msg
@@ -548,4 +587,6 @@ def worker_main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(4)  # its record is sent; the parent starts a new worker for the rest
+        del runner  # and the case's inputs it may hold, before their memory is handed back
+        release_freed_memory()
         tx.send(("done",))

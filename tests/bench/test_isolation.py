@@ -756,3 +756,80 @@ def test_a_forked_child_ends_at_its_first_report_and_sends_nothing(monkeypatch):
         with pytest.raises(SystemExit):
             report()
     assert sent == []
+
+
+TEMPORARY = '''
+import ctypes, resource, torch
+from kernels import register_impl
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                              "usmblks", "fsmblks", "uordblks", "fordblks",
+                                              "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+calls = [0]
+quiet = [False]  # a call took its temporary without faults: the freed block is reused
+late = [0]  # calls after that whose temporary faulted in afresh
+
+@register_impl("gemv_bf16", "temporary", backends=["cpu"], dtypes=["float32"])
+def temporary(x, w):
+    """A 64 MiB temporary a call, as a naive dequantize-then-matmul makes."""
+    calls[0] += 1
+    mapped, faults = libc.mallinfo2().hblks, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(16 * 2**20)
+    t.fill_(1.0)
+    mapped = libc.mallinfo2().hblks - mapped
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    late[0] += quiet[0] and faults > 1000  # the harness allocates between warm-up calls
+    quiet[0] = quiet[0] or faults < 1000
+    if mapped or late[0] > 2:
+        raise RuntimeError(f"call {calls[0]}: the temporary was mapped afresh ({mapped} blocks "
+                           f"mapped, {faults} page faults; {late[0]} such calls after one "
+                           "reused it)")
+    return x @ w.T
+'''
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"),
+                    reason="glibc 2.33 or later only")
+def test_a_temporary_each_call_reuses_freed_memory_in_the_worker(tmp_path):
+    """glibc maps each block of 32 MiB or more afresh and the kernel zeroes its pages on first
+    touch; whether a smaller one is fresh depends on the cases before. The worker's malloc
+    keeps what it frees, so an impl's per-call temporary costs the same in every run."""
+    plugin = tmp_path / "temporary.py"
+    plugin.write_text(TEMPORARY)
+    p = run_cli("run", *GEMV, "--plugin", str(plugin), "--impl", "temporary", "--budget",
+                "quick", "--no-save", "--json", "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    (rec,) = [json.loads(x) for x in p.stdout.splitlines()]
+    assert rec["status"] == "ok", rec["error"]
+
+
+def test_freed_memory_is_kept_for_reuse_until_released():
+    """keep_freed_memory: 256 MiB freed stays this process's (its next temporary reuses it);
+    release_freed_memory hands it back at a case's end."""
+    code = '''if True:
+        import sys
+        from bench.isolation import keep_freed_memory, release_freed_memory
+        import torch
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        if not keep_freed_memory():
+            sys.exit(77)
+        base = rss()
+        t = torch.ones(64 * 2**20)
+        del t
+        kept = rss() - base
+        release_freed_memory()
+        print(f"{kept:.0f} {rss() - base:.0f}")
+    '''
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the C library is not glibc: malloc is left as it is")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    kept, after = map(float, p.stdout.split())
+    assert kept > 200 and after < 50, (kept, after)
