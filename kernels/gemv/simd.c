@@ -10,7 +10,7 @@
 #else  /* cbuild.py's build without -fopenmp: one thread */
 #define omp_get_thread_num() 0
 #endif
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__F16C__)  /* F16C alone: Ivy Bridge, Piledriver, Jaguar */
 #include <immintrin.h>
 #endif
 

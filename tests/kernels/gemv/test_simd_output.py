@@ -1,8 +1,11 @@
 """The C kernels write y in the caller's dtype themselves: rounding must be torch's, bit for bit."""
+import platform
+import shutil
+
 import pytest
 import torch
 
-from kernels import OPS
+from kernels import OPS, cbuild
 from kernels.gemv import simd as gemv_simd
 from kernels.gemv import GemvW4Shape
 from kernels.gemv import GemvW8Shape
@@ -38,6 +41,28 @@ def test_store_out_rounds_like_torch(dtype, tmp_path):
         assert torch.equal(out.view(torch.int16), y.to(dtype).view(torch.int16))
         nan = store(lib, torch.full((11,), float("nan")), dtype)
         assert nan.isnan().all()
+
+
+def test_a_build_with_f16c_but_not_avx2_loads_and_rounds_like_torch(tmp_path, monkeypatch):
+    """Ivy Bridge, AMD Piledriver and Jaguar have F16C without AVX2 (-march=native there, or
+    ivybridge anywhere): the fp16 conversions take F16C's intrinsics, whose header must be
+    included for them too, or the library does not load and every C GEMV is skipped."""
+    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc") or \
+            not {"avx", "f16c"} <= cbuild._cpu_flags(cbuild._cpuinfo()):
+        pytest.skip("needs an x86-64 CPU with AVX and F16C, and a C compiler")
+    monkeypatch.setenv("DECODEWALL_CACHE", str(tmp_path / "cache"))
+    lib = gemv_simd.library.for_march("ivybridge")
+    try:
+        built = lib()
+    except NotImplementedError as e:
+        helpers.skip_if_machine_lacks(e)
+    y = values()
+    out = store(built, y, torch.float16)  # F16C's conversion, one value at a time
+    assert torch.equal(out.view(torch.int16), y.to(torch.float16).view(torch.int16))
+    monkeypatch.setattr(gemv_simd, "library", lib)
+    for op_name, shape in (("gemv_w8", GemvW8Shape(3, 10, 96)),
+                           ("gemv_w4", GemvW4Shape(1, 37, 256, 64))):
+        helpers.check_impl(OPS[op_name], "simd_c", shape, torch.float16, seed=5)
 
 
 @pytest.mark.parametrize("op_name, shape", [("gemv_w8", GemvW8Shape(1, 37, 256)),
