@@ -283,6 +283,18 @@ def check_file_writable(out_dir: Path) -> None:
         os.unlink(probe)
 
 
+def check_temp_dir() -> None:
+    """A temporary folder is where the case workers' logs (and a plugin check's progress) go:
+    where none can be written (a read-only root file system without a tmpfs), one line before
+    anything is measured, not an internal error after the roof."""
+    import tempfile
+    try:
+        tempfile.gettempdir()  # tries TMPDIR, /tmp, /var/tmp, /usr/tmp and the cwd, writing one
+    except OSError as e:
+        raise UsageError(f"no writable temporary folder: {e.strerror or e}; set TMPDIR to "
+                         f"one") from None
+
+
 # --- the command --------------------------------------------------------------------------------
 
 def command(args) -> int:
@@ -297,6 +309,8 @@ def command(args) -> int:
     from ..suites import SuiteContext
     from ..timing import BUDGETS
 
+    if args.plugin or not args.list:
+        check_temp_dir()
     preflight_plugins(args.plugin or [])
     # --json: stdout carries records only; what a plugin prints as it loads goes to stderr
     with _stdout_to_stderr() if args.json else _null():

@@ -771,6 +771,24 @@ def test_a_full_disk_is_found_before_measuring(capsys, monkeypatch, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_no_writable_temporary_folder_is_one_line_before_measuring(capsys, monkeypatch,
+                                                                   tmp_path):
+    """A read-only root file system without a tmpfs leaves the case workers' logs nowhere:
+    exit 2 with one line before the roof is measured, not an internal error after it."""
+    import tempfile
+    from bench import roofline
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir looks again
+    monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(tmp_path / "none")])
+    monkeypatch.setattr(roofline, "measure_roof", lambda *a: pytest.fail("measured"))
+    out = tmp_path / "runs"
+    rc = main(["run", *GEMV, "--impl", "torch_matmul", "--out", str(out), "--no-progress"])
+    assert rc == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("decodewall: error: no writable temporary folder: No usable ") and \
+        line.endswith("; set TMPDIR to one")
+    assert not out.exists()
+
+
 def test_a_results_file_the_disk_will_not_create_is_one_line(capsys, monkeypatch, tmp_path):
     """A quota that refuses the new file itself: the run's line names it, not an internal
     error, and no (empty) table is printed: no record was kept."""
