@@ -575,7 +575,8 @@ def report(rows: list[LoopCount], gbps: float, dtype: str, dot: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m bench.gpucheck.sass", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bench.gpucheck.sass",
+                      description=(__doc__ or "").split("\n\n")[0])  # None under -OO
     p.add_argument("--op", default="all", choices=["all", "gemv_w4", "gemv_w8", "gemv_bf16"])
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--gbps", type=float, default=DEFAULT_GBPS,

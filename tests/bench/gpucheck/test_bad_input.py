@@ -188,3 +188,14 @@ def test_env_probe_names_the_backends_there_are():
     from backends import BACKENDS
     from bench.gpucheck.env_probe import BACKEND_NAMES
     assert tuple(BACKEND_NAMES) == tuple(BACKENDS)
+
+
+@pytest.mark.parametrize("module", ["sass", "warm", "flushcmp", "check", "ncu", "peers"])
+def test_help_under_python_oo_has_no_traceback(module):
+    """`python -OO` (PYTHONOPTIMIZE=2) strips docstrings: a tool whose help is its module's
+    docstring gets None for it, and must still print its help."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-OO", "-m", f"bench.gpucheck.{module}", "--help"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
+    assert "usage:" in r.stdout
