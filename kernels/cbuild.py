@@ -165,6 +165,13 @@ def _cpu_flags(cpu: bytes) -> set[str]:
     return set(m.group(1).decode(errors="replace").split()) if m else set()
 
 
+def _native_flags(cc: tuple[str, ...]) -> set[str]:
+    """The /proc/cpuinfo flags of ISA_MACROS that the compiler's -march=native turns on: what
+    this CPU has where /proc/cpuinfo does not say (macOS, a container that masks /proc)."""
+    native = _target(cc, "-march=native")
+    return {flag for m, flag in ISA_MACROS.items() if f"#define {m} 1" in native}
+
+
 def _cpu_identity(cpu: bytes) -> bytes:
     """The first CPU's lines of /proc/cpuinfo that name it and its features (vendor, family,
     model, flags; Arm's implementer, part, features), without the ones that change at run time."""
@@ -191,7 +198,8 @@ class CLibrary:
 
     `source` is the .c file (it may include headers from its own folder); `signatures` maps
     function name -> (argtypes, restype); `needs` lists /proc/cpuinfo flags the code cannot run
-    without; `march` overrides -march (default native, or $DECODEWALL_MARCH). The build is
+    without (where /proc/cpuinfo has no flags line, checked against those -march=native turns
+    on); `march` overrides -march (default native, or $DECODEWALL_MARCH). The build is
     attempted once per process; a failure is remembered.
     """
 
@@ -230,6 +238,8 @@ class CLibrary:
             raise NotImplementedError(f"no C compiler found (set CC) to build the {self.name} kernels")
         cpu = _cpuinfo()
         have = _cpu_flags(cpu)  # whole flags: "fma" is not in "fma4" nor in a model name
+        if not have and self.needs:  # no flags line (macOS, a masked /proc): ask the compiler
+            have = _native_flags(tuple(cc))
         missing = [n for n in self.needs if n not in have]
         if missing:
             raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "

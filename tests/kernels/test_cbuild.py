@@ -323,6 +323,19 @@ def test_a_needed_flag_is_a_whole_flag_of_the_flags_line(src, monkeypatch, cpuin
         lib(src, needs=("avx2", "fma", "f16c"))()
 
 
+def test_without_cpuinfo_flags_the_needed_flags_are_what_native_turns_on(src, monkeypatch):
+    """No flags line in /proc/cpuinfo (macOS, a container that masks /proc) is no proof that the
+    CPU lacks what a kernel needs: the compiler's -march=native says what it has, so an AVX2
+    CPU builds the kernels that need AVX2 and a flag no target turns on is still refused."""
+    native = cbuild._target((shutil.which("cc"),), "-march=native")
+    if "#define __AVX2__ 1" not in native or "#define __FMA__ 1" not in native:
+        pytest.skip("needs a compiler whose -march=native here turns on AVX2 and FMA")
+    monkeypatch.setattr(cbuild, "_cpuinfo", lambda: b"")
+    assert lib(src, needs=("avx2", "fma"))().has_avx2() == 1
+    with pytest.raises(NotImplementedError, match="this CPU lacks no_such_flag$"):
+        lib(src, needs=("avx2", "no_such_flag"))()
+
+
 def test_the_read_probe_runs_on_torchs_threads(monkeypatch):
     """The roof is what every core together reads: the C probe is given torch's thread count,
     not one thread."""
