@@ -5,9 +5,9 @@ They are compiled on first use with the machine's own compiler and `-march=nativ
 whatever SIMD the CPU has (AVX2 on one x86-64, AVX-512 on another: two different binaries, both
 tested; $DECODEWALL_MARCH names another target, e.g. x86-64-v3). A source file may include the
 headers of its own folder. The shared object is cached under $DECODEWALL_CACHE/cext (default
-${XDG_CACHE_HOME:-~/.cache}/decodewall/cext, or $TMPDIR/decodewall-<uid>/cext without a home
-folder) keyed by the source and those headers, the compiler command, its version and the
-instruction sets the target turns on (its predefined macros), the flags and the CPU's identity;
+${XDG_CACHE_HOME:-~/.cache}/decodewall/cext, or $TMPDIR/decodewall-<uid>/cext without a home folder
+this user can write) keyed by the source and those headers, the compiler command, its version and
+the instruction sets the target turns on (its predefined macros), the flags and the CPU's identity;
 a cached entry that does not load is built again. Without a compiler (or with a CC that is not a
 command line), on a CPU without the instructions a kernel needs, for a -march above the CPU, or
 when the compiler runs past COMPILE_TIMEOUT_S, calls raise NotImplementedError and the runner
@@ -50,16 +50,29 @@ def flags(march: str | None = None) -> list[str]:
 
 
 def _tmp_cache() -> str:
-    """This user's folder in the temporary directory: the cache where there is no home folder."""
+    """This user's folder in the temporary directory: the cache where there is no home folder
+    this user can write."""
     return os.path.join(tempfile.gettempdir(), f"decodewall-{os.getuid()}")
+
+
+def _can_make(path: str) -> bool:
+    """Whether the folder `path` is there, or can be made, and this user can write in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only or foreign home, a file in the way
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def cache_dir() -> str:
     base = os.environ.get("DECODEWALL_CACHE")
     if not base:
         home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        # no $HOME and a uid without a passwd entry leave the "~": a folder named ~ in the cwd
-        base = _tmp_cache() if home.startswith("~") else os.path.join(home, "decodewall")
+        base = os.path.join(home, "decodewall")
+        # no $HOME and a uid without a passwd entry leave the "~": a folder named ~ in the cwd;
+        # a home this user cannot write (HOME=/ under `docker run --user`) holds no cache
+        if home.startswith("~") or not _can_make(os.path.join(base, "cext")):
+            base = _tmp_cache()
     return os.path.join(base, "cext")
 
 

@@ -431,6 +431,25 @@ def test_without_a_home_the_cache_is_a_tmp_folder_of_this_users_own(src, tmp_pat
         lib(src)()
 
 
+def test_a_home_this_user_cannot_write_keeps_the_cache_in_a_tmp_folder(src, tmp_path,
+                                                                       monkeypatch):
+    """HOME=/ under `docker run --user` (or a read-only home): no cache can be made there, and
+    every C kernel would be skipped; the cache goes where it goes without a home. An explicit
+    DECODEWALL_CACHE is never replaced."""
+    for name in ("DECODEWALL_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "home").write_text("")  # a file where the home's .cache would have to be made
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(cbuild.tempfile, "tempdir", str(tmp_path / "tmp"))
+    mine = tmp_path / "tmp" / f"decodewall-{os.getuid()}" / "cext"
+    assert cbuild.cache_dir() == str(mine)
+    assert Path(so(lib(src))).parent == mine
+    monkeypatch.setenv("DECODEWALL_CACHE", str(tmp_path / "home" / "cache"))
+    with pytest.raises(NotImplementedError, match="cannot build the t kernels"):
+        lib(src)()
+
+
 def test_a_cached_so_cut_short_is_built_again(src, tmp_path, monkeypatch):
     """A cache entry truncated (a crash before it reached the disk, a partial copy) fails to
     load ('file too short'), and kept would skip the kernels in every run after: it is built
