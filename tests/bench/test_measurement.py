@@ -44,6 +44,8 @@ def test_set_bytes_counts_shared_storage_once():
 
 
 def test_read_caches_from_fake_sysfs(tmp_path):
+    """Both fake CPUs are named as this process's: its own affinity (a one-CPU runner, a
+    container's cpuset, `taskset -c 0`) must not decide which of the fake caches count."""
     def cache(cpu, idx, level, ctype, size, shared):
         d = tmp_path / f"cpu{cpu}" / "cache" / f"index{idx}"
         d.mkdir(parents=True)
@@ -54,7 +56,7 @@ def test_read_caches_from_fake_sysfs(tmp_path):
         cache(cpu, 1, 1, "Instruction", "32K", str(cpu))
         cache(cpu, 2, 2, "Unified", "512K", str(cpu))
         cache(cpu, 3, 3, "Unified", "32768K", "0-1")
-    c = read_caches(tmp_path)
+    c = read_caches(tmp_path, cpus={0, 1})
     assert c == {"L1d": 65536, "L2": 1024 * 1024, "L3": 32 * 1024 * 1024}
 
 
