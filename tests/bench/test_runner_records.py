@@ -15,6 +15,7 @@ from bench.roofline import IN_CACHE
 from bench.runner import WARM_CACHE_FACTOR, ContextLost
 from kernels import OPS, register_impl
 from kernels.gemv import GemvShape
+from kernels.triton_util import HAS_TRITON
 from tests.bench.test_runner_numbers import ScriptedCPU, runner, slightly_off  # noqa: F401
 
 SHAPE = GemvShape(1, 64, 256)
@@ -27,6 +28,7 @@ def _own_impls(monkeypatch):
         monkeypatch.setattr(op, "impls", dict(op.impls))
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_impls_for_another_backend_get_no_record_unless_named(tmp_path):
     """A CPU run of every impl lists the CPU's; a CUDA-only impl named on the command line is
     recorded skipped, saying why."""

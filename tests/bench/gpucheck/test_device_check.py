@@ -14,6 +14,7 @@ from bench.gpucheck.check import (BOXES, EVERY_CONFIG, EVERY_CONFIG_DIR, RESERVE
 from bench.gpucheck.ncu import byte_ratio, fake_ncu_csv, ncu_command, parse_ncu_csv, why, why_command
 from bench.gpucheck.proc import KILL_GRACE_S, run_proc, run_procs
 from bench.suites import SUITES, SuiteContext, gpu_check_cases, shape_for
+from kernels.triton_util import HAS_TRITON
 from tests.helpers import REPO, pytest_with_plugin
 
 
@@ -163,6 +164,7 @@ def test_shape_for_sets_fields_and_explains_failures():
     assert shape is None and "no field for context" in why
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_gpu_check_suite_puts_the_goal_cases_first_and_names_what_is_missing():
     assert "gpu-check" in SUITES
     notes = []
@@ -743,6 +745,7 @@ def _stand_in_ncu(tmp_path: Path, monkeypatch, table_text: str) -> Path:
     monkeypatch.setenv("FAKE_TABLE", str(table))
     return fake
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_ncu_step_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The GPU branch of the ncu step (one process per launch, ncu's table parsed from the
     program's stdout, a gap past 5% reported) driven through a fake `ncu` executable."""
@@ -796,6 +799,7 @@ def test_ncu_that_cannot_profile_here_is_run_once(tmp_path, monkeypatch):
     check.log.close()
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     """The sections pass after the byte checks: only the INT4 GEMV, ncu's raw page parsed from the
     program's stdout, the table kept in ncu-raw.txt, the verdict line in the summary."""
@@ -825,6 +829,7 @@ def test_why_pass_on_the_gpu_path_with_a_stand_in_ncu(tmp_path, monkeypatch):
     check.log.close()
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_the_why_passes_run_right_after_their_byte_checks(tmp_path, monkeypatch):
     """The INT4 GEMV goes first and its why pass follows at once, then the long-context
     attention launch and its why pass, so that the byte checks of the other kernels cannot spend

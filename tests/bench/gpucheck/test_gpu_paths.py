@@ -13,6 +13,7 @@ import torch
 
 from bench.gpucheck import check as dc
 from bench.gpucheck import ncu
+from kernels.triton_util import HAS_TRITON
 from tests.bench.gpucheck.test_device_check import _check
 
 
@@ -204,6 +205,7 @@ def test_extract_into_the_existing_peers_folder_refuses_what_leaves_it(tmp_path,
     assert not (site / "peer" / "cfg").is_symlink() and not (site / "peer" / "up").is_symlink()
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_the_gpu_ncu_targets_go_round_robin_and_long_context_starts_with_split_kv():
     """The GPU's ncu targets, all bf16 (the goals' dtype, the one the suite tuned): every
     entry's first impl before any entry's second, so that a spent box drops second impls first;

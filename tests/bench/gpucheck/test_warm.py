@@ -15,6 +15,7 @@ import torch
 from bench.gpucheck import warm
 from bench.gpucheck.check import warm_report
 from bench.gpucheck.summary import warm_line
+from kernels.triton_util import HAS_TRITON
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -100,6 +101,7 @@ def test_warm_case_calls_each_impl_once_and_says_what_happened():
     assert got["good"].startswith(("ran under the interpreter in ", "0 configs compiled in "))
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton")
 def test_warm_runs_the_dry_plans_triton_impls_under_the_interpreter():
     """The dry run's process: the CPU plan, its Triton impls called once each (a tiny attention
     case is quick under the interpreter; the GEMVs are not, so one case is taken)."""
