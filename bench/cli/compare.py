@@ -85,7 +85,7 @@ def _median(r: dict[str, Any], side: str) -> str:
 def command(args) -> int:
     from rich.table import Table
     from ..report.compare import compare, devices, not_compared, threads
-    from ..report.table import console, fmt_shape, plain, title_text
+    from ..report.table import console, plain, shape_text, title_text, word_width
     from ..results import ResultsError, read_results
     try:
         a, b = read_results(args.a), read_results(args.b)
@@ -126,15 +126,21 @@ def command(args) -> int:
                   "(a case at another count is only in A or only in B)",
                   soft_wrap=True, markup=False)
     t = Table(title="compare: B against A", header_style="bold")
-    for col in ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict"):
+    cols = ("op", "shape", "dtype", "impl", "A median", "B median", "B/A", "verdict")
+    cells = [[plain(r["op"]), plain(shape_text(r["shape"])), plain(r["dtype"] or "-"),
+              plain(case_label(r, by_device, flushes, thread_counts)),
+              _median(r, "a"), _median(r, "b"),
+              f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r)] for r in rows]
+    # the shape wraps between its fields, never inside one ("K=4096" over "96" reads K=40)
+    shape_w = word_width([(c, "left") for c in cols], cells, list(range(len(cols))), "shape",
+                         con.width)
+    for col in cols:
         # what names a row folds over lines rather than end in "…": cut, two shapes that differ
-        # only in K would both read "M=1,N=14336…" on a 100-column terminal
-        t.add_column(col, overflow="ellipsis" if col in ("A median", "B median", "B/A") else "fold")
-    for r in rows:
-        t.add_row(plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r["dtype"] or "-"),
-                  plain(case_label(r, by_device, flushes, thread_counts)),
-                  _median(r, "a"), _median(r, "b"),
-                  f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r))
+        # only in K would both read "M=1, N=14336…" on a 100-column terminal
+        t.add_column(col, overflow="ellipsis" if col in ("A median", "B median", "B/A") else "fold",
+                     width=shape_w if col == "shape" else None)
+    for row in cells:
+        t.add_row(*row)
     cap = caption(rows, not_compared(a, b))
     if cap:
         t.caption = title_text(cap)

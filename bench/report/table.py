@@ -42,6 +42,12 @@ def fmt_shape(shape: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in shape.items())
 
 
+def shape_text(shape: dict[str, Any]) -> str:
+    """`M=1, N=6144, K=4096`: a table's shape cell, a space after each comma so that a narrow
+    column wraps between fields, never inside one (folded, "N=6144" reads "N=61" over "44")."""
+    return ", ".join(f"{k}={v}" for k, v in shape.items())
+
+
 def plain(value: Any, style: str = "") -> Text:
     """Text shown as it is written: a name from a record, a plugin, a file or a path is never
     read as rich markup (`gemv[v2]`, `[/]`), and a record read from a file cannot drive the
@@ -94,7 +100,7 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     return Text(v, style=style)
 
 
-TEXT_MIN_WIDTH = 6  # characters a text column (op, shape, dtype, impl, verdict) folds into
+TEXT_MIN_WIDTH = 6  # characters a text column (op, dtype, impl, verdict) folds into
 # the columns a narrow terminal loses first, in this order, so the rest keep whole numbers
 NARROW_DROPS = ("± IQR/2", "n", "FLOP/B", "% datasheet")
 
@@ -106,7 +112,8 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
     The title and every cell are plain text (impl names come from plugins, devices from the
     system). Given the console's `width`, the columns of NARROW_DROPS go, in turn, until every
     number fits whole: rich folds a cell narrower than its text, and "335" over "6.1" in a
-    GB/s column reads as 335. The caption names what went."""
+    GB/s column reads as 335. The shape column, whose fields hold numbers too, is given a width
+    no narrower than its widest field (`word_width`). The caption names what went."""
     records = list(records)
     util = any(r.get("gpu_util_pct") is not None for r in records)
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
@@ -118,7 +125,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         ts = r.get("time_s") or {}
         spread = (ts["p75"] - ts["p25"]) / 2 if ts else None
         name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
-        cells = [plain(r["op"]), plain(fmt_shape(r["shape"])), plain(r.get("dtype") or "-"),
+        cells = [plain(r["op"]), plain(shape_text(r["shape"])), plain(r.get("dtype") or "-"),
                  plain(name),
                  fmt_time(ts.get("median")), fmt_time(spread), str(ts.get("n", "-")),
                  fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
@@ -127,43 +134,49 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
                   fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
         rows.append(cells)
-    keep, caption = fit_columns(cols, rows, NARROW_DROPS, width)
+    keep, caption = fit_columns(cols, rows, NARROW_DROPS, width, whole=("shape",))
     t = Table(title=title_text(title), show_lines=False, header_style="bold", caption=caption)
+    shape_w = word_width(cols, rows, keep, "shape", width)
     for k in keep:
-        t.add_column(cols[k][0], justify=cols[k][1], overflow="fold")
+        t.add_column(cols[k][0], justify=cols[k][1], overflow="fold",
+                     width=shape_w if cols[k][0] == "shape" else None)
     for cells in rows:
         t.add_row(*[cells[k] for k in keep])
     return t
 
 
 def fit_columns(cols: list[tuple[str, str]], rows: list[list[Any]], drops: Iterable[str],
-                width: int | None) -> tuple[list[int], str | None]:
+                width: int | None, whole: Iterable[str] = ()) -> tuple[list[int], str | None]:
     """The columns (indices into `cols`, as (name, justify)) kept when those named in `drops` go,
     in turn, until every number of `rows` fits `width` whole (None: keep all), and a note that
-    names what went (None when nothing did)."""
+    names what went (None when nothing did). The text columns named in `whole` count their
+    widest word, as number columns do."""
+    whole = tuple(whole)
     keep = list(range(len(cols)))
     dropped = []
     for name in drops:
-        if width is None or _least_width(cols, rows, keep) <= width:
+        if width is None or _least_width(cols, rows, keep, whole) <= width:
             break
         keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
         dropped.append(name)
     if not dropped:
         return keep, None
-    fits = _least_width(cols, rows, keep) <= width
+    fits = _least_width(cols, rows, keep, whole) <= width
     return keep, (f"{', '.join(dropped)} left out to fit {width} columns" if fits else
                   f"{', '.join(dropped)} left out, and {width} columns are still too few: "
                   "numbers may be cut") + " (--json has every field)"
 
 
-def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int]) -> int:
-    """Characters the table needs with every number whole: each number column as wide as its
-    widest word (a number, a unit, a header word), each text column TEXT_MIN_WIDTH, 3 a column
-    of border and padding, 1 more for the last border."""
+def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int],
+                 whole: tuple[str, ...] = ()) -> int:
+    """Characters the table needs with every number whole: each number column, and each text
+    column named in `whole`, as wide as its widest word (a number, a unit, a header word, a
+    shape's field), each other text column TEXT_MIN_WIDTH, 3 a column of border and padding, 1
+    more for the last border."""
     total = 1
     for k in keep:
         col, just = cols[k]
-        if just == "right":
+        if just == "right" or col in whole:
             # a number and its unit may go on two lines ("74.4" over "µs"): a word must fit
             total += max([len(w) for row in rows for w in str(row[k]).split()]
                          + [len(w) for w in col.split()])
@@ -171,6 +184,23 @@ def _least_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[
             total += TEXT_MIN_WIDTH
         total += 3
     return total
+
+
+def word_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[int], name: str,
+               width: int | None) -> int | None:
+    """A fixed width for the text column `name`, whose words must not fold: rich narrows the
+    widest columns first, down into a word, whatever the column's minimum. The width rich would
+    level the columns to (each as wide as its text, or the level where that is more), never
+    under the column's widest word. None: no `width`, or no such column kept."""
+    k = next((k for k in keep if cols[k][0] == name), None)
+    if width is None or k is None or not rows:
+        return None
+    natural = {j: max([len(cols[j][0])] + [len(str(row[j])) for row in rows]) for j in keep}
+    word = max(len(w) for t in [name] + [str(row[k]) for row in rows] for w in t.split())
+    room = width - 3 * len(keep) - 1  # a column's border and padding, and the last border
+    level = max((lv for lv in range(1, max(natural.values()) + 1)
+                 if sum(min(n, lv) for n in natural.values()) <= room), default=0)
+    return max(word, min(natural[k], level))
 
 
 def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) -> Table:

@@ -120,7 +120,8 @@ def test_run_list_json_prints_json(capsys):
 def test_compare_tells_apart_cases_that_differ_late_in_their_shape(tmp_path, capsys,
                                                                   monkeypatch):
     """Cut on a 100-column terminal, both rows would read "M=1,N=14336…", K=4096 and K=8192
-    alike, and the impl "torch_int4p…": the cells that name a case fold over lines instead."""
+    alike, and the impl "torch_int4p…": the cells that name a case fold over lines instead, a
+    shape between its fields (inside one, "K=4096" over "96" reads K=40)."""
     shape = {"M": 1, "N": 14336, "K": 4096, "group_size": 128}
     rec = {**records()[0], "op": "gemv_w4", "impl": "torch_int4pack_mm", "device": None}
     path = write(tmp_path / "r.jsonl", {**rec, "shape": shape}, {**rec, "shape": {**shape,
@@ -129,6 +130,8 @@ def test_compare_tells_apart_cases_that_differ_late_in_their_shape(tmp_path, cap
     assert main(["compare", str(path), str(path)]) == 0
     out = capsys.readouterr().out
     shapes, impls = ("".join(body_cells(out, k)) for k in (1, 3))
-    assert "M=1,N=14336,K=4096,group_size=128" in shapes, out
-    assert "M=1,N=14336,K=8192,group_size=128" in shapes, out
+    assert "M=1,N=14336,K=4096,group_size=128" in shapes.replace(" ", ""), out
+    assert "M=1,N=14336,K=8192,group_size=128" in shapes.replace(" ", ""), out
+    fields = [f.rstrip(",") for line in body_cells(out, 1) for f in line.split(", ") if f]
+    assert fields == [f"{k}={v}" for s in (shape, {**shape, "K": 8192}) for k, v in s.items()]
     assert impls == "torch_int4pack_mm" * 2, out

@@ -106,3 +106,29 @@ def test_a_size_under_a_kilobyte_is_whole_bytes():
     """JSON may hold a byte count as a float (512.0): it reads as 512 B, not 512.0 B."""
     from bench.report.table import fmt_bytes
     assert fmt_bytes(512.0) == "512 B"
+
+
+def _column_lines(text: str, column: int) -> list[str]:
+    """Column `column`'s text on each body line of a printed table, stripped."""
+    body = text[text.index("┡"):].splitlines()[1:]
+    return [x.split("│")[column + 1].strip() for x in body[:next(
+        i for i, x in enumerate(body) if x.startswith("└"))]]
+
+
+W4 = {"M": 1, "N": 6144, "K": 4096, "group_size": 128}
+ATTN = {"B": 8, "Hq": 32, "Hkv": 8, "D": 128, "context": 4096, "block_size": 16, "ragged": 1,
+        "pool": 2}
+
+
+def test_a_narrow_table_wraps_a_shape_between_its_fields_never_inside_one():
+    """Folded inside a field, N=6144 read "N=61" over "44" and group_size=128 "group_size=1" over
+    "28" at 120 and 200 columns: each line of a shape cell holds whole fields."""
+    recs = [{**REC, "op": "gemv_w4", "shape": W4, "impl": "torch_int4pack_mm"},
+            {**REC, "op": "paged_attention", "shape": ATTN, "impl": "gather_sdpa"}]
+    whole = [f"{k}={v}" for shape in (W4, ATTN) for k, v in shape.items()]
+    for width in (80, 100, 120, 160, 200):
+        con = Console(width=width, record=True, file=io.StringIO())
+        con.print(results_table(recs, width=width))
+        lines = _column_lines(con.export_text(), 1)
+        fields = [f.rstrip(",") for line in lines for f in line.split(", ") if f]
+        assert fields == whole, (width, lines)
