@@ -206,8 +206,9 @@ def pct_roof_cases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     (what sets it apart from a case of the same shape: "warm", the flush mode where the records
     hold several) and its impls in order of first appearance: `pcts` (% of roof of each ok
     record), `no_roof` (ok records without a measured roof), `failed` ((status, last line of the
-    error) of every other record), `verdicts` and `flags` (`roof_flag` of each ok record above
-    its roof). Probes and in-cache records are left out."""
+    error) of every other record), `verdicts`, `computes` (% of the compute roof, where
+    recorded) and `flags` (`roof_flag` of each ok record above its roof). Probes and in-cache
+    records are left out."""
     cases: dict[tuple, dict[str, Any]] = {}
     for r in records:
         if r.get("op") in PROBES or in_cache(r):
@@ -221,11 +222,13 @@ def pct_roof_cases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             c["groups"].append(r["group"])
         i = c["impls"].setdefault(r["impl"], {"impl": r["impl"], "baseline": is_baseline(r),
                                               "pcts": [], "no_roof": 0, "failed": [],
-                                              "verdicts": [], "flags": []})
+                                              "verdicts": [], "computes": [], "flags": []})
         status = str(r.get("status"))
         if status == "ok" and r.get("pct_roof") is not None:
             i["pcts"].append(float(r["pct_roof"]))
             i["verdicts"].append(r.get("verdict") or "")
+            if r.get("pct_compute") is not None:
+                i["computes"].append(float(r["pct_compute"]))
             if roof_flag(r):
                 i["flags"].append(roof_flag(r))
         elif status == "ok":
@@ -708,6 +711,21 @@ def _pct(v: float) -> str:
     return f"{v:.1f}%" if v < 9.95 else f"{v:.0f}%"
 
 
+def compute_note(i: dict[str, Any]) -> str:
+    """What an impl past the ridge reached, for the text beside its bar: its % of the bandwidth
+    roof is low by design there, so a bare "compute-bound" would excuse a kernel that is far
+    below the compute roof too. `compute-bound (91% of the compute roof)` from 80% (the
+    verdict's threshold), else `below the compute roof (12% of it)`; from the verdicts alone
+    where the records hold no % of the compute roof."""
+    if i["computes"]:
+        pc = statistics.median(i["computes"])
+        return (f"compute-bound ({_pct(pc)} of the compute roof)" if pc >= AT_THE_WALL
+                else f"below the compute roof ({_pct(pc)} of it)")
+    if all(v == "compute-bound" for v in i["verdicts"]):
+        return "compute-bound"
+    return "below the compute roof"
+
+
 def _row_note(i: dict[str, Any]) -> tuple[str, str]:
     """The text beside one impl's bar and its colour: the median % of roof (and the range over
     repeated runs), then what kept any record from a number."""
@@ -717,7 +735,7 @@ def _row_note(i: dict[str, Any]) -> tuple[str, str]:
         if len(i["pcts"]) > 1:
             value += f" ({_pct(min(i['pcts']))}-{_pct(max(i['pcts']))}, {len(i['pcts'])} runs)"
         if any(v.startswith("compute") for v in i["verdicts"]):
-            value += ", compute-bound"
+            value += ", " + compute_note(i)
         if i["flags"]:
             flag = max(i["flags"], key=len)  # "harness suspect" where any run was judged so
             value += f", {flag}" + (f" ×{len(i['flags'])}" if len(i["pcts"]) > 1 else "")
@@ -813,7 +831,7 @@ class Style:
 
 
 def _key_entry(n: int, r: dict[str, Any]) -> str:
-    pct = f"  {r['pct_roof']:.0f}%" if r.get("pct_roof") is not None else ""
+    pct = f"  {_pct(r['pct_roof'])}" if r.get("pct_roof") is not None else ""
     flag = f"  {roof_flag(r).upper()}" if roof_flag(r) else ""
     return mpl_text(f"{n:>3}  {r['op']} {short_shape(r.get('shape'), 34)} "
                     f"{short_dtype(r.get('dtype'))} {r['impl']}{pct}{flag}")

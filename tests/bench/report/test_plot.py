@@ -714,3 +714,44 @@ def test_a_file_of_in_cache_records_only_says_that_is_why_nothing_is_drawn(tmp_p
     assert "only probes or in-cache records" in line and "(2 ran in cache" in line, line
     line = one_error_line(capsys, ["project", "--model", "llama-3-8b", "--from", str(path)])
     assert "(2 ran in cache: not a memory efficiency)" in line, line
+
+
+def test_a_case_past_the_ridge_says_how_near_the_compute_roof_it_is():
+    """Past the ridge a low % of the bandwidth roof is expected, so a bare "compute-bound" beside
+    it excused a kernel at 0.3% of the compute roof (a record judged "below the compute roof"),
+    and read the same for one at 91%: the text names which, with its % of the compute roof.
+    A file of an older verdict ("compute-bound" at 16%) is read by its numbers."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import pct_roof_figure
+    shape = {"M": 64, "N": 1024, "K": 1024}
+    below = {**record("gemv_bf16", shape, "slow", 4e-3), "pct_compute": 0.3,
+             "verdict": "compute-bound: below the compute roof"}
+    at = {**record("gemv_bf16", shape, "fast", 4e-4), "pct_compute": 91.0,
+          "verdict": "compute-bound"}
+    old = {**record("gemv_bf16", shape, "old", 2e-3), "pct_compute": 16.0,
+           "verdict": "compute-bound"}
+    bare = {**record("gemv_bf16", shape, "bare", 3e-3),
+            "verdict": "compute-bound: below the compute roof"}
+    fig = pct_roof_figure([below, at, old, bare])
+    texts = [t.get_text() for t in _figure_texts(fig, "value")]
+    plt.close(fig)
+    assert [t.split(", ", 1)[1] for t in texts] == [
+        "below the compute roof (0.3% of it)", "compute-bound (91% of the compute roof)",
+        "below the compute roof (16% of it)", "below the compute roof"]
+
+
+def test_the_roofline_key_gives_a_small_percentage_its_decimal():
+    """A kernel at 0.3% of the roof read "0%" in the key beside a point drawn above zero, while
+    the % of roof chart says 0.3%: the key writes percentages as that chart does."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    shape = {"M": 1, "N": 1024, "K": 1024}
+    slow = {**record("gemv_bf16", shape, "slow", 4e-4), "pct_roof": 0.3}
+    fine = {**record("gemv_bf16", shape, "fine", 4e-4), "pct_roof": 53.2}
+    fig = roofline_figure([slow, fine])
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    key = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert [k.split()[-1] for k in key] == ["0.3%", "53%"]
