@@ -675,12 +675,14 @@ def pct_roof_figure(records: list[dict[str, Any]], title: str | None = None):
     ax.tick_params(axis="x", labelsize=9.5, top=True, labeltop=True)
     ax.grid(True, axis="x", alpha=0.25)
     ax.set_axisbelow(True)
+    runs = list(dict.fromkeys(r.get("run_id") for r in records if r.get("run_id")))
     roof_vals = sorted({r["roof_gbps"] for r in records if r.get("roof_gbps")})
+    # one run's readings differ when it measured the roof again between cases (drift)
+    over = "over the runs" if len(runs) > 1 else "re-measured in the run"
     roof_txt = "" if not roof_vals else f" ({roof_vals[0]:.1f} GB/s)" if len(roof_vals) == 1 \
-        else f" ({roof_vals[0]:.1f}-{roof_vals[-1]:.1f} GB/s over the runs)"
+        else f" ({roof_vals[0]:.1f}-{roof_vals[-1]:.1f} GB/s {over})"
     ax.set_xlabel(f"% of the measured roof{roof_txt}: achieved GB/s ÷ the run's measured roof",
                   fontsize=10.5)
-    runs = list(dict.fromkeys(r.get("run_id") for r in records if r.get("run_id")))
     sub = f"{len(runs)} runs" if len(runs) > 1 else f"run {runs[0]}" if runs else ""
     # title and legend get fixed room in inches: figure fractions shrink as the figure grows
     fig.suptitle(mpl_text(title or f"% of the measured roof — {_device(shown)}"
