@@ -12,7 +12,7 @@ from rich.text import Text
 from backends import Chip
 
 from ..errors import printable
-from ..results import suspect
+from ..results import in_cache, suspect
 
 
 def fmt_time(s: float | None) -> str:
@@ -97,6 +97,12 @@ def _verdict_text(rec: dict[str, Any]) -> Text:
     style = {"at the wall": "bold green", "compute-bound": "cyan"}.get(v, "yellow")
     if suspect(rec):
         style = "bold magenta"
+    elif not in_cache(rec) and (rec.get("pct_roof") or 0) > 100:
+        # within the margin the verdict allows, yet past the roof: not a kernel's win to show
+        # in green, and the charts flag it too
+        return Text(f"{v} (above the roof)", style="magenta")
+    elif not in_cache(rec) and (rec.get("pct_compute") or 0) > 100:
+        return Text(f"{v} (above the compute roof)", style="magenta")
     return Text(v, style=style)
 
 

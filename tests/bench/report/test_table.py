@@ -132,3 +132,16 @@ def test_a_narrow_table_wraps_a_shape_between_its_fields_never_inside_one():
         lines = _column_lines(con.export_text(), 1)
         fields = [f.rstrip(",") for line in lines for f in line.split(", ") if f]
         assert fields == whole, (width, lines)
+
+
+def test_a_verdict_within_the_margin_but_past_the_roof_says_so():
+    """The verdict allows a margin past the roof (the probe's own spread), so the Zen 3 run's
+    simd_c at 124% of its roof read "at the wall" in green, where the charts flag it: the cell
+    says it is above the roof. In cache, past the DRAM roof is expected and not flagged."""
+    wall = {**REC, "verdict": "at the wall"}
+    assert _row({**wall, "pct_roof": 123.5})[-1] == "at the wall (above the roof)"
+    assert _row({**wall, "pct_roof": 99.0})[-1] == "at the wall"
+    bound = {**REC, "verdict": "compute-bound", "pct_roof": 20.0}
+    assert _row({**bound, "pct_compute": 112.0})[-1] == "compute-bound (above the compute roof)"
+    cached = {**REC, "verdict": "in cache", "pct_roof": 300.0, "warm": True, "cold": False}
+    assert _row(cached)[-1] == "in cache"
