@@ -114,7 +114,8 @@ NARROW_DROPS = ("± IQR/2", "n", "FLOP/B", "% datasheet")
 def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = None,
                   width: int | None = None) -> Table:
     """One row a record. A "GPU util" column (NVML's busy time, beside % roof) appears when some
-    record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall.
+    record has one: a GPU shown 100% utilized at 15% of its bandwidth is busy, not at the wall;
+    "% datasheet" likewise, so a CPU's table (no datasheet entry) spends no room on dashes.
     The title and every cell are plain text (impl names come from plugins, devices from the
     system). Given the console's `width`, the columns of NARROW_DROPS go, in turn, until every
     number fits whole: rich folds a cell narrower than its text, and "335" over "6.1" in a
@@ -122,10 +123,12 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
     no narrower than its widest field (`word_width`). The caption names what went."""
     records = list(records)
     util = any(r.get("gpu_util_pct") is not None for r in records)
+    sheet = any(r.get("pct_datasheet") is not None for r in records)
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
             ("time (median)", "right"), ("± IQR/2", "right"), ("n", "right"), ("GB/s", "right"),
-            ("% roof", "right")] + ([("GPU util", "right")] if util else []) + [
-            ("% datasheet", "right"), ("FLOP/B", "right"), ("verdict", "left")]
+            ("% roof", "right")] + ([("GPU util", "right")] if util else []) + (
+            [("% datasheet", "right")] if sheet else []) + [("FLOP/B", "right"),
+                                                           ("verdict", "left")]
     rows = []
     for r in records:
         ts = r.get("time_s") or {}
@@ -137,8 +140,9 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
                  fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
         if util:
             cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))
-        cells += [fmt_num(r.get("pct_datasheet"), 0, "%"),
-                  fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
+        if sheet:
+            cells.append(fmt_num(r.get("pct_datasheet"), 0, "%"))
+        cells += [fmt_num(r.get("arithmetic_intensity"), 2), _verdict_text(r)]
         rows.append(cells)
     keep, caption = fit_columns(cols, rows, NARROW_DROPS, width, whole=("shape",))
     t = Table(title=title_text(title), show_lines=False, header_style="bold", caption=caption)
@@ -160,10 +164,11 @@ def fit_columns(cols: list[tuple[str, str]], rows: list[list[Any]], drops: Itera
     whole = tuple(whole)
     keep = list(range(len(cols)))
     dropped = []
-    for name in drops:
+    names = [c for c, _ in cols]
+    for name in (d for d in drops if d in names):  # a column the table lacks cannot go
         if width is None or _least_width(cols, rows, keep, whole) <= width:
             break
-        keep.remove(next(k for k, (c, _) in enumerate(cols) if c == name))
+        keep.remove(names.index(name))
         dropped.append(name)
     if not dropped:
         return keep, None

@@ -163,7 +163,8 @@ def test_table_shows_gpu_util_beside_pct_roof_only_when_measured():
             "achieved_gbps": 700.0, "pct_roof": 15.0, "verdict": "below the wall: kernel"}
     text = _render([base])
     assert "GPU util" not in text
-    text = _render([{**base, "gpu_util_pct": 100.0}, {**base, "impl": "other"}])
+    text = _render([{**base, "gpu_util_pct": 100.0, "pct_datasheet": 13.0},
+                    {**base, "impl": "other"}])
     head = next(line for line in text.splitlines() if "% roof" in line)
     assert head.index("% roof") < head.index("GPU util") < head.index("% datasheet")
     row = next(line for line in text.splitlines() if "torch_matmul" in line)

@@ -145,3 +145,18 @@ def test_a_verdict_within_the_margin_but_past_the_roof_says_so():
     assert _row({**bound, "pct_compute": 112.0})[-1] == "compute-bound (above the compute roof)"
     cached = {**REC, "verdict": "in cache", "pct_roof": 300.0, "warm": True, "cold": False}
     assert _row(cached)[-1] == "in cache"
+
+
+def test_a_table_with_no_datasheet_figure_has_no_datasheet_column():
+    """A CPU has no datasheet entry: its column held a dash in every row and took room a narrow
+    terminal's verdicts needed. With one record of a known chip the column is there."""
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(results_table([REC]))
+    assert "datasheet" not in con.export_text()
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(results_table([REC, {**REC, "impl": "j", "pct_datasheet": 41.26}]))
+    text = con.export_text()
+    assert "% datasheet" in text
+    rows = [[c.strip() for c in x.split("│") if c.strip()]
+            for x in text.splitlines() if "gemv_bf16" in x]
+    assert [r[9] for r in rows] == ["-", "41%"]
