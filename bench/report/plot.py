@@ -1017,6 +1017,41 @@ def place_labels(ax, xy: list[tuple[float, float]], texts: list[str], colors: li
     return sorted(left_out)
 
 
+FILLS = ("full", "none", "left", "bottom", "right", "top")  # a marker's fill, series by series
+
+
+def series_fill(i: int) -> str:
+    """The marker fill of a sweep's i-th series: full for the first round of colours, then
+    hollow, then half, so two series of one op never look alike (the H200 check's batch sweep
+    has 32)."""
+    return FILLS[i // len(IMPL_COLORS) % len(FILLS)]
+
+
+RIDGE_NEAR = 1.25  # ridges closer than this ratio share one label: apart they overprint
+
+
+def ridge_spans(ridges: dict[tuple, list[str]]) -> list[tuple[str, int, int, list[str]]]:
+    """(batch field, lowest, highest ridge, cases) of each run of ridges within RIDGE_NEAR of
+    the one before: the 70B GEMVs' ridges at M = 54, 55 and 56 are one label, not three drawn
+    over each other."""
+    out: list[tuple[str, int, int, list[str]]] = []
+    for (bf, m), cases in sorted(ridges.items()):
+        if out and out[-1][0] == bf and m <= out[-1][2] * RIDGE_NEAR:
+            _, lo, _, seen = out[-1]
+            out[-1] = (bf, lo, m, seen + [c for c in cases if c not in seen])
+        else:
+            out.append((bf, m, m, list(cases)))
+    return out
+
+
+def _legend_below(ax, **kw) -> None:
+    """A sweep's legend under its axes, a fixed distance below them (in the legend's font
+    sizes), so that the tick labels and the axis label keep their room however short the axes
+    become beside a tall key."""
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=4.8,
+              frameon=False, **kw)
+
+
 def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[str, Any]]],
                  style: Style) -> None:
     from matplotlib.lines import Line2D
@@ -1027,26 +1062,28 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
     for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         op, rest, dtype, impl, bf = key
         ms = [r["shape"][bf] for r in g]
-        color, marker = impl_color(i), style.marker(op)
+        color, marker, fill = impl_color(i), style.marker(op), series_fill(i)
         ax.plot(ms, [r["achieved_gbps"] for r in g], marker=marker, color=color,
-                markeredgecolor="k", markeredgewidth=0.4)
+                markeredgecolor="k", markeredgewidth=0.4, fillstyle=fill)
         rated = [(m, r["flops"] / r["time_s"]["median"] / 1e12) for m, r in zip(ms, g)
                  if r.get("flops")]  # a record without its FLOPs has no compute point
         if rated:
             tx.plot(*zip(*rated), marker="x", ls=":", color=color)
         handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="k",
-                              markeredgewidth=0.4,
+                              markeredgewidth=0.4, fillstyle=fill,
                               label=mpl_text(f"{op} {short_shape(dict(rest))} "
                                              f"{short_dtype(dtype)} {impl}")))
         mr = ridge_batch(g, bf)
         case = f"{op} {short_dtype(dtype)}"
         if mr is not None and round(mr) >= 1 and case not in ridges[(bf, round(mr))]:
             ridges[(bf, round(mr))].append(case)
-    for (bf, m), cases in sorted(ridges.items()):
-        ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)
-        ax.annotate(mpl_text(f"ridge {bf}≈{m}: {', '.join(cases)}"), (m, 0.98),
+    for bf, lo, hi, cases in ridge_spans(ridges):
+        for m in sorted({lo, hi}):
+            ax.axvline(m, color="0.35", ls="--", lw=1, alpha=0.7)
+        at = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        ax.annotate(mpl_text(f"ridge {bf}≈{at}: {', '.join(cases)}"), (lo, 0.98),
                     xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5, va="top",
-                    ha="right")
+                    ha="right", gid="ridge")
     if roof:
         ax.axhline(roof, color="C3", lw=1.5, alpha=0.6)
         handles.append(Line2D([], [], color="C3", lw=1.5, alpha=0.6,
@@ -1058,8 +1095,7 @@ def _batch_sweep(ax, recs: list[dict[str, Any]], groups: dict[tuple, list[dict[s
     tx.set_ylabel("achieved TFLOP/s (dotted, x)", fontsize=10)
     ax.set_title("batch sweep: memory-bound until the ridge, then compute-bound", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(handles=handles, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1),
-              ncol=1, frameon=False)
+    _legend_below(ax, handles=handles, ncol=1)
 
 
 def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> None:
@@ -1090,8 +1126,7 @@ def _size_sweep(ax, groups: dict[tuple, list[dict[str, Any]]], style: Style) -> 
     ax.set_ylabel("achieved GB/s")
     ax.set_title("size sweep: cache to DRAM (flat = the kernel's loop is the limit)", fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2,
-              frameon=False)
+    _legend_below(ax, ncol=2)
 
 
 __all__ = ["AT_THE_WALL", "PlotError", "bars_table", "chart_notes", "check_output",

@@ -772,3 +772,42 @@ def test_the_roof_span_under_the_chart_says_whether_runs_or_one_run_made_it():
         label = fig.axes[0].get_xlabel()
         plt.close(fig)
         assert words in label, label
+
+
+def test_ridges_a_few_batches_apart_share_one_label():
+    """The H200 check's 70B GEMVs put their ridges at M = 54, 55 and 56: three labels drawn over
+    each other. Ridges within RIDGE_NEAR of the one before are one label spanning them."""
+    from bench.report.plot import ridge_spans
+    ridges = {("M", 54): ["gemv_w4 bf16"], ("M", 55): ["gemv_w4 bf16"],
+              ("M", 56): ["gemv_w4 bf16", "gemv_w8 bf16"], ("M", 103): ["gemv_w8 bf16"],
+              ("M", 105): ["gemv_w8 bf16"], ("M", 203): ["gemv_bf16 bf16"],
+              ("B", 60): ["paged_attention bf16"]}
+    assert ridge_spans(ridges) == [
+        ("B", 60, 60, ["paged_attention bf16"]),
+        ("M", 54, 56, ["gemv_w4 bf16", "gemv_w8 bf16"]), ("M", 103, 105, ["gemv_w8 bf16"]),
+        ("M", 203, 203, ["gemv_bf16 bf16"])]
+
+
+def _many_series(n: int) -> list[dict]:
+    """`n` batch-sweep series of one op (two batches each), as the H200 check's 32."""
+    return [record("gemv_bf16", {"M": m, "N": 256 * (1 + k // 3), "K": 256}, f"impl{k % 3}",
+                   1e-5 * m) for k in range(n) for m in (1, 16)]
+
+
+def test_a_batch_sweep_of_many_series_tells_each_apart_and_keeps_its_axis_label():
+    """With 32 series the nine colours came round again: two series of one op drew alike, and
+    the key under the axes, 0.1 of their height below them, covered the batch axis's label once
+    a tall key had made the axes short."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    fig = roofline_figure(_many_series(32))
+    fig.canvas.draw()
+    ax = next(a for a in fig.axes if a.get_title().startswith("batch sweep"))
+    styles = [(ln.get_color(), ln.get_marker(), ln.get_fillstyle()) for ln in ax.lines
+              if ln.get_marker() not in (None, "None", "")]  # the series, not roof or ridges
+    assert len(styles) == 32 and len(set(styles)) == 32
+    r = fig.canvas.get_renderer()
+    key, label = ax.get_legend().get_window_extent(r), ax.xaxis.label.get_window_extent(r)
+    plt.close(fig)
+    assert key.y1 <= label.y0
