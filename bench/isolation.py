@@ -525,12 +525,12 @@ def _libc_malloc() -> Any:
 
 
 def keep_freed_memory() -> bool:
-    """Let this process's malloc reuse what it freed rather than hand it back: glibc maps every
-    block of 32 MiB or more afresh and unmaps it on free (and below that, whether a block is
-    fresh depends on what earlier allocations left), so an impl that allocates a temporary each
-    call would pay for the kernel zeroing new pages, an amount that varies with the cases run
-    before it. Reused, its time is its bytes and arithmetic, as PyTorch's caching allocator
-    makes it on a GPU. False where the C library is not glibc (left as it is)."""
+    """Let this process's malloc reuse what it freed rather than hand it back: glibc maps a
+    block of 32 MiB or more afresh (unless the heap has room for it, left by earlier
+    allocations) and unmaps it on free, so an impl that allocates a temporary each call would
+    pay for the kernel zeroing new pages, an amount that varies with the cases run before it.
+    Reused, its time is its bytes and arithmetic, as PyTorch's caching allocator makes it on a
+    GPU. False where the C library is not glibc (left as it is)."""
     libc = _libc_malloc()
     if libc is None:
         return False
