@@ -132,12 +132,13 @@ def command(args) -> int:
               _median(r, "a"), _median(r, "b"),
               f"{r['ratio']:.3f}" if "ratio" in r else "-", verdict_text(r)] for r in rows]
     # the shape wraps between its fields, never inside one ("K=4096" over "96" reads K=40)
-    shape_w = word_width([(c, "left") for c in cols], cells, list(range(len(cols))), "shape",
-                         con.width)
+    numbers = ("A median", "B median", "B/A")  # what the shape's fixed width must not starve
+    shape_w = word_width([(c, "right" if c in numbers else "left") for c in cols], cells,
+                         list(range(len(cols))), "shape", con.width)
     for col in cols:
         # what names a row folds over lines rather than end in "…": cut, two shapes that differ
         # only in K would both read "M=1, N=14336…" on a 100-column terminal
-        t.add_column(col, overflow="ellipsis" if col in ("A median", "B median", "B/A") else "fold",
+        t.add_column(col, overflow="ellipsis" if col in numbers else "fold",
                      width=shape_w if col == "shape" else None)
     for row in cells:
         t.add_row(*row)

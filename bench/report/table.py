@@ -202,16 +202,31 @@ def word_width(cols: list[tuple[str, str]], rows: list[list[Any]], keep: list[in
     """A fixed width for the text column `name`, whose words must not fold: rich narrows the
     widest columns first, down into a word, whatever the column's minimum. The width rich would
     level the columns to (each as wide as its text, or the level where that is more), never
-    under the column's widest word. None: no `width`, or no such column kept."""
+    under the column's widest word where the number columns keep theirs beside it. None: no
+    `width`, no such column kept, or a terminal too narrow for both (rich shares the room)."""
     k = next((k for k in keep if cols[k][0] == name), None)
     if width is None or k is None or not rows:
         return None
     natural = {j: max([len(cols[j][0])] + [len(str(row[j])) for row in rows]) for j in keep}
     word = max(len(w) for t in [name] + [str(row[k]) for row in rows] for w in t.split())
     room = width - 3 * len(keep) - 1  # a column's border and padding, and the last border
-    level = max((lv for lv in range(1, max(natural.values()) + 1)
-                 if sum(min(n, lv) for n in natural.values()) <= room), default=0)
-    return max(word, min(natural[k], level))
+    level = _level(list(natural.values()), room)
+    if min(natural[k], level) >= word:
+        return min(natural[k], level)
+    # held at its widest word, the column takes its room from the others, which rich levels
+    # down to what is left: to nothing at 40 columns, "6.43" over "3" at 60
+    rest = [j for j in keep if j != k]
+    numbers = [len(w) for j in rest if cols[j][1] == "right" for row in rows
+               for w in str(row[j]).split()]
+    return word if _level([natural[j] for j in rest], room - word) >= max(numbers, default=0) \
+        else None
+
+
+def _level(natural: list[int], room: int) -> int:
+    """The width rich narrows the widest columns to, so that columns of these natural widths
+    fit `room` characters: each as wide as its text, or the level where that is more."""
+    return max((lv for lv in range(1, max(natural, default=0) + 1)
+                if sum(min(n, lv) for n in natural) <= room), default=0)
 
 
 def roof_table(roof: dict[str, Any], info: dict[str, Any], chip: Chip | None) -> Table:

@@ -135,3 +135,17 @@ def test_compare_tells_apart_cases_that_differ_late_in_their_shape(tmp_path, cap
     fields = [f.rstrip(",") for line in body_cells(out, 1) for f in line.split(", ") if f]
     assert fields == [f"{k}={v}" for s in (shape, {**shape, "K": 8192}) for k, v in s.items()]
     assert impls == "torch_int4pack_mm" * 2, out
+
+
+def test_compare_on_a_narrow_terminal_keeps_every_column(tmp_path, capsys, monkeypatch):
+    """Held at its widest field at 40 columns, the shape would leave the op, impl and medians
+    empty cells: where both do not fit, rich shares the room."""
+    shape = {"M": 1, "N": 14336, "K": 4096, "group_size": 128}
+    rec = {**records()[0], "op": "gemv_w4", "impl": "torch_int4pack_mm", "device": None,
+           "shape": shape}
+    path = write(tmp_path / "r.jsonl", rec)
+    monkeypatch.setenv("COLUMNS", "40")
+    assert main(["compare", str(path), str(path)]) == 0
+    out = capsys.readouterr().out
+    for k in range(8):
+        assert "".join(body_cells(out, k)), (k, out)

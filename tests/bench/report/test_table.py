@@ -160,3 +160,19 @@ def test_a_table_with_no_datasheet_figure_has_no_datasheet_column():
     rows = [[c.strip() for c in x.split("│") if c.strip()]
             for x in text.splitlines() if "gemv_bf16" in x]
     assert [r[9] for r in rows] == ["-", "41%"]
+
+
+def test_a_shape_held_whole_does_not_starve_the_other_columns():
+    """A shape held at its widest field ("group_size=128") leaves the other columns what rich
+    levels them down to: at 40 columns nothing (op, impl, time and GB/s cells empty), at 56 a
+    time cut inside its number. Where both do not fit, the numbers come first."""
+    rec = {**REC, "op": "gemv_w4", "shape": W4, "impl": "torch_int4pack_mm", "baseline": True}
+    for width in (40, 48, 56, 60):
+        con = Console(width=width, record=True, file=io.StringIO())
+        con.print(results_table([rec], width=width))
+        text = con.export_text()
+        columns = text[text.index("┡"):].splitlines()[1].count("│") - 1
+        for k in range(columns):
+            assert "".join(_column_lines(text, k)), (width, k, text)
+        if width >= 56:
+            assert "2.50" in "".join(_column_lines(text, 4)), (width, text)
