@@ -6,6 +6,7 @@ alike) and 2 on bad input; `--json` prints one object a row, the table's rows.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError, printable
@@ -82,9 +83,21 @@ def _median(r: dict[str, Any], side: str) -> str:
     return f"{fmt_time(med)} ± {f'{half * 1e9:.0f} ns' if half < 1e-6 else fmt_time(half)}"
 
 
+def _same_run(path: str, recs: list[dict[str, Any]], other: str,
+              other_recs: list[dict[str, Any]]) -> bool:
+    """Whether two results files hold one run: the same file, or records of one run id."""
+    try:
+        if os.path.samefile(path, other):
+            return True
+    except OSError:
+        pass
+    ids = {r.get("run_id") for r in recs} - {None}
+    return bool(ids & {r.get("run_id") for r in other_recs})
+
+
 def command(args) -> int:
     from rich.table import Table
-    from ..report.compare import compare, devices, not_compared, threads
+    from ..report.compare import compare, device, devices, not_compared, threads
     from ..report.table import console, plain, shape_text, title_text, word_width
     from ..results import ResultsError, read_results
     try:
@@ -93,12 +106,21 @@ def command(args) -> int:
                 for side, paths in (("A", args.rerun_a), ("B", args.rerun_b))}
     except ResultsError as e:
         raise UsageError(str(e)) from None
-    for side, recs, paths in (("A", a, args.rerun_a), ("B", b, args.rerun_b)):
+    for side, recs, first, paths in (("A", a, args.a, args.rerun_a),
+                                     ("B", b, args.b, args.rerun_b)):
+        seen = [(first, recs)]
         for path, rs in zip(paths, more[side]):
-            if rs and devices(rs) != devices(recs):  # one side, one build, one device
+            if rs and not {device(r) for r in rs} <= {device(r) for r in recs}:
+                # one side, one build, one device (or the devices of a file that holds several)
                 raise UsageError(f"{path}: measured on {devices(rs)}, {side}'s file on "
                                  f"{devices(recs)}: --rerun-{side.lower()} takes more runs of "
                                  f"{side} on its device")
+            # a run given twice would count as two that agree
+            same = next((p for p, ps in seen if _same_run(path, rs, p, ps)), None)
+            if same is not None:
+                raise UsageError(f"{path}: the same run as {same}: --rerun-{side.lower()} takes "
+                                 f"other runs of {side}")
+            seen.append((path, rs))
     rows = compare(a, b, more["A"], more["B"])
     if args.json:
         for r in rows:

@@ -299,3 +299,28 @@ def test_reruns_make_the_verdict_rest_on_every_pair_of_runs(tmp_path, capsys):
     assert "gpu.jsonl: measured on H200 (cuda), B's file on box (cpu)" in line, line
     line = one_error_line(capsys, ["compare", fa, fb, "--rerun-a", str(tmp_path / "none.jsonl")])
     assert "none.jsonl: no such file" in line, line
+
+
+def test_a_run_given_twice_is_not_two_runs(tmp_path, capsys):
+    """A's file again as --rerun-a (or a copy of it, one run id) would read "faster (2 A × 1 B
+    runs)", one run counted as two that agree: it is refused. A rerun of a file holding two
+    devices' records may list them in another order."""
+    from tests.helpers import one_error_line
+    a1, a2 = ({**ok("x", time_s=timing(m, 200, 0.01)), "run_id": rid}
+              for m, rid in ((1e-3, "r1"), (0.93e-3, "r2")))
+    b = {**ok("x", time_s=timing(0.7e-3, 200, 0.01)), "run_id": "r3"}
+    fa, fb = write(tmp_path / "a.jsonl", [a1]), write(tmp_path / "b.jsonl", [b])
+    copy = write(tmp_path / "copy.jsonl", [a1])
+    fa2 = write(tmp_path / "a2.jsonl", [a2])
+    for argv in (["--rerun-a", fa], ["--rerun-a", copy], ["--rerun-a", fa2, "--rerun-a", fa2]):
+        line = one_error_line(capsys, ["compare", fa, fb, *argv])
+        assert "the same run as" in line and "--rerun-a takes other runs of A" in line, line
+    line = one_error_line(capsys, ["compare", fa, fb, "--rerun-b", fb])
+    assert "--rerun-b takes other runs of B" in line, line
+    assert main(["compare", fa, fb, "--rerun-a", fa2]) == 0
+    assert "faster (2 A × 1 B runs)" in capsys.readouterr().out
+    gpu = {"backend": "cuda", "device": {"name": "H200"}}
+    two = write(tmp_path / "two.jsonl", [a1, {**a1, **gpu}])
+    again = write(tmp_path / "two2.jsonl", [{**a2, **gpu}, a2])
+    assert main(["compare", two, two, "--rerun-a", again]) == 0
+    capsys.readouterr()
