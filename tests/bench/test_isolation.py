@@ -811,11 +811,12 @@ def test_freed_memory_is_kept_for_reuse_until_released():
     """keep_freed_memory: 256 MiB freed stays this process's (its next temporary reuses it);
     release_freed_memory hands it back at a case's end."""
     code = '''if True:
-        import sys
+        import os, sys
         from bench.isolation import keep_freed_memory, release_freed_memory
         import torch
+        PAGE = os.sysconf("SC_PAGE_SIZE")  # statm counts pages: 64 KiB on some Arm kernels
         def rss():
-            return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+            return int(open("/proc/self/statm").read().split()[1]) * PAGE / 2**20
         if not keep_freed_memory():
             sys.exit(77)
         base = rss()
