@@ -33,7 +33,7 @@ def verdict_text(r: dict[str, Any]) -> Text:
         runs = f"{r['a_runs']} A × {r['b_runs']} B runs"
         t.append(f" ({runs}: " + ", ".join(f"{n} {v}" for v, n in pairs.items()) + ")"
                  if len(pairs) > 1 else f" ({runs})")
-    elif r.get("few_samples"):
+    if r.get("few_samples"):  # why A's and B's files alone do not decide, with reruns too
         few = [f"{side} n={r.get(f'{side.lower()}_n') or '?'}" for side in "AB"
                if (r.get(f"{side.lower()}_n") or 0) < MIN_SAMPLES]
         t.append(f" ({', '.join(few)}: faster/slower needs {MIN_SAMPLES} samples a run)")

@@ -324,3 +324,18 @@ def test_a_run_given_twice_is_not_two_runs(tmp_path, capsys):
     again = write(tmp_path / "two2.jsonl", [{**a2, **gpu}, a2])
     assert main(["compare", two, two, "--rerun-a", again]) == 0
     capsys.readouterr()
+
+
+def test_with_reruns_an_unsure_row_still_says_its_runs_took_too_few_samples(tmp_path, capsys,
+                                                                            monkeypatch):
+    """Every pair of runs is "unsure" because each took 5 samples: "unsure (2 A × 1 B runs)"
+    alone reads as runs that disagree, so the sample count that decides it is named, as it is
+    without a rerun."""
+    a1, a2 = (ok("x", time_s=timing(m, 5, 0.01)) for m in (1e-3, 0.99e-3))
+    b = ok("x", time_s=timing(0.7e-3, 5, 0.01))
+    fa, fa2, fb = (write(tmp_path / f"{n}.jsonl", [r]) for n, r in (("a", a1), ("a2", a2),
+                                                                      ("b", b)))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["compare", fa, fb, "--rerun-a", fa2]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "unsure (2 A × 1 B runs)" in out and "needs 10 samples a run" in out, out
