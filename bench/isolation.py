@@ -16,10 +16,10 @@ the impl it was running is recorded `crashed`, with the signal or exit code, the
 last line the worker wrote (stdout and stderr share its log); past the limit the worker is killed
 and the impl recorded `timeout`, naming the stage it was in. Either record keeps the check's
 result when the check had passed. A new worker takes the case's remaining impls. A worker's
-malloc keeps the memory freed within a case (`keep_freed_memory`), so an impl's per-call
-temporary costs the same whatever ran before it. Workers run in
-their own session: Ctrl-C reaches only the parent, which kills the worker's whole process group at
-once (as it does on SIGTERM) and keeps every finished case.
+malloc keeps the memory an impl's calls free for its next call, and hands it back before the
+next impl (`keep_freed_memory`), so a per-call temporary costs the same whatever ran before it.
+Workers run in their own session: Ctrl-C reaches only the parent, which kills the worker's whole
+process group at once (as it does on SIGTERM) and keeps every finished case.
 """
 from __future__ import annotations
 
@@ -494,6 +494,9 @@ class _Reporter:
 
     def phase(self, name: str) -> None:
         self._mine()
+        # what the impl before freed goes back: each impl starts from the same heap, and the
+        # case's peak is one impl's temporaries, not those of every impl run so far
+        release_freed_memory()
         self.tx.send(("phase", name, _log_offset()))
 
     def stage(self, name: str, detail: Any) -> None:
@@ -538,8 +541,9 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Hand back what the last case freed (`keep_freed_memory` keeps it): each case starts from
-    the same heap, and a large case's memory does not stay taken through the rest of the run."""
+    """Hand back what the last case or impl freed (`keep_freed_memory` keeps it): each starts
+    from the same heap, and a large one's memory does not stay taken through the rest of the
+    run."""
     libc = _libc_malloc()
     if libc is not None:
         libc.malloc_trim(0)

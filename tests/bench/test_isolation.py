@@ -807,6 +807,48 @@ def test_a_temporary_each_call_reuses_freed_memory_in_the_worker(tmp_path):
     assert rec["status"] == "ok", rec["error"]
 
 
+HELD = '''
+import os, torch
+from kernels import register_impl
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+held = {"calls": 0}
+
+@register_impl("gemv_bf16", "a_big", backends=["cpu"], dtypes=["float32"])
+def a_big(x, w):
+    """A 256 MiB temporary on its first calls (the warm-up makes thousands at this shape):
+    freed, and kept by the worker's malloc for the next call."""
+    held["calls"] += 1
+    if held["calls"] <= 2:
+        t = torch.ones(64 * 2**20)
+        del t
+        held["rss"] = rss()
+    return x @ w.T
+
+@register_impl("gemv_bf16", "b_after", backends=["cpu"], dtypes=["float32"])
+def b_after(x, w):
+    if "rss" in held and rss() > held.pop("rss") - 128 * 2**20:
+        raise RuntimeError("the 256 MiB a_big freed is still held")
+    return x @ w.T
+'''
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_an_impl_starts_without_the_memory_the_impl_before_it_kept(tmp_path):
+    """The worker's malloc keeps freed memory for an impl's next call, and hands it back before
+    the next impl: a case's peak is one impl's temporaries, not every impl's so far."""
+    plugin = tmp_path / "held.py"
+    plugin.write_text(HELD)
+    p = run_cli("run", *GEMV, "--plugin", str(plugin), "--impl", "a_big", "--impl", "b_after",
+                "--budget", "quick", "--no-save", "--json", "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = {r["impl"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert [recs[i]["status"] for i in ("a_big", "b_after")] == ["ok", "ok"], \
+        recs["b_after"]["error"]
+
+
 def test_freed_memory_is_kept_for_reuse_until_released():
     """keep_freed_memory: 256 MiB freed stays this process's (its next temporary reuses it);
     release_freed_memory hands it back at a case's end."""
