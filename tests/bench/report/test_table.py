@@ -86,15 +86,20 @@ def test_a_failure_names_its_status_and_error():
         assert _row(rec)[-1] == f"{label}: why", status
 
 
+def _rendered(records: list[dict]) -> tuple[str, list[list[str]]]:
+    """The table of `records` on a wide console: its text, and the cells of each record's row."""
+    con = Console(width=250, record=True, file=io.StringIO())
+    con.print(results_table(records))
+    text = con.export_text()
+    return text, [[c.strip() for c in x.split("│") if c.strip()]
+                  for x in text.splitlines() if "gemv_bf16" in x]
+
+
 def test_a_gpu_util_column_where_any_record_has_one():
     """NVML's utilization beside % roof where some record has it (a window without one of NVML's
     samples is null): those without show '-'."""
-    con = Console(width=250, record=True, file=io.StringIO())
-    con.print(results_table([{**REC, "gpu_util_pct": 97.4}, {**REC, "impl": "j"}]))
-    text = con.export_text()
+    text, rows = _rendered([{**REC, "gpu_util_pct": 97.4}, {**REC, "impl": "j"}])
     assert "GPU util" in text
-    rows = [[c.strip() for c in x.split("│") if c.strip()]
-            for x in text.splitlines() if "gemv_bf16" in x]
     assert [r[9] for r in rows] == ["97%", "-"]
 
 
@@ -150,15 +155,9 @@ def test_a_verdict_within_the_margin_but_past_the_roof_says_so():
 def test_a_table_with_no_datasheet_figure_has_no_datasheet_column():
     """A CPU has no datasheet entry: its column held a dash in every row and took room a narrow
     terminal's verdicts needed. With one record of a known chip the column is there."""
-    con = Console(width=250, record=True, file=io.StringIO())
-    con.print(results_table([REC]))
-    assert "datasheet" not in con.export_text()
-    con = Console(width=250, record=True, file=io.StringIO())
-    con.print(results_table([REC, {**REC, "impl": "j", "pct_datasheet": 41.26}]))
-    text = con.export_text()
+    assert "datasheet" not in _rendered([REC])[0]
+    text, rows = _rendered([REC, {**REC, "impl": "j", "pct_datasheet": 41.26}])
     assert "% datasheet" in text
-    rows = [[c.strip() for c in x.split("│") if c.strip()]
-            for x in text.splitlines() if "gemv_bf16" in x]
     assert [r[9] for r in rows] == ["-", "41%"]
 
 
