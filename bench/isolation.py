@@ -494,9 +494,6 @@ class _Reporter:
 
     def phase(self, name: str) -> None:
         self._mine()
-        # what the impl before freed goes back: each impl starts from the same heap, and the
-        # case's peak is one impl's temporaries, not those of every impl run so far
-        release_freed_memory()
         self.tx.send(("phase", name, _log_offset()))
 
     def stage(self, name: str, detail: Any) -> None:
@@ -549,6 +546,14 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+def _begin(reporter: _Reporter, phase: str) -> None:
+    """A phase begins (the inputs, an impl): what the one before freed goes back first, so each
+    impl starts from the same heap and a case's peak is one impl's temporaries, not those of
+    every impl run so far; then the parent is told."""
+    release_freed_memory()
+    reporter.phase(phase)
+
+
 def worker_main() -> None:
     """Entry of a worker process: `python bench/boot.py bench.isolation:worker_main <job fd>
     <message fd>`."""
@@ -584,7 +589,7 @@ def worker_main() -> None:
         ctx = RunContext(backend=backend, **fields)
         reporter = _Reporter(tx)
         runner = Runner(ctx, ResultWriter(None, ctx.run_id), on_record=reporter.record,
-                        on_start=reporter.phase, on_stage=reporter.stage)
+                        on_start=lambda name: _begin(reporter, name), on_stage=reporter.stage)
         try:
             runner.run_case(case)
         except ContextLost:

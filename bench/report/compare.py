@@ -168,8 +168,9 @@ def rerun_failures(reruns: list[dict[tuple, tuple[dict[str, Any], list[str]]]], 
     out = []
     for cases in reruns:
         pick, also = cases.get(k, (None, []))
-        out += also if pick is None or timed(pick) else \
-            [r for r in [pick["status"]] if r in FAILED]
+        if pick is not None and not timed(pick):  # no time: its own status, where a failure
+            also = [pick["status"]] if pick["status"] in FAILED else []
+        out += also
     return out
 
 
