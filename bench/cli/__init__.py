@@ -215,8 +215,11 @@ class _Output:
 
 
 # What an ASCII output gets for the characters of our own texts whose '?' would lose meaning
-# ("21.6 ?s": µs, ms or s?), one character for one so that table columns stay aligned
-ASCII_FOR = {"µ": "u", "—": "-", "–": "-", "×": "x"}
+# ("21.6 ?s": µs, ms or s?), one character for one so that table columns stay aligned (the
+# table console spells out the strings it lays out first: bench.report.table.ASCII_TEXT)
+ASCII_FOR = {"µ": "u", "—": "-", "–": "-", "×": "x", "±": "~", "≤": "<", "≥": ">", "→": ">",
+             "≈": "~", "÷": "/", "…": ".", "−": "-", "²": "2", "¹": "1", "‖": "|", "·": "-",
+             "█": "#", "░": "."}
 
 
 def _transliterate(e: UnicodeError) -> tuple[str, int]:

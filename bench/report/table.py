@@ -284,7 +284,24 @@ def interconnect_text(c: Chip, detail: bool = False) -> str:
     return f"{i.fabric}: {bw}{group}{lat}{more}"
 
 
+# What an output that cannot encode them (PYTHONIOENCODING=ascii, a C locale) gets for the
+# characters of our own texts. The console lays out the replaced text, so a replacement may be
+# longer than one character; what reaches the stream unreplaced (a name from a record) prints as
+# bench.cli's one-character stand-ins.
+ASCII_TEXT = str.maketrans({"±": "+/-", "≤": "<=", "≥": ">=", "→": "->", "≈": "~", "÷": "/",
+                            "…": "...", "−": "-", "²": "^2", "‖": "||", "·": "-"})
+
+
 class _Console(Console):
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Every string the console lays out (cells, headers, titles, captions, printed lines)
+        passes here before it is measured: an ASCII output gets ASCII_TEXT's spellings."""
+        try:
+            "±".encode(self.encoding)
+        except (UnicodeEncodeError, LookupError):
+            text = text.translate(ASCII_TEXT)
+        return super().render_str(text, **kwargs)
+
     def on_broken_pipe(self) -> None:
         """A closed pipe (`| head`) ends the command as print() would, through the CLI's own
         handler, not with rich's silent exit 1."""

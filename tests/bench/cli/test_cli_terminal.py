@@ -104,6 +104,23 @@ def test_an_ascii_output_keeps_the_time_unit(tmp_path):
     assert len(widths) == 1, widths
 
 
+def test_an_ascii_output_spells_out_what_one_character_cannot_say(tmp_path):
+    """Where the output cannot encode ±, ≤ or →, the texts the console lays out spell them
+    out ("+/- IQR/2", "<= marks"), with the columns still aligned; a '?' would say nothing."""
+    path = write(tmp_path / "r.jsonl", records()[0])
+    env = {"PYTHONIOENCODING": "ascii"}
+    p = run_cli("show", str(path), timeout=60, env=env)
+    assert p.returncode == 0 and not p.stderr, p.stderr[-2000:]
+    header = next(x for x in p.stdout.splitlines() if "IQR/2" in x)
+    assert "+/- IQR/2" in header, header
+    assert len({len(x) for x in p.stdout.splitlines() if x.startswith(("|", "+"))}) == 1
+    p = run_cli("project", "--model", "llama-3-70b", "--weights", "int4", "--chip", "h100-sxm",
+                "--tp", "8", timeout=60, env=env)
+    assert p.returncode == 0 and not p.stderr, p.stderr[-2000:]
+    assert "<= marks a link latency" in " ".join(p.stdout.split()), p.stdout
+    assert "? marks" not in p.stdout and "tp x pp" in p.stdout, p.stdout
+
+
 def test_run_list_json_prints_json(capsys):
     """`run --list --json | jq` reads JSON: each suite and op one object a line, as everything
     --json prints."""
