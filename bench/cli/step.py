@@ -206,7 +206,8 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
     from rich.table import Table
     from rich.text import Text
     from ..report.plot import pct_bar
-    from ..report.table import console, fmt_bytes, fmt_shape, fmt_time, plain, title_text
+    from ..report.table import (console, fmt_bytes, fmt_time, plain, shape_text, title_text,
+                                 word_width)
     step: Step = args.model_step
     s = step_summary(step, records, roof.gbps)
     if as_json:
@@ -215,22 +216,29 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
     t = Table(title=title_text(f"{step.model.name} decode step — batch {step.batch}, ctx "
                                f"{step.ctx}, weights {step.weights}, KV {step.kv}"),
               header_style="bold")
-    for col, j in (("kernel", "left"), ("op", "left"), ("shape", "left"), ("calls/step", "right"),
-                   ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
-                   ("bytes/step", "right"), ("% of roof", "left")):
-        t.add_column(col, justify=j)
+    cols = [("kernel", "left"), ("op", "left"), ("shape", "left"), ("calls/step", "right"),
+            ("best impl", "left"), ("time/call", "right"), ("time/step", "right"),
+            ("bytes/step", "right"), ("% of roof", "left")]
     why = interrupted if isinstance(interrupted, str) else "interrupted"
     not_run = f"not run ({why})" if interrupted else "not run"
+    rows = []
     for r in s["kernels"]:
         if r["impl"]:
             impl = plain(r["impl"])
         else:
             impl = Text("none ok", style="red") if r["status"] == "none ok" else \
                 Text(not_run, style="yellow")
-        t.add_row(r["kernel"], r["op"], fmt_shape(r["shape"]), f"{r['calls']:.4g}", impl,
-                  fmt_time(r["time_s"]), fmt_time(r["step_time_s"]),
-                  fmt_bytes(r["bytes_per_step"]), pct_bar(r["pct_roof"]))
+        rows.append([plain(r["kernel"]), plain(r["op"]), plain(shape_text(r["shape"])),
+                     f"{r['calls']:.4g}", impl, fmt_time(r["time_s"]), fmt_time(r["step_time_s"]),
+                     fmt_bytes(r["bytes_per_step"]), pct_bar(r["pct_roof"])])
     out = console()
+    # as the results table: cells fold rather than end in "…" (a shape cut after its N reads as
+    # any K), and the shape folds between its fields
+    shape_w = word_width(cols, rows, list(range(len(cols))), "shape", out.width)
+    for col, j in cols:
+        t.add_column(col, justify=j, overflow="fold", width=shape_w if col == "shape" else None)
+    for cells in rows:
+        t.add_row(*cells)
     out.print(t)
     bound = s["bound_step_s"]
     out.print(f"bandwidth bound here: the timed kernels' {fmt_bytes(step.kernel_bytes)}/step ÷ "

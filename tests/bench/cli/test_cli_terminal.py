@@ -166,3 +166,20 @@ def test_compare_on_a_narrow_terminal_keeps_every_column(tmp_path, capsys, monke
     out = capsys.readouterr().out
     for k in range(8):
         assert "".join(body_cells(out, k)), (k, out)
+
+
+@pytest.mark.parametrize("columns", [100, 140])
+def test_a_model_steps_shapes_fold_between_fields_never_cut(columns, capsys, monkeypatch):
+    """`run --model`'s step table names each kernel's shape: cut to "M=1,N=10240,K=8192,group_s…"
+    or folded inside a field ("K=81" over "92"), one kernel's shape reads as another's."""
+    from types import SimpleNamespace
+    from bench.cli.step import build_step, print_step
+    monkeypatch.setenv("COLUMNS", str(columns))
+    args = SimpleNamespace(model="llama-3-70b", batch=None, ctx=4096, weights="int4", kv=None)
+    args.model_step = build_step(args)
+    print_step(args, [], SimpleNamespace(gbps=20.0))
+    cells = [c for c in body_cells(capsys.readouterr().out, 2) if c]
+    assert cells and not [c for c in cells if "…" in c], cells
+    fields = [f for c in cells for f in c.replace(",", " ").split()]
+    assert all(re.fullmatch(r"[A-Za-z_]+=\d+", f) for f in fields), cells
+    assert "group_size=128" in fields and "N=128256" in fields, cells
