@@ -272,7 +272,6 @@ class IsolatedRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix="decodewall-",
                                                 ignore_cleanup_errors=True)
         self._worker: Worker | None = None
-        self.workers_started = 0
 
     def __enter__(self) -> IsolatedRunner:
         return self
@@ -303,7 +302,6 @@ class IsolatedRunner:
             with deferred():
                 self._worker = Worker(self.ctx.backend.name, self.plugins,
                                       Path(self._tmp.name), wait=False)
-            self.workers_started += 1
             try:
                 self._worker.wait_ready()
             except RunError:

@@ -274,13 +274,6 @@ def longest_loop(lines: list[tuple[int, str]]) -> list[str]:
     return best
 
 
-def hot_loop(kernel: Any) -> tuple[list[str], int | None]:
-    """The instructions of the longest backward-branch loop in the kernel's SASS, and its
-    register count."""
-    lines, regs = disassemble(kernel)
-    return longest_loop(lines), regs
-
-
 def whole_program(lines: list[tuple[int, str]]) -> list[str]:
     """Every instruction up to the last EXIT, NOPs left out: the count of a kernel without a
     loop (the split-K GEMVs: one K chunk a program), which pays all of it for its one chunk."""

@@ -38,10 +38,6 @@ def fmt_num(x: float | None, nd: int = 1, suffix: str = "") -> str:
     return "-" if x is None else f"{x:.{nd}f}{suffix}"
 
 
-def fmt_shape(shape: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in shape.items())
-
-
 def shape_text(shape: dict[str, Any]) -> str:
     """`M=1, N=6144, K=4096`: a table's shape cell, a space after each comma so that a narrow
     column wraps between fields, never inside one (folded, "N=6144" reads "N=61" over "44")."""

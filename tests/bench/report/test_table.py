@@ -65,8 +65,8 @@ def test_a_unit_starts_at_its_own_boundary():
 
 def test_a_shape_reads_in_its_fields_order():
     """M, N, K as the op names them, not sorted."""
-    from bench.report.table import fmt_shape
-    assert fmt_shape({"M": 1, "N": 8, "K": 128}) == "M=1,N=8,K=128"
+    from bench.report.table import shape_text
+    assert shape_text({"M": 1, "N": 8, "K": 128}) == "M=1, N=8, K=128"
 
 
 def test_the_title_spans_the_roof_readings_a_run_judged_its_cases_by():
