@@ -97,7 +97,7 @@ def _same_run(path: str, recs: list[dict[str, Any]], other: str,
 
 def command(args) -> int:
     from rich.table import Table
-    from ..report.compare import compare, device, devices, not_compared, threads
+    from ..report.compare import compare, device, devices, keyer, not_compared, threads
     from ..report.table import console, plain, shape_text, title_text, word_width
     from ..results import ResultsError, read_results
     try:
@@ -120,6 +120,11 @@ def command(args) -> int:
             if same is not None:
                 raise UsageError(f"{path}: the same run as {same}: --rerun-{side.lower()} takes "
                                  f"other runs of {side}")
+            # one that times none of the side's cases would add nothing to any verdict
+            key = keyer(a, b)
+            if not {key(r) for r in rs} & {key(r) for r in recs}:
+                raise UsageError(f"{path}: none of its cases is in {side}'s file {first}: "
+                                 f"--rerun-{side.lower()} takes more runs of {side}'s cases")
             seen.append((path, rs))
     rows = compare(a, b, more["A"], more["B"])
     if args.json:

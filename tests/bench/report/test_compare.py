@@ -299,6 +299,10 @@ def test_reruns_make_the_verdict_rest_on_every_pair_of_runs(tmp_path, capsys):
     assert "gpu.jsonl: measured on H200 (cuda), B's file on box (cpu)" in line, line
     line = one_error_line(capsys, ["compare", fa, fb, "--rerun-a", str(tmp_path / "none.jsonl")])
     assert "none.jsonl: no such file" in line, line
+    # a file of other cases (the wrong run picked) would add nothing and say so nowhere
+    elsewhere = write(tmp_path / "y.jsonl", [ok("y")])
+    line = one_error_line(capsys, ["compare", fa, fb, "--rerun-b", elsewhere])
+    assert "y.jsonl: none of its cases is in B's file" in line, line
 
 
 def test_a_run_given_twice_is_not_two_runs(tmp_path, capsys):
