@@ -289,6 +289,11 @@ class Verdict:
 
 COMPUTE_BELOW = "compute-bound: below the compute roof"
 ABOVE_ROOF_MAX = 0.25  # past 125% of the measured roof a case is suspect however noisy the probes
+# A shared machine's bandwidth can rise past the reading a case is judged by (the run re-measures
+# it after such a case but under the quick budget): a low reading is named beside the harness's
+# own faults
+ABOVE_ROOF = ("above the roof: harness suspect (cache not defeated, missing sync, or the roof read "
+              "low)")
 # Past the measured matmul rate by this much a case's FLOP rate is suspect: no GEMV outruns the
 # matmul on the chip it shares, so the rate was read low (a busy machine as it was probed) or a
 # sync is missing. The matmul probe's spread is not kept, so the margin is the widest one.
@@ -313,7 +318,7 @@ def judge(bytes_: int, flops: int, median_s: float, roof: Roof, dtype: torch.dty
     if in_cache:
         v = IN_CACHE
     elif pct_roof is not None and pct_roof > 100 * (1 + noise):
-        v = "above the roof: harness suspect (cache not defeated or missing sync)"
+        v = ABOVE_ROOF
     elif pct_compute is not None and pct_compute > 100 * (1 + ABOVE_COMPUTE_MARGIN) and (
             roof.backend == "cpu" or
             roof.compute_dtype.get(dtype_name(dtype), dtype_name(dtype)) == dtype_name(dtype)):

@@ -96,7 +96,8 @@ def test_cpu_rotation_passes_every_cache_level_together(monkeypatch):
     (25e3 * 0.5, 1e3, 1e-6, "below the wall: launch/latency bound"),
     (1e9, 1e12, 10.0, "compute-bound"),                          # AI 1000 > ridge 4, 100% of 0.1 TF/s
     (1e9, 1e12, 100.0, "compute-bound: below the compute roof"),  # 10% of the matmul rate
-    (25e9 * 1.5, 1e6, 1.0, "above the roof: harness suspect (cache not defeated or missing sync)"),
+    (25e9 * 1.5, 1e6, 1.0, "above the roof: harness suspect (cache not defeated, missing sync, "
+                           "or the roof read low)"),
 ])
 def test_verdicts(bytes_, flops, t, verdict):
     v = judge(int(bytes_), int(flops), t, ROOF, torch.float32, latency_floor_s=20e-6)
