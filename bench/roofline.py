@@ -12,8 +12,9 @@ likely cause named.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
@@ -23,7 +24,7 @@ from kernels.probes.ops import MATVEC_COLS
 
 from .case import make_inputs
 from .results import IN_CACHE
-from .timing import BUDGETS, Budget, measure
+from .timing import BUDGETS, Budget, Stats, measure
 
 AT_WALL = 0.80
 # Below this median a case under the wall is blamed on launch and call latency rather than on
@@ -49,6 +50,7 @@ class Roof:
     noise: float = 0.0  # relative spread (Stats.rel_iqr) of the probe that set the roof
     copy_impl: str = "torch_copy"  # the probe impls that gave copy_gbps / read_gbps
     read_impl: str = "torch_sum"
+    contention_pct: float | None = None  # the most any probe or matmul shared the CPU (_watched)
 
     @property
     def gbps(self) -> float:
@@ -72,6 +74,38 @@ def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
     floor = 1024**3 if accel else 256 * 1024**2
     nbytes = max(4 * backend.cache_bytes(), backend.rotate_bytes(), floor)
     return nbytes // torch.empty((), dtype=dtype).element_size()
+
+
+T = TypeVar("T")
+
+# The sampler figures of each timing of the roof reading being taken (_watched), else None
+_TIMINGS: ContextVar[list[dict[str, Any]] | None] = ContextVar("roof_timings", default=None)
+
+
+def _measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: Budget) -> Stats:
+    """measure(), its sampler's figures kept for the roof reading being taken."""
+    st = measure(backend, call, n_sets, budget)
+    seen = _TIMINGS.get()
+    if seen is not None:
+        seen.append(st.sampled)
+    return st
+
+
+def _watched(take: Callable[[], T]) -> tuple[T, float | None]:
+    """take()'s result, and the largest share of any of its timing windows during which other
+    tasks waited for the CPU or the hypervisor took it (the CPU backend's CONTENTION_KEYS; None
+    where no timing says): a probe timed beside another busy process reads low, and every
+    case's % of roof then reads high, however tight the probe's spread."""
+    from backends.cpu import CONTENTION_KEYS
+    seen: list[dict[str, Any]] = []
+    token = _TIMINGS.set(seen)
+    try:
+        out = take()
+    finally:
+        _TIMINGS.reset(token)
+    figures = [s[k] for s in seen for k in CONTENTION_KEYS
+               if isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)]
+    return out, max(figures, default=None)
 
 
 def _probe_out(backend: Backend, op_name: str, impl: Impl) -> bool:
@@ -125,7 +159,7 @@ def _probe(backend: Backend, op_name: str, n: int, budget: Budget) -> tuple[floa
         call = (lambda i: fn(srcs[i], out=outs[i])) if _probe_out(backend, op_name, impl) \
             else (lambda i: fn(srcs[i]))
         try:
-            st = measure(backend, call, k, budget)
+            st = _measure(backend, call, k, budget)
         except NotImplementedError:  # cannot take this size (it passed at the check's): not a probe
             continue
         gbps = op.bytes_moved(shape, torch.float32) / st.median / 1e9
@@ -144,17 +178,19 @@ def matmul_tflops(backend: Backend, dtype: torch.dtype, budget: Budget) -> float
         b = torch.randn(n, n, device=dev).to(dtype)
     if backend.out_buffers:
         c = torch.empty(n, n, device=dev, dtype=dtype)
-        st = measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
+        st = _measure(backend, lambda i: torch.matmul(a, b, out=c), 1, budget)
     else:
         mm = backend.wrap(torch.matmul)
-        st = measure(backend, lambda i: mm(a, b), 1, budget)
+        st = _measure(backend, lambda i: mm(a, b), 1, budget)
     return 2 * n**3 / st.median / 1e12
 
 
 def measure_roof(backend: Backend, dtypes: list[torch.dtype] | None = None,
                  budget: Budget | None = None) -> Roof:
     budget = budget or BUDGETS["normal"]
-    roof = remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0), budget)
+    roof, busy = _watched(lambda: remeasure_bandwidth(backend, Roof(backend.name, 0.0, 0.0, 0),
+                                                      budget))
+    roof = replace(roof, contention_pct=busy)
     for dt in dtypes or [torch.float32]:
         add_matmul(roof, backend, dt, budget)  # each measure released, as the probes are
     return roof
@@ -216,15 +252,19 @@ class RoofTracker:
         and the matmul rates measured so far (a rate read while the machine was busy would
         otherwise stand for the whole run and call memory-bound cases compute-bound)."""
         if self.due():
-            roof = remeasure_bandwidth(self.backend, self.roof, self.budget)
-            rates = {name: round(matmul_tflops(self.backend, parse_dtype(name), self.budget), 3)
-                     for name in roof.matmul_tflops}
-            if rates:
-                self.backend.release()  # the matmul's operands, as after the first reading
-            self.roof = replace(roof, matmul_tflops=rates, compute_dtype=dict(roof.compute_dtype))
+            roof, busy = _watched(self._remeasured)
+            self.roof = replace(roof, contention_pct=busy)
             self.readings.append(self.roof.gbps)
             self._at = self.clock()
         return self.roof
+
+    def _remeasured(self) -> Roof:
+        roof = remeasure_bandwidth(self.backend, self.roof, self.budget)
+        rates = {name: round(matmul_tflops(self.backend, parse_dtype(name), self.budget), 3)
+                 for name in roof.matmul_tflops}
+        if rates:
+            self.backend.release()  # the matmul's operands, as after the first reading
+        return replace(roof, matmul_tflops=rates, compute_dtype=dict(roof.compute_dtype))
 
 
 def drift_note(start_gbps: float, end_gbps: float, mid: Sequence[float] = ()) -> str | None:
@@ -270,10 +310,14 @@ def compute_dtype(backend: Backend, dtype: torch.dtype) -> torch.dtype:
 
 
 def add_matmul(roof: Roof, backend: Backend, dtype: torch.dtype, budget: Budget) -> None:
-    """Measure the compute roof for `dtype` once per run."""
+    """Measure the compute roof for `dtype` once per run; a rate timed on a busy CPU raises
+    the roof's contention_pct, as its probes' do."""
     cdt = compute_dtype(backend, dtype)
     if dtype_name(cdt) not in roof.matmul_tflops:
-        roof.matmul_tflops[dtype_name(cdt)] = round(matmul_tflops(backend, cdt, budget), 3)
+        rate, busy = _watched(lambda: matmul_tflops(backend, cdt, budget))
+        roof.matmul_tflops[dtype_name(cdt)] = round(rate, 3)
+        roof.contention_pct = max((p for p in (roof.contention_pct, busy) if p is not None),
+                                  default=None)
         backend.release()  # the operands (3 x 8192^2 on a GPU), out of the timed cases' way
     roof.compute_dtype[dtype_name(dtype)] = dtype_name(cdt)
 

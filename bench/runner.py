@@ -210,6 +210,7 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
         "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
         "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "roof_contention_pct": c.roof.contention_pct,
     }
     mode = c.backend.flush_mode()
     if mode is not None:  # how the cache was flushed before each sample (a warm case and a

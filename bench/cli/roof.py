@@ -3,8 +3,10 @@ chip's datasheet peak."""
 from __future__ import annotations
 
 import json
+import sys
 
 from .common import measured_roof, resolve_backend, resolve_chip
+from .run import roof_note
 
 
 def command(args) -> int:
@@ -23,6 +25,9 @@ def command(args) -> int:
         print(json.dumps(d, default=str))
     else:
         console().print(roof_table(d, info, chip))
+    busy = roof_note(roof.contention_pct)
+    if busy:
+        print(f"decodewall: note: {busy}", file=sys.stderr)
     return 0
 
 

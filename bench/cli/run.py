@@ -497,9 +497,9 @@ def command(args) -> int:
         print(f"results: {one_line(str(writer.path))}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
-    busy = contention_note(records)
-    if busy:
-        print(f"decodewall: note: {busy}", file=sys.stderr)
+    for busy in (contention_note(records), roof_contention_note(records)):
+        if busy:
+            print(f"decodewall: note: {busy}", file=sys.stderr)
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
     if failed:
@@ -531,6 +531,26 @@ def contention_note(records: list[dict[str, Any]]) -> str | None:
             f"or the hypervisor took it, more than {CONTENDED_PCT:.0f}% of their timing (up to "
             f"{worst:.0f}%: cpu_pressure_pct, cpu_steal_pct in the records): their times include "
             f"that wait, a tight spread too; rerun on a quiet machine")
+
+
+def roof_note(pct: Any, judged: str = "each % of roof high") -> str | None:
+    """A line when a roof reading's probes shared the CPU past CONTENDED_PCT (pct: the most any
+    of them did, Roof.contention_pct): the roof reads low, and what is judged against it high."""
+    if not isinstance(pct, (int, float)) or pct <= CONTENDED_PCT:
+        return None
+    return (f"the roof was measured while other tasks waited for the CPU, or the hypervisor took "
+            f"it, {pct:.0f}% of a probe's timing: it may read low, and {judged}; rerun on a "
+            f"quiet machine")
+
+
+def roof_contention_note(records: list[dict[str, Any]]) -> str | None:
+    """roof_note for the roof readings the timed cases were judged against (each record's
+    roof_contention_pct)."""
+    pcts = [r.get("roof_contention_pct") for r in records
+            if r.get("status") == "ok" and r.get("time_s")]
+    worst = max((p for p in pcts if isinstance(p, (int, float))), default=None)
+    return roof_note(worst, "each case's % of roof high, and its verdict with it "
+                            "(roof_contention_pct in the records)")
 
 
 def _kept(writer: Any, records: list[dict[str, Any]]) -> str:

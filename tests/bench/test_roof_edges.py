@@ -358,3 +358,33 @@ def test_a_probes_rotated_sets_are_copies_of_their_own(monkeypatch):
     (timed,) = [r for r in runs if r]
     assert len(timed) == 3
     assert len({s.untyped_storage().data_ptr() for s in timed}) == 3
+
+
+def test_a_roof_read_beside_a_busy_process_keeps_how_busy(monkeypatch):
+    """A probe timed while another process took the CPU reads low (a second run's roof on a
+    shared core: half), however tight its spread: each reading keeps the most any of its
+    timings shared the CPU, a later quiet reading its own."""
+    from backends.cpu import CPUBackend
+    import bench.roofline as rl
+    from bench.timing import summarize
+    figures = [{"cpu_pressure_pct": 0.5, "cpu_steal_pct": 45.0}]
+
+    def fake_measure(backend, call, n_sets, budget):
+        call(0)
+        st = summarize([1e-3], "test")
+        st.sampled = figures[0]
+        return st
+    monkeypatch.setattr(rl, "measure", fake_measure)
+    monkeypatch.setattr(rl, "probe_elems", lambda backend: 16 * 4096)
+    backend = CPUBackend()
+    roof = rl.measure_roof(backend, [torch.float32], rl.BUDGETS["quick"])
+    assert roof.contention_pct == 45.0 and roof.as_dict()["contention_pct"] == 45.0
+    figures[0] = {"cpu_pressure_pct": 0.4, "cpu_steal_pct": None}
+    t = rl.RoofTracker(backend, roof, rl.BUDGETS["quick"], every_s=0.0, clock=lambda: 0.0)
+    assert t.current().contention_pct == 0.4
+    figures[0] = {}  # a backend without a contention sampler
+    assert rl.measure_roof(backend, None, rl.BUDGETS["quick"]).contention_pct is None
+    roof = rl.Roof("cpu", 10.0, 10.0, 1 << 28, contention_pct=0.3)
+    figures[0] = {"cpu_pressure_pct": 60.0}
+    rl.add_matmul(roof, backend, torch.float32, rl.BUDGETS["quick"])  # a dtype met mid-run
+    assert roof.contention_pct == 60.0

@@ -313,6 +313,26 @@ def test_run_notes_a_roof_that_moved(capsys, monkeypatch, budget, factor, noted)
     assert len(calls) == (budget != "quick")
 
 
+@pytest.mark.parametrize("busy, noted", [(45.0, True), (10.0, False), (None, False)])
+def test_a_roof_measured_on_a_busy_cpu_is_noted(capsys, monkeypatch, in_process, busy, noted):
+    """A roof whose probes shared the CPU (another run beside this one) reads low, and every
+    case's % of roof high: the run says so, and each record keeps the figure; so does `roof`."""
+    import bench.roofline as rl
+    rates = {"float32": 1.0, "bfloat16": 1.0}  # no matmul timed here, on this busy machine
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof(
+        "cpu", 10.0, 10.0, 1 << 28, matmul_tflops=dict(rates), contention_pct=busy))
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--no-save", "--no-progress", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert rec["status"] == "ok" and rec["roof_contention_pct"] == busy
+    assert ("the roof was measured while other tasks waited for the CPU" in err) == noted, err
+    assert main(["roof", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["contention_pct"] == busy
+    assert ("the roof was measured while other tasks waited" in err) == noted, err
+
+
 def test_roof_tracker_remeasures_only_when_due(monkeypatch):
     import bench.roofline as rl
     from bench.timing import BUDGETS
