@@ -466,7 +466,12 @@ def save_all(charts: list[tuple[Any, Path]]) -> list[Path]:
         for path, data in rendered:
             missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
             for d in reversed(missing):
-                d.mkdir()
+                try:
+                    d.mkdir()
+                except FileExistsError:  # another plot made it meanwhile: not ours to remove
+                    if d.is_dir():
+                        continue
+                    raise
                 made.append(d)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
             with open(tmp, "xb") as f:  # the umask's permissions, as a plain write would get

@@ -343,6 +343,31 @@ def test_save_all_removes_what_it_staged_on_a_failure(tmp_path, monkeypatch, mpl
     assert calls and files_in(tmp_path) == [] and not (tmp_path / "new").exists()
 
 
+def test_save_all_into_a_folder_another_plot_makes_meanwhile(tmp_path, monkeypatch, mpl):
+    """Two plots into one new folder at once: the one whose mkdir comes second finds it made
+    (File exists) and writes its chart there; a failure after that leaves the folder, which
+    the other plot's chart is going into."""
+    from bench.report import plot as rp
+
+    def fig():
+        return rp.scaling_figure([{"chip": "c", "chips": 1, "tp": 1, "pp": 1,
+                                   "tokens_per_s": 5.0, "upper_bound": False}])
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):  # the other plot gets there between the check and this mkdir
+        os.mkdir(self)
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    assert rp.save_all([(fig(), tmp_path / "new" / "a.png")]) == [tmp_path / "new" / "a.png"]
+
+    def replace(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(rp.os, "replace", replace)
+    with pytest.raises(rp.PlotError, match="No space left"):
+        rp.save_all([(fig(), tmp_path / "other" / "b.png")])
+    assert files_in(tmp_path) == ["new/a.png"] and (tmp_path / "other").is_dir()
+
+
 def test_save_all_undoes_the_moves_before_a_failed_one(tmp_path, monkeypatch, mpl):
     """The second chart's move fails after the first chart went into place: the first goes, the
     chart it replaced comes back, the folder made for it is removed."""
