@@ -232,6 +232,21 @@ class ResultWriter:
 
 MAX_LINE = 2**20  # bytes: a record is 1-4 KB (its command line, an error's first line); a
 #                   longer line is no record, and reading on to its end could take all memory
+TORN_WAIT_S = 0.05  # how long a reader gives a record being appended before it reads it again
+
+
+def _finished(f: Any, raw: bytes) -> bytes:
+    """The file's last line (no newline yet), read again after TORN_WAIT_S when it is not whole
+    JSON: a run appends each record with one write, and a reader beside it (`show` in another
+    terminal) can meet that write part-way. A line still cut then is what the file holds."""
+    try:
+        json.loads(raw)
+        return raw
+    except ValueError:
+        pass
+    time.sleep(TORN_WAIT_S)
+    f.seek(-len(raw), os.SEEK_CUR)
+    return f.readline(MAX_LINE + 1)
 
 
 def read_results(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
@@ -254,6 +269,8 @@ def read_results(path: str | Path, skipped: list[str] | None = None) -> list[dic
         with p.open("rb") as f:  # decoded a line at a time: a bad byte is its own line's error
             while raw := f.readline(MAX_LINE + 1):
                 i += 1
+                if len(raw) <= MAX_LINE and not raw.endswith(b"\n"):
+                    raw = _finished(f, raw)
                 try:
                     if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
                         raise ResultsError(f"{path}:{i}: a line of over {MAX_LINE} bytes is "

@@ -510,3 +510,28 @@ def test_compare_shows_a_record_without_a_dtype_as_show_does(tmp_path, capsys):
     assert main(["compare", str(p), str(p)]) == 0
     (row,) = [x for x in capsys.readouterr().out.splitlines() if "│ gemv_bf16" in x]
     assert [c.strip() for c in row.split("│")][3] == "-"
+
+
+def test_a_record_met_part_way_through_its_write_is_read_whole(tmp_path, monkeypatch):
+    """`show` beside a running run can read the file while a record is being appended: the cut
+    last line is read again a moment later, when the write has finished. A last line still cut
+    then (a run killed mid-write) is the file's error, named as before."""
+    import bench.results as res
+    first, second = (json.dumps(_record(impl=n)) for n in ("x", "y"))
+    p = tmp_path / "r.jsonl"
+    p.write_text(first + "\n" + second[:40])
+    waits = []
+
+    def the_write_finishes(s):
+        waits.append(s)
+        with open(p, "a") as f:
+            f.write(second[40:] + "\n")
+    monkeypatch.setattr(res.time, "sleep", the_write_finishes)
+    assert [r["impl"] for r in read_results(p)] == ["x", "y"] and len(waits) == 1
+    p.write_text(first + "\n" + second[:40])
+    monkeypatch.setattr(res.time, "sleep", lambda s: None)
+    with pytest.raises(ResultsError, match=":2: not valid JSON"):
+        read_results(p)
+    p.write_text(first)  # a whole last line without its newline is read at once
+    monkeypatch.setattr(res.time, "sleep", lambda s: pytest.fail("waited for a whole line"))
+    assert [r["impl"] for r in read_results(p)] == ["x"]
