@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..contention import roof_note
 from .common import measured_roof, resolve_backend, resolve_chip
-from .run import roof_note
 
 
 def command(args) -> int:

@@ -92,6 +92,7 @@ def result_files(paths: list[str]) -> list[str]:
 
 
 def command(args) -> int:
+    from ..contention import contention_note, roof_contention_note
     from ..report.precision import precision_table
     from ..report.table import console, plain, printable_record, results_table, run_title
     from ..results import dumps
@@ -126,6 +127,10 @@ def command(args) -> int:
                                                  for r in kept) else None
         if precision is not None:
             out.print(precision)
+        # what `run` said at its end about the CPU it shared, said again of the records shown
+        for note in (contention_note(kept), roof_contention_note(kept)):
+            if note:
+                print(one_line(f"decodewall: note: {note}"), file=sys.stderr)
     return 0
 
 
@@ -134,8 +139,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("show", help="print results files as run printed them",
                        description="Print each run a results file holds as `decodewall run` "
                        "printed it: its table (run id, device, roof), then the commit, versions, "
-                       "time and command line, and the precision comparison where the run has "
-                       "one. Filters pick records: several of one flag, any of them; different "
+                       "time and command line, the precision comparison where the run has one, "
+                       "and run's notes on a shared CPU (on stderr). Filters pick records: several of one flag, any of them; different "
                        "flags, all of them.")
     p.add_argument("results", nargs="*", metavar="RESULTS.jsonl", type=given,
                    help="results files, or folders of them; none: the newest run in "

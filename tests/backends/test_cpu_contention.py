@@ -11,7 +11,7 @@ import torch
 
 from backends.cpu import CONTENTION_KEYS, ContentionSampler, _psi_some_us
 from bench.case import Case
-from bench.cli.run import contended, contention_note
+from bench.contention import contended, contention_note
 from kernels.gemv import GemvShape
 
 
@@ -143,7 +143,7 @@ def test_busy_processes_beside_the_window_show(tmp_path):
 def test_a_share_at_the_threshold_is_not_contention_and_the_worst_is_either_figure():
     """More than CONTENDED_PCT is contention, exactly it is not; the note's "up to" is the
     larger of the wait and the steal share over the contended cases."""
-    from bench.cli.run import CONTENDED_PCT
+    from bench.contention import CONTENDED_PCT
     ok = {"status": "ok", "time_s": {"median": 1e-3}}
     at = {**ok, "cpu_pressure_pct": CONTENDED_PCT, "cpu_steal_pct": CONTENDED_PCT}
     assert not contended(at) and contention_note([at]) is None
@@ -151,3 +151,9 @@ def test_a_share_at_the_threshold_is_not_contention_and_the_worst_is_either_figu
     line = contention_note([at, stolen])
     assert line.startswith("1 of 2 timed case(s) ran while other tasks waited for the CPU")
     assert "up to 60%" in line
+
+
+def test_the_readers_name_the_samplers_figures():
+    """bench.contention (torch-free, for show) names the figures the sampler records."""
+    import bench.contention
+    assert bench.contention.CONTENTION_KEYS == CONTENTION_KEYS

@@ -269,3 +269,22 @@ def test_the_precision_comparison_holds_only_the_records_the_filters_keep(tmp_pa
     assert main(["show", str(path), "--op", "gemv_w8"]) == 0
     out = capsys.readouterr().out
     assert "best_gemv_w8" in out and "best_gemv_bf16" not in out
+
+
+def test_show_says_again_what_the_run_said_of_a_shared_cpu(tmp_path, capsys):
+    """A kept run timed on a busy CPU is shown with the notes `run` ended with: its times include
+    the wait, and a roof probed beside other work reads low; a quiet run's show says neither."""
+    cpu = {**RUN, "backend": "cpu", "device": {"name": "EPYC"}, "cpu_steal_pct": 0.0,
+           "roof_contention_pct": 2.0}
+    quiet = [{**cpu, "impl": n, "cpu_pressure_pct": 0.5} for n in ("a", "b")]
+    path = write(tmp_path / "q.jsonl", *quiet)
+    assert main(["show", str(path)]) == 0
+    assert "note" not in capsys.readouterr().err
+    busy = [quiet[0], {**quiet[1], "cpu_pressure_pct": 45.0, "roof_contention_pct": 60.0}]
+    path = write(tmp_path / "b.jsonl", *busy)
+    assert main(["show", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 timed case(s) ran while other tasks waited for the CPU" in err, err
+    assert "the roof was measured while other tasks waited for the CPU" in err, err
+    assert main(["show", str(path), "--impl", "a"]) == 0  # of the records shown
+    assert "note" not in capsys.readouterr().err
