@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError, printable
+from ..errors import UsageError, one_line, printable
 from .common import given
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def command(args) -> int:
     if args.json:
         for r in rows:
             print(json.dumps(r))
+        _contention_notes(a, b, more)
         return 0
     da, db = devices(a), devices(b)
     by_device = any(r.get("device") for r in rows)
@@ -173,7 +175,20 @@ def command(args) -> int:
     if cap:
         t.caption = title_text(cap)
     con.print(t)
+    _contention_notes(a, b, more)
     return 0
+
+
+def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],
+                      more: dict[str, list[list[dict[str, Any]]]]) -> None:
+    """run's notes on a shared CPU, for each side whose runs have one: a case timed while other
+    work waited for the CPU can read faster or slower for that alone."""
+    from ..contention import contention_note, roof_contention_note
+    for side, runs in (("A", [a, *more["A"]]), ("B", [b, *more["B"]])):
+        recs = [r for rs in runs for r in rs]
+        for note in (contention_note(recs), roof_contention_note(recs)):
+            if note:
+                print(one_line(f"decodewall: note: {side}: {note}"), file=sys.stderr)
 
 
 def add_parser(sub) -> None:

@@ -343,3 +343,19 @@ def test_with_reruns_an_unsure_row_still_says_its_runs_took_too_few_samples(tmp_
     assert main(["compare", fa, fb, "--rerun-a", fa2]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "unsure (2 A × 1 B runs)" in out and "needs 10 samples a run" in out, out
+
+
+def test_compare_names_a_side_timed_on_a_busy_cpu(tmp_path, capsys):
+    """A case timed while other work waited for the CPU can read slower for that alone: compare
+    says which side's runs (a rerun's too) run noted so, in --json as well; quiet runs, none."""
+    a = ok("x", time_s=timing(1e-3, 200, 0.01))
+    b = ok("x", time_s=timing(1.2e-3, 200, 0.01))
+    fa, fb = write(tmp_path / "a.jsonl", [a]), write(tmp_path / "b.jsonl", [b])
+    assert main(["compare", fa, fb]) == 0
+    assert "note" not in capsys.readouterr().err
+    busy = write(tmp_path / "b2.jsonl", [{**b, "cpu_pressure_pct": 40.0, "run_id": "r9"}])
+    for extra in ([], ["--json"]):
+        assert main(["compare", fa, fb, "--rerun-b", busy, *extra]) == 0
+        err = capsys.readouterr().err
+        assert "note: B: 1 of 2 timed case(s) ran while other tasks waited" in err, err
+        assert "note: A:" not in err, err
