@@ -140,8 +140,8 @@ def add_parser(sub) -> None:
                        description="Print each run a results file holds as `decodewall run` "
                        "printed it: its table (run id, device, roof), then the commit, versions, "
                        "time and command line, the precision comparison where the run has one, "
-                       "and run's notes on a shared CPU (on stderr). Filters pick records: several of one flag, any of them; different "
-                       "flags, all of them.")
+                       "and run's notes on a shared CPU (on stderr). Filters pick records: "
+                       "several of one flag, any of them; different flags, all of them.")
     p.add_argument("results", nargs="*", metavar="RESULTS.jsonl", type=given,
                    help="results files, or folders of them; none: the newest run in "
                    "results/runs")
