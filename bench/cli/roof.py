@@ -16,7 +16,10 @@ def command(args) -> int:
     backend = resolve_backend(args.backend)
     info = backend.device_info()
     chip = resolve_chip(args.chip, info)
-    dtypes = [torch.float32] if backend.name == "cpu" else [torch.bfloat16, torch.float32]
+    # bf16's rate where it is its own compute roof (a GPU, a CPU with AVX512-BF16 or AMX-BF16:
+    # roofline.compute_dtype), which every bf16 case of `run` is judged against; elsewhere bf16
+    # maps to fp32's rate, measured once
+    dtypes = [torch.bfloat16, torch.float32]
     roof = measured_roof(backend, dtypes, BUDGETS[args.budget or "normal"])
     d = roof.as_dict()
     d.update(device=info, chip=chip.id if chip else None,
