@@ -4,11 +4,12 @@ A results file is what a run leaves (no file named: the newest in results/runs, 
 a folder: every results file in it); this prints it again as `run` printed it: the results
 table of each run the files hold (its run id, device, backend and the roof its cases were
 judged against), with the commit, versions, time and command line of the run under it, and the
-precision comparison where the run holds one. The filters pick records (several of one flag:
-any of them; different flags: all of them). An --op or --impl that no record in the files has
-is bad input (a misspelt name), named with what the files hold; filters that each match but
-together pick nothing print that on stderr and exit 0. `--json` prints the records picked, one
-a line, as they are in the file.
+precision comparison where the run holds one (of the records kept, each speedup over the
+run's fastest bf16 impl). The filters pick records (several of one flag: any of them; different
+flags: all of them). An --op or --impl that no record in the files has is bad input (a misspelt
+name), named with what the files hold; filters that each match but together pick nothing print
+that on stderr and exit 0. `--json` prints the records picked, one a line, as they are in the
+file.
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def command(args) -> int:
         left_out = f"; {table.caption}" if table.caption else ""  # columns a narrow terminal lost
         table.caption = plain(run_caption(path, recs, len(kept)) + left_out)
         out.print(table)
-        precision = precision_table(kept) if any(r.get("group") == "precision"
-                                                 for r in kept) else None
+        # the speedups are over the run's fastest bf16 impl, whichever records the filters kept
+        precision = precision_table(kept, recs) if any(r.get("group") == "precision"
+                                                       for r in kept) else None
         if precision is not None:
             out.print(precision)
         # what `run` said at its end about the CPU it shared, said again of the records shown

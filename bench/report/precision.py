@@ -16,13 +16,38 @@ def _mnk(shape: dict[str, Any]) -> tuple:
     return shape.get("M"), shape.get("N"), shape.get("K")
 
 
-def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def precision_rows(records: Iterable[dict[str, Any]],
+                   base: Iterable[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per (M, N, K, dtype) and weight precision: the fastest passing impl of each op,
     its speedup over the fastest bf16 impl and the ideal speedup bytes(bf16) / bytes(op).
 
+    `base`: the records the fastest bf16 impl is taken from (default `records`): the whole run,
+    where `records` are those a filter kept (`show --op gemv_w4` still has the run's bf16 time).
     Rows of a shape without a bf16 result get speedup None; the ideal comes from the bf16 GEMV's
     own byte count at that shape where no bf16 record has one.
     """
+    best = _fastest(records)
+    bf16 = best if base is None else _fastest(base)
+    rows = []
+    for (mnk, dtype, op), b in sorted(best.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
+                                                                    WEIGHT_OPS.index(kv[0][2]))):
+        base_row = bf16.get((mnk, dtype, "gemv_bf16"))
+        rows.append({
+            "M": mnk[0], "N": mnk[1], "K": mnk[2], "dtype": dtype, "op": op,
+            "weights": LABEL[op] + (f" G={b['group']}" if b["group"] else ""),
+            "impl": b["impl"], "time_s": b["t"], "bytes": b["bytes"],
+            "gbps": b["bytes"] / b["t"] / 1e9,
+            "speedup": base_row["t"] / b["t"] if base_row else None,
+            "ideal": _ratio(base_row["bytes"] if base_row else _bf16_bytes(mnk, dtype),
+                            b["bytes"]),
+        })
+    for row in rows:
+        row["of_ideal"] = row["speedup"] / row["ideal"] if row["speedup"] and row["ideal"] else None
+    return rows
+
+
+def _fastest(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """((M, N, K), dtype, op) -> the fastest passing record's time, impl, bytes and group."""
     best: dict[tuple, dict[str, Any]] = {}
     for r in records:
         if r.get("op") not in WEIGHT_OPS or r.get("status", "ok") != "ok":
@@ -34,21 +59,7 @@ def precision_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if key not in best or t < best[key]["t"]:
             best[key] = {"t": t, "impl": r["impl"], "bytes": r["bytes"],
                          "group": r["shape"].get("group_size")}
-    rows = []
-    for (mnk, dtype, op), b in sorted(best.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
-                                                                    WEIGHT_OPS.index(kv[0][2]))):
-        base = best.get((mnk, dtype, "gemv_bf16"))
-        rows.append({
-            "M": mnk[0], "N": mnk[1], "K": mnk[2], "dtype": dtype, "op": op,
-            "weights": LABEL[op] + (f" G={b['group']}" if b["group"] else ""),
-            "impl": b["impl"], "time_s": b["t"], "bytes": b["bytes"],
-            "gbps": b["bytes"] / b["t"] / 1e9,
-            "speedup": base["t"] / b["t"] if base else None,
-            "ideal": _ratio(base["bytes"] if base else _bf16_bytes(mnk, dtype), b["bytes"]),
-        })
-    for row in rows:
-        row["of_ideal"] = row["speedup"] / row["ideal"] if row["speedup"] and row["ideal"] else None
-    return rows
+    return best
 
 
 def _bf16_bytes(mnk: tuple, dtype: Any) -> float | None:
@@ -69,10 +80,12 @@ def _ratio(a: float | None, b: float) -> float | None:
     return a / b if a is not None else None
 
 
-def precision_table(records: Iterable[dict[str, Any]]):
-    """A rich Table of `precision_rows`, or None when there is nothing to compare. A shape whose
-    bf16 case gave no time (failed, cut by a time box) keeps its rows: the ideal, no speedup."""
-    rows = precision_rows(records)
+def precision_table(records: Iterable[dict[str, Any]],
+                    base: Iterable[dict[str, Any]] | None = None):
+    """A rich Table of `precision_rows` (`base`: as there), or None when there is nothing to
+    compare. A shape whose bf16 case gave no time (failed, cut by a time box) keeps its rows: the
+    ideal, no speedup."""
+    rows = precision_rows(records, base)
     if not rows or all(r["op"] == "gemv_bf16" for r in rows):
         return None
     from rich.table import Table

@@ -288,3 +288,14 @@ def test_show_says_again_what_the_run_said_of_a_shared_cpu(tmp_path, capsys):
     assert "the roof was measured while other tasks waited for the CPU" in err, err
     assert main(["show", str(path), "--impl", "a"]) == 0  # of the records shown
     assert "note" not in capsys.readouterr().err
+
+
+def test_a_filtered_precision_row_keeps_its_speedup_over_the_runs_bf16(tmp_path, capsys):
+    """`--op gemv_w8` leaves the bf16 row out, not the run's bf16 time: the INT8 row still has
+    its 2x speedup, and no caption says the run had no bf16 time."""
+    path = _precision_run(tmp_path)
+    assert main(["show", str(path), "--op", "gemv_w8"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "best_gemv_w8" in line and "INT8" in line)
+    assert "2.00x" in row and "100%" in row
+    assert "no bf16 time" not in out
