@@ -92,3 +92,19 @@ def test_no_precision_table_without_a_quantized_row():
     from bench.report.precision import precision_table
     assert precision_table([rec("gemv_bf16", "torch_matmul", 4e-3, 134e6)]) is None
     assert precision_table([]) is None
+
+
+def test_a_time_from_the_cache_or_a_suspect_one_is_not_set_beside_the_ideal():
+    """`run --suite precision --warm` timed bf16 from DRAM (past 4x the LLC) beside INT4 and
+    INT8 the cache held, which the run does not judge; nor is a time above the roof one."""
+    from bench.results import IN_CACHE
+    warm = dict(warm=True, cold=False, verdict=IN_CACHE)
+    rows = precision_rows([
+        rec("gemv_bf16", "torch_matmul", 4e-3, 134e6),
+        {**rec("gemv_w4", "simd_c", 1e-4, 35e6, group_size=128), **warm},
+        rec("gemv_w4", "torch_int4pack_mm", 2e-3, 35e6, group_size=128),
+        {**rec("gemv_w8", "simd_c", 1e-4, 67e6), "verdict": "above the roof: harness suspect"},
+    ])
+    by_op = {r["op"]: r for r in rows}
+    assert set(by_op) == {"gemv_bf16", "gemv_w4"}
+    assert by_op["gemv_w4"]["impl"] == "torch_int4pack_mm" and by_op["gemv_w4"]["speedup"] == 2.0
