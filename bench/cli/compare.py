@@ -75,13 +75,12 @@ def caption(rows: list[dict[str, Any]], left_out: dict[str, int]) -> str | None:
 def _median(r: dict[str, Any], side: str) -> str:
     """A side's median with ± half its interquartile range where it has one: the spread that
     faster / slower / same / unsure rest on."""
-    from ..report.table import fmt_time
+    from ..report.table import fmt_spread, fmt_time
     med, p25, p75 = (r.get(f"{side}_{k}") for k in ("median", "p25", "p75"))
     if med is None or p25 is None or p75 is None:
         return fmt_time(med)
-    half = (p75 - p25) / 2
     # below a microsecond in ns: a GPU kernel's spread of tens of ns is what its verdict rests on
-    return f"{fmt_time(med)} ± {f'{half * 1e9:.0f} ns' if half < 1e-6 else fmt_time(half)}"
+    return f"{fmt_time(med)} ± {fmt_spread((p75 - p25) / 2)}"
 
 
 def _same_run(path: str, recs: list[dict[str, Any]], other: str,

@@ -25,6 +25,14 @@ def fmt_time(s: float | None) -> str:
     return f"{s:.2f} s"
 
 
+def fmt_spread(s: float | None) -> str:
+    """A spread (half an IQR) as fmt_time, but in ns below a microsecond: a GPU kernel's spread
+    of tens of ns, or a CPU call's, at fmt_time's 0.1 µs would read "0.0 µs", no spread at all."""
+    if s is None:
+        return "-"
+    return f"{s * 1e9:.0f} ns" if s < 1e-6 else fmt_time(s)
+
+
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
@@ -132,7 +140,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         name = r["impl"] + (" (baseline)" if r.get("baseline") else "")
         cells = [plain(r["op"]), plain(shape_text(r["shape"])), plain(r.get("dtype") or "-"),
                  plain(name),
-                 fmt_time(ts.get("median")), fmt_time(spread), str(ts.get("n", "-")),
+                 fmt_time(ts.get("median")), fmt_spread(spread), str(ts.get("n", "-")),
                  fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
         if util:
             cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))

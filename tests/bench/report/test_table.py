@@ -25,6 +25,13 @@ def test_the_row_shows_the_median_and_half_the_iqr():
     assert row[-1] == "below the wall: kernel"
 
 
+def test_a_spread_under_a_microsecond_is_in_ns_not_zero():
+    """A 2 µs copy whose IQR/2 was 45 ns read "± 0.0 µs", as if it had no spread at all."""
+    t = {"median": 1.983e-6, "p25": 1.943e-6, "p75": 2.033e-6, "n": 200}
+    row = _row({**REC, "time_s": t})
+    assert row[4:6] == ["2.0 µs", "45 ns"]
+
+
 def test_times_in_their_units():
     assert fmt_time(2.5e-6) == "2.5 µs"
     assert fmt_time(2.5e-4) == "250.0 µs"
