@@ -48,7 +48,8 @@ BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
 BATCH_NAMES = {"M": "M: rows of a GEMV", "B": "B: sequences of an attention"}
 PROBES = ("copy", "read")  # the ops that measure the roof itself
 AT_THE_WALL = 80.0  # % of the measured roof from which a memory-bound case is "at the wall"
-HIDDEN_SHAPE_FIELDS = ("ragged", "pool", "block_size")  # layout details, not the case's size
+# layout details, not the case's size; a ragged batch shows in its context (short_shape)
+HIDDEN_SHAPE_FIELDS = ("ragged", "pool", "block_size")
 SHORT_FIELDS = {"group_size": "G", "context": "ctx"}
 
 
@@ -116,9 +117,13 @@ def short_dtype(name: Any) -> str:
 
 def short_shape(shape: dict[str, Any] | None, width: int = 44) -> str:
     """`M=1 N=6144 K=4096 G=128`: layout-only fields dropped, long names shortened, and cut with
-    an ellipsis past `width` characters."""
-    s = " ".join(f"{SHORT_FIELDS.get(k, k)}={v}" for k, v in (shape or {}).items()
-                 if k not in HIDDEN_SHAPE_FIELDS)
+    an ellipsis past `width` characters. A ragged attention batch's context reads `ctx≤4096`:
+    its sequences hold half to all of it (8 x 4096 held 3235 tokens each on average), and its
+    bytes count what they hold, so `ctx=4096` would overstate them by a quarter."""
+    shape = shape or {}
+    ragged = bool(shape.get("ragged"))
+    s = " ".join(f"{SHORT_FIELDS.get(k, k)}{'≤' if k == 'context' and ragged else '='}{v}"
+                 for k, v in shape.items() if k not in HIDDEN_SHAPE_FIELDS)
     return s if len(s) <= width else s[:width - 1] + "…"
 
 

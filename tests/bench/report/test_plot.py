@@ -159,6 +159,16 @@ def test_ridge_batch_is_the_first_batch_at_the_ridge_past_64_too():
     assert ridge_batch([{**rec, "ridge": 1e9}], "M") is None  # never within 4096
 
 
+def test_a_ragged_batch_reads_its_context_as_a_most():
+    """The decode suite's 8 x 4096 ragged batch held 3235 tokens a sequence: `ctx=4096` in a
+    chart's title would overstate its bytes by a quarter."""
+    from bench.report.plot import short_shape
+    shape = {"B": 8, "Hq": 32, "Hkv": 8, "D": 128, "context": 4096, "block_size": 16,
+             "ragged": 1, "pool": 2}
+    assert short_shape(shape) == "B=8 Hq=32 Hkv=8 D=128 ctx≤4096"
+    assert short_shape({**shape, "ragged": 0}) == "B=8 Hq=32 Hkv=8 D=128 ctx=4096"
+
+
 def test_pct_bar():
     assert str(pct_bar(50, width=10)).startswith("█" * 5 + "░" * 5)
     assert str(pct_bar(None)) == "-"
