@@ -15,7 +15,8 @@ Two PNGs, the first what a reader looks for:
   impl) timed at several batches, achieved GB/s and TFLOP/s against the batch, the ridge
   marked) and a size sweep (warm cases, `--suite sweep-size`: achieved GB/s against the working
   set, the LLC and the measured roof marked: a kernel as fast in cache as from DRAM is limited by
-  its own loop, not by memory). Warm cases the cache holds stay off the roofline.
+  its own loop, not by memory). Warm cases the cache holds stay off the roofline. A dtype judged
+  against a lower matmul rate (fp32 beside a CPU's native bf16) gets a compute roof of its own.
 Under each chart's title, what it leaves out, counted by why (`not_drawn`); a case with no FLOPs
 (a collective) has no arithmetic intensity and so no roofline point. A number above its own
 measured roof is flagged (`roof_flag`) on both charts and in the bars. A chart draws one device's
@@ -282,9 +283,15 @@ def roofs(records: list[dict[str, Any]]) -> dict[str, float | None]:
             chip_tf = lookup_chip(chip_id).bf16_tflops
         except KeyError:
             pass
+    by_dtype: dict[str, float] = {}  # each dtype's own compute roof: fp32's and bf16's differ
+    for r in records:
+        if r.get("ridge") and r.get("roof_gbps"):
+            dt = short_dtype(r.get("dtype"))
+            by_dtype[dt] = max(by_dtype.get(dt, 0.0), r["ridge"] * r["roof_gbps"] / 1e3)
     runs = {r.get("run_id") for r in records}
     seen = sorted({r["roof_gbps"] for r in records if r.get("roof_gbps")})
     return {"roof_gbps": best(r.get("roof_gbps") for r in records), "roof_tflops": meas_tf,
+            "roof_tflops_by_dtype": by_dtype,
             "runs": len(runs), "roof_range": (seen[0], seen[-1]) if seen else None,
             "datasheet_gbps": best(r.get("datasheet_gbps") for r in records),
             "datasheet_tflops": chip_tf}
@@ -858,6 +865,9 @@ def _key_width(fig, recs: list[dict[str, Any]], ncol: int) -> float:
     return ncol * (w + 0.45) + 0.2
 
 
+LOWER_RATE = 1.1  # a dtype's compute roof this far under the best is drawn as a roof of its own
+
+
 def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
     """Draw the roofline; return (xy, numbers, colors) for `place_labels`."""
     import numpy as np
@@ -878,8 +888,18 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
             where = f"{rf['runs']} runs" if rf["runs"] > 1 else "readings in the run"
             spread = (f"\n(best of {where}: {rf['roof_range'][0]:.1f}-"
                       f"{rf['roof_range'][1]:.1f} GB/s; each point's % is of its own)")
+        # a dtype whose matmul rate is well under the best (fp32 beside a CPU's native bf16)
+        # was judged against its own: drawn apart, or its cases past their ridge would sit
+        # under the best rate's slope, read as memory-bound
+        lower = {dt: tf for dt, tf in rf["roof_tflops_by_dtype"].items()
+                 if rf["roof_tflops"] and tf < rf["roof_tflops"] / LOWER_RATE}
+        top = sorted(set(rf["roof_tflops_by_dtype"]) - set(lower))
         ax.plot(x, y, color="C3", lw=2, label=f"measured roof {rf['roof_gbps']:.1f} GB/s"
-                + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "") + spread)
+                + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "")
+                + (f" ({', '.join(top)})" if lower else "") + spread)
+        for dt, tf in sorted(lower.items()):
+            ax.plot(x, np.minimum(x * rf["roof_gbps"] / 1e3, tf), color="C3", lw=1.2, ls=":",
+                    label=f"measured roof, {dt}: {tf:.3g} TFLOP/s")
     if rf["datasheet_gbps"]:
         y = x * rf["datasheet_gbps"] / 1e3
         if rf["datasheet_tflops"]:

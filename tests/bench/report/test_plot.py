@@ -379,6 +379,25 @@ def test_roofline_draws_no_empty_panel(results, tmp_path):
     plt.close(fig)
 
 
+def test_roofline_draws_each_dtypes_compute_roof():
+    """A CPU with AVX512-BF16 judged the smoke suite's bf16 cases against 0.206 TFLOP/s and its
+    fp32 ones against 0.099 (ridge 3.5): drawn at the best rate alone, an fp32 GEMV at 5.1 FLOP/B
+    the run called compute-bound sat under the roof's memory slope."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    bf16 = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "a", 2e-4, ridge=20.0)
+    fp32 = {**record("gemv_bf16", {"M": 8, "N": 1024, "K": 1024}, "a", 2e-3, ridge=2.0),
+            "dtype": "float32"}
+    fig = roofline_figure([bf16, fp32])
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    roofs = {ln.get_label(): max(ln.get_ydata()) for ln in ax.lines
+             if ln.get_label().startswith("measured roof")}
+    assert roofs == {"measured roof 10.0 GB/s, 0.2 TFLOP/s (bf16)": pytest.approx(0.2),
+                     "measured roof, fp32: 0.02 TFLOP/s": pytest.approx(0.02)}
+    plt.close(fig)
+
+
 def _overlaps(boxes):
     return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
             if boxes[i].overlaps(boxes[j])]
