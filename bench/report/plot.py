@@ -157,10 +157,10 @@ def file_labels(files: list[str]) -> list[str]:
 
 def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
                files: list[str] | None = None) -> Table:
-    """% of roof bars, one row a record: an ok one its bar (and `roof_flag` above its roof), any
-    other its status and the error's last line. `files`, one a record, adds a file column
-    (records read from several files). A caption counts the records by status when some are not
-    ok. Names and the title are plain text."""
+    """% of roof bars, one row a record: an ok one its bar (past the ridge, how near the compute
+    roof it is; `roof_flag` above its roof), any other its status and the error's last line.
+    `files`, one a record, adds a file column (records read from several files). A caption
+    counts the records by status when some are not ok. Names and the title are plain text."""
     records = list(records)
     t = Table(title=title_text(title), header_style="bold")
     cols = [("op", "left"), ("shape", "left"), ("dtype", "left"), ("impl", "left"),
@@ -181,6 +181,12 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
                  f"{ai:.3g}" if ai is not None else "-",
                  pct_bar(r.get("pct_roof")) if status == "ok" else
                  status_note(status, r.get("error"))]
+        if status == "ok" and str(r.get("verdict") or "").startswith("compute"):
+            # past the ridge a low % of the bandwidth roof is by design: say how near the
+            # compute roof it is, as the PNG's bars do
+            pc = r.get("pct_compute")
+            cells[-1] = cells[-1] + Text(", " + compute_note(
+                {"computes": [] if pc is None else [pc], "verdicts": [r["verdict"]]}))
         if status == "ok" and roof_flag(r):
             cells[-1] = cells[-1] + Text(f" {roof_flag(r)}", style="bold magenta")
         t.add_row(*([plain(files[i])] if files is not None else []), *cells)

@@ -85,6 +85,22 @@ def test_plot_terminal_bars(results, capsys):
     assert "records: " in out and "1 failed-check" in out and "file" not in out
 
 
+def test_plot_terminal_says_how_near_the_compute_roof_a_case_past_the_ridge_is(capsys):
+    """The batch sweep's bf16 matmul at M = 128, 97% of the compute roof, was a bare 6% bar of
+    the bandwidth roof, as if the kernel were slow; the PNG's bars said compute-bound."""
+    from rich.console import Console
+    from bench.report.plot import bars_table
+    r = {**record("gemv_bf16", {"M": 128, "N": 1024, "K": 1024}, "torch_matmul", 2e-3),
+         "verdict": "compute-bound", "pct_compute": 97.0}
+    slow = {**r, "impl": "slow", "verdict": "compute-bound: below the compute roof",
+            "pct_compute": 19.0}
+    c = Console(width=250, record=True, file=io.StringIO())
+    c.print(bars_table([r, slow]))
+    out = c.export_text()
+    assert "compute-bound (97% of the compute roof)" in _lines(out, "torch_matmul")[0]
+    assert "below the compute roof (19% of it)" in _lines(out, "slow")[0]
+
+
 def _lines(out: str, word: str) -> list[str]:
     return [line for line in out.splitlines() if word in line]
 
