@@ -43,7 +43,7 @@ from rich.text import Text
 
 from ..errors import printable
 from ..results import in_cache
-from .table import plain, title_text
+from .table import fmt_gbps, plain, title_text
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
 BATCH_NAMES = {"M": "M: rows of a GEMV", "B": "B: sequences of an attention"}
@@ -177,7 +177,7 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
         impl = r["impl"] + (" (in cache)" if in_cache(r) and r.get("status") == "ok" else "")
         status = str(r.get("status"))
         cells = [plain(r["op"]), plain(shape), plain(r.get("dtype")), plain(impl),
-                 f"{r['achieved_gbps']:.1f}" if r.get("achieved_gbps") and status == "ok" else "-",
+                 fmt_gbps(r["achieved_gbps"]) if r.get("achieved_gbps") and status == "ok" else "-",
                  f"{ai:.3g}" if ai is not None else "-",
                  pct_bar(r.get("pct_roof")) if status == "ok" else
                  status_note(status, r.get("error"))]

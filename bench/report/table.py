@@ -46,6 +46,14 @@ def fmt_num(x: float | None, nd: int = 1, suffix: str = "") -> str:
     return "-" if x is None else f"{x:.{nd}f}{suffix}"
 
 
+def fmt_gbps(x: float | None) -> str:
+    """GB/s to 0.1, but a rate that would round to 0.0 to two significant digits: a CPU
+    all-reduce of 8 KiB moves 0.018 GB/s, and "0.0" reads as nothing moved."""
+    if x is None:
+        return "-"
+    return f"{x:.2g}" if 0 < x < 0.05 else f"{x:.1f}"
+
+
 def shape_text(shape: dict[str, Any]) -> str:
     """`M=1, N=6144, K=4096`: a table's shape cell, a space after each comma so that a narrow
     column wraps between fields, never inside one (folded, "N=6144" reads "N=61" over "44")."""
@@ -141,7 +149,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | Text | None = 
         cells = [plain(r["op"]), plain(shape_text(r["shape"])), plain(r.get("dtype") or "-"),
                  plain(name),
                  fmt_time(ts.get("median")), fmt_spread(spread), str(ts.get("n", "-")),
-                 fmt_num(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
+                 fmt_gbps(r.get("achieved_gbps")), fmt_num(r.get("pct_roof"), 0, "%")]
         if util:
             cells.append(fmt_num(r.get("gpu_util_pct"), 0, "%"))
         if sheet:

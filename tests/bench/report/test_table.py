@@ -32,6 +32,13 @@ def test_a_spread_under_a_microsecond_is_in_ns_not_zero():
     assert row[4:6] == ["2.0 µs", "45 ns"]
 
 
+def test_a_rate_under_0_05_gb_s_is_not_shown_as_nothing():
+    """A CPU all-reduce of 8 KiB took 468.3 µs: 0.017 GB/s, which read "0.0"."""
+    row = _row({**REC, "achieved_gbps": 8192 / 468.3e-6 / 1e9})
+    assert row[7] == "0.017"
+    assert _row({**REC, "achieved_gbps": 0.06})[7] == "0.1"
+
+
 def test_times_in_their_units():
     assert fmt_time(2.5e-6) == "2.5 µs"
     assert fmt_time(2.5e-4) == "250.0 µs"
