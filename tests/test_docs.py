@@ -260,3 +260,11 @@ def test_measurement_names_every_verdict():
         if ": not judged" in name or name.startswith("not judged"):
             name = name.split(":")[0]
         assert name in text, f"measurement.md does not name the verdict {v!r}"
+
+
+def test_readme_cpu_torch_step_comes_before_the_setup_commands():
+    """A reader runs the set-up commands in order: the CPU build's install step must come before
+    them, and use the same `python3 -m pip`, or the first command pulls the multi-GB CUDA build."""
+    text = (ROOT / "README.md").read_text()
+    step = text.index("python3 -m pip install torch==2.13.0 --index-url")
+    assert step < text.index("python3 -m pip install -e . && decodewall run")
