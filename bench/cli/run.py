@@ -635,7 +635,8 @@ def add_parser(sub) -> None:
     r = sub.add_parser("run", help="check and time cases, print verdicts, save JSONL")
     r.add_argument("--backend", help="cpu | cuda | xla (default: cuda if present, else cpu)")
     r.add_argument("--suite", help="named suite (default: decode); see `decodewall run --list`")
-    r.add_argument("--op", help="one op instead of a suite")
+    r.add_argument("--op", help="one op instead of a suite, at the --shape given, else at its "
+                   "smoke suite shapes (tiny, several dtypes)")
     r.add_argument("--shape", action="append", metavar="K=V,...",
                    help="shape for --op, e.g. M=1,N=4096,K=4096 (repeatable)")
     r.add_argument("--dtype", action="append", help="input dtype(s): bfloat16, float16, float32")

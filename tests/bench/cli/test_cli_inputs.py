@@ -572,3 +572,18 @@ def test_the_default_backend_is_checked_like_a_named_one(monkeypatch):
     for name in (None, "cpu", "CPU"):
         with pytest.raises(UsageError, match="DECODEWALL_X is bad"):
             resolve_backend(name)
+
+
+def test_op_alone_runs_its_smoke_shapes_and_help_says_so():
+    """`--op` without `--shape` runs the op's smoke shapes (tiny, fp32 among them): --help says so,
+    or a reader expects a real shape and reads "in cache: not judged" without knowing why."""
+    import argparse
+
+    from bench.cli.run import _resolve_cases
+    from bench.suites import SuiteContext
+    args = argparse.Namespace(op="gemv_w4", suite=None, shape=None, dtype=None)
+    cases = _resolve_cases(args, SuiteContext("cpu", 10**10, 32 * 2**20))
+    assert [(c.shape, c.dtype) for c in cases] == list(OPS["gemv_w4"].smoke)
+    out = run_cli("run", "--help")
+    assert out.returncode == 0
+    assert "smoke suite shapes" in " ".join(out.stdout.split())
