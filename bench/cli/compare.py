@@ -130,6 +130,7 @@ def command(args) -> int:
     if args.json:
         for r in rows:
             print(json.dumps(r))
+        _one_run_note(args, a, b)
         _contention_notes(a, b, more)
         return 0
     da, db = devices(a), devices(b)
@@ -174,8 +175,18 @@ def command(args) -> int:
     if cap:
         t.caption = title_text(cap)
     con.print(t)
+    _one_run_note(args, a, b)
     _contention_notes(a, b, more)
     return 0
+
+
+def _one_run_note(args, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    """A note where A and B hold one run (the same file, or a run id in both): each of its cases
+    is then compared with itself and reads same, which says nothing about a change."""
+    if _same_run(args.a, a, args.b, b):
+        print(one_line(f"decodewall: note: A ({args.a}) and B ({args.b}) hold the same run: its "
+                       "cases read same against themselves; give B a run of the changed build"),
+              file=sys.stderr)
 
 
 def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],

@@ -188,9 +188,10 @@ def test_an_output_encoding_without_unicode_does_not_crash(env, tmp_path):
     encode them, they print as '?' instead of ending the command with an internal error."""
     rec = {**GOOD_RECORD, "impl": "\u00e9\u2603\U0001F600", "backend": "cpu",
            "device": {"name": "\u00c9PYC"}}
-    path = tmp_path / "uni.jsonl"
-    path.write_text(json.dumps(rec) + "\n")
-    for argv in (["chips", "--chip", "h100-sxm"], ["compare", str(path), str(path)],
+    path, other = tmp_path / "uni.jsonl", tmp_path / "uni2.jsonl"  # two runs: no one-run note
+    for f in (path, other):
+        f.write_text(json.dumps(rec) + "\n")
+    for argv in (["chips", "--chip", "h100-sxm"], ["compare", str(path), str(other)],
                  ["project", "--help"]):
         p = run_cli(*argv, timeout=60, env=env)
         assert p.returncode == 0 and not p.stderr, (argv, p.stderr[-500:])
@@ -239,8 +240,9 @@ def test_readers_work_where_torch_cannot_start(tmp_path):
     """chips, show, compare and plot --terminal do not import torch, so the environment that
     stops torch does not stop them; a figure only the kernels' byte count gives (the ideal of a
     precision row without its bf16 case) is left out there."""
-    path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({**GOOD_RECORD, "impl": "kept_run"}) + "\n")
+    path, other = tmp_path / "r.jsonl", tmp_path / "r2.jsonl"  # two runs: no one-run note
+    for f in (path, other):
+        f.write_text(json.dumps({**GOOD_RECORD, "impl": "kept_run"}) + "\n")
     w8 = tmp_path / "w8.jsonl"
     w8.write_text(json.dumps({**GOOD_RECORD, "op": "gemv_w8", "impl": "lone_w8", "bytes": 1000,
                               "shape": {"M": 1, "N": 8, "K": 128}, "group": "precision"}) + "\n")
@@ -248,7 +250,7 @@ def test_readers_work_where_torch_cannot_start(tmp_path):
     for argv, shown in ((["chips", "--chip", "h100-sxm"], "h100-sxm"),
                         (["show", str(path)], "kept_run"),
                         (["show", str(w8)], "precision: speedup over bf16"),
-                        (["compare", str(path), str(path)], "kept_run"),
+                        (["compare", str(path), str(other)], "kept_run"),
                         (["plot", "--terminal", str(path)], "kept_run")):
         p = run_cli(*argv, timeout=60, env=env)
         assert p.returncode == 0 and shown in p.stdout and not p.stderr, (argv, p.stderr[-500:])

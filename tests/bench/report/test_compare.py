@@ -359,3 +359,17 @@ def test_compare_names_a_side_timed_on_a_busy_cpu(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "note: B: 1 of 2 timed case(s) ran while other tasks waited" in err, err
         assert "note: A:" not in err, err
+
+
+def test_a_and_b_of_one_run_say_so(tmp_path, capsys):
+    """A run given as both A and B (the same file, or a copy: one run id) reads "same" on every
+    row, as a change that made no difference would: a note says the two are one run."""
+    a = {**ok("x", time_s=timing(1e-3, 200, 0.01)), "run_id": "r1"}
+    b = {**ok("x", time_s=timing(0.7e-3, 200, 0.01)), "run_id": "r2"}
+    fa, fb = write(tmp_path / "a.jsonl", [a]), write(tmp_path / "b.jsonl", [b])
+    copy = write(tmp_path / "copy.jsonl", [a])
+    for argv in ([fa, fa], [fa, copy], [fa, copy, "--json"]):
+        assert main(["compare", *argv]) == 0
+        assert "hold the same run" in capsys.readouterr().err
+    assert main(["compare", fa, fb]) == 0
+    assert "same run" not in capsys.readouterr().err
