@@ -95,13 +95,13 @@ def precision_table(records: Iterable[dict[str, Any]],
     if not rows or all(r["op"] == "gemv_bf16" for r in rows):
         return None
     from rich.table import Table
-    from .table import fmt_num, fmt_time, plain
+    from .table import fmt_gbps, fmt_num, fmt_time, plain
     t = Table(title="precision: speedup over bf16 vs the ideal from bytes", header_style="bold")
     for col in ("shape", "weights", "best impl", "time", "GB/s", "speedup", "ideal", "of ideal"):
         t.add_column(col, justify="left" if col in ("shape", "weights", "best impl") else "right")
     for r in rows:
         t.add_row(plain(f"M={r['M']} N={r['N']} K={r['K']} {r['dtype']}"), r["weights"],
-                  plain(r["impl"]), fmt_time(r["time_s"]), fmt_num(r["gbps"]),
+                  plain(r["impl"]), fmt_time(r["time_s"]), fmt_gbps(r["gbps"]),
                   f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-",
                   f"{r['ideal']:.2f}x" if r["ideal"] is not None else "-",
                   fmt_num(100 * r["of_ideal"], 0, "%") if r["of_ideal"] is not None else "-")

@@ -60,6 +60,19 @@ def test_the_table_shows_speedup_and_ideal_each_in_its_column():
     assert "│   2.00x │ 4.00x │      50% │" in row
 
 
+def test_a_rate_that_would_round_to_zero_keeps_two_significant_digits():
+    """XLA:CPU's INT4 GEMV at 8192 x 8192 moved 0.027 GB/s (1.33 s a call): "0.0" would say it
+    moved nothing, beside the results table's 0.027 for the same record."""
+    from rich.console import Console
+
+    from bench.report.precision import precision_table
+    c = Console(width=200, record=True)
+    c.print(precision_table([rec("gemv_bf16", "torch_matmul", 0.422, 134250496),
+                             rec("gemv_w4", "torch_dequant", 1.332, 35684352, group_size=128)]))
+    row = next(line for line in c.export_text().splitlines() if "INT4" in line)
+    assert "│ 0.027 │" in row and "0.0 " not in row
+
+
 def test_precision_suite_is_one_labelled_shape():
     cases = cases_for("precision", SuiteContext("cpu"))
     assert [c.op for c in cases] == ["gemv_bf16", "gemv_w8", "gemv_w4"]
