@@ -23,6 +23,7 @@ from kernels import OPS, Impl, dtype_name, parse_dtype, rel_err
 from kernels.probes.ops import MATVEC_COLS
 
 from .case import make_inputs
+from .heap import keep_freed_memory, release_freed_memory
 from .results import IN_CACHE
 from .timing import BUDGETS, Budget, Stats, measure
 
@@ -211,8 +212,12 @@ def remeasure_bandwidth(backend: Backend, roof: Roof, budget: Budget | None = No
     """`roof` with its copy and read probes measured (again: the matmul rates are kept)."""
     n = probe_elems(backend)
     budget = budget or BUDGETS["normal"]
+    # freed memory kept, as the case workers keep it: an output allocated each call (XLA's copy)
+    # reuses the last one's, where fresh pages would time the kernel zeroing them
+    keep_freed_memory()
     c, r = _probe(backend, "copy", n, budget), _probe(backend, "read", n, budget)
     backend.release()  # between cases: the next worker gets the memory the probes held
+    release_freed_memory()
     # the above-roof margin is the spread of the probe that set the roof: a noisy copy beside a
     # quiet read (the CPU's roof) would widen the tolerance around a roof measured cleanly
     best = c if round(c[0], 2) >= round(r[0], 2) else r
