@@ -34,11 +34,17 @@ def fmt_spread(s: float | None) -> str:
 
 
 def fmt_bytes(n: float | None) -> str:
+    """Three significant digits in decimal units; a size that rounds to 1000 of a unit (999.7 MB)
+    reads in the unit above ("1 GB", not "1e+03 MB"), and past 999 GB in whole GB."""
     if n is None:
         return "-"
-    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    units = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+    for i, (unit, k) in enumerate(units):
         if n >= k:
-            return f"{n / k:.3g} {unit}"
+            s = f"{n / k:.3g}"
+            if "e" in s:
+                return f"{n / k / 1e3:.3g} {units[i - 1][0]}" if i else f"{n / k:.0f} {unit}"
+            return f"{s} {unit}"
     return f"{int(n)} B"
 
 

@@ -56,6 +56,9 @@ def test_bytes_in_decimal_units():
     assert fmt_bytes(1000) == "1 kB"
     assert fmt_bytes(999) == "999 B"
     assert fmt_bytes(None) == "-"
+    # rounded to 1000 of a unit: the unit above, never "1e+03 MB"
+    assert (fmt_bytes(999.7e6), fmt_bytes(999.8e3), fmt_bytes(1e12), fmt_bytes(12345e9)) == (
+        "1 GB", "1 MB", "1000 GB", "12345 GB")
 
 
 def test_a_baseline_record_is_marked_in_the_impl_cell():
