@@ -157,20 +157,18 @@ def _plot_path(arg: str) -> Path:
         raise UsageError(str(e)) from None
 
 
-def _rate(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
 def _split_rate(s: dict[str, Any] | None) -> str:
     if not s or not s.get("tokens_per_s"):
         return "[dim]unknown[/]"
-    return ("≤ " if s["upper_bound"] else "") + f"{_rate(s['tokens_per_s'])} ({s['tp']}×{s['pp']})"
+    from ..report.table import fmt_rate
+    return (("≤ " if s["upper_bound"] else "") +
+            f"{fmt_rate(s['tokens_per_s'])} ({s['tp']}×{s['pp']})")
 
 
 def _print_projection(step: Step, projs, source: str, floor: float) -> None:
     from rich.markup import escape
     from rich.table import Table
-    from ..report.table import console, fmt_bytes, fmt_time, plain
+    from ..report.table import console, fmt_bytes, fmt_rate, fmt_time, plain
     c = step.model
     act = step.bytes - step.weight_bytes - step.kv_bytes
     res = step.resident()
@@ -202,7 +200,7 @@ def _print_projection(step: Step, projs, source: str, floor: float) -> None:
                   fmt_time(p.mem_time_s) if p.mem_time_s else unk,
                   fmt_time(p.compute_time_s) if p.compute_time_s else unk,
                   {"memory": "memory", "memory?": "memory?", "compute": "[cyan]compute[/]"}.get(p.bound, unk),
-                  _rate(p.tokens_per_s) if p.tokens_per_s else unk,
+                  fmt_rate(p.tokens_per_s) if p.tokens_per_s else unk,
                   f"{p.capacity_gb:g}{sram}" if p.capacity_gb else unk,
                   str(p.chips_needed) if p.chips_needed else "[red]none[/]" if none_holds else unk,
                   "[dim]-[/]" if none_holds else _split_rate(p.split))
@@ -254,7 +252,7 @@ SPLIT_DROPS = ("hops", "of which floors", "all-reduces", "kernels", "GB a chip",
 def _print_splits(step: Step, rows, from_records: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
-    from ..report.table import console, fit_columns, fmt_time, plain
+    from ..report.table import console, fit_columns, fmt_rate, fmt_time, plain
     unk = "[dim]unknown[/]"
     cols = [(col, "left" if col == "chip" else "right") for col in (
         "chip", "tp", "pp", "chips", "GB a chip", "holds", "kernels", "of which floors",
@@ -270,8 +268,8 @@ def _print_splits(step: Step, rows, from_records: bool = False) -> None:
                       fmt_time(s.collective_time_s) if s.collective_time_s is not None else unk,
                       fmt_time(s.hop_time_s) if s.hop_time_s is not None else unk,
                       fmt_time(s.step_time_s) if s.step_time_s else unk,
-                      ub + _rate(s.tokens_per_s) if s.tokens_per_s else unk,
-                      ub + _rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk])
+                      ub + fmt_rate(s.tokens_per_s) if s.tokens_per_s else unk,
+                      ub + fmt_rate(s.batch_tokens_per_s) if s.batch_tokens_per_s else unk])
     out = console()
     shown = [[c if isinstance(c, Text) else Text.from_markup(c).plain for c in r] for r in cells]
     keep, cut = fit_columns(cols, shown, SPLIT_DROPS, out.width)

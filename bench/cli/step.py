@@ -206,8 +206,8 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
     from rich.table import Table
     from rich.text import Text
     from ..report.plot import pct_bar
-    from ..report.table import (console, fmt_bytes, fmt_time, plain, shape_text, title_text,
-                                 word_width)
+    from ..report.table import (console, fmt_bytes, fmt_rate, fmt_time, plain, shape_text,
+                                 title_text, word_width)
     step: Step = args.model_step
     s = step_summary(step, records, roof.gbps)
     if as_json:
@@ -243,14 +243,14 @@ def print_step(args, records: list[dict[str, Any]], roof, as_json: bool = False,
     bound = s["bound_step_s"]
     out.print(f"bandwidth bound here: the timed kernels' {fmt_bytes(step.kernel_bytes)}/step ÷ "
               f"measured roof {roof.gbps:.1f} GB/s = {fmt_time(bound)}/step → "
-              f"{s['bound_tokens_per_s']:.3g} tok/s")
+              f"{fmt_rate(s['bound_tokens_per_s'])} tok/s")
     if s["missing"]:
         why = [f"{not_run}: {', '.join(s['not_run'])}"] if s["not_run"] else []
         why += [f"no ok impl: {', '.join(s['none_ok'])}"] if s["none_ok"] else []
         out.print(Text(f"measured step: unknown — {'; '.join(why)}", style="red"))
     else:
         out.print(f"measured kernel-only step: {fmt_time(s['measured_step_s'])} → "
-                  f"[bold]{s['measured_tokens_per_s']:.3g} tok/s[/] (batch {step.batch}; "
+                  f"[bold]{fmt_rate(s['measured_tokens_per_s'])} tok/s[/] (batch {step.batch}; "
                   f"{s['pct_of_bound']:.0f}% of the bandwidth bound)")
     out.print("[dim]kernel-only: each kernel timed cold in isolation, summed over calls/step; "
               "embedding lookup, norms, RoPE, residual adds and sampling are not timed; their "

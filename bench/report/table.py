@@ -60,6 +60,12 @@ def fmt_gbps(x: float | None) -> str:
     return f"{x:.2g}" if 0 < x < 0.05 else f"{x:.1f}"
 
 
+def fmt_rate(x: float) -> str:
+    """A rate (tok/s): whole with thousands separators from 100 up ("1,234", never "1.23e+03"),
+    three significant digits below."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def shape_text(shape: dict[str, Any]) -> str:
     """`M=1, N=6144, K=4096`: a table's shape cell, a space after each comma so that a narrow
     column wraps between fields, never inside one (folded, "N=6144" reads "N=61" over "44")."""

@@ -183,3 +183,16 @@ def test_a_model_steps_shapes_fold_between_fields_never_cut(columns, capsys, mon
     fields = [f for c in cells for f in c.replace(",", " ").split()]
     assert all(re.fullmatch(r"[A-Za-z_]+=\d+", f) for f in fields), cells
     assert "group_size=128" in fields and "N=128256" in fields, cells
+
+
+def test_a_model_steps_rate_past_a_thousand_reads_whole(capsys, monkeypatch):
+    """A small model's bandwidth bound on a fast roof passes 1000 tok/s: "1.23e+03 tok/s" is no
+    way to print it; project's tables print "1,234", and so does the step."""
+    from types import SimpleNamespace
+    from bench.cli.step import build_step, print_step
+    monkeypatch.setenv("COLUMNS", "200")
+    args = SimpleNamespace(model="llama-3-8b", batch=None, ctx=256, weights="int4", kv=None)
+    args.model_step = build_step(args)
+    print_step(args, [], SimpleNamespace(gbps=20000.0))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "bandwidth bound here" in x)
+    assert "e+" not in line and re.search(r"→ \d{1,3}(,\d{3})+ tok/s", line), line
