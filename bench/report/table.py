@@ -54,10 +54,13 @@ def fmt_num(x: float | None, nd: int = 1, suffix: str = "") -> str:
 
 def fmt_gbps(x: float | None) -> str:
     """GB/s to 0.1, but a rate that would round to 0.0 to two significant digits: a CPU
-    all-reduce of 8 KiB moves 0.018 GB/s, and "0.0" reads as nothing moved."""
+    all-reduce of 8 KiB moves 0.018 GB/s, and "0.0" reads as nothing moved. Written out in
+    decimals, as the column's other rates are: under 1e-4 (a few bytes reduced across ranks),
+    `:.2g` alone gives "1.6e-05"."""
     if x is None:
         return "-"
-    return f"{x:.2g}" if 0 < x < 0.05 else f"{x:.1f}"
+    from decimal import Decimal
+    return format(Decimal(f"{x:.2g}"), "f") if 0 < x < 0.05 else f"{x:.1f}"
 
 
 def fmt_rate(x: float) -> str:

@@ -39,6 +39,12 @@ def test_a_rate_under_0_05_gb_s_is_not_shown_as_nothing():
     assert _row({**REC, "achieved_gbps": 0.06})[7] == "0.1"
 
 
+def test_a_rate_under_1e_4_gb_s_is_written_in_decimals():
+    """8 bytes all-reduced in 500 µs: 1.6e-05 GB/s, which `:.2g` writes in exponent form."""
+    assert _row({**REC, "achieved_gbps": 8 / 500e-6 / 1e9})[7] == "0.000016"
+    assert _row({**REC, "achieved_gbps": 0.0496})[7] == "0.05"
+
+
 def test_times_in_their_units():
     assert fmt_time(2.5e-6) == "2.5 µs"
     assert fmt_time(2.5e-4) == "250.0 µs"
