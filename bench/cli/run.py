@@ -636,7 +636,7 @@ def add_parser(sub) -> None:
     r.add_argument("--backend", help="cpu | cuda | xla (default: cuda if present, else cpu)")
     r.add_argument("--suite", help="named suite (default: decode); see `decodewall run --list`")
     r.add_argument("--op", help="one op instead of a suite, at the --shape given, else at its "
-                   "smoke suite shapes (tiny, several dtypes)")
+                   "smoke suite shapes (tiny; one or two dtypes)")
     r.add_argument("--shape", action="append", metavar="K=V,...",
                    help="shape for --op, e.g. M=1,N=4096,K=4096 (repeatable)")
     r.add_argument("--dtype", action="append", help="input dtype(s): bfloat16, float16, float32")

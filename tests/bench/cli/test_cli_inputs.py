@@ -587,3 +587,6 @@ def test_op_alone_runs_its_smoke_shapes_and_help_says_so():
     out = run_cli("run", "--help")
     assert out.returncode == 0
     assert "smoke suite shapes" in " ".join(out.stdout.split())
+    # copy, read and allreduce smoke in fp32 alone, paged_attention_kv8 in bf16 alone
+    dtypes = {len({dt for _, dt in op.smoke}) for op in OPS.values()}
+    assert dtypes == {1, 2} and "several dtypes" not in " ".join(out.stdout.split())
