@@ -42,6 +42,12 @@ def roof_note(pct: Any, judged: str = "each % of roof high") -> str | None:
             f"quiet machine")
 
 
+def notes(records: list[dict[str, Any]]) -> list[str]:
+    """The lines `run` ends with about a shared CPU, for these records (none on a quiet one):
+    `show` and `compare` print the same of the records they show."""
+    return [n for n in (contention_note(records), roof_contention_note(records)) if n]
+
+
 def roof_contention_note(records: list[dict[str, Any]]) -> str | None:
     """roof_note for the roof readings the timed cases were judged against (each record's
     roof_contention_pct)."""

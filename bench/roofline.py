@@ -23,6 +23,7 @@ from kernels import OPS, Impl, dtype_name, parse_dtype, rel_err
 from kernels.probes.ops import MATVEC_COLS
 
 from .case import make_inputs
+from .contention import CONTENTION_KEYS
 from .heap import keep_freed_memory, release_freed_memory
 from .results import IN_CACHE
 from .timing import BUDGETS, Budget, Stats, measure
@@ -94,10 +95,9 @@ def _measure(backend: Backend, call: Callable[[int], Any], n_sets: int, budget: 
 
 def _watched(take: Callable[[], T]) -> tuple[T, float | None]:
     """take()'s result, and the largest share of any of its timing windows during which other
-    tasks waited for the CPU or the hypervisor took it (the CPU backend's CONTENTION_KEYS; None
+    tasks waited for the CPU or the hypervisor took it (the records' CONTENTION_KEYS; None
     where no timing says): a probe timed beside another busy process reads low, and every
     case's % of roof then reads high, however tight the probe's spread."""
-    from backends.cpu import CONTENTION_KEYS
     seen: list[dict[str, Any]] = []
     token = _TIMINGS.set(seen)
     try:

@@ -193,12 +193,11 @@ def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],
                       more: dict[str, list[list[dict[str, Any]]]]) -> None:
     """run's notes on a shared CPU, for each side whose runs have one: a case timed while other
     work waited for the CPU can read faster or slower for that alone."""
-    from ..contention import contention_note, roof_contention_note
+    from ..contention import notes
     for side, runs in (("A", [a, *more["A"]]), ("B", [b, *more["B"]])):
         recs = [r for rs in runs for r in rs]
-        for note in (contention_note(recs), roof_contention_note(recs)):
-            if note:
-                print(one_line(f"decodewall: note: {side}: {note}"), file=sys.stderr)
+        for note in notes(recs):
+            print(one_line(f"decodewall: note: {side}: {note}"), file=sys.stderr)
 
 
 def add_parser(sub) -> None:

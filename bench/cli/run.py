@@ -15,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..contention import contention_note, roof_contention_note
+from ..contention import notes as contention_notes
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
@@ -498,9 +498,8 @@ def command(args) -> int:
         print(f"results: {one_line(str(writer.path))}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
-    for busy in (contention_note(records), roof_contention_note(records)):
-        if busy:
-            print(f"decodewall: note: {busy}", file=sys.stderr)
+    for busy in contention_notes(records):
+        print(f"decodewall: note: {busy}", file=sys.stderr)
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1
     if failed:

@@ -93,7 +93,7 @@ def result_files(paths: list[str]) -> list[str]:
 
 
 def command(args) -> int:
-    from ..contention import contention_note, roof_contention_note
+    from ..contention import notes
     from ..report.precision import precision_table
     from ..report.table import console, plain, printable_record, results_table, run_title
     from ..results import dumps
@@ -130,9 +130,8 @@ def command(args) -> int:
         if precision is not None:
             out.print(precision)
         # what `run` said at its end about the CPU it shared, said again of the records shown
-        for note in (contention_note(kept), roof_contention_note(kept)):
-            if note:
-                print(one_line(f"decodewall: note: {note}"), file=sys.stderr)
+        for note in notes(kept):
+            print(one_line(f"decodewall: note: {note}"), file=sys.stderr)
     return 0
 
 
