@@ -11,9 +11,9 @@ and counting it happen together or not at all.
 Python runs a signal's handler wherever the main thread is, including inside a garbage
 collector callback (jax installs one), a `__del__` or a weakref callback, where an exception
 cannot propagate: Python prints it as "Exception ignored" and drops it. `handled()` catches that
-through `sys.unraisablehook` and delivers the signal again a moment later, when the main thread
-has left the callback, so the stop is neither lost nor shown as a traceback (unless the block
-ends first, within REDELIVER_S: the command has then finished).
+through `sys.unraisablehook` and delivers the signal again every REDELIVER_S from another thread
+until the main thread takes it outside a callback, so the stop is neither lost nor shown as a
+traceback (unless the block ends first: the command has then finished).
 """
 from __future__ import annotations
 
@@ -44,10 +44,13 @@ class _State:
     depth = 0                  # deferred() blocks open
     pending: int | None = None  # a signal that landed in one, raised when the last ends
     raised = False             # the first signal has been raised: later ones are ignored
-    redeliver: int | None = None  # a signal a callback swallowed, about to be delivered again
+    redeliver: int | None = None  # a signal a callback swallowed, to be delivered again
+    in_hook = False            # the main thread is in _unraisable: a handler there raises nothing
+    redelivering = False       # a _redeliver thread is running (one at a time)
 
 
 _state = _State()
+_redelivery = threading.Lock()  # `redeliver` read and cleared together with interrupt_main
 
 
 def signal_of(e: BaseException) -> int:
@@ -69,7 +72,7 @@ def describe(signum: int) -> str:
 
 
 def _handle(signum: int, frame: Any) -> None:
-    if _state.raised:
+    if _state.raised or _state.in_hook:  # in the hook a raise is lost: the thread delivers again
         return
     _state.redeliver = None  # this call takes the stop a callback swallowed, if one did
     if _state.depth:
@@ -80,29 +83,43 @@ def _handle(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-REDELIVER_S = 0.01  # a callback that swallowed the interrupt has returned by then
+REDELIVER_S = 0.01  # how often a swallowed stop is delivered again until it is taken
 
 
-def _redeliver(signum: int) -> None:
-    time.sleep(REDELIVER_S)
-    if _state.redeliver == signum:  # not taken meanwhile, nor its handled() block left
-        # Python's handler runs in the main thread at its next bytecode; where the signal has
-        # no Python handler any more (the block left), this does nothing: never SIG_DFL's kill
-        _thread.interrupt_main(signum)
+def _redeliver() -> None:
+    """Deliver the swallowed stop again every REDELIVER_S until the main thread takes it (its
+    handler clears `redeliver` as it raises) or the block ends. One try is not enough: the main
+    thread may still be in the callback, in the hook, or in the next callback (the collector
+    calls each twice a collection), where the handler's exception is lost again."""
+    while True:
+        time.sleep(REDELIVER_S)
+        with _redelivery:
+            signum = _state.redeliver
+            if signum is None:
+                _state.redelivering = False
+                return
+            # Python's handler runs in the main thread at its next bytecode; where the signal
+            # has no Python handler (SIG_DFL, SIG_IGN) this does nothing: never SIG_DFL's kill
+            _thread.interrupt_main(signum)
 
 
 def _unraisable(args: Any, previous: Callable[[Any], Any]) -> None:
     """sys.unraisablehook inside handled(): an Interrupted that a callback swallowed is undone
-    (the state forgets it was raised) and delivered again from another thread, where Python
-    does not run the handler at once: the main thread meets it after the callback. One at a
-    time (the collector calls its callbacks twice a collection). Anything else goes to the
-    hook that was there before."""
+    (the state forgets it was raised) and handed to a thread that delivers it again: Python
+    runs the handler in the main thread, after the callback. A handler that runs in this hook
+    (starting the thread waits, and the thread's signal may already land) raises nothing. Any
+    other exception goes to the hook that was there before."""
     if isinstance(args.exc_value, Interrupted) and _state.raised:
-        _state.raised = False
-        if _state.redeliver is None:
-            _state.redeliver = args.exc_value.signum
-            threading.Thread(target=_redeliver, args=(args.exc_value.signum,),
-                             daemon=True).start()
+        _state.in_hook = True
+        try:
+            _state.raised = False
+            with _redelivery:
+                _state.redeliver = args.exc_value.signum
+                if not _state.redelivering:
+                    _state.redelivering = True
+                    threading.Thread(target=_redeliver, daemon=True).start()
+        finally:
+            _state.in_hook = False
         return
     previous(args)
 
@@ -129,11 +146,16 @@ def handled(exiting: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
+        # a stop still to be delivered again is dropped: the block has ended. No delivery
+        # follows once the lock is let go, and one already made is handled (ignored) by
+        # signal.signal, which runs pending handlers before it changes one
+        _state.raised = True
+        with _redelivery:
+            _state.redeliver = None
         for s, h in before.items():
             signal.signal(s, signal.SIG_IGN if exiting else h if h is not None else
                           signal.SIG_DFL)
         sys.unraisablehook = hook
-        # a stop still to be delivered again is dropped: the block ended within REDELIVER_S
         _state.depth, _state.pending, _state.raised, _state.redeliver = saved
 
 
