@@ -486,6 +486,9 @@ def command(args) -> int:
     except OutputError as e:  # the table's stdout refused it: the file is whole, and said
         discard_stdout()
         cut = cut or (f"cannot write the output: {e}", EXIT_FAILED)
+    if cut is not None or stopped is not None:  # the kept cases were timed on a shared CPU too
+        for busy in contention_notes(records):
+            print(f"decodewall: note: {busy}", file=sys.stderr)
     if cut is not None:
         kept = _kept(writer, records) if writer.count or writer.path is None else "nothing saved"
         print(f"decodewall: {'' if cut[1] == EXIT_BROKEN_PIPE else 'error: '}{cut[0]}; {kept}",

@@ -229,7 +229,8 @@ def test_a_signal_during_a_hang_kills_the_worker_at_once_and_keeps_finished_case
     (f,) = out.iterdir()
     assert [json.loads(x)["impl"] for x in f.read_text().splitlines()] == ["torch_matmul"]
     word = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    assert err.splitlines() == [f"decodewall: {word}; 1 finished case(s) kept in {f}"], err
+    said = [x for x in err.splitlines() if "waited for the CPU" not in x]  # a busy CPU's notes
+    assert said == [f"decodewall: {word}; 1 finished case(s) kept in {f}"], err
     assert "torch_matmul" in stdout and "Traceback" not in stdout + err  # the table
     started = [int(line.split()[1]) for line in pids.read_text().splitlines()]
     # SIGKILLed with their group before the CLI exited; on a busy machine the kernel may take a

@@ -697,7 +697,7 @@ def test_ctrl_c_during_the_roof_measured_after_the_cases_is_an_interrupt(capsys,
         kept = f"1 finished case(s) kept in {f}"
     else:
         kept = "1 finished case(s) shown, none saved (--no-save)"
-    assert captured.err.splitlines() == [f"decodewall: interrupted; {kept}"]
+    assert said(captured.err) == [f"decodewall: interrupted; {kept}"]
 
 
 def test_the_cases_said_kept_are_the_files_lines(capsys, monkeypatch, tmp_path):
@@ -719,7 +719,7 @@ def test_the_cases_said_kept_are_the_files_lines(capsys, monkeypatch, tmp_path):
     assert main(argv) == 130
     (f,) = out.iterdir()
     assert len(f.read_text().splitlines()) == 1
-    assert capsys.readouterr().err.splitlines() == [
+    assert said(capsys.readouterr().err) == [
         f"decodewall: interrupted; 1 finished case(s) kept in {f}"]
 
 
@@ -767,7 +767,7 @@ def test_a_full_disk_at_the_first_record_leaves_no_file(capsys, monkeypatch, tmp
     argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "quick", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 1
-    (line,) = capsys.readouterr().err.splitlines()
+    (line,) = said(capsys.readouterr().err)
     assert line.startswith("decodewall: error: cannot write ") and \
         line.endswith(": No space left on device; nothing saved")
     assert list(out.iterdir()) == []
@@ -828,7 +828,7 @@ def test_a_results_file_the_disk_will_not_create_is_one_line(capsys, monkeypatch
             "--no-progress"]
     assert main(argv) == 1
     captured = capsys.readouterr()
-    (line,) = captured.err.splitlines()
+    (line,) = said(captured.err)
     assert line.startswith(f"decodewall: error: cannot create {out}/") and \
         line.endswith(": Disk quota exceeded; nothing saved")
     assert captured.out == "" and list(out.iterdir()) == []
@@ -1017,7 +1017,7 @@ def test_a_signal_after_the_cases_while_the_run_closes_or_prints_keeps_them(caps
     assert main(argv) == 130
     (f,) = out.iterdir()
     assert len(f.read_text().splitlines()) == 1
-    assert capsys.readouterr().err.splitlines() == [
+    assert said(capsys.readouterr().err) == [
         f"decodewall: interrupted; 1 finished case(s) kept in {f}"]
 
 
@@ -1081,8 +1081,28 @@ def test_sigterm_and_sighup_end_a_run_as_ctrl_c_does(capsys, monkeypatch, tmp_pa
         assert main(argv) == status
     finally:
         signal.signal(sig, before)
-    assert capsys.readouterr().err.splitlines() == [
-        f"decodewall: {said}; 1 finished case(s) shown, none saved (--no-save)"]
+    lines = [x for x in capsys.readouterr().err.splitlines() if "waited for the CPU" not in x]
+    assert lines == [f"decodewall: {said}; 1 finished case(s) shown, none saved (--no-save)"]
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_run_still_says_its_kept_cases_shared_the_cpu(capsys, monkeypatch, in_process,
+                                                                sig, status):
+    """The cases a stopped run keeps and shows were timed like any others: the notes about a
+    shared CPU come with them, before the line that says what was kept."""
+    import backends.cpu
+    import bench.roofline as rl
+    monkeypatch.setattr(backends.cpu.ContentionSampler, "stop", lambda self, calls, timed_s: {
+        "cpu_pressure_pct": 45.0, "cpu_steal_pct": 0.0})
+    monkeypatch.setattr(rl, "measure_bandwidth", lambda *a, **k: signal.raise_signal(sig) or 10.0)
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--budget", "normal", "--no-progress",
+            "--no-save"]
+    assert main(argv) == status
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(
+        "decodewall: note: 1 of 1 timed case(s) ran while other tasks waited for the CPU"), lines
+    assert all(x.startswith("decodewall: note: ") for x in lines[:-1])  # the roof's note too
+    assert lines[-1].endswith("; 1 finished case(s) shown, none saved (--no-save)")
 
 
 def test_json_records_go_to_stdout_while_the_progress_bar_is_on_a_terminal(capsys, monkeypatch):
