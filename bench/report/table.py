@@ -16,11 +16,13 @@ from ..results import in_cache, suspect
 
 
 def fmt_time(s: float | None) -> str:
+    """µs to one decimal, ms to two, s to two; a time that rounds up to 1000 of a unit (999.96
+    µs) reads in the unit above ("1.00 ms", not "1000.0 µs")."""
     if s is None:
         return "-"
-    if s < 1e-3:
+    if round(s * 1e6, 1) < 1000:
         return f"{s * 1e6:.1f} µs"
-    if s < 1:
+    if round(s * 1e3, 2) < 1000:
         return f"{s * 1e3:.2f} ms"
     return f"{s:.2f} s"
 
@@ -30,7 +32,7 @@ def fmt_spread(s: float | None) -> str:
     of tens of ns, or a CPU call's, at fmt_time's 0.1 µs would read "0.0 µs", no spread at all."""
     if s is None:
         return "-"
-    return f"{s * 1e9:.0f} ns" if s < 1e-6 else fmt_time(s)
+    return f"{s * 1e9:.0f} ns" if round(s * 1e9) < 1000 else fmt_time(s)
 
 
 def fmt_bytes(n: float | None) -> str:

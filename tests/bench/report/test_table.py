@@ -86,6 +86,15 @@ def test_a_unit_starts_at_its_own_boundary():
     assert fmt_time(1e-3) == "1.00 ms" and fmt_time(1.0) == "1.00 s"
 
 
+def test_a_time_that_rounds_to_a_thousand_reads_in_the_unit_above():
+    """999.96 µs printed as "1000.0 µs", 999.6 ns as "1000 ns": the unit above says it in
+    fewer digits, as the column's other rows do."""
+    from bench.report.table import fmt_spread, fmt_time
+    assert fmt_time(999.96e-6) == "1.00 ms" and fmt_time(999.94e-6) == "999.9 µs"
+    assert fmt_time(0.999996) == "1.00 s" and fmt_time(0.99994) == "999.94 ms"
+    assert fmt_spread(999.6e-9) == "1.0 µs" and fmt_spread(999.4e-9) == "999 ns"
+
+
 def test_a_shape_reads_in_its_fields_order():
     """M, N, K as the op names them, not sorted."""
     from bench.report.table import shape_text
