@@ -903,9 +903,15 @@ def _roofline(ax, recs: list[dict[str, Any]], ncol: int, style: Style):
         ax.plot(x, y, color="C3", lw=2, label=f"measured roof {rf['roof_gbps']:.1f} GB/s"
                 + (f", {rf['roof_tflops']:.3g} TFLOP/s" if rf["roof_tflops"] else "")
                 + (f" ({', '.join(top)})" if lower else "") + spread)
+        # dtypes judged against one rate (fp16 and fp32 on a CPU without native fp16, whose
+        # fp16 matmul runs in fp32) share one line, not two drawn over each other
+        shared: dict[str, list[str]] = {}
         for dt, tf in sorted(lower.items()):
-            ax.plot(x, np.minimum(x * rf["roof_gbps"] / 1e3, tf), color="C3", lw=1.2, ls=":",
-                    label=f"measured roof, {dt}: {tf:.3g} TFLOP/s")
+            shared.setdefault(f"{tf:.3g}", []).append(dt)
+        for rate, dts in shared.items():
+            ax.plot(x, np.minimum(x * rf["roof_gbps"] / 1e3, max(lower[d] for d in dts)),
+                    color="C3", lw=1.2, ls=":",
+                    label=f"measured roof, {', '.join(dts)}: {rate} TFLOP/s")
     if rf["datasheet_gbps"]:
         y = x * rf["datasheet_gbps"] / 1e3
         if rf["datasheet_tflops"]:
