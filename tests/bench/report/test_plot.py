@@ -395,44 +395,42 @@ def test_roofline_draws_no_empty_panel(results, tmp_path):
     plt.close(fig)
 
 
+def _measured_roofs(recs):
+    """The roofline's measured roof lines: label -> the line's top (its compute rate)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from bench.report.plot import roofline_figure
+    fig = roofline_figure(recs)
+    ax = next(a for a in fig.axes if "roofline" in a.get_title())
+    roofs = {ln.get_label(): max(ln.get_ydata()) for ln in ax.lines
+             if ln.get_label().startswith("measured roof")}
+    plt.close(fig)
+    return roofs
+
+
+_BF16 = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "a", 2e-4, ridge=20.0)
+_FP32 = {**record("gemv_bf16", {"M": 8, "N": 1024, "K": 1024}, "a", 2e-3, ridge=2.0),
+         "dtype": "float32"}
+
+
 def test_roofline_draws_each_dtypes_compute_roof():
     """A CPU with AVX512-BF16 judged the smoke suite's bf16 cases against 0.206 TFLOP/s and its
     fp32 ones against 0.099 (ridge 3.5): drawn at the best rate alone, an fp32 GEMV at 5.1 FLOP/B
     the run called compute-bound sat under the roof's memory slope."""
-    pytest.importorskip("matplotlib")
-    import matplotlib.pyplot as plt
-    from bench.report.plot import roofline_figure
-    bf16 = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "a", 2e-4, ridge=20.0)
-    fp32 = {**record("gemv_bf16", {"M": 8, "N": 1024, "K": 1024}, "a", 2e-3, ridge=2.0),
-            "dtype": "float32"}
-    fig = roofline_figure([bf16, fp32])
-    ax = next(a for a in fig.axes if "roofline" in a.get_title())
-    roofs = {ln.get_label(): max(ln.get_ydata()) for ln in ax.lines
-             if ln.get_label().startswith("measured roof")}
-    assert roofs == {"measured roof 10.0 GB/s, 0.2 TFLOP/s (bf16)": pytest.approx(0.2),
-                     "measured roof, fp32: 0.02 TFLOP/s": pytest.approx(0.02)}
-    plt.close(fig)
+    assert _measured_roofs([_BF16, _FP32]) == {
+        "measured roof 10.0 GB/s, 0.2 TFLOP/s (bf16)": pytest.approx(0.2),
+        "measured roof, fp32: 0.02 TFLOP/s": pytest.approx(0.02)}
 
 
 def test_dtypes_judged_against_one_rate_share_one_compute_roof():
     """A CPU without native fp16 runs an fp16 matmul in fp32: both dtypes are judged against
     fp32's rate, and their roofs are one dotted line naming both, not two drawn over each
     other with two entries in the key."""
-    pytest.importorskip("matplotlib")
-    import matplotlib.pyplot as plt
-    from bench.report.plot import roofline_figure
-    bf16 = record("gemv_bf16", {"M": 1, "N": 1024, "K": 1024}, "a", 2e-4, ridge=20.0)
-    fp32 = {**record("gemv_bf16", {"M": 8, "N": 1024, "K": 1024}, "a", 2e-3, ridge=2.0),
-            "dtype": "float32"}
     fp16 = {**record("gemv_bf16", {"M": 4, "N": 1024, "K": 1024}, "a", 2e-3, ridge=2.0),
             "dtype": "float16"}
-    fig = roofline_figure([bf16, fp32, fp16])
-    ax = next(a for a in fig.axes if "roofline" in a.get_title())
-    roofs = {ln.get_label(): max(ln.get_ydata()) for ln in ax.lines
-             if ln.get_label().startswith("measured roof")}
-    assert roofs == {"measured roof 10.0 GB/s, 0.2 TFLOP/s (bf16)": pytest.approx(0.2),
-                     "measured roof, fp16, fp32: 0.02 TFLOP/s": pytest.approx(0.02)}
-    plt.close(fig)
+    assert _measured_roofs([_BF16, _FP32, fp16]) == {
+        "measured roof 10.0 GB/s, 0.2 TFLOP/s (bf16)": pytest.approx(0.2),
+        "measured roof, fp16, fp32: 0.02 TFLOP/s": pytest.approx(0.02)}
 
 
 def _overlaps(boxes):
