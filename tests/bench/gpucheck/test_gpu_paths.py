@@ -278,13 +278,20 @@ def test_a_check_interrupted_during_a_step_leaves_none_of_its_processes(tmp_path
 
     from bench.gpucheck.proc import run_proc, run_procs
 
-    def stop(signum, frame):
-        raise _Stop()
-
     pid_files = [tmp_path / f"pid{i}" for i in range(2 if many else 1)]
+    stopped = []
+
+    def stop(signum, frame):
+        # once, and only once each step has started its child: on a busy machine a bash may not
+        # have written its pid a second after it was started, and a group killed before then is
+        # no test of the children. Until then the timer fires again (the step's box is 60 s).
+        if not stopped and all(p.exists() and p.read_text().strip() for p in pid_files):
+            stopped.append(True)
+            raise _Stop()
+
     cmds = [["bash", "-c", f"sleep 60 & echo $! > {p}; wait"] for p in pid_files]
     old = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    signal.setitimer(signal.ITIMER_REAL, 1.0, 0.1)
     try:
         with open(tmp_path / "log", "w") as log, pytest.raises(_Stop):
             if many:
