@@ -121,10 +121,15 @@ def test_busy_processes_beside_the_window_show(tmp_path):
     this machine's: only the direction is held.)"""
     cpu = min(os.sched_getaffinity(0))
     before = os.sched_getaffinity(0)
-    hog = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
-    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(2)]
+    hog = f"import os; os.sched_setaffinity(0, {{{cpu}}}); print(flush=True)\nwhile True: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog], stdout=subprocess.PIPE)
+            for _ in range(2)]
     try:
         os.sched_setaffinity(0, {cpu})
+        # the window opens once both spin on the CPU: a fixed wait after their start may end
+        # before a busy machine has started them
+        for h in hogs:
+            assert h.stdout.readline() == b"\n", "a busy process did not start"
         time.sleep(0.3)
         sm = ContentionSampler()
         sm.start()
@@ -137,6 +142,7 @@ def test_busy_processes_beside_the_window_show(tmp_path):
         for h in hogs:
             h.kill()
             h.wait()
+            h.stdout.close()
     assert out["cpu_pressure_pct"] is not None and out["cpu_pressure_pct"] > 10.0
 
 
