@@ -21,14 +21,25 @@ SELECTION = ["tests/kernels/gemv/test_w8.py", "tests/kernels/gemv/test_w4.py",
              "-k", "simd or tiled or read_probe or c_kernel"]
 
 
+def _cc_lib(cc: str, name: str) -> str | None:
+    r = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
+    path = r.stdout.strip()
+    return path if r.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
 def asan_runtime() -> str | None:
-    """The compiler's ASan runtime library, or None where it has none."""
+    """What to preload: the compiler's ASan runtime, then its libstdc++ where it has one, or None
+    where it has no ASan runtime. ASan looks up the real `__cxa_throw` as it starts; Python does
+    not link libstdc++, so without it preloaded the lookup finds nothing, and the first C++
+    exception thrown (Triton 3.8's libtriton throws and catches one as it is imported) stops the
+    process with a CHECK failure."""
     cc = shutil.which("cc")
     if cc is None:
         return None
-    r = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True)
-    path = r.stdout.strip()
-    return path if r.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+    asan = _cc_lib(cc, "libasan.so")
+    if asan is None:
+        return None
+    return " ".join(p for p in (asan, _cc_lib(cc, "libstdc++.so")) if p)
 
 
 def test_c_kernels_pass_their_tests_under_addresssanitizer(tmp_path):
