@@ -108,13 +108,14 @@ MATVEC_COLS = 4096  # a row of the matrix the matvec probe reads src as
 
 @register_impl("read", "torch_matvec", backends=("xla",), kind="torch", dtypes=(F32,))
 def torch_matvec(src: torch.Tensor) -> torch.Tensor:
-    """src read as the rows of a [N/4096, 4096] matrix times a vector of ones, the row sums then
-    summed: one pass over src, meant to stream as a GEMV streams its weights. XLA:CPU (jax
-    0.10.2) folds the product with the constant vector into a reduce, so there it is torch_sum's
-    program; a compiler that keeps the dot measures the matrix-vector path."""
+    """src read as the rows of a [N/4096, 4096] matrix times a [4096, 1] matrix of ones, the
+    row sums then summed: one pass over src, streamed by XLA's dot as a GEMV's weights are.
+    The ones are a matrix, not a vector: torchax lowers a matrix times a vector into a multiply
+    and a reduce, which XLA:CPU (jax 0.10.2) folds with the constant ones into torch_sum's
+    single reduce; a matrix product stays a dot."""
     if src.numel() % MATVEC_COLS:
         raise NotImplementedError(f"N={src.numel()} is not a multiple of {MATVEC_COLS}")
-    ones = torch.ones(MATVEC_COLS, dtype=src.dtype, device=src.device)
+    ones = torch.ones(MATVEC_COLS, 1, dtype=src.dtype, device=src.device)
     return (src.reshape(-1, MATVEC_COLS) @ ones).sum(dtype=torch.float32)
 
 

@@ -201,6 +201,23 @@ def test_torchax_imports_through_the_shim(xla):
 
 
 @pytest.mark.xla
+def test_the_matvec_read_probe_compiles_to_a_dot_not_the_sum_probes_reduce(xla):
+    """torch_matvec is there to read memory as XLA's GEMVs do, through a dot: a reduce alone
+    reads slower, and a roof taken from it put XLA's own GEMVs above the roof. Its product
+    with ones written as a matrix times a vector compiled to torch_sum's one reduce."""
+    from kernels import OPS
+    with xla.session():
+        src = torch.rand(8 * 4096).to(xla.device())
+
+    def hlo(fn):
+        return xla.wrap(fn)._jit.lower((("t", None),), src.jax()).compile().as_text()
+    matvec, total = (OPS["read"].impls[n].fn for n in ("torch_matvec", "torch_sum"))
+    assert " dot(" in hlo(matvec) and " dot(" not in hlo(total)
+    assert float(xla.to_host(xla.wrap(matvec)(src))) == pytest.approx(
+        float(xla.to_host(src).double().sum()), rel=1e-5)
+
+
+@pytest.mark.xla
 def test_device_info_shows_platform_devices_memory_and_llc(xla):
     from backends.cpu import CPUBackend
     info = xla.device_info()
