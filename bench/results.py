@@ -461,6 +461,12 @@ def in_cache(r: dict[str, Any]) -> bool:
     return (bool(r.get("warm")) and not r.get("cold")) or r.get("verdict") == IN_CACHE
 
 
+def compute_bound(r: dict[str, Any]) -> bool:
+    """A record its run judged past the ridge (`compute-bound`, at the compute roof or below):
+    there a low % of the bandwidth roof is by design, no memory efficiency."""
+    return str(r.get("verdict") or "").startswith("compute-bound")
+
+
 def suspect(r: dict[str, Any]) -> bool:
     """A record the run judged "harness suspect": above the bandwidth roof or the compute roof by
     more than the margin (a cache not defeated, a probe read low, a missing sync). Its time is

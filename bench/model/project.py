@@ -43,7 +43,7 @@ from typing import Any, Iterable
 
 from backends import Chip
 
-from ..results import in_cache, suspect
+from ..results import compute_bound, in_cache, suspect
 from .workload import INT4_GROUP, Kernel, ModelConfig, Resident, Step
 
 PROBES = ("copy", "read")
@@ -386,11 +386,6 @@ def efficiency_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
             if r.get("status") == "ok" and r.get("op") not in PROBES and not in_cache(r)
             and not suspect(r) and not compute_bound(r)
             and (r.get("pct_datasheet") is not None or r.get("pct_roof") is not None)]
-
-
-def compute_bound(r: dict[str, Any]) -> bool:
-    """A record its run judged past the ridge (`compute-bound`, at the compute roof or below)."""
-    return str(r.get("verdict") or "").startswith("compute-bound")
 
 
 def efficiency_from_results(records: Iterable[dict[str, Any]], weights: str = "bf16",

@@ -42,7 +42,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import printable
-from ..results import in_cache
+from ..results import compute_bound, in_cache
 from .table import fmt_gbps, plain, title_text
 
 BATCH_FIELDS = ("M", "B")  # the shape field that is the decode batch
@@ -181,7 +181,7 @@ def bars_table(records: Iterable[dict[str, Any]], title: str | None = None,
                  f"{ai:.3g}" if ai is not None else "-",
                  pct_bar(r.get("pct_roof")) if status == "ok" else
                  status_note(status, r.get("error"))]
-        if status == "ok" and str(r.get("verdict") or "").startswith("compute"):
+        if status == "ok" and compute_bound(r):
             # past the ridge a low % of the bandwidth roof is by design: say how near the
             # compute roof it is, as the PNG's bars do
             pc = r.get("pct_compute")
