@@ -124,16 +124,34 @@ def _compile(cmd: list[str], cc: list[str], doing: str) -> subprocess.CompletedP
         try:
             out, err = p.communicate(timeout=COMPILE_TIMEOUT_S)
         except BaseException as e:
-            for pid in [p.pid, *_descendants(p.pid)]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:  # gone already
-                    pass
+            _kill_tree(p.pid)
             if not isinstance(e, subprocess.TimeoutExpired):
                 raise
             raise NotImplementedError(f"the C compiler ({shlex.join(cc)}) ran past "
                                       f"{COMPILE_TIMEOUT_S:g} s {doing} and was killed") from None
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process it started. Each is stopped first and the tree listed
+    again until a listing finds none new: a process still running while the others were listed
+    could start one more, which a kill of the listed ones alone would leave running."""
+    stopped: list[int] = []
+    new = [pid]
+    while new:
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+        stopped += new
+        new = [c for c in _descendants(pid) if c not in stopped]
+    for p in stopped:
+        _signal(p, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):  # gone already, or (setuid) not ours to end
+        pass
 
 
 def _descendants(pid: int) -> list[int]:

@@ -550,3 +550,28 @@ def test_a_compiler_dies_with_the_case_worker_that_started_it(tmp_path):
             break
         time.sleep(0.1)
     assert not alive(cc)
+
+
+def test_a_compiler_still_starting_processes_is_killed_with_every_one(tmp_path, monkeypatch):
+    """A timed-out compiler may start a process while its tree is being listed: each process
+    is stopped before the listing that looks for its children, so none it started survives."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    monkeypatch.setattr(cbuild, "COMPILE_TIMEOUT_S", 0.5)
+    pids = tmp_path / "pids"
+    # two levels, each starting a process every few ms (a count between keeps it to ~100):
+    # the driver, and a shell it started
+    spawn = (f"while :; do sleep 1000 & echo $! >> {pids}; i=0; "
+             "while [ $i -lt 3000 ]; do i=$((i + 1)); done; done")
+    cc = wrapper(tmp_path, f"sh -c '{spawn}' &\necho $! >> {pids}\n{spawn}")
+    with pytest.raises(NotImplementedError, match="ran past 0.5 s"):
+        cbuild._compile([cc], [cc], "building")
+    started = [int(p) for p in pids.read_text().split()]
+    for _ in range(50):
+        if not any(alive(p) for p in started):
+            break
+        time.sleep(0.1)
+    left = [p for p in started if alive(p)]
+    for p in left:  # a failure leaves no shell starting processes for good
+        os.kill(p, signal.SIGKILL)
+    assert len(started) > 2 and not left, f"{len(left)} of {len(started)} left running"
