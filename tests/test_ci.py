@@ -33,8 +33,8 @@ def run_ci(tmp_path, fail: str) -> tuple[int, list[str]]:
     return r.returncode, log.read_text().splitlines()
 
 
-@pytest.mark.parametrize("fail", ["install -q -e .[test]", "pytest -q -m slow",
-                                  "install -q -e .[xla]"])
+@pytest.mark.parametrize("fail", ["install -q -e .[test]", "-m slow and not alone",
+                                  "-m slow and alone", "install -q -e .[xla]"])
 def test_ci_stops_at_the_step_that_fails(fail, tmp_path):
     rc, ran = run_ci(tmp_path, fail)
     assert rc != 0, ran
@@ -47,7 +47,9 @@ def test_ci_runs_every_step_when_each_passes(tmp_path):
     _, ran = run_ci(tmp_path, "no step has this")
     assert ran[:-1] == ["python3 -m pip install -q torch==2.13.0",
                         "python3 -m pip install -q -e .[test]", "python3 -m pytest -q -n 2",
-                        "python3 -m pytest -q -m slow", "python3 -m pip install -q -e .[xla]",
+                        "python3 -m pytest -q -n 2 -m slow and not alone",
+                        "python3 -m pytest -q -m slow and alone",
+                        "python3 -m pip install -q -e .[xla]",
                         "python3 -m pytest -q -n 2 -m xla"]
     assert ran[-1].startswith("decodewall run --suite smoke --backend cpu --out "), ran
     assert ran[-1].endswith(" --strict --no-progress"), ran

@@ -620,6 +620,7 @@ def test_a_configs_step_cut_at_its_box_names_what_passed_and_what_was_running(tm
 
 
 @pytest.mark.slow  # every step of the check on the CPU, Triton interpreted: ~1 min
+@pytest.mark.alone
 def test_dry_run_end_to_end(tmp_path):
     from tests.bench.gpucheck.test_peers import fake_peers
     out_dir = tmp_path / "out"
