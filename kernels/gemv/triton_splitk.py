@@ -335,6 +335,7 @@ def triton_gemv_splitk(x: torch.Tensor, w: torch.Tensor,
     if w.dtype != x.dtype:
         raise ValueError(f"w must have x's dtype {x.dtype}, got {w.dtype}")
     _check_batch("triton_gemv_splitk", M, "triton_gemv")
+    check_elements("triton_gemv_splitk", x, w)  # before a copy of a weight it would refuse
     x = x.contiguous()
     w = w.contiguous()
     return _run("triton_gemv_splitk", _bf16_splitk_kernel, x, (w,), (w.stride(0),), N, K, out)

@@ -312,13 +312,21 @@ def test_cuda_tuned_twice(op, name, shape):
     ("gemv_bf16", "triton_gemv"), ("gemv_bf16", "triton_gemv_splitk"),
     ("gemv_w8", "triton_w8"), ("gemv_w8", "triton_w8_splitk"),
     ("gemv_w4", "triton_w4"), ("gemv_w4", "triton_w4_splitk")])
-def test_weights_past_32_bit_offsets_are_refused_not_miscomputed(op_name, impl_name):
+def test_weights_past_32_bit_offsets_are_refused_not_miscomputed(op_name, impl_name,
+                                                                 monkeypatch):
     """The kernels' offsets are 32-bit: a weight of 2^31 elements or more (an expanded view here,
-    no memory) is refused with the reason, before any launch."""
+    no memory) is refused with the reason, before any launch, and before any copy of it (a
+    contiguous copy of this view is 8.6 GB)."""
     from kernels import OPS
     op = OPS[op_name]
     N, K = 2**17, 2**15 + 256  # N·K/2 past 2^31: every format (int4 packs K/2 bytes a row)
     x, *ws = op.make_inputs(op.shape(M=1, N=16, K=K), torch.float16, "cpu", 0)
     big = [w[:1].expand(N, *w.shape[1:]) if isinstance(w, torch.Tensor) else w for w in ws]
+    contiguous = torch.Tensor.contiguous
+
+    def no_big_copy(t, *args, **kwargs):
+        assert t.is_contiguous() or t.numel() < 2**31, "a weight it refuses was copied first"
+        return contiguous(t, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "contiguous", no_big_copy)
     with pytest.raises(NotImplementedError, match="offsets in 32 bits"):
         op.impls[impl_name].fn(x, *big)
