@@ -277,6 +277,12 @@ class CLibrary:
                                       f"this CPU lacks {', '.join(missing)}")
         fl = flags(self.march)
         target = _target(tuple(cc), next(f for f in fl if f.startswith("-march=")))
+        built = {flag for m, flag in ISA_MACROS.items() if f"#define {m} 1" in target}
+        off = [n for n in self.needs if target and n in ISA_MACROS.values() and n not in built]
+        if off:  # a target below what the code needs ($DECODEWALL_MARCH=x86-64): say so, not
+            # the compiler's "inlining failed ... target specific option mismatch"
+            raise NotImplementedError(f"the {self.name} kernels need {', '.join(self.needs)}; "
+                                      f"{self._march_flag(fl)} does not turn on {', '.join(off)}")
         have = have if "-march=native" not in fl else set()  # native: this CPU
         lacks = [m for m, flag in ISA_MACROS.items()
                  if have and f"#define {m} 1" in target and flag not in have]

@@ -233,6 +233,27 @@ def test_for_march_builds_for_that_march(src):
     assert native().has_avx2() == 1 and base().has_avx2() == 0
 
 
+@needs_avx2
+def test_a_target_below_what_the_code_needs_is_a_skip_naming_what_it_leaves_off(src,
+                                                                                monkeypatch):
+    """The CPU has AVX2, but $DECODEWALL_MARCH=x86-64 does not turn it on: code that needs it is
+    refused in one line naming what the target leaves off, not compiled into the compiler's
+    "inlining failed ... target specific option mismatch"."""
+    real_compile = cbuild._compile
+
+    def run(cmd, *a, **kw):
+        assert "-o" not in cmd or cmd[cmd.index("-o") + 1] == os.devnull, "compiled"
+        return real_compile(cmd, *a, **kw)
+    monkeypatch.setattr(cbuild, "_compile", run)
+    base = lib(src, needs=("avx2", "fma", "sse2")).for_march("x86-64")
+    with pytest.raises(NotImplementedError) as e:
+        base()
+    assert str(e.value) == ("the t kernels need avx2, fma, sse2; -march=x86-64 does not turn on "
+                            "avx2, fma")
+    monkeypatch.setattr(cbuild, "_compile", real_compile)
+    assert lib(src, needs=("avx2", "fma")).for_march("x86-64-v3")().has_avx2() == 1
+
+
 def test_openmp_is_used_where_the_compiler_has_it_and_dropped_where_not(src, tmp_path,
                                                                          monkeypatch):
     """The kernels' threads come from OpenMP: a build without it would run on one core and set
