@@ -2,7 +2,11 @@
 
 `-march=native` gives an AVX2 binary on one CPU and an AVX-512 one on another (the compiler
 vectorizes the same C differently): both must be correct wherever either is built. An AVX-512 CPU
-checks both builds here; an AVX2-only CPU checks the one it can run.
+checks both builds here; an AVX2-only CPU checks the ones it can run. The baseline level (plain
+x86-64) builds the GEMVs' and the read probe's portable C, what a CPU without AVX2 and F16C runs
+and what an Arm build compiles (tests/kernels/test_cpu_arm.py runs that one under qemu where a
+cross compiler is installed); the paged attention kernels need AVX2, FMA and F16C and are refused
+there, saying so.
 """
 import os
 import platform
@@ -25,8 +29,9 @@ from tests import helpers
 
 pytestmark = pytest.mark.slow  # every C library compiled again for each level
 
-# cpuinfo flags each level needs (gcc's -march=x86-64-v3 / -v4)
+# cpuinfo flags each level adds to the one before it (gcc's -march=x86-64, -v3, -v4)
 LEVELS = {
+    "x86-64": (),
     "x86-64-v3": ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"),
     "x86-64-v4": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
 }
@@ -65,7 +70,7 @@ def built(request, tmp_path_factory):
     march = request.param
     if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc"):
         pytest.skip("needs an x86-64 CPU and a C compiler")
-    need = LEVELS["x86-64-v3"] + (LEVELS[march] if march == "x86-64-v4" else ())
+    need = [f for lv in list(LEVELS)[:list(LEVELS).index(march) + 1] for f in LEVELS[lv]]
     missing = [f for f in need if f not in cpu_flags()]
     if missing:
         pytest.skip(f"this CPU cannot run {march} code (lacks {', '.join(missing)})")
@@ -79,6 +84,11 @@ def built(request, tmp_path_factory):
     try:
         for mod in (gemv_simd, attention_simd, probes_simd):
             libs[mod] = mod.library.for_march(march)
+            if march == "x86-64" and mod is attention_simd:  # refused before any compile
+                with pytest.raises(NotImplementedError, match="need avx2, fma, f16c; "
+                                   "-march=x86-64 does not turn on avx2, fma, f16c$"):
+                    libs[mod]()
+                continue
             libs[mod]()  # a build that fails here is a fault in the C, not a skip
     finally:
         mp.undo()
@@ -98,6 +108,10 @@ def test_c_kernels_at_each_level(level, dtype):
     for op_name, impl, shape in CASES:
         if dtype not in OPS[op_name].impls[impl].dtypes:
             continue
+        if level == "x86-64" and op_name.startswith("paged_attention"):  # refused at this level
+            with pytest.raises(NotImplementedError, match="does not turn on avx2"):
+                helpers.check_impl(OPS[op_name], impl, shape, dtype, seed=3)
+            continue
         helpers.check_impl(OPS[op_name], impl, shape, dtype, seed=3)
 
 
@@ -112,9 +126,9 @@ def test_the_impls_call_the_level_build(level):
 
 
 def test_tiled_int4_loop_width_follows_the_level(level):
-    """The x86-64-v4 build takes the zmm tile forms of w4_asm.h, the v3 build the ymm ones: the
-    level's flags reach the #if that picks them."""
-    assert gemv_simd.tile_bits() == {"x86-64-v3": 256, "x86-64-v4": 512}[level]
+    """The x86-64-v4 build takes the zmm tile forms of w4_asm.h, the v3 build the ymm ones, the
+    baseline the portable C (0): the level's flags reach the #if that picks them."""
+    assert gemv_simd.tile_bits() == {"x86-64": 0, "x86-64-v3": 256, "x86-64-v4": 512}[level]
 
 
 @pytest.mark.parametrize("unpack", ["cvt", "denormal"])
@@ -122,9 +136,16 @@ def test_tiled_int4_loop_width_follows_the_level(level):
 def test_tiled_int4_unpacks_at_each_level(level, unpack, dtype):
     """Both M = 1 unpacks, forced, through the tiled loop at each level: two K-blocks, pairs of full
     blocks of tiles (two streams), an odd and a short block, rows past the last tile, every group
-    size's span (G = 32 takes two groups a vector)."""
+    size's span (G = 32 takes two groups a vector). The baseline build has no denormal unpack and
+    says so."""
     kbk = 8 * gemv_simd.W4_KBLOCK_WORDS
     op = OPS["gemv_w4"]
+    if level == "x86-64" and unpack == "denormal":
+        x, qw, sc, z, G = op.make_inputs(GemvW4Shape(1, 4, 64, 32), dtype, "cpu", 11)
+        with pytest.raises(NotImplementedError, match="this build has no denormal unpack"):
+            gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw), sc, z, G, tiled=True,
+                              unpack=unpack)
+        return
     for shape in (GemvW4Shape(1, 406, 2 * kbk, 32), GemvW4Shape(1, 262, 2 * kbk, 64),
                   GemvW4Shape(1, 134, kbk, 128), GemvW4Shape(1, 406, 2 * kbk, 256)):
         x, qw, sc, z, G = op.make_inputs(shape, dtype, "cpu", 11)
