@@ -161,6 +161,19 @@ def check_every_config(monkeypatch, module, attr: str, use_dot: bool, check,
     return len(configs)
 
 
+def skip_unless_pk_compiles() -> None:
+    """Skip a test that runs the INT4 PK configs on a GPU whose ptxas refuses their PTX (below
+    sm_90: kernels/gemv/triton_w4.py, PK_MIN_CAPABILITY), where the tuners leave them out."""
+    import pytest
+    import torch
+
+    from kernels.gemv.triton_w4 import PK_MIN_CAPABILITY, pk_compiles
+    if not pk_compiles(torch.empty(0, device="cuda")):
+        have = torch.cuda.get_device_capability()
+        pytest.skip(f"the PK configs' PTX needs compute capability "
+                    f"{'.'.join(map(str, PK_MIN_CAPABILITY))}; this GPU has {have[0]}.{have[1]}")
+
+
 def skip_if_machine_lacks(e: NotImplementedError) -> None:
     """Skip where this machine cannot build or run a C kernel (its CPU lacks the instructions,
     there is no C compiler); re-raise any other NotImplementedError, such as a C build that

@@ -226,10 +226,11 @@ def toolchain() -> str:
     return f"triton {triton.__version__}, ptxas {ptxas}"
 
 
-def compile_sm90(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps: int,
-                 num_stages: int, div16: tuple[str, ...]) -> Any:
-    """Compile a @triton.jit function for sm_90 as a launch with 16-byte aligned pointers and
-    strides would (Triton specializes those; the loads' vector width depends on it)."""
+def compile_sm(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps: int,
+               num_stages: int, div16: tuple[str, ...], sm: int = 90) -> Any:
+    """Compile a @triton.jit function for sm_`sm` (90: H100, H200) as a launch with 16-byte
+    aligned pointers and strides would (Triton specializes those; the loads' vector width
+    depends on it)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -240,7 +241,7 @@ def compile_sm90(fn: Any, types: dict[str, str], const: dict[str, Any], num_warp
     sig = {n: types.get(n, "constexpr") for n in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
     src = ASTSource(fn, sig, const, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+    return triton.compile(src, target=GPUTarget("cuda", sm, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
@@ -378,7 +379,7 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
         weight_types = (_TTGIR_DTYPE[dtype],) if name.startswith("gemv_bf16") else ("i8", "i32")
         for cfg in configs[:first]:
             kw = cfg.kwargs
-            k = compile_sm90(fn, types, {**const, **kw}, cfg.num_warps, cfg.num_stages, aligned)
+            k = compile_sm(fn, types, {**const, **kw}, cfg.num_warps, cfg.num_stages, aligned)
             lines, regs = disassemble(k)
             body = longest_loop(lines) or whole_program(lines)
             # codes a pass: the INT4 tl.dot path takes one group a step, the others BLOCK_K
@@ -420,7 +421,7 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
                         c = {**c0, **cfg.kwargs}
                         what = f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}"
                         try:
-                            k = compile_sm90(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
+                            k = compile_sm(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
                             ok += 1
                         except Exception as e:
                             bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -510,7 +511,7 @@ def compile_attention(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, 
     ok, bad, spills = 0, [], []
     for what, fn, types, const, warps, stages, aligned in attention_variants(dtypes):
         try:
-            k = compile_sm90(fn, types, const, warps, stages, aligned)
+            k = compile_sm(fn, types, const, warps, stages, aligned)
         except Exception as e:
             bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue

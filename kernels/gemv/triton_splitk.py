@@ -40,7 +40,7 @@ from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_
 from .ops import check_w4_args, check_w8_args
 from .triton_common import (GEMV_MAX_M, check_elements, check_weights, output, split_rows_done,
                             split_scratch, without_ptx, words_per_thread)
-from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8
+from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8, pk_compiles
 from .triton_w8 import _codes as _codes8
 
 
@@ -76,9 +76,11 @@ _W8_CONFIGS = _configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2), 
 
 def _pk_runs(cfg: Any, M: int, x: torch.Tensor, K: int, G: int) -> bool:
     """A PK config runs as such at M = 1 with bf16 x on whole chunks of whole groups (the PK
-    step has no masks); elsewhere it would time its PK=0 twin again."""
+    step has no masks), where its PTX compiles (triton_w4.pk_compiles); elsewhere it would time
+    its PK=0 twin again, or fail to compile."""
     bk = cfg.kwargs["BLOCK_K"]
-    return M == 1 and x.dtype == torch.bfloat16 and K % bk == 0 and bk % G == 0
+    return M == 1 and x.dtype == torch.bfloat16 and K % bk == 0 and bk % G == 0 and \
+        pk_compiles(x)
 
 
 def _w4_prune(configs: list, nargs: dict, **kw: Any) -> list:

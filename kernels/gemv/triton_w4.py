@@ -64,10 +64,12 @@ _ALL_CONFIGS, configs_for, _paths_prune = two_paths(_GEMV_CONFIGS, _DOT_CONFIGS,
 
 def _prune(configs: list, nargs: dict, **kw) -> list:
     """The two paths' prune, PK configs only where they run as such (M = 1, bf16 x: elsewhere
-    they would time their PK=0 twin again), and no 2-warp tl.dot tile with fp32 x, whose fp32
-    codes spill there (6-17 KB at G = 256, `--compile-all`)."""
-    pk = kw.get("BLOCK_M") == 1 and nargs["x_ptr"].dtype == torch.bfloat16
-    fp32 = nargs["x_ptr"].dtype == torch.float32
+    they would time their PK=0 twin again) on a GPU whose ptxas takes them (pk_compiles), and
+    no 2-warp tl.dot tile with fp32 x, whose fp32 codes spill there (6-17 KB at G = 256,
+    `--compile-all`)."""
+    x = nargs["x_ptr"]
+    pk = kw.get("BLOCK_M") == 1 and x.dtype == torch.bfloat16 and pk_compiles(x)
+    fp32 = x.dtype == torch.float32
     return [c for c in _paths_prune(configs, nargs, **kw) if (pk or not c.kwargs.get("PK"))
             and not (fp32 and kw.get("USE_DOT") and c.num_warps < 4)]
 
@@ -220,6 +222,18 @@ def _dot_codes(b, dtype: tl.constexpr, ASM: tl.constexpr):
 # is added in. The x side (k, the pairs, X = sum x) is computed once per segment and thread
 # and serves all the thread's rows. fp16 x keeps the fp32 loop: the fp16 chain's error there
 # came to 1.7-2.0e-3 on Llama-like rows, at fp16's 2e-3 tolerance (docs/kernels.md).
+
+# The PK step's PTX needs sm_90: mul.rn.bf16x2 is Hopper's and max.xorsign.abs.bf16x2 sm_86's
+# (PTX ISA), and ptxas refuses both for an A100 (sm_80) or a T4. Below it the tuners leave the PK
+# configs out rather than compile each one into a ptxas error at every new shape.
+PK_MIN_CAPABILITY = (9, 0)
+
+
+def pk_compiles(x: torch.Tensor) -> bool:
+    """Whether the PK configs' PTX compiles for x's device: a CUDA GPU of compute capability 9.0
+    or later, or no GPU at all (the interpreter runs the PK step's Triton twin)."""
+    return x.device.type != "cuda" or \
+        torch.cuda.get_device_capability(x.device) >= PK_MIN_CAPABILITY
 
 
 def _pk_x_ptx(load: bool) -> str:

@@ -269,7 +269,7 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
         return [(0, "FFMA R1, R2, R3, R4"), *([(16, "STL.64 [R1], R2"), (32, "LDL R3, [R1]")]
                                               if spills else [])], 64
 
-    monkeypatch.setattr(sass, "compile_sm90", fake_compile)
+    monkeypatch.setattr(sass, "compile_sm", fake_compile)
     monkeypatch.setattr(sass, "disassemble", fake_disassemble)
     ok, bad, spills = sass.compile_all(("bf16", "fp32"))
     import kernels.gemv.triton_splitk as sk
@@ -312,7 +312,7 @@ def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
     for kern in TRITON_KERNELS.values():
         monkeypatch.setattr(kern, "early_config_prune", keep_first, raising=False)
     compiled = []
-    monkeypatch.setattr(sass, "compile_sm90", lambda fn, types, const, *a: compiled.append(const) or const)
+    monkeypatch.setattr(sass, "compile_sm", lambda fn, types, const, *a: compiled.append(const) or const)
     monkeypatch.setattr(sass, "disassemble", lambda k: ([(0, "FFMA R1, R2, R3, R4")], 64))
     ok, bad, _ = sass.compile_all(("fp32",))
     assert ok == len(compiled) == len(calls) and not bad
@@ -326,7 +326,7 @@ def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
 # an sm_90 compile must allocate what the model says, or the prune protects nothing.
 _SMEM_PROBE = r'''
 import json
-from bench.gpucheck.sass import compile_sm90, _plans
+from bench.gpucheck.sass import compile_sm, _plans
 from kernels.gemv import triton_bf16 as bf
 out = []
 for dtype, bm, tile in (("fp32", 64, (64, 128, 4)), ("bf16", 16, (16, 512, 4)),
@@ -334,7 +334,7 @@ for dtype, bm, tile in (("fp32", 64, (64, 128, 4)), ("bf16", 16, (16, 512, 4)),
     name, fn, types, const, aligned, _ = _plans("gemv_bf16", dtype)[0]
     cfg = next(c for c in bf._CONFIGS if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
                == tile and not c.kwargs["ACC3"])
-    k = compile_sm90(fn, types, {**const, "BLOCK_M": bm, "USE_DOT": True,
+    k = compile_sm(fn, types, {**const, "BLOCK_M": bm, "USE_DOT": True,
                                  "IEEE": dtype == "fp32", **cfg.kwargs},
                      cfg.num_warps, cfg.num_stages, aligned)
     out.append([int(k.metadata.shared), bf._dot_smem(cfg, bm, 4 if dtype == "fp32" else 2)])
@@ -367,7 +367,7 @@ def test_bf16_dot_shared_memory_model_matches_an_sm90_compile():
 # kv_smem bounds what an sm_90 compile allocates, or its prune protects nothing.
 _ATTN_PROBE = r'''
 import json
-from bench.gpucheck.sass import compile_sm90
+from bench.gpucheck.sass import compile_sm
 import kernels.attention.triton_paged as tp
 out = []
 for q, kv, bn, ns in (("bf16", "bf16", 64, 2), ("bf16", "bf16", 64, 3), ("bf16", "bf16", 64, 4),
@@ -383,7 +383,7 @@ for q, kv, bn, ns in (("bf16", "bf16", 64, 2), ("bf16", "bf16", 64, 3), ("bf16",
                  IEEE=q == "fp32", BLOCK_N=bn, FUSED=False, G2=mm["G2"], S_PAD=mm["S_PAD"],
                  S_CHUNK=mm["S_CHUNK"])
     # pointers and strides 16-aligned as a Llama-3-8B cache's are (Triton specializes on it)
-    k = compile_sm90(tp._paged_attn_kernel.jit_fn, types, const, 4, ns,
+    k = compile_sm(tp._paged_attn_kernel.jit_fn, types, const, 4, ns,
                      ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "stride_qb", "stride_qh",
                       "stride_kb", "stride_ks", "stride_kh", "stride_btb", "stride_ob",
                       "stride_oh", "stride_os", "split_tokens"))
@@ -414,7 +414,7 @@ def test_attention_stages_and_shared_memory_model_match_an_sm90_compile():
 # merge loads bypass L1; on the compiler of this machine, not the device's alone.
 _FUSED_PROBE = r'''
 import json
-from bench.gpucheck.sass import compile_sm90, disassemble, spill_bytes
+from bench.gpucheck.sass import compile_sm, disassemble, spill_bytes
 import kernels.attention.triton_paged as tp
 types = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
          "bt_ptr": "*i32", "sl_ptr": "*i32", "o_ptr": "*fp32", "ml_ptr": "*fp32",
@@ -425,7 +425,7 @@ out = {}
 for fused in (False, True):
     const = dict(G=4, G_PAD=16, D=128, BLOCK_SIZE=16, KV8=False, NUM_SPLITS=64, IEEE=False,
                  BLOCK_N=64, FUSED=fused, G2=mm["G2"], S_PAD=mm["S_PAD"], S_CHUNK=mm["S_CHUNK"])
-    k = compile_sm90(tp._paged_attn_kernel.jit_fn, types, const, 4, 3,
+    k = compile_sm(tp._paged_attn_kernel.jit_fn, types, const, 4, 3,
                      ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "o_ptr", "out_ptr", "stride_qb",
                       "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_btb",
                       "stride_ob", "stride_oh", "stride_os", "split_tokens"))
@@ -467,7 +467,7 @@ def test_fused_merge_orders_its_memory_accesses_on_an_sm90_compile():
 # and writes y instead of a second launch.
 _SPLIT_PROBE = r'''
 import json
-from bench.gpucheck.sass import _plans, compile_sm90, disassemble, path_configs, spill_bytes
+from bench.gpucheck.sass import _plans, compile_sm, disassemble, path_configs, spill_bytes
 out = {}
 for op, name, const in (("gemv_w4", "gemv_w4", dict(BLOCK_M=16, SPLIT_K=2, USE_DOT=True)),
                         ("gemv_w8", "gemv_w8", dict(BLOCK_M=16, SPLIT_K=2, USE_DOT=True)),
@@ -478,7 +478,7 @@ for op, name, const in (("gemv_w4", "gemv_w4", dict(BLOCK_M=16, SPLIT_K=2, USE_D
     if const:
         configs = path_configs(name, True, 16, "bf16")
     cfg = configs[0]
-    k = compile_sm90(fn, types, {**base, **const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
+    k = compile_sm(fn, types, {**base, **const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
                      aligned)
     lines, regs = disassemble(k)
     out[name + ("_dot" if const else "")] = {
@@ -500,6 +500,42 @@ def test_split_gemvs_finish_in_the_last_program_on_an_sm90_compile():
         assert any("ld.global.cg" in ln for ln in tail), name  # the sums, past L1
         assert any("st.global" in ln for ln in tail), name  # zeros and y, by the last program
         assert g["spill"] == [0, 0], name
+
+
+# The PK configs' PTX and the other INT4 paths compiled for GPUs before Hopper: the PK step's
+# for sm_86 (an A10, an RTX 3090; sm_80 lacks even more of it) and sm_90, the word loop's PTX
+# (ASM=1) and tl.dot's for sm_80 (an A100), which the tuners fall back on there.
+_PK_ARCH_PROBE = r'''
+import json
+from bench.gpucheck.sass import _plans, compile_sm, path_configs
+_, fn, types, base, aligned, _ = next(p for p in _plans("gemv_w4", "bf16") if p[0] == "gemv_w4")
+pk = next(c for c in path_configs("gemv_w4", False, 1) if c.kwargs.get("PK"))
+word = next(c for c in path_configs("gemv_w4", False, 1)
+            if c.kwargs.get("ASM") and not c.kwargs.get("PK"))
+dot = next(c for c in path_configs("gemv_w4", True, 16) if c.kwargs.get("ASM"))
+out = {}
+for what, cfg, const, sm in (("pk", pk, {}, 86), ("pk", pk, {}, 90), ("word", word, {}, 80),
+                             ("dot", dot, {"BLOCK_M": 16, "USE_DOT": True}, 80)):
+    try:
+        compile_sm(fn, types, {**base, **const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
+                   aligned, sm=sm)
+        out[f"{what} sm_{sm}"] = "ok"
+    except Exception as e:
+        out[f"{what} sm_{sm}"] = str(e)
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # four real compiles, for sm_80, 86 and 90
+def test_the_pk_ptx_needs_sm90_and_the_other_int4_paths_compile_for_an_a100():
+    """kernels/gemv/triton_w4.py's PK_MIN_CAPABILITY: ptxas refuses the PK step's PTX for sm_86
+    naming sm_90 (mul.bf16x2), and takes it for sm_90; what the tuners keep below sm_90 (the
+    word loop, tl.dot) compiles for an A100."""
+    from kernels.gemv.triton_w4 import PK_MIN_CAPABILITY
+    got = _probe(_PK_ARCH_PROBE)
+    assert PK_MIN_CAPABILITY == (9, 0)
+    assert "requires .target sm_90 or higher" in got.pop("pk sm_86")
+    assert got == {"pk sm_90": "ok", "word sm_80": "ok", "dot sm_80": "ok"}
 
 
 def test_attention_variants_are_what_the_suites_launch():
@@ -552,7 +588,7 @@ def test_compile_attention_lists_failures_oversized_blocks_and_spills(monkeypatc
         shared = sass.SM90_SMEM_PER_CTA + (1 if const["x"] == 3 else 0)
         return pytypes.SimpleNamespace(metadata=pytypes.SimpleNamespace(shared=shared), x=const["x"])
 
-    monkeypatch.setattr(sass, "compile_sm90", fake_compile)
+    monkeypatch.setattr(sass, "compile_sm", fake_compile)
     monkeypatch.setattr(sass, "disassemble", lambda k: ([(0, "STL [R1], R2")] if k.x == 4 else [], 64))
     ok, bad, spills = sass.compile_attention()
     assert ok == 2
@@ -588,7 +624,7 @@ def test_count_takes_the_longest_loop_per_warp_per_code(monkeypatch, dot):
         ("gemv_w4", None, {}, dict(G=128, BLOCK_M=1, USE_DOT=False), (), [cfg])])
     monkeypatch.setattr(sass, "tuner_configs", lambda name, use_dot, const, dtype: [cfg])
     monkeypatch.setattr(triton_util, "describe", lambda c: "BN16 BK64")
-    monkeypatch.setattr(sass, "compile_sm90", lambda *a: _types.SimpleNamespace(
+    monkeypatch.setattr(sass, "compile_sm", lambda *a: _types.SimpleNamespace(
         asm={"ttgir": ""}, metadata=_types.SimpleNamespace(shared=2048)))
     monkeypatch.setattr(sass, "disassemble", lambda k: (_SASS, 168))
     (row,) = sass.count("gemv_w4", dot=dot)

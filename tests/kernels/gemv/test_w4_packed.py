@@ -231,6 +231,29 @@ def run_fp32_out(shape, split_k, seed=3):
     return rel_err(out, ref)
 
 
+@pytest.mark.parametrize("capability, kept", [((7, 5), False), ((8, 0), False), ((8, 6), False),
+                                              ((8, 9), False), ((9, 0), True), ((10, 0), True)])
+def test_pk_configs_are_tuned_only_where_their_ptx_compiles(monkeypatch, capability, kept):
+    """ptxas refuses the PK step's PTX below sm_90 (tests/bench/gpucheck/test_sass.py compiles
+    it for sm_86 and sm_90): both INT4 tuners' prunes leave the PK configs out on such a GPU
+    (an A100, an L4) and keep them all from Hopper on, asking the device of x."""
+    import kernels.gemv.triton_splitk as sk
+
+    class X:  # what the prunes read of a bf16 tensor on the second GPU (none here)
+        dtype = BF16
+        device = torch.device("cuda", 1)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capability)
+    w4 = [c for c in w4mod._prune(w4mod._ALL_CONFIGS, {"x_ptr": X()}, BLOCK_M=1, USE_DOT=False)
+          if c.kwargs.get("PK")]
+    split = [c for c in sk._w4_prune(sk._W4_CONFIGS, {"x_ptr": X(), "K": 8192}, M=1, G=128)
+             if c.kwargs.get("PK")]
+    assert len(w4) == (len(pk_configs()) if kept else 0)
+    assert len(split) == (sum(bool(c.kwargs.get("PK")) for c in sk._W4_CONFIGS) if kept else 0)
+    assert asked and set(asked) == {torch.device("cuda", 1)}
+
+
 def test_pk_twin_every_config_interpreted(monkeypatch):
     """Every PK config through its Triton twin (fp32 sums, so the only error left is fp32's):
     tiles past N (rows clamped, never stored), a last step past K (masked), split-K, G = 32 to
@@ -308,6 +331,7 @@ def test_pk_on_the_gpu_is_the_model(monkeypatch, shape, split):
     fp32: they differ only by the fp32 tail's roundings and summation order (~1e-7); a GPU
     that flushed the subnormal codes or rounded otherwise would be far off. Tiles past N, a
     last step past K, split-K, G = 32 and 256."""
+    helpers.skip_unless_pk_compiles()
     kernel = w4mod._w4_kernel
     x, qw, s, z, G = OP.make_inputs(shape, BF16, "cuda", 11)
     want = torch.from_numpy(model.gemv(x.cpu(), qw.cpu(), s.cpu(), z.cpu(), G))[None]
