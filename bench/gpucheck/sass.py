@@ -227,10 +227,11 @@ def toolchain() -> str:
 
 
 def compile_sm(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps: int,
-               num_stages: int, div16: tuple[str, ...], sm: int = 90) -> Any:
-    """Compile a @triton.jit function for sm_`sm` (90: H100, H200) as a launch with 16-byte
-    aligned pointers and strides would (Triton specializes those; the loads' vector width
-    depends on it)."""
+               num_stages: int, div16: tuple[str, ...], arch: int | str = 90) -> Any:
+    """Compile a @triton.jit function for a GPU, as a launch with 16-byte aligned pointers and
+    strides would (Triton specializes those; the loads' vector width depends on it). `arch`: an
+    NVIDIA compute capability as a number (90: H100, H200; 80: A100) or an AMD gfx target
+    ("gfx942": MI300X), which Triton's wheel compiles for without a GPU either."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -241,7 +242,8 @@ def compile_sm(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps:
     sig = {n: types.get(n, "constexpr") for n in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
     src = ASTSource(fn, sig, const, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", sm, 32),
+    target = GPUTarget("hip", arch, 64) if isinstance(arch, str) else GPUTarget("cuda", arch, 32)
+    return triton.compile(src, target=target,
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 

@@ -173,6 +173,28 @@ def without_ptx(cfg: Any) -> Any:
                          num_stages=cfg.num_stages)
 
 
+# Inline PTX (the ASM=1 code conversions, the PK step) compiles for NVIDIA GPUs only. A ROCm build
+# of torch calls an AMD GPU "cuda" too, and Triton's AMD assembler rejects PTX with a RuntimeError
+# that Triton's autotuner does not skip: every tuning of a kernel with one PTX config would fail.
+PTX = torch.version.hip is None
+
+
+def ptx_free(configs: list, ptx: bool = PTX) -> list:
+    """`configs` as this torch's GPUs compile them: as they are where PTX runs (`ptx`); else
+    each with its Triton twin in place of the PTX (ASM=0), once, and no PK config (its step is
+    PTX through and through)."""
+    if ptx:
+        return configs
+    out, seen = [], set()
+    for c in configs:
+        twin = without_ptx(c)
+        key = (tuple(sorted(twin.kwargs.items())), twin.num_warps, twin.num_stages)
+        if not c.kwargs.get("PK") and key not in seen:
+            seen.add(key)
+            out.append(twin)
+    return out
+
+
 def word_gemv_configs(tiles: tuple) -> list:
     """The quantized GEMVs' M <= 4 configs: each (BLOCK_N, BLOCK_K, warps, stages) tile with the
     PTX code conversion (ASM=1), also with PREFETCH where the tile has at most 16 K codes (it
@@ -200,6 +222,7 @@ def two_paths(gemv: list, dot: list,
     {BLOCK_M: most words a thread}): above M = 1 each row of x keeps the step's converted codes
     live, so larger tiles spill registers on sm_90 (bench.gpucheck.sass --compile-all) and the
     prune drops them there."""
+    gemv, dot = ptx_free(gemv), ptx_free(dot)
     dot_ids = {id(c) for c in dot}
 
     def configs_for(use_dot: bool) -> list:
@@ -221,6 +244,6 @@ def two_paths(gemv: list, dot: list,
     return gemv + dot, configs_for, prune
 
 
-__all__ = ["GEMV_MAX_M", "batch_path", "load_xw", "split_add", "split_for", "split_k_for",
-           "split_rows_done", "split_scratch", "two_paths", "without_ptx", "word_gemv_configs",
-           "words_per_thread"]
+__all__ = ["GEMV_MAX_M", "PTX", "batch_path", "load_xw", "ptx_free", "split_add", "split_for",
+           "split_k_for", "split_rows_done", "split_scratch", "two_paths", "without_ptx",
+           "word_gemv_configs", "words_per_thread"]

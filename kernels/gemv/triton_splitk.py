@@ -38,8 +38,8 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import INTERPRET, TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args, check_w8_args
-from .triton_common import (GEMV_MAX_M, check_elements, check_weights, output, split_rows_done,
-                            split_scratch, without_ptx, words_per_thread)
+from .triton_common import (GEMV_MAX_M, check_elements, check_weights, output, ptx_free,
+                            split_rows_done, split_scratch, without_ptx, words_per_thread)
 from .triton_w4 import _codes as _codes4, _pk_ptrs, _pk_step, _split8, pk_compiles
 from .triton_w8 import _codes as _codes8
 
@@ -58,8 +58,9 @@ def _configs(tiles: tuple) -> list:
 # in the first five tiles, 16 in the rest (8 words a thread count ~1.5x the 32-word tiles'
 # instructions a code on sm_90: docs/kernels.md). BLOCK_K codes are BLOCK_K / 2 bytes of a row:
 # 128 codes fill half a 128-byte line, 256 a line.
-_W4_CONFIGS = _configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2), (32, 512, 2),
-                        (16, 256, 1), (16, 512, 2), (32, 256, 2), (64, 128, 2))) + [
+_W4_CONFIGS = ptx_free(_configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2),
+                                 (32, 512, 2), (16, 256, 1), (16, 512, 2), (32, 256, 2),
+                                 (64, 128, 2))) + [
     # PK=1 (M = 1, bf16 x): triton_w4's packed step (two codes an fp16x2 FMA) on one chunk of
     # BLOCK_K / 32 segments of 32 codes, the segments along the lanes, the rows along the
     # registers (the x side of a segment serves all a thread's rows); 0.075-0.083 warp
@@ -68,10 +69,11 @@ _W4_CONFIGS = _configs(((32, 256, 1), (64, 128, 1), (128, 128, 2), (64, 256, 2),
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ASM": 1, "PK": 1}, num_warps=nw,
                   num_stages=1)
     for bn, bk, nw in ((32, 1024, 1), (64, 1024, 2), (64, 2048, 4), (32, 512, 1),
-                       (32, 1024, 2), (16, 1024, 1))]
+                       (32, 1024, 2), (16, 1024, 1))])
 # INT8 (4 codes a word): 32 words a thread in the first six tiles, 16 in the rest.
-_W8_CONFIGS = _configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2), (64, 128, 2),
-                        (32, 512, 4), (16, 256, 2), (8, 256, 1), (16, 512, 4)))
+_W8_CONFIGS = ptx_free(_configs(((32, 128, 1), (16, 256, 1), (32, 256, 2), (16, 512, 2),
+                                 (64, 128, 2), (32, 512, 4), (16, 256, 2), (8, 256, 1),
+                                 (16, 512, 4))))
 
 
 def _pk_runs(cfg: Any, M: int, x: torch.Tensor, K: int, G: int) -> bool:

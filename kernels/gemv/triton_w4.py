@@ -22,7 +22,7 @@ import triton.language as tl
 from ..registry import register_impl
 from ..triton_util import TRITON_BACKENDS, autotune_or_fixed, launch_meta
 from .ops import check_w4_args
-from .triton_common import (batch_path, check_elements, check_weights, output, split_add,
+from .triton_common import (PTX, batch_path, check_elements, check_weights, output, split_add,
                             split_for, split_scratch, two_paths, word_gemv_configs)
 
 # M <= 4 (GEMV): BLOCK_N rows x BLOCK_K codes a step, with the codes turned into floats in
@@ -230,10 +230,11 @@ PK_MIN_CAPABILITY = (9, 0)
 
 
 def pk_compiles(x: torch.Tensor) -> bool:
-    """Whether the PK configs' PTX compiles for x's device: a CUDA GPU of compute capability 9.0
-    or later, or no GPU at all (the interpreter runs the PK step's Triton twin)."""
+    """Whether the PK configs' PTX compiles for x's device: an NVIDIA GPU of compute capability
+    9.0 or later, or no GPU at all (the interpreter runs the PK step's Triton twin). (A ROCm
+    build has no PK configs: triton_common.ptx_free.)"""
     return x.device.type != "cuda" or \
-        torch.cuda.get_device_capability(x.device) >= PK_MIN_CAPABILITY
+        PTX and torch.cuda.get_device_capability(x.device) >= PK_MIN_CAPABILITY
 
 
 def _pk_x_ptx(load: bool) -> str:

@@ -518,7 +518,7 @@ for what, cfg, const, sm in (("pk", pk, {}, 86), ("pk", pk, {}, 90), ("word", wo
                              ("dot", dot, {"BLOCK_M": 16, "USE_DOT": True}, 80)):
     try:
         compile_sm(fn, types, {**base, **const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages,
-                   aligned, sm=sm)
+                   aligned, arch=sm)
         out[f"{what} sm_{sm}"] = "ok"
     except Exception as e:
         out[f"{what} sm_{sm}"] = str(e)
