@@ -231,7 +231,7 @@ def compile_sm(fn: Any, types: dict[str, str], const: dict[str, Any], num_warps:
     """Compile a @triton.jit function for a GPU, as a launch with 16-byte aligned pointers and
     strides would (Triton specializes those; the loads' vector width depends on it). `arch`: an
     NVIDIA compute capability as a number (90: H100, H200; 80: A100) or an AMD gfx target
-    ("gfx942": MI300X), which Triton's wheel compiles for without a GPU either."""
+    ("gfx942": MI300X); Triton's wheel compiles for either without a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from kernels.gemv.triton_common import ptx_free
 from tests.helpers import REPO
 
 triton = pytest.importorskip("triton")
+from kernels.gemv.triton_common import ptx_free  # noqa: E402  (imports Triton)
 
 _AS_ROCM = r'''
 import json
