@@ -6,6 +6,7 @@ and count the warp instructions of the hot loop per weight code.
     python -m bench.gpucheck.sass --op gemv_w4 --gbps 3350
     python -m bench.gpucheck.sass --dot           # the tl.dot paths at M = 16
     python -m bench.gpucheck.sass --compile-all   # every config of every path compiles for sm_90
+    python -m bench.gpucheck.sass --compile-all --arch 80     # ... for an A100 (gfx942: MI300X)
 
 Why: a memory-bound kernel must also issue its instructions in time. An SM issues at most 4 warp
 instructions a clock; at the roof it must consume R / (SMs x clock) bytes a clock, so a kernel
@@ -401,11 +402,26 @@ def count(op: str = "all", dtype: str = "bf16", first: int | None = None,
     return out
 
 
-def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str], list[str]]:
+def for_arch(configs: list, arch: int | str) -> list:
+    """The configs a tuner times on a GPU of `arch` (compile_sm's): below sm_90 without the INT4
+    PK configs, as the prunes leave them out there; for an AMD target the PTX-free twins a ROCm
+    build tunes."""
+    from kernels.gemv.triton_common import ptx_free
+    from kernels.gemv.triton_w4 import PK_MIN_CAPABILITY
+    if isinstance(arch, str):
+        return ptx_free(configs, ptx=False)
+    if divmod(arch, 10) < PK_MIN_CAPABILITY:
+        return [c for c in configs if not c.kwargs.get("PK")]
+    return configs
+
+
+def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32"),
+                arch: int | str = 90) -> tuple[int, list[str], list[str]]:
     """Compile every config the tuner may time on every path (GEMV at M = 1 and 4, tl.dot at
-    M = 16; INT4 at G = 32, 128, 256; INT8 on words and on bytes) for sm_90: (compiled,
-    failures, spilling). What the tuner may pick on a GPU must at least compile there, and CI
-    has no GPU to find out."""
+    M = 16; INT4 at G = 32, 128, 256; INT8 on words and on bytes) for sm_90, or another `arch`
+    (for_arch's configs): (compiled, failures, spilling; spills of NVIDIA code only, which
+    cuobjdump reads). What the tuner may pick on a GPU must at least compile there, and CI has
+    no GPU to find out."""
     from kernels.triton_util import describe
     ok, bad, spills = 0, [], []
     for dtype in dtypes:
@@ -419,14 +435,17 @@ def compile_all(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[s
                     c0 = {**const, "BLOCK_M": bm, "USE_DOT": use_dot, "IEEE": dtype == "fp32", **var}
                     if name.endswith("_splitk"):  # batch rows as a constexpr, one path
                         c0 = {**const, "M": bm, **var}
-                    for cfg in tuner_configs(name, use_dot, c0, dtype):
+                    for cfg in for_arch(tuner_configs(name, use_dot, c0, dtype), arch):
                         c = {**c0, **cfg.kwargs}
                         what = f"{name} {dtype} M={bm} dot={use_dot} {var} {describe(cfg)}"
                         try:
-                            k = compile_sm(fn, types, c, cfg.num_warps, cfg.num_stages, aligned)
+                            k = compile_sm(fn, types, c, cfg.num_warps, cfg.num_stages, aligned,
+                                           arch=arch)
                             ok += 1
                         except Exception as e:
                             bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                            continue
+                        if isinstance(arch, str):
                             continue
                         st, ld = spill_bytes([i for _, i in disassemble(k)[0]])
                         if st or ld:
@@ -506,22 +525,26 @@ def attention_variants(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[tuple
     return out
 
 
-def compile_attention(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> tuple[int, list[str], list[str]]:
-    """Compile every attention_variants() kernel for sm_90: (compiled, failures, spilling). A
-    variant that needs more shared memory than an sm_90 block has is a failure: Triton compiles
-    it, and its launch would fail on the GPU."""
+def compile_attention(dtypes: tuple[str, ...] = ("bf16", "fp32"),
+                      arch: int | str = 90) -> tuple[int, list[str], list[str]]:
+    """Compile every attention_variants() kernel for sm_90, or another `arch`: (compiled,
+    failures, spilling). On sm_90 a variant that needs more shared memory than a block has is a
+    failure: Triton compiles it, and its launch would fail on the GPU (elsewhere the variants
+    are sm_90's, and the prune drops at run time what the device's blocks cannot hold)."""
     ok, bad, spills = 0, [], []
     for what, fn, types, const, warps, stages, aligned in attention_variants(dtypes):
         try:
-            k = compile_sm(fn, types, const, warps, stages, aligned)
+            k = compile_sm(fn, types, const, warps, stages, aligned, arch=arch)
         except Exception as e:
             bad.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
-        if int(k.metadata.shared) > SM90_SMEM_PER_CTA:
+        if arch == 90 and int(k.metadata.shared) > SM90_SMEM_PER_CTA:
             bad.append(f"{what}: needs {int(k.metadata.shared)} B of shared memory, an sm_90 "
                        f"block has {SM90_SMEM_PER_CTA}")
             continue
         ok += 1
+        if isinstance(arch, str):  # cuobjdump reads NVIDIA code only
+            continue
         st, ld = spill_bytes([i for _, i in disassemble(k)[0]])
         if st or ld:
             spills.append(f"{what}: spill stores {st} B, loads {ld} B")
@@ -591,7 +614,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="compile every config of every GEMV path and every paged-attention variant "
                         "the suites ask for, for sm_90 (bf16, fp32), and list failures and spills "
                         "(~20 minutes on 2 cores)")
+    p.add_argument("--arch", default="90", metavar="SM|gfxN",
+                   help="with --compile-all: another GPU to compile for, an NVIDIA compute "
+                        "capability (80: A100, 89: L4, 120: RTX 5090) or an AMD target (gfx942: "
+                        "MI300X), its tuners' configs (no INT4 PK below 90; PTX-free on AMD)")
     args = p.parse_args(argv)
+    arch: int | str = int(args.arch) if args.arch.isdigit() else args.arch
+    if not (isinstance(arch, int) and 70 <= arch < 1000
+            or re.fullmatch(r"gfx[0-9a-f]{3,4}", args.arch)):
+        p.error(f"--arch {args.arch!r}: an NVIDIA compute capability such as 80 or 90, or an AMD "
+                f"target such as gfx942")
+    if arch != 90 and not args.compile_all:
+        p.error("--arch goes with --compile-all (the instruction counts are sm_90's)")
     if not (0 < args.gbps < math.inf and 0 < args.latency_ns < math.inf) \
             or (args.configs is not None and args.configs < 1):  # nan, inf: no figure to print
         p.error("--gbps, --latency-ns and --configs must be positive (and finite)")
@@ -612,9 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.gpucheck.sass: cannot compile for sm_90 here: {missing}", file=sys.stderr)
         return 2
     if args.compile_all:
-        ok, bad, spills = compile_all()
-        a_ok, a_bad, a_spills = compile_attention()
-        print(f"compiled {ok} GEMV and {a_ok} paged-attention kernel variants for sm_90 "
+        ok, bad, spills = compile_all(arch=arch)
+        a_ok, a_bad, a_spills = compile_attention(arch=arch)
+        target = arch if isinstance(arch, str) else f"sm_{arch}"
+        print(f"compiled {ok} GEMV and {a_ok} paged-attention kernel variants for {target} "
               f"({toolchain()}), {len(bad) + len(a_bad)} failed, {len(spills) + len(a_spills)} spill")
         bad, spills = bad + a_bad, spills + a_spills
         for line in bad:

@@ -258,7 +258,7 @@ def test_compile_all_walks_every_config_of_every_path(monkeypatch):
     import kernels.gemv.triton_w8 as w8
     seen = []
 
-    def fake_compile(fn, types, const, num_warps, num_stages, aligned):
+    def fake_compile(fn, types, const, num_warps, num_stages, aligned, arch=90):
         seen.append((fn, dict(const)))
         if const.get("G") == 256 and const.get("BLOCK_N") == 128:
             raise RuntimeError("out of resources\nmore")
@@ -312,7 +312,8 @@ def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
     for kern in TRITON_KERNELS.values():
         monkeypatch.setattr(kern, "early_config_prune", keep_first, raising=False)
     compiled = []
-    monkeypatch.setattr(sass, "compile_sm", lambda fn, types, const, *a: compiled.append(const) or const)
+    monkeypatch.setattr(sass, "compile_sm",
+                        lambda fn, types, const, *a, **kw: compiled.append(const) or const)
     monkeypatch.setattr(sass, "disassemble", lambda k: ([(0, "FFMA R1, R2, R3, R4")], 64))
     ok, bad, _ = sass.compile_all(("fp32",))
     assert ok == len(compiled) == len(calls) and not bad
@@ -320,6 +321,56 @@ def test_compile_all_compiles_only_what_the_tuner_keeps(monkeypatch):
     assert all(k % 2048 == 0 for _, k, _ in calls)
     assert {kw.get("BLOCK_M", kw.get("M")) for _, _, kw in calls} == {1, 4, 16}
     assert {kw["G"] for _, _, kw in calls if "G" in kw} == {32, 128, 256}
+
+
+@pytest.mark.parametrize("arch", [80, 120, "gfx942"])
+def test_compile_all_for_another_arch_compiles_what_its_tuners_keep(monkeypatch, arch):
+    """--arch: every compile is for that target; below sm_90 no INT4 PK config (the prunes leave
+    them out there), for an AMD target only PTX-free twins and no cuobjdump (it reads NVIDIA
+    code only); sm_120 keeps every config sm_90 does. Attention's sm_90 shared-memory check is
+    sm_90's alone."""
+    pytest.importorskip("triton")
+    import types as pytypes
+
+    import bench.gpucheck.sass as sass
+    from kernels import OPS  # noqa: F401  (registers the kernels)
+    got, disassembled = [], []
+
+    def fake_compile(fn, types, const, warps, stages, aligned, arch=90):
+        got.append((arch, const))
+        return pytypes.SimpleNamespace(metadata=pytypes.SimpleNamespace(shared=1 << 30))
+    monkeypatch.setattr(sass, "compile_sm", fake_compile)
+    monkeypatch.setattr(sass, "disassemble", lambda k: disassembled.append(k) or ([], 64))
+    ok, bad, _ = sass.compile_all(("bf16",), arch=arch)
+    assert ok == len(got) and not bad and {a for a, _ in got} == {arch}
+    pk = [c for _, c in got if c.get("PK")]
+    if arch == 120:
+        n90 = len(got)
+        got.clear()
+        sass.compile_all(("bf16",))
+        assert pk and n90 == len(got)
+    else:
+        assert not pk
+    assert bool(disassembled) == (arch != "gfx942")
+    import kernels.gemv.triton_w4 as w4  # its raw configs (the interpreter's lists are twins)
+    raw = w4._ALL_CONFIGS
+    kept = sass.for_arch(raw, arch)
+    assert (kept is raw) == (arch == 120)
+    assert any(c.kwargs.get("ASM") for c in kept) == (arch != "gfx942")
+    assert any(c.kwargs.get("PK") for c in kept) == (arch == 120)
+    monkeypatch.setattr(sass, "attention_variants", lambda dtypes: [("a", None, {}, {}, 4, 3, ())])
+    assert sass.compile_attention(arch=arch)[:2] == (1, [])  # 1 GiB of shared memory: not sm_90's
+
+
+def test_arch_goes_with_compile_all_and_names_a_gpu(capsys):
+    from bench.gpucheck.sass import main
+    for argv, says in ((["--arch", "80"], "--arch goes with --compile-all"),
+                       (["--compile-all", "--arch", "sm80"], "an NVIDIA compute capability"),
+                       (["--compile-all", "--arch", "8"], "an NVIDIA compute capability")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert e.value.code == 2 and len(err) == 1 and says in err[0], (argv, err)
 
 
 # The bf16 GEMV's tl.dot prune keeps the tiles whose shared memory by its model fits a block;
@@ -582,7 +633,7 @@ def test_compile_attention_lists_failures_oversized_blocks_and_spills(monkeypatc
          ("c", None, {}, {"x": 3}, 4, 3, ()), ("d", None, {}, {"x": 4}, 4, 3, ())]
     monkeypatch.setattr(sass, "attention_variants", lambda dtypes: v)
 
-    def fake_compile(fn, types, const, warps, stages, aligned):
+    def fake_compile(fn, types, const, warps, stages, aligned, arch=90):
         if const["x"] == 2:
             raise RuntimeError("PassManager::run failed\nmore")
         shared = sass.SM90_SMEM_PER_CTA + (1 if const["x"] == 3 else 0)
