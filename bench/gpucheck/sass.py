@@ -648,9 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_all:
         ok, bad, spills = compile_all(arch=arch)
         a_ok, a_bad, a_spills = compile_attention(arch=arch)
-        target = arch if isinstance(arch, str) else f"sm_{arch}"
+        import triton  # an AMD target is not ptxas's: name Triton alone
+        target, tools = (arch, f"triton {triton.__version__}") if isinstance(arch, str) else \
+            (f"sm_{arch}", toolchain())
         print(f"compiled {ok} GEMV and {a_ok} paged-attention kernel variants for {target} "
-              f"({toolchain()}), {len(bad) + len(a_bad)} failed, {len(spills) + len(a_spills)} spill")
+              f"({tools}), {len(bad) + len(a_bad)} failed, {len(spills) + len(a_spills)} spill")
         bad, spills = bad + a_bad, spills + a_spills
         for line in bad:
             print("  FAIL", line)
