@@ -226,12 +226,15 @@ def rank_main() -> None:
         try:
             rec = rank_case(ctx, case, OPS[case.op].impls[impl_name], device)
         except NotImplementedError as e:
-            tx.send(("skipped", rank, exception_text(e) or "not implemented for this case"))
+            # stamped (the machine-wide monotonic clock): a peer's own error at its loss of this
+            # rank comes later, yet may reach the parent first
+            tx.send(("skipped", rank, exception_text(e) or "not implemented for this case",
+                     time.monotonic()))
             os._exit(5)  # the others may wait in a collective: the group is replaced
         except (Exception, SystemExit) as e:  # sys.exit in an impl is its error, as in Runner
             if isinstance(e, SystemExit) and os.getpid() != pid:
                 raise  # a process the impl forked ends as it asked
-            tx.send(("error", rank, _why(e)))
+            tx.send(("error", rank, _why(e), time.monotonic()))
             os._exit(5)
         if rec is not None:
             tx.send(("record", rec))
@@ -425,14 +428,16 @@ class CollectiveRunner:
 
     def _collect(self, n: int, deadline: float) -> tuple[list[tuple[str, int, Any]], list[float]]:
         """Every rank's messages and deaths, in the order they arrive, until each rank is done,
-        has failed or has died, or the deadline passes; and when each was seen (monotonic)."""
+        has failed or has died, or the deadline passes; and when each happened (monotonic): when
+        a rank raised, by its own stamp, as messages read in one wakeup arrive in no set order;
+        when anything else was seen."""
         from multiprocessing.connection import wait
         events: list[tuple[str, int, Any]] = []
         seen: list[float] = []
         live = {w.rx: r for r, w in enumerate(self._ranks)}
         while live and time.monotonic() < deadline:
             for conn in wait(list(live), timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
-                r = live[conn]
+                r, at = live[conn], None
                 try:
                     msg = conn.recv()
                 except Exception:  # EOF: the process is gone
@@ -442,10 +447,11 @@ class CollectiveRunner:
                     if msg[0] == "record":
                         msg = ("record", r, msg[1])
                     else:  # done, error or skipped: nothing more comes from this rank
+                        at = msg[3] if len(msg) > 3 else None
                         msg = (msg[0], r, msg[2] if len(msg) > 2 else None)
                         del live[conn]
                 events.append(msg)
-                seen.append(time.monotonic())
+                seen.append(at if at is not None else time.monotonic())
         return events, seen
 
     def _blame(self, events: list[tuple[str, int, Any]], seen: list[float], n: int,
@@ -455,9 +461,9 @@ class CollectiveRunner:
         error is the peer's loss); else ranks still silent at the deadline hung (the others gave
         up waiting for them); else the first rank to raise is named."""
         said = {r for kind, r, _ in events if kind in ("done", "error", "skipped")}
-        first = next((e for e in events if e[0] in ("died", "error", "skipped")), None)
+        ends = [(t, e) for e, t in zip(events, seen) if e[0] in ("died", "error", "skipped")]
+        t_err, first = min(ends, key=lambda x: x[0]) if ends else (0.0, None)
         if first is not None and first[0] == "error":  # a peer's silent death is the cause
-            t_err = seen[events.index(first)]
             first = next((e for e, t in zip(events, seen) if e[0] == "died" and e[1] not in said
                           and t - t_err <= DEATH_GRACE_S), first)
         known = f" ({impl.known_issue})" if impl.known_issue else ""

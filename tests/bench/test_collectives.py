@@ -598,6 +598,32 @@ def test_a_silent_death_is_blamed_though_a_peers_error_arrived_first():
     assert _blame(said, [1.0, 1.0, 1.0])["error"] == "rank 0: ValueError: bad input"
 
 
+def test_the_rank_that_raised_first_is_named_whichever_message_is_read_first():
+    """Rank 1 raises and exits; rank 0's all_reduce then fails at the closed connection and says
+    so. Both messages can be waiting when the parent wakes, and wait() lists ready pipes in no
+    set order: each rank stamps when it raised, and the earlier stamp is the cause."""
+    from multiprocessing import Pipe
+    from types import SimpleNamespace
+
+    from bench.collectives import CollectiveRunner
+    pipes = [Pipe(duplex=False) for _ in range(2)]
+    me = SimpleNamespace(_ranks=[SimpleNamespace(rx=rx) for rx, _ in pipes])
+    pipes[0][1].send(("error", 0, "RuntimeError: Connection closed by peer", 5.25))
+    pipes[1][1].send(("error", 1, "RuntimeError: rank one refuses", 5.0))
+    events, seen = CollectiveRunner._collect(me, 2, time.monotonic() + 30)
+    assert sorted(zip(seen, events)) == [(5.0, ("error", 1, "RuntimeError: rank one refuses")),
+                                         (5.25, ("error", 0, "RuntimeError: Connection closed "
+                                                 "by peer"))]
+    by_arrival = [events.index(e) for e in sorted(events, key=lambda e: e[1])]
+    for order in (by_arrival, by_arrival[::-1]):
+        got = _blame([events[i] for i in order], [seen[i] for i in order])
+        assert got == {"status": "error", "error": "rank 1: RuntimeError: rank one refuses"}
+    skip = [("error", 0, "RuntimeError: Connection closed by peer"),
+            ("skipped", 1, "no kernel for this dtype")]
+    assert _blame(skip, [7.5, 7.0]) == {"status": "skipped",
+                                        "error": "rank 1: no kernel for this dtype"}
+
+
 def test_the_ranks_a_run_starts_meet_without_a_tcp_store(ranks):
     """They meet through a file: a TCPStore's server looks up each peer's address for its logs,
     a DNS query on hosts whose resolver is asked before /etc/hosts, and the tool never touches
