@@ -71,10 +71,18 @@ class Roof:
 def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
     """Probe size: past what the rotation must pass (rotate_bytes: 4x the caches on a CPU; where
     the cache is flushed instead, 4x the LLC), and at least 256 MiB (1 GiB on GPUs) for a stable
-    figure."""
+    figure. On a host, at most an eighth of its memory: the copy probe holds two, a quarter, as
+    a case's rotated copies may take. That cap binds only where sysfs reports a last-level cache
+    out of proportion to the memory (a small VM on a server with a GiB of L3): the probe is then
+    partly cached and reads high, which judges the cases more harshly, not less."""
     accel = backend.name == "cuda" or backend.kind_of_device in ("gpu", "tpu")
     floor = 1024**3 if accel else 256 * 1024**2
     nbytes = max(4 * backend.cache_bytes(), backend.rotate_bytes(), floor)
+    if not accel:
+        from backends import cpu
+        mem = cpu._mem_total()
+        if mem:
+            nbytes = min(nbytes, mem // 8)
     return nbytes // torch.empty((), dtype=dtype).element_size()
 
 

@@ -90,6 +90,21 @@ def test_cpu_rotation_passes_every_cache_level_together(monkeypatch):
     assert b.rotate_bytes() == 4 * b.cache_bytes()
 
 
+def test_the_roof_probe_takes_at_most_an_eighth_of_host_memory(monkeypatch):
+    """A VM slice of a server may see a GiB of L3 beside a few GiB of memory: the copy probe
+    (two working sets) past 4x that cache would not fit. It stops at an eighth of memory."""
+    import backends.cpu as cpu
+    from bench.roofline import probe_elems
+    b = get_backend("cpu")
+    monkeypatch.setattr(cpu, "read_caches", lambda: {"L2": 2 << 20, "L3": 1 << 30})
+    monkeypatch.setattr(cpu, "_mem_total", lambda: 8 << 30)
+    assert probe_elems(b) * 4 == 1 << 30
+    monkeypatch.setattr(cpu, "_mem_total", lambda: 64 << 30)
+    assert probe_elems(b) * 4 == 4 * ((1 << 30) + (2 << 20))
+    monkeypatch.setattr(cpu, "read_caches", lambda: {"L2": 1 << 20, "L3": 32 << 20})
+    assert probe_elems(b) * 4 == 256 << 20  # the floor, where the caches are small
+
+
 @pytest.mark.parametrize("bytes_, flops, t, verdict", [
     (25e9 * 0.9, 1e6, 1.0, "at the wall"),                     # 90% of 25 GB/s
     (25e9 * 0.5, 1e6, 1.0, "below the wall: kernel"),           # slow, long kernel
