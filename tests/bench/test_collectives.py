@@ -614,8 +614,8 @@ def test_the_rank_that_raised_first_is_named_whichever_message_is_read_first():
     assert sorted(zip(seen, events)) == [(5.0, ("error", 1, "RuntimeError: rank one refuses")),
                                          (5.25, ("error", 0, "RuntimeError: Connection closed "
                                                  "by peer"))]
-    by_arrival = [events.index(e) for e in sorted(events, key=lambda e: e[1])]
-    for order in (by_arrival, by_arrival[::-1]):
+    rank_order = [events.index(e) for e in sorted(events, key=lambda e: e[1])]
+    for order in (rank_order, rank_order[::-1]):  # as if read rank 0 first, then rank 1 first
         got = _blame([events[i] for i in order], [seen[i] for i in order])
         assert got == {"status": "error", "error": "rank 1: RuntimeError: rank one refuses"}
     skip = [("error", 0, "RuntimeError: Connection closed by peer"),
