@@ -1,18 +1,23 @@
 /* Paged decode attention for the CPU (AVX2 + FMA + F16C, OpenMP; the scores and P.V loops in zmm
-   where the build has AVX-512F), one fp32 online-softmax pass.
+   where the build has AVX-512F, and bf16 KV through VDPBF16PS where it has AVX512_BF16), one fp32
+   online-softmax pass.
    Built and loaded by kernels/cbuild.py, called through ctypes by simd.py (which says why C).
 
    Each K and V row is read once, straight from its block, converted in registers; the softmax
    and the output accumulator stay in fp32:
    - one task per (sequence, token split) walks the sequence's blocks, each block whole (all KV
-     heads, K then V) while the V rows in use and the next (block, head)'s K rows are prefetched
-     a few lines per step: the table defeats hardware prefetch;
+     heads, K then V); while one (block, head) is computed, the K and V rows of the one AHEAD
+     steps later in that walk are prefetched into L2, a few lines per step: the table defeats
+     hardware prefetch;
    - all G query heads of a KV head share each K/V row;
    - scores: two tokens x four query heads per step (8 accumulators, reduced together), so every
      q vector loaded from L1 feeds two FMAs and every K vector four;
    - P.V: per 16-wide slice of D, the four heads' accumulators stay in registers across a whole
      block of tokens, each broadcast p feeding two FMAs; INT8 KV folds k_scale into the score and
      v_scale into p, so rows are only widened;
+   - bf16 KV with AVX512_BF16: scores take q and K in bf16 pairs along D, P.V takes p rounded to
+     bf16 (as FlashAttention feeds P to its MMA) and V rows paired along the tokens, each
+     VDPBF16PS doing two products a lane in fp32: half the instructions of widening and FMAs;
    - splits (for few sequences: simd.py splits_for) keep their (max, sum, acc) and are merged at
      the end.
    Positions past seq_len and table entries past a sequence are never read. */
@@ -25,6 +30,15 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
 #define INLINE static inline __attribute__((always_inline))
 #define MAXD 256
 #define MAXBS 64
+/* Prefetch distance in (block, head) steps. One step is ~4 KiB of K and 4 of V (bf16, D = 128,
+   16-token blocks). Bf16, batch 8 x 4096, 2-core Zen 4: 1 step (K; V of the step in use into
+   L1) read 17 GB/s, 2-4 steps into L2 23-26 GB/s, 3 the best or tied in each run. */
+#define AHEAD 3
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define DPBF16 1
+#else
+#define DPBF16 0
+#endif
 
 INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
   if (dt == F32) return _mm256_loadu_ps((const float*)p);
@@ -100,6 +114,16 @@ INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
 }
 #endif
 
+/* Whether bf16 takes the VDPBF16PS loops (scores4_dp, pv4_dp): q and KV both bf16. */
+INLINE int uses_dp(int qdt, int kvdt) { return DPBF16 && qdt == BF16 && kvdt == BF16; }
+
+/* Logical index of accumulator slot i in pv4_dp's order: each pass of 32 columns holds the
+   unpacklo lanes (columns 0-3, 8-11, 16-19, 24-27) then the unpackhi ones (4-7, ...). */
+INLINE int64_t dp_logical(int64_t i) {
+  const int64_t s = i & 31, w = s & 15;
+  return i - s + 8 * (w >> 2) + 4 * (s >> 4) + (w & 3);
+}
+
 INLINE float load1(const void* p, int64_t i, int dt) {
   if (dt == F32) return ((const float*)p)[i];
   if (dt == BF16) { uint32_t u = (uint32_t)((const uint16_t*)p)[i] << 16; float f; memcpy(&f, &u, 4); return f; }
@@ -143,6 +167,18 @@ INLINE __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
+/* Rows j, j + 1 of the K and V rows AHEAD steps on (pk, pv: pn rows), into L2: spread over the
+   scores loop, a few lines a step, they never fill the miss buffers. Into L1 (T0), or only one
+   step ahead, they arrived too late or were evicted first (see AHEAD). */
+INLINE void prefetch2(const char* pk, int pkn, const char* pv, int pvn, int j, int64_t rs,
+                      int64_t row_bytes) {
+  for (int jj = j; jj < j + 2; jj++)
+    for (int64_t off = 0; off < row_bytes; off += 64) {
+      if (jj < pkn) _mm_prefetch(pk + jj * rs + off, _MM_HINT_T1);
+      if (jj < pvn) _mm_prefetch(pv + jj * rs + off, _MM_HINT_T1);
+    }
+}
+
 /* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs):
    two tokens per step, so each q vector feeds two FMAs and each K vector four. */
 INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int dt, int n,
@@ -150,14 +186,7 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   float r[8] __attribute__((aligned(32)));
   for (int j = 0; j < n; j += 2) {
-    /* rows j, j+1 of pk (next K rows) and pv (V rows): a few prefetches per step. The K rows
-       go to L2 only (T1): they are needed a whole head later, and L1 fills cost miss buffers
-       that the V rows needed next need more (bf16 ~13 -> ~12 ms). */
-    for (int jj = j; jj < j + 2; jj++)
-      for (int64_t off = 0; off < D * es; off += 64) {
-        if (jj < pkn) _mm_prefetch(pk + jj * rs + off, _MM_HINT_T1);
-        if (jj < pvn) _mm_prefetch(pv + jj * rs + off, _MM_HINT_T0);
-      }
+    prefetch2(pk, pkn, pv, pvn, j, rs, D * es);
     const char* k0 = k + j * rs;
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
 #ifdef __AVX512F__
@@ -234,6 +263,77 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
   }
 }
 
+#if DPBF16
+/* scores4 for bf16 q and K through VDPBF16PS: q and K rows pair up along D as stored, 32
+   elements an instruction; the scale multiplies the sums (q stays as given, in bf16). */
+INLINE void scores4_dp(const uint16_t* qb, int64_t D, const char* k, int64_t rs, int n,
+                       float scale, float* s /* [4][MAXBS] */, const char* pk, int pkn,
+                       const char* pv, int pvn) {
+  float r[8] __attribute__((aligned(32)));
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int j = 0; j < n; j += 2) {
+    prefetch2(pk, pkn, pv, pvn, j, rs, D * 2);
+    const char* k0 = k + j * rs;
+    const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
+    __m512 z[8];
+    for (int i = 0; i < 8; i++) z[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(k0 + d * 2);
+      const __m512bh x1 = (__m512bh)_mm512_loadu_si512(k1 + d * 2);
+      for (int g = 0; g < 4; g++) {
+        const __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + g * D + d);
+        z[2 * g] = _mm512_dpbf16_ps(z[2 * g], qv, x0);
+        z[2 * g + 1] = _mm512_dpbf16_ps(z[2 * g + 1], qv, x1);
+      }
+    }
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = fold512(z[i]);
+    _mm256_store_ps(r, _mm256_mul_ps(hsum8(a), sc));
+    for (int g = 0; g < 4; g++) { s[g * MAXBS + j] = r[2 * g]; s[g * MAXBS + j + 1] = r[2 * g + 1]; }
+  }
+}
+
+/* pv4 for bf16 V through VDPBF16PS: p rounded to bf16 (round to nearest even), rows j and j + 1
+   interleaved (unpack) so each lane pairs two tokens' values of one column with their two p.
+   The unpacks work within 128-bit lanes, so each pass's 32 columns land permuted in the
+   accumulator (dp_logical). An odd last row pairs with itself at p = 0: never a row past n,
+   whose slots may hold NaN. */
+INLINE void pv4_dp(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int n, int64_t D,
+                   float* acc /* [4][D] */) {
+  uint32_t pw[4][MAXBS / 2 + 1] __attribute__((aligned(64)));  /* p pairs, token 2i low half */
+  for (int g = 0; g < 4; g++) {
+    uint16_t* pb = (uint16_t*)pw[g];
+    for (int j = 0; j < n; j += 16)
+      _mm256_storeu_si256((__m256i*)(pb + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + g * MAXBS + j)));
+    pb[n] = 0;
+  }
+  for (int64_t d = 0; d < D; d += 32) {
+    __m512 a[8];
+    for (int g = 0; g < 4; g++) {
+      a[2 * g] = _mm512_loadu_ps(acc + g * D + d);
+      a[2 * g + 1] = _mm512_loadu_ps(acc + g * D + d + 16);
+    }
+    const char* vp = v + d * 2;
+    for (int j = 0; j < n; j += 2, vp += 2 * rs) {
+      const __m512i r0 = _mm512_loadu_si512(vp);
+      const __m512i r1 = j + 1 < n ? _mm512_loadu_si512(vp + rs) : r0;
+      const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(r0, r1);
+      const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+      for (int g = 0; g < 4; g++) {
+        const __m512bh pb = (__m512bh)_mm512_set1_epi32((int)pw[g][j / 2]);
+        a[2 * g] = _mm512_dpbf16_ps(a[2 * g], lo, pb);
+        a[2 * g + 1] = _mm512_dpbf16_ps(a[2 * g + 1], hi, pb);
+      }
+    }
+    for (int g = 0; g < 4; g++) {
+      _mm512_storeu_ps(acc + g * D + d, a[2 * g]);
+      _mm512_storeu_ps(acc + g * D + d + 16, a[2 * g + 1]);
+    }
+  }
+}
+#endif
+
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
    K then V) while the next head's K rows (or the next block's first head) are prefetched. Per
    head h, query head group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
@@ -246,32 +346,44 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   const int es = kvdt == F32 ? 4 : kvdt == I8 ? 1 : 2;
   const int64_t rs = Hkv * D * es;                 /* bytes between slots of a block */
   float s[4 * MAXBS] __attribute__((aligned(32)));
+  const int dp = uses_dp(qdt, kvdt);              /* q as given, in bf16 (scores4_dp) */
   for (int64_t h = 0; h < Hkv; h++)
     for (int64_t g = 0; g < G4; g++)
-      for (int64_t d = 0; d < D; d++)
-        qf[(h * G4 + g) * D + d] = g < G ? load1(q, (b * Hq + h * G + g) * D +
-                                                  (kvdt == BF16 ? bf16_logical(d) : d), qdt) * scale : 0.0f;
+      for (int64_t d = 0; d < D; d++) {
+        const int64_t i = (h * G4 + g) * D + d, src = (b * Hq + h * G + g) * D;
+        if (dp) ((uint16_t*)qf)[i] = g < G ? ((const uint16_t*)q)[src + d] : 0;
+        else qf[i] = g < G ? load1(q, src + (kvdt == BF16 ? bf16_logical(d) : d), qdt) * scale
+                           : 0.0f;
+      }
   for (int64_t i = 0; i < Hkv * G; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
   memset(acc, 0, sizeof(float) * Hkv * G4 * D);
   for (int64_t t = t0; t < t1;) {
     const int64_t blk = table[t / BS], slot = t % BS;
     const int n = (int)((t1 - t) < (BS - slot) ? (t1 - t) : (BS - slot));
-    /* Next block (elsewhere in the pool: no hardware prefetcher can guess it) and its size. */
-    const int64_t tn = t + n, nn = tn < t1 ? ((t1 - tn) < BS ? (t1 - tn) : BS) : 0;
-    const int64_t nblk = nn ? table[tn / BS] : blk;
     for (int64_t h = 0; h < Hkv; h++) {
       const int64_t row = (blk * BS + slot) * Hkv + h;    /* (token, head) row index */
       const char* kr = k + row * D * es;
       const char* vr = v + row * D * es;
-      /* While head h's scores are computed, its V rows and head h + 1's K rows (or head 0 of
-         the next block) are prefetched into L1: ~1000 cycles ahead, far more than DRAM latency,
-         and at most 24 KiB in flight with the rows in use (fp32), so they are still in L1 when
-         used. Prefetching whole blocks ahead in one burst (64 KiB in bf16) stalled on full miss
-         buffers and was evicted from L1 first; next head's V too left fp32 over L1. */
-      const int64_t prow = h + 1 < Hkv ? row + 1 : nblk * BS * Hkv;
-      const int pn = (int)(h + 1 < Hkv ? n : nn);
+      /* The (block, head) AHEAD steps on: in this block, or in one the table names (elsewhere
+         in the pool: no hardware prefetcher can guess it), none past the task's tokens. */
+      const int64_t ahead = h + AHEAD, later = ahead / Hkv, tp = t + n + (later - 1) * BS;
+      int64_t prow = row + AHEAD;
+      int pn = n;
+      if (later) {
+        pn = tp < t1 ? (int)((t1 - tp) < BS ? (t1 - tp) : BS) : 0;
+        prow = pn ? table[tp / BS] * BS * Hkv + ahead % Hkv : row;
+      }
+      const char* pk = k + prow * D * es;
+      const char* pv = v + prow * D * es;
       for (int64_t g0 = 0; g0 < G4; g0 += 4) {
-        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, k + prow * D * es, g0 ? 0 : pn, vr, g0 ? 0 : n);
+        if (g0) pn = 0;                                 /* one group prefetches */
+#if DPBF16
+        if (dp)
+          scores4_dp((const uint16_t*)qf + (h * G4 + g0) * D, D, kr, rs, n, scale, s, pk, pn, pv,
+                     pn);
+        else
+#endif
+        scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, pk, pn, pv, pn);
         for (int gi = 0; gi < 4 && g0 + gi < G; gi++) {
           float* sg = s + gi * MAXBS;
           const int64_t g = h * G + g0 + gi;
@@ -300,6 +412,10 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
         }
         for (int gi = 0; gi < 4; gi++)                 /* padded heads: p = 0 */
           if (g0 + gi >= G) for (int j = 0; j < n; j++) s[gi * MAXBS + j] = 0.0f;
+#if DPBF16
+        if (dp) pv4_dp(s, vr, rs, n, D, acc + (h * G4 + g0) * D);
+        else
+#endif
         pv4(s, vr, rs, kvdt, n, D, acc + (h * G4 + g0) * D);
       }
     }
@@ -363,7 +479,8 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
       const float w = expf(mm - mx);
       den += w * pp[A + Hq + hq];
       const float* a = pp + (h * G4 + g) * D;
-      if (kvdt == BF16) for (int64_t d = 0; d < D; d++) o[bf16_logical(d)] += w * a[d];
+      if (uses_dp(qdt, kvdt)) for (int64_t d = 0; d < D; d++) o[dp_logical(d)] += w * a[d];
+      else if (kvdt == BF16) for (int64_t d = 0; d < D; d++) o[bf16_logical(d)] += w * a[d];
       else for (int64_t d = 0; d < D; d++) o[d] += w * a[d];
     }
     const float inv = 1.0f / den;
