@@ -30,9 +30,9 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
 #define INLINE static inline __attribute__((always_inline))
 #define MAXD 256
 #define MAXBS 64
-/* Prefetch distance in (block, head) steps. One step is ~4 KiB of K and 4 of V (bf16, D = 128,
-   16-token blocks). Bf16, batch 8 x 4096, 2-core Zen 4: 1 step (K; V of the step in use into
-   L1) read 17 GB/s, 2-4 steps into L2 23-26 GB/s, 3 the best or tied in each run. */
+/* Prefetch distance in (block, head) steps. One step is 4 KiB of K and 4 of V (bf16, D = 128,
+   16-token blocks). On a 2-core Zen 4, from DRAM, alternated: 2, 3, 4 and 6 steps within 2% of
+   each other; one step (K, with the V rows of the step in use into L1) 0.71-0.84x of 3. */
 #define AHEAD 3
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define DPBF16 1
@@ -168,8 +168,8 @@ INLINE __m256 hsum8(const __m256* a) {
 }
 
 /* Rows j, j + 1 of the K and V rows AHEAD steps on (pk, pv: pn rows), into L2: spread over the
-   scores loop, a few lines a step, they never fill the miss buffers. Into L1 (T0), or only one
-   step ahead, they arrived too late or were evicted first (see AHEAD). */
+   scores loop, a few lines a step, they never fill the miss buffers. With the V rows into L1
+   (T0) instead the kernel read 0.78x (bf16, Zen 4, one run). */
 INLINE void prefetch2(const char* pk, int pkn, const char* pv, int pvn, int j, int64_t rs,
                       int64_t row_bytes) {
   for (int jj = j; jj < j + 2; jj++)
@@ -335,9 +335,10 @@ INLINE void pv4_dp(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, i
 #endif
 
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
-   K then V) while the next head's K rows (or the next block's first head) are prefetched. Per
-   head h, query head group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into one copy per KV dtype (below), so every dtype
-   switch is resolved at compile time and the inner loops keep their accumulators in registers. */
+   K then V) while the rows AHEAD (block, head) steps on are prefetched. Per head h, query head
+   group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into
+   one copy per KV dtype (below), so every dtype switch is resolved at compile time and the inner
+   loops keep their accumulators in registers. */
 INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G,
                    const char* k, const char* v, const void* ks, const void* vs, int64_t BS,
                    const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale,
