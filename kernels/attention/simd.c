@@ -171,7 +171,7 @@ INLINE __m256 hsum8(const __m256* a) {
    V rows AHEAD steps on are prefetched from the P.V loop (pv4, pv4_dp), so each thread's misses
    go out through the whole step, not in one burst a step. Issued together from the scores loop
    (Zen 4, alternated): fp32 0.79-0.89x; bf16 with equal sequence lengths (the threads' tasks in
-   step) 0.73-0.86x in some runs and the same in others, with ragged lengths 0.92-1.05x.
+   step) 0.73-0.86x in some runs and the same in others, with ragged lengths 0.91-1.06x.
    With the V rows into L1 (T0) instead of L2 the kernel read 0.78x (bf16, one run). */
 INLINE void prefetch_k(const char* pk, int pkn, int j, int64_t rs, int64_t row_bytes) {
   for (int jj = j; jj < j + 2 && jj < pkn; jj++)
