@@ -444,6 +444,9 @@ typedef void (*attend_fn)(const void*, int, int64_t, int64_t, int64_t, int64_t, 
                           int64_t, int64_t, float, float*, float*, float*, float*);
 static const attend_fn attend_dt[4] = {attend_f32, attend_bf16, attend_f16, attend_i8};
 
+/* 1 where bf16 KV takes the VDPBF16PS loops in this build (AVX512_BF16), else 0. */
+int bf16_dot_loops(void) { return DPBF16; }
+
 /* out[b, hq, :] (fp32). part: scratch of B*S*per floats (per task: acc [Hkv][G4][D], m and l
    [Hkv*G], and q pre-scaled in fp32 [Hkv][G4][D]). */
 int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int64_t Hkv,

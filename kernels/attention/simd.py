@@ -25,8 +25,15 @@ i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 library = CLibrary("paged_attention", Path(__file__).with_name("simd.c"), {
     "paged_attention": ([ptr, i32, i32, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr,
                          ctypes.c_float, i64, i64, ptr, ptr, i32], i32),
+    "bf16_dot_loops": ([], i32),
 }, needs=("avx2", "fma", "f16c"), libs=("-lm",))
 _buffer = library.buffer
+
+
+def bf16_dot() -> bool:
+    """Whether bf16 KV runs through VDPBF16PS in this build (a target with AVX512_BF16), see
+    simd.c: p is then rounded to bf16 before P.V."""
+    return bool(library().bf16_dot_loops())
 
 
 def splits_for(B: int, max_tokens: int, threads: int) -> int:

@@ -131,6 +131,20 @@ def test_tiled_int4_loop_width_follows_the_level(level):
     assert gemv_simd.tile_bits() == {"x86-64": 0, "x86-64-v3": 256, "x86-64-v4": 512}[level]
 
 
+def test_bf16_attention_dot_loops_follow_the_target(level):
+    """No x86-64 level turns on AVX512_BF16, so their attention builds widen bf16 and use FMAs
+    (checked against the reference above); -march=native takes VDPBF16PS exactly where the
+    compiler's native target defines __AVX512BF16__: the #if that picks them sees the flag."""
+    from kernels import cbuild
+    if level == "x86-64":
+        pytest.skip("the attention kernels need AVX2: refused at this level")
+    assert attention_simd.bf16_dot() is False
+    native = attention_simd.library.for_march("native")
+    macros = cbuild._target((shutil.which("cc"),), "-march=native")
+    assert bool(native().bf16_dot_loops()) == ("#define __AVX512BF16__ 1" in macros
+                                               and "#define __AVX512F__ 1" in macros)
+
+
 @pytest.mark.parametrize("unpack", ["cvt", "denormal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_tiled_int4_unpacks_at_each_level(level, unpack, dtype):
