@@ -78,9 +78,8 @@ def probe_elems(backend: Backend, dtype: torch.dtype = torch.float32) -> int:
     accel = backend.name == "cuda" or backend.kind_of_device in ("gpu", "tpu")
     floor = 1024**3 if accel else 256 * 1024**2
     nbytes = max(4 * backend.cache_bytes(), backend.rotate_bytes(), floor)
-    if not accel:
-        from backends import cpu
-        mem = cpu._mem_total()
+    if not accel:  # host memory, as the runner reads it to cap a case's rotated sets
+        mem = backend.device_info().get("memory_bytes")
         if mem:
             nbytes = min(nbytes, mem // 8)
     return nbytes // torch.empty((), dtype=dtype).element_size()

@@ -10,6 +10,7 @@ there, saying so.
 """
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 
@@ -140,7 +141,8 @@ def test_bf16_attention_dot_loops_follow_the_target(level):
         pytest.skip("the attention kernels need AVX2: refused at this level")
     assert attention_simd.bf16_dot() is False
     native = attention_simd.library.for_march("native")
-    macros = cbuild._target((shutil.which("cc"),), "-march=native")
+    cc = tuple(shlex.split(os.environ.get("CC") or "")) or (shutil.which("cc"),)  # as the build
+    macros = cbuild._target(cc, "-march=native")
     assert bool(native().bf16_dot_loops()) == ("#define __AVX512BF16__ 1" in macros
                                                and "#define __AVX512F__ 1" in macros)
 
