@@ -1,6 +1,6 @@
-"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP, the tiled INT4 and the 16-bit
-loops in AVX-512 where the build has it), built on first use, called via ctypes; registers `simd_c` for `gemv_bf16`,
-`gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
+"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP; the tiled INT4, the INT8 M = 1
+and the 16-bit loops in AVX-512 where the build has it), built on first use, called via ctypes;
+registers `simd_c` for `gemv_bf16`, `gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
 
 Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
 weights with partial (count < width) vector loads or 2-D transposes and runs 10-40x under the
@@ -10,7 +10,8 @@ The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp3
 as docs/kernels.md's Formats says), so their bytes are the op's byte model (simd_c_tiled at M > 1
 excepted: it reads the weights once per row of x); gemv_w4 also takes the same bytes reordered
 into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
-- INT8: `vpmovsxbd` widens 8 int8 at a time straight from memory, then convert and FMA.
+- INT8: `vpmovsxbd` widens 8 int8 at a time (16 at M = 1 with AVX-512F) straight from memory,
+  then convert and FMA.
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
   an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
   shift, so unpacking costs one AND per 8 weights. On AMD at M = 1 even the conversion goes: the

@@ -43,6 +43,7 @@ CASES = [
     ("gemv_w8", "simd_c", GemvW8Shape(1, 37, 200)),
     ("gemv_w8", "simd_c", GemvW8Shape(7, 16, 1000)),
     ("gemv_w8", "simd_c", GemvW8Shape(3, 50, 96)),
+    ("gemv_w8", "simd_c", GemvW8Shape(1, 9, 248)),  # M = 1, K: zmm loop, ymm step, scalar tail
     ("gemv_w4", "simd_c", GemvW4Shape(1, 37, 256, 32)),
     ("gemv_w4", "simd_c", GemvW4Shape(5, 20, 512, 128)),
     ("gemv_w4", "simd_c_tiled", GemvW4Shape(1, 13, 1024, 128)),
