@@ -139,7 +139,7 @@ INLINE void w8_tile(const int8_t* q, const float* xf, int64_t K, int64_t K32,
    L3), 1.14x in L3 and 1.05-1.18x from DRAM.
    Each step prefetches its bytes two tiles ahead (a row is two 4 KiB pages at K = 8192 and
    hardware prefetchers stop at page edges) into L2 (T1): on that Zen 4 1.07-1.17x the same into
-   L1 (T0), which itself read 1.2-1.3x no prefetch. A line is named in a prefetch each 16 bytes,
+   L1 (T0), which itself read 1.18-1.32x no prefetch. A line is named in a prefetch each 16 bytes,
    four times: once a line was 2-5% slower. */
 INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc, int dt,
                     int64_t n, float* y, const int R) {
