@@ -54,6 +54,7 @@ library = CLibrary("dequant_gemv", SOURCE, {
     "gemv_bf16": ([ptr, ctypes.c_int, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int, ptr, ctypes.c_int],
                   ctypes.c_int),
     "w4_denormal_unpack": ([], ctypes.c_int),
+    "w4_dot_unpack": ([], ctypes.c_int),
     "w4_tile_bits": ([], ctypes.c_int),
     "store_out": ([ptr, ptr, i64, ctypes.c_int], None),
 }, libs=("-lm",))
@@ -155,22 +156,29 @@ def denormal_unpack() -> bool:
     return bool(library().w4_denormal_unpack())
 
 
+def dot_unpack() -> bool:
+    """Whether this build has the tiled INT4 loop through VDPBF16PS (AVX512_BF16): what gemv_w4
+    takes for bf16 x at M = 1 in the tiled layout, see simd.c's w4dot_chunk."""
+    return bool(library().w4_dot_unpack())
+
+
 def tile_bits() -> int:
     """Register width of the tiled INT4 loop at M = 1 in this build: 512 (AVX-512F), 256 (AVX2),
     0 (no SIMD: the scalar path)."""
     return library().w4_tile_bits()
 
 
-_UNPACK = {"auto": 0, "cvt": 1, "denormal": 2}  # gemv_w4's `unpack` in simd.c
+_UNPACK = {"auto": 0, "cvt": 1, "denormal": 2, "dot": 3}  # gemv_w4's `unpack` in simd.c
 
 
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
     """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1): "auto"
-    picks the denormal unpack on AMD CPUs, "cvt" and "denormal" force one (tests run each on any
-    CPU; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a build
-    without AVX2 + F16C)."""
+    picks "dot" where it applies (tiled, bf16 x, a build with AVX512_BF16: dot_unpack()), else the
+    denormal unpack on AMD CPUs; "cvt", "denormal" and "dot" force one (tests run each where it
+    exists; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a build
+    without AVX2 + F16C; "dot" NotImplementedError where it does not apply)."""
     if unpack not in _UNPACK:
         raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
@@ -180,11 +188,15 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
-                           _scratch("x", M * 8 * kw8 + M * ng + tiled * nthreads * 8 * W4_TILE_BLOCK * ng),
+                           _scratch("x", M * 8 * kw8 + M * ng
+                                    + tiled * (nthreads * 8 * W4_TILE_BLOCK * ng + 4 * kw8)),
                            nthreads, int(tiled), _UNPACK[unpack], y.data_ptr(), odt)
     if rc == 2:
         raise NotImplementedError("unpack='denormal' needs the C kernels built with AVX2 and F16C; "
                                   "this build has no denormal unpack")
+    if rc == 3:
+        raise NotImplementedError("unpack='dot' takes bf16 x in the tiled layout in a build with "
+                                  "AVX512_BF16 (dot_unpack())")
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)
@@ -238,4 +250,4 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
 
 
 __all__ = ["library", "gemv_bf16", "gemv_w8", "gemv_w4", "tile_int4_rows", "w4_kblock_words",
-           "denormal_unpack", "tile_bits"]
+           "denormal_unpack", "dot_unpack", "tile_bits"]

@@ -148,6 +148,23 @@ def test_bf16_attention_dot_loops_follow_the_target(level):
                                                and "#define __AVX512F__ 1" in macros)
 
 
+def test_int4_dot_loop_follows_the_target(level):
+    """No x86-64 level turns on AVX512_BF16, so their GEMV builds have no VDPBF16PS INT4 loop (and
+    refuse unpack="dot"); -march=native has it exactly where the compiler's native target defines
+    __AVX512BF16__, __AVX512BW__ and __AVX512F__."""
+    from kernels import cbuild
+    assert gemv_simd.dot_unpack() is False
+    x, qw, sc, z, G = OPS["gemv_w4"].make_inputs(GemvW4Shape(1, 4, 64, 32), torch.bfloat16,
+                                                 "cpu", 11)
+    with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
+        gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw), sc, z, G, tiled=True, unpack="dot")
+    native = gemv_simd.library.for_march("native")
+    cc = tuple(shlex.split(os.environ.get("CC") or "")) or (shutil.which("cc"),)  # as the build
+    macros = cbuild._target(cc, "-march=native")
+    assert bool(native().w4_dot_unpack()) == all(
+        f"#define __{m}__ 1" in macros for m in ("AVX512BF16", "AVX512BW", "AVX512F"))
+
+
 @pytest.mark.parametrize("unpack", ["cvt", "denormal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_tiled_int4_unpacks_at_each_level(level, unpack, dtype):

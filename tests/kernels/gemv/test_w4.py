@@ -103,16 +103,17 @@ def test_tiled_layout_by_hand():
         gemv_simd.tile_int4_rows(torch.zeros(4, 48, dtype=torch.uint8))
 
 
-UNPACKS = ["auto", "cvt", "denormal"]  # gemv_w4's M = 1 unpacks: the CPU's pick, then each forced
+UNPACKS = ["auto", "cvt", "denormal", "dot"]  # gemv_w4's M = 1 unpacks: the CPU's pick, each forced
 
 
 def gemv_w4_unpack(*args, unpack: str, **kw) -> torch.Tensor:
     """gemv_simd.gemv_w4 with `unpack`; skips where this build has no denormal unpack (without
-    AVX2 + F16C)."""
+    AVX2 + F16C), and "dot" where it does not apply (a build without AVX512_BF16, x not bf16,
+    the row layout)."""
     try:
         return gemv_simd.gemv_w4(*args, unpack=unpack, **kw)
     except NotImplementedError as e:
-        if unpack != "denormal":
+        if unpack not in ("denormal", "dot"):
             raise
         pytest.skip(str(e))
 
@@ -218,6 +219,48 @@ def test_m1_zero_x_and_flush_denormal_mode(unpack):
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
+
+
+def test_dot_unpack_is_what_auto_takes_for_tiled_bf16():
+    """Where the build has the VDPBF16PS loop, "auto" on bf16 x in the tiled layout is it (the
+    same bits, fp32 out); elsewhere forcing it is refused with the reason, and fp16 x or the row
+    layout never take it. x spans 24 binades, so the unpacks' sums, exact for x of one scale,
+    round differently and their bits tell them apart."""
+    shape = GemvW4Shape(1, 134, 2 * KBK, 128)
+    x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", 4)
+    g = torch.Generator().manual_seed(0)
+    x = (x.float() * torch.exp2(torch.randint(-12, 13, x.shape, generator=g).float())).to(BF16)
+    tq = gemv_simd.tile_int4_rows(qw)
+
+    def run(**kw):
+        out = torch.empty(1, shape.N, dtype=torch.float32)
+        return gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, out=out, **kw)
+    auto = run()
+    with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
+        gemv_simd.gemv_w4(x.half(), tq, sc.half(), z.half(), G, tiled=True, unpack="dot")
+    with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
+        gemv_simd.gemv_w4(x, qw, sc, z, G, unpack="dot")
+    if not gemv_simd.dot_unpack():
+        with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
+            gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, unpack="dot")
+        return
+    assert torch.equal(auto, run(unpack="dot"))
+    assert not torch.equal(auto, run(unpack="cvt"))
+    assert not torch.equal(auto, run(unpack="denormal"))
+
+
+def test_dot_unpack_reads_each_nibble_with_its_x():
+    """The check can fail: x's pairs (x[8i + j], x[8i + j + 4]) swapped within each 8 k, which the
+    lane pairing would hide if it summed them the wrong way round, give a wrong answer."""
+    if not gemv_simd.dot_unpack():
+        pytest.skip("this build has no VDPBF16PS loop (AVX512_BF16)")
+    shape = GemvW4Shape(1, 16, 256, 64)
+    x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", 0)
+    ref = OP.reference(x, qw, sc, z, G)
+    tq = gemv_simd.tile_int4_rows(qw)
+    assert rel_err(gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, unpack="dot"), ref) < 1e-2
+    xs = x.view(1, -1, 2, 4).flip(2).reshape(1, -1)   # k and k + 4 swapped in every 8
+    assert rel_err(gemv_simd.gemv_w4(xs, tq, sc, z, G, tiled=True, unpack="dot"), ref) > 5e-2
 
 
 def test_denormal_unpack_is_used_on_amd():
