@@ -408,11 +408,8 @@ static const uint16_t W4_BF16_NIB[32] __attribute__((aligned(64))) = {
   0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170,
   0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0,
   0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170};
-INLINE void w4dot_chunk(const int32_t* p, const uint16_t* xq, __m512* a, __m512* b,
+INLINE void w4dot_words(__m512i w01, __m512i w23, const uint16_t* xq, __m512* a, __m512* b,
                         const __m512i tbl) {
-  _mm_prefetch((const char*)p + W4_PREFETCH, _MM_HINT_T1);
-  _mm_prefetch((const char*)p + W4_PREFETCH + 64, _MM_HINT_T1);
-  __m512i w01 = _mm512_loadu_si512(p), w23 = _mm512_loadu_si512(p + 16);
   for (int j = 0; j < 4; j++) {
     const __m512bh xv = (__m512bh)_mm512_broadcast_i64x4(
         _mm256_loadu_si256((const __m256i*)(xq + 16 * j)));
@@ -421,6 +418,22 @@ INLINE void w4dot_chunk(const int32_t* p, const uint16_t* xq, __m512* a, __m512*
     w01 = _mm512_srli_epi16(w01, 4);
     w23 = _mm512_srli_epi16(w23, 4);
   }
+}
+/* A chunk of the tiled layout: rows 0-1 then 2-3, 64 contiguous bytes each. */
+INLINE void w4dot_chunk(const int32_t* p, const uint16_t* xq, __m512* a, __m512* b,
+                        const __m512i tbl) {
+  _mm_prefetch((const char*)p + W4_PREFETCH, _MM_HINT_T1);
+  _mm_prefetch((const char*)p + W4_PREFETCH + 64, _MM_HINT_T1);
+  w4dot_words(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 16), xq, a, b, tbl);
+}
+/* A chunk of the row layout: 8 words of each of four rows RS words apart, paired into zmm. */
+INLINE __m512i w4_pair_rows(const int32_t* p0, const int32_t* p1) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)p0)),
+                            _mm256_loadu_si256((const __m256i*)p1), 1);
+}
+INLINE void w4dot_rows(const int32_t* p, int64_t RS, const uint16_t* xq, __m512* a, __m512* b,
+                       const __m512i tbl) {
+  w4dot_words(w4_pair_rows(p, p + RS), w4_pair_rows(p + 2 * RS, p + 3 * RS), xq, a, b, tbl);
 }
 #endif
 
@@ -466,7 +479,8 @@ INLINE float w4_scales(const void* sc, const void* zr, int dt, int64_t o, int64_
 #define W4_MAXG 1024  /* groups per row on the M = 1 paths (K <= 32768 at G = 32) */
 INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const float* xp,
                     const float* xs, const void* sc, const void* zr, int dt, int64_t n, float* y,
-                    const int R, const int DN, int csh) {
+                    const int R, const int DN, int csh, const uint16_t* xb, const int DOT) {
+  (void)xb, (void)DOT;                                   /* used where the build has W4DOT */
   const int64_t RS = KW;
   float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4] = {0, 0, 0, 0};
   float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};  /* rows ng apart, not 4 KiB */
@@ -485,6 +499,23 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
   if (R == 4 && KW % 8 == 0) {  /* the hot loop: 4 rows, whole chunks, no per-chunk branches */
     const int32_t* p = wr;
     const float* xc = xp;
+#if W4DOT
+    if (DOT) {   /* bf16 x through VDPBF16PS (w4dot_words), xb in xp's order */
+      const __m512i tbl = _mm512_load_si512(W4_BF16_NIB);
+      const uint16_t* xq = xb;
+      for (int64_t g = 0; g < ng; g += gstep) {
+        __m512 a[4], b[4];
+        for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < span; c += 8, p += 8, xq += 64) {
+          for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
+          w4dot_rows(p, RS, xq, a, b, tbl);
+        }
+        w4z_flush(tot, a, b, sf, g, ng, gstep);
+      }
+      for (int r = 0; r < 4; r++) y[r] = w4_total(tot[r], 0, 0) - corr[r];
+      return;
+    }
+#endif
     for (int64_t g = 0; g < ng; g += gstep) {
       __m256 d[4], e[4];
       for (int r = 0; r < 4; r++) d[r] = e[r] = _mm256_setzero_ps();
@@ -741,7 +772,7 @@ int w4_tile_bits(void) {
 #endif
 }
 
-/* Whether this build has the tiled VDPBF16PS loop (unpack 3, w4dot_chunk): bf16 x, M = 1. */
+/* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x, M = 1. */
 int w4_dot_unpack(void) { return W4DOT; }
 
 /* Whether unpack 0 (best for this CPU) is the denormal one here (see above). */
@@ -754,8 +785,8 @@ int w4_denormal_unpack(void) {
 }
 
 /* tiled: the weights are in the tiled layout (see above). unpack (M = 1): 0 = best for this CPU,
-   1 = cvt, 2 = DN (tests force each on any CPU), 3 = dot (w4dot_chunk: a W4DOT build, tiled, bf16
-   x; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
+   1 = cvt, 2 = DN (tests force each on any CPU), 3 = dot (w4dot_words: a W4DOT build, bf16 x,
+   K % 64 == 0; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
    without AVX2 + F16C (the path exists only there), 3 for dot where it does not apply. */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
@@ -780,9 +811,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     }
     return 0;
   }
-  /* unpack 3 ("dot", W4DOT builds, tiled bf16 x at M = 1) is also what 0 picks there */
+  /* unpack 3 ("dot": W4DOT builds, bf16 x at M = 1, whole chunks) is also what 0 picks there */
 #if W4DOT
-  const int dot = M == 1 && tiled && dt == BF16 && ng <= W4_MAXG
+  const int dot = M == 1 && KW % 8 == 0 && dt == BF16 && ng <= W4_MAXG
                   && (unpack == 3 || unpack == 0);
 #else
   const int dot = 0;
@@ -844,8 +875,10 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   const int32_t* wr = (const int32_t*)qw;
   /* dot: x as bf16 in xp's order, two values a 32-bit lane: chunk c (64 k), nibble j < 4 and
      word i of the chunk hold x[64c + 8i + j] then x[64c + 8i + j + 4] (see w4dot_chunk); one
-     two-source word permute a 32 of them. After every thread's scales in the scratch. */
-  uint16_t* xb = dot ? (uint16_t*)(xs + ng + (int64_t)nthreads * 8 * W4_TB * ng) : NULL;
+     two-source word permute a 32 of them. In the scratch after xs (tiled: after every thread's
+     scales). */
+  uint16_t* xb = dot ? (uint16_t*)(xs + ng + (tiled ? (int64_t)nthreads * 8 * W4_TB * ng : 0))
+                     : NULL;
   (void)xb;
 #if W4DOT
   if (dot) {
@@ -883,8 +916,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
           const int64_t b = it < NP ? 2 * it : it + NP;
           if (b == NB) {
             for (int64_t n = 4 * NT; n < N; n++) {
-              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
-              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh,
+                              xb, 0);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0, xb, 0);
             }
             continue;
           }
@@ -914,13 +948,20 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
           const int32_t* tw = wr + 4 * t * KW;
           if (t == NT) {
             for (int64_t n = 4 * NT; n < N; n++) {
-              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh);
-              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0);
+              if (dn) w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 1, csh,
+                              xb, 0);
+              else w4_rows(wr + n * KW, KW, WG, ng, xp, xs, scales, zeros, dt, n, y + n, 1, 0, 0, xb, 0);
             }
-          } else if (dn && WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
-          else if (dn) w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 1, csh);
-          else if (WG == 16) w4_rows(tw, KW, 16, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
-          else w4_rows(tw, KW, WG, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, 0, 0);
+          }
+#define W4_ROWS(WG_, DN_, DOT_) \
+  w4_rows(tw, KW, WG_, ng, xp, xs, scales, zeros, dt, 4 * t, y + 4 * t, 4, DN_, csh, xb, DOT_)
+          else if (dot && WG == 16) W4_ROWS(16, 0, 1);
+          else if (dot) W4_ROWS(WG, 0, 1);
+          else if (dn && WG == 16) W4_ROWS(16, 1, 0);
+          else if (dn) W4_ROWS(WG, 1, 0);
+          else if (WG == 16) W4_ROWS(16, 0, 0);
+          else W4_ROWS(WG, 0, 0);
+#undef W4_ROWS
         }
       }
       _mm_setcsr(csr);

@@ -21,9 +21,9 @@ into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT4 tiled, M = 1, in a build with AVX-512F: one zmm holds a chunk of two rows of a tile, so an
   AND and an FMA take 16 weights (a ymm op takes 8). The loop is the limit on a CPU that executes
   512-bit ops whole: 1.13-1.39x the ymm loop on a Zen 5 (docs/cpu-results.md).
-- INT4 tiled, M = 1, bf16 x, in a build with AVX512_BF16: each nibble looked up as a bf16 (VPERMW)
-  and two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction: 1.15x
-  the denormal loop from DRAM on a Zen 4, whose 256-bit datapaths that loop ran out of.
+- INT4, M = 1, bf16 x, in a build with AVX512_BF16: each nibble looked up as a bf16 (VPERMW) and
+  two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction: 1.15x the
+  denormal loop from DRAM on a Zen 4 (tiled), whose 256-bit datapaths that loop ran out of.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -160,8 +160,8 @@ def denormal_unpack() -> bool:
 
 
 def dot_unpack() -> bool:
-    """Whether this build has the tiled INT4 loop through VDPBF16PS (AVX512_BF16): what gemv_w4
-    takes for bf16 x at M = 1 in the tiled layout, see simd.c's w4dot_chunk."""
+    """Whether this build has the INT4 loops through VDPBF16PS (AVX512_BF16): what gemv_w4 takes
+    for bf16 x at M = 1 with K % 64 == 0, in either layout, see simd.c's w4dot_words."""
     return bool(library().w4_dot_unpack())
 
 
@@ -178,10 +178,10 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
     """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1): "auto"
-    picks "dot" where it applies (tiled, bf16 x, a build with AVX512_BF16: dot_unpack()), else the
-    denormal unpack on AMD CPUs; "cvt", "denormal" and "dot" force one (tests run each where it
-    exists; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a build
-    without AVX2 + F16C; "dot" NotImplementedError where it does not apply)."""
+    picks "dot" where it applies (bf16 x, K % 64 == 0, a build with AVX512_BF16: dot_unpack()),
+    else the denormal unpack on AMD CPUs; "cvt", "denormal" and "dot" force one (tests run each
+    where it exists; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a
+    build without AVX2 + F16C; "dot" NotImplementedError where it does not apply)."""
     if unpack not in _UNPACK:
         raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
@@ -191,15 +191,15 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
-                           _scratch("x", M * 8 * kw8 + M * ng
-                                    + tiled * (nthreads * 8 * W4_TILE_BLOCK * ng + 4 * kw8)),
+                           _scratch("x", M * 8 * kw8 + M * ng + 4 * kw8
+                                    + tiled * nthreads * 8 * W4_TILE_BLOCK * ng),
                            nthreads, int(tiled), _UNPACK[unpack], y.data_ptr(), odt)
     if rc == 2:
         raise NotImplementedError("unpack='denormal' needs the C kernels built with AVX2 and F16C; "
                                   "this build has no denormal unpack")
     if rc == 3:
-        raise NotImplementedError("unpack='dot' takes bf16 x in the tiled layout in a build with "
-                                  "AVX512_BF16 (dot_unpack())")
+        raise NotImplementedError("unpack='dot' takes bf16 x, M = 1 and K % 64 == 0 in a build "
+                                  "with AVX512_BF16 (dot_unpack())")
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)

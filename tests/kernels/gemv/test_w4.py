@@ -109,7 +109,7 @@ UNPACKS = ["auto", "cvt", "denormal", "dot"]  # gemv_w4's M = 1 unpacks: the CPU
 def gemv_w4_unpack(*args, unpack: str, **kw) -> torch.Tensor:
     """gemv_simd.gemv_w4 with `unpack`; skips where this build has no denormal unpack (without
     AVX2 + F16C), and "dot" where it does not apply (a build without AVX512_BF16, x not bf16,
-    the row layout)."""
+    K % 64 != 0)."""
     try:
         return gemv_simd.gemv_w4(*args, unpack=unpack, **kw)
     except NotImplementedError as e:
@@ -221,35 +221,38 @@ def test_m1_zero_x_and_flush_denormal_mode(unpack):
         torch.set_num_threads(threads)
 
 
-def test_dot_unpack_is_what_auto_takes_for_tiled_bf16():
-    """Where the build has the VDPBF16PS loop, "auto" on bf16 x in the tiled layout is it (the
-    same bits, fp32 out); elsewhere forcing it is refused with the reason, and fp16 x or the row
-    layout never take it. x spans 24 binades, so the unpacks' sums, exact for x of one scale,
-    round differently and their bits tell them apart."""
+@pytest.mark.parametrize("tiled", [False, True])
+def test_dot_unpack_is_what_auto_takes_for_bf16(tiled):
+    """Where the build has the VDPBF16PS loops, "auto" on bf16 x at M = 1 (K % 64 == 0, either
+    layout) is them (the same bits, fp32 out); elsewhere forcing them is refused with the reason,
+    and fp16 x or K % 64 != 0 never take them. x spans 24 binades, so the unpacks' sums, exact for
+    x of one scale, round differently and their bits tell them apart."""
     shape = GemvW4Shape(1, 134, 2 * KBK, 128)
     x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", 4)
     g = torch.Generator().manual_seed(0)
     x = (x.float() * torch.exp2(torch.randint(-12, 13, x.shape, generator=g).float())).to(BF16)
-    tq = gemv_simd.tile_int4_rows(qw)
+    q = gemv_simd.tile_int4_rows(qw) if tiled else qw
 
     def run(**kw):
         out = torch.empty(1, shape.N, dtype=torch.float32)
-        return gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, out=out, **kw)
+        return gemv_simd.gemv_w4(x, q, sc, z, G, tiled=tiled, out=out, **kw)
     auto = run()
     with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
-        gemv_simd.gemv_w4(x.half(), tq, sc.half(), z.half(), G, tiled=True, unpack="dot")
+        gemv_simd.gemv_w4(x.half(), q, sc.half(), z.half(), G, tiled=tiled, unpack="dot")
+    x96, q96, s96, z96, g96 = OP.make_inputs(GemvW4Shape(1, 8, 96, 32), BF16, "cpu", 4)
     with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
-        gemv_simd.gemv_w4(x, qw, sc, z, G, unpack="dot")
+        gemv_simd.gemv_w4(x96, q96, s96, z96, g96, unpack="dot")
     if not gemv_simd.dot_unpack():
         with pytest.raises(NotImplementedError, match="unpack='dot' takes bf16 x"):
-            gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, unpack="dot")
+            run(unpack="dot")
         return
     assert torch.equal(auto, run(unpack="dot"))
     assert not torch.equal(auto, run(unpack="cvt"))
     assert not torch.equal(auto, run(unpack="denormal"))
 
 
-def test_dot_unpack_reads_each_nibble_with_its_x():
+@pytest.mark.parametrize("tiled", [False, True])
+def test_dot_unpack_reads_each_nibble_with_its_x(tiled):
     """The check can fail: x's pairs (x[8i + j], x[8i + j + 4]) swapped within each 8 k, which the
     lane pairing would hide if it summed them the wrong way round, give a wrong answer."""
     if not gemv_simd.dot_unpack():
@@ -257,10 +260,10 @@ def test_dot_unpack_reads_each_nibble_with_its_x():
     shape = GemvW4Shape(1, 16, 256, 64)
     x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", 0)
     ref = OP.reference(x, qw, sc, z, G)
-    tq = gemv_simd.tile_int4_rows(qw)
-    assert rel_err(gemv_simd.gemv_w4(x, tq, sc, z, G, tiled=True, unpack="dot"), ref) < 1e-2
+    q = gemv_simd.tile_int4_rows(qw) if tiled else qw
+    assert rel_err(gemv_simd.gemv_w4(x, q, sc, z, G, tiled=tiled, unpack="dot"), ref) < 1e-2
     xs = x.view(1, -1, 2, 4).flip(2).reshape(1, -1)   # k and k + 4 swapped in every 8
-    assert rel_err(gemv_simd.gemv_w4(xs, tq, sc, z, G, tiled=True, unpack="dot"), ref) > 5e-2
+    assert rel_err(gemv_simd.gemv_w4(xs, q, sc, z, G, tiled=tiled, unpack="dot"), ref) > 5e-2
 
 
 def test_denormal_unpack_is_used_on_amd():
