@@ -392,17 +392,18 @@ INLINE void w4z_flush(float tot[4][8], const __m512* a, const __m512* b, float* 
 #endif
 
 #if W4DOT
-/* The tiled M = 1 loop for bf16 x through VDPBF16PS (unpack 3, "dot"): each nibble is looked up
-   as a bf16 (VPERMW from a 32-entry table, the index's fifth bit, the next nibble's, picking the
-   same value) and each 32-bit lane pairs nibble j of its word's low half with nibble j + 4 of
-   its high half against x[8i + j] and x[8i + j + 4] (xb, see gemv_w4), so one VDPBF16PS takes
-   32 weights: per chunk (256 weights) 2 loads, 6 shifts, 8 lookups, 4 x broadcasts and 8
-   VDPBF16PS, where the DN loop takes 44 ops. The products are exact (q <= 15, x as given), summed
+/* The M = 1 loops for bf16 x through VDPBF16PS (unpack 3, "dot"; tiled and row layout): each
+   nibble is looked up as a bf16 (VPERMW from a 32-entry table, the index's fifth bit, the next
+   nibble's, picking the same value) and each 32-bit lane pairs nibble j of its word's low half
+   with nibble j + 4 of its high half against x[8i + j] and x[8i + j + 4] (xb, see gemv_w4), so
+   one VDPBF16PS takes 32 weights: per chunk (256 weights) 2 loads, 6 shifts, 8 lookups, 4 x
+   broadcasts and 8 VDPBF16PS, where the DN loop takes 44 ops. The products are exact (q <= 15, x as given), summed
    in fp32, as the FMA loops do. Accumulators as w4_asm.h's zmm forms: a rows 0-1, b rows 2-3,
    by nibble j % 4, so w4z_flush takes them. It prefetches its stream W4_PREFETCH bytes ahead into
    L2 (T1: 1.06-1.22x T0 from DRAM on a Zen 4, where the asm loops read 0.96-0.99x with T1). On
    that Zen 4 (256-bit datapaths), against the DN loop: 1.49x the bytes a second on one core with
-   the weights in L1/L2, 1.33x in L3, 1.15x from DRAM at 28672 x 4096. */
+   the weights in L1/L2; tiled 1.33x in L3 and 1.15x from DRAM at 28672 x 4096, the row layout
+   1.22-1.34x there (w4_rows, which prefetches as its DN loop does). */
 static const uint16_t W4_BF16_NIB[32] __attribute__((aligned(64))) = {
   0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0,
   0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170,
