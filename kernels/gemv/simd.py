@@ -22,8 +22,9 @@ into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
   AND and an FMA take 16 weights (a ymm op takes 8). The loop is the limit on a CPU that executes
   512-bit ops whole: 1.13-1.39x the ymm loop on a Zen 5 (docs/cpu-results.md).
 - INT4, M = 1, bf16 x, in a build with AVX512_BF16: each nibble looked up as a bf16 (VPERMW) and
-  two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction: 1.15x the
-  denormal loop from DRAM on a Zen 4 (tiled), whose 256-bit datapaths that loop ran out of.
+  two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction. On a Zen 4,
+  whose 256-bit datapaths held the denormal loop below the memory, 1.15x (tiled) and 1.22-1.34x
+  (row layout) from DRAM.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python

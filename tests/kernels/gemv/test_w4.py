@@ -253,8 +253,8 @@ def test_dot_unpack_is_what_auto_takes_for_bf16(tiled):
 
 @pytest.mark.parametrize("tiled", [False, True])
 def test_dot_unpack_reads_each_nibble_with_its_x(tiled):
-    """The check can fail: x's pairs (x[8i + j], x[8i + j + 4]) swapped within each 8 k, which the
-    lane pairing would hide if it summed them the wrong way round, give a wrong answer."""
+    """The check can fail: x with k and k + 4 swapped in every 8 (the two values each lane of the
+    VDPBF16PS loops pairs) gives a wrong answer."""
     if not gemv_simd.dot_unpack():
         pytest.skip("this build has no VDPBF16PS loop (AVX512_BF16)")
     shape = GemvW4Shape(1, 16, 256, 64)
