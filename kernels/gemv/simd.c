@@ -776,7 +776,8 @@ int w4_tile_bits(void) {
 /* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x, M = 1. */
 int w4_dot_unpack(void) { return W4DOT; }
 
-/* Whether unpack 0 (best for this CPU) is the denormal one here (see above). */
+/* Whether unpack 0 (best for this CPU) is the denormal one here where the dot loops do not apply
+   (see above). */
 int w4_denormal_unpack(void) {
 #if defined(__AVX2__) && defined(__F16C__)
   return __builtin_cpu_is("amd");

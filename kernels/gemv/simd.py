@@ -156,7 +156,8 @@ def tile_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
 
 
 def denormal_unpack() -> bool:
-    """Whether gemv_w4 at M = 1 unpacks nibbles as denormal floats on this CPU (AMD), see simd.c."""
+    """Whether gemv_w4 at M = 1 unpacks nibbles as denormal floats on this CPU (AMD) where the
+    VDPBF16PS loops do not apply (dot_unpack()), see simd.c."""
     return bool(library().w4_denormal_unpack())
 
 
