@@ -494,7 +494,7 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
   }
   for (int r = 0; r < R; r++) corr[r] = w4_scales(sc, zr, dt, (n + r) * ng, ng, xs, sf[r]);
   /* Group totals stay in memory (touched once per group) so the 8 accumulators keep registers. */
-  float tot[4][8] __attribute__((aligned(32)));
+  float tot[4][8] __attribute__((aligned(64)));   /* w4z_flush: aligned zmm loads and stores */
   for (int r = 0; r < R; r++) _mm256_store_ps(tot[r], _mm256_setzero_ps());
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
   if (R == 4 && KW % 8 == 0) {  /* the hot loop: 4 rows, whole chunks, no per-chunk branches */
