@@ -10,11 +10,14 @@
      steps later in that walk are prefetched into L2, a few lines per step: the table defeats
      hardware prefetch;
    - all G query heads of a KV head share each K/V row;
-   - scores: two tokens x four query heads per step (8 accumulators, reduced together), so every
-     q vector loaded from L1 feeds two FMAs and every K vector four;
+   - scores: four query heads against four tokens a step in zmm (16 accumulators, reduced
+     together into one vector) or two in ymm (8), so every q vector loaded from L1 feeds four
+     (two) FMAs and every K vector four; each 16 tokens' scores are stored as one row a head,
+     and the softmax runs a row a vector at a time, so its loads take whole stores;
    - P.V: per 16-wide slice of D, the four heads' accumulators stay in registers across a whole
      block of tokens, each broadcast p feeding two FMAs; INT8 KV folds k_scale into the score and
-     v_scale into p, so rows are only widened;
+     v_scale into p (gathered once a block and head, multiplied a vector at a time), so rows are
+     only widened;
    - bf16 KV with AVX512_BF16: scores take q and K in bf16 pairs along D, P.V takes p rounded to
      bf16 (as FlashAttention feeds P to its MMA) and V rows paired along the tokens, each
      VDPBF16PS doing two products a lane in fp32: half the instructions of widening and FMAs;
@@ -87,16 +90,29 @@ enum { VW = 16 };
 #define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VSET1(x) _mm512_set1_ps(x)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
 INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   *x0 = load16(p, dt);
   *x1 = load16(p + 16 * es, dt);
 }
 
-/* A zmm's two halves added: the ymm that hsum8 takes. */
-INLINE __m256 fold512(__m512 v) {
-  return _mm256_add_ps(_mm512_castps512_ps256(v),
-                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+/* Horizontal sums of 16 vectors at once: lane 4 L + m of the result is the sum of z[4 m + L].
+   A tree of lane shuffles and adds: 45 instructions for 16 sums, which come out in one vector
+   (folding each zmm to a ymm and hsum8 took 33 for 8, then eight scalar stores). */
+INLINE __m512 sum16(const __m512* z) {
+  __m512 y[8], w[4], u[2];
+  for (int i = 0; i < 8; i++)     /* 128-bit lanes: z[2i]'s two halves added, then z[2i+1]'s */
+    y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++)     /* 128-bit lane L: z[4i+L]'s four partial sums */
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++)     /* lane L: z[8i+L] and z[8i+4+L], two partials each */
+    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(w[2 * i], w[2 * i + 1]),
+                         _mm512_unpackhi_ps(w[2 * i], w[2 * i + 1]));
+  return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
 }
 #endif
 
@@ -107,6 +123,7 @@ enum { VW = 8 };
 #define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VSET1(x) _mm256_set1_ps(x)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
 INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   if (dt == BF16) load16_bf16(p, x0, x1);
@@ -114,7 +131,7 @@ INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
 }
 #endif
 
-/* Whether bf16 takes the VDPBF16PS loops (scores4_dp, pv4_dp): q and KV both bf16. */
+/* Whether bf16 takes the VDPBF16PS loops (scores4_zmm's dp, pv4_dp): q and KV both bf16. */
 INLINE int uses_dp(int qdt, int kvdt) { return DPBF16 && qdt == BF16 && kvdt == BF16; }
 
 /* Logical index of accumulator slot i in pv4_dp's order: each pass of 32 columns holds the
@@ -138,6 +155,28 @@ INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/* max(m, x[0..n)), NaN in x ignored (the second operand of max_ps is kept): a vector at a
+   time, not one compare-and-select chain through the whole block. */
+INLINE float hmax(const float* x, int n, float m) {
+#ifdef __AVX512F__
+  __m512 v = _mm512_set1_ps(m);
+  int j = 0;
+  for (; j + 16 <= n; j += 16) v = _mm512_max_ps(_mm512_loadu_ps(x + j), v);
+  if (j < n) v = _mm512_max_ps(_mm512_mask_loadu_ps(v, (1u << (n - j)) - 1, x + j), v);
+  return _mm512_reduce_max_ps(v);
+#else
+  __m256 v = _mm256_set1_ps(m);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) v = _mm256_max_ps(_mm256_loadu_ps(x + j), v);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float r = _mm_cvtss_f32(h);
+  for (; j < n; j++) r = x[j] > r ? x[j] : r;
+  return r;
+#endif
+}
+
 /* exp(x) for x <= 0 (softmax after the max is subtracted), rel. error ~2e-7; x < -87 gives 0. */
 INLINE __m256 exp256(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.0f);
@@ -158,6 +197,71 @@ INLINE __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+#ifdef __AVX512F__
+/* exp512: exp256's polynomial on 16 lanes, 2^n applied by VSCALEFPS. */
+INLINE __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_scalef_ps(~tiny, p, n);
+}
+#endif
+
+/* x[j] = exp(x[j] - mt) for j < n, in place; returns their sum. */
+INLINE float exp_sum(float* x, int n, float mt) {
+#ifdef __AVX512F__
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 mv = _mm512_set1_ps(mt);
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {      /* whole rows unmasked: PV's loads take them from the store */
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+    _mm512_storeu_ps(x + j, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (j < n) {
+    const __mmask16 k = (1u << (n - j)) - 1;
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mv));
+    _mm512_mask_storeu_ps(x + j, k, e);
+    sum = _mm512_mask_add_ps(sum, k, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+#else
+  int j = 0;
+  __m256 sum = _mm256_setzero_ps();
+  const __m256 mv = _mm256_set1_ps(mt);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+    _mm256_storeu_ps(x + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float tot = hsum(sum);
+  for (; j < n; j++) { x[j] = expf(x[j] - mt); tot += x[j]; }
+  return tot;
+#endif
+}
+
+/* One head's online-softmax step over a block's n scores x (in place, to p = exp(x - max)):
+   the running max *m and sum *l updated; returns what the head's accumulator is to be scaled by
+   (0 on the first block, m = -inf; 1, with no exp, where the block's max is not new). */
+INLINE float softmax1(float* x, int n, float* m, float* l) {
+  const float mt = hmax(x, n, *m);
+  const float alpha = mt > *m ? expf(*m - mt) : 1.0f;
+  *m = mt;
+  *l = *l * alpha + exp_sum(x, n, mt);
+  return alpha;
+}
+
 /* Horizontal sums of 8 vectors at once: lane i of the result is the sum of a[i]. */
 INLINE __m256 hsum8(const __m256* a) {
   __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
@@ -173,36 +277,22 @@ INLINE __m256 hsum8(const __m256* a) {
    (Zen 4, alternated): fp32 0.79-0.89x; bf16 with equal sequence lengths (the threads' tasks in
    step) 0.73-0.86x in some runs and the same in others, with ragged lengths 0.91-1.06x.
    With the V rows into L1 (T0) instead of L2 the kernel read 0.78x (bf16, one run). */
-INLINE void prefetch_k(const char* pk, int pkn, int j, int64_t rs, int64_t row_bytes) {
-  for (int jj = j; jj < j + 2 && jj < pkn; jj++)
+INLINE void prefetch_k(const char* pk, int pkn, int j, int rows, int64_t rs, int64_t row_bytes) {
+  for (int jj = j; jj < j + rows && jj < pkn; jj++)
     for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(pk + jj * rs + off, _MM_HINT_T1);
 }
 
-/* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs):
-   two tokens per step, so each q vector feeds two FMAs and each K vector four. */
+#ifndef __AVX512F__
+/* Scores of 4 query heads (qf rows, D floats each) against n consecutive K rows (stride rs), in
+   ymm (AVX2): two tokens per step, so each q vector feeds two FMAs and each K vector four. */
 INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int dt, int n,
                     float* s /* [4][MAXBS] */, const char* pk, int pkn) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
   float r[8] __attribute__((aligned(32)));
   for (int j = 0; j < n; j += 2) {
-    prefetch_k(pk, pkn, j, rs, D * es);
+    prefetch_k(pk, pkn, j, 2, rs, D * es);
     const char* k0 = k + j * rs;
     const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
-#ifdef __AVX512F__
-    /* zmm: 16 elements of D an FMA, every dtype widened in order. */
-    __m512 z[8];
-    for (int i = 0; i < 8; i++) z[i] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d += 16) {
-      const __m512 x0 = load16(k0 + d * es, dt), x1 = load16(k1 + d * es, dt);
-      for (int g = 0; g < 4; g++) {
-        const __m512 qv = _mm512_loadu_ps(qf + g * D + d);
-        z[2 * g] = _mm512_fmadd_ps(qv, x0, z[2 * g]);
-        z[2 * g + 1] = _mm512_fmadd_ps(qv, x1, z[2 * g + 1]);
-      }
-    }
-    __m256 a[8];
-    for (int i = 0; i < 8; i++) a[i] = fold512(z[i]);
-#else
     __m256 a[8];
     for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
     if (dt == BF16) {
@@ -227,11 +317,11 @@ INLINE void scores4(const float* qf, int64_t D, const char* k, int64_t rs, int d
         }
       }
     }
-#endif
     _mm256_store_ps(r, hsum8(a));
     for (int g = 0; g < 4; g++) { s[g * MAXBS + j] = r[2 * g]; s[g * MAXBS + j + 1] = r[2 * g + 1]; }
   }
 }
+#endif
 
 /* acc[g][:] += sum_j p[g][j] * V[j][:] for 4 heads, n consecutive V rows; 2 VW columns of D per
    pass (32 in zmm: D % 32 == 0; 16 in ymm) so each broadcast p feeds two FMAs (8 accumulators in
@@ -265,38 +355,68 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
   }
 }
 
+#ifdef __AVX512F__
+/* scores4 in zmm: four tokens a step, so each q vector feeds four instructions and each K vector
+   four, and the 16 sums are reduced together (sum16). dp (bf16 q and K, AVX512_BF16): q and K
+   pair up along D as stored, 32 elements a VDPBF16PS, the scale applied to the sums (q as given,
+   in bf16); else K widened to fp32 in order, 16 elements an FMA, q pre-scaled in fp32. Rows
+   past n are the last row again (never a row past the sequence); their scores land past n in
+   s and are not used. */
+INLINE void scores4_zmm(const void* q, int64_t D, const char* k, int64_t rs, int dt, int dp,
+                        int n, float scale, float* s /* [4][MAXBS] */, const char* pk, int pkn) {
+  const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
+  const __m512 sc = _mm512_set1_ps(dp ? scale : 1.0f);
+  for (int j0 = 0; j0 < n; j0 += 16) {
+    __m512 r[4];                                   /* lane 4 g + t: head g, token j0 + 4 i + t */
+    for (int i = 0; i < 4; i++) {
+      const int j = j0 + 4 * i;
+      if (j >= n) { r[i] = r[0]; continue; }
+      prefetch_k(pk, pkn, j, 4, rs, D * es);
+      const char* kt[4];
+      for (int t = 0; t < 4; t++) kt[t] = k + (j + t < n ? j + t : n - 1) * rs;
+      __m512 z[16];                                /* z[4 * token + head] */
+      for (int c = 0; c < 16; c++) z[c] = _mm512_setzero_ps();
 #if DPBF16
-/* scores4 for bf16 q and K through VDPBF16PS: q and K rows pair up along D as stored, 32
-   elements an instruction; the scale multiplies the sums (q stays as given, in bf16). */
-INLINE void scores4_dp(const uint16_t* qb, int64_t D, const char* k, int64_t rs, int n,
-                       float scale, float* s /* [4][MAXBS] */, const char* pk, int pkn) {
-  float r[8] __attribute__((aligned(32)));
-  const __m256 sc = _mm256_set1_ps(scale);
-  for (int j = 0; j < n; j += 2) {
-    prefetch_k(pk, pkn, j, rs, D * 2);
-    const char* k0 = k + j * rs;
-    const char* k1 = j + 1 < n ? k0 + rs : k0;     /* odd n: the last token twice, one kept */
-    __m512 z[8];
-    for (int i = 0; i < 8; i++) z[i] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d += 32) {
-      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(k0 + d * 2);
-      const __m512bh x1 = (__m512bh)_mm512_loadu_si512(k1 + d * 2);
-      for (int g = 0; g < 4; g++) {
-        const __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + g * D + d);
-        z[2 * g] = _mm512_dpbf16_ps(z[2 * g], qv, x0);
-        z[2 * g + 1] = _mm512_dpbf16_ps(z[2 * g + 1], qv, x1);
+      if (dp) {
+        const uint16_t* qb = (const uint16_t*)q;
+        for (int64_t d = 0; d < D; d += 32) {
+          __m512bh x[4];
+          for (int t = 0; t < 4; t++) x[t] = (__m512bh)_mm512_loadu_si512(kt[t] + d * 2);
+          for (int g = 0; g < 4; g++) {
+            const __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + g * D + d);
+            for (int t = 0; t < 4; t++) z[4 * t + g] = _mm512_dpbf16_ps(z[4 * t + g], qv, x[t]);
+          }
+        }
+      } else
+#endif
+      {
+        const float* qf = (const float*)q;
+        for (int64_t d = 0; d < D; d += 16) {
+          __m512 x[4];
+          for (int t = 0; t < 4; t++) x[t] = load16(kt[t] + d * es, dt);
+          for (int g = 0; g < 4; g++) {
+            const __m512 qv = _mm512_loadu_ps(qf + g * D + d);
+            for (int t = 0; t < 4; t++) z[4 * t + g] = _mm512_fmadd_ps(qv, x[t], z[4 * t + g]);
+          }
+        }
       }
+      r[i] = _mm512_mul_ps(sum16(z), sc);
     }
-    __m256 a[8];
-    for (int i = 0; i < 8; i++) a[i] = fold512(z[i]);
-    _mm256_store_ps(r, _mm256_mul_ps(hsum8(a), sc));
-    for (int g = 0; g < 4; g++) {
-      s[g * MAXBS + j] = r[2 * g];
-      s[g * MAXBS + j + 1] = r[2 * g + 1];
-    }
+    /* Head g's 16 scores from lane g of each r[i], stored as one row: the softmax's full-width
+       loads then take them from the store (a load spanning several smaller stores waits for
+       them to retire). */
+#define ROW(G) _mm512_shuffle_f32x4(_mm512_shuffle_f32x4(r[0], r[1], G * 0x55), \
+                                    _mm512_shuffle_f32x4(r[2], r[3], G * 0x55), 0x88)
+    _mm512_storeu_ps(s + j0, ROW(0));
+    _mm512_storeu_ps(s + MAXBS + j0, ROW(1));
+    _mm512_storeu_ps(s + 2 * MAXBS + j0, ROW(2));
+    _mm512_storeu_ps(s + 3 * MAXBS + j0, ROW(3));
+#undef ROW
   }
 }
+#endif
 
+#if DPBF16
 /* pv4 for bf16 V through VDPBF16PS: p rounded to bf16 (round to nearest even), rows j and j + 1
    interleaved (unpack) so each lane pairs two tokens' values of one column with their two p.
    The unpacks work within 128-bit lanes, so each pass's 32 columns land permuted in the
@@ -340,6 +460,16 @@ INLINE void pv4_dp(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, i
 }
 #endif
 
+/* Rows x[g][0..n) *= c[0..n) for the gn heads of a group (rows MAXBS apart), a vector at a time:
+   the softmax's full-width loads then take whole rows from these stores. */
+INLINE void scale_rows(float* x, int gn, int n, const float* c) {
+  for (int g = 0; g < gn; g++, x += MAXBS) {
+    int j = 0;
+    for (; j + VW <= n; j += VW) VSTORE(x + j, VMUL(VLOAD(x + j), VLOAD(c + j)));
+    for (; j < n; j++) x[j] *= c[j];
+  }
+}
+
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
    K then V) while the rows AHEAD (block, head) steps on are prefetched. Per head h, query head
    group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into
@@ -352,8 +482,9 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   const int64_t G4 = (G + 3) / 4 * 4;
   const int es = kvdt == F32 ? 4 : kvdt == I8 ? 1 : 2;
   const int64_t rs = Hkv * D * es;                 /* bytes between slots of a block */
-  float s[4 * MAXBS] __attribute__((aligned(32)));
-  const int dp = uses_dp(qdt, kvdt);              /* q as given, in bf16 (scores4_dp) */
+  float s[4 * MAXBS] __attribute__((aligned(64)));
+  float ksc[MAXBS], vsc[MAXBS];                   /* INT8 KV: a (block, head)'s scales */
+  const int dp = uses_dp(qdt, kvdt);              /* q as given, in bf16 (scores4_zmm) */
   for (int64_t h = 0; h < Hkv; h++)
     for (int64_t g = 0; g < G4; g++)
       for (int64_t d = 0; d < D; d++) {
@@ -382,40 +513,32 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
       }
       const char* pk = k + prow * D * es;
       const char* pv = v + prow * D * es;
+      if (ks)                                   /* INT8 KV: this (block, head)'s scales, once */
+        for (int j = 0; j < n; j++) {
+          ksc[j] = load1(ks, row + j * Hkv, qdt);
+          vsc[j] = load1(vs, row + j * Hkv, qdt);
+        }
       for (int64_t g0 = 0; g0 < G4; g0 += 4) {
         if (g0) pn = 0;                                 /* one group prefetches */
-#if DPBF16
-        if (dp)
-          scores4_dp((const uint16_t*)qf + (h * G4 + g0) * D, D, kr, rs, n, scale, s, pk, pn);
-        else
-#endif
+#ifdef __AVX512F__
+        const void* qg = dp ? (const void*)((const uint16_t*)qf + (h * G4 + g0) * D)
+                            : (const void*)(qf + (h * G4 + g0) * D);
+        scores4_zmm(qg, D, kr, rs, kvdt, dp, n, scale, s, pk, pn);
+#else
         scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, pk, pn);
-        for (int gi = 0; gi < 4 && g0 + gi < G; gi++) {
-          float* sg = s + gi * MAXBS;
-          const int64_t g = h * G + g0 + gi;
-          float* ag = acc + (h * G4 + g0 + gi) * D;
-          if (ks) for (int j = 0; j < n; j++) sg[j] *= load1(ks, row + j * Hkv, qdt);
-          float mt = m[g];
-          for (int j = 0; j < n; j++) mt = sg[j] > mt ? sg[j] : mt;
-          const float alpha = expf(m[g] - mt);       /* 0 on the first block (m = -inf) */
-          m[g] = mt;
-          int j = 0;
-          __m256 sum = _mm256_setzero_ps(), mv = _mm256_set1_ps(mt);
-          for (; j + 8 <= n; j += 8) {
-            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sg + j), mv));
-            _mm256_storeu_ps(sg + j, e);
-            sum = _mm256_add_ps(sum, e);
+#endif
+        const int gn = G - g0 < 4 ? (int)(G - g0) : 4;  /* real heads in this group */
+        if (ks) scale_rows(s, gn, n, ksc);
+        float alpha[4];
+        for (int gi = 0; gi < gn; gi++)
+          alpha[gi] = softmax1(s + gi * MAXBS, n, m + h * G + g0 + gi, l + h * G + g0 + gi);
+        for (int gi = 0; gi < gn; gi++)
+          if (alpha[gi] != 1.0f) {
+            float* ag = acc + (h * G4 + g0 + gi) * D;
+            const vf av = VSET1(alpha[gi]);
+            for (int64_t d = 0; d < D; d += VW) VSTORE(ag + d, VMUL(av, VLOAD(ag + d)));
           }
-          float tot = hsum(sum);
-          for (; j < n; j++) { sg[j] = expf(sg[j] - mt); tot += sg[j]; }
-          l[g] = l[g] * alpha + tot;
-          if (alpha != 1.0f) {
-            __m256 av = _mm256_set1_ps(alpha);
-            for (int64_t d = 0; d < D; d += 8)
-              _mm256_storeu_ps(ag + d, _mm256_mul_ps(av, _mm256_loadu_ps(ag + d)));
-          }
-          if (vs) for (int jj = 0; jj < n; jj++) sg[jj] *= load1(vs, row + jj * Hkv, qdt);
-        }
+        if (vs) scale_rows(s, gn, n, vsc);
         for (int gi = 0; gi < 4; gi++)                 /* padded heads: p = 0 */
           if (g0 + gi >= G) for (int j = 0; j < n; j++) s[gi * MAXBS + j] = 0.0f;
 #if DPBF16
