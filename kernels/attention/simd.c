@@ -62,6 +62,11 @@ INLINE void load16_bf16(const void* p, __m256* lo, __m256* hi) {
 
 /* Logical index of physical slot i of a bf16-permuted row (see load16_bf16). The AVX-512 build
    widens bf16 in order (load16), so there its rows are not permuted. */
+#ifdef __AVX512F__
+#define BF16_PERMUTED 0
+#else
+#define BF16_PERMUTED 1
+#endif
 INLINE int64_t bf16_logical(int64_t i) {
 #ifdef __AVX512F__
   return i;
@@ -485,14 +490,30 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   float s[4 * MAXBS] __attribute__((aligned(64)));
   float ksc[MAXBS], vsc[MAXBS];                   /* INT8 KV: a (block, head)'s scales */
   const int dp = uses_dp(qdt, kvdt);              /* q as given, in bf16 (scores4_zmm) */
-  for (int64_t h = 0; h < Hkv; h++)
-    for (int64_t g = 0; g < G4; g++)
-      for (int64_t d = 0; d < D; d++) {
-        const int64_t i = (h * G4 + g) * D + d, src = (b * Hq + h * G + g) * D;
-        if (dp) ((uint16_t*)qf)[i] = g < G ? ((const uint16_t*)q)[src + d] : 0;
-        else qf[i] = g < G ? load1(q, src + (kvdt == BF16 ? bf16_logical(d) : d), qdt) * scale
-                           : 0.0f;
+  const int qes = qdt == F32 ? 4 : 2;
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int64_t h = 0; h < Hkv; h++)                /* q rows, a vector at a time: once a task */
+    for (int64_t g = 0; g < G4; g++) {
+      const int64_t i = (h * G4 + g) * D;
+      const char* qs = (const char*)q + (b * Hq + h * G + g) * D * qes;
+      if (dp) {
+        if (g < G) memcpy((uint16_t*)qf + i, qs, D * 2);
+        else memset((uint16_t*)qf + i, 0, D * 2);
+        continue;
       }
+      if (g >= G) { memset(qf + i, 0, D * 4); continue; }
+      for (int64_t d = 0; d < D; d += 16) {
+        __m256 x = _mm256_mul_ps(load8(qs + d * qes, qdt), sc);
+        __m256 y = _mm256_mul_ps(load8(qs + (d + 8) * qes, qdt), sc);
+        if (kvdt == BF16 && BF16_PERMUTED) {      /* the order load16_bf16 widens K rows in */
+          const __m256 t = x;
+          x = _mm256_permute2f128_ps(t, y, 0x20);
+          y = _mm256_permute2f128_ps(t, y, 0x31);
+        }
+        _mm256_storeu_ps(qf + i + d, x);
+        _mm256_storeu_ps(qf + i + d + 8, y);
+      }
+    }
   for (int64_t i = 0; i < Hkv * G; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
   memset(acc, 0, sizeof(float) * Hkv * G4 * D);
   for (int64_t t = t0; t < t1;) {
@@ -570,13 +591,34 @@ static const attend_fn attend_dt[4] = {attend_f32, attend_bf16, attend_f16, atte
 /* 1 where bf16 KV takes the VDPBF16PS loops in this build (AVX512_BF16), else 0. */
 int bf16_dot_loops(void) { return DPBF16; }
 
-/* out[b, hq, :] (fp32). part: scratch of B*S*per floats (per task: acc [Hkv][G4][D], m and l
-   [Hkv*G], and q pre-scaled in fp32 [Hkv][G4][D]). */
+/* A row of D fp32 (D % 8 == 0) stored in out's dtype (odt: F32, BF16 or F16): bf16 rounded to
+   nearest even with NaN kept a NaN, fp16 by F16C. The caller's tensor is written directly. */
+INLINE void store_row(const float* r, void* o, int64_t D, int odt) {
+  if (odt == F32) { memcpy(o, r, D * 4); return; }
+  for (int64_t d = 0; d < D; d += 8) {
+    const __m256 v = _mm256_loadu_ps(r + d);
+    __m128i h;
+    if (odt == F16) {
+      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i u = _mm256_castps_si256(v), odd = _mm256_set1_epi32(1);
+      __m256i b = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
+                                   _mm256_and_si256(_mm256_srli_epi32(u, 16), odd));
+      b = _mm256_blendv_epi8(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x7FC0),
+                             _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+      h = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    }
+    _mm_storeu_si128((__m128i*)((uint16_t*)o + d), h);
+  }
+}
+
+/* out[b, hq, :] in odt (F32, BF16 or F16). part: scratch of B*S*per floats (per task: acc
+   [Hkv][G4][D], m and l [Hkv*G], and q pre-scaled in fp32 [Hkv][G4][D]). */
 int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int64_t Hkv,
                     int64_t D, const void* k, const void* v, const void* ks, const void* vs,
                     int64_t BS, const int32_t* table, int64_t MB, const int32_t* lens,
-                    float scale, int64_t S, int64_t split_tokens, float* part, float* out,
-                    int nthreads) {
+                    float scale, int64_t S, int64_t split_tokens, float* part, void* out,
+                    int odt, int nthreads) {
   const int64_t G = Hq / Hkv, G4 = (G + 3) / 4 * 4;
   if (D % 32 || D > MAXD || BS > MAXBS) return 1;
   const int64_t A = Hkv * G4 * D, per = 2 * A + 2 * Hq;
@@ -602,8 +644,8 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
       float mm = part[(b * S + sp) * per + A + hq];
       mx = mm > mx ? mm : mx;
     }
-    float* o = out + bq * D;
-    for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+    float sum[MAXD] __attribute__((aligned(64)));  /* in the accumulators' order */
+    for (int64_t d = 0; d < D; d++) sum[d] = 0.0f;
     for (int64_t sp = 0; sp < S; sp++) {
       const float* pp = part + (b * S + sp) * per;
       const float mm = pp[A + hq];
@@ -611,12 +653,14 @@ int paged_attention(const void* q, int qdt, int kvdt, int64_t B, int64_t Hq, int
       const float w = expf(mm - mx);
       den += w * pp[A + Hq + hq];
       const float* a = pp + (h * G4 + g) * D;
-      if (uses_dp(qdt, kvdt)) for (int64_t d = 0; d < D; d++) o[dp_logical(d)] += w * a[d];
-      else if (kvdt == BF16) for (int64_t d = 0; d < D; d++) o[bf16_logical(d)] += w * a[d];
-      else for (int64_t d = 0; d < D; d++) o[d] += w * a[d];
+      for (int64_t d = 0; d < D; d++) sum[d] += w * a[d];
     }
     const float inv = 1.0f / den;
-    for (int64_t d = 0; d < D; d++) o[d] *= inv;
+    float row[MAXD] __attribute__((aligned(64)));     /* put in order once */
+    if (uses_dp(qdt, kvdt)) for (int64_t d = 0; d < D; d++) row[dp_logical(d)] = sum[d] * inv;
+    else if (kvdt == BF16) for (int64_t d = 0; d < D; d++) row[bf16_logical(d)] = sum[d] * inv;
+    else for (int64_t d = 0; d < D; d++) row[d] = sum[d] * inv;
+    store_row(row, (char*)out + bq * D * (odt == F32 ? 4 : 2), D, odt);
   }
   return 0;
 }

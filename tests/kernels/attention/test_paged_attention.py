@@ -227,6 +227,24 @@ def test_auto_split_policy():
     assert auto_splits(1, 8, 32768, None) == 1  # no GPU to fill
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 8, 64])
+@pytest.mark.parametrize("tokens", [16, 64, 128, 512, 1024, 4096, 32768])
+def test_c_kernel_split_policy(threads, B, tokens):
+    """The C kernel's token splits: no split under 64 tokens; where the tokens allow, every thread
+    has work and the tasks spread evenly over the threads; none at 4 sequences a thread."""
+    from kernels.attention.simd import splits_for
+    S = splits_for(B, tokens, threads)
+    assert S >= 1
+    if S > 1:
+        assert tokens // S >= 64
+    if B >= 4 * threads:
+        assert S == 1
+    elif tokens >= 64 * threads:  # room for a split a thread
+        assert B * S >= threads
+        assert (B * S) % threads == 0 or B * S >= 4 * threads
+
+
 def test_configs_that_outgrow_shared_memory_are_pruned():
     """num_stages - 1 K/V buffers; the prune drops what overflows a block (fp32 at BLOCK_N = 128
     with two or three buffers: 256 or 384 KiB of K and V; INT8 KV for fp32 q at 128 with three)
@@ -551,6 +569,33 @@ def test_cuda_bf16_and_fp16(op_name, shape):
             impl(*args, out=out)
             err = rel_err(out, ref)
             assert err <= op.tol(dtype), f"{name} {dtype}: {err:.3g}"
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_simd_c_writes_out_in_its_own_dtype_and_layout(op_name):
+    """The C kernel writes its fp32 result in out's dtype (bf16 and fp16 rounded to nearest
+    even, as torch rounds), straight into a contiguous out and through a copy into a strided
+    one; called without out, in q's dtype."""
+    import kernels.attention.simd as attention_simd
+    try:
+        attention_simd.library()
+    except NotImplementedError as e:
+        helpers.skip_if_machine_lacks(e)
+    impl = OPS[op_name].impls["simd_c"]
+    args = case_inputs(op_name, 8, 2, 64, 16, F32, [40, 7], seed=4)
+    r32 = run(impl, args, "cpu")
+    assert rel_err(r32, OPS[op_name].reference(*args)) <= OPS[op_name].tol(F32)
+    for odt in (BF16, F16):
+        out = torch.full((2, 8, 64), float("nan"), dtype=odt)
+        assert impl(*args, out=out) is out
+        assert torch.equal(out, r32.to(odt)), odt
+        strided = torch.full((64, 8, 2), float("nan"), dtype=odt).permute(2, 1, 0)
+        assert not strided.is_contiguous()
+        assert impl(*args, out=strided) is strided
+        assert torch.equal(strided, out), odt
+    for qdt in (BF16, F16):
+        res = impl(*case_inputs(op_name, 8, 2, 64, 16, qdt, [40, 7], seed=4))
+        assert res.dtype == qdt and res.shape == (2, 8, 64)
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
