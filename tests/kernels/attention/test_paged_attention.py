@@ -227,22 +227,21 @@ def test_auto_split_policy():
     assert auto_splits(1, 8, 32768, None) == 1  # no GPU to fill
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 8, 16])
-@pytest.mark.parametrize("B", [1, 2, 3, 5, 8, 64])
-@pytest.mark.parametrize("tokens", [16, 64, 128, 512, 1024, 4096, 32768])
-def test_c_kernel_split_policy(threads, B, tokens):
+def test_c_kernel_split_policy():
     """The C kernel's token splits: no split under 64 tokens; where the tokens allow, every thread
     has work and the tasks spread evenly over the threads; none at 4 sequences a thread."""
     from kernels.attention.simd import splits_for
-    S = splits_for(B, tokens, threads)
-    assert S >= 1
-    if S > 1:
-        assert tokens // S >= 64
-    if B >= 4 * threads:
-        assert S == 1
-    elif tokens >= 64 * threads:  # room for a split a thread
-        assert B * S >= threads
-        assert (B * S) % threads == 0 or B * S >= 4 * threads
+    for threads in (1, 2, 3, 8, 16):
+        for B in (1, 2, 3, 5, 8, 64):
+            for tokens in (16, 64, 128, 512, 1024, 4096, 32768):
+                S, case = splits_for(B, tokens, threads), (B, tokens, threads)
+                assert S >= 1, case
+                assert S == 1 or tokens // S >= 64, case
+                if B >= 4 * threads:
+                    assert S == 1, case
+                elif tokens >= 64 * threads:  # room for a split a thread
+                    assert B * S >= threads, case
+                    assert (B * S) % threads == 0 or B * S >= 4 * threads, case
 
 
 def test_configs_that_outgrow_shared_memory_are_pruned():
