@@ -20,7 +20,9 @@
      only widened;
    - bf16 KV with AVX512_BF16: scores take q and K in bf16 pairs along D, P.V takes p rounded to
      bf16 (as FlashAttention feeds P to its MMA) and V rows paired along the tokens, each
-     VDPBF16PS doing two products a lane in fp32: half the instructions of widening and FMAs;
+     VDPBF16PS doing two products a lane in fp32: half the instructions of widening and FMAs.
+     INT8 KV with bf16 q takes the same loops, each (block, head)'s rows widened to bf16 first
+     (exactly) and shared by all G heads;
    - splits (for few sequences: simd.py splits_for) keep their (max, sum, acc) and are merged at
      the end.
    Positions past seq_len and table entries past a sequence are never read. */
@@ -136,8 +138,11 @@ INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
 }
 #endif
 
-/* Whether bf16 takes the VDPBF16PS loops (scores4_zmm's dp, pv4_dp): q and KV both bf16. */
-INLINE int uses_dp(int qdt, int kvdt) { return DPBF16 && qdt == BF16 && kvdt == BF16; }
+/* Whether the VDPBF16PS loops run (scores4_zmm's dp, pv4_dp): bf16 q, and bf16 KV or INT8 KV
+   (each (block, head)'s rows widened to bf16 first, widen_rows: every int8 is a bf16). */
+INLINE int uses_dp(int qdt, int kvdt) {
+  return DPBF16 && qdt == BF16 && (kvdt == BF16 || kvdt == I8);
+}
 
 /* Logical index of accumulator slot i in pv4_dp's order: each pass of 32 columns holds the
    unpacklo lanes (columns 0-3, 8-11, 16-19, 24-27) then the unpackhi ones (4-7, ...). */
@@ -475,6 +480,25 @@ INLINE void scale_rows(float* x, int gn, int n, const float* c) {
   }
 }
 
+#if DPBF16
+/* n INT8 rows of D (stride rs bytes) widened to bf16 rows of D in dst, exactly (an int8 has 8
+   significant bits, a bf16 8): the VDPBF16PS loops then take INT8 KV as they take bf16, the
+   scales folded into s and p as before. The rows AHEAD steps on are prefetched here (pk: pkn
+   rows), the loops that read dst being given none. */
+INLINE void widen_rows(const char* src, int64_t rs, int n, int64_t D, uint16_t* dst,
+                       const char* pk, int pkn) {
+  for (int j = 0; j < n; j++) {
+    if (j < pkn)
+      for (int64_t o = 0; o < D; o += 64) _mm_prefetch(pk + j * rs + o, _MM_HINT_T1);
+    for (int64_t d = 0; d < D; d += 32) {
+      const char* r = src + j * rs + d;
+      const __m512 lo = load16(r, I8), hi = load16(r + 16, I8);
+      _mm512_storeu_si512(dst + j * D + d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+#endif
+
 /* One task: sequence b, tokens [t0, t1), every KV head. Each block is consumed whole (all heads,
    K then V) while the rows AHEAD (block, head) steps on are prefetched. Per head h, query head
    group g: st[(h*G + g)] = (m, l) and acc rows [h][G4][D] (unnormalized). Always inlined into
@@ -489,6 +513,10 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   const int64_t rs = Hkv * D * es;                 /* bytes between slots of a block */
   float s[4 * MAXBS] __attribute__((aligned(64)));
   float ksc[MAXBS], vsc[MAXBS];                   /* INT8 KV: a (block, head)'s scales */
+#if DPBF16
+  uint16_t kb[MAXBS * MAXD] __attribute__((aligned(64)));  /* INT8 KV widened (widen_rows) */
+  uint16_t vb[MAXBS * MAXD] __attribute__((aligned(64)));
+#endif
   const int dp = uses_dp(qdt, kvdt);              /* q as given, in bf16 (scores4_zmm) */
   const int qes = qdt == F32 ? 4 : 2;
   const __m256 sc = _mm256_set1_ps(scale);
@@ -539,11 +567,23 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
           ksc[j] = load1(ks, row + j * Hkv, qdt);
           vsc[j] = load1(vs, row + j * Hkv, qdt);
         }
+      /* INT8 KV in the VDPBF16PS loops: K widened now, V before the first P.V; the loops then
+         read bf16 rows D apart, their prefetches issued by widen_rows. */
+#if DPBF16
+      const int wide = dp && kvdt == I8;
+      if (wide) widen_rows(kr, rs, n, D, kb, pk, pn);
+      const char* kw = wide ? (const char*)kb : kr;
+      const char* vw = wide ? (const char*)vb : vr;
+#endif
       for (int64_t g0 = 0; g0 < G4; g0 += 4) {
         if (g0) pn = 0;                                 /* one group prefetches */
 #ifdef __AVX512F__
         const void* qg = dp ? (const void*)((const uint16_t*)qf + (h * G4 + g0) * D)
                             : (const void*)(qf + (h * G4 + g0) * D);
+#if DPBF16
+        if (wide) scores4_zmm(qg, D, kw, D * 2, BF16, dp, n, scale, s, pk, 0);
+        else
+#endif
         scores4_zmm(qg, D, kr, rs, kvdt, dp, n, scale, s, pk, pn);
 #else
         scores4(qf + (h * G4 + g0) * D, D, kr, rs, kvdt, n, s, pk, pn);
@@ -563,7 +603,8 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
         for (int gi = 0; gi < 4; gi++)                 /* padded heads: p = 0 */
           if (g0 + gi >= G) for (int j = 0; j < n; j++) s[gi * MAXBS + j] = 0.0f;
 #if DPBF16
-        if (dp) pv4_dp(s, vr, rs, n, D, acc + (h * G4 + g0) * D, pv, pn);
+        if (wide && g0 == 0) widen_rows(vr, rs, n, D, vb, pv, pn);
+        if (dp) pv4_dp(s, vw, wide ? D * 2 : rs, n, D, acc + (h * G4 + g0) * D, pv, wide ? 0 : pn);
         else
 #endif
         pv4(s, vr, rs, kvdt, n, D, acc + (h * G4 + g0) * D, pv, pn);

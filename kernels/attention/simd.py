@@ -32,8 +32,8 @@ _scratch = library.scratch_ptr
 
 
 def bf16_dot() -> bool:
-    """Whether bf16 KV runs through VDPBF16PS in this build (a target with AVX512_BF16), see
-    simd.c: p is then rounded to bf16 before P.V."""
+    """Whether bf16 q with bf16 or INT8 KV runs through VDPBF16PS in this build (a target with
+    AVX512_BF16), see simd.c: p (INT8 KV: p times v_scale) is then rounded to bf16 before P.V."""
     return bool(library().bf16_dot_loops())
 
 
