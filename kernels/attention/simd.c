@@ -198,7 +198,7 @@ static const float EXP_P[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E
 
 INLINE __m256 exp256(__m256 x) {
   const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_MIN), _CMP_LT_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
+  x = _mm256_max_ps(_mm256_set1_ps(EXP_MIN), x);   /* NaN stays NaN: max_ps returns b */
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
@@ -215,7 +215,7 @@ INLINE __m256 exp256(__m256 x) {
 /* exp256 on 16 lanes, 2^n applied by VSCALEFPS. */
 INLINE __m512 exp512(__m512 x) {
   const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_MIN), _CMP_LT_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
+  x = _mm512_max_ps(_mm512_set1_ps(EXP_MIN), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO),

@@ -735,6 +735,32 @@ def shift_scores(args, kv8, target):
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
+def test_a_nan_in_a_live_key_reaches_the_output(op_name):
+    """A NaN in a K row a sequence reads (INT8 KV: its k_scale) makes that KV head's query heads
+    NaN for that sequence, as in the reference, and leaves every other row as it was: a kernel
+    that drops a NaN score (a max that skips it, an exp clamp that turns it into ~0) hides the
+    corrupt input behind a plausible answer."""
+    kv8 = op_name.endswith("kv8")
+    op = OPS[op_name]
+    args = list(case_inputs(op_name, 8, 2, 64, 16, F32, [40, 7], seed=6))
+    blk = int(args[-3][0, 0])  # sequence 0's first block: token 5, KV head 1
+    if kv8:
+        args[3] = args[3].clone()
+        args[3][blk, 5, 1] = float("nan")
+    else:
+        args[1] = args[1].clone()
+        args[1][blk, 5, 1, 3] = float("nan")
+    ref = op.reference(*args)
+    hit = torch.zeros(2, 8, dtype=torch.bool)
+    hit[0, 4:] = True  # KV head 1 serves query heads 4-7
+    assert torch.equal(ref.isnan().any(-1), hit)
+    for name, impl, dev in impls_here(op_name, F32):
+        out = run(impl, args, dev)
+        assert torch.equal(out.isnan().any(-1), hit), name
+        assert rel_err(out[~hit], ref[~hit]) <= op.tol(F32), name
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
 def test_scores_far_below_zero(op_name):
     """Softmax is the same whatever constant the scores share, and an online softmax must start
     its running max at -inf: one that starts at 0 (or any finite value) takes exp(s - 0) of
