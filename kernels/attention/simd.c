@@ -165,25 +165,43 @@ INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/* max(m, x[0..n)), NaN in x ignored (the second operand of max_ps is kept): a vector at a
-   time, not one compare-and-select chain through the whole block. */
+/* max(m, x[0..n)), a vector at a time, not one compare-and-select chain through the whole block;
+   NaN if any x is NaN (max_ps alone would drop it: a split whose scores are all NaN would then
+   keep m = -inf, which the merge reads as a split that saw nothing). */
 INLINE float hmax(const float* x, int n, float m) {
 #ifdef __AVX512F__
   __m512 v = _mm512_set1_ps(m);
+  __mmask16 nan = 0;
   int j = 0;
-  for (; j + 16 <= n; j += 16) v = _mm512_max_ps(_mm512_loadu_ps(x + j), v);
-  if (j < n) v = _mm512_max_ps(_mm512_mask_loadu_ps(v, (1u << (n - j)) - 1, x + j), v);
-  return _mm512_reduce_max_ps(v);
+  for (; j + 16 <= n; j += 16) {
+    const __m512 y = _mm512_loadu_ps(x + j);
+    nan |= _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+    v = _mm512_max_ps(y, v);
+  }
+  if (j < n) {
+    const __m512 y = _mm512_mask_loadu_ps(v, (1u << (n - j)) - 1, x + j);
+    nan |= _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+    v = _mm512_max_ps(y, v);
+  }
+  return nan ? NAN : _mm512_reduce_max_ps(v);
 #else
-  __m256 v = _mm256_set1_ps(m);
+  __m256 v = _mm256_set1_ps(m), nan = _mm256_setzero_ps();
   int j = 0;
-  for (; j + 8 <= n; j += 8) v = _mm256_max_ps(_mm256_loadu_ps(x + j), v);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 y = _mm256_loadu_ps(x + j);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+    v = _mm256_max_ps(y, v);
+  }
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   float r = _mm_cvtss_f32(h);
-  for (; j < n; j++) r = x[j] > r ? x[j] : r;
-  return r;
+  int tail_nan = 0;
+  for (; j < n; j++) {
+    tail_nan |= x[j] != x[j];
+    r = x[j] > r ? x[j] : r;
+  }
+  return _mm256_movemask_ps(nan) || tail_nan ? NAN : r;
 #endif
 }
 
