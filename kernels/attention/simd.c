@@ -106,7 +106,7 @@ INLINE void load2(const char* p, int dt, vf* x0, vf* x1) {
 
 /* Horizontal sums of 16 vectors at once: lane 4 L + m of the result is the sum of z[4 m + L].
    A tree of lane shuffles and adds: 45 instructions for 16 sums, which come out in one vector
-   (folding each zmm to a ymm and hsum8 took 33 for 8, then eight scalar stores). */
+   (folding each zmm to a ymm and hsum8 takes 33 for 8, plus eight scalar stores). */
 INLINE __m512 sum16(const __m512* z) {
   __m512 y[8], w[4], u[2];
   for (int i = 0; i < 8; i++)     /* 128-bit lanes: z[2i]'s two halves added, then z[2i+1]'s */
@@ -392,7 +392,7 @@ INLINE void pv4(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int 
 INLINE void scores4_zmm(const void* q, int64_t D, const char* k, int64_t rs, int dt, int dp,
                         int n, float scale, float* s /* [4][MAXBS] */, const char* pk, int pkn) {
   const int es = dt == F32 ? 4 : dt == I8 ? 1 : 2;
-  const __m512 sc = _mm512_set1_ps(dp ? scale : 1.0f);
+  const __m512 sc = _mm512_set1_ps(scale);          /* dp only: q pre-scaled on the FMA path */
   for (int j0 = 0; j0 < n; j0 += 16) {
     __m512 r[4];                                   /* lane 4 g + t: head g, token j0 + 4 i + t */
     for (int i = 0; i < 4; i++) {
@@ -427,7 +427,7 @@ INLINE void scores4_zmm(const void* q, int64_t D, const char* k, int64_t rs, int
           }
         }
       }
-      r[i] = _mm512_mul_ps(sum16(z), sc);
+      r[i] = dp ? _mm512_mul_ps(sum16(z), sc) : sum16(z);
     }
     /* Head g's 16 scores from lane g of each r[i], stored as one row: the softmax's full-width
        loads then take them from the store (a load spanning several smaller stores waits for
@@ -500,8 +500,8 @@ INLINE void scale_rows(float* x, int gn, int n, const float* c) {
 #if DPBF16
 /* n INT8 rows of D (stride rs bytes) widened to bf16 rows of D in dst, exactly (an int8 has 8
    significant bits, a bf16 8): the VDPBF16PS loops then take INT8 KV as they take bf16, the
-   scales folded into s and p as before. The rows AHEAD steps on are prefetched here (pk: pkn
-   rows), the loops that read dst being given none. */
+   scales folded into s and p as on the FMA path. The rows AHEAD steps on are prefetched here
+   (pk: pkn rows), the loops that read dst being given none. */
 INLINE void widen_rows(const char* src, int64_t rs, int n, int64_t D, uint16_t* dst,
                        const char* pk, int pkn) {
   for (int j = 0; j < n; j++) {
