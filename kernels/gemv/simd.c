@@ -1,8 +1,8 @@
 /* GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8), INT4 (gemv_w4) and 16-bit or fp32
    (gemv_bf16) weights, x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
    simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same;
-   with AVX-512F the tiled INT4 loop at M = 1 (w4_asm.h), the INT8 loop at M = 1 and the 16-bit loop
-   run on zmm registers. */
+   with AVX-512F the tiled INT4 loop at M = 1 (w4_asm.h), the INT8 loops and the 16-bit loop run on
+   zmm registers. */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -15,7 +15,7 @@
 #include <immintrin.h>
 #endif
 
-enum { F32 = 0, BF16 = 1, F16 = 2 };
+enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };  /* I8: INT8 weights in the shared tile loop */
 #define INLINE static inline __attribute__((always_inline))
 /* The tiled INT4 loop through VDPBF16PS (w4dot_chunk) where the build has AVX512_BF16 */
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX2__) \
@@ -40,6 +40,7 @@ static float half_to_float(uint16_t h) {
 
 INLINE float ld(const void* p, int64_t i, int dt) {
   if (dt == F32) return ((const float*)p)[i];
+  if (dt == I8) return (float)((const int8_t*)p)[i];
   uint16_t h = ((const uint16_t*)p)[i];
   if (dt == BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
   return half_to_float(h);
@@ -107,36 +108,6 @@ INLINE float hsum(__m256 v) {
 
 /* ---- INT8: y[m, n] = s[n] * sum_k x[m, k] * q[n, k] ------------------------------------- */
 
-/* One row n for MT rows of x (xf: fp32, stride K32, zero padded). */
-INLINE void w8_tile(const int8_t* q, const float* xf, int64_t K, int64_t K32,
-                    float s, float* y, int64_t N, const int MT) {
-  int64_t k = 0;
-  float out[4];
-#ifdef __AVX2__
-  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;   /* independent FMA chains per row of x */
-  __m256 acc[4][4];
-  for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) acc[m][a] = _mm256_setzero_ps();
-  for (; k + 32 <= K; k += 32) {
-    for (int t = 0; t < 4; t++) {
-      __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k + 8 * t))));
-      for (int m = 0; m < MT; m++)
-        acc[m][t % A] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xf + m * K32 + k + 8 * t), acc[m][t % A]);
-    }
-  }
-  for (int m = 0; m < MT; m++) {
-    for (int a = 1; a < A; a++) acc[m][0] = _mm256_add_ps(acc[m][0], acc[m][a]);
-    out[m] = hsum(acc[m][0]);
-  }
-#else
-  for (int m = 0; m < MT; m++) out[m] = 0.0f;
-#endif
-  for (int m = 0; m < MT; m++) {
-    float r = out[m];
-    for (int64_t kk = k; kk < K; kk++) r += xf[m * K32 + kk] * (float)q[kk];
-    y[m * N] = r * s;
-  }
-}
-
 /* M = 1: R consecutive rows n share each load of x. With one row per pass, every 8 weights
    (8 bytes) need a 32-byte fp32 x load and the 32 KiB x vector (K = 8192) fights the weight
    stream for L1, so the loop runs at L2 speed on x; R = 4 cuts x traffic 4x. Two accumulators per
@@ -197,14 +168,16 @@ INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc,
   }
 }
 
-/* y: fp32 [M, N] (scratch unless odt is F32, then it may be out itself); out: [M, N] in odt. */
+static void w_tiles(const void* x, int dt, int64_t M, int64_t K, const void* w, int wdt,
+                    const void* sc, int64_t N, float* y, float* scratch, int nthreads);
+
+/* y: fp32 [M, N] (scratch unless odt is F32, then it may be out itself); out: [M, N] in odt.
+   M > 1 takes the 16-bit GEMV's tile loop (w_tiles), the int8 widened as it loads. */
 int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const void* scales,
             int64_t N, float* y, float* scratch, int nthreads, void* out, int odt) {
-  const int64_t K32 = (K + 31) / 32 * 32;
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
   if (M == 1) {
     const int64_t NT = N / 4;
+    for (int64_t k = 0; k < (K + 31) / 32 * 32; k++) scratch[k] = k < K ? ld(x, k, dt) : 0.0f;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t t = 0; t <= NT; t++) {
       if (t < NT) w8_rows(qw + 4 * t * K, scratch, K, scales, dt, 4 * t, y + 4 * t, 4);
@@ -213,15 +186,7 @@ int gemv_w8(const void* x, int dt, int64_t M, int64_t K, const int8_t* qw, const
     store_out(y, out, N, odt);
     return 0;
   }
-  #pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (int64_t n = 0; n < N; n++) {
-    const int8_t* q = qw + n * K;
-    float s = ld(scales, n, dt);
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 4);
-    for (; m + 2 <= M; m += 2) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 2);
-    for (; m < M; m++) w8_tile(q, scratch + m * K32, K, K32, s, y + m * N + n, N, 1);
-  }
+  w_tiles(x, dt, M, K, qw, I8, scales, N, y, scratch, nthreads);
   store_out(y, out, M * N, odt);
   return 0;
 }
@@ -445,6 +410,7 @@ INLINE float w4_total(const float* tot, const int DN, int csh) {
 
 INLINE __m256 ld8(const void* x, int64_t k, int dt) {
   return dt == F32 ? _mm256_loadu_ps((const float*)x + k)
+       : dt == I8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)((const int8_t*)x + k))))
        : dt == BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
                         _mm_loadu_si128((const __m128i*)((const uint16_t*)x + k))), 16))
        : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)x + k)));
@@ -673,6 +639,8 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
 #if defined(__AVX512F__) && defined(__AVX2__) && defined(__F16C__)
 INLINE __m512 wld16(const void* w, int64_t k, int dt) {
   if (dt == F32) return _mm512_loadu_ps((const float*)w + k);
+  if (dt == I8)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)((const int8_t*)w + k))));
   const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k));
   return dt == BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                     : _mm512_cvtph_ps(h);
@@ -697,15 +665,16 @@ enum { VW = 8 };
 #endif
 
 /* R consecutive rows n (R = 4 or 1) for MT rows of x (fp32, stride K32, zero padded): each x
-   vector feeds R FMAs, each weight vector MT. Two accumulators a (row, x row) pair where that
-   leaves at most 8 in use, so M = 1 has 8 independent FMA chains. Rows are K * es bytes apart
-   (2-8 pages at K = 4096-8192) and hardware prefetchers stop at 4 KiB page edges: each step
-   prefetches the same bytes 8 rows ahead (past the last row: a prefetch does not fault), into
-   L2 (T1). On a Zen 4, from DRAM, alternated: into L1 (T0) gained nothing over no prefetch,
-   into L2 1.08-1.33x; 16 rows ahead read as 8. */
-INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t K32, int64_t n,
-                      float* y, int64_t N, const int R, const int MT) {
-  const int es = dt == F32 ? 4 : 2;
+   vector feeds R FMAs, each weight vector MT, so a weight is loaded and widened once for MT rows
+   of x. wdt is the weights' dtype (I8: INT8, scaled at the end by sc[n] in sdt). Two accumulators
+   a (row, x row) pair where that leaves at most 8 in use, so M = 1 has 8 independent FMA chains.
+   Rows are K * es bytes apart (2-8 pages at K = 4096-8192) and hardware prefetchers stop at 4 KiB
+   page edges: each step prefetches the same bytes 8 rows ahead (past the last row: a prefetch
+   does not fault), into L2 (T1). On a Zen 4, from DRAM, alternated: into L1 (T0) gained nothing
+   over no prefetch, into L2 1.08-1.33x; 16 rows ahead read as 8. */
+INLINE void w_tile(const void* w, int wdt, const void* sc, int sdt, const float* xf, int64_t K,
+                   int64_t K32, int64_t n, float* y, int64_t N, const int R, const int MT) {
+  const int es = wdt == F32 ? 4 : wdt == I8 ? 1 : 2;
   const char* wb = (const char*)w + n * K * es;
   float out[4][4] = {{0}};
   int64_t k = 0;
@@ -718,7 +687,7 @@ INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t
       for (int64_t o = 0; o < 2 * VW * es; o += 64) _mm_prefetch(wb + ((r + 8) * K + k) * es + o, _MM_HINT_T1);
     for (int t = 0; t < 2; t++) {
       vf wv[4];
-      for (int r = 0; r < R; r++) wv[r] = VWLD(wb + r * K * es, k + VW * t, dt);
+      for (int r = 0; r < R; r++) wv[r] = VWLD(wb + r * K * es, k + VW * t, wdt);
       for (int m = 0; m < MT; m++) {
         const vf xv = VLOAD(xf + m * K32 + k + VW * t);
         for (int r = 0; r < R; r++) acc[r][m][t % A] = VFMA(wv[r], xv, acc[r][m][t % A]);
@@ -728,35 +697,41 @@ INLINE void bf16_tile(const void* w, int dt, const float* xf, int64_t K, int64_t
   for (int r = 0; r < R; r++)
     for (int m = 0; m < MT; m++) out[r][m] = VSUM(VADD(acc[r][m][0], acc[r][m][1]));
 #endif
-  for (int r = 0; r < R; r++)
+  for (int r = 0; r < R; r++) {
+    const float s = sc ? ld(sc, n + r, sdt) : 1.0f;
     for (int m = 0; m < MT; m++) {
       float v = out[r][m];
-      for (int64_t kk = k; kk < K; kk++) v += xf[m * K32 + kk] * ld(wb + r * K * es, kk, dt);
-      y[m * N + n + r] = v;
+      for (int64_t kk = k; kk < K; kk++) v += xf[m * K32 + kk] * ld(wb + r * K * es, kk, wdt);
+      y[m * N + n + r] = sc ? v * s : v;
     }
+  }
 }
 
-int gemv_bf16(const void* x, int dt, int64_t M, int64_t K, const void* w, int64_t N, float* y,
-              float* scratch, int nthreads, void* out, int odt) {
+/* y[M, N] = x W^T (times sc[n] for INT8) in fp32: x converted into scratch (fp32, rows K32 apart,
+   zero padded), then tiles of 4 rows and the rows past the last tile one at a time, x rows 4, 2
+   or 1 at a time (a tile's second pass over its rows reads them from L1/L2). */
+static void w_tiles(const void* x, int dt, int64_t M, int64_t K, const void* w, int wdt,
+                    const void* sc, int64_t N, float* y, float* scratch, int nthreads) {
   const int64_t K32 = (K + 31) / 32 * 32, NT = N / 4;
   for (int64_t m = 0; m < M; m++)
     for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
-  /* Tiles of 4 rows, then the rows past the last tile one at a time; x rows 4 at a time. */
   #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t t = 0; t <= NT; t++) {
     const int64_t n0 = 4 * t, R = t < NT ? 4 : N - 4 * NT;
     for (int64_t n = n0; n < n0 + R; n += t < NT ? 4 : 1) {
       int64_t m = 0;
-      for (; m + 4 <= M; m += 4) {
-        if (t < NT) bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 4, 4);
-        else bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 1, 4);
-      }
-      for (; m < M; m++) {
-        if (t < NT) bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 4, 1);
-        else bf16_tile(w, dt, scratch + m * K32, K, K32, n, y + m * N, N, 1, 1);
-      }
+#define W_TILE(R_, MT_) w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_)
+      for (; m + 4 <= M; m += 4) { if (t < NT) W_TILE(4, 4); else W_TILE(1, 4); }
+      for (; m + 2 <= M; m += 2) { if (t < NT) W_TILE(4, 2); else W_TILE(1, 2); }
+      for (; m < M; m++) { if (t < NT) W_TILE(4, 1); else W_TILE(1, 1); }
+#undef W_TILE
     }
   }
+}
+
+int gemv_bf16(const void* x, int dt, int64_t M, int64_t K, const void* w, int64_t N, float* y,
+              float* scratch, int nthreads, void* out, int odt) {
+  w_tiles(x, dt, M, K, w, dt, NULL, N, y, scratch, nthreads);
   store_out(y, out, M * N, odt);
   return 0;
 }
