@@ -345,14 +345,18 @@ INLINE __m512 w4z_pair(__m256 lo, __m256 hi) {
   return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
                                              _mm256_castps_pd(hi), 1));
 }
-INLINE void w4z_flush(float tot[4][8], const __m512* a, const __m512* b, float* const* sf, int64_t g,
-                      int64_t ng, int64_t gstep) {
-  const __m512 sa = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-  const __m512 sb = _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3]));
+INLINE void w4z_flush_sums(float tot[4][8], __m512 sa, __m512 sb, float* const* sf, int64_t g,
+                           int64_t ng, int64_t gstep) {
   const __m512 va = w4z_pair(w4_sv(sf[0], g, ng, gstep), w4_sv(sf[1], g, ng, gstep));
   const __m512 vb = w4z_pair(w4_sv(sf[2], g, ng, gstep), w4_sv(sf[3], g, ng, gstep));
   _mm512_store_ps(tot[0], _mm512_fmadd_ps(sa, va, _mm512_load_ps(tot[0])));
   _mm512_store_ps(tot[2], _mm512_fmadd_ps(sb, vb, _mm512_load_ps(tot[2])));
+}
+INLINE void w4z_flush(float tot[4][8], const __m512* a, const __m512* b, float* const* sf, int64_t g,
+                      int64_t ng, int64_t gstep) {
+  const __m512 sa = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+  const __m512 sb = _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3]));
+  w4z_flush_sums(tot, sa, sb, sf, g, ng, gstep);
 }
 #endif
 
@@ -401,6 +405,7 @@ INLINE void w4dot_rows(const int32_t* p, int64_t RS, const uint16_t* xq, __m512*
                        const __m512i tbl) {
   w4dot_words(w4_pair_rows(p, p + RS), w4_pair_rows(p + 2 * RS, p + 3 * RS), xq, a, b, tbl);
 }
+
 #endif
 
 INLINE float w4_total(const float* tot, const int DN, int csh) {
@@ -530,6 +535,81 @@ INLINE void w4_rows(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const
   }
   for (int r = 0; r < R; r++) y[r] = w4_total(tot[r], DN, csh) - corr[r];
 }
+
+#if W4DOT
+/* M > 1: MT rows of x (1-4) against each looked-up vector, so a chunk's loads, shifts and lookups
+   (16 ops) serve 8 MT VDPBF16PS where MT passes of the M = 1 loop take 28 MT ops and read the
+   weights MT times. x row m's bf16 are XQS apart in xq; two accumulators a side and row of x
+   (nibble j % 2) keep 4 MT + 6 zmm registers. */
+INLINE void w4dot_words_m(__m512i w01, __m512i w23, const uint16_t* xq, int64_t XQS,
+                          __m512 (*a)[2], __m512 (*b)[2], const __m512i tbl, const int MT) {
+  for (int j = 0; j < 4; j++) {
+    const __m512bh p01 = (__m512bh)_mm512_permutexvar_epi16(w01, tbl);
+    const __m512bh p23 = (__m512bh)_mm512_permutexvar_epi16(w23, tbl);
+    for (int m = 0; m < MT; m++) {
+      const __m512bh xv = (__m512bh)_mm512_broadcast_i64x4(
+          _mm256_loadu_si256((const __m256i*)(xq + m * XQS + 16 * j)));
+      a[m][j % 2] = _mm512_dpbf16_ps(a[m][j % 2], p01, xv);
+      b[m][j % 2] = _mm512_dpbf16_ps(b[m][j % 2], p23, xv);
+    }
+    w01 = _mm512_srli_epi16(w01, 4);
+    w23 = _mm512_srli_epi16(w23, 4);
+  }
+}
+
+/* The tiled layout at M > 1 (bf16 x): w4_blocks' walk (S streams of nb tiles, K-block by K-block)
+   with MT rows of x (rows m0 .. m0 + MT - 1: xs, xb and y already offset to m0; xb rows XQS
+   apart). Per thread 32 KiB of group totals at MT = 4. */
+INLINE void w4dot_blocks_m(const int32_t* const* bp, const int S, int64_t nb, int64_t KW, int64_t WG,
+                           int64_t ng, const float* xs, const void* sc, const void* zr, int dt,
+                           const int64_t* n0, float* y, int64_t N, float* sfb, const uint16_t* xb,
+                           int64_t XQS, const int MT) {
+  const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  float tot[4][2][W4_TB][4][8] __attribute__((aligned(64))), corr[4][2][W4_TB * 4];
+  const __m512i tbl = _mm512_load_si512(W4_BF16_NIB);
+  const int32_t* p[2] = {bp[0], bp[S - 1]};
+  for (int s = 0; s < S; s++) {
+    for (int64_t i = 0; i < 4 * nb; i++)
+      for (int m = 0; m < MT; m++)   /* the scales again for each m: ng values, no weights */
+        corr[m][s][i] = w4_scales(sc, zr, dt, (n0[s] + i) * ng, ng, xs + m * ng,
+                                  sfb + (s * 4 * W4_TB + i) * ng);
+    for (int m = 0; m < MT; m++)
+      for (int64_t t = 0; t < nb; t++)
+        for (int r = 0; r < 4; r++) _mm256_store_ps(tot[m][s][t][r], _mm256_setzero_ps());
+  }
+  for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
+    const uint16_t* xk = xb + 8 * KW * g0 / ng;
+    for (int64_t t = 0; t < nb; t++) {
+      float* sf[2][4];
+      for (int s = 0; s < S; s++)
+        for (int r = 0; r < 4; r++) sf[s][r] = sfb + (s * 4 * W4_TB + 4 * t + r) * ng + g0;
+      for (int64_t g = 0; g < KBG; g += gstep) {
+        const uint16_t* xg = xk + 64 * (g / gstep) * (span / 8);
+        for (int s = 0; s < S; s++) {
+          __m512 a[4][2], b[4][2];
+          for (int m = 0; m < MT; m++) a[m][0] = a[m][1] = b[m][0] = b[m][1] = _mm512_setzero_ps();
+          const uint16_t* xq = xg;
+          for (int64_t c = 0; c < span; c += 8, p[s] += 32, xq += 64) {
+            _mm_prefetch((const char*)p[s] + W4_PREFETCH, _MM_HINT_T1);
+            _mm_prefetch((const char*)p[s] + W4_PREFETCH + 64, _MM_HINT_T1);
+            w4dot_words_m(_mm512_loadu_si512(p[s]), _mm512_loadu_si512(p[s] + 16), xq, XQS, a, b,
+                          tbl, MT);
+          }
+          for (int m = 0; m < MT; m++)
+            w4z_flush_sums(tot[m][s][t], _mm512_add_ps(a[m][0], a[m][1]),
+                           _mm512_add_ps(b[m][0], b[m][1]), sf[s], g, KBG, gstep);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int s = 0; s < S; s++)
+      for (int64_t t = 0; t < nb; t++)
+        for (int r = 0; r < 4; r++)
+          y[m * N + n0[s] + 4 * t + r] = w4_total(tot[m][s][t][r], 0, 0) - corr[m][s][4 * t + r];
+}
+#endif
 
 /* M = 1 in the tiled layout: S blocks of nb tiles each (4 nb rows from n0[s]), walked together
    K-block by K-block (see the layout above). First all the blocks' scales to fp32 (sfb, this
@@ -748,7 +828,7 @@ int w4_tile_bits(void) {
 #endif
 }
 
-/* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x, M = 1. */
+/* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x, M = 1 or tiled. */
 int w4_dot_unpack(void) { return W4DOT; }
 
 /* Whether unpack 0 (best for this CPU) is the denormal one here where the dot loops do not apply
@@ -763,19 +843,28 @@ int w4_denormal_unpack(void) {
 
 /* tiled: the weights are in the tiled layout (see above). unpack (M = 1): 0 = best for this CPU,
    1 = cvt, 2 = DN (tests force each on any CPU), 3 = dot (w4dot_words: a W4DOT build, bf16 x,
-   K % 64 == 0; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
+   K % 64 == 0, M = 1 or tiled at any M; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
    without AVX2 + F16C (the path exists only there), 3 for dot where it does not apply. */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
             int tiled, int unpack, void* out, int odt) {
   const int64_t KW = K / 8, KW8 = (KW + 7) / 8 * 8, WG = G / 8, ng = K / G, NT = N / 4;
   float* xp = scratch;                              /* [M][8][KW8] */
-  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (M = 1, tiled) w4_blocks' scales */
+  float* xs = scratch + M * 8 * KW8;                /* [M][ng], then (tiled) w4_blocks' scales */
   if (tiled && KW % 8) return 1;
 #if !(defined(__AVX2__) && defined(__F16C__))
   if (unpack == 2) return 2;
 #endif
-  if (tiled && M > 1) {
+  /* unpack 3 ("dot": W4DOT builds, bf16 x, whole chunks) is also what 0 picks there; at M > 1
+     the tiled layout only (w4dot_blocks_m) */
+#if W4DOT
+  const int dot = (M == 1 || tiled) && KW % 8 == 0 && dt == BF16 && ng <= W4_MAXG
+                  && (unpack == 3 || unpack == 0);
+#else
+  const int dot = 0;
+#endif
+  if (unpack == 3 && !dot) return 3;
+  if (tiled && M > 1 && !dot) {
     /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
        each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
        than the row layout. The M = 1 kernel once per row of x is faster at every M measured
@@ -788,14 +877,6 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     }
     return 0;
   }
-  /* unpack 3 ("dot": W4DOT builds, bf16 x at M = 1, whole chunks) is also what 0 picks there */
-#if W4DOT
-  const int dot = M == 1 && KW % 8 == 0 && dt == BF16 && ng <= W4_MAXG
-                  && (unpack == 3 || unpack == 0);
-#else
-  const int dot = 0;
-#endif
-  if (unpack == 3 && !dot) return 3;
 #if defined(__AVX2__) && defined(__F16C__)
   const int dn = !dot && M == 1 && ng <= W4_MAXG && (unpack == 2 || (unpack == 0 && w4_denormal_unpack()));
   const int csh = dn ? w4_dn_shift(x, K, dt) : 0;
@@ -854,7 +935,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
      word i of the chunk hold x[64c + 8i + j] then x[64c + 8i + j + 4] (see w4dot_chunk); one
      two-source word permute a 32 of them. In the scratch after xs (tiled: after every thread's
      scales). */
-  uint16_t* xb = dot ? (uint16_t*)(xs + ng + (tiled ? (int64_t)nthreads * 8 * W4_TB * ng : 0))
+  uint16_t* xb = dot ? (uint16_t*)(xs + M * ng + (tiled ? (int64_t)nthreads * 8 * W4_TB * ng : 0))
                      : NULL;
   (void)xb;
 #if W4DOT
@@ -862,12 +943,14 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     uint16_t ix[64] __attribute__((aligned(64)));
     for (int o = 0; o < 64; o++) ix[o] = (uint16_t)(8 * ((o % 16) / 2) + o / 16 + 4 * (o % 2));
     const __m512i i0 = _mm512_load_si512(ix), i1 = _mm512_load_si512(ix + 32);
-    for (int64_t c = 0; c < KW / 8; c++) {
-      const uint16_t* xc = (const uint16_t*)x + 64 * c;
-      const __m512i lo = _mm512_loadu_si512(xc), hi = _mm512_loadu_si512(xc + 32);
-      _mm512_storeu_si512(xb + 64 * c, _mm512_permutex2var_epi16(lo, i0, hi));
-      _mm512_storeu_si512(xb + 64 * c + 32, _mm512_permutex2var_epi16(lo, i1, hi));
-    }
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t c = 0; c < KW / 8; c++) {
+        const uint16_t* xc = (const uint16_t*)x + m * K + 64 * c;
+        uint16_t* o = xb + m * K + 64 * c;
+        const __m512i lo = _mm512_loadu_si512(xc), hi = _mm512_loadu_si512(xc + 32);
+        _mm512_storeu_si512(o, _mm512_permutex2var_epi16(lo, i0, hi));
+        _mm512_storeu_si512(o + 32, _mm512_permutex2var_epi16(lo, i1, hi));
+      }
   }
 #endif
 #if defined(__AVX2__) && defined(__F16C__)
@@ -877,7 +960,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     {
       const unsigned csr = _mm_getcsr();
       if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
-      float* sfb = xs + ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;   /* [2][4 W4_TB][ng] */
+      float* sfb = xs + M * ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;   /* [2][4 W4_TB][ng] */
       /* Dynamic: pieces of 32 tiles (512 KiB at K = 8192; tiled: two at once), still long
          streams, and a core slowed by a neighbour (VMs) takes fewer pieces instead of finishing
          last: ~5% here. The last piece is the rows past the last tile (row layout in both
@@ -944,6 +1027,48 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       _mm_setcsr(csr);
     }
     store_out(y, out, N, odt);
+    return 0;
+  }
+#endif
+#if W4DOT
+  if (dot) {   /* tiled, M > 1: rows of x 4 (then 3, 2 or 1) at a time, each pass as M = 1 walks */
+    const int64_t NB = (NT + W4_TB - 1) / W4_TB, NF = NT / W4_TB, NP = NF / 2, NS = NB - 2 * NP;
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
+      const float* xsm = xs + m0 * ng;
+      const uint16_t* xbm = xb + m0 * K;
+      float* ym = y + m0 * N;
+      #pragma omp parallel num_threads(nthreads)
+      {
+        float* sfb = xs + M * ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it <= NP + NS; it++) {
+          const int S = it < NP ? 2 : 1;
+          const int64_t b = it < NP ? 2 * it : it + NP;
+          if (b == NB) {   /* the rows past the last tile, row layout, a row of x at a time */
+            for (int m = 0; m < MT; m++)
+              for (int64_t n = 4 * NT; n < N; n++)
+                w4_rows(wr + n * KW, KW, WG, ng, xp + (m0 + m) * 8 * KW8, xsm + m * ng, scales,
+                        zeros, dt, n, ym + m * N + n, 1, 0, 0, xb, 0);
+            continue;
+          }
+          const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;
+          const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
+          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
+#define W4_BLOCKS_M(S_, MT_) \
+  w4dot_blocks_m(bp, S_, nb, KW, WG, ng, xsm, scales, zeros, dt, n0, ym, N, sfb, xbm, K, MT_)
+          if (S == 2) {
+            if (MT == 4) W4_BLOCKS_M(2, 4); else if (MT == 3) W4_BLOCKS_M(2, 3);
+            else if (MT == 2) W4_BLOCKS_M(2, 2); else W4_BLOCKS_M(2, 1);
+          } else {
+            if (MT == 4) W4_BLOCKS_M(1, 4); else if (MT == 3) W4_BLOCKS_M(1, 3);
+            else if (MT == 2) W4_BLOCKS_M(1, 2); else W4_BLOCKS_M(1, 1);
+          }
+#undef W4_BLOCKS_M
+        }
+      }
+    }
+    store_out(y, out, M * N, odt);
     return 0;
   }
 #endif

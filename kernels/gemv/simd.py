@@ -25,7 +25,8 @@ into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT4, M = 1, bf16 x, in a build with AVX512_BF16: each nibble looked up as a bf16 (VPERMW) and
   two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction. On a Zen 4,
   whose 256-bit datapaths held the denormal loop below the memory, 1.15x (tiled) and 1.22-1.34x
-  (row layout) from DRAM.
+  (row layout) from DRAM. At M > 1 (tiled) each looked-up vector feeds up to 4 rows of x:
+  1.2-1.9x the M = 1 kernel run once per row of x.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -164,7 +165,8 @@ def denormal_unpack() -> bool:
 
 def dot_unpack() -> bool:
     """Whether this build has the INT4 loops through VDPBF16PS (AVX512_BF16): what gemv_w4 takes
-    for bf16 x at M = 1 with K % 64 == 0, in either layout, see simd.c's w4dot_words."""
+    for bf16 x with K % 64 == 0, at M = 1 in either layout and at M > 1 tiled, see simd.c's
+    w4dot_words."""
     return bool(library().w4_dot_unpack())
 
 
@@ -180,11 +182,12 @@ _UNPACK = {"auto": 0, "cvt": 1, "denormal": 2, "dot": 3}  # gemv_w4's `unpack` i
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
-    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1): "auto"
-    picks "dot" where it applies (bf16 x, K % 64 == 0, a build with AVX512_BF16: dot_unpack()),
-    else the denormal unpack on AMD CPUs; "cvt", "denormal" and "dot" force one (tests run each
-    where it exists; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a
-    build without AVX2 + F16C; "dot" NotImplementedError where it does not apply)."""
+    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1; "dot"
+    also at M > 1 tiled): "auto" picks "dot" where it applies (bf16 x, K % 64 == 0, a build with
+    AVX512_BF16: dot_unpack()), else the denormal unpack on AMD CPUs; "cvt", "denormal" and "dot"
+    force one (tests run each where it exists; "denormal" is correct everywhere, slow on Intel,
+    and NotImplementedError in a build without AVX2 + F16C; "dot" NotImplementedError where it
+    does not apply)."""
     if unpack not in _UNPACK:
         raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
@@ -194,15 +197,15 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
     y, result, y32, odt = _output(x, M, N, out)
     rc = library().gemv_w4(x.data_ptr(), _DT[x.dtype], M, K, qweight.data_ptr(), scales.data_ptr(),
                            zeros.data_ptr(), N, group_size, y32,
-                           _scratch("x", M * 8 * kw8 + M * ng + 4 * kw8
+                           _scratch("x", M * 8 * kw8 + M * ng + M * 4 * kw8
                                     + tiled * nthreads * 8 * W4_TILE_BLOCK * ng),
                            nthreads, int(tiled), _UNPACK[unpack], y.data_ptr(), odt)
     if rc == 2:
         raise NotImplementedError("unpack='denormal' needs the C kernels built with AVX2 and F16C; "
                                   "this build has no denormal unpack")
     if rc == 3:
-        raise NotImplementedError("unpack='dot' takes bf16 x, M = 1 and K % 64 == 0 in a build "
-                                  "with AVX512_BF16 (dot_unpack())")
+        raise NotImplementedError("unpack='dot' takes bf16 x, K % 64 == 0 and M = 1 (or the tiled "
+                                  "layout) in a build with AVX512_BF16 (dot_unpack())")
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)
@@ -250,8 +253,9 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one
     contiguous stream instead of 4 streams 4 KiB apart that share L1 sets, walked in K-blocks of
-    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1 the M = 1 kernel runs
-    once per row of x (faster here than a row-by-row M > 1 loop over tiles)."""
+    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1, bf16 x in a build with
+    AVX512_BF16 goes through the VDPBF16PS loop up to 4 rows of x a pass; otherwise the M = 1
+    kernel runs once per row of x (faster here than a row-by-row M > 1 loop over tiles)."""
     return gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 

@@ -157,7 +157,8 @@ def _tiles_without_kblocks(qw):
 SHAPES_KBLOCK = [GemvW4Shape(1, 134, 2 * KBK, 32), GemvW4Shape(1, 134, 2 * KBK, 64),
                  GemvW4Shape(1, 134, 2 * KBK, 128), GemvW4Shape(1, 262, 3 * KBK, 256),
                  GemvW4Shape(1, 406, 2 * KBK, 128), GemvW4Shape(1, 406, 2 * KBK, 32),
-                 GemvW4Shape(3, 134, 2 * KBK, 128), GemvW4Shape(2, 130, 3 * KBK, 32)]
+                 GemvW4Shape(3, 134, 2 * KBK, 128), GemvW4Shape(2, 130, 3 * KBK, 32),
+                 GemvW4Shape(5, 406, 2 * KBK, 64)]
 
 
 @pytest.mark.parametrize("unpack", UNPACKS)
@@ -172,6 +173,22 @@ def test_tiled_kblocks(shape, dtype, unpack):
     if dtype == F32 and unpack == "auto":  # the check can fail: plain tiles read as K-blocked
         bad = gemv_simd.gemv_w4(x, _tiles_without_kblocks(qw), sc, z, G, tiled=True)
         assert rel_err(bad, ref) > 1e-2
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("M", range(1, 10))
+def test_each_m_writes_its_rows_of_y_and_nothing_past_them(M, tiled):
+    """bf16 x, an fp32 out the C writes in place: rows of x go 4, 3, 2 or 1 at a time (the dot
+    loops at M > 1 in a tiled layout), and a pass that took more rows than are left would write
+    past y: here into the sentinel after out."""
+    shape = GemvW4Shape(M, 9, 512, 128)
+    x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", M)
+    buf = torch.full((M * 9 + 64,), 12345.0)
+    out = buf[:M * 9].view(M, 9).fill_(float("nan"))
+    gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw) if tiled else qw, sc, z, G, out=out,
+                      tiled=tiled)
+    assert rel_err(out, OP.reference(x, qw, sc, z, G)) < OP.tol(BF16)
+    assert (buf[M * 9:] == 12345.0).all()
 
 
 def test_tiled_kernel_reads_the_tiled_layout():
