@@ -609,6 +609,37 @@ INLINE void w4dot_blocks_m(const int32_t* const* bp, const int S, int64_t nb, in
         for (int r = 0; r < 4; r++)
           y[m * N + n0[s] + 4 * t + r] = w4_total(tot[m][s][t][r], 0, 0) - corr[m][s][4 * t + r];
 }
+
+/* The row layout at M > 1 (bf16 x): one 4-row tile n .. n + 3 for MT rows of x, w4_rows' DOT loop
+   with w4dot_words_m. */
+INLINE void w4dot_rows_m(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const float* xs,
+                         const void* sc, const void* zr, int dt, int64_t n, float* y, int64_t N,
+                         const uint16_t* xb, int64_t XQS, const int MT) {
+  const int64_t RS = KW, span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4][4];
+  float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};
+  for (int r = 0; r < 4; r++)
+    for (int m = 0; m < MT; m++) corr[m][r] = w4_scales(sc, zr, dt, (n + r) * ng, ng, xs + m * ng, sf[r]);
+  float tot[4][4][8] __attribute__((aligned(64)));
+  for (int m = 0; m < MT; m++) for (int r = 0; r < 4; r++) _mm256_store_ps(tot[m][r], _mm256_setzero_ps());
+  const __m512i tbl = _mm512_load_si512(W4_BF16_NIB);
+  const int32_t* p = wr;
+  const uint16_t* xq = xb;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m512 a[4][2], b[4][2];
+    for (int m = 0; m < MT; m++) a[m][0] = a[m][1] = b[m][0] = b[m][1] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, p += 8, xq += 64) {
+      for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
+      w4dot_words_m(w4_pair_rows(p, p + RS), w4_pair_rows(p + 2 * RS, p + 3 * RS), xq, XQS, a, b,
+                    tbl, MT);
+    }
+    for (int m = 0; m < MT; m++)
+      w4z_flush_sums(tot[m], _mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(b[m][0], b[m][1]), sf,
+                     g, ng, gstep);
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < 4; r++) y[m * N + n + r] = w4_total(tot[m][r], 0, 0) - corr[m][r];
+}
 #endif
 
 /* M = 1 in the tiled layout: S blocks of nb tiles each (4 nb rows from n0[s]), walked together
@@ -787,12 +818,56 @@ INLINE void w_tile(const void* w, int wdt, const void* sc, int sdt, const float*
   }
 }
 
+#if W4DOT
+/* bf16 x with bf16 or INT8 weights (a W4DOT build: AVX512_BF16): w_tile through VDPBF16PS, which
+   multiplies adjacent pairs of k in both operands, so x goes in as given: 32 weights an
+   instruction. bf16 weights go in as loaded, where the FMA loop takes 16 a time and widens each
+   (two ops); INT8 weights are converted to bf16 (exact: |q| <= 128) once for the MT rows of x.
+   The products are exact, summed in fp32 as the FMA loop sums them. xf (fp32) serves the tail. */
+INLINE __m512bh w_bf16x32(const void* w, int64_t k, int wdt) {
+  if (wdt == BF16) return (__m512bh)_mm512_loadu_si512((const uint16_t*)w + k);
+  const __m128i* q = (const __m128i*)((const int8_t*)w + k);
+  return _mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))),
+                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
+}
+INLINE void w_tile_dp(const void* w, int wdt, const void* sc, const uint16_t* x, const float* xf,
+                      int64_t K, int64_t K32, int64_t n, float* y, int64_t N, const int R,
+                      const int MT) {
+  const int es = wdt == I8 ? 1 : 2;
+  const char* wb = (const char*)w + n * K * es;
+  __m512 acc[4][4];
+  for (int r = 0; r < R; r++) for (int m = 0; m < MT; m++) acc[r][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh wv[4];
+    for (int r = 0; r < R; r++) {
+      _mm_prefetch(wb + ((r + 8) * K + k) * es, _MM_HINT_T1);
+      wv[r] = w_bf16x32(wb + r * K * es, k, wdt);
+    }
+    for (int m = 0; m < MT; m++) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+      for (int r = 0; r < R; r++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wv[r], xv);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    const float s = sc ? ld(sc, n + r, BF16) : 1.0f;
+    for (int m = 0; m < MT; m++) {
+      float v = _mm512_reduce_add_ps(acc[r][m]);
+      for (int64_t kk = k; kk < K; kk++) v += xf[m * K32 + kk] * ld(wb + r * K * es, kk, wdt);
+      y[m * N + n + r] = sc ? v * s : v;
+    }
+  }
+}
+#endif
+
 /* y[M, N] = x W^T (times sc[n] for INT8) in fp32: x converted into scratch (fp32, rows K32 apart,
    zero padded), then tiles of 4 rows and the rows past the last tile one at a time, x rows 4, 2
    or 1 at a time (a tile's second pass over its rows reads them from L1/L2). */
 static void w_tiles(const void* x, int dt, int64_t M, int64_t K, const void* w, int wdt,
                     const void* sc, int64_t N, float* y, float* scratch, int nthreads) {
   const int64_t K32 = (K + 31) / 32 * 32, NT = N / 4;
+  const int dp = W4DOT && (wdt == BF16 || wdt == I8) && dt == BF16;   /* w_tile_dp */
+  (void)dp;
   for (int64_t m = 0; m < M; m++)
     for (int64_t k = 0; k < K32; k++) scratch[m * K32 + k] = k < K ? ld(x, m * K + k, dt) : 0.0f;
   #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -800,7 +875,14 @@ static void w_tiles(const void* x, int dt, int64_t M, int64_t K, const void* w, 
     const int64_t n0 = 4 * t, R = t < NT ? 4 : N - 4 * NT;
     for (int64_t n = n0; n < n0 + R; n += t < NT ? 4 : 1) {
       int64_t m = 0;
+#if W4DOT
+#define W_TILE(R_, MT_) \
+  (dp ? w_tile_dp(w, wdt, sc, (const uint16_t*)x + m * K, scratch + m * K32, K, K32, n, \
+                  y + m * N, N, R_, MT_) \
+      : w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_))
+#else
 #define W_TILE(R_, MT_) w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_)
+#endif
       for (; m + 4 <= M; m += 4) { if (t < NT) W_TILE(4, 4); else W_TILE(1, 4); }
       for (; m + 2 <= M; m += 2) { if (t < NT) W_TILE(4, 2); else W_TILE(1, 2); }
       for (; m < M; m++) { if (t < NT) W_TILE(4, 1); else W_TILE(1, 1); }
@@ -828,7 +910,7 @@ int w4_tile_bits(void) {
 #endif
 }
 
-/* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x, M = 1 or tiled. */
+/* Whether this build has the VDPBF16PS loops (unpack 3, w4dot_words): bf16 x. */
 int w4_dot_unpack(void) { return W4DOT; }
 
 /* Whether unpack 0 (best for this CPU) is the denormal one here where the dot loops do not apply
@@ -843,7 +925,7 @@ int w4_denormal_unpack(void) {
 
 /* tiled: the weights are in the tiled layout (see above). unpack (M = 1): 0 = best for this CPU,
    1 = cvt, 2 = DN (tests force each on any CPU), 3 = dot (w4dot_words: a W4DOT build, bf16 x,
-   K % 64 == 0, M = 1 or tiled at any M; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
+   K % 64 == 0; 0 takes it wherever it applies). Returns 1 for a tiled K % 64 != 0, 2 for DN in a build
    without AVX2 + F16C (the path exists only there), 3 for dot where it does not apply. */
 int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, const void* scales,
             const void* zeros, int64_t N, int64_t G, float* y, float* scratch, int nthreads,
@@ -855,11 +937,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
 #if !(defined(__AVX2__) && defined(__F16C__))
   if (unpack == 2) return 2;
 #endif
-  /* unpack 3 ("dot": W4DOT builds, bf16 x, whole chunks) is also what 0 picks there; at M > 1
-     the tiled layout only (w4dot_blocks_m) */
+  /* unpack 3 ("dot": W4DOT builds, bf16 x, whole chunks) is also what 0 picks there, at any M */
 #if W4DOT
-  const int dot = (M == 1 || tiled) && KW % 8 == 0 && dt == BF16 && ng <= W4_MAXG
-                  && (unpack == 3 || unpack == 0);
+  const int dot = KW % 8 == 0 && dt == BF16 && ng <= W4_MAXG && (unpack == 3 || unpack == 0);
 #else
   const int dot = 0;
 #endif
@@ -1031,32 +1111,53 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   }
 #endif
 #if W4DOT
-  if (dot) {   /* tiled, M > 1: rows of x 4 (then 3, 2 or 1) at a time, each pass as M = 1 walks */
+  if (dot && !tiled) {   /* row layout, M > 1: a tile at a time, its rows of x 4, 3, 2 or 1 a pass
+                            (the tile's 4 rows stay in L1/L2 between passes) */
+    #pragma omp parallel for schedule(dynamic, 32) num_threads(nthreads)
+    for (int64_t t = 0; t <= NT; t++) {
+      if (t == NT) {
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t n = 4 * NT; n < N; n++)
+            w4_rows(wr + n * KW, KW, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n,
+                    y + m * N + n, 1, 0, 0, xb, 0);
+        continue;
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
+#define W4_ROWS_M(MT_) w4dot_rows_m(wr + 4 * t * KW, KW, WG, ng, xs + m0 * ng, scales, zeros, dt, \
+                                    4 * t, y + m0 * N, N, xb + m0 * K, K, MT_)
+        if (MT == 4) W4_ROWS_M(4); else if (MT == 3) W4_ROWS_M(3); else if (MT == 2) W4_ROWS_M(2);
+        else W4_ROWS_M(1);
+#undef W4_ROWS_M
+      }
+    }
+    store_out(y, out, M * N, odt);
+    return 0;
+  }
+  if (dot) {   /* tiled, M > 1: a work item (as M = 1's) at a time, its rows of x 4, 3, 2 or 1 a
+                  pass (its blocks, 256 KiB each at K = 4096, mostly in L2 for the next pass) */
     const int64_t NB = (NT + W4_TB - 1) / W4_TB, NF = NT / W4_TB, NP = NF / 2, NS = NB - 2 * NP;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
-      const float* xsm = xs + m0 * ng;
-      const uint16_t* xbm = xb + m0 * K;
-      float* ym = y + m0 * N;
-      #pragma omp parallel num_threads(nthreads)
-      {
-        float* sfb = xs + M * ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it <= NP + NS; it++) {
-          const int S = it < NP ? 2 : 1;
-          const int64_t b = it < NP ? 2 * it : it + NP;
-          if (b == NB) {   /* the rows past the last tile, row layout, a row of x at a time */
-            for (int m = 0; m < MT; m++)
-              for (int64_t n = 4 * NT; n < N; n++)
-                w4_rows(wr + n * KW, KW, WG, ng, xp + (m0 + m) * 8 * KW8, xsm + m * ng, scales,
-                        zeros, dt, n, ym + m * N + n, 1, 0, 0, xb, 0);
-            continue;
-          }
-          const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;
-          const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
-          const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
-#define W4_BLOCKS_M(S_, MT_) \
-  w4dot_blocks_m(bp, S_, nb, KW, WG, ng, xsm, scales, zeros, dt, n0, ym, N, sfb, xbm, K, MT_)
+    #pragma omp parallel num_threads(nthreads)
+    {
+      float* sfb = xs + M * ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;
+      #pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it <= NP + NS; it++) {
+        const int S = it < NP ? 2 : 1;
+        const int64_t b = it < NP ? 2 * it : it + NP;
+        if (b == NB) {   /* the rows past the last tile, row layout, a row of x at a time */
+          for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 4 * NT; n < N; n++)
+              w4_rows(wr + n * KW, KW, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n,
+                      y + m * N + n, 1, 0, 0, xb, 0);
+          continue;
+        }
+        const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;
+        const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
+        const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+          const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
+#define W4_BLOCKS_M(S_, MT_) w4dot_blocks_m(bp, S_, nb, KW, WG, ng, xs + m0 * ng, scales, zeros, dt, \
+                                            n0, y + m0 * N, N, sfb, xb + m0 * K, K, MT_)
           if (S == 2) {
             if (MT == 4) W4_BLOCKS_M(2, 4); else if (MT == 3) W4_BLOCKS_M(2, 3);
             else if (MT == 2) W4_BLOCKS_M(2, 2); else W4_BLOCKS_M(2, 1);

@@ -1,5 +1,6 @@
-"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP; the tiled INT4, the INT8 M = 1
-and the 16-bit loops in AVX-512 where the build has it), built on first use, called via ctypes;
+"""The GEMV ops on the CPU in C (simd.c, w4_asm.h: AVX2 + OpenMP; the tiled INT4 at M = 1, the INT8
+and the 16-bit loops in AVX-512 where the build has it, bf16 x through VDPBF16PS where it has
+AVX512_BF16), built on first use, called via ctypes;
 registers `simd_c` for `gemv_bf16`, `gemv_w8` and `gemv_w4`, and `simd_c_tiled` for `gemv_w4`.
 
 Why C and not torch.compile on the CPU: Inductor's CPU code for an int8/int4 reduction loads the
@@ -13,6 +14,10 @@ into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time (16 with AVX-512F) straight from memory, then
   convert and FMA; at M > 1 in the 16-bit GEMV's tile loop, each widened vector feeding up to 4
   rows of x (1.5-1.7x one x row at a time on a Zen 4 at M = 2-16).
+- bf16 x with bf16 weights, and with INT8 weights at M > 1, in a build with AVX512_BF16:
+  VDPBF16PS multiplies adjacent pairs of k, 32 weights an instruction, the bf16 weights as loaded
+  and the INT8 ones converted to bf16 (exactly) once for up to 4 rows of x: on a Zen 4 2.0-2.1x
+  the FMA loop at M = 8-32 (bf16) and 1.2-1.7x at M = 2-16 (INT8).
 - INT4: a 32-bit word holds 8 nibbles, k = 8i..8i+7 in order. Nibble j is `word & (0xF << 4j)`,
   an exact float after conversion (4 significant bits); x is pre-scaled by 16^-j to cancel the
   shift, so unpacking costs one AND per 8 weights. On AMD at M = 1 even the conversion goes: the
@@ -25,8 +30,8 @@ into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT4, M = 1, bf16 x, in a build with AVX512_BF16: each nibble looked up as a bf16 (VPERMW) and
   two a lane multiplied by their x values in one VDPBF16PS, 32 weights an instruction. On a Zen 4,
   whose 256-bit datapaths held the denormal loop below the memory, 1.15x (tiled) and 1.22-1.34x
-  (row layout) from DRAM. At M > 1 (tiled) each looked-up vector feeds up to 4 rows of x:
-  1.2-1.9x the M = 1 kernel run once per row of x.
+  (row layout) from DRAM. At M > 1 each looked-up vector feeds up to 4 rows of x: 1.2-2.4x
+  the loops it replaced.
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -165,8 +170,7 @@ def denormal_unpack() -> bool:
 
 def dot_unpack() -> bool:
     """Whether this build has the INT4 loops through VDPBF16PS (AVX512_BF16): what gemv_w4 takes
-    for bf16 x with K % 64 == 0, at M = 1 in either layout and at M > 1 tiled, see simd.c's
-    w4dot_words."""
+    for bf16 x with K % 64 == 0, in either layout, see simd.c's w4dot_words."""
     return bool(library().w4_dot_unpack())
 
 
@@ -182,8 +186,8 @@ _UNPACK = {"auto": 0, "cvt": 1, "denormal": 2, "dot": 3}  # gemv_w4's `unpack` i
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
-    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1; "dot"
-    also at M > 1 tiled): "auto" picks "dot" where it applies (bf16 x, K % 64 == 0, a build with
+    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1; "dot" at
+    any M): "auto" picks "dot" where it applies (bf16 x, K % 64 == 0, a build with
     AVX512_BF16: dot_unpack()), else the denormal unpack on AMD CPUs; "cvt", "denormal" and "dot"
     force one (tests run each where it exists; "denormal" is correct everywhere, slow on Intel,
     and NotImplementedError in a build without AVX2 + F16C; "dot" NotImplementedError where it
@@ -204,8 +208,8 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
         raise NotImplementedError("unpack='denormal' needs the C kernels built with AVX2 and F16C; "
                                   "this build has no denormal unpack")
     if rc == 3:
-        raise NotImplementedError("unpack='dot' takes bf16 x, K % 64 == 0 and M = 1 (or the tiled "
-                                  "layout) in a build with AVX512_BF16 (dot_unpack())")
+        raise NotImplementedError("unpack='dot' takes bf16 x and K % 64 == 0 in a build with "
+                                  "AVX512_BF16 (dot_unpack())")
     if rc:
         raise ValueError(f"the tiled INT4 layout needs K % 64 == 0, got K={K}")
     return _finish(y, result)
@@ -216,7 +220,8 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
 @register_impl("gemv_bf16", "simd_c", backends=("cpu",), kind="compiled")
 def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written C kernel (kernels/gemv/simd.c): weights widened to fp32 in registers, 4 rows
-    sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F. An unquantized
+    sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F, bf16 through
+    VDPBF16PS where it has AVX512_BF16. An unquantized
     GEMV that streams its weights as the quantized kernels stream theirs, so that the precision
     comparison measures bytes, not oneDNN's GEMV."""
     return gemv_bf16(x, w, out=out)
