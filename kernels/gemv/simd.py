@@ -8,9 +8,10 @@ weights with partial (count < width) vector loads or 2-D transposes and runs 10-
 memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
-as docs/kernels.md's Formats says), so their bytes are the op's byte model (simd_c_tiled at M > 1
-excepted: it reads the weights once per row of x); gemv_w4 also takes the same bytes reordered
-into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
+as docs/kernels.md's Formats says), so their bytes are the op's byte model (INT4 at M > 1 without
+the VDPBF16PS loops excepted: the M = 1 kernel runs once per row of x, reading the weights each
+time); gemv_w4 also takes the same bytes reordered into blocks of 4-row tiles (tile_int4_rows,
+done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time (16 with AVX-512F) straight from memory, then
   convert and FMA; at M > 1 in the 16-bit GEMV's tile loop, each widened vector feeding up to 4
   rows of x (1.5-1.7x one x row at a time on a Zen 4 at M = 2-16).
