@@ -191,6 +191,15 @@ def test_each_m_writes_its_rows_of_y_and_nothing_past_them(M, tiled):
     assert (buf[M * 9:] == 12345.0).all()
 
 
+@pytest.mark.parametrize("name", ["simd_c", "simd_c_tiled"])
+@pytest.mark.parametrize("dtype", [BF16, F32])
+@pytest.mark.parametrize("M", [1, 3])
+def test_more_groups_a_row_than_the_fast_loops_take(name, dtype, M):
+    """1032 groups a row (K = 33024 at G = 32), past the 1024 that the M = 1 and dot loops keep
+    scales for: the general loop takes the call, in either layout and at any M."""
+    check_impl(name, GemvW4Shape(M, 6, 32 * 1032, 32), dtype)
+
+
 def test_tiled_kernel_reads_the_tiled_layout():
     """The check can fail: row-layout weights passed as tiled give a wrong answer."""
     x, qw, sc, z, G = OP.make_inputs(GemvW4Shape(1, 16, 256, 64), F32, "cpu", 0)
