@@ -128,12 +128,16 @@ class ResultWriter:
 
     The file is created exclusively: when a file of that name exists (another run given the
     same id in the same second), `new_id()` names another, so two runs never share a file.
-    Each record written carries the id its file is named by."""
+    Each record written carries the id its file is named by, and `run_case` where the run set
+    `case` (its case's place in the run and how many cases the run planned): a file whose last
+    record's case is short of the plan is a run that stopped (or one still going), which a
+    reader can then say instead of treating the cases it lacks as never asked for."""
 
     def __init__(self, directory: Path | None, run_id: str,
                  new_id: Callable[[], str] | None = None) -> None:
         self.directory = None if directory is None else Path(directory)
         self.run_id = run_id
+        self.case: tuple[int, int] | None = None  # (1-based case index, cases planned)
         self._new_id = new_id or (lambda: f"{run_id}-{secrets.token_hex(4)}")
         self._fd: int | None = None
         self._size = 0  # bytes of whole records in the file: a failed write is cut back to it
@@ -162,6 +166,8 @@ class ResultWriter:
         write the disk refuses (full, over a quota or a file size limit) is cut back to the
         last whole record, the file removed if it holds none, and raised as ResultsWriteError:
         the finished cases stay readable, and nothing half written is left."""
+        if self.case is not None:  # also with no file: --json prints the record after this
+            record["run_case"] = {"index": self.case[0], "of": self.case[1]}
         if self.directory is None:
             return
         with deferred():
@@ -417,6 +423,11 @@ def _malformed(rec: dict[str, Any]) -> str | None:
     for k, (hi, what) in NUMBERS.items():
         if rec.get(k) is not None and not _in_range(rec[k], MIN_NONZERO, hi, zero=True):
             return f"{k} must be {what}: 0 or in [{MIN_NONZERO:g}, {hi:g}], got {_show(rec[k])}"
+    rc = rec.get("run_case")
+    if rc is not None and not (isinstance(rc, dict) and all(
+            isinstance(rc.get(k), int) and not isinstance(rc.get(k), bool) for k in ("index", "of"))
+            and 1 <= rc["index"] <= rc["of"] <= MAX_COUNT):
+        return f"run_case must be {{index, of}} with 1 <= index <= of, got {_show(rc)}"
     dev = rec.get("device")
     if dev is not None:
         if not isinstance(dev, dict):
@@ -452,6 +463,19 @@ def _show(v: Any) -> str:
 # The verdict bench/roofline.py gives a case timed from the cache. Defined here, with the other
 # record vocabulary, so that readers of records (show, plot, project) need no measuring module.
 IN_CACHE = "in cache: not judged against the DRAM roof"
+
+
+def unfinished(records: list[dict[str, Any]]) -> list[tuple[str | None, int, int]]:
+    """(run id, last case reached, cases planned) for each run among `records` whose records
+    stop short of the cases it planned (`run_case`): it was stopped, cut, or is still going.
+    Runs whose records carry no `run_case` (older files, torchrun ranks) say nothing."""
+    reached: dict[str | None, tuple[int, int]] = {}
+    for r in records:
+        rc = r.get("run_case")
+        if isinstance(rc, dict):
+            last, of = reached.get(r.get("run_id"), (0, rc["of"]))
+            reached[r.get("run_id")] = (max(last, rc["index"]), max(of, rc["of"]))
+    return [(rid, last, of) for rid, (last, of) in reached.items() if last < of]
 
 
 def in_cache(r: dict[str, Any]) -> bool:

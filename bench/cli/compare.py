@@ -131,6 +131,7 @@ def command(args) -> int:
         for r in rows:
             print(json.dumps(r))
         _one_run_note(args, a, b)
+        _unfinished_notes(args, a, b)
         _contention_notes(a, b, more)
         return 0
     da, db = devices(a), devices(b)
@@ -176,6 +177,7 @@ def command(args) -> int:
         t.caption = title_text(cap)
     con.print(t)
     _one_run_note(args, a, b)
+    _unfinished_notes(args, a, b)
     _contention_notes(a, b, more)
     return 0
 
@@ -187,6 +189,17 @@ def _one_run_note(args, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Non
         print(one_line(f"decodewall: note: A ({args.a}) and B ({args.b}) hold the same run: its "
                        "cases read same against themselves; give B a run of the changed build"),
               file=sys.stderr)
+
+
+def _unfinished_notes(args, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    """A note for each side whose run stopped short of the cases it planned (results.unfinished):
+    a case only in the other file may be one it never reached, not one it left out."""
+    from ..results import unfinished
+    for side, other, path, recs in (("A", "B", args.a, a), ("B", "A", args.b, b)):
+        for _, last, of in unfinished(recs):
+            print(one_line(f"decodewall: note: {side} ({path}): its run reached case {last} of "
+                           f"{of} (it stopped, or is still going): a case only in "
+                           f"{other} may be one it did not reach"), file=sys.stderr)
 
 
 def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],

@@ -415,7 +415,7 @@ def command(args) -> int:
                           MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
                           redirect_stdout=False, expand=True) as prog:
                 task = prog.add_task("cases", total=len(cases))
-                for case in cases:
+                for case in _numbered(cases, ctx, writer):
                     prog.update(task, description=f"{case.op} {_short(case.shape)}")
                     if tracker.due():
                         prog.update(task, description="measuring the roof again")
@@ -424,7 +424,7 @@ def command(args) -> int:
                     runner.run_case(case)
                     prog.advance(task)
         else:
-            for case in cases:
+            for case in _numbered(cases, ctx, writer):
                 ctx.roof = tracker.current()  # re-measured first when a minute old (RoofTracker)
                 runner.run_case(case)
         runner.close()  # a normal end: each worker is asked to exit
@@ -509,6 +509,19 @@ def command(args) -> int:
         print(f"decodewall: {len(failed)} impl(s) failed the check, errored, crashed or timed out",
               file=sys.stderr)
     return EXIT_FAILED if failed and args.strict else 0
+
+
+def _numbered(cases: list, ctx: Any, writer: Any) -> Iterator:
+    """The cases in order, each with writer.case set to its place among those that get records
+    and their count (the records' `run_case`): a case none of whose impls is selected (--impl
+    naming another op's) writes nothing, so it is not counted."""
+    from ..runner import reported_impls
+    recorded = [bool(reported_impls(c, ctx)) for c in cases]
+    i = 0
+    for case, has in zip(cases, recorded):
+        i += has
+        writer.case = (i, sum(recorded)) if has else None
+        yield case
 
 
 def _kept(writer: Any, records: list[dict[str, Any]]) -> str:

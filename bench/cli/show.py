@@ -31,8 +31,8 @@ def runs(records: list[dict[str, Any]], files: list[str]
 
 
 def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
-    """Where the numbers came from: the file, the commit, versions, when and the command; and
-    how many of the run's records the filters left out."""
+    """Where the numbers came from: the file, the commit, versions, when and the command; how
+    many of the run's records the filters left out; and how far a run that stopped got."""
     from ..report.plot import status_counts
     first = recs[0]
     parts = [path]
@@ -47,8 +47,11 @@ def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
     lines = [" · ".join(p for p in parts if p)]
     if isinstance(first.get("command"), str):
         lines.append(f"$ {first['command']}")
+    from ..results import unfinished
+    cut = "".join(f"; the run reached case {last} of {of} (it stopped, or is still going)"
+                  for _, last, of in unfinished(recs))
     lines.append(status_counts(recs) + (f"; {len(recs) - shown} left out by the filters"
-                                        if shown < len(recs) else ""))
+                                        if shown < len(recs) else "") + cut)
     return "\n".join(lines)
 
 

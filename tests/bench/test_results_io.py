@@ -46,6 +46,41 @@ def test_a_time_summary_of_no_samples_is_refused(tmp_path, n):
     assert read_results(f)[0]["time_s"]["n"] == 1
 
 
+@pytest.mark.parametrize("rc", [{"index": 0, "of": 2}, {"index": 3, "of": 2}, {"index": 1},
+                                {"index": True, "of": 2}, {"index": 1.0, "of": 2}, "1/2", [1, 2]])
+def test_a_run_case_that_is_no_place_in_a_plan_is_refused(tmp_path, rc):
+    """run_case says how far a run got ({index, of}, 1 <= index <= of): show and compare read it
+    to say that a run stopped, so a value that is no place in a plan is a corrupt record."""
+    rec = {"op": "gemv_bf16", "impl": "x", "shape": {"M": 1}, "status": "ok"}
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({**rec, "run_case": rc}) + "\n")
+    with pytest.raises(ResultsError, match="run_case must be"):
+        read_results(f)
+    f.write_text(json.dumps({**rec, "run_case": {"index": 2, "of": 2}}) + "\n")
+    assert read_results(f)[0]["run_case"] == {"index": 2, "of": 2}
+
+
+def test_the_writer_numbers_records_by_the_case_it_was_told():
+    """The run sets writer.case before each case; every record written then carries it, with no
+    file too (--no-save --json prints the record the writer saw)."""
+    w = ResultWriter(None, "run")
+    rec = {"op": "gemv_bf16", "impl": "x"}
+    w.write(rec)
+    assert "run_case" not in rec
+    w.case = (2, 5)
+    w.write(rec)
+    assert rec["run_case"] == {"index": 2, "of": 5}
+
+
+def test_unfinished_names_the_runs_that_stopped_short_of_their_plan():
+    from bench.results import unfinished
+    def r(run, i, n):
+        return {"run_id": run, "run_case": {"index": i, "of": n}}
+    assert unfinished([r("a", 1, 3), r("a", 2, 3), r("b", 1, 1)]) == [("a", 2, 3)]
+    assert unfinished([r("a", 1, 2), r("a", 2, 2)]) == []
+    assert unfinished([{"run_id": "old"}]) == []  # a file written before run_case says nothing
+
+
 class _HostBuilt:
     """A backend that builds data on the host and moves it to its device (as XLA does)."""
     def __init__(self):

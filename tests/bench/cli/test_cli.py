@@ -291,6 +291,23 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     lines = files[0].read_text().splitlines()
     assert 1 <= len(lines) < 8
     assert all(json.loads(x)["status"] == "ok" for x in lines)
+    # each record says its case's place in the run, so the file says how far the run got
+    assert [json.loads(x)["run_case"] for x in lines] == \
+        [{"index": i, "of": 8} for i in range(1, len(lines) + 1)]
+    from bench.results import read_results, unfinished
+    assert [u[1:] for u in unfinished(read_results(files[0]))] == [(len(lines), 8)]
+
+
+def test_records_number_the_cases_that_get_records(capsys):
+    """run_case counts the cases that write records: with --impl naming one op's impl, the
+    other ops' cases write none and are not in the plan, so a whole run never reads as cut."""
+    argv = ["run", "--suite", "smoke", "--impl", "simd_c_tiled", "--no-save", "--no-progress",
+            "--json", "--budget", "quick"]
+    assert main(argv) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(recs) >= 2 and {r["op"] for r in recs} == {"gemv_w4"}
+    assert [r["run_case"] for r in recs] == [{"index": i, "of": len(recs)}
+                                             for i in range(1, len(recs) + 1)]
 
 
 def test_drift_note_thresholds():

@@ -299,3 +299,25 @@ def test_a_filtered_precision_row_keeps_its_speedup_over_the_runs_bf16(tmp_path,
     row = next(line for line in out.splitlines() if "best_gemv_w8" in line and "INT8" in line)
     assert "2.00x" in row and "100%" in row
     assert "no bf16 time" not in out
+
+
+def test_show_and_compare_say_a_run_stopped_short_of_its_plan(tmp_path, capsys):
+    """A file whose records' run_case stops before the plan (Ctrl-C, a full disk, a killed run)
+    says so under its table; compare says a case only in the other file may be one it did not
+    reach, where the cases alone would read as left out on purpose."""
+    recs = records()
+    whole = write(tmp_path / "a.jsonl", *[{**r, "run_case": {"index": i // 2 + 1, "of": 2}}
+                                           for i, r in enumerate(recs)])
+    cut = write(tmp_path / "b.jsonl", *[{**r, "run_id": "20261204-160330-cuda-0001",
+                                         "run_case": {"index": 1, "of": 2}} for r in recs[:2]])
+    assert main(["show", str(whole)]) == 0
+    assert "reached case" not in capsys.readouterr().out
+    assert main(["show", str(cut)]) == 0
+    words = " ".join(capsys.readouterr().out.split())
+    assert "2 records: 2 ok; the run reached case 1 of 2 (it stopped, or is still going)" in words
+    assert main(["compare", str(whole), str(cut)]) == 0
+    out, err = capsys.readouterr()
+    assert "only in A" in out
+    assert f"note: B ({cut}): its run reached case 1 of 2 (it stopped, or is still going): " \
+           "a case only in A may be one it did not reach" in err
+    assert "note: A" not in err
