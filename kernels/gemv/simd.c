@@ -405,7 +405,6 @@ INLINE void w4dot_rows(const int32_t* p, int64_t RS, const uint16_t* xq, __m512*
                        const __m512i tbl) {
   w4dot_words(w4_pair_rows(p, p + RS), w4_pair_rows(p + 2 * RS, p + 3 * RS), xq, a, b, tbl);
 }
-
 #endif
 
 INLINE float w4_total(const float* tot, const int DN, int csh) {
