@@ -740,6 +740,60 @@ static int w4_dn_shift(const void* x, int64_t K, int dt) {
   if (isfinite(amax)) frexpf(amax, &e);
   return e + 24 > 22 ? e + 24 : 22;
 }
+/* M > 1 without the dot loops: one 4-row tile (either layout: row r of a chunk RO words after
+   row 0, chunks 8 CS words apart, K-blocks as w4_tile walks them) for MT rows of x, each word
+   vector unpacked once (DN: an AND; cvt: AND and CVT) for the MT rows, which each add an FMA. The
+   M = 1 kernel once per row of x unpacks every weight M times and reads it M times. */
+#ifdef __AVX512F__
+#define W4_MT 4   /* rows of x a pass: 4 MT accumulators, of 32 vector registers */
+#else
+#define W4_MT 2   /* of 16 */
+#endif
+INLINE void w4_tile_m(const int32_t* wr, int64_t RO, int64_t CS, int64_t KBW, int64_t KBS,
+                      int64_t WG, int64_t ng, const float* xp, int64_t XS, const float* xs,
+                      const void* sc, const void* zr, int dt, int64_t n, float* y, int64_t N,
+                      const int MT, const int DN, int csh) {
+  float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[W4_MT][4];
+  float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};
+  for (int r = 0; r < 4; r++)
+    for (int m = 0; m < MT; m++) corr[m][r] = w4_scales(sc, zr, dt, (n + r) * ng, ng, xs + m * ng, sf[r]);
+  float tot[W4_MT][4][8] __attribute__((aligned(32)));
+  for (int m = 0; m < MT; m++) for (int r = 0; r < 4; r++) _mm256_store_ps(tot[m][r], _mm256_setzero_ps());
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  const int32_t* p = wr;
+  const float* xc = xp;
+  int64_t left = KBW;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    __m256 acc[4][W4_MT];
+    for (int r = 0; r < 4; r++) for (int m = 0; m < MT; m++) acc[r][m] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < span; c += 8, xc += 64) {
+      if (CS == 1) {   /* row layout: the same words two tiles ahead (pages apart) into L2 */
+        for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RO), _MM_HINT_T1);
+      } else {         /* tiled: one stream */
+        _mm_prefetch((const char*)p + W4_PREFETCH, _MM_HINT_T1);
+        _mm_prefetch((const char*)p + W4_PREFETCH + 64, _MM_HINT_T1);
+      }
+      for (int r = 0; r < 4; r++) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(p + r * RO));
+        const __m256i ws = DN ? _mm256_srli_epi32(w, 16) : w;
+        for (int j = 0; j < 8; j++) {
+          const __m256 q = w4_nib(w, ws, j, DN);
+          for (int m = 0; m < MT; m++)
+            acc[r][m] = _mm256_fmadd_ps(q, _mm256_loadu_ps(xc + m * XS + 8 * j), acc[r][m]);
+        }
+      }
+      p += 8 * CS;
+      if ((left -= 8) == 0) { left = KBW; p += KBS - KBW * CS; }   /* tiled: next K-block */
+    }
+    for (int r = 0; r < 4; r++) {
+      const __m256 sv = w4_sv(sf[r], g, ng, gstep);
+      for (int m = 0; m < MT; m++)
+        _mm256_store_ps(tot[m][r], _mm256_fmadd_ps(acc[r][m], sv, _mm256_load_ps(tot[m][r])));
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < 4; r++) y[m * N + n + r] = w4_total(tot[m][r], DN, csh) - corr[m][r];
+}
 #endif
 
 /* ---- 16-bit (and fp32) weights: y[m, n] = sum_k x[m, k] * w[n, k] (gemv_bf16) ------------- */
@@ -944,18 +998,15 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
 #endif
   if (unpack == 3 && !dot) return 3;
 #if defined(__AVX2__) && defined(__F16C__)
-  const int rows_fast = ng <= W4_MAXG;   /* the row layout's M = 1 loops take this shape */
+  const int tile_m = M > 1 && !dot && ng <= W4_MAXG && KW % 8 == 0;   /* w4_tile_m */
 #else
-  const int rows_fast = 0;
+  const int tile_m = 0;
 #endif
-  if (M > 1 && !dot && (tiled || rows_fast)) {
+  if (tiled && M > 1 && !dot && !tile_m) {
     /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
        each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
        than the row layout. The M = 1 kernel once per row of x is faster at every M measured
-       (4096 x 4096 G = 128, M = 2..64), weights re-read M times included; in the row layout too
-       (its M = 1 loops take four rows at a time and, on AMD, the denormal unpack): on a Zen 4 at
-       M = 2-8, 1.2-1.26x the loop below in an AVX2 build (bf16 x) and 1.0-1.15x with fp16 or fp32
-       x. The dot loops (bf16 x, AVX512_BF16) take M > 1 whole instead. */
+       (4096 x 4096 G = 128, M = 2..64), weights re-read M times included. */
     const int64_t xe = dt == F32 ? 4 : 2, oe = odt == F32 ? 4 : 2;
     for (int64_t m = 0; m < M; m++) {
       const int rc = gemv_w4((const char*)x + m * K * xe, dt, 1, K, qw, scales, zeros, N, G, y + m * N,
@@ -965,8 +1016,9 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     return 0;
   }
 #if defined(__AVX2__) && defined(__F16C__)
-  const int dn = !dot && M == 1 && ng <= W4_MAXG && (unpack == 2 || (unpack == 0 && w4_denormal_unpack()));
-  const int csh = dn ? w4_dn_shift(x, K, dt) : 0;
+  const int dn = !dot && (M == 1 || tile_m) && ng <= W4_MAXG
+                 && (unpack == 2 || (unpack == 0 && w4_denormal_unpack()));
+  const int csh = dn ? w4_dn_shift(x, M * K, dt) : 0;   /* one shift for every row of x */
   float fv[8];
   for (int j = 0; j < 8; j++) fv[j] = dn ? ldexpf(1.0f, 149 - W4_DPOS[j] - csh) : j < 7 ? ldexpf(1.0f, -4 * j) : 1.0f;
   const __m256 f = _mm256_loadu_ps(fv);
@@ -1114,6 +1166,43 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
       _mm_setcsr(csr);
     }
     store_out(y, out, N, odt);
+    return 0;
+  }
+  if (tile_m) {   /* a tile at a time, its rows of x W4_MT (then fewer) a pass: the tile's 4 rows
+                     stay in L1/L2 between passes; the rows past the last tile one at a time */
+    #pragma omp parallel num_threads(nthreads)
+    {
+      const unsigned csr = _mm_getcsr();
+      if (dn) _mm_setcsr(csr & ~0x40u);               /* DAZ off: the denormals are the data */
+      #pragma omp for schedule(dynamic, 32)
+      for (int64_t t = 0; t <= NT; t++) {
+        if (t == NT) {
+          for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 4 * NT; n < N; n++)
+              w4_rows(wr + n * KW, KW, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n,
+                      y + m * N + n, 1, dn, csh, xb, 0);
+          continue;
+        }
+        int64_t KBS = 0;
+        const int32_t* tw = tiled ? w4_tiled_row(wr, 4 * t, KW, NT, &KBS) : wr + 4 * t * KW;
+        const int64_t RO = tiled ? 8 : KW, CS = tiled ? 4 : 1, KBW = tiled ? w4_kbw(KW) : KW;
+        for (int64_t m0 = 0; m0 < M; m0 += W4_MT) {
+          const int MT = M - m0 >= W4_MT ? W4_MT : (int)(M - m0);
+#define W4_TILE_M(MT_, DN_) w4_tile_m(tw, RO, CS, KBW, KBS, WG, ng, xp + m0 * 8 * KW8, 8 * KW8, \
+                                      xs + m0 * ng, scales, zeros, dt, 4 * t, y + m0 * N, N, MT_, \
+                                      DN_, csh)
+#if W4_MT == 4
+          if (MT == 4) { if (dn) W4_TILE_M(4, 1); else W4_TILE_M(4, 0); continue; }
+          if (MT == 3) { if (dn) W4_TILE_M(3, 1); else W4_TILE_M(3, 0); continue; }
+#endif
+          if (MT == 2) { if (dn) W4_TILE_M(2, 1); else W4_TILE_M(2, 0); }
+          else { if (dn) W4_TILE_M(1, 1); else W4_TILE_M(1, 0); }
+#undef W4_TILE_M
+        }
+      }
+      _mm_setcsr(csr);
+    }
+    store_out(y, out, M * N, odt);
     return 0;
   }
 #endif

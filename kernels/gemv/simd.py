@@ -9,9 +9,9 @@ memory roof; a GEMV has to stream the packed weights once and unpack them in reg
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
 as docs/kernels.md's Formats says), so their bytes are the op's byte model (INT4 at M > 1 without
-the VDPBF16PS loops excepted: the M = 1 kernel runs once per row of x, reading the weights each
-time); gemv_w4 also takes the same bytes reordered into blocks of 4-row tiles (tile_int4_rows,
-done once outside timing). Tricks:
+the VDPBF16PS loops excepted where a pass takes fewer rows of x than M: 2 or 4, the weights read
+once a pass); gemv_w4 also takes the same bytes reordered into blocks of 4-row tiles
+(tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time (16 with AVX-512F) straight from memory, then
   convert and FMA; at M > 1 in the 16-bit GEMV's tile loop, each widened vector feeding up to 4
   rows of x (1.5-1.7x one x row at a time on a Zen 4 at M = 2-16).
@@ -33,6 +33,9 @@ done once outside timing). Tricks:
   whose 256-bit datapaths held the denormal loop below the memory, 1.15x (tiled) and 1.22-1.34x
   (row layout) from DRAM. At M > 1 each looked-up vector feeds up to 4 rows of x: 1.2-2.4x
   the loops it replaced.
+- INT4 at M > 1 without it (AVX2 + F16C): a tile's word vectors are unpacked once (denormal on
+  AMD) for 2 rows of x a pass, 4 with AVX-512F: FMA-bound, 1.02-1.34x the M = 1 kernel run once
+  per row of x on a Zen 4 (the most from DRAM, where the weights are read once a pass).
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
@@ -187,12 +190,12 @@ _UNPACK = {"auto": 0, "cvt": 1, "denormal": 2, "dot": 3}  # gemv_w4's `unpack` i
 def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int, out: torch.Tensor | None = None, tiled: bool = False,
             unpack: str = "auto") -> torch.Tensor:
-    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack` (M = 1; "dot" at
-    any M): "auto" picks "dot" where it applies (bf16 x, K % 64 == 0, a build with
-    AVX512_BF16: dot_unpack()), else the denormal unpack on AMD CPUs; "cvt", "denormal" and "dot"
-    force one (tests run each where it exists; "denormal" is correct everywhere, slow on Intel,
-    and NotImplementedError in a build without AVX2 + F16C; "dot" NotImplementedError where it
-    does not apply)."""
+    """INT4 GEMV in C. `tiled`: qweight is in tile_int4_rows' layout. `unpack`: "auto" picks "dot"
+    where it applies (bf16 x, K % 64 == 0, a build with AVX512_BF16: dot_unpack()), else the
+    denormal unpack on AMD CPUs; "cvt", "denormal" and "dot" force one (tests run each where it
+    exists; "denormal" is correct everywhere, slow on Intel, and NotImplementedError in a build
+    without AVX2 + F16C; "dot" NotImplementedError where it does not apply). The unpack applies at
+    M = 1 and to the M > 1 loops of whole tiles (K % 64 == 0)."""
     if unpack not in _UNPACK:
         raise ValueError(f"unpack must be one of {', '.join(map(repr, _UNPACK))}, got {unpack!r}")
     M, N, K = check_w4_args(x, qweight, scales, zeros, group_size)
@@ -259,9 +262,8 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one
     contiguous stream instead of 4 streams 4 KiB apart that share L1 sets, walked in K-blocks of
-    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1, bf16 x in a build with
-    AVX512_BF16 goes through the VDPBF16PS loop up to 4 rows of x a pass; otherwise the M = 1
-    kernel runs once per row of x (faster here than a row-by-row M > 1 loop over tiles)."""
+    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1 a tile (or block) at a time
+    for several rows of x, as simd_c does."""
     return gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 

@@ -175,18 +175,19 @@ def test_tiled_kblocks(shape, dtype, unpack):
         assert rel_err(bad, ref) > 1e-2
 
 
+@pytest.mark.parametrize("unpack", ["auto", "cvt", "denormal"])
 @pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("M", range(1, 10))
-def test_each_m_writes_its_rows_of_y_and_nothing_past_them(M, tiled):
-    """bf16 x, an fp32 out the C writes in place: rows of x go 4, 3, 2 or 1 at a time (the dot
-    loops at M > 1 in a tiled layout), and a pass that took more rows than are left would write
-    past y: here into the sentinel after out."""
+def test_each_m_writes_its_rows_of_y_and_nothing_past_them(M, tiled, unpack):
+    """bf16 x, an fp32 out the C writes in place: rows of x go a few at a time (the dot loops, or
+    with "cvt" / "denormal" the FMA loops of w4_tile_m, at M > 1 in either layout), and a pass
+    that took more rows than are left would write past y: here into the sentinel after out."""
     shape = GemvW4Shape(M, 9, 512, 128)
     x, qw, sc, z, G = OP.make_inputs(shape, BF16, "cpu", M)
     buf = torch.full((M * 9 + 64,), 12345.0)
     out = buf[:M * 9].view(M, 9).fill_(float("nan"))
-    gemv_simd.gemv_w4(x, gemv_simd.tile_int4_rows(qw) if tiled else qw, sc, z, G, out=out,
-                      tiled=tiled)
+    gemv_w4_unpack(x, gemv_simd.tile_int4_rows(qw) if tiled else qw, sc, z, G, out=out,
+                   tiled=tiled, unpack=unpack)
     assert rel_err(out, OP.reference(x, qw, sc, z, G)) < OP.tol(BF16)
     assert (buf[M * 9:] == 12345.0).all()
 
