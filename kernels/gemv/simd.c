@@ -1006,7 +1006,8 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
        each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
        than the row layout. The M = 1 kernel once per row of x is faster at every M measured
-       (4096 x 4096 G = 128, M = 2..64), weights re-read M times included. */
+       (4096 x 4096 G = 128, M = 2..64), weights re-read M times included. Reached where neither
+       the dot loops nor w4_tile_m apply: a build without AVX2, or more than W4_MAXG groups a row. */
     const int64_t xe = dt == F32 ? 4 : 2, oe = odt == F32 ? 4 : 2;
     for (int64_t m = 0; m < M; m++) {
       const int rc = gemv_w4((const char*)x + m * K * xe, dt, 1, K, qw, scales, zeros, N, G, y + m * N,
