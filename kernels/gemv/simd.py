@@ -8,10 +8,10 @@ weights with partial (count < width) vector loads or 2-D transposes and runs 10-
 memory roof; a GEMV has to stream the packed weights once and unpack them in registers.
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
-as docs/kernels.md's Formats says), so their bytes are the op's byte model (INT4 at M > 1 without
-the VDPBF16PS loops excepted where a pass takes fewer rows of x than M: 2 or 4, the weights read
-once a pass); gemv_w4 also takes the same bytes reordered into blocks of 4-row tiles
-(tile_int4_rows, done once outside timing). Tricks:
+as docs/kernels.md's Formats says), so their bytes are the op's byte model (simd_c_tiled at M > 1
+in a build without AVX2, or with more than 1024 groups a row, excepted: it runs the M = 1 kernel
+once per row of x, reading the weights each time); gemv_w4 also takes the same bytes reordered
+into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time (16 with AVX-512F) straight from memory, then
   convert and FMA; at M > 1 in the 16-bit GEMV's tile loop, each widened vector feeding up to 4
   rows of x (1.5-1.7x one x row at a time on a Zen 4 at M = 2-16).
@@ -34,8 +34,9 @@ once a pass); gemv_w4 also takes the same bytes reordered into blocks of 4-row t
   (row layout) from DRAM. At M > 1 each looked-up vector feeds up to 4 rows of x: 1.2-2.4x
   the loops it replaced.
 - INT4 at M > 1 without it (AVX2 + F16C): a tile's word vectors are unpacked once (denormal on
-  AMD) for 2 rows of x a pass, 4 with AVX-512F: FMA-bound, 1.02-1.34x the M = 1 kernel run once
-  per row of x on a Zen 4 (the most from DRAM, where the weights are read once a pass).
+  AMD) for 2 rows of x a pass, 4 with AVX-512F, the tile in L1/L2 between passes: FMA-bound,
+  1.02-1.34x the M = 1 kernel run once per row of x on a Zen 4 (the most from DRAM, where the
+  weights are read once instead of M times).
 - The zero point leaves the inner loop: sum_k x (q - z) s = s (sum_k x q) - s z sum_k x, with
   sum_k x per group computed once per call.
 - y leaves the C already in the caller's dtype (rounded as torch rounds): a conversion op in Python
