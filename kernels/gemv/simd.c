@@ -556,65 +556,14 @@ INLINE void w4dot_words_m(__m512i w01, __m512i w23, const uint16_t* xq, int64_t 
   }
 }
 
-/* The tiled layout at M > 1 (bf16 x): w4_blocks' walk (S streams of nb tiles, K-block by K-block)
-   with MT rows of x (rows m0 .. m0 + MT - 1: xs, xb and y already offset to m0; xb rows XQS
-   apart). Per thread 32 KiB of group totals at MT = 4. */
-INLINE void w4dot_blocks_m(const int32_t* const* bp, const int S, int64_t nb, int64_t KW, int64_t WG,
-                           int64_t ng, const float* xs, const void* sc, const void* zr, int dt,
-                           const int64_t* n0, float* y, int64_t N, float* sfb, const uint16_t* xb,
-                           int64_t XQS, const int MT) {
-  const int64_t KBW = w4_kbw(KW), KBG = ng * KBW / KW;   /* words and groups per K-block */
+/* M > 1 (bf16 x): one 4-row tile for MT rows of x, in either layout (w4_tile_m's walk: row r of
+   a chunk RO words after row 0, chunks 8 CS words apart, K-blocks KBW words a row, KBS apart);
+   the tile stays in L1/L2 between the passes over the rows of x. */
+INLINE void w4dot_tile_m(const int32_t* wr, int64_t RO, int64_t CS, int64_t KBW, int64_t KBS,
+                         int64_t WG, int64_t ng, const float* xs, const void* sc, const void* zr,
+                         int dt, int64_t n, float* y, int64_t N, const uint16_t* xb, int64_t XQS,
+                         const int MT) {
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
-  float tot[4][2][W4_TB][4][8] __attribute__((aligned(64))), corr[4][2][W4_TB * 4];
-  const __m512i tbl = _mm512_load_si512(W4_BF16_NIB);
-  const int32_t* p[2] = {bp[0], bp[S - 1]};
-  for (int s = 0; s < S; s++) {
-    for (int64_t i = 0; i < 4 * nb; i++)
-      for (int m = 0; m < MT; m++)   /* the scales again for each m: ng values, no weights */
-        corr[m][s][i] = w4_scales(sc, zr, dt, (n0[s] + i) * ng, ng, xs + m * ng,
-                                  sfb + (s * 4 * W4_TB + i) * ng);
-    for (int m = 0; m < MT; m++)
-      for (int64_t t = 0; t < nb; t++)
-        for (int r = 0; r < 4; r++) _mm256_store_ps(tot[m][s][t][r], _mm256_setzero_ps());
-  }
-  for (int64_t g0 = 0; g0 < ng; g0 += KBG) {
-    const uint16_t* xk = xb + 8 * KW * g0 / ng;
-    for (int64_t t = 0; t < nb; t++) {
-      float* sf[2][4];
-      for (int s = 0; s < S; s++)
-        for (int r = 0; r < 4; r++) sf[s][r] = sfb + (s * 4 * W4_TB + 4 * t + r) * ng + g0;
-      for (int64_t g = 0; g < KBG; g += gstep) {
-        const uint16_t* xg = xk + 64 * (g / gstep) * (span / 8);
-        for (int s = 0; s < S; s++) {
-          __m512 a[4][2], b[4][2];
-          for (int m = 0; m < MT; m++) a[m][0] = a[m][1] = b[m][0] = b[m][1] = _mm512_setzero_ps();
-          const uint16_t* xq = xg;
-          for (int64_t c = 0; c < span; c += 8, p[s] += 32, xq += 64) {
-            _mm_prefetch((const char*)p[s] + W4_PREFETCH, _MM_HINT_T1);
-            _mm_prefetch((const char*)p[s] + W4_PREFETCH + 64, _MM_HINT_T1);
-            w4dot_words_m(_mm512_loadu_si512(p[s]), _mm512_loadu_si512(p[s] + 16), xq, XQS, a, b,
-                          tbl, MT);
-          }
-          for (int m = 0; m < MT; m++)
-            w4z_flush_sums(tot[m][s][t], _mm512_add_ps(a[m][0], a[m][1]),
-                           _mm512_add_ps(b[m][0], b[m][1]), sf[s], g, KBG, gstep);
-        }
-      }
-    }
-  }
-  for (int m = 0; m < MT; m++)
-    for (int s = 0; s < S; s++)
-      for (int64_t t = 0; t < nb; t++)
-        for (int r = 0; r < 4; r++)
-          y[m * N + n0[s] + 4 * t + r] = w4_total(tot[m][s][t][r], 0, 0) - corr[m][s][4 * t + r];
-}
-
-/* The row layout at M > 1 (bf16 x): one 4-row tile n .. n + 3 for MT rows of x, w4_rows' DOT loop
-   with w4dot_words_m. */
-INLINE void w4dot_rows_m(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, const float* xs,
-                         const void* sc, const void* zr, int dt, int64_t n, float* y, int64_t N,
-                         const uint16_t* xb, int64_t XQS, const int MT) {
-  const int64_t RS = KW, span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
   float sfb[4 * W4_MAXG] __attribute__((aligned(32))), corr[4][4];
   float* sf[4] = {sfb, sfb + ng, sfb + 2 * ng, sfb + 3 * ng};
   for (int r = 0; r < 4; r++)
@@ -624,13 +573,25 @@ INLINE void w4dot_rows_m(const int32_t* wr, int64_t KW, int64_t WG, int64_t ng, 
   const __m512i tbl = _mm512_load_si512(W4_BF16_NIB);
   const int32_t* p = wr;
   const uint16_t* xq = xb;
+  int64_t left = KBW;
   for (int64_t g = 0; g < ng; g += gstep) {
     __m512 a[4][2], b[4][2];
     for (int m = 0; m < MT; m++) a[m][0] = a[m][1] = b[m][0] = b[m][1] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < span; c += 8, p += 8, xq += 64) {
-      for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RS), _MM_HINT_T1);
-      w4dot_words_m(w4_pair_rows(p, p + RS), w4_pair_rows(p + 2 * RS, p + 3 * RS), xq, XQS, a, b,
-                    tbl, MT);
+    for (int64_t c = 0; c < span; c += 8, xq += 64) {
+      __m512i w01, w23;
+      if (CS == 1) {   /* row layout: rows pages apart, prefetched two tiles ahead into L2 */
+        for (int r = 0; r < 4; r++) _mm_prefetch((const char*)(p + (r + W4_PF) * RO), _MM_HINT_T1);
+        w01 = w4_pair_rows(p, p + RO);
+        w23 = w4_pair_rows(p + 2 * RO, p + 3 * RO);
+      } else {         /* tiled: the chunk's 128 contiguous bytes, one stream */
+        _mm_prefetch((const char*)p + W4_PREFETCH, _MM_HINT_T1);
+        _mm_prefetch((const char*)p + W4_PREFETCH + 64, _MM_HINT_T1);
+        w01 = _mm512_loadu_si512(p);
+        w23 = _mm512_loadu_si512(p + 16);
+      }
+      w4dot_words_m(w01, w23, xq, XQS, a, b, tbl, MT);
+      p += 8 * CS;
+      if ((left -= 8) == 0) { left = KBW; p += KBS - KBW * CS; }   /* tiled: next K-block */
     }
     for (int m = 0; m < MT; m++)
       w4z_flush_sums(tot[m], _mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(b[m][0], b[m][1]), sf,
@@ -930,9 +891,9 @@ static void w_tiles(const void* x, int dt, int64_t M, int64_t K, const void* w, 
       int64_t m = 0;
 #if W4DOT
 #define W_TILE(R_, MT_) \
-  (dp ? w_tile_dp(w, wdt, sc, (const uint16_t*)x + m * K, scratch + m * K32, K, K32, n, \
-                  y + m * N, N, R_, MT_) \
-      : w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_))
+  (dp && R_ == 4 ? w_tile_dp(w, wdt, sc, (const uint16_t*)x + m * K, scratch + m * K32, K, K32, n, \
+                             y + m * N, N, 4, MT_) \
+                 : w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_))
 #else
 #define W_TILE(R_, MT_) w_tile(w, wdt, sc, dt, scratch + m * K32, K, K32, n, y + m * N, N, R_, MT_)
 #endif
@@ -1169,8 +1130,11 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     store_out(y, out, N, odt);
     return 0;
   }
-  if (tile_m) {   /* a tile at a time, its rows of x W4_MT (then fewer) a pass: the tile's 4 rows
-                     stay in L1/L2 between passes; the rows past the last tile one at a time */
+  if (M > 1 && (dot || tile_m)) {
+    /* A tile at a time, its rows of x up to 4 (dot) or W4_MT (w4_tile_m) a pass, 2 or 1 for the
+       rest: the tile's 4 rows stay in L1/L2 between passes, so the weights come from DRAM once.
+       The rows past the last tile go one row of x at a time. */
+    const int MX = dot ? 4 : W4_MT;
     #pragma omp parallel num_threads(nthreads)
     {
       const unsigned csr = _mm_getcsr();
@@ -1187,14 +1151,22 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
         int64_t KBS = 0;
         const int32_t* tw = tiled ? w4_tiled_row(wr, 4 * t, KW, NT, &KBS) : wr + 4 * t * KW;
         const int64_t RO = tiled ? 8 : KW, CS = tiled ? 4 : 1, KBW = tiled ? w4_kbw(KW) : KW;
-        for (int64_t m0 = 0; m0 < M; m0 += W4_MT) {
-          const int MT = M - m0 >= W4_MT ? W4_MT : (int)(M - m0);
+        for (int64_t m0 = 0, MT; m0 < M; m0 += MT) {
+          MT = M - m0 >= MX ? MX : M - m0 >= 2 ? 2 : 1;
+#if W4DOT
+#define W4_DOT_M(MT_) w4dot_tile_m(tw, RO, CS, KBW, KBS, WG, ng, xs + m0 * ng, scales, zeros, dt, \
+                                   4 * t, y + m0 * N, N, xb + m0 * K, K, MT_)
+          if (dot) {
+            if (MT == 4) W4_DOT_M(4); else if (MT == 2) W4_DOT_M(2); else W4_DOT_M(1);
+            continue;
+          }
+#undef W4_DOT_M
+#endif
 #define W4_TILE_M(MT_, DN_) w4_tile_m(tw, RO, CS, KBW, KBS, WG, ng, xp + m0 * 8 * KW8, 8 * KW8, \
                                       xs + m0 * ng, scales, zeros, dt, 4 * t, y + m0 * N, N, MT_, \
                                       DN_, csh)
 #if W4_MT == 4
           if (MT == 4) { if (dn) W4_TILE_M(4, 1); else W4_TILE_M(4, 0); continue; }
-          if (MT == 3) { if (dn) W4_TILE_M(3, 1); else W4_TILE_M(3, 0); continue; }
 #endif
           if (MT == 2) { if (dn) W4_TILE_M(2, 1); else W4_TILE_M(2, 0); }
           else { if (dn) W4_TILE_M(1, 1); else W4_TILE_M(1, 0); }
@@ -1202,69 +1174,6 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
         }
       }
       _mm_setcsr(csr);
-    }
-    store_out(y, out, M * N, odt);
-    return 0;
-  }
-#endif
-#if W4DOT
-  if (dot && !tiled) {   /* row layout, M > 1: a tile at a time, its rows of x 4, 3, 2 or 1 a pass
-                            (the tile's 4 rows stay in L1/L2 between passes) */
-    #pragma omp parallel for schedule(dynamic, 32) num_threads(nthreads)
-    for (int64_t t = 0; t <= NT; t++) {
-      if (t == NT) {
-        for (int64_t m = 0; m < M; m++)
-          for (int64_t n = 4 * NT; n < N; n++)
-            w4_rows(wr + n * KW, KW, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n,
-                    y + m * N + n, 1, 0, 0, xb, 0);
-        continue;
-      }
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
-#define W4_ROWS_M(MT_) w4dot_rows_m(wr + 4 * t * KW, KW, WG, ng, xs + m0 * ng, scales, zeros, dt, \
-                                    4 * t, y + m0 * N, N, xb + m0 * K, K, MT_)
-        if (MT == 4) W4_ROWS_M(4); else if (MT == 3) W4_ROWS_M(3); else if (MT == 2) W4_ROWS_M(2);
-        else W4_ROWS_M(1);
-#undef W4_ROWS_M
-      }
-    }
-    store_out(y, out, M * N, odt);
-    return 0;
-  }
-  if (dot) {   /* tiled, M > 1: a work item (as M = 1's) at a time, its rows of x 4, 3, 2 or 1 a
-                  pass (its blocks, 256 KiB each at K = 4096, mostly in L2 for the next pass) */
-    const int64_t NB = (NT + W4_TB - 1) / W4_TB, NF = NT / W4_TB, NP = NF / 2, NS = NB - 2 * NP;
-    #pragma omp parallel num_threads(nthreads)
-    {
-      float* sfb = xs + M * ng + (int64_t)omp_get_thread_num() * 8 * W4_TB * ng;
-      #pragma omp for schedule(dynamic, 1)
-      for (int64_t it = 0; it <= NP + NS; it++) {
-        const int S = it < NP ? 2 : 1;
-        const int64_t b = it < NP ? 2 * it : it + NP;
-        if (b == NB) {   /* the rows past the last tile, row layout, a row of x at a time */
-          for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 4 * NT; n < N; n++)
-              w4_rows(wr + n * KW, KW, WG, ng, xp + m * 8 * KW8, xs + m * ng, scales, zeros, dt, n,
-                      y + m * N + n, 1, 0, 0, xb, 0);
-          continue;
-        }
-        const int64_t nb = w4_block_tiles(b, NT), b1 = b + S - 1;
-        const int64_t n0[2] = {4 * b * W4_TB, 4 * b1 * W4_TB};
-        const int32_t* bp[2] = {wr + b * W4_TB * 4 * KW, wr + b1 * W4_TB * 4 * KW};
-        for (int64_t m0 = 0; m0 < M; m0 += 4) {
-          const int MT = M - m0 >= 4 ? 4 : (int)(M - m0);
-#define W4_BLOCKS_M(S_, MT_) w4dot_blocks_m(bp, S_, nb, KW, WG, ng, xs + m0 * ng, scales, zeros, dt, \
-                                            n0, y + m0 * N, N, sfb, xb + m0 * K, K, MT_)
-          if (S == 2) {
-            if (MT == 4) W4_BLOCKS_M(2, 4); else if (MT == 3) W4_BLOCKS_M(2, 3);
-            else if (MT == 2) W4_BLOCKS_M(2, 2); else W4_BLOCKS_M(2, 1);
-          } else {
-            if (MT == 4) W4_BLOCKS_M(1, 4); else if (MT == 3) W4_BLOCKS_M(1, 3);
-            else if (MT == 2) W4_BLOCKS_M(1, 2); else W4_BLOCKS_M(1, 1);
-          }
-#undef W4_BLOCKS_M
-        }
-      }
     }
     store_out(y, out, M * N, odt);
     return 0;

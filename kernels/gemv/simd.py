@@ -263,8 +263,8 @@ def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one
     contiguous stream instead of 4 streams 4 KiB apart that share L1 sets, walked in K-blocks of
-    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1 a tile (or block) at a time
-    for several rows of x, as simd_c does."""
+    4096 so that x's slice stays in L1 (tile_int4_rows). At M > 1 a tile at a time for several
+    rows of x, as simd_c does."""
     return gemv_w4(x, qweight, scales, zeros, group_size, out=out, tiled=tiled)
 
 
