@@ -298,10 +298,10 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     assert [u[1:] for u in unfinished(read_results(files[0]))] == [(len(lines), 8)]
 
 
-def test_records_number_the_cases_that_get_records(capsys):
+def test_records_number_the_cases_that_get_records(capsys, in_process):
     """run_case counts the cases that write records: with --impl naming one op's impl, the
     other ops' cases write none and are not in the plan, so a whole run never reads as cut."""
-    argv = ["run", "--suite", "smoke", "--impl", "simd_c_tiled", "--no-save", "--no-progress",
+    argv = ["run", "--suite", "smoke", "--impl", "torch_int4pack_mm", "--no-save", "--no-progress",
             "--json", "--budget", "quick"]
     assert main(argv) == 0
     recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
