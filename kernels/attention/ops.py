@@ -21,8 +21,8 @@ query heads share it) + the table entries and seq_lens read (+ scales for kv8). 
 - `torch_chunked`: all sequences advance together a chunk of blocks at a time, gathered into a
   reused buffer that stays in the last-level cache; PyTorch's fused CPU flash-attention kernel runs
   on a strided view of each chunk, and chunks merge by log-sum-exp.
-- `simd_c` (CPU): hand-written AVX2/OpenMP C (simd.c), one fp32 online-softmax pass per
-  sequence reading each block once, in place: the fast CPU path.
+- `simd_c` (CPU): hand-written C with OpenMP (simd.c: AVX2/AVX-512, portable C elsewhere), one
+  fp32 online-softmax pass per sequence reading each block once, in place: the fast CPU path.
 - `triton_onepass` / `triton_splitkv` / `triton_splitkv_fused` / `triton` (auto): one program per
   (sequence, KV head[, split]) serving all query heads of the group from one read of each block,
   online softmax in fp32; split-KV merges the splits in a reduction kernel or (fused) in the last

@@ -1,6 +1,7 @@
 /* Paged decode attention for the CPU (AVX2 + FMA + F16C, OpenMP; the scores and P.V loops in zmm
    where the build has AVX-512F, and bf16 KV through VDPBF16PS where it has AVX512_BF16), one fp32
-   online-softmax pass.
+   online-softmax pass. A target without AVX2, FMA or F16C (Arm, x86-64 before Haswell) builds
+   the portable C at the end of the file instead: the same tasks, scratch and merge.
    Built and loaded by kernels/cbuild.py, called through ctypes by simd.py (which says why C).
 
    Each K and V row is read once, straight from its block, converted in registers; the softmax
@@ -29,7 +30,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define X86 1
 #include <immintrin.h>
+#else
+#define X86 0  /* the portable C at the end of the file: Arm, x86-64 before AVX2 */
+#endif
 
 enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
 #define INLINE static inline __attribute__((always_inline))
@@ -39,12 +45,34 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
    16-token blocks). On a 2-core Zen 4, from DRAM, alternated: 2, 3, 4 and 6 steps within 2% of
    each other; one step (K, with the V rows of the step in use into L1) mostly 0.71-0.85x of 3. */
 #define AHEAD 3
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#if X86 && defined(__AVX512BF16__) && defined(__AVX512F__)
 #define DPBF16 1
 #else
 #define DPBF16 0
 #endif
 
+/* exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts), e^r = 1 + r + r^2
+   P(r): rel. error ~2e-7. For x <= 0 (softmax after the max is subtracted); x < -87 gives 0. */
+static const float EXP_P[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
+                               4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+#define EXP_MIN -87.0f
+
+/* The first row of the (block, head) AHEAD steps after head h of the block holding tokens
+   t..t+n, and in *pn how many of its rows the task reads (0: none, past t1): in this block, or
+   in one the table names (elsewhere in the pool: no hardware prefetcher can guess it). */
+INLINE int64_t ahead_row(const int32_t* table, int64_t BS, int64_t Hkv, int64_t t, int n,
+                         int64_t t1, int64_t h, int64_t row, int* pn) {
+  const int64_t ahead = h + AHEAD, later = ahead / Hkv, tp = t + n + (later - 1) * BS;
+  *pn = n;
+  if (!later) return row + AHEAD;
+  *pn = tp < t1 ? (int)((t1 - tp) < BS ? (t1 - tp) : BS) : 0;
+  return *pn ? table[tp / BS] * BS * Hkv + ahead % Hkv : row;
+}
+
+#if X86
 INLINE __m256 load8(const void* p, int dt) {   /* 8 elements -> fp32 */
   if (dt == F32) return _mm256_loadu_ps((const float*)p);
   if (dt == BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(
@@ -205,14 +233,6 @@ INLINE float hmax(const float* x, int n, float m) {
 #endif
 }
 
-/* exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts), e^r = 1 + r + r^2
-   P(r): rel. error ~2e-7. For x <= 0 (softmax after the max is subtracted); x < -87 gives 0. */
-static const float EXP_P[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
-                               4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO -2.12194440e-4f
-#define EXP_MIN -87.0f
 
 INLINE __m256 exp256(__m256 x) {
   const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_MIN), _CMP_LT_OQ);
@@ -568,15 +588,8 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
       const int64_t row = (blk * BS + slot) * Hkv + h;    /* (token, head) row index */
       const char* kr = k + row * D * es;
       const char* vr = v + row * D * es;
-      /* The (block, head) AHEAD steps on: in this block, or in one the table names (elsewhere
-         in the pool: no hardware prefetcher can guess it), none past the task's tokens. */
-      const int64_t ahead = h + AHEAD, later = ahead / Hkv, tp = t + n + (later - 1) * BS;
-      int64_t prow = row + AHEAD;
-      int pn = n;
-      if (later) {
-        pn = tp < t1 ? (int)((t1 - tp) < BS ? (t1 - tp) : BS) : 0;
-        prow = pn ? table[tp / BS] * BS * Hkv + ahead % Hkv : row;
-      }
+      int pn;
+      const int64_t prow = ahead_row(table, BS, Hkv, t, n, t1, h, row, &pn);
       const char* pk = k + prow * D * es;
       const char* pv = v + prow * D * es;
       if (ks)                                   /* INT8 KV: this (block, head)'s scales, once */
@@ -631,24 +644,6 @@ INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, in
   }
 }
 
-#define ATTEND_FOR(NAME, DT) \
-  static void NAME(const void* q, int qdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G, \
-                   const char* k, const char* v, const void* ks, const void* vs, int64_t BS, \
-                   const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale, \
-                   float* m, float* l, float* acc, float* qf) { \
-    attend(q, qdt, DT, Hq, Hkv, D, G, k, v, ks, vs, BS, table, b, t0, t1, scale, m, l, acc, qf); }
-ATTEND_FOR(attend_f32, F32)
-ATTEND_FOR(attend_bf16, BF16)
-ATTEND_FOR(attend_f16, F16)
-ATTEND_FOR(attend_i8, I8)
-typedef void (*attend_fn)(const void*, int, int64_t, int64_t, int64_t, int64_t, const char*,
-                          const char*, const void*, const void*, int64_t, const int32_t*, int64_t,
-                          int64_t, int64_t, float, float*, float*, float*, float*);
-static const attend_fn attend_dt[4] = {attend_f32, attend_bf16, attend_f16, attend_i8};
-
-/* 1 where bf16 KV takes the VDPBF16PS loops in this build (AVX512_BF16), else 0. */
-int bf16_dot_loops(void) { return DPBF16; }
-
 /* A row of D fp32 (D % 8 == 0) stored in out's dtype (odt: F32, BF16 or F16): bf16 rounded to
    nearest even with NaN kept a NaN, fp16 by F16C. The caller's tensor is written directly. */
 INLINE void store_row(const float* r, void* o, int64_t D, int odt) {
@@ -669,6 +664,226 @@ INLINE void store_row(const float* r, void* o, int64_t D, int odt) {
     _mm_storeu_si128((__m128i*)((uint16_t*)o + d), h);
   }
 }
+
+#else  /* ------------------------------------------------------------------------------------
+   Portable C, for CPUs without AVX2, FMA and F16C (Arm; x86-64 before Haswell): the same tasks,
+   scratch layout, online softmax and merge, in loops the compiler vectorizes for the target.
+   Each (block, head)'s K and V rows are converted to fp32 once, into buffers of this thread's
+   (8 KiB each for 16 tokens of D = 128), and shared by all G query heads; dot products keep PW
+   independent partial sums, so vectorizing them needs no reassociation (no -ffast-math). */
+enum { PW = 8 };
+typedef union { float f; uint32_t u; } fu;
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC keeps a loop with a floating-point select scalar unless FP exceptions may be assumed not
+   to trap (clang assumes so by default); results are the same: nothing is reassociated. */
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+/* fp16 bits -> fp32: the fp16 fields moved into fp32's, exponent rebiased by 127 - 15; Inf and
+   NaN get the rest of the all-ones exponent, subnormals are renormalized by one fp32 subtract.
+   Selects, not branches, so the compiler vectorizes a row of them. */
+INLINE float f16_to_f32(uint16_t h) {
+#if defined(__aarch64__) && defined(__ARM_FP16_FORMAT_IEEE)
+  __fp16 x;
+  memcpy(&x, &h, 2);
+  return (float)x;
+#else
+  const uint32_t em = (uint32_t)(h & 0x7fff) << 13, e = em & 0x0f800000u;
+  const fu sub = {.f = ((fu){.u = em + 0x38800000u}).f - 6.103515625e-05f};  /* - 2^-14 */
+  const uint32_t o = e == 0 ? sub.u : em + (e == 0x0f800000u ? 0x70000000u : 0x38000000u);
+  return ((fu){.u = o | (uint32_t)(h & 0x8000) << 16}).f;
+#endif
+}
+
+/* fp32 -> fp16 bits, rounded to nearest even: Inf from 65520 up, a NaN stays a NaN; below
+   2^-14 adding 0.5 (whose ulp is fp16's subnormal step) rounds in the fp32 adder. */
+INLINE uint16_t f32_to_f16(float f) {
+  fu x = {.f = f};
+  const uint32_t sign = x.u & 0x80000000u;
+  uint32_t o;
+  x.u ^= sign;
+  if (x.u >= 0x47800000u) o = x.u > 0x7f800000u ? 0x7e00 : 0x7c00;
+  else if (x.u < 0x38800000u) { x.f += 0.5f; o = x.u - 0x3f000000u; }
+  else o = (x.u + 0xc8000fffu + ((x.u >> 13) & 1)) >> 13;  /* exponent - 112, round */
+  return (uint16_t)(o | sign >> 16);
+}
+
+INLINE float load1(const void* p, int64_t i, int dt) {
+  if (dt == F32) return ((const float*)p)[i];
+  if (dt == BF16) { fu x = {.u = (uint32_t)((const uint16_t*)p)[i] << 16}; return x.f; }
+  if (dt == F16) return f16_to_f32(((const uint16_t*)p)[i]);
+  return (float)((const int8_t*)p)[i];
+}
+
+/* D elements of a row in dtype dt (bf16, fp16 or int8) -> fp32. */
+INLINE void load_row(const char* p, int dt, int64_t D, fu* o) {
+  const uint16_t* h = (const uint16_t*)p;
+  if (dt == BF16) for (int64_t d = 0; d < D; d++) o[d].u = (uint32_t)h[d] << 16;
+  else if (dt == F16) for (int64_t d = 0; d < D; d++) o[d].f = f16_to_f32(h[d]);
+  else for (int64_t d = 0; d < D; d++) o[d].f = (float)((const int8_t*)p)[d];
+}
+
+INLINE void prefetch_row(const char* p, int64_t bytes) {
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+}
+
+/* max(m, x[0..n)); NaN if m or any x is NaN, as the x86 hmax. */
+INLINE float hmax(const float* x, int n, float m) {
+  int nan = m != m;
+  for (int j = 0; j < n; j++) { nan |= x[j] != x[j]; m = x[j] > m ? x[j] : m; }
+  return nan ? NAN : m;
+}
+
+/* x[j] = exp(x[j] - mt) for j < n, in place, by exp256's polynomial; returns their sum. n is
+   rounded by adding 1.5 * 2^23 (fp32 addition rounds to nearest), whose low bits then hold it
+   as an integer: no float-to-int conversion, so a NaN score stays NaN through the product. */
+INLINE float exp_sum(float* x, int n, float mt) {
+  float sum = 0.0f;
+  for (int j = 0; j < n; j++) {
+    const float y0 = x[j] - mt, y = y0 < EXP_MIN ? EXP_MIN : y0;
+    const fu t = {.f = y * EXP_LOG2E + 12582912.0f};
+    const float k = t.f - 12582912.0f, r = y - k * EXP_LN2_HI - k * EXP_LN2_LO;
+    float p = EXP_P[0];
+    for (int i = 1; i < 6; i++) p = p * r + EXP_P[i];
+    p = p * (r * r) + (r + 1.0f);
+    const fu e = {.u = (t.u - 0x4b400000u + 127u) << 23};
+    x[j] = y0 < EXP_MIN ? 0.0f : p * e.f;
+    sum += x[j];
+  }
+  return sum;
+}
+
+INLINE int uses_dp(int qdt, int kvdt) { (void)qdt; (void)kvdt; return 0; }
+INLINE int64_t dp_logical(int64_t i) { return i; }
+INLINE int64_t bf16_logical(int64_t i) { return i; }
+
+/* A (block, head)'s n rows (rs bytes apart) in fp32: fp32 rows in place (*stride rs / 4), others
+   converted into buf (*stride D). First the pn rows of the step AHEAD (from `ahead`) are
+   prefetched: without, the kernel read 0.71x as fast (bf16 and fp32, 8 x 4096, built for plain
+   x86-64 on a Zen 4). */
+INLINE const float* block_rows(const char* r, int64_t rs, int dt, int n, int64_t D, fu* buf,
+                               const char* ahead, int pn, int64_t* stride) {
+  const int64_t rb = D * (dt == F32 ? 4 : dt == I8 ? 1 : 2);
+  for (int j = 0; j < pn; j++) prefetch_row(ahead + j * rs, rb);
+  if (dt == F32) { *stride = rs / 4; return (const float*)r; }
+  for (int j = 0; j < n; j++) load_row(r + j * rs, dt, D, buf + j * D);
+  *stride = D;
+  return &buf[0].f;
+}
+
+/* The x86 attend's contract (above), in portable C: per (block, head), K's rows in fp32, then
+   scores four query heads at a time (each K element loaded once for four products), the online
+   softmax, and P.V four heads by PV columns at a time, the sums in locals across the block. */
+enum { PV = 16 };
+
+static _Thread_local fu kbuf[MAXBS * MAXD], vbuf[MAXBS * MAXD];
+INLINE void attend(const void* q, int qdt, int kvdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G,
+                   const char* k, const char* v, const void* ks, const void* vs, int64_t BS,
+                   const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale,
+                   float* m, float* l, float* acc, float* qf) {
+  const int64_t G4 = (G + 3) / 4 * 4;
+  const int es = kvdt == F32 ? 4 : kvdt == I8 ? 1 : 2;
+  const int64_t rs = Hkv * D * es, rb = D * es;
+  float s[4 * MAXBS], ksc[MAXBS], vsc[MAXBS];
+  for (int64_t h = 0; h < Hkv; h++)
+    for (int64_t g = 0; g < G4; g++) {
+      float* qg = qf + (h * G4 + g) * D;
+      for (int64_t d = 0; d < D; d++)
+        qg[d] = g < G ? load1(q, (b * Hq + h * G + g) * D + d, qdt) * scale : 0.0f;
+    }
+  for (int64_t i = 0; i < Hkv * G; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+  memset(acc, 0, sizeof(float) * Hkv * G4 * D);
+  for (int64_t t = t0; t < t1;) {
+    const int64_t blk = table[t / BS], slot = t % BS;
+    const int n = (int)((t1 - t) < (BS - slot) ? (t1 - t) : (BS - slot));
+    for (int64_t h = 0; h < Hkv; h++) {
+      const int64_t r0 = (blk * BS + slot) * Hkv + h;
+      int pn;
+      const int64_t prow = ahead_row(table, BS, Hkv, t, n, t1, h, r0, &pn);
+      int64_t kst, vst;
+      const float* kb = block_rows(k + r0 * rb, rs, kvdt, n, D, kbuf, k + prow * rb, pn, &kst);
+      if (ks)
+        for (int j = 0; j < n; j++) {
+          ksc[j] = load1(ks, r0 + j * Hkv, qdt);
+          vsc[j] = load1(vs, r0 + j * Hkv, qdt);
+        }
+      const float* vb = NULL;
+      for (int64_t g0 = 0; g0 < G4; g0 += 4) {
+        const float* q0 = qf + (h * G4 + g0) * D;
+        float* a0 = acc + (h * G4 + g0) * D;
+        const int gn = G - g0 < 4 ? (int)(G - g0) : 4;  /* real heads in this group */
+        for (int j = 0; j < n; j++) {
+          const float* kr = kb + j * kst;
+          float p[4][PW] = {{0}};
+          for (int64_t d = 0; d < D; d += PW)
+            for (int i = 0; i < PW; i++)
+              for (int gi = 0; gi < 4; gi++) p[gi][i] += q0[gi * D + d + i] * kr[d + i];
+          for (int gi = 0; gi < 4; gi++) {
+            float tot = 0.0f;
+            for (int i = 0; i < PW; i++) tot += p[gi][i];
+            s[gi * MAXBS + j] = ks ? tot * ksc[j] : tot;
+          }
+        }
+        for (int gi = 0; gi < 4; gi++) {
+          float* x = s + gi * MAXBS;
+          if (gi >= gn) { for (int j = 0; j < n; j++) x[j] = 0.0f; continue; }  /* padded: p = 0 */
+          float* mg = m + h * G + g0 + gi;
+          const float mt = hmax(x, n, *mg);
+          const float alpha = mt > *mg ? expf(*mg - mt) : 1.0f;
+          l[h * G + g0 + gi] = l[h * G + g0 + gi] * alpha + exp_sum(x, n, mt);
+          *mg = mt;
+          if (alpha != 1.0f) for (int64_t d = 0; d < D; d++) a0[gi * D + d] *= alpha;
+          if (vs) for (int j = 0; j < n; j++) x[j] *= vsc[j];
+        }
+        if (!vb) vb = block_rows(v + r0 * rb, rs, kvdt, n, D, vbuf, v + prow * rb, pn, &vst);
+        for (int64_t d = 0; d < D; d += PV) {
+          float o[4][PV];
+          for (int gi = 0; gi < 4; gi++)
+            for (int i = 0; i < PV; i++) o[gi][i] = a0[gi * D + d + i];
+          for (int j = 0; j < n; j++) {
+            const float* vr = vb + j * vst + d;
+            for (int gi = 0; gi < 4; gi++)
+              for (int i = 0; i < PV; i++) o[gi][i] += s[gi * MAXBS + j] * vr[i];
+          }
+          for (int gi = 0; gi < 4; gi++)
+            for (int i = 0; i < PV; i++) a0[gi * D + d + i] = o[gi][i];
+        }
+      }
+    }
+    t += n;
+  }
+}
+
+/* A row of D fp32 stored in out's dtype (odt): bf16 rounded to nearest even with NaN kept a
+   NaN, fp16 by f32_to_f16. */
+INLINE void store_row(const float* r, void* o, int64_t D, int odt) {
+  if (odt == F32) { memcpy(o, r, D * 4); return; }
+  uint16_t* h = (uint16_t*)o;
+  for (int64_t d = 0; d < D; d++) {
+    const fu x = {.f = r[d]};
+    if (odt == F16) h[d] = f32_to_f16(r[d]);
+    else h[d] = r[d] != r[d] ? 0x7fc0 : (uint16_t)((x.u + 0x7fff + ((x.u >> 16) & 1)) >> 16);
+  }
+}
+#endif
+
+#define ATTEND_FOR(NAME, DT) \
+  static void NAME(const void* q, int qdt, int64_t Hq, int64_t Hkv, int64_t D, int64_t G, \
+                   const char* k, const char* v, const void* ks, const void* vs, int64_t BS, \
+                   const int32_t* table, int64_t b, int64_t t0, int64_t t1, float scale, \
+                   float* m, float* l, float* acc, float* qf) { \
+    attend(q, qdt, DT, Hq, Hkv, D, G, k, v, ks, vs, BS, table, b, t0, t1, scale, m, l, acc, qf); }
+ATTEND_FOR(attend_f32, F32)
+ATTEND_FOR(attend_bf16, BF16)
+ATTEND_FOR(attend_f16, F16)
+ATTEND_FOR(attend_i8, I8)
+typedef void (*attend_fn)(const void*, int, int64_t, int64_t, int64_t, int64_t, const char*,
+                          const char*, const void*, const void*, int64_t, const int32_t*, int64_t,
+                          int64_t, int64_t, float, float*, float*, float*, float*);
+static const attend_fn attend_dt[4] = {attend_f32, attend_bf16, attend_f16, attend_i8};
+
+/* 1 where bf16 KV takes the VDPBF16PS loops in this build (AVX512_BF16), else 0. */
+int bf16_dot_loops(void) { return DPBF16; }
 
 /* out[b, hq, :] in odt (F32, BF16 or F16). part: scratch of B*S*per floats (per task: acc
    [Hkv][G4][D], m and l [Hkv*G], and q pre-scaled in fp32 [Hkv][G4][D]). */

@@ -1,4 +1,5 @@
-"""Paged attention on the CPU in C (simd.c: AVX2 + FMA + OpenMP), built on first use, called via
+"""Paged attention on the CPU in C (simd.c: AVX2 + FMA + F16C, or portable C where the target has
+not all three, as on Arm; OpenMP where the compiler has it), built on first use, called via
 ctypes; registers `simd_c` for `paged_attention` and `paged_attention_kv8`.
 
 Why C: at decode each KV element feeds only G = Hq/Hkv multiply-adds, so the work is a skinny
@@ -27,7 +28,7 @@ library = CLibrary("paged_attention", Path(__file__).with_name("simd.c"), {
     "paged_attention": ([ptr, i32, i32, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr,
                          ctypes.c_float, i64, i64, ptr, ptr, i32, i32], i32),
     "bf16_dot_loops": ([], i32),
-}, needs=("avx2", "fma", "f16c"), libs=("-lm",))
+}, libs=("-lm",))
 _scratch = library.scratch_ptr
 
 
@@ -106,8 +107,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
 @register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=validate)
 def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Hand-written AVX2 C kernel: one fp32 online-softmax pass per (sequence[, token split]),
-    every KV head of each block in turn."""
+    """Hand-written C kernel (AVX2/AVX-512, or portable): one fp32 online-softmax pass per
+    (sequence[, token split]), every KV head of each block in turn."""
     return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
                                                out=out)
 
@@ -116,6 +117,6 @@ def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
                prepare=validate)
 def simd_c_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Hand-written AVX2 C kernel: int8 rows widened in registers, scales folded into s and p."""
+    """Hand-written C kernel: int8 rows widened as they are read, scales folded into s and p."""
     return paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale,
                                                k_scale, v_scale, out=out)

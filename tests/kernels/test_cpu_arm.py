@@ -5,7 +5,8 @@ vectorizes its own way: `char` is unsigned there, a * b + c may become one fused
 unaligned loads behave differently. tests/kernels/test_cpu_isa.py checks the same C built for plain
 x86-64; this checks what an Arm compiler makes of it, on the machines that have a cross compiler
 and qemu-user (on Debian: `apt-get install gcc-aarch64-linux-gnu libgomp1-arm64-cross qemu-user`),
-and is skipped elsewhere. The paged attention kernels need AVX2 and are not built for Arm.
+and is skipped elsewhere. The paged attention kernel builds its portable C there (it takes AVX2,
+FMA and F16C on x86 where the target has them).
 """
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 from kernels import OPS, cbuild, rel_err
 from kernels.gemv import GemvShape, GemvW4Shape, GemvW8Shape
+from kernels.attention.ops import PagedAttentionShape, build_inputs
 from kernels.gemv import simd as gemv_simd
 from kernels.probes import ProbeShape
 
@@ -37,7 +39,14 @@ CASES = [
     ("gemv_w4", GemvW4Shape(1, 10, 160, 32)),
     ("gemv_w4", GemvW4Shape(1, 8, 8192, 256)),  # two K-blocks of the tiled layout
 ]
-DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# paged attention: op, sequence lengths, Hq, Hkv, D, block size
+ATTENTION = [
+    ("paged_attention", [100, 7, 33], 8, 2, 64, 16),
+    ("paged_attention", [37, 1], 4, 4, 128, 16),
+    ("paged_attention", [300], 12, 2, 32, 32),  # G = 6: a group of 4 heads and a padded one
+    ("paged_attention_kv8", [100, 7, 33], 8, 2, 64, 16),
+]
+DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
 
 
 @pytest.fixture(scope="module", params=MARCHES)
@@ -52,7 +61,7 @@ def driver(request, tmp_path_factory) -> list[str]:
                       input=b"int f(void){return 0;}", capture_output=True).returncode:
         fl.remove("-fopenmp")  # no Arm libgomp: single-threaded, as cbuild.py builds then
     libs = []
-    for name in ("gemv", "probes"):
+    for name in ("gemv", "probes", "attention"):
         src = KERNELS / name / "simd.c"
         r = subprocess.run([CC, *fl, f"-I{src.parent}", str(src), "-o", str(d / f"lib{name}.so"),
                             "-lm"], capture_output=True, text=True)
@@ -107,3 +116,33 @@ def test_read_probe_built_for_arm(driver, tmp_path):
     for nthreads in (1, 2):
         y = run(driver, tmp_path, "read_sum", torch.float32, (1, 0, 1, 0), 0, nthreads, src)
         assert rel_err(y.view(()), op.reference(src)) <= op.tol(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_paged_attention_built_for_arm(driver, tmp_path, dtype):
+    """The portable attention C on one thread in one split a sequence and on two threads in
+    three (so the merge runs), against the float64 reference; the output in q's dtype, as the
+    impl asks for it (the driver fills it with NaN first)."""
+    for op_name, lens, Hq, Hkv, D, BS in ATTENTION:
+        op = OPS[op_name]
+        shape = PagedAttentionShape(B=len(lens), Hq=Hq, Hkv=Hkv, D=D, context=max(lens) + 5,
+                                    block_size=BS)
+        args = build_inputs(shape, dtype, "cpu", 4, seq_lens=lens,
+                            kv8=op_name.endswith("kv8"))
+        ref = op.reference(*args)
+        q, k, v, *scales, table, seq_lens, scale = args
+        MB = table.shape[1]
+        for nthreads, S in ((1, 1), (2, 3)):
+            split = -(-(-(-MB * BS // S)) // BS) * BS  # tokens a split, whole blocks
+            dims = (DT[q.dtype], DT[k.dtype], len(lens), Hq, Hkv, D, BS, MB,
+                    -(-MB * BS // split), split, repr(float(scale)), nthreads)
+            files = []
+            for i, t in enumerate((q, k, v, table, seq_lens, *scales)):
+                files.append(tmp_path / f"a{i}.bin")
+                files[-1].write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
+            r = subprocess.run([*driver, "paged_attention", *map(str, dims), *map(str, files)],
+                               capture_output=True, timeout=300)
+            assert r.returncode == 0, r.stderr.decode(errors="replace")
+            y = torch.frombuffer(bytearray(r.stdout), dtype=q.dtype).view(q.shape)
+            err = rel_err(y, ref)
+            assert err <= op.tol(dtype), (op_name, lens, dtype, nthreads, S, err)
