@@ -32,8 +32,33 @@ def suggest(name: str, known: Sequence[str], listing: bool = True) -> str:
     return f" (known: {', '.join(sorted(known))})" if listing else ""
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's store for an option that takes one value, refusing a second, different one:
+    plain argparse keeps the last, so `run --op a --op b` would run b alone, without a word,
+    beside options that repeat (--shape, --impl, --dtype)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", {})
+        if self.dest in given and given[self.dest] != values:
+            parser.error(f"argument {option_string}: given twice ({given[self.dest]!r}, then "
+                         f"{values!r}); it takes one value")
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line and exit 2 like all our usage errors."""
+    """argparse, but its errors are one line and exit 2 like all our usage errors, and an option
+    that takes one value refuses two different ones (_StoreOnce)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        ns.__dict__.pop("_given_once", None)
+        return ns, rest
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")

@@ -590,3 +590,21 @@ def test_op_alone_runs_its_smoke_shapes_and_help_says_so():
     # copy, read and allreduce smoke in fp32 alone, paged_attention_kv8 in bf16 alone
     dtypes = {len({dt for _, dt in op.smoke}) for op in OPS.values()}
     assert dtypes == {1, 2} and "several dtypes" not in " ".join(out.stdout.split())
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "--op", PA, "--op", "paged_attention_kv8"], "--op"),
+    (["run", "--suite", "smoke", "--suite", "gemv"], "--suite"),
+    (["run", *GEMV, "--budget", "quick", "--budget", "thorough"], "--budget"),
+    (["roof", "--backend", "cpu", "--backend", "xla"], "--backend"),
+    (["run", *GEMV, "--seed", "1", "--seed", "2"], "--seed"),
+])
+def test_an_option_of_one_value_given_two_is_refused(capsys, out, argv, flag):
+    """argparse keeps the last of an option given twice: `run --op A --op B` would run B alone,
+    without a word, where --shape, --impl and --dtype repeat. Two different values are refused
+    naming both; the same value twice is one value."""
+    line = refused(capsys, out, *argv)
+    assert f"argument {flag}: given twice" in line and "it takes one value" in line, line
+    from bench.cli import main
+    assert main(["run", "--op", PA, "--op", PA, "--seed", "3", "--seed", "3", "--list"]) == 0
+    capsys.readouterr()
