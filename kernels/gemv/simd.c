@@ -16,6 +16,7 @@
 #endif
 
 enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };  /* I8: INT8 weights in the shared tile loop */
+enum { PL = 16 };  /* lanes of the portable loops' partial sums (builds without AVX2) */
 #define INLINE static inline __attribute__((always_inline))
 /* The tiled INT4 loop through VDPBF16PS (w4dot_chunk) where the build has AVX512_BF16 */
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX2__) \
@@ -25,9 +26,13 @@ enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };  /* I8: INT8 weights in the shared 
 #define W4DOT 0
 #endif
 
-static float half_to_float(uint16_t h) {
+static inline float half_to_float(uint16_t h) {
 #ifdef __F16C__
   return _cvtsh_ss(h);
+#elif defined(__aarch64__) && defined(__ARM_FP16_FORMAT_IEEE)
+  __fp16 f;
+  memcpy(&f, &h, 2);
+  return (float)f;
 #else
   uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
   float f;
@@ -160,6 +165,13 @@ INLINE void w8_rows(const int8_t* q, const float* xf, int64_t K, const void* sc,
     }
   }
   for (int r = 0; r < R; r++) out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+#else
+  /* portable: PL independent sums a row, which the compiler vectorizes without reassociating */
+  float part[4][PL] = {{0}};
+  for (; k + PL <= K; k += PL)
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < PL; i++) part[r][i] += xf[k + i] * (float)q[r * K + k + i];
+  for (int r = 0; r < R; r++) for (int i = 0; i < PL; i++) out[r] += part[r][i];
 #endif
   for (int r = 0; r < R; r++) {
     float v = out[r];
@@ -269,23 +281,45 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
   }
   for (int m = 0; m < MT; m++) out[m] = hsum(tot[m]);
 #else
-  const int64_t gw = WG;                           /* words per group */
-  for (int m = 0; m < MT; m++) out[m] = 0.0f;
-  for (int64_t g = 0; g < ng; g++) {
-    float s = ld(sc, n * ng + g, dt), z = ld(zr, n * ng + g, dt);
-    for (int m = 0; m < MT; m++) {
-      float d = 0.0f;
-      for (int64_t i = g * gw; i < (g + 1) * gw; i++) {
-        const int64_t c = i & ~(int64_t)7;
-        uint32_t w;  /* memcpy: qweight is bytes, and a word of it need not be 4-aligned */
-        memcpy(&w, wr + (c / KBW) * KBS + CS * (c % KBW) + (i & 7), sizeof w);
-        const float* xc = xp + m * XS + 64 * (i / 8) + i % 8;
-        for (int j = 0; j < 7; j++) d += (float)(int32_t)(w & (0xFu << (4 * j))) * xc[8 * j];
-        d += (float)(w >> 28) * xc[56];
+  /* portable: the AVX2 loop above in plain C, the 8 words of a chunk as 8 lanes (which the
+     compiler vectorizes): per-lane sums a group, scaled into per-lane totals at its end */
+  float tot[4][8] = {{0}};
+  const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
+  int64_t i = 0, left = KBW;
+  const int32_t* pw = wr;
+  for (int64_t g = 0; g < ng; g += gstep) {
+    float d[4][8] = {{0}};
+    for (int64_t c = 0; c < span; c += 8, i += 8) {
+      uint32_t w[8];  /* memcpy: qweight is bytes, and a word of it need not be 4-aligned */
+      if (i + 8 <= KW) {
+        memcpy(w, pw, sizeof w);
+        pw += 8 * CS;
+        if ((left -= 8) == 0) { left = KBW; pw += KBS - KBW * CS; }   /* next K-block */
+      } else {  /* the row layout's last chunk: words past KW are not read (their x is 0) */
+        for (int l = 0; l < 8; l++) w[l] = 0;
+        if (i < KW) memcpy(w, wr + i, (size_t)(KW - i) * sizeof w[0]);
       }
-      out[m] += s * d;
-      corr[m] += s * z * xs[m * ng + g];
+      for (int m = 0; m < MT; m++) {
+        const float* xc = xp + m * XS + 8 * i;
+        for (int j = 0; j < 7; j++)
+          for (int l = 0; l < 8; l++)
+            d[m][l] += (float)(int32_t)(w[l] & (0xFu << (4 * j))) * xc[8 * j + l];
+        for (int l = 0; l < 8; l++) d[m][l] += (float)(int32_t)(w[l] >> 28) * xc[56 + l];
+      }
     }
+    const float s0 = ld(sc, n * ng + g, dt), z0 = ld(zr, n * ng + g, dt);
+    float s1 = s0, z1 = 0.0f;
+    if (gstep == 2) s1 = g + 1 < ng ? ld(sc, n * ng + g + 1, dt) : 0.0f;
+    if (gstep == 2 && g + 1 < ng) z1 = ld(zr, n * ng + g + 1, dt);
+    for (int m = 0; m < MT; m++) {
+      for (int l = 0; l < 8; l++) tot[m][l] += d[m][l] * (l < 4 ? s0 : s1);
+      corr[m] += s0 * z0 * xs[m * ng + g];
+      if (gstep == 2 && g + 1 < ng) corr[m] += s1 * z1 * xs[m * ng + g + 1];
+    }
+  }
+  for (int m = 0; m < MT; m++) {
+    out[m] = 0.0f;
+    for (int l = 0; l < 8; l++) out[m] += tot[m][l];
   }
 #endif
   for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
@@ -821,6 +855,29 @@ INLINE void w_tile(const void* w, int wdt, const void* sc, int sdt, const float*
   }
   for (int r = 0; r < R; r++)
     for (int m = 0; m < MT; m++) out[r][m] = VSUM(VADD(acc[r][m][0], acc[r][m][1]));
+#else
+  /* portable: PL weights of each row widened into wv (one loop per dtype, so each vectorizes),
+     then PL independent sums per (row, row of x) */
+  float part[4][4][PL] = {{{0}}};
+  for (; k + PL <= K; k += PL) {
+    float wv[4][PL];
+    for (int r = 0; r < R; r++) {
+      const char* p = wb + (r * K + k) * es;
+      if (wdt == BF16)
+        for (int i = 0; i < PL; i++) {
+          const uint32_t u = (uint32_t)((const uint16_t*)p)[i] << 16;
+          memcpy(&wv[r][i], &u, 4);
+        }
+      else if (wdt == F16) for (int i = 0; i < PL; i++) wv[r][i] = half_to_float(((const uint16_t*)p)[i]);
+      else if (wdt == I8) for (int i = 0; i < PL; i++) wv[r][i] = (float)((const int8_t*)p)[i];
+      else memcpy(wv[r], p, sizeof wv[r]);
+    }
+    for (int m = 0; m < MT; m++)
+      for (int r = 0; r < R; r++)
+        for (int i = 0; i < PL; i++) part[r][m][i] += xf[m * K32 + k + i] * wv[r][i];
+  }
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < MT; m++) for (int i = 0; i < PL; i++) out[r][m] += part[r][m][i];
 #endif
   for (int r = 0; r < R; r++) {
     const float s = sc ? ld(sc, n + r, sdt) : 1.0f;
