@@ -1,6 +1,6 @@
 /* GEMV for the CPU (AVX2 + FMA + F16C, OpenMP): INT8 (gemv_w8), INT4 (gemv_w4) and 16-bit or fp32
    (gemv_bf16) weights, x and y in bf16/fp16/fp32. Built and loaded by kernels/cbuild.py, called through ctypes by
-   simd.py (which says why C and lists the tricks). Without AVX2 a scalar path computes the same;
+   simd.py (which says why C and lists the tricks). Without AVX2 portable C computes the same;
    with AVX-512F the tiled INT4 loop at M = 1 (w4_asm.h), the INT8 loops and the 16-bit loop run on
    zmm registers. */
 #include <stdint.h>
