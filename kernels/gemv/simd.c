@@ -1017,15 +1017,14 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
   if (unpack == 3 && !dot) return 3;
 #if defined(__AVX2__) && defined(__F16C__)
   const int tile_m = M > 1 && !dot && ng <= W4_MAXG && KW % 8 == 0;   /* w4_tile_m */
-#else
-  const int tile_m = 0;
-#endif
   if (tiled && M > 1 && !dot && !tile_m) {
     /* The tiled layout is made for M = 1. At M > 1 the row-by-row loop below reads a quarter of
        each tile line per row and M rows of x push the tile out of L1 between rows: 1.3-2x slower
        than the row layout. The M = 1 kernel once per row of x is faster at every M measured
        (4096 x 4096 G = 128, M = 2..64), weights re-read M times included. Reached where neither
-       the dot loops nor w4_tile_m apply: a build without AVX2, or more than W4_MAXG groups a row. */
+       the dot loops nor w4_tile_m apply: more than W4_MAXG groups a row. (The portable build
+       takes the row loop in either layout: tiled at M = 8, 4096 x 4096, built for plain x86-64
+       on a Zen 4, 11.2 ms against 31.9 for its M = 1 loop once per row of x.) */
     const int64_t xe = dt == F32 ? 4 : 2, oe = odt == F32 ? 4 : 2;
     for (int64_t m = 0; m < M; m++) {
       const int rc = gemv_w4((const char*)x + m * K * xe, dt, 1, K, qw, scales, zeros, N, G, y + m * N,
@@ -1034,6 +1033,7 @@ int gemv_w4(const void* x, int dt, int64_t M, int64_t K, const uint8_t* qw, cons
     }
     return 0;
   }
+#endif
 #if defined(__AVX2__) && defined(__F16C__)
   const int dn = !dot && (M == 1 || tile_m) && ng <= W4_MAXG
                  && (unpack == 2 || (unpack == 0 && w4_denormal_unpack()));

@@ -9,8 +9,8 @@ memory roof; a GEMV has to stream the packed weights once and unpack them in reg
 
 The kernels read the op's tensors in place (x, scales and zeros in bf16/fp16/fp32, weights packed
 as docs/kernels.md's Formats says), so their bytes are the op's byte model (simd_c_tiled at M > 1
-in a build without AVX2, or with more than 1024 groups a row, excepted: it runs the M = 1 kernel
-once per row of x, reading the weights each time); gemv_w4 also takes the same bytes reordered
+with more than 1024 groups a row in an AVX2 build excepted: it runs the M = 1 kernel once per row
+of x, reading the weights each time); gemv_w4 also takes the same bytes reordered
 into blocks of 4-row tiles (tile_int4_rows, done once outside timing). Tricks:
 - INT8: `vpmovsxbd` widens 8 int8 at a time (16 with AVX-512F) straight from memory, then
   convert and FMA; at M > 1 in the 16-bit GEMV's tile loop, each widened vector feeding up to 4

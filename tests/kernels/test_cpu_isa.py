@@ -48,6 +48,7 @@ CASES = [
     ("gemv_w4", "simd_c_tiled", GemvW4Shape(1, 13, 1024, 128)),
     ("gemv_w4", "simd_c_tiled", GemvW4Shape(1, 10, 160, 32)),
     ("gemv_w4", "simd_c_tiled", GemvW4Shape(5, 20, 512, 128)),  # M > 1: 4 or 2 rows of x a pass
+    ("gemv_w4", "simd_c_tiled", GemvW4Shape(3, 10, 8192, 64)),  # M > 1 over two K-blocks
     ("paged_attention", "simd_c", PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100)),
     ("paged_attention", "simd_c", PagedAttentionShape(B=2, Hq=4, Hkv=4, D=128, context=37)),
     ("paged_attention_kv8", "simd_c", PagedAttentionShape(B=3, Hq=8, Hkv=2, D=64, context=100)),
