@@ -35,6 +35,12 @@
 #include <immintrin.h>
 #else
 #define X86 0  /* the portable C at the end of the file: Arm, x86-64 before AVX2 */
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC keeps a loop with a floating-point select scalar unless FP exceptions may be assumed not
+   to trap (clang assumes so by default); results are the same: nothing is reassociated. Set for
+   the whole file, so that every function inlined into another has the same options. */
+#pragma GCC optimize("no-trapping-math")
+#endif
 #endif
 
 enum { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
@@ -673,11 +679,6 @@ INLINE void store_row(const float* r, void* o, int64_t D, int odt) {
    independent partial sums, so vectorizing them needs no reassociation (no -ffast-math). */
 enum { PW = 8 };
 typedef union { float f; uint32_t u; } fu;
-#if defined(__GNUC__) && !defined(__clang__)
-/* GCC keeps a loop with a floating-point select scalar unless FP exceptions may be assumed not
-   to trap (clang assumes so by default); results are the same: nothing is reassociated. */
-#pragma GCC optimize("no-trapping-math")
-#endif
 
 /* fp16 bits -> fp32: the fp16 fields moved into fp32's, exponent rebiased by 127 - 15; Inf and
    NaN get the rest of the all-ones exponent, subnormals are renormalized by one fp32 subtract.
