@@ -26,10 +26,13 @@ try:
     import triton
     import triton.language as tl
     HAS_TRITON = True
-except Exception:  # no triton on this platform (e.g. macOS): triton impls are simply not registered
+    TRITON_MISSING = ""
+except Exception as e:  # no triton on this platform (macOS, Windows), or a broken install
     triton = None  # type: ignore[assignment]
     tl = None  # type: ignore[assignment]
     HAS_TRITON = False
+    TRITON_MISSING = (f"Triton does not import here ({type(e).__name__}: {e}); its wheels are "
+                      f"for Linux on x86-64 and AArch64: pip install triton")
 
 
 def _interpret() -> bool:
@@ -47,6 +50,20 @@ AUTOTUNE = os.environ.get("DECODEWALL_AUTOTUNE", "1") != "0"
 
 # Backends a Triton impl is timed on. Under the interpreter the CPU tests call the impls directly.
 TRITON_BACKENDS = ("cuda",)
+
+
+def register_without_triton(impls: dict[str, tuple[str, ...]]) -> None:
+    """Where Triton does not import, the Triton impls (`{op: names}`) stay registered, each
+    raising NotImplementedError with the reason: a run records them skipped and says why, and
+    `--impl triton_w4` names the cause, not an unknown impl (as a peer whose package is missing)."""
+    from .registry import register_impl
+    for op, names in impls.items():
+        for name in names:
+            def fn(*args: Any, out: Any = None) -> Any:
+                raise NotImplementedError(TRITON_MISSING)
+            fn.__doc__ = "Triton kernel: not available here (Triton does not import)."
+            fn.__name__ = fn.__qualname__ = name
+            register_impl(op, name, backends=TRITON_BACKENDS, kind="triton")(fn)
 
 # Autotune timing per config: short (configs differ by whole tens of percent; a GEMV runs
 # thousands of times in 25 ms), Triton's own do_bench, which zeroes a 256 MB buffer (the L2

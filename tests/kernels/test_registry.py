@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kernels import OPS, dtype_name, parse_dtype, register_impl, rel_err
+from kernels.triton_util import HAS_TRITON
 from tests import helpers
 
 
@@ -215,7 +216,7 @@ CPU_OUT_TAKING = [
     for op in OPS.values() if not op.collective
     for impl in op.impls.values()
     if impl.out_arg and impl.builtin and _smoke_case(op, impl) is not None
-    and ("cpu" in impl.backends or impl.kind == "triton")]
+    and ("cpu" in impl.backends or (impl.kind == "triton" and (HAS_TRITON or impl.baseline)))]
 
 
 @pytest.mark.parametrize("op_name, impl_name", CPU_OUT_TAKING)
@@ -285,3 +286,60 @@ def test_what_a_plugin_may_pass_to_register_impl_means_what_it_says(monkeypatch)
     with pytest.raises(ValueError, match="at least one dtype"):
         register_impl("gemv_bf16", "no_dtype", dtypes=[])(lambda x, w: x @ w.T)
     assert "nowhere" not in OPS["gemv_bf16"].impls and "no_dtype" not in OPS["gemv_bf16"].impls
+
+
+def test_without_triton_its_impls_are_listed_and_skip_saying_why(tmp_path):
+    """Where `import triton` fails (macOS, Windows, a broken install) the Triton impls stay
+    registered and raise NotImplementedError naming the import error, so a CUDA run records them
+    skipped with the reason and `--impl triton_w4` is not called unknown."""
+    import os
+    import subprocess
+    import sys
+    stand_in = tmp_path / "triton"
+    stand_in.mkdir()
+    (stand_in / "__init__.py").write_text("raise ImportError('a stand-in that will not load')\n")
+    code = (
+        "import json, kernels\n"
+        "from kernels import OPS\n"
+        "from kernels.triton_util import HAS_TRITON\n"
+        "out = {'has': HAS_TRITON, 'impls': {}, 'why': None}\n"
+        "for name, op in OPS.items():\n"
+        "    t = [i for i in op.impls.values() if i.kind == 'triton' and i.builtin]\n"
+        "    out['impls'][name] = [(i.name, list(i.backends)) for i in t]\n"
+        "try:\n"
+        "    OPS['gemv_w4'].impls['triton_w4'].fn(None, None, None, None, 128)\n"
+        "except NotImplementedError as e:\n"
+        "    out['why'] = str(e)\n"
+        "print(json.dumps(out))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(helpers.REPO)]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["has"] is False
+    from kernels.attention import TRITON_IMPLS as att
+    from kernels.gemv import TRITON_IMPLS as gemv
+    want = {**gemv, **att}
+    # GemLite (pure Triton, kind "triton") is a peer registered either way: left out here
+    names = {op: [n for n, _ in v if not n.startswith("gemlite")]
+             for op, v in got["impls"].items() if v}
+    assert names == {op: list(v) for op, v in want.items()}
+    assert all(b == ["cuda"] for v in got["impls"].values() for _, b in v)
+    assert got["why"].startswith("Triton does not import here (ImportError: a stand-in that "
+                                 "will not load)")
+
+
+def test_the_triton_impl_names_listed_for_a_machine_without_triton_are_those_registered():
+    """TRITON_IMPLS (what a machine without Triton lists) names exactly the impls the Triton
+    modules register, so the two cannot drift apart."""
+    pytest.importorskip("triton")
+    from kernels.attention import TRITON_IMPLS as att
+    from kernels.gemv import TRITON_IMPLS as gemv
+    registered = {}
+    for name, op in OPS.items():
+        mine = [i.name for i in op.impls.values() if i.kind == "triton"
+                and i.fn.__module__.startswith(("kernels.gemv.triton", "kernels.attention.triton"))]
+        if mine:
+            registered[name] = mine
+    assert registered == {op: list(v) for op, v in {**gemv, **att}.items()}

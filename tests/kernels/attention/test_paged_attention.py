@@ -28,8 +28,8 @@ def impls_here(op_name, dtype):
     out = []
     for name, impl in OPS[op_name].impls.items():
         if impl.kind == "triton":
-            if not CUDA and dtype == BF16:
-                continue  # the interpreter mishandles bf16
+            if not HAS_TRITON or (not CUDA and dtype == BF16):
+                continue  # listed without Triton, but they raise; the interpreter mishandles bf16
             out.append((name, impl, DEV))
         elif "cpu" in impl.backends:
             out.append((name, impl, "cpu"))
@@ -171,8 +171,8 @@ def test_torch_chunked_many_chunks(op_name, cpu_flash, monkeypatch):
 def test_triton_split_kv_many_splits(op_name, impl_name):
     """Split-KV with more splits than a short sequence fills: empty splits weigh zero."""
     op = OPS[op_name]
-    if impl_name not in op.impls:
-        pytest.skip("no triton")
+    if not HAS_TRITON:
+        pytest.skip("no Triton")
     args = case_inputs(op_name, 4, 2, 64, 16, F32, [1100, 3])
     out = run(op.impls[impl_name], args, DEV)
     assert rel_err(out, op.reference(*args)) <= op.tol(F32)
