@@ -77,6 +77,11 @@ def versions() -> dict[str, str | None]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
+    # the Triton that runs: ROCm's torch ships it as pytorch-triton-rocm, nightlies as
+    # pytorch-triton, neither of which metadata finds under "triton"
+    triton = sys.modules.get("triton")
+    if getattr(triton, "__version__", None):
+        out["triton"] = triton.__version__  # type: ignore[union-attr]
     try:
         import torch
         out["torch"] = torch.__version__

@@ -2,6 +2,7 @@
 what the input-building path hands the impls must be on the device they run on."""
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -290,6 +291,16 @@ def test_versions_name_the_python_release_and_cuda():
     v = versions()
     assert v["python"] == platform.python_version()
     assert "cuda" in v and v["torch"] == torch.__version__
+
+
+def test_versions_name_the_triton_that_is_imported(monkeypatch):
+    """ROCm's torch ships Triton as pytorch-triton-rocm and nightlies as pytorch-triton, which
+    package metadata does not find under "triton": the imported module's version is recorded."""
+    import types
+
+    from bench import results
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.6.0+rocm"))
+    assert results.versions()["triton"] == "3.6.0+rocm"
 
 
 def test_a_short_write_is_continued_to_the_whole_record(tmp_path, monkeypatch):
