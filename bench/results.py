@@ -86,6 +86,8 @@ def versions() -> dict[str, str | None]:
         import torch
         out["torch"] = torch.__version__
         out["cuda"] = torch.version.cuda
+        if getattr(torch.version, "hip", None):  # a ROCm build: its HIP, where "cuda" is null
+            out["hip"] = torch.version.hip
     except Exception:
         pass
     return out

@@ -40,7 +40,7 @@ def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
         parts.append(f"commit {first['git_commit'][:12]}")
     v = first.get("versions")
     if isinstance(v, dict):
-        parts.append(", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "cuda", "jax")
+        parts.append(", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "cuda", "hip", "jax")
                                if isinstance(v.get(k), str)))
     if isinstance(first.get("timestamp"), str):
         parts.append(first["timestamp"])

@@ -303,6 +303,15 @@ def test_versions_name_the_triton_that_is_imported(monkeypatch):
     assert results.versions()["triton"] == "3.6.0+rocm"
 
 
+def test_versions_name_hip_on_a_rocm_build(monkeypatch):
+    """A ROCm build of torch has no CUDA version but a HIP one: recorded as "hip"."""
+    from bench import results
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "7.0.51831", raising=False)
+    v = results.versions()
+    assert v["cuda"] is None and v["hip"] == "7.0.51831"
+
+
 def test_a_short_write_is_continued_to_the_whole_record(tmp_path, monkeypatch):
     """os.write may take part of the data (a signal, a pipe, a network file system): the rest
     is written, so the line on disk is whole."""

@@ -208,12 +208,16 @@ def test_a_terminal_too_narrow_even_then_says_so(tmp_path, capsys, monkeypatch):
         capsys.readouterr().out.split())
 
 
-def test_show_names_the_cuda_and_jax_versions_a_run_recorded(tmp_path, capsys, monkeypatch):
+def test_show_names_the_cuda_hip_and_jax_versions_a_run_recorded(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a short path: the caption is as wide as the table
     v = {"torch": "2.11.0+cu130", "triton": "3.6.0", "cuda": "13.0", "jax": "0.8.1"}
     write(tmp_path / "r.jsonl", *({**r, "versions": v} for r in records()))
     assert main(["show", "r.jsonl"]) == 0
     assert "torch 2.11.0+cu130, triton 3.6.0, cuda 13.0, jax 0.8.1" in capsys.readouterr().out
+    rocm = {"torch": "2.9.1+rocm6.4", "triton": "3.5.1", "cuda": None, "hip": "6.4.43482"}
+    write(tmp_path / "h.jsonl", *({**r, "versions": rocm} for r in records()))
+    assert main(["show", "h.jsonl"]) == 0
+    assert "torch 2.9.1+rocm6.4, triton 3.5.1, hip 6.4.43482 " in capsys.readouterr().out
 
 
 def test_a_run_the_filters_leave_nothing_of_is_not_printed(tmp_path, capsys):
