@@ -477,13 +477,15 @@ INLINE void scores4_zmm(const void* q, int64_t D, const char* k, int64_t rs, int
    whose slots may hold NaN. Each pass prefetches its line of the rows AHEAD steps on, as pv4. */
 INLINE void pv4_dp(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, int n, int64_t D,
                    float* acc /* [4][D] */, const char* pv, int pvn) {
-  uint32_t pw[4][MAXBS / 2 + 1] __attribute__((aligned(64)));  /* p pairs, token 2i low half */
+  /* p in bf16, token 2i's and 2i + 1's read as one 32-bit pair by memcpy: a uint16_t array
+     read through a uint32_t lvalue breaks C's aliasing rules, and Clang then reads the pairs
+     before pb[g][n] = 0 is stored */
+  uint16_t pb[4][MAXBS + 2] __attribute__((aligned(64)));
   for (int g = 0; g < 4; g++) {
-    uint16_t* pb = (uint16_t*)pw[g];
     for (int j = 0; j < n; j += 16)
-      _mm256_storeu_si256((__m256i*)(pb + j),
+      _mm256_storeu_si256((__m256i*)(pb[g] + j),
                           (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + g * MAXBS + j)));
-    pb[n] = 0;
+    pb[g][n] = 0;
   }
   for (int64_t d = 0; d < D; d += 32) {
     __m512 a[8];
@@ -500,9 +502,11 @@ INLINE void pv4_dp(const float* p /* [4][MAXBS] */, const char* v, int64_t rs, i
       const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(r0, r1);
       const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
       for (int g = 0; g < 4; g++) {
-        const __m512bh pb = (__m512bh)_mm512_set1_epi32((int)pw[g][j / 2]);
-        a[2 * g] = _mm512_dpbf16_ps(a[2 * g], lo, pb);
-        a[2 * g + 1] = _mm512_dpbf16_ps(a[2 * g + 1], hi, pb);
+        int32_t pair;
+        memcpy(&pair, pb[g] + j, 4);
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(pair);
+        a[2 * g] = _mm512_dpbf16_ps(a[2 * g], lo, pp);
+        a[2 * g + 1] = _mm512_dpbf16_ps(a[2 * g + 1], hi, pp);
       }
     }
     for (int g = 0; g < 4; g++) {

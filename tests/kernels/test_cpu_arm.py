@@ -26,6 +26,9 @@ pytestmark = pytest.mark.slow
 CC, QEMU, SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", Path("/usr/aarch64-linux-gnu")
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 MARCHES = ["armv8-a", "armv8.2-a+fp16"]  # the first Arm 64-bit cores; half-precision arithmetic
+# GCC, and Clang (macOS's compiler on Apple silicon), which takes the cross toolchain's sysroot:
+# the two read C's rules differently (Clang alone broke a read of uint16_t data through uint32_t)
+COMPILERS = {"gcc": [CC], "clang": ["clang", "--target=aarch64-linux-gnu"]}
 
 CASES = [
     ("gemv_bf16", GemvShape(1, 37, 200)),
@@ -49,26 +52,31 @@ ATTENTION = [
 DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
 
 
-@pytest.fixture(scope="module", params=MARCHES)
+@pytest.fixture(scope="module", params=[(c, m) for c in COMPILERS for m in MARCHES],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def driver(request, tmp_path_factory) -> list[str]:
-    """The kernels built for Arm as cbuild.py builds them (its flags, -march the param's), the
-    driver linked against them: the command line that runs it under qemu."""
+    """The kernels built for Arm as cbuild.py builds them (its flags, the param's compiler and
+    -march), the driver linked against them: the command line that runs it under qemu."""
+    compiler, march = request.param
+    cc = COMPILERS[compiler]
     if not (shutil.which(CC) and shutil.which(QEMU) and SYSROOT.is_dir()):
         pytest.skip(f"needs {CC} and {QEMU} with an AArch64 sysroot in {SYSROOT}")
-    d = tmp_path_factory.mktemp(request.param.replace("+", "_"))
-    fl = cbuild.flags(request.param)
-    if subprocess.run([CC, "-fopenmp", "-x", "c", "-", "-o", str(d / "omp.so"), "-shared"],
+    if not shutil.which(cc[0]):
+        pytest.skip(f"no {cc[0]}")
+    d = tmp_path_factory.mktemp(f"{compiler}-{march.replace('+', '_')}")
+    fl = cbuild.flags(march)
+    if subprocess.run([*cc, "-fopenmp", "-x", "c", "-", "-o", str(d / "omp.so"), "-shared"],
                       input=b"int f(void){return 0;}", capture_output=True).returncode:
-        fl.remove("-fopenmp")  # no Arm libgomp: single-threaded, as cbuild.py builds then
+        fl.remove("-fopenmp")  # no Arm OpenMP runtime: single-threaded, as cbuild.py builds then
     libs = []
     for name in ("gemv", "probes", "attention"):
         src = KERNELS / name / "simd.c"
-        r = subprocess.run([CC, *fl, f"-I{src.parent}", str(src), "-o", str(d / f"lib{name}.so"),
+        r = subprocess.run([*cc, *fl, f"-I{src.parent}", str(src), "-o", str(d / f"lib{name}.so"),
                             "-lm"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr  # a build that fails is a fault in the C
         libs.append(f"-l{name}")
     exe, omp = d / "driver", [f for f in fl if f == "-fopenmp"]
-    r = subprocess.run([CC, "-O2", str(Path(__file__).with_name("arm_driver.c")), "-o", str(exe),
+    r = subprocess.run([*cc, "-O2", str(Path(__file__).with_name("arm_driver.c")), "-o", str(exe),
                         f"-L{d}", *libs, f"-Wl,-rpath,{d}", *omp], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return [QEMU, "-L", str(SYSROOT), str(exe)]

@@ -66,11 +66,29 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-@pytest.fixture(scope="module", params=list(LEVELS))
+CLANG = "clang:native"  # Clang's build for this CPU, beside gcc's levels
+
+
+@pytest.fixture(scope="module", params=[*LEVELS, CLANG])
 def built(request, tmp_path_factory):
     """Every C library of kernels/ built for one x86-64 level (skipped where this CPU cannot run
-    it or the compiler does not know the level): {module: library}."""
+    it or the compiler does not know the level), or by Clang for this CPU (macOS's compiler,
+    which reads C's aliasing rules more strictly than GCC): {module: library}."""
     march = request.param
+    mp = pytest.MonkeyPatch()
+    if march == CLANG:
+        if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("clang"):
+            pytest.skip("needs an x86-64 CPU and clang")
+        mp.setenv("CC", "clang")
+        mp.setenv("DECODEWALL_CACHE", str(tmp_path_factory.mktemp("clang")))
+        try:
+            libs = {mod: mod.library.for_march("native") for mod in
+                    (gemv_simd, attention_simd, probes_simd)}
+            for lib in libs.values():
+                lib()  # a build that fails here is a fault in the C, not a skip
+        finally:
+            mp.undo()
+        return march, libs
     if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("cc"):
         pytest.skip("needs an x86-64 CPU and a C compiler")
     need = [f for lv in list(LEVELS)[:list(LEVELS).index(march) + 1] for f in LEVELS[lv]]
@@ -81,7 +99,6 @@ def built(request, tmp_path_factory):
                             os.devnull], capture_output=True, text=True)
     if knows.returncode:  # an older compiler (gcc < 11 has no levels): no build to check
         pytest.skip(f"this compiler does not take -march={march}")
-    mp = pytest.MonkeyPatch()
     mp.setenv("DECODEWALL_CACHE", str(tmp_path_factory.mktemp(march)))
     libs = {}
     try:
@@ -116,12 +133,15 @@ def test_c_read_probe_at_each_level(level):
 
 def test_the_impls_call_the_level_build(level):
     """The rebuilt library is the one the impls call, not the cached native build."""
-    assert gemv_simd.library.march == level and f"{level}" in gemv_simd.library()._name
+    march, folder = ("native", "clang") if level == CLANG else (level, level)
+    assert gemv_simd.library.march == march and folder in gemv_simd.library()._name
 
 
 def test_tiled_int4_loop_width_follows_the_level(level):
     """The x86-64-v4 build takes the zmm tile forms of w4_asm.h, the v3 build the ymm ones, the
     baseline the portable C (0): the level's flags reach the #if that picks them."""
+    if level == CLANG:
+        pytest.skip("Clang's build is for this CPU, not a level")
     assert gemv_simd.tile_bits() == {"x86-64": 0, "x86-64-v3": 256, "x86-64-v4": 512}[level]
 
 
@@ -130,6 +150,8 @@ def test_bf16_attention_dot_loops_follow_the_target(level):
     (checked against the reference above); -march=native takes VDPBF16PS exactly where the
     compiler's native target defines __AVX512BF16__: the #if that picks them sees the flag."""
     from kernels import cbuild
+    if level == CLANG:
+        pytest.skip("Clang's build is for this CPU, not a level")
     assert attention_simd.bf16_dot() is False
     native = attention_simd.library.for_march("native")
     cc = tuple(shlex.split(os.environ.get("CC") or "")) or (shutil.which("cc"),)  # as the build
@@ -143,6 +165,8 @@ def test_int4_dot_loop_follows_the_target(level):
     refuse unpack="dot"); -march=native has it exactly where the compiler's native target defines
     __AVX512BF16__, __AVX512BW__ and __AVX512F__."""
     from kernels import cbuild
+    if level == CLANG:
+        pytest.skip("Clang's build is for this CPU, not a level")
     assert gemv_simd.dot_unpack() is False
     x, qw, sc, z, G = OPS["gemv_w4"].make_inputs(GemvW4Shape(1, 4, 64, 32), torch.bfloat16,
                                                  "cpu", 11)
