@@ -281,46 +281,67 @@ INLINE void w4_tile(const int32_t* wr, int64_t CS, int64_t KBW, int64_t KBS, int
   }
   for (int m = 0; m < MT; m++) out[m] = hsum(tot[m]);
 #else
-  /* portable: the AVX2 loop above in plain C, the 8 words of a chunk as 8 lanes (which the
-     compiler vectorizes): per-lane sums a group, scaled into per-lane totals at its end */
-  float tot[4][8] = {{0}};
+  /* portable: the AVX2 loop above in GCC/Clang vector types of 128 bits, which the compiler maps
+     to SSE2 or NEON registers (wider ones GCC 12 turns into scalar conversions on AArch64): a
+     chunk's 8 words as two vectors of 4 lanes, nibble j into sum j % A (one sum would chain a
+     chunk's 8 adds, each waiting for the last), scaled a group at a time into per-lane totals */
+  typedef float v4f __attribute__((vector_size(16)));
+  typedef uint32_t v4u __attribute__((vector_size(16)));
+  typedef int32_t v4i __attribute__((vector_size(16)));
+#ifdef __has_builtin
+#if __has_builtin(__builtin_convertvector)
+#define CVT_V4F(v) __builtin_convertvector(v, v4f)
+#endif
+#endif
+#ifndef CVT_V4F  /* GCC before 10 has no __has_builtin; both compile to one conversion */
+#define CVT_V4F(v) ((v4f){(float)(v)[0], (float)(v)[1], (float)(v)[2], (float)(v)[3]})
+#endif
+  const int A = MT == 1 ? 4 : MT == 2 ? 2 : 1;
+  v4f tot[4][2];
+  for (int m = 0; m < MT; m++) tot[m][0] = tot[m][1] = (v4f){0};
   const int64_t span = WG >= 8 ? WG : 8, gstep = WG >= 8 ? 1 : 2;
   int64_t i = 0, left = KBW;
   const int32_t* pw = wr;
   for (int64_t g = 0; g < ng; g += gstep) {
-    float d[4][8] = {{0}};
+    v4f d[4][4][2];
+    for (int m = 0; m < MT; m++) for (int a = 0; a < A; a++) d[m][a][0] = d[m][a][1] = (v4f){0};
     for (int64_t c = 0; c < span; c += 8, i += 8) {
-      uint32_t w[8];  /* memcpy: qweight is bytes, and a word of it need not be 4-aligned */
+      v4u w[2] = {{0}};  /* memcpy: qweight is bytes, and a word of it need not be 4-aligned */
       if (i + 8 <= KW) {
         memcpy(w, pw, sizeof w);
         pw += 8 * CS;
         if ((left -= 8) == 0) { left = KBW; pw += KBS - KBW * CS; }   /* next K-block */
-      } else {  /* the row layout's last chunk: words past KW are not read (their x is 0) */
-        for (int l = 0; l < 8; l++) w[l] = 0;
-        if (i < KW) memcpy(w, wr + i, (size_t)(KW - i) * sizeof w[0]);
+      } else if (i < KW) {  /* the row layout's last chunk: words past KW are not read (x is 0) */
+        memcpy(w, wr + i, (size_t)(KW - i) * sizeof(int32_t));
       }
-      for (int m = 0; m < MT; m++) {
-        const float* xc = xp + m * XS + 8 * i;
-        for (int j = 0; j < 7; j++)
-          for (int l = 0; l < 8; l++)
-            d[m][l] += (float)(int32_t)(w[l] & (0xFu << (4 * j))) * xc[8 * j + l];
-        for (int l = 0; l < 8; l++) d[m][l] += (float)(int32_t)(w[l] >> 28) * xc[56 + l];
-      }
+      for (int j = 0; j < 8; j++)
+        for (int h = 0; h < 2; h++) {
+          const v4u nib = j < 7 ? w[h] & (0xFu << (4 * j)) : w[h] >> 28;
+          const v4f wf = CVT_V4F((v4i)nib);  /* < 2^31: exact as signed */
+          for (int m = 0; m < MT; m++) {
+            v4f xv;
+            memcpy(&xv, xp + m * XS + 8 * i + 8 * j + 4 * h, sizeof xv);
+            d[m][j % A][h] += wf * xv;
+          }
+        }
     }
     const float s0 = ld(sc, n * ng + g, dt), z0 = ld(zr, n * ng + g, dt);
     float s1 = s0, z1 = 0.0f;
     if (gstep == 2) s1 = g + 1 < ng ? ld(sc, n * ng + g + 1, dt) : 0.0f;
     if (gstep == 2 && g + 1 < ng) z1 = ld(zr, n * ng + g + 1, dt);
     for (int m = 0; m < MT; m++) {
-      for (int l = 0; l < 8; l++) tot[m][l] += d[m][l] * (l < 4 ? s0 : s1);
+      for (int a = 1; a < A; a++) { d[m][0][0] += d[m][a][0]; d[m][0][1] += d[m][a][1]; }
+      tot[m][0] += d[m][0][0] * s0;
+      tot[m][1] += d[m][0][1] * s1;
       corr[m] += s0 * z0 * xs[m * ng + g];
       if (gstep == 2 && g + 1 < ng) corr[m] += s1 * z1 * xs[m * ng + g + 1];
     }
   }
   for (int m = 0; m < MT; m++) {
-    out[m] = 0.0f;
-    for (int l = 0; l < 8; l++) out[m] += tot[m][l];
+    const v4f t = tot[m][0] + tot[m][1];
+    out[m] = (t[0] + t[1]) + (t[2] + t[3]);
   }
+#undef CVT_V4F
 #endif
   for (int m = 0; m < MT; m++) y[m * N] = out[m] - corr[m];
 }
