@@ -882,8 +882,8 @@ INLINE void w_tile(const void* w, int wdt, const void* sc, int sdt, const float*
 #else
   /* portable: PL weights of each row widened into wv, then PL independent sums per (row, row of
      x); one loop per weight dtype, so that no dtype test is left in a loop for the compiler to
-     take out. At M <= 2 each row's line 8 rows on is prefetched into L2 (bf16 at M = 1 built for
-     plain x86-64: 1.85x), as the AVX2 loop does; at M >= 4 the loop is compute-bound */
+     take out. At M <= 2 each row's line 8 rows on is prefetched into L2, as the AVX2 loop does
+     (at M >= 4 this loop is bound by its arithmetic, and the prefetches only cost) */
   float part[4][4][PL] = {{{0}}};
 #define W_TILE_LOOP(WIDEN, WROW)                                                        \
   for (; k + PL <= K; k += PL) {                                                        \
