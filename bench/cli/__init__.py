@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Sequence
+
+if sys.platform == "win32":  # the runner needs fcntl, POSIX signals and process groups
+    print("decodewall: error: cannot start: Windows is not supported (decodewall runs its cases "
+          "in POSIX process groups and handles POSIX signals); run it under WSL2",
+          file=sys.stderr)
+    raise SystemExit(2)
+
+import fcntl  # noqa: E402
 
 
 def _reopen_closed_streams() -> bool:

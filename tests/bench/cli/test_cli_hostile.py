@@ -304,3 +304,18 @@ def test_a_foreign_package_of_the_same_name_is_one_line_before_anything_runs(how
     (line,) = r.stderr.splitlines()
     assert "kernels (" in line and str(tmp_path / "kernels") in line and "backends (" not in line
     assert "virtual environment" in line and "Traceback" not in r.stderr
+
+
+def test_windows_is_one_line_before_anything_runs(tmp_path):
+    """On Windows (no fcntl, no SIGHUP or process groups) the command says so in one line and
+    exits 2, where the import of fcntl would otherwise end it in a traceback."""
+    import subprocess
+    import sys
+    code = ("import runpy, sys; sys.platform = 'win32'; "
+            "runpy.run_module('bench.cli', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, "chips"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("decodewall: error: cannot start: Windows is not supported")
+    assert "WSL2" in line
