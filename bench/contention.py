@@ -1,5 +1,6 @@
-"""What a run's records say about a shared CPU: the notes `run` ends with, and `show` prints
-again under a kept run's table. Torch-free, for the readers."""
+"""What a run's records say about the CPU they ran on (shared with other tasks; C kernels built
+without OpenMP): the notes `run` ends with, and `show` prints again under a kept run's table.
+Torch-free, for the readers."""
 from __future__ import annotations
 
 from typing import Any
@@ -43,9 +44,27 @@ def roof_note(pct: Any, judged: str = "each % of roof high") -> str | None:
 
 
 def notes(records: list[dict[str, Any]]) -> list[str]:
-    """The lines `run` ends with about a shared CPU, for these records (none on a quiet one):
-    `show` and `compare` print the same of the records they show."""
-    return [n for n in (contention_note(records), roof_contention_note(records)) if n]
+    """The lines `run` ends with about a shared CPU and about C kernels on one thread, for these
+    records (none on a quiet machine with OpenMP): `show` and `compare` print the same of the
+    records they show."""
+    return [n for n in (contention_note(records), roof_contention_note(records),
+                        one_thread_note(records)) if n]
+
+
+def one_thread_note(records: list[dict[str, Any]]) -> str | None:
+    """A line when compiled impls ran on one thread: their compiler could not build with
+    -fopenmp, so their library was built without OpenMP (the record's `c_build`), whatever
+    `threads` the run had."""
+    single = [r for r in records if isinstance(r.get("c_build"), dict)
+              and r["c_build"].get("openmp") is False and r.get("status") == "ok"]
+    if not single:
+        return None
+    names = sorted({f"{r.get('op')}/{r.get('impl')}" for r in single})
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    compiler = single[0]["c_build"].get("compiler") or "the C compiler"
+    return (f"{shown} ran on one thread: {compiler} could not build with -fopenmp, so the C "
+            f"kernels were built without OpenMP; set CC to a compiler with OpenMP (gcc, or clang "
+            f"with libomp) for all cores")
 
 
 def roof_contention_note(records: list[dict[str, Any]]) -> str | None:

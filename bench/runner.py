@@ -219,6 +219,16 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
     return rec
 
 
+def _build_info(impl: Impl) -> dict[str, Any] | None:
+    """A compiled impl's build (kernels.cbuild.CLibrary.info), None where it has none yet (it
+    was skipped before its library built) or its callable (a plugin's) fails."""
+    try:
+        info = impl.build_info() if impl.build_info is not None else None
+    except Exception:
+        return None
+    return dict(info) if isinstance(info, dict) else None
+
+
 def with_known_issue(impl: Impl, error: str) -> str:
     """A failure of an impl whose library is known to be at fault says so."""
     return f"{error} ({impl.known_issue})" if impl.known_issue else error
@@ -324,6 +334,11 @@ class Runner:
             self._guard = None  # the snapshot goes with its impl, not into the next case's build
             if torch.get_num_threads() != state[0]:  # the record says what the impl ran with
                 rec["device"]["threads"] = torch.get_num_threads()
+            built = _build_info(impl)
+            if built is not None:  # the compiler and flags behind a compiled impl's numbers
+                rec["c_build"] = built
+                if built.get("openmp") is False:  # built without OpenMP: it ran on one thread
+                    rec["device"]["threads"] = 1
             _put_back(state)
             rec["wall_s"] = round(time.perf_counter() - t0, 3)  # check + timing, compiles included
             records.append(self._emit(rec))

@@ -8,10 +8,11 @@ headers of its own folder. The shared object is cached under $DECODEWALL_CACHE/c
 ${XDG_CACHE_HOME:-~/.cache}/decodewall/cext, or $TMPDIR/decodewall-<uid>/cext without a home folder
 this user can write) keyed by the source and those headers, the compiler command, its version and
 the instruction sets the target turns on (its predefined macros), the flags and the CPU's identity;
-a cached entry that does not load is built again. Without a compiler (or with a CC that is not a
-command line), on a CPU without the instructions a kernel needs, for a -march above the CPU, or
-when the compiler runs past COMPILE_TIMEOUT_S, calls raise NotImplementedError and the runner
-records the impl as skipped with that reason.
+a cached entry that does not load is built again. Where the compiler cannot build with -fopenmp
+the library is built without it (one thread; `CLibrary.info` says so). Without a compiler (or
+with a CC that is not a command line), on a CPU without the instructions a kernel needs, for a
+-march above the CPU, or when the compiler runs past COMPILE_TIMEOUT_S, calls raise
+NotImplementedError and the runner records the impl as skipped with that reason.
 """
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ from typing import Any
 import torch
 
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+
+# Compiled into every library beside its source: whether the build has OpenMP. Where the compiler
+# refuses -fopenmp (Apple's clang; clang without libomp) the library is built without it and its
+# kernels run on one thread, which the records must say (`CLibrary.info`).
+INFO_SOURCE = b"""int decodewall_openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+"""
 
 # A build takes seconds; a compiler still running after this is stuck. The roof's `read` probe
 # builds in the CLI's own process, where no --case-timeout applies: without a limit the run hangs.
@@ -177,6 +190,16 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _compiler_name(target: str, cc: list[str]) -> str:
+    """The compiler as its predefined macros name it ("gcc 12.2.0", "Debian Clang 14.0.6",
+    "Apple LLVM 15.0.0 (clang-1500.3.9.4)"), else its command."""
+    m = re.search(r'^#define __VERSION__ "(.*)"$', target, re.M)
+    if not m:
+        return shlex.join(cc)
+    gcc = "#define __GNUC__ " in target and "#define __clang__ " not in target
+    return f"gcc {m.group(1)}" if gcc and m.group(1)[:1].isdigit() else m.group(1)
+
+
 @functools.lru_cache(maxsize=None)
 def _target(cc: tuple[str, ...], march: str) -> str:
     """The compiler's predefined macros for `march` (its version, `__VERSION__`, and the
@@ -241,6 +264,7 @@ class CLibrary:
         self.needs, self.libs, self.march = needs, libs, march
         self._lib: ctypes.CDLL | None = None
         self._error: str | None = None
+        self._info: dict[str, Any] | None = None
         self._local = threading.local()  # scratch buffers, a set per thread (buffer())
 
     def for_march(self, march: str) -> CLibrary:
@@ -298,7 +322,7 @@ class CLibrary:
         # the key: what is compiled, how, by which compiler (its version and the instruction
         # sets the target turns on, from its predefined macros) and for which CPU (its identity
         # lines; cpu MHz, which moves on a machine that scales its clock, stays out)
-        key = hashlib.sha256(self.text() + " ".join([*cc, *fl, *self.libs]).encode()
+        key = hashlib.sha256(self.text() + INFO_SOURCE + " ".join([*cc, *fl, *self.libs]).encode()
                              + target.encode() + _cpu_identity(cpu)
                              + sys.platform.encode()).hexdigest()[:16]
         folder = cache_dir()
@@ -309,16 +333,23 @@ class CLibrary:
                 raise NotImplementedError(f"{_tmp_cache()}, the C kernels' cache without a home "
                                           f"folder, belongs to another user: set DECODEWALL_CACHE")
         path = os.path.join(folder, f"{self.name}_{key}.so")
+        lib = None
         if os.path.exists(path):
             try:
-                return self._load(path)
-            except OSError:  # cut short (a crash, a full disk, a partial copy): built again, once
+                lib = self._load(path)
+            except (OSError, AttributeError):  # cut short (a crash, a full disk, a partial
+                #                                copy), a symbol missing: built again, once
                 try:
                     os.unlink(path)
                 except FileNotFoundError:  # another process got there first
                     pass
-        self._compile_to(path, cc, fl)
-        return self._load(path)
+        if lib is None:
+            self._compile_to(path, cc, fl)
+            lib = self._load(path)
+        openmp = bool(lib.decodewall_openmp())
+        self._info = {"compiler": _compiler_name(target, cc), "openmp": openmp,
+                      "flags": " ".join(f for f in fl if openmp or f != "-fopenmp")}
+        return lib
 
     def _compile_to(self, path: str, cc: list[str], fl: list[str]) -> None:
         """Build the library into the cache entry `path`, which appears whole or not at all."""
@@ -327,10 +358,13 @@ class CLibrary:
         # cache on disk), and a failed rename would skip every C kernel
         with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".build-") as tmp:
             src, inc, out = str(self.source), f"-I{self.source.parent}", os.path.join(tmp, "k.so")
+            info = os.path.join(tmp, "decodewall_info.c")
+            with open(info, "wb") as f:
+                f.write(INFO_SOURCE)
             doing = f"building the {self.name} kernels"
-            r = _compile([*cc, *fl, inc, src, "-o", out, *self.libs], cc, doing)
+            r = _compile([*cc, *fl, inc, src, info, "-o", out, *self.libs], cc, doing)
             if r.returncode != 0:  # e.g. no OpenMP: single-threaded rather than nothing
-                r = _compile([*cc, *fl[:-1], inc, src, "-o", out, *self.libs], cc, doing)
+                r = _compile([*cc, *fl[:-1], inc, src, info, "-o", out, *self.libs], cc, doing)
             if r.returncode != 0:
                 raise NotImplementedError(
                     f"building the {self.name} kernels with {self._march_flag(fl)} "
@@ -341,6 +375,7 @@ class CLibrary:
 
     def _load(self, path: str) -> ctypes.CDLL:
         lib = ctypes.CDLL(path)
+        lib.decodewall_openmp.argtypes, lib.decodewall_openmp.restype = [], ctypes.c_int
         for fn, (argtypes, restype) in self.signatures.items():
             getattr(lib, fn).argtypes = argtypes
             getattr(lib, fn).restype = restype
@@ -360,6 +395,12 @@ class CLibrary:
                 self._error = f"cannot build the {self.name} kernels (cache {cache_dir()}): {e}"
                 raise NotImplementedError(self._error) from None
         return self._lib
+
+    def info(self) -> dict[str, Any] | None:
+        """How the loaded library was built: `compiler` (name and version), `flags` (those used:
+        without -fopenmp where the compiler refused it) and `openmp` (False: its kernels ran on
+        one thread); None before it is built, or where it cannot be."""
+        return self._info
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return vars(self._local).setdefault("buffers", {})  # this thread's

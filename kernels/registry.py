@@ -64,6 +64,9 @@ class Impl:
     known_issue: str = ""
     # Registered from decodewall's kernels/, not by a plugin or a test: only these set the roof.
     builtin: bool = False
+    # How a compiled impl's code was built (a CLibrary's `info`: compiler, flags, OpenMP), or
+    # None before it is: the record carries it once the impl has run.
+    build_info: Callable[[], dict[str, Any] | None] | None = None
 
     def __call__(self, *args: Any, out: torch.Tensor | None = None) -> Any:
         if self.prepare is not None:
@@ -179,6 +182,7 @@ def register_impl(
     baseline: bool = False,
     prepare: Callable[..., tuple] | None = None,
     known_issue: str = "",
+    build_info: Callable[[], dict[str, Any] | None] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator adding `fn` as an impl of `op`; a plugin file uses it to add its own kernels.
 
@@ -225,7 +229,8 @@ def register_impl(
             name=impl_name, op=op, fn=fn, backends=backends, dtypes=dts, kind=kind,
             baseline=bool(baseline), prepare=prepare, out_arg=out_arg, known_issue=known_issue,
             doc=(inspect.getdoc(fn) or "").split("\n")[0],
-            builtin=getattr(fn, "__module__", "").partition(".")[0] == "kernels")
+            builtin=getattr(fn, "__module__", "").partition(".")[0] == "kernels",
+            build_info=build_info)
         return fn
 
     return deco

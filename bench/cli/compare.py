@@ -204,8 +204,9 @@ def _unfinished_notes(args, a: list[dict[str, Any]], b: list[dict[str, Any]]) ->
 
 def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],
                       more: dict[str, list[list[dict[str, Any]]]]) -> None:
-    """run's notes on a shared CPU, for each side whose runs have one: a case timed while other
-    work waited for the CPU can read faster or slower for that alone."""
+    """run's notes on a shared CPU (and on C kernels built without OpenMP), for each side whose
+    runs have one: a case timed while other work waited for the CPU can read faster or slower
+    for that alone."""
     from ..contention import notes
     for side, runs in (("A", [a, *more["A"]]), ("B", [b, *more["B"]])):
         recs = [r for rs in runs for r in rs]

@@ -42,6 +42,10 @@ def run_caption(path: str, recs: list[dict[str, Any]], shown: int) -> str:
     if isinstance(v, dict):
         parts.append(", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "cuda", "hip", "jax")
                                if isinstance(v.get(k), str)))
+    built = next((r["c_build"] for r in recs if isinstance(r.get("c_build"), dict)), None)
+    if built is not None and isinstance(built.get("compiler"), str):  # the C kernels' compiler
+        parts.append(f"C {built['compiler']}" + (", no OpenMP" if built.get("openmp") is False
+                                                  else ""))
     if isinstance(first.get("timestamp"), str):
         parts.append(first["timestamp"])
     lines = [" · ".join(p for p in parts if p)]

@@ -104,7 +104,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tab
 
 # --- the impls --------------------------------------------------------------------------------
 
-@register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=validate)
+@register_impl("paged_attention", "simd_c", backends=("cpu",), kind="compiled", prepare=validate,
+               build_info=library.info)
 def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written C kernel (AVX2/AVX-512, or portable): one fp32 online-softmax pass per
@@ -114,7 +115,7 @@ def simd_c(q, k_cache, v_cache, block_table, seq_lens, scale: float,
 
 
 @register_impl("paged_attention_kv8", "simd_c", backends=("cpu",), kind="compiled",
-               prepare=validate)
+               prepare=validate, build_info=library.info)
 def simd_c_kv8(q, k_cache, v_cache, k_scale, v_scale, block_table, seq_lens, scale: float,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written C kernel: int8 rows widened as they are read, scales folded into s and p."""

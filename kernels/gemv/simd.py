@@ -222,7 +222,7 @@ def gemv_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
 
 # --- the impls --------------------------------------------------------------------------------
 
-@register_impl("gemv_bf16", "simd_c", backends=("cpu",), kind="compiled")
+@register_impl("gemv_bf16", "simd_c", backends=("cpu",), kind="compiled", build_info=library.info)
 def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written C kernel (kernels/gemv/simd.c): weights widened to fp32 in registers, 4 rows
     sharing each x load, OpenMP over row tiles; zmm where the build has AVX-512F, bf16 through
@@ -232,14 +232,14 @@ def simd_c_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = Non
     return gemv_bf16(x, w, out=out)
 
 
-@register_impl("gemv_w8", "simd_c", backends=("cpu",), kind="compiled")
+@register_impl("gemv_w8", "simd_c", backends=("cpu",), kind="compiled", build_info=library.info)
 def simd_c_w8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written AVX2 C kernel (kernels/gemv/simd.c): int8 widened in registers, OpenMP over rows."""
     return gemv_w8(x, qweight, scales, out=out)
 
 
-@register_impl("gemv_w4", "simd_c", backends=("cpu",), kind="compiled")
+@register_impl("gemv_w4", "simd_c", backends=("cpu",), kind="compiled", build_info=library.info)
 def simd_c_w4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
               group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written AVX2 C kernel (kernels/gemv/simd.c) reading our layout in place: in-register
@@ -258,7 +258,8 @@ def _prepare_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return x, tile_int4_rows(qweight) if tiled else qweight, scales, zeros, group_size, tiled
 
 
-@register_impl("gemv_w4", "simd_c_tiled", backends=("cpu",), kind="compiled", prepare=_prepare_tiled)
+@register_impl("gemv_w4", "simd_c_tiled", backends=("cpu",), kind="compiled",
+               prepare=_prepare_tiled, build_info=library.info)
 def simd_c_tiled(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int, tiled: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """simd_c on the same bytes reordered (K % 64 == 0; else the row layout): 4-row tiles, one

@@ -37,7 +37,8 @@ def _check(src: torch.Tensor) -> None:
         raise ValueError("the C read probe needs a contiguous tensor")
 
 
-@register_impl("read", "simd_c", backends=("cpu",), dtypes=("float32",), kind="compiled")
+@register_impl("read", "simd_c", backends=("cpu",), dtypes=("float32",), kind="compiled",
+               build_info=library.info)
 def read_simd_c(src: torch.Tensor) -> torch.Tensor:
     """sum(src) reading four interleaved streams per thread (see the module docstring)."""
     _check(src)

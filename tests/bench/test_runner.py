@@ -698,3 +698,33 @@ def test_putting_the_default_device_back_leaves_no_device_mode_on(tmp_path, sett
         torch.use_deterministic_algorithms(False)
     r.writer.close()
     assert after == before, after
+
+
+@pytest.fixture
+def built_impls():
+    """Compiled impls whose library says how it was built: with OpenMP, and without (one thread)."""
+    builds = {"t_omp": {"compiler": "gcc 12.2.0", "flags": "-O3 -fopenmp", "openmp": True},
+              "t_no_omp": {"compiler": "Apple LLVM 15.0.0", "flags": "-O3", "openmp": False}}
+    for name, info in builds.items():
+        register_impl("gemv_bf16", name, backends=["cpu"], dtypes=["float32"], kind="compiled",
+                      build_info=lambda info=info: info)(
+            lambda x, w, out=None: torch.matmul(x, w.T, out=out))
+    yield builds
+    for name in builds:
+        OPS["gemv_bf16"].impls.pop(name, None)
+
+
+def test_a_compiled_impl_records_its_build_and_one_thread_without_openmp(tmp_path, built_impls,
+                                                                         fixed_llc):
+    threads = torch.get_num_threads()
+    recs = records_of(tmp_path, ["t_omp", "t_no_omp", "torch_matmul"])
+    assert recs["t_omp"]["status"] == "ok" and recs["t_omp"]["c_build"] == built_impls["t_omp"]
+    assert recs["t_omp"]["device"]["threads"] == threads
+    no = recs["t_no_omp"]
+    assert no["status"] == "ok" and no["c_build"] == built_impls["t_no_omp"]
+    assert no["device"]["threads"] == 1  # what its kernels ran on, whatever torch's count
+    assert "c_build" not in recs["torch_matmul"]
+    from bench.contention import notes
+    (note,) = [n for n in notes(list(recs.values())) if "one thread" in n]
+    assert note.startswith("gemv_bf16/t_no_omp ran on one thread: Apple LLVM 15.0.0 could not "
+                           "build with -fopenmp")

@@ -262,12 +262,33 @@ def test_openmp_is_used_where_the_compiler_has_it_and_dropped_where_not(src, tmp
                            input="int f(void){return 0;}", capture_output=True, text=True)
     if probe.returncode == 0:
         assert "-fopenmp" in cbuild.flags()
-        assert lib(src)().openmp() == 1
+        with_omp = lib(src)
+        assert with_omp.info() is None  # not built yet
+        assert with_omp().openmp() == 1
+        assert with_omp.info()["openmp"] is True and "-fopenmp" in with_omp.info()["flags"]
     cc = shutil.which("cc")
     monkeypatch.setenv("CC", wrapper(tmp_path, 'for a in "$@"; do [ "$a" = -fopenmp ] && '
                                      f'exit 1; done; exec {cc} "$@"'))
     built = lib(src)
     assert built().openmp() == 0 and built().value() == 1
+    info = built.info()  # what the records say of it: built without OpenMP, one thread
+    assert info["openmp"] is False and "-fopenmp" not in info["flags"].split()
+    assert "-O3" in info["flags"].split() and info["compiler"]
+    cached = lib(src)  # a second process finds the cached library, and the same answer
+    cached()
+    assert cached.info() == info
+
+
+@pytest.mark.parametrize("macros, name", [
+    ('#define __GNUC__ 12\n#define __VERSION__ "12.2.0"', "gcc 12.2.0"),
+    ('#define __GNUC__ 4\n#define __VERSION__ "Debian Clang 14.0.6"\n#define __clang__ 1',
+     "Debian Clang 14.0.6"),
+    ('#define __GNUC__ 4\n#define __VERSION__ "Apple LLVM 15.0.0 (clang-1500.3.9.4)"\n'
+     '#define __clang__ 1', "Apple LLVM 15.0.0 (clang-1500.3.9.4)"),
+    ("", "ccache gcc"),  # a compiler that lists no macros: its command
+])
+def test_the_compiler_is_named_as_its_macros_name_it(macros, name):
+    assert cbuild._compiler_name(macros, ["ccache", "gcc"]) == name
 
 
 def test_the_so_appears_whole_by_a_rename_within_the_cache_folder(src, tmp_path, monkeypatch):

@@ -220,6 +220,19 @@ def test_show_names_the_cuda_hip_and_jax_versions_a_run_recorded(tmp_path, capsy
     assert "torch 2.9.1+rocm6.4, triton 3.5.1, hip 6.4.43482 " in capsys.readouterr().out
 
 
+def test_show_names_the_c_compiler_and_says_again_what_ran_on_one_thread(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build = {"compiler": "Apple LLVM 15.0.0 (clang-1500.3.9.4)", "flags": "-O3 -march=native "
+             "-fPIC -shared", "openmp": False}
+    write(tmp_path / "r.jsonl", *({**r, "c_build": build} for r in records()))
+    assert main(["show", "r.jsonl"]) == 0
+    cap = capsys.readouterr()
+    assert "C Apple LLVM 15.0.0 (clang-1500.3.9.4), no OpenMP" in " ".join(cap.out.split())
+    assert "ran on one thread: Apple LLVM 15.0.0 (clang-1500.3.9.4) could not build with " \
+           "-fopenmp" in cap.err
+
+
 def test_a_run_the_filters_leave_nothing_of_is_not_printed(tmp_path, capsys):
     """Two files, a filter that keeps records of one: the other run has no table, not an empty
     one under its title."""
