@@ -16,6 +16,7 @@ import torch
 from .base import Backend
 
 SYS_CPU = Path("/sys/devices/system/cpu")
+SYS_NODE = Path("/sys/devices/system/node")
 
 
 def _parse_size(text: str) -> int:
@@ -45,6 +46,25 @@ def affinity() -> set[int] | None:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return None
+
+
+def numa_nodes(root: Path = SYS_NODE, cpus: set[int] | None = None) -> int | None:
+    """How many NUMA nodes hold CPUs this process may run on (`cpus`, default its affinity):
+    more than one, and its threads read pages that sit on another node's memory, across the
+    sockets' link. Nodes without CPUs (CXL or HBM memory) are not counted; None where sysfs
+    does not say (macOS, a container that hides it)."""
+    if cpus is None:
+        cpus = affinity()
+    found, nodes = False, 0
+    for node in root.glob("node[0-9]*"):
+        try:
+            mine = parse_cpu_list((node / "cpulist").read_text())
+        except (OSError, ValueError):
+            continue
+        found = True
+        if mine and (cpus is None or mine & cpus):
+            nodes += 1
+    return nodes if found else None
 
 
 def read_caches(root: Path = SYS_CPU, cpus: set[int] | None = None) -> dict[str, int]:
@@ -396,4 +416,5 @@ class CPUBackend(Backend):
             "threads": torch.get_num_threads(),
             "clocks": self.clocks(),
             "isa": cpu_isa(),
+            "numa_nodes": numa_nodes(),
         }

@@ -1,6 +1,6 @@
-"""What a run's records say about the CPU they ran on (shared with other tasks; C kernels built
-without OpenMP): the notes `run` ends with, and `show` prints again under a kept run's table.
-Torch-free, for the readers."""
+"""What a run's records say about the CPU they ran on (shared with other tasks; several NUMA
+nodes; C kernels built without OpenMP): the notes `run` ends with, and `show` prints again under
+a kept run's table. Torch-free, for the readers."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,11 +44,26 @@ def roof_note(pct: Any, judged: str = "each % of roof high") -> str | None:
 
 
 def notes(records: list[dict[str, Any]]) -> list[str]:
-    """The lines `run` ends with about a shared CPU and about C kernels on one thread, for these
-    records (none on a quiet machine with OpenMP): `show` and `compare` print the same of the
-    records they show."""
+    """The lines `run` ends with about a shared CPU, CPUs on several NUMA nodes and C kernels on
+    one thread, for these records (none on a quiet one-node machine with OpenMP): `show` and
+    `compare` print the same of the records they show."""
     return [n for n in (contention_note(records), roof_contention_note(records),
-                        one_thread_note(records)) if n]
+                        numa_note(records), one_thread_note(records)) if n]
+
+
+def numa_note(records: list[dict[str, Any]]) -> str | None:
+    """A line when the run's CPUs were on several NUMA nodes (the records' `device.numa_nodes`):
+    its threads read memory of another node too, at that link's speed, the roof's probes and
+    the kernels alike, in shares that depend on which thread first touched each page."""
+    counts = [(r.get("device") or {}).get("numa_nodes") for r in records
+              if r.get("status") == "ok" and isinstance(r.get("device"), dict)]
+    nodes = max((n for n in counts if isinstance(n, int) and not isinstance(n, bool)), default=1)
+    if nodes <= 1:
+        return None
+    return (f"this run's CPUs are on {nodes} NUMA nodes: each page sits on the node whose thread "
+            f"first touched it (Linux's default policy), so threads read the other nodes' memory "
+            f"too, across the link between them, roof and kernels alike; for one node's figures "
+            f"run it under `numactl --cpunodebind=0 --membind=0`")
 
 
 def one_thread_note(records: list[dict[str, Any]]) -> str | None:

@@ -205,7 +205,8 @@ def base_record(ctx: RunContext, case: Case, impl: Impl) -> dict[str, Any]:
                    "memory_bytes": info.get("memory_bytes"),
                    "cache_bytes": info.get("cache_bytes"),
                    "clocks": c.backend.clocks(), "threads": info.get("threads"),
-                   **({"isa": info["isa"], "c_march": default_march()}
+                   **({"isa": info["isa"], "c_march": default_march(),
+                       "numa_nodes": info.get("numa_nodes")}
                       if c.backend.name == "cpu" and "isa" in info else {})},
         "versions": c.versions, "git_commit": c.git_commit, "command": c.command,
         "seed": c.seed, "run_id": c.run_id, "group": case.group, "warm": case.warm,

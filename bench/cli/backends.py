@@ -36,7 +36,9 @@ def command(args) -> int:
         # rich markup (rich reads the "[xla]" of "pip install 'decodewall[xla]'" as a tag)
         name = d.get("name", "-")
         if r["backend"] == "cpu" and d.get("isa"):  # which loops its C kernels are built with
-            name = f"{name} ({d['isa']}; C kernels -march={default_march()})"
+            nodes = d.get("numa_nodes")
+            name = f"{name} ({d['isa']}; C kernels -march={default_march()}" + (
+                f"; {nodes} NUMA nodes)" if isinstance(nodes, int) and nodes > 1 else ")")
         t.add_row(r["backend"], "yes" if r["available"] else "no", plain(name),
                   plain(d.get("chip") or ("not in catalog" if d else "-")),
                   fmt_bytes(d.get("memory_bytes")) if d else "-",

@@ -91,3 +91,18 @@ def test_proc_figures_meminfo_kib_as_bytes_and_the_mean_cpu_clock(tmp_path, monk
     assert cpu._meminfo("MemTotal") == 16318432 * 1024
     assert cpu._meminfo("MemAvailable") == 9000000 * 1024
     assert CPUBackend().clocks() == {"cpu_mhz": 2800.0}
+
+
+def test_numa_nodes_counts_the_nodes_of_this_process_cpus(tmp_path, monkeypatch):
+    """Two sockets, a node each, and a memory-only node (CXL): a process on one socket's CPUs is
+    on one node; one spread over both, on two; without sysfs's node folder, None."""
+    for node, cpus in (("node0", "0-3\n"), ("node1", "4-7\n"), ("node2", "\n")):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "cpulist").write_text(cpus)
+    assert cpu.numa_nodes(tmp_path, cpus={0, 1, 2, 3}) == 1
+    assert cpu.numa_nodes(tmp_path, cpus={3, 4}) == 2
+    monkeypatch.setattr(cpu, "affinity", lambda: {5})
+    assert cpu.numa_nodes(tmp_path) == 1  # the process's own affinity by default
+    monkeypatch.setattr(cpu, "affinity", lambda: None)
+    assert cpu.numa_nodes(tmp_path) == 2  # affinity unknown: every node with CPUs
+    assert cpu.numa_nodes(tmp_path / "absent", cpus={0}) is None

@@ -163,3 +163,14 @@ def test_the_readers_name_the_samplers_figures():
     """bench.contention (torch-free, for show) names the figures the sampler records."""
     import bench.contention
     assert bench.contention.CONTENTION_KEYS == CONTENTION_KEYS
+
+
+def test_a_run_on_several_numa_nodes_says_so_and_one_node_does_not():
+    from bench.contention import notes
+    ok = {"status": "ok", "time_s": {"median": 1e-3}, "device": {"name": "x", "numa_nodes": 1}}
+    assert not [n for n in notes([ok]) if "NUMA" in n]
+    two = {**ok, "device": {"name": "x", "numa_nodes": 2}}
+    (line,) = [n for n in notes([ok, two]) if "NUMA" in n]
+    assert line.startswith("this run's CPUs are on 2 NUMA nodes") and "numactl" in line
+    # an older record without the field, or a corrupt one, says nothing
+    assert not [n for n in notes([{**ok, "device": {"numa_nodes": "2"}}]) if "NUMA" in n]

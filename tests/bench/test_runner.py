@@ -104,9 +104,11 @@ def test_gate_catches_wrong_impls_and_only_times_passing_ones(tmp_path, test_imp
     for rec in saved:
         assert set(FIELDS) <= rec.keys()
         json.dumps(rec)
-        # the CPU's vector extension and the C kernels' target travel with every record
+        # the CPU's vector extension, the C kernels' target and the NUMA nodes the run's CPUs
+        # are on travel with every record
         assert rec["device"]["isa"] == cpu_backend.cpu_isa()
         assert rec["device"]["c_march"] == default_march()
+        assert rec["device"]["numa_nodes"] == cpu_backend.numa_nodes()
 
 
 def test_dtype_mismatch_is_skipped_with_reason(tmp_path, test_impls):

@@ -608,3 +608,14 @@ def test_an_option_of_one_value_given_two_is_refused(capsys, out, argv, flag):
     from bench.cli import main
     assert main(["run", "--op", PA, "--op", PA, "--seed", "3", "--seed", "3", "--list"]) == 0
     capsys.readouterr()
+
+
+def test_backends_says_when_the_cpus_span_numa_nodes(capsys, monkeypatch):
+    from bench.cli import main
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("backends.cpu.numa_nodes", lambda: 2)
+    assert main(["backends"]) == 0
+    assert "; 2 NUMA nodes)" in capsys.readouterr().out
+    monkeypatch.setattr("backends.cpu.numa_nodes", lambda: 1)
+    assert main(["backends"]) == 0
+    assert "NUMA" not in capsys.readouterr().out
