@@ -87,6 +87,10 @@ MEM_SLACK = 1.10
 
 # (pattern on the device name, chip id or None, note). First match wins.
 _RULES: list[tuple[str, str | None, str]] = [
+    # A MIG instance is named after its GPU ("NVIDIA H100 80GB HBM3 MIG 1g.10gb") and has a share
+    # of its SMs and memory bandwidth (1g.10gb: an eighth of an H100's memory slices)
+    (r"\bMIG \d+g\.\d+gb", None, "a MIG slice has a share of its GPU's SMs and memory "
+     "bandwidth, which no datasheet gives: judged against the measured roof only"),
     # "GH200" and "GB200" contain "H200" and "B200" but are other parts, with their own memory
     # sizes, bandwidths and rates: a match on the substring would judge them by another datasheet.
     (r"GH200", None, "GH200 (Grace Hopper, not an H200 SXM) is not in the catalog"),

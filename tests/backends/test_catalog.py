@@ -128,6 +128,10 @@ def test_reference_number_parser():
     ("NVIDIA A100 80GB PCIe", "1.935 TB/s"),
     ("NVIDIA L40", "not in the catalog"),  # an L40 (864 GB/s) is no L4 (300 GB/s)
     ("NVIDIA H100 NVL", "3.9 TB/s"),  # its own note: not "pass --chip" for an SXM or PCIe part
+    # MIG slices carry their GPU's name, and a share of its bandwidth
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "MIG slice"),
+    ("NVIDIA A100-SXM4-40GB MIG 3g.20gb", "MIG slice"),
+    ("NVIDIA H200 141GB HBM3 MIG 1g.18gb", "MIG slice"),
 ])
 def test_detect_other_parts_whose_names_contain_a_catalog_name(name, why):
     """A Grace-Hopper GH200 is no H200 SXM, a GB200 no DGX B200, a laptop 4090 no desktop 4090:
