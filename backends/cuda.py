@@ -81,6 +81,30 @@ _INFINITY_CACHE = {"gfx942": 256 * 1024**2, "gfx950": 256 * 1024**2, "mi300x": 2
 _CLOCK_KEYS = ("sm_mhz", "mem_mhz", "sm_max_mhz", "mem_max_mhz", "power_w", "power_limit_w",
                "temp_c")
 
+
+def other_processes(nv: Any, handle: Any) -> list[dict[str, Any]] | None:
+    """The processes other than this one and its parent (the run's CLI) that hold a compute
+    context on this GPU, as [{pid, used_mib}]: what may have shared its SMs and bandwidth. None
+    where NVML cannot say, or does not list this process itself: its pids are then of another
+    namespace (a container's view of the host), or this process has no context yet."""
+    try:
+        procs = list(nv.nvmlDeviceGetComputeRunningProcesses(handle))
+    except Exception:  # an older binding, NotSupported, no permission
+        return None
+    pids = [getattr(p, "pid", None) for p in procs]
+    if os.getpid() not in pids:
+        return None
+    ours = {os.getpid(), os.getppid()}
+    out = []
+    for p, pid in zip(procs, pids):
+        if pid in ours:
+            continue
+        used = getattr(p, "usedGpuMemory", None)  # None where the driver does not say (MIG)
+        out.append({"pid": pid, "used_mib": round(used / 2**20) if isinstance(used, int)
+                    and not isinstance(used, bool) else None})
+    return out
+
+
 HOLD_MIN_S = 50e-6
 HOLD_MAX_S = 20e-3
 # cycles per second assumed for the spin: above every GPU's boost clock (the fastest run near
@@ -464,6 +488,7 @@ class CUDABackend(Backend):
         ecc = q("nvmlDeviceGetEccMode")
         if ecc is not None:
             out["ecc"] = bool(ecc[0])
+        out["other_processes"] = other_processes(nv, h)
         if all(out[k] is None for k in _CLOCK_KEYS):  # NVML answers nothing (no access)
             return {"source": f"nvml error: {errors[0] if errors else 'no figure'}"}
         return out

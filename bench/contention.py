@@ -1,6 +1,6 @@
-"""What a run's records say about the CPU they ran on (shared with other tasks; several NUMA
-nodes; C kernels built without OpenMP): the notes `run` ends with, and `show` prints again under
-a kept run's table. Torch-free, for the readers."""
+"""What a run's records say about the machine they ran on (a CPU shared with other tasks, a GPU
+other processes had open, CPUs on several NUMA nodes, C kernels built without OpenMP): the notes
+`run` ends with, and `show` prints again under a kept run's table. Torch-free, for the readers."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,11 +44,39 @@ def roof_note(pct: Any, judged: str = "each % of roof high") -> str | None:
 
 
 def notes(records: list[dict[str, Any]]) -> list[str]:
-    """The lines `run` ends with about a shared CPU, CPUs on several NUMA nodes and C kernels on
-    one thread, for these records (none on a quiet one-node machine with OpenMP): `show` and
+    """The lines `run` ends with about a shared CPU or GPU, CPUs on several NUMA nodes and C
+    kernels on one thread, for these records (none on a quiet machine to itself): `show` and
     `compare` print the same of the records they show."""
     return [n for n in (contention_note(records), roof_contention_note(records),
-                        numa_note(records), one_thread_note(records)) if n]
+                        gpu_sharing_note(records), numa_note(records), one_thread_note(records))
+            if n]
+
+
+def gpu_sharing_note(records: list[dict[str, Any]]) -> str | None:
+    """A line when other processes had the GPU open as timed cases ended (the records'
+    `device.clocks.other_processes`, read from NVML after each timing): where they computed,
+    they took a share of its SMs and memory bandwidth, and those times read slow."""
+    timed = [r for r in records if r.get("status") == "ok" and r.get("time_s")]
+    shared, pids = 0, {}
+    for r in timed:
+        device = r.get("device")
+        clocks = device.get("clocks") if isinstance(device, dict) else None
+        others = clocks.get("other_processes") if isinstance(clocks, dict) else None
+        if not isinstance(others, list) or not others:
+            continue
+        shared += 1
+        for p in others:
+            if isinstance(p, dict) and isinstance(p.get("pid"), int):
+                pids[p["pid"]] = p.get("used_mib")
+    if not shared:
+        return None
+    named = ", ".join(f"{pid}" + (f" ({mib} MiB)" if isinstance(mib, int) else "")
+                      for pid, mib in sorted(pids.items())[:4])
+    more = f" and {len(pids) - 4} more" if len(pids) > 4 else ""
+    return (f"as {shared} of {len(timed)} timed case(s) ended, other processes had this GPU "
+            f"open (pid {named}{more}; device.clocks.other_processes in the records): where they "
+            f"were computing they shared its SMs and memory bandwidth, and those times read "
+            f"slow; rerun with the GPU to yourself")
 
 
 def numa_note(records: list[dict[str, Any]]) -> str | None:

@@ -174,3 +174,16 @@ def test_a_run_on_several_numa_nodes_says_so_and_one_node_does_not():
     assert line.startswith("this run's CPUs are on 2 NUMA nodes") and "numactl" in line
     # an older record without the field, or a corrupt one, says nothing
     assert not [n for n in notes([{**ok, "device": {"numa_nodes": "2"}}]) if "NUMA" in n]
+
+
+def test_a_run_on_a_gpu_other_processes_had_open_says_so():
+    from bench.contention import notes
+    def rec(others):
+        return {"status": "ok", "time_s": {"median": 1e-3},
+                "device": {"name": "NVIDIA H100 80GB HBM3",
+                           "clocks": {"source": "nvml", "other_processes": others}}}
+    assert not [n for n in notes([rec([]), rec(None)]) if "GPU" in n]
+    (line,) = [n for n in notes([rec([{"pid": 4242, "used_mib": 20480}]), rec([]), rec(None)])
+               if "GPU" in n]
+    assert line.startswith("as 1 of 3 timed case(s) ended, other processes had this GPU "
+                           "open (pid 4242 (20480 MiB);")

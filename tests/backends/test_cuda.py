@@ -590,3 +590,45 @@ def test_throttle_labels_are_nvmls_own_bits():
                   "hw_power_brake": "HwPowerBrakeSlowdown", "display_clocks": "DisplayClockSetting"}
     assert _THROTTLE == {getattr(pynvml, "nvmlClocksThrottleReason" + n): label
                          for label, n in nvml_names.items()}
+
+
+def test_other_processes_on_the_gpu_are_those_not_of_this_run(monkeypatch):
+    """NVML lists every process with a context on the GPU: this one and the run's CLI are ours;
+    a list without this process is of another pid namespace (a container) and says nothing."""
+    import os
+    proc = types.SimpleNamespace
+    listed = [proc(pid=os.getpid(), usedGpuMemory=2 * 2**30),
+              proc(pid=os.getppid(), usedGpuMemory=2**30),
+              proc(pid=999_999_001, usedGpuMemory=20480 * 2**20),
+              proc(pid=999_999_002, usedGpuMemory=None)]  # the driver does not say (MIG)
+    nv = types.SimpleNamespace(nvmlDeviceGetComputeRunningProcesses=lambda h: listed)
+    assert cuda.other_processes(nv, "h0") == [{"pid": 999_999_001, "used_mib": 20480},
+                                              {"pid": 999_999_002, "used_mib": None}]
+    nv.nvmlDeviceGetComputeRunningProcesses = lambda h: listed[:2]
+    assert cuda.other_processes(nv, "h0") == []
+    nv.nvmlDeviceGetComputeRunningProcesses = lambda h: listed[2:]  # host pids in a container
+    assert cuda.other_processes(nv, "h0") is None
+
+    def refuses(h):
+        raise NotSupported("nvmlDeviceGetComputeRunningProcesses")
+    nv.nvmlDeviceGetComputeRunningProcesses = refuses
+    assert cuda.other_processes(nv, "h0") is None
+    # the clocks beside every record carry it
+    clocks_nv = fake_clock_nvml()
+    clocks_nv.nvmlDeviceGetComputeRunningProcesses = lambda h: listed
+    c = clock_backend(monkeypatch, clocks_nv).clocks()
+    assert [p["pid"] for p in c["other_processes"]] == [999_999_001, 999_999_002]
+
+
+@pytest.mark.cuda
+def test_other_processes_through_the_real_binding_never_name_this_process():
+    """On a GPU with nvidia-ml-py: NVML's list through the installed binding, this process's
+    context open, is None (another pid namespace, no access) or leaves this process out."""
+    import os
+    pytest.importorskip("pynvml")
+    torch.zeros(1, device="cuda")
+    nv, handle, why = CUDABackend()._nvml_device()
+    if nv is None:
+        pytest.skip(why)
+    others = cuda.other_processes(nv, handle)
+    assert others is None or os.getpid() not in [p["pid"] for p in others]
