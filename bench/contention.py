@@ -80,13 +80,18 @@ def gpu_sharing_note(records: list[dict[str, Any]]) -> str | None:
 
 
 def numa_note(records: list[dict[str, Any]]) -> str | None:
-    """A line when the run's CPUs were on several NUMA nodes (the records' `device.numa_nodes`):
-    its threads read memory of another node too, at that link's speed, the roof's probes and
-    the kernels alike, in shares that depend on which thread first touched each page."""
-    counts = [(r.get("device") or {}).get("numa_nodes") for r in records
+    """numa_line for the most NUMA nodes the timed records' CPUs were on (`device.numa_nodes`)."""
+    counts = [r["device"].get("numa_nodes") for r in records
               if r.get("status") == "ok" and isinstance(r.get("device"), dict)]
-    nodes = max((n for n in counts if isinstance(n, int) and not isinstance(n, bool)), default=1)
-    if nodes <= 1:
+    return numa_line(max((n for n in counts if isinstance(n, int) and not isinstance(n, bool)),
+                         default=1))
+
+
+def numa_line(nodes: int | None) -> str | None:
+    """A line when the CPUs were on several NUMA nodes: threads read memory of another node too,
+    at that link's speed, the roof's probes and the kernels alike, in shares that depend on which
+    thread first touched each page."""
+    if not isinstance(nodes, int) or nodes <= 1:
         return None
     return (f"this run's CPUs are on {nodes} NUMA nodes: each page sits on the node whose thread "
             f"first touched it (Linux's default policy), so threads read the other nodes' memory "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..contention import roof_note
+from ..contention import numa_line, roof_note
 from .common import measured_roof, resolve_backend, resolve_chip
 
 
@@ -28,9 +28,9 @@ def command(args) -> int:
         print(json.dumps(d, default=str))
     else:
         console().print(roof_table(d, info, chip))
-    busy = roof_note(roof.contention_pct)
-    if busy:
-        print(f"decodewall: note: {busy}", file=sys.stderr)
+    for note in (roof_note(roof.contention_pct), numa_line(info.get("numa_nodes"))):
+        if note:
+            print(f"decodewall: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -357,6 +357,25 @@ def test_a_roof_measured_on_a_busy_cpu_is_noted(capsys, monkeypatch, in_process,
     assert ("the roof was measured while other tasks waited" in err) == noted, err
 
 
+def test_a_roof_on_cpus_of_several_numa_nodes_is_noted(capsys, monkeypatch, in_process):
+    """Where the process's CPUs span NUMA nodes the probes read partly across the sockets' link:
+    `roof` and `run` say so, and the records keep the count."""
+    import bench.roofline as rl
+    monkeypatch.setattr(rl, "measure_roof", lambda *a, **k: rl.Roof(
+        "cpu", 10.0, 10.0, 1 << 28, matmul_tflops={"float32": 1.0, "bfloat16": 1.0}))
+    monkeypatch.setattr("backends.cpu.numa_nodes", lambda: 2)
+    assert main(["roof", "--json"]) == 0
+    assert "this run's CPUs are on 2 NUMA nodes" in capsys.readouterr().err
+    argv = ["run", *GEMV, "--impl", "torch_matmul", "--no-save", "--no-progress", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert rec["device"]["numa_nodes"] == 2 and "2 NUMA nodes" in err
+    monkeypatch.setattr("backends.cpu.numa_nodes", lambda: 1)
+    assert main(["roof", "--json"]) == 0
+    assert "NUMA" not in capsys.readouterr().err
+
+
 def test_roof_tracker_remeasures_only_when_due(monkeypatch):
     import bench.roofline as rl
     from bench.timing import BUDGETS
