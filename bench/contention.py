@@ -1,6 +1,7 @@
 """What a run's records say about the machine they ran on (a CPU shared with other tasks, a GPU
-other processes had open, CPUs on several NUMA nodes, C kernels built without OpenMP): the notes
-`run` ends with, and `show` prints again under a kept run's table. Torch-free, for the readers."""
+other processes had open or whose clocks were held down, CPUs on several NUMA nodes, C kernels
+built without OpenMP): the notes `run` ends with, and `show` prints again under a kept run's
+table. Torch-free, for the readers."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,39 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
     kernels on one thread, for these records (none on a quiet machine to itself): `show` and
     `compare` print the same of the records they show."""
     return [n for n in (contention_note(records), roof_contention_note(records),
-                        gpu_sharing_note(records), numa_note(records), one_thread_note(records))
-            if n]
+                        gpu_sharing_note(records), throttle_note(records), numa_note(records),
+                        one_thread_note(records)) if n]
+
+
+# NVML's reasons (backends.cuda._THROTTLE) that hold a GPU's clocks below what it could run at
+# for its load: power and heat; not idling, application or display clock settings
+THROTTLED = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
+
+
+def throttle_note(records: list[dict[str, Any]]) -> str | None:
+    """A line when NVML gave power or heat as holding the GPU's clocks down as timed cases
+    ended (the records' `device.clocks.throttle`): those times are a throttled GPU's."""
+    timed = [r for r in records if r.get("status") == "ok" and r.get("time_s")]
+    held, reasons, lowest = 0, set(), None
+    for r in timed:
+        device = r.get("device")
+        clocks = device.get("clocks") if isinstance(device, dict) else None
+        why = clocks.get("throttle") if isinstance(clocks, dict) else None
+        hit = {t for t in why if t in THROTTLED} if isinstance(why, list) else set()
+        if not hit:
+            continue
+        held += 1
+        reasons |= hit
+        sm, top = clocks.get("sm_mhz"), clocks.get("sm_max_mhz")
+        if isinstance(sm, (int, float)) and isinstance(top, (int, float)) and \
+                (lowest is None or sm < lowest[0]):
+            lowest = (sm, top)
+    if not held:
+        return None
+    at = f"; SM clock {lowest[0]:.0f} of {lowest[1]:.0f} MHz at the lowest" if lowest else ""
+    return (f"as {held} of {len(timed)} timed case(s) ended, NVML gave "
+            f"{', '.join(sorted(reasons))} as holding the GPU's clocks down{at} (device.clocks "
+            f"in the records): those times are a throttled GPU's")
 
 
 def gpu_sharing_note(records: list[dict[str, Any]]) -> str | None:

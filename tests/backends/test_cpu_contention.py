@@ -187,3 +187,18 @@ def test_a_run_on_a_gpu_other_processes_had_open_says_so():
                if "GPU" in n]
     assert line.startswith("as 1 of 3 timed case(s) ended, other processes had this GPU "
                            "open (pid 4242 (20480 MiB);")
+
+
+def test_a_run_on_a_throttled_gpu_says_so_and_app_clocks_do_not():
+    from bench.contention import notes
+    def rec(throttle, sm=1980):
+        return {"status": "ok", "time_s": {"median": 1e-3},
+                "device": {"clocks": {"source": "nvml", "throttle": throttle, "sm_mhz": sm,
+                                      "sm_max_mhz": 1980}}}
+    quiet = [rec([]), rec(None), rec(["app_clocks", "display_clocks"])]
+    assert not [n for n in notes(quiet) if "throttled" in n]
+    (line,) = [n for n in notes([*quiet, rec(["sw_power_cap"], 1395), rec(["hw_thermal"], 1600)])
+               if "throttled" in n]
+    assert line.startswith("as 2 of 5 timed case(s) ended, NVML gave hw_thermal, sw_power_cap "
+                           "as holding the GPU's clocks down; SM clock 1395 of 1980 MHz at the "
+                           "lowest")

@@ -632,3 +632,8 @@ def test_other_processes_through_the_real_binding_never_name_this_process():
         pytest.skip(why)
     others = cuda.other_processes(nv, handle)
     assert others is None or os.getpid() not in [p["pid"] for p in others]
+
+
+def test_the_throttle_note_reads_nvmls_own_labels():
+    from bench.contention import THROTTLED
+    assert set(THROTTLED) <= set(cuda._THROTTLE.values())
