@@ -580,6 +580,10 @@ class Check:
             rc, step.seconds = run_proc(cmd, self.box("suite"), self.log, self.env)
         finally:  # interrupted or not, the records written so far are read
             self._read_records(before)
+        from ..contention import notes
+        # what `run` said of the machine (another process on the GPU, clocks held down by power
+        # or heat) goes into the summary too, not only into steps.log
+        self.notes += [f"suite: {n}" for n in notes(self.records)]
         done = {(r["op"], json.dumps(r["shape"], sort_keys=True)) for r in self.records}
         n_done, n_plan = len(done), len(self.planned)
         from ..results import FAILED

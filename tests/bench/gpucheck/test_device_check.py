@@ -972,6 +972,28 @@ def test_a_suite_run_with_a_failed_impl_fails_the_step(tmp_path, monkeypatch):
         c._read_records = lambda before: setattr(c, "records", recs[:1])
         c.step_suite()
         assert c.steps["suite"].status == "ok"
+        assert not [n for n in c.notes if n.startswith("suite: ")]
+    finally:
+        c.log.close()
+
+
+def test_what_the_suite_said_of_the_gpu_is_in_the_summary(tmp_path, monkeypatch):
+    """A suite timed while NVML gave power as holding the clocks down, or while another process
+    had the GPU open: `run` says so on stderr (steps.log), and the summary's notes say it too."""
+    from bench.gpucheck import check as dc
+    monkeypatch.setattr(dc, "run_proc", lambda *a, **k: (0, 1.0))
+    c = _check(tmp_path)
+    clocks = {"source": "nvml", "throttle": ["sw_power_cap"], "sm_mhz": 1500, "sm_max_mhz": 1980,
+              "other_processes": [{"pid": 4242, "used_mib": 1024}]}
+    recs = [{"op": "gemv_bf16", "impl": "a", "shape": {"M": 1, "N": 64, "K": 128}, "status": "ok",
+             "time_s": {"median": 1e-5}, "device": {"clocks": clocks}}]
+    try:
+        c._read_records = lambda before: setattr(c, "records", recs)
+        c.step_suite()
+        c.write_summary(final=True)
+        text = (tmp_path / "out" / "summary.txt").read_text()
+        assert "  - suite: as 1 of 1 timed case(s) ended, NVML gave sw_power_cap" in text
+        assert "other processes had this GPU open (pid 4242 (1024 MiB)" in text
     finally:
         c.log.close()
 
