@@ -132,7 +132,7 @@ def command(args) -> int:
             print(json.dumps(r))
         _one_run_note(args, a, b)
         _unfinished_notes(args, a, b)
-        _contention_notes(a, b, more)
+        _machine_notes(a, b, more)
         return 0
     da, db = devices(a), devices(b)
     by_device = any(r.get("device") for r in rows)
@@ -178,7 +178,7 @@ def command(args) -> int:
     con.print(t)
     _one_run_note(args, a, b)
     _unfinished_notes(args, a, b)
-    _contention_notes(a, b, more)
+    _machine_notes(a, b, more)
     return 0
 
 
@@ -202,12 +202,12 @@ def _unfinished_notes(args, a: list[dict[str, Any]], b: list[dict[str, Any]]) ->
                            f"{other} may be one it did not reach"), file=sys.stderr)
 
 
-def _contention_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],
+def _machine_notes(a: list[dict[str, Any]], b: list[dict[str, Any]],
                       more: dict[str, list[list[dict[str, Any]]]]) -> None:
-    """run's notes on a shared CPU (and on C kernels built without OpenMP), for each side whose
-    runs have one: a case timed while other work waited for the CPU can read faster or slower
-    for that alone."""
-    from ..contention import notes
+    """run's notes on the machine (bench.notes: a shared CPU or GPU, a throttled GPU, several
+    NUMA nodes, C kernels on one thread), for each side whose runs have one: a case timed so can
+    read faster or slower for that alone."""
+    from ..notes import notes
     for side, runs in (("A", [a, *more["A"]]), ("B", [b, *more["B"]])):
         recs = [r for rs in runs for r in rs]
         for note in notes(recs):

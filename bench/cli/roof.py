@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..contention import numa_line, roof_note
+from ..contention import roof_note
+from ..notes import numa_line
 from .common import measured_roof, resolve_backend, resolve_chip
 
 

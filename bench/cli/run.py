@@ -15,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..contention import notes as contention_notes
+from ..notes import notes as machine_notes
 from ..errors import EXIT_BROKEN_PIPE, EXIT_FAILED, OutputError, RunError, UsageError, one_line
 from ..interrupts import describe, exit_status, signal_of
 from ..plugins import load_plugins
@@ -486,8 +486,8 @@ def command(args) -> int:
     except OutputError as e:  # the table's stdout refused it: the file is whole, and said
         discard_stdout()
         cut = cut or (f"cannot write the output: {e}", EXIT_FAILED)
-    if cut is not None or stopped is not None:  # the kept cases were timed on a shared CPU too
-        for busy in contention_notes(records):
+    if cut is not None or stopped is not None:  # what the kept cases say of the machine too
+        for busy in machine_notes(records):
             print(f"decodewall: note: {busy}", file=sys.stderr)
     if cut is not None:
         kept = _kept(writer, records) if writer.count or writer.path is None else "nothing saved"
@@ -501,7 +501,7 @@ def command(args) -> int:
         print(f"results: {one_line(str(writer.path))}", file=sys.stderr)
     if note:
         print(f"decodewall: note: {note}", file=sys.stderr)
-    for busy in contention_notes(records):
+    for busy in machine_notes(records):
         print(f"decodewall: note: {busy}", file=sys.stderr)
     from ..results import FAILED
     failed = [r for r in records if r["status"] in FAILED]  # --strict: exit 1

@@ -100,7 +100,7 @@ def result_files(paths: list[str]) -> list[str]:
 
 
 def command(args) -> int:
-    from ..contention import notes
+    from ..notes import notes
     from ..report.precision import precision_table
     from ..report.table import console, plain, printable_record, results_table, run_title
     from ..results import dumps
@@ -136,7 +136,7 @@ def command(args) -> int:
                                                        for r in kept) else None
         if precision is not None:
             out.print(precision)
-        # what `run` said at its end about the CPU it shared, said again of the records shown
+        # what `run` said at its end about the machine, said again of the records shown
         for note in notes(kept):
             print(one_line(f"decodewall: note: {note}"), file=sys.stderr)
     return 0
@@ -148,7 +148,7 @@ def add_parser(sub) -> None:
                        description="Print each run a results file holds as `decodewall run` "
                        "printed it: its table (run id, device, roof), then the commit, versions, "
                        "time and command line, the precision comparison where the run has one, "
-                       "and run's notes on a shared CPU (on stderr). Filters pick records: "
+                       "and run's notes on the machine (on stderr). Filters pick records: "
                        "several of one flag, any of them; different flags, all of them.")
     p.add_argument("results", nargs="*", metavar="RESULTS.jsonl", type=given,
                    help="results files, or folders of them; none: the newest run in "

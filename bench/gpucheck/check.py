@@ -580,7 +580,7 @@ class Check:
             rc, step.seconds = run_proc(cmd, self.box("suite"), self.log, self.env)
         finally:  # interrupted or not, the records written so far are read
             self._read_records(before)
-        from ..contention import notes
+        from ..notes import notes
         # what `run` said of the machine (another process on the GPU, clocks held down by power
         # or heat) goes into the summary too, not only into steps.log
         self.notes += [f"suite: {n}" for n in notes(self.records)]

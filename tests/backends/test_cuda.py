@@ -635,5 +635,5 @@ def test_other_processes_through_the_real_binding_never_name_this_process():
 
 
 def test_the_throttle_note_reads_nvmls_own_labels():
-    from bench.contention import THROTTLED
+    from bench.notes import THROTTLED
     assert set(THROTTLED) <= set(cuda._THROTTLE.values())

@@ -726,7 +726,7 @@ def test_a_compiled_impl_records_its_build_and_one_thread_without_openmp(tmp_pat
     assert no["status"] == "ok" and no["c_build"] == built_impls["t_no_omp"]
     assert no["device"]["threads"] == 1  # what its kernels ran on, whatever torch's count
     assert "c_build" not in recs["torch_matmul"]
-    from bench.contention import notes
+    from bench.notes import notes
     (note,) = [n for n in notes(list(recs.values())) if "one thread" in n]
     assert note.startswith("gemv_bf16/t_no_omp ran on one thread: Apple LLVM 15.0.0 could not "
                            "build with -fopenmp")
