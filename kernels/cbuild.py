@@ -272,9 +272,10 @@ class CLibrary:
         return CLibrary(self.name, self.source, self.signatures, self.needs, self.libs, march)
 
     def text(self) -> bytes:
-        """What the build reads: the source, then the headers of its folder (sorted by name)."""
+        """What the build reads: the source, the headers of its folder (sorted by name), then
+        INFO_SOURCE."""
         headers = sorted(self.source.parent.glob("*.h"))
-        return b"".join(p.read_bytes() for p in (self.source, *headers))
+        return b"".join(p.read_bytes() for p in (self.source, *headers)) + INFO_SOURCE
 
     def _march_flag(self, fl: list[str]) -> str:
         """`-march=X`, and where X came from when it is not the machine's own."""
@@ -322,7 +323,7 @@ class CLibrary:
         # the key: what is compiled, how, by which compiler (its version and the instruction
         # sets the target turns on, from its predefined macros) and for which CPU (its identity
         # lines; cpu MHz, which moves on a machine that scales its clock, stays out)
-        key = hashlib.sha256(self.text() + INFO_SOURCE + " ".join([*cc, *fl, *self.libs]).encode()
+        key = hashlib.sha256(self.text() + " ".join([*cc, *fl, *self.libs]).encode()
                              + target.encode() + _cpu_identity(cpu)
                              + sys.platform.encode()).hexdigest()[:16]
         folder = cache_dir()
